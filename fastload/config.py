@@ -1,0 +1,504 @@
+"""Typed, validated configuration: what to sample (:class:`SamplingConfig`) and how to load it (:class:`LoaderConfig`).
+
+Configs are frozen dataclasses validated in ``__post_init__``; an impossible value raises
+:class:`~fastload.errors.ConfigError` naming the setting and what was expected. They load from TOML (or YAML
+when PyYAML is installed) with :meth:`SamplingConfig.from_file`, round-trip through ``to_dict()``, and take
+dotted overrides (``loader.batch_size=8``) through :func:`apply_overrides`.
+
+A sampling file in AtmoRep's terms::
+
+    batch_size = 16
+    time_step = 1
+    [fields.temperature]
+    levels = [96, 105, 114, 123, 137]
+    num_tokens = [12, 6, 12]
+    token_size = [3, 9, 9]
+    normalization = "local"      # or "global", or "none" for raw values
+
+Every field tiles the same physical box: ``num_tokens[i] * token_size[i]`` is the same for all fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "FieldConfig",
+    "StreamConfig",
+    "SamplingConfig",
+    "LoaderConfig",
+    "apply_overrides",
+    "NORMALIZATIONS",
+    "TRANSFORMS",
+    "CENTERS",
+    "OUT_DTYPES",
+]
+
+NORMALIZATIONS = ("local", "global", "none")
+TRANSFORMS = (None, "log1p")
+CENTERS = ("uniform", "coslat")
+OUT_DTYPES = ("float32", "bfloat16", "float16")
+TIME_RULES = ("inside", "nearest", "previous")
+
+
+def _triple(name: str, value: Any) -> tuple[int, int, int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ConfigError(f"{name}: expected three integers (time, lat, lon), got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
+            raise ConfigError(f"{name}: expected three integers (time, lat, lon), got {value!r}")
+        if int(v) < 1:
+            raise ConfigError(f"{name}: every entry must be >= 1, got {value!r}")
+        out.append(int(v))
+    return (out[0], out[1], out[2])
+
+
+def _choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {list(allowed)!r}, got {value!r}")
+    return value
+
+
+class _Config:
+    """Shared behaviour: ``to_dict`` / ``from_dict`` with unknown-key and type checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if dataclasses.is_dataclass(v):
+                return v.to_dict()
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+
+        return {f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def _check_keys(cls, d: Mapping[str, Any], where: str) -> None:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class FieldConfig(_Config):
+    """One field to sample, in AtmoRep's terms."""
+
+    name: str
+    """Field name as in the store (the array name, or the entry of the AtmoRep ``fields`` attribute)."""
+    levels: tuple[float, ...] | None = None
+    """Level values as in the store's level coordinate; ``None`` for a field without a level axis."""
+    num_tokens: tuple[int, int, int]
+    """Tokens per sample along (time, lat, lon)."""
+    token_size: tuple[int, int, int]
+    """Grid points per token along (time, lat, lon)."""
+    normalization: Literal["local", "global", "none"] = "local"
+    """``local``: monthly mean/std per grid point; ``global``: monthly mean/std per level; ``none``: raw."""
+    transform: Literal["log1p"] | None = None
+    """Applied to raw values before normalisation (e.g. ``log1p`` for precipitation)."""
+    stream: str | None = None
+    """Which stream (store) of a multi-stream config holds the field; ``None`` for single-store configs."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"field name: expected a non-empty string, got {self.name!r}")
+        where = f"fields.{self.name}"
+        object.__setattr__(self, "num_tokens", _triple(f"{where}.num_tokens", self.num_tokens))
+        object.__setattr__(self, "token_size", _triple(f"{where}.token_size", self.token_size))
+        _choice(f"{where}.normalization", self.normalization, NORMALIZATIONS)
+        _choice(f"{where}.transform", self.transform, TRANSFORMS)
+        if self.levels is not None:
+            if isinstance(self.levels, (str, bytes)) or not isinstance(self.levels, Sequence):
+                raise ConfigError(f"{where}.levels: expected a list of level values, got {self.levels!r}")
+            if len(self.levels) == 0:
+                raise ConfigError(f"{where}.levels: empty list; omit 'levels' for a field without levels")
+            levels = []
+            for v in self.levels:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ConfigError(f"{where}.levels: expected numbers, got {v!r}")
+                levels.append(v)
+            if len(set(levels)) != len(levels):
+                raise ConfigError(f"{where}.levels: duplicate level in {levels}")
+            object.__setattr__(self, "levels", tuple(levels))
+
+    @property
+    def box(self) -> tuple[int, int, int]:
+        """Grid points (time steps, lat, lon) covered by one sample of this field."""
+        return tuple(n * s for n, s in zip(self.num_tokens, self.token_size))  # type: ignore[return-value]
+
+    @property
+    def num_levels(self) -> int:
+        return 1 if self.levels is None else len(self.levels)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(levels, nt, nlat, nlon, tt, tlat, tlon)``."""
+        return (self.num_levels, *self.num_tokens, *self.token_size)
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> FieldConfig:
+        cls._check_keys({**d, "name": name}, f"fields.{name}")
+        for key in ("num_tokens", "token_size"):
+            if key not in d:
+                raise ConfigError(f"fields.{name}: missing required setting {key!r}")
+        kw = dict(d)
+        kw.pop("name", None)
+        return cls(name=name, **kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class StreamConfig(_Config):
+    """One store of a multi-stream config."""
+
+    name: str
+    """Name the fields refer to with ``stream = ...``."""
+    path: str
+    """Path or URL of the store."""
+    time_rule: Literal["inside", "nearest", "previous"] = "inside"
+    """How the sample's window maps to this stream's time axis: the steps inside it, or the nearest/previous."""
+    norm_path: str | None = None
+    """Normalisation coefficient store of this stream (``fastload stats``)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("streams: every stream needs a non-empty name")
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigError(f"streams.{self.name}.path: expected a path or URL, got {self.path!r}")
+        _choice(f"streams.{self.name}.time_rule", self.time_rule, TIME_RULES)
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> StreamConfig:
+        cls._check_keys({**d, "name": name}, f"streams.{name}")
+        kw = dict(d)
+        kw.pop("name", None)
+        return cls(name=name, **kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SamplingConfig(_Config):
+    """What one sample is: the fields, their levels and token geometry, and how samples are drawn."""
+
+    fields: tuple[FieldConfig, ...]
+    """The fields, in order; all tile the same box."""
+    batch_size: int = 16
+    """Samples per batch."""
+    time_step: int = 1
+    """Stride along the store's time axis between consecutive time points of a sample."""
+    centers: Literal["uniform", "coslat"] = "uniform"
+    """Sample centres uniform in latitude (AtmoRep) or area-weighted (cos-lat)."""
+    out_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the token tensors handed to the model."""
+    norm_path: str | None = None
+    """Normalisation coefficient store (``fastload stats``); required when a field normalises."""
+    streams: tuple[StreamConfig, ...] = ()
+    """Several stores sampled together (empty: the single store passed to the loader)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fields, Mapping):
+            object.__setattr__(self, "fields", tuple(self.fields.values()))
+        object.__setattr__(self, "fields", tuple(self.fields))
+        object.__setattr__(self, "streams", tuple(self.streams))
+        if not self.fields:
+            raise ConfigError("fields: a sampling config needs at least one field")
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"fields: duplicate field names in {names}")
+        for key in ("batch_size", "time_step"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{key}: expected an integer >= 1, got {v!r}")
+        _choice("centers", self.centers, CENTERS)
+        _choice("out_dtype", self.out_dtype, OUT_DTYPES)
+        boxes = {f.name: f.box for f in self.fields}
+        first = self.fields[0]
+        for f in self.fields[1:]:
+            if f.box != first.box:
+                raise ConfigError(
+                    f"fields.{f.name}: num_tokens {list(f.num_tokens)} x token_size {list(f.token_size)} covers "
+                    f"{list(f.box)} grid points but fields.{first.name} covers {list(first.box)}; "
+                    f"all fields must tile the same box (per field: {boxes})"
+                )
+        stream_names = [s.name for s in self.streams]
+        if len(set(stream_names)) != len(stream_names):
+            raise ConfigError(f"streams: duplicate stream names in {stream_names}")
+        for f in self.fields:
+            if self.streams and f.stream not in stream_names:
+                raise ConfigError(
+                    f"fields.{f.name}.stream: expected one of {stream_names}, got {f.stream!r}"
+                )
+            if not self.streams and f.stream is not None:
+                raise ConfigError(f"fields.{f.name}.stream = {f.stream!r} but the config defines no streams")
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    @property
+    def box(self) -> tuple[int, int, int]:
+        """Grid points (time steps, lat, lon) of one sample."""
+        return self.fields[0].box
+
+    @property
+    def time_span(self) -> int:
+        """Store time indices spanned by one sample: ``(box_t - 1) * time_step + 1``."""
+        return (self.box[0] - 1) * self.time_step + 1
+
+    def field(self, name: str) -> FieldConfig:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise ConfigError(f"no field {name!r} in this config; fields: {[f.name for f in self.fields]}")
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    # -- (de)serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = _Config.to_dict(self)
+        d["fields"] = {f.name: {k: v for k, v in f.to_dict().items() if k != "name"} for f in self.fields}
+        d["streams"] = {s.name: {k: v for k, v in s.to_dict().items() if k != "name"} for s in self.streams}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SamplingConfig:
+        cls._check_keys(d, "sampling config")
+        kw = dict(d)
+        fields = kw.get("fields")
+        if not isinstance(fields, Mapping) or not fields:
+            raise ConfigError("fields: expected a table of fields, e.g. [fields.temperature]")
+        parsed = []
+        for name, fd in fields.items():
+            if not isinstance(fd, Mapping):
+                raise ConfigError(f"fields.{name}: expected a table of settings, got {fd!r}")
+            parsed.append(FieldConfig.from_dict(name, fd))
+        kw["fields"] = tuple(parsed)
+        streams = kw.get("streams") or {}
+        if not isinstance(streams, Mapping):
+            raise ConfigError("streams: expected a table of streams, e.g. [streams.era5]")
+        kw["streams"] = tuple(StreamConfig.from_dict(n, sd) for n, sd in streams.items())
+        return cls(**kw)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> SamplingConfig:
+        """Load a config from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"sampling config file {str(p)!r} does not exist")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                try:
+                    import yaml  # type: ignore[import-untyped]
+                except ImportError as e:
+                    raise ConfigError(f"{p}: reading YAML needs PyYAML (pip install pyyaml)") from e
+                d = yaml.safe_load(text)
+            else:
+                import tomllib
+
+                d = tomllib.loads(text)
+        except ConfigError:
+            raise
+        except Exception as e:  # a parse error: name the file
+            raise ConfigError(f"{p}: not a valid config file: {e}") from e
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{p}: expected a table of settings at the top level")
+        try:
+            cfg = cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+        # relative stream / normalisation paths are relative to the config file
+        def rel(s: str | None) -> str | None:
+            if s is None or "://" in s or os.path.isabs(s):
+                return s
+            return str((p.parent / s).resolve())
+
+        streams = tuple(dataclasses.replace(s, path=rel(s.path), norm_path=rel(s.norm_path)) for s in cfg.streams)
+        return dataclasses.replace(cfg, norm_path=rel(cfg.norm_path), streams=streams)
+
+    def to_toml(self) -> str:
+        """The config as TOML text that :meth:`from_file` reads back to an equal config."""
+        lines: list[str] = []
+        d = self.to_dict()
+        for k, v in d.items():
+            if k in ("fields", "streams") or v is None:
+                continue
+            lines.append(f"{k} = {_toml_value(v)}")
+        for sname, sd in d["streams"].items():
+            lines.append(f"\n[streams.{sname}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in sd.items() if v is not None)
+        for fname, fd in d["fields"].items():
+            lines.append(f"\n[fields.{_toml_key(fname)}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in fd.items() if v is not None)
+        return "\n".join(lines) + "\n"
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, float) and v.is_integer():
+        return repr(int(v)) if abs(v) < 2**53 else repr(v)
+    return repr(v)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class LoaderConfig(_Config):
+    """How batches are produced: workers, prefetch depth, cache, placement of the epoch's samples."""
+
+    batch_size: int | None = None
+    """Samples per batch; ``None`` takes the sampling config's ``batch_size``."""
+    samples_per_epoch: int = 1024
+    """Samples drawn per epoch (over all ranks)."""
+    workers: int = 2
+    """Threads (or processes) that read, decode and gather."""
+    mode: Literal["thread", "process"] = "thread"
+    """Worker kind: threads (decode and kernels release the GIL) or processes with shared-memory buffers."""
+    prefetch: int = 2
+    """Batches prepared ahead of the consumer (the ring holds ``prefetch + 2`` batch buffers)."""
+    cache_bytes: int = 512 * 2**20
+    """Byte budget of the decoded-chunk cache."""
+    fetch_concurrency: int = 16
+    """Raw chunk requests in flight (matters for remote stores)."""
+    device: str | None = None
+    """``"cuda"``, ``"cuda:1"``, ``"cpu"``, or ``None``: the GPU when there is one, else the CPU."""
+    pin_memory: bool | None = None
+    """Pin the host batch buffers; ``None``: when the device is a GPU."""
+    seed: int = 0
+    """Seed of the sample placement and masks (with epoch and rank)."""
+    rank: int | None = None
+    """This process's rank; ``None``: from torch.distributed when initialised, else 0."""
+    world_size: int | None = None
+    """Number of ranks; ``None``: from torch.distributed when initialised, else 1."""
+    samples_per_window: int = 1
+    """Samples drawn per time window (AtmoRep's amortisation); 1 keeps samples independent."""
+    on_bad_chunk: Literal["raise", "skip"] = "raise"
+    """A corrupt chunk raises (default) or its samples are skipped and counted."""
+    retries: int = 3
+    """Retries of a transient read error, with exponential backoff."""
+    drop_last: bool = True
+    """Drop the last incomplete batch of an epoch."""
+
+    def __post_init__(self) -> None:
+        def positive(key: str, minimum: int = 1) -> None:
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ConfigError(f"loader.{key}: expected an integer >= {minimum}, got {v!r}")
+
+        if self.batch_size is not None:
+            positive("batch_size")
+        positive("samples_per_epoch")
+        positive("workers")
+        positive("prefetch")
+        positive("cache_bytes", 0)
+        positive("fetch_concurrency")
+        positive("samples_per_window")
+        positive("retries", 0)
+        positive("seed", 0)
+        _choice("loader.mode", self.mode, ("thread", "process"))
+        _choice("loader.on_bad_chunk", self.on_bad_chunk, ("raise", "skip"))
+        if self.rank is not None or self.world_size is not None:
+            if self.rank is None or self.world_size is None:
+                raise ConfigError("loader.rank and loader.world_size go together; give both or neither")
+            if not (0 <= self.rank < self.world_size):
+                raise ConfigError(f"loader.rank: expected 0 <= rank < world_size={self.world_size}, got {self.rank}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoaderConfig:
+        cls._check_keys(d, "loader")
+        return cls(**d)
+
+
+def _coerce(value: str, typ: Any, key: str) -> Any:
+    """Parse an override string into the declared type of the setting ``key``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: cannot read {value!r} as {typ}")
+    if origin is Literal:
+        for a in args:
+            if str(a) == value:
+                return a
+        raise ConfigError(f"{key}: expected one of {list(args)!r}, got {value!r}")
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not math.isfinite(f) or not f.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value) if value.lstrip("-").isdigit() else int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        return value
+    if origin is tuple:
+        parts = [p for p in value.strip("[]()").split(",") if p.strip()]
+        inner = args[0] if args else str
+        return tuple(_coerce(p.strip(), inner, key) for p in parts)
+    raise ConfigError(f"{key}: settings of type {typ} cannot be overridden from the command line")
+
+
+def apply_overrides(config: Any, overrides: Sequence[str], *, prefix: str = "") -> Any:
+    """Return a copy of a (nested) config dataclass with ``a.b=value`` overrides applied.
+
+    Unknown keys and values of the wrong type raise :class:`ConfigError`. ``prefix`` names the config in
+    messages (``loader.``).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loader.batch_size=8")
+        key, value = item.split("=", 1)
+        config = _override_one(config, key.strip().split("."), value.strip(), prefix + key.strip())
+    return config
+
+
+def _override_one(config: Any, path: list[str], value: str, full: str) -> Any:
+    if not dataclasses.is_dataclass(config):
+        raise ConfigError(f"{full}: not a setting (its parent is not a config section)")
+    hints = typing.get_type_hints(type(config))
+    head = path[0]
+    if head not in hints:
+        known = sorted(f.name for f in dataclasses.fields(config))
+        raise ConfigError(f"{full}: unknown setting {head!r}; known here: {known}")
+    current = getattr(config, head)
+    if len(path) > 1:
+        new = _override_one(current, path[1:], value, full)
+    elif dataclasses.is_dataclass(current):
+        raise ConfigError(f"{full}: is a section, not a value; set one of its settings")
+    else:
+        new = _coerce(value, hints[head], full)
+    return dataclasses.replace(config, **{head: new})

@@ -1,0 +1,1 @@
+"""Model core: the Multiformer and the latent Forecaster (torch only; knows nothing of fastload)."""

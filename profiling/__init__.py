@@ -1,0 +1,1 @@
+"""Profiling: NVTX ranges, CUDA-event step timers, training/profiling loops, reports, benchmarks."""
