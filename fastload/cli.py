@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastload: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, "main")
+    entry = module.main
     try:
         if name in ("train", "profile"):  # one module, two entry points
             return int(entry([name, *rest]) or 0)

@@ -430,14 +430,13 @@ def _coerce(value: str, typ: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: cannot read {value!r} as {typ}")
     if origin is Literal:
         for a in args:

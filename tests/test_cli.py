@@ -1,0 +1,25 @@
+"""The `fastload` command dispatches, prints help, and turns fastload errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fastload import cli
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_unknown_command(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "fastload.cli", "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "profile-loader" in r.stdout
