@@ -1,0 +1,397 @@
+"""Normalisation coefficients, read lazily: :class:`Normalizer`, :func:`months_of`, :func:`normalize`.
+
+Why this module exists: AtmoRep loaded gigabytes of local (per grid point) coefficients per level per dataset up
+front. Here the coefficients live in their own zarr store (written by ``fastload stats``, see
+:mod:`fastload.stats`), chunked one month x one level x the grid, and :class:`Normalizer` reads only the months and
+levels a loader asks for, caching what it read. Each field picks its mode ("local", "global", "none") at load
+time; swapping in another coefficient store is making another ``Normalizer``.
+
+Layout of a coefficient store (``fastload/DESIGN.md``, "Normalisation coefficients")::
+
+    NORM/                         root attributes: fastload_norm (format version), source, fields
+      <field>/                    attributes: source, levels, level_type, grid_kind, grid_shape, latitude/
+                                  longitude first and last values, transform, months_present (1-12), counts, ...
+        global_mean, global_std   (12, L)          float64
+        global_count              (12, L)          int64: finite values behind each global coefficient
+        local_mean, local_std     (12, L, NY, NX)  float32, chunks (1, 1, NY, NX)
+        month (12,), level (L,), latitude/longitude (1-D, latlon grids only): coordinates for xarray
+
+Statistics are population statistics (``ddof=0``) of the finite values after the field's transform. A month
+with no data has NaN coefficients; a grid point with no data in a month has NaN local coefficients.
+
+Std guard. A standard deviation of zero or NaN where data exist (a constant cell: a dry desert month, a mask)
+would turn normalised values into inf. :class:`Normalizer` floors it: a global std at ``abs_floor``, a local std at
+``max(abs_floor, rel_floor * global_std)`` of the same month and level. Where no data existed (mean NaN) the
+coefficients stay NaN, so such points normalise to NaN, like the data there.
+
+Quick look::
+
+    python -c "from fastload.norm import Normalizer; n = Normalizer('norm.zarr'); print(n.fields)"
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, SchemaError, StoreNotFoundError
+
+__all__ = ["Normalizer", "months_of", "normalize", "FORMAT_VERSION", "MODES"]
+
+FORMAT_VERSION = 1
+"""Value of the root attribute ``fastload_norm`` of a coefficient store this module reads."""
+MODES = ("local", "global", "none")
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def months_of(times: np.ndarray) -> np.ndarray:
+    """Calendar month index (0 = January ... 11 = December) of each time.
+
+    Parameters
+    ----------
+    times : array of datetime64
+        Any shape, any datetime64 unit.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32, same shape as ``times``.
+
+    Raises
+    ------
+    SchemaError
+        When ``times`` is not datetime64 or holds NaT.
+    """
+    t = np.asarray(times)
+    if t.dtype.kind != "M":
+        raise SchemaError(f"months_of: expected datetime64 times, got dtype {t.dtype}")
+    if np.isnat(t).any():
+        raise SchemaError(f"months_of: {int(np.isnat(t).sum())} time value(s) are NaT (not a time)")
+    return (t.astype("datetime64[M]").astype(np.int64) % 12).astype(np.int32)
+
+
+def normalize(
+    values: np.ndarray, mean: np.ndarray, std: np.ndarray, transform: str | None = None
+) -> np.ndarray:
+    """Reference normalisation ``(transform(values) - mean) / std`` in float32, with NumPy broadcasting.
+
+    This is the plain formula the gather kernels implement; tests and tools use it as the reference. ``mean`` and
+    ``std`` are used as given (take them from :meth:`Normalizer.coefficients`, which applies the std guard).
+
+    Parameters
+    ----------
+    values : array_like
+        Raw values.
+    mean, std : array_like
+        Coefficients broadcastable against ``values``.
+    transform : {None, "log1p"}
+        Applied to ``values`` before normalising. ``log1p`` of a value below -1 is NaN.
+    """
+    x = np.asarray(values, dtype=np.float32)
+    if transform == "log1p":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.log1p(x)
+    elif transform is not None:
+        raise ConfigError(f"transform: expected None or 'log1p', got {transform!r}")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-6))
+
+
+class Normalizer:
+    """Lazy reader of a coefficient store written by ``fastload stats``.
+
+    Parameters
+    ----------
+    path : str, path-like or zarr store
+        Local path, fsspec URL, or a zarr-python store object.
+    storage_options : mapping, optional
+        For fsspec URLs.
+    rel_floor : float
+        A local std is floored at ``rel_floor`` times the global std of the same month and level.
+    abs_floor : float
+        Every std where data exist is floored at ``abs_floor`` (replaces zeros and NaNs).
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing at ``path``.
+    SchemaError
+        ``path`` is not a coefficient store of a version this module reads.
+
+    Notes
+    -----
+    Thread-safe: many loader threads may call :meth:`coefficients` at once; each (field, month, level) slab of the
+    local coefficients is read at most once and cached (:meth:`clear_cache` drops the cache).
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        rel_floor: float = 1e-3,
+        abs_floor: float = 1e-12,
+    ):
+        import zarr
+
+        if not (rel_floor >= 0 and abs_floor > 0):
+            raise ConfigError(
+                f"Normalizer: rel_floor must be >= 0 and abs_floor > 0, got {rel_floor}, {abs_floor}"
+            )
+        self.path = (
+            os.path.abspath(os.fspath(path))
+            if isinstance(path, (str, os.PathLike)) and "://" not in str(path)
+            else path
+        )
+        self.rel_floor = float(rel_floor)
+        self.abs_floor = float(abs_floor)
+        if isinstance(self.path, str) and "://" not in self.path and not os.path.isdir(self.path):
+            raise StoreNotFoundError(
+                f"normalisation store {self.path!r} does not exist (make one: fastload stats)"
+            )
+        try:
+            kw = {"storage_options": dict(storage_options)} if storage_options else {}
+            self._root = zarr.open_group(self.path, mode="r", **kw)
+        except FileNotFoundError as e:
+            raise StoreNotFoundError(f"normalisation store {self.path!r} does not exist: {e}") from e
+        attrs = dict(self._root.attrs)
+        if attrs.get("fastload_norm") != FORMAT_VERSION:
+            raise SchemaError(
+                f"{self.path!r} is not a fastload normalisation store (root attribute fastload_norm="
+                f"{attrs.get('fastload_norm')!r}, expected {FORMAT_VERSION}); make one with fastload stats"
+            )
+        self.source: str | None = attrs.get("source")
+        self.fields: tuple[str, ...] = tuple(attrs.get("fields", ()))
+        self._attrs: dict[str, dict[str, Any]] = {}
+        self._global: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._local: dict[tuple[str, str, int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # -- metadata ------------------------------------------------------------------------------------------------
+    def attrs(self, field: str) -> dict[str, Any]:
+        """The attributes recorded for ``field`` (source, levels, grid, transform, months_present, counts...)."""
+        if field not in self.fields:
+            raise ConfigError(
+                f"normalisation store {self._where()} has no coefficients for field {field!r}; it has "
+                f"{list(self.fields)} (compute them with fastload stats --fields {field})"
+            )
+        with self._lock:
+            if field not in self._attrs:
+                self._attrs[field] = dict(self._root[field].attrs)
+            return self._attrs[field]
+
+    def levels(self, field: str) -> np.ndarray | None:
+        """Level values of ``field`` in the coefficient store (None for a field without levels)."""
+        lv = self.attrs(field).get("levels")
+        return None if lv is None else np.asarray(lv, np.float64)
+
+    def transform(self, field: str) -> str | None:
+        """The transform the statistics of ``field`` were computed after (None or "log1p")."""
+        return self.attrs(field).get("transform")
+
+    def months_present(self, field: str) -> tuple[int, ...]:
+        """Month indices (0-11) for which ``field`` has coefficients."""
+        return tuple(int(m) - 1 for m in self.attrs(field).get("months_present", ()))
+
+    def _where(self) -> str:
+        return repr(self.path) if isinstance(self.path, str) else type(self.path).__name__
+
+    def level_indices(self, field: str, levels: Sequence[float] | None) -> np.ndarray:
+        """Indices into the coefficient store's level axis of ``field`` for the given level values."""
+        have = self.levels(field)
+        if have is None:
+            if levels is not None and len(levels) > 0:
+                raise ConfigError(
+                    f"field {field!r}: levels {list(levels)} requested but the normalisation store "
+                    f"{self._where()} holds it without levels"
+                )
+            return np.zeros(1, np.int64)
+        if levels is None:
+            return np.arange(len(have), dtype=np.int64)
+        out = []
+        missing = []
+        for v in levels:
+            hit = np.flatnonzero(np.isclose(have, float(v), rtol=0, atol=1e-6 * max(1.0, abs(float(v)))))
+            if hit.size:
+                out.append(int(hit[0]))
+            else:
+                missing.append(v)
+        if missing:
+            raise ConfigError(
+                f"field {field!r}: level(s) {missing} not in the normalisation store {self._where()}; it has "
+                f"levels {have.tolist()}"
+            )
+        return np.asarray(out, np.int64)
+
+    # -- coefficients ----------------------------------------------------------------------------------------
+    def _global_arrays(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            got = self._global.get(field)
+            if got is None:
+                g = self._root[field]
+                got = (
+                    np.asarray(g["global_mean"][...], np.float64),
+                    np.asarray(g["global_std"][...], np.float64),
+                )
+                self._global[field] = got
+            return got
+
+    def _local_slab(self, field: str, stat: str, month: int, level: int) -> np.ndarray:
+        key = (field, stat, month, level)
+        with self._lock:
+            got = self._local.get(key)
+            if got is None:
+                got = np.asarray(self._root[field][stat][month, level], np.float32)  # (NY, NX): one chunk
+                self._local[key] = got
+            return got
+
+    def coefficients(
+        self,
+        field: str,
+        mode: str,
+        levels: Sequence[float] | None = None,
+        months: Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and (guarded) std of ``field`` for the given months and levels.
+
+        Parameters
+        ----------
+        field : str
+            Field name.
+        mode : {"local", "global", "none"}
+            Per grid point, per level, or no normalisation.
+        levels : sequence of float, optional
+            Level values, in the order wanted; None: all levels of the field in the coefficient store.
+        months : sequence of int, optional
+            Month indices 0-11, in the order wanted (the gather's ``month_of`` indexes into this order);
+            None: all twelve.
+
+        Returns
+        -------
+        mean, std : numpy.ndarray
+            float32, C-contiguous, shape ``(M, L, NYm, NXm)``: NYm = NXm = 1 for "global", the grid for
+            "local"; M = 0 for "none".
+
+        Raises
+        ------
+        ConfigError
+            Unknown mode or field, a level not in the store, a month out of range or without data.
+        """
+        if mode not in MODES:
+            raise ConfigError(
+                f"field {field!r}: normalization mode expected one of {list(MODES)}, got {mode!r}"
+            )
+        month_idx = list(range(12)) if months is None else [int(m) for m in months]
+        bad = [m for m in month_idx if not 0 <= m < 12]
+        if bad:
+            raise ConfigError(f"field {field!r}: month indices must be 0-11, got {bad}")
+        if mode == "none":
+            n_lev = 1 if levels is None else len(levels)
+            empty = np.zeros((0, n_lev, 1, 1), np.float32)
+            return empty, empty.copy()
+        lev_idx = self.level_indices(field, levels)
+        present = set(self.months_present(field))
+        absent = [m for m in month_idx if m not in present]
+        if absent:
+            raise ConfigError(
+                f"field {field!r}: the normalisation store {self._where()} has no data for month(s) "
+                f"{[MONTH_NAMES[m] for m in absent]}; recompute with fastload stats over a time range covering them"
+            )
+        gmean, gstd = self._global_arrays(field)
+        gm = gmean[np.ix_(month_idx, lev_idx)]  # (M, L)
+        gs = gstd[np.ix_(month_idx, lev_idx)]
+        gs_guarded = np.where(
+            np.isfinite(gm), np.where(np.isfinite(gs), np.maximum(gs, self.abs_floor), self.abs_floor), gs
+        )
+        if mode == "global":
+            shape = (len(month_idx), len(lev_idx), 1, 1)
+            return (
+                np.ascontiguousarray(gm.reshape(shape), np.float32),
+                np.ascontiguousarray(gs_guarded.reshape(shape), np.float32),
+            )
+        ny, nx = (int(v) for v in self.attrs(field)["grid_shape"])
+        mean = np.empty((len(month_idx), len(lev_idx), ny, nx), np.float32)
+        std = np.empty_like(mean)
+        for i, m in enumerate(month_idx):
+            for j, li in enumerate(lev_idx):
+                mean[i, j] = self._local_slab(field, "local_mean", m, int(li))
+                s = self._local_slab(field, "local_std", m, int(li))
+                floor = (
+                    max(self.abs_floor, self.rel_floor * gs_guarded[i, j])
+                    if math.isfinite(gs_guarded[i, j])
+                    else self.abs_floor
+                )
+                ok = np.isfinite(mean[i, j])
+                std[i, j] = np.where(ok, np.where(np.isfinite(s), np.maximum(s, floor), floor), s)
+        return mean, std
+
+    def clear_cache(self) -> None:
+        """Forget every coefficient read so far (they are read again on demand)."""
+        with self._lock:
+            self._local.clear()
+            self._global.clear()
+
+    # -- consistency with a data store ------------------------------------------------------------------------------
+    def check_field(
+        self, store: Any, field: str, levels: Sequence[float] | None, transform: str | None
+    ) -> None:
+        """Check that the coefficients of ``field`` fit ``store`` (a :class:`fastload.store.Store`).
+
+        Raises
+        ------
+        ConfigError
+            The field, a level, or the transform does not match, or a month of the store's time axis has no
+            coefficients.
+        SchemaError
+            The grid differs (shape, or first/last latitude or longitude, e.g. flipped latitude order).
+        """
+        a = self.attrs(field)
+        grid = store.grid
+        shape = [int(v) for v in a.get("grid_shape", ())]
+        if shape != [int(grid.ny), int(grid.nx)]:
+            raise SchemaError(
+                f"field {field!r}: normalisation store {self._where()} was computed on a {shape[0]}x{shape[1]} grid "
+                f"but the data store {store.path!r} has {grid.ny}x{grid.nx}"
+            )
+        for name, coord in (("latitude", grid.lat), ("longitude", grid.lon)):
+            want = a.get(f"{name}_first_last")
+            c = np.asarray(coord, np.float64).ravel()
+            if want is not None and c.size and not _same(want, [c[0], c[-1]]):
+                raise SchemaError(
+                    f"field {field!r}: normalisation store {self._where()} has {name} running {want[0]}..{want[1]} "
+                    f"but the data store {store.path!r} runs {c[0]}..{c[-1]} (different grid or order)"
+                )
+        self.level_indices(field, levels)
+        have_t = self.transform(field)
+        if have_t != transform:
+            raise ConfigError(
+                f"field {field!r}: config asks for transform {transform!r} but the coefficients in "
+                f"{self._where()} were computed after transform {have_t!r}; recompute with fastload stats "
+                f"--transform {field}={transform or 'none'} or change the config"
+            )
+        if store.time is not None and store.fields[field].has_time:
+            need = sorted(set(np.unique(months_of(store.time)).tolist()))
+            absent = sorted(set(need) - set(self.months_present(field)))
+            if absent:
+                raise ConfigError(
+                    f"field {field!r}: the data store has times in {[MONTH_NAMES[m] for m in absent]} but the "
+                    f"normalisation store {self._where()} has no coefficients for those months"
+                )
+
+    def check(self, store: Any, config: Any) -> None:
+        """Check every normalised field of a :class:`~fastload.config.SamplingConfig` against ``store``."""
+        for f in config.fields:
+            if f.normalization != "none":
+                self.check_field(store, f.name, f.levels, f.transform)
+
+    def __repr__(self) -> str:
+        return f"Normalizer({self._where()}, fields={list(self.fields)})"

@@ -1,0 +1,600 @@
+"""Compute normalisation coefficients into their own zarr store: ``fastload stats STORE --out NORM``.
+
+Why this module exists: AtmoRep-style training normalises every field per calendar month, either per level
+("global": one mean and std per month and level) or per grid point ("local": a mean and std map per month and
+level). Those coefficients must be computed once, from the data store, streaming (a 0.25 degree record is
+terabytes) and NaN-aware (ocean data have land), and kept apart from the data so another set can be swapped in.
+
+How: the (field, level) pairs to compute are packed into passes that fit a memory budget (a local accumulator
+is 12 months x the grid x 24 bytes). Each pass reads every chunk holding its pairs once, in time order, with a few
+threads decoding, and merges each chunk's per-month count/mean/M2 into float64 accumulators (Chan's parallel
+update, numerically stable). Global statistics are the exact Chan merge of the local ones. Non-finite values
+(NaN, inf, or a value the transform maps to NaN/inf such as log1p of x <= -1) are left out and counted. Statistics
+are population statistics (ddof = 0) over all grid points with equal weight (no area weighting).
+
+The coefficient store's layout is documented in :mod:`fastload.norm`. It is written to a temporary folder next to
+``--out`` and renamed when complete, so an interrupted run leaves nothing that opens as a coefficient store.
+
+Run::
+
+    fastload stats era5.zarr --out era5-norm.zarr --transform total_precipitation=log1p \\
+        --time-range 1979-01-01 2017-12-31 --fields temperature,total_precipitation
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ._progress import Progress
+from .errors import ConfigError, FastloadError, SchemaError
+from .norm import FORMAT_VERSION, months_of
+
+__all__ = ["StatsConfig", "compute_stats", "main"]
+
+_ACC_BYTES_PER_POINT = 12 * 24  # months x (int64 count + float64 mean + float64 M2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class StatsConfig:
+    """What ``fastload stats`` computes and how."""
+
+    fields: tuple[str, ...] | None = None
+    """Fields to compute; None: every field of the store."""
+    levels: Any = None
+    """Level values: a sequence (kept for every field that has them) or a mapping field -> sequence; None: all."""
+    time_range: tuple[str | None, str | None] | None = None
+    """Inclusive (start, end) as ISO dates/times; None (or a None end) leaves that end open."""
+    transforms: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Field -> transform applied before the statistics (``log1p``, e.g. for precipitation)."""
+    memory_bytes: int = 2**30
+    """Soft budget for the accumulators of one pass (at least one (field, level) pair per pass)."""
+    workers: int = 2
+    """Threads reading and decoding chunks."""
+    zarr_format: int = 3
+    """Zarr format of the coefficient store (2 or 3)."""
+    overwrite: bool = False
+    """Replace an existing store at the output path."""
+    progress: bool | None = None
+    """Draw a progress bar on stderr; None: when stderr is a terminal."""
+
+    def __post_init__(self) -> None:
+        if self.fields is not None:
+            if isinstance(self.fields, str) or not all(isinstance(f, str) and f for f in self.fields):
+                raise ConfigError(f"stats.fields: expected a list of field names, got {self.fields!r}")
+            object.__setattr__(self, "fields", tuple(self.fields))
+        if self.levels is not None:
+            if isinstance(self.levels, Mapping):
+                lv = {str(k): _floats(f"stats.levels.{k}", v) for k, v in self.levels.items()}
+                object.__setattr__(self, "levels", MappingProxyType(lv))
+            else:
+                object.__setattr__(self, "levels", _floats("stats.levels", self.levels))
+        if self.time_range is not None:
+            if isinstance(self.time_range, str) or len(self.time_range) != 2:
+                raise ConfigError(f"stats.time_range: expected (start, end), got {self.time_range!r}")
+            for v in self.time_range:
+                if v is not None:
+                    _datetime("stats.time_range", v)
+            object.__setattr__(self, "time_range", tuple(self.time_range))
+        tr = dict(self.transforms)
+        for k, v in tr.items():
+            if v not in (None, "log1p", "none"):
+                raise ConfigError(f"stats.transforms.{k}: expected 'log1p' or 'none', got {v!r}")
+        object.__setattr__(
+            self, "transforms", MappingProxyType({k: v for k, v in tr.items() if v not in (None, "none")})
+        )
+        for key, lo in (("memory_bytes", 1), ("workers", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"stats.{key}: expected an integer >= {lo}, got {v!r}")
+        if self.zarr_format not in (2, 3):
+            raise ConfigError(f"stats.zarr_format: expected 2 or 3, got {self.zarr_format!r}")
+
+
+def _floats(name: str, v: Any) -> tuple[float, ...]:
+    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not v:
+        raise ConfigError(f"{name}: expected a non-empty list of level values, got {v!r}")
+    try:
+        return tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected numbers, got {v!r}") from None
+
+
+def _datetime(name: str, v: Any) -> np.datetime64:
+    try:
+        return np.datetime64(v, "ns")
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{name}: expected an ISO date or time such as 2000-01-31T18:00, got {v!r}"
+        ) from None
+
+
+@dataclasses.dataclass(slots=True)
+class _Target:
+    """One (field, level) pair and its running per-month statistics over the grid."""
+
+    field: str
+    array: str
+    level_pos: int  # position along the output level axis
+    store_level: int | None  # index along the array's level axis
+    field_index: int | None
+    n: Any = None  # (12, NY, NX) int64, allocated when its pass starts
+    mean: Any = None  # (12, NY, NX) float64
+    m2: Any = None  # (12, NY, NX) float64
+
+    def allocate(self, ny: int, nx: int) -> None:
+        self.n = np.zeros((12, ny, nx), np.int64)
+        self.mean = np.zeros((12, ny, nx))
+        self.m2 = np.zeros((12, ny, nx))
+
+    def release(self) -> None:
+        self.n = self.mean = self.m2 = None
+
+    def merge(self, month: int, ys: slice, xs: slice, block: np.ndarray) -> None:
+        """Chan-merge a ``(T, ny, nx)`` float64 block (NaN = missing) into month ``month`` at ``[ys, xs]``."""
+        valid = np.isfinite(block)
+        nb = valid.sum(axis=0)
+        if not nb.any():
+            return
+        x = np.where(valid, block, 0.0)
+        mb = np.divide(x.sum(axis=0), nb, out=np.zeros(nb.shape), where=nb > 0)
+        d = np.where(valid, block - mb, 0.0)
+        m2b = np.einsum("tyx,tyx->yx", d, d)
+        n = self.n[month, ys, xs]
+        mean = self.mean[month, ys, xs]
+        tot = n + nb
+        delta = mb - mean
+        frac = np.divide(nb, tot, out=np.zeros(nb.shape), where=tot > 0)
+        mean += delta * frac
+        self.m2[month, ys, xs] += m2b + delta * delta * n * frac
+        n[...] = tot
+
+
+def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
+    """(field, store level indices or None, level values or None) for every field to compute."""
+    names = list(store.fields) if cfg.fields is None else list(cfg.fields)
+    unknown = [f for f in names if f not in store.fields]
+    unknown += [f for f in cfg.transforms if f not in store.fields]
+    if isinstance(cfg.levels, Mapping):
+        unknown += [f for f in cfg.levels if f not in store.fields]
+    if unknown:
+        raise ConfigError(
+            f"stats: no field(s) {sorted(set(unknown))} in {store.path!r}; it has {list(store.fields)}"
+        )
+    out = []
+    used: set[float] = set()
+    for name in names:
+        info = store.fields[name]
+        arr = store.arrays[info.array]
+        if sum(a is not None for a in info.axes) != len(arr.shape):
+            raise SchemaError(
+                f"stats: array {info.array!r} of field {name!r} has dims {arr.dims} with axes I cannot place "
+                f"(expected only time, field, level, y, x)"
+            )
+        if info.levels is None:
+            if isinstance(cfg.levels, Mapping) and name in cfg.levels:
+                raise ConfigError(f"stats.levels.{name}: field {name!r} has no level axis")
+            out.append((name, None, None))
+            continue
+        have = np.asarray(info.levels, np.float64)
+        want = cfg.levels.get(name) if isinstance(cfg.levels, Mapping) else cfg.levels
+        if want is None:
+            values = have
+        elif isinstance(cfg.levels, Mapping):
+            values = np.asarray(want, np.float64)  # all must exist: level_indices says which do not
+        else:
+            values = np.asarray([v for v in want if np.isclose(have, v).any()], np.float64)
+            used.update(v for v in want if np.isclose(have, v).any())
+            if values.size == 0:
+                raise ConfigError(
+                    f"stats.levels: none of {list(want)} is a level of field {name!r} (it has {have.tolist()}); "
+                    f"leave it out with --fields or give its levels as {name}=..."
+                )
+        out.append((name, np.asarray(store.level_indices(name, values.tolist())), values))
+    if cfg.levels is not None and not isinstance(cfg.levels, Mapping):
+        unused = [v for v in cfg.levels if v not in used]
+        if unused:
+            raise ConfigError(f"stats.levels: level(s) {unused} belong to none of the fields {names}")
+    return out
+
+
+def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
+    if store.time is None:
+        return None
+    mask = np.ones(store.time.shape, bool)
+    if cfg.time_range is not None:
+        start, end = cfg.time_range
+        if start is not None:
+            mask &= store.time >= _datetime("stats.time_range", start)
+        if end is not None:
+            mask &= store.time <= _datetime("stats.time_range", end)
+        if not mask.any():
+            raise ConfigError(
+                f"stats.time_range: {cfg.time_range} selects no time step of {store.path!r} "
+                f"(it runs {store.time[0]} .. {store.time[-1]})"
+            )
+    return mask
+
+
+def _plan_chunks(
+    store: Any, targets: list[_Target], tmask: np.ndarray | None
+) -> dict[tuple[str, tuple], list]:
+    """Chunk (array, index) -> targets it feeds, in time-chunk order."""
+    need: dict[tuple[str, tuple], list] = {}
+    for tg in targets:
+        info, arr = store.fields[tg.field], store.arrays[tg.array]
+        ax = info.axes
+        ranges: list[Sequence[int]] = [range(g) for g in arr.grid_shape]
+        if ax[0] is not None and tmask is not None:
+            ct = arr.chunks[ax[0]]
+            ranges[ax[0]] = np.unique(np.flatnonzero(tmask) // ct).tolist()
+        if ax[1] is not None:
+            ranges[ax[1]] = [tg.field_index // arr.chunks[ax[1]]]
+        if ax[2] is not None:
+            ranges[ax[2]] = [tg.store_level // arr.chunks[ax[2]]]
+        for idx in np.ndindex(*[len(r) for r in ranges]):
+            chunk = tuple(int(r[i]) for r, i in zip(ranges, idx))
+            need.setdefault((tg.array, chunk), []).append(tg)
+    return dict(sorted(need.items(), key=lambda kv: (kv[0][1][:1], kv[0][0], kv[0][1])))
+
+
+def _feed(
+    store: Any, key: tuple[str, tuple], data: np.ndarray, targets: list[_Target], cfg, tmask, tmonths, counts
+):
+    """Merge one decoded chunk into every target it holds."""
+    array, chunk = key
+    arr = store.arrays[array]
+    start = [c * s for c, s in zip(chunk, arr.chunks)]
+    stop = [min(b + s, n) for b, s, n in zip(start, arr.chunks, arr.shape)]
+    data = data[tuple(slice(0, e - b) for b, e in zip(start, stop))]  # crop edge chunks
+    for tg in targets:
+        info = store.fields[tg.field]
+        t_ax, f_ax, l_ax, y_ax, x_ax = info.axes
+        sel: list[Any] = [slice(None)] * data.ndim
+        if f_ax is not None:
+            sel[f_ax] = tg.field_index - start[f_ax]
+        if l_ax is not None:
+            sel[l_ax] = tg.store_level - start[l_ax]
+        block = data[tuple(sel)]  # (T, ny, nx) or (ny, nx)
+        if t_ax is None:
+            block, months = block[None], np.zeros(1, np.int32)
+        else:
+            rows = slice(start[t_ax], stop[t_ax])
+            keep = tmask[rows] if tmask is not None else np.ones(stop[t_ax] - start[t_ax], bool)
+            block, months = block[keep], tmonths[rows][keep]
+        x = block.astype(np.float64)
+        raw_nan = int(np.isnan(x).sum())
+        if cfg.transforms.get(tg.field) == "log1p":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x = np.log1p(x)
+        nonfinite = int((~np.isfinite(x)).sum())
+        counts[tg.field]["missing"] += raw_nan
+        counts[tg.field]["excluded"] += nonfinite - raw_nan
+        ys, xs = slice(start[y_ax], stop[y_ax]), slice(start[x_ax], stop[x_ax])
+        for m in np.unique(months):
+            tg.merge(int(m), ys, xs, x[months == m])
+
+
+class _Writer:
+    """Creates the coefficient store (at the temporary path) and fills it target by target."""
+
+    def __init__(self, path: str, store: Any, selection: list, cfg: StatsConfig, tmask: np.ndarray | None):
+        import zarr
+
+        self.fmt = cfg.zarr_format
+        self.cfg = cfg
+        grid = store.grid
+        ny, nx = int(grid.ny), int(grid.nx)
+        times = store.time[tmask] if tmask is not None else None
+        self.root = zarr.open_group(path, mode="w", zarr_format=self.fmt, attributes={
+            "fastload_norm": FORMAT_VERSION,
+            "source": str(store.path),
+            "fields": [name for name, _, _ in selection],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "time_range": None if times is None else [str(times[0]), str(times[-1])],
+        })  # fmt: skip
+        self.groups: dict[str, Any] = {}
+        self.globals: dict[str, dict[str, np.ndarray]] = {}
+        self.static: dict[str, bool] = {}
+        ydim, xdim = ("latitude", "longitude") if grid.kind == "latlon" else ("y", "x")
+        for name, _, values in selection:
+            info = store.fields[name]
+            n_lev = 1 if values is None else len(values)
+            self.static[name] = not info.has_time or store.time is None
+            lat, lon = np.asarray(grid.lat, np.float64).ravel(), np.asarray(grid.lon, np.float64).ravel()
+            g = self.root.create_group(name, attributes={
+                "field": name,
+                "source": str(store.path),
+                "levels": None if values is None else [float(v) for v in values],
+                "level_type": info.level_type,
+                "units": info.units,
+                "grid_kind": grid.kind,
+                "grid_shape": [ny, nx],
+                "latitude_first_last": [float(lat[0]), float(lat[-1])],
+                "longitude_first_last": [float(lon[0]), float(lon[-1])],
+                "periodic_x": bool(grid.periodic_x),
+                "transform": cfg.transforms.get(name),
+                "static": self.static[name],
+                "time_steps": 0 if self.static[name] else int(tmask.sum()),
+                "std_ddof": 0,
+            })  # fmt: skip
+            self._array(g, "month", np.arange(1, 13, dtype=np.int32), ("month",))
+            if values is not None:
+                self._array(g, "level", np.asarray(values, np.float64), ("level",))
+            if grid.kind == "latlon":
+                self._array(g, ydim, lat, (ydim,))
+                self._array(g, xdim, lon, (xdim,))
+            for stat in ("local_mean", "local_std"):
+                self._array(g, stat, None, ("month", "level", ydim, xdim), shape=(12, n_lev, ny, nx),
+                            chunks=(1, 1, ny, nx), dtype=np.float32)  # fmt: skip
+            self.groups[name] = g
+            self.globals[name] = {
+                "global_count": np.zeros((12, n_lev), np.int64),
+                "global_mean": np.full((12, n_lev), np.nan),
+                "global_std": np.full((12, n_lev), np.nan),
+            }
+
+    def _array(self, g: Any, name: str, data: np.ndarray | None, dims: tuple[str, ...], **kw: Any) -> None:
+        shape = kw.pop("shape", None if data is None else data.shape)
+        dtype = kw.pop("dtype", None if data is None else data.dtype)
+        extra: dict[str, Any] = (
+            {"dimension_names": dims} if self.fmt == 3 else {"attributes": {"_ARRAY_DIMENSIONS": list(dims)}}
+        )
+        fill = np.nan if np.dtype(dtype).kind == "f" else 0
+        a = g.create_array(
+            name, shape=shape, dtype=dtype, chunks=kw.pop("chunks", shape), fill_value=fill, **extra
+        )
+        if data is not None:
+            a[...] = data
+
+    def write_target(self, tg: _Target) -> None:
+        n, mean, m2 = tg.n, tg.mean, tg.m2
+        if self.static[tg.field]:  # no time axis: the one snapshot stands for every month
+            n, mean, m2 = (np.broadcast_to(a[:1], a.shape) for a in (n, mean, m2))
+        has = n > 0
+        local_mean = np.where(has, mean, np.nan).astype(np.float32)
+        local_std = np.sqrt(np.divide(m2, n, out=np.full(m2.shape, np.nan), where=has)).astype(np.float32)
+        g = self.groups[tg.field]
+        g["local_mean"][:, tg.level_pos] = local_mean
+        g["local_std"][:, tg.level_pos] = local_std
+        # global = exact Chan merge of the per-point statistics over the grid
+        tot = n.sum(axis=(1, 2))
+        gm = np.divide((n * mean).sum(axis=(1, 2)), tot, out=np.full(12, np.nan), where=tot > 0)
+        dev = np.where(has, mean - gm[:, None, None], 0.0)
+        gm2 = m2.sum(axis=(1, 2)) + (n * dev * dev).sum(axis=(1, 2))
+        gl = self.globals[tg.field]
+        gl["global_count"][:, tg.level_pos] = tot
+        gl["global_mean"][:, tg.level_pos] = gm
+        gl["global_std"][:, tg.level_pos] = np.sqrt(
+            np.divide(gm2, tot, out=np.full(12, np.nan), where=tot > 0)
+        )
+
+    def finish(self, counts: dict[str, dict[str, int]]) -> None:
+        for name, g in self.groups.items():
+            for key, arr in self.globals[name].items():
+                self._array(g, key, arr, ("month", "level"))
+            per_month = self.globals[name]["global_count"].sum(axis=1)
+            g.attrs.update({
+                "months_present": [int(m) + 1 for m in np.flatnonzero(per_month > 0)],
+                "counts": [int(c) for c in per_month],
+                "missing_values": int(counts[name]["missing"]),
+                "excluded_nonfinite": int(counts[name]["excluded"]),
+            })  # fmt: skip
+
+
+def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig | None = None) -> str:
+    """Compute normalisation coefficients of ``store`` into a new coefficient store at ``out``.
+
+    Parameters
+    ----------
+    store : Store or str
+        An open :class:`fastload.store.Store`, or a path/URL to open.
+    out : str or path-like
+        Local path of the coefficient store to write (layout in :mod:`fastload.norm`).
+    config : StatsConfig, optional
+        Fields, levels, time range, transforms, memory budget, workers.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    ConfigError
+        Unknown field or level, an empty time range, or ``out`` exists without ``overwrite``.
+    """
+    cfg = StatsConfig() if config is None else config
+    if isinstance(store, (str, os.PathLike)):
+        from .store import open_store
+
+        store = open_store(os.fspath(store))
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out) and not cfg.overwrite:
+        raise ConfigError(f"stats: output {out!r} exists; pass --overwrite to replace it")
+    if store.path and os.path.abspath(str(store.path)) == out:
+        raise ConfigError(
+            f"stats: output {out!r} is the data store itself; coefficients go in their own store"
+        )
+    selection = _select(store, cfg)
+    tmask = _time_mask(store, cfg)
+    tmonths = months_of(store.time) if store.time is not None else None
+    ny, nx = int(store.grid.ny), int(store.grid.nx)
+
+    # one target per (field, level); passes bounded by the memory budget
+    pending = []
+    for name, lev_idx, _ in selection:
+        info = store.fields[name]
+        for pos, li in enumerate([None] if lev_idx is None else lev_idx.tolist()):
+            pending.append((name, info.array, pos, li, info.field_index))
+    per_pass = max(1, cfg.memory_bytes // (_ACC_BYTES_PER_POINT * ny * nx))
+    passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
+
+    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = {name: {"missing": 0, "excluded": 0} for name, _, _ in selection}
+    try:
+        writer = _Writer(tmp, store, selection, cfg, tmask)
+        plans = []
+        for group in passes:
+            targets = [_Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi)
+                       for f, a, p, li, fi in group]  # fmt: skip
+            plans.append((targets, _plan_chunks(store, targets, tmask)))
+        total = sum(store.arrays[a].chunk_nbytes for _, plan in plans for a, _ in plan)
+        with (
+            Progress(total=total, desc="stats", unit="B", enabled=cfg.progress) as bar,
+            ThreadPoolExecutor(cfg.workers, thread_name_prefix="fastload-stats") as pool,
+        ):
+            for i, (targets, plan) in enumerate(plans):
+                bar.set_description(f"stats {i + 1}/{len(plans)} {targets[0].field}")
+                for tg in targets:
+                    tg.allocate(ny, nx)
+                window: collections.deque = collections.deque()
+                items = iter(plan.items())
+                while True:  # keep 2 x workers chunks in flight, consume in plan (time) order
+                    while len(window) < 2 * cfg.workers:
+                        nxt = next(items, None)
+                        if nxt is None:
+                            break
+                        window.append((nxt, pool.submit(store.read_chunk, *nxt[0])))
+                    if not window:
+                        break
+                    (key, tgs), fut = window.popleft()
+                    data = fut.result()
+                    _feed(store, key, data, tgs, cfg, tmask, tmonths, counts)
+                    bar.update(store.arrays[key[0]].chunk_nbytes)
+                for tg in targets:
+                    writer.write_target(tg)
+                    tg.release()
+        writer.finish(counts)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--{what}: expected FIELD=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _parse_levels(items: Sequence[str]) -> Any:
+    if not items:
+        return None
+    plain = [it for it in items if "=" not in it]
+    keyed = [it for it in items if "=" in it]
+    if plain and keyed:
+        raise ConfigError("--levels: give either plain level values or FIELD=v1,v2 entries, not both")
+
+    def nums(s: str) -> list[float]:
+        try:
+            return [float(v) for v in s.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"--levels: expected numbers, got {s!r}") from None
+
+    if plain:
+        return [v for it in plain for v in nums(it)]
+    return {k: nums(v) for k, v in _parse_kv(keyed, "levels").items()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastload stats",
+        description="Compute monthly normalisation coefficients (global: per level; local: per grid point) of a "
+        "store into their own zarr store, streaming and NaN-aware. The data store is never written to.",
+        epilog="Example: fastload stats era5.zarr --out norm.zarr --transform total_precipitation=log1p "
+        "--time-range 1979-01-01 2017-12-31",
+    )
+    p.add_argument("store", help="data store (path or URL)")
+    p.add_argument("--out", required=True, help="coefficient store to write (local path; must not exist)")
+    p.add_argument("--fields", help="comma-separated fields (default: all)")
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        metavar="LEVELS",
+        help="level values for every field that has them (96 105 or 96,105), or FIELD=96,105 entries",
+    )
+    p.add_argument(
+        "--time-range",
+        nargs=2,
+        metavar=("START", "END"),
+        help="inclusive ISO dates/times; '..' leaves an end open",
+    )
+    p.add_argument(
+        "--transform",
+        action="append",
+        default=[],
+        metavar="FIELD=log1p",
+        help="transform applied before the statistics (repeatable)",
+    )
+    p.add_argument("--memory", type=float, default=1.0, help="accumulator memory budget in GiB (default 1)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument(
+        "--zarr-format", type=int, default=3, choices=(2, 3), help="format of the output (default 3)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for a remote data store (repeatable)",
+    )
+    return p  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastload stats``: parse arguments, compute, print a one-line summary. Returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return int(e.code or 0)
+    try:
+        tr = args.time_range
+        cfg = StatsConfig(
+            fields=None if not args.fields else tuple(f.strip() for f in args.fields.split(",") if f.strip()),
+            levels=_parse_levels(args.levels or []),
+            time_range=None if tr is None else tuple(None if v == ".." else v for v in tr),
+            transforms=_parse_kv(args.transform, "transform"),
+            memory_bytes=max(1, int(args.memory * 2**30)),
+            workers=args.workers,
+            zarr_format=args.zarr_format,
+            overwrite=args.overwrite,
+            progress=False if args.quiet else None,
+        )
+        from .store import open_store
+
+        opts = _parse_kv(args.storage_option, "storage-option") or None
+        store = open_store(args.store, storage_options=opts)
+        t0 = datetime.datetime.now()
+        path = compute_stats(store, args.out, cfg)
+    except FastloadError as e:
+        print(f"fastload stats: error: {e}", file=sys.stderr)
+        return 2
+    secs = (datetime.datetime.now() - t0).total_seconds()
+    print(f"wrote normalisation coefficients of {args.store} to {path} in {secs:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
