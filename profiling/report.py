@@ -1,0 +1,359 @@
+"""Reports from step records: a console table, ``summary.json``, ``steps.csv`` and a PNG; the loader-only variant.
+
+Why this module exists: the numbers from :class:`profiling.timers.StepTimer` (or from Nsight Systems, through
+:mod:`profiling.nsys`) are only useful when they answer "where does a step go, and would faster data help?"
+in one screen and in files a run can be compared with later. :func:`summarize` turns per-step records into
+per-phase mean/p50/p95/share, samples/s, bytes/s, the stall fraction (data wait over step time), MFU when
+FLOPs per step and a peak are known, and a what-if (the speed-up if data wait were zero).
+:func:`write_report` writes ``summary.json``, ``steps.csv`` and ``steps.png`` (per-step stacked time by phase,
+and a timeline of a few steps). :func:`summarize_loader` / :func:`format_loader_table` do the same for the
+loader alone (per-stage times, bytes stored/decoded/useful, cache hit rate).
+
+How to run it::
+
+    summary = summarize(timer.flush(), flops_per_step=f, peak_flops=peak_flops(torch.cuda.get_device_name()))
+    print(format_table(summary))
+    write_report("runs/profile", timer.flush(), summary)
+
+Files are written to a temporary name and renamed when complete. The PNG is drawn on matplotlib's Agg canvas
+without pyplot, so importing this module changes no global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastload.errors import ConfigError
+
+from .timers import PHASES, mfu
+
+__all__ = [
+    "EXTRA",
+    "LOADER_STAGES",
+    "summarize",
+    "format_table",
+    "write_report",
+    "write_summary",
+    "write_steps_csv",
+    "plot_steps",
+    "machine_info",
+    "summarize_loader",
+    "format_loader_table",
+    "format_sweep_table",
+]
+
+EXTRA = ("other", "idle")
+"""Step time outside the timed phases: ``other`` (inside a step, between phases), ``idle`` (between steps)."""
+
+LOADER_STAGES = ("plan", "fetch", "decode", "gather")
+"""Loader worker stages; ``queue_wait`` (the consumer's wait for a ready batch) is reported beside them."""
+
+_COLORS = {"data_wait": "#d62728", "h2d": "#ff7f0e", "forward": "#1f77b4", "backward": "#2ca02c",
+           "optimizer": "#9467bd", "other": "#bcbd22", "idle": "#7f7f7f"}
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+
+def machine_info() -> dict[str, Any]:
+    """Python, OS, CPU count, and torch/CUDA/GPU where torch is importable."""
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["torch"] = torch.__version__
+    info["cuda_available"] = bool(torch.cuda.is_available())
+    if info["cuda_available"]:
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = PHASES,
+              flops_per_step: float | None = None, peak_flops: float | None = None,
+              config: Mapping[str, Any] | None = None, machine: Mapping[str, Any] | None = None,
+              source: str = "step_timer") -> dict[str, Any]:
+    """Summarise per-step records (from :meth:`StepTimer.records`) into the report's numbers.
+
+    Parameters
+    ----------
+    records : sequence of mapping
+        Per-step records with ``step_ms``, ``<phase>_ms``, ``other_ms``, ``idle_ms``, ``samples`` and byte
+        counters.
+    phases : sequence of str
+        The timed phases, in loop order.
+    flops_per_step, peak_flops : float, optional
+        Model FLOPs per step and the device's peak FLOP/s; MFU is reported when both are given.
+    config, machine : mapping, optional
+        Stored as given (``machine`` defaults to :func:`machine_info`).
+    source : str
+        Where the times come from (``step_timer``, ``nsys``).
+
+    Returns
+    -------
+    dict
+        ``phases`` {name: {mean_ms, p50_ms, p95_ms, share}} (the timed phases, then ``other`` and ``idle``;
+        shares are of total step time and add up to 1), ``step`` {mean_ms, p50_ms, p95_ms}, ``steps``,
+        ``samples``, ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
+        ``read_amplification``, ``mfu``, ``what_if``, ``config``, ``machine``, ``source``.
+
+    Raises
+    ------
+    ConfigError
+        If there are no records (every step was a warm-up step) or a record lacks a phase.
+    """
+    if not records:
+        raise ConfigError("report: no step records (were all steps warm-up steps? run more steps than warmup)")
+    names = [*phases, *EXTRA]
+    for key in ("step_ms", *(f"{p}_ms" for p in names)):
+        if key not in records[0]:
+            raise ConfigError(f"report: step records lack {key!r}; have {sorted(records[0])}")
+    step = np.array([r["step_ms"] for r in records], dtype=np.float64)
+    total_ms = float(step.sum())
+    out: dict[str, Any] = {"source": source, "steps": len(records), "step": _stats(step), "phases": {}}
+    for p in names:
+        v = [float(r[f"{p}_ms"]) for r in records]
+        out["phases"][p] = {**_stats(v), "share": sum(v) / total_ms if total_ms > 0 else 0.0}
+    seconds = total_ms / 1e3
+    samples = int(sum(int(r.get("samples", 0)) for r in records))
+    out["samples"] = samples
+    out["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
+    wait = sum(float(r.get("data_wait_ms", 0.0)) for r in records)
+    out["stall_fraction"] = wait / total_ms if total_ms > 0 else 0.0
+    read = sum(int(r.get("bytes_read", 0)) for r in records)
+    decoded = sum(int(r.get("bytes_decoded", 0)) for r in records)
+    useful = sum(int(r.get("bytes_useful", 0)) for r in records)
+    out["bytes_read_per_s"] = read / seconds if seconds > 0 else 0.0
+    out["bytes_decoded_per_s"] = decoded / seconds if seconds > 0 else 0.0
+    out["read_amplification"] = decoded / useful if useful > 0 else None
+    out["flops_per_step"] = flops_per_step
+    out["peak_flops"] = peak_flops
+    mean_s = total_ms / len(records) / 1e3
+    out["mfu"] = mfu(flops_per_step, mean_s, peak_flops) if flops_per_step and peak_flops and mean_s > 0 else None
+    no_wait = total_ms - wait
+    out["what_if"] = {"no_data_wait_step_ms": no_wait / len(records),
+                      "no_data_wait_speedup": total_ms / no_wait if no_wait > 0 else None}
+    out["config"] = dict(config) if config is not None else {}
+    out["machine"] = dict(machine) if machine is not None else machine_info()
+    return out
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1e6:.1f} MB/s"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The console table: per phase mean/p50/p95 (ms) and share; samples/s, stall fraction, MFU, what-if."""
+    lines = [f"{'phase':<12}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}{'share':>9}"]
+    for name, s in summary["phases"].items():
+        share = s.get("share")
+        lines.append(f"{name:<12}{_fmt(s.get('mean_ms')):>10}{_fmt(s.get('p50_ms')):>10}"
+                     f"{_fmt(s.get('p95_ms')):>10}{_fmt(None if share is None else 100 * share, '.1f'):>8}%")
+    st = summary.get("step")
+    if st:
+        lines.append(f"{'step':<12}{_fmt(st.get('mean_ms')):>10}{_fmt(st.get('p50_ms')):>10}"
+                     f"{_fmt(st.get('p95_ms')):>10}{'100.0':>8}%")
+    lines.append("")
+    sps = summary.get("samples_per_s")
+    stall = summary.get("stall_fraction")
+    lines.append(f"steps {summary.get('steps', '-')}   samples/s {_fmt(sps, '.1f')}   "
+                 f"stall fraction {_fmt(None if stall is None else 100 * stall, '.1f')}%   "
+                 f"read {_rate(summary.get('bytes_read_per_s'))}   decoded {_rate(summary.get('bytes_decoded_per_s'))}")
+    if summary.get("mfu") is not None:
+        lines.append(f"MFU {100 * summary['mfu']:.1f}%  ({summary['flops_per_step']:.3g} FLOP/step, "
+                     f"peak {summary['peak_flops'] / 1e12:.0f} TFLOP/s)")
+    wi = summary.get("what_if") or {}
+    if wi.get("no_data_wait_speedup") is not None and st:
+        lines.append(f"what-if: with zero data wait a step would take {wi['no_data_wait_step_ms']:.2f} ms instead "
+                     f"of {st['mean_ms']:.2f} ms ({wi['no_data_wait_speedup']:.2f}x faster)")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_summary(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a summary as indented JSON (temporary file, then rename)."""
+    text = json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n"
+    return _atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+def write_steps_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write records as CSV, one row per step; columns in first-seen order, None as an empty cell."""
+    columns: list[str] = []
+    for r in records:
+        columns.extend(k for k in r if k not in columns)
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, restval="")
+            w.writeheader()
+            for r in records:
+                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+    return _atomic_write(Path(path), write)
+
+
+def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *,
+               phases: Sequence[str] = PHASES, timeline_steps: int = 4, title: str | None = None) -> Path:
+    """PNG: per-step stacked time by phase (top) and a timeline of the first ``timeline_steps`` steps (bottom)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [*phases, *EXTRA]
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, tl = fig.subplots(2, 1, height_ratios=[3, 2])
+    steps = np.array([r["step"] for r in records])
+    bottom = np.zeros(len(records))
+    for p in names:
+        v = np.array([float(r.get(f"{p}_ms", 0.0)) for r in records])
+        if v.any():
+            ax.bar(steps, v, bottom=bottom, width=0.85, label=p, color=_COLORS.get(p))
+            bottom += v
+    if bottom.size and bottom.max() > 0:
+        ax.set_ylim(0, 1.25 * bottom.max())  # room for the legend above the bars
+    ax.set_xlabel("step")
+    ax.set_ylabel("time (ms)")
+    ax.set_title(title or "time per step by phase")
+    ax.legend(loc="upper right", fontsize=8, ncols=min(len(names), 7))
+    shown = records[:timeline_steps]
+    lanes = [p for p in phases if any(r.get(f"{p}_at_ms") is not None for r in shown)]
+    for i, p in enumerate(lanes):
+        bars = [(r["t0_ms"] + r[f"{p}_at_ms"], r[f"{p}_ms"]) for r in shown if r.get(f"{p}_at_ms") is not None]
+        tl.broken_barh(bars, (i - 0.4, 0.8), color=_COLORS.get(p))
+    for r in shown:
+        tl.axvline(r["t0_ms"], color="k", lw=0.5, ls=":")
+    tl.set_yticks(range(len(lanes)), lanes)
+    tl.invert_yaxis()  # loop order top to bottom
+    tl.set_xlabel("time since first recorded step (ms); dotted lines: step starts")
+    tl.set_title(f"timeline of steps {shown[0]['step']}-{shown[-1]['step']}" if shown else "timeline")
+    return _atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
+
+
+def write_report(out_dir: str | os.PathLike[str], records: Sequence[Mapping[str, Any]],
+                 summary: Mapping[str, Any] | None = None, *, phases: Sequence[str] = PHASES,
+                 **summarize_kwargs: Any) -> dict[str, Path]:
+    """Write ``summary.json``, ``steps.csv`` and ``steps.png`` into ``out_dir``; return their paths by kind."""
+    out = Path(out_dir)
+    if summary is None:
+        summary = summarize(records, phases=phases, **summarize_kwargs)
+    return {"summary": write_summary(summary, out / "summary.json"),
+            "steps": write_steps_csv(records, out / "steps.csv"),
+            "plot": plot_steps(records, out / "steps.png", phases=phases)}
+
+
+# -- loader-only ---------------------------------------------------------------------------------------------
+
+
+def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
+                     config: Mapping[str, Any] | None = None,
+                     machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Summarise per-batch loader counters.
+
+    Parameters
+    ----------
+    records : sequence of mapping
+        One per batch: ``<stage>_ms`` for each of :data:`LOADER_STAGES` (time summed over the worker threads
+        that did the batch's work), ``queue_wait_ms`` (consumer wait), ``samples``, ``bytes_stored``,
+        ``bytes_decoded``, ``bytes_useful``, ``cache_hits``, ``cache_misses``.
+    wall_s : float
+        Wall-clock seconds the batches took, first request to last batch.
+
+    Returns
+    -------
+    dict
+        ``stages`` {name: {mean_ms, p50_ms, p95_ms, total_s, share}} (share of summed worker-stage time; for
+        ``queue_wait`` the share of wall time), ``batches``, ``samples``, ``samples_per_s``,
+        ``bytes_{stored,decoded,useful}_per_s``, ``read_amplification`` (decoded / useful),
+        ``compression_ratio`` (decoded / stored), ``cache_hit_rate``, ``wall_s``, ``config``, ``machine``.
+    """
+    if not records:
+        raise ConfigError("loader report: no batch records")
+    if not wall_s > 0:
+        raise ConfigError(f"loader report: wall_s must be > 0, got {wall_s!r}")
+    stages: dict[str, Any] = {}
+    worker_total = sum(float(r.get(f"{s}_ms", 0.0)) for r in records for s in LOADER_STAGES)
+    for s in (*LOADER_STAGES, "queue_wait"):
+        v = [float(r.get(f"{s}_ms", 0.0)) for r in records]
+        total = sum(v)
+        share = total / (wall_s * 1e3) if s == "queue_wait" else (total / worker_total if worker_total else 0.0)
+        stages[s] = {**_stats(v), "total_s": total / 1e3, "share": share}
+    tot = {k: sum(int(r.get(k, 0)) for r in records)
+           for k in ("samples", "bytes_stored", "bytes_decoded", "bytes_useful", "cache_hits", "cache_misses")}
+    lookups = tot["cache_hits"] + tot["cache_misses"]
+    return {
+        "source": "loader", "batches": len(records), "samples": tot["samples"], "wall_s": wall_s,
+        "stages": stages, "samples_per_s": tot["samples"] / wall_s,
+        "bytes_stored_per_s": tot["bytes_stored"] / wall_s, "bytes_decoded_per_s": tot["bytes_decoded"] / wall_s,
+        "bytes_useful_per_s": tot["bytes_useful"] / wall_s,
+        "read_amplification": tot["bytes_decoded"] / tot["bytes_useful"] if tot["bytes_useful"] else None,
+        "compression_ratio": tot["bytes_decoded"] / tot["bytes_stored"] if tot["bytes_stored"] else None,
+        "cache_hit_rate": tot["cache_hits"] / lookups if lookups else None,
+        "config": dict(config) if config is not None else {},
+        "machine": dict(machine) if machine is not None else machine_info(),
+    }
+
+
+def format_loader_table(summary: Mapping[str, Any]) -> str:
+    """Console table of :func:`summarize_loader`: per stage mean/p50/p95 per batch, total, share; then rates."""
+    lines = [f"{'stage':<12}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}{'total s':>10}{'share':>9}"]
+    for name, s in summary["stages"].items():
+        label = "queue_wait*" if name == "queue_wait" else name
+        lines.append(f"{label:<12}{s['mean_ms']:>10.2f}{s['p50_ms']:>10.2f}{s['p95_ms']:>10.2f}"
+                     f"{s['total_s']:>10.3f}{100 * s['share']:>8.1f}%")
+    lines.append("(stage shares: of summed worker time; *queue_wait: consumer wait, share of wall time)")
+    lines.append("")
+    ra, cr, hit = summary.get("read_amplification"), summary.get("compression_ratio"), summary.get("cache_hit_rate")
+    lines.append(f"batches {summary['batches']}   samples/s {summary['samples_per_s']:.1f}   "
+                 f"wall {summary['wall_s']:.2f} s   cache hit rate "
+                 f"{'-' if hit is None else f'{100 * hit:.1f}%'}")
+    lines.append(f"stored {_rate(summary['bytes_stored_per_s'])}   decoded {_rate(summary['bytes_decoded_per_s'])}"
+                 f"   useful {_rate(summary['bytes_useful_per_s'])}   read amplification "
+                 f"{_fmt(ra)}x   compression {_fmt(cr)}x")
+    return "\n".join(lines)
+
+
+def format_sweep_table(rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> str:
+    """One line per swept setting: ``(settings, summarize_loader(...))`` pairs -> samples/s, wait, bytes/s."""
+    if not rows:
+        return "(empty sweep)"
+    keys = list(rows[0][0])
+    head = "".join(f"{k:>10}" for k in keys)
+    lines = [f"{head}{'samples/s':>12}{'queue wait':>12}{'decoded':>14}{'hit rate':>10}"]
+    for settings, s in rows:
+        hit = s.get("cache_hit_rate")
+        lines.append("".join(f"{settings[k]!s:>10}" for k in keys)
+                     + f"{s['samples_per_s']:>12.1f}{100 * s['stages']['queue_wait']['share']:>11.1f}%"
+                     + f"{_rate(s['bytes_decoded_per_s']):>14}{'-' if hit is None else f'{100 * hit:.1f}%':>10}")
+    return "\n".join(lines)

@@ -1,0 +1,431 @@
+"""Step timing that tells data wait from compute: CUDA events per phase, read a few steps late; host clock on CPU.
+
+Why this module exists: a host timer around CUDA calls charges GPU time to whichever call next synchronises, and
+``nvidia-smi`` utilisation cannot tell a starved GPU from a busy one. :class:`StepTimer` records a CUDA event
+at the start and end of every phase on the current stream, so each phase's time is GPU time; for
+``data_wait`` that is the time the GPU sat with nothing queued while the host waited for the batch. Events are
+created once and reused from a small ring (``lag + 2`` steps); a step's times are read ``lag`` steps later,
+after ``event.query()`` says they are complete, so timing adds no synchronisation to the loop. Only when the
+GPU falls more than the ring behind does the timer wait for the oldest step (the one ``# sync point:``).
+When the device is the CPU, phases are timed with ``time.perf_counter`` on the host, which is exact there.
+
+How to use it (the loop reads top to bottom)::
+
+    timer = StepTimer(device="cuda", warmup=2)
+    for step in range(n):
+        with timer.phase("data_wait"):
+            batch = next(it)
+        with timer.phase("forward"):
+            loss = model(batch)
+        with timer.phase("backward"):
+            loss.backward()
+        with timer.phase("optimizer"):
+            opt.step(); opt.zero_grad()
+        timer.step_end(samples=batch_size, io=batch.io)
+    print(timer.summary())          # waits for the last steps (sync point), then summarises
+
+Per step (see :meth:`StepTimer.records`): ``<phase>_ms`` (GPU time, or host time on CPU), ``<phase>_at_ms``
+(start offset within the step), ``host_<phase>_ms`` (host wall time), ``step_ms`` (this step's first event to
+the next step's first event), ``idle_ms`` (the part of it between ``step_end`` and the next step's first phase:
+the GPU idle gap between steps), ``other_ms`` (time inside the step not in any phase), samples, bytes read
+from storage and decoded, and ``stall_fraction = data_wait_ms / step_ms``. Warm-up steps are left out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastload import _nvtx
+from fastload.errors import ConfigError
+
+__all__ = ["PHASES", "PEAK_BF16_DENSE", "StepTimer", "peak_flops", "mfu", "io_counters"]
+
+PHASES = ("data_wait", "h2d", "forward", "backward", "optimizer")
+"""The phases of a training step, in loop order."""
+
+PEAK_BF16_DENSE = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12}
+"""Dense bf16 tensor-core peak FLOP/s by GPU (no sparsity)."""
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of a GPU from its name (``torch.cuda.get_device_name()``); None if unknown.
+
+    ``"NVIDIA H100 80GB HBM3"`` is the SXM part; ``"NVIDIA H100 PCIe"`` the PCIe one. H100 NVL is not in the
+    table and gives None rather than a guess.
+    """
+    name = device_name.upper()
+    if "H200" in name:
+        return PEAK_BF16_DENSE["H200"]
+    if "H100" in name:
+        if "PCIE" in name:
+            return PEAK_BF16_DENSE["H100 PCIe"]
+        return None if "NVL" in name else PEAK_BF16_DENSE["H100 SXM"]
+    if "A100" in name:
+        return PEAK_BF16_DENSE["A100"]
+    return None
+
+
+def mfu(flops_per_step: float, step_time_s: float, peak: float) -> float:
+    """Model FLOP utilisation: achieved FLOP/s (``flops_per_step / step_time_s``) as a fraction of ``peak``."""
+    if step_time_s <= 0 or peak <= 0:
+        raise ConfigError(f"mfu: step time and peak must be > 0, got step_time_s={step_time_s}, peak={peak}")
+    return flops_per_step / step_time_s / peak
+
+
+def io_counters(io: Any) -> dict[str, int]:
+    """Byte counters of a batch's I/O record: a mapping or an object with ``bytes_read`` (or ``bytes_stored``),
+    ``bytes_decoded`` and ``bytes_useful``; absent counters are 0."""
+    out = {"bytes_read": 0, "bytes_decoded": 0, "bytes_useful": 0}
+    if io is None:
+        return out
+    get = io.get if isinstance(io, Mapping) else (lambda k, d=None: getattr(io, k, d))
+    for key, aliases in (("bytes_read", ("bytes_read", "bytes_stored")), ("bytes_decoded", ("bytes_decoded",)),
+                         ("bytes_useful", ("bytes_useful",))):
+        for a in aliases:
+            v = get(a, None)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise ConfigError(f"step_end io.{a}: expected a byte count >= 0, got {v!r}")
+                out[key] = int(v)
+                break
+    return out
+
+
+class _HostClock:
+    """Events are one-element lists holding a ``perf_counter`` reading; always complete."""
+
+    cuda = False
+
+    def new(self) -> list[float]:
+        return [0.0]
+
+    def record(self, ev: list[float]) -> None:
+        ev[0] = time.perf_counter()
+
+    def done(self, ev: list[float]) -> bool:
+        return True
+
+    def wait(self, ev: list[float]) -> None:
+        return None
+
+    def elapsed_ms(self, a: list[float], b: list[float]) -> float:
+        return (b[0] - a[0]) * 1e3
+
+
+class _CudaClock:
+    """CUDA events with timing, recorded on the device's current stream."""
+
+    cuda = True
+
+    def __init__(self, device: Any):
+        import torch
+
+        self._torch = torch
+        self._device = device
+
+    def new(self) -> Any:
+        return self._torch.cuda.Event(enable_timing=True)
+
+    def record(self, ev: Any) -> None:
+        ev.record(self._torch.cuda.current_stream(self._device))
+
+    def done(self, ev: Any) -> bool:
+        return bool(ev.query())
+
+    def wait(self, ev: Any) -> None:
+        ev.synchronize()  # sync point: only when the GPU is more than the ring of steps behind, or at flush()
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        return float(a.elapsed_time(b))
+
+
+class _Slot:
+    """The events of one step, reused every ``ring`` steps; event objects are created once and kept."""
+
+    __slots__ = ("step", "begin", "end", "pairs", "used", "names", "host", "host_begin", "host_end",
+                 "samples", "io", "recorded", "pending")
+
+    def __init__(self, clock: Any):
+        self.begin = clock.new()
+        self.end = clock.new()
+        self.pairs: list[tuple[Any, Any]] = []  # (start, end) events, grown on demand, reused
+        self.names: list[str] = []  # phase of each used pair
+        self.host: list[float] = []  # host duration (s) of each used pair
+        self.used = 0
+        self.step = -1
+        self.host_begin = self.host_end = 0.0
+        self.samples = 0
+        self.io: dict[str, int] = {}
+        self.recorded = False  # timed (not a warm-up step)
+        self.pending = False  # recorded but not yet read
+
+
+class _Phase:
+    __slots__ = ("_timer", "_name")
+
+    def __init__(self, timer: StepTimer, name: str):
+        self._timer = timer
+        self._name = name
+
+    def __enter__(self) -> None:
+        self._timer._enter(self._name)
+
+    def __exit__(self, *exc: object) -> bool:
+        self._timer._exit(self._name)
+        return False
+
+
+class StepTimer:
+    """Times the phases of each training step without synchronising the device.
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        ``"cuda"``/``"cuda:N"``: CUDA events on the current stream; ``"cpu"``: host clock. None: CUDA when
+        available.
+    warmup : int
+        Steps at the start that are run but not recorded (compilation, allocator growth, cold caches).
+    lag : int
+        Steps between recording a step's events and reading them (GPU); the ring holds ``lag + 2`` steps.
+    phases : sequence of str
+        Phase names :meth:`phase` accepts, in loop order (default :data:`PHASES`).
+    nvtx : bool
+        Also emit an NVTX range per phase (name = phase, payload = step) and a start/end range ``step``.
+    clock : object, optional
+        Replaces the clock (tests drive the GPU code path with a fake one).
+
+    Raises
+    ------
+    ConfigError
+        For a negative ``warmup``, ``lag < 1``, duplicate or empty phase names, or CUDA asked for but absent.
+    """
+
+    def __init__(self, *, device: Any = None, warmup: int = 2, lag: int = 2, phases: Sequence[str] = PHASES,
+                 nvtx: bool = True, clock: Any = None):
+        for key, v, lo in (("warmup", warmup, 0), ("lag", lag, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"StepTimer {key}: expected an integer >= {lo}, got {v!r}")
+        phases = tuple(phases)
+        if not phases or len(set(phases)) != len(phases) or not all(isinstance(p, str) and p for p in phases):
+            raise ConfigError(f"StepTimer phases: expected distinct non-empty names, got {list(phases)!r}")
+        self.warmup = warmup
+        self.lag = lag
+        self.phases = phases
+        self.nvtx = nvtx
+        if clock is None:
+            self.device = _resolve_device(device)
+            clock = _CudaClock(self.device) if self.device != "cpu" else _HostClock()
+        else:
+            self.device = str(device) if device is not None else ("cuda" if clock.cuda else "cpu")
+        self._clock = clock
+        self._ring = [_Slot(clock) for _ in range(lag + 2)]
+        self._pending: deque[_Slot] = deque()  # recorded steps not yet read, oldest first
+        self._records: list[dict[str, Any]] = []
+        self._origin = clock.new()  # first recorded step's begin: timeline zero
+        self._origin_set = False
+        self._phase_cms = {p: _Phase(self, p) for p in phases}
+        self.step = 0  # index of the current (or next) step, warm-up steps included
+        self._slot: _Slot | None = None  # the open step
+        self._phase: str | None = None  # the open phase
+        self._phase_t0 = 0.0
+        self._nvtx_step = 0
+        self._nvtx_phase: Any = None
+
+    # -- the loop's API ---------------------------------------------------------------------------------------
+
+    def phase(self, name: str) -> _Phase:
+        """Context manager timing one phase of the current step (the first phase of a step opens the step).
+
+        A phase may occur several times in one step (gradient accumulation); its times add up.
+        """
+        try:
+            return self._phase_cms[name]
+        except KeyError:
+            raise ConfigError(f"StepTimer.phase: unknown phase {name!r}; known: {list(self.phases)}") from None
+
+    def step_end(self, *, samples: int = 0, io: Any = None, bytes_read: int | None = None,
+                 bytes_decoded: int | None = None) -> None:
+        """Close the current step: record its end, store its counters, read finished older steps.
+
+        Parameters
+        ----------
+        samples : int
+            Samples in this step's batch.
+        io : mapping or object, optional
+            The batch's I/O counters (see :func:`io_counters`).
+        bytes_read, bytes_decoded : int, optional
+            Override the counters from ``io``.
+        """
+        if self._phase is not None:
+            raise RuntimeError(f"StepTimer.step_end inside phase {self._phase!r}; close the phase first")
+        slot = self._slot if self._slot is not None else self._begin()
+        if slot.recorded:
+            self._clock.record(slot.end)
+        slot.host_end = time.perf_counter()
+        slot.samples = int(samples)
+        counters = io_counters(io)
+        if bytes_read is not None:
+            counters["bytes_read"] = int(bytes_read)
+        if bytes_decoded is not None:
+            counters["bytes_decoded"] = int(bytes_decoded)
+        slot.io = counters
+        if self.nvtx:
+            _nvtx.end(self._nvtx_step)
+        if slot.recorded:
+            slot.pending = True
+            self._pending.append(slot)
+        self._slot = None
+        self.step += 1
+        self._read(block=False)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per-step records read so far (without waiting); :meth:`flush` first to include the last steps."""
+        self._read(block=False)
+        return list(self._records)
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Wait for every recorded step's events and read them (sync point); return all records.
+
+        The last step's ``idle_ms`` is 0 when no later step has begun (its gap is unknown).
+        """
+        self._read(block=True)
+        return list(self._records)
+
+    def summary(self, **kwargs: Any) -> dict[str, Any]:
+        """:func:`profiling.report.summarize` of :meth:`flush`'s records (keyword arguments passed on)."""
+        from .report import summarize
+
+        return summarize(self.flush(), phases=self.phases, **kwargs)
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _begin(self) -> _Slot:
+        slot = self._ring[self.step % len(self._ring)]
+        if slot.pending:  # the GPU is more than the ring behind: wait for the oldest step
+            self._read(block=True, upto=slot)
+        slot.step = self.step
+        slot.used = 0
+        slot.names.clear()
+        slot.host.clear()
+        slot.recorded = self.step >= self.warmup
+        if slot.recorded:
+            if not self._origin_set:
+                self._clock.record(self._origin)
+                self._origin_set = True
+            self._clock.record(slot.begin)
+        slot.host_begin = time.perf_counter()
+        self._slot = slot
+        if self.nvtx:
+            _nvtx.set_step(self.step)
+            self._nvtx_step = _nvtx.start("step", None, self.step)
+        return slot
+
+    def _enter(self, name: str) -> None:
+        if self._phase is not None:
+            raise RuntimeError(f"StepTimer.phase({name!r}) inside phase {self._phase!r}; phases do not nest")
+        slot = self._slot if self._slot is not None else self._begin()
+        self._phase = name
+        if self.nvtx:
+            self._nvtx_phase = _nvtx.range(name, None, self.step)  # category: the phase's own (data_wait: data)
+            self._nvtx_phase.__enter__()
+        if slot.recorded:
+            if slot.used == len(slot.pairs):
+                slot.pairs.append((self._clock.new(), self._clock.new()))
+            self._clock.record(slot.pairs[slot.used][0])
+        self._phase_t0 = time.perf_counter()
+
+    def _exit(self, name: str) -> None:
+        slot = self._slot
+        assert slot is not None and self._phase == name
+        t1 = time.perf_counter()
+        if slot.recorded:
+            self._clock.record(slot.pairs[slot.used][1])
+            slot.names.append(name)
+            slot.host.append(t1 - self._phase_t0)
+            slot.used += 1
+        if self.nvtx:
+            self._nvtx_phase.__exit__(None, None, None)
+            self._nvtx_phase = None
+        self._phase = None
+
+    def _ready(self, slot: _Slot, nxt: _Slot | None) -> bool:
+        c = self._clock
+        if not (c.done(slot.end) and c.done(slot.begin)):
+            return False
+        if any(not (c.done(a) and c.done(b)) for a, b in slot.pairs[: slot.used]):
+            return False
+        return nxt is None or c.done(nxt.begin)
+
+    def _next_of(self, slot: _Slot) -> _Slot | None:
+        """The slot of the step after ``slot`` if that step has begun and was recorded."""
+        nxt = self._ring[(slot.step + 1) % len(self._ring)]
+        return nxt if nxt.step == slot.step + 1 and nxt.recorded else None
+
+    def _read(self, *, block: bool, upto: _Slot | None = None) -> None:
+        while self._pending:
+            slot = self._pending[0]
+            nxt = self._next_of(slot)
+            if not block:
+                if slot.step > self.step - 1 - self.lag or nxt is None or not self._ready(slot, nxt):
+                    return
+            else:
+                for ev in (slot.begin, slot.end, *(e for p in slot.pairs[: slot.used] for e in p)):
+                    self._clock.wait(ev)  # sync point: see _CudaClock.wait
+                if nxt is not None:
+                    self._clock.wait(nxt.begin)
+            self._pending.popleft()
+            self._records.append(self._finish(slot, nxt))
+            slot.pending = False
+            if slot is upto:
+                return
+
+    def _finish(self, slot: _Slot, nxt: _Slot | None) -> dict[str, Any]:
+        c = self._clock
+        span = c.elapsed_ms(slot.begin, slot.end)
+        gap = c.elapsed_ms(slot.end, nxt.begin) if nxt is not None else 0.0
+        step_ms = span + gap
+        rec: dict[str, Any] = {"step": slot.step, "samples": slot.samples, **slot.io,
+                               "t0_ms": c.elapsed_ms(self._origin, slot.begin), "step_ms": step_ms,
+                               "idle_ms": gap}
+        times = dict.fromkeys(self.phases, 0.0)
+        host = dict.fromkeys(self.phases, 0.0)
+        at: dict[str, float | None] = dict.fromkeys(self.phases)
+        for i in range(slot.used):
+            name = slot.names[i]
+            a, b = slot.pairs[i]
+            times[name] += c.elapsed_ms(a, b)
+            host[name] += slot.host[i] * 1e3
+            if at[name] is None:
+                at[name] = c.elapsed_ms(slot.begin, a)
+        rec["other_ms"] = max(0.0, span - sum(times.values()))
+        for p in self.phases:
+            rec[f"{p}_ms"] = times[p]
+        for p in self.phases:
+            rec[f"{p}_at_ms"] = at[p]
+        for p in self.phases:
+            rec[f"host_{p}_ms"] = host[p]
+        nxt_host = nxt.host_begin if nxt is not None else slot.host_end
+        rec["host_step_ms"] = (nxt_host - slot.host_begin) * 1e3
+        wait = times.get("data_wait", 0.0)
+        rec["stall_fraction"] = wait / step_ms if step_ms > 0 else 0.0
+        return rec
+
+
+def _resolve_device(device: Any) -> str:
+    if device is not None and str(device) == "cpu":
+        return "cpu"
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    d = torch.device(device)
+    if d.type == "cpu":
+        return "cpu"
+    if d.type != "cuda":
+        raise ConfigError(f"StepTimer device: expected 'cpu' or 'cuda[:N]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"StepTimer device {device!r}: CUDA is not available on this machine")
+    return str(d)
