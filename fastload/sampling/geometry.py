@@ -1,0 +1,358 @@
+"""Where samples go: box validation, random and explicit placement, global tiling and stitching.
+
+A sample is placed by the store indices ``(t0, y0, x0)`` of the first time step, row and column of its box; the
+box spans ``time_span = (T - 1) * time_step + 1`` time indices, ``H`` rows and ``W`` columns (``T, H, W`` =
+``num_tokens * token_size``). Boxes never cross either end of the time axis or the first/last row; columns wrap
+modulo ``NX`` only on periodic (global) grids. Everything here is index arithmetic on small integer arrays; no
+data is read. Used by the loader's epoch plan (:func:`random_boxes`), by :func:`fastload.extract`
+(:func:`check_boxes`) and by the forecaster's global rollout (:func:`tile_grid`, :func:`stitch`).
+
+Try it::
+
+    python -c "from fastload.sampling.geometry import *; e = GridExtent(nt=48, ny=181, nx=360, periodic_x=True);
+    print(random_boxes(4, e, (36, 54, 108), seed=0, epoch=0))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "GridExtent",
+    "check_boxes",
+    "random_boxes",
+    "Tiling",
+    "tile_grid",
+    "stitch",
+    "tokens_to_box",
+    "box_to_tokens",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class GridExtent:
+    """Sizes of a store's index space: time steps, rows, columns, and whether columns wrap."""
+
+    nt: int | None
+    """Time steps in the store; ``None`` when no array has a time axis (then ``t0`` must be 0)."""
+    ny: int
+    """Rows (latitude or the curvilinear ``y``)."""
+    nx: int
+    """Columns (longitude or the curvilinear ``x``)."""
+    periodic_x: bool = False
+    """Columns wrap modulo ``nx`` (global grids)."""
+
+    def __post_init__(self) -> None:
+        for key in ("ny", "nx"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"grid extent {key}: expected an integer >= 1, got {v!r}")
+        if self.nt is not None and (isinstance(self.nt, bool) or not isinstance(self.nt, (int, np.integer))
+                                    or self.nt < 1):
+            raise ConfigError(f"grid extent nt: expected an integer >= 1 or None, got {self.nt!r}")
+
+    @classmethod
+    def from_store(cls, store: Any) -> GridExtent:
+        """Extent of a :class:`fastload.store.Store` (duck-typed: ``store.grid``, ``store.time``)."""
+        nt = None if store.time is None else len(store.time)
+        return cls(nt=nt, ny=int(store.grid.ny), nx=int(store.grid.nx), periodic_x=bool(store.grid.periodic_x))
+
+    def max_start(self, box: Sequence[int], time_step: int = 1) -> tuple[int, int, int]:
+        """Largest valid ``(t0, y0, x0)`` for a box of ``(T, H, W)`` points; ConfigError if it does not fit."""
+        t, h, w = (int(v) for v in box)
+        span = (t - 1) * int(time_step) + 1
+        nt = 1 if self.nt is None else self.nt
+        if self.nt is not None and span > nt:
+            raise ConfigError(
+                f"sample box spans {span} time steps ({t} points x time_step {time_step}) "
+                f"but the store has only {nt}")
+        if h > self.ny:
+            raise ConfigError(f"sample box has {h} rows (latitude points) but the grid has only {self.ny}")
+        if w > self.nx:
+            raise ConfigError(f"sample box has {w} columns (longitude points) but the grid has only {self.nx}")
+        tmax = nt - span if self.nt is not None else 0
+        xmax = self.nx - 1 if self.periodic_x else self.nx - w
+        return (tmax, self.ny - h, xmax)
+
+
+def check_boxes(boxes: Any, extent: GridExtent, box: Sequence[int], time_step: int = 1) -> np.ndarray:
+    """Validate sample placements and return them as a C-contiguous ``(n, 3)`` int64 array.
+
+    Parameters
+    ----------
+    boxes : array_like of int, shape (n, 3)
+        Rows of ``(t0, y0, x0)`` store indices.
+    extent : GridExtent
+        The store's index space.
+    box : (T, H, W)
+        Grid points per sample along time, rows and columns.
+    time_step : int
+        Stride between consecutive time points of a sample.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first offending sample, its value and the valid range.
+    """
+    arr = np.asarray(boxes)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ConfigError(f"boxes: expected an integer array of (t0, y0, x0) rows, shape (n, 3); got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ConfigError(f"boxes: expected integer store indices, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    hi = extent.max_start(box, time_step)
+    for axis, name in enumerate(("t0", "y0", "x0")):
+        bad = np.flatnonzero((arr[:, axis] < 0) | (arr[:, axis] > hi[axis]))
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(
+                f"boxes[{i}]: {name} = {int(arr[i, axis])} is outside [0, {hi[axis]}] for a box of "
+                f"{list(box)} points (time_step {time_step}) on a grid of nt={extent.nt}, ny={extent.ny}, "
+                f"nx={extent.nx}{' (periodic in x)' if extent.periodic_x else ''}; {bad.size} box(es) out of range")
+    return arr
+
+
+def random_boxes(
+    n: int,
+    extent: GridExtent,
+    box: Sequence[int],
+    *,
+    seed: int,
+    epoch: int,
+    time_step: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    samples_per_window: int = 1,
+    centers: str = "uniform",
+    lat: np.ndarray | None = None,
+    t_range: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """This rank's share of an epoch of ``n`` random sample placements, as ``(m, 3)`` int64 rows.
+
+    The whole epoch is drawn from ``numpy.random.Generator(PCG64(SeedSequence([seed, epoch])))``, so it depends
+    only on ``(seed, epoch)``; it is made of ``ceil(n / samples_per_window)`` time windows (the samples of one
+    window share ``t0``), and rank ``r`` takes windows ``r, r + world_size, ...``. Ranks are therefore disjoint
+    and together cover the epoch; their counts differ by at most ``samples_per_window``.
+
+    Parameters
+    ----------
+    n : int
+        Samples in the epoch over all ranks.
+    extent, box, time_step
+        As in :func:`check_boxes`.
+    seed, epoch : int
+        Determine the epoch's placements.
+    rank, world_size : int
+        Which share to return.
+    samples_per_window : int
+        Samples drawn per time window (consecutive samples share ``t0``).
+    centers : {"uniform", "coslat"}
+        Box centres uniform in the row index (= latitude on regular grids), or area-weighted by the cosine of
+        the latitude at the box centre (needs ``lat``: 1-D ``(NY,)`` or 2-D ``(NY, NX)``).
+    t_range : (start, stop), optional
+        Restrict the windows to store time indices ``[start, stop)`` (e.g. the training years).
+    """
+    for key, v, lo in (("n", n, 0), ("seed", seed, 0), ("epoch", epoch, 0), ("world_size", world_size, 1),
+                       ("samples_per_window", samples_per_window, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"random_boxes: {key} must be an integer >= {lo}, got {v!r}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
+    if centers not in ("uniform", "coslat"):
+        raise ConfigError(f"random_boxes: centers must be 'uniform' or 'coslat', got {centers!r}")
+    tmax, ymax, xmax = extent.max_start(box, time_step)
+    span = (int(box[0]) - 1) * int(time_step) + 1
+    t_lo, t_hi = 0, tmax
+    if t_range is not None:
+        start, stop = (int(v) for v in t_range)
+        t_lo, t_hi = max(start, 0), min(stop - span, tmax)
+        if t_hi < t_lo:
+            raise ConfigError(
+                f"random_boxes: t_range {list(t_range)} holds no window of {span} time steps "
+                f"(store has {extent.nt})")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
+    n_win = -(-n // samples_per_window)
+    t0 = rng.integers(t_lo, t_hi + 1, size=n_win)
+    if centers == "uniform":
+        y0 = rng.integers(0, ymax + 1, size=n)
+        x0 = rng.integers(0, xmax + 1, size=n)
+    else:
+        y0, x0 = _coslat_starts(rng, n, extent, box, lat, ymax, xmax)
+    win = np.arange(n) // samples_per_window
+    out = np.stack([t0[win], y0, x0], axis=1).astype(np.int64)
+    return np.ascontiguousarray(out[win % world_size == rank])
+
+
+def _coslat_starts(rng: np.random.Generator, n: int, extent: GridExtent, box: Sequence[int], lat: Any,
+                   ymax: int, xmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Box starts with probability proportional to cos(latitude of the box centre)."""
+    if lat is None:
+        raise ConfigError("centers = 'coslat' needs the grid's latitudes (lat)")
+    lat = np.asarray(lat, dtype=np.float64)
+    h, w = int(box[1]), int(box[2])
+    if lat.ndim == 1:
+        if lat.shape != (extent.ny,):
+            raise ConfigError(f"coslat: lat has shape {lat.shape}, expected ({extent.ny},)")
+        # centre latitude of each candidate box: mean of its rows' latitudes
+        csum = np.concatenate([[0.0], np.cumsum(lat)])
+        centre = (csum[h:h + ymax + 1] - csum[:ymax + 1]) / h
+        p = np.clip(np.cos(np.deg2rad(centre)), 0.0, None)
+        if p.sum() <= 0:
+            raise ConfigError("coslat: every candidate box centre lies on a pole (cos(lat) = 0)")
+        y0 = rng.choice(ymax + 1, size=n, p=p / p.sum())
+        return y0, rng.integers(0, xmax + 1, size=n)
+    if lat.shape != (extent.ny, extent.nx):
+        raise ConfigError(f"coslat: lat has shape {lat.shape}, expected ({extent.ny}, {extent.nx})")
+    # curvilinear: weight every (y0, x0) candidate jointly by the latitude at the box's central point
+    yc = np.arange(ymax + 1) + h // 2
+    xc = np.arange(xmax + 1) + w // 2
+    if extent.periodic_x:
+        xc %= extent.nx
+    p = np.clip(np.cos(np.deg2rad(lat[np.ix_(yc, xc)])), 0.0, None).ravel()
+    if not np.isfinite(p).all() or p.sum() <= 0:
+        raise ConfigError("coslat: the grid's latitudes give no positive finite weight")
+    flat = rng.choice(p.size, size=n, p=p / p.sum())
+    return flat // (xmax + 1), flat % (xmax + 1)
+
+
+# ------------------------------------------------------------------------------------------------- tiling
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Tiling:
+    """Boxes covering the whole grid at one time, and what :func:`stitch` needs to put them back."""
+
+    boxes: np.ndarray
+    """``(n, 3)`` int64 rows of ``(t0, y0, x0)``, row-major over (row tiles, column tiles)."""
+    box: tuple[int, int, int]
+    """Grid points ``(T, H, W)`` of one box."""
+    extent: GridExtent
+    """The grid tiled."""
+    ramp: tuple[int, int]
+    """Taper width in points along (rows, columns): the requested overlap in tokens x token size."""
+
+
+def _starts(size: int, length: int, stride: int, periodic: bool) -> np.ndarray:
+    if periodic:
+        n = -(-size // stride)
+        return np.round(np.arange(n) * (size / n)).astype(np.int64)
+    if length == size:
+        return np.zeros(1, dtype=np.int64)
+    n = -(-(size - length) // stride) + 1
+    return np.round(np.linspace(0, size - length, n)).astype(np.int64)
+
+
+def tile_grid(extent: GridExtent, num_tokens: Sequence[int], token_size: Sequence[int], *,
+              overlap: Sequence[int] = (0, 0), t0: int = 0, time_step: int = 1) -> Tiling:
+    """Cover the grid at time ``t0`` with boxes that overlap by at least ``overlap`` tokens (rows, columns).
+
+    Periodic grids wrap in x (tiles spaced evenly around the globe); along y and on regional grids the
+    tiles are spaced evenly between the edges, the last one flush with the far edge. The overlap between
+    neighbours is therefore never less than requested.
+    """
+    nt_, nlat, nlon = (int(v) for v in num_tokens)
+    tt, tlat, tlon = (int(v) for v in token_size)
+    oy, ox = (int(v) for v in overlap)
+    for name, o, n in (("rows", oy, nlat), ("columns", ox, nlon)):
+        if o < 0 or o >= n:
+            raise ConfigError(f"tile_grid: overlap along {name} is {o} tokens; expected 0 <= overlap < {n}")
+    box = (nt_ * tt, nlat * tlat, nlon * tlon)
+    hi = extent.max_start(box, time_step)
+    if not 0 <= t0 <= hi[0]:
+        raise ConfigError(f"tile_grid: t0 = {t0} is outside [0, {hi[0]}]")
+    h, w = box[1], box[2]
+    ys = _starts(extent.ny, h, h - oy * tlat, False)
+    xs = _starts(extent.nx, w, w - ox * tlon, extent.periodic_x)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    boxes = np.stack([np.full(yy.size, t0), yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
+    return Tiling(boxes=boxes, box=box, extent=extent, ramp=(oy * tlat, ox * tlon))
+
+
+def _taper(length: int, ramp: int, lo: bool, hi: bool) -> np.ndarray:
+    """Weights along one side of a tile: a sin^2 ramp in (0, 1) over ``ramp`` points at each inner edge."""
+    w = np.ones(length, dtype=np.float64)
+    r = min(ramp, length // 2)
+    if r > 0:
+        up = np.sin(0.5 * np.pi * np.arange(1, r + 1) / (r + 1)) ** 2
+        if lo:
+            w[:r] = up
+        if hi:
+            w[length - r:] = up[::-1]
+    return w
+
+
+def stitch(tiles: Any, tiling: Tiling) -> Any:
+    """Blend per-tile predictions back onto the grid: ``(n, ..., H, W)`` -> ``(..., NY, NX)``.
+
+    Works on NumPy arrays and torch tensors (on any device). Each tile is weighted by a smooth taper that ramps
+    from near 0 to 1 over the overlap at every edge shared with a neighbour (edges on the border of a regional
+    grid or at a pole keep weight 1). The blend is a running weighted mean, ``acc += w / (W + w) * (tile - acc)``,
+    so equal inputs come back bit-for-bit (a constant field stays exactly constant).
+    """
+    n_tiles = tiling.boxes.shape[0]
+    h, w = tiling.box[1], tiling.box[2]
+    if tiles.shape[0] != n_tiles or tuple(tiles.shape[-2:]) != (h, w):
+        raise ConfigError(f"stitch: expected tiles of shape ({n_tiles}, ..., {h}, {w}), got {tuple(tiles.shape)}")
+    ext = tiling.extent
+    lead = tuple(tiles.shape[1:-2])
+    is_torch = type(tiles).__module__.startswith("torch")
+    if is_torch:
+        import torch
+
+        acc = torch.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
+        wsum = torch.zeros((ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
+
+        def arr(a: np.ndarray) -> Any:
+            return torch.as_tensor(a, device=tiles.device)
+    else:
+        tiles = np.asarray(tiles)
+        acc = np.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype)
+        wsum = np.zeros((ext.ny, ext.nx), dtype=tiles.dtype)
+
+        def arr(a: np.ndarray) -> Any:
+            return a
+    ry, rx = tiling.ramp
+    for i in range(n_tiles):
+        _, y0, x0 = (int(v) for v in tiling.boxes[i])
+        wy = _taper(h, ry, y0 > 0, y0 + h < ext.ny)
+        wx = _taper(w, rx, ext.periodic_x or x0 > 0, ext.periodic_x or x0 + w < ext.nx)
+        wt = arr(np.outer(wy, wx).astype(tiles.dtype if not is_torch else np.float32))
+        if is_torch:
+            wt = wt.to(tiles.dtype)
+        xs = arr((x0 + np.arange(w)) % ext.nx)
+        ws = wsum[y0:y0 + h, xs] + wt
+        alpha = wt / ws
+        cur = acc[..., y0:y0 + h, xs]
+        acc[..., y0:y0 + h, xs] = cur + alpha * (tiles[i] - cur)
+        wsum[y0:y0 + h, xs] = ws
+    return acc
+
+
+def tokens_to_box(x: Any) -> Any:
+    """Token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` -> box layout ``(..., T, H, W)`` (numpy or torch)."""
+    nd = x.ndim
+    if nd < 6:
+        raise ConfigError(f"tokens_to_box: expected at least 6 axes (nt, nlat, nlon, tt, tlat, tlon), got {nd}")
+    lead = list(range(nd - 6))
+    perm = lead + [nd - 6, nd - 3, nd - 5, nd - 2, nd - 4, nd - 1]
+    y = x.permute(*perm) if hasattr(x, "permute") else np.transpose(x, perm)
+    s = x.shape
+    return y.reshape(*s[:-6], s[-6] * s[-3], s[-5] * s[-2], s[-4] * s[-1])
+
+
+def box_to_tokens(x: Any, token_size: Sequence[int]) -> Any:
+    """Box layout ``(..., T, H, W)`` -> token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` (numpy or torch)."""
+    tt, tlat, tlon = (int(v) for v in token_size)
+    *lead, t, h, w = x.shape
+    if t % tt or h % tlat or w % tlon:
+        raise ConfigError(f"box_to_tokens: box {(t, h, w)} is not a multiple of token_size {(tt, tlat, tlon)}")
+    y = x.reshape(*lead, t // tt, tt, h // tlat, tlat, w // tlon, tlon)
+    k = len(lead)
+    perm = list(range(k)) + [k, k + 2, k + 4, k + 1, k + 3, k + 5]
+    y = y.permute(*perm) if hasattr(y, "permute") else np.transpose(y, perm)
+    return y

@@ -1,0 +1,265 @@
+"""The gather step: one kernel call per field turns decoded chunks into normalised token tensors.
+
+This module is the single place that picks Numba kernels or their NumPy references (:func:`kernels`:
+an explicit ``jit`` argument wins, then a ``jit`` attribute of the config when it has one, then the environment:
+``FASTLOAD_NO_JIT=1`` picks the reference). It validates every argument of the kernel cheaply (shapes, dtypes,
+index ranges: the kernels do no bounds checks) and converts torch output tensors to the NumPy views the kernels
+write into, so callers hand in ``torch.empty(..., pin_memory=True)`` buffers directly.
+
+Used by the reader's worker threads (:func:`gather_batch` with ``samples=slice(s0, s1)`` per thread) and by
+:func:`fastload.extract`. Debug a batch without JIT::
+
+    FASTLOAD_NO_JIT=1 python -m pytest tests/fastload/test_extract.py -x -q
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .chunks import FieldLayout
+
+__all__ = [
+    "use_jit",
+    "kernels",
+    "OUT_KINDS",
+    "field_geometry",
+    "as_out_array",
+    "allocate_outputs",
+    "month_table",
+    "gather_field",
+    "gather_batch",
+]
+
+OUT_KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}
+"""``SamplingConfig.out_dtype`` -> ``out_kind`` of the kernel geometry."""
+_NORMS = {"none": 0, "global": 1, "local": 2}
+
+
+def use_jit(jit: bool | None = None, config: Any = None) -> bool:
+    """Whether to run the Numba kernels: ``jit`` if given, else ``config.jit`` if set, else not ``FASTLOAD_NO_JIT``."""
+    if jit is not None:
+        return bool(jit)
+    cj = getattr(config, "jit", None)
+    if cj is not None:
+        return bool(cj)
+    return os.environ.get("FASTLOAD_NO_JIT", "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def kernels(jit: bool | None = None, config: Any = None) -> ModuleType:
+    """The kernel module in use: :mod:`._kernels` (Numba) or :mod:`._reference` (NumPy); see :func:`use_jit`."""
+    if use_jit(jit, config):
+        from . import _kernels
+
+        return _kernels
+    from . import _reference
+
+    return _reference
+
+
+def field_geometry(field: Any, layout: FieldLayout, *, time_step: int = 1, out_dtype: str = "float32") -> np.ndarray:
+    """Pack a field's token geometry for the kernel (see :func:`fastload.sampling._kernels.gather`)."""
+    if out_dtype not in OUT_KINDS:
+        raise ConfigError(f"out_dtype: expected one of {list(OUT_KINDS)}, got {out_dtype!r}")
+    nt, nlat, nlon = field.num_tokens
+    tt, tlat, tlon = field.token_size
+    return np.array([nt, nlat, nlon, tt, tlat, tlon, int(time_step), layout.shape[-1], int(layout.periodic_x),
+                     int(field.transform == "log1p"), _NORMS[field.normalization], OUT_KINDS[out_dtype]],
+                    dtype=np.int64)
+
+
+def as_out_array(out: Any, out_dtype: str) -> np.ndarray:
+    """The NumPy array the kernel writes into: ``out`` itself, or a zero-copy view of a CPU torch tensor.
+
+    float32 for ``out_dtype="float32"``; uint16 bit patterns for bfloat16 / float16 (a torch ``bfloat16`` or
+    ``float16`` tensor is viewed as its bits).
+    """
+    if type(out).__module__.startswith("torch"):
+        import torch
+
+        if out.device.type != "cpu":
+            raise ConfigError(f"gather: output tensors must be on the CPU (pinned is fine), got {out.device}")
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.view(torch.int16).numpy().view(np.uint16)
+        else:
+            out = out.numpy()
+    want = np.float32 if out_dtype == "float32" else np.uint16
+    if not isinstance(out, np.ndarray) or out.dtype != want:
+        raise ConfigError(f"gather: out_dtype {out_dtype!r} needs a {np.dtype(want).name} output buffer, "
+                          f"got {getattr(out, 'dtype', type(out))}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ConfigError("gather: the output buffer must be C-contiguous and writeable")
+    return out
+
+
+def allocate_outputs(config: Any, batch: int, *, torch: bool = False, pin_memory: bool = False) -> dict[str, Any]:
+    """Empty output buffers ``(batch, L, nt, nlat, nlon, tt, tlat, tlon)`` per field, in ``config.out_dtype``."""
+    outs: dict[str, Any] = {}
+    for f in config.fields:
+        shape = (batch, *f.sample_shape)
+        if torch:
+            import torch as _torch
+
+            dt = {"float32": _torch.float32, "bfloat16": _torch.bfloat16, "float16": _torch.float16}[config.out_dtype]
+            outs[f.name] = _torch.empty(shape, dtype=dt, pin_memory=pin_memory)
+        else:
+            outs[f.name] = np.empty(shape, dtype=np.float32 if config.out_dtype == "float32" else np.uint16)
+    return outs
+
+
+def month_table(times: np.ndarray | None, boxes: np.ndarray, n_steps: int, time_step: int = 1,
+                months: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calendar months the batch uses and, per sample and time step, the index of its month among them.
+
+    Parameters
+    ----------
+    times : datetime64 array (NT,)
+        The store's time axis.
+    boxes : (S, 3) int64
+        Sample placements.
+    n_steps : int
+        Time points per sample (``nt * tt``).
+    months : array of int in 1..12, optional
+        Coefficient months already loaded (e.g. all twelve); default: the sorted months the batch touches.
+
+    Returns
+    -------
+    months : (M,) int64
+        Calendar months 1..12.
+    month_of : (S, n_steps) int32
+        Index into ``months`` of each time step's month.
+    """
+    if times is None:
+        raise ConfigError("monthly normalisation needs a time axis, but the store has none")
+    t = boxes[:, 0:1] + np.arange(n_steps) * int(time_step)
+    cal = np.asarray(times)[t].astype("datetime64[M]").astype(np.int64) % 12 + 1  # (S, n_steps) in 1..12
+    if months is None:
+        months = np.unique(cal)
+    months = np.asarray(months, dtype=np.int64)
+    lookup = np.full(13, -1, dtype=np.int32)
+    lookup[months] = np.arange(months.size, dtype=np.int32)
+    month_of = lookup[cal]
+    if (month_of < 0).any():
+        missing = sorted(set(np.unique(cal).tolist()) - set(months.tolist()))
+        raise ConfigError(f"normalisation coefficients are loaded for months {months.tolist()} but the batch "
+                          f"needs months {missing}")
+    return months, np.ascontiguousarray(month_of)
+
+
+def _needed(starts: np.ndarray, length: int, step: int, chunk: int, size: int, periodic: bool) -> int:
+    last = starts + (length - 1) * step
+    if periodic:
+        last = last % size
+        ncx = -(-size // chunk)
+        return int((((last // chunk) - (starts // chunk)) % ncx).max()) + 1 if starts.size else 1
+    return int(((last // chunk) - (starts // chunk)).max()) + 1 if starts.size else 1
+
+
+def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, field: Any, boxes: np.ndarray, out: Any,
+                 *, time_step: int = 1, out_dtype: str = "float32", mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None, month_of: np.ndarray | None = None, jit: bool | None = None) -> None:
+    """Gather one field of the samples ``boxes`` into ``out`` with one kernel call (validated first).
+
+    ``slots`` is the field's array arena ``(n_slots, chunk_elems)``; ``table`` the slot table
+    (:meth:`~fastload.sampling.chunks.BatchPlan.slot_tables`) of these samples; ``field`` a
+    :class:`~fastload.config.FieldConfig`; ``mean``/``std`` ``(M, L, 1, 1)`` (global) or ``(M, L, NY, NX)``
+    (local) float32 and ``month_of`` ``(S, nt * tt)`` int32 when the field normalises.
+    """
+    geo = field_geometry(field, layout, time_step=time_step, out_dtype=out_dtype)
+    view = layout.view()
+    name = field.name
+    S, L = boxes.shape[0], layout.lev_idx.shape[0]
+    n_steps = field.num_tokens[0] * field.token_size[0]
+    if boxes.dtype != np.int64 or boxes.ndim != 2 or boxes.shape[1] != 3 or not boxes.flags.c_contiguous:
+        raise ConfigError(f"field {name!r}: boxes must be a C-contiguous (S, 3) int64 array, got {boxes.dtype} "
+                          f"{boxes.shape}")
+    if slots.ndim != 2 or slots.shape[1] != layout.chunk_elems or not slots.flags.c_contiguous:
+        raise ConfigError(f"field {name!r}: slots must be a C-contiguous (n_slots, {layout.chunk_elems}) array, "
+                          f"got shape {slots.shape}")
+    out = as_out_array(out, out_dtype)
+    if out.shape != (S, *field.sample_shape):
+        raise ConfigError(f"field {name!r}: output buffer has shape {out.shape}, expected {(S, *field.sample_shape)}")
+    if S and boxes.min() < 0:
+        raise ConfigError(f"field {name!r}: negative box index in {boxes[np.argmin(boxes.min(axis=1))].tolist()}")
+    ext = layout.extent
+    T, H, W = field.box
+    ta, ya, xa = layout.axes[0], layout.axes[3], layout.axes[4]
+    need = (
+        _needed(boxes[:, 0], T, time_step, layout.chunks[ta], layout.shape[ta], False) if ta is not None else 1,
+        _needed(boxes[:, 1], H, 1, layout.chunks[ya], ext.ny, False),
+        _needed(boxes[:, 2], W, 1, layout.chunks[xa], ext.nx, layout.periodic_x),
+    )
+    hi = ext.max_start(field.box, time_step)
+    if S and (boxes[:, 1].max() > hi[1] or boxes[:, 2].max() > hi[2] or (ta is not None and boxes[:, 0].max() > hi[0])):
+        raise ConfigError(f"field {name!r}: a box reaches outside the grid (largest starts {boxes.max(axis=0).tolist()}, "
+                          f"allowed up to {list(hi)})")
+    if (table.dtype != np.int32 or table.ndim != 5 or table.shape[:2] != (S, L)
+            or any(table.shape[2 + k] < need[k] for k in range(3)) or not table.flags.c_contiguous):
+        raise ConfigError(f"field {name!r}: slot table must be C-contiguous int32 of shape ({S}, {L}, >={need[0]}, "
+                          f">={need[1]}, >={need[2]}), got {table.dtype} {table.shape}")
+    norm = int(geo[10])
+    if norm:
+        if mean is None or std is None or month_of is None:
+            raise ConfigError(f"fields.{name}.normalization = {field.normalization!r} needs mean, std and month_of")
+        mshape = (L, 1, 1) if norm == 1 else (L, ext.ny, ext.nx)
+        for key, a in (("mean", mean), ("std", std)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4 or a.shape[1:] != mshape
+                    or a.shape[0] < 1 or not a.flags.c_contiguous):
+                raise ConfigError(f"field {name!r}: {field.normalization} {key} must be C-contiguous float32 of shape "
+                                  f"(M, {', '.join(map(str, mshape))}), got {getattr(a, 'dtype', None)} "
+                                  f"{getattr(a, 'shape', None)}")
+        if mean.shape != std.shape:
+            raise ConfigError(f"field {name!r}: mean {mean.shape} and std {std.shape} differ in shape")
+        if (month_of.dtype != np.int32 or month_of.shape != (S, n_steps) or not month_of.flags.c_contiguous
+                or (S and (month_of.min() < 0 or month_of.max() >= mean.shape[0]))):
+            raise ConfigError(f"field {name!r}: month_of must be C-contiguous int32 ({S}, {n_steps}) with values in "
+                              f"[0, {mean.shape[0]}), got {month_of.dtype} {month_of.shape}")
+    else:
+        mean = std = np.zeros((0, L, 1, 1), dtype=np.float32)
+        month_of = np.zeros((S, n_steps), dtype=np.int32)
+    kernels(jit).gather(slots, table, view, boxes, layout.lev_idx, geo, mean, std, month_of, out)
+
+
+def gather_batch(config: Any, layouts: Mapping[str, FieldLayout], slots: Mapping[str, np.ndarray],
+                 tables: Mapping[str, np.ndarray], boxes: np.ndarray, outs: Mapping[str, Any], *,
+                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 month_of: np.ndarray | None = None, samples: slice | None = None, jit: bool | None = None) -> None:
+    """Gather every field of a batch (or of the sample range ``samples``) into ``outs``.
+
+    Parameters
+    ----------
+    config : SamplingConfig
+        Fields, ``time_step``, ``out_dtype``.
+    layouts : {field: FieldLayout}
+    slots : {array: (n_slots, chunk_elems) array}
+        Per array, the arena the reader decoded the batch's chunks into.
+    tables : {field: (B, L, nct, ncy, ncx) int32}
+        Slot tables of the whole batch (:meth:`BatchPlan.slot_tables`).
+    boxes : (B, 3) int64
+    outs : {field: array or CPU tensor (B, L, nt, nlat, nlon, tt, tlat, tlon)}
+    coefficients : {field: (mean, std)}
+        For fields that normalise; see :func:`gather_field`.
+    month_of : (B, nt * tt) int32
+        From :func:`month_table`.
+    samples : slice, optional
+        Only these samples (each worker thread takes its own range; the kernels release the GIL).
+    jit : bool, optional
+        Override the kernel choice (see :func:`use_jit`).
+    """
+    sl = samples if samples is not None else slice(None)
+    jit = use_jit(jit, config)
+    for f in config.fields:
+        lay = layouts[f.name]
+        mean = std = None
+        if f.normalization != "none":
+            if coefficients is None or f.name not in coefficients:
+                raise ConfigError(f"fields.{f.name}.normalization = {f.normalization!r} but no coefficients given")
+            mean, std = coefficients[f.name]
+        gather_field(slots[lay.array], tables[f.name][sl], lay, f, boxes[sl], outs[f.name][sl],
+                     time_step=config.time_step, out_dtype=config.out_dtype, mean=mean, std=std,
+                     month_of=None if month_of is None else month_of[sl], jit=jit)
