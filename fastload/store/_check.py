@@ -1,0 +1,91 @@
+"""A sampling config against a store: fields exist, levels exist, the sample box fits the grid and time axis.
+
+Why this exists: a config that asks for a level the store lacks, or a box wider than a regional grid, must fail
+when the loader is built, with a message naming the field and the numbers, not as an index error in a worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._open import Store
+
+__all__ = ["check_config", "level_indices"]
+
+
+def _fmt(values: np.ndarray | Sequence[float]) -> list[float | int]:
+    return [int(v) if float(v).is_integer() else float(v) for v in values]
+
+
+def level_indices(store: Store, field: str, values: Sequence[float] | None) -> np.ndarray:
+    """Indices of ``values`` in the field's level coordinate (see :meth:`Store.level_indices`)."""
+    if field not in store.fields:
+        raise ConfigError(f"fields.{field}: not in store {store.path}; it has {list(store.fields)}")
+    f = store.fields[field]
+    if f.levels is None:
+        if values is not None:
+            raise ConfigError(
+                f"fields.{field}.levels: the field has no level axis in {store.path}; omit 'levels' for it"
+            )
+        return np.zeros(1, np.int64)
+    if values is None:
+        raise ConfigError(
+            f"fields.{field}.levels: the field has levels {_fmt(f.levels)} in {store.path}; say which to use"
+        )
+    out = []
+    missing = []
+    for v in values:
+        hit = np.nonzero(np.isclose(f.levels, float(v), rtol=1e-9, atol=1e-6))[0]
+        if hit.size:
+            out.append(int(hit[0]))
+        else:
+            missing.append(v)
+    if missing:
+        kind = f" {f.level_type}" if f.level_type else ""
+        raise ConfigError(
+            f"fields.{field}.levels: {_fmt(missing)} not in the store's{kind} levels {_fmt(f.levels)} ({store.path})"
+        )
+    return np.asarray(out, dtype=np.int64)
+
+
+def check_config(store: Store, config: Any, *, stream: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless every field of ``config`` (of ``stream``) can be sampled from ``store``."""
+    fields = list(config.fields)
+    if config.streams:
+        names = [s.name for s in config.streams]
+        if stream is None:
+            raise ConfigError(f"the config has streams {names}; say which one store {store.path} is (stream=...)")
+        if stream not in names:
+            raise ConfigError(f"stream {stream!r} is not in the config's streams {names}")
+        fields = [f for f in fields if f.stream == stream]
+    bt, by, bx = config.box
+    span = config.time_span
+    g = store.grid
+    for f in fields:
+        if f.name not in store.fields:
+            raise ConfigError(f"fields.{f.name}: not in store {store.path}; it has {list(store.fields)}")
+        level_indices(store, f.name, f.levels)
+        info = store.fields[f.name]
+        if by > g.ny:
+            raise ConfigError(
+                f"fields.{f.name}: the sample box spans {by} grid points in latitude (num_tokens "
+                f"{list(f.num_tokens)} x token_size {list(f.token_size)}) but the grid has {g.ny}"
+            )
+        if bx > g.nx:
+            raise ConfigError(
+                f"fields.{f.name}: the sample box spans {bx} grid points in longitude (num_tokens "
+                f"{list(f.num_tokens)} x token_size {list(f.token_size)}) but the grid has {g.nx}"
+            )
+        if info.has_time:
+            nt = 0 if store.time is None else store.time.size
+            if span > nt:
+                raise ConfigError(
+                    f"fields.{f.name}: one sample spans {span} time steps ({bt} points x time_step "
+                    f"{config.time_step}) but the store has {nt}"
+                )

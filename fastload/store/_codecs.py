@@ -1,0 +1,354 @@
+"""The decode pipeline: stored chunk bytes -> a full, C-contiguous chunk of the array's dtype.
+
+Why this exists: zarr-python builds per-chunk objects and async tasks around every decode; we call numcodecs
+directly, once per chunk, from whichever thread holds the bytes (numcodecs releases the GIL while it
+decompresses). Built once per array at open (:func:`build_decoder`), so an unsupported or unsafe codec fails at
+``open_store``, not in a worker thread.
+
+Supported: v2 compressors and filters from numcodecs (Blosc, Zstd, LZ4, GZip, Zlib, BZ2, LZMA, Delta,
+FixedScaleOffset, AsType, Quantize, BitRound, Shuffle, checksums) with C or F order and either byte order; v3
+codecs ``bytes`` (endian), ``transpose``, ``blosc``, ``zstd``, ``gzip``, ``crc32c`` and ``numcodecs.*``
+bytes-to-bytes codecs; ``sharding_indexed`` is handled by :mod:`._shard` around an inner decoder built here.
+Object dtypes and object codecs (pickle, msgpack, JSON, vlen, categorize) and codecs we do not know raise
+:class:`~fastload.errors.CodecError` unless ``allow_unsafe_codecs=True``, which hands them to numcodecs.
+
+The fast path (a single Blosc/Zstd/LZ4/GZip compressor, native byte order, C order) decompresses straight into
+the caller's ``out`` buffer (a cache slot) after checking the size the stream declares.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import CodecError
+from ._meta import ArrayInfo
+
+__all__ = ["ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "SAFE_NUMCODECS"]
+
+SAFE_NUMCODECS = frozenset({
+    "blosc", "zstd", "lz4", "gzip", "zlib", "bz2", "lzma", "delta", "fixedscaleoffset", "astype", "quantize",
+    "bitround", "shuffle", "crc32", "crc32c", "adler32", "fletcher32", "packbits",
+})  # fmt: skip
+"""numcodecs codec ids decoded without ``allow_unsafe_codecs`` (numeric in, numeric out, no code execution)."""
+_OUT_CAPABLE = frozenset({"blosc", "zstd", "lz4", "gzip"})
+_V3_BYTES_BYTES = frozenset({"blosc", "zstd", "gzip", "crc32c"})
+
+
+class DecodeError(Exception):
+    """A chunk's bytes could not be decoded; the store wraps it in a ChunkReadError naming array and chunk."""
+
+
+def _refuse(info: ArrayInfo, where: str, what: str, allow_unsafe: bool) -> None:
+    if not allow_unsafe:
+        raise CodecError(
+            f"array {info.name!r} ({where}): {what}; fastload refuses it by default because it can run "
+            "arbitrary code or is not a numeric codec. Pass allow_unsafe_codecs=True to let numcodecs decode it."
+        )
+
+
+def _numcodec(config: dict, info: ArrayInfo, where: str) -> Any:
+    import numcodecs
+
+    try:
+        return numcodecs.get_codec(dict(config))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CodecError(f"array {info.name!r} ({where}): codec {config!r} is not available in numcodecs ({e})") from None
+
+
+def _expected_size(codec_id: str, raw: bytes | memoryview) -> int | None:
+    """Decoded size declared in a compressed stream's header, or None when the format does not say."""
+    n = len(raw)
+    if codec_id == "blosc" and n >= 16:
+        return struct.unpack_from("<I", raw, 4)[0]
+    if codec_id == "lz4" and n >= 4:
+        return struct.unpack_from("<i", raw, 0)[0]
+    if codec_id == "gzip" and n >= 18:
+        return struct.unpack_from("<I", raw, n - 4)[0]
+    if codec_id == "zstd" and n >= 6 and struct.unpack_from("<I", raw, 0)[0] == 0xFD2FB528:
+        fhd = raw[4]
+        fcs_flag, single, did_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+        pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+        size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        if size == 0 or n < pos + size:
+            return None
+        v = int.from_bytes(bytes(raw[pos : pos + size]), "little")
+        return v + 256 if size == 2 else v
+    return None
+
+
+class ChunkDecoder:
+    """Decodes the stored bytes of one chunk of one array. Stateless after construction: thread-safe.
+
+    Parameters
+    ----------
+    info : ArrayInfo
+        The array (for a sharded array, the decoder of its inner chunks is built with the inner codec list).
+    bytes_steps : list of (codec id, numcodecs codec)
+        Bytes-to-bytes decoders, in decode order.
+    array_steps : list of callables
+        Array-to-array decoders (v2 filters, v3 transpose), in decode order, applied after the bytes are viewed.
+    stored_dtype : numpy.dtype
+        Dtype of the serialised elements (with its byte order).
+    stored_shape : tuple of int
+        Shape of the serialised chunk (the chunk shape, permuted by v3 transpose, reversed for v2 F order).
+    """
+
+    def __init__(
+        self,
+        info: ArrayInfo,
+        chunks: tuple[int, ...],
+        bytes_steps: list[tuple[str, Any]],
+        buffer_steps: list[Any],
+        array_steps: list[Callable[[np.ndarray], np.ndarray]],
+        stored_dtype: np.dtype,
+        stored_shape: tuple[int, ...],
+    ):
+        self.name = info.name
+        self.chunks = tuple(chunks)
+        self.dtype = info.dtype
+        self.count = int(math.prod(chunks))
+        self.nbytes = self.count * self.dtype.itemsize
+        self._bytes_steps = bytes_steps
+        self._buffer_steps = buffer_steps  # v2 filters: numcodecs codecs on the flat buffer
+        self._array_steps = array_steps
+        self._stored_dtype = stored_dtype
+        self._stored_shape = stored_shape
+        native = stored_dtype.byteorder in ("=", "|") or stored_dtype == stored_dtype.newbyteorder("=")
+        self._fast = (
+            not buffer_steps and not array_steps and native and self.dtype.kind != "O"
+            and len(bytes_steps) <= 1 and all(cid in _OUT_CAPABLE for cid, _ in bytes_steps)
+        )  # fmt: skip
+
+    def decode(self, raw: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode one chunk.
+
+        Parameters
+        ----------
+        raw : bytes-like
+            The stored bytes of the chunk.
+        out : numpy.ndarray, optional
+            C-contiguous buffer of ``chunk_nbytes`` bytes (any shape/dtype view of it) to decode into.
+
+        Returns
+        -------
+        numpy.ndarray
+            The chunk, shape :attr:`chunks`, dtype :attr:`dtype`, C-contiguous (a view of ``out`` when given).
+
+        Raises
+        ------
+        DecodeError
+            Corrupt or truncated bytes, or a decoded size that is not the chunk's.
+        """
+        dest = self.view_out(out)
+        try:
+            if self._fast:
+                self._decode_fast(raw, dest)
+                return dest
+            result = self._decode_general(raw)
+        except DecodeError:
+            raise
+        except Exception as e:  # numcodecs raises RuntimeError/ValueError/EOFError/zlib.error on bad input
+            raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from e
+        if dest is None:
+            return result
+        dest[...] = result
+        return dest
+
+    def view_out(self, out: np.ndarray | None) -> np.ndarray | None:
+        """``out`` viewed as one chunk (checked: C-contiguous, ``nbytes`` long); a new buffer or None without."""
+        if out is None:
+            return np.empty(self.chunks, self.dtype) if self._fast else None
+        if not out.flags.c_contiguous or out.nbytes != self.nbytes:
+            raise ValueError(
+                f"out: expected a C-contiguous buffer of {self.nbytes} bytes for a chunk of {self.name!r}, "
+                f"got {out.nbytes} bytes (contiguous={out.flags.c_contiguous})"
+            )
+        return out.reshape(-1).view(self.dtype).reshape(self.chunks)
+
+    def _decode_fast(self, raw: bytes | memoryview, dest: np.ndarray) -> None:
+        if not self._bytes_steps:  # no compressor: the bytes are the chunk
+            if len(raw) != self.nbytes:
+                raise DecodeError(f"stored {len(raw)} bytes uncompressed, expected {self.nbytes}")
+            dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+            return
+        cid, codec = self._bytes_steps[0]
+        declared = _expected_size(cid, raw)
+        if declared is None:
+            buf = codec.decode(raw)
+            if memoryview(buf).nbytes != self.nbytes:
+                raise DecodeError(f"decoded {memoryview(buf).nbytes} bytes, expected {self.nbytes}")
+            dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(buf, np.uint8)
+            return
+        if declared != self.nbytes:
+            raise DecodeError(f"{cid} stream declares {declared} decoded bytes, expected {self.nbytes}")
+        codec.decode(raw, out=dest.reshape(-1).view(np.uint8))
+
+    def _decode_general(self, raw: bytes | memoryview) -> np.ndarray:
+        from numcodecs.compat import ensure_ndarray_like
+
+        buf: Any = raw
+        for _, codec in self._bytes_steps:
+            buf = codec.decode(buf)
+        for codec in self._buffer_steps:
+            buf = codec.decode(buf)
+        arr = ensure_ndarray_like(buf)
+        if self.dtype.kind == "O":
+            arr = np.asarray(arr, dtype=object).reshape(-1)
+        else:
+            arr = arr.reshape(-1).view(np.uint8)
+            expect = self.count * self._stored_dtype.itemsize
+            if arr.nbytes != expect:
+                raise DecodeError(f"decoded {arr.nbytes} bytes, expected {expect}")
+            arr = arr.view(self._stored_dtype)
+        if arr.size != self.count:
+            raise DecodeError(f"decoded {arr.size} elements, expected {self.count}")
+        arr = arr.reshape(self._stored_shape)
+        for step in self._array_steps:
+            arr = step(arr)
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+
+def build_decoder(
+    info: ArrayInfo, where: str, *, allow_unsafe: bool = False, codecs: tuple[dict, ...] | None = None,
+    chunks: tuple[int, ...] | None = None,
+) -> ChunkDecoder:
+    """The decoder of ``info``'s chunks (of its inner chunks when ``codecs``/``chunks`` are a shard's inner chain).
+
+    Raises
+    ------
+    CodecError
+        Unknown codec, object dtype, or object/pickle codec (unless ``allow_unsafe``), or a codec chain fastload
+        cannot decode.
+    """
+    chunks = tuple(info.chunks if chunks is None else chunks)
+    if info.dtype.kind == "O":
+        _refuse(info, where, f"object dtype ({'v2 |O' if info.zarr_format == 2 else 'string/bytes'})", allow_unsafe)
+    if info.zarr_format == 2:
+        return _build_v2(info, where, allow_unsafe, chunks)
+    return _build_v3(info, where, allow_unsafe, info.codecs if codecs is None else codecs, chunks)
+
+
+def _build_v2(info: ArrayInfo, where: str, allow_unsafe: bool, chunks: tuple[int, ...]) -> ChunkDecoder:
+    # info.codecs = filters + (compressor,): decoding runs them all in reverse, so the compressor goes first
+    for c in info.codecs:
+        if c["id"] not in SAFE_NUMCODECS:
+            _refuse(info, where, f"codec {c['id']!r}", allow_unsafe)
+    objs = [(c["id"], _numcodec(c, info, where)) for c in info.codecs]
+    bytes_steps = [objs.pop()] if objs else []
+    buffer_steps = [o for _, o in reversed(objs)]
+    stored = info.dtype
+    if info.dtype.itemsize > 1 and info.dtype.kind != "O":
+        stored = info.dtype.newbyteorder("<" if info.endian == "little" else ">")
+    array_steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    shape = chunks
+    if info.order == "F":  # an F-order chunk is the C-order bytes of its transpose
+        shape = chunks[::-1]
+        array_steps.append(np.transpose)
+    return ChunkDecoder(info, chunks, bytes_steps, buffer_steps, array_steps, stored, shape)
+
+
+def _build_v3(
+    info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...], chunks: tuple[int, ...]
+) -> ChunkDecoder:
+    names = [c["name"] for c in codecs]
+    a2b = [i for i, n in enumerate(names) if n in ("bytes", "sharding_indexed")]
+    if len(a2b) != 1:
+        raise CodecError(
+            f"array {info.name!r} ({where}): codec chain {names} has no array-to-bytes codec fastload knows "
+            "(expected exactly one of 'bytes' or 'sharding_indexed')"
+        )
+    pos = a2b[0]
+    if names[pos] == "sharding_indexed":
+        raise CodecError(f"array {info.name!r} ({where}): nested sharding is not supported")
+    stored_shape = chunks
+    array_steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    for c in codecs[:pos]:
+        if c["name"] != "transpose":
+            _refuse(info, where, f"array-to-array codec {c['name']!r}", allow_unsafe)
+            raise CodecError(f"array {info.name!r} ({where}): array-to-array codec {c['name']!r} cannot be decoded")
+        order = tuple(c["configuration"].get("order", ()))
+        if sorted(order) != list(range(len(chunks))):
+            raise CodecError(f"array {info.name!r} ({where}): transpose order {list(order)} is not a permutation")
+        stored_shape = tuple(stored_shape[o] for o in order)
+        inverse = tuple(int(i) for i in np.argsort(order))
+        array_steps.append(lambda a, inv=inverse: a.transpose(inv))
+    array_steps.reverse()
+    endian = codecs[pos]["configuration"].get("endian", "little")
+    if endian not in ("little", "big"):
+        raise CodecError(f"array {info.name!r} ({where}): bytes codec endian {endian!r}, expected little or big")
+    stored = info.dtype
+    if info.dtype.itemsize > 1 and info.dtype.kind != "O":
+        stored = info.dtype.newbyteorder("<" if endian == "little" else ">")
+    bytes_steps: list[tuple[str, Any]] = []
+    for c in codecs[pos + 1 :]:
+        name, conf = c["name"], c["configuration"]
+        if name == "blosc":
+            bytes_steps.append(("blosc", _numcodec({"id": "blosc"}, info, where)))
+        elif name == "zstd":
+            bytes_steps.append(("zstd", _numcodec({"id": "zstd", "level": conf.get("level", 0)}, info, where)))
+        elif name == "gzip":
+            bytes_steps.append(("gzip", _numcodec({"id": "gzip", "level": conf.get("level", 5)}, info, where)))
+        elif name == "crc32c":
+            bytes_steps.append(("crc32c", _Crc32c()))
+        elif name.startswith("numcodecs."):
+            cid = name.split(".", 1)[1]
+            if cid not in SAFE_NUMCODECS:
+                _refuse(info, where, f"codec {name!r}", allow_unsafe)
+            bytes_steps.append((cid, _numcodec({"id": cid, **conf}, info, where)))
+        else:
+            _refuse(info, where, f"unknown codec {name!r}", allow_unsafe)
+            raise CodecError(f"array {info.name!r} ({where}): codec {name!r} is unknown to fastload and numcodecs")
+    bytes_steps.reverse()
+    return ChunkDecoder(info, chunks, bytes_steps, [], array_steps, stored, stored_shape)
+
+
+class _Crc32c:
+    """v3 ``crc32c``: the last 4 bytes are the little-endian CRC32C of the rest; checked, then stripped."""
+
+    def decode(self, buf: Any, out: Any = None) -> memoryview:
+        import google_crc32c
+
+        mv = memoryview(buf).cast("B")
+        if mv.nbytes < 4:
+            raise DecodeError(f"crc32c: {mv.nbytes} bytes, too short to hold a checksum")
+        body, stored = mv[:-4], struct.unpack("<I", mv[-4:])[0]
+        computed = google_crc32c.value(bytes(body))
+        if computed != stored:
+            raise DecodeError(f"crc32c checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
+        return body
+
+
+_V3_KNOWN = frozenset({"bytes", "transpose", "sharding_indexed"}) | _V3_BYTES_BYTES
+
+
+def check_safety(info: ArrayInfo, where: str, *, allow_unsafe: bool = False) -> None:
+    """Refuse object dtypes and object, pickle or unknown codecs anywhere in ``info``'s chain (CodecError).
+
+    Runs on every array of a store at open, including arrays fastload never reads, so a store that would need
+    unsafe decoding is noticed before any data is touched.
+    """
+    if info.dtype.kind == "O":
+        _refuse(info, where, f"object dtype ({'v2 |O' if info.zarr_format == 2 else 'string/bytes'})", allow_unsafe)
+    if info.zarr_format == 2:
+        for c in info.codecs:
+            if c["id"] not in SAFE_NUMCODECS:
+                _refuse(info, where, f"codec {c['id']!r}", allow_unsafe)
+        return
+    chains = [info.codecs]
+    while chains:
+        for c in chains.pop():
+            name = c["name"]
+            if name == "sharding_indexed":
+                conf = c["configuration"]
+                chains.append(tuple(x if isinstance(x, dict) else {"name": x} for x in conf.get("codecs") or ()))
+                chains.append(tuple(x if isinstance(x, dict) else {"name": x} for x in conf.get("index_codecs") or ()))
+            elif name.startswith("numcodecs."):
+                if name.split(".", 1)[1] not in SAFE_NUMCODECS:
+                    _refuse(info, where, f"codec {name!r}", allow_unsafe)
+            elif name not in _V3_KNOWN:
+                _refuse(info, where, f"unknown codec {name!r}", allow_unsafe)

@@ -1,0 +1,301 @@
+"""Layout detection and field discovery: which arrays hold which fields, on which axes, over which grid and times.
+
+Why this exists: fastload reads two layouts (see :mod:`fastload.store`) and everything above the store wants one
+description of them: :class:`FieldInfo` per field. All schema checks happen here, once, at open: dimension names
+and order, coordinate lengths against array shapes, monotonic coordinates, an increasing time axis, numeric
+dtypes. Each failure is a :class:`~fastload.errors.SchemaError` naming the store, array and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import SchemaError
+from ._cf import LEVEL_TYPES, decode_time, level_type_of
+from ._meta import ArrayInfo, StoreMetadata
+from .grid import Grid, curvilinear_grid, latlon_grid
+
+__all__ = ["FieldInfo", "Layout", "detect_layout", "LAT_NAMES", "LON_NAMES", "TIME_NAMES"]
+
+LAT_NAMES = ("latitude", "lat", "lats")
+LON_NAMES = ("longitude", "lon", "lons")
+TIME_NAMES = ("time", "valid_time")
+ReadFull = Callable[[str], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class FieldInfo:
+    """One field: where it lives and what its axes are."""
+
+    name: str
+    """Field name (the array name in the per-variable layout; an entry of ``fields`` in the AtmoRep layout)."""
+    array: str
+    """Key into ``store.arrays`` of the array holding the field."""
+    field_index: int | None
+    """Index along the field axis of an AtmoRep ``data``/``data_sfc`` array, else None."""
+    levels: np.ndarray | None
+    """Level values (float64) in store order, or None for a field without a level axis."""
+    level_type: str | None
+    """"model", "pressure", "surface", "depth", "height", or None when the store does not say."""
+    has_time: bool
+    """Whether the field has a time axis (static fields such as orography do not)."""
+    units: str | None
+    """Units from the store's attributes, if any."""
+    dtype: np.dtype
+    """Element type as stored."""
+    axes: tuple[int | None, int | None, int | None, int, int]
+    """Positions of (time, field, level, y, x) in the array; None where absent. y, x are the last two axes."""
+    attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The array's attributes (per-variable layout) or the field's entry of them (AtmoRep)."""
+
+    @property
+    def num_levels(self) -> int:
+        """Extent along levels (1 for a field without a level axis)."""
+        return 1 if self.levels is None else int(self.levels.size)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    kind: str
+    grid: Grid
+    time: np.ndarray | None
+    fields: dict[str, FieldInfo]
+    data_arrays: tuple[str, ...]
+    coord_arrays: tuple[str, ...]
+
+
+def _first(names: tuple[str, ...], arrays: Mapping[str, ArrayInfo]) -> str | None:
+    return next((n for n in names if n in arrays), None)
+
+
+def _numeric(info: ArrayInfo, where: str) -> None:
+    if info.dtype.kind not in "biuf":
+        raise SchemaError(f"{where}: array {info.name!r} has dtype {info.dtype}; a field must be numeric")
+
+
+def _time_axis(meta: StoreMetadata, read: ReadFull, where: str) -> tuple[str | None, np.ndarray | None]:
+    name = _first(TIME_NAMES, meta.arrays)
+    if name is None:
+        return None, None
+    info = meta.arrays[name]
+    if info.ndim != 1:
+        raise SchemaError(f"{where}: coordinate {name!r} has shape {info.shape}; expected 1-D (time,)")
+    t = decode_time(read(name), info.attrs, f"{where}/{name}")
+    if t.size > 1 and not np.all(np.diff(t) > np.timedelta64(0, "ns")):
+        bad = int(np.argmax(np.diff(t) <= np.timedelta64(0, "ns")))
+        raise SchemaError(
+            f"{where}: time coordinate {name!r} is not strictly increasing: {t[bad]} at index {bad} is followed "
+            f"by {t[bad + 1]}"
+        )
+    return name, t
+
+
+def _grid(meta: StoreMetadata, read: ReadFull, where: str) -> tuple[Grid, str, str]:
+    lat_name, lon_name = _first(LAT_NAMES, meta.arrays), _first(LON_NAMES, meta.arrays)
+    if lat_name is None or lon_name is None:
+        raise SchemaError(
+            f"{where}: no latitude/longitude coordinate arrays (looked for {list(LAT_NAMES)} and {list(LON_NAMES)}); "
+            f"arrays present: {sorted(meta.arrays)}"
+        )
+    la, lo = meta.arrays[lat_name], meta.arrays[lon_name]
+    if la.ndim == 1 and lo.ndim == 1:
+        ydim = la.dims[0] if la.dims else lat_name
+        xdim = lo.dims[0] if lo.dims else lon_name
+        g = latlon_grid(
+            read(lat_name), read(lon_name), lat_name=lat_name, lon_name=lon_name, lon_attrs=lo.attrs, where=where,
+            dims=(ydim, xdim),
+        )  # fmt: skip
+    elif la.ndim == 2 and lo.ndim == 2:
+        if la.dims is None or la.dims != lo.dims:
+            raise SchemaError(
+                f"{where}: 2-D coordinates {lat_name!r} (dims {la.dims}) and {lon_name!r} (dims {lo.dims}) must "
+                "share named dims (y, x)"
+            )
+        g = curvilinear_grid(
+            read(lat_name), read(lon_name), lat_name=lat_name, lon_name=lon_name,
+            attrs=[lo.attrs, la.attrs, meta.attrs], where=where, dims=(la.dims[0], la.dims[1]),
+        )  # fmt: skip
+    else:
+        raise SchemaError(
+            f"{where}: coordinates {lat_name!r} {la.shape} and {lon_name!r} {lo.shape} must both be 1-D or both 2-D"
+        )
+    return g, lat_name, lon_name
+
+
+def _check_level_type(lt: Any, where: str) -> str | None:
+    if lt is not None and lt not in LEVEL_TYPES:
+        raise SchemaError(f"{where}: level_type {lt!r}; expected one of {list(LEVEL_TYPES)}")
+    return lt
+
+
+def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
+    """Decide the layout (AtmoRep when a 5-D ``data`` array exists, else per-variable) and describe its fields."""
+    data = meta.arrays.get("data")
+    if data is not None and data.ndim == 5:
+        return _atmorep(meta, read, where)
+    return _per_variable(meta, read, where)
+
+
+# -- AtmoRep ----------------------------------------------------------------------------------------------------
+def _names_attr(info: ArrayInfo, meta: StoreMetadata, group_key: str, n: int, where: str) -> list[str]:
+    """Field names of an AtmoRep array: its ``fields`` attribute, else the group attribute ``group_key``."""
+    for src, key in ((info.attrs, "fields"), (meta.attrs, group_key)):
+        v = src.get(key)
+        if v is not None:
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or len(v) != n:
+                raise SchemaError(
+                    f"{where}: attribute {key!r} for {info.name!r} must list {n} field names (its field axis has "
+                    f"{n} entries), got {v!r}"
+                )
+            return v
+    raise SchemaError(
+        f"{where}: array {info.name!r} (AtmoRep layout) needs an attribute 'fields' naming its {n} fields"
+    )
+
+
+def _units(info: ArrayInfo, names: list[str]) -> list[str | None]:
+    u = info.attrs.get("units")
+    if isinstance(u, dict):
+        return [u.get(n) for n in names]
+    if isinstance(u, list) and len(u) == len(names):
+        return [None if x is None else str(x) for x in u]
+    return [None] * len(names)
+
+
+def _atmorep(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
+    data = meta.arrays["data"]
+    grid, lat_name, lon_name = _grid(meta, read, where)
+    tname, time = _time_axis(meta, read, where)
+    if time is None:
+        raise SchemaError(f"{where}: AtmoRep layout needs a 'time' coordinate array for the time axis of 'data'")
+    coords = [tname, lat_name, lon_name]
+    nlev = data.shape[2]
+    levels_attr = data.attrs.get("levels", meta.attrs.get("levels"))
+    levels = None
+    if levels_attr is not None:
+        try:
+            levels = np.asarray(levels_attr, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise SchemaError(f"{where}: attribute 'levels' of 'data' must be numbers, got {levels_attr!r}") from None
+    lt = data.attrs.get("level_type", meta.attrs.get("level_type"))
+    if "level" in meta.arrays:
+        coords.append("level")
+        lev_coord = np.asarray(read("level"), dtype=np.float64).reshape(-1)
+        if levels is not None and (levels.shape != lev_coord.shape or not np.allclose(levels, lev_coord)):
+            raise SchemaError(f"{where}: attribute levels {levels.tolist()} disagrees with 'level' {lev_coord.tolist()}")
+        levels = lev_coord
+        lt = lt if lt is not None else level_type_of("level", meta.arrays["level"].attrs)
+    if levels is None:
+        raise SchemaError(f"{where}: AtmoRep 'data' needs level values: an attribute 'levels' or a 'level' array")
+    if levels.size != nlev:
+        raise SchemaError(f"{where}: {levels.size} level values but 'data' has {nlev} levels (axis 2 of {data.shape})")
+    lt = _check_level_type(lt if lt is not None else "model", where)
+    arrays = [data]
+    sfc = meta.arrays.get("data_sfc")
+    if sfc is not None:
+        if sfc.ndim != 4:
+            raise SchemaError(f"{where}: 'data_sfc' has shape {sfc.shape}; expected 4-D (time, field, lat, lon)")
+        arrays.append(sfc)
+    fields: dict[str, FieldInfo] = {}
+    for arr in arrays:
+        _numeric(arr, where)
+        nt, (ny, nx) = arr.shape[0], arr.shape[-2:]
+        if nt != time.size or (ny, nx) != grid.shape:
+            raise SchemaError(
+                f"{where}: array {arr.name!r} has shape {arr.shape}; expected time {time.size} and grid "
+                f"{grid.shape} from the coordinates"
+            )
+        is_sfc = arr.ndim == 4
+        fnames = _names_attr(arr, meta, "sfc_fields" if is_sfc else "fields", arr.shape[1], where)
+        for i, (name, unit) in enumerate(zip(fnames, _units(arr, fnames))):
+            if name in fields:
+                raise SchemaError(f"{where}: field {name!r} appears twice (in {fields[name].array!r} and {arr.name!r})")
+            fields[name] = FieldInfo(
+                name=name, array=arr.name, field_index=i, levels=None if is_sfc else levels.copy(),
+                level_type="surface" if is_sfc else lt, has_time=True, units=unit, dtype=arr.dtype,
+                axes=(0, 1, None, 2, 3) if is_sfc else (0, 1, 2, 3, 4),
+            )  # fmt: skip
+    return Layout("atmorep", grid, time, fields, tuple(a.name for a in arrays), tuple(coords))
+
+
+# -- per-variable -----------------------------------------------------------------------------------------------
+def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
+    grid, lat_name, lon_name = _grid(meta, read, where)
+    tname, time = _time_axis(meta, read, where)
+    tdim = (meta.arrays[tname].dims or (tname,))[0] if tname else "time"
+    ydim, xdim = grid.dims
+    coord_names = {lat_name, lon_name} | ({tname} if tname else set())
+    # 1-D arrays named after their own dimension are coordinates (possible vertical axes)
+    dim_coords = {n for n, a in meta.arrays.items() if a.ndim == 1 and (a.dims or (None,))[0] == n}
+    bounds = {a.attrs.get("bounds") for a in meta.arrays.values()} - {None}
+    fields: dict[str, FieldInfo] = {}
+    used_coords = {lat_name, lon_name} | ({tname} if tname else set())
+    level_cache: dict[str, np.ndarray] = {}
+    for name, info in meta.arrays.items():
+        if name in coord_names or name in dim_coords or info.ndim == 0:
+            continue
+        if info.dims is None:
+            raise SchemaError(
+                f"{where}: array {name!r} has no dimension names (_ARRAY_DIMENSIONS in v2, dimension_names in v3); "
+                f"expected e.g. ('{tdim}', 'level', '{ydim}', '{xdim}')"
+            )
+        dims = info.dims
+        if ydim not in dims and xdim not in dims:
+            continue  # not a field on this grid (e.g. time bounds): ignored
+        if name in bounds or name.endswith(("_bnds", "_bounds")):
+            continue
+        expected = f"({tdim}, [level], {ydim}, {xdim})"
+        if dims[-2:] != (ydim, xdim) or len(dims) > 4:
+            raise SchemaError(f"{where}: array {name!r} has dims {dims}; expected {expected}")
+        lead = list(dims[:-2])
+        has_time = bool(lead) and lead[0] == tdim
+        if has_time:
+            lead.pop(0)
+        level_dim = lead.pop(0) if lead else None
+        if lead or level_dim == tdim:
+            raise SchemaError(f"{where}: array {name!r} has dims {dims}; expected {expected}")
+        if has_time and time is None:
+            raise SchemaError(f"{where}: array {name!r} has a {tdim!r} axis but the store has no time coordinate")
+        levels = None
+        lt = None
+        if level_dim is not None:
+            if level_dim not in dim_coords:
+                raise SchemaError(
+                    f"{where}: dimension {level_dim!r} of array {name!r} has no 1-D coordinate array {level_dim!r} "
+                    "giving the level values"
+                )
+            if level_dim not in level_cache:
+                vals = read(level_dim)
+                if vals.dtype.kind not in "iuf":
+                    raise SchemaError(f"{where}: level coordinate {level_dim!r} has dtype {vals.dtype}; expected numbers")
+                level_cache[level_dim] = np.asarray(vals, dtype=np.float64)
+            used_coords.add(level_dim)
+            levels = level_cache[level_dim].copy()
+            lt = _check_level_type(level_type_of(level_dim, meta.arrays[level_dim].attrs), f"{where}/{level_dim}")
+        _numeric(info, where)
+        expect_shape = ((time.size,) if has_time else ()) + ((levels.size,) if levels is not None else ()) + grid.shape
+        if info.shape != expect_shape:
+            raise SchemaError(
+                f"{where}: array {name!r} has shape {info.shape} over dims {dims}, but the coordinates give "
+                f"{expect_shape}"
+            )
+        pos = 0
+        t_ax = 0 if has_time else None
+        pos += int(has_time)
+        l_ax = pos if levels is not None else None
+        units = info.attrs.get("units")
+        fields[name] = FieldInfo(
+            name=name, array=name, field_index=None, levels=levels, level_type=lt, has_time=has_time,
+            units=None if units is None else str(units), dtype=info.dtype,
+            axes=(t_ax, None, l_ax, info.ndim - 2, info.ndim - 1), attrs=dict(info.attrs),
+        )  # fmt: skip
+    if not fields:
+        raise SchemaError(
+            f"{where}: no data arrays found: expected a 5-D 'data' array (AtmoRep layout) or arrays with dims "
+            f"(time, [level], {ydim}, {xdim}) (per-variable layout); arrays present: {sorted(meta.arrays)}"
+        )
+    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(used_coords)))

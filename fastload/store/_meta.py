@@ -1,0 +1,366 @@
+"""Zarr metadata, parsed once at open: v2 ``.zgroup``/``.zarray``/``.zattrs`` (and consolidated ``.zmetadata``),
+v3 ``zarr.json`` (with or without inline consolidated metadata), into :class:`ArrayInfo` records.
+
+Why not zarr's own objects: we need a handful of numbers per array (shape, chunk grid, dtype, fill value, codec
+list, dimension names, chunk key encoding) and want them as plain, picklable values the reader threads can use
+with no zarr machinery per chunk. Malformed metadata raises :class:`~fastload.errors.SchemaError` naming the
+file and the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import SchemaError, StoreNotFoundError
+from ._source import BaseByteSource
+
+__all__ = ["ArrayInfo", "StoreMetadata", "load_metadata"]
+
+_V3_DTYPES = {
+    "bool": "bool",
+    "int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8",
+    "uint8": "u1", "uint16": "u2", "uint32": "u4", "uint64": "u8",
+    "float16": "f2", "float32": "f4", "float64": "f8",
+    "complex64": "c8", "complex128": "c16",
+}  # fmt: skip
+_V3_OBJECT_DTYPES = ("string", "bytes", "variable_length_bytes", "variable_length_utf8")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ArrayInfo:
+    """One zarr array as fastload reads it.
+
+    A chunk index is always in units of :attr:`chunks`; for a sharded array that is the *inner* chunk, the unit
+    read and decoded.
+    """
+
+    name: str
+    """Array name (its key in the store)."""
+    zarr_format: int
+    """2 or 3."""
+    dims: tuple[str, ...] | None
+    """Dimension names (``_ARRAY_DIMENSIONS`` in v2, ``dimension_names`` in v3); None when the store has none."""
+    shape: tuple[int, ...]
+    """Array shape."""
+    chunks: tuple[int, ...]
+    """Shape of the unit read and decoded (the inner chunk of a sharded array)."""
+    shard: tuple[int, ...] | None
+    """Shard shape of a sharded v3 array, else None."""
+    dtype: np.dtype
+    """Element type of decoded chunks (native byte order); ``object`` for string/object arrays."""
+    fill_value: Any
+    """Value of elements in missing chunks (a NumPy scalar of :attr:`dtype`, 0 where the store says null)."""
+    codecs: tuple[dict, ...]
+    """The codec chain as in the metadata (v2: filters then the compressor, each a numcodecs config dict with
+    ``id``; v3: the ``codecs`` list, each ``{"name": ..., "configuration": ...}``)."""
+    attrs: Mapping[str, Any]
+    """User attributes (without ``_ARRAY_DIMENSIONS``)."""
+    order: str = "C"
+    """v2 memory order of a chunk ("C" or "F"); always "C" in v3 (``transpose`` is a codec there)."""
+    key_style: str = "v2"
+    """Chunk key encoding: ``"v2"`` (``0.1.2``) or ``"default"`` (``c/0/1/2``)."""
+    separator: str = "."
+    """Separator between chunk coordinates in keys."""
+    endian: str = "little"
+    """Byte order of stored elements in v2 (from the dtype string); v3 says it in its ``bytes`` codec."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Number of chunks (inner chunks when sharded) along each axis."""
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+
+    @property
+    def chunk_nbytes(self) -> int:
+        """Decoded size of one chunk in bytes."""
+        return int(math.prod(self.chunks)) * self.dtype.itemsize
+
+    @property
+    def chunks_per_shard(self) -> tuple[int, ...] | None:
+        """Inner chunks along each axis of one shard (None when not sharded)."""
+        if self.shard is None:
+            return None
+        return tuple(s // c for s, c in zip(self.shard, self.chunks))
+
+    def storage_index(self, chunk: tuple[int, ...]) -> tuple[int, ...]:
+        """Index of the stored object (the shard, or the chunk itself) holding ``chunk``."""
+        cps = self.chunks_per_shard
+        if cps is None:
+            return tuple(chunk)
+        return tuple(c // n for c, n in zip(chunk, cps))
+
+    def key(self, chunk: tuple[int, ...]) -> str:
+        """Store key of the object holding ``chunk`` (the shard's key for a sharded array)."""
+        idx = self.storage_index(chunk)
+        if self.key_style == "default":
+            tail = "c" + "".join(self.separator + str(i) for i in idx)
+        else:
+            tail = self.separator.join(str(i) for i in idx) if idx else "0"
+        return f"{self.name}/{tail}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreMetadata:
+    """Everything read from the metadata documents of a store's root group."""
+
+    zarr_format: int
+    attrs: Mapping[str, Any]
+    arrays: dict[str, ArrayInfo]
+    consolidated: bool
+
+
+def _json(source: BaseByteSource, key: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SchemaError(f"{source.describe(key)}: not valid JSON ({e})") from None
+
+
+def _get_json(source: BaseByteSource, key: str) -> Any:
+    raw = source.get(key)
+    return None if raw is None else _json(source, key, raw)
+
+
+def load_metadata(source: BaseByteSource) -> StoreMetadata:
+    """Read the root group's metadata and that of every array directly under it.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing exists at the source's root.
+    SchemaError
+        The root is not a zarr group, or a metadata document is malformed.
+    """
+    where = source.describe()
+    zj = _get_json(source, "zarr.json")
+    if zj is not None:
+        return _load_v3(source, zj)
+    zg = _get_json(source, ".zgroup")
+    if zg is not None:
+        return _load_v2(source, zg)
+    if source.exists(".zarray"):
+        raise SchemaError(f"{where}: is a single zarr v2 array, expected a group (open the folder that holds it)")
+    if not source.list_dir(""):
+        raise StoreNotFoundError(f"{where}: no zarr store here (the path does not exist or is empty)")
+    raise SchemaError(f"{where}: not a zarr store (expected zarr.json (v3) or .zgroup (v2) at its root)")
+
+
+# -- v2 ---------------------------------------------------------------------------------------------------------
+def _load_v2(source: BaseByteSource, zgroup: Any) -> StoreMetadata:
+    if not isinstance(zgroup, dict) or zgroup.get("zarr_format") != 2:
+        raise SchemaError(f"{source.describe('.zgroup')}: expected {{'zarr_format': 2}}, got {zgroup!r}")
+    consolidated = _get_json(source, ".zmetadata")
+    docs: dict[str, Any]
+    if consolidated is not None:
+        docs = consolidated.get("metadata") if isinstance(consolidated, dict) else None
+        if not isinstance(docs, dict):
+            raise SchemaError(f"{source.describe('.zmetadata')}: expected a 'metadata' table")
+        names = sorted({k.rsplit("/", 1)[0] for k in docs if k.count("/") == 1 and k.endswith("/.zarray")})
+    else:
+        docs = {}
+        names = []
+        for child in source.list_dir(""):
+            z = _get_json(source, f"{child}/.zarray")
+            if z is None:
+                continue
+            names.append(child)
+            docs[f"{child}/.zarray"] = z
+            docs[f"{child}/.zattrs"] = _get_json(source, f"{child}/.zattrs") or {}
+        docs[".zattrs"] = _get_json(source, ".zattrs") or {}
+    arrays = {n: _parse_v2_array(source, n, docs[f"{n}/.zarray"], docs.get(f"{n}/.zattrs") or {}) for n in names}
+    attrs = docs.get(".zattrs") or {}
+    return StoreMetadata(2, attrs, arrays, consolidated is not None)
+
+
+def _parse_v2_array(source: BaseByteSource, name: str, z: Any, zattrs: Any) -> ArrayInfo:
+    where = source.describe(f"{name}/.zarray")
+    if not isinstance(z, dict):
+        raise SchemaError(f"{where}: expected a JSON object")
+    for key in ("shape", "chunks", "dtype"):
+        if key not in z:
+            raise SchemaError(f"{where}: missing required key {key!r}")
+    if z.get("zarr_format", 2) != 2:
+        raise SchemaError(f"{where}: zarr_format {z.get('zarr_format')!r}, expected 2")
+    shape = _int_tuple(z["shape"], where, "shape")
+    chunks = _int_tuple(z["chunks"], where, "chunks", positive=True)
+    if len(chunks) != len(shape):
+        raise SchemaError(f"{where}: chunks {list(chunks)} has {len(chunks)} axes but shape {list(shape)} has {len(shape)}")
+    try:
+        dtype = np.dtype(z["dtype"] if isinstance(z["dtype"], str) else [tuple(x) for x in z["dtype"]])
+    except (TypeError, ValueError) as e:
+        raise SchemaError(f"{where}: unknown dtype {z['dtype']!r} ({e})") from None
+    if dtype.fields is not None:
+        raise SchemaError(f"{where}: structured dtype {z['dtype']!r} is not supported; expected a numeric dtype")
+    order = z.get("order", "C")
+    if order not in ("C", "F"):
+        raise SchemaError(f"{where}: order {order!r}, expected 'C' or 'F'")
+    sep = z.get("dimension_separator", ".") or "."
+    if sep not in (".", "/"):
+        raise SchemaError(f"{where}: dimension_separator {sep!r}, expected '.' or '/'")
+    filters = z.get("filters") or []
+    compressor = z.get("compressor")
+    codecs = tuple(dict(f) for f in filters) + ((dict(compressor),) if compressor else ())
+    for c in codecs:
+        if "id" not in c:
+            raise SchemaError(f"{where}: codec {c!r} has no 'id'")
+    if not isinstance(zattrs, dict):
+        raise SchemaError(f"{source.describe(f'{name}/.zattrs')}: expected a JSON object")
+    attrs = dict(zattrs)
+    dims = attrs.pop("_ARRAY_DIMENSIONS", None)
+    dims = _dims(dims, len(shape), source.describe(f"{name}/.zattrs"), "_ARRAY_DIMENSIONS")
+    endian = "big" if dtype.byteorder == ">" else "little"
+    native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+    return ArrayInfo(
+        name=name, zarr_format=2, dims=dims, shape=shape, chunks=chunks, shard=None, dtype=native,
+        fill_value=_fill(z.get("fill_value"), native, where), codecs=codecs, attrs=attrs, order=order,
+        key_style="v2", separator=sep, endian=endian,
+    )  # fmt: skip
+
+
+# -- v3 ---------------------------------------------------------------------------------------------------------
+def _load_v3(source: BaseByteSource, zj: Any) -> StoreMetadata:
+    where = source.describe("zarr.json")
+    if not isinstance(zj, dict) or zj.get("zarr_format") != 3:
+        raise SchemaError(f"{where}: expected zarr_format 3")
+    if zj.get("node_type") == "array":
+        raise SchemaError(f"{where}: is a single zarr array, expected a group (open the folder that holds it)")
+    if zj.get("node_type") != "group":
+        raise SchemaError(f"{where}: node_type {zj.get('node_type')!r}, expected 'group'")
+    cm = zj.get("consolidated_metadata")
+    docs: dict[str, Any] = {}
+    if isinstance(cm, dict) and isinstance(cm.get("metadata"), dict):
+        docs = {k: v for k, v in cm["metadata"].items() if "/" not in k}
+        consolidated = True
+    else:
+        consolidated = False
+        for child in source.list_dir(""):
+            doc = _get_json(source, f"{child}/zarr.json")
+            if doc is not None:
+                docs[child] = doc
+    arrays = {}
+    for name in sorted(docs):
+        doc = docs[name]
+        if isinstance(doc, dict) and doc.get("node_type") == "array":
+            arrays[name] = _parse_v3_array(source, name, doc)
+    return StoreMetadata(3, zj.get("attributes") or {}, arrays, consolidated)
+
+
+def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
+    where = source.describe(f"{name}/zarr.json")
+    for key in ("shape", "data_type", "chunk_grid", "codecs"):
+        if key not in z:
+            raise SchemaError(f"{where}: missing required key {key!r}")
+    shape = _int_tuple(z["shape"], where, "shape")
+    grid = z["chunk_grid"]
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
+        raise SchemaError(f"{where}: chunk_grid {grid!r}; only the 'regular' chunk grid is supported")
+    outer = _int_tuple((grid.get("configuration") or {}).get("chunk_shape"), where, "chunk_shape", positive=True)
+    if len(outer) != len(shape):
+        raise SchemaError(f"{where}: chunk_shape {list(outer)} has {len(outer)} axes but shape has {len(shape)}")
+    dtype = _v3_dtype(z["data_type"], where)
+    codecs = tuple(_named(c, where) for c in z["codecs"])
+    chunks, shard = outer, None
+    for c in codecs:
+        if c["name"] == "sharding_indexed":
+            inner = _int_tuple(c["configuration"].get("chunk_shape"), where, "sharding chunk_shape", positive=True)
+            if len(inner) != len(shape) or any(o % i for o, i in zip(outer, inner)):
+                raise SchemaError(
+                    f"{where}: sharding chunk_shape {list(inner)} must divide the shard shape {list(outer)}"
+                )
+            chunks, shard = inner, outer
+    if z.get("storage_transformers"):
+        raise SchemaError(f"{where}: storage_transformers {z['storage_transformers']!r} are not supported")
+    enc = z.get("chunk_key_encoding") or {"name": "default"}
+    enc = _named(enc, where)
+    if enc["name"] not in ("default", "v2"):
+        raise SchemaError(f"{where}: chunk_key_encoding {enc['name']!r}, expected 'default' or 'v2'")
+    sep = enc["configuration"].get("separator", "/" if enc["name"] == "default" else ".")
+    if sep not in (".", "/"):
+        raise SchemaError(f"{where}: chunk key separator {sep!r}, expected '.' or '/'")
+    dims = _dims(z.get("dimension_names"), len(shape), where, "dimension_names")
+    return ArrayInfo(
+        name=name, zarr_format=3, dims=dims, shape=shape, chunks=chunks, shard=shard, dtype=dtype,
+        fill_value=_fill(z.get("fill_value"), dtype, where), codecs=codecs, attrs=dict(z.get("attributes") or {}),
+        order="C", key_style=enc["name"], separator=sep,
+    )  # fmt: skip
+
+
+def _v3_dtype(dt: Any, where: str) -> np.dtype:
+    if isinstance(dt, str):
+        if dt in _V3_DTYPES:
+            return np.dtype(_V3_DTYPES[dt])
+        if dt in _V3_OBJECT_DTYPES:
+            return np.dtype(object)
+    elif isinstance(dt, dict):
+        name = dt.get("name")
+        conf = dt.get("configuration") or {}
+        if name in ("numpy.datetime64", "numpy.timedelta64") and conf.get("scale_factor", 1) == 1:
+            return np.dtype(f"{'M8' if name == 'numpy.datetime64' else 'm8'}[{conf.get('unit', 's')}]")
+        if name in _V3_OBJECT_DTYPES:
+            return np.dtype(object)
+    raise SchemaError(f"{where}: data_type {dt!r} is not supported; expected a numeric type such as 'float32'")
+
+
+def _named(c: Any, where: str) -> dict:
+    if isinstance(c, str):
+        return {"name": c, "configuration": {}}
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+        raise SchemaError(f"{where}: expected {{'name': ..., 'configuration': ...}}, got {c!r}")
+    return {"name": c["name"], "configuration": dict(c.get("configuration") or {})}
+
+
+# -- shared helpers ---------------------------------------------------------------------------------------------
+def _int_tuple(v: Any, where: str, key: str, positive: bool = False) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise SchemaError(f"{where}: {key} must be a list of integers, got {v!r}")
+    if any(x < (1 if positive else 0) for x in v):
+        raise SchemaError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {v!r}")
+    return tuple(int(x) for x in v)
+
+
+def _dims(dims: Any, ndim: int, where: str, key: str) -> tuple[str, ...] | None:
+    if dims is None:
+        return None
+    if not isinstance(dims, (list, tuple)) or len(dims) != ndim:
+        raise SchemaError(f"{where}: {key} {dims!r} must list one name per axis ({ndim} axes)")
+    if dims and all(d is None for d in dims):
+        return None
+    if not all(isinstance(d, str) for d in dims):
+        raise SchemaError(f"{where}: {key} {dims!r} must be strings")
+    return tuple(dims)
+
+
+def _fill(v: Any, dtype: np.dtype, where: str) -> Any:
+    """The fill value as a NumPy scalar of ``dtype`` (0 / NaT-free zero where the metadata says null)."""
+    if dtype.kind == "O":
+        return None
+    if v is None:
+        return np.zeros((), dtype)[()]
+    try:
+        if isinstance(v, str):
+            specials = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+            if v in specials:
+                return np.array(specials[v]).astype(dtype)[()]
+            if v.startswith("0x"):  # v3: the value's bytes, big-endian, as hex
+                raw = int(v, 16).to_bytes(dtype.itemsize, "big")
+                return np.frombuffer(raw, dtype.newbyteorder(">"))[0].astype(dtype)
+            raw = base64.b64decode(v)  # v2: fixed-size bytes as base64
+            return np.frombuffer(raw.ljust(dtype.itemsize, b"\0")[: dtype.itemsize], dtype)[0]
+        if isinstance(v, list) and dtype.kind == "c" and len(v) == 2:
+            return np.array(complex(_fill(v[0], np.dtype("f8"), where), _fill(v[1], np.dtype("f8"), where)), dtype)[()]
+        if dtype.kind in "mM":
+            return np.array(int(v), "i8").view(dtype)[()]
+        return np.array(v).astype(dtype)[()]
+    except (ValueError, TypeError, OverflowError, struct.error) as e:
+        raise SchemaError(f"{where}: fill_value {v!r} does not fit dtype {dtype} ({e})") from None

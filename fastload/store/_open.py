@@ -1,0 +1,306 @@
+"""``open_store`` and :class:`Store`: a zarr store checked once, then read chunk by chunk with no zarr machinery.
+
+Why this exists: the reader needs raw chunk bytes and a decode function it can call from many threads, and every
+schema problem must surface when the store is opened, not deep inside a worker. ``open_store`` reads all metadata,
+refuses unsafe codecs, detects the layout, reads and checks the coordinates, and builds one decoder per array;
+afterwards ``chunk_bytes`` is a key computation plus one file read, ``decode`` one numcodecs call.
+
+Run ``python -m fastload.store PATH`` to print what a store holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ChunkReadError, StoreNotFoundError
+from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety
+from ._layout import FieldInfo, detect_layout
+from ._meta import ArrayInfo, load_metadata
+from ._region import read_box, read_region
+from ._shard import ShardIndex
+from ._source import BaseByteSource, FsspecSource, LatencySource, LocalSource
+from .grid import Grid
+
+__all__ = ["Store", "open_store", "make_source"]
+
+
+def make_source(
+    path_or_url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, latency_ms: float = 0.0
+) -> BaseByteSource:
+    """The byte source for a local path (:class:`LocalSource`) or a URL (:class:`FsspecSource`), optionally slowed.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing exists at the path or URL.
+    """
+    s = os.fspath(path_or_url)
+    source: BaseByteSource
+    if "://" in s:
+        source = FsspecSource(s, storage_options)
+        if not source.fs.exists(source.root):
+            raise StoreNotFoundError(f"{s}: no store at this URL")
+    else:
+        if storage_options:
+            raise StoreNotFoundError(f"{s}: storage_options given for a local path; use a URL (e.g. file://{s})")
+        if not os.path.exists(s):
+            raise StoreNotFoundError(f"{os.path.abspath(s)}: no such file or folder")
+        source = LocalSource(s)
+    if latency_ms:
+        source = LatencySource(source, latency_ms)
+    return source
+
+
+class Store:
+    """A zarr store of weather fields, checked at open; raw chunk access and decoding for the reader.
+
+    Build with :func:`open_store`. Every method is safe to call from many threads at once.
+
+    Attributes
+    ----------
+    path : str
+        As given (local paths made absolute).
+    layout : str
+        ``"atmorep"`` or ``"per_variable"``.
+    zarr_format : int
+        2 or 3.
+    grid : Grid
+        The horizontal grid.
+    time : numpy.ndarray or None
+        ``datetime64[ns]`` times, shape ``(NT,)``; None when no array has a time axis.
+    fields : dict of str to FieldInfo
+        The fields, in store order.
+    arrays : dict of str to ArrayInfo
+        The data arrays the fields live in (not coordinates).
+    source : BaseByteSource
+        Raw key/value access.
+    """
+
+    def __init__(
+        self, path: str, source: BaseByteSource, *, allow_unsafe_codecs: bool = False,
+    ):  # fmt: skip
+        self.path = path
+        self.source = source
+        meta = load_metadata(source)
+        self.zarr_format = meta.zarr_format
+        self.attrs = dict(meta.attrs)
+        self.consolidated = meta.consolidated
+        self._all: dict[str, ArrayInfo] = meta.arrays
+        self._decoders: dict[str, ChunkDecoder] = {}
+        self._shards: dict[str, ShardIndex] = {}
+        for name, info in meta.arrays.items():
+            check_safety(info, self._where(name), allow_unsafe=allow_unsafe_codecs)
+        self._allow_unsafe = allow_unsafe_codecs
+        layout = detect_layout(meta, self._read_coord, source.describe())
+        self.layout: str = layout.kind
+        self.grid: Grid = layout.grid
+        self.time: np.ndarray | None = layout.time
+        self.fields: dict[str, FieldInfo] = layout.fields
+        self.arrays: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.data_arrays}
+        self.coords: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.coord_arrays}
+        for name in self.arrays:
+            self._prepare(name)
+
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def _where(self, name: str) -> str:
+        return self.source.describe(f"{name}/{'zarr.json' if self.zarr_format == 3 else '.zarray'}")
+
+    def _prepare(self, name: str) -> None:
+        """Build (once, single-threaded at open) the decoder or shard reader of an array."""
+        if name in self._decoders:
+            return
+        info = self._all[name]
+        if info.shard is not None:
+            shard = ShardIndex(info, self._where(name), allow_unsafe=self._allow_unsafe)
+            self._shards[name] = shard
+            self._decoders[name] = shard.decoder
+        else:
+            self._decoders[name] = build_decoder(info, self._where(name), allow_unsafe=self._allow_unsafe)
+
+    def _read_coord(self, name: str) -> np.ndarray:
+        self._prepare(name)
+        info = self._all[name]
+        return read_region(self, name, [np.arange(n) for n in info.shape])
+
+    def _info(self, array: str) -> ArrayInfo:
+        try:
+            return self._all[array]
+        except KeyError:
+            raise KeyError(f"{self.path}: no array {array!r}; data arrays: {list(self.arrays)}") from None
+
+    def _check_chunk(self, info: ArrayInfo, chunk: Sequence[int]) -> tuple[int, ...]:
+        chunk = tuple(int(c) for c in chunk)
+        grid = info.grid_shape
+        if len(chunk) != len(grid) or any(not 0 <= c < g for c, g in zip(chunk, grid)):
+            raise IndexError(f"array {info.name!r}: chunk index {chunk} outside its chunk grid {grid}")
+        return chunk
+
+    # -- raw chunk access ---------------------------------------------------------------------------------------
+    def chunk_bytes(self, array: str, chunk: Sequence[int]) -> bytes | None:
+        """Raw stored bytes of one (inner) chunk, or None when the chunk is missing (reads as the fill value).
+
+        Raises
+        ------
+        ChunkReadError
+            The storage failed, or a shard index/range is truncated or corrupt.
+        """
+        info = self._info(array)
+        chunk = self._check_chunk(info, chunk)
+        try:
+            shard = self._shards.get(array)
+            if shard is not None:
+                return shard.read(self.source, chunk)
+            return self.source.get(info.key(chunk))
+        except (DecodeError, OSError) as e:
+            raise ChunkReadError(array, chunk, str(e), self.source.describe(info.key(chunk))) from e
+
+    def chunk_bytes_many(self, array: str, chunks: Sequence[Sequence[int]]) -> list[bytes | None]:
+        """:meth:`chunk_bytes` for many chunks of one array, batched into few storage requests (remote stores)."""
+        info = self._info(array)
+        idx = [self._check_chunk(info, c) for c in chunks]
+        shard = self._shards.get(array)
+        try:
+            if shard is None:
+                return self.source.get_many([info.key(c) for c in idx])
+            locs = [shard.local(c) for c in idx]
+            need = sorted({s for s, _ in locs if not shard.cached(s)[0]})
+            if need:
+                reqs = [shard.index_request(s) for s in need]
+                for s, raw in zip(need, self.source.get_ranges(reqs)):
+                    shard.store_index(s, raw)
+            ranges = [shard.byte_range(shard.cached(s)[1], p) for s, p in locs]
+            todo = [(i, info.key(c), r) for i, (c, r) in enumerate(zip(idx, ranges)) if r is not None]
+            got = self.source.get_ranges([(k, r[0], r[1]) for _, k, r in todo])
+            out: list[bytes | None] = [None] * len(idx)
+            for (i, _, r), raw in zip(todo, got):
+                if raw is None or len(raw) != r[1]:
+                    raise DecodeError(f"inner chunk {idx[i]} at bytes {r[0]}+{r[1]} of its shard: truncated shard")
+                out[i] = raw
+            return out
+        except (DecodeError, OSError) as e:
+            first = idx[0] if idx else ()
+            raise ChunkReadError(array, first, f"batched read of {len(idx)} chunks: {e}",
+                                 self.source.describe(info.key(first)) if idx else None) from e  # fmt: skip
+
+    def decode(
+        self, array: str, raw: bytes | memoryview | None, chunk: Sequence[int], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Decode one chunk's stored bytes (``raw=None``: a missing chunk, filled with the fill value).
+
+        Parameters
+        ----------
+        array, chunk
+            Which chunk (used for messages and the fill value).
+        raw : bytes-like or None
+            What :meth:`chunk_bytes` returned.
+        out : numpy.ndarray, optional
+            C-contiguous buffer of ``arrays[array].chunk_nbytes`` bytes (a cache slot) to decode into.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``arrays[array].chunks``, the array's dtype, C-contiguous (a view of ``out`` when given).
+
+        Raises
+        ------
+        ChunkReadError
+            Corrupt or truncated bytes.
+        """
+        dec = self._decoders[array]
+        if raw is None:
+            if out is None:
+                return np.full(dec.chunks, self._all[array].fill_value, dec.dtype)
+            view = dec.view_out(out)
+            view[...] = self._all[array].fill_value
+            return view
+        try:
+            return dec.decode(raw, out)
+        except DecodeError as e:
+            info = self._all[array]
+            raise ChunkReadError(array, tuple(chunk), str(e), self.source.describe(info.key(tuple(chunk)))) from e
+
+    def read_chunk(self, array: str, chunk: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """The decoded chunk (fill value where missing); see :meth:`decode`."""
+        return self.decode(array, self.chunk_bytes(array, chunk), chunk, out)
+
+    # -- convenience (tools, tests, references) -----------------------------------------------------------------
+    def read(self, field: str, t: Any = None, level_idx: Any = None, y: Any = None, x: Any = None) -> np.ndarray:
+        """A ``(t, l, y, x)`` box of one field assembled from chunks (simple, not fast).
+
+        Each selection is a slice, an integer, or a sequence of indices (None: everything). ``x`` indices are
+        taken modulo NX on periodic grids, so a box may cross the seam. A field without a time (level) axis
+        yields extent 1 along t (l) whatever is asked.
+        """
+        return read_box(self, field, t, level_idx, y, x)
+
+    def level_indices(self, field: str, values: Sequence[float] | None) -> np.ndarray:
+        """Store level indices (int64) of the given level values of ``field``.
+
+        Raises
+        ------
+        ConfigError
+            Unknown field, a value the field lacks (names the missing and lists the available), or levels asked
+            of a field without a level axis.
+        """
+        from ._check import level_indices
+
+        return level_indices(self, field, values)
+
+    def check(self, config: Any, *, stream: str | None = None) -> None:
+        """Check a :class:`~fastload.config.SamplingConfig` against this store (``ConfigError`` naming the field).
+
+        With a multi-stream config, pass the ``stream`` this store is; only its fields are checked.
+        """
+        from ._check import check_config
+
+        check_config(self, config, stream=stream)
+
+    def __repr__(self) -> str:
+        nt = 0 if self.time is None else self.time.size
+        return (
+            f"Store({self.path!r}, layout={self.layout}, zarr v{self.zarr_format}, {len(self.fields)} fields, "
+            f"{nt} times, {self.grid!r})"
+        )
+
+
+def open_store(
+    path_or_url: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    allow_unsafe_codecs: bool = False,
+    latency_ms: float = 0.0,
+) -> Store:
+    """Open and check a zarr store (v2 or v3; AtmoRep or per-variable layout).
+
+    Parameters
+    ----------
+    path_or_url : str or path-like
+        A local folder, or an fsspec URL (``memory://``, ``file://``, ``s3://``, ...).
+    storage_options : mapping, optional
+        Options for the fsspec filesystem of a URL.
+    allow_unsafe_codecs : bool
+        Let numcodecs decode object dtypes, pickle and other codecs fastload refuses by default.
+    latency_ms : float
+        Sleep this long per storage request (simulated slow storage, for benchmarks).
+
+    Returns
+    -------
+    Store
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing at the path or URL.
+    SchemaError
+        Not a zarr group, an unknown layout, unexpected dimensions, inconsistent or non-monotonic coordinates, a
+        time axis that does not increase.
+    CodecError
+        An unsupported or unsafe codec or dtype.
+    """
+    s = os.fspath(path_or_url)
+    path = s if "://" in s else os.path.abspath(s)
+    return Store(path, make_source(s, storage_options, latency_ms), allow_unsafe_codecs=allow_unsafe_codecs)
