@@ -21,6 +21,7 @@ Run its tests with ``python -m pytest tests/fastload/test_cache.py -q``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
@@ -47,7 +48,8 @@ class NextUse:
     Parameters
     ----------
     uses : mapping
-        ``key -> sorted 1-D int array`` of the steps that need the chunk.
+        ``key -> sorted sequence of int`` (list or 1-D array) of the steps that need the chunk. The plan may
+        append later steps to these lists (and add keys) while the cache runs: it plans ahead lazily.
     start : int
         First step of this run (resume): uses before it count as finished.
     """
@@ -62,15 +64,17 @@ class NextUse:
         p = self._ptr.get(key)
         if p is None:
             u = self._uses.get(key)
-            p = 0 if u is None else int(np.searchsorted(u, self._start, side="left"))
+            p = 0 if u is None else bisect.bisect_left(u, self._start)
             self._ptr[key] = p
         return p
 
     def next(self, key: Hashable) -> int:
         """The earliest unfinished step that needs ``key`` (:data:`NEVER` if none)."""
         u = self._uses.get(key)
+        if u is None:
+            return NEVER
         p = self._pos(key)
-        return NEVER if u is None or p >= len(u) else int(u[p])
+        return NEVER if p >= len(u) else int(u[p])
 
     def finish(self, key: Hashable, step: int) -> None:
         """Record that ``step`` no longer needs ``key``."""

@@ -1,0 +1,188 @@
+"""The epoch plan: every sample of the epoch, its batch, and the chunks each step of the reader needs.
+
+Why this exists: the loader knows the whole epoch up front, so it can read ahead across batch boundaries and the
+decoded-chunk cache can keep exactly the chunks needed again soon (:mod:`fastload.cache`). This module turns
+``(seed, epoch, rank, world_size)`` into that knowledge:
+
+- the epoch's sample placements for this rank (:func:`fastload.sampling.geometry.random_boxes`: ranks disjoint,
+  together the whole epoch), cut into batches (the last incomplete one dropped or kept);
+- per batch, one or more *steps*: groups of the batch's samples whose unique chunks fit the cache's per-step
+  capacity (normally one step per batch; a batch is split when its chunks do not fit, e.g. huge chunks and a
+  small budget), each with its :class:`~fastload.sampling.chunks.BatchPlan` (unique chunks, index tables);
+- per chunk key ``(array, chunk index)``, the sorted steps that use it, which the cache reads as next-use
+  distances (Belady).
+
+Chunk planning costs a few milliseconds per batch, so it runs lazily, ``horizon`` batches ahead of the reader
+(:meth:`EpochPlan.ensure`): the first batch is ready at once, and the cache sees the future as far as it can use
+it. Step numbers are ``batch * batch_size + group``, so they sort in plan order.
+
+Quick look::
+
+    python -c "from fastload.plan import *; import numpy as np; print(split_batches(np.zeros((10, 3)), 4, True))"
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+from .sampling.chunks import BatchPlan, FieldLayout, plan_batch
+
+__all__ = ["Step", "EpochPlan", "split_batches"]
+
+Key = tuple[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Step:
+    """One unit of the reader's work: samples ``[start, stop)`` of batch ``batch``."""
+
+    index: int
+    """Position in plan order (``batch * batch_size + group``); the cache's notion of time."""
+    batch: int
+    """Batch index in the epoch (this rank's batches, from 0)."""
+    start: int
+    """First sample of the batch gathered by this step."""
+    stop: int
+    """One past the last sample."""
+    plan: BatchPlan
+    """Unique chunks per array and index tables of the step's boxes."""
+    keys: tuple[Key, ...]
+    """``(array, chunk)`` of every unique chunk, array by array in ``plan.chunks`` order."""
+
+
+def split_batches(boxes: np.ndarray, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """``[start, stop)`` sample ranges of the batches of ``boxes``."""
+    n = int(np.asarray(boxes).shape[0])
+    stops = list(range(batch_size, n + 1, batch_size))
+    out = [(s - batch_size, s) for s in stops]
+    if not drop_last and n % batch_size:
+        out.append((n - n % batch_size, n))
+    return out
+
+
+class EpochPlan:
+    """This rank's epoch: boxes, batches, and (lazily, thread-safely) steps and chunk uses.
+
+    Parameters
+    ----------
+    boxes : (N, 3) int64
+        This rank's sample placements in epoch order.
+    layouts : mapping
+        ``field -> FieldLayout`` of the sampled fields.
+    box : (T, H, W)
+        Grid points per sample.
+    time_step : int
+        Stride along time inside a sample.
+    batch_size : int
+        Samples per batch.
+    drop_last : bool
+        Drop the last incomplete batch.
+    capacity : mapping, optional
+        Most unique chunks of each array one step may need (the cache's per-step share); larger batches are split
+        into several steps. ``None``: never split.
+    horizon : int
+        Batches planned ahead of the furthest batch asked for.
+    start_batch : int
+        First batch that will be read (resume); earlier batches are never planned.
+    on_plan : callable, optional
+        Called with the seconds spent planning each batch (the loader's "plan" counter).
+    """
+
+    def __init__(self, boxes: np.ndarray, layouts: Mapping[str, FieldLayout], box: Sequence[int], *,
+                 time_step: int = 1, batch_size: int, drop_last: bool = True,
+                 capacity: Mapping[str, int] | None = None, horizon: int = 8, start_batch: int = 0,
+                 on_plan: Callable[[int, float], None] | None = None):
+        self.boxes = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 3)
+        self.layouts = dict(layouts)
+        self.box = tuple(int(v) for v in box)
+        self.time_step = int(time_step)
+        self.batch_size = int(batch_size)
+        self.batches = split_batches(self.boxes, self.batch_size, drop_last)
+        self.capacity = dict(capacity) if capacity else None
+        self.horizon = max(0, int(horizon))
+        self.start_batch = int(start_batch)
+        self._on_plan = on_plan
+        self._steps: dict[int, tuple[Step, ...]] = {}
+        self._planned = self.start_batch  # batches [start_batch, _planned) are planned
+        self._lock = threading.Lock()
+        self.uses: dict[Key, list[int]] = {}
+        """``key -> sorted steps`` using it; grows as planning advances (read by the cache's :class:`NextUse`)."""
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def batch_boxes(self, batch: int) -> np.ndarray:
+        """``(B, 3)`` boxes of one batch."""
+        lo, hi = self.batches[batch]
+        return self.boxes[lo:hi]
+
+    def steps(self, batch: int) -> tuple[Step, ...]:
+        """The steps of ``batch`` (planning it, and ``horizon`` batches beyond, if not done yet)."""
+        if not self.start_batch <= batch < len(self.batches):
+            raise IndexError(f"batch {batch} outside [{self.start_batch}, {len(self.batches)})")
+        self.ensure(batch + self.horizon)
+        return self._steps[batch]
+
+    def ensure(self, batch: int) -> None:
+        """Plan every batch up to and including ``batch`` (clipped to the epoch), in order."""
+        last = min(int(batch), len(self.batches) - 1)
+        with self._lock:  # planning is in order, so the use lists stay sorted
+            while self._planned <= last:
+                b = self._planned
+                self._steps[b] = self._plan(b)
+                for st in self._steps[b]:
+                    for k in st.keys:
+                        self.uses.setdefault(k, []).append(st.index)
+                self._planned += 1
+
+    def forget(self, batch: int) -> None:
+        """Drop the steps of a finished batch (their plans are no longer needed)."""
+        with self._lock:
+            self._steps.pop(batch, None)
+
+    # -- planning -----------------------------------------------------------------------------------------------
+    def _plan(self, batch: int) -> tuple[Step, ...]:
+        import time
+
+        t0 = time.perf_counter()
+        lo, hi = self.batches[batch]
+        groups: list[tuple[int, int, BatchPlan]] = []
+        self._split(self.boxes, lo, hi, lo, groups)
+        steps = []
+        for g, (a, b, p) in enumerate(groups):
+            keys = tuple((arr, tuple(c)) for arr, idx in p.chunks.items() for c in idx.tolist())
+            steps.append(Step(index=batch * self.batch_size + g, batch=batch, start=a - lo, stop=b - lo,
+                              plan=p, keys=keys))
+        if self._on_plan is not None:
+            self._on_plan(batch, time.perf_counter() - t0)
+        return tuple(steps)
+
+    def _split(self, boxes: np.ndarray, lo: int, hi: int, first: int, out: list) -> None:
+        p = plan_batch(boxes[lo:hi], self.layouts, self.box, self.time_step)
+        over = self._over(p)
+        if not over:
+            out.append((lo, hi, p))
+            return
+        if hi - lo == 1:
+            array, n = over
+            raise ConfigError(
+                f"loader.cache_bytes: one sample (batch sample {lo - first}, box {boxes[lo].tolist()}) needs {n} "
+                f"chunks of array {array!r} but the cache holds {self.capacity[array]} per step; "  # type: ignore[index]
+                f"raise cache_bytes")
+        mid = (lo + hi) // 2
+        self._split(boxes, lo, mid, first, out)
+        self._split(boxes, mid, hi, first, out)
+
+    def _over(self, p: BatchPlan) -> tuple[str, int] | None:
+        if self.capacity is None:
+            return None
+        for array, idx in p.chunks.items():
+            cap = self.capacity.get(array)
+            if cap is not None and idx.shape[0] > cap:
+                return array, int(idx.shape[0])
+        return None

@@ -1,0 +1,127 @@
+"""fastload.plan: batches, steps, chunk keys (against a brute-force reference), splitting, lazy horizon."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fastload.errors import ConfigError
+from fastload.plan import EpochPlan, split_batches
+from fastload.sampling.chunks import FieldLayout
+from fastload.sampling.geometry import random_boxes
+
+BOX = (4, 6, 8)
+
+
+def _layouts(periodic=True):
+    # two per-variable fields (t, level, y, x) and an AtmoRep-like (t, field, level, y, x) array holding two more
+    common = dict(periodic_x=periodic)
+    return {
+        "a": FieldLayout(name="a", array="a", shape=(20, 3, 16, 24), chunks=(3, 2, 5, 7), axes=(0, None, 1, 2, 3),
+                         lev_idx=np.array([0, 2]), **common),
+        "b": FieldLayout(name="b", array="b", shape=(20, 16, 24), chunks=(4, 16, 24), axes=(0, None, None, 1, 2),
+                         **common),
+        "c": FieldLayout(name="c", array="data", shape=(20, 2, 3, 16, 24), chunks=(2, 2, 3, 8, 8),
+                         axes=(0, 1, 2, 3, 4), field_index=0, lev_idx=np.array([1]), **common),
+        "d": FieldLayout(name="d", array="data", shape=(20, 2, 3, 16, 24), chunks=(2, 2, 3, 8, 8),
+                         axes=(0, 1, 2, 3, 4), field_index=1, lev_idx=np.array([0, 1]), **common),
+    }
+
+
+def _reference_keys(boxes, layouts, box, time_step):
+    """Every (array, chunk) any box touches, by enumerating the points' chunk coordinates."""
+    keys = set()
+    T, H, W = box
+    for t0, y0, x0 in np.asarray(boxes).tolist():
+        for lay in layouts.values():
+            ta, fa, la, ya, xa = lay.axes
+            per_axis = []
+            for ax in range(len(lay.shape)):
+                if ax == ta:
+                    pts = [t0 + k * time_step for k in range(T)]
+                elif ax == fa:
+                    pts = [lay.field_index]
+                elif ax == la:
+                    pts = lay.lev_idx.tolist()
+                elif ax == ya:
+                    pts = range(y0, y0 + H)
+                else:
+                    pts = [(x0 + k) % lay.shape[xa] for k in range(W)]
+                per_axis.append(sorted({p // lay.chunks[ax] for p in pts}))
+            keys.update((lay.array, c) for c in itertools.product(*per_axis))
+    return keys
+
+
+def _boxes(n, seed=0, periodic=True, time_step=1):
+    lay = _layouts(periodic)["a"]
+    return random_boxes(n, lay.extent, BOX, seed=seed, epoch=0, time_step=time_step)
+
+
+def test_split_batches():
+    assert split_batches(np.zeros((10, 3)), 4, True) == [(0, 4), (4, 8)]
+    assert split_batches(np.zeros((10, 3)), 4, False) == [(0, 4), (4, 8), (8, 10)]
+    assert split_batches(np.zeros((3, 3)), 4, True) == []
+
+
+@pytest.mark.parametrize("periodic,time_step", [(True, 1), (False, 1), (True, 3)])
+def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
+    lays = _layouts(periodic)
+    boxes = _boxes(23, periodic=periodic, time_step=time_step)
+    plan = EpochPlan(boxes, lays, BOX, time_step=time_step, batch_size=5, drop_last=False, horizon=100)
+    assert len(plan) == 5
+    for b in range(len(plan)):
+        (step,) = plan.steps(b)
+        assert (step.start, step.stop) == (0, plan.batches[b][1] - plan.batches[b][0])
+        assert step.index == b * 5
+        assert len(set(step.keys)) == len(step.keys)
+        assert set(step.keys) == _reference_keys(plan.batch_boxes(b), lays, BOX, time_step)
+    for k, steps in plan.uses.items():
+        assert steps == sorted(steps)
+        for s in steps:
+            assert k in plan.steps(s // 5)[0].keys
+
+
+def test_batches_split_into_steps_that_fit_capacity():
+    lays = _layouts()
+    boxes = _boxes(16, seed=3)
+    full = EpochPlan(boxes, lays, BOX, batch_size=8)
+    cap = {"a": 40, "b": 100, "data": 30}
+    plan = EpochPlan(boxes, lays, BOX, batch_size=8, capacity=cap)
+    for b in range(2):
+        steps = plan.steps(b)
+        assert len(steps) > 1
+        assert steps[0].start == 0 and steps[-1].stop == 8
+        assert all(s.stop == t.start for s, t in zip(steps, steps[1:]))
+        assert [s.index for s in steps] == list(range(b * 8, b * 8 + len(steps)))
+        union = set()
+        for s in steps:
+            for array, idx in s.plan.chunks.items():
+                assert idx.shape[0] <= cap[array]
+            assert set(s.keys) == _reference_keys(plan.batch_boxes(b)[s.start:s.stop], lays, BOX, 1)
+            union |= set(s.keys)
+        assert union == set(full.steps(b)[0].keys)
+
+
+def test_one_sample_over_capacity_names_the_setting():
+    plan = EpochPlan(_boxes(4), _layouts(), BOX, batch_size=2, capacity={"a": 1})
+    with pytest.raises(ConfigError, match="cache_bytes"):
+        plan.steps(0)
+
+
+def test_planning_is_lazy_and_resumable():
+    timings = []
+    plan = EpochPlan(_boxes(40), _layouts(), BOX, batch_size=4, horizon=2, start_batch=3,
+                     on_plan=lambda b, s: timings.append(b))
+    assert timings == []
+    plan.steps(3)
+    assert timings == [3, 4, 5]
+    plan.steps(4)
+    assert timings == [3, 4, 5, 6]
+    assert min(s for v in plan.uses.values() for s in v) >= 3 * 4
+    with pytest.raises(IndexError):
+        plan.steps(2)
+    plan.forget(3)
+    with pytest.raises(KeyError):
+        plan.steps(3)
