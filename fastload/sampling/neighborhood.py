@@ -124,24 +124,26 @@ def month_table(times: np.ndarray | None, boxes: np.ndarray, n_steps: int, time_
         Sample placements.
     n_steps : int
         Time points per sample (``nt * tt``).
-    months : array of int in 1..12, optional
+    months : array of int in 0..11, optional
         Coefficient months already loaded (e.g. all twelve); default: the sorted months the batch touches.
 
     Returns
     -------
     months : (M,) int64
-        Calendar months 1..12.
+        Month indices 0 (January) .. 11 (December), as :meth:`fastload.norm.Normalizer.coefficients` takes them.
     month_of : (S, n_steps) int32
         Index into ``months`` of each time step's month.
     """
     if times is None:
         raise ConfigError("monthly normalisation needs a time axis, but the store has none")
     t = boxes[:, 0:1] + np.arange(n_steps) * int(time_step)
-    cal = np.asarray(times)[t].astype("datetime64[M]").astype(np.int64) % 12 + 1  # (S, n_steps) in 1..12
+    cal = np.asarray(times)[t].astype("datetime64[M]").astype(np.int64) % 12  # (S, n_steps) in 0..11
     if months is None:
         months = np.unique(cal)
     months = np.asarray(months, dtype=np.int64)
-    lookup = np.full(13, -1, dtype=np.int32)
+    if months.size and (months.min() < 0 or months.max() > 11):
+        raise ConfigError(f"month_table: months must be indices 0-11, got {months.tolist()}")
+    lookup = np.full(12, -1, dtype=np.int32)
     lookup[months] = np.arange(months.size, dtype=np.int32)
     month_of = lookup[cal]
     if (month_of < 0).any():

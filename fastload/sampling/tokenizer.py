@@ -1,0 +1,228 @@
+"""Tokenizers: the one interface the reader and :func:`fastload.extract` use to turn boxes into token tensors.
+
+A tokenizer owns everything that depends on the kind of grid: which boxes are valid, which chunks a batch needs
+(:meth:`BaseTokenizer.plan`), how decoded chunks become token tensors (:meth:`BaseTokenizer.gather`), and the
+per-token metadata for positional encodings (:meth:`BaseTokenizer.meta`). The reader only calls these four
+methods, so a new grid kind (an unstructured mesh, with its own plan and kernel) is a new subclass registered
+with :func:`register_tokenizer`, not a change to the reader.
+
+Structured grids (regular lat-lon, curvilinear ocean grids) share the box geometry, the chunk plan and the gather
+kernel, and differ only in where token centres are: :class:`LatLonTokenizer` reads 1-D coordinates,
+:class:`CurvilinearTokenizer` 2-D ones. A token's centre is the mean latitude of its points and the circular mean
+of their longitudes (unwrapped around the token's first point, in [0, 360)); its time is the time of its first
+step, with hour of day and (0-based, fractional) day of year.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from .chunks import BatchPlan, FieldLayout, field_layouts, plan_batch
+from .geometry import GridExtent, check_boxes
+from .neighborhood import gather_batch, month_table
+
+__all__ = [
+    "TokenMeta",
+    "BaseTokenizer",
+    "StructuredTokenizer",
+    "LatLonTokenizer",
+    "CurvilinearTokenizer",
+    "TOKENIZERS",
+    "register_tokenizer",
+    "build_tokenizer",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class TokenMeta:
+    """Per-token metadata of one field of a batch (shapes for a batch of ``B`` samples)."""
+
+    t_index: np.ndarray
+    """``(B, nt)`` int64: store time index of each time token's first step."""
+    time: np.ndarray | None
+    """``(B, nt)`` datetime64[ns] of each time token's first step; ``None`` when the store has no time axis."""
+    hour: np.ndarray
+    """``(B, nt)`` float32: hour of day (fractional) of ``time``; NaN without a time axis."""
+    day_of_year: np.ndarray
+    """``(B, nt)`` float32: days since 1 January 00:00 of the same year (0-based, fractional); NaN without time."""
+    lat: np.ndarray
+    """``(B, nlat, nlon)`` float64: latitude of each spatial token's centre (degrees)."""
+    lon: np.ndarray
+    """``(B, nlat, nlon)`` float64: longitude of each spatial token's centre (degrees, in [0, 360))."""
+    level: np.ndarray
+    """``(L,)`` float64: level value of each output level (NaN for a field without levels)."""
+
+    def to_torch(self, device: Any = None) -> dict[str, Any]:
+        """The numeric metadata as float32 torch tensors (``time`` as int64 nanoseconds since 1970)."""
+        import torch
+
+        out = {k: torch.as_tensor(np.asarray(getattr(self, k), np.float32), device=device)
+               for k in ("hour", "day_of_year", "lat", "lon", "level")}
+        out["t_index"] = torch.as_tensor(self.t_index, device=device)
+        if self.time is not None:
+            out["time"] = torch.as_tensor(self.time.astype("datetime64[ns]").astype(np.int64), device=device)
+        return out
+
+
+class BaseTokenizer(abc.ABC):
+    """What the reader needs from a grid kind: validate boxes, plan chunks, gather tokens, describe tokens.
+
+    Parameters
+    ----------
+    grid : Grid-like
+        ``kind``, ``lat``, ``lon``, ``periodic_x``, ``ny``, ``nx`` (a :class:`fastload.store.Grid`).
+    time : datetime64 array or None
+        The store's time axis.
+    config : SamplingConfig
+        Fields, token geometry, ``time_step``, ``out_dtype``.
+    layouts : {field: FieldLayout}
+        Where each field's data sit in its array's chunks.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout]):
+        self.grid = grid
+        self.time = None if time is None else np.asarray(time).astype("datetime64[ns]")
+        self.config = config
+        missing = [f.name for f in config.fields if f.name not in layouts]
+        if missing:
+            raise ConfigError(f"tokenizer: no layout for field(s) {missing}")
+        self.layouts = {f.name: layouts[f.name] for f in config.fields}
+
+    @abc.abstractmethod
+    def check_boxes(self, boxes: Any) -> np.ndarray:
+        """Validated placements as an int64 array (ConfigError naming the first bad one)."""
+
+    @abc.abstractmethod
+    def plan(self, boxes: np.ndarray) -> BatchPlan:
+        """Unique chunks per array and per-field index tables of a batch."""
+
+    @abc.abstractmethod
+    def gather(self, slots: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray], boxes: np.ndarray,
+               outs: Mapping[str, Any], *, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+               month_of: np.ndarray | None = None, samples: slice | None = None, jit: bool | None = None) -> None:
+        """Write the token tensors of ``boxes[samples]`` into ``outs[field][samples]``."""
+
+    @abc.abstractmethod
+    def meta(self, boxes: np.ndarray) -> dict[str, TokenMeta]:
+        """Per-field token metadata of a batch."""
+
+    def month_table(self, boxes: np.ndarray, months: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficient months of a batch and ``month_of`` (see :func:`~.neighborhood.month_table`)."""
+        return month_table(self.time, boxes, self.config.box[0], self.config.time_step, months)
+
+
+class StructuredTokenizer(BaseTokenizer):
+    """Shared machinery of grids indexed by ``(y, x)``: boxes, chunk plan and gather kernel."""
+
+    def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout]):
+        super().__init__(grid, time, config, layouts)
+        self.extent = GridExtent(nt=None if self.time is None else int(self.time.shape[0]), ny=int(grid.ny),
+                                 nx=int(grid.nx), periodic_x=bool(grid.periodic_x))
+
+    def check_boxes(self, boxes: Any) -> np.ndarray:
+        return check_boxes(boxes, self.extent, self.config.box, self.config.time_step)
+
+    def plan(self, boxes: np.ndarray) -> BatchPlan:
+        return plan_batch(boxes, self.layouts, self.config.box, self.config.time_step)
+
+    def gather(self, slots, tables, boxes, outs, *, coefficients=None, month_of=None, samples=None, jit=None):
+        gather_batch(self.config, self.layouts, slots, tables, boxes, outs, coefficients=coefficients,
+                     month_of=month_of, samples=samples, jit=jit)
+
+    @abc.abstractmethod
+    def token_centres(self, y: np.ndarray, x: np.ndarray, nlat: int, nlon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centre ``(lat, lon)`` ``(B, nlat, nlon)`` of tokens over row indices ``y (B, H)``, columns ``x (B, W)``."""
+
+    def meta(self, boxes: np.ndarray) -> dict[str, TokenMeta]:
+        b = np.asarray(boxes, dtype=np.int64)
+        dt = self.config.time_step
+        out: dict[str, TokenMeta] = {}
+        for f in self.config.fields:
+            nt, nlat, nlon = f.num_tokens
+            tt, tlat, tlon = f.token_size
+            t_idx = b[:, 0:1] + np.arange(nt) * (tt * dt)  # (B, nt)
+            if self.time is None:
+                time = None
+                hour = doy = np.full(t_idx.shape, np.nan, np.float32)
+            else:
+                time = self.time[t_idx]
+                hour = ((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h")).astype(np.float32)
+                doy = ((time - time.astype("datetime64[Y]")) / np.timedelta64(1, "D")).astype(np.float32)
+            y = b[:, 1:2] + np.arange(nlat * tlat)
+            x = b[:, 2:3] + np.arange(nlon * tlon)
+            if self.extent.periodic_x:
+                x %= self.extent.nx
+            lat, lon = self.token_centres(y, x, nlat, nlon)
+            lay = self.layouts[f.name]
+            level = np.full(1, np.nan) if lay.levels is None else np.asarray(lay.levels, np.float64)
+            out[f.name] = TokenMeta(t_index=t_idx, time=time, hour=hour, day_of_year=doy, lat=lat, lon=lon,
+                                    level=level)
+        return out
+
+
+def _circular_mean(lon: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Mean longitude over ``axes``, unwrapped around the first point so a token across the seam averages right."""
+    first = lon
+    for a in axes:
+        first = np.take(first, [0], axis=a)
+    d = (lon - first + 180.0) % 360.0 - 180.0
+    return (np.squeeze(first, axis=axes) + d.mean(axis=axes)) % 360.0
+
+
+class LatLonTokenizer(StructuredTokenizer):
+    """Regular grids with 1-D latitude ``(NY,)`` and longitude ``(NX,)``."""
+
+    kind = "latlon"
+
+    def token_centres(self, y, x, nlat, nlon):
+        lat1 = np.asarray(self.grid.lat, np.float64)
+        lon1 = np.asarray(self.grid.lon, np.float64)
+        B = y.shape[0]
+        la = lat1[y].reshape(B, nlat, -1).mean(axis=2)  # (B, nlat)
+        lo = _circular_mean(lon1[x].reshape(B, nlon, -1), (2,))  # (B, nlon)
+        return (np.ascontiguousarray(np.broadcast_to(la[:, :, None], (B, nlat, nlon))),
+                np.ascontiguousarray(np.broadcast_to(lo[:, None, :], (B, nlat, nlon))))
+
+
+class CurvilinearTokenizer(StructuredTokenizer):
+    """Curvilinear grids (e.g. NEMO/ORCA) with 2-D latitude and longitude ``(NY, NX)``; x may be periodic."""
+
+    kind = "curvilinear"
+
+    def token_centres(self, y, x, nlat, nlon):
+        lat2 = np.asarray(self.grid.lat, np.float64)
+        lon2 = np.asarray(self.grid.lon, np.float64)
+        B = y.shape[0]
+        yy, xx = y[:, :, None], x[:, None, :]
+        la = lat2[yy, xx].reshape(B, nlat, -1, nlon, x.shape[1] // nlon)  # (B, nlat, tlat, nlon, tlon)
+        lo = lon2[yy, xx].reshape(la.shape)
+        return la.mean(axis=(2, 4)), _circular_mean(lo, (2, 4))
+
+
+TOKENIZERS: dict[str, type[BaseTokenizer]] = {"latlon": LatLonTokenizer, "curvilinear": CurvilinearTokenizer}
+"""Grid kind -> tokenizer class."""
+
+
+def register_tokenizer(kind: str, cls: type[BaseTokenizer]) -> None:
+    """Make ``build_tokenizer`` use ``cls`` for stores whose ``grid.kind`` is ``kind``."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseTokenizer)):
+        raise ConfigError(f"register_tokenizer: {cls!r} is not a BaseTokenizer subclass")
+    TOKENIZERS[kind] = cls
+
+
+def build_tokenizer(store: Any, config: Any, layouts: Mapping[str, FieldLayout] | None = None) -> BaseTokenizer:
+    """The tokenizer for ``store``'s grid kind (``store.grid``, ``store.time``, and field layouts from the store)."""
+    kind = store.grid.kind
+    if kind not in TOKENIZERS:
+        raise ConfigError(f"store {store.path!r} has a {kind!r} grid; no tokenizer for it (known: {list(TOKENIZERS)})")
+    if layouts is None:
+        layouts = field_layouts(store, config)
+    return TOKENIZERS[kind](store.grid, store.time, config, layouts)
