@@ -24,13 +24,15 @@ Quick look::
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._nvtx import range as nvtx_range
 from .errors import ConfigError
-from .sampling.chunks import BatchPlan, FieldLayout, plan_batch
+from .sampling.chunks import BatchPlan
 
 __all__ = ["Step", "EpochPlan", "split_batches"]
 
@@ -72,12 +74,9 @@ class EpochPlan:
     ----------
     boxes : (N, 3) int64
         This rank's sample placements in epoch order.
-    layouts : mapping
-        ``field -> FieldLayout`` of the sampled fields.
-    box : (T, H, W)
-        Grid points per sample.
-    time_step : int
-        Stride along time inside a sample.
+    planner : callable
+        ``planner(boxes) -> BatchPlan`` (a tokenizer's ``plan``, or
+        :func:`~fastload.sampling.chunks.plan_batch` with the layouts bound).
     batch_size : int
         Samples per batch.
     drop_last : bool
@@ -89,23 +88,24 @@ class EpochPlan:
         Batches planned ahead of the furthest batch asked for.
     start_batch : int
         First batch that will be read (resume); earlier batches are never planned.
+    batch_stride : int
+        Plan only batches ``start_batch, start_batch + batch_stride, ...`` (a worker process that reads every
+        ``batch_stride``-th batch plans only its own).
     on_plan : callable, optional
         Called with the seconds spent planning each batch (the loader's "plan" counter).
     """
 
-    def __init__(self, boxes: np.ndarray, layouts: Mapping[str, FieldLayout], box: Sequence[int], *,
-                 time_step: int = 1, batch_size: int, drop_last: bool = True,
-                 capacity: Mapping[str, int] | None = None, horizon: int = 8, start_batch: int = 0,
-                 on_plan: Callable[[int, float], None] | None = None):
+    def __init__(self, boxes: np.ndarray, planner: Callable[[np.ndarray], BatchPlan], *, batch_size: int,
+                 drop_last: bool = True, capacity: Mapping[str, int] | None = None, horizon: int = 8,
+                 start_batch: int = 0, batch_stride: int = 1, on_plan: Callable[[int, float], None] | None = None):
         self.boxes = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 3)
-        self.layouts = dict(layouts)
-        self.box = tuple(int(v) for v in box)
-        self.time_step = int(time_step)
+        self.planner = planner
         self.batch_size = int(batch_size)
         self.batches = split_batches(self.boxes, self.batch_size, drop_last)
         self.capacity = dict(capacity) if capacity else None
         self.horizon = max(0, int(horizon))
         self.start_batch = int(start_batch)
+        self.batch_stride = max(1, int(batch_stride))
         self._on_plan = on_plan
         self._steps: dict[int, tuple[Step, ...]] = {}
         self._planned = self.start_batch  # batches [start_batch, _planned) are planned
@@ -123,9 +123,10 @@ class EpochPlan:
 
     def steps(self, batch: int) -> tuple[Step, ...]:
         """The steps of ``batch`` (planning it, and ``horizon`` batches beyond, if not done yet)."""
-        if not self.start_batch <= batch < len(self.batches):
-            raise IndexError(f"batch {batch} outside [{self.start_batch}, {len(self.batches)})")
-        self.ensure(batch + self.horizon)
+        if not self.start_batch <= batch < len(self.batches) or (batch - self.start_batch) % self.batch_stride:
+            raise IndexError(f"batch {batch} is not one this plan reads (from {self.start_batch} to "
+                             f"{len(self.batches) - 1} in strides of {self.batch_stride})")
+        self.ensure(batch + self.horizon * self.batch_stride)
         return self._steps[batch]
 
     def ensure(self, batch: int) -> None:
@@ -138,7 +139,7 @@ class EpochPlan:
                 for st in self._steps[b]:
                     for k in st.keys:
                         self.uses.setdefault(k, []).append(st.index)
-                self._planned += 1
+                self._planned += self.batch_stride
 
     def forget(self, batch: int) -> None:
         """Drop the steps of a finished batch (their plans are no longer needed)."""
@@ -147,12 +148,11 @@ class EpochPlan:
 
     # -- planning -----------------------------------------------------------------------------------------------
     def _plan(self, batch: int) -> tuple[Step, ...]:
-        import time
-
         t0 = time.perf_counter()
         lo, hi = self.batches[batch]
         groups: list[tuple[int, int, BatchPlan]] = []
-        self._split(self.boxes, lo, hi, lo, groups)
+        with nvtx_range("plan", payload=batch):
+            self._split(self.boxes, lo, hi, lo, groups)
         steps = []
         for g, (a, b, p) in enumerate(groups):
             keys = tuple((arr, tuple(c)) for arr, idx in p.chunks.items() for c in idx.tolist())
@@ -163,7 +163,7 @@ class EpochPlan:
         return tuple(steps)
 
     def _split(self, boxes: np.ndarray, lo: int, hi: int, first: int, out: list) -> None:
-        p = plan_batch(boxes[lo:hi], self.layouts, self.box, self.time_step)
+        p = self.planner(boxes[lo:hi])
         over = self._over(p)
         if not over:
             out.append((lo, hi, p))

@@ -9,7 +9,7 @@ import pytest
 
 from fastload.errors import ConfigError
 from fastload.plan import EpochPlan, split_batches
-from fastload.sampling.chunks import FieldLayout
+from fastload.sampling.chunks import FieldLayout, plan_batch
 from fastload.sampling.geometry import random_boxes
 
 BOX = (4, 6, 8)
@@ -54,6 +54,10 @@ def _reference_keys(boxes, layouts, box, time_step):
     return keys
 
 
+def _planner(lays, time_step=1):
+    return lambda boxes: plan_batch(boxes, lays, BOX, time_step)
+
+
 def _boxes(n, seed=0, periodic=True, time_step=1):
     lay = _layouts(periodic)["a"]
     return random_boxes(n, lay.extent, BOX, seed=seed, epoch=0, time_step=time_step)
@@ -69,7 +73,7 @@ def test_split_batches():
 def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
     lays = _layouts(periodic)
     boxes = _boxes(23, periodic=periodic, time_step=time_step)
-    plan = EpochPlan(boxes, lays, BOX, time_step=time_step, batch_size=5, drop_last=False, horizon=100)
+    plan = EpochPlan(boxes, _planner(lays, time_step), batch_size=5, drop_last=False, horizon=100)
     assert len(plan) == 5
     for b in range(len(plan)):
         (step,) = plan.steps(b)
@@ -86,9 +90,9 @@ def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
 def test_batches_split_into_steps_that_fit_capacity():
     lays = _layouts()
     boxes = _boxes(16, seed=3)
-    full = EpochPlan(boxes, lays, BOX, batch_size=8)
+    full = EpochPlan(boxes, _planner(lays), batch_size=8)
     cap = {"a": 40, "b": 100, "data": 30}
-    plan = EpochPlan(boxes, lays, BOX, batch_size=8, capacity=cap)
+    plan = EpochPlan(boxes, _planner(lays), batch_size=8, capacity=cap)
     for b in range(2):
         steps = plan.steps(b)
         assert len(steps) > 1
@@ -105,14 +109,14 @@ def test_batches_split_into_steps_that_fit_capacity():
 
 
 def test_one_sample_over_capacity_names_the_setting():
-    plan = EpochPlan(_boxes(4), _layouts(), BOX, batch_size=2, capacity={"a": 1})
+    plan = EpochPlan(_boxes(4), _planner(_layouts()), batch_size=2, capacity={"a": 1})
     with pytest.raises(ConfigError, match="cache_bytes"):
         plan.steps(0)
 
 
 def test_planning_is_lazy_and_resumable():
     timings = []
-    plan = EpochPlan(_boxes(40), _layouts(), BOX, batch_size=4, horizon=2, start_batch=3,
+    plan = EpochPlan(_boxes(40), _planner(_layouts()), batch_size=4, horizon=2, start_batch=3,
                      on_plan=lambda b, s: timings.append(b))
     assert timings == []
     plan.steps(3)
@@ -125,3 +129,12 @@ def test_planning_is_lazy_and_resumable():
     plan.forget(3)
     with pytest.raises(KeyError):
         plan.steps(3)
+
+
+def test_strided_plan_reads_only_its_batches():
+    plan = EpochPlan(_boxes(40), _planner(_layouts()), batch_size=4, horizon=1, start_batch=1, batch_stride=3)
+    plan.steps(4)
+    assert sorted(plan._steps) == [1, 4, 7]
+    with pytest.raises(IndexError):
+        plan.steps(5)
+    assert all(s // 4 in (1, 4, 7) for v in plan.uses.values() for s in v)
