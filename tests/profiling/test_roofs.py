@@ -12,7 +12,14 @@ import zarr
 
 from profiling.chunkmap import ArrayChunks, batch_decodes, box_chunks, open_chunk_maps, window_chunks
 from profiling.peers import FieldSpec, StoreSpec
-from profiling.roofs import drop_page_cache, memcpy_gbps, read_decode_roof, read_roof, resident_fraction, store_files
+from profiling.roofs import (
+    drop_page_cache,
+    memcpy_gbps,
+    read_decode_roof,
+    read_roof,
+    resident_fraction,
+    store_files,
+)
 from tests.fastload.stores import make_atmorep, make_per_variable
 
 KINDS = {
