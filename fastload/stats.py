@@ -201,7 +201,9 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
                     f"stats.levels: none of {list(want)} is a level of field {name!r} (it has {have.tolist()}); "
                     f"leave it out with --fields or give its levels as {name}=..."
                 )
-        out.append((name, np.asarray(store.level_indices(name, values.tolist())), values))
+        idx = np.asarray(store.level_indices(name, values.tolist()), np.int64)
+        order = np.argsort(idx, kind="stable")  # keep the store's level order
+        out.append((name, idx[order], have[idx[order]]))
     if cfg.levels is not None and not isinstance(cfg.levels, Mapping):
         unused = [v for v in cfg.levels if v not in used]
         if unused:
@@ -423,9 +425,10 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     out = os.path.abspath(os.fspath(out))
     if os.path.exists(out) and not cfg.overwrite:
         raise ConfigError(f"stats: output {out!r} exists; pass --overwrite to replace it")
-    if store.path and os.path.abspath(str(store.path)) == out:
+    src = str(store.path)
+    if "://" not in src and os.path.commonpath([os.path.abspath(src), out]) == os.path.abspath(src):
         raise ConfigError(
-            f"stats: output {out!r} is the data store itself; coefficients go in their own store"
+            f"stats: output {out!r} is (inside) the data store; coefficients go in their own store"
         )
     selection = _select(store, cfg)
     tmask = _time_mask(store, cfg)

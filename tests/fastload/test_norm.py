@@ -1,0 +1,213 @@
+"""fastload.norm: the Normalizer hands out the right slices for chosen months and levels, reads only those chunks
+(counted through a zarr store wrapper), guards zero std, and rejects coefficient stores that do not fit the data."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+import zarr.storage
+
+from fastload.config import FieldConfig, SamplingConfig
+from fastload.errors import ConfigError, SchemaError, StoreNotFoundError
+from fastload.norm import Normalizer, months_of, normalize
+from fastload.stats import StatsConfig, compute_stats
+from fastload.store import open_store
+
+from .test_stats import write_per_variable
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A zarr store that records every key read."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.keys: list[str] = []
+        self._lock = threading.Lock()
+
+    async def get(self, key, prototype, byte_range=None):
+        with self._lock:
+            self.keys.append(key)
+        return await self._store.get(key, prototype, byte_range)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("norm")
+    data, time = write_per_variable(d / "d.zarr", nt=40, start="2000-03-20", freq="12h")  # March and April
+    norm = compute_stats(str(d / "d.zarr"), d / "n.zarr", StatsConfig(transforms={"precip": "log1p"}, progress=False))
+    return d, data, time, norm
+
+
+def test_months_of():
+    t = pd.date_range("1999-11-30T18:00", periods=50, freq="7D").values
+    np.testing.assert_array_equal(months_of(t), pd.DatetimeIndex(t).month.values - 1)
+    assert months_of(t.astype("datetime64[h]")).dtype == np.int32
+    with pytest.raises(SchemaError, match="NaT"):
+        months_of(np.array(["2000-01-01", "NaT"], dtype="datetime64[ns]"))
+    with pytest.raises(SchemaError, match="datetime64"):
+        months_of(np.arange(3))
+
+
+def test_coefficients_are_the_stored_slices(stores):
+    d, _, _, norm = stores
+    n = Normalizer(norm)
+    g = zarr.open_group(norm, mode="r")["temperature"]
+    # months and levels in the order asked (the gather's month_of indexes into this order)
+    mean, std = n.coefficients("temperature", "local", levels=[114, 96], months=[3, 2])
+    assert mean.shape == std.shape == (2, 2, 9, 12) and mean.dtype == np.float32 and mean.flags.c_contiguous
+    ref = g["local_mean"][...]
+    np.testing.assert_array_equal(mean[0, 0], ref[3, 2])
+    np.testing.assert_array_equal(mean[1, 1], ref[2, 0])
+    np.testing.assert_array_equal(std[0, 1], g["local_std"][3, 0])
+    gm, gs = n.coefficients("temperature", "global", levels=[105], months=[2])
+    assert gm.shape == (1, 1, 1, 1)
+    np.testing.assert_allclose(gm[0, 0, 0, 0], g["global_mean"][2, 1], rtol=1e-7)
+    np.testing.assert_allclose(gs[0, 0, 0, 0], g["global_std"][2, 1], rtol=1e-7)
+    # all levels when none are given; "none" gives M = 0
+    assert n.coefficients("temperature", "global", months=[2, 3])[0].shape == (2, 3, 1, 1)
+    m0, s0 = n.coefficients("temperature", "none", levels=[96, 105])
+    assert m0.shape == s0.shape == (0, 2, 1, 1)
+    # a field without levels
+    pm, _ = n.coefficients("precip", "local", months=[2])
+    assert pm.shape == (1, 1, 9, 12)
+    assert n.transform("precip") == "log1p" and n.transform("temperature") is None
+    assert n.months_present("temperature") == (2, 3)
+    assert n.levels("precip") is None and n.levels("temperature").tolist() == [96.0, 105.0, 114.0]
+
+
+def test_reads_only_the_requested_months_and_levels(stores):
+    _, _, _, norm = stores
+    counting = CountingStore(zarr.storage.LocalStore(norm, read_only=True))
+    n = Normalizer(counting)
+    n.coefficients("temperature", "local", levels=[105], months=[3])
+    data_keys = {k for k in counting.keys if "/local_" in k and not k.endswith("zarr.json")}
+    assert data_keys == {"temperature/local_mean/c/3/1/0/0", "temperature/local_std/c/3/1/0/0"}
+    assert not any("precip" in k for k in counting.keys)
+    before = len(counting.keys)
+    n.coefficients("temperature", "local", levels=[105], months=[3])  # cached: nothing read again
+    n.coefficients("temperature", "global", levels=[96], months=[2])
+    assert len(counting.keys) == before
+    n.clear_cache()
+    n.coefficients("temperature", "local", levels=[105], months=[3])
+    assert len(counting.keys) > before
+
+
+def test_thread_safe_and_read_once(stores):
+    _, _, _, norm = stores
+    counting = CountingStore(zarr.storage.LocalStore(norm, read_only=True))
+    n = Normalizer(counting)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(n.coefficients("temperature", "local", levels=[96, 114], months=[2, 3]))
+        except Exception as e:  # re-raised below on the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for m, s in results[1:]:
+        np.testing.assert_array_equal(m, results[0][0])
+        np.testing.assert_array_equal(s, results[0][1])
+    chunk_reads = [k for k in counting.keys if "/local_" in k and "/c/" in k]
+    assert len(chunk_reads) == len(set(chunk_reads)) == 8  # 2 stats x 2 months x 2 levels, each once
+
+
+def test_std_guard(tmp_path):
+    # a constant field: std 0 everywhere; and a cell without data
+    time = pd.date_range("2000-01-01", periods=8, freq="1D").values
+    x = np.full((8, 4, 6), 5.0, np.float32)
+    x[:, 1, 1] = np.nan
+    x[:, 2, 2] = np.linspace(4.0, 6.0, 8)  # one varying cell
+    import xarray as xr
+
+    xr.Dataset(
+        {"c": (("time", "latitude", "longitude"), x)},
+        coords={"time": time, "latitude": [30.0, 10.0, -10.0, -30.0], "longitude": np.arange(6) * 60.0},
+    ).to_zarr(tmp_path / "d.zarr", zarr_format=3, consolidated=False)
+    norm = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    n = Normalizer(norm, rel_floor=1e-3, abs_floor=1e-9)
+    gm, gs = n.coefficients("c", "global", months=[0])
+    mean, std = n.coefficients("c", "local", months=[0])
+    assert np.isnan(mean[0, 0, 1, 1]) and np.isnan(std[0, 0, 1, 1])  # no data: stays NaN
+    ok = np.isfinite(mean)
+    assert (std[ok] > 0).all()
+    np.testing.assert_allclose(std[0, 0, 0, 0], 1e-3 * gs[0, 0, 0, 0], rtol=1e-6)  # floored relative to global
+    np.testing.assert_allclose(std[0, 0, 2, 2], np.std(np.linspace(4.0, 6.0, 8)), rtol=1e-6)  # untouched
+    out = normalize(x[:1], mean[0, 0], std[0, 0])
+    assert np.isfinite(out[0, 0, 0]) and out[0, 0, 0] == 0.0
+    # a fully constant field: global std floored at abs_floor
+    x2 = np.full((8, 4, 6), 3.0, np.float32)
+    xr.Dataset({"k": (("time", "latitude", "longitude"), x2)},
+               coords={"time": time, "latitude": [30.0, 10.0, -10.0, -30.0], "longitude": np.arange(6) * 60.0}
+               ).to_zarr(tmp_path / "k.zarr", zarr_format=2, consolidated=False)  # fmt: skip
+    norm2 = compute_stats(str(tmp_path / "k.zarr"), tmp_path / "nk.zarr", StatsConfig(progress=False, zarr_format=2))
+    gm2, gs2 = Normalizer(norm2, abs_floor=1e-9).coefficients("k", "global", months=[0])
+    assert gm2.ravel()[0] == 3.0 and gs2.ravel()[0] == np.float32(1e-9)
+
+
+def test_normalize_reference():
+    v = np.array([[0.0, 1.0, 3.0]], np.float32)
+    np.testing.assert_allclose(normalize(v, 1.0, 2.0), [[-0.5, 0.0, 1.0]])
+    np.testing.assert_allclose(normalize(v, 0.5, 0.25, "log1p"), (np.log1p(v) - 0.5) / 0.25, rtol=1e-6)
+    assert normalize(v, 0, 1).dtype == np.float32
+    with pytest.raises(ConfigError, match="transform"):
+        normalize(v, 0, 1, "sqrt")
+
+
+def _config(**field):
+    f = {"name": "temperature", "levels": (96, 105), "num_tokens": (2, 2, 2), "token_size": (1, 2, 3), **field}
+    return SamplingConfig(fields=(FieldConfig(**f),), batch_size=2)
+
+
+def test_check_against_the_data_store(stores, tmp_path):
+    d, _, _, norm = stores
+    n = Normalizer(norm)
+    store = open_store(str(d / "d.zarr"))
+    n.check(store, _config())
+    n.check(store, _config(name="precip", levels=None, transform="log1p"))
+    with pytest.raises(ConfigError, match=r"precip.*transform 'log1p'"):
+        n.check(store, _config(name="precip", levels=None))
+    with pytest.raises(ConfigError, match=r"temperature.*\[500\]"):
+        n.coefficients("temperature", "local", levels=[500])
+    with pytest.raises(ConfigError, match="nope"):
+        n.coefficients("nope", "global")
+    with pytest.raises(ConfigError, match=r"temperature.*Jan"):
+        n.coefficients("temperature", "global", months=[0])
+    with pytest.raises(ConfigError, match="mode"):
+        n.coefficients("temperature", "mean")
+    # another grid shape
+    write_per_variable(tmp_path / "other.zarr", nt=4, start="2000-03-20", ny=7)
+    with pytest.raises(SchemaError, match=r"temperature.*9x12.*7x12"):
+        n.check(open_store(str(tmp_path / "other.zarr")), _config())
+    # the data store has months the coefficients lack
+    write_per_variable(tmp_path / "july.zarr", nt=4, start="2000-07-01")
+    with pytest.raises(ConfigError, match="Jul"):
+        n.check(open_store(str(tmp_path / "july.zarr")), _config())
+
+
+def test_flipped_latitude_is_a_mismatch(stores, tmp_path):
+    _, _, _, norm = stores
+    import xarray as xr
+
+    ds = xr.open_zarr(stores[0] / "d.zarr", consolidated=False).isel(latitude=slice(None, None, -1)).load()
+    for v in ds.variables.values():
+        v.encoding.clear()
+    ds.to_zarr(tmp_path / "flip.zarr", zarr_format=3, consolidated=False)
+    with pytest.raises(SchemaError, match="latitude"):
+        Normalizer(norm).check(open_store(str(tmp_path / "flip.zarr")), _config())
+
+
+def test_bad_paths(tmp_path, stores):
+    with pytest.raises(StoreNotFoundError, match="missing"):
+        Normalizer(tmp_path / "missing.zarr")
+    with pytest.raises(SchemaError, match="not a fastload normalisation store"):
+        Normalizer(stores[0] / "d.zarr")  # the data store is not a coefficient store

@@ -1,0 +1,261 @@
+"""fastload.stats: coefficients equal a NumPy computation on the same data (global and local, NaNs, log1p, time
+range, levels, both layouts and zarr formats, several passes); interruption leaves no store; CLI errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+from fastload.errors import ConfigError, StoreNotFoundError
+from fastload.norm import months_of
+from fastload.stats import StatsConfig, compute_stats, main
+from fastload.store import open_store
+
+LEVELS = (96.0, 105.0, 114.0)
+
+
+def write_per_variable(path, *, fmt=3, nt=44, start="2000-01-25", freq="6h", ny=9, nx=12, levels=LEVELS,
+                       chunks=(7, 1, 4, 5), nan_frac=0.1, seed=0, regional=False, dtype="f4", offset=0.0,
+                       scale=1.0):  # fmt: skip
+    """A small per-variable store written by xarray; returns the NumPy arrays it holds and the times."""
+    rng = np.random.default_rng(seed)
+    time = pd.date_range(start, periods=nt, freq=freq).values
+    lat = np.linspace(80, -80, ny)
+    lon = np.arange(nx) * (2.0 if regional else 360.0 / nx)
+    temp = (offset + scale * rng.normal(size=(nt, len(levels), ny, nx))).astype(dtype)
+    temp += np.arange(len(levels), dtype=dtype)[None, :, None, None] * 3  # level dependence
+    temp[rng.random(temp.shape) < nan_frac] = np.nan
+    temp[:, 0, 1, 2] = np.nan  # a grid point with no data at all on one level
+    precip = rng.exponential(2.0, size=(nt, ny, nx)).astype(dtype)
+    precip[rng.random(precip.shape) < nan_frac] = np.nan
+    orog = rng.normal(size=(ny, nx)).astype(dtype)
+    ds = xr.Dataset(
+        {
+            "temperature": (("time", "level", "latitude", "longitude"), temp),
+            "precip": (("time", "latitude", "longitude"), precip),
+            "orography": (("latitude", "longitude"), orog),
+        },
+        coords={"time": time, "level": list(levels), "latitude": lat, "longitude": lon},
+    )
+    enc = {"temperature": {"chunks": chunks}, "precip": {"chunks": (chunks[0], *chunks[2:])},
+           "orography": {"chunks": chunks[2:]}}  # fmt: skip
+    ds.to_zarr(path, mode="w", encoding=enc, zarr_format=fmt, consolidated=False)
+    return {"temperature": temp, "precip": precip, "orography": orog}, time
+
+
+def write_atmorep(path, *, nt=30, ny=6, nx=8, fields=("t", "q"), levels=LEVELS, chunks=(5, 2, 2, 3, 8), seed=1):
+    """A small AtmoRep-layout store: ``data`` (time, field, level, lat, lon) plus coordinates."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(nt, len(fields), len(levels), ny, nx)).astype("f4")
+    data[rng.random(data.shape) < 0.05] = np.nan
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    a = g.create_array("data", shape=data.shape, chunks=chunks, dtype="f4", fill_value=np.nan,
+                       dimension_names=("time", "field", "level", "lat", "lon"),
+                       attributes={"fields": list(fields), "levels": list(levels)})  # fmt: skip
+    a[...] = data
+    hours = np.arange(nt) * 24
+    t = g.create_array("time", shape=(nt,), dtype="i8", dimension_names=("time",),
+                       attributes={"units": "hours since 2001-01-15 00:00:00", "calendar": "standard"})  # fmt: skip
+    t[...] = hours
+    la = g.create_array("lat", shape=(ny,), dtype="f8", dimension_names=("lat",))
+    la[...] = np.linspace(75, -75, ny)
+    lo = g.create_array("lon", shape=(nx,), dtype="f8", dimension_names=("lon",))
+    lo[...] = np.arange(nx) * 360.0 / nx
+    time = np.datetime64("2001-01-15", "ns") + hours.astype("timedelta64[h]")
+    return {f: data[:, i] for i, f in enumerate(fields)}, time
+
+
+def reference(x, months, transform=None):
+    """Per-month NumPy statistics of ``x`` (T, L, NY, NX): global (12, L) and local (12, L, NY, NX), NaN-aware."""
+    x = x.astype(np.float64)
+    if transform == "log1p":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.log1p(x)
+    x = np.where(np.isfinite(x), x, np.nan)
+    L, ny, nx = x.shape[1:]
+    gm, gs = np.full((12, L), np.nan), np.full((12, L), np.nan)
+    lm, ls = np.full((12, L, ny, nx), np.nan), np.full((12, L, ny, nx), np.nan)
+    with np.errstate(invalid="ignore"):
+        for m in np.unique(months):
+            sub = x[months == m]
+            for li in range(L):
+                s = sub[:, li]
+                if np.isfinite(s).any():
+                    gm[m, li], gs[m, li] = np.nanmean(s), np.nanstd(s)
+                ok = np.isfinite(s).any(axis=0)
+                cnt = np.isfinite(s).sum(axis=0)
+                tot = np.where(np.isfinite(s), s, 0).sum(axis=0)
+                mean = np.where(ok, tot / np.maximum(cnt, 1), np.nan)
+                var = np.where(np.isfinite(s), (s - mean) ** 2, 0).sum(axis=0) / np.maximum(cnt, 1)
+                lm[m, li] = mean
+                ls[m, li] = np.where(ok, np.sqrt(var), np.nan)
+    return gm, gs, lm, ls
+
+
+def read_group(path, field):
+    g = zarr.open_group(str(path), mode="r")[field]
+    return (g["global_mean"][...], g["global_std"][...], g["local_mean"][...], g["local_std"][...], dict(g.attrs))
+
+
+def assert_stats(path, field, x, months, transform=None, rtol=1e-5):
+    gm, gs, lm, ls, attrs = read_group(path, field)
+    rgm, rgs, rlm, rls = reference(x, months, transform)
+    np.testing.assert_allclose(gm, rgm, rtol=rtol, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(gs, rgs, rtol=rtol, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(lm, rlm, rtol=rtol, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(ls, rls, rtol=rtol, atol=1e-5, equal_nan=True)
+    assert attrs["months_present"] == sorted(int(m) + 1 for m in np.unique(months))
+    return attrs
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("memory", [2**30, 1])  # one pass for everything, or one pass per (field, level)
+def test_global_and_local_equal_numpy_with_nans(tmp_path, fmt, memory):
+    data, time = write_per_variable(tmp_path / "d.zarr", fmt=fmt)  # 44 steps of 6 h from Jan 25: Jan and Feb
+    out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr",
+                        StatsConfig(memory_bytes=memory, zarr_format=fmt, progress=False))  # fmt: skip
+    months = months_of(time)
+    assert set(np.unique(months)) == {0, 1}
+    attrs = assert_stats(out, "temperature", data["temperature"], months)
+    assert attrs["levels"] == list(LEVELS) and attrs["grid_shape"] == [9, 12] and attrs["transform"] is None
+    assert attrs["missing_values"] == int(np.isnan(data["temperature"]).sum())
+    assert attrs["counts"][0] == int(np.isfinite(data["temperature"][months == 0]).sum())
+    assert_stats(out, "precip", data["precip"][:, None], months)
+    # the point without data on level 96 has NaN local coefficients; months without data are NaN
+    _, _, lm, ls, _ = read_group(out, "temperature")
+    assert np.isnan(lm[:, 0, 1, 2]).all() and np.isnan(ls[:, 0, 1, 2]).all()
+    assert np.isnan(lm[2:]).all()
+    root = zarr.open_group(out, mode="r")
+    assert root.attrs["fastload_norm"] == 1 and root.attrs["source"] == os.path.abspath(tmp_path / "d.zarr")
+
+
+def test_log1p_transform_and_invalid_values(tmp_path):
+    data, time = write_per_variable(tmp_path / "d.zarr")
+    out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr",
+                        StatsConfig(transforms={"precip": "log1p"}, fields=("precip",), progress=False))  # fmt: skip
+    attrs = assert_stats(out, "precip", data["precip"][:, None], months_of(time), transform="log1p")
+    assert attrs["transform"] == "log1p"
+    assert list(zarr.open_group(out, mode="r").attrs["fields"]) == ["precip"]
+    # log1p of x <= -1 is left out and counted
+    p = data["precip"].copy()
+    p[0, 0, :3] = -1.5
+    xr.Dataset({"precip": (("time", "latitude", "longitude"), p)}).to_zarr(
+        tmp_path / "d.zarr", mode="r+", consolidated=False, region={"time": slice(None), "latitude": slice(None), "longitude": slice(None)}
+    )
+    out2 = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n2.zarr",
+                         StatsConfig(transforms={"precip": "log1p"}, fields=("precip",), progress=False))  # fmt: skip
+    attrs = assert_stats(out2, "precip", p[:, None], months_of(time), transform="log1p")
+    assert attrs["excluded_nonfinite"] == 3
+
+
+def test_numerically_stable_for_large_offsets(tmp_path):
+    # float64 data around 1e8 with unit spread: a naive sum of squares would lose every digit of the variance
+    data, time = write_per_variable(tmp_path / "d.zarr", dtype="f8", offset=1e8, nan_frac=0.0)
+    out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(fields=("temperature",),
+                        progress=False))  # fmt: skip
+    gm, gs, _, ls, _ = read_group(out, "temperature")
+    x, months = data["temperature"], months_of(time)
+    np.testing.assert_allclose(gs[0], np.nanstd(x[months == 0], axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(ls[1, 2], x[months == 1][:, 2].std(axis=0), rtol=1e-5)
+
+
+def test_selection_of_fields_levels_and_time_range(tmp_path):
+    data, time = write_per_variable(tmp_path / "d.zarr", nt=60)
+    cfg = StatsConfig(fields=("temperature",), levels=(114, 96), time_range=("2000-01-30", "2000-02-05T12:00"),
+                      progress=False)  # fmt: skip
+    out = compute_stats(open_store(str(tmp_path / "d.zarr")), tmp_path / "n.zarr", cfg)
+    keep = (time >= np.datetime64("2000-01-30")) & (time <= np.datetime64("2000-02-05T12:00"))
+    x = data["temperature"][keep][:, [0, 2]]  # stored in the store's level order
+    attrs = assert_stats(out, "temperature", x, months_of(time[keep]))
+    assert attrs["levels"] == [96.0, 114.0] and attrs["time_steps"] == int(keep.sum())
+    assert list(zarr.open_group(out, mode="r").group_keys()) == ["temperature"]
+
+
+def test_static_field_counts_for_every_month(tmp_path):
+    data, _ = write_per_variable(tmp_path / "d.zarr")
+    out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(fields=("orography",),
+                        progress=False))  # fmt: skip
+    gm, gs, lm, ls, attrs = read_group(out, "orography")
+    assert attrs["static"] and attrs["months_present"] == list(range(1, 13)) and attrs["levels"] is None
+    np.testing.assert_allclose(gm[:, 0], np.full(12, data["orography"].astype(np.float64).mean()), rtol=1e-6)
+    np.testing.assert_allclose(ls, 0.0)
+    np.testing.assert_allclose(lm[5, 0], data["orography"], rtol=1e-6)
+
+
+def test_atmorep_layout(tmp_path):
+    data, time = write_atmorep(tmp_path / "a.zarr")
+    out = compute_stats(str(tmp_path / "a.zarr"), tmp_path / "n.zarr", StatsConfig(memory_bytes=3000,
+                        progress=False))  # fmt: skip
+    months = months_of(time)
+    assert set(np.unique(months)) == {0, 1}
+    for f in ("t", "q"):
+        assert_stats(out, f, data[f], months)
+
+
+def test_bad_input(tmp_path):
+    write_per_variable(tmp_path / "d.zarr")
+    d = str(tmp_path / "d.zarr")
+    with pytest.raises(ConfigError, match="nope"):
+        compute_stats(d, tmp_path / "n.zarr", StatsConfig(fields=("nope",)))
+    with pytest.raises(ConfigError, match="500"):
+        compute_stats(d, tmp_path / "n.zarr", StatsConfig(levels={"temperature": (500,)}))
+    with pytest.raises(ConfigError, match="time_range"):
+        compute_stats(d, tmp_path / "n.zarr", StatsConfig(time_range=("1990-01-01", "1990-02-01")))
+    with pytest.raises(ConfigError, match="transforms"):
+        StatsConfig(transforms={"precip": "sqrt"})
+    with pytest.raises(ConfigError, match="their own store"):
+        compute_stats(d, d, StatsConfig(overwrite=True))
+    with pytest.raises(ConfigError, match="their own store"):
+        compute_stats(d, os.path.join(d, "norm"), StatsConfig(overwrite=True))
+    os.makedirs(tmp_path / "exists.zarr")
+    with pytest.raises(ConfigError, match="overwrite"):
+        compute_stats(d, tmp_path / "exists.zarr")
+    assert not (tmp_path / "n.zarr").exists()
+
+
+def test_interrupt_leaves_no_store(tmp_path, monkeypatch):
+    write_per_variable(tmp_path / "d.zarr")
+    store = open_store(str(tmp_path / "d.zarr"))
+    calls = {"n": 0}
+    real = store.read_chunk
+
+    def flaky(array, chunk, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real(array, chunk, *a, **k)
+
+    monkeypatch.setattr(store, "read_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        compute_stats(store, tmp_path / "n.zarr", StatsConfig(progress=False))
+    assert sorted(os.listdir(tmp_path)) == ["d.zarr"]  # neither the output nor a partial folder
+
+
+def test_cli(tmp_path, capsys):
+    data, time = write_per_variable(tmp_path / "d.zarr")
+    assert main(["--help"]) == 0
+    assert "--transform" in capsys.readouterr().out
+    out = tmp_path / "n.zarr"
+    rc = main([str(tmp_path / "d.zarr"), "--out", str(out), "--fields", "precip,temperature", "--levels", "105",
+               "--transform", "precip=log1p", "--time-range", "..", "2000-02-01", "--quiet"])  # fmt: skip
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    keep = time <= np.datetime64("2000-02-01")
+    assert_stats(out, "precip", data["precip"][keep][:, None], months_of(time[keep]), transform="log1p")
+    assert_stats(out, "temperature", data["temperature"][keep][:, [1]], months_of(time[keep]))
+    ds = xr.open_zarr(out, group="temperature", consolidated=False)  # the coefficient store opens in xarray
+    assert ds["local_mean"].dims == ("month", "level", "latitude", "longitude")
+    # errors: message on stderr, non-zero status, no traceback
+    assert main([str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x.zarr")]) != 0
+    assert "missing.zarr" in capsys.readouterr().err
+    assert main([str(tmp_path / "d.zarr"), "--out", str(tmp_path / "x.zarr"), "--transform", "precip"]) != 0
+    assert "FIELD=VALUE" in capsys.readouterr().err
+    assert main([str(tmp_path / "d.zarr"), "--out", str(out)]) != 0  # exists
+    assert "overwrite" in capsys.readouterr().err
+    assert main([str(tmp_path / "d.zarr")]) != 0  # --out missing: argparse usage error
+    with pytest.raises(StoreNotFoundError):
+        compute_stats(str(tmp_path / "missing.zarr"), tmp_path / "y.zarr")
