@@ -27,6 +27,7 @@ import itertools
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -298,6 +299,15 @@ class ChunkCache:
                 del self._table[key]
             e.ready.set()
 
+    def abandon(self, key: Key, error: BaseException) -> None:
+        """Like ``filled(key, error)`` if ``key`` is still being filled; nothing if it was already reported."""
+        with self._cond:
+            e = self._table.get(key)
+            if e is not None and not e.ready.is_set():
+                e.error = error
+                del self._table[key]
+                e.ready.set()
+
     def wait(self, res: Reservation, key: Key, *, should_stop: Callable[[], bool] | None = None,
              poll: float = 0.05) -> None:
         """Block until another step has filled ``key``; re-raise its error if filling failed."""
@@ -338,6 +348,23 @@ class ChunkCache:
         self._heap[array] = [r for r in self._heap[array]
                              if r[3].pins == 0 and r[3].version == r[2] and self._table.get(r[3].key) is r[3]]
         heapq.heapify(self._heap[array])
+
+    def reset(self, uses: Mapping[Key, Any], start_step: int = 0) -> None:
+        """Start a new plan (a new epoch, or a resume): keep the decoded chunks, rank them by the new ``uses``.
+
+        Nothing may be pinned (every step of the previous plan finished or gave up).
+        """
+        with self._cond:
+            if any(e.pins for e in self._table.values()):
+                raise RuntimeError("ChunkCache.reset while chunks are pinned by a running step")
+            self._next = NextUse(uses, start_step)
+            self._waiting.clear()
+            self._closed = False
+            for a in self._heap:
+                self._heap[a] = []
+            for e in self._table.values():
+                e.version += 1
+                heapq.heappush(self._heap[e.key[0]], (-self._next.next(e.key), next(self._seq), e.version, e))
 
     def close(self) -> None:
         """Wake every waiter with :class:`CacheClosedError` (idempotent)."""

@@ -1,0 +1,92 @@
+"""Thread backend of the loader: one cache and one reader shared by the worker threads of this process.
+
+Why this exists: the loader talks to its workers through a small interface (``alloc``, ``start``, ``read``,
+``close``) so that the thread mode (here) and the process mode (:mod:`fastload._procs`) share everything else:
+the plan, the ring of batch buffers, the device copy and the Batch. In thread mode the pump's worker threads call
+:meth:`ThreadBackend.read` directly; decoding and the gather kernels release the GIL, so threads scale with cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._ring import torch_alloc
+from .cache import ChunkCache
+from .plan import EpochPlan
+from .reader import ChunkReader, IOStats, plan_cache
+
+__all__ = ["ThreadBackend", "LoadSpec", "choose_horizon"]
+
+
+class LoadSpec:
+    """What a backend needs to read batches (plain data: it crosses process boundaries in process mode)."""
+
+    def __init__(self, *, batch_size: int, drop_last: bool, prefetch: int, workers: int, cache_bytes: int,
+                 fetch_concurrency: int, retries: int, on_bad_chunk: str, months: np.ndarray | None,
+                 useful_bytes_per_sample: int, jit: bool | None, pin: bool):
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.workers = workers
+        self.cache_bytes = cache_bytes
+        self.fetch_concurrency = fetch_concurrency
+        self.retries = retries
+        self.on_bad_chunk = on_bad_chunk
+        self.months = months
+        self.useful_bytes_per_sample = useful_bytes_per_sample
+        self.jit = jit
+        self.pin = pin
+
+
+def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetch: int) -> int:
+    """Batches to plan ahead: about as many as the cache holds (Belady needs to see that far), at least
+    ``prefetch + 2``, at most 256."""
+    steps = plan.steps(first_batch)  # plans the first batch (and the current horizon)
+    per_batch = max(1, sum(len(s.keys) for s in steps))
+    held = sum(cache.n_slots(a) for a in {k[0] for s in steps for k in s.keys})
+    return int(min(256, max(prefetch + 2, -(-held // per_batch) + prefetch)))
+
+
+def build_cache(store: Any, layouts: Mapping[str, Any], config: Any, budget: int, workers: int) -> tuple[ChunkCache,
+                                                                                                       dict[str, int]]:
+    """A cache sized from ``budget`` and the per-step capacity that lets ``workers`` steps run at once."""
+    lay = plan_cache(store, layouts, config.box, config.time_step, budget, workers)
+    arenas = {a: (n, int(np.prod(store.arrays[a].chunks)), store.arrays[a].dtype) for a, n in lay.slots.items()}
+    return ChunkCache(arenas, {}), lay.capacity
+
+
+class ThreadBackend:
+    """Reads batches on the calling (worker) thread, sharing one cache and one I/O pool."""
+
+    def __init__(self, store: Any, tokenizer: Any, config: Any, spec: LoadSpec,
+                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.cache, self.capacity = build_cache(store, tokenizer.layouts, config, spec.cache_bytes, spec.workers)
+        self.reader = ChunkReader(store, tokenizer, self.cache, fetch_concurrency=spec.fetch_concurrency,
+                                  decode_workers=spec.workers, retries=spec.retries, on_bad_chunk=spec.on_bad_chunk,
+                                  coefficients=coefficients, months=spec.months,
+                                  useful_bytes_per_sample=spec.useful_bytes_per_sample, jit=spec.jit)
+        self.alloc = torch_alloc(spec.pin)
+        self.plan: EpochPlan | None = None
+
+    def start(self, boxes: np.ndarray, start_batch: int) -> None:
+        """Begin reading an epoch of ``boxes`` at ``start_batch``."""
+        plan = EpochPlan(boxes, self.tokenizer.plan, batch_size=self.spec.batch_size, drop_last=self.spec.drop_last,
+                         capacity=self.capacity, horizon=0, start_batch=start_batch)
+        self.cache.reset(plan.uses, start_batch * self.spec.batch_size)
+        if start_batch < len(plan):
+            plan.horizon = choose_horizon(plan, start_batch, self.cache, self.spec.prefetch)
+        self.plan = plan
+
+    def read(self, batch: int, arrays: Mapping[str, np.ndarray], segment: Any,
+             should_stop: Callable[[], bool]) -> tuple[IOStats, np.ndarray]:
+        assert self.plan is not None, "start() first"
+        return self.reader.read_batch(self.plan, batch, arrays, should_stop)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.cache.close()

@@ -1,0 +1,487 @@
+"""``fastload.Loader``: batches of token tensors from a zarr store, prefetched, cached, on the device.
+
+Why this exists: it is the one object a training loop iterates. It ties the parts together::
+
+    epoch plan (seed, epoch, rank, world size)        fastload.plan
+      -> worker threads/processes: fetch -> decode -> cache -> gather into ring slot k     fastload.reader
+      -> bounded prefetch (pump), errors re-raised here                                   fastload.pump
+      -> main thread: wait for slot k -> H2D copy on a side stream, event -> Batch       (this module)
+
+Use it directly::
+
+    with fastload.Loader("era5.zarr", "sampling.toml", batch_size=16, workers=2) as loader:
+        for epoch in range(10):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                x = batch["temperature"]          # (B, L, nt, nlat, nlon, tt, tlat, tlon) on the device
+
+or through :class:`LoaderDataset` where a ``torch.utils.data.DataLoader`` is expected.
+
+Buffer ownership: on a GPU each batch's tensors are fresh device tensors (the compute stream waits on the copy's
+event; nothing on the host synchronises). On the CPU the tensors are zero-copy views of a ring buffer; the ring
+never overwrites a buffer that is still referenced (see :mod:`fastload._ring`), so a batch stays valid for as long
+as it is kept. Iterating again, ``set_epoch``, ``load_state_dict`` and ``close`` stop the work in flight.
+
+Epochs: ``iter(loader)`` continues where the last iteration stopped (after ``load_state_dict``: exactly the next
+batch); an epoch iterated to the end advances the epoch by one, so a plain ``for batch in loader`` per epoch
+draws new samples even without ``set_epoch``. With several ranks every rank gets the same number of batches
+(up to ``samples_per_window - 1`` samples of an epoch may be dropped to make it so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from ._nvtx import range as nvtx_range
+from ._ring import BatchRing, FieldSpec
+from .config import LoaderConfig, SamplingConfig
+from .errors import ConfigError, LoaderClosedError
+from .pump import Pump
+from .reader import IOStats
+from .sampling.geometry import GridExtent, random_boxes
+
+__all__ = ["Loader", "Batch", "LoaderDataset"]
+
+_STATE_VERSION = 1
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Batch:
+    """One batch: token tensors per field, their metadata, the sample boxes and the I/O counters."""
+
+    fields: dict[str, Any]
+    """Field -> ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` tensor (the configured ``out_dtype``, on the device)."""
+    meta: dict[str, dict[str, Any]]
+    """Field -> per-token metadata tensors: ``t_index``, ``time`` (ns since 1970), ``hour``, ``day_of_year``
+    ``(B, nt)``; ``lat``, ``lon`` ``(B, nlat, nlon)``; ``level`` ``(L,)``."""
+    boxes: Any
+    """``(B, 3)`` int64 CPU tensor of the samples' ``(t0, y0, x0)`` store indices."""
+    index: int
+    """Batch index in the epoch (this rank's)."""
+    epoch: int
+    stats: IOStats
+    """I/O counters of this batch."""
+    masks: dict[str, Any] | None = None
+    """Field -> ``(B, L, nt, nlat, nlon)`` bool, True where a token is masked (when the loader masks)."""
+    sources: dict[str, Any] | None = None
+    """Field -> masked model input (when the loader masks); ``fields`` stay the unaltered targets."""
+
+    def __getitem__(self, field: str) -> Any:
+        return self.fields[field]
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class _State:
+    """Position shared by the loader and its current iterator (neither references the other strongly)."""
+
+    __slots__ = ("epoch", "batch")
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch = epoch
+        self.batch = batch
+
+
+def _resolve_store(store: Any) -> Any:
+    if hasattr(store, "chunk_bytes") and hasattr(store, "arrays"):
+        return store
+    from .store import open_store
+
+    return open_store(store)
+
+
+def _resolve_config(config: Any) -> SamplingConfig:
+    if isinstance(config, SamplingConfig):
+        cfg = config
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = SamplingConfig.from_file(config)
+    else:
+        raise ConfigError(f"config: expected a SamplingConfig or the path of a TOML/YAML file, got {type(config)}")
+    if cfg.streams:
+        raise ConfigError("the Loader reads one store: pass a config without streams")
+    return cfg
+
+
+def _rank_world(cfg: LoaderConfig) -> tuple[int, int]:
+    if cfg.rank is not None:
+        return int(cfg.rank), int(cfg.world_size)  # type: ignore[arg-type]
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1
+
+
+def _rank_counts(n: int, spw: int, world: int) -> list[int]:
+    """Samples each rank gets from :func:`random_boxes` (windows of ``spw`` dealt round-robin)."""
+    n_win = -(-n // spw)
+    counts = []
+    for r in range(world):
+        wins = len(range(r, n_win, world))
+        last = (n_win - 1) % world == r
+        counts.append(wins * spw - ((n_win * spw - n) if last else 0))
+    return counts
+
+
+class Loader:
+    """Prefetching, chunk-aware, multi-worker loader of AtmoRep-style batches (see the module notes).
+
+    Parameters
+    ----------
+    store : str, path-like or Store
+        The data store (opened with :func:`fastload.open_store` when a path).
+    config : SamplingConfig or path
+        What a sample is (fields, levels, token geometry, normalisation).
+    loader : LoaderConfig, optional
+        Loader settings; keyword arguments below override single settings.
+    normalizer : fastload.norm.Normalizer or path, optional
+        Coefficients of normalised fields (default: ``config.norm_path``).
+    masking : fastload.sampling.masking.MaskingConfig, optional
+        Mask each batch on the device (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step).
+    jit : bool, optional
+        ``False`` runs the NumPy reference kernels.
+    epoch : int
+        First epoch.
+    **settings
+        Any :class:`~fastload.config.LoaderConfig` setting (``batch_size``, ``workers``, ``prefetch``,
+        ``cache_bytes``, ``device``, ``pin_memory``, ``seed``, ``rank``, ``world_size``, ``mode``, ...).
+    """
+
+    def __init__(self, store: Any, config: Any, loader: LoaderConfig | None = None, *, normalizer: Any = None,
+                 masking: Any = None, jit: bool | None = None, epoch: int = 0, **settings: Any):
+        from .sampling.tokenizer import build_tokenizer
+
+        names = {f.name for f in dataclasses.fields(LoaderConfig)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ConfigError(f"Loader: unknown setting(s) {unknown}; known: {sorted(names)}")
+        self.loader_config = dataclasses.replace(loader or LoaderConfig(), **settings)
+        cfg = self.loader_config
+        self.store = _resolve_store(store)
+        self.config = _resolve_config(config)
+        self.store.check(self.config)
+        self.batch_size = int(cfg.batch_size or self.config.batch_size)
+        self.rank, self.world_size = _rank_world(cfg)
+        self.device = self._device(cfg.device)
+        self.masking = masking
+        self.tokenizer = build_tokenizer(self.store, self.config)
+        self.extent = GridExtent.from_store(self.store)
+        coefficients, months = self._coefficients(normalizer)
+        self._coefficients_by_field = coefficients
+        pin = bool(cfg.pin_memory) if cfg.pin_memory is not None else self.device.type == "cuda"
+        self._pin = pin and self.device.type == "cuda"
+        useful = 0
+        for f in self.config.fields:
+            itemsize = self.store.arrays[self.tokenizer.layouts[f.name].array].dtype.itemsize
+            useful += f.num_levels * int(np.prod(f.box)) * itemsize
+        from ._backend import LoadSpec
+
+        self._spec = LoadSpec(batch_size=self.batch_size, drop_last=cfg.drop_last, prefetch=cfg.prefetch,
+                              workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
+                              retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=months,
+                              useful_bytes_per_sample=useful, jit=jit, pin=self._pin)
+        counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
+        self._samples = min(counts)  # every rank reads the same number of samples (DDP needs equal steps)
+        n = self._samples
+        self._n_batches = n // self.batch_size if cfg.drop_last or self.world_size > 1 else -(-n // self.batch_size)
+        self._specs = self._field_specs()
+        self._backend: Any = None
+        self._ring: BatchRing | None = None
+        self._state = _State(int(epoch), 0)
+        self._iter_ref: Any = None
+        self._closed = False
+        self.stats = IOStats()
+        """Counters summed over every batch handed out."""
+        self._copy_stream: Any = None
+        self._finalizer = weakref.finalize(self, _close_all, [None])
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _device(device: str | None) -> Any:
+        if device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        d = torch.device(device)
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"loader.device = {device!r} but CUDA is not available on this machine")
+        if d.type not in ("cuda", "cpu"):
+            raise ConfigError(f"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got {device!r}")
+        return d
+
+    def _coefficients(self, normalizer: Any) -> tuple[dict | None, np.ndarray | None]:
+        normed = [f for f in self.config.fields if f.normalization != "none"]
+        if not normed:
+            return None, None
+        from .extract import _normalizer
+        from .norm import months_of
+
+        norm = _normalizer(normalizer, self.config)
+        if norm is None:
+            raise ConfigError(f"fields {[f.name for f in normed]} normalise but no coefficients were given: set "
+                              f"norm_path in the sampling config or pass normalizer=")
+        norm.check(self.store, self.config)
+        if self.store.time is None:
+            raise ConfigError("monthly normalisation needs a time axis, but the store has none")
+        months = np.unique(months_of(self.store.time)).astype(np.int64)
+        coefficients = {f.name: norm.coefficients(f.name, f.normalization, f.levels, months.tolist()) for f in normed}
+        return coefficients, months
+
+    def _field_specs(self) -> list[FieldSpec]:
+        tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.config.out_dtype]
+        npdt = np.float32 if self.config.out_dtype == "float32" else np.uint16
+        return [FieldSpec(f.name, (self.batch_size, *f.sample_shape), npdt, tdt) for f in self.config.fields]
+
+    def _ensure_backend(self) -> None:
+        if self._backend is not None:
+            return
+        cfg = self.loader_config
+        if cfg.mode == "process":
+            from ._procs import ProcessBackend
+
+            self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs,
+                                           norm_path=self._norm_path())
+        else:
+            from ._backend import ThreadBackend
+
+            self._backend = ThreadBackend(self.store, self.tokenizer, self.config, self._spec,
+                                          self._coefficients_by_field)
+        self._ring = BatchRing(self._specs, cfg.prefetch + 2, self._backend.alloc)
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
+
+    def _norm_path(self) -> str | None:
+        if self._coefficients_by_field is None:
+            return None
+        return self.config.norm_path
+
+    # -- epochs ---------------------------------------------------------------------------------------------------
+    def epoch_boxes(self, epoch: int) -> np.ndarray:
+        """This rank's ``(n, 3)`` sample placements of ``epoch``, in batch order."""
+        cfg = self.loader_config
+        boxes = random_boxes(cfg.samples_per_epoch, self.extent, self.config.box, seed=cfg.seed, epoch=int(epoch),
+                             time_step=self.config.time_step, rank=self.rank, world_size=self.world_size,
+                             samples_per_window=cfg.samples_per_window, centers=self.config.centers,
+                             lat=self.store.grid.lat if self.config.centers == "coslat" else None)
+        return boxes[: self._samples]
+
+    def __len__(self) -> int:
+        return self._n_batches
+
+    @property
+    def epoch(self) -> int:
+        return self._state.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch at the next iteration (stops work in flight)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ConfigError(f"set_epoch: expected an integer >= 0, got {epoch!r}")
+        self._stop_iteration()
+        self._state.epoch, self._state.batch = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the next batch :func:`iter` will hand out, and what must match on resume."""
+        cfg = self.loader_config
+        return {"version": _STATE_VERSION, "epoch": self._state.epoch, "batch": self._state.batch,
+                "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
+                "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
+                "sampling": self.config.to_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at ``state``: the next batch is exactly the one after the last batch handed out then."""
+        if state.get("version") != _STATE_VERSION:
+            raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
+        mine = self.state_dict()
+        for key in ("seed", "rank", "world_size", "batch_size", "samples_per_epoch", "samples_per_window", "sampling"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(f"load_state_dict: the saved {key} {state.get(key)!r} differs from this "
+                                  f"loader's {mine[key]!r}; resume needs the same settings")
+        batch = int(state["batch"])
+        if not 0 <= batch <= len(self):
+            raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
+        self._stop_iteration()
+        self._state.epoch, self._state.batch = int(state["epoch"]), batch
+
+    # -- iteration ------------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        if self._closed:
+            raise LoaderClosedError("this loader is closed")
+        self._stop_iteration()
+        self._ensure_backend()
+        if self._state.batch >= len(self):  # a finished epoch: go on with the next one
+            self._state.epoch, self._state.batch = self._state.epoch + 1, 0
+        it = _EpochIterator(self)
+        self._iter_ref = weakref.ref(it)
+        return it
+
+    def _stop_iteration(self) -> None:
+        it = self._iter_ref() if self._iter_ref is not None else None
+        if it is not None:
+            it.close()
+        self._iter_ref = None
+
+    def close(self) -> None:
+        """Stop all work, join threads and worker processes, free shared memory (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_iteration()
+        self._finalizer()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        cfg = self.loader_config
+        return (f"Loader({self.store.path!r}, fields={list(self.config.field_names)}, batch_size={self.batch_size}, "
+                f"batches={len(self)}, workers={cfg.workers} {cfg.mode}s, device={self.device}, "
+                f"rank={self.rank}/{self.world_size})")
+
+
+def _close_all(things: list[Any]) -> None:
+    for t in things:
+        if t is not None:
+            t.close()
+
+
+def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
+          stop: threading.Event, batch: int) -> tuple:
+    """One batch on a worker thread (holds no reference to the loader or the iterator)."""
+    slot = ring.acquire(batch, stop.is_set)
+    stats, sel = backend.read(batch, slot.arrays, slot.handle, stop.is_set)
+    b = boxes[batch * batch_size:(batch + 1) * batch_size][sel]
+    return batch, slot, stats, b, tokenizer.meta(b) if b.shape[0] else None
+
+
+def _shutdown(stop: threading.Event, pump: Pump) -> None:
+    stop.set()
+    pump.close()
+
+
+class _EpochIterator(Iterator[Batch]):
+    """One pass over (the rest of) an epoch; closing it stops the pump."""
+
+    def __init__(self, loader: Loader):
+        self._state = loader._state
+        self.epoch = loader._state.epoch
+        start = loader._state.batch
+        self._boxes = loader.epoch_boxes(self.epoch)
+        backend, ring = loader._backend, loader._ring
+        backend.start(self._boxes, start)
+        self._ring = ring
+        self._device = loader.device
+        self._masking = loader.masking
+        self._seed, self._rank, self._n = loader.loader_config.seed, loader.rank, len(loader)
+        self._totals = loader.stats
+        self._stop = threading.Event()
+        work = _bind(backend, ring, loader.tokenizer, self._boxes, loader.batch_size, self._stop)
+        cfg = loader.loader_config
+        workers = cfg.workers
+        self._pump: Pump = Pump(range(start, len(loader)), work, depth=cfg.prefetch, workers=workers,
+                                name="fastload-loader")
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._pump)
+        self._copy_stream = None
+        if self._device.type == "cuda":
+            if loader._copy_stream is None:
+                loader._copy_stream = torch.cuda.Stream(self._device)
+            self._copy_stream = loader._copy_stream
+
+    def __next__(self) -> Batch:
+        while True:
+            t0 = time.perf_counter()
+            with nvtx_range("wait", category="data", payload=self._state.batch):
+                try:
+                    batch, slot, stats, boxes, meta = next(self._pump)
+                except StopIteration:
+                    self._finish()
+                    raise
+            stats.wait_s = time.perf_counter() - t0
+            self._state.batch = batch + 1
+            n = int(boxes.shape[0])
+            if n == 0:  # every sample of this batch was skipped (on_bad_chunk="skip")
+                self._totals.add(stats)
+                continue
+            out = self._hand_out(batch, slot, stats, boxes, meta, n)
+            self._totals.add(stats)
+            return out
+
+    def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, meta: Any, n: int) -> Batch:
+        t0 = time.perf_counter()
+        meta_t = {f: m.to_torch() for f, m in meta.items()}
+        if self._copy_stream is None:  # CPU: zero-copy views of the ring slot
+            fields = self._ring.hand_out(slot, n)
+        else:
+            with nvtx_range("copy", category="h2d", payload=batch):
+                host = self._ring.host_tensors(slot, n)
+                stream = self._copy_stream
+                with torch.cuda.stream(stream):
+                    fields = {k: v.to(self._device, non_blocking=True) for k, v in host.items()}
+                    meta_t = {f: {k: v.pin_memory().to(self._device, non_blocking=True) for k, v in m.items()}
+                              for f, m in meta_t.items()}
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                compute = torch.cuda.current_stream(self._device)
+                compute.wait_event(event)  # the compute stream waits; the host does not
+                for t in [*fields.values(), *(v for m in meta_t.values() for v in m.values())]:
+                    t.record_stream(compute)
+                slot.event = event  # the ring reuses this slot only after the copy completed
+        stats.copy_s = time.perf_counter() - t0
+        out = Batch(fields=fields, meta=meta_t, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
+                    epoch=self.epoch, stats=stats)
+        if self._masking is not None:
+            from .sampling.masking import mask_batch
+
+            masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
+                                step=self.epoch * self._n + batch)
+            out.masks = {k: v.mask for k, v in masked.items()}
+            out.sources = {k: v.source for k, v in masked.items()}
+        return out
+
+    def _finish(self) -> None:
+        if self._state.batch >= self._n:
+            self._state.epoch, self._state.batch = self.epoch + 1, 0
+        self.close()
+
+    def close(self) -> None:
+        """Stop the work in flight of this iteration and join its threads (idempotent)."""
+        self._finalizer()
+
+
+def _bind(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
+          stop: threading.Event) -> Any:
+    import functools
+
+    return functools.partial(_work, backend, ring, tokenizer, boxes, batch_size, stop)
+
+
+class LoaderDataset(torch.utils.data.IterableDataset):
+    """A ``torch.utils.data.IterableDataset`` over a :class:`Loader` (use ``DataLoader(ds, batch_size=None)``).
+
+    The loader does its own batching, prefetching and workers: give the DataLoader ``batch_size=None`` and
+    ``num_workers=0``. Items are :class:`Batch` objects; ``len()`` is the loader's.
+    """
+
+    def __init__(self, loader: Loader):
+        super().__init__()
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            raise ConfigError("LoaderDataset: the Loader has its own workers; use DataLoader(..., num_workers=0)")
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)

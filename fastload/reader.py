@@ -1,0 +1,430 @@
+"""The chunk reader: fetch raw chunks (many in flight), decode them into cache slots, gather batches.
+
+Why this exists: this is where the bytes move. For each step of the epoch plan (:mod:`fastload.plan`) the reader
+pins the step's chunks in the decoded-chunk cache (:mod:`fastload.cache`); chunks already there (or being decoded
+for another batch) are not fetched again. The missing ones are fetched on a pool of I/O threads
+(``fetch_concurrency`` requests in flight; local files one read each, remote stores batched per request through
+``store.chunk_bytes_many``), decoded with numcodecs straight into their cache slot (the codecs release the GIL;
+at most ``decode_workers`` decode at once, one per core), and the sampling kernels gather the step's samples
+from the slots into the caller's batch buffers.
+
+Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
+exponential backoff and counted; a permanent one, or corrupt bytes, raises
+:class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
+the samples that need the chunk and counts them. A step never releases its cache slots while an I/O thread may
+still write into them.
+
+Counters (:class:`IOStats`) are per batch: bytes stored (read), decoded and useful (what the samples use), chunk
+hits and misses, retries, skipped samples, and seconds per stage (fetch and decode summed over threads; plan,
+gather wall time of the batch's thread).
+
+Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastload/test_faults.py -q``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ._nvtx import range as nvtx_range
+from .cache import ChunkCache, Reservation, size_arenas
+from .errors import ChunkReadError, FastloadError
+from .plan import EpochPlan, Key, Step
+
+__all__ = ["IOStats", "ChunkReader", "CacheLayout", "plan_cache", "sample_chunk_bound"]
+
+log = logging.getLogger("fastload")
+
+_BACKOFF_S = 0.05  # first retry delay; doubles per retry
+_GROUP = 32  # chunks per request to a remote store
+
+
+@dataclasses.dataclass(slots=True)
+class IOStats:
+    """Counters of one batch (or a sum of batches, see :meth:`add`)."""
+
+    batches: int = 0
+    samples: int = 0
+    skipped: int = 0
+    """Samples dropped because a chunk they need was bad (``on_bad_chunk="skip"``)."""
+    chunks: int = 0
+    """Unique chunks the batch needed (per step)."""
+    hits: int = 0
+    """Chunks found decoded in the cache (or being decoded for another batch)."""
+    misses: int = 0
+    """Chunks fetched and decoded for this batch."""
+    bytes_stored: int = 0
+    bytes_decoded: int = 0
+    bytes_useful: int = 0
+    """Bytes of source values the samples use (what a perfect reader would decode)."""
+    retries: int = 0
+    plan_s: float = 0.0
+    fetch_s: float = 0.0
+    """Thread-seconds spent fetching (summed over I/O threads)."""
+    decode_s: float = 0.0
+    """Thread-seconds spent decoding."""
+    gather_s: float = 0.0
+    wait_s: float = 0.0
+    """Seconds the consumer waited for this batch."""
+    copy_s: float = 0.0
+    """Seconds the consumer spent issuing the host-to-device copy (not the copy itself: it is asynchronous)."""
+
+    def add(self, other: IOStats) -> IOStats:
+        """Add ``other``'s counters to this one (in place); returns self."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hit_rate(self) -> float:
+        n = self.hits + self.misses
+        return self.hits / n if n else 0.0
+
+    @property
+    def amplification(self) -> float:
+        """Bytes decoded per useful byte (1.0 is perfect)."""
+        return self.bytes_decoded / self.bytes_useful if self.bytes_useful else 0.0
+
+
+# -- cache sizing ----------------------------------------------------------------------------------------------
+def _along(lay: Any, ax: int | None, span: int, n_points: int) -> int:
+    """Most chunks ``n_points`` points spread over ``span`` indices touch along array axis ``ax``."""
+    if ax is None:
+        return 1
+    return int(min(lay.grid_shape[ax], n_points, (span - 1) // lay.chunks[ax] + 2))
+
+
+def sample_chunk_bound(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int) -> dict[str, int]:
+    """Per array, the most unique chunks one sample can touch (worst alignment), from the field layouts."""
+    T, H, W = (int(v) for v in box)
+    out: dict[str, int] = {}
+    pairs: dict[str, set] = {}
+    spans: dict[str, int] = {}
+    for lay in layouts.values():
+        ta, fa, la, ya, xa = lay.axes
+        n = (_along(lay, ta, (T - 1) * time_step + 1, T) * _along(lay, ya, H, H) * _along(lay, xa, W, W))
+        fchunk = 0 if fa is None else lay.field_index // lay.chunks[fa]
+        lchunks = {0} if la is None else set((lay.lev_idx // lay.chunks[la]).tolist())
+        pairs.setdefault(lay.array, set()).update((fchunk, lc) for lc in lchunks)
+        spans[lay.array] = max(spans.get(lay.array, 0), n)
+    for a in pairs:
+        out[a] = len(pairs[a]) * spans[a]
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheLayout:
+    """Slots per array arena and per-step chunk capacity, chosen from the byte budget."""
+
+    slots: dict[str, int]
+    capacity: dict[str, int]
+    nbytes: int
+
+
+def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int, budget: int,
+               workers: int) -> CacheLayout:
+    """Size the cache arenas from ``budget`` bytes so that ``workers`` steps can run at once.
+
+    Each array gets at least the chunks of one sample; the rest of the budget is shared in proportion to a sample's
+    decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger than that are split into
+    several steps by the plan). A budget below one sample's chunks is raised to it (logged).
+    """
+    bound = sample_chunk_bound(store, layouts, box, time_step)
+    nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
+    minimum = {a: bound[a] for a in bound}
+    need = sum(minimum[a] * nbytes[a] for a in bound)
+    if budget < need:
+        log.warning("fastload: cache_bytes=%d is below the %d bytes of decoded chunks one sample needs; using %d",
+                    budget, need, need)
+    slots = size_arenas(budget, nbytes, minimum)
+    capacity = {a: max(bound[a], slots[a] // max(1, workers)) for a in slots}
+    return CacheLayout(slots=slots, capacity=capacity, nbytes=sum(slots[a] * nbytes[a] for a in slots))
+
+
+# -- the reader ------------------------------------------------------------------------------------------------
+def _transient(e: BaseException) -> bool:
+    """A storage error worth retrying: an OSError (bare, or the cause of a ChunkReadError) that is not a missing
+    file or a permission problem, and not corrupt bytes."""
+    cause = e.__cause__ if isinstance(e, ChunkReadError) else e
+    if not isinstance(cause, OSError) or isinstance(cause, FastloadError):
+        return False
+    return not isinstance(cause, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+
+@dataclasses.dataclass(slots=True)
+class _Done:
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    stored: int = 0
+    decoded: int = 0
+    retries: int = 0
+    errors: dict[Key, ChunkReadError] = dataclasses.field(default_factory=dict)
+
+
+class ChunkReader:
+    """Fetch, decode and gather the steps of an :class:`~fastload.plan.EpochPlan` (thread-safe).
+
+    Parameters
+    ----------
+    store : fastload.store.Store
+        The store (``chunk_bytes``, ``chunk_bytes_many``, ``decode``, ``arrays``, ``source``).
+    tokenizer : fastload.sampling.tokenizer.BaseTokenizer
+        Gathers token tensors from the cache slots (``gather``, ``month_table``).
+    cache : ChunkCache
+        The decoded-chunk cache, with one arena per array the fields live in.
+    fetch_concurrency : int
+        I/O threads (requests in flight).
+    decode_workers : int
+        Chunks decoded at once.
+    retries : int
+        Retries of a transient storage error.
+    on_bad_chunk : {"raise", "skip"}
+        What a chunk that cannot be read or decoded does.
+    coefficients : mapping, optional
+        ``field -> (mean, std)`` for normalised fields; ``months`` the coefficient months they cover.
+    useful_bytes_per_sample : int
+        Source bytes one sample uses (for :attr:`IOStats.bytes_useful`).
+    name : str
+        Thread name prefix.
+    """
+
+    def __init__(self, store: Any, tokenizer: Any, cache: ChunkCache, *, fetch_concurrency: int = 16,
+                 decode_workers: int = 2, retries: int = 3, on_bad_chunk: str = "raise",
+                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 months: np.ndarray | None = None, useful_bytes_per_sample: int = 0, jit: bool | None = None,
+                 name: str = "fastload-io"):
+        from .store import LocalSource
+
+        self.store = store
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.retries = int(retries)
+        self.on_bad_chunk = on_bad_chunk
+        self.coefficients = dict(coefficients) if coefficients else None
+        self.months = months
+        self.useful = int(useful_bytes_per_sample)
+        self.jit = jit
+        self._group = 1 if isinstance(store.source, LocalSource) else _GROUP
+        self._decode_slots = threading.BoundedSemaphore(max(1, int(decode_workers)))
+        self._pool = ThreadPoolExecutor(max(1, int(fetch_concurrency)), thread_name_prefix=name)
+        self._stop = threading.Event()
+        self._closed = False
+
+    # -- public -------------------------------------------------------------------------------------------------
+    def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
+                   should_stop: Callable[[], bool] | None = None) -> tuple[IOStats, np.ndarray]:
+        """Gather batch ``batch`` of ``plan`` into ``outs[field][:n]``; return its counters and the kept samples.
+
+        ``outs[field]`` are ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` arrays (float32, or uint16 bit patterns of
+        bfloat16/float16; CPU torch tensors work too). Samples skipped for bad chunks leave the rows at the end
+        unwritten; the returned index array (into the batch's samples) says which samples rows ``0..n-1`` hold.
+        """
+        stop = self._stopper(should_stop)
+        stats = IOStats(batches=1)
+        t0 = time.perf_counter()
+        steps = plan.steps(batch)
+        stats.plan_s = time.perf_counter() - t0
+        boxes = plan.batch_boxes(batch)
+        kept: list[np.ndarray] = []
+        row = 0
+        for step in steps:
+            row = self._run_step(step, boxes, outs, row, kept, stats, stop)
+        plan.forget(batch)
+        sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        stats.samples = int(sel.size)
+        stats.skipped = int(boxes.shape[0] - sel.size)
+        stats.bytes_useful = self.useful * int(sel.size)
+        return stats, sel
+
+    def close(self) -> None:
+        """Stop: cancel queued fetches and join the I/O threads (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _stopper(self, should_stop: Callable[[], bool] | None) -> Callable[[], bool]:
+        if should_stop is None:
+            return self._stop.is_set
+        return lambda: self._stop.is_set() or should_stop()
+
+    def _run_step(self, step: Step, boxes: np.ndarray, outs: Mapping[str, np.ndarray], row: int,
+                  kept: list[np.ndarray], stats: IOStats, stop: Callable[[], bool]) -> int:
+        cache = self.cache
+        res = cache.reserve(step.index, step.keys, should_stop=stop)
+        stats.chunks += len(step.keys)
+        stats.hits += res.hits
+        stats.misses += len(res.to_fill)
+        done = False
+        try:
+            bad = self._fill(res, stats, stop)
+            for k in res.to_wait:
+                try:
+                    cache.wait(res, k, should_stop=stop)
+                except ChunkReadError as e:
+                    bad[k] = e
+            if bad and self.on_bad_chunk != "skip":
+                raise next(iter(bad.values()))
+            sel = self._good_samples(step, bad)
+            n = int(sel.size)
+            if n:
+                slot_of = {a: np.fromiter((res.slots[(a, c)] for c in map(tuple, idx.tolist())), np.int32,
+                                          count=idx.shape[0]) for a, idx in step.plan.chunks.items()}
+                tables = step.plan.slot_tables(slot_of)
+                b = boxes[step.start:step.stop]
+                if n != b.shape[0]:
+                    b = np.ascontiguousarray(b[sel])
+                    tables = {f: np.ascontiguousarray(t[sel]) for f, t in tables.items()}
+                t0 = time.perf_counter()
+                with nvtx_range("gather", payload=step.batch):
+                    month_of = None
+                    if self.coefficients:
+                        _, month_of = self.tokenizer.month_table(b, self.months)
+                    self.tokenizer.gather({a: cache.arena(a) for a in step.plan.chunks}, tables, b,
+                                          {f: o[row:row + n] for f, o in outs.items()},
+                                          coefficients=self.coefficients, month_of=month_of, jit=self.jit)
+                stats.gather_s += time.perf_counter() - t0
+                kept.append(sel + step.start)
+            done = True
+            return row + n
+        finally:
+            cache.release(res, step_done=done)
+
+    def _good_samples(self, step: Step, bad: Mapping[Key, BaseException]) -> np.ndarray:
+        n = step.stop - step.start
+        if not bad:
+            return np.arange(n, dtype=np.int64)
+        ok = np.ones(n, dtype=bool)
+        for field, table in step.plan.tables.items():
+            array = step.plan.arrays[field]
+            idx = step.plan.chunks[array]
+            pos = [u for u, c in enumerate(map(tuple, idx.tolist())) if (array, c) in bad]
+            if pos:
+                ok &= ~np.isin(table, pos).reshape(n, -1).any(axis=1)
+        return np.flatnonzero(ok).astype(np.int64)
+
+    # -- fetch + decode -----------------------------------------------------------------------------------------
+    def _fill(self, res: Reservation, stats: IOStats, stop: Callable[[], bool]) -> dict[Key, ChunkReadError]:
+        """Fetch and decode every chunk the step must fill; return the bad ones (``skip``) or raise the first."""
+        if not res.to_fill:
+            return {}
+        by_array: dict[str, list[Key]] = {}
+        for k in res.to_fill:
+            by_array.setdefault(k[0], []).append(k)
+        futures: list[tuple[list[Key], Future]] = []
+        for keys in by_array.values():
+            for i in range(0, len(keys), self._group):
+                group = keys[i:i + self._group]
+                try:
+                    fut = self._pool.submit(self._fetch_decode, group, res, stop)
+                except RuntimeError:  # the pool is shut down: mark the group failed below
+                    fut = Future()
+                    fut.cancel()
+                futures.append((group, fut))
+        bad: dict[Key, ChunkReadError] = {}
+        first: BaseException | None = None
+        for group, fut in futures:  # wait for every task: none may write into a slot after we release it
+            try:
+                d: _Done = fut.result()
+            except BaseException as e:  # cancelled (closing) or an unexpected bug: fail the group's chunks
+                for k in group:
+                    self._mark_failed(k, e)
+                first = first or e
+                continue
+            stats.fetch_s += d.fetch_s
+            stats.decode_s += d.decode_s
+            stats.bytes_stored += d.stored
+            stats.bytes_decoded += d.decoded
+            stats.retries += d.retries
+            bad.update(d.errors)
+        if first is not None and not isinstance(first, ChunkReadError):
+            raise first
+        return bad
+
+    def _mark_failed(self, key: Key, e: BaseException) -> None:
+        self.cache.abandon(key, e)
+
+    def _fetch_decode(self, keys: list[Key], res: Reservation, stop: Callable[[], bool]) -> _Done:
+        d = _Done()
+        array = keys[0][0]
+        chunks = [k[1] for k in keys]
+        t0 = time.perf_counter()
+        with nvtx_range("fetch"):
+            raws = self._fetch(array, chunks, d, stop)
+        d.fetch_s += time.perf_counter() - t0
+        arena = self.cache.arena(array)
+        for k, raw in zip(keys, raws):
+            if isinstance(raw, ChunkReadError):
+                d.errors[k] = raw
+                self.cache.filled(k, raw)
+                continue
+            with self._decode_slots:
+                t0 = time.perf_counter()
+                try:
+                    with nvtx_range("decode"):
+                        self.store.decode(array, raw, k[1], out=arena[res.slots[k]])
+                except ChunkReadError as e:
+                    d.errors[k] = e
+                    self.cache.filled(k, e)
+                    continue
+                except BaseException as e:
+                    err = ChunkReadError(array, k[1], f"decoding failed: {type(e).__name__}: {e}")
+                    d.errors[k] = err
+                    self.cache.filled(k, err)
+                    continue
+                finally:
+                    d.decode_s += time.perf_counter() - t0
+            d.stored += 0 if raw is None else len(raw)
+            d.decoded += arena.itemsize * arena.shape[1]
+            self.cache.filled(k)
+        return d
+
+    def _fetch(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
+               stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
+        """Raw bytes of ``chunks``, retrying transient errors; a chunk that still fails is its ChunkReadError."""
+        if len(chunks) > 1:
+            try:
+                return list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
+                                        stop))
+            except ChunkReadError:
+                pass  # find out which chunk is at fault: one request each
+        out: list[bytes | None | ChunkReadError] = []
+        for c in chunks:
+            try:
+                out.append(self._retry(lambda c=c: self.store.chunk_bytes(array, c), array, c, d, stop))
+            except ChunkReadError as e:
+                out.append(e)
+        return out
+
+    def _retry(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
+               stop: Callable[[], bool]) -> Any:
+        delay = _BACKOFF_S
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except Exception as e:
+                if not _transient(e) or attempt == self.retries or stop():
+                    if isinstance(e, ChunkReadError):
+                        if attempt:
+                            raise ChunkReadError(e.array, e.chunk, f"{e.cause} (after {attempt} retries)",
+                                                 e.path) from e.__cause__
+                        raise
+                    raise ChunkReadError(array, chunk, f"{type(e).__name__}: {e}"
+                                         + (f" (after {attempt} retries)" if attempt else "")) from e
+                d.retries += 1
+                log.info("fastload: retrying array %r chunk %s after %s: %s", array, chunk, type(e).__name__, e)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
