@@ -21,8 +21,9 @@ def _bf16(x: np.ndarray) -> np.ndarray:
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
-    # NumPy's own float32 -> float16 cast rounds to nearest even and keeps NaN; use its bits
-    return np.ascontiguousarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
+    # NumPy's own float32 -> float16 cast rounds to nearest even, overflows to inf and keeps NaN; use its bits
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
 def to_bfloat16_bits(x: np.ndarray, out: np.ndarray) -> None:
@@ -69,14 +70,16 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     v = slots[slot, offset].astype(np.float32)
 
     if log1p:
-        v = np.log1p(v.astype(np.float64)).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # log1p(-1) = -inf, log1p(< -1) = NaN, as in Numba
+            v = np.log1p(v.astype(np.float64)).astype(np.float32)
     if norm:
         m5 = month_of[:, :n_t][t5]  # (S, 1, T, 1, 1)
         if norm == 1:
             mu, sd = mean[m5, l5, 0, 0], std[m5, l5, 0, 0]
         else:
             mu, sd = mean[m5, l5, y[y5], x[x5]], std[m5, l5, y[y5], x[x5]]
-        v = (v - mu) / sd
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            v = (v - mu) / sd
 
     # (S, L, nt*tt, nlat*tlat, nlon*tlon) -> (S, L, nt, nlat, nlon, tt, tlat, tlon)
     v = v.reshape(n_samples, n_lev, nt, tt, nlat, tlat, nlon, tlon).transpose(0, 1, 2, 4, 6, 3, 5, 7)

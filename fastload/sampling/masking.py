@@ -1,0 +1,230 @@
+"""Token masks for masked-token training, built vectorised on any torch device and reproducible per step.
+
+Why this exists: AtmoRep builds its masks per sample and per level in Python loops with an unseeded generator, so
+runs cannot be repeated and masking shows up in the data loader's time. Here a batch's masks come from one torch
+generator seeded by ``(seed, rank, step)`` (so a resumed run or another rank count draws exactly what it should),
+with no loop over tokens or samples, on the device the batch lives on.
+
+Strategies (:class:`MaskingConfig`):
+
+- ``"BERT"`` (AtmoRep's): per sample and level a ratio ``r ~ U(0, rate)``; ``ceil(r * tokens)`` tokens chosen at
+  random are masked. Of those, independently, a fraction ``frac_zero`` is set to zero (the mean of normalised
+  data), a fraction ``frac_noise`` is blended toward zero with noise ``(1 - w) x + noise_scale * std * N(0, 1)``
+  (``w ~ U(0, 1)`` per token, ``std`` the batch's per-level standard deviation), and a fraction ``frac_coarse`` is
+  resampled at ``1 / coarse_factor`` spatial resolution and back (trilinear), in that order;
+- ``"forecast"``: the last ``forecast_tokens`` time tokens of every level are masked (zeroed);
+- ``"temporal_interpolation"``: ``interp_tokens`` time tokens in the middle are masked (zeroed);
+- ``"identity"``: nothing is masked.
+
+With ``synced``, every field and level of a sample shares one token mask (fields must have equal ``num_tokens``).
+Token tensors have the gather layout ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``; masks are ``(B, L, nt, nlat,
+nlon)`` bool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["MaskingConfig", "MaskedField", "mask_generator", "make_masks", "mask_batch", "STRATEGIES"]
+
+STRATEGIES = ("BERT", "forecast", "temporal_interpolation", "identity")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class MaskingConfig:
+    """How tokens are masked for training."""
+
+    strategy: Literal["BERT", "forecast", "temporal_interpolation", "identity"] = "BERT"
+    """Which tokens are masked (see the module docstring)."""
+    rate: float = 0.5
+    """BERT: the per-sample masking ratio is drawn from U(0, rate)."""
+    frac_zero: float = 0.9
+    """BERT: fraction of masked tokens set to zero."""
+    frac_noise: float = 0.1
+    """BERT: fraction of masked tokens blended toward zero with noise."""
+    frac_coarse: float = 0.05
+    """BERT: fraction of masked tokens resampled at a coarser resolution."""
+    noise_scale: float = 0.1
+    """BERT: noise amplitude in units of the data's standard deviation (AtmoRep's 0.1)."""
+    coarse_factor: int = 2
+    """BERT: spatial coarsening factor of the resampled tokens."""
+    forecast_tokens: int = 1
+    """forecast: how many of the last time tokens are masked."""
+    interp_tokens: int = 1
+    """temporal_interpolation: how many middle time tokens are masked."""
+    synced: bool = False
+    """Share one mask across the fields (and levels) of a sample."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"masking.strategy: expected one of {list(STRATEGIES)}, got {self.strategy!r}")
+        for key in ("rate", "frac_zero", "frac_noise", "frac_coarse"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ConfigError(f"masking.{key}: expected a number in [0, 1], got {v!r}")
+        if isinstance(self.noise_scale, bool) or not isinstance(self.noise_scale, (int, float)) \
+                or not (self.noise_scale >= 0 and math.isfinite(self.noise_scale)):
+            raise ConfigError(f"masking.noise_scale: expected a finite number >= 0, got {self.noise_scale!r}")
+        for key in ("coarse_factor", "forecast_tokens", "interp_tokens"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"masking.{key}: expected an integer >= 1, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class MaskedField:
+    """One field of a masked batch."""
+
+    source: torch.Tensor
+    """Model input: the tokens with the masked ones altered, ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``."""
+    mask: torch.Tensor
+    """``(B, L, nt, nlat, nlon)`` bool: True where a token is masked (the loss looks there)."""
+    target: torch.Tensor
+    """The unaltered tokens (the tensor passed in; not copied)."""
+
+
+def mask_generator(seed: int, rank: int, step: int, device: Any = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded from ``(seed, rank, step)`` through NumPy's SeedSequence."""
+    for key, v in (("seed", seed), ("rank", rank), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"mask_generator: {key} must be an integer >= 0, got {v!r}")
+    state = np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(2, np.uint32)
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed((int(state[0]) << 31 | int(state[1])) & ((1 << 63) - 1))
+    return g
+
+
+def _bert_mask(shape: tuple[int, ...], rate: float, g: torch.Generator, device: Any) -> torch.Tensor:
+    """``(B, L, nt, nlat, nlon)`` mask: per (sample, level) ``ceil(U(0, rate) * tokens)`` tokens at random."""
+    B, L = shape[:2]
+    n_tok = int(np.prod(shape[2:]))
+    ratio = torch.rand((B, L), generator=g, device=device) * rate
+    n_masked = torch.ceil(ratio * n_tok)
+    order = torch.rand((B, L, n_tok), generator=g, device=device).argsort(dim=-1).argsort(dim=-1)
+    return (order < n_masked[..., None]).reshape(shape)
+
+
+def _time_mask(shape: tuple[int, ...], first: int, count: int, device: Any) -> torch.Tensor:
+    m = torch.zeros(shape, dtype=torch.bool, device=device)
+    m[:, :, first:first + count] = True
+    return m
+
+
+def make_masks(cfg: MaskingConfig, shapes: Mapping[str, tuple[int, ...]], g: torch.Generator,
+               device: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Token masks ``(B, L, nt, nlat, nlon)`` per field, for the token shapes given (drawn from ``g``)."""
+    out: dict[str, torch.Tensor] = {}
+    shapes = {k: tuple(int(v) for v in s) for k, s in shapes.items()}
+    if cfg.synced and len({s[0] for s in shapes.values()}) > 1 or cfg.synced and len({s[2:] for s in shapes.values()}) > 1:
+        raise ConfigError(f"masking.synced needs equal batch size and num_tokens for all fields, got {shapes}")
+    shared = None
+    for name, shape in shapes.items():
+        if len(shape) != 5:
+            raise ConfigError(f"masking: field {name!r}: expected token shape (B, L, nt, nlat, nlon), got {shape}")
+        nt = shape[2]
+        if cfg.strategy == "identity":
+            m = torch.zeros(shape, dtype=torch.bool, device=device)
+        elif cfg.strategy == "forecast":
+            if cfg.forecast_tokens > nt:
+                raise ConfigError(f"masking.forecast_tokens = {cfg.forecast_tokens} > nt = {nt} of field {name!r}")
+            m = _time_mask(shape, nt - cfg.forecast_tokens, cfg.forecast_tokens, device)
+        elif cfg.strategy == "temporal_interpolation":
+            if cfg.interp_tokens > nt - 2:
+                raise ConfigError(f"masking.interp_tokens = {cfg.interp_tokens} leaves no context in nt = {nt} "
+                                  f"time tokens of field {name!r}")
+            m = _time_mask(shape, nt // 2 - cfg.interp_tokens // 2, cfg.interp_tokens, device)
+        elif cfg.synced:
+            if shared is None:
+                shared = _bert_mask((shape[0], 1, *shape[2:]), cfg.rate, g, device)
+            m = shared.expand(shape).clone()
+        else:
+            m = _bert_mask(shape, cfg.rate, g, device)
+        out[name] = m
+    return out
+
+
+def _coarsen(tokens: torch.Tensor, factor: int) -> torch.Tensor:
+    """Resample ``(K, tt, tlat, tlon)`` tokens at ``1/factor`` spatial resolution and back (trilinear)."""
+    k, tt, tlat, tlon = tokens.shape
+    small = (tt, max(1, -(-tlat // factor)), max(1, -(-tlon // factor)))
+    x = tokens.reshape(k, 1, tt, tlat, tlon).float()
+    x = torch.nn.functional.interpolate(x, size=small, mode="trilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(x, size=(tt, tlat, tlon), mode="trilinear", align_corners=False)
+    return x.reshape(k, tt, tlat, tlon).to(tokens.dtype)
+
+
+def _level_std(x: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation per level (axis 1) over the finite values of the batch, float32."""
+    dims = (0,) + tuple(range(2, x.ndim))
+    xf = x if x.dtype == torch.float32 else x.float()
+    ok = torch.isfinite(xf)
+    n = ok.sum(dim=dims).clamp(min=1)
+    z = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
+    mean = z.sum(dim=dims) / n
+    d = torch.where(ok, xf - mean.reshape(1, -1, *([1] * (x.ndim - 2))), torch.zeros((), device=xf.device))
+    return torch.sqrt((d * d).sum(dim=dims) / n)
+
+
+def _apply_bert(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    src = x.clone()
+    dev = x.device
+    B, L = x.shape[:2]
+    tok_shape = x.shape[5:]
+    flat = src.reshape(B, L, -1, *tok_shape)  # (B, L, N, tt, tlat, tlon), a view of src
+    m = mask.reshape(B, L, -1)
+    u = torch.rand((3, *m.shape), generator=g, device=dev)
+    zero = m & (u[0] < cfg.frac_zero)
+    noise = m & (u[1] < cfg.frac_noise)
+    coarse = m & (u[2] < cfg.frac_coarse)
+    flat[zero] = 0  # sync point (boolean-mask indexing), as below
+    w = torch.rand(m.shape, generator=g, device=dev)
+    n_noise = int(noise.sum())  # sync point: the noise draw's size depends on the mask
+    if n_noise:
+        std = _level_std(x)  # (L,) float32, NaN-aware
+        amp = (cfg.noise_scale * std)[None, :, None].expand(m.shape)[noise]
+        eps = torch.randn((n_noise, *tok_shape), generator=g, device=dev)
+        blended = (1.0 - w[noise])[:, None, None, None] * flat[noise].float() + amp[:, None, None, None] * eps
+        flat[noise] = blended.to(src.dtype)
+    if coarse.any():  # sync point
+        flat[coarse] = _coarsen(flat[coarse], cfg.coarse_factor)
+    return src
+
+
+def mask_batch(cfg: MaskingConfig, fields: Mapping[str, torch.Tensor], *, seed: int, rank: int,
+               step: int) -> dict[str, MaskedField]:
+    """Mask a batch of token tensors (``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` per field, any device).
+
+    Deterministic in ``(seed, rank, step)`` and the device type; the inputs are not modified.
+    """
+    if not fields:
+        return {}
+    devices = {t.device for t in fields.values()}
+    if len(devices) != 1:
+        raise ConfigError(f"mask_batch: all fields must be on one device, got {sorted(map(str, devices))}")
+    dev = devices.pop()
+    for name, t in fields.items():
+        if t.ndim != 8:
+            raise ConfigError(f"mask_batch: field {name!r} has shape {tuple(t.shape)}; expected (B, L, nt, nlat, "
+                              f"nlon, tt, tlat, tlon)")
+    g = mask_generator(seed, rank, step, dev)
+    masks = make_masks(cfg, {k: tuple(t.shape[:5]) for k, t in fields.items()}, g, dev)
+    out: dict[str, MaskedField] = {}
+    for name, x in fields.items():
+        m = masks[name]
+        if cfg.strategy == "BERT":
+            src = _apply_bert(cfg, x, m, g)
+        else:
+            src = x.masked_fill(m[..., None, None, None], 0)
+        out[name] = MaskedField(source=src, mask=m, target=x)
+    return out

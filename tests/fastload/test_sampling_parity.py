@@ -1,0 +1,360 @@
+"""Numba kernels vs their NumPy references vs a direct crop of the full array: identical bits on random geometries.
+
+Geometries drawn by hypothesis: periodic and regional grids, boxes touching the x seam, the first/last rows and
+both ends of the time axis, time steps longer than a time chunk, per-variable and AtmoRep-style (all fields in
+one chunk) arrays, fields without time or level axes, every normalisation mode, log1p, NaN inputs, float32 and
+bfloat16/float16 output; slots are placed in shuffled arena rows. Sizes stay tiny: JIT compile time dominates
+and there are only a few dtype signatures.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastload.config import FieldConfig
+from fastload.errors import ConfigError
+from fastload.sampling import _kernels, _reference
+from fastload.sampling.chunks import FieldLayout, plan_batch
+from fastload.sampling.geometry import box_to_tokens
+from fastload.sampling.neighborhood import gather_field, kernels, use_jit
+from fastload.sampling.tokenizer import CurvilinearTokenizer, LatLonTokenizer
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NORMS = ("none", "global", "local")
+OUTS = ("float32", "bfloat16", "float16")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def chunk_arena(data: np.ndarray, chunks: tuple[int, ...], wanted: np.ndarray, rng: np.random.Generator):
+    """Arena with the wanted chunks (padded at edges) in shuffled rows, plus garbage rows; and each chunk's slot."""
+    n = wanted.shape[0]
+    n_slots = n + 3
+    rows = rng.permutation(n_slots)[:n]
+    arena = np.full((n_slots, int(np.prod(chunks))), 1e30, dtype=data.dtype)
+    for u, idx in enumerate(wanted):
+        block = np.full(chunks, -7.0, dtype=data.dtype)  # padding outside the array: never read
+        sl = tuple(slice(c * k, min(c * (k + 1), s)) for c, k, s in zip(chunks, idx, data.shape))
+        part = data[sl]
+        block[tuple(slice(0, p) for p in part.shape)] = part
+        arena[rows[u]] = block.ravel()
+    return arena, rows.astype(np.int32)
+
+
+def direct(data4: np.ndarray, lay: FieldLayout, field: FieldConfig, boxes: np.ndarray, dt: int, mean, std, month_of,
+           out_dtype: str) -> np.ndarray:
+    """The sample tensors straight from the full ``(t, l, y, x)`` array, no chunks involved."""
+    T, H, W = field.box
+    nx = data4.shape[-1]
+    res = []
+    for s, (t0, y0, x0) in enumerate(boxes):
+        t = t0 + np.arange(T) * dt if lay.has_time else np.zeros(T, np.int64)
+        x = x0 + np.arange(W)
+        if lay.periodic_x:
+            x %= nx
+        v = data4[np.ix_(t, lay.lev_idx, np.arange(y0, y0 + H), x)].astype(np.float32)  # (T, L, H, W)
+        v = v.transpose(1, 0, 2, 3)
+        if field.transform == "log1p":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = np.log1p(v.astype(np.float64)).astype(np.float32)
+        if field.normalization != "none":
+            m = month_of[s]
+            if field.normalization == "global":
+                mu = mean[m][:, :, 0, 0].T[:, :, None, None]  # (L, T, 1, 1)
+                sd = std[m][:, :, 0, 0].T[:, :, None, None]
+            else:
+                mu = mean[m][:, :, y0:y0 + H][..., x].transpose(1, 0, 2, 3)
+                sd = std[m][:, :, y0:y0 + H][..., x].transpose(1, 0, 2, 3)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                v = (v - mu) / sd
+        nt, nlat, nlon = field.num_tokens
+        tt, tlat, tlon = field.token_size
+        v = v.reshape(-1, nt, tt, nlat, tlat, nlon, tlon).transpose(0, 1, 3, 5, 2, 4, 6)
+        res.append(v)
+    v = np.stack(res) if res else np.empty((0, *field.sample_shape), np.float32)
+    if out_dtype == "float32":
+        return v
+    if out_dtype == "float16":
+        with np.errstate(over="ignore", invalid="ignore"):
+            return v.astype(np.float16).view(np.uint16)
+    return torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal, with NaN == NaN (any payload) for float data and for float16/bfloat16 bit patterns."""
+    if a.dtype == np.uint16:
+        return a.shape == b.shape and bool(np.array_equal(a, b))  # NaNs from the same formula share bits
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+
+
+def half_nan(bits: np.ndarray, kind: str) -> np.ndarray:
+    return (bits & 0x7FFF) > (0x7C00 if kind == "float16" else 0x7F80)
+
+
+# ------------------------------------------------------------------------------------------------ geometries
+@st.composite
+def cases(draw, *, log1p=None):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    periodic = draw(st.booleans())
+    layout = draw(st.sampled_from(["tlyx", "tyx", "yx", "tflyx"]))
+    nt_, nlat, nlon = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    tt, tlat, tlon = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    T, H, W = nt_ * tt, nlat * tlat, nlon * tlon
+    dt = draw(st.integers(1, 3))
+    NT = (T - 1) * dt + 1 + draw(st.integers(0, 4))
+    NY = H + draw(st.integers(0, 4))
+    NX = W + draw(st.integers(0 if not periodic else 0, 6))
+    NL = draw(st.integers(1, 4))
+    NF = 3
+    ct, cl = draw(st.integers(1, 4)), draw(st.integers(1, NL))
+    cy, cx = draw(st.integers(1, NY)), draw(st.integers(1, NX))
+    if layout == "tlyx":
+        shape, chunks, axes = (NT, NL, NY, NX), (ct, cl, cy, cx), (0, None, 1, 2, 3)
+    elif layout == "tyx":
+        shape, chunks, axes = (NT, NY, NX), (ct, cy, cx), (0, None, None, 1, 2)
+    elif layout == "yx":
+        shape, chunks, axes = (NY, NX), (cy, cx), (None, None, None, 0, 1)
+    else:  # AtmoRep: (time, field, level, y, x), chunks holding all fields and levels
+        shape, chunks, axes = (NT, NF, NL, NY, NX), (ct, NF, NL, cy, cx), (0, 1, 2, 3, 4)
+    has_level = axes[2] is not None
+    L = draw(st.integers(1, NL)) if has_level else 1
+    lev_idx = rng.choice(NL, size=L, replace=False) if has_level else np.zeros(1, np.int64)
+    field_index = int(rng.integers(NF)) if axes[1] is not None else None
+    data = (rng.standard_normal(shape) * 3).astype(np.float32)
+    if draw(st.booleans()):  # NaN inputs
+        data.ravel()[rng.choice(data.size, size=max(1, data.size // 10), replace=False)] = np.nan
+    norm = draw(st.sampled_from(NORMS))
+    transform = draw(st.sampled_from([None, "log1p"])) if log1p is None else log1p
+    out_dtype = draw(st.sampled_from(OUTS))
+    lay = FieldLayout(name="f", array="a", shape=shape, chunks=chunks, axes=axes, field_index=field_index,
+                      lev_idx=lev_idx, periodic_x=periodic)
+    field = FieldConfig(name="f", levels=tuple(float(v) for v in range(L)) if has_level else None,
+                        num_tokens=(nt_, nlat, nlon), token_size=(tt, tlat, tlon), normalization=norm,
+                        transform=transform)
+    # boxes: random, plus the corners of the index space (seam, first/last rows, both ends of time)
+    S = draw(st.integers(1, 5))
+    tmax = NT - ((T - 1) * dt + 1) if axes[0] is not None else 0
+    ymax, xmax = NY - H, (NX - 1 if periodic else NX - W)
+    corners = np.array([[0, 0, 0], [tmax, ymax, xmax], [tmax, 0, xmax], [0, ymax, max(xmax - 1, 0)]])
+    rand = np.stack([rng.integers(0, tmax + 1, S), rng.integers(0, ymax + 1, S), rng.integers(0, xmax + 1, S)], 1)
+    boxes = np.ascontiguousarray(np.concatenate([corners[: draw(st.integers(0, 4))], rand]), dtype=np.int64)
+    M = draw(st.integers(1, 3))
+    ny_m, nx_m = (1, 1) if norm == "global" else (NY, NX)
+    mean = (rng.standard_normal((M, L, ny_m, nx_m))).astype(np.float32)
+    std = (rng.uniform(0.5, 2.0, (M, L, ny_m, nx_m))).astype(np.float32)
+    month_of = rng.integers(0, M, (boxes.shape[0], T)).astype(np.int32)
+    return types.SimpleNamespace(data=data, lay=lay, field=field, boxes=boxes, dt=dt, mean=mean, std=std,
+                                 month_of=month_of, out_dtype=out_dtype, rng=rng)
+
+
+def data4_of(c) -> np.ndarray:
+    """The field's (t, l, y, x) view of the full array (extent 1 for missing axes)."""
+    d = c.data
+    axes = c.lay.axes
+    if axes[1] is not None:
+        d = d[:, c.lay.field_index]
+    if axes[2] is None:
+        d = d[..., None, :, :] if axes[0] is not None else d[None, None]
+    return d
+
+
+def run_gather(c, jit: bool) -> np.ndarray:
+    plan = plan_batch(c.boxes, [c.lay], c.field.box, c.dt)
+    arena, slot_of = chunk_arena(c.data, c.lay.chunks, plan.chunks["a"], c.rng)
+    table = plan.slot_tables({"a": slot_of})["f"]
+    out = np.empty((c.boxes.shape[0], *c.field.sample_shape), np.float32 if c.out_dtype == "float32" else np.uint16)
+    norm = c.field.normalization != "none"
+    gather_field(arena, table, c.lay, c.field, plan.boxes, out, time_step=c.dt, out_dtype=c.out_dtype,
+                 mean=c.mean if norm else None, std=c.std if norm else None, month_of=c.month_of if norm else None,
+                 jit=jit)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- tests
+@SETTINGS
+@given(cases())
+def test_kernel_matches_reference_and_direct_crop(c):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ref = run_gather(c, jit=False)
+        exp = direct(data4_of(c), c.lay, c.field, c.boxes, c.dt, c.mean, c.std, c.month_of, c.out_dtype)
+    got = run_gather(c, jit=True)
+    assert same_bits(got, ref), "Numba kernel and NumPy reference differ"
+    if c.out_dtype == "float32":
+        assert same_bits(ref, exp)
+    else:  # NaN payloads may differ between converters; everything else is bit-exact
+        nan_r, nan_e = half_nan(ref, c.out_dtype), half_nan(exp, c.out_dtype)
+        assert np.array_equal(nan_r, nan_e)
+        assert np.array_equal(ref[~nan_r], exp[~nan_e])
+
+
+def test_float64_slots_match_reference():
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((6, 2, 5, 8))
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 1, 3, 5), axes=(0, None, 1, 2, 3),
+                      lev_idx=[1, 0], periodic_x=True)
+    field = FieldConfig(name="f", levels=(1.0, 2.0), num_tokens=(1, 1, 2), token_size=(2, 3, 3),
+                        normalization="none")
+    c = types.SimpleNamespace(data=data, lay=lay, field=field, boxes=np.array([[0, 0, 6], [4, 2, 0]]), dt=1,
+                              mean=None, std=None, month_of=None, out_dtype="float32", rng=rng)
+    ref = run_gather(c, jit=False)
+    assert same_bits(run_gather(c, jit=True), ref)
+    exp = direct(data4_of(c), lay, field, c.boxes, 1, None, None, None, "float32")
+    assert same_bits(ref, exp)
+
+
+@pytest.mark.parametrize("impl", [_kernels, _reference])
+def test_float16_bits_match_numpy(impl):
+    rng = np.random.default_rng(0)
+    bits = np.concatenate([
+        rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+        np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x477FE000, 0x477FF000, 0x477FEFFF,
+                  0x33000000, 0x33000001, 0x387FC000, 0x38800000, 0x3F800000], np.uint32),
+    ])
+    x = bits.view(np.float32)
+    out = np.empty(x.shape, np.uint16)
+    impl.to_float16_bits(x, out)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], want[~nan])
+    assert np.all((out[nan] & 0x7FFF) > 0x7C00)  # NaN stays NaN
+
+
+@pytest.mark.parametrize("impl", [_kernels, _reference])
+def test_bfloat16_bits_match_torch(impl):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+                        np.array([0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x7FC00000], np.uint32)]).view(np.float32)
+    out = np.empty(x.shape, np.uint16)
+    impl.to_bfloat16_bits(x, out)
+    want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], want[~nan])
+    assert np.all((out[nan] & 0x7FFF) > 0x7F80)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_missing_slot_raises(jit):
+    data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 3, 4), axes=(0, None, None, 1, 2))
+    field = FieldConfig(name="f", num_tokens=(1, 1, 1), token_size=(2, 3, 4), normalization="none")
+    plan = plan_batch([[0, 2, 2]], [lay], field.box)
+    slot_of = np.arange(plan.chunks["a"].shape[0], dtype=np.int32)
+    slot_of[-1] = -1  # the reader failed to place a chunk
+    table = plan.slot_tables({"a": slot_of})["f"]
+    arena = np.zeros((4, 24), np.float32)
+    out = np.empty((1, *field.sample_shape), np.float32)
+    with pytest.raises(IndexError):
+        gather_field(arena, table, lay, field, plan.boxes, out, jit=jit)
+
+
+def test_bad_arguments_raise_config_errors():
+    lay = FieldLayout(name="f", array="a", shape=(4, 6, 8), chunks=(2, 3, 4), axes=(0, None, None, 1, 2))
+    field = FieldConfig(name="f", num_tokens=(1, 1, 1), token_size=(2, 3, 4), normalization="global")
+    plan = plan_batch([[0, 2, 2]], [lay], field.box)
+    table = plan.slot_tables({"a": np.arange(plan.chunks["a"].shape[0])})["f"]
+    arena = np.zeros((4, 24), np.float32)
+    out = np.empty((1, *field.sample_shape), np.float32)
+    with pytest.raises(ConfigError, match="needs mean, std and month_of"):
+        gather_field(arena, table, lay, field, plan.boxes, out)
+    with pytest.raises(ConfigError, match="output buffer has shape"):
+        gather_field(arena, table, lay, field, plan.boxes, np.empty((1, 1, 1, 1, 1, 2, 3, 3), np.float32))
+    with pytest.raises(ConfigError, match="uint16"):
+        gather_field(arena, table, lay, field, plan.boxes, out, out_dtype="bfloat16")
+    mean = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(ConfigError, match="month_of"):
+        gather_field(arena, table, lay, field, plan.boxes, out, mean=mean, std=mean + 1,
+                     month_of=np.full((1, 2), 3, np.int32))
+    with pytest.raises(ConfigError, match="outside the grid"):
+        gather_field(arena, table, lay, field, np.array([[0, 4, 2]]), out, mean=mean, std=mean + 1,
+                     month_of=np.zeros((1, 2), np.int32))
+    with pytest.raises(ConfigError, match="slot table"):
+        gather_field(arena, table[:, :, :, :1], lay, field, plan.boxes, out, mean=mean, std=mean + 1,
+                     month_of=np.zeros((1, 2), np.int32))
+
+
+def test_switch_follows_argument_then_environment(monkeypatch):
+    monkeypatch.setenv("FASTLOAD_NO_JIT", "1")
+    assert not use_jit() and kernels() is _reference
+    assert use_jit(True) and kernels(True) is _kernels
+    assert use_jit(None, types.SimpleNamespace(jit=True))
+    monkeypatch.setenv("FASTLOAD_NO_JIT", "0")
+    assert use_jit() and kernels() is _kernels
+    assert not use_jit(False)
+
+
+def test_torch_outputs_are_written_in_place():
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(3, 5, 8), axes=(0, None, None, 1, 2),
+                      periodic_x=True)
+    field = FieldConfig(name="f", num_tokens=(1, 1, 2), token_size=(3, 5, 4), normalization="none")
+    plan = plan_batch([[0, 0, 6]], [lay], field.box)
+    table = plan.slot_tables({"a": [0]})["f"]
+    for dt, np_dt in ((torch.float32, None), (torch.bfloat16, "bfloat16"), (torch.float16, "float16")):
+        out = torch.empty((1, *field.sample_shape), dtype=dt)
+        gather_field(data.reshape(1, -1), table, lay, field, plan.boxes, out, out_dtype=np_dt or "float32")
+        want = box_to_tokens(data[:, :, (6 + np.arange(8)) % 8], field.token_size)  # (nt, nlat, nlon, tt, ...)
+        assert torch.equal(out[0, 0], torch.from_numpy(np.ascontiguousarray(want)).to(dt))
+
+
+# ------------------------------------------------------------------------------------- token metadata
+def _meta_case(curvilinear: bool, lat_descending: bool):
+    ny, nx, nt = 12, 20, 10
+    lat1 = np.linspace(-80, 80, ny)[:: -1 if lat_descending else 1]
+    lon1 = np.arange(nx) * 18.0
+    if curvilinear:
+        jj, ii = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        lat = lat1[jj] + 1.5 * np.sin(ii / nx * 2 * np.pi)
+        lon = (lon1[ii] + 2.0 * jj) % 360.0
+        grid = types.SimpleNamespace(kind="curvilinear", lat=lat, lon=lon, periodic_x=True, ny=ny, nx=nx)
+    else:
+        lat, lon = np.broadcast_to(lat1[:, None], (ny, nx)), np.broadcast_to(lon1[None, :], (ny, nx))
+        grid = types.SimpleNamespace(kind="latlon", lat=lat1, lon=lon1, periodic_x=True, ny=ny, nx=nx)
+    time = np.datetime64("2021-03-01T00:00", "ns") + np.arange(nt) * np.timedelta64(3, "h")
+    hours = ((time - time[0]) / np.timedelta64(1, "h")).astype(np.float64)
+    # three "fields" whose values are their own coordinates: latitude, cos/sin of longitude, time in hours
+    fields = {"lat": np.broadcast_to(lat, (nt, ny, nx)), "coslon": np.broadcast_to(np.cos(np.deg2rad(lon)), (nt, ny, nx)),
+              "sinlon": np.broadcast_to(np.sin(np.deg2rad(lon)), (nt, ny, nx)),
+              "hours": np.broadcast_to(hours[:, None, None], (nt, ny, nx))}
+    return grid, time, {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in fields.items()}
+
+
+@pytest.mark.parametrize("curvilinear,lat_descending", [(False, True), (False, False), (True, True)])
+def test_token_metadata_matches_coordinates_of_the_data(curvilinear, lat_descending):
+    from fastload.config import SamplingConfig
+
+    grid, time, fields = _meta_case(curvilinear, lat_descending)
+    cfg = SamplingConfig(fields=[FieldConfig(name=k, num_tokens=(2, 2, 3), token_size=(2, 3, 4), normalization="none")
+                                 for k in fields], time_step=1)
+    layouts = {k: FieldLayout(name=k, array=k, shape=v.shape, chunks=(4, 5, 7), axes=(0, None, None, 1, 2),
+                              periodic_x=True) for k, v in fields.items()}
+    tok = (CurvilinearTokenizer if curvilinear else LatLonTokenizer)(grid, time, cfg, layouts)
+    boxes = tok.check_boxes([[0, 0, 15], [6, 6, 0], [3, 2, 9]])  # the first crosses the x seam
+    plan = tok.plan(boxes)
+    slots, slot_of = {}, {}
+    for k, v in fields.items():
+        slots[k], slot_of[k] = chunk_arena(v, layouts[k].chunks, plan.chunks[k], np.random.default_rng(0))
+    outs = {k: np.empty((3, *cfg.field(k).sample_shape), np.float32) for k in fields}
+    tok.gather(slots, plan.slot_tables(slot_of), boxes, outs)
+    vals = {k: o.astype(np.float64)[:, 0] for k, o in outs.items()}  # (B, nt, nlat, nlon, tt, tlat, tlon)
+    meta = tok.meta(boxes)["lat"]
+    # centre latitude = mean over the token's points (float32 data: compare to float32 precision)
+    np.testing.assert_allclose(vals["lat"].mean(axis=(1, 4, 5, 6)), meta.lat, atol=1e-4)
+    # centre longitude = direction of the mean of the token's unit vectors... for small tokens equal to the
+    # unwrapped mean up to second order: compare the direction
+    ang = np.rad2deg(np.arctan2(vals["sinlon"].mean(axis=(1, 4, 5, 6)), vals["coslon"].mean(axis=(1, 4, 5, 6))))
+    diff = (ang - meta.lon + 180) % 360 - 180
+    assert np.abs(diff).max() < 0.05
+    # time of a token = time of its first step
+    first = vals["hours"][:, :, 0, 0, 0, 0, 0]  # (B, nt)
+    want = ((meta.time - time[0]) / np.timedelta64(1, "h")).astype(np.float64)
+    np.testing.assert_array_equal(first, want)
+    assert np.array_equal(meta.t_index, boxes[:, :1] + np.arange(2) * 2)
+    np.testing.assert_allclose(meta.hour, (want + 0.0) % 24)
+    np.testing.assert_allclose(meta.day_of_year, 59 + want / 24.0)  # 1 March 2021 is day 59 (0-based)
