@@ -421,7 +421,10 @@ def _resolve_device(device: Any) -> str:
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"StepTimer device: expected 'cpu' or 'cuda[:N]', got {device!r} ({e})") from None
     if d.type == "cpu":
         return "cpu"
     if d.type != "cuda":
