@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SchemaError, StoreNotFoundError
+from ..errors import SchemaError
 from ._source import BaseByteSource
 
 __all__ = ["ArrayInfo", "StoreMetadata", "load_metadata"]
@@ -137,8 +137,6 @@ def load_metadata(source: BaseByteSource) -> StoreMetadata:
 
     Raises
     ------
-    StoreNotFoundError
-        Nothing exists at the source's root.
     SchemaError
         The root is not a zarr group, or a metadata document is malformed.
     """
@@ -151,9 +149,9 @@ def load_metadata(source: BaseByteSource) -> StoreMetadata:
         return _load_v2(source, zg)
     if source.exists(".zarray"):
         raise SchemaError(f"{where}: is a single zarr v2 array, expected a group (open the folder that holds it)")
-    if not source.list_dir(""):
-        raise StoreNotFoundError(f"{where}: no zarr store here (the path does not exist or is empty)")
-    raise SchemaError(f"{where}: not a zarr store (expected zarr.json (v3) or .zgroup (v2) at its root)")
+    found = source.list_dir("")
+    listing = f"; found {found[:8]}{' ...' if len(found) > 8 else ''}" if found else " (the folder is empty)"
+    raise SchemaError(f"{where}: not a zarr store: expected zarr.json (v3) or .zgroup (v2) at its root{listing}")
 
 
 # -- v2 ---------------------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.
 
 def make_per_variable(
     path: str | os.PathLike[str], *, zarr_format: int = 2, sharded: bool = False, codec: str = "blosc-lz4",
-    regional: bool = False, lat_descending: bool = True, nt: int = 5, levels: Sequence[float] = (500.0, 850.0, 1000.0),
+    regional: bool = False, lat_descending: bool = True, nt: int = 4, levels: Sequence[float] = (500.0, 850.0),
     level_type: str | None = "pressure", ny: int = 9, nx: int = 16, chunks: Sequence[int] = (2, 1, 4, 6),
     shards: Sequence[int] = (4, 2, 8, 12), missing_chunk: bool = True, static: bool = True, dtype: str = "float32",
     lat_name: str = "latitude", lon_name: str = "longitude", consolidated: bool = False, seed: int = 0,
@@ -166,7 +166,7 @@ def make_per_variable(
 def make_atmorep(
     path: str | os.PathLike[str], *, zarr_format: int = 2, sharded: bool = False, codec: str = "blosc-lz4",
     fields: Sequence[str] = ("temperature", "velocity_u"), sfc_fields: Sequence[str] | None = ("t2m", "msl"),
-    levels: Sequence[float] = (96, 105, 114, 123, 137), nt: int = 5, ny: int = 9, nx: int = 16,
+    levels: Sequence[float] = (96, 105, 114, 123, 137), nt: int = 4, ny: int = 9, nx: int = 16,
     chunks: Sequence[int] = (2, 2, 2, 4, 6), shards: Sequence[int] = (4, 2, 4, 8, 12), regional: bool = False,
     lat_descending: bool = True, level_coord: bool = False, seed: int = 1,
 ) -> dict[str, Any]:
