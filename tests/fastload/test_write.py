@@ -1,0 +1,212 @@
+"""StoreWriter: the per-variable layout xarray opens as it is, atomic commit, aligned block writes, codecs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from fastload.errors import ConfigError, SchemaError, StoreError
+from fastload.write import CODECS, StoreWriter, chunks_for, encode_time, parse_ints
+
+NT, NL, NY, NX = 10, 3, 7, 12
+
+
+def _coords():
+    times = np.datetime64("2020-02-28T00", "ns") + np.arange(NT) * np.timedelta64(6, "h")
+    lat = np.linspace(60.0, 30.0, NY)  # regional, descending
+    lon = np.linspace(-20.0, 35.0, NX)
+    return times, lat, lon
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "temperature": rng.normal(280, 10, (NT, NL, NY, NX)).astype(np.float32),
+        "t2m": rng.normal(285, 5, (NT, NY, NX)).astype(np.float32),
+        "orography": rng.uniform(0, 3000, (NY, NX)).astype(np.float32),
+    }
+
+
+def _write(out, zarr_format=2, chunks=(4, 1, 4, 5), shards=None, codec="blosc-lz4", **kw):
+    times, lat, lon = _coords()
+    data = _data()
+    with StoreWriter(out, zarr_format=zarr_format, **kw) as w:
+        w.set_time(times)
+        w.set_grid(lat, lon)
+        w.set_levels([850, 700, 500], level_type="pressure")
+        w.add_variable("temperature", ("time", "level", "latitude", "longitude"), chunks=chunks, shards=shards,
+                       codec=codec, units="K", long_name="air temperature")  # fmt: skip
+        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=chunks, shards=shards, codec=codec, units="K")
+        w.add_variable("orography", ("latitude", "longitude"), chunks=chunks, codec=codec, units="m")
+        for name in ("temperature", "t2m"):
+            for sl in w.time_blocks(name):
+                w.write(name, data[name][sl], sl.start)
+        w.write("orography", data["orography"], (0, 0))
+    return data
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_xarray_opens_what_the_writer_wrote(tmp_path, zarr_format):
+    out = tmp_path / "s.zarr"
+    data = _write(out, zarr_format)
+    times, lat, lon = _coords()
+    ds = xr.open_zarr(out)  # consolidated metadata: no warning (pytest turns warnings into errors)
+    assert dict(ds.sizes) == {"time": NT, "level": NL, "latitude": NY, "longitude": NX}
+    np.testing.assert_array_equal(ds.time.values, times)
+    np.testing.assert_array_equal(ds.latitude.values, lat)
+    np.testing.assert_array_equal(ds.longitude.values, lon)
+    np.testing.assert_array_equal(ds.level.values, [850, 700, 500])
+    assert ds.level.attrs["level_type"] == "pressure" and ds.level.attrs["units"] == "hPa"
+    assert ds.latitude.attrs["units"] == "degrees_north" and ds.longitude.attrs["units"] == "degrees_east"
+    assert ds.temperature.dims == ("time", "level", "latitude", "longitude")
+    assert ds.t2m.dims == ("time", "latitude", "longitude") and ds.orography.dims == ("latitude", "longitude")
+    assert ds.temperature.attrs == {"units": "K", "long_name": "air temperature"}
+    for name, ref in data.items():
+        np.testing.assert_array_equal(ds[name].values, ref)
+    assert ds.attrs["latitude_order"] == "descending" and ds.attrs["fastload_layout"] == "per_variable"
+    # raw metadata: int64 CF time, dimension names in the place each format keeps them
+    g = zarr.open_group(out, mode="r")
+    assert g["time"].dtype == np.int64
+    assert g["time"].attrs["units"] == "hours since 1979-01-01"
+    assert g["time"].attrs["calendar"] == "proleptic_gregorian"
+    assert g["temperature"].chunks == (4, 1, 4, 5)
+    if zarr_format == 2:
+        assert g["temperature"].attrs["_ARRAY_DIMENSIONS"] == ["time", "level", "latitude", "longitude"]
+        assert (out / ".zmetadata").is_file()
+    else:
+        assert g["temperature"].metadata.dimension_names == ("time", "level", "latitude", "longitude")
+        assert "consolidated_metadata" in json.loads((out / "zarr.json").read_text())
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_sharded_v3_round_trips(tmp_path):
+    out = tmp_path / "sh.zarr"
+    data = _write(out, 3, chunks=(2, 1, 4, 4), shards=(4, 1, 8, 8))
+    g = zarr.open_group(out, mode="r")
+    assert g["temperature"].shards == (4, 1, 8, 8) and g["temperature"].chunks == (2, 1, 4, 4)
+    np.testing.assert_array_equal(xr.open_zarr(out).temperature.values, data["temperature"])
+
+
+def test_shards_need_v3_and_a_multiple_of_the_chunk(tmp_path):
+    with pytest.raises(ConfigError, match="zarr_format=3"):
+        _write(tmp_path / "a.zarr", 2, shards=(4, 1, 8, 10))
+    with pytest.raises(ConfigError, match="not a multiple"):
+        _write(tmp_path / "b.zarr", 3, chunks=(2, 1, 4, 4), shards=(3, 1, 8, 8))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("codec", CODECS)
+def test_every_codec_round_trips(tmp_path, codec, zarr_format):
+    out = tmp_path / "c.zarr"
+    data = _write(out, zarr_format, codec=codec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numcodecs.lz4 in v3 reads with a ZarrUserWarning, as documented
+        g = zarr.open_group(out, mode="r")
+        got = g["temperature"][...]
+        codecs = [type(c).__name__.lower() for c in g["temperature"].compressors]
+    np.testing.assert_array_equal(got, data["temperature"])
+    assert (codecs == []) == (codec == "none")
+    if codec != "none":
+        assert codec.split("-")[0] in codecs[0] or "blosc" in codecs[0]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_an_exception_mid_write_leaves_no_store(tmp_path, exc):
+    out = tmp_path / "s.zarr"
+    times, lat, lon = _coords()
+    with pytest.raises(type(exc)):
+        with StoreWriter(out) as w:
+            w.set_time(times)
+            w.set_grid(lat, lon)
+            w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(2, 1, 7, 12))
+            w.write("t2m", np.zeros((2, NY, NX), np.float32), 0)
+            assert w.tmp.is_dir()
+            raise exc
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="already exists") as e:
+        StoreWriter(out)
+    assert str(out) in str(e.value)
+    assert (out / "precious.txt").read_text() == "keep me"
+    data = _write(out, overwrite=True)
+    assert not (out / "precious.txt").exists()
+    np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, data["t2m"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_unaligned_and_incomplete_writes_are_refused(tmp_path):
+    out = tmp_path / "s.zarr"
+    times, lat, lon = _coords()
+    w = StoreWriter(out)
+    w.set_time(times)
+    w.set_grid(lat, lon)
+    w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, 7, 12))
+    with pytest.raises(ConfigError, match="not aligned"):
+        w.write("t2m", np.zeros((4, NY, NX), np.float32), 2)
+    with pytest.raises(SchemaError, match="outside"):
+        w.write("t2m", np.zeros((4, NY, NX), np.float32), 8)
+    w.write("t2m", np.zeros((4, NY, NX), np.float32), 0)
+    w.write("t2m", np.zeros((2, NY, NX), np.float32), 8)  # the last, partial chunk may be short
+    with pytest.raises(StoreError, match="1 of 3 write units never written"):
+        w.commit()
+    assert not out.exists() and not w.tmp.exists()
+
+
+def test_bad_dimensions_and_coordinates(tmp_path):
+    times, lat, lon = _coords()
+    with StoreWriter(tmp_path / "s.zarr") as w:
+        w.set_time(times)
+        w.set_grid(lat, lon)
+        with pytest.raises(SchemaError, match="ordered subset"):
+            w.add_variable("x", ("latitude", "time", "longitude"))
+        with pytest.raises(SchemaError, match="ordered subset"):
+            w.add_variable("x", ("time", "depth", "latitude", "longitude"))
+        with pytest.raises(StoreError, match="set the 'level' coordinate"):
+            w.add_variable("x", ("time", "level", "latitude", "longitude"))
+        with pytest.raises(ConfigError, match="level_type"):
+            w.set_levels([1, 2], level_type="sigma")
+        with pytest.raises(SchemaError, match="duplicate"):
+            w.set_levels([1, 1], level_type="model")
+        w.add_variable("t2m", ("time", "latitude", "longitude"))
+        w.write("t2m", np.ones((NT, NY, NX)), 0)
+    with pytest.raises(SchemaError, match="monotonic"):
+        StoreWriter(tmp_path / "t.zarr").set_grid([0.0, 10.0, 5.0], [0.0, 1.0])
+    with pytest.raises(SchemaError, match="outside"):
+        StoreWriter(tmp_path / "u.zarr").set_grid([0.0, 100.0], [0.0, 1.0])
+
+
+def test_time_encoding():
+    t = np.datetime64("1979-01-01T00", "ns") + np.arange(3) * np.timedelta64(6, "h")
+    v, units = encode_time(t)
+    assert units == "hours since 1979-01-01" and v.dtype == np.int64 and v.tolist() == [0, 6, 12]
+    v, units = encode_time(np.array(["2000-01-01T00:30", "2000-01-01T01:00"], dtype="datetime64[ns]"))
+    assert units == "minutes since 1979-01-01" and v[1] - v[0] == 30
+    v, units = encode_time(np.array(["1970-01-01T00:00"], dtype="datetime64[ns]"))
+    assert units == "hours since 1979-01-01" and v[0] < 0
+    with pytest.raises(SchemaError, match="strictly increasing"):
+        encode_time(t[::-1])
+    with pytest.raises(SchemaError, match="datetime64"):
+        encode_time(np.arange(3))
+
+
+def test_parse_ints_and_chunks_for():
+    assert parse_ints("6,1,64,128", 4, "--chunks") == (6, 1, 64, 128)
+    for bad in ("6,1,64", "a,b,c,d", "6,0,64,128"):
+        with pytest.raises(ConfigError, match="--chunks"):
+            parse_ints(bad, 4, "--chunks")
+    assert chunks_for(("time", "level", "latitude", "longitude"), (100, 5, 721, 1440)) == (6, 1, 64, 128)
+    assert chunks_for(("latitude", "longitude"), (61, 120), (6, 1, 64, 128)) == (61, 120)
+    assert chunks_for(("time", "field", "level", "latitude", "longitude"), (9, 7, 5, 10, 20), (8, 2, 4, 4)) == (
+        8, 7, 2, 4, 4)  # fmt: skip
