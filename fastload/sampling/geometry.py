@@ -304,27 +304,30 @@ def stitch(tiles: Any, tiling: Tiling) -> Any:
     if is_torch:
         import torch
 
+        if not tiles.is_floating_point():
+            tiles = tiles.float()
         acc = torch.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
         wsum = torch.zeros((ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
 
-        def arr(a: np.ndarray) -> Any:
-            return torch.as_tensor(a, device=tiles.device)
+        def arr(a: np.ndarray, float_: bool = True) -> Any:
+            t = torch.as_tensor(a, device=tiles.device)
+            return t.to(tiles.dtype) if float_ else t
     else:
         tiles = np.asarray(tiles)
+        if tiles.dtype.kind != "f":
+            tiles = tiles.astype(np.float64)
         acc = np.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype)
         wsum = np.zeros((ext.ny, ext.nx), dtype=tiles.dtype)
 
-        def arr(a: np.ndarray) -> Any:
-            return a
+        def arr(a: np.ndarray, float_: bool = True) -> Any:
+            return a.astype(tiles.dtype) if float_ else a
     ry, rx = tiling.ramp
     for i in range(n_tiles):
         _, y0, x0 = (int(v) for v in tiling.boxes[i])
         wy = _taper(h, ry, y0 > 0, y0 + h < ext.ny)
         wx = _taper(w, rx, ext.periodic_x or x0 > 0, ext.periodic_x or x0 + w < ext.nx)
-        wt = arr(np.outer(wy, wx).astype(tiles.dtype if not is_torch else np.float32))
-        if is_torch:
-            wt = wt.to(tiles.dtype)
-        xs = arr((x0 + np.arange(w)) % ext.nx)
+        wt = arr(np.outer(wy, wx))
+        xs = arr((x0 + np.arange(w)) % ext.nx, float_=False)
         ws = wsum[y0:y0 + h, xs] + wt
         alpha = wt / ws
         cur = acc[..., y0:y0 + h, xs]
