@@ -1,0 +1,304 @@
+"""``fastload bench STORE``: fastload and the peers users would pick, on the same store and samples, side by side.
+
+Why this exists: users choose a loader by its numbers, so ours must be reproducible by anyone, in one command,
+with the competition and the hardware's roof measured in the same run. For each scenario (store variant x cache
+state x latency x workers) the harness:
+
+1. fits AtmoRep's geometry to the store (or reads ``--config``), with raw values (normalisation off, float32);
+2. draws one plan per round (``--plan``; ``random_boxes`` by seed and round) that every loader gets;
+3. runs each loader once on the first batch, untimed (JIT, imports, page cache), and checks its tensors equal
+   fastload's bit for bit; a loader that differs is reported as a mismatch and not timed;
+4. times every loader and the roofs round-robin for ``--rounds`` rounds (order rotated each round) and takes
+   medians: samples/s, useful/decoded/stored GB/s, % of the read+decode roof, p50/p99 time between batches,
+   time to first batch, peak memory of the process tree, CPU seconds per sample, cache hit rate, ratios.
+
+Run::
+
+    fastload bench STORE                                   # every installed peer, warm cache, 2 workers
+    fastload bench STORE --scenario tiles atmorep --workers 1 2 --latency-ms 0 20 --json out.json --plot out.png
+    fastload bench STORE --quick                           # a smoke run: few small batches, 1 round
+    python -m profiling.bench --help
+
+Normalisation is off for every loader so the tensors compare exactly; fastload normalises in the same gather
+pass, so its cost with normalisation on is close to what is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .bench_fastload import FASTLOAD_ROWS, fastload_status
+from .bench_report import format_table, write_json, write_plot
+from .bench_run import Pass, compare_outputs, summarise, time_pass
+from .bench_scenarios import PLANS, Variant, draw_batches, fit_config, prepare_store, raw_config
+from .chunkmap import batch_decodes, open_chunk_maps
+from .peers import PEERS, peer_status, spec_from_store
+from .roofs import (
+    drop_page_cache,
+    machine_info,
+    memcpy_gbps,
+    read_decode_roof,
+    read_roof,
+    resident_fraction,
+    store_files,
+)
+
+__all__ = ["main", "BenchOptions", "run_bench"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class BenchOptions:
+    """What ``fastload bench`` runs (the CLI's arguments, as a config)."""
+
+    store: str
+    config: str | None = None
+    loaders: tuple[str, ...] | None = None
+    scenarios: tuple[str, ...] = ("as-is",)
+    batches: int = 8
+    batch_size: int | None = None
+    rounds: int = 3
+    workers: tuple[int, ...] = (2,)
+    latency_ms: tuple[float, ...] = (0.0,)
+    cold: bool = False
+    plan: str = "random"
+    seed: int = 0
+    workdir: str | None = None
+    roofs: bool = True
+
+    def __post_init__(self) -> None:
+        from fastload.errors import ConfigError
+
+        for key in ("batches", "rounds"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"bench --{key}: expected an integer >= 1, got {getattr(self, key)}")
+        if any(w < 0 for w in self.workers):
+            raise ConfigError(f"bench --workers: expected integers >= 0, got {list(self.workers)}")
+        if any(v < 0 for v in self.latency_ms):
+            raise ConfigError(f"bench --latency-ms: expected numbers >= 0, got {list(self.latency_ms)}")
+        if self.plan not in PLANS:
+            raise ConfigError(f"bench --plan: expected one of {list(PLANS)}, got {self.plan!r}")
+
+
+def _all_status(latency_ms: float) -> dict[str, str | None]:
+    return {**fastload_status(), **peer_status(None, latency_ms)}
+
+
+def _make(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float):
+    if name in FASTLOAD_ROWS:
+        return lambda: FASTLOAD_ROWS[name](path, config, workers=workers, latency_ms=latency_ms)
+    return lambda: PEERS[name](spec, workers=workers, latency_ms=latency_ms)
+
+
+def _decode_model(name: str) -> str:
+    return FASTLOAD_ROWS[name].decode_model if name in FASTLOAD_ROWS else PEERS[name].decode_model
+
+
+def _bytes_of(maps: dict, spec: Any, plan: list[np.ndarray], model: str) -> tuple[float, float]:
+    """(decoded, stored) bytes a loader with decode ``model`` pays for ``plan``."""
+    dec = sto = 0.0
+    for boxes in plan:
+        for array, chunk in batch_decodes(spec, maps, boxes, model):
+            loc = maps[array].location(chunk)
+            if loc is not None:
+                dec += maps[array].chunk_nbytes
+                sto += loc[2]
+    return dec, sto
+
+
+def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_ms: float, config: Any,
+           names: list[str], log) -> tuple[list[dict], dict]:  # fmt: skip
+    """Verify, then time every loader round-robin on one scenario; returns rows and roofs."""
+    from fastload.store import open_store
+
+    vstore = open_store(path)
+    spec = spec_from_store(vstore, config)
+    bs = opts.batch_size or config.batch_size
+    plans = [draw_batches(vstore, config, batches=opts.batches, batch_size=bs, seed=opts.seed, epoch=r,
+                          plan=opts.plan) for r in range(opts.rounds)]  # fmt: skip
+    files = store_files(path)
+    cache = "cold" if opts.cold else "warm"
+    label = f"{scenario} {cache} w{workers}" + (f" {latency_ms:g}ms" if latency_ms else "")
+    base = {"scenario": label, "store_variant": scenario, "cache": cache, "workers": workers,
+            "latency_ms": latency_ms, "plan": opts.plan, "batch_size": bs, "batches": opts.batches,
+            "rounds": opts.rounds}  # fmt: skip
+    status = _all_status(latency_ms)
+    rows: dict[str, dict] = {}
+    runnable = []
+    reference: dict[str, np.ndarray] | None = None
+    ref_name = None
+    for name in names:  # fastload rows come first: the first one that runs is the reference
+        if status.get(name) is not None:
+            rows[name] = {**base, "loader": name, "status": "skipped", "reason": status[name]}
+            continue
+        log(f"[{label}] verify {name}")
+        try:
+            out = _first_batch(_make(name, path, spec, config, workers, latency_ms), plans[0][:1])
+        except Exception as e:  # a peer that crashes is reported, the bench goes on
+            rows[name] = {**base, "loader": name, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+            continue
+        if reference is None:
+            reference, ref_name = out, name
+            problem = None
+        else:
+            problem = compare_outputs(out, reference)
+        if problem is not None:
+            rows[name] = {**base, "loader": name, "status": "mismatch", "reason": f"vs {ref_name}: {problem}"}
+            continue
+        rows[name] = {**base, "loader": name, "status": "ok", "verified_against": ref_name}
+        runnable.append(name)
+    maps = open_chunk_maps(spec)
+    before = (lambda: drop_page_cache(files)) if opts.cold else None
+    passes: dict[str, list[Pass]] = {n: [] for n in runnable}
+    roof_runs: list[dict] = []
+    for r in range(opts.rounds):
+        order = runnable[r % len(runnable):] + runnable[: r % len(runnable)] if runnable else []
+        for name in order:
+            log(f"[{label}] round {r + 1}/{opts.rounds}: {name}")
+            try:
+                passes[name].append(time_pass(_make(name, path, spec, config, workers, latency_ms), plans[r],
+                                              before=before))  # fmt: skip
+            except Exception as e:
+                rows[name].update(status="error", reason=f"{type(e).__name__}: {e}")
+        if opts.roofs:
+            if before is not None:
+                before()
+            tasks = [batch_decodes(spec, maps, b, "unique") for b in plans[r]]
+            roof = read_decode_roof(maps, tasks, max(1, workers))
+            roof["samples_per_s"] = opts.batches * bs / roof["seconds"] if roof["seconds"] else None
+            if before is not None:
+                before()
+            roof["raw_read_gbps"] = read_roof(maps, [t for b in tasks for t in b], max(1, workers))["stored_gbps"]
+            roof_runs.append(roof)
+    roofs: dict[str, Any] = {"scenario": label, "resident_fraction_end": resident_fraction(files)}
+    if roof_runs:
+        for key in ("samples_per_s", "decoded_gbps", "stored_gbps", "raw_read_gbps"):
+            roofs[key] = float(np.median([rr[key] for rr in roof_runs if rr[key] is not None]))
+    for name in runnable:
+        if rows[name]["status"] != "ok" or not passes[name]:
+            continue
+        model = _decode_model(name)
+        reported = [p.counters for p in passes[name] if p.counters and "decoded_bytes" in p.counters]
+        if model == "reported" and reported:
+            dec = float(np.median([c["decoded_bytes"] for c in reported]))
+            sto = float(np.median([c.get("stored_bytes", np.nan) for c in reported]))
+            source = "reported by the loader"
+        else:
+            model = "unique" if model == "reported" else model
+            dec, sto = _bytes_of(maps, spec, plans[0], model)
+            source = f"modelled: {model}"
+        row = summarise(passes[name], sample_nbytes=spec.sample_nbytes(), decoded_bytes=dec, stored_bytes=sto)
+        row["bytes_source"] = source
+        if roofs.get("samples_per_s"):
+            row["roof_pct"] = 100.0 * row["samples_per_s"] / roofs["samples_per_s"]
+        rows[name].update(row)
+    _ratios(list(rows.values()))
+    return list(rows.values()), roofs
+
+
+def _first_batch(make, batches) -> dict[str, np.ndarray]:
+    loader = make()
+    try:
+        outs = [{k: np.array(v, copy=True) for k, v in b.items()} for b in loader.iter_batches(batches)]
+    finally:
+        loader.close()
+    if len(outs) != 1:
+        raise RuntimeError(f"produced {len(outs)} batches for 1 batch of boxes")
+    return outs[0]
+
+
+def _ratios(rows: list[dict]) -> None:
+    ok = {r["loader"]: r for r in rows if r.get("status") == "ok" and r.get("samples_per_s")}
+    ours = ok.get("fastload") or ok.get("fastload.extract")
+    for r in rows:
+        if ours is None or r.get("status") != "ok" or not r.get("samples_per_s"):
+            r["ratio_to_fastload"] = r["fastload_speedup"] = None
+            continue
+        r["ratio_to_fastload"] = r["samples_per_s"] / ours["samples_per_s"]
+        r["fastload_speedup"] = ours["samples_per_s"] / r["samples_per_s"]
+        r["fastload_row"] = ours["loader"]
+
+
+def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
+    """Run every scenario of ``opts``; returns ``{"rows", "roofs", "machine", "config", "options"}``."""
+    from fastload.config import SamplingConfig
+    from fastload.store import open_store
+
+    store = open_store(opts.store)
+    if opts.config is not None:
+        config = raw_config(SamplingConfig.from_file(opts.config))
+    else:
+        config = fit_config(store, batch_size=opts.batch_size or 16)
+    known = [*FASTLOAD_ROWS, *PEERS]
+    names = list(opts.loaders) if opts.loaders else known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        from fastload.errors import ConfigError
+
+        raise ConfigError(f"bench --peers: unknown loader(s) {unknown}; known: {known}")
+    names = [n for n in known if n in names]  # fastload rows first
+    rows: list[dict] = []
+    roofs: dict[str, Any] = {"memcpy_gbps": memcpy_gbps() if opts.roofs else None, "scenarios": []}
+    with contextlib.ExitStack() as stack:
+        workdir = opts.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="fastload-bench-"))
+        for scenario in opts.scenarios:
+            variant = Variant.parse(scenario)
+            log(f"preparing store variant {variant.name}")
+            path = prepare_store(store, variant, config, workdir)
+            for workers in opts.workers:
+                for lat in opts.latency_ms:
+                    r, roof = _group(opts, path, variant.name, workers, lat, config, names, log)
+                    rows.extend(r)
+                    roofs["scenarios"].append(roof)
+    return {"rows": rows, "roofs": roofs, "machine": machine_info(opts.store), "config": config.to_dict(),
+            "options": dataclasses.asdict(opts)}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastload bench STORE ...``: print the comparison table (and write JSON / a plot)."""
+    p = argparse.ArgumentParser(prog="fastload bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("store", help="local zarr store (fastload synth writes one)")
+    p.add_argument("--config", help="sampling config (TOML/YAML); default: AtmoRep's geometry fitted to the store")
+    p.add_argument("--peers", nargs="+", metavar="NAME", help=f"loaders to run (default: all): "
+                   f"{', '.join([*FASTLOAD_ROWS, *PEERS])}")  # fmt: skip
+    p.add_argument("--scenario", nargs="+", default=["as-is"], metavar="VARIANT",
+                   help="store variants, '+'-joined parts: atmorep|tiles|recommended, v2|v3, sharded, a codec")
+    p.add_argument("--batches", type=int, default=None, help="batches per pass (default 8; --quick 2)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: config's; --quick 4)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, medians taken (default 3)")
+    p.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to run (default 2)")
+    p.add_argument("--latency-ms", type=float, nargs="+", default=[0.0], help="added delay per request")
+    p.add_argument("--cold", action="store_true", help="drop the store from the page cache before every pass")
+    p.add_argument("--plan", choices=PLANS, default="random", help="sample plan (default random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="OUT", help="write rows, roofs and machine as JSON")
+    p.add_argument("--plot", metavar="PNG", help="plot samples/s vs workers and vs latency")
+    p.add_argument("--workdir", help="where store variants are written (default: a temporary folder)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 batches of 4, 1 round")
+    p.add_argument("--no-roofs", action="store_true", help="skip the roof measurements")
+    a = p.parse_args(argv)
+    opts = BenchOptions(
+        store=a.store, config=a.config, loaders=tuple(a.peers) if a.peers else None, scenarios=tuple(a.scenario),
+        batches=a.batches or (2 if a.quick else 8), batch_size=a.batch_size or (4 if a.quick else None),
+        rounds=a.rounds or (1 if a.quick else 3), workers=tuple(a.workers), latency_ms=tuple(a.latency_ms),
+        cold=a.cold, plan=a.plan, seed=a.seed, workdir=a.workdir, roofs=not a.no_roofs,
+    )  # fmt: skip
+    result = run_bench(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_table(result))
+    if a.json:
+        write_json(result, a.json)
+    if a.plot:
+        write_plot(result, a.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""What the bench runs on: the default sampling config for a store, the sample plan, and store variants.
+
+Why this exists: ``fastload bench STORE`` must work with no other input (AtmoRep's geometry fitted to the store),
+compare loaders on *the same samples* (one plan drawn up front, handed to every loader), and run the standard
+scenarios (AtmoRep chunks, tile chunks, the recommended chunking; zarr v2/v3, sharded; codecs) from one store.
+
+Store variants are named by ``+``-joined parts, each optional: a chunking (``atmorep``: 8 h x all fields x all
+levels x the globe, AtmoRep's own; ``tiles``: the writer's default tiles; ``recommended``: what
+:func:`fastload.inspect.recommend_chunks` picks for the config), a format (``v2``, ``v3``), ``sharded``, and a
+codec (``blosc-lz4``, ``blosc-zstd``, ``zstd``, ``lz4``, ``gzip``, ``none``); ``as-is`` is the store itself. A
+synthetic store (``fastload synth``, which records its preset and seed) is regenerated with the same values in
+the variant's layout; other stores need ``fastload rechunk``.
+
+Plans (``--plan``): ``random`` (independent samples), ``window`` (AtmoRep's: all samples of a batch share one
+time window), ``aligned`` (box starts on chunk boundaries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fastload.config import FieldConfig, SamplingConfig
+from fastload.errors import ConfigError
+
+__all__ = ["Variant", "fit_config", "draw_batches", "prepare_store", "PLANS", "ATMOREP_TOKENS", "ATMOREP_TOKEN_SIZE"]
+
+ATMOREP_TOKENS = (12, 6, 12)
+ATMOREP_TOKEN_SIZE = (3, 9, 9)
+PLANS = ("random", "window", "aligned")
+CHUNKINGS = ("atmorep", "tiles", "recommended")
+
+
+def _pick_levels(levels: np.ndarray, n: int) -> tuple[float, ...]:
+    if levels.size <= n:
+        return tuple(float(v) for v in levels)
+    idx = np.unique(np.round(np.linspace(0, levels.size - 1, n)).astype(int))
+    return tuple(float(levels[i]) for i in idx)
+
+
+def fit_config(store: Any, *, batch_size: int = 16, level_fields: int = 3, surface_fields: int = 1,
+               levels: int = 5, time_step: int = 1) -> SamplingConfig:  # fmt: skip
+    """AtmoRep's geometry ([12,6,12] tokens of [3,9,9]) fitted to a store: shrunk per axis until it fits.
+
+    Takes up to ``level_fields`` fields on levels (``levels`` of their levels, evenly spread) and up to
+    ``surface_fields`` fields without levels, all with time; raw values (normalisation ``none``), float32.
+    """
+    nt = 1 if store.time is None else len(store.time)
+    extents = ((nt - 1) // time_step + 1, int(store.grid.ny), int(store.grid.nx))
+    tokens, sizes = [], []
+    for n, s, ext in zip(ATMOREP_TOKENS, ATMOREP_TOKEN_SIZE, extents):
+        s = min(s, ext)
+        tokens.append(max(1, min(n, ext // s)))
+        sizes.append(s)
+    with_levels = [f for f in store.fields.values() if f.has_time and f.levels is not None]
+    surface = [f for f in store.fields.values() if f.has_time and f.levels is None]
+    chosen = with_levels[:level_fields] + surface[:surface_fields]
+    if not chosen:
+        raise ConfigError(f"store {store.path}: no field with a time axis to sample; fields: {list(store.fields)}")
+    fields = tuple(
+        FieldConfig(name=f.name, levels=None if f.levels is None else _pick_levels(np.asarray(f.levels), levels),
+                    num_tokens=tuple(tokens), token_size=tuple(sizes), normalization="none")
+        for f in chosen
+    )  # fmt: skip
+    return SamplingConfig(fields=fields, batch_size=batch_size, time_step=time_step)
+
+
+def raw_config(config: SamplingConfig) -> SamplingConfig:
+    """The same config with every field's normalisation off and float32 out (what the comparison checks)."""
+    fields = tuple(dataclasses.replace(f, normalization="none", transform=None) for f in config.fields)
+    return dataclasses.replace(config, fields=fields, out_dtype="float32", norm_path=None)
+
+
+def draw_batches(store: Any, config: SamplingConfig, *, batches: int, batch_size: int, seed: int, epoch: int,
+                 plan: str = "random") -> list[np.ndarray]:  # fmt: skip
+    """``batches`` arrays of ``(batch_size, 3)`` boxes, deterministic in ``(seed, epoch)``.
+
+    Drawn with :func:`fastload.sampling.geometry.random_boxes` (the Loader's own placement); ``aligned`` then
+    moves each start down to the chunk boundary of the first field's array (staying a valid box).
+    """
+    from fastload.sampling.geometry import GridExtent, random_boxes
+
+    if plan not in PLANS:
+        raise ConfigError(f"plan: expected one of {list(PLANS)}, got {plan!r}")
+    extent = GridExtent.from_store(store)
+    n = batches * batch_size
+    spw = batch_size if plan == "window" else 1
+    boxes = random_boxes(n, extent, config.box, seed=seed, epoch=epoch, time_step=config.time_step,
+                         samples_per_window=spw)  # fmt: skip
+    if plan == "aligned":
+        info = store.fields[config.fields[0].name]
+        chunks = store.arrays[info.array].chunks
+        t_ax, _, _, y_ax, x_ax = info.axes
+        for col, ax in ((0, t_ax), (1, y_ax), (2, x_ax)):
+            if ax is not None:
+                boxes[:, col] -= boxes[:, col] % chunks[ax]
+    return [boxes[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Variant:
+    """A store variant: chunking, zarr format, sharding, codec; ``None`` keeps the source store's."""
+
+    chunking: str | None = None
+    zarr_format: int | None = None
+    sharded: bool = False
+    codec: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        from fastload.write import CODECS
+
+        if text in ("", "as-is"):
+            return cls()
+        kw: dict[str, Any] = {}
+        for part in text.split("+"):
+            if part in CHUNKINGS:
+                kw["chunking"] = part
+            elif part in ("v2", "v3"):
+                kw["zarr_format"] = int(part[1])
+            elif part == "sharded":
+                kw["sharded"] = True
+            elif part in CODECS:
+                kw["codec"] = part
+            else:
+                raise ConfigError(f"scenario {text!r}: unknown part {part!r}; expected a chunking {list(CHUNKINGS)}, "
+                                  f"v2/v3, 'sharded', or a codec {list(CODECS)}")  # fmt: skip
+        v = cls(**kw)
+        if v.sharded and v.zarr_format == 2:
+            raise ConfigError(f"scenario {text!r}: sharding needs zarr v3")
+        return v
+
+    @property
+    def name(self) -> str:
+        parts = [self.chunking, None if self.zarr_format is None else f"v{self.zarr_format}",
+                 "sharded" if self.sharded else None, self.codec]  # fmt: skip
+        return "+".join(p for p in parts if p) or "as-is"
+
+
+def _synth_source(store: Any) -> tuple[Any, int] | None:
+    """``(SynthConfig, seed)`` of a store ``fastload synth`` wrote, else None."""
+    import zarr
+
+    from fastload.synth import SynthConfig
+
+    attrs = dict(zarr.open_group(store.path, mode="r").attrs)
+    cfg = attrs.get("synth_config")
+    if not isinstance(cfg, dict) or "synth_seed" not in attrs:
+        return None
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in names}
+    return SynthConfig(**kw), int(attrs["synth_seed"])
+
+
+def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir: str) -> str:
+    """Path of ``store`` in the layout ``variant`` asks for (the store itself for ``as-is``), written once."""
+    if variant == Variant():
+        return str(store.path)
+    out = os.path.join(workdir, variant.name.replace("+", "_") + ".zarr")
+    if os.path.exists(out):
+        return out
+    src = _synth_source(store)
+    if src is None:
+        raise ConfigError(f"scenario {variant.name!r}: {store.path} was not written by 'fastload synth', so it "
+                          f"cannot be regenerated in another layout; rechunk it with 'fastload rechunk' and bench "
+                          f"the copy as-is")  # fmt: skip
+    from fastload.synth import synthesize
+    from fastload.write import DEFAULT_CODEC
+
+    cfg, seed = src
+    fmt = variant.zarr_format or store.zarr_format
+    codec = variant.codec or _codec_of(store) or DEFAULT_CODEC
+    chunking = variant.chunking or ("atmorep" if store.layout == "atmorep" else "tiles")
+    layout = "atmorep" if chunking == "atmorep" else "per-variable"
+    chunks: Sequence[int] | None = None
+    if chunking == "recommended":
+        chunks = _recommended(store, config, workdir, cfg, seed, fmt, codec)
+    elif chunking == "tiles":
+        chunks = cfg.chunks
+    shards = None
+    if variant.sharded:
+        base = chunks or (8, len(cfg.levels), cfg.latitude.size, cfg.longitude.size)
+        shards = (base[0] * 4, base[1], base[2] * (2 if chunking != "atmorep" else 1),
+                  base[3] * (2 if chunking != "atmorep" else 1))  # fmt: skip
+    synthesize(out, cfg, seed, zarr_format=fmt, chunks=chunks, codec=codec, shards=shards, layout=layout,
+               progress=False)  # fmt: skip
+    return out
+
+
+def _codec_of(store: Any) -> str | None:
+    """The writer's name of the first data array's codec, when it is one the writer knows."""
+    info = next(iter(store.arrays.values()))
+    ids = [c.get("id") or c.get("name") for c in info.codecs]
+    cname = next((c.get("cname") or c.get("configuration", {}).get("cname") for c in info.codecs
+                  if (c.get("id") or c.get("name")) == "blosc"), None)  # fmt: skip
+    if "blosc" in ids:
+        return f"blosc-{cname}" if cname in ("lz4", "zstd") else None
+    for name in ("zstd", "lz4", "gzip"):
+        if name in ids or f"numcodecs.{name}" in ids:
+            return name
+    return "none"
+
+
+def _recommended(store: Any, config: SamplingConfig, workdir: str, cfg: Any, seed: int, fmt: int,
+                 codec: str) -> tuple[int, ...]:  # fmt: skip
+    """The recommended (time, level, lat, lon) chunks of the config's first field on levels."""
+    from fastload.inspect import recommend_chunks
+    from fastload.store import open_store
+
+    tiles = prepare_store(store, Variant(chunking="tiles", zarr_format=fmt, codec=codec), config, workdir)
+    ts = open_store(tiles)
+    rec = recommend_chunks(ts, config)
+    field = next((f for f in config.fields if f.levels is not None), config.fields[0])
+    ch = rec[ts.fields[field.name].array].chunks
+    return tuple(ch) if len(ch) == 4 else (ch[0], 1, ch[1], ch[2])
