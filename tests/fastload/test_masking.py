@@ -1,0 +1,166 @@
+"""Token masks: counts, strategies, determinism per (seed, rank, step), sync across fields, devices."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastload.errors import ConfigError
+from fastload.sampling.masking import MaskingConfig, mask_batch, mask_generator
+
+SHAPE = (6, 2, 4, 3, 5, 2, 3, 3)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+
+
+def batch(device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"t": torch.randn(SHAPE, generator=g).to(device) + 1.0,
+            "u": torch.randn(SHAPE, generator=g).to(device) - 1.0}
+
+
+def tok_changed(src, x):
+    return (src != x).flatten(5).any(-1)  # (B, L, nt, nlat, nlon)
+
+
+def test_same_seed_rank_step_same_masks_and_others_differ():
+    cfg = MaskingConfig(rate=0.9, frac_noise=0.5, frac_coarse=0.5)
+    x = batch()
+    a = mask_batch(cfg, x, seed=3, rank=1, step=7)
+    b = mask_batch(cfg, x, seed=3, rank=1, step=7)
+    for k in x:
+        assert torch.equal(a[k].mask, b[k].mask) and torch.equal(a[k].source, b[k].source)
+    for other in (dict(seed=3, rank=1, step=8), dict(seed=3, rank=2, step=7), dict(seed=4, rank=1, step=7)):
+        c = mask_batch(cfg, x, **other)
+        assert not torch.equal(a["t"].mask, c["t"].mask)
+
+
+def test_bert_counts_per_sample_and_level():
+    cfg = MaskingConfig(rate=0.6)
+    x = batch()
+    r = mask_batch(cfg, x, seed=0, rank=0, step=0)
+    n_tok = 4 * 3 * 5
+    for k in x:
+        counts = r[k].mask.flatten(2).sum(-1)  # (B, L)
+        assert counts.max() <= math.ceil(0.6 * n_tok)
+        assert len(set(counts.flatten().tolist())) > 1  # ratios differ between samples/levels
+    # over many steps the mean masked fraction is about rate / 2
+    fr = torch.stack([mask_batch(cfg, x, seed=0, rank=0, step=s)["t"].mask.float().mean() for s in range(40)])
+    assert abs(fr.mean().item() - 0.3) < 0.05
+
+
+def test_bert_zeroing_only_touches_masked_tokens():
+    cfg = MaskingConfig(rate=0.8, frac_zero=1.0, frac_noise=0.0, frac_coarse=0.0)
+    x = batch()
+    r = mask_batch(cfg, x, seed=1, rank=0, step=0)["t"]
+    m = r.mask[..., None, None, None].expand(SHAPE)
+    assert (r.source[m] == 0).all()
+    assert torch.equal(r.source[~m], x["t"][~m])
+    assert r.target is x["t"]
+
+
+def test_bert_noise_blends_toward_zero_with_scaled_noise():
+    cfg = MaskingConfig(rate=1.0, frac_zero=0.0, frac_noise=1.0, frac_coarse=0.0, noise_scale=0.0)
+    x = batch()
+    r = mask_batch(cfg, x, seed=2, rank=0, step=0)["t"]
+    m = r.mask[..., None, None, None].expand(SHAPE)
+    # without noise, each masked token is (1 - w) x with one w in [0, 1) per token: same sign, smaller magnitude
+    src, orig = r.source[m], x["t"][m]
+    assert ((src * orig) >= 0).all() and (src.abs() <= orig.abs() + 1e-6).all()
+    ratio = (r.source / x["t"]).flatten(5)[r.mask]  # (K, tokens elems): constant per token
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+    noisy = mask_batch(MaskingConfig(rate=1.0, frac_zero=0.0, frac_noise=1.0, frac_coarse=0.0, noise_scale=1.0),
+                       x, seed=2, rank=0, step=0)["t"]
+    assert not torch.allclose((noisy.source / x["t"]).flatten(5)[noisy.mask][:, 0],
+                              (noisy.source / x["t"]).flatten(5)[noisy.mask][:, 1])
+
+
+def test_bert_coarsening_keeps_constant_tokens_and_smooths_others():
+    cfg = MaskingConfig(rate=1.0, frac_zero=0.0, frac_noise=0.0, frac_coarse=1.0, coarse_factor=3)
+    const = torch.full(SHAPE, 2.5)
+    r = mask_batch(cfg, {"t": const}, seed=0, rank=0, step=0)["t"]
+    assert torch.allclose(r.source, const)
+    x = batch()["t"]
+    r = mask_batch(cfg, {"t": x}, seed=0, rank=0, step=0)["t"]
+    changed = tok_changed(r.source, x)
+    assert torch.equal(changed, r.mask)
+    # coarsening by 3 leaves one value per time step of a 3 x 3 token: no spatial variance left
+    var_in = x.flatten(6).var(-1)[r.mask].mean()
+    var_out = r.source.flatten(6).var(-1)[r.mask].mean()
+    assert var_out < 1e-6 * var_in
+
+
+def test_forecast_masks_last_time_tokens_of_every_level():
+    x = batch()
+    r = mask_batch(MaskingConfig(strategy="forecast", forecast_tokens=2), x, seed=0, rank=0, step=0)
+    for k in x:
+        assert r[k].mask[:, :, 2:].all() and not r[k].mask[:, :, :2].any()
+        assert (r[k].source[:, :, 2:] == 0).all() and torch.equal(r[k].source[:, :, :2], x[k][:, :, :2])
+    with pytest.raises(ConfigError, match="forecast_tokens"):
+        mask_batch(MaskingConfig(strategy="forecast", forecast_tokens=5), x, seed=0, rank=0, step=0)
+
+
+def test_temporal_interpolation_masks_middle_tokens():
+    x = batch()
+    r = mask_batch(MaskingConfig(strategy="temporal_interpolation"), x, seed=0, rank=0, step=0)["u"]
+    assert r.mask[:, :, 2].all() and not r.mask[:, :, [0, 1, 3]].any()
+    assert (r.source[:, :, 2] == 0).all()
+    r = mask_batch(MaskingConfig(strategy="temporal_interpolation", interp_tokens=2), x, seed=0, rank=0, step=0)["u"]
+    assert r.mask[:, :, 1:3].all() and not r.mask[:, :, [0, 3]].any()
+
+
+def test_identity_masks_nothing():
+    x = batch()
+    r = mask_batch(MaskingConfig(strategy="identity"), x, seed=0, rank=0, step=0)["t"]
+    assert not r.mask.any() and torch.equal(r.source, x["t"])
+
+
+def test_synced_masks_are_shared_across_fields_and_levels():
+    x = batch()
+    r = mask_batch(MaskingConfig(synced=True, rate=0.7), x, seed=5, rank=0, step=1)
+    assert torch.equal(r["t"].mask, r["u"].mask)
+    assert torch.equal(r["t"].mask[:, 0], r["t"].mask[:, 1])
+    unsynced = mask_batch(MaskingConfig(rate=0.7), x, seed=5, rank=0, step=1)
+    assert not torch.equal(unsynced["t"].mask, unsynced["u"].mask)
+    odd = {"t": x["t"], "v": torch.zeros(6, 1, 2, 3, 5, 4, 3, 3)}
+    with pytest.raises(ConfigError, match="synced"):
+        mask_batch(MaskingConfig(synced=True), odd, seed=0, rank=0, step=0)
+
+
+def test_nan_inputs_do_not_spread_into_noise():
+    x = batch()["t"].clone()
+    x[0, 0, 0, 0, 0] = float("nan")  # one NaN token (e.g. land)
+    cfg = MaskingConfig(rate=1.0, frac_zero=0.0, frac_noise=1.0, frac_coarse=0.0)
+    r = mask_batch(cfg, {"t": x}, seed=0, rank=0, step=0)["t"]
+    nan_tokens = torch.isnan(r.source).flatten(5).any(-1)
+    assert nan_tokens.sum() <= 1
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="masking.strategy"):
+        MaskingConfig(strategy="random")
+    with pytest.raises(ConfigError, match="masking.rate"):
+        MaskingConfig(rate=1.5)
+    with pytest.raises(ConfigError, match="masking.coarse_factor"):
+        MaskingConfig(coarse_factor=0)
+    with pytest.raises(ConfigError, match="step"):
+        mask_generator(0, 0, -1)
+    assert MaskingConfig().to_dict()["strategy"] == "BERT"
+
+
+def test_inputs_are_not_modified():
+    x = batch()
+    copy = {k: v.clone() for k, v in x.items()}
+    mask_batch(MaskingConfig(rate=1.0, frac_noise=1.0, frac_coarse=1.0), x, seed=0, rank=0, step=0)
+    for k in x:
+        assert torch.equal(x[k], copy[k])
+
+
+@pytest.mark.gpu
+def test_masks_on_the_gpu_are_deterministic():
+    x = batch("cuda")
+    cfg = MaskingConfig(rate=0.8, frac_noise=0.5, frac_coarse=0.5)
+    a = mask_batch(cfg, x, seed=1, rank=0, step=2)
+    b = mask_batch(cfg, x, seed=1, rank=0, step=2)
+    assert a["t"].mask.device.type == "cuda"
+    assert torch.equal(a["t"].source, b["t"].source) and torch.equal(a["u"].mask, b["u"].mask)
