@@ -72,6 +72,12 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
             raise ConfigError(f"fields.{f.name}: not in store {store.path}; it has {list(store.fields)}")
         level_indices(store, f.name, f.levels)
         info = store.fields[f.name]
+        packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
+        if packed:
+            raise ConfigError(
+                f"fields.{f.name}: stored packed (attributes {packed}); fastload reads stored values as they are "
+                "and does not unpack them. Convert the store to floats first (fastload convert)"
+            )
         if by > g.ny:
             raise ConfigError(
                 f"fields.{f.name}: the sample box spans {by} grid points in latitude (num_tokens "

@@ -98,3 +98,15 @@ def test_level_indices(pv, ar):
         pv.level_indices("t", [1000])
     with pytest.raises(ConfigError, match="not in store"):
         pv.level_indices("nope", [1])
+
+
+def test_packed_field_refused(tmp_path):
+    import json
+
+    make_per_variable(tmp_path / "s.zarr")
+    f = tmp_path / "s.zarr" / "sp" / ".zattrs"
+    attrs = json.loads(f.read_text())
+    f.write_text(json.dumps({**attrs, "scale_factor": 0.5, "add_offset": 1000.0}))
+    s = open_store(tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match=r"fields\.sp: stored packed \(attributes \['add_offset', 'scale_factor'\]\)"):
+        s.check(_cfg(_f("sp")))
