@@ -1,0 +1,215 @@
+"""fastload.extract on real (tiny) zarr stores against the arrays that were written, read with plain NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastload.config import FieldConfig, SamplingConfig, StreamConfig
+from fastload.errors import ConfigError
+from fastload.extract import extract
+from fastload.norm import Normalizer
+from fastload.sampling.geometry import box_to_tokens, tile_grid
+from fastload.stats import StatsConfig, compute_stats
+from fastload.store import open_store
+
+from .stores import make_atmorep, make_curvilinear
+from .stores import make_per_variable as _make_per_variable
+
+
+def make_per_variable(path, **kw):
+    """The test store with the shape these tests assume, whatever the helper's defaults."""
+    kw = {"levels": (500.0, 850.0, 1000.0), "chunks": (2, 1, 4, 6), "ny": 9, "nx": 16, **kw}
+    return _make_per_variable(path, **kw)
+
+
+def crop(a: np.ndarray, boxes, box, *, levels=None, periodic=True, dt=1, has_time=True) -> np.ndarray:
+    """(B, L, T, H, W) from a (t, [l], y, x) truth array with NumPy fancy indexing."""
+    T, H, W = box
+    nx = a.shape[-1]
+    out = []
+    for t0, y0, x0 in boxes:
+        x = x0 + np.arange(W)
+        if periodic:
+            x %= nx
+        v = a
+        if has_time:
+            v = v[t0 + np.arange(T) * dt]
+        else:
+            v = np.broadcast_to(v, (T, *v.shape))
+        if levels is None:
+            v = v[:, None]
+        else:
+            v = v[:, levels]
+        v = v[:, :, y0:y0 + H][..., x]
+        out.append(v.transpose(1, 0, 2, 3))
+    return np.stack(out)
+
+
+def tokens(x: np.ndarray, f: FieldConfig) -> np.ndarray:
+    return box_to_tokens(x, f.token_size)
+
+
+@pytest.mark.parametrize("fmt,sharded", [(2, False), (3, True)])
+def test_per_variable_store_raw_values(tmp_path, fmt, sharded):
+    truth = make_per_variable(tmp_path / "s.zarr", zarr_format=fmt, sharded=sharded, nt=7, ny=9, nx=16)
+    store = open_store(tmp_path / "s.zarr")
+    fields = [
+        FieldConfig(name="t", levels=(1000.0, 500.0), num_tokens=(2, 2, 2), token_size=(2, 2, 3), normalization="none"),
+        FieldConfig(name="q", levels=(850.0,), num_tokens=(1, 4, 1), token_size=(4, 1, 6), normalization="none"),
+        FieldConfig(name="sp", num_tokens=(2, 1, 3), token_size=(2, 4, 2), normalization="none"),
+        FieldConfig(name="orog", num_tokens=(4, 1, 2), token_size=(1, 4, 3), normalization="none"),
+    ]
+    cfg = SamplingConfig(fields=fields, time_step=1)
+    boxes = np.array([[0, 0, 13], [3, 5, 0], [1, 2, 15], [3, 5, 12]])  # seam, last rows, end of time
+    got = extract(store, cfg, boxes)
+    ref = extract(store, cfg, boxes, jit=False)
+    lev = {"t": [2, 0], "q": [1]}
+    for f in fields:
+        d = got[f.name].data
+        assert d.shape == (4, *f.sample_shape) and d.dtype == np.float32
+        assert np.array_equal(d, ref[f.name].data, equal_nan=True)
+        want = crop(truth[f.name], boxes, f.box, levels=lev.get(f.name), has_time=f.name != "orog")
+        assert np.array_equal(d, tokens(want, f), equal_nan=True), f.name
+    q0 = got["q"].data[0]  # (L, nt=1, nlat, nlon, tt=4, tlat, tlon); q's first time chunk (2 steps) is missing
+    assert np.isnan(q0[..., :2, :, :]).all() and not np.isnan(q0[..., 2:, :, :]).any()
+    # metadata: token centres from the coordinates, time of the first step
+    m = got["t"].meta
+    lat, lon = truth["latitude"], truth["longitude"]
+    assert np.allclose(m.lat[1, :, 0], [lat[5:7].mean(), lat[7:9].mean()])
+    assert np.allclose(m.lon[0, 0], [(lon[13:16].mean()), (lon[[0, 1, 2]].mean())])
+    assert np.array_equal(m.time[2], truth["time"][[1, 3]])
+    assert np.array_equal(m.level, [1000.0, 500.0])
+    assert np.isnan(got["sp"].meta.level).all()
+
+
+def test_atmorep_store_fields_share_chunks(tmp_path):
+    truth = make_atmorep(tmp_path / "a.zarr", nt=6, ny=9, nx=16)
+    store = open_store(tmp_path / "a.zarr")
+    fields = [
+        FieldConfig(name="temperature", levels=(137, 96, 114), num_tokens=(2, 1, 2), token_size=(2, 3, 4),
+                    normalization="none"),
+        FieldConfig(name="velocity_u", levels=(105,), num_tokens=(1, 3, 1), token_size=(4, 1, 8), normalization="none"),
+        FieldConfig(name="msl", num_tokens=(2, 1, 4), token_size=(2, 3, 2), normalization="none"),
+    ]
+    cfg = SamplingConfig(fields=fields)
+    boxes = np.array([[0, 6, 12], [2, 0, 3]])
+    got = extract(store, cfg, boxes)
+    levels = list(truth["levels"])
+    for f in fields:
+        if f.name == "msl":
+            src, lv = truth["data_sfc"][:, truth["sfc_fields"].index("msl")], None
+        else:
+            src = truth["data"][:, truth["fields"].index(f.name)]
+            lv = [levels.index(v) for v in f.levels]
+        assert np.array_equal(got[f.name].data, tokens(crop(src, boxes, f.box, levels=lv), f)), f.name
+
+
+def test_curvilinear_store_with_land_nans(tmp_path):
+    truth = make_curvilinear(tmp_path / "c.zarr", nt=4, ny=7, nx=10)
+    store = open_store(tmp_path / "c.zarr")
+    f = FieldConfig(name="thetao", levels=(50.0, 5.0), num_tokens=(2, 2, 2), token_size=(1, 3, 3), normalization="none")
+    cfg = SamplingConfig(fields=[f], time_step=2)
+    boxes = np.array([[0, 0, 7], [1, 1, 2]])
+    got = extract(store, cfg, boxes)["thetao"]
+    want = crop(truth["thetao"], boxes, f.box, levels=[1, 0], dt=2)
+    assert np.array_equal(got.data, tokens(want, f), equal_nan=True)
+    assert np.isnan(got.data).any()
+    # token centres from the 2-D coordinates
+    ys, xs = np.arange(0, 3), (7 + np.arange(3)) % 10
+    assert np.isclose(got.meta.lat[0, 0, 0], truth["latitude"][np.ix_(ys, xs)].mean())
+    lon = truth["longitude"][np.ix_(ys, xs)]
+    unwrapped = lon[0, 0] + ((lon - lon[0, 0] + 180) % 360 - 180)
+    assert np.isclose(got.meta.lon[0, 0, 0], unwrapped.mean() % 360)
+    assert np.array_equal(got.meta.time[1], truth["time"][[1, 3]])
+
+
+def test_regional_store_clamps_and_rejects_boxes_past_the_edge(tmp_path):
+    truth = make_per_variable(tmp_path / "r.zarr", regional=True, nt=4, ny=9, nx=16)
+    store = open_store(tmp_path / "r.zarr")
+    assert not store.grid.periodic_x
+    f = FieldConfig(name="sp", num_tokens=(1, 1, 2), token_size=(2, 3, 4), normalization="none")
+    cfg = SamplingConfig(fields=[f])
+    got = extract(store, cfg, [[2, 6, 8]])["sp"].data
+    assert np.array_equal(got, tokens(crop(truth["sp"], [[2, 6, 8]], f.box, periodic=False), f))
+    with pytest.raises(ConfigError, match=r"x0 = 9 is outside \[0, 8\]"):
+        extract(store, cfg, [[0, 0, 9]])
+
+
+def test_normalised_fields_match_the_formula(tmp_path):
+    truth = make_per_variable(tmp_path / "s.zarr", nt=6, ny=9, nx=16, missing_chunk=False)
+    store = open_store(tmp_path / "s.zarr")
+    npath = compute_stats(store, tmp_path / "n.zarr", StatsConfig(transforms={"q": "log1p"}, progress=False))
+    norm = Normalizer(npath)
+    fields = [
+        FieldConfig(name="t", levels=(850.0, 500.0), num_tokens=(1, 1, 2), token_size=(2, 3, 4), normalization="local"),
+        FieldConfig(name="q", levels=(1000.0,), num_tokens=(2, 1, 1), token_size=(1, 3, 8), normalization="local",
+                    transform="log1p"),
+        FieldConfig(name="sp", num_tokens=(1, 3, 1), token_size=(2, 1, 8), normalization="global"),
+    ]
+    cfg = SamplingConfig(fields=fields, norm_path=str(npath))
+    boxes = np.array([[0, 0, 12], [4, 6, 3]])
+    got = extract(store, cfg, boxes)  # coefficients from config.norm_path
+    again = extract(store, cfg, boxes, norm=norm, jit=False)
+    lev = {"t": [1, 0], "q": [2]}
+    for f in fields:
+        raw = crop(truth[f.name], boxes, f.box, levels=lev.get(f.name)).astype(np.float32)  # (B, L, T, H, W)
+        if f.transform == "log1p":
+            raw = np.log1p(raw.astype(np.float64)).astype(np.float32)
+        mean, std = norm.coefficients(f.name, f.normalization, f.levels, [0])  # all times are in January
+        if f.normalization == "global":
+            mu, sd = mean[0][None, :, None], std[0][None, :, None]
+        else:
+            x = [(x0 + np.arange(f.box[2])) % 16 for _, _, x0 in boxes]
+            mu = np.stack([mean[0][:, y0:y0 + f.box[1]][..., xi] for (_, y0, _), xi in zip(boxes, x)])[:, :, None]
+            sd = np.stack([std[0][:, y0:y0 + f.box[1]][..., xi] for (_, y0, _), xi in zip(boxes, x)])[:, :, None]
+        want = tokens((raw - mu) / sd, f)
+        assert np.array_equal(got[f.name].data, want), f.name
+        assert np.array_equal(again[f.name].data, want), f.name
+        assert abs(float(np.mean(got[f.name].data))) < 3.0  # normalised: of order one
+
+
+def test_bfloat16_torch_output_is_the_rounded_float32(tmp_path):
+    make_per_variable(tmp_path / "s.zarr", nt=4, ny=9, nx=16)
+    store = open_store(tmp_path / "s.zarr")
+    f = FieldConfig(name="t", levels=(500.0,), num_tokens=(1, 1, 2), token_size=(2, 3, 4), normalization="none")
+    boxes = [[0, 1, 14], [2, 6, 0]]
+    f32 = extract(store, SamplingConfig(fields=[f]), boxes)["t"].data
+    for dt, torch_dt in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        out = extract(store, SamplingConfig(fields=[f], out_dtype=dt), boxes, as_torch=True)["t"].data
+        assert isinstance(out, torch.Tensor) and out.dtype == torch_dt
+        assert torch.equal(out, torch.from_numpy(f32).to(torch_dt))
+    bits = extract(store, SamplingConfig(fields=[f], out_dtype="float16"), boxes)["t"].data
+    assert bits.dtype == np.uint16 and np.array_equal(bits.view(np.float16), f32.astype(np.float16))
+
+
+def test_global_tiling_extracts_and_stitches_back(tmp_path):
+    truth = make_per_variable(tmp_path / "s.zarr", nt=3, ny=9, nx=16)
+    store = open_store(tmp_path / "s.zarr")
+    from fastload.sampling.geometry import GridExtent, stitch, tokens_to_box
+
+    f = FieldConfig(name="t", levels=(500.0, 850.0), num_tokens=(1, 2, 2), token_size=(1, 3, 3), normalization="none")
+    til = tile_grid(GridExtent.from_store(store), f.num_tokens, f.token_size, overlap=(1, 1), t0=2)
+    data = extract(store, SamplingConfig(fields=[f]), til.boxes)["t"].data  # (n, L, 1, 2, 2, 1, 3, 3)
+    grid = stitch(tokens_to_box(data), til)  # (L, 1, NY, NX)
+    assert np.allclose(grid[:, 0], truth["t"][2, [0, 1]], rtol=1e-6)
+
+
+def test_errors_name_what_is_wrong(tmp_path):
+    make_per_variable(tmp_path / "s.zarr", nt=4, ny=9, nx=16)
+    store = open_store(tmp_path / "s.zarr")
+    f = FieldConfig(name="t", levels=(500.0,), num_tokens=(1, 1, 1), token_size=(2, 3, 4), normalization="local")
+    with pytest.raises(ConfigError, match=r"fields \['t'\] normalise but no coefficients"):
+        extract(store, SamplingConfig(fields=[f]), [[0, 0, 0]])
+    g = FieldConfig(name="t", levels=(500.0,), num_tokens=(1, 1, 1), token_size=(2, 3, 4), normalization="none")
+    with pytest.raises(ConfigError, match=r"t0 = 3 is outside \[0, 2\]"):
+        extract(store, SamplingConfig(fields=[g]), [[3, 0, 0]])
+    with pytest.raises(ConfigError, match="700"):
+        extract(store, SamplingConfig(fields=[FieldConfig(name="t", levels=(700.0,), num_tokens=(1, 1, 1),
+                                                          token_size=(1, 1, 1), normalization="none")]), [[0, 0, 0]])
+    streams = SamplingConfig(fields=[FieldConfig(name="t", levels=(500.0,), num_tokens=(1, 1, 1), token_size=(1, 1, 1),
+                                                 normalization="none", stream="a")],
+                             streams=[StreamConfig(name="a", path=str(tmp_path / "s.zarr"))])
+    with pytest.raises(ConfigError, match="one store"):
+        extract(store, streams, [[0, 0, 0]])
