@@ -94,6 +94,34 @@ class NextUse:
             self._ahead.setdefault(key, set()).add(int(step))
 
 
+class _FreeSlots:
+    """Free slot numbers: the never-used ones as a counter (arenas may have many slots), then a list."""
+
+    __slots__ = ("_fresh", "_n", "_back")
+
+    def __init__(self, n: int):
+        self._fresh = 0
+        self._n = int(n)
+        self._back: list[int] = []
+
+    def __len__(self) -> int:
+        return self._n - self._fresh + len(self._back)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def pop(self) -> int:
+        if self._back:
+            return self._back.pop()
+        if self._fresh >= self._n:
+            raise IndexError("no free slot")
+        self._fresh += 1
+        return self._fresh - 1
+
+    def append(self, slot: int) -> None:
+        self._back.append(slot)
+
+
 @dataclass(slots=True, eq=False)
 class _Entry:
     key: Key
@@ -166,7 +194,7 @@ class ChunkCache:
         for a, arr in self._arena.items():
             if arr.shape[0] < 1:
                 raise ValueError(f"cache arena of array {a!r} needs at least one slot")
-        self._free = {a: list(range(arr.shape[0] - 1, -1, -1)) for a, arr in self._arena.items()}
+        self._free = {a: _FreeSlots(arr.shape[0]) for a, arr in self._arena.items()}
         self._unpinned = dict.fromkeys(self._arena, 0)  # ready entries with no pins
         self._heap: dict[str, list] = {a: [] for a in self._arena}  # (-next_use, seq, version, entry)
         self._table: dict[Key, _Entry] = {}

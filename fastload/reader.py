@@ -147,6 +147,9 @@ def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_
         log.warning("fastload: cache_bytes=%d is below the %d bytes of decoded chunks one sample needs; using %d",
                     budget, need, need)
     slots = size_arenas(budget, nbytes, minimum)
+    for a in slots:  # never more slots than the array has chunks
+        total = int(np.prod(store.arrays[a].grid_shape))
+        slots[a] = max(minimum[a], min(slots[a], total))
     capacity = {a: max(bound[a], slots[a] // max(1, workers)) for a in slots}
     return CacheLayout(slots=slots, capacity=capacity, nbytes=sum(slots[a] * nbytes[a] for a in slots))
 

@@ -1,0 +1,222 @@
+"""fastload.Loader (thread mode): batches equal an independent NumPy reference and fastload.extract across layouts,
+zarr formats, sharding and grids; exact resume; epochs; buffer lifetime; counters; clean close."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fastload.config import LoaderConfig
+from fastload.errors import ConfigError, LoaderClosedError
+from fastload.extract import extract
+from fastload.loader import Batch, Loader, LoaderDataset
+from fastload.store import open_store
+from tests.fastload.loader_ref import build, reference
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def _ours() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    gc.collect()
+    assert _ours() == []
+
+
+@pytest.mark.parametrize(
+    "kind,fmt,sharded,regional,codec",
+    [
+        ("per_variable", 2, False, False, "blosc-lz4"),
+        ("per_variable", 3, True, False, "zstd"),
+        ("per_variable", 3, False, True, "gzip"),
+        ("atmorep", 2, False, True, "lz4"),
+        ("atmorep", 3, True, False, "none"),
+    ],
+)
+def test_batches_equal_reference(tmp_path, kind, fmt, sharded, regional, codec):
+    truth, cfg = build(kind, tmp_path / "s.zarr", zarr_format=fmt, sharded=sharded, regional=regional, codec=codec)
+    store = open_store(tmp_path / "s.zarr")
+    # a cache this small forces evictions and splits batches into several steps
+    with Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, cache_bytes=40_000, seed=3) as loader:
+        assert len(loader) == 6
+        n = 0
+        for i, batch in enumerate(loader):
+            assert isinstance(batch, Batch) and batch.index == i and len(batch) == 4
+            ref = reference(truth, cfg, batch.boxes.numpy(), periodic=not regional)
+            for f in cfg.field_names:
+                assert batch[f].shape == (4, *cfg.field(f).sample_shape)
+                np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+            if i == 0:
+                ext = extract(store, cfg, batch.boxes.numpy())
+                for f in cfg.field_names:
+                    np.testing.assert_array_equal(batch[f].numpy(), ext[f].data)
+                    np.testing.assert_array_equal(batch.meta[f]["lat"].numpy(), ext[f].meta.lat.astype(np.float32))
+            n += 1
+        assert n == 6
+        assert loader.stats.samples == 24 and loader.stats.hits + loader.stats.misses == loader.stats.chunks
+
+
+def test_boxes_are_this_epochs_plan(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=16, seed=5) as loader:
+        boxes = np.concatenate([b.boxes.numpy() for b in loader])
+        np.testing.assert_array_equal(boxes, loader.epoch_boxes(0))
+        assert loader.epoch == 1  # a finished epoch advances
+        again = np.concatenate([b.boxes.numpy() for b in loader])
+        np.testing.assert_array_equal(again, loader.epoch_boxes(1))
+        assert not np.array_equal(again, boxes)
+        loader.set_epoch(0)
+        np.testing.assert_array_equal(np.concatenate([b.boxes.numpy() for b in loader]), boxes)
+
+
+def test_time_step_windows_bfloat16(tmp_path):
+    truth, cfg = build("atmorep", tmp_path / "s.zarr", nt=12, time_step=2, out_dtype="bfloat16")
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=12, samples_per_window=3, workers=1,
+                batch_size=3) as loader:
+        for batch in loader:
+            b = batch.boxes.numpy()
+            assert len(set(b[:, 0].tolist())) == 1  # one time window per batch of 3
+            ref = reference(truth, cfg, b, periodic=True)
+            for f in cfg.field_names:
+                assert batch[f].dtype == torch.bfloat16
+                want = torch.from_numpy(ref[f]).to(torch.bfloat16)
+                assert torch.equal(batch[f].view(torch.int16), want.view(torch.int16))
+
+
+def test_normalised_fields_match_reference(tmp_path):
+    from fastload.norm import Normalizer
+    from fastload.stats import compute_stats
+
+    _, cfg0 = build("per_variable", tmp_path / "s.zarr", nt=12)
+    compute_stats(str(tmp_path / "s.zarr"), tmp_path / "n.zarr")
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=12, normalization="local",
+                       norm_path=str(tmp_path / "n.zarr"))
+    months = [0]
+    norm = Normalizer(tmp_path / "n.zarr")
+    coeffs = {f.name: norm.coefficients(f.name, f.normalization, f.levels, months)
+              for f in cfg.fields if f.normalization != "none"}
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, seed=1) as loader:
+        for batch in loader:
+            ref = reference(truth, cfg, batch.boxes.numpy(), periodic=True, coefficients=coeffs, months=months)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+
+
+def test_resume_is_exact(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=3, sharded=True)
+    kw = dict(samples_per_epoch=28, workers=2, prefetch=3, cache_bytes=60_000, seed=11)
+    with Loader(tmp_path / "s.zarr", cfg, **kw) as full:
+        full.set_epoch(2)
+        want = [(b.boxes.clone(), {f: b[f].clone() for f in cfg.field_names}) for b in full]
+    with Loader(tmp_path / "s.zarr", cfg, **kw) as first:
+        first.set_epoch(2)
+        it = iter(first)
+        for _ in range(3):
+            next(it)
+        state = first.state_dict()
+        assert (state["epoch"], state["batch"]) == (2, 3)
+    with Loader(tmp_path / "s.zarr", cfg, **kw) as resumed:
+        resumed.load_state_dict(state)
+        got = list(resumed)
+    assert len(got) == len(want) - 3
+    for b, (boxes, fields) in zip(got, want[3:]):
+        assert torch.equal(b.boxes, boxes)
+        for f in cfg.field_names:
+            assert _same_bits(b[f], fields[f])
+    with Loader(tmp_path / "s.zarr", cfg, **{**kw, "seed": 12}) as other:
+        with pytest.raises(ConfigError, match="seed"):
+            other.load_state_dict(state)
+
+
+def test_kept_batches_stay_valid(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr")
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, prefetch=1, workers=2) as loader:
+        kept = list(loader)  # more batches than ring slots, all alive at once
+        assert loader._ring.reallocations > 0
+        for batch in kept:
+            ref = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+
+
+def test_each_chunk_read_once_with_a_big_cache(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    reads: dict = {}
+    real = store.chunk_bytes
+
+    def counting(array, chunk):
+        key = (array, tuple(chunk))
+        reads[key] = reads.get(key, 0) + 1
+        return real(array, chunk)
+
+    store.chunk_bytes = counting
+    with Loader(store, cfg, samples_per_epoch=40, cache_bytes=64 * 2**20) as loader:
+        stats = [b.stats for b in loader]
+    assert reads and max(reads.values()) == 1
+    assert sum(s.misses for s in stats) == len(reads)
+    nbytes = {a: store.arrays[a].chunk_nbytes for a in store.arrays}
+    assert sum(s.bytes_decoded for s in stats) == sum(nbytes[a] for a, _ in reads)
+    assert all(s.hits + s.misses == s.chunks and s.samples == 4 for s in stats)
+    assert sum(s.hits for s in stats) > 0
+
+
+def test_masking_and_dataset_adapter(tmp_path):
+    from fastload.sampling.masking import MaskingConfig
+
+    _, cfg = build("atmorep", tmp_path / "s.zarr")
+    loader = Loader(tmp_path / "s.zarr", cfg, LoaderConfig(samples_per_epoch=8, seed=2),
+                    masking=MaskingConfig(strategy="forecast"))
+    dl = torch.utils.data.DataLoader(LoaderDataset(loader), batch_size=None, num_workers=0)
+    assert len(dl) == 2
+    batches = list(dl)
+    for b in batches:
+        for f in cfg.field_names:
+            assert b.masks[f].shape == b[f].shape[:5] and b.masks[f][:, :, -1].all()
+            assert torch.all(b.sources[f][:, :, -1] == 0)
+    loader.close()
+
+
+def test_close_is_idempotent_and_final(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, prefetch=2)
+    it = iter(loader)
+    next(it)
+    assert _ours()
+    loader.close()
+    loader.close()
+    assert _ours() == []
+    with pytest.raises(LoaderClosedError):
+        iter(loader)
+
+
+def test_abandoned_iterator_and_loader_are_collected(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40)
+    next(iter(loader))  # the iterator is dropped at once
+    gc.collect()
+    assert not [n for n in _ours() if n.startswith("fastload-loader")]
+    del loader
+
+
+def test_bad_settings(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Loader(tmp_path / "s.zarr", cfg, batchsize=3)
+    with pytest.raises(ConfigError, match="prefetch"):
+        Loader(tmp_path / "s.zarr", cfg, prefetch=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            Loader(tmp_path / "s.zarr", cfg, device="cuda")
+    with pytest.raises(ConfigError, match="normalise"):
+        Loader(tmp_path / "s.zarr", build("per_variable", tmp_path / "s.zarr", normalization="global")[1])
