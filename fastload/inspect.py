@@ -475,7 +475,9 @@ def describe(store: Any, *, sizes: str = "auto") -> dict[str, Any]:
         t = np.asarray(store.time, "datetime64[ns]")
         d = np.diff(t).astype(np.int64)
         step = None if d.size == 0 else (_timedelta_str(int(d[0])) if np.all(d == d[0]) else "irregular")
-        time = {"start": str(t[0]), "end": str(t[-1]), "step": step, "length": int(t.size)}
+        unit = "s" if np.all(t.astype(np.int64) % 10**9 == 0) else "ns"
+        time = {"start": str(t[0].astype(f"datetime64[{unit}]")), "end": str(t[-1].astype(f"datetime64[{unit}]")),
+                "step": step, "length": int(t.size)}  # fmt: skip
     fields = {
         name: {
             "array": f.array, "levels": None if f.levels is None else np.asarray(f.levels).tolist(),

@@ -1,0 +1,240 @@
+"""fastload.inspect: the analytic read amplification equals a Monte-Carlo count of chunks touched by random
+samples; the recommended chunking beats whole-globe chunks; the summary matches zarr-python; CLI errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from fastload.config import FieldConfig, SamplingConfig
+from fastload.errors import ConfigError
+from fastload.inspect import (
+    describe,
+    expected_chunks,
+    format_summary,
+    main,
+    read_amplification,
+    recommend_chunks,
+)
+from fastload.store import open_store
+
+from .test_stats import write_atmorep, write_per_variable
+
+
+def _brute_expected(n, rel, c, periodic=False, weights=None):
+    rel = np.asarray(rel)
+    n_pos = n if periodic else n - rel.max()
+    w = np.ones(n_pos) if weights is None else np.asarray(weights, float)
+    counts = [len({int(i) // c for i in ((p + rel) % n if periodic else p + rel)}) for p in range(n_pos)]
+    return float(np.dot(counts, w) / w.sum())
+
+
+def test_expected_chunks_equals_enumeration():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(3, 120))
+        dt = int(rng.integers(1, 4))
+        box = int(rng.integers(1, (n - 1) // dt + 2))
+        rel = np.arange(box) * dt
+        if rel.max() >= n:
+            continue
+        c = int(rng.integers(1, n + 3))
+        periodic = bool(rng.integers(2))
+        w = rng.random(n if periodic else n - rel.max()) if rng.integers(2) else None
+        assert expected_chunks(n, rel, c, periodic=periodic, weights=w) == pytest.approx(
+            _brute_expected(n, rel, c, periodic, w), rel=1e-12
+        )
+    with pytest.raises(ConfigError, match="does not fit"):
+        expected_chunks(5, np.arange(6), 2)
+
+
+def _monte_carlo(store, config, n_samples, seed=0):
+    """Decoded bytes per sample by drawing sample positions and listing every chunk their boxes touch."""
+    rng = np.random.default_rng(seed)
+    bt, by, bx = config.box
+    span = (bt - 1) * config.time_step + 1
+    grid = store.grid
+    ny, nx, nt = grid.ny, grid.nx, len(store.time)
+    n_y = ny - by + 1
+    p_y = np.ones(n_y)
+    if config.centers == "coslat":
+        p_y = np.cos(np.deg2rad(np.asarray(grid.lat)[np.arange(n_y) + by // 2]))
+    p_y = p_y / p_y.sum()
+    useful = 0
+    for f in config.fields:
+        info = store.fields[f.name]
+        useful += f.num_levels * (bt if info.has_time else 1) * by * bx * store.arrays[info.array].dtype.itemsize
+    decoded = np.zeros(n_samples)
+    per_axis_counts: dict[str, np.ndarray] = {}
+    t0s = rng.integers(0, nt - span + 1, n_samples)
+    y0s = rng.choice(n_y, size=n_samples, p=p_y)
+    x0s = rng.integers(0, nx if grid.periodic_x else nx - bx + 1, n_samples)
+    for s, (t0, y0, x0) in enumerate(zip(t0s, y0s, x0s)):
+        ts, ys, xs = t0 + np.arange(bt) * config.time_step, y0 + np.arange(by), (x0 + np.arange(bx)) % nx
+        touched: dict[str, set] = {}
+        for f in config.fields:
+            info = store.fields[f.name]
+            arr = store.arrays[info.array]
+            per_axis = [None] * len(arr.shape)
+            t_ax, f_ax, l_ax, y_ax, x_ax = info.axes
+            if t_ax is not None:
+                per_axis[t_ax] = ts // arr.chunks[t_ax]
+            if f_ax is not None:
+                per_axis[f_ax] = [info.field_index // arr.chunks[f_ax]]
+            if l_ax is not None:
+                per_axis[l_ax] = store.level_indices(f.name, f.levels) // arr.chunks[l_ax]
+            per_axis[y_ax], per_axis[x_ax] = ys // arr.chunks[y_ax], xs // arr.chunks[x_ax]
+            sets = [set(np.ravel(a).tolist()) for a in per_axis]
+            touched.setdefault(info.array, set()).update(itertools.product(*sets))
+        decoded[s] = sum(len(c) * store.arrays[a].chunk_nbytes for a, c in touched.items())
+        for a, c in touched.items():  # distinct chunks touched along each axis
+            axes = per_axis_counts.setdefault(a, np.zeros((n_samples, len(store.arrays[a].shape))))
+            axes[s] = [len({k[i] for k in c}) for i in range(axes.shape[1])]
+    return decoded, useful, per_axis_counts
+
+
+def _cfg(fields, box_tokens=(2, 2, 2), token=(2, 2, 3), **kw):
+    return SamplingConfig(
+        fields=tuple(FieldConfig(name=n, levels=lv, num_tokens=box_tokens, token_size=token) for n, lv in fields), **kw
+    )
+
+
+CASES = {
+    "per_variable_global": dict(store="pv", fields=[("temperature", (96, 114)), ("precip", None)]),
+    "per_variable_coslat_step2": dict(store="pv", fields=[("temperature", (105,))], time_step=2, centers="coslat"),
+    "regional": dict(store="regional", fields=[("temperature", (96, 105, 114))]),
+    "atmorep": dict(store="atmorep", fields=[("t", (96, 114)), ("q", (105,))]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_amplification_matches_monte_carlo(tmp_path, case):
+    spec = dict(CASES[case])
+    kind = spec.pop("store")
+    if kind == "atmorep":
+        write_atmorep(tmp_path / "s.zarr", nt=40, ny=9, nx=14, chunks=(5, 1, 2, 4, 5))
+    else:
+        write_per_variable(tmp_path / "s.zarr", regional=kind == "regional", nx=14, nan_frac=0)
+    store = open_store(str(tmp_path / "s.zarr"))
+    config = _cfg(spec.pop("fields"), **spec)
+    amp = read_amplification(store, config)
+    decoded, useful, per_axis = _monte_carlo(store, config, 2000)
+    assert amp.useful_bytes == useful
+    se = decoded.std() / np.sqrt(decoded.size)
+    assert abs(decoded.mean() - amp.decoded_bytes) < 4 * se + 1e-9 * useful, (decoded.mean(), amp.decoded_bytes, se)
+    for part in amp.arrays:  # per axis, where the variance is small
+        counts = per_axis[part.array]
+        se_axis = counts.std(axis=0) / np.sqrt(counts.shape[0])
+        np.testing.assert_array_less(np.abs(counts.mean(axis=0) - part.chunks_per_axis), 4 * se_axis + 1e-9)
+    assert amp.amplification == pytest.approx(amp.decoded_bytes / useful)
+    # evaluating explicit chunks gives the same numbers as the store's own chunking
+    same = read_amplification(store, config, chunks={a.array: a.chunks for a in amp.arrays})
+    assert same.amplification == pytest.approx(amp.amplification)
+
+
+def _era5_like(path, chunks):
+    """Metadata-only ERA5-like store (0.25 deg, one year hourly, 5 levels): chunks are never written."""
+    nt, ny, nx = 8760, 721, 1440
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.create_array("temperature", shape=(nt, 5, ny, nx), chunks=chunks, dtype="f4", fill_value=np.nan,
+                   dimension_names=("time", "level", "latitude", "longitude"))  # fmt: skip
+    for name, values, attrs in (
+        ("time", np.arange(nt, dtype="i8"), {"units": "hours since 2000-01-01", "calendar": "standard"}),
+        ("level", np.array([96, 105, 114, 123, 137], "f8"), {"level_type": "model"}),
+        ("latitude", np.linspace(90, -90, ny), {}),
+        ("longitude", np.arange(nx) * 0.25, {}),
+    ):
+        a = g.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=(name,), attributes=attrs)
+        a[...] = values
+
+
+def test_recommendation_beats_whole_globe_chunks(tmp_path):
+    _era5_like(tmp_path / "era5.zarr", chunks=(8, 5, 721, 1440))  # the reference setup's chunking, one field
+    store = open_store(str(tmp_path / "era5.zarr"))
+    config = SamplingConfig(fields=(FieldConfig(name="temperature", levels=(96, 105, 114, 123, 137),
+                                                num_tokens=(12, 6, 12), token_size=(3, 9, 9)),))  # fmt: skip
+    amp = read_amplification(store, config)
+    assert amp.amplification > 100 and amp.warnings and "temperature" in amp.warnings[0]
+    rec = recommend_chunks(store, config)["temperature"]
+    assert rec.current_amplification == pytest.approx(amp.amplification)
+    assert rec.amplification < amp.amplification / 20
+    again = read_amplification(store, config, chunks={"temperature": rec.chunks})
+    assert again.amplification == pytest.approx(rec.amplification) and not again.warnings
+    assert 256 * 2**10 <= rec.chunk_nbytes <= 64 * 2**20
+    # it is the cheapest of a grid of alternatives under the same cost model
+    overhead = 0.4e-3 * 3.3e9
+
+    def cost(ch):
+        a = read_amplification(store, config, chunks={"temperature": ch}).arrays[0]
+        return a.chunks_per_sample * (a.chunk_nbytes + overhead)
+
+    best = cost(rec.chunks)
+    for ch in itertools.product((6, 12, 36, 72), (1, 5), (45, 90, 180), (90, 180, 360)):
+        if 256 * 2**10 <= np.prod(ch) * 4 <= 64 * 2**20:
+            assert best <= cost(ch) * (1 + 1e-9), ch
+
+
+def test_recommendation_small_store(tmp_path):
+    write_per_variable(tmp_path / "s.zarr", ny=16, nx=32, chunks=(4, 3, 16, 32), nan_frac=0)  # whole-globe chunks
+    store = open_store(str(tmp_path / "s.zarr"))
+    config = _cfg([("temperature", (105,))], token=(1, 2, 4))
+    rec = recommend_chunks(store, config, overhead_bytes=64, min_chunk_bytes=16)["temperature"]
+    assert rec.amplification < rec.current_amplification
+    with pytest.raises(ConfigError, match="no chunking"):
+        recommend_chunks(store, config, min_chunk_bytes=8, max_chunk_bytes=4)
+
+
+def test_describe_matches_zarr(tmp_path):
+    write_per_variable(tmp_path / "s.zarr", fmt=2, regional=True)
+    store = open_store(str(tmp_path / "s.zarr"))
+    d = describe(store)
+    z = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    arr = z["temperature"]
+    meta = sum((tmp_path / "s.zarr" / "temperature" / f).stat().st_size for f in (".zarray", ".zattrs"))
+    a = d["arrays"]["temperature"]
+    assert a["stored_bytes"] == arr.nbytes_stored() - meta
+    assert a["decoded_bytes"] == arr.nbytes and a["chunks"] == [7, 1, 4, 5] and a["shape"] == [44, 3, 9, 12]
+    assert a["compression_ratio"] == pytest.approx(arr.nbytes / a["stored_bytes"])
+    assert d["zarr_format"] == 2 and d["layout"] == "per_variable"
+    assert d["grid"]["shape"] == [9, 12] and not d["grid"]["global"] and d["grid"]["lat_order"] == "north-to-south"
+    assert d["grid"]["resolution_deg"] == [20.0, 2.0]
+    end = (pd.Timestamp("2000-01-25") + pd.Timedelta(hours=6 * 43)).isoformat()
+    assert d["time"] == {"start": "2000-01-25T00:00:00", "end": end, "step": "6h", "length": 44}
+    assert d["fields"]["temperature"]["levels"] == [96.0, 105.0, 114.0]
+    assert not d["fields"]["orography"]["has_time"]
+    assert describe(store, sizes="never")["arrays"]["temperature"]["stored_bytes"] is None
+    text = format_summary(d)
+    for s in ("per_variable", "regional", "temperature", "6h", "44 steps", "orography (static)"):
+        assert s in text
+
+
+def test_cli(tmp_path, capsys):
+    write_per_variable(tmp_path / "s.zarr", ny=16, nx=32, chunks=(4, 3, 16, 32))
+    cfg = _cfg([("temperature", (105,))], token=(1, 2, 4))
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    assert main(["--help"]) == 0
+    assert "--config" in capsys.readouterr().out
+    assert main([str(tmp_path / "s.zarr")]) == 0
+    assert "temperature" in capsys.readouterr().out
+    assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "c.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "read amplification" in out and "recommended chunking" in out and "WARNING" in out
+    assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "c.toml"), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["recommendation"]["temperature"]["amplification"] == pytest.approx(j["recommended_amplification"])
+    assert j["amplification"]["arrays"][0]["amplification"] == pytest.approx(j["amplification"]["amplification"])
+    assert j["arrays"]["temperature"]["chunks"] == [4, 3, 16, 32]
+    # bad input: message on stderr, non-zero status
+    assert main([str(tmp_path / "missing.zarr")]) != 0
+    assert "missing.zarr" in capsys.readouterr().err
+    assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "none.toml")]) != 0
+    assert "none.toml" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text(_cfg([("humidity", (105,))]).to_toml())
+    assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "bad.toml")]) != 0
+    assert "humidity" in capsys.readouterr().err
+    assert main([]) != 0
