@@ -120,6 +120,7 @@ class AtmoRepPeer(BasePeer):
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
         self._iter: Any = None
+        import zarr  # noqa: F401  (imported here, forked workers inherit it instead of importing it each)
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         from torch.utils.data import DataLoader

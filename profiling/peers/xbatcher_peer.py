@@ -112,6 +112,9 @@ class XbatcherPeer(BasePeer):
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
         self._iter: Any = None
+        import dask.array  # noqa: F401  (imported here, as a user's script would, so forked workers inherit them)
+        import xarray  # noqa: F401
+        import xbatcher  # noqa: F401
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         from torch.utils.data import DataLoader

@@ -12,6 +12,7 @@ the ``zarrs`` package (set in every worker), which decodes the chunks of one req
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -92,6 +93,10 @@ class ZarrDataLoaderPeer(BasePeer):
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
         self._iter: Any = None
+        import zarr  # noqa: F401  (imported here, forked workers inherit it instead of importing it each)
+
+        if self.pipeline is not None:
+            importlib.import_module(self.pipeline.rsplit(".", 1)[0])
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         from torch.utils.data import DataLoader
@@ -129,3 +134,4 @@ class ZarrsDataLoaderPeer(ZarrDataLoaderPeer):
     requires = ("zarr", "torch", "zarrs")
     description = "zarr-python with the zarrs codec pipeline, slicing per sample in a torch DataLoader"
     pipeline = ZARRS_PIPELINE
+    supports_latency = False  # zarrs reads local files itself; behind LatencyStore zarr falls back to Python

@@ -158,6 +158,17 @@ def test_with_latency(name, stores):
     _check(_run(name, spec, workers=0, latency_ms=2.0, batches=BOXES[:1]), data, spec, BOXES[:1])
 
 
+def test_zarrs_peer_runs_the_zarrs_pipeline(stores):
+    _available("zarrs+DataLoader")
+    from profiling.peers.zarr_dataloader import ZarrsDataLoaderPeer, _SampleDataset
+
+    spec, _ = stores["v3"]
+    ds = _SampleDataset(spec, BOXES[0], 0.0, ZarrsDataLoaderPeer.pipeline)
+    ds[0]
+    assert {type(a._async_array.codec_pipeline).__name__ for a in ds._arrays.values()} == {"ZarrsCodecPipeline"}
+    assert ZarrsDataLoaderPeer.unavailable(latency_ms=20.0) is not None  # zarrs bypasses LatencyStore
+
+
 def test_missing_peer_is_reported_not_failed(monkeypatch):
     import importlib.util
 

@@ -1,0 +1,121 @@
+"""``fastload bench`` end to end on a tiny store, and the pieces it is made of (plans, variants, comparison)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from fastload.errors import ConfigError
+from fastload.store import open_store
+from profiling import bench
+from profiling.bench_report import format_table
+from profiling.bench_run import compare_outputs
+from profiling.bench_scenarios import Variant, draw_batches, fit_config
+from profiling.peers import PEERS
+from tests.fastload.stores import make_per_variable
+
+REQUIRED = {"loader", "scenario", "status", "samples_per_s", "useful_gbps", "decoded_gbps", "stored_gbps",
+            "roof_pct", "p50_batch_s", "p99_batch_s", "ttfb_s", "peak_mem_mb", "cpu_s_per_sample",
+            "cache_hit_rate", "ratio_to_fastload"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "tiny.zarr"
+    make_per_variable(path, zarr_format=3, nt=8, ny=12, nx=20, chunks=(2, 1, 6, 8))
+    return str(path)
+
+
+def test_cli_end_to_end_writes_json(tiny, tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = bench.main([tiny, "--batches", "2", "--batch-size", "2", "--rounds", "1", "--workers", "1",
+                     "--json", str(out), "--plot", str(png)])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert set(res) >= {"rows", "roofs", "machine"}
+    assert res["machine"]["cores_usable"] >= 1 and res["roofs"]["memcpy_gbps"] > 0
+    rows = {r["loader"]: r for r in res["rows"]}
+    assert set(rows) == {"fastload", "fastload.extract", *PEERS}
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert rows["fastload.extract"]["status"] == "ok"
+    for name, peer in PEERS.items():  # every installed peer ran, verified against fastload
+        if peer.unavailable() is None:
+            assert rows[name]["status"] == "ok", rows[name]
+            assert rows[name]["verified_against"].startswith("fastload")
+    for r in ok:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["samples_per_s"] > 0 and r["useful_gbps"] > 0 and r["ttfb_s"] > 0 and r["peak_mem_mb"] > 0
+        assert r["scenario"] == "as-is warm w1"
+        assert r["loader"] in text
+    base = next(r for r in ok if r["loader"] in ("fastload", "fastload.extract") and r["ratio_to_fastload"] == 1)
+    assert base["fastload_speedup"] == 1.0
+    roof = res["roofs"]["scenarios"][0]
+    assert roof["samples_per_s"] > 0 and roof["raw_read_gbps"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["config"]["fields"]  # the fitted config is recorded
+
+
+def test_missing_peer_is_reported_skipped(tiny, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorstore" else real(n, *a))
+    opts = bench.BenchOptions(store=tiny, loaders=("fastload.extract", "tensorstore"), batches=1, batch_size=1,
+                              rounds=1, workers=(0,), roofs=False)  # fmt: skip
+    res = bench.run_bench(opts)
+    rows = {r["loader"]: r for r in res["rows"]}
+    assert rows["tensorstore"]["status"] == "skipped"
+    assert rows["tensorstore"]["reason"] == "not installed: tensorstore"
+    assert rows["fastload.extract"]["status"] == "ok"
+    assert "tensorstore: skipped (not installed: tensorstore)" in format_table(res)
+
+
+def test_bad_options_are_config_errors(tiny):
+    with pytest.raises(ConfigError, match="unknown loader"):
+        bench.run_bench(bench.BenchOptions(store=tiny, loaders=("nope",), roofs=False))
+    with pytest.raises(ConfigError, match="--batches"):
+        bench.BenchOptions(store=tiny, batches=0)
+    with pytest.raises(ConfigError, match="--plan"):
+        bench.BenchOptions(store=tiny, plan="zigzag")
+
+
+def test_compare_outputs_is_exact_and_nan_aware():
+    a = {"t": np.array([1.0, np.nan, 3.0], np.float32)}
+    assert compare_outputs({"t": a["t"].copy()}, a) is None
+    b = {"t": np.array([1.0, np.nan, 3.0000002], np.float32)}
+    assert "1 of 3 values differ" in compare_outputs(b, a)
+    assert "shape" in compare_outputs({"t": a["t"][:2]}, a)
+    assert "dtype" in compare_outputs({"t": a["t"].astype(np.float64)}, a)
+    assert "fields differ" in compare_outputs({"u": a["t"]}, a)
+
+
+def test_fit_config_and_plans(tiny):
+    store = open_store(tiny)
+    cfg = fit_config(store, batch_size=3)
+    names = [f.name for f in cfg.fields]
+    assert sorted(names[:2]) == ["q", "t"] and names[2:] == ["sp"]  # fields on levels, then one surface field
+    assert cfg.box == (6, 9, 18) and cfg.fields[0].token_size == (3, 9, 9)  # AtmoRep's, shrunk to 8 x 12 x 20
+    assert all(f.normalization == "none" for f in cfg.fields)
+    rnd = draw_batches(store, cfg, batches=2, batch_size=3, seed=1, epoch=0)
+    assert [b.shape for b in rnd] == [(3, 3), (3, 3)]
+    again = draw_batches(store, cfg, batches=2, batch_size=3, seed=1, epoch=0)
+    assert all(np.array_equal(x, y) for x, y in zip(rnd, again))
+    win = draw_batches(store, cfg, batches=2, batch_size=3, seed=1, epoch=0, plan="window")
+    assert all(len(set(b[:, 0])) == 1 for b in win)  # one time window per batch
+    al = draw_batches(store, cfg, batches=2, batch_size=3, seed=1, epoch=0, plan="aligned")
+    chunks = store.arrays["t"].chunks
+    for b in al:
+        assert (b[:, 0] % chunks[0] == 0).all() and (b[:, 1] % chunks[2] == 0).all() and (b[:, 2] % chunks[3] == 0).all()
+
+
+def test_variant_names():
+    assert Variant.parse("as-is") == Variant()
+    v = Variant.parse("tiles+v3+sharded+zstd")
+    assert (v.chunking, v.zarr_format, v.sharded, v.codec) == ("tiles", 3, True, "zstd")
+    assert v.name == "tiles+v3+sharded+zstd"
+    with pytest.raises(ConfigError, match="unknown part"):
+        Variant.parse("tiles+v4")
+    with pytest.raises(ConfigError, match="sharding needs zarr v3"):
+        Variant.parse("v2+sharded")
