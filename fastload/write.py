@@ -268,7 +268,7 @@ class StoreWriter:
                 raise SchemaError(f"{name}: expected finite 1-D values in degrees, got shape {v.shape}")
             if v.size and (v.min() < lo or v.max() > hi):
                 raise SchemaError(f"{name}: values outside [{lo}, {hi}] degrees: {v.min()} .. {v.max()}")
-            d = np.diff(v)
+            d = np.diff(np.unwrap(v, period=360.0) if name == "longitude" else v)  # 350, 355, 0, 5 is fine
             if v.size > 1 and not ((d > 0).all() or (d < 0).all()):
                 raise SchemaError(f"{name}: expected strictly monotonic values")
         la = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", **(lat_attrs or {})}

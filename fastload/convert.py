@@ -1,0 +1,389 @@
+"""Convert NetCDF (and GRIB, with cfgrib) files into the per-variable zarr layout: ``fastload convert IN... OUT``.
+
+Why this exists: weather and ocean data mostly arrive as NetCDF or GRIB files (one per day, month or variable),
+while fastload reads zarr chunks. This tool streams the files through xarray into :class:`fastload.write.StoreWriter`
+one time block of one variable at a time (memory bounded by that block; nothing is loaded whole), with the
+chunking fastload samples well, and keeps what a loader must know:
+
+- coordinates and their attributes, found by CF metadata (``axis``, ``standard_name``, ``units``) or common names
+  (lat/latitude, lon/longitude, level/plev/lev/isobaricInhPa/depth/height, time/valid_time), renamed to
+  ``time``, ``level``, ``latitude``, ``longitude``; the level kind (``level_type`` model/pressure/depth/height)
+  from its units and names;
+- regional grids (no wrap is invented) and latitudes in stored order (north-to-south stays so, recorded in the
+  group attribute ``latitude_order``);
+- missing values (land in ocean data) as NaN, with fill value NaN, and their count in ``missing_count``;
+- units, long names and other variable attributes, the global attributes and the list of source files.
+
+Several files join along time (sorted by their first time stamp; overlaps are an error) and/or by variable (one
+file per variable over the same times). A dimension that is none of the four is an error naming it, unless it has
+length 1 (squeezed, e.g. GRIB's ``step``). An interrupted conversion leaves no store at OUT.
+
+Run::
+
+    fastload convert era5_2020_*.nc era5.zarr
+    fastload convert sst.nc sst.zarr --chunks 4,1,128,128 --codec blosc-zstd --zarr-format 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._progress import Progress
+from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
+from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, parse_ints
+
+__all__ = ["convert", "main", "GRIB_SUFFIXES"]
+
+GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grb1", ".grib2", ".grb2")
+ROLES = ("time", "level", "latitude", "longitude")
+_NAMES = {
+    "time": ("time", "valid_time", "t", "date", "datetime"),
+    "latitude": ("latitude", "lat", "lats", "nav_lat", "rlat"),
+    "longitude": ("longitude", "lon", "lons", "nav_lon", "rlon"),
+    "level": ("level", "levels", "lev", "plev", "pressure_level", "pressure", "isobaricinhpa", "isobaricinpa",
+              "hybrid", "model_level", "model_level_number", "level_number", "depth", "deptht", "depthu", "depthv",
+              "z", "height", "altitude", "heightaboveground", "sigma"),
+}  # fmt: skip
+_STD_LEVEL = {"air_pressure": "pressure", "depth": "depth", "height": "height", "altitude": "height",
+              "model_level_number": "model", "atmosphere_hybrid_sigma_pressure_coordinate": "model",
+              "atmosphere_hybrid_height_coordinate": "model", "atmosphere_sigma_coordinate": "model"}  # fmt: skip
+_PRESSURE_UNITS = ("pa", "hpa", "mbar", "millibar", "millibars", "mb", "kpa", "bar")
+_LENGTH_UNITS = ("m", "km", "meter", "meters", "metre", "metres", "cm")
+DTYPES = ("float32", "float64", "keep")
+
+
+def _role(name: str, coord: Any) -> str | None:
+    """Which of time/level/latitude/longitude a dimension is, from its coordinate's CF metadata or its name."""
+    attrs = dict(getattr(coord, "attrs", {}) or {})
+    axis = str(attrs.get("axis", "")).upper()
+    std = str(attrs.get("standard_name", "")).lower()
+    units = str(attrs.get("units", "")).lower()
+    if axis == "T" or std == "time" or (coord is not None and np.issubdtype(coord.dtype, np.datetime64)):
+        return "time"
+    if std == "latitude" or units in ("degrees_north", "degree_north", "degrees_n") or (axis == "Y" and "lat" in name):
+        return "latitude"
+    if std == "longitude" or units in ("degrees_east", "degree_east", "degrees_e") or (axis == "X" and "lon" in name):
+        return "longitude"
+    if axis == "Z" or std in _STD_LEVEL:
+        return "level"
+    for role, names in _NAMES.items():
+        if name.lower() in names:
+            return role
+    return None
+
+
+def _level_type(name: str, attrs: dict[str, Any]) -> str:
+    """model | pressure | depth | height of a vertical coordinate (model when nothing says otherwise)."""
+    lt = attrs.get("level_type")
+    if lt in LEVEL_TYPES:
+        return str(lt)
+    std = str(attrs.get("standard_name", "")).lower()
+    units = str(attrs.get("units", "")).strip().lower()
+    text = f"{name} {std} {attrs.get('long_name', '')}".lower()
+    if std in _STD_LEVEL:
+        return _STD_LEVEL[std]
+    if units in _PRESSURE_UNITS or "pressure" in text or "isobaric" in text:
+        return "pressure"
+    if "depth" in text or (str(attrs.get("positive", "")).lower() == "down" and units in _LENGTH_UNITS):
+        return "depth"
+    if units in _LENGTH_UNITS or "height" in text or "altitude" in text:
+        return "height"
+    return "model"
+
+
+@dataclasses.dataclass
+class _Var:
+    """One variable in one file: which file dims play which role, which length-1 dims to drop."""
+
+    source: _Source
+    dims: dict[str, str]  # role -> dim name in the file
+    squeeze: tuple[str, ...]
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r for r in ROLES if r in self.dims)
+
+
+@dataclasses.dataclass
+class _Source:
+    path: Path
+    ds: Any  # xarray.Dataset, opened lazily
+    roles: dict[str, str]  # dim name -> role
+    time: np.ndarray | None  # datetime64[ns] or None
+
+
+def _open(path: Path, stack: contextlib.ExitStack) -> _Source:
+    import xarray as xr
+
+    if not path.exists():
+        raise StoreNotFoundError(f"input file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise StoreError(f"input {str(path)!r} is a directory; convert reads NetCDF/GRIB files "
+                         "(to re-chunk a zarr store use 'fastload rechunk')")  # fmt: skip
+    engine = None
+    if path.suffix.lower() in GRIB_SUFFIXES:
+        if importlib.util.find_spec("cfgrib") is None:
+            raise ConfigError(f"{path}: reading GRIB needs cfgrib, which is not installed (pip install cfgrib)")
+        engine = "cfgrib"
+    try:
+        ds = stack.enter_context(xr.open_dataset(path, engine=engine, cache=False, chunks=None))
+    except Exception as e:  # every engine has its own error types: name the file and the cause
+        raise StoreError(f"{path}: cannot open as NetCDF{'/GRIB' if engine else ''}: {e}") from e
+    roles = {}
+    for d in ds.dims:
+        role = _role(str(d), ds[d] if d in ds.coords else None)
+        if role is not None:
+            if role in roles.values():
+                other = next(k for k, v in roles.items() if v == role)
+                raise SchemaError(f"{path}: dimensions {other!r} and {d!r} both look like {role}; rename one")
+            roles[str(d)] = role
+    time = None
+    tdim = next((d for d, r in roles.items() if r == "time"), None)
+    if tdim is not None:
+        t = ds[tdim].values if tdim in ds.coords else None
+        if t is None or not np.issubdtype(t.dtype, np.datetime64):
+            kind = "no coordinate values" if t is None else f"values of type {t.dtype} (a calendar numpy cannot hold?)"
+            raise SchemaError(f"{path}: time dimension {tdim!r} has {kind}; expected CF-decodable dates "
+                              "(standard/gregorian/proleptic_gregorian calendar)")  # fmt: skip
+        time = t.astype("datetime64[ns]")
+        if time.size > 1 and not (np.diff(time) > np.timedelta64(0, "ns")).all():
+            raise SchemaError(f"{path}: time {tdim!r} is not strictly increasing")
+    return _Source(path, ds, roles, time)
+
+
+def _variables(src: _Source, selected: Sequence[str] | None) -> dict[str, _Var]:
+    ds = src.ds
+    bounds = {str(ds[c].attrs.get("bounds")) for c in ds.variables if "bounds" in ds[c].attrs}
+    out: dict[str, _Var] = {}
+    names = [str(n) for n in ds.data_vars] if selected is None else [n for n in selected if n in ds.data_vars]
+    for name in names:
+        da = ds[name]
+        if selected is None and (name in bounds or name.endswith(("_bnds", "_bounds")) or da.ndim == 0):
+            continue
+        dims: dict[str, str] = {}
+        squeeze = []
+        for d, n in zip(da.dims, da.shape):
+            role = src.roles.get(str(d))
+            if role is not None:
+                dims[role] = str(d)
+            elif n == 1:
+                squeeze.append(str(d))
+            else:
+                raise SchemaError(
+                    f"{src.path}: variable {name!r} has dimension {d!r} of length {n}, which is not time, level, "
+                    f"latitude or longitude (known names: {sorted(set().union(*_NAMES.values()))}); give it CF "
+                    "attributes (axis / standard_name) or pick other variables with --variables"
+                )
+        if "latitude" not in dims or "longitude" not in dims:
+            if selected is not None:
+                raise SchemaError(f"{src.path}: variable {name!r} (dims {da.dims}) is not on a latitude-longitude grid")
+            continue  # not a field (e.g. a scalar or a time series): left out
+        if da.dtype.kind not in "biuf":
+            raise SchemaError(f"{src.path}: variable {name!r} has dtype {da.dtype}; expected numbers")
+        out[name] = _Var(src, dims, tuple(squeeze))
+    return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and (np.allclose(a, b) if a.dtype.kind in "iuf" else bool((a == b).all()))
+
+
+def _plan(sources: list[_Source], selected: Sequence[str] | None):
+    """Per variable its pieces (one per file, in time order); the shared time, grid and level coordinates."""
+    pieces: dict[str, list[_Var]] = {}
+    for src in sources:
+        for name, v in _variables(src, selected).items():
+            pieces.setdefault(name, []).append(v)
+    if selected is not None:
+        missing = [n for n in selected if n not in pieces]
+        if missing:
+            raise SchemaError(f"variables {missing} are in none of the inputs {[str(s.path) for s in sources]}")
+    if not pieces:
+        raise SchemaError(f"no variable on a latitude-longitude grid in {[str(s.path) for s in sources]}")
+    time = None
+    for name, vs in pieces.items():
+        if "time" not in vs[0].dims:
+            if len(vs) > 1:
+                raise SchemaError(f"variable {name!r} is in {[str(v.source.path) for v in vs]} but has no time "
+                                  "dimension to join them along")  # fmt: skip
+            continue
+        vs.sort(key=lambda v: v.source.time[0])
+        t = np.concatenate([v.source.time for v in vs])
+        if t.size > 1 and not (np.diff(t) > np.timedelta64(0, "ns")).all():
+            raise SchemaError(f"variable {name!r}: the times of {[str(v.source.path) for v in vs]} overlap or repeat")
+        if time is None:
+            time, first = t, name
+        elif not np.array_equal(t, time):
+            raise SchemaError(f"variable {name!r} has {t.size} time steps ({t[0]} .. {t[-1]}) but {first!r} has "
+                              f"{time.size} ({time[0]} .. {time[-1]}); all variables must share one time axis")  # fmt: skip
+    ref = next(iter(pieces.values()))[0]
+    coords: dict[str, Any] = {}
+    for role in ("latitude", "longitude", "level"):
+        for name, vs in pieces.items():
+            for v in vs:
+                if role not in v.dims:
+                    continue
+                da = v.source.ds[v.dims[role]]
+                if role not in coords:
+                    coords[role] = (da.values, dict(da.attrs), v.dims[role], name, v.source.path)
+                elif not _same(da.values, coords[role][0]):
+                    raise SchemaError(f"{v.source.path}: {role} of {name!r} ({v.dims[role]!r}, {da.size} values) "
+                                      f"differs from that of {coords[role][3]!r} in {coords[role][4]}")  # fmt: skip
+    for role in ("latitude", "longitude"):
+        if coords[role][0].ndim != 1:
+            raise SchemaError(f"{ref.source.path}: {role} is {coords[role][0].ndim}-D; convert handles 1-D "
+                              "latitude-longitude grids (curvilinear grids are not supported yet)")  # fmt: skip
+    return pieces, time, coords
+
+
+def _read(v: _Var, name: str, t: slice | None, dtype: np.dtype | None) -> np.ndarray:
+    da = v.source.ds[name]
+    if v.squeeze:
+        da = da.isel({d: 0 for d in v.squeeze})
+    if t is not None:
+        da = da.isel({v.dims["time"]: t})
+    block = np.asarray(da.transpose(*(v.dims[r] for r in v.roles)).values)
+    return block if dtype is None else block.astype(dtype, copy=False)
+
+
+def convert(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    variables: Sequence[str] | None = None,
+    chunks: Sequence[int] | None = None,
+    codec: str = DEFAULT_CODEC,
+    shards: Sequence[int] | None = None,
+    zarr_format: int = 2,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Convert NetCDF/GRIB files into a per-variable zarr store; returns its path.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        NetCDF (``.nc``...) or GRIB (``.grib``, ``.grb2``...; needs cfgrib) files, joined along time and/or by
+        variable.
+    out : path
+        The store to create (written under a temporary name, renamed when complete).
+    variables : sequence of str, optional
+        Variables to convert (default: every variable on the latitude-longitude grid).
+    chunks, codec, shards, zarr_format :
+        As for :class:`fastload.write.StoreWriter` (chunks and shards in (time, level, lat, lon) terms).
+    dtype : {"float32", "float64", "keep"}
+        Stored dtype; ``float32`` (default) keeps NaN for missing values and halves float64 inputs.
+    overwrite : bool
+        Replace an existing store.
+    progress : bool, optional
+        Progress bar (default: when stderr is a terminal).
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    if not inputs:
+        raise ConfigError("convert: give at least one input file")
+    if Path(out).exists() and not overwrite:
+        raise StoreError(f"{Path(out).absolute()} already exists; pass overwrite=True (--overwrite) to replace it")
+    with contextlib.ExitStack() as stack:
+        sources = [_open(Path(p), stack) for p in inputs]
+        pieces, time, coords = _plan(sources, variables)
+        first = sources[0]
+        attrs = {str(k): v for k, v in first.ds.attrs.items()}
+        attrs.update({"source_files": [str(s.path.name) for s in sources], "history": "converted by fastload convert"})
+        nbytes = sum(
+            sum(int(np.prod(v.source.ds[n].shape)) for v in vs) * (4 if dtype == "float32" else 8)
+            for n, vs in pieces.items()
+        )
+        with StoreWriter(out, zarr_format=zarr_format, overwrite=overwrite, attrs=attrs) as w:
+            if time is not None:
+                w.set_time(time)
+            lat, lon = coords["latitude"], coords["longitude"]
+            w.set_grid(lat[0], lon[0], lat_attrs=lat[1], lon_attrs=lon[1])
+            if "level" in coords:
+                values, lattrs, lname = coords["level"][:3]
+                lt = _level_type(lname, lattrs)
+                w.set_levels(values, level_type=lt, units=lattrs.get("units"),
+                             attrs={**lattrs, "source_name": lname})  # fmt: skip
+            with Progress(nbytes, "convert", "B", enabled=progress) as bar:
+                for name, vs in pieces.items():
+                    bar.set_description(f"convert {name}")
+                    _convert_variable(w, name, vs, chunks, codec, shards, dtype, bar)
+    return Path(out).absolute()
+
+
+def _convert_variable(w: StoreWriter, name: str, vs: list[_Var], chunks: Sequence[int] | None, codec: str,
+                      shards: Sequence[int] | None, dtype: str, bar: Progress) -> None:  # fmt: skip
+    da = vs[0].source.ds[name]
+    dt = np.dtype(da.dtype if dtype == "keep" else dtype)
+    attrs = {k: v for k, v in da.attrs.items() if not str(k).startswith("_") and k not in ("coordinates",)}
+    w.add_variable(name, vs[0].roles, dtype=dt, chunks=chunks, codec=codec, shards=shards, attrs=attrs)
+    missing = 0
+    if "time" not in vs[0].dims:
+        block = _read(vs[0], name, None, dt)
+        w.write(name, block, (0,) * block.ndim)
+        missing = int(np.isnan(block).sum()) if dt.kind == "f" else 0
+        bar.update(block.nbytes)
+    else:
+        offsets = np.cumsum([0] + [v.source.time.size for v in vs])  # global start of each file's times
+        for sl in w.time_blocks(name):
+            parts = []
+            for v, a, b in zip(vs, offsets[:-1], offsets[1:]):
+                lo, hi = max(sl.start, a), min(sl.stop, b)
+                if lo < hi:
+                    parts.append(_read(v, name, slice(lo - a, hi - a), dt))
+            block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            if dt.kind == "f":
+                missing += int(np.isnan(block).sum())
+            w.write(name, block, sl.start)
+            bar.update(block.nbytes)
+    w.update_attrs(name, {"missing_count": missing})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastload convert INPUT... OUT``: convert NetCDF/GRIB files to a zarr store and print a summary."""
+    p = argparse.ArgumentParser(
+        prog="fastload convert",
+        description="Convert NetCDF (or GRIB, with cfgrib) files into a per-variable zarr store that xarray opens "
+        "as it is and fastload samples fast. Files join along time and/or by variable; streaming, bounded memory.",
+        epilog="example: fastload convert era5_2020_*.nc era5.zarr --chunks 6,1,64,128 --codec blosc-lz4",
+    )
+    p.add_argument("paths", nargs="+", metavar="INPUT... OUT", help="input files, then the store to create")
+    p.add_argument("--variables", help="comma-separated variables to convert (default: all on the lat-lon grid)")
+    p.add_argument("--chunks", metavar="T,L,Y,X", help="chunk shape (time, level, lat, lon); default 6,1,64,128")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS, help=f"compression (default {DEFAULT_CODEC})")
+    p.add_argument("--shard", metavar="T,L,Y,X", help="zarr v3 shard shape, a multiple of the chunks")
+    p.add_argument("--zarr-format", type=int, default=2, choices=(2, 3), help="zarr format (default 2)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="stored dtype (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if len(a.paths) < 2:
+        p.error("give at least one INPUT and the OUT store")
+    out = convert(
+        a.paths[:-1], a.paths[-1],
+        variables=[v.strip() for v in a.variables.split(",") if v.strip()] if a.variables else None,
+        chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None, codec=a.codec,
+        shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format, dtype=a.dtype,
+        overwrite=a.overwrite, progress=False if a.quiet else None,
+    )  # fmt: skip
+    import zarr
+
+    g = zarr.open_group(out, mode="r")
+    names = [n for n in g.array_keys() if n not in ("time", "level", "latitude", "longitude")]
+    print(f"wrote {out}: variables {', '.join(sorted(names))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
