@@ -1,0 +1,161 @@
+"""Report numbers against hand-computed references, and the files' contents and schema."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+
+from fastload.errors import ConfigError
+from profiling.report import (
+    EXTRA,
+    format_loader_table,
+    format_sweep_table,
+    format_table,
+    summarize,
+    summarize_loader,
+    write_report,
+)
+from profiling.timers import PHASES, StepTimer
+
+
+def _records():
+    """Four steps; per phase a known time; the rest of each step is other/idle."""
+    rows = []
+    waits = [10.0, 2.0, 4.0, 0.0]
+    for i, w in enumerate(waits):
+        r = {"step": 3 + i, "samples": 16, "bytes_read": 1_000_000, "bytes_decoded": 4_000_000,
+             "bytes_useful": 2_000_000, "t0_ms": 40.0 * i, "data_wait_ms": w, "h2d_ms": 1.0,
+             "forward_ms": 10.0 + i, "backward_ms": 20.0, "optimizer_ms": 3.0, "other_ms": 0.5, "idle_ms": 0.5}
+        r["step_ms"] = sum(r[f"{p}_ms"] for p in (*PHASES, *EXTRA))
+        at = 0.0
+        for p in PHASES:
+            r[f"{p}_at_ms"] = at
+            at += r[f"{p}_ms"]
+        r["stall_fraction"] = w / r["step_ms"]
+        rows.append(r)
+    return rows
+
+
+def test_summarize_against_reference():
+    recs = _records()
+    s = summarize(recs, flops_per_step=2e12, peak_flops=1e15, config={"loader": {"workers": 4}},
+                  machine={"gpu": "test"})
+    step = np.array([r["step_ms"] for r in recs])
+    total = step.sum()
+    for p in (*PHASES, *EXTRA):
+        v = np.array([r[f"{p}_ms"] for r in recs])
+        assert s["phases"][p] == pytest.approx({"mean_ms": v.mean(), "p50_ms": np.median(v),
+                                                "p95_ms": np.percentile(v, 95), "share": v.sum() / total})
+    assert list(s["phases"]) == [*PHASES, *EXTRA]
+    assert sum(v["share"] for v in s["phases"].values()) == pytest.approx(1.0)
+    assert s["step"]["mean_ms"] == pytest.approx(step.mean())
+    assert s["steps"] == 4 and s["samples"] == 64
+    assert s["samples_per_s"] == pytest.approx(64 / (total / 1e3))
+    assert s["stall_fraction"] == pytest.approx(16.0 / total)
+    assert s["bytes_read_per_s"] == pytest.approx(4e6 / (total / 1e3))
+    assert s["read_amplification"] == pytest.approx(2.0)
+    assert s["mfu"] == pytest.approx(2e12 / (step.mean() / 1e3) / 1e15)
+    assert s["what_if"]["no_data_wait_step_ms"] == pytest.approx((total - 16.0) / 4)
+    assert s["what_if"]["no_data_wait_speedup"] == pytest.approx(total / (total - 16.0))
+    assert s["config"] == {"loader": {"workers": 4}} and s["machine"] == {"gpu": "test"}
+    assert summarize(recs)["mfu"] is None and "python" in summarize(recs)["machine"]
+
+
+def test_summarize_rejects_empty_and_foreign_records():
+    with pytest.raises(ConfigError, match="warm-up"):
+        summarize([])
+    with pytest.raises(ConfigError, match="lack 'h2d_ms'"):
+        summarize([{"step_ms": 1.0, "data_wait_ms": 1.0}])
+
+
+def test_table_text():
+    s = summarize(_records(), flops_per_step=2e12, peak_flops=1e15)
+    text = format_table(s)
+    lines = text.splitlines()
+    assert lines[0].split() == ["phase", "mean", "ms", "p50", "ms", "p95", "ms", "share"]
+    row = {ln.split()[0]: ln.split()[1:] for ln in lines[1:9]}
+    assert list(row) == [*PHASES, *EXTRA, "step"]
+    assert row["backward"] == ["20.00", "20.00", "20.00", f"{100 * s['phases']['backward']['share']:.1f}%"]
+    assert f"samples/s {s['samples_per_s']:.1f}" in text and "stall fraction" in text
+    assert "MFU" in text and "what-if" in text and f"{s['what_if']['no_data_wait_speedup']:.2f}x" in text
+
+
+def test_report_files_from_a_timed_run(tmp_path):
+    timer = StepTimer(device="cpu", warmup=1)
+    for _ in range(6):
+        with timer.phase("data_wait"):
+            time.sleep(0.002)
+        with timer.phase("forward"):
+            time.sleep(0.001)
+        with timer.phase("backward"):
+            pass
+        timer.step_end(samples=4, io={"bytes_read": 100, "bytes_decoded": 300, "bytes_useful": 150})
+    recs = timer.flush()
+    paths = write_report(tmp_path / "out", recs, config={"seed": 1})
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"summary.json", "steps.csv", "steps.png"}
+    assert set(paths) == {"summary", "steps", "plot"}
+
+    summary = json.loads(paths["summary"].read_text())
+    assert set(summary["phases"]) == {*PHASES, *EXTRA}
+    for v in summary["phases"].values():
+        assert set(v) == {"mean_ms", "p50_ms", "p95_ms", "share"}
+        assert all(isinstance(x, float) for x in v.values())
+    assert 0 < summary["stall_fraction"] < 1 and summary["samples_per_s"] > 0
+    assert summary["config"] == {"seed": 1} and "python" in summary["machine"]
+    ref = summarize(recs, config={"seed": 1}, machine=summary["machine"])
+    for name, v in ref["phases"].items():
+        assert summary["phases"][name] == pytest.approx(v)
+    for key in ("stall_fraction", "samples_per_s", "bytes_read_per_s", "read_amplification", "steps"):
+        assert summary[key] == pytest.approx(ref[key])
+    assert summary["phases"]["data_wait"]["mean_ms"] == pytest.approx(np.mean([r["data_wait_ms"] for r in recs]))
+
+    with open(paths["steps"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [r["step"] for r in recs]
+    assert list(rows[0]) == list(recs[0])
+    for row, rec in zip(rows, recs):
+        assert float(row["data_wait_ms"]) == pytest.approx(rec["data_wait_ms"])
+        assert row["h2d_at_ms"] == "" and rec["h2d_at_ms"] is None  # a phase never entered: empty cell
+
+    png = paths["plot"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    img = matplotlib.image.imread(paths["plot"])
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    assert not list(tmp_path.glob("out/.*tmp"))  # no temporary files left behind
+
+
+def _loader_records():
+    return [{"plan_ms": 0.5, "fetch_ms": 10.0 + i, "decode_ms": 20.0, "gather_ms": 4.0, "queue_wait_ms": 2.0 * i,
+             "samples": 8, "bytes_stored": 600, "bytes_decoded": 1000, "bytes_useful": 250, "cache_hits": i,
+             "cache_misses": 3 - i} for i in range(4)]
+
+
+def test_loader_summary_and_table():
+    recs = _loader_records()
+    s = summarize_loader(recs, wall_s=0.5, config={"workers": 2}, machine={})
+    worker = sum(r[f"{k}_ms"] for r in recs for k in ("plan", "fetch", "decode", "gather"))
+    fetch = np.array([r["fetch_ms"] for r in recs])
+    assert s["stages"]["fetch"] == pytest.approx({"mean_ms": fetch.mean(), "p50_ms": np.median(fetch),
+                                                  "p95_ms": np.percentile(fetch, 95), "total_s": fetch.sum() / 1e3,
+                                                  "share": fetch.sum() / worker})
+    assert sum(s["stages"][k]["share"] for k in ("plan", "fetch", "decode", "gather")) == pytest.approx(1.0)
+    assert s["stages"]["queue_wait"]["share"] == pytest.approx(12.0 / 500.0)
+    assert s["samples_per_s"] == pytest.approx(64.0) and s["bytes_decoded_per_s"] == pytest.approx(8000.0)
+    assert s["read_amplification"] == pytest.approx(4.0) and s["compression_ratio"] == pytest.approx(1000 / 600)
+    assert s["cache_hit_rate"] == pytest.approx(6 / 12)
+    text = format_loader_table(s)
+    assert text.splitlines()[0].split()[0] == "stage" and "cache hit rate 50.0%" in text
+    assert "read amplification 4.00x" in text
+    sweep = format_sweep_table([({"workers": 1, "prefetch": 2}, s), ({"workers": 4, "prefetch": 2}, s)])
+    lines = sweep.splitlines()
+    assert lines[0].split()[:2] == ["workers", "prefetch"] and lines[2].split()[:3] == ["4", "2", "64.0"]
+    with pytest.raises(ConfigError):
+        summarize_loader([], wall_s=1.0)
+    with pytest.raises(ConfigError, match="wall_s"):
+        summarize_loader(recs, wall_s=0.0)
