@@ -18,7 +18,40 @@ from .errors import (
     StoreNotFoundError,
 )
 
+# Heavy names (numcodecs, numba, torch) load on first use, so `fastload --help` and config parsing stay instant.
+_LAZY = {
+    "open_store": "fastload.store",
+    "Store": "fastload.store",
+    "extract": "fastload.extract",
+    "Loader": "fastload.loader",
+    "Batch": "fastload.loader",
+    "LoaderDataset": "fastload.loader",
+    "Normalizer": "fastload.norm",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastload' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "open_store",
+    "Store",
+    "extract",
+    "Loader",
+    "Batch",
+    "LoaderDataset",
+    "Normalizer",
     "FieldConfig",
     "LoaderConfig",
     "SamplingConfig",
