@@ -1,0 +1,166 @@
+"""Loader faults: transient read errors retried and counted; permanent and corrupt chunks raise ChunkReadError
+naming array and chunk (or are skipped and counted); worker and consumer exceptions; nothing left running."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from fastload.errors import ChunkReadError
+from fastload.loader import Loader
+from fastload.store import BaseByteSource, open_store
+from tests.fastload.loader_ref import build, reference
+
+
+def _ours() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    gc.collect()
+    assert _ours() == []
+
+
+class FlakySource(BaseByteSource):
+    """Wraps a source; a key in ``fail`` raises ``ConnectionError`` its first ``times`` reads (-1: always)."""
+
+    def __init__(self, inner: BaseByteSource, fail: set[str] | None = None, times: int = 2):
+        self.inner, self.fail, self.times = inner, fail, times
+        self.count: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self, key: str) -> None:
+        if "/c" not in key and "/" in key and not key.split("/")[-1].replace(".", "").isdigit():
+            return  # metadata
+        if self.fail is not None and key not in self.fail:
+            return
+        with self.lock:
+            n = self.count[key] = self.count.get(key, 0) + 1
+        if self.times < 0 or n <= self.times:
+            raise ConnectionError(f"injected failure {n} of {key}")
+
+    def get(self, key):
+        self._maybe_fail(key)
+        return self.inner.get(key)
+
+    def get_range(self, key, start, length):
+        self._maybe_fail(key)
+        return self.inner.get_range(key, start, length)
+
+    def list_dir(self, prefix):
+        return self.inner.list_dir(prefix)
+
+    def describe(self, key=""):
+        return self.inner.describe(key)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_transient_errors_are_retried_and_counted(tmp_path, sharded):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=3, sharded=sharded)
+    store = open_store(tmp_path / "s.zarr")
+    store.source = FlakySource(store.source, times=2)
+    with Loader(store, cfg, samples_per_epoch=12, retries=3, workers=2) as loader:
+        for batch in loader:
+            ref = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+        assert loader.stats.retries >= 2
+    assert max(store.source.count.values()) >= 3
+
+
+def test_permanent_error_names_array_and_chunk(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    store = open_store(tmp_path / "s.zarr")
+    with Loader(store, cfg, samples_per_epoch=12, seed=4) as probe:
+        first = next(iter(probe)).boxes.numpy()
+    chunk = (int(first[0, 0]) // 2, 0, int(first[0, 1]) // 4, int(first[0, 2]) // 6)  # a chunk sample 0 needs
+    key = store.arrays["t"].key(chunk)
+    store.source = FlakySource(store.source, fail={key}, times=-1)
+    with Loader(store, cfg, samples_per_epoch=12, seed=4, retries=2) as loader:
+        with pytest.raises(ChunkReadError) as e:
+            next(iter(loader))
+    assert e.value.array == "t" and e.value.chunk == chunk
+    assert "injected failure" in str(e.value) and "after 2 retries" in str(e.value)
+    assert store.source.count[key] >= 3
+
+
+def _truncate_a_needed_chunk(tmp_path, store, boxes) -> tuple[int, ...]:
+    chunk = (int(boxes[0, 0]) // 2, 2, int(boxes[0, 1]) // 4, int(boxes[0, 2]) // 6)  # level 1000 of sample 0
+    path = os.path.join(tmp_path / "s.zarr", *store.arrays["t"].key(chunk).split("/"))
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(raw[: len(raw) // 2])
+    return chunk
+
+
+def test_truncated_chunk_raises_by_default_and_skips_on_request(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    store = open_store(tmp_path / "s.zarr")
+    kw = dict(samples_per_epoch=16, seed=7)
+    with Loader(store, cfg, **kw) as probe:
+        boxes = probe.epoch_boxes(0)
+    chunk = _truncate_a_needed_chunk(tmp_path, store, boxes)
+    with Loader(store, cfg, **kw) as loader:
+        with pytest.raises(ChunkReadError) as e:
+            list(loader)
+    assert e.value.array == "t" and e.value.chunk == chunk
+
+    def needs(box) -> bool:
+        t0, y0, x0 = box
+        ts = {t // 2 for t in range(t0, t0 + 4)}
+        ys = {y // 4 for y in range(y0, y0 + 6)}
+        xs = {(x % 20) // 6 for x in range(x0, x0 + 8)}
+        return chunk[0] in ts and chunk[2] in ys and chunk[3] in xs
+
+    bad = [needs(b) for b in boxes.tolist()]
+    with Loader(store, cfg, on_bad_chunk="skip", **kw) as loader:
+        got = list(loader)
+        assert loader.stats.skipped == sum(bad) >= 1
+    kept = np.concatenate([b.boxes.numpy() for b in got])
+    np.testing.assert_array_equal(kept, boxes[~np.array(bad)])
+    for batch in got:
+        ref = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+
+
+def test_worker_exception_reaches_consumer(tmp_path):
+    _, cfg = build("atmorep", tmp_path / "s.zarr")
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=24, workers=2)
+    real = loader.tokenizer.meta
+    third = loader.epoch_boxes(0)[8:12]
+
+    def broken(boxes):
+        if np.array_equal(boxes, third):
+            raise RuntimeError("bug in a worker")
+        return real(boxes)
+
+    loader.tokenizer.meta = broken
+    got = []
+    with pytest.raises(RuntimeError, match="bug in a worker"):
+        for b in loader:
+            got.append(b.index)
+    assert got == [0, 1]
+    loader.close()
+
+
+@pytest.mark.parametrize("exc", [ValueError, KeyboardInterrupt])
+def test_exception_in_training_loop_leaves_nothing_running(tmp_path, exc):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+
+    def train():
+        loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, prefetch=3, workers=2)
+        for i, _ in enumerate(loader):
+            if i == 2:
+                raise exc("stop here")
+
+    with pytest.raises(exc):
+        train()
+    # the fixture checks after gc that no loader, pump or I/O thread is left
