@@ -43,6 +43,7 @@ from fastload._nvtx import (
     end,
     is_enabled,
     mark,
+    range,  # the DESIGN's `nvtx.range(...)`; shadows the builtin in this module, which does not use it
     set_step,
     start,
     tool_attached,
@@ -63,6 +64,7 @@ __all__ = [
     "is_enabled",
     "mark",
     "nvtx_range",
+    "range",
     "set_step",
     "start",
     "tool_attached",
