@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_fastload import FASTLOAD_ROWS, fastload_status
+from .bench_fastload import DEFAULT_ROWS, FASTLOAD_ROWS, fastload_status
 from .bench_report import format_table, write_json, write_plot
 from .bench_run import Pass, compare_outputs, summarise, time_pass
 from .bench_scenarios import PLANS, Variant, draw_batches, fit_config, prepare_store, raw_config
@@ -91,9 +91,10 @@ def _all_status(latency_ms: float) -> dict[str, str | None]:
     return {**fastload_status(), **peer_status(None, latency_ms)}
 
 
-def _make(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float):
+def _make(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float, plan: dict[str, int]):
+    """A factory of the loader ``name``; ``plan`` (seed, epoch, samples_per_window) lets the Loader redraw it."""
     if name in FASTLOAD_ROWS:
-        return lambda: FASTLOAD_ROWS[name](path, config, workers=workers, latency_ms=latency_ms)
+        return lambda: FASTLOAD_ROWS[name](path, config, workers=workers, latency_ms=latency_ms, plan=plan)
     return lambda: PEERS[name](spec, workers=workers, latency_ms=latency_ms)
 
 
@@ -121,8 +122,11 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     vstore = open_store(path)
     spec = spec_from_store(vstore, config)
     bs = opts.batch_size or config.batch_size
-    plans = [draw_batches(vstore, config, batches=opts.batches, batch_size=bs, seed=opts.seed, epoch=r,
-                          plan=opts.plan) for r in range(opts.rounds)]  # fmt: skip
+    # epoch 0: the verification batch; epoch r + 1: round r. Every loader gets the same boxes.
+    metas = [{"seed": opts.seed, "epoch": e, "samples_per_window": bs if opts.plan == "window" else 1}
+             for e in range(opts.rounds + 1)]  # fmt: skip
+    plans = [draw_batches(vstore, config, batches=1 if e == 0 else opts.batches, batch_size=bs, seed=opts.seed,
+                          epoch=e, plan=opts.plan) for e in range(opts.rounds + 1)]  # fmt: skip
     files = store_files(path)
     cache = "cold" if opts.cold else "warm"
     label = f"{scenario} {cache} w{workers}" + (f" {latency_ms:g}ms" if latency_ms else "")
@@ -140,7 +144,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             continue
         log(f"[{label}] verify {name}")
         try:
-            out = _first_batch(_make(name, path, spec, config, workers, latency_ms), plans[0][:1])
+            out = _first_batch(_make(name, path, spec, config, workers, latency_ms, metas[0]), plans[0])
         except Exception as e:  # a peer that crashes is reported, the bench goes on
             rows[name] = {**base, "loader": name, "status": "error", "reason": f"{type(e).__name__}: {e}"}
             continue
@@ -163,14 +167,14 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
         for name in order:
             log(f"[{label}] round {r + 1}/{opts.rounds}: {name}")
             try:
-                passes[name].append(time_pass(_make(name, path, spec, config, workers, latency_ms), plans[r],
-                                              before=before))  # fmt: skip
+                make = _make(name, path, spec, config, workers, latency_ms, metas[r + 1])
+                passes[name].append(time_pass(make, plans[r + 1], before=before))
             except Exception as e:
                 rows[name].update(status="error", reason=f"{type(e).__name__}: {e}")
         if opts.roofs:
             if before is not None:
                 before()
-            tasks = [batch_decodes(spec, maps, b, "unique") for b in plans[r]]
+            tasks = [batch_decodes(spec, maps, b, "unique") for b in plans[r + 1]]
             roof = read_decode_roof(maps, tasks, max(1, workers))
             roof["samples_per_s"] = opts.batches * bs / roof["seconds"] if roof["seconds"] else None
             if before is not None:
@@ -192,7 +196,10 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             source = "reported by the loader"
         else:
             model = "unique" if model == "reported" else model
-            dec, sto = _bytes_of(maps, spec, plans[0], model)
+            dec = sto = 0.0
+            for plan in plans[1:]:
+                d, s_ = _bytes_of(maps, spec, plan, model)
+                dec, sto = dec + d / opts.rounds, sto + s_ / opts.rounds
             source = f"modelled: {model}"
         row = summarise(passes[name], sample_nbytes=spec.sample_nbytes(), decoded_bytes=dec, stored_bytes=sto)
         row["bytes_source"] = source
@@ -237,7 +244,7 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
     else:
         config = fit_config(store, batch_size=opts.batch_size or 16)
     known = [*FASTLOAD_ROWS, *PEERS]
-    names = list(opts.loaders) if opts.loaders else known
+    names = list(opts.loaders) if opts.loaders else [*DEFAULT_ROWS, *PEERS]
     unknown = [n for n in names if n not in known]
     if unknown:
         from fastload.errors import ConfigError

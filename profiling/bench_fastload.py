@@ -4,8 +4,9 @@ Why this exists: the harness drives every loader through one small interface (``
 ``{field: (B, L, nt, nlat, nlon, tt, tlat, tlon)}``, ``close()``, and optional I/O ``counters()``), so ours must
 look the same as the peers in :mod:`profiling.peers`. Both rows take the harness's explicit boxes:
 
-- ``fastload``: the Loader (thread workers, plan-aware decoded-chunk cache, prefetch ring), fed the same boxes;
-  it reports its own stored/decoded/useful bytes and cache hits, which the table shows.
+- ``fastload``: the Loader (thread workers, plan-aware decoded-chunk cache, prefetch ring) drawing the same boxes;
+  it reports its own stored/decoded/useful bytes and cache hits, which the table shows. ``fastload-proc`` is the
+  same with worker processes (only when asked for).
 - ``fastload.extract``: :func:`fastload.extract` (one batch: unique chunks read and decoded once, one-pass
   Numba gather) on ``workers`` threads, one batch per thread, results handed out in order. No cache between
   batches: the floor of what the Loader adds.
@@ -16,14 +17,15 @@ Both read through ``fastload.open_store(path, latency_ms=...)`` in the remote-li
 from __future__ import annotations
 
 import collections
-import inspect
+import importlib.util
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FastloadExtractRow", "FastloadLoaderRow", "FASTLOAD_ROWS", "fastload_status"]
+__all__ = ["FastloadExtractRow", "FastloadLoaderRow", "FastloadProcessRow", "FASTLOAD_ROWS", "DEFAULT_ROWS",
+           "fastload_status"]
 
 
 class FastloadExtractRow:
@@ -75,39 +77,57 @@ class FastloadExtractRow:
 
 
 class FastloadLoaderRow:
-    """The :class:`fastload.Loader` over the harness's explicit boxes."""
+    """The :class:`fastload.Loader` on exactly the harness's plan.
+
+    The Loader draws its own placements (``random_boxes`` from seed, epoch, ``samples_per_window``), so it is
+    given the settings that make them the harness's: ``samples_per_epoch`` = the plan's samples, the same seed,
+    ``epoch`` = the round, ``samples_per_window`` = the plan's. That is checked before the first batch
+    (``epoch_boxes``) and on every batch (``Batch.boxes``); a plan the Loader cannot draw (``aligned``) raises.
+    """
 
     name = "fastload"
     description = "fastload.Loader: plan-aware cache, thread workers, prefetch ring"
     decode_model = "reported"
+    mode = "thread"
 
     def __init__(self, store_path: str, config: Any, *, workers: int = 2, latency_ms: float = 0.0,
-                 cache_bytes: int | None = None, prefetch: int | None = None, **_: Any):  # fmt: skip
+                 plan: dict[str, int] | None = None, loader_settings: dict[str, Any] | None = None,
+                 **_: Any):  # fmt: skip
         from fastload.store import open_store
 
         self.store = open_store(store_path, latency_ms=latency_ms)
         self.config = config
-        self.workers = int(workers)
-        self.cache_bytes = cache_bytes
-        self.prefetch = prefetch
+        self.workers = max(1, int(workers))  # the Loader needs a worker; workers=0 means "in process" for peers
+        self.plan = dict(plan or {})
+        self.settings = dict(loader_settings or {})
         self._loader: Any = None
         self._counters: dict[str, float] | None = None
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        from fastload import Loader
+        from fastload.loader import Loader
 
         boxes = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
-        kw: dict[str, Any] = {"workers": self.workers, "batch_size": len(batches[0]), "device": "cpu",
-                              "boxes": boxes}  # fmt: skip
-        if self.cache_bytes is not None:
-            kw["cache_bytes"] = self.cache_bytes
-        if self.prefetch is not None:
-            kw["prefetch"] = self.prefetch
-        self._loader = Loader(self.store, self.config, **kw)
+        bs = len(batches[0])
+        self._loader = Loader(
+            self.store, self.config, batch_size=bs, workers=self.workers, mode=self.mode, device="cpu",
+            samples_per_epoch=len(boxes), seed=int(self.plan.get("seed", 0)), epoch=int(self.plan.get("epoch", 0)),
+            samples_per_window=int(self.plan.get("samples_per_window", 1)), **self.settings,
+        )  # fmt: skip
         try:
-            for batch in self._loader:
-                yield {k: _to_numpy(v) for k, v in _fields_of(batch).items()}
-            self._counters = _counters_of(self._loader)
+            drawn = self._loader.epoch_boxes(self._loader.epoch)
+            if not np.array_equal(drawn, boxes):
+                raise ValueError("the Loader draws other samples than this plan (an 'aligned' plan, or settings "
+                                 "that do not reproduce it); it takes no explicit boxes")  # fmt: skip
+            for i, batch in enumerate(self._loader):
+                if not np.array_equal(batch.boxes.numpy(), batches[i]):
+                    raise ValueError(f"batch {i}: the Loader's boxes differ from the plan's")
+                yield {k: _to_numpy(v) for k, v in batch.fields.items()}
+            st = self._loader.stats
+            self._counters = {"cache_hits": float(st.hits), "cache_misses": float(st.misses),
+                              "decoded_bytes": float(st.bytes_decoded), "stored_bytes": float(st.bytes_stored),
+                              "useful_bytes": float(st.bytes_useful), "fetch_s": float(st.fetch_s),
+                              "decode_s": float(st.decode_s), "gather_s": float(st.gather_s),
+                              "wait_s": float(st.wait_s)}  # fmt: skip
         finally:
             self.close()
 
@@ -120,37 +140,29 @@ class FastloadLoaderRow:
             loader.close()
 
 
+class FastloadProcessRow(FastloadLoaderRow):
+    """The Loader with worker processes (shared-memory ring) instead of threads."""
+
+    name = "fastload-proc"
+    description = "fastload.Loader with worker processes (mode='process')"
+    mode = "process"
+
+
 def _to_numpy(v: Any) -> np.ndarray:
     return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
 
-def _fields_of(batch: Any) -> dict[str, Any]:
-    fields = getattr(batch, "fields", batch)
-    return dict(fields)
-
-
-def _counters_of(loader: Any) -> dict[str, float] | None:
-    c = getattr(loader, "counters", None)
-    if callable(c):
-        c = c()
-    if c is None:
-        return None
-    d = c if isinstance(c, dict) else getattr(c, "to_dict", lambda: vars(c))()
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float))}
-
-
 def fastload_status() -> dict[str, str | None]:
     """``{row: None}`` when it can run, ``{row: reason}`` when not (e.g. the Loader takes no explicit boxes)."""
-    import fastload
-
     out: dict[str, str | None] = {}
-    loader = getattr(fastload, "Loader", None)
-    if loader is None:
-        out["fastload"] = "fastload.Loader is not available in this checkout"
-    elif "boxes" not in inspect.signature(loader).parameters:
-        out["fastload"] = "fastload.Loader takes no explicit boxes, so it cannot be fed the same samples"
-    else:
-        out["fastload"] = None
+    try:
+        from fastload.loader import Loader  # noqa: F401
+
+        out["fastload"] = out["fastload-proc"] = None
+        if importlib.util.find_spec("fastload._procs") is None:
+            out["fastload-proc"] = "the Loader's process mode (fastload._procs) is not in this checkout"
+    except ImportError as e:
+        out["fastload"] = out["fastload-proc"] = f"fastload.Loader is not available: {e}"
     try:
         from fastload.extract import extract  # noqa: F401
 
@@ -160,4 +172,6 @@ def fastload_status() -> dict[str, str | None]:
     return out
 
 
-FASTLOAD_ROWS = {r.name: r for r in (FastloadLoaderRow, FastloadExtractRow)}
+FASTLOAD_ROWS = {r.name: r for r in (FastloadLoaderRow, FastloadExtractRow, FastloadProcessRow)}
+"""Our rows by name; ``fastload-proc`` runs only when asked for (``--peers fastload-proc``)."""
+DEFAULT_ROWS = ("fastload", "fastload.extract")
