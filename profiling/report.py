@@ -47,6 +47,7 @@ __all__ = [
     "write_steps_csv",
     "plot_steps",
     "machine_info",
+    "loader_record",
     "summarize_loader",
     "format_loader_table",
     "format_sweep_table",
@@ -276,6 +277,25 @@ def write_report(out_dir: str | os.PathLike[str], records: Sequence[Mapping[str,
 # -- loader-only ---------------------------------------------------------------------------------------------
 
 
+def loader_record(stats: Any) -> dict[str, Any]:
+    """One batch's loader counters (``fastload.reader.IOStats`` or its ``as_dict()``) as a loader record.
+
+    Seconds (``plan_s``, ``fetch_s``, ``decode_s``, ``gather_s``, ``wait_s``) become ``<stage>_ms`` and
+    ``queue_wait_ms``; ``hits``/``misses`` become ``cache_hits``/``cache_misses``; byte counters and samples
+    are kept.
+    """
+    d = stats if isinstance(stats, Mapping) else {k: getattr(stats, k) for k in dir(stats)
+                                                  if not k.startswith("_") and not callable(getattr(stats, k))}
+    rec: dict[str, Any] = {f"{s}_ms": 1e3 * float(d.get(f"{s}_s", 0.0)) for s in LOADER_STAGES}
+    rec["queue_wait_ms"] = 1e3 * float(d.get("wait_s", 0.0))
+    rec["samples"] = int(d.get("samples", 0))
+    for k in ("bytes_stored", "bytes_decoded", "bytes_useful"):
+        rec[k] = int(d.get(k, 0))
+    rec["cache_hits"] = int(d.get("hits", 0))
+    rec["cache_misses"] = int(d.get("misses", 0))
+    return rec
+
+
 def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
                      config: Mapping[str, Any] | None = None,
                      machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -284,7 +304,7 @@ def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
     Parameters
     ----------
     records : sequence of mapping
-        One per batch: ``<stage>_ms`` for each of :data:`LOADER_STAGES` (time summed over the worker threads
+        One per batch (:func:`loader_record` makes one from the loader's ``IOStats``): ``<stage>_ms`` for each of :data:`LOADER_STAGES` (time summed over the worker threads
         that did the batch's work), ``queue_wait_ms`` (consumer wait), ``samples``, ``bytes_stored``,
         ``bytes_decoded``, ``bytes_useful``, ``cache_hits``, ``cache_misses``.
     wall_s : float

@@ -15,6 +15,7 @@ from profiling.report import (
     format_loader_table,
     format_sweep_table,
     format_table,
+    loader_record,
     summarize,
     summarize_loader,
     write_report,
@@ -159,3 +160,21 @@ def test_loader_summary_and_table():
         summarize_loader([], wall_s=1.0)
     with pytest.raises(ConfigError, match="wall_s"):
         summarize_loader(recs, wall_s=0.0)
+
+
+def test_loader_record_from_io_stats():
+    d = {"batches": 1, "samples": 8, "skipped": 0, "chunks": 5, "hits": 2, "misses": 3, "bytes_stored": 600,
+         "bytes_decoded": 1000, "bytes_useful": 250, "retries": 0, "plan_s": 0.0005, "fetch_s": 0.01,
+         "decode_s": 0.02, "gather_s": 0.004, "wait_s": 0.002, "copy_s": 0.0}
+    rec = loader_record(d)
+    assert rec == pytest.approx({"plan_ms": 0.5, "fetch_ms": 10.0, "decode_ms": 20.0, "gather_ms": 4.0,
+                                 "queue_wait_ms": 2.0, "samples": 8, "bytes_stored": 600, "bytes_decoded": 1000,
+                                 "bytes_useful": 250, "cache_hits": 2, "cache_misses": 3})
+
+    class Stats:  # attribute access, like the loader's IOStats dataclass
+        pass
+
+    obj = Stats()
+    for k, v in d.items():
+        setattr(obj, k, v)
+    assert loader_record(obj) == rec
