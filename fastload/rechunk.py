@@ -1,0 +1,275 @@
+"""Copy a store into the per-variable layout with a better chunking: ``fastload rechunk STORE OUT``.
+
+Why this exists: the chunking decides how many bytes a sampler decodes per useful byte (AtmoRep's whole-globe
+chunks decode hundreds of times what a sample uses). ``fastload inspect STORE --config CFG`` says what a config
+costs on a store and which chunking would be cheaper; this tool writes that chunking (``--config``), or the one
+given (``--chunks``, default :data:`fastload.write.DEFAULT_CHUNKS`), into a new store that xarray opens as it is.
+
+It reads through :func:`fastload.store.open_store` (either layout, zarr v2 or v3, sharded or not, local or fsspec
+URLs), decoding each source chunk once: it walks the time axis in blocks that are whole multiples of both the
+source and the output time chunks when that fits in ``max_block_bytes``, so memory stays bounded by one such
+block of one source array (for an AtmoRep source, whose chunks hold every field, the block holds every field).
+Writes go through :class:`fastload.write.StoreWriter`: an interrupted run leaves no store at OUT.
+
+Run::
+
+    fastload rechunk atmorep.zarr era5.zarr --config sampling.toml
+    fastload rechunk era5.zarr era5-6h.zarr --chunks 6,1,64,128 --zarr-format 3 --shard 24,1,256,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._progress import Progress
+from .errors import ConfigError, SchemaError
+from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, parse_ints
+
+__all__ = ["rechunk", "chunks_from_config", "main"]
+
+_LAYOUT_KEYS = ("fastload_layout", "fields", "sfc_fields", "levels", "level_type", "latitude_order")
+_DROP_ATTRS = ("_ARRAY_DIMENSIONS", "_FillValue", "fields", "levels", "level_type", "units", "long_names")
+
+
+def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT_CHUNKS) -> dict[str, tuple[int, ...]]:
+    """Per field, the (time, level, latitude, longitude) chunking :func:`fastload.inspect.recommend_chunks` finds
+    cheapest for ``config``; fields the config does not sample get ``default``.
+
+    The recommendation is per source array (an AtmoRep ``data`` array holds many fields); its time, level,
+    latitude and longitude lengths are carried over to each field of that array (a field axis does not exist in
+    the per-variable layout).
+    """
+    from .inspect import recommend_chunks
+
+    store.check(config)
+    recs = recommend_chunks(store, config)
+    out: dict[str, tuple[int, ...]] = {}
+    sampled = set(config.field_names)
+    for name, f in store.fields.items():
+        rec = recs.get(f.array)
+        if rec is None or name not in sampled:
+            out[name] = tuple(default)
+            continue
+        t_ax, _, l_ax, y_ax, x_ax = f.axes
+        out[name] = (
+            rec.chunks[t_ax] if t_ax is not None else default[0],
+            rec.chunks[l_ax] if l_ax is not None else default[1],
+            rec.chunks[y_ax],
+            rec.chunks[x_ax],
+        )
+    return out
+
+
+def _read_block(store: Any, array: str, t0: int, t1: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    """``array[t0:t1, ...]`` (the whole array when it has no time axis), decoding each chunk once, in threads."""
+    info = store.arrays[array]
+    has_time = any(f.array == array and f.has_time for f in store.fields.values())
+    shape, chunks = info.shape, info.chunks
+    lo = (t0,) + (0,) * (len(shape) - 1) if has_time else (0,) * len(shape)
+    hi = (t1,) + tuple(shape[1:]) if has_time else tuple(shape)
+    out = np.empty(tuple(h - lo_ for lo_, h in zip(lo, hi)), dtype=info.dtype)
+    ranges = [range(a // c, -(-b // c)) for a, b, c in zip(lo, hi, chunks)]
+    idxs = list(product(*ranges))
+
+    def place(idx: tuple[int, ...]) -> None:
+        data = store.read_chunk(array, idx)  # full chunk shape, edge chunks padded
+        src, dst = [], []
+        for i, c, a, b in zip(idx, chunks, lo, hi):
+            s, e = max(i * c, a), min((i + 1) * c, b)
+            src.append(slice(s - i * c, e - i * c))
+            dst.append(slice(s - a, e - a))
+        out[tuple(dst)] = data[tuple(src)]
+
+    for _ in pool.map(place, idxs):  # chunks do not overlap: threads write disjoint parts of out
+        pass
+    return out
+
+
+def _field_view(block: np.ndarray, f: Any) -> np.ndarray:
+    """The (time, [level], y, x) part of a source block that belongs to field ``f``."""
+    return block if f.field_index is None else np.take(block, f.field_index, axis=f.axes[1])
+
+
+def rechunk(
+    store: Any,
+    out: str | os.PathLike[str],
+    *,
+    chunks: Sequence[int] | None = None,
+    config: Any = None,
+    fields: Sequence[str] | None = None,
+    codec: str = DEFAULT_CODEC,
+    shards: Sequence[int] | None = None,
+    zarr_format: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    max_block_bytes: int = 512 * 2**20,
+    workers: int | None = None,
+) -> Path:
+    """Copy ``store`` into the per-variable layout with a new chunking; returns the new store's path.
+
+    Parameters
+    ----------
+    store : str, path or Store
+        The source (any layout :func:`fastload.store.open_store` reads).
+    out : path
+        The store to create.
+    chunks : (time, level, latitude, longitude), optional
+        Chunking of every field (of the fields ``config`` does not sample, when ``config`` is given).
+    config : SamplingConfig or path, optional
+        Use the chunking :func:`fastload.inspect.recommend_chunks` finds cheapest for this sampling config.
+    fields : sequence of str, optional
+        Fields to copy (default: all).
+    codec, shards : str, sequence of int
+        As for :class:`fastload.write.StoreWriter`.
+    zarr_format : {2, 3}, optional
+        Default: the source's.
+    overwrite, progress :
+        Replace an existing ``out``; draw a progress bar (default: when stderr is a terminal).
+    max_block_bytes : int
+        Largest source block read at once when aligning it to the source chunks (decode each chunk once).
+    workers : int, optional
+        Decoding threads (default: up to 8, the CPU count).
+    """
+    from .config import SamplingConfig
+    from .store import open_store
+
+    src = store if hasattr(store, "read_chunk") else open_store(store)
+    if src.grid.kind != "latlon":
+        raise SchemaError(f"{src.path}: rechunk writes latitude-longitude grids; this store's grid is {src.grid.kind}")
+    names = list(src.fields) if fields is None else list(fields)
+    unknown = [n for n in names if n not in src.fields]
+    if unknown:
+        raise ConfigError(f"fields: {unknown} not in {src.path}; fields there: {list(src.fields)}")
+    default = tuple(chunks) if chunks is not None else DEFAULT_CHUNKS
+    if config is not None:
+        cfg = config if isinstance(config, SamplingConfig) else SamplingConfig.from_file(config)
+        per_field = chunks_from_config(src, cfg, default)
+    else:
+        per_field = {n: default for n in names}
+    lev = [(n, src.fields[n]) for n in names if src.fields[n].levels is not None]
+    for n, f in lev[1:]:
+        if not np.array_equal(f.levels, lev[0][1].levels):
+            raise SchemaError(f"{src.path}: field {n!r} has levels {f.levels.tolist()} but {lev[0][0]!r} has "
+                              f"{lev[0][1].levels.tolist()}; the per-variable layout has one level axis "
+                              "(copy them separately with --fields)")  # fmt: skip
+    attrs = {k: v for k, v in src.attrs.items() if k not in _LAYOUT_KEYS}
+    attrs["rechunked_from"] = str(src.path)
+    arrays: dict[str, list[str]] = {}
+    for n in names:
+        arrays.setdefault(src.fields[n].array, []).append(n)
+    nbytes = 0
+    for n in names:
+        f, info = src.fields[n], src.arrays[src.fields[n].array]
+        nbytes += math.prod(s for i, s in enumerate(info.shape) if i != f.axes[1]) * info.dtype.itemsize
+    fmt = zarr_format or src.zarr_format
+    with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs) as w, \
+            ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
+        if src.time is not None:
+            w.set_time(src.time)
+        w.set_grid(src.grid.lat, src.grid.lon, lat_attrs=_coord_attrs(src, 0), lon_attrs=_coord_attrs(src, 1))
+        if lev:
+            f0 = lev[0][1]
+            lattrs = _level_attrs(src, f0)
+            lt = f0.level_type if f0.level_type in LEVEL_TYPES else "model"
+            w.set_levels(f0.levels, level_type=lt, units=lattrs.pop("units", None), attrs=lattrs)
+        for n in names:
+            f = src.fields[n]
+            dims = (("time",) if f.has_time else ()) + (("level",) if f.levels is not None else ())
+            a = {k: v for k, v in f.attrs.items() if k not in _DROP_ATTRS}
+            long_names = src.arrays[f.array].attrs.get("long_names")
+            if isinstance(long_names, Mapping) and n in long_names:
+                a.setdefault("long_name", long_names[n])
+            w.add_variable(n, dims + ("latitude", "longitude"), dtype=f.dtype, chunks=per_field[n], codec=codec,
+                           shards=shards, units=f.units, attrs=a)  # fmt: skip
+        with Progress(nbytes, "rechunk", "B", enabled=progress) as bar:
+            for array, fs in arrays.items():
+                bar.set_description(f"rechunk {array}")
+                info = src.arrays[array]
+                if not src.fields[fs[0]].has_time:  # static: small, read whole
+                    block = _read_block(src, array, 0, 0, pool)
+                    for n in fs:
+                        part = _field_view(block, src.fields[n])
+                        w.write(n, part, (0,) * part.ndim)
+                        bar.update(part.nbytes)
+                    continue
+                step_bytes = math.prod(info.shape[1:]) * info.dtype.itemsize
+                units = math.lcm(*(w.write_unit(n)[0] for n in fs))
+                both = math.lcm(units, info.chunks[0])
+                size = both if both * step_bytes <= max_block_bytes else units
+                for t0 in range(0, info.shape[0], size):
+                    t1 = min(t0 + size, info.shape[0])
+                    block = _read_block(src, array, t0, t1, pool)  # (T, [F], [L], Y, X): one source block
+                    for n in fs:
+                        part = _field_view(block, src.fields[n])
+                        w.write(n, part, t0)
+                        bar.update(part.nbytes)
+                    del block
+    return w.out
+
+
+def _coord_attrs(src: Any, axis: int) -> dict[str, Any]:
+    dim = src.grid.dims[axis]
+    info = src.coords.get(dim)
+    attrs = dict(info.attrs) if info is not None else {}
+    return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "units")}
+
+
+def _level_attrs(src: Any, f: Any) -> dict[str, Any]:
+    if f.field_index is None:  # per-variable: the level coordinate is the dimension at the level axis
+        dims = src.arrays[f.array].dims or ()
+        info = src.coords.get(dims[f.axes[2]]) if len(dims) > f.axes[2] else None
+    else:
+        info = src.coords.get("level")
+    attrs = dict(info.attrs) if info is not None else {}
+    return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "level_type")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastload rechunk STORE OUT [--config CFG | --chunks T,L,Y,X]``: copy a store with a new chunking."""
+    p = argparse.ArgumentParser(
+        prog="fastload rechunk",
+        description="Copy a store (AtmoRep or per-variable layout, zarr v2/v3) into the per-variable layout with "
+        "the chunking best for a sampling config (--config) or a given one (--chunks), in bounded memory.",
+        epilog="see what a config costs first: fastload inspect STORE --config CFG",
+    )
+    p.add_argument("store", help="source store (path or fsspec URL)")
+    p.add_argument("out", help="store to create")
+    p.add_argument("--config", help="sampling config (TOML/YAML): use the chunking recommended for it")
+    p.add_argument("--chunks", metavar="T,L,Y,X",
+                   help=f"chunk shape (time, level, lat, lon); default {','.join(map(str, DEFAULT_CHUNKS))}; with "
+                   "--config, for the fields the config does not sample")  # fmt: skip
+    p.add_argument("--fields", help="comma-separated fields to copy (default: all)")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS, help=f"compression (default {DEFAULT_CODEC})")
+    p.add_argument("--shard", metavar="T,L,Y,X", help="zarr v3 shard shape, a multiple of the chunks")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format (default: the source's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    out = rechunk(
+        a.store, a.out, config=a.config, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
+        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
+        shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
+        overwrite=a.overwrite, progress=False if a.quiet else None,
+    )  # fmt: skip
+    import zarr
+
+    g = zarr.open_group(out, mode="r")
+    print(f"wrote {out}:")
+    for n in sorted(g.array_keys()):
+        if n not in ("time", "level", "latitude", "longitude"):
+            print(f"  {n:<20} shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""fastload rechunk: either layout in, per-variable layout out, same values, chunking as asked or recommended."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import fastload.rechunk as rechunk_mod
+from fastload.cli import main as cli
+from fastload.config import FieldConfig, SamplingConfig
+from fastload.errors import ConfigError, StoreError
+from fastload.inspect import recommend_chunks
+from fastload.rechunk import chunks_from_config, rechunk
+from fastload.store import open_store
+from fastload.synth import synthesize
+
+HOURS = 16
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rechunk")
+    return {
+        "atmorep": synthesize(d / "a.zarr", "tiny", hours=HOURS, layout="atmorep", progress=False),
+        "per_variable": synthesize(d / "p.zarr", "tiny", hours=HOURS, zarr_format=3, progress=False),
+    }
+
+
+def _reference(path):
+    """Every field of a store as numpy, read with zarr-python (independent of fastload's reader)."""
+    g = zarr.open_group(path, mode="r")
+    if "data" in g:
+        out = {}
+        for arr in ("data", "data_sfc"):
+            for i, name in enumerate(g[arr].attrs["fields"]):
+                out[name] = g[arr][:, i]
+        return out
+    return {n: g[n][...] for n in g.array_keys() if n not in ("time", "level", "latitude", "longitude")}
+
+
+CONFIG = SamplingConfig(fields=(
+    FieldConfig(name="temperature", levels=(96, 137), num_tokens=(2, 2, 4), token_size=(3, 9, 9)),
+    FieldConfig(name="t2m", num_tokens=(2, 2, 4), token_size=(3, 9, 9)),
+))  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["atmorep", "per_variable"])
+def test_values_round_trip_with_the_given_chunking(tmp_path, stores, layout):
+    src = stores[layout]
+    out = rechunk(src, tmp_path / "r.zarr", chunks=(4, 2, 16, 32), progress=False)
+    ds = xr.open_zarr(out)
+    ref = _reference(src)
+    assert set(ds.data_vars) == set(ref)
+    for name, values in ref.items():
+        np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+    np.testing.assert_allclose(ds.latitude.values, np.linspace(90, -90, 61))
+    np.testing.assert_array_equal(ds.level.values, [96, 105, 114, 123, 137])
+    assert ds.level.attrs["level_type"] == "model"
+    assert ds.temperature.attrs["units"] == "K" and ds.temperature.attrs["long_name"] == "air temperature"
+    assert ds.time.size == HOURS and ds.attrs["rechunked_from"] == str(src)
+    g = zarr.open_group(out, mode="r")
+    assert g["temperature"].chunks == (4, 2, 16, 32) and g["t2m"].chunks == (4, 16, 32)
+    assert g.metadata.zarr_format == open_store(str(src)).zarr_format  # default: the source's format
+
+
+def test_sharded_v3_output(tmp_path, stores):
+    out = rechunk(stores["atmorep"], tmp_path / "s.zarr", chunks=(2, 1, 32, 64), shards=(4, 1, 64, 128),
+                  zarr_format=3, fields=["velocity_u", "t2m"], progress=False)  # fmt: skip
+    g = zarr.open_group(out, mode="r")
+    assert g["velocity_u"].shards == (4, 1, 64, 128) and g["velocity_u"].chunks == (2, 1, 32, 64)
+    assert set(xr.open_zarr(out).data_vars) == {"velocity_u", "t2m"}
+    ref = _reference(stores["atmorep"])
+    np.testing.assert_array_equal(g["velocity_u"][...], ref["velocity_u"])
+
+
+def test_config_picks_the_recommended_chunking(tmp_path, stores):
+    src = open_store(str(stores["atmorep"]))
+    recs = recommend_chunks(src, CONFIG)
+    per_field = chunks_from_config(src, CONFIG, default=(4, 1, 32, 32))
+    t, _, l_, y, x = recs["data"].chunks
+    assert per_field["temperature"] == (t, l_, y, x)
+    ts, _, ys, xs = recs["data_sfc"].chunks
+    assert per_field["t2m"][0] == ts and per_field["t2m"][2:] == (ys, xs)
+    assert per_field["velocity_u"] == (4, 1, 32, 32)  # not sampled by the config: the default
+    out = rechunk(stores["atmorep"], tmp_path / "c.zarr", config=CONFIG, chunks=(4, 1, 32, 32), progress=False)
+    g = zarr.open_group(out, mode="r")
+    assert g["temperature"].chunks == tuple(min(c, n) for c, n in zip(per_field["temperature"], (HOURS, 5, 61, 120)))
+    assert g["velocity_u"].chunks == (4, 1, 32, 32)
+
+
+def test_each_source_chunk_is_decoded_once(tmp_path, stores, monkeypatch):
+    src = open_store(str(stores["atmorep"]))
+    reads = []
+    real = type(src).read_chunk
+    monkeypatch.setattr(type(src), "read_chunk", lambda self, a, c, out=None: reads.append((a, tuple(c))) or real(self, a, c, out))
+    rechunk(src, tmp_path / "r.zarr", chunks=(6, 1, 32, 64), progress=False)  # source time chunks of 8
+    assert len(reads) == len(set(reads))
+    expected = sum(int(np.prod(src.arrays[a].grid_shape)) for a in src.arrays)
+    assert len(reads) == expected
+
+
+def test_memory_is_bounded_by_one_block(tmp_path, stores, monkeypatch):
+    spans = []
+    real = rechunk_mod._read_block
+    monkeypatch.setattr(rechunk_mod, "_read_block", lambda s, a, t0, t1, p: spans.append(t1 - t0) or real(s, a, t0, t1, p))
+    out = rechunk(stores["per_variable"], tmp_path / "r.zarr", chunks=(2, 1, 61, 120), max_block_bytes=1, progress=False)
+    assert max(spans) == 2  # a tight budget: one output time chunk at a time
+    np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, _reference(stores["per_variable"])["t2m"])
+
+
+def test_interrupted_rechunk_leaves_nothing(tmp_path, stores, monkeypatch):
+    calls = {"n": 0}
+    real = rechunk_mod._read_block
+
+    def flaky(*a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(rechunk_mod, "_read_block", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        rechunk(stores["atmorep"], tmp_path / "r.zarr", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input(tmp_path, stores):
+    with pytest.raises(ConfigError, match="ozone"):
+        rechunk(stores["atmorep"], tmp_path / "r.zarr", fields=["ozone"])
+    bad = SamplingConfig(fields=(FieldConfig(name="ozone", num_tokens=(2, 2, 4), token_size=(3, 9, 9)),))
+    with pytest.raises(ConfigError, match="ozone"):
+        rechunk(stores["atmorep"], tmp_path / "r.zarr", config=bad)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(StoreError, match="already exists"):
+        rechunk(stores["atmorep"], tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_cli(tmp_path, stores, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["rechunk", "--help"])
+    assert e.value.code == 0 and "--config" in capsys.readouterr().out
+    cfg = tmp_path / "sampling.toml"
+    cfg.write_text(CONFIG.to_toml())
+    out = tmp_path / "r.zarr"
+    assert cli(["rechunk", str(stores["atmorep"]), str(out), "--config", str(cfg), "-q"]) == 0
+    assert "temperature" in capsys.readouterr().out
+    assert set(xr.open_zarr(out).data_vars) == {"temperature", "velocity_u", "t2m", "total_precip"}
+    assert cli(["rechunk", str(tmp_path / "missing.zarr"), str(tmp_path / "x.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.zarr" in err and "Traceback" not in err
+    assert cli(["rechunk", str(stores["atmorep"]), str(tmp_path / "y.zarr"), "--chunks", "1,2"]) == 2
+    assert "--chunks" in capsys.readouterr().err
