@@ -355,6 +355,8 @@ class Normalizer:
             The grid differs (shape, or first/last latitude or longitude, e.g. flipped latitude order).
         """
         a = self.attrs(field)
+        if field not in store.fields:
+            raise ConfigError(f"field {field!r}: not in the data store {store.path!r}; it has {list(store.fields)}")
         grid = store.grid
         shape = [int(v) for v in a.get("grid_shape", ())]
         if shape != [int(grid.ny), int(grid.nx)]:

@@ -23,6 +23,7 @@ from fastload.inspect import (
 )
 from fastload.store import open_store
 
+from .stores import make_atmorep, make_per_variable
 from .test_stats import write_atmorep, write_per_variable
 
 
@@ -109,6 +110,8 @@ CASES = {
     "per_variable_coslat_step2": dict(store="pv", fields=[("temperature", (105,))], time_step=2, centers="coslat"),
     "regional": dict(store="regional", fields=[("temperature", (96, 105, 114))]),
     "atmorep": dict(store="atmorep", fields=[("t", (96, 114)), ("q", (105,))]),
+    "atmorep_sfc": dict(store="atmorep_sfc", fields=[("temperature", (96, 137)), ("velocity_u", (114,)), ("msl", None)]),
+    "sharded": dict(store="sharded", fields=[("t", (850.0,)), ("sp", None), ("orog", None)]),
 }
 
 
@@ -118,6 +121,10 @@ def test_amplification_matches_monte_carlo(tmp_path, case):
     kind = spec.pop("store")
     if kind == "atmorep":
         write_atmorep(tmp_path / "s.zarr", nt=40, ny=9, nx=14, chunks=(5, 1, 2, 4, 5))
+    elif kind == "atmorep_sfc":
+        make_atmorep(tmp_path / "s.zarr", nt=20, ny=9, nx=14, chunks=(3, 2, 2, 4, 5))
+    elif kind == "sharded":
+        make_per_variable(tmp_path / "s.zarr", zarr_format=3, sharded=True, nt=20, nx=14)
     else:
         write_per_variable(tmp_path / "s.zarr", regional=kind == "regional", nx=14, nan_frac=0)
     store = open_store(str(tmp_path / "s.zarr"))
@@ -211,6 +218,17 @@ def test_describe_matches_zarr(tmp_path):
     text = format_summary(d)
     for s in ("per_variable", "regional", "temperature", "6h", "44 steps", "orography (static)"):
         assert s in text
+
+
+def test_describe_sharded(tmp_path):
+    make_per_variable(tmp_path / "s.zarr", zarr_format=3, sharded=True, nt=8)
+    d = describe(open_store(str(tmp_path / "s.zarr")))
+    a = d["arrays"]["t"]
+    arr = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["t"]
+    meta = (tmp_path / "s.zarr" / "t" / "zarr.json").stat().st_size
+    assert a["shard"] == [4, 2, 8, 12] and a["chunks"] == [2, 1, 4, 6]
+    assert a["stored_bytes"] == arr.nbytes_stored() - meta
+    assert any(c.startswith("sharding_indexed") for c in a["codecs"])
 
 
 def test_cli(tmp_path, capsys):

@@ -259,3 +259,27 @@ def test_cli(tmp_path, capsys):
     assert main([str(tmp_path / "d.zarr")]) != 0  # --out missing: argparse usage error
     with pytest.raises(StoreNotFoundError):
         compute_stats(str(tmp_path / "missing.zarr"), tmp_path / "y.zarr")
+
+
+def test_sharded_store_with_a_missing_chunk(tmp_path):
+    from .stores import make_per_variable
+
+    truth = make_per_variable(tmp_path / "s.zarr", zarr_format=3, sharded=True, codec="zstd", nt=6)
+    out = compute_stats(str(tmp_path / "s.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    months = months_of(truth["time"])
+    for name in ("t", "q"):  # q's first time chunk is missing (fill value NaN)
+        assert_stats(out, name, truth[name], months, rtol=2e-5)
+    assert_stats(out, "sp", truth["sp"][:, None], months, rtol=2e-5)
+
+
+def test_curvilinear_grid_with_land(tmp_path):
+    from .stores import make_curvilinear
+
+    truth = make_curvilinear(tmp_path / "o.zarr")
+    out = compute_stats(str(tmp_path / "o.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    attrs = assert_stats(out, "thetao", truth["thetao"], months_of(truth["time"]))
+    assert attrs["grid_kind"] == "curvilinear" and attrs["levels"] == [5.0, 50.0]
+    _, _, lm, _, _ = read_group(out, "thetao")
+    assert np.isnan(lm[0, :, 2:4, 3:6]).all() and np.isfinite(lm[0, :, :2]).all()  # land stays NaN
+    ds = xr.open_zarr(out, group="thetao", consolidated=False)
+    assert ds["local_std"].dims == ("month", "level", "y", "x")
