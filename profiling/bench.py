@@ -51,7 +51,7 @@ from .roofs import (
     store_files,
 )
 
-__all__ = ["main", "BenchOptions", "run_bench"]
+__all__ = ["main", "BenchOptions", "run_bench", "loader_factory", "first_batch"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,7 +91,8 @@ def _all_status(latency_ms: float) -> dict[str, str | None]:
     return {**fastload_status(), **peer_status(None, latency_ms)}
 
 
-def _make(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float, plan: dict[str, int]):
+def loader_factory(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float,
+                   plan: dict[str, int]):
     """A factory of the loader ``name``; ``plan`` (seed, epoch, samples_per_window) lets the Loader redraw it."""
     if name in FASTLOAD_ROWS:
         return lambda: FASTLOAD_ROWS[name](path, config, workers=workers, latency_ms=latency_ms, plan=plan)
@@ -144,7 +145,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             continue
         log(f"[{label}] verify {name}")
         try:
-            out = _first_batch(_make(name, path, spec, config, workers, latency_ms, metas[0]), plans[0])
+            out = first_batch(loader_factory(name, path, spec, config, workers, latency_ms, metas[0]), plans[0])
         except Exception as e:  # a peer that crashes is reported, the bench goes on
             rows[name] = {**base, "loader": name, "status": "error", "reason": f"{type(e).__name__}: {e}"}
             continue
@@ -167,7 +168,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
         for name in order:
             log(f"[{label}] round {r + 1}/{opts.rounds}: {name}")
             try:
-                make = _make(name, path, spec, config, workers, latency_ms, metas[r + 1])
+                make = loader_factory(name, path, spec, config, workers, latency_ms, metas[r + 1])
                 passes[name].append(time_pass(make, plans[r + 1], before=before))
             except Exception as e:
                 rows[name].update(status="error", reason=f"{type(e).__name__}: {e}")
@@ -210,7 +211,8 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     return list(rows.values()), roofs
 
 
-def _first_batch(make, batches) -> dict[str, np.ndarray]:
+def first_batch(make, batches) -> dict[str, np.ndarray]:
+    """Construct a loader with ``make()``, pull one batch (``batches`` holds one), copy it out, close."""
     loader = make()
     try:
         outs = [{k: np.array(v, copy=True) for k, v in b.items()} for b in loader.iter_batches(batches)]
