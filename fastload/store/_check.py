@@ -78,12 +78,14 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
                 f"fields.{f.name}: stored packed (attributes {packed}); fastload reads stored values as they are "
                 "and does not unpack them. Convert the store to floats first (fastload convert)"
             )
-        if by > g.ny:
+        if g.kind == "mesh":
+            pass  # a mesh has no index box: the tokenizer bins nodes into the box's token cells
+        elif by > g.ny:
             raise ConfigError(
                 f"fields.{f.name}: the sample box spans {by} grid points in latitude (num_tokens "
                 f"{list(f.num_tokens)} x token_size {list(f.token_size)}) but the grid has {g.ny}"
             )
-        if bx > g.nx:
+        if g.kind != "mesh" and bx > g.nx:
             raise ConfigError(
                 f"fields.{f.name}: the sample box spans {bx} grid points in longitude (num_tokens "
                 f"{list(f.num_tokens)} x token_size {list(f.token_size)}) but the grid has {g.nx}"

@@ -47,8 +47,9 @@ class FieldInfo:
     """Units from the store's attributes, if any."""
     dtype: np.dtype
     """Element type as stored."""
-    axes: tuple[int | None, int | None, int | None, int, int]
-    """Positions of (time, field, level, y, x) in the array; None where absent. y, x are the last two axes."""
+    axes: tuple[int | None, int | None, int | None, int | None, int]
+    """Positions of (time, field, level, y, x) in the array; None where absent. y, x are the last two axes; on a
+    mesh y is None and x is the node axis (the last)."""
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """The array's attributes (per-variable layout) or the field's entry of them (AtmoRep)."""
 
@@ -133,7 +134,12 @@ def _check_level_type(lt: Any, where: str) -> str | None:
 
 
 def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
-    """Decide the layout (AtmoRep when a 5-D ``data`` array exists, else per-variable) and describe its fields."""
+    """Decide the layout (AtmoRep when a 5-D ``data`` array exists, else per-variable; per-variable on a mesh
+    when latitude and longitude share one node dimension, see :mod:`._mesh`) and describe its fields."""
+    from ._mesh import is_mesh, mesh_layout
+
+    if is_mesh(meta):
+        return Layout("per_variable", *mesh_layout(meta, read, where))
     data = meta.arrays.get("data")
     if data is not None and data.ndim == 5:
         return _atmorep(meta, read, where)

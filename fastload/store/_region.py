@@ -62,7 +62,7 @@ def as_indices(sel: Any, n: int, what: str, *, wrap: bool = False) -> np.ndarray
 
 
 def read_box(store: Store, field: str, t: Any, level_idx: Any, y: Any, x: Any) -> np.ndarray:
-    """``(t, l, y, x)`` box of ``field``; see :meth:`Store.read`."""
+    """``(t, l, y, x)`` box of ``field``; see :meth:`Store.read` (a mesh field: ``(t, l, 1, nodes)``)."""
     if field not in store.fields:
         raise KeyError(f"{store.path}: no field {field!r}; fields: {list(store.fields)}")
     f = store.fields[field]
@@ -74,8 +74,9 @@ def read_box(store: Store, field: str, t: Any, level_idx: Any, y: Any, x: Any) -
     li = as_indices(level_idx, nl, f"{field} level") if l_ax is not None else np.zeros(1, np.int64)
     if l_ax is None and level_idx is not None:
         as_indices(level_idx, 1, f"{field} level (field has no level axis)")
-    yi = as_indices(y, store.grid.ny, f"{field} y")
-    xi = as_indices(x, store.grid.nx, f"{field} x", wrap=store.grid.periodic_x and not isinstance(x, slice))
+    yi = as_indices(y, store.grid.ny, f"{field} y")  # a mesh (no y axis) has one row: y may only be 0
+    mesh = y_ax is None
+    xi = as_indices(x, store.grid.nx, f"{field} x", wrap=store.grid.periodic_x and not mesh and not isinstance(x, slice))
     index: list[np.ndarray] = [np.zeros(0, np.int64)] * info.ndim
     if t_ax is not None:
         index[t_ax] = ti
@@ -83,7 +84,9 @@ def read_box(store: Store, field: str, t: Any, level_idx: Any, y: Any, x: Any) -
         index[f_ax] = np.array([f.field_index], np.int64)
     if l_ax is not None:
         index[l_ax] = li
-    index[y_ax], index[x_ax] = yi, xi
+    if not mesh:
+        index[y_ax] = yi
+    index[x_ax] = xi
     data = read_region(store, f.array, index)
     if f_ax is not None:
         data = np.squeeze(data, axis=f_ax)
@@ -91,4 +94,6 @@ def read_box(store: Store, field: str, t: Any, level_idx: Any, y: Any, x: Any) -
         data = data[np.newaxis]
     if l_ax is None:
         data = data[:, np.newaxis]
+    if mesh:
+        data = data[:, :, np.newaxis]
     return np.ascontiguousarray(data)  # (t, l, y, x)

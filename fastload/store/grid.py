@@ -5,6 +5,10 @@ in longitude), which way latitude runs, and the coordinates themselves (for per-
 weights). Regular lat/lon grids have 1-D coordinates; curvilinear grids (ocean models) have 2-D ``latitude`` /
 ``longitude`` arrays over dims ``(y, x)`` and say whether x is periodic in an attribute ``periodic_x``.
 
+Unstructured meshes (FESOM-style ocean meshes, point data) have 1-D ``latitude``/``longitude`` over one node
+dimension; :func:`fastload.store._mesh.mesh_grid` builds their :class:`Grid` (``kind = "mesh"``, ``ny = 1``,
+``nx`` = the number of nodes, optional ``face_nodes`` connectivity).
+
 A 1-D longitude axis is global (``periodic_x``) when it is regularly spaced and covers 360 degrees (``n * step
 == 360``), unless its ``periodic_x`` attribute says otherwise. Coordinates are checked here: finite, strictly
 monotonic latitude and (after unwrapping across the dateline) longitude; violations raise
@@ -29,21 +33,25 @@ class Grid:
     """Horizontal grid of a store, in store order (index 0 first)."""
 
     kind: str
-    """``"latlon"`` (1-D coordinates) or ``"curvilinear"`` (2-D coordinates)."""
+    """``"latlon"`` (1-D coordinates), ``"curvilinear"`` (2-D coordinates) or ``"mesh"`` (1-D per node)."""
     lat: np.ndarray
-    """Latitudes in degrees: ``(NY,)`` for latlon, ``(NY, NX)`` for curvilinear."""
+    """Latitudes in degrees: ``(NY,)`` for latlon, ``(NY, NX)`` for curvilinear, ``(N,)`` per node for mesh."""
     lon: np.ndarray
-    """Longitudes in degrees: ``(NX,)`` for latlon, ``(NY, NX)`` for curvilinear."""
+    """Longitudes in degrees: ``(NX,)`` for latlon, ``(NY, NX)`` for curvilinear, ``(N,)`` for mesh ([0, 360))."""
     periodic_x: bool
     """Whether x wraps around (a global grid in longitude): sample boxes may cross the x seam."""
     lat_descending: bool
     """Whether latitude decreases with the y index (north to south, as in ERA5)."""
     dims: tuple[str, str] = ("latitude", "longitude")
-    """Names of the y and x dimensions in the store."""
+    """Names of the y and x dimensions in the store (a mesh: the node dimension twice)."""
+    face_nodes: np.ndarray | None = None
+    """Mesh connectivity ``(n_faces, n_vertices)`` int64 node indices, -1 where a face has fewer vertices; None
+    when the store has none (and for structured grids)."""
 
     @property
     def ny(self) -> int:
-        return int(self.lat.shape[0])
+        """Rows: 1 for a mesh (its nodes are one axis, ``nx``)."""
+        return 1 if self.kind == "mesh" else int(self.lat.shape[0])
 
     @property
     def nx(self) -> int:
@@ -54,6 +62,8 @@ class Grid:
         return (self.ny, self.nx)
 
     def __repr__(self) -> str:
+        if self.kind == "mesh":
+            return f"Grid(mesh, {self.nx} nodes, faces={0 if self.face_nodes is None else len(self.face_nodes)})"
         if self.kind == "latlon" and self.ny and self.nx:
             span = f"lat {self.lat[0]:g}..{self.lat[-1]:g}, lon {self.lon[0]:g}..{self.lon[-1]:g}"
         else:
