@@ -229,26 +229,55 @@ def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
     return mask
 
 
-def _plan_chunks(
-    store: Any, targets: list[_Target], tmask: np.ndarray | None
-) -> dict[tuple[str, tuple], list]:
-    """Chunk (array, index) -> targets it feeds, in time-chunk order."""
-    need: dict[tuple[str, tuple], list] = {}
-    for tg in targets:
-        info, arr = store.fields[tg.field], store.arrays[tg.array]
-        ax = info.axes
-        ranges: list[Sequence[int]] = [range(g) for g in arr.grid_shape]
-        if ax[0] is not None and tmask is not None:
-            ct = arr.chunks[ax[0]]
-            ranges[ax[0]] = np.unique(np.flatnonzero(tmask) // ct).tolist()
-        if ax[1] is not None:
-            ranges[ax[1]] = [tg.field_index // arr.chunks[ax[1]]]
-        if ax[2] is not None:
-            ranges[ax[2]] = [tg.store_level // arr.chunks[ax[2]]]
-        for idx in np.ndindex(*[len(r) for r in ranges]):
-            chunk = tuple(int(r[i]) for r, i in zip(ranges, idx))
-            need.setdefault((tg.array, chunk), []).append(tg)
-    return dict(sorted(need.items(), key=lambda kv: (kv[0][1][:1], kv[0][0], kv[0][1])))
+class _ChunkPlan:
+    """The chunks one pass reads, generated lazily (a long record has millions): (array, chunk index) -> targets.
+
+    Chunks holding several targets of the pass (an AtmoRep chunk with many fields and levels) are read once.
+    """
+
+    def __init__(self, store: Any, targets: list[_Target], tmask: np.ndarray | None):
+        self.store = store
+        self.groups: dict[tuple[str, int | None, int | None], list[_Target]] = {}
+        for tg in targets:
+            arr, (t_ax, f_ax, l_ax, _, _) = store.arrays[tg.array], store.fields[tg.field].axes
+            fc = None if f_ax is None else tg.field_index // arr.chunks[f_ax]
+            lc = None if l_ax is None else tg.store_level // arr.chunks[l_ax]
+            self.groups.setdefault((tg.array, fc, lc), []).append(tg)
+        self.axes = {tg.array: store.fields[tg.field].axes for tg in targets}
+        self.time_chunks: dict[str, list[int | None]] = {}
+        for array, t_ax in ((a, ax[0]) for a, ax in self.axes.items()):
+            if t_ax is None or tmask is None:
+                self.time_chunks[array] = [None]
+            else:
+                ct = store.arrays[array].chunks[t_ax]
+                self.time_chunks[array] = np.unique(np.flatnonzero(tmask) // ct).tolist()
+
+    def nbytes(self) -> int:
+        """Decoded bytes the pass reads."""
+        total = 0
+        for array, _, _ in self.groups:
+            arr = self.store.arrays[array]
+            _, _, _, y_ax, x_ax = self.axes[array]
+            n_yx = arr.grid_shape[y_ax] * arr.grid_shape[x_ax]
+            total += len(self.time_chunks[array]) * n_yx * arr.chunk_nbytes
+        return total
+
+    def __iter__(self):
+        for (array, fc, lc), tgs in self.groups.items():
+            arr = self.store.arrays[array]
+            t_ax, f_ax, l_ax, y_ax, x_ax = self.axes[array]
+            chunk = [0] * len(arr.shape)
+            if f_ax is not None:
+                chunk[f_ax] = fc
+            if l_ax is not None:
+                chunk[l_ax] = lc
+            for tc in self.time_chunks[array]:
+                if t_ax is not None:
+                    chunk[t_ax] = tc
+                for yc in range(arr.grid_shape[y_ax]):
+                    for xc in range(arr.grid_shape[x_ax]):
+                        chunk[y_ax], chunk[x_ax] = yc, xc
+                        yield (array, tuple(chunk)), tgs
 
 
 def _feed(
@@ -453,8 +482,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
         for group in passes:
             targets = [_Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi)
                        for f, a, p, li, fi in group]  # fmt: skip
-            plans.append((targets, _plan_chunks(store, targets, tmask)))
-        total = sum(store.arrays[a].chunk_nbytes for _, plan in plans for a, _ in plan)
+            plans.append((targets, _ChunkPlan(store, targets, tmask)))
+        total = sum(plan.nbytes() for _, plan in plans)
         with (
             Progress(total=total, desc="stats", unit="B", enabled=cfg.progress) as bar,
             ThreadPoolExecutor(cfg.workers, thread_name_prefix="fastload-stats") as pool,
@@ -464,7 +493,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
                 for tg in targets:
                     tg.allocate(ny, nx)
                 window: collections.deque = collections.deque()
-                items = iter(plan.items())
+                items = iter(plan)
                 while True:  # keep 2 x workers chunks in flight, consume in plan (time) order
                     while len(window) < 2 * cfg.workers:
                         nxt = next(items, None)

@@ -187,6 +187,17 @@ def test_static_field_counts_for_every_month(tmp_path):
     np.testing.assert_allclose(lm[5, 0], data["orography"], rtol=1e-6)
 
 
+def test_atmorep_chunks_are_read_once_per_pass(tmp_path, monkeypatch):
+    write_atmorep(tmp_path / "a.zarr")  # chunks (5, 2, 2, 3, 8): every chunk holds both fields and 1-2 levels
+    store = open_store(str(tmp_path / "a.zarr"))
+    seen = []
+    real = store.read_chunk
+    monkeypatch.setattr(store, "read_chunk", lambda a, c, *r, **k: seen.append((a, tuple(c))) or real(a, c, *r, **k))
+    compute_stats(store, tmp_path / "n.zarr", StatsConfig(progress=False))
+    grid = store.arrays["data"].grid_shape
+    assert len(seen) == len(set(seen)) == int(np.prod(grid))
+
+
 def test_atmorep_layout(tmp_path):
     data, time = write_atmorep(tmp_path / "a.zarr")
     out = compute_stats(str(tmp_path / "a.zarr"), tmp_path / "n.zarr", StatsConfig(memory_bytes=3000,
