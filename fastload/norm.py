@@ -161,8 +161,10 @@ class Normalizer:
         try:
             kw = {"storage_options": dict(storage_options)} if storage_options else {}
             self._root = zarr.open_group(self.path, mode="r", **kw)
-        except FileNotFoundError as e:
-            raise StoreNotFoundError(f"normalisation store {self.path!r} does not exist: {e}") from e
+        except FileNotFoundError as e:  # zarr's GroupNotFoundError included
+            raise StoreNotFoundError(f"no normalisation store (zarr group) at {self.path!r}: {e}") from e
+        except (ValueError, TypeError, KeyError) as e:
+            raise SchemaError(f"normalisation store {self.path!r} has unreadable metadata: {e}") from e
         attrs = dict(self._root.attrs)
         if attrs.get("fastload_norm") != FORMAT_VERSION:
             raise SchemaError(
