@@ -122,23 +122,29 @@ class SpectralAR:
         if nx % 2 == 0:
             w[0, -1] = 0.5
         var = float((amp**2 * w).sum()) / float(ny * nx) ** 2
-        self._amp = amp / np.sqrt(var)
+        # single precision throughout: half the memory traffic of float64, and plenty for weather-like noise
+        self._amp = (amp * np.sqrt(0.5 / var)).astype(np.float32)  # sqrt(0.5): unit complex variance
         phi = np.exp(-dt_hours * (1.0 + 0.5 * k * scale_deg) / tau_hours)  # small scales forget faster
         shift = np.exp(-2j * np.pi * kx * drift_deg_per_hour * dt_hours)
-        self._decay = phi * shift
-        self._innov = np.sqrt(1.0 - phi**2)
+        self._decay = (phi * shift).astype(np.complex64)
+        self._innov = np.sqrt(1.0 - phi**2).astype(np.float32)
         self._state = self._noise(self.key + [1 << 30])  # the stationary distribution, before step 0
         self.t = 0
 
     def _noise(self, key: list[int]) -> np.ndarray:
         rng = np.random.default_rng(np.random.SeedSequence(key))
         ny, nk = self._amp.shape
-        z = rng.standard_normal((self.layers, ny, nk, 2))
-        return (z[..., 0] + 1j * z[..., 1]) * (np.sqrt(0.5) * self._amp)
+        z = rng.standard_normal((self.layers, ny, nk, 2), dtype=np.float32)
+        c = z.view(np.complex64)[..., 0]  # (layers, ny, nk): real and imaginary parts from one draw
+        c *= self._amp
+        return c
 
     def step(self) -> np.ndarray:
-        """Advance one time step and return the fields, ``(layers, ny, nx)`` float64 with unit variance."""
-        self._state = self._decay * self._state + self._innov * self._noise(self.key + [self.t])
+        """Advance one time step and return the fields, ``(layers, ny, nx)`` float32 with unit variance."""
+        noise = self._noise(self.key + [self.t])
+        noise *= self._innov
+        self._state *= self._decay
+        self._state += noise
         self.t += 1
         return np.fft.irfft2(self._state, s=self.shape)
 
@@ -152,15 +158,21 @@ def grib_pack(values: np.ndarray, bits: int = 16) -> np.ndarray:
 
     ERA5 is distributed packed this way: each value is ``R + k * 2**E`` with ``k < 2**bits``. The low mantissa
     bits of the float32 values are then redundant, which is why real float32 ERA5 compresses about 1.5x with
-    blosc-lz4+shuffle while unpacked smooth fields barely do. Returns float32, same shape.
+    blosc-lz4+shuffle while unpacked smooth fields barely do. Returns float32, same shape (a new array).
     """
-    v = np.asarray(values, dtype=np.float64)
-    lo = v.min(axis=(-2, -1), keepdims=True)
-    span = v.max(axis=(-2, -1), keepdims=True) - lo
-    e = np.ceil(np.log2(np.maximum(span, 1e-30) / (2**bits - 1)))
-    step = np.exp2(e)
-    ref = np.floor(lo / step) * step
-    return (ref + np.round((v - ref) / step) * step).astype(np.float32)
+    v = np.array(values, dtype=np.float32)  # a copy, worked on in place
+    lo = v.min(axis=(-2, -1), keepdims=True).astype(np.float64)
+    span = v.max(axis=(-2, -1), keepdims=True).astype(np.float64) - lo
+    flat = span <= 0  # a constant slice (e.g. no rain anywhere) stays as it is
+    step = np.where(flat, 1.0, np.exp2(np.ceil(np.log2(np.where(flat, 1.0, span) / (2**bits - 1)))))
+    ref = np.where(flat, lo, np.floor(lo / step) * step)
+    step32, ref32 = step.astype(np.float32), ref.astype(np.float32)
+    v -= ref32
+    v /= step32  # a power of two: exact
+    np.round(v, out=v)
+    v *= step32
+    v += ref32
+    return v
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -186,9 +198,10 @@ class FieldModel:
                  level_type: str, seed: int):  # fmt: skip
         self.lat = np.asarray(lat, dtype=np.float64)
         self.lon = np.asarray(lon, dtype=np.float64)
+        self._lat32 = self.lat.astype(np.float32)
         self.times = np.asarray(times).astype("datetime64[s]")
         self.levels = np.asarray(levels)
-        self.p = pressure_hpa(self.levels, level_type)
+        self.p = pressure_hpa(self.levels, level_type).astype(np.float32)
         self.seed = int(seed)
         self.dlat = abs(float(self.lat[1] - self.lat[0])) if self.lat.size > 1 else 1.0
         self.dlon = abs(float(self.lon[1] - self.lon[0])) if self.lon.size > 1 else 1.0
@@ -235,14 +248,14 @@ class FieldModel:
         season = np.cos(2.0 * np.pi * (doy - 196.0) / 365.25)[:, None, None, None]  # +1 in NH mid-July
         local = hours[:, None, None, None] + self.lon[None, None, None, :] / 15.0
         diurnal = np.cos(2.0 * np.pi * (local - 15.0) / 24.0)  # peak at 15 local solar time
-        return season, diurnal
+        return season.astype(np.float32), diurnal.astype(np.float32)
 
     def _fields(self, name: str, t0: int, t1: int, anomaly: np.ndarray | None) -> np.ndarray:
         season, diurnal = self._cycles(t0, t1)
-        latd = self.lat[None, None, :, None]
+        latd = self._lat32[None, None, :, None]
         phi = np.deg2rad(latd)
         slat, clat = np.sin(phi), np.cos(phi)
-        pr = (self.p / _P0)[None, :, None, None] if name in LEVEL_FIELDS else np.ones((1, 1, 1, 1))
+        pr = (self.p / _P0)[None, :, None, None] if name in LEVEL_FIELDS else np.ones((1, 1, 1, 1), np.float32)
         an = 0.0 if anomaly is None else anomaly
         ts = 253.0 + 47.0 * clat**2 + 12.0 * slat * season  # surface air temperature climate
         if name == "temperature":
@@ -300,15 +313,13 @@ class _Generator:
         if t0 != self.t:
             raise ValueError(f"{self.name}: blocks must be consecutive; expected t0={self.t}, got {t0}")
         m = self.model
-        anom = np.empty((t1 - t0, self.nlev, m.lat.size, m.lon.size), dtype=np.float32)
-        for i in range(t1 - t0):
+        out = np.empty((t1 - t0, self.nlev, m.lat.size, m.lon.size), dtype=np.float32)
+        for i in range(t1 - t0):  # one step at a time: temporaries stay (L, ny, nx)
             f = self.ar.step()
-            if self.levelled:  # shared + own component per level: correlation 0.8^2 = 0.64 between levels
-                anom[i] = 0.8 * f[:1] + 0.6 * f[1:]
-            else:
-                anom[i] = f
+            # shared + own component per level: correlation 0.8^2 = 0.64 between levels
+            anom = (0.8 * f[:1] + 0.6 * f[1:]) if self.levelled else f
+            out[i] = grib_pack(m._fields(self.name, t0 + i, t0 + i + 1, anom[None]))[0]
         self.t = t1
-        out = grib_pack(m._fields(self.name, t0, t1, anom))
         return out if self.levelled else out[:, 0]
 
 

@@ -35,7 +35,7 @@ from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, StoreWriter, parse_int
 
 __all__ = ["SynthConfig", "PRESETS", "LAYOUTS", "SYNTH_VERSION", "synthesize", "default_dataset", "main"]
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 """Bumped whenever the generated values change; part of the cache key of :func:`default_dataset`."""
 LAYOUTS = ("per-variable", "atmorep")
 MODEL_LEVELS = (96, 105, 114, 123, 137)  # AtmoRep's ERA5 model levels

@@ -210,3 +210,27 @@ def test_parse_ints_and_chunks_for():
     assert chunks_for(("latitude", "longitude"), (61, 120), (6, 1, 64, 128)) == (61, 120)
     assert chunks_for(("time", "field", "level", "latitude", "longitude"), (9, 7, 5, 10, 20), (8, 2, 4, 4)) == (
         8, 7, 2, 4, 4)  # fmt: skip
+
+
+def test_progress_bar_draws_only_when_asked():
+    import io
+
+    from fastload._progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    quiet = io.StringIO()  # not a terminal: nothing drawn
+    with Progress(100, "copy", "B", stream=quiet) as bar:
+        bar.update(50)
+    assert quiet.getvalue() == "" and bar.done == 50
+    tty = Tty()
+    with Progress(2000, "copy", "B", stream=tty) as bar:
+        bar.update(2000)
+    text = tty.getvalue()
+    assert text.startswith("\rcopy |") and "100%" in text and "2 kB/2 kB" in text and text.endswith("\n")
+    silenced = Tty()
+    with Progress(10, "x", enabled=False, stream=silenced) as bar:
+        bar.update(10)
+    assert silenced.getvalue() == ""
