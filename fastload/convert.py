@@ -358,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "as it is and fastload samples fast. Files join along time and/or by variable; streaming, bounded memory.",
         epilog="example: fastload convert era5_2020_*.nc era5.zarr --chunks 6,1,64,128 --codec blosc-lz4",
     )
-    p.add_argument("paths", nargs="+", metavar="INPUT... OUT", help="input files, then the store to create")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NetCDF or GRIB files (joined along time/by variable)")
+    p.add_argument("out", metavar="OUT", help="the zarr store to create (must not exist unless --overwrite)")
     p.add_argument("--variables", help="comma-separated variables to convert (default: all on the lat-lon grid)")
     p.add_argument("--chunks", metavar="T,L,Y,X", help="chunk shape (time, level, lat, lon); default 6,1,64,128")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS, help=f"compression (default {DEFAULT_CODEC})")
@@ -368,10 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if len(a.paths) < 2:
-        p.error("give at least one INPUT and the OUT store")
     out = convert(
-        a.paths[:-1], a.paths[-1],
+        a.inputs, a.out,
         variables=[v.strip() for v in a.variables.split(",") if v.strip()] if a.variables else None,
         chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None, codec=a.codec,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format, dtype=a.dtype,

@@ -166,7 +166,7 @@ def test_cli(tmp_path, ocean_files, capsys):
     files = [str(f) for f in ocean_files[0]]
     with pytest.raises(SystemExit) as e:
         cli(["convert", "--help"])
-    assert e.value.code == 0 and "INPUT... OUT" in capsys.readouterr().out
+    assert e.value.code == 0 and "INPUT [INPUT ...] OUT" in capsys.readouterr().out
     out = tmp_path / "o.zarr"
     assert cli(["convert", *files, str(out), "--variables", "sst", "--chunks", "5,1,9,14", "-q"]) == 0
     assert "variables sst" in capsys.readouterr().out
