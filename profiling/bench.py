@@ -272,8 +272,16 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fastload bench STORE ...``: print the comparison table (and write JSON / a plot)."""
-    p = argparse.ArgumentParser(prog="fastload bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="fastload bench",
+        description="Run the fastload Loader and the peer loaders (zarr-python in a DataLoader, AtmoRep's batch "
+        "method, xarray+xbatcher, tensorstore, zarrs) on the same store and the same samples, check that their "
+        "tensors are equal, time them interleaved, and print a table with the read+decode roof beside them.",
+        epilog="examples:\n  fastload bench STORE\n  fastload bench STORE --scenario tiles atmorep --workers 1 2 "
+        "--latency-ms 0 20 --json out.json --plot out.png\n  fastload bench STORE --quick --peers fastload "
+        "tensorstore",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("store", help="local zarr store (fastload synth writes one)")
     p.add_argument("--config", help="sampling config (TOML/YAML); default: AtmoRep's geometry fitted to the store")
     p.add_argument("--peers", nargs="+", metavar="NAME", help=f"loaders to run (default: all): "

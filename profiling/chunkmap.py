@@ -118,6 +118,7 @@ class ArrayChunks:
                 self._index_at_end = str(getattr(sh.index_location, "value", sh.index_location)) == "end"
             else:
                 self._chain = _Chain(codecs, self.chunks, self.dtype)
+        self._fast = self._fast_path()
 
     # -- keys and bytes ----------------------------------------------------------------------------------------
     def _file(self, key: str) -> str:
@@ -188,6 +189,41 @@ class ArrayChunks:
             buf = f.decode(buf)
         a = np.frombuffer(buf, dtype=dtype).reshape(self.chunks, order=order)
         return a.astype(dtype.newbyteorder("="), copy=False)
+
+    def decode_into(self, raw: bytes, out: np.ndarray) -> None:
+        """Decode into ``out``, a flat uint8 buffer of :attr:`chunk_nbytes` bytes.
+
+        Where the chain is one compressor (and maybe a crc32c) over little-endian C-order bytes, the common case,
+        the codec writes straight into ``out``; otherwise this goes through :meth:`decode` and a copy.
+        """
+        if self._fast is None:
+            out[:] = self.decode(raw).reshape(-1).view(np.uint8)
+            return
+        codec, trim = self._fast
+        src = memoryview(raw)[:-4] if trim else raw
+        if codec is None:
+            out[:] = np.frombuffer(src, np.uint8)
+        else:
+            codec.decode(src, out=out)
+
+    def _fast_path(self) -> tuple[Any, bool] | None:
+        """``(codec or None, strip a trailing crc32c)`` when :meth:`decode_into` may skip the general chain."""
+        if self.dtype.itemsize > 1 and not (self.dtype.byteorder == "<" or (self.dtype.byteorder == "=" and
+                                                                              np.little_endian)):  # fmt: skip
+            return None
+        if self._chain is None:
+            filters, compressor, dtype, order = self._v2  # type: ignore[misc]
+            stored_little = dtype.itemsize == 1 or dtype.byteorder == "<" or (dtype.byteorder == "=" and np.little_endian)
+            ok = not filters and (order == "C" or len(self.chunks) < 2) and stored_little
+            return (compressor, False) if ok else None
+        c = self._chain
+        if c.order is not None or c.endian != "<":
+            return None
+        trim = bool(c.b2b) and c.b2b[-1] == "crc32c"
+        rest = c.b2b[:-1] if trim else c.b2b
+        if len(rest) > 1 or "crc32c" in rest:
+            return None
+        return (rest[0] if rest else None, trim)
 
     def files(self) -> list[str]:
         """Every file under this array's folder (chunks, shards, metadata)."""

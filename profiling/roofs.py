@@ -20,6 +20,7 @@ import mmap
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,24 +87,37 @@ def read_decode_roof(
 ) -> dict[str, float]:
     """Read and decode, batch after batch, each chunk a batch needs once, with ``workers`` threads.
 
-    This is the ideal chunk-aware loader with no cache between batches and no gather: its time bounds what any
-    loader that decodes whole chunks can reach. Returns ``{"seconds", "stored_bytes", "decoded_bytes",
-    "decoded_gbps", "stored_gbps", "chunks"}``.
+    This is the ideal chunk-aware loader with no cache between batches and no gather: its time bounds what a
+    Python loader that decodes whole chunks with numcodecs can reach. Chunk locations (file, offset, size; shard
+    indexes) are looked up before the clock starts; timed are the open/pread/close of each chunk and its decode
+    into a reused per-thread buffer. Returns ``{"seconds", "stored_bytes", "decoded_bytes", "decoded_gbps",
+    "stored_gbps", "chunks"}``.
     """
-
-    def one(task: Task) -> tuple[int, int]:
-        geom = maps[task[0]]
-        raw = geom.read_raw(task[1])
-        if raw is None:
-            return 0, 0
-        return len(raw), geom.decode(raw).nbytes
-
     flat = [t for b in batches for t in sorted(set(b))]
+    jobs = []
+    for array, chunk in flat:
+        loc = maps[array].location(chunk)
+        if loc is not None:
+            jobs.append((maps[array], *loc))
+    local = threading.local()
+
+    def one(job: tuple[ArrayChunks, str, int, int]) -> None:
+        geom, path, offset, nbytes = job
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.nbytes < geom.chunk_nbytes:
+            buf = local.buf = np.empty(max(geom.chunk_nbytes for geom in maps.values()), np.uint8)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
+        geom.decode_into(raw, buf[: geom.chunk_nbytes])
+
     t = time.perf_counter()
-    done = _pool_run(one, flat, workers)
+    _pool_run(one, jobs, workers)
     dt = time.perf_counter() - t
-    stored = float(sum(s for s, _ in done))
-    decoded = float(sum(d for _, d in done))
+    stored = float(sum(j[3] for j in jobs))
+    decoded = float(sum(j[0].chunk_nbytes for j in jobs))
     return {
         "seconds": dt,
         "stored_bytes": stored,

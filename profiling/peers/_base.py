@@ -224,7 +224,8 @@ class BasePeer(abc.ABC):
     description: ClassVar[str]
     decode_model: ClassVar[str] = "per_sample"
     """``per_sample``: every sample decodes the chunks it touches (no cache shared between samples);
-    ``per_window``: every distinct time window of a batch decodes the whole globe of each field."""
+    ``per_window``: every distinct time window of a batch decodes the whole globe of each field;
+    ``reported``: the peer measures it (:meth:`counters`)."""
     supports_latency: ClassVar[bool] = True
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
@@ -245,6 +246,11 @@ class BasePeer(abc.ABC):
     @abc.abstractmethod
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Yield, for each ``(B, 3)`` int array of boxes, ``{field: (B, L, nt, nlat, nlon, tt, tlat, tlon)}``."""
+
+    def counters(self) -> dict[str, float] | None:
+        """I/O counters of the last pass the peer measured itself (``decoded_bytes``, ``stored_bytes``,
+        ``cache_hits``, ``cache_misses``), or None."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

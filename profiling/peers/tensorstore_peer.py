@@ -5,8 +5,10 @@ pools); fastload's DESIGN.md measures it at the raw threaded read+decode roof fo
 array is opened once through the ``zarr`` (v2) or ``zarr3`` driver, every box of a batch (two reads across the
 0/360 seam) is issued at once with ``oindex[...].read()``, the next batch's reads are issued before this batch's
 futures are gathered (one batch of read-ahead), and the results are tokenised with a NumPy reshape/transpose.
-The data-copy (decode) pool is limited to ``workers`` threads; tensorstore's chunk cache is off (its default), so
-a chunk two boxes share is decoded twice. With ``latency_ms`` the arrays are read over HTTP from a local server
+The data-copy (decode) pool is limited to ``workers`` threads; tensorstore's chunk cache is off (its default), but
+reads of one chunk that are in flight at the same time share one fetch and decode. What it actually read and
+decoded is taken from tensorstore's own metrics (``/tensorstore/cache/miss_count``, ``hit_count``,
+``/tensorstore/kvstore/*/bytes_read``) as counters, so the table shows measured bytes, not a model. With ``latency_ms`` the arrays are read over HTTP from a local server
 that delays every request (:mod:`profiling.peers._http`).
 """
 
@@ -39,12 +41,34 @@ def open_tensorstore(spec: StoreSpec, name: str, *, workers: int, base_url: str 
     ).result()
 
 
+def _metrics() -> dict[str, float]:
+    """tensorstore's process-wide chunk-cache and kvstore counters, summed over drivers."""
+    import tensorstore as ts
+
+    out = {"hits": 0.0, "misses": 0.0, "bytes_read": 0.0}
+    for m in ts.experimental_collect_matching_metrics("/tensorstore/"):
+        name = m["name"]
+        if name not in ("/tensorstore/cache/hit_count", "/tensorstore/cache/miss_count") and not (
+            name.startswith("/tensorstore/kvstore/") and name.endswith("/bytes_read")
+        ):
+            continue
+        value = sum(float(v.get("value", 0)) for v in m.get("values", []))
+        if m["name"] == "/tensorstore/cache/hit_count":
+            out["hits"] += value
+        elif m["name"] == "/tensorstore/cache/miss_count":
+            out["misses"] += value
+        elif m["name"].startswith("/tensorstore/kvstore/") and m["name"].endswith("/bytes_read"):
+            out["bytes_read"] += value
+    return out
+
+
 class TensorstorePeer(BasePeer):
     """tensorstore reads of every box of a batch in flight at once, one batch of read-ahead."""
 
     name = "tensorstore"
     requires = ("tensorstore",)
     description = "tensorstore: all box reads of a batch issued async (+1 batch read-ahead), futures gathered"
+    decode_model = "reported"
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
@@ -56,6 +80,12 @@ class TensorstorePeer(BasePeer):
             self._server = DelayingHTTPServer(spec.path, latency_ms=latency_ms)
             base_url = self._server.url
         self._arrays = {a: open_tensorstore(spec, a, workers=workers, base_url=base_url) for a in spec.arrays}
+        sizes = {int(np.prod(a.chunk_layout.read_chunk.shape)) * a.dtype.numpy_dtype.itemsize
+                 for a in self._arrays.values()}  # fmt: skip
+        # misses are counted over all arrays together: exact when every array has one chunk size
+        self._chunk_nbytes = float(np.mean(sorted(sizes)))
+        self._counters: dict[str, float] | None = None
+        self._metrics0 = _metrics()
 
     def _issue(self, boxes: np.ndarray) -> list[list[list[Any]]]:
         """Futures per sample, per field, per x range."""
@@ -90,6 +120,15 @@ class TensorstorePeer(BasePeer):
             current = pending
             pending = self._issue(batches[i + 1]) if i + 1 < len(batches) else None
             yield self._gather(current)  # type: ignore[arg-type]
+        m1, m0 = _metrics(), self._metrics0
+        d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+        self._counters = {"cache_hits": d["hits"], "cache_misses": d["misses"], "stored_bytes": d["bytes_read"],
+                          "decoded_bytes": d["misses"] * self._chunk_nbytes}  # fmt: skip
+
+    def counters(self) -> dict[str, float] | None:
+        """Chunk cache hits (reads sharing an in-flight decode), misses, bytes read and decoded, from tensorstore's
+        process-wide metrics between construction and the last batch."""
+        return self._counters
 
     def close(self) -> None:
         self._arrays = {}

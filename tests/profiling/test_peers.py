@@ -158,6 +158,24 @@ def test_with_latency(name, stores):
     _check(_run(name, spec, workers=0, latency_ms=2.0, batches=BOXES[:1]), data, spec, BOXES[:1])
 
 
+def test_tensorstore_counts_its_reads(stores):
+    _available("tensorstore")
+    from profiling.chunkmap import batch_decodes, open_chunk_maps
+
+    spec, _ = stores["v3"]
+    peer = PEERS["tensorstore"](spec, workers=2)
+    with peer:
+        list(peer.iter_batches(BOXES))
+    c = peer.counters()
+    maps = open_chunk_maps(spec)
+    reads = sum(len(batch_decodes(spec, maps, b, "per_sample")) for b in BOXES)
+    unique = {t for b in BOXES for t in batch_decodes(spec, maps, b, "unique")}
+    assert c["cache_hits"] + c["cache_misses"] == reads  # one chunk-cache read per chunk per box
+    assert len(unique) <= c["cache_misses"] <= reads  # every chunk decoded at least once
+    assert c["decoded_bytes"] == c["cache_misses"] * 2 * 4 * 8 * 4  # chunks (2, 1, 4, 8) and (2, 4, 8) float32
+    assert c["stored_bytes"] > 0
+
+
 def test_zarrs_peer_runs_the_zarrs_pipeline(stores):
     _available("zarrs+DataLoader")
     from profiling.peers.zarr_dataloader import ZarrsDataLoaderPeer, _SampleDataset
