@@ -249,7 +249,7 @@ class Loader:
             from ._procs import ProcessBackend
 
             self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs,
-                                           norm_path=self._norm_path())
+                                           coefficients=self._coefficients_by_field)
         else:
             from ._backend import ThreadBackend
 
@@ -258,11 +258,6 @@ class Loader:
         self._ring = BatchRing(self._specs, cfg.prefetch + 2, self._backend.alloc)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
-
-    def _norm_path(self) -> str | None:
-        if self._coefficients_by_field is None:
-            return None
-        return self.config.norm_path
 
     # -- epochs ---------------------------------------------------------------------------------------------------
     def epoch_boxes(self, epoch: int) -> np.ndarray:

@@ -1,0 +1,327 @@
+"""Process backend of the loader: worker processes read batches straight into shared-memory ring buffers.
+
+Why this exists: in thread mode all Python work (planning, cache bookkeeping, slot tables) shares one GIL. When
+that becomes the limit (many small chunks, many cores), each worker can be a process with its own store handle,
+cache (``cache_bytes / workers``) and reader. Batches are dealt round-robin: worker ``c`` reads batches
+``start + c, start + c + workers, ...`` and plans only those (its cache evicts by its own future). It writes a
+batch into a ring slot that lives in shared memory, so nothing is copied or pickled but a few counters.
+
+Shared memory: each ring buffer is a file in ``/dev/shm`` (``fastload-<pid>-<random>``) mapped by the loader and
+by every worker. Its name is removed as soon as every worker has mapped it (the memory lives on while mapped),
+and in any case on ``close()``, garbage collection or interpreter exit, so a finished, failed or interrupted run
+leaves no segment behind (only a hard kill in the first moments can). Workers are started with ``spawn`` (no
+fork of a threaded process), ignore SIGINT (Ctrl-C reaches the training loop, which closes the loader), and exit
+when the loader's end of their pipe closes, so they never outlive it.
+
+Protocol (one duplex pipe per worker; one request at a time)::
+
+    loader -> worker:  ("epoch", gen, boxes, first_batch, stride)   -> ("ready", gen)
+                       ("read", gen, batch, segment name)           -> ("done", gen, batch, IOStats, kept, mapped)
+                                                                       or ("error", gen, batch, exception)
+                       ("stop",)
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import secrets
+import signal
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._ring import FieldSpec, _layout
+from .errors import ConfigError
+
+__all__ = ["ProcessBackend", "Segment"]
+
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+_POLL_S = 0.02
+
+
+class Segment:
+    """A shared-memory file mapped into this process (``create``: a new one of ``nbytes``)."""
+
+    def __init__(self, name: str, nbytes: int, create: bool):
+        self.name = name
+        self.path = os.path.join(SHM_DIR, name)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, nbytes)
+            self.mm = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+        self.array = np.frombuffer(self.mm, dtype=np.uint8)  # keeps the mapping alive while views exist
+        self.nbytes = nbytes
+        self.mapped_by: set[int] = set()
+        self.registered = False
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# -- the worker process ----------------------------------------------------------------------------------------
+def _child_main(conn: Any, spec: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ._backend import build_cache, choose_horizon
+    from .config import SamplingConfig
+    from .plan import EpochPlan
+    from .reader import ChunkReader
+    from .sampling.tokenizer import build_tokenizer
+    from .store import open_store
+
+    store = open_store(spec["path"], allow_unsafe_codecs=spec["allow_unsafe"], latency_ms=spec["latency_ms"])
+    config = SamplingConfig.from_dict(spec["config"])
+    tok = build_tokenizer(store, config)
+    cache, capacity = build_cache(store, tok.layouts, config, spec["cache_bytes"], 1)
+    reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
+                         retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
+                         coefficients=spec["coefficients"], months=spec["months"],
+                         useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io")
+    layout = spec["fields"]  # [(name, shape, dtype str, offset, nbytes)]
+    segments: dict[str, dict[str, np.ndarray]] = {}
+    keep: list[Segment] = []
+
+    def arrays_of(name: str, mapped: list[str]) -> dict[str, np.ndarray]:
+        got = segments.get(name)
+        if got is None:
+            seg = Segment(name, spec["nbytes"], create=False)
+            keep.append(seg)
+            got = {f: seg.array[off:off + nb].view(np.dtype(dt)).reshape(shape) for f, shape, dt, off, nb in layout}
+            segments[name] = got
+            mapped.append(name)
+        return got
+
+    for name in spec["initial"]:
+        arrays_of(name, [])
+    plan = None
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the loader is gone
+                return
+            if msg[0] == "stop":
+                return
+            if msg[0] == "epoch":
+                _, gen, boxes, first, stride = msg
+                plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
+                                 capacity=capacity, horizon=0, start_batch=first, batch_stride=stride)
+                cache.reset(plan.uses, first * spec["batch_size"])
+                if first < len(plan):
+                    plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
+                conn.send(("ready", gen))
+                continue
+            _, gen, batch, name = msg
+            mapped: list[str] = []
+            try:
+                stats, kept = reader.read_batch(plan, batch, arrays_of(name, mapped))
+                conn.send(("done", gen, batch, stats, kept, mapped))
+            except BaseException as e:  # noqa: BLE001 - every failure goes back to the loader
+                conn.send(("error", gen, batch, _picklable(e)))
+    finally:
+        reader.close()
+        conn.close()
+
+
+def _picklable(e: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"in a loader worker process: {type(e).__name__}: {e}")
+
+
+# -- the loader side -------------------------------------------------------------------------------------------
+class _Worker:
+    def __init__(self, index: int, process: Any, conn: Any):
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.turn = 0  # the next batch this worker must be sent (batches go in order)
+        self.cond = threading.Condition()
+
+
+def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
+    for w in workers:
+        try:
+            w.conn.send(("stop",))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 5.0
+    for w in workers:
+        w.process.join(max(0.0, deadline - time.monotonic()))
+        if w.process.is_alive():
+            w.process.terminate()
+            w.process.join(2.0)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(2.0)
+        w.conn.close()
+    workers.clear()
+    for seg in list(segments.values()):
+        seg.unlink()
+        if seg.registered:
+            _unregister(seg)
+    segments.clear()
+
+
+def _register(seg: Segment) -> None:
+    """Pin a segment for asynchronous host-to-device copies (CUDA host registration)."""
+    import torch
+
+    ptr = seg.array.ctypes.data
+    err = torch.cuda.cudart().cudaHostRegister(ptr, seg.nbytes, 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaHostRegister of a shared-memory batch buffer failed ({err})")
+    seg.registered = True
+
+
+def _unregister(seg: Segment) -> None:
+    import torch
+
+    torch.cuda.cudart().cudaHostUnregister(seg.array.ctypes.data)
+    seg.registered = False
+
+
+class ProcessBackend:
+    """Reads batches in ``spec.workers`` worker processes (see the module notes); same interface as
+    :class:`fastload._backend.ThreadBackend`."""
+
+    def __init__(self, store: Any, config: Any, spec: Any, fields: Sequence[FieldSpec], *,
+                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None):
+        from .store import LatencySource, LocalSource
+
+        src = store.source
+        inner = src.inner if isinstance(src, LatencySource) else src
+        if "://" in store.path and not store.path.startswith("file://"):
+            if store.path.startswith("memory://"):
+                raise ConfigError("loader.mode = 'process' cannot share an in-memory (memory://) store with worker "
+                                  "processes; use mode = 'thread'")
+        elif not isinstance(inner, LocalSource) and "://" not in store.path:
+            raise ConfigError(f"loader.mode = 'process': cannot reopen {store.path!r} in a worker process")
+        self.spec = spec
+        offsets, nbytes = _layout(fields)
+        self._child_spec = {
+            "path": store.path, "allow_unsafe": bool(getattr(store, "_allow_unsafe", False)),
+            "latency_ms": src.ms if isinstance(src, LatencySource) else 0.0, "config": config.to_dict(),
+            "cache_bytes": max(1, spec.cache_bytes // spec.workers), "fetch_concurrency": spec.fetch_concurrency,
+            "retries": spec.retries, "on_bad_chunk": spec.on_bad_chunk,
+            "coefficients": dict(coefficients) if coefficients else None, "months": spec.months,
+            "useful": spec.useful_bytes_per_sample, "jit": spec.jit, "batch_size": spec.batch_size,
+            "drop_last": spec.drop_last, "prefetch": spec.prefetch, "nbytes": nbytes,
+            "fields": [(f.name, f.shape, f.np_dtype.str, off, f.nbytes) for f, off in zip(fields, offsets)],
+        }
+        self._nbytes = nbytes
+        self._segments: dict[str, Segment] = {}
+        self._workers: list[_Worker] = []
+        self._gen = 0
+        self._start = 0
+        self._initial: list[str] = []
+        self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._segments)
+
+    # -- shared-memory allocation (the ring's allocator) ----------------------------------------------------------
+    def alloc(self, nbytes: int) -> tuple[np.ndarray, Segment]:
+        assert nbytes == self._nbytes
+        seg = Segment(f"fastload-{os.getpid()}-{secrets.token_hex(6)}", nbytes, create=True)
+        self._segments[seg.name] = seg
+        if self.spec.pin:
+            _register(seg)
+        return seg.array, seg
+
+    def _mapped(self, name: str, worker: int) -> None:
+        seg = self._segments.get(name)
+        if seg is None:
+            return
+        seg.mapped_by.add(worker)
+        if len(seg.mapped_by) == self.spec.workers:
+            seg.unlink()  # every worker has it mapped: the name is no longer needed
+
+    # -- workers --------------------------------------------------------------------------------------------------
+    def _ensure_workers(self) -> None:
+        if self._workers:
+            return
+        ctx = mp.get_context("spawn")
+        spec = dict(self._child_spec, initial=list(self._segments))
+        for c in range(self.spec.workers):
+            parent, child = ctx.Pipe(duplex=True)
+            p = ctx.Process(target=_child_main, args=(child, spec), name=f"fastload-proc-{c}", daemon=True)
+            p.start()
+            child.close()
+            self._workers.append(_Worker(c, p, parent))
+        self._initial = list(self._segments)  # mapped by every worker before its first reply
+
+    def _recv(self, w: _Worker, should_stop: Callable[[], bool] | None) -> Any:
+        try:
+            while not w.conn.poll(_POLL_S):
+                if not w.process.is_alive():
+                    raise EOFError
+                if should_stop is not None and should_stop():
+                    break
+            else:
+                return w.conn.recv()
+        except (EOFError, OSError):  # the pipe broke: the worker died
+            w.process.join(1.0)
+            raise RuntimeError(f"loader worker process {w.index} (pid {w.process.pid}) exited unexpectedly with "
+                               f"code {w.process.exitcode}") from None
+        raise InterruptedError("stopped while waiting for a loader worker process")
+
+    def start(self, boxes: np.ndarray, start_batch: int) -> None:
+        self._ensure_workers()
+        self._gen += 1
+        self._start = int(start_batch)
+        n = self.spec.workers
+        for w in self._workers:
+            w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n))
+        for w in self._workers:  # replies of abandoned reads come first: skip them
+            while True:
+                msg = self._recv(w, None)
+                if msg[0] == "ready" and msg[1] == self._gen:
+                    break
+            with w.cond:
+                w.turn = self._start + w.index
+        for name in self._initial:
+            for c in range(n):
+                self._mapped(name, c)
+        self._initial = []
+
+    def read(self, batch: int, arrays: Mapping[str, np.ndarray], segment: Segment,
+             should_stop: Callable[[], bool]) -> tuple[Any, np.ndarray]:
+        w = self._workers[(batch - self._start) % self.spec.workers]
+        gen = self._gen
+        with w.cond:
+            while w.turn != batch:  # an earlier batch of this worker is still on its way
+                if should_stop():
+                    raise InterruptedError("stopped while waiting for a loader worker process")
+                w.cond.wait(_POLL_S)
+            try:
+                w.conn.send(("read", gen, batch, segment.name))
+                while True:
+                    msg = self._recv(w, should_stop)
+                    if msg[1] == gen and msg[2] == batch:
+                        break
+            finally:
+                w.turn = batch + self.spec.workers
+                w.cond.notify_all()
+        if msg[0] == "error":
+            raise msg[3]
+        _, _, _, stats, kept, mapped = msg
+        for name in mapped:
+            self._mapped(name, w.index)
+        return stats, kept
+
+    def close(self) -> None:
+        self._finalizer()

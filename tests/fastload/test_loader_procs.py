@@ -1,0 +1,84 @@
+"""fastload.Loader in process mode: same batches as the reference, shared memory and processes cleaned up, worker
+errors and worker death reach the consumer."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from fastload.errors import ChunkReadError
+from fastload.loader import Loader
+from tests.fastload.loader_ref import build, reference
+
+
+def _segments() -> list[str]:
+    from fastload._procs import SHM_DIR
+
+    return [n for n in os.listdir(SHM_DIR) if n.startswith(f"fastload-{os.getpid()}-")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left():
+    yield
+    gc.collect()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
+    assert not [p for p in mp.active_children() if p.name.startswith("fastload")]
+    assert _segments() == []
+
+
+def test_process_mode_matches_reference_and_cleans_up(tmp_path):
+    truth, cfg = build("atmorep", tmp_path / "s.zarr", zarr_format=3, sharded=True, out_dtype="float32")
+    kept = []
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=24, workers=2, prefetch=2, mode="process",
+                cache_bytes=50_000, seed=4) as loader:
+        for epoch in range(2):
+            batches = list(loader)
+            assert [b.index for b in batches] == list(range(6))
+            boxes = np.concatenate([b.boxes.numpy() for b in batches])
+            np.testing.assert_array_equal(boxes, loader.epoch_boxes(epoch))
+            kept += batches
+        assert loader.state_dict()["epoch"] == 2
+        it = iter(loader)
+        next(it)  # abandon an epoch with reads in flight, then go back to epoch 0
+        loader.set_epoch(0)
+        again = next(iter(loader))
+        for f in cfg.field_names:
+            assert np.array_equal(again[f].numpy(), kept[0][f].numpy(), equal_nan=True)
+        stats = loader.stats
+    assert stats.samples == 56 and stats.hits + stats.misses == stats.chunks
+    for b in kept:  # still valid after close: buffers live while referenced
+        ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(b[f].numpy(), ref[f])
+
+
+def test_process_worker_errors_reach_the_consumer(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, mode="process", seed=7)
+    boxes = loader.epoch_boxes(0)
+    t0, y0, x0 = boxes[0].tolist()
+    chunk = (t0 // 2, 2, y0 // 4, x0 // 6)  # field t, level index 2 (1000 hPa), first sample's first chunk
+    path = os.path.join(tmp_path / "s.zarr", *loader.store.arrays["t"].key(chunk).split("/"))
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(raw[:10])
+    with pytest.raises(ChunkReadError) as e:
+        next(iter(loader))
+    assert e.value.array == "t" and e.value.chunk == chunk
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    it = iter(loader)
+    next(it)
+    victim = loader._backend._workers[1].process
+    os.kill(victim.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="exited"):
+        for _ in it:
+            pass
+    loader.close()
