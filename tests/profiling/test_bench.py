@@ -119,3 +119,48 @@ def test_variant_names():
         Variant.parse("tiles+v4")
     with pytest.raises(ConfigError, match="sharding needs zarr v3"):
         Variant.parse("v2+sharded")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from fastload.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(name="bench-test", resolution=10.0, hours=12, level_fields=("temperature",),
+                      surface_fields=("t2m",), static_fields=(), chunks=(4, 1, 8, 16))  # fmt: skip
+    return str(synthesize(tmp_path_factory.mktemp("synth") / "s.zarr", cfg, 3, progress=False))
+
+
+@pytest.mark.parametrize("variant", ["atmorep+v3", "tiles+v3+sharded+zstd", "recommended+none"])
+def test_store_variants_hold_the_same_values(synth, tmp_path, variant):
+    from fastload.extract import extract
+    from profiling.bench_scenarios import prepare_store
+
+    store = open_store(synth)
+    cfg = fit_config(store, batch_size=3)
+    v = Variant.parse(variant)
+    path = prepare_store(store, v, cfg, str(tmp_path))
+    copy = open_store(path)
+    assert copy.zarr_format == (v.zarr_format or store.zarr_format)
+    assert copy.layout == ("atmorep" if v.chunking == "atmorep" else "per_variable")
+    info = copy.arrays[copy.fields["temperature"].array]
+    assert (info.shard is not None) == v.sharded
+    if v.chunking == "atmorep":
+        assert info.chunks[1:] == info.shape[1:]  # all fields, all levels, the whole globe per chunk
+    if v.chunking == "recommended":
+        from fastload.inspect import recommend_chunks
+
+        assert info.chunks == recommend_chunks(copy, cfg)[info.name].chunks
+    boxes = draw_batches(store, cfg, batches=1, batch_size=3, seed=5, epoch=0)[0]
+    a, b = extract(store, cfg, boxes), extract(copy, cfg, boxes)
+    for name in a:
+        np.testing.assert_array_equal(a[name].data, b[name].data)
+    assert prepare_store(store, v, cfg, str(tmp_path)) == path  # written once
+
+
+def test_variants_of_a_non_synthetic_store_are_refused(tiny, tmp_path):
+    from profiling.bench_scenarios import prepare_store
+
+    store = open_store(tiny)
+    with pytest.raises(ConfigError, match="fastload rechunk"):
+        prepare_store(store, Variant.parse("atmorep"), fit_config(store), str(tmp_path))
+    assert prepare_store(store, Variant(), fit_config(store), str(tmp_path)) == store.path
