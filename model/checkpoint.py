@@ -1,0 +1,205 @@
+"""Checkpoints: per-field component state (to assemble Multiformers from single-field runs) and exact resume.
+
+Why: AtmoRep trains single-field models first and couples them later, so a checkpoint keeps each field's
+``embed``, ``encoder``, ``decoder`` and ``tail`` state apart; :func:`assemble_multiformer` builds a coupled model
+from several single-field checkpoints (the coupling heads, absent there, keep their zero-initialised output, so the
+assembled model starts out predicting exactly what the single-field models predict). For exact resume a
+checkpoint also holds the optimizer state, the step and the RNG states, written to a temporary file and renamed
+when complete (a crash never leaves a half-written checkpoint under the real name).
+
+File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
+
+    {"format": 1, "kind": "multiformer" | "module", "config": {...},
+     "components": {field: {"embed": sd, "encoder": sd, "decoder": sd, "tail": sd}}   # multiformer
+     "state": sd,                                                                     # any other module
+     "optimizer": sd | None, "step": int, "extra": dict, "rng": {"torch": ..., "cuda": [...]}}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .multiformer import Multiformer, MultiformerConfig
+
+__all__ = ["save_checkpoint", "load_checkpoint", "assemble_multiformer", "split_components", "COMPONENTS"]
+
+FORMAT = 1
+COMPONENTS = ("embed", "encoder", "decoder", "tail")
+_SPEC_MUST_MATCH = ("levels", "num_tokens", "token_size", "embed_dim", "num_heads")
+
+
+def _split_key(key: str) -> tuple[str, str, str]:
+    """``encoder.layers.3.temperature.attn.qkv.weight`` -> (``temperature``, ``encoder``, ``layers.3.attn.qkv.weight``)."""
+    parts = key.split(".")
+    if parts[0] in ("embed", "tail"):
+        return parts[1], parts[0], ".".join(parts[2:])
+    if parts[0] in ("encoder", "decoder") and parts[1] == "layers":
+        return parts[3], parts[0], ".".join(["layers", parts[2], *parts[4:]])
+    raise ValueError(f"checkpoint: state key {key!r} belongs to no field component")
+
+
+def _join_key(field: str, component: str, rest: str) -> str:
+    if component in ("embed", "tail"):
+        return f"{component}.{field}.{rest}"
+    parts = rest.split(".")
+    return ".".join([component, "layers", parts[1], field, *parts[2:]])
+
+
+def _is_new_coupling(component: str, key: str, saved_coupled: Any) -> bool:
+    """Whether ``key`` is a coupling head (``layers.<i>.cross.<g>.*``) to a field the saved run did not couple to."""
+    parts = key.split(".")
+    return component == "encoder" and len(parts) > 4 and parts[2] == "cross" and parts[3] not in saved_coupled
+
+
+def split_components(model: Multiformer) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """``{field: {component: state_dict}}`` of a Multiformer (tensors detached, not copied)."""
+    out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, value in model.state_dict().items():
+        field, comp, rest = _split_key(key)
+        out.setdefault(field, {c: {} for c in COMPONENTS})[comp][rest] = value
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    step: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (and ``optimizer``, ``step``, RNG states, ``extra``) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    config = getattr(model, "config", None)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "step": int(step),
+        "extra": dict(extra or {}),
+        "rng": _rng_state(),
+    }
+    if isinstance(model, Multiformer):
+        payload["kind"], payload["components"] = "multiformer", split_components(model)
+    else:
+        payload["kind"], payload["state"] = "module", model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file {str(path)!r}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r}: not a model checkpoint of format {FORMAT}")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``), exactly.
+
+    The model's config must equal the saved one (a difference raises ``ValueError`` naming the settings). Returns
+    ``{"step": int, "extra": dict}``.
+    """
+    payload = _read(path)
+    config = getattr(model, "config", None)
+    saved = payload["config"]
+    if hasattr(config, "to_dict") and saved is not None and config.to_dict() != saved:
+        now = config.to_dict()
+        diff = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
+        raise ValueError(f"checkpoint {str(path)!r}: config differs from the model's in {diff}")
+    if payload["kind"] == "multiformer":
+        state = {_join_key(f, c, k): v for f, comps in payload["components"].items()
+                 for c, sd in comps.items() for k, v in sd.items()}  # fmt: skip
+    else:
+        state = payload["state"]
+    model.load_state_dict(state, strict=True)
+    if optimizer is not None:
+        if payload["optimizer"] is None:
+            raise ValueError(f"checkpoint {str(path)!r}: holds no optimizer state")
+        optimizer.load_state_dict(payload["optimizer"])
+    if restore_rng:
+        torch.set_rng_state(payload["rng"]["torch"])
+        if payload["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return {"step": payload["step"], "extra": payload["extra"]}
+
+
+def assemble_multiformer(
+    config: MultiformerConfig, sources: Mapping[str, str | os.PathLike[str]], *, strict: bool = True
+) -> Multiformer:
+    """Build a Multiformer for ``config`` with each field's components taken from a checkpoint.
+
+    Parameters
+    ----------
+    config : MultiformerConfig
+        The model to build (e.g. several fields, coupled).
+    sources : mapping
+        Field name -> checkpoint path holding that field (a single-field or multi-field run).
+    strict : bool
+        Every field of ``config`` must have a source. Coupling heads to fields the source run did not couple to
+        keep their initialisation (zero output); any other missing or surplus parameter is an error.
+    """
+    model = Multiformer(config)
+    missing = [f for f in config.field_names if f not in sources]
+    if strict and missing:
+        raise ValueError(f"assemble_multiformer: no checkpoint for field(s) {missing}")
+    own = split_components(model)
+    state: dict[str, torch.Tensor] = {}
+    for field, path in sources.items():
+        spec = config.field(field)
+        payload = _read(path)
+        if payload.get("kind") != "multiformer" or field not in payload["components"]:
+            raise ValueError(f"checkpoint {str(path)!r}: holds no Multiformer field {field!r}")
+        saved = next(f for f in payload["config"]["fields"] if f["name"] == field)
+        for key in _SPEC_MUST_MATCH:
+            want = getattr(spec, key)
+            have = tuple(saved[key]) if isinstance(want, tuple) else saved[key]
+            if have != want:
+                raise ValueError(f"checkpoint {str(path)!r}: fields.{field}.{key} is {have}, the model wants {want}")
+        for comp in COMPONENTS:
+            theirs, mine = payload["components"][field][comp], own[field][comp]
+            for k, v in theirs.items():
+                if k not in mine:
+                    raise ValueError(f"checkpoint {str(path)!r}: {field}.{comp}.{k} has no place in the model")
+                if v.shape != mine[k].shape:
+                    raise ValueError(
+                        f"checkpoint {str(path)!r}: {field}.{comp}.{k} has shape {tuple(v.shape)}, "
+                        f"the model wants {tuple(mine[k].shape)}"
+                    )
+                state[_join_key(field, comp, k)] = v
+            for k in mine:
+                if k not in theirs and not _is_new_coupling(comp, k, saved.get("coupled", ())):
+                    raise ValueError(f"checkpoint {str(path)!r}: {field}.{comp}.{k} is missing")
+    model.load_state_dict(state, strict=False)
+    return model

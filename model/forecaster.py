@@ -1,0 +1,483 @@
+"""The Forecaster: a trained Multiformer's encoder, an adapter to a small latent, and a global latent rollout.
+
+Why: AtmoRep's encoder sees one neighborhood; a global forecast needs every neighborhood at once and many steps.
+The Forecaster encodes each tile of a global, overlapping tiling with the (frozen) Multiformer encoder, squeezes
+each tile to ``latent_queries`` vectors of width ``latent_dim`` (the *adapter*), advances the latents of all tiles
+together with a transformer conditioned on the lead time (the *tail*, adaLN-Zero, so it starts as the identity:
+persistence), and decodes tokens from a tile's latent and its neighbours' (the *read-out*), so information crosses
+tile edges. Overlapping tiles are blended by a ``stitch`` callable (e.g. :class:`model.stitch.TileBlender`).
+
+Inputs (plain tensors; ``T`` tiles, ``K`` neighbours per tile)::
+
+    batch      as for the Multiformer, with two leading axes (B, T): one neighborhood per tile
+    geometry   TileGeometry(lat (T,), lon (T,) tile centres in degrees, neighbors (T, K) long tile indices)
+    lead_time  hours per step: a float or (B,) tensor
+    state      (B, W, T, Q, C): the last ``input_window`` latents, oldest first
+
+Decoded tiles per field are ``(B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)`` with ``nt_out =
+readout_time_tokens``. Rollout of N steps is exactly N calls of :meth:`Forecaster.step`.
+
+Smoke test: see ``tests/model/test_forecaster.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ._config import ConfigBase, ModelConfigError, check_fraction, positive_int
+from .layers import (
+    MLP,
+    AdaLNModulation,
+    Attention,
+    Checkpointable,
+    EnsembleTail,
+    init_linear,
+    modulate,
+    num_sphere_features,
+    offset_features,
+    scalar_embedding,
+    sphere_features,
+)
+from .losses import token_loss
+from .multiformer import Multiformer, MultiformerConfig, check_batch, encode_fields
+from .stitch import edge_taper
+
+__all__ = ["ForecasterConfig", "Forecaster", "TileGeometry", "Rollout"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ForecasterConfig(ConfigBase):
+    """Sizes of the adapter, latent tail and read-out, and the rollout hyperparameters."""
+
+    latent_dim: int = 256
+    """Width C of the latent of one tile (smaller than the encoder's width)."""
+    latent_queries: int = 16
+    """Learned queries Q per tile: the latent of a tile is (Q, C)."""
+    num_heads: int = 8
+    """Heads of every attention in the adapter, tail and read-out (head width ``latent_dim // num_heads``)."""
+    adapter_layers: int = 2
+    """Cross-attention blocks from the queries to the tile's encoder tokens of all fields."""
+    tail_layers: int = 6
+    """Transformer blocks over the global latent (adaLN-conditioned on the lead time)."""
+    readout_layers: int = 2
+    """Cross-attention blocks from target-token queries to the latents of the tile and its neighbours."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width over ``latent_dim``."""
+    ensemble_size: int = 8
+    """Members of the read-out ensemble tail."""
+    input_window: int = 1
+    """Latent states (consecutive times) the tail sees to make the next one."""
+    readout_time_tokens: int = 1
+    """Time tokens decoded per tile (<= every field's ``num_tokens[0]``)."""
+    overlap: tuple[int, int] = (0, 0)
+    """Grid points (lat, lon) a tile shares with each neighbour: the width of the edge taper of the blend weights."""
+    freeze_encoder: bool = True
+    """Keep the Multiformer's embedding and encoder fixed (no gradients, run without autograd)."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys per head."""
+    pos_frequencies: int = 4
+    """Octaves of the tile-position features."""
+
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "latent_queries", "num_heads", "adapter_layers", "readout_layers",
+                     "ensemble_size", "input_window", "readout_time_tokens"):
+            positive_int(name, getattr(self, name))
+        positive_int("tail_layers", self.tail_layers, minimum=0)
+        positive_int("pos_frequencies", self.pos_frequencies, minimum=0)
+        if self.latent_dim % self.num_heads or (self.latent_dim // self.num_heads) % 2:
+            raise ModelConfigError(
+                f"latent_dim: {self.latent_dim} must be divisible by num_heads {self.num_heads} into an even head width"
+            )
+        check_fraction("mlp_ratio", self.mlp_ratio, low=1e-3)
+        ov = self.overlap
+        if isinstance(ov, (str, bytes)) or not isinstance(ov, Sequence) or len(ov) != 2:
+            raise ModelConfigError(f"overlap: expected two integers (lat, lon), got {ov!r}")
+        object.__setattr__(self, "overlap", tuple(positive_int("overlap", v, minimum=0) for v in ov))
+        for name in ("freeze_encoder", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ForecasterConfig:
+        cls.check_keys(d, "forecaster")
+        d = dict(d)
+        if "overlap" in d:
+            d["overlap"] = tuple(d["overlap"])
+        return cls(**d)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ForecasterConfig:
+        """CPU-test sizes."""
+        base = dict(latent_dim=32, latent_queries=4, num_heads=2, adapter_layers=1, tail_layers=2,
+                    readout_layers=1, ensemble_size=4)
+        return cls(**{**base, **overrides})
+
+
+class TileGeometry(NamedTuple):
+    """Where the tiles of the global tiling sit: centres ``lat``, ``lon`` (T,) degrees; ``neighbors`` (T, K)."""
+
+    lat: torch.Tensor
+    lon: torch.Tensor
+    neighbors: torch.Tensor
+
+
+class Rollout(NamedTuple):
+    """Result of :meth:`Forecaster.rollout`: the final state and ``{step: {field: decoded or stitched}}``."""
+
+    state: torch.Tensor
+    outputs: dict[int, dict[str, torch.Tensor]]
+
+
+class _CrossBlock(Checkpointable):
+    """Queries attend to a key/value sequence, then an MLP (pre-norm residuals)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dim // heads, kv_dim=dim, qk_norm=qk_norm)
+        self.mlp = MLP(dim, mlp_ratio)
+
+    def _run(self, q: torch.Tensor, kv: torch.Tensor, kv_valid: torch.Tensor | None) -> torch.Tensor:
+        q = q + self.attn(self.norm_q(q), self.norm_kv(kv), kv_valid)
+        return q + self.mlp(self.norm2(q))
+
+
+class _TailBlock(Checkpointable):
+    """Self-attention + MLP over the global latent, modulated by the lead time; identity at initialisation."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, heads, dim // heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = MLP(dim, mlp_ratio)
+        self.ada = AdaLNModulation(dim, dim, 6)
+
+    def _run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class Adapter(nn.Module):
+    """Learned queries per tile cross-attend to the tile's encoder tokens of all fields -> (N, Q, C)."""
+
+    def __init__(self, mcfg: MultiformerConfig, cfg: ForecasterConfig) -> None:
+        super().__init__()
+        c = cfg.latent_dim
+        self.proj = nn.ModuleDict({f.name: nn.Linear(f.embed_dim, c) for f in mcfg.fields})
+        self.field_embed = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(c)) for f in mcfg.fields})
+        self.queries = nn.Parameter(torch.zeros(cfg.latent_queries, c))
+        self.blocks = nn.ModuleList(
+            _CrossBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.adapter_layers)
+        )
+        self.norm = nn.LayerNorm(c)
+        init_linear(self)
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        for p in self.field_embed.values():
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def forward(self, hidden: Mapping[str, torch.Tensor], valid: Mapping[str, Any]) -> torch.Tensor:
+        kv = torch.cat([self.proj[f](h) + self.field_embed[f] for f, h in hidden.items()], dim=1)  # (N, sum S, C)
+        kv_valid = None
+        if any(v is not None for v in valid.values()):
+            kv_valid = torch.cat(
+                [torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if valid[f] is None else valid[f]
+                 for f, h in hidden.items()], dim=1)  # fmt: skip
+        q = self.queries.expand(kv.shape[0], -1, -1)
+        for block in self.blocks:
+            q = block(q, kv, kv_valid)
+        return self.norm(q)  # (N, Q, C)
+
+
+class LatentTail(nn.Module):
+    """Advances the global latent one step: (B, W, T, Q, C) window + lead time -> (B, T, Q, C)."""
+
+    def __init__(self, cfg: ForecasterConfig) -> None:
+        super().__init__()
+        c = cfg.latent_dim
+        self.pos_frequencies = cfg.pos_frequencies
+        self.pos = nn.Linear(num_sphere_features(cfg.pos_frequencies), c)
+        self.slot = nn.Parameter(torch.zeros(cfg.latent_queries, c))
+        self.window = nn.Parameter(torch.zeros(cfg.input_window, c))
+        self.cond = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
+        self.blocks = nn.ModuleList(
+            _TailBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.tail_layers)
+        )
+        self.norm = nn.LayerNorm(c, elementwise_affine=False)
+        self.ada = AdaLNModulation(c, c, 2)
+        self.out = nn.Linear(c, c)
+        init_linear(self.pos)
+        init_linear(self.cond)
+        nn.init.trunc_normal_(self.slot, std=0.02)
+        nn.init.trunc_normal_(self.window, std=0.02)
+        nn.init.zeros_(self.out.weight)  # the update starts at exactly zero: step() is the identity
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, window: torch.Tensor, lead_time: torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
+        b, w, t, q, c = window.shape
+        pos = self.pos(sphere_features(geometry.lat.float(), geometry.lon.float(), self.pos_frequencies))  # (T, C)
+        enc = self.window[:, None, None] + pos[None, :, None] + self.slot[None, None]  # (W, T, Q, C)
+        x = (window + enc).reshape(b, w * t * q, c)
+        cond = self.cond(scalar_embedding(lead_time, c).to(self.pos.weight.dtype))  # (B, C)
+        for block in self.blocks:
+            x = block(x, cond)
+        shift, scale = self.ada(cond)
+        delta = self.out(modulate(self.norm(x), shift, scale)).reshape(b, w, t, q, c)[:, -1]
+        return window[:, -1] + delta
+
+
+class ReadOut(nn.Module):
+    """Target-token queries of a tile attend to the latents of the tile and its K neighbours; ensemble tails."""
+
+    def __init__(self, mcfg: MultiformerConfig, cfg: ForecasterConfig) -> None:
+        super().__init__()
+        c = cfg.latent_dim
+        self.nt_out = cfg.readout_time_tokens
+        self.pos_frequencies = cfg.pos_frequencies
+        self.fields = mcfg.fields
+        self.level = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_levels, c)) for f in mcfg.fields})
+        self.pos_t = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(self.nt_out, c)) for f in mcfg.fields})
+        self.pos_lat = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_tokens[1], c)) for f in mcfg.fields})
+        self.pos_lon = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_tokens[2], c)) for f in mcfg.fields})
+        self.tile_pos = nn.Linear(num_sphere_features(cfg.pos_frequencies), c)
+        self.rel = nn.Linear(4 * max(cfg.pos_frequencies, 1), c)
+        self.slot = nn.Parameter(torch.zeros(cfg.latent_queries, c))
+        self.blocks = nn.ModuleList(
+            _CrossBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.readout_layers)
+        )
+        self.tail = nn.ModuleDict({f.name: EnsembleTail(c, f.token_dim, cfg.ensemble_size) for f in mcfg.fields})
+        init_linear(self.tile_pos)
+        init_linear(self.rel)
+        for pd in (self.level, self.pos_t, self.pos_lat, self.pos_lon):
+            for p in pd.values():
+                nn.init.trunc_normal_(p, std=0.02)
+        nn.init.trunc_normal_(self.slot, std=0.02)
+
+    def forward(self, latent: torch.Tensor, geometry: TileGeometry) -> dict[str, torch.Tensor]:
+        b, t, q, c = latent.shape
+        own = torch.arange(t, device=latent.device)[:, None]
+        nb = torch.cat([own, geometry.neighbors.to(latent.device).long()], dim=1)  # (T, K+1)
+        lat, lon = geometry.lat.float(), geometry.lon.float()
+        rel = self.rel(offset_features(lat[nb] - lat[:, None], lon[nb] - lon[:, None], max(self.pos_frequencies, 1)))
+        kv = latent[:, nb] + rel[None, :, :, None] + self.slot  # (B, T, K+1, Q, C)
+        kv = kv.reshape(b * t, -1, c)
+        tile = self.tile_pos(sphere_features(lat, lon, self.pos_frequencies))  # (T, C)
+        queries, sizes = [], []
+        for f in self.fields:
+            n = f.name
+            qf = (self.level[n][:, None, None, None] + self.pos_t[n][None, :, None, None]
+                  + self.pos_lat[n][None, None, :, None] + self.pos_lon[n][None, None, None, :])  # fmt: skip
+            queries.append(qf.reshape(-1, c))
+            sizes.append(queries[-1].shape[0])
+        qs = torch.cat(queries)[None] + tile[:, None]  # (T, S_all, C)
+        x = qs.expand(b, -1, -1, -1).reshape(b * t, -1, c)
+        for block in self.blocks:
+            x = block(x, kv, None)
+        out = {}
+        for f, xf in zip(self.fields, x.split(sizes, dim=1)):
+            ens = self.tail[f.name](xf)  # (B*T, E, S_f, D)
+            e = ens.shape[1]
+            shape = (f.num_levels, self.nt_out, *f.num_tokens[1:], *f.token_size)
+            out[f.name] = ens.reshape(b, t, e, *shape).transpose(1, 2)  # (B, E, T, L, nt_out, ...)
+        return out
+
+
+class Forecaster(nn.Module):
+    """Encoder (from a Multiformer) -> adapter -> global latent tail -> read-out, for latent rollouts.
+
+    Parameters
+    ----------
+    config : ForecasterConfig
+        Latent and rollout settings.
+    multiformer : Multiformer
+        A (trained) Multiformer; its ``embed`` and ``encoder`` are shared, not copied, and frozen when
+        ``config.freeze_encoder``. Its decoder and tails are not used.
+    """
+
+    def __init__(self, config: ForecasterConfig, multiformer: Multiformer) -> None:
+        super().__init__()
+        mcfg = multiformer.config
+        for f in mcfg.fields:
+            if config.readout_time_tokens > f.num_tokens[0]:
+                raise ModelConfigError(
+                    f"readout_time_tokens: {config.readout_time_tokens} > fields.{f.name}.num_tokens[0] "
+                    f"{f.num_tokens[0]}"
+                )
+        self.config = config
+        self.multiformer_config = mcfg
+        self.embed = multiformer.embed
+        self.encoder = multiformer.encoder
+        if config.freeze_encoder:
+            for p in [*self.embed.parameters(), *self.encoder.parameters()]:
+                p.requires_grad_(False)
+        self.adapter = Adapter(mcfg, config)
+        self.tail = LatentTail(config)
+        self.readout = ReadOut(mcfg, config)
+
+    def encode(self, batch: Mapping[str, Any], tiles_per_chunk: int | None = None) -> torch.Tensor:
+        """Latent of every tile: ``batch`` with leading axes (B, T) -> (B, T, Q, C).
+
+        ``tiles_per_chunk`` bounds how many neighborhoods go through the encoder at once (memory).
+        """
+        check_batch(self.multiformer_config, batch, lead=2)
+        first = batch[self.multiformer_config.fields[0].name]["tokens"]
+        b, t = first.shape[:2]
+        n = b * t
+        flat = {f: _flatten_item(item, n) for f, item in batch.items() if f in self.embed}
+        chunk = n if tiles_per_chunk is None else tiles_per_chunk
+        latents = []
+        for start in range(0, n, chunk):
+            part = {f: _slice_item(item, start, start + chunk) for f, item in flat.items()}
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+                hiddens, valid = encode_fields(self.embed, self.encoder, part)
+            latents.append(self.adapter(hiddens[-1], valid))
+        lat = torch.cat(latents)
+        return lat.reshape(b, t, *lat.shape[1:])
+
+    def initial_state(self, latents: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stack ``input_window`` latents (oldest first; each (B, T, Q, C)) into a state (B, W, T, Q, C)."""
+        state = latents if isinstance(latents, torch.Tensor) else torch.stack(list(latents), dim=1)
+        if state.dim() == 4:
+            state = state.unsqueeze(1)
+        if state.shape[1] != self.config.input_window:
+            raise ModelConfigError(
+                f"initial_state: got {state.shape[1]} latent(s), input_window is {self.config.input_window}"
+            )
+        return state
+
+    def step(self, state: torch.Tensor, lead_time: float | torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
+        """One step ahead: state (B, W, T, Q, C) -> the next state (window shifted by one)."""
+        lead = _lead(lead_time, state)
+        new = self.tail(state, lead, geometry)
+        return torch.cat([state[:, 1:], new.unsqueeze(1)], dim=1)
+
+    def decode(self, state: torch.Tensor, geometry: TileGeometry) -> dict[str, torch.Tensor]:
+        """Decode the newest latent of ``state``: ``{field: (B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)}``."""
+        return self.readout(state[:, -1], geometry)
+
+    def forward(
+        self, batch: Mapping[str, Any], lead_time: float | torch.Tensor, geometry: TileGeometry
+    ) -> dict[str, torch.Tensor]:
+        """Encode one time (``input_window`` must be 1), advance one step, decode."""
+        state = self.initial_state(self.encode(batch))
+        return self.decode(self.step(state, lead_time, geometry), geometry)
+
+    def rollout(
+        self,
+        state: torch.Tensor,
+        steps: int,
+        *,
+        lead_time: float | torch.Tensor,
+        geometry: TileGeometry,
+        decode_at: Iterable[int] | None = None,
+        stitch: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> Rollout:
+        """Auto-regressive rollout in latent space.
+
+        Parameters
+        ----------
+        state : Tensor
+            (B, W, T, Q, C), from :meth:`initial_state`.
+        steps : int
+            Number of steps; step k is exactly ``k`` calls of :meth:`step`.
+        lead_time, geometry
+            As for :meth:`step`.
+        decode_at : iterable of int, optional
+            Steps (1..steps) to decode; default only the last.
+        stitch : callable, optional
+            ``stitch(field, tiles)`` applied to each decoded ``(B, E, T, ...)`` tensor (e.g. a
+            :class:`~model.stitch.TileBlender` per field) to blend overlapping tiles into global fields.
+        """
+        positive_int("rollout steps", steps)
+        want = {steps} if decode_at is None else set(decode_at)
+        if not want <= set(range(1, steps + 1)):
+            raise ModelConfigError(f"decode_at: steps must lie in 1..{steps}, got {sorted(want)}")
+        outputs = {}
+        for k in range(1, steps + 1):
+            state = self.step(state, lead_time, geometry)
+            if k in want:
+                dec = self.decode(state, geometry)
+                outputs[k] = dec if stitch is None else {f: stitch(f, x) for f, x in dec.items()}
+        return Rollout(state, outputs)
+
+    def rollout_loss(
+        self,
+        state: torch.Tensor,
+        targets: Sequence[Mapping[str, Mapping[str, torch.Tensor]]],
+        *,
+        lead_time: float | torch.Tensor,
+        geometry: TileGeometry,
+        kinds: Mapping[str, float] | None = None,
+        step_weights: Sequence[float] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Multi-step training loss: roll out ``len(targets)`` steps and score every step's decoded tiles.
+
+        ``targets[k][field]`` holds ``tokens`` (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon) at step k + 1 and
+        optionally ``valid`` and ``lat`` (B, T, L, nt_out, nlat, nlon). Returns the weighted mean over steps and the
+        per-step losses.
+        """
+        kinds = {"mse": 1.0} if kinds is None else kinds
+        weights = [1.0] * len(targets) if step_weights is None else list(step_weights)
+        if len(weights) != len(targets) or not targets:
+            raise ModelConfigError(f"rollout_loss: {len(targets)} targets but {len(weights)} step weights")
+        total, per_step = state.new_zeros((), dtype=torch.float32), []
+        for target, w in zip(targets, weights):
+            state = self.step(state, lead_time, geometry)
+            loss = state.new_zeros((), dtype=torch.float32)
+            for f, ens in self.decode(state, geometry).items():
+                b, e, t = ens.shape[:3]
+                flat = ens.transpose(1, 2).reshape(b * t, e, -1, math.prod(ens.shape[-3:]))  # (B*T, E, S, D)
+                item = target[f]
+                s = flat.shape[2]
+                tgt = item["tokens"].reshape(b * t, s, -1)
+                valid = item.get("valid")
+                weight = torch.ones(b * t, s, device=flat.device) if valid is None else valid.reshape(b * t, s).float()
+                lat = item["lat"].reshape(b * t, s) if "lat" in item else None
+                loss = loss + self.multiformer_config.field(f).loss_weight * token_loss(flat, tgt, weight, kinds, lat=lat)
+            per_step.append(loss.detach())
+            total = total + w * loss
+        return total / sum(weights), per_step
+
+    def blend_weights(self, field: str) -> torch.Tensor:
+        """Blend weights of one decoded tile ``(L, nt_out, nlat, nlon, tt, tlat, tlon)`` (float64), tapered over
+        ``config.overlap`` grid points at the lat/lon edges; pass them (per tile) to :class:`~model.stitch.TileBlender`."""
+        spec = self.multiformer_config.field(field)
+        (_, ny, nx), (tt, ty, tx) = spec.num_tokens, spec.token_size
+        wy = edge_taper(ny * ty, self.config.overlap[0]).reshape(ny, ty)
+        wx = edge_taper(nx * tx, self.config.overlap[1]).reshape(nx, tx)
+        w = wy[:, None, :, None] * wx[None, :, None, :]  # (ny, nx, ty, tx)
+        shape = (spec.num_levels, self.config.readout_time_tokens, ny, nx, tt, ty, tx)
+        return w[None, None, :, :, None].expand(shape).contiguous()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _lead(lead_time: float | torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    if isinstance(lead_time, torch.Tensor):
+        return lead_time.to(state.device).float().expand(state.shape[0])
+    return torch.full((state.shape[0],), float(lead_time), device=state.device)
+
+
+def _flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in item.items():
+        if k == "meta":
+            out[k] = {m: x.reshape(n, *x.shape[2:]) for m, x in v.items()}
+        elif isinstance(v, torch.Tensor):
+            out[k] = v.reshape(n, *v.shape[2:])
+    return out
+
+
+def _slice_item(item: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop]) for k, v in item.items()}

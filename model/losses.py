@@ -1,0 +1,183 @@
+"""Losses on ensemble predictions of masked tokens: per-member MSE, ensemble statistics, fair CRPS, lat-weighted MSE.
+
+Why a module of its own: the Multiformer (masked tokens) and the Forecaster (rollout targets) score predictions the
+same way, and the losses are where "only masked, valid tokens count" is enforced, so it is written once and tested.
+
+Every loss takes flattened tensors::
+
+    ens    (N, E, S, D)   E ensemble members' predictions of S tokens of D values each
+    target (N, S, D)      the true token values
+    weight (N, S)         float, 0 for tokens that do not count (unmasked or padding), else a token weight
+
+and returns ``sum_tokens(weight * per_token_loss) / sum(weight)`` where ``per_token_loss`` is averaged over the
+D values (0 when no token counts, never NaN). Tokens with weight 0 contribute nothing and get no gradient, whatever
+their values are (even NaN would leak, so losses mask with ``torch.where``, not a multiplication).
+
+- ``mse``: mean over members of the squared error (each member is trained to be a good forecast).
+- ``stats``: the ensemble statistics loss: a Gaussian kernel term ``1 - exp(-(y - mu)^2 / (2 sigma^2))`` with the
+  ensemble mean ``mu`` and spread ``sigma`` (unbiased std), plus ``spread_weight * sigma`` so that the spread
+  cannot grow without bound (AtmoRep's "stats" loss in spirit: a calibrated spread is rewarded, a wide one penalised).
+- ``crps``: the fair (unbiased in ensemble size) CRPS, ``mean|x_i - y| - sum_ij |x_i - x_j| / (2 E (E - 1))``,
+  the pair sum computed from sorted members in O(E log E).
+- ``lat_mse``: squared error of the ensemble mean with ``cos(latitude)`` area weights (needs per-token latitudes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = [
+    "LOSS_KINDS",
+    "member_mse",
+    "ensemble_stats_loss",
+    "fair_crps",
+    "lat_weighted_mse",
+    "token_loss",
+    "token_weights",
+    "multiformer_loss",
+]
+
+
+def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``per_value`` (N, S, D) or (N, S) -> weighted mean over tokens of the mean over D."""
+    per_token = per_value.mean(-1) if per_value.dim() == 3 else per_value
+    w = weight.to(per_token.dtype)
+    num = torch.where(w > 0, per_token * w, torch.zeros_like(per_token)).sum()
+    return num / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_members: int = 1) -> None:
+    if ens.dim() != 4 or target.shape != (ens.shape[0], *ens.shape[2:]) or weight.shape != ens.shape[:1] + ens.shape[2:3]:
+        raise ValueError(
+            f"losses: expected ens (N, E, S, D), target (N, S, D), weight (N, S); got {tuple(ens.shape)}, "
+            f"{tuple(target.shape)}, {tuple(weight.shape)}"
+        )
+    if ens.shape[1] < min_members:
+        raise ValueError(f"losses: this loss needs an ensemble of >= {min_members} members, got {ens.shape[1]}")
+
+
+def member_mse(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over members of the weighted mean squared error."""
+    _check(ens, target, weight)
+    se = (ens.float() - target.float().unsqueeze(1)).square().mean(1)  # (N, S, D)
+    return _reduce(se, weight)
+
+
+def ensemble_stats_loss(
+    ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, spread_weight: float = 1.0, eps: float = 1e-4
+) -> torch.Tensor:
+    """Gaussian kernel term of the ensemble mean/spread plus ``spread_weight * spread`` (needs >= 2 members)."""
+    _check(ens, target, weight, 2)
+    e = ens.float()
+    mu = e.mean(1)
+    sigma = e.std(1, correction=1) + eps  # (N, S, D)
+    kernel = 1.0 - torch.exp(-0.5 * ((target.float() - mu) / sigma).square())
+    return _reduce(kernel + spread_weight * sigma, weight)
+
+
+def fair_crps(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fair CRPS of the ensemble (needs >= 2 members)."""
+    _check(ens, target, weight, 2)
+    e = ens.float()
+    m = e.shape[1]
+    skill = (e - target.float().unsqueeze(1)).abs().mean(1)  # (N, S, D)
+    ranks = torch.arange(1, m + 1, device=e.device, dtype=e.dtype).view(1, m, 1, 1)
+    pair_sum = 2.0 * ((2.0 * ranks - m - 1.0) * torch.sort(e, dim=1).values).sum(1)  # sum_ij |x_i - x_j|
+    return _reduce(skill - pair_sum / (2.0 * m * (m - 1)), weight)
+
+
+def lat_weighted_mse(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
+    """Squared error of the ensemble mean, weighted by ``cos(lat)`` (``lat`` (N, S) in degrees) and ``weight``."""
+    _check(ens, target, weight)
+    se = (ens.float().mean(1) - target.float()).square()
+    w = weight.float() * torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)
+    return _reduce(se, w)
+
+
+LOSS_KINDS = ("mse", "stats", "crps", "lat_mse")
+
+
+def token_loss(
+    ens: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    kinds: Mapping[str, float],
+    *,
+    lat: torch.Tensor | None = None,
+    spread_weight: float = 1.0,
+) -> torch.Tensor:
+    """Weighted sum of the losses named in ``kinds`` (``{"mse": 1.0, "crps": 0.5}``), flattened shapes as above."""
+    total = ens.new_zeros((), dtype=torch.float32)
+    for kind, k in kinds.items():
+        if kind == "mse":
+            total = total + k * member_mse(ens, target, weight)
+        elif kind == "stats":
+            total = total + k * ensemble_stats_loss(ens, target, weight, spread_weight)
+        elif kind == "crps":
+            total = total + k * fair_crps(ens, target, weight)
+        elif kind == "lat_mse":
+            if lat is None:
+                raise ValueError("losses: 'lat_mse' needs per-token latitudes (meta['lat'])")
+            total = total + k * lat_weighted_mse(ens, target, weight, lat)
+        else:
+            raise ValueError(f"losses: unknown loss {kind!r}; expected one of {list(LOSS_KINDS)}")
+    return total
+
+
+def token_weights(mask: torch.Tensor | None, valid: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    """Per-token weight (N, S): 1 where masked (all tokens when ``mask`` is None) and valid, else 0."""
+    n, s = shape
+    w = torch.ones(n, s, dtype=torch.bool) if mask is None else mask.reshape(n, s).bool()
+    if valid is not None:
+        w = w.to(valid.device) & valid.reshape(n, s).bool()
+    return w.float()
+
+
+def multiformer_loss(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, Any],
+    *,
+    kinds: Mapping[str, float] | None = None,
+    field_weights: Mapping[str, float] | None = None,
+    spread_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of Multiformer outputs on the masked, valid tokens of ``batch`` (see :mod:`model.multiformer`).
+
+    Parameters
+    ----------
+    outputs : mapping
+        ``{field: (B, E, L, nt, nlat, nlon, tt, tlat, tlon)}`` as the Multiformer returns.
+    batch : mapping
+        The batch: per field ``target`` (or ``tokens``), ``mask``, optional ``valid``, ``meta['lat']``.
+    kinds : mapping, optional
+        Loss name -> weight; default ``{"mse": 1.0}``.
+    field_weights : mapping, optional
+        Field name -> weight in the sum (default 1 each).
+
+    Returns
+    -------
+    total : Tensor
+        ``sum_f field_weight_f * loss_f``, a float32 scalar.
+    per_field : dict
+        Each field's (unweighted) loss, for logging.
+    """
+    kinds = {"mse": 1.0} if kinds is None else kinds
+    total = torch.zeros((), dtype=torch.float32)
+    per_field = {}
+    for f, ens in outputs.items():
+        item = batch[f]
+        b, e = ens.shape[:2]
+        s = math.prod(ens.shape[2:6])
+        flat = ens.reshape(b, e, s, -1)
+        target = item.get("target", item["tokens"]).reshape(b, s, -1)
+        weight = token_weights(item.get("mask"), item.get("valid"), (b, s)).to(flat.device)
+        lat = item["meta"]["lat"].reshape(b, s) if "lat" in item.get("meta", {}) else None
+        loss = token_loss(flat, target, weight, kinds, lat=lat, spread_weight=spread_weight)
+        per_field[f] = loss.detach()
+        w = 1.0 if field_weights is None else float(field_weights.get(f, 1.0))
+        total = total.to(loss.device) + w * loss
+    return total, per_field
