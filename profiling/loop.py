@@ -1,0 +1,563 @@
+"""``fastload train`` and ``fastload profile``: one training loop, top to bottom, that tells data wait from compute.
+
+Why this module exists: it is the loop the whole project is measured by. It trains AtmoRep's Multiformer on masked
+tokens from a :class:`fastload.Loader` and times every step in five phases (data wait = ``next(loader)``, h2d,
+forward, backward, optimizer) with :class:`profiling.timers.StepTimer`: CUDA events on a GPU (read a few steps
+late, no per-step synchronisation), the host clock on a CPU. ``profile`` runs a window of steps with every
+instrument on and writes a report; ``train`` runs the same loop with checkpoints and exact resume.
+
+    fastload profile                                   # built-in tiny dataset, small model, CPU or GPU: a report
+    fastload profile --data synthetic,cached,cold      # split the data stall into preparation and fetch
+    fastload profile --preset small_h100 --torch-profiler runs/tb --store-latency-ms 5
+    profiling/nsys_profile.sh runs/nsys/p -- python -m profiling.loop profile --nsys
+    fastload train --config run.toml --set optim.lr=3e-4 [--resume]
+    torchrun --standalone --nproc_per_node 2 -m profiling.loop train --preset cpu_tiny --device cpu
+
+What each phase holds. *data_wait*: the consumer's wait in ``next(loader)`` (with a GPU loader this includes any
+part of its side-stream host-to-device copy that the compute stream had to wait for, and the loader's masking);
+*h2d*: turning the batch into model inputs and moving whatever is not yet on the device (with a CPU loader and a
+GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gradient all-reduce), *optimizer*
+(clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is
+``idle``. Warm-up steps (``--warmup``) run but are left out of the numbers. Reading the loss is a host sync, done
+only every ``log_every`` steps.
+
+Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
+of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
+``<out>/rank<r>/``; rank 0 prints a line per rank. A checkpoint (``<checkpoint_dir>/last.pt``) holds the model,
+optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastload.errors import ConfigError
+
+from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
+
+__all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "lr_at"]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[str, Any]:
+    """The store path and sampling config of a run: the built-in dataset is synthesised (once, cached) and its
+    normalisation coefficients computed (once) when ``data.store`` is None."""
+    data, sampling = cfg.data, cfg.data.sampling
+    if data.store is not None:
+        return data.store, sampling
+    from fastload.stats import StatsConfig, compute_stats
+    from fastload.synth import default_dataset
+
+    t0 = time.perf_counter()
+    path = Path(default_dataset(data.cache_dir, preset=data.synth_preset, progress=None))
+    log(f"data: built-in synthetic dataset {path} ({time.perf_counter() - t0:.1f} s; cached for later runs)")
+    if sampling.norm_path is None and any(f.normalization != "none" for f in sampling.fields):
+        norm = path.with_name(path.name.removesuffix(".zarr") + "-norm.zarr")
+        if not norm.exists():
+            t0 = time.perf_counter()
+            compute_stats(str(path), str(norm), StatsConfig(progress=None))
+            log(f"data: normalisation coefficients {norm} ({time.perf_counter() - t0:.1f} s; computed once)")
+        sampling = dataclasses.replace(sampling, norm_path=str(norm))
+    return str(path), sampling
+
+
+def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """A loader :class:`~fastload.Batch` as the Multiformer's input dict (see :mod:`model.multiformer`).
+
+    Tokens are the loader's masked sources (its targets when it does not mask); per-token metadata, ``(B, nt)``
+    times and ``(B, nlat, nlon)`` positions, are broadcast to ``(B, L, nt, nlat, nlon)`` as views. Tensors not
+    yet on ``device`` are moved (non-blocking).
+    """
+    def dev(t: torch.Tensor) -> torch.Tensor:
+        return t if t.device == device else t.to(device, non_blocking=True)
+
+    out: dict[str, Any] = {}
+    for name, target in batch.fields.items():
+        target = dev(target)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+        grid = tuple(target.shape[:5])
+        m = batch.meta[name]
+        hour, doy = dev(m["hour"]), dev(m["day_of_year"])  # (B, nt)
+        lat, lon = dev(m["lat"]), dev(m["lon"])  # (B, nlat, nlon)
+        meta = {"time_of_day": hour[:, None, :, None, None].expand(grid),
+                "day_of_year": doy[:, None, :, None, None].expand(grid),
+                "lat": lat[:, None, None].expand(grid), "lon": lon[:, None, None].expand(grid)}
+        if name in levelled:
+            meta["level"] = dev(m["level"])[None, :, None, None, None].expand(grid)  # (L,) -> grid
+        item: dict[str, Any] = {"tokens": target, "target": target, "meta": meta}
+        if batch.masks is not None:
+            item["tokens"] = dev(batch.sources[name])
+            item["mask"] = dev(batch.masks[name])  # (B, L, nt, nlat, nlon) bool
+        out[name] = item
+    return out
+
+
+# -- model --------------------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: RunConfig, sampling: Any) -> torch.nn.Module:
+    """The Multiformer whose fields, levels and token geometry are the sampling config's (seeded by ``cfg.seed``)."""
+    from model import FieldSpec, Multiformer, MultiformerConfig
+
+    m = cfg.model
+    names = [f.name for f in sampling.fields]
+    try:
+        specs = tuple(FieldSpec(name=f.name, levels=tuple(float(v) for v in f.levels) if f.levels else (0.0,),
+                                num_tokens=f.num_tokens, token_size=f.token_size, embed_dim=m.embed_dim,
+                                num_heads=m.num_heads,
+                                coupled=tuple(g for g in names if g != f.name) if m.coupled else ())
+                      for f in sampling.fields)
+        mcfg = MultiformerConfig(fields=specs, num_encoder_layers=m.encoder_layers,
+                                 num_decoder_layers=m.decoder_layers, mlp_ratio=m.mlp_ratio,
+                                 ensemble_size=m.ensemble_size, mask_input=m.mask_input)
+    except ValueError as e:  # model/ raises its own ValueError subclass (it cannot import fastload)
+        raise ConfigError(f"model: {e}") from None
+    torch.manual_seed(cfg.seed)
+    net = Multiformer(mcfg)
+    if m.activation_checkpointing:
+        from model import apply_activation_checkpointing
+
+        apply_activation_checkpointing(net)
+    return net
+
+
+def _dummy_inputs(sampling: Any, batch_size: int, levelled: Sequence[str], device: torch.device) -> dict:
+    out = {}
+    for f in sampling.fields:
+        grid = (batch_size, f.num_levels, *f.num_tokens)
+        meta = {k: torch.zeros(grid, device=device) for k in ("time_of_day", "day_of_year", "lat", "lon")}
+        if f.name in levelled:
+            meta["level"] = torch.tensor(f.levels, dtype=torch.float32, device=device)[None, :, None, None,
+                                                                                     None].expand(grid)
+        tokens = torch.zeros((*grid, *f.token_size), device=device)
+        out[f.name] = {"tokens": tokens, "target": tokens, "meta": meta,
+                       "mask": torch.ones(grid, dtype=torch.bool, device=device)}
+    return out
+
+
+def count_flops(net: torch.nn.Module, inputs: dict, loss_kind: str, bf16: bool, device: torch.device) -> int:
+    """Matmul/attention FLOPs of one forward + loss + backward (``torch.utils.flop_counter``); grads cleared."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model import multiformer_loss
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = multiformer_loss(net(inputs), inputs, kinds={loss_kind: 1.0})
+        loss.backward()
+    net.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Learning rate of ``step``: linear warm-up, then constant or cosine decay to ``min_lr`` at ``cfg.steps``."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    span = max(1, cfg.steps - o.warmup_steps)
+    frac = min(1.0, (step - o.warmup_steps) / span)
+    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (o.lr - o.min_lr)
+
+
+# -- distributed and checkpoints ----------------------------------------------------------------------------------
+
+
+def _init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts the process group under torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want = cfg.device or cfg.loader.device
+    if world > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and (want is None or want.startswith("cuda"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return dist.get_rank(), dist.get_world_size(), device
+    if want is None:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(want)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {want!r} but CUDA is not available on this machine (use --device cpu)")
+    return 0, 1, device
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _save(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cfg: RunConfig, rank: int,
+          world: int) -> None:
+    from model import save_checkpoint
+
+    states = _gather(loader.state_dict(), world)  # every rank's position: each resumes its own share
+    if rank == 0:
+        save_checkpoint(path, net, opt, step=step, extra={"loader": states, "world_size": world,
+                                                          "run": cfg.to_dict()})
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _resume(path: Path, net: torch.nn.Module, opt: Any, loader: Any, rank: int, world: int) -> int:
+    from model import load_checkpoint
+
+    if not path.is_file():
+        raise ConfigError(f"--resume: no checkpoint {str(path)!r}")
+    try:
+        info = load_checkpoint(path, net, opt)
+    except ValueError as e:
+        raise ConfigError(f"--resume: {e}") from None
+    extra = info["extra"]
+    if extra.get("world_size") != world:
+        raise ConfigError(f"--resume: {path} was written by {extra.get('world_size')} rank(s); this run has {world}")
+    loader.load_state_dict(extra["loader"][rank])
+    return int(info["step"])
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | None = None,
+        torch_profiler: str | None = None, nsys: bool = False, resume: str | os.PathLike[str] | None = None,
+        wrap_loader: Callable[[Any], Any] | None = None, wrap_model: Callable[[Any], Any] | None = None,
+        log: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Train ``cfg.steps`` steps with every phase timed; write the report; return this rank's summary.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    mode : {"profile", "train"}
+        Labels the report; ``train`` also writes checkpoints when ``cfg.checkpoint_dir`` is set.
+    out : path, optional
+        Report folder (default ``cfg.report_dir`` or ``runs/<mode>-<time>``); per rank ``<out>/rank<r>`` under
+        torchrun.
+    torch_profiler : path, optional
+        Also trace a few steps after the warm-up with torch.profiler into this folder (TensorBoard).
+    nsys : bool
+        Turn on NVTX and call cudaProfilerStart/Stop around the timed steps (for ``nsys_profile.sh``).
+    resume : path, optional
+        Checkpoint to continue from (model, optimizer, loader positions, RNG, step).
+    wrap_loader, wrap_model : callable, optional
+        Applied to the batch iterable and to the model before the loop (tests inject known delays this way).
+    """
+    from fastload._nvtx import enable as nvtx_enable
+    from fastload._nvtx import is_enabled as nvtx_on
+    from fastload.loader import Loader
+    from model import apply_compile, multiformer_loss
+
+    from .nsys import CaptureWindow
+    from .report import format_table, loader_record, summarize_loader, write_report
+    from .slowstore import open_run_store
+    from .stall import ReplayLoader
+    from .tb import TorchProfilerConfig, build_torch_profiler, record_fetch
+    from .timers import StepTimer, peak_flops
+
+    if mode not in ("profile", "train"):
+        raise ConfigError(f"mode: expected 'profile' or 'train', got {mode!r}")
+    rank, world, device = _init_distributed(cfg)
+    say = log if rank == 0 else (lambda msg: None)
+    ddp = world > 1
+    if ddp:
+        import torch.distributed as dist
+    out_dir = Path(out or cfg.report_dir or f"runs/{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if ddp:
+        box = [str(out_dir)]
+        dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
+        out_dir = Path(box[0]) / f"rank{rank}"
+    if nsys:
+        nvtx_enable()
+    if device.type == "cpu":
+        share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(cfg.threads or max(1, share - cfg.loader.workers))
+
+    # -- data: rank 0 synthesises / computes coefficients first, the others then find them -------------------------
+    if rank == 0:
+        store_path, sampling = prepare_data(cfg, say)
+    if ddp:
+        dist.barrier()
+    if rank != 0:
+        store_path, sampling = prepare_data(cfg, say)
+    levelled = [f.name for f in sampling.fields if f.levels is not None]
+    if mode == "train" and cfg.data.mode == "synthetic":
+        raise ConfigError("data.mode = 'synthetic' replays one batch: it is for profiling, not training")
+
+    # -- model and optimizer ----------------------------------------------------------------------------------------
+    net = build_model(cfg, sampling).to(device)
+    say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
+        f"device {device}{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}"
+        f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}")
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    flops = None
+    if peak is not None:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
+        batch_size = cfg.loader.batch_size or sampling.batch_size
+        flops = count_flops(net, _dummy_inputs(sampling, batch_size, levelled, device), cfg.model.loss, cfg.bf16,
+                            device)
+    if wrap_model is not None:
+        net = wrap_model(net)
+    if nvtx_on() and not cfg.compile:
+        from .nvtx import apply_nvtx
+
+        apply_nvtx(net, depth=3)
+    if cfg.compile:
+        apply_compile(net)
+    o = cfg.optim
+    opt = torch.optim.AdamW(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if ddp else net
+
+    # -- loader (closed by the exit stack, whatever happens) --------------------------------------------------------
+    store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                           fields=sampling.field_names, log=say)
+    masking = None if cfg.masking.strategy == "identity" else cfg.masking
+    loader = Loader(store, sampling, dataclasses.replace(cfg.loader, device=str(device)), masking=masking)
+    stack = contextlib.ExitStack()
+    stack.callback(loader.close)
+    with stack:
+        say(f"loader: {loader!r}" + (f"; store latency {cfg.data.latency_ms} ms per request"
+                                      if cfg.data.latency_ms else ""))
+        start = 0
+        ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+        if resume is not None:
+            start = _resume(Path(resume), net, opt, loader, rank, world)
+            say(f"resumed from {resume} at step {start}")
+        if start >= cfg.steps:
+            raise ConfigError(f"steps = {cfg.steps} but the run is already at step {start}; raise --steps")
+        data: Any = loader
+        if cfg.data.mode == "synthetic":
+            data = ReplayLoader.from_loader(loader)
+            say("data: synthetic mode: replaying the first batch from the device (no loading)")
+        if wrap_loader is not None:
+            data = wrap_loader(data)
+
+        # -- instruments ----------------------------------------------------------------------------------------
+        remaining = cfg.steps - start
+        if remaining <= cfg.warmup:
+            say(f"note: {remaining} step(s) with warmup = {cfg.warmup}: no step is timed; lower --warmup")
+        timer = StepTimer(device=device, warmup=cfg.warmup)
+        window = CaptureWindow(start + cfg.warmup, cfg.steps) if nsys and remaining > cfg.warmup else None
+        if window is not None:
+            stack.callback(window.close)
+        prof = None
+        if torch_profiler is not None:
+            active = max(1, min(5, remaining - cfg.warmup - 1))
+            wait = max(0, min(cfg.warmup, remaining - active - 1))
+            pcfg = TorchProfilerConfig(dir=str(torch_profiler), wait=wait, active=active, worker_name=f"rank{rank}",
+                                       warmup=1 if remaining > wait + active else 0)
+            prof = stack.enter_context(build_torch_profiler(pcfg))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        kinds = {cfg.model.loss: 1.0}
+        loader_records: list[dict[str, Any]] = []
+        loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+        t_start = time.perf_counter()
+
+        # -- the loop -------------------------------------------------------------------------------------------
+        it = iter(data)
+        for step in range(start, cfg.steps):
+            if window is not None:
+                window.step(step)
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with timer.phase("data_wait"), record_fetch():
+                try:
+                    batch = next(it)
+                except StopIteration:  # end of an epoch: the loader goes on with the next one
+                    it = iter(data)
+                    batch = next(it)
+            with timer.phase("h2d"):
+                inputs = model_inputs(batch, levelled, device)
+            with timer.phase("forward"):
+                with autocast:
+                    loss, _ = multiformer_loss(model(inputs), inputs, kinds=kinds)
+            with timer.phase("backward"):
+                loss.backward()
+            with timer.phase("optimizer"):
+                if o.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            timer.step_end(samples=len(batch), io=batch.stats)
+            if step - start >= cfg.warmup:
+                loader_records.append(loader_record(batch.stats))
+            if prof is not None:
+                prof.step()
+            loss_sum += loss.detach()
+            loss_n += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+                last_loss = float(loss_sum) / loss_n  # sync point: reading the loss waits for the device
+                loss_sum.zero_()
+                loss_n = 0
+                first = " (includes start-up: JIT, pipeline fill)" if done == start + 1 else ""
+                say(f"step {done}/{cfg.steps}  loss {last_loss:.4f}  lr {lr:.2e}  "
+                    f"{time.perf_counter() - t_start:.1f} s{first}")
+            if ckpt is not None and mode == "train" and (
+                    done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                _save(ckpt, net, opt, done, loader, cfg, rank, world)
+                say(f"checkpoint: {ckpt} (step {done})")
+
+    # -- report -------------------------------------------------------------------------------------------------
+    records = timer.flush()
+    if not records:
+        say("no timed steps: no report written")
+        return {}
+    summary = timer.summary(flops_per_step=flops, peak_flops=peak, config=cfg.to_dict())
+    summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
+                    "device": str(device), "store": store_path, "final_loss": last_loss,
+                    "store_latency_ms": cfg.data.latency_ms})
+    if cfg.data.mode != "synthetic" and wrap_loader is None:
+        wall = sum(r["step_ms"] for r in records) / 1e3
+        summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
+    paths = write_report(out_dir, records, summary)
+    briefs = _gather({"rank": rank, "samples_per_s": summary["samples_per_s"],
+                      "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world)
+    say("")
+    say(format_table(summary))
+    if ddp:
+        say("")
+        say("per rank:")
+        for b in briefs:
+            say(f"  rank {b['rank']}: {b['step_ms']:.2f} ms/step  {b['samples_per_s']:.1f} samples/s  "
+                f"stall {100 * b['stall_fraction']:.1f}%")
+    say(f"\nreport: {', '.join(str(p) for p in paths.values())}"
+        + (f" (and rank1..{world - 1} beside it)" if ddp else ""))
+    if torch_profiler is not None:
+        say(f"torch.profiler trace: {torch_profiler} (tensorboard --logdir {torch_profiler})")
+    return summary
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+
+def _parser(mode: str) -> argparse.ArgumentParser:
+    what = ("Profile a training loop: data wait vs H2D vs forward/backward/optimizer, with a report."
+            if mode == "profile" else "Train a Multiformer (masked tokens) with checkpoints, exact resume and DDP.")
+    p = argparse.ArgumentParser(prog=f"fastload {mode}", description=what,
+                                epilog="presets: " + ", ".join(PRESETS) + " (python -m profiling.presets prints "
+                                "them). Example: fastload profile --set loader.workers=4 --steps 40")
+    p.add_argument("--preset", help="run preset (default: cpu_tiny)")
+    p.add_argument("--config", help="run file (TOML); 'preset = NAME' in it picks the base preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. loader.batch_size=8, model.embed_dim=64 (repeatable)")
+    p.add_argument("--store", help="data store (default: the built-in synthetic dataset)")
+    p.add_argument("--steps", type=int, help="optimizer steps of the run")
+    p.add_argument("--warmup", type=int, help="steps left out of the timing numbers")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--out", help="report folder (default: runs/<mode>-<time>)")
+    p.add_argument("--store-latency-ms", type=float, help="simulated storage latency per request (ms)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile each layer")
+    p.add_argument("--torch-profiler", metavar="DIR", help="trace steps after the warm-up for TensorBoard")
+    p.add_argument("--nsys", action="store_true",
+                   help="NVTX on, cudaProfilerStart/Stop around the timed steps (run under nsys_profile.sh)")
+    if mode == "profile":
+        p.add_argument("--data", default=None, metavar="MODE[,MODE...]",
+                       help="synthetic (replay one batch from the device), cached (warm page cache, default), "
+                            "cold (pages dropped before each read); several: one run each and the stall split")
+    else:
+        p.add_argument("--checkpoint-dir", help="where last.pt goes")
+        p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                       help="continue from CKPT (default: <checkpoint_dir>/last.pt)")
+    return p
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    sets = list(args.overrides)
+    for flag, key in (("steps", "steps"), ("warmup", "warmup"), ("device", "device"), ("bf16", "bf16"),
+                      ("compile", "compile"), ("store", "data.store"), ("store_latency_ms", "data.latency_ms"),
+                      ("checkpoint_dir", "checkpoint_dir")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            sets.append(f"{key}={v}")
+    cfg = load_run_config(args.config, preset=args.preset, overrides=sets)
+    if args.store is not None and cfg.data.sampling.norm_path is None and \
+            any(f.normalization != "none" for f in cfg.data.sampling.fields):
+        raise ConfigError(f"--store {args.store}: its fields normalise, so the sampling config needs norm_path "
+                          f"(fastload stats {args.store} --out NORM; --set data.sampling.norm_path=NORM), or "
+                          f"use a config whose fields have normalization = 'none'")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastload train ...`` / ``fastload profile ...`` (``argv[0]`` is the subcommand)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "profile"):
+        print("usage: python -m profiling.loop {train,profile} [options]  (--help after the subcommand)",
+              file=sys.stderr)
+        return 2
+    mode = argv[0]
+    args = _parser(mode).parse_args(argv[1:])
+    cfg = _config(args)
+    if mode == "train":
+        resume = None
+        if args.resume is not None:
+            if args.resume == "" and cfg.checkpoint_dir is None:
+                raise ConfigError("--resume without a path needs checkpoint_dir (--checkpoint-dir)")
+            resume = args.resume or str(Path(cfg.checkpoint_dir) / "last.pt")
+        run(cfg, mode="train", out=args.out, torch_profiler=args.torch_profiler, nsys=args.nsys, resume=resume)
+        return 0
+    modes = [m.strip() for m in (args.data or cfg.data.mode).split(",") if m.strip()]
+    bad = [m for m in modes if m not in DATA_MODES]
+    if bad or not modes or len(set(modes)) != len(modes):
+        raise ConfigError(f"--data: expected distinct modes from {list(DATA_MODES)}, got {args.data!r}")
+    if len(modes) == 1:
+        run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mode=modes[0])), mode="profile",
+            out=args.out, torch_profiler=args.torch_profiler, nsys=args.nsys)
+        return 0
+    return _stall_runs(cfg, modes, args)
+
+
+def _stall_runs(cfg: RunConfig, modes: Sequence[str], args: argparse.Namespace) -> int:
+    """One profile run per data mode (``<out>/<mode>/``), then the stall split (``<out>/stall.json``)."""
+    from .report import write_summary
+    from .stall import format_stall_table, stall_split
+
+    root = Path(args.out or cfg.report_dir or f"runs/profile-{time.strftime('%Y%m%d-%H%M%S')}")
+    order = [m for m in DATA_MODES if m in modes]
+    summaries = {}
+    for m in order:
+        print(f"\n== data mode {m} ==", flush=True)
+        summaries[m] = run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mode=m)), mode="profile",
+                           out=root / m, torch_profiler=args.torch_profiler and str(Path(args.torch_profiler) / m),
+                           nsys=args.nsys)
+    if os.environ.get("RANK", "0") != "0" or not all(summaries.values()):
+        return 0
+    split = stall_split(summaries)
+    path = write_summary(split, root / "stall.json")
+    print(f"\n== data stall ==\n{format_stall_table(split)}\n\nstall split: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from fastload.cli import main as _cli
+
+    sys.exit(_cli(sys.argv[1:]))

@@ -1,0 +1,452 @@
+"""Run configurations for ``fastload train`` / ``fastload profile``: one typed :class:`RunConfig`, presets as functions.
+
+Why this module exists: a training or profiling run combines settings owned by several parts (what to sample,
+how to load it, the model, the optimiser, masking, steps, precision). :class:`RunConfig` puts them in one frozen,
+validated object that a report or checkpoint stores with ``to_dict()``. Presets are plain functions
+(torchtitan's recipes): :func:`cpu_tiny` (the default of ``fastload profile`` with no arguments: the built-in
+tiny synthetic dataset and a width-32 Multiformer, seconds on a laptop CPU), :func:`small_h100` and
+:func:`atmorep_h100` (GPU runs on larger synthetic stores). The command line picks one (``--preset``) or reads a
+TOML file (``--config run.toml``; ``preset = "cpu_tiny"`` in the file takes a preset as the base) and then
+applies dotted overrides (``--set loader.batch_size=8``) through :func:`fastload.apply_overrides`.
+
+A run file::
+
+    preset = "cpu_tiny"                 # optional base; everything below overrides it
+    steps = 200
+    checkpoint_dir = "runs/ckpt"
+    [data]
+    store = "era5.zarr"                 # omit for the built-in synthetic dataset
+    sampling = "sampling.toml"          # a path (relative to this file) or an inline table
+    [loader]
+    workers = 4
+    [model]
+    embed_dim = 64
+    [optim]
+    lr = 3e-4
+
+Run ``python -m profiling.presets`` to print every preset as such a TOML-like dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from fastload.config import FieldConfig, LoaderConfig, SamplingConfig, apply_overrides
+from fastload.errors import ConfigError
+from fastload.sampling.masking import MaskingConfig
+
+__all__ = [
+    "DATA_MODES",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "PRESETS",
+    "cpu_tiny",
+    "small_h100",
+    "atmorep_h100",
+    "get_preset",
+    "load_run_config",
+]
+
+DATA_MODES = ("synthetic", "cached", "cold")
+"""``synthetic``: one batch replayed from the device; ``cached``: warm page cache; ``cold``: pages dropped."""
+_LOSSES = ("mse", "stats", "crps", "lat_mse")
+
+
+def _int(where: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{where}: expected an integer >= {lo}, got {v!r}")
+
+
+def _num(where: str, v: Any, lo: float, hi: float = float("inf")) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"{where}: expected a number in [{lo}, {hi}], got {v!r}")
+
+
+def _bool(where: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+
+
+def _check_keys(cls: type, d: Mapping[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+
+
+class _Section:
+    """``to_dict`` / ``from_dict`` of a flat section."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> Any:
+        _check_keys(cls, d, where or cls.__name__)
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig(_Section):
+    """Where the samples come from."""
+
+    sampling: SamplingConfig
+    """What a sample is (fields, levels, token geometry, normalisation); the model's geometry follows it."""
+    store: str | None = None
+    """Path or URL of the data store; None: the built-in synthetic dataset (written once into ``cache_dir``)."""
+    synth_preset: str = "tiny"
+    """Preset of the built-in dataset (:data:`fastload.synth.PRESETS`) when ``store`` is None."""
+    cache_dir: str | None = None
+    """Folder of the built-in dataset and its coefficients; None: ``$FASTLOAD_CACHE`` or ``~/.cache/fastload``."""
+    latency_ms: float = 0.0
+    """Simulated storage latency: every storage request sleeps this long (``--store-latency-ms``)."""
+    mode: Literal["synthetic", "cached", "cold"] = "cached"
+    """``synthetic``: replay one batch already on the device (no loading); ``cached``: the page cache is warmed
+    first; ``cold``: the store's pages are dropped before every read (posix_fadvise), local stores only."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ConfigError(f"data.sampling: expected a sampling config, got {type(self.sampling).__name__}")
+        if self.store is not None and (not isinstance(self.store, str) or not self.store):
+            raise ConfigError(f"data.store: expected a path or URL, got {self.store!r}")
+        from fastload.synth import PRESETS as SYNTH
+
+        if self.synth_preset not in SYNTH:
+            raise ConfigError(f"data.synth_preset: expected one of {list(SYNTH)}, got {self.synth_preset!r}")
+        _num("data.latency_ms", self.latency_ms, 0.0)
+        if self.mode not in DATA_MODES:
+            raise ConfigError(f"data.mode: expected one of {list(DATA_MODES)}, got {self.mode!r}")
+        if self.mode == "cold" and self.store is not None and "://" in self.store:
+            raise ConfigError(f"data.mode = 'cold' drops local page-cache pages; {self.store!r} is a URL")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _Section.to_dict(self)
+        d["sampling"] = self.sampling.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "data", base: Path | None = None) -> DataConfig:
+        _check_keys(cls, d, where)
+        kw = dict(d)
+        s = kw.get("sampling")
+        if isinstance(s, (str, os.PathLike)):
+            p = Path(s) if base is None or os.path.isabs(s) else base / s
+            kw["sampling"] = SamplingConfig.from_file(p)
+        elif isinstance(s, Mapping):
+            try:
+                kw["sampling"] = SamplingConfig.from_dict(s)
+            except ConfigError as e:
+                raise ConfigError(f"{where}.sampling: {e}") from None
+        elif not isinstance(s, SamplingConfig):
+            raise ConfigError(f"{where}.sampling: expected a table of sampling settings or the path of a file")
+        if base is not None and isinstance(kw.get("store"), str) and "://" not in kw["store"]:
+            kw["store"] = str((base / kw["store"]).resolve())
+        return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig(_Section):
+    """Sizes of the Multiformer (masked-token pre-training); its fields, levels and token geometry come from
+    ``data.sampling``."""
+
+    embed_dim: int = 32
+    """Width of every field's token stream."""
+    num_heads: int = 2
+    """Self-attention heads per field."""
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    ensemble_size: int = 4
+    """Members of the ensemble tail."""
+    mlp_ratio: float = 4.0
+    coupled: bool = True
+    """Couple every field to every other one with cross-attention heads (AtmoRep's multi-field coupling)."""
+    mask_input: Literal["learned", "as_given"] = "as_given"
+    """``as_given``: masked tokens enter as the loader altered them (zeroed/noised); ``learned``: replaced by a
+    learned embedding."""
+    loss: Literal["mse", "stats", "crps", "lat_mse"] = "mse"
+    """Loss on the masked tokens (:mod:`model.losses`)."""
+    activation_checkpointing: bool = False
+    """Recompute every layer in the backward pass (less memory, more compute)."""
+
+    def __post_init__(self) -> None:
+        for key, lo in (("embed_dim", 1), ("num_heads", 1), ("encoder_layers", 1), ("decoder_layers", 1),
+                        ("ensemble_size", 1)):
+            _int(f"model.{key}", getattr(self, key), lo)
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"model.embed_dim {self.embed_dim} is not divisible by model.num_heads {self.num_heads}")
+        if self.decoder_layers > self.encoder_layers:
+            raise ConfigError(f"model.decoder_layers {self.decoder_layers} > model.encoder_layers "
+                              f"{self.encoder_layers}: each decoder layer attends to an encoder layer")
+        _num("model.mlp_ratio", self.mlp_ratio, 1e-3)
+        _bool("model.coupled", self.coupled)
+        _bool("model.activation_checkpointing", self.activation_checkpointing)
+        if self.mask_input not in ("learned", "as_given"):
+            raise ConfigError(f"model.mask_input: expected 'learned' or 'as_given', got {self.mask_input!r}")
+        if self.loss not in _LOSSES:
+            raise ConfigError(f"model.loss: expected one of {list(_LOSSES)}, got {self.loss!r}")
+        if self.loss in ("stats", "crps") and self.ensemble_size < 2:
+            raise ConfigError(f"model.loss = {self.loss!r} needs model.ensemble_size >= 2")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class OptimConfig(_Section):
+    """AdamW with linear warm-up and cosine decay of the learning rate (computed from the step: resumable)."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay (``schedule = "cosine"``)."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps (not the timer's warm-up, which is ``RunConfig.warmup``)."""
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+
+    def __post_init__(self) -> None:
+        _num("optim.lr", self.lr, 0.0)
+        _num("optim.min_lr", self.min_lr, 0.0, self.lr)
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
+        _int("optim.warmup_steps", self.warmup_steps, 0)
+        _num("optim.weight_decay", self.weight_decay, 0.0)
+        _num("optim.beta1", self.beta1, 0.0, 1.0)
+        _num("optim.beta2", self.beta2, 0.0, 1.0)
+        _num("optim.grad_clip", self.grad_clip, 0.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """Everything one training or profiling run needs; reports and checkpoints store its ``to_dict()``."""
+
+    name: str = "custom"
+    """Label of the run (the preset's name by default)."""
+    data: DataConfig
+    loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    masking: MaskingConfig = dataclasses.field(default_factory=MaskingConfig)
+    """Token masking done by the loader on the device (``strategy = "identity"``: none)."""
+    steps: int = 20
+    """Optimizer steps of the whole run (a resumed run continues up to this step)."""
+    warmup: int = 3
+    """Steps at the start of a process that run but are left out of the timing numbers."""
+    bf16: bool = False
+    """Run forward and loss under bfloat16 autocast."""
+    compile: bool = False
+    """``torch.compile`` each layer (:func:`model.apply_compile`)."""
+    seed: int = 0
+    """Seed of the model's initialisation (the loader's sampling seed is ``loader.seed``)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:N``; None: the GPU when there is one (under torchrun: ``cuda:LOCAL_RANK``)."""
+    threads: int | None = None
+    """Torch intra-op threads when the model runs on the CPU; None: this process's share of the cores minus the
+    loader's workers (at least 1). Oversubscribed OpenMP threads spin and can slow a step tenfold."""
+    checkpoint_dir: str | None = None
+    """Where ``last.pt`` is written (model, optimizer, loader positions, RNG states, step); None: no checkpoints."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every this many steps (0: only at the end of the run)."""
+    report_dir: str | None = None
+    """Folder of the report files; None: ``runs/<train|profile>-<time>``."""
+    log_every: int = 10
+    """Print the loss every this many steps (reading it is a host sync, so not every step)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name: expected a non-empty string, got {self.name!r}")
+        for key, cls in (("data", DataConfig), ("loader", LoaderConfig), ("model", ModelConfig),
+                         ("optim", OptimConfig), ("masking", MaskingConfig)):
+            if not isinstance(getattr(self, key), cls):
+                raise ConfigError(f"{key}: expected a {cls.__name__}, got {type(getattr(self, key)).__name__}")
+        _int("steps", self.steps, 1)
+        _int("warmup", self.warmup, 0)
+        _int("seed", self.seed, 0)
+        _int("checkpoint_every", self.checkpoint_every, 0)
+        _int("log_every", self.log_every, 1)
+        if self.threads is not None:
+            _int("threads", self.threads, 1)
+        _bool("bf16", self.bf16)
+        _bool("compile", self.compile)
+        if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, base: Path | None = None) -> RunConfig:
+        """Build from nested mappings (TOML tables); unknown keys raise naming the section."""
+        _check_keys(cls, d, "run config")
+        kw = dict(d)
+        if "data" not in kw:
+            raise ConfigError("run config: missing the [data] section (with data.sampling)")
+        kw["data"] = DataConfig.from_dict(kw["data"], base=base)
+        if "loader" in kw:
+            kw["loader"] = LoaderConfig.from_dict(kw["loader"])
+        for key, sec in (("model", ModelConfig), ("optim", OptimConfig)):
+            if key in kw:
+                kw[key] = sec.from_dict(kw[key], key)
+        if "masking" in kw:
+            _check_keys(MaskingConfig, kw["masking"], "masking")
+            kw["masking"] = MaskingConfig(**kw["masking"])
+        for key in ("checkpoint_dir", "report_dir"):
+            if base is not None and isinstance(kw.get(key), str):
+                kw[key] = str(base / kw[key])
+        return cls(**kw)
+
+    def override(self, overrides: Sequence[str]) -> RunConfig:
+        """A copy with dotted ``key=value`` overrides applied (``loader.batch_size=8``, ``data.sampling.
+        batch_size=8``, ``steps=50``); unknown keys and wrong types raise :class:`ConfigError`."""
+        return apply_overrides(self, list(overrides))
+
+
+# -- presets ------------------------------------------------------------------------------------------------------
+
+
+def _fields(names: Sequence[str], levels: Sequence[float] | None, num_tokens: Sequence[int],
+            token_size: Sequence[int], surface: Sequence[str] = ()) -> tuple[FieldConfig, ...]:
+    out = [FieldConfig(name=n, levels=tuple(levels) if levels else None, num_tokens=tuple(num_tokens),
+                       token_size=tuple(token_size)) for n in names]
+    out += [FieldConfig(name=n, num_tokens=tuple(num_tokens), token_size=tuple(token_size)) for n in surface]
+    return tuple(out)
+
+
+def cpu_tiny() -> RunConfig:
+    """The built-in tiny dataset (61 x 120 grid, 48 h) and a width-32 Multiformer: seconds on a CPU.
+
+    Two fields on two model levels and one surface field, 2 x 3 x 4 tokens of 3 h x 3 x 3 points; batch 4;
+    20 steps of which 3 are warm-up. The default of ``fastload profile`` with no arguments.
+    """
+    sampling = SamplingConfig(fields=_fields(("temperature", "velocity_u"), (96, 137), (2, 3, 4), (3, 3, 3),
+                                             surface=("t2m",)), batch_size=4)
+    return RunConfig(
+        name="cpu_tiny",
+        data=DataConfig(sampling=sampling, synth_preset="tiny"),
+        loader=LoaderConfig(workers=2, prefetch=2, samples_per_epoch=256, cache_bytes=64 * 2**20),
+        model=ModelConfig(embed_dim=32, num_heads=2, encoder_layers=2, decoder_layers=2, ensemble_size=4),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2),
+        steps=20, warmup=3, log_every=5,
+    )
+
+
+def small_h100() -> RunConfig:
+    """The ``small`` synthetic dataset (91 x 180, 72 h, four fields x five levels) and a width-256 model on a GPU.
+
+    6 x 6 x 8 tokens of 3 h x 6 x 6 points per field, batch 32, bf16, compiled, 8 loader threads.
+    """
+    sampling = SamplingConfig(fields=_fields(("temperature", "specific_humidity", "velocity_u", "velocity_v"),
+                                             (96, 105, 114, 123, 137), (6, 6, 8), (3, 6, 6)), batch_size=32)
+    return RunConfig(
+        name="small_h100",
+        data=DataConfig(sampling=sampling, synth_preset="small"),
+        loader=LoaderConfig(workers=8, prefetch=4, samples_per_epoch=8192, cache_bytes=4 * 2**30),
+        model=ModelConfig(embed_dim=256, num_heads=8, encoder_layers=4, decoder_layers=4, ensemble_size=8),
+        optim=OptimConfig(lr=3e-4, min_lr=3e-5, warmup_steps=20),
+        steps=100, warmup=15, bf16=True, compile=True, device="cuda", log_every=20,
+    )
+
+
+def atmorep_h100() -> RunConfig:
+    """AtmoRep's geometry on the 0.25 degree synthetic dataset: temperature on five model levels, 12 x 6 x 12
+    tokens of 3 h x 9 x 9 points (36 h x 54 x 108 points), the AtmoRep-sized Multiformer (width 1024, 16 heads,
+    6 + 6 layers, ensemble 16), bf16, compiled, 14 loader threads, batch 16.
+    """
+    sampling = SamplingConfig(fields=_fields(("temperature",), (96, 105, 114, 123, 137), (12, 6, 12), (3, 9, 9)),
+                              batch_size=16)
+    return RunConfig(
+        name="atmorep_h100",
+        data=DataConfig(sampling=sampling, synth_preset="era5-025"),
+        loader=LoaderConfig(workers=14, prefetch=4, samples_per_epoch=16384, cache_bytes=24 * 2**30),
+        model=ModelConfig(embed_dim=1024, num_heads=16, encoder_layers=6, decoder_layers=6, ensemble_size=16),
+        optim=OptimConfig(lr=1e-4, min_lr=1e-5, warmup_steps=50),
+        steps=60, warmup=15, bf16=True, compile=True, device="cuda", log_every=20,
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"cpu_tiny": cpu_tiny, "small_h100": small_h100,
+                                               "atmorep_h100": atmorep_h100}
+"""Preset name -> function returning its :class:`RunConfig`."""
+
+
+def get_preset(name: str) -> RunConfig:
+    """The :class:`RunConfig` of a preset by name (:data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: expected one of {list(PRESETS)}, got {name!r}")
+    return PRESETS[name]()
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; ``fields``/``streams`` tables and plain values replace."""
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in ("fields", "streams"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_run_config(path: str | os.PathLike[str] | None = None, *, preset: str | None = None,
+                    overrides: Sequence[str] = ()) -> RunConfig:
+    """The run config of a TOML file and/or a preset, with dotted overrides applied.
+
+    Parameters
+    ----------
+    path : path, optional
+        A run file (TOML). A top-level ``preset = NAME`` in it takes that preset as the base. Relative paths in
+        it (store, sampling file, checkpoint and report folders) are relative to the file.
+    preset : str, optional
+        Base preset when the file names none (default ``cpu_tiny`` when neither names one).
+    overrides : sequence of str
+        ``key=value`` items (:meth:`RunConfig.override`).
+    """
+    if path is None:
+        cfg = get_preset(preset or "cpu_tiny")
+    else:
+        import tomllib
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"run config file {str(p)!r} does not exist")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not a valid TOML file: {e}") from None
+        name = d.pop("preset", None) or preset
+        base: dict[str, Any] = get_preset(name).to_dict() if name else {}
+        merged = _merge(base, d)
+        try:
+            cfg = RunConfig.from_dict(merged, base=p.resolve().parent)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    return cfg.override(overrides) if overrides else cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print every preset's settings as JSON (``python -m profiling.presets [NAME]``)."""
+    names = list(argv if argv is not None else sys.argv[1:]) or list(PRESETS)
+    for n in names:
+        print(f"# {n}: {PRESETS[n].__doc__.splitlines()[0] if n in PRESETS else ''}")
+        print(json.dumps(get_preset(n).to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Data-stall analysis: the same run with no loading, a warm page cache and a cold one, and the stall split.
+
+Why this module exists: a data-wait share says *that* the accelerator waited, not *why*. Following Mohan et al.
+("Analyzing and Mitigating Data Stalls in DNN Training", VLDB 2021), three runs of the same loop separate the two
+causes:
+
+- ``synthetic``: one batch, fetched before the loop and kept on the device, is replayed every step
+  (:class:`ReplayLoader`): the step time with no data pipeline at all, the ideal;
+- ``cached``: the real loader with the store's chunk files in the page cache (:mod:`profiling.slowstore`
+  warms it): whatever the loop waits on top of the ideal is *preparation* (decode, gather, normalise, copy);
+- ``cold``: the real loader reading every chunk file from the device: whatever it waits on top of ``cached``
+  is *fetch* (storage).
+
+``fastload profile --data synthetic,cached,cold`` runs all three and prints :func:`format_stall_table`;
+:func:`stall_split` gives the numbers (also written as ``stall.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from fastload.errors import ConfigError
+
+__all__ = ["ReplayLoader", "stall_split", "format_stall_table"]
+
+
+def _clone(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, Mapping):
+        return {k: _clone(v) for k, v in x.items()}
+    return x
+
+
+class ReplayLoader:
+    """Hands out the same batch every step: a training loop with no data pipeline (``--data synthetic``).
+
+    The batch's tensors are cloned (so the source loader's buffers can be reused or freed) and stay on the
+    device they were on; its I/O counters are zero apart from the sample count, since nothing is read.
+
+    Parameters
+    ----------
+    batch : fastload.Batch
+        The batch to replay (typically the loader's first).
+    """
+
+    def __init__(self, batch: Any):
+        import dataclasses
+
+        from fastload.reader import IOStats
+
+        n = len(batch)
+        self.batch = dataclasses.replace(
+            batch, fields=_clone(batch.fields), meta=_clone(batch.meta), boxes=batch.boxes.clone(),
+            masks=_clone(batch.masks), sources=_clone(batch.sources), stats=IOStats(batches=1, samples=n))
+
+    @classmethod
+    def from_loader(cls, loader: Any) -> ReplayLoader:
+        """Take the next batch of ``loader`` (an iterable of batches) and replay it."""
+        try:
+            batch = next(iter(loader))
+        except StopIteration:
+            raise ConfigError("synthetic data mode: the loader produced no batch") from None
+        return cls(batch)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        raise ConfigError("synthetic data mode replays one batch and has no position to checkpoint; "
+                          "train with data.mode = 'cached' or 'cold'")
+
+    def close(self) -> None:
+        return None
+
+
+def _brief(summary: Mapping[str, Any]) -> dict[str, float]:
+    return {"step_ms": float(summary["step"]["mean_ms"]),
+            "data_wait_ms": float(summary["phases"]["data_wait"]["mean_ms"]),
+            "stall_fraction": float(summary["stall_fraction"]),
+            "samples_per_s": float(summary["samples_per_s"])}
+
+
+def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Split the data stall into preparation and fetch from the summaries of runs in several data modes.
+
+    Parameters
+    ----------
+    summaries : mapping
+        Data mode (``synthetic``, ``cached``, ``cold``; at least two) -> :func:`profiling.report.summarize`
+        output of a run in that mode.
+
+    Returns
+    -------
+    dict
+        ``modes`` {mode: {step_ms, data_wait_ms, stall_fraction, samples_per_s}}; ``prep_stall_ms`` (cached minus
+        synthetic step time: decode, gather, copy), ``fetch_stall_ms`` (cold minus cached: storage reads),
+        ``total_stall_ms`` (the slowest mode given minus the fastest baseline) and each as a ``*_fraction`` of
+        the slowest mode's step time; a part is None when a mode it needs was not run. Negative differences
+        (noise) are reported as measured, not clipped, so that a reader sees the noise.
+    """
+    unknown = sorted(set(summaries) - {"synthetic", "cached", "cold"})
+    if unknown or len(summaries) < 2:
+        raise ConfigError(f"stall split: expected at least two of synthetic, cached, cold; got {sorted(summaries)}")
+    modes = {m: _brief(s) for m, s in summaries.items()}
+    step = {m: v["step_ms"] for m, v in modes.items()}
+    prep = step["cached"] - step["synthetic"] if {"cached", "synthetic"} <= step.keys() else None
+    fetch = step["cold"] - step["cached"] if {"cold", "cached"} <= step.keys() else None
+    order = [m for m in ("synthetic", "cached", "cold") if m in step]
+    worst = step[order[-1]]
+    total = worst - step[order[0]]
+    out: dict[str, Any] = {"modes": modes, "prep_stall_ms": prep, "fetch_stall_ms": fetch, "total_stall_ms": total}
+    for key in ("prep_stall", "fetch_stall", "total_stall"):
+        v = out[f"{key}_ms"]
+        out[f"{key}_fraction"] = None if v is None or worst <= 0 else v / worst
+    out["basis"] = (f"step-time differences between modes ({', '.join(order)}); fractions of the {order[-1]} "
+                    f"step time")
+    return out
+
+
+def format_stall_table(split: Mapping[str, Any]) -> str:
+    """Console table of :func:`stall_split`."""
+    lines = [f"{'data mode':<12}{'step ms':>10}{'wait ms':>10}{'stall':>9}{'samples/s':>12}"]
+    for m, v in split["modes"].items():
+        lines.append(f"{m:<12}{v['step_ms']:>10.2f}{v['data_wait_ms']:>10.2f}{100 * v['stall_fraction']:>8.1f}%"
+                     f"{v['samples_per_s']:>12.1f}")
+    lines.append("")
+    for key, what in (("prep_stall", "preparation (cached - synthetic)"), ("fetch_stall", "fetch (cold - cached)"),
+                      ("total_stall", "total")):
+        ms, frac = split[f"{key}_ms"], split[f"{key}_fraction"]
+        if ms is not None:
+            share = "" if frac is None else f"  ({100 * frac:.1f}% of the step)"
+            lines.append(f"stall from {what}: {ms:.2f} ms per step{share}")
+    return "\n".join(lines)
