@@ -149,6 +149,10 @@ class Loader:
         Coefficients of normalised fields (default: ``config.norm_path``).
     masking : fastload.sampling.masking.MaskingConfig, optional
         Mask each batch on the device (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step).
+    boxes : array or callable, optional
+        An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
+        ``boxes(epoch) -> (N, 3)`` (the same N every epoch). This rank's samples; ``samples_per_epoch``,
+        ``samples_per_window`` and the seed's placement are then unused.
     jit : bool, optional
         ``False`` runs the NumPy reference kernels.
     epoch : int
@@ -159,7 +163,7 @@ class Loader:
     """
 
     def __init__(self, store: Any, config: Any, loader: LoaderConfig | None = None, *, normalizer: Any = None,
-                 masking: Any = None, jit: bool | None = None, epoch: int = 0, **settings: Any):
+                 masking: Any = None, boxes: Any = None, jit: bool | None = None, epoch: int = 0, **settings: Any):
         from .sampling.tokenizer import build_tokenizer
 
         names = {f.name for f in dataclasses.fields(LoaderConfig)}
@@ -191,8 +195,12 @@ class Loader:
                               workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
                               retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=months,
                               useful_bytes_per_sample=useful, jit=jit, pin=self._pin)
-        counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
-        self._samples = min(counts)  # every rank reads the same number of samples (DDP needs equal steps)
+        self._explicit = boxes
+        if boxes is not None:
+            self._samples = int(self._explicit_boxes(int(epoch)).shape[0])
+        else:
+            counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
+            self._samples = min(counts)  # every rank reads the same number of samples (DDP needs equal steps)
         n = self._samples
         self._n_batches = n // self.batch_size if cfg.drop_last or self.world_size > 1 else -(-n // self.batch_size)
         self._specs = self._field_specs()
@@ -260,8 +268,18 @@ class Loader:
         self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
 
     # -- epochs ---------------------------------------------------------------------------------------------------
+    def _explicit_boxes(self, epoch: int) -> np.ndarray:
+        b = self._explicit(epoch) if callable(self._explicit) else self._explicit
+        b = self.tokenizer.check_boxes(b)
+        if hasattr(self, "_samples") and b.shape[0] != self._samples:
+            raise ConfigError(f"boxes({epoch}) gave {b.shape[0]} samples but epoch {self._state.epoch} had "
+                              f"{self._samples}; every epoch of an explicit plan needs the same number")
+        return b
+
     def epoch_boxes(self, epoch: int) -> np.ndarray:
         """This rank's ``(n, 3)`` sample placements of ``epoch``, in batch order."""
+        if self._explicit is not None:
+            return self._explicit_boxes(epoch)
         cfg = self.loader_config
         boxes = random_boxes(cfg.samples_per_epoch, self.extent, self.config.box, seed=cfg.seed, epoch=int(epoch),
                              time_step=self.config.time_step, rank=self.rank, world_size=self.world_size,

@@ -220,3 +220,22 @@ def test_bad_settings(tmp_path):
             Loader(tmp_path / "s.zarr", cfg, device="cuda")
     with pytest.raises(ConfigError, match="normalise"):
         Loader(tmp_path / "s.zarr", build("per_variable", tmp_path / "s.zarr", normalization="global")[1])
+
+
+def test_explicit_plan(tmp_path):
+    truth, cfg = build("atmorep", tmp_path / "s.zarr", regional=True)
+    rng = np.random.default_rng(0)
+    plans = {e: np.stack([rng.integers(0, 7, 8), rng.integers(0, 9, 8), rng.integers(0, 13, 8)], axis=1)
+             for e in range(2)}
+    with Loader(tmp_path / "s.zarr", cfg, boxes=lambda e: plans[e], batch_size=3, drop_last=False) as loader:
+        assert len(loader) == 3
+        for epoch in range(2):
+            got = list(loader)
+            assert [len(b) for b in got] == [3, 3, 2]
+            np.testing.assert_array_equal(np.concatenate([b.boxes.numpy() for b in got]), plans[epoch])
+            for b in got:
+                ref = reference(truth, cfg, b.boxes.numpy(), periodic=False)
+                for f in cfg.field_names:
+                    np.testing.assert_array_equal(b[f].numpy(), ref[f])
+    with pytest.raises(ConfigError, match="boxes"):
+        Loader(tmp_path / "s.zarr", cfg, boxes=np.array([[0, 0, 19]]))  # reaches past a regional edge
