@@ -64,6 +64,8 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
         lf, ll, lo0, width = regions[s, 0], regions[s, 1], regions[s, 2], regions[s, 3]
         lo0 = lo0 % 360.0
         span = ll - lf
+        if span == 0.0 or not width > 0.0:  # an empty region holds no node
+            continue
         la_lo, la_hi = min(lf, ll), max(lf, ll)
         r0 = min(nby - 1, max(np.int64(0), np.int64(np.floor((la_lo + 90.0) / dlat_b))))
         r1 = min(nby - 1, np.int64(np.floor((la_hi + 90.0) / dlat_b)))

@@ -78,7 +78,7 @@ def mesh_grid(lat: np.ndarray, lon: np.ndarray, *, where: str, lat_name: str = "
         if bad.size:
             i = int(bad[0])
             raise SchemaError(
-                f"{where}: mesh node {i} has {name} = {v[i]!r}, outside the valid range [{lo:g}, {hi:g}] degrees "
+                f"{where}: mesh node {i} has {name} = {float(v[i])}, outside the valid range [{lo:g}, {hi:g}] degrees "
                 f"({bad.size} node(s) out of range)"
             )
     lon = np.mod(lon, 360.0)
