@@ -39,6 +39,7 @@ from .bench_fastload import DEFAULT_ROWS, FASTLOAD_ROWS, fastload_status
 from .bench_report import format_table, write_json, write_plot
 from .bench_run import Pass, compare_outputs, summarise, time_pass
 from .bench_scenarios import PLANS, Variant, draw_batches, fit_config, prepare_store, raw_config
+from .bench_targets import evaluate_targets
 from .chunkmap import batch_decodes, open_chunk_maps
 from .peers import PEERS, peer_status, spec_from_store
 from .roofs import (
@@ -183,6 +184,9 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             roof["raw_read_gbps"] = read_roof(maps, [t for b in tasks for t in b], max(1, workers))["stored_gbps"]
             roof_runs.append(roof)
     roofs: dict[str, Any] = {"scenario": label, "resident_fraction_end": resident_fraction(files)}
+    if before is not None:  # show that dropping works on this filesystem
+        before()
+        roofs["resident_fraction_after_drop"] = resident_fraction(files)
     if roof_runs:
         for key in ("samples_per_s", "decoded_gbps", "stored_gbps", "raw_read_gbps"):
             roofs[key] = float(np.median([rr[key] for rr in roof_runs if rr[key] is not None]))
@@ -236,7 +240,7 @@ def _ratios(rows: list[dict]) -> None:
 
 
 def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
-    """Run every scenario of ``opts``; returns ``{"rows", "roofs", "machine", "config", "options"}``."""
+    """Run every scenario of ``opts``; returns ``{"rows", "roofs", "machine", "config", "options", "targets"}``."""
     from fastload.config import SamplingConfig
     from fastload.store import open_store
 
@@ -267,7 +271,7 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
                     rows.extend(r)
                     roofs["scenarios"].append(roof)
     return {"rows": rows, "roofs": roofs, "machine": machine_info(opts.store), "config": config.to_dict(),
-            "options": dataclasses.asdict(opts)}  # fmt: skip
+            "options": dataclasses.asdict(opts), "targets": evaluate_targets(rows)}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,12 +84,21 @@ def format_table(result: dict[str, Any]) -> str:
                          f"({roof['decoded_gbps']:.2f} GB/s decoded, {roof['stored_gbps']:.2f} GB/s stored); raw "
                          f"chunk reads {roof['raw_read_gbps']:.2f} GB/s; page cache "
                          f"{'?' if res is None else f'{100 * res:.0f}%'} resident after the runs")  # fmt: skip
+            if "resident_fraction_after_drop" in roof:
+                cold = roof["resident_fraction_after_drop"]
+                lines.append(f"  cold cache: {'?' if cold is None else f'{100 * cold:.0f}%'} of the store resident "
+                             f"right after posix_fadvise(DONTNEED)")  # fmt: skip
         lines.append("")
     mem = result["roofs"].get("memcpy_gbps")
     m = result.get("machine", {})
     lines.append(f"machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable cores, "
                  f"{m.get('memory_gb', '?')} GB; memcpy {_fmt(mem, '{:.1f}')} GB/s (one thread)")  # fmt: skip
     lines.extend(f"note: {n}" for n in NOTES)
+    from .bench_targets import format_targets
+
+    targets = format_targets(result.get("targets", []))
+    if targets:
+        lines += ["", *targets]
     return "\n".join(lines)
 
 

@@ -164,3 +164,36 @@ def test_variants_of_a_non_synthetic_store_are_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match="fastload rechunk"):
         prepare_store(store, Variant.parse("atmorep"), fit_config(store), str(tmp_path))
     assert prepare_store(store, Variant(), fit_config(store), str(tmp_path)) == store.path
+
+
+def _row(loader, variant, sps, *, plan="random", workers=2, latency=0.0, **kw):
+    scenario = f"{variant} warm w{workers}" + (f" {latency:g}ms" if latency else "")
+    return {"loader": loader, "status": "ok", "store_variant": variant, "scenario": scenario, "plan": plan,
+            "workers": workers, "latency_ms": latency, "cache": "warm", "batch_size": 4, "samples_per_s": sps,
+            "useful_gbps": sps * 1e6 / 1e9, **kw}  # fmt: skip
+
+
+def test_targets_are_ratios_between_rows_of_one_run():
+    from profiling.bench_targets import evaluate_targets
+
+    rows = [
+        _row("fastload", "tiles", 100.0, ttfb_s=0.5, added_mem_mb=50.0), _row("zarr+DataLoader", "tiles", 8.0),
+        _row("tensorstore", "tiles", 60.0),
+        _row("fastload", "atmorep", 30.0, plan="window"), _row("atmorep-batch", "atmorep", 5.0, plan="window"),
+        _row("fastload", "recommended", 120.0, plan="window"),
+        _row("fastload", "tiles", 70.0, latency=20.0), _row("zarr+DataLoader", "tiles", 1.0, latency=20.0),
+        _row("fastload", "tiles", 95.0, plan="aligned", roof_pct=93.0),
+        {"loader": "tensorstore", "status": "skipped", "scenario": "x"},
+    ]  # fmt: skip
+    got = {(t["target"].split(" (")[0].split(":")[0], t["where"]): t for t in evaluate_targets(rows)}
+    assert got[">= 10x zarr-python in a DataLoader", "tiles warm w2"]["measured"] == 12.5
+    assert got[">= 10x zarr-python in a DataLoader", "tiles warm w2"]["met"]
+    assert ("tiles warm w2 20ms" not in {w for _, w in got if _.startswith(">= 10x")})  # latency rows excluded
+    assert not got[">= 2x tensorstore", "tiles warm w2"]["met"]
+    assert got[">= 3x AtmoRep's batch method", "atmorep warm w2"]["measured"] == 6.0
+    assert got[">= 20x end to end", "atmorep warm w2 -> recommended warm w2"]["measured"] == 24.0
+    assert got[">= 80% of the zero-latency rate with 20 ms per request", "tiles warm w2 20ms"]["measured"] == 0.7
+    assert not got[">= 80% of the zero-latency rate with 20 ms per request", "tiles warm w2 20ms"]["met"]
+    assert got[">= 90% of the read+decode roof on chunk-aligned reads", "tiles warm w2"]["met"]
+    assert got["time to first batch < 1 s", "tiles warm w2"]["met"]
+    assert got["peak memory <= cache budget + prefetch ring + 500 MB", "tiles warm w2"]["met"]
