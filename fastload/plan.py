@@ -12,9 +12,9 @@ decoded-chunk cache can keep exactly the chunks needed again soon (:mod:`fastloa
 - per chunk key ``(array, chunk index)``, the sorted steps that use it, which the cache reads as next-use
   distances (Belady).
 
-Chunk planning costs a few milliseconds per batch, so it runs lazily, ``horizon`` batches ahead of the reader
-(:meth:`EpochPlan.ensure`): the first batch is ready at once, and the cache sees the future as far as it can use
-it. Step numbers are ``batch * batch_size + group``, so they sort in plan order.
+Chunk planning costs a few milliseconds per batch, so it runs lazily: each batch asked for plans itself and up to
+two more, until planning runs ``horizon`` batches ahead of the reader. The first batch is ready at once, and the
+cache soon sees the future as far as it can use it. Step numbers are ``batch * batch_size + group``, so they sort in plan order.
 
 Quick look::
 
@@ -126,7 +126,9 @@ class EpochPlan:
         if not self.start_batch <= batch < len(self.batches) or (batch - self.start_batch) % self.batch_stride:
             raise IndexError(f"batch {batch} is not one this plan reads (from {self.start_batch} to "
                              f"{len(self.batches) - 1} in strides of {self.batch_stride})")
-        self.ensure(batch + self.horizon * self.batch_stride)
+        self.ensure(batch)
+        # then plan ahead a little per call, so the first batch is not held up by planning the whole horizon
+        self.ensure(min(batch + self.horizon * self.batch_stride, self._planned + 2 * self.batch_stride))
         return self._steps[batch]
 
     def ensure(self, batch: int) -> None:

@@ -1,0 +1,113 @@
+"""Reader benchmarks: chunk-aligned reads against the raw read+decode roof of the same chunks, the cost of 20 ms of
+latency per request, and what the plan-aware cache saves. Every figure is side by side with its reference, in one
+run, as a ratio.
+
+- ``test_aligned_vs_roof``: the Loader on a chunk-aligned plan (each box starts on a chunk boundary) vs the roof
+  (:func:`profiling.roofs.read_decode_roof`: plain ``pread`` + numcodecs of each chunk a batch needs, no loader
+  code) of the same chunks, same thread count. Target: >= 90 % of the roof.
+- ``test_latency``: the same plan through ``open_store(latency_ms=20)`` (each request sleeps 20 ms) vs none.
+  Target: >= 80 % of the zero-latency rate.
+- ``test_cache_budget``: decoded bytes per useful byte with a cache that holds one step vs the default budget.
+
+Run::
+
+    pytest benches/bench_reader.py --quick          # tiny store, seconds
+    pytest benches/bench_reader.py                  # the 'small' synthetic store (2-degree, 72 h)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def tiles(synth_store, bench_config, bench_quick):
+    """(path, config, aligned plan, random plan) on the writer's tile-chunked store."""
+    from fastload.store import open_store
+    from profiling.bench_scenarios import draw_batches
+
+    path = synth_store(layout="per-variable")
+    store = open_store(path)
+    config = bench_config(path)
+    n = 3 if bench_quick else 12
+    bs = config.batch_size
+    aligned = draw_batches(store, config, batches=n, batch_size=bs, seed=0, epoch=1, plan="aligned")
+    rand = draw_batches(store, config, batches=n, batch_size=bs, seed=0, epoch=2, plan="random")
+    return path, config, np.concatenate(aligned), np.concatenate(rand)
+
+
+def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0, **settings):
+    """Construct a Loader on an explicit plan, pull every batch, close; returns (seconds, IOStats, batches)."""
+    from fastload.loader import Loader
+    from fastload.store import open_store
+
+    store = open_store(path, latency_ms=latency_ms)
+    t0 = time.perf_counter()
+    n = 0
+    with Loader(store, config, boxes=boxes, batch_size=config.batch_size, workers=WORKERS, device="cpu",
+                **settings) as loader:
+        for _ in loader:
+            n += 1
+        stats = loader.stats
+    return time.perf_counter() - t0, stats, n
+
+
+def roof(path: str, config, boxes: np.ndarray) -> dict[str, float]:
+    """Raw read+decode of each chunk every batch needs (once per batch), no loader code."""
+    from fastload.store import open_store
+    from profiling.chunkmap import batch_decodes, open_chunk_maps
+    from profiling.peers import spec_from_store
+    from profiling.roofs import read_decode_roof
+
+    spec = spec_from_store(open_store(path), config)
+    maps = open_chunk_maps(spec)
+    bs = config.batch_size
+    tasks = [batch_decodes(spec, maps, boxes[i:i + bs], "unique") for i in range(0, len(boxes), bs)]
+    return read_decode_roof(maps, tasks, WORKERS)
+
+
+def test_aligned_vs_roof(benchmark, report, tiles, bench_quick):
+    path, config, aligned, _ = tiles
+    loader_pass(path, config, aligned[: config.batch_size])  # JIT caches, page cache
+    rounds = 1 if bench_quick else 3
+    ours, roofs = [], []
+    for _ in range(rounds):  # interleaved: drift hits both alike
+        ours.append(loader_pass(path, config, aligned, cache_bytes=0))
+        roofs.append(roof(path, config, aligned))
+    benchmark.pedantic(lambda: loader_pass(path, config, aligned, cache_bytes=0), rounds=1, iterations=1)
+    secs = float(np.median([o[0] for o in ours]))
+    stats = ours[0][1]
+    rsecs = float(np.median([r["seconds"] for r in roofs]))
+    n = len(aligned)
+    report(benchmark, samples_per_s=n / secs, roof_samples_per_s=n / rsecs, pct_of_roof=100.0 * rsecs / secs,
+           decoded_gbps=stats.bytes_decoded / secs / 1e9, roof_decoded_gbps=roofs[0]["decoded_bytes"] / rsecs / 1e9,
+           decoded_bytes=stats.bytes_decoded, roof_decoded_bytes=roofs[0]["decoded_bytes"])
+    assert stats.samples == n
+
+
+def test_latency(benchmark, report, tiles, bench_quick):
+    path, config, _, rand = tiles
+    loader_pass(path, config, rand[: config.batch_size])
+    rounds = 1 if bench_quick else 3
+    zero, slow = [], []
+    for _ in range(rounds):
+        zero.append(loader_pass(path, config, rand)[0])
+        slow.append(loader_pass(path, config, rand, latency_ms=20.0, fetch_concurrency=64)[0])
+    benchmark.pedantic(lambda: loader_pass(path, config, rand, latency_ms=20.0, fetch_concurrency=64), rounds=1,
+                       iterations=1)
+    z, s = float(np.median(zero)), float(np.median(slow))
+    report(benchmark, samples_per_s_0ms=len(rand) / z, samples_per_s_20ms=len(rand) / s, pct_of_0ms=100.0 * z / s)
+
+
+@pytest.mark.parametrize("budget", ["one-step", "default"])
+def test_cache_budget(benchmark, report, tiles, budget):
+    path, config, _, rand = tiles
+    settings = {"cache_bytes": 0} if budget == "one-step" else {}
+    secs, stats, _ = benchmark.pedantic(lambda: loader_pass(path, config, rand, **settings), rounds=1, iterations=1)
+    report(benchmark, samples_per_s=len(rand) / secs, amplification=stats.amplification, hit_rate=stats.hit_rate,
+           decoded_mb=stats.bytes_decoded / 1e6, useful_mb=stats.bytes_useful / 1e6)
