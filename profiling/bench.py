@@ -240,7 +240,11 @@ def _ratios(rows: list[dict]) -> None:
 
 
 def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
-    """Run every scenario of ``opts``; returns ``{"rows", "roofs", "machine", "config", "options", "targets"}``."""
+    """Run every scenario of ``opts``.
+
+    Returns ``{"rows", "roofs", "machine", "config", "options", "targets", "loaders"}`` (``loaders``: what each
+    row does, in words).
+    """
     from fastload.config import SamplingConfig
     from fastload.store import open_store
 
@@ -271,7 +275,8 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
                     rows.extend(r)
                     roofs["scenarios"].append(roof)
     return {"rows": rows, "roofs": roofs, "machine": machine_info(opts.store), "config": config.to_dict(),
-            "options": dataclasses.asdict(opts), "targets": evaluate_targets(rows)}  # fmt: skip
+            "options": dataclasses.asdict(opts), "targets": evaluate_targets(rows),
+            "loaders": {n: (FASTLOAD_ROWS[n] if n in FASTLOAD_ROWS else PEERS[n]).description for n in names}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,9 +17,11 @@ __all__ = ["format_table", "write_json", "write_plot", "NOTES"]
 
 NOTES = (
     "samples/s: steady rate over the second half of each pass (median over rounds); x ours: fastload's samples/s / this row's",
-    "useful = output tensor bytes; decoded/stored = chunk bytes decoded/read (reported by fastload, modelled for "
-    "peers from which chunks each touches); ampl = decoded/useful",
-    "% roof: samples/s / the raw threaded read+decode rate of the chunks each batch needs (same workers, same run)",
+    "useful = output tensor bytes; decoded/stored = chunk bytes decoded/read (reported by fastload and by "
+    "tensorstore's metrics, modelled for the others from the chunks each touches); ampl = decoded/useful",
+    "% roof: samples/s / the rate of reading+decoding once the chunks each batch needs (numcodecs, same threads, "
+    "same run); >100% = fewer decodes than that (cache across batches, shared in-flight reads) or less per-chunk "
+    "overhead than Python's",
     "p50/p99: time between batches; ttfb: construction to first batch; peak MB: memory (PSS) summed over the "
     "process tree, harness included; +MB: peak minus the tree's memory before the loader started",
     "normalisation off for every loader (raw float32, checked bit for bit against fastload before timing); "
@@ -94,6 +96,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable cores, "
                  f"{m.get('memory_gb', '?')} GB; memcpy {_fmt(mem, '{:.1f}')} GB/s (one thread)")  # fmt: skip
     lines.extend(f"note: {n}" for n in NOTES)
+    for name, what in result.get("loaders", {}).items():
+        lines.append(f"loader {name}: {what}")
     from .bench_targets import format_targets
 
     targets = format_targets(result.get("targets", []))

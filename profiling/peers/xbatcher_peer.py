@@ -107,7 +107,8 @@ class XbatcherPeer(BasePeer):
 
     name = "xarray+xbatcher"
     requires = ("xarray", "xbatcher", "dask", "torch")
-    description = "xr.open_zarr (dask) + an xbatcher BatchGenerator per sample window, DataLoader workers"
+    description = ("xr.open_zarr (dask) + one xbatcher BatchGenerator per sample window (xbatcher cannot place "
+                   "patches at random positions: the closest use that cuts the same boxes), DataLoader workers")
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)

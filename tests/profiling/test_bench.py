@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 def test_cli_end_to_end_writes_json(tiny, tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    rc = bench.main([tiny, "--batches", "2", "--batch-size", "2", "--rounds", "1", "--workers", "1",
+    rc = bench.main([tiny, "--batches", "2", "--batch-size", "2", "--rounds", "1", "--workers", "0",
                      "--json", str(out), "--plot", str(png)])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
@@ -49,7 +49,7 @@ def test_cli_end_to_end_writes_json(tiny, tmp_path, capsys):
     for r in ok:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["samples_per_s"] > 0 and r["useful_gbps"] > 0 and r["ttfb_s"] > 0 and r["peak_mem_mb"] > 0
-        assert r["scenario"] == "as-is warm w1"
+        assert r["scenario"] == "as-is warm w0"
         assert r["loader"] in text
     base = next(r for r in ok if r["loader"] in ("fastload", "fastload.extract") and r["ratio_to_fastload"] == 1)
     assert base["fastload_speedup"] == 1.0
@@ -197,3 +197,28 @@ def test_targets_are_ratios_between_rows_of_one_run():
     assert got[">= 90% of the read+decode roof on chunk-aligned reads", "tiles warm w2"]["met"]
     assert got["time to first batch < 1 s", "tiles warm w2"]["met"]
     assert got["peak memory <= cache budget + prefetch ring + 500 MB", "tiles warm w2"]["met"]
+
+
+def test_resource_monitor_sees_children():
+    import multiprocessing as mp
+
+    from profiling.bench_monitor import ResourceMonitor
+
+    with ResourceMonitor(interval=0.01) as mon:
+        p = mp.get_context("fork").Process(target=_burn, args=(0.4,))
+        p.start()
+        while p.is_alive():
+            mon.sample()
+            p.join(0.02)
+    assert p.exitcode == 0
+    assert mon.cpu_seconds >= 0.2  # the child's CPU time, seen while it ran
+    assert mon.peak_bytes >= mon.baseline_bytes > 0
+
+
+def _burn(seconds: float) -> None:
+    import time
+
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        x += 1
