@@ -261,16 +261,17 @@ class MultiStream:
         """Reference window starts every stream serves (the ones random placement draws from)."""
 
     def _space_setup(self) -> None:
+        """Every reference box position (y0, x0) every stream serves (computed once, over all positions)."""
         self.regions = ReferenceRegions(self.grid, self.box)
         ny, nx, (_, H, W) = self.grid.ny, self.grid.nx, self.box
-        ys = np.unique(np.linspace(0, ny - H, min(ny - H + 1, 64)).round().astype(np.int64))
-        xmax = nx - 1 if self.grid.periodic_x else nx - W
-        xs = np.unique(np.linspace(0, xmax, min(xmax + 1, 64)).round().astype(np.int64))
-        yy, xx = np.meshgrid(ys, xs, indexing="ij")
-        cand = np.stack([np.full(yy.size, self.valid_t0[0]), yy.ravel(), xx.ravel()], axis=1)
+        n_x = nx if self.grid.periodic_x else nx - W + 1
+        yy, xx = np.meshgrid(np.arange(ny - H + 1), np.arange(n_x), indexing="ij")
+        cand = np.stack([np.zeros(yy.size, np.int64), yy.ravel(), xx.ravel()], axis=1)
         reg = self.regions.regions(cand)
+        ok = np.ones(yy.size, bool)
         for st in self.streams[1:]:
-            if not self._space_ok(st, reg).any():
+            mine = self._space_ok(st, reg)
+            if not mine.any():
                 g = st.store.grid
                 lat = np.asarray(g.lat)
                 raise ConfigError(
@@ -278,6 +279,9 @@ class MultiStream:
                     f"{lat.max():.2f}) does not overlap the region sampled by the first stream {self.reference.name!r}"
                     f" (latitudes {self.regions.yedge.min():.2f} .. {self.regions.yedge.max():.2f}, longitudes "
                     f"{self.regions.xedge[0] % 360:.2f} .. {self.regions.xedge[-1] % 360:.2f})")
+            ok &= mine
+        self.space_ok = ok.reshape(yy.shape)
+        """``(NY - H + 1, positions along x)`` bool: box starts ``(y0, x0)`` every stream serves."""
 
     def _space_ok(self, st: _Stream, regions: np.ndarray) -> np.ndarray:
         if st.kind == "mesh":
@@ -334,31 +338,38 @@ class MultiStream:
         """This rank's share of an epoch of ``n`` reference boxes that every stream serves.
 
         Same contract as :func:`fastload.sampling.geometry.random_boxes` (deterministic from ``(seed, epoch)``,
-        ranks disjoint and complete, ``samples_per_window`` samples per time window), with window starts drawn
-        from :attr:`valid_t0` and, where a regional stream does not cover a box, the box's place redrawn.
+        ranks disjoint and together the epoch, ``samples_per_window`` consecutive samples share a window), with
+        window starts drawn from :attr:`valid_t0`. When every stream serves every place, places are drawn exactly as
+        there; otherwise (a regional stream) uniformly, or by cos(latitude of the box centre), among the places
+        :attr:`space_ok` allows.
         """
         centers = centers or self.config.centers
         _, H, W = self.box
-        ext = GridExtent(nt=int(self.valid_t0.size), ny=int(self.grid.ny), nx=int(self.grid.nx),
-                         periodic_x=bool(self.grid.periodic_x))
-        lat = self.grid.lat if centers == "coslat" else None
-        out = random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, samples_per_window=samples_per_window,
-                           centers=centers, lat=lat)
-        out[:, 0] = self.valid_t0[out[:, 0]]
-        for attempt in range(1, 65):
-            reg = self.regions.regions(out)
-            bad = np.zeros(out.shape[0], bool)
-            for st in self.streams[1:]:
-                bad |= ~self._space_ok(st, reg)
-            if not bad.any():
-                break
-            sub = int(np.random.SeedSequence([int(seed), int(epoch), attempt]).generate_state(1)[0])
-            redraw = random_boxes(int(bad.sum()), ext, (1, H, W), seed=sub, epoch=0, centers=centers, lat=lat)
-            out[bad, 1:] = redraw[:, 1:]
-        else:
-            raise ConfigError("random placement: after 64 redraws some boxes still fall outside a regional stream's "
-                              "grid; the streams overlap too little of the first stream's grid")
-        win = np.arange(out.shape[0]) // int(samples_per_window)
+        spw = int(samples_per_window)
+        if self.space_ok.all():
+            ext = GridExtent(nt=int(self.valid_t0.size), ny=int(self.grid.ny), nx=int(self.grid.nx),
+                             periodic_x=bool(self.grid.periodic_x))
+            out = random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                               samples_per_window=spw, centers=centers,
+                               lat=self.grid.lat if centers == "coslat" else None)
+            out[:, 0] = self.valid_t0[out[:, 0]]
+            return out
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or spw < 1:
+            raise ConfigError(f"random_boxes: n must be an integer >= 0 and samples_per_window >= 1, got {n}, {spw}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
+        pos = np.flatnonzero(self.space_ok.ravel())
+        y0, x0 = np.divmod(pos, self.space_ok.shape[1])
+        p = None
+        if centers == "coslat":
+            lat = np.asarray(self.grid.lat, np.float64)
+            p = np.clip(np.cos(np.deg2rad((lat[y0] + lat[y0 + H - 1]) / 2.0)), 0.0, None)
+            p = p / p.sum() if p.sum() > 0 else None
+        t0 = self.valid_t0[rng.integers(0, self.valid_t0.size, size=-(-n // spw))]
+        pick = rng.choice(pos.size, size=n, p=p)
+        win = np.arange(n) // spw
+        out = np.stack([t0[win], y0[pick], x0[pick]], axis=1).astype(np.int64)
         return np.ascontiguousarray(out[win % int(world_size) == int(rank)])
 
     # -- the tokenizer interface the reader drives --------------------------------------------------------------
