@@ -88,8 +88,8 @@ class BenchOptions:
             raise ConfigError(f"bench --plan: expected one of {list(PLANS)}, got {self.plan!r}")
 
 
-def _all_status(latency_ms: float) -> dict[str, str | None]:
-    return {**fastload_status(), **peer_status(None, latency_ms)}
+def _all_status(latency_ms: float, plan: str) -> dict[str, str | None]:
+    return {**fastload_status(plan), **peer_status(None, latency_ms)}
 
 
 def loader_factory(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float,
@@ -135,7 +135,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     base = {"scenario": label, "store_variant": scenario, "cache": cache, "workers": workers,
             "latency_ms": latency_ms, "plan": opts.plan, "batch_size": bs, "batches": opts.batches,
             "rounds": opts.rounds}  # fmt: skip
-    status = _all_status(latency_ms)
+    status = _all_status(latency_ms, opts.plan)
     rows: dict[str, dict] = {}
     runnable = []
     reference: dict[str, np.ndarray] | None = None
@@ -183,7 +183,8 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
                 before()
             roof["raw_read_gbps"] = read_roof(maps, [t for b in tasks for t in b], max(1, workers))["stored_gbps"]
             roof_runs.append(roof)
-    roofs: dict[str, Any] = {"scenario": label, "resident_fraction_end": resident_fraction(files)}
+    roofs: dict[str, Any] = {"scenario": label, "latency_ms": latency_ms, "workers": max(1, workers),
+                             "resident_fraction_end": resident_fraction(files)}  # fmt: skip
     if before is not None:  # show that dropping works on this filesystem
         before()
         roofs["resident_fraction_after_drop"] = resident_fraction(files)

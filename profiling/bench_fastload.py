@@ -152,8 +152,8 @@ def _to_numpy(v: Any) -> np.ndarray:
     return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
 
-def fastload_status() -> dict[str, str | None]:
-    """``{row: None}`` when it can run, ``{row: reason}`` when not (e.g. the Loader takes no explicit boxes)."""
+def fastload_status(plan: str = "random") -> dict[str, str | None]:
+    """``{row: None}`` when it can run, ``{row: reason}`` when not (no Loader, or a plan it cannot draw)."""
     out: dict[str, str | None] = {}
     try:
         from fastload.loader import Loader  # noqa: F401
@@ -161,6 +161,9 @@ def fastload_status() -> dict[str, str | None]:
         out["fastload"] = out["fastload-proc"] = None
         if importlib.util.find_spec("fastload._procs") is None:
             out["fastload-proc"] = "the Loader's process mode (fastload._procs) is not in this checkout"
+        if plan == "aligned":  # the Loader draws random_boxes itself and takes no explicit boxes
+            out["fastload"] = out["fastload-proc"] = ("the Loader draws its own (random) placements and takes no "
+                                                      "explicit boxes, so it cannot run an aligned plan")
     except ImportError as e:
         out["fastload"] = out["fastload-proc"] = f"fastload.Loader is not available: {e}"
     try:

@@ -82,7 +82,8 @@ def format_table(result: dict[str, Any]) -> str:
         roof = roofs.get(sc)
         if roof and roof.get("samples_per_s"):
             res = roof.get("resident_fraction_end")
-            lines.append(f"  roof: read+decode of the needed chunks {roof['samples_per_s']:.1f} samples/s "
+            local = " (local reads: the added latency is not in the roof)" if roof.get("latency_ms") else ""
+            lines.append(f"  roof{local}: read+decode of the needed chunks {roof['samples_per_s']:.1f} samples/s "
                          f"({roof['decoded_gbps']:.2f} GB/s decoded, {roof['stored_gbps']:.2f} GB/s stored); raw "
                          f"chunk reads {roof['raw_read_gbps']:.2f} GB/s; page cache "
                          f"{'?' if res is None else f'{100 * res:.0f}%'} resident after the runs")  # fmt: skip
