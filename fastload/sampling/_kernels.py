@@ -9,12 +9,20 @@ so the reader runs one call per thread on disjoint sample ranges of a batch.
 Arithmetic, shared with the reference so results agree exactly: read the source element and convert it to
 float32; optional transform ``float32(log1p(float64(v)))``; optional normalisation ``(v - mean) / std`` in
 float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest even, NaN stays NaN) in uint16.
+
+Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
+no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
+atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead, and
+each token's output block is written in one sequential pass. ``error_model="numpy"``: a zero std gives inf/NaN
+as in NumPy, not an exception.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from ._intrinsics import prefetch2, prefetch4
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -67,7 +75,11 @@ def to_float16_bits(x, out):
         out[i] = _f16(np.int64(bits[i]))
 
 
-@njit(nogil=True, cache=True)
+PREFETCH_ROWS = 4
+"""How many box rows ahead the gather prefetches (source rows, and local coefficients)."""
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out):
     """Crop, transform, normalise, cast and tokenise every sample of ``boxes`` into ``out``, in one pass.
 
@@ -103,78 +115,186 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     log1p, norm, kind = geometry[9], geometry[10], geometry[11]
     ncx = (nx + cx - 1) // cx
     n_slots = slots.shape[0]
+    last_elem = slots.shape[1] - 1
     n_samples = boxes.shape[0]
     n_lev = lev_idx.shape[0]
+    n_t = nt * tt
+    n_y = nlat * tlat
+    n_x = nlon * tlon
+    band = tt * tlat  # box rows of one band of tokens (a, b): all their (i, j) rows
+    n_rows = nt * nlat * band
     outf = out.reshape(out.size)
-    buf = np.empty(tlon, np.float32)
-    bits = buf.view(np.uint32)
-    o = 0
+    # One band of box rows at a time: gather its tt * tlat rows from the chunk(s) into `buf`, transformed and
+    # normalised, then write its nlon tokens, each one contiguous (tt, tlat, tlon) block, sequentially.
+    buf = np.empty((band, n_x), np.float32)
+    buf_bits = buf.view(np.uint32)
+    o_lev = nt * nlat * nlon * band * tlon
+    # per sample: chunk and offset of every time step and row, and the box row's x segments (split where it
+    # crosses a chunk edge or the seam), so the inner loops have no divisions
+    t_it = np.empty(n_t, np.int64)
+    t_off = np.empty(n_t, np.int64)
+    y_iy = np.empty(n_y, np.int64)
+    y_off = np.empty(n_y, np.int64)
+    max_seg = n_x // cx + 3
+    seg_ix = np.empty(max_seg, np.int64)  # x chunk, counted from the sample's first
+    seg_src = np.empty(max_seg, np.int64)  # element offset of the segment's first value inside its chunk
+    seg_len = np.empty(max_seg, np.int64)
+    seg_k = np.empty(max_seg, np.int64)  # where the segment starts in the box row
+    seg_x = np.empty(max_seg, np.int64)  # store column of its first value
+    sxu = np.uint64(sx)
     for s in range(n_samples):
         t0, y0, x0 = boxes[s, 0], boxes[s, 1], boxes[s, 2]
         ft = t0 // ct if has_t else 0
+        for tk in range(n_t):
+            if has_t:
+                t = t0 + tk * dt
+                t_it[tk] = t // ct - ft
+                t_off[tk] = (t % ct) * st
+            else:
+                t_it[tk] = 0
+                t_off[tk] = 0
         fy = y0 // cy
+        for yk in range(n_y):
+            y = y0 + yk
+            y_iy[yk] = y // cy - fy
+            y_off[yk] = (y % cy) * sy
         fx = x0 // cx
+        x = x0
+        k = 0
+        n_seg = 0
+        while k < n_x:
+            if periodic and x >= nx:  # regional boxes never reach nx (validated by the caller)
+                x -= nx
+            cxi = x // cx
+            ix = cxi - fx
+            if ix < 0:
+                ix += ncx
+            xl = x - cxi * cx
+            n = min(n_x - k, cx - xl, nx - x)
+            seg_ix[n_seg] = ix
+            seg_src[n_seg] = xl * sx
+            seg_len[n_seg] = n
+            seg_k[n_seg] = k
+            seg_x[n_seg] = x
+            n_seg += 1
+            k += n
+            x += n
         for lv in range(n_lev):
-            li = lev_idx[lv]
-            loff = base + (li % cl) * sl
+            loff = base + (lev_idx[lv] % cl) * sl
+            o = np.uint64((s * n_lev + lv) * o_lev)
+            # the row PREFETCH_ROWS ahead, in (a, b, i, j) order
+            pa = pb = pi = pj = 0
+            p_left = n_rows
+            for _ in range(min(PREFETCH_ROWS, n_rows)):
+                pj += 1
+                if pj == tlat:
+                    pj = 0
+                    pi += 1
+                    if pi == tt:
+                        pi = 0
+                        pb += 1
+                        if pb == nlat:
+                            pb = 0
+                            pa += 1
+                p_left -= 1
             for a in range(nt):
                 for b in range(nlat):
+                    for i in range(tt):
+                        tk = a * tt + i
+                        it = t_it[tk]
+                        m = month_of[s, tk] if norm != 0 else 0
+                        gm = np.float32(0.0)
+                        gs = np.float32(1.0)
+                        if norm == 1:
+                            gm = mean[m, lv, 0, 0]
+                            gs = std[m, lv, 0, 0]
+                        for j in range(tlat):
+                            yk = b * tlat + j
+                            y = y0 + yk
+                            iy = y_iy[yk]
+                            yoff = loff + t_off[tk] + y_off[yk]
+                            if p_left > 0:  # prefetch a row ahead (a hint; never faults, never changes results)
+                                ptk = pa * tt + pi
+                                pyk = pb * tlat + pj
+                                poff = loff + t_off[ptk] + y_off[pyk]
+                                for p in range(n_seg):
+                                    pslot = table[s, lv, t_it[ptk], y_iy[pyk], seg_ix[p]]
+                                    if pslot >= 0 and pslot < n_slots:
+                                        e0 = poff + seg_src[p]
+                                        for e in range(e0, e0 + seg_len[p] * sx + 15, 16):
+                                            prefetch2(slots, pslot, min(e, last_elem))
+                                    if norm == 2:
+                                        pm = month_of[s, ptk]
+                                        xe = seg_x[p] + seg_len[p] - 1
+                                        for e in range(seg_x[p], xe + 16, 16):
+                                            prefetch4(mean, pm, lv, y0 + pyk, min(e, xe))
+                                            prefetch4(std, pm, lv, y0 + pyk, min(e, xe))
+                                pj += 1
+                                if pj == tlat:
+                                    pj = 0
+                                    pi += 1
+                                    if pi == tt:
+                                        pi = 0
+                                        pb += 1
+                                        if pb == nlat:
+                                            pb = 0
+                                            pa += 1
+                                p_left -= 1
+                            # gather box row (i, j) of the band into buf[r] (uint64 indices: no wraparound code,
+                            # vectorised loops)
+                            r = np.uint64(i * tlat + j)
+                            for p in range(n_seg):
+                                slot = table[s, lv, it, iy, seg_ix[p]]
+                                if slot < 0 or slot >= n_slots:
+                                    raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
+                                su = np.uint64(slot)
+                                n = seg_len[p]
+                                rk = np.uint64(seg_k[p])
+                                src0 = np.uint64(yoff + seg_src[p])
+                                mu = np.uint64(m)
+                                lu = np.uint64(lv)
+                                yu = np.uint64(y)
+                                xg = np.uint64(seg_x[p])
+                                if not log1p and sx == 1:  # the common case: one fused, vectorised loop
+                                    if norm == 0:
+                                        for q in range(n):
+                                            qu = np.uint64(q)
+                                            buf[r, rk + qu] = np.float32(slots[su, src0 + qu])
+                                    elif norm == 1:
+                                        for q in range(n):
+                                            qu = np.uint64(q)
+                                            buf[r, rk + qu] = (np.float32(slots[su, src0 + qu]) - gm) / gs
+                                    else:
+                                        for q in range(n):
+                                            qu = np.uint64(q)
+                                            buf[r, rk + qu] = ((np.float32(slots[su, src0 + qu])
+                                                                - mean[mu, lu, yu, xg + qu]) / std[mu, lu, yu, xg + qu])
+                                    continue
+                                for q in range(n):
+                                    qu = np.uint64(q)
+                                    v = np.float32(slots[su, src0 + qu * sxu])
+                                    if log1p:
+                                        v = np.float32(np.log1p(np.float64(v)))
+                                    if norm == 1:
+                                        v = (v - gm) / gs
+                                    elif norm == 2:
+                                        v = (v - mean[mu, lu, yu, xg + qu]) / std[mu, lu, yu, xg + qu]
+                                    buf[r, rk + qu] = v
+                    # write the band's nlon tokens: each a contiguous (tt, tlat, tlon) block, in order
                     for c in range(nlon):
-                        xs = x0 + c * tlon
-                        if periodic and xs >= nx:  # regional boxes never reach nx (validated by the caller)
-                            xs -= nx
-                        for i in range(tt):
-                            tk = a * tt + i
-                            it = 0
-                            toff = 0
-                            if has_t:
-                                t = t0 + tk * dt
-                                it = t // ct - ft
-                                toff = (t % ct) * st
-                            m = month_of[s, tk] if norm != 0 else 0
-                            for j in range(tlat):
-                                y = y0 + b * tlat + j
-                                iy = y // cy - fy
-                                yoff = loff + toff + (y % cy) * sy
-                                gm = np.float32(0.0)
-                                gs = np.float32(1.0)
-                                if norm == 1:
-                                    gm = mean[m, lv, 0, 0]
-                                    gs = std[m, lv, 0, 0]
-                                k = 0
-                                x = xs
-                                while k < tlon:
-                                    if periodic and x >= nx:
-                                        x -= nx
-                                    cxi = x // cx
-                                    ix = cxi - fx
-                                    if ix < 0:
-                                        ix += ncx
-                                    slot = table[s, lv, it, iy, ix]
-                                    if slot < 0 or slot >= n_slots:
-                                        raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
-                                    xl = x - cxi * cx
-                                    n = min(tlon - k, cx - xl, nx - x)
-                                    src = yoff + xl * sx
-                                    row = slots[slot]
-                                    for q in range(n):
-                                        v = np.float32(row[src + q * sx])
-                                        if log1p:
-                                            v = np.float32(np.log1p(np.float64(v)))
-                                        if norm == 1:
-                                            v = (v - gm) / gs
-                                        elif norm == 2:
-                                            v = (v - mean[m, lv, y, x + q]) / std[m, lv, y, x + q]
-                                        if kind == 0:
-                                            outf[o + k + q] = v
-                                        else:
-                                            buf[k + q] = v
-                                    k += n
-                                    x += n
-                                if kind == 1:
-                                    for q in range(tlon):
-                                        outf[o + q] = _bf16(np.int64(bits[q]))
-                                elif kind == 2:
-                                    for q in range(tlon):
-                                        outf[o + q] = _f16(np.int64(bits[q]))
-                                o += tlon
+                        r0 = np.uint64(c * tlon)
+                        for rr in range(band):
+                            ru = np.uint64(rr)
+                            if kind == 0:
+                                for q in range(tlon):
+                                    qu = np.uint64(q)
+                                    outf[o + qu] = buf[ru, r0 + qu]
+                            elif kind == 1:
+                                for q in range(tlon):
+                                    qu = np.uint64(q)
+                                    outf[o + qu] = _bf16(np.int64(buf_bits[ru, r0 + qu]))
+                            else:
+                                for q in range(tlon):
+                                    qu = np.uint64(q)
+                                    outf[o + qu] = _f16(np.int64(buf_bits[ru, r0 + qu]))
+                            o += np.uint64(tlon)
