@@ -248,8 +248,8 @@ def _resume(path: Path, net: torch.nn.Module, opt: Any, loader: Any, rank: int, 
 
 def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | None = None,
         torch_profiler: str | None = None, nsys: bool = False, resume: str | os.PathLike[str] | None = None,
-        wrap_loader: Callable[[Any], Any] | None = None, wrap_model: Callable[[Any], Any] | None = None,
-        log: Callable[[str], None] = _print) -> dict[str, Any]:
+        stop_at: int | None = None, wrap_loader: Callable[[Any], Any] | None = None,
+        wrap_model: Callable[[Any], Any] | None = None, log: Callable[[str], None] = _print) -> dict[str, Any]:
     """Train ``cfg.steps`` steps with every phase timed; write the report; return this rank's summary.
 
     Parameters
@@ -266,6 +266,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         Turn on NVTX and call cudaProfilerStart/Stop around the timed steps (for ``nsys_profile.sh``).
     resume : path, optional
         Checkpoint to continue from (model, optimizer, loader positions, RNG, step).
+    stop_at : int, optional
+        Stop after this step (with a checkpoint in ``train`` mode), as a preempted job would; the learning-rate
+        schedule still spans ``cfg.steps``, so a resumed run continues exactly.
     wrap_loader, wrap_model : callable, optional
         Applied to the batch iterable and to the model before the loop (tests inject known delays this way).
     """
@@ -349,8 +352,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         if resume is not None:
             start = _resume(Path(resume), net, opt, loader, rank, world)
             say(f"resumed from {resume} at step {start}")
-        if start >= cfg.steps:
-            raise ConfigError(f"steps = {cfg.steps} but the run is already at step {start}; raise --steps")
+        stop = cfg.steps if stop_at is None else stop_at
+        if not start < stop <= cfg.steps:
+            raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
         data: Any = loader
         if cfg.data.mode == "synthetic":
             data = ReplayLoader.from_loader(loader)
@@ -359,11 +363,11 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             data = wrap_loader(data)
 
         # -- instruments ----------------------------------------------------------------------------------------
-        remaining = cfg.steps - start
+        remaining = stop - start
         if remaining <= cfg.warmup:
             say(f"note: {remaining} step(s) with warmup = {cfg.warmup}: no step is timed; lower --warmup")
         timer = StepTimer(device=device, warmup=cfg.warmup)
-        window = CaptureWindow(start + cfg.warmup, cfg.steps) if nsys and remaining > cfg.warmup else None
+        window = CaptureWindow(start + cfg.warmup, stop) if nsys and remaining > cfg.warmup else None
         if window is not None:
             stack.callback(window.close)
         prof = None
@@ -381,7 +385,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
         # -- the loop -------------------------------------------------------------------------------------------
         it = iter(data)
-        for step in range(start, cfg.steps):
+        for step in range(start, stop):
             if window is not None:
                 window.step(step)
             lr = lr_at(step, cfg)
@@ -413,7 +417,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             loss_sum += loss.detach()
             loss_n += 1
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+            if done % cfg.log_every == 0 or done == stop or done == start + 1:
                 last_loss = float(loss_sum) / loss_n  # sync point: reading the loss waits for the device
                 loss_sum.zero_()
                 loss_n = 0
@@ -421,7 +425,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 say(f"step {done}/{cfg.steps}  loss {last_loss:.4f}  lr {lr:.2e}  "
                     f"{time.perf_counter() - t_start:.1f} s{first}")
             if ckpt is not None and mode == "train" and (
-                    done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                    done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                 _save(ckpt, net, opt, done, loader, cfg, rank, world)
                 say(f"checkpoint: {ckpt} (step {done})")
 
@@ -487,6 +491,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
         p.add_argument("--checkpoint-dir", help="where last.pt goes")
         p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                        help="continue from CKPT (default: <checkpoint_dir>/last.pt)")
+        p.add_argument("--stop-at", type=int, metavar="STEP",
+                       help="stop after STEP with a checkpoint, as if preempted (the schedule still spans --steps)")
     return p
 
 
@@ -523,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.resume == "" and cfg.checkpoint_dir is None:
                 raise ConfigError("--resume without a path needs checkpoint_dir (--checkpoint-dir)")
             resume = args.resume or str(Path(cfg.checkpoint_dir) / "last.pt")
-        run(cfg, mode="train", out=args.out, torch_profiler=args.torch_profiler, nsys=args.nsys, resume=resume)
+        run(cfg, mode="train", out=args.out, torch_profiler=args.torch_profiler, nsys=args.nsys, resume=resume,
+            stop_at=args.stop_at)
         return 0
     modes = [m.strip() for m in (args.data or cfg.data.mode).split(",") if m.strip()]
     bad = [m for m in modes if m not in DATA_MODES]
