@@ -63,7 +63,7 @@ class BenchOptions:
     config: str | None = None
     loaders: tuple[str, ...] | None = None
     scenarios: tuple[str, ...] = ("as-is",)
-    batches: int = 8
+    batches: int = 16
     batch_size: int | None = None
     rounds: int = 3
     workers: tuple[int, ...] = (2,)
@@ -174,15 +174,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             except Exception as e:
                 rows[name].update(status="error", reason=f"{type(e).__name__}: {e}")
         if opts.roofs:
-            if before is not None:
-                before()
-            tasks = [batch_decodes(spec, maps, b, "unique") for b in plans[r + 1]]
-            roof = read_decode_roof(maps, tasks, max(1, workers))
-            roof["samples_per_s"] = opts.batches * bs / roof["seconds"] if roof["seconds"] else None
-            if before is not None:
-                before()
-            roof["raw_read_gbps"] = read_roof(maps, [t for b in tasks for t in b], max(1, workers))["stored_gbps"]
-            roof_runs.append(roof)
+            roof_runs.append(_roof(maps, spec, plans[r + 1], max(1, workers), before))
     roofs: dict[str, Any] = {"scenario": label, "latency_ms": latency_ms, "workers": max(1, workers),
                              "resident_fraction_end": resident_fraction(files)}  # fmt: skip
     if before is not None:  # show that dropping works on this filesystem
@@ -214,6 +206,24 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
         rows[name].update(row)
     _ratios(list(rows.values()))
     return list(rows.values()), roofs
+
+
+def _roof(maps: dict, spec: Any, plan: list[np.ndarray], workers: int, before) -> dict[str, float]:
+    """Best of three read+decode passes over the chunks each batch needs (a roof is the best the machine can do;
+    one pass on a busy machine can be an outlier), and the raw read rate of the same chunks."""
+    tasks = [batch_decodes(spec, maps, b, "unique") for b in plan]
+    runs = []
+    for _ in range(3):
+        if before is not None:
+            before()
+        runs.append(read_decode_roof(maps, tasks, workers))
+    roof = min(runs, key=lambda r: r["seconds"])
+    samples = sum(len(b) for b in plan)
+    roof["samples_per_s"] = samples / roof["seconds"] if roof["seconds"] else None
+    if before is not None:
+        before()
+    roof["raw_read_gbps"] = read_roof(maps, [t for b in tasks for t in b], workers)["stored_gbps"]
+    return roof
 
 
 def first_batch(make, batches) -> dict[str, np.ndarray]:
@@ -298,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"{', '.join([*FASTLOAD_ROWS, *PEERS])}")  # fmt: skip
     p.add_argument("--scenario", nargs="+", default=["as-is"], metavar="VARIANT",
                    help="store variants, '+'-joined parts: atmorep|tiles|recommended, v2|v3, sharded, a codec")
-    p.add_argument("--batches", type=int, default=None, help="batches per pass (default 8; --quick 2)")
+    p.add_argument("--batches", type=int, default=None, help="batches per pass (default 16; --quick 2)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: config's; --quick 4)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, medians taken (default 3)")
     p.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to run (default 2)")
@@ -314,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     opts = BenchOptions(
         store=a.store, config=a.config, loaders=tuple(a.peers) if a.peers else None, scenarios=tuple(a.scenario),
-        batches=a.batches or (2 if a.quick else 8), batch_size=a.batch_size or (4 if a.quick else None),
+        batches=a.batches or (2 if a.quick else 16), batch_size=a.batch_size or (4 if a.quick else None),
         rounds=a.rounds or (1 if a.quick else 3), workers=tuple(a.workers), latency_ms=tuple(a.latency_ms),
         cold=a.cold, plan=a.plan, seed=a.seed, workdir=a.workdir, roofs=not a.no_roofs,
     )  # fmt: skip

@@ -67,6 +67,9 @@ def format_table(result: dict[str, Any]) -> str:
         first = rows[0]
         lines.append(f"== {sc}  (plan {first['plan']}, {first['batches']} batches x {first['batch_size']} "
                      f"samples, {first['rounds']} round(s))")  # fmt: skip
+        if first["batches"] < 8:
+            lines.append(f"  (only {first['batches']} batches per pass: prefetching loaders deliver them in a "
+                         f"start-up burst, so samples/s is a smoke figure; use --batches >= 16 for figures)")
         table = [[c[0] for c in _COLS]]
         notes = []
         for r in rows:
