@@ -90,6 +90,11 @@ def _brief(summary: Mapping[str, Any]) -> dict[str, float]:
 def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Split the data stall into preparation and fetch from the summaries of runs in several data modes.
 
+    The split is of the measured data wait (the loop's ``next(loader)`` time per step), not of step-time
+    differences: compute time varies between runs (other processes, clocks) by more than a small stall, while
+    each run's data wait is measured directly. Step-time differences are kept beside it (``step_delta_ms``):
+    they also hold the loader's interference with compute on the host (threads sharing cores).
+
     Parameters
     ----------
     summaries : mapping
@@ -99,28 +104,28 @@ def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``modes`` {mode: {step_ms, data_wait_ms, stall_fraction, samples_per_s}}; ``prep_stall_ms`` (cached minus
-        synthetic step time: decode, gather, copy), ``fetch_stall_ms`` (cold minus cached: storage reads),
-        ``total_stall_ms`` (the slowest mode given minus the fastest baseline) and each as a ``*_fraction`` of
-        the slowest mode's step time; a part is None when a mode it needs was not run. Negative differences
-        (noise) are reported as measured, not clipped, so that a reader sees the noise.
+        ``modes`` {mode: {step_ms, data_wait_ms, stall_fraction, samples_per_s}}; ``prep_stall_ms`` (cached
+        minus synthetic data wait: decode, gather, normalise, mask, copy), ``fetch_stall_ms`` (cold minus cached:
+        storage reads), ``total_stall_ms`` (the slowest mode's wait minus the fastest's), each also as a
+        ``*_fraction`` of the step time of the mode it ends in; a part is None when a mode it needs was not run.
+        Differences are reported as measured (a small negative one is noise), not clipped.
     """
     unknown = sorted(set(summaries) - {"synthetic", "cached", "cold"})
     if unknown or len(summaries) < 2:
         raise ConfigError(f"stall split: expected at least two of synthetic, cached, cold; got {sorted(summaries)}")
-    modes = {m: _brief(s) for m, s in summaries.items()}
-    step = {m: v["step_ms"] for m, v in modes.items()}
-    prep = step["cached"] - step["synthetic"] if {"cached", "synthetic"} <= step.keys() else None
-    fetch = step["cold"] - step["cached"] if {"cold", "cached"} <= step.keys() else None
-    order = [m for m in ("synthetic", "cached", "cold") if m in step]
-    worst = step[order[-1]]
-    total = worst - step[order[0]]
-    out: dict[str, Any] = {"modes": modes, "prep_stall_ms": prep, "fetch_stall_ms": fetch, "total_stall_ms": total}
-    for key in ("prep_stall", "fetch_stall", "total_stall"):
-        v = out[f"{key}_ms"]
-        out[f"{key}_fraction"] = None if v is None or worst <= 0 else v / worst
-    out["basis"] = (f"step-time differences between modes ({', '.join(order)}); fractions of the {order[-1]} "
-                    f"step time")
+    modes = {m: _brief(summaries[m]) for m in ("synthetic", "cached", "cold") if m in summaries}
+    order = list(modes)
+    out: dict[str, Any] = {"modes": modes, "step_delta_ms": {}}
+    for key, lo, hi in (("prep_stall", "synthetic", "cached"), ("fetch_stall", "cached", "cold"),
+                        ("total_stall", order[0], order[-1])):
+        if lo in modes and hi in modes:
+            v = modes[hi]["data_wait_ms"] - modes[lo]["data_wait_ms"]
+            step = modes[hi]["step_ms"]
+            out[f"{key}_ms"], out[f"{key}_fraction"] = v, (v / step if step > 0 else None)
+            out["step_delta_ms"][f"{hi}-{lo}"] = modes[hi]["step_ms"] - modes[lo]["step_ms"]
+        else:
+            out[f"{key}_ms"] = out[f"{key}_fraction"] = None
+    out["basis"] = "differences of mean data wait per step between data modes; fractions of that mode's step time"
     return out
 
 
@@ -132,9 +137,13 @@ def format_stall_table(split: Mapping[str, Any]) -> str:
                      f"{v['samples_per_s']:>12.1f}")
     lines.append("")
     for key, what in (("prep_stall", "preparation (cached - synthetic)"), ("fetch_stall", "fetch (cold - cached)"),
-                      ("total_stall", "total")):
+                      ("total_stall", "in all")):
         ms, frac = split[f"{key}_ms"], split[f"{key}_fraction"]
         if ms is not None:
             share = "" if frac is None else f"  ({100 * frac:.1f}% of the step)"
-            lines.append(f"stall from {what}: {ms:.2f} ms per step{share}")
+            lines.append(f"data stall, {what}: {ms:.2f} ms per step{share}")
+    deltas = split.get("step_delta_ms") or {}
+    if deltas:
+        lines.append("step time differences (also loader/compute interference): "
+                     + ", ".join(f"{k} {v:+.2f} ms" for k, v in deltas.items()))
     return "\n".join(lines)
