@@ -160,7 +160,7 @@ def warn_chunking(ms: Any, *, stacklevel: int = 2, fraction: float = 0.5) -> lis
                 msg = (f"stream {st.name!r}: one sample decodes about {min(100.0, 100 * n / total):.0f}% of array "
                        f"{array!r} (chunks {tuple(info.chunks)}, {total} chunk(s) hold the fields and levels "
                        f"sampled; {decoded / 2**20:.2f} MiB decoded per sample for {useful / 2**20:.3f} MiB useful): "
-                       f"every sample reads the whole record. Recommended chunks {_recommend(ms, st, array)} "
+                       f"most of the record is read for every sample. Recommended chunks {_recommend(ms, st, array)} "
                        f"(fastload rechunk; see fastload inspect {st.store.path})")
                 msgs.append(msg)
                 warnings.warn(msg, ChunkingWarning, stacklevel=stacklevel)

@@ -222,6 +222,25 @@ class MeshTokenizer(BaseTokenizer):
             raise ConfigError(f"store {store.path!r} has a {store.grid.kind!r} grid, not a mesh")
         return cls(store.grid, store.time, config, point_layouts(store, config), **kw)
 
+    def sample_chunk_bound(self) -> dict[str, int]:
+        """Per array, the most chunks one sample can touch: distinct (level chunk) x time chunks x
+        ``min(node chunks, nlat * nlon * K)`` (every slot in another node chunk at worst), for cache sizing."""
+        T = self.config.box[0]
+        span = (T - 1) * self.config.time_step + 1
+        pairs: dict[str, set] = {}
+        most: dict[str, int] = {}
+        for f in self.config.fields:
+            lay = self.layouts[f.name]
+            ta, _, la, _, xa = lay.axes
+            g = lay.grid_shape
+            nt_ = 1 if ta is None else min(g[ta], T, (span - 1) // lay.chunks[ta] + 2)
+            _, nlat, nlon = f.num_tokens
+            _, tlat, tlon = f.token_size
+            n = nt_ * min(g[xa], nlat * nlon * tlat * tlon)
+            pairs.setdefault(lay.array, set()).update({0} if la is None else set((lay.lev_idx // lay.chunks[la]).tolist()))
+            most[lay.array] = max(most.get(lay.array, 0), n)
+        return {a: len(pairs[a]) * most[a] for a in pairs}
+
     def regions(self, boxes: np.ndarray) -> np.ndarray:
         """``(S, 4)`` lat-lon regions of placement-grid boxes."""
         b = np.asarray(boxes, np.int64).reshape(-1, 3)

@@ -243,3 +243,19 @@ def test_point_gather_refuses_bad_tables_and_coefficients(mesh):
                             month_of=np.zeros((1, 1), np.int32))
     with pytest.raises(ConfigError, match="outside"):
         field_points(lay, np.zeros((1, 1), np.int64), np.array([[0, store.grid.nx]]))
+
+
+def test_mesh_tokenizer_chunk_bound_covers_every_sample(mesh):
+    store, _ = mesh
+    cfg = SamplingConfig(fields=(FieldConfig(name="temp", levels=(5.0, 100.0), num_tokens=(2, 2, 3),
+                                             token_size=(2, 2, 2), normalization="none"),
+                                 FieldConfig(name="ssh", num_tokens=(1, 1, 1), token_size=(4, 4, 6),
+                                             normalization="none")), time_step=3)
+    tok = MeshTokenizer.from_store(store, cfg, resolution=10.0)
+    bound = tok.sample_chunk_bound()
+    hi = tok.extent.max_start(cfg.box, cfg.time_step)
+    rng = np.random.default_rng(0)
+    boxes = np.stack([rng.integers(0, hi[i] + 1, 60) for i in range(3)], axis=1)
+    for b in boxes:
+        plan = tok.plan(b[None])
+        assert all(plan.chunks[a].shape[0] <= bound[a] for a in plan.chunks), (b, bound)
