@@ -135,9 +135,10 @@ def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_
                workers: int) -> CacheLayout:
     """Size the cache arenas from ``budget`` bytes so that ``workers`` steps can run at once.
 
-    Each array gets at least the chunks of one sample; the rest of the budget is shared in proportion to a sample's
-    decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger than that are split into
-    several steps by the plan). A budget below one sample's chunks is raised to it (logged).
+    Each array gets at least the chunks of one sample, at most all its chunks; the rest of the budget is shared in
+    proportion to a sample's decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger
+    than that are split into several steps by the plan), or all of it when the arena holds the whole array. A
+    budget below one sample's chunks is raised to it (logged).
     """
     bound = sample_chunk_bound(store, layouts, box, time_step)
     nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
@@ -147,10 +148,12 @@ def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_
         log.warning("fastload: cache_bytes=%d is below the %d bytes of decoded chunks one sample needs; using %d",
                     budget, need, need)
     slots = size_arenas(budget, nbytes, minimum)
-    for a in slots:  # never more slots than the array has chunks
+    capacity = {}
+    for a in slots:
         total = int(np.prod(store.arrays[a].grid_shape))
-        slots[a] = max(minimum[a], min(slots[a], total))
-    capacity = {a: max(bound[a], slots[a] // max(1, workers)) for a in slots}
+        slots[a] = max(minimum[a], min(slots[a], total))  # never more slots than the array has chunks
+        # an arena that holds every chunk of its array never blocks a step: no need to split batches for it
+        capacity[a] = slots[a] if slots[a] >= total else max(bound[a], slots[a] // max(1, workers))
     return CacheLayout(slots=slots, capacity=capacity, nbytes=sum(slots[a] * nbytes[a] for a in slots))
 
 
