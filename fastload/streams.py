@@ -6,7 +6,8 @@ of a :class:`~fastload.config.SamplingConfig` with ``streams`` and makes a sampl
 in all of them:
 
 - the **first stream is the reference**: a regular lat-lon store whose index box ``(t0, y0, x0)`` places the
-  sample (its structured tokens are exactly what :func:`fastload.extract` gives for it alone);
+  sample on its own steps (its ``time_rule`` stays ``inside``; its structured tokens are exactly what
+  :func:`fastload.extract` gives for it alone);
 - **time**: the reference's time points are mapped onto every other stream's axis by that stream's ``time_rule``
   (:mod:`fastload._stream_time`); windows a stream cannot serve are never drawn, and asking for one is an error;
 - **space**: the box's region is found in every other stream (:mod:`fastload._stream_space`): an index box of
@@ -225,6 +226,9 @@ class MultiStream:
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _build(self, st: _Stream) -> _Stream:
         if st.kind == "reference":
+            if st.rule != "inside":
+                raise ConfigError(f"streams.{st.name}.time_rule = {st.rule!r}: the first stream sets each sample's "
+                                  "window on its own steps; leave its time_rule at 'inside'")
             ReferenceRegions(st.store.grid, st.config.box)  # refuses a non-lat-lon reference
             st.store.check(st.config)
             st.tokenizer = build_tokenizer(st.store, st.config)

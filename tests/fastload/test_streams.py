@@ -377,8 +377,57 @@ def test_a_stream_chunked_as_its_whole_record_warns_with_a_recommendation(tmp_pa
     assert re.match(r"stream 'ocean': .* array 'zos' .* Recommended chunks \(2, 6, 8\)", msgs[1])
 
 
+def test_a_finer_lat_lon_stream_finds_the_same_place(tmp_path, world):
+    paths, truth, _ = world
+    fine = make_per_variable(tmp_path / "fine.zarr", ny=37, nx=72, nt=12, levels=(500.0,), chunks=(4, 1, 8, 12),
+                             lat_descending=False, missing_chunk=False)  # 5-degree, south to north, 6-hourly
+    cfg = SamplingConfig(streams=(StreamConfig(name="era5", path=str(paths["era5"])),
+                                  StreamConfig(name="fine", path=str(tmp_path / "fine.zarr"), time_rule="previous")),
+                         fields=(dataclasses.replace(fields()[0], levels=(96,)),
+                                 FieldConfig(name="q", levels=(500.0,), num_tokens=(2, 2, 2), token_size=(3, 3, 4),
+                                             normalization="none", stream="fine")), time_step=2)
+    ms = MultiStream(cfg)
+    got = extract_streams(ms, BOXES)
+    pl = ms.place(BOXES)
+    for s, (t0, y0, x0) in enumerate(BOXES):
+        lf, ll, lo0, width = region_of(truth, y0, x0)
+        clat, clon = (lf + ll) / 2, (lo0 + width / 2) % 360
+        fy, fx = pl.where["fine"][s]
+        # the 6 x 8 box of 5-degree points is centred on the region's centre, to within one fine cell
+        mid_lat = (fine["latitude"][fy + 2] + fine["latitude"][fy + 3]) / 2
+        mid_lon = fine["longitude"][(fx + 3) % 72] + 2.5
+        assert abs(mid_lat - clat) <= 5.0 and abs((mid_lon - clon + 180) % 360 - 180) <= 5.0, s
+        ti = [previous(fine["time"], tau) for tau in truth["era5"]["time"][t0 + 2 * np.arange(6)]]
+        want = box_to_tokens(crop(fine["q"], ti, [0], fy, fx, 6, 8), (3, 3, 4))
+        assert np.array_equal(got["q"].data[s], want)
+        m = got["q"].meta
+        assert np.all((m.lat[s] > min(lf, ll)) & (m.lat[s] < max(lf, ll)))  # token centres inside the region
+        assert np.all((m.lon[s] - lo0) % 360 < width)
+
+
+def test_a_twin_lat_lon_stream_reads_the_reference_box(tmp_path, world):
+    paths, truth, _ = world
+    twin = make_atmosphere(tmp_path / "twin.zarr", seed=99)
+    cfg = SamplingConfig(streams=(StreamConfig(name="era5", path=str(paths["era5"])),
+                                  StreamConfig(name="twin", path=str(tmp_path / "twin.zarr"))),
+                         fields=(fields()[1], FieldConfig(name="t", levels=(96, 137), num_tokens=(2, 2, 2),
+                                                          token_size=(3, 3, 4), normalization="none",
+                                                          stream="twin")), time_step=2)
+    ms = MultiStream(cfg)
+    out = extract_streams(ms, BOXES)
+    assert np.array_equal(ms.place(BOXES).where["twin"], BOXES[:, 1:])  # the same grid: the same box
+    for s, (t0, y0, x0) in enumerate(BOXES):
+        t = t0 + 2 * np.arange(6)
+        assert out["t"].meta.t_steps[s].tolist() == t.tolist()  # 'inside' on the same hourly axis
+        want = box_to_tokens(crop(twin["t"], t, [0, 3], y0, x0, 6, 8), (3, 3, 4))
+        assert np.array_equal(out["t"].data[s], want)
+
+
 def test_other_bad_configs(world):
     paths, _, _ = world
+    with pytest.raises(ConfigError, match=r"streams.era5.time_rule = 'nearest': the first stream sets"):
+        MultiStream(dataclasses.replace(config(paths), streams=(
+            dataclasses.replace(config(paths).streams[0], time_rule="nearest"), *config(paths).streams[1:])))
     with pytest.raises(ConfigError, match="must be on a regular lat-lon grid"):
         MultiStream(SamplingConfig(
             streams=(StreamConfig(name="ocean", path=str(paths["ocean"])),
