@@ -534,14 +534,18 @@ class MultiStream:
         return cache_layout(self, budget, workers)
 
     @property
-    def useful_bytes_per_sample(self) -> int:
-        """Source bytes one sample's slots hold (point fields count every slot, padding included)."""
-        total = 0
+    def useful_bytes_by_stream(self) -> dict[str, int]:
+        """Stream -> source bytes one sample's slots hold (point fields count every slot, padding included)."""
+        out = {}
         for st in self.streams:
-            for f in st.config.fields:
-                item = st.store.arrays[st.layouts[f.name].array].dtype.itemsize
-                total += f.num_levels * int(np.prod(f.box)) * item
-        return total
+            out[st.name] = sum(f.num_levels * int(np.prod(f.box)) * st.store.arrays[st.layouts[f.name].array].dtype.itemsize
+                               for f in st.config.fields)
+        return out
+
+    @property
+    def useful_bytes_per_sample(self) -> int:
+        """Source bytes one sample's slots hold, over all streams."""
+        return sum(self.useful_bytes_by_stream.values())
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={s.store.grid.kind}/{s.rule}" for s in self.streams)
