@@ -23,6 +23,11 @@ fields without ``time`` are allowed. Coordinates:
 Arrays over neither grid dimension (e.g. ``time_bnds``) are ignored; an array over one grid dimension in another
 order is a :class:`~fastload.errors.SchemaError`.
 
+**Mesh** (per-variable on an unstructured mesh; :mod:`fastload.store._mesh`). ``latitude`` and ``longitude`` are
+1-D over one shared node dimension; fields have dims ``(time, [level], node)``; optional ``face_nodes``
+connectivity. The grid is ``Grid(kind="mesh")`` (``ny = 1``, ``nx`` = nodes); field axes are
+``(time, None, level, None, node)``. Nodes outside [-90, 90] x [-180, 360] or at the same place are refused.
+
 **AtmoRep**. Array ``data`` with axes ``(time, field, level, lat, lon)`` and optional ``data_sfc`` with axes
 ``(time, field, lat, lon)``, plus coordinate arrays ``time``, ``lat``/``latitude``/``lats``,
 ``lon``/``longitude``/``lons`` and optionally ``level``. Attributes:
