@@ -36,6 +36,27 @@ from .neighborhood import (
     month_table,
     use_jit,
 )
+from .tokenizer import (
+    TOKENIZERS,
+    BaseTokenizer,
+    CurvilinearTokenizer,
+    LatLonTokenizer,
+    StructuredTokenizer,
+    TokenMeta,
+    build_tokenizer,
+    register_tokenizer,
+)
+
+_LAZY = {"MaskedField", "MaskingConfig", "mask_batch", "mask_generator"}  # masking imports torch: on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import masking
+
+        return getattr(masking, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "NO_AXIS",
@@ -60,4 +81,16 @@ __all__ = [
     "kernels",
     "month_table",
     "use_jit",
+    "MaskedField",
+    "MaskingConfig",
+    "mask_batch",
+    "mask_generator",
+    "TOKENIZERS",
+    "BaseTokenizer",
+    "CurvilinearTokenizer",
+    "LatLonTokenizer",
+    "StructuredTokenizer",
+    "TokenMeta",
+    "build_tokenizer",
+    "register_tokenizer",
 ]

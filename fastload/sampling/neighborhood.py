@@ -14,6 +14,7 @@ Used by the reader's worker threads (:func:`gather_batch` with ``samples=slice(s
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from types import ModuleType
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .chunks import FieldLayout
+from .chunks import NO_AXIS, FieldLayout
 
 __all__ = [
     "use_jit",
@@ -153,13 +154,36 @@ def month_table(times: np.ndarray | None, boxes: np.ndarray, n_steps: int, time_
     return months, np.ascontiguousarray(month_of)
 
 
-def _needed(starts: np.ndarray, length: int, step: int, chunk: int, size: int, periodic: bool) -> int:
-    last = starts + (length - 1) * step
+@functools.lru_cache(maxsize=512)
+def _static(layout: FieldLayout, field: Any, time_step: int, out_dtype: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Per (layout, field) constants of a kernel call: geometry, view, and what bounds checks need."""
+    geo = field_geometry(field, layout, time_step=time_step, out_dtype=out_dtype)
+    view = layout.view()
+    ext = layout.extent
+    T, H, W = field.box
+    ta, ya, xa = layout.axes[0], layout.axes[3], layout.axes[4]
+    hi = np.array(ext.max_start(field.box, time_step), dtype=np.int64)
+    if ta is None:
+        hi[0] = np.iinfo(np.int64).max  # t0 is irrelevant to a field without time (checked against the store)
+    chunk = np.array([layout.chunks[ta] if ta is not None else NO_AXIS, layout.chunks[ya], layout.chunks[xa]],
+                     dtype=np.int64)
+    span = np.array([(T - 1) * time_step, H - 1, W - 1], dtype=np.int64)
+    ncx = -(-ext.nx // layout.chunks[xa])
+    return geo, view, (hi, chunk, span, ext.nx, ncx, layout.periodic_x)
+
+
+def _needed(boxes: np.ndarray, static: tuple) -> np.ndarray:
+    """Chunks per axis (t, y, x) the slot table must span for these boxes."""
+    _, chunk, span, nx, ncx, periodic = static
+    if boxes.shape[0] == 0:
+        return np.ones(3, np.int64)
+    last = boxes + span
     if periodic:
-        last = last % size
-        ncx = -(-size // chunk)
-        return int((((last // chunk) - (starts // chunk)) % ncx).max()) + 1 if starts.size else 1
-    return int(((last // chunk) - (starts // chunk)).max()) + 1 if starts.size else 1
+        last[:, 2] %= nx
+    rel = last // chunk - boxes // chunk
+    if periodic:
+        rel[:, 2] %= ncx
+    return rel.max(axis=0) + 1
 
 
 def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, field: Any, boxes: np.ndarray, out: Any,
@@ -172,8 +196,7 @@ def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, fiel
     :class:`~fastload.config.FieldConfig`; ``mean``/``std`` ``(M, L, 1, 1)`` (global) or ``(M, L, NY, NX)``
     (local) float32 and ``month_of`` ``(S, nt * tt)`` int32 when the field normalises.
     """
-    geo = field_geometry(field, layout, time_step=time_step, out_dtype=out_dtype)
-    view = layout.view()
+    geo, view, static = _static(layout, field, int(time_step), out_dtype)
     name = field.name
     S, L = boxes.shape[0], layout.lev_idx.shape[0]
     n_steps = field.num_tokens[0] * field.token_size[0]
@@ -186,29 +209,21 @@ def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, fiel
     out = as_out_array(out, out_dtype)
     if out.shape != (S, *field.sample_shape):
         raise ConfigError(f"field {name!r}: output buffer has shape {out.shape}, expected {(S, *field.sample_shape)}")
-    if S and boxes.min() < 0:
-        raise ConfigError(f"field {name!r}: negative box index in {boxes[np.argmin(boxes.min(axis=1))].tolist()}")
-    ext = layout.extent
-    T, H, W = field.box
-    ta, ya, xa = layout.axes[0], layout.axes[3], layout.axes[4]
-    need = (
-        _needed(boxes[:, 0], T, time_step, layout.chunks[ta], layout.shape[ta], False) if ta is not None else 1,
-        _needed(boxes[:, 1], H, 1, layout.chunks[ya], ext.ny, False),
-        _needed(boxes[:, 2], W, 1, layout.chunks[xa], ext.nx, layout.periodic_x),
-    )
-    hi = ext.max_start(field.box, time_step)
-    if S and (boxes[:, 1].max() > hi[1] or boxes[:, 2].max() > hi[2] or (ta is not None and boxes[:, 0].max() > hi[0])):
-        raise ConfigError(f"field {name!r}: a box reaches outside the grid (largest starts {boxes.max(axis=0).tolist()}, "
-                          f"allowed up to {list(hi)})")
+    if S:
+        lo, hi = boxes.min(axis=0), boxes.max(axis=0)
+        if (lo < 0).any() or (hi > static[0]).any():
+            raise ConfigError(f"field {name!r}: a box reaches outside the grid (starts range over {lo.tolist()} .. "
+                              f"{hi.tolist()}, allowed 0 .. {static[0].tolist()})")
+    need = _needed(boxes, static)
     if (table.dtype != np.int32 or table.ndim != 5 or table.shape[:2] != (S, L)
-            or any(table.shape[2 + k] < need[k] for k in range(3)) or not table.flags.c_contiguous):
+            or (np.asarray(table.shape[2:]) < need).any() or not table.flags.c_contiguous):
         raise ConfigError(f"field {name!r}: slot table must be C-contiguous int32 of shape ({S}, {L}, >={need[0]}, "
                           f">={need[1]}, >={need[2]}), got {table.dtype} {table.shape}")
     norm = int(geo[10])
     if norm:
         if mean is None or std is None or month_of is None:
             raise ConfigError(f"fields.{name}.normalization = {field.normalization!r} needs mean, std and month_of")
-        mshape = (L, 1, 1) if norm == 1 else (L, ext.ny, ext.nx)
+        mshape = (L, 1, 1) if norm == 1 else (L, layout.shape[-2], layout.shape[-1])
         for key, a in (("mean", mean), ("std", std)):
             if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4 or a.shape[1:] != mshape
                     or a.shape[0] < 1 or not a.flags.c_contiguous):
