@@ -168,6 +168,9 @@ def write_plot(result: dict[str, Any], path: str) -> None:
         ax.set_ylabel("samples/s")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("throughput vs workers (no added latency)")
     axes[1].set_title("throughput vs latency (most workers)")
     axes[1].legend(fontsize=7, loc="best")
