@@ -399,6 +399,7 @@ class _EpochIterator(Iterator[Batch]):
         self._seed, self._rank, self._n = loader.loader_config.seed, loader.rank, len(loader)
         self._totals = loader.stats
         self._stop = threading.Event()
+        self._exhausted = False
         work = _bind(backend, ring, loader.tokenizer, self._boxes, loader.batch_size, self._stop)
         cfg = loader.loader_config
         workers = cfg.workers
@@ -412,6 +413,10 @@ class _EpochIterator(Iterator[Batch]):
             self._copy_stream = loader._copy_stream
 
     def __next__(self) -> Batch:
+        if self._exhausted:
+            raise StopIteration
+        if not self._finalizer.alive:
+            raise LoaderClosedError("this iteration was stopped (close, set_epoch, load_state_dict or a new iter)")
         while True:
             t0 = time.perf_counter()
             with nvtx_range("wait", category="data", payload=self._state.batch):
@@ -463,6 +468,7 @@ class _EpochIterator(Iterator[Batch]):
         return out
 
     def _finish(self) -> None:
+        self._exhausted = True
         if self._state.batch >= self._n:
             self._state.epoch, self._state.batch = self.epoch + 1, 0
         self.close()

@@ -193,6 +193,11 @@ def test_close_is_idempotent_and_final(tmp_path):
     it = iter(loader)
     next(it)
     assert _ours()
+    loader.set_epoch(3)  # stops this iteration
+    with pytest.raises(LoaderClosedError, match="stopped"):
+        next(it)
+    it = iter(loader)
+    next(it)
     loader.close()
     loader.close()
     assert _ours() == []
