@@ -124,7 +124,7 @@ def _gather(world, s, lo: int = 0, hi: int | None = None) -> None:
     gather_field(world.slots, s.table[sl], world.layout, s.field, s.boxes[sl], s.out[sl], **coef)
 
 
-def _best(fn, repeat: int = 5) -> float:
+def _best(fn, repeat: int = 10) -> float:
     """Best wall time of ``repeat`` calls (the side-by-side figure that is least disturbed by other load)."""
     best = float("inf")
     for _ in range(repeat):
@@ -236,7 +236,7 @@ def test_atmorep_baseline(benchmark, report, world, geom):
     assert info.shape[:2] == (s.boxes.shape[0], LEVELS) and meta.lat.shape == (s.boxes.shape[0], *s.field.num_tokens[1:])
     benchmark.pedantic(_atmorep_batch, args=(world, s, token_size), rounds=3 if s.boxes.shape[0] > 2 else 5,
                        iterations=1)
-    t_base = _best(lambda: _atmorep_batch(world, s, token_size), repeat=2)
+    t_base = _best(lambda: _atmorep_batch(world, s, token_size), repeat=3)
 
     def ours() -> None:
         _gather(world, s)
