@@ -126,7 +126,7 @@ def make_masks(cfg: MaskingConfig, shapes: Mapping[str, tuple[int, ...]], g: tor
     """Token masks ``(B, L, nt, nlat, nlon)`` per field, for the token shapes given (drawn from ``g``)."""
     out: dict[str, torch.Tensor] = {}
     shapes = {k: tuple(int(v) for v in s) for k, s in shapes.items()}
-    if cfg.synced and len({s[0] for s in shapes.values()}) > 1 or cfg.synced and len({s[2:] for s in shapes.values()}) > 1:
+    if cfg.synced and (len({s[0] for s in shapes.values()}) > 1 or len({s[2:] for s in shapes.values()}) > 1):
         raise ConfigError(f"masking.synced needs equal batch size and num_tokens for all fields, got {shapes}")
     shared = None
     for name, shape in shapes.items():
