@@ -187,6 +187,13 @@ def test_zarrs_peer_runs_the_zarrs_pipeline(stores):
     assert ZarrsDataLoaderPeer.unavailable(latency_ms=20.0) is not None  # zarrs bypasses LatencyStore
 
 
+def test_tensorstore_reads_shards_over_http(stores):
+    _available("tensorstore", latency_ms=1.0)
+    spec, data = stores["v3-sharded"]
+    batches = [np.array([[1, 2, NX - 3], [NT - 7, 6, 11]])]  # byte-range reads of inner chunks, across the seam
+    _check(_run("tensorstore", spec, workers=2, latency_ms=1.0, batches=batches), data, spec, batches)
+
+
 def test_missing_peer_is_reported_not_failed(monkeypatch):
     import importlib.util
 
@@ -204,3 +211,33 @@ def test_x_ranges_split_at_the_seam():
     assert x_ranges(0, 8, 24, True) == [(0, 8)]
     with pytest.raises(ValueError, match="regional"):
         x_ranges(20, 8, 24, False)
+
+
+def test_delaying_http_server(tmp_path):
+    import time
+    import urllib.error
+    import urllib.request
+
+    from profiling.peers._http import DelayingHTTPServer
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "c").write_bytes(bytes(range(100)))
+    (tmp_path.parent / "secret").write_bytes(b"x")
+    with DelayingHTTPServer(str(tmp_path), latency_ms=30) as srv:
+
+        def get(path, rng=None):
+            req = urllib.request.Request(srv.url + path, headers={"Range": rng} if rng else {})
+            with urllib.request.urlopen(req) as r:
+                return r.status, r.read()
+
+        t = time.perf_counter()
+        assert get("/a/c") == (200, bytes(range(100)))
+        assert time.perf_counter() - t >= 0.03
+        assert get("/a/c", "bytes=10-19") == (206, bytes(range(10, 20)))
+        assert get("/a/c", "bytes=-5") == (206, bytes(range(95, 100)))
+        assert get("/a/c", "bytes=90-") == (206, bytes(range(90, 100)))
+        for bad in ("/a/missing", "/../secret", "/a"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                get(bad)
+            e.value.close()
+            assert e.value.code == 404
