@@ -21,11 +21,11 @@ Run its tests with ``python -m pytest tests/fastload/test_cache.py -q``.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,53 +44,51 @@ class CacheClosedError(RuntimeError):
 
 
 class NextUse:
-    """For each chunk key, the steps that use it, and the earliest one not yet finished.
+    """For each chunk key, the steps that still need it; the first of them is its next use.
 
     Parameters
     ----------
-    uses : mapping
-        ``key -> sorted sequence of int`` (list or 1-D array) of the steps that need the chunk. The plan may
-        append later steps to these lists (and add keys) while the cache runs: it plans ahead lazily.
+    uses : mutable mapping
+        ``key -> sorted steps`` that need the chunk. The plan appends later steps (as ``collections.deque``)
+        while the cache runs: it plans ahead lazily. Finished steps are removed from the front, so memory stays
+        bounded by the planning horizon however long the epoch. Other sequences (lists, arrays) are converted to
+        deques on first use.
     start : int
-        First step of this run (resume): uses before it count as finished.
+        First step of this run (resume): earlier uses count as finished.
     """
 
-    def __init__(self, uses: Mapping[Hashable, np.ndarray], start: int = 0):
+    def __init__(self, uses: MutableMapping[Hashable, Any], start: int = 0):
         self._uses = uses
-        self._ptr: dict[Hashable, int] = {}
         self._ahead: dict[Hashable, set[int]] = {}
         self._start = int(start)
 
-    def _pos(self, key: Hashable) -> int:
-        p = self._ptr.get(key)
-        if p is None:
-            u = self._uses.get(key)
-            p = 0 if u is None else bisect.bisect_left(u, self._start)
-            self._ptr[key] = p
-        return p
+    def _queue(self, key: Hashable) -> deque | None:
+        u = self._uses.get(key)
+        if u is None or isinstance(u, deque):
+            return u
+        q = deque(int(s) for s in u if s >= self._start)
+        self._uses[key] = q
+        return q
 
     def next(self, key: Hashable) -> int:
         """The earliest unfinished step that needs ``key`` (:data:`NEVER` if none)."""
-        u = self._uses.get(key)
-        if u is None:
-            return NEVER
-        p = self._pos(key)
-        return NEVER if p >= len(u) else int(u[p])
+        u = self._queue(key)
+        return int(u[0]) if u else NEVER
 
     def finish(self, key: Hashable, step: int) -> None:
         """Record that ``step`` no longer needs ``key``."""
-        u = self._uses.get(key)
-        if u is None:
+        u = self._queue(key)
+        if not u:
             return
-        p = self._pos(key)
-        if p < len(u) and u[p] == step:
-            p += 1
+        if u[0] == step:
+            u.popleft()
             ahead = self._ahead.get(key)
-            while ahead and p < len(u) and int(u[p]) in ahead:
-                ahead.discard(int(u[p]))
-                p += 1
-            self._ptr[key] = p
-        else:  # finished out of order: skipped once the steps before it finish
+            if ahead:
+                while u and u[0] in ahead:
+                    ahead.discard(u.popleft())
+                if not ahead:
+                    del self._ahead[key]
+        else:  # finished out of order: dropped once the steps before it finish
             self._ahead.setdefault(key, set()).add(int(step))
 
 
@@ -188,7 +186,7 @@ class ChunkCache:
         First step of this run (on resume).
     """
 
-    def __init__(self, arenas: Mapping[str, tuple[int, int, np.dtype]], uses: Mapping[Key, np.ndarray], *,
+    def __init__(self, arenas: Mapping[str, tuple[int, int, np.dtype]], uses: MutableMapping[Key, Any], *,
                  start_step: int = 0):
         self._arena = {a: np.empty((int(n), int(e)), dtype=np.dtype(dt)) for a, (n, e, dt) in arenas.items()}
         for a, arr in self._arena.items():
@@ -377,7 +375,7 @@ class ChunkCache:
                              if r[3].pins == 0 and r[3].version == r[2] and self._table.get(r[3].key) is r[3]]
         heapq.heapify(self._heap[array])
 
-    def reset(self, uses: Mapping[Key, Any], start_step: int = 0) -> None:
+    def reset(self, uses: MutableMapping[Key, Any], start_step: int = 0) -> None:
         """Start a new plan (a new epoch, or a resume): keep the decoded chunks, rank them by the new ``uses``.
 
         Nothing may be pinned (every step of the previous plan finished or gave up).

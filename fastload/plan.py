@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -110,8 +111,8 @@ class EpochPlan:
         self._steps: dict[int, tuple[Step, ...]] = {}
         self._planned = self.start_batch  # batches [start_batch, _planned) are planned
         self._lock = threading.Lock()
-        self.uses: dict[Key, list[int]] = {}
-        """``key -> sorted steps`` using it; grows as planning advances (read by the cache's :class:`NextUse`)."""
+        self.uses: dict[Key, deque] = {}
+        """``key -> sorted steps`` using it: planning appends, the cache's :class:`NextUse` pops finished steps."""
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -140,13 +141,20 @@ class EpochPlan:
                 self._steps[b] = self._plan(b)
                 for st in self._steps[b]:
                     for k in st.keys:
-                        self.uses.setdefault(k, []).append(st.index)
+                        q = self.uses.get(k)
+                        if q is None:
+                            q = self.uses[k] = deque()
+                        q.append(st.index)
                 self._planned += self.batch_stride
 
     def forget(self, batch: int) -> None:
-        """Drop the steps of a finished batch (their plans are no longer needed)."""
+        """Drop the steps of a finished batch, and the use lists emptied by it (memory stays bounded)."""
         with self._lock:
-            self._steps.pop(batch, None)
+            for st in self._steps.pop(batch, ()):
+                for k in st.keys:
+                    q = self.uses.get(k)
+                    if q is not None and not q:
+                        del self.uses[k]
 
     # -- planning -----------------------------------------------------------------------------------------------
     def _plan(self, batch: int) -> tuple[Step, ...]:

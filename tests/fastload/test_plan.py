@@ -82,7 +82,7 @@ def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
         assert len(set(step.keys)) == len(step.keys)
         assert set(step.keys) == _reference_keys(plan.batch_boxes(b), lays, BOX, time_step)
     for k, steps in plan.uses.items():
-        assert steps == sorted(steps)
+        assert list(steps) == sorted(steps)
         for s in steps:
             assert k in plan.steps(s // 5)[0].keys
 
@@ -138,3 +138,23 @@ def test_strided_plan_reads_only_its_batches():
     with pytest.raises(IndexError):
         plan.steps(5)
     assert all(s // 4 in (1, 4, 7) for v in plan.uses.values() for s in v)
+
+
+def test_use_lists_stay_bounded_over_a_long_epoch():
+    from fastload.cache import ChunkCache
+
+    lays = _layouts()
+    plan = EpochPlan(_boxes(400), _planner(lays), batch_size=4, horizon=3)
+    cache = ChunkCache({"a": (200, 84, np.float32), "b": (60, 1536, np.float32), "data": (200, 384, np.float32)},
+                       plan.uses)
+    sizes = []
+    for b in range(len(plan)):
+        for st in plan.steps(b):
+            res = cache.reserve(st.index, st.keys)
+            for k in res.to_fill:
+                cache.filled(k)
+            cache.release(res)
+        plan.forget(b)
+        sizes.append(sum(len(q) for q in plan.uses.values()))
+    assert max(sizes[50:]) <= 2 * max(sizes[:10])  # bounded by the horizon, not growing with the epoch
+    assert sizes[-1] == 0 and not plan.uses
