@@ -145,7 +145,7 @@ def _out_bytes(config) -> int:
 
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
-def test_extract(benchmark, report, world, kind):
+def test_extract(benchmark, report, world, kind, bench_quick):
     from fastload.extract import extract
     from fastload.streams import extract_streams
 
@@ -158,13 +158,13 @@ def test_extract(benchmark, report, world, kind):
     if kind == "multi":
         ref = extract(world["store"], world["single"], boxes)
         assert all(np.array_equal(out[f].data, ref[f].data) for f in ("t", "u", "sp"))
-    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(fn, rounds=3 if bench_quick else 7, iterations=1, warmup_rounds=0)
     s = benchmark.stats.stats.median
     report(benchmark, samples_per_s=BATCH / s, out_MBps=BATCH * _out_bytes(cfg) / s / 1e6, fields=len(cfg.fields))
 
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
-def test_backend(benchmark, report, world, kind):
+def test_backend(benchmark, report, world, kind, bench_quick):
     from fastload._backend import LoadSpec, ThreadBackend
     from fastload._stream_backend import StreamBackend
     from fastload.sampling.neighborhood import allocate_outputs
@@ -197,7 +197,7 @@ def test_backend(benchmark, report, world, kind):
         decoded.update({s: after[s]["bytes_decoded"] - before[s]["bytes_decoded"] for s in after})
 
     epoch()
-    benchmark.pedantic(epoch, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(epoch, rounds=3 if bench_quick else 5, iterations=1, warmup_rounds=0)
     s = benchmark.stats.stats.median
     n = n_batches * BATCH
     extra = {f"decoded_MB_{k}": v / 1e6 for k, v in decoded.items()} if kind == "multi" else {}

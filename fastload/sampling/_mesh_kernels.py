@@ -60,32 +60,41 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
     out_nodes[:] = -1
     out_count[:] = 0
     cell_n = np.zeros(n_cells + 1, np.int64)
+    fill = np.zeros(n_cells, np.int64)
+    # per sample: the bucket window to visit; buffers sized once for the largest window
+    win = np.zeros((n_samples, 4), np.int64)  # r0, r1, c0, ncol (r1 < r0: nothing to visit)
+    most = 0
     for s in range(n_samples):
-        lf, ll, lo0, width = regions[s, 0], regions[s, 1], regions[s, 2], regions[s, 3]
-        lo0 = lo0 % 360.0
-        span = ll - lf
-        if span == 0.0 or not width > 0.0:  # an empty region holds no node
+        lf, ll, lo0, width = regions[s, 0], regions[s, 1], regions[s, 2] % 360.0, regions[s, 3]
+        win[s, 0], win[s, 1] = 1, 0
+        if ll - lf == 0.0 or not width > 0.0:  # an empty region holds no node
             continue
         la_lo, la_hi = min(lf, ll), max(lf, ll)
-        r0 = min(nby - 1, max(np.int64(0), np.int64(np.floor((la_lo + 90.0) / dlat_b))))
-        r1 = min(nby - 1, np.int64(np.floor((la_hi + 90.0) / dlat_b)))
+        win[s, 0] = min(nby - 1, max(np.int64(0), np.int64(np.floor((la_lo + 90.0) / dlat_b))))
+        win[s, 1] = min(nby - 1, np.int64(np.floor((la_hi + 90.0) / dlat_b)))
         if width >= 360.0:
-            c0, ncol = np.int64(0), nbx
+            win[s, 2], win[s, 3] = 0, nbx
         else:
-            c0 = min(nbx - 1, np.int64(np.floor(lo0 / dlon_b)))
-            ncol = min(nbx, np.int64(np.floor((lo0 + width) / dlon_b)) - c0 + 1)
+            win[s, 2] = min(nbx - 1, np.int64(np.floor(lo0 / dlon_b)))
+            win[s, 3] = min(nbx, np.int64(np.floor((lo0 + width) / dlon_b)) - win[s, 2] + 1)
         n_cand = 0
-        for r in range(r0, r1 + 1):
-            for cc in range(ncol):
-                bk = r * nbx + (c0 + cc) % nbx
+        for r in range(win[s, 0], win[s, 1] + 1):
+            for cc in range(win[s, 3]):
+                bk = r * nbx + (win[s, 2] + cc) % nbx
                 n_cand += bstart[bk + 1] - bstart[bk]
-        cand = np.empty(n_cand, np.int64)
-        cell = np.empty(n_cand, np.int64)
-        dist = np.empty(n_cand, np.float64)
+        most = max(most, n_cand)
+    cand = np.empty(most, np.int64)
+    cell = np.empty(most, np.int64)
+    dist = np.empty(most, np.float64)
+    g_node = np.empty(most, np.int64)
+    g_dist = np.empty(most, np.float64)
+    for s in range(n_samples):
+        lf, ll, lo0, width = regions[s, 0], regions[s, 1], regions[s, 2] % 360.0, regions[s, 3]
+        span = ll - lf
         m = 0
-        for r in range(r0, r1 + 1):
-            for cc in range(ncol):
-                bk = r * nbx + (c0 + cc) % nbx
+        for r in range(win[s, 0], win[s, 1] + 1):
+            for cc in range(win[s, 3]):
+                bk = r * nbx + (win[s, 2] + cc) % nbx
                 for q in range(bstart[bk], bstart[bk + 1]):
                     node = bnodes[q]
                     lat = node_lat[node]
@@ -105,16 +114,18 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
                     cell[m] = b * nlon + c
                     dist[m] = dy * dy + dx * dx
                     m += 1
-        # group the candidates by cell (counting sort), then order each cell by (distance, node)
+        if m == 0:
+            continue
+        # candidates in node order, grouped by cell (a stable counting sort keeps node order inside a cell)
+        by_node = np.argsort(cand[:m])
         cell_n[:] = 0
         for i in range(m):
             cell_n[cell[i] + 1] += 1
         for i in range(n_cells):
             cell_n[i + 1] += cell_n[i]
-        fill = cell_n[:n_cells].copy()
-        g_node = np.empty(m, np.int64)
-        g_dist = np.empty(m, np.float64)
-        for i in range(m):
+            fill[i] = cell_n[i]
+        for j in range(m):
+            i = by_node[j]
             p = fill[cell[i]]
             g_node[p] = cand[i]
             g_dist[p] = dist[i]
@@ -127,13 +138,22 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
             out_count[s, b, c] = n_in
             if n_in == 0:
                 continue
-            seg_node = g_node[lo:hi]
-            seg_dist = g_dist[lo:hi]
-            by_node = np.argsort(seg_node)  # node indices are distinct
-            d_sorted = seg_dist[by_node]
-            order = np.argsort(d_sorted, kind="mergesort")  # stable: equal distances keep node order
-            for j in range(min(n_in, k_max)):
-                out_nodes[s, b, c, j] = seg_node[by_node[order[j]]]
+            if n_in <= 48:  # stable insertion sort by distance (equal distances keep node order)
+                for i in range(lo + 1, hi):
+                    dv, nv = g_dist[i], g_node[i]
+                    j = i - 1
+                    while j >= lo and g_dist[j] > dv:
+                        g_dist[j + 1] = g_dist[j]
+                        g_node[j + 1] = g_node[j]
+                        j -= 1
+                    g_dist[j + 1] = dv
+                    g_node[j + 1] = nv
+                for j in range(min(n_in, k_max)):
+                    out_nodes[s, b, c, j] = g_node[lo + j]
+            else:
+                order = np.argsort(g_dist[lo:hi], kind="mergesort")  # stable
+                for j in range(min(n_in, k_max)):
+                    out_nodes[s, b, c, j] = g_node[lo + order[j]]
 
 
 @njit(nogil=True, cache=True)

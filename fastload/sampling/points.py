@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = ["point_kernels", "PointLayout", "FieldPoints", "field_points", "plan_
            "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta"]
 
 _NORMS = {"none": 0, "global": 1, "local": 2}
+_MEMO = 32  # placements whose point lists a sampler remembers
 
 
 def point_kernels(jit: bool | None = None, config: Any = None) -> ModuleType:
@@ -376,6 +379,24 @@ class PointSampler(abc.ABC):
         self.time = None if time is None else np.asarray(time).astype("datetime64[ns]")
         self.point_lat = np.asarray(point_lat, np.float64).reshape(-1)
         self.point_lon = np.asarray(point_lon, np.float64).reshape(-1) % 360.0
+        self._memo: OrderedDict[tuple, tuple] = OrderedDict()
+        self._memo_lock = threading.Lock()
+
+    def _points(self, where: np.ndarray, field: Any, jit: bool | None) -> tuple:
+        """:meth:`points`, remembered for the last few placements (plan, gather and meta of a batch share them)."""
+        w = np.ascontiguousarray(where)
+        key = (field.name, w.shape, w.dtype.str, w.tobytes())
+        with self._memo_lock:
+            got = self._memo.get(key)
+            if got is not None:
+                self._memo.move_to_end(key)
+                return got
+        got = self.points(w, field, jit=jit)
+        with self._memo_lock:
+            self._memo[key] = got
+            while len(self._memo) > _MEMO:
+                self._memo.popitem(last=False)
+        return got
 
     @abc.abstractmethod
     def points(self, where: np.ndarray, field: Any, *, jit: bool | None = None
@@ -386,7 +407,7 @@ class PointSampler(abc.ABC):
     def _field_points(self, where: np.ndarray, t_steps: np.ndarray, jit: bool | None) -> dict[str, tuple]:
         out = {}
         for f in self.config.fields:
-            pts = self.points(where, f, jit=jit)
+            pts = self._points(where, f, jit)
             out[f.name] = (pts, field_points(self.layouts[f.name], t_steps, pts[0]))
         return out
 
@@ -418,7 +439,7 @@ class PointSampler(abc.ABC):
         out = {}
         t_steps = np.asarray(t_steps, np.int64)
         for f in self.config.fields:
-            pts, count, lat, lon = self.points(where, f, jit=jit)
+            pts, count, lat, lon = (a.copy() for a in self._points(where, f, jit))  # the memo keeps its own
             nt, nlat, nlon = f.num_tokens
             tt, tlat, tlon = f.token_size
             S = pts.shape[0]
