@@ -97,9 +97,15 @@ class _XbatcherDataset:
         return len(self.boxes)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        import dask
+
         if self._ds is None:
             self._ds = open_xarray(self.spec, self.latency_ms)
-        return read_box_xbatcher(self._ds, self.spec, self.boxes[i])
+        # Each DataLoader worker computes on its own thread: dask's threaded pool does not survive a fork (a
+        # forked worker that inherits a started pool waits forever on threads that do not exist in it), and
+        # the DataLoader workers are the parallelism here, as xbatcher's docs advise.
+        with dask.config.set(scheduler="synchronous"):
+            return read_box_xbatcher(self._ds, self.spec, self.boxes[i])
 
 
 class XbatcherPeer(BasePeer):
