@@ -22,6 +22,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.timeout(3600)  # full runs take minutes on 2 shared cores
+
 ROWS = ("fastload", "fastload-proc", "zarr+DataLoader")
 
 

@@ -23,6 +23,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.timeout(3600)  # full runs take minutes on 2 shared cores
+
 WORKERS = 2
 
 
