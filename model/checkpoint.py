@@ -186,12 +186,16 @@ def assemble_multiformer(
             want = getattr(spec, key)
             have = tuple(saved[key]) if isinstance(want, tuple) else saved[key]
             if have != want:
-                raise ValueError(f"checkpoint {str(path)!r}: fields.{field}.{key} is {have}, the model wants {want}")
+                raise ValueError(
+                    f"checkpoint {str(path)!r}: fields.{field}.{key} is {have}, the model wants {want}"
+                )
         for comp in COMPONENTS:
             theirs, mine = payload["components"][field][comp], own[field][comp]
             for k, v in theirs.items():
                 if k not in mine:
-                    raise ValueError(f"checkpoint {str(path)!r}: {field}.{comp}.{k} has no place in the model")
+                    raise ValueError(
+                        f"checkpoint {str(path)!r}: {field}.{comp}.{k} has no place in the model"
+                    )
                 if v.shape != mine[k].shape:
                     raise ValueError(
                         f"checkpoint {str(path)!r}: {field}.{comp}.{k} has shape {tuple(v.shape)}, "

@@ -85,8 +85,16 @@ class ForecasterConfig(ConfigBase):
     """Octaves of the tile-position features."""
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "latent_queries", "num_heads", "adapter_layers", "readout_layers",
-                     "ensemble_size", "input_window", "readout_time_tokens"):
+        for name in (
+            "latent_dim",
+            "latent_queries",
+            "num_heads",
+            "adapter_layers",
+            "readout_layers",
+            "ensemble_size",
+            "input_window",
+            "readout_time_tokens",
+        ):
             positive_int(name, getattr(self, name))
         positive_int("tail_layers", self.tail_layers, minimum=0)
         positive_int("pos_frequencies", self.pos_frequencies, minimum=0)
@@ -114,8 +122,15 @@ class ForecasterConfig(ConfigBase):
     @classmethod
     def tiny(cls, **overrides: Any) -> ForecasterConfig:
         """CPU-test sizes."""
-        base = dict(latent_dim=32, latent_queries=4, num_heads=2, adapter_layers=1, tail_layers=2,
-                    readout_layers=1, ensemble_size=4)
+        base = dict(
+            latent_dim=32,
+            latent_queries=4,
+            num_heads=2,
+            adapter_layers=1,
+            tail_layers=2,
+            readout_layers=1,
+            ensemble_size=4,
+        )
         return cls(**{**base, **overrides})
 
 
@@ -184,7 +199,9 @@ class Adapter(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
 
     def forward(self, hidden: Mapping[str, torch.Tensor], valid: Mapping[str, Any]) -> torch.Tensor:
-        kv = torch.cat([self.proj[f](h) + self.field_embed[f] for f, h in hidden.items()], dim=1)  # (N, sum S, C)
+        kv = torch.cat(
+            [self.proj[f](h) + self.field_embed[f] for f, h in hidden.items()], dim=1
+        )  # (N, sum S, C)
         kv_valid = None
         if any(v is not None for v in valid.values()):
             kv_valid = torch.cat(
@@ -222,7 +239,9 @@ class LatentTail(nn.Module):
 
     def forward(self, window: torch.Tensor, lead_time: torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
         b, w, t, q, c = window.shape
-        pos = self.pos(sphere_features(geometry.lat.float(), geometry.lon.float(), self.pos_frequencies))  # (T, C)
+        pos = self.pos(
+            sphere_features(geometry.lat.float(), geometry.lon.float(), self.pos_frequencies)
+        )  # (T, C)
         enc = self.window[:, None, None] + pos[None, :, None] + self.slot[None, None]  # (W, T, Q, C)
         x = (window + enc).reshape(b, w * t * q, c)
         cond = self.cond(scalar_embedding(lead_time, c).to(self.pos.weight.dtype))  # (B, C)
@@ -242,17 +261,27 @@ class ReadOut(nn.Module):
         self.nt_out = cfg.readout_time_tokens
         self.pos_frequencies = cfg.pos_frequencies
         self.fields = mcfg.fields
-        self.level = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_levels, c)) for f in mcfg.fields})
-        self.pos_t = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(self.nt_out, c)) for f in mcfg.fields})
-        self.pos_lat = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_tokens[1], c)) for f in mcfg.fields})
-        self.pos_lon = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(f.num_tokens[2], c)) for f in mcfg.fields})
+        self.level = nn.ParameterDict(
+            {f.name: nn.Parameter(torch.zeros(f.num_levels, c)) for f in mcfg.fields}
+        )
+        self.pos_t = nn.ParameterDict(
+            {f.name: nn.Parameter(torch.zeros(self.nt_out, c)) for f in mcfg.fields}
+        )
+        self.pos_lat = nn.ParameterDict(
+            {f.name: nn.Parameter(torch.zeros(f.num_tokens[1], c)) for f in mcfg.fields}
+        )
+        self.pos_lon = nn.ParameterDict(
+            {f.name: nn.Parameter(torch.zeros(f.num_tokens[2], c)) for f in mcfg.fields}
+        )
         self.tile_pos = nn.Linear(num_sphere_features(cfg.pos_frequencies), c)
         self.rel = nn.Linear(4 * max(cfg.pos_frequencies, 1), c)
         self.slot = nn.Parameter(torch.zeros(cfg.latent_queries, c))
         self.blocks = nn.ModuleList(
             _CrossBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.readout_layers)
         )
-        self.tail = nn.ModuleDict({f.name: EnsembleTail(c, f.token_dim, cfg.ensemble_size) for f in mcfg.fields})
+        self.tail = nn.ModuleDict(
+            {f.name: EnsembleTail(c, f.token_dim, cfg.ensemble_size) for f in mcfg.fields}
+        )
         init_linear(self.tile_pos)
         init_linear(self.rel)
         for pd in (self.level, self.pos_t, self.pos_lat, self.pos_lon):
@@ -265,7 +294,9 @@ class ReadOut(nn.Module):
         own = torch.arange(t, device=latent.device)[:, None]
         nb = torch.cat([own, geometry.neighbors.to(latent.device).long()], dim=1)  # (T, K+1)
         lat, lon = geometry.lat.float(), geometry.lon.float()
-        rel = self.rel(offset_features(lat[nb] - lat[:, None], lon[nb] - lon[:, None], max(self.pos_frequencies, 1)))
+        rel = self.rel(
+            offset_features(lat[nb] - lat[:, None], lon[nb] - lon[:, None], max(self.pos_frequencies, 1))
+        )
         kv = latent[:, nb] + rel[None, :, :, None] + self.slot  # (B, T, K+1, Q, C)
         kv = kv.reshape(b * t, -1, c)
         tile = self.tile_pos(sphere_features(lat, lon, self.pos_frequencies))  # (T, C)
@@ -352,7 +383,9 @@ class Forecaster(nn.Module):
             )
         return state
 
-    def step(self, state: torch.Tensor, lead_time: float | torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
+    def step(
+        self, state: torch.Tensor, lead_time: float | torch.Tensor, geometry: TileGeometry
+    ) -> torch.Tensor:
         """One step ahead: state (B, W, T, Q, C) -> the next state (window shifted by one)."""
         lead = _lead(lead_time, state)
         new = self.tail(state, lead, geometry)
@@ -438,9 +471,15 @@ class Forecaster(nn.Module):
                 s = flat.shape[2]
                 tgt = item["tokens"].reshape(b * t, s, -1)
                 valid = item.get("valid")
-                weight = torch.ones(b * t, s, device=flat.device) if valid is None else valid.reshape(b * t, s).float()
+                weight = (
+                    torch.ones(b * t, s, device=flat.device)
+                    if valid is None
+                    else valid.reshape(b * t, s).float()
+                )
                 lat = item["lat"].reshape(b * t, s) if "lat" in item else None
-                loss = loss + self.multiformer_config.field(f).loss_weight * token_loss(flat, tgt, weight, kinds, lat=lat)
+                loss = loss + self.multiformer_config.field(f).loss_weight * token_loss(
+                    flat, tgt, weight, kinds, lat=lat
+                )
             per_step.append(loss.detach())
             total = total + w * loss
         return total / sum(weights), per_step
@@ -480,4 +519,7 @@ def _flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
 
 
 def _slice_item(item: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop]) for k, v in item.items()}
+    return {
+        k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop])
+        for k, v in item.items()
+    }

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "Attention",
     "Checkpointable",
+    "RMSNorm",
     "MLP",
     "AdaLNModulation",
     "EnsembleTail",
@@ -74,6 +75,19 @@ class Checkpointable(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define _run")
 
 
+class RMSNorm(nn.Module):
+    """RMS norm whose weight is cast to the input's dtype, so the fused kernel runs under bf16 autocast too
+    (``nn.RMSNorm`` with a float32 weight on a bf16 input falls back to the slow path with a warning)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
 class Attention(nn.Module):
     """Multi-head attention: self-attention (``kv_dim=None``) or cross-attention from another sequence.
 
@@ -115,8 +129,8 @@ class Attention(nn.Module):
         else:
             self.q = nn.Linear(dim, inner, bias=False)
             self.kv = nn.Linear(kv_dim, 2 * inner, bias=False)
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
         self.out = nn.Linear(inner, dim, bias=True)
         init_linear(self)
         if zero_init_out:

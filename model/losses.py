@@ -11,7 +11,8 @@ Every loss takes flattened tensors::
 
 and returns ``sum_tokens(weight * per_token_loss) / sum(weight)`` where ``per_token_loss`` is averaged over the
 D values (0 when no token counts, never NaN). Tokens with weight 0 contribute nothing and get no gradient, whatever
-their values are (even NaN would leak, so losses mask with ``torch.where``, not a multiplication).
+their values are: both inputs are zeroed there with ``torch.where`` before any arithmetic, so a NaN target (say a
+land point of an ocean field) neither reaches the loss nor turns a gradient into NaN.
 
 - ``mse``: mean over members of the squared error (each member is trained to be a good forecast).
 - ``stats``: the ensemble statistics loss: a Gaussian kernel term ``1 - exp(-(y - mu)^2 / (2 sigma^2))`` with the
@@ -51,50 +52,75 @@ def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_members: int = 1) -> None:
-    if ens.dim() != 4 or target.shape != (ens.shape[0], *ens.shape[2:]) or weight.shape != ens.shape[:1] + ens.shape[2:3]:
+    if (
+        ens.dim() != 4
+        or target.shape != (ens.shape[0], *ens.shape[2:])
+        or weight.shape != ens.shape[:1] + ens.shape[2:3]
+    ):
         raise ValueError(
             f"losses: expected ens (N, E, S, D), target (N, S, D), weight (N, S); got {tuple(ens.shape)}, "
             f"{tuple(target.shape)}, {tuple(weight.shape)}"
         )
     if ens.shape[1] < min_members:
-        raise ValueError(f"losses: this loss needs an ensemble of >= {min_members} members, got {ens.shape[1]}")
+        raise ValueError(
+            f"losses: this loss needs an ensemble of >= {min_members} members, got {ens.shape[1]}"
+        )
+
+
+def _clean(
+    ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies with tokens of weight 0 set to 0 (so NaNs there cannot leak into values or gradients)."""
+    keep = weight > 0  # (N, S)
+    e = torch.where(keep[:, None, :, None], ens.float(), 0.0)
+    t = torch.where(keep[..., None], target.float(), 0.0)
+    return e, t
 
 
 def member_mse(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Mean over members of the weighted mean squared error."""
     _check(ens, target, weight)
-    se = (ens.float() - target.float().unsqueeze(1)).square().mean(1)  # (N, S, D)
+    e, t = _clean(ens, target, weight)
+    se = (e - t.unsqueeze(1)).square().mean(1)  # (N, S, D)
     return _reduce(se, weight)
 
 
 def ensemble_stats_loss(
-    ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, spread_weight: float = 1.0, eps: float = 1e-4
+    ens: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    spread_weight: float = 1.0,
+    eps: float = 1e-4,
 ) -> torch.Tensor:
     """Gaussian kernel term of the ensemble mean/spread plus ``spread_weight * spread`` (needs >= 2 members)."""
     _check(ens, target, weight, 2)
-    e = ens.float()
+    e, t = _clean(ens, target, weight)
     mu = e.mean(1)
     sigma = e.std(1, correction=1) + eps  # (N, S, D)
-    kernel = 1.0 - torch.exp(-0.5 * ((target.float() - mu) / sigma).square())
+    kernel = 1.0 - torch.exp(-0.5 * ((t - mu) / sigma).square())
     return _reduce(kernel + spread_weight * sigma, weight)
 
 
 def fair_crps(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Fair CRPS of the ensemble (needs >= 2 members)."""
     _check(ens, target, weight, 2)
-    e = ens.float()
+    e, t = _clean(ens, target, weight)
     m = e.shape[1]
-    skill = (e - target.float().unsqueeze(1)).abs().mean(1)  # (N, S, D)
+    skill = (e - t.unsqueeze(1)).abs().mean(1)  # (N, S, D)
     ranks = torch.arange(1, m + 1, device=e.device, dtype=e.dtype).view(1, m, 1, 1)
     pair_sum = 2.0 * ((2.0 * ranks - m - 1.0) * torch.sort(e, dim=1).values).sum(1)  # sum_ij |x_i - x_j|
     return _reduce(skill - pair_sum / (2.0 * m * (m - 1)), weight)
 
 
-def lat_weighted_mse(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
+def lat_weighted_mse(
+    ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, lat: torch.Tensor
+) -> torch.Tensor:
     """Squared error of the ensemble mean, weighted by ``cos(lat)`` (``lat`` (N, S) in degrees) and ``weight``."""
     _check(ens, target, weight)
-    se = (ens.float().mean(1) - target.float()).square()
-    w = weight.float() * torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)
+    e, t = _clean(ens, target, weight)
+    se = (e.mean(1) - t).square()
+    coslat = torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)
+    w = torch.where(weight > 0, weight.float() * coslat, 0.0)
     return _reduce(se, w)
 
 
@@ -128,7 +154,9 @@ def token_loss(
     return total
 
 
-def token_weights(mask: torch.Tensor | None, valid: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+def token_weights(
+    mask: torch.Tensor | None, valid: torch.Tensor | None, shape: tuple[int, int]
+) -> torch.Tensor:
     """Per-token weight (N, S): 1 where masked (all tokens when ``mask`` is None) and valid, else 0."""
     n, s = shape
     w = torch.ones(n, s, dtype=torch.bool) if mask is None else mask.reshape(n, s).bool()

@@ -92,7 +92,9 @@ class FieldSpec(ConfigBase):
         object.__setattr__(self, "num_tokens", _triple(f"{w}.num_tokens", self.num_tokens))
         object.__setattr__(self, "token_size", _triple(f"{w}.token_size", self.token_size))
         if isinstance(self.levels, (str, bytes)) or not isinstance(self.levels, Sequence) or not self.levels:
-            raise ModelConfigError(f"{w}.levels: expected a non-empty list of level values, got {self.levels!r}")
+            raise ModelConfigError(
+                f"{w}.levels: expected a non-empty list of level values, got {self.levels!r}"
+            )
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in self.levels):
             raise ModelConfigError(f"{w}.levels: expected numbers, got {self.levels!r}")
         if len(set(self.levels)) != len(self.levels):
@@ -101,7 +103,9 @@ class FieldSpec(ConfigBase):
         positive_int(f"{w}.embed_dim", self.embed_dim)
         positive_int(f"{w}.num_heads", self.num_heads)
         if self.embed_dim % self.num_heads:
-            raise ModelConfigError(f"{w}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ModelConfigError(
+                f"{w}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
         if isinstance(self.coupled, str) or not isinstance(self.coupled, Sequence):
             raise ModelConfigError(f"{w}.coupled: expected a list of field names, got {self.coupled!r}")
         object.__setattr__(self, "coupled", tuple(self.coupled))
@@ -165,7 +169,9 @@ class MultiformerConfig(ConfigBase):
         for f in fields:
             for g in f.coupled:
                 if g not in names:
-                    raise ModelConfigError(f"fields.{f.name}.coupled: unknown field {g!r}; fields are {names}")
+                    raise ModelConfigError(
+                        f"fields.{f.name}.coupled: unknown field {g!r}; fields are {names}"
+                    )
         object.__setattr__(self, "fields", fields)
         positive_int("num_encoder_layers", self.num_encoder_layers)
         positive_int("num_decoder_layers", self.num_decoder_layers)
@@ -179,7 +185,9 @@ class MultiformerConfig(ConfigBase):
         if not isinstance(self.qk_norm, bool):
             raise ModelConfigError(f"qk_norm: expected true or false, got {self.qk_norm!r}")
         if self.mask_input not in MASK_INPUTS:
-            raise ModelConfigError(f"mask_input: expected one of {list(MASK_INPUTS)}, got {self.mask_input!r}")
+            raise ModelConfigError(
+                f"mask_input: expected one of {list(MASK_INPUTS)}, got {self.mask_input!r}"
+            )
         positive_int("meta_frequencies", self.meta_frequencies, minimum=0)
 
     def field(self, name: str) -> FieldSpec:
@@ -330,7 +338,11 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(d, config.mlp_ratio)
 
     def forward(
-        self, x: torch.Tensor, valid: torch.Tensor | None, xs: Mapping[str, torch.Tensor], valids: Mapping[str, Any]
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None,
+        xs: Mapping[str, torch.Tensor],
+        valids: Mapping[str, Any],
     ) -> torch.Tensor:
         h = self.norm1(x)
         a = self.attn(h, key_valid=valid)
@@ -404,7 +416,9 @@ class Decoder(nn.Module):
             for _ in range(config.num_decoder_layers)
         )
 
-    def forward(self, hiddens: list[dict[str, torch.Tensor]], valid: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, hiddens: list[dict[str, torch.Tensor]], valid: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         xs = hiddens[-1]
         for j, layer in enumerate(self.layers):
             xs = layer(xs, hiddens[len(hiddens) - 1 - j], valid)
@@ -432,7 +446,9 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
                 raise ModelConfigError(f"batch[{spec.name!r}]['meta']: missing {key!r}")
         for name, t in [*item["meta"].items(), ("mask", item.get("mask")), ("valid", item.get("valid"))]:
             if t is not None and tuple(t.shape) != grid:
-                raise ModelConfigError(f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}")
+                raise ModelConfigError(
+                    f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}"
+                )
 
 
 def encode_fields(

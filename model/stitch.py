@@ -50,7 +50,9 @@ class TileBlender(nn.Module):
     Calling it on ``values`` of shape ``(..., T, *tile_shape)`` returns ``(..., num_points)``.
     """
 
-    def __init__(self, index: torch.Tensor, weights: torch.Tensor, num_points: int, fill: float = math.nan) -> None:
+    def __init__(
+        self, index: torch.Tensor, weights: torch.Tensor, num_points: int, fill: float = math.nan
+    ) -> None:
         super().__init__()
         if index.shape != weights.shape or index.dim() < 2:
             raise ValueError(
@@ -61,7 +63,9 @@ class TileBlender(nn.Module):
             raise ValueError(f"TileBlender: index must be an integer tensor, got {index.dtype}")
         g = index.reshape(-1).long().cpu()
         if g.numel() and (int(g.min()) < 0 or int(g.max()) >= num_points):
-            raise ValueError(f"TileBlender: index values must lie in [0, {num_points}), got [{int(g.min())}, {int(g.max())}]")
+            raise ValueError(
+                f"TileBlender: index values must lie in [0, {num_points}), got [{int(g.min())}, {int(g.max())}]"
+            )
         w = weights.reshape(-1).double().cpu()
         if not bool(torch.isfinite(w).all()) or not bool((w > 0).all()):
             raise ValueError("TileBlender: weights must be finite and > 0")
@@ -75,7 +79,9 @@ class TileBlender(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(gs.numel()) - torch.repeat_interleave(starts, counts)
         cs = torch.cumsum(ws, 0)
-        running = cs - torch.repeat_interleave(cs[starts] - ws[starts], counts)  # W_k within each point's group
+        running = cs - torch.repeat_interleave(
+            cs[starts] - ws[starts], counts
+        )  # W_k within each point's group
         frac = ws / running
         covered = torch.zeros(num_points, dtype=torch.bool)
         covered[gs] = True

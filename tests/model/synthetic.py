@@ -42,7 +42,9 @@ def tokenise(field: torch.Tensor, spec: FieldSpec) -> torch.Tensor:
     return field.reshape(b, lv, nt, tt, ny, ty, nx, tx).permute(0, 1, 2, 4, 6, 3, 5, 7).contiguous()
 
 
-def token_meta(spec: FieldSpec, b: int, lat0: torch.Tensor, lon0: torch.Tensor, dlat: float, dlon: float) -> dict:
+def token_meta(
+    spec: FieldSpec, b: int, lat0: torch.Tensor, lon0: torch.Tensor, dlat: float, dlon: float
+) -> dict:
     """Per-token metadata (B, L, nt, nlat, nlon): token-centre lat/lon from each sample's corner (lat0, lon0)."""
     (nt, ny, nx), (tt, ty, tx) = spec.num_tokens, spec.token_size
     grid = (b, spec.num_levels, nt, ny, nx)
