@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("profile-loader STORE needs --config SAMPLING.toml (what a sample is)")
     if a.store is None and a.config is not None:
         raise ConfigError("profile-loader --config needs the STORE it describes")
+    workers, prefetch = _ints(a.sweep_workers, "--sweep-workers"), _ints(a.sweep_prefetch, "--sweep-prefetch")
+    for item in a.overrides:
+        if not item.startswith("loader."):
+            raise ConfigError(f"--set {item}: profile-loader takes loader.* settings only")
     loader = LoaderConfig(device=a.device)
     if a.store is None:
         from .loop import prepare_data
@@ -200,12 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loader = dataclasses.replace(run.loader, device=a.device)
     else:
         store, sampling = a.store, SamplingConfig.from_file(a.config)
-    for item in a.overrides:
-        if not item.startswith("loader."):
-            raise ConfigError(f"--set {item}: profile-loader takes loader.* settings only")
     loader = apply_overrides(loader, [o.removeprefix("loader.") for o in a.overrides], prefix="loader.")
-    runs = sweep(store, sampling, loader, workers=_ints(a.sweep_workers, "--sweep-workers"),
-                 prefetch=_ints(a.sweep_prefetch, "--sweep-prefetch"), batches=a.batches, warmup=a.warmup,
+    runs = sweep(store, sampling, loader, workers=workers, prefetch=prefetch, batches=a.batches, warmup=a.warmup,
                  data=a.data, latency_ms=a.store_latency_ms)
     from .report import format_loader_table, format_sweep_table, write_steps_csv, write_summary
 

@@ -453,7 +453,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             say(f"  rank {b['rank']}: {b['step_ms']:.2f} ms/step  {b['samples_per_s']:.1f} samples/s  "
                 f"stall {100 * b['stall_fraction']:.1f}%")
     say(f"\nreport: {', '.join(str(p) for p in paths.values())}"
-        + (f" (and rank1..{world - 1} beside it)" if ddp else ""))
+        + (f" (every rank's in {out_dir.parent}/rank<r>/)" if ddp else ""))
     if torch_profiler is not None:
         say(f"torch.profiler trace: {torch_profiler} (tensorboard --logdir {torch_profiler})")
     return summary

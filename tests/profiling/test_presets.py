@@ -1,0 +1,171 @@
+"""Run configs: presets build and round-trip, dotted overrides, TOML files (preset base, relative paths), validation
+messages naming the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fastload.config import SamplingConfig
+from fastload.errors import ConfigError
+from profiling.presets import (
+    PRESETS,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    cpu_tiny,
+    get_preset,
+    load_run_config,
+)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_build_and_round_trip(name):
+    cfg = get_preset(name)
+    assert cfg.name == name
+    back = RunConfig.from_dict(cfg.to_dict())
+    assert back == cfg
+    assert back.to_dict() == cfg.to_dict()
+
+
+def test_cpu_tiny_is_the_small_default():
+    cfg = cpu_tiny()
+    assert cfg.data.store is None and cfg.data.synth_preset == "tiny"  # the built-in dataset
+    assert cfg.device is None and not cfg.bf16 and not cfg.compile
+    assert cfg.warmup < cfg.steps
+    assert cfg.data.sampling.field_names == ("temperature", "velocity_u", "t2m")
+
+
+def test_gpu_presets_ask_for_cuda_bf16_compile():
+    for cfg in (get_preset("small_h100"), get_preset("atmorep_h100")):
+        assert cfg.device == "cuda" and cfg.bf16 and cfg.compile
+    a = get_preset("atmorep_h100")
+    f = a.data.sampling.fields[0]
+    assert f.num_tokens == (12, 6, 12) and f.token_size == (3, 9, 9) and f.box == (36, 54, 108)
+    assert a.model.embed_dim == 1024 and a.model.num_heads == 16 and a.model.ensemble_size == 16
+
+
+def test_overrides_reach_every_section():
+    cfg = cpu_tiny().override(["loader.batch_size=8", "data.sampling.batch_size=2", "steps=5", "model.loss=crps",
+                               "masking.strategy=identity", "optim.lr=0.01", "bf16=true", "data.latency_ms=2.5",
+                               "device=cpu", "threads=3"])
+    assert cfg.loader.batch_size == 8 and cfg.data.sampling.batch_size == 2 and cfg.steps == 5
+    assert cfg.model.loss == "crps" and cfg.masking.strategy == "identity" and cfg.optim.lr == 0.01
+    assert cfg.bf16 is True and cfg.data.latency_ms == 2.5 and cfg.device == "cpu" and cfg.threads == 3
+
+
+@pytest.mark.parametrize("item, words", [
+    ("loader.nope=1", ["loader.nope", "unknown"]),
+    ("steps=abc", ["steps", "integer"]),
+    ("steps=0", ["steps", ">= 1"]),
+    ("model.embed_dim=33", ["model.embed_dim", "num_heads"]),
+    ("model.decoder_layers=5", ["decoder_layers", "encoder_layers"]),
+    ("model.loss=huber", ["model.loss"]),
+    ("data.mode=warm", ["data.mode"]),
+    ("optim.min_lr=1", ["optim.min_lr"]),
+    ("device=tpu", ["device"]),
+    ("threads=0", ["threads"]),
+    ("data=1", ["data", "section"]),
+    ("steps", ["KEY=VALUE"]),
+])
+def test_bad_overrides_name_the_setting(item, words):
+    with pytest.raises(ConfigError) as e:
+        cpu_tiny().override([item])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_crps_needs_an_ensemble():
+    with pytest.raises(ConfigError, match="ensemble_size"):
+        ModelConfig(loss="crps", ensemble_size=1)
+
+
+def test_cold_mode_refuses_urls():
+    s = cpu_tiny().data.sampling
+    with pytest.raises(ConfigError, match="cold"):
+        DataConfig(sampling=s, store="s3://bucket/era5.zarr", mode="cold")
+    assert DataConfig(sampling=s, store="s3://bucket/era5.zarr", mode="cached").store.startswith("s3://")
+
+
+def test_unknown_synth_preset():
+    with pytest.raises(ConfigError, match="synth_preset"):
+        DataConfig(sampling=cpu_tiny().data.sampling, synth_preset="huge")
+
+
+def test_get_preset_unknown():
+    with pytest.raises(ConfigError, match="cpu_tiny"):
+        get_preset("gpu_huge")
+
+
+def test_toml_on_a_preset_base_with_relative_paths(tmp_path):
+    (tmp_path / "sampling.toml").write_text(
+        'batch_size = 3\nnorm_path = "n.zarr"\n[fields.temperature]\nlevels = [96]\nnum_tokens = [1, 2, 2]\n'
+        'token_size = [2, 3, 3]\n')
+    (tmp_path / "run.toml").write_text(
+        'preset = "cpu_tiny"\nsteps = 7\ncheckpoint_dir = "ck"\n[data]\nstore = "era5.zarr"\n'
+        'sampling = "sampling.toml"\n[loader]\nworkers = 1\n[model]\nembed_dim = 64\n[masking]\nrate = 0.3\n')
+    cfg = load_run_config(tmp_path / "run.toml", overrides=["optim.lr=0.002"])
+    base = cpu_tiny()
+    assert cfg.steps == 7 and cfg.optim.lr == 0.002
+    assert cfg.loader.workers == 1 and cfg.loader.prefetch == base.loader.prefetch  # merged into the preset
+    assert cfg.model.embed_dim == 64 and cfg.model.num_heads == base.model.num_heads
+    assert cfg.masking.rate == 0.3 and cfg.masking.strategy == base.masking.strategy
+    assert cfg.data.store == str(tmp_path / "era5.zarr")
+    assert cfg.checkpoint_dir == str(tmp_path / "ck")
+    assert cfg.data.sampling.field_names == ("temperature",) and cfg.data.sampling.batch_size == 3
+    assert cfg.data.sampling.norm_path == str(tmp_path / "n.zarr")
+
+
+def test_toml_inline_sampling_replaces_the_preset_fields(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        'preset = "cpu_tiny"\n[data.sampling]\nbatch_size = 2\n[data.sampling.fields.t2m]\nnum_tokens = [1, 2, 2]\n'
+        'token_size = [1, 3, 3]\n')
+    cfg = load_run_config(tmp_path / "run.toml")
+    assert cfg.data.sampling.field_names == ("t2m",)  # not merged with the preset's three fields
+    assert cfg.data.store is None
+
+
+def test_toml_without_preset_needs_data(tmp_path):
+    (tmp_path / "run.toml").write_text("steps = 3\n")
+    with pytest.raises(ConfigError, match=r"run.toml.*\[data\]"):
+        load_run_config(tmp_path / "run.toml")
+
+
+@pytest.mark.parametrize("text, words", [
+    ('preset = "cpu_tiny"\n[loader]\nworkerz = 2\n', ["run.toml", "loader", "workerz"]),
+    ('preset = "cpu_tiny"\nstepz = 2\n', ["run.toml", "stepz"]),
+    ('preset = "cpu_tiny"\n[model]\nwidth = 2\n', ["run.toml", "model", "width"]),
+    ('preset = "cpu_tiny"\n[masking]\nstrategy = "random"\n', ["masking.strategy"]),
+    ('preset = "nope"\n', ["preset", "nope"]),
+    ('steps = [\n', ["run.toml", "TOML"]),
+])
+def test_bad_toml_names_file_and_setting(tmp_path, text, words):
+    (tmp_path / "run.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_run_config(tmp_path / "run.toml")
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config("/nonexistent/run.toml")
+
+
+def test_configs_are_frozen():
+    cfg = cpu_tiny()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 3.0  # type: ignore[misc]
+
+
+def test_section_types_checked():
+    with pytest.raises(ConfigError, match="optim"):
+        RunConfig(data=cpu_tiny().data, optim={"lr": 1.0})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="data.sampling"):
+        DataConfig(sampling={"fields": {}})  # type: ignore[arg-type]
+    assert isinstance(OptimConfig().lr, float)
+    assert isinstance(cpu_tiny().data.sampling, SamplingConfig)
