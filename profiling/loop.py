@@ -339,7 +339,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     # -- loader (closed by the exit stack, whatever happens) --------------------------------------------------------
     store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                           fields=sampling.field_names, log=say)
+                           fields=sampling.field_names, warm=mode == "profile", log=say)
     masking = None if cfg.masking.strategy == "identity" else cfg.masking
     loader = Loader(store, sampling, dataclasses.replace(cfg.loader, device=str(device)), masking=masking)
     stack = contextlib.ExitStack()

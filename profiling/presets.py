@@ -113,7 +113,8 @@ class DataConfig(_Section):
     """Simulated storage latency: every storage request sleeps this long (``--store-latency-ms``)."""
     mode: Literal["synthetic", "cached", "cold"] = "cached"
     """``synthetic``: replay one batch already on the device (no loading); ``cached``: the page cache is warmed
-    first; ``cold``: the store's pages are dropped before every read (posix_fadvise), local stores only."""
+    first (profile runs; training leaves it as it is); ``cold``: the store's pages are dropped before every read
+    (posix_fadvise), local stores only."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.sampling, SamplingConfig):

@@ -156,7 +156,7 @@ def _memory_bytes() -> int | None:
 
 
 def open_run_store(path: str | os.PathLike[str], *, mode: str = "cached", latency_ms: float = 0.0,
-                   fields: Iterable[str] | None = None, log: Any = None) -> Store:
+                   fields: Iterable[str] | None = None, warm: bool = True, log: Any = None) -> Store:
     """Open ``path`` for a run in data mode ``mode`` with ``latency_ms`` of simulated latency per request.
 
     Parameters
@@ -167,6 +167,8 @@ def open_run_store(path: str | os.PathLike[str], *, mode: str = "cached", latenc
         ``cached`` (the run replays one batch; the store only makes it).
     fields : iterable of str, optional
         The fields the run reads: only their arrays' files are warmed or dropped (default: all arrays).
+    warm : bool
+        Warm the page cache in ``cached`` mode (a training run on a large store skips it).
     log : callable, optional
         Progress messages (``print``).
     """
@@ -182,7 +184,7 @@ def open_run_store(path: str | os.PathLike[str], *, mode: str = "cached", latenc
         if log:
             log(f"cold page cache: dropped {n} chunk files of {store.path}; every read drops its file first")
         return Store(store.path, ColdSource(store.source))
-    if local:
+    if local and warm:
         files = chunk_files(store, arrays)
         free = _memory_bytes()
         budget = free // 2 if free else None

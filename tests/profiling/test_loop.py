@@ -330,3 +330,32 @@ def test_profile_with_no_arguments_uses_the_builtin_dataset(tmp_path, monkeypatc
     s = json.loads(reports[0].read_text())
     assert s["config"]["name"] == "cpu_tiny" and s["steps"] == 3
     assert list((tmp_path / "cache").glob("synth-tiny-*-norm.zarr"))  # coefficients computed once, cached
+
+
+def test_nsys_mode_emits_nvtx_ranges(tmp_path_factory, tmp_path, nvtx_domain):
+    """With NVTX on (as under nsys_profile.sh), the loop's phases, the model's submodules and the loader's stages
+    show as ranges; without CUDA the capture window stays off and the run completes."""
+    cfg = run_config(tmp_path_factory, steps=3, warmup=1)
+    run(cfg, out=tmp_path, nsys=True, **QUIET)
+    names = {c[1] for c in nvtx_domain.calls if c[0] in ("push", "start")}
+    assert {"step", *PHASES} <= names
+    assert any(n.startswith("fwd/encoder") for n in names) and any(n.startswith("bwd/") for n in names)
+    payloads = {c[3] for c in nvtx_domain.calls if c[0] == "start" and c[1] == "step"}
+    assert payloads == {0, 1, 2}  # the step number rides in the payload
+
+
+def test_bf16_autocast_on_cpu(tmp_path_factory, tmp_path):
+    cfg = run_config(tmp_path_factory, steps=2, warmup=1, bf16=True)
+    s = run(cfg, out=tmp_path, **QUIET)
+    assert math.isfinite(s["final_loss"]) and s["config"]["bf16"] is True
+
+
+@pytest.mark.gpu
+def test_profile_on_the_gpu(tmp_path_factory, tmp_path):
+    """On a GPU: CUDA-event phases, the loader's device batches, FLOPs counted for MFU where the GPU is known."""
+    cfg = run_config(tmp_path_factory, steps=6, warmup=2, device="cuda")
+    s = run(cfg, out=tmp_path, nsys=True, **QUIET)
+    assert s["device"].startswith("cuda") and s["steps"] == 4
+    assert s["phases"]["forward"]["mean_ms"] > 0 and 0 <= s["stall_fraction"] < 1
+    assert s["flops_per_step"] is None or s["flops_per_step"] > 0
+    assert (s["mfu"] is None) == (s["peak_flops"] is None)
