@@ -16,6 +16,7 @@ from .compile import apply_activation_checkpointing, apply_compile
 from .forecaster import Forecaster, ForecasterConfig, Rollout, TileGeometry
 from .losses import (
     LOSS_KINDS,
+    ensemble_statistics,
     ensemble_stats_loss,
     fair_crps,
     lat_weighted_mse,
@@ -36,6 +37,7 @@ __all__ = [
     "TileGeometry",
     "Rollout",
     "LOSS_KINDS",
+    "ensemble_statistics",
     "member_mse",
     "ensemble_stats_loss",
     "fair_crps",

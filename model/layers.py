@@ -217,10 +217,15 @@ class EnsembleTail(nn.Module):
 
 
 def time_features(time_of_day: torch.Tensor, day_of_year: torch.Tensor) -> torch.Tensor:
-    """sin/cos of the hour of day (period 24) and the day of year (period 365.25): ``(...,)`` -> ``(..., 4)``."""
+    """sin/cos of the hour of day (period 24) and the day of year (period 365.25): ``(...,)`` -> ``(..., 4)``.
+
+    A NaN time (a field without a time axis, as the loader reports it) gives zero features: "no time", not
+    midnight on 1 January.
+    """
     a = time_of_day * (2 * math.pi / 24.0)
     b = day_of_year * (2 * math.pi / DAYS_PER_YEAR)
-    return torch.stack([torch.sin(a), torch.cos(a), torch.sin(b), torch.cos(b)], dim=-1)
+    f = torch.stack([torch.sin(a), torch.cos(a), torch.sin(b), torch.cos(b)], dim=-1)
+    return torch.nan_to_num(f, nan=0.0)
 
 
 def num_sphere_features(num_frequencies: int) -> int:

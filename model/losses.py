@@ -33,6 +33,7 @@ import torch
 
 __all__ = [
     "LOSS_KINDS",
+    "ensemble_statistics",
     "member_mse",
     "ensemble_stats_loss",
     "fair_crps",
@@ -41,6 +42,17 @@ __all__ = [
     "token_weights",
     "multiformer_loss",
 ]
+
+
+def ensemble_statistics(ens: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ensemble mean and spread (unbiased standard deviation; 0 for one member) along ``dim``, in float32.
+
+    For Multiformer outputs ``(B, E, L, nt, nlat, nlon, tt, tlat, tlon)`` this gives the predicted tokens and their
+    uncertainty, each ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``.
+    """
+    e = ens.float()
+    spread = e.std(dim, correction=1) if e.shape[dim] > 1 else torch.zeros_like(e.select(dim, 0))
+    return e.mean(dim), spread
 
 
 def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ The batch (plain tensors; ``model`` knows nothing of fastload). For each field n
         "meta": {                                         # per-token float tensors, each (B, L, nt, nlat, nlon)
             "time_of_day": hours 0-24, "day_of_year": 0-366, "lat": degrees, "lon": degrees,
             "level": level value (optional; nearest entry of the field's level table; default: position along L),
+            # a NaN time_of_day/day_of_year (no time axis) or level (no level axis) means "not given"
         },
         "mask":  (B, L, nt, nlat, nlon) bool, True = masked (to predict)     # optional: nothing masked
         "valid": (B, L, nt, nlat, nlon) bool, True = a real token           # optional: all real (no padding)
@@ -297,6 +298,7 @@ class FieldEmbedding(nn.Module):
         x = x + self.meta(feats.to(self.meta.weight.dtype))
         if "level" in meta:
             lev = meta["level"].to(torch.float32)
+            lev = torch.where(torch.isnan(lev), self.level_values[0], lev)  # NaN: a field without levels
             idx = (lev[..., None] - self.level_values).abs().argmin(-1)  # nearest table entry
             x = x + self.level(idx)
         else:

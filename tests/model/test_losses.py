@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.losses import (
+    ensemble_statistics,
     ensemble_stats_loss,
     fair_crps,
     lat_weighted_mse,
@@ -125,3 +126,12 @@ def test_multiformer_loss_weights_fields_and_masks():
         ref = ((ens - t[:, None]) ** 2).mean(1).mean(-1)[m].mean()
         assert per_field[f].item() == pytest.approx(ref, rel=1e-5)
     assert total.item() == pytest.approx(2.0 * per_field["a"].item() + 0.5 * per_field["b"].item(), rel=1e-6)
+
+
+def test_ensemble_statistics():
+    ens, _, _ = _data(7)
+    mean, spread = ensemble_statistics(ens)
+    e = ens.numpy()
+    np.testing.assert_allclose(mean.numpy(), e.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spread.numpy(), e.std(1, ddof=1), rtol=1e-5)
+    assert (ensemble_statistics(ens[:, :1])[1] == 0).all()

@@ -272,3 +272,17 @@ def test_atmorep_preset_parameter_count():
         model = Multiformer(cfg)
     assert model.num_parameters() == _atmorep_count()
     assert cfg.fields[0].seq_len == 5 * 12 * 6 * 12
+
+
+def test_missing_time_and_level_metadata_as_nan():
+    """The loader reports NaN times for fields without a time axis and NaN levels for fields without levels."""
+    torch.manual_seed(0)
+    cfg = MultiformerConfig.tiny(num_fields=1)
+    model = Multiformer(cfg)
+    batch = _batch(cfg)
+    meta = batch["temperature"]["meta"]
+    meta["time_of_day"] = torch.full_like(meta["time_of_day"], float("nan"))
+    meta["day_of_year"] = torch.full_like(meta["day_of_year"], float("nan"))
+    meta["level"] = torch.full_like(meta["level"], float("nan"))
+    out = model(batch)["temperature"]
+    assert torch.isfinite(out).all()
