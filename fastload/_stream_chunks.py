@@ -176,5 +176,7 @@ def cache_layout(ms: Any, budget: int, workers: int) -> CacheLayout:
     for a in slots:
         total = int(np.prod(ms.arrays[a].grid_shape))
         slots[a] = max(bound[a], min(slots[a], total))
-    capacity = {a: max(bound[a], slots[a] // max(1, workers)) for a in slots}
+    # an arena that holds every chunk of its array never evicts, so one step may use all of it
+    capacity = {a: slots[a] if slots[a] >= int(np.prod(ms.arrays[a].grid_shape)) else
+                max(bound[a], slots[a] // max(1, workers)) for a in slots}
     return CacheLayout(slots=slots, capacity=capacity, nbytes=sum(slots[a] * nbytes[a] for a in slots))

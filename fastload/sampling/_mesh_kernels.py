@@ -198,27 +198,42 @@ def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geo
     o_s = n_lev * o_l
     buf = np.empty(1, np.float32)
     bits = buf.view(np.uint32)
+    n_p = p_pos.shape[1]
+    simple = kind == 0 and norm == 0 and not log1p
     for s in range(n_samples):
+        pp = p_pos[s]
+        po = p_off[s]
+        n_ip = 0  # spatial chunks this sample uses: every one must have a slot at every time chunk and level
+        for p in range(n_p):
+            n_ip = max(n_ip, pp[p] + 1)
         for lv in range(n_lev):
             for a in range(nt):
                 for i in range(tt):
                     tk = a * tt + i
-                    it = t_pos[s, tk]
+                    trow = table[s, lv, t_pos[s, tk]]
+                    for ip in range(n_ip):
+                        if trow[ip] < 0 or trow[ip] >= n_slots:
+                            raise IndexError("gather_points: slot table has no valid slot for a needed chunk")
                     base = lev_off[lv] + t_off[s, tk]
                     m = month_of[s, tk] if norm != 0 else 0
                     for b in range(nlat):
                         for c in range(nlon):
                             o = s * o_s + lv * o_l + a * o_a + b * o_b + c * o_c + i * o_i
                             p0 = (b * nlon + c) * kk
+                            if simple:
+                                for q in range(kk):
+                                    ip = pp[p0 + q]
+                                    if ip < 0:
+                                        outf[o + q] = 0
+                                    else:
+                                        outf[o + q] = np.float32(slots[trow[ip], base + po[p0 + q]])
+                                continue
                             for q in range(kk):
-                                ip = p_pos[s, p0 + q]
+                                ip = pp[p0 + q]
                                 if ip < 0:
                                     outf[o + q] = 0
                                     continue
-                                slot = table[s, lv, it, ip]
-                                if slot < 0 or slot >= n_slots:
-                                    raise IndexError("gather_points: slot table has no valid slot for a needed chunk")
-                                v = np.float32(slots[slot, base + p_off[s, p0 + q]])
+                                v = np.float32(slots[trow[ip], base + po[p0 + q]])
                                 if log1p:
                                     v = np.float32(np.log1p(np.float64(v)))
                                 if norm == 1:

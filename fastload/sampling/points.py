@@ -41,7 +41,44 @@ __all__ = ["point_kernels", "PointLayout", "FieldPoints", "field_points", "plan_
            "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta"]
 
 _NORMS = {"none": 0, "global": 1, "local": 2}
-_MEMO = 32  # placements whose point lists a sampler remembers
+_MEMO_BYTES = 64 * 2**20  # point lists and index tables a sampler remembers (recent placements)
+
+
+class _Memo:
+    """A thread-safe LRU of arrays (or tuples of arrays, or FieldPoints) under a byte budget."""
+
+    def __init__(self, budget: int):
+        self.budget = int(budget)
+        self.nbytes = 0
+        self._d: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(v: Any) -> int:
+        if isinstance(v, np.ndarray):
+            return int(v.nbytes)
+        if dataclasses.is_dataclass(v):
+            return sum(getattr(v, f.name).nbytes for f in dataclasses.fields(v))
+        return sum(_Memo._size(x) for x in v)
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            got = self._d.get(key)
+            if got is None:
+                return None
+            self._d.move_to_end(key)
+            return got[0]
+
+    def put(self, key: tuple, value: Any) -> Any:
+        n = self._size(value)
+        with self._lock:
+            if key not in self._d and n <= self.budget:
+                self._d[key] = (value, n)
+                self.nbytes += n
+                while self.nbytes > self.budget:
+                    _, (_, m) = self._d.popitem(last=False)
+                    self.nbytes -= m
+        return value
 
 
 def point_kernels(jit: bool | None = None, config: Any = None) -> ModuleType:
@@ -379,23 +416,15 @@ class PointSampler(abc.ABC):
         self.time = None if time is None else np.asarray(time).astype("datetime64[ns]")
         self.point_lat = np.asarray(point_lat, np.float64).reshape(-1)
         self.point_lon = np.asarray(point_lon, np.float64).reshape(-1) % 360.0
-        self._memo: OrderedDict[tuple, tuple] = OrderedDict()
-        self._memo_lock = threading.Lock()
+        self._memo = _Memo(_MEMO_BYTES)
 
     def _points(self, where: np.ndarray, field: Any, jit: bool | None) -> tuple:
-        """:meth:`points`, remembered for the last few placements (plan, gather and meta of a batch share them)."""
+        """:meth:`points`, remembered for recent placements (plan, gather and meta of a batch share them)."""
         w = np.ascontiguousarray(where)
-        key = (field.name, w.shape, w.dtype.str, w.tobytes())
-        with self._memo_lock:
-            got = self._memo.get(key)
-            if got is not None:
-                self._memo.move_to_end(key)
-                return got
-        got = self.points(w, field, jit=jit)
-        with self._memo_lock:
-            self._memo[key] = got
-            while len(self._memo) > _MEMO:
-                self._memo.popitem(last=False)
+        key = ("p", field.name, w.shape, w.dtype.str, w.tobytes())
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo.put(key, self.points(w, field, jit=jit))
         return got
 
     @abc.abstractmethod
@@ -406,9 +435,15 @@ class PointSampler(abc.ABC):
 
     def _field_points(self, where: np.ndarray, t_steps: np.ndarray, jit: bool | None) -> dict[str, tuple]:
         out = {}
+        t = np.ascontiguousarray(t_steps, np.int64)
+        w = np.ascontiguousarray(where)
         for f in self.config.fields:
-            pts = self._points(where, f, jit)
-            out[f.name] = (pts, field_points(self.layouts[f.name], t_steps, pts[0]))
+            pts = self._points(w, f, jit)
+            key = ("f", f.name, w.shape, w.dtype.str, w.tobytes(), t.shape, t.tobytes())
+            fp = self._memo.get(key)
+            if fp is None:
+                fp = self._memo.put(key, field_points(self.layouts[f.name], t, pts[0]))
+            out[f.name] = (pts, fp)
         return out
 
     def plan(self, where: np.ndarray, t_steps: np.ndarray, boxes: np.ndarray, *, jit: bool | None = None) -> BatchPlan:
