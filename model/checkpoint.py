@@ -9,7 +9,7 @@ when complete (a crash never leaves a half-written checkpoint under the real nam
 
 File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
 
-    {"format": 1, "kind": "multiformer" | "module", "config": {...},
+    {"format": 1, "kind": "multiformer" | "module", "config": {...}, "multiformer_config": {...} (Forecaster),
      "components": {field: {"embed": sd, "encoder": sd, "decoder": sd, "tail": sd}}   # multiformer
      "state": sd,                                                                     # any other module
      "optimizer": sd | None, "step": int, "extra": dict, "rng": {"torch": ..., "cuda": [...]}}
@@ -91,6 +91,9 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "rng": _rng_state(),
     }
+    mcfg = getattr(model, "multiformer_config", None)  # a Forecaster: keep what rebuilds its encoder too
+    if hasattr(mcfg, "to_dict"):
+        payload["multiformer_config"] = mcfg.to_dict()
     if isinstance(model, Multiformer):
         payload["kind"], payload["components"] = "multiformer", split_components(model)
     else:
