@@ -265,27 +265,46 @@ class MultiStream:
         """Reference window starts every stream serves (the ones random placement draws from)."""
 
     def _space_setup(self) -> None:
-        """Every reference box position (y0, x0) every stream serves (computed once, over all positions)."""
+        """Check that every stream serves some place of the reference grid (a lattice of places first, then, for a
+        stream serving none of those, every place)."""
         self.regions = ReferenceRegions(self.grid, self.box)
-        ny, nx, (_, H, W) = self.grid.ny, self.grid.nx, self.box
-        n_x = nx if self.grid.periodic_x else nx - W + 1
-        yy, xx = np.meshgrid(np.arange(ny - H + 1), np.arange(n_x), indexing="ij")
-        cand = np.stack([np.zeros(yy.size, np.int64), yy.ravel(), xx.ravel()], axis=1)
-        reg = self.regions.regions(cand)
-        ok = np.ones(yy.size, bool)
+        self._space_full: np.ndarray | None = None
+        ny, H = self.grid.ny, self.box[1]
+        ys = np.unique(np.linspace(0, ny - H, min(ny - H + 1, 64)).round().astype(np.int64))
+        xs = np.unique(np.linspace(0, self._n_x - 1, min(self._n_x, 64)).round().astype(np.int64))
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        reg = self.regions.regions(np.stack([np.zeros(yy.size, np.int64), yy.ravel(), xx.ravel()], axis=1))
         for st in self.streams[1:]:
-            mine = self._space_ok(st, reg)
-            if not mine.any():
-                g = st.store.grid
-                lat = np.asarray(g.lat)
-                raise ConfigError(
-                    f"streams.{st.name}: its {g.kind} grid ({st.store.path}; latitudes {lat.min():.2f} .. "
-                    f"{lat.max():.2f}) does not overlap the region sampled by the first stream {self.reference.name!r}"
-                    f" (latitudes {self.regions.yedge.min():.2f} .. {self.regions.yedge.max():.2f}, longitudes "
-                    f"{self.regions.xedge[0] % 360:.2f} .. {self.regions.xedge[-1] % 360:.2f})")
-            ok &= mine
-        self.space_ok = ok.reshape(yy.shape)
-        """``(NY - H + 1, positions along x)`` bool: box starts ``(y0, x0)`` every stream serves."""
+            if self._space_ok(st, reg).any() or self._space_mask(st).any():
+                continue
+            g = st.store.grid
+            lat = np.asarray(g.lat)
+            raise ConfigError(
+                f"streams.{st.name}: its {g.kind} grid ({st.store.path}; latitudes {lat.min():.2f} .. "
+                f"{lat.max():.2f}) does not overlap the region sampled by the first stream {self.reference.name!r}"
+                f" (latitudes {self.regions.yedge.min():.2f} .. {self.regions.yedge.max():.2f}, longitudes "
+                f"{self.regions.xedge[0] % 360:.2f} .. {self.regions.xedge[-1] % 360:.2f})")
+
+    @property
+    def _n_x(self) -> int:
+        return int(self.grid.nx) if self.grid.periodic_x else int(self.grid.nx) - self.box[2] + 1
+
+    def _space_mask(self, st: _Stream) -> np.ndarray:
+        """``(NY - H + 1, positions along x)`` bool: the box starts ``st`` serves (every place computed)."""
+        yy, xx = np.meshgrid(np.arange(self.grid.ny - self.box[1] + 1), np.arange(self._n_x), indexing="ij")
+        cand = np.stack([np.zeros(yy.size, np.int64), yy.ravel(), xx.ravel()], axis=1)
+        return self._space_ok(st, self.regions.regions(cand)).reshape(yy.shape)
+
+    @property
+    def space_ok(self) -> np.ndarray:
+        """``(NY - H + 1, positions along x)`` bool: box starts ``(y0, x0)`` every stream serves (computed on first
+        use: it maps every place of the reference grid into every stream, seconds on a 0.25-degree grid)."""
+        if self._space_full is None:
+            ok = np.ones((self.grid.ny - self.box[1] + 1, self._n_x), bool)
+            for st in self.streams[1:]:
+                ok &= self._space_mask(st)
+            self._space_full = ok
+        return self._space_full
 
     def _space_ok(self, st: _Stream, regions: np.ndarray) -> np.ndarray:
         if st.kind == "mesh":
@@ -343,25 +362,27 @@ class MultiStream:
 
         Same contract as :func:`fastload.sampling.geometry.random_boxes` (deterministic from ``(seed, epoch)``,
         ranks disjoint and together the epoch, ``samples_per_window`` consecutive samples share a window), with
-        window starts drawn from :attr:`valid_t0`. When every stream serves every place, places are drawn exactly as
-        there; otherwise (a regional stream) uniformly, or by cos(latitude of the box centre), among the places
-        :attr:`space_ok` allows.
+        window starts drawn from :attr:`valid_t0`. Places are drawn exactly as there when every stream serves every
+        drawn box; otherwise (a regional stream) the epoch is drawn uniformly, or by cos(latitude of the box centre),
+        among the places :attr:`space_ok` allows.
         """
         centers = centers or self.config.centers
         _, H, W = self.box
         spw = int(samples_per_window)
-        if self.space_ok.all():
-            ext = GridExtent(nt=int(self.valid_t0.size), ny=int(self.grid.ny), nx=int(self.grid.nx),
-                             periodic_x=bool(self.grid.periodic_x))
-            out = random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                               samples_per_window=spw, centers=centers,
-                               lat=self.grid.lat if centers == "coslat" else None)
-            out[:, 0] = self.valid_t0[out[:, 0]]
-            return out
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or spw < 1:
             raise ConfigError(f"random_boxes: n must be an integer >= 0 and samples_per_window >= 1, got {n}, {spw}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
+        if self._space_full is None or self._space_full.all():  # draw as one store does; keep it if all is served
+            ext = GridExtent(nt=int(self.valid_t0.size), ny=int(self.grid.ny), nx=int(self.grid.nx),
+                             periodic_x=bool(self.grid.periodic_x))
+            out = random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, samples_per_window=spw, centers=centers,
+                               lat=self.grid.lat if centers == "coslat" else None)
+            out[:, 0] = self.valid_t0[out[:, 0]]
+            reg = self.regions.regions(out)
+            if all(self._space_ok(st, reg).all() for st in self.streams[1:]):
+                win = np.arange(out.shape[0]) // spw
+                return np.ascontiguousarray(out[win % int(world_size) == int(rank)])
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
         pos = np.flatnonzero(self.space_ok.ravel())
         y0, x0 = np.divmod(pos, self.space_ok.shape[1])

@@ -335,8 +335,11 @@ def test_streams_that_miss_the_sampled_region_are_refused(tmp_path, world):
                 FieldConfig(name="zos", num_tokens=(2, 1, 1), token_size=(3, 3, 4), normalization="none",
                             stream="ocean")))
     ms = MultiStream(cfg)
+    drawn = ms.random_boxes(10, seed=0, epoch=0)  # the first draw misses the patch: every place is then mapped
+    assert np.all(drawn[:, 1:] == [6, 17]) and np.isin(drawn[:, 0], ms.valid_t0).all()
     assert np.argwhere(ms.space_ok).tolist() == [[6, 17]]
-    assert np.all(ms.random_boxes(10, seed=0, epoch=0)[:, 1:] == [6, 17])
+    r = [ms.random_boxes(10, seed=0, epoch=0, rank=k, world_size=2) for k in (0, 1)]
+    assert sorted(map(tuple, np.concatenate(r).tolist())) == sorted(map(tuple, drawn.tolist()))
     with pytest.raises(ConfigError, match=r"boxes\[1\] \[3, 2, 2\]: the region .* does not overlap the grid of "
                                           r"stream 'ocean'"):
         ms.check_boxes([[3, 6, 17], [3, 2, 2]])
