@@ -91,9 +91,18 @@ def test_injected_costs_land_in_their_phases(tmp_path_factory, tmp_path):
 
 
 def test_fast_loader_means_near_zero_stall(tmp_path_factory, tmp_path):
-    """The real loader prefetching while the model step takes 80 ms: the loop hardly waits for data."""
-    cfg = run_config(tmp_path_factory, steps=8, warmup=3)
-    run(cfg, out=tmp_path, wrap_model=lambda net: SlowModel(net, 80.0), **QUIET)
+    """The real loader prefetching (two threads, four batches ahead) while the model step takes over 100 ms: the
+    loop hardly waits for data. Per-step stall is judged by the median step (a shared machine can starve the
+    loader's threads now and then); the overall share with a generous bound."""
+    from fastload.sampling.masking import MaskingConfig
+
+    loader = dataclasses.replace(run_config(tmp_path_factory).loader, workers=2, prefetch=4)
+    cfg = run_config(tmp_path_factory, steps=10, warmup=3, loader=loader,
+                     masking=MaskingConfig(strategy="identity"))
+    run(cfg, out=tmp_path, wrap_model=lambda net: SlowModel(net, 100.0), **QUIET)
+    rows = read_csv(tmp_path / "steps.csv")
+    per_step = sorted(float(r["data_wait_ms"]) / float(r["step_ms"]) for r in rows)
+    assert per_step[len(per_step) // 2] < 0.05
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["phases"]["data_wait"]["share"] < 0.2
     assert s["phases"]["forward"]["share"] > 0.4
