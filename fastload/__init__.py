@@ -27,6 +27,8 @@ _LAZY = {
     "Batch": "fastload.loader",
     "LoaderDataset": "fastload.loader",
     "Normalizer": "fastload.norm",
+    "MultiStream": "fastload.streams",
+    "extract_streams": "fastload.streams",
 }
 
 
@@ -52,6 +54,8 @@ __all__ = [
     "Batch",
     "LoaderDataset",
     "Normalizer",
+    "MultiStream",
+    "extract_streams",
     "FieldConfig",
     "LoaderConfig",
     "SamplingConfig",
