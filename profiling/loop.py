@@ -298,6 +298,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         out_dir = Path(box[0]) / f"rank{rank}"
     if nsys:
         nvtx_enable()
+    threads_before = torch.get_num_threads()
     if device.type == "cpu":
         share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(cfg.threads or max(1, share - cfg.loader.workers))
@@ -343,6 +344,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     masking = None if cfg.masking.strategy == "identity" else cfg.masking
     loader = Loader(store, sampling, dataclasses.replace(cfg.loader, device=str(device)), masking=masking)
     stack = contextlib.ExitStack()
+    stack.callback(torch.set_num_threads, threads_before)
     stack.callback(loader.close)
     with stack:
         say(f"loader: {loader!r}" + (f"; store latency {cfg.data.latency_ms} ms per request"
