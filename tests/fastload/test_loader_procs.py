@@ -82,3 +82,17 @@ def test_process_worker_errors_reach_the_consumer(tmp_path):
         for _ in it:
             pass
     loader.close()
+
+
+def test_ctrl_c_in_the_training_loop_leaves_no_process_or_segment(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+
+    def train():
+        loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, mode="process")
+        for i, _ in enumerate(loader):
+            if i == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    # the fixture checks (after gc) for worker processes, threads and /dev/shm segments
