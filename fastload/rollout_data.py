@@ -1,0 +1,498 @@
+"""Batches for latent rollout training: the whole globe's tiles at an initial time and the targets of each step.
+
+Why this exists: a Forecaster trains on *global* states, not on random neighbourhoods. One sample is an initial
+store time ``t0``; its inputs are every tile of the overlapping global tiling (:mod:`fastload.sampling.tiles`) at
+``t0`` (``input_window`` consecutive windows, ``lead`` apart), and its targets are the same tiles ``k * lead`` time
+steps after the last input window, ``k = 1 .. steps``, cut to the ``readout_time_tokens`` the forecaster decodes.
+Everything is read through :func:`fastload.extract` (the loader's own plan -> read -> gather path, normalised as
+the sampling config says), a batch at a time on worker threads, at most ``prefetch`` batches ahead
+(:class:`fastload.pump.Pump`).
+
+The epoch plan depends only on ``(seed, epoch)``: a permutation of every valid initial time (those whose inputs
+and targets all lie inside the record, or inside ``t_range``), cut to ``samples_per_epoch``; rank ``r`` of ``w``
+takes positions ``r, r + w, ...`` (disjoint across ranks, the same count on every rank). :meth:`RolloutLoader.
+state_dict` / :meth:`~RolloutLoader.load_state_dict` resume at exactly the next batch, as the
+:class:`~fastload.Loader` does, and each :class:`RolloutBatch` carries :class:`~fastload.reader.IOStats` so the
+profiling step timer and reports treat it like a loader batch.
+
+Example::
+
+    from fastload.rollout_data import RolloutConfig, RolloutLoader
+    with RolloutLoader("era5.zarr", "sampling.toml", RolloutConfig(steps=2, overlap=(1, 1))) as data:
+        for batch in data:
+            windows, targets = batch.model_inputs("cuda")   # the Forecaster's batch layout
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import LoaderConfig, SamplingConfig, _Config
+from .errors import ConfigError, LoaderClosedError
+from .extract import _normalizer, extract
+from .pump import Pump
+from .reader import IOStats
+from .sampling.tiles import GlobalTiles, global_tiles
+
+__all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader"]
+
+_STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RolloutConfig(_Config):
+    """What one rollout sample is: tiling, lead, steps, windows; and how many initial times go in a batch."""
+
+    steps: int = 1
+    """Rollout steps, i.e. targets per sample."""
+    lead: int | None = None
+    """Store time steps per rollout step; None: the time span of one sample window (``SamplingConfig.time_span``)."""
+    input_window: int = 1
+    """Consecutive input windows (``lead`` apart) per sample: the Forecaster's ``input_window``."""
+    readout_time_tokens: int = 1
+    """Time tokens per target tile (the Forecaster's ``readout_time_tokens``)."""
+    overlap: tuple[int, int] = (1, 1)
+    """Least overlap of neighbouring tiles in tokens (rows, columns) of the first field."""
+    neighbors: int = 4
+    """Neighbours listed per tile (``TileGeometry.neighbors`` is ``(T, neighbors)``)."""
+    batch_size: int = 1
+    """Initial times per batch (each is a whole globe of tiles)."""
+    t_range: tuple[int, int] | None = None
+    """Use only store time indices in ``[start, stop)`` (inputs and targets), e.g. the training years."""
+
+    def __post_init__(self) -> None:
+        def integer(key: str, v: Any, lo: int) -> None:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ConfigError(f"rollout.{key}: expected an integer >= {lo}, got {v!r}")
+
+        for key in ("steps", "input_window", "readout_time_tokens", "batch_size"):
+            integer(key, getattr(self, key), 1)
+        integer("neighbors", self.neighbors, 0)
+        if self.lead is not None:
+            integer("lead", self.lead, 1)
+        for key, n in (("overlap", 2), ("t_range", 2)):
+            v = getattr(self, key)
+            if v is None and key == "t_range":
+                continue
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(v) != n:
+                raise ConfigError(f"rollout.{key}: expected two integers, got {v!r}")
+            for x in v:
+                integer(key, x, 0)
+            object.__setattr__(self, key, tuple(int(x) for x in v))
+        if self.t_range is not None and self.t_range[1] <= self.t_range[0]:
+            raise ConfigError(f"rollout.t_range: expected start < stop, got {list(self.t_range)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutConfig:
+        cls._check_keys(d, "rollout")
+        return cls(**d)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class RolloutBatch:
+    """One batch of rollout samples (CPU tensors, pinned when the loader feeds a GPU; see :meth:`to`).
+
+    Shapes: ``B`` initial times, ``W`` input windows, ``T`` tiles, ``S`` steps; per field ``L`` levels and the
+    token geometry of the sampling config (``nt``) or of the targets (``nt_out = readout_time_tokens``).
+    """
+
+    fields: dict[str, Any]
+    """Field -> inputs ``(B, W, T, L, nt, nlat, nlon, tt, tlat, tlon)``."""
+    meta: dict[str, dict[str, Any]]
+    """Field -> ``hour``, ``day_of_year`` ``(B, W, T, nt)``; ``lat``, ``lon`` ``(B, T, nlat, nlon)`` token centres;
+    ``level`` ``(L,)`` (NaN for a field without levels)."""
+    targets: list[dict[str, Any]]
+    """Per step k = 1..S: field -> ``(B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)``."""
+    boxes: Any
+    """``(B, W, T, 3)`` int64: the input tiles' ``(t0, y0, x0)``."""
+    t0: Any
+    """``(B,)`` int64: store index of each sample's first input time."""
+    lead_hours: Any
+    """``(B,)`` float32: hours per rollout step (from the store's time axis, at the first step)."""
+    index: int
+    """Batch index in the epoch (this rank's)."""
+    epoch: int
+    stats: IOStats
+    """I/O counters of this batch (inputs and targets)."""
+    levelled: tuple[str, ...] = ()
+    """Fields that have a level axis (their ``level`` metadata is meaningful)."""
+    masks: dict[str, Any] | None = None
+    """Always None (rollout batches are not masked); kept so code written for :class:`fastload.Batch` works."""
+    sources: dict[str, Any] | None = None
+    """Always None, as ``masks``."""
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to(self, device: Any, non_blocking: bool = True) -> RolloutBatch:
+        """A copy with every tensor on ``device`` (tensors already there are shared, not copied)."""
+        dev = torch.device(device)
+
+        def mv(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x if x.device == dev else x.to(dev, non_blocking=non_blocking)
+            if isinstance(x, Mapping):
+                return {k: mv(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [mv(v) for v in x]
+            return x
+
+        return dataclasses.replace(self, fields=mv(self.fields), meta=mv(self.meta), targets=mv(self.targets),
+                                   lead_hours=mv(self.lead_hours))
+
+    def model_inputs(self, device: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The Forecaster's batch layout (see :mod:`model.forecaster`), moved to ``device`` (non-blocking).
+
+        Returns
+        -------
+        windows : list of W dicts
+            ``{field: {"tokens": (B, T, L, nt, ...), "meta": {time_of_day, day_of_year, lat, lon[, level]}}}``,
+            metadata ``(B, T, L, nt, nlat, nlon)`` (broadcast views), oldest window first.
+        targets : list of S dicts
+            ``{field: {"tokens": (B, T, L, nt_out, ...), "lat": (B, T, L, nt_out, nlat, nlon)}}``.
+        """
+        b = self if device is None else self.to(device)
+        windows = []
+        for w in range(next(iter(b.fields.values())).shape[1]):
+            win = {}
+            for name, x in b.fields.items():
+                tokens = x[:, w]  # (B, T, L, nt, nlat, nlon, tt, tlat, tlon)
+                grid = tuple(tokens.shape[:6])
+                m = b.meta[name]
+                meta = {"time_of_day": m["hour"][:, w, :, None, :, None, None].expand(grid),
+                        "day_of_year": m["day_of_year"][:, w, :, None, :, None, None].expand(grid),
+                        "lat": m["lat"][:, :, None, None].expand(grid),
+                        "lon": m["lon"][:, :, None, None].expand(grid)}
+                if name in b.levelled:
+                    meta["level"] = m["level"][None, None, :, None, None, None].expand(grid)
+                win[name] = {"tokens": tokens, "meta": meta}
+            windows.append(win)
+        targets = []
+        for step in b.targets:
+            tgt = {}
+            for name, x in step.items():
+                grid = tuple(x.shape[:6])
+                tgt[name] = {"tokens": x, "lat": b.meta[name]["lat"][:, :, None, None].expand(grid)}
+            targets.append(tgt)
+        return windows, targets
+
+
+class _CountingStore:
+    """A store seen through :func:`fastload.extract` that times and counts every chunk it reads (one per batch)."""
+
+    def __init__(self, store: Any):
+        self._store = store
+        self.stats = IOStats()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def read_chunk(self, array: str, chunk: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        raw = self._store.chunk_bytes(array, chunk)
+        t1 = time.perf_counter()
+        dec = self._store.decode(array, raw, chunk, out)
+        s = self.stats
+        s.fetch_s += t1 - t0
+        s.decode_s += time.perf_counter() - t1
+        s.chunks += 1
+        s.misses += 1
+        s.bytes_stored += 0 if raw is None else len(raw)
+        s.bytes_decoded += int(self._store.arrays[array].chunk_nbytes)
+        return dec
+
+
+def _target_configs(config: SamplingConfig, nt_out: int) -> list[SamplingConfig]:
+    """The sampling config cut to ``nt_out`` time tokens, one config per group of fields with equal boxes."""
+    groups: dict[int, list[Any]] = {}
+    for f in config.fields:
+        if nt_out > f.num_tokens[0]:
+            raise ConfigError(f"rollout.readout_time_tokens = {nt_out} > fields.{f.name}.num_tokens[0] = "
+                              f"{f.num_tokens[0]}")
+        g = dataclasses.replace(f, num_tokens=(nt_out, *f.num_tokens[1:]))
+        groups.setdefault(g.box[0], []).append(g)
+    return [dataclasses.replace(config, fields=tuple(fs)) for fs in groups.values()]
+
+
+class RolloutLoader:
+    """Prefetching source of :class:`RolloutBatch` es for Forecaster training (see the module notes).
+
+    Parameters
+    ----------
+    store : str, path-like or Store
+        The data store (a latlon or curvilinear grid with a time axis).
+    config : SamplingConfig or path
+        Fields, levels, token geometry and normalisation of every tile.
+    rollout : RolloutConfig, optional
+        Steps, lead, windows, tiling overlap, neighbours, batch size.
+    loader : LoaderConfig, optional
+        Used settings: ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``, ``samples_per_epoch``
+        (an upper bound: an epoch is at most every valid initial time once), ``drop_last``, ``pin_memory`` and
+        ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
+    normalizer : Normalizer or path, optional
+        Coefficients of normalised fields (default ``config.norm_path``).
+    jit : bool, optional
+        ``False`` runs the NumPy reference kernels.
+    epoch : int
+        First epoch.
+    """
+
+    def __init__(self, store: Any, config: Any, rollout: RolloutConfig | None = None,
+                 loader: LoaderConfig | None = None, *, normalizer: Any = None, jit: bool | None = None,
+                 epoch: int = 0):
+        from .loader import _rank_world, _resolve_config, _resolve_store
+
+        self.store = _resolve_store(store)
+        self.config = _resolve_config(config)
+        self.rollout = rollout or RolloutConfig()
+        self.loader_config = loader or LoaderConfig()
+        self.store.check(self.config)
+        r, cfg = self.rollout, self.loader_config
+        if self.store.time is None:
+            raise ConfigError(f"store {self.store.path!r} has no time axis: a rollout needs times to step through")
+        self._target_configs = _target_configs(self.config, r.readout_time_tokens)
+        self.tiles: GlobalTiles = global_tiles(self.store, self.config, overlap=r.overlap, neighbors=r.neighbors,
+                                               time_tokens=r.readout_time_tokens)
+        self.lead = int(r.lead if r.lead is not None else self.config.time_span)
+        self.times = np.asarray(self.store.time).astype("datetime64[ns]")
+        self.t_bounds = self._t_bounds()
+        self.normalizer = None
+        if any(f.normalization != "none" for f in self.config.fields):
+            self.normalizer = _normalizer(normalizer, self.config)
+            if self.normalizer is None:
+                raise ConfigError(f"fields {[f.name for f in self.config.fields if f.normalization != 'none']} "
+                                  "normalise but no coefficients were given: set norm_path or pass normalizer=")
+            self.normalizer.check(self.store, self.config)
+        self.jit = jit
+        self.rank, self.world_size = _rank_world(cfg)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
+        self._pin = bool(pin) and torch.cuda.is_available()
+        n_valid = self.t_bounds[1] - self.t_bounds[0] + 1
+        self._samples = min(n_valid, cfg.samples_per_epoch) // self.world_size
+        bs = r.batch_size
+        self._n_batches = self._samples // bs if cfg.drop_last or self.world_size > 1 else -(-self._samples // bs)
+        if self._n_batches == 0:
+            raise ConfigError(f"rollout: an epoch gives each of {self.world_size} rank(s) {self._samples} initial "
+                              f"time(s) ({n_valid} valid in the store), fewer than rollout.batch_size = {bs}")
+        self._levelled = tuple(f.name for f in self.config.fields if f.levels is not None)
+        self._useful = {c.fields[0].box: sum(self._useful_bytes(f) for f in c.fields)
+                        for c in (self.config, *self._target_configs)}
+        self._epoch, self._batch = int(epoch), 0
+        self._it: _Iteration | None = None
+        self._closed = False
+        self._pumps: list[Pump] = []  # the current iteration's pump, closed by close() or on garbage collection
+        self._finalizer = weakref.finalize(self, _close_pumps, self._pumps)
+
+    # -- plan ---------------------------------------------------------------------------------------------------
+    def _t_bounds(self) -> tuple[int, int]:
+        """Smallest and largest valid initial time (store indices)."""
+        r, nt = self.rollout, int(self.times.shape[0])
+        span_in = self.config.time_span
+        span_out = max(c.time_span for c in self._target_configs)
+        last = max((r.input_window - 1) * self.lead + span_in, (r.input_window - 1 + r.steps) * self.lead + span_out)
+        lo, hi = 0, nt
+        if r.t_range is not None:
+            lo, hi = max(0, r.t_range[0]), min(nt, r.t_range[1])
+        if hi - lo < last:
+            raise ConfigError(
+                f"rollout: a sample spans {last} time steps ({r.input_window} input window(s) of {span_in}, "
+                f"{r.steps} step(s) of lead {self.lead}, targets of {span_out}) but the store"
+                f"{' range ' + str(list(r.t_range)) if r.t_range else ''} has only {hi - lo}")
+        return lo, hi - last
+
+    def _useful_bytes(self, f: Any) -> int:
+        info = self.store.arrays[self.store.fields[f.name].array]
+        return f.num_levels * int(np.prod(f.box)) * info.dtype.itemsize
+
+    def epoch_times(self, epoch: int) -> np.ndarray:
+        """This rank's initial times of ``epoch`` (store indices), in batch order."""
+        cfg = self.loader_config
+        lo, hi = self.t_bounds
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(cfg.seed), int(epoch)])))
+        order = lo + rng.permutation(hi - lo + 1)[: min(hi - lo + 1, cfg.samples_per_epoch)]
+        return np.ascontiguousarray(order[self.rank::self.world_size][: self._samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._n_batches
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    # -- one batch (worker thread) ------------------------------------------------------------------------------
+    def load_batch(self, epoch: int, index: int) -> RolloutBatch:
+        """Read batch ``index`` of ``epoch`` (what the workers run; also usable directly, without prefetch)."""
+        r, bs = self.rollout, self.rollout.batch_size
+        t0 = self.epoch_times(epoch)[index * bs:(index + 1) * bs]  # (B,)
+        b, n_tiles = int(t0.shape[0]), self.tiles.num_tiles
+        start = time.perf_counter()
+        counting = _CountingStore(self.store)
+        tw = t0[:, None] + np.arange(r.input_window) * self.lead  # (B, W)
+        in_boxes = self.tiles.boxes(tw)  # (B, W, T, 3)
+        kw = {"norm": self.normalizer, "jit": self.jit, "as_torch": True}
+        ex = extract(counting, self.config, in_boxes.reshape(-1, 3), **kw)
+        tk = tw[:, -1:] + np.arange(1, r.steps + 1) * self.lead  # (B, S)
+        out_boxes = self.tiles.boxes(tk).reshape(-1, 3)
+        tex = {}
+        for c in self._target_configs:
+            tex.update(extract(counting, c, out_boxes, **kw))
+        stats = counting.stats
+        stats.gather_s = max(0.0, time.perf_counter() - start - stats.fetch_s - stats.decode_s)
+        stats.batches, stats.samples = 1, b
+        stats.bytes_useful = in_boxes.shape[0] * in_boxes.shape[1] * n_tiles * self._useful[self.config.box] + sum(
+            b * r.steps * n_tiles * self._useful[c.box] for c in self._target_configs)
+
+        def pin(x: torch.Tensor) -> torch.Tensor:
+            return x.pin_memory() if self._pin else x
+
+        def tmeta(a: np.ndarray) -> torch.Tensor:
+            return pin(torch.from_numpy(np.ascontiguousarray(a, np.float32)))
+
+        fields, meta, targets = {}, {}, [{} for _ in range(r.steps)]
+        for f in self.config.fields:
+            fields[f.name] = pin(ex[f.name].data.reshape(b, r.input_window, n_tiles, *f.sample_shape))
+            m = ex[f.name].meta
+            nt, nlat, nlon = f.num_tokens
+            meta[f.name] = {
+                "hour": tmeta(m.hour.reshape(b, r.input_window, n_tiles, nt)),
+                "day_of_year": tmeta(m.day_of_year.reshape(b, r.input_window, n_tiles, nt)),
+                "lat": tmeta(m.lat.reshape(b, r.input_window, n_tiles, nlat, nlon)[:, 0]),
+                "lon": tmeta(m.lon.reshape(b, r.input_window, n_tiles, nlat, nlon)[:, 0]),
+                "level": tmeta(m.level),
+            }
+            tdata = tex[f.name].data
+            tdata = pin(tdata.reshape(b, r.steps, n_tiles, *tdata.shape[1:]))
+            for k in range(r.steps):
+                targets[k][f.name] = tdata[:, k]
+        hours = (self.times[t0 + r.input_window * self.lead] - self.times[t0 + (r.input_window - 1) * self.lead])
+        return RolloutBatch(fields=fields, meta=meta, targets=targets, boxes=torch.from_numpy(in_boxes),
+                            t0=torch.from_numpy(t0.copy()),
+                            lead_hours=torch.from_numpy((hours / np.timedelta64(1, "h")).astype(np.float32)),
+                            index=int(index), epoch=int(epoch), stats=stats, levelled=self._levelled)
+
+    # -- iteration and resume -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[RolloutBatch]:
+        if self._closed:
+            raise LoaderClosedError("this rollout loader is closed")
+        self._stop()
+        if self._batch >= len(self):
+            self._epoch, self._batch = self._epoch + 1, 0
+        self._it = _Iteration(self)
+        self._pumps.append(self._it._pump)
+        return self._it
+
+    def _stop(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+        _close_pumps(self._pumps)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch at the next iteration (stops work in flight)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ConfigError(f"set_epoch: expected an integer >= 0, got {epoch!r}")
+        self._stop()
+        self._epoch, self._batch = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The next batch :func:`iter` hands out, and the settings that must match on resume."""
+        cfg = self.loader_config
+        return {"version": _STATE_VERSION, "kind": "rollout", "epoch": self._epoch, "batch": self._batch,
+                "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size,
+                "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(),
+                "sampling": self.config.to_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at ``state``: the next batch is the one after the last batch handed out when it was taken."""
+        if state.get("version") != _STATE_VERSION or state.get("kind") != "rollout":
+            raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
+                              f"kind {state.get('kind')!r})")
+        mine = self.state_dict()
+        for key in ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(f"load_state_dict: the saved {key} {state.get(key)!r} differs from this "
+                                  f"loader's {mine[key]!r}; resume needs the same settings")
+        batch = int(state["batch"])
+        if not 0 <= batch <= len(self):
+            raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
+        self._stop()
+        self._epoch, self._batch = int(state["epoch"]), batch
+
+    def close(self) -> None:
+        """Stop the work in flight and join the threads (idempotent)."""
+        self._closed = True
+        self._stop()
+
+    def __enter__(self) -> RolloutLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        r = self.rollout
+        return (f"RolloutLoader({self.store.path!r}, fields={list(self.config.field_names)}, "
+                f"tiles={self.tiles.num_tiles}, steps={r.steps}, lead={self.lead}, batch_size={r.batch_size}, "
+                f"batches={len(self)}, workers={self.loader_config.workers}, rank={self.rank}/{self.world_size})")
+
+
+def _close_pumps(pumps: list[Pump]) -> None:
+    while pumps:
+        pumps.pop().close()
+
+
+class _Work:
+    """``work(index)`` of the pump: holds the loader weakly, so an abandoned loader is collected (and closed)."""
+
+    def __init__(self, owner: weakref.ref, epoch: int):
+        self.owner, self.epoch = owner, epoch
+
+    def __call__(self, index: int) -> RolloutBatch:
+        loader = self.owner()
+        if loader is None:
+            raise LoaderClosedError("the rollout loader was garbage-collected")
+        return loader.load_batch(self.epoch, index)
+
+
+class _Iteration(Iterator[RolloutBatch]):
+    """One pass over (the rest of) an epoch on a pump; closing it stops the pump."""
+
+    def __init__(self, loader: RolloutLoader):
+        self._owner = weakref.ref(loader)
+        self.epoch, start, n = loader._epoch, loader._batch, len(loader)
+        cfg = loader.loader_config
+        self._pump: Pump = Pump(range(start, n), _Work(self._owner, self.epoch), depth=cfg.prefetch,
+                                workers=cfg.workers, name="fastload-rollout")
+        self._done = False
+
+    def __next__(self) -> RolloutBatch:
+        if self._done:
+            raise StopIteration
+        if self._pump.closed:
+            raise LoaderClosedError("this iteration was stopped (close, set_epoch, load_state_dict or a new iter)")
+        t0 = time.perf_counter()
+        try:
+            batch = next(self._pump)
+        except StopIteration:
+            self._done = True
+            owner = self._owner()
+            if owner is not None and owner._batch >= len(owner):
+                owner._epoch, owner._batch = self.epoch + 1, 0
+            self._pump.close()
+            raise
+        batch.stats.wait_s = time.perf_counter() - t0
+        owner = self._owner()
+        if owner is not None:
+            owner._batch = batch.index + 1
+        return batch
+
+    def close(self) -> None:
+        self._pump.close()

@@ -1,0 +1,234 @@
+"""Rollout training data (fastload.rollout_data): tiles and targets against the store's own values, the epoch plan
+(seeded, disjoint ranks), exact resume, I/O counters, the model's batch layout, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import fastload
+from fastload.config import FieldConfig, LoaderConfig, SamplingConfig
+from fastload.errors import ConfigError, LoaderClosedError
+from fastload.extract import extract
+from fastload.rollout_data import RolloutConfig, RolloutLoader
+from fastload.sampling.tiles import global_tiles
+from tests.fastload.stores import make_per_variable
+
+NT = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path):
+    truth = make_per_variable(tmp_path / "s.zarr", nt=NT, ny=9, nx=16, missing_chunk=False, static=False)
+    return str(tmp_path / "s.zarr"), truth
+
+
+def _sampling(normalization="none", norm_path=None):
+    kw = dict(num_tokens=(2, 2, 2), token_size=(1, 2, 3), normalization=normalization)
+    return SamplingConfig(fields=(FieldConfig(name="t", levels=(500.0, 850.0), **kw), FieldConfig(name="sp", **kw)),
+                          batch_size=1, norm_path=norm_path)
+
+
+def _loader(path, rollout=None, **loader):
+    cfg = dict(workers=1, prefetch=2, seed=5)
+    cfg.update(loader)
+    return RolloutLoader(path, _sampling(), rollout or RolloutConfig(steps=2, batch_size=2), LoaderConfig(**cfg))
+
+
+def _global(truth, name, t0, n):
+    """(L, n, NY, NX) of a field at store times t0 .. t0 + n - 1 (a surface field gets L = 1)."""
+    x = truth[name][t0:t0 + n]
+    return x.transpose(1, 0, 2, 3) if x.ndim == 4 else x[None]
+
+
+def test_inputs_and_targets_are_the_store_values_at_the_right_times(store):
+    path, truth = store
+    roll = RolloutConfig(steps=2, lead=3, input_window=2, batch_size=2, readout_time_tokens=1, neighbors=3)
+    with _loader(path, roll) as data:
+        assert data.lead == 3 and data.t_bounds == (0, NT - (3 + 2 * 3 + 1))
+        batch = next(iter(data))
+        tiles = data.tiles
+        full = global_tiles(data.store, data.config, overlap=roll.overlap, neighbors=0)  # nt time tokens
+        assert len(batch) == 2 and batch.index == 0 and batch.epoch == 0
+        for b, t0 in enumerate(batch.t0.tolist()):
+            assert t0 in data.epoch_times(0)[:2]
+            for name in ("t", "sp"):
+                idx = tiles.fields[name].index  # (T, L, 1, ...) for one time token
+                for w in range(2):  # input windows t0 and t0 + lead, 2 time tokens of 1 step each
+                    g = _global(truth, name, t0 + 3 * w, 2).reshape(-1)
+                    want = g[full.fields[name].index]
+                    np.testing.assert_array_equal(batch.fields[name][b, w].numpy(), want)
+                for k in range(2):  # targets: one time token at (t0 + lead) + (k + 1) * lead
+                    g = _global(truth, name, t0 + 3 + 3 * (k + 1), 1).reshape(-1)
+                    np.testing.assert_array_equal(batch.targets[k][name][b].numpy(), g[idx])
+        assert torch.equal(batch.lead_hours, torch.tensor([18.0, 18.0]))  # 3 steps of 6 h
+        assert batch.boxes.shape == (2, 2, tiles.num_tiles, 3)
+        assert torch.equal(batch.boxes[:, 1, :, 0], batch.t0[:, None].expand(2, tiles.num_tiles) + 3)
+        m = batch.meta["t"]
+        assert m["hour"].shape == (2, 2, tiles.num_tiles, 2) and m["lat"].shape == (2, tiles.num_tiles, 2, 2)
+        assert torch.equal(m["level"], torch.tensor([500.0, 850.0]))
+        assert batch.levelled == ("t",)
+
+
+def test_normalised_batches_equal_extract(store, tmp_path):
+    from fastload.stats import StatsConfig, compute_stats
+
+    path, _ = store
+    norm = compute_stats(path, str(tmp_path / "norm.zarr"), StatsConfig(progress=False))
+    sampling = _sampling("local", str(norm))
+    with RolloutLoader(path, sampling, RolloutConfig(steps=1, batch_size=1), LoaderConfig(workers=2)) as data:
+        batch = next(iter(data))
+        t0 = int(batch.t0[0])
+        ref = extract(fastload.open_store(path), sampling, data.tiles.boxes(t0))
+        for name in ("t", "sp"):
+            np.testing.assert_array_equal(batch.fields[name][0, 0].numpy(), ref[name].data)
+            np.testing.assert_array_equal(batch.meta[name]["lat"][0].numpy(), ref[name].meta.lat.astype(np.float32))
+        assert torch.isfinite(batch.targets[0]["t"]).all()
+
+
+def test_epoch_plan_is_seeded_and_ranks_are_disjoint(store):
+    path, _ = store
+    roll = RolloutConfig(steps=1, batch_size=1)
+    one = _loader(path, roll)
+    n_valid = one.t_bounds[1] - one.t_bounds[0] + 1
+    assert sorted(one.epoch_times(0).tolist()) == list(range(n_valid))  # an epoch: every valid time once
+    assert np.array_equal(one.epoch_times(3), _loader(path, roll).epoch_times(3))
+    assert not np.array_equal(one.epoch_times(0), one.epoch_times(1))
+    ranks = [_loader(path, roll, rank=r, world_size=3) for r in range(3)]
+    shares = [r.epoch_times(2) for r in ranks]
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) == n_valid // 3
+    flat = np.concatenate(shares)
+    assert len(set(flat.tolist())) == flat.size  # disjoint
+    assert set(flat.tolist()) <= set(one.epoch_times(2).tolist())
+    capped = _loader(path, roll, samples_per_epoch=4)
+    assert len(capped) == 4 and np.array_equal(capped.epoch_times(0), one.epoch_times(0)[:4])
+    for d in (one, capped, *ranks):
+        d.close()
+
+
+def test_resume_continues_with_exactly_the_next_batch_across_epochs(store):
+    path, _ = store
+    roll = RolloutConfig(steps=1, batch_size=2)
+    with _loader(path, roll) as a:
+        n = len(a)
+        straight, it = [], iter(a)
+        for _ in range(n + 2):  # past the end of epoch 0
+            try:
+                b = next(it)
+            except StopIteration:
+                it = iter(a)
+                b = next(it)
+            straight.append((b.epoch, b.index, b.t0.clone(), b.fields["t"].clone()))
+    with _loader(path, roll) as b_:
+        it = iter(b_)
+        for _ in range(n - 1):
+            next(it)
+        state = b_.state_dict()
+    assert state["epoch"] == 0 and state["batch"] == n - 1
+    with _loader(path, roll) as c:
+        c.load_state_dict(state)
+        got, it = [], iter(c)
+        for _ in range(3):
+            try:
+                b = next(it)
+            except StopIteration:
+                it = iter(c)
+                b = next(it)
+            got.append((b.epoch, b.index, b.t0, b.fields["t"]))
+    for (e1, i1, t1, f1), (e2, i2, t2, f2) in zip(straight[n - 1:], got):
+        assert (e1, i1) == (e2, i2) and torch.equal(t1, t2) and torch.equal(f1, f2)
+    assert got[1][0] == 1  # the resumed run crossed into epoch 1
+    with _loader(path, dataclasses.replace(roll, steps=2)) as other, pytest.raises(ConfigError, match="rollout"):
+        other.load_state_dict(state)
+
+
+def test_io_counters(store):
+    path, _ = store
+    data = _loader(path, RolloutConfig(steps=1, batch_size=1))
+    batch = next(iter(data))
+    s = batch.stats
+    assert s.batches == 1 and s.samples == 1 and s.chunks == s.misses > 0 and s.hits == 0
+    st = fastload.open_store(path)
+    sizes = {st.arrays[a].chunk_nbytes for a in ("t", "sp")}
+    assert s.bytes_decoded >= s.chunks * min(sizes) and s.bytes_decoded <= s.chunks * max(sizes)
+    assert 0 < s.bytes_stored and s.fetch_s >= 0 and s.decode_s > 0 and s.wait_s >= 0
+    tiles = data.tiles.num_tiles
+    per_tile_in = (2 + 1) * 2 * 4 * 6 * 4  # levels (t: 2, sp: 1) x box points x float32
+    per_tile_out = (2 + 1) * 1 * 4 * 6 * 4
+    assert s.bytes_useful == tiles * (per_tile_in + per_tile_out)
+    data.close()
+    data.close()  # idempotent
+    assert not _pump_threads()
+    with pytest.raises(LoaderClosedError):
+        iter(data)
+    abandoned = _loader(path, RolloutConfig(steps=1, batch_size=1))
+    next(iter(abandoned))
+    assert _pump_threads()
+    del abandoned  # never closed: garbage collection stops its threads (once a batch in progress finishes)
+    deadline = time.monotonic() + 30
+    while _pump_threads() and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert not _pump_threads()
+
+
+def _pump_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("fastload-rollout") and t.is_alive()]
+
+
+def test_model_inputs_feed_the_forecaster(store):
+    from model import FieldSpec, Forecaster, ForecasterConfig, Multiformer, MultiformerConfig, TileGeometry
+
+    path, _ = store
+    with _loader(path, RolloutConfig(steps=2, batch_size=2, input_window=1, neighbors=3)) as data:
+        batch = next(iter(data))
+        windows, targets = batch.model_inputs("cpu")
+    assert len(windows) == 1 and len(targets) == 2
+    specs = tuple(FieldSpec(name=f.name, levels=tuple(f.levels or (0.0,)), num_tokens=f.num_tokens,
+                            token_size=f.token_size, embed_dim=16, num_heads=2) for f in data.config.fields)
+    mf = Multiformer(MultiformerConfig(fields=specs, num_encoder_layers=1, num_decoder_layers=1, ensemble_size=2))
+    model = Forecaster(ForecasterConfig.tiny(overlap=data.tiles.ramp), mf)
+    geo = TileGeometry(lat=torch.from_numpy(data.tiles.lat), lon=torch.from_numpy(data.tiles.lon),
+                       neighbors=torch.from_numpy(data.tiles.neighbors))
+    state = model.initial_state(model.encode(windows[0]))
+    loss, per_step = model.rollout_loss(state, targets, lead_time=batch.lead_hours, geometry=geo,
+                                        kinds={"lat_mse": 1.0})
+    assert torch.isfinite(loss) and len(per_step) == 2
+    assert windows[0]["t"]["meta"]["level"].shape == windows[0]["t"]["tokens"].shape[:6]
+    assert "level" not in windows[0]["sp"]["meta"]
+
+
+def test_errors_name_the_setting(store, tmp_path):
+    path, _ = store
+    with pytest.raises(ConfigError, match="spans .* time steps"):
+        _loader(path, RolloutConfig(steps=20))
+    with pytest.raises(ConfigError, match="batch_size"):
+        _loader(path, RolloutConfig(steps=1, batch_size=50))
+    with pytest.raises(ConfigError, match="readout_time_tokens"):
+        _loader(path, RolloutConfig(readout_time_tokens=3))
+    with pytest.raises(ConfigError, match="rollout.lead"):
+        RolloutConfig(lead=0)
+    with pytest.raises(ConfigError, match="rollout.t_range"):
+        RolloutConfig(t_range=(5, 2))
+    with pytest.raises(ConfigError, match="unknown"):
+        RolloutConfig.from_dict({"step": 2})
+    assert RolloutConfig.from_dict(RolloutConfig(t_range=(0, 8)).to_dict()) == RolloutConfig(t_range=(0, 8))
+    with pytest.raises(ConfigError, match="norm"):
+        RolloutLoader(path, _sampling("local"), RolloutConfig())
+    ranged = _loader(path, RolloutConfig(steps=1, t_range=(4, 10)))
+    assert ranged.t_bounds == (4, 10 - 3)
+    ranged.close()
