@@ -18,7 +18,7 @@ from .cache import ChunkCache
 from .plan import EpochPlan
 from .reader import ChunkReader, IOStats, plan_cache
 
-__all__ = ["ThreadBackend", "LoadSpec", "choose_horizon"]
+__all__ = ["ThreadBackend", "LoadSpec", "choose_horizon", "build_cache", "make_tokenizer"]
 
 
 class LoadSpec:
@@ -50,10 +50,23 @@ def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetc
     return int(min(256, max(prefetch + 2, -(-held // per_batch) + prefetch)))
 
 
-def build_cache(store: Any, layouts: Mapping[str, Any], config: Any, budget: int, workers: int) -> tuple[ChunkCache,
-                                                                                                       dict[str, int]]:
-    """A cache sized from ``budget`` and the per-step capacity that lets ``workers`` steps run at once."""
-    lay = plan_cache(store, layouts, config.box, config.time_step, budget, workers)
+def make_tokenizer(store: Any, config: Any) -> Any:
+    """The tokenizer of ``store``'s grid kind: ``cls.from_store(store, config)`` where the registered class has one
+    (a mesh reads point layouts, not the structured ones), else :func:`~fastload.sampling.build_tokenizer`."""
+    from .sampling import TOKENIZERS, build_tokenizer
+
+    cls = TOKENIZERS.get(store.grid.kind)
+    if cls is not None and hasattr(cls, "from_store"):
+        return cls.from_store(store, config)
+    return build_tokenizer(store, config)
+
+
+def build_cache(store: Any, tokenizer: Any, config: Any, budget: int, workers: int) -> tuple[ChunkCache,
+                                                                                              dict[str, int]]:
+    """A cache sized from ``budget`` and the per-step capacity that lets ``workers`` steps run at once (the
+    tokenizer's own ``sample_chunk_bound()`` where it has one)."""
+    bound = tokenizer.sample_chunk_bound() if hasattr(tokenizer, "sample_chunk_bound") else None
+    lay = plan_cache(store, tokenizer.layouts, config.box, config.time_step, budget, workers, bound=bound)
     arenas = {a: (n, int(np.prod(store.arrays[a].chunks)), store.arrays[a].dtype) for a, n in lay.slots.items()}
     return ChunkCache(arenas, {}), lay.capacity
 
@@ -65,7 +78,7 @@ class ThreadBackend:
                  coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None):
         self.spec = spec
         self.tokenizer = tokenizer
-        self.cache, self.capacity = build_cache(store, tokenizer.layouts, config, spec.cache_bytes, spec.workers)
+        self.cache, self.capacity = build_cache(store, tokenizer, config, spec.cache_bytes, spec.workers)
         self.reader = ChunkReader(store, tokenizer, self.cache, fetch_concurrency=spec.fetch_concurrency,
                                   decode_workers=spec.workers, retries=spec.retries, on_bad_chunk=spec.on_bad_chunk,
                                   coefficients=coefficients, months=spec.months,
@@ -81,6 +94,11 @@ class ThreadBackend:
         if start_batch < len(plan):
             plan.horizon = choose_horizon(plan, start_batch, self.cache, self.spec.prefetch)
         self.plan = plan
+
+    def set_coefficients(self, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
+                         months: np.ndarray | None) -> None:
+        """Normalisation coefficients (covering ``months``) for the epochs started from now on."""
+        self.reader.set_coefficients(coefficients, months)
 
     def read(self, batch: int, arrays: Mapping[str, np.ndarray], segment: Any,
              should_stop: Callable[[], bool]) -> tuple[IOStats, np.ndarray]:

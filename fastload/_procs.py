@@ -15,7 +15,7 @@ when the loader's end of their pipe closes, so they never outlive it.
 
 Protocol (one duplex pipe per worker; one request at a time)::
 
-    loader -> worker:  ("epoch", gen, boxes, first_batch, stride)   -> ("ready", gen)
+    loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
                        ("read", gen, batch, segment name)           -> ("done", gen, batch, IOStats, kept, mapped)
                                                                        or ("error", gen, batch, exception)
                        ("stop",)
@@ -41,7 +41,7 @@ import numpy as np
 from ._ring import FieldSpec, _layout
 from .errors import ConfigError
 
-__all__ = ["ProcessBackend", "Segment"]
+__all__ = ["ProcessBackend", "Segment", "storage_options_of"]
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POLL_S = 0.02
@@ -73,20 +73,33 @@ class Segment:
             pass
 
 
+def storage_options_of(store: Any) -> dict[str, Any] | None:
+    """The fsspec options a worker process needs to reopen ``store``: the store's own ``storage_options`` where it
+    keeps them, else those its fsspec filesystem was made with (``fs.storage_options``); None for local stores."""
+    opts = getattr(store, "storage_options", None)
+    if opts is None:
+        from .store import LatencySource
+
+        src = store.source
+        inner = src.inner if isinstance(src, LatencySource) else src
+        opts = getattr(getattr(inner, "fs", None), "storage_options", None)
+    return dict(opts) if opts else None
+
+
 # -- the worker process ----------------------------------------------------------------------------------------
 def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ._backend import build_cache, choose_horizon
+    from ._backend import build_cache, choose_horizon, make_tokenizer
     from .config import SamplingConfig
     from .plan import EpochPlan
     from .reader import ChunkReader
-    from .sampling.tokenizer import build_tokenizer
     from .store import open_store
 
-    store = open_store(spec["path"], allow_unsafe_codecs=spec["allow_unsafe"], latency_ms=spec["latency_ms"])
+    store = open_store(spec["path"], storage_options=spec["storage_options"], allow_unsafe_codecs=spec["allow_unsafe"],
+                       latency_ms=spec["latency_ms"])
     config = SamplingConfig.from_dict(spec["config"])
-    tok = build_tokenizer(store, config)
-    cache, capacity = build_cache(store, tok.layouts, config, spec["cache_bytes"], 1)
+    tok = make_tokenizer(store, config)
+    cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
     reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
                          retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
                          coefficients=spec["coefficients"], months=spec["months"],
@@ -117,7 +130,9 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
             if msg[0] == "stop":
                 return
             if msg[0] == "epoch":
-                _, gen, boxes, first, stride = msg
+                _, gen, boxes, first, stride, coef = msg
+                if coef is not None:  # new normalisation coefficients (the months this epoch uses)
+                    reader.set_coefficients(*coef)
                 plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
                                  capacity=capacity, horizon=0, start_batch=first, batch_stride=stride)
                 cache.reset(plan.uses, first * spec["batch_size"])
@@ -216,7 +231,8 @@ class ProcessBackend:
         self.spec = spec
         offsets, nbytes = _layout(fields)
         self._child_spec = {
-            "path": store.path, "allow_unsafe": bool(getattr(store, "_allow_unsafe", False)),
+            "path": store.path, "storage_options": storage_options_of(store),
+            "allow_unsafe": bool(getattr(store, "_allow_unsafe", False)),
             "latency_ms": src.ms if isinstance(src, LatencySource) else 0.0, "config": config.to_dict(),
             "cache_bytes": max(1, spec.cache_bytes // spec.workers), "fetch_concurrency": spec.fetch_concurrency,
             "retries": spec.retries, "on_bad_chunk": spec.on_bad_chunk,
@@ -226,6 +242,7 @@ class ProcessBackend:
             "fields": [(f.name, f.shape, f.np_dtype.str, off, f.nbytes) for f, off in zip(fields, offsets)],
         }
         self._nbytes = nbytes
+        self._coef_update: tuple[Any, Any] | None = None  # sent to every worker with the next epoch
         self._segments: dict[str, Segment] = {}
         self._workers: list[_Worker] = []
         self._gen = 0
@@ -279,13 +296,24 @@ class ProcessBackend:
                                f"code {w.process.exitcode}") from None
         raise InterruptedError("stopped while waiting for a loader worker process")
 
+    def set_coefficients(self, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
+                         months: np.ndarray | None) -> None:
+        """Normalisation coefficients (covering ``months``) for the epochs started from now on (sent to the workers
+        with the next epoch)."""
+        coef = dict(coefficients) if coefficients else None
+        if self._workers:
+            self._coef_update = (coef, months)
+        else:  # not started yet: the workers get them at spawn
+            self._child_spec["coefficients"], self._child_spec["months"] = coef, months
+
     def start(self, boxes: np.ndarray, start_batch: int) -> None:
         self._ensure_workers()
         self._gen += 1
         self._start = int(start_batch)
         n = self.spec.workers
+        coef, self._coef_update = self._coef_update, None
         for w in self._workers:
-            w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n))
+            w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n, coef))
         for w in self._workers:  # replies of abandoned reads come first: skip them
             while True:
                 msg = self._recv(w, None)

@@ -63,14 +63,17 @@ class Batch:
     """Field -> ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` tensor (the configured ``out_dtype``, on the device)."""
     meta: dict[str, dict[str, Any]]
     """Field -> per-token metadata tensors: ``t_index``, ``time`` (ns since 1970), ``hour``, ``day_of_year``
-    ``(B, nt)``; ``lat``, ``lon`` ``(B, nlat, nlon)``; ``level`` ``(L,)``."""
+    ``(B, nt)``; ``lat``, ``lon`` ``(B, nlat, nlon)``; ``level`` ``(L,)``. Point-sampled fields (a mesh, and every
+    stream but the first of a multi-stream config) add ``valid`` ``(B, nlat, nlon, K)`` bool (False: a padding
+    slot, value 0), ``points``, ``point_lat``, ``point_lon`` ``(B, nlat, nlon, K)``, ``count`` ``(B, nlat, nlon)``
+    and ``t_steps`` ``(B, nt * tt)`` (the stream's time index of every time point); ``K = tlat * tlon``."""
     boxes: Any
     """``(B, 3)`` int64 CPU tensor of the samples' ``(t0, y0, x0)`` store indices."""
     index: int
     """Batch index in the epoch (this rank's)."""
     epoch: int
     stats: IOStats
-    """I/O counters of this batch."""
+    """I/O counters of this batch (``stats.streams``: per stream, for multi-stream configs)."""
     masks: dict[str, Any] | None = None
     """Field -> ``(B, L, nt, nlat, nlon)`` bool, True where a token is masked (when the loader masks)."""
     sources: dict[str, Any] | None = None
@@ -103,14 +106,10 @@ def _resolve_store(store: Any) -> Any:
 
 def _resolve_config(config: Any) -> SamplingConfig:
     if isinstance(config, SamplingConfig):
-        cfg = config
-    elif isinstance(config, (str, os.PathLike)):
-        cfg = SamplingConfig.from_file(config)
-    else:
-        raise ConfigError(f"config: expected a SamplingConfig or the path of a TOML/YAML file, got {type(config)}")
-    if cfg.streams:
-        raise ConfigError("the Loader reads one store: pass a config without streams")
-    return cfg
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return SamplingConfig.from_file(config)
+    raise ConfigError(f"config: expected a SamplingConfig or the path of a TOML/YAML file, got {type(config)}")
 
 
 def _rank_world(cfg: LoaderConfig) -> tuple[int, int]:
@@ -139,20 +138,25 @@ class Loader:
 
     Parameters
     ----------
-    store : str, path-like or Store
-        The data store (opened with :func:`fastload.open_store` when a path).
+    store : str, path-like, Store, mapping or None
+        The data store (opened with :func:`fastload.open_store` when a path). A multi-stream config (one with
+        ``[streams.NAME]`` tables) takes ``None`` (every stream's ``path``) or a mapping stream name -> Store or
+        path (streams left out use their ``path``).
     config : SamplingConfig or path
-        What a sample is (fields, levels, token geometry, normalisation).
+        What a sample is (fields, levels, token geometry, normalisation; streams).
     loader : LoaderConfig, optional
         Loader settings; keyword arguments below override single settings.
     normalizer : fastload.norm.Normalizer or path, optional
-        Coefficients of normalised fields (default: ``config.norm_path``).
+        Coefficients of normalised fields (default: ``config.norm_path``); for a multi-stream config a mapping
+        stream name -> Normalizer or path (default: each stream's ``norm_path``, else the config's). Only the
+        calendar months an epoch's samples use are loaded, at the start of the epoch.
     masking : fastload.sampling.masking.MaskingConfig, optional
         Mask each batch on the device (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step).
     boxes : array or callable, optional
         An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
         ``boxes(epoch) -> (N, 3)`` (the same N every epoch). This rank's samples; ``samples_per_epoch``,
-        ``samples_per_window`` and the seed's placement are then unused.
+        ``samples_per_window`` and the seed's placement are then unused. Multi-stream: boxes on the first
+        stream's grid, each served by every stream.
     jit : bool, optional
         ``False`` runs the NumPy reference kernels.
     epoch : int
@@ -160,40 +164,46 @@ class Loader:
     **settings
         Any :class:`~fastload.config.LoaderConfig` setting (``batch_size``, ``workers``, ``prefetch``,
         ``cache_bytes``, ``device``, ``pin_memory``, ``seed``, ``rank``, ``world_size``, ``mode``, ...).
+
+    Notes
+    -----
+    Multi-stream configs are served by one plan, one cache budget and one prefetch ring over all streams
+    (:class:`fastload.streams.MultiStream` is the store and the tokenizer; chunk keys are ``"stream/array"``);
+    ``Batch.stats.streams`` holds per-stream counters and point-sampled fields carry ``valid`` (padding) masks
+    in their metadata. They are read with ``mode="thread"``. A mesh store on its own is sampled on a virtual
+    lat-lon placement grid (:class:`fastload.sampling.mesh.MeshTokenizer`).
     """
 
     def __init__(self, store: Any, config: Any, loader: LoaderConfig | None = None, *, normalizer: Any = None,
                  masking: Any = None, boxes: Any = None, jit: bool | None = None, epoch: int = 0, **settings: Any):
-        from .sampling.tokenizer import build_tokenizer
-
         names = {f.name for f in dataclasses.fields(LoaderConfig)}
         unknown = sorted(set(settings) - names)
         if unknown:
             raise ConfigError(f"Loader: unknown setting(s) {unknown}; known: {sorted(names)}")
         self.loader_config = dataclasses.replace(loader or LoaderConfig(), **settings)
         cfg = self.loader_config
-        self.store = _resolve_store(store)
         self.config = _resolve_config(config)
-        self.store.check(self.config)
         self.batch_size = int(cfg.batch_size or self.config.batch_size)
         self.rank, self.world_size = _rank_world(cfg)
         self.device = self._device(cfg.device)
         self.masking = masking
-        self.tokenizer = build_tokenizer(self.store, self.config)
-        self.extent = GridExtent.from_store(self.store)
-        coefficients, months = self._coefficients(normalizer)
-        self._coefficients_by_field = coefficients
+        self.multi: Any = None
+        """The :class:`fastload.streams.MultiStream` of a multi-stream config (also ``store`` and ``tokenizer``)."""
+        if self.config.streams:
+            useful = self._open_streams(store, normalizer, jit)
+        else:
+            useful = self._open_store(store, normalizer)
+        self._coef_key: Any = None
+        self.coefficient_months: Any = None
+        """Calendar months (0-11) of the normalisation coefficients loaded for the current epoch (multi-stream: per
+        stream); None before the first epoch starts or without normalised fields."""
         pin = bool(cfg.pin_memory) if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = pin and self.device.type == "cuda"
-        useful = 0
-        for f in self.config.fields:
-            itemsize = self.store.arrays[self.tokenizer.layouts[f.name].array].dtype.itemsize
-            useful += f.num_levels * int(np.prod(f.box)) * itemsize
         from ._backend import LoadSpec
 
         self._spec = LoadSpec(batch_size=self.batch_size, drop_last=cfg.drop_last, prefetch=cfg.prefetch,
                               workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
-                              retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=months,
+                              retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=None,
                               useful_bytes_per_sample=useful, jit=jit, pin=self._pin)
         self._explicit = boxes
         if boxes is not None:
@@ -210,7 +220,7 @@ class Loader:
         self._iter_ref: Any = None
         self._closed = False
         self.stats = IOStats()
-        """Counters summed over every batch handed out."""
+        """Counters summed over every batch handed out (``stats.streams``: per stream, for multi-stream configs)."""
         self._copy_stream: Any = None
         self._finalizer = weakref.finalize(self, _close_all, [None])
 
@@ -226,12 +236,52 @@ class Loader:
             raise ConfigError(f"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got {device!r}")
         return d
 
-    def _coefficients(self, normalizer: Any) -> tuple[dict | None, np.ndarray | None]:
+    def _open_store(self, store: Any, normalizer: Any) -> int:
+        """One store: open and check it, its tokenizer, placement extent, normaliser; returns useful bytes/sample."""
+        from ._backend import make_tokenizer
+
+        if isinstance(store, Mapping) or store is None:
+            raise ConfigError("Loader: a config without streams reads one store: pass its path or an open Store")
+        self.store = _resolve_store(store)
+        self.store.check(self.config)
+        self.tokenizer = make_tokenizer(self.store, self.config)
+        # a mesh store is placed on its tokenizer's virtual lat-lon grid, not on its node axis
+        self.extent = getattr(self.tokenizer, "extent", None) or GridExtent.from_store(self.store)
+        self._norm = self._normalizer(normalizer)
+        return sum(f.num_levels * int(np.prod(f.box))
+                   * self.store.arrays[self.tokenizer.layouts[f.name].array].dtype.itemsize for f in self.config.fields)
+
+    def _open_streams(self, stores: Any, normalizer: Any, jit: bool | None) -> int:
+        """A multi-stream config: open every stream (MultiStream); returns useful bytes per sample."""
+        from .streams import MultiStream
+
+        if self.loader_config.mode == "process":
+            raise ConfigError("loader.mode = 'process': multi-stream configs are read with mode = 'thread' (one "
+                              "cache and one reader serve all streams)")
+        if stores is not None and not isinstance(stores, Mapping):
+            raise ConfigError(f"Loader: the config has streams {[s.name for s in self.config.streams]}; pass "
+                              f"store=None (the streams' paths) or a mapping stream -> Store or path, got "
+                              f"{type(stores).__name__}")
+        if normalizer is not None and not isinstance(normalizer, Mapping):
+            raise ConfigError("Loader: for a multi-stream config pass normalizer= as a mapping stream -> "
+                              "Normalizer or path (or set streams.NAME.norm_path)")
+        self.multi = MultiStream(self.config, stores=stores, normalizers=normalizer, jit=jit)
+        self.store = self.tokenizer = self.multi
+        self.extent = None
+        self._norm = None
+        if any(f.normalization != "none" for f in self.config.fields):
+            self.multi.check_coefficients()
+            self._norm = self.multi
+        return int(self.multi.useful_bytes_per_sample)
+
+    def _normalizer(self, normalizer: Any) -> Any:
+        """The Normalizer of a single store's normalised fields, checked against the store (no coefficient is read:
+        each epoch loads the months it uses, :meth:`_epoch_coefficients`)."""
         normed = [f for f in self.config.fields if f.normalization != "none"]
         if not normed:
-            return None, None
+            return None
         from .extract import _normalizer
-        from .norm import months_of
+        from .norm import MONTH_NAMES, months_of
 
         norm = _normalizer(normalizer, self.config)
         if norm is None:
@@ -240,9 +290,39 @@ class Loader:
         norm.check(self.store, self.config)
         if self.store.time is None:
             raise ConfigError("monthly normalisation needs a time axis, but the store has none")
-        months = np.unique(months_of(self.store.time)).astype(np.int64)
-        coefficients = {f.name: norm.coefficients(f.name, f.normalization, f.levels, months.tolist()) for f in normed}
-        return coefficients, months
+        present = getattr(norm, "months_present", None)
+        if present is not None:  # every month random placement may draw must have coefficients: fail now, not later
+            record = set(np.unique(months_of(self.store.time)).tolist())
+            for f in normed:
+                missing = sorted(record - set(present(f.name)))
+                if missing:
+                    raise ConfigError(f"field {f.name!r}: the normalisation store has no coefficients for month(s) "
+                                      f"{[MONTH_NAMES[m] for m in missing]} of the store's record; recompute them "
+                                      "with fastload stats over the whole record")
+        return norm
+
+    def _epoch_coefficients(self, boxes: np.ndarray) -> None:
+        """Load the normalisation coefficients of the calendar months ``boxes`` use (only those; kept while the next
+        epoch uses the same months) and hand them to the backend."""
+        if self._norm is None:
+            return
+        if self.multi is not None:
+            months: Any = self.multi.months_used(boxes) if boxes.shape[0] else {}
+            key: Any = tuple((k, tuple(v.tolist())) for k, v in sorted(months.items()))
+        else:
+            months = self.tokenizer.month_table(boxes)[0] if boxes.shape[0] else np.zeros(0, np.int64)
+            key = tuple(months.tolist())
+        if key == self._coef_key:
+            return
+        if self.multi is not None:
+            coefficients = self.multi.coefficients(months)  # carries its months per stream
+            self._backend.set_coefficients(coefficients, None)
+            months = dict(coefficients.months)
+        else:
+            coefficients = {f.name: self._norm.coefficients(f.name, f.normalization, f.levels, months.tolist())
+                            for f in self.config.fields if f.normalization != "none"}
+            self._backend.set_coefficients(coefficients, months)
+        self._coef_key, self.coefficient_months = key, months
 
     def _field_specs(self) -> list[FieldSpec]:
         tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.config.out_dtype]
@@ -253,16 +333,19 @@ class Loader:
         if self._backend is not None:
             return
         cfg = self.loader_config
-        if cfg.mode == "process":
+        if self.multi is not None:
+            from ._stream_backend import StreamBackend
+
+            self._backend = StreamBackend(self.multi, self._spec, None)
+        elif cfg.mode == "process":
             from ._procs import ProcessBackend
 
-            self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs,
-                                           coefficients=self._coefficients_by_field)
+            self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs, coefficients=None)
         else:
             from ._backend import ThreadBackend
 
-            self._backend = ThreadBackend(self.store, self.tokenizer, self.config, self._spec,
-                                          self._coefficients_by_field)
+            self._backend = ThreadBackend(self.store, self.tokenizer, self.config, self._spec, None)
+        self._coef_key = None  # a new backend has no coefficients yet
         self._ring = BatchRing(self._specs, cfg.prefetch + 2, self._backend.alloc)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
@@ -281,10 +364,17 @@ class Loader:
         if self._explicit is not None:
             return self._explicit_boxes(epoch)
         cfg = self.loader_config
+        if self.multi is not None:
+            boxes = self.multi.random_boxes(cfg.samples_per_epoch, seed=cfg.seed, epoch=int(epoch), rank=self.rank,
+                                            world_size=self.world_size, samples_per_window=cfg.samples_per_window)
+            return boxes[: self._samples]
+        lat = None
+        if self.config.centers == "coslat":  # a mesh places on its tokenizer's rows, not on its nodes
+            lat = getattr(self.tokenizer, "lat", None)
+            lat = self.store.grid.lat if lat is None else lat
         boxes = random_boxes(cfg.samples_per_epoch, self.extent, self.config.box, seed=cfg.seed, epoch=int(epoch),
                              time_step=self.config.time_step, rank=self.rank, world_size=self.world_size,
-                             samples_per_window=cfg.samples_per_window, centers=self.config.centers,
-                             lat=self.store.grid.lat if self.config.centers == "coslat" else None)
+                             samples_per_window=cfg.samples_per_window, centers=self.config.centers, lat=lat)
         return boxes[: self._samples]
 
     def __len__(self) -> int:
@@ -392,6 +482,7 @@ class _EpochIterator(Iterator[Batch]):
         start = loader._state.batch
         self._boxes = loader.epoch_boxes(self.epoch)
         backend, ring = loader._backend, loader._ring
+        loader._epoch_coefficients(self._boxes)
         backend.start(self._boxes, start)
         self._ring = ring
         self._device = loader.device

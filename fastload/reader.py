@@ -23,6 +23,7 @@ Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastlo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import threading
@@ -75,12 +76,31 @@ class IOStats:
     """Seconds the consumer waited for this batch."""
     copy_s: float = 0.0
     """Seconds the consumer spent issuing the host-to-device copy (not the copy itself: it is asynchronous)."""
+    streams: dict[str, IOStats] | None = None
+    """Multi-stream loading: the same counters per stream (``chunks``, ``hits``, ``misses``, bytes, retries,
+    ``fetch_s``, ``decode_s``, ``gather_s``, ``samples``, ``batches``); None for one store. Per-stream values sum to
+    the batch's (seconds up to timer resolution; ``wait_s``, ``copy_s`` and ``plan_s`` are the batch's only)."""
 
     def add(self, other: IOStats) -> IOStats:
-        """Add ``other``'s counters to this one (in place); returns self."""
+        """Add ``other``'s counters to this one (in place, per stream too); returns self."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            if f.name != "streams":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        if other.streams:
+            mine = self.streams if self.streams is not None else {}
+            for name, s in other.streams.items():
+                mine.setdefault(name, IOStats()).add(s)
+            self.streams = mine
         return self
+
+    def stream(self, name: str) -> IOStats:
+        """The counters of stream ``name`` (created on first use)."""
+        if self.streams is None:
+            self.streams = {}
+        got = self.streams.get(name)
+        if got is None:
+            got = self.streams[name] = IOStats()
+        return got
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -132,15 +152,17 @@ class CacheLayout:
 
 
 def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int, budget: int,
-               workers: int) -> CacheLayout:
+               workers: int, bound: Mapping[str, int] | None = None) -> CacheLayout:
     """Size the cache arenas from ``budget`` bytes so that ``workers`` steps can run at once.
 
     Each array gets at least the chunks of one sample, at most all its chunks; the rest of the budget is shared in
     proportion to a sample's decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger
     than that are split into several steps by the plan), or all of it when the arena holds the whole array. A
-    budget below one sample's chunks is raised to it (logged).
+    budget below one sample's chunks is raised to it (logged). ``bound`` (array -> most chunks one sample
+    touches) replaces :func:`sample_chunk_bound` for tokenizers that know better (a mesh:
+    ``MeshTokenizer.sample_chunk_bound``).
     """
-    bound = sample_chunk_bound(store, layouts, box, time_step)
+    bound = dict(bound) if bound is not None else sample_chunk_bound(store, layouts, box, time_step)
     nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
     minimum = {a: bound[a] for a in bound}
     need = sum(minimum[a] * nbytes[a] for a in bound)
@@ -216,11 +238,15 @@ class ChunkReader:
         self.cache = cache
         self.retries = int(retries)
         self.on_bad_chunk = on_bad_chunk
-        self.coefficients = dict(coefficients) if coefficients else None
-        self.months = months
+        self.coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self.months: np.ndarray | None = None
+        self.set_coefficients(coefficients, months)
         self.useful = int(useful_bytes_per_sample)
         self.jit = jit
         self._group = 1 if isinstance(store.source, LocalSource) else _GROUP
+        # multi-stream tokenizers (fastload.streams.MultiStream): array keys are "stream/array", counted per stream
+        self._multi = hasattr(tokenizer, "streams")
+        self._useful_by_stream = dict(getattr(tokenizer, "useful_bytes_by_stream", None) or {}) if self._multi else {}
         self._decode_slots = threading.BoundedSemaphore(max(1, int(decode_workers)))
         self._pool = ThreadPoolExecutor(max(1, int(fetch_concurrency)), thread_name_prefix=name)
         self._stop = threading.Event()
@@ -250,7 +276,20 @@ class ChunkReader:
         stats.samples = int(sel.size)
         stats.skipped = int(boxes.shape[0] - sel.size)
         stats.bytes_useful = self.useful * int(sel.size)
+        if self._multi:
+            for name in self._useful_by_stream:
+                st = stats.stream(name)
+                st.batches, st.samples, st.skipped = 1, stats.samples, stats.skipped
+                st.bytes_useful = self._useful_by_stream[name] * int(sel.size)
         return stats, sel
+
+    def set_coefficients(self, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
+                         months: np.ndarray | None) -> None:
+        """Use these normalisation coefficients (covering ``months``) from the next batch on; call it only while
+        no batch is being read (the loader does at the start of an epoch)."""
+        # a shallow copy that keeps the mapping's class and attributes (multi-stream coefficients carry .months)
+        self.coefficients = copy.copy(coefficients) if coefficients else None
+        self.months = None if months is None else np.asarray(months, np.int64)
 
     def close(self) -> None:
         """Stop: cancel queued fetches and join the I/O threads (idempotent)."""
@@ -273,6 +312,8 @@ class ChunkReader:
         stats.chunks += len(step.keys)
         stats.hits += res.hits
         stats.misses += len(res.to_fill)
+        if self._multi:
+            self._count_streams(step, res, stats)
         done = False
         try:
             bad = self._fill(res, stats, stop)
@@ -294,19 +335,41 @@ class ChunkReader:
                     b = np.ascontiguousarray(b[sel])
                     tables = {f: np.ascontiguousarray(t[sel]) for f, t in tables.items()}
                 t0 = time.perf_counter()
+                seconds: dict[str, float] = {}
                 with nvtx_range("gather", payload=step.batch):
+                    coefficients, months = self.coefficients, self.months
                     month_of = None
-                    if self.coefficients:
-                        _, month_of = self.tokenizer.month_table(b, self.months)
+                    if coefficients and not self._multi:  # each stream computes its own months
+                        _, month_of = self.tokenizer.month_table(b, months)
                     self.tokenizer.gather({a: cache.arena(a) for a in step.plan.chunks}, tables, b,
                                           {f: o[row:row + n] for f, o in outs.items()},
-                                          coefficients=self.coefficients, month_of=month_of, jit=self.jit)
+                                          coefficients=coefficients, month_of=month_of, jit=self.jit,
+                                          **({"seconds": seconds} if self._multi else {}))
                 stats.gather_s += time.perf_counter() - t0
+                for name, sec in seconds.items():
+                    stats.stream(name).gather_s += sec
                 kept.append(sel + step.start)
             done = True
             return row + n
         finally:
             cache.release(res, step_done=done)
+
+    @staticmethod
+    def _count_streams(step: Step, res: Reservation, stats: IOStats) -> None:
+        """Chunks, hits and misses of a multi-stream step per stream (keys ``"stream/array"``)."""
+        filled: dict[str, int] = {}
+        for k in res.to_fill:
+            name = k[0].partition("/")[0]
+            filled[name] = filled.get(name, 0) + 1
+        total: dict[str, int] = {}
+        for k in step.keys:
+            name = k[0].partition("/")[0]
+            total[name] = total.get(name, 0) + 1
+        for name, n in total.items():
+            st = stats.stream(name)
+            st.chunks += n
+            st.misses += filled.get(name, 0)
+            st.hits += n - filled.get(name, 0)
 
     def _good_samples(self, step: Step, bad: Mapping[Key, BaseException]) -> np.ndarray:
         n = step.stop - step.start
@@ -349,11 +412,13 @@ class ChunkReader:
                     self._mark_failed(k, e)
                 first = first or e
                 continue
-            stats.fetch_s += d.fetch_s
-            stats.decode_s += d.decode_s
-            stats.bytes_stored += d.stored
-            stats.bytes_decoded += d.decoded
-            stats.retries += d.retries
+            targets = [stats, stats.stream(group[0][0].partition("/")[0])] if self._multi else [stats]
+            for st in targets:
+                st.fetch_s += d.fetch_s
+                st.decode_s += d.decode_s
+                st.bytes_stored += d.stored
+                st.bytes_decoded += d.decoded
+                st.retries += d.retries
             bad.update(d.errors)
         if first is not None and not isinstance(first, ChunkReadError):
             raise first

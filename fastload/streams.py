@@ -51,7 +51,8 @@ from .sampling.neighborhood import allocate_outputs
 from .sampling.points import BoxPointSampler, PointTokenMeta
 from .sampling.tokenizer import TokenMeta, build_tokenizer
 
-__all__ = ["MultiStream", "Placement", "StreamExtracted", "ChunkingWarning", "extract_streams", "PointTokenMeta"]
+__all__ = ["MultiStream", "Placement", "StreamExtracted", "StreamCoefficients", "ChunkingWarning", "extract_streams",
+           "PointTokenMeta"]
 
 
 class ChunkingWarning(UserWarning):
@@ -87,6 +88,15 @@ class StreamExtracted:
     meta: TokenMeta
     """Token metadata (:class:`PointTokenMeta` for every stream but the reference)."""
     stream: str
+
+
+class StreamCoefficients(dict):
+    """Field -> ``(mean, std)`` of a multi-stream config, with ``months``: stream -> the calendar months (0-11)
+    the coefficient arrays' first axis holds (:meth:`MultiStream.coefficients`)."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.months: dict[str, np.ndarray] = {}
 
 
 class _Counters:
@@ -216,6 +226,7 @@ class MultiStream:
         self.arrays = {s.key(a): s.store.arrays[a] for s in self.streams for a in s.arrays}
         self.counters = _Counters(names)
         self._normalizers = dict(normalizers or {})
+        self._norm_objects: dict[str, Any] = {}
         from ._stream_chunks import chunk_bounds
         from ._stream_chunks import warn_chunking as _warn
 
@@ -423,28 +434,34 @@ class MultiStream:
 
     def gather(self, slots: Mapping[str, np.ndarray], tables: Mapping[str, np.ndarray], boxes: np.ndarray,
                outs: Mapping[str, Any], *, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-               month_of: np.ndarray | None = None, samples: slice | None = None, jit: bool | None = None) -> None:
+               month_of: np.ndarray | None = None, samples: slice | None = None, jit: bool | None = None,
+               seconds: dict[str, float] | None = None) -> None:
         """Write every field of ``boxes[samples]`` into ``outs[field][samples]``.
 
         ``coefficients`` must come from :meth:`coefficients` (its months per stream); ``month_of`` is ignored:
-        each stream's months are taken from its own time steps.
+        each stream's months are taken from its own time steps. ``seconds``, when given, receives each stream's
+        gather wall time (added to what is there).
         """
         sl = samples if samples is not None else slice(None)
         b = np.asarray(boxes, np.int64)[sl]
         pl = self.place(b, check=False)
         jit = self.jit if jit is None else jit
+        months = getattr(coefficients, "months", None)
         for st in self.streams:
+            t0 = _time.perf_counter()
             names = [f.name for f in st.config.fields]
             sub_slots = {a: slots[st.key(a)] for a in st.arrays if st.key(a) in slots}
             sub_tables = {f: tables[f][sl] for f in names}
             sub_outs = {f: outs[f][sl] for f in names}
             coef = None if coefficients is None else {f: coefficients[f] for f in names if f in coefficients}
-            mo = self._month_of(st, pl) if coef else None
+            mo = self._month_of(st, pl, None if months is None else months.get(st.name)) if coef else None
             if st.kind == "reference":
                 st.tokenizer.gather(sub_slots, sub_tables, pl.boxes, sub_outs, coefficients=coef, month_of=mo, jit=jit)
             else:
                 st.sampler.gather(pl.where[st.name], pl.t_steps[st.name], sub_slots, sub_tables, sub_outs,
                                   coefficients=coef, month_of=mo, jit=jit)
+            if seconds is not None:
+                seconds[st.name] = seconds.get(st.name, 0.0) + _time.perf_counter() - t0
 
     def meta(self, boxes: np.ndarray) -> dict[str, TokenMeta]:
         """Per-field token metadata (reference: :class:`TokenMeta`; other streams: :class:`PointTokenMeta`)."""
@@ -461,38 +478,102 @@ class MultiStream:
         """The reference's month table (what the reader asks for; :meth:`gather` computes every stream's own)."""
         return self.reference.tokenizer.month_table(boxes, months)
 
-    def _month_of(self, st: _Stream, pl: Placement) -> np.ndarray:
-        if st.months is None:
+    def _month_of(self, st: _Stream, pl: Placement, months: np.ndarray | None = None) -> np.ndarray:
+        months = st.months if months is None else np.asarray(months, np.int64)
+        if months is None:
             raise ConfigError(f"stream {st.name!r}: coefficients not loaded (use MultiStream.coefficients())")
         if st.kind == "reference":
-            return st.tokenizer.month_table(pl.boxes, st.months)[1]
+            return st.tokenizer.month_table(pl.boxes, months)[1]
         if st.time is None:
             raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
         cal = st.time[pl.t_steps[st.name]].astype("datetime64[M]").astype(np.int64) % 12
         lookup = np.full(12, -1, np.int32)
-        lookup[st.months] = np.arange(st.months.size, dtype=np.int32)
-        return np.ascontiguousarray(lookup[cal])
+        lookup[months] = np.arange(months.size, dtype=np.int32)
+        out = lookup[cal]
+        if (out < 0).any():
+            missing = sorted(set(np.unique(cal).tolist()) - set(months.tolist()))
+            raise ConfigError(f"stream {st.name!r}: normalisation coefficients are loaded for months "
+                              f"{months.tolist()} but the batch needs months {missing}")
+        return np.ascontiguousarray(out)
 
-    def coefficients(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Normalisation coefficients of every normalised field, each stream's for the months of its record."""
+    def _normalized(self) -> list[tuple[_Stream, list[Any], Any]]:
+        """``(stream, normalised fields, Normalizer)`` of every stream with normalised fields (opened once)."""
         from .extract import _normalizer
-        from .norm import months_of
 
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        out = []
         for st in self.streams:
             normed = [f for f in st.config.fields if f.normalization != "none"]
             if not normed:
                 continue
-            norm = _normalizer(self._normalizers.get(st.name), st.config)
+            norm = self._norm_objects.get(st.name)
             if norm is None:
-                raise ConfigError(f"stream {st.name!r}: fields {[f.name for f in normed]} normalise but the stream has "
-                                  f"no norm_path (set streams.{st.name}.norm_path or pass normalizers=)")
-            norm.check(st.store, st.config)
-            if st.store.time is None:
-                raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
-            st.months = np.unique(months_of(st.store.time)).astype(np.int64)
+                norm = _normalizer(self._normalizers.get(st.name), st.config)
+                if norm is None:
+                    raise ConfigError(f"stream {st.name!r}: fields {[f.name for f in normed]} normalise but the "
+                                      f"stream has no norm_path (set streams.{st.name}.norm_path or pass "
+                                      "normalizers=)")
+                norm.check(st.store, st.config)
+                if st.store.time is None:
+                    raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
+                self._norm_objects[st.name] = norm
+            out.append((st, normed, norm))
+        return out
+
+    def check_coefficients(self) -> None:
+        """Check, without loading any, that every normalised field has coefficients for every month of its stream's
+        record (``ConfigError`` naming the stream, field and months)."""
+        from .norm import MONTH_NAMES, months_of
+
+        for st, normed, norm in self._normalized():
+            present = getattr(norm, "months_present", None)
+            if present is None:
+                continue
+            record = set(np.unique(months_of(st.store.time)).tolist())
             for f in normed:
-                out[f.name] = norm.coefficients(f.name, f.normalization, f.levels, st.months.tolist())
+                missing = sorted(record - set(present(f.name)))
+                if missing:
+                    raise ConfigError(f"stream {st.name!r}: field {f.name!r} has no normalisation coefficients for "
+                                      f"month(s) {[MONTH_NAMES[m] for m in missing]} of the stream's record")
+
+    def months_used(self, boxes: Any) -> dict[str, np.ndarray]:
+        """Stream -> the sorted calendar months (0-11) the time points of ``boxes`` map to on its axis (time only:
+        no spatial mapping, so an epoch of boxes is cheap)."""
+        from .norm import months_of
+
+        b = self.reference.tokenizer.check_boxes(boxes)
+        T, dt = self.box[0], self.config.time_step
+        times = sample_times(self.time, b[:, 0], T, dt)
+        out = {}
+        for st in self.streams:
+            if st.time is None:
+                continue
+            if st.kind == "reference":
+                steps = b[:, 0:1] + np.arange(T, dtype=np.int64) * dt
+            else:
+                steps = np.clip(align(st.time, times, st.rule, self.cadence)[0], 0, st.time.size - 1)
+            out[st.name] = np.unique(months_of(st.time[steps])).astype(np.int64)
+        return out
+
+    def coefficients(self, months: Mapping[str, Any] | None = None) -> StreamCoefficients:
+        """Normalisation coefficients of every normalised field, each stream's for the months of its record (or
+        ``months[stream]``, e.g. from :meth:`months_used`).
+
+        The result maps field -> ``(mean, std)`` and carries the months of each stream (``.months``), which
+        :meth:`gather` uses; without ``months`` the streams also remember them (for callers that pass plain
+        dicts).
+        """
+        from .norm import months_of
+
+        out = StreamCoefficients()
+        for st, normed, norm in self._normalized():
+            if months is not None and st.name in months:
+                m = np.unique(np.asarray(months[st.name], np.int64))
+            else:
+                m = np.unique(months_of(st.store.time)).astype(np.int64)
+                st.months = m
+            out.months[st.name] = m
+            for f in normed:
+                out[f.name] = norm.coefficients(f.name, f.normalization, f.levels, m.tolist())
         return out
 
     # -- the store interface the reader drives ------------------------------------------------------------------

@@ -7,6 +7,8 @@ No I/O happens here: the store and reader hand in decoded chunks, and everything
   chunks per array + per-sample slot tables).
 - :mod:`.neighborhood`: the JIT/reference switch (:func:`kernels`) and :func:`gather_batch`.
 - :mod:`.tokenizer`: per grid kind, the plan -> gather -> token metadata interface the reader talks to.
+- :mod:`.points`, :mod:`.mesh`: point sampling (multi-stream fields, unstructured meshes); importing this
+  package registers the ``"mesh"`` tokenizer (built with ``MeshTokenizer.from_store``).
 - :mod:`.masking`: masks for masked-token training (torch, any device).
 
 The gather contract is in ``fastload/DESIGN.md``.
@@ -14,6 +16,7 @@ The gather contract is in ``fastload/DESIGN.md``.
 
 from __future__ import annotations
 
+from . import mesh as _mesh  # noqa: F401  (registers the "mesh" tokenizer: MeshTokenizer.from_store)
 from .chunks import NO_AXIS, BatchPlan, FieldLayout, field_layouts, plan_batch
 from .geometry import (
     GridExtent,
