@@ -1,7 +1,9 @@
 """``fastload train`` and ``fastload profile``: one training loop, top to bottom, that tells data wait from compute.
 
 Why this module exists: it is the loop the whole project is measured by. It trains AtmoRep's Multiformer on masked
-tokens from a :class:`fastload.Loader` and times every step in five phases (data wait = ``next(loader)``, h2d,
+tokens from a :class:`fastload.Loader`, or (``model.kind = "forecaster"``, :mod:`profiling.forecast`) a Forecaster
+with a multi-step latent rollout loss on whole-globe tiles from a :class:`fastload.rollout_data.RolloutLoader`, and
+times every step in five phases (data wait = ``next(loader)``, h2d,
 forward, backward, optimizer) with :class:`profiling.timers.StepTimer`: CUDA events on a GPU (read a few steps
 late, no per-step synchronisation), the host clock on a CPU. ``profile`` runs a window of steps with every
 instrument on and writes a report; ``train`` runs the same loop with checkpoints and exact resume.
@@ -11,6 +13,7 @@ instrument on and writes a report; ``train`` runs the same loop with checkpoints
     fastload profile --preset small_h100 --torch-profiler runs/tb --store-latency-ms 5
     profiling/nsys_profile.sh runs/nsys/p -- python -m profiling.loop profile --nsys
     fastload train --config run.toml --set optim.lr=3e-4 [--resume]
+    fastload train --preset cpu_tiny_forecaster --set forecast.multiformer_checkpoint=runs/mf/last.pt
     torchrun --standalone --nproc_per_node 2 -m profiling.loop train --preset cpu_tiny --device cpu
 
 What each phase holds. *data_wait*: the consumer's wait in ``next(loader)`` (with a GPU loader this includes any
@@ -218,9 +221,9 @@ def _save(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cf
     from model import save_checkpoint
 
     states = _gather(loader.state_dict(), world)  # every rank's position: each resumes its own share
-    if rank == 0:
+    if rank == 0:  # "sampling": the config as run (with the coefficients prepare_data found), for inference
         save_checkpoint(path, net, opt, step=step, extra={"loader": states, "world_size": world,
-                                                          "run": cfg.to_dict()})
+                                                          "run": cfg.to_dict(), "sampling": loader.config.to_dict()})
     if world > 1:
         import torch.distributed as dist
 
@@ -275,8 +278,17 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     from fastload._nvtx import enable as nvtx_enable
     from fastload._nvtx import is_enabled as nvtx_on
     from fastload.loader import Loader
+    from fastload.rollout_data import RolloutLoader
     from model import apply_compile, multiformer_loss
 
+    from .forecast import (
+        RolloutStep,
+        build_forecaster,
+        count_rollout_flops,
+        dummy_rollout_inputs,
+        geometry,
+        rollout_config,
+    )
     from .nsys import CaptureWindow
     from .report import format_table, loader_record, summarize_loader, write_report
     from .slowstore import open_run_store
@@ -315,34 +327,69 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         raise ConfigError("data.mode = 'synthetic' replays one batch: it is for profiling, not training")
 
     # -- model and optimizer ----------------------------------------------------------------------------------------
-    net = build_model(cfg, sampling).to(device)
-    say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
-        f"device {device}{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}"
-        f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}")
+    forecast = cfg.model.kind == "forecaster"
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    extras = f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}"
+    if forecast:  # the Forecaster on a Multiformer's encoder; the loop trains what requires grad
+        first = sampling.fields[0]
+        ramp = (cfg.forecast.overlap[0] * first.token_size[1], cfg.forecast.overlap[1] * first.token_size[2])
+        net = build_forecaster(cfg, sampling, ramp, build_model, say).to(device)
+        say(f"model: Forecaster, {net.num_parameters() / 1e6:.3f} M parameters "
+            f"({net.num_parameters(trainable_only=True) / 1e6:.3f} M trainable), fields {list(sampling.field_names)}, "
+            f"device {device}{threads}{extras}")
+    else:
+        net = build_model(cfg, sampling).to(device)
+        say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
+            f"device {device}{threads}{extras}")
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops = None
-    if peak is not None:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
+    if peak is not None and not forecast:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
         batch_size = cfg.loader.batch_size or sampling.batch_size
         flops = count_flops(net, _dummy_inputs(sampling, batch_size, levelled, device), cfg.model.loss, cfg.bf16,
                             device)
-    if wrap_model is not None:
+    if wrap_model is not None and not forecast:
         net = wrap_model(net)
+    o = cfg.optim
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=o.lr, betas=(o.beta1, o.beta2),
+                            weight_decay=o.weight_decay)
+    kinds = {cfg.model.loss: 1.0}
+
+    # -- data source (closed by the exit stack, whatever happens) and the module one step's forward runs ------------
+    store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                           fields=sampling.field_names, warm=mode == "profile", log=say)
+    loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
+    if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
+        loader: Any = RolloutLoader(store, sampling, rollout_config(cfg), loader_cfg)
+        stepper: torch.nn.Module = RolloutStep(net, geometry(loader.tiles, device), kinds, cfg.forecast.tiles_per_chunk)
+        if wrap_model is not None:
+            stepper = wrap_model(stepper)
+        if peak is not None:
+            flops = count_rollout_flops(stepper, dummy_rollout_inputs(sampling, loader.tiles, loader.rollout, device),
+                                        cfg.bf16, device)
+    else:
+        masking = None if cfg.masking.strategy == "identity" else cfg.masking
+        loader = Loader(store, sampling, loader_cfg, masking=masking)
+        stepper = net
     if nvtx_on() and not cfg.compile:
         from .nvtx import apply_nvtx
 
         apply_nvtx(net, depth=3)
     if cfg.compile:
         apply_compile(net)
-    o = cfg.optim
-    opt = torch.optim.AdamW(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
-        if ddp else net
+    model = torch.nn.parallel.DistributedDataParallel(stepper, device_ids=[device] if device.type == "cuda"
+                                                      else None) if ddp else stepper
 
-    # -- loader (closed by the exit stack, whatever happens) --------------------------------------------------------
-    store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                           fields=sampling.field_names, warm=mode == "profile", log=say)
-    masking = None if cfg.masking.strategy == "identity" else cfg.masking
-    loader = Loader(store, sampling, dataclasses.replace(cfg.loader, device=str(device)), masking=masking)
+    def prepare(batch: Any) -> Any:  # the h2d phase: a batch as the model's inputs, on the device
+        if forecast:
+            windows, targets = batch.model_inputs(device)
+            return windows, targets, batch.lead_hours.to(device, non_blocking=True)
+        return model_inputs(batch, levelled, device)
+
+    def loss_of(inputs: Any) -> torch.Tensor:  # the forward phase: forward and loss
+        if forecast:
+            return model(*inputs)
+        return multiformer_loss(model(inputs), inputs, kinds=kinds)[0]
+
     stack = contextlib.ExitStack()
     stack.callback(torch.set_num_threads, threads_before)
     stack.callback(loader.close)
@@ -358,7 +405,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         if not start < stop <= cfg.steps:
             raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
         data: Any = loader
-        if cfg.data.mode == "synthetic":
+        if cfg.data.mode == "synthetic" and forecast:  # replay one batch already on the device
+            data = ReplayLoader(next(iter(loader)).to(device))
+            say("data: synthetic mode: replaying the first batch from the device (no loading)")
+        elif cfg.data.mode == "synthetic":
             data = ReplayLoader.from_loader(loader)
             say("data: synthetic mode: replaying the first batch from the device (no loading)")
         if wrap_loader is not None:
@@ -380,7 +430,6 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                                        warmup=1 if remaining > wait + active else 0)
             prof = stack.enter_context(build_torch_profiler(pcfg))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        kinds = {cfg.model.loss: 1.0}
         loader_records: list[dict[str, Any]] = []
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
         t_start = time.perf_counter()
@@ -400,10 +449,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     it = iter(data)
                     batch = next(it)
             with timer.phase("h2d"):
-                inputs = model_inputs(batch, levelled, device)
+                inputs = prepare(batch)
             with timer.phase("forward"):
                 with autocast:
-                    loss, _ = multiformer_loss(model(inputs), inputs, kinds=kinds)
+                    loss = loss_of(inputs)
             with timer.phase("backward"):
                 loss.backward()
             with timer.phase("optimizer"):
@@ -466,7 +515,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
 def _parser(mode: str) -> argparse.ArgumentParser:
     what = ("Profile a training loop: data wait vs H2D vs forward/backward/optimizer, with a report."
-            if mode == "profile" else "Train a Multiformer (masked tokens) with checkpoints, exact resume and DDP.")
+            if mode == "profile" else "Train a Multiformer (masked tokens) or a Forecaster (model.kind=forecaster: "
+            "global latent rollouts) with checkpoints, exact resume and DDP.")
     p = argparse.ArgumentParser(prog=f"fastload {mode}", description=what,
                                 epilog="presets: " + ", ".join(PRESETS) + " (python -m profiling.presets prints "
                                 "them). Example: fastload profile --set loader.workers=4 --steps 40")

@@ -4,8 +4,10 @@ Why this module exists: a training or profiling run combines settings owned by s
 how to load it, the model, the optimiser, masking, steps, precision). :class:`RunConfig` puts them in one frozen,
 validated object that a report or checkpoint stores with ``to_dict()``. Presets are plain functions
 (torchtitan's recipes): :func:`cpu_tiny` (the default of ``fastload profile`` with no arguments: the built-in
-tiny synthetic dataset and a width-32 Multiformer, seconds on a laptop CPU), :func:`small_h100` and
-:func:`atmorep_h100` (GPU runs on larger synthetic stores). The command line picks one (``--preset``) or reads a
+tiny synthetic dataset and a width-32 Multiformer, seconds on a laptop CPU), :func:`cpu_tiny_forecaster` (the same
+data, a Forecaster trained with a multi-step latent rollout loss on global tiles; ``model.kind = "forecaster"``
+and the ``[forecast]`` section), :func:`small_h100` and :func:`atmorep_h100` (GPU runs on larger synthetic
+stores). The command line picks one (``--preset``) or reads a
 TOML file (``--config run.toml``; ``preset = "cpu_tiny"`` in the file takes a preset as the base) and then
 applies dotted overrides (``--set loader.batch_size=8``) through :func:`fastload.apply_overrides`.
 
@@ -46,9 +48,11 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
+    "ForecastConfig",
     "RunConfig",
     "PRESETS",
     "cpu_tiny",
+    "cpu_tiny_forecaster",
     "small_h100",
     "atmorep_h100",
     "get_preset",
@@ -58,6 +62,7 @@ __all__ = [
 DATA_MODES = ("synthetic", "cached", "cold")
 """``synthetic``: one batch replayed from the device; ``cached``: warm page cache; ``cold``: pages dropped."""
 _LOSSES = ("mse", "stats", "crps", "lat_mse")
+MODEL_KINDS = ("multiformer", "forecaster")
 
 
 def _int(where: str, v: Any, lo: int) -> None:
@@ -159,8 +164,11 @@ class DataConfig(_Section):
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig(_Section):
     """Sizes of the Multiformer (masked-token pre-training); its fields, levels and token geometry come from
-    ``data.sampling``."""
+    ``data.sampling``. With ``kind = "forecaster"`` these size the Multiformer whose encoder the Forecaster uses
+    when ``forecast.multiformer_checkpoint`` is not given."""
 
+    kind: Literal["multiformer", "forecaster"] = "multiformer"
+    """What the run trains: the Multiformer on masked tokens, or a Forecaster (``[forecast]``) on global rollouts."""
     embed_dim: int = 32
     """Width of every field's token stream."""
     num_heads: int = 2
@@ -181,6 +189,8 @@ class ModelConfig(_Section):
     """Recompute every layer in the backward pass (less memory, more compute)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind: expected one of {list(MODEL_KINDS)}, got {self.kind!r}")
         for key, lo in (("embed_dim", 1), ("num_heads", 1), ("encoder_layers", 1), ("decoder_layers", 1),
                         ("ensemble_size", 1)):
             _int(f"model.{key}", getattr(self, key), lo)
@@ -230,6 +240,71 @@ class OptimConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ForecastConfig(_Section):
+    """The Forecaster and its rollout training data (used when ``model.kind = "forecaster"``).
+
+    The Forecaster's sizes map to :class:`model.ForecasterConfig`; the rollout settings to
+    :class:`fastload.rollout_data.RolloutConfig`. Its loss is ``model.loss``, scored on every rollout step.
+    """
+
+    multiformer_checkpoint: str | None = None
+    """A ``fastload train`` Multiformer checkpoint whose embedding and encoder the Forecaster uses; None: a freshly
+    initialised Multiformer sized by ``[model]`` (an untrained encoder; the run says so)."""
+    freeze_encoder: bool = True
+    """Keep the Multiformer's embedding and encoder fixed."""
+    latent_dim: int = 32
+    """Width of a tile's latent."""
+    latent_queries: int = 4
+    """Latent vectors per tile."""
+    num_heads: int = 2
+    adapter_layers: int = 1
+    tail_layers: int = 2
+    """Transformer blocks of the latent tail (one rollout step)."""
+    readout_layers: int = 1
+    ensemble_size: int = 4
+    mlp_ratio: float = 4.0
+    rollout_steps: int = 2
+    """Steps of the multi-step rollout loss (targets per sample)."""
+    lead: int | None = None
+    """Store time steps per rollout step; None: the time span of one sample window."""
+    input_window: int = 1
+    """Latent states (input windows, ``lead`` apart) the tail sees."""
+    readout_time_tokens: int = 1
+    """Time tokens decoded per tile and step."""
+    overlap: tuple[int, int] = (1, 1)
+    """Least overlap of neighbouring tiles in tokens (rows, columns)."""
+    neighbors: int = 4
+    """Neighbouring tiles each tile's read-out attends to."""
+    batch_size: int = 1
+    """Initial times per batch (each a whole globe of tiles)."""
+    tiles_per_chunk: int | None = None
+    """Tiles encoded at once (bounds the encoder's memory); None: all."""
+
+    def __post_init__(self) -> None:
+        if self.multiformer_checkpoint is not None and (not isinstance(self.multiformer_checkpoint, str)
+                                                        or not self.multiformer_checkpoint):
+            raise ConfigError(f"forecast.multiformer_checkpoint: expected a path, got {self.multiformer_checkpoint!r}")
+        _bool("forecast.freeze_encoder", self.freeze_encoder)
+        for key, lo in (("latent_dim", 2), ("latent_queries", 1), ("num_heads", 1), ("adapter_layers", 1),
+                        ("tail_layers", 0), ("readout_layers", 1), ("ensemble_size", 1), ("rollout_steps", 1),
+                        ("input_window", 1), ("readout_time_tokens", 1), ("neighbors", 0), ("batch_size", 1)):
+            _int(f"forecast.{key}", getattr(self, key), lo)
+        for key in ("lead", "tiles_per_chunk"):
+            if getattr(self, key) is not None:
+                _int(f"forecast.{key}", getattr(self, key), 1)
+        _num("forecast.mlp_ratio", self.mlp_ratio, 1e-3)
+        ov = self.overlap
+        if isinstance(ov, (str, bytes)) or not isinstance(ov, Sequence) or len(ov) != 2:
+            raise ConfigError(f"forecast.overlap: expected two integers (rows, columns), got {ov!r}")
+        for v in ov:
+            _int("forecast.overlap", v, 0)
+        object.__setattr__(self, "overlap", tuple(ov))
+        if self.latent_dim % self.num_heads or (self.latent_dim // self.num_heads) % 2:
+            raise ConfigError(f"forecast.latent_dim {self.latent_dim} must split into forecast.num_heads "
+                              f"{self.num_heads} heads of even width")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
     """Everything one training or profiling run needs; reports and checkpoints store its ``to_dict()``."""
 
@@ -241,6 +316,8 @@ class RunConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     masking: MaskingConfig = dataclasses.field(default_factory=MaskingConfig)
     """Token masking done by the loader on the device (``strategy = "identity"``: none)."""
+    forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
+    """The Forecaster and its rollout data (``model.kind = "forecaster"``)."""
     steps: int = 20
     """Optimizer steps of the whole run (a resumed run continues up to this step)."""
     warmup: int = 3
@@ -269,7 +346,7 @@ class RunConfig:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name: expected a non-empty string, got {self.name!r}")
         for key, cls in (("data", DataConfig), ("loader", LoaderConfig), ("model", ModelConfig),
-                         ("optim", OptimConfig), ("masking", MaskingConfig)):
+                         ("optim", OptimConfig), ("masking", MaskingConfig), ("forecast", ForecastConfig)):
             if not isinstance(getattr(self, key), cls):
                 raise ConfigError(f"{key}: expected a {cls.__name__}, got {type(getattr(self, key)).__name__}")
         _int("steps", self.steps, 1)
@@ -301,7 +378,7 @@ class RunConfig:
         kw["data"] = DataConfig.from_dict(kw["data"], base=base)
         if "loader" in kw:
             kw["loader"] = LoaderConfig.from_dict(kw["loader"])
-        for key, sec in (("model", ModelConfig), ("optim", OptimConfig)):
+        for key, sec in (("model", ModelConfig), ("optim", OptimConfig), ("forecast", ForecastConfig)):
             if key in kw:
                 kw[key] = sec.from_dict(kw[key], key)
         if "masking" in kw:
@@ -310,6 +387,9 @@ class RunConfig:
         for key in ("checkpoint_dir", "report_dir"):
             if base is not None and isinstance(kw.get(key), str):
                 kw[key] = str(base / kw[key])
+        ck = kw["forecast"].multiformer_checkpoint if "forecast" in kw else None
+        if base is not None and ck is not None and not os.path.isabs(ck):
+            kw["forecast"] = dataclasses.replace(kw["forecast"], multiformer_checkpoint=str(base / ck))
         return cls(**kw)
 
     def override(self, overrides: Sequence[str]) -> RunConfig:
@@ -347,6 +427,20 @@ def cpu_tiny() -> RunConfig:
     )
 
 
+def cpu_tiny_forecaster() -> RunConfig:
+    """:func:`cpu_tiny`'s data and Multiformer sizes, training a Forecaster: global tiles overlapping by one token,
+    a two-step rollout loss, one initial time per batch, 10 steps; the encoder is frozen (a fresh Multiformer's
+    unless ``forecast.multiformer_checkpoint`` names a trained one).
+    """
+    base = cpu_tiny()
+    return dataclasses.replace(
+        base, name="cpu_tiny_forecaster", model=dataclasses.replace(base.model, kind="forecaster"),
+        forecast=ForecastConfig(latent_dim=32, latent_queries=4, num_heads=2, tail_layers=2, rollout_steps=2,
+                                overlap=(1, 1), neighbors=4, batch_size=1),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2), steps=10, warmup=2, log_every=2,
+    )
+
+
 def small_h100() -> RunConfig:
     """The ``small`` synthetic dataset (91 x 180, 72 h, four fields x five levels) and a width-256 model on a GPU.
 
@@ -381,8 +475,8 @@ def atmorep_h100() -> RunConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {"cpu_tiny": cpu_tiny, "small_h100": small_h100,
-                                               "atmorep_h100": atmorep_h100}
+PRESETS: dict[str, Callable[[], RunConfig]] = {"cpu_tiny": cpu_tiny, "cpu_tiny_forecaster": cpu_tiny_forecaster,
+                                               "small_h100": small_h100, "atmorep_h100": atmorep_h100}
 """Preset name -> function returning its :class:`RunConfig`."""
 
 

@@ -1,0 +1,252 @@
+"""Roll a trained Forecaster out from a time in a store and write the stitched global fields to a zarr store.
+
+Why this module exists: it is the inference end of ``fastload train --preset cpu_tiny_forecaster``: the same global
+tiling, the same :func:`fastload.extract` path and normalisation as training, :meth:`model.Forecaster.rollout`
+in latent space, the overlapping tiles blended by :class:`model.TileBlender` with the taper weights of
+:func:`fastload.sampling.geometry.stitch` (so a field the tiles agree on comes back exactly), and the result
+written atomically through :class:`fastload.write.StoreWriter` as a store ``xr.open_zarr`` opens: per field its
+ensemble mean (``<field>``) and spread (``<field>_spread``) over ``(time, [level,] latitude, longitude)`` at the
+forecast's valid times, de-normalised to physical units unless ``--normalised``.
+
+    python -m profiling.rollout STORE --checkpoint runs/fc/last.pt --steps 8 --out forecast.zarr
+    python -m profiling.rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
+
+The checkpoint is one ``fastload train`` wrote for a Forecaster: it holds the model, the run config (tiling overlap,
+neighbours, lead) and the sampling config as trained (fields, levels, tokens, normalisation coefficients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastload.errors import ConfigError
+
+__all__ = ["load_forecaster", "forecast", "main"]
+
+
+def load_forecaster(path: str | Path, device: torch.device | str = "cpu") -> tuple[Any, Any, Any]:
+    """``(forecaster, run config, sampling config)`` of a Forecaster checkpoint written by ``fastload train``."""
+    from fastload.config import SamplingConfig
+    from model import Forecaster, ForecasterConfig, Multiformer, MultiformerConfig, load_checkpoint
+
+    from .presets import RunConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--checkpoint: no file {str(p)!r}")
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    extra = payload.get("extra", {}) if isinstance(payload, dict) else {}
+    if not isinstance(payload, dict) or "multiformer_config" not in payload or "run" not in extra \
+            or "sampling" not in extra:
+        raise ConfigError(f"--checkpoint {str(p)!r}: not a Forecaster checkpoint of fastload train (kind "
+                          f"{payload.get('kind') if isinstance(payload, dict) else None!r}; train one with "
+                          "fastload train --preset cpu_tiny_forecaster)")
+    try:
+        net = Forecaster(ForecasterConfig.from_dict(payload["config"]),
+                         Multiformer(MultiformerConfig.from_dict(payload["multiformer_config"])))
+        load_checkpoint(p, net, restore_rng=False)
+    except ValueError as e:
+        raise ConfigError(f"--checkpoint {str(p)!r}: {e}") from None
+    run = RunConfig.from_dict(extra["run"])
+    return net.to(device).eval(), run, SamplingConfig.from_dict(extra["sampling"])
+
+
+def _time_index(store: Any, t0: int | None, when: str | None) -> int:
+    if when is not None:
+        hit = np.flatnonzero(store.time == np.datetime64(when, "ns"))
+        if hit.size == 0:
+            raise ConfigError(f"--time {when}: not a time of {store.path} ({store.time[0]} .. {store.time[-1]})")
+        return int(hit[0])
+    return 0 if t0 is None else int(t0)
+
+
+def _valid_times(store: Any, idx: np.ndarray) -> np.ndarray:
+    """Times at store indices ``idx``, extrapolated past the record's end with its (uniform) step."""
+    times = store.time.astype("datetime64[ns]")
+    n = times.shape[0]
+    if (idx < n).all():
+        return times[idx]
+    steps = np.diff(times)
+    if n < 2 or not (steps == steps[0]).all():
+        raise ConfigError(f"the forecast runs past the end of {store.path}, whose time axis is not evenly spaced: "
+                          "its valid times cannot be extrapolated")
+    return np.where(idx < n, times[np.minimum(idx, n - 1)], times[-1] + (idx - n + 1) * steps[0])
+
+
+def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int, t0: int | None = None,
+             when: str | None = None, every: int = 1, normalised: bool = False, norm: str | None = None,
+             device: str = "cpu", overwrite: bool = False, log: Any = print) -> Path:
+    """Roll out ``steps`` steps from store time ``t0`` (index) or ``when`` (ISO) and write every ``every``-th step.
+
+    Returns the path of the written store. See the module notes for its layout.
+    """
+    import fastload
+    from fastload.norm import Normalizer, months_of
+    from fastload.reader import IOStats
+    from fastload.rollout_data import RolloutBatch, extract_windows
+    from fastload.sampling.tiles import global_tiles
+    from fastload.write import LEVEL_TYPES, StoreWriter
+    from model import TileBlender
+
+    from .forecast import geometry
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps: expected an integer >= 1, got {steps!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"--every: expected an integer >= 1, got {every!r}")
+    dev = torch.device(device)
+    net, run, sampling = load_forecaster(checkpoint, dev)
+    if norm is not None:
+        sampling = dataclasses.replace(sampling, norm_path=norm)
+    store = fastload.open_store(store) if isinstance(store, (str, Path)) else store
+    if store.grid.kind != "latlon":
+        raise ConfigError(f"{store.path}: a {store.grid.kind!r} grid; the rollout writer writes latlon grids "
+                          "(1-D latitude/longitude coordinates) only")
+    fcfg, fc = net.config, run.forecast
+    tiles = global_tiles(store, sampling, overlap=fc.overlap, neighbors=fc.neighbors,
+                         time_tokens=fcfg.readout_time_tokens)
+    if tuple(tiles.ramp) != tuple(fcfg.overlap):
+        raise ConfigError(f"the tiling of {store.path} tapers over {list(tiles.ramp)} points; the forecaster was "
+                          f"trained with overlap {list(fcfg.overlap)}")
+    lead = int(fc.lead if fc.lead is not None else sampling.time_span)
+    start = _time_index(store, t0, when)
+    w = fcfg.input_window
+    span = (w - 1) * lead + sampling.time_span
+    if not 0 <= start <= len(store.time) - span:
+        raise ConfigError(f"--t0/--time: the {w} input window(s) from index {start} need {span} time steps; "
+                          f"{store.path} has {len(store.time)} (valid initial indices 0..{len(store.time) - span})")
+    normalizer = Normalizer(sampling.norm_path) if any(f.normalization != "none" for f in sampling.fields) \
+        and sampling.norm_path is not None else None
+    fields, meta, boxes = extract_windows(store, sampling, tiles, [start], input_window=w, lead=lead,
+                                          norm=normalizer, jit=None)
+    t_last = start + (w - 1) * lead
+    lead_h = float((_valid_times(store, np.array([t_last + lead]))[0] - store.time[t_last]) / np.timedelta64(1, "h"))
+    batch = RolloutBatch(fields=fields, meta=meta, targets=[], boxes=torch.from_numpy(boxes),
+                         t0=torch.tensor([start]), lead_hours=torch.tensor([lead_h]), index=0, epoch=0,
+                         stats=IOStats(), levelled=tuple(f.name for f in sampling.fields if f.levels is not None))
+    windows, _ = batch.model_inputs(dev)
+    geo = geometry(tiles, dev)
+    blenders = {f: TileBlender(torch.from_numpy(t.index), torch.from_numpy(t.weights), t.num_points).to(dev)
+                for f, t in tiles.fields.items()}
+    decode = sorted({*range(every, steps + 1, every), steps})
+    ts = sampling.time_step
+    tp = {f.name: fcfg.readout_time_tokens * f.token_size[0] for f in sampling.fields}
+    if len(set(tp.values())) != 1:
+        raise ConfigError(f"fields decode different numbers of time points per step ({tp}); write them separately")
+    n_tp = next(iter(tp.values()))
+    idx = np.array([t_last + k * lead + j * ts for k in decode for j in range(n_tp)], dtype=np.int64)
+    if np.any(np.diff(idx) <= 0):
+        raise ConfigError(f"decoded steps overlap in time: lead {lead} < {n_tp} time points x time_step {ts}; "
+                          "decode every step at most once per lead (--every)")
+    valid = _valid_times(store, idx)
+    levelled = [f for f in sampling.fields if f.levels is not None]
+    levels = sorted({float(v) for f in levelled for v in f.levels})
+    level_type = next((store.fields[f.name].level_type for f in levelled), None)
+    ny, nx = store.grid.ny, store.grid.nx
+    attrs = {"fastload_rollout": 1, "source_store": str(store.path), "checkpoint": str(checkpoint),
+             "initial_time": str(store.time[start]), "lead_steps": lead, "lead_hours": lead_h, "steps": steps,
+             "decoded_steps": decode, "values": "normalised" if normalised else "physical",
+             "ensemble_size": fcfg.ensemble_size}
+    with StoreWriter(out, overwrite=overwrite, attrs=attrs) as wr:
+        wr.set_time(valid)
+        wr.set_grid(store.grid.lat, store.grid.lon)
+        if levels:
+            wr.set_levels(levels, level_type=level_type if level_type in LEVEL_TYPES else "model")
+        for f in sampling.fields:
+            dims = ("time", "level", "latitude", "longitude") if f.levels is not None else ("time", "latitude",
+                                                                                          "longitude")
+            chunks = (1, 1, ny, nx) if f.levels is not None else (1, ny, nx)
+            src = store.fields[f.name]
+            for name in (f.name, f"{f.name}_spread"):
+                wr.add_variable(name, dims, chunks=chunks, units=src.units, attrs={
+                    "long_name": f"{f.name} forecast ensemble {'spread' if name.endswith('_spread') else 'mean'}"})
+        with torch.no_grad():
+            state = net.initial_state([net.encode(win, fc.tiles_per_chunk) for win in windows])
+            prev, row = 0, 0
+            for k in decode:  # one rollout call per written step: only one step's global fields in memory
+                n = k - prev
+                res = net.rollout(state, n, lead_time=lead_h, geometry=geo, decode_at=[n],
+                                  stitch=lambda f, x: blenders[f](x))  # (1, E, L * Tp * NY * NX) per field
+                state, prev = res.state, k
+                months = months_of(valid[row:row + n_tp])
+                for f in sampling.fields:
+                    members = res.outputs[n][f.name][0].float().cpu().numpy()
+                    members = members.reshape(members.shape[0], f.num_levels, n_tp, ny, nx)  # (E, L, Tp, NY, NX)
+                    if not normalised and f.normalization != "none":
+                        members = _denormalise(members, normalizer, f, months)
+                    _write(wr, f, members, levels, row)
+                row += n_tp
+                log(f"rollout: step {k}/{steps} written ({valid[row - 1]})")
+    log(f"rollout: {out} ({len(decode)} step(s) x {n_tp} time point(s), {'normalised' if normalised else 'physical'}"
+        " values; xr.open_zarr opens it)")
+    return Path(out)
+
+
+def _denormalise(x: np.ndarray, normalizer: Any, f: Any, months: np.ndarray) -> np.ndarray:
+    """``x * std + mean`` per level and time point (then the inverse transform), float32 as the gather works."""
+    if normalizer is None:
+        raise ConfigError(f"fields.{f.name} normalises but the run's sampling config names no coefficients; pass "
+                          "--norm NORM or --normalised")
+    uniq = sorted({int(m) for m in months})
+    mean, std = normalizer.coefficients(f.name, f.normalization, f.levels, uniq)  # (M, L, NYm, NXm)
+    pos = np.searchsorted(uniq, months)
+    m = np.moveaxis(mean[pos], 0, 1)[None]  # (1, L, Tp, NYm, NXm)
+    s = np.moveaxis(std[pos], 0, 1)[None]
+    y = (x.astype(np.float32) * s + m).astype(np.float32)
+    if f.transform == "log1p":
+        y = np.expm1(y)
+    return y
+
+
+def _write(wr: Any, f: Any, members: np.ndarray, levels: Sequence[float], row: int) -> None:
+    """Write the ensemble mean and spread of one decoded step (``(E, L, Tp, NY, NX)``) at time row ``row``."""
+    mean = members.mean(axis=0) if members.shape[0] > 1 else members[0]
+    spread = members.std(axis=0) if members.shape[0] > 1 else np.zeros_like(mean)
+    for name, v in ((f.name, mean), (f"{f.name}_spread", spread)):
+        v = np.moveaxis(v, 1, 0)  # (Tp, L, NY, NX)
+        if f.levels is None:
+            wr.write(name, np.ascontiguousarray(v[:, 0]), row)
+            continue
+        full = np.full((v.shape[0], len(levels), *v.shape[2:]), np.nan, np.float32)
+        full[:, [levels.index(float(x)) for x in f.levels]] = v
+        wr.write(name, full, row)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m profiling.rollout STORE --checkpoint CKPT --steps N --out OUT.zarr``."""
+    p = argparse.ArgumentParser(prog="python -m profiling.rollout", description=__doc__.split("\n\n")[0])
+    p.add_argument("store", help="the store to start from (the training store or one like it)")
+    p.add_argument("--checkpoint", required=True, help="a Forecaster checkpoint of fastload train (last.pt)")
+    p.add_argument("--steps", type=int, required=True, help="rollout steps")
+    p.add_argument("--out", required=True, help="the zarr store to write (atomically)")
+    p.add_argument("--t0", type=int, help="store time index of the first input window (default 0)")
+    p.add_argument("--time", help="ISO time of the first input window (instead of --t0)")
+    p.add_argument("--every", type=int, default=1, help="write every K-th step (and the last)")
+    p.add_argument("--normalised", action="store_true", help="write the model's normalised values")
+    p.add_argument("--norm", help="normalisation coefficients (default: the run's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    a = p.parse_args(argv)
+    if a.t0 is not None and a.time is not None:
+        raise ConfigError("--t0 and --time: give one")
+    forecast(a.store, a.checkpoint, a.out, steps=a.steps, t0=a.t0, when=a.time, every=a.every,
+             normalised=a.normalised, norm=a.norm, device=a.device, overwrite=a.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    from fastload.errors import FastloadError
+
+    try:
+        sys.exit(main())
+    except FastloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
