@@ -41,7 +41,7 @@ from .pump import Pump
 from .reader import IOStats
 from .sampling.tiles import GlobalTiles, global_tiles
 
-__all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader"]
+__all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader", "extract_windows"]
 
 _STATE_VERSION = 1
 
@@ -209,6 +209,56 @@ class _CountingStore:
         return dec
 
 
+def _pinned(x: torch.Tensor, pin: bool) -> torch.Tensor:
+    return x.pin_memory() if pin else x
+
+
+def extract_windows(store: Any, config: SamplingConfig, tiles: GlobalTiles, t0: Any, *, input_window: int = 1,
+                    lead: int = 1, norm: Any = None, jit: bool | None = None,
+                    pin: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]], np.ndarray]:
+    """The input windows of rollouts from initial times ``t0`` through :func:`fastload.extract`.
+
+    Parameters
+    ----------
+    store, config, norm, jit
+        As for :func:`fastload.extract`.
+    tiles : GlobalTiles
+        The tiling (:func:`fastload.sampling.tiles.global_tiles`).
+    t0 : array_like of int, shape (B,)
+        Store index of each sample's first input time.
+    input_window, lead : int
+        ``W`` windows starting at ``t0 + j * lead``.
+    pin : bool
+        Pin the host tensors (for asynchronous copies to a GPU).
+
+    Returns
+    -------
+    fields, meta, boxes
+        As :attr:`RolloutBatch.fields`, :attr:`RolloutBatch.meta` and ``(B, W, T, 3)`` boxes.
+    """
+    t0 = np.asarray(t0, dtype=np.int64).reshape(-1)
+    b, w, n_tiles = int(t0.shape[0]), int(input_window), tiles.num_tiles
+    boxes = tiles.boxes(t0[:, None] + np.arange(w) * int(lead))  # (B, W, T, 3)
+    ex = extract(store, config, boxes.reshape(-1, 3), norm=norm, jit=jit, as_torch=True)
+
+    def tmeta(a: np.ndarray) -> torch.Tensor:
+        return _pinned(torch.from_numpy(np.ascontiguousarray(a, np.float32)), pin)
+
+    fields, meta = {}, {}
+    for f in config.fields:
+        fields[f.name] = _pinned(ex[f.name].data.reshape(b, w, n_tiles, *f.sample_shape), pin)
+        m = ex[f.name].meta
+        nt, nlat, nlon = f.num_tokens
+        meta[f.name] = {
+            "hour": tmeta(m.hour.reshape(b, w, n_tiles, nt)),
+            "day_of_year": tmeta(m.day_of_year.reshape(b, w, n_tiles, nt)),
+            "lat": tmeta(m.lat.reshape(b, w, n_tiles, nlat, nlon)[:, 0]),
+            "lon": tmeta(m.lon.reshape(b, w, n_tiles, nlat, nlon)[:, 0]),
+            "level": tmeta(m.level),
+        }
+    return fields, meta, boxes
+
+
 def _target_configs(config: SamplingConfig, nt_out: int) -> list[SamplingConfig]:
     """The sampling config cut to ``nt_out`` time tokens, one config per group of fields with equal boxes."""
     groups: dict[int, list[Any]] = {}
@@ -253,6 +303,8 @@ class RolloutLoader:
         self.config = _resolve_config(config)
         self.rollout = rollout or RolloutConfig()
         self.loader_config = loader or LoaderConfig()
+        if self.config.streams:
+            raise ConfigError("the rollout loader reads one store: pass a sampling config without streams")
         self.store.check(self.config)
         r, cfg = self.rollout, self.loader_config
         if self.store.time is None:
@@ -335,47 +387,24 @@ class RolloutLoader:
         b, n_tiles = int(t0.shape[0]), self.tiles.num_tiles
         start = time.perf_counter()
         counting = _CountingStore(self.store)
-        tw = t0[:, None] + np.arange(r.input_window) * self.lead  # (B, W)
-        in_boxes = self.tiles.boxes(tw)  # (B, W, T, 3)
-        kw = {"norm": self.normalizer, "jit": self.jit, "as_torch": True}
-        ex = extract(counting, self.config, in_boxes.reshape(-1, 3), **kw)
-        tk = tw[:, -1:] + np.arange(1, r.steps + 1) * self.lead  # (B, S)
-        out_boxes = self.tiles.boxes(tk).reshape(-1, 3)
-        tex = {}
+        fields, meta, in_boxes = extract_windows(counting, self.config, self.tiles, t0, input_window=r.input_window,
+                                                 lead=self.lead, norm=self.normalizer, jit=self.jit, pin=self._pin)
+        t_last = t0 + (r.input_window - 1) * self.lead
+        out_boxes = self.tiles.boxes(t_last[:, None] + np.arange(1, r.steps + 1) * self.lead).reshape(-1, 3)
+        targets: list[dict[str, Any]] = [{} for _ in range(r.steps)]
         for c in self._target_configs:
-            tex.update(extract(counting, c, out_boxes, **kw))
+            for name, ex in extract(counting, c, out_boxes, norm=self.normalizer, jit=self.jit, as_torch=True).items():
+                data = _pinned(ex.data.reshape(b, r.steps, n_tiles, *ex.data.shape[1:]), self._pin)
+                for k in range(r.steps):
+                    targets[k][name] = data[:, k]  # (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)
         stats = counting.stats
         stats.gather_s = max(0.0, time.perf_counter() - start - stats.fetch_s - stats.decode_s)
         stats.batches, stats.samples = 1, b
-        stats.bytes_useful = in_boxes.shape[0] * in_boxes.shape[1] * n_tiles * self._useful[self.config.box] + sum(
-            b * r.steps * n_tiles * self._useful[c.box] for c in self._target_configs)
-
-        def pin(x: torch.Tensor) -> torch.Tensor:
-            return x.pin_memory() if self._pin else x
-
-        def tmeta(a: np.ndarray) -> torch.Tensor:
-            return pin(torch.from_numpy(np.ascontiguousarray(a, np.float32)))
-
-        fields, meta, targets = {}, {}, [{} for _ in range(r.steps)]
-        for f in self.config.fields:
-            fields[f.name] = pin(ex[f.name].data.reshape(b, r.input_window, n_tiles, *f.sample_shape))
-            m = ex[f.name].meta
-            nt, nlat, nlon = f.num_tokens
-            meta[f.name] = {
-                "hour": tmeta(m.hour.reshape(b, r.input_window, n_tiles, nt)),
-                "day_of_year": tmeta(m.day_of_year.reshape(b, r.input_window, n_tiles, nt)),
-                "lat": tmeta(m.lat.reshape(b, r.input_window, n_tiles, nlat, nlon)[:, 0]),
-                "lon": tmeta(m.lon.reshape(b, r.input_window, n_tiles, nlat, nlon)[:, 0]),
-                "level": tmeta(m.level),
-            }
-            tdata = tex[f.name].data
-            tdata = pin(tdata.reshape(b, r.steps, n_tiles, *tdata.shape[1:]))
-            for k in range(r.steps):
-                targets[k][f.name] = tdata[:, k]
-        hours = (self.times[t0 + r.input_window * self.lead] - self.times[t0 + (r.input_window - 1) * self.lead])
+        stats.bytes_useful = b * n_tiles * (r.input_window * self._useful[self.config.box] + r.steps * sum(
+            self._useful[c.box] for c in self._target_configs))
+        hours = (self.times[t_last + self.lead] - self.times[t_last]) / np.timedelta64(1, "h")
         return RolloutBatch(fields=fields, meta=meta, targets=targets, boxes=torch.from_numpy(in_boxes),
-                            t0=torch.from_numpy(t0.copy()),
-                            lead_hours=torch.from_numpy((hours / np.timedelta64(1, "h")).astype(np.float32)),
+                            t0=torch.from_numpy(t0.copy()), lead_hours=torch.from_numpy(hours.astype(np.float32)),
                             index=int(index), epoch=int(epoch), stats=stats, levelled=self._levelled)
 
     # -- iteration and resume -----------------------------------------------------------------------------------

@@ -208,8 +208,10 @@ def _denormalise(x: np.ndarray, normalizer: Any, f: Any, months: np.ndarray) -> 
 
 def _write(wr: Any, f: Any, members: np.ndarray, levels: Sequence[float], row: int) -> None:
     """Write the ensemble mean and spread of one decoded step (``(E, L, Tp, NY, NX)``) at time row ``row``."""
-    mean = members.mean(axis=0) if members.shape[0] > 1 else members[0]
-    spread = members.std(axis=0) if members.shape[0] > 1 else np.zeros_like(mean)
+    first = members[0]
+    dev = members - first  # about the first member: members that agree give exactly their value and zero spread
+    mean = first + dev.mean(axis=0)
+    spread = dev.std(axis=0)
     for name, v in ((f.name, mean), (f"{f.name}_spread", spread)):
         v = np.moveaxis(v, 1, 0)  # (Tp, L, NY, NX)
         if f.levels is None:

@@ -16,30 +16,18 @@ from fastload.cli import main as cli
 from fastload.errors import ConfigError
 from profiling.forecast import count_rollout_flops, dummy_rollout_inputs
 from profiling.loop import run
-from profiling.presets import ForecastConfig, OptimConfig, get_preset
+from profiling.presets import OptimConfig, get_preset
 from profiling.timers import PHASES
+from tests.profiling.forecastdata import SMALL, fc_config
 from tests.profiling.loopdata import run_config, run_toml, tiny_store
 
 QUIET = {"log": lambda msg: None}
-SMALL = ForecastConfig(latent_dim=16, latent_queries=2, num_heads=2, tail_layers=1, ensemble_size=2, rollout_steps=2,
-                       overlap=(1, 1), neighbors=3)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def fc_config(tmp_path_factory, forecast=SMALL, **overrides):
-    """The loop tests' tiny store and Multiformer sizes, training a small Forecaster (100 tiles, 4 samples/epoch)."""
-    base = run_config(tmp_path_factory)
-    kw = dict(model=dataclasses.replace(base.model, kind="forecaster"), forecast=forecast,
-              loader=dataclasses.replace(base.loader, samples_per_epoch=4))
-    kw.update(overrides)
-    return run_config(tmp_path_factory, **kw)
 
 
 def _state(path):

@@ -1,0 +1,125 @@
+"""``python -m profiling.rollout``: a trained Forecaster rolled out from a store time, stitched global fields written
+atomically to a zarr store that xarray opens; a constant read-out stitches back exactly (normalised and physical)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import fastload
+from fastload.errors import ConfigError, StoreError
+from fastload.norm import Normalizer, months_of
+from profiling.loop import run
+from profiling.rollout import main
+from tests.profiling.forecastdata import fc_config
+from tests.profiling.loopdata import run_config, tiny_store
+
+QUIET = {"log": lambda msg: None}
+LEAD, TP = 6, 3  # the loop data's window spans 6 hours; one decoded time token is 3 hours
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(store, norm, checkpoint) of a Forecaster trained for two steps on the loop tests' tiny store."""
+    store, norm = tiny_store(tmp_path_factory)
+    ck = tmp_path_factory.mktemp("rollout-ck")
+    before = torch.get_num_threads()
+    run(fc_config(tmp_path_factory, steps=2, warmup=0, checkpoint_dir=str(ck)), mode="train", out=ck / "report",
+        **QUIET)
+    torch.set_num_threads(before)
+    return store, norm, ck / "last.pt"
+
+
+def _constant_checkpoint(path, out, c):
+    """The checkpoint with every read-out tail's output layer zeroed and its bias set to ``c``."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    for k, v in payload["state"].items():
+        if k.startswith("readout.tail.") and k.endswith(".out.weight"):
+            v.zero_()
+        elif k.startswith("readout.tail.") and k.endswith(".out.bias"):
+            v.fill_(c)
+    torch.save(payload, out)
+    return out
+
+
+def test_rollout_writes_a_store_xarray_opens(trained, tmp_path):
+    store_path, _, ck = trained
+    out = tmp_path / "f.zarr"
+    assert main([store_path, "--checkpoint", str(ck), "--steps", "3", "--t0", "2", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    store = fastload.open_store(store_path)
+    ds = xr.open_zarr(out)
+    assert set(ds.data_vars) == {"temperature", "temperature_spread", "t2m", "t2m_spread"}
+    assert ds["temperature"].dims == ("time", "level", "latitude", "longitude")
+    assert ds["t2m"].dims == ("time", "latitude", "longitude")
+    idx = [2 + k * LEAD + j for k in (1, 2, 3) for j in range(TP)]  # valid times: after the window at t0 = 2
+    np.testing.assert_array_equal(ds["time"].values, store.time[idx])
+    np.testing.assert_array_equal(ds["latitude"].values, store.grid.lat)
+    np.testing.assert_array_equal(ds["longitude"].values, store.grid.lon)
+    assert ds["level"].values.tolist() == [96.0, 137.0]
+    t = ds["temperature"].values
+    assert t.shape == (9, 2, store.grid.ny, store.grid.nx) and np.isfinite(t).all()
+    assert 150 < float(np.nanmean(t)) < 350  # physical units (K), not normalised values
+    assert (ds["t2m_spread"].values >= 0).all() and ds.attrs["values"] == "physical"
+    assert ds.attrs["decoded_steps"] == [1, 2, 3]
+    # past the end of the record: valid times continue the store's hourly step; --every keeps every 2nd step
+    far = tmp_path / "far.zarr"
+    assert main([store_path, "--checkpoint", str(ck), "--steps", "5", "--every", "2", "--t0", "2", "--out",
+                 str(far), "--device", "cpu", "--normalised"]) == 0
+    ds = xr.open_zarr(far)
+    hours = [k * LEAD + j for k in (2, 4, 5) for j in range(TP)]
+    want = store.time[2] + np.array(hours) * np.timedelta64(1, "h")
+    np.testing.assert_array_equal(ds["time"].values, want)
+    assert ds.attrs["decoded_steps"] == [2, 4, 5] and ds.attrs["values"] == "normalised"
+    with pytest.raises(StoreError, match="exists"):  # never overwritten by accident
+        main([store_path, "--checkpoint", str(ck), "--steps", "1", "--out", str(far), "--device", "cpu"])
+    assert xr.open_zarr(far)["time"].size == 9
+
+
+def test_a_constant_readout_stitches_exactly(trained, tmp_path):
+    store_path, norm, ck = trained
+    c = 0.1234567
+    const = _constant_checkpoint(ck, tmp_path / "const.pt", c)
+    out = tmp_path / "n.zarr"
+    assert main([store_path, "--checkpoint", str(const), "--steps", "2", "--out", str(out), "--normalised",
+                 "--device", "cpu"]) == 0
+    ds = xr.open_zarr(out)
+    for name in ("temperature", "t2m"):
+        assert (ds[name].values == np.float32(c)).all(), name  # every point of the blended globe, bit for bit
+        assert (ds[f"{name}_spread"].values == 0).all()
+    phys = tmp_path / "p.zarr"
+    assert main([store_path, "--checkpoint", str(const), "--steps", "2", "--out", str(phys), "--device", "cpu"]) == 0
+    ds = xr.open_zarr(phys)
+    months = months_of(ds["time"].values)
+    coef = Normalizer(norm)
+    for name, levels in (("temperature", (96.0, 137.0)), ("t2m", None)):
+        mean, std = coef.coefficients(name, "local", levels, [int(m) for m in months])  # (Tt, L, NY, NX)
+        want = np.float32(c) * std + mean  # float32, as the gather's normalisation runs backwards
+        got = ds[name].values
+        got = got[:, None] if levels is None else got
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_errors_name_the_problem(trained, tmp_path_factory, tmp_path):
+    store_path, _, ck = trained
+    with pytest.raises(ConfigError, match=r"valid initial indices 0\.\.18"):
+        main([store_path, "--checkpoint", str(ck), "--steps", "1", "--t0", "19", "--out", str(tmp_path / "a.zarr")])
+    with pytest.raises(ConfigError, match="not a time"):
+        main([store_path, "--checkpoint", str(ck), "--steps", "1", "--time", "1999-01-01", "--out",
+              str(tmp_path / "b.zarr")])
+    mf = tmp_path_factory.mktemp("mf")
+    run(dataclasses.replace(run_config(tmp_path_factory, steps=1, warmup=0), checkpoint_dir=str(mf)), mode="train",
+        out=mf / "r", **QUIET)
+    with pytest.raises(ConfigError, match="not a Forecaster checkpoint"):
+        main([store_path, "--checkpoint", str(mf / "last.pt"), "--steps", "1", "--out", str(tmp_path / "c.zarr")])
+    proc = subprocess.run([sys.executable, "-m", "profiling.rollout", store_path, "--checkpoint",
+                           str(tmp_path / "missing.pt"), "--steps", "1", "--out", str(tmp_path / "d.zarr")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no file" in proc.stderr
+    assert not list(tmp_path.glob("*.zarr*"))  # nothing half written
