@@ -281,24 +281,14 @@ class Loader:
         if not normed:
             return None
         from .extract import _normalizer
-        from .norm import MONTH_NAMES, months_of
 
         norm = _normalizer(normalizer, self.config)
         if norm is None:
             raise ConfigError(f"fields {[f.name for f in normed]} normalise but no coefficients were given: set "
                               f"norm_path in the sampling config or pass normalizer=")
-        norm.check(self.store, self.config)
+        norm.check(self.store, self.config)  # levels, grid, and coefficients for every month of the record
         if self.store.time is None:
             raise ConfigError("monthly normalisation needs a time axis, but the store has none")
-        present = getattr(norm, "months_present", None)
-        if present is not None:  # every month random placement may draw must have coefficients: fail now, not later
-            record = set(np.unique(months_of(self.store.time)).tolist())
-            for f in normed:
-                missing = sorted(record - set(present(f.name)))
-                if missing:
-                    raise ConfigError(f"field {f.name!r}: the normalisation store has no coefficients for month(s) "
-                                      f"{[MONTH_NAMES[m] for m in missing]} of the store's record; recompute them "
-                                      "with fastload stats over the whole record")
         return norm
 
     def _epoch_coefficients(self, boxes: np.ndarray) -> None:

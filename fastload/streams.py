@@ -520,20 +520,9 @@ class MultiStream:
         return out
 
     def check_coefficients(self) -> None:
-        """Check, without loading any, that every normalised field has coefficients for every month of its stream's
-        record (``ConfigError`` naming the stream, field and months)."""
-        from .norm import MONTH_NAMES, months_of
-
-        for st, normed, norm in self._normalized():
-            present = getattr(norm, "months_present", None)
-            if present is None:
-                continue
-            record = set(np.unique(months_of(st.store.time)).tolist())
-            for f in normed:
-                missing = sorted(record - set(present(f.name)))
-                if missing:
-                    raise ConfigError(f"stream {st.name!r}: field {f.name!r} has no normalisation coefficients for "
-                                      f"month(s) {[MONTH_NAMES[m] for m in missing]} of the stream's record")
+        """Open and check every stream's normaliser (levels, grid, every month of the stream's record) without
+        loading coefficients (``ConfigError`` naming the stream or field)."""
+        self._normalized()
 
     def months_used(self, boxes: Any) -> dict[str, np.ndarray]:
         """Stream -> the sorted calendar months (0-11) the time points of ``boxes`` map to on its axis (time only:

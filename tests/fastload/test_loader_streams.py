@@ -1,0 +1,305 @@
+"""fastload.Loader over several streams at once (issue 8): an hourly model-level atmosphere, a daily curvilinear
+ocean with land and a 6-hourly unstructured mesh through ONE loader (one plan, one cache budget, one prefetch
+ring); every batch checked against plain NumPy on the written arrays (the mapping recomputed by brute force, as in
+``test_streams``), coordinates inside the sample's box and window, padding masks, per-stream I/O counters, exact
+resume, bad input; a mesh store on its own through the loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fastload.config import FieldConfig, SamplingConfig
+from fastload.errors import ConfigError
+from fastload.loader import Loader
+from fastload.reader import IOStats
+from fastload.sampling.geometry import box_to_tokens
+from fastload.store import open_store
+from fastload.streams import extract_streams
+
+from .stores_multi import make_atmosphere, make_mesh, make_ocean
+from .test_mesh import brute_bin
+from .test_streams import BOXES, H6, config, crop, nearest, ocean_box, previous, region_of
+
+STREAMS = ("era5", "ocean", "fesom")
+STREAM_OF = {"t": "era5", "sp": "era5", "thetao": "ocean", "zos": "ocean", "temp": "fesom", "ssh": "fesom"}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multi_loader")
+    paths = {"era5": d / "a.zarr", "ocean": d / "o.zarr", "fesom": d / "m.zarr"}
+    truth = {"era5": make_atmosphere(paths["era5"]), "ocean": make_ocean(paths["ocean"]),
+             "fesom": make_mesh(paths["fesom"])}
+    return paths, truth
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    gc.collect()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
+
+
+def reference(paths, truth, cfg: SamplingConfig, boxes: np.ndarray) -> tuple[dict, dict]:
+    """Plain NumPy tokens of every field at ``boxes`` (time_step 2, box 6 x 6 x 8) and the mesh fields' slot masks."""
+    mesh = open_store(paths["fesom"]).grid
+    atmo_t, ocean_t, mesh_t = truth["era5"]["time"], truth["ocean"]["time"], truth["fesom"]["time"]
+    out = {f.name: np.empty((len(boxes), *f.sample_shape), np.float32) for f in cfg.fields}
+    valid = {}
+    for s, (t0, y0, x0) in enumerate(np.asarray(boxes).tolist()):
+        t = t0 + 2 * np.arange(6)
+        taus = atmo_t[t]
+        reg = region_of(truth, y0, x0)
+        oy, ox = ocean_box(truth, reg)
+        to = [previous(ocean_t, tau) for tau in taus]
+        tm = [nearest(mesh_t, tau) for tau in taus]
+        for f in cfg.fields:
+            lev = {"t": [0, 3], "thetao": [0, 2], "temp": [0]}.get(f.name)
+            if f.stream == "era5":
+                out[f.name][s] = box_to_tokens(crop(truth["era5"][f.name], t, lev, y0, x0, 6, 8), f.token_size)
+            elif f.stream == "ocean":
+                out[f.name][s] = box_to_tokens(crop(truth["ocean"][f.name], to, lev, oy, ox, 6, 8), f.token_size)
+            else:
+                nt, nlat, nlon = f.num_tokens
+                tt, tlat, tlon = f.token_size
+                nodes, _ = brute_bin(mesh.lat, mesh.lon, reg, nlat, nlon, tlat * tlon)
+                v = truth["fesom"][f.name][tm]
+                v = v[:, lev] if lev else v[:, None]
+                want = np.where(nodes >= 0, v[:, :, np.maximum(nodes, 0)], 0)  # (T, L, nlat, nlon, K)
+                out[f.name][s] = want.reshape(nt, tt, -1, nlat, nlon, tlat, tlon).transpose(2, 0, 3, 4, 1, 5, 6)
+                valid.setdefault(f.name, []).append(nodes >= 0)
+    return out, {k: np.stack(v) for k, v in valid.items()}
+
+
+def test_one_loader_serves_three_streams_equal_to_numpy(stores):
+    paths, truth = stores
+    cfg = config(paths)
+    # streams given as a partial mapping (an open Store for one, the config's paths for the others)
+    with Loader({"ocean": open_store(paths["ocean"])}, cfg, batch_size=3, samples_per_epoch=9, workers=2,
+                cache_bytes=1 << 16, device="cpu", seed=7) as loader:
+        assert loader.multi is not None and len(loader) == 3
+        boxes = loader.epoch_boxes(0)
+        assert np.isin(boxes[:, 0], loader.multi.valid_t0).all()
+        seen = []
+        for batch in loader:
+            b = batch.boxes.numpy()
+            seen.append(b)
+            want, valid = reference(paths, truth, cfg, b)
+            for name, x in batch.fields.items():
+                assert x.shape == (3, *cfg.field(name).sample_shape) and x.dtype == torch.float32
+                assert np.array_equal(x.numpy(), want[name], equal_nan=True), (batch.index, name)
+            for name in ("temp", "ssh"):  # padding masks: the slots the brute-force binning filled
+                m = batch.meta[name]
+                assert m["valid"].dtype == torch.bool and np.array_equal(m["valid"].numpy(), valid[name])
+                assert np.all(batch.fields[name].numpy()[np.broadcast_to(
+                    ~valid[name].reshape(3, 1, 1, *valid[name].shape[1:3], 1, *cfg.field(name).token_size[1:]),
+                    batch.fields[name].shape)] == 0)  # padding slots hold 0
+            for name in ("thetao", "zos"):  # a box on the ocean grid: every slot holds a point
+                assert batch.meta[name]["valid"].all()
+            assert "valid" not in batch.meta["t"]  # the reference stream is structured
+        assert np.array_equal(np.concatenate(seen), boxes)
+
+
+def test_explicit_boxes_coordinates_lie_in_box_and_window(stores):
+    paths, truth = stores
+    cfg = config(paths)
+    with Loader(None, cfg, boxes=BOXES, batch_size=2, workers=1, device="cpu") as loader:
+        batches = list(loader)
+        ms = loader.multi
+    assert len(batches) == 2
+    pl = ms.place(BOXES)
+    want, valid = reference(paths, truth, cfg, BOXES)
+    assert not valid["temp"][1].all()  # the south-polar box has cells with fewer nodes than slots
+    for k, batch in enumerate(batches):
+        for i in range(2):
+            s = 2 * k + i
+            lf, ll, lo0, width = region_of(truth, *BOXES[s, 1:])
+            lo, hi = min(lf, ll), max(lf, ll)
+            start, end = (np.int64(v) for v in pl.window[s].astype("datetime64[ns]").astype(np.int64))
+            for name, x in batch.fields.items():
+                assert np.array_equal(x[i].numpy(), want[name][s], equal_nan=True), (s, name)
+                m = batch.meta[name]
+                assert torch.all((m["lat"][i] > lo) & (m["lat"][i] < hi)), name
+                assert torch.all((m["lon"][i] - lo0) % 360 < width), name
+                slack = {"era5": 0, "ocean": np.timedelta64(1, "D"), "fesom": H6 // 2}[STREAM_OF[name]]
+                slack = int(np.timedelta64(slack, "ns").astype(np.int64))
+                assert torch.all((m["time"][i] >= start - slack) & (m["time"][i] < end)), name
+            for name in ("temp", "ssh"):
+                m = batch.meta[name]
+                ok = m["valid"][i]
+                assert np.array_equal(ok.numpy(), valid[name][s])
+                assert torch.all((m["point_lat"][i][ok] >= lo) & (m["point_lat"][i][ok] <= hi))
+                assert torch.all((m["point_lon"][i][ok] - lo0) % 360 < width)
+                assert torch.isnan(m["point_lat"][i][~ok]).all()
+
+
+def test_per_stream_counters_add_up(stores):
+    paths, _ = stores
+    cfg = config(paths)
+    with Loader(None, cfg, batch_size=4, samples_per_epoch=16, workers=2, cache_bytes=1 << 17, device="cpu",
+                seed=3) as loader:
+        ms = loader.multi
+        useful = ms.useful_bytes_by_stream
+        before = ms.stream_counters()
+        batches = list(loader)
+        after = ms.stream_counters()
+        totals = loader.stats
+    assert sum(useful.values()) == ms.useful_bytes_per_sample and all(v > 0 for v in useful.values())
+    for batch in batches:
+        s = batch.stats
+        assert set(s.streams) == set(STREAMS)
+        for key in ("chunks", "hits", "misses", "bytes_stored", "bytes_decoded", "bytes_useful", "retries"):
+            assert sum(getattr(x, key) for x in s.streams.values()) == getattr(s, key), key
+        for key in ("fetch_s", "decode_s"):
+            assert np.isclose(sum(getattr(x, key) for x in s.streams.values()), getattr(s, key), rtol=1e-9), key
+        assert 0 < sum(x.gather_s for x in s.streams.values()) <= s.gather_s
+        for name, x in s.streams.items():
+            assert x.chunks == x.hits + x.misses and x.chunks > 0
+            assert x.samples == s.samples == 4 and x.bytes_useful == 4 * useful[name]
+            assert x.bytes_decoded >= x.bytes_stored > 0 or x.misses == 0
+    for name in STREAMS:  # the loader's totals and the streams' own counters agree
+        t = totals.streams[name]
+        assert t.chunks == sum(b.stats.streams[name].chunks for b in batches)
+        assert t.misses == after[name]["decodes"] - before[name]["decodes"]  # every miss decoded once
+        assert t.bytes_decoded == after[name]["bytes_decoded"] - before[name]["bytes_decoded"]
+        assert t.bytes_stored == after[name]["bytes_stored"] - before[name]["bytes_stored"]
+    assert sum(totals.streams[n].hits for n in STREAMS) > 0  # chunks shared across batches were kept decoded
+    merged = IOStats().add(batches[0].stats).add(batches[1].stats)
+    assert merged.streams["ocean"].chunks == batches[0].stats.streams["ocean"].chunks + \
+        batches[1].stats.streams["ocean"].chunks
+    assert batches[0].stats.as_dict()["streams"]["fesom"]["chunks"] == batches[0].stats.streams["fesom"].chunks
+
+
+def test_multi_stream_resume_is_exact(stores):
+    paths, _ = stores
+    cfg = config(paths)
+    kw = dict(batch_size=2, samples_per_epoch=10, samples_per_window=2, workers=2, device="cpu", seed=11)
+    with Loader(None, cfg, **kw) as a:
+        a.set_epoch(1)
+        it = iter(a)
+        head = [next(it) for _ in range(2)]
+        state = a.state_dict()
+        rest = list(it)
+        again = list(a)  # the next epoch draws other places
+    assert state["batch"] == 2 and len(rest) == 3 and again[0].epoch == 2
+    assert not np.array_equal(again[0].boxes.numpy(), head[0].boxes.numpy())
+    with Loader(None, cfg, **kw) as b:
+        b.load_state_dict(state)
+        resumed = list(b)
+    assert [x.index for x in resumed] == [x.index for x in rest] == [2, 3, 4]
+    for x, y in zip(rest, resumed):
+        assert torch.equal(x.boxes, y.boxes)
+        for name in cfg.field_names:
+            assert torch.equal(x.fields[name].view(torch.int32), y.fields[name].view(torch.int32)), name
+            for k, v in x.meta[name].items():
+                assert torch.equal(v, y.meta[name][k]) or (v.is_floating_point() and torch.allclose(
+                    v, y.meta[name][k], equal_nan=True)), (name, k)
+    with pytest.raises(ConfigError, match="saved seed"):
+        with Loader(None, cfg, **{**kw, "seed": 12}) as c:
+            c.load_state_dict(state)
+
+
+def test_normalised_streams_load_only_the_epochs_months(stores):
+    paths, truth = stores
+
+    class MonthNorm:
+        """Coefficients that differ by calendar month, level and grid point; records the months asked for."""
+
+        def __init__(self, shape):
+            self.shape, self.asked = shape, []
+
+        def check(self, store, config):
+            pass
+
+        def months_present(self, field):
+            return tuple(range(12))
+
+        def coefficients(self, field, mode, levels, months):
+            self.asked.append((field, tuple(months)))
+            L = 1 if levels is None else len(levels)
+            sp = (1, 1) if mode == "global" else self.shape
+            m = np.asarray(months, np.float64)[:, None, None, None]
+            grid = np.arange(int(np.prod(sp))).reshape(1, 1, *sp) * 1e-3
+            mean = 200.0 + 10.0 * m + np.arange(L)[None, :, None, None] + grid
+            return mean.astype(np.float32), np.broadcast_to(3.0 + 0.5 * grid, mean.shape).astype(np.float32)
+
+    flds = tuple(dataclasses.replace(f, normalization={"t": "global", "thetao": "local", "temp": "global"}
+                                     .get(f.name, "none")) for f in config(paths).fields)
+    cfg = config(paths, flds=flds)
+    norms = {"era5": MonthNorm((19, 36)), "ocean": MonthNorm((17, 36)), "fesom": MonthNorm((1, 1))}
+    with Loader(None, cfg, boxes=BOXES, batch_size=4, workers=1, device="cpu", normalizer=norms) as loader:
+        assert all(n.asked == [] for n in norms.values())  # nothing loaded before an epoch starts
+        batch = next(iter(loader))
+        months = loader.coefficient_months
+        ms = loader.multi
+    # the ocean record starts on 31 December (months 11 and 0) but these windows map to January only
+    assert {k: v.tolist() for k, v in months.items()} == {"era5": [0], "ocean": [0], "fesom": [0]}
+    assert norms["ocean"].asked == [("thetao", (0,))] and norms["era5"].asked == [("t", (0,))]
+    assert sorted(np.unique(ms.by_name["ocean"].store.time.astype("datetime64[M]").astype(int) % 12)) == [0, 11]
+    want = extract_streams(ms, BOXES)  # all of each record's months, through the streams' own path
+    for name in cfg.field_names:
+        assert np.allclose(batch.fields[name].numpy(), want[name].data, equal_nan=True, rtol=1e-6), name
+    raw, _ = reference(paths, truth, config(paths), BOXES)
+    t_mean = 200.0 + 10.0 * 0 + np.arange(2)[None, :, None, None, None, None, None, None]
+    assert np.allclose(batch.fields["t"].numpy(), (raw["t"] - t_mean) / 3.0, rtol=1e-5)
+
+
+def test_bad_multi_stream_loader_settings(stores, tmp_path):
+    paths, _ = stores
+    cfg = config(paths)
+    with pytest.raises(ConfigError, match="mode = 'process': multi-stream configs are read with mode = 'thread'"):
+        Loader(None, cfg, mode="process")
+    with pytest.raises(ConfigError, match=r"the config has streams \['era5', 'ocean', 'fesom'\]; pass store=None"):
+        Loader(str(paths["era5"]), cfg)
+    with pytest.raises(ConfigError, match="unknown stream"):
+        Loader({"atmos": paths["era5"]}, cfg)
+    with pytest.raises(ConfigError, match="normalizer= as a mapping"):
+        Loader(None, cfg, normalizer="norm.zarr")
+    with pytest.raises(ConfigError, match=r"t0 = 70 is outside"):
+        Loader(None, cfg, boxes=[[10, 3, 3], [70, 3, 3]])
+    flds = tuple(dataclasses.replace(f, normalization="global") if f.name == "temp" else f for f in cfg.fields)
+    with pytest.raises(ConfigError, match="stream 'fesom': fields \\['temp'\\] normalise but the stream has no"):
+        Loader(None, config(paths, flds=flds))
+    with pytest.raises(ConfigError, match="a config without streams reads one store"):
+        Loader(None, SamplingConfig(fields=(FieldConfig(name="t", num_tokens=(1, 1, 1), token_size=(1, 1, 1)),)))
+
+
+def test_a_mesh_store_alone_through_the_loader(stores):
+    paths, truth = stores
+    fields = (FieldConfig(name="temp", levels=(100.0, 5.0), num_tokens=(2, 2, 3), token_size=(2, 2, 2),
+                          normalization="none"),
+              FieldConfig(name="ssh", num_tokens=(1, 1, 1), token_size=(4, 4, 6), normalization="none"))
+    cfg = SamplingConfig(fields=fields, time_step=3, centers="coslat")
+    store = open_store(paths["fesom"])
+    with Loader(store, cfg, batch_size=3, samples_per_epoch=9, workers=2, device="cpu", seed=2) as loader:
+        tok = loader.tokenizer
+        assert tok.kind == "mesh" and loader.extent == tok.extent and loader.extent.nx == 2 * loader.extent.ny
+        batches = list(loader)
+        bound = tok.sample_chunk_bound()  # the cache is sized by the mesh's own bound
+        assert set(loader._backend.capacity) == set(bound)
+        assert all(loader._backend.capacity[a] >= bound[a] for a in bound)
+    assert len(batches) == 3
+    res = tok.resolution
+    for batch in batches:
+        for s, (t0, y0, x0) in enumerate(batch.boxes.numpy().tolist()):
+            for f in fields:
+                nt, nlat, nlon = f.num_tokens
+                tt, tlat, tlon = f.token_size
+                lev = [1, 0] if f.name == "temp" else [0]
+                data = truth["fesom"][f.name] if f.name == "temp" else truth["fesom"][f.name][:, None]
+                region = (90 - res * y0, 90 - res * (y0 + nlat * tlat), res * x0, res * nlon * tlon)
+                nodes, count = brute_bin(store.grid.lat, store.grid.lon, region, nlat, nlon, tlat * tlon)
+                t = t0 + np.arange(nt * tt) * 3
+                want = data[t][:, lev][:, :, np.maximum(nodes, 0)]
+                want = np.where(nodes >= 0, want, 0).reshape(nt, tt, len(lev), nlat, nlon, tlat, tlon)
+                assert np.array_equal(batch[f.name][s].numpy(), want.transpose(2, 0, 3, 4, 1, 5, 6)), (f.name, s)
+                m = batch.meta[f.name]
+                assert np.array_equal(m["valid"][s].numpy(), nodes >= 0)
+                assert np.array_equal(m["count"][s].numpy(), count)
+    assert batches[0].stats.streams is None  # one store: no per-stream breakdown
