@@ -112,6 +112,20 @@ def test_tileblender_with_these_weights_is_geometry_stitch(periodic):
     torch.testing.assert_close(by_stitch(values).reshape(3, -1), num / den, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.xfail(strict=True, reason="bitwise agreement on disagreeing tiles needs TileBlender to sum each point's "
+                   "weights in tile order (not by differences of one global cumsum) and geometry.stitch to form its "
+                   "weight sums and fractions in float64 (see the tiles report); until then they agree to 1e-10")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tileblender_and_stitch_agree_bitwise_on_disagreeing_tiles(dtype):
+    grid = _grid()
+    tiles = global_tiles(grid, _config(), overlap=(1, 1), time_tokens=1)
+    ft = tiles.fields["t"]
+    blend = TileBlender(torch.from_numpy(ft.index), torch.from_numpy(ft.weights), ft.num_points)
+    values = torch.randn(2, *ft.index.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    a = blend(values).reshape(2, *ft.grid_shape)
+    assert torch.equal(a, stitch(tokens_to_box(values.transpose(0, 1)), tiles.tiling))
+
+
 def test_weights_are_stitch_tapers_per_tile():
     grid = _grid(periodic=False)
     cfg = _config()
