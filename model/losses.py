@@ -8,11 +8,15 @@ Every loss takes flattened tensors::
     ens    (N, E, S, D)   E ensemble members' predictions of S tokens of D values each
     target (N, S, D)      the true token values
     weight (N, S)         float, 0 for tokens that do not count (unmasked or padding), else a token weight
+        or (N, S, D)      per value: 0 also for values that do not count (a padding slot of a mesh token, NaN)
 
 and returns ``sum_tokens(weight * per_token_loss) / sum(weight)`` where ``per_token_loss`` is averaged over the
-D values (0 when no token counts, never NaN). Tokens with weight 0 contribute nothing and get no gradient, whatever
-their values are: both inputs are zeroed there with ``torch.where`` before any arithmetic, so a NaN target (say a
-land point of an ocean field) neither reaches the loss nor turns a gradient into NaN.
+D values, or with per-value weights ``sum(weight * per_value_loss) / sum(weight)`` (the same thing when a token's
+weight is repeated over its values); 0 when nothing counts, never NaN. Tokens and values with weight 0 contribute
+nothing and get no gradient, whatever their values are: both inputs are zeroed there with ``torch.where`` before
+any arithmetic, so a NaN target (say a land point of an ocean field) neither reaches the loss nor turns a gradient
+into NaN. :func:`multiformer_loss` builds per-value weights from a batch's ``valid_values``
+(:func:`model.multiformer.padding_masks`).
 
 - ``mse``: mean over members of the squared error (each member is trained to be a good forecast).
 - ``stats``: the ensemble statistics loss: a Gaussian kernel term ``1 - exp(-(y - mu)^2 / (2 sigma^2))`` with the
@@ -56,7 +60,12 @@ def ensemble_statistics(ens: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, 
 
 
 def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``per_value`` (N, S, D) or (N, S) -> weighted mean over tokens of the mean over D."""
+    """``per_value`` (N, S, D) or (N, S) -> weighted mean over tokens of the mean over D; with per-value weights
+    (N, S, D), the weighted mean over values."""
+    if weight.dim() == 3:
+        w = weight.to(per_value.dtype)
+        num = torch.where(w > 0, per_value * w, torch.zeros_like(per_value)).sum()
+        return num / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     per_token = per_value.mean(-1) if per_value.dim() == 3 else per_value
     w = weight.to(per_token.dtype)
     num = torch.where(w > 0, per_token * w, torch.zeros_like(per_token)).sum()
@@ -67,11 +76,11 @@ def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_me
     if (
         ens.dim() != 4
         or target.shape != (ens.shape[0], *ens.shape[2:])
-        or weight.shape != ens.shape[:1] + ens.shape[2:3]
+        or weight.shape not in (ens.shape[:1] + ens.shape[2:3], target.shape)
     ):
         raise ValueError(
-            f"losses: expected ens (N, E, S, D), target (N, S, D), weight (N, S); got {tuple(ens.shape)}, "
-            f"{tuple(target.shape)}, {tuple(weight.shape)}"
+            f"losses: expected ens (N, E, S, D), target (N, S, D), weight (N, S) or (N, S, D); got "
+            f"{tuple(ens.shape)}, {tuple(target.shape)}, {tuple(weight.shape)}"
         )
     if ens.shape[1] < min_members:
         raise ValueError(
@@ -82,10 +91,13 @@ def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_me
 def _clean(
     ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 copies with tokens of weight 0 set to 0 (so NaNs there cannot leak into values or gradients)."""
-    keep = weight > 0  # (N, S)
-    e = torch.where(keep[:, None, :, None], ens.float(), 0.0)
-    t = torch.where(keep[..., None], target.float(), 0.0)
+    """float32 copies with tokens (values) of weight 0 set to 0 (so NaNs there cannot leak into values or
+    gradients)."""
+    keep = weight > 0  # (N, S) or (N, S, D)
+    if keep.dim() == 2:
+        keep = keep[..., None]
+    e = torch.where(keep[:, None], ens.float(), 0.0)
+    t = torch.where(keep, target.float(), 0.0)
     return e, t
 
 
@@ -132,6 +144,8 @@ def lat_weighted_mse(
     e, t = _clean(ens, target, weight)
     se = (e.mean(1) - t).square()
     coslat = torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)
+    if weight.dim() == 3:
+        coslat = coslat[..., None]
     w = torch.where(weight > 0, weight.float() * coslat, 0.0)
     return _reduce(se, w)
 
@@ -192,7 +206,8 @@ def multiformer_loss(
     outputs : mapping
         ``{field: (B, E, L, nt, nlat, nlon, tt, tlat, tlon)}`` as the Multiformer returns.
     batch : mapping
-        The batch: per field ``target`` (or ``tokens``), ``mask``, optional ``valid``, ``meta['lat']``.
+        The batch: per field ``target`` (or ``tokens``), ``mask``, optional ``valid``, ``valid_values``
+        (then each value is weighted: padding slots and NaNs count for nothing), ``meta['lat']``.
     kinds : mapping, optional
         Loss name -> weight; default ``{"mse": 1.0}``.
     field_weights : mapping, optional
@@ -215,6 +230,10 @@ def multiformer_loss(
         flat = ens.reshape(b, e, s, -1)
         target = item.get("target", item["tokens"]).reshape(b, s, -1)
         weight = token_weights(item.get("mask"), item.get("valid"), (b, s)).to(flat.device)
+        vv = item.get("valid_values")
+        if vv is not None:  # per value: (B, L, nt, nlat, nlon, tt, tlat, tlon) broadcast -> (N, S, D)
+            vv = vv.to(flat.device).expand(ens.shape[:1] + ens.shape[2:]).reshape(b, s, -1)
+            weight = weight[..., None] * vv.float()
         lat = item["meta"]["lat"].reshape(b, s) if "lat" in item.get("meta", {}) else None
         loss = token_loss(flat, target, weight, kinds, lat=lat, spread_weight=spread_weight)
         per_field[f] = loss.detach()

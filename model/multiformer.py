@@ -16,8 +16,16 @@ The batch (plain tensors; ``model`` knows nothing of fastload). For each field n
         },
         "mask":  (B, L, nt, nlat, nlon) bool, True = masked (to predict)     # optional: nothing masked
         "valid": (B, L, nt, nlat, nlon) bool, True = a real token           # optional: all real (no padding)
+        "valid_values": bool broadcastable to tokens, True = a real value  # optional: all real
         "target": like tokens                                                # optional, for losses: default tokens
     }
+
+Padding. A field sampled as points (an unstructured mesh, or a stream of a multi-stream batch) has a variable number
+of points per token, padded to ``K = tlat * tlon`` slots, and fields over land or missing data hold NaN values.
+:func:`padding_masks` turns the data path's slot mask ``(B, nlat, nlon, K)`` (and the tokens' NaNs) into
+``valid_values`` (a value counts where its slot holds a point and it is finite) and ``valid`` (a token is padding
+where none of its values counts). Invalid values are read as 0 by the embedding and weigh nothing in the losses;
+padded tokens are dropped from every attention as keys.
 
 ``Multiformer(config)(batch)`` returns ``{field: (B, E, L, nt, nlat, nlon, tt, tlat, tlon)}``: the ``E`` ensemble
 members' predictions of every token; :func:`model.losses.multiformer_loss` scores the masked, valid ones. Masked
@@ -51,7 +59,7 @@ from .layers import (
     time_features,
 )
 
-__all__ = ["FieldSpec", "MultiformerConfig", "Multiformer", "FieldEmbedding", "Encoder", "Decoder"]
+__all__ = ["FieldSpec", "MultiformerConfig", "Multiformer", "FieldEmbedding", "Encoder", "Decoder", "padding_masks"]
 
 META_KEYS = ("time_of_day", "day_of_year", "lat", "lon")
 MASK_INPUTS = ("learned", "as_given")
@@ -279,11 +287,17 @@ class FieldEmbedding(nn.Module):
             nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
 
     def forward(
-        self, tokens: torch.Tensor, meta: Mapping[str, torch.Tensor], mask: torch.Tensor | None
+        self,
+        tokens: torch.Tensor,
+        meta: Mapping[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        valid_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b = tokens.shape[0]
         grid = tokens.shape[:5]  # (B, L, nt, nlat, nlon)
         d = self.token.weight.shape[0]
+        if valid_values is not None:  # padding slots and NaNs read as 0
+            tokens = torch.where(valid_values, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
         x = self.token(tokens.reshape(*grid, -1).to(self.token.weight.dtype))  # (B, L, nt, nlat, nlon, d)
         if self.mask_token is not None and mask is not None:
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
@@ -451,6 +465,54 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
                 raise ModelConfigError(
                     f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}"
                 )
+        vv = item.get("valid_values")
+        if vv is not None:
+            try:
+                torch.broadcast_shapes(tuple(vv.shape), tuple(tokens.shape))
+            except RuntimeError:
+                ok = False
+            else:
+                ok = vv.dim() == tokens.dim() and vv.dtype == torch.bool
+            if not ok:
+                raise ModelConfigError(
+                    f"batch[{spec.name!r}] 'valid_values': expected a bool tensor broadcastable to the tokens' "
+                    f"shape {tuple(tokens.shape)} with as many axes, got {vv.dtype} {tuple(vv.shape)}"
+                )
+
+
+def padding_masks(tokens: torch.Tensor, slot_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``valid_values`` and ``valid`` of one field (see "Padding" in the module notes); no host synchronisation.
+
+    Parameters
+    ----------
+    tokens : Tensor ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``
+        The field's values (targets: NaN marks missing data, e.g. land in an ocean field).
+    slot_valid : Tensor ``(B, nlat, nlon, K)`` bool, optional
+        Whether each of a token's ``K = tlat * tlon`` point slots holds a point (a data loader's padding mask, the
+        same for every level and time step); None: every slot does.
+
+    Returns
+    -------
+    dict
+        ``valid_values``: ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` bool, slot valid and value finite;
+        ``valid``: ``(B, L, nt, nlat, nlon)`` bool, the token has a valid value. A sample none of whose tokens has
+        one keeps all its tokens as keys (attention needs at least one); its values still weigh nothing.
+    """
+    if tokens.dim() != 8:
+        raise ModelConfigError(f"padding_masks: expected tokens (B, L, nt, nlat, nlon, tt, tlat, tlon), got "
+                               f"{tuple(tokens.shape)}")
+    b, _, _, nlat, nlon, _, tlat, tlon = tokens.shape
+    values = torch.isfinite(tokens)
+    if slot_valid is not None:
+        if tuple(slot_valid.shape) != (b, nlat, nlon, tlat * tlon):
+            raise ModelConfigError(f"padding_masks: expected slot_valid (B, nlat, nlon, K) = "
+                                   f"{(b, nlat, nlon, tlat * tlon)}, got {tuple(slot_valid.shape)}")
+        slots = slot_valid.to(device=tokens.device, dtype=torch.bool).reshape(b, 1, 1, nlat, nlon, 1, tlat, tlon)
+        values = values & slots
+    valid = values.flatten(5).any(-1)  # (B, L, nt, nlat, nlon)
+    empty = ~valid.flatten(1).any(-1)  # (B,): samples without a single valid token
+    valid = valid | empty[:, None, None, None, None]
+    return {"valid_values": values, "valid": valid}
 
 
 def encode_fields(
@@ -460,7 +522,7 @@ def encode_fields(
     xs, valid = {}, {}
     for f, emb in embed.items():
         item = batch[f]
-        xs[f] = emb(item["tokens"], item["meta"], item.get("mask"))
+        xs[f] = emb(item["tokens"], item["meta"], item.get("mask"), item.get("valid_values"))
         v = item.get("valid")
         valid[f] = None if v is None else v.reshape(v.shape[0], -1)
     return encoder(xs, valid), valid

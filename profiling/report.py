@@ -7,7 +7,7 @@ per-phase mean/p50/p95/share, samples/s, bytes/s, the stall fraction (data wait 
 FLOPs per step and a peak are known, and a what-if (the speed-up if data wait were zero).
 :func:`write_report` writes ``summary.json``, ``steps.csv`` and ``steps.png`` (per-step stacked time by phase,
 and a timeline of a few steps). :func:`summarize_loader` / :func:`format_loader_table` do the same for the
-loader alone (per-stage times, bytes stored/decoded/useful, cache hit rate).
+loader alone (per-stage times, bytes stored/decoded/useful, cache hit rate; per stream for multi-stream loading).
 
 How to run it::
 
@@ -22,6 +22,7 @@ without pyplot, so importing this module changes no global matplotlib state.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from .timers import PHASES, mfu
 __all__ = [
     "EXTRA",
     "LOADER_STAGES",
+    "STREAM_STAGES",
     "summarize",
     "format_table",
     "write_report",
@@ -58,6 +60,9 @@ EXTRA = ("other", "idle")
 
 LOADER_STAGES = ("plan", "fetch", "decode", "gather")
 """Loader worker stages; ``queue_wait`` (the consumer's wait for a ready batch) is reported beside them."""
+
+STREAM_STAGES = ("fetch", "decode", "gather")
+"""Worker stages counted per stream in multi-stream loading (planning is one pass over all streams)."""
 
 _COLORS = {"data_wait": "#d62728", "h2d": "#ff7f0e", "forward": "#1f77b4", "backward": "#2ca02c",
            "optimizer": "#9467bd", "other": "#bcbd22", "idle": "#7f7f7f"}
@@ -293,7 +298,40 @@ def loader_record(stats: Any) -> dict[str, Any]:
         rec[k] = int(d.get(k, 0))
     rec["cache_hits"] = int(d.get("hits", 0))
     rec["cache_misses"] = int(d.get("misses", 0))
+    for name, sd in sorted((d.get("streams") or {}).items()):  # multi-stream loading: flat per-stream columns
+        sd = sd if isinstance(sd, Mapping) else dataclasses.asdict(sd)
+        for stage in STREAM_STAGES:
+            rec[f"stream.{name}.{stage}_ms"] = 1e3 * float(sd.get(f"{stage}_s", 0.0))
+        for k in ("bytes_stored", "bytes_decoded", "bytes_useful"):
+            rec[f"stream.{name}.{k}"] = int(sd.get(k, 0))
+        rec[f"stream.{name}.cache_hits"] = int(sd.get("hits", 0))
+        rec[f"stream.{name}.cache_misses"] = int(sd.get("misses", 0))
     return rec
+
+
+def _stream_summary(records: Sequence[Mapping[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Per stream (from the ``stream.<name>.<counter>`` columns of :func:`loader_record`): stage seconds and
+    shares of the stream's worker time, bytes per second, read amplification, cache hit rate, and the stream's
+    share of all decoded bytes."""
+    names = sorted({k.split(".")[1] for r in records for k in r if k.startswith("stream.")})
+    out: dict[str, Any] = {}
+    all_decoded = sum(int(r.get(f"stream.{n}.bytes_decoded", 0)) for r in records for n in names)
+    for n in names:
+        tot = {k: sum(float(r.get(f"stream.{n}.{k}", 0)) for r in records)
+               for k in (*(f"{s}_ms" for s in STREAM_STAGES), "bytes_stored", "bytes_decoded", "bytes_useful",
+                         "cache_hits", "cache_misses")}
+        worker = sum(tot[f"{s}_ms"] for s in STREAM_STAGES)
+        lookups = tot["cache_hits"] + tot["cache_misses"]
+        out[n] = {
+            "stages": {s: {"total_s": tot[f"{s}_ms"] / 1e3, "share": tot[f"{s}_ms"] / worker if worker else 0.0}
+                       for s in STREAM_STAGES},
+            **{f"{k}_per_s": tot[k] / wall_s for k in ("bytes_stored", "bytes_decoded", "bytes_useful")},
+            "read_amplification": tot["bytes_decoded"] / tot["bytes_useful"] if tot["bytes_useful"] else None,
+            "cache_hit_rate": tot["cache_hits"] / lookups if lookups else None,
+            "chunks_decoded": int(tot["cache_misses"]),
+            "decoded_share": tot["bytes_decoded"] / all_decoded if all_decoded else None,
+        }
+    return out
 
 
 def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
@@ -316,7 +354,10 @@ def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
         ``stages`` {name: {mean_ms, p50_ms, p95_ms, total_s, share}} (share of summed worker-stage time; for
         ``queue_wait`` the share of wall time), ``batches``, ``samples``, ``samples_per_s``,
         ``bytes_{stored,decoded,useful}_per_s``, ``read_amplification`` (decoded / useful),
-        ``compression_ratio`` (decoded / stored), ``cache_hit_rate``, ``wall_s``, ``config``, ``machine``.
+        ``compression_ratio`` (decoded / stored), ``cache_hit_rate``, ``wall_s``, ``config``, ``machine``; with
+        per-stream columns (multi-stream loading), ``streams`` {name: {stages {fetch, decode, gather: {total_s,
+        share}}, bytes_{stored,decoded,useful}_per_s, read_amplification, cache_hit_rate, chunks_decoded,
+        decoded_share}}.
     """
     if not records:
         raise ConfigError("loader report: no batch records")
@@ -332,7 +373,9 @@ def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
     tot = {k: sum(int(r.get(k, 0)) for r in records)
            for k in ("samples", "bytes_stored", "bytes_decoded", "bytes_useful", "cache_hits", "cache_misses")}
     lookups = tot["cache_hits"] + tot["cache_misses"]
+    streams = _stream_summary(records, wall_s)
     return {
+        **({"streams": streams} if streams else {}),
         "source": "loader", "batches": len(records), "samples": tot["samples"], "wall_s": wall_s,
         "stages": stages, "samples_per_s": tot["samples"] / wall_s,
         "bytes_stored_per_s": tot["bytes_stored"] / wall_s, "bytes_decoded_per_s": tot["bytes_decoded"] / wall_s,
@@ -361,6 +404,18 @@ def format_loader_table(summary: Mapping[str, Any]) -> str:
     lines.append(f"stored {_rate(summary['bytes_stored_per_s'])}   decoded {_rate(summary['bytes_decoded_per_s'])}"
                  f"   useful {_rate(summary['bytes_useful_per_s'])}   read amplification "
                  f"{_fmt(ra)}x   compression {_fmt(cr)}x")
+    if summary.get("streams"):
+        lines.append("")
+        lines.append(f"{'stream':<12}{'fetch s':>9}{'decode s':>10}{'gather s':>10}{'decoded':>14}{'useful':>14}"
+                     f"{'ampl.':>8}{'hit rate':>10}{'of decoded':>12}")
+        for name, st in summary["streams"].items():
+            hit, share = st.get("cache_hit_rate"), st.get("decoded_share")
+            lines.append(f"{name:<12}" + "".join(f"{st['stages'][k]['total_s']:>{w}.3f}"
+                                                 for k, w in (("fetch", 9), ("decode", 10), ("gather", 10)))
+                         + f"{_rate(st['bytes_decoded_per_s']):>14}{_rate(st['bytes_useful_per_s']):>14}"
+                         + f"{_fmt(st.get('read_amplification')) + 'x':>8}"
+                         + f"{'-' if hit is None else f'{100 * hit:.1f}%':>10}"
+                         + f"{'-' if share is None else f'{100 * share:.1f}%':>12}")
     return "\n".join(lines)
 
 

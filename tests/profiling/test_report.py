@@ -19,6 +19,7 @@ from profiling.report import (
     summarize,
     summarize_loader,
     write_report,
+    write_steps_csv,
 )
 from profiling.timers import PHASES, StepTimer
 
@@ -178,3 +179,34 @@ def test_loader_record_from_io_stats():
     for k, v in d.items():
         setattr(obj, k, v)
     assert loader_record(obj) == rec
+
+
+def test_per_stream_counters_in_loader_records_summary_and_table(tmp_path):
+    from fastload.reader import IOStats
+
+    def batch(i):
+        s = IOStats(batches=1, samples=4, chunks=9, hits=4, misses=5, bytes_stored=700, bytes_decoded=1500,
+                    bytes_useful=600, fetch_s=0.003, decode_s=0.006, gather_s=0.002)
+        s.stream("atmos").add(IOStats(chunks=6, hits=3, misses=3, bytes_stored=500, bytes_decoded=1000,
+                                      bytes_useful=200, fetch_s=0.002, decode_s=0.004, gather_s=0.0015))
+        s.stream("ocean").add(IOStats(chunks=3, hits=1 + i, misses=2 - i, bytes_stored=200, bytes_decoded=500,
+                                      bytes_useful=400, fetch_s=0.001, decode_s=0.002, gather_s=0.0005))
+        return s
+
+    recs = [loader_record(batch(i)) for i in range(2)]
+    assert recs[0]["stream.atmos.fetch_ms"] == pytest.approx(2.0) and recs[1]["stream.ocean.cache_hits"] == 2
+    assert loader_record(batch(0).as_dict()) == pytest.approx(recs[0])  # from the dict form too
+    s = summarize_loader(recs, wall_s=0.5, machine={})
+    assert set(s["streams"]) == {"atmos", "ocean"}
+    a, o = s["streams"]["atmos"], s["streams"]["ocean"]
+    assert a["stages"]["decode"]["total_s"] == pytest.approx(0.008)
+    assert a["stages"]["fetch"]["share"] == pytest.approx(0.004 / (0.004 + 0.008 + 0.003))
+    assert a["bytes_decoded_per_s"] == pytest.approx(4000.0) and a["read_amplification"] == pytest.approx(5.0)
+    assert o["cache_hit_rate"] == pytest.approx(3 / 6) and o["chunks_decoded"] == 3
+    assert a["decoded_share"] + o["decoded_share"] == pytest.approx(1.0) and o["decoded_share"] == pytest.approx(1 / 3)
+    text = format_loader_table(s)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()}
+    assert "stream" in rows and rows["atmos"][-1] == "66.7%" and rows["ocean"][-2] == "50.0%"
+    assert "streams" not in summarize_loader(_loader_records(), wall_s=0.5, machine={})
+    write_steps_csv(recs, tmp_path / "b.csv")  # flat columns: one CSV row per batch
+    assert "stream.ocean.bytes_decoded" in (tmp_path / "b.csv").read_text().splitlines()[0]
