@@ -15,6 +15,7 @@ import torch
 import fastload
 from fastload.config import FieldConfig, SamplingConfig
 from fastload.errors import ConfigError
+from fastload.extract import extract  # not fastload.extract (the module, once imported)
 from fastload.sampling.geometry import _taper, stitch, tokens_to_box
 from fastload.sampling.tiles import global_tiles, great_circle, nearest_tiles
 from fastload.store.grid import Grid
@@ -205,7 +206,7 @@ def test_extracted_tiles_are_the_store_through_the_index(tmp_path, regional):
                                  FieldConfig(name="sp", num_tokens=(2, 2, 2), token_size=(1, 2, 3),
                                              normalization="none")), batch_size=1)
     tiles = global_tiles(store, cfg, overlap=(1, 1), neighbors=2)
-    got = fastload.extract(store, cfg, tiles.boxes(1))
+    got = extract(store, cfg, tiles.boxes(1))
     for name, field in (("t", truth["t"][1:3].transpose(1, 0, 2, 3)), ("sp", truth["sp"][None, 1:3])):
         np.testing.assert_array_equal(got[name].data, field.reshape(-1)[tiles.fields[name].index])
     assert tiles.boxes(np.array([0, 2])).shape == (2, tiles.num_tiles, 3)
