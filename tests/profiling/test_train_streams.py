@@ -1,0 +1,124 @@
+"""The tiny Multiformer trains on multi-stream batches (issue 8): an hourly atmosphere, a daily curvilinear ocean
+with land (NaN) and an unstructured mesh (padded point slots), loaded by one ``fastload.Loader``, normalised,
+masked, turned into model inputs by the training loop's ``model_inputs`` plus the padding masks
+(``model.multiformer.padding_masks``), and trained on CPU: the loss falls and stays finite."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fastload.config import FieldConfig, SamplingConfig, StreamConfig
+from fastload.loader import Loader
+from fastload.sampling.masking import MaskingConfig
+from fastload.stats import compute_stats
+from model import FieldSpec, Multiformer, MultiformerConfig, multiformer_loss
+from model.multiformer import padding_masks
+from profiling.loop import model_inputs
+from tests.fastload.stores_multi import make_atmosphere, make_mesh, make_ocean
+from tests.fastload.test_streams import BOXES
+
+
+class ArrayNormalizer:
+    """Global coefficients of a mesh store from its written arrays (``fastload stats`` covers structured grids)."""
+
+    def __init__(self, truth: dict):
+        self.truth = truth
+
+    def check(self, store, config):
+        pass
+
+    def coefficients(self, field, mode, levels, months):
+        a = self.truth[field]
+        a = a[:, None] if a.ndim == 2 else a  # (time, level, node)
+        idx = [0] if levels is None else [int(np.flatnonzero(self.truth["nz1"] == v)[0]) for v in levels]
+        mean = np.nanmean(a[:, idx], axis=(0, 2)).reshape(1, -1, 1, 1)
+        std = np.nanstd(a[:, idx], axis=(0, 2)).reshape(1, -1, 1, 1)
+        m = len(months)
+        return (np.repeat(mean, m, 0).astype(np.float32), np.repeat(std, m, 0).astype(np.float32))
+
+
+def _config(d) -> SamplingConfig:
+    tok = dict(num_tokens=(2, 2, 2), token_size=(3, 3, 4))
+    return SamplingConfig(
+        streams=(StreamConfig(name="era5", path=str(d / "a.zarr"), norm_path=str(d / "a-norm.zarr")),
+                 StreamConfig(name="ocean", path=str(d / "o.zarr"), time_rule="previous",
+                              norm_path=str(d / "o-norm.zarr")),
+                 StreamConfig(name="fesom", path=str(d / "m.zarr"), time_rule="nearest")),
+        fields=(FieldConfig(name="t", levels=(96, 137), normalization="local", stream="era5", **tok),
+                FieldConfig(name="thetao", levels=(5.0, 200.0), normalization="local", stream="ocean", **tok),
+                FieldConfig(name="temp", levels=(5.0,), normalization="global", stream="fesom", **tok)),
+        time_step=2, batch_size=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_multiformer_trains_on_a_multi_stream_batch(tmp_path):
+    make_atmosphere(tmp_path / "a.zarr")
+    make_ocean(tmp_path / "o.zarr")
+    mesh = make_mesh(tmp_path / "m.zarr")
+    for name in ("a", "o"):
+        compute_stats(str(tmp_path / f"{name}.zarr"), tmp_path / f"{name}-norm.zarr")
+    cfg = _config(tmp_path)
+    # boxes over the pole, the seam, the south pole (padded mesh cells) and the ocean's land (NaN)
+    with Loader(None, cfg, normalizer={"fesom": ArrayNormalizer(mesh)}, masking=MaskingConfig(rate=0.6),
+                boxes=BOXES, workers=1, device="cpu", seed=0) as loader:
+        batch = next(iter(loader))
+    levelled = [f.name for f in cfg.fields if f.levels]
+    inputs = model_inputs(batch, levelled, torch.device("cpu"))
+    for name, item in inputs.items():  # the one line the training loop adds for multi-stream / mesh data
+        item.update(padding_masks(item["target"], batch.meta[name].get("valid")))
+    assert not inputs["temp"]["valid_values"].all()  # padded mesh slots
+    assert torch.isnan(batch.fields["thetao"]).any() and not inputs["thetao"]["valid_values"].all()  # ocean land
+    for item in inputs.values():
+        finite = item["target"][item["valid_values"]]
+        assert torch.isfinite(finite).all() and finite.abs().mean() < 5  # normalised values
+
+    torch.manual_seed(0)
+    specs = tuple(FieldSpec(name=f.name, levels=tuple(float(v) for v in f.levels), num_tokens=f.num_tokens,
+                            token_size=f.token_size, embed_dim=32, num_heads=2,
+                            coupled=tuple(g.name for g in cfg.fields if g.name != f.name)) for f in cfg.fields)
+    model = Multiformer(MultiformerConfig(fields=specs, num_encoder_layers=2, num_decoder_layers=2,
+                                          ensemble_size=2, meta_frequencies=3))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, per_field = multiformer_loss(model(inputs), inputs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        assert all(torch.isfinite(v) for v in per_field.values())
+    assert np.isfinite(losses).all()
+    print(f"loss: first 5 steps {np.mean(losses[:5]):.4f}, last 5 {np.mean(losses[-5:]):.4f}")
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("embed.temp.token")]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_padding_masks_follow_the_loaders_valid_mask(tmp_path):
+    mesh = make_mesh(tmp_path / "m.zarr")
+    make_atmosphere(tmp_path / "a.zarr")
+    cfg = _config(tmp_path)
+    cfg = dataclasses.replace(cfg, streams=(cfg.streams[0], cfg.streams[2]),
+                              fields=tuple(dataclasses.replace(f, normalization="none") for f in cfg.fields
+                                           if f.stream != "ocean"))
+    with Loader(None, cfg, samples_per_epoch=4, workers=1, device="cpu", seed=1) as loader:
+        batch = next(iter(loader))
+    assert mesh["temp"].shape[0] == 14
+    pads = padding_masks(batch.fields["temp"], batch.meta["temp"]["valid"])
+    slot = batch.meta["temp"]["valid"]  # (B, nlat, nlon, K)
+    B, nlat, nlon, K = slot.shape
+    vv = pads["valid_values"].reshape(B, 1, 2, nlat, nlon, 3, K)  # (B, L, nt, nlat, nlon, tt, K)
+    assert torch.equal(vv, slot[:, None, None, :, :, None, :].expand_as(vv))  # mesh values are finite
+    want = slot.any(-1) | ~slot.flatten(1).any(-1)[:, None, None]  # a sample without any node keeps its keys
+    assert torch.equal(pads["valid"], want[:, None, None].expand(B, 1, 2, nlat, nlon))
