@@ -23,3 +23,11 @@ def test_unknown_command(capsys):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "fastload.cli", "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "profile-loader" in r.stdout
+
+
+def test_public_api_names_are_the_functions():
+    import fastload
+    import fastload.extract  # noqa: F401  (importing the submodule must not shadow the function)
+
+    assert callable(fastload.extract) and fastload.extract.__name__ == "extract"
+    assert callable(fastload.open_store) and isinstance(fastload.Loader, type)
