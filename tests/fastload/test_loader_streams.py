@@ -20,7 +20,7 @@ from fastload.loader import Loader
 from fastload.reader import IOStats
 from fastload.sampling.geometry import box_to_tokens
 from fastload.store import open_store
-from fastload.streams import extract_streams
+from fastload.streams import MultiStream, extract_streams
 
 from .stores_multi import make_atmosphere, make_mesh, make_ocean
 from .test_mesh import brute_bin
@@ -303,3 +303,43 @@ def test_a_mesh_store_alone_through_the_loader(stores):
                 assert np.array_equal(m["valid"][s].numpy(), nodes >= 0)
                 assert np.array_equal(m["count"][s].numpy(), count)
     assert batches[0].stats.streams is None  # one store: no per-stream breakdown
+
+
+def test_an_arena_holding_its_whole_array_never_splits_a_batch(stores):
+    from fastload._backend import LoadSpec, make_tokenizer
+    from fastload._stream_backend import StreamBackend
+    from fastload.reader import plan_cache, sample_chunk_bound
+
+    paths, _ = stores
+    cfg = config(paths)
+    era5 = SamplingConfig(fields=tuple(dataclasses.replace(f, stream=None) for f in cfg.fields
+                                       if f.stream == "era5"), time_step=2)
+    store = open_store(paths["era5"])
+    tok = make_tokenizer(store, era5)
+    bound = sample_chunk_bound(store, tok.layouts, era5.box, 2)
+    total = {a: int(np.prod(store.arrays[a].grid_shape)) for a in bound}
+    whole = plan_cache(store, tok.layouts, era5.box, 2, 1 << 30, 4)
+    assert whole.slots == total and whole.capacity == total  # one step may use every slot
+    tight = plan_cache(store, tok.layouts, era5.box, 2, sum(4 * bound[a] * store.arrays[a].chunk_nbytes
+                                                             for a in bound), 4)
+    for a in bound:
+        assert bound[a] <= tight.slots[a] < total[a] and tight.capacity[a] == max(bound[a], tight.slots[a] // 4)
+
+    def steps(cache_bytes):
+        ms = MultiStream(cfg)
+        spec = LoadSpec(batch_size=8, drop_last=True, prefetch=1, workers=2, cache_bytes=cache_bytes,
+                        fetch_concurrency=2, retries=0, on_bad_chunk="raise", months=None,
+                        useful_bytes_per_sample=1, jit=None, pin=False)
+        backend = StreamBackend(ms, spec, None)
+        try:
+            backend.start(ms.random_boxes(16, seed=1, epoch=0), 0)
+            lay = ms.cache_layout(cache_bytes, 2)
+            full = {a for a in lay.slots if lay.slots[a] >= int(np.prod(ms.arrays[a].grid_shape))}
+            return len(backend.plan.steps(0)), full, set(lay.slots)
+        finally:
+            backend.close()
+
+    n, full, arrays = steps(1 << 30)
+    assert n == 1 and full == arrays  # every arena holds its array: the batch is one step
+    n, full, _ = steps(1)  # the minimum cache: one sample's chunks per arena
+    assert n > 1 and not full
