@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("profiling.loop", "train a Multiformer or Forecaster (checkpoints, exact resume, DDP)"),
     "profile": ("profiling.loop", "profile a training loop: data wait vs H2D vs compute, with a report"),
     "profile-loader": ("profiling.loader_profile", "profile the loader alone: per-stage times, sweep workers"),
+    "rollout": ("profiling.rollout", "roll a trained Forecaster out over the globe; write the stitched fields"),
 }
 
 

@@ -78,20 +78,20 @@ class TileBlender(nn.Module):
         _, counts = torch.unique_consecutive(gs, return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(gs.numel()) - torch.repeat_interleave(starts, counts)
-        cs = torch.cumsum(ws, 0)
-        running = cs - torch.repeat_interleave(
-            cs[starts] - ws[starts], counts
-        )  # W_k within each point's group
-        frac = ws / running
         covered = torch.zeros(num_points, dtype=torch.bool)
         covered[gs] = True
         self.register_buffer("covered", covered, persistent=False)
         self.num_ranks = int(counts.max()) if counts.numel() else 0
+        # W_k, each point's running weight sum, accumulated one contribution at a time in tile order (float64), so
+        # the blend rounds exactly as fastload.sampling.geometry.stitch does: frac = w_k / (W_{k-1} + w_k)
+        running = torch.zeros(num_points, dtype=torch.float64)
         for r in range(self.num_ranks):
             sel = rank == r
+            dst, wr = gs[sel], ws[sel]
+            running[dst] += wr
             self.register_buffer(f"src_{r}", order[sel], persistent=False)
-            self.register_buffer(f"dst_{r}", gs[sel], persistent=False)
-            self.register_buffer(f"frac_{r}", frac[sel], persistent=False)
+            self.register_buffer(f"dst_{r}", dst, persistent=False)
+            self.register_buffer(f"frac_{r}", wr / running[dst], persistent=False)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         nd = len(self.tile_shape) + 1

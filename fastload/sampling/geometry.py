@@ -307,20 +307,26 @@ def stitch(tiles: Any, tiling: Tiling) -> Any:
         if not tiles.is_floating_point():
             tiles = tiles.float()
         acc = torch.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
-        wsum = torch.zeros((ext.ny, ext.nx), dtype=tiles.dtype, device=tiles.device)
+        wsum = torch.zeros((ext.ny, ext.nx), dtype=torch.float64, device=tiles.device)
 
         def arr(a: np.ndarray, float_: bool = True) -> Any:
             t = torch.as_tensor(a, device=tiles.device)
-            return t.to(tiles.dtype) if float_ else t
+            return t.to(torch.float64) if float_ else t
+
+        def cast(a: Any) -> Any:
+            return a.to(tiles.dtype)
     else:
         tiles = np.asarray(tiles)
         if tiles.dtype.kind != "f":
             tiles = tiles.astype(np.float64)
         acc = np.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype)
-        wsum = np.zeros((ext.ny, ext.nx), dtype=tiles.dtype)
+        wsum = np.zeros((ext.ny, ext.nx), dtype=np.float64)
 
         def arr(a: np.ndarray, float_: bool = True) -> Any:
-            return a.astype(tiles.dtype) if float_ else a
+            return a.astype(np.float64) if float_ else a
+
+        def cast(a: Any) -> Any:
+            return a.astype(tiles.dtype)
     ry, rx = tiling.ramp
     for i in range(n_tiles):
         _, y0, x0 = (int(v) for v in tiling.boxes[i])
@@ -328,8 +334,8 @@ def stitch(tiles: Any, tiling: Tiling) -> Any:
         wx = _taper(w, rx, ext.periodic_x or x0 > 0, ext.periodic_x or x0 + w < ext.nx)
         wt = arr(np.outer(wy, wx))
         xs = arr((x0 + np.arange(w)) % ext.nx, float_=False)
-        ws = wsum[y0:y0 + h, xs] + wt
-        alpha = wt / ws
+        ws = wsum[y0:y0 + h, xs] + wt  # weight sums and fractions in float64, cast once (as model.TileBlender)
+        alpha = cast(wt / ws)
         cur = acc[..., y0:y0 + h, xs]
         acc[..., y0:y0 + h, xs] = cur + alpha * (tiles[i] - cur)
         wsum[y0:y0 + h, xs] = ws
