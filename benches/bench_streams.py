@@ -11,6 +11,10 @@ the same place and time window, so the ratio says what the extra streams cost.
   an epoch of batches: :class:`fastload._backend.ThreadBackend` on the atmosphere vs
   :class:`fastload._stream_backend.StreamBackend` on all streams, the same cache budget.
 
+- ``test_loader[single|multi]``: the whole :class:`fastload.Loader` (the above plus the prefetch pump and the ring
+  of batch buffers, CPU tensors), one epoch of new places per timed call (the cache keeps what earlier epochs
+  decoded, as in training); the multi-stream loader reports its per-stream counters (``Batch.stats.streams``).
+
 Figures: samples/s and output MB/s (token tensors written), with the per-stream decoded bytes. Run::
 
     pytest benches/bench_streams.py --quick       # tiny stores, seconds
@@ -211,4 +215,53 @@ def test_backend(benchmark, report, world, kind, bench_quick):
     s = _seconds(benchmark, epoch)
     n = n_batches * BATCH
     extra = {f"decoded_MB_{k}": v / 1e6 for k, v in decoded.items()} if kind == "multi" else {}
+    report(benchmark, samples_per_s=n / s, out_MBps=n * _out_bytes(cfg) / s / 1e6, fields=len(cfg.fields), **extra)
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_loader(benchmark, report, world, kind, bench_quick):
+    from fastload.extract import extract
+    from fastload.loader import Loader
+
+    ms = world["ms"]
+    n = world["boxes"].shape[0]
+
+    def plan(epoch):  # the same reference places for both loaders, new ones every epoch
+        return world["boxes"] if epoch == 0 else ms.random_boxes(n, seed=0, epoch=epoch)
+
+    kw = dict(boxes=plan, batch_size=BATCH, workers=2, prefetch=2, cache_bytes=256 * 2**20, device="cpu")
+    if kind == "single":
+        loader = Loader(world["store"], world["single"], **kw)
+    else:
+        loader = Loader({st.name: st.store for st in ms.streams}, ms.config, **kw)
+    cfg = loader.config
+    totals = {}
+    calls = [0]
+
+    def epoch():
+        calls[0] += 1
+        samples = 0
+        for batch in loader:
+            samples += len(batch)
+            for name, st in (batch.stats.streams or {}).items():
+                t = totals.setdefault(name, [0, 0, 0])
+                t[0] += st.bytes_decoded
+                t[1] += st.hits
+                t[2] += st.misses
+        assert samples == n
+
+    try:
+        first = next(iter(loader))  # warm (JIT) and check: the atmosphere is what extract gives
+        ref = extract(world["store"], world["single"], first.boxes.numpy())
+        assert all(np.array_equal(first[f].numpy(), ref[f].data) for f in ("t", "u", "sp"))
+        del first
+        loader.set_epoch(1)
+        benchmark.pedantic(epoch, rounds=3 if bench_quick else 5, iterations=1, warmup_rounds=0)
+        s = _seconds(benchmark, epoch)
+    finally:
+        loader.close()
+    extra = {}
+    for name, (dec, hits, misses) in totals.items():  # per epoch
+        extra[f"decoded_MB_{name}"] = dec / 1e6 / calls[0]
+        extra[f"hit_rate_{name}"] = hits / max(1, hits + misses)
     report(benchmark, samples_per_s=n / s, out_MBps=n * _out_bytes(cfg) / s / 1e6, fields=len(cfg.fields), **extra)
