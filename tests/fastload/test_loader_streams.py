@@ -343,3 +343,19 @@ def test_an_arena_holding_its_whole_array_never_splits_a_batch(stores):
     assert n == 1 and full == arrays  # every arena holds its array: the batch is one step
     n, full, _ = steps(1)  # the minimum cache: one sample's chunks per arena
     assert n > 1 and not full
+
+
+@pytest.mark.gpu
+def test_multi_stream_batches_and_padding_masks_arrive_on_the_device(stores):
+    paths, truth = stores
+    cfg = config(paths)
+    with Loader(None, cfg, batch_size=2, samples_per_epoch=8, prefetch=1, device="cuda", seed=5) as loader:
+        assert loader._pin
+        for batch in loader:  # more batches than ring slots
+            want, valid = reference(paths, truth, cfg, batch.boxes.numpy())
+            for name, x in batch.fields.items():
+                assert x.is_cuda and batch.meta[name]["lat"].is_cuda
+                assert np.array_equal(x.cpu().numpy(), want[name], equal_nan=True), name
+            for name in ("temp", "ssh"):
+                v = batch.meta[name]["valid"]
+                assert v.is_cuda and v.dtype == torch.bool and np.array_equal(v.cpu().numpy(), valid[name])
