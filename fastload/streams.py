@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ._stream_norm import StreamCoefficients
 from ._stream_space import CurvilinearMapper, LatLonMapper, ReferenceRegions
 from ._stream_time import align, cadence, describe_period, sample_times, servable
 from .config import SamplingConfig
@@ -88,15 +89,6 @@ class StreamExtracted:
     meta: TokenMeta
     """Token metadata (:class:`PointTokenMeta` for every stream but the reference)."""
     stream: str
-
-
-class StreamCoefficients(dict):
-    """Field -> ``(mean, std)`` of a multi-stream config, with ``months``: stream -> the calendar months (0-11)
-    the coefficient arrays' first axis holds (:meth:`MultiStream.coefficients`)."""
-
-    def __init__(self, *args: Any, **kw: Any):
-        super().__init__(*args, **kw)
-        self.months: dict[str, np.ndarray] = {}
 
 
 class _Counters:
@@ -479,69 +471,23 @@ class MultiStream:
         return self.reference.tokenizer.month_table(boxes, months)
 
     def _month_of(self, st: _Stream, pl: Placement, months: np.ndarray | None = None) -> np.ndarray:
-        months = st.months if months is None else np.asarray(months, np.int64)
-        if months is None:
-            raise ConfigError(f"stream {st.name!r}: coefficients not loaded (use MultiStream.coefficients())")
-        if st.kind == "reference":
-            return st.tokenizer.month_table(pl.boxes, months)[1]
-        if st.time is None:
-            raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
-        cal = st.time[pl.t_steps[st.name]].astype("datetime64[M]").astype(np.int64) % 12
-        lookup = np.full(12, -1, np.int32)
-        lookup[months] = np.arange(months.size, dtype=np.int32)
-        out = lookup[cal]
-        if (out < 0).any():
-            missing = sorted(set(np.unique(cal).tolist()) - set(months.tolist()))
-            raise ConfigError(f"stream {st.name!r}: normalisation coefficients are loaded for months "
-                              f"{months.tolist()} but the batch needs months {missing}")
-        return np.ascontiguousarray(out)
+        from ._stream_norm import month_of
 
-    def _normalized(self) -> list[tuple[_Stream, list[Any], Any]]:
-        """``(stream, normalised fields, Normalizer)`` of every stream with normalised fields (opened once)."""
-        from .extract import _normalizer
-
-        out = []
-        for st in self.streams:
-            normed = [f for f in st.config.fields if f.normalization != "none"]
-            if not normed:
-                continue
-            norm = self._norm_objects.get(st.name)
-            if norm is None:
-                norm = _normalizer(self._normalizers.get(st.name), st.config)
-                if norm is None:
-                    raise ConfigError(f"stream {st.name!r}: fields {[f.name for f in normed]} normalise but the "
-                                      f"stream has no norm_path (set streams.{st.name}.norm_path or pass "
-                                      "normalizers=)")
-                norm.check(st.store, st.config)
-                if st.store.time is None:
-                    raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
-                self._norm_objects[st.name] = norm
-            out.append((st, normed, norm))
-        return out
+        return month_of(st, pl, months)
 
     def check_coefficients(self) -> None:
         """Open and check every stream's normaliser (levels, grid, every month of the stream's record) without
         loading coefficients (``ConfigError`` naming the stream or field)."""
-        self._normalized()
+        from ._stream_norm import normalizers
+
+        normalizers(self)
 
     def months_used(self, boxes: Any) -> dict[str, np.ndarray]:
         """Stream -> the sorted calendar months (0-11) the time points of ``boxes`` map to on its axis (time only:
         no spatial mapping, so an epoch of boxes is cheap)."""
-        from .norm import months_of
+        from ._stream_norm import months_used
 
-        b = self.reference.tokenizer.check_boxes(boxes)
-        T, dt = self.box[0], self.config.time_step
-        times = sample_times(self.time, b[:, 0], T, dt)
-        out = {}
-        for st in self.streams:
-            if st.time is None:
-                continue
-            if st.kind == "reference":
-                steps = b[:, 0:1] + np.arange(T, dtype=np.int64) * dt
-            else:
-                steps = np.clip(align(st.time, times, st.rule, self.cadence)[0], 0, st.time.size - 1)
-            out[st.name] = np.unique(months_of(st.time[steps])).astype(np.int64)
-        return out
+        return months_used(self, boxes)
 
     def coefficients(self, months: Mapping[str, Any] | None = None) -> StreamCoefficients:
         """Normalisation coefficients of every normalised field, each stream's for the months of its record (or
@@ -551,19 +497,9 @@ class MultiStream:
         :meth:`gather` uses; without ``months`` the streams also remember them (for callers that pass plain
         dicts).
         """
-        from .norm import months_of
+        from ._stream_norm import coefficients
 
-        out = StreamCoefficients()
-        for st, normed, norm in self._normalized():
-            if months is not None and st.name in months:
-                m = np.unique(np.asarray(months[st.name], np.int64))
-            else:
-                m = np.unique(months_of(st.store.time)).astype(np.int64)
-                st.months = m
-            out.months[st.name] = m
-            for f in normed:
-                out[f.name] = norm.coefficients(f.name, f.normalization, f.levels, m.tolist())
-        return out
+        return coefficients(self, months)
 
     # -- the store interface the reader drives ------------------------------------------------------------------
     def _split(self, key: str) -> tuple[_Stream, str]:
