@@ -6,7 +6,7 @@ Why this exists: :class:`fastload.Loader` talks to its workers through a backend
 sized for all streams from the one byte budget (:func:`fastload._stream_chunks.cache_layout`): the epoch plan,
 the plan-aware cache, the prefetch ring and the reader's I/O threads are shared by every stream.
 
-Use it where the loader builds its backend (see the integration notes in the report of issue 8)::
+:class:`fastload.Loader` builds it for a config with streams; on its own::
 
     ms = MultiStream(config)
     backend = StreamBackend(ms, spec, ms.coefficients() if normalised else None)

@@ -17,6 +17,17 @@ Use it directly::
 
 or through :class:`LoaderDataset` where a ``torch.utils.data.DataLoader`` is expected.
 
+Several datasets at once (a config with ``[streams.NAME]`` tables: e.g. ERA5, an ocean model, a FESOM mesh): one
+loader, one plan, one cache budget and one prefetch ring serve every stream (:class:`fastload.streams.MultiStream`
+is the store and the tokenizer; thread mode)::
+
+    with fastload.Loader(None, "multi.toml", batch_size=16) as loader:     # or {"ocean": store, ...}
+        for batch in loader:
+            batch["thetao"], batch.meta["temp"]["valid"]  # mesh tokens and their padding mask (B, nlat, nlon, K)
+            batch.stats.streams["ocean"].bytes_decoded    # per-stream I/O counters
+
+Normalisation coefficients are loaded at the start of each epoch for the calendar months its samples use.
+
 Buffer ownership: on a GPU each batch's tensors are fresh device tensors (the compute stream waits on the copy's
 event; nothing on the host synchronises). On the CPU the tensors are zero-copy views of a ring buffer; the ring
 never overwrites a buffer that is still referenced (see :mod:`fastload._ring`), so a batch stays valid for as long

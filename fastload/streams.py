@@ -18,7 +18,8 @@ in all of them:
   the stream's time index of every point, the rule, token centres, point coordinates and a validity mask.
 
 The object is at once the *store* and the *tokenizer* the reader drives (chunk keys are ``"stream/array"``), so one
-plan, one cache budget and one prefetch ring serve all streams (:class:`fastload._stream_backend.StreamBackend`).
+plan, one cache budget and one prefetch ring serve all streams (:class:`fastload._stream_backend.StreamBackend`;
+``fastload.Loader(None, config)`` builds both, with per-stream counters in ``Batch.stats.streams``).
 Bad input fails at construction: streams with no common period, grids that miss the sampled region, meshes with
 invalid or duplicate nodes (at open); a stream whose chunking makes every sample read most of its record warns
 (:class:`ChunkingWarning`) with a recommended chunking.

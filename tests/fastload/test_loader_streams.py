@@ -139,6 +139,21 @@ def test_explicit_boxes_coordinates_lie_in_box_and_window(stores):
                 assert torch.isnan(m["point_lat"][i][~ok]).all()
 
 
+def test_a_config_file_with_stream_paths(stores):
+    paths, truth = stores
+    cfg = config(paths)
+    rel = dataclasses.replace(cfg, streams=tuple(dataclasses.replace(st, path=paths[st.name].name)
+                                                 for st in cfg.streams))
+    toml = paths["era5"].parent / "multi.toml"  # stream paths relative to the config file
+    toml.write_text(rel.to_toml())
+    with Loader(None, toml, boxes=BOXES[:2], batch_size=2, workers=1, device="cpu") as loader:
+        batch = next(iter(loader))
+    assert loader.multi.path == tuple(str(paths[n]) for n in STREAMS)
+    want, _ = reference(paths, truth, cfg, BOXES[:2])
+    for name, x in batch.fields.items():
+        assert np.array_equal(x.numpy(), want[name], equal_nan=True), name
+
+
 def test_per_stream_counters_add_up(stores):
     paths, _ = stores
     cfg = config(paths)
