@@ -102,7 +102,8 @@ class IOStats:
             got = self.streams[name] = IOStats()
         return got
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a dict (``streams``: name -> a dict of the same counters, or None)."""
         return dataclasses.asdict(self)
 
     @property
