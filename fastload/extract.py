@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .sampling.neighborhood import allocate_outputs
-from .sampling.tokenizer import TokenMeta, build_tokenizer
+from .sampling.tokenizer import TokenMeta
 
 __all__ = ["extract", "Extracted"]
 
@@ -40,7 +40,8 @@ class Extracted:
     """``(B, L, nt, nlat, nlon, tt, tlat, tlon)``: float32; for ``out_dtype`` bfloat16/float16 a torch tensor of
     that dtype, or with NumPy the uint16 bit patterns (``.view(np.float16)`` reads float16 bits)."""
     meta: TokenMeta
-    """Per-token time, centre latitude/longitude and level."""
+    """Per-token time, centre latitude/longitude and level (a mesh store adds its point slots, their ``valid``
+    padding mask and node counts: :class:`~fastload.sampling.points.PointTokenMeta`)."""
 
 
 def _normalizer(norm: Any, config: Any) -> Any:
@@ -66,7 +67,8 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
         Fields (levels, token geometry, normalisation, transform), ``time_step``, ``out_dtype``. A config with
         ``streams`` must be narrowed to the fields of this store first.
     boxes : array_like of int, shape (B, 3)
-        ``(t0, y0, x0)`` store indices of each sample's first time step, row and column.
+        ``(t0, y0, x0)`` store indices of each sample's first time step, row and column (on a mesh store: rows and
+        columns of the tokenizer's placement grid, as the Loader's boxes).
     norm : Normalizer or path, optional
         Coefficients for fields that normalise; default ``config.norm_path``.
     jit : bool, optional
@@ -88,8 +90,10 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
     """
     if config.streams:
         raise ConfigError("extract reads one store: pass a config without streams (only this store's fields)")
+    from ._backend import make_tokenizer
+
     store.check(config)
-    tok = build_tokenizer(store, config)
+    tok = make_tokenizer(store, config)  # the Loader's own choice: a mesh store gets its point tokenizer
     b = tok.check_boxes(boxes)
     normalizer = None
     if any(f.normalization != "none" for f in config.fields):

@@ -213,3 +213,44 @@ def test_errors_name_what_is_wrong(tmp_path):
                              streams=[StreamConfig(name="a", path=str(tmp_path / "s.zarr"))])
     with pytest.raises(ConfigError, match="one store"):
         extract(store, streams, [[0, 0, 0]])
+
+
+def test_a_mesh_store_extracts_what_the_loader_serves(tmp_path):
+    """extract on a mesh store picks the Loader's tokenizer (the mesh one): the same tokens and metadata as the
+    Loader's batch for the same explicit boxes, and the brute-force binning of the written nodes."""
+    from fastload.loader import Loader
+
+    from .stores_multi import make_mesh
+    from .test_mesh import brute_bin
+
+    truth = make_mesh(tmp_path / "m.zarr", nt=10)
+    store = open_store(tmp_path / "m.zarr")
+    fields = (FieldConfig(name="temp", levels=(100.0, 5.0), num_tokens=(2, 2, 3), token_size=(2, 2, 2),
+                          normalization="none"),
+              FieldConfig(name="ssh", num_tokens=(1, 1, 1), token_size=(4, 4, 6), normalization="none"))
+    cfg = SamplingConfig(fields=fields, time_step=2)
+    boxes = np.array([[0, 2, 0], [2, 5, 20], [1, 16, 43]])  # the last crosses the placement grid's seam
+    got = extract(store, cfg, boxes)
+    ref = extract(store, cfg, boxes, jit=False)
+    with Loader(store, cfg, boxes=boxes, batch_size=3, workers=1, device="cpu") as loader:
+        res = loader.tokenizer.resolution
+        assert loader.extent.nx < 43 + 6
+        batch = next(iter(loader))
+    for f in fields:
+        assert np.array_equal(got[f.name].data, batch[f.name].numpy()), f.name
+        assert np.array_equal(got[f.name].data, ref[f.name].data), f.name
+        m = got[f.name].meta
+        for k, v in m.to_torch().items():
+            assert np.array_equal(v.numpy(), batch.meta[f.name][k].numpy(), equal_nan=v.is_floating_point()), k
+        nt, nlat, nlon = f.num_tokens
+        tt, tlat, tlon = f.token_size
+        lev = [1, 0] if f.name == "temp" else [0]
+        data = truth[f.name] if f.name == "temp" else truth[f.name][:, None]
+        for s, (t0, y0, x0) in enumerate(boxes.tolist()):
+            region = (90 - res * y0, 90 - res * (y0 + nlat * tlat), res * x0, res * nlon * tlon)
+            nodes, count = brute_bin(store.grid.lat, store.grid.lon, region, nlat, nlon, tlat * tlon)
+            want = data[t0 + np.arange(nt * tt) * 2][:, lev][:, :, np.maximum(nodes, 0)]
+            want = np.where(nodes >= 0, want, 0).reshape(nt, tt, len(lev), nlat, nlon, tlat, tlon)
+            assert np.array_equal(got[f.name].data[s], want.transpose(2, 0, 3, 4, 1, 5, 6)), (f.name, s)
+            assert np.array_equal(m.valid[s], nodes >= 0) and np.array_equal(m.count[s], count)
+    assert (~got["temp"].meta.valid).any()  # the continent leaves padding slots
