@@ -13,6 +13,7 @@ instrument on and writes a report; ``train`` runs the same loop with checkpoints
     fastload profile --preset small_h100 --torch-profiler runs/tb --store-latency-ms 5
     profiling/nsys_profile.sh runs/nsys/p -- python -m profiling.loop profile --nsys
     fastload train --config run.toml --set optim.lr=3e-4 [--resume]
+    fastload profile --config run.toml               # with [data] sampling = "multi.toml": streams, one Loader
     fastload train --preset cpu_tiny_forecaster --set forecast.multiformer_checkpoint=runs/mf/last.pt
     torchrun --standalone --nproc_per_node 2 -m profiling.loop train --preset cpu_tiny --device cpu
 
@@ -59,10 +60,17 @@ def _print(msg: str) -> None:
 # -- data ---------------------------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[str, Any]:
+def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[str | None, Any]:
     """The store path and sampling config of a run: the built-in dataset is synthesised (once, cached) and its
-    normalisation coefficients computed (once) when ``data.store`` is None."""
+    normalisation coefficients computed (once) when ``data.store`` is None. A multi-stream sampling config (one
+    with ``[streams.NAME]`` tables) names its own stores and coefficients: the path returned is None."""
     data, sampling = cfg.data, cfg.data.sampling
+    if sampling.streams:
+        if data.store is not None:
+            raise ConfigError(f"data.store = {data.store!r}: the sampling config has streams "
+                              f"{[st.name for st in sampling.streams]}, whose stores are their streams.NAME.path; "
+                              f"leave data.store (--store) unset")
+        return None, sampling
     if data.store is not None:
         return data.store, sampling
     from fastload.stats import StatsConfig, compute_stats
@@ -85,9 +93,14 @@ def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> d
     """A loader :class:`~fastload.Batch` as the Multiformer's input dict (see :mod:`model.multiformer`).
 
     Tokens are the loader's masked sources (its targets when it does not mask); per-token metadata, ``(B, nt)``
-    times and ``(B, nlat, nlon)`` positions, are broadcast to ``(B, L, nt, nlat, nlon)`` as views. Tensors not
-    yet on ``device`` are moved (non-blocking).
+    times and ``(B, nlat, nlon)`` positions, are broadcast to ``(B, L, nt, nlat, nlon)`` as views. Point-sampled
+    fields (a mesh, every stream but the first of a multi-stream config) carry a ``valid`` slot mask: they get
+    ``valid_values`` and ``valid`` (:func:`model.multiformer.padding_masks`: padding slots and NaN values weigh
+    nothing in the loss, tokens without a value are not attended to). Tensors not yet on ``device`` are moved
+    (non-blocking).
     """
+    from model.multiformer import padding_masks
+
     def dev(t: torch.Tensor) -> torch.Tensor:
         return t if t.device == device else t.to(device, non_blocking=True)
 
@@ -107,6 +120,8 @@ def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> d
         if batch.masks is not None:
             item["tokens"] = dev(batch.sources[name])
             item["mask"] = dev(batch.masks[name])  # (B, L, nt, nlat, nlon) bool
+        if "valid" in m:  # point slots: (B, nlat, nlon, K) bool, False for padding
+            item.update(padding_masks(target, dev(m["valid"])))
         out[name] = item
     return out
 
@@ -355,8 +370,14 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     kinds = {cfg.model.loss: 1.0}
 
     # -- data source (closed by the exit stack, whatever happens) and the module one step's forward runs ------------
-    store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                           fields=sampling.field_names, warm=mode == "profile", log=say)
+    if sampling.streams:  # every stream's store, opened in the run's data mode (one Loader reads them all)
+        store: Any = {st.name: open_run_store(st.path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                                              fields=[f.name for f in sampling.fields if f.stream == st.name],
+                                              warm=mode == "profile", log=say) for st in sampling.streams}
+        store_path = {name: s.path for name, s in store.items()}
+    else:
+        store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                               fields=sampling.field_names, warm=mode == "profile", log=say)
     loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
     if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
         loader: Any = RolloutLoader(store, sampling, rollout_config(cfg), loader_cfg)
@@ -557,6 +578,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
         if v is not None:
             sets.append(f"{key}={v}")
     cfg = load_run_config(args.config, preset=args.preset, overrides=sets)
+    if args.store is not None and cfg.data.sampling.streams:
+        raise ConfigError(f"--store {args.store}: the sampling config has streams "
+                          f"{[st.name for st in cfg.data.sampling.streams]}, whose stores are their "
+                          f"streams.NAME.path; leave data.store (--store) unset")
     if args.store is not None and cfg.data.sampling.norm_path is None and \
             any(f.normalization != "none" for f in cfg.data.sampling.fields):
         raise ConfigError(f"--store {args.store}: its fields normalise, so the sampling config needs norm_path "
