@@ -78,13 +78,18 @@ class Store:
         The data arrays the fields live in (not coordinates).
     source : BaseByteSource
         Raw key/value access.
+    storage_options : dict or None
+        The fsspec options the store was opened with (a copy; None when none were given), so that another
+        process can reopen it (:func:`fastload._procs.storage_options_of`).
     """
 
     def __init__(
         self, path: str, source: BaseByteSource, *, allow_unsafe_codecs: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ):  # fmt: skip
         self.path = path
         self.source = source
+        self.storage_options: dict[str, Any] | None = dict(storage_options) if storage_options else None
         meta = load_metadata(source)
         self.zarr_format = meta.zarr_format
         self.attrs = dict(meta.attrs)
@@ -303,4 +308,5 @@ def open_store(
     """
     s = os.fspath(path_or_url)
     path = s if "://" in s else os.path.abspath(s)
-    return Store(path, make_source(s, storage_options, latency_ms), allow_unsafe_codecs=allow_unsafe_codecs)
+    return Store(path, make_source(s, storage_options, latency_ms), allow_unsafe_codecs=allow_unsafe_codecs,
+                 storage_options=storage_options)

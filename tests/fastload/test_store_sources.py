@@ -97,3 +97,21 @@ def test_store_through_each_source(tmp_path, zarr_format, sharded, kind):
     info = store.arrays["t"]
     chunks = [tuple(c) for c in np.ndindex(*info.grid_shape)]
     assert store.chunk_bytes_many("t", chunks) == [store.chunk_bytes("t", c) for c in chunks]
+
+
+def test_store_keeps_its_storage_options(tmp_path):
+    """The options a URL store was opened with stay on it (a copy) for worker processes to reopen it with."""
+    from fastload._procs import storage_options_of
+
+    make_per_variable(tmp_path / "s.zarr", nt=2, ny=5, nx=8)
+    opts = {"auto_mkdir": False}
+    url = f"file://{tmp_path / 's.zarr'}"
+    store = open_store(url, storage_options=opts)
+    assert store.storage_options == {"auto_mkdir": False} and store.storage_options is not opts
+    opts["auto_mkdir"] = True  # the caller's dict changing later does not change the store's
+    assert store.storage_options == {"auto_mkdir": False} == storage_options_of(store)
+    slow = open_store(url, storage_options={"auto_mkdir": False}, latency_ms=0.1)  # behind a latency wrapper too
+    assert isinstance(slow.source, LatencySource) and slow.storage_options == {"auto_mkdir": False}
+    again = open_store(store.path, storage_options=store.storage_options)  # round trip: path + options reopen it
+    assert again.storage_options == store.storage_options and list(again.fields) == list(store.fields)
+    assert open_store(url).storage_options is None and open_store(tmp_path / "s.zarr").storage_options is None
