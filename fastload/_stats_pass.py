@@ -3,6 +3,9 @@ writer of the coefficient store (layout in :mod:`fastload.norm`).
 
 Why a separate module: :mod:`fastload.stats` reads as config -> selection -> passes -> CLI; the numerics (Chan's
 parallel merge of count/mean/M2 in float64) and the zarr writing live here, private.
+
+A mesh store (``grid.kind == "mesh"``: fields with a node axis where x stands and no y axis) is a grid of one row:
+``NY = 1``, ``NX`` = nodes, so local coefficients are ``(12, L, 1, N)``, what the point gather reads.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class ChunkPlan:
         for array, _, _ in self.groups:
             arr = self.store.arrays[array]
             _, _, _, y_ax, x_ax = self.axes[array]
-            n_yx = arr.grid_shape[y_ax] * arr.grid_shape[x_ax]
+            n_yx = _chunks_along(arr, y_ax) * arr.grid_shape[x_ax]
             total += len(self.time_chunks[array]) * n_yx * arr.chunk_nbytes
         return total
 
@@ -104,10 +107,17 @@ class ChunkPlan:
             for tc in self.time_chunks[array]:
                 if t_ax is not None:
                     chunk[t_ax] = tc
-                for yc in range(arr.grid_shape[y_ax]):
+                for yc in range(_chunks_along(arr, y_ax)):
+                    if y_ax is not None:  # a mesh has no y axis: its nodes stand where x stands
+                        chunk[y_ax] = yc
                     for xc in range(arr.grid_shape[x_ax]):
-                        chunk[y_ax], chunk[x_ax] = yc, xc
+                        chunk[x_ax] = xc
                         yield (array, tuple(chunk)), tgs
+
+
+def _chunks_along(arr: Any, axis: int | None) -> int:
+    """Chunks of ``arr`` along ``axis``; 1 for an absent axis (a mesh's y)."""
+    return 1 if axis is None else int(arr.grid_shape[axis])
 
 
 def feed(
@@ -127,7 +137,9 @@ def feed(
             sel[f_ax] = tg.field_index - start[f_ax]
         if l_ax is not None:
             sel[l_ax] = tg.store_level - start[l_ax]
-        block = data[tuple(sel)]  # (T, ny, nx) or (ny, nx)
+        block = data[tuple(sel)]  # (T, ny, nx) or (ny, nx); a mesh: (T, nodes) or (nodes,)
+        if y_ax is None:
+            block = block[..., None, :]  # the mesh's one row
         if t_ax is None:
             block, months = block[None], np.zeros(1, np.int32)
         else:
@@ -142,7 +154,8 @@ def feed(
         nonfinite = int((~np.isfinite(x)).sum())
         counts[tg.field]["missing"] += raw_nan
         counts[tg.field]["excluded"] += nonfinite - raw_nan
-        ys, xs = slice(start[y_ax], stop[y_ax]), slice(start[x_ax], stop[x_ax])
+        ys = slice(0, 1) if y_ax is None else slice(start[y_ax], stop[y_ax])
+        xs = slice(start[x_ax], stop[x_ax])
         for m in np.unique(months):
             tg.merge(int(m), ys, xs, x[months == m])
 
@@ -168,7 +181,7 @@ class CoefficientWriter:
         self.groups: dict[str, Any] = {}
         self.globals: dict[str, dict[str, np.ndarray]] = {}
         self.static: dict[str, bool] = {}
-        ydim, xdim = ("latitude", "longitude") if grid.kind == "latlon" else ("y", "x")
+        ydim, xdim = {"latlon": ("latitude", "longitude"), "mesh": ("y", "node")}.get(grid.kind, ("y", "x"))
         for name, _, values in selection:
             info = store.fields[name]
             n_lev = 1 if values is None else len(values)

@@ -374,3 +374,77 @@ def test_multi_stream_batches_and_padding_masks_arrive_on_the_device(stores):
             for name in ("temp", "ssh"):
                 v = batch.meta[name]["valid"]
                 assert v.is_cuda and v.dtype == torch.bool and np.array_equal(v.cpu().numpy(), valid[name])
+
+
+def test_a_mesh_store_normalised_with_its_fastload_stats(stores, tmp_path):
+    """``fastload stats`` on the mesh store, then the Loader (the mesh alone, and as a stream) normalises its fields
+    with those coefficients: local per node, global per level, against NumPy statistics of the written arrays."""
+    from fastload.norm import months_of
+    from fastload.stats import StatsConfig, compute_stats
+
+    paths, truth = stores
+    norm = compute_stats(str(paths["fesom"]), tmp_path / "m-norm.zarr", StatsConfig(progress=False))
+    fields = (FieldConfig(name="temp", levels=(100.0, 5.0), num_tokens=(2, 2, 3), token_size=(2, 2, 2),
+                          normalization="local"),
+              FieldConfig(name="ssh", num_tokens=(1, 1, 1), token_size=(4, 4, 6), normalization="global"))
+    cfg = SamplingConfig(fields=fields, time_step=3, norm_path=norm)
+    store = open_store(paths["fesom"])
+    mesh = truth["fesom"]
+    months = months_of(mesh["time"])
+    boxes = np.array([[0, 2, 0], [2, 9, 20], [1, 16, 40]])
+    with Loader(store, cfg, boxes=boxes, batch_size=3, workers=1, device="cpu") as loader:
+        res = loader.tokenizer.resolution
+        batch = next(iter(loader))
+    for f in fields:
+        nt, nlat, nlon = f.num_tokens
+        tt, tlat, tlon = f.token_size
+        lev = [1, 0] if f.name == "temp" else [0]
+        data = (mesh[f.name] if f.name == "temp" else mesh[f.name][:, None]).astype(np.float64)
+        for s, (t0, y0, x0) in enumerate(boxes.tolist()):
+            region = (90 - res * y0, 90 - res * (y0 + nlat * tlat), res * x0, res * nlon * tlon)
+            nodes, _ = brute_bin(store.grid.lat, store.grid.lon, region, nlat, nlon, tlat * tlon)
+            t = t0 + np.arange(nt * tt) * 3
+            want = np.zeros((nt * tt, len(lev), *nodes.shape))
+            for i, ti in enumerate(t):
+                month = months == months[ti]
+                for j, li in enumerate(lev):
+                    if f.name == "temp":  # local: each node's own statistics of the month
+                        mean, std = data[month, li].mean(0), data[month, li].std(0)
+                        mean, std = mean[np.maximum(nodes, 0)], std[np.maximum(nodes, 0)]
+                    else:  # global: over every node of the month
+                        mean, std = data[month, li].mean(), data[month, li].std()
+                    v = (data[ti, li][np.maximum(nodes, 0)] - mean) / std
+                    want[i, j] = np.where(nodes >= 0, v, 0.0)
+            want = want.reshape(nt, tt, len(lev), nlat, nlon, tlat, tlon).transpose(2, 0, 3, 4, 1, 5, 6)
+            np.testing.assert_allclose(batch[f.name][s].numpy(), want, rtol=1e-4, atol=1e-4, err_msg=f.name)
+    assert np.abs(batch["temp"].numpy()).max() < 10 and batch["temp"].numpy().std() > 0.3  # normalised values
+    # the same coefficients serve the mesh as a stream of a multi-stream config (local per node: the slots' nodes
+    # and time steps from the batch's metadata, the raw values from the NumPy reference)
+    multi = config(paths)
+    multi = dataclasses.replace(
+        multi, streams=tuple(dataclasses.replace(st, norm_path=norm) if st.name == "fesom" else st
+                             for st in multi.streams),
+        fields=tuple(dataclasses.replace(f, normalization="local") if f.stream == "fesom" else f
+                     for f in multi.fields))
+    with Loader(None, multi, boxes=BOXES[:2], batch_size=2, workers=1, device="cpu") as loader:
+        got = next(iter(loader))
+    raw, _ = reference(paths, truth, config(paths), BOXES[:2])
+    for f in (f for f in multi.fields if f.stream == "fesom"):
+        x, r = got[f.name].numpy(), raw[f.name]  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+        B, L, nt, nlat, nlon, tt, tlat, tlon = x.shape
+        m = got.meta[f.name]
+        nodes = m["points"].numpy().reshape(B, nlat, nlon, tlat, tlon)
+        steps = m["t_steps"].numpy().reshape(B, nt, tt)
+        data = (mesh[f.name] if f.levels else mesh[f.name][:, None]).astype(np.float64)
+        lev = [list(mesh["nz1"]).index(v) for v in f.levels] if f.levels else [0]
+        want = np.zeros(x.shape)
+        for b in range(B):
+            for a in range(nt):
+                for i in range(tt):
+                    month = months == months[steps[b, a, i]]
+                    for j, li in enumerate(lev):
+                        mean, std = data[month, li].mean(0), data[month, li].std(0)
+                        v = (r[b, j, a, :, :, i] - mean[np.maximum(nodes[b], 0)]) / std[np.maximum(nodes[b], 0)]
+                        want[b, j, a, :, :, i] = np.where(nodes[b] >= 0, v, 0.0)
+        assert (nodes < 0).any() and not np.array_equal(x, r)
+        np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4, err_msg=f.name)

@@ -294,3 +294,39 @@ def test_curvilinear_grid_with_land(tmp_path):
     assert np.isnan(lm[0, :, 2:4, 3:6]).all() and np.isfinite(lm[0, :, :2]).all()  # land stays NaN
     ds = xr.open_zarr(out, group="thetao", consolidated=False)
     assert ds["local_std"].dims == ("month", "level", "y", "x")
+
+
+@pytest.mark.parametrize("fmt,memory", [(3, 2**30), (2, 1)])
+def test_mesh_store_equals_numpy(tmp_path, fmt, memory):
+    """A mesh is a grid of one row: local coefficients (12, L, 1, N) per node, global ones over the nodes; edge
+    chunks of the node and time axes cropped; the Normalizer accepts them for the mesh store."""
+    from fastload.config import FieldConfig, SamplingConfig
+    from fastload.norm import Normalizer
+
+    from .stores_multi import make_mesh
+
+    truth = make_mesh(tmp_path / "m.zarr", nt=130, node_chunk=100, time_chunk=7)  # 6-hourly: Jan 1 .. Feb 2
+    temp = truth["temp"].copy()
+    store = open_store(tmp_path / "m.zarr")
+    n = store.grid.nx
+    assert store.grid.kind == "mesh" and n % 100 and 130 % 7  # edge chunks on both axes
+    out = compute_stats(store, tmp_path / "n.zarr",
+                        StatsConfig(memory_bytes=memory, zarr_format=fmt, progress=False))  # fmt: skip
+    months = months_of(truth["time"])
+    assert set(np.unique(months)) == {0, 1}
+    attrs = assert_stats(out, "temp", temp[:, :, None, :], months)  # (T, L, 1, N)
+    assert attrs["grid_kind"] == "mesh" and attrs["grid_shape"] == [1, n] and attrs["levels"] == [5.0, 100.0]
+    assert attrs["counts"][:2] == [int((months == m).sum()) * 2 * n for m in (0, 1)]
+    assert_stats(out, "ssh", truth["ssh"][:, None, None, :], months)
+    _, _, lm, _, _ = read_group(out, "temp")
+    assert lm.shape == (12, 2, 1, n)
+    ds = xr.open_zarr(out, group="temp", consolidated=False)
+    assert ds["local_mean"].dims == ("month", "level", "y", "node")
+    cfg = SamplingConfig(fields=(FieldConfig(name="temp", levels=(100.0,), num_tokens=(1, 1, 1), token_size=(1, 2, 2),
+                                             normalization="local"),
+                                 FieldConfig(name="ssh", num_tokens=(1, 1, 1), token_size=(1, 2, 2),
+                                             normalization="global")))
+    norm = Normalizer(out)
+    norm.check(store, cfg)  # grid shape [1, N], node coordinates, levels, months
+    mean, std = norm.coefficients("temp", "local", [100.0], [1])
+    assert mean.shape == (1, 1, 1, n) and np.allclose(mean[0, 0, 0], temp[months == 1, 1].mean(0), rtol=1e-5)

@@ -1,8 +1,9 @@
 """The tiny Multiformer trains on multi-stream batches (issue 8): an hourly atmosphere, a daily curvilinear ocean
-with land (NaN) and an unstructured mesh (padded point slots), loaded by one ``fastload.Loader``, normalised,
-masked, turned into model inputs by the training loop's ``model_inputs`` (with the padding masks of
-``model.multiformer.padding_masks``), and trained on CPU: the loss falls and stays finite; the same through
-``fastload profile`` / ``fastload train`` with a multi-stream sampling file."""
+with land (NaN) and an unstructured mesh (padded point slots), loaded by one ``fastload.Loader``, normalised (every
+stream, the mesh included, with its ``fastload stats`` coefficients), masked, turned into model inputs by the
+training loop's ``model_inputs`` (with the padding masks of ``model.multiformer.padding_masks``), and trained on
+CPU: the loss falls and stays finite; the same through ``fastload profile`` / ``fastload train`` with a
+multi-stream sampling file."""
 
 from __future__ import annotations
 
@@ -17,31 +18,12 @@ from fastload.config import FieldConfig, SamplingConfig, StreamConfig
 from fastload.errors import ConfigError
 from fastload.loader import Loader
 from fastload.sampling.masking import MaskingConfig
-from fastload.stats import compute_stats
+from fastload.stats import StatsConfig, compute_stats
 from model import FieldSpec, Multiformer, MultiformerConfig, multiformer_loss
 from model.multiformer import padding_masks
 from profiling.loop import model_inputs
 from tests.fastload.stores_multi import make_atmosphere, make_mesh, make_ocean
 from tests.fastload.test_streams import BOXES
-
-
-class ArrayNormalizer:
-    """Global coefficients of a mesh store from its written arrays (``fastload stats`` covers structured grids)."""
-
-    def __init__(self, truth: dict):
-        self.truth = truth
-
-    def check(self, store, config):
-        pass
-
-    def coefficients(self, field, mode, levels, months):
-        a = self.truth[field]
-        a = a[:, None] if a.ndim == 2 else a  # (time, level, node)
-        idx = [0] if levels is None else [int(np.flatnonzero(self.truth["nz1"] == v)[0]) for v in levels]
-        mean = np.nanmean(a[:, idx], axis=(0, 2)).reshape(1, -1, 1, 1)
-        std = np.nanstd(a[:, idx], axis=(0, 2)).reshape(1, -1, 1, 1)
-        m = len(months)
-        return (np.repeat(mean, m, 0).astype(np.float32), np.repeat(std, m, 0).astype(np.float32))
 
 
 def _config(d) -> SamplingConfig:
@@ -50,7 +32,8 @@ def _config(d) -> SamplingConfig:
         streams=(StreamConfig(name="era5", path=str(d / "a.zarr"), norm_path=str(d / "a-norm.zarr")),
                  StreamConfig(name="ocean", path=str(d / "o.zarr"), time_rule="previous",
                               norm_path=str(d / "o-norm.zarr")),
-                 StreamConfig(name="fesom", path=str(d / "m.zarr"), time_rule="nearest")),
+                 StreamConfig(name="fesom", path=str(d / "m.zarr"), time_rule="nearest",
+                              norm_path=str(d / "m-norm.zarr"))),
         fields=(FieldConfig(name="t", levels=(96, 137), normalization="local", stream="era5", **tok),
                 FieldConfig(name="thetao", levels=(5.0, 200.0), normalization="local", stream="ocean", **tok),
                 FieldConfig(name="temp", levels=(5.0,), normalization="global", stream="fesom", **tok)),
@@ -68,13 +51,13 @@ def _one_thread():
 def test_tiny_multiformer_trains_on_a_multi_stream_batch(tmp_path):
     make_atmosphere(tmp_path / "a.zarr")
     make_ocean(tmp_path / "o.zarr")
-    mesh = make_mesh(tmp_path / "m.zarr")
-    for name in ("a", "o"):
-        compute_stats(str(tmp_path / f"{name}.zarr"), tmp_path / f"{name}-norm.zarr")
+    make_mesh(tmp_path / "m.zarr")
+    for name in ("a", "o", "m"):  # fastload stats on every stream, the mesh included
+        compute_stats(str(tmp_path / f"{name}.zarr"), tmp_path / f"{name}-norm.zarr", StatsConfig(progress=False))
     cfg = _config(tmp_path)
     # boxes over the pole, the seam, the south pole (padded mesh cells) and the ocean's land (NaN)
-    with Loader(None, cfg, normalizer={"fesom": ArrayNormalizer(mesh)}, masking=MaskingConfig(rate=0.6),
-                boxes=BOXES, workers=1, device="cpu", seed=0) as loader:
+    with Loader(None, cfg, masking=MaskingConfig(rate=0.6), boxes=BOXES, workers=1, device="cpu",
+                seed=0) as loader:
         batch = next(iter(loader))
     levelled = [f.name for f in cfg.fields if f.levels]
     inputs = model_inputs(batch, levelled, torch.device("cpu"))
@@ -131,22 +114,19 @@ def test_padding_masks_follow_the_loaders_valid_mask(tmp_path):
     assert torch.equal(pads["valid"], want[:, None, None].expand(B, 1, 2, nlat, nlon))
 
 
-def _run_files(d, *, steps: int, mesh_norm: str = "none"):
+def _run_files(d, *, steps: int):
     """The three tiny stores, their coefficients, a multi-stream sampling file (stream paths relative to it) and a
     run file naming it; returns the run file."""
-    from fastload.stats import StatsConfig
-
     make_atmosphere(d / "a.zarr")
     make_ocean(d / "o.zarr")
     make_mesh(d / "m.zarr")
-    for name in ("a", "o"):
+    for name in ("a", "o", "m"):
         compute_stats(str(d / f"{name}.zarr"), d / f"{name}-norm.zarr", StatsConfig(progress=False))
     cfg = _config(d)
     streams = tuple(dataclasses.replace(s, path=s.path.rsplit("/", 1)[-1],
                                         norm_path=s.norm_path and s.norm_path.rsplit("/", 1)[-1])
                     for s in cfg.streams)
-    fields = tuple(dataclasses.replace(f, normalization=mesh_norm) if f.stream == "fesom" else f for f in cfg.fields)
-    (d / "multi.toml").write_text(dataclasses.replace(cfg, streams=streams, fields=fields).to_toml())
+    (d / "multi.toml").write_text(dataclasses.replace(cfg, streams=streams).to_toml())
     run = d / "run.toml"
     run.write_text("\n".join([
         f"steps = {steps}", "warmup = 1", "log_every = 1", 'device = "cpu"', "threads = 1",
