@@ -66,9 +66,10 @@ __all__ = ["Loader", "Batch", "LoaderDataset"]
 _STATE_VERSION = 1
 
 
-@dataclasses.dataclass(slots=True, eq=False)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class Batch:
-    """One batch: token tensors per field, their metadata, the sample boxes and the I/O counters."""
+    """One batch: token tensors per field, their metadata, the sample boxes and the I/O counters (``repr``: shapes,
+    dtypes, devices and a one-line stats summary, no values)."""
 
     fields: dict[str, Any]
     """Field -> ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` tensor (the configured ``out_dtype``, on the device)."""
@@ -95,6 +96,33 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+    def __repr__(self) -> str:
+        """A few lines, no values: each field's shape, dtype and device (and mask), the metadata keys, the stats."""
+        w = max((len(k) for k in self.fields), default=0)
+        lines = [f"Batch(index={self.index}, epoch={self.epoch}, samples={len(self)}, fields={len(self.fields)}"]
+        for name, x in self.fields.items():
+            masked = f"  masks {_describe(self.masks[name])}" if self.masks and name in self.masks else ""
+            lines.append(f"  {name:<{w}}  {_describe(x)}{masked}")
+        if self.meta:  # keys every field has, then what some fields add (point slots)
+            keys = [list(m) for m in self.meta.values()]
+            common = [k for k in keys[0] if all(k in ks for ks in keys)]
+            extra: dict[tuple, list[str]] = {}
+            for name, ks in zip(self.meta, keys):
+                more = tuple(k for k in ks if k not in common)
+                if more:
+                    extra.setdefault(more, []).append(name)
+            lines.append("  meta: " + ", ".join(common) + "".join(f"; {', '.join(n)} + {', '.join(k)}"
+                                                                   for k, n in extra.items()))
+        lines.append(f"  stats: {self.stats!r})")
+        return "\n".join(lines)
+
+
+def _describe(x: Any) -> str:
+    """``(shape) dtype device`` of a tensor or array, without its values."""
+    dev = getattr(x, "device", None)
+    dtype = str(x.dtype).removeprefix("torch.")
+    return f"{tuple(x.shape)} {dtype} {dev if dev is not None else 'numpy'}"
 
 
 class _State:

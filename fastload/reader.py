@@ -47,9 +47,10 @@ _BACKOFF_S = 0.05  # first retry delay; doubles per retry
 _GROUP = 32  # chunks per request to a remote store
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, repr=False)
 class IOStats:
-    """Counters of one batch (or a sum of batches, see :meth:`add`)."""
+    """Counters of one batch (or a sum of batches, see :meth:`add`); ``repr`` is one line (:meth:`summary`, and the
+    decoded bytes and hit rate of each stream)."""
 
     batches: int = 0
     samples: int = 0
@@ -115,6 +116,25 @@ class IOStats:
     def amplification(self) -> float:
         """Bytes decoded per useful byte (1.0 is perfect)."""
         return self.bytes_decoded / self.bytes_useful if self.bytes_useful else 0.0
+
+    def summary(self) -> str:
+        """One line: samples, chunks (hit rate), bytes stored/decoded/useful (amplification), stage times."""
+        extra = "".join(f", {getattr(self, k)} {k}" for k in ("skipped", "retries") if getattr(self, k))
+        return (f"{self.batches} batch{'es' if self.batches != 1 else ''}, {self.samples} samples{extra}, "
+                f"{self.chunks} chunks ({100 * self.hit_rate:.0f}% hits), {_mb(self.bytes_stored)} stored / "
+                f"{_mb(self.bytes_decoded)} decoded / {_mb(self.bytes_useful)} useful "
+                f"({self.amplification:.2f}x), "
+                + ", ".join(f"{k} {1e3 * getattr(self, f'{k}_s'):.1f} ms"
+                            for k in ("plan", "fetch", "decode", "gather", "wait", "copy")))
+
+    def __repr__(self) -> str:
+        per = "" if not self.streams else "; streams: " + ", ".join(
+            f"{n} {_mb(s.bytes_decoded)} decoded ({100 * s.hit_rate:.0f}% hits)" for n, s in self.streams.items())
+        return f"IOStats({self.summary()}{per})"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
 
 
 # -- cache sizing ----------------------------------------------------------------------------------------------

@@ -448,3 +448,36 @@ def test_a_mesh_store_normalised_with_its_fastload_stats(stores, tmp_path):
                         want[b, j, a, :, :, i] = np.where(nodes[b] >= 0, v, 0.0)
         assert (nodes < 0).any() and not np.array_equal(x, r)
         np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4, err_msg=f.name)
+
+
+def test_batch_and_iostats_reprs_are_short(stores):
+    """``print(batch)`` shows shapes, dtypes, devices, masks, metadata keys and one line of stats, not values."""
+    from fastload.sampling.masking import MaskingConfig
+
+    paths, _ = stores
+    cfg = config(paths)
+    with Loader(None, cfg, boxes=BOXES[:2], batch_size=2, workers=1, device="cpu", masking=MaskingConfig()) as loader:
+        batch = next(iter(loader))
+    text = repr(batch)
+    lines = text.splitlines()
+    assert len(lines) == 1 + len(cfg.fields) + 2 and len(text) < 3000 and "tensor(" not in text, text
+    assert lines[0] == f"Batch(index=0, epoch=0, samples=2, fields={len(cfg.fields)}"
+    for f, line in zip(cfg.fields, lines[1:]):
+        shape, mask = (2, *f.sample_shape), (2, f.num_levels, *f.num_tokens)
+        assert line.split() == [f.name, *f"{shape}".split(), "float32", "cpu", "masks", *f"{mask}".split(), "bool",
+                                "cpu"], line
+    point = [f.name for f in cfg.fields if f.stream != "era5"]  # the streams after the first are point-sampled
+    assert lines[-2].startswith("  meta: hour, day_of_year, lat, lon, level, t_index, time; ")
+    assert lines[-2].endswith(f"; {', '.join(point)} + valid, points, count, t_steps, point_lat, point_lon")
+    s = batch.stats
+    assert lines[-1] == f"  stats: {s!r})" and str(s) == repr(s) and "\n" not in repr(s)
+    want = (f"IOStats(1 batch, 2 samples, {s.chunks} chunks ({100 * s.hits / (s.hits + s.misses):.0f}% hits), "
+            f"{s.bytes_stored / 1e6:.2f} MB stored / {s.bytes_decoded / 1e6:.2f} MB decoded / "
+            f"{s.bytes_useful / 1e6:.2f} MB useful ({s.bytes_decoded / s.bytes_useful:.2f}x), "
+            f"plan {1e3 * s.plan_s:.1f} ms, fetch {1e3 * s.fetch_s:.1f} ms, decode {1e3 * s.decode_s:.1f} ms, "
+            f"gather {1e3 * s.gather_s:.1f} ms, wait {1e3 * s.wait_s:.1f} ms, copy {1e3 * s.copy_s:.1f} ms; streams: ")
+    assert repr(s).startswith(want), repr(s)
+    for name in STREAMS:
+        x = s.streams[name]
+        assert f"{name} {x.bytes_decoded / 1e6:.2f} MB decoded ({100 * x.hit_rate:.0f}% hits)" in repr(s)
+    assert "skipped" not in repr(s) and "3 skipped, 2 retries" in repr(IOStats(skipped=3, retries=2))
