@@ -6,10 +6,16 @@ stored vs decoded bytes, and, given a config, the *read amplification* (expected
 one random sample) and a recommended chunking that minimises it plus a per-chunk overhead. The arithmetic (exact,
 checked against a Monte-Carlo count in the tests) lives in :mod:`fastload._amplification` and is re-exported here.
 
+A multi-stream config (``[streams.NAME]`` tables) is inspected stream by stream: every stream's store, the read
+amplification and recommendation of the first (lat-lon, box-sampled) stream, and for every stream the chunking
+warnings the loader would give (:func:`fastload._stream_chunks.warn_chunking`: one sample decoding most of an
+array's record, with a recommended chunking).
+
 Run::
 
     fastload inspect era5.zarr
     fastload inspect era5.zarr --config sampling.toml --json
+    fastload inspect --config multi.toml            # every stream; or name one stream's store first
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ __all__ = [
     "recommend_chunks",
     "describe",
     "format_summary",
+    "inspect_streams",
+    "format_streams",
     "main",
     "OVERHEAD_S",
     "DECODE_BPS",
@@ -263,6 +271,83 @@ def format_summary(
     return "\n".join(lines)
 
 
+def inspect_streams(config: Any, store: str | None = None, *, storage_options: Mapping[str, Any] | None = None,
+                    sizes: str = "auto", overhead_bytes: float = OVERHEAD_S * DECODE_BPS) -> list[dict[str, Any]]:
+    """Inspect the streams of a multi-stream sampling config (all of them, or the one whose store is ``store``).
+
+    Returns
+    -------
+    list of dict
+        Per stream: ``name``, ``kind`` (``reference``, ``box`` or ``mesh``), ``time_rule``, ``config`` (the
+        stream's share of the config), ``describe`` (:func:`describe` of its store), ``amplification``,
+        ``recommendation``, ``recommended_amplification`` (the reference stream's; None for the others: their
+        samples are mapped regions, not index boxes) and ``chunking_warnings`` (the loader's messages about this
+        stream's chunking).
+
+    Raises
+    ------
+    ConfigError
+        ``store`` is none of the streams' stores, or the streams do not fit together (as the Loader would say).
+    """
+    import warnings
+
+    from ._stream_chunks import warn_chunking
+    from .streams import ChunkingWarning, MultiStream
+
+    paths = {st.name: st.path for st in config.streams}
+    chosen = None
+    if store is not None:
+        want = store if "://" in store else os.path.abspath(store)
+        chosen = [n for n, p in paths.items() if (p if "://" in p else os.path.abspath(p)) == want]
+        if not chosen:
+            raise ConfigError(f"{store!r} is none of the config's stream stores {paths}; give one of them, or no "
+                              f"store to inspect every stream")
+    ms = MultiStream(config, storage_options=storage_options, warn_chunking=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ChunkingWarning)
+        messages = warn_chunking(ms)
+    out = []
+    for st in ms.streams:
+        if chosen is not None and st.name not in chosen:
+            continue
+        amp = rec = rec_amp = None
+        if st.kind == "reference":
+            amp = read_amplification(st.store, st.config)
+            rec = recommend_chunks(st.store, st.config, overhead_bytes=overhead_bytes)
+            rec_amp = read_amplification(st.store, st.config, chunks={k: r.chunks for k, r in rec.items()})
+        out.append({"name": st.name, "kind": st.kind, "time_rule": st.rule, "config": st.config,
+                    "describe": describe(st.store, sizes=sizes), "amplification": amp, "recommendation": rec,
+                    "recommended_amplification": rec_amp,
+                    "chunking_warnings": [m for m in messages if m.startswith(f"stream {st.name!r}:")]})
+    return out
+
+
+def format_streams(reports: Sequence[Mapping[str, Any]]) -> str:
+    """The human-readable report of :func:`inspect_streams`: one :func:`format_summary` per stream, then its
+    chunking warnings."""
+    parts = []
+    for r in reports:
+        head = f"== stream {r['name']} ({r['kind']}, time_rule {r['time_rule']}) =="
+        body = format_summary(r["describe"], r["amplification"], r["recommendation"],
+                              r["recommended_amplification"], r["config"] if r["amplification"] else None)
+        warn = [f"WARNING: {m}" for m in r["chunking_warnings"]] or ["chunking: no stream chunking warning"]
+        parts.append("\n".join([head, body, *warn]))
+    return "\n\n".join(parts)
+
+
+def _streams_json(config: Any, reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    streams = {}
+    for r in reports:
+        d = dict(r["describe"])
+        d.update(kind=r["kind"], time_rule=r["time_rule"], chunking_warnings=list(r["chunking_warnings"]))
+        if r["amplification"] is not None:
+            d["amplification"] = r["amplification"].to_dict()
+            d["recommendation"] = {k: dataclasses.asdict(v) for k, v in r["recommendation"].items()}
+            d["recommended_amplification"] = r["recommended_amplification"].amplification
+        streams[r["name"]] = d
+    return {"config": config.to_dict(), "streams": streams}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastload inspect",
@@ -271,7 +356,8 @@ def _parser() -> argparse.ArgumentParser:
         "config suffers on this chunking and a recommended chunking.",
         epilog="Example: fastload inspect era5.zarr --config sampling.toml",
     )
-    p.add_argument("store", help="store path or URL")
+    p.add_argument("store", nargs="?", help="store path or URL (with a multi-stream --config: one stream's store, or "
+                                            "none for every stream)")
     p.add_argument("--config", help="sampling config (TOML/YAML) to evaluate against the chunking")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
@@ -321,14 +407,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import open_store
 
         config = SamplingConfig.from_file(args.config) if args.config else None
+        overhead = args.chunk_overhead_ms * 1e-3 * args.decode_gbps * 1e9
+        if config is not None and config.streams:
+            reports = inspect_streams(config, args.store, storage_options=opts or None, sizes=args.sizes,
+                                      overhead_bytes=overhead)
+            print(json.dumps(_streams_json(config, reports), indent=2) if args.json else format_streams(reports))
+            return 0
+        if args.store is None:
+            raise ConfigError("give the STORE to inspect (or --config with a multi-stream sampling config)")
         store = open_store(args.store, storage_options=opts or None)
         desc = describe(store, sizes=args.sizes)
         amp = rec = rec_amp = None
         if config is not None:
             amp = read_amplification(store, config)
-            rec = recommend_chunks(
-                store, config, overhead_bytes=args.chunk_overhead_ms * 1e-3 * args.decode_gbps * 1e9
-            )
+            rec = recommend_chunks(store, config, overhead_bytes=overhead)
             rec_amp = read_amplification(store, config, chunks={k: r.chunks for k, r in rec.items()})
     except FastloadError as e:
         print(f"fastload inspect: error: {e}", file=sys.stderr)

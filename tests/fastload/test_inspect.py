@@ -256,3 +256,51 @@ def test_cli(tmp_path, capsys):
     assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "bad.toml")]) != 0
     assert "humidity" in capsys.readouterr().err
     assert main([]) != 0
+
+
+def test_cli_multi_stream_config_shows_each_streams_chunking_warning(tmp_path, capsys):
+    """``fastload inspect --config multi.toml``: every stream's store, the reference stream's amplification, and
+    under each stream exactly the chunking warnings the Loader's MultiStream gives (an ocean written as one chunk
+    over its whole record warns; the well-chunked streams do not)."""
+    import re
+
+    from fastload.streams import ChunkingWarning, MultiStream
+
+    from .stores_multi import make_atmosphere, make_mesh, make_ocean
+    from .test_streams import config
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"])
+    make_ocean(paths["ocean"], chunks=(5, 3, 17, 36))
+    make_mesh(paths["fesom"])
+    cfg = config(paths)
+    (tmp_path / "multi.toml").write_text(cfg.to_toml())
+    with pytest.warns(ChunkingWarning) as rec:
+        MultiStream(cfg)
+    loader_says = sorted(str(r.message) for r in rec)
+    assert len(loader_says) == 2 and all(m.startswith("stream 'ocean':") for m in loader_says)
+
+    assert main(["--config", str(tmp_path / "multi.toml")]) == 0
+    out = capsys.readouterr().out
+    sections = re.split(r"\n\n(?=== stream )", out.strip())
+    assert [s.splitlines()[0] for s in sections] == ["== stream era5 (reference, time_rule inside) ==",
+                                                     "== stream ocean (box, time_rule previous) ==",
+                                                     "== stream fesom (mesh, time_rule nearest) =="]
+    for name, sec in zip(("era5", "ocean", "fesom"), sections):
+        assert f"store   {paths[name]}" in sec
+        warned = sorted(line.removeprefix("WARNING: ") for line in sec.splitlines() if line.startswith("WARNING: "))
+        assert warned == (loader_says if name == "ocean" else [])
+        assert ("read amplification" in sec) == (name == "era5")  # the reference stream samples index boxes
+
+    # one stream, by its store, as JSON
+    assert main([str(paths["ocean"]), "--config", str(tmp_path / "multi.toml"), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert list(j["streams"]) == ["ocean"] and sorted(j["streams"]["ocean"]["chunking_warnings"]) == loader_says
+    assert j["streams"]["ocean"]["arrays"]["thetao"]["chunks"] == [5, 3, 17, 36]
+    assert main([str(paths["era5"]), "--config", str(tmp_path / "multi.toml"), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)["streams"]["era5"]
+    assert j["chunking_warnings"] == [] and j["amplification"]["amplification"] > 1
+    # a store that is none of the streams', and no store at all without streams
+    assert main([str(tmp_path / "other.zarr"), "--config", str(tmp_path / "multi.toml")]) == 2
+    assert "none of the config's stream stores" in capsys.readouterr().err
+    assert main([]) == 2 and "give the STORE" in capsys.readouterr().err
