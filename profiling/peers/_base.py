@@ -28,6 +28,7 @@ __all__ = [
     "FieldSpec",
     "StoreSpec",
     "BasePeer",
+    "DataLoaderPeer",
     "spec_from_store",
     "x_ranges",
     "tokenize",
@@ -261,3 +262,50 @@ class BasePeer(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DataLoaderPeer(BasePeer):
+    """A peer whose batches come out of a ``torch.utils.data.DataLoader`` with ``workers`` forked processes.
+
+    Subclasses build a map-style dataset and hand it to :meth:`_iterate`; closing drops the DataLoader
+    iterator, which shuts its worker processes down when it is collected.
+    """
+
+    def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
+        super().__init__(spec, workers=workers, latency_ms=latency_ms)
+        self._iter: Any = None
+
+    def _flat_boxes(self, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, int] | None:
+        """All boxes as one ``(N, 3)`` int64 array and the common batch size, or None when there are no batches.
+
+        Raises ValueError when the batches differ in size (a DataLoader cuts one fixed batch size).
+        """
+        sizes = {len(b) for b in batches}
+        if len(sizes) > 1:
+            raise ValueError(f"{self.name}: all batches must have the same size, got {sorted(sizes)}")
+        if not batches:
+            return None
+        return np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]), sizes.pop()
+
+    def _iterate(self, dataset: Any, batch_size: int | None) -> Iterator[dict[str, np.ndarray]]:
+        """Run ``dataset`` through a DataLoader (``batch_size=None``: its items are whole batches) and yield
+        each batch as NumPy arrays; the workers are released when the iteration ends or is abandoned."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            multiprocessing_context="fork" if self.workers else None,
+        )
+        self._iter = iter(loader)
+        try:
+            for batch in self._iter:
+                yield {k: v.numpy() for k, v in batch.items()}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        # a DataLoader iterator shuts its worker processes down when it is collected (refcount drops to zero)
+        self._iter = None

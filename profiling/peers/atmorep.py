@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import BasePeer, StoreSpec
+from ._base import DataLoaderPeer, StoreSpec
 from .zarr_dataloader import open_zarr_array
 
 __all__ = ["AtmoRepPeer", "read_globe_batch"]
@@ -109,7 +109,7 @@ class _BatchDataset:
         return read_globe_batch(self._arrays, self.spec, self.batches[i])
 
 
-class AtmoRepPeer(BasePeer):
+class AtmoRepPeer(DataLoaderPeer):
     """AtmoRep's batch method: whole-globe window reads through zarr, per-sample crop and tokenise in Python."""
 
     name = "atmorep-batch"
@@ -119,26 +119,8 @@ class AtmoRepPeer(BasePeer):
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
-        self._iter: Any = None
         import zarr  # noqa: F401  (imported here, forked workers inherit it instead of importing it each)
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        from torch.utils.data import DataLoader
-
         ds = _BatchDataset(self.spec, [np.asarray(b, dtype=np.int64) for b in batches], self.latency_ms)
-        loader = DataLoader(
-            ds,  # type: ignore[arg-type]
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.workers,
-            multiprocessing_context="fork" if self.workers else None,
-        )
-        self._iter = iter(loader)
-        try:
-            for batch in self._iter:
-                yield {k: v.numpy() for k, v in batch.items()}
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._iter = None  # the DataLoader iterator shuts its workers down when collected
+        yield from self._iterate(ds, batch_size=None)

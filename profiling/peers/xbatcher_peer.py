@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import BasePeer, StoreSpec, as_tlyx
+from ._base import DataLoaderPeer, StoreSpec, as_tlyx
 
 __all__ = ["XbatcherPeer", "open_xarray"]
 
@@ -108,7 +108,7 @@ class _XbatcherDataset:
             return read_box_xbatcher(self._ds, self.spec, self.boxes[i])
 
 
-class XbatcherPeer(BasePeer):
+class XbatcherPeer(DataLoaderPeer):
     """xarray (dask) + one xbatcher ``BatchGenerator`` per sample, in a DataLoader with process workers."""
 
     name = "xarray+xbatcher"
@@ -118,33 +118,13 @@ class XbatcherPeer(BasePeer):
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
-        self._iter: Any = None
         import dask.array  # noqa: F401  (imported here, as a user's script would, so forked workers inherit them)
         import xarray  # noqa: F401
         import xbatcher  # noqa: F401
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        from torch.utils.data import DataLoader
-
-        sizes = {len(b) for b in batches}
-        if len(sizes) > 1:
-            raise ValueError(f"{self.name}: all batches must have the same size, got {sorted(sizes)}")
-        if not batches:
+        flat = self._flat_boxes(batches)
+        if flat is None:
             return
-        flat = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
-        loader = DataLoader(
-            _XbatcherDataset(self.spec, flat, self.latency_ms),  # type: ignore[arg-type]
-            batch_size=sizes.pop(),
-            shuffle=False,
-            num_workers=self.workers,
-            multiprocessing_context="fork" if self.workers else None,
-        )
-        self._iter = iter(loader)
-        try:
-            for batch in self._iter:
-                yield {k: v.numpy() for k, v in batch.items()}
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._iter = None
+        boxes, batch_size = flat
+        yield from self._iterate(_XbatcherDataset(self.spec, boxes, self.latency_ms), batch_size)

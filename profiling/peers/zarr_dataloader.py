@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import BasePeer, StoreSpec, as_tlyx, selection, x_ranges
+from ._base import DataLoaderPeer, StoreSpec, as_tlyx, selection, x_ranges
 
 __all__ = ["ZarrDataLoaderPeer", "ZarrsDataLoaderPeer", "open_zarr_array"]
 
@@ -82,7 +82,7 @@ class _SampleDataset:
         return read_box_torch(self._arrays, self.spec, self.boxes[i])
 
 
-class ZarrDataLoaderPeer(BasePeer):
+class ZarrDataLoaderPeer(DataLoaderPeer):
     """zarr-python slicing per sample in a torch DataLoader with ``workers`` process workers."""
 
     name = "zarr+DataLoader"
@@ -92,39 +92,17 @@ class ZarrDataLoaderPeer(BasePeer):
 
     def __init__(self, spec: StoreSpec, *, workers: int = 2, latency_ms: float = 0.0):
         super().__init__(spec, workers=workers, latency_ms=latency_ms)
-        self._iter: Any = None
         import zarr  # noqa: F401  (imported here, forked workers inherit it instead of importing it each)
 
         if self.pipeline is not None:
             importlib.import_module(self.pipeline.rsplit(".", 1)[0])
 
     def iter_batches(self, batches: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        from torch.utils.data import DataLoader
-
-        sizes = {len(b) for b in batches}
-        if len(sizes) > 1:
-            raise ValueError(f"{self.name}: all batches must have the same size, got {sorted(sizes)}")
-        if not batches:
+        flat = self._flat_boxes(batches)
+        if flat is None:
             return
-        flat = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
-        ds = _SampleDataset(self.spec, flat, self.latency_ms, self.pipeline)
-        loader = DataLoader(
-            ds,  # type: ignore[arg-type]
-            batch_size=sizes.pop(),
-            shuffle=False,
-            num_workers=self.workers,
-            multiprocessing_context="fork" if self.workers else None,
-        )
-        self._iter = iter(loader)
-        try:
-            for batch in self._iter:
-                yield {k: v.numpy() for k, v in batch.items()}
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        # a DataLoader iterator shuts its worker processes down when it is collected (refcount drops to zero)
-        self._iter = None
+        boxes, batch_size = flat
+        yield from self._iterate(_SampleDataset(self.spec, boxes, self.latency_ms, self.pipeline), batch_size)
 
 
 class ZarrsDataLoaderPeer(ZarrDataLoaderPeer):
