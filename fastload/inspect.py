@@ -43,6 +43,7 @@ from ._amplification import (
     read_amplification,
     recommend_chunks,
 )
+from ._cli_options import add_storage_option, parse_storage_options
 from .errors import ConfigError, FastloadError
 
 __all__ = [
@@ -378,13 +379,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DECODE_BPS / 1e9,
         help="decode rate that converts the overhead into bytes (default %(default)s GB/s)",
     )
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec storage option for a remote store (repeatable)",
-    )
+    add_storage_option(p)
     return p  # fmt: skip
 
 
@@ -397,25 +392,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (args.chunk_overhead_ms >= 0 and args.decode_gbps > 0):
             raise ConfigError("--chunk-overhead-ms must be >= 0 and --decode-gbps > 0")
-        opts = {}
-        for kv in args.storage_option:
-            if "=" not in kv:
-                raise ConfigError(f"--storage-option: expected KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            opts[k] = v
+        opts = parse_storage_options(args.storage_option)
         from .config import SamplingConfig
         from .store import open_store
 
         config = SamplingConfig.from_file(args.config) if args.config else None
         overhead = args.chunk_overhead_ms * 1e-3 * args.decode_gbps * 1e9
         if config is not None and config.streams:
-            reports = inspect_streams(config, args.store, storage_options=opts or None, sizes=args.sizes,
+            reports = inspect_streams(config, args.store, storage_options=opts, sizes=args.sizes,
                                       overhead_bytes=overhead)
             print(json.dumps(_streams_json(config, reports), indent=2) if args.json else format_streams(reports))
             return 0
         if args.store is None:
             raise ConfigError("give the STORE to inspect (or --config with a multi-stream sampling config)")
-        store = open_store(args.store, storage_options=opts or None)
+        store = open_store(args.store, storage_options=opts)
         desc = describe(store, sizes=args.sizes)
         amp = rec = rec_amp = None
         if config is not None:

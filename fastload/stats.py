@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cli_options import add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
@@ -350,13 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec storage option for a remote data store (repeatable)",
-    )
+    add_storage_option(p, "data store")
     return p  # fmt: skip
 
 
@@ -381,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         from .store import open_store
 
-        opts = _parse_kv(args.storage_option, "storage-option") or None
+        opts = parse_storage_options(args.storage_option)
         store = open_store(args.store, storage_options=opts)
         t0 = datetime.datetime.now()
         path = compute_stats(store, args.out, cfg)
