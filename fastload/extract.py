@@ -55,6 +55,24 @@ def _normalizer(norm: Any, config: Any) -> Any:
     return Normalizer(path)
 
 
+def read_plan(source: Any, plan: Any) -> tuple[dict[str, np.ndarray], Any]:
+    """Decode every chunk a plan needs, in order, into one arena per array; no cache, no threads.
+
+    ``source`` is a store or a :class:`fastload.streams.MultiStream` (``arrays[key].chunks``/``dtype`` and
+    ``read_chunk(key, chunk, out=)``); ``plan`` a batch plan (``chunks``: key -> ``(U, ndim)`` chunk indices, and
+    ``slot_tables``). Returns the slots (key -> ``(U, chunk elements)``, chunk ``u`` in row ``u``) and the plan's
+    slot tables for that layout, as the gather kernels take them.
+    """
+    slots: dict[str, np.ndarray] = {}
+    for key, chunks in plan.chunks.items():
+        info = source.arrays[key]
+        arena = np.empty((chunks.shape[0], int(np.prod(info.chunks))), dtype=info.dtype)
+        for u, chunk in enumerate(chunks.tolist()):
+            source.read_chunk(key, tuple(chunk), out=arena[u])
+        slots[key] = arena
+    return slots, plan.slot_tables({k: np.arange(c.shape[0]) for k, c in plan.chunks.items()})
+
+
 def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool | None = None,
             as_torch: bool = False) -> dict[str, Extracted]:
     """Samples of ``config``'s fields at the given boxes, normalised as the config says.
@@ -105,14 +123,7 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
         normalizer.check(store, config)
 
     plan = tok.plan(b)
-    slots: dict[str, np.ndarray] = {}
-    for array, chunks in plan.chunks.items():
-        info = store.arrays[array]
-        arena = np.empty((chunks.shape[0], int(np.prod(info.chunks))), dtype=info.dtype)
-        for u, chunk in enumerate(chunks.tolist()):
-            store.read_chunk(array, tuple(chunk), out=arena[u])
-        slots[array] = arena
-    tables = plan.slot_tables({a: np.arange(c.shape[0]) for a, c in plan.chunks.items()})
+    slots, tables = read_plan(store, plan)
 
     coefficients = None
     month_of = None

@@ -47,6 +47,7 @@ from ._stream_space import CurvilinearMapper, LatLonMapper, ReferenceRegions
 from ._stream_time import align, cadence, describe_period, sample_times, servable
 from .config import SamplingConfig
 from .errors import ConfigError
+from .extract import read_plan
 from .sampling.geometry import GridExtent, random_boxes
 from .sampling.mesh import MeshPointSampler, point_layouts
 from .sampling.neighborhood import allocate_outputs
@@ -607,14 +608,7 @@ def extract_streams(config: Any, boxes: Any, *, stores: Mapping[str, Any] | None
                                                                      jit=jit)
     plan = ms.plan(boxes)
     b = plan.boxes
-    slots: dict[str, np.ndarray] = {}
-    for key, chunks in plan.chunks.items():
-        info = ms.arrays[key]
-        arena = np.empty((chunks.shape[0], int(np.prod(info.chunks))), dtype=info.dtype)
-        for u, chunk in enumerate(chunks.tolist()):
-            ms.read_chunk(key, tuple(chunk), out=arena[u])
-        slots[key] = arena
-    tables = plan.slot_tables({a: np.arange(c.shape[0]) for a, c in plan.chunks.items()})
+    slots, tables = read_plan(ms, plan)
     coefficients = ms.coefficients() if any(f.normalization != "none" for f in ms.config.fields) else None
     outs = allocate_outputs(ms.config, b.shape[0], torch=as_torch)
     ms.gather(slots, tables, b, outs, coefficients=coefficients, jit=jit)
