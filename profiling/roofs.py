@@ -14,6 +14,7 @@ Run alone for a quick look at a store::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
@@ -22,7 +23,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -152,6 +153,19 @@ def _mincore_lib() -> Any:
     return _libc
 
 
+def _read_only_fds(files: Sequence[str]) -> Iterator[int]:
+    """A read-only descriptor of each file that opens (the others are skipped), closed when the caller moves on."""
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+
 def resident_fraction(files: Sequence[str]) -> float | None:
     """Fraction of the files' pages in the page cache (``mincore``), by bytes; None where it cannot be told."""
     if not sys.platform.startswith("linux"):
@@ -159,12 +173,8 @@ def resident_fraction(files: Sequence[str]) -> float | None:
     lib = _mincore_lib()
     page = mmap.PAGESIZE
     total = resident = 0
-    for path in files:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
+    with contextlib.closing(_read_only_fds(files)) as fds:
+        for fd in fds:
             size = os.fstat(fd).st_size
             if size == 0:
                 continue
@@ -180,24 +190,15 @@ def resident_fraction(files: Sequence[str]) -> float | None:
                 total += npages * page
             finally:
                 lib.munmap(ctypes.c_void_p(addr), size)
-        finally:
-            os.close(fd)
     return resident / total if total else None
 
 
 def drop_page_cache(files: Sequence[str]) -> int:
     """Ask the kernel to drop the files' clean pages (``posix_fadvise(DONTNEED)``); returns files advised."""
     n = 0
-    for path in files:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            n += 1
-        finally:
-            os.close(fd)
+    for fd in _read_only_fds(files):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        n += 1
     return n
 
 
