@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import os
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,16 +78,38 @@ class LocalSource(BaseByteSource):
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.abspath(os.fspath(root))
+        self._prefix = os.path.join(self.root, "")
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/")) if key else self.root
+        if not key:
+            return self.root
+        return self._prefix + (key if os.sep == "/" else os.path.join(*key.split("/")))
 
     def get(self, key: str) -> bytes | None:
+        # open, fstat, one pread, close: a third fewer system calls and Python objects than ``open().readall()``
+        # (this runs once per chunk the loader fetches)
         try:
-            with open(self._path(key), "rb", buffering=0) as f:
-                return f.readall()
+            fd = os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None
+            size = st.st_size
+            data = os.pread(fd, size, 0) if size > 0 else b""
+            if len(data) == size and size > 0:
+                return data
+            parts = [data]  # a short read, or a size the file system does not know: read on to the end
+            pos = len(data)
+            while True:
+                more = os.pread(fd, 1 << 20, pos)
+                if not more:
+                    return b"".join(parts)
+                parts.append(more)
+                pos += len(more)
+        finally:
+            os.close(fd)
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:
         try:
