@@ -81,6 +81,23 @@ def _expected_size(codec_id: str, raw: bytes | memoryview) -> int | None:
     return None
 
 
+def _direct_decompress(codec_id: str) -> Callable[[Any, Any], Any] | None:
+    """numcodecs' ``decompress(source, dest)`` of a codec id (blosc, zstd, lz4), or None where it has none.
+
+    They take any contiguous writable buffer as ``dest``, check its size against the stream's, and release the
+    GIL while they work; Blosc's picks its threading per call as ``Blosc.decode`` does.
+    """
+    import importlib
+
+    if codec_id not in ("blosc", "zstd", "lz4"):
+        return None
+    try:
+        fn = importlib.import_module(f"numcodecs.{codec_id}").decompress
+    except (ImportError, AttributeError):
+        return None
+    return fn if callable(fn) else None
+
+
 class ChunkDecoder:
     """Decodes the stored bytes of one chunk of one array. Stateless after construction: thread-safe.
 
@@ -123,6 +140,12 @@ class ChunkDecoder:
             not buffer_steps and not array_steps and native and self.dtype.kind != "O"
             and len(bytes_steps) <= 1 and all(cid in _OUT_CAPABLE for cid, _ in bytes_steps)
         )  # fmt: skip
+        # the fast path's decompressor: numcodecs' module-level function where it has one (the codec object's
+        # decode adds a buffer normalisation per call that the fast path does not need), else the codec's decode
+        self._decompress: Callable[[Any, Any], Any] | None = None
+        if self._fast and bytes_steps:
+            cid, codec = bytes_steps[0]
+            self._decompress = _direct_decompress(cid) or codec.decode
 
     def decode(self, raw: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
         """Decode one chunk.
@@ -147,7 +170,7 @@ class ChunkDecoder:
         dest = self.view_out(out)
         try:
             if self._fast:
-                self._decode_fast(raw, dest)
+                self._decode_fast(raw, dest if out is None else out)
                 return dest
             result = self._decode_general(raw)
         except DecodeError:
@@ -171,6 +194,7 @@ class ChunkDecoder:
         return out.reshape(-1).view(self.dtype).reshape(self.chunks)
 
     def _decode_fast(self, raw: bytes | memoryview, dest: np.ndarray) -> None:
+        """Decode into ``dest``: a C-contiguous buffer of :attr:`nbytes` bytes, any shape and dtype."""
         if not self._bytes_steps:  # no compressor: the bytes are the chunk
             if len(raw) != self.nbytes:
                 raise DecodeError(f"stored {len(raw)} bytes uncompressed, expected {self.nbytes}")
@@ -186,7 +210,7 @@ class ChunkDecoder:
             return
         if declared != self.nbytes:
             raise DecodeError(f"{cid} stream declares {declared} decoded bytes, expected {self.nbytes}")
-        codec.decode(raw, out=dest.reshape(-1).view(np.uint8))
+        self._decompress(raw, dest)  # type: ignore[misc]
 
     def _decode_general(self, raw: bytes | memoryview) -> np.ndarray:
         from numcodecs.compat import ensure_ndarray_like
