@@ -3,7 +3,6 @@ naming array and chunk (or are skipped and counted); worker and consumer excepti
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 
@@ -15,16 +14,7 @@ from fastload.loader import Loader
 from fastload.store import BaseByteSource, open_store
 from tests.fastload.loader_ref import build, reference
 
-
-def _ours() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left():
-    yield
-    gc.collect()
-    assert _ours() == []
+pytestmark = pytest.mark.usefixtures("nothing_left")
 
 
 class FlakySource(BaseByteSource):

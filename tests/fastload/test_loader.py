@@ -4,7 +4,6 @@ zarr formats, sharding and grids; exact resume; epochs; buffer lifetime; counter
 from __future__ import annotations
 
 import gc
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from fastload.errors import ConfigError, LoaderClosedError
 from fastload.extract import extract
 from fastload.loader import Batch, Loader, LoaderDataset
 from fastload.store import open_store
+from tests.fastload.leaks import fastload_threads
 from tests.fastload.loader_ref import build, reference
 
 
@@ -22,15 +22,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
-def _ours() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left():
-    yield
-    gc.collect()
-    assert _ours() == []
+pytestmark = pytest.mark.usefixtures("nothing_left")
 
 
 @pytest.mark.parametrize(
@@ -192,7 +184,7 @@ def test_close_is_idempotent_and_final(tmp_path):
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, prefetch=2)
     it = iter(loader)
     next(it)
-    assert _ours()
+    assert fastload_threads()
     loader.set_epoch(3)  # stops this iteration
     with pytest.raises(LoaderClosedError, match="stopped"):
         next(it)
@@ -200,7 +192,7 @@ def test_close_is_idempotent_and_final(tmp_path):
     next(it)
     loader.close()
     loader.close()
-    assert _ours() == []
+    assert fastload_threads() == []
     with pytest.raises(LoaderClosedError):
         iter(loader)
 
@@ -210,7 +202,7 @@ def test_abandoned_iterator_and_loader_are_collected(tmp_path):
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40)
     next(iter(loader))  # the iterator is dropped at once
     gc.collect()
-    assert not [n for n in _ours() if n.startswith("fastload-loader")]
+    assert not [n for n in fastload_threads() if n.startswith("fastload-loader")]
     del loader
 
 

@@ -4,10 +4,6 @@ does so in process mode too, where workers reopen a URL store with its storage o
 
 from __future__ import annotations
 
-import gc
-import multiprocessing as mp
-import threading
-
 import numpy as np
 import pytest
 
@@ -44,12 +40,7 @@ def store(tmp_path_factory):
     return d, truth, cfg
 
 
-@pytest.fixture(autouse=True)
-def nothing_left():
-    yield
-    gc.collect()
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
-    assert not [p for p in mp.active_children() if p.name.startswith("fastload")]
+pytestmark = pytest.mark.usefixtures("nothing_left")
 
 
 def _plan(epoch: int) -> np.ndarray:

@@ -4,10 +4,8 @@ errors and worker death reach the consumer."""
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import os
 import signal
-import threading
 
 import numpy as np
 import pytest
@@ -23,12 +21,13 @@ def _segments() -> list[str]:
     return [n for n in os.listdir(SHM_DIR) if n.startswith(f"fastload-{os.getpid()}-")]
 
 
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
+
 @pytest.fixture(autouse=True)
-def nothing_left():
+def no_segments_left():
     yield
     gc.collect()
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
-    assert not [p for p in mp.active_children() if p.name.startswith("fastload")]
     assert _segments() == []
 
 

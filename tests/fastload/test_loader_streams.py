@@ -7,8 +7,6 @@ resume, bad input; a mesh store on its own through the loader."""
 from __future__ import annotations
 
 import dataclasses
-import gc
-import threading
 
 import numpy as np
 import pytest
@@ -39,11 +37,7 @@ def stores(tmp_path_factory):
     return paths, truth
 
 
-@pytest.fixture(autouse=True)
-def no_threads_left():
-    yield
-    gc.collect()
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload")]
+pytestmark = pytest.mark.usefixtures("nothing_left")
 
 
 def reference(paths, truth, cfg: SamplingConfig, boxes: np.ndarray) -> tuple[dict, dict]:
