@@ -13,8 +13,8 @@ float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest 
 Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
 no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
 atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead, and
-each token's output block is written in one sequential pass. ``error_model="numpy"``: a zero std gives inf/NaN
-as in NumPy, not an exception.
+each token's output block is written in one sequential pass, in 8-wide moves (short token rows would otherwise
+run scalar). ``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
 """
 
 from __future__ import annotations
@@ -73,6 +73,31 @@ def to_float16_bits(x, out):
     bits = x.view(np.uint32)
     for i in range(x.shape[0]):
         out[i] = _f16(np.int64(bits[i]))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _copy8(dst, d0, src, r, s0):
+    """``dst[d0:d0 + 8] = src[r, s0:s0 + 8]``: eight loads, then eight stores, so LLVM emits one vector move.
+
+    Token rows are short (``tlon``, often 9): a plain loop of that length runs scalar (the vectoriser's loop wants
+    32 and more), so the token writes copy in 8-wide moves, the last one overlapping the one before.
+    """
+    v0 = src[r, s0]
+    v1 = src[r, s0 + np.uint64(1)]
+    v2 = src[r, s0 + np.uint64(2)]
+    v3 = src[r, s0 + np.uint64(3)]
+    v4 = src[r, s0 + np.uint64(4)]
+    v5 = src[r, s0 + np.uint64(5)]
+    v6 = src[r, s0 + np.uint64(6)]
+    v7 = src[r, s0 + np.uint64(7)]
+    dst[d0] = v0
+    dst[d0 + np.uint64(1)] = v1
+    dst[d0 + np.uint64(2)] = v2
+    dst[d0 + np.uint64(3)] = v3
+    dst[d0 + np.uint64(4)] = v4
+    dst[d0 + np.uint64(5)] = v5
+    dst[d0 + np.uint64(6)] = v6
+    dst[d0 + np.uint64(7)] = v7
 
 
 PREFETCH_ROWS = 4
@@ -142,6 +167,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     seg_k = np.empty(max_seg, np.int64)  # where the segment starts in the box row
     seg_x = np.empty(max_seg, np.int64)  # store column of its first value
     sxu = np.uint64(sx)
+    t8 = np.uint64(max(tlon - 8, 0))  # start of the last 8-wide move of a token row
     for s in range(n_samples):
         t0, y0, x0 = boxes[s, 0], boxes[s, 1], boxes[s, 2]
         ft = t0 // ct if has_t else 0
@@ -285,7 +311,13 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                         r0 = np.uint64(c * tlon)
                         for rr in range(band):
                             ru = np.uint64(rr)
-                            if kind == 0:
+                            if kind == 0 and tlon >= 8:  # 8-wide moves, the last overlapping the one before
+                                q8 = np.uint64(0)
+                                while q8 < t8:
+                                    _copy8(outf, o + q8, buf, ru, r0 + q8)
+                                    q8 += np.uint64(8)
+                                _copy8(outf, o + t8, buf, ru, r0 + t8)
+                            elif kind == 0:
                                 for q in range(tlon):
                                     qu = np.uint64(q)
                                     outf[o + qu] = buf[ru, r0 + qu]

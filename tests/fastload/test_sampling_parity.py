@@ -98,12 +98,14 @@ def half_nan(bits: np.ndarray, kind: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ geometries
 @st.composite
-def cases(draw, *, log1p=None):
+def cases(draw, *, log1p=None, wide=False):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     periodic = draw(st.booleans())
     layout = draw(st.sampled_from(["tlyx", "tyx", "yx", "tflyx"]))
     nt_, nlat, nlon = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
     tt, tlat, tlon = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    if wide:  # token rows around the kernel's 8-wide moves (one, one plus an overlapping one, several)
+        nlon, tlon = draw(st.integers(1, 2)), draw(st.sampled_from([7, 8, 9, 15, 16, 17, 27]))
     T, H, W = nt_ * tt, nlat * tlat, nlon * tlon
     dt = draw(st.integers(1, 3))
     NT = (T - 1) * dt + 1 + draw(st.integers(0, 4))
@@ -190,6 +192,12 @@ def test_kernel_matches_reference_and_direct_crop(c):
         nan_r, nan_e = half_nan(ref, c.out_dtype), half_nan(exp, c.out_dtype)
         assert np.array_equal(nan_r, nan_e)
         assert np.array_equal(ref[~nan_r], exp[~nan_e])
+
+
+@SETTINGS
+@given(cases(wide=True))
+def test_kernel_long_token_rows_match_reference_and_direct_crop(c):
+    test_kernel_matches_reference_and_direct_crop.hypothesis.inner_test(c)
 
 
 def test_float64_slots_match_reference():
