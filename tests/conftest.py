@@ -1,4 +1,5 @@
-"""Shared test set-up: GPU tests skip without CUDA; Numba caches stay inside the checkout."""
+"""Shared test set-up: GPU tests skip without CUDA; Numba caches stay inside the checkout; torch on one thread for
+the tests that ask (``one_torch_thread``)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with torch on one thread: tiny models on a shared machine, where OpenMP threads spinning
+    against other processes turn a 5 ms step into seconds. Opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

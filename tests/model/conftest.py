@@ -4,12 +4,8 @@ spinning against other processes make a 5 ms step take seconds."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every model test (tests/conftest.py's ``one_torch_thread``)."""

@@ -22,12 +22,8 @@ from tests.profiling.forecastdata import SMALL, fc_config
 from tests.profiling.loopdata import run_config, run_toml, tiny_store
 
 QUIET = {"log": lambda msg: None}
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _state(path):

@@ -40,12 +40,7 @@ def _config(d) -> SamplingConfig:
         time_step=2, batch_size=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_multiformer_trains_on_a_multi_stream_batch(tmp_path):
