@@ -178,7 +178,7 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
     layout = "atmorep" if chunking == "atmorep" else "per-variable"
     chunks: Sequence[int] | None = None
     if chunking == "recommended":
-        chunks = _recommended(store, config, workdir, cfg, seed, fmt, codec)
+        chunks = _recommended(store, config, workdir, fmt, codec)
     elif chunking == "tiles":
         chunks = cfg.chunks
     shards = None
@@ -205,8 +205,7 @@ def _codec_of(store: Any) -> str | None:
     return "none"
 
 
-def _recommended(store: Any, config: SamplingConfig, workdir: str, cfg: Any, seed: int, fmt: int,
-                 codec: str) -> tuple[int, ...]:  # fmt: skip
+def _recommended(store: Any, config: SamplingConfig, workdir: str, fmt: int, codec: str) -> tuple[int, ...]:
     """The recommended (time, level, lat, lon) chunks of the config's first field on levels."""
     from fastload.inspect import recommend_chunks
     from fastload.store import open_store

@@ -114,7 +114,7 @@ def _check_faces(f: np.ndarray, n: int, where: str) -> np.ndarray:
     return np.where(f < 0, -1, f)
 
 
-def _faces(meta: StoreMetadata, read: Callable[[str], np.ndarray], node_dim: str, where: str) -> tuple[str | None, np.ndarray | None]:
+def _faces(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: str) -> tuple[str | None, np.ndarray | None]:
     name = next((n for n in FACE_NAMES if n in meta.arrays), None)
     if name is None:
         return None, None
@@ -143,7 +143,7 @@ def mesh_layout(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: s
     lat_name, lon_name = _names(meta)
     assert lat_name is not None and lon_name is not None
     node_dim = meta.arrays[lat_name].dims[0]  # type: ignore[index]
-    face_name, faces = _faces(meta, read, node_dim, where)
+    face_name, faces = _faces(meta, read, where)
     grid = mesh_grid(read(lat_name), read(lon_name), where=where, lat_name=lat_name, lon_name=lon_name,
                      node_dim=node_dim, face_nodes=faces)
     tname, time = _time_axis(meta, read, where)
