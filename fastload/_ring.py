@@ -65,7 +65,10 @@ def torch_alloc(pin: bool) -> Callable[[int], tuple[np.ndarray, Any]]:
     def alloc(nbytes: int) -> tuple[np.ndarray, Any]:
         import torch
 
-        t = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+        if not pin:  # NumPy asks for transparent huge pages: the first write of a buffer faults ~6x less
+            a = np.empty(nbytes, dtype=np.uint8)
+            return a, torch.from_numpy(a)
+        t = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         return t.numpy(), t
 
     return alloc

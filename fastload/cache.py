@@ -120,12 +120,39 @@ class _FreeSlots:
         self._back.append(slot)
 
 
+class _Ready:
+    """A one-shot ``threading.Event`` for one chunk: one lock, no Condition (one is made per chunk fetched)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held until set(); waiters block on it
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Mark ready and wake every waiter (called once, under the cache's lock)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()  # let the next waiter through
+        return self._set
+
+
 @dataclass(slots=True, eq=False)
 class _Entry:
     key: Key
     slot: int
     pins: int = 0
-    ready: threading.Event = field(default_factory=threading.Event)
+    ready: _Ready = field(default_factory=_Ready)
     error: BaseException | None = None
     version: int = 0
 

@@ -264,7 +264,10 @@ class ChunkReader:
         self.set_coefficients(coefficients, months)
         self.useful = int(useful_bytes_per_sample)
         self.jit = jit
-        self._group = 1 if isinstance(store.source, LocalSource) else _GROUP
+        # remote: one request per _GROUP chunks; local: a few tasks per decode worker (one task per chunk costs
+        # a Future, a pool hand-off and a wake-up each, all under the GIL)
+        self._group = 0 if isinstance(store.source, LocalSource) else _GROUP
+        self._tasks = 4 * max(1, int(decode_workers))
         # multi-stream tokenizers (fastload.streams.MultiStream): array keys are "stream/array", counted per stream
         self._multi = hasattr(tokenizer, "streams")
         self._useful_by_stream = dict(getattr(tokenizer, "useful_bytes_by_stream", None) or {}) if self._multi else {}
@@ -415,8 +418,9 @@ class ChunkReader:
             by_array.setdefault(k[0], []).append(k)
         futures: list[tuple[list[Key], Future]] = []
         for keys in by_array.values():
-            for i in range(0, len(keys), self._group):
-                group = keys[i:i + self._group]
+            size = self._group or min(_GROUP, max(1, -(-len(keys) // self._tasks)))
+            for i in range(0, len(keys), size):
+                group = keys[i:i + size]
                 try:
                     fut = self._pool.submit(self._fetch_decode, group, res, stop)
                 except RuntimeError:  # the pool is shut down: mark the group failed below
@@ -457,12 +461,12 @@ class ChunkReader:
             raws = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
         arena = self.cache.arena(array)
-        for k, raw in zip(keys, raws):
-            if isinstance(raw, ChunkReadError):
-                d.errors[k] = raw
-                self.cache.filled(k, raw)
-                continue
-            with self._decode_slots:
+        with self._decode_slots:  # one decode slot per group: one hand-off per group, not per chunk
+            for k, raw in zip(keys, raws):
+                if isinstance(raw, ChunkReadError):
+                    d.errors[k] = raw
+                    self.cache.filled(k, raw)
+                    continue
                 t0 = time.perf_counter()
                 try:
                     with nvtx_range("decode"):
@@ -478,15 +482,15 @@ class ChunkReader:
                     continue
                 finally:
                     d.decode_s += time.perf_counter() - t0
-            d.stored += 0 if raw is None else len(raw)
-            d.decoded += arena.itemsize * arena.shape[1]
-            self.cache.filled(k)
+                d.stored += 0 if raw is None else len(raw)
+                d.decoded += arena.itemsize * arena.shape[1]
+                self.cache.filled(k)
         return d
 
     def _fetch(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
                stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
         """Raw bytes of ``chunks``, retrying transient errors; a chunk that still fails is its ChunkReadError."""
-        if len(chunks) > 1:
+        if len(chunks) > 1 and self._group:  # remote: one request for the group; local: a read per chunk
             try:
                 return list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
                                         stop))

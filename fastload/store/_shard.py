@@ -98,7 +98,10 @@ class ShardIndex:
         """``(shard index, position of the inner chunk in the shard's flattened index)``."""
         shard = tuple(c // n for c, n in zip(chunk, self.cps))
         within = tuple(c % n for c, n in zip(chunk, self.cps))
-        return shard, int(np.ravel_multi_index(within, self.cps))
+        pos = 0
+        for w, n in zip(within, self.cps):  # C-order position (np.ravel_multi_index costs ~2 us per call)
+            pos = pos * n + w
+        return shard, pos
 
     def byte_range(self, index: np.ndarray | None, pos: int) -> tuple[int, int] | None:
         """``(offset, nbytes)`` of an inner chunk from its shard's index; None when the chunk is empty."""
