@@ -20,8 +20,8 @@ import torch
 
 from fastload.errors import ConfigError
 
-__all__ = ["rollout_config", "forecaster_config", "multiformer_for", "build_forecaster", "geometry",
-           "RolloutStep", "dummy_rollout_inputs", "count_rollout_flops"]
+__all__ = ["rollout_config", "forecaster_config", "multiformer_for", "build_forecaster", "run_forecaster", "geometry",
+           "RolloutStep", "rollout_data_and_step", "rollout_inputs", "dummy_rollout_inputs", "count_rollout_flops"]
 
 
 def rollout_config(cfg: Any) -> Any:
@@ -110,6 +110,19 @@ def build_forecaster(cfg: Any, sampling: Any, ramp: Sequence[int], build: Callab
     return net
 
 
+def run_forecaster(cfg: Any, sampling: Any, build: Callable[[Any, Any], torch.nn.Module], device: torch.device,
+                   log: Callable[[str], None], where: str = "") -> torch.nn.Module:
+    """The run's Forecaster (:func:`build_forecaster`, the taper ramp from ``forecast.overlap`` in the first field's
+    token points) on ``device``, said in the log (``where``: what to add after the device, e.g. threads)."""
+    first = sampling.fields[0]
+    ramp = (cfg.forecast.overlap[0] * first.token_size[1], cfg.forecast.overlap[1] * first.token_size[2])
+    net = build_forecaster(cfg, sampling, ramp, build, log).to(device)
+    log(f"model: Forecaster, {net.num_parameters() / 1e6:.3f} M parameters "
+        f"({net.num_parameters(trainable_only=True) / 1e6:.3f} M trainable), fields {list(sampling.field_names)}, "
+        f"device {device}{where}")
+    return net
+
+
 def geometry(tiles: Any, device: torch.device) -> Any:
     """``model.TileGeometry`` (centres and neighbours) of a :class:`fastload.sampling.tiles.GlobalTiles`."""
     from model import TileGeometry
@@ -147,6 +160,35 @@ class RolloutStep(torch.nn.Module):
         state = f.initial_state([f.encode(w, self.tiles_per_chunk) for w in windows])
         loss, _ = f.rollout_loss(state, targets, lead_time=lead_hours, geometry=self.geometry, kinds=self.kinds)
         return loss
+
+
+def rollout_data_and_step(cfg: Any, net: torch.nn.Module, store: Any, sampling: Any, loader_cfg: Any,
+                          device: torch.device, kinds: dict[str, float], *, count_flops: bool = False,
+                          wrap_model: Callable[[Any], Any] | None = None) -> tuple[Any, torch.nn.Module, int | None]:
+    """A Forecaster run's data and step: ``(RolloutLoader, the module one step's forward runs, FLOPs per step)``.
+
+    The :class:`~fastload.rollout_data.RolloutLoader` reads the globe's tiles at ``t`` and targets at ``t + k *
+    lead`` from ``store``; the step is a :class:`RolloutStep` on its tile geometry (``wrap_model`` applied to it);
+    FLOPs of one step (forward + backward, on zeros of a batch's shapes) only with ``count_flops``, else None.
+    """
+    from fastload.rollout_data import RolloutLoader
+
+    loader = RolloutLoader(store, sampling, rollout_config(cfg), loader_cfg)
+    step: torch.nn.Module = RolloutStep(net, geometry(loader.tiles, device), kinds, cfg.forecast.tiles_per_chunk)
+    if wrap_model is not None:
+        step = wrap_model(step)
+    flops = None
+    if count_flops:
+        flops = count_rollout_flops(step, dummy_rollout_inputs(sampling, loader.tiles, loader.rollout, device),
+                                    cfg.bf16, device)
+    return loader, step, flops
+
+
+def rollout_inputs(batch: Any, device: torch.device) -> tuple:
+    """A :class:`~fastload.rollout_data.RolloutBatch` as :class:`RolloutStep`'s arguments on ``device``: ``(windows,
+    targets, lead_hours)``."""
+    windows, targets = batch.model_inputs(device)
+    return windows, targets, batch.lead_hours.to(device, non_blocking=True)
 
 
 def dummy_rollout_inputs(sampling: Any, tiles: Any, rollout: Any, device: torch.device) -> tuple:

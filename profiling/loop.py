@@ -29,6 +29,10 @@ Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, 
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
 ``<out>/rank<r>/``; rank 0 prints a line per rank. A checkpoint (``<checkpoint_dir>/last.pt``) holds the model,
 optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit.
+
+Where the parts live: this module holds the loop, the Multiformer's inputs and model, and the command line;
+:mod:`profiling.forecast` what differs for a Forecaster (its model, its ``RolloutLoader`` and the step module whose
+forward is the rollout loss, its inputs); :mod:`profiling.distributed` the process group and the checkpoints.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import torch
 
 from fastload.errors import ConfigError
 
+from .distributed import gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 
 __all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "lr_at"]
@@ -195,72 +200,6 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (o.lr - o.min_lr)
 
 
-# -- distributed and checkpoints ----------------------------------------------------------------------------------
-
-
-def _init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group under torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want = cfg.device or cfg.loader.device
-    if world > 1:
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and (want is None or want.startswith("cuda"))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        return dist.get_rank(), dist.get_world_size(), device
-    if want is None:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(want)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {want!r} but CUDA is not available on this machine (use --device cpu)")
-    return 0, 1, device
-
-
-def _gather(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _save(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cfg: RunConfig, rank: int,
-          world: int) -> None:
-    from model import save_checkpoint
-
-    states = _gather(loader.state_dict(), world)  # every rank's position: each resumes its own share
-    if rank == 0:  # "sampling": the config as run (with the coefficients prepare_data found), for inference
-        save_checkpoint(path, net, opt, step=step, extra={"loader": states, "world_size": world,
-                                                          "run": cfg.to_dict(), "sampling": loader.config.to_dict()})
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _resume(path: Path, net: torch.nn.Module, opt: Any, loader: Any, rank: int, world: int) -> int:
-    from model import load_checkpoint
-
-    if not path.is_file():
-        raise ConfigError(f"--resume: no checkpoint {str(path)!r}")
-    try:
-        info = load_checkpoint(path, net, opt)
-    except ValueError as e:
-        raise ConfigError(f"--resume: {e}") from None
-    extra = info["extra"]
-    if extra.get("world_size") != world:
-        raise ConfigError(f"--resume: {path} was written by {extra.get('world_size')} rank(s); this run has {world}")
-    loader.load_state_dict(extra["loader"][rank])
-    return int(info["step"])
-
-
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -293,17 +232,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     from fastload._nvtx import enable as nvtx_enable
     from fastload._nvtx import is_enabled as nvtx_on
     from fastload.loader import Loader
-    from fastload.rollout_data import RolloutLoader
     from model import apply_compile, multiformer_loss
 
-    from .forecast import (
-        RolloutStep,
-        build_forecaster,
-        count_rollout_flops,
-        dummy_rollout_inputs,
-        geometry,
-        rollout_config,
-    )
+    from . import forecast as fc
     from .nsys import CaptureWindow
     from .report import format_table, loader_record, summarize_loader, write_report
     from .slowstore import open_run_store
@@ -313,7 +244,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     if mode not in ("profile", "train"):
         raise ConfigError(f"mode: expected 'profile' or 'train', got {mode!r}")
-    rank, world, device = _init_distributed(cfg)
+    rank, world, device = init_distributed(cfg)
     say = log if rank == 0 else (lambda msg: None)
     ddp = world > 1
     if ddp:
@@ -346,12 +277,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     extras = f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}"
     if forecast:  # the Forecaster on a Multiformer's encoder; the loop trains what requires grad
-        first = sampling.fields[0]
-        ramp = (cfg.forecast.overlap[0] * first.token_size[1], cfg.forecast.overlap[1] * first.token_size[2])
-        net = build_forecaster(cfg, sampling, ramp, build_model, say).to(device)
-        say(f"model: Forecaster, {net.num_parameters() / 1e6:.3f} M parameters "
-            f"({net.num_parameters(trainable_only=True) / 1e6:.3f} M trainable), fields {list(sampling.field_names)}, "
-            f"device {device}{threads}{extras}")
+        net = fc.run_forecaster(cfg, sampling, build_model, device, say, where=f"{threads}{extras}")
     else:
         net = build_model(cfg, sampling).to(device)
         say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
@@ -379,14 +305,11 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
                                fields=sampling.field_names, warm=mode == "profile", log=say)
     loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
+    loader: Any
+    stepper: torch.nn.Module
     if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
-        loader: Any = RolloutLoader(store, sampling, rollout_config(cfg), loader_cfg)
-        stepper: torch.nn.Module = RolloutStep(net, geometry(loader.tiles, device), kinds, cfg.forecast.tiles_per_chunk)
-        if wrap_model is not None:
-            stepper = wrap_model(stepper)
-        if peak is not None:
-            flops = count_rollout_flops(stepper, dummy_rollout_inputs(sampling, loader.tiles, loader.rollout, device),
-                                        cfg.bf16, device)
+        loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
+                                                          count_flops=peak is not None, wrap_model=wrap_model)
     else:
         masking = None if cfg.masking.strategy == "identity" else cfg.masking
         loader = Loader(store, sampling, loader_cfg, masking=masking)
@@ -402,8 +325,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     def prepare(batch: Any) -> Any:  # the h2d phase: a batch as the model's inputs, on the device
         if forecast:
-            windows, targets = batch.model_inputs(device)
-            return windows, targets, batch.lead_hours.to(device, non_blocking=True)
+            return fc.rollout_inputs(batch, device)
         return model_inputs(batch, levelled, device)
 
     def loss_of(inputs: Any) -> torch.Tensor:  # the forward phase: forward and loss
@@ -420,17 +342,14 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         start = 0
         ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
         if resume is not None:
-            start = _resume(Path(resume), net, opt, loader, rank, world)
+            start = resume_run(Path(resume), net, opt, loader, rank, world)
             say(f"resumed from {resume} at step {start}")
         stop = cfg.steps if stop_at is None else stop_at
         if not start < stop <= cfg.steps:
             raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
         data: Any = loader
-        if cfg.data.mode == "synthetic" and forecast:  # replay one batch already on the device
-            data = ReplayLoader(next(iter(loader)).to(device))
-            say("data: synthetic mode: replaying the first batch from the device (no loading)")
-        elif cfg.data.mode == "synthetic":
-            data = ReplayLoader.from_loader(loader)
+        if cfg.data.mode == "synthetic":  # replay one batch already on the device
+            data = ReplayLoader(next(iter(loader)).to(device)) if forecast else ReplayLoader.from_loader(loader)
             say("data: synthetic mode: replaying the first batch from the device (no loading)")
         if wrap_loader is not None:
             data = wrap_loader(data)
@@ -498,7 +417,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     f"{time.perf_counter() - t_start:.1f} s{first}")
             if ckpt is not None and mode == "train" and (
                     done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                _save(ckpt, net, opt, done, loader, cfg, rank, world)
+                save_run(ckpt, net, opt, done, loader, cfg, rank, world)
                 say(f"checkpoint: {ckpt} (step {done})")
 
     # -- report -------------------------------------------------------------------------------------------------
@@ -514,7 +433,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         wall = sum(r["step_ms"] for r in records) / 1e3
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
     paths = write_report(out_dir, records, summary)
-    briefs = _gather({"rank": rank, "samples_per_s": summary["samples_per_s"],
+    briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"],
                       "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world)
     say("")
     say(format_table(summary))
