@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ._copies import first_occurrences, kept_slots, same_points
 from .chunks import BatchPlan
 from .neighborhood import OUT_KINDS, as_out_array, use_jit
 from .tokenizer import TokenMeta
 
 __all__ = ["point_kernels", "PointLayout", "FieldPoints", "field_points", "plan_points", "gather_field_points",
-           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta"]
+           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta", "same_points",
+           "first_occurrences"]
 
 _NORMS = {"none": 0, "global": 1, "local": 2}
 _MEMO_BYTES = 64 * 2**20  # point lists and index tables a sampler remembers (recent placements)
@@ -363,7 +365,8 @@ class PointTokenMeta(TokenMeta):
     point_lon: np.ndarray
     """``(B, nlat, nlon, K)`` float64 longitude of each slot's point in [0, 360) (NaN for padding)."""
     count: np.ndarray
-    """``(B, nlat, nlon)`` int64: points in the token's cell before keeping ``K`` (mesh); ``K`` for boxes."""
+    """``(B, nlat, nlon)`` int64: points in the token's cell before keeping ``K`` (mesh); for boxes ``K`` less the
+    slots that repeat a place already in the sample (a curvilinear grid's halo or north-fold copies)."""
     t_steps: np.ndarray
     """``(B, nt * tt)`` int64: the stream's time index of every time point of the sample."""
     time_rule: str = "inside"
@@ -497,7 +500,13 @@ class BoxPointSampler(PointSampler):
     """Index boxes of a structured grid (lat-lon or curvilinear) read as point lists: ``where`` is ``(S, 2)``
     ``(y0, x0)`` starts; token ``(b, c)`` slot ``j * tlon + k`` is the point ``(y0 + b*tlat + j, x0 + c*tlon + k)``
     (x modulo NX on periodic grids). Used for the streams of a multi-stream config whose time points are not a
-    regular stride of their own axis."""
+    regular stride of their own axis.
+
+    A curvilinear grid may hold one place at several indices: NEMO/ORCA's east-west halo columns and the rows of its
+    tripolar north fold repeat points (:func:`same_points`). A box there keeps each place once, in its first slot
+    (slot order); the slots holding its copies are padding (point -1, value 0, ``valid`` False), so a sample never
+    counts one place twice and loses none. Token centres stay the mean over all the token's slots' coordinates.
+    """
 
     def __init__(self, config: Any, layouts: Mapping[str, PointLayout], time: np.ndarray | None, grid: Any):
         lat, lon = np.asarray(grid.lat, np.float64), np.asarray(grid.lon, np.float64)
@@ -505,6 +514,8 @@ class BoxPointSampler(PointSampler):
             lat, lon = np.meshgrid(lat, lon, indexing="ij")
         super().__init__(config, layouts, time, lat, lon)
         self.ny, self.nx, self.periodic_x = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
+        self.same = same_points(lat, lon) if grid.kind == "curvilinear" else None
+        """Curvilinear grids that repeat points: :func:`same_points` (None: every index is its own place)."""
 
     def points(self, where, field, *, jit=None):
         w = np.asarray(where, np.int64).reshape(-1, 2)
@@ -524,5 +535,10 @@ class BoxPointSampler(PointSampler):
         tok = flat.reshape(S, nlat, tlat, nlon, tlon).transpose(0, 1, 3, 2, 4)  # (S, nlat, nlon, tlat, tlon)
         la = self.point_lat[tok].reshape(S, nlat, nlon, -1)
         lo = self.point_lon[tok].reshape(S, nlat, nlon, -1)
+        pts = tok.reshape(S, -1)
         count = np.full((S, nlat, nlon), tlat * tlon, np.int64)
-        return np.ascontiguousarray(tok.reshape(S, -1)), count, la.mean(axis=3), circular_mean(lo, 3)
+        if self.same is not None:  # copies of a place already in the sample (fold rows, halo columns): padding
+            keep = kept_slots(self.same, pts)
+            pts = np.where(keep, pts, -1)
+            count = keep.reshape(S, nlat, nlon, -1).sum(axis=3)
+        return np.ascontiguousarray(pts), count, la.mean(axis=3), circular_mean(lo, 3)

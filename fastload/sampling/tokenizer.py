@@ -11,6 +11,12 @@ kernel, and differ only in where token centres are: :class:`LatLonTokenizer` rea
 :class:`CurvilinearTokenizer` 2-D ones. A token's centre is the mean latitude of its points and the circular mean
 of their longitudes (unwrapped around the token's first point, in [0, 360)); its time is the time of its first
 step, with hour of day and (0-based, fractional) day of year.
+
+A curvilinear grid that stores one place at several indices (NEMO/ORCA: the east-west halo columns and the rows of
+the tripolar north fold, :mod:`._copies`) keeps each place once per sample: :class:`CurvilinearTokenizer` gives
+such a grid's fields :class:`SlotTokenMeta`, whose ``valid`` marks the slots that repeat a place already in the
+sample, and writes 0 into them, exactly as a multi-stream sample's point slots
+(:class:`~.points.BoxPointSampler`). Grids without copies are untouched (plain :class:`TokenMeta`).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError
+from ._copies import kept_slots, same_points
 from .chunks import BatchPlan, FieldLayout, field_layouts, plan_batch
 from .geometry import GridExtent, check_boxes
-from .neighborhood import gather_batch, month_table
+from .neighborhood import as_out_array, gather_batch, month_table
 
 __all__ = [
     "TokenMeta",
+    "SlotTokenMeta",
     "BaseTokenizer",
     "StructuredTokenizer",
     "LatLonTokenizer",
@@ -67,6 +75,23 @@ class TokenMeta:
         out["t_index"] = torch.as_tensor(self.t_index, device=device)
         if self.time is not None:
             out["time"] = torch.as_tensor(self.time.astype("datetime64[ns]").astype(np.int64), device=device)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class SlotTokenMeta(TokenMeta):
+    """:class:`TokenMeta` plus which of each token's ``K = tlat * tlon`` point slots hold a place of their own."""
+
+    valid: np.ndarray
+    """``(B, nlat, nlon, K)`` bool, slots row-major over ``tlat x tlon``: False for a slot whose place is already in
+    an earlier slot of the sample (a halo or north-fold copy; its value is 0)."""
+
+    def to_torch(self, device: Any = None) -> dict[str, Any]:
+        """As :meth:`TokenMeta.to_torch`, plus ``valid`` (bool)."""
+        import torch
+
+        out = TokenMeta.to_torch(self, device)
+        out["valid"] = torch.as_tensor(self.valid, device=device)
         return out
 
 
@@ -193,9 +218,56 @@ class LatLonTokenizer(StructuredTokenizer):
 
 
 class CurvilinearTokenizer(StructuredTokenizer):
-    """Curvilinear grids (e.g. NEMO/ORCA) with 2-D latitude and longitude ``(NY, NX)``; x may be periodic."""
+    """Curvilinear grids (e.g. NEMO/ORCA) with 2-D latitude and longitude ``(NY, NX)``; x may be periodic.
+
+    A grid that repeats places (ORCA's halo columns and north fold) keeps each once per sample: its fields' metadata
+    is :class:`SlotTokenMeta` and the repeating slots are written 0 (see the module notes).
+    """
 
     kind = "curvilinear"
+
+    def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout]):
+        super().__init__(grid, time, config, layouts)
+        self.same = same_points(grid.lat, grid.lon)
+        """:func:`~._copies.same_points` of the grid (None: every index is its own place)."""
+
+    def kept(self, boxes: np.ndarray, field: Any) -> np.ndarray:
+        """``(B, nlat, nlon, K)`` bool: the slots of ``boxes`` whose place is not in an earlier slot of the sample
+        (all True on a grid without copies)."""
+        b = np.asarray(boxes, np.int64).reshape(-1, 3)
+        _, nlat, nlon = field.num_tokens
+        _, tlat, tlon = field.token_size
+        if self.same is None:
+            return np.ones((b.shape[0], nlat, nlon, tlat * tlon), bool)
+        y = b[:, 1:2] + np.arange(nlat * tlat)
+        x = b[:, 2:3] + np.arange(nlon * tlon)
+        if self.extent.periodic_x:
+            x %= self.extent.nx
+        flat = (y[:, :, None] * self.extent.nx + x[:, None, :]).reshape(-1, nlat, tlat, nlon, tlon)
+        return kept_slots(self.same, flat.transpose(0, 1, 3, 2, 4).reshape(-1, nlat, nlon, tlat * tlon))
+
+    def gather(self, slots, tables, boxes, outs, *, coefficients=None, month_of=None, samples=None, jit=None):
+        super().gather(slots, tables, boxes, outs, coefficients=coefficients, month_of=month_of, samples=samples,
+                       jit=jit)
+        if self.same is None:
+            return
+        sl = samples if samples is not None else slice(None)
+        b = np.asarray(boxes, np.int64)[sl]
+        for f in self.config.fields:
+            drop = ~self.kept(b, f)  # (S, nlat, nlon, K)
+            if not drop.any():
+                continue
+            _, nlat, nlon = f.num_tokens
+            _, tlat, tlon = f.token_size
+            out = as_out_array(outs[f.name][sl], self.config.out_dtype)  # (S, L, nt, nlat, nlon, tt, tlat, tlon)
+            np.copyto(out, 0, where=drop.reshape(-1, 1, 1, nlat, nlon, 1, tlat, tlon))
+
+    def meta(self, boxes: np.ndarray) -> dict[str, TokenMeta]:
+        out = super().meta(boxes)
+        if self.same is None:
+            return out
+        return {name: SlotTokenMeta(**{k: getattr(m, k) for k in TokenMeta.__slots__},
+                                    valid=self.kept(boxes, self.config.field(name))) for name, m in out.items()}
 
     def token_centres(self, y, x, nlat, nlon):
         lat2 = np.asarray(self.grid.lat, np.float64)
