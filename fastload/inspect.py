@@ -16,6 +16,7 @@ Run::
     fastload inspect era5.zarr
     fastload inspect era5.zarr --config sampling.toml --json
     fastload inspect --config multi.toml            # every stream; or name one stream's store first
+    fastload inspect era5.zarr --codecs             # which codec reads+decodes fastest here (measured)
 """
 
 from __future__ import annotations
@@ -379,6 +380,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DECODE_BPS / 1e9,
         help="decode rate that converts the overhead into bytes (default %(default)s GB/s)",
     )
+    p.add_argument("--codecs", action="store_true",
+                   help="measure this store's read rate and every codec's ratio and decode rate on its data, and "
+                   "recommend the fastest codec (fastload.codec_choice)")
+    p.add_argument("--read-gbps", type=float,
+                   help="with --codecs: charge this read rate (GB/s) instead of the store's measured one, e.g. "
+                   "that of the bucket or disk a rechunked copy will live on")
     add_storage_option(p)
     return p  # fmt: skip
 
@@ -392,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (args.chunk_overhead_ms >= 0 and args.decode_gbps > 0):
             raise ConfigError("--chunk-overhead-ms must be >= 0 and --decode-gbps > 0")
+        if args.read_gbps is not None and not (args.codecs and args.read_gbps > 0):
+            raise ConfigError("--read-gbps takes a rate > 0 and goes with --codecs")
         opts = parse_storage_options(args.storage_option)
         from .config import SamplingConfig
         from .store import open_store
@@ -412,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             amp = read_amplification(store, config)
             rec = recommend_chunks(store, config, overhead_bytes=overhead)
             rec_amp = read_amplification(store, config, chunks={k: r.chunks for k, r in rec.items()})
+        codecs = None
+        if args.codecs:
+            from .codec_choice import measure_codecs
+
+            codecs = measure_codecs(store, read_bps=None if args.read_gbps is None else args.read_gbps * 1e9)
     except FastloadError as e:
         print(f"fastload inspect: error: {e}", file=sys.stderr)
         return 2
@@ -422,9 +436,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["amplification"] = amp.to_dict()
             out["recommendation"] = {k: dataclasses.asdict(r) for k, r in rec.items()}
             out["recommended_amplification"] = rec_amp.amplification
+        if codecs is not None:
+            out["codecs"] = codecs.to_dict()
         print(json.dumps(out, indent=2))
     else:
         print(format_summary(desc, amp, rec, rec_amp, config))
+        if codecs is not None:
+            from .codec_choice import format_codecs
+
+            print("\n" + format_codecs(codecs))
     return 0
 
 

@@ -15,6 +15,7 @@ Run::
 
     fastload rechunk atmorep.zarr era5.zarr --config sampling.toml
     fastload rechunk era5.zarr era5-6h.zarr --chunks 6,1,64,128 --zarr-format 3 --shard 24,1,256,256
+    fastload rechunk atmorep.zarr era5.zarr --config sampling.toml --codec auto   # fastest codec, measured
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ._progress import Progress
 from .errors import ConfigError, SchemaError
 from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, parse_ints
 
-__all__ = ["rechunk", "chunks_from_config", "main"]
+__all__ = ["rechunk", "auto_codec", "chunks_from_config", "main"]
 
 _LAYOUT_KEYS = ("fastload_layout", "fields", "sfc_fields", "levels", "level_type", "latitude_order")
 _DROP_ATTRS = ("_ARRAY_DIMENSIONS", "_FillValue", "fields", "levels", "level_type", "units", "long_names")
@@ -100,6 +101,15 @@ def _field_view(block: np.ndarray, f: Any) -> np.ndarray:
     return block if f.field_index is None else np.take(block, f.field_index, axis=f.axes[1])
 
 
+def auto_codec(store: Any, *, zarr_format: int, read_bps: float | None = None) -> str:
+    """The codec :func:`fastload.codec_choice.measure_codecs` recommends for ``store``'s data (zarr v3: not plain
+    ``lz4``, which has no codec in the v3 specification and reads with a warning)."""
+    from .codec_choice import measure_codecs
+
+    cands = [c for c in CODECS if not (zarr_format == 3 and c == "lz4")]
+    return measure_codecs(store, codecs=cands, read_bps=read_bps).codec
+
+
 def rechunk(
     store: Any,
     out: str | os.PathLike[str],
@@ -108,6 +118,7 @@ def rechunk(
     config: Any = None,
     fields: Sequence[str] | None = None,
     codec: str = DEFAULT_CODEC,
+    read_bps: float | None = None,
     shards: Sequence[int] | None = None,
     zarr_format: int | None = None,
     overwrite: bool = False,
@@ -130,7 +141,11 @@ def rechunk(
     fields : sequence of str, optional
         Fields to copy (default: all).
     codec, shards : str, sequence of int
-        As for :class:`fastload.write.StoreWriter`.
+        As for :class:`fastload.write.StoreWriter`; ``codec="auto"`` takes the codec
+        :func:`fastload.codec_choice.measure_codecs` finds fastest to read and decode on the source's data.
+    read_bps : float, optional
+        With ``codec="auto"``: the read rate (stored bytes/s) of wherever the new store will be read from;
+        default: the source store's, measured.
     zarr_format : {2, 3}, optional
         Default: the source's.
     overwrite, progress :
@@ -172,6 +187,8 @@ def rechunk(
         f, info = src.fields[n], src.arrays[src.fields[n].array]
         nbytes += math.prod(s for i, s in enumerate(info.shape) if i != f.axes[1]) * info.dtype.itemsize
     fmt = zarr_format or src.zarr_format
+    if codec == "auto":
+        codec = auto_codec(src, zarr_format=fmt, read_bps=read_bps)
     with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs) as w, \
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
@@ -249,15 +266,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"chunk shape (time, level, lat, lon); default {','.join(map(str, DEFAULT_CHUNKS))}; with "
                    "--config, for the fields the config does not sample")  # fmt: skip
     p.add_argument("--fields", help="comma-separated fields to copy (default: all)")
-    p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS, help=f"compression (default {DEFAULT_CODEC})")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=(*CODECS, "auto"),
+                   help=f"compression (default {DEFAULT_CODEC}); auto: the codec fastest to read and decode here, "
+                   "measured on the source's data (fastload inspect STORE --codecs shows the measurement)")
+    p.add_argument("--read-gbps", type=float,
+                   help="with --codec auto: read rate of where OUT will be read from (default: the source's)")
     p.add_argument("--shard", metavar="T,L,Y,X", help="zarr v3 shard shape, a multiple of the chunks")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format (default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.read_gbps is not None and (a.codec != "auto" or not a.read_gbps > 0):
+        p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
+    codec = a.codec
+    if codec == "auto":
+        from .store import open_store
+
+        src = open_store(a.store)
+        codec = auto_codec(src, zarr_format=a.zarr_format or src.zarr_format,
+                           read_bps=None if a.read_gbps is None else a.read_gbps * 1e9)
+        print(f"codec auto: {codec} (measured; fastload inspect {a.store} --codecs shows why)", file=sys.stderr)
     out = rechunk(
         a.store, a.out, config=a.config, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
-        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
+        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=codec,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
         overwrite=a.overwrite, progress=False if a.quiet else None,
     )  # fmt: skip
