@@ -8,7 +8,8 @@ twice (counted twice by the loss, two tokens over one place). The tokenizers kee
 its first slot in slot order, and make the other slots padding (``valid`` False in the token metadata, value 0):
 nothing is lost, nothing counted twice, and boxes still reach the Arctic. :func:`same_points` finds the copies
 from the coordinates once per grid (None for a grid without any, the common case: then nothing changes);
-:func:`first_occurrences` marks, per sample, the slots to keep.
+:func:`first_occurrences` marks, per sample, the slots to keep. Points written with placeholder coordinates (NEMO
+gives eliminated land-only tiles 0, 0) count as one place too; their values are fill or NaN anyway.
 
     python -m pytest tests/fastload/test_stream_fold.py -q
 """
