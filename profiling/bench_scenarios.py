@@ -7,7 +7,8 @@ scenarios (AtmoRep chunks, tile chunks, the recommended chunking; zarr v2/v3, sh
 Store variants are named by ``+``-joined parts, each optional: a chunking (``atmorep``: 8 h x all fields x all
 levels x the globe, AtmoRep's own; ``tiles``: the writer's default tiles; ``recommended``: what
 :func:`fastload.inspect.recommend_chunks` picks for the config), a format (``v2``, ``v3``), ``sharded``, and a
-codec (``blosc-lz4``, ``blosc-zstd``, ``zstd``, ``lz4``, ``gzip``, ``none``); ``as-is`` is the store itself. A
+codec (``blosc-lz4``, ``blosc-zstd``, ``zstd``, ``lz4``, ``gzip``, ``none``, or ``auto``: what ``fastload rechunk
+--codec auto`` picks, measured on the source); ``as-is`` is the store itself. A
 synthetic store (``fastload synth``, which records its preset and seed) is regenerated with the same values in
 the variant's layout; other stores need ``fastload rechunk``.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,11 +126,11 @@ class Variant:
                 kw["zarr_format"] = int(part[1])
             elif part == "sharded":
                 kw["sharded"] = True
-            elif part in CODECS:
+            elif part in CODECS or part == "auto":
                 kw["codec"] = part
             else:
                 raise ConfigError(f"scenario {text!r}: unknown part {part!r}; expected a chunking {list(CHUNKINGS)}, "
-                                  f"v2/v3, 'sharded', or a codec {list(CODECS)}")  # fmt: skip
+                                  f"v2/v3, 'sharded', or a codec {[*CODECS, 'auto']}")  # fmt: skip
         v = cls(**kw)
         if v.sharded and v.zarr_format == 2:
             raise ConfigError(f"scenario {text!r}: sharding needs zarr v3")
@@ -163,6 +165,12 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
     out = os.path.join(workdir, variant.name.replace("+", "_") + ".zarr")
     if os.path.exists(out):
         return out
+    if variant.codec == "auto":  # as `fastload rechunk --codec auto` picks it, measured once on the source's data
+        from fastload.rechunk import auto_codec
+
+        codec = auto_codec(store, zarr_format=variant.zarr_format or store.zarr_format)
+        print(f"scenario {variant.name}: codec auto -> {codec}", file=sys.stderr)
+        variant = dataclasses.replace(variant, codec=codec)
     src = _synth_source(store)
     if src is None:
         raise ConfigError(f"scenario {variant.name!r}: {store.path} was not written by 'fastload synth', so it "

@@ -115,6 +115,7 @@ def test_variant_names():
     v = Variant.parse("tiles+v3+sharded+zstd")
     assert (v.chunking, v.zarr_format, v.sharded, v.codec) == ("tiles", 3, True, "zstd")
     assert v.name == "tiles+v3+sharded+zstd"
+    assert Variant.parse("recommended+auto").codec == "auto"
     with pytest.raises(ConfigError, match="unknown part"):
         Variant.parse("tiles+v4")
     with pytest.raises(ConfigError, match="sharding needs zarr v3"):
@@ -130,7 +131,7 @@ def synth(tmp_path_factory):
     return str(synthesize(tmp_path_factory.mktemp("synth") / "s.zarr", cfg, 3, progress=False))
 
 
-@pytest.mark.parametrize("variant", ["atmorep+v3", "tiles+v3+sharded+zstd", "recommended+none"])
+@pytest.mark.parametrize("variant", ["atmorep+v3", "tiles+v3+sharded+zstd", "recommended+none", "recommended+auto"])
 def test_store_variants_hold_the_same_values(synth, tmp_path, variant):
     from fastload.extract import extract
     from profiling.bench_scenarios import prepare_store
