@@ -18,7 +18,7 @@ from .cache import ChunkCache
 from .plan import EpochPlan
 from .reader import ChunkReader, IOStats, plan_cache
 
-__all__ = ["ThreadBackend", "LoadSpec", "choose_horizon", "build_cache", "make_tokenizer"]
+__all__ = ["ThreadBackend", "LoadSpec", "choose_horizon", "build_cache", "make_tokenizer", "chunk_grids"]
 
 
 class LoadSpec:
@@ -45,9 +45,14 @@ def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetc
     """Batches to plan ahead: about as many as the cache holds (Belady needs to see that far), at least
     ``prefetch + 2``, at most 256."""
     steps = plan.steps(first_batch)  # plans the first batch (and the current horizon)
-    per_batch = max(1, sum(len(s.keys) for s in steps))
-    held = sum(cache.n_slots(a) for a in {k[0] for s in steps for k in s.keys})
+    per_batch = max(1, sum(s.n_chunks for s in steps))
+    held = sum(cache.n_slots(a) for a in {a for s in steps for a in s.ids})
     return int(min(256, max(prefetch + 2, -(-held // per_batch) + prefetch)))
+
+
+def chunk_grids(store: Any) -> dict[str, tuple[int, ...]]:
+    """``array -> chunk grid shape`` of a store (or a multi-stream), for the plan's chunk ids."""
+    return {a: tuple(int(g) for g in info.grid_shape) for a, info in store.arrays.items()}
 
 
 def make_tokenizer(store: Any, config: Any) -> Any:
@@ -89,8 +94,9 @@ class ThreadBackend:
     def start(self, boxes: np.ndarray, start_batch: int) -> None:
         """Begin reading an epoch of ``boxes`` at ``start_batch``."""
         plan = EpochPlan(boxes, self.tokenizer.plan, batch_size=self.spec.batch_size, drop_last=self.spec.drop_last,
-                         capacity=self.capacity, horizon=0, start_batch=start_batch)
-        self.cache.reset(plan.uses, start_batch * self.spec.batch_size)
+                         capacity=self.capacity, horizon=0, start_batch=start_batch,
+                         grids=chunk_grids(self.reader.store))
+        self.cache.reset(plan.uses)
         if start_batch < len(plan):
             plan.horizon = choose_horizon(plan, start_batch, self.cache, self.spec.prefetch)
         self.plan = plan

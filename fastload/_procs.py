@@ -89,7 +89,7 @@ def storage_options_of(store: Any) -> dict[str, Any] | None:
 # -- the worker process ----------------------------------------------------------------------------------------
 def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ._backend import build_cache, choose_horizon, make_tokenizer
+    from ._backend import build_cache, choose_horizon, chunk_grids, make_tokenizer
     from .config import SamplingConfig
     from .plan import EpochPlan
     from .reader import ChunkReader
@@ -134,8 +134,9 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
                 if coef is not None:  # new normalisation coefficients (the months this epoch uses)
                     reader.set_coefficients(*coef)
                 plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
-                                 capacity=capacity, horizon=0, start_batch=first, batch_stride=stride)
-                cache.reset(plan.uses, first * spec["batch_size"])
+                                 capacity=capacity, horizon=0, start_batch=first, batch_stride=stride,
+                                 grids=chunk_grids(store))
+                cache.reset(plan.uses)
                 if first < len(plan):
                     plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
                 conn.send(("ready", gen))

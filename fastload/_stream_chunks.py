@@ -85,7 +85,7 @@ def _mesh_probe(ms: Any, st: Any, n: int = 16) -> dict[str, float]:
 def _count(ms: Any, st: Any, expected: bool) -> dict[str, float]:
     """Per array of a stream: chunks one sample touches (bound or expectation)."""
     if st.kind == "reference" and not expected:
-        return {a: float(v) for a, v in sample_chunk_bound(st.store, st.tokenizer.layouts, ms.box,
+        return {a: float(v) for a, v in sample_chunk_bound(st.tokenizer.layouts, ms.box,
                                                            ms.config.time_step).items()}
     probe = _mesh_probe(ms, st) if expected and st.kind == "mesh" else {}
     pairs: dict[str, set] = {}

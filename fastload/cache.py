@@ -4,17 +4,23 @@ Why this exists: decoding is the bottleneck (one core decodes about 3 GB/s), so 
 again soon must stay decoded, and memory must stay bounded. Because the whole epoch's plan is known up front, the
 cache knows for every chunk the next *step* (a batch, or a group of one batch's samples) that needs it, and evicts
 the unpinned chunk whose next use is furthest away: first the chunks never needed again (oldest first), then the
-rest by distance. This is Belady's optimal policy, exact here because the future is known.
+rest by distance. This is Belady's optimal policy, exact here because the future is known (:class:`Uses`).
 
 Memory: one 2-D arena per array, ``slots[n_slots, chunk_elems]`` of the array's dtype, allocated once (pages are
 touched only when a slot is first filled). A chunk lives in one slot, in the layout ``store.decode`` writes, so the
 gather kernels read it in place through the slot table.
 
+Speed: a batch of a tile-chunked store touches thousands of chunks, so nothing here is per-chunk Python. A chunk is
+an integer id per array (its linear index in the array's chunk grid); the state of every slot (chunk id, pins,
+filling/ready/failed, last release) lives in NumPy arrays, and a step's lookups, pins, evictions and releases are a
+few array operations per array.
+
 Concurrency: several steps are prepared at once. :meth:`ChunkCache.reserve` pins, all or nothing, every chunk a step
 needs: a chunk already present is a hit (even while another step is still filling it: it is fetched once), a missing
-one gets a slot that the caller must fill and then report with :meth:`ChunkCache.filled`. Reservations are granted
-in step order, so a later step never starves the one the consumer is waiting for, and a step holds nothing while it
-waits, so reservations cannot deadlock. :meth:`ChunkCache.release` unpins after the gather.
+one gets a slot that the caller must fill and then report with :meth:`ChunkCache.filled` (or
+:meth:`ChunkCache.failed`). Reservations are granted in step order, so a later step never starves the one the
+consumer is waiting for, and a step holds nothing while it waits, so reservations cannot deadlock.
+:meth:`ChunkCache.release` unpins after the gather.
 
 Run its tests with ``python -m pytest tests/fastload/test_cache.py -q``.
 """
@@ -22,165 +28,120 @@ Run its tests with ``python -m pytest tests/fastload/test_cache.py -q``.
 from __future__ import annotations
 
 import heapq
-import itertools
 import threading
-from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkCache", "Reservation", "NextUse", "CacheClosedError", "size_arenas", "NEVER"]
+__all__ = ["ChunkCache", "Reservation", "Uses", "CacheClosedError", "size_arenas", "NEVER"]
 
 NEVER = np.iinfo(np.int64).max
 """Next-use value of a chunk no later step needs."""
 
-Key = tuple[str, tuple[int, ...]]  # (array name, chunk index)
+_SHIFT = 32  # a use is packed as chunk_id << 32 | step
+_LOW = (1 << _SHIFT) - 1
+_FREE, _FILLING, _READY, _FAILED = 0, 1, 2, 3
 
 
 class CacheClosedError(RuntimeError):
     """The cache was closed while a step waited on it."""
 
 
-class NextUse:
-    """For each chunk key, the steps that still need it; the first of them is its next use.
+class Uses:
+    """The planned steps that need each chunk, per array, as one sorted array of packed ``(id, step)`` pairs.
 
-    Parameters
-    ----------
-    uses : mutable mapping
-        ``key -> sorted steps`` that need the chunk. The plan appends later steps (as ``collections.deque``)
-        while the cache runs: it plans ahead lazily. Finished steps are removed from the front, so memory stays
-        bounded by the planning horizon however long the epoch. Other sequences (lists, arrays) are converted to
-        deques on first use.
-    start : int
-        First step of this run (resume): earlier uses count as finished.
+    The plan :meth:`add`\\ s each step as it plans it (ahead of the reader); the cache :meth:`finish`\\ es a step when
+    it is done, which drops its pairs, so memory stays bounded by the planning horizon however long the epoch, and
+    :meth:`next` is the earliest unfinished step needing a chunk (also when steps finish out of order).
+    Thread-safe. Chunk ids must be below ``2**31`` and steps below ``2**32``.
     """
 
-    def __init__(self, uses: MutableMapping[Hashable, Any], start: int = 0):
-        self._uses = uses
-        self._ahead: dict[Hashable, set[int]] = {}
-        self._start = int(start)
+    def __init__(self) -> None:
+        self._pairs: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
 
-    def _queue(self, key: Hashable) -> deque | None:
-        u = self._uses.get(key)
-        if u is None or isinstance(u, deque):
-            return u
-        q = deque(int(s) for s in u if s >= self._start)
-        self._uses[key] = q
-        return q
+    def add(self, step: int, ids: Mapping[str, np.ndarray]) -> None:
+        """Record that ``step`` needs chunks ``ids[array]`` (int64, unique)."""
+        step = int(step)
+        if not 0 <= step <= _LOW:
+            raise ValueError(f"step {step} outside [0, 2**32)")
+        with self._lock:
+            for a, v in ids.items():
+                v = np.asarray(v, np.int64)
+                if v.size and (v.min() < 0 or v.max() >= 1 << 31):
+                    raise ValueError(f"array {a!r}: chunk ids must be in [0, 2**31) (a chunk grid of at most 2**31 "
+                                     f"chunks), got {int(v.min())}..{int(v.max())}")
+                new = (v << _SHIFT) | step
+                old = self._pairs.get(a)
+                # two sorted runs: a stable sort merges them in linear time
+                self._pairs[a] = np.sort(np.concatenate([old, new]) if old is not None else new, kind="stable")
 
-    def next(self, key: Hashable) -> int:
-        """The earliest unfinished step that needs ``key`` (:data:`NEVER` if none)."""
-        u = self._queue(key)
-        return int(u[0]) if u else NEVER
+    def finish(self, step: int, arrays: Any) -> None:
+        """Drop ``step``'s pairs from ``arrays``: it no longer needs them."""
+        with self._lock:
+            for a in arrays:
+                p = self._pairs.get(a)
+                if p is not None and p.size:
+                    keep = (p & _LOW) != step
+                    if not keep.all():
+                        self._pairs[a] = p[keep]
 
-    def finish(self, key: Hashable, step: int) -> None:
-        """Record that ``step`` no longer needs ``key``."""
-        u = self._queue(key)
-        if not u:
-            return
-        if u[0] == step:
-            u.popleft()
-            ahead = self._ahead.get(key)
-            if ahead:
-                while u and u[0] in ahead:
-                    ahead.discard(u.popleft())
-                if not ahead:
-                    del self._ahead[key]
-        else:  # finished out of order: dropped once the steps before it finish
-            self._ahead.setdefault(key, set()).add(int(step))
+    def next(self, array: str, ids: np.ndarray) -> np.ndarray:
+        """Earliest unfinished step needing each of ``ids`` (:data:`NEVER` where none), int64."""
+        ids = np.asarray(ids, np.int64)
+        with self._lock:
+            p = self._pairs.get(array)
+        if p is None or not p.size or not ids.size:
+            return np.full(ids.shape, NEVER, np.int64)
+        pos = np.minimum(np.searchsorted(p, ids << _SHIFT), p.size - 1)
+        got = p[pos]
+        return np.where((got >> _SHIFT) == ids, got & _LOW, NEVER)
 
-
-class _FreeSlots:
-    """Free slot numbers: the never-used ones as a counter (arenas may have many slots), then a list."""
-
-    __slots__ = ("_fresh", "_n", "_back")
-
-    def __init__(self, n: int):
-        self._fresh = 0
-        self._n = int(n)
-        self._back: list[int] = []
+    def pairs(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``array -> (chunk ids, steps)`` of every unfinished use, sorted by id then step (for tests and reports)."""
+        with self._lock:
+            return {a: (p >> _SHIFT, p & _LOW) for a, p in self._pairs.items()}
 
     def __len__(self) -> int:
-        return self._n - self._fresh + len(self._back)
-
-    def __bool__(self) -> bool:
-        return len(self) > 0
-
-    def pop(self) -> int:
-        if self._back:
-            return self._back.pop()
-        if self._fresh >= self._n:
-            raise IndexError("no free slot")
-        self._fresh += 1
-        return self._fresh - 1
-
-    def append(self, slot: int) -> None:
-        self._back.append(slot)
-
-
-class _Ready:
-    """A one-shot ``threading.Event`` for one chunk: one lock, no Condition (one is made per chunk fetched)."""
-
-    __slots__ = ("_lock", "_set")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._lock = threading.Lock()
-        self._lock.acquire()  # held until set(); waiters block on it
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        """Mark ready and wake every waiter (called once, under the cache's lock)."""
-        if not self._set:
-            self._set = True
-            self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        if self._set:
-            return True
-        if self._lock.acquire(timeout=timeout):
-            self._lock.release()  # let the next waiter through
-        return self._set
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    key: Key
-    slot: int
-    pins: int = 0
-    ready: _Ready = field(default_factory=_Ready)
-    error: BaseException | None = None
-    version: int = 0
+        """Pairs held (for memory checks)."""
+        with self._lock:
+            return sum(int(p.size) for p in self._pairs.values())
 
 
 @dataclass(slots=True)
 class Reservation:
-    """What :meth:`ChunkCache.reserve` granted one step.
+    """What :meth:`ChunkCache.reserve` granted one step (per array, aligned with the ids it was given).
 
     Attributes
     ----------
     step : int
         The step.
+    ids : dict
+        ``array -> (U,) int64`` chunk ids of the step.
     slots : dict
-        ``key -> slot`` for every key of the step.
-    to_fill : list
-        Keys this step must fetch, decode into their slot, then report with :meth:`ChunkCache.filled`.
-    to_wait : list
-        Keys another step is still filling; :meth:`ChunkCache.wait` on them before reading.
+        ``array -> (U,) int32`` the slot of every chunk.
+    fill : dict
+        ``array -> int64`` positions (into ``ids``) this step must fetch, decode into their slot, then report with
+        :meth:`ChunkCache.filled` / :meth:`ChunkCache.failed`; arrays with nothing to fill are left out.
+    wait : dict
+        ``array -> int64`` positions another step is still filling; :meth:`ChunkCache.wait` before reading.
     hits : int
-        Keys that were present or already being filled (not fetched by this step).
+        Chunks present or already being filled (not fetched by this step).
     """
 
     step: int
-    slots: dict[Key, int]
-    to_fill: list[Key]
-    to_wait: list[Key]
+    ids: dict[str, np.ndarray]
+    slots: dict[str, np.ndarray]
+    fill: dict[str, np.ndarray]
+    wait: dict[str, np.ndarray]
     hits: int
-    _entries: list[_Entry]
+    _held: bool = field(default=True, repr=False)
+
+    @property
+    def n_fill(self) -> int:
+        return sum(int(v.size) for v in self.fill.values())
 
 
 def size_arenas(budget: int, chunk_nbytes: Mapping[str, int], min_slots: Mapping[str, int],
@@ -200,6 +161,30 @@ def size_arenas(budget: int, chunk_nbytes: Mapping[str, int], min_slots: Mapping
     return n
 
 
+class _Arena:
+    """The slots of one array and their state, as arrays."""
+
+    __slots__ = ("data", "key", "pins", "state", "seq", "errors")
+
+    def __init__(self, n: int, elems: int, dtype: Any):
+        self.data = np.empty((n, elems), dtype=dtype)
+        self.key = np.full(n, -1, np.int64)  # chunk id held (-1: free, or failed and no longer findable)
+        self.pins = np.zeros(n, np.int32)
+        self.state = np.zeros(n, np.int8)
+        self.seq = np.zeros(n, np.int64)  # release stamp: among equal next uses the oldest goes first
+        self.errors: dict[int, BaseException] = {}
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """The slot holding each id, -1 where absent."""
+        present = np.flatnonzero(self.key >= 0)
+        if not present.size or not ids.size:
+            return np.full(ids.shape, -1, np.int32)
+        order = present[np.argsort(self.key[present])]
+        keys = self.key[order]
+        pos = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
+        return np.where(keys[pos] == ids, order[pos], -1).astype(np.int32)
+
+
 class ChunkCache:
     """Decoded chunks in per-array slot arenas; pins while in use; evicts by next use.
 
@@ -207,24 +192,17 @@ class ChunkCache:
     ----------
     arenas : mapping
         ``array -> (n_slots, chunk_elems, dtype)``.
-    uses : mapping
-        ``(array, chunk) -> sorted int array`` of the plan's steps that need each chunk (see :class:`NextUse`).
-    start_step : int
-        First step of this run (on resume).
+    uses : Uses, optional
+        The plan's next uses (a mapping, e.g. ``{}``, or None: none known yet; see :meth:`reset`).
     """
 
-    def __init__(self, arenas: Mapping[str, tuple[int, int, np.dtype]], uses: MutableMapping[Key, Any], *,
-                 start_step: int = 0):
-        self._arena = {a: np.empty((int(n), int(e)), dtype=np.dtype(dt)) for a, (n, e, dt) in arenas.items()}
-        for a, arr in self._arena.items():
-            if arr.shape[0] < 1:
+    def __init__(self, arenas: Mapping[str, tuple[int, int, Any]], uses: Uses | Mapping | None = None):
+        self._arenas = {a: _Arena(int(n), int(e), np.dtype(dt)) for a, (n, e, dt) in arenas.items()}
+        for a, ar in self._arenas.items():
+            if ar.data.shape[0] < 1:
                 raise ValueError(f"cache arena of array {a!r} needs at least one slot")
-        self._free = {a: _FreeSlots(arr.shape[0]) for a, arr in self._arena.items()}
-        self._unpinned = dict.fromkeys(self._arena, 0)  # ready entries with no pins
-        self._heap: dict[str, list] = {a: [] for a in self._arena}  # (-next_use, seq, version, entry)
-        self._table: dict[Key, _Entry] = {}
-        self._next = NextUse(uses, start_step)
-        self._seq = itertools.count()
+        self._uses = uses if isinstance(uses, Uses) else Uses()
+        self._seq = 0
         self._cond = threading.Condition()
         self._waiting: list[int] = []  # heap of steps waiting for a reservation
         self._closed = False
@@ -235,189 +213,198 @@ class ChunkCache:
     # -- arenas -------------------------------------------------------------------------------------------------
     def arena(self, array: str) -> np.ndarray:
         """The slot arena of ``array``: ``(n_slots, chunk_elems)``."""
-        return self._arena[array]
+        return self._arenas[array].data
 
     @property
     def nbytes(self) -> int:
         """Bytes of all arenas (the budget actually used)."""
-        return sum(a.nbytes for a in self._arena.values())
+        return sum(a.data.nbytes for a in self._arenas.values())
 
     def n_slots(self, array: str) -> int:
-        return self._arena[array].shape[0]
+        return self._arenas[array].data.shape[0]
 
-    def __contains__(self, key: Key) -> bool:
-        with self._cond:
-            e = self._table.get(key)
-            return e is not None and e.ready.is_set() and e.error is None
+    @property
+    def uses(self) -> Uses:
+        return self._uses
 
     # -- reservations -------------------------------------------------------------------------------------------
-    def reserve(self, step: int, keys: Iterable[Key], *, should_stop: Callable[[], bool] | None = None,
+    def reserve(self, step: int, ids: Mapping[str, np.ndarray], *, should_stop: Callable[[], bool] | None = None,
                 poll: float = 0.05) -> Reservation:
-        """Pin every chunk ``step`` needs, giving slots to the missing ones (all or nothing, in step order).
+        """Pin every chunk ``step`` needs (``ids[array]``: unique int64 chunk ids), giving slots to the missing
+        ones (all or nothing, in step order).
 
         Blocks while the arenas are full of pinned chunks or an earlier step is waiting. ``should_stop`` is polled
         while waiting; when it returns true (or the cache is closed) :class:`CacheClosedError` is raised.
         """
-        keys = list(dict.fromkeys(keys))
-        need: dict[str, int] = {}
-        for a, _ in keys:
-            if a not in self._arena:
+        ids = {a: np.asarray(v, np.int64) for a, v in ids.items()}
+        for a, v in ids.items():
+            if a not in self._arenas:
                 raise KeyError(f"no cache arena for array {a!r}")
-            need[a] = need.get(a, 0) + 1
-        for a, n in need.items():
-            if n > self._arena[a].shape[0]:
-                raise ValueError(f"step {step} needs {n} chunks of array {a!r} at once but its cache arena has "
-                                 f"{self._arena[a].shape[0]} slots")
+            if v.size > self._arenas[a].data.shape[0]:
+                raise ValueError(f"step {step} needs {v.size} chunks of array {a!r} at once but its cache arena has "
+                                 f"{self._arenas[a].data.shape[0]} slots")
         with self._cond:
             heapq.heappush(self._waiting, step)
             try:
-                while not (self._waiting[0] == step and self._fits(keys)):
+                while True:
+                    found = {a: self._arenas[a].lookup(v) for a, v in ids.items()}
+                    if self._waiting[0] == step and self._fits(found):
+                        return self._grant(step, ids, found)
                     if self._closed or (should_stop is not None and should_stop()):
                         raise CacheClosedError("the chunk cache was closed while a step waited for slots")
                     self._cond.wait(poll)
-                return self._grant(step, keys)
             finally:
                 self._waiting.remove(step)
                 heapq.heapify(self._waiting)
                 self._cond.notify_all()
 
-    def _fits(self, keys: Sequence[Key]) -> bool:
-        missing: dict[str, int] = {}
-        mine_unpinned: dict[str, int] = {}
-        for k in keys:
-            e = self._table.get(k)
-            if e is None:
-                missing[k[0]] = missing.get(k[0], 0) + 1
-            elif e.pins == 0:
-                mine_unpinned[k[0]] = mine_unpinned.get(k[0], 0) + 1
-        return all(n <= len(self._free[a]) + self._unpinned[a] - mine_unpinned.get(a, 0)
-                   for a, n in missing.items())
+    def _fits(self, found: Mapping[str, np.ndarray]) -> bool:
+        for a, s in found.items():
+            missing = int((s < 0).sum())
+            if not missing:
+                continue
+            ar = self._arenas[a]
+            idle = ar.pins == 0
+            free = int((idle & (ar.key < 0)).sum())
+            evictable = int((idle & (ar.state == _READY) & (ar.key >= 0)).sum())
+            hit = s[s >= 0]
+            mine = int((ar.pins[hit] == 0).sum())  # my hits are pinned by me, not evicted for me
+            if missing > free + evictable - mine:
+                return False
+        return True
 
-    def _grant(self, step: int, keys: Sequence[Key]) -> Reservation:
-        slots: dict[Key, int] = {}
-        to_fill: list[Key] = []
-        to_wait: list[Key] = []
-        entries: list[_Entry] = []
+    def _grant(self, step: int, ids: Mapping[str, np.ndarray], found: Mapping[str, np.ndarray]) -> Reservation:
+        slots: dict[str, np.ndarray] = {}
+        fill: dict[str, np.ndarray] = {}
+        wait: dict[str, np.ndarray] = {}
         hits = 0
-        for k in keys:  # pin what is present first, so eviction below cannot take it
-            e = self._table.get(k)
-            if e is None:
-                continue
-            if e.pins == 0:
-                self._unpinned[k[0]] -= 1
-            e.pins += 1
-            e.version += 1
-            slots[k] = e.slot
-            entries.append(e)
-            hits += 1
-            if not e.ready.is_set():
-                to_wait.append(k)
-        for k in keys:
-            if k in slots:
-                continue
-            slot = self._take_slot(k[0])
-            e = _Entry(k, slot, pins=1)
-            self._table[k] = e
-            slots[k] = slot
-            entries.append(e)
-            to_fill.append(k)
+        for a, s in found.items():  # pin what is present first, so eviction below cannot take it
+            ar = self._arenas[a]
+            hit = s >= 0
+            ar.pins[s[hit]] += 1  # a step's ids are unique: no slot twice
+            hits += int(hit.sum())
+            w = np.flatnonzero(hit & (ar.state[np.maximum(s, 0)] == _FILLING))
+            if w.size:
+                wait[a] = w
+        for a, s in found.items():
+            miss = np.flatnonzero(s < 0)
+            if miss.size:
+                ar = self._arenas[a]
+                got = self._take_slots(a, ar, miss.size)
+                s = s.copy()
+                s[miss] = got
+                ar.key[got] = ids[a][miss]
+                ar.pins[got] = 1
+                ar.state[got] = _FILLING
+                fill[a] = miss
+            slots[a] = s
+        n_fill = sum(int(v.size) for v in fill.values())
         self.hits += hits
-        self.misses += len(to_fill)
-        return Reservation(step, slots, to_fill, to_wait, hits, entries)
+        self.misses += n_fill
+        return Reservation(step, dict(ids), slots, fill, wait, hits)
 
-    def _take_slot(self, array: str) -> int:
-        if self._free[array]:
-            return self._free[array].pop()
-        heap = self._heap[array]
-        while heap:
-            _, _, version, e = heapq.heappop(heap)
-            if e.pins == 0 and e.version == version and self._table.get(e.key) is e:
-                del self._table[e.key]
-                self._unpinned[array] -= 1
-                self.evictions += 1
-                return e.slot
-        raise AssertionError(f"no evictable slot for array {array!r} although _fits said so")
+    def _take_slots(self, array: str, ar: _Arena, n: int) -> np.ndarray:
+        idle = ar.pins == 0
+        free = np.flatnonzero(idle & (ar.key < 0))
+        if free.size >= n:
+            return free[:n].astype(np.int32)
+        need = n - free.size
+        cand = np.flatnonzero(idle & (ar.state == _READY) & (ar.key >= 0))
+        nxt = self._uses.next(array, ar.key[cand])
+        order = np.lexsort((ar.seq[cand], -nxt))  # furthest next use first (NEVER first), then oldest
+        if order.size < need:
+            raise AssertionError(f"no evictable slot for array {array!r} although _fits said so")
+        victims = cand[order[:need]]
+        ar.key[victims] = -1
+        ar.state[victims] = _FREE
+        self.evictions += int(need)
+        return np.concatenate([free, victims]).astype(np.int32)
 
     # -- filling ------------------------------------------------------------------------------------------------
-    def filled(self, key: Key, error: BaseException | None = None) -> None:
-        """Report that the slot of ``key`` holds the decoded chunk, or that filling it failed with ``error``.
-
-        A failed chunk leaves the cache (its slot is freed when its pins are released), so a later step tries
-        again; steps waiting on it get ``error`` from :meth:`wait`.
-        """
+    def filled(self, array: str, slots: Any) -> None:
+        """Report that ``slots`` of ``array`` hold their decoded chunks (wakes the steps waiting on them)."""
         with self._cond:
-            e = self._table[key]
-            if error is not None:
-                e.error = error
-                del self._table[key]
-            e.ready.set()
-
-    def abandon(self, key: Key, error: BaseException) -> None:
-        """Like ``filled(key, error)`` if ``key`` is still being filled; nothing if it was already reported."""
-        with self._cond:
-            e = self._table.get(key)
-            if e is not None and not e.ready.is_set():
-                e.error = error
-                del self._table[key]
-                e.ready.set()
-
-    def wait(self, res: Reservation, key: Key, *, should_stop: Callable[[], bool] | None = None,
-             poll: float = 0.05) -> None:
-        """Block until another step has filled ``key``; re-raise its error if filling failed."""
-        e = next(x for x in res._entries if x.key == key)
-        while not e.ready.wait(poll):
-            if self._closed or (should_stop is not None and should_stop()):
-                raise CacheClosedError("the chunk cache was closed while a step waited for a chunk")
-        if e.error is not None:
-            raise e.error
-
-    def release(self, res: Reservation, step_done: bool = True) -> None:
-        """Unpin the chunks of a reservation; with ``step_done`` their next use moves past ``res.step``."""
-        with self._cond:
-            for e in res._entries:
-                if step_done:
-                    self._next.finish(e.key, res.step)
-                e.pins -= 1
-                if e.pins > 0:
-                    continue
-                a = e.key[0]
-                if self._table.get(e.key) is not e:  # failed: drop it, give the slot back
-                    self._free[a].append(e.slot)
-                    continue
-                if not e.ready.is_set():  # released before it was filled (the filler gave up): drop it
-                    del self._table[e.key]
-                    self._free[a].append(e.slot)
-                    continue
-                self._unpinned[a] += 1
-                e.version += 1
-                nu = self._next.next(e.key)
-                heapq.heappush(self._heap[a], (-nu, next(self._seq), e.version, e))
-                if len(self._heap[a]) > 4 * self._arena[a].shape[0] + 64:
-                    self._compact(a)
-            res._entries = []
+            ar = self._arenas[array]
+            s = np.asarray(slots, np.int64)
+            s = s[ar.state[s] == _FILLING]  # a slot already failed (abandoned) stays failed
+            ar.state[s] = _READY
             self._cond.notify_all()
 
-    def _compact(self, array: str) -> None:
-        self._heap[array] = [r for r in self._heap[array]
-                             if r[3].pins == 0 and r[3].version == r[2] and self._table.get(r[3].key) is r[3]]
-        heapq.heapify(self._heap[array])
+    def failed(self, array: str, slot: int, error: BaseException) -> None:
+        """Report that filling ``slot`` failed with ``error``: the chunk leaves the cache (a later step tries again;
+        its slot is freed once unpinned) and the steps waiting on it get ``error`` from :meth:`wait`."""
+        with self._cond:
+            ar = self._arenas[array]
+            if ar.state[slot] == _FILLING:
+                ar.state[slot] = _FAILED
+                ar.key[slot] = -1
+                ar.errors[int(slot)] = error
+            self._cond.notify_all()
 
-    def reset(self, uses: MutableMapping[Key, Any], start_step: int = 0) -> None:
+    def wait(self, res: Reservation, *, should_stop: Callable[[], bool] | None = None,
+             poll: float = 0.05) -> dict[str, dict[int, BaseException]]:
+        """Block until every chunk of ``res.wait`` is filled; return the failed ones, ``array -> {position:
+        error}`` (empty when all are good)."""
+        bad: dict[str, dict[int, BaseException]] = {}
+        if not res.wait:
+            return bad
+        with self._cond:
+            while True:
+                if all((self._arenas[a].state[res.slots[a][w]] != _FILLING).all() for a, w in res.wait.items()):
+                    break
+                if self._closed or (should_stop is not None and should_stop()):
+                    raise CacheClosedError("the chunk cache was closed while a step waited for a chunk")
+                self._cond.wait(poll)
+            for a, w in res.wait.items():
+                ar = self._arenas[a]
+                for pos in w[ar.state[res.slots[a][w]] == _FAILED].tolist():
+                    bad.setdefault(a, {})[int(pos)] = ar.errors[int(res.slots[a][pos])]
+        return bad
+
+    def release(self, res: Reservation, step_done: bool = True) -> None:
+        """Unpin the chunks of a reservation; with ``step_done`` the step's uses are finished (next uses move on).
+
+        Chunks this step was to fill and never reported are failed first (their waiters get an error, not a hang).
+        """
+        if not res._held:
+            return
+        with self._cond:
+            res._held = False
+            self._seq += 1
+            for a, s in res.slots.items():
+                ar = self._arenas[a]
+                f = res.fill.get(a)
+                if f is not None:
+                    left = s[f][ar.state[s[f]] == _FILLING]
+                    if left.size:
+                        err = CacheClosedError(f"step {res.step} gave up filling these chunks")
+                        for slot in left.tolist():
+                            ar.errors[int(slot)] = err
+                        ar.state[left] = _FAILED
+                        ar.key[left] = -1
+                ar.pins[s] -= 1
+                ar.seq[s] = self._seq
+                idle = s[ar.pins[s] == 0]
+                dead = idle[ar.state[idle] == _FAILED]
+                if dead.size:
+                    ar.state[dead] = _FREE
+                    for slot in dead.tolist():
+                        ar.errors.pop(int(slot), None)
+            if step_done:
+                self._uses.finish(res.step, res.ids)
+            self._cond.notify_all()
+
+    def reset(self, uses: Uses | Mapping | None) -> None:
         """Start a new plan (a new epoch, or a resume): keep the decoded chunks, rank them by the new ``uses``.
 
         Nothing may be pinned (every step of the previous plan finished or gave up).
         """
         with self._cond:
-            if any(e.pins for e in self._table.values()):
+            if any(ar.pins.any() for ar in self._arenas.values()):
                 raise RuntimeError("ChunkCache.reset while chunks are pinned by a running step")
-            self._next = NextUse(uses, start_step)
+            self._uses = uses if isinstance(uses, Uses) else Uses()
             self._waiting.clear()
             self._closed = False
-            for a in self._heap:
-                self._heap[a] = []
-            for e in self._table.values():
-                e.version += 1
-                heapq.heappush(self._heap[e.key[0]], (-self._next.next(e.key), next(self._seq), e.version, e))
 
     def close(self) -> None:
         """Wake every waiter with :class:`CacheClosedError` (idempotent)."""
@@ -425,7 +412,8 @@ class ChunkCache:
             self._closed = True
             self._cond.notify_all()
 
-    def resident(self) -> set[Key]:
-        """Keys decoded and present now (for tests and reports)."""
+    def resident(self) -> set[tuple[str, int]]:
+        """``(array, chunk id)`` of the chunks decoded and present now (for tests and reports)."""
         with self._cond:
-            return {k for k, e in self._table.items() if e.ready.is_set() and e.error is None}
+            return {(a, int(k)) for a, ar in self._arenas.items()
+                    for k in ar.key[(ar.key >= 0) & (ar.state == _READY)].tolist()}

@@ -23,12 +23,15 @@ Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastlo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import heapq
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +40,7 @@ import numpy as np
 from ._nvtx import range as nvtx_range
 from .cache import ChunkCache, Reservation, size_arenas
 from .errors import ChunkReadError, FastloadError
-from .plan import EpochPlan, Key, Step
+from .plan import EpochPlan, Step
 
 __all__ = ["IOStats", "ChunkReader", "CacheLayout", "plan_cache", "sample_chunk_bound"]
 
@@ -145,7 +148,7 @@ def _along(lay: Any, ax: int | None, span: int, n_points: int) -> int:
     return int(min(lay.grid_shape[ax], n_points, (span - 1) // lay.chunks[ax] + 2))
 
 
-def sample_chunk_bound(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int) -> dict[str, int]:
+def sample_chunk_bound(layouts: Mapping[str, Any], box: Sequence[int], time_step: int) -> dict[str, int]:
     """Per array, the most unique chunks one sample can touch (worst alignment), from the field layouts."""
     T, H, W = (int(v) for v in box)
     out: dict[str, int] = {}
@@ -183,7 +186,7 @@ def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_
     touches) replaces :func:`sample_chunk_bound` for tokenizers that know better (a mesh:
     ``MeshTokenizer.sample_chunk_bound``).
     """
-    bound = dict(bound) if bound is not None else sample_chunk_bound(store, layouts, box, time_step)
+    bound = dict(bound) if bound is not None else sample_chunk_bound(layouts, box, time_step)
     nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
     minimum = {a: bound[a] for a in bound}
     need = sum(minimum[a] * nbytes[a] for a in bound)
@@ -210,6 +213,35 @@ def _transient(e: BaseException) -> bool:
     return not isinstance(cause, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
 
+class _PrioritySlots:
+    """A counting semaphore whose waiters are served lowest step first: the batch the consumer waits for decodes
+    before read-ahead for later batches (the first batch is not slowed by the second's decodes)."""
+
+    def __init__(self, n: int):
+        self._free = int(n)
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # heap of (step, ticket)
+        self._ticket = itertools.count()
+
+    @contextlib.contextmanager
+    def hold(self, step: int) -> Iterator[None]:
+        with self._cond:
+            me = (int(step), next(self._ticket))
+            heapq.heappush(self._waiting, me)
+            while not (self._free and self._waiting[0] == me):
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            if self._free and self._waiting:
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
 @dataclasses.dataclass(slots=True)
 class _Done:
     fetch_s: float = 0.0
@@ -217,7 +249,7 @@ class _Done:
     stored: int = 0
     decoded: int = 0
     retries: int = 0
-    errors: dict[Key, ChunkReadError] = dataclasses.field(default_factory=dict)
+    errors: dict[int, ChunkReadError] = dataclasses.field(default_factory=dict)  # position in the group -> error
 
 
 class ChunkReader:
@@ -271,7 +303,7 @@ class ChunkReader:
         # multi-stream tokenizers (fastload.streams.MultiStream): array keys are "stream/array", counted per stream
         self._multi = hasattr(tokenizer, "streams")
         self._useful_by_stream = dict(getattr(tokenizer, "useful_bytes_by_stream", None) or {}) if self._multi else {}
-        self._decode_slots = threading.BoundedSemaphore(max(1, int(decode_workers)))
+        self._decode_slots = _PrioritySlots(max(1, int(decode_workers)))
         self._pool = ThreadPoolExecutor(max(1, int(fetch_concurrency)), thread_name_prefix=name)
         self._stop = threading.Event()
         self._closed = False
@@ -332,28 +364,23 @@ class ChunkReader:
     def _run_step(self, step: Step, boxes: np.ndarray, outs: Mapping[str, np.ndarray], row: int,
                   kept: list[np.ndarray], stats: IOStats, stop: Callable[[], bool]) -> int:
         cache = self.cache
-        res = cache.reserve(step.index, step.keys, should_stop=stop)
-        stats.chunks += len(step.keys)
+        res = cache.reserve(step.index, step.ids, should_stop=stop)
+        stats.chunks += step.n_chunks
         stats.hits += res.hits
-        stats.misses += len(res.to_fill)
+        stats.misses += res.n_fill
         if self._multi:
-            self._count_streams(step, res, stats)
+            self._count_streams(res, stats)
         done = False
         try:
-            bad = self._fill(res, stats, stop)
-            for k in res.to_wait:
-                try:
-                    cache.wait(res, k, should_stop=stop)
-                except ChunkReadError as e:
-                    bad[k] = e
+            bad = self._fill(step, res, stats, stop)
+            for a, errs in cache.wait(res, should_stop=stop).items():
+                bad.setdefault(a, {}).update(errs)
             if bad and self.on_bad_chunk != "skip":
-                raise next(iter(bad.values()))
+                raise next(iter(next(iter(bad.values())).values()))
             sel = self._good_samples(step, bad)
             n = int(sel.size)
             if n:
-                slot_of = {a: np.fromiter((res.slots[(a, c)] for c in map(tuple, idx.tolist())), np.int32,
-                                          count=idx.shape[0]) for a, idx in step.plan.chunks.items()}
-                tables = step.plan.slot_tables(slot_of)
+                tables = step.plan.slot_tables(res.slots)
                 b = boxes[step.start:step.stop]
                 if n != b.shape[0]:
                     b = np.ascontiguousarray(b[sel])
@@ -379,112 +406,106 @@ class ChunkReader:
             cache.release(res, step_done=done)
 
     @staticmethod
-    def _count_streams(step: Step, res: Reservation, stats: IOStats) -> None:
-        """Chunks, hits and misses of a multi-stream step per stream (keys ``"stream/array"``)."""
-        filled: dict[str, int] = {}
-        for k in res.to_fill:
-            name = k[0].partition("/")[0]
-            filled[name] = filled.get(name, 0) + 1
-        total: dict[str, int] = {}
-        for k in step.keys:
-            name = k[0].partition("/")[0]
-            total[name] = total.get(name, 0) + 1
-        for name, n in total.items():
-            st = stats.stream(name)
-            st.chunks += n
-            st.misses += filled.get(name, 0)
-            st.hits += n - filled.get(name, 0)
+    def _count_streams(res: Reservation, stats: IOStats) -> None:
+        """Chunks, hits and misses of a multi-stream step per stream (arrays ``"stream/array"``)."""
+        for a, ids in res.ids.items():
+            st = stats.stream(a.partition("/")[0])
+            filled = int(res.fill[a].size) if a in res.fill else 0
+            st.chunks += int(ids.size)
+            st.misses += filled
+            st.hits += int(ids.size) - filled
 
-    def _good_samples(self, step: Step, bad: Mapping[Key, BaseException]) -> np.ndarray:
+    def _good_samples(self, step: Step, bad: Mapping[str, Mapping[int, BaseException]]) -> np.ndarray:
         n = step.stop - step.start
         if not bad:
             return np.arange(n, dtype=np.int64)
         ok = np.ones(n, dtype=bool)
         for field, table in step.plan.tables.items():
-            array = step.plan.arrays[field]
-            idx = step.plan.chunks[array]
-            pos = [u for u, c in enumerate(map(tuple, idx.tolist())) if (array, c) in bad]
+            pos = list(bad.get(step.plan.arrays[field], ()))
             if pos:
                 ok &= ~np.isin(table, pos).reshape(n, -1).any(axis=1)
         return np.flatnonzero(ok).astype(np.int64)
 
     # -- fetch + decode -----------------------------------------------------------------------------------------
-    def _fill(self, res: Reservation, stats: IOStats, stop: Callable[[], bool]) -> dict[Key, ChunkReadError]:
-        """Fetch and decode every chunk the step must fill; return the bad ones (``skip``) or raise the first."""
-        if not res.to_fill:
+    def _fill(self, step: Step, res: Reservation, stats: IOStats,
+              stop: Callable[[], bool]) -> dict[str, dict[int, BaseException]]:
+        """Fetch and decode every chunk the step must fill; return the bad ones, ``array -> {position: error}``
+        (``skip``), or raise the first unexpected failure."""
+        if not res.fill:
             return {}
-        by_array: dict[str, list[Key]] = {}
-        for k in res.to_fill:
-            by_array.setdefault(k[0], []).append(k)
-        futures: list[tuple[list[Key], Future]] = []
-        for keys in by_array.values():
-            size = self._group or min(_GROUP, max(1, -(-len(keys) // self._tasks)))
-            for i in range(0, len(keys), size):
-                group = keys[i:i + size]
+        futures: list[tuple[str, np.ndarray, Future]] = []
+        for a, pos in res.fill.items():
+            size = self._group or min(_GROUP, max(1, -(-pos.size // self._tasks)))
+            rows = step.plan.chunks[a]
+            for i in range(0, pos.size, size):
+                group = pos[i:i + size]
+                chunks = list(map(tuple, rows[group].tolist()))
+                slots = res.slots[a][group].tolist()
                 try:
-                    fut = self._pool.submit(self._fetch_decode, group, res, stop)
+                    fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop)
                 except RuntimeError:  # the pool is shut down: mark the group failed below
                     fut = Future()
                     fut.cancel()
-                futures.append((group, fut))
-        bad: dict[Key, ChunkReadError] = {}
+                futures.append((a, group, fut))
+        bad: dict[str, dict[int, BaseException]] = {}
         first: BaseException | None = None
-        for group, fut in futures:  # wait for every task: none may write into a slot after we release it
+        for a, group, fut in futures:  # wait for every task: none may write into a slot after we release it
             try:
                 d: _Done = fut.result()
             except BaseException as e:  # cancelled (closing) or an unexpected bug: fail the group's chunks
-                for k in group:
-                    self._mark_failed(k, e)
+                for slot in res.slots[a][group].tolist():
+                    self.cache.failed(a, slot, e)
                 first = first or e
                 continue
-            targets = [stats, stats.stream(group[0][0].partition("/")[0])] if self._multi else [stats]
+            targets = [stats, stats.stream(a.partition("/")[0])] if self._multi else [stats]
             for st in targets:
                 st.fetch_s += d.fetch_s
                 st.decode_s += d.decode_s
                 st.bytes_stored += d.stored
                 st.bytes_decoded += d.decoded
                 st.retries += d.retries
-            bad.update(d.errors)
+            if d.errors:
+                mine = bad.setdefault(a, {})
+                for j, e in d.errors.items():
+                    mine[int(group[j])] = e
         if first is not None and not isinstance(first, ChunkReadError):
             raise first
         return bad
 
-    def _mark_failed(self, key: Key, e: BaseException) -> None:
-        self.cache.abandon(key, e)
-
-    def _fetch_decode(self, keys: list[Key], res: Reservation, stop: Callable[[], bool]) -> _Done:
+    def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
+                      stop: Callable[[], bool]) -> _Done:
         d = _Done()
-        array = keys[0][0]
-        chunks = [k[1] for k in keys]
         t0 = time.perf_counter()
         with nvtx_range("fetch"):
             raws = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
         arena = self.cache.arena(array)
-        with self._decode_slots:  # one decode slot per group: one hand-off per group, not per chunk
-            for k, raw in zip(keys, raws):
-                if isinstance(raw, ChunkReadError):
-                    d.errors[k] = raw
-                    self.cache.filled(k, raw)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    with nvtx_range("decode"):
-                        self.store.decode(array, raw, k[1], out=arena[res.slots[k]])
-                except ChunkReadError as e:
-                    d.errors[k] = e
-                    self.cache.filled(k, e)
-                    continue
-                except BaseException as e:
-                    err = ChunkReadError(array, k[1], f"decoding failed: {type(e).__name__}: {e}")
-                    d.errors[k] = err
-                    self.cache.filled(k, err)
-                    continue
-                finally:
-                    d.decode_s += time.perf_counter() - t0
-                d.stored += 0 if raw is None else len(raw)
-                d.decoded += arena.itemsize * arena.shape[1]
-                self.cache.filled(k)
+        good: list[int] = []
+        decode = self.store.decode
+        nbytes = arena.itemsize * arena.shape[1]
+        # one decode slot per group: one hand-off per group, not per chunk; earlier steps go first
+        with self._decode_slots.hold(step):
+            t0 = time.perf_counter()
+            with nvtx_range("decode"):
+                for j, (c, slot, raw) in enumerate(zip(chunks, slots, raws)):
+                    if isinstance(raw, ChunkReadError):
+                        d.errors[j] = raw
+                        continue
+                    try:
+                        decode(array, raw, c, out=arena[slot])
+                    except ChunkReadError as e:
+                        d.errors[j] = e
+                        continue
+                    except BaseException as e:
+                        d.errors[j] = ChunkReadError(array, c, f"decoding failed: {type(e).__name__}: {e}")
+                        continue
+                    d.stored += 0 if raw is None else len(raw)
+                    d.decoded += nbytes
+                    good.append(slot)
+            d.decode_s += time.perf_counter() - t0
+        self.cache.filled(array, good)
+        for j, e in d.errors.items():
+            self.cache.failed(array, slots[j], e)
         return d
 
     def _fetch(self, array: str, chunks: list[tuple[int, ...]], d: _Done,

@@ -163,7 +163,7 @@ class BatchPlan:
             if s.shape != (self.chunks[self.arrays[field]].shape[0],):
                 raise ConfigError(f"slot_tables: array {self.arrays[field]!r} needs {self.chunks[self.arrays[field]].shape[0]} "
                                   f"slots, got slot_of of shape {s.shape}")
-            out[field] = np.where(table >= 0, s[np.maximum(table, 0)], np.int32(-1)).astype(np.int32)
+            out[field] = np.append(s, np.int32(-1))[table]  # -1 (no chunk) picks the appended -1
         return out
 
 

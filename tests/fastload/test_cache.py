@@ -9,29 +9,45 @@ import time
 import numpy as np
 import pytest
 
-from fastload.cache import NEVER, CacheClosedError, ChunkCache, NextUse, size_arenas
+from fastload.cache import NEVER, CacheClosedError, ChunkCache, Uses, size_arenas
 
 
-def _uses(steps):
-    out: dict = {}
-    for s, keys in enumerate(steps):
-        for k in dict.fromkeys(keys):
-            out.setdefault(k, []).append(s)
-    return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+def _ids(keys) -> dict[str, np.ndarray]:
+    """``[(array, id), ...]`` -> ``{array: unique int64 ids}`` (the reservation's form)."""
+    out: dict[str, list[int]] = {}
+    for a, i in dict.fromkeys(keys):
+        out.setdefault(a, []).append(i)
+    return {a: np.asarray(v, np.int64) for a, v in out.items()}
 
 
-def _value(key) -> float:
-    return float(hash(key) % 100003)
+def _uses(steps, start=0) -> Uses:
+    u = Uses()
+    for s in range(start, len(steps)):
+        u.add(s, _ids(steps[s]))
+    return u
+
+
+def _value(a, i) -> float:
+    return float(hash((a, i)) % 100003)
+
+
+def _fill_all(cache: ChunkCache, res) -> None:
+    for a, pos in res.fill.items():
+        for p in pos.tolist():
+            cache.arena(a)[res.slots[a][p]] = _value(a, int(res.ids[a][p]))
+        cache.filled(a, res.slots[a][pos])
+
+
+def _check(cache: ChunkCache, res) -> bool:
+    return all(np.all(cache.arena(a)[res.slots[a][p]] == _value(a, int(i)))
+               for a, ids in res.ids.items() for p, i in enumerate(ids.tolist()))
 
 
 def _run_serial(cache: ChunkCache, steps, start=0):
     for s in range(start, len(steps)):
-        res = cache.reserve(s, steps[s])
-        for k in res.to_fill:
-            cache.arena(k[0])[res.slots[k]] = _value(k)
-            cache.filled(k)
-        for k in steps[s]:
-            assert cache.arena(k[0])[res.slots[k], 0] == _value(k)
+        res = cache.reserve(s, _ids(steps[s]))
+        _fill_all(cache, res)
+        assert _check(cache, res)
         cache.release(res)
 
 
@@ -75,23 +91,26 @@ def _lru_misses(steps, capacity) -> int:
 
 
 def test_next_use_in_and_out_of_order():
-    nu = NextUse({"a": np.array([1, 3, 4, 9])})
-    assert nu.next("a") == 1
-    nu.finish("a", 3)  # out of order: 1 is still pending
-    assert nu.next("a") == 1
-    nu.finish("a", 1)
-    assert nu.next("a") == 4  # 3 was already done
-    nu.finish("a", 4)
-    nu.finish("a", 9)
-    assert nu.next("a") == NEVER
-    assert nu.next("other") == NEVER
-    assert NextUse({"a": np.array([1, 3, 4, 9])}, start=4).next("a") == 4
+    u = Uses()
+    for step in (1, 3, 4, 9):
+        u.add(step, {"a": np.array([7])})
+    u.add(4, {"a": np.array([2])})
+    nxt = lambda: u.next("a", np.array([7, 2, 5])).tolist()  # noqa: E731
+    assert nxt() == [1, 4, NEVER]
+    u.finish(3, ["a"])  # out of order: 1 is still pending
+    assert nxt() == [1, 4, NEVER]
+    u.finish(1, ["a"])
+    assert nxt() == [4, 4, NEVER]  # 3 was already done
+    u.finish(4, ["a"])
+    u.finish(9, ["a"])
+    assert nxt() == [NEVER, NEVER, NEVER] and len(u) == 0
+    assert u.next("other", np.array([7])).tolist() == [NEVER]
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_eviction_matches_belady_reference(seed):
     rng = random.Random(seed)
-    universe = [("x", (i,)) for i in range(25)]
+    universe = [("x", i) for i in range(25)]
     steps = [rng.sample(universe[: rng.randint(8, 25)], rng.randint(1, 5)) for _ in range(120)]
     capacity = 7
     cache = ChunkCache({"x": (capacity, 4, np.float32)}, _uses(steps))
@@ -102,7 +121,7 @@ def test_eviction_matches_belady_reference(seed):
 
 
 def test_plan_beats_lru_on_a_cyclic_scan():
-    keys = [("x", (i,)) for i in range(6)]
+    keys = [("x", i) for i in range(6)]
     steps = [[k] for k in keys] * 10  # a loop one chunk larger than the cache: LRU misses every time
     cache = ChunkCache({"x": (5, 2, np.float32)}, _uses(steps))
     _run_serial(cache, steps)
@@ -111,36 +130,45 @@ def test_plan_beats_lru_on_a_cyclic_scan():
 
 
 def test_never_needed_again_goes_first_and_resume_start():
-    a, b, c = ("x", (0,)), ("x", (1,)), ("x", (2,))
+    a, b, c = ("x", 0), ("x", 1), ("x", 2)
     steps = [[a], [b], [c], [a]]
     cache = ChunkCache({"x": (2, 1, np.float64)}, _uses(steps))
     _run_serial(cache, steps)
     assert cache.misses == 3  # b (never needed again) was evicted for c, a stayed
-    resumed = ChunkCache({"x": (2, 1, np.float64)}, _uses(steps), start_step=2)
+    resumed = ChunkCache({"x": (2, 1, np.float64)}, _uses(steps, start=2))
     _run_serial(resumed, steps, start=2)
     assert resumed.misses == 2
 
 
+def test_reset_keeps_chunks_and_ranks_by_the_new_plan():
+    cache = ChunkCache({"x": (2, 1, np.float64)}, _uses([[("x", 0), ("x", 1)]]))
+    _run_serial(cache, [[("x", 0), ("x", 1)]])
+    assert cache.resident() == {("x", 0), ("x", 1)}
+    steps = [[("x", 2)], [("x", 1)]]  # the new plan needs 1 again, never 0: 0 goes
+    cache.reset(_uses(steps))
+    _run_serial(cache, steps)
+    assert cache.resident() == {("x", 1), ("x", 2)} and cache.misses == 3
+
+
 def test_shared_chunk_filled_once_while_pending():
-    k = ("x", (0,))
-    steps = [[k], [k]]
-    cache = ChunkCache({"x": (2, 3, np.float32)}, _uses(steps))
-    r0 = cache.reserve(0, steps[0])
-    r1 = cache.reserve(1, steps[1])
-    assert r0.to_fill == [k] and r1.to_fill == [] and r1.to_wait == [k] and r1.hits == 1
+    k = [("x", 0)]
+    cache = ChunkCache({"x": (2, 3, np.float32)}, _uses([k, k]))
+    r0 = cache.reserve(0, _ids(k))
+    r1 = cache.reserve(1, _ids(k))
+    assert r0.fill["x"].tolist() == [0] and not r1.fill and r1.wait["x"].tolist() == [0] and r1.hits == 1
     done = threading.Event()
 
     def waiter():
-        cache.wait(r1, k)
-        assert cache.arena("x")[r1.slots[k], 0] == 5.0
+        assert cache.wait(r1) == {}
+        assert cache.arena("x")[r1.slots["x"][0], 0] == 5.0
         done.set()
 
     t = threading.Thread(target=waiter)
     t.start()
     time.sleep(0.05)
     assert not done.is_set()
-    cache.arena("x")[r0.slots[k]] = 5.0
-    cache.filled(k)
+    cache.arena("x")[r0.slots["x"][0]] = 5.0
+    cache.filled("x", r0.slots["x"])
     t.join(5)
     assert done.is_set()
     cache.release(r0)
@@ -149,34 +177,48 @@ def test_shared_chunk_filled_once_while_pending():
 
 
 def test_failed_fill_reaches_waiters_and_is_retried():
-    k = ("x", (0,))
-    steps = [[k], [k], [k]]
-    cache = ChunkCache({"x": (1, 1, np.float32)}, _uses(steps))
-    r0 = cache.reserve(0, steps[0])
-    r1 = cache.reserve(1, steps[1])
-    cache.filled(k, OSError("disk on fire"))
-    with pytest.raises(OSError, match="disk on fire"):
-        cache.wait(r1, k)
+    k = [("x", 0)]
+    cache = ChunkCache({"x": (1, 1, np.float32)}, _uses([k, k, k]))
+    r0 = cache.reserve(0, _ids(k))
+    r1 = cache.reserve(1, _ids(k))
+    cache.failed("x", int(r0.slots["x"][0]), OSError("disk on fire"))
+    bad = cache.wait(r1)
+    assert isinstance(bad["x"][0], OSError) and "disk on fire" in str(bad["x"][0])
     cache.release(r0)
     cache.release(r1)
-    r2 = cache.reserve(2, steps[2])
-    assert r2.to_fill == [k]  # not cached as failed: fetched again
-    cache.filled(k)
+    r2 = cache.reserve(2, _ids(k))
+    assert r2.fill["x"].tolist() == [0]  # not cached as failed: fetched again
+    cache.filled("x", r2.slots["x"])
     cache.release(r2)
+    assert cache.resident() == {("x", 0)}
+
+
+def test_a_step_that_gives_up_fails_its_waiters_instead_of_hanging():
+    k = [("x", 0)]
+    cache = ChunkCache({"x": (2, 1, np.float32)}, _uses([k, k]))
+    r0 = cache.reserve(0, _ids(k))
+    r1 = cache.reserve(1, _ids(k))
+    cache.release(r0, step_done=False)  # the filler stopped before filling
+    bad = cache.wait(r1, poll=0.01)
+    assert isinstance(bad["x"][0], CacheClosedError)
+    cache.release(r1)
+    assert cache.resident() == set()
+    r2 = cache.reserve(1, _ids(k))
+    assert r2.fill["x"].tolist() == [0]
+    cache.release(r2, step_done=False)
 
 
 def test_reserve_blocks_until_slots_are_released_and_close_wakes():
-    ks = [("x", (i,)) for i in range(3)]
+    ks = [("x", i) for i in range(3)]
     steps = [ks[:2], ks[1:], ks[:1]]
     cache = ChunkCache({"x": (2, 1, np.float32)}, _uses(steps))
-    r0 = cache.reserve(0, steps[0])
+    r0 = cache.reserve(0, _ids(steps[0]))
     got = []
-    t = threading.Thread(target=lambda: got.append(cache.reserve(1, steps[1])))
+    t = threading.Thread(target=lambda: got.append(cache.reserve(1, _ids(steps[1]))))
     t.start()
     time.sleep(0.1)
     assert not got  # both slots pinned by step 0
-    for k in r0.to_fill:
-        cache.filled(k)
+    _fill_all(cache, r0)
     cache.release(r0)
     t.join(5)
     assert got and got[0].hits == 1
@@ -184,7 +226,7 @@ def test_reserve_blocks_until_slots_are_released_and_close_wakes():
 
     def blocked():
         try:
-            cache.reserve(2, [("x", (7,)), ("x", (8,))])
+            cache.reserve(2, _ids([("x", 7), ("x", 8)]))
         except CacheClosedError as e:
             errors.append(e)
 
@@ -199,12 +241,12 @@ def test_reserve_blocks_until_slots_are_released_and_close_wakes():
 def test_step_larger_than_arena_is_an_error():
     cache = ChunkCache({"x": (2, 1, np.float32)}, {})
     with pytest.raises(ValueError, match="needs 3 chunks of array 'x'"):
-        cache.reserve(0, [("x", (i,)) for i in range(3)])
+        cache.reserve(0, _ids([("x", i) for i in range(3)]))
 
 
 def test_threads_never_see_a_slot_overwritten_while_pinned():
     rng = random.Random(1)
-    universe = [(a, (i,)) for a in ("u", "v") for i in range(30)]
+    universe = [(a, i) for a in ("u", "v") for i in range(30)]
     steps = [rng.sample(universe, rng.randint(2, 8)) for _ in range(300)]
     cache = ChunkCache({"u": (12, 16, np.float64), "v": (9, 16, np.float64)}, _uses(steps))
     failures = []
@@ -217,16 +259,12 @@ def test_threads_never_see_a_slot_overwritten_while_pinned():
                 s = next(next_step, None)
             if s is None:
                 return
-            res = cache.reserve(s, steps[s])
-            for k in res.to_fill:
-                cache.arena(k[0])[res.slots[k]] = _value(k)
-                cache.filled(k)
-            for k in res.to_wait:
-                cache.wait(res, k)
+            res = cache.reserve(s, _ids(steps[s]))
+            _fill_all(cache, res)
+            assert cache.wait(res) == {}
             time.sleep(0.0005)
-            for k in steps[s]:
-                if not np.all(cache.arena(k[0])[res.slots[k]] == _value(k)):
-                    failures.append((s, k))
+            if not _check(cache, res):
+                failures.append(s)
             cache.release(res)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -236,6 +274,7 @@ def test_threads_never_see_a_slot_overwritten_while_pinned():
         t.join(30)
     assert not failures
     assert cache.hits + cache.misses == sum(len(set(s)) for s in steps)
+    assert len(cache.uses) == 0  # every step finished: no uses left
 
 
 def test_size_arenas():

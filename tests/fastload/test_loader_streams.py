@@ -325,7 +325,7 @@ def test_an_arena_holding_its_whole_array_never_splits_a_batch(stores):
                                        if f.stream == "era5"), time_step=2)
     store = open_store(paths["era5"])
     tok = make_tokenizer(store, era5)
-    bound = sample_chunk_bound(store, tok.layouts, era5.box, 2)
+    bound = sample_chunk_bound(tok.layouts, era5.box, 2)
     total = {a: int(np.prod(store.arrays[a].grid_shape)) for a in bound}
     whole = plan_cache(store, tok.layouts, era5.box, 2, 1 << 30, 4)
     assert whole.slots == total and whole.capacity == total  # one step may use every slot

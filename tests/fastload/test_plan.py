@@ -54,6 +54,15 @@ def _reference_keys(boxes, layouts, box, time_step):
     return keys
 
 
+def _grids(lays):
+    return {lay.array: lay.grid_shape for lay in lays.values()}
+
+
+def _grid_of(lays, array):
+    lay = next(v for v in lays.values() if v.array == array)
+    return lay.shape, lay.chunks
+
+
 def _planner(lays, time_step=1):
     return lambda boxes: plan_batch(boxes, lays, BOX, time_step)
 
@@ -73,7 +82,8 @@ def test_split_batches():
 def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
     lays = _layouts(periodic)
     boxes = _boxes(23, periodic=periodic, time_step=time_step)
-    plan = EpochPlan(boxes, _planner(lays, time_step), batch_size=5, drop_last=False, horizon=100)
+    plan = EpochPlan(boxes, _planner(lays, time_step), batch_size=5, drop_last=False, horizon=100,
+                     grids=_grids(lays))
     assert len(plan) == 5
     for b in range(len(plan)):
         (step,) = plan.steps(b)
@@ -81,10 +91,18 @@ def test_steps_cover_batches_with_the_reference_chunks(periodic, time_step):
         assert step.index == b * 5
         assert len(set(step.keys)) == len(step.keys)
         assert set(step.keys) == _reference_keys(plan.batch_boxes(b), lays, BOX, time_step)
-    for k, steps in plan.uses.items():
-        assert list(steps) == sorted(steps)
-        for s in steps:
-            assert k in plan.steps(s // 5)[0].keys
+    first: dict = {}
+    for b in range(len(plan)):
+        (step,) = plan.steps(b)
+        for a, idx in step.plan.chunks.items():  # ids: C-order linear indices, ascending like the rows
+            grid = tuple(-(-s // c) for s, c in zip(_grid_of(lays, a)[0], _grid_of(lays, a)[1]))
+            assert step.ids[a].tolist() == [int(np.ravel_multi_index(tuple(c), grid)) for c in idx.tolist()]
+            for i in step.ids[a].tolist():
+                first.setdefault((a, i), step.index)
+    for a, (ids, _) in plan.uses.pairs().items():
+        assert len(ids) == sum(len(plan.steps(b)[0].ids.get(a, ())) for b in range(len(plan)))
+        got = plan.uses.next(a, np.unique(ids))
+        assert got.tolist() == [first[(a, i)] for i in np.unique(ids).tolist()]
 
 
 def test_batches_split_into_steps_that_fit_capacity():
@@ -123,7 +141,7 @@ def test_planning_is_lazy_and_resumable():
     assert timings == [3, 4, 5]
     plan.steps(4)
     assert timings == [3, 4, 5, 6]
-    assert min(s for v in plan.uses.values() for s in v) >= 3 * 4
+    assert min(int(st.min()) for _, st in plan.uses.pairs().values()) >= 3 * 4
     with pytest.raises(IndexError):
         plan.steps(2)
     plan.forget(3)
@@ -137,7 +155,7 @@ def test_strided_plan_reads_only_its_batches():
     assert sorted(plan._steps) == [1, 4, 7]
     with pytest.raises(IndexError):
         plan.steps(5)
-    assert all(s // 4 in (1, 4, 7) for v in plan.uses.values() for s in v)
+    assert all(s // 4 in (1, 4, 7) for _, st in plan.uses.pairs().values() for s in st.tolist())
 
 
 def test_use_lists_stay_bounded_over_a_long_epoch():
@@ -150,11 +168,11 @@ def test_use_lists_stay_bounded_over_a_long_epoch():
     sizes = []
     for b in range(len(plan)):
         for st in plan.steps(b):
-            res = cache.reserve(st.index, st.keys)
-            for k in res.to_fill:
-                cache.filled(k)
+            res = cache.reserve(st.index, st.ids)
+            for a, pos in res.fill.items():
+                cache.filled(a, res.slots[a][pos])
             cache.release(res)
         plan.forget(b)
-        sizes.append(sum(len(q) for q in plan.uses.values()))
+        sizes.append(len(plan.uses))
     assert max(sizes[50:]) <= 2 * max(sizes[:10])  # bounded by the horizon, not growing with the epoch
-    assert sizes[-1] == 0 and not plan.uses
+    assert sizes[-1] == 0 and not plan._steps
