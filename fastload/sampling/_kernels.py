@@ -13,8 +13,13 @@ float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest 
 Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
 no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
 atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead, and
-each token's output block is written in one sequential pass, in 8-wide moves (short token rows would otherwise
-run scalar). ``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
+each box row's token rows are copied into a band buffer in 8-wide moves (short token rows would otherwise run
+scalar), unrolled for token widths up to 32 (the loop overhead per token row was a fifth of the time for 9-wide
+tokens). Each band of tokens is one contiguous run of the output, streamed there with non-temporal stores (no
+read for ownership of the output; the output is written once and read later by another thread). Local
+coefficients are copied once per sample and level into a compact box-sized buffer and read from there by the
+other time steps (strided reads of the (M, L, NY, NX) arrays with their prefetches cost about a fifth of the
+normalised gather). ``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._intrinsics import prefetch2, prefetch4
+from ._intrinsics import prefetch2, prefetch4, store_fence, stream32
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -76,20 +81,20 @@ def to_float16_bits(x, out):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _copy8(dst, d0, src, r, s0):
-    """``dst[d0:d0 + 8] = src[r, s0:s0 + 8]``: eight loads, then eight stores, so LLVM emits one vector move.
+def _copy8(dst, d0, src, s0):
+    """``dst[d0:d0 + 8] = src[s0:s0 + 8]``: eight loads, then eight stores, so LLVM emits one vector move.
 
     Token rows are short (``tlon``, often 9): a plain loop of that length runs scalar (the vectoriser's loop wants
     32 and more), so the token writes copy in 8-wide moves, the last one overlapping the one before.
     """
-    v0 = src[r, s0]
-    v1 = src[r, s0 + np.uint64(1)]
-    v2 = src[r, s0 + np.uint64(2)]
-    v3 = src[r, s0 + np.uint64(3)]
-    v4 = src[r, s0 + np.uint64(4)]
-    v5 = src[r, s0 + np.uint64(5)]
-    v6 = src[r, s0 + np.uint64(6)]
-    v7 = src[r, s0 + np.uint64(7)]
+    v0 = src[s0]
+    v1 = src[s0 + np.uint64(1)]
+    v2 = src[s0 + np.uint64(2)]
+    v3 = src[s0 + np.uint64(3)]
+    v4 = src[s0 + np.uint64(4)]
+    v5 = src[s0 + np.uint64(5)]
+    v6 = src[s0 + np.uint64(6)]
+    v7 = src[s0 + np.uint64(7)]
     dst[d0] = v0
     dst[d0 + np.uint64(1)] = v1
     dst[d0 + np.uint64(2)] = v2
@@ -98,6 +103,32 @@ def _copy8(dst, d0, src, r, s0):
     dst[d0 + np.uint64(5)] = v5
     dst[d0 + np.uint64(6)] = v6
     dst[d0 + np.uint64(7)] = v7
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _stream(dst, d0, src, n):
+    """``dst[d0:d0 + n] = src[:n]`` (1-D, same dtype): whole 64-byte lines of ``dst`` with non-temporal stores.
+
+    The part before the first 64-byte boundary and after the last one is stored normally (it shares a cache line
+    with the next or previous call's run); so is everything when ``dst`` is not even element-aligned.
+    """
+    size = np.uint64(dst.itemsize)
+    w = np.uint64(32) // size  # elements per 32-byte store
+    addr = np.uint64(dst.ctypes.data) + d0 * size
+    head = n
+    if addr % size == 0:
+        head = min(n, ((np.uint64(64) - addr % np.uint64(64)) % np.uint64(64)) // size)
+    for q in range(head):
+        qu = np.uint64(q)
+        dst[d0 + qu] = src[qu]
+    q = np.uint64(head)
+    while q + w + w <= n:
+        stream32(dst, d0 + q, src, q)
+        stream32(dst, d0 + q + w, src, q + w)
+        q += w + w
+    while q < n:
+        dst[d0 + q] = src[q]
+        q += np.uint64(1)
 
 
 PREFETCH_ROWS = 4
@@ -149,11 +180,20 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     band = tt * tlat  # box rows of one band of tokens (a, b): all their (i, j) rows
     n_rows = nt * nlat * band
     outf = out.reshape(out.size)
-    # One band of box rows at a time: gather its tt * tlat rows from the chunk(s) into `buf`, transformed and
-    # normalised, then write its nlon tokens, each one contiguous (tt, tlat, tlon) block, sequentially.
-    buf = np.empty((band, n_x), np.float32)
-    buf_bits = buf.view(np.uint32)
-    o_lev = nt * nlat * nlon * band * tlon
+    # One band of tokens (a, b) at a time: gather each of its tt * tlat box rows from the chunk(s) into `row`,
+    # transformed and normalised, and copy (cast) the row's nlon token rows to their places in `tb`, the band's
+    # nlon tokens in output order (each one contiguous (tt, tlat, tlon) block); then stream `tb` to `out`, where
+    # the band's tokens are one contiguous run, in whole cache lines with non-temporal stores.
+    row = np.empty(n_x, np.float32)
+    row_bits = row.view(np.uint32)
+    n_band = n_x * band  # output elements of one band
+    tb = np.empty(n_band, outf.dtype)
+    # local coefficients of the box's rows for the sample's first month, copied on first use (a = 0, i = 0) and
+    # then read contiguously, without prefetch, by the nt * tt - 1 other time steps of that month
+    cm = np.empty((n_y if norm == 2 else 0, n_x), np.float32)
+    cs = np.empty_like(cm)
+    tok = np.uint64(band * tlon)  # output elements of one token
+    o_lev = nt * nlat * n_band
     # per sample: chunk and offset of every time step and row, and the box row's x segments (split where it
     # crosses a chunk edge or the seam), so the inner loops have no divisions
     t_it = np.empty(n_t, np.int64)
@@ -208,6 +248,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
         for lv in range(n_lev):
             loff = base + (lev_idx[lv] % cl) * sl
             o = np.uint64((s * n_lev + lv) * o_lev)
+            mc = month_of[s, 0] if norm == 2 and n_t > 0 else -1  # the month of the compact coefficients
             # the row PREFETCH_ROWS ahead, in (a, b, i, j) order
             pa = pb = pi = pj = 0
             p_left = n_rows
@@ -249,8 +290,8 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                         e0 = poff + seg_src[p]
                                         for e in range(e0, e0 + seg_len[p] * sx + 15, 16):
                                             prefetch2(slots, pslot, min(e, last_elem))
-                                    if norm == 2:
-                                        pm = month_of[s, ptk]
+                                    pm = month_of[s, ptk] if norm == 2 else 0
+                                    if norm == 2 and ((pa == 0 and pi == 0) or pm != mc):
                                         xe = seg_x[p] + seg_len[p] - 1
                                         for e in range(seg_x[p], xe + 16, 16):
                                             prefetch4(mean, pm, lv, y0 + pyk, min(e, xe))
@@ -266,9 +307,8 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                             pb = 0
                                             pa += 1
                                 p_left -= 1
-                            # gather box row (i, j) of the band into buf[r] (uint64 indices: no wraparound code,
+                            # gather box row (i, j) of the band into `row` (uint64 indices: no wraparound code,
                             # vectorised loops)
-                            r = np.uint64(i * tlat + j)
                             for p in range(n_seg):
                                 slot = table[s, lv, it, iy, seg_ix[p]]
                                 if slot < 0 or slot >= n_slots:
@@ -280,20 +320,31 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                 mu = np.uint64(m)
                                 lu = np.uint64(lv)
                                 yu = np.uint64(y)
+                                yku = np.uint64(yk)
                                 xg = np.uint64(seg_x[p])
                                 if not log1p and sx == 1:  # the common case: one fused, vectorised loop
                                     if norm == 0:
                                         for q in range(n):
                                             qu = np.uint64(q)
-                                            buf[r, rk + qu] = np.float32(slots[su, src0 + qu])
+                                            row[rk + qu] = np.float32(slots[su, src0 + qu])
                                     elif norm == 1:
                                         for q in range(n):
                                             qu = np.uint64(q)
-                                            buf[r, rk + qu] = (np.float32(slots[su, src0 + qu]) - gm) / gs
+                                            row[rk + qu] = (np.float32(slots[su, src0 + qu]) - gm) / gs
+                                    elif m == mc:  # coefficients from the compact copy of the box's rows
+                                        if a == 0 and i == 0:  # first use of box row yk: copy its coefficients
+                                            for q in range(n):
+                                                qu = np.uint64(q)
+                                                cm[yku, rk + qu] = mean[mu, lu, yu, xg + qu]
+                                                cs[yku, rk + qu] = std[mu, lu, yu, xg + qu]
+                                        for q in range(n):
+                                            qu = np.uint64(q)
+                                            row[rk + qu] = ((np.float32(slots[su, src0 + qu]) - cm[yku, rk + qu])
+                                                            / cs[yku, rk + qu])
                                     else:
                                         for q in range(n):
                                             qu = np.uint64(q)
-                                            buf[r, rk + qu] = ((np.float32(slots[su, src0 + qu])
+                                            row[rk + qu] = ((np.float32(slots[su, src0 + qu])
                                                                 - mean[mu, lu, yu, xg + qu]) / std[mu, lu, yu, xg + qu])
                                     continue
                                 for q in range(n):
@@ -305,28 +356,55 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                         v = (v - gm) / gs
                                     elif norm == 2:
                                         v = (v - mean[mu, lu, yu, xg + qu]) / std[mu, lu, yu, xg + qu]
-                                    buf[r, rk + qu] = v
-                    # write the band's nlon tokens: each a contiguous (tt, tlat, tlon) block, in order
-                    for c in range(nlon):
-                        r0 = np.uint64(c * tlon)
-                        for rr in range(band):
-                            ru = np.uint64(rr)
-                            if kind == 0 and tlon >= 8:  # 8-wide moves, the last overlapping the one before
-                                q8 = np.uint64(0)
-                                while q8 < t8:
-                                    _copy8(outf, o + q8, buf, ru, r0 + q8)
-                                    q8 += np.uint64(8)
-                                _copy8(outf, o + t8, buf, ru, r0 + t8)
-                            elif kind == 0:
-                                for q in range(tlon):
-                                    qu = np.uint64(q)
-                                    outf[o + qu] = buf[ru, r0 + qu]
-                            elif kind == 1:
-                                for q in range(tlon):
-                                    qu = np.uint64(q)
-                                    outf[o + qu] = _bf16(np.int64(buf_bits[ru, r0 + qu]))
-                            else:
-                                for q in range(tlon):
-                                    qu = np.uint64(q)
-                                    outf[o + qu] = _f16(np.int64(buf_bits[ru, r0 + qu]))
-                            o += np.uint64(tlon)
+                                    row[rk + qu] = v
+                            # its nlon token rows into their tokens in `tb`
+                            d = np.uint64((i * tlat + j) * tlon)
+                            if kind == 0 and 8 <= tlon <= 32:  # 2 to 4 8-wide moves per token row, unrolled
+                                r0 = np.uint64(0)
+                                tlu = np.uint64(tlon)
+                                if tlon <= 16:
+                                    for _ in range(nlon):
+                                        _copy8(tb, d, row, r0)
+                                        _copy8(tb, d + t8, row, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                elif tlon <= 24:
+                                    for _ in range(nlon):
+                                        _copy8(tb, d, row, r0)
+                                        _copy8(tb, d + np.uint64(8), row, r0 + np.uint64(8))
+                                        _copy8(tb, d + t8, row, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                else:
+                                    for _ in range(nlon):
+                                        _copy8(tb, d, row, r0)
+                                        _copy8(tb, d + np.uint64(8), row, r0 + np.uint64(8))
+                                        _copy8(tb, d + np.uint64(16), row, r0 + np.uint64(16))
+                                        _copy8(tb, d + t8, row, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                continue
+                            for c in range(nlon):
+                                r0 = np.uint64(c * tlon)
+                                if kind == 0 and tlon >= 8:  # 8-wide moves, the last overlapping the one before
+                                    q8 = np.uint64(0)
+                                    while q8 < t8:
+                                        _copy8(tb, d + q8, row, r0 + q8)
+                                        q8 += np.uint64(8)
+                                    _copy8(tb, d + t8, row, r0 + t8)
+                                elif kind == 0:
+                                    for q in range(tlon):
+                                        qu = np.uint64(q)
+                                        tb[d + qu] = row[r0 + qu]
+                                elif kind == 1:
+                                    for q in range(tlon):
+                                        qu = np.uint64(q)
+                                        tb[d + qu] = _bf16(np.int64(row_bits[r0 + qu]))
+                                else:
+                                    for q in range(tlon):
+                                        qu = np.uint64(q)
+                                        tb[d + qu] = _f16(np.int64(row_bits[r0 + qu]))
+                                d += tok
+                    _stream(outf, o, tb, np.uint64(n_band))
+                    o += np.uint64(n_band)
+    store_fence()

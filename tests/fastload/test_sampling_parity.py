@@ -104,8 +104,9 @@ def cases(draw, *, log1p=None, wide=False):
     layout = draw(st.sampled_from(["tlyx", "tyx", "yx", "tflyx"]))
     nt_, nlat, nlon = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
     tt, tlat, tlon = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    if wide:  # token rows around the kernel's 8-wide moves (one, one plus an overlapping one, several)
-        nlon, tlon = draw(st.integers(1, 2)), draw(st.sampled_from([7, 8, 9, 15, 16, 17, 27]))
+    if wide:  # token rows around the kernel's 8-wide moves (one, one plus an overlapping one, several; the
+        # unrolled copies of 2, 3 and 4 moves and the loop beyond 32)
+        nlon, tlon = draw(st.integers(1, 2)), draw(st.sampled_from([7, 8, 9, 15, 16, 17, 24, 25, 27, 32, 33]))
     T, H, W = nt_ * tt, nlat * tlat, nlon * tlon
     dt = draw(st.integers(1, 3))
     NT = (T - 1) * dt + 1 + draw(st.integers(0, 4))
@@ -309,6 +310,37 @@ def test_torch_outputs_are_written_in_place():
         gather_field(data.reshape(1, -1), table, lay, field, plan.boxes, out, out_dtype=np_dt or "float32")
         want = box_to_tokens(data[:, :, (6 + np.arange(8)) % 8], field.token_size)  # (nt, nlat, nlon, tt, ...)
         assert torch.equal(out[0, 0], torch.from_numpy(np.ascontiguousarray(want)).to(dt))
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+def test_output_at_every_cache_line_offset(out_dtype):
+    """The kernel streams whole 64-byte lines of the output and stores the partial ones before and after normally;
+    an output starting at any element offset inside a line must come out the same as the reference's."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((4, 2, 6, 40)).astype(np.float32)
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(4, 2, 6, 40), axes=(0, None, 1, 2, 3),
+                      lev_idx=[0, 1], periodic_x=True)
+    field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(1, 2, 3), token_size=(2, 3, 9),
+                        normalization="local")
+    boxes = np.array([[0, 0, 30], [2, 0, 3]], np.int64)  # one across the seam
+    plan = plan_batch(boxes, [lay], field.box)
+    table = plan.slot_tables({"a": [0]})["f"]
+    mean = rng.standard_normal((1, 2, 6, 40)).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, (1, 2, 6, 40)).astype(np.float32)
+    month_of = np.zeros((2, 2), np.int32)
+    dt = np.float32 if out_dtype == "float32" else np.uint16
+    shape = (2, *field.sample_shape)
+    want = np.empty(shape, dt)
+    gather_field(data.reshape(1, -1), table, lay, field, plan.boxes, want, out_dtype=out_dtype, mean=mean, std=std,
+                 month_of=month_of, jit=False)
+    n = int(np.prod(shape))
+    for shift in range(64 // np.dtype(dt).itemsize):
+        buf = np.full(n + 64, 7, dt)
+        out = buf[shift:shift + n].reshape(shape)
+        gather_field(data.reshape(1, -1), table, lay, field, plan.boxes, out, out_dtype=out_dtype, mean=mean,
+                     std=std, month_of=month_of, jit=True)
+        assert np.array_equal(out.view(dt), want), shift
+        assert (buf[:shift] == 7).all() and (buf[shift + n:] == 7).all(), shift
 
 
 # ------------------------------------------------------------------------------------- token metadata
