@@ -97,6 +97,8 @@ class ThreadBackend:
                          capacity=self.capacity, horizon=0, start_batch=start_batch,
                          grids=chunk_grids(self.reader.store))
         self.cache.reset(plan.uses)
+        self.reader.warm(np.float32 if getattr(self.tokenizer.config, "out_dtype", "float32") == "float32"
+                         else np.uint16)
         if start_batch < len(plan):
             plan.horizon = choose_horizon(plan, start_batch, self.cache, self.spec.prefetch)
         self.plan = plan

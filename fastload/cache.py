@@ -229,12 +229,16 @@ class ChunkCache:
 
     # -- reservations -------------------------------------------------------------------------------------------
     def reserve(self, step: int, ids: Mapping[str, np.ndarray], *, should_stop: Callable[[], bool] | None = None,
-                poll: float = 0.05) -> Reservation:
+                poll: float = 0.05, block: bool = True) -> Reservation | None:
         """Pin every chunk ``step`` needs (``ids[array]``: unique int64 chunk ids), giving slots to the missing
         ones (all or nothing, in step order).
 
         Blocks while the arenas are full of pinned chunks or an earlier step is waiting. ``should_stop`` is polled
         while waiting; when it returns true (or the cache is closed) :class:`CacheClosedError` is raised.
+
+        ``block=False`` is a look-ahead: it returns None unless no earlier step waits and the missing chunks fit
+        in *free* slots (it never evicts, so reading ahead cannot push out a chunk the plan wants; a step that
+        holds slots may look ahead this way, where waiting could deadlock).
         """
         ids = {a: np.asarray(v, np.int64) for a, v in ids.items()}
         for a, v in ids.items():
@@ -244,6 +248,13 @@ class ChunkCache:
                 raise ValueError(f"step {step} needs {v.size} chunks of array {a!r} at once but its cache arena has "
                                  f"{self._arenas[a].data.shape[0]} slots")
         with self._cond:
+            if not block:
+                if self._closed:
+                    raise CacheClosedError("the chunk cache is closed")
+                if self._waiting and self._waiting[0] < step:
+                    return None
+                found = {a: self._arenas[a].lookup(v) for a, v in ids.items()}
+                return self._grant(step, ids, found) if self._fits(found, evict=False) else None
             heapq.heappush(self._waiting, step)
             try:
                 while True:
@@ -258,7 +269,7 @@ class ChunkCache:
                 heapq.heapify(self._waiting)
                 self._cond.notify_all()
 
-    def _fits(self, found: Mapping[str, np.ndarray]) -> bool:
+    def _fits(self, found: Mapping[str, np.ndarray], evict: bool = True) -> bool:
         for a, s in found.items():
             missing = int((s < 0).sum())
             if not missing:
@@ -266,6 +277,10 @@ class ChunkCache:
             ar = self._arenas[a]
             idle = ar.pins == 0
             free = int((idle & (ar.key < 0)).sum())
+            if not evict:
+                if missing > free:
+                    return False
+                continue
             evictable = int((idle & (ar.state == _READY) & (ar.key >= 0)).sum())
             hit = s[s >= 0]
             mine = int((ar.pins[hit] == 0).sum())  # my hits are pinned by me, not evicted for me

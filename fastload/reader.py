@@ -243,6 +243,15 @@ class _PrioritySlots:
 
 
 @dataclasses.dataclass(slots=True)
+class _Started:
+    """A step whose chunks are reserved and whose fetch/decode tasks are submitted."""
+
+    step: Step
+    res: Reservation
+    futures: list[tuple[str, np.ndarray, Future]]
+
+
+@dataclasses.dataclass(slots=True)
 class _Done:
     fetch_s: float = 0.0
     decode_s: float = 0.0
@@ -307,6 +316,7 @@ class ChunkReader:
         self._pool = ThreadPoolExecutor(max(1, int(fetch_concurrency)), thread_name_prefix=name)
         self._stop = threading.Event()
         self._closed = False
+        self._warm: Future | None = None
 
     # -- public -------------------------------------------------------------------------------------------------
     def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
@@ -325,8 +335,20 @@ class ChunkReader:
         boxes = plan.batch_boxes(batch)
         kept: list[np.ndarray] = []
         row = 0
-        for step in steps:
-            row = self._run_step(step, boxes, outs, row, kept, stats, stop)
+        # steps overlap by one: the next step's chunks are fetched and decoded while this one gathers, when its
+        # slots can be had without waiting (a step never waits for slots while holding another: no deadlock)
+        cur: _Started | None = self._start(steps[0], stats, stop, block=True) if steps else None
+        try:
+            for i in range(len(steps)):
+                assert cur is not None
+                nxt = self._start(steps[i + 1], stats, stop, block=False) if i + 1 < len(steps) else None
+                started, cur = cur, nxt
+                row = self._finish(started, boxes, outs, row, kept, stats, stop)
+                if cur is None and i + 1 < len(steps):
+                    cur = self._start(steps[i + 1], stats, stop, block=True)
+        finally:
+            if cur is not None:  # a step failed: the one started after it gives its slots back unused
+                self._abandon(cur)
         plan.forget(batch)
         sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         stats.samples = int(sel.size)
@@ -338,6 +360,36 @@ class ChunkReader:
                 st.batches, st.samples, st.skipped = 1, stats.samples, stats.skipped
                 st.bytes_useful = self._useful_by_stream[name] * int(sel.size)
         return stats, sel
+
+    def warm(self, out_dtype: np.dtype) -> None:
+        """Load the gather kernels on an I/O thread now, while the first batch's chunks are fetched and decoded.
+
+        The first call of a Numba kernel in a process loads it from the JIT cache and initialises Numba (about
+        0.6-1 s, mostly imports holding the GIL); run on zero samples here it overlaps the first batch's decodes
+        (which release the GIL) instead of following them. Only for one store with the Numba kernels in use;
+        idempotent. ``out_dtype``: the batch buffers' NumPy dtype.
+        """
+        from .sampling.neighborhood import use_jit
+
+        if self._warm is not None or self._multi or not use_jit(self.jit, getattr(self.tokenizer, "config", None)):
+            return
+        try:
+            self._warm = self._pool.submit(self._warm_kernels, np.dtype(out_dtype))
+        except RuntimeError:  # closed
+            pass
+
+    def _warm_kernels(self, out_dtype: np.dtype) -> None:
+        try:
+            b = np.zeros((0, 3), np.int64)
+            p = self.tokenizer.plan(b)
+            tables = p.slot_tables({a: np.zeros(0, np.int32) for a in p.chunks})
+            outs = {f.name: np.empty((0, *f.sample_shape), out_dtype) for f in self.tokenizer.config.fields}
+            coefficients, months = self.coefficients, self.months
+            month_of = self.tokenizer.month_table(b, months)[1] if coefficients else None
+            self.tokenizer.gather({a: self.cache.arena(a) for a in p.chunks}, tables, b, outs,
+                                  coefficients=coefficients, month_of=month_of, jit=self.jit)
+        except Exception as e:  # noqa: BLE001 - only a head start: the first real gather raises any real problem
+            log.debug("fastload: kernel warm-up skipped: %s: %s", type(e).__name__, e)
 
     def set_coefficients(self, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
                          months: np.ndarray | None) -> None:
@@ -361,18 +413,40 @@ class ChunkReader:
             return self._stop.is_set
         return lambda: self._stop.is_set() or should_stop()
 
-    def _run_step(self, step: Step, boxes: np.ndarray, outs: Mapping[str, np.ndarray], row: int,
-                  kept: list[np.ndarray], stats: IOStats, stop: Callable[[], bool]) -> int:
-        cache = self.cache
-        res = cache.reserve(step.index, step.ids, should_stop=stop)
+    def _start(self, step: Step, stats: IOStats, stop: Callable[[], bool], block: bool) -> _Started | None:
+        """Reserve a step's chunks and submit the fetches and decodes of the missing ones (None: ``block`` is
+        False and the slots are not free right now)."""
+        res = self.cache.reserve(step.index, step.ids, should_stop=stop, block=block)
+        if res is None:
+            return None
         stats.chunks += step.n_chunks
         stats.hits += res.hits
         stats.misses += res.n_fill
         if self._multi:
             self._count_streams(res, stats)
+        try:
+            return _Started(step, res, self._submit(step, res, stop))
+        except BaseException:
+            self.cache.release(res, step_done=False)
+            raise
+
+    def _abandon(self, started: _Started) -> None:
+        """Wait for a started step's tasks (none may write into a slot after release) and release it unused."""
+        try:
+            self._collect(started, IOStats())
+        except BaseException:  # noqa: BLE001 - the step is given up; its errors are not the consumer's
+            pass
+        finally:
+            self.cache.release(started.res, step_done=False)
+
+    def _finish(self, started: _Started, boxes: np.ndarray, outs: Mapping[str, np.ndarray], row: int,
+                kept: list[np.ndarray], stats: IOStats, stop: Callable[[], bool]) -> int:
+        """Wait for a started step's chunks, gather its samples into ``outs`` from ``row`` on, release it."""
+        cache = self.cache
+        step, res = started.step, started.res
         done = False
         try:
-            bad = self._fill(step, res, stats, stop)
+            bad = self._collect(started, stats)
             for a, errs in cache.wait(res, should_stop=stop).items():
                 bad.setdefault(a, {}).update(errs)
             if bad and self.on_bad_chunk != "skip":
@@ -427,12 +501,8 @@ class ChunkReader:
         return np.flatnonzero(ok).astype(np.int64)
 
     # -- fetch + decode -----------------------------------------------------------------------------------------
-    def _fill(self, step: Step, res: Reservation, stats: IOStats,
-              stop: Callable[[], bool]) -> dict[str, dict[int, BaseException]]:
-        """Fetch and decode every chunk the step must fill; return the bad ones, ``array -> {position: error}``
-        (``skip``), or raise the first unexpected failure."""
-        if not res.fill:
-            return {}
+    def _submit(self, step: Step, res: Reservation, stop: Callable[[], bool]) -> list[tuple[str, np.ndarray, Future]]:
+        """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future)``."""
         futures: list[tuple[str, np.ndarray, Future]] = []
         for a, pos in res.fill.items():
             size = self._group or min(_GROUP, max(1, -(-pos.size // self._tasks)))
@@ -443,12 +513,19 @@ class ChunkReader:
                 slots = res.slots[a][group].tolist()
                 try:
                     fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop)
-                except RuntimeError:  # the pool is shut down: mark the group failed below
+                except RuntimeError:  # the pool is shut down: mark the group failed in _collect
                     fut = Future()
                     fut.cancel()
                 futures.append((a, group, fut))
+        return futures
+
+    def _collect(self, started: _Started, stats: IOStats) -> dict[str, dict[int, BaseException]]:
+        """Wait for every task of a started step; return the bad chunks, ``array -> {position: error}`` (``skip``),
+        or raise the first unexpected failure."""
+        res = started.res
         bad: dict[str, dict[int, BaseException]] = {}
         first: BaseException | None = None
+        futures, started.futures = started.futures, []
         for a, group, fut in futures:  # wait for every task: none may write into a slot after we release it
             try:
                 d: _Done = fut.result()

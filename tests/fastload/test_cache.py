@@ -238,6 +238,35 @@ def test_reserve_blocks_until_slots_are_released_and_close_wakes():
     assert errors
 
 
+def test_look_ahead_takes_only_free_slots_and_yields_to_waiting_steps():
+    steps = [[("x", 0), ("x", 1)], [("x", 2)], [("x", 3)], [("x", 0)]]
+    cache = ChunkCache({"x": (3, 1, np.float32)}, _uses(steps))
+    r0 = cache.reserve(0, _ids(steps[0]))
+    r1 = cache.reserve(1, _ids(steps[1]), block=False)  # a free slot is left: granted
+    assert r1 is not None and r1.fill["x"].tolist() == [0]
+    _fill_all(cache, r0)
+    _fill_all(cache, r1)
+    cache.release(r0)
+    cache.release(r1)
+    # no free slot: a look-ahead never evicts (1 is never needed again, but only a blocking reserve takes it)
+    assert cache.reserve(2, _ids(steps[2]), block=False) is None
+    r2 = cache.reserve(2, _ids(steps[2]))
+    assert r2.fill["x"].tolist() == [0] and cache.evictions == 1
+    _fill_all(cache, r2)
+    cache.release(r2)
+    assert cache.resident() == {("x", 0), ("x", 2), ("x", 3)}
+    hold = cache.reserve(3, _ids(steps[3]))  # pins one slot: step 4's three new chunks cannot fit yet
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(cache.reserve(4, _ids([("x", 5), ("x", 6), ("x", 7)]))))
+    waiting.start()
+    time.sleep(0.05)
+    assert not got
+    assert cache.reserve(5, _ids([("x", 0)]), block=False) is None  # step 4 waits: later steps do not jump it
+    cache.release(hold)
+    waiting.join(5)
+    assert got and got[0].fill["x"].tolist() == [0, 1, 2]
+
+
 def test_step_larger_than_arena_is_an_error():
     cache = ChunkCache({"x": (2, 1, np.float32)}, {})
     with pytest.raises(ValueError, match="needs 3 chunks of array 'x'"):
