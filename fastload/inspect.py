@@ -408,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SamplingConfig.from_file(args.config) if args.config else None
         overhead = args.chunk_overhead_ms * 1e-3 * args.decode_gbps * 1e9
         if config is not None and config.streams:
+            if args.codecs:
+                raise ConfigError("--codecs measures one store: give it without a multi-stream --config (or "
+                                  "inspect each stream's store on its own)")  # fmt: skip
             reports = inspect_streams(config, args.store, storage_options=opts, sizes=args.sizes,
                                       overhead_bytes=overhead)
             print(json.dumps(_streams_json(config, reports), indent=2) if args.json else format_streams(reports))

@@ -101,13 +101,16 @@ def _field_view(block: np.ndarray, f: Any) -> np.ndarray:
     return block if f.field_index is None else np.take(block, f.field_index, axis=f.axes[1])
 
 
-def auto_codec(store: Any, *, zarr_format: int, read_bps: float | None = None) -> str:
-    """The codec :func:`fastload.codec_choice.measure_codecs` recommends for ``store``'s data (zarr v3: not plain
-    ``lz4``, which has no codec in the v3 specification and reads with a warning)."""
+def auto_codec(
+    store: Any, *, zarr_format: int, read_bps: float | None = None, field: str | None = None,
+    block: Sequence[int] | None = None, dataset_bytes: int | None = None,
+) -> str:
+    """The codec :func:`fastload.codec_choice.measure_codecs` recommends for a copy of ``store`` in
+    ``zarr_format`` (measured on blocks of ``block`` cut from ``field`` when given)."""
     from .codec_choice import measure_codecs
 
-    cands = [c for c in CODECS if not (zarr_format == 3 and c == "lz4")]
-    return measure_codecs(store, codecs=cands, read_bps=read_bps).codec
+    return measure_codecs(store, field=field, block=block, dataset_bytes=dataset_bytes, zarr_format=zarr_format,
+                          read_bps=read_bps).codec  # fmt: skip
 
 
 def rechunk(
@@ -142,7 +145,8 @@ def rechunk(
         Fields to copy (default: all).
     codec, shards : str, sequence of int
         As for :class:`fastload.write.StoreWriter`; ``codec="auto"`` takes the codec
-        :func:`fastload.codec_choice.measure_codecs` finds fastest to read and decode on the source's data.
+        :func:`fastload.codec_choice.measure_codecs` finds fastest to read and decode, measured on blocks of the
+        new chunk shape cut from the largest field copied (the first of equals).
     read_bps : float, optional
         With ``codec="auto"``: the read rate (stored bytes/s) of wherever the new store will be read from;
         default: the source store's, measured.
@@ -182,13 +186,18 @@ def rechunk(
     arrays: dict[str, list[str]] = {}
     for n in names:
         arrays.setdefault(src.fields[n].array, []).append(n)
-    nbytes = 0
+    field_bytes = {}
     for n in names:
         f, info = src.fields[n], src.arrays[src.fields[n].array]
-        nbytes += math.prod(s for i, s in enumerate(info.shape) if i != f.axes[1]) * info.dtype.itemsize
+        field_bytes[n] = math.prod(s for i, s in enumerate(info.shape) if i != f.axes[1]) * info.dtype.itemsize
+    nbytes = sum(field_bytes.values())
     fmt = zarr_format or src.zarr_format
-    if codec == "auto":
-        codec = auto_codec(src, zarr_format=fmt, read_bps=read_bps)
+    if codec == "auto":  # measured on the copy's own chunk shape, of the largest field copied (the first of equals)
+        big = max(names, key=field_bytes.__getitem__)
+        codec = auto_codec(src, zarr_format=fmt, read_bps=read_bps, field=big, block=per_field[big],
+                           dataset_bytes=nbytes)  # fmt: skip
+    elif read_bps is not None:
+        raise ConfigError(f"read_bps={read_bps} goes with codec='auto' (it is the read rate the choice charges)")
     with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs) as w, \
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
@@ -278,17 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.read_gbps is not None and (a.codec != "auto" or not a.read_gbps > 0):
         p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
-    codec = a.codec
-    if codec == "auto":
-        from .store import open_store
-
-        src = open_store(a.store)
-        codec = auto_codec(src, zarr_format=a.zarr_format or src.zarr_format,
-                           read_bps=None if a.read_gbps is None else a.read_gbps * 1e9)
-        print(f"codec auto: {codec} (measured; fastload inspect {a.store} --codecs shows why)", file=sys.stderr)
     out = rechunk(
         a.store, a.out, config=a.config, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
-        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=codec,
+        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
+        read_bps=None if a.read_gbps is None else a.read_gbps * 1e9,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
         overwrite=a.overwrite, progress=False if a.quiet else None,
     )  # fmt: skip
@@ -298,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}:")
     for n in sorted(g.array_keys()):
         if n not in ("time", "level", "latitude", "longitude"):
-            print(f"  {n:<20} shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards else ""))
+            comp = " ".join(type(c).__name__ for c in g[n].compressors) or "uncompressed"
+            print(f"  {n:<20} shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards
+                                                                            else "") + f"  {comp}")  # fmt: skip
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,12 +164,6 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
     out = os.path.join(workdir, variant.name.replace("+", "_") + ".zarr")
     if os.path.exists(out):
         return out
-    if variant.codec == "auto":  # as `fastload rechunk --codec auto` picks it, measured once on the source's data
-        from fastload.rechunk import auto_codec
-
-        codec = auto_codec(store, zarr_format=variant.zarr_format or store.zarr_format)
-        print(f"scenario {variant.name}: codec auto -> {codec}", file=sys.stderr)
-        variant = dataclasses.replace(variant, codec=codec)
     src = _synth_source(store)
     if src is None:
         raise ConfigError(f"scenario {variant.name!r}: {store.path} was not written by 'fastload synth', so it "
@@ -181,7 +174,8 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
 
     cfg, seed = src
     fmt = variant.zarr_format or store.zarr_format
-    codec = variant.codec or _codec_of(store) or DEFAULT_CODEC
+    auto = variant.codec == "auto"
+    codec = (None if auto else variant.codec) or _codec_of(store) or DEFAULT_CODEC
     chunking = variant.chunking or ("atmorep" if store.layout == "atmorep" else "tiles")
     layout = "atmorep" if chunking == "atmorep" else "per-variable"
     chunks: Sequence[int] | None = None
@@ -189,6 +183,13 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
         chunks = _recommended(store, config, workdir, fmt, codec)
     elif chunking == "tiles":
         chunks = cfg.chunks
+    if auto:  # as `fastload rechunk --codec auto` picks it: measured once, on the new chunks of the first field
+        from fastload.rechunk import auto_codec
+
+        field = next((f.name for f in config.fields if f.levels is not None), config.fields[0].name)
+        codec = auto_codec(store, zarr_format=fmt, field=field, block=chunks) if chunks else auto_codec(
+            store, zarr_format=fmt)  # fmt: skip
+        print(f"scenario {variant.name}: codec auto -> {codec} (written to {out}; kept while it exists)")
     shards = None
     if variant.sharded:
         base = chunks or (8, len(cfg.levels), cfg.latitude.size, cfg.longitude.size)
