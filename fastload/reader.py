@@ -47,7 +47,8 @@ __all__ = ["IOStats", "ChunkReader", "CacheLayout", "plan_cache", "sample_chunk_
 log = logging.getLogger("fastload")
 
 _BACKOFF_S = 0.05  # first retry delay; doubles per retry
-_GROUP = 32  # chunks per request to a remote store
+_GROUP = 32  # chunks per request to a remote store, and most chunks per local task
+_MIN_TASK = 8  # fewest chunks per local task (an array with fewer to fill gets one task)
 
 
 @dataclasses.dataclass(slots=True, repr=False)
@@ -215,31 +216,35 @@ def _transient(e: BaseException) -> bool:
 
 class _PrioritySlots:
     """A counting semaphore whose waiters are served lowest step first: the batch the consumer waits for decodes
-    before read-ahead for later batches (the first batch is not slowed by the second's decodes)."""
+    before read-ahead for later batches (the first batch is not slowed by the second's decodes). A release hands
+    the slot to exactly one waiter (its own lock), so no herd of waiting threads wakes per release."""
 
     def __init__(self, n: int):
         self._free = int(n)
-        self._cond = threading.Condition()
-        self._waiting: list[tuple[int, int]] = []  # heap of (step, ticket)
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, threading.Lock]] = []  # heap of (step, ticket, the waiter's lock)
         self._ticket = itertools.count()
 
     @contextlib.contextmanager
     def hold(self, step: int) -> Iterator[None]:
-        with self._cond:
-            me = (int(step), next(self._ticket))
-            heapq.heappush(self._waiting, me)
-            while not (self._free and self._waiting[0] == me):
-                self._cond.wait()
-            heapq.heappop(self._waiting)
-            self._free -= 1
-            if self._free and self._waiting:
-                self._cond.notify_all()
+        with self._lock:
+            if self._free and not self._waiting:  # (a waiter exists only while no slot is free)
+                self._free -= 1
+                gate = None
+            else:
+                gate = threading.Lock()
+                gate.acquire()
+                heapq.heappush(self._waiting, (int(step), next(self._ticket), gate))
+        if gate is not None:
+            gate.acquire()  # released by the holder that hands its slot over to this waiter
         try:
             yield
         finally:
-            with self._cond:
-                self._free += 1
-                self._cond.notify_all()
+            with self._lock:
+                if self._waiting:
+                    heapq.heappop(self._waiting)[2].release()  # the slot passes straight to the earliest step
+                else:
+                    self._free += 1
 
 
 @dataclasses.dataclass(slots=True)
@@ -305,10 +310,10 @@ class ChunkReader:
         self.set_coefficients(coefficients, months)
         self.useful = int(useful_bytes_per_sample)
         self.jit = jit
-        # remote: one request per _GROUP chunks; local: a few tasks per decode worker (one task per chunk costs
-        # a Future, a pool hand-off and a wake-up each, all under the GIL)
+        # remote: one request per _GROUP chunks; local: a few tasks per decode worker and step, of at least
+        # _MIN_TASK chunks (a task costs a Future, a pool hand-off and wake-ups, all under the GIL)
         self._group = 0 if isinstance(store.source, LocalSource) else _GROUP
-        self._tasks = 4 * max(1, int(decode_workers))
+        self._tasks = 2 * max(1, int(decode_workers))
         # multi-stream tokenizers (fastload.streams.MultiStream): array keys are "stream/array", counted per stream
         self._multi = hasattr(tokenizer, "streams")
         self._useful_by_stream = dict(getattr(tokenizer, "useful_bytes_by_stream", None) or {}) if self._multi else {}
@@ -504,8 +509,9 @@ class ChunkReader:
     def _submit(self, step: Step, res: Reservation, stop: Callable[[], bool]) -> list[tuple[str, np.ndarray, Future]]:
         """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future)``."""
         futures: list[tuple[str, np.ndarray, Future]] = []
+        n_fill = res.n_fill
         for a, pos in res.fill.items():
-            size = self._group or min(_GROUP, max(1, -(-pos.size // self._tasks)))
+            size = self._group or min(_GROUP, max(_MIN_TASK, -(-n_fill // self._tasks)))
             rows = step.plan.chunks[a]
             for i in range(0, pos.size, size):
                 group = pos[i:i + size]
