@@ -41,7 +41,8 @@ class Extracted:
     that dtype, or with NumPy the uint16 bit patterns (``.view(np.float16)`` reads float16 bits)."""
     meta: TokenMeta
     """Per-token time, centre latitude/longitude and level (a mesh store adds its point slots, their ``valid``
-    padding mask and node counts: :class:`~fastload.sampling.points.PointTokenMeta`)."""
+    padding mask and node counts: :class:`~fastload.sampling.points.PointTokenMeta`; a curvilinear grid with
+    copies, unless ``mask_copies=False``, adds ``valid``: :class:`~fastload.sampling.tokenizer.SlotTokenMeta`)."""
 
 
 def _normalizer(norm: Any, config: Any) -> Any:
@@ -74,7 +75,7 @@ def read_plan(source: Any, plan: Any) -> tuple[dict[str, np.ndarray], Any]:
 
 
 def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool | None = None,
-            as_torch: bool = False) -> dict[str, Extracted]:
+            as_torch: bool = False, mask_copies: bool = True) -> dict[str, Extracted]:
     """Samples of ``config``'s fields at the given boxes, normalised as the config says.
 
     Parameters
@@ -93,6 +94,11 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
         ``False`` runs the NumPy reference kernels (default: Numba unless ``FASTLOAD_NO_JIT=1``).
     as_torch : bool
         Return torch tensors instead of NumPy arrays.
+    mask_copies : bool
+        On a curvilinear grid that stores one place at several indices (NEMO/ORCA halo columns, north fold): make
+        the slots that repeat a place already in the sample padding (value 0, ``meta.valid`` False), as the Loader
+        does (default). False reads them as stored, with plain :class:`TokenMeta` (the forecaster's global tiles,
+        which have no slot mask). No effect on other grids.
 
     Returns
     -------
@@ -112,6 +118,8 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
 
     store.check(config)
     tok = make_tokenizer(store, config)  # the Loader's own choice: a mesh store gets its point tokenizer
+    if not mask_copies and hasattr(tok, "mask_copies"):
+        tok.mask_copies = False  # a curvilinear tokenizer: copies keep the store's values
     b = tok.check_boxes(boxes)
     normalizer = None
     if any(f.normalization != "none" for f in config.fields):

@@ -6,7 +6,9 @@ store time ``t0``; its inputs are every tile of the overlapping global tiling (:
 steps after the last input window, ``k = 1 .. steps``, cut to the ``readout_time_tokens`` the forecaster decodes.
 Everything is read through :func:`fastload.extract` (the loader's own plan -> read -> gather path, normalised as
 the sampling config says), a batch at a time on worker threads, at most ``prefetch`` batches ahead
-(:class:`fastload.pump.Pump`).
+(:class:`fastload.pump.Pump`). On a curvilinear grid that stores one place at several indices (NEMO/ORCA halo
+columns and north fold) every tile value is the store's value (``mask_copies=False``): tiles and the stitch work
+in index space and the Forecaster takes no slot mask, so the copies hold their genuine, duplicated values.
 
 The epoch plan depends only on ``(seed, epoch)``: a permutation of every valid initial time (those whose inputs
 and targets all lie inside the record, or inside ``t_range``), cut to ``samples_per_epoch``; rank ``r`` of ``w``
@@ -218,6 +220,8 @@ def extract_windows(store: Any, config: SamplingConfig, tiles: GlobalTiles, t0: 
                     pin: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]], np.ndarray]:
     """The input windows of rollouts from initial times ``t0`` through :func:`fastload.extract`.
 
+    Values are the store's at every tile index, halo and north-fold copies included (``mask_copies=False``).
+
     Parameters
     ----------
     store, config, norm, jit
@@ -239,7 +243,7 @@ def extract_windows(store: Any, config: SamplingConfig, tiles: GlobalTiles, t0: 
     t0 = np.asarray(t0, dtype=np.int64).reshape(-1)
     b, w, n_tiles = int(t0.shape[0]), int(input_window), tiles.num_tiles
     boxes = tiles.boxes(t0[:, None] + np.arange(w) * int(lead))  # (B, W, T, 3)
-    ex = extract(store, config, boxes.reshape(-1, 3), norm=norm, jit=jit, as_torch=True)
+    ex = extract(store, config, boxes.reshape(-1, 3), norm=norm, jit=jit, as_torch=True, mask_copies=False)
 
     def tmeta(a: np.ndarray) -> torch.Tensor:
         return _pinned(torch.from_numpy(np.ascontiguousarray(a, np.float32)), pin)
@@ -393,7 +397,8 @@ class RolloutLoader:
         out_boxes = self.tiles.boxes(t_last[:, None] + np.arange(1, r.steps + 1) * self.lead).reshape(-1, 3)
         targets: list[dict[str, Any]] = [{} for _ in range(r.steps)]
         for c in self._target_configs:
-            for name, ex in extract(counting, c, out_boxes, norm=self.normalizer, jit=self.jit, as_torch=True).items():
+            for name, ex in extract(counting, c, out_boxes, norm=self.normalizer, jit=self.jit, as_torch=True,
+                                    mask_copies=False).items():
                 data = _pinned(ex.data.reshape(b, r.steps, n_tiles, *ex.data.shape[1:]), self._pin)
                 for k in range(r.steps):
                     targets[k][name] = data[:, k]  # (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)

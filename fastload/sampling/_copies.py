@@ -7,18 +7,31 @@ in its east half. A sample box is cut in index space, so a box at the fold or ac
 twice (counted twice by the loss, two tokens over one place). The tokenizers keep each place once per sample, in
 its first slot in slot order, and make the other slots padding (``valid`` False in the token metadata, value 0):
 nothing is lost, nothing counted twice, and boxes still reach the Arctic. :func:`same_points` finds the copies
-from the coordinates once per grid (None for a grid without any, the common case: then nothing changes);
-:func:`first_occurrences` marks, per sample, the slots to keep. Points written with placeholder coordinates (NEMO
-gives eliminated land-only tiles 0, 0) count as one place too; their values are fill or NaN anyway.
+from the coordinates (None for a grid without any, the common case: then nothing changes); :func:`grid_copies`
+remembers its answer per grid (it costs about 0.25 s on a 1021 x 1442 ORCA grid, paid once per opened store and
+process, not per batch or per ``extract`` call); :func:`first_occurrences` and :func:`kept_slots` mark, per
+sample, the slots to keep. Masking is the caller's choice: the forecaster's global tiles
+(:mod:`fastload.rollout_data`) keep the store's values at the copies (``extract(..., mask_copies=False)``).
+Points written with placeholder coordinates (NEMO gives eliminated land-only tiles 0, 0) count as one place too;
+their values are fill or NaN anyway.
 
     python -m pytest tests/fastload/test_stream_fold.py -q
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from typing import Any
+
 import numpy as np
 
-__all__ = ["same_points", "first_occurrences", "kept_slots"]
+__all__ = ["same_points", "grid_copies", "first_occurrences", "kept_slots"]
+
+_LOCK = threading.Lock()
+_MEMO: dict[tuple[int, int, int], tuple[Any, Any, np.ndarray | None]] = {}
+"""``(id(lat), id(lon), decimals) -> (weakref(lat), weakref(lon), same_points)``: a grid's answer while its
+coordinate arrays live (a :class:`~fastload.store.Grid` takes no weak references; its arrays do)."""
 
 
 def same_points(lat: np.ndarray, lon: np.ndarray, decimals: int = 6) -> np.ndarray | None:
@@ -54,10 +67,62 @@ def same_points(lat: np.ndarray, lon: np.ndarray, decimals: int = 6) -> np.ndarr
     return out
 
 
+def grid_copies(grid: Any, decimals: int = 6) -> np.ndarray | None:
+    """:func:`same_points` of a curvilinear grid, computed once per grid and remembered (None for other kinds).
+
+    The answer is kept while the grid's coordinate arrays live (keyed by those array objects; coordinates are
+    never changed in place), so every tokenizer or sampler built on one opened store, in any thread, shares it.
+
+    Parameters
+    ----------
+    grid : Grid-like
+        ``kind``, ``lat`` and ``lon`` (a :class:`fastload.store.Grid`).
+    decimals : int
+        As :func:`same_points`.
+
+    Returns
+    -------
+    ndarray of int64, shape (NY * NX,), or None
+        :func:`same_points` of ``grid.lat``, ``grid.lon``; None for a grid without copies or not curvilinear.
+    """
+    if grid.kind != "curvilinear":
+        return None
+    lat, lon = grid.lat, grid.lon
+    key = (id(lat), id(lon), int(decimals))
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0]() is lat and hit[1]() is lon:
+        return hit[2]
+    with _LOCK:  # one thread computes, the others wait for its answer
+        hit = _MEMO.get(key)
+        if hit is not None and hit[0]() is lat and hit[1]() is lon:
+            return hit[2]
+        same = same_points(lat, lon, decimals)
+        if same is not None:
+            same.setflags(write=False)  # shared by every caller
+        try:
+            refs = (weakref.ref(lat), weakref.ref(lon))
+        except TypeError:  # coordinates that take no weak reference (not ndarrays): not remembered
+            return same
+        _MEMO[key] = (*refs, same)
+        weakref.finalize(lat, _MEMO.pop, key, None)  # forget the grid with its coordinates
+        return same
+
+
 def first_occurrences(ids: np.ndarray) -> np.ndarray:
-    """``(S, P)`` bool: whether ``ids[s, p]`` is the first entry of its value in row ``s`` (later repeats False)."""
+    """Which entries of each row are the first of their value in that row.
+
+    Parameters
+    ----------
+    ids : array_like of int, shape (S, P)
+        One row of ids per sample, in slot order.
+
+    Returns
+    -------
+    ndarray of bool, shape (S, P)
+        True where ``ids[s, p]`` does not occur in ``ids[s, :p]`` (later repeats are False).
+    """
     ids = np.asarray(ids)
-    if ids.shape[-1] == 0:
+    if ids.size == 0:
         return np.ones(ids.shape, bool)
     order = np.argsort(ids, axis=1, kind="stable")  # equal ids keep their slot order
     sorted_ids = np.take_along_axis(ids, order, axis=1)
@@ -69,7 +134,21 @@ def first_occurrences(ids: np.ndarray) -> np.ndarray:
 
 
 def kept_slots(same: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """Bool, shaped like ``flat`` ``(S, ...)``: the slots of each sample to keep (their point's place is not in an
-    earlier slot of the sample), for flat point indices ``flat`` (slot order) and :func:`same_points`' ``same``."""
+    """The slots of each sample whose place is not in an earlier slot of the sample.
+
+    Parameters
+    ----------
+    same : ndarray of int64, shape (N,)
+        :func:`same_points` of the grid (each flat index -> the first index at its place).
+    flat : array_like of int, shape (S, ...)
+        Flat grid index of every slot of ``S`` samples, in slot order (C order over the trailing axes).
+
+    Returns
+    -------
+    ndarray of bool, shaped like ``flat``
+        True for a slot to keep (the first of its place in its sample), False for a copy; ``S = 0`` gives an empty
+        array.
+    """
     flat = np.asarray(flat, np.int64)
-    return first_occurrences(same[flat.reshape(flat.shape[0], -1)]).reshape(flat.shape)
+    per_sample = int(np.prod(flat.shape[1:], dtype=np.int64))
+    return first_occurrences(same[flat.reshape(flat.shape[0], per_sample)]).reshape(flat.shape)

@@ -33,14 +33,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ._copies import first_occurrences, kept_slots, same_points
+from ._copies import grid_copies, kept_slots
 from .chunks import BatchPlan
 from .neighborhood import OUT_KINDS, as_out_array, use_jit
 from .tokenizer import TokenMeta
 
 __all__ = ["point_kernels", "PointLayout", "FieldPoints", "field_points", "plan_points", "gather_field_points",
-           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta", "same_points",
-           "first_occurrences"]
+           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta"]
 
 _NORMS = {"none": 0, "global": 1, "local": 2}
 _MEMO_BYTES = 64 * 2**20  # point lists and index tables a sampler remembers (recent placements)
@@ -503,9 +502,10 @@ class BoxPointSampler(PointSampler):
     regular stride of their own axis.
 
     A curvilinear grid may hold one place at several indices: NEMO/ORCA's east-west halo columns and the rows of its
-    tripolar north fold repeat points (:func:`same_points`). A box there keeps each place once, in its first slot
-    (slot order); the slots holding its copies are padding (point -1, value 0, ``valid`` False), so a sample never
-    counts one place twice and loses none. Token centres stay the mean over all the token's slots' coordinates.
+    tripolar north fold repeat points (:func:`~._copies.same_points`, found once per grid:
+    :func:`~._copies.grid_copies`). A box there keeps each place once, in its first slot (slot order); the slots
+    holding its copies are padding (point -1, value 0, ``valid`` False), so a sample never counts one place twice
+    and loses none. Token centres stay the mean over all the token's slots' coordinates.
     """
 
     def __init__(self, config: Any, layouts: Mapping[str, PointLayout], time: np.ndarray | None, grid: Any):
@@ -514,8 +514,9 @@ class BoxPointSampler(PointSampler):
             lat, lon = np.meshgrid(lat, lon, indexing="ij")
         super().__init__(config, layouts, time, lat, lon)
         self.ny, self.nx, self.periodic_x = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
-        self.same = same_points(lat, lon) if grid.kind == "curvilinear" else None
-        """Curvilinear grids that repeat points: :func:`same_points` (None: every index is its own place)."""
+        self.same = grid_copies(grid)
+        """Curvilinear grids that repeat points: :func:`~._copies.same_points` (None: every index is its own
+        place)."""
 
     def points(self, where, field, *, jit=None):
         w = np.asarray(where, np.int64).reshape(-1, 2)

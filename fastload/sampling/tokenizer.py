@@ -16,7 +16,9 @@ A curvilinear grid that stores one place at several indices (NEMO/ORCA: the east
 the tripolar north fold, :mod:`._copies`) keeps each place once per sample: :class:`CurvilinearTokenizer` gives
 such a grid's fields :class:`SlotTokenMeta`, whose ``valid`` marks the slots that repeat a place already in the
 sample, and writes 0 into them, exactly as a multi-stream sample's point slots
-(:class:`~.points.BoxPointSampler`). Grids without copies are untouched (plain :class:`TokenMeta`).
+(:class:`~.points.BoxPointSampler`). Grids without copies are untouched (plain :class:`TokenMeta`). That masking
+is for a consumer that takes the slot mask (the Multiformer); ``mask_copies=False`` keeps the store's values at
+the copies and plain :class:`TokenMeta` (the forecaster's global tiles, which work in index space).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError
-from ._copies import kept_slots, same_points
+from ._copies import grid_copies, kept_slots
 from .chunks import BatchPlan, FieldLayout, field_layouts, plan_batch
 from .geometry import GridExtent, check_boxes
 from .neighborhood import as_out_array, gather_batch, month_table
@@ -211,8 +213,8 @@ class LatLonTokenizer(StructuredTokenizer):
         lat1 = np.asarray(self.grid.lat, np.float64)
         lon1 = np.asarray(self.grid.lon, np.float64)
         B = y.shape[0]
-        la = lat1[y].reshape(B, nlat, -1).mean(axis=2)  # (B, nlat)
-        lo = _circular_mean(lon1[x].reshape(B, nlon, -1), (2,))  # (B, nlon)
+        la = lat1[y].reshape(B, nlat, y.shape[1] // nlat).mean(axis=2)  # (B, nlat)
+        lo = _circular_mean(lon1[x].reshape(B, nlon, x.shape[1] // nlon), (2,))  # (B, nlon)
         return (np.ascontiguousarray(np.broadcast_to(la[:, :, None], (B, nlat, nlon))),
                 np.ascontiguousarray(np.broadcast_to(lo[:, None, :], (B, nlat, nlon))))
 
@@ -221,30 +223,59 @@ class CurvilinearTokenizer(StructuredTokenizer):
     """Curvilinear grids (e.g. NEMO/ORCA) with 2-D latitude and longitude ``(NY, NX)``; x may be periodic.
 
     A grid that repeats places (ORCA's halo columns and north fold) keeps each once per sample: its fields' metadata
-    is :class:`SlotTokenMeta` and the repeating slots are written 0 (see the module notes).
+    is :class:`SlotTokenMeta` and the repeating slots are written 0 (see the module notes), unless ``mask_copies``
+    is False: then the copies hold the store's values and the metadata is plain :class:`TokenMeta`.
+
+    Parameters
+    ----------
+    grid, time, config, layouts
+        As :class:`BaseTokenizer`.
+    mask_copies : bool
+        Make the slots that repeat a place already in the sample padding (default); False reads them as stored.
     """
 
     kind = "curvilinear"
 
-    def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout]):
+    def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout], *,
+                 mask_copies: bool = True):
         super().__init__(grid, time, config, layouts)
-        self.same = same_points(grid.lat, grid.lon)
-        """:func:`~._copies.same_points` of the grid (None: every index is its own place)."""
+        self.mask_copies = bool(mask_copies)
+        """Whether copies are padding (may be changed before a batch is read, as :func:`fastload.extract` does)."""
+
+    @property
+    def same(self) -> np.ndarray | None:
+        """:func:`~._copies.same_points` of the grid, computed once per grid (:func:`~._copies.grid_copies`);
+        None when every index is its own place or ``mask_copies`` is False."""
+        return grid_copies(self.grid) if self.mask_copies else None
 
     def kept(self, boxes: np.ndarray, field: Any) -> np.ndarray:
-        """``(B, nlat, nlon, K)`` bool: the slots of ``boxes`` whose place is not in an earlier slot of the sample
-        (all True on a grid without copies)."""
+        """The slots of each box whose place is not in an earlier slot of its sample.
+
+        Parameters
+        ----------
+        boxes : array_like of int, shape (B, 3)
+            ``(t0, y0, x0)`` placements.
+        field : FieldConfig
+            Token geometry (``num_tokens``, ``token_size``).
+
+        Returns
+        -------
+        ndarray of bool, shape (B, nlat, nlon, K)
+            ``K = tlat * tlon`` slots per token, row-major; False for a copy of a place already in the sample (all
+            True on a grid without copies, or with ``mask_copies`` False).
+        """
+        same = self.same
         b = np.asarray(boxes, np.int64).reshape(-1, 3)
         _, nlat, nlon = field.num_tokens
         _, tlat, tlon = field.token_size
-        if self.same is None:
+        if same is None:
             return np.ones((b.shape[0], nlat, nlon, tlat * tlon), bool)
         y = b[:, 1:2] + np.arange(nlat * tlat)
         x = b[:, 2:3] + np.arange(nlon * tlon)
         if self.extent.periodic_x:
             x %= self.extent.nx
-        flat = (y[:, :, None] * self.extent.nx + x[:, None, :]).reshape(-1, nlat, tlat, nlon, tlon)
-        return kept_slots(self.same, flat.transpose(0, 1, 3, 2, 4).reshape(-1, nlat, nlon, tlat * tlon))
+        flat = (y[:, :, None] * self.extent.nx + x[:, None, :]).reshape(b.shape[0], nlat, tlat, nlon, tlon)
+        return kept_slots(same, flat.transpose(0, 1, 3, 2, 4).reshape(b.shape[0], nlat, nlon, tlat * tlon))
 
     def gather(self, slots, tables, boxes, outs, *, coefficients=None, month_of=None, samples=None, jit=None):
         super().gather(slots, tables, boxes, outs, coefficients=coefficients, month_of=month_of, samples=samples,
@@ -274,7 +305,7 @@ class CurvilinearTokenizer(StructuredTokenizer):
         lon2 = np.asarray(self.grid.lon, np.float64)
         B = y.shape[0]
         yy, xx = y[:, :, None], x[:, None, :]
-        la = lat2[yy, xx].reshape(B, nlat, -1, nlon, x.shape[1] // nlon)  # (B, nlat, tlat, nlon, tlon)
+        la = lat2[yy, xx].reshape(B, nlat, y.shape[1] // nlat, nlon, x.shape[1] // nlon)  # (B, nlat, tlat, nlon, tlon)
         lo = lon2[yy, xx].reshape(la.shape)
         return la.mean(axis=(2, 4)), _circular_mean(lo, (2, 4))
 

@@ -5,11 +5,14 @@ The store is built the way NEMO writes it (T-point, T-pivot fold, 0-based here):
 halo copies of ``NX - 2`` and ``1``; the last row repeats row ``NY - 3`` mirrored (``(NY-1, i) = (NY-3, NX-i)``) and
 the pivot row ``NY - 2`` repeats its own west half in its east half (``(NY-2, i) = (NY-2, NX-i)``, ``i > NX / 2``).
 Coordinates and values of a copy are those of its original. The reference (which point each index is a copy of) is
-taken from that construction, not from coordinates, and each sample's slots are checked by a Python loop.
+taken from that construction, not from coordinates, and each sample's slots are checked by a Python loop. The
+forecaster's global tiles (``RolloutLoader``, ``extract(..., mask_copies=False)``) keep the store's values at the
+copies: they are checked against a plain zarr read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -17,9 +20,14 @@ import pytest
 import torch
 import zarr
 
+import fastload.sampling._copies as copies
 from fastload.config import FieldConfig, LoaderConfig, SamplingConfig, StreamConfig
 from fastload.extract import extract
 from fastload.loader import Loader
+from fastload.rollout_data import RolloutConfig, RolloutLoader, extract_windows
+from fastload.sampling._copies import first_occurrences, kept_slots, same_points
+from fastload.sampling.tiles import global_tiles
+from fastload.sampling.tokenizer import TokenMeta
 from fastload.store import open_store
 from fastload.streams import MultiStream, extract_streams
 
@@ -200,17 +208,21 @@ def test_the_loader_hands_the_mask_to_the_model(world):
 
 
 def test_a_grid_without_copies_is_left_alone(tmp_path):
-    from fastload.sampling.points import same_points
-
     from .stores_multi import make_ocean
 
     truth = make_ocean(tmp_path / "o.zarr")
     assert same_points(truth["latitude"], truth["longitude"]) is None
+    store = open_store(str(tmp_path / "o.zarr"))
+    cfg = SamplingConfig(fields=(FieldConfig(name="zos", num_tokens=(1, 1, 1), token_size=(1, 3, 4),
+                                             normalization="none"),))
+    boxes = np.array([[0, 0, 0], [1, 2, 3]])
+    out = extract(store, cfg, boxes)["zos"]
+    assert type(out.meta) is TokenMeta and "valid" not in out.meta.to_torch()  # no valid key, as DESIGN says
+    for s, (t0, y0, x0) in enumerate(boxes.tolist()):  # every slot is the store's value
+        np.testing.assert_array_equal(out.data[s].reshape(3, 4), truth["zos"][t0, y0:y0 + 3, x0:x0 + 4])
 
 
 def test_same_points_and_first_occurrences_match_a_brute_force_scan(world):
-    from fastload.sampling.points import first_occurrences, same_points
-
     _, truth, _ = world
     canon = same_points(truth["latitude"], truth["longitude"])
     src = orca_original()
@@ -225,3 +237,92 @@ def test_same_points_and_first_occurrences_match_a_brute_force_scan(world):
     want = np.array([[v not in row[:k] for k, v in enumerate(row)] for row in ids.tolist()])
     assert np.array_equal(first_occurrences(ids), want)
     assert first_occurrences(np.zeros((3, 0), np.int64)).shape == (3, 0)
+    assert first_occurrences(np.zeros((0, 4), np.int64)).shape == (0, 4)
+    for shape in ((0, 2, 2, 12), (0, 5), (2, 0)):  # no samples, or samples without slots
+        assert kept_slots(canon, np.zeros(shape, np.int64)).shape == shape
+    flat = rng.integers(0, NY * NX, size=(7, 2, 3, 4))
+    want = first_occurrences(canon[flat].reshape(7, -1)).reshape(flat.shape)
+    assert np.array_equal(kept_slots(canon, flat), want)
+
+
+def test_no_boxes_give_empty_samples(world):
+    store = open_store(str(world[0]["orca"]))
+    cfg = SamplingConfig(fields=(FieldConfig(name="zos", num_tokens=(1, 2, 2), token_size=(2, 3, 4),
+                                             normalization="none"),))
+    out = extract(store, cfg, np.zeros((0, 3), np.int64))["zos"]
+    assert out.data.shape == (0, 1, 1, 2, 2, 2, 3, 4)
+    assert out.meta.valid.shape == (0, 2, 2, 12) and out.meta.lat.shape == (0, 2, 2)
+
+
+def _store_values(path, name: str, t0: int, n: int) -> np.ndarray:
+    """``(L, n, NY, NX)`` of a field at store times ``t0 .. t0 + n - 1``, read by zarr-python (L = 1 at the surface)."""
+    x = np.asarray(zarr.open_array(os.fspath(path) + "/" + name, mode="r")[t0:t0 + n])
+    return x.transpose(1, 0, 2, 3) if x.ndim == 4 else x[None]
+
+
+def _rollout_sampling() -> SamplingConfig:
+    return SamplingConfig(fields=(FieldConfig(name="thetao", levels=(5.0, 50.0), num_tokens=(1, 2, 2),
+                                              token_size=(1, 3, 4), normalization="none"),
+                                  FieldConfig(name="zos", num_tokens=(1, 2, 2), token_size=(1, 3, 4),
+                                              normalization="none")))
+
+
+def test_forecaster_tiles_hold_the_store_values_at_the_copies(world):
+    """Global tiles cover the fold rows and halo columns; the Forecaster has no slot mask, so every tile value,
+    copies included, must be the store's own value (no zeros injected), inputs and targets alike."""
+    paths, _, _ = world
+    path, cfg = paths["orca"], _rollout_sampling()
+    store = open_store(str(path))
+    tiles = global_tiles(store, cfg, overlap=(1, 1), neighbors=2)
+    src = orca_original()
+    copy_points = np.flatnonzero((src[..., 0] * NX + src[..., 1]).ravel() != np.arange(NY * NX))
+    assert np.isin(tiles.fields["zos"].index % (NY * NX), copy_points).sum() > 20, "tiles must reach the copies"
+
+    fields, meta, boxes = extract_windows(store, cfg, tiles, np.array([0, 2]), input_window=2, lead=1)
+    for name in ("thetao", "zos"):
+        assert "valid" not in meta[name]
+        for b, t0 in enumerate((0, 2)):
+            for w in range(2):
+                want = _store_values(path, name, t0 + w, 1).reshape(-1)[tiles.fields[name].index]
+                np.testing.assert_array_equal(fields[name][b, w].numpy(), want, err_msg=f"{name} {t0} {w}")
+    masked = extract(store, cfg, boxes.reshape(-1, 3))["zos"].data  # the Multiformer's view: copies are 0
+    assert (masked == 0).sum() > 0 and not (fields["zos"].numpy() == 0).any()
+
+    roll = RolloutConfig(steps=2, lead=1, input_window=1, batch_size=2, overlap=(1, 1), neighbors=2)
+    with RolloutLoader(str(path), cfg, roll, LoaderConfig(workers=1, seed=1)) as data:
+        batch = next(iter(data))
+    for b, t0 in enumerate(batch.t0.tolist()):
+        for name in ("thetao", "zos"):
+            index = data.tiles.fields[name].index
+            want = _store_values(path, name, t0, 1).reshape(-1)[index]
+            np.testing.assert_array_equal(batch.fields[name][b, 0].numpy(), want, err_msg=f"{name} input {t0}")
+            for k in range(2):
+                want = _store_values(path, name, t0 + 1 + k, 1).reshape(-1)[index]
+                np.testing.assert_array_equal(batch.targets[k][name][b].numpy(), want, err_msg=f"{name} step {k}")
+
+
+def test_the_copies_are_found_once_per_grid(world, monkeypatch):
+    paths, truth, _ = world
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return same_points(*args, **kwargs)
+
+    monkeypatch.setattr(copies, "same_points", counting)
+    store = open_store(str(paths["orca"]))
+    cfg = _rollout_sampling()
+    for boxes in (STORE_BOXES[:1], STORE_BOXES, STORE_BOXES[2:]):  # extract builds a new tokenizer every call
+        assert not extract(store, cfg, boxes)["zos"].meta.valid.all()
+    assert len(calls) == 1
+    with Loader(store, dataclasses.replace(cfg, batch_size=2), LoaderConfig(workers=1), boxes=STORE_BOXES) as loader:
+        assert not next(iter(loader)).meta["zos"]["valid"].all()
+    assert len(calls) == 1, "the same grid: no second scan"
+    assert np.array_equal(copies.grid_copies(store.grid), same_points(truth["latitude"], truth["longitude"]))
+    other = open_store(str(paths["orca"]))  # another opened store: its own grid, found once more
+    extract(other, cfg, STORE_BOXES)
+    extract(other, cfg, STORE_BOXES, mask_copies=False)
+    assert len(calls) == 2
+    plain = extract(open_store(str(paths["orca"])), cfg, STORE_BOXES, mask_copies=False)
+    assert len(calls) == 2, "mask_copies=False does not look for copies"
+    assert type(plain["zos"].meta) is TokenMeta
