@@ -99,7 +99,8 @@ def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> d
 
     Tokens are the loader's masked sources (its targets when it does not mask); per-token metadata, ``(B, nt)``
     times and ``(B, nlat, nlon)`` positions, are broadcast to ``(B, L, nt, nlat, nlon)`` as views. Point-sampled
-    fields (a mesh, every stream but the first of a multi-stream config) carry a ``valid`` slot mask: they get
+    fields (a mesh, every stream but the first of a multi-stream config) and the fields of a curvilinear store that
+    repeats places (NEMO/ORCA halo columns and north fold) carry a ``valid`` slot mask: they get
     ``valid_values`` and ``valid`` (:func:`model.multiformer.padding_masks`: padding slots and NaN values weigh
     nothing in the loss, tokens without a value are not attended to). Tensors not yet on ``device`` are moved
     (non-blocking).

@@ -8,7 +8,7 @@ twice (counted twice by the loss, two tokens over one place). The tokenizers kee
 its first slot in slot order, and make the other slots padding (``valid`` False in the token metadata, value 0):
 nothing is lost, nothing counted twice, and boxes still reach the Arctic. :func:`same_points` finds the copies
 from the coordinates (None for a grid without any, the common case: then nothing changes); :func:`grid_copies`
-remembers its answer per grid (it costs about 0.25 s on a 1021 x 1442 ORCA grid, paid once per opened store and
+remembers its answer per grid (it costs 0.15-0.3 s on a 1021 x 1442 ORCA grid, paid once per opened store and
 process, not per batch or per ``extract`` call); :func:`first_occurrences` and :func:`kept_slots` mark, per
 sample, the slots to keep. Masking is the caller's choice: the forecaster's global tiles
 (:mod:`fastload.rollout_data`) keep the store's values at the copies (``extract(..., mask_copies=False)``).
