@@ -78,7 +78,9 @@ class Batch:
     ``(B, nt)``; ``lat``, ``lon`` ``(B, nlat, nlon)``; ``level`` ``(L,)``. Point-sampled fields (a mesh, and every
     stream but the first of a multi-stream config) add ``valid`` ``(B, nlat, nlon, K)`` bool (False: a padding
     slot, value 0), ``points``, ``point_lat``, ``point_lon`` ``(B, nlat, nlon, K)``, ``count`` ``(B, nlat, nlon)``
-    and ``t_steps`` ``(B, nt * tt)`` (the stream's time index of every time point); ``K = tlat * tlon``."""
+    and ``t_steps`` ``(B, nt * tt)`` (the stream's time index of every time point); ``K = tlat * tlon``. A
+    curvilinear store that repeats places (NEMO/ORCA halo columns, north fold) adds ``valid`` alone (False: a copy
+    of a place already in the sample, value 0)."""
     boxes: Any
     """``(B, 3)`` int64 CPU tensor of the samples' ``(t0, y0, x0)`` store indices."""
     index: int
