@@ -1,9 +1,14 @@
-"""LLVM intrinsics for the Numba kernels: software prefetch, 32-byte non-temporal (streaming) stores, a store fence.
+"""LLVM intrinsics for the Numba kernels: prefetch, 8-wide normalising moves, non-temporal stores, a store fence.
 
 Why this exists: the gather kernel reads short rows scattered across a chunk (one row of a box per time step and
 grid row), and without help the CPU fetches each row only when the kernel reaches it, one DRAM latency per row.
 Prefetching the rows a few steps ahead lets the loads overlap; on a 2-core machine it roughly doubled the gather
 rate. A prefetch is a hint: it never faults and never changes results, so the NumPy reference has no twin of it.
+
+:func:`move8n` moves eight consecutive source values, cast to float32 and normalised, in one vector operation
+straight into the token buffer: token rows are 9 to 27 values, too short for LLVM's loop vectoriser, and it does
+not join eight scalar lanes by itself. The arithmetic is the scalar kernel's, lane by lane (IEEE float32 subtract
+and divide), so results are bit-identical.
 
 The gather's output (tens of MB per batch) is written once and read later by someone else, so it is written with
 non-temporal stores, as glibc's memcpy does at this size: an ordinary store first reads the destination line from
@@ -22,7 +27,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch2", "prefetch4", "store_fence", "stream32"]
+__all__ = ["move8n", "prefetch2", "prefetch4", "store_fence", "stream32"]
 
 
 def _item_pointer(context, builder, aryty, ary, args, argtys):
@@ -100,3 +105,83 @@ def store_fence(typingctx):
 
     return types.void(), codegen
 
+
+
+def _ok_move(dst, src):
+    return (isinstance(dst, types.Array) and dst.ndim == 1 and dst.layout == "C"
+            and dst.dtype in (types.float32, types.uint16)
+            and isinstance(src, types.Array) and src.ndim == 2 and src.layout == "C"
+            and isinstance(src.dtype, (types.Integer, types.Float, types.Boolean)))
+
+
+def _load8(context, builder, aryty, ary, idx, idxty):
+    """Eight consecutive elements from ``ary[idx]`` on, as an ``<8 x float>`` (cast from the array's dtype)."""
+    ptr = _item_pointer(context, builder, aryty, context.make_array(aryty)(context, builder, ary), idx, idxty)
+    vty = ir.VectorType(ir.FloatType(), 8)
+    if aryty.dtype == types.float32:
+        return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+    vec = ir.Constant(vty, ir.Undefined)
+    for k in range(8):
+        v = builder.load(builder.gep(ptr, [ir.IntType(64)(k)]))
+        vec = builder.insert_element(vec, context.cast(builder, v, aryty.dtype, types.float32), ir.IntType(32)(k))
+    return vec
+
+
+def _store8(context, builder, aryty, ary, idx, idxty, vec):
+    ptr = _item_pointer(context, builder, aryty, context.make_array(aryty)(context, builder, ary), idx, idxty)
+    builder.store(vec, builder.bitcast(ptr, vec.type.as_pointer()), align=4)
+
+
+def _splat(builder, x):
+    vty = ir.VectorType(ir.FloatType(), 8)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.IntType(32)(0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
+
+
+@intrinsic
+def move8n(typingctx, dst, d0, src, i, j, norm, gm, gs, mean, std, y, x):
+    """``dst[d0:d0 + 8]`` = ``float32(src[i, j:j + 8])``, normalised by ``norm``: 0 not, 1 ``(v - gm) / gs``,
+    2 ``(v - mean[y, x:x + 8]) / std[y, x:x + 8]`` (2-D float32 C arrays, read only when ``norm`` is 2).
+
+    One intrinsic rather than a Numba function with three branches: inlined Numba functions that take arrays add
+    reference-count operations (atomic) around every call. ``dst`` is float32; a uint16 ``dst`` (the kernel's
+    bfloat16/float16 specialisation, which never takes this path) compiles to a trap.
+    """
+    if not (_ok_move(dst, src) and isinstance(norm, types.Integer) and gm == types.float32 and gs == types.float32
+            and all(isinstance(c, types.Array) and c.dtype == types.float32 and c.ndim == 2 and c.layout == "C"
+                    for c in (mean, std))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if sig.args[0].dtype != types.float32:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap")
+            builder.call(fn, [])
+            return context.get_dummy_value()
+        v = _load8(context, builder, sig.args[2], args[2], args[3:5], sig.args[3:5])
+        nrm = context.cast(builder, args[5], sig.args[5], types.int64)
+        i64 = ir.IntType(64)
+        with builder.if_else(builder.icmp_signed("==", nrm, i64(0))) as (then0, else0):
+            with then0:
+                b0 = builder.block
+            with else0:
+                with builder.if_else(builder.icmp_signed("==", nrm, i64(1))) as (then1, else1):
+                    with then1:
+                        v1 = builder.fdiv(builder.fsub(v, _splat(builder, args[6])), _splat(builder, args[7]))
+                        b1 = builder.block
+                    with else1:
+                        mu = _load8(context, builder, sig.args[8], args[8], args[10:12], sig.args[10:12])
+                        sd = _load8(context, builder, sig.args[9], args[9], args[10:12], sig.args[10:12])
+                        v2 = builder.fdiv(builder.fsub(v, mu), sd)
+                        b2 = builder.block
+                v12 = builder.phi(v.type)
+                v12.add_incoming(v1, b1)
+                v12.add_incoming(v2, b2)
+                b12 = builder.block
+        res = builder.phi(v.type)
+        res.add_incoming(v, b0)
+        res.add_incoming(v12, b12)
+        _store8(context, builder, sig.args[0], args[0], args[1:2], sig.args[1:2], res)
+        return context.get_dummy_value()
+
+    return types.void(dst, d0, src, i, j, norm, gm, gs, mean, std, y, x), codegen

@@ -13,9 +13,10 @@ float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest 
 Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
 no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
 atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead, and
-each box row's token rows are copied into a band buffer in 8-wide moves (short token rows would otherwise run
-scalar), unrolled for token widths up to 32 (the loop overhead per token row was a fifth of the time for 9-wide
-tokens). Each band of tokens is one contiguous run of the output, streamed there with non-temporal stores (no
+each box row goes straight from the chunk into its token rows in a band buffer, cast and normalised in 8-wide
+vector moves (:func:`._intrinsics.move8n`), the last of a token row overlapping the one before, unrolled for
+token widths 8 to 32. Rows that cross a chunk edge or the seam, transforms, strided x and 16-bit outputs go
+through a row buffer first (one vectorised loop per row segment), then to the band buffer. Each band of tokens is one contiguous run of the output, streamed there with non-temporal stores (no
 read for ownership of the output; the output is written once and read later by another thread). Local
 coefficients are copied once per sample and level into a compact box-sized buffer and read from there by the
 other time steps (strided reads of the (M, L, NY, NX) arrays with their prefetches cost about a fifth of the
@@ -27,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._intrinsics import prefetch2, prefetch4, store_fence, stream32
+from ._intrinsics import move8n, prefetch2, prefetch4, store_fence, stream32
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -180,10 +181,11 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     band = tt * tlat  # box rows of one band of tokens (a, b): all their (i, j) rows
     n_rows = nt * nlat * band
     outf = out.reshape(out.size)
-    # One band of tokens (a, b) at a time: gather each of its tt * tlat box rows from the chunk(s) into `row`,
-    # transformed and normalised, and copy (cast) the row's nlon token rows to their places in `tb`, the band's
-    # nlon tokens in output order (each one contiguous (tt, tlat, tlon) block); then stream `tb` to `out`, where
-    # the band's tokens are one contiguous run, in whole cache lines with non-temporal stores.
+    # One band of tokens (a, b) at a time: each of its tt * tlat box rows goes to its nlon token rows in `tb`, the
+    # band's nlon tokens in output order (each one contiguous (tt, tlat, tlon) block): straight from the chunk in
+    # 8-wide moves when the sample's rows are one run in one chunk (`direct`), else gathered into `row` first,
+    # transformed and normalised, then copied (cast). Then `tb` is streamed to `out`, where the band's tokens are
+    # one contiguous run, in whole cache lines with non-temporal stores.
     row = np.empty(n_x, np.float32)
     row_bits = row.view(np.uint32)
     n_band = n_x * band  # output elements of one band
@@ -245,6 +247,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
             n_seg += 1
             k += n
             x += n
+        direct = n_seg == 1 and kind == 0 and log1p == 0 and sx == 1 and 8 <= tlon <= 32
         for lv in range(n_lev):
             loff = base + (lev_idx[lv] % cl) * sl
             o = np.uint64((s * n_lev + lv) * o_lev)
@@ -307,6 +310,49 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                             pb = 0
                                             pa += 1
                                 p_left -= 1
+                            if direct and (norm != 2 or m == mc):  # 8-wide moves straight from the chunk into `tb`
+                                slot = table[s, lv, it, iy, seg_ix[0]]
+                                if slot < 0 or slot >= n_slots:
+                                    raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
+                                su = np.uint64(slot)
+                                src0 = np.uint64(yoff + seg_src[0])
+                                yku = np.uint64(yk)
+                                if norm == 2 and a == 0 and i == 0:  # first use of box row yk: copy its coefficients
+                                    mu = np.uint64(m)
+                                    lu = np.uint64(lv)
+                                    yu = np.uint64(y)
+                                    xg = np.uint64(seg_x[0])
+                                    for q in range(n_x):
+                                        qu = np.uint64(q)
+                                        cm[yku, qu] = mean[mu, lu, yu, xg + qu]
+                                        cs[yku, qu] = std[mu, lu, yu, xg + qu]
+                                d = np.uint64((i * tlat + j) * tlon)
+                                r0 = np.uint64(0)
+                                tlu = np.uint64(tlon)
+                                u8 = np.uint64(8)
+                                u16 = np.uint64(16)
+                                if tlon <= 16:
+                                    for _ in range(nlon):
+                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
+                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                elif tlon <= 24:
+                                    for _ in range(nlon):
+                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
+                                        move8n(tb, d + u8, slots, su, src0 + r0 + u8, norm, gm, gs, cm, cs, yku, r0 + u8)
+                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                else:
+                                    for _ in range(nlon):
+                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
+                                        move8n(tb, d + u8, slots, su, src0 + r0 + u8, norm, gm, gs, cm, cs, yku, r0 + u8)
+                                        move8n(tb, d + u16, slots, su, src0 + r0 + u16, norm, gm, gs, cm, cs, yku, r0 + u16)
+                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                continue
                             # gather box row (i, j) of the band into `row` (uint64 indices: no wraparound code,
                             # vectorised loops)
                             for p in range(n_seg):

@@ -343,6 +343,35 @@ def test_output_at_every_cache_line_offset(out_dtype):
         assert (buf[:shift] == 7).all() and (buf[shift + n:] == 7).all(), shift
 
 
+@pytest.mark.parametrize("tlon", [8, 9, 17, 25, 32])
+@pytest.mark.parametrize("norm", NORMS)
+def test_direct_path_matches_reference(norm, tlon):
+    """Boxes inside one chunk column take the kernel's direct path (8-wide normalising moves from the chunk into
+    the tokens): every token width class, every normalisation, NaN inputs, two months within a box."""
+    rng = np.random.default_rng(tlon)
+    nx = 2 * tlon + 5
+    data = (rng.standard_normal((6, 2, 7, nx)) * 3).astype(np.float32)
+    data.ravel()[rng.choice(data.size, size=data.size // 10, replace=False)] = np.nan
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(3, 2, 7, nx), axes=(0, None, 1, 2, 3),
+                      lev_idx=[1, 0], periodic_x=True)
+    field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(2, 2, 2), token_size=(2, 3, tlon),
+                        normalization=norm)
+    boxes = np.array([[0, 0, 0], [2, 1, 5], [1, 1, 3]], np.int64)
+    plan = plan_batch(boxes, [lay], field.box)
+    arena = data.reshape(2, -1)  # time chunk u in slot u
+    table = plan.slot_tables({"a": plan.chunks["a"][:, 0]})["f"]
+    shape = (2, 1, 1) if norm == "global" else (2, 7, nx)
+    mean = rng.standard_normal((2, *shape)).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, (2, *shape)).astype(np.float32)
+    month_of = np.array([[0, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1]], np.int32)
+    coef = {} if norm == "none" else dict(mean=mean, std=std, month_of=month_of)
+    got, want = (np.empty((3, *field.sample_shape), np.float32) for _ in range(2))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        gather_field(arena, table, lay, field, plan.boxes, want, jit=False, **coef)
+    gather_field(arena, table, lay, field, plan.boxes, got, jit=True, **coef)
+    assert same_bits(got, want)
+
+
 # ------------------------------------------------------------------------------------- token metadata
 def _meta_case(curvilinear: bool, lat_descending: bool):
     ny, nx, nt = 12, 20, 10
