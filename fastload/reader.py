@@ -5,8 +5,14 @@ pins the step's chunks in the decoded-chunk cache (:mod:`fastload.cache`); chunk
 for another batch) are not fetched again. The missing ones are fetched on a pool of I/O threads
 (``fetch_concurrency`` requests in flight; local files one read each, remote stores batched per request through
 ``store.chunk_bytes_many``), decoded with numcodecs straight into their cache slot (the codecs release the GIL;
-at most ``decode_workers`` decode at once, one per core), and the sampling kernels gather the step's samples
-from the slots into the caller's batch buffers.
+at most ``decode_workers`` decode at once, one per core, the earliest step first), and the sampling kernels
+gather the step's samples from the slots into the caller's batch buffers. While a step gathers, the next step of
+the batch is already fetched and decoded when its chunks fit in free slots (a cache filling up: the first
+batches); a full cache is never evicted for read-ahead. The gather kernels are loaded on an I/O thread at the
+start (Numba's first call in a process costs about a second), overlapping the first decodes.
+
+Per chunk there is no Python object: chunks are integer ids, the cache's slot state and the plan's uses are
+arrays, and fetch/decode tasks carry 8-32 chunks each.
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
 exponential backoff and counted; a permanent one, or corrupt bytes, raises

@@ -17,6 +17,7 @@ attributes by name. All work is vectorised NumPy over ``(samples, levels, chunks
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,7 +109,7 @@ class FieldLayout:
 
     @property
     def chunk_elems(self) -> int:
-        return int(np.prod(self.chunks))
+        return math.prod(self.chunks)
 
     @property
     def extent(self) -> GridExtent:
