@@ -343,23 +343,26 @@ def test_output_at_every_cache_line_offset(out_dtype):
         assert (buf[:shift] == 7).all() and (buf[shift + n:] == 7).all(), shift
 
 
+@pytest.mark.parametrize("cx", ["whole", 7])
 @pytest.mark.parametrize("tlon", [8, 9, 17, 25, 32])
 @pytest.mark.parametrize("norm", NORMS)
-def test_direct_path_matches_reference(norm, tlon):
-    """Boxes inside one chunk column take the kernel's direct path (8-wide normalising moves from the chunk into
-    the tokens): every token width class, every normalisation, NaN inputs, two months within a box."""
+def test_direct_path_matches_reference(norm, tlon, cx):
+    """float32 output without transform takes the kernel's direct path (8-wide normalising moves from the chunk
+    into the tokens; token rows across a chunk edge or the seam value by value): every token width class, every
+    normalisation, NaN inputs, two months within a box, whole-row chunks and x chunks of 7, a box across the
+    seam."""
     rng = np.random.default_rng(tlon)
     nx = 2 * tlon + 5
     data = (rng.standard_normal((6, 2, 7, nx)) * 3).astype(np.float32)
     data.ravel()[rng.choice(data.size, size=data.size // 10, replace=False)] = np.nan
-    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(3, 2, 7, nx), axes=(0, None, 1, 2, 3),
-                      lev_idx=[1, 0], periodic_x=True)
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(3, 2, 7, nx if cx == "whole" else cx),
+                      axes=(0, None, 1, 2, 3), lev_idx=[1, 0], periodic_x=True)
     field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(2, 2, 2), token_size=(2, 3, tlon),
                         normalization=norm)
-    boxes = np.array([[0, 0, 0], [2, 1, 5], [1, 1, 3]], np.int64)
+    boxes = np.array([[0, 0, 0], [2, 1, 5], [1, 1, nx - 3]], np.int64)
     plan = plan_batch(boxes, [lay], field.box)
-    arena = data.reshape(2, -1)  # time chunk u in slot u
-    table = plan.slot_tables({"a": plan.chunks["a"][:, 0]})["f"]
+    arena, slot_of = chunk_arena(data, lay.chunks, plan.chunks["a"], rng)
+    table = plan.slot_tables({"a": slot_of})["f"]
     shape = (2, 1, 1) if norm == "global" else (2, 7, nx)
     mean = rng.standard_normal((2, *shape)).astype(np.float32)
     std = rng.uniform(0.5, 2.0, (2, *shape)).astype(np.float32)
