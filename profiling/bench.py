@@ -88,8 +88,8 @@ class BenchOptions:
             raise ConfigError(f"bench --plan: expected one of {list(PLANS)}, got {self.plan!r}")
 
 
-def _all_status(latency_ms: float, plan: str) -> dict[str, str | None]:
-    return {**fastload_status(plan), **peer_status(None, latency_ms)}
+def _all_status(latency_ms: float) -> dict[str, str | None]:
+    return {**fastload_status(), **peer_status(None, latency_ms)}
 
 
 def loader_factory(name: str, path: str, spec: Any, config: Any, workers: int, latency_ms: float,
@@ -125,7 +125,8 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     spec = spec_from_store(vstore, config)
     bs = opts.batch_size or config.batch_size
     # epoch 0: the verification batch; epoch r + 1: round r. Every loader gets the same boxes.
-    metas = [{"seed": opts.seed, "epoch": e, "samples_per_window": bs if opts.plan == "window" else 1}
+    metas = [{"seed": opts.seed, "epoch": e, "samples_per_window": bs if opts.plan == "window" else 1,
+              "plan": opts.plan}
              for e in range(opts.rounds + 1)]  # fmt: skip
     plans = [draw_batches(vstore, config, batches=1 if e == 0 else opts.batches, batch_size=bs, seed=opts.seed,
                           epoch=e, plan=opts.plan) for e in range(opts.rounds + 1)]  # fmt: skip
@@ -135,7 +136,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     base = {"scenario": label, "store_variant": scenario, "cache": cache, "workers": workers,
             "latency_ms": latency_ms, "plan": opts.plan, "batch_size": bs, "batches": opts.batches,
             "rounds": opts.rounds}  # fmt: skip
-    status = _all_status(latency_ms, opts.plan)
+    status = _all_status(latency_ms)
     rows: dict[str, dict] = {}
     runnable = []
     reference: dict[str, np.ndarray] | None = None

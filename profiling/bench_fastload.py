@@ -108,16 +108,20 @@ class FastloadLoaderRow:
 
         boxes = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
         bs = len(batches[0])
+        # random and window plans are the Loader's own placement (drawn from the seed, as in training); other
+        # plans (aligned, disjoint) go in as an explicit plan (Loader(boxes=...))
+        explicit = self.plan.get("plan", "random") not in ("random", "window")
         self._loader = Loader(
             self.store, self.config, batch_size=bs, workers=self.workers, mode=self.mode, device="cpu",
             samples_per_epoch=len(boxes), seed=int(self.plan.get("seed", 0)), epoch=int(self.plan.get("epoch", 0)),
-            samples_per_window=int(self.plan.get("samples_per_window", 1)), **self.settings,
+            samples_per_window=int(self.plan.get("samples_per_window", 1)), boxes=boxes if explicit else None,
+            **self.settings,
         )  # fmt: skip
         try:
             drawn = self._loader.epoch_boxes(self._loader.epoch)
             if not np.array_equal(drawn, boxes):
-                raise ValueError("the Loader draws other samples than this plan (an 'aligned' plan, or settings "
-                                 "that do not reproduce it); it takes no explicit boxes")  # fmt: skip
+                raise ValueError("the Loader draws other samples than this plan (settings that do not reproduce "
+                                 "it)")  # fmt: skip
             for i, batch in enumerate(self._loader):
                 if not np.array_equal(batch.boxes.numpy(), batches[i]):
                     raise ValueError(f"batch {i}: the Loader's boxes differ from the plan's")
@@ -152,8 +156,8 @@ def _to_numpy(v: Any) -> np.ndarray:
     return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
 
-def fastload_status(plan: str = "random") -> dict[str, str | None]:
-    """``{row: None}`` when it can run, ``{row: reason}`` when not (no Loader, or a plan it cannot draw)."""
+def fastload_status() -> dict[str, str | None]:
+    """``{row: None}`` when it can run, ``{row: reason}`` when not (the Loader or its process mode missing)."""
     out: dict[str, str | None] = {}
     try:
         from fastload.loader import Loader  # noqa: F401
@@ -161,9 +165,6 @@ def fastload_status(plan: str = "random") -> dict[str, str | None]:
         out["fastload"] = out["fastload-proc"] = None
         if importlib.util.find_spec("fastload._procs") is None:
             out["fastload-proc"] = "the Loader's process mode (fastload._procs) is not in this checkout"
-        if plan == "aligned":  # the Loader draws random_boxes itself and takes no explicit boxes
-            out["fastload"] = out["fastload-proc"] = ("the Loader draws its own (random) placements and takes no "
-                                                      "explicit boxes, so it cannot run an aligned plan")
     except ImportError as e:
         out["fastload"] = out["fastload-proc"] = f"fastload.Loader is not available: {e}"
     try:

@@ -13,7 +13,8 @@ synthetic store (``fastload synth``, which records its preset and seed) is regen
 the variant's layout; other stores need ``fastload rechunk``.
 
 Plans (``--plan``): ``random`` (independent samples), ``window`` (AtmoRep's: all samples of a batch share one
-time window), ``aligned`` (box starts on chunk boundaries).
+time window), ``aligned`` (box starts on chunk boundaries), ``disjoint`` (chunk-aligned boxes of which no two share
+a chunk: nothing overlaps, so caching cannot help; few samples fit in a small store).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["Variant", "fit_config", "draw_batches", "prepare_store", "PLANS", "A
 
 ATMOREP_TOKENS = (12, 6, 12)
 ATMOREP_TOKEN_SIZE = (3, 9, 9)
-PLANS = ("random", "window", "aligned")
+PLANS = ("random", "window", "aligned", "disjoint")
 CHUNKINGS = ("atmorep", "tiles", "recommended")
 
 
@@ -89,6 +90,9 @@ def draw_batches(store: Any, config: SamplingConfig, *, batches: int, batch_size
         raise ConfigError(f"plan: expected one of {list(PLANS)}, got {plan!r}")
     extent = GridExtent.from_store(store)
     n = batches * batch_size
+    if plan == "disjoint":
+        boxes = _disjoint_boxes(store, config, extent, n, np.random.default_rng([seed, epoch, 0xD15]))
+        return [boxes[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
     spw = batch_size if plan == "window" else 1
     boxes = random_boxes(n, extent, config.box, seed=seed, epoch=epoch, time_step=config.time_step,
                          samples_per_window=spw)  # fmt: skip
@@ -100,6 +104,37 @@ def draw_batches(store: Any, config: SamplingConfig, *, batches: int, batch_size
             if ax is not None:
                 boxes[:, col] -= boxes[:, col] % chunks[ax]
     return [boxes[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
+
+
+def _disjoint_boxes(store: Any, config: SamplingConfig, extent: Any, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` chunk-aligned boxes of which no two share a chunk of any sampled array, in random order (plan
+    ``disjoint``: nothing overlaps, so no loader can gain from reuse); ConfigError when fewer fit."""
+    t_box, h, w = config.box
+    span = (t_box - 1) * config.time_step + 1
+    mt, my, mx = extent.max_start(config.box, config.time_step)
+    arrays = {store.fields[f.name].array: store.fields[f.name].axes for f in config.fields}
+    grids = []
+    for name, axes in arrays.items():
+        ch = store.arrays[name].chunks
+        grids.append((name, *(1 if axes[i] is None else ch[axes[i]] for i in (0, 3, 4))))
+    ct, cy, cx = (max(g[i] for g in grids) for i in (1, 2, 3))  # aligned to the coarsest chunking
+    starts = [(t, y, x) for t in range(0, mt + 1, ct) for y in range(0, my + 1, cy) for x in range(0, mx + 1, cx)]
+    rng.shuffle(starts)
+    used: set[tuple] = set()
+    out = []
+    for t0, y0, x0 in starts:
+        foot = set()
+        for name, gt, gy, gx in grids:
+            xs = {((x0 + k) % extent.nx) // gx for k in range(w)}
+            foot |= {(name, it, iy, ix) for it in range(t0 // gt, (t0 + span - 1) // gt + 1)
+                     for iy in range(y0 // gy, (y0 + h - 1) // gy + 1) for ix in xs}  # fmt: skip
+        if used.isdisjoint(foot):
+            used |= foot
+            out.append((t0, y0, x0))
+            if len(out) == n:
+                return np.asarray(out, np.int64)
+    raise ConfigError(f"plan disjoint: only {len(out)} boxes of {list(config.box)} fit in {store.path} without "
+                      f"sharing a chunk; ask for at most {len(out)} samples (batches x batch size), not {n}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -72,6 +72,15 @@ def test_missing_peer_is_reported_skipped(tiny, monkeypatch):
     assert "tensorstore: skipped (not installed: tensorstore)" in format_table(res)
 
 
+@pytest.mark.parametrize("plan", ["aligned", "disjoint"])
+def test_the_loader_runs_plans_it_does_not_draw_itself(tiny, plan):
+    opts = bench.BenchOptions(store=tiny, loaders=("fastload", "fastload.extract"), batch_size=1, rounds=1,
+                              batches=2 if plan == "aligned" else 1, workers=(1,), plan=plan, roofs=False)  # fmt: skip
+    rows = {r["loader"]: r for r in bench.run_bench(opts)["rows"]}
+    assert rows["fastload"]["status"] == "ok", rows["fastload"]  # explicit boxes, checked equal to extract's
+    assert rows["fastload.extract"]["status"] == "ok"
+
+
 def test_bad_options_are_config_errors(tiny):
     with pytest.raises(ConfigError, match="unknown loader"):
         bench.run_bench(bench.BenchOptions(store=tiny, loaders=("nope",), roofs=False))
@@ -198,6 +207,39 @@ def test_targets_are_ratios_between_rows_of_one_run():
     assert got[">= 90% of the read+decode roof on chunk-aligned reads", "tiles warm w2"]["met"]
     assert got["time to first batch < 1 s", "tiles warm w2"]["met"]
     assert got["peak memory <= cache budget + prefetch ring + 500 MB", "tiles warm w2"]["met"]
+
+
+def test_disjoint_rows_are_held_to_par_with_tensorstore():
+    from profiling.bench_targets import evaluate_targets
+
+    rows = [_row("fastload", "tiles", 50.0, plan="disjoint"), _row("tensorstore", "tiles", 45.0, plan="disjoint")]
+    got = {t["target"]: t for t in evaluate_targets(rows)}
+    assert not any(k.startswith(">= 2x tensorstore") for k in got)
+    t = got[">= 1x tensorstore where nothing overlaps (tile chunks, plan disjoint)"]
+    assert t["threshold"] == 1.0 and t["met"] and t["measured"] == pytest.approx(50 / 45)
+
+
+def test_disjoint_plan_shares_no_chunk(synth):
+    from fastload.config import FieldConfig, SamplingConfig
+
+    store = open_store(synth)  # 12 h x 19 x 36 points, chunks 4 x 1 x 8 x 16
+    cfg = SamplingConfig(fields=(FieldConfig(name="temperature", num_tokens=(2, 2, 2), token_size=(2, 4, 4),
+                                             normalization="none"),), batch_size=2)  # fmt: skip
+    plans = [draw_batches(store, cfg, batches=2, batch_size=2, seed=3, epoch=e, plan="disjoint") for e in (0, 0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(plans[0], plans[1]))  # deterministic in (seed, epoch)
+    chunks = store.arrays["temperature"].chunks
+    t_box, h, w = cfg.box
+    nx = store.grid.nx
+    for plan in plans:
+        boxes = np.concatenate(plan)
+        seen = set()
+        for t0, y0, x0 in boxes:  # every (t, y, x) chunk of temperature each box touches, by brute force
+            foot = {((t0 + a * cfg.time_step) // chunks[0], (y0 + b) // chunks[2], ((x0 + c) % nx) // chunks[3])
+                    for a in range(t_box) for b in range(h) for c in range(w)}  # fmt: skip
+            assert seen.isdisjoint(foot)
+            seen |= foot
+    with pytest.raises(ConfigError, match="plan disjoint: only"):
+        draw_batches(store, cfg, batches=100, batch_size=100, seed=3, epoch=0, plan="disjoint")
 
 
 def test_resource_monitor_sees_children():
