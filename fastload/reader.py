@@ -20,9 +20,10 @@ exponential backoff and counted; a permanent one, or corrupt bytes, raises
 the samples that need the chunk and counts them. A step never releases its cache slots while an I/O thread may
 still write into them.
 
-Counters (:class:`IOStats`) are per batch: bytes stored (read), decoded and useful (what the samples use), chunk
-hits and misses, retries, skipped samples, and seconds per stage (fetch and decode summed over threads; plan,
-gather wall time of the batch's thread).
+Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
+useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and
+decode summed over threads; plan, gather wall time of the batch's thread). The cache sizing (:func:`plan_cache`,
+:func:`sample_chunk_bound`, :class:`CacheLayout`) lives in :mod:`fastload._cache_sizing`; both are re-exported here.
 
 Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastload/test_faults.py -q``.
 """
@@ -37,14 +38,16 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ._cache_sizing import CacheLayout, plan_cache, sample_chunk_bound
+from ._io_stats import IOStats
 from ._nvtx import range as nvtx_range
-from .cache import ChunkCache, Reservation, size_arenas
+from .cache import ChunkCache, Reservation
 from .errors import ChunkReadError, FastloadError
 from .plan import EpochPlan, Step
 
@@ -60,160 +63,6 @@ _TASK_BYTES = 8 * 2**20  # ... unless that would put more than this many decoded
 # per batch there: 0.72x samples/s, measured on era5-1deg atmorep chunks, window plan)
 
 
-@dataclasses.dataclass(slots=True, repr=False)
-class IOStats:
-    """Counters of one batch (or a sum of batches, see :meth:`add`); ``repr`` is one line (:meth:`summary`, and the
-    decoded bytes and hit rate of each stream)."""
-
-    batches: int = 0
-    samples: int = 0
-    skipped: int = 0
-    """Samples dropped because a chunk they need was bad (``on_bad_chunk="skip"``)."""
-    chunks: int = 0
-    """Unique chunks the batch needed (per step)."""
-    hits: int = 0
-    """Chunks found decoded in the cache (or being decoded for another batch)."""
-    misses: int = 0
-    """Chunks fetched and decoded for this batch."""
-    bytes_stored: int = 0
-    bytes_decoded: int = 0
-    bytes_useful: int = 0
-    """Bytes of source values the samples use (what a perfect reader would decode)."""
-    retries: int = 0
-    plan_s: float = 0.0
-    fetch_s: float = 0.0
-    """Thread-seconds spent fetching (summed over I/O threads)."""
-    decode_s: float = 0.0
-    """Thread-seconds spent decoding."""
-    gather_s: float = 0.0
-    wait_s: float = 0.0
-    """Seconds the consumer waited for this batch."""
-    copy_s: float = 0.0
-    """Seconds the consumer spent issuing the host-to-device copy (not the copy itself: it is asynchronous)."""
-    streams: dict[str, IOStats] | None = None
-    """Multi-stream loading: the same counters per stream (``chunks``, ``hits``, ``misses``, bytes, retries,
-    ``fetch_s``, ``decode_s``, ``gather_s``, ``samples``, ``batches``); None for one store. Per-stream values sum to
-    the batch's (seconds up to timer resolution; ``wait_s``, ``copy_s`` and ``plan_s`` are the batch's only)."""
-
-    def add(self, other: IOStats) -> IOStats:
-        """Add ``other``'s counters to this one (in place, per stream too); returns self."""
-        for f in dataclasses.fields(self):
-            if f.name != "streams":
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        if other.streams:
-            mine = self.streams if self.streams is not None else {}
-            for name, s in other.streams.items():
-                mine.setdefault(name, IOStats()).add(s)
-            self.streams = mine
-        return self
-
-    def stream(self, name: str) -> IOStats:
-        """The counters of stream ``name`` (created on first use)."""
-        if self.streams is None:
-            self.streams = {}
-        got = self.streams.get(name)
-        if got is None:
-            got = self.streams[name] = IOStats()
-        return got
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as a dict (``streams``: name -> a dict of the same counters, or None)."""
-        return dataclasses.asdict(self)
-
-    @property
-    def hit_rate(self) -> float:
-        n = self.hits + self.misses
-        return self.hits / n if n else 0.0
-
-    @property
-    def amplification(self) -> float:
-        """Bytes decoded per useful byte (1.0 is perfect)."""
-        return self.bytes_decoded / self.bytes_useful if self.bytes_useful else 0.0
-
-    def summary(self) -> str:
-        """One line: samples, chunks (hit rate), bytes stored/decoded/useful (amplification), stage times."""
-        extra = "".join(f", {getattr(self, k)} {k}" for k in ("skipped", "retries") if getattr(self, k))
-        return (f"{self.batches} batch{'es' if self.batches != 1 else ''}, {self.samples} samples{extra}, "
-                f"{self.chunks} chunks ({100 * self.hit_rate:.0f}% hits), {_mb(self.bytes_stored)} stored / "
-                f"{_mb(self.bytes_decoded)} decoded / {_mb(self.bytes_useful)} useful "
-                f"({self.amplification:.2f}x), "
-                + ", ".join(f"{k} {1e3 * getattr(self, f'{k}_s'):.1f} ms"
-                            for k in ("plan", "fetch", "decode", "gather", "wait", "copy")))
-
-    def __repr__(self) -> str:
-        per = "" if not self.streams else "; streams: " + ", ".join(
-            f"{n} {_mb(s.bytes_decoded)} decoded ({100 * s.hit_rate:.0f}% hits)" for n, s in self.streams.items())
-        return f"IOStats({self.summary()}{per})"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-# -- cache sizing ----------------------------------------------------------------------------------------------
-def _along(lay: Any, ax: int | None, span: int, n_points: int) -> int:
-    """Most chunks ``n_points`` points spread over ``span`` indices touch along array axis ``ax``."""
-    if ax is None:
-        return 1
-    return int(min(lay.grid_shape[ax], n_points, (span - 1) // lay.chunks[ax] + 2))
-
-
-def sample_chunk_bound(layouts: Mapping[str, Any], box: Sequence[int], time_step: int) -> dict[str, int]:
-    """Per array, the most unique chunks one sample can touch (worst alignment), from the field layouts."""
-    T, H, W = (int(v) for v in box)
-    out: dict[str, int] = {}
-    pairs: dict[str, set] = {}
-    spans: dict[str, int] = {}
-    for lay in layouts.values():
-        ta, fa, la, ya, xa = lay.axes
-        n = (_along(lay, ta, (T - 1) * time_step + 1, T) * _along(lay, ya, H, H) * _along(lay, xa, W, W))
-        fchunk = 0 if fa is None else lay.field_index // lay.chunks[fa]
-        lchunks = {0} if la is None else set((lay.lev_idx // lay.chunks[la]).tolist())
-        pairs.setdefault(lay.array, set()).update((fchunk, lc) for lc in lchunks)
-        spans[lay.array] = max(spans.get(lay.array, 0), n)
-    for a in pairs:
-        out[a] = len(pairs[a]) * spans[a]
-    return out
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CacheLayout:
-    """Slots per array arena and per-step chunk capacity, chosen from the byte budget."""
-
-    slots: dict[str, int]
-    capacity: dict[str, int]
-    nbytes: int
-
-
-def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int, budget: int,
-               workers: int, bound: Mapping[str, int] | None = None) -> CacheLayout:
-    """Size the cache arenas from ``budget`` bytes so that ``workers`` steps can run at once.
-
-    Each array gets at least the chunks of one sample, at most all its chunks; the rest of the budget is shared in
-    proportion to a sample's decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger
-    than that are split into several steps by the plan), or all of it when the arena holds the whole array. A
-    budget below one sample's chunks is raised to it (logged). ``bound`` (array -> most chunks one sample
-    touches) replaces :func:`sample_chunk_bound` for tokenizers that know better (a mesh:
-    ``MeshTokenizer.sample_chunk_bound``).
-    """
-    bound = dict(bound) if bound is not None else sample_chunk_bound(layouts, box, time_step)
-    nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
-    minimum = {a: bound[a] for a in bound}
-    need = sum(minimum[a] * nbytes[a] for a in bound)
-    if budget < need:
-        log.warning("fastload: cache_bytes=%d is below the %d bytes of decoded chunks one sample needs; using %d",
-                    budget, need, need)
-    slots = size_arenas(budget, nbytes, minimum)
-    capacity = {}
-    for a in slots:
-        total = int(np.prod(store.arrays[a].grid_shape))
-        slots[a] = max(minimum[a], min(slots[a], total))  # never more slots than the array has chunks
-        # an arena that holds every chunk of its array never blocks a step: no need to split batches for it
-        capacity[a] = slots[a] if slots[a] >= total else max(bound[a], slots[a] // max(1, workers))
-    return CacheLayout(slots=slots, capacity=capacity, nbytes=sum(slots[a] * nbytes[a] for a in slots))
-
-
-# -- the reader ------------------------------------------------------------------------------------------------
 def _transient(e: BaseException) -> bool:
     """A storage error worth retrying: an OSError (bare, or the cause of a ChunkReadError) that is not a missing
     file or a permission problem, and not corrupt bytes."""

@@ -1,0 +1,105 @@
+"""Per-batch I/O counters of the loader: what was read, decoded and used, and where the seconds went.
+
+Why this exists: every batch the reader (:mod:`fastload.reader`) gathers carries an :class:`IOStats`, and the
+loader, the rollout loader, the process workers and the profiling tools add them up and report them. The counters
+are plain data, so they live apart from the reader that fills them (public as ``fastload.reader.IOStats``).
+
+    python -c "from fastload.reader import IOStats; print(IOStats(batches=1, samples=8, hits=3, misses=1))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["IOStats"]
+
+
+@dataclasses.dataclass(slots=True, repr=False)
+class IOStats:
+    """Counters of one batch (or a sum of batches, see :meth:`add`); ``repr`` is one line (:meth:`summary`, and the
+    decoded bytes and hit rate of each stream)."""
+
+    batches: int = 0
+    samples: int = 0
+    skipped: int = 0
+    """Samples dropped because a chunk they need was bad (``on_bad_chunk="skip"``)."""
+    chunks: int = 0
+    """Unique chunks the batch needed (per step)."""
+    hits: int = 0
+    """Chunks found decoded in the cache (or being decoded for another batch)."""
+    misses: int = 0
+    """Chunks fetched and decoded for this batch."""
+    bytes_stored: int = 0
+    bytes_decoded: int = 0
+    bytes_useful: int = 0
+    """Bytes of source values the samples use (what a perfect reader would decode)."""
+    retries: int = 0
+    plan_s: float = 0.0
+    fetch_s: float = 0.0
+    """Thread-seconds spent fetching (summed over I/O threads)."""
+    decode_s: float = 0.0
+    """Thread-seconds spent decoding."""
+    gather_s: float = 0.0
+    wait_s: float = 0.0
+    """Seconds the consumer waited for this batch."""
+    copy_s: float = 0.0
+    """Seconds the consumer spent issuing the host-to-device copy (not the copy itself: it is asynchronous)."""
+    streams: dict[str, IOStats] | None = None
+    """Multi-stream loading: the same counters per stream (``chunks``, ``hits``, ``misses``, bytes, retries,
+    ``fetch_s``, ``decode_s``, ``gather_s``, ``samples``, ``batches``); None for one store. Per-stream values sum to
+    the batch's (seconds up to timer resolution; ``wait_s``, ``copy_s`` and ``plan_s`` are the batch's only)."""
+
+    def add(self, other: IOStats) -> IOStats:
+        """Add ``other``'s counters to this one (in place, per stream too); returns self."""
+        for f in dataclasses.fields(self):
+            if f.name != "streams":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        if other.streams:
+            mine = self.streams if self.streams is not None else {}
+            for name, s in other.streams.items():
+                mine.setdefault(name, IOStats()).add(s)
+            self.streams = mine
+        return self
+
+    def stream(self, name: str) -> IOStats:
+        """The counters of stream ``name`` (created on first use)."""
+        if self.streams is None:
+            self.streams = {}
+        got = self.streams.get(name)
+        if got is None:
+            got = self.streams[name] = IOStats()
+        return got
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a dict (``streams``: name -> a dict of the same counters, or None)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def hit_rate(self) -> float:
+        n = self.hits + self.misses
+        return self.hits / n if n else 0.0
+
+    @property
+    def amplification(self) -> float:
+        """Bytes decoded per useful byte (1.0 is perfect)."""
+        return self.bytes_decoded / self.bytes_useful if self.bytes_useful else 0.0
+
+    def summary(self) -> str:
+        """One line: samples, chunks (hit rate), bytes stored/decoded/useful (amplification), stage times."""
+        extra = "".join(f", {getattr(self, k)} {k}" for k in ("skipped", "retries") if getattr(self, k))
+        return (f"{self.batches} batch{'es' if self.batches != 1 else ''}, {self.samples} samples{extra}, "
+                f"{self.chunks} chunks ({100 * self.hit_rate:.0f}% hits), {_mb(self.bytes_stored)} stored / "
+                f"{_mb(self.bytes_decoded)} decoded / {_mb(self.bytes_useful)} useful "
+                f"({self.amplification:.2f}x), "
+                + ", ".join(f"{k} {1e3 * getattr(self, f'{k}_s'):.1f} ms"
+                            for k in ("plan", "fetch", "decode", "gather", "wait", "copy")))
+
+    def __repr__(self) -> str:
+        per = "" if not self.streams else "; streams: " + ", ".join(
+            f"{n} {_mb(s.bytes_decoded)} decoded ({100 * s.hit_rate:.0f}% hits)" for n, s in self.streams.items())
+        return f"IOStats({self.summary()}{per})"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
