@@ -127,7 +127,7 @@ class EpochPlan:
         Called with the seconds spent planning each batch (the loader's "plan" counter).
     grids : mapping, optional
         ``array -> chunk grid shape`` (``store.arrays[a].grid_shape``) for the chunk ids; without it ids pack each
-        axis in ``62 // ndim`` bits.
+        axis in ``31 // ndim`` bits (see :func:`chunk_ids`).
     """
 
     def __init__(self, boxes: np.ndarray, planner: Callable[[np.ndarray], BatchPlan], *, batch_size: int,
