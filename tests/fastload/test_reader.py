@@ -1,5 +1,5 @@
 """fastload.reader: decode slots served earliest step first; a failing step with a look-ahead step in flight;
-cache sizing from the field layouts."""
+cache sizing from the field layouts; remote stores' raw-bytes read-ahead (fastload._raw_ahead)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from fastload._raw_ahead import RawAhead
 from fastload.errors import ChunkReadError
 from fastload.loader import Loader
 from fastload.reader import _PrioritySlots, sample_chunk_bound
@@ -69,3 +70,84 @@ def test_sample_chunk_bound_covers_every_alignment():
     worst = max(plan_batch(b[None], [lay], box).chunks["t"].shape[0] for b in starts)
     assert worst == 24  # 2 time x 2 row x 3 column chunks (the wrap crosses the short last chunk) x 2 levels
     assert worst <= bound <= 2 * 3 * 3 * 3  # a bound: at most one extra chunk per axis
+
+
+def _read_all(store, cfg, **settings):
+    with Loader(store, cfg, samples_per_epoch=48, workers=2, fetch_concurrency=4, seed=3, **settings) as loader:
+        got = [(b.boxes.numpy().copy(), {f: b[f].numpy().copy() for f in cfg.field_names}) for b in loader]
+        return got, loader._backend.reader._ahead, loader.stats  # noqa: SLF001 - the read-ahead's counters
+
+
+@pytest.mark.parametrize("cache_bytes", [20_000, 200_000])
+def test_remote_read_ahead_gives_the_local_results_and_is_used(tmp_path, cache_bytes):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    local, no_ahead, _ = _read_all(open_store(tmp_path / "s.zarr"), cfg, cache_bytes=cache_bytes)
+    assert no_ahead is None  # local files: no read-ahead
+    remote, ahead, stats = _read_all(open_store(tmp_path / "s.zarr", latency_ms=1.0), cfg, cache_bytes=cache_bytes)
+    assert len(remote) == len(local) == 12
+    for (boxes, want), (rboxes, got) in zip(local, remote):
+        np.testing.assert_array_equal(rboxes, boxes)
+        ref = reference(truth, cfg, boxes, periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(got[f], want[f])
+            np.testing.assert_array_equal(got[f], ref[f])
+    assert ahead is not None and ahead.requested > 0 and ahead.used > 0  # fetched ahead, and taken by steps
+    assert len(ahead) == 0  # closed: nothing held
+    assert stats.misses > 0
+
+
+def test_remote_read_ahead_loses_no_error(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, nt=24)
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)
+    store.source = FlakySource(store.source, times=1)  # every chunk's first read fails (read-ahead or not)
+    got, ahead, _ = _read_all(store, cfg, retries=2)
+    assert ahead is not None and ahead.requested > 0
+    for boxes, out in got:
+        ref = reference(truth, cfg, boxes, periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(out[f], ref[f])
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)
+    store.source = FlakySource(store.source, times=-1)  # permanent: the step's own fetch reports it
+    with pytest.raises(ChunkReadError, match="injected failure"):
+        _read_all(store, cfg, retries=0)
+
+
+class _Counting:
+    def __init__(self, fail=False):
+        self.calls: list[list[tuple[int, ...]]] = []
+        self.fail = fail
+
+    def __call__(self, array, chunks):
+        self.calls.append(list(chunks))
+        if self.fail:
+            raise ConnectionError("injected")
+        return [bytes(10 * (c[0] + 1)) for c in chunks]
+
+
+def test_raw_ahead_takes_requests_once_within_the_budget():
+    fetch = _Counting()
+    ahead = RawAhead(100, fetch)
+    g = ahead.claim("a", [(0,), (1,), (2,)], est=40)  # 100 bytes at 40 each: room for two
+    assert g is not None and g.chunks == [(0,), (1,)]
+    assert ahead.claim("a", [(0,), (1,)], est=40) is None  # already claimed: never requested twice
+    got = ahead.take("a", [(1,), (5,)])  # still queued: the consumer runs the request itself
+    assert got == {0: bytes(20)} and fetch.calls == [[(0,), (1,)]]
+    ahead.run(g)  # the pool's turn comes: nothing left to do
+    assert fetch.calls == [[(0,), (1,)]]
+    assert ahead.take("a", [(0,)]) == {0: bytes(10)} and ahead.take("a", [(0,)]) == {}  # consumed once
+    assert (ahead.requested, ahead.used, len(ahead)) == (2, 2, 0)
+    g = ahead.claim("a", [(3,), (4,), (5,), (6,)], est=40)  # real sizes now known (mean 15): all fit
+    assert g is not None and len(g.chunks) == 4
+    ahead.run(g)  # 40 + 50 + 60 + 70 = 220 bytes: the oldest are evicted down to 100, counted as wasted
+    assert ahead.wasted_bytes == 150 and ahead.drain_wasted() == 150 and ahead.drain_wasted() == 0
+    assert ahead.take("a", [(3,), (4,), (5,), (6,)]) == {3: bytes(70)}
+    ahead.clear()
+    assert len(ahead) == 0
+
+
+def test_raw_ahead_failure_leaves_the_chunks_to_the_caller():
+    ahead = RawAhead(1000, _Counting(fail=True))
+    g = ahead.claim("a", [(0,), (1,)], est=10)
+    assert g is not None
+    ahead.run(g)
+    assert ahead.take("a", [(0,), (1,)]) == {} and len(ahead) == 0

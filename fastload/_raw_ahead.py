@@ -1,0 +1,202 @@
+"""Raw-bytes read-ahead for remote stores: fetch the next steps' chunks before their steps start.
+
+Why this exists: the reader (:mod:`fastload.reader`) fetches a step's missing chunks when the step reserves its
+cache slots, and in steady state the cache is full and read-ahead never evicts, so with a slow store every step
+starts with a full request latency to wait out. Stored (compressed) bytes need no cache slot: this buffer holds
+the raw bytes of chunks the next steps will need, fetched in the background in the reader's usual request groups,
+within a byte budget. When a step then fetches its chunks it takes what the buffer has (waiting for a request in
+flight rather than requesting a chunk twice) and fetches only the rest.
+
+Rules: a chunk is requested at most once per claim (an entry in the buffer is never re-claimed); a failed
+read-ahead request just drops its entries (the step's own fetch retries and reports the error); an entry is
+dropped when consumed; finished entries beyond the budget are evicted oldest first, and their bytes counted as
+wasted. No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task).
+
+Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+__all__ = ["RawAhead"]
+
+Key = tuple[str, tuple[int, ...]]
+
+_QUEUED, _RUNNING, _DONE, _FAILED = range(4)
+
+
+class _Group:
+    """One read-ahead request: chunks of one array, fetched together."""
+
+    __slots__ = ("array", "chunks", "est", "state", "raws", "event")
+
+    def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int):
+        self.array = array
+        self.chunks = chunks
+        self.est = est  # bytes counted against the budget while in flight
+        self.state = _QUEUED
+        self.raws: list[bytes | None] | None = None
+        self.event = threading.Event()
+
+
+class _Raw:
+    """A finished entry: the stored bytes of one chunk (None: the chunk is missing from the store)."""
+
+    __slots__ = ("raw", "size")
+
+    def __init__(self, raw: bytes | None):
+        self.raw = raw
+        self.size = 0 if raw is None else len(raw)
+
+
+class RawAhead:
+    """A bounded buffer of stored chunk bytes fetched ahead of their steps (thread-safe).
+
+    Parameters
+    ----------
+    budget : int
+        Most bytes held (finished entries plus the estimated size of requests in flight).
+    fetch_many : callable
+        ``fetch_many(array, chunks) -> list[bytes | None]`` (``store.chunk_bytes_many``).
+    """
+
+    def __init__(self, budget: int, fetch_many: Callable[[str, list[tuple[int, ...]]], Sequence[bytes | None]]):
+        self.budget = int(budget)
+        self._fetch_many = fetch_many
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Key, _Group | _Raw] = OrderedDict()
+        self._held = 0  # bytes of finished entries
+        self._flight = 0  # estimated bytes of requests in flight
+        self._mean: dict[str, float] = {}  # mean stored bytes per chunk seen, per array
+        self.requested = 0
+        """Chunks requested ahead."""
+        self.used = 0
+        """Chunks taken by a step's fetch."""
+        self.wasted_bytes = 0
+        """Bytes fetched ahead and dropped unused (evicted over the budget, or cleared)."""
+        self._unreported = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def claim(self, array: str, chunks: Sequence[tuple[int, ...]], est: int) -> _Group | None:
+        """Register a request for those of ``chunks`` not in the buffer yet, as many as the budget allows
+        (``est``: an upper guess of one chunk's stored bytes, used until real sizes are seen). Returns the group
+        to pass to :meth:`run` on an I/O thread, or None when there is nothing to request."""
+        with self._lock:
+            each = max(1, int(self._mean.get(array, est)))
+            room = (self.budget - self._held - self._flight) // each
+            todo = [c for c in chunks if (array, c) not in self._entries][:max(0, room)]
+            if not todo:
+                return None
+            g = _Group(array, todo, each * len(todo))
+            for c in todo:
+                self._entries[(array, c)] = g
+            self._flight += g.est
+            self.requested += len(todo)
+            return g
+
+    def run(self, group: _Group) -> None:
+        """Do ``group``'s request unless a consumer has taken it over; finished chunks become entries."""
+        with self._lock:
+            if group.state != _QUEUED:
+                return
+            group.state = _RUNNING
+        self._request(group)
+
+    def take(self, array: str, chunks: Sequence[tuple[int, ...]]) -> dict[int, bytes | None]:
+        """Position in ``chunks`` -> stored bytes, for the chunks the buffer has or is fetching (waiting for those
+        in flight; running a still-queued request here). Chunks not returned must be fetched by the caller."""
+        got: dict[int, bytes | None] = {}
+        wait: list[tuple[int, _Group]] = []
+        mine: list[_Group] = []
+        with self._lock:
+            for j, c in enumerate(chunks):
+                e = self._entries.pop((array, c), None)
+                if e is None:
+                    continue
+                if isinstance(e, _Raw):
+                    self._held -= e.size
+                    self.used += 1
+                    got[j] = e.raw
+                    continue
+                if e.state == _QUEUED:  # not started: do it here rather than wait for a pool thread
+                    e.state = _RUNNING
+                    mine.append(e)
+                wait.append((j, e))
+        for g in mine:
+            self._request(g)
+        for j, g in wait:
+            g.event.wait()
+            if g.state == _DONE:
+                assert g.raws is not None
+                got[j] = g.raws[g.chunks.index(chunks[j])]
+                with self._lock:
+                    self.used += 1
+        return got
+
+    def drain_wasted(self) -> int:
+        """Wasted bytes not reported by an earlier call (for the per-batch counters)."""
+        with self._lock:
+            n, self._unreported = self._unreported, 0
+            return n
+
+    def clear(self) -> None:
+        """Drop every finished entry (counted as wasted); requests in flight finish into nothing."""
+        with self._lock:
+            for k, e in list(self._entries.items()):
+                if isinstance(e, _Raw):
+                    self._waste(e.size)
+                del self._entries[k]
+            self._held = 0
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _request(self, g: _Group) -> None:
+        try:
+            raws = list(self._fetch_many(g.array, g.chunks))
+            if len(raws) != len(g.chunks):
+                raise ValueError(f"expected {len(g.chunks)} chunks, got {len(raws)}")
+        except Exception:  # noqa: BLE001 - read-ahead only: the step's own fetch retries and raises
+            raws = None
+        with self._lock:
+            self._flight -= g.est
+            g.raws = raws
+            g.state = _FAILED if raws is None else _DONE
+            for c, raw in zip(g.chunks, raws or [None] * len(g.chunks)):
+                k = (g.array, c)
+                if self._entries.get(k) is not g:
+                    continue  # taken by a consumer (who reads g.raws), or cleared
+                if raws is None:
+                    del self._entries[k]
+                    continue
+                e = _Raw(raw)
+                self._entries[k] = e
+                self._held += e.size
+            if raws:
+                seen = sum(0 if r is None else len(r) for r in raws) / len(raws)
+                m = self._mean.get(g.array)
+                self._mean[g.array] = seen if m is None else 0.8 * m + 0.2 * seen
+            self._evict()
+        g.event.set()
+
+    def _evict(self) -> None:
+        """Drop the oldest finished entries while over the budget (call with the lock held)."""
+        if self._held <= self.budget:
+            return
+        for k in list(self._entries):
+            e = self._entries[k]
+            if isinstance(e, _Raw):
+                del self._entries[k]
+                self._held -= e.size
+                self._waste(e.size)
+                if self._held <= self.budget:
+                    return
+
+    def _waste(self, n: int) -> None:
+        self.wasted_bytes += n
+        self._unreported += n
