@@ -427,6 +427,12 @@ class ChunkCache:
             self._closed = True
             self._cond.notify_all()
 
+    def present(self, array: str, ids: np.ndarray) -> np.ndarray:
+        """Whether each chunk id of ``array`` is held now, decoded or being filled (bool, like ``ids``); what a
+        read-ahead of raw bytes must skip so that no chunk is fetched twice."""
+        with self._cond:
+            return self._arenas[array].lookup(np.asarray(ids, np.int64)) >= 0
+
     def resident(self) -> set[tuple[str, int]]:
         """``(array, chunk id)`` of the chunks decoded and present now (for tests and reports)."""
         with self._cond:

@@ -482,8 +482,7 @@ class ChunkReader:
         assert self._ahead is not None
         for step in ahead:
             for a, ids in step.ids.items():
-                with self.cache._cond:  # noqa: SLF001 - needs a public ChunkCache.present(array, ids)
-                    missing = np.flatnonzero(self.cache._arenas[a].lookup(ids) < 0)  # noqa: SLF001
+                missing = np.flatnonzero(~self.cache.present(a, ids))
                 if not missing.size:
                     continue
                 arena = self.cache.arena(a)

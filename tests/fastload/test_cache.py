@@ -176,6 +176,19 @@ def test_shared_chunk_filled_once_while_pending():
     assert cache.misses == 1
 
 
+def test_present_counts_filling_and_ready_chunks_not_absent_ones():
+    k = [("x", 0), ("x", 1)]
+    cache = ChunkCache({"x": (3, 1, np.float32)}, _uses([k]))
+    ids = np.array([0, 1, 2], np.int64)
+    assert cache.present("x", ids).tolist() == [False, False, False]
+    r = cache.reserve(0, _ids(k))
+    assert cache.present("x", ids).tolist() == [True, True, False]  # being filled: a read-ahead must skip them
+    assert cache.resident() == set()  # (resident() counts only finished chunks)
+    cache.filled("x", r.slots["x"])
+    cache.release(r)
+    assert cache.present("x", ids).tolist() == [True, True, False]
+
+
 def test_failed_fill_reaches_waiters_and_is_retried():
     k = [("x", 0)]
     cache = ChunkCache({"x": (1, 1, np.float32)}, _uses([k, k, k]))
