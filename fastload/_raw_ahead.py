@@ -9,8 +9,10 @@ flight rather than requesting a chunk twice) and fetches only the rest.
 
 Rules: a chunk is requested at most once per claim (an entry in the buffer is never re-claimed); a failed
 read-ahead request just drops its entries (the step's own fetch retries and reports the error); an entry is
-dropped when consumed; finished entries beyond the budget are evicted oldest first, and their bytes counted as
-wasted. No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+dropped when consumed; finished entries beyond the budget (only when chunks come out larger than estimated) are
+evicted oldest first, and the reader clears the buffer when a new plan starts (an epoch, a new iteration, a
+resume), so entries read for batches that were never read do not block the budget; dropped bytes count as
+wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task).
 
 Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
@@ -157,12 +159,16 @@ class RawAhead:
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _request(self, g: _Group) -> None:
+        raws: list[bytes | None] | None = None
         try:
-            raws = list(self._fetch_many(g.array, g.chunks))
-            if len(raws) != len(g.chunks):
-                raise ValueError(f"expected {len(g.chunks)} chunks, got {len(raws)}")
+            got = list(self._fetch_many(g.array, g.chunks))
+            raws = got if len(got) == len(g.chunks) else None
         except Exception:  # noqa: BLE001 - read-ahead only: the step's own fetch retries and raises
             raws = None
+        finally:  # whatever happened (even a BaseException), waiters in take() are released
+            self._finish(g, raws)
+
+    def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:
         with self._lock:
             self._flight -= g.est
             g.raws = raws

@@ -25,6 +25,7 @@ Quick look::
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -144,6 +145,10 @@ class EpochPlan:
         self.batch_stride = max(1, int(batch_stride))
         self._on_plan = on_plan
         self._grids = dict(grids) if grids else {}
+        for arr, grid in self._grids.items():  # chunk ids are packed with steps into int64 (cache.Uses)
+            if math.prod(int(g) for g in grid) > 1 << 31:
+                raise ConfigError(f"array {arr!r}: its chunk grid {tuple(grid)} has {math.prod(grid):,} chunks; "
+                                  f"fastload indexes at most 2**31 chunks per array: use larger chunks")  # fmt: skip
         self._steps: dict[int, tuple[Step, ...]] = {}
         self._planned = self.start_batch  # batches [start_batch, _planned) are planned
         self._lock = threading.Lock()

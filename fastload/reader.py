@@ -16,7 +16,8 @@ era5-1deg tiles, 2 workers: 75 % -> 95 % of the zero-latency rate). The gather k
 start (Numba's first call in a process costs about a second), overlapping the first decodes.
 
 Per chunk there is no Python object: chunks are integer ids, the cache's slot state and the plan's uses are
-arrays, and fetch/decode tasks carry 8-32 chunks each.
+arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big chunks would put over 8 MB
+in one task).
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
 exponential backoff and counted; a permanent one, or corrupt bytes, raises
@@ -189,6 +190,7 @@ class ChunkReader:
         self._warm: Future | None = None
         budget = min(_AHEAD_BYTES, cache.nbytes // 2)
         self._ahead = RawAhead(budget, store.chunk_bytes_many) if self._group and budget > 0 else None
+        self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
 
     # -- public -------------------------------------------------------------------------------------------------
     def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
@@ -201,6 +203,9 @@ class ChunkReader:
         """
         stop = self._stopper(should_stop)
         stats = IOStats(batches=1)
+        if self._ahead is not None and plan is not self._ahead_plan:  # a new plan (epoch, iteration, resume):
+            self._ahead_plan = plan  # bytes read ahead for the old one would never be taken
+            self._ahead.clear()
         t0 = time.perf_counter()
         steps = plan.steps(batch)
         stats.plan_s = time.perf_counter() - t0
@@ -214,8 +219,11 @@ class ChunkReader:
             for i in range(len(steps)):
                 assert cur is not None
                 nxt = self._start(steps[i + 1], stats, stop, block=False) if i + 1 < len(steps) else None
-                if self._ahead is not None:
-                    self._read_ahead(plan, steps, i + (nxt is not None), stop)
+                if self._ahead is not None:  # best effort: an error there (planning a later batch) is that
+                    try:                      # batch's to raise in its own turn, not this one's (nxt holds pins)
+                        self._read_ahead(plan, steps, i + (nxt is not None), stop)
+                    except Exception:  # noqa: BLE001
+                        log.debug("read-ahead of the steps after batch %s step %s failed", batch, i, exc_info=True)
                 started, cur = cur, nxt
                 row = self._finish(started, boxes, outs, row, kept, stats, stop)
                 if cur is None and i + 1 < len(steps):

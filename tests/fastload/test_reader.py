@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastload._raw_ahead import RawAhead
-from fastload.errors import ChunkReadError
+from fastload.errors import ChunkReadError, ConfigError
 from fastload.loader import Loader
 from fastload.reader import _PrioritySlots, sample_chunk_bound
 from fastload.sampling.chunks import FieldLayout, plan_batch
@@ -151,3 +151,59 @@ def test_raw_ahead_failure_leaves_the_chunks_to_the_caller():
     assert g is not None
     ahead.run(g)
     assert ahead.take("a", [(0,), (1,)]) == {} and len(ahead) == 0
+
+
+def test_a_broken_off_iteration_leaves_no_stale_read_ahead(tmp_path):
+    """Bytes read ahead for batches nobody read are dropped when the next plan starts, so the budget is free
+    again (they used to stay, and later epochs could hardly read ahead at all)."""
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=40)
+    rng = np.random.default_rng(0)
+
+    def boxes(epoch):  # epoch 0 in times 0..15, later epochs in 20..35: no chunk in common
+        t0 = rng.integers(0, 12, 48) + (0 if epoch == 0 else 20)
+        return np.stack([t0, rng.integers(0, 9, 48), rng.integers(0, 20, 48)], 1).astype(np.int64)
+
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)
+    with Loader(store, cfg, boxes=boxes, workers=1, fetch_concurrency=4, seed=3, cache_bytes=30_000,
+                prefetch=2) as loader:  # fmt: skip
+        it = iter(loader)
+        next(it)
+        time.sleep(0.3)  # let the read-ahead for the next batches land
+        it.close()
+        ahead = loader._backend.reader._ahead  # noqa: SLF001 - the read-ahead's counters
+        assert len(ahead) > 0  # entries for batches that will never be read
+        loader.set_epoch(1)
+        before = ahead.requested
+        got = [b for b in loader]
+        assert len(got) == 12
+        assert ahead.requested - before > 200 and len(ahead) == 0  # reads ahead fully again; nothing stale
+
+
+def test_an_error_while_reading_ahead_pins_nothing(tmp_path, monkeypatch):
+    """Planning a later batch can fail during the read-ahead; the batch being read must not leave slots pinned."""
+    import fastload.reader as reader_mod
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)
+
+    def broken(self, plan, steps, i, stop):
+        raise ConfigError("planning a later batch failed")
+
+    monkeypatch.setattr(reader_mod.ChunkReader, "_read_ahead", broken)
+    with Loader(store, cfg, samples_per_epoch=48, workers=1, fetch_concurrency=4, seed=3,
+                cache_bytes=2_000_000) as loader:  # fmt: skip
+        got = [b for b in loader]  # the read-ahead is best effort: the batches themselves are read
+        assert len(got) == 12
+        cache = loader._backend.cache  # noqa: SLF001
+        assert all(int(ar.pins.sum()) == 0 for ar in cache._arenas.values())  # noqa: SLF001
+    for b in got:
+        ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(b[f].numpy(), ref[f])
+
+
+def test_a_chunk_grid_too_large_to_index_is_a_config_error():
+    from fastload.plan import EpochPlan
+
+    with pytest.raises(ConfigError, match="'t'.*2\\*\\*31 chunks per array"):
+        EpochPlan(np.zeros((1, 3), np.int64), lambda b: None, batch_size=1, grids={"t": (70001, 70001)})
