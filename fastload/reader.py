@@ -20,7 +20,9 @@ arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big 
 in one task).
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
-exponential backoff and counted; a permanent one, or corrupt bytes, raises
+exponential backoff and counted; while the store is failing (a read failed after all its retries and none has
+succeeded since) each further read gets one try, so a dead store reaches the consumer in about a second, not
+retries x chunks x backoff (23 s before, measured). A permanent error, or corrupt bytes, raises
 :class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
 the samples that need the chunk and counts them. A step never releases its cache slots while an I/O thread may
 still write into them.
@@ -191,6 +193,7 @@ class ChunkReader:
         budget = min(_AHEAD_BYTES, cache.nbytes // 2)
         self._ahead = RawAhead(budget, store.chunk_bytes_many) if self._group and budget > 0 else None
         self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
+        self._failing = False  # a chunk failed after all its retries and no read has succeeded since
 
     # -- public -------------------------------------------------------------------------------------------------
     def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
@@ -525,26 +528,34 @@ class ChunkReader:
         """Raw bytes of ``chunks``, retrying transient errors; a chunk that still fails is its ChunkReadError."""
         if len(chunks) > 1 and self._group:  # remote: one request for the group; local: a read per chunk
             try:
-                return list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
-                                        stop))
+                got = list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
+                                       stop, retries=0 if self._failing else self.retries))  # fmt: skip
+                self._failing = False
+                return got
             except ChunkReadError:
                 pass  # find out which chunk is at fault: one request each
         out: list[bytes | None | ChunkReadError] = []
         for c in chunks:
             try:
-                out.append(self._retry(lambda c=c: self.store.chunk_bytes(array, c), array, c, d, stop))
+                # while the store is failing (a chunk failed after all its retries, none read since), one try
+                # each: a dead store reaches the consumer in seconds, not retries x chunks x backoff
+                out.append(self._retry(lambda c=c: self.store.chunk_bytes(array, c), array, c, d, stop,
+                                       retries=0 if self._failing else self.retries))  # fmt: skip
+                self._failing = False
             except ChunkReadError as e:
                 out.append(e)
+                self._failing = True
         return out
 
     def _retry(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
-               stop: Callable[[], bool]) -> Any:
+               stop: Callable[[], bool], retries: int | None = None) -> Any:
+        retries = self.retries if retries is None else retries
         delay = _BACKOFF_S
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 return fn()
             except Exception as e:
-                if not _transient(e) or attempt == self.retries or stop():
+                if not _transient(e) or attempt == retries or stop():
                     if isinstance(e, ChunkReadError):
                         if attempt:
                             raise ChunkReadError(e.array, e.chunk, f"{e.cause} (after {attempt} retries)",
