@@ -26,7 +26,7 @@ class LoadSpec:
 
     def __init__(self, *, batch_size: int, drop_last: bool, prefetch: int, workers: int, cache_bytes: int,
                  fetch_concurrency: int, retries: int, on_bad_chunk: str, months: np.ndarray | None,
-                 useful_bytes_per_sample: int, jit: bool | None, pin: bool):
+                 useful_bytes_per_sample: int, jit: bool | None, pin: bool, read_ahead_bytes: int | None = None):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.prefetch = prefetch
@@ -39,6 +39,7 @@ class LoadSpec:
         self.useful_bytes_per_sample = useful_bytes_per_sample
         self.jit = jit
         self.pin = pin
+        self.read_ahead_bytes = read_ahead_bytes
 
 
 def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetch: int) -> int:
@@ -87,7 +88,8 @@ class ThreadBackend:
         self.reader = ChunkReader(store, tokenizer, self.cache, fetch_concurrency=spec.fetch_concurrency,
                                   decode_workers=spec.workers, retries=spec.retries, on_bad_chunk=spec.on_bad_chunk,
                                   coefficients=coefficients, months=spec.months,
-                                  useful_bytes_per_sample=spec.useful_bytes_per_sample, jit=spec.jit)
+                                  useful_bytes_per_sample=spec.useful_bytes_per_sample, jit=spec.jit,
+                                  read_ahead_bytes=spec.read_ahead_bytes)
         self.alloc = torch_alloc(spec.pin)
         self.plan: EpochPlan | None = None
 

@@ -103,7 +103,8 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
                          retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
                          coefficients=spec["coefficients"], months=spec["months"],
-                         useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io")
+                         useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
+                         read_ahead_bytes=spec["read_ahead_bytes"])
     layout = spec["fields"]  # [(name, shape, dtype str, offset, nbytes)]
     segments: dict[str, dict[str, np.ndarray]] = {}
     keep: list[Segment] = []
@@ -236,6 +237,7 @@ class ProcessBackend:
             "allow_unsafe": bool(getattr(store, "_allow_unsafe", False)),
             "latency_ms": src.ms if isinstance(src, LatencySource) else 0.0, "config": config.to_dict(),
             "cache_bytes": max(1, spec.cache_bytes // spec.workers), "fetch_concurrency": spec.fetch_concurrency,
+            "read_ahead_bytes": None if spec.read_ahead_bytes is None else spec.read_ahead_bytes // spec.workers,
             "retries": spec.retries, "on_bad_chunk": spec.on_bad_chunk,
             "coefficients": dict(coefficients) if coefficients else None, "months": spec.months,
             "useful": spec.useful_bytes_per_sample, "jit": spec.jit, "batch_size": spec.batch_size,

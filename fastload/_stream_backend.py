@@ -53,6 +53,7 @@ class StreamBackend(ThreadBackend):
         self.reader = ChunkReader(multi, multi, self.cache, fetch_concurrency=spec.fetch_concurrency,
                                   decode_workers=spec.workers, retries=spec.retries, on_bad_chunk=spec.on_bad_chunk,
                                   coefficients=coefficients, months=None,
-                                  useful_bytes_per_sample=spec.useful_bytes_per_sample, jit=spec.jit)
+                                  useful_bytes_per_sample=spec.useful_bytes_per_sample, jit=spec.jit,
+                                  read_ahead_bytes=spec.read_ahead_bytes)
         self.alloc = torch_alloc(spec.pin)
         self.plan = None

@@ -374,6 +374,9 @@ class LoaderConfig(_Config):
     """Byte budget of the decoded-chunk cache."""
     fetch_concurrency: int = 16
     """Raw chunk requests in flight (matters for remote stores)."""
+    read_ahead_bytes: int | None = None
+    """Remote stores: bytes of the next steps' stored chunks fetched ahead (hides request latency once the cache
+    is full); ``None``: ``min(96 MB, cache_bytes / 2)``; 0: off. Split between processes in process mode."""
     device: str | None = None
     """``"cuda"``, ``"cuda:1"``, ``"cpu"``, or ``None``: the GPU when there is one, else the CPU."""
     pin_memory: bool | None = None
@@ -406,6 +409,8 @@ class LoaderConfig(_Config):
         positive("prefetch")
         positive("cache_bytes", 0)
         positive("fetch_concurrency")
+        if self.read_ahead_bytes is not None:
+            positive("read_ahead_bytes", 0)
         positive("samples_per_window")
         positive("retries", 0)
         positive("seed", 0)

@@ -245,7 +245,8 @@ class Loader:
         self._spec = LoadSpec(batch_size=self.batch_size, drop_last=cfg.drop_last, prefetch=cfg.prefetch,
                               workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
                               retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=None,
-                              useful_bytes_per_sample=useful, jit=jit, pin=self._pin)
+                              useful_bytes_per_sample=useful, jit=jit, pin=self._pin,
+                              read_ahead_bytes=cfg.read_ahead_bytes)
         self._explicit = boxes
         if boxes is not None:
             self._samples = int(self._explicit_boxes(int(epoch)).shape[0])

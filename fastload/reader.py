@@ -165,7 +165,7 @@ class ChunkReader:
                  decode_workers: int = 2, retries: int = 3, on_bad_chunk: str = "raise",
                  coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  months: np.ndarray | None = None, useful_bytes_per_sample: int = 0, jit: bool | None = None,
-                 name: str = "fastload-io"):
+                 name: str = "fastload-io", read_ahead_bytes: int | None = None):
         from .store import LocalSource
 
         self.store = store
@@ -190,7 +190,7 @@ class ChunkReader:
         self._stop = threading.Event()
         self._closed = False
         self._warm: Future | None = None
-        budget = min(_AHEAD_BYTES, cache.nbytes // 2)
+        budget = min(_AHEAD_BYTES, cache.nbytes // 2) if read_ahead_bytes is None else int(read_ahead_bytes)
         self._ahead = RawAhead(budget, store.chunk_bytes_many) if self._group and budget > 0 else None
         self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
         self._failing = False  # a chunk failed after all its retries and no read has succeeded since

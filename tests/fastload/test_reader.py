@@ -223,3 +223,20 @@ def test_a_dead_store_is_not_retried_chunk_after_chunk(tmp_path):
     chunks = len(store.source.count)
     assert chunks > 50
     assert reads < 2 * chunks  # with 3 retries per chunk it would be 4 reads per chunk, plus the batched tries
+
+
+def test_read_ahead_budget_is_a_loader_setting(tmp_path):
+    from fastload.config import LoaderConfig
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    for setting, want in ((None, "half"), (0, None), (5_000, 5_000)):  # default: min(96 MB, cache arenas / 2)
+        store = open_store(tmp_path / "s.zarr", latency_ms=1.0)
+        with Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=200_000, read_ahead_bytes=setting) as L:
+            got = [b for b in L]
+            ahead = L._backend.reader._ahead  # noqa: SLF001
+            if want == "half":
+                want = L._backend.cache.nbytes // 2  # noqa: SLF001
+            assert (None if ahead is None else ahead.budget) == want
+            assert len(got) == 2
+    with pytest.raises(ConfigError, match="read_ahead_bytes"):
+        LoaderConfig(read_ahead_bytes=-1)
