@@ -20,6 +20,7 @@ import numpy as np
 
 from ._stream_time import align, sample_times
 from .errors import ConfigError
+from .sampling.neighborhood import month_index
 
 __all__ = ["StreamCoefficients", "normalizers", "months_used", "coefficients", "month_of"]
 
@@ -106,11 +107,4 @@ def month_of(st: Any, pl: Any, months: np.ndarray | None = None) -> np.ndarray:
     if st.time is None:
         raise ConfigError(f"stream {st.name!r}: monthly normalisation needs a time axis, but it has none")
     cal = st.time[pl.t_steps[st.name]].astype("datetime64[M]").astype(np.int64) % 12
-    lookup = np.full(12, -1, np.int32)
-    lookup[months] = np.arange(months.size, dtype=np.int32)
-    out = lookup[cal]
-    if (out < 0).any():
-        missing = sorted(set(np.unique(cal).tolist()) - set(months.tolist()))
-        raise ConfigError(f"stream {st.name!r}: normalisation coefficients are loaded for months {months.tolist()} "
-                          f"but the batch needs months {missing}")
-    return np.ascontiguousarray(out)
+    return month_index(cal, months, f"stream {st.name!r}: ")

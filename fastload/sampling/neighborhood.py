@@ -30,6 +30,7 @@ __all__ = [
     "kernels",
     "OUT_KINDS",
     "field_geometry",
+    "month_index",
     "as_out_array",
     "allocate_outputs",
     "month_table",
@@ -144,14 +145,20 @@ def month_table(times: np.ndarray | None, boxes: np.ndarray, n_steps: int, time_
     months = np.asarray(months, dtype=np.int64)
     if months.size and (months.min() < 0 or months.max() > 11):
         raise ConfigError(f"month_table: months must be indices 0-11, got {months.tolist()}")
+    return months, month_index(cal, months)
+
+
+def month_index(cal: np.ndarray, months: np.ndarray, where: str = "") -> np.ndarray:
+    """Index into ``months`` (loaded coefficient months, 0..11) of each calendar month in ``cal`` (int32, C order);
+    ConfigError (prefixed with ``where``) naming the months the batch needs but are not loaded."""
     lookup = np.full(12, -1, dtype=np.int32)
     lookup[months] = np.arange(months.size, dtype=np.int32)
-    month_of = lookup[cal]
-    if (month_of < 0).any():
-        missing = sorted(set(np.unique(cal).tolist()) - set(months.tolist()))
-        raise ConfigError(f"normalisation coefficients are loaded for months {months.tolist()} but the batch "
-                          f"needs months {missing}")
-    return months, np.ascontiguousarray(month_of)
+    out = lookup[cal]
+    if (out < 0).any():
+        missing = sorted(set(np.unique(cal).tolist()) - set(np.asarray(months).tolist()))
+        raise ConfigError(f"{where}normalisation coefficients are loaded for months {np.asarray(months).tolist()} "
+                          f"but the batch needs months {missing}")
+    return np.ascontiguousarray(out)
 
 
 @functools.lru_cache(maxsize=512)
