@@ -166,7 +166,8 @@ class ChunkReader:
                  coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  months: np.ndarray | None = None, useful_bytes_per_sample: int = 0, jit: bool | None = None,
                  name: str = "fastload-io", read_ahead_bytes: int | None = None):
-        from .store import LocalSource
+        from .store import LocalSource, Store
+        from .store._codecs import stored_as_is
 
         self.store = store
         self.tokenizer = tokenizer
@@ -194,6 +195,12 @@ class ChunkReader:
         self._ahead = RawAhead(budget, store.chunk_bytes_many) if self._group and budget > 0 else None
         self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
         self._failing = False  # a chunk failed after all its retries and no read has succeeded since
+        # uncompressed chunks of a plain local store are read straight into their cache slot (one copy, page cache
+        # to slot: no bytes object, no second copy); anything unusual about a chunk (missing, another size, an
+        # error) sends it down the ordinary fetch + decode path, which fills, retries and names it as before
+        self._direct_source = store.source if type(store.source) is LocalSource and isinstance(store, Store) else None
+        self._direct = {} if self._direct_source is None else {
+            a: info for a, info in store.arrays.items() if stored_as_is(info)}  # fmt: skip
 
     # -- public -------------------------------------------------------------------------------------------------
     def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
@@ -444,19 +451,32 @@ class ChunkReader:
     def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
                       stop: Callable[[], bool]) -> _Done:
         d = _Done()
+        arena = self.cache.arena(array)
+        nbytes = arena.itemsize * arena.shape[1]
+        good: list[int] = []
+        todo = range(len(chunks))
+        info = self._direct.get(array)
+        if info is not None and info.chunk_nbytes == nbytes and self.store.source is self._direct_source:
+            t0 = time.perf_counter()
+            with nvtx_range("fetch"):
+                todo = self._read_direct(info, chunks, slots, arena, d, good)
+            d.fetch_s += time.perf_counter() - t0
+            if not todo:
+                self.cache.filled(array, good)
+                return d
+        group_slots = slots  # d.errors and the cache's failed() use positions in the task's whole group
+        if len(todo) != len(chunks):
+            chunks, slots = [chunks[j] for j in todo], [slots[j] for j in todo]
         t0 = time.perf_counter()
         with nvtx_range("fetch"):
             raws = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
-        arena = self.cache.arena(array)
-        good: list[int] = []
         decode = self.store.decode
-        nbytes = arena.itemsize * arena.shape[1]
         # one decode slot per group: one hand-off per group, not per chunk; earlier steps go first
         with self._decode_slots.hold(step):
             t0 = time.perf_counter()
             with nvtx_range("decode"):
-                for j, (c, slot, raw) in enumerate(zip(chunks, slots, raws)):
+                for j, c, slot, raw in zip(todo, chunks, slots, raws):
                     if isinstance(raw, ChunkReadError):
                         d.errors[j] = raw
                         continue
@@ -474,8 +494,33 @@ class ChunkReader:
             d.decode_s += time.perf_counter() - t0
         self.cache.filled(array, good)
         for j, e in d.errors.items():
-            self.cache.failed(array, slots[j], e)
+            self.cache.failed(array, group_slots[j], e)
         return d
+
+    def _read_direct(self, info: Any, chunks: list[tuple[int, ...]], slots: list[int], arena: np.ndarray,
+                     d: _Done, good: list[int]) -> list[int]:
+        """Read uncompressed chunks straight into their slots (appended to ``good``); return the positions that
+        need the ordinary path: missing chunks (fill value), files of another size and read errors (which that
+        path retries and reports naming the chunk)."""
+        read_into = self._direct_source.read_into  # type: ignore[union-attr]
+        nbytes = int(info.chunk_nbytes)
+        key = info.key
+        rest: list[int] = []
+        for j, (c, slot) in enumerate(zip(chunks, slots)):
+            try:
+                n = read_into(key(c), arena[slot])
+            except OSError:
+                n = None
+            if n == nbytes:
+                good.append(slot)
+            else:
+                rest.append(j)
+        done = len(chunks) - len(rest)
+        d.stored += done * nbytes
+        d.decoded += done * nbytes
+        if done:
+            self._failing = False
+        return rest
 
     def _read_ahead(self, plan: EpochPlan, steps: tuple[Step, ...], i: int, stop: Callable[[], bool]) -> None:
         """Request the stored bytes of the chunks that the ``_AHEAD_STEPS`` steps after ``steps[i]`` (in plan

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CodecError
 from ._meta import ArrayInfo
 
-__all__ = ["ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "SAFE_NUMCODECS"]
+__all__ = ["ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "stored_as_is", "SAFE_NUMCODECS"]
 
 SAFE_NUMCODECS = frozenset({
     "blosc", "zstd", "lz4", "gzip", "zlib", "bz2", "lzma", "delta", "fixedscaleoffset", "astype", "quantize",
@@ -146,6 +146,13 @@ class ChunkDecoder:
         if self._fast and bytes_steps:
             cid, codec = bytes_steps[0]
             self._decompress = _direct_decompress(cid) or codec.decode
+
+    @property
+    def raw_is_chunk(self) -> bool:
+        """Whether a chunk's stored bytes *are* the decoded chunk (no codec, native byte order, C order): then a
+        reader may read them straight into a cache slot, and a slot holding exactly :attr:`nbytes` stored bytes is
+        the decoded chunk."""
+        return self._fast and not self._bytes_steps
 
     def decode(self, raw: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
         """Decode one chunk.
@@ -329,6 +336,17 @@ def _build_v3(
             raise CodecError(f"array {info.name!r} ({where}): codec {name!r} is unknown to fastload and numcodecs")
     bytes_steps.reverse()
     return ChunkDecoder(info, chunks, bytes_steps, [], array_steps, stored, stored_shape)
+
+
+def stored_as_is(info: ArrayInfo) -> bool:
+    """Whether every stored chunk of ``info`` is its decoded chunk's bytes (:attr:`ChunkDecoder.raw_is_chunk`; a
+    sharded array never is: its chunks are ranges of a shard). False where no decoder can be built."""
+    if info.shard is not None or info.dtype.kind == "O":
+        return False
+    try:
+        return build_decoder(info, info.name).raw_is_chunk
+    except CodecError:
+        return False
 
 
 class _Crc32c:

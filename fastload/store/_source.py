@@ -111,6 +111,37 @@ class LocalSource(BaseByteSource):
         finally:
             os.close(fd)
 
+    def read_into(self, key: str, out: Any) -> int | None:
+        """Read all of ``key`` straight into the writable buffer ``out`` when the file is exactly ``out``'s size.
+
+        One copy, page cache to ``out``: no bytes object in between (for an uncompressed chunk and a cache slot
+        that saves a fresh multi-MB allocation, its page faults and a second copy). Returns the file's size: equal
+        to ``out``'s byte length when ``out`` holds the whole file; any other size (``out`` untouched, or partly
+        written when the file shrank while being read) tells the caller to read the bytes the ordinary way. None
+        when the key does not exist.
+        """
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None
+            mv = memoryview(out).cast("B")
+            size = st.st_size
+            if size != mv.nbytes:
+                return size
+            got = 0
+            while got < size:  # preadv may return fewer bytes than asked
+                n = os.preadv(fd, [mv[got:]], got)
+                if n <= 0:
+                    break
+                got += n
+            return got
+        finally:
+            os.close(fd)
+
     def get_range(self, key: str, start: int, length: int) -> bytes | None:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)

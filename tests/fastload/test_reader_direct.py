@@ -1,0 +1,122 @@
+"""fastload.reader's direct path: uncompressed chunks of a local store read straight into their cache slots
+(``LocalSource.read_into``, ``_codecs.stored_as_is``), checked against the NumPy reference; missing chunks,
+files of the wrong size and read errors take the ordinary path (fill value, ChunkReadError naming the chunk)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from fastload.errors import ChunkReadError
+from fastload.loader import Loader
+from fastload.store import LocalSource, open_store
+from fastload.store._codecs import stored_as_is
+from tests.fastload.loader_ref import build, reference
+
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
+
+def _batches(store, cfg, **settings):
+    with Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, cache_bytes=40_000, seed=3,
+                **settings) as loader:
+        got = [(b.boxes.numpy().copy(), {f: b[f].numpy().copy() for f in cfg.field_names}) for b in loader]
+        return got, loader._backend.reader, loader.stats  # noqa: SLF001 - which arrays took the direct path
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_uncompressed_chunks_read_into_slots_equal_the_reference(tmp_path, fmt):
+    # make_per_variable leaves q's first time chunk unwritten: it must read as the fill value (NaN)
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=fmt, codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    decoded, plain = [], store.decode
+
+    def spy(array, raw, chunk, out=None):
+        decoded.append((array, tuple(chunk), raw is None))
+        return plain(array, raw, chunk, out)
+
+    store.decode = spy
+    got, reader, stats = _batches(store, cfg)
+    assert set(reader._direct) == {"t", "q", "sp", "orog"}  # noqa: SLF001
+    assert stats.misses > len(decoded) > 0 and stats.bytes_stored > 0
+    assert all(a == "q" and c[0] == 0 and missing for a, c, missing in decoded)  # only the missing chunk decodes
+    for boxes, fields in got:
+        want = reference(truth, cfg, boxes, periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(fields[f], want[f])
+    assert any(np.isnan(fields["q"]).any() for _, fields in got)  # the missing chunk was read
+
+
+def test_compressed_and_wrapped_sources_take_the_ordinary_path(tmp_path):
+    build("per_variable", tmp_path / "c.zarr", zarr_format=2, codec="blosc-lz4")
+    assert not any(stored_as_is(info) for info in open_store(tmp_path / "c.zarr").arrays.values())
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=3, codec="none", sharded=True)
+    assert not any(stored_as_is(info) for info in open_store(tmp_path / "s.zarr").arrays.values())
+    _, cfg = build("per_variable", tmp_path / "u.zarr", zarr_format=2, codec="none")
+    store = open_store(tmp_path / "u.zarr", latency_ms=0.1)  # a LatencySource around the files
+    _, reader, stats = _batches(store, cfg)
+    assert reader._direct == {} and stats.decode_s > 0  # noqa: SLF001
+
+
+def test_stored_as_is_needs_native_c_order_bytes(tmp_path):
+    root = zarr.open_group(os.fspath(tmp_path / "g.zarr"), mode="w", zarr_format=2)
+    data = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for name, kw in {"c": {}, "f": {"order": "F"}, "big": {"dtype": ">f4"}}.items():
+        a = root.create_array(name, shape=data.shape, chunks=(2, 3), dtype=kw.pop("dtype", "<f4"),
+                              compressors=None, **kw)
+        a[...] = data
+    from fastload.store._meta import load_metadata
+
+    arrays = load_metadata(LocalSource(tmp_path / "g.zarr")).arrays
+    assert stored_as_is(arrays["c"]) and not stored_as_is(arrays["f"]) and not stored_as_is(arrays["big"])
+
+
+def test_read_into_fills_the_buffer_only_when_the_sizes_agree(tmp_path):
+    (tmp_path / "k").write_bytes(bytes(range(16)))
+    (tmp_path / "d").mkdir()
+    src = LocalSource(tmp_path)
+    out = np.zeros(16, np.uint8)
+    assert src.read_into("k", out) == 16 and out.tolist() == list(range(16))
+    small = np.full(8, 7, np.uint8)
+    assert src.read_into("k", small) == 16 and (small == 7).all()  # another size: untouched, size reported
+    assert src.read_into("missing", out) is None and src.read_into("d", out) is None
+    f32 = np.zeros(4, np.float32)  # any dtype: the bytes land as they are stored
+    assert src.read_into("k", f32) == 16 and f32.tobytes() == bytes(range(16))
+
+
+def test_chunk_files_of_the_wrong_size_raise_naming_the_chunk(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none")
+    folder = tmp_path / "s.zarr" / "t"
+    for name in os.listdir(folder):  # every chunk of t a few bytes short
+        if not name.startswith("."):
+            with open(folder / name, "r+b") as fh:
+                fh.truncate(os.path.getsize(folder / name) - 4)
+    store = open_store(tmp_path / "s.zarr")
+    with pytest.raises(ChunkReadError, match=r"array 't', chunk \(\d+, \d+, \d+, \d+\) \(.*\): stored \d+ "
+                                             r"bytes uncompressed, expected \d+"):
+        _batches(store, cfg)
+    got, _, stats = _batches(store, cfg, on_bad_chunk="skip")
+    assert stats.skipped == 24 and stats.samples == 0
+
+
+def test_a_read_error_on_the_direct_path_is_retried_the_ordinary_way(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    calls = []
+    plain = store.source.read_into
+
+    def flaky(key, out):  # every direct read of one array fails: the ordinary read takes over
+        calls.append(key)
+        if key.startswith("t/"):
+            raise ConnectionError(f"injected failure of {key}")
+        return plain(key, out)
+
+    store.source.read_into = flaky
+    got, _, stats = _batches(store, cfg)
+    assert any(k.startswith("t/") for k in calls) and stats.retries == 0
+    for boxes, fields in got:
+        want = reference(truth, cfg, boxes, periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(fields[f], want[f])
