@@ -1,7 +1,7 @@
 """Numba kernels of the gather path: arrays in, results written into preallocated outputs, nothing else.
 
-Only ``@njit(nogil=True, cache=True)`` functions live here: no I/O, no Python objects, explicit index arrays.
-Every public function has a NumPy twin of the same name and meaning in :mod:`._reference`; the single switch
+Only ``@njit(nogil=True, cache=True)`` functions live here (and :func:`gather`, a plain function that picks one
+of two kernels per call): no I/O, no Python objects, explicit index arrays. Every public function has a NumPy twin of the same name and meaning in :mod:`._reference`; the single switch
 between them is :func:`fastload.sampling.neighborhood.kernels` (``FASTLOAD_NO_JIT=1`` picks the reference), and
 ``tests/fastload/test_sampling_parity.py`` checks that both give identical bits. The kernels release the GIL,
 so the reader runs one call per thread on disjoint sample ranges of a batch.
@@ -12,16 +12,21 @@ float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest 
 
 Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
 no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
-atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead, and
-each box row goes straight from the chunk into its token rows in a band buffer, cast and normalised in 8-wide
-vector moves (:func:`._intrinsics.move8n`), the last of a token row overlapping the one before, unrolled for
-token widths 8 to 32 (a loop per token row cost a fifth of the time for 9-wide tokens). Rows that cross a chunk
-edge or the seam, transforms, strided x and 16-bit outputs go through a row buffer first (one vectorised loop
-per row segment), then to the band buffer in 8-wide moves. Each band of tokens is one contiguous run of the output, streamed there with non-temporal stores (no
-read for ownership of the output; the output is written once and read later by another thread). Local
-coefficients are copied once per sample and level into a compact box-sized buffer and read from there by the
-other time steps (strided reads of the (M, L, NY, NX) arrays with their prefetches cost about a fifth of the
-normalised gather). ``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
+atomic operation), the source is read row by row in its own order with software prefetch a few rows ahead. Two
+separately compiled kernels, picked per call by :func:`gather` (each path ran slower with the other's code in the
+same function): :func:`_gather_moves` (float32 output, no transform, contiguous x, tokens 8 to 32 wide) moves
+every token row straight from its chunk into its token in a band buffer, cast and normalised in 8-wide vector
+moves (:func:`._intrinsics.move8n`), the last overlapping the one before, unrolled per width class; token rows are
+grouped per sample into runs that lie in one chunk, and a token row that straddles an x-chunk edge or the seam
+takes one move across the edge from both chunks (:func:`._intrinsics.move8s`), so x-chunked stores (every box row
+crossing chunk edges) need no row buffer; it is compiled once per normalisation mode (a constant, no per-move
+branches: 1.15-1.2x). :func:`_gather_rows` (transforms, strided x, 16-bit outputs, other token widths) gathers
+each box row into a row buffer first (one vectorised loop per row segment), then copies to the band buffer. Each
+band of tokens is one contiguous run of the output, streamed there with non-temporal stores (no read for
+ownership of the output; the output is written once and read later by another thread). Local coefficients are
+copied once per sample and level into a compact box-sized buffer and read from there by the other time steps
+(strided reads of the (M, L, NY, NX) arrays with their prefetches cost about a fifth of the normalised gather).
+``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._intrinsics import move8n, prefetch2, prefetch4, store_fence, stream32
+from ._intrinsics import move8n, move8s, prefetch2, prefetch4, store_fence, stream32
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -135,11 +140,19 @@ def _stream(dst, d0, src, n):
 
 PREFETCH_ROWS = 4
 """How many box rows ahead the gather prefetches (source rows, and local coefficients)."""
+_NORM_MARKS = ((), (0,), (0, 0))
+"""Per normalisation mode a tuple whose length is the mode: its type makes Numba compile one :func:`_gather_moves`
+per mode, with the mode a constant (the per-move branches on it cost registers and time)."""
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
 def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out):
     """Crop, transform, normalise, cast and tokenise every sample of ``boxes`` into ``out``, in one pass.
+
+    Picks one of two separately compiled kernels per call: :func:`_gather_moves` for float32 output without
+    transform, contiguous x, token widths 8 to 32 and numeric (not bool) chunks (the common case: every token row
+    moved straight from its chunk in 8-wide moves, also on x-chunked stores), else :func:`_gather_rows` (each
+    box row through a row buffer). Separate kernels
+    because each path runs faster without the other's code in the same function (register pressure, layout).
 
     Parameters
     ----------
@@ -164,14 +177,75 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     out : (S, L, nt, nlat, nlon, tt, tlat, tlon) float32 or uint16, C-contiguous
         Written in place.
     """
-    ct, cl, cy, cx = view[0], view[1], view[2], view[3]
-    st, sl, sy, sx = view[4], view[5], view[6], view[7]
-    base, has_t = view[8], view[9]
+    if (geometry[11] == 0 and geometry[9] == 0 and view[7] == 1 and 8 <= geometry[5] <= 32
+            and slots.dtype.kind in "fiu"):
+        _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
+                      _NORM_MARKS[geometry[10]])
+    else:
+        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out)
+
+
+@njit(nogil=True, cache=True)
+def _index_sample(box, view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k, seg_x):
+    """Per sample: chunk (counted from the sample's first) and element offset of every time step and box row, and
+    the box row's x segments (split where it crosses a chunk edge or the seam), so the inner loops divide nothing.
+
+    A segment is ``seg_len`` values from store column ``seg_x``, box column ``seg_k``, x chunk ``seg_ix``, element
+    ``seg_src`` of its chunk row. Returns the number of segments.
+    """
+    ct, cy, cx = view[0], view[2], view[3]
+    st, sy, sx, has_t = view[4], view[6], view[7], view[9]
+    n_t, n_y, n_x = geometry[0] * geometry[3], geometry[1] * geometry[4], geometry[2] * geometry[5]
+    dt, nx, periodic = geometry[6], geometry[7], geometry[8]
+    ncx = (nx + cx - 1) // cx
+    t0, y0, x0 = box[0], box[1], box[2]
+    ft = t0 // ct if has_t else 0
+    for tk in range(n_t):
+        if has_t:
+            t = t0 + tk * dt
+            t_it[tk] = t // ct - ft
+            t_off[tk] = (t % ct) * st
+        else:
+            t_it[tk] = 0
+            t_off[tk] = 0
+    fy = y0 // cy
+    for yk in range(n_y):
+        y = y0 + yk
+        y_iy[yk] = y // cy - fy
+        y_off[yk] = (y % cy) * sy
+    fx = x0 // cx
+    x = x0
+    k = 0
+    n_seg = 0
+    while k < n_x:
+        if periodic and x >= nx:  # regional boxes never reach nx (validated by the caller)
+            x -= nx
+        cxi = x // cx
+        ix = cxi - fx
+        if ix < 0:
+            ix += ncx
+        xl = x - cxi * cx
+        n = min(n_x - k, cx - xl, nx - x)
+        seg_ix[n_seg] = ix
+        seg_src[n_seg] = xl * sx
+        seg_len[n_seg] = n
+        seg_k[n_seg] = k
+        seg_x[n_seg] = x
+        n_seg += 1
+        k += n
+        x += n
+    return n_seg
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out):
+    """:func:`gather` through a row buffer: any dtype, transform, x stride, token width and output kind."""
+    cl = view[1]
+    sl, sx = view[5], view[7]
+    base = view[8]
     nt, nlat, nlon = geometry[0], geometry[1], geometry[2]
     tt, tlat, tlon = geometry[3], geometry[4], geometry[5]
-    dt, nx, periodic = geometry[6], geometry[7], geometry[8]
     log1p, norm, kind = geometry[9], geometry[10], geometry[11]
-    ncx = (nx + cx - 1) // cx
     n_slots = slots.shape[0]
     last_elem = slots.shape[1] - 1
     n_samples = boxes.shape[0]
@@ -182,11 +256,10 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     band = tt * tlat  # box rows of one band of tokens (a, b): all their (i, j) rows
     n_rows = nt * nlat * band
     outf = out.reshape(out.size)
-    # One band of tokens (a, b) at a time: each of its tt * tlat box rows goes to its nlon token rows in `tb`, the
-    # band's nlon tokens in output order (each one contiguous (tt, tlat, tlon) block): straight from the chunk in
-    # 8-wide moves when the sample's rows are one run in one chunk (`direct`), else gathered into `row` first,
-    # transformed and normalised, then copied (cast). Then `tb` is streamed to `out`, where the band's tokens are
-    # one contiguous run, in whole cache lines with non-temporal stores.
+    # One band of tokens (a, b) at a time: each of its tt * tlat box rows is gathered into `row`, transformed and
+    # normalised, then copied (cast) to its nlon token rows in `tb`, the band's nlon tokens in output order (each
+    # one contiguous (tt, tlat, tlon) block). Then `tb` is streamed to `out`, where the band's tokens are one
+    # contiguous run, in whole cache lines with non-temporal stores.
     row = np.empty(n_x, np.float32)
     row_bits = row.view(np.uint32)
     n_band = n_x * band  # output elements of one band
@@ -197,58 +270,22 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     cs = np.empty_like(cm)
     tok = np.uint64(band * tlon)  # output elements of one token
     o_lev = nt * nlat * n_band
-    # per sample: chunk and offset of every time step and row, and the box row's x segments (split where it
-    # crosses a chunk edge or the seam), so the inner loops have no divisions
     t_it = np.empty(n_t, np.int64)
     t_off = np.empty(n_t, np.int64)
     y_iy = np.empty(n_y, np.int64)
     y_off = np.empty(n_y, np.int64)
-    max_seg = n_x // cx + 3
-    seg_ix = np.empty(max_seg, np.int64)  # x chunk, counted from the sample's first
-    seg_src = np.empty(max_seg, np.int64)  # element offset of the segment's first value inside its chunk
+    max_seg = n_x // view[3] + 3
+    seg_ix = np.empty(max_seg, np.int64)
+    seg_src = np.empty(max_seg, np.int64)
     seg_len = np.empty(max_seg, np.int64)
-    seg_k = np.empty(max_seg, np.int64)  # where the segment starts in the box row
-    seg_x = np.empty(max_seg, np.int64)  # store column of its first value
+    seg_k = np.empty(max_seg, np.int64)
+    seg_x = np.empty(max_seg, np.int64)
     sxu = np.uint64(sx)
     t8 = np.uint64(max(tlon - 8, 0))  # start of the last 8-wide move of a token row
     for s in range(n_samples):
-        t0, y0, x0 = boxes[s, 0], boxes[s, 1], boxes[s, 2]
-        ft = t0 // ct if has_t else 0
-        for tk in range(n_t):
-            if has_t:
-                t = t0 + tk * dt
-                t_it[tk] = t // ct - ft
-                t_off[tk] = (t % ct) * st
-            else:
-                t_it[tk] = 0
-                t_off[tk] = 0
-        fy = y0 // cy
-        for yk in range(n_y):
-            y = y0 + yk
-            y_iy[yk] = y // cy - fy
-            y_off[yk] = (y % cy) * sy
-        fx = x0 // cx
-        x = x0
-        k = 0
-        n_seg = 0
-        while k < n_x:
-            if periodic and x >= nx:  # regional boxes never reach nx (validated by the caller)
-                x -= nx
-            cxi = x // cx
-            ix = cxi - fx
-            if ix < 0:
-                ix += ncx
-            xl = x - cxi * cx
-            n = min(n_x - k, cx - xl, nx - x)
-            seg_ix[n_seg] = ix
-            seg_src[n_seg] = xl * sx
-            seg_len[n_seg] = n
-            seg_k[n_seg] = k
-            seg_x[n_seg] = x
-            n_seg += 1
-            k += n
-            x += n
-        direct = n_seg == 1 and kind == 0 and log1p == 0 and sx == 1 and 8 <= tlon <= 32
+        y0 = boxes[s, 1]
+        n_seg = _index_sample(boxes[s], view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k,
+                              seg_x)
         for lv in range(n_lev):
             loff = base + (lev_idx[lv] % cl) * sl
             o = np.uint64((s * n_lev + lv) * o_lev)
@@ -311,49 +348,6 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                             pb = 0
                                             pa += 1
                                 p_left -= 1
-                            if direct and (norm != 2 or m == mc):  # 8-wide moves straight from the chunk into `tb`
-                                slot = table[s, lv, it, iy, seg_ix[0]]
-                                if slot < 0 or slot >= n_slots:
-                                    raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
-                                su = np.uint64(slot)
-                                src0 = np.uint64(yoff + seg_src[0])
-                                yku = np.uint64(yk)
-                                if norm == 2 and a == 0 and i == 0:  # first use of box row yk: copy its coefficients
-                                    mu = np.uint64(m)
-                                    lu = np.uint64(lv)
-                                    yu = np.uint64(y)
-                                    xg = np.uint64(seg_x[0])
-                                    for q in range(n_x):
-                                        qu = np.uint64(q)
-                                        cm[yku, qu] = mean[mu, lu, yu, xg + qu]
-                                        cs[yku, qu] = std[mu, lu, yu, xg + qu]
-                                d = np.uint64((i * tlat + j) * tlon)
-                                r0 = np.uint64(0)
-                                tlu = np.uint64(tlon)
-                                u8 = np.uint64(8)
-                                u16 = np.uint64(16)
-                                if tlon <= 16:
-                                    for _ in range(nlon):
-                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
-                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
-                                        d += tok
-                                        r0 += tlu
-                                elif tlon <= 24:
-                                    for _ in range(nlon):
-                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
-                                        move8n(tb, d + u8, slots, su, src0 + r0 + u8, norm, gm, gs, cm, cs, yku, r0 + u8)
-                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
-                                        d += tok
-                                        r0 += tlu
-                                else:
-                                    for _ in range(nlon):
-                                        move8n(tb, d, slots, su, src0 + r0, norm, gm, gs, cm, cs, yku, r0)
-                                        move8n(tb, d + u8, slots, su, src0 + r0 + u8, norm, gm, gs, cm, cs, yku, r0 + u8)
-                                        move8n(tb, d + u16, slots, su, src0 + r0 + u16, norm, gm, gs, cm, cs, yku, r0 + u16)
-                                        move8n(tb, d + t8, slots, su, src0 + r0 + t8, norm, gm, gs, cm, cs, yku, r0 + t8)
-                                        d += tok
-                                        r0 += tlu
-                                continue
                             # gather box row (i, j) of the band into `row` (uint64 indices: no wraparound code,
                             # vectorised loops)
                             for p in range(n_seg):
@@ -427,6 +421,262 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
                                         qu = np.uint64(q)
                                         tb[d + qu] = _f16(np.int64(row_bits[r0 + qu]))
                                 d += tok
+                    _stream(outf, o, tb, np.uint64(n_band))
+                    o += np.uint64(n_band)
+    store_fence()
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, norm_mark):
+    """:func:`gather` for float32 output, no transform, contiguous x and token widths 8 to 32: every token row in
+    8-wide normalising moves (:func:`._intrinsics.move8n`) straight from its chunk into the band buffer, unrolled
+    per width class, the last move overlapping the one before. A token row that straddles a chunk edge or the seam
+    (at most one per edge) is first assembled in a small buffer from its pieces, then moved the same way.
+    """
+    cl = view[1]
+    sl = view[5]
+    base = view[8]
+    nt, nlat, nlon = geometry[0], geometry[1], geometry[2]
+    tt, tlat, tlon = geometry[3], geometry[4], geometry[5]
+    norm = len(norm_mark)  # a compile-time constant: one specialisation per normalisation, no branches on it
+    n_slots = slots.shape[0]
+    last_elem = slots.shape[1] - 1
+    n_elem = np.int64(slots.shape[1])
+    n_all = n_slots * n_elem
+    n_samples = boxes.shape[0]
+    n_lev = lev_idx.shape[0]
+    n_t = nt * tt
+    n_y = nlat * tlat
+    n_x = nlon * tlon
+    band = tt * tlat
+    n_rows = nt * nlat * band
+    outf = out.reshape(out.size)
+    n_band = n_x * band
+    tb = np.empty(n_band, np.float32)
+    # local coefficients of the box's rows for the sample's first month (rows 0 .. n_y - 1, copied on first use),
+    # and row n_y: those of the current row when its time step is in another month
+    cm = np.empty((n_y + 1 if norm == 2 else 1, n_x), np.float32)
+    cs = np.empty_like(cm)
+    tok = np.uint64(band * tlon)
+    o_lev = nt * nlat * n_band
+    t_it = np.empty(n_t, np.int64)
+    t_off = np.empty(n_t, np.int64)
+    y_iy = np.empty(n_y, np.int64)
+    y_off = np.empty(n_y, np.int64)
+    max_seg = n_x // view[3] + 3
+    seg_ix = np.empty(max_seg, np.int64)
+    seg_src = np.empty(max_seg, np.int64)
+    seg_len = np.empty(max_seg, np.int64)
+    seg_k = np.empty(max_seg, np.int64)
+    seg_x = np.empty(max_seg, np.int64)
+    seg_slot = np.empty(max_seg, np.uint64)  # slot of each segment's chunk for the current box row
+    # per sample, the token columns in runs whose token rows all lie in one segment (one chunk, one side of the
+    # seam): first column, count, segment, element offset of the first token row in that segment's chunk row;
+    # and the columns whose token row straddles a segment edge (at most one per edge), assembled in `sb` first
+    run_c = np.empty(nlon, np.int64)
+    run_n = np.empty(nlon, np.int64)
+    run_p = np.empty(nlon, np.int64)
+    run_src = np.empty(nlon, np.int64)
+    # straddling token rows: column, first piece (segment, element offset in its chunk row, length) and the
+    # segment of the second piece (-1 when there are more than two: through `sb`, value by value)
+    str_c = np.empty(nlon, np.int64)
+    str_pa = np.empty(nlon, np.int64)
+    str_ea = np.empty(nlon, np.int64)
+    str_n1 = np.empty(nlon, np.int64)
+    str_pb = np.empty(nlon, np.int64)
+    sb = np.empty((nlon, 32), np.float32)
+    t8 = np.uint64(tlon - 8)
+    u8 = np.uint64(8)
+    u16 = np.uint64(16)
+    for s in range(n_samples):
+        y0 = boxes[s, 1]
+        n_seg = _index_sample(boxes[s], view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k,
+                              seg_x)
+        p = 0
+        n_run = 0
+        n_str = 0
+        for c in range(nlon):
+            k0 = c * tlon
+            while seg_k[p] + seg_len[p] <= k0:
+                p += 1
+            if k0 + tlon > seg_k[p] + seg_len[p]:
+                str_c[n_str] = c
+                str_pa[n_str] = p
+                str_ea[n_str] = seg_src[p] + k0 - seg_k[p]
+                str_n1[n_str] = seg_k[p] + seg_len[p] - k0
+                str_pb[n_str] = p + 1 if k0 + tlon <= seg_k[p + 1] + seg_len[p + 1] else -1
+                n_str += 1
+            elif n_run > 0 and run_p[n_run - 1] == p and run_c[n_run - 1] + run_n[n_run - 1] == c:
+                run_n[n_run - 1] += 1
+            else:
+                run_c[n_run] = c
+                run_n[n_run] = 1
+                run_p[n_run] = p
+                run_src[n_run] = seg_src[p] + k0 - seg_k[p]
+                n_run += 1
+        for lv in range(n_lev):
+            loff = base + (lev_idx[lv] % cl) * sl
+            o = np.uint64((s * n_lev + lv) * o_lev)
+            mc = month_of[s, 0] if norm == 2 and n_t > 0 else -1
+            pa = pb = pi = pj = 0
+            p_left = n_rows
+            for _ in range(min(PREFETCH_ROWS, n_rows)):
+                pj += 1
+                if pj == tlat:
+                    pj = 0
+                    pi += 1
+                    if pi == tt:
+                        pi = 0
+                        pb += 1
+                        if pb == nlat:
+                            pb = 0
+                            pa += 1
+                p_left -= 1
+            for a in range(nt):
+                for b in range(nlat):
+                    for i in range(tt):
+                        tk = a * tt + i
+                        it = t_it[tk]
+                        m = month_of[s, tk] if norm != 0 else 0
+                        gm = np.float32(0.0)
+                        gs = np.float32(1.0)
+                        if norm == 1:
+                            gm = mean[m, lv, 0, 0]
+                            gs = std[m, lv, 0, 0]
+                        for j in range(tlat):
+                            yk = b * tlat + j
+                            y = y0 + yk
+                            iy = y_iy[yk]
+                            yoff = loff + t_off[tk] + y_off[yk]
+                            if p_left > 0:  # prefetch a row ahead (a hint; never faults, never changes results)
+                                ptk = pa * tt + pi
+                                pyk = pb * tlat + pj
+                                poff = loff + t_off[ptk] + y_off[pyk]
+                                for p in range(n_seg):
+                                    pslot = table[s, lv, t_it[ptk], y_iy[pyk], seg_ix[p]]
+                                    if pslot >= 0 and pslot < n_slots:
+                                        e0 = poff + seg_src[p]
+                                        for e in range(e0, e0 + seg_len[p] + 15, 16):
+                                            prefetch2(slots, pslot, min(e, last_elem))
+                                    pm = month_of[s, ptk] if norm == 2 else 0
+                                    if norm == 2 and ((pa == 0 and pi == 0) or pm != mc):
+                                        xe = seg_x[p] + seg_len[p] - 1
+                                        for e in range(seg_x[p], xe + 16, 16):
+                                            prefetch4(mean, pm, lv, y0 + pyk, min(e, xe))
+                                            prefetch4(std, pm, lv, y0 + pyk, min(e, xe))
+                                pj += 1
+                                if pj == tlat:
+                                    pj = 0
+                                    pi += 1
+                                    if pi == tt:
+                                        pi = 0
+                                        pb += 1
+                                        if pb == nlat:
+                                            pb = 0
+                                            pa += 1
+                                p_left -= 1
+                            for p in range(n_seg):
+                                slot = table[s, lv, it, iy, seg_ix[p]]
+                                if slot < 0 or slot >= n_slots:
+                                    raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
+                                seg_slot[p] = np.uint64(slot)
+                            ry = np.uint64(yk)  # row of `cm`/`cs` with this row's local coefficients
+                            if norm == 2 and (m != mc or (a == 0 and i == 0)):
+                                if m != mc:
+                                    ry = np.uint64(n_y)
+                                for p in range(n_seg):
+                                    rk = np.uint64(seg_k[p])
+                                    xg = np.uint64(seg_x[p])
+                                    mu = np.uint64(m)
+                                    lu = np.uint64(lv)
+                                    yu = np.uint64(y)
+                                    for q in range(seg_len[p]):
+                                        qu = np.uint64(q)
+                                        cm[ry, rk + qu] = mean[mu, lu, yu, xg + qu]
+                                        cs[ry, rk + qu] = std[mu, lu, yu, xg + qu]
+                            dr = np.uint64((i * tlat + j) * tlon)  # the row's place in the first token
+                            tlu = np.uint64(tlon)
+                            for rr in range(n_run):  # runs of token rows, 8-wide moves straight from the chunk
+                                su = seg_slot[run_p[rr]]
+                                e0 = np.uint64(yoff + run_src[rr])
+                                c0 = np.uint64(run_c[rr])
+                                d = dr + c0 * tok
+                                r0 = c0 * tlu
+                                if tlon <= 16:
+                                    for _ in range(run_n[rr]):
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                        e0 += tlu
+                                elif tlon <= 24:
+                                    for _ in range(run_n[rr]):
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
+                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                        e0 += tlu
+                                else:
+                                    for _ in range(run_n[rr]):
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
+                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8)
+                                        move8n(tb, d + u16, slots, su, e0 + u16, norm, gm, gs, cm, cs, ry, r0 + u16)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        d += tok
+                                        r0 += tlu
+                                        e0 += tlu
+                            for w in range(n_str):  # straddling token rows: 8-wide moves from both pieces
+                                c0 = np.uint64(str_c[w])
+                                d = dr + c0 * tok
+                                r0 = c0 * tlu
+                                p2 = str_pb[w]
+                                sa = seg_slot[str_pa[w]]
+                                ea = yoff + str_ea[w]  # the first piece, n1 values
+                                n1 = str_n1[w]
+                                sbu = seg_slot[p2] if p2 >= 0 else sa
+                                eb = yoff + seg_src[p2] if p2 >= 0 else 0  # the second piece
+                                # the move across the edge reads the 8 values that end the first piece and the 8
+                                # that start the second: only where both stay inside `slots`
+                                if (p2 >= 0 and np.int64(sa) * n_elem + ea + n1 >= 8
+                                        and np.int64(sbu) * n_elem + eb + 8 <= n_all):
+                                    q8 = 0
+                                    while True:
+                                        q = min(q8, tlon - 8)
+                                        qu = np.uint64(q)
+                                        if q + 8 <= n1:
+                                            move8n(tb, d + qu, slots, sa, np.uint64(ea + q), norm, gm, gs, cm, cs, ry,
+                                                   r0 + qu)
+                                        elif q >= n1:
+                                            move8n(tb, d + qu, slots, sbu, np.uint64(eb + q - n1), norm, gm, gs, cm, cs,
+                                                   ry, r0 + qu)
+                                        else:
+                                            move8s(tb, d + qu, slots, sa, ea + n1 - 8, sbu, eb, n1 - q, norm, gm, gs,
+                                                   cm, cs, ry, r0 + qu)
+                                        if q8 >= tlon - 8:
+                                            break
+                                        q8 += 8
+                                    continue
+                                # more than two pieces (chunks narrower than a token), or at the arena's ends: value
+                                # by value through `sb`
+                                k = str_c[w] * tlon
+                                p = str_pa[w]
+                                q = 0
+                                while q < tlon:
+                                    n = min(tlon - q, seg_k[p] + seg_len[p] - k)
+                                    su = seg_slot[p]
+                                    e0 = np.uint64(yoff + seg_src[p] + k - seg_k[p])
+                                    for r in range(n):
+                                        sb[w, q + r] = np.float32(slots[su, e0 + np.uint64(r)])
+                                    q += n
+                                    k += n
+                                    p += 1
+                                wu = np.uint64(w)
+                                q8u = np.uint64(0)
+                                while q8u < t8:
+                                    move8n(tb, d + q8u, sb, wu, q8u, norm, gm, gs, cm, cs, ry, r0 + q8u)
+                                    q8u += u8
+                                move8n(tb, d + t8, sb, wu, t8, norm, gm, gs, cm, cs, ry, r0 + t8)
                     _stream(outf, o, tb, np.uint64(n_band))
                     o += np.uint64(n_band)
     store_fence()

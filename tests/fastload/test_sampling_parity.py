@@ -430,3 +430,49 @@ def test_token_metadata_matches_coordinates_of_the_data(curvilinear, lat_descend
     assert np.array_equal(meta.t_index, boxes[:, :1] + np.arange(2) * 2)
     np.testing.assert_allclose(meta.hour, (want + 0.0) % 24)
     np.testing.assert_allclose(meta.day_of_year, 59 + want / 24.0)  # 1 March 2021 is day 59 (0-based)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("cx", [5, 8, 12, 20])
+@pytest.mark.parametrize("tlon", [9, 17, 27])
+@pytest.mark.parametrize("norm", NORMS)
+def test_x_chunked_token_rows_across_chunk_edges(norm, tlon, cx, dtype):
+    """x chunks narrower and wider than a token (token rows in two pieces: one 8-wide move across the edge from
+    both chunks; in three or more: value by value), every x offset (every split of a token row), across the seam,
+    two months in a box; the arena holds exactly the needed chunks, so the moves at its first and last values take
+    the guarded path. Kernel, reference and a direct crop agree bit for bit."""
+    rng = np.random.default_rng(tlon * 100 + cx)
+    nx = 2 * tlon + 7
+    data = (rng.standard_normal((5, 2, 6, nx)) * 40).astype(dtype)
+    if dtype != np.int16:
+        data.ravel()[rng.choice(data.size, size=data.size // 10, replace=False)] = np.nan
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 2, 3, cx), axes=(0, None, 1, 2, 3),
+                      lev_idx=[1, 0], periodic_x=True)
+    field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(2, 2, 2), token_size=(2, 2, tlon),
+                        normalization=norm)
+    T, H, _ = field.box
+    xs = np.arange(nx)
+    boxes = np.stack([xs % (5 - T + 1), (xs // 2) % (6 - H + 1), xs], 1).astype(np.int64)
+    boxes[0, :2] = 0  # the first chunk's first values
+    boxes[-1, :2] = (5 - T, 6 - H)  # the last chunk's last values
+    plan = plan_batch(boxes, [lay], field.box)
+    wanted = plan.chunks["a"]
+    arena = np.zeros((wanted.shape[0], int(np.prod(lay.chunks))), dtype)
+    for u, idx in enumerate(wanted):
+        block = np.zeros(lay.chunks, dtype)
+        part = data[tuple(slice(c * k, min(c * (k + 1), s)) for c, k, s in zip(lay.chunks, idx, data.shape))]
+        block[tuple(slice(0, q) for q in part.shape)] = part
+        arena[u] = block.ravel()
+    table = plan.slot_tables({"a": np.arange(wanted.shape[0], dtype=np.int32)})["f"]
+    shape = (2, 1, 1) if norm == "global" else (2, 6, nx)
+    mean = rng.standard_normal((2, *shape)).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, (2, *shape)).astype(np.float32)
+    month_of = (rng.random((boxes.shape[0], T)) < 0.3).astype(np.int32)
+    coef = {} if norm == "none" else dict(mean=mean, std=std, month_of=month_of)
+    got, want = (np.empty((boxes.shape[0], *field.sample_shape), np.float32) for _ in range(2))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        gather_field(arena, table, lay, field, plan.boxes, want, jit=False, **coef)
+        exp = direct(data, lay, field, plan.boxes, 1, mean, std, month_of, "float32")
+    gather_field(arena, table, lay, field, plan.boxes, got, jit=True, **coef)
+    assert same_bits(got, want)
+    assert same_bits(want, exp)
