@@ -7,6 +7,10 @@ replaces. All figures are measured on the same in-memory data in the same run:
 - ``test_memcpy``: ``np.copyto`` of exactly the bytes of one output batch (the roof);
 - ``test_gather_one_thread``: one kernel call per batch (``norm`` = none, global, or local monthly coefficients),
   with the ratio to a memcpy of the same bytes timed in the same test (alternating rounds, best of each);
+- ``test_gather_x_chunked``: one thread on the store layout ``fastload rechunk`` recommends for the 1-degree grid,
+  chunks of (24 h, 5 levels, 48, 72) (every 108-wide box row crosses x-chunk edges), with a window plan of 16
+  samples sharing a start time (as the Loader gathers them), timed beside the same boxes in whole-globe chunks
+  (24, 5, 181, 360) and a memcpy of the same bytes (quick mode: a 61 x 120 grid in (24, 5, 16, 24) chunks);
 - ``test_gather_two_threads``: the batch split across two threads (the kernel releases the GIL), with the scaling
   over one thread;
 - ``test_atmorep_baseline``: AtmoRep's path per sample and level (``multifield_data_sampler``): fancy-index read
@@ -45,7 +49,7 @@ import torch
 
 from fastload.config import FieldConfig, SamplingConfig
 from fastload.sampling.chunks import FieldLayout
-from fastload.sampling.geometry import box_to_tokens
+from fastload.sampling.geometry import GridExtent, box_to_tokens, random_boxes
 from fastload.sampling.neighborhood import gather_field
 from fastload.sampling.tokenizer import LatLonTokenizer
 
@@ -178,6 +182,92 @@ def test_gather_one_thread(benchmark, report, world, geom, norm):
         t_copy = min(t_copy, _memcpy_s(s.out.nbytes))
     report(benchmark, GBps=s.out.nbytes / t_gather / 1e9, memcpy_GBps=s.out.nbytes / t_copy / 1e9,
            ratio_to_memcpy=t_copy / t_gather, samples_per_s=s.boxes.shape[0] / t_gather)
+
+
+@pytest.fixture(scope="module")
+def xworld(bench_quick: bool):
+    """A 1-degree field (48 h, 5 levels, 181 x 360) in x chunks of (24, 5, 48, 72) and in whole-globe chunks
+    (24, 5, 181, 360), both arenas chunk-major (slot = chunk index), one month of local coefficients; 8 calls of a
+    window plan of 16 samples (quick: 61 x 120 in (24, 5, 16, 24) chunks, 2 calls of 4)."""
+    rng = np.random.default_rng(1)
+    nt, ny, nx, cy, cx, per, calls = (40, 61, 120, 16, 24, 4, 2) if bench_quick else (48, 181, 360, 48, 72, 16, 8)
+    data = rng.standard_normal((nt, LEVELS, ny, nx), dtype=np.float32) * 10 + np.float32(250)
+    mean = rng.standard_normal((1, LEVELS, ny, nx), dtype=np.float32) + np.float32(250)
+    std = rng.uniform(5, 15, (1, LEVELS, ny, nx)).astype(np.float32)
+    time_ = np.datetime64("2000-01-01T00:00", "ns") + np.arange(nt) * np.timedelta64(1, "h")
+    grid = types.SimpleNamespace(kind="latlon", lat=np.linspace(90, -90, ny), lon=np.arange(nx) * (360.0 / nx),
+                                 periodic_x=True, ny=ny, nx=nx)
+    stores = {}
+    for name, (ch_y, ch_x) in (("x_chunked", (cy, cx)), ("whole_globe", (ny, nx))):
+        chunks = (24, LEVELS, ch_y, ch_x)
+        n = [-(-e // c) for e, c in zip(data.shape, chunks)]
+        slots = np.zeros((n[0] * n[2] * n[3], int(np.prod(chunks))), np.float32)
+        for u, (a, b, c) in enumerate(np.ndindex(n[0], n[2], n[3])):
+            block = np.zeros(chunks, np.float32)
+            part = data[a * 24:(a + 1) * 24, :, b * ch_y:(b + 1) * ch_y, c * ch_x:(c + 1) * ch_x]
+            block[:part.shape[0], :, :part.shape[2], :part.shape[3]] = part
+            slots[u] = block.ravel()
+        layout = FieldLayout(name="t", array="t", shape=data.shape, chunks=chunks, axes=(0, None, 1, 2, 3),
+                             lev_idx=np.arange(LEVELS), levels=np.arange(LEVELS, dtype=np.float64) + 96,
+                             periodic_x=True)
+        stores[name] = types.SimpleNamespace(slots=slots, layout=layout, n=n)
+    yield types.SimpleNamespace(data=data, mean=mean, std=std, time=time_, grid=grid, stores=stores, per=per,
+                                calls=calls, extent=GridExtent(nt=nt, ny=ny, nx=nx, periodic_x=True))
+
+
+def _x_calls(xw, st, geom: str, norm: str):
+    """Per call of the window plan: (field, boxes, slot table, coefficients, output) for store ``st``."""
+    num_tokens, token_size = GEOMETRIES[geom]
+    f = FieldConfig(name="t", levels=tuple(float(v) for v in st.layout.levels), num_tokens=num_tokens,
+                    token_size=token_size, normalization=norm)
+    cfg = SamplingConfig(fields=[f], batch_size=xw.per)
+    tok = LatLonTokenizer(xw.grid, xw.time, cfg, {"t": st.layout})
+    boxes = random_boxes(xw.per * xw.calls, xw.extent, f.box, seed=0, epoch=0, samples_per_window=xw.per)
+    calls = []
+    for k in range(xw.calls):
+        plan = tok.plan(np.ascontiguousarray(boxes[k * xw.per:(k + 1) * xw.per]))
+        c = plan.chunks["t"]
+        table = plan.slot_tables({"t": ((c[:, 0] * st.n[2] + c[:, 2]) * st.n[3] + c[:, 3]).astype(np.int32)})["t"]
+        month_of = tok.month_table(plan.boxes, np.array([0]))[1]
+        coef = {} if norm == "none" else dict(mean=xw.mean, std=xw.std, month_of=month_of)
+        if norm == "global":
+            coef.update(mean=np.ascontiguousarray(xw.mean[:, :, :1, :1]), std=np.ascontiguousarray(xw.std[:, :, :1, :1]))
+        calls.append((f, plan.boxes, table, coef, np.empty((xw.per, *f.sample_shape), np.float32)))
+    return calls
+
+
+@pytest.mark.parametrize("norm", ["none", "global", "local"])
+@pytest.mark.parametrize("geom", list(GEOMETRIES))
+def test_gather_x_chunked(benchmark, report, xworld, geom, norm):
+    runs = {name: _x_calls(xworld, st, geom, norm) for name, st in xworld.stores.items()}
+
+    def gather(name: str) -> None:
+        st = xworld.stores[name]
+        for f, boxes, table, coef, out in runs[name]:
+            gather_field(st.slots, table, st.layout, f, boxes, out, **coef)
+
+    for name in runs:  # compiles (or loads from the cache) and checks against NumPy indexing of the full array
+        gather(name)
+        f, boxes, _, coef, out = runs[name][0]
+        T, H, W = f.box
+        for b, (t0, y0, x0) in enumerate(boxes):
+            x = (x0 + np.arange(W)) % xworld.data.shape[-1]
+            v = xworld.data[t0:t0 + T][:, :, y0:y0 + H][..., x].transpose(1, 0, 2, 3)
+            if norm != "none":
+                mu, sd = coef["mean"][0], coef["std"][0]
+                if norm == "local":
+                    mu, sd = mu[:, y0:y0 + H][..., x], sd[:, y0:y0 + H][..., x]
+                v = (v - mu[:, None]) / sd[:, None]
+            np.testing.assert_array_equal(out[b], box_to_tokens(v, f.token_size))
+    benchmark(gather, "x_chunked")
+    nbytes = sum(r[-1].nbytes for r in runs["x_chunked"])
+    t_x = t_w = t_copy = float("inf")
+    for _ in range(3):  # alternating rounds, best of each
+        t_x = min(t_x, _best(lambda: gather("x_chunked"), 5))
+        t_w = min(t_w, _best(lambda: gather("whole_globe"), 5))
+        t_copy = min(t_copy, _memcpy_s(nbytes))
+    report(benchmark, GBps=nbytes / t_x / 1e9, whole_globe_GBps=nbytes / t_w / 1e9, memcpy_GBps=nbytes / t_copy / 1e9,
+           ratio_to_whole_globe=t_w / t_x, ratio_to_memcpy=t_copy / t_x)
 
 
 @pytest.mark.parametrize("norm", ["none", "local"])
