@@ -470,6 +470,7 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
     seg_k = np.empty(max_seg, np.int64)
     seg_x = np.empty(max_seg, np.int64)
     seg_slot = np.empty(max_seg, np.uint64)  # slot of each segment's chunk for the current box row
+    pf_slot = np.empty(max_seg, np.int64)  # and for the row being prefetched (-1: none)
     # per sample, the token columns in runs whose token rows all lie in one segment (one chunk, one side of the
     # seam): first column, count, segment, element offset of the first token row in that segment's chunk row;
     # and the columns whose token row straddles a segment edge (at most one per edge), assembled in `sb` first
@@ -520,6 +521,8 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
             mc = month_of[s, 0] if norm == 2 and n_t > 0 else -1
             pa = pb = pi = pj = 0
             p_left = n_rows
+            # the slot lookups change only when a row is in another (time, y) chunk than the row before
+            cur_it = cur_iy = pf_it = pf_iy = -1
             for _ in range(min(PREFETCH_ROWS, n_rows)):
                 pj += 1
                 if pj == tlat:
@@ -552,9 +555,15 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                 ptk = pa * tt + pi
                                 pyk = pb * tlat + pj
                                 poff = loff + t_off[ptk] + y_off[pyk]
+                                if t_it[ptk] != pf_it or y_iy[pyk] != pf_iy:
+                                    pf_it = t_it[ptk]
+                                    pf_iy = y_iy[pyk]
+                                    for p in range(n_seg):
+                                        pslot = table[s, lv, pf_it, pf_iy, seg_ix[p]]
+                                        pf_slot[p] = pslot if pslot >= 0 and pslot < n_slots else -1
                                 for p in range(n_seg):
-                                    pslot = table[s, lv, t_it[ptk], y_iy[pyk], seg_ix[p]]
-                                    if pslot >= 0 and pslot < n_slots:
+                                    pslot = pf_slot[p]
+                                    if pslot >= 0:
                                         e0 = poff + seg_src[p]
                                         for e in range(e0, e0 + seg_len[p] + 15, 16):
                                             prefetch2(slots, pslot, min(e, last_elem))
@@ -575,11 +584,14 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                             pb = 0
                                             pa += 1
                                 p_left -= 1
-                            for p in range(n_seg):
-                                slot = table[s, lv, it, iy, seg_ix[p]]
-                                if slot < 0 or slot >= n_slots:
-                                    raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
-                                seg_slot[p] = np.uint64(slot)
+                            if it != cur_it or iy != cur_iy:
+                                cur_it = it
+                                cur_iy = iy
+                                for p in range(n_seg):
+                                    slot = table[s, lv, it, iy, seg_ix[p]]
+                                    if slot < 0 or slot >= n_slots:
+                                        raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
+                                    seg_slot[p] = np.uint64(slot)
                             ry = np.uint64(yk)  # row of `cm`/`cs` with this row's local coefficients
                             if norm == 2 and (m != mc or (a == 0 and i == 0)):
                                 if m != mc:
