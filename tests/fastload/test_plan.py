@@ -126,6 +126,31 @@ def test_batches_split_into_steps_that_fit_capacity():
         assert union == set(full.steps(b)[0].keys)
 
 
+@pytest.mark.parametrize("cap", [{"a": 80, "b": 100, "data": 40}, {"a": 100, "b": 8, "data": 30}, {"a": 120, "data": 50}])
+def test_runs_are_the_greedy_cut_at_half_the_capacity(cap):
+    # reference: each sample's chunk set from the brute-force keys; a run takes samples while the chunks of the
+    # run stay within half the capacity of every array (any number of chunks of an array without a capacity)
+    lays = _layouts()
+    boxes = _boxes(24, seed=7)
+    plan = EpochPlan(boxes, _planner(lays), batch_size=12, capacity=cap)
+    for b in range(len(plan)):
+        sets = [_reference_keys(box[None], lays, BOX, 1) for box in plan.batch_boxes(b)]
+        runs, start, run = [], 0, set()
+        for i, keys in enumerate(sets):
+            both = run | keys
+            if i > start and any(sum(1 for a, _ in both if a == arr) > max(1, c // 2) for arr, c in cap.items()):
+                runs.append((start, i))
+                start, both = i, set(keys)
+            run = both
+        runs.append((start, len(sets)))
+        whole = set().union(*sets)  # a batch whose chunks fit the capacity is one step
+        split = any(sum(1 for a, _ in whole if a == arr) > c for arr, c in cap.items())
+        steps = plan.steps(b)
+        assert [(s.start, s.stop) for s in steps] == (runs if split else [(0, 12)])
+        for s in steps:
+            assert set(s.keys) == set().union(*sets[s.start:s.stop])
+
+
 def test_one_sample_over_capacity_names_the_setting():
     plan = EpochPlan(_boxes(4), _planner(_layouts()), batch_size=2, capacity={"a": 1})
     with pytest.raises(ConfigError, match="cache_bytes"):
