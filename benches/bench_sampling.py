@@ -373,12 +373,13 @@ _COMPILE_SNIPPET = textwrap.dedent("""
     from fastload.sampling.chunks import FieldLayout, plan_batch
     from fastload.sampling.neighborhood import gather_field
     t_import = time.perf_counter() - t
-    lay = FieldLayout(name="f", array="a", shape=(4, 2, 6, 8), chunks=(2, 2, 6, 8), axes=(0, None, 1, 2, 3),
+    lay = FieldLayout(name="f", array="a", shape=(4, 2, 6, 16), chunks=(2, 2, 6, 16), axes=(0, None, 1, 2, 3),
                       lev_idx=[0, 1], periodic_x=True)
-    data = np.arange(4 * 2 * 6 * 8, dtype=np.float32).reshape(2, -1)
+    data = np.arange(4 * 2 * 6 * 16, dtype=np.float32).reshape(2, -1)
     t = time.perf_counter()
+    # float32 with 8-wide tokens: the 8-wide-move kernel (norm none); bfloat16: the row-buffer kernel
     for out_dtype, dt in (("float32", np.float32), ("bfloat16", np.uint16)):
-        f = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(1, 1, 2), token_size=(2, 3, 4), normalization="none")
+        f = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(1, 1, 2), token_size=(2, 3, 8), normalization="none")
         plan = plan_batch([[0, 0, 6]], [lay], f.box)
         out = np.empty((1, *f.sample_shape), dt)
         gather_field(data, plan.slot_tables({"a": plan.chunks["a"][:, 0]})["f"], lay, f, plan.boxes, out,
