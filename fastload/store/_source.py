@@ -26,6 +26,8 @@ from typing import Any
 
 __all__ = ["BaseByteSource", "LocalSource", "FsspecSource", "LatencySource"]
 
+_PREADV = hasattr(os, "preadv")  # read_into's system call (POSIX); elsewhere a file object's readinto
+
 
 class BaseByteSource(abc.ABC):
     """Raw bytes by key. Subclasses implement :meth:`get`, :meth:`get_range`, :meth:`list_dir`, :meth:`describe`.
@@ -133,8 +135,13 @@ class LocalSource(BaseByteSource):
             if size != mv.nbytes:
                 return size
             got = 0
-            while got < size:  # preadv may return fewer bytes than asked
-                n = os.preadv(fd, [mv[got:]], got)
+            while got < size:  # a read may return fewer bytes than asked
+                if _PREADV:
+                    n = os.preadv(fd, [mv[got:]], got)
+                else:  # no preadv (Windows): a file object over the same descriptor, not closed by it
+                    with open(fd, "rb", buffering=0, closefd=False) as fh:
+                        fh.seek(got)
+                        n = fh.readinto(mv[got:]) or 0
                 if n <= 0:
                     break
                 got += n

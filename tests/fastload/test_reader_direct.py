@@ -12,7 +12,7 @@ import zarr
 
 from fastload.errors import ChunkReadError
 from fastload.loader import Loader
-from fastload.store import LocalSource, open_store
+from fastload.store import LocalSource, _source, open_store
 from fastload.store._codecs import stored_as_is
 from tests.fastload.loader_ref import build, reference
 
@@ -73,7 +73,9 @@ def test_stored_as_is_needs_native_c_order_bytes(tmp_path):
     assert stored_as_is(arrays["c"]) and not stored_as_is(arrays["f"]) and not stored_as_is(arrays["big"])
 
 
-def test_read_into_fills_the_buffer_only_when_the_sizes_agree(tmp_path):
+@pytest.mark.parametrize("preadv", [True, False])
+def test_read_into_fills_the_buffer_only_when_the_sizes_agree(tmp_path, monkeypatch, preadv):
+    monkeypatch.setattr(_source, "_PREADV", preadv)  # False: the file-object path of systems without preadv
     (tmp_path / "k").write_bytes(bytes(range(16)))
     (tmp_path / "d").mkdir()
     src = LocalSource(tmp_path)
