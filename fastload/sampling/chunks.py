@@ -216,14 +216,22 @@ def plan_batch(boxes: Any, layouts: Mapping[str, FieldLayout] | Sequence[FieldLa
     S = b.shape[0]
     ids: dict[str, list[np.ndarray]] = {}
     keep: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}
+    per_axis: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # fields chunked alike share their axis chunks
+
+    def axis(col: int, length: int, step: int, chunk: int, size: int, periodic: bool):
+        key = (col, chunk, size, periodic)
+        if key not in per_axis:
+            per_axis[key] = _axis_chunks(b[:, col], length, step, chunk, size, periodic)
+        return per_axis[key]
+
     for lay in lays:
         ta, fa, la, ya, xa = lay.axes
         if ta is None:
             tmask, tabs = np.ones((S, 1), bool), np.zeros((S, 1), np.int64)
         else:
-            tmask, tabs = _axis_chunks(b[:, 0], T, time_step, lay.chunks[ta], lay.shape[ta], False)
-        ymask, yabs = _axis_chunks(b[:, 1], H, 1, lay.chunks[ya], lay.shape[ya], False)
-        xmask, xabs = _axis_chunks(b[:, 2], W, 1, lay.chunks[xa], lay.shape[xa], lay.periodic_x)
+            tmask, tabs = axis(0, T, time_step, lay.chunks[ta], lay.shape[ta], False)
+        ymask, yabs = axis(1, H, 1, lay.chunks[ya], lay.shape[ya], False)
+        xmask, xabs = axis(2, W, 1, lay.chunks[xa], lay.shape[xa], lay.periodic_x)
         L = lay.lev_idx.shape[0]
         shp = (S, L, tmask.shape[1], ymask.shape[1], xmask.shape[1])
         mask = (tmask[:, None, :, None, None] & ymask[:, None, None, :, None] & xmask[:, None, None, None, :])

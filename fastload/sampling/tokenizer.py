@@ -172,22 +172,28 @@ class StructuredTokenizer(BaseTokenizer):
         b = np.asarray(boxes, dtype=np.int64)
         dt = self.config.time_step
         out: dict[str, TokenMeta] = {}
+        done: dict[tuple, tuple] = {}  # fields of the same token geometry: computed once, copied for the others
         for f in self.config.fields:
             nt, nlat, nlon = f.num_tokens
             tt, tlat, tlon = f.token_size
-            t_idx = b[:, 0:1] + np.arange(nt) * (tt * dt)  # (B, nt)
-            if self.time is None:
-                time = None
-                hour = doy = np.full(t_idx.shape, np.nan, np.float32)
+            key = (*f.num_tokens, *f.token_size)
+            if key in done:
+                t_idx, time, hour, doy, lat, lon = (None if a is None else a.copy() for a in done[key])
             else:
-                time = self.time[t_idx]
-                hour = ((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h")).astype(np.float32)
-                doy = ((time - time.astype("datetime64[Y]")) / np.timedelta64(1, "D")).astype(np.float32)
-            y = b[:, 1:2] + np.arange(nlat * tlat)
-            x = b[:, 2:3] + np.arange(nlon * tlon)
-            if self.extent.periodic_x:
-                x %= self.extent.nx
-            lat, lon = self.token_centres(y, x, nlat, nlon)
+                t_idx = b[:, 0:1] + np.arange(nt) * (tt * dt)  # (B, nt)
+                if self.time is None:
+                    time = None
+                    hour, doy = np.full(t_idx.shape, np.nan, np.float32), np.full(t_idx.shape, np.nan, np.float32)
+                else:
+                    time = self.time[t_idx]
+                    hour = ((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h")).astype(np.float32)
+                    doy = ((time - time.astype("datetime64[Y]")) / np.timedelta64(1, "D")).astype(np.float32)
+                y = b[:, 1:2] + np.arange(nlat * tlat)
+                x = b[:, 2:3] + np.arange(nlon * tlon)
+                if self.extent.periodic_x:
+                    x %= self.extent.nx
+                lat, lon = self.token_centres(y, x, nlat, nlon)
+                done[key] = (t_idx, time, hour, doy, lat, lon)
             lay = self.layouts[f.name]
             level = np.full(1, np.nan) if lay.levels is None else np.asarray(lay.levels, np.float64)
             out[f.name] = TokenMeta(t_index=t_idx, time=time, hour=hour, day_of_year=doy, lat=lat, lon=lon,
