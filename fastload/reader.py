@@ -166,7 +166,7 @@ class ChunkReader:
                  coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  months: np.ndarray | None = None, useful_bytes_per_sample: int = 0, jit: bool | None = None,
                  name: str = "fastload-io", read_ahead_bytes: int | None = None):
-        from .store import LocalSource, Store
+        from .store import LocalSource
         from .store._codecs import stored_as_is
 
         self.store = store
@@ -198,7 +198,7 @@ class ChunkReader:
         # uncompressed chunks of a plain local store are read straight into their cache slot (one copy, page cache
         # to slot: no bytes object, no second copy); anything unusual about a chunk (missing, another size, an
         # error) sends it down the ordinary fetch + decode path, which fills, retries and names it as before
-        self._direct_source = store.source if type(store.source) is LocalSource and isinstance(store, Store) else None
+        self._direct_source = store.source if _plain_local(store) else None
         self._direct = {} if self._direct_source is None else {
             a: info for a, info in store.arrays.items() if stored_as_is(info)}  # fmt: skip
 
@@ -509,7 +509,7 @@ class ChunkReader:
         for j, (c, slot) in enumerate(zip(chunks, slots)):
             try:
                 n = read_into(key(c), arena[slot])
-            except OSError:
+            except (OSError, ValueError, BufferError):  # the ordinary path retries and reports it
                 n = None
             if n == nbytes:
                 good.append(slot)
@@ -613,3 +613,17 @@ class ChunkReader:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+
+def _plain_local(store: Any) -> bool:
+    """Whether the reader may read ``store``'s uncompressed chunks itself: a :class:`Store` on a
+    :class:`LocalSource` whose chunk reads nobody has replaced (a wrapper put on the instance or a subclass
+    override of ``chunk_bytes``, e.g. to count reads or inject faults, must see every read)."""
+    from .store import LocalSource, Store
+
+    if not isinstance(store, Store) or type(store.source) is not LocalSource:
+        return False
+    methods = ("chunk_bytes", "chunk_bytes_many")  # the reads; decoding an uncompressed chunk is a copy
+    if set(methods) & vars(store).keys():
+        return False
+    return all(getattr(type(store), m, None) is getattr(Store, m, None) for m in methods)

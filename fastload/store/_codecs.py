@@ -341,7 +341,7 @@ def _build_v3(
 def stored_as_is(info: ArrayInfo) -> bool:
     """Whether every stored chunk of ``info`` is its decoded chunk's bytes (:attr:`ChunkDecoder.raw_is_chunk`; a
     sharded array never is: its chunks are ranges of a shard). False where no decoder can be built."""
-    if info.shard is not None or info.dtype.kind == "O":
+    if info.shard is not None or info.dtype.kind in "OmM":  # objects, datetimes: not plain buffer bytes
         return False
     try:
         return build_decoder(info, info.name).raw_is_chunk

@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = ["BaseByteSource", "LocalSource", "FsspecSource", "LatencySource"]
 
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: no newline translation where it exists (Windows)
 _PREADV = hasattr(os, "preadv")  # read_into's system call (POSIX); elsewhere a file object's readinto
 
 
@@ -91,7 +92,7 @@ class LocalSource(BaseByteSource):
         # open, fstat, one pread, close: a third fewer system calls and Python objects than ``open().readall()``
         # (this runs once per chunk the loader fetches)
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(self._path(key), _O_READ)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         try:
@@ -123,7 +124,7 @@ class LocalSource(BaseByteSource):
         when the key does not exist.
         """
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(self._path(key), _O_READ)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         try:
@@ -151,7 +152,7 @@ class LocalSource(BaseByteSource):
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(self._path(key), _O_READ)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         try:

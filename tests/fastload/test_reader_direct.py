@@ -122,3 +122,27 @@ def test_a_read_error_on_the_direct_path_is_retried_the_ordinary_way(tmp_path):
         want = reference(truth, cfg, boxes, periodic=True)
         for f in cfg.field_names:
             np.testing.assert_array_equal(fields[f], want[f])
+
+
+def test_a_wrapper_on_the_store_instance_sees_every_read(tmp_path):
+    """A ``chunk_bytes`` replaced on the Store instance (counting, checksums, fault injection) turns the direct
+    path off: every miss goes through the wrapper, on an uncompressed local store too."""
+    from fastload.loader import Loader
+    from fastload.store import open_store
+    from tests.fastload.loader_ref import build
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    reads: dict = {}
+    real = store.chunk_bytes
+
+    def counting(array, chunk):
+        reads[(array, tuple(chunk))] = reads.get((array, tuple(chunk)), 0) + 1
+        return real(array, chunk)
+
+    store.chunk_bytes = counting
+    with Loader(store, cfg, samples_per_epoch=40, cache_bytes=64 * 2**20) as loader:
+        stats = [b.stats for b in loader]
+    misses = sum(s.misses for s in stats)
+    assert misses > 0
+    assert sum(reads.values()) == misses
