@@ -84,6 +84,10 @@ class FieldLayout:
             raise ConfigError(f"field {name!r} is not in the store {store.path!r}; fields: {list(store.fields)}")
         f = store.fields[name]
         a = store.arrays[f.array]
+        dt = np.dtype(a.dtype)
+        if dt.kind not in "fiub" or dt.itemsize < 4 and dt.kind == "f":  # what the gather kernels read
+            raise ConfigError(f"field {name!r}: array {f.array!r} of {store.path!r} holds {dt}; the gather reads "
+                              f"float32/float64, integer and bool arrays (convert it, e.g. with xarray astype)")
         if levels is None:
             if f.levels is not None and len(f.levels) > 1:
                 raise ConfigError(f"fields.{name}.levels: the field has levels {list(f.levels)}; choose some")

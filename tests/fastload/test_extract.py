@@ -254,3 +254,22 @@ def test_a_mesh_store_extracts_what_the_loader_serves(tmp_path):
             assert np.array_equal(got[f.name].data[s], want.transpose(2, 0, 3, 4, 1, 5, 6)), (f.name, s)
             assert np.array_equal(m.valid[s], nodes >= 0) and np.array_equal(m.count[s], count)
     assert (~got["temp"].meta.valid).any()  # the continent leaves padding slots
+
+
+def test_a_float16_array_is_a_clear_config_error(tmp_path):
+    """The kernels cannot read float16 chunks: say so up front, naming field, array and store."""
+    import zarr
+
+    from .loader_ref import build
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=3, codec="none")
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    a = g["t"]
+    data, attrs, dims = a[...], dict(a.attrs), a.metadata.dimension_names
+    del g["t"]
+    b = g.create_array("t", shape=data.shape, chunks=a.chunks, dtype="float16", compressors=None,
+                       dimension_names=dims)
+    b[...] = data.astype(np.float16)
+    b.attrs.update(attrs)
+    with pytest.raises(ConfigError, match=r"field 't': array 't' .* holds float16"):
+        extract(open_store(tmp_path / "s.zarr"), cfg, np.zeros((1, 3), np.int64))
