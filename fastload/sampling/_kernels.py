@@ -457,7 +457,10 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
     n_rows = nt * nlat * band
     outf = out.reshape(out.size)
     n_band = n_x * band
-    rowb = np.empty((1, n_x if norm == 2 else 0), np.float32)  # a normalised box row (local)
+    # local: two normalised box rows, the current one and the one before, which is copied to its tokens only after
+    # the current one is normalised (its stores are then in L1: the copies' loads straddle two stores each, which
+    # cannot be forwarded from stores still in flight)
+    rowb = np.empty((2, n_x if norm == 2 else 0), np.float32)
     tb = np.empty(n_band, np.float32)
     # local coefficients of the box's rows for the sample's first month (rows 0 .. n_y - 1, copied on first use),
     # and row n_y: those of the current row when its time step is in another month
@@ -495,6 +498,12 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
     t8 = np.uint64(tlon - 8)
     u8 = np.uint64(8)
     u16 = np.uint64(16)
+    tlu = np.uint64(tlon)
+    one = np.uint64(1)
+    z = np.uint64(0)
+    par = np.uint64(0)  # the row of `rowb` being normalised
+    pend = False  # whether the other row of `rowb` waits to be copied, to the tokens from band position pend_d
+    pend_d = np.uint64(0)
     for s in range(n_samples):
         y0 = boxes[s, 1]
         n_seg = _index_sample(boxes[s], view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k,
@@ -620,20 +629,22 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                     src0 = np.uint64(yoff + seg_src[p])
                                     for q in range(seg_len[p]):
                                         qu = np.uint64(q)
-                                        rowb[0, rk + qu] = ((np.float32(slots[su, src0 + qu]) - cm[ry, rk + qu])
-                                                            / cs[ry, rk + qu])
-                                d = np.uint64((i * tlat + j) * tlon)
-                                r0 = np.uint64(0)
-                                tlu = np.uint64(tlon)
-                                z = np.uint64(0)
-                                for _ in range(nlon):
-                                    q8 = np.uint64(0)
-                                    while q8 < t8:
-                                        move8n(tb, d + q8, rowb, z, r0 + q8, 0, gm, gs, cm, cs, ry, r0)
-                                        q8 += u8
-                                    move8n(tb, d + t8, rowb, z, r0 + t8, 0, gm, gs, cm, cs, ry, r0)
-                                    d += tok
-                                    r0 += tlu
+                                        rowb[par, rk + qu] = ((np.float32(slots[su, src0 + qu]) - cm[ry, rk + qu])
+                                                              / cs[ry, rk + qu])
+                                if pend:  # the row before, to its tokens
+                                    d = pend_d
+                                    r0 = np.uint64(0)
+                                    for _ in range(nlon):
+                                        q8 = np.uint64(0)
+                                        while q8 < t8:
+                                            move8n(tb, d + q8, rowb, par ^ one, r0 + q8, 0, gm, gs, cm, cs, ry, r0)
+                                            q8 += u8
+                                        move8n(tb, d + t8, rowb, par ^ one, r0 + t8, 0, gm, gs, cm, cs, ry, r0)
+                                        d += tok
+                                        r0 += tlu
+                                pend = True
+                                pend_d = np.uint64((i * tlat + j) * tlon)
+                                par ^= one
                                 continue
                             dr = np.uint64((i * tlat + j) * tlon)  # the row's place in the first token
                             tlu = np.uint64(tlon)
@@ -718,6 +729,18 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                     move8n(tb, d + q8u, sb, wu, q8u, norm, gm, gs, cm, cs, ry, r0 + q8u)
                                     q8u += u8
                                 move8n(tb, d + t8, sb, wu, t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                    if norm == 2 and pend:  # the band's last row
+                        d = pend_d
+                        r0 = np.uint64(0)
+                        for _ in range(nlon):
+                            q8 = np.uint64(0)
+                            while q8 < t8:
+                                move8n(tb, d + q8, rowb, par ^ one, r0 + q8, 0, gm, gs, cm, cs, z, r0)
+                                q8 += u8
+                            move8n(tb, d + t8, rowb, par ^ one, r0 + t8, 0, gm, gs, cm, cs, z, r0)
+                            d += tok
+                            r0 += tlu
+                        pend = False
                     _stream(outf, o, tb, np.uint64(n_band))
                     o += np.uint64(n_band)
     store_fence()
