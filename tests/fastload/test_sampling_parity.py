@@ -262,6 +262,28 @@ def test_missing_slot_raises(jit):
         gather_field(arena, table, lay, field, plan.boxes, out, jit=jit)
 
 
+@pytest.mark.parametrize("bad", [-1, 99])
+@pytest.mark.parametrize("which", [0, -1])
+@pytest.mark.parametrize("norm", NORMS)
+def test_missing_slot_raises_in_the_move_kernel(bad, which, norm):
+    """The 8-wide-move kernel (float32, 9-wide tokens, 5-wide x chunks: rows across chunk edges) refuses a slot
+    table entry of -1 or past the arena, at the first or the last chunk, like the row kernel above."""
+    data = np.arange(4 * 6 * 16, dtype=np.float32).reshape(4, 6, 16)
+    lay = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 3, 5), axes=(0, None, None, 1, 2))
+    field = FieldConfig(name="f", num_tokens=(1, 1, 1), token_size=(2, 3, 9), normalization=norm)
+    plan = plan_batch([[0, 2, 2]], [lay], field.box)
+    slot_of = np.arange(plan.chunks["a"].shape[0], dtype=np.int32)
+    slot_of[which] = bad
+    table = plan.slot_tables({"a": slot_of})["f"]
+    arena = np.zeros((plan.chunks["a"].shape[0], 30), np.float32)
+    out = np.empty((1, *field.sample_shape), np.float32)
+    shp = (1, 1, 1, 1) if norm == "global" else (1, 1, 6, 16)
+    coef = {} if norm == "none" else dict(mean=np.zeros(shp, np.float32), std=np.ones(shp, np.float32),
+                                          month_of=np.zeros((1, 2), np.int32))
+    with pytest.raises(IndexError):
+        gather_field(arena, table, lay, field, plan.boxes, out, jit=True, **coef)
+
+
 def test_bad_arguments_raise_config_errors():
     lay = FieldLayout(name="f", array="a", shape=(4, 6, 8), chunks=(2, 3, 4), axes=(0, None, None, 1, 2))
     field = FieldConfig(name="f", num_tokens=(1, 1, 1), token_size=(2, 3, 4), normalization="global")
