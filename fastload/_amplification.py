@@ -30,6 +30,7 @@ __all__ = [
     "Amplification",
     "ArrayAmplification",
     "ChunkRecommendation",
+    "distinct_per_window",
     "expected_chunks",
     "read_amplification",
     "recommend_chunks",
@@ -37,6 +38,7 @@ __all__ = [
     "DECODE_BPS",
     "MIN_CHUNK_BYTES",
     "MAX_CHUNK_BYTES",
+    "touch_probabilities",
 ]
 
 OVERHEAD_S = 0.4e-3
@@ -114,6 +116,40 @@ def expected_chunks(
             idx %= n
         total += float(np.dot(_distinct_per_row(idx // chunk), w[lo : lo + step]))
     return total
+
+
+def touch_probabilities(
+    n: int, box: int, chunk: int, *, periodic: bool = False, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Per chunk along one axis, the probability that a contiguous box of ``box`` points at a random offset
+    touches it (offsets and weights as in :func:`expected_chunks`; the probabilities sum to its expectation)."""
+    if box > n:
+        raise ConfigError(f"a box spanning {box} points does not fit an axis of {n}")
+    n_pos = n if periodic else n - box + 1
+    pos = np.arange(n_pos, dtype=np.int64)
+    w = np.full(n_pos, 1.0 / n_pos) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    n_chunks = -(-n // chunk)
+    end = pos + box - 1
+    lo, hi = pos // chunk, np.minimum(end, n - 1) // chunk  # chunk range of each offset up to the axis' end
+    diff = np.zeros(n_chunks + 1)
+    np.add.at(diff, lo, w)
+    np.add.at(diff, hi + 1, -w)
+    if periodic:  # the part past the end wraps onto chunks 0.. (those not already in the first range)
+        wr = end >= n
+        hi2 = np.minimum((end[wr] - n) // chunk, lo[wr] - 1)
+        some = hi2 >= 0
+        np.add.at(diff, np.zeros(int(some.sum()), np.int64), w[wr][some])
+        np.add.at(diff, hi2[some] + 1, -w[wr][some])
+    return np.cumsum(diff)[:n_chunks]
+
+
+def distinct_per_window(py: np.ndarray, px: np.ndarray, k: int) -> float:
+    """Expected distinct (y, x) chunks that ``k`` boxes placed independently touch, from their per-chunk touch
+    probabilities ``py``, ``px`` (k = 1: ``py.sum() * px.sum()``)."""
+    if k <= 1:
+        return float(py.sum() * px.sum())
+    miss = 1.0 - np.clip(np.outer(py, px), 0.0, 1.0)
+    return float((1.0 - miss**k).sum())
 
 
 def _y_weights(store: Any, config: Any, by: int) -> np.ndarray | None:
@@ -309,6 +345,7 @@ def recommend_chunks(
     overhead_bytes: float = OVERHEAD_S * DECODE_BPS,
     min_chunk_bytes: int = MIN_CHUNK_BYTES,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
+    samples_per_window: int = 1,
 ) -> dict[str, ChunkRecommendation]:
     """A chunking per array touched by ``config`` that minimises the expected cost of one sample.
 
@@ -316,6 +353,12 @@ def recommend_chunks(
     lengths per axis (powers of two and three times them, the box and its multiples/fractions, divisors of the
     axis), with ``min_chunk_bytes <= chunk bytes <= max_chunk_bytes`` (a chunk smaller than the minimum is allowed
     only when the whole array is).
+
+    ``samples_per_window`` (the Loader's setting of that name, AtmoRep's several samples per time window): the
+    samples of a window share its time steps and each chunk the window needs is read once for all of them, so the
+    chunks per sample are the window's time chunks x the expected distinct (y, x) chunks its boxes touch
+    (:func:`distinct_per_window`, exact for boxes placed independently) / ``samples_per_window``. 1 (default):
+    independent samples, the product of the per-axis expectations.
 
     Returns
     -------
@@ -346,9 +389,17 @@ def recommend_chunks(
             else {}
         )
         w = _y_weights(store, config, by)
-        exp_y = {c: expected_chunks(arr.shape[y_ax], np.arange(by), c, weights=w) for c in cands[y_ax]}
-        exp_x = {c: expected_chunks(arr.shape[x_ax], np.arange(bx), c, periodic=bool(store.grid.periodic_x))
-                 for c in cands[x_ax]}  # fmt: skip
+        periodic = bool(store.grid.periodic_x)
+        k = int(samples_per_window)
+        if k < 1:
+            raise ConfigError(f"recommend_chunks: samples_per_window must be >= 1, got {samples_per_window}")
+        p_y = {c: touch_probabilities(arr.shape[y_ax], by, c, weights=w) for c in {*cands[y_ax], arr.chunks[y_ax]}}
+        p_x = {c: touch_probabilities(arr.shape[x_ax], bx, c, periodic=periodic)
+               for c in {*cands[x_ax], arr.chunks[x_ax]}}  # fmt: skip
+        yx: dict[tuple[int, int], float] = {}  # expected distinct (y, x) chunks per sample, per (cy, cx)
+        for cy in p_y:
+            for cx in p_x:
+                yx[cy, cx] = distinct_per_window(p_y[cy], p_x[cx], k) / k
         total_bytes = math.prod(arr.shape) * arr.dtype.itemsize
         lo = min(min_chunk_bytes, total_bytes)
         n_fl = {}  # distinct (field, level) chunk pairs per (field chunk, level chunk) length
@@ -366,7 +417,7 @@ def recommend_chunks(
             if not lo <= cbytes <= max_chunk_bytes:
                 continue
             fl = n_fl[ch[f_ax] if f_ax is not None else 1, ch[l_ax] if l_ax is not None else 1]
-            n = fl * exp_y[ch[y_ax]] * exp_x[ch[x_ax]]
+            n = fl * yx[ch[y_ax], ch[x_ax]]
             if t_ax is not None:
                 n *= exp_t[ch[t_ax]]
             cost = n * (cbytes + overhead_bytes)
@@ -379,10 +430,16 @@ def recommend_chunks(
                 f"{max_chunk_bytes} bytes; adjust min_chunk_bytes/max_chunk_bytes"
             )
         _, ch, n, cbytes = best
+        cur = current[name]
+        cur_n = cur.chunks_per_sample
+        if k > 1:  # the store's own chunking under the same window model
+            per = _axis_expectations(store, config, geo, arr.chunks)
+            cur_n = math.prod(v for ax, v in enumerate(per) if ax not in (y_ax, x_ax)) * yx[
+                arr.chunks[y_ax], arr.chunks[x_ax]]
         out[name] = ChunkRecommendation(
             array=name, chunks=tuple(int(c) for c in ch), chunk_nbytes=int(cbytes), chunks_per_sample=float(n),
             decoded_bytes=float(n * cbytes), amplification=float(n * cbytes / geo["useful"]),
-            cost_bytes=float(best[0][0]), current_amplification=current[name].amplification,
-            current_cost_bytes=current[name].chunks_per_sample * (current[name].chunk_nbytes + overhead_bytes),
+            cost_bytes=float(best[0][0]), current_amplification=float(cur_n * cur.chunk_nbytes / geo["useful"]),
+            current_cost_bytes=cur_n * (cur.chunk_nbytes + overhead_bytes),
         )  # fmt: skip
     return out

@@ -40,9 +40,11 @@ from ._amplification import (
     Amplification,
     ArrayAmplification,
     ChunkRecommendation,
+    distinct_per_window,
     expected_chunks,
     read_amplification,
     recommend_chunks,
+    touch_probabilities,
 )
 from ._cli_options import add_storage_option, parse_storage_options
 from .errors import ConfigError, FastloadError
@@ -63,6 +65,8 @@ __all__ = [
     "DECODE_BPS",
     "MIN_CHUNK_BYTES",
     "MAX_CHUNK_BYTES",
+    "distinct_per_window",
+    "touch_probabilities",
 ]
 
 

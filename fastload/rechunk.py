@@ -42,9 +42,11 @@ _LAYOUT_KEYS = ("fastload_layout", "fields", "sfc_fields", "levels", "level_type
 _DROP_ATTRS = ("_ARRAY_DIMENSIONS", "_FillValue", "fields", "levels", "level_type", "units", "long_names")
 
 
-def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT_CHUNKS) -> dict[str, tuple[int, ...]]:
+def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT_CHUNKS, *,
+                       samples_per_window: int = 1) -> dict[str, tuple[int, ...]]:  # fmt: skip
     """Per field, the (time, level, latitude, longitude) chunking :func:`fastload.inspect.recommend_chunks` finds
-    cheapest for ``config``; fields the config does not sample get ``default``.
+    cheapest for ``config`` (and the loader's ``samples_per_window``); fields the config does not sample get
+    ``default``.
 
     The recommendation is per source array (an AtmoRep ``data`` array holds many fields); its time, level,
     latitude and longitude lengths are carried over to each field of that array (a field axis does not exist in
@@ -53,7 +55,7 @@ def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT
     from .inspect import recommend_chunks
 
     store.check(config)
-    recs = recommend_chunks(store, config)
+    recs = recommend_chunks(store, config, samples_per_window=samples_per_window)
     out: dict[str, tuple[int, ...]] = {}
     sampled = set(config.field_names)
     for name, f in store.fields.items():
@@ -119,6 +121,7 @@ def rechunk(
     *,
     chunks: Sequence[int] | None = None,
     config: Any = None,
+    samples_per_window: int = 1,
     fields: Sequence[str] | None = None,
     codec: str = DEFAULT_CODEC,
     read_bps: float | None = None,
@@ -141,6 +144,9 @@ def rechunk(
         Chunking of every field (of the fields ``config`` does not sample, when ``config`` is given).
     config : SamplingConfig or path, optional
         Use the chunking :func:`fastload.inspect.recommend_chunks` finds cheapest for this sampling config.
+    samples_per_window : int
+        With ``config``: the Loader's ``samples_per_window`` the store will be read with (several samples per time
+        window read each chunk once for all of them, which favours other chunkings; default 1, independent samples).
     fields : sequence of str, optional
         Fields to copy (default: all).
     codec, shards : str, sequence of int
@@ -172,7 +178,7 @@ def rechunk(
     default = tuple(chunks) if chunks is not None else DEFAULT_CHUNKS
     if config is not None:
         cfg = config if isinstance(config, SamplingConfig) else SamplingConfig.from_file(config)
-        per_field = chunks_from_config(src, cfg, default)
+        per_field = chunks_from_config(src, cfg, default, samples_per_window=samples_per_window)
     else:
         per_field = {n: default for n in names}
     lev = [(n, src.fields[n]) for n in names if src.fields[n].levels is not None]
@@ -274,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunks", metavar="T,L,Y,X",
                    help=f"chunk shape (time, level, lat, lon); default {','.join(map(str, DEFAULT_CHUNKS))}; with "
                    "--config, for the fields the config does not sample")  # fmt: skip
+    p.add_argument("--samples-per-window", type=int, default=1, metavar="K",
+                   help="with --config: the Loader's samples_per_window the store will be read with (AtmoRep's "
+                   "several samples per time window; default 1, independent samples)")
     p.add_argument("--fields", help="comma-separated fields to copy (default: all)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=(*CODECS, "auto"),
                    help=f"compression (default {DEFAULT_CODEC}); auto: the codec fastest to read and decode here, "
@@ -285,10 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.samples_per_window < 1 or (a.samples_per_window > 1 and not a.config):
+        p.error("--samples-per-window takes an integer >= 1 and goes with --config")
     if a.read_gbps is not None and (a.codec != "auto" or not a.read_gbps > 0):
         p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
     out = rechunk(
-        a.store, a.out, config=a.config, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
+        a.store, a.out, config=a.config, samples_per_window=a.samples_per_window, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
         fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
         read_bps=None if a.read_gbps is None else a.read_gbps * 1e9,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,

@@ -280,7 +280,10 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
         for scenario in opts.scenarios:
             variant = Variant.parse(scenario)
             log(f"preparing store variant {variant.name}")
-            path = prepare_store(store, variant, config, workdir)
+            # the recommended chunking is asked for the plan's samples per window, as `fastload rechunk
+            # --samples-per-window` would be for this training plan
+            spw = config.batch_size if opts.plan == "window" else 1
+            path = prepare_store(store, variant, config, workdir, samples_per_window=spw)
             for workers in opts.workers:
                 for lat in opts.latency_ms:
                     r, roof = _group(opts, path, variant.name, workers, lat, config, names, log)

@@ -192,11 +192,17 @@ def _synth_source(store: Any) -> tuple[Any, int] | None:
     return SynthConfig(**kw), int(attrs["synth_seed"])
 
 
-def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir: str) -> str:
-    """Path of ``store`` in the layout ``variant`` asks for (the store itself for ``as-is``), written once."""
+def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir: str, *,
+                  samples_per_window: int = 1) -> str:  # fmt: skip
+    """Path of ``store`` in the layout ``variant`` asks for (the store itself for ``as-is``), written once.
+
+    ``samples_per_window``: the plan's samples per time window, for the recommended chunking (a store per value).
+    """
     if variant == Variant():
         return str(store.path)
-    out = os.path.join(workdir, variant.name.replace("+", "_") + ".zarr")
+    window = variant.chunking == "recommended" and samples_per_window > 1
+    out = os.path.join(workdir, variant.name.replace("+", "_") + (f"_w{samples_per_window}" if window else "")
+                       + ".zarr")  # fmt: skip
     if os.path.exists(out):
         return out
     src = _synth_source(store)
@@ -215,7 +221,7 @@ def prepare_store(store: Any, variant: Variant, config: SamplingConfig, workdir:
     layout = "atmorep" if chunking == "atmorep" else "per-variable"
     chunks: Sequence[int] | None = None
     if chunking == "recommended":
-        chunks = _recommended(store, config, workdir, fmt, codec)
+        chunks = _recommended(store, config, workdir, fmt, codec, samples_per_window)
     elif chunking == "tiles":
         chunks = cfg.chunks
     if auto:  # as `fastload rechunk --codec auto` picks it: measured once, on the new chunks of the first field
@@ -249,14 +255,15 @@ def _codec_of(store: Any) -> str | None:
     return "none"
 
 
-def _recommended(store: Any, config: SamplingConfig, workdir: str, fmt: int, codec: str) -> tuple[int, ...]:
+def _recommended(store: Any, config: SamplingConfig, workdir: str, fmt: int, codec: str,
+                 samples_per_window: int = 1) -> tuple[int, ...]:  # fmt: skip
     """The recommended (time, level, lat, lon) chunks of the config's first field on levels."""
     from fastload.inspect import recommend_chunks
     from fastload.store import open_store
 
     tiles = prepare_store(store, Variant(chunking="tiles", zarr_format=fmt, codec=codec), config, workdir)
     ts = open_store(tiles)
-    rec = recommend_chunks(ts, config)
+    rec = recommend_chunks(ts, config, samples_per_window=samples_per_window)
     field = next((f for f in config.fields if f.levels is not None), config.fields[0])
     ch = rec[ts.fields[field.name].array].chunks
     return tuple(ch) if len(ch) == 4 else (ch[0], 1, ch[1], ch[2])

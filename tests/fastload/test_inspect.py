@@ -196,6 +196,58 @@ def test_recommendation_small_store(tmp_path):
         recommend_chunks(store, config, min_chunk_bytes=8, max_chunk_bytes=4)
 
 
+@pytest.mark.parametrize("periodic", [False, True])
+def test_touch_probabilities_match_enumeration(periodic):
+    """Per chunk, the probability a box touches it, against enumerating every offset (uniform and weighted)."""
+    from fastload.inspect import expected_chunks, touch_probabilities
+
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        n = int(rng.integers(3, 90))
+        box, chunk = int(rng.integers(1, n + 1)), int(rng.integers(1, n + 1))
+        n_pos = n if periodic else n - box + 1
+        w = None if rng.integers(2) else rng.uniform(0.1, 1.0, n_pos)
+        ww = np.full(n_pos, 1.0 / n_pos) if w is None else w / w.sum()
+        want = np.zeros(-(-n // chunk))
+        for o in range(n_pos):
+            idx = o + np.arange(box)
+            want[np.unique((idx % n if periodic else idx) // chunk)] += ww[o]
+        got = touch_probabilities(n, box, chunk, periodic=periodic, weights=w)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert got.sum() == pytest.approx(expected_chunks(n, np.arange(box), chunk, periodic=periodic, weights=w))
+
+
+def test_distinct_chunks_per_window_match_enumeration():
+    """Expected distinct (y, x) chunks of k independent boxes, against enumerating every placement of k = 2."""
+    from fastload.inspect import distinct_per_window, touch_probabilities
+
+    ny, nx, by, bx, cy, cx = 7, 9, 3, 4, 2, 3
+    ys, xs = range(ny - by + 1), range(nx)  # x periodic
+    sets = [{(a, b) for a in np.unique(np.arange(y, y + by) // cy) for b in np.unique((x + np.arange(bx)) % nx // cx)}
+            for y in ys for x in xs]
+    exact = np.mean([len(s1 | s2) for s1 in sets for s2 in sets])
+    py, px = touch_probabilities(ny, by, cy), touch_probabilities(nx, bx, cx, periodic=True)
+    assert distinct_per_window(py, px, 2) == pytest.approx(exact)
+    assert distinct_per_window(py, px, 1) == pytest.approx(np.mean([len(s) for s in sets]))
+
+
+def test_recommendation_for_several_samples_per_window(tmp_path):
+    """Samples sharing a time window read each chunk once for all: per sample, fewer chunks than alone, and the
+    pick is the cheapest under that model; one sample per window is the independent model exactly."""
+    _era5_like(tmp_path / "era5.zarr", chunks=(8, 5, 721, 1440))
+    store = open_store(str(tmp_path / "era5.zarr"))
+    config = SamplingConfig(fields=(FieldConfig(name="temperature", levels=(96, 105, 114, 123, 137),
+                                                num_tokens=(12, 6, 12), token_size=(3, 9, 9)),))  # fmt: skip
+    one = recommend_chunks(store, config)["temperature"]
+    assert recommend_chunks(store, config, samples_per_window=1)["temperature"] == one
+    rec = recommend_chunks(store, config, samples_per_window=16)["temperature"]
+    assert rec.chunks != one.chunks
+    assert rec.current_amplification < one.current_amplification  # the store's own chunks, shared by 16
+    assert rec.amplification < one.amplification
+    with pytest.raises(ConfigError, match="samples_per_window"):
+        recommend_chunks(store, config, samples_per_window=0)
+
+
 def test_describe_matches_zarr(tmp_path):
     write_per_variable(tmp_path / "s.zarr", fmt=2, regional=True)
     store = open_store(str(tmp_path / "s.zarr"))

@@ -153,3 +153,13 @@ def test_cli(tmp_path, stores, capsys):
     assert "missing.zarr" in err and "Traceback" not in err
     assert cli(["rechunk", str(stores["atmorep"]), str(tmp_path / "y.zarr"), "--chunks", "1,2"]) == 2
     assert "--chunks" in capsys.readouterr().err
+    # several samples per time window: the chunking recommended for that plan
+    out_w = tmp_path / "w.zarr"
+    assert cli(["rechunk", str(stores["atmorep"]), str(out_w), "--config", str(cfg), "--samples-per-window", "8",
+                "--fields", "temperature", "-q"]) == 0
+    want = chunks_from_config(open_store(str(stores["atmorep"])), CONFIG, samples_per_window=8)["temperature"]
+    assert zarr.open_group(out_w, mode="r")["temperature"].chunks == tuple(
+        min(c, n) for c, n in zip(want, (HOURS, 5, 61, 120)))
+    with pytest.raises(SystemExit):  # a window size needs a config to recommend for
+        cli(["rechunk", str(stores["atmorep"]), str(tmp_path / "z.zarr"), "--samples-per-window", "4"])
+    assert "--samples-per-window" in capsys.readouterr().err
