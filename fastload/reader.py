@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import numpy as np
@@ -398,24 +399,34 @@ class ChunkReader:
 
     # -- fetch + decode -----------------------------------------------------------------------------------------
     def _submit(self, step: Step, res: Reservation, stop: Callable[[], bool]) -> list[tuple[str, np.ndarray, Future]]:
-        """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future)``."""
+        """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future)``.
+
+        If anything other than the closed pool's RuntimeError escapes (a MemoryError, an interrupt), the tasks
+        submitted so far are cancelled or waited for before it propagates: the caller then releases the step's
+        slots, and no task may still write into them."""
         futures: list[tuple[str, np.ndarray, Future]] = []
         n_fill = res.n_fill
-        for a, pos in res.fill.items():
-            arena = self.cache.arena(a)
-            fewest = max(1, min(_MIN_TASK, _TASK_BYTES // max(1, arena.itemsize * arena.shape[1])))
-            size = self._group or min(_GROUP, max(fewest, -(-n_fill // self._tasks)))
-            rows = step.plan.chunks[a]
-            for i in range(0, pos.size, size):
-                group = pos[i:i + size]
-                chunks = list(map(tuple, rows[group].tolist()))
-                slots = res.slots[a][group].tolist()
-                try:
-                    fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop)
-                except RuntimeError:  # the pool is shut down: mark the group failed in _collect
-                    fut = Future()
-                    fut.cancel()
-                futures.append((a, group, fut))
+        try:
+            for a, pos in res.fill.items():
+                arena = self.cache.arena(a)
+                fewest = max(1, min(_MIN_TASK, _TASK_BYTES // max(1, arena.itemsize * arena.shape[1])))
+                size = self._group or min(_GROUP, max(fewest, -(-n_fill // self._tasks)))
+                rows = step.plan.chunks[a]
+                for i in range(0, pos.size, size):
+                    group = pos[i:i + size]
+                    chunks = list(map(tuple, rows[group].tolist()))
+                    slots = res.slots[a][group].tolist()
+                    try:
+                        fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop)
+                    except RuntimeError:  # the pool is shut down: mark the group failed in _collect
+                        fut = Future()
+                        fut.cancel()
+                    futures.append((a, group, fut))
+        except BaseException:
+            for _, _, fut in futures:  # queued tasks never start; running ones are waited for
+                fut.cancel()
+            futures_wait([fut for _, _, fut in futures])
+            raise
         return futures
 
     def _collect(self, started: _Started, stats: IOStats) -> dict[str, dict[int, BaseException]]:

@@ -240,3 +240,56 @@ def test_read_ahead_budget_is_a_loader_setting(tmp_path):
             assert len(got) == 2
     with pytest.raises(ConfigError, match="read_ahead_bytes"):
         LoaderConfig(read_ahead_bytes=-1)
+
+
+def test_a_submit_that_raises_mid_step_releases_the_slots_only_after_the_steps_tasks(tmp_path):
+    """``_submit`` raising something other than the closed pool's RuntimeError (here MemoryError on the second task)
+    must not release the step's slots while its first task still writes into them: the release waits for every
+    task submitted so far (queued ones are cancelled), and the reader still reads correct batches afterwards."""
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    store = open_store(tmp_path / "s.zarr")
+    with Loader(store, cfg, samples_per_epoch=8, workers=1, fetch_concurrency=4, cache_bytes=200_000, seed=1) as L:
+        L._ensure_backend()  # noqa: SLF001 - the reader whose pool and cache are instrumented
+        reader = L._backend.reader  # noqa: SLF001
+        running, started, go = [0], threading.Event(), threading.Event()
+        lock = threading.Lock()
+        at_release: list[int] = []
+        fetch_decode, submit, release = reader._fetch_decode, reader._pool.submit, reader.cache.release
+        calls = [0]
+
+        def slow_fetch_decode(*a, **k):
+            with lock:
+                running[0] += 1
+            started.set()
+            try:
+                go.wait(10)
+                return fetch_decode(*a, **k)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        def failing_submit(fn, *a, **k):
+            if fn == slow_fetch_decode:
+                calls[0] += 1
+                if calls[0] == 2:  # the first task is running (blocked) when the second cannot be submitted
+                    assert started.wait(10)
+                    threading.Timer(0.3, go.set).start()  # it finishes a little later
+                    raise MemoryError("injected")
+            return submit(fn, *a, **k)
+
+        def recording_release(res, step_done=True):
+            with lock:
+                at_release.append(running[0])
+            return release(res, step_done)
+
+        reader._fetch_decode, reader._pool.submit, reader.cache.release = (
+            slow_fetch_decode, failing_submit, recording_release)
+        with pytest.raises(MemoryError, match="injected"):
+            next(iter(L))
+        go.set()
+        assert calls[0] >= 2 and at_release[0] == 0, at_release  # no task of the step ran at its release
+        reader._fetch_decode, reader._pool.submit, reader.cache.release = fetch_decode, submit, release
+        for batch in L:  # the cache is consistent: a new iteration reads the right values
+            want = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(batch[f].numpy(), want[f])
