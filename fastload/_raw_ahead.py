@@ -10,7 +10,9 @@ flight rather than requesting a chunk twice) and fetches only the rest.
 Rules: a chunk is requested at most once per claim (an entry in the buffer is never re-claimed); a failed
 read-ahead request just drops its entries (the step's own fetch retries and reports the error); an entry is
 dropped when consumed; finished entries beyond the budget (only when chunks come out larger than estimated) are
-evicted oldest first, and the reader clears the buffer when a new plan starts (an epoch, a new iteration, a
+evicted needed-latest first (the largest ``due``, the step's plan position the reader passes to
+:meth:`~RawAhead.claim`, then the latest claimed: the nearest steps' chunks, needed soonest, stay; evicting the
+oldest dropped exactly those), and the reader clears the buffer when a new plan starts (an epoch, a new iteration, a
 resume), so entries read for batches that were never read do not block the budget; dropped bytes count as
 wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task).
@@ -20,6 +22,7 @@ Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead`
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,12 +37,13 @@ _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 class _Group:
     """One read-ahead request: chunks of one array, fetched together."""
 
-    __slots__ = ("array", "chunks", "est", "state", "raws", "event")
+    __slots__ = ("array", "chunks", "est", "order", "state", "raws", "event")
 
-    def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int):
+    def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int, order: tuple[float, int]):
         self.array = array
         self.chunks = chunks
         self.est = est  # bytes counted against the budget while in flight
+        self.order = order  # (due, claim sequence): when its chunks are needed; the largest is evicted first
         self.state = _QUEUED
         self.raws: list[bytes | None] | None = None
         self.event = threading.Event()
@@ -48,11 +52,12 @@ class _Group:
 class _Raw:
     """A finished entry: the stored bytes of one chunk (None: the chunk is missing from the store)."""
 
-    __slots__ = ("raw", "size")
+    __slots__ = ("raw", "size", "order")
 
-    def __init__(self, raw: bytes | None):
+    def __init__(self, raw: bytes | None, order: tuple[float, int]):
         self.raw = raw
         self.size = 0 if raw is None else len(raw)
+        self.order = order
 
 
 class RawAhead:
@@ -74,6 +79,7 @@ class RawAhead:
         self._held = 0  # bytes of finished entries
         self._flight = 0  # estimated bytes of requests in flight
         self._mean: dict[str, float] = {}  # mean stored bytes per chunk seen, per array
+        self._seq = 0  # claims so far (orders the entries of one due)
         self.requested = 0
         """Chunks requested ahead."""
         self.used = 0
@@ -86,9 +92,12 @@ class RawAhead:
         with self._lock:
             return len(self._entries)
 
-    def claim(self, array: str, chunks: Sequence[tuple[int, ...]], est: int) -> _Group | None:
+    def claim(self, array: str, chunks: Sequence[tuple[int, ...]], est: int,
+              due: int | None = None) -> _Group | None:
         """Register a request for those of ``chunks`` not in the buffer yet, as many as the budget allows
-        (``est``: an upper guess of one chunk's stored bytes, used until real sizes are seen). Returns the group
+        (``est``: an upper guess of one chunk's stored bytes, used until real sizes are seen; ``due``: when they
+        are needed, e.g. the step's plan position, None: after everything claimed with a due). Over the budget,
+        the entries with the largest ``due`` go first, and of one ``due`` the latest claimed. Returns the group
         to pass to :meth:`run` on an I/O thread, or None when there is nothing to request."""
         with self._lock:
             each = max(1, int(self._mean.get(array, est)))
@@ -96,7 +105,8 @@ class RawAhead:
             todo = [c for c in chunks if (array, c) not in self._entries][:max(0, room)]
             if not todo:
                 return None
-            g = _Group(array, todo, each * len(todo))
+            self._seq += 1
+            g = _Group(array, todo, each * len(todo), (math.inf if due is None else float(due), self._seq))
             for c in todo:
                 self._entries[(array, c)] = g
             self._flight += g.est
@@ -180,7 +190,7 @@ class RawAhead:
                 if raws is None:
                     del self._entries[k]
                     continue
-                e = _Raw(raw)
+                e = _Raw(raw, g.order)
                 self._entries[k] = e
                 self._held += e.size
             if raws:
@@ -191,17 +201,19 @@ class RawAhead:
         g.event.set()
 
     def _evict(self) -> None:
-        """Drop the oldest finished entries while over the budget (call with the lock held)."""
+        """While over the budget, drop the finished entries needed latest: largest ``due``, then latest claimed
+        (call with the lock held)."""
         if self._held <= self.budget:
             return
-        for k in list(self._entries):
-            e = self._entries[k]
-            if isinstance(e, _Raw):
-                del self._entries[k]
-                self._held -= e.size
-                self._waste(e.size)
-                if self._held <= self.budget:
-                    return
+        done = [(e.order, k) for k, e in self._entries.items() if isinstance(e, _Raw)]
+        done.sort(reverse=True)
+        for _, k in done:
+            e = self._entries.pop(k)
+            assert isinstance(e, _Raw)
+            self._held -= e.size
+            self._waste(e.size)
+            if self._held <= self.budget:
+                return
 
     def _waste(self, n: int) -> None:
         self.wasted_bytes += n

@@ -556,7 +556,7 @@ class ChunkReader:
                 est = arena.itemsize * arena.shape[1]
                 rows = step.plan.chunks[a][missing].tolist()
                 for j in range(0, len(rows), self._group):
-                    g = self._ahead.claim(a, list(map(tuple, rows[j:j + self._group])), est)
+                    g = self._ahead.claim(a, list(map(tuple, rows[j:j + self._group])), est, due=step.index)
                     if g is None:
                         continue
                     try:

@@ -138,9 +138,9 @@ def test_raw_ahead_takes_requests_once_within_the_budget():
     assert (ahead.requested, ahead.used, len(ahead)) == (2, 2, 0)
     g = ahead.claim("a", [(3,), (4,), (5,), (6,)], est=40)  # real sizes now known (mean 15): all fit
     assert g is not None and len(g.chunks) == 4
-    ahead.run(g)  # 40 + 50 + 60 + 70 = 220 bytes: the oldest are evicted down to 100, counted as wasted
-    assert ahead.wasted_bytes == 150 and ahead.drain_wasted() == 150 and ahead.drain_wasted() == 0
-    assert ahead.take("a", [(3,), (4,), (5,), (6,)]) == {3: bytes(70)}
+    ahead.run(g)  # 40 + 50 + 60 + 70 = 220 bytes: the latest claimed are evicted down to 100, counted as wasted
+    assert ahead.wasted_bytes == 130 and ahead.drain_wasted() == 130 and ahead.drain_wasted() == 0
+    assert ahead.take("a", [(3,), (4,), (5,), (6,)]) == {0: bytes(40), 1: bytes(50)}
     ahead.clear()
     assert len(ahead) == 0
 
@@ -293,3 +293,28 @@ def test_a_submit_that_raises_mid_step_releases_the_slots_only_after_the_steps_t
             want = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
             for f in cfg.field_names:
                 np.testing.assert_array_equal(batch[f].numpy(), want[f])
+
+
+def test_raw_ahead_over_budget_drops_the_entries_needed_latest():
+    """Chunks larger than estimated put the buffer over its budget: it drops the entries of the farthest step (the
+    latest claimed, or the largest ``due``), not the nearest step's, which are needed first; held bytes never
+    exceed the budget after a request lands."""
+    fetch = _Counting()  # chunk (c,) is 10 * (c + 1) bytes
+    ahead = RawAhead(100, fetch)
+    near = ahead.claim("a", [(4,), (5,)], est=25)  # 50 + 60 bytes, estimated 25 each
+    far = ahead.claim("a", [(6,), (7,)], est=25)  # 70 + 80
+    assert near is not None and far is not None
+    ahead.run(far)  # 150 > 100: drop (7,), the latest claimed
+    assert ahead._held <= 100 and ahead.wasted_bytes == 80  # noqa: SLF001 - the bound itself
+    ahead.run(near)  # 70 + 110 = 180 > 100: drop (6,) (far), then (5,)
+    assert ahead._held <= 100 and ahead.wasted_bytes == 80 + 70 + 60  # noqa: SLF001
+    assert ahead.take("a", [(4,), (5,), (6,), (7,)]) == {0: bytes(50)}  # the nearest step's chunk is kept
+    # several workers claim out of plan order: ``due`` (the step's plan position) decides, not the claim order
+    ahead = RawAhead(100, _Counting())
+    far = ahead.claim("a", [(6,), (7,)], est=25, due=9)
+    near = ahead.claim("a", [(4,), (5,)], est=25, due=3)
+    assert near is not None and far is not None
+    ahead.run(near)  # 110 > 100: the nearer step's own latest chunk goes (the far one is still in flight)
+    ahead.run(far)  # 50 + 150: drop (7,), (6,)
+    assert ahead._held <= 100 and ahead.wasted_bytes == 60 + 80 + 70  # noqa: SLF001
+    assert ahead.take("a", [(4,), (5,), (6,), (7,)]) == {0: bytes(50)}
