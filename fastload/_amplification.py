@@ -434,8 +434,8 @@ def recommend_chunks(
         cur_n = cur.chunks_per_sample
         if k > 1:  # the store's own chunking under the same window model
             per = _axis_expectations(store, config, geo, arr.chunks)
-            cur_n = math.prod(v for ax, v in enumerate(per) if ax not in (y_ax, x_ax)) * yx[
-                arr.chunks[y_ax], arr.chunks[x_ax]]
+            cur_n = (len(_field_level_chunks(geo, arr.chunks)) * (per[t_ax] if t_ax is not None else 1.0)
+                     * yx[arr.chunks[y_ax], arr.chunks[x_ax]])  # distinct (field, level) chunk pairs, as for n
         out[name] = ChunkRecommendation(
             array=name, chunks=tuple(int(c) for c in ch), chunk_nbytes=int(cbytes), chunks_per_sample=float(n),
             decoded_bytes=float(n * cbytes), amplification=float(n * cbytes / geo["useful"]),

@@ -176,6 +176,9 @@ def rechunk(
     if unknown:
         raise ConfigError(f"fields: {unknown} not in {src.path}; fields there: {list(src.fields)}")
     default = tuple(chunks) if chunks is not None else DEFAULT_CHUNKS
+    if samples_per_window != 1 and config is None:
+        raise ConfigError(f"rechunk: samples_per_window={samples_per_window} chooses the chunking recommended for a "
+                          f"sampling config; give config= too")
     if config is not None:
         cfg = config if isinstance(config, SamplingConfig) else SamplingConfig.from_file(config)
         per_field = chunks_from_config(src, cfg, default, samples_per_window=samples_per_window)

@@ -282,7 +282,7 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
             log(f"preparing store variant {variant.name}")
             # the recommended chunking is asked for the plan's samples per window, as `fastload rechunk
             # --samples-per-window` would be for this training plan
-            spw = config.batch_size if opts.plan == "window" else 1
+            spw = (opts.batch_size or config.batch_size) if opts.plan == "window" else 1  # as _group draws it
             path = prepare_store(store, variant, config, workdir, samples_per_window=spw)
             for workers in opts.workers:
                 for lat in opts.latency_ms:

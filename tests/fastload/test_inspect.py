@@ -248,6 +248,26 @@ def test_recommendation_for_several_samples_per_window(tmp_path):
         recommend_chunks(store, config, samples_per_window=0)
 
 
+def test_window_figures_of_the_current_chunking_count_field_level_pairs(tmp_path):
+    """AtmoRep layout, fields on different levels: the current chunking's figures for K samples per window count the
+    distinct (field, level) chunk pairs (2 here), not field chunks x level chunks (4), and fall as K grows."""
+    from fastload.inspect import distinct_per_window, expected_chunks, touch_probabilities
+
+    write_atmorep(tmp_path / "a.zarr", nt=30, ny=6, nx=8, chunks=(5, 1, 1, 3, 4))
+    store = open_store(str(tmp_path / "a.zarr"))
+    cfg = SamplingConfig(fields=(FieldConfig(name="t", levels=(96.0,), num_tokens=(2, 1, 1), token_size=(2, 3, 4)),
+                                 FieldConfig(name="q", levels=(114.0,), num_tokens=(2, 1, 1), token_size=(2, 3, 4))))
+    kw = dict(min_chunk_bytes=1, max_chunk_bytes=1 << 30)
+    one = recommend_chunks(store, cfg, **kw)["data"]
+    two = recommend_chunks(store, cfg, samples_per_window=2, **kw)["data"]
+    py = touch_probabilities(6, 3, 3)
+    px = touch_probabilities(8, 4, 4, periodic=bool(store.grid.periodic_x))
+    n = 2 * expected_chunks(30, np.arange(4), 5) * distinct_per_window(py, px, 2) / 2
+    chunk_bytes = int(np.prod(store.arrays["data"].chunks)) * 4
+    assert two.current_amplification == pytest.approx(n * chunk_bytes / (2 * 4 * 3 * 4 * 4))
+    assert two.current_amplification < one.current_amplification
+
+
 def test_describe_matches_zarr(tmp_path):
     write_per_variable(tmp_path / "s.zarr", fmt=2, regional=True)
     store = open_store(str(tmp_path / "s.zarr"))

@@ -132,6 +132,8 @@ def test_bad_input(tmp_path, stores):
     bad = SamplingConfig(fields=(FieldConfig(name="ozone", num_tokens=(2, 2, 4), token_size=(3, 9, 9)),))
     with pytest.raises(ConfigError, match="ozone"):
         rechunk(stores["atmorep"], tmp_path / "r.zarr", config=bad)
+    with pytest.raises(ConfigError, match="samples_per_window=4 .* config"):
+        rechunk(stores["atmorep"], tmp_path / "r.zarr", samples_per_window=4)
     (tmp_path / "taken").mkdir()
     with pytest.raises(StoreError, match="already exists"):
         rechunk(stores["atmorep"], tmp_path / "taken")
