@@ -88,18 +88,31 @@ class LocalSource(BaseByteSource):
             return self.root
         return self._prefix + (key if os.sep == "/" else os.path.join(*key.split("/")))
 
-    def get(self, key: str) -> bytes | None:
-        # open, fstat, one pread, close: a third fewer system calls and Python objects than ``open().readall()``
-        # (this runs once per chunk the loader fetches)
+    def _open_file(self, key: str) -> tuple[int, int] | None:
+        """An open descriptor of ``key``'s file and its size (the caller closes it); None when there is no such
+        file (or it is a directory)."""
         try:
             fd = os.open(self._path(key), _O_READ)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         try:
             st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                return None
-            size = st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        if stat.S_ISDIR(st.st_mode):
+            os.close(fd)
+            return None
+        return fd, st.st_size
+
+    def get(self, key: str) -> bytes | None:
+        # open, fstat, one pread, close: a third fewer system calls and Python objects than ``open().readall()``
+        # (this runs once per chunk the loader fetches)
+        opened = self._open_file(key)
+        if opened is None:
+            return None
+        fd, size = opened
+        try:
             data = os.pread(fd, size, 0) if size > 0 else b""
             if len(data) == size and size > 0:
                 return data
@@ -123,16 +136,12 @@ class LocalSource(BaseByteSource):
         written when the file shrank while being read) tells the caller to read the bytes the ordinary way. None
         when the key does not exist.
         """
-        try:
-            fd = os.open(self._path(key), _O_READ)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        opened = self._open_file(key)
+        if opened is None:
             return None
+        fd, size = opened
         try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                return None
             mv = memoryview(out).cast("B")
-            size = st.st_size
             if size != mv.nbytes:
                 return size
             got = 0
