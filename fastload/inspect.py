@@ -11,10 +11,16 @@ amplification and recommendation of the first (lat-lon, box-sampled) stream, and
 warnings the loader would give (:func:`fastload._stream_chunks.warn_chunking`: one sample decoding most of an
 array's record, with a recommended chunking).
 
+``--samples-per-window K`` (the Loader's ``samples_per_window``: K samples share a time window and each chunk the
+window needs is read once for all of them) makes the recommendation, and its figures and the current chunking's
+next to it, those of that plan (:func:`recommend_chunks`); the read amplification section stays the K = 1 figure
+of one sample read alone, and the report says which K each figure is for.
+
 Run::
 
     fastload inspect era5.zarr
     fastload inspect era5.zarr --config sampling.toml --json
+    fastload inspect era5.zarr --config sampling.toml --samples-per-window 16   # K samples share a time window
     fastload inspect --config multi.toml            # every stream; or name one stream's store first
     fastload inspect era5.zarr --codecs             # which codec reads+decodes fastest here (measured)
 """
@@ -208,8 +214,14 @@ def format_summary(
     rec: Mapping[str, ChunkRecommendation] | None = None,
     rec_amp: Amplification | None = None,
     config: Any = None,
+    *,
+    samples_per_window: int = 1,
 ) -> str:
-    """The human-readable report of :func:`describe` (and, given a config, its amplification and recommendation)."""
+    """The human-readable report of :func:`describe` (and, given a config, its amplification and recommendation).
+
+    ``samples_per_window`` > 1: ``rec`` was computed for that many samples per time window; the recommendation's
+    section then shows its and the current chunking's figures under that model (the read amplification section
+    is still one sample read alone, and says so), and ``rec_amp`` is not used."""
     g, t = desc["grid"], desc["time"]
     res = (
         ""
@@ -244,8 +256,12 @@ def format_summary(
     lines.append(
         f"total   stored {_b(desc['stored_bytes'])}, decoded {_b(desc['decoded_bytes'])}, ratio {ratio}"
     )
+    k = int(samples_per_window)
     if amp is not None:
         head = "read amplification (expected bytes decoded per useful byte, one random sample)"
+        if k > 1:
+            head = ("read amplification (expected bytes decoded per useful byte, one random sample read alone: K = 1; "
+                    f"K = {k} below)")
         if config is not None:
             head += f": box {list(config.box)} (t, lat, lon), time_step {config.time_step}, centers {config.centers}"
         lines += ["", head]
@@ -258,7 +274,9 @@ def format_summary(
         lines += _table(rows)
         lines.append(f"  total: {amp.amplification:.2f}x ({_b(amp.decoded_bytes)} decoded per sample for "
                      f"{_b(amp.useful_bytes)} useful, {amp.chunks_per_sample:.1f} chunks)")  # fmt: skip
-    if rec:
+    if rec and k > 1:
+        lines += _window_section(rec, amp, k)
+    elif rec:
         lines += [
             "",
             "recommended chunking (minimises cost = decoded bytes + per-chunk overhead as bytes, per sample)",
@@ -273,13 +291,65 @@ def format_summary(
             lines.append(f"  total with the recommendation: {rec_amp.amplification:.2f}x "
                          f"(fastload rechunk STORE OUT --config CFG writes it)")  # fmt: skip
     if amp is not None:
-        lines += [f"WARNING: {w}" for w in amp.warnings]
+        lines += [f"WARNING: {w}" + ("" if k == 1 else " (one sample read alone, K = 1)") for w in amp.warnings]
     return "\n".join(lines)
 
 
+def _window_current(rec: Mapping[str, ChunkRecommendation], amp: Amplification) -> dict[str, dict[str, float]]:
+    """Per array, the current chunking's chunks and decoded bytes per sample under the model ``rec`` was made with
+    (its ``current_amplification`` x the useful bytes; chunks: those bytes / the current chunk's bytes)."""
+    parts = {p.array: p for p in amp.arrays}
+    out = {}
+    for name, r in rec.items():
+        p = parts[name]
+        decoded = r.current_amplification * p.useful_bytes
+        out[name] = {"chunks_per_sample": decoded / p.chunk_nbytes, "decoded_bytes": decoded}
+    return out
+
+
+def _window_totals(rec: Mapping[str, ChunkRecommendation], amp: Amplification) -> tuple[float, float]:
+    """(recommended, current) total amplification under the model ``rec`` was made with."""
+    cur = _window_current(rec, amp)
+    return (sum(r.decoded_bytes for r in rec.values()) / amp.useful_bytes,
+            sum(c["decoded_bytes"] for c in cur.values()) / amp.useful_bytes)  # fmt: skip
+
+
+def _window_section(rec: Mapping[str, ChunkRecommendation], amp: Amplification | None, k: int) -> list[str]:
+    """The recommendation's report for ``k`` samples per time window: its figures and the current chunking's."""
+    lines = [
+        "",
+        f"recommended chunking for K = {k} samples per time window (each chunk the window needs is read once for "
+        f"its {k} samples; per sample = per window / {k}; minimises cost = decoded bytes + per-chunk overhead as "
+        "bytes, per sample)",
+    ]
+    rows = [["array", "chunks (now)", "chunk (now)", "chunks/sample (now)", "decoded/sample (now)",
+             "amplification (now)", "cost/sample (now)"]]  # fmt: skip
+    cur = _window_current(rec, amp) if amp is not None else {}
+    parts = {p.array: p for p in amp.arrays} if amp is not None else {}
+    for r in rec.values():
+        p, c = parts.get(r.array), cur.get(r.array)
+        now = "?" if p is None else "x".join(map(str, p.chunks))
+        rows.append([r.array, f"{'x'.join(map(str, r.chunks))} ({now})",
+                     f"{_b(r.chunk_nbytes)} ({'?' if p is None else _b(p.chunk_nbytes)})",
+                     f"{r.chunks_per_sample:.2f} ({'?' if c is None else format(c['chunks_per_sample'], '.2f')})",
+                     f"{_b(r.decoded_bytes)} ({'?' if c is None else _b(c['decoded_bytes'])})",
+                     f"{r.amplification:.2f}x ({r.current_amplification:.2f}x)",
+                     f"{_b(r.cost_bytes)} ({_b(r.current_cost_bytes)})"])  # fmt: skip
+    lines += _table(rows)
+    if amp is not None:
+        best, now = _window_totals(rec, amp)
+        lines.append(f"  total with the recommendation, K = {k}: {best:.2f}x ({now:.2f}x now) (fastload rechunk "
+                     f"STORE OUT --config CFG --samples-per-window {k} writes it)")  # fmt: skip
+    return lines
+
+
 def inspect_streams(config: Any, store: str | None = None, *, storage_options: Mapping[str, Any] | None = None,
-                    sizes: str = "auto", overhead_bytes: float = OVERHEAD_S * DECODE_BPS) -> list[dict[str, Any]]:
+                    sizes: str = "auto", overhead_bytes: float = OVERHEAD_S * DECODE_BPS,
+                    samples_per_window: int = 1) -> list[dict[str, Any]]:
     """Inspect the streams of a multi-stream sampling config (all of them, or the one whose store is ``store``).
+
+    ``samples_per_window``: the Loader's setting (its windows are placed on the reference stream), for the
+    reference stream's recommendation (:func:`recommend_chunks`).
 
     Returns
     -------
@@ -287,8 +357,9 @@ def inspect_streams(config: Any, store: str | None = None, *, storage_options: M
         Per stream: ``name``, ``kind`` (``reference``, ``box`` or ``mesh``), ``time_rule``, ``config`` (the
         stream's share of the config), ``describe`` (:func:`describe` of its store), ``amplification``,
         ``recommendation``, ``recommended_amplification`` (the reference stream's; None for the others: their
-        samples are mapped regions, not index boxes) and ``chunking_warnings`` (the loader's messages about this
-        stream's chunking).
+        samples are mapped regions, not index boxes; with ``samples_per_window`` > 1, None: the recommendation
+        carries the window figures), ``samples_per_window`` and ``chunking_warnings`` (the loader's messages about
+        this stream's chunking).
 
     Raises
     ------
@@ -319,11 +390,10 @@ def inspect_streams(config: Any, store: str | None = None, *, storage_options: M
         amp = rec = rec_amp = None
         if st.kind == "reference":
             amp = read_amplification(st.store, st.config)
-            rec = recommend_chunks(st.store, st.config, overhead_bytes=overhead_bytes)
-            rec_amp = read_amplification(st.store, st.config, chunks={k: r.chunks for k, r in rec.items()})
+            rec, rec_amp = _recommend(st.store, st.config, overhead_bytes, samples_per_window)
         out.append({"name": st.name, "kind": st.kind, "time_rule": st.rule, "config": st.config,
                     "describe": describe(st.store, sizes=sizes), "amplification": amp, "recommendation": rec,
-                    "recommended_amplification": rec_amp,
+                    "recommended_amplification": rec_amp, "samples_per_window": int(samples_per_window),
                     "chunking_warnings": [m for m in messages if m.startswith(f"stream {st.name!r}:")]})
     return out
 
@@ -335,7 +405,8 @@ def format_streams(reports: Sequence[Mapping[str, Any]]) -> str:
     for r in reports:
         head = f"== stream {r['name']} ({r['kind']}, time_rule {r['time_rule']}) =="
         body = format_summary(r["describe"], r["amplification"], r["recommendation"],
-                              r["recommended_amplification"], r["config"] if r["amplification"] else None)
+                              r["recommended_amplification"], r["config"] if r["amplification"] else None,
+                              samples_per_window=r.get("samples_per_window", 1))
         warn = [f"WARNING: {m}" for m in r["chunking_warnings"]] or ["chunking: no stream chunking warning"]
         parts.append("\n".join([head, body, *warn]))
     return "\n\n".join(parts)
@@ -347,11 +418,39 @@ def _streams_json(config: Any, reports: Sequence[Mapping[str, Any]]) -> dict[str
         d = dict(r["describe"])
         d.update(kind=r["kind"], time_rule=r["time_rule"], chunking_warnings=list(r["chunking_warnings"]))
         if r["amplification"] is not None:
-            d["amplification"] = r["amplification"].to_dict()
-            d["recommendation"] = {k: dataclasses.asdict(v) for k, v in r["recommendation"].items()}
-            d["recommended_amplification"] = r["recommended_amplification"].amplification
+            d.update(_recommendation_json(r["amplification"], r["recommendation"], r["recommended_amplification"],
+                                          r.get("samples_per_window", 1)))
         streams[r["name"]] = d
     return {"config": config.to_dict(), "streams": streams}
+
+
+def _recommend(store: Any, config: Any, overhead_bytes: float,
+               samples_per_window: int) -> tuple[dict[str, ChunkRecommendation], Amplification | None]:
+    """The recommendation and, for one sample per window, the read amplification of its chunking (None for
+    several: :func:`read_amplification` is the K = 1 model; the recommendation carries the window figures)."""
+    rec = recommend_chunks(store, config, overhead_bytes=overhead_bytes, samples_per_window=samples_per_window)
+    if samples_per_window > 1:
+        return rec, None
+    return rec, read_amplification(store, config, chunks={k: r.chunks for k, r in rec.items()})
+
+
+def _recommendation_json(amp: Amplification, rec: Mapping[str, ChunkRecommendation], rec_amp: Amplification | None,
+                         samples_per_window: int) -> dict[str, Any]:
+    """The JSON of the amplification and recommendation. One sample per window: ``amplification``,
+    ``recommendation`` and ``recommended_amplification`` (as before). K > 1 adds ``samples_per_window`` and
+    ``current_window`` (per array the current chunking's ``chunks_per_sample`` and ``decoded_bytes`` under the
+    window model), and ``recommended_amplification`` / ``current_window_amplification`` are the window totals;
+    ``amplification`` stays one sample read alone (K = 1)."""
+    out: dict[str, Any] = {"amplification": amp.to_dict(),
+                           "recommendation": {k: dataclasses.asdict(r) for k, r in rec.items()}}  # fmt: skip
+    if samples_per_window > 1:
+        best, now = _window_totals(rec, amp)
+        out.update(samples_per_window=int(samples_per_window), recommended_amplification=best,
+                   current_window_amplification=now, current_window=_window_current(rec, amp))
+    else:
+        assert rec_amp is not None
+        out["recommended_amplification"] = rec_amp.amplification
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -365,6 +464,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("store", nargs="?", help="store path or URL (with a multi-stream --config: one stream's store, or "
                                             "none for every stream)")
     p.add_argument("--config", help="sampling config (TOML/YAML) to evaluate against the chunking")
+    p.add_argument("--samples-per-window", type=int, default=1, metavar="K",
+                   help="with --config: the Loader's samples_per_window the store is read with (AtmoRep's several "
+                   "samples per time window, each chunk read once for all of them): the recommendation and its "
+                   "figures are for that plan (default 1, independent samples)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--sizes",
@@ -405,6 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--chunk-overhead-ms must be >= 0 and --decode-gbps > 0")
         if args.read_gbps is not None and not (args.codecs and args.read_gbps > 0):
             raise ConfigError("--read-gbps takes a rate > 0 and goes with --codecs")
+        k = args.samples_per_window
+        if k < 1 or (k > 1 and not args.config):
+            raise ConfigError(f"--samples-per-window takes an integer >= 1 and goes with --config, got {k}"
+                              + ("" if args.config else " without --config"))
         opts = parse_storage_options(args.storage_option)
         from .config import SamplingConfig
         from .store import open_store
@@ -416,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--codecs measures one store: give it without a multi-stream --config (or "
                                   "inspect each stream's store on its own)")  # fmt: skip
             reports = inspect_streams(config, args.store, storage_options=opts, sizes=args.sizes,
-                                      overhead_bytes=overhead)
+                                      overhead_bytes=overhead, samples_per_window=k)
             print(json.dumps(_streams_json(config, reports), indent=2) if args.json else format_streams(reports))
             return 0
         if args.store is None:
@@ -426,8 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         amp = rec = rec_amp = None
         if config is not None:
             amp = read_amplification(store, config)
-            rec = recommend_chunks(store, config, overhead_bytes=overhead)
-            rec_amp = read_amplification(store, config, chunks={k: r.chunks for k, r in rec.items()})
+            rec, rec_amp = _recommend(store, config, overhead, k)
         codecs = None
         if args.codecs:
             from .codec_choice import measure_codecs
@@ -440,14 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = dict(desc)
         if amp is not None:
             out["config"] = config.to_dict()
-            out["amplification"] = amp.to_dict()
-            out["recommendation"] = {k: dataclasses.asdict(r) for k, r in rec.items()}
-            out["recommended_amplification"] = rec_amp.amplification
+            out.update(_recommendation_json(amp, rec, rec_amp, k))
         if codecs is not None:
             out["codecs"] = codecs.to_dict()
         print(json.dumps(out, indent=2))
     else:
-        print(format_summary(desc, amp, rec, rec_amp, config))
+        print(format_summary(desc, amp, rec, rec_amp, config, samples_per_window=k))
         if codecs is not None:
             from .codec_choice import format_codecs
 

@@ -376,3 +376,83 @@ def test_cli_multi_stream_config_shows_each_streams_chunking_warning(tmp_path, c
     assert main([str(tmp_path / "other.zarr"), "--config", str(tmp_path / "multi.toml")]) == 2
     assert "none of the config's stream stores" in capsys.readouterr().err
     assert main([]) == 2 and "give the STORE" in capsys.readouterr().err
+
+
+def test_cli_samples_per_window(tmp_path, capsys):
+    """``--samples-per-window K``: the recommendation and the current chunking's figures under the window model
+    (checked against recommend_chunks and, for whole-grid (y, x) chunks, which every box of a window shares, an
+    enumeration of the time chunks / K); K = 1 is the old report exactly; bad K is an error."""
+    write_per_variable(tmp_path / "s.zarr", ny=16, nx=32, chunks=(4, 3, 16, 32))
+    cfg = _cfg([("temperature", (105,))], token=(1, 2, 4))
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    base = [str(tmp_path / "s.zarr"), "--config", str(tmp_path / "c.toml")]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    assert main([*base, "--samples-per-window", "1"]) == 0
+    assert capsys.readouterr().out == plain and "K =" not in plain
+    assert main([*base, "--json"]) == 0
+    plain_json = capsys.readouterr().out
+    assert main([*base, "--json", "--samples-per-window", "1"]) == 0
+    assert capsys.readouterr().out == plain_json and "samples_per_window" not in json.loads(plain_json)
+
+    store = open_store(str(tmp_path / "s.zarr"))
+    want = recommend_chunks(store, cfg, samples_per_window=16)["temperature"]
+    amp1 = read_amplification(store, cfg)
+    useful = amp1.useful_bytes
+    # current chunks cover the whole grid: a window reads its time chunks once for its 16 samples
+    cur_chunks = _brute_expected(44, np.arange(2), 4) / 16
+    cur_bytes = cur_chunks * 4 * 3 * 16 * 32 * 4
+    assert main([*base, "--json", "--samples-per-window", "16"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["samples_per_window"] == 16
+    assert tuple(j["recommendation"]["temperature"]["chunks"]) == want.chunks
+    assert j["recommendation"]["temperature"]["chunks_per_sample"] == pytest.approx(want.chunks_per_sample)
+    assert j["recommended_amplification"] == pytest.approx(want.decoded_bytes / useful)
+    assert j["current_window"]["temperature"]["chunks_per_sample"] == pytest.approx(cur_chunks)
+    assert j["current_window"]["temperature"]["decoded_bytes"] == pytest.approx(cur_bytes)
+    assert j["current_window_amplification"] == pytest.approx(cur_bytes / useful)
+    assert j["amplification"]["amplification"] == pytest.approx(amp1.amplification)  # still one sample alone
+
+    assert main([*base, "--samples-per-window", "16"]) == 0
+    text = capsys.readouterr().out
+    assert text.split("\n\nread amplification")[0] == plain.split("\n\nread amplification")[0]  # schema part
+    assert "one random sample read alone: K = 1; K = 16 below" in text
+    assert "recommended chunking for K = 16 samples per time window" in text
+    rec_chunks = "x".join(map(str, want.chunks)) + " (4x3x16x32)"
+    row = next(line for line in text.splitlines() if line.startswith("  temperature  " + rec_chunks))
+    assert f"{want.chunks_per_sample:.2f} ({cur_chunks:.2f})" in row
+    assert (f"total with the recommendation, K = 16: {want.decoded_bytes / useful:.2f}x "
+            f"({cur_bytes / useful:.2f}x now)") in text
+    warned = [line for line in text.splitlines() if line.startswith("WARNING")]
+    assert warned and all(line.endswith("(one sample read alone, K = 1)") for line in warned)
+    assert "total with the recommendation:" not in text  # no K = 1 total next to the K = 16 figures
+
+    for bad in (["--samples-per-window", "0"], ["--samples-per-window", "-3"]):
+        assert main([*base, *bad]) == 2
+        assert "--samples-per-window takes an integer >= 1" in capsys.readouterr().err
+    assert main([str(tmp_path / "s.zarr"), "--samples-per-window", "4"]) == 2
+    assert "goes with --config" in capsys.readouterr().err
+    assert main([*base, "--samples-per-window", "2.5"]) == 2  # argparse: not an integer
+    assert "--samples-per-window" in capsys.readouterr().err
+
+
+def test_cli_samples_per_window_multi_stream(tmp_path, capsys):
+    """A multi-stream config passes K to its reference stream's recommendation."""
+    from .stores_multi import make_atmosphere, make_mesh, make_ocean
+    from .test_streams import config
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"])
+    make_ocean(paths["ocean"])
+    make_mesh(paths["fesom"])
+    cfg = config(paths)
+    (tmp_path / "multi.toml").write_text(cfg.to_toml())
+    args = [str(paths["era5"]), "--config", str(tmp_path / "multi.toml"), "--samples-per-window", "8"]
+    assert main([*args, "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)["streams"]["era5"]
+    assert j["samples_per_window"] == 8
+    rec = j["recommendation"]
+    assert j["recommended_amplification"] == pytest.approx(
+        sum(r["decoded_bytes"] for r in rec.values()) / j["amplification"]["useful_bytes"])
+    assert main(args) == 0
+    assert "recommended chunking for K = 8 samples per time window" in capsys.readouterr().out
