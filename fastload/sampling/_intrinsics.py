@@ -148,9 +148,7 @@ def move8n(typingctx, dst, d0, src, i, j, norm, gm, gs, mean, std, y, x):
     reference-count operations (atomic) around every call. ``dst`` is float32; a uint16 ``dst`` (the kernel's
     bfloat16/float16 specialisation, which never takes this path) compiles to a trap.
     """
-    if not (_ok_move(dst, src) and isinstance(norm, types.Integer) and gm == types.float32 and gs == types.float32
-            and all(isinstance(c, types.Array) and c.dtype == types.float32 and c.ndim == 2 and c.layout == "C"
-                    for c in (mean, std))):
+    if not (_ok_move(dst, src) and _ok_norm(norm, gm, gs, mean, std)):
         return None
 
     def codegen(context, builder, sig, args):
@@ -161,6 +159,14 @@ def move8n(typingctx, dst, d0, src, i, j, norm, gm, gs, mean, std, y, x):
         return context.get_dummy_value()
 
     return types.void(dst, d0, src, i, j, norm, gm, gs, mean, std, y, x), codegen
+
+
+def _ok_norm(norm, gm, gs, mean, std) -> bool:
+    """Typing check of the normalisation arguments of :func:`move8n` and :func:`move8s`: an integer mode, float32
+    global coefficients, 2-D C-contiguous float32 local coefficient arrays."""
+    return (isinstance(norm, types.Integer) and gm == types.float32 and gs == types.float32
+            and all(isinstance(c, types.Array) and c.dtype == types.float32 and c.ndim == 2 and c.layout == "C"
+                    for c in (mean, std)))
 
 
 def _trap(context, builder):
@@ -208,10 +214,7 @@ def move8s(typingctx, dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, 
     cache lines next to the ones the token needs.
     """
     if not (_ok_move(dst, src) and isinstance(src.dtype, (types.Integer, types.Float))
-            and isinstance(split, types.Integer) and isinstance(norm, types.Integer)
-            and gm == types.float32 and gs == types.float32
-            and all(isinstance(c, types.Array) and c.dtype == types.float32 and c.ndim == 2 and c.layout == "C"
-                    for c in (mean, std))):
+            and isinstance(split, types.Integer) and _ok_norm(norm, gm, gs, mean, std)):
         return None
 
     def codegen(context, builder, sig, args):
