@@ -138,6 +138,22 @@ def _stream(dst, d0, src, n):
         q += np.uint64(1)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _next_row(pa, pb, pi, pj, tt, tlat, nlat):
+    """The box row after ``(a, b, i, j)`` in the kernels' ``(a, b, i, j)`` row order (their prefetch cursor)."""
+    pj += 1
+    if pj == tlat:
+        pj = 0
+        pi += 1
+        if pi == tt:
+            pi = 0
+            pb += 1
+            if pb == nlat:
+                pb = 0
+                pa += 1
+    return pa, pb, pi, pj
+
+
 PREFETCH_ROWS = 4
 """How many box rows ahead the gather prefetches (source rows, and local coefficients)."""
 _NORM_MARKS = ((), (0,), (0, 0))
@@ -294,16 +310,7 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
             pa = pb = pi = pj = 0
             p_left = n_rows
             for _ in range(min(PREFETCH_ROWS, n_rows)):
-                pj += 1
-                if pj == tlat:
-                    pj = 0
-                    pi += 1
-                    if pi == tt:
-                        pi = 0
-                        pb += 1
-                        if pb == nlat:
-                            pb = 0
-                            pa += 1
+                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
                 p_left -= 1
             for a in range(nt):
                 for b in range(nlat):
@@ -337,16 +344,7 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
                                         for e in range(seg_x[p], xe + 16, 16):
                                             prefetch4(mean, pm, lv, y0 + pyk, min(e, xe))
                                             prefetch4(std, pm, lv, y0 + pyk, min(e, xe))
-                                pj += 1
-                                if pj == tlat:
-                                    pj = 0
-                                    pi += 1
-                                    if pi == tt:
-                                        pi = 0
-                                        pb += 1
-                                        if pb == nlat:
-                                            pb = 0
-                                            pa += 1
+                                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
                                 p_left -= 1
                             # gather box row (i, j) of the band into `row` (uint64 indices: no wraparound code,
                             # vectorised loops)
@@ -539,16 +537,7 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
             # the slot lookups change only when a row is in another (time, y) chunk than the row before
             cur_it = cur_iy = pf_it = pf_iy = -1
             for _ in range(min(PREFETCH_ROWS, n_rows)):
-                pj += 1
-                if pj == tlat:
-                    pj = 0
-                    pi += 1
-                    if pi == tt:
-                        pi = 0
-                        pb += 1
-                        if pb == nlat:
-                            pb = 0
-                            pa += 1
+                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
                 p_left -= 1
             for a in range(nt):
                 for b in range(nlat):
@@ -588,16 +577,7 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                         for e in range(seg_x[p], xe + 16, 16):
                                             prefetch4(mean, pm, lv, y0 + pyk, min(e, xe))
                                             prefetch4(std, pm, lv, y0 + pyk, min(e, xe))
-                                pj += 1
-                                if pj == tlat:
-                                    pj = 0
-                                    pi += 1
-                                    if pi == tt:
-                                        pi = 0
-                                        pb += 1
-                                        if pb == nlat:
-                                            pb = 0
-                                            pa += 1
+                                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
                                 p_left -= 1
                             if it != cur_it or iy != cur_iy:
                                 cur_it = it
