@@ -201,7 +201,28 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
         _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
+def _first_prefetch_row(n_rows, tt, tlat, nlat):
+    """The prefetch cursor at the start of a (sample, level): ``PREFETCH_ROWS`` rows ahead, and the rows left."""
+    pa = pb = pi = pj = 0
+    p_left = n_rows
+    for _ in range(min(PREFETCH_ROWS, n_rows)):
+        pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
+        p_left -= 1
+    return pa, pb, pi, pj, p_left
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _step_coefficients(norm, month_of, s, tk, mean, std, lv):
+    """Coefficient month of time step ``tk`` of sample ``s``, and the global ``(mean, std)`` (0 and 1 unless
+    ``norm`` is 1)."""
+    m = month_of[s, tk] if norm != 0 else 0
+    if norm == 1:
+        return m, mean[m, lv, 0, 0], std[m, lv, 0, 0]
+    return m, np.float32(0.0), np.float32(1.0)
+
+
+@njit(nogil=True, cache=True, )
 def _index_sample(box, view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k, seg_x):
     """Per sample: chunk (counted from the sample's first) and element offset of every time step and box row, and
     the box row's x segments (split where it crosses a chunk edge or the seam), so the inner loops divide nothing.
@@ -307,22 +328,13 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
             o = np.uint64((s * n_lev + lv) * o_lev)
             mc = month_of[s, 0] if norm == 2 and n_t > 0 else -1  # the month of the compact coefficients
             # the row PREFETCH_ROWS ahead, in (a, b, i, j) order
-            pa = pb = pi = pj = 0
-            p_left = n_rows
-            for _ in range(min(PREFETCH_ROWS, n_rows)):
-                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
-                p_left -= 1
+            pa, pb, pi, pj, p_left = _first_prefetch_row(n_rows, tt, tlat, nlat)
             for a in range(nt):
                 for b in range(nlat):
                     for i in range(tt):
                         tk = a * tt + i
                         it = t_it[tk]
-                        m = month_of[s, tk] if norm != 0 else 0
-                        gm = np.float32(0.0)
-                        gs = np.float32(1.0)
-                        if norm == 1:
-                            gm = mean[m, lv, 0, 0]
-                            gs = std[m, lv, 0, 0]
+                        m, gm, gs = _step_coefficients(norm, month_of, s, tk, mean, std, lv)
                         for j in range(tlat):
                             yk = b * tlat + j
                             y = y0 + yk
@@ -532,24 +544,15 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
             loff = base + (lev_idx[lv] % cl) * sl
             o = np.uint64((s * n_lev + lv) * o_lev)
             mc = month_of[s, 0] if norm == 2 and n_t > 0 else -1
-            pa = pb = pi = pj = 0
-            p_left = n_rows
             # the slot lookups change only when a row is in another (time, y) chunk than the row before
             cur_it = cur_iy = pf_it = pf_iy = -1
-            for _ in range(min(PREFETCH_ROWS, n_rows)):
-                pa, pb, pi, pj = _next_row(pa, pb, pi, pj, tt, tlat, nlat)
-                p_left -= 1
+            pa, pb, pi, pj, p_left = _first_prefetch_row(n_rows, tt, tlat, nlat)
             for a in range(nt):
                 for b in range(nlat):
                     for i in range(tt):
                         tk = a * tt + i
                         it = t_it[tk]
-                        m = month_of[s, tk] if norm != 0 else 0
-                        gm = np.float32(0.0)
-                        gs = np.float32(1.0)
-                        if norm == 1:
-                            gm = mean[m, lv, 0, 0]
-                            gs = std[m, lv, 0, 0]
+                        m, gm, gs = _step_coefficients(norm, month_of, s, tk, mean, std, lv)
                         for j in range(tlat):
                             yk = b * tlat + j
                             y = y0 + yk
