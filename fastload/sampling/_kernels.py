@@ -222,7 +222,27 @@ def _step_coefficients(norm, month_of, s, tk, mean, std, lv):
     return m, np.float32(0.0), np.float32(1.0)
 
 
-@njit(nogil=True, cache=True, )
+@njit(nogil=True, cache=True, inline="always")
+def _row_to_tokens(tb, d, rowb, r, nlon, tlon, tok, cm, cs):
+    """Copy the normalised box row ``rowb[r]`` to its ``nlon`` token rows in the band buffer, the first at ``d``,
+    in 8-wide moves (the last of a token row overlapping the one before; ``cm``/``cs`` only fill the intrinsic's
+    unused coefficient arguments)."""
+    t8 = np.uint64(tlon - 8)
+    tlu = np.uint64(tlon)
+    u8 = np.uint64(8)
+    zero = np.float32(0.0)
+    r0 = np.uint64(0)
+    for _ in range(nlon):
+        q8 = np.uint64(0)
+        while q8 < t8:
+            move8n(tb, d + q8, rowb, r, r0 + q8, 0, zero, zero, cm, cs, np.uint64(0), r0)
+            q8 += u8
+        move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, np.uint64(0), r0)
+        d += tok
+        r0 += tlu
+
+
+@njit(nogil=True, cache=True)
 def _index_sample(box, view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src, seg_len, seg_k, seg_x):
     """Per sample: chunk (counted from the sample's first) and element offset of every time step and box row, and
     the box row's x segments (split where it crosses a chunk edge or the seam), so the inner loops divide nothing.
@@ -510,7 +530,6 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
     u16 = np.uint64(16)
     tlu = np.uint64(tlon)
     one = np.uint64(1)
-    z = np.uint64(0)
     par = np.uint64(0)  # the row of `rowb` being normalised
     pend = False  # whether the other row of `rowb` waits to be copied, to the tokens from band position pend_d
     pend_d = np.uint64(0)
@@ -615,22 +634,12 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                         rowb[par, rk + qu] = ((np.float32(slots[su, src0 + qu]) - cm[ry, rk + qu])
                                                               / cs[ry, rk + qu])
                                 if pend:  # the row before, to its tokens
-                                    d = pend_d
-                                    r0 = np.uint64(0)
-                                    for _ in range(nlon):
-                                        q8 = np.uint64(0)
-                                        while q8 < t8:
-                                            move8n(tb, d + q8, rowb, par ^ one, r0 + q8, 0, gm, gs, cm, cs, ry, r0)
-                                            q8 += u8
-                                        move8n(tb, d + t8, rowb, par ^ one, r0 + t8, 0, gm, gs, cm, cs, ry, r0)
-                                        d += tok
-                                        r0 += tlu
+                                    _row_to_tokens(tb, pend_d, rowb, par ^ one, nlon, tlon, tok, cm, cs)
                                 pend = True
                                 pend_d = np.uint64((i * tlat + j) * tlon)
                                 par ^= one
                                 continue
                             dr = np.uint64((i * tlat + j) * tlon)  # the row's place in the first token
-                            tlu = np.uint64(tlon)
                             for rr in range(n_run):  # runs of token rows, 8-wide moves straight from the chunk
                                 su = seg_slot[run_p[rr]]
                                 e0 = np.uint64(yoff + run_src[rr])
@@ -713,16 +722,7 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                     q8u += u8
                                 move8n(tb, d + t8, sb, wu, t8, norm, gm, gs, cm, cs, ry, r0 + t8)
                     if norm == 2 and pend:  # the band's last row
-                        d = pend_d
-                        r0 = np.uint64(0)
-                        for _ in range(nlon):
-                            q8 = np.uint64(0)
-                            while q8 < t8:
-                                move8n(tb, d + q8, rowb, par ^ one, r0 + q8, 0, gm, gs, cm, cs, z, r0)
-                                q8 += u8
-                            move8n(tb, d + t8, rowb, par ^ one, r0 + t8, 0, gm, gs, cm, cs, z, r0)
-                            d += tok
-                            r0 += tlu
+                        _row_to_tokens(tb, pend_d, rowb, par ^ one, nlon, tlon, tok, cm, cs)
                         pend = False
                     _stream(outf, o, tb, np.uint64(n_band))
                     o += np.uint64(n_band)
