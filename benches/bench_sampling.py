@@ -30,6 +30,9 @@ Run::
     pytest benches/bench_sampling.py -s                     # full
     pytest benches/bench_sampling.py --quick -s             # seconds
     pytest benches/bench_sampling.py --benchmark-json benches/results/sampling_<hardware>_<yyyymm>.json
+
+A change to the kernels is judged by ``python benches/ab_gather.py --against HEAD`` (the working tree's kernel
+against a git revision's, interleaved in one process and checked bit for bit), not by two runs of this file.
 """
 
 from __future__ import annotations
