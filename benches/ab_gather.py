@@ -40,7 +40,7 @@ from fastload.sampling.tokenizer import LatLonTokenizer
 
 GEOMETRIES = {"9x9": ((12, 6, 12), (3, 9, 9)), "18x18": ((12, 3, 6), (3, 18, 18)), "27x27": ((12, 2, 4), (3, 27, 27))}
 LEVELS = 5
-GRIDS = {"0.25": (40, 721, 1440), "1": (168, 181, 360)}  # (time steps, ny, nx)
+GRIDS = {"0.25": (40, 721, 1440), "1": (168, 181, 360), "small": (40, 61, 120)}  # (time steps, ny, nx)
 SAMPLES, CALLS = 16, 8
 
 
@@ -80,7 +80,7 @@ def _run(kernel: types.ModuleType, calls: list, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--against", required=True, help="git revision whose kernel is the baseline (e.g. HEAD)")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="0.25", help="0.25 (721 x 1440) or 1 (181 x 360)")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="0.25", help="0.25 (721 x 1440), 1 (181 x 360), small (61 x 120, a smoke test)")
     p.add_argument("--chunks", default=None, help="t,l,y,x chunk shape (default: AtmoRep's, 8 h x the globe)")
     p.add_argument("--geoms", default="9x9,18x18,27x27", help=f"of {', '.join(GEOMETRIES)}")
     p.add_argument("--norms", default="none,local", help="of none, global, local")

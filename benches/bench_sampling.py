@@ -406,3 +406,20 @@ def test_jit_compile(benchmark, report, tmp_path):
     warm = run()  # the same signatures loaded from the on-disk cache
     assert any((tmp_path / "numba-cache").rglob("*.nbi"))
     report(benchmark, import_s=cold[0], compile_s=cold[1], cached_load_s=warm[1])
+
+
+def test_ab_gather_runs(capsys):
+    """The A/B script runs and finds the working tree's kernel identical in output to HEAD's (smoke test: small
+    grid, one round; its timings mean nothing here)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the A/B script takes the other kernel from git")
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        import ab_gather
+    finally:
+        sys.path.pop(0)
+    assert ab_gather.main(["--against", "HEAD", "--grid", "small", "--geoms", "9x9", "--norms", "local",
+                           "--reps", "1"]) == 0
+    assert "tree/HEAD" in capsys.readouterr().out
+
