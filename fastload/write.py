@@ -487,6 +487,8 @@ class StoreWriter:
             try:
                 os.rename(self.tmp, self.out)
             except OSError as e:
+                if old is not None:  # put the store we replace back where it was
+                    os.rename(old, self.out)
                 raise StoreError(f"{self.out}: cannot move the finished store into place: {e}") from e
             if old is not None:
                 shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -234,3 +235,21 @@ def test_progress_bar_draws_only_when_asked():
     with Progress(10, "x", enabled=False, stream=silenced) as bar:
         bar.update(10)
     assert silenced.getvalue() == ""
+
+
+def test_a_failed_rename_puts_the_old_store_back(tmp_path, monkeypatch):
+    out = tmp_path / "s.zarr"
+    data = _write(out)
+    real = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(StoreError, match="cannot move"):
+        _write(out, overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, data["t2m"])  # the old store, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
