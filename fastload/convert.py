@@ -40,7 +40,7 @@ import numpy as np
 
 from ._progress import Progress
 from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
-from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, parse_ints
+from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
 
 __all__ = ["convert", "main", "GRIB_SUFFIXES"]
 
@@ -293,8 +293,7 @@ def convert(
         raise ConfigError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if not inputs:
         raise ConfigError("convert: give at least one input file")
-    if Path(out).exists() and not overwrite:
-        raise StoreError(f"{Path(out).absolute()} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_output(out, overwrite=overwrite, sources=inputs)
     with contextlib.ExitStack() as stack:
         sources = [_open(Path(p), stack) for p in inputs]
         pieces, time, coords = _plan(sources, variables)
@@ -305,7 +304,7 @@ def convert(
             sum(int(np.prod(v.source.ds[n].shape)) for v in vs) * (4 if dtype == "float32" else 8)
             for n, vs in pieces.items()
         )
-        with StoreWriter(out, zarr_format=zarr_format, overwrite=overwrite, attrs=attrs) as w:
+        with StoreWriter(out, zarr_format=zarr_format, overwrite=overwrite, attrs=attrs, sources=inputs) as w:
             if time is not None:
                 w.set_time(time)
             lat, lon = coords["latitude"], coords["longitude"]

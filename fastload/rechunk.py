@@ -34,7 +34,7 @@ import numpy as np
 
 from ._progress import Progress
 from .errors import ConfigError, SchemaError
-from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, parse_ints
+from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
 
 __all__ = ["rechunk", "auto_codec", "chunks_from_config", "main"]
 
@@ -169,6 +169,7 @@ def rechunk(
     from .store import open_store
 
     src = store if hasattr(store, "read_chunk") else open_store(store)
+    check_output(out, overwrite=overwrite, sources=[src.path])  # before any work: OUT must not hold the source
     if src.grid.kind != "latlon":
         raise SchemaError(f"{src.path}: rechunk writes latitude-longitude grids; this store's grid is {src.grid.kind}")
     names = list(src.fields) if fields is None else list(fields)
@@ -207,7 +208,7 @@ def rechunk(
                            dataset_bytes=nbytes)  # fmt: skip
     elif read_bps is not None:
         raise ConfigError(f"read_bps={read_bps} goes with codec='auto' (it is the read rate the choice charges)")
-    with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs) as w, \
+    with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs, sources=[src.path]) as w, \
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
             w.set_time(src.time)

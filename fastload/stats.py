@@ -42,6 +42,7 @@ from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
+from .write import check_output
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
 
@@ -210,7 +211,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     Raises
     ------
     ConfigError
-        Unknown field or level, an empty time range, or ``out`` exists without ``overwrite``.
+        Unknown field or level, an empty time range, ``out`` exists without ``overwrite``, or ``out`` is, holds
+        or lies inside the data store, or is something other than a zarr store (which ``overwrite`` would delete).
     """
     cfg = StatsConfig() if config is None else config
     if isinstance(store, (str, os.PathLike)):
@@ -225,6 +227,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
         raise ConfigError(
             f"stats: output {out!r} is (inside) the data store; coefficients go in their own store"
         )
+    check_output(out, overwrite=cfg.overwrite, sources=[src])  # nor may it hold the data store, or other files
     selection = _select(store, cfg)
     tmask = _time_mask(store, cfg)
     tmonths = months_of(store.time) if store.time is not None else None

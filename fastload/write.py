@@ -4,6 +4,8 @@ Every tool that writes a store (``fastload synth``, ``convert``, ``rechunk``) go
 so they share one layout, one chunking policy, and one guarantee: the store is built under a temporary sibling
 path ``<out>.tmp-<pid>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or Ctrl-C
 removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written.
+``overwrite`` replaces only a zarr store (or an empty directory) and never one that holds the source being
+copied (:func:`check_output`): a mistyped OUT such as ``.`` or the data folder must not delete data.
 
 Layout (WeatherBench2 / ARCO-ERA5 style): one array per variable with dimensions ``(time, level, latitude,
 longitude)``, ``(time, latitude, longitude)`` for surface fields or ``(latitude, longitude)`` for static ones,
@@ -62,6 +64,7 @@ __all__ = [
     "chunks_for",
     "parse_ints",
     "encode_time",
+    "check_output",
 ]
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
@@ -161,6 +164,49 @@ def encode_time(times: np.ndarray) -> tuple[np.ndarray, str]:
     raise SchemaError("time: time stamps must be whole seconds")
 
 
+_STORE_MARKERS = (".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json")  # what makes a folder a zarr store
+
+
+def _replaceable(out: Path) -> None:
+    """Raise :class:`ConfigError` unless the existing ``out`` is a zarr store or an empty directory."""
+    if out.is_dir() and (any((out / m).is_file() for m in _STORE_MARKERS) or not any(out.iterdir())):
+        return
+    kind = "a directory" if out.is_dir() else "a file"
+    raise ConfigError(
+        f"{out} is {kind} but not a zarr store (no {'/'.join(_STORE_MARKERS)}); overwrite replaces only a "
+        "zarr store: remove it yourself or choose another output path"
+    )
+
+
+def check_output(
+    out: str | os.PathLike[str], *, overwrite: bool, sources: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """Check that a store may be written at ``out`` without losing data; returns ``out`` made absolute.
+
+    Raises :class:`ConfigError` for a URL, when a local path of ``sources`` (the stores or files the output is
+    made from) is ``out``, inside it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
+    zarr store (a plain file, or a folder without zarr metadata: replacing it would delete unrelated data); an
+    empty directory may be replaced. Raises :class:`StoreError` when ``out`` exists and ``overwrite`` is false.
+    """
+    if "://" in str(out):
+        raise ConfigError(f"out: writing is to local paths only, got {str(out)!r}")
+    path = Path(out).absolute()
+    real = path.resolve()
+    for src in sources:
+        if "://" in str(src):
+            continue
+        s = Path(src).resolve()
+        if s == real or real in s.parents or s in real.parents:
+            raise ConfigError(
+                f"out: {path} is, holds or lies inside the source {str(src)!r}; write the output elsewhere"
+            )
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise StoreError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        _replaceable(path)
+    return path
+
+
 def _jsonable(v: Any) -> Any:
     """Attribute values as plain JSON types (numpy scalars and arrays become Python numbers and lists)."""
     if isinstance(v, Mapping):
@@ -188,9 +234,12 @@ class StoreWriter:
     zarr_format : {2, 3}
         Zarr format of the store.
     overwrite : bool
-        Replace an existing ``out`` at commit; otherwise an existing ``out`` raises :class:`StoreError`.
+        Replace an existing ``out`` at commit; otherwise an existing ``out`` raises :class:`StoreError`. Only a
+        zarr store or an empty directory is replaced (:func:`check_output`).
     attrs : mapping, optional
         Attributes of the root group (``fastload_layout`` defaults to ``"per_variable"``).
+    sources : sequence of path, optional
+        Stores or files the new store is made from; an ``out`` at, inside or around one of them is refused.
 
     Notes
     -----
@@ -207,16 +256,13 @@ class StoreWriter:
         zarr_format: int = 2,
         overwrite: bool = False,
         attrs: Mapping[str, Any] | None = None,
+        sources: Sequence[str | os.PathLike[str]] = (),
     ):
         if zarr_format not in (2, 3):
             raise ConfigError(f"zarr_format: expected 2 or 3, got {zarr_format!r}")
-        self.out = Path(out).absolute()
+        self.out = check_output(out, overwrite=overwrite, sources=sources)
         self.zarr_format = zarr_format
         self.overwrite = overwrite
-        if "://" in str(out):
-            raise ConfigError(f"out: writing is to local paths only, got {str(out)!r}")
-        if self.out.exists() and not overwrite:
-            raise StoreError(f"{self.out} already exists; pass overwrite=True (--overwrite) to replace it")
         self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
         if self.tmp.exists():  # left by an earlier crashed process that had our pid
             shutil.rmtree(self.tmp)
@@ -482,6 +528,7 @@ class StoreWriter:
             if self.out.exists() or self.out.is_symlink():
                 if not self.overwrite:
                     raise StoreError(f"{self.out} already exists; pass overwrite=True (--overwrite) to replace it")
+                _replaceable(self.out)  # it may have appeared since __init__
                 old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
                 os.rename(self.out, old)
             try:

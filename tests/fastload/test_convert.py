@@ -155,6 +155,18 @@ def test_bad_inputs_give_clear_errors(tmp_path, ocean_files):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_overwrite_never_deletes_the_inputs(tmp_path, ocean_files):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    thetao, sst, deptho = _ocean()
+    _dataset(thetao, sst, deptho).to_netcdf(victim / "in.nc")
+    with pytest.raises(ConfigError, match="source"):
+        convert([victim / "in.nc"], victim, overwrite=True)
+    with pytest.raises(ConfigError, match="not a zarr store"):  # a folder of other files
+        convert(ocean_files[0], victim, overwrite=True)
+    assert [p.name for p in victim.iterdir()] == ["in.nc"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cfgrib") is not None, reason="cfgrib is installed")
 def test_grib_without_cfgrib_says_what_is_missing(tmp_path):
     (tmp_path / "a.grib").write_bytes(b"GRIB")

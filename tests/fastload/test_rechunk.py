@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -138,6 +140,17 @@ def test_bad_input(tmp_path, stores):
     with pytest.raises(StoreError, match="already exists"):
         rechunk(stores["atmorep"], tmp_path / "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_overwrite_never_deletes_the_source(tmp_path, stores):
+    victim = tmp_path / "victim"
+    shutil.copytree(stores["per_variable"], victim / "data.zarr")
+    (victim / "notes.txt").write_text("keep me")
+    for out in (victim, victim / "data.zarr"):
+        with pytest.raises(ConfigError, match="source"):
+            rechunk(str(victim / "data.zarr"), out, overwrite=True, progress=False)
+    assert sorted(p.name for p in victim.iterdir()) == ["data.zarr", "notes.txt"]
+    assert _reference(victim / "data.zarr").keys() == _reference(stores["per_variable"]).keys()
 
 
 def test_cli(tmp_path, stores, capsys):

@@ -229,6 +229,21 @@ def test_bad_input(tmp_path):
     assert not (tmp_path / "n.zarr").exists()
 
 
+def test_overwrite_never_deletes_the_data_store_or_other_files(tmp_path):
+    victim = tmp_path / "victim"
+    write_per_variable(victim / "data.zarr")
+    (victim / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="source"):
+        compute_stats(str(victim / "data.zarr"), victim, StatsConfig(overwrite=True, progress=False))
+    (tmp_path / "afile").write_text("keep me too")
+    with pytest.raises(ConfigError, match="not a zarr store"):
+        compute_stats(str(victim / "data.zarr"), tmp_path / "afile", StatsConfig(overwrite=True, progress=False))
+    assert sorted(os.listdir(victim)) == ["data.zarr", "notes.txt"]
+    assert (tmp_path / "afile").read_text() == "keep me too"
+    assert sorted(os.listdir(tmp_path)) == ["afile", "victim"]
+    open_store(str(victim / "data.zarr"))  # intact
+
+
 def test_interrupt_leaves_no_store(tmp_path, monkeypatch):
     write_per_variable(tmp_path / "d.zarr")
     store = open_store(str(tmp_path / "d.zarr"))

@@ -209,6 +209,16 @@ def test_bad_settings_raise_config_errors(tmp_path):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_overwrite_refuses_a_folder_that_is_not_a_store(tmp_path):
+    folder = tmp_path / "victim2"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a zarr store"):
+        synthesize(folder, "tiny", hours=2, overwrite=True, progress=False)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim2"]
+
+
 def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(["synth", "--help"])

@@ -141,10 +141,36 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
         StoreWriter(out)
     assert str(out) in str(e.value)
     assert (out / "precious.txt").read_text() == "keep me"
-    data = _write(out, overwrite=True)
-    assert not (out / "precious.txt").exists()
+    (out / "precious.txt").unlink()  # an empty directory may be replaced
+    _write(out, overwrite=True)
+    data = _write(out, overwrite=True, codec="zstd")  # and so may a store
     np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, data["t2m"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_overwrite_replaces_only_a_zarr_store(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me too")
+    for out in (folder, afile):
+        with pytest.raises(ConfigError, match="not a zarr store") as e:
+            StoreWriter(out, overwrite=True)
+        assert str(out) in str(e.value)
+    assert (folder / "precious.txt").read_text() == "keep me" and afile.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "notes"]  # no temporary store left
+
+
+def test_an_output_holding_or_inside_a_source_is_refused(tmp_path):
+    src = tmp_path / "victim" / "data.zarr"
+    _write(src)
+    (tmp_path / "victim" / "notes.txt").write_text("keep me")
+    for out in (tmp_path / "victim", src, src / "sub"):
+        with pytest.raises(ConfigError, match="source"):
+            StoreWriter(out, overwrite=True, sources=[src])
+    assert sorted(p.name for p in (tmp_path / "victim").iterdir()) == ["data.zarr", "notes.txt"]
+    xr.open_zarr(src)  # intact
 
 
 def test_unaligned_and_incomplete_writes_are_refused(tmp_path):
