@@ -42,7 +42,7 @@ from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
-from .write import check_output
+from .write import check_output, move_into_place
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
 
@@ -279,9 +279,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
                     writer.write_target(tg)
                     tg.release()
         writer.finish(counts)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        move_into_place(tmp, out, overwrite=cfg.overwrite)  # the old store goes only once the new one is there
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

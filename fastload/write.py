@@ -65,6 +65,7 @@ __all__ = [
     "parse_ints",
     "encode_time",
     "check_output",
+    "move_into_place",
 ]
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
@@ -205,6 +206,32 @@ def check_output(
             raise StoreError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
         _replaceable(path)
     return path
+
+
+def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Rename the finished store ``tmp`` to ``out``; returns ``out``.
+
+    An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`)
+    is renamed aside first, deleted once the new store is in place, and renamed back if that fails, so a crash
+    or a failed rename never loses both. Raises :class:`StoreError` when the rename fails.
+    """
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+        _replaceable(out)  # it may have appeared since the output was checked
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError as e:
+        if old is not None:  # put the store we replace back where it was
+            os.rename(old, out)
+        raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    return out
 
 
 def _jsonable(v: Any) -> Any:
@@ -524,21 +551,7 @@ class StoreWriter:
             with warnings.catch_warnings():  # v3 consolidated metadata is a zarr-python extension, as in xarray
                 warnings.simplefilter("ignore", category=UserWarning)
                 zarr.consolidate_metadata(self.group.store)
-            old = None
-            if self.out.exists() or self.out.is_symlink():
-                if not self.overwrite:
-                    raise StoreError(f"{self.out} already exists; pass overwrite=True (--overwrite) to replace it")
-                _replaceable(self.out)  # it may have appeared since __init__
-                old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
-                os.rename(self.out, old)
-            try:
-                os.rename(self.tmp, self.out)
-            except OSError as e:
-                if old is not None:  # put the store we replace back where it was
-                    os.rename(old, self.out)
-                raise StoreError(f"{self.out}: cannot move the finished store into place: {e}") from e
-            if old is not None:
-                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            move_into_place(self.tmp, self.out, overwrite=self.overwrite)
         except BaseException:
             self.abort()
             raise

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from fastload.errors import ConfigError, StoreNotFoundError
+from fastload.errors import ConfigError, StoreError, StoreNotFoundError
 from fastload.norm import months_of
 from fastload.stats import StatsConfig, compute_stats, main
 from fastload.store import open_store
@@ -242,6 +242,28 @@ def test_overwrite_never_deletes_the_data_store_or_other_files(tmp_path):
     assert (tmp_path / "afile").read_text() == "keep me too"
     assert sorted(os.listdir(tmp_path)) == ["afile", "victim"]
     open_store(str(victim / "data.zarr"))  # intact
+
+
+def test_a_failed_rename_keeps_the_old_coefficients(tmp_path, monkeypatch):
+    write_per_variable(tmp_path / "d.zarr")
+    out = tmp_path / "n.zarr"
+    compute_stats(str(tmp_path / "d.zarr"), out, StatsConfig(fields=("precip",), progress=False))
+    real = {"rename": os.rename, "replace": os.replace}
+
+    def failing(name):
+        def move(src, dst):
+            if ".partial-" in os.path.basename(src) and os.fspath(dst) == str(out):  # the finished store's move
+                raise OSError("disk full")
+            return real[name](src, dst)
+        return move
+
+    monkeypatch.setattr(os, "rename", failing("rename"))
+    monkeypatch.setattr(os, "replace", failing("replace"))
+    with pytest.raises((OSError, StoreError), match="disk full"):
+        compute_stats(str(tmp_path / "d.zarr"), out, StatsConfig(overwrite=True, progress=False))
+    monkeypatch.undo()
+    assert list(zarr.open_group(out, mode="r").group_keys()) == ["precip"]  # the old store, intact
+    assert sorted(os.listdir(tmp_path)) == ["d.zarr", "n.zarr"]
 
 
 def test_interrupt_leaves_no_store(tmp_path, monkeypatch):
