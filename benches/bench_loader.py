@@ -17,6 +17,9 @@ Run::
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 
 import numpy as np
@@ -96,3 +99,20 @@ def test_loader_pass(benchmark, report, tile_store, bench_config, bench_quick, m
            amplification=stats.amplification, decoded_gbps=stats.bytes_decoded / secs / 1e9)
     assert stats.samples == n // config.batch_size * config.batch_size
     assert np.isfinite(secs)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_memory_growth_script_runs(tile_store, tmp_path, mode):
+    """``benches/memory_growth.py`` (the 10,000-batch memory check) runs in both modes and writes its summary
+    (smoke test: 20 batches; its figures mean nothing at this length)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        import memory_growth
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "mem.json"
+    assert memory_growth.main([str(tile_store), "--batches", "20", "--every", "10", "--batch-size", "2",
+                               "--samples-per-epoch", "16", "--mode", mode, "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["batches"] == 20 and summary["epochs"] == 3
+    assert summary["pss_end_mb"] > summary["pss_before_mb"] > 0
