@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .norm import FORMAT_VERSION
+from .write import sigint_deferred
 
 __all__ = ["Target", "ChunkPlan", "feed", "CoefficientWriter"]
 
@@ -161,9 +162,17 @@ def feed(
 
 
 class CoefficientWriter:
-    """Creates the coefficient store (at the temporary path) and fills it target by target."""
+    """Creates the coefficient store (at the temporary path) and fills it target by target.
+
+    Every zarr call runs under :func:`fastload.write.sigint_deferred`: Ctrl-C acts once zarr's writes are done,
+    so none lands in the temporary folder after it has been removed.
+    """
 
     def __init__(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None):
+        with sigint_deferred():
+            self._create(path, store, selection, cfg, tmask)
+
+    def _create(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None) -> None:
         import zarr
 
         self.fmt = cfg.zarr_format
@@ -240,8 +249,9 @@ class CoefficientWriter:
         local_mean = np.where(has, mean, np.nan).astype(np.float32)
         local_std = np.sqrt(np.divide(m2, n, out=np.full(m2.shape, np.nan), where=has)).astype(np.float32)
         g = self.groups[tg.field]
-        g["local_mean"][:, tg.level_pos] = local_mean
-        g["local_std"][:, tg.level_pos] = local_std
+        with sigint_deferred():
+            g["local_mean"][:, tg.level_pos] = local_mean
+            g["local_std"][:, tg.level_pos] = local_std
         # global = exact Chan merge of the per-point statistics over the grid
         tot = n.sum(axis=(1, 2))
         gm = np.divide((n * mean).sum(axis=(1, 2)), tot, out=np.full(12, np.nan), where=tot > 0)
@@ -255,6 +265,10 @@ class CoefficientWriter:
         )
 
     def finish(self, counts: dict[str, dict[str, int]]) -> None:
+        with sigint_deferred():
+            self._finish(counts)
+
+    def _finish(self, counts: dict[str, dict[str, int]]) -> None:
         for name, g in self.groups.items():
             for key, arr in self.globals[name].items():
                 self._array(g, key, arr, ("month", "level"))

@@ -3,7 +3,10 @@
 Every tool that writes a store (``fastload synth``, ``convert``, ``rechunk``) goes through :class:`StoreWriter`,
 so they share one layout, one chunking policy, and one guarantee: the store is built under a temporary sibling
 path ``<out>.tmp-<pid>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or Ctrl-C
-removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written.
+removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written. Ctrl-C
+is held back while a zarr call runs (:func:`sigint_deferred`): zarr-python writes chunks on its own event-loop
+thread, and an interrupt that stopped only the main thread's wait let those writes recreate files in the
+temporary directory after it was removed.
 ``overwrite`` replaces only a zarr store (or an empty directory) and never one that holds the source being
 copied (:func:`check_output`): a mistyped OUT such as ``.`` or the data folder must not delete data.
 
@@ -39,9 +42,12 @@ Use::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -66,6 +72,7 @@ __all__ = [
     "encode_time",
     "check_output",
     "move_into_place",
+    "sigint_deferred",
 ]
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
@@ -234,6 +241,28 @@ def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *,
     return out
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back while the block runs, then deliver it to the handler that was installed.
+
+    zarr-python runs every read and write on its own event-loop thread and the calling thread only waits; a
+    ``KeyboardInterrupt`` ends that wait but not the writes, which then land after the caller has cleaned up.
+    Wrapping each zarr call makes it finish first. Only the main thread receives signals and may set a handler;
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # the previous handler runs now (default: KeyboardInterrupt)
+
+
 def _jsonable(v: Any) -> Any:
     """Attribute values as plain JSON types (numpy scalars and arrays become Python numbers and lists)."""
     if isinstance(v, Mapping):
@@ -295,9 +324,15 @@ class StoreWriter:
             shutil.rmtree(self.tmp)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         root_attrs = {"fastload_layout": "per_variable", "Conventions": "CF-1.8", **(attrs or {})}
-        self.group = zarr.open_group(
-            zarr.storage.LocalStore(self.tmp), mode="w-", zarr_format=zarr_format, attributes=_jsonable(root_attrs)
-        )
+        try:
+            with sigint_deferred():
+                self.group = zarr.open_group(
+                    zarr.storage.LocalStore(self.tmp), mode="w-", zarr_format=zarr_format,
+                    attributes=_jsonable(root_attrs),
+                )  # fmt: skip
+        except BaseException:  # Ctrl-C included: there is no writer to abort yet
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.sizes: dict[str, int] = {}
         self.arrays: dict[str, zarr.Array] = {}
         self.dims: dict[str, tuple[str, ...]] = {}
@@ -313,10 +348,11 @@ class StoreWriter:
         if values.ndim != 1 or values.size == 0:
             raise SchemaError(f"{name}: expected a non-empty 1-D coordinate, got shape {values.shape}")
         kw = self._dim_kwargs((name,), attrs)
-        arr = self.group.create_array(
-            name, shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill_value, **kw
-        )
-        arr[...] = values
+        with sigint_deferred():
+            arr = self.group.create_array(
+                name, shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill_value, **kw
+            )
+            arr[...] = values
         self.sizes[name] = values.size
 
     def set_time(self, times: np.ndarray) -> None:
@@ -349,9 +385,10 @@ class StoreWriter:
         nofill = None if self.zarr_format == 2 else 0.0
         self._coord("latitude", lat, la, nofill)
         self._coord("longitude", lon, lo_, nofill)
-        self.group.attrs.update(
-            {"latitude_order": "descending" if lat.size > 1 and lat[0] > lat[-1] else "ascending"}
-        )
+        with sigint_deferred():
+            self.group.attrs.update(
+                {"latitude_order": "descending" if lat.size > 1 and lat[0] > lat[-1] else "ascending"}
+            )
 
     def set_levels(
         self,
@@ -467,7 +504,7 @@ class StoreWriter:
             fill_value = 0  # v3 needs one; xarray masks only with a _FillValue attribute there
         a = {k: v for k, v in (("units", units), ("long_name", long_name)) if v is not None}
         a.update(attrs or {})
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigint_deferred():
             # numcodecs.lz4 in v3 is not in the spec; we document it instead of warning at every write
             warnings.simplefilter("ignore", category=UserWarning)
             arr = self.group.create_array(
@@ -524,12 +561,14 @@ class StoreWriter:
                     "(write whole chunks, or whole shards when sharded)"
                 )
             region.append(slice(s, s + b))
-        arr[tuple(region)] = block.astype(arr.dtype, copy=False)
+        with sigint_deferred():  # the chunk writes run on zarr's thread: let them finish before Ctrl-C acts
+            arr[tuple(region)] = block.astype(arr.dtype, copy=False)
         self._written[name][tuple(slice(r.start // u, -(-r.stop // u)) for r, u in zip(region, unit))] = True
 
     def update_attrs(self, name: str, attrs: Mapping[str, Any]) -> None:
         """Add attributes to a variable (e.g. a count of missing values known only after streaming)."""
-        self.arrays[self._known(name)].attrs.update(_jsonable(dict(attrs)))
+        with sigint_deferred():
+            self.arrays[self._known(name)].attrs.update(_jsonable(dict(attrs)))
 
     # -- finishing --------------------------------------------------------------------------------------------
     def commit(self, *, require_complete: bool = True) -> Path:
@@ -548,7 +587,7 @@ class StoreWriter:
                             f"{self.out}: variable {name!r} has {int((~w).sum())} of {w.size} write units "
                             "never written; refusing to commit an incomplete store"
                         )
-            with warnings.catch_warnings():  # v3 consolidated metadata is a zarr-python extension, as in xarray
+            with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
                 warnings.simplefilter("ignore", category=UserWarning)
                 zarr.consolidate_metadata(self.group.store)
             move_into_place(self.tmp, self.out, overwrite=self.overwrite)

@@ -4,6 +4,7 @@ range, levels, both layouts and zarr formats, several passes); interruption leav
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -282,6 +283,26 @@ def test_interrupt_leaves_no_store(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         compute_stats(store, tmp_path / "n.zarr", StatsConfig(progress=False))
     assert sorted(os.listdir(tmp_path)) == ["d.zarr"]  # neither the output nor a partial folder
+
+
+def test_sigint_during_a_coefficient_write_leaves_no_partial_store(tmp_path, monkeypatch):
+    write_per_variable(tmp_path / "d.zarr")
+    real = zarr.Array.__setitem__
+    log = []
+
+    def interrupted_write(self, key, value):
+        if self.ndim == 4 and not log:  # the first local_mean write
+            os.kill(os.getpid(), signal.SIGINT)
+            log.append("signal sent")
+        real(self, key, value)
+        if log:
+            log.append("write finished")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    assert log[:2] == ["signal sent", "write finished"]  # Ctrl-C acted only once zarr's write was done
+    assert sorted(os.listdir(tmp_path)) == ["d.zarr"]
 
 
 def test_cli(tmp_path, capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import warnings
 
 import numpy as np
@@ -12,7 +14,7 @@ import xarray as xr
 import zarr
 
 from fastload.errors import ConfigError, SchemaError, StoreError
-from fastload.write import CODECS, StoreWriter, chunks_for, encode_time, parse_ints
+from fastload.write import CODECS, StoreWriter, chunks_for, encode_time, parse_ints, sigint_deferred
 
 NT, NL, NY, NX = 10, 3, 7, 12
 
@@ -131,6 +133,63 @@ def test_an_exception_mid_write_leaves_no_store(tmp_path, exc):
             raise exc
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_waits_for_the_zarr_write_then_interrupts(tmp_path, monkeypatch):
+    """Ctrl-C during a block write: zarr's chunk writes (on its own thread) finish, then KeyboardInterrupt."""
+    out = tmp_path / "s.zarr"
+    times, lat, lon = _coords()
+    real = zarr.Array.__setitem__
+    log = []
+
+    def interrupted_write(self, key, value):
+        if self.ndim == 3:  # a data block, not a coordinate
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the write is pending
+            log.append("signal sent")
+        real(self, key, value)
+        log.append("write finished")
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(out) as w:
+            w.set_time(times)
+            w.set_grid(lat, lon)
+            w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(2, 1, 7, 12))
+            monkeypatch.setattr(zarr.Array, "__setitem__", interrupted_write)
+            w.write("t2m", np.zeros((2, NY, NX), np.float32), 0)
+            log.append("went on after the interrupt")
+    assert log == ["signal sent", "write finished"]
+    assert signal.getsignal(signal.SIGINT) is before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_while_creating_the_store_leaves_nothing(tmp_path, monkeypatch):
+    real = zarr.open_group
+
+    def interrupted(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt  # as Ctrl-C held back until the group's metadata was written
+
+    monkeypatch.setattr(zarr, "open_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        StoreWriter(tmp_path / "s.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_deferred_outside_the_main_thread_does_nothing():
+    done = []
+
+    def work():
+        with sigint_deferred():  # signal.signal would raise ValueError here
+            done.append(True)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert done == [True]
+    with sigint_deferred():  # no signal: nothing raised
+        done.append(True)
+    assert done == [True, True]
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
