@@ -233,6 +233,10 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
             for v in vs:
                 if role not in v.dims:
                     continue
+                if v.dims[role] not in v.source.ds.coords:  # xarray would hand out 0, 1, 2, ...: not a grid
+                    raise SchemaError(f"{v.source.path}: dimension {v.dims[role]!r} ({role} of {name!r}) has no "
+                                      f"coordinate variable; expected its {role} values in a variable of that "
+                                      "name")  # fmt: skip
                 da = v.source.ds[v.dims[role]]
                 if role not in coords:
                     coords[role] = (da.values, dict(da.attrs), v.dims[role], name, v.source.path)

@@ -155,6 +155,16 @@ def test_bad_inputs_give_clear_errors(tmp_path, ocean_files):
     assert not (tmp_path / "x.zarr").exists()
 
 
+@pytest.mark.parametrize("dim", ["lat", "lon", "depth"])
+def test_a_dimension_without_coordinate_values_is_refused(tmp_path, dim):
+    thetao, sst, deptho = _ocean()
+    _dataset(thetao, sst, deptho).drop_vars(dim).to_netcdf(tmp_path / "nocoord.nc")
+    with pytest.raises(SchemaError, match=f"nocoord.nc.*dimension '{dim}'.*no coordinate") as e:
+        convert([tmp_path / "nocoord.nc"], tmp_path / "x.zarr")
+    assert "thetao" in str(e.value) or "sst" in str(e.value) or "deptho" in str(e.value)
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_overwrite_never_deletes_the_inputs(tmp_path, ocean_files):
     victim = tmp_path / "victim"
     victim.mkdir()
