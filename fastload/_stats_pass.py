@@ -31,6 +31,7 @@ class Target:
     level_pos: int  # position along the output level axis
     store_level: int | None  # index along the array's level axis
     field_index: int | None
+    fill_values: tuple = ()  # stored values that mean "missing" (the fill value xarray masks, missing_value)
     n: Any = None  # (12, NY, NX) int64, allocated when its pass starts
     mean: Any = None  # (12, NY, NX) float64
     m2: Any = None  # (12, NY, NX) float64
@@ -148,6 +149,8 @@ def feed(
             keep = tmask[rows] if tmask is not None else np.ones(stop[t_ax] - start[t_ax], bool)
             block, months = block[keep], tmonths[rows][keep]
         x = block.astype(np.float64)
+        if tg.fill_values:  # missing as xarray decodes it: counted and left out like NaN
+            x[np.isin(block, tg.fill_values)] = np.nan
         raw_nan = int(np.isnan(x).sum())
         if cfg.transforms.get(tg.field) == "log1p":
             with np.errstate(invalid="ignore", divide="ignore"):

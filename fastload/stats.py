@@ -8,8 +8,10 @@ terabytes) and NaN-aware (ocean data have land), and kept apart from the data so
 How: the (field, level) pairs to compute are packed into passes that fit a memory budget (a local accumulator
 is 12 months x the grid x 24 bytes). Each pass reads every chunk holding its pairs once, in time order, with a few
 threads decoding, and merges each chunk's per-month count/mean/M2 into float64 accumulators (Chan's parallel
-update, numerically stable). Global statistics are the exact Chan merge of the local ones. Non-finite values
-(NaN, inf, or a value the transform maps to NaN/inf such as log1p of x <= -1) are left out and counted. Statistics
+update, numerically stable). Global statistics are the exact Chan merge of the local ones. Missing values (NaN,
+and the fill value or ``missing_value`` xarray would mask, e.g. -999 in an int16 field) and non-finite ones (inf,
+or a value the transform maps to NaN/inf such as log1p of x <= -1) are left out and counted. Packed fields
+(``scale_factor``/``add_offset``) are refused, as the loader refuses them. Statistics
 are population statistics (ddof = 0) over all grid points with equal weight (no area weighting).
 
 The coefficient store's layout is documented in :mod:`fastload.norm`. It is written to a temporary folder next to
@@ -42,7 +44,7 @@ from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
-from .write import check_output, move_into_place
+from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
 
@@ -139,6 +141,13 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
     for name in names:
         info = store.fields[name]
         arr = store.arrays[info.array]
+        packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
+        if packed:  # as the loader (store.check): statistics of the stored integers would not fit the data
+            raise ConfigError(
+                f"stats: field {name!r} of {store.path!r} is stored packed (attributes {packed}); fastload reads "
+                "stored values as they are and does not unpack them. Convert the store to floats first "
+                "(fastload convert), or leave the field out with --fields"
+            )
         if sum(a is not None for a in info.axes) != len(arr.shape):
             raise SchemaError(
                 f"stats: array {info.array!r} of field {name!r} has dims {arr.dims} with axes I cannot place "
@@ -171,6 +180,28 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
         if unused:
             raise ConfigError(f"stats.levels: level(s) {unused} belong to none of the fields {names}")
     return out
+
+
+def _fill_values(store: Any, name: str) -> tuple:
+    """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing)."""
+    info = store.fields[name]
+    arr = store.arrays[info.array]
+    values = [declared_fill_value(store, info.array), info.attrs.get("_FillValue")]
+    for attrs in (arr.attrs, info.attrs):
+        mv = attrs.get("missing_value")
+        values += list(mv) if isinstance(mv, (list, tuple)) else [mv]
+    out = []
+    for v in values:
+        if v is None or isinstance(v, bool):
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                v = np.asarray(attr_fill_value(v, arr.dtype)).astype(arr.dtype)[()]  # compared as stored
+        except (TypeError, ValueError, OverflowError):
+            raise SchemaError(f"stats: field {name!r}: fill value {v!r} does not fit dtype {arr.dtype}") from None
+        if not (isinstance(v, np.floating) and np.isnan(v)) and v not in out:
+            out.append(v)
+    return tuple(out)
 
 
 def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
@@ -237,8 +268,9 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     pending = []
     for name, lev_idx, _ in selection:
         info = store.fields[name]
+        fills = _fill_values(store, name)
         for pos, li in enumerate([None] if lev_idx is None else lev_idx.tolist()):
-            pending.append((name, info.array, pos, li, info.field_index))
+            pending.append((name, info.array, pos, li, info.field_index, fills))
     per_pass = max(1, cfg.memory_bytes // (_ACC_BYTES_PER_POINT * ny * nx))
     passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
 
@@ -249,8 +281,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
         writer = CoefficientWriter(tmp, store, selection, cfg, tmask)
         plans = []
         for group in passes:
-            targets = [Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi)
-                       for f, a, p, li, fi in group]  # fmt: skip
+            targets = [Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi, fill_values=fv)
+                       for f, a, p, li, fi, fv in group]  # fmt: skip
             plans.append((targets, ChunkPlan(store, targets, tmask)))
         total = sum(plan.nbytes() for _, plan in plans)
         with (

@@ -42,7 +42,9 @@ Use::
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -73,6 +75,7 @@ __all__ = [
     "check_output",
     "move_into_place",
     "sigint_deferred",
+    "declared_fill_value",
 ]
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
@@ -261,6 +264,53 @@ def sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
         if received:
             signal.raise_signal(signal.SIGINT)  # the previous handler runs now (default: KeyboardInterrupt)
+
+
+def attr_fill_value(v: Any, dtype: Any) -> Any:
+    """A ``_FillValue``/``missing_value`` attribute as a value of ``dtype``: numbers as they are, "NaN" and
+    "Infinity" as floats, other strings as the base64 of the value's little-endian bytes (how xarray stores a
+    floating-point ``_FillValue`` in zarr v3)."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return float(v)  # "NaN", "Infinity", "-Infinity", or a number written as text
+    except ValueError:
+        pass
+    kind = np.dtype(dtype).kind
+    try:
+        raw = base64.b64decode(v, validate=True)
+        dt = np.dtype(f"<{kind}{len(raw)}")  # xarray writes a float32 array's NaN as 8 bytes: float64
+        return np.frombuffer(raw, dt)[0]
+    except (ValueError, TypeError):
+        raise SchemaError(f"fill value attribute {v!r}: expected a number, or base64 bytes of a number of kind "
+                          f"{kind!r} (dtype {np.dtype(dtype)})") from None  # fmt: skip
+
+
+def declared_fill_value(store: Any, array: str) -> Any:
+    """The value xarray decodes as missing (NaN) in ``array`` of an open :class:`fastload.store.Store`, or None.
+
+    That is the ``_FillValue`` attribute when there is one; else, in zarr v2, the array's ``fill_value`` unless
+    the metadata says null (``store.arrays`` reports a null as 0, so a 0 is looked up again in the metadata); in
+    zarr v3 nothing (xarray does not mask v3's required ``fill_value``). Writers carry it over so that xarray
+    reads a copy as it reads the source; ``fastload stats`` leaves these values out.
+    """
+    info = store.arrays[array]
+    if "_FillValue" in info.attrs:
+        return attr_fill_value(info.attrs["_FillValue"], info.dtype)
+    if info.zarr_format == 3 or info.fill_value is None:
+        return None
+    if info.fill_value != 0:
+        return info.fill_value
+    source = getattr(store, "source", None)
+    meta = None
+    for key in (".zmetadata", f"{array}/.zarray"):  # the consolidated metadata first, as the store reads it
+        raw = source.get(key) if source is not None else None
+        if raw:
+            doc = json.loads(raw)
+            meta = doc.get("metadata", {}).get(f"{array}/.zarray") if key == ".zmetadata" else doc
+            if meta is not None:
+                break
+    return None if meta is None or meta.get("fill_value") is None else info.fill_value
 
 
 def _jsonable(v: Any) -> Any:

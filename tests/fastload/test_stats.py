@@ -305,6 +305,60 @@ def test_sigint_during_a_coefficient_write_leaves_no_partial_store(tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == ["d.zarr"]
 
 
+def _int_store(path, fmt, fill, attrs=None):
+    """An int16 (time, latitude, longitude) store written with zarr-python, values 0..20, the last chunk never
+    written (it reads as the fill value)."""
+    rng = np.random.default_rng(3)
+    nt, ny, nx = 8, 4, 6
+    data = rng.integers(0, 21, (nt, ny, nx)).astype("i2")
+    g = zarr.open_group(path, mode="w", zarr_format=fmt)
+
+    def arr(name, dims, values=None, **kw):
+        a_attrs = dict(kw.pop("attributes", {}))
+        extra = {"dimension_names": dims} if fmt == 3 else {}
+        if fmt == 2:
+            a_attrs["_ARRAY_DIMENSIONS"] = list(dims)
+        a = g.create_array(name, attributes=a_attrs, **extra, **kw)
+        if values is not None:
+            a[...] = values
+        return a
+
+    hours = np.arange(nt) * 6
+    arr("time", ("time",), hours, shape=(nt,), dtype="i8", attributes={"units": "hours since 2000-01-30"})
+    arr("latitude", ("latitude",), np.linspace(60, 30, ny), shape=(ny,), dtype="f8")
+    arr("longitude", ("longitude",), np.linspace(0, 50, nx), shape=(nx,), dtype="f8")
+    v = arr("v", ("time", "latitude", "longitude"), shape=data.shape, chunks=(4, ny, nx), dtype="i2",
+            fill_value=fill, attributes=attrs or {})  # fmt: skip
+    v[:4] = data[:4]
+    if fmt == 2:
+        zarr.consolidate_metadata(path)  # v2 only: the null/0 fill value must be found in .zmetadata too
+    return np.datetime64("2000-01-30", "ns") + hours.astype("timedelta64[h]")
+
+
+@pytest.mark.parametrize(
+    "fmt, fill, attrs",
+    [(2, -999, None), (2, 0, None), (2, None, None), (3, -999, None), (3, -999, {"_FillValue": -999}),
+     (2, None, {"missing_value": 7})],
+)  # fmt: skip
+def test_fill_values_are_missing_as_xarray_decodes_them(tmp_path, fmt, fill, attrs):
+    time = _int_store(tmp_path / "d.zarr", fmt, fill, attrs)
+    ref = xr.open_zarr(tmp_path / "d.zarr", consolidated=fmt == 2).v.values  # NaN where xarray masks
+    compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    got = assert_stats(tmp_path / "n.zarr", "v", ref[:, None], months_of(time))
+    assert got["missing_values"] == int(np.isnan(ref).sum())
+
+
+def test_packed_fields_are_refused(tmp_path):
+    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), np.full((4, 3, 5), 285.0))},
+                    coords={"time": pd.date_range("2000-01-01", periods=4, freq="6h").values,
+                            "latitude": [10.0, 0.0, -10.0], "longitude": np.arange(5) * 10.0})  # fmt: skip
+    ds.t2m.encoding.update(dtype="int16", scale_factor=0.1, add_offset=280.0, _FillValue=-32767)
+    ds.to_zarr(tmp_path / "packed.zarr", zarr_format=2)
+    with pytest.raises(ConfigError, match="t2m.*packed.*scale_factor"):
+        compute_stats(str(tmp_path / "packed.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    assert sorted(os.listdir(tmp_path)) == ["packed.zarr"]
+
+
 def test_cli(tmp_path, capsys):
     data, time = write_per_variable(tmp_path / "d.zarr")
     assert main(["--help"]) == 0
