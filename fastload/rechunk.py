@@ -9,7 +9,8 @@ It reads through :func:`fastload.store.open_store` (either layout, zarr v2 or v3
 URLs), decoding each source chunk once: it walks the time axis in blocks that are whole multiples of both the
 source and the output time chunks when that fits in ``max_block_bytes``, so memory stays bounded by one such
 block of one source array (for an AtmoRep source, whose chunks hold every field, the block holds every field).
-Writes go through :class:`fastload.write.StoreWriter`: an interrupted run leaves no store at OUT.
+Writes go through :class:`fastload.write.StoreWriter`: an interrupted run leaves no store at OUT. The fill value
+xarray masks in the source (:func:`fastload.write.declared_fill_value`) is the copy's, so xarray reads both alike.
 
 Run::
 
@@ -21,6 +22,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import os
 import sys
@@ -34,7 +36,16 @@ import numpy as np
 
 from ._progress import Progress
 from .errors import ConfigError, SchemaError
-from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
+from .write import (
+    CODECS,
+    DEFAULT_CHUNKS,
+    DEFAULT_CODEC,
+    LEVEL_TYPES,
+    StoreWriter,
+    check_output,
+    declared_fill_value,
+    parse_ints,
+)
 
 __all__ = ["rechunk", "auto_codec", "chunks_from_config", "main"]
 
@@ -225,8 +236,11 @@ def rechunk(
             long_names = src.arrays[f.array].attrs.get("long_names")
             if isinstance(long_names, Mapping) and n in long_names:
                 a.setdefault("long_name", long_names[n])
+            fill = declared_fill_value(src, f.array)  # what xarray masks in the source, masked in the copy too
+            if fill is not None and fmt == 3 and not (np.dtype(f.dtype).kind == "f" and np.isnan(fill)):
+                a["_FillValue"] = _fill_attr(fill, f.dtype)  # xarray masks only this in v3, not the fill_value
             w.add_variable(n, dims + ("latitude", "longitude"), dtype=f.dtype, chunks=per_field[n], codec=codec,
-                           shards=shards, units=f.units, attrs=a)  # fmt: skip
+                           shards=shards, units=f.units, attrs=a, fill_value=fill)  # fmt: skip
         with Progress(nbytes, "rechunk", "B", enabled=progress) as bar:
             for array, fs in arrays.items():
                 bar.set_description(f"rechunk {array}")
@@ -251,6 +265,14 @@ def rechunk(
                         bar.update(part.nbytes)
                     del block
     return w.out
+
+
+def _fill_attr(fill: Any, dtype: Any) -> Any:
+    """A v3 ``_FillValue`` attribute as xarray writes and reads it: an integer, or for floats the base64 of the
+    value's float64 little-endian bytes."""
+    if np.dtype(dtype).kind == "f":
+        return base64.b64encode(np.float64(fill).astype("<f8").tobytes()).decode("ascii")
+    return int(fill)
 
 
 def _coord_attrs(src: Any, axis: int) -> dict[str, Any]:

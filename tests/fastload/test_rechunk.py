@@ -142,6 +142,46 @@ def test_bad_input(tmp_path, stores):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def _filled_store(path, fmt, dtype, fill, attrs=None):
+    """A (time, latitude, longitude) store written with zarr-python; the second time chunk is never written."""
+    g = zarr.open_group(path, mode="w", zarr_format=fmt)
+
+    def arr(name, dims, values=None, attributes=None, **kw):
+        a_attrs = dict(attributes or {})
+        if fmt == 2:
+            a_attrs["_ARRAY_DIMENSIONS"] = list(dims)
+        a = g.create_array(name, attributes=a_attrs, **({"dimension_names": dims} if fmt == 3 else {}), **kw)
+        if values is not None:
+            a[...] = values
+        return a
+
+    arr("time", ("time",), np.arange(4) * 6, shape=(4,), dtype="i8", attributes={"units": "hours since 2000-01-01"})
+    arr("latitude", ("latitude",), np.linspace(-10, 10, 8), shape=(8,), dtype="f8")
+    arr("longitude", ("longitude",), np.linspace(100, 120, 8), shape=(8,), dtype="f8")
+    v = arr("v", ("time", "latitude", "longitude"), shape=(4, 8, 8), chunks=(2, 4, 4), dtype=dtype, fill_value=fill,
+            attributes=attrs)  # fmt: skip
+    v[:2] = (np.arange(2 * 64).reshape(2, 8, 8) % 50).astype(dtype)  # zeros and other values
+    if fmt == 2:
+        zarr.consolidate_metadata(path)
+
+
+@pytest.mark.parametrize("out_fmt", [2, 3])
+@pytest.mark.parametrize(
+    "fmt, dtype, fill, attrs",
+    [(2, "i2", -999, None), (2, "f8", 0.0, None), (2, "i2", None, None), (3, "i2", -999, {"_FillValue": -999}),
+     (3, "i2", -999, None)],
+)  # fmt: skip
+def test_xarray_reads_the_copy_as_the_source(tmp_path, fmt, dtype, fill, attrs, out_fmt):
+    _filled_store(tmp_path / "s.zarr", fmt, dtype, fill, attrs)
+    rechunk(str(tmp_path / "s.zarr"), tmp_path / "r.zarr", chunks=(4, 1, 8, 8), zarr_format=out_fmt, progress=False)
+    src = xr.open_zarr(tmp_path / "s.zarr", consolidated=fmt == 2).v
+    out = xr.open_zarr(tmp_path / "r.zarr").v
+    assert out.dtype == src.dtype
+    np.testing.assert_array_equal(out.values, src.values)  # NaN where the source reads NaN
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "r.zarr" / "v")[...],
+                                  zarr.open_array(tmp_path / "s.zarr" / "v")[...])  # fmt: skip
+
+
 def test_overwrite_never_deletes_the_source(tmp_path, stores):
     victim = tmp_path / "victim"
     shutil.copytree(stores["per_variable"], victim / "data.zarr")
