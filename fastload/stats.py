@@ -60,7 +60,9 @@ class StatsConfig:
     levels: Any = None
     """Level values: a sequence (kept for every field that has them) or a mapping field -> sequence; None: all."""
     time_range: tuple[str | None, str | None] | None = None
-    """Inclusive (start, end) as ISO dates/times; None (or a None end) leaves that end open."""
+    """Inclusive (start, end) as ISO dates/times; None (or a None end) leaves that end open. The end includes its
+    whole unit, as xarray's ``sel(time=slice(...))`` does: ``2017-12-31`` runs to 23:59, ``2017-12`` to the month's
+    end."""
     transforms: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Field -> transform applied before the statistics (``log1p``, e.g. for precipitation)."""
     memory_bytes: int = 2**30
@@ -213,7 +215,10 @@ def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
         if start is not None:
             mask &= store.time >= _datetime("stats.time_range", start)
         if end is not None:
-            mask &= store.time <= _datetime("stats.time_range", end)
+            _datetime("stats.time_range", end)  # a clear error for a bad value
+            e = np.datetime64(end)  # at its own precision: a date is a whole day
+            unit = np.datetime_data(e.dtype)[0]
+            mask &= store.time < (e + np.timedelta64(1, unit)).astype("datetime64[ns]")
         if not mask.any():
             raise ConfigError(
                 f"stats.time_range: {cfg.time_range} selects no time step of {store.path!r} "
@@ -368,7 +373,7 @@ def _parser() -> argparse.ArgumentParser:
         "--time-range",
         nargs=2,
         metavar=("START", "END"),
-        help="inclusive ISO dates/times; '..' leaves an end open",
+        help="inclusive ISO dates/times (an END date includes that whole day); '..' leaves an end open",
     )
     p.add_argument(
         "--transform",

@@ -177,6 +177,18 @@ def test_selection_of_fields_levels_and_time_range(tmp_path):
     assert list(zarr.open_group(out, mode="r").group_keys()) == ["temperature"]
 
 
+@pytest.mark.parametrize("start, end", [("2000-01-26", "2000-01-26"), ("2000-01-26T06", "2000-02"),
+                                        ("2000-01-25T12:00", "2000-01-26T06:00")])  # fmt: skip
+def test_time_range_end_includes_its_whole_unit_as_xarray(tmp_path, start, end):
+    data, time = write_per_variable(tmp_path / "d.zarr", freq="3h")
+    compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr",
+                  StatsConfig(fields=("precip",), time_range=(start, end), progress=False))  # fmt: skip
+    sel = xr.open_zarr(tmp_path / "d.zarr", consolidated=False).sel(time=slice(start, end))
+    keep = np.isin(time, sel.time.values)
+    attrs = assert_stats(tmp_path / "n.zarr", "precip", data["precip"][keep][:, None], months_of(time[keep]))
+    assert attrs["time_steps"] == sel.sizes["time"] > 1
+
+
 def test_static_field_counts_for_every_month(tmp_path):
     data, _ = write_per_variable(tmp_path / "d.zarr")
     out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(fields=("orography",),
@@ -367,7 +379,7 @@ def test_cli(tmp_path, capsys):
     rc = main([str(tmp_path / "d.zarr"), "--out", str(out), "--fields", "precip,temperature", "--levels", "105",
                "--transform", "precip=log1p", "--time-range", "..", "2000-02-01", "--quiet"])  # fmt: skip
     assert rc == 0 and "wrote" in capsys.readouterr().out
-    keep = time <= np.datetime64("2000-02-01")
+    keep = time < np.datetime64("2000-02-02")  # the END date includes its whole day
     assert_stats(out, "precip", data["precip"][keep][:, None], months_of(time[keep]), transform="log1p")
     assert_stats(out, "temperature", data["temperature"][keep][:, [1]], months_of(time[keep]))
     ds = xr.open_zarr(out, group="temperature", consolidated=False)  # the coefficient store opens in xarray
