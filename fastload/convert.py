@@ -194,8 +194,19 @@ def _variables(src: _Source, selected: Sequence[str] | None) -> dict[str, _Var]:
     return out
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and (np.allclose(a, b) if a.dtype.kind in "iuf" else bool((a == b).all()))
+GRID_ATOL = 1e-4
+"""Degrees two files' latitudes or longitudes may differ by and still be one grid (float32 rounding of 360 is
+4e-5; ~11 m). Levels must agree to a relative 1e-6."""
+
+
+def _same(a: np.ndarray, b: np.ndarray, role: str) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind not in "iuf" or b.dtype.kind not in "iuf":
+        return bool((a == b).all())
+    if role == "level":
+        return bool(np.allclose(a, b, rtol=1e-6, atol=0.0))
+    return bool(np.abs(a.astype(np.float64) - b.astype(np.float64)).max(initial=0.0) <= GRID_ATOL)
 
 
 def _plan(sources: list[_Source], selected: Sequence[str] | None):
@@ -240,9 +251,11 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
                 da = v.source.ds[v.dims[role]]
                 if role not in coords:
                     coords[role] = (da.values, dict(da.attrs), v.dims[role], name, v.source.path)
-                elif not _same(da.values, coords[role][0]):
+                elif not _same(da.values, coords[role][0], role):
+                    tol = "a relative 1e-6" if role == "level" else f"{GRID_ATOL} degrees"
                     raise SchemaError(f"{v.source.path}: {role} of {name!r} ({v.dims[role]!r}, {da.size} values) "
-                                      f"differs from that of {coords[role][3]!r} in {coords[role][4]}")  # fmt: skip
+                                      f"differs from that of {coords[role][3]!r} in {coords[role][4]} by more than "
+                                      f"{tol}")  # fmt: skip
     for role in ("latitude", "longitude"):
         if coords[role][0].ndim != 1:
             raise SchemaError(f"{ref.source.path}: {role} is {coords[role][0].ndim}-D; convert handles 1-D "
@@ -301,6 +314,13 @@ def convert(
     with contextlib.ExitStack() as stack:
         sources = [_open(Path(p), stack) for p in inputs]
         pieces, time, coords = _plan(sources, variables)
+        for name, vs in pieces.items() if dtype == "keep" else ():  # no silent cast to the first file's dtype
+            da = vs[0].source.ds[name]
+            other = next((v for v in vs[1:] if v.source.ds[name].dtype != da.dtype), None)
+            if other is not None:
+                raise SchemaError(f"variable {name!r} is {da.dtype} in {vs[0].source.path} but "
+                                  f"{other.source.ds[name].dtype} in {other.source.path}; with --dtype keep all "
+                                  "files must agree (give --dtype float32 or float64)")  # fmt: skip
         first = sources[0]
         attrs = {str(k): v for k, v in first.ds.attrs.items()}
         attrs.update({"source_files": [str(s.path.name) for s in sources], "history": "converted by fastload convert"})

@@ -165,6 +165,32 @@ def test_a_dimension_without_coordinate_values_is_refused(tmp_path, dim):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_grids_must_agree_to_a_stated_tolerance(tmp_path):
+    thetao, sst, deptho = _ocean()
+    lon = LON + 330.0  # 300 .. 339 degrees east, where np.allclose's default rtol allows 0.0034 degrees
+    full = _dataset(thetao, sst, deptho).drop_vars("deptho").assign_coords(lon=lon)
+    full.isel(time=slice(0, 5)).to_netcdf(tmp_path / "a.nc")
+    close = full.isel(time=slice(5, None)).assign_coords(lon=lon.astype(np.float32))  # float32 rounding: one grid
+    close.to_netcdf(tmp_path / "b.nc")
+    convert([tmp_path / "a.nc", tmp_path / "b.nc"], tmp_path / "ok.zarr", progress=False)
+    shifted = full.isel(time=slice(5, None)).assign_coords(lon=lon + 0.003)  # ~330 m off: another grid
+    shifted.to_netcdf(tmp_path / "c.nc")
+    with pytest.raises(SchemaError, match="c.nc: longitude .* by more than 0.0001 degrees"):
+        convert([tmp_path / "a.nc", tmp_path / "c.nc"], tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_keep_refuses_files_of_different_dtypes(tmp_path):
+    thetao, sst, deptho = _ocean()
+    full = _dataset(thetao, sst, deptho).drop_vars("deptho")
+    full.isel(time=slice(0, 5)).astype(np.float32).to_netcdf(tmp_path / "a.nc")
+    full.isel(time=slice(5, None)).to_netcdf(tmp_path / "b.nc")  # float64
+    with pytest.raises(SchemaError, match="float32 in .*a.nc but float64 in .*b.nc.*--dtype keep"):
+        convert([tmp_path / "a.nc", tmp_path / "b.nc"], tmp_path / "x.zarr", dtype="keep", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nc", "b.nc"]
+    convert([tmp_path / "a.nc", tmp_path / "b.nc"], tmp_path / "x.zarr", progress=False)  # float32: fine
+
+
 def test_overwrite_never_deletes_the_inputs(tmp_path, ocean_files):
     victim = tmp_path / "victim"
     victim.mkdir()
