@@ -128,7 +128,7 @@ def _describe(x: Any) -> str:
 
 
 class _State:
-    """Position shared by the loader and its current iterator (neither references the other strongly)."""
+    """Position shared by the loader and its current iterator."""
 
     __slots__ = ("epoch", "batch")
 
@@ -530,6 +530,10 @@ class _EpochIterator(Iterator[Batch]):
     """One pass over (the rest of) an epoch; closing it stops the pump."""
 
     def __init__(self, loader: Loader):
+        # the iterator keeps its loader (and so the backend and ring its workers use) alive: `for b in Loader(...)`
+        # must not close them under it; the loader references the iterator only weakly, so an abandoned iterator is
+        # still collected (its finalizer stops the pump), and the loader after it
+        self._loader = loader
         self._state = loader._state
         self.epoch = loader._state.epoch
         start = loader._state.batch

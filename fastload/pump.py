@@ -26,7 +26,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
@@ -74,6 +74,7 @@ def _dispatch(shared: _Shared, items: Iterator, n_workers: int) -> None:
             fut: Future = Future()
             shared.ordered.put(fut)
             shared.work.put((item, fut))
+            del item, fut  # not kept while waiting for a slot (see _work)
     finally:
         for _ in range(n_workers):
             shared.work.put(None)
@@ -89,11 +90,12 @@ def _work(shared: _Shared, fn: Callable) -> None:
             fut.cancel()
             continue
         try:
-            result = fn(item)
+            fut.set_result(fn(item))
         except BaseException as e:  # delivered to the consumer by next()
             fut.set_exception(e)
-        else:
-            fut.set_result(result)
+        # hold nothing while idle: a future's exception carries the consumer's frames once re-raised there, and a
+        # live thread must never keep those (and so the consumer's iterator and this pump) from collection
+        del job, item, fut
 
 
 def _shutdown(shared: _Shared, threads: list[threading.Thread], timeout: float | None) -> list[Future]:
@@ -197,20 +199,25 @@ class Pump(Generic[T, R], Iterator[R]):
         while True:
             try:
                 result = fut.result(timeout=_POLL_S)
-                break
             except FutureTimeout:
-                waited += _POLL_S
-                self._check_wait(waited)
-            except CancelledError:
-                raise PumpClosedError("this pump was closed while waiting for a result") from None
-            except BaseException as e:
-                if fut.done() and not fut.cancelled() and fut.exception() is e:  # work(item) raised it
-                    self._shared.head = None
-                    shared.slots.release()
-                raise
-        self._shared.head = None
-        shared.slots.release()
-        return result
+                if not fut.done():
+                    waited += _POLL_S
+                    self._check_wait(waited)
+                    continue
+            except BaseException:  # noqa: BLE001 - sorted out below, from the future's own state
+                if not fut.done():  # an interrupt of this wait (Ctrl-C): resumable, head is kept
+                    raise
+            else:
+                self._shared.head = None
+                shared.slots.release()
+                return result
+            if fut.cancelled():  # only close() cancels a dispatched future
+                raise PumpClosedError("this pump was closed while waiting for a result")
+            self._shared.head = None
+            shared.slots.release()
+            e = fut.exception()  # work(item) raised it (a CancelledError or TimeoutError of its own included)
+            del fut, x  # this frame goes into e's traceback: it must not keep the future (which keeps e)
+            raise e
 
     def _check_wait(self, waited: float) -> None:
         if self._closed or self._shared.stop.is_set():

@@ -206,6 +206,25 @@ def test_abandoned_iterator_and_loader_are_collected(tmp_path):
     del loader
 
 
+def test_a_temporary_loader_in_a_for_loop_reads_every_batch_and_leaves_no_thread(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    n = 0
+    for batch in Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, prefetch=2, seed=11):
+        gc.collect()  # nothing but the iterator keeps the loader: it must stay open
+        ref = reference(truth, cfg, batch.boxes.numpy(), periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(batch[f].numpy(), ref[f])
+        n += 1
+    assert n == 10
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, seed=11)
+    it = iter(loader)
+    del loader
+    gc.collect()
+    assert len(next(it)) == 4
+    del it, batch
+    gc.collect()  # the abandoned iterator stops its pump, then the loader closes; the fixture checks threads
+
+
 def test_bad_settings(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     with pytest.raises(ConfigError, match="unknown setting"):

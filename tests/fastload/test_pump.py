@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
+from concurrent.futures import CancelledError
 
 import pytest
 
@@ -66,6 +68,34 @@ def test_worker_exception_reaches_consumer_in_order():
             next(p)
         assert got == list(range(5))
         assert next(p) == 6  # later items still arrive
+
+
+@pytest.mark.parametrize("exc", [CancelledError, TimeoutError])
+def test_a_workers_cancelled_or_timeout_error_is_its_own_and_keeps_nothing_alive(exc):
+    """A CancelledError or TimeoutError raised by work(item) reaches the consumer as itself (not as a closed pump,
+    not as a wait to retry), and the future that carries it (whose traceback holds the consumer's frames) is kept
+    by no pump thread: an abandoned pump is still collected and stops its threads."""
+
+    def work(i):
+        if i == 1:
+            raise exc(f"work {i} failed")
+        return i
+
+    class Consumer:
+        def __init__(self):
+            self.pump = Pump(iter(range(10**9)), work, depth=2, workers=2, name="test-pump", timeout=5)
+
+        def run(self):
+            assert next(self.pump) == 0
+            with pytest.raises(exc, match="work 1 failed"):
+                next(self.pump)
+
+    c = Consumer()
+    c.run()
+    ref = weakref.ref(c)
+    del c
+    gc.collect()
+    assert ref() is None  # the fixture then sees the pump's threads stop
 
 
 def test_item_iterator_exception_reaches_consumer():
