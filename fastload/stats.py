@@ -185,10 +185,17 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
 
 
 def _fill_values(store: Any, name: str) -> tuple:
-    """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing)."""
+    """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing), except a
+    zarr v2 ``fill_value`` of 0 that no ``_FillValue`` attribute declares: that is zarr-python's default for
+    unwritten chunks and a real value of many fields (a dry hour's precipitation, a land mask), which the loader
+    feeds to the model as 0; leaving every 0 out (as xarray does) would fit the coefficients to other values than
+    the model sees."""
     info = store.fields[name]
     arr = store.arrays[info.array]
-    values = [declared_fill_value(store, info.array), info.attrs.get("_FillValue")]
+    declared = declared_fill_value(store, info.array)
+    if declared is not None and declared == 0 and "_FillValue" not in arr.attrs:
+        declared = None
+    values = [declared, info.attrs.get("_FillValue")]
     for attrs in (arr.attrs, info.attrs):
         mv = attrs.get("missing_value")
         values += list(mv) if isinstance(mv, (list, tuple)) else [mv]
