@@ -155,7 +155,7 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
              "initial_time": str(store.time[start]), "lead_steps": lead, "lead_hours": lead_h, "steps": steps,
              "decoded_steps": decode, "values": "normalised" if normalised else "physical",
              "ensemble_size": fcfg.ensemble_size}
-    with StoreWriter(out, overwrite=overwrite, attrs=attrs) as wr:
+    with StoreWriter(out, overwrite=overwrite, attrs=attrs, sources=[str(store.path), str(checkpoint)]) as wr:
         wr.set_time(valid)
         wr.set_grid(store.grid.lat, store.grid.lon)
         if levels:

@@ -4,6 +4,7 @@ atomically to a zarr store that xarray opens; a constant read-out stitches back 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -123,3 +124,6 @@ def test_errors_name_the_problem(trained, tmp_path_factory, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no file" in proc.stderr
     assert not list(tmp_path.glob("*.zarr*"))  # nothing half written
+    with pytest.raises(ConfigError, match="inside the source"):  # --overwrite never replaces the data store
+        main([store_path, "--checkpoint", str(ck), "--steps", "1", "--out", store_path, "--overwrite"])
+    assert os.path.isdir(store_path)
