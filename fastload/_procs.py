@@ -6,18 +6,23 @@ cache (``cache_bytes / workers``) and reader. Batches are dealt round-robin: wor
 ``start + c, start + c + workers, ...`` and plans only those (its cache evicts by its own future). It writes a
 batch into a ring slot that lives in shared memory, so nothing is copied or pickled but a few counters.
 
-Shared memory: each ring buffer is a file in ``/dev/shm`` (``fastload-<pid>-<random>``) mapped by the loader and
-by every worker. Its name is removed as soon as every worker has mapped it (the memory lives on while mapped),
-and in any case on ``close()``, garbage collection or interpreter exit, so a finished, failed or interrupted run
-leaves no segment behind (only a hard kill in the first moments can). Workers are started with ``spawn`` (no
-fork of a threaded process), ignore SIGINT (Ctrl-C reaches the training loop, which closes the loader), and exit
-when the loader's end of their pipe closes, so they never outlive it.
+Shared memory: each ring buffer is a ``memfd`` (Linux; elsewhere a file created in ``/dev/shm`` or the temporary
+directory and unlinked at once), kept by the loader's open descriptor and the mappings; a worker gets the
+descriptor over its pipe with the first read into that buffer. So no exit, crash or kill of the loader or a
+worker leaves a segment behind: the kernel frees the memory when the last descriptor and mapping go. When the
+ring replaces a buffer that the consumer still holds (:mod:`fastload._ring`), the loader drops its descriptor and
+the workers that mapped it are told to unmap it (``forget``, with their next read); the consumer's tensors keep
+the old memory alive as long as they live. Workers are started with ``spawn`` (no fork of a threaded process),
+ignore SIGINT (Ctrl-C reaches the training loop, which closes the loader), and exit when the loader's end of
+their pipe closes, so they never outlive it.
 
 Protocol (one duplex pipe per worker; one request at a time)::
 
     loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
-                       ("read", gen, batch, segment name)           -> ("done", gen, batch, IOStats, kept, mapped)
+                       ("read", gen, batch, segment name, forget, fd follows)
+                                                                    -> ("done", gen, batch, IOStats, kept)
                                                                        or ("error", gen, batch, exception)
+       (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap)
                        ("stop",)
 """
 
@@ -34,6 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.reduction import send_handle
 from typing import Any
 
 import numpy as np
@@ -48,29 +54,53 @@ _POLL_S = 0.02
 
 
 class Segment:
-    """A shared-memory file mapped into this process (``create``: a new one of ``nbytes``)."""
+    """A shared-memory buffer mapped into this process.
 
-    def __init__(self, name: str, nbytes: int, create: bool):
+    :meth:`create` makes a memfd (or a file in ``SHM_DIR`` whose name it removes at once): the memory is known
+    only by the open descriptor the loader keeps (``fd``) and by the mappings, so no kill of any process can leave
+    it behind. Workers get the descriptor over their pipe (:func:`multiprocessing.reduction.send_handle`) and map
+    it with :meth:`from_fd`."""
+
+    def __init__(self, name: str, fd: int, nbytes: int, keep_fd: bool):
         self.name = name
-        self.path = os.path.join(SHM_DIR, name)
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(self.path, flags, 0o600)
         try:
-            if create:
-                os.ftruncate(fd, nbytes)
             self.mm = mmap.mmap(fd, nbytes)
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd: int | None = fd if keep_fd else None
+        if not keep_fd:
             os.close(fd)
         self.array = np.frombuffer(self.mm, dtype=np.uint8)  # keeps the mapping alive while views exist
         self.nbytes = nbytes
-        self.mapped_by: set[int] = set()
+        self.mapped_by: set[int] = set()  # workers that were sent the descriptor
         self.registered = False
 
-    def unlink(self) -> None:
+    @classmethod
+    def create(cls, nbytes: int) -> Segment:
+        name = f"fastload-{os.getpid()}-{secrets.token_hex(6)}"
+        if hasattr(os, "memfd_create"):  # Linux: shared memory that never has a name in any directory
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        else:
+            path = os.path.join(SHM_DIR, name)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.unlink(path)  # nameless from here on: freed when the last descriptor and mapping go
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            os.ftruncate(fd, nbytes)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, fd, nbytes, keep_fd=True)
+
+    @classmethod
+    def from_fd(cls, name: str, fd: int, nbytes: int) -> Segment:
+        return cls(name, fd, nbytes, keep_fd=False)
+
+    def close_fd(self) -> None:
+        """Close the descriptor (the mapping lives on while this object or views of its array do)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def storage_options_of(store: Any) -> dict[str, Any] | None:
@@ -89,6 +119,8 @@ def storage_options_of(store: Any) -> dict[str, Any] | None:
 # -- the worker process ----------------------------------------------------------------------------------------
 def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from multiprocessing.reduction import recv_handle
+
     from ._backend import build_cache, choose_horizon, chunk_grids, make_tokenizer
     from .config import SamplingConfig
     from .plan import EpochPlan
@@ -106,21 +138,13 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
                          useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
                          read_ahead_bytes=spec["read_ahead_bytes"])
     layout = spec["fields"]  # [(name, shape, dtype str, offset, nbytes)]
-    segments: dict[str, dict[str, np.ndarray]] = {}
-    keep: list[Segment] = []
+    segments: dict[str, dict[str, np.ndarray]] = {}  # the views keep their Segment's mapping alive
 
-    def arrays_of(name: str, mapped: list[str]) -> dict[str, np.ndarray]:
-        got = segments.get(name)
-        if got is None:
-            seg = Segment(name, spec["nbytes"], create=False)
-            keep.append(seg)
-            got = {f: seg.array[off:off + nb].view(np.dtype(dt)).reshape(shape) for f, shape, dt, off, nb in layout}
-            segments[name] = got
-            mapped.append(name)
-        return got
+    def map_segment(name: str, fd: int) -> None:
+        seg = Segment.from_fd(name, fd, spec["nbytes"])
+        segments[name] = {f: seg.array[off:off + nb].view(np.dtype(dt)).reshape(shape)
+                          for f, shape, dt, off, nb in layout}
 
-    for name in spec["initial"]:
-        arrays_of(name, [])
     plan = None
     try:
         while True:
@@ -142,11 +166,14 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
                     plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
                 conn.send(("ready", gen))
                 continue
-            _, gen, batch, name = msg
-            mapped: list[str] = []
+            _, gen, batch, name, forget, fd_follows = msg
+            if fd_follows:
+                map_segment(name, recv_handle(conn))
+            for old in forget:  # buffers the ring replaced: unmapped here once no view is left
+                segments.pop(old, None)
             try:
-                stats, kept = reader.read_batch(plan, batch, arrays_of(name, mapped))
-                conn.send(("done", gen, batch, stats, kept, mapped))
+                stats, kept = reader.read_batch(plan, batch, segments[name])
+                conn.send(("done", gen, batch, stats, kept))
             except BaseException as e:  # noqa: BLE001 - every failure goes back to the loader
                 conn.send(("error", gen, batch, _picklable(e)))
     finally:
@@ -170,6 +197,7 @@ class _Worker:
         self.conn = conn
         self.turn = 0  # the next batch this worker must be sent (batches go in order)
         self.cond = threading.Condition()
+        self.forget: list[str] = []  # segments to unmap, sent with the next read (under ProcessBackend._lock)
 
 
 def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
@@ -190,7 +218,7 @@ def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
         w.conn.close()
     workers.clear()
     for seg in list(segments.values()):
-        seg.unlink()
+        seg.close_fd()
         if seg.registered:
             _unregister(seg)
     segments.clear()
@@ -246,43 +274,46 @@ class ProcessBackend:
         }
         self._nbytes = nbytes
         self._coef_update: tuple[Any, Any] | None = None  # sent to every worker with the next epoch
-        self._segments: dict[str, Segment] = {}
+        self._segments: dict[str, Segment] = {}  # the ring's live buffers
+        self._lock = threading.Lock()  # _segments, _Worker.forget (the ring allocates on pump threads)
         self._workers: list[_Worker] = []
         self._gen = 0
         self._start = 0
-        self._initial: list[str] = []
         self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._segments)
 
     # -- shared-memory allocation (the ring's allocator) ----------------------------------------------------------
     def alloc(self, nbytes: int) -> tuple[np.ndarray, Segment]:
         assert nbytes == self._nbytes
-        seg = Segment(f"fastload-{os.getpid()}-{secrets.token_hex(6)}", nbytes, create=True)
-        self._segments[seg.name] = seg
+        seg = Segment.create(nbytes)
+        with self._lock:
+            self._segments[seg.name] = seg
         if self.spec.pin:
             _register(seg)
         return seg.array, seg
 
-    def _mapped(self, name: str, worker: int) -> None:
-        seg = self._segments.get(name)
-        if seg is None:
-            return
-        seg.mapped_by.add(worker)
-        if len(seg.mapped_by) == self.spec.workers:
-            seg.unlink()  # every worker has it mapped: the name is no longer needed
+    def retire(self, seg: Segment) -> None:
+        """The ring replaced ``seg`` (the consumer still holds tensors of it): drop the loader's descriptor and have
+        the workers that mapped it unmap it with their next read; its memory lives while those tensors do."""
+        with self._lock:
+            if self._segments.pop(seg.name, None) is None:
+                return
+            for w in self._workers:
+                if w.index in seg.mapped_by:
+                    w.forget.append(seg.name)
+        seg.close_fd()
 
     # -- workers --------------------------------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
         if self._workers:
             return
         ctx = mp.get_context("spawn")
-        spec = dict(self._child_spec, initial=list(self._segments))
         for c in range(self.spec.workers):
             parent, child = ctx.Pipe(duplex=True)
-            p = ctx.Process(target=_child_main, args=(child, spec), name=f"fastload-proc-{c}", daemon=True)
+            p = ctx.Process(target=_child_main, args=(child, self._child_spec), name=f"fastload-proc-{c}",
+                            daemon=True)
             p.start()
             child.close()
             self._workers.append(_Worker(c, p, parent))
-        self._initial = list(self._segments)  # mapped by every worker before its first reply
 
     def _recv(self, w: _Worker, should_stop: Callable[[], bool] | None) -> Any:
         try:
@@ -324,10 +355,6 @@ class ProcessBackend:
                     break
             with w.cond:
                 w.turn = self._start + w.index
-        for name in self._initial:
-            for c in range(n):
-                self._mapped(name, c)
-        self._initial = []
 
     def read(self, batch: int, arrays: Mapping[str, np.ndarray], segment: Segment,
              should_stop: Callable[[], bool]) -> tuple[Any, np.ndarray]:
@@ -339,7 +366,13 @@ class ProcessBackend:
                     raise InterruptedError("stopped while waiting for a loader worker process")
                 w.cond.wait(_POLL_S)
             try:
-                w.conn.send(("read", gen, batch, segment.name))
+                with self._lock:
+                    forget, w.forget = w.forget, []
+                    send_fd = w.index not in segment.mapped_by
+                    segment.mapped_by.add(w.index)
+                w.conn.send(("read", gen, batch, segment.name, forget, send_fd))
+                if send_fd:  # the ring's buffers have no name: the worker maps the descriptor
+                    send_handle(w.conn, segment.fd, w.process.pid)
                 while True:
                     msg = self._recv(w, should_stop)
                     if msg[1] == gen and msg[2] == batch:
@@ -349,9 +382,7 @@ class ProcessBackend:
                 w.cond.notify_all()
         if msg[0] == "error":
             raise msg[3]
-        _, _, _, stats, kept, mapped = msg
-        for name in mapped:
-            self._mapped(name, w.index)
+        _, _, _, stats, kept = msg
         return stats, kept
 
     def close(self) -> None:

@@ -100,12 +100,17 @@ class BatchRing:
         Buffers in the ring (the loader uses ``prefetch + 2``).
     alloc : callable
         ``alloc(nbytes) -> (uint8 numpy array, handle)``; the handle keeps the memory alive.
+    retire : callable, optional
+        ``retire(handle)``: called when a buffer is replaced because the consumer still holds it (the allocator
+        drops what it keeps of it; the consumer's tensors keep the memory alive).
     """
 
-    def __init__(self, specs: Sequence[FieldSpec], n_slots: int, alloc: Callable[[int], tuple[np.ndarray, Any]]):
+    def __init__(self, specs: Sequence[FieldSpec], n_slots: int, alloc: Callable[[int], tuple[np.ndarray, Any]],
+                 retire: Callable[[Any], object] | None = None):
         self.specs = list(specs)
         self.offsets, self.nbytes = _layout(self.specs)
         self.alloc = alloc
+        self.retire = retire
         self.slots = [RingSlot(i) for i in range(int(n_slots))]
         self.reallocations = 0
         self._lock = threading.Lock()
@@ -137,7 +142,10 @@ class BatchRing:
             if any(not r.expired() for r in slot.refs):  # the consumer still holds tensors of this buffer
                 with self._lock:
                     self.reallocations += 1
+                old = slot.handle
                 self._allocate(slot)
+                if self.retire is not None:
+                    self.retire(old)
             slot.refs = []
         return slot
 

@@ -378,7 +378,8 @@ class Loader:
 
             self._backend = ThreadBackend(self.store, self.tokenizer, self.config, self._spec, None)
         self._coef_key = None  # a new backend has no coefficients yet
-        self._ring = BatchRing(self._specs, cfg.prefetch + 2, self._backend.alloc)
+        self._ring = BatchRing(self._specs, cfg.prefetch + 2, self._backend.alloc,
+                               getattr(self._backend, "retire", None))
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
 

@@ -57,6 +57,38 @@ def test_process_mode_matches_reference_and_cleans_up(tmp_path):
             np.testing.assert_array_equal(b[f].numpy(), ref[f])
 
 
+def _mapped_segments(pid: int) -> set[str]:
+    """Names of this loader's shared-memory buffers that process ``pid`` has mapped (Linux /proc)."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return {w.rsplit("/", 1)[-1] for line in fh for w in line.split() if f"fastload-{os.getpid()}-" in w}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+def test_kept_batches_do_not_pile_up_buffers_or_names(tmp_path):
+    """Each epoch's batches are all kept (so the ring replaces every buffer) and then dropped: the loader and the
+    workers hold only the ring's buffers (and those not yet told to let go), and no buffer ever has a name in
+    SHM_DIR while the loader runs, so even a SIGKILL of the loader leaves nothing there."""
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=80, workers=2, prefetch=2, seed=7,
+                mode="process") as loader:
+        n_slots = loader.loader_config.prefetch + 2
+        for _ in range(3):
+            kept = []
+            for b in loader:
+                kept.append(b)
+                assert _segments() == []
+            for b in kept:
+                ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+                for f in cfg.field_names:
+                    np.testing.assert_array_equal(b[f].numpy(), ref[f])
+            del kept, b
+            gc.collect()
+            assert loader._ring.reallocations > 0
+            assert len(loader._backend._segments) == n_slots
+            for w in loader._backend._workers:  # the ring's buffers, and at most one round of replaced ones
+                assert len(_mapped_segments(w.process.pid)) <= 2 * n_slots
+
+
 def test_process_worker_errors_reach_the_consumer(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, mode="process", seed=7)
