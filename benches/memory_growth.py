@@ -13,6 +13,7 @@ Run::
 
     python benches/memory_growth.py STORE --batches 10000 --batch-size 4                 # threads (the default)
     python benches/memory_growth.py STORE --batches 10000 --batch-size 4 --mode process --json out.json
+    python benches/memory_growth.py STORE --batches 10000 --cache-mb 64      # a cache smaller than the store
 
 ``STORE`` is any store the Loader reads (e.g. ``fastload synth /tmp/tiny.zarr --preset tiny``); the sampling
 config is AtmoRep's geometry fitted to it (:func:`profiling.bench_scenarios.fit_config`).
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples-per-epoch", type=int, default=4096)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--mode", choices=("thread", "process"), default="thread")
+    p.add_argument("--cache-mb", type=float, default=None,
+                   help="decoded-chunk cache budget (default: the Loader's); below the store's size, evictions run")
     p.add_argument("--every", type=int, default=100, help="sample the memory every this many batches")
     p.add_argument("--json", help="write the samples and the summary here")
     opts = p.parse_args(argv)
@@ -70,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PSS before the loader: {before:.1f} MiB", flush=True)
     samples: list[tuple[int, float, float, float]] = []  # (batch, seconds, PSS MiB, /dev/shm MiB)
     n, epoch, t0 = 0, 0, time.perf_counter()
+    extra = {} if opts.cache_mb is None else {"cache_bytes": int(opts.cache_mb * 2**20)}
     with Loader(store, config, batch_size=opts.batch_size, workers=opts.workers, mode=opts.mode, device="cpu",
-                samples_per_epoch=opts.samples_per_epoch) as loader:
+                samples_per_epoch=opts.samples_per_epoch, **extra) as loader:
         print(f"{len(loader)} batches per epoch, {opts.mode} mode, {opts.workers} workers", flush=True)
         while n < opts.batches:
             loader.set_epoch(epoch)
