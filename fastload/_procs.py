@@ -28,6 +28,7 @@ Protocol (one duplex pipe per worker; one request at a time)::
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing as mp
 import os
@@ -45,12 +46,17 @@ from typing import Any
 import numpy as np
 
 from ._ring import FieldSpec, _layout
-from .errors import ConfigError
+from .errors import ConfigError, FastloadError
 
-__all__ = ["ProcessBackend", "Segment", "storage_options_of"]
+__all__ = ["ProcessBackend", "Segment", "WorkerError", "storage_options_of"]
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POLL_S = 0.02
+
+
+class WorkerError(FastloadError, RuntimeError):
+    """A loader worker process died (or could not start); the message names the worker, its pid and exit code.
+    The next iteration starts a new process in its place."""
 
 
 class Segment:
@@ -127,16 +133,22 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     from .reader import ChunkReader
     from .store import open_store
 
-    store = open_store(spec["path"], storage_options=spec["storage_options"], allow_unsafe_codecs=spec["allow_unsafe"],
-                       latency_ms=spec["latency_ms"])
-    config = SamplingConfig.from_dict(spec["config"])
-    tok = make_tokenizer(store, config)
-    cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
-    reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
-                         retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
-                         coefficients=spec["coefficients"], months=spec["months"],
-                         useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
-                         read_ahead_bytes=spec["read_ahead_bytes"])
+    try:
+        store = open_store(spec["path"], storage_options=spec["storage_options"],
+                           allow_unsafe_codecs=spec["allow_unsafe"], latency_ms=spec["latency_ms"])
+        config = SamplingConfig.from_dict(spec["config"])
+        tok = make_tokenizer(store, config)
+        cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
+        reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
+                             retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
+                             coefficients=spec["coefficients"], months=spec["months"],
+                             useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
+                             read_ahead_bytes=spec["read_ahead_bytes"])
+    except BaseException as e:  # noqa: BLE001 - the loader re-raises it (this worker then exits)
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("fatal", _picklable(e)))
+        conn.close()
+        return
     layout = spec["fields"]  # [(name, shape, dtype str, offset, nbytes)]
     segments: dict[str, dict[str, np.ndarray]] = {}  # the views keep their Segment's mapping alive
 
@@ -156,14 +168,19 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
                 return
             if msg[0] == "epoch":
                 _, gen, boxes, first, stride, coef = msg
-                if coef is not None:  # new normalisation coefficients (the months this epoch uses)
-                    reader.set_coefficients(*coef)
-                plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
-                                 capacity=capacity, horizon=0, start_batch=first, batch_stride=stride,
-                                 grids=chunk_grids(store))
-                cache.reset(plan.uses)
-                if first < len(plan):
-                    plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
+                try:
+                    if coef is not None:  # new normalisation coefficients (the months this epoch uses)
+                        reader.set_coefficients(*coef)
+                    plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
+                                     capacity=capacity, horizon=0, start_batch=first, batch_stride=stride,
+                                     grids=chunk_grids(store))
+                    cache.reset(plan.uses)
+                    if first < len(plan):
+                        plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
+                except BaseException as e:  # noqa: BLE001 - the loader re-raises it; this worker stays usable
+                    plan = None
+                    conn.send(("error", gen, None, _picklable(e)))
+                    continue
                 conn.send(("ready", gen))
                 continue
             _, gen, batch, name, forget, fd_follows = msg
@@ -198,6 +215,7 @@ class _Worker:
         self.turn = 0  # the next batch this worker must be sent (batches go in order)
         self.cond = threading.Condition()
         self.forget: list[str] = []  # segments to unmap, sent with the next read (under ProcessBackend._lock)
+        self.failed = False  # it died or failed to start: replaced at the next epoch
 
 
 def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
@@ -306,29 +324,58 @@ class ProcessBackend:
     def _ensure_workers(self) -> None:
         if self._workers:
             return
-        ctx = mp.get_context("spawn")
         for c in range(self.spec.workers):
-            parent, child = ctx.Pipe(duplex=True)
-            p = ctx.Process(target=_child_main, args=(child, self._child_spec), name=f"fastload-proc-{c}",
-                            daemon=True)
-            p.start()
-            child.close()
-            self._workers.append(_Worker(c, p, parent))
+            self._workers.append(self._spawn(c))
+
+    def _spawn(self, c: int) -> _Worker:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        p = ctx.Process(target=_child_main, args=(child, self._child_spec), name=f"fastload-proc-{c}", daemon=True)
+        p.start()
+        child.close()
+        return _Worker(c, p, parent)
 
     def _recv(self, w: _Worker, should_stop: Callable[[], bool] | None) -> Any:
         try:
             while not w.conn.poll(_POLL_S):
-                if not w.process.is_alive():
+                if not w.process.is_alive() and not w.conn.poll(0):  # (its last words may have come meanwhile)
                     raise EOFError
                 if should_stop is not None and should_stop():
-                    break
-            else:
-                return w.conn.recv()
-        except (EOFError, OSError):  # the pipe broke: the worker died
-            w.process.join(1.0)
-            raise RuntimeError(f"loader worker process {w.index} (pid {w.process.pid}) exited unexpectedly with "
-                               f"code {w.process.exitcode}") from None
-        raise InterruptedError("stopped while waiting for a loader worker process")
+                    raise InterruptedError("stopped while waiting for a loader worker process")
+            msg = w.conn.recv()
+        except (EOFError, OSError) as e:  # the pipe broke: the worker died
+            if isinstance(e, InterruptedError):
+                raise
+            raise self._died(w) from None
+        if msg[0] == "fatal":  # it failed to start (and exits): its own exception, with who it was
+            w.failed = True
+            err = msg[1]
+            err.add_note(f"(in loader worker process {w.index}, pid {w.process.pid}, at its start)")
+            raise err
+        return msg
+
+    @staticmethod
+    def _died(w: _Worker) -> WorkerError:
+        w.failed = True
+        w.process.join(1.0)
+        return WorkerError(f"loader worker process {w.index} (pid {w.process.pid}) exited unexpectedly with code "
+                           f"{w.process.exitcode}; the next iteration starts a new one")
+
+    def _respawn_dead(self) -> None:
+        """Replace the worker processes that are gone (killed, crashed, failed at start) by new ones."""
+        for i, w in enumerate(self._workers):
+            if not w.failed and w.process.is_alive():
+                continue
+            w.conn.close()  # one that failed to start exits by itself (and at the latest when its pipe closes)
+            w.process.join(5.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(2.0)
+            with self._lock:  # the new process has mapped nothing yet
+                for seg in self._segments.values():
+                    seg.mapped_by.discard(i)
+                w.forget = []
+            self._workers[i] = self._spawn(i)
 
     def set_coefficients(self, coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
                          months: np.ndarray | None) -> None:
@@ -337,24 +384,44 @@ class ProcessBackend:
         coef = dict(coefficients) if coefficients else None
         if self._workers:
             self._coef_update = (coef, months)
-        else:  # not started yet: the workers get them at spawn
-            self._child_spec["coefficients"], self._child_spec["months"] = coef, months
+        # workers started from now on (the first ones, or one that replaces a dead worker) get them at spawn
+        self._child_spec["coefficients"], self._child_spec["months"] = coef, months
 
     def start(self, boxes: np.ndarray, start_batch: int) -> None:
+        """Begin an epoch in every worker (a worker that died since the last epoch is replaced first); an error of
+        a worker's epoch set-up is raised here, after every worker answered."""
         self._ensure_workers()
+        self._respawn_dead()
         self._gen += 1
         self._start = int(start_batch)
         n = self.spec.workers
         coef, self._coef_update = self._coef_update, None
-        for w in self._workers:
-            w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n, coef))
-        for w in self._workers:  # replies of abandoned reads come first: skip them
-            while True:
-                msg = self._recv(w, None)
-                if msg[0] == "ready" and msg[1] == self._gen:
-                    break
-            with w.cond:
-                w.turn = self._start + w.index
+        error: BaseException | None = None
+        try:
+            for w in self._workers:
+                try:
+                    w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n, coef))
+                except OSError:
+                    raise self._died(w) from None
+            for w in self._workers:  # every worker answers (ready, error, or its death) before anything is raised
+                try:
+                    while True:  # replies of abandoned reads come first: skip them
+                        msg = self._recv(w, None)
+                        if msg[1] == self._gen and msg[0] in ("ready", "error"):
+                            break
+                except Exception as e:  # noqa: BLE001 - it died, or failed to start (its own error): raised below
+                    error = error or e
+                    continue
+                if msg[0] == "error":
+                    error = error or msg[3]
+                with w.cond:
+                    w.turn = self._start + w.index
+        except BaseException:
+            if coef is not None:  # workers that missed them get them with the next epoch
+                self._coef_update = self._coef_update or coef
+            raise
+        if error is not None:
+            raise error
 
     def read(self, batch: int, arrays: Mapping[str, np.ndarray], segment: Segment,
              should_stop: Callable[[], bool]) -> tuple[Any, np.ndarray]:
@@ -370,9 +437,12 @@ class ProcessBackend:
                     forget, w.forget = w.forget, []
                     send_fd = w.index not in segment.mapped_by
                     segment.mapped_by.add(w.index)
-                w.conn.send(("read", gen, batch, segment.name, forget, send_fd))
-                if send_fd:  # the ring's buffers have no name: the worker maps the descriptor
-                    send_handle(w.conn, segment.fd, w.process.pid)
+                try:
+                    w.conn.send(("read", gen, batch, segment.name, forget, send_fd))
+                    if send_fd:  # the ring's buffers have no name: the worker maps the descriptor
+                        send_handle(w.conn, segment.fd, w.process.pid)
+                except OSError:
+                    raise self._died(w) from None
                 while True:
                     msg = self._recv(w, should_stop)
                     if msg[1] == gen and msg[2] == batch:

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from fastload.errors import ChunkReadError
+from fastload.errors import ChunkReadError, ConfigError, FastloadError, StoreNotFoundError
 from fastload.loader import Loader
 from tests.fastload.loader_ref import build, reference
 
@@ -113,6 +113,51 @@ def test_process_worker_errors_reach_the_consumer(tmp_path):
         for _ in it:
             pass
     loader.close()
+
+
+def _check(truth, cfg, batches) -> None:
+    for b in batches:
+        ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(b[f].numpy(), ref[f])
+
+
+def test_a_dead_worker_is_a_fastload_error_and_the_next_iteration_replaces_it(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, prefetch=2, mode="process",
+                seed=7) as loader:
+        it = iter(loader)
+        _check(truth, cfg, [next(it)])
+        victim = loader._backend._workers[1].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        with pytest.raises(FastloadError, match=rf"worker process 1 \(pid {victim.pid}\) exited unexpectedly with "
+                                                r"code -9"):
+            for _ in it:
+                pass
+        rest = list(loader)  # the rest of the epoch, with a new worker 1
+        assert rest and loader._backend._workers[1].process.pid != victim.pid
+        _check(truth, cfg, rest)
+        assert [b.index for b in rest] == list(range(rest[0].index, len(loader)))
+
+
+def test_a_workers_start_and_epoch_errors_reach_the_consumer(tmp_path):
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, workers=2, mode="process", seed=1) as loader:
+        good = loader.epoch_boxes(0)
+        loader.epoch_boxes = lambda epoch: np.full_like(good, 10**6)  # the workers' plans reject them
+        with pytest.raises(ConfigError, match="outside"):
+            iter(loader)
+        del loader.epoch_boxes
+        _check(truth, cfg, list(loader))  # the same workers go on
+    store = tmp_path / "s.zarr"
+    with Loader(store, cfg, samples_per_epoch=8, workers=2, mode="process", seed=1) as loader:
+        os.rename(store, tmp_path / "moved.zarr")  # the workers (started by the first iter) cannot open it
+        with pytest.raises(StoreNotFoundError) as e:
+            iter(loader)
+        assert "loader worker process" in "".join(getattr(e.value, "__notes__", []))
+        os.rename(tmp_path / "moved.zarr", store)
+        _check(truth, cfg, list(loader))  # new workers in place of those that failed
 
 
 def test_ctrl_c_in_the_training_loop_leaves_no_process_or_segment(tmp_path):
