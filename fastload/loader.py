@@ -255,6 +255,14 @@ class Loader:
             self._samples = min(counts)  # every rank reads the same number of samples (DDP needs equal steps)
         n = self._samples
         self._n_batches = n // self.batch_size if cfg.drop_last or self.world_size > 1 else -(-n // self.batch_size)
+        if self._n_batches == 0:  # a loader that yields nothing would pass silently through every training loop
+            got = (f"the explicit plan has {n} samples" if boxes is not None else
+                   f"samples_per_epoch={cfg.samples_per_epoch} in windows of samples_per_window="
+                   f"{cfg.samples_per_window} dealt to world_size={self.world_size} rank(s) gives {n} samples per rank")
+            raise ConfigError(f"Loader: no batch per epoch: {got}, and batch_size={self.batch_size} with drop_last="
+                              f"{cfg.drop_last}" + (" (several ranks always drop a partial batch)"
+                                                    if self.world_size > 1 else "")
+                              + "; give more samples or a smaller batch_size")
         self._specs = self._field_specs()
         self._backend: Any = None
         self._ring: BatchRing | None = None

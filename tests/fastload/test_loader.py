@@ -238,6 +238,20 @@ def test_bad_settings(tmp_path):
         Loader(tmp_path / "s.zarr", build("per_variable", tmp_path / "s.zarr", normalization="global")[1])
 
 
+@pytest.mark.parametrize("settings,named", [
+    (dict(samples_per_epoch=10, samples_per_window=4, rank=1, world_size=4), "samples_per_window=4"),
+    (dict(samples_per_epoch=3, drop_last=True), "drop_last=True"),
+    (dict(boxes=np.zeros((0, 3), np.int64)), "explicit plan has 0 samples"),
+])
+def test_settings_that_leave_no_batch_are_a_config_error(tmp_path, settings, named):
+    """Not a silent zero-batch loader (whose empty pass also moved the epoch on by two)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with pytest.raises(ConfigError, match=rf"no batch per epoch.*{named}") as e:
+        Loader(tmp_path / "s.zarr", cfg, seed=3, **settings)
+    if "boxes" not in settings:
+        assert "samples_per_epoch" in str(e.value) and "batch_size=4" in str(e.value)
+
+
 def test_explicit_plan(tmp_path):
     truth, cfg = build("atmorep", tmp_path / "s.zarr", regional=True)
     rng = np.random.default_rng(0)
