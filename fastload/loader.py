@@ -42,6 +42,7 @@ draws new samples even without ``set_epoch``. With several ranks every rank gets
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -64,6 +65,9 @@ from .sampling.geometry import GridExtent, random_boxes
 __all__ = ["Loader", "Batch", "LoaderDataset"]
 
 _STATE_VERSION = 1
+_STOP_GRACE_S = 5.0  # how long stopping an iteration waits for its reads to notice; a read stuck longer (a hung
+# store request) keeps the backend, and the next iteration gets a fresh one (see Loader._stop_iteration)
+log = logging.getLogger("fastload")
 
 
 @dataclasses.dataclass(slots=True, eq=False, repr=False)
@@ -268,6 +272,7 @@ class Loader:
         self._ring: BatchRing | None = None
         self._state = _State(int(epoch), 0)
         self._iter_ref: Any = None
+        self._threads: tuple[threading.Thread, ...] = ()  # the pump threads of the last iteration
         self._closed = False
         self.stats = IOStats()
         """Counters summed over every batch handed out (``stats.streams``: per stream, for multi-stream configs)."""
@@ -465,6 +470,7 @@ class Loader:
             self._state.epoch, self._state.batch = self._state.epoch + 1, 0
         it = _EpochIterator(self)
         self._iter_ref = weakref.ref(it)
+        self._threads = it._pump.threads
         return it
 
     def _stop_iteration(self) -> None:
@@ -472,6 +478,22 @@ class Loader:
         if it is not None:
             it.close()
         self._iter_ref = None
+        stuck = [t for t in self._threads if t.is_alive()]  # (the pump waited _STOP_GRACE_S for them)
+        self._threads = ()
+        if stuck and self._backend is not None:
+            self._retire_backend(stuck)
+
+    def _retire_backend(self, stuck: list[threading.Thread]) -> None:
+        """A read of the stopped iteration is still inside the backend (a hung store request): the next iteration
+        must not reset its cache under it nor hand its ring slot to another batch, so it gets a fresh backend and
+        ring; the old ones are closed by a daemon thread once the stuck reads return."""
+        log.warning("fastload: %d read(s) of the stopped iteration still running after %.1f s (a hung store "
+                    "request?); the next iteration starts with a fresh cache", len(stuck), _STOP_GRACE_S)
+        old = [self._backend, self._ring]
+        self._backend = self._ring = None
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _close_all, [None])
+        threading.Thread(target=_close_after, args=(stuck, old), name="fastload-loader-retire", daemon=True).start()
 
     def close(self) -> None:
         """Stop all work, join threads and worker processes, free shared memory (idempotent)."""
@@ -498,6 +520,12 @@ def _close_all(things: list[Any]) -> None:
     for t in things:
         if t is not None:
             t.close()
+
+
+def _close_after(threads: list[threading.Thread], things: list[Any]) -> None:
+    for t in threads:
+        t.join()
+    _close_all(things)
 
 
 class _First:
@@ -532,7 +560,7 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
 
 def _shutdown(stop: threading.Event, pump: Pump) -> None:
     stop.set()
-    pump.close()
+    pump.close(timeout=_STOP_GRACE_S)
 
 
 class _EpochIterator(Iterator[Batch]):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -99,11 +100,13 @@ def _work(shared: _Shared, fn: Callable) -> None:
 
 
 def _shutdown(shared: _Shared, threads: list[threading.Thread], timeout: float | None) -> list[Future]:
-    """Stop the threads; return the futures that were never handed to the consumer."""
+    """Stop the threads (waiting at most ``timeout`` seconds for all of them); return the futures that were never
+    handed to the consumer."""
     shared.stop.set()
+    deadline = None if timeout is None else time.monotonic() + timeout
     for t in threads:
         if t is not threading.current_thread():
-            t.join(timeout)
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     left = [shared.head] if isinstance(shared.head, Future) else []
     shared.head = None
     while True:
@@ -229,13 +232,19 @@ class Pump(Generic[T, R], Iterator[R]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The pump's threads (after :meth:`close`, one still alive is stuck in ``work``)."""
+        return tuple(self._threads)
+
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop dispatching, cancel queued work, wait for work in progress and join all threads (idempotent).
 
         Parameters
         ----------
         timeout : float, optional
-            Seconds to wait for each thread; a thread stuck longer in ``work`` is left (it is a daemon).
+            Seconds to wait for the threads (all together); a thread stuck longer in ``work`` is left (it is a
+            daemon; :attr:`threads` shows it alive).
         """
         if self._closed:
             return

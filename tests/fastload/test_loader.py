@@ -4,6 +4,7 @@ zarr formats, sharding and grids; exact resume; epochs; buffer lifetime; counter
 from __future__ import annotations
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -236,6 +237,48 @@ def test_bad_settings(tmp_path):
             Loader(tmp_path / "s.zarr", cfg, device="cuda")
     with pytest.raises(ConfigError, match="normalise"):
         Loader(tmp_path / "s.zarr", build("per_variable", tmp_path / "s.zarr", normalization="global")[1])
+
+
+def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monkeypatch):
+    """Restarting while a store request hangs: no wait for it beyond the stop grace, no error, every batch right;
+    the hung read's backend and ring (its cache pins, its slot) are never reused, and are closed once it returns."""
+    import fastload.loader as fl
+
+    monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
+    truth, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    orig = store.chunk_bytes
+    entered, release, lock, armed = threading.Event(), threading.Event(), threading.Lock(), [True]
+
+    def chunk_bytes(array, chunk):
+        with lock:
+            hang, armed[0] = armed[0], False
+        if hang:  # the first request of all (batch 0's) hangs until the test lets it go
+            entered.set()
+            release.wait(60)
+        return orig(array, chunk)
+
+    store.chunk_bytes = chunk_bytes
+    loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, seed=7, cache_bytes=40_000)
+    try:
+        it = iter(loader)
+        assert entered.wait(30)
+        old_ring = loader._ring
+        batches = list(loader)  # stops `it` (its batch 0 read still hangs) and reads the epoch again
+        assert loader._ring is not old_ring
+        assert [b.index for b in batches] == list(range(6))
+        for b in batches:
+            ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(b[f].numpy(), ref[f])
+        with pytest.raises(LoaderClosedError, match="stopped"):
+            next(it)
+    finally:
+        release.set()
+        loader.close()
+        for t in threading.enumerate():  # the hung read returns, then the old backend closes
+            if t.name.startswith("fastload"):
+                t.join(30)
 
 
 @pytest.mark.parametrize("settings,named", [
