@@ -46,17 +46,12 @@ from typing import Any
 import numpy as np
 
 from ._ring import FieldSpec, _layout
-from .errors import ConfigError, FastloadError
+from .errors import ConfigError, WorkerError
 
 __all__ = ["ProcessBackend", "Segment", "WorkerError", "storage_options_of"]
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POLL_S = 0.02
-
-
-class WorkerError(FastloadError, RuntimeError):
-    """A loader worker process died (or could not start); the message names the worker, its pid and exit code.
-    The next iteration starts a new process in its place."""
 
 
 class Segment:

@@ -17,6 +17,7 @@ __all__ = [
     "CodecError",
     "ChunkReadError",
     "LoaderClosedError",
+    "WorkerError",
 ]
 
 
@@ -73,3 +74,9 @@ class ChunkReadError(FastloadError, OSError):
 
 class LoaderClosedError(FastloadError, RuntimeError):
     """The loader was used after ``close()``."""
+
+
+class WorkerError(FastloadError, RuntimeError):
+    """A loader worker process died (or could not start); the message names the worker, its pid and exit code.
+    The next iteration starts a new process in its place."""
+
