@@ -5,9 +5,11 @@ never dropped, a shared-memory segment never unlinked) is invisible in a benchma
 in a training run of a week. This runs one Loader for many batches over many epochs (``set_epoch`` each time, as
 a training loop does) and samples the memory of the whole process tree every ``--every`` batches: the
 proportional set size (PSS: shared pages counted once across the parent and its worker processes, so process mode
-is not counted twice) and, in process mode, the bytes of this loader's shared-memory segments in ``/dev/shm``.
-It reports the figures at 10 % of the run, at the end and the largest, and their difference; growth after the
-first epochs is the number to watch (caches and rings fill during the first ones).
+is not counted twice) and the bytes of files named after this process in ``/dev/shm`` (ring buffers are nameless
+now, so anything there is a leak).
+It reports the figures at 10 % and half of the run, at the end and the largest, and the growth from those points
+to the end; growth over the second half is the number to watch (caches and rings fill during the first epochs,
+and a single sample can land on a transient).
 
 Run::
 
@@ -90,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         print("fewer batches than --every: nothing sampled", file=sys.stderr)
         return 1
-    early = samples[len(samples) // 10]
+    early, half = samples[len(samples) // 10], samples[len(samples) // 2]
     summary = {"batches": n, "epochs": epoch, "mode": opts.mode, "pss_before_mb": before,
-               "pss_at_10pct_mb": early[2], "pss_end_mb": samples[-1][2], "pss_max_mb": max(s[2] for s in samples),
-               "growth_after_10pct_mb": samples[-1][2] - early[2], "shm_at_10pct_mb": early[3],
+               "pss_at_10pct_mb": early[2], "pss_at_half_mb": half[2], "pss_end_mb": samples[-1][2],
+               "pss_max_mb": max(s[2] for s in samples), "growth_after_10pct_mb": samples[-1][2] - early[2],
+               "growth_second_half_mb": samples[-1][2] - half[2], "shm_at_10pct_mb": early[3],
                "shm_end_mb": samples[-1][3]}
     print(json.dumps(summary, indent=1))
     if opts.json:
