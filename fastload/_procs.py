@@ -249,10 +249,22 @@ def _register(seg: Segment) -> None:
 
 
 def _unregister(seg: Segment) -> None:
+    _unregister_ptr(seg.array.ctypes.data)
+    seg.registered = False
+
+
+def _unregister_quietly(ptr: int) -> None:
+    try:
+        _unregister_ptr(ptr)
+    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may already be shut down
+        pass
+
+
+def _unregister_ptr(ptr: int) -> None:
+    """Undo :func:`_register` of the buffer at ``ptr``."""
     import torch
 
-    torch.cuda.cudart().cudaHostUnregister(seg.array.ctypes.data)
-    seg.registered = False
+    torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
 class ProcessBackend:
@@ -314,6 +326,10 @@ class ProcessBackend:
                 if w.index in seg.mapped_by:
                     w.forget.append(seg.name)
         seg.close_fd()
+        if seg.registered:  # un-pin when the consumer's last view of it goes, not now (a copy may still read it);
+            # the array's finalizer runs before the array lets go of the mapping
+            weakref.finalize(seg.array, _unregister_quietly, seg.array.ctypes.data)
+            seg.registered = False
 
     # -- workers --------------------------------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
@@ -345,7 +361,8 @@ class ProcessBackend:
         if msg[0] == "fatal":  # it failed to start (and exits): its own exception, with who it was
             w.failed = True
             err = msg[1]
-            err.add_note(f"(in loader worker process {w.index}, pid {w.process.pid}, at its start)")
+            if hasattr(err, "add_note"):  # Python >= 3.11
+                err.add_note(f"(in loader worker process {w.index}, pid {w.process.pid}, at its start)")
             raise err
         return msg
 

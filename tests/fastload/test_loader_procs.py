@@ -89,6 +89,41 @@ def test_kept_batches_do_not_pile_up_buffers_or_names(tmp_path):
                 assert len(_mapped_segments(w.process.pid)) <= 2 * n_slots
 
 
+def test_replaced_pinned_buffers_are_unpinned_when_the_consumer_lets_go(tmp_path, monkeypatch):
+    """With pinning (CUDA host registration, faked here as CUDA behaves: a range that overlaps a registered one is
+    refused), a buffer the ring replaces stays registered while the consumer's batch views it and is unregistered
+    when the last view goes, so registrations stay at the ring's size and a reused address registers again."""
+    import fastload._procs as procs
+
+    reg: dict[int, int] = {}
+
+    def register(seg):
+        ptr = seg.array.ctypes.data
+        if any(p < ptr + seg.nbytes and ptr < p + n for p, n in reg.items()):
+            raise RuntimeError("cudaHostRegister of a shared-memory batch buffer failed (712)")
+        reg[ptr] = seg.nbytes
+        seg.registered = True
+
+    monkeypatch.setattr(procs, "_register", register)
+    monkeypatch.setattr(procs, "_unregister_ptr", lambda ptr: reg.pop(ptr))
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=80, workers=2, prefetch=2, seed=7,
+                mode="process") as loader:
+        loader._spec.pin = True
+        n_slots = loader.loader_config.prefetch + 2
+        for _ in range(3):
+            kept = list(loader)
+            assert len(reg) > n_slots  # the replaced buffers the kept batches view are still pinned
+            b = kept[-1]
+            ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+            np.testing.assert_array_equal(b[cfg.field_names[0]].numpy(), ref[cfg.field_names[0]])
+            del kept, b
+            gc.collect()
+            assert loader._ring.reallocations > 0
+            assert len(reg) == n_slots
+    assert reg == {}
+
+
 def test_process_worker_errors_reach_the_consumer(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, workers=2, mode="process", seed=7)
