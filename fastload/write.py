@@ -49,6 +49,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -250,19 +251,32 @@ def sigint_deferred() -> Iterator[None]:
 
     zarr-python runs every read and write on its own event-loop thread and the calling thread only waits; a
     ``KeyboardInterrupt`` ends that wait but not the writes, which then land after the caller has cleaned up.
-    Wrapping each zarr call makes it finish first. Only the main thread receives signals and may set a handler;
-    elsewhere this does nothing.
+    Wrapping each zarr call makes it finish first. A second Ctrl-C during the block is delivered at once (a write
+    that hangs can still be stopped; what it writes later may then outlive the cleanup). Only the main thread
+    receives signals and may set a handler; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.default_int_handler if previous is None else previous
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            print("fastload: finishing the block being written (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
+            return
+        signal.signal(signal.SIGINT, previous)  # the second: the previous handler, now
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-        if received:
+        signal.signal(signal.SIGINT, previous)
+        if len(received) == 1:
             signal.raise_signal(signal.SIGINT)  # the previous handler runs now (default: KeyboardInterrupt)
 
 

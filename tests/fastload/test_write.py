@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -174,6 +175,24 @@ def test_an_interrupt_while_creating_the_store_leaves_nothing(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         StoreWriter(tmp_path / "s.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_sigint_stops_at_once(capsys):
+    """The first Ctrl-C waits for the block (and says so); a second one interrupts it at once, and only once."""
+    before = signal.getsignal(signal.SIGINT)
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here: held back
+            log.append("after the first")
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(200):  # a long block: the second interrupt arrives here
+                time.sleep(0.01)
+            log.append("block finished")
+    assert log == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "Ctrl-C again" in capsys.readouterr().err
 
 
 def test_sigint_deferred_outside_the_main_thread_does_nothing():
