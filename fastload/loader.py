@@ -57,7 +57,7 @@ import torch.utils.data
 from ._nvtx import range as nvtx_range
 from ._ring import BatchRing, FieldSpec
 from .config import LoaderConfig, SamplingConfig
-from .errors import ConfigError, LoaderClosedError
+from .errors import ConfigError, FastloadError, LoaderClosedError
 from .pump import Pump
 from .reader import IOStats
 from .sampling.geometry import GridExtent, random_boxes
@@ -299,12 +299,33 @@ class Loader:
             raise ConfigError("Loader: a config without streams reads one store: pass its path or an open Store")
         self.store = _resolve_store(store)
         self.store.check(self.config)
+        self._warn_missing_markers()
         self.tokenizer = make_tokenizer(self.store, self.config)
         # a mesh store is placed on its tokenizer's virtual lat-lon grid, not on its node axis
         self.extent = getattr(self.tokenizer, "extent", None) or GridExtent.from_store(self.store)
         self._norm = self._normalizer(normalizer)
         return sum(f.num_levels * int(np.prod(f.box))
                    * self.store.arrays[self.tokenizer.layouts[f.name].array].dtype.itemsize for f in self.config.fields)
+
+    def _warn_missing_markers(self) -> None:
+        """Log the fields whose store declares non-NaN missing values (a ``_FillValue``, ``missing_value`` or
+        non-zero zarr v2 fill value): the gather feeds stored values as they are (only NaN is missing), while
+        ``fastload stats`` leaves those values out of the coefficients."""
+        from .stats import missing_markers
+
+        found = {}
+        for f in self.config.fields:
+            try:
+                marks = missing_markers(self.store, f.name)
+            except FastloadError:
+                continue  # a fill value the dtype cannot hold: the stats tool reports it
+            if marks:
+                found[f.name] = [m.item() if hasattr(m, "item") else m for m in marks]
+        if found:
+            log.warning("fastload: %s declare(s) missing values %s in %s; the loader feeds stored values as they are "
+                        "(only NaN is missing), so these reach the model as numbers, while fastload stats leaves "
+                        "them out. Store NaN there instead (e.g. xarray's ds.where(ds != value)) unless the data "
+                        "hold none", ", ".join(found), found, self.store.path)
 
     def _open_streams(self, stores: Any, normalizer: Any, jit: bool | None) -> int:
         """A multi-stream config: open every stream (MultiStream); returns useful bytes per sample."""

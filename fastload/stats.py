@@ -184,7 +184,7 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
     return out
 
 
-def _fill_values(store: Any, name: str) -> tuple:
+def missing_markers(store: Any, name: str) -> tuple:
     """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing), except a
     zarr v2 ``fill_value`` of 0 that no ``_FillValue`` attribute declares: that is zarr-python's default for
     unwritten chunks and a real value of many fields (a dry hour's precipitation, a land mask), which the loader
@@ -192,9 +192,8 @@ def _fill_values(store: Any, name: str) -> tuple:
     the model sees."""
     info = store.fields[name]
     arr = store.arrays[info.array]
-    declared = declared_fill_value(store, info.array)
-    if declared is not None and declared == 0 and "_FillValue" not in arr.attrs:
-        declared = None
+    zero = arr.fill_value is not None and arr.fill_value == 0 and "_FillValue" not in arr.attrs
+    declared = None if zero else declared_fill_value(store, info.array)  # (no metadata lookup for a 0)
     values = [declared, info.attrs.get("_FillValue")]
     for attrs in (arr.attrs, info.attrs):
         mv = attrs.get("missing_value")
@@ -280,7 +279,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     pending = []
     for name, lev_idx, _ in selection:
         info = store.fields[name]
-        fills = _fill_values(store, name)
+        fills = missing_markers(store, name)
         for pos, li in enumerate([None] if lev_idx is None else lev_idx.tolist()):
             pending.append((name, info.array, pos, li, info.field_index, fills))
     per_pass = max(1, cfg.memory_bytes // (_ACC_BYTES_PER_POINT * ny * nx))

@@ -363,6 +363,24 @@ def test_fill_values_are_missing_as_xarray_decodes_them(tmp_path, fmt, fill, att
     assert got["missing_values"] == int(np.isnan(ref).sum())
 
 
+@pytest.mark.parametrize("fill, warned", [(-999, True), (0, False)])
+def test_the_loader_says_which_declared_missing_values_it_feeds_as_data(tmp_path, caplog, fill, warned):
+    """Stats leave a declared fill value out; the loader reads it as a number: it says so when it opens the store
+    (zarr's default fill 0 is data in both, and not reported)."""
+    from fastload.config import FieldConfig, SamplingConfig
+    from fastload.loader import Loader
+
+    _int_store(tmp_path / "d.zarr", 2, fill)
+    cfg = SamplingConfig(fields=[FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=(2, 2, 3), normalization="none")],
+                         batch_size=2)
+    with caplog.at_level("WARNING", logger="fastload"):
+        Loader(str(tmp_path / "d.zarr"), cfg, samples_per_epoch=4).close()
+    said = [r.getMessage() for r in caplog.records if "missing values" in r.getMessage()]
+    assert bool(said) == warned
+    if warned:
+        assert "'v': [-999]" in said[0] and "d.zarr" in said[0]
+
+
 def test_packed_fields_are_refused(tmp_path):
     ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), np.full((4, 3, 5), 285.0))},
                     coords={"time": pd.date_range("2000-01-01", periods=4, freq="6h").values,
