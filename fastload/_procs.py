@@ -211,6 +211,7 @@ class _Worker:
         self.cond = threading.Condition()
         self.forget: list[str] = []  # segments to unmap, sent with the next read (under ProcessBackend._lock)
         self.failed = False  # it died or failed to start: replaced at the next epoch
+        self.spoke = False  # it has sent anything (else it died before running fastload's code)
 
 
 def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
@@ -354,6 +355,7 @@ class ProcessBackend:
                 if should_stop is not None and should_stop():
                     raise InterruptedError("stopped while waiting for a loader worker process")
             msg = w.conn.recv()
+            w.spoke = True
         except (EOFError, OSError) as e:  # the pipe broke: the worker died
             if isinstance(e, InterruptedError):
                 raise
@@ -370,8 +372,12 @@ class ProcessBackend:
     def _died(w: _Worker) -> WorkerError:
         w.failed = True
         w.process.join(1.0)
+        hint = "" if w.spoke or w.process.exitcode != 1 else (
+            " before it said anything: a spawned worker first imports the main script, so a script that builds a "
+            "Loader with mode='process' must do so under `if __name__ == '__main__':` (the worker's traceback is "
+            "on stderr)")
         return WorkerError(f"loader worker process {w.index} (pid {w.process.pid}) exited unexpectedly with code "
-                           f"{w.process.exitcode}; the next iteration starts a new one")
+                           f"{w.process.exitcode}{hint}; the next iteration starts a new one")
 
     def _respawn_dead(self) -> None:
         """Replace the worker processes that are gone (killed, crashed, failed at start) by new ones."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ import pytest
 from fastload.errors import ChunkReadError, ConfigError, FastloadError, StoreNotFoundError
 from fastload.loader import Loader
 from tests.fastload.loader_ref import build, reference
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _segments() -> list[str]:
@@ -122,6 +127,26 @@ def test_replaced_pinned_buffers_are_unpinned_when_the_consumer_lets_go(tmp_path
             assert loader._ring.reallocations > 0
             assert len(reg) == n_slots
     assert reg == {}
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_die(tmp_path):
+    """Spawned workers import the main script first; one that builds a process-mode Loader at import time makes
+    them die before they run fastload's code: the error says what to do."""
+    build("per_variable", tmp_path / "s.zarr", nt=20)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        from fastload.loader import Loader
+        from fastload.store import open_store
+        from profiling.bench_scenarios import fit_config
+        store = open_store({str(tmp_path / "s.zarr")!r})
+        loader = Loader(store, fit_config(store, batch_size=2), batch_size=2, workers=1, mode="process",
+                        samples_per_epoch=4)
+        next(iter(loader))
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "WorkerError" in proc.stderr and "if __name__ == '__main__':" in proc.stderr
 
 
 def test_process_worker_errors_reach_the_consumer(tmp_path):
