@@ -207,9 +207,9 @@ class Pump(Generic[T, R], Iterator[R]):
                     waited += _POLL_S
                     self._check_wait(waited)
                     continue
-            except BaseException:  # noqa: BLE001 - sorted out below, from the future's own state
-                if not fut.done():  # an interrupt of this wait (Ctrl-C): resumable, head is kept
-                    raise
+            except BaseException as err:  # noqa: BLE001 - sorted out below, from the future's own state
+                if not fut.cancelled() and (not fut.done() or fut.exception() is not err):
+                    raise  # an interrupt of this wait (Ctrl-C), not work(item)'s error: resumable, head is kept
             else:
                 self._shared.head = None
                 shared.slots.release()
@@ -219,6 +219,8 @@ class Pump(Generic[T, R], Iterator[R]):
             self._shared.head = None
             shared.slots.release()
             e = fut.exception()  # work(item) raised it (a CancelledError or TimeoutError of its own included)
+            if e is None:  # it finished just after the wait timed out
+                return fut.result()
             del fut, x  # this frame goes into e's traceback: it must not keep the future (which keeps e)
             raise e
 

@@ -6,7 +6,8 @@ import gc
 import threading
 import time
 import weakref
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
@@ -96,6 +97,30 @@ def test_a_workers_cancelled_or_timeout_error_is_its_own_and_keeps_nothing_alive
     del c
     gc.collect()
     assert ref() is None  # the fixture then sees the pump's threads stop
+
+
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_a_result_that_lands_as_the_wait_ends_is_not_lost(monkeypatch, interrupt):
+    """The consumer's wait times out (or is interrupted, e.g. Ctrl-C) just as work finishes: the result is
+    returned (after an interrupt: by the next call, the interrupt itself reaching the caller), never lost."""
+    real = Future.result
+    hit = []
+
+    def result(self, timeout=None):
+        if not hit and self.done() and timeout is not None:  # finished, but the wait "ended" first
+            hit.append(1)
+            raise KeyboardInterrupt if interrupt else FutureTimeout()
+        return real(self, timeout)
+
+    monkeypatch.setattr(Future, "result", result)
+    with Pump(range(3), lambda v: v * 10, workers=1, depth=2) as p:
+        time.sleep(0.05)  # let the first item finish before the consumer waits
+        got = []
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                next(p)
+        got += list(p)
+    assert hit and got == [0, 10, 20]
 
 
 def test_item_iterator_exception_reaches_consumer():
