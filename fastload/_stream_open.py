@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .sampling.mesh import MeshPointSampler, point_layouts
 from .sampling.points import BoxPointSampler
 from .sampling.tokenizer import build_tokenizer
+from .store._check import refuse_packed
 
 __all__ = ["Counters", "Stream", "open_stream_store", "check_point_fields", "build_stream"]
 
@@ -83,10 +84,7 @@ def check_point_fields(st: Stream, box: tuple[int, int, int]) -> None:
         if info is None:
             raise ConfigError(f"fields.{f.name}: not in stream {st.name!r} ({st.store.path}); it has "
                               f"{list(st.store.fields)}")
-        packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
-        if packed:
-            raise ConfigError(f"fields.{f.name}: stored packed (attributes {packed}) in stream {st.name!r}; convert "
-                              "the store to floats first (fastload convert)")
+        refuse_packed(info, f"fields.{f.name} of stream {st.name!r}")
         if g.kind != "mesh" and (box[1] > g.ny or box[2] > g.nx):
             raise ConfigError(f"fields.{f.name}: the sample box spans {box[1]} x {box[2]} grid points but stream "
                               f"{st.name!r} has a {g.ny} x {g.nx} grid")

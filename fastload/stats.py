@@ -44,6 +44,7 @@ from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
+from .store._check import refuse_packed
 from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
@@ -143,13 +144,7 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
     for name in names:
         info = store.fields[name]
         arr = store.arrays[info.array]
-        packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
-        if packed:  # as the loader (store.check): statistics of the stored integers would not fit the data
-            raise ConfigError(
-                f"stats: field {name!r} of {store.path!r} is stored packed (attributes {packed}); fastload reads "
-                "stored values as they are and does not unpack them. Convert the store to floats first "
-                "(fastload convert), or leave the field out with --fields"
-            )
+        refuse_packed(info, f"stats: field {name!r} of {store.path!r} (or leave it out with --fields)")
         if sum(a is not None for a in info.axes) != len(arr.shape):
             raise SchemaError(
                 f"stats: array {info.array!r} of field {name!r} has dims {arr.dims} with axes I cannot place "

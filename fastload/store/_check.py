@@ -54,6 +54,15 @@ def level_indices(store: Store, field: str, values: Sequence[float] | None) -> n
     return np.asarray(out, dtype=np.int64)
 
 
+def refuse_packed(info: Any, where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` when field ``info`` is stored packed (``scale_factor`` /
+    ``add_offset``): fastload reads stored values as they are (the loader, its streams and ``fastload stats``)."""
+    packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
+    if packed:
+        raise ConfigError(f"{where}: stored packed (attributes {packed}); fastload reads stored values as they are "
+                          "and does not unpack them. Convert the store to floats first (fastload convert)")
+
+
 def check_config(store: Store, config: Any, *, stream: str | None = None) -> None:
     """Raise :class:`ConfigError` unless every field of ``config`` (of ``stream``) can be sampled from ``store``."""
     fields = list(config.fields)
@@ -72,12 +81,7 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
             raise ConfigError(f"fields.{f.name}: not in store {store.path}; it has {list(store.fields)}")
         level_indices(store, f.name, f.levels)
         info = store.fields[f.name]
-        packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
-        if packed:
-            raise ConfigError(
-                f"fields.{f.name}: stored packed (attributes {packed}); fastload reads stored values as they are "
-                "and does not unpack them. Convert the store to floats first (fastload convert)"
-            )
+        refuse_packed(info, f"fields.{f.name}")
         if g.kind == "mesh":
             pass  # a mesh has no index box: the tokenizer bins nodes into the box's token cells
         elif by > g.ny:
