@@ -29,6 +29,7 @@ Protocol (one duplex pipe per worker; one request at a time)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import multiprocessing as mp
 import os
@@ -48,10 +49,48 @@ import numpy as np
 from ._ring import FieldSpec, _layout
 from .errors import ConfigError, WorkerError
 
-__all__ = ["ProcessBackend", "Segment", "WorkerError", "storage_options_of"]
+__all__ = ["ProcessBackend", "Segment", "WorkerError", "map_shared", "storage_options_of"]
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POLL_S = 0.02
+
+
+def _libc() -> Any:
+    """The C library with ``mmap``/``munmap`` typed for :func:`map_shared` (None where there is none: Windows)."""
+    if os.name != "posix":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.restype = ctypes.c_int
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+_LIBC = _libc()
+
+
+def map_shared(fd: int, nbytes: int) -> np.ndarray:
+    """Map the first ``nbytes`` of ``fd`` read-write and shared, as a uint8 array that holds no file descriptor.
+
+    Why not :class:`mmap.mmap`: before Python 3.13 (``trackfd``) it keeps a duplicate of the descriptor open for
+    as long as the mapping lives, so every batch buffer a consumer keeps held one descriptor, and keeping about a
+    thousand batches (a validation set held in memory) ran into the ``ulimit -n`` of 1024 ("Too many open files").
+    Here the mapping is made with the C library's ``mmap`` and undone by ``munmap`` when the array's buffer object
+    is collected, after the array and every view of it. ``fd`` may be closed as soon as this returns.
+    """
+    if nbytes <= 0:
+        raise ValueError(f"shared-memory buffer: expected a positive size, got {nbytes} bytes")
+    if _LIBC is None:  # Windows: no descriptor-free mapping in the standard library
+        return np.frombuffer(mmap.mmap(fd, nbytes), dtype=np.uint8)
+    addr = _LIBC.mmap(None, nbytes, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:  # MAP_FAILED
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of a {nbytes}-byte shared-memory buffer failed: {os.strerror(err)}")
+    buf = (ctypes.c_uint8 * nbytes).from_address(addr)
+    # not at interpreter exit: a daemon thread may still touch the memory then, and the exit unmaps it anyway
+    weakref.finalize(buf, _LIBC.munmap, addr, nbytes).atexit = False
+    return np.frombuffer(buf, dtype=np.uint8)
 
 
 class Segment:
@@ -65,14 +104,13 @@ class Segment:
     def __init__(self, name: str, fd: int, nbytes: int, keep_fd: bool):
         self.name = name
         try:
-            self.mm = mmap.mmap(fd, nbytes)
+            self.array = map_shared(fd, nbytes)  # the mapping lives while this array or views of it do
         except BaseException:
             os.close(fd)
             raise
         self.fd: int | None = fd if keep_fd else None
         if not keep_fd:
             os.close(fd)
-        self.array = np.frombuffer(self.mm, dtype=np.uint8)  # keeps the mapping alive while views exist
         self.nbytes = nbytes
         self.mapped_by: set[int] = set()  # workers that were sent the descriptor
         self.registered = False

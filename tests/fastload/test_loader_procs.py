@@ -94,6 +94,59 @@ def test_kept_batches_do_not_pile_up_buffers_or_names(tmp_path):
                 assert len(_mapped_segments(w.process.pid)) <= 2 * n_slots
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc")
+def test_kept_batches_hold_no_file_descriptors(tmp_path):
+    """A consumer that keeps every batch (a validation set held in memory) makes the ring replace its buffers again
+    and again; the kept buffers stay valid but hold no descriptor (mmap.mmap's duplicate used to keep one open per
+    buffer, and about a thousand kept batches hit ulimit -n)."""
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=80, workers=2, prefetch=2, seed=7,
+                mode="process") as loader:
+        kept = list(loader)  # starts the workers and maps the ring's buffers
+        before = _open_fds()
+        replaced = loader._ring.reallocations
+        for _ in range(3):
+            kept += list(loader)
+        assert loader._ring.reallocations - replaced >= 3 * len(kept) // 4 - 4  # most kept batches were replaced
+        assert _open_fds() - before <= 2
+        for b in kept[-5:]:
+            ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(b[f].numpy(), ref[f])
+    del kept, b
+    gc.collect()
+
+
+def test_map_shared_unmaps_after_the_last_view(tmp_path):
+    from fastload._procs import map_shared
+
+    fd = os.open(tmp_path / "buf", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 1 << 16)
+    a = map_shared(fd, 1 << 16)
+    os.close(fd)
+    view = a[100:108]
+    view[:] = 5
+    with open(tmp_path / "buf", "rb") as fh:  # shared: written through to the file
+        assert fh.read()[100:108] == bytes([5] * 8)
+    if os.path.exists("/proc/self/maps"):
+        def mapped() -> int:
+            with open("/proc/self/maps") as fh:
+                return sum(str(tmp_path / "buf") in line for line in fh)
+
+        del a
+        gc.collect()
+        assert mapped() == 1  # the view keeps the mapping
+        del view
+        gc.collect()
+        assert mapped() == 0
+    with pytest.raises(ValueError, match="positive size"):
+        map_shared(0, 0)
+
+
 def test_replaced_pinned_buffers_are_unpinned_when_the_consumer_lets_go(tmp_path, monkeypatch):
     """With pinning (CUDA host registration, faked here as CUDA behaves: a range that overlaps a registered one is
     refused), a buffer the ring replaces stays registered while the consumer's batch views it and is unregistered
