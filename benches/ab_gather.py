@@ -72,6 +72,54 @@ def arena(data: np.ndarray, chunks: tuple[int, ...]) -> tuple[np.ndarray, list[i
     return slots, n
 
 
+def make_world(grid: str, chunks: tuple[int, ...] | None = None) -> types.SimpleNamespace:
+    """The data every case gathers from: a (t, 5, y, x) float32 field on grid ``grid`` (a key of ``GRIDS``), its
+    chunk arena (``chunks``, default AtmoRep's: 8 h x the globe), two months of local coefficients, the layout."""
+    nt, ny, nx = GRIDS[grid]
+    chunks = chunks or (8, LEVELS, ny, nx)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((nt, LEVELS, ny, nx), dtype=np.float32) * 10 + np.float32(250)
+    mean = rng.standard_normal((2, LEVELS, ny, nx), dtype=np.float32) + np.float32(250)
+    std = rng.uniform(5, 15, (2, LEVELS, ny, nx)).astype(np.float32)
+    lattice = types.SimpleNamespace(kind="latlon", lat=np.linspace(90, -90, ny), lon=np.arange(nx) * (360.0 / nx),
+                                    periodic_x=True, ny=ny, nx=nx)
+    times = np.datetime64("2000-01-01T00:00", "ns") + np.arange(nt) * np.timedelta64(1, "h")
+    slots, n = arena(data, chunks)
+    layout = FieldLayout(name="t", array="t", shape=data.shape, chunks=chunks, axes=(0, None, 1, 2, 3),
+                         lev_idx=np.arange(LEVELS), levels=np.arange(LEVELS, dtype=np.float64) + 96, periodic_x=True)
+    return types.SimpleNamespace(grid=grid, data=data, mean=mean, std=std, lattice=lattice, times=times, slots=slots,
+                                 n=n, chunks=chunks, layout=layout)
+
+
+def make_calls(world: types.SimpleNamespace, geom: str, norm: str, names: list[str]):
+    """The field config of one case and its ``CALLS`` kernel calls of ``SAMPLES`` samples each: per call the
+    arguments of ``gather`` but the output, and one output array per name in ``names``."""
+    nt, ny, nx = GRIDS[world.grid]
+    layout = world.layout
+    f = FieldConfig(name="t", levels=tuple(float(v) for v in layout.levels), num_tokens=GEOMETRIES[geom][0],
+                    token_size=GEOMETRIES[geom][1], normalization=norm)
+    cfg = SamplingConfig(fields=[f], batch_size=SAMPLES)
+    # a window plan on the 1-degree grid (as the Loader gathers), independent samples on 0.25 degrees
+    boxes = random_boxes(SAMPLES * CALLS, GridExtent(nt=nt, ny=ny, nx=nx, periodic_x=True), f.box, seed=0, epoch=0,
+                         samples_per_window=SAMPLES if world.grid == "1" else 1)
+    tok = LatLonTokenizer(world.lattice, world.times, cfg, {"t": layout})
+    geo, view, _ = _static(layout, f, 1, "float32")
+    mu, sd = ((np.ascontiguousarray(world.mean[:, :, :1, :1]), np.ascontiguousarray(world.std[:, :, :1, :1]))
+              if norm == "global" else (world.mean, world.std))
+    n = world.n
+    calls = []
+    for k in range(CALLS):
+        plan = tok.plan(np.ascontiguousarray(boxes[k * SAMPLES:(k + 1) * SAMPLES]))
+        c = np.asarray(plan.chunks["t"])
+        table = plan.slot_tables({"t": ((c[:, 0] * n[2] + c[:, 2]) * n[3] + c[:, 3]).astype(np.int32)})
+        month_of = np.zeros((SAMPLES, f.box[0]), np.int32)
+        month_of[3, 20:] = 1  # two samples cross into the next month
+        month_of[11, 5:] = 1
+        outs = {name: np.empty((SAMPLES, *f.sample_shape), np.float32) for name in names}
+        calls.append(((world.slots, table["t"], view, plan.boxes, layout.lev_idx, geo, mu, sd, month_of), outs))
+    return f, calls
+
+
 def _run(kernel: types.ModuleType, calls: list, name: str) -> None:
     for args, outs in calls:
         kernel.gather(*args, outs[name])
@@ -86,50 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norms", default="none,local", help="of none, global, local")
     p.add_argument("--reps", type=int, default=7, help="timed rounds per kernel (best is kept)")
     opts = p.parse_args(argv)
-    nt, ny, nx = GRIDS[opts.grid]
-    chunks = tuple(int(v) for v in opts.chunks.split(",")) if opts.chunks else (8, LEVELS, ny, nx)
-    if len(chunks) != 4 or chunks[1] != LEVELS:
+    chunks = tuple(int(v) for v in opts.chunks.split(",")) if opts.chunks else None
+    if chunks is not None and (len(chunks) != 4 or chunks[1] != LEVELS):
         p.error(f"--chunks: expected t,{LEVELS},y,x (all {LEVELS} levels in one chunk), got {opts.chunks}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="ab_gather_") as work:
         base = kernel_at(opts.against, root, work)
         kernels = {opts.against: base, "tree": tree}
-        rng = np.random.default_rng(0)
-        data = rng.standard_normal((nt, LEVELS, ny, nx), dtype=np.float32) * 10 + np.float32(250)
-        mean = rng.standard_normal((2, LEVELS, ny, nx), dtype=np.float32) + np.float32(250)
-        std = rng.uniform(5, 15, (2, LEVELS, ny, nx)).astype(np.float32)
-        grid = types.SimpleNamespace(kind="latlon", lat=np.linspace(90, -90, ny), lon=np.arange(nx) * (360.0 / nx),
-                                     periodic_x=True, ny=ny, nx=nx)
-        times = np.datetime64("2000-01-01T00:00", "ns") + np.arange(nt) * np.timedelta64(1, "h")
-        slots, n = arena(data, chunks)
-        layout = FieldLayout(name="t", array="t", shape=data.shape, chunks=chunks, axes=(0, None, 1, 2, 3),
-                             lev_idx=np.arange(LEVELS), levels=np.arange(LEVELS, dtype=np.float64) + 96,
-                             periodic_x=True)
-        print(f"grid {opts.grid} ({nt}, {LEVELS}, {ny}, {nx}), chunks {chunks}, {CALLS} calls of {SAMPLES} samples, "
+        world = make_world(opts.grid, chunks)
+        data, nx = world.data, world.data.shape[-1]
+        print(f"grid {opts.grid} {data.shape}, chunks {world.chunks}, {CALLS} calls of {SAMPLES} samples, "
               f"best of {opts.reps}; load {os.getloadavg()[0]:.2f}")
         nbytes = 0
         for geom in opts.geoms.split(","):
             for norm in opts.norms.split(","):
-                f = FieldConfig(name="t", levels=tuple(float(v) for v in layout.levels),
-                                num_tokens=GEOMETRIES[geom][0], token_size=GEOMETRIES[geom][1], normalization=norm)
-                cfg = SamplingConfig(fields=[f], batch_size=SAMPLES)
-                # a window plan on the 1-degree grid (as the Loader gathers), independent samples on 0.25 degrees
-                boxes = random_boxes(SAMPLES * CALLS, GridExtent(nt=nt, ny=ny, nx=nx, periodic_x=True), f.box,
-                                     seed=0, epoch=0, samples_per_window=SAMPLES if opts.grid == "1" else 1)
-                tok = LatLonTokenizer(grid, times, cfg, {"t": layout})
-                geo, view, _ = _static(layout, f, 1, "float32")
-                mu, sd = ((np.ascontiguousarray(mean[:, :, :1, :1]), np.ascontiguousarray(std[:, :, :1, :1]))
-                          if norm == "global" else (mean, std))
-                calls = []
-                for k in range(CALLS):
-                    plan = tok.plan(np.ascontiguousarray(boxes[k * SAMPLES:(k + 1) * SAMPLES]))
-                    c = np.asarray(plan.chunks["t"])
-                    table = plan.slot_tables({"t": ((c[:, 0] * n[2] + c[:, 2]) * n[3] + c[:, 3]).astype(np.int32)})
-                    month_of = np.zeros((SAMPLES, f.box[0]), np.int32)
-                    month_of[3, 20:] = 1  # two samples cross into the next month
-                    month_of[11, 5:] = 1
-                    outs = {name: np.empty((SAMPLES, *f.sample_shape), np.float32) for name in kernels}
-                    calls.append(((slots, table["t"], view, plan.boxes, layout.lev_idx, geo, mu, sd, month_of), outs))
+                f, calls = make_calls(world, geom, norm, list(kernels))
                 for name in kernels:
                     _run(kernels[name], calls, name)  # compiles or loads from the cache
                 for _, outs in calls:

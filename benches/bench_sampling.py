@@ -32,12 +32,14 @@ Run::
     pytest benches/bench_sampling.py --benchmark-json benches/results/sampling_<hardware>_<yyyymm>.json
 
 A change to the kernels is judged by ``python benches/ab_gather.py --against HEAD`` (the working tree's kernel
-against a git revision's, interleaved in one process and checked bit for bit), not by two runs of this file.
+against a git revision's, interleaved in one process and checked bit for bit), not by two runs of this file;
+``python benches/pmu_gather.py`` counts its hardware events per output value (``perf stat``, only while it runs).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -423,3 +425,25 @@ def test_ab_gather_runs(capsys):
                            "--reps", "1"]) == 0
     assert "tree/HEAD" in capsys.readouterr().out
 
+
+
+def _perf_counts_user_events() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    res = subprocess.run(["perf", "stat", "-x", ",", "-e", "instructions:u", "--", "true"], capture_output=True,
+                         text=True)
+    return res.returncode == 0 and res.stderr.split(",")[0].isdigit()
+
+
+def test_pmu_gather_runs(capsys):
+    """The counter script counts the kernel's instructions per output value (smoke test: small grid, one round):
+    a positive count, and fewer than 100 per value (set-up outside the counted window would add millions)."""
+    if not _perf_counts_user_events():
+        pytest.skip("perf cannot count user-space instructions here")
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        import pmu_gather
+    finally:
+        sys.path.pop(0)
+    counts = pmu_gather.count("small", "9x9", "local", "instructions:u", 1)
+    assert 0 < counts["instructions:u"] < 100
