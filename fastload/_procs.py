@@ -81,6 +81,9 @@ def map_shared(fd: int, nbytes: int) -> np.ndarray:
     """
     if nbytes <= 0:
         raise ValueError(f"shared-memory buffer: expected a positive size, got {nbytes} bytes")
+    size = os.fstat(fd).st_size
+    if size < nbytes:  # a page past the file's end would kill the process (SIGBUS) when touched
+        raise ValueError(f"shared-memory buffer: the descriptor holds {size} bytes, expected at least {nbytes}")
     if _LIBC is None:  # Windows: no descriptor-free mapping in the standard library
         return np.frombuffer(mmap.mmap(fd, nbytes), dtype=np.uint8)
     addr = _LIBC.mmap(None, nbytes, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)

@@ -145,6 +145,13 @@ def test_map_shared_unmaps_after_the_last_view(tmp_path):
         assert mapped() == 0
     with pytest.raises(ValueError, match="positive size"):
         map_shared(0, 0)
+    fd = os.open(tmp_path / "short", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 100)
+        with pytest.raises(ValueError, match="holds 100 bytes, expected at least 4096"):
+            map_shared(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def test_replaced_pinned_buffers_are_unpinned_when_the_consumer_lets_go(tmp_path, monkeypatch):
