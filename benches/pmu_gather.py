@@ -73,6 +73,9 @@ def count(grid: str, geom: str, norm: str, events: str, reps: int) -> dict[str, 
             if not f[0].replace(".", "").isdigit():
                 raise RuntimeError(f"perf could not count {f[2]!r}: {f[0]}")
             counts[f[2]] = float(f[0]) / values
+            if len(f) > 4 and f[4] and float(f[4]) < 100.0:  # multiplexed: perf scaled an estimate
+                print(f"note: {f[2]} was counted {float(f[4]):.0f} % of the time (more events than counters); "
+                      f"its figure is perf's estimate", file=sys.stderr)
     return counts
 
 
