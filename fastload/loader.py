@@ -299,7 +299,7 @@ class Loader:
             raise ConfigError("Loader: a config without streams reads one store: pass its path or an open Store")
         self.store = _resolve_store(store)
         self.store.check(self.config)
-        self._warn_missing_markers()
+        self._log_missing_markers()
         self.tokenizer = make_tokenizer(self.store, self.config)
         # a mesh store is placed on its tokenizer's virtual lat-lon grid, not on its node axis
         self.extent = getattr(self.tokenizer, "extent", None) or GridExtent.from_store(self.store)
@@ -307,10 +307,10 @@ class Loader:
         return sum(f.num_levels * int(np.prod(f.box))
                    * self.store.arrays[self.tokenizer.layouts[f.name].array].dtype.itemsize for f in self.config.fields)
 
-    def _warn_missing_markers(self) -> None:
+    def _log_missing_markers(self) -> None:
         """Log the fields whose store declares non-NaN missing values (a ``_FillValue``, ``missing_value`` or
-        non-zero zarr v2 fill value): the gather feeds stored values as they are (only NaN is missing), while
-        ``fastload stats`` leaves those values out of the coefficients."""
+        non-zero zarr v2 fill value): the gather writes those values as NaN, as xarray does and as ``fastload
+        stats`` leaves them out (a value the dtype cannot hold is the layout's ConfigError, naming the field)."""
         from .stats import missing_markers
 
         found = {}
@@ -318,14 +318,11 @@ class Loader:
             try:
                 marks = missing_markers(self.store, f.name)
             except FastloadError:
-                continue  # a fill value the dtype cannot hold: the stats tool reports it
+                continue  # the field's layout (built next, by the tokenizer) raises a ConfigError naming it
             if marks:
                 found[f.name] = [m.item() if hasattr(m, "item") else m for m in marks]
         if found:
-            log.warning("fastload: %s declare(s) missing values %s in %s; the loader feeds stored values as they are "
-                        "(only NaN is missing), so these reach the model as numbers, while fastload stats leaves "
-                        "them out. Store NaN there instead (e.g. xarray's ds.where(ds != value)) unless the data "
-                        "hold none", ", ".join(found), found, self.store.path)
+            log.info("fastload: declared missing values masked as NaN in %s: %s", self.store.path, found)
 
     def _open_streams(self, stores: Any, normalizer: Any, jit: bool | None) -> int:
         """A multi-stream config: open every stream (MultiStream); returns useful bytes per sample."""

@@ -199,9 +199,15 @@ def missing_markers(store: Any, name: str) -> tuple:
             continue
         try:
             with np.errstate(all="ignore"):
-                v = np.asarray(attr_fill_value(v, arr.dtype)).astype(arr.dtype)[()]  # compared as stored
+                raw = np.asarray(attr_fill_value(v, arr.dtype))
+                cast = raw.astype(arr.dtype)[()]  # compared as stored
+                # a cast that changed the value (1e20 into int16: 0) would mark stored values no one declared
+                fits = cast == raw if np.dtype(arr.dtype).kind in "iub" else np.isinf(cast) <= np.isinf(raw)
         except (TypeError, ValueError, OverflowError):
-            raise SchemaError(f"stats: field {name!r}: fill value {v!r} does not fit dtype {arr.dtype}") from None
+            fits = False
+        if not fits:
+            raise SchemaError(f"stats: field {name!r}: fill value {v!r} does not fit dtype {arr.dtype}")
+        v = cast
         if not (isinstance(v, np.floating) and np.isnan(v)) and v not in out:
             out.append(v)
     return tuple(out)

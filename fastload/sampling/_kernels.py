@@ -7,8 +7,10 @@ between them is :func:`fastload.sampling.neighborhood.kernels` (``FASTLOAD_NO_JI
 so the reader runs one call per thread on disjoint sample ranges of a batch.
 
 Arithmetic, shared with the reference so results agree exactly: read the source element and convert it to
-float32; optional transform ``float32(log1p(float64(v)))``; optional normalisation ``(v - mean) / std`` in
-float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest even, NaN stays NaN) in uint16.
+float32 (NaN where the element, as float64, equals one of the field's missing markers; fields with markers take
+:func:`_gather_rows`); optional transform ``float32(log1p(float64(v)))``; optional normalisation
+``(v - mean) / std`` in float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest even,
+NaN stays NaN) in uint16.
 
 Speed notes (measured, see ``benches/bench_sampling.py``): indices in the hot loops are uint64 (Numba then emits
 no negative-index wraparound and LLVM vectorises), the loops create no array views (each view's refcount is an
@@ -159,15 +161,16 @@ PREFETCH_ROWS = 4
 _NORM_MARKS = ((), (0,), (0, 0))
 """Per normalisation mode a tuple whose length is the mode: its type makes Numba compile one :func:`_gather_moves`
 per mode, with the mode a constant (the per-move branches on it cost registers and time)."""
+_NO_MISSING = np.zeros(0, np.float64)
 
 
-def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out):
+def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, missing=None):
     """Crop, transform, normalise, cast and tokenise every sample of ``boxes`` into ``out``, in one pass.
 
     Picks one of two separately compiled kernels per call: :func:`_gather_moves` for float32 output without
-    transform, contiguous x, token widths 8 to 32 and numeric (not bool) chunks (the common case: every token row
-    moved straight from its chunk in 8-wide moves, also on x-chunked stores), else :func:`_gather_rows` (each
-    box row through a row buffer). Separate kernels
+    transform, contiguous x, token widths 8 to 32, numeric (not bool) chunks and no missing markers (the common
+    case: every token row moved straight from its chunk in 8-wide moves, also on x-chunked stores), else
+    :func:`_gather_rows` (each box row through a row buffer). Separate kernels
     because each path runs faster without the other's code in the same function (register pressure, layout).
 
     Parameters
@@ -192,13 +195,20 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
         Coefficient month (index into ``M``) of each time step of each sample.
     out : (S, L, nt, nlat, nlon, tt, tlat, tlon) float32 or uint16, C-contiguous
         Written in place.
+    missing : (K,) float64, optional
+        The field's missing markers: an output value whose stored value (as float64) equals one is NaN (before
+        transform and normalisation). None or empty: none.
     """
-    if (geometry[11] == 0 and geometry[9] == 0 and view[7] == 1 and 8 <= geometry[5] <= 32
-            and slots.dtype.kind in "fiu"):
-        _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
-                      _NORM_MARKS[geometry[10]])
+    if missing is None or len(missing) == 0:
+        if (geometry[11] == 0 and geometry[9] == 0 and view[7] == 1 and 8 <= geometry[5] <= 32
+                and slots.dtype.kind in "fiu"):
+            _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
+                          _NORM_MARKS[geometry[10]])
+            return
+        missing = _NO_MISSING
     else:
-        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out)
+        missing = np.ascontiguousarray(missing, np.float64)
+    _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, missing)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -295,8 +305,9 @@ def _index_sample(box, view, geometry, t_it, t_off, y_iy, y_off, seg_ix, seg_src
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out):
-    """:func:`gather` through a row buffer: any dtype, transform, x stride, token width and output kind."""
+def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, missing):
+    """:func:`gather` through a row buffer: any dtype, transform, x stride, token width, output kind and missing
+    markers (``missing``, float64, possibly empty: stored values written as NaN)."""
     cl = view[1]
     sl, sx = view[5], view[7]
     base = view[8]
@@ -307,6 +318,7 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
     last_elem = slots.shape[1] - 1
     n_samples = boxes.shape[0]
     n_lev = lev_idx.shape[0]
+    n_miss = missing.shape[0]
     n_t = nt * tt
     n_y = nlat * tlat
     n_x = nlon * tlon
@@ -393,7 +405,7 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
                                 yu = np.uint64(y)
                                 yku = np.uint64(yk)
                                 xg = np.uint64(seg_x[p])
-                                if not log1p and sx == 1:  # the common case: one fused, vectorised loop
+                                if not log1p and sx == 1 and n_miss == 0:  # common: one fused, vectorised loop
                                     if norm == 0:
                                         for q in range(n):
                                             qu = np.uint64(q)
@@ -420,7 +432,11 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
                                     continue
                                 for q in range(n):
                                     qu = np.uint64(q)
-                                    v = np.float32(slots[su, src0 + qu * sxu])
+                                    sv = slots[su, src0 + qu * sxu]
+                                    v = np.float32(sv)
+                                    for k in range(n_miss):  # a declared missing value: NaN
+                                        if np.float64(sv) == missing[k]:
+                                            v = np.float32(np.nan)
                                     if log1p:
                                         v = np.float32(np.log1p(np.float64(v)))
                                     if norm == 1:

@@ -17,7 +17,8 @@ Gather (:func:`gather_points`): like the structured gather (``fastload/DESIGN.md
 points, per time step and per point, as (which of the sample's chunks, element offset in the chunk), so one
 kernel serves meshes (points = nodes) and boxes mapped onto a stream's own time axis (arbitrary time indices).
 Arithmetic as in :mod:`._kernels`: float32 value, optional ``log1p`` in float64, ``(v - mean) / std`` in float32,
-then float32 or bfloat16/float16 bits. Padded points are written as 0 (their mask says they are not data).
+then float32 or bfloat16/float16 bits; a stored value equal to one of the field's missing markers is NaN.
+Padded points are written as 0 (their mask says they are not data).
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
 
 
 @njit(nogil=True, cache=True)
-def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geometry, mean, std, month_of, out):
+def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geometry, mean, std, month_of, out,
+                  missing):
     """Gather listed points of every sample into the token layout, with transform, normalisation and cast.
 
     Parameters
@@ -183,6 +185,9 @@ def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geo
         Coefficient month of each time step.
     out : (S, L, nt, nlat, nlon, tt, K) float32 or uint16, C-contiguous
         Written in place.
+    missing : (NM,) float64
+        Missing markers: a point whose stored value (as float64) equals one is NaN (before transform and
+        normalisation); empty for none.
     """
     nt, nlat, nlon, tt, kk = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4]
     log1p, norm, kind = geometry[5], geometry[6], geometry[7]
@@ -199,7 +204,8 @@ def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geo
     buf = np.empty(1, np.float32)
     bits = buf.view(np.uint32)
     n_p = p_pos.shape[1]
-    simple = kind == 0 and norm == 0 and not log1p
+    n_miss = missing.shape[0]
+    simple = kind == 0 and norm == 0 and not log1p and n_miss == 0
     for s in range(n_samples):
         pp = p_pos[s]
         po = p_off[s]
@@ -233,7 +239,11 @@ def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geo
                                 if ip < 0:
                                     outf[o + q] = 0
                                     continue
-                                v = np.float32(slots[trow[ip], base + po[p0 + q]])
+                                sv = slots[trow[ip], base + po[p0 + q]]
+                                v = np.float32(sv)
+                                for k in range(n_miss):  # a declared missing value: NaN
+                                    if np.float64(sv) == missing[k]:
+                                        v = np.float32(np.nan)
                                 if log1p:
                                     v = np.float32(np.log1p(np.float64(v)))
                                 if norm == 1:

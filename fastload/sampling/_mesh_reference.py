@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._reference import _bf16, _f16
+from ._reference import _bf16, _f16, _masked
 
 __all__ = ["bin_nodes", "gather_points"]
 
@@ -47,7 +47,7 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
 
 
 def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geometry, mean, std, month_of,
-                  out) -> None:
+                  out, missing) -> None:
     """Same contract as :func:`fastload.sampling._mesh_kernels.gather_points`."""
     nt, nlat, nlon, tt, kk, log1p, norm, kind = (int(v) for v in geometry)
     n_samples, n_lev = t_pos.shape[0], lev_off.shape[0]
@@ -60,7 +60,7 @@ def gather_points(slots, table, t_pos, t_off, p_pos, p_off, p_norm, lev_off, geo
     if np.any((slot[np.broadcast_to(~pad, slot.shape)] < 0) | (slot[np.broadcast_to(~pad, slot.shape)] >= slots.shape[0])):
         raise IndexError("gather_points: slot table has no valid slot for a needed chunk")
     offset = lev_off[None, :, None, None] + t_off[:, None, :, None] + p_off[:, None, None, :]
-    v = slots[np.where(pad, 0, slot), np.where(pad, 0, offset)].astype(np.float32)
+    v = _masked(slots[np.where(pad, 0, slot), np.where(pad, 0, offset)], missing)
     if log1p:
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.log1p(v.astype(np.float64)).astype(np.float32)

@@ -26,6 +26,14 @@ def _f16(x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
+def _masked(stored: np.ndarray, missing) -> np.ndarray:
+    """``stored`` as float32, NaN where it (as float64) equals one of the ``missing`` markers (None: none)."""
+    v = stored.astype(np.float32)
+    if missing is not None and len(missing):
+        v[np.isin(stored.astype(np.float64), np.asarray(missing, np.float64))] = np.nan
+    return v
+
+
 def to_bfloat16_bits(x: np.ndarray, out: np.ndarray) -> None:
     """Write the bfloat16 bit patterns of float32 ``x`` (1-D) into uint16 ``out`` (1-D)."""
     out[: x.shape[0]] = _bf16(x)
@@ -36,7 +44,7 @@ def to_float16_bits(x: np.ndarray, out: np.ndarray) -> None:
     out[: x.shape[0]] = _f16(x)
 
 
-def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out) -> None:
+def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, missing=None) -> None:
     """Same contract as :func:`fastload.sampling._kernels.gather`."""
     ct, cl, cy, cx, st, sl, sy, sx, base, has_t = (int(v) for v in view)
     nt, nlat, nlon, tt, tlat, tlon, dt, nx, periodic, log1p, norm, kind = (int(v) for v in geometry)
@@ -67,7 +75,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     if slot.size and (slot.min() < 0 or slot.max() >= slots.shape[0]):
         raise IndexError("gather: slot table has no valid slot for a chunk a box needs")
     offset = loff[None, :, None, None, None] + toff[t5] + yoff[y5] + xoff[x5]
-    v = slots[slot, offset].astype(np.float32)
+    v = _masked(slots[slot, offset], missing)
 
     if log1p:
         with np.errstate(invalid="ignore", divide="ignore"):  # log1p(-1) = -inf, log1p(< -1) = NaN, as in Numba

@@ -23,13 +23,30 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FastloadError
 from .geometry import GridExtent, check_boxes
 
-__all__ = ["FieldLayout", "BatchPlan", "plan_batch", "field_layouts", "NO_AXIS"]
+__all__ = ["FieldLayout", "BatchPlan", "plan_batch", "field_layouts", "missing_of", "NO_AXIS"]
 
 NO_AXIS = 1 << 40
 """Chunk extent used for an axis a field does not have: every index maps to chunk 0 (the stride is 0)."""
+NO_MISSING = np.zeros(0, np.float64)
+"""The missing markers of a field that declares none (NaN is always missing, with or without markers)."""
+
+
+def missing_of(store: Any, name: str) -> np.ndarray:
+    """The stored values of field ``name`` that the gather writes as NaN, as float64 (the kernels compare each
+    stored value converted to float64: exact for floats and for integers up to 2**53):
+    :func:`fastload.stats.missing_markers` (``_FillValue``, ``missing_value``, a non-zero zarr v2 ``fill_value``;
+    not zarr's default 0). A declared value the field's dtype cannot hold is a ConfigError naming field and value."""
+    from ..stats import missing_markers  # the one definition, shared with `fastload stats`
+
+    try:
+        marks = missing_markers(store, name)
+    except FastloadError as e:
+        raise ConfigError(f"field {name!r} of {getattr(store, 'path', '?')!r}: a declared missing value cannot be "
+                          f"masked: {e}") from None
+    return np.array([float(m) for m in marks], np.float64) if marks else NO_MISSING
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -54,8 +71,11 @@ class FieldLayout:
     """Level values of the output levels (``None`` for a field without levels)."""
     periodic_x: bool = False
     """Columns wrap modulo ``nx``."""
+    missing: np.ndarray = dataclasses.field(default_factory=lambda: NO_MISSING)
+    """Stored values the gather writes as NaN, ``(K,)`` float64 (:func:`missing_of`; empty: none)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "missing", np.ascontiguousarray(self.missing, np.float64).reshape(-1))
         nd = len(self.shape)
         if len(self.chunks) != nd:
             raise ConfigError(f"field {self.name!r}: chunks {self.chunks} do not match shape {self.shape}")
@@ -99,7 +119,7 @@ class FieldLayout:
         return cls(name=name, array=f.array, shape=tuple(int(v) for v in a.shape),
                    chunks=tuple(int(v) for v in a.chunks), axes=tuple(f.axes),  # type: ignore[arg-type]
                    field_index=f.field_index, lev_idx=lev_idx, levels=values,
-                   periodic_x=bool(store.grid.periodic_x))
+                   periodic_x=bool(store.grid.periodic_x), missing=missing_of(store, name))
 
     # -- derived -------------------------------------------------------------------------------------------
     @property

@@ -201,7 +201,8 @@ def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, fiel
     ``slots`` is the field's array arena ``(n_slots, chunk_elems)``; ``table`` the slot table
     (:meth:`~fastload.sampling.chunks.BatchPlan.slot_tables`) of these samples; ``field`` a
     :class:`~fastload.config.FieldConfig`; ``mean``/``std`` ``(M, L, 1, 1)`` (global) or ``(M, L, NY, NX)``
-    (local) float32 and ``month_of`` ``(S, nt * tt)`` int32 when the field normalises.
+    (local) float32 and ``month_of`` ``(S, nt * tt)`` int32 when the field normalises. Stored values equal to
+    one of ``layout.missing`` (the store's declared missing values) are written as NaN.
     """
     geo, view, static = _static(layout, field, int(time_step), out_dtype)
     name = field.name
@@ -246,7 +247,7 @@ def gather_field(slots: np.ndarray, table: np.ndarray, layout: FieldLayout, fiel
     else:
         mean = std = np.zeros((0, L, 1, 1), dtype=np.float32)
         month_of = np.zeros((S, n_steps), dtype=np.int32)
-    kernels(jit).gather(slots, table, view, boxes, layout.lev_idx, geo, mean, std, month_of, out)
+    kernels(jit).gather(slots, table, view, boxes, layout.lev_idx, geo, mean, std, month_of, out, layout.missing)
 
 
 def gather_batch(config: Any, layouts: Mapping[str, FieldLayout], slots: Mapping[str, np.ndarray],

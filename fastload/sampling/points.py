@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._copies import grid_copies, kept_slots
-from .chunks import BatchPlan
+from .chunks import NO_MISSING, BatchPlan, missing_of
 from .neighborhood import OUT_KINDS, as_out_array, use_jit
 from .tokenizer import TokenMeta
 
@@ -106,8 +106,11 @@ class PointLayout:
     field_index: int | None = None
     lev_idx: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
     levels: np.ndarray | None = None
+    missing: np.ndarray = dataclasses.field(default_factory=lambda: NO_MISSING)
+    """Stored values the gather writes as NaN, ``(K,)`` float64 (:func:`~.chunks.missing_of`; empty: none)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "missing", np.ascontiguousarray(self.missing, np.float64).reshape(-1))
         nd = len(self.shape)
         if len(self.chunks) != nd or len(self.axes) != 5 or self.axes[4] != nd - 1:
             raise ConfigError(f"field {self.name!r}: axes {self.axes} / chunks {self.chunks} do not fit shape "
@@ -133,7 +136,7 @@ class PointLayout:
             np.asarray(levels, np.float64)
         return cls(name=name, array=f.array, shape=tuple(int(v) for v in a.shape),
                    chunks=tuple(int(v) for v in a.chunks), axes=tuple(f.axes),  # type: ignore[arg-type]
-                   field_index=f.field_index, lev_idx=lev_idx, levels=values)
+                   field_index=f.field_index, lev_idx=lev_idx, levels=values, missing=missing_of(store, name))
 
     @property
     def has_time(self) -> bool:
@@ -347,7 +350,7 @@ def gather_field_points(slots: np.ndarray, table: np.ndarray, layout: PointLayou
     geo = np.array([nt, nlat, nlon, tt, K, int(field.transform == "log1p"), norm, OUT_KINDS[out_dtype]], np.int64)
     tab4 = np.ascontiguousarray(table[:, :, :, 0, :])
     point_kernels(jit).gather_points(slots, tab4, fp.t_pos, fp.t_off, fp.p_pos, fp.p_off, fp.p_norm,
-                                     layout.level_offsets(), geo, m3, s3, month_of, out)
+                                     layout.level_offsets(), geo, m3, s3, month_of, out, layout.missing)
 
 
 # -- metadata -----------------------------------------------------------------------------------------------------

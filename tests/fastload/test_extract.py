@@ -273,3 +273,73 @@ def test_a_float16_array_is_a_clear_config_error(tmp_path):
     b.attrs.update(attrs)
     with pytest.raises(ConfigError, match=r"field 't': array 't' .* holds float16"):
         extract(open_store(tmp_path / "s.zarr"), cfg, np.zeros((1, 3), np.int64))
+
+
+def _rewrite(path, name, data, *, fill_value, attrs):
+    """Replace array ``name`` of the zarr v2 store at ``path`` by ``data`` with this fill value and attributes."""
+    import zarr
+
+    from .stores import _array
+
+    g = zarr.open_group(str(path), mode="r+")
+    a = g[name]
+    chunks, dims = a.chunks, a.attrs["_ARRAY_DIMENSIONS"]
+    attrs = {**{k: v for k, v in a.attrs.items() if k != "_ARRAY_DIMENSIONS"}, **attrs}
+    del g[name]
+    _array(g, name, data, dims, zarr_format=2, chunks=chunks, attrs=attrs, fill_value=fill_value)
+
+
+@pytest.mark.parametrize("declared", ["fill_value", "attribute"])
+def test_declared_missing_values_come_out_nan(tmp_path, declared):
+    """A field whose store declares a missing value (a CMIP-style float32 _FillValue of 1e20, as a zarr v2
+    fill_value or as an attribute; a missing_value attribute) comes out NaN exactly where the stored value is
+    that, as xarray decodes it, on the kernel and reference paths and through the Loader; a field with zarr's
+    default fill_value 0 and no _FillValue attribute keeps its zeros (they are data)."""
+    from fastload.loader import Loader
+
+    path = tmp_path / "s.zarr"
+    truth = make_per_variable(path, zarr_format=2, nt=7, missing_chunk=False)
+    rng = np.random.default_rng(0)
+    t = truth["t"].copy()
+    land = rng.random(t.shape) < 0.2
+    t[land] = np.float32(1e20)
+    fill, attrs = (1e20, {}) if declared == "fill_value" else (np.nan, {"_FillValue": 1e20})
+    _rewrite(path, "t", t, fill_value=fill, attrs=attrs)
+    sp = truth["sp"].copy()
+    sp[rng.random(sp.shape) < 0.2] = 0.0
+    _rewrite(path, "sp", sp, fill_value=0.0, attrs={})  # zarr's default: 0 is data
+    orog = truth["orog"].copy()
+    orog[rng.random(orog.shape) < 0.2] = -999.0
+    _rewrite(path, "orog", orog, fill_value=np.nan, attrs={"missing_value": -999.0})
+    store = open_store(path)
+    fields = [
+        FieldConfig(name="t", levels=(1000.0, 500.0), num_tokens=(2, 2, 1), token_size=(2, 2, 8), normalization="none"),
+        FieldConfig(name="sp", num_tokens=(2, 1, 2), token_size=(2, 4, 4), normalization="none"),
+        FieldConfig(name="orog", num_tokens=(4, 1, 1), token_size=(1, 4, 8), normalization="none"),
+    ]
+    cfg = SamplingConfig(fields=fields, batch_size=3)
+    boxes = np.array([[0, 0, 10], [3, 5, 0], [2, 2, 15]])  # across the seam
+    want = {"t": np.where(land, np.nan, t), "sp": sp, "orog": np.where(orog == -999.0, np.nan, orog)}
+    lev = {"t": [2, 0]}
+    expected = {f.name: tokens(crop(want[f.name], boxes, f.box, levels=lev.get(f.name), has_time=f.name != "orog"),
+                               f) for f in fields}
+    for jit in (True, False):
+        got = extract(store, cfg, boxes, jit=jit)
+        for f in fields:
+            assert np.array_equal(got[f.name].data, expected[f.name], equal_nan=True), (f.name, jit)
+    assert np.isnan(expected["t"]).any() and (expected["sp"] == 0).any() and np.isnan(expected["orog"]).any()
+    with Loader(store, cfg, boxes=boxes, workers=1, device="cpu") as loader:
+        batch = next(iter(loader))
+    for f in fields:
+        assert np.array_equal(batch.fields[f.name].numpy(), expected[f.name], equal_nan=True), f.name
+
+
+def test_a_missing_value_the_dtype_cannot_hold_is_a_config_error(tmp_path):
+    """An int16 field declaring a _FillValue of 1e20 cannot be masked: a ConfigError naming field and value."""
+    path = tmp_path / "s.zarr"
+    truth = make_per_variable(path, zarr_format=2, nt=4, missing_chunk=False)
+    _rewrite(path, "orog", truth["orog"].astype(np.int16), fill_value=0, attrs={"_FillValue": 1e20})
+    cfg = SamplingConfig(fields=[FieldConfig(name="orog", num_tokens=(1, 1, 1), token_size=(2, 4, 8),
+                                             normalization="none")])
+    with pytest.raises(ConfigError, match=r"field 'orog'.*1e\+20"):
+        extract(open_store(path), cfg, np.zeros((1, 3), np.int64))

@@ -3,6 +3,8 @@ brute-force count, the point gather against NumPy on the written arrays, kernels
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -226,6 +228,47 @@ def test_point_gather_kernel_equals_reference(mesh, norm, out_dtype):
             v = (v - m3[mo, np.arange(2)[None, None, :, None], g]) / s3[mo, np.arange(2)[None, None, :, None], g]
         v = np.where(points[:, None, None] >= 0, v, 0).reshape(S, 2, 2, 2, 2, 2, 6)  # (S, nt, tt, L, nlat, nlon, K)
         assert np.array_equal(outs[0].reshape(S, 2, 2, 2, 2, 2, 6), v.transpose(0, 3, 1, 4, 5, 2, 6))
+
+
+@pytest.mark.parametrize("norm", ["none", "global", "local"])
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype, marker", [(np.float32, 1e20), (np.int16, -999)])
+def test_point_gather_masks_missing_markers(mesh, norm, out_dtype, dtype, marker):
+    """Stored values equal to a field's missing marker come out NaN (padding still 0): kernel and reference bit
+    for bit, and the other values as without markers."""
+    store, _ = mesh
+    f = FieldConfig(name="temp", levels=(5.0, 100.0), num_tokens=(2, 2, 2), token_size=(2, 3, 2),
+                    normalization=norm)
+    lay0 = PointLayout.from_store(store, "temp", f.levels)
+    assert lay0.missing.size == 0  # the mesh store declares none
+    lay = dataclasses.replace(lay0, missing=np.array([dtype(marker)], np.float64))  # as the stored dtype holds it
+    raw = dataclasses.replace(f, normalization="none")
+    rng = np.random.default_rng(5)
+    S, P, T = 4, 2 * 2 * 6, 4
+    points = rng.integers(-1, store.grid.nx, (S, P))
+    fp = field_points(lay, np.sort(rng.integers(0, 14, (S, T)), axis=1), points)
+    slots, tables = _slots(store, plan_points([(lay, fp)], np.zeros((S, 3), np.int64)))
+    arena = np.nan_to_num(slots["temp"] * 10).astype(dtype)  # (NaN: padding of partial chunks)
+    arena[rng.random(arena.shape) < 0.2] = marker
+    coef = {}
+    if norm != "none":
+        ns = (1, 1) if norm == "global" else (1, store.grid.nx)
+        coef = dict(mean=rng.normal(10, 1, (3, 2, *ns)).astype(np.float32),
+                    std=rng.uniform(0.5, 2, (3, 2, *ns)).astype(np.float32),
+                    month_of=rng.integers(0, 3, (S, T)).astype(np.int32))
+
+    def run(layout, field, jit, out_dtype="float32", **kw):
+        out = np.empty((S, *field.sample_shape), np.float32 if out_dtype == "float32" else np.uint16)
+        gather_field_points(arena, tables["temp"], layout, field, fp, out, out_dtype=out_dtype, jit=jit, **kw)
+        return out
+
+    got, ref = (run(lay, f, jit, out_dtype, **coef) for jit in (True, False))
+    assert np.array_equal(got, ref, equal_nan=out_dtype == "float32")
+    masked = run(lay0, raw, True) == np.float32(marker)
+    assert masked.any() and (~masked).any()
+    nan = np.isnan(ref) if out_dtype == "float32" else (ref & 0x7FFF) > 0x7F80
+    assert np.array_equal(nan, masked)
+    assert np.array_equal(ref[~masked], run(lay0, f, True, out_dtype, **coef)[~masked])
 
 
 def test_point_gather_refuses_bad_tables_and_coefficients(mesh):

@@ -9,6 +9,7 @@ and there are only a few dtype signatures.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numpy as np
@@ -44,6 +45,26 @@ def chunk_arena(data: np.ndarray, chunks: tuple[int, ...], wanted: np.ndarray, r
         block[tuple(slice(0, p) for p in part.shape)] = part
         arena[rows[u]] = block.ravel()
     return arena, rows.astype(np.int32)
+
+
+def exact_arena(data: np.ndarray, lay: FieldLayout, plan) -> tuple[np.ndarray, np.ndarray]:
+    """Arena with exactly the plan's chunks of array ``a`` in plan order (edges padded with 0), and field ``f``'s
+    slot table."""
+    wanted = plan.chunks["a"]
+    arena = np.zeros((wanted.shape[0], int(np.prod(lay.chunks))), data.dtype)
+    for u, idx in enumerate(wanted):
+        block = np.zeros(lay.chunks, data.dtype)
+        part = data[tuple(slice(c * k, min(c * (k + 1), s)) for c, k, s in zip(lay.chunks, idx, data.shape))]
+        block[tuple(slice(0, q) for q in part.shape)] = part
+        arena[u] = block.ravel()
+    return arena, plan.slot_tables({"a": np.arange(wanted.shape[0], dtype=np.int32)})["f"]
+
+
+def two_months(rng: np.random.Generator, norm: str, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of two months and two levels, global or local (an ``ny`` x ``nx`` grid)."""
+    shape = (2, 1, 1) if norm == "global" else (2, ny, nx)
+    return (rng.standard_normal((2, *shape)).astype(np.float32),
+            rng.uniform(0.5, 2.0, (2, *shape)).astype(np.float32))
 
 
 def direct(data4: np.ndarray, lay: FieldLayout, field: FieldConfig, boxes: np.ndarray, dt: int, mean, std, month_of,
@@ -478,17 +499,8 @@ def test_x_chunked_token_rows_across_chunk_edges(norm, tlon, cx, dtype):
     boxes[0, :2] = 0  # the first chunk's first values
     boxes[-1, :2] = (5 - T, 6 - H)  # the last chunk's last values
     plan = plan_batch(boxes, [lay], field.box)
-    wanted = plan.chunks["a"]
-    arena = np.zeros((wanted.shape[0], int(np.prod(lay.chunks))), dtype)
-    for u, idx in enumerate(wanted):
-        block = np.zeros(lay.chunks, dtype)
-        part = data[tuple(slice(c * k, min(c * (k + 1), s)) for c, k, s in zip(lay.chunks, idx, data.shape))]
-        block[tuple(slice(0, q) for q in part.shape)] = part
-        arena[u] = block.ravel()
-    table = plan.slot_tables({"a": np.arange(wanted.shape[0], dtype=np.int32)})["f"]
-    shape = (2, 1, 1) if norm == "global" else (2, 6, nx)
-    mean = rng.standard_normal((2, *shape)).astype(np.float32)
-    std = rng.uniform(0.5, 2.0, (2, *shape)).astype(np.float32)
+    arena, table = exact_arena(data, lay, plan)
+    mean, std = two_months(rng, norm, 6, nx)
     month_of = (rng.random((boxes.shape[0], T)) < 0.3).astype(np.int32)
     coef = {} if norm == "none" else dict(mean=mean, std=std, month_of=month_of)
     got, want = (np.empty((boxes.shape[0], *field.sample_shape), np.float32) for _ in range(2))
@@ -498,3 +510,61 @@ def test_x_chunked_token_rows_across_chunk_edges(norm, tlon, cx, dtype):
     gather_field(arena, table, lay, field, plan.boxes, got, jit=True, **coef)
     assert same_bits(got, want)
     assert same_bits(want, exp)
+
+
+# ------------------------------------------------------------------------------------- missing markers
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("tlon", [3, 9])
+@pytest.mark.parametrize("dtype, marker", [(np.float32, 1e20), (np.int16, -999)])
+def test_missing_markers_are_nan(dtype, marker, tlon, norm, out_dtype):
+    """Stored values equal to a field's missing marker (a CMIP float32 _FillValue of 1e20 over land, an int16
+    -999) come out NaN, before normalisation; the other values as without markers. Kernel and reference agree bit
+    for bit, token widths of the row path and of the one that moves token rows (which fields with markers leave
+    for the row path), x chunks and boxes across the seam; and both agree with a direct crop of the array with
+    NaN written at the markers (what xarray decodes)."""
+    rng = np.random.default_rng(tlon * 7 + len(norm))
+    nx = 2 * tlon + 5
+    data = (rng.standard_normal((5, 2, 6, nx)) * 40).astype(dtype)
+    hit = rng.random(data.shape) < 0.15
+    data[hit] = marker
+    lay0 = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 2, 3, tlon + 2), axes=(0, None, 1, 2, 3),
+                       lev_idx=[1, 0], periodic_x=True)
+    # markers as the stored dtype holds them (as missing_markers gives them), and one that no value equals
+    lay = dataclasses.replace(lay0, missing=np.array([dtype(marker), 12345.5]))
+    field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(2, 2, 2), token_size=(2, 2, tlon),
+                        normalization=norm)
+    raw_field = dataclasses.replace(field, normalization="none")
+    boxes = np.array([[0, 0, 0], [1, 2, nx - 2], [1, 1, nx - tlon - 1], [0, 2, 5]], np.int64)  # two across 0/360
+    plan = plan_batch(boxes, [lay], field.box)
+    arena, table = exact_arena(data, lay, plan)
+    mean, std = two_months(rng, norm, 6, nx)
+    month_of = (rng.random((boxes.shape[0], field.box[0])) < 0.3).astype(np.int32)
+    coef = {} if norm == "none" else dict(mean=mean, std=std, month_of=month_of)
+    odt = np.float32 if out_dtype == "float32" else np.uint16
+
+    def run(layout, f, jit, **kw):
+        out = np.empty((boxes.shape[0], *f.sample_shape), odt if f is field else np.float32)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            gather_field(arena, table, layout, f, plan.boxes, out, jit=jit,
+                         out_dtype=out_dtype if f is field else "float32", **kw)
+        return out
+
+    got, ref = run(lay, field, True, **coef), run(lay, field, False, **coef)
+    assert same_bits(got, ref), "Numba kernel and NumPy reference differ"
+    # independent expectation: the unmasked result, NaN where the stored value is the marker
+    stored = run(lay0, raw_field, True)  # the stored values, as float32, in token order
+    masked = stored == np.float32(marker)
+    assert masked.any() and (~masked).any()
+    plain = run(lay0, field, True, **coef)
+    nan = np.isnan(ref) if out_dtype == "float32" else half_nan(ref, out_dtype)
+    assert nan[masked].all()
+    assert np.array_equal(ref[~masked], plain[~masked])
+    # and a direct crop of the array with NaN at the markers
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        exp = direct(np.where(hit, np.nan, data.astype(np.float32)), lay, field, plan.boxes, 1, mean, std, month_of,
+                     out_dtype)
+    if out_dtype == "float32":
+        assert same_bits(ref, exp)
+    else:
+        assert np.array_equal(nan, half_nan(exp, out_dtype)) and np.array_equal(ref[~nan], exp[~nan])

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from fastload.errors import ConfigError, StoreError, StoreNotFoundError
+from fastload.errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
 from fastload.norm import months_of
 from fastload.stats import StatsConfig, compute_stats, main
 from fastload.store import open_store
@@ -363,22 +363,35 @@ def test_fill_values_are_missing_as_xarray_decodes_them(tmp_path, fmt, fill, att
     assert got["missing_values"] == int(np.isnan(ref).sum())
 
 
-@pytest.mark.parametrize("fill, warned", [(-999, True), (0, False)])
-def test_the_loader_says_which_declared_missing_values_it_feeds_as_data(tmp_path, caplog, fill, warned):
-    """Stats leave a declared fill value out; the loader reads it as a number: it says so when it opens the store
-    (zarr's default fill 0 is data in both, and not reported)."""
+@pytest.mark.parametrize("fill, masked", [(-999, True), (0, False)])
+def test_the_loader_masks_declared_missing_values_as_stats_leaves_them_out(tmp_path, caplog, fill, masked):
+    """Stats leave a declared fill value out; the loader gives NaN there, as xarray decodes it, and says which
+    fields it masks when it opens the store (zarr's default fill 0 is data in both, and not reported)."""
     from fastload.config import FieldConfig, SamplingConfig
+    from fastload.extract import extract
     from fastload.loader import Loader
+    from fastload.store import open_store
 
     _int_store(tmp_path / "d.zarr", 2, fill)
     cfg = SamplingConfig(fields=[FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=(2, 2, 3), normalization="none")],
                          batch_size=2)
-    with caplog.at_level("WARNING", logger="fastload"):
+    with caplog.at_level("INFO", logger="fastload"):
         Loader(str(tmp_path / "d.zarr"), cfg, samples_per_epoch=4).close()
     said = [r.getMessage() for r in caplog.records if "missing values" in r.getMessage()]
-    assert bool(said) == warned
-    if warned:
+    assert bool(said) == masked
+    if masked:
         assert "'v': [-999]" in said[0] and "d.zarr" in said[0]
+    ref = xr.open_zarr(tmp_path / "d.zarr", consolidated=True, mask_and_scale=masked).v.values.astype("f4")
+    got = extract(open_store(tmp_path / "d.zarr"), cfg, np.array([[3, 0, 0]]))["v"].data  # across written/unwritten
+    assert np.array_equal(got[0, 0, 0, 0, 0], ref[3:5, 0:2, 0:3], equal_nan=True)
+    assert np.isnan(got).any() == masked
+
+
+def test_a_fill_value_the_dtype_cannot_hold_is_refused(tmp_path):
+    """1e20 as the _FillValue of int16 data would be cast to 0 and leave every 0 out: refused instead."""
+    _int_store(tmp_path / "d.zarr", 2, None, {"_FillValue": 1e20})
+    with pytest.raises(SchemaError, match="does not fit dtype int16"):
+        compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
 
 
 def test_packed_fields_are_refused(tmp_path):
