@@ -516,8 +516,9 @@ def test_x_chunked_token_rows_across_chunk_edges(norm, tlon, cx, dtype):
 @pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("tlon", [3, 9])
-@pytest.mark.parametrize("dtype, marker", [(np.float32, 1e20), (np.int16, -999)])
-def test_missing_markers_are_nan(dtype, marker, tlon, norm, out_dtype):
+@pytest.mark.parametrize("dtype, marker, others", [(np.float32, 1e20, [12345.5]), (np.int16, -999, [12345.5]),
+                                                   (np.float32, 1e20, [12345.5, -7.25])])
+def test_missing_markers_are_nan(dtype, marker, others, tlon, norm, out_dtype):
     """Stored values equal to a field's missing marker (a CMIP float32 _FillValue of 1e20 over land, an int16
     -999) come out NaN, before normalisation; the other values as without markers. Kernel and reference agree bit
     for bit, token widths of the row path and of the one that moves token rows (which fields with markers leave
@@ -530,8 +531,9 @@ def test_missing_markers_are_nan(dtype, marker, tlon, norm, out_dtype):
     data[hit] = marker
     lay0 = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 2, 3, tlon + 2), axes=(0, None, 1, 2, 3),
                        lev_idx=[1, 0], periodic_x=True)
-    # markers as the stored dtype holds them (as missing_markers gives them), and one that no value equals
-    lay = dataclasses.replace(lay0, missing=np.array([dtype(marker), 12345.5]))
+    # markers as the stored dtype holds them (as missing_markers gives them), and others that no value equals (up
+    # to two markers are tested in the kernel's vectorised loops, three in its per-value loop)
+    lay = dataclasses.replace(lay0, missing=np.array([dtype(marker), *others]))
     field = FieldConfig(name="f", levels=(0.0, 1.0), num_tokens=(2, 2, 2), token_size=(2, 2, tlon),
                         normalization=norm)
     raw_field = dataclasses.replace(field, normalization="none")
