@@ -309,8 +309,8 @@ class Loader:
 
     def _log_missing_markers(self) -> None:
         """Log the fields whose store declares non-NaN missing values (a ``_FillValue``, ``missing_value`` or
-        non-zero zarr v2 fill value): the gather writes those values as NaN, as xarray does and as ``fastload
-        stats`` leaves them out (a value the dtype cannot hold is the layout's ConfigError, naming the field)."""
+        non-zero zarr v2 fill value): the gather writes those values as NaN, as ``fastload stats`` leaves them out
+        (a declared value that is not a number is the layout's ConfigError, naming the field)."""
         from .stats import missing_markers
 
         found = {}

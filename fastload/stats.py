@@ -200,16 +200,18 @@ def missing_markers(store: Any, name: str) -> tuple:
         try:
             with np.errstate(all="ignore"):
                 raw = np.asarray(attr_fill_value(v, arr.dtype))
+                if raw.dtype.kind not in "biuf":
+                    raise TypeError
+                if raw.dtype.kind == "f" and np.isnan(raw):
+                    continue  # NaN is missing anyway
                 cast = raw.astype(arr.dtype)[()]  # compared as stored
-                # a cast that changed the value (1e20 into int16: 0) would mark stored values no one declared
-                fits = cast == raw if np.dtype(arr.dtype).kind in "iub" else np.isinf(cast) <= np.isinf(raw)
         except (TypeError, ValueError, OverflowError):
-            fits = False
-        if not fits:
-            raise SchemaError(f"stats: field {name!r}: fill value {v!r} does not fit dtype {arr.dtype}")
-        v = cast
-        if not (isinstance(v, np.floating) and np.isnan(v)) and v not in out:
-            out.append(v)
+            raise SchemaError(f"stats: field {name!r}: fill value {v!r} is not a number of dtype {arr.dtype}") from None
+        # a value the dtype cannot hold (1e20 or -1 on int16/uint8, 1e300 on float32) is in no stored value: casting
+        # it (to 0, 255, inf) would mark values no one declared missing, so it marks nothing (xarray ignores it too)
+        fits = cast == raw if np.dtype(arr.dtype).kind in "iub" else np.isinf(cast) <= np.isinf(raw)
+        if fits and cast not in out:
+            out.append(cast)
     return tuple(out)
 
 

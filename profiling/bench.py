@@ -123,6 +123,9 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
 
     vstore = open_store(path)
     spec = spec_from_store(vstore, config)
+    from fastload.sampling.chunks import missing_of
+
+    missing = {f.name: missing_of(vstore, f.name) for f in config.fields}  # fastload's NaN, a raw peer's marker
     bs = opts.batch_size or config.batch_size
     # epoch 0: the verification batch; epoch r + 1: round r. Every loader gets the same boxes.
     metas = [{"seed": opts.seed, "epoch": e, "samples_per_window": bs if opts.plan == "window" else 1,
@@ -155,7 +158,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             reference, ref_name = out, name
             problem = None
         else:
-            problem = compare_outputs(out, reference)
+            problem = compare_outputs(out, reference, missing)
         if problem is not None:
             rows[name] = {**base, "loader": name, "status": "mismatch", "reason": f"vs {ref_name}: {problem}"}
             continue

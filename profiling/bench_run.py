@@ -90,8 +90,13 @@ def time_pass(make: Callable[[], Any], batches: Sequence[np.ndarray], *,
                 baseline_bytes=mon.baseline_bytes, cpu_seconds=mon.cpu_seconds, counters=counters)  # fmt: skip
 
 
-def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> str | None:
-    """``None`` when every field is bit-identical (NaN equal to NaN), else what differs, in words."""
+def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
+                    missing: dict[str, np.ndarray] | None = None) -> str | None:
+    """``None`` when every field is bit-identical (NaN equal to NaN), else what differs, in words.
+
+    ``missing``: per field, the store's declared missing values (``fastload.sampling.chunks.missing_of``). fastload
+    writes them as NaN; a peer that reads raw values gives the marker itself, which counts as equal there (the
+    bench compares raw values, so a peer's marker is the stored value)."""
     if set(got) != set(want):
         return f"fields differ: got {sorted(got)}, expected {sorted(want)}"
     for k in want:
@@ -101,6 +106,9 @@ def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> 
         if g.dtype != w.dtype:
             return f"field {k!r}: dtype {g.dtype}, expected {w.dtype}"
         same = (g == w) | (np.isnan(g) & np.isnan(w))
+        marks = (missing or {}).get(k)
+        if marks is not None and len(marks) and g.dtype.kind == "f":
+            same |= np.isnan(w) & np.isin(g, np.asarray(marks).astype(g.dtype))
         if not same.all():
             bad = np.argwhere(~same)[0]
             diff = np.nanmax(np.abs(g.astype(np.float64) - w))

@@ -452,9 +452,10 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
                                     qu = np.uint64(q)
                                     sv = slots[su, src0 + qu * sxu]
                                     v = np.float32(sv)
-                                    for k in range(n_miss):  # a declared missing value: NaN
-                                        if np.float64(sv) == missing[k]:
-                                            v = np.float32(np.nan)
+                                    if len(mask_mark) == 1:  # a declared missing value: NaN
+                                        for k in range(n_miss):
+                                            if np.float64(sv) == missing[k]:
+                                                v = np.float32(np.nan)
                                     if log1p:
                                         v = np.float32(np.log1p(np.float64(v)))
                                     if norm == 1:

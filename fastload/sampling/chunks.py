@@ -38,7 +38,8 @@ def missing_of(store: Any, name: str) -> np.ndarray:
     """The stored values of field ``name`` that the gather writes as NaN, as float64 (the kernels compare each
     stored value converted to float64: exact for floats and for integers up to 2**53):
     :func:`fastload.stats.missing_markers` (``_FillValue``, ``missing_value``, a non-zero zarr v2 ``fill_value``;
-    not zarr's default 0). A declared value the field's dtype cannot hold is a ConfigError naming field and value."""
+    not zarr's default 0; a declared value the dtype cannot hold marks nothing). One that is not a number is a
+    ConfigError naming field and value."""
     from ..stats import missing_markers  # the one definition, shared with `fastload stats`
 
     try:

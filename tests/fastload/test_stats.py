@@ -14,7 +14,7 @@ import zarr
 
 from fastload.errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
 from fastload.norm import months_of
-from fastload.stats import StatsConfig, compute_stats, main
+from fastload.stats import StatsConfig, compute_stats, main, missing_markers
 from fastload.store import open_store
 
 LEVELS = (96.0, 105.0, 114.0)
@@ -387,11 +387,20 @@ def test_the_loader_masks_declared_missing_values_as_stats_leaves_them_out(tmp_p
     assert np.isnan(got).any() == masked
 
 
-def test_a_fill_value_the_dtype_cannot_hold_is_refused(tmp_path):
-    """1e20 as the _FillValue of int16 data would be cast to 0 and leave every 0 out: refused instead."""
-    _int_store(tmp_path / "d.zarr", 2, None, {"_FillValue": 1e20})
-    with pytest.raises(SchemaError, match="does not fit dtype int16"):
-        compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+@pytest.mark.parametrize("declared", [1e20, -1e20, 40000, float("nan")])
+def test_a_fill_value_the_dtype_cannot_hold_marks_nothing(tmp_path, declared):
+    """A declared value int16 data cannot hold (1e20 would be cast to 0, 40000 to -25536) is in no stored value:
+    it marks nothing, so every 0 stays in the coefficients (and in the loader's output); NaN is skipped too."""
+    _int_store(tmp_path / "d.zarr", 2, None, {"_FillValue": declared})
+    store = open_store(tmp_path / "d.zarr")
+    assert missing_markers(store, "v") == ()
+    compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+
+
+def test_a_fill_value_that_is_not_a_number_is_refused(tmp_path):
+    _int_store(tmp_path / "d.zarr", 2, None, {"_FillValue": "minus one"})
+    with pytest.raises(SchemaError, match="minus one.*expected a number"):
+        missing_markers(open_store(tmp_path / "d.zarr"), "v")
 
 
 def test_packed_fields_are_refused(tmp_path):

@@ -90,6 +90,19 @@ def test_bad_options_are_config_errors(tiny):
         bench.BenchOptions(store=tiny, plan="zigzag")
 
 
+def test_compare_outputs_counts_a_raw_peers_marker_as_fastloads_nan():
+    """fastload writes a store's declared missing values as NaN; a peer reading raw values gives the marker
+    there, which matches only where fastload has NaN and only with that field's markers."""
+    fast = {"t": np.array([1.0, np.nan, 3.0], np.float32)}
+    peer = {"t": np.array([1.0, 1e20, 3.0], np.float32)}
+    marks = {"t": np.array([float(np.float32(1e20))])}
+    assert compare_outputs(peer, fast, marks) is None
+    assert "1 of 3 values differ" in compare_outputs(peer, fast)  # without the markers: a mismatch
+    assert "1 of 3 values differ" in compare_outputs(peer, fast, {"t": np.array([-999.0])})
+    wrong = {"t": np.array([1e20, np.nan, 3.0], np.float32)}  # a marker where fastload has a value
+    assert "1 of 3 values differ" in compare_outputs(wrong, {"t": np.array([1.0, np.nan, 3.0], np.float32)}, marks)
+
+
 def test_compare_outputs_is_exact_and_nan_aware():
     a = {"t": np.array([1.0, np.nan, 3.0], np.float32)}
     assert compare_outputs({"t": a["t"].copy()}, a) is None
