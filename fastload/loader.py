@@ -57,7 +57,7 @@ import torch.utils.data
 from ._nvtx import range as nvtx_range
 from ._ring import BatchRing, FieldSpec
 from .config import LoaderConfig, SamplingConfig
-from .errors import ConfigError, FastloadError, LoaderClosedError
+from .errors import ConfigError, LoaderClosedError
 from .pump import Pump
 from .reader import IOStats
 from .sampling.geometry import GridExtent, random_boxes
@@ -299,8 +299,8 @@ class Loader:
             raise ConfigError("Loader: a config without streams reads one store: pass its path or an open Store")
         self.store = _resolve_store(store)
         self.store.check(self.config)
-        self._log_missing_markers()
         self.tokenizer = make_tokenizer(self.store, self.config)
+        self._log_missing_markers()
         # a mesh store is placed on its tokenizer's virtual lat-lon grid, not on its node axis
         self.extent = getattr(self.tokenizer, "extent", None) or GridExtent.from_store(self.store)
         self._norm = self._normalizer(normalizer)
@@ -309,18 +309,10 @@ class Loader:
 
     def _log_missing_markers(self) -> None:
         """Log the fields whose store declares non-NaN missing values (a ``_FillValue``, ``missing_value`` or
-        non-zero zarr v2 fill value): the gather writes those values as NaN, as ``fastload stats`` leaves them out
-        (a declared value that is not a number is the layout's ConfigError, naming the field)."""
-        from .stats import missing_markers
-
-        found = {}
-        for f in self.config.fields:
-            try:
-                marks = missing_markers(self.store, f.name)
-            except FastloadError:
-                continue  # the field's layout (built next, by the tokenizer) raises a ConfigError naming it
-            if marks:
-                found[f.name] = [m.item() if hasattr(m, "item") else m for m in marks]
+        non-zero zarr v2 fill value), as the tokenizer's layouts hold them: the gather writes those values as NaN,
+        as ``fastload stats`` leaves them out."""
+        found = {name: lay.missing.astype(self.store.arrays[lay.array].dtype).tolist()  # as stored: -999, not -999.0
+                 for name, lay in self.tokenizer.layouts.items() if len(lay.missing)}
         if found:
             log.info("fastload: declared missing values masked as NaN in %s: %s", self.store.path, found)
 

@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit
 
 from ._intrinsics import move8n, move8s, prefetch2, prefetch4, store_fence, stream32
+from .chunks import NO_MISSING
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -174,7 +175,6 @@ PREFETCH_ROWS = 4
 _NORM_MARKS = ((), (0,), (0, 0))
 """Per normalisation mode a tuple whose length is the mode: its type makes Numba compile one :func:`_gather_moves`
 per mode, with the mode a constant (the per-move branches on it cost registers and time)."""
-_NO_MISSING = np.zeros(0, np.float64)
 
 
 def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, missing=None):
@@ -218,7 +218,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
             _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
                           _NORM_MARKS[geometry[10]])
             return
-        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, _NO_MISSING, ())
+        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, NO_MISSING, ())
     else:
         _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
                      np.ascontiguousarray(missing, np.float64), (0,))
