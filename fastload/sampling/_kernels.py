@@ -37,7 +37,6 @@ import numpy as np
 from numba import njit
 
 from ._intrinsics import move8n, move8s, prefetch2, prefetch4, store_fence, stream32
-from .chunks import NO_MISSING
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -172,6 +171,9 @@ def _next_row(pa, pb, pi, pj, tt, tlat, nlat):
 
 PREFETCH_ROWS = 4
 """How many box rows ahead the gather prefetches (source rows, and local coefficients)."""
+_NO_MISSING = np.zeros(0, np.float64)
+"""No missing markers (``chunks.NO_MISSING``; not imported: this file and ``_intrinsics.py`` import nothing else of
+the package, so ``benches/ab_gather.py`` can load another revision's pair on its own)."""
 _NORM_MARKS = ((), (0,), (0, 0))
 """Per normalisation mode a tuple whose length is the mode: its type makes Numba compile one :func:`_gather_moves`
 per mode, with the mode a constant (the per-move branches on it cost registers and time)."""
@@ -218,7 +220,7 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
             _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
                           _NORM_MARKS[geometry[10]])
             return
-        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, NO_MISSING, ())
+        _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, _NO_MISSING, ())
     else:
         _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
                      np.ascontiguousarray(missing, np.float64), (0,))
