@@ -413,6 +413,9 @@ class ProcessBackend:
     def _died(w: _Worker) -> WorkerError:
         w.failed = True
         w.process.join(1.0)
+        deadline = time.monotonic() + 1.0
+        while w.process.exitcode is None and time.monotonic() < deadline:  # another thread may be reaping it
+            time.sleep(0.01)  # (its waitpid wins, ours sees no child and returns early): its code lands shortly
         hint = "" if w.spoke or w.process.exitcode != 1 else (
             " before it said anything: a spawned worker first imports the main script, so a script that builds a "
             "Loader with mode='process' must do so under `if __name__ == '__main__':` (the worker's traceback is "
