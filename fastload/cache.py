@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CacheBusyError
+
 __all__ = ["ChunkCache", "Reservation", "Uses", "CacheClosedError", "size_arenas", "NEVER"]
 
 NEVER = np.iinfo(np.int64).max
@@ -205,6 +207,7 @@ class ChunkCache:
         self._seq = 0
         self._cond = threading.Condition()
         self._waiting: list[int] = []  # heap of steps waiting for a reservation
+        self._holders: dict[int, int] = {}  # step -> its reservations not released yet (for reset's message)
         self._closed = False
         self.hits = 0
         self.misses = 0
@@ -314,6 +317,7 @@ class ChunkCache:
                 fill[a] = miss
             slots[a] = s
         n_fill = sum(int(v.size) for v in fill.values())
+        self._holders[step] = self._holders.get(step, 0) + 1
         self.hits += hits
         self.misses += n_fill
         return Reservation(step, dict(ids), slots, fill, wait, hits)
@@ -385,6 +389,9 @@ class ChunkCache:
             return
         with self._cond:
             res._held = False
+            left = self._holders.pop(res.step, 1) - 1
+            if left:
+                self._holders[res.step] = left
             self._seq += 1
             for a, s in res.slots.items():
                 ar = self._arenas[a]
@@ -412,11 +419,18 @@ class ChunkCache:
     def reset(self, uses: Uses | Mapping | None) -> None:
         """Start a new plan (a new epoch, or a resume): keep the decoded chunks, rank them by the new ``uses``.
 
-        Nothing may be pinned (every step of the previous plan finished or gave up).
+        Nothing may be pinned (every step of the previous plan finished or gave up and released its reservation);
+        else :class:`~fastload.errors.CacheBusyError` names the arrays and steps holding chunks, and the cache is
+        left as it was.
         """
         with self._cond:
-            if any(ar.pins.any() for ar in self._arenas.values()):
-                raise RuntimeError("ChunkCache.reset while chunks are pinned by a running step")
+            pinned = {a: int((ar.pins > 0).sum()) for a, ar in self._arenas.items() if ar.pins.any()}
+            if pinned:
+                raise CacheBusyError(
+                    f"ChunkCache.reset: {sum(pinned.values())} chunk(s) of array(s) {sorted(pinned)} are still pinned "
+                    f"by step(s) {sorted(self._holders)} of the running plan; release every Reservation first "
+                    f"(ChunkCache.release, with step_done=False for a step that gave up) and wait for the steps still "
+                    f"running before starting a new plan (a Loader does this itself: there, it is a bug)")
             self._uses = uses if isinstance(uses, Uses) else Uses()
             self._waiting.clear()
             self._closed = False

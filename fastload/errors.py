@@ -18,6 +18,7 @@ __all__ = [
     "ChunkReadError",
     "LoaderClosedError",
     "WorkerError",
+    "CacheBusyError",
 ]
 
 
@@ -80,3 +81,7 @@ class WorkerError(FastloadError, RuntimeError):
     """A loader worker process died (or could not start); the message names the worker, its pid and exit code.
     The next iteration starts a new process in its place."""
 
+
+class CacheBusyError(FastloadError, RuntimeError):
+    """The decoded-chunk cache cannot start a new plan: steps of the running one still hold (pin) chunks; the message
+    names the arrays and steps and says what to release."""

@@ -171,7 +171,9 @@ def assemble_multiformer(
         Field name -> checkpoint path holding that field (a single-field or multi-field run).
     strict : bool
         Every field of ``config`` must have a source. Coupling heads to fields the source run did not couple to
-        keep their initialisation (zero output); any other missing or surplus parameter is an error.
+        keep their initialisation (zero output); a run saved before the embedding's missing-value indicator
+        existed loads it at zero (missing values read as 0, as that run was trained); any other missing or surplus
+        parameter is an error.
     """
     model = Multiformer(config)
     missing = [f for f in config.field_names if f not in sources]
@@ -206,7 +208,9 @@ def assemble_multiformer(
                     )
                 state[_join_key(field, comp, k)] = v
             for k in mine:
-                if k not in theirs and not _is_new_coupling(comp, k, saved.get("coupled", ())):
+                if k not in theirs and not _is_new_coupling(comp, k, saved.get("coupled", ())) and not (
+                    comp == "embed" and k == "missing.weight" and "token.weight" in theirs
+                ):  # a run from before the missing-value indicator: loaded at zero (FieldEmbedding)
                     raise ValueError(f"checkpoint {str(path)!r}: {field}.{comp}.{k} is missing")
     model.load_state_dict(state, strict=False)
     return model

@@ -17,6 +17,15 @@ Inputs (plain tensors; ``T`` tiles, ``K`` neighbours per tile)::
 Decoded tiles per field are ``(B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)`` with ``nt_out =
 readout_time_tokens``. Rollout of N steps is exactly N calls of :meth:`Forecaster.step`.
 
+Missing values (NaN where a store declares a value missing, e.g. an ocean field's land; ``valid_values`` False)
+are handled as by the Multiformer: the shared embedding reads them as 0 and marks them with its missing-value
+indicator, so every latent is finite and a step never hands a NaN on to the next. :meth:`Forecaster.rollout_loss`
+gives missing targets no weight. The read-out predicts every point; :meth:`Forecaster.missing_points` of the
+input windows says which points are missing (missing at every input time: a land mask), and
+:meth:`~Forecaster.decode` / :meth:`~Forecaster.rollout` given it return NaN there (before stitching, so a
+stitched global field is NaN there too); :meth:`Forecaster.forward` does so by itself. Without ``missing`` a
+rollout returns finite predictions at missing points, which no loss has trained.
+
 Smoke test: see ``tests/model/test_forecaster.py``.
 """
 
@@ -391,16 +400,57 @@ class Forecaster(nn.Module):
         new = self.tail(state, lead, geometry)
         return torch.cat([state[:, 1:], new.unsqueeze(1)], dim=1)
 
-    def decode(self, state: torch.Tensor, geometry: TileGeometry) -> dict[str, torch.Tensor]:
-        """Decode the newest latent of ``state``: ``{field: (B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)}``."""
-        return self.readout(state[:, -1], geometry)
+    def missing_points(
+        self, windows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Where the decoded tiles have no value: points missing at every time of the input ``windows``.
+
+        Parameters
+        ----------
+        windows : mapping or sequence of mappings
+            An input batch (leading axes (B, T), as for :meth:`encode`) or the ``input_window`` batches of a state.
+            A value is missing where it is not finite or its ``valid_values`` is False.
+
+        Returns
+        -------
+        dict
+            ``{field: (B, 1, T, L, 1, nlat, nlon, 1, tlat, tlon) bool}``, True = missing: it broadcasts over the
+            members and time axes of decoded tiles (pass it to :meth:`decode` or :meth:`rollout`). A point missing
+            at only some input times (a gap, not a land mask) is forecast.
+        """
+        batches = [windows] if isinstance(windows, Mapping) else list(windows)
+        out: dict[str, torch.Tensor] = {}
+        for spec in self.multiformer_config.fields:
+            missing = None
+            for batch in batches:
+                item = batch[spec.name]
+                present = torch.isfinite(item["tokens"])  # (B, T, L, nt, nlat, nlon, tt, tlat, tlon)
+                if item.get("valid_values") is not None:
+                    present = present & item["valid_values"]
+                never = ~present.any(6, keepdim=True).any(3, keepdim=True)  # (B, T, L, 1, nlat, nlon, 1, tlat, tlon)
+                missing = never if missing is None else missing & never
+            if missing is None:
+                raise ModelConfigError("missing_points: no input window given")
+            out[spec.name] = missing.unsqueeze(1)  # (B, 1, T, L, 1, nlat, nlon, 1, tlat, tlon)
+        return out
+
+    def decode(
+        self, state: torch.Tensor, geometry: TileGeometry, missing: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Decode the newest latent of ``state``: ``{field: (B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)}``,
+        NaN where ``missing`` (:meth:`missing_points`) is True."""
+        out = self.readout(state[:, -1], geometry)
+        if missing is not None:
+            out = {f: x.masked_fill(missing[f], math.nan) if f in missing else x for f, x in out.items()}
+        return out
 
     def forward(
         self, batch: Mapping[str, Any], lead_time: float | torch.Tensor, geometry: TileGeometry
     ) -> dict[str, torch.Tensor]:
-        """Encode one time (``input_window`` must be 1), advance one step, decode."""
+        """Encode one time (``input_window`` must be 1), advance one step, decode (NaN where ``batch`` has no value
+        at any time: :meth:`missing_points`)."""
         state = self.initial_state(self.encode(batch))
-        return self.decode(self.step(state, lead_time, geometry), geometry)
+        return self.decode(self.step(state, lead_time, geometry), geometry, self.missing_points(batch))
 
     def rollout(
         self,
@@ -411,6 +461,7 @@ class Forecaster(nn.Module):
         geometry: TileGeometry,
         decode_at: Iterable[int] | None = None,
         stitch: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+        missing: Mapping[str, torch.Tensor] | None = None,
     ) -> Rollout:
         """Auto-regressive rollout in latent space.
 
@@ -427,6 +478,10 @@ class Forecaster(nn.Module):
         stitch : callable, optional
             ``stitch(field, tiles)`` applied to each decoded ``(B, E, T, ...)`` tensor (e.g. a
             :class:`~model.stitch.TileBlender` per field) to blend overlapping tiles into global fields.
+        missing : mapping, optional
+            :meth:`missing_points` of the input windows: decoded values there are NaN (before ``stitch``; a
+            :class:`~model.stitch.TileBlender` keeps them NaN). Without it, missing points get predictions that no
+            loss has trained. The state is latent and always finite: nothing missing is carried into the next step.
         """
         positive_int("rollout steps", steps)
         want = {steps} if decode_at is None else set(decode_at)
@@ -436,7 +491,7 @@ class Forecaster(nn.Module):
         for k in range(1, steps + 1):
             state = self.step(state, lead_time, geometry)
             if k in want:
-                dec = self.decode(state, geometry)
+                dec = self.decode(state, geometry, missing)
                 outputs[k] = dec if stitch is None else {f: stitch(f, x) for f, x in dec.items()}
         return Rollout(state, outputs)
 
@@ -453,8 +508,9 @@ class Forecaster(nn.Module):
         """Multi-step training loss: roll out ``len(targets)`` steps and score every step's decoded tiles.
 
         ``targets[k][field]`` holds ``tokens`` (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon) at step k + 1 and
-        optionally ``valid`` and ``lat`` (B, T, L, nt_out, nlat, nlon). Returns the weighted mean over steps and the
-        per-step losses.
+        optionally ``valid`` and ``lat`` (B, T, L, nt_out, nlat, nlon) and ``valid_values`` (bool, broadcastable to
+        ``tokens``). Missing targets (NaN, or ``valid_values`` False) weigh nothing, as in :mod:`model.losses`.
+        Returns the weighted mean over steps and the per-step losses.
         """
         kinds = {"mse": 1.0} if kinds is None else kinds
         weights = [1.0] * len(targets) if step_weights is None else list(step_weights)
@@ -476,6 +532,10 @@ class Forecaster(nn.Module):
                     if valid is None
                     else valid.reshape(b * t, s).float()
                 )
+                vv = item.get("valid_values")
+                if vv is not None:  # per value (N, S, D); NaN targets weigh nothing without it too (token_loss)
+                    vv = vv.to(flat.device).expand(item["tokens"].shape).reshape(b * t, s, -1)
+                    weight = weight[..., None] * vv.float()
                 lat = item["lat"].reshape(b * t, s) if "lat" in item else None
                 loss = loss + self.multiformer_config.field(f).loss_weight * token_loss(
                     flat, tgt, weight, kinds, lat=lat

@@ -10,13 +10,15 @@ Every loss takes flattened tensors::
     weight (N, S)         float, 0 for tokens that do not count (unmasked or padding), else a token weight
         or (N, S, D)      per value: 0 also for values that do not count (a padding slot of a mesh token, NaN)
 
-and returns ``sum_tokens(weight * per_token_loss) / sum(weight)`` where ``per_token_loss`` is averaged over the
-D values, or with per-value weights ``sum(weight * per_value_loss) / sum(weight)`` (the same thing when a token's
-weight is repeated over its values); 0 when nothing counts, never NaN. Tokens and values with weight 0 contribute
-nothing and get no gradient, whatever their values are: both inputs are zeroed there with ``torch.where`` before
-any arithmetic, so a NaN target (say a land point of an ocean field) neither reaches the loss nor turns a gradient
-into NaN. :func:`multiformer_loss` builds per-value weights from a batch's ``valid_values``
-(:func:`model.multiformer.padding_masks`).
+and returns ``sum(w * per_value_loss) / sum(w)`` over all values, with ``w`` a value's weight: its own, or its
+token's repeated over the token's D values (for a token whose values all count that is
+``sum_tokens(weight * per_token_loss) / sum(weight)``, ``per_token_loss`` averaged over the D values), and 0
+wherever the target is not finite: a NaN target (a store's declared missing value, say a land point of an ocean
+field) counts as missing whatever weight it was given, so a token with missing values is scored on the rest.
+0 when nothing counts, never NaN from a target. Values with weight 0 contribute nothing and get no gradient,
+whatever they hold: both inputs are zeroed there with ``torch.where`` before any arithmetic (no host sync). A NaN
+*prediction* where the weight is not 0 still gives NaN (a broken model shows). :func:`multiformer_loss` builds
+per-value weights from a batch's ``valid_values`` (:func:`model.multiformer.padding_masks`) too.
 
 - ``mse``: mean over members of the squared error (each member is trained to be a good forecast).
 - ``stats``: the ensemble statistics loss: a Gaussian kernel term ``1 - exp(-(y - mu)^2 / (2 sigma^2))`` with the
@@ -60,16 +62,9 @@ def ensemble_statistics(ens: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, 
 
 
 def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``per_value`` (N, S, D) or (N, S) -> weighted mean over tokens of the mean over D; with per-value weights
-    (N, S, D), the weighted mean over values."""
-    if weight.dim() == 3:
-        w = weight.to(per_value.dtype)
-        num = torch.where(w > 0, per_value * w, torch.zeros_like(per_value)).sum()
-        return num / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
-    per_token = per_value.mean(-1) if per_value.dim() == 3 else per_value
-    w = weight.to(per_token.dtype)
-    num = torch.where(w > 0, per_token * w, torch.zeros_like(per_token)).sum()
-    return num / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+    """``per_value`` (N, S, D) -> the mean weighted by ``weight`` (N, S, D), 0 where nothing counts."""
+    num = torch.where(weight > 0, per_value * weight, torch.zeros_like(per_value)).sum()
+    return num / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_members: int = 1) -> None:
@@ -90,23 +85,25 @@ def _check(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, min_me
 
 def _clean(
     ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 copies with tokens (values) of weight 0 set to 0 (so NaNs there cannot leak into values or
-    gradients)."""
-    keep = weight > 0  # (N, S) or (N, S, D)
-    if keep.dim() == 2:
-        keep = keep[..., None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 ``(ens, target, weight)``: the weight per value (N, S, D), 0 where the target is not finite, and
+    both inputs set to 0 where it is 0 (so NaNs there cannot leak into values or gradients)."""
+    w = weight.float()
+    if w.dim() == 2:  # a token's weight for each of its values
+        w = w[..., None].expand(target.shape)
+    w = torch.where(torch.isfinite(target), w, 0.0)
+    keep = w > 0  # (N, S, D)
     e = torch.where(keep[:, None], ens.float(), 0.0)
     t = torch.where(keep, target.float(), 0.0)
-    return e, t
+    return e, t, w
 
 
 def member_mse(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Mean over members of the weighted mean squared error."""
     _check(ens, target, weight)
-    e, t = _clean(ens, target, weight)
+    e, t, w = _clean(ens, target, weight)
     se = (e - t.unsqueeze(1)).square().mean(1)  # (N, S, D)
-    return _reduce(se, weight)
+    return _reduce(se, w)
 
 
 def ensemble_stats_loss(
@@ -118,22 +115,22 @@ def ensemble_stats_loss(
 ) -> torch.Tensor:
     """Gaussian kernel term of the ensemble mean/spread plus ``spread_weight * spread`` (needs >= 2 members)."""
     _check(ens, target, weight, 2)
-    e, t = _clean(ens, target, weight)
+    e, t, w = _clean(ens, target, weight)
     mu = e.mean(1)
     sigma = e.std(1, correction=1) + eps  # (N, S, D)
     kernel = 1.0 - torch.exp(-0.5 * ((t - mu) / sigma).square())
-    return _reduce(kernel + spread_weight * sigma, weight)
+    return _reduce(kernel + spread_weight * sigma, w)
 
 
 def fair_crps(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Fair CRPS of the ensemble (needs >= 2 members)."""
     _check(ens, target, weight, 2)
-    e, t = _clean(ens, target, weight)
+    e, t, w = _clean(ens, target, weight)
     m = e.shape[1]
     skill = (e - t.unsqueeze(1)).abs().mean(1)  # (N, S, D)
     ranks = torch.arange(1, m + 1, device=e.device, dtype=e.dtype).view(1, m, 1, 1)
     pair_sum = 2.0 * ((2.0 * ranks - m - 1.0) * torch.sort(e, dim=1).values).sum(1)  # sum_ij |x_i - x_j|
-    return _reduce(skill - pair_sum / (2.0 * m * (m - 1)), weight)
+    return _reduce(skill - pair_sum / (2.0 * m * (m - 1)), w)
 
 
 def lat_weighted_mse(
@@ -141,13 +138,10 @@ def lat_weighted_mse(
 ) -> torch.Tensor:
     """Squared error of the ensemble mean, weighted by ``cos(lat)`` (``lat`` (N, S) in degrees) and ``weight``."""
     _check(ens, target, weight)
-    e, t = _clean(ens, target, weight)
+    e, t, w = _clean(ens, target, weight)
     se = (e.mean(1) - t).square()
-    coslat = torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)
-    if weight.dim() == 3:
-        coslat = coslat[..., None]
-    w = torch.where(weight > 0, weight.float() * coslat, 0.0)
-    return _reduce(se, w)
+    coslat = torch.cos(torch.deg2rad(lat.float())).clamp_min(0.0)[..., None]  # (N, S, 1)
+    return _reduce(se, torch.where(w > 0, w * coslat, 0.0))
 
 
 LOSS_KINDS = ("mse", "stats", "crps", "lat_mse")
@@ -207,7 +201,8 @@ def multiformer_loss(
         ``{field: (B, E, L, nt, nlat, nlon, tt, tlat, tlon)}`` as the Multiformer returns.
     batch : mapping
         The batch: per field ``target`` (or ``tokens``), ``mask``, optional ``valid``, ``valid_values``
-        (then each value is weighted: padding slots and NaNs count for nothing), ``meta['lat']``.
+        (padding slots count for nothing), ``meta['lat']``. NaN targets (missing values) count for nothing, with
+        or without ``valid_values``.
     kinds : mapping, optional
         Loss name -> weight; default ``{"mse": 1.0}``.
     field_weights : mapping, optional

@@ -20,15 +20,21 @@ The batch (plain tensors; ``model`` knows nothing of fastload). For each field n
         "target": like tokens                                                # optional, for losses: default tokens
     }
 
-Padding. A field sampled as points (an unstructured mesh, or a stream of a multi-stream batch) has a variable number
-of points per token, padded to ``K = tlat * tlon`` slots, and fields over land or missing data hold NaN values.
-:func:`padding_masks` turns the data path's slot mask ``(B, nlat, nlon, K)`` (and the tokens' NaNs) into
-``valid_values`` (a value counts where its slot holds a point and it is finite) and ``valid`` (a token is padding
-where none of its values counts). Invalid values are read as 0 by the embedding and weigh nothing in the losses;
-padded tokens are dropped from every attention as keys.
+Missing values and padding. A value is *missing* where it is not finite (the loader gives NaN where a store
+declares a value missing: an ocean field's land, say) or where ``valid_values`` is False (a padding slot: a field
+sampled as points, an unstructured mesh or a stream of a multi-stream batch, has a variable number of points per
+token, padded to ``K = tlat * tlon`` slots). The embedding reads a missing value as 0 *and* adds a learned
+missing-value indicator for its position in the token (``embed.<field>.missing``), so that it is not taken for a
+real 0, the normalised mean; this holds with or without masks, so a NaN never reaches the encoder. The losses give
+missing targets no weight (a NaN target too, without any mask; :mod:`model.losses`). A token none of whose values
+is real still takes part in attention (its indicator says "all missing") unless ``valid`` marks it as padding:
+:func:`padding_masks` turns the data path's slot mask ``(B, nlat, nlon, K)`` and the tokens' NaNs into
+``valid_values`` and ``valid`` (a token is padding where none of its values is real); padded tokens are dropped from
+every attention as keys. Leaving ``valid`` out where nothing is padding keeps the GPU on the flash kernel.
 
 ``Multiformer(config)(batch)`` returns ``{field: (B, E, L, nt, nlat, nlon, tt, tlat, tlon)}``: the ``E`` ensemble
-members' predictions of every token; :func:`model.losses.multiformer_loss` scores the masked, valid ones. Masked
+members' predictions of every token (missing values included: finite numbers that no loss trains; mask them with
+the inputs' NaNs or ``valid_values``); :func:`model.losses.multiformer_loss` scores the masked, valid ones. Masked
 tokens' inputs are replaced by a learned mask embedding (``mask_input="learned"``) or used as given
 (``"as_given"``: the data path already zeroed or noised them). Padded tokens (``valid`` False) are dropped from
 every attention as keys and from every loss.
@@ -272,6 +278,9 @@ class FieldEmbedding(nn.Module):
         self.learned_mask = config.mask_input == "learned"
         self.meta_frequencies = config.meta_frequencies
         self.token = nn.Linear(spec.token_dim, d)
+        # the missing-value indicator: which of a token's values are missing (1) or real (0), so a missing value
+        # read as 0 is not taken for a real 0 (the normalised mean)
+        self.missing = nn.Linear(spec.token_dim, d, bias=False)
         self.meta = nn.Linear(NUM_TIME_FEATURES + num_sphere_features(config.meta_frequencies), d)
         self.level = nn.Embedding(spec.num_levels, d)
         self.register_buffer("level_values", torch.tensor(spec.levels, dtype=torch.float32), persistent=False)
@@ -293,12 +302,22 @@ class FieldEmbedding(nn.Module):
         mask: torch.Tensor | None,
         valid_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``tokens`` (B, L, nt, nlat, nlon, tt, tlat, tlon), per-token ``meta`` and ``mask`` (B, L, nt, nlat, nlon),
+        ``valid_values`` (bool, broadcastable to ``tokens``) -> ``(B, S, d)``.
+
+        A value is missing where it is not finite (NaN: a store's declared missing value) or ``valid_values`` is
+        False (a padding slot); it reads as 0 and its indicator is set, whatever it holds.
+        """
         b = tokens.shape[0]
         grid = tokens.shape[:5]  # (B, L, nt, nlat, nlon)
         d = self.token.weight.shape[0]
-        if valid_values is not None:  # padding slots and NaNs read as 0
-            tokens = torch.where(valid_values, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
-        x = self.token(tokens.reshape(*grid, -1).to(self.token.weight.dtype))  # (B, L, nt, nlat, nlon, d)
+        present = torch.isfinite(tokens)  # no host sync: every value is selected, NaN or not
+        if valid_values is not None:
+            present = present & valid_values
+        tokens = torch.where(present, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
+        dtype = self.token.weight.dtype
+        x = self.token(tokens.reshape(*grid, -1).to(dtype))  # (B, L, nt, nlat, nlon, d)
+        x = x + self.missing((~present).reshape(*grid, -1).to(dtype))
         if self.mask_token is not None and mask is not None:
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         f32 = {k: meta[k].to(torch.float32) for k in META_KEYS}
@@ -320,6 +339,15 @@ class FieldEmbedding(nn.Module):
         pos = self.pos_t[:, None, None] + self.pos_lat[None, :, None] + self.pos_lon[None, None, :]
         x = x + pos  # (nt, nlat, nlon, d) broadcast over (B, L)
         return x.reshape(b, -1, d)  # (B, S, d)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # a checkpoint from before the missing-value indicator: its model read missing values as 0 and nothing
+        # more, which is the indicator at zero (loading such a checkpoint's optimizer state still fails: it has
+        # one parameter fewer per field)
+        key = prefix + "missing.weight"
+        if prefix + "token.weight" in state_dict and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.missing.weight)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class _Coupling(nn.Module):

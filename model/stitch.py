@@ -47,7 +47,8 @@ class TileBlender(nn.Module):
     fill : float
         Value of points no tile covers (see :attr:`covered`).
 
-    Calling it on ``values`` of shape ``(..., T, *tile_shape)`` returns ``(..., num_points)``.
+    Calling it on ``values`` of shape ``(..., T, *tile_shape)`` returns ``(..., num_points)``. A NaN contribution
+    (a missing point, as :meth:`model.Forecaster.decode` marks them) makes its point NaN.
     """
 
     def __init__(

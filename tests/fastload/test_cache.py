@@ -150,6 +150,27 @@ def test_reset_keeps_chunks_and_ranks_by_the_new_plan():
     assert cache.resident() == {("x", 1), ("x", 2)} and cache.misses == 3
 
 
+
+def test_reset_while_a_step_holds_chunks_is_a_fastload_error_that_says_what_to_do():
+    """A new plan under a running step (its pins would be lost) is refused with fastload's own error (a builtin
+    RuntimeError before), naming the arrays and steps that hold chunks and how to get out of it; the cache is left
+    as it was, and resets once the step has released."""
+    from fastload.errors import CacheBusyError, FastloadError
+
+    steps = [[("x", 0), ("y", 1)], [("x", 2)]]
+    cache = ChunkCache({"x": (3, 1, np.float32), "y": (2, 1, np.float32)}, _uses(steps))
+    r0 = cache.reserve(0, _ids(steps[0]))
+    with pytest.raises(CacheBusyError) as e:
+        cache.reset(_uses([[("x", 5)]]))
+    assert isinstance(e.value, FastloadError) and isinstance(e.value, RuntimeError)  # old `except RuntimeError` holds
+    msg = str(e.value)
+    assert "'x'" in msg and "'y'" in msg and "2 chunk" in msg and "release" in msg
+    assert cache.uses.next("x", np.array([2], np.int64))[0] == 1  # not reset: the running plan is untouched
+    _fill_all(cache, r0)
+    cache.release(r0)
+    cache.reset(_uses([[("x", 5)]]))  # nothing pinned now
+
+
 def test_shared_chunk_filled_once_while_pending():
     k = [("x", 0)]
     cache = ChunkCache({"x": (2, 3, np.float32)}, _uses([k, k]))

@@ -117,6 +117,9 @@ def test_every_trainable_parameter_gets_a_gradient():
     model = Multiformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = _batch(cfg)
+    for item in batch.values():  # a missing value in a visible token: the missing-value indicator is used too
+        token = tuple((~item["mask"]).nonzero()[0].tolist())
+        item["tokens"][token + (0, 0, 0)] = float("nan")
     for _ in range(2):  # zero-initialised coupling outputs pass gradients on from the second step on
         opt.zero_grad()
         multiformer_loss(model(batch), batch, kinds={"mse": 1.0, "crps": 1.0})[0].backward()
@@ -259,7 +262,7 @@ def _atmorep_count(d=1024, hd=64, n_enc=6, n_dec=6, e=16, tok=243, levels=5, nto
     attn_cross = d * d + 2 * d * d + 2 * hd + d * d + d
     mlp = d * 4 * d + 4 * d + 4 * d * d + d
     ln = 2 * d
-    embed = tok * d + d + meta * d + d + levels * d + sum(ntok) * d + d
+    embed = tok * d + d + tok * d + meta * d + d + levels * d + sum(ntok) * d + d  # values, missing-value indicator
     enc = n_enc * (ln + attn_self + ln + mlp)
     dec = n_dec * (ln + attn_self + ln + ln + attn_cross + ln + mlp)
     tail = ln + d * d + d + d * e * tok + e * tok
