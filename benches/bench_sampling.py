@@ -33,7 +33,8 @@ Run::
 
 A change to the kernels is judged by ``python benches/ab_gather.py --against HEAD`` (the working tree's kernel
 against a git revision's, interleaved in one process and checked bit for bit), not by two runs of this file;
-``python benches/pmu_gather.py`` counts its hardware events per output value (``perf stat``, only while it runs).
+``python benches/pmu_gather.py`` counts its hardware events per output value (``perf stat``, only while it runs);
+``python benches/roof_gather.py`` times the same box rows copied without token layout or normalisation (the roof).
 """
 
 from __future__ import annotations
@@ -459,3 +460,16 @@ def test_missing_gather_runs(capsys):
         sys.path.pop(0)
     assert missing_gather.main(["--grid", "small", "--geoms", "9x9", "--norms", "local", "--reps", "1"]) == 0
     assert "ratio" in capsys.readouterr().out
+
+
+def test_roof_gather_runs(capsys):
+    """The roof script copies exactly the gather's box rows (checked against NumPy indexing inside) and times every
+    way beside memcpy (smoke test: small grid, one round)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    try:
+        import roof_gather
+    finally:
+        sys.path.pop(0)
+    assert roof_gather.main(["--grid", "small", "--geoms", "9x9", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("memcpy", "rows+stream", "gather local"))
