@@ -170,10 +170,13 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
                     "long_name": f"{f.name} forecast ensemble {'spread' if name.endswith('_spread') else 'mean'}"})
         with torch.no_grad():
             state = net.initial_state([net.encode(win, fc.tiles_per_chunk) for win in windows])
+            # points the input windows never hold a value for (a store's declared missing values, e.g. an ocean
+            # field's land) are written NaN, as the store has them, not as predictions no loss has trained
+            missing = net.missing_points(windows)
             prev, row = 0, 0
             for k in decode:  # one rollout call per written step: only one step's global fields in memory
                 n = k - prev
-                res = net.rollout(state, n, lead_time=lead_h, geometry=geo, decode_at=[n],
+                res = net.rollout(state, n, lead_time=lead_h, geometry=geo, decode_at=[n], missing=missing,
                                   stitch=lambda f, x: blenders[f](x))  # (1, E, L * Tp * NY * NX) per field
                 state, prev = res.state, k
                 months = months_of(valid[row:row + n_tp])

@@ -107,6 +107,30 @@ def test_a_constant_readout_stitches_exactly(trained, tmp_path):
         np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
+def test_points_the_store_has_no_value_for_stay_missing(trained, tmp_path):
+    """A region of t2m that is NaN at every time (land of an ocean field) is NaN in the forecast, at every step and
+    in the spread; every other point, and the field without gaps, is a finite forecast."""
+    import shutil
+
+    import zarr
+
+    store_path, _, ck = trained
+    holed = tmp_path / "holed.zarr"
+    shutil.copytree(store_path, holed)
+    arr = zarr.open_array(str(holed / "t2m"), mode="r+")
+    yx = (slice(10, 16), slice(4, 13))  # rows and columns of the gap (the grid is 31 x 60)
+    arr[(slice(None), *yx)] = np.nan
+    out = tmp_path / "h.zarr"
+    assert main([str(holed), "--checkpoint", str(ck), "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    ds = xr.open_zarr(out)
+    gap = np.zeros(ds["t2m"].shape[1:], bool)
+    gap[yx] = True
+    for name in ("t2m", "t2m_spread"):
+        v = ds[name].values
+        assert np.isnan(v[:, gap]).all() and np.isfinite(v[:, ~gap]).all(), name
+    assert np.isfinite(ds["temperature"].values).all()
+
+
 def test_errors_name_the_problem(trained, tmp_path_factory, tmp_path):
     store_path, _, ck = trained
     with pytest.raises(ConfigError, match=r"valid initial indices 0\.\.18"):
