@@ -146,10 +146,19 @@ def load_checkpoint(
                  for c, sd in comps.items() for k, v in sd.items()}  # fmt: skip
     else:
         state = payload["state"]
-    model.load_state_dict(state, strict=True)
-    if optimizer is not None:
+    if optimizer is not None:  # checked before anything is loaded, so a refused resume changes nothing
         if payload["optimizer"] is None:
             raise ValueError(f"checkpoint {str(path)!r}: holds no optimizer state")
+        saved_n = [len(g["params"]) for g in payload["optimizer"]["param_groups"]]
+        now_n = [len(g["params"]) for g in optimizer.param_groups]
+        if saved_n != now_n:
+            raise ValueError(
+                f"checkpoint {str(path)!r}: its optimizer state covers {sum(saved_n)} parameter tensor(s) (groups "
+                f"{saved_n}), the optimizer has {sum(now_n)} ({now_n}): the model gained or lost parameters since the "
+                "run was saved (runs saved before 2026-11-22 lack the embedding's missing-value indicator, one per "
+                "field). Its weights still load without the optimizer: load_checkpoint(path, model)")
+    model.load_state_dict(state, strict=True)
+    if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
     if restore_rng:
         torch.set_rng_state(payload["rng"]["torch"])

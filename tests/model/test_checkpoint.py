@@ -69,6 +69,22 @@ def test_load_refuses_a_different_config(tmp_path):
         load_checkpoint(tmp_path / "nope.pt", Multiformer(cfg))
 
 
+def test_resume_refuses_an_optimizer_state_of_other_parameters(tmp_path):
+    """A run saved when the model had other parameters (one fewer here, as before the missing-value indicator):
+    a clear error naming the counts and what still loads, and the model untouched; its weights load alone."""
+    cfg = MultiformerConfig.tiny()
+    model = Multiformer(cfg)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params[:-1], lr=1e-3)
+    path = save_checkpoint(tmp_path / "old.pt", model, opt, step=3)
+    fresh = Multiformer(cfg)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{len(params) - 1} parameter tensor.*has {len(params)}.*without the optimizer"):
+        load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters(), lr=1e-3))
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert load_checkpoint(path, fresh)["step"] == 3
+
+
 def test_components_are_split_per_field():
     model = Multiformer(MultiformerConfig.tiny())
     comps = split_components(model)
