@@ -26,7 +26,8 @@ class LoadSpec:
 
     def __init__(self, *, batch_size: int, drop_last: bool, prefetch: int, workers: int, cache_bytes: int,
                  fetch_concurrency: int, retries: int, on_bad_chunk: str, months: np.ndarray | None,
-                 useful_bytes_per_sample: int, jit: bool | None, pin: bool, read_ahead_bytes: int | None = None):
+                 useful_bytes_per_sample: int, jit: bool | None, pin: bool, read_ahead_bytes: int | None = None,
+                 read_timeout_s: float | None = 300.0):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.prefetch = prefetch
@@ -40,6 +41,7 @@ class LoadSpec:
         self.jit = jit
         self.pin = pin
         self.read_ahead_bytes = read_ahead_bytes
+        self.read_timeout_s = read_timeout_s
 
 
 def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetch: int) -> int:
@@ -99,6 +101,7 @@ class ThreadBackend:
                          capacity=self.capacity, horizon=0, start_batch=start_batch,
                          grids=chunk_grids(self.reader.store))
         self.cache.reset(plan.uses)
+        self.reader.read_timeout = self.spec.read_timeout_s  # (here: StreamBackend builds its own reader)
         self.reader.warm(np.float32 if getattr(self.tokenizer.config, "out_dtype", "float32") == "float32"
                          else np.uint16)
         if start_batch < len(plan):

@@ -15,7 +15,9 @@ evicted needed-latest first (the largest ``due``, the step's plan position the r
 oldest dropped exactly those), and the reader clears the buffer when a new plan starts (an epoch, a new iteration, a
 resume), so entries read for batches that were never read do not block the budget; dropped bytes count as
 wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
-its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task).
+its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
+waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
+then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, and the late answer is dropped.
 
 Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
 """
@@ -24,8 +26,12 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import ChunkReadError
 
 __all__ = ["RawAhead"]
 
@@ -37,7 +43,7 @@ _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 class _Group:
     """One read-ahead request: chunks of one array, fetched together."""
 
-    __slots__ = ("array", "chunks", "est", "order", "state", "raws", "event")
+    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event")
 
     def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int, order: tuple[float, int]):
         self.array = array
@@ -45,6 +51,7 @@ class _Group:
         self.est = est  # bytes counted against the budget while in flight
         self.order = order  # (due, claim sequence): when its chunks are needed; the largest is evicted first
         self.state = _QUEUED
+        self.started = 0.0  # time.monotonic() when the request started (state _RUNNING)
         self.raws: list[bytes | None] | None = None
         self.event = threading.Event()
 
@@ -118,13 +125,18 @@ class RawAhead:
         with self._lock:
             if group.state != _QUEUED:
                 return
-            group.state = _RUNNING
+            group.state, group.started = _RUNNING, time.monotonic()
         self._request(group)
 
-    def take(self, array: str, chunks: Sequence[tuple[int, ...]]) -> dict[int, bytes | None]:
+    def take(self, array: str, chunks: Sequence[tuple[int, ...]], *, timeout: float | None = None,
+             timed: Callable[[Callable[[], Any]], Any] | None = None) -> dict[int, bytes | None | ChunkReadError]:
         """Position in ``chunks`` -> stored bytes, for the chunks the buffer has or is fetching (waiting for those
-        in flight; running a still-queued request here). Chunks not returned must be fetched by the caller."""
-        got: dict[int, bytes | None] = {}
+        in flight; running a still-queued request here). Chunks not returned must be fetched by the caller.
+
+        ``timeout``: seconds a request in flight may have run (from its start) before its chunks are given up: they
+        come back as :class:`~fastload.errors.ChunkReadError` (None: wait for ever). ``timed(fn) -> fn()`` runs a
+        request this call takes over (the caller's own request: it may time it)."""
+        got: dict[int, bytes | None | ChunkReadError] = {}
         wait: list[tuple[int, _Group]] = []
         mine: list[_Group] = []
         with self._lock:
@@ -138,13 +150,20 @@ class RawAhead:
                     got[j] = e.raw
                     continue
                 if e.state == _QUEUED:  # not started: do it here rather than wait for a pool thread
-                    e.state = _RUNNING
+                    e.state, e.started = _RUNNING, time.monotonic()
                     mine.append(e)
                 wait.append((j, e))
         for g in mine:
-            self._request(g)
+            self._request(g, timed)
         for j, g in wait:
-            g.event.wait()
+            if timeout is None:
+                g.event.wait()
+            elif not g.event.wait(max(0.0, g.started + timeout - time.monotonic())):
+                waited = time.monotonic() - g.started  # the late answer finds its entry gone and is dropped
+                got[j] = ChunkReadError(array, chunks[j], f"no answer from the store after {waited:.1f} s to a "
+                                        f"read-ahead request (read timeout {timeout:g} s, loader.read_timeout_s); "
+                                        f"the request is left running")
+                continue
             if g.state == _DONE:
                 assert g.raws is not None
                 got[j] = g.raws[g.chunks.index(chunks[j])]
@@ -168,10 +187,11 @@ class RawAhead:
             self._held = 0
 
     # -- internals ----------------------------------------------------------------------------------------------
-    def _request(self, g: _Group) -> None:
+    def _request(self, g: _Group, timed: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         raws: list[bytes | None] | None = None
         try:
-            got = list(self._fetch_many(g.array, g.chunks))
+            fetch = self._fetch_many
+            got = list(fetch(g.array, g.chunks) if timed is None else timed(lambda: fetch(g.array, g.chunks)))
             raws = got if len(got) == len(g.chunks) else None
         except Exception:  # noqa: BLE001 - read-ahead only: the step's own fetch retries and raises
             raws = None

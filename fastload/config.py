@@ -393,6 +393,12 @@ class LoaderConfig(_Config):
     """A corrupt chunk raises (default) or its samples are skipped and counted."""
     retries: int = 3
     """Retries of a transient read error, with exponential backoff."""
+    read_timeout_s: float | None = 300.0
+    """Seconds a storage request may go unanswered (a remote store that hangs) before the step waiting for it gives
+    up: its chunks fail with a ``ChunkReadError`` naming them (raised, or skipped with ``on_bad_chunk="skip"``; not
+    retried) and the request is left running on its I/O thread. A request still waiting for an I/O thread counts
+    from when it was queued. ``None``: wait for ever. A remote request carries up to 32 chunks: raise it for large
+    chunks over a slow link. Thread mode only for now (process workers use the default)."""
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch."""
 
@@ -413,6 +419,10 @@ class LoaderConfig(_Config):
             positive("read_ahead_bytes", 0)
         positive("samples_per_window")
         positive("retries", 0)
+        t = self.read_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                              or t <= 0):
+            raise ConfigError(f"loader.read_timeout_s: expected a number of seconds > 0 or None, got {t!r}")
         positive("seed", 0)
         _choice("loader.mode", self.mode, ("thread", "process"))
         _choice("loader.on_bad_chunk", self.on_bad_chunk, ("raise", "skip"))

@@ -227,6 +227,11 @@ class Loader:
             raise ConfigError(f"Loader: unknown setting(s) {unknown}; known: {sorted(names)}")
         self.loader_config = dataclasses.replace(loader or LoaderConfig(), **settings)
         cfg = self.loader_config
+        default_timeout = LoaderConfig.__dataclass_fields__["read_timeout_s"].default
+        if cfg.mode == "process" and cfg.read_timeout_s != default_timeout:  # not silently ignored
+            raise ConfigError(f"loader.read_timeout_s = {cfg.read_timeout_s!r}: process-mode workers do not take it "
+                              f"yet (they use {default_timeout:g} s); leave it at its default with mode='process', "
+                              f"or use mode='thread'")
         self.config = _resolve_config(config)
         self.batch_size = int(cfg.batch_size or self.config.batch_size)
         self.rank, self.world_size = _rank_world(cfg)
@@ -250,7 +255,7 @@ class Loader:
                               workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
                               retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=None,
                               useful_bytes_per_sample=useful, jit=jit, pin=self._pin,
-                              read_ahead_bytes=cfg.read_ahead_bytes)
+                              read_ahead_bytes=cfg.read_ahead_bytes, read_timeout_s=cfg.read_timeout_s)
         self._explicit = boxes
         if boxes is not None:
             self._samples = int(self._explicit_boxes(int(epoch)).shape[0])

@@ -24,8 +24,11 @@ exponential backoff and counted; while the store is failing (a read failed after
 succeeded since) each further read gets one try, so a dead store reaches the consumer in about a second, not
 retries x chunks x backoff (23 s before, measured). A permanent error, or corrupt bytes, raises
 :class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
-the samples that need the chunk and counts them. A step never releases its cache slots while an I/O thread may
-still write into them.
+the samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout``
+seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread) is given up by the
+step waiting for it: its chunks fail the same way, naming the wait, and the request is left running on its
+thread, which then writes into no slot (:class:`_Task`). A step never releases its cache slots while an I/O thread
+may still write into them.
 
 Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
 useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and
@@ -47,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
@@ -72,6 +76,7 @@ _TASK_BYTES = 8 * 2**20  # ... unless that would put more than this many decoded
 # per batch there: 0.72x samples/s, measured on era5-1deg atmorep chunks, window plan)
 _AHEAD_STEPS = 2  # remote stores: steps (in plan order) whose stored bytes are fetched ahead of them ...
 _AHEAD_BYTES = 96 * 2**20  # ... within this many bytes (at most half the cache's size)
+_READ_TIMEOUT_S = 300.0  # LoaderConfig.read_timeout_s's default
 
 
 def _transient(e: BaseException) -> bool:
@@ -116,13 +121,45 @@ class _PrioritySlots:
                     self._free += 1
 
 
+class _Task:
+    """What the step waiting for one fetch/decode task knows of it, so that it can give up a store request that
+    does not answer without the task writing into the step's slots afterwards.
+
+    ``since``: when the task's current store request started (before the task runs: when it was queued); None
+    between requests, and while it reads or decodes into its slots. The waiting step gives the task up only while
+    ``since`` is older than the read timeout; the task looks at ``given_up`` under the lock before it touches a slot
+    (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so direct reads into slots and
+    decodes are not bounded by the read timeout)."""
+
+    __slots__ = ("lock", "since", "started", "given_up", "waited")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = time.monotonic()  # queued: waiting for an I/O thread
+        self.started = False
+        self.given_up = False
+        self.waited = 0.0  # seconds the request (or the queue) had kept the step waiting when it gave up
+
+    def begin(self) -> bool:
+        """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing)."""
+        with self.lock:
+            self.since, self.started = None, True
+            return not self.given_up
+
+    def touch_slots(self) -> bool:
+        """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""
+        with self.lock:
+            self.since = None
+            return not self.given_up
+
+
 @dataclasses.dataclass(slots=True)
 class _Started:
     """A step whose chunks are reserved and whose fetch/decode tasks are submitted."""
 
     step: Step
     res: Reservation
-    futures: list[tuple[str, np.ndarray, Future]]
+    futures: list[tuple[str, np.ndarray, Future, _Task]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -133,6 +170,7 @@ class _Done:
     decoded: int = 0
     retries: int = 0
     errors: dict[int, ChunkReadError] = dataclasses.field(default_factory=dict)  # position in the group -> error
+    task: _Task | None = None  # the hand-over with the waiting step (None: a read nobody times)
 
 
 class ChunkReader:
@@ -160,13 +198,17 @@ class ChunkReader:
         Source bytes one sample uses (for :attr:`IOStats.bytes_useful`).
     name : str
         Thread name prefix.
+    read_timeout : float or None
+        Seconds a store request may go unanswered before the step waiting for it gives it up (its chunks fail with
+        :class:`~fastload.errors.ChunkReadError`); None: wait for ever. An attribute: the thread backends set it.
     """
 
     def __init__(self, store: Any, tokenizer: Any, cache: ChunkCache, *, fetch_concurrency: int = 16,
                  decode_workers: int = 2, retries: int = 3, on_bad_chunk: str = "raise",
                  coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  months: np.ndarray | None = None, useful_bytes_per_sample: int = 0, jit: bool | None = None,
-                 name: str = "fastload-io", read_ahead_bytes: int | None = None):
+                 name: str = "fastload-io", read_ahead_bytes: int | None = None,
+                 read_timeout: float | None = _READ_TIMEOUT_S):
         from .store import LocalSource
         from .store._codecs import stored_as_is
 
@@ -174,6 +216,7 @@ class ChunkReader:
         self.tokenizer = tokenizer
         self.cache = cache
         self.retries = int(retries)
+        self.read_timeout = read_timeout
         self.on_bad_chunk = on_bad_chunk
         self.coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
         self.months: np.ndarray | None = None
@@ -398,13 +441,14 @@ class ChunkReader:
         return np.flatnonzero(ok).astype(np.int64)
 
     # -- fetch + decode -----------------------------------------------------------------------------------------
-    def _submit(self, step: Step, res: Reservation, stop: Callable[[], bool]) -> list[tuple[str, np.ndarray, Future]]:
-        """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future)``.
+    def _submit(self, step: Step, res: Reservation,
+                stop: Callable[[], bool]) -> list[tuple[str, np.ndarray, Future, _Task]]:
+        """Submit the fetch and decode tasks of every chunk the step must fill: ``(array, positions, future, task)``.
 
         If anything other than the closed pool's RuntimeError escapes (a MemoryError, an interrupt), the tasks
         submitted so far are cancelled or waited for before it propagates: the caller then releases the step's
         slots, and no task may still write into them."""
-        futures: list[tuple[str, np.ndarray, Future]] = []
+        futures: list[tuple[str, np.ndarray, Future, _Task]] = []
         n_fill = res.n_fill
         try:
             for a, pos in res.fill.items():
@@ -416,16 +460,17 @@ class ChunkReader:
                     group = pos[i:i + size]
                     chunks = list(map(tuple, rows[group].tolist()))
                     slots = res.slots[a][group].tolist()
+                    task = _Task()
                     try:
-                        fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop)
+                        fut = self._pool.submit(self._fetch_decode, a, chunks, slots, step.index, stop, task)
                     except RuntimeError:  # the pool is shut down: mark the group failed in _collect
                         fut = Future()
                         fut.cancel()
-                    futures.append((a, group, fut))
+                    futures.append((a, group, fut, task))
         except BaseException:
-            for _, _, fut in futures:  # queued tasks never start; running ones are waited for
+            for _, _, fut, _ in futures:  # queued tasks never start; running ones are waited for
                 fut.cancel()
-            futures_wait([fut for _, _, fut in futures])
+            futures_wait([fut for _, _, fut, _ in futures])
             raise
         return futures
 
@@ -436,14 +481,18 @@ class ChunkReader:
         bad: dict[str, dict[int, BaseException]] = {}
         first: BaseException | None = None
         futures, started.futures = started.futures, []
-        for a, group, fut in futures:  # wait for every task: none may write into a slot after we release it
+        for a, group, fut, task in futures:  # wait for every task: none may write into a slot after we release it
             try:
-                d: _Done = fut.result()
+                d = self._wait_task(fut, task)
             except BaseException as e:  # cancelled (closing) or an unexpected bug: fail the group's chunks
                 for slot in res.slots[a][group].tolist():
                     self.cache.failed(a, slot, e)
                 first = first or e
                 continue
+            if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
+                d = self._given_up(started.step, a, group, task)
+                for j, e in d.errors.items():
+                    self.cache.failed(a, int(res.slots[a][group[j]]), e)
             targets = [stats, stats.stream(a.partition("/")[0])] if self._multi else [stats]
             for st in targets:
                 st.fetch_s += d.fetch_s
@@ -459,16 +508,49 @@ class ChunkReader:
             raise first
         return bad
 
+    def _wait_task(self, fut: Future, task: _Task) -> _Done | None:
+        """The task's result, or None once it is given up: a store request of it (or its wait for an I/O thread)
+        has gone unanswered for ``read_timeout`` seconds."""
+        limit = self.read_timeout
+        if limit is None:
+            return fut.result()
+        while True:
+            with task.lock:
+                since = task.since
+                now = time.monotonic()
+                left = limit if since is None else since + limit - now
+                if left <= 0:
+                    task.given_up, task.waited = True, now - since
+                    fut.cancel()  # still queued: it never starts
+                    return None
+            try:
+                return fut.result(timeout=left)
+            except FutureTimeout:  # (the builtin TimeoutError in 3.11: the task's own one is re-raised)
+                if fut.done():
+                    raise
+
+    def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task) -> _Done:
+        """The errors of a given-up task's chunks, naming each chunk and the wait."""
+        waited = task.waited
+        why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {self.read_timeout:g}); "
+               f"the request is left running" if task.started else
+               f"not started after {waited:.1f} s (loader.read_timeout_s = {self.read_timeout:g}): every I/O thread "
+               f"is busy with store requests that do not answer")
+        rows = step.plan.chunks[array][group].tolist()
+        return _Done(errors={j: ChunkReadError(array, tuple(c), why) for j, c in enumerate(rows)})
+
     def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
-                      stop: Callable[[], bool]) -> _Done:
-        d = _Done()
+                      stop: Callable[[], bool], task: _Task | None = None) -> _Done:
+        d = _Done(task=task)
+        if task is not None and not task.begin():  # given up while queued: its step failed these slots
+            return _Done()
         arena = self.cache.arena(array)
         nbytes = arena.itemsize * arena.shape[1]
         good: list[int] = []
         todo = range(len(chunks))
         info = self._direct.get(array)
         if info is not None and info.chunk_nbytes == nbytes and self.store.source is self._direct_source:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter()  # (these reads write into the slots: untimed, never given up)
             with nvtx_range("fetch"):
                 todo = self._read_direct(info, chunks, slots, arena, d, good)
             d.fetch_s += time.perf_counter() - t0
@@ -482,6 +564,8 @@ class ChunkReader:
         with nvtx_range("fetch"):
             raws = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
+        if task is not None and not task.touch_slots():  # given up (read timeout): its step failed these slots
+            return _Done()
         decode = self.store.decode
         # one decode slot per group: one hand-off per group, not per chunk; earlier steps go first
         with self._decode_slots.hold(step):
@@ -569,7 +653,8 @@ class ChunkReader:
         """Raw bytes of ``chunks`` (those read ahead from the read-ahead buffer, the rest from the store)."""
         if self._ahead is None:
             return self._fetch_store(array, chunks, d, stop)
-        got = self._ahead.take(array, chunks)
+        got = self._ahead.take(array, chunks, timeout=self.read_timeout,
+                               timed=lambda fn: self._timed(fn, d, array, chunks[0]))
         if not got:
             return self._fetch_store(array, chunks, d, stop)
         rest = [j for j in range(len(chunks)) if j not in got]
@@ -609,7 +694,7 @@ class ChunkReader:
         delay = _BACKOFF_S
         for attempt in range(retries + 1):
             try:
-                return fn()
+                return self._timed(fn, d, array, chunk)
             except Exception as e:
                 if not _transient(e) or attempt == retries or stop():
                     if isinstance(e, ChunkReadError):
@@ -624,6 +709,22 @@ class ChunkReader:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...]) -> Any:
+        """Run one store request, marked on the task so that its step can give it up after ``read_timeout``; a
+        task already given up makes no more requests."""
+        task = d.task
+        if task is None or self.read_timeout is None:
+            return fn()
+        with task.lock:
+            if task.given_up:
+                raise ChunkReadError(array, chunk, "given up by its step (loader.read_timeout_s)")
+            task.since = time.monotonic()
+        try:
+            return fn()
+        finally:
+            with task.lock:
+                task.since = None
 
 
 def _plain_local(store: Any) -> bool:

@@ -50,6 +50,55 @@ class FlakySource(BaseByteSource):
         return self.inner.describe(key)
 
 
+class HangingSource(BaseByteSource):
+    """Wraps a source; chunk reads after the first ``after`` block until ``release`` is set (a store request that
+    never answers); ``entered`` is set when one blocks, ``hung`` and ``returned`` count them. Metadata reads pass.
+    Release it at the test's end."""
+
+    def __init__(self, inner: BaseByteSource, after: int = 0):
+        self.inner, self.after = inner, after
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.reads = self.hung = self.returned = 0
+        self.lock = threading.Lock()
+
+    def _maybe_hang(self, key: str) -> None:
+        if "/c" not in key and "/" in key and not key.split("/")[-1].replace(".", "").isdigit():
+            return  # metadata
+        with self.lock:
+            self.reads += 1
+            hang = self.reads > self.after
+            self.hung += hang
+        if hang:
+            self.entered.set()
+            self.release.wait(60)
+            with self.lock:
+                self.returned += 1
+
+    def get(self, key):
+        self._maybe_hang(key)
+        return self.inner.get(key)
+
+    def get_range(self, key, start, length):
+        self._maybe_hang(key)
+        return self.inner.get_range(key, start, length)
+
+    def list_dir(self, prefix):
+        return self.inner.list_dir(prefix)
+
+    def describe(self, key=""):
+        return self.inner.describe(key)
+
+
+def _let_go(source: HangingSource, *loaders: Loader) -> None:
+    """Test teardown: the hung reads return, the loaders close, and every fastload thread ends."""
+    source.release.set()
+    for loader in loaders:
+        loader.close()
+    for t in threading.enumerate():
+        if t.name.startswith("fastload"):
+            t.join(30)
+
+
 @pytest.mark.parametrize("sharded", [False, True])
 def test_transient_errors_are_retried_and_counted(tmp_path, sharded):
     truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=3, sharded=sharded)
@@ -154,3 +203,66 @@ def test_exception_in_training_loop_leaves_nothing_running(tmp_path, exc):
     with pytest.raises(exc):
         train()
     # the fixture checks after gc that no loader, pump or I/O thread is left
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read_timeout(tmp_path, remote):
+    """Every chunk read hangs: the batch fails with ChunkReadError naming the array, the chunk and how long it waited
+    (loader.read_timeout_s), instead of the training loop waiting for ever (remote: grouped requests and the raw
+    read-ahead; local: a read per chunk). The hung requests' slots are failed, not filled later."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    store = open_store(tmp_path / "s.zarr")
+    hanging = HangingSource(store.source)
+    if remote:  # any source but a LocalSource is read as a remote store
+        store.source = hanging
+    else:  # still a local store (a read per chunk), whose chunk reads hang
+        read = store.chunk_bytes
+
+        def chunk_bytes(array, chunk):
+            hanging._maybe_hang(store.arrays[array].key(chunk))
+            return read(array, chunk)
+
+        store.chunk_bytes = chunk_bytes
+    loader = Loader(store, cfg, samples_per_epoch=16, workers=1, fetch_concurrency=4, retries=0, seed=1,
+                    read_timeout_s=0.3)
+    got: dict = {}
+    try:
+        it = iter(loader)
+
+        def first_batch():
+            try:
+                got["batch"] = next(it)
+            except BaseException as e:  # noqa: BLE001 - looked at below
+                got["error"] = e
+
+        reader = threading.Thread(target=first_batch, daemon=True)
+        reader.start()
+        reader.join(20)  # a hang fails here (it would wait for ever), not in the suite's timeout
+        assert not reader.is_alive(), "the batch still waits for a store request that never answers"
+        assert hanging.entered.is_set()
+        e = got.get("error")
+        assert isinstance(e, ChunkReadError), got
+        assert e.array in store.arrays and len(e.chunk) == store.arrays[e.array].ndim
+        assert "no answer" in str(e) and "0.3" in str(e) and "read_timeout_s" in str(e)
+        cache = loader._backend.cache  # noqa: SLF001 - nothing filled by the given-up requests
+        assert cache.resident() == set()
+        it.close()  # no more reads (the batches read ahead give up in turn)
+        hanging.release.set()  # the hung requests answer now, long after their steps gave them up ...
+        loader.close()  # (waits for the I/O threads: nothing hangs any more)
+        assert hanging.returned == hanging.hung > 0
+        assert cache.resident() == set()  # ... and write into no slot (another step may own it by then)
+    finally:
+        _let_go(hanging, loader)
+
+
+def test_read_timeout_is_a_checked_loader_setting(tmp_path):
+    from fastload.config import LoaderConfig
+    from fastload.errors import ConfigError
+
+    assert LoaderConfig().read_timeout_s == 300.0 and LoaderConfig(read_timeout_s=None).read_timeout_s is None
+    for bad in (0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ConfigError, match="read_timeout_s"):
+            LoaderConfig(read_timeout_s=bad)
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match="read_timeout_s.*process"):
+        Loader(tmp_path / "s.zarr", cfg, mode="process", read_timeout_s=10.0)

@@ -153,6 +153,41 @@ def test_raw_ahead_failure_leaves_the_chunks_to_the_caller():
     assert ahead.take("a", [(0,), (1,)]) == {} and len(ahead) == 0
 
 
+def test_raw_ahead_take_gives_up_on_a_request_that_never_answers():
+    """A step taking a chunk whose read-ahead request hangs waits at most the timeout (counted from the request's
+    start), then gets a ChunkReadError naming the array, the chunk and the wait; it used to wait for ever. Chunks
+    the buffer does not hold are still left to the caller, and the late answer is dropped."""
+    release, entered = threading.Event(), threading.Event()
+
+    def hung(array, chunks):
+        entered.set()
+        release.wait(30)
+        return [bytes(4)] * len(chunks)
+
+    ahead = RawAhead(1000, hung)
+    g = ahead.claim("t", [(0, 1), (0, 2)], est=10)
+    runner = threading.Thread(target=ahead.run, args=(g,), daemon=True)
+    runner.start()
+    try:
+        assert entered.wait(10)
+        got: dict = {}
+        taker = threading.Thread(target=lambda: got.update(ahead.take("t", [(0, 2), (9, 9)], timeout=0.2)),
+                                 daemon=True)
+        taker.start()
+        taker.join(10)
+        assert not taker.is_alive(), "take still waits for a request that never answers"
+        assert list(got) == [0]  # (9, 9) was never requested ahead: the caller fetches it
+        e = got[0]
+        assert isinstance(e, ChunkReadError) and e.array == "t" and e.chunk == (0, 2)
+        assert "no answer" in str(e) and "0.2" in str(e)
+        assert ahead.used == 0
+    finally:
+        release.set()
+        runner.join(10)
+    assert ahead.take("t", [(0, 1)]) == {0: bytes(4)}  # the other chunk of the late request is still served
+    assert ahead.take("t", [(0, 2)]) == {}  # the given-up one is not (taken already)
+
+
 def test_a_broken_off_iteration_leaves_no_stale_read_ahead(tmp_path):
     """Bytes read ahead for batches nobody read are dropped when the next plan starts, so the budget is free
     again (they used to stay, and later epochs could hardly read ahead at all)."""
