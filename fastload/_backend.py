@@ -118,6 +118,8 @@ class ThreadBackend:
         assert self.plan is not None, "start() first"
         return self.reader.read_batch(self.plan, batch, arrays, should_stop)
 
-    def close(self) -> None:
-        self.reader.close()
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Close the reader (waiting for its I/O threads at most ``timeout`` seconds; one stuck in a store request
+        is left running as a daemon and named in a warning) and the cache."""
+        self.reader.close(timeout)
         self.cache.close()

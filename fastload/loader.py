@@ -67,6 +67,7 @@ __all__ = ["Loader", "Batch", "LoaderDataset"]
 _STATE_VERSION = 1
 _STOP_GRACE_S = 5.0  # how long stopping an iteration waits for its reads to notice; a read stuck longer (a hung
 # store request) keeps the backend, and the next iteration gets a fresh one (see Loader._stop_iteration)
+_GRACE = object()  # "the stop grace": the default wait of an iteration's stop
 log = logging.getLogger("fastload")
 
 
@@ -449,7 +450,7 @@ class Loader:
         """Start ``epoch`` from its first batch at the next iteration (stops work in flight)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"set_epoch: expected an integer >= 0, got {epoch!r}")
-        self._stop_iteration()
+        self._stop_iteration(_STOP_GRACE_S)
         self._state.epoch, self._state.batch = int(epoch), 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -472,14 +473,14 @@ class Loader:
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
-        self._stop_iteration()
+        self._stop_iteration(_STOP_GRACE_S)
         self._state.epoch, self._state.batch = int(state["epoch"]), batch
 
     # -- iteration ------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
         if self._closed:
             raise LoaderClosedError("this loader is closed")
-        self._stop_iteration()
+        self._stop_iteration(_STOP_GRACE_S)
         self._ensure_backend()
         if self._state.batch >= len(self):  # a finished epoch: go on with the next one
             self._state.epoch, self._state.batch = self._state.epoch + 1, 0
@@ -488,35 +489,53 @@ class Loader:
         self._threads = it._pump.threads
         return it
 
-    def _stop_iteration(self) -> None:
+    def _stop_iteration(self, grace: float | None) -> None:
+        """Stop the current iteration, waiting at most ``grace`` seconds for its reads (None: no limit)."""
         it = self._iter_ref() if self._iter_ref is not None else None
         if it is not None:
-            it.close()
+            it._close(grace)
         self._iter_ref = None
-        stuck = [t for t in self._threads if t.is_alive()]  # (the pump waited _STOP_GRACE_S for them)
+        stuck = [t for t in self._threads if t.is_alive()]  # (the pump waited `grace` for them)
         self._threads = ()
         if stuck and self._backend is not None:
-            self._retire_backend(stuck)
+            self._retire_backend(stuck, grace)
 
-    def _retire_backend(self, stuck: list[threading.Thread]) -> None:
+    def _retire_backend(self, stuck: list[threading.Thread], grace: float | None) -> None:
         """A read of the stopped iteration is still inside the backend (a hung store request): the next iteration
         must not reset its cache under it nor hand its ring slot to another batch, so it gets a fresh backend and
         ring; the old ones are closed by a daemon thread once the stuck reads return."""
         log.warning("fastload: %d read(s) of the stopped iteration still running after %.1f s (a hung store "
-                    "request?); the next iteration starts with a fresh cache", len(stuck), _STOP_GRACE_S)
+                    "request?), left running as daemon threads (%s); %s", len(stuck), grace or 0.0,
+                    ", ".join(t.name for t in stuck),
+                    "the loader's cache and ring are closed once they return" if self._closed else
+                    "the next iteration starts with a fresh cache")
         old = [self._backend, self._ring]
         self._backend = self._ring = None
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_all, [None])
         threading.Thread(target=_close_after, args=(stuck, old), name="fastload-loader-retire", daemon=True).start()
 
-    def close(self) -> None:
-        """Stop all work, join threads and worker processes, free shared memory (idempotent)."""
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop all work, join threads and worker processes, free shared memory (idempotent).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait in all (None: no limit): half of it (at most 5 s) for the iteration's reads to stop, the
+            rest for the reader's I/O threads. A thread still in a store request then (a store that does not
+            answer) is left running as a daemon thread, named in a logged warning; it writes into no batch or cache
+            slot anyone uses. Process mode: the worker processes are stopped within their own bound (asked, then
+            terminated, then killed; about 9 s at most).
+        """
         if self._closed:
             return
         self._closed = True
-        self._stop_iteration()
-        self._finalizer()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop_iteration(None if timeout is None else min(_STOP_GRACE_S, timeout / 2))
+        info = self._finalizer.detach()
+        if info is not None:
+            _, fn, args, _ = info
+            fn(*args, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Loader:
         return self
@@ -531,9 +550,14 @@ class Loader:
                 f"rank={self.rank}/{self.world_size})")
 
 
-def _close_all(things: list[Any]) -> None:
+def _close_all(things: list[Any], timeout: float | None = _STOP_GRACE_S) -> None:
+    """Close backends and rings; a thread backend waits for its I/O threads at most ``timeout`` seconds."""
+    from ._backend import ThreadBackend
+
     for t in things:
-        if t is not None:
+        if isinstance(t, ThreadBackend):
+            t.close(timeout)
+        elif t is not None:
             t.close()
 
 
@@ -573,9 +597,9 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
     return batch, slot, stats, b, tokenizer.meta(b) if b.shape[0] else None
 
 
-def _shutdown(stop: threading.Event, pump: Pump) -> None:
+def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:
     stop.set()
-    pump.close(timeout=_STOP_GRACE_S)
+    pump.close(timeout=_STOP_GRACE_S if timeout is _GRACE else timeout)
 
 
 class _EpochIterator(Iterator[Batch]):
@@ -674,8 +698,15 @@ class _EpochIterator(Iterator[Batch]):
         self.close()
 
     def close(self) -> None:
-        """Stop the work in flight of this iteration and join its threads (idempotent)."""
+        """Stop the work in flight of this iteration and join its threads, waiting at most 5 s (idempotent)."""
         self._finalizer()
+
+    def _close(self, timeout: float | None) -> None:
+        """:meth:`close`, waiting at most ``timeout`` seconds for the threads (None: no limit)."""
+        info = self._finalizer.detach()
+        if info is not None:
+            _, fn, args, _ = info
+            fn(*args, timeout=timeout)
 
 
 def _bind(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,

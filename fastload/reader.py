@@ -28,7 +28,9 @@ the samples that need the chunk and counts them. A store request that goes unans
 seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread) is given up by the
 step waiting for it: its chunks fail the same way, naming the wait, and the request is left running on its
 thread, which then writes into no slot (:class:`_Task`). A step never releases its cache slots while an I/O thread
-may still write into them.
+may still write into them. The I/O threads are daemon threads (:class:`_IOPool`): :meth:`ChunkReader.close` waits
+for them at most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
+it nor the interpreter's exit waits for it.
 
 Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
 useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and
@@ -48,8 +50,10 @@ import itertools
 import logging
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from typing import Any
@@ -77,6 +81,7 @@ _TASK_BYTES = 8 * 2**20  # ... unless that would put more than this many decoded
 _AHEAD_STEPS = 2  # remote stores: steps (in plan order) whose stored bytes are fetched ahead of them ...
 _AHEAD_BYTES = 96 * 2**20  # ... within this many bytes (at most half the cache's size)
 _READ_TIMEOUT_S = 300.0  # LoaderConfig.read_timeout_s's default
+_CLOSE_TIMEOUT_S = 5.0  # how long ChunkReader.close waits for its I/O threads by default
 
 
 def _transient(e: BaseException) -> bool:
@@ -119,6 +124,90 @@ class _PrioritySlots:
                     heapq.heappop(self._waiting)[2].release()  # the slot passes straight to the earliest step
                 else:
                     self._free += 1
+
+
+class _PoolState:
+    """What an :class:`_IOPool`'s threads share (not the pool itself, so an abandoned pool is collected)."""
+
+    def __init__(self, n: int, name: str):
+        self.n, self.name = n, name
+        self.cond = threading.Condition()
+        self.queue: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self.idle = 0  # threads waiting for a job
+        self.closed = False
+        self.threads: list[threading.Thread] = []
+        self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
+
+    def shut(self) -> None:
+        """No more jobs: cancel the queued ones, wake the idle threads (they end)."""
+        with self.cond:
+            self.closed = True
+            while self.queue:
+                self.queue.popleft()[0].cancel()
+            self.cond.notify_all()
+
+
+def _pool_worker(state: _PoolState) -> None:
+    me = threading.current_thread()
+    while True:
+        with state.cond:
+            while not state.queue and not state.closed:
+                state.idle += 1
+                state.cond.wait()
+                state.idle -= 1
+            if not state.queue:
+                return
+            fut, fn, args = state.queue.popleft()
+        if fut.set_running_or_notify_cancel():
+            state.running[me] = (fn, args)
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
+                fut.set_exception(e)
+            finally:
+                state.running.pop(me, None)
+        del fut, fn, args  # hold nothing while idle
+
+
+class _IOPool:
+    """The reader's I/O threads: ``ThreadPoolExecutor.submit``, on daemon threads, with a bounded close.
+
+    A thread stuck in a store request that never answers must keep neither :meth:`close` nor the interpreter's exit
+    waiting (``concurrent.futures`` joins its threads at exit, daemon or not): :meth:`close` cancels the queued
+    jobs, waits for the threads at most ``timeout`` seconds and returns those still running with their jobs; they
+    end when their job returns. Threads start on demand, up to ``n``; an abandoned pool is shut when collected."""
+
+    def __init__(self, n: int, name: str):
+        self._state = _PoolState(max(1, int(n)), name)
+        self._finalizer = weakref.finalize(self, self._state.shut)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on an I/O thread; RuntimeError once the pool is closed."""
+        st = self._state
+        fut: Future = Future()
+        with st.cond:
+            if st.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            st.queue.append((fut, fn, args))
+            if len(st.queue) > st.idle and len(st.threads) < st.n:
+                t = threading.Thread(target=_pool_worker, args=(st,), name=f"{st.name}_{len(st.threads)}",
+                                     daemon=True)
+                st.threads.append(t)
+                t.start()
+            st.cond.notify()
+        return fut
+
+    def close(self, timeout: float | None) -> list[tuple[threading.Thread, tuple[Callable[..., Any], tuple] | None]]:
+        """Cancel the queued jobs and wait for the threads, at most ``timeout`` seconds in all (None: no limit);
+        return ``(thread, (fn, args))`` of those still running (idempotent)."""
+        st = self._state
+        self._finalizer.detach()
+        st.shut()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in list(st.threads):
+            if t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return [(t, st.running.get(t)) for t in st.threads if t.is_alive()]
 
 
 class _Task:
@@ -231,7 +320,7 @@ class ChunkReader:
         self._multi = hasattr(tokenizer, "streams")
         self._useful_by_stream = dict(getattr(tokenizer, "useful_bytes_by_stream", None) or {}) if self._multi else {}
         self._decode_slots = _PrioritySlots(max(1, int(decode_workers)))
-        self._pool = ThreadPoolExecutor(max(1, int(fetch_concurrency)), thread_name_prefix=name)
+        self._pool = _IOPool(max(1, int(fetch_concurrency)), name)
         self._stop = threading.Event()
         self._closed = False
         self._warm: Future | None = None
@@ -337,15 +426,24 @@ class ChunkReader:
         self.coefficients = copy.copy(coefficients) if coefficients else None
         self.months = None if months is None else np.asarray(months, np.int64)
 
-    def close(self) -> None:
-        """Stop: cancel queued fetches and join the I/O threads (idempotent)."""
+    def close(self, timeout: float | None = _CLOSE_TIMEOUT_S) -> list[str]:
+        """Stop: cancel queued fetches and wait for the I/O threads, at most ``timeout`` seconds (None: no limit;
+        idempotent). A thread still in a store request then (a store that does not answer) is left running: a
+        daemon thread that writes into no slot a step still uses and ends when its request returns; a warning names
+        it and the chunks it reads. Returns those names and jobs (empty when every thread ended)."""
         if self._closed:
-            return
+            return []
         self._closed = True
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        stuck = self._pool.close(timeout)
         if self._ahead is not None:
             self._ahead.clear()
+        left = [f"{t.name} ({_describe_job(job)})" for t, job in stuck]
+        if left:
+            log.warning("fastload: closing the chunk reader: %d I/O thread(s) still in a store request after %s (a "
+                        "store that does not answer?), left running as daemon threads that end when their request "
+                        "returns: %s", len(left), "no limit" if timeout is None else f"{timeout:.3g} s", "; ".join(left))
+        return left
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _stopper(self, should_stop: Callable[[], bool] | None) -> Callable[[], bool]:
@@ -725,6 +823,22 @@ class ChunkReader:
         finally:
             with task.lock:
                 task.since = None
+
+
+def _describe_job(job: tuple[Callable[..., Any], tuple] | None) -> str:
+    """What an I/O thread is doing, in words: the array and chunks of a fetch or a read-ahead request."""
+    if job is None:
+        return "ending"
+    fn, args = job
+    name = getattr(fn, "__name__", repr(fn))
+    if name == "_fetch_decode" and len(args) >= 2:
+        what, array, chunks = "fetching", args[0], args[1]
+    elif name == "run" and args and hasattr(args[0], "chunks"):
+        what, array, chunks = "reading ahead", args[0].array, args[0].chunks
+    else:
+        return name
+    more = f" and {len(chunks) - 1} more" if len(chunks) > 1 else ""
+    return f"{what} array {array!r}, chunk {tuple(chunks[0]) if chunks else ()}{more}"
 
 
 def _plain_local(store: Any) -> bool:

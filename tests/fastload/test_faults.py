@@ -3,6 +3,7 @@ naming array and chunk (or are skipped and counted); worker and consumer excepti
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -266,3 +267,29 @@ def test_read_timeout_is_a_checked_loader_setting(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     with pytest.raises(ConfigError, match="read_timeout_s.*process"):
         Loader(tmp_path / "s.zarr", cfg, mode="process", read_timeout_s=10.0)
+
+
+def test_close_returns_while_a_store_request_hangs_and_names_what_it_leaves_running(tmp_path, caplog):
+    """The store stops answering: the batch fails after the read timeout, and close(timeout) then returns (it waited
+    for ever for the I/O thread still in the request), warns naming that thread and the chunks it reads, and
+    leaves only daemon threads (the pool's threads blocked the interpreter's exit for ever, daemon or not)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    hanging = store.source = HangingSource(store.source)  # (read as a remote store)
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=0, seed=1,
+                    read_timeout_s=0.2)  # one batch: nothing is read after it
+    try:
+        with pytest.raises(ChunkReadError, match="no answer"):
+            next(iter(loader))
+        assert hanging.entered.is_set()
+        caplog.set_level(logging.WARNING, logger="fastload")
+        closer = threading.Thread(target=loader.close, kwargs={"timeout": 0.5}, daemon=True)
+        closer.start()
+        closer.join(20)
+        assert not closer.is_alive(), "close waits for a store request that never answers"
+        left = [t for t in threading.enumerate() if t.name.startswith("fastload")]
+        assert left and all(t.daemon for t in left), [(t.name, t.daemon) for t in left]
+        said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert "daemon" in said and "array '" in said and all(t.name in said for t in left), said
+    finally:
+        _let_go(hanging, loader)
