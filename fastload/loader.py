@@ -503,12 +503,13 @@ class Loader:
     def _retire_backend(self, stuck: list[threading.Thread], grace: float | None) -> None:
         """A read of the stopped iteration is still inside the backend (a hung store request): the next iteration
         must not reset its cache under it nor hand its ring slot to another batch, so it gets a fresh backend and
-        ring; the old ones are closed by a daemon thread once the stuck reads return."""
+        ring; the old ones are closed at once on a daemon thread (:func:`_close_after`), which does not wait for a
+        read that never returns."""
         log.warning("fastload: %d read(s) of the stopped iteration still running after %.1f s (a hung store "
                     "request?), left running as daemon threads (%s); %s", len(stuck), grace or 0.0,
                     ", ".join(t.name for t in stuck),
-                    "the loader's cache and ring are closed once they return" if self._closed else
-                    "the next iteration starts with a fresh cache")
+                    "the loader's cache and ring are closed" if self._closed else
+                    "the next iteration starts with a fresh cache and ring, and the old ones are closed")
         old = [self._backend, self._ring]
         self._backend = self._ring = None
         self._finalizer.detach()
@@ -562,9 +563,21 @@ def _close_all(things: list[Any], timeout: float | None = _STOP_GRACE_S) -> None
 
 
 def _close_after(threads: list[threading.Thread], things: list[Any]) -> None:
+    """Close a retired backend and ring now, with a bounded wait, while reads of theirs may still be stuck in a store
+    request (safe: a stuck read holds its own references to the buffers it writes into, and writes into no slot it
+    has given up); then wait a stop grace for the stuck reads and name those still running (daemon threads, left
+    to end when their request returns or after loader.read_timeout_s). Waiting for the reads first kept the old
+    cache and ring, and this thread, for ever when a request never answered."""
+    grace = _STOP_GRACE_S
+    _close_all(things, grace)  # wakes the reads waiting on the cache or a ring slot; cancels the queued fetches
+    deadline = time.monotonic() + grace
     for t in threads:
-        t.join()
-    _close_all(things)
+        t.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in threads if t.is_alive()]
+    if left:
+        log.warning("fastload: the stopped iteration's cache and ring are closed; %d of its read(s) still wait for a "
+                    "store request, left running as daemon threads that end when it returns (or after "
+                    "loader.read_timeout_s): %s", len(left), ", ".join(left))
 
 
 class _First:

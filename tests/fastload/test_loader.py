@@ -241,7 +241,8 @@ def test_bad_settings(tmp_path):
 
 def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monkeypatch):
     """Restarting while a store request hangs: no wait for it beyond the stop grace, no error, every batch right;
-    the hung read's backend and ring (its cache pins, its slot) are never reused, and are closed once it returns."""
+    the hung read's backend and ring (its cache pins, its slot) are never reused (they are closed at once: the test
+    below)."""
     import fastload.loader as fl
 
     monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
@@ -276,7 +277,59 @@ def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monke
     finally:
         release.set()
         loader.close()
-        for t in threading.enumerate():  # the hung read returns, then the old backend closes
+        for t in threading.enumerate():  # the hung read returns, its threads end
+            if t.name.startswith("fastload"):
+                t.join(30)
+
+
+def test_a_retired_backend_is_closed_at_once_even_if_its_read_never_returns(tmp_path, monkeypatch, caplog):
+    """A new iteration while a read hangs retires the old backend and ring; they used to be closed only once the read
+    returned, so a request that never answers (no read timeout) kept them, and the closing thread, for ever. Now they
+    are closed at once (bounded), and the read still running is named in a warning as a daemon thread left behind."""
+    import logging
+
+    import fastload.loader as fl
+
+    monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
+    truth, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    orig = store.chunk_bytes
+    entered, release, lock, armed = threading.Event(), threading.Event(), threading.Lock(), [True]
+
+    def chunk_bytes(array, chunk):
+        with lock:
+            hang, armed[0] = armed[0], False
+        if hang:  # the first request of all (batch 0's) hangs until the test lets it go
+            entered.set()
+            release.wait(60)
+        return orig(array, chunk)
+
+    store.chunk_bytes = chunk_bytes
+    caplog.set_level(logging.WARNING, logger="fastload")
+    loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, seed=7, cache_bytes=40_000,
+                    read_timeout_s=None)  # nothing gives the hung read up
+    try:
+        it = iter(loader)  # noqa: F841 - kept: its read of batch 0 hangs
+        assert entered.wait(30)
+        old_backend, old_ring = loader._backend, loader._ring
+        batches = list(loader)  # retires the old backend (its batch 0 read still hangs), reads the epoch again
+        assert [b.index for b in batches] == list(range(6)) and loader._backend is not old_backend
+        for b in batches:
+            ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(b[f].numpy(), ref[f])
+        closers = [t for t in threading.enumerate() if t.name == "fastload-loader-retire"]
+        for t in closers:
+            t.join(10)
+        assert closers and not any(t.is_alive() for t in closers), "the retired backend waits for the hung read"
+        assert old_backend.reader._closed and all(s.raw is None for s in old_ring.slots)  # closed, memory let go
+        stuck = [t.name for t in threading.enumerate() if t.name.startswith("fastload-loader-worker") and t.daemon]
+        said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert stuck and all(name in said for name in stuck) and "daemon" in said, said
+    finally:
+        release.set()
+        loader.close()
+        for t in threading.enumerate():
             if t.name.startswith("fastload"):
                 t.join(30)
 
