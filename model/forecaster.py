@@ -441,7 +441,9 @@ class Forecaster(nn.Module):
         NaN where ``missing`` (:meth:`missing_points`) is True."""
         out = self.readout(state[:, -1], geometry)
         if missing is not None:
-            out = {f: x.masked_fill(missing[f], math.nan) if f in missing else x for f, x in out.items()}
+            # in place unless autograd records the decode (the decoded tiles are the rollout's largest tensor)
+            fill = torch.Tensor.masked_fill if torch.is_grad_enabled() else torch.Tensor.masked_fill_
+            out = {f: fill(x, missing[f], math.nan) if f in missing else x for f, x in out.items()}
         return out
 
     def forward(

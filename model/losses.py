@@ -216,7 +216,7 @@ def multiformer_loss(
         Each field's (unweighted) loss, for logging.
     """
     kinds = {"mse": 1.0} if kinds is None else kinds
-    total = torch.zeros((), dtype=torch.float32)
+    total = None  # made on the losses' device by the first field (a CPU zero moved to the GPU per step would wait)
     per_field = {}
     for f, ens in outputs.items():
         item = batch[f]
@@ -233,5 +233,5 @@ def multiformer_loss(
         loss = token_loss(flat, target, weight, kinds, lat=lat, spread_weight=spread_weight)
         per_field[f] = loss.detach()
         w = 1.0 if field_weights is None else float(field_weights.get(f, 1.0))
-        total = total.to(loss.device) + w * loss
-    return total, per_field
+        total = w * loss if total is None else total + w * loss
+    return (torch.zeros((), dtype=torch.float32) if total is None else total), per_field

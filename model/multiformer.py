@@ -278,9 +278,6 @@ class FieldEmbedding(nn.Module):
         self.learned_mask = config.mask_input == "learned"
         self.meta_frequencies = config.meta_frequencies
         self.token = nn.Linear(spec.token_dim, d)
-        # the missing-value indicator: which of a token's values are missing (1) or real (0), so a missing value
-        # read as 0 is not taken for a real 0 (the normalised mean)
-        self.missing = nn.Linear(spec.token_dim, d, bias=False)
         self.meta = nn.Linear(NUM_TIME_FEATURES + num_sphere_features(config.meta_frequencies), d)
         self.level = nn.Embedding(spec.num_levels, d)
         self.register_buffer("level_values", torch.tensor(spec.levels, dtype=torch.float32), persistent=False)
@@ -294,6 +291,13 @@ class FieldEmbedding(nn.Module):
         # must be visible next to content from the first step on
         for p in (self.pos_t, self.pos_lat, self.pos_lon, self.level.weight):
             nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
+        # the missing-value indicator: which of a token's values are missing (1) or real (0), so a missing value
+        # read as 0 is not taken for a real 0 (the normalised mean). It starts at zero: until it has learned from
+        # missing values, a model reads them as 0, as one from before the indicator does (its gradient is zero on
+        # data without gaps, so a random start would stay an untrained offset). Made without a random draw, so the
+        # other parameters of a seeded model start as they did before it existed.
+        self.missing = nn.utils.skip_init(nn.Linear, spec.token_dim, d, bias=False)
+        nn.init.zeros_(self.missing.weight)
 
     def forward(
         self,

@@ -91,8 +91,10 @@ def test_what_missing_values_hold_does_not_reach_the_model():
 
 
 def test_the_embedding_is_told_where_values_are_missing():
-    """A missing value reads as 0 *and* is marked: the token's embedding differs from the same token holding a
-    real 0; every other token's embedding is untouched."""
+    """A missing value reads as 0 *and* is marked by the missing-value indicator. The indicator starts at zero (a
+    new model reads a missing value as a real 0, as a checkpoint from before the indicator does) and learns from a
+    batch with missing values; once it has, the token's embedding differs from the same token holding a real 0,
+    and every other token's embedding is untouched."""
     torch.manual_seed(0)
     cfg = MultiformerConfig.tiny(num_fields=1)
     model = Multiformer(cfg)
@@ -102,14 +104,49 @@ def test_the_embedding_is_told_where_values_are_missing():
     where = (0, 1, 1, 2, 3, 0, 1, 2)  # one value of one token
     zero, nan = item["tokens"].clone(), item["tokens"].clone()
     zero[where], nan[where] = 0.0, NAN
-    with torch.no_grad():
-        a = emb(zero, item["meta"], None).reshape(*spec.sample_shape[:4], -1)
-        b = emb(nan, item["meta"], None).reshape(*spec.sample_shape[:4], -1)
-    assert torch.isfinite(b).all()
     token = where[1:5]
+
+    def both():
+        with torch.no_grad():
+            return (emb(zero, item["meta"], None).reshape(*spec.sample_shape[:4], -1),
+                    emb(nan, item["meta"], None).reshape(*spec.sample_shape[:4], -1))
+
+    assert not emb.missing.weight.any()
+    a, b = both()
+    assert torch.isfinite(b).all() and torch.equal(a, b)
+    emb(nan, item["meta"], None).square().sum().backward()
+    assert emb.missing.weight.grad.abs().sum() > 0  # it learns where values are missing
+    with torch.no_grad():
+        emb.missing.weight -= emb.missing.weight.grad
+    a, b = both()
+    assert torch.isfinite(b).all()
     assert not torch.equal(a[token], b[token])
     a[token] = b[token] = 0
     assert torch.equal(a, b)
+
+
+def test_the_indicator_draws_no_random_numbers():
+    """Adding the indicator changed no other parameter's start: a seeded model's other parameters equal those of
+    the same model built without it (its construction draws nothing from the generator)."""
+    from torch import nn
+
+    cfg = MultiformerConfig.tiny(num_fields=1)
+    torch.manual_seed(3)
+    with_it = Multiformer(cfg).state_dict()
+    class NoIndicator(nn.Module):  # no parameter, no random draw
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+            self.weight = torch.empty(0)  # a plain attribute, not registered
+
+    real = nn.utils.skip_init
+    try:  # the model as it was before: no indicator parameter at all
+        nn.utils.skip_init = NoIndicator
+        torch.manual_seed(3)
+        without = Multiformer(cfg).state_dict()
+    finally:
+        nn.utils.skip_init = real
+    assert set(with_it) - set(without) == {f"embed.{cfg.fields[0].name}.missing.weight"}
+    assert all(torch.equal(without[k], with_it[k]) for k in without)
 
 
 @pytest.mark.parametrize("kind", LOSS_KINDS)
