@@ -211,7 +211,7 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
     """Every chunk read hangs: the batch fails with ChunkReadError naming the array, the chunk and how long it waited
     (loader.read_timeout_s), instead of the training loop waiting for ever (remote: grouped requests and the raw
     read-ahead; local: a read per chunk). The hung requests' slots are failed, not filled later."""
-    _, cfg = build("per_variable", tmp_path / "s.zarr", nt=24)
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
     hanging = HangingSource(store.source)
     if remote:  # any source but a LocalSource is read as a remote store
@@ -224,8 +224,8 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
             return read(array, chunk)
 
         store.chunk_bytes = chunk_bytes
-    loader = Loader(store, cfg, samples_per_epoch=16, workers=1, fetch_concurrency=4, retries=0, seed=1,
-                    read_timeout_s=0.3)
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=0, seed=1,
+                    read_timeout_s=0.3)  # one batch: nothing is read after it
     got: dict = {}
     try:
         it = iter(loader)
@@ -247,7 +247,7 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
         assert "no answer" in str(e) and "0.3" in str(e) and "read_timeout_s" in str(e)
         cache = loader._backend.cache  # noqa: SLF001 - nothing filled by the given-up requests
         assert cache.resident() == set()
-        it.close()  # no more reads (the batches read ahead give up in turn)
+        it.close()
         hanging.release.set()  # the hung requests answer now, long after their steps gave them up ...
         loader.close()  # (waits for the I/O threads: nothing hangs any more)
         assert hanging.returned == hanging.hung > 0
