@@ -525,8 +525,8 @@ class Loader:
             Seconds to wait in all (None: no limit): half of it (at most 5 s) for the iteration's reads to stop, the
             rest for the reader's I/O threads. A thread still in a store request then (a store that does not
             answer) is left running as a daemon thread, named in a logged warning; it writes into no batch or cache
-            slot anyone uses. Process mode: the worker processes are stopped within their own bound (asked, then
-            terminated, then killed; about 9 s at most).
+            slot anyone uses. Process mode: the worker processes are stopped within their own bound instead (asked
+            to stop, then terminated, then killed).
         """
         if self._closed:
             return
