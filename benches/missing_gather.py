@@ -1,14 +1,15 @@
 """What declared missing values cost the gather: the same cases with and without a missing marker, interleaved.
 
 Why this exists: a field whose store declares missing values (a ``_FillValue``, ``missing_value``, a non-zero zarr
-v2 ``fill_value``) is gathered by the row kernel with a compare and select per value (NaN where the stored value is
-a marker), not by the kernel that moves token rows straight from their chunks. This prices that path on
-``ab_gather.py``'s cases: the marker matches no value, so both outputs must be equal and only the time differs.
+v2 ``fill_value``) is gathered with a compare and select per value (NaN where the stored value is a marker): one or
+two markers in the 8-wide moves of the kernel that moves token rows straight from their chunks, more in the row
+kernel's per-value loop. This prices both on ``ab_gather.py``'s cases: the markers (float32 values) match no value,
+so both outputs must be equal and only the time differs.
 
 Run::
 
     python benches/missing_gather.py                       # 9x9 and 27x27, raw and local normalisation
-    python benches/missing_gather.py --markers 3           # three markers: the per-value loop
+    python benches/missing_gather.py --markers 3           # three markers: the row kernel's per-value loop
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markers", type=int, default=1, help="how many markers (none of them in the data)")
     p.add_argument("--reps", type=int, default=7, help="timed rounds per variant (best is kept)")
     opts = p.parse_args(argv)
-    marks = np.array([float(np.float32(1e20)) - k for k in range(opts.markers)], np.float64)
+    # float32 values (markers a float32 chunk can hold), none of them in the data
+    marks = np.array([np.float32(1e20) * np.float32(k + 1) for k in range(opts.markers)], np.float64)
     world = ab_gather.make_world(opts.grid)
     print(f"grid {opts.grid}, {ab_gather.CALLS} calls of {ab_gather.SAMPLES} samples, {opts.markers} marker(s), "
           f"best of {opts.reps}; load {os.getloadavg()[0]:.2f}")

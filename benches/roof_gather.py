@@ -153,9 +153,9 @@ def tokens_stream(src, boxes, n_lev, geometry, nx, out, ahead):
                             for _ in range(nlon):
                                 k = u0
                                 while k < t8:
-                                    move8n(tb, d + k, src, r, e0 + k, 0, zero, zero, none, none, u0, u0)
+                                    move8n(tb, d + k, src, r, e0 + k, 0, zero, zero, none, none, u0, u0, ())
                                     k += u8
-                                move8n(tb, d + t8, src, r, e0 + t8, 0, zero, zero, none, none, u0, u0)
+                                move8n(tb, d + t8, src, r, e0 + t8, 0, zero, zero, none, none, u0, u0, ())
                                 d += tok
                                 e0 += tlu
                     _kernels._stream(outf, o, tb, np.uint64(n_band))

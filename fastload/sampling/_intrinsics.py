@@ -8,7 +8,7 @@ rate. A prefetch is a hint: it never faults and never changes results, so the Nu
 :func:`move8n` moves eight consecutive source values, cast to float32 and normalised, in one vector operation
 straight into the token buffer: token rows are 9 to 27 values, too short for LLVM's loop vectoriser, and it does
 not join eight scalar lanes by itself. The arithmetic is the scalar kernel's, lane by lane (IEEE float32 subtract
-and divide), so results are bit-identical.
+and divide; a missing marker's lane NaN first), so results are bit-identical.
 
 The gather's output (tens of MB per batch) is written once and read later by someone else, so it is written with
 non-temporal stores, as glibc's memcpy does at this size: an ordinary store first reads the destination line from
@@ -27,7 +27,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["move8n", "move8s", "prefetch2", "prefetch4", "store_fence", "stream32"]
+__all__ = ["marked", "move8n", "move8s", "prefetch2", "prefetch4", "store_fence", "stream32"]
 
 
 def _item_pointer(context, builder, aryty, ary, args, argtys):
@@ -140,25 +140,63 @@ def _splat(builder, x):
 
 
 @intrinsic
-def move8n(typingctx, dst, d0, src, i, j, norm, gm, gs, mean, std, y, x):
+def move8n(typingctx, dst, d0, src, i, j, norm, gm, gs, mean, std, y, x, marks):
     """``dst[d0:d0 + 8]`` = ``float32(src[i, j:j + 8])``, normalised by ``norm``: 0 not, 1 ``(v - gm) / gs``,
-    2 ``(v - mean[y, x:x + 8]) / std[y, x:x + 8]`` (2-D float32 C arrays, read only when ``norm`` is 2).
+    2 ``(v - mean[y, x:x + 8]) / std[y, x:x + 8]`` (2-D float32 C arrays, read only when ``norm`` is 2); with
+    ``marks`` a tuple of float32 missing markers, a lane equal to one is NaN before normalisation (``()``: no
+    test; a type, so each count compiles separately). The caller passes only markers that a float32 holds exactly,
+    for sources whose every value converts to float32 exactly, so the float32 compare is the float64 one.
 
     One intrinsic rather than a Numba function with three branches: inlined Numba functions that take arrays add
     reference-count operations (atomic) around every call. ``dst`` is float32; a uint16 ``dst`` (the kernel's
     bfloat16/float16 specialisation, which never takes this path) compiles to a trap.
     """
-    if not (_ok_move(dst, src) and _ok_norm(norm, gm, gs, mean, std)):
+    if not (_ok_move(dst, src) and _ok_norm(norm, gm, gs, mean, std) and _ok_marks(marks)):
         return None
 
     def codegen(context, builder, sig, args):
         if sig.args[0].dtype != types.float32:
             return _trap(context, builder)
         v = _load8(context, builder, sig.args[2], args[2], args[3:5], sig.args[3:5])
+        v = _mask8(builder, v, sig.args[12], args[12])
         _norm_store8(context, builder, sig, args, v, 5)
         return context.get_dummy_value()
 
-    return types.void(dst, d0, src, i, j, norm, gm, gs, mean, std, y, x), codegen
+    return types.void(dst, d0, src, i, j, norm, gm, gs, mean, std, y, x, marks), codegen
+
+
+@intrinsic
+def marked(typingctx, v, marks):
+    """float32 ``v``, or NaN where it equals a marker of ``marks`` (as :func:`move8n`, for one value)."""
+    if not (v == types.float32 and _ok_marks(marks)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        hit = _hits(builder, args[0], len(sig.args[1]), args[1], lambda m: m)
+        return args[0] if hit is None else builder.select(hit, ir.Constant(ir.FloatType(), float("nan")), args[0])
+
+    return types.float32(v, marks), codegen
+
+
+def _ok_marks(marks) -> bool:
+    """Typing check of the missing markers of :func:`move8n` and :func:`move8s`: a tuple of float32 (maybe empty)."""
+    return isinstance(marks, types.BaseTuple) and all(t == types.float32 for t in marks)
+
+
+def _hits(builder, v, n, marks, widen):
+    """``v == m`` for each of the ``n`` markers in ``marks`` (each widened by ``widen`` to ``v``'s shape), or-ed;
+    None for none."""
+    hit = None
+    for k in range(n):
+        eq = builder.fcmp_ordered("==", v, widen(builder.extract_value(marks, k)))
+        hit = eq if hit is None else builder.or_(hit, eq)
+    return hit
+
+
+def _mask8(builder, v, marks_ty, marks):
+    """``v`` (``<8 x float>``) with the lanes equal to a marker of ``marks`` NaN (``v`` itself for ``()``)."""
+    hit = _hits(builder, v, len(marks_ty), marks, lambda m: _splat(builder, m))
+    return v if hit is None else builder.select(hit, ir.Constant(v.type, [float("nan")] * 8), v)
 
 
 def _ok_norm(norm, gm, gs, mean, std) -> bool:
@@ -204,17 +242,17 @@ def _norm_store8(context, builder, sig, args, v, k):
 
 
 @intrinsic
-def move8s(typingctx, dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, y, x):  # noqa: E741
+def move8s(typingctx, dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, y, x, marks):  # noqa: E741
     """:func:`move8n` of eight values from two places, the last ``split`` (0..8) values of one run and the first
     ``8 - split`` of another: lane ``q`` is ``src[i, j + 8 - split + q]`` for ``q < split``, else
     ``src[k, l + q - split]``. Reads ``src[i, j:j + 8]`` and ``src[k, l:l + 8]`` whole (two vector loads, then one
     constant shuffle per ``split``; masked loads were 2x slower on AMD Zen 3), and ``j`` may point before a row
     start and ``l + 8`` past a row end: the caller keeps both inside the array. For a token row that straddles a
     chunk edge: the eight values at the edge in one move, without a round trip through memory, reading only
-    cache lines next to the ones the token needs.
+    cache lines next to the ones the token needs. ``marks`` as for :func:`move8n`.
     """
     if not (_ok_move(dst, src) and isinstance(src.dtype, (types.Integer, types.Float))
-            and isinstance(split, types.Integer) and _ok_norm(norm, gm, gs, mean, std)):
+            and isinstance(split, types.Integer) and _ok_norm(norm, gm, gs, mean, std) and _ok_marks(marks)):
         return None
 
     def codegen(context, builder, sig, args):
@@ -253,7 +291,8 @@ def move8s(typingctx, dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, 
                 e = builder.extract_element(v, i32(q))
                 fv = builder.insert_element(fv, context.cast(builder, e, sty.dtype, types.float32), i32(q))
             v = fv
+        v = _mask8(builder, v, sig.args[15], args[15])
         _norm_store8(context, builder, sig, args, v, 8)
         return context.get_dummy_value()
 
-    return types.void(dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, y, x), codegen
+    return types.void(dst, d0, src, i, j, k, l, split, norm, gm, gs, mean, std, y, x, marks), codegen

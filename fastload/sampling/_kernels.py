@@ -7,8 +7,9 @@ between them is :func:`fastload.sampling.neighborhood.kernels` (``FASTLOAD_NO_JI
 so the reader runs one call per thread on disjoint sample ranges of a batch.
 
 Arithmetic, shared with the reference so results agree exactly: read the source element and convert it to
-float32 (NaN where the element, as float64, equals one of the field's missing markers; fields with markers take
-:func:`_gather_rows`); optional transform ``float32(log1p(float64(v)))``; optional normalisation
+float32 (NaN where the element, as float64, equals one of the field's missing markers: tested in the 8-wide
+moves where the float32 compare is the same, see :func:`_move_marks`, else in :func:`_gather_rows`);
+optional transform ``float32(log1p(float64(v)))``; optional normalisation
 ``(v - mean) / std`` in float32; then float32 out, or bfloat16 / float16 bit patterns (round to nearest even,
 NaN stays NaN) in uint16.
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._intrinsics import move8n, move8s, prefetch2, prefetch4, store_fence, stream32
+from ._intrinsics import marked, move8n, move8s, prefetch2, prefetch4, store_fence, stream32
 
 __all__ = ["gather", "to_bfloat16_bits", "to_float16_bits"]
 
@@ -183,10 +184,11 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
     """Crop, transform, normalise, cast and tokenise every sample of ``boxes`` into ``out``, in one pass.
 
     Picks one of two separately compiled kernels per call: :func:`_gather_moves` for float32 output without
-    transform, contiguous x, token widths 8 to 32, numeric (not bool) chunks and no missing markers (the common
-    case: every token row moved straight from its chunk in 8-wide moves, also on x-chunked stores), else
-    :func:`_gather_rows` (each box row through a row buffer). Separate kernels
-    because each path runs faster without the other's code in the same function (register pressure, layout).
+    transform, contiguous x, token widths 8 to 32, numeric (not bool) chunks, and missing markers only on chunks
+    whose every value converts to float32 exactly (:func:`_move_marks`; the common case: every token row moved
+    straight from its chunk in 8-wide moves, also on x-chunked stores), else :func:`_gather_rows` (each box row
+    through a row buffer). Separate kernels because each path runs faster without the other's code in the same
+    function (register pressure, layout).
 
     Parameters
     ----------
@@ -214,16 +216,35 @@ def gather(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, ou
         The field's missing markers: an output value whose stored value (as float64) equals one is NaN (before
         transform and normalisation). None or empty: none.
     """
-    if missing is None or len(missing) == 0:
-        if (geometry[11] == 0 and geometry[9] == 0 and view[7] == 1 and 8 <= geometry[5] <= 32
-                and slots.dtype.kind in "fiu"):
-            _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
-                          _NORM_MARKS[geometry[10]])
-            return
+    marks = _move_marks(slots.dtype, missing)
+    if (marks is not None and geometry[11] == 0 and geometry[9] == 0 and view[7] == 1 and 8 <= geometry[5] <= 32
+            and slots.dtype.kind in "fiu"):
+        _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
+                      _NORM_MARKS[geometry[10]], marks)
+    elif missing is None or len(missing) == 0:
         _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, _NO_MISSING, ())
     else:
         _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out,
                      np.ascontiguousarray(missing, np.float64), (0,))
+
+
+def _move_marks(dtype: np.dtype, missing) -> tuple | None:
+    """The missing markers as :func:`_gather_moves` tests them, a tuple of float32 (``()``: none), or None when it
+    cannot (then :func:`_gather_rows` compares as float64).
+
+    The moves compare each value after its conversion to float32. That is the float64 compare of the contract
+    only for chunks whose every value a float32 holds exactly (float16/32, 8- and 16-bit integers), and only for
+    markers a float32 holds exactly; a marker it does not hold (a float64 fill value that no float32 equals) can
+    equal no such value, so it is left out.
+    """
+    if missing is None or len(missing) == 0:
+        return ()
+    if not ((dtype.kind == "f" and dtype.itemsize <= 4) or (dtype.kind in "iu" and dtype.itemsize <= 2)):
+        return None
+    m = np.asarray(missing, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = np.unique(m[m.astype(np.float32).astype(np.float64) == m])  # NaN and float32-inexact markers drop out
+    return tuple(np.float32(v) for v in m)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -260,9 +281,9 @@ def _row_to_tokens(tb, d, rowb, r, nlon, tlon, tok, cm, cs):
     for _ in range(nlon):
         q8 = np.uint64(0)
         while q8 < t8:
-            move8n(tb, d + q8, rowb, r, r0 + q8, 0, zero, zero, cm, cs, np.uint64(0), r0)
+            move8n(tb, d + q8, rowb, r, r0 + q8, 0, zero, zero, cm, cs, np.uint64(0), r0, ())
             q8 += u8
-        move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, np.uint64(0), r0)
+        move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, np.uint64(0), r0, ())
         d += tok
         r0 += tlu
 
@@ -494,7 +515,7 @@ def _gather_rows(slots, table, view, boxes, lev_idx, geometry, mean, std, month_
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, norm_mark):
+def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month_of, out, norm_mark, marks):
     """:func:`gather` for float32 output, no transform, contiguous x and token widths 8 to 32: every token row in
     8-wide normalising moves (:func:`._intrinsics.move8n`) straight from its chunk into the band buffer, unrolled
     per width class, the last move overlapping the one before, in runs of token rows that lie in one chunk. A token
@@ -504,7 +525,8 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
     coefficients (``norm_mark`` of length 2) each box row is instead normalised once into a row buffer (in
     8-wide moves per segment, the last overlapping: fewer divisions than moving each token row normalised), then
     copied to its tokens.
-    ``norm_mark``: ``_NORM_MARKS[norm]``, so each mode compiles separately with ``norm`` a constant.
+    ``norm_mark``: ``_NORM_MARKS[norm]``, so each mode compiles separately with ``norm`` a constant; ``marks``:
+    :func:`_move_marks`, the float32 missing markers (maybe none), tested in every move before normalisation.
     """
     cl = view[1]
     sl = view[5]
@@ -677,15 +699,15 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                         d = par * nxu + rk
                                         q8 = np.uint64(0)
                                         while q8 + u8 < n:
-                                            move8n(rowf, d + q8, slots, su, src0 + q8, 2, zero, zero, cm, cs, ry, rk + q8)
+                                            move8n(rowf, d + q8, slots, su, src0 + q8, 2, zero, zero, cm, cs, ry, rk + q8, marks)
                                             q8 += u8
                                         q8 = n - u8
-                                        move8n(rowf, d + q8, slots, su, src0 + q8, 2, zero, zero, cm, cs, ry, rk + q8)
+                                        move8n(rowf, d + q8, slots, su, src0 + q8, 2, zero, zero, cm, cs, ry, rk + q8, marks)
                                     else:
                                         for q in range(seg_len[p]):
                                             qu = np.uint64(q)
-                                            rowb[par, rk + qu] = ((np.float32(slots[su, src0 + qu]) - cm[ry, rk + qu])
-                                                                  / cs[ry, rk + qu])
+                                            rowb[par, rk + qu] = ((marked(np.float32(slots[su, src0 + qu]), marks)
+                                                                   - cm[ry, rk + qu]) / cs[ry, rk + qu])
                                 if pend:  # the row before, to its tokens
                                     _row_to_tokens(tb, pend_d, rowb, par ^ one, nlon, tlon, tok, cm, cs)
                                 pend = True
@@ -701,25 +723,25 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                 r0 = c0 * tlu
                                 if tlon <= 16:
                                     for _ in range(run_n[rr]):
-                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
-                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0, marks)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8, marks)
                                         d += tok
                                         r0 += tlu
                                         e0 += tlu
                                 elif tlon <= 24:
                                     for _ in range(run_n[rr]):
-                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
-                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8)
-                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0, marks)
+                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8, marks)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8, marks)
                                         d += tok
                                         r0 += tlu
                                         e0 += tlu
                                 else:
                                     for _ in range(run_n[rr]):
-                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0)
-                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8)
-                                        move8n(tb, d + u16, slots, su, e0 + u16, norm, gm, gs, cm, cs, ry, r0 + u16)
-                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                        move8n(tb, d, slots, su, e0, norm, gm, gs, cm, cs, ry, r0, marks)
+                                        move8n(tb, d + u8, slots, su, e0 + u8, norm, gm, gs, cm, cs, ry, r0 + u8, marks)
+                                        move8n(tb, d + u16, slots, su, e0 + u16, norm, gm, gs, cm, cs, ry, r0 + u16, marks)
+                                        move8n(tb, d + t8, slots, su, e0 + t8, norm, gm, gs, cm, cs, ry, r0 + t8, marks)
                                         d += tok
                                         r0 += tlu
                                         e0 += tlu
@@ -743,13 +765,13 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                         qu = np.uint64(q)
                                         if q + 8 <= n1:
                                             move8n(tb, d + qu, slots, sa, np.uint64(ea + q), norm, gm, gs, cm, cs, ry,
-                                                   r0 + qu)
+                                                   r0 + qu, marks)
                                         elif q >= n1:
                                             move8n(tb, d + qu, slots, sbu, np.uint64(eb + q - n1), norm, gm, gs, cm, cs,
-                                                   ry, r0 + qu)
+                                                   ry, r0 + qu, marks)
                                         else:
                                             move8s(tb, d + qu, slots, sa, ea + n1 - 8, sbu, eb, n1 - q, norm, gm, gs,
-                                                   cm, cs, ry, r0 + qu)
+                                                   cm, cs, ry, r0 + qu, marks)
                                         if q8 >= tlon - 8:
                                             break
                                         q8 += 8
@@ -771,9 +793,9 @@ def _gather_moves(slots, table, view, boxes, lev_idx, geometry, mean, std, month
                                 wu = np.uint64(w)
                                 q8u = np.uint64(0)
                                 while q8u < t8:
-                                    move8n(tb, d + q8u, sb, wu, q8u, norm, gm, gs, cm, cs, ry, r0 + q8u)
+                                    move8n(tb, d + q8u, sb, wu, q8u, norm, gm, gs, cm, cs, ry, r0 + q8u, marks)
                                     q8u += u8
-                                move8n(tb, d + t8, sb, wu, t8, norm, gm, gs, cm, cs, ry, r0 + t8)
+                                move8n(tb, d + t8, sb, wu, t8, norm, gm, gs, cm, cs, ry, r0 + t8, marks)
                     if norm == 2 and pend:  # the band's last row
                         _row_to_tokens(tb, pend_d, rowb, par ^ one, nlon, tlon, tok, cm, cs)
                         pend = False

@@ -521,15 +521,43 @@ def test_x_chunked_token_rows_across_chunk_edges(norm, tlon, cx, dtype):
 def test_missing_markers_are_nan(dtype, marker, others, tlon, norm, out_dtype):
     """Stored values equal to a field's missing marker (a CMIP float32 _FillValue of 1e20 over land, an int16
     -999) come out NaN, before normalisation; the other values as without markers. Kernel and reference agree bit
-    for bit, token widths of the row path and of the one that moves token rows (which fields with markers leave
-    for the row path), x chunks and boxes across the seam; and both agree with a direct crop of the array with
-    NaN written at the markers (what xarray decodes)."""
+    for bit, token widths of the row path and of the one that moves token rows (markers tested in its moves),
+    x chunks and boxes across the seam; and both agree with a direct crop of the
+    array with NaN written at the markers (what xarray decodes)."""
+    _check_markers(dtype, marker, others, tlon, norm, out_dtype, tlon + 2)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("others", [[], [12345.5], [0.1]])
+def test_missing_markers_in_narrow_chunks(others, norm):
+    """The same with x chunks narrower than a token (token rows in three pieces, assembled value by value before
+    their moves), with one marker, two, and a second that no float32 equals (0.1: left out of the moves'
+    float32 compare, as no stored float32 can equal it as float64)."""
+    _check_markers(np.float32, 1e20, others, 9, norm, "float32", 4)
+
+
+def test_moves_take_float32_exact_markers_only():
+    """Which markers the moves test: float32-exact ones of float32-exact chunks; None (the row kernel) for wider
+    chunks with markers."""
+    from fastload.sampling._kernels import _move_marks
+
+    f4, i2, i4, f8 = (np.dtype(t) for t in ("float32", "int16", "int32", "float64"))
+    assert _move_marks(f4, None) == () and _move_marks(i4, np.zeros(0)) == ()
+    assert _move_marks(f4, np.array([1e20])) == ()  # 1e20 is no float32: no float32 equals it as float64
+    m = float(np.float32(1e20))
+    assert _move_marks(f4, np.array([m, 0.1, np.nan, m])) == (np.float32(m),)
+    assert _move_marks(i2, np.array([-999.0, 12345.5])) == (np.float32(-999), np.float32(12345.5))
+    assert _move_marks(f4, np.array([3.0, 2.0, 1.0])) == (1.0, 2.0, 3.0)
+    assert _move_marks(i4, np.array([-999.0])) is None and _move_marks(f8, np.array([1.0])) is None
+
+
+def _check_markers(dtype, marker, others, tlon, norm, out_dtype, cx):
     rng = np.random.default_rng(tlon * 7 + len(norm))
     nx = 2 * tlon + 5
     data = (rng.standard_normal((5, 2, 6, nx)) * 40).astype(dtype)
     hit = rng.random(data.shape) < 0.15
     data[hit] = marker
-    lay0 = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 2, 3, tlon + 2), axes=(0, None, 1, 2, 3),
+    lay0 = FieldLayout(name="f", array="a", shape=data.shape, chunks=(2, 2, 3, cx), axes=(0, None, 1, 2, 3),
                        lev_idx=[1, 0], periodic_x=True)
     # markers as the stored dtype holds them (as missing_markers gives them), and others that no value equals (up
     # to two markers are tested in the kernel's vectorised loops, three in its per-value loop)
