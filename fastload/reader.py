@@ -27,7 +27,9 @@ retries x chunks x backoff (23 s before, measured). A permanent error, or corrup
 the samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout``
 seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread) is given up by the
 step waiting for it: its chunks fail the same way, naming the wait, and the request is left running on its
-thread, which then writes into no slot (:class:`_Task`). A step never releases its cache slots while an I/O thread
+thread, which then writes into no slot (:class:`_Task`) and leaves the pool: a new thread takes the queued tasks,
+up to 4 x ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error
+even with ``on_bad_chunk="skip"``). A step never releases its cache slots while an I/O thread
 may still write into them. The I/O threads are daemon threads (:class:`_IOPool`): :meth:`ChunkReader.close` waits
 for them at most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
 it nor the interpreter's exit waits for it.
@@ -135,8 +137,10 @@ class _PoolState:
         self.queue: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
         self.idle = 0  # threads waiting for a job
         self.closed = False
-        self.threads: list[threading.Thread] = []
+        self.threads: list[threading.Thread] = []  # the pool's threads (at most n), not the abandoned ones
+        self.abandoned: set[threading.Thread] = set()  # left in a given-up job: they end when it returns
         self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
+        self.numbers = itertools.count()  # thread names
 
     def shut(self) -> None:
         """No more jobs: cancel the queued ones, wake the idle threads (they end)."""
@@ -146,11 +150,22 @@ class _PoolState:
                 self.queue.popleft()[0].cancel()
             self.cond.notify_all()
 
+    def spawn(self) -> None:
+        """Start a thread if a queued job waits for one and the pool has room (call with ``cond`` held)."""
+        if len(self.queue) > self.idle and len(self.threads) < self.n:
+            t = threading.Thread(target=_pool_worker, args=(self,), name=f"{self.name}_{next(self.numbers)}",
+                                 daemon=True)
+            t.start()  # (may raise: the thread is counted only once it runs)
+            self.threads.append(t)
+
 
 def _pool_worker(state: _PoolState) -> None:
     me = threading.current_thread()
     while True:
         with state.cond:
+            if me in state.abandoned:  # its job was given up and it has been replaced: it ends here
+                state.abandoned.discard(me)
+                return
             while not state.queue and not state.closed:
                 state.idle += 1
                 state.cond.wait()
@@ -175,39 +190,67 @@ class _IOPool:
     A thread stuck in a store request that never answers must keep neither :meth:`close` nor the interpreter's exit
     waiting (``concurrent.futures`` joins its threads at exit, daemon or not): :meth:`close` cancels the queued
     jobs, waits for the threads at most ``timeout`` seconds and returns those still running with their jobs; they
-    end when their job returns. Threads start on demand, up to ``n``; an abandoned pool is shut when collected."""
+    end when their job returns. Threads start on demand, up to ``n``; an abandoned pool is shut when collected.
+
+    Nor may such a thread keep its place in the pool: a job its waiter has given up (:meth:`abandon`) leaves its
+    thread to it, outside the pool's count, and a new thread takes the queued jobs; the abandoned thread ends when
+    that job returns. At most ``4 * n`` threads are abandoned at once (:attr:`max_abandoned`), so a store that
+    answers nothing cannot start threads without end."""
 
     def __init__(self, n: int, name: str):
         self._state = _PoolState(max(1, int(n)), name)
         self._finalizer = weakref.finalize(self, self._state.shut)
+        self.max_abandoned = 4 * self._state.n
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on an I/O thread; RuntimeError once the pool is closed."""
+        """Run ``fn(*args)`` on an I/O thread; RuntimeError once the pool is closed, or when no thread runs and
+        none can be started (the job is then not queued)."""
         st = self._state
         fut: Future = Future()
         with st.cond:
             if st.closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             st.queue.append((fut, fn, args))
-            if len(st.queue) > st.idle and len(st.threads) < st.n:
-                t = threading.Thread(target=_pool_worker, args=(st,), name=f"{st.name}_{len(st.threads)}",
-                                     daemon=True)
-                st.threads.append(t)
-                t.start()
+            try:
+                st.spawn()
+            except RuntimeError:  # can't start new thread: a running thread takes the job later, if one runs
+                if not st.threads:
+                    st.queue.pop()
+                    raise
             st.cond.notify()
         return fut
 
+    def abandon(self, arg: Any) -> bool:
+        """Give up the thread running the job whose arguments include ``arg`` (by identity): its waiter will not
+        wait for it any more. The thread leaves the pool (a new one takes the queued jobs) and ends when the job
+        returns. False when :attr:`max_abandoned` threads are abandoned already (the thread stays in the pool);
+        True otherwise, also when no thread runs such a job (it has returned)."""
+        st = self._state
+        with st.cond:
+            for t, (_, args) in list(st.running.items()):
+                if t in st.threads and any(a is arg for a in args):
+                    if len(st.abandoned) >= self.max_abandoned:
+                        return False
+                    st.threads.remove(t)
+                    st.abandoned.add(t)
+                    with contextlib.suppress(RuntimeError):  # (no thread can start: the others take the jobs)
+                        st.spawn()
+                    break
+        return True
+
     def close(self, timeout: float | None) -> list[tuple[threading.Thread, tuple[Callable[..., Any], tuple] | None]]:
-        """Cancel the queued jobs and wait for the threads, at most ``timeout`` seconds in all (None: no limit);
-        return ``(thread, (fn, args))`` of those still running (idempotent)."""
+        """Cancel the queued jobs and wait for the threads (abandoned ones too), at most ``timeout`` seconds in all
+        (None: no limit); return ``(thread, (fn, args))`` of those still running (idempotent)."""
         st = self._state
         self._finalizer.detach()
         st.shut()
+        with st.cond:
+            threads = list(st.threads) + sorted(st.abandoned, key=lambda t: t.name)
         deadline = None if timeout is None else time.monotonic() + timeout
-        for t in list(st.threads):
+        for t in threads:
             if t is not threading.current_thread():
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return [(t, st.running.get(t)) for t in st.threads if t.is_alive()]
+        return [(t, st.running.get(t)) for t in threads if t.is_alive()]
 
 
 class _Task:
@@ -578,6 +621,7 @@ class ChunkReader:
         res = started.res
         bad: dict[str, dict[int, BaseException]] = {}
         first: BaseException | None = None
+        fatal: ChunkReadError | None = None
         futures, started.futures = started.futures, []
         for a, group, fut, task in futures:  # wait for every task: none may write into a slot after we release it
             try:
@@ -588,9 +632,14 @@ class ChunkReader:
                 first = first or e
                 continue
             if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
-                d = self._given_up(started.step, a, group, task)
+                # its I/O thread, left in the request, leaves the pool (a new one takes the queued tasks) unless
+                # too many are left so already: then the store has stopped answering, an error even with 'skip'
+                full = task.started and not self._pool.abandon(task)
+                d = self._given_up(started.step, a, group, task, full)
                 for j, e in d.errors.items():
                     self.cache.failed(a, int(res.slots[a][group[j]]), e)
+                if full:
+                    fatal = fatal or next(iter(d.errors.values()))
             targets = [stats, stats.stream(a.partition("/")[0])] if self._multi else [stats]
             for st in targets:
                 st.fetch_s += d.fetch_s
@@ -604,6 +653,8 @@ class ChunkReader:
                     mine[int(group[j])] = e
         if first is not None and not isinstance(first, ChunkReadError):
             raise first
+        if fatal is not None:
+            raise fatal
         return bad
 
     def _wait_task(self, fut: Future, task: _Task) -> _Done | None:
@@ -627,13 +678,20 @@ class ChunkReader:
                 if fut.done():
                     raise
 
-    def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task) -> _Done:
-        """The errors of a given-up task's chunks, naming each chunk and the wait."""
-        waited = task.waited
-        why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {self.read_timeout:g}); "
-               f"the request is left running" if task.started else
-               f"not started after {waited:.1f} s (loader.read_timeout_s = {self.read_timeout:g}): every I/O thread "
-               f"is busy with store requests that do not answer")
+    def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task, full: bool = False) -> _Done:
+        """The errors of a given-up task's chunks, naming each chunk and the wait (``full``: the pool has
+        abandoned as many threads as it may)."""
+        waited, limit = task.waited, self.read_timeout
+        if not task.started:
+            why = (f"not started after {waited:.1f} s (loader.read_timeout_s = {limit:g}): every I/O thread "
+                   f"is busy with store requests that do not answer")
+        elif full:
+            why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}), and "
+                   f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "
+                   f"requests that never answered: the store has stopped answering")
+        else:
+            why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}); the request "
+                   f"is left running")
         rows = step.plan.chunks[array][group].tolist()
         return _Done(errors={j: ChunkReadError(array, tuple(c), why) for j, c in enumerate(rows)})
 

@@ -54,10 +54,10 @@ class FlakySource(BaseByteSource):
 class HangingSource(BaseByteSource):
     """Wraps a source; chunk reads after the first ``after`` block until ``release`` is set (a store request that
     never answers); ``entered`` is set when one blocks, ``hung`` and ``returned`` count them. Metadata reads pass.
-    Release it at the test's end."""
+    ``hang_first``: only the first that many reads (after ``after``) block. Release it at the test's end."""
 
-    def __init__(self, inner: BaseByteSource, after: int = 0):
-        self.inner, self.after = inner, after
+    def __init__(self, inner: BaseByteSource, after: int = 0, hang_first: int | None = None):
+        self.inner, self.after, self.hang_first = inner, after, hang_first
         self.release, self.entered = threading.Event(), threading.Event()
         self.reads = self.hung = self.returned = 0
         self.lock = threading.Lock()
@@ -67,7 +67,7 @@ class HangingSource(BaseByteSource):
             return  # metadata
         with self.lock:
             self.reads += 1
-            hang = self.reads > self.after
+            hang = self.reads > self.after and (self.hang_first is None or self.hung < self.hang_first)
             self.hung += hang
         if hang:
             self.entered.set()
@@ -291,5 +291,53 @@ def test_close_returns_while_a_store_request_hangs_and_names_what_it_leaves_runn
         assert left and all(t.daemon for t in left), [(t.name, t.daemon) for t in left]
         said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         assert "daemon" in said and "array '" in said and all(t.name in said for t in left), said
+    finally:
+        _let_go(hanging, loader)
+
+
+def test_given_up_requests_do_not_use_up_the_io_threads(tmp_path):
+    """The first fetch_concurrency chunk requests never answer, every later one at once: after the batch that
+    gives them up, the next epochs read (the given-up requests kept their I/O threads and nothing replaced them, so
+    every later task failed 'not started' for ever)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    hanging = HangingSource(store.source, hang_first=4)  # (read as a remote store)
+    store.source = hanging
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=0, seed=1,
+                    read_timeout_s=0.2, read_ahead_bytes=0)
+    try:
+        with pytest.raises(ChunkReadError, match="no answer"):
+            next(iter(loader))
+        for epoch in (1, 2):
+            loader.set_epoch(epoch)
+            assert sum(b.stats.samples for b in loader) == 4
+        assert hanging.hung == 4 and hanging.returned == 0
+    finally:
+        _let_go(hanging, loader)
+
+
+@pytest.mark.parametrize("on_bad_chunk", ["raise", "skip"])
+def test_a_store_that_stops_answering_abandons_a_bounded_number_of_threads(tmp_path, on_bad_chunk):
+    """Every chunk request hangs: given-up requests' threads are replaced up to 4 x fetch_concurrency, then the
+    loader raises an error naming that bound, even with on_bad_chunk='skip'."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    hanging = store.source = HangingSource(store.source)
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=1, retries=0, seed=1,
+                    read_timeout_s=0.05, read_ahead_bytes=0, on_bad_chunk=on_bad_chunk)
+    try:
+        said = []
+        for epoch in range(12):
+            loader.set_epoch(epoch)
+            try:
+                list(loader)
+            except ChunkReadError as e:
+                said.append(str(e))
+                if "fetch_concurrency" in str(e):
+                    break
+        assert "4 x loader.fetch_concurrency" in said[-1], said
+        assert "stopped answering" in said[-1] and "read_timeout_s" in said[-1]
+        left = [t for t in threading.enumerate() if t.name.startswith("fastload-io")]
+        assert hanging.hung <= len(left) <= 5 + 1, [t.name for t in left]  # 4 abandoned + the pool's one (+ warm)
     finally:
         _let_go(hanging, loader)
