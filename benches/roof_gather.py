@@ -62,50 +62,34 @@ def _prefetch_row(src, r, e0, n, last):
 
 
 @njit(nogil=True, cache=True)
-def rows(src, boxes, n_lev, n_t, n_y, n_x, nx, out, ahead):
+def rows(src, boxes, n_lev, n_t, n_y, n_x, nx, band, out, ahead):
     """Box rows ``(t, y)`` of every sample and level, in the gather's (time, y) order, to consecutive places of
-    ``out`` (ordinary stores); ``src`` is ``(t * n_lev + l, y * nx + x)``."""
+    ``out``: with ``band`` 0 straight there (ordinary stores), else through a band buffer of ``band`` rows,
+    streamed out with the gather's non-temporal stream after each band. ``src`` is ``(t * n_lev + l, y * nx + x)``.
+    """
     last = src.shape[1] - 1
-    o = np.uint64(0)
-    n_rows = n_t * n_y
-    for s in range(boxes.shape[0]):
-        t0, y0, x0 = boxes[s, 0], boxes[s, 1], boxes[s, 2]
-        for lv in range(n_lev):
-            for q in range(min(ahead, n_rows)):
-                _prefetch_row(src, (t0 + q // n_y) * n_lev + lv, (y0 + q % n_y) * nx + x0, n_x, last)
-            for q in range(n_rows):
-                p = q + ahead
-                if p < n_rows:
-                    _prefetch_row(src, (t0 + p // n_y) * n_lev + lv, (y0 + p % n_y) * nx + x0, n_x, last)
-                r = np.uint64((t0 + q // n_y) * n_lev + lv)
-                _row(out, o, src, r, np.uint64((y0 + q % n_y) * nx + x0), x0, nx, n_x)
-                o += np.uint64(n_x)
-
-
-@njit(nogil=True, cache=True)
-def rows_stream(src, boxes, n_lev, n_t, n_y, n_x, nx, band, out, ahead):
-    """:func:`rows` through a band buffer of ``band`` rows, streamed out with the gather's non-temporal stream
-    after each band."""
-    last = src.shape[1] - 1
-    n_band = band * n_x
-    tb = np.empty(n_band, out.dtype)
+    n_band = max(band, 1) * n_x
     outf = out.reshape(out.size)
-    o = np.uint64(0)
+    tb = np.empty(n_band if band else 0, out.dtype)
+    dst = tb if band else outf
+    o = np.uint64(0)  # values of `out` written
+    d = np.uint64(0)  # of `dst`
     n_rows = n_t * n_y
     for s in range(boxes.shape[0]):
         t0, y0, x0 = boxes[s, 0], boxes[s, 1], boxes[s, 2]
         for lv in range(n_lev):
             for q in range(min(ahead, n_rows)):
                 _prefetch_row(src, (t0 + q // n_y) * n_lev + lv, (y0 + q % n_y) * nx + x0, n_x, last)
-            d = np.uint64(0)
             for q in range(n_rows):
                 p = q + ahead
                 if p < n_rows:
                     _prefetch_row(src, (t0 + p // n_y) * n_lev + lv, (y0 + p % n_y) * nx + x0, n_x, last)
                 r = np.uint64((t0 + q // n_y) * n_lev + lv)
-                _row(tb, d, src, r, np.uint64((y0 + q % n_y) * nx + x0), x0, nx, n_x)
+                _row(dst, d, src, r, np.uint64((y0 + q % n_y) * nx + x0), x0, nx, n_x)
                 d += np.uint64(n_x)
-                if d == np.uint64(n_band) or q == n_rows - 1:
+                if not band:
+                    o = d
+                elif d == np.uint64(n_band) or q == n_rows - 1:
                     _kernels._stream(outf, o, tb, d)
                     o += d
                     d = np.uint64(0)
@@ -114,7 +98,7 @@ def rows_stream(src, boxes, n_lev, n_t, n_y, n_x, nx, band, out, ahead):
 
 @njit(nogil=True, cache=True)
 def tokens_stream(src, boxes, n_lev, geometry, nx, out, ahead):
-    """:func:`rows_stream` with the token layout: each box row's token rows moved into their tokens in the band
+    """:func:`rows` through a band buffer with the token layout: each box row's token rows moved into their tokens in the band
     buffer in 8-wide moves (the last overlapping), as the gather moves raw float32 values; no seam, no chunk edges,
     no normalisation."""
     nt, nlat, nlon, tt, tlat, tlon = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
@@ -177,9 +161,8 @@ def case(world, geom: str, ahead: int, reps: int) -> dict[str, float]:
     (n_t, n_y, n_x), band = f.box, f.token_size[0] * f.token_size[1]
     boxes = [a[3] for a, _ in calls]
     outs = [o["k"] for _, o in calls]
-    runs["rows"] = lambda: [rows(src, bx, n_lev, n_t, n_y, n_x, nx, o.reshape(-1), ahead)
-                            for bx, o in zip(boxes, outs)]
-    runs["rows+stream"] = lambda: [rows_stream(src, bx, n_lev, n_t, n_y, n_x, nx, band, o, ahead)
+    runs["rows"] = lambda: [rows(src, bx, n_lev, n_t, n_y, n_x, nx, 0, o, ahead) for bx, o in zip(boxes, outs)]
+    runs["rows+stream"] = lambda: [rows(src, bx, n_lev, n_t, n_y, n_x, nx, band, o, ahead)
                                    for bx, o in zip(boxes, outs)]
     geo = np.array([*f.num_tokens, *f.token_size], np.int64)
     # the token kernel does not wrap at the seam: its boxes are the gather's moved west of it where they cross it
