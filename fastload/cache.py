@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheBusyError
+from .errors import CacheBusyError, FastloadError
 
 __all__ = ["ChunkCache", "Reservation", "Uses", "CacheClosedError", "size_arenas", "NEVER"]
 
@@ -47,8 +47,9 @@ _LOW = (1 << _SHIFT) - 1
 _FREE, _FILLING, _READY, _FAILED = 0, 1, 2, 3
 
 
-class CacheClosedError(RuntimeError):
-    """The cache was closed while a step waited on it."""
+class CacheClosedError(FastloadError, RuntimeError):
+    """The cache was closed while a step waited on it (a ``FastloadError``, so the CLI prints its message; still a
+    ``RuntimeError``, which the reader catches as "closed")."""
 
 
 class Uses:

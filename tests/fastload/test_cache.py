@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastload.cache import NEVER, CacheClosedError, ChunkCache, Uses, size_arenas
+from fastload.errors import FastloadError
 
 
 def _ids(keys) -> dict[str, np.ndarray]:
@@ -235,6 +236,7 @@ def test_a_step_that_gives_up_fails_its_waiters_instead_of_hanging():
     cache.release(r0, step_done=False)  # the filler stopped before filling
     bad = cache.wait(r1, poll=0.01)
     assert isinstance(bad["x"][0], CacheClosedError)
+    assert isinstance(bad["x"][0], FastloadError) and isinstance(bad["x"][0], RuntimeError)
     cache.release(r1)
     assert cache.resident() == set()
     r2 = cache.reserve(1, _ids(k))
