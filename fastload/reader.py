@@ -141,6 +141,7 @@ class _PoolState:
         self.abandoned: set[threading.Thread] = set()  # left in a given-up job: they end when it returns
         self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
         self.numbers = itertools.count()  # thread names
+        self.progress = time.monotonic()  # when a thread last started or finished a job
 
     def shut(self) -> None:
         """No more jobs: cancel the queued ones, wake the idle threads (they end)."""
@@ -175,11 +176,13 @@ def _pool_worker(state: _PoolState) -> None:
             fut, fn, args = state.queue.popleft()
         if fut.set_running_or_notify_cancel():
             state.running[me] = (fn, args)
+            state.progress = time.monotonic()
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
                 fut.set_exception(e)
             finally:
+                state.progress = time.monotonic()
                 state.running.pop(me, None)
         del fut, fn, args  # hold nothing while idle
 
@@ -219,6 +222,12 @@ class _IOPool:
                     raise
             st.cond.notify()
         return fut
+
+    @property
+    def last_progress(self) -> float:
+        """``time.monotonic()`` when a thread last started or finished a job (or the pool was made): a queued job
+        waits because the threads are stuck only while this is old."""
+        return self._state.progress
 
     def abandon(self, arg: Any) -> bool:
         """Give up the thread running the job whose arguments include ``arg`` (by identity): its waiter will not
@@ -532,6 +541,8 @@ class ChunkReader:
                 bad.setdefault(a, {}).update(errs)
             if bad and self.on_bad_chunk != "skip":
                 raise next(iter(next(iter(bad.values())).values()))
+            if bad:
+                self._warn_timeouts(step, bad)
             sel = self._good_samples(step, bad)
             n = int(sel.size)
             if n:
@@ -559,6 +570,15 @@ class ChunkReader:
             return row + n
         finally:
             cache.release(res, step_done=done)
+
+    def _warn_timeouts(self, step: Step, bad: Mapping[str, Mapping[int, BaseException]]) -> None:
+        """Warn when on_bad_chunk='skip' drops chunks because their store requests timed out (not bad chunks: a
+        store too slow or stuck for loader.read_timeout_s), naming the first."""
+        late = [e for errs in bad.values() for e in errs.values() if "read_timeout_s" in str(e)]
+        if late:
+            log.warning("fastload: on_bad_chunk='skip' drops the samples of %d chunk(s) of batch %s whose store "
+                        "requests timed out (loader.read_timeout_s = %s), e.g. %s", len(late), step.batch,
+                        self.read_timeout, late[0])
 
     @staticmethod
     def _count_streams(res: Reservation, stats: IOStats) -> None:
@@ -666,6 +686,8 @@ class ChunkReader:
         while True:
             with task.lock:
                 since = task.since
+                if since is not None and not task.started:  # queued: a busy pool is no reason to give it up, a
+                    since = max(since, self._pool.last_progress)  # stuck one is (no thread started or finished one)
                 now = time.monotonic()
                 left = limit if since is None else since + limit - now
                 if left <= 0:
@@ -683,8 +705,8 @@ class ChunkReader:
         abandoned as many threads as it may)."""
         waited, limit = task.waited, self.read_timeout
         if not task.started:
-            why = (f"not started after {waited:.1f} s (loader.read_timeout_s = {limit:g}): every I/O thread "
-                   f"is busy with store requests that do not answer")
+            why = (f"not started: no I/O thread started or finished a task for {waited:.1f} s (loader.read_timeout_s "
+                   f"= {limit:g}), each is in a store request that does not answer")
         elif full:
             why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}), and "
                    f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -339,5 +340,65 @@ def test_a_store_that_stops_answering_abandons_a_bounded_number_of_threads(tmp_p
         assert "stopped answering" in said[-1] and "read_timeout_s" in said[-1]
         left = [t for t in threading.enumerate() if t.name.startswith("fastload-io")]
         assert hanging.hung <= len(left) <= 5 + 1, [t.name for t in left]  # 4 abandoned + the pool's one (+ warm)
+    finally:
+        _let_go(hanging, loader)
+
+
+class SlowSource(BaseByteSource):
+    """Wraps a source; every chunk request answers after ``s`` seconds (a healthy but slow store)."""
+
+    def __init__(self, inner: BaseByteSource, s: float):
+        self.inner, self.s = inner, s
+
+    def _wait(self, key: str) -> None:
+        if "/c" in key or "/" not in key or key.split("/")[-1].replace(".", "").isdigit():
+            time.sleep(self.s)
+
+    def get(self, key):
+        self._wait(key)
+        return self.inner.get(key)
+
+    def get_range(self, key, start, length):
+        self._wait(key)
+        return self.inner.get_range(key, start, length)
+
+    def get_many(self, keys):  # one request for a group
+        time.sleep(self.s)
+        return [self.inner.get(k) for k in keys]
+
+    def list_dir(self, prefix):
+        return self.inner.list_dir(prefix)
+
+    def describe(self, key=""):
+        return self.inner.describe(key)
+
+
+def test_the_read_timeout_does_not_count_a_task_s_wait_behind_answering_requests(tmp_path, monkeypatch):
+    """Every request answers in 0.05 s, one I/O thread, read_timeout_s = 0.3 s: tasks queue longer than that behind
+    answering requests, and every batch still reads (they failed 'not started' before, or were dropped with
+    'skip', blaming requests that do not answer)."""
+    # (the Numba kernels' warm-up, a job of up to a second on the only I/O thread, is longer than this test's
+    # read timeout: queued tasks count from the last job started or finished)
+    monkeypatch.setenv("FASTLOAD_NO_JIT", "1")
+    _, cfg = build("per_variable", tmp_path / "s.zarr", batch_size=8)
+    store = open_store(tmp_path / "s.zarr")
+    store.source = SlowSource(store.source, 0.05)  # (read as a remote store)
+    with Loader(store, cfg, samples_per_epoch=32, workers=1, fetch_concurrency=1, retries=0, seed=1,
+                read_timeout_s=0.3) as loader:
+        assert sum(b.stats.samples for b in loader) == 32
+
+
+def test_skipping_chunks_whose_requests_timed_out_is_a_warning(tmp_path, caplog):
+    """on_bad_chunk='skip' drops the samples of a chunk whose request timed out, and says so (it did silently)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    hanging = store.source = HangingSource(store.source, hang_first=1)
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=0, seed=1,
+                    read_timeout_s=0.2, read_ahead_bytes=0, on_bad_chunk="skip")
+    try:
+        caplog.set_level(logging.WARNING, logger="fastload")
+        assert sum(b.stats.skipped for b in loader) > 0
+        said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert "on_bad_chunk='skip'" in said and "read_timeout_s" in said and "array 't'" in said, said
     finally:
         _let_go(hanging, loader)
