@@ -86,6 +86,11 @@ _READ_TIMEOUT_S = 300.0  # LoaderConfig.read_timeout_s's default
 _CLOSE_TIMEOUT_S = 5.0  # how long ChunkReader.close waits for its I/O threads by default
 
 
+class _GivenUp(ChunkReadError):
+    """A request of a task its step has given up (read timeout): nobody waits for the answer, so it is no evidence
+    about the store; :meth:`ChunkReader._fetch_store` re-raises it at once (no per-chunk fallback, no ``_failing``)."""
+
+
 def _transient(e: BaseException) -> bool:
     """A storage error worth retrying: an OSError (bare, or the cause of a ChunkReadError) that is not a missing
     file or a permission problem, and not corrupt bytes."""
@@ -851,6 +856,8 @@ class ChunkReader:
                                        stop, retries=0 if self._failing else self.retries))  # fmt: skip
                 self._failing = False
                 return got
+            except _GivenUp:
+                raise
             except ChunkReadError:
                 pass  # find out which chunk is at fault: one request each
         out: list[bytes | None | ChunkReadError] = []
@@ -861,6 +868,8 @@ class ChunkReader:
                 out.append(self._retry(lambda c=c: self.store.chunk_bytes(array, c), array, c, d, stop,
                                        retries=0 if self._failing else self.retries))  # fmt: skip
                 self._failing = False
+            except _GivenUp:
+                raise
             except ChunkReadError as e:
                 out.append(e)
                 self._failing = True
@@ -873,6 +882,8 @@ class ChunkReader:
         for attempt in range(retries + 1):
             try:
                 return self._timed(fn, d, array, chunk)
+            except _GivenUp:
+                raise
             except Exception as e:
                 if not _transient(e) or attempt == retries or stop():
                     if isinstance(e, ChunkReadError):
@@ -890,16 +901,22 @@ class ChunkReader:
 
     def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...]) -> Any:
         """Run one store request, marked on the task so that its step can give it up after ``read_timeout``; a
-        task already given up makes no more requests."""
+        task already given up makes no more requests, and the late failure of a given-up request is
+        :class:`_GivenUp` (not the store's error: nobody waits for it)."""
         task = d.task
         if task is None or self.read_timeout is None:
             return fn()
         with task.lock:
             if task.given_up:
-                raise ChunkReadError(array, chunk, "given up by its step (loader.read_timeout_s)")
+                raise _GivenUp(array, chunk, "given up by its step (loader.read_timeout_s)")
             task.since = time.monotonic()
         try:
             return fn()
+        except Exception as e:
+            if task.given_up:
+                raise _GivenUp(array, chunk, f"given up by its step (loader.read_timeout_s), then failed: "
+                                             f"{type(e).__name__}: {e}") from e
+            raise
         finally:
             with task.lock:
                 task.since = None

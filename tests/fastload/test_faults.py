@@ -55,10 +55,12 @@ class FlakySource(BaseByteSource):
 class HangingSource(BaseByteSource):
     """Wraps a source; chunk reads after the first ``after`` block until ``release`` is set (a store request that
     never answers); ``entered`` is set when one blocks, ``hung`` and ``returned`` count them. Metadata reads pass.
-    ``hang_first``: only the first that many reads (after ``after``) block. Release it at the test's end."""
+    ``hang_first``: only the first that many reads (after ``after``) block; ``late_error``: what a blocked read
+    raises once released (None: it answers). Release it at the test's end."""
 
     def __init__(self, inner: BaseByteSource, after: int = 0, hang_first: int | None = None):
         self.inner, self.after, self.hang_first = inner, after, hang_first
+        self.late_error: BaseException | None = None  # what a released read raises (None: it answers)
         self.release, self.entered = threading.Event(), threading.Event()
         self.reads = self.hung = self.returned = 0
         self.lock = threading.Lock()
@@ -75,6 +77,8 @@ class HangingSource(BaseByteSource):
             self.release.wait(60)
             with self.lock:
                 self.returned += 1
+            if self.late_error is not None:
+                raise self.late_error
 
     def get(self, key):
         self._maybe_hang(key)
@@ -400,5 +404,33 @@ def test_skipping_chunks_whose_requests_timed_out_is_a_warning(tmp_path, caplog)
         assert sum(b.stats.skipped for b in loader) > 0
         said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         assert "on_bad_chunk='skip'" in said and "read_timeout_s" in said and "array 't'" in said, said
+    finally:
+        _let_go(hanging, loader)
+
+
+def test_the_late_error_of_a_given_up_request_leaves_retries_on(tmp_path):
+    """A given-up request fails late with a transient error: that is no evidence about the store, so later reads
+    keep their retries (it switched the reader to one try per read, and 2 glitches of a chunk then failed a batch
+    that retries=3 absorbs)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    inner = store.source
+    hanging = store.source = HangingSource(inner)
+    hanging.late_error = ConnectionError("late transient error of a request its step gave up")
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=3, seed=1,
+                    read_timeout_s=0.2, read_ahead_bytes=0)
+    try:
+        with pytest.raises(ChunkReadError, match="no answer") as info:
+            next(iter(loader))
+        reader = loader._backend.reader  # noqa: SLF001
+        store.source = FlakySource(inner, fail={store.arrays[info.value.array].key(info.value.chunk)}, times=2)
+        hanging.release.set()  # the given-up requests fail now; their threads end once they have
+        for t in [t for t in threading.enumerate() if t.name.startswith("fastload-io")]:
+            if reader._pool._state.running.get(t) is not None:  # noqa: SLF001
+                t.join(10)
+        assert hanging.returned == hanging.hung > 0
+        assert not reader._failing  # noqa: SLF001
+        loader.set_epoch(0)  # the same batch again: its chunk glitches twice
+        assert next(iter(loader)).stats.retries == 2
     finally:
         _let_go(hanging, loader)
