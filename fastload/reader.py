@@ -701,9 +701,9 @@ class ChunkReader:
                     return None
             try:
                 return fut.result(timeout=left)
-            except FutureTimeout:  # (the builtin TimeoutError in 3.11: the task's own one is re-raised)
-                if fut.done():
-                    raise
+            except FutureTimeout:  # (the builtin TimeoutError in 3.11)
+                if fut.done():  # finished just after the wait timed out: its own result (or its own error)
+                    return fut.result()
 
     def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task, full: bool = False) -> _Done:
         """The errors of a given-up task's chunks, naming each chunk and the wait (``full``: the pool has

@@ -353,3 +353,28 @@ def test_raw_ahead_over_budget_drops_the_entries_needed_latest():
     ahead.run(far)  # 50 + 150: drop (7,), (6,)
     assert ahead._held <= 100 and ahead.wasted_bytes == 60 + 80 + 70  # noqa: SLF001
     assert ahead.take("a", [(4,), (5,), (6,), (7,)]) == {0: bytes(50)}
+
+
+def test_a_task_that_finishes_as_its_wait_times_out_gives_its_result():
+    """The task completes just after the step's timed wait for it ran out: _wait_task returns its result (it
+    re-raised the wait's own TimeoutError, failing a batch whose chunks were read, even with 'skip')."""
+    from concurrent.futures import Future
+
+    from fastload.reader import ChunkReader, _Done, _Task
+
+    class LateFuture(Future):
+        def result(self, timeout=None):
+            try:
+                return super().result(timeout)
+            except TimeoutError:
+                if not self.done():
+                    self.set_result(done)  # the task returns now, successfully
+                raise
+
+    class Reader:  # what _wait_task reads
+        read_timeout = 0.01
+
+    done = _Done()
+    task = _Task()
+    task.begin()  # running, between requests: waited for in read-timeout slices, never given up
+    assert ChunkReader._wait_task(Reader(), LateFuture(), task) is done
