@@ -17,7 +17,9 @@ resume), so entries read for batches that were never read do not block the budge
 wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
-then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, and the late answer is dropped.
+then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, the request's estimated bytes
+leave the budget (once: a request that never answers must not switch read-ahead off), the reader's pool lets its
+thread go, and the late answer is dropped.
 
 Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
 """
@@ -43,7 +45,7 @@ _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 class _Group:
     """One read-ahead request: chunks of one array, fetched together."""
 
-    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event")
+    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event", "abandoned")
 
     def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int, order: tuple[float, int]):
         self.array = array
@@ -54,6 +56,7 @@ class _Group:
         self.started = 0.0  # time.monotonic() when the request started (state _RUNNING)
         self.raws: list[bytes | None] | None = None
         self.event = threading.Event()
+        self.abandoned = False  # a consumer gave it up (read timeout): its estimate is out of the budget already
 
 
 class _Raw:
@@ -76,11 +79,16 @@ class RawAhead:
         Most bytes held (finished entries plus the estimated size of requests in flight).
     fetch_many : callable
         ``fetch_many(array, chunks) -> list[bytes | None]`` (``store.chunk_bytes_many``).
+    abandon : callable, optional
+        ``abandon(group)``: called when a consumer gives up a request that an I/O thread runs (``run(group)``), so
+        that the pool can let that thread go (``_IOPool.abandon``).
     """
 
-    def __init__(self, budget: int, fetch_many: Callable[[str, list[tuple[int, ...]]], Sequence[bytes | None]]):
+    def __init__(self, budget: int, fetch_many: Callable[[str, list[tuple[int, ...]]], Sequence[bytes | None]],
+                 abandon: Callable[[_Group], Any] | None = None):
         self.budget = int(budget)
         self._fetch_many = fetch_many
+        self._abandon = abandon
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, _Group | _Raw] = OrderedDict()
         self._held = 0  # bytes of finished entries
@@ -160,6 +168,7 @@ class RawAhead:
                 g.event.wait()
             elif not g.event.wait(max(0.0, g.started + timeout - time.monotonic())):
                 waited = time.monotonic() - g.started  # the late answer finds its entry gone and is dropped
+                self._give_up(g)
                 got[j] = ChunkReadError(array, chunks[j], f"no answer from the store after {waited:.1f} s to a "
                                         f"read-ahead request (read timeout {timeout:g} s, loader.read_timeout_s); "
                                         f"the request is left running")
@@ -198,9 +207,21 @@ class RawAhead:
         finally:  # whatever happened (even a BaseException), waiters in take() are released
             self._finish(g, raws)
 
+    def _give_up(self, g: _Group) -> None:
+        """A consumer no longer waits for ``g`` (read timeout): its estimate leaves the budget now (a request that
+        never answers must not switch read-ahead off), and its thread may go."""
+        with self._lock:
+            if g.abandoned or g.state != _RUNNING:  # (finished: _finish took its estimate out)
+                return
+            g.abandoned = True
+            self._flight -= g.est
+        if self._abandon is not None:
+            self._abandon(g)
+
     def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:
         with self._lock:
-            self._flight -= g.est
+            if not g.abandoned:  # (a given-up group's estimate left the budget when it was given up)
+                self._flight -= g.est
             g.raws = raws
             g.state = _FAILED if raws is None else _DONE
             for c, raw in zip(g.chunks, raws or [None] * len(g.chunks)):

@@ -382,7 +382,8 @@ class ChunkReader:
         self._closed = False
         self._warm: Future | None = None
         budget = min(_AHEAD_BYTES, cache.nbytes // 2) if read_ahead_bytes is None else int(read_ahead_bytes)
-        self._ahead = RawAhead(budget, store.chunk_bytes_many) if self._group and budget > 0 else None
+        self._ahead = (RawAhead(budget, store.chunk_bytes_many, abandon=self._pool.abandon)
+                       if self._group and budget > 0 else None)
         self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
         self._failing = False  # a chunk failed after all its retries and no read has succeeded since
         # uncompressed chunks of a plain local store are read straight into their cache slot (one copy, page cache
