@@ -408,3 +408,30 @@ def test_a_given_up_read_ahead_request_gives_its_budget_back_once():
     assert ahead._flight == 800  # noqa: SLF001 - g2's estimate only: the late answer took nothing out again
     ahead.run(g2)
     assert ahead._flight == 0  # noqa: SLF001
+
+
+def test_an_io_thread_that_cannot_start_loses_no_job_and_breaks_no_close(monkeypatch):
+    """Thread.start fails (thread exhaustion): with a thread running, the job stays queued and runs there (submit
+    raised while the job still ran later: the reader had released its slots by then); with none, submit raises and
+    the job is not queued. close() returns either way (it raised joining the never-started thread)."""
+    from fastload.reader import _IOPool
+
+    pool = _IOPool(2, "fastload-test")
+    gate, ran = threading.Event(), []
+    pool.submit(gate.wait, 5)  # thread 0 starts and is busy
+
+    def cannot_start(self):
+        raise RuntimeError("can't start new thread")
+
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    fut = pool.submit(ran.append, "queued")
+    empty = _IOPool(1, "fastload-test-empty")
+    with pytest.raises(RuntimeError, match="can't start"):
+        empty.submit(ran.append, "refused")
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    gate.set()
+    fut.result(timeout=10)
+    assert ran == ["queued"]
+    assert pool.close(5.0) == [] and empty.close(5.0) == []
+    assert ran == ["queued"]
