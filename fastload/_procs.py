@@ -179,7 +179,7 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
                              retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
                              coefficients=spec["coefficients"], months=spec["months"],
                              useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
-                             read_ahead_bytes=spec["read_ahead_bytes"])
+                             read_ahead_bytes=spec["read_ahead_bytes"], read_timeout=spec["read_timeout_s"])
     except BaseException as e:  # noqa: BLE001 - the loader re-raises it (this worker then exits)
         with contextlib.suppress(OSError, ValueError):
             conn.send(("fatal", _picklable(e)))
@@ -333,7 +333,7 @@ class ProcessBackend:
             "latency_ms": src.ms if isinstance(src, LatencySource) else 0.0, "config": config.to_dict(),
             "cache_bytes": max(1, spec.cache_bytes // spec.workers), "fetch_concurrency": spec.fetch_concurrency,
             "read_ahead_bytes": None if spec.read_ahead_bytes is None else spec.read_ahead_bytes // spec.workers,
-            "retries": spec.retries, "on_bad_chunk": spec.on_bad_chunk,
+            "retries": spec.retries, "on_bad_chunk": spec.on_bad_chunk, "read_timeout_s": spec.read_timeout_s,
             "coefficients": dict(coefficients) if coefficients else None, "months": spec.months,
             "useful": spec.useful_bytes_per_sample, "jit": spec.jit, "batch_size": spec.batch_size,
             "drop_last": spec.drop_last, "prefetch": spec.prefetch, "nbytes": nbytes,

@@ -398,8 +398,9 @@ class LoaderConfig(_Config):
     up: its chunks fail with a ``ChunkReadError`` naming them (raised, or skipped with ``on_bad_chunk="skip"``; not
     retried) and the request is left running on its I/O thread. A request still waiting for an I/O thread counts
     from when it was queued or a thread last started or finished a job, whichever is later (a busy but answering
-    store fails nothing). With ``on_bad_chunk="skip"`` a warning names chunks dropped for this. ``None``: wait for ever. A remote request carries up to 32 chunks: raise it for large
-    chunks over a slow link. Thread mode only for now (process workers use the default)."""
+    store fails nothing). With ``on_bad_chunk="skip"`` a warning names chunks dropped for this. ``None``: wait for
+    ever. A remote request carries up to 32 chunks: raise it for large chunks over a slow link. Thread and process
+    mode (each worker process's reader)."""
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch."""
 

@@ -228,11 +228,6 @@ class Loader:
             raise ConfigError(f"Loader: unknown setting(s) {unknown}; known: {sorted(names)}")
         self.loader_config = dataclasses.replace(loader or LoaderConfig(), **settings)
         cfg = self.loader_config
-        default_timeout = LoaderConfig.__dataclass_fields__["read_timeout_s"].default
-        if cfg.mode == "process" and cfg.read_timeout_s != default_timeout:  # not silently ignored
-            raise ConfigError(f"loader.read_timeout_s = {cfg.read_timeout_s!r}: process-mode workers do not take it "
-                              f"yet (they use {default_timeout:g} s); leave it at its default with mode='process', "
-                              f"or use mode='thread'")
         self.config = _resolve_config(config)
         self.batch_size = int(cfg.batch_size or self.config.batch_size)
         self.rank, self.world_size = _rank_world(cfg)

@@ -292,3 +292,24 @@ def test_ctrl_c_in_the_training_loop_leaves_no_process_or_segment(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train()
     # the fixture checks (after gc) for worker processes, threads and /dev/shm segments
+
+
+def test_process_workers_give_up_a_store_request_after_the_read_timeout(tmp_path):
+    """Process mode takes loader.read_timeout_s (it was refused: the workers did not pass it to their readers): a
+    store whose every request takes 150 ms, read with read_timeout_s = 0.02, fails the batch with a ChunkReadError
+    naming the chunk and the setting. (The worker reopens the store by path with the same latency_ms; the latency
+    is put on after the parent opened it, so only the worker pays it on the store's ~15 metadata requests.)"""
+    import time
+
+    from fastload.store import LatencySource, open_store
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    store.source = LatencySource(store.source, 150)  # (read as a remote store: grouped, timed requests)
+    t0 = time.monotonic()
+    with Loader(store, cfg, mode="process", workers=1, samples_per_epoch=4, retries=0, seed=1,
+                read_timeout_s=0.02) as loader:
+        with pytest.raises(ChunkReadError, match="no answer from the store") as info:
+            next(iter(loader))
+    assert "read_timeout_s = 0.02" in str(info.value) and info.value.array in store.arrays
+    assert time.monotonic() - t0 < 60
