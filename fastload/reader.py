@@ -25,13 +25,14 @@ succeeded since) each further read gets one try, so a dead store reaches the con
 retries x chunks x backoff (23 s before, measured). A permanent error, or corrupt bytes, raises
 :class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
 the samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout``
-seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread) is given up by the
-step waiting for it: its chunks fail the same way, naming the wait, and the request is left running on its
-thread, which then writes into no slot (:class:`_Task`) and leaves the pool: a new thread takes the queued tasks,
-up to 4 x ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error
-even with ``on_bad_chunk="skip"``). A step never releases its cache slots while an I/O thread
-may still write into them. The I/O threads are daemon threads (:class:`_IOPool`): :meth:`ChunkReader.close` waits
-for them at most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
+seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread while no thread started
+or finished a job) is given up by the step waiting for it: its chunks fail the same way, naming the wait (with
+``on_bad_chunk="skip"``, a warning), and the request is left running on its thread, which then writes into no slot
+(:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
+``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
+``on_bad_chunk="skip"``). A step never releases its cache slots while an I/O thread may still write into them. The
+I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`): :meth:`ChunkReader.close` waits for them at
+most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
 it nor the interpreter's exit waits for it.
 
 Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
@@ -52,8 +53,6 @@ import itertools
 import logging
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from ._cache_sizing import CacheLayout, plan_cache, sample_chunk_bound
+from ._io_pool import _IOPool, _Task
 from ._io_stats import IOStats
 from ._nvtx import range as nvtx_range
 from ._raw_ahead import RawAhead
@@ -131,172 +131,6 @@ class _PrioritySlots:
                     heapq.heappop(self._waiting)[2].release()  # the slot passes straight to the earliest step
                 else:
                     self._free += 1
-
-
-class _PoolState:
-    """What an :class:`_IOPool`'s threads share (not the pool itself, so an abandoned pool is collected)."""
-
-    def __init__(self, n: int, name: str):
-        self.n, self.name = n, name
-        self.cond = threading.Condition()
-        self.queue: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
-        self.idle = 0  # threads waiting for a job
-        self.closed = False
-        self.threads: list[threading.Thread] = []  # the pool's threads (at most n), not the abandoned ones
-        self.abandoned: set[threading.Thread] = set()  # left in a given-up job: they end when it returns
-        self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
-        self.numbers = itertools.count()  # thread names
-        self.progress = time.monotonic()  # when a thread last started or finished a job
-
-    def shut(self) -> None:
-        """No more jobs: cancel the queued ones, wake the idle threads (they end)."""
-        with self.cond:
-            self.closed = True
-            while self.queue:
-                self.queue.popleft()[0].cancel()
-            self.cond.notify_all()
-
-    def spawn(self) -> None:
-        """Start a thread if a queued job waits for one and the pool has room (call with ``cond`` held)."""
-        if len(self.queue) > self.idle and len(self.threads) < self.n:
-            t = threading.Thread(target=_pool_worker, args=(self,), name=f"{self.name}_{next(self.numbers)}",
-                                 daemon=True)
-            t.start()  # (may raise: the thread is counted only once it runs)
-            self.threads.append(t)
-
-
-def _pool_worker(state: _PoolState) -> None:
-    me = threading.current_thread()
-    while True:
-        with state.cond:
-            if me in state.abandoned:  # its job was given up and it has been replaced: it ends here
-                state.abandoned.discard(me)
-                return
-            while not state.queue and not state.closed:
-                state.idle += 1
-                state.cond.wait()
-                state.idle -= 1
-            if not state.queue:
-                return
-            fut, fn, args = state.queue.popleft()
-        if fut.set_running_or_notify_cancel():
-            state.running[me] = (fn, args)
-            state.progress = time.monotonic()
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
-                fut.set_exception(e)
-            finally:
-                state.progress = time.monotonic()
-                state.running.pop(me, None)
-        del fut, fn, args  # hold nothing while idle
-
-
-class _IOPool:
-    """The reader's I/O threads: ``ThreadPoolExecutor.submit``, on daemon threads, with a bounded close.
-
-    A thread stuck in a store request that never answers must keep neither :meth:`close` nor the interpreter's exit
-    waiting (``concurrent.futures`` joins its threads at exit, daemon or not): :meth:`close` cancels the queued
-    jobs, waits for the threads at most ``timeout`` seconds and returns those still running with their jobs; they
-    end when their job returns. Threads start on demand, up to ``n``; an abandoned pool is shut when collected.
-
-    Nor may such a thread keep its place in the pool: a job its waiter has given up (:meth:`abandon`) leaves its
-    thread to it, outside the pool's count, and a new thread takes the queued jobs; the abandoned thread ends when
-    that job returns. At most ``4 * n`` threads are abandoned at once (:attr:`max_abandoned`), so a store that
-    answers nothing cannot start threads without end."""
-
-    def __init__(self, n: int, name: str):
-        self._state = _PoolState(max(1, int(n)), name)
-        self._finalizer = weakref.finalize(self, self._state.shut)
-        self.max_abandoned = 4 * self._state.n
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on an I/O thread; RuntimeError once the pool is closed, or when no thread runs and
-        none can be started (the job is then not queued)."""
-        st = self._state
-        fut: Future = Future()
-        with st.cond:
-            if st.closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            st.queue.append((fut, fn, args))
-            try:
-                st.spawn()
-            except RuntimeError:  # can't start new thread: a running thread takes the job later, if one runs
-                if not st.threads:
-                    st.queue.pop()
-                    raise
-            st.cond.notify()
-        return fut
-
-    @property
-    def last_progress(self) -> float:
-        """``time.monotonic()`` when a thread last started or finished a job (or the pool was made): a queued job
-        waits because the threads are stuck only while this is old."""
-        return self._state.progress
-
-    def abandon(self, arg: Any) -> bool:
-        """Give up the thread running the job whose arguments include ``arg`` (by identity): its waiter will not
-        wait for it any more. The thread leaves the pool (a new one takes the queued jobs) and ends when the job
-        returns. False when :attr:`max_abandoned` threads are abandoned already (the thread stays in the pool);
-        True otherwise, also when no thread runs such a job (it has returned)."""
-        st = self._state
-        with st.cond:
-            for t, (_, args) in list(st.running.items()):
-                if t in st.threads and any(a is arg for a in args):
-                    if len(st.abandoned) >= self.max_abandoned:
-                        return False
-                    st.threads.remove(t)
-                    st.abandoned.add(t)
-                    with contextlib.suppress(RuntimeError):  # (no thread can start: the others take the jobs)
-                        st.spawn()
-                    break
-        return True
-
-    def close(self, timeout: float | None) -> list[tuple[threading.Thread, tuple[Callable[..., Any], tuple] | None]]:
-        """Cancel the queued jobs and wait for the threads (abandoned ones too), at most ``timeout`` seconds in all
-        (None: no limit); return ``(thread, (fn, args))`` of those still running (idempotent)."""
-        st = self._state
-        self._finalizer.detach()
-        st.shut()
-        with st.cond:
-            threads = list(st.threads) + sorted(st.abandoned, key=lambda t: t.name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for t in threads:
-            if t is not threading.current_thread():
-                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return [(t, st.running.get(t)) for t in threads if t.is_alive()]
-
-
-class _Task:
-    """What the step waiting for one fetch/decode task knows of it, so that it can give up a store request that
-    does not answer without the task writing into the step's slots afterwards.
-
-    ``since``: when the task's current store request started (before the task runs: when it was queued); None
-    between requests, and while it reads or decodes into its slots. The waiting step gives the task up only while
-    ``since`` is older than the read timeout; the task looks at ``given_up`` under the lock before it touches a slot
-    (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so direct reads into slots and
-    decodes are not bounded by the read timeout)."""
-
-    __slots__ = ("lock", "since", "started", "given_up", "waited")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.since: float | None = time.monotonic()  # queued: waiting for an I/O thread
-        self.started = False
-        self.given_up = False
-        self.waited = 0.0  # seconds the request (or the queue) had kept the step waiting when it gave up
-
-    def begin(self) -> bool:
-        """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing)."""
-        with self.lock:
-            self.since, self.started = None, True
-            return not self.given_up
-
-    def touch_slots(self) -> bool:
-        """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""
-        with self.lock:
-            self.since = None
-            return not self.given_up
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,0 +1,192 @@
+"""The reader's I/O threads (:class:`_IOPool`) and what a step knows of one fetch task (:class:`_Task`).
+
+Why this exists: :mod:`fastload.reader` runs every store request on these threads, and a store request may never
+answer. ``concurrent.futures.ThreadPoolExecutor`` joins its threads at close and at the interpreter's exit (daemon
+or not), and keeps a thread in a hung request for ever; this pool's threads are daemon threads, its close is bounded,
+and a job its waiter has given up (the reader's read timeout) leaves its thread to it, outside the pool, so a new
+thread takes the queued jobs (at most ``4 * n`` threads abandoned at once). :class:`_Task` is the hand-over between
+a fetch task and the step waiting for it: the step gives the task up only while its store request is older than the
+read timeout, and the task checks under a lock before it touches a slot.
+
+Run its tests with ``python -m pytest tests/fastload/test_faults.py tests/fastload/test_reader.py -q``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+__all__: list[str] = []  # private: fastload.reader imports _IOPool and _Task
+
+
+class _PoolState:
+    """What an :class:`_IOPool`'s threads share (not the pool itself, so an abandoned pool is collected)."""
+
+    def __init__(self, n: int, name: str):
+        self.n, self.name = n, name
+        self.cond = threading.Condition()
+        self.queue: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self.idle = 0  # threads waiting for a job
+        self.closed = False
+        self.threads: list[threading.Thread] = []  # the pool's threads (at most n), not the abandoned ones
+        self.abandoned: set[threading.Thread] = set()  # left in a given-up job: they end when it returns
+        self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
+        self.numbers = itertools.count()  # thread names
+        self.progress = time.monotonic()  # when a thread last started or finished a job
+
+    def shut(self) -> None:
+        """No more jobs: cancel the queued ones, wake the idle threads (they end)."""
+        with self.cond:
+            self.closed = True
+            while self.queue:
+                self.queue.popleft()[0].cancel()
+            self.cond.notify_all()
+
+    def spawn(self) -> None:
+        """Start a thread if a queued job waits for one and the pool has room (call with ``cond`` held)."""
+        if len(self.queue) > self.idle and len(self.threads) < self.n:
+            t = threading.Thread(target=_pool_worker, args=(self,), name=f"{self.name}_{next(self.numbers)}",
+                                 daemon=True)
+            t.start()  # (may raise: the thread is counted only once it runs)
+            self.threads.append(t)
+
+
+def _pool_worker(state: _PoolState) -> None:
+    me = threading.current_thread()
+    while True:
+        with state.cond:
+            if me in state.abandoned:  # its job was given up and it has been replaced: it ends here
+                state.abandoned.discard(me)
+                return
+            while not state.queue and not state.closed:
+                state.idle += 1
+                state.cond.wait()
+                state.idle -= 1
+            if not state.queue:
+                return
+            fut, fn, args = state.queue.popleft()
+        if fut.set_running_or_notify_cancel():
+            state.running[me] = (fn, args)
+            state.progress = time.monotonic()
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
+                fut.set_exception(e)
+            finally:
+                state.progress = time.monotonic()
+                state.running.pop(me, None)
+        del fut, fn, args  # hold nothing while idle
+
+
+class _IOPool:
+    """The reader's I/O threads: ``ThreadPoolExecutor.submit``, on daemon threads, with a bounded close.
+
+    A thread stuck in a store request that never answers must keep neither :meth:`close` nor the interpreter's exit
+    waiting (``concurrent.futures`` joins its threads at exit, daemon or not): :meth:`close` cancels the queued
+    jobs, waits for the threads at most ``timeout`` seconds and returns those still running with their jobs; they
+    end when their job returns. Threads start on demand, up to ``n``; an abandoned pool is shut when collected.
+
+    Nor may such a thread keep its place in the pool: a job its waiter has given up (:meth:`abandon`) leaves its
+    thread to it, outside the pool's count, and a new thread takes the queued jobs; the abandoned thread ends when
+    that job returns. At most ``4 * n`` threads are abandoned at once (:attr:`max_abandoned`), so a store that
+    answers nothing cannot start threads without end."""
+
+    def __init__(self, n: int, name: str):
+        self._state = _PoolState(max(1, int(n)), name)
+        self._finalizer = weakref.finalize(self, self._state.shut)
+        self.max_abandoned = 4 * self._state.n
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on an I/O thread; RuntimeError once the pool is closed, or when no thread runs and
+        none can be started (the job is then not queued)."""
+        st = self._state
+        fut: Future = Future()
+        with st.cond:
+            if st.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            st.queue.append((fut, fn, args))
+            try:
+                st.spawn()
+            except RuntimeError:  # can't start new thread: a running thread takes the job later, if one runs
+                if not st.threads:
+                    st.queue.pop()
+                    raise
+            st.cond.notify()
+        return fut
+
+    @property
+    def last_progress(self) -> float:
+        """``time.monotonic()`` when a thread last started or finished a job (or the pool was made): a queued job
+        waits because the threads are stuck only while this is old."""
+        return self._state.progress
+
+    def abandon(self, arg: Any) -> bool:
+        """Give up the thread running the job whose arguments include ``arg`` (by identity): its waiter will not
+        wait for it any more. The thread leaves the pool (a new one takes the queued jobs) and ends when the job
+        returns. False when :attr:`max_abandoned` threads are abandoned already (the thread stays in the pool);
+        True otherwise, also when no thread runs such a job (it has returned)."""
+        st = self._state
+        with st.cond:
+            for t, (_, args) in list(st.running.items()):
+                if t in st.threads and any(a is arg for a in args):
+                    if len(st.abandoned) >= self.max_abandoned:
+                        return False
+                    st.threads.remove(t)
+                    st.abandoned.add(t)
+                    with contextlib.suppress(RuntimeError):  # (no thread can start: the others take the jobs)
+                        st.spawn()
+                    break
+        return True
+
+    def close(self, timeout: float | None) -> list[tuple[threading.Thread, tuple[Callable[..., Any], tuple] | None]]:
+        """Cancel the queued jobs and wait for the threads (abandoned ones too), at most ``timeout`` seconds in all
+        (None: no limit); return ``(thread, (fn, args))`` of those still running (idempotent)."""
+        st = self._state
+        self._finalizer.detach()
+        st.shut()
+        with st.cond:
+            threads = list(st.threads) + sorted(st.abandoned, key=lambda t: t.name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return [(t, st.running.get(t)) for t in threads if t.is_alive()]
+
+
+class _Task:
+    """What the step waiting for one fetch/decode task knows of it, so that it can give up a store request that
+    does not answer without the task writing into the step's slots afterwards.
+
+    ``since``: when the task's current store request started (before the task runs: when it was queued); None
+    between requests, and while it reads or decodes into its slots. The waiting step gives the task up only while
+    ``since`` is older than the read timeout; the task looks at ``given_up`` under the lock before it touches a slot
+    (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so direct reads into slots and
+    decodes are not bounded by the read timeout)."""
+
+    __slots__ = ("lock", "since", "started", "given_up", "waited")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = time.monotonic()  # queued: waiting for an I/O thread
+        self.started = False
+        self.given_up = False
+        self.waited = 0.0  # seconds the request (or the queue) had kept the step waiting when it gave up
+
+    def begin(self) -> bool:
+        """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing)."""
+        with self.lock:
+            self.since, self.started = None, True
+            return not self.given_up
+
+    def touch_slots(self) -> bool:
+        """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""
+        with self.lock:
+            self.since = None
+            return not self.given_up
