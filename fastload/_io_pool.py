@@ -38,6 +38,7 @@ class _PoolState:
         self.threads: list[threading.Thread] = []  # the pool's threads (at most n), not the abandoned ones
         self.abandoned: set[threading.Thread] = set()  # left in a given-up job: they end when it returns
         self.running: dict[threading.Thread, tuple[Callable[..., Any], tuple]] = {}  # thread -> its job
+        self.began: dict[threading.Thread, float] = {}  # thread -> time.monotonic() when its job started
         self.numbers = itertools.count()  # thread names
         self.progress = time.monotonic()  # when a thread last started or finished a job
 
@@ -74,7 +75,7 @@ def _pool_worker(state: _PoolState) -> None:
             fut, fn, args = state.queue.popleft()
         if fut.set_running_or_notify_cancel():
             state.running[me] = (fn, args)
-            state.progress = time.monotonic()
+            state.progress = state.began[me] = time.monotonic()
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
@@ -82,6 +83,7 @@ def _pool_worker(state: _PoolState) -> None:
             finally:
                 state.progress = time.monotonic()
                 state.running.pop(me, None)
+                state.began.pop(me, None)
         del fut, fn, args  # hold nothing while idle
 
 
@@ -145,6 +147,37 @@ class _IOPool:
                     break
         return True
 
+    def abandon_stuck(self, stuck: Callable[[Callable[..., Any], tuple, float], bool]
+                      ) -> tuple[list[tuple[Callable[..., Any], tuple]], bool]:
+        """Give up every pool thread whose job ``stuck(fn, args, began)`` says is stuck (``began``: when the job
+        started; called with the pool's lock held: it must take no lock), as :meth:`abandon` does, e.g. a request
+        nobody waits for that has run longer than the read timeout. Returns the jobs given up and whether a stuck
+        one stays in the pool because :attr:`max_abandoned` threads are abandoned already. A thread given up here
+        counts as progress (:attr:`last_progress`): its replacement takes the queued jobs."""
+        st = self._state
+        jobs: list[tuple[Callable[..., Any], tuple]] = []
+        full = False
+        with st.cond:
+            for t, (fn, args) in list(st.running.items()):
+                if t not in st.threads or not stuck(fn, args, st.began.get(t, st.progress)):
+                    continue
+                if len(st.abandoned) >= self.max_abandoned:
+                    full = True
+                    break
+                st.threads.remove(t)
+                st.abandoned.add(t)
+                jobs.append((fn, args))
+            if jobs:
+                st.progress = time.monotonic()
+                with contextlib.suppress(RuntimeError):  # (no thread can start: the others take the jobs)
+                    while len(st.threads) < st.n and len(st.queue) > st.idle:
+                        before = len(st.threads)
+                        st.spawn()
+                        if len(st.threads) == before:
+                            break
+                st.cond.notify_all()
+        return jobs, full
+
     def close(self, timeout: float | None) -> list[tuple[threading.Thread, tuple[Callable[..., Any], tuple] | None]]:
         """Cancel the queued jobs and wait for the threads (abandoned ones too), at most ``timeout`` seconds in all
         (None: no limit); return ``(thread, (fn, args))`` of those still running (idempotent)."""
@@ -170,7 +203,7 @@ class _Task:
     (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so direct reads into slots and
     decodes are not bounded by the read timeout)."""
 
-    __slots__ = ("lock", "since", "started", "given_up", "waited")
+    __slots__ = ("lock", "since", "started", "given_up", "waited", "full")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -178,6 +211,7 @@ class _Task:
         self.started = False
         self.given_up = False
         self.waited = 0.0  # seconds the request (or the queue) had kept the step waiting when it gave up
+        self.full = False  # given up while queued behind stuck threads the pool could not let go (its cap)
 
     def begin(self) -> bool:
         """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing)."""

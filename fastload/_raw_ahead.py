@@ -82,11 +82,17 @@ class RawAhead:
     abandon : callable, optional
         ``abandon(group)``: called when a consumer gives up a request that an I/O thread runs (``run(group)``), so
         that the pool can let that thread go (``_IOPool.abandon``).
+    timeout : float, optional
+        The read timeout (``take``'s ``timeout`` also sets it): a request running longer than this is given up at
+        the next :meth:`claim` or :meth:`clear` even when nobody waits for it (its entries were cleared), so that
+        its estimate leaves the budget and its thread may go.
     """
 
     def __init__(self, budget: int, fetch_many: Callable[[str, list[tuple[int, ...]]], Sequence[bytes | None]],
-                 abandon: Callable[[_Group], Any] | None = None):
+                 abandon: Callable[[_Group], Any] | None = None, timeout: float | None = None):
         self.budget = int(budget)
+        self.timeout = timeout
+        self._running: set[_Group] = set()  # requests running, not given up
         self._fetch_many = fetch_many
         self._abandon = abandon
         self._lock = threading.Lock()
@@ -114,6 +120,7 @@ class RawAhead:
         are needed, e.g. the step's plan position, None: after everything claimed with a due). Over the budget,
         the entries with the largest ``due`` go first, and of one ``due`` the latest claimed. Returns the group
         to pass to :meth:`run` on an I/O thread, or None when there is nothing to request."""
+        self._sweep()
         with self._lock:
             each = max(1, int(self._mean.get(array, est)))
             room = (self.budget - self._held - self._flight) // each
@@ -134,6 +141,7 @@ class RawAhead:
             if group.state != _QUEUED:
                 return
             group.state, group.started = _RUNNING, time.monotonic()
+            self._running.add(group)
         self._request(group)
 
     def take(self, array: str, chunks: Sequence[tuple[int, ...]], *, timeout: float | None = None,
@@ -147,6 +155,8 @@ class RawAhead:
         got: dict[int, bytes | None | ChunkReadError] = {}
         wait: list[tuple[int, _Group]] = []
         mine: list[_Group] = []
+        if timeout is not None:
+            self.timeout = timeout
         with self._lock:
             for j, c in enumerate(chunks):
                 e = self._entries.pop((array, c), None)
@@ -187,7 +197,9 @@ class RawAhead:
             return n
 
     def clear(self) -> None:
-        """Drop every finished entry (counted as wasted); requests in flight finish into nothing."""
+        """Drop every finished entry (counted as wasted); requests in flight finish into nothing (one running longer
+        than :attr:`timeout` is given up now: nobody will wait for it)."""
+        self._sweep()
         with self._lock:
             for k, e in list(self._entries.items()):
                 if isinstance(e, _Raw):
@@ -207,6 +219,18 @@ class RawAhead:
         finally:  # whatever happened (even a BaseException), waiters in take() are released
             self._finish(g, raws)
 
+    def _sweep(self) -> None:
+        """Give up the requests that have run longer than :attr:`timeout`: whoever waits for one gives it up at
+        that age anyway, and one nobody waits for (its entries cleared) would hold its estimate and thread for as
+        long as it hangs."""
+        if self.timeout is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            old = [g for g in self._running if now - g.started >= self.timeout]
+        for g in old:
+            self._give_up(g)
+
     def _give_up(self, g: _Group) -> None:
         """A consumer no longer waits for ``g`` (read timeout): its estimate leaves the budget now (a request that
         never answers must not switch read-ahead off), and its thread may go."""
@@ -215,11 +239,13 @@ class RawAhead:
                 return
             g.abandoned = True
             self._flight -= g.est
+            self._running.discard(g)
         if self._abandon is not None:
             self._abandon(g)
 
     def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:
         with self._lock:
+            self._running.discard(g)
             if not g.abandoned:  # (a given-up group's estimate left the budget when it was given up)
                 self._flight -= g.est
             g.raws = raws

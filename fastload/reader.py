@@ -30,7 +30,8 @@ or finished a job) is given up by the step waiting for it: its chunks fail the s
 ``on_bad_chunk="skip"``, a warning), and the request is left running on its thread, which then writes into no slot
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
-``on_bad_chunk="skip"``). A step never releases its cache slots while an I/O thread may still write into them. The
+``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``
+that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its cache slots while an I/O thread may still write into them. The
 I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`): :meth:`ChunkReader.close` waits for them at
 most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
 it nor the interpreter's exit waits for it.
@@ -216,7 +217,8 @@ class ChunkReader:
         self._closed = False
         self._warm: Future | None = None
         budget = min(_AHEAD_BYTES, cache.nbytes // 2) if read_ahead_bytes is None else int(read_ahead_bytes)
-        self._ahead = (RawAhead(budget, store.chunk_bytes_many, abandon=self._pool.abandon)
+        self._ahead = (RawAhead(budget, store.chunk_bytes_many, abandon=self._pool.abandon,
+                                timeout=read_timeout)
                        if self._group and budget > 0 else None)
         self._ahead_plan: Any = None  # the plan the buffer's entries were read for (cleared when it changes)
         self._failing = False  # a chunk failed after all its retries and no read has succeeded since
@@ -238,6 +240,8 @@ class ChunkReader:
         """
         stop = self._stopper(should_stop)
         stats = IOStats(batches=1)
+        if self._ahead is not None:
+            self._ahead.timeout = self.read_timeout  # (the attribute may have been set since)
         if self._ahead is not None and plan is not self._ahead_plan:  # a new plan (epoch, iteration, resume):
             self._ahead_plan = plan  # bytes read ahead for the old one would never be taken
             self._ahead.clear()
@@ -494,7 +498,7 @@ class ChunkReader:
             if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
                 # its I/O thread, left in the request, leaves the pool (a new one takes the queued tasks) unless
                 # too many are left so already: then the store has stopped answering, an error even with 'skip'
-                full = task.started and not self._pool.abandon(task)
+                full = task.full or (task.started and not self._pool.abandon(task))
                 d = self._given_up(started.step, a, group, task, full)
                 for j, e in d.errors.items():
                     self.cache.failed(a, int(res.slots[a][group[j]]), e)
@@ -519,19 +523,29 @@ class ChunkReader:
 
     def _wait_task(self, fut: Future, task: _Task) -> _Done | None:
         """The task's result, or None once it is given up: a store request of it (or its wait for an I/O thread)
-        has gone unanswered for ``read_timeout`` seconds."""
+        has gone unanswered for ``read_timeout`` seconds. Before a queued task is given up, the I/O threads stuck
+        in store requests older than that (given up by their waiter, or with none: read-ahead whose entries were
+        cleared) leave the pool and the wait starts again (:meth:`_reclaim`); ``task.full``: one could not."""
         limit = self.read_timeout
         if limit is None:
             return fut.result()
         while True:
             with task.lock:
                 since = task.since
-                if since is not None and not task.started:  # queued: a busy pool is no reason to give it up, a
-                    since = max(since, self._pool.last_progress)  # stuck one is (no thread started or finished one)
+                queued = since is not None and not task.started
+                if queued:  # a busy pool is no reason to give it up, a stuck one is (no thread started or finished one)
+                    since = max(since, self._pool.last_progress)  # type: ignore[type-var]
                 now = time.monotonic()
                 left = limit if since is None else since + limit - now
-                if left <= 0:
-                    task.given_up, task.waited = True, now - since
+                if left <= 0 and not queued:
+                    task.given_up, task.waited = True, now - since  # type: ignore[operator]
+                    return None
+            if left <= 0:  # queued behind threads that made no progress for read_timeout: free the stuck ones
+                freed, full = self._reclaim(limit)
+                with task.lock:
+                    if freed or task.started:  # replacements take the queue (or it began): wait again
+                        continue
+                    task.given_up, task.waited, task.full = True, now - since, full  # type: ignore[operator]
                     fut.cancel()  # still queued: it never starts
                     return None
             try:
@@ -540,17 +554,39 @@ class ChunkReader:
                 if fut.done():  # finished just after the wait timed out: its own result (or its own error)
                     return fut.result()
 
+    def _reclaim(self, limit: float) -> tuple[int, bool]:
+        """Let go of every I/O thread in a store request older than ``limit`` (a fetch task's timed request, or a
+        read-ahead request: whoever waits for it gives it up, and one nobody waits for must not keep its thread
+        for ever); a read-ahead request let go so gives its byte budget back. Returns how many threads left the
+        pool and whether a stuck one stays (:attr:`_IOPool.max_abandoned` threads are left already)."""
+        now = time.monotonic()
+        ahead = self._ahead
+        run = None if ahead is None else ahead.run
+
+        def stuck(fn: Callable[..., Any], args: tuple, began: float) -> bool:
+            if args and isinstance(args[-1], _Task):  # a fetch task: only while in a store request (never a decode)
+                t = args[-1]
+                return t.started and t.since is not None and now - t.since >= limit
+            return run is not None and fn == run and now - began >= limit  # not a warm-up or any other job
+
+        jobs, full = self._pool.abandon_stuck(stuck)
+        for fn, args in jobs:
+            if ahead is not None and fn == run:
+                ahead._give_up(args[0])
+        return len(jobs), full
+
     def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task, full: bool = False) -> _Done:
         """The errors of a given-up task's chunks, naming each chunk and the wait (``full``: the pool has
         abandoned as many threads as it may)."""
         waited, limit = task.waited, self.read_timeout
+        cap = (f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "
+               f"requests that never answered: the store has stopped answering")
         if not task.started:
             why = (f"not started: no I/O thread started or finished a task for {waited:.1f} s (loader.read_timeout_s "
-                   f"= {limit:g}), each is in a store request that does not answer")
+                   f"= {limit:g}), each is in a store request that does not answer"
+                   + (f", and {cap}" if full else ""))
         elif full:
-            why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}), and "
-                   f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "
-                   f"requests that never answered: the store has stopped answering")
+            why = f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}), and {cap}"
         else:
             why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}); the request "
                    f"is left running")

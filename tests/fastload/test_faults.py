@@ -435,3 +435,57 @@ def test_the_late_error_of_a_given_up_request_leaves_retries_on(tmp_path):
         assert next(iter(loader)).stats.retries == 2
     finally:
         _let_go(hanging, loader)
+
+
+def test_threads_stuck_in_read_ahead_nobody_waits_for_are_let_go(tmp_path):
+    """Read-ahead requests hang while the iteration is broken off, then the store answers at once: the new epoch's
+    plan clears their entries, so nobody waits for (and gives up) them. Their threads leave the pool and their
+    budget comes back: the epoch reads (every task failed 'not started' for ever before)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    rng = np.random.default_rng(0)
+
+    def boxes(epoch):
+        return np.stack([rng.integers(0, 4, 48), rng.integers(0, 9, 48), rng.integers(0, 20, 48)], 1)
+
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)  # remote: read-ahead on
+    hanging = store.source = HangingSource(store.source, after=10**9)  # answers until `after` is lowered
+    loader = Loader(store, cfg, boxes=boxes, workers=1, fetch_concurrency=2, seed=3, cache_bytes=30_000,
+                    prefetch=1, retries=0, read_timeout_s=0.2, jit=False)
+    try:
+        it = iter(loader)
+        next(it)
+        hanging.after, hanging.hang_first = 0, 6  # the next 6 chunk requests never answer (the read-ahead's)
+        assert hanging.entered.wait(5)
+        time.sleep(0.2)
+        it.close()
+        loader.set_epoch(1)
+        assert sum(b.stats.samples for b in loader) == 48
+        ahead = loader._backend.reader._ahead
+        assert ahead._flight == 0 and not ahead._running
+    finally:
+        _let_go(hanging, loader)
+
+
+def test_a_queued_task_behind_an_orphaned_read_ahead_request_starts():
+    """The one I/O thread hangs in a read-ahead request nobody waits for: before the queued fetch task is given up
+    'not started', that thread leaves the pool, a new one runs the task, and the request's budget comes back."""
+    from fastload._io_pool import _IOPool, _Task
+    from fastload._raw_ahead import RawAhead
+    from fastload.reader import ChunkReader
+
+    release = threading.Event()
+    reader = object.__new__(ChunkReader)
+    reader.read_timeout = 0.1
+    reader._pool = pool = _IOPool(1, "fastload-test")
+    reader._ahead = ahead = RawAhead(1000, lambda a, cs: release.wait(30) and [b"x"] * len(cs),
+                                     abandon=pool.abandon)  # (no timeout: nothing sweeps it but the pool)
+    try:
+        g = ahead.claim("a", [(0,), (1,)], est=100)
+        pool.submit(ahead.run, g)
+        task = _Task()
+        fut = pool.submit(lambda t: t.begin() and "ran", task)
+        assert reader._wait_task(fut, task) == "ran"
+        assert g.abandoned and ahead._flight == 0
+    finally:
+        release.set()
+        pool.close(5)
