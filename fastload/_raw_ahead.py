@@ -19,7 +19,8 @@ its chunk's request still queued runs the request itself (no pool thread ever wa
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, the request's estimated bytes
 leave the budget (once: a request that never answers must not switch read-ahead off), the reader's pool lets its
-thread go, and the late answer is dropped.
+thread go, and the late answer is dropped. A request older than that which nobody waits for (its entries cleared
+by a new plan, or run by a consumer whose step gave it up) is given up the same way at the next claim or clear.
 
 Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
 """
@@ -169,6 +170,7 @@ class RawAhead:
                     continue
                 if e.state == _QUEUED:  # not started: do it here rather than wait for a pool thread
                     e.state, e.started = _RUNNING, time.monotonic()
+                    self._running.add(e)  # (its caller's step may give it up: then _sweep returns its budget)
                     mine.append(e)
                 wait.append((j, e))
         for g in mine:

@@ -435,3 +435,30 @@ def test_an_io_thread_that_cannot_start_loses_no_job_and_breaks_no_close(monkeyp
     assert ran == ["queued"]
     assert pool.close(5.0) == [] and empty.close(5.0) == []
     assert ran == ["queued"]
+
+
+def test_a_hung_request_its_consumer_runs_itself_gives_its_budget_back():
+    """A consumer runs a still-queued read-ahead request itself (take's own-request path) and it never answers:
+    once it is older than the read timeout, a new plan's clear() gives its estimate back (it held the budget for as
+    long as it hung before: read-ahead mostly off)."""
+    release = threading.Event()
+
+    def fetch(array, chunks):
+        if chunks[0] == (0,):
+            release.wait(30)
+        return [bytes(100)] * len(chunks)
+
+    ahead = RawAhead(1000, fetch)
+    ahead.claim("a", [(i,) for i in range(8)], est=100)  # 800 of 1000 bytes; its run() job never gets a thread
+    consumer = threading.Thread(target=ahead.take, args=("a", [(i,) for i in range(8)]),
+                                kwargs={"timeout": 0.05, "timed": lambda fn: fn()}, daemon=True)
+    consumer.start()
+    try:
+        time.sleep(0.15)  # (its step gives the task up after the read timeout)
+        ahead.clear()
+        g = ahead.claim("a", [(i,) for i in range(100, 108)], est=100)
+        assert g is not None and len(g.chunks) == 8 and ahead._flight == 800
+    finally:
+        release.set()
+        consumer.join(5)
+    assert ahead._flight == 800  # the late answer takes nothing out a second time
