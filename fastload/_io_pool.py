@@ -214,10 +214,13 @@ class _Task:
         self.full = False  # given up while queued behind stuck threads the pool could not let go (its cap)
 
     def begin(self) -> bool:
-        """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing)."""
+        """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing; it stays
+        not ``started``, so its step neither lets its thread go nor names a store request for it)."""
         with self.lock:
+            if self.given_up:
+                return False
             self.since, self.started = None, True
-            return not self.given_up
+            return True
 
     def touch_slots(self) -> bool:
         """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""

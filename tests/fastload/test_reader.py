@@ -462,3 +462,26 @@ def test_a_hung_request_its_consumer_runs_itself_gives_its_budget_back():
         release.set()
         consumer.join(5)
     assert ahead._flight == 800  # the late answer takes nothing out a second time
+
+
+def test_a_task_given_up_while_queued_stays_not_started_when_its_thread_takes_it():
+    """The step gives a queued task up just as an I/O thread takes the job: begin() says do nothing and the task
+    stays 'not started' (it was marked started: the step let a returning thread go, counted against the cap, and
+    named a store request left running)."""
+    from fastload._io_pool import _IOPool, _Task
+    from fastload.reader import ChunkReader
+
+    reader = object.__new__(ChunkReader)
+    reader.read_timeout = 0.1
+    reader._pool = pool = _IOPool(1, "fastload-test")
+    task = _Task()
+    with task.lock:
+        task.given_up, task.waited = True, 0.1  # (what _wait_task does to a task still queued)
+    try:
+        assert pool.submit(task.begin).result(5) is False
+        assert not task.started
+        step = type("S", (), {"plan": type("P", (), {"chunks": {"t": np.array([[1, 2, 3, 4]])}})})
+        err = reader._given_up(step, "t", np.array([0]), task).errors[0]
+        assert "not started" in str(err)
+    finally:
+        pool.close(5)
