@@ -181,7 +181,7 @@ class RawAhead:
             elif not g.event.wait(max(0.0, g.started + timeout - time.monotonic())):
                 waited = time.monotonic() - g.started  # the late answer finds its entry gone and is dropped
                 self._give_up(g)
-                got[j] = ChunkReadError(array, chunks[j], f"no answer from the store after {waited:.1f} s to a "
+                got[j] = ChunkReadError(array, chunks[j], f"no answer from the store after {waited:.3g} s to a "
                                         f"read-ahead request (read timeout {timeout:g} s, loader.read_timeout_s); "
                                         f"the request is left running")
                 continue

@@ -590,15 +590,15 @@ class ChunkReader:
         abandoned as many threads as it may)."""
         waited, limit = task.waited, self.read_timeout
         cap = (f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "
-               f"requests that never answered: the store has stopped answering")
+               f"requests that never answered: the store has stopped answering") if full else ""
         if not task.started:
-            why = (f"not started: no I/O thread started or finished a task for {waited:.1f} s (loader.read_timeout_s "
+            why = (f"not started: no I/O thread started or finished a task for {waited:.3g} s (loader.read_timeout_s "
                    f"= {limit:g}), each is in a store request that does not answer"
                    + (f", and {cap}" if full else ""))
         elif full:
-            why = f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}), and {cap}"
+            why = f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}), and {cap}"
         else:
-            why = (f"no answer from the store after {waited:.1f} s (loader.read_timeout_s = {limit:g}); the request "
+            why = (f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}); the request "
                    f"is left running")
         rows = step.plan.chunks[array][group].tolist()
         return _Done(errors={j: ChunkReadError(array, tuple(c), why) for j, c in enumerate(rows)})

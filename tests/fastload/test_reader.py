@@ -485,3 +485,30 @@ def test_a_task_given_up_while_queued_stays_not_started_when_its_thread_takes_it
         assert "not started" in str(err)
     finally:
         pool.close(5)
+
+
+def test_a_short_read_timeout_s_wait_is_named_as_it_was():
+    """A 0.02 s read timeout's give-up names the wait as about 0.02 s, not 'after 0.0 s' (read-ahead and tasks)."""
+    from fastload._io_pool import _Task
+    from fastload.reader import ChunkReader
+
+    release = threading.Event()
+    ahead = RawAhead(1000, lambda a, cs: release.wait(30) and [b"x"] * len(cs))
+    g = ahead.claim("a", [(0,)], est=100)
+    runner = threading.Thread(target=ahead.run, args=(g,), daemon=True)
+    runner.start()
+    try:
+        while g.started == 0.0:
+            time.sleep(0.001)
+        err = ahead.take("a", [(0,)], timeout=0.02)[0]
+    finally:
+        release.set()
+        runner.join(5)
+    waited = float(str(err).split("after ")[1].split(" s")[0])
+    assert 0.02 <= waited < 5 and "after 0.0 s" not in str(err), str(err)
+    reader = object.__new__(ChunkReader)
+    reader.read_timeout = 0.02
+    task = _Task()
+    task.started, task.waited = True, 0.0213
+    step = type("S", (), {"plan": type("P", (), {"chunks": {"t": np.array([[1, 2, 3, 4]])}})})
+    assert "after 0.0213 s" in str(reader._given_up(step, "t", np.array([0]), task).errors[0])
