@@ -19,8 +19,10 @@ its chunk's request still queued runs the request itself (no pool thread ever wa
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, the request's estimated bytes
 leave the budget (once: a request that never answers must not switch read-ahead off), the reader's pool lets its
-thread go, and the late answer is dropped. A request older than that which nobody waits for (its entries cleared
-by a new plan, or run by a consumer whose step gave it up) is given up the same way at the next claim or clear.
+thread go, and the late answer is dropped. A request nobody waits for gives its estimate back the same way: at the
+clear that drops its entries, or (run by a consumer whose step gave it up) at the next claim or clear once older
+than the timeout; its thread goes only when the reader's pool needs it. A request that waited for a thread longer
+than the timeout (queued behind stuck ones) is not made: its steps fetch their chunks.
 
 Run its tests with ``python -m pytest tests/fastload/test_reader.py -q -k ahead``.
 """
@@ -46,7 +48,7 @@ _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 class _Group:
     """One read-ahead request: chunks of one array, fetched together."""
 
-    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event", "abandoned")
+    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event", "abandoned", "claimed")
 
     def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int, order: tuple[float, int]):
         self.array = array
@@ -55,6 +57,7 @@ class _Group:
         self.order = order  # (due, claim sequence): when its chunks are needed; the largest is evicted first
         self.state = _QUEUED
         self.started = 0.0  # time.monotonic() when the request started (state _RUNNING)
+        self.claimed = time.monotonic()
         self.raws: list[bytes | None] | None = None
         self.event = threading.Event()
         self.abandoned = False  # a consumer gave it up (read timeout): its estimate is out of the budget already
@@ -137,12 +140,19 @@ class RawAhead:
             return g
 
     def run(self, group: _Group) -> None:
-        """Do ``group``'s request unless a consumer has taken it over; finished chunks become entries."""
+        """Do ``group``'s request unless a consumer has taken it over, or it waited for a thread longer than
+        :attr:`timeout` (queued behind stuck requests: its steps fetch their own chunks by now, and a store that
+        hangs would keep the thread too); finished chunks become entries."""
         with self._lock:
             if group.state != _QUEUED:
                 return
             group.state, group.started = _RUNNING, time.monotonic()
-            self._running.add(group)
+            stale = self.timeout is not None and group.started - group.claimed >= self.timeout
+            if not stale:
+                self._running.add(group)
+        if stale:
+            self._finish(group, None)  # (its entries go: a step fetches them)
+            return
         self._request(group)
 
     def take(self, array: str, chunks: Sequence[tuple[int, ...]], *, timeout: float | None = None,
@@ -199,15 +209,21 @@ class RawAhead:
             return n
 
     def clear(self) -> None:
-        """Drop every finished entry (counted as wasted); requests in flight finish into nothing (one running longer
-        than :attr:`timeout` is given up now: nobody will wait for it)."""
+        """Drop every finished entry (counted as wasted); requests in flight finish into nothing, and those whose
+        entries this drops (or running longer than :attr:`timeout`) give their estimate back now: nobody will wait
+        for them (their threads are let go only by the reader's pool, when it needs them)."""
         self._sweep()
+        orphans: set[_Group] = set()
         with self._lock:
             for k, e in list(self._entries.items()):
                 if isinstance(e, _Raw):
                     self._waste(e.size)
+                elif e.state == _RUNNING:
+                    orphans.add(e)
                 del self._entries[k]
             self._held = 0
+        for g in orphans:  # nobody waits for their chunks now (a consumer that took some gives it up in its turn)
+            self._give_up(g, let_go=False)
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _request(self, g: _Group, timed: Callable[[Callable[[], Any]], Any] | None = None) -> None:
@@ -223,26 +239,28 @@ class RawAhead:
 
     def _sweep(self) -> None:
         """Give up the requests that have run longer than :attr:`timeout`: whoever waits for one gives it up at
-        that age anyway, and one nobody waits for (its entries cleared) would hold its estimate and thread for as
-        long as it hangs."""
+        that age anyway, and one nobody waits for (run by a consumer whose step gave it up) would hold its estimate
+        for as long as it hangs."""
         if self.timeout is None:
             return
         now = time.monotonic()
         with self._lock:
             old = [g for g in self._running if now - g.started >= self.timeout]
         for g in old:
-            self._give_up(g)
+            self._give_up(g, let_go=False)
 
-    def _give_up(self, g: _Group) -> None:
+    def _give_up(self, g: _Group, let_go: bool = True) -> None:
         """A consumer no longer waits for ``g`` (read timeout): its estimate leaves the budget now (a request that
-        never answers must not switch read-ahead off), and its thread may go."""
+        never answers must not switch read-ahead off), and its thread may go (``let_go``: the abandon hook; not for
+        a request nobody waits for, whose thread the pool lets go only when queued tasks need one: a store that
+        hangs a moment must not spend the pool's bound on abandoned threads on read-ahead)."""
         with self._lock:
             if g.abandoned or g.state != _RUNNING:  # (finished: _finish took its estimate out)
                 return
             g.abandoned = True
             self._flight -= g.est
             self._running.discard(g)
-        if self._abandon is not None:
+        if let_go and self._abandon is not None:
             self._abandon(g)
 
     def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:

@@ -454,10 +454,12 @@ def test_threads_stuck_in_read_ahead_nobody_waits_for_are_let_go(tmp_path):
     try:
         it = iter(loader)
         next(it)
-        hanging.after, hanging.hang_first = 0, 6  # the next 6 chunk requests never answer (the read-ahead's)
+        hanging.after = 0  # chunk requests made from now on never answer (the read-ahead's)
         assert hanging.entered.wait(5)
         time.sleep(0.2)
         it.close()
+        with hanging.lock:
+            hanging.hang_first = hanging.hung  # ... and from now on every request answers at once
         loader.set_epoch(1)
         assert sum(b.stats.samples for b in loader) == 48
         ahead = loader._backend.reader._ahead

@@ -512,3 +512,34 @@ def test_a_short_read_timeout_s_wait_is_named_as_it_was():
     task.started, task.waited = True, 0.0213
     step = type("S", (), {"plan": type("P", (), {"chunks": {"t": np.array([[1, 2, 3, 4]])}})})
     assert "after 0.0213 s" in str(reader._given_up(step, "t", np.array([0]), task).errors[0])
+
+
+def test_raw_ahead_requests_nobody_waits_for_give_their_budget_back():
+    """clear() gives back at once the estimate of a hung request whose entries it drops (held until it aged past the
+    read timeout before), without letting its thread go (the pool does when queued tasks need one); a request
+    that waited for a thread longer than the timeout is not made (it was, and hung on the stuck store too)."""
+    release, calls, let_go = threading.Event(), [], []
+
+    def fetch(array, chunks):
+        calls.append(chunks)
+        release.wait(30)
+        return [b"x"] * len(chunks)
+
+    ahead = RawAhead(1000, fetch, abandon=let_go.append, timeout=10.0)
+    g = ahead.claim("a", [(0,), (1,)], est=100)
+    runner = threading.Thread(target=ahead.run, args=(g,), daemon=True)
+    runner.start()
+    try:
+        while not calls:
+            time.sleep(0.001)
+        ahead.clear()
+        assert ahead._flight == 0 and g.abandoned and not let_go
+        ahead.timeout = 0.02
+        late = ahead.claim("a", [(5,)], est=100)
+        time.sleep(0.03)
+        ahead.run(late)  # queued longer than the timeout: dropped, its step fetches the chunk
+        assert len(calls) == 1 and ahead._flight == 0 and len(ahead) == 0 and late.event.is_set()
+    finally:
+        release.set()
+        runner.join(5)
+    assert ahead._flight == 0
