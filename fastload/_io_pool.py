@@ -74,8 +74,10 @@ def _pool_worker(state: _PoolState) -> None:
                 return
             fut, fn, args = state.queue.popleft()
         if fut.set_running_or_notify_cancel():
-            state.running[me] = (fn, args)
+            # when it began first: abandon_stuck reads `began` of every running thread (without it a job just
+            # taken would be judged by the pool's last progress, and a healthy request let go)
             state.progress = state.began[me] = time.monotonic()
+            state.running[me] = (fn, args)
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - delivered to whoever waits on the future
@@ -159,7 +161,8 @@ class _IOPool:
         full = False
         with st.cond:
             for t, (fn, args) in list(st.running.items()):
-                if t not in st.threads or not stuck(fn, args, st.began.get(t, st.progress)):
+                began = st.began.get(t)
+                if began is None or t not in st.threads or not stuck(fn, args, began):
                     continue
                 if len(st.abandoned) >= self.max_abandoned:
                     full = True

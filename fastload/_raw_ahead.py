@@ -48,7 +48,8 @@ _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 class _Group:
     """One read-ahead request: chunks of one array, fetched together."""
 
-    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event", "abandoned", "claimed")
+    __slots__ = ("array", "chunks", "est", "order", "state", "started", "raws", "event", "abandoned", "let_go",
+                 "claimed")
 
     def __init__(self, array: str, chunks: list[tuple[int, ...]], est: int, order: tuple[float, int]):
         self.array = array
@@ -61,6 +62,7 @@ class _Group:
         self.raws: list[bytes | None] | None = None
         self.event = threading.Event()
         self.abandoned = False  # a consumer gave it up (read timeout): its estimate is out of the budget already
+        self.let_go = False  # and its thread was let go (the abandon hook ran)
 
 
 class _Raw:
@@ -255,11 +257,16 @@ class RawAhead:
         a request nobody waits for, whose thread the pool lets go only when queued tasks need one: a store that
         hangs a moment must not spend the pool's bound on abandoned threads on read-ahead)."""
         with self._lock:
-            if g.abandoned or g.state != _RUNNING:  # (finished: _finish took its estimate out)
+            if g.state != _RUNNING:  # (finished: _finish took its estimate out)
                 return
-            g.abandoned = True
-            self._flight -= g.est
-            self._running.discard(g)
+            if not g.abandoned:  # the estimate leaves the budget once
+                g.abandoned = True
+                self._flight -= g.est
+                self._running.discard(g)
+            # the thread goes once, when a consumer gives the group up, also after clear() or the sweep gave it up
+            # without letting its thread go
+            let_go = let_go and not g.let_go
+            g.let_go = g.let_go or let_go
         if let_go and self._abandon is not None:
             self._abandon(g)
 

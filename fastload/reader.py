@@ -305,8 +305,8 @@ class ChunkReader:
                                       name=f"{self._name}_warm")
         try:
             self._warm.start()
-        except RuntimeError:  # can't start new thread: the first gather loads the kernels
-            pass
+        except RuntimeError:  # can't start new thread: the first gather loads the kernels (and close() joins none)
+            self._warm = None
 
     def _warm_kernels(self, out_dtype: np.dtype) -> None:
         try:

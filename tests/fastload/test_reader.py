@@ -543,3 +543,89 @@ def test_raw_ahead_requests_nobody_waits_for_give_their_budget_back():
         release.set()
         runner.join(5)
     assert ahead._flight == 0
+
+
+def test_a_consumer_giving_up_lets_go_of_a_thread_clear_gave_up_without_it():
+    """clear() (a new plan) gives a hung read-ahead request up without letting its thread go; a step that waits for
+    another of its chunks and times out then lets the thread go (it stayed in the pool, one thread short, before)."""
+    from fastload._io_pool import _IOPool
+
+    hang = threading.Event()
+
+    def fetch(array, chunks):
+        hang.wait(10)
+        return [b"x"] * len(chunks)
+
+    pool = _IOPool(2, "t-letgo")
+    ahead = RawAhead(10_000, fetch, abandon=pool.abandon, timeout=0.2)
+    try:
+        g = ahead.claim("a", [(0,), (1,)], 100)
+        pool.submit(ahead.run, g)
+        got: dict = {}
+        consumer = threading.Thread(target=lambda: got.update(ahead.take("a", [(0,)], timeout=0.2)), daemon=True)
+        deadline = time.monotonic() + 5
+        while not any(args and args[0] is g for _, args in pool._state.running.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        consumer.start()
+        time.sleep(0.05)
+        ahead.clear()  # drops chunk 1's entry: g given up, its thread kept
+        consumer.join(5)
+        assert isinstance(got.get(0), ChunkReadError)
+        st = pool._state
+        assert not [t for t, (_, args) in st.running.items() if t in st.threads and args and args[0] is g]
+        assert len(st.abandoned) == 1 and ahead._flight == 0
+    finally:
+        hang.set()
+        pool.close(5)
+
+
+def test_a_job_whose_start_time_is_not_set_yet_is_not_stuck():
+    """abandon_stuck judges a running job by when it began; a thread that has taken a job but not yet noted when
+    (the worker notes it first now) is never let go, whatever the pool's last progress (a healthy request that had
+    just started was let go before)."""
+    from fastload._io_pool import _IOPool
+
+    pool = _IOPool(1, "t-began")
+    try:
+        st = pool._state
+        fake = threading.Thread(target=lambda: None)
+        with st.cond:
+            st.threads.append(fake)
+            st.running[fake] = (print, ())
+        st.progress = time.monotonic() - 100
+        jobs, full = pool.abandon_stuck(lambda fn, args, began: True)
+        assert jobs == [] and not full and fake in st.threads
+    finally:
+        with st.cond:
+            st.threads.remove(fake)
+            st.running.pop(fake)
+        pool.close(5)
+
+
+def test_close_after_a_warm_up_thread_that_could_not_start(monkeypatch, tmp_path):
+    """warm() when no thread can start: the first gather loads the kernels, and close() still closes everything
+    (it raised 'cannot join thread before it is started' half-way before)."""
+    import fastload.sampling.neighborhood as nb
+    from fastload._backend import build_cache, make_tokenizer
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+
+    tok = make_tokenizer(store, cfg)
+    cache, _ = build_cache(store, tok, cfg, 64 << 20, 1)
+    rd = ChunkReader(store, tok, cache, fetch_concurrency=1)
+    real = threading.Thread.start
+
+    def start(self):
+        if self.name.endswith("_warm"):
+            raise RuntimeError("can't start new thread")
+        return real(self)
+
+    monkeypatch.setattr(nb, "use_jit", lambda *a, **k: True)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    rd.warm(np.float32)
+    monkeypatch.undo()
+    assert rd._warm is None
+    assert rd.close(2.0) == []
