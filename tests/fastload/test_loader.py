@@ -239,6 +239,24 @@ def test_bad_settings(tmp_path):
         Loader(tmp_path / "s.zarr", build("per_variable", tmp_path / "s.zarr", normalization="global")[1])
 
 
+def _first_request_hangs(store):
+    """Make the first chunk request of all (batch 0's) on ``store`` hang until the test sets ``release``; returns
+    ``(entered, release)`` events."""
+    orig = store.chunk_bytes
+    entered, release, lock, armed = threading.Event(), threading.Event(), threading.Lock(), [True]
+
+    def chunk_bytes(array, chunk):
+        with lock:
+            hang, armed[0] = armed[0], False
+        if hang:
+            entered.set()
+            release.wait(60)
+        return orig(array, chunk)
+
+    store.chunk_bytes = chunk_bytes
+    return entered, release
+
+
 def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monkeypatch):
     """Restarting while a store request hangs: no wait for it beyond the stop grace, no error, every batch right;
     the hung read's backend and ring (its cache pins, its slot) are never reused (they are closed at once: the test
@@ -248,18 +266,7 @@ def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monke
     monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
     truth, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
-    orig = store.chunk_bytes
-    entered, release, lock, armed = threading.Event(), threading.Event(), threading.Lock(), [True]
-
-    def chunk_bytes(array, chunk):
-        with lock:
-            hang, armed[0] = armed[0], False
-        if hang:  # the first request of all (batch 0's) hangs until the test lets it go
-            entered.set()
-            release.wait(60)
-        return orig(array, chunk)
-
-    store.chunk_bytes = chunk_bytes
+    entered, release = _first_request_hangs(store)
     loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, seed=7, cache_bytes=40_000)
     try:
         it = iter(loader)
@@ -293,18 +300,7 @@ def test_a_retired_backend_is_closed_at_once_even_if_its_read_never_returns(tmp_
     monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
     truth, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
-    orig = store.chunk_bytes
-    entered, release, lock, armed = threading.Event(), threading.Event(), threading.Lock(), [True]
-
-    def chunk_bytes(array, chunk):
-        with lock:
-            hang, armed[0] = armed[0], False
-        if hang:  # the first request of all (batch 0's) hangs until the test lets it go
-            entered.set()
-            release.wait(60)
-        return orig(array, chunk)
-
-    store.chunk_bytes = chunk_bytes
+    entered, release = _first_request_hangs(store)
     caplog.set_level(logging.WARNING, logger="fastload")
     loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, seed=7, cache_bytes=40_000,
                     read_timeout_s=None)  # nothing gives the hung read up
