@@ -12,8 +12,8 @@ batches); a full cache is never evicted for read-ahead. A remote store's latency
 reading ahead *stored* bytes, which need no cache slot: as each step starts, the chunks of the next two steps (in
 plan order, into the next batches) that the cache neither holds nor is filling are requested in the background
 into a bounded buffer (:mod:`fastload._raw_ahead`), and a step's fetch takes them from there (20 ms per request,
-era5-1deg tiles, 2 workers: 75 % -> 95 % of the zero-latency rate). The gather kernels are loaded on an I/O thread at the
-start (Numba's first call in a process costs about a second), overlapping the first decodes.
+era5-1deg tiles, 2 workers: 75 % -> 95 % of the zero-latency rate). The gather kernels are loaded on a thread of
+their own at the start (Numba's first call in a process costs about a second), overlapping the first decodes.
 
 Per chunk there is no Python object: chunks are integer ids, the cache's slot state and the plan's uses are
 arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big chunks would put over 8 MB
@@ -215,7 +215,8 @@ class ChunkReader:
         self._pool = _IOPool(max(1, int(fetch_concurrency)), name)
         self._stop = threading.Event()
         self._closed = False
-        self._warm: Future | None = None
+        self._warm: threading.Thread | None = None
+        self._name = name
         budget = min(_AHEAD_BYTES, cache.nbytes // 2) if read_ahead_bytes is None else int(read_ahead_bytes)
         self._ahead = (RawAhead(budget, store.chunk_bytes_many, abandon=self._pool.abandon,
                                 timeout=read_timeout)
@@ -285,7 +286,9 @@ class ChunkReader:
         return stats, sel
 
     def warm(self, out_dtype: np.dtype) -> None:
-        """Load the gather kernels on an I/O thread now, while the first batch's chunks are fetched and decoded.
+        """Load the gather kernels on a thread of their own now, while the first batch's chunks are fetched and
+        decoded (not on an I/O thread: a job that is no store request there would hold up the fetches, and with a
+        short read timeout fail them 'not started').
 
         The first call of a Numba kernel in a process loads it from the JIT cache and initialises Numba (about
         0.6-1 s, mostly imports holding the GIL); run on zero samples here it overlaps the first batch's decodes
@@ -296,10 +299,14 @@ class ChunkReader:
 
         if self._warm is not None or self._multi or not use_jit(self.jit, getattr(self.tokenizer, "config", None)):
             return
+        if self._closed:
+            return
+        self._warm = threading.Thread(target=self._warm_kernels, args=(np.dtype(out_dtype),), daemon=True,
+                                      name=f"{self._name}_warm")
         try:
-            self._warm = self._pool.submit(self._warm_kernels, np.dtype(out_dtype))
-        except RuntimeError:  # closed
-            pass
+            self._warm.start()
+        except RuntimeError:  # can't start new thread: the first gather loads the kernels (and close() joins none)
+            self._warm = None
 
     def _warm_kernels(self, out_dtype: np.dtype) -> None:
         try:
@@ -331,7 +338,10 @@ class ChunkReader:
             return []
         self._closed = True
         self._stop.set()
+        t0 = time.monotonic()
         stuck = self._pool.close(timeout)
+        if self._warm is not None:  # (a kernel warm-up: about a second at most; within the same timeout)
+            self._warm.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - t0)))
         if self._ahead is not None:
             self._ahead.clear()
         left = [f"{t.name} ({_describe_job(job)})" for t, job in stuck]

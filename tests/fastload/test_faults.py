@@ -491,3 +491,18 @@ def test_a_queued_task_behind_an_orphaned_read_ahead_request_starts():
     finally:
         release.set()
         pool.close(5)
+
+
+def test_the_kernel_warm_up_does_not_hold_up_the_fetches(tmp_path, monkeypatch):
+    """A healthy store, one I/O thread and a read timeout shorter than the kernels' warm-up: the batches read (the
+    warm-up held the only I/O thread, so the first fetches failed 'not started' before)."""
+    import fastload.sampling.neighborhood as neighborhood
+    from fastload.reader import ChunkReader
+
+    monkeypatch.setattr(neighborhood, "use_jit", lambda *a, **k: True)
+    monkeypatch.setattr(ChunkReader, "_warm_kernels", lambda self, dtype: time.sleep(0.6))
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr", latency_ms=5.0)
+    with Loader(store, cfg, samples_per_epoch=8, workers=1, fetch_concurrency=1, seed=3, retries=0,
+                read_timeout_s=0.2, read_ahead_bytes=0) as loader:
+        assert sum(b.stats.samples for b in loader) == 8

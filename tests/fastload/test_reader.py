@@ -601,3 +601,31 @@ def test_a_job_whose_start_time_is_not_set_yet_is_not_stuck():
             st.threads.remove(fake)
             st.running.pop(fake)
         pool.close(5)
+
+
+def test_close_after_a_warm_up_thread_that_could_not_start(monkeypatch, tmp_path):
+    """warm() when no thread can start: the first gather loads the kernels, and close() still closes everything
+    (it raised 'cannot join thread before it is started' half-way before)."""
+    import fastload.sampling.neighborhood as nb
+    from fastload._backend import build_cache, make_tokenizer
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+
+    tok = make_tokenizer(store, cfg)
+    cache, _ = build_cache(store, tok, cfg, 64 << 20, 1)
+    rd = ChunkReader(store, tok, cache, fetch_concurrency=1)
+    real = threading.Thread.start
+
+    def start(self):
+        if self.name.endswith("_warm"):
+            raise RuntimeError("can't start new thread")
+        return real(self)
+
+    monkeypatch.setattr(nb, "use_jit", lambda *a, **k: True)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    rd.warm(np.float32)
+    monkeypatch.undo()
+    assert rd._warm is None
+    assert rd.close(2.0) == []
