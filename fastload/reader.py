@@ -301,7 +301,11 @@ class ChunkReader:
             return
         if self._closed:
             return
-        self._warm = threading.Thread(target=self._warm_kernels, args=(np.dtype(out_dtype),), daemon=True,
+        # not a daemon, and close() waits for it: it does no I/O and always ends (seconds, a compile on a cold JIT
+        # cache), whereas a compile still running when the process exits aborts it ('terminate called without an
+        # active exception', seen in the clean-clone CI's two-process run), and one left running after close()
+        # holds the GIL against whatever the process does next
+        self._warm = threading.Thread(target=self._warm_kernels, args=(np.dtype(out_dtype),), daemon=False,
                                       name=f"{self._name}_warm")
         try:
             self._warm.start()
@@ -338,10 +342,9 @@ class ChunkReader:
             return []
         self._closed = True
         self._stop.set()
-        t0 = time.monotonic()
         stuck = self._pool.close(timeout)
-        if self._warm is not None:  # (a kernel warm-up: about a second at most; within the same timeout)
-            self._warm.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - t0)))
+        if self._warm is not None:  # the kernel warm-up: no I/O, it ends (see warm)
+            self._warm.join()
         if self._ahead is not None:
             self._ahead.clear()
         left = [f"{t.name} ({_describe_job(job)})" for t, job in stuck]
