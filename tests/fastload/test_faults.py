@@ -19,30 +19,25 @@ from tests.fastload.loader_ref import build, reference
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
 
-class FlakySource(BaseByteSource):
-    """Wraps a source; a key in ``fail`` raises ``ConnectionError`` its first ``times`` reads (-1: always)."""
+class _WrappedSource(BaseByteSource):
+    """Wraps a source and calls ``_chunk_read(key)`` before each chunk read (metadata reads pass straight)."""
 
-    def __init__(self, inner: BaseByteSource, fail: set[str] | None = None, times: int = 2):
-        self.inner, self.fail, self.times = inner, fail, times
-        self.count: dict[str, int] = {}
-        self.lock = threading.Lock()
+    inner: BaseByteSource
 
-    def _maybe_fail(self, key: str) -> None:
+    def _chunk_read(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _before(self, key: str) -> None:
         if "/c" not in key and "/" in key and not key.split("/")[-1].replace(".", "").isdigit():
             return  # metadata
-        if self.fail is not None and key not in self.fail:
-            return
-        with self.lock:
-            n = self.count[key] = self.count.get(key, 0) + 1
-        if self.times < 0 or n <= self.times:
-            raise ConnectionError(f"injected failure {n} of {key}")
+        self._chunk_read(key)
 
     def get(self, key):
-        self._maybe_fail(key)
+        self._before(key)
         return self.inner.get(key)
 
     def get_range(self, key, start, length):
-        self._maybe_fail(key)
+        self._before(key)
         return self.inner.get_range(key, start, length)
 
     def list_dir(self, prefix):
@@ -52,7 +47,24 @@ class FlakySource(BaseByteSource):
         return self.inner.describe(key)
 
 
-class HangingSource(BaseByteSource):
+class FlakySource(_WrappedSource):
+    """Wraps a source; a key in ``fail`` raises ``ConnectionError`` its first ``times`` reads (-1: always)."""
+
+    def __init__(self, inner: BaseByteSource, fail: set[str] | None = None, times: int = 2):
+        self.inner, self.fail, self.times = inner, fail, times
+        self.count: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _chunk_read(self, key: str) -> None:
+        if self.fail is not None and key not in self.fail:
+            return
+        with self.lock:
+            n = self.count[key] = self.count.get(key, 0) + 1
+        if self.times < 0 or n <= self.times:
+            raise ConnectionError(f"injected failure {n} of {key}")
+
+
+class HangingSource(_WrappedSource):
     """Wraps a source; chunk reads after the first ``after`` block until ``release`` is set (a store request that
     never answers); ``entered`` is set when one blocks, ``hung`` and ``returned`` count them. Metadata reads pass.
     ``hang_first``: only the first that many reads (after ``after``) block; ``late_error``: what a blocked read
@@ -65,9 +77,7 @@ class HangingSource(BaseByteSource):
         self.reads = self.hung = self.returned = 0
         self.lock = threading.Lock()
 
-    def _maybe_hang(self, key: str) -> None:
-        if "/c" not in key and "/" in key and not key.split("/")[-1].replace(".", "").isdigit():
-            return  # metadata
+    def _chunk_read(self, key: str) -> None:
         with self.lock:
             self.reads += 1
             hang = self.reads > self.after and (self.hang_first is None or self.hung < self.hang_first)
@@ -79,20 +89,6 @@ class HangingSource(BaseByteSource):
                 self.returned += 1
             if self.late_error is not None:
                 raise self.late_error
-
-    def get(self, key):
-        self._maybe_hang(key)
-        return self.inner.get(key)
-
-    def get_range(self, key, start, length):
-        self._maybe_hang(key)
-        return self.inner.get_range(key, start, length)
-
-    def list_dir(self, prefix):
-        return self.inner.list_dir(prefix)
-
-    def describe(self, key=""):
-        return self.inner.describe(key)
 
 
 def _let_go(source: HangingSource, *loaders: Loader) -> None:
@@ -225,7 +221,7 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
         read = store.chunk_bytes
 
         def chunk_bytes(array, chunk):
-            hanging._maybe_hang(store.arrays[array].key(chunk))
+            hanging._before(store.arrays[array].key(chunk))
             return read(array, chunk)
 
         store.chunk_bytes = chunk_bytes
@@ -349,33 +345,18 @@ def test_a_store_that_stops_answering_abandons_a_bounded_number_of_threads(tmp_p
         _let_go(hanging, loader)
 
 
-class SlowSource(BaseByteSource):
+class SlowSource(_WrappedSource):
     """Wraps a source; every chunk request answers after ``s`` seconds (a healthy but slow store)."""
 
     def __init__(self, inner: BaseByteSource, s: float):
         self.inner, self.s = inner, s
 
-    def _wait(self, key: str) -> None:
-        if "/c" in key or "/" not in key or key.split("/")[-1].replace(".", "").isdigit():
-            time.sleep(self.s)
-
-    def get(self, key):
-        self._wait(key)
-        return self.inner.get(key)
-
-    def get_range(self, key, start, length):
-        self._wait(key)
-        return self.inner.get_range(key, start, length)
+    def _chunk_read(self, key: str) -> None:
+        time.sleep(self.s)
 
     def get_many(self, keys):  # one request for a group
         time.sleep(self.s)
         return [self.inner.get(k) for k in keys]
-
-    def list_dir(self, prefix):
-        return self.inner.list_dir(prefix)
-
-    def describe(self, key=""):
-        return self.inner.describe(key)
 
 
 def test_the_read_timeout_does_not_count_a_task_s_wait_behind_answering_requests(tmp_path, monkeypatch):
