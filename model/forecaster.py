@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ._batch import check_batch, encode_fields
 from ._config import ConfigBase, ModelConfigError, check_fraction, positive_int
 from .layers import (
     MLP,
@@ -54,7 +55,7 @@ from .layers import (
     sphere_features,
 )
 from .losses import token_loss
-from .multiformer import Multiformer, MultiformerConfig, check_batch, encode_fields
+from .multiformer import Multiformer, MultiformerConfig
 from .stitch import edge_taper
 
 __all__ = ["ForecasterConfig", "Forecaster", "TileGeometry", "Rollout"]

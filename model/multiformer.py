@@ -52,6 +52,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ._batch import META_KEYS, check_batch, encode_fields, padding_masks
 from ._config import ConfigBase, ModelConfigError, check_fraction, positive_int
 from .layers import (
     MLP,
@@ -67,7 +68,6 @@ from .layers import (
 
 __all__ = ["FieldSpec", "MultiformerConfig", "Multiformer", "FieldEmbedding", "Encoder", "Decoder", "padding_masks"]
 
-META_KEYS = ("time_of_day", "day_of_year", "lat", "lon")
 MASK_INPUTS = ("learned", "as_given")
 
 
@@ -471,93 +471,6 @@ class Decoder(nn.Module):
         for j, layer in enumerate(self.layers):
             xs = layer(xs, hiddens[len(hiddens) - 1 - j], valid)
         return xs
-
-
-def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int = 1) -> None:
-    """Raise ``ValueError`` naming the field and entry unless ``batch`` matches the config's shapes.
-
-    ``lead`` is the number of leading batch axes (1 for the Multiformer, 2 for tiles ``(B, T)``).
-    """
-    for spec in config.fields:
-        if spec.name not in batch:
-            raise ModelConfigError(f"batch: no field {spec.name!r}; has {sorted(batch)}")
-        item = batch[spec.name]
-        tokens = item["tokens"]
-        if tuple(tokens.shape[lead:]) != spec.sample_shape or tokens.dim() != lead + 7:
-            raise ModelConfigError(
-                f"batch[{spec.name!r}]['tokens']: expected shape (batch..., {', '.join(map(str, spec.sample_shape))})"
-                f" with {lead} batch axes, got {tuple(tokens.shape)}"
-            )
-        grid = tuple(tokens.shape[: lead + 4])
-        for key in META_KEYS:
-            if key not in item["meta"]:
-                raise ModelConfigError(f"batch[{spec.name!r}]['meta']: missing {key!r}")
-        for name, t in [*item["meta"].items(), ("mask", item.get("mask")), ("valid", item.get("valid"))]:
-            if t is not None and tuple(t.shape) != grid:
-                raise ModelConfigError(
-                    f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}"
-                )
-        vv = item.get("valid_values")
-        if vv is not None:
-            try:
-                torch.broadcast_shapes(tuple(vv.shape), tuple(tokens.shape))
-            except RuntimeError:
-                ok = False
-            else:
-                ok = vv.dim() == tokens.dim() and vv.dtype == torch.bool
-            if not ok:
-                raise ModelConfigError(
-                    f"batch[{spec.name!r}] 'valid_values': expected a bool tensor broadcastable to the tokens' "
-                    f"shape {tuple(tokens.shape)} with as many axes, got {vv.dtype} {tuple(vv.shape)}"
-                )
-
-
-def padding_masks(tokens: torch.Tensor, slot_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``valid_values`` and ``valid`` of one field (see "Padding" in the module notes); no host synchronisation.
-
-    Parameters
-    ----------
-    tokens : Tensor ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``
-        The field's values (targets: NaN marks missing data, e.g. land in an ocean field).
-    slot_valid : Tensor ``(B, nlat, nlon, K)`` bool, optional
-        Whether each of a token's ``K = tlat * tlon`` point slots holds a point (a data loader's padding mask, the
-        same for every level and time step); None: every slot does.
-
-    Returns
-    -------
-    dict
-        ``valid_values``: ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` bool, slot valid and value finite;
-        ``valid``: ``(B, L, nt, nlat, nlon)`` bool, the token has a valid value. A sample none of whose tokens has
-        one keeps all its tokens as keys (attention needs at least one); its values still weigh nothing.
-    """
-    if tokens.dim() != 8:
-        raise ModelConfigError(f"padding_masks: expected tokens (B, L, nt, nlat, nlon, tt, tlat, tlon), got "
-                               f"{tuple(tokens.shape)}")
-    b, _, _, nlat, nlon, _, tlat, tlon = tokens.shape
-    values = torch.isfinite(tokens)
-    if slot_valid is not None:
-        if tuple(slot_valid.shape) != (b, nlat, nlon, tlat * tlon):
-            raise ModelConfigError(f"padding_masks: expected slot_valid (B, nlat, nlon, K) = "
-                                   f"{(b, nlat, nlon, tlat * tlon)}, got {tuple(slot_valid.shape)}")
-        slots = slot_valid.to(device=tokens.device, dtype=torch.bool).reshape(b, 1, 1, nlat, nlon, 1, tlat, tlon)
-        values = values & slots
-    valid = values.flatten(5).any(-1)  # (B, L, nt, nlat, nlon)
-    empty = ~valid.flatten(1).any(-1)  # (B,): samples without a single valid token
-    valid = valid | empty[:, None, None, None, None]
-    return {"valid_values": values, "valid": valid}
-
-
-def encode_fields(
-    embed: nn.ModuleDict, encoder: Encoder, batch: Mapping[str, Any]
-) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor | None]]:
-    """Embed every field and run the encoder: (per-layer outputs ``{field: (B, S, d)}``, ``{field: valid (B, S)}``)."""
-    xs, valid = {}, {}
-    for f, emb in embed.items():
-        item = batch[f]
-        xs[f] = emb(item["tokens"], item["meta"], item.get("mask"), item.get("valid_values"))
-        v = item.get("valid")
-        valid[f] = None if v is None else v.reshape(v.shape[0], -1)
-    return encoder(xs, valid), valid
 
 
 class Multiformer(nn.Module):
