@@ -40,6 +40,9 @@ Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch:
 useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and
 decode summed over threads; plan, gather wall time of the batch's thread). The cache sizing (:func:`plan_cache`,
 :func:`sample_chunk_bound`, :class:`CacheLayout`) lives in :mod:`fastload._cache_sizing`; both are re-exported here.
+This module orchestrates the steps (reserve, submit, collect, gather); what runs on and around the I/O threads
+(fetch tasks, direct reads, read-ahead requests, retries, the read timeout) is :class:`~fastload._reader_fetch._Fetcher`,
+a mixin of :class:`ChunkReader` in :mod:`fastload._reader_fetch`.
 
 Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastload/test_faults.py -q``.
 """
@@ -56,7 +59,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
@@ -67,38 +69,24 @@ from ._io_pool import _IOPool, _Task
 from ._io_stats import IOStats
 from ._nvtx import range as nvtx_range
 from ._raw_ahead import RawAhead
+from ._reader_fetch import _describe_job, _Done, _Fetcher, _GivenUp, _plain_local, _transient  # noqa: F401
 from .cache import ChunkCache, Reservation
-from .errors import ChunkReadError, FastloadError
+from .errors import ChunkReadError
 from .plan import EpochPlan, Step
 
 __all__ = ["IOStats", "ChunkReader", "CacheLayout", "plan_cache", "sample_chunk_bound"]
 
 log = logging.getLogger("fastload")
 
-_BACKOFF_S = 0.05  # first retry delay; doubles per retry
 _GROUP = 32  # chunks per request to a remote store, and most chunks per local task
 _MIN_TASK = 8  # fewest chunks per local task (an array with fewer to fill gets one task) ...
 _TASK_BYTES = 8 * 2**20  # ... unless that would put more than this many decoded bytes in one task: a task decodes
 # serially, so big chunks (AtmoRep's 62.5 MB globes) must spread over the decode workers (8 per task made one task
 # per batch there: 0.72x samples/s, measured on era5-1deg atmorep chunks, window plan)
-_AHEAD_STEPS = 2  # remote stores: steps (in plan order) whose stored bytes are fetched ahead of them ...
-_AHEAD_BYTES = 96 * 2**20  # ... within this many bytes (at most half the cache's size)
+_AHEAD_BYTES = 96 * 2**20  # remote stores: bytes read ahead (_reader_fetch._AHEAD_STEPS steps) at most, and at
+# most half the cache's size
 _READ_TIMEOUT_S = 300.0  # LoaderConfig.read_timeout_s's default
 _CLOSE_TIMEOUT_S = 5.0  # how long ChunkReader.close waits for its I/O threads by default
-
-
-class _GivenUp(ChunkReadError):
-    """A request of a task its step has given up (read timeout): nobody waits for the answer, so it is no evidence
-    about the store; :meth:`ChunkReader._fetch_store` re-raises it at once (no per-chunk fallback, no ``_failing``)."""
-
-
-def _transient(e: BaseException) -> bool:
-    """A storage error worth retrying: an OSError (bare, or the cause of a ChunkReadError) that is not a missing
-    file or a permission problem, and not corrupt bytes."""
-    cause = e.__cause__ if isinstance(e, ChunkReadError) else e
-    if not isinstance(cause, OSError) or isinstance(cause, FastloadError):
-        return False
-    return not isinstance(cause, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
 
 class _PrioritySlots:
@@ -143,18 +131,7 @@ class _Started:
     futures: list[tuple[str, np.ndarray, Future, _Task]]
 
 
-@dataclasses.dataclass(slots=True)
-class _Done:
-    fetch_s: float = 0.0
-    decode_s: float = 0.0
-    stored: int = 0
-    decoded: int = 0
-    retries: int = 0
-    errors: dict[int, ChunkReadError] = dataclasses.field(default_factory=dict)  # position in the group -> error
-    task: _Task | None = None  # the hand-over with the waiting step (None: a read nobody times)
-
-
-class ChunkReader:
+class ChunkReader(_Fetcher):
     """Fetch, decode and gather the steps of an :class:`~fastload.plan.EpochPlan` (thread-safe).
 
     Parameters
@@ -533,304 +510,3 @@ class ChunkReader:
         if fatal is not None:
             raise fatal
         return bad
-
-    def _wait_task(self, fut: Future, task: _Task) -> _Done | None:
-        """The task's result, or None once it is given up: a store request of it (or its wait for an I/O thread)
-        has gone unanswered for ``read_timeout`` seconds. Before a queued task is given up, the I/O threads stuck
-        in store requests older than that (given up by their waiter, or with none: read-ahead whose entries were
-        cleared) leave the pool and the wait starts again (:meth:`_reclaim`); ``task.full``: one could not."""
-        limit = self.read_timeout
-        if limit is None:
-            return fut.result()
-        while True:
-            with task.lock:
-                since = task.since
-                queued = since is not None and not task.started
-                if queued:  # a busy pool is no reason to give it up, a stuck one is (no thread started or finished one)
-                    since = max(since, self._pool.last_progress)  # type: ignore[type-var]
-                now = time.monotonic()
-                left = limit if since is None else since + limit - now
-                if left <= 0 and not queued:
-                    task.given_up, task.waited = True, now - since  # type: ignore[operator]
-                    return None
-            if left <= 0:  # queued behind threads that made no progress for read_timeout: free the stuck ones
-                freed, full = self._reclaim(limit)
-                with task.lock:
-                    if freed or task.started:  # replacements take the queue (or it began): wait again
-                        continue
-                    task.given_up, task.waited, task.full = True, now - since, full  # type: ignore[operator]
-                    fut.cancel()  # still queued: it never starts
-                    return None
-            try:
-                return fut.result(timeout=left)
-            except FutureTimeout:  # (the builtin TimeoutError in 3.11)
-                if fut.done():  # finished just after the wait timed out: its own result (or its own error)
-                    return fut.result()
-
-    def _reclaim(self, limit: float) -> tuple[int, bool]:
-        """Let go of every I/O thread in a store request older than ``limit`` (a fetch task's timed request, or a
-        read-ahead request: whoever waits for it gives it up, and one nobody waits for must not keep its thread
-        for ever); a read-ahead request let go so gives its byte budget back. Returns how many threads left the
-        pool and whether a stuck one stays (:attr:`_IOPool.max_abandoned` threads are left already)."""
-        now = time.monotonic()
-        ahead = self._ahead
-        run = None if ahead is None else ahead.run
-
-        def stuck(fn: Callable[..., Any], args: tuple, began: float) -> bool:
-            if args and isinstance(args[-1], _Task):  # a fetch task: only while in a store request (never a decode)
-                t = args[-1]
-                return t.started and t.since is not None and now - t.since >= limit
-            return run is not None and fn == run and now - began >= limit  # not a warm-up or any other job
-
-        jobs, full = self._pool.abandon_stuck(stuck)
-        for fn, args in jobs:
-            if ahead is not None and fn == run:
-                ahead._give_up(args[0])
-        return len(jobs), full
-
-    def _given_up(self, step: Step, array: str, group: np.ndarray, task: _Task, full: bool = False) -> _Done:
-        """The errors of a given-up task's chunks, naming each chunk and the wait (``full``: the pool has
-        abandoned as many threads as it may)."""
-        waited, limit = task.waited, self.read_timeout
-        cap = (f"{self._pool.max_abandoned} I/O threads (4 x loader.fetch_concurrency) are already left in store "
-               f"requests that never answered: the store has stopped answering") if full else ""
-        if not task.started:
-            why = (f"not started: no I/O thread started or finished a task for {waited:.3g} s (loader.read_timeout_s "
-                   f"= {limit:g}), each is in a store request that does not answer"
-                   + (f", and {cap}" if full else ""))
-        elif full:
-            why = f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}), and {cap}"
-        else:
-            why = (f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}); the request "
-                   f"is left running")
-        rows = step.plan.chunks[array][group].tolist()
-        return _Done(errors={j: ChunkReadError(array, tuple(c), why) for j, c in enumerate(rows)})
-
-    def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
-                      stop: Callable[[], bool], task: _Task | None = None) -> _Done:
-        d = _Done(task=task)
-        if task is not None and not task.begin():  # given up while queued: its step failed these slots
-            return _Done()
-        arena = self.cache.arena(array)
-        nbytes = arena.itemsize * arena.shape[1]
-        good: list[int] = []
-        todo = range(len(chunks))
-        info = self._direct.get(array)
-        if info is not None and info.chunk_nbytes == nbytes and self.store.source is self._direct_source:
-            t0 = time.perf_counter()  # (these reads write into the slots: untimed, never given up)
-            with nvtx_range("fetch"):
-                todo = self._read_direct(info, chunks, slots, arena, d, good)
-            d.fetch_s += time.perf_counter() - t0
-            if not todo:
-                self.cache.filled(array, good)
-                return d
-        group_slots = slots  # d.errors and the cache's failed() use positions in the task's whole group
-        if len(todo) != len(chunks):
-            chunks, slots = [chunks[j] for j in todo], [slots[j] for j in todo]
-        t0 = time.perf_counter()
-        with nvtx_range("fetch"):
-            raws = self._fetch(array, chunks, d, stop)
-        d.fetch_s += time.perf_counter() - t0
-        if task is not None and not task.touch_slots():  # given up (read timeout): its step failed these slots
-            return _Done()
-        decode = self.store.decode
-        # one decode slot per group: one hand-off per group, not per chunk; earlier steps go first
-        with self._decode_slots.hold(step):
-            t0 = time.perf_counter()
-            with nvtx_range("decode"):
-                for j, c, slot, raw in zip(todo, chunks, slots, raws):
-                    if isinstance(raw, ChunkReadError):
-                        d.errors[j] = raw
-                        continue
-                    try:
-                        decode(array, raw, c, out=arena[slot])
-                    except ChunkReadError as e:
-                        d.errors[j] = e
-                        continue
-                    except BaseException as e:
-                        d.errors[j] = ChunkReadError(array, c, f"decoding failed: {type(e).__name__}: {e}")
-                        continue
-                    d.stored += 0 if raw is None else len(raw)
-                    d.decoded += nbytes
-                    good.append(slot)
-            d.decode_s += time.perf_counter() - t0
-        self.cache.filled(array, good)
-        for j, e in d.errors.items():
-            self.cache.failed(array, group_slots[j], e)
-        return d
-
-    def _read_direct(self, info: Any, chunks: list[tuple[int, ...]], slots: list[int], arena: np.ndarray,
-                     d: _Done, good: list[int]) -> list[int]:
-        """Read uncompressed chunks straight into their slots (appended to ``good``); return the positions that
-        need the ordinary path: missing chunks (fill value), files of another size and read errors (which that
-        path retries and reports naming the chunk)."""
-        read_into = self._direct_source.read_into  # type: ignore[union-attr]
-        nbytes = int(info.chunk_nbytes)
-        key = info.key
-        rest: list[int] = []
-        for j, (c, slot) in enumerate(zip(chunks, slots)):
-            try:
-                n = read_into(key(c), arena[slot])
-            except (OSError, ValueError, BufferError):  # the ordinary path retries and reports it
-                n = None
-            if n == nbytes:
-                good.append(slot)
-            else:
-                rest.append(j)
-        done = len(chunks) - len(rest)
-        d.stored += done * nbytes
-        d.decoded += done * nbytes
-        if done:
-            self._failing = False
-        return rest
-
-    def _read_ahead(self, plan: EpochPlan, steps: tuple[Step, ...], i: int, stop: Callable[[], bool]) -> None:
-        """Request the stored bytes of the chunks that the ``_AHEAD_STEPS`` steps after ``steps[i]`` (in plan
-        order, into the following batches) need and the cache neither holds nor is filling now."""
-        if stop():
-            return
-        ahead = list(steps[i + 1:i + 1 + _AHEAD_STEPS])
-        batch = steps[i].batch
-        while len(ahead) < _AHEAD_STEPS:
-            batch += plan.batch_stride
-            try:
-                ahead += plan.steps(batch)[:_AHEAD_STEPS - len(ahead)]
-            except (IndexError, KeyError):  # past the epoch's end, or read and forgotten already
-                break
-        assert self._ahead is not None
-        for step in ahead:
-            for a, ids in step.ids.items():
-                missing = np.flatnonzero(~self.cache.present(a, ids))
-                if not missing.size:
-                    continue
-                arena = self.cache.arena(a)
-                est = arena.itemsize * arena.shape[1]
-                rows = step.plan.chunks[a][missing].tolist()
-                for j in range(0, len(rows), self._group):
-                    g = self._ahead.claim(a, list(map(tuple, rows[j:j + self._group])), est, due=step.index)
-                    if g is None:
-                        continue
-                    try:
-                        self._pool.submit(self._ahead.run, g)
-                    except RuntimeError:  # closed: a step that needs these chunks runs the request itself
-                        return
-
-    def _fetch(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
-               stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
-        """Raw bytes of ``chunks`` (those read ahead from the read-ahead buffer, the rest from the store)."""
-        if self._ahead is None:
-            return self._fetch_store(array, chunks, d, stop)
-        got = self._ahead.take(array, chunks, timeout=self.read_timeout,
-                               timed=lambda fn: self._timed(fn, d, array, chunks[0]))
-        if not got:
-            return self._fetch_store(array, chunks, d, stop)
-        rest = [j for j in range(len(chunks)) if j not in got]
-        out: list[bytes | None | ChunkReadError] = [got.get(j) for j in range(len(chunks))]
-        if rest:
-            for j, raw in zip(rest, self._fetch_store(array, [chunks[j] for j in rest], d, stop)):
-                out[j] = raw
-        return out
-
-    def _fetch_store(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
-                     stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
-        """Raw bytes of ``chunks``, retrying transient errors; a chunk that still fails is its ChunkReadError."""
-        if len(chunks) > 1 and self._group:  # remote: one request for the group; local: a read per chunk
-            try:
-                got = list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
-                                       stop, retries=0 if self._failing else self.retries))  # fmt: skip
-                self._failing = False
-                return got
-            except _GivenUp:
-                raise
-            except ChunkReadError:
-                pass  # find out which chunk is at fault: one request each
-        out: list[bytes | None | ChunkReadError] = []
-        for c in chunks:
-            try:
-                # while the store is failing (a chunk failed after all its retries, none read since), one try
-                # each: a dead store reaches the consumer in seconds, not retries x chunks x backoff
-                out.append(self._retry(lambda c=c: self.store.chunk_bytes(array, c), array, c, d, stop,
-                                       retries=0 if self._failing else self.retries))  # fmt: skip
-                self._failing = False
-            except _GivenUp:
-                raise
-            except ChunkReadError as e:
-                out.append(e)
-                self._failing = True
-        return out
-
-    def _retry(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
-               stop: Callable[[], bool], retries: int | None = None) -> Any:
-        retries = self.retries if retries is None else retries
-        delay = _BACKOFF_S
-        for attempt in range(retries + 1):
-            try:
-                return self._timed(fn, d, array, chunk)
-            except _GivenUp:
-                raise
-            except Exception as e:
-                if not _transient(e) or attempt == retries or stop():
-                    if isinstance(e, ChunkReadError):
-                        if attempt:
-                            raise ChunkReadError(e.array, e.chunk, f"{e.cause} (after {attempt} retries)",
-                                                 e.path) from e.__cause__
-                        raise
-                    raise ChunkReadError(array, chunk, f"{type(e).__name__}: {e}"
-                                         + (f" (after {attempt} retries)" if attempt else "")) from e
-                d.retries += 1
-                log.info("fastload: retrying array %r chunk %s after %s: %s", array, chunk, type(e).__name__, e)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...]) -> Any:
-        """Run one store request, marked on the task so that its step can give it up after ``read_timeout``; a
-        task already given up makes no more requests, and the late failure of a given-up request is
-        :class:`_GivenUp` (not the store's error: nobody waits for it)."""
-        task = d.task
-        if task is None or self.read_timeout is None:
-            return fn()
-        with task.lock:
-            if task.given_up:
-                raise _GivenUp(array, chunk, "given up by its step (loader.read_timeout_s)")
-            task.since = time.monotonic()
-        try:
-            return fn()
-        except Exception as e:
-            if task.given_up:
-                raise _GivenUp(array, chunk, f"given up by its step (loader.read_timeout_s), then failed: "
-                                             f"{type(e).__name__}: {e}") from e
-            raise
-        finally:
-            with task.lock:
-                task.since = None
-
-
-def _describe_job(job: tuple[Callable[..., Any], tuple] | None) -> str:
-    """What an I/O thread is doing, in words: the array and chunks of a fetch or a read-ahead request."""
-    if job is None:
-        return "ending"
-    fn, args = job
-    name = getattr(fn, "__name__", repr(fn))
-    if name == "_fetch_decode" and len(args) >= 2:
-        what, array, chunks = "fetching", args[0], args[1]
-    elif name == "run" and args and hasattr(args[0], "chunks"):
-        what, array, chunks = "reading ahead", args[0].array, args[0].chunks
-    else:
-        return name
-    more = f" and {len(chunks) - 1} more" if len(chunks) > 1 else ""
-    return f"{what} array {array!r}, chunk {tuple(chunks[0]) if chunks else ()}{more}"
-
-
-def _plain_local(store: Any) -> bool:
-    """Whether the reader may read ``store``'s uncompressed chunks itself: a :class:`Store` on a
-    :class:`LocalSource` whose chunk reads nobody has replaced (a wrapper put on the instance or a subclass
-    override of ``chunk_bytes``, e.g. to count reads or inject faults, must see every read)."""
-    from .store import LocalSource, Store
-
-    if not isinstance(store, Store) or type(store.source) is not LocalSource:
-        return False
-    methods = ("chunk_bytes", "chunk_bytes_many")  # the reads; decoding an uncompressed chunk is a copy
-    if set(methods) & vars(store).keys():
-        return False
-    return all(getattr(type(store), m, None) is getattr(Store, m, None) for m in methods)
