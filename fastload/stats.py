@@ -180,19 +180,24 @@ def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, 
 
 
 def missing_markers(store: Any, name: str) -> tuple:
-    """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing), except a
-    zarr v2 ``fill_value`` of 0 that no ``_FillValue`` attribute declares: that is zarr-python's default for
-    unwritten chunks and a real value of many fields (a dry hour's precipitation, a land mask), which the loader
-    feeds to the model as 0; leaving every 0 out (as xarray does) would fit the coefficients to other values than
-    the model sees."""
+    """Stored values of field ``name`` that mean missing, as xarray decodes them (NaN is always missing): the fill
+    value xarray masks (:func:`fastload.write.declared_fill_value`: in zarr v2 the array's ``fill_value`` over a
+    ``_FillValue`` attribute, in v3 the attribute) and every ``missing_value``.
+
+    One exception: a zarr v2 ``fill_value`` of 0 counts as unset. That is zarr-python's default (for floats too),
+    so it says nothing about missing data, and 0 is a real value of many fields (a dry hour's precipitation, a land
+    mask), which the loader feeds to the model as 0; leaving every 0 out (as xarray does) would fit the coefficients
+    to other values than the model sees. So a ``_FillValue`` attribute applies there, as xarray applies it where
+    ``fill_value`` is null (an attribute of 0 keeps 0 missing)."""
     info = store.fields[name]
     arr = store.arrays[info.array]
-    zero = arr.fill_value is not None and arr.fill_value == 0 and "_FillValue" not in arr.attrs
-    declared = None if zero else declared_fill_value(store, info.array)  # (no metadata lookup for a 0)
-    values = [declared, info.attrs.get("_FillValue")]
-    for attrs in (arr.attrs, info.attrs):
-        mv = attrs.get("missing_value")
-        values += list(mv) if isinstance(mv, (list, tuple)) else [mv]
+    if arr.zarr_format == 2 and not arr.fill_null and arr.fill_value is not None and arr.fill_value == 0:
+        declared = arr.attrs.get("_FillValue")  # zarr's default 0 read as a null fill value
+    else:
+        declared = declared_fill_value(store, info.array)
+    # (the field's attrs are its array's in every layout that has them: only the array's are read, as xarray does)
+    mv = arr.attrs.get("missing_value")
+    values = [declared] + (list(mv) if isinstance(mv, (list, tuple)) else [mv])
     out = []
     for v in values:
         if v is None or isinstance(v, bool):

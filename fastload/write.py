@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -303,28 +302,22 @@ def attr_fill_value(v: Any, dtype: Any) -> Any:
 def declared_fill_value(store: Any, array: str) -> Any:
     """The value xarray decodes as missing (NaN) in ``array`` of an open :class:`fastload.store.Store`, or None.
 
-    That is the ``_FillValue`` attribute when there is one; else, in zarr v2, the array's ``fill_value`` unless
-    the metadata says null (``store.arrays`` reports a null as 0, so a 0 is looked up again in the metadata); in
-    zarr v3 nothing (xarray does not mask v3's required ``fill_value``). Writers carry it over so that xarray
-    reads a copy as it reads the source; ``fastload stats`` leaves these values out.
+    As xarray's zarr backend reads it (checked against ``xr.open_zarr`` in ``tests/fastload/test_stats.py``):
+
+    - zarr v2: the array's ``fill_value`` unless the metadata says null, *even where a* ``_FillValue`` *attribute
+      says otherwise* (xarray sets ``attributes["_FillValue"] = zarr_array.fill_value``); with a null
+      ``fill_value``, the ``_FillValue`` attribute, else None;
+    - zarr v3: the ``_FillValue`` attribute, else None (xarray does not mask v3's required ``fill_value``).
+
+    ``missing_value`` is masked too but is not a fill value (:func:`fastload.stats.missing_markers`). Writers carry
+    this over so that xarray reads a copy as it reads the source; ``fastload stats`` leaves these values out.
     """
     info = store.arrays[array]
+    if info.zarr_format == 2 and not info.fill_null and info.fill_value is not None:
+        return info.fill_value
     if "_FillValue" in info.attrs:
         return attr_fill_value(info.attrs["_FillValue"], info.dtype)
-    if info.zarr_format == 3 or info.fill_value is None:
-        return None
-    if info.fill_value != 0:
-        return info.fill_value
-    source = getattr(store, "source", None)
-    meta = None
-    for key in (".zmetadata", f"{array}/.zarray"):  # the consolidated metadata first, as the store reads it
-        raw = source.get(key) if source is not None else None
-        if raw:
-            doc = json.loads(raw)
-            meta = doc.get("metadata", {}).get(f"{array}/.zarray") if key == ".zmetadata" else doc
-            if meta is not None:
-                break
-    return None if meta is None or meta.get("fill_value") is None else info.fill_value
+    return None
 
 
 def _jsonable(v: Any) -> Any:

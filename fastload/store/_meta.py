@@ -71,6 +71,9 @@ class ArrayInfo:
     """Separator between chunk coordinates in keys."""
     endian: str = "little"
     """Byte order of stored elements in v2 (from the dtype string); v3 says it in its ``bytes`` codec."""
+    fill_null: bool = False
+    """The metadata's ``fill_value`` is null (zarr v2; :attr:`fill_value` then holds 0): xarray masks no fill value
+    then, and a ``_FillValue`` attribute instead of it (:func:`fastload.write.declared_fill_value`)."""
 
     @property
     def ndim(self) -> int:
@@ -222,7 +225,7 @@ def _parse_v2_array(source: BaseByteSource, name: str, z: Any, zattrs: Any) -> A
     return ArrayInfo(
         name=name, zarr_format=2, dims=dims, shape=shape, chunks=chunks, shard=None, dtype=native,
         fill_value=_fill(z.get("fill_value"), native, where), codecs=codecs, attrs=attrs, order=order,
-        key_style="v2", separator=sep, endian=endian,
+        key_style="v2", separator=sep, endian=endian, fill_null=z.get("fill_value") is None,
     )  # fmt: skip
 
 
@@ -290,7 +293,7 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     return ArrayInfo(
         name=name, zarr_format=3, dims=dims, shape=shape, chunks=chunks, shard=shard, dtype=dtype,
         fill_value=_fill(z.get("fill_value"), dtype, where), codecs=codecs, attrs=dict(z.get("attributes") or {}),
-        order="C", key_style=enc["name"], separator=sep,
+        order="C", key_style=enc["name"], separator=sep, fill_null=z.get("fill_value") is None,
     )  # fmt: skip
 
 

@@ -317,12 +317,12 @@ def test_sigint_during_a_coefficient_write_leaves_no_partial_store(tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == ["d.zarr"]
 
 
-def _int_store(path, fmt, fill, attrs=None):
-    """An int16 (time, latitude, longitude) store written with zarr-python, values 0..20, the last chunk never
-    written (it reads as the fill value)."""
+def _int_store(path, fmt, fill, attrs=None, dtype="i2"):
+    """An int16 (or ``dtype``) (time, latitude, longitude) store written with zarr-python, values 0..20, the last
+    chunk never written (it reads as the fill value)."""
     rng = np.random.default_rng(3)
     nt, ny, nx = 8, 4, 6
-    data = rng.integers(0, 21, (nt, ny, nx)).astype("i2")
+    data = rng.integers(0, 21, (nt, ny, nx)).astype(dtype)
     g = zarr.open_group(path, mode="w", zarr_format=fmt)
 
     def arr(name, dims, values=None, **kw):
@@ -339,7 +339,7 @@ def _int_store(path, fmt, fill, attrs=None):
     arr("time", ("time",), hours, shape=(nt,), dtype="i8", attributes={"units": "hours since 2000-01-30"})
     arr("latitude", ("latitude",), np.linspace(60, 30, ny), shape=(ny,), dtype="f8")
     arr("longitude", ("longitude",), np.linspace(0, 50, nx), shape=(nx,), dtype="f8")
-    v = arr("v", ("time", "latitude", "longitude"), shape=data.shape, chunks=(4, ny, nx), dtype="i2",
+    v = arr("v", ("time", "latitude", "longitude"), shape=data.shape, chunks=(4, ny, nx), dtype=dtype,
             fill_value=fill, attributes=attrs or {})  # fmt: skip
     v[:4] = data[:4]
     if fmt == 2:
@@ -361,6 +361,72 @@ def test_fill_values_are_missing_as_xarray_decodes_them(tmp_path, fmt, fill, att
     compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
     got = assert_stats(tmp_path / "n.zarr", "v", ref[:, None], months_of(time))
     assert got["missing_values"] == int(np.isnan(ref).sum())
+
+
+_F7 = "AAAAAAAAHEA="  # 7.0 as the base64 of a little-endian float64: how xarray writes a float _FillValue in v3
+
+# What xr.open_zarr (the reference) masks as NaN, and what fastload masks: the precedence of xarray's zarr backend
+# (v2: attributes["_FillValue"] = zarr_array.fill_value, so a non-null fill_value wins over the attribute; v3: only
+# the attribute) and fastload's one exception, a v2 fill_value of 0 read as unset (missing_markers' docstring).
+# Values 0..20 are stored, and -999, 0 or 5 in the never-written chunk.
+FILL_PRECEDENCE = [
+    # fmt, dtype, fill_value, attributes, xarray masks, fastload masks
+    (2, "i2", -999, {"_FillValue": 5}, [-999], [-999]),  # both set and different: fill_value
+    (2, "i2", None, {"_FillValue": 5}, [5], [5]),  # fill_value null: the attribute
+    (2, "i2", -999, None, [-999], [-999]),
+    (2, "i2", 5, {"_FillValue": 5}, [5], [5]),
+    (2, "i2", None, None, [], []),
+    (2, "i2", -999, {"_FillValue": 5, "missing_value": 7}, [-999, 7], [-999, 7]),  # missing_value too
+    (2, "i2", None, {"_FillValue": 5, "missing_value": 7}, [5, 7], [5, 7]),
+    (2, "i2", None, {"missing_value": [7, 9]}, [7, 9], [7, 9]),
+    (2, "f4", np.nan, {"_FillValue": 5}, [], []),  # fill_value NaN wins: 5 is data
+    (2, "f4", 5.0, {"_FillValue": "NaN"}, [5], [5]),
+    (2, "f4", None, {"_FillValue": 7.0}, [7], [7]),
+    (2, "i2", 0, None, [0], []),  # the exception: zarr's default 0 is data ...
+    (2, "f4", 0.0, None, [0], []),
+    (2, "i2", 0, {"missing_value": 7}, [0, 7], [7]),
+    (2, "i2", 0, {"_FillValue": 5}, [0], [5]),  # ... read as null, so the attribute applies
+    (2, "i2", 0, {"_FillValue": 0}, [0], [0]),  # unless it says 0
+    (3, "i2", -999, {"_FillValue": 5}, [5], [5]),  # v3: the attribute, never the fill_value
+    (3, "i2", -999, None, [], []),
+    (3, "i2", 0, None, [], []),
+    (3, "i2", 0, {"_FillValue": 5}, [5], [5]),
+    (3, "i2", -999, {"missing_value": 7}, [7], [7]),
+    (3, "f4", np.nan, {"_FillValue": _F7}, [7], [7]),
+    (3, "f4", 5.0, None, [], []),
+]
+
+
+@pytest.mark.parametrize("fmt, dtype, fill, attrs, xr_masks, masks", FILL_PRECEDENCE)
+@pytest.mark.filterwarnings("ignore:variable 'v' has multiple fill values")  # xarray says it masks both
+def test_missing_values_follow_xarrays_precedence(tmp_path, fmt, dtype, fill, attrs, xr_masks, masks):
+    """fastload masks the stored values xr.open_zarr masks (v2: fill_value over _FillValue), but a v2 fill_value of
+    0; its fill value for writers (declared_fill_value) is xarray's without exception; the loader's gathered values
+    (extract: the loader's kernels and layouts) are xarray's, NaN where fastload masks and the stored value else."""
+    from fastload.config import FieldConfig, SamplingConfig
+    from fastload.extract import extract
+    from fastload.write import declared_fill_value
+
+    path = tmp_path / "d.zarr"
+    _int_store(path, fmt, fill, attrs, dtype)
+    raw = xr.open_zarr(path, consolidated=fmt == 2, mask_and_scale=False).v.values.astype("f8")
+    ref = xr.open_zarr(path, consolidated=fmt == 2).v.values
+    assert sorted(np.unique(raw[np.isnan(ref) & ~np.isnan(raw)]).tolist()) == xr_masks  # what xarray does
+    store = open_store(path)
+    assert sorted(float(m) for m in missing_markers(store, "v")) == masks
+    declared = declared_fill_value(store, "v")
+    xr_fill = xr.open_zarr(path, consolidated=fmt == 2).v.encoding.get("_FillValue")
+    if xr_fill is None or np.isnan(float(xr_fill)):
+        assert declared is None or np.isnan(declared)
+    else:
+        assert float(declared) == float(xr_fill)
+    cfg = SamplingConfig(fields=[FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=raw.shape, normalization="none")],
+                         batch_size=1, out_dtype="float32")  # fmt: skip
+    got = extract(store, cfg, np.array([[0, 0, 0]]))["v"].data[0, 0, 0, 0, 0]  # the whole array: (T, NY, NX)
+    want = np.where(np.isin(raw, masks), np.nan, raw).astype("f4")
+    np.testing.assert_array_equal(got, want)
+    if masks == xr_masks:
+        np.testing.assert_array_equal(got, ref.astype("f4"))
 
 
 @pytest.mark.parametrize("fill, masked", [(-999, True), (0, False)])
