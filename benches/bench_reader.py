@@ -9,6 +9,9 @@ run, as a ratio.
 - ``test_latency``: the same plan through ``open_store(latency_ms=20)`` (each request sleeps 20 ms) vs none.
   Target: >= 80 % of the zero-latency rate.
 - ``test_cache_budget``: decoded bytes per useful byte with a cache that holds one step vs the default budget.
+- ``test_backends``: the random plan read through each byte source on the same local files: plain reads
+  (``backend="auto"``), fsspec and obstore (both as ``file://`` URLs, so through the remote path's batched
+  requests), interleaved; ratios to plain reads. Shows each client's cost per request, not network latency.
 
 Run::
 
@@ -44,7 +47,8 @@ def tiles(synth_store, bench_config, bench_quick):
     return path, config, np.concatenate(aligned), np.concatenate(rand)
 
 
-def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0, **settings):
+def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0, backend: str = "auto",
+                **settings):
     """Construct a Loader on an explicit plan, pull every batch, close.
 
     Returns (seconds, IOStats, steady seconds per sample): the steady figure is the time between the first and
@@ -53,7 +57,7 @@ def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0
     from fastload.loader import Loader
     from fastload.store import open_store
 
-    store = open_store(path, latency_ms=latency_ms)
+    store = open_store(path, latency_ms=latency_ms, backend=backend)
     t0 = time.perf_counter()
     arrivals = []
     with Loader(store, config, boxes=boxes, batch_size=config.batch_size, workers=WORKERS, device="cpu",
@@ -121,3 +125,25 @@ def test_cache_budget(benchmark, report, tiles, budget):
                                                  iterations=1)
     report(benchmark, samples_per_s=1.0 / per_sample, amplification=stats.amplification, hit_rate=stats.hit_rate,
            decoded_mb=stats.bytes_decoded / 1e6, useful_mb=stats.bytes_useful / 1e6)
+
+
+def test_backends(benchmark, report, tiles, bench_quick):
+    """The same random plan through plain file reads, fsspec and obstore, interleaved (steady samples/s)."""
+    backends = ["auto", "fsspec"]
+    try:
+        import obstore  # noqa: F401
+        backends.append("obstore")
+    except ImportError:
+        pass
+    path, config, _, rand = tiles
+    for b in backends:  # JIT caches, page cache, each client's start-up
+        loader_pass(path, config, rand[: config.batch_size], backend=b)
+    rounds = 1 if bench_quick else 3
+    per = {b: [] for b in backends}
+    for _ in range(rounds):
+        for b in backends:
+            per[b].append(loader_pass(path, config, rand, backend=b)[2])
+    benchmark.pedantic(lambda: loader_pass(path, config, rand, backend=backends[-1]), rounds=1, iterations=1)
+    med = {b: float(np.median(v)) for b, v in per.items()}
+    report(benchmark, **{f"samples_per_s_{b}": 1.0 / med[b] for b in backends},
+           **{f"ratio_{b}_to_plain": med["auto"] / med[b] for b in backends if b != "auto"})

@@ -1,7 +1,7 @@
 """Command-line options more than one ``fastload`` tool takes, defined and parsed in one place.
 
 Why this module exists: ``fastload inspect`` and ``fastload stats`` both open a store that may be remote, and both
-take its fsspec options as repeatable ``--storage-option KEY=VALUE`` flags; one definition keeps the flag, its
+take its fsspec options as repeatable ``--storage-option KEY=VALUE`` flags and ``--backend``; one definition keeps the flags, their
 help and its error message the same in every tool.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .errors import ConfigError
 
-__all__ = ["add_storage_option", "parse_storage_options"]
+__all__ = ["add_backend_option", "add_storage_option", "parse_storage_options"]
 
 
 def add_storage_option(parser: argparse.ArgumentParser, store: str = "store") -> None:
@@ -29,7 +29,21 @@ def add_storage_option(parser: argparse.ArgumentParser, store: str = "store") ->
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"fsspec storage option for a remote {store} (repeatable)",
+        help=f"fsspec (or, with --backend obstore, obstore) storage option for a remote {store} (repeatable)",
+    )
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--backend {auto,fsspec,obstore}`` (``args.backend``): how a store's bytes are read
+    (:func:`fastload.store.open_store`)."""
+    from .store import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how to read the store: auto (plain file reads for a path, fsspec for a URL), fsspec, or obstore "
+        '(Rust object-store client; pip install "fastload[obstore]")',
     )
 
 

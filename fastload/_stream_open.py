@@ -67,13 +67,13 @@ class Stream:
         return f"{self.name}/{array}"
 
 
-def open_stream_store(where: Any, storage_options: Any) -> Any:
-    """An open store as it is, or :func:`fastload.store.open_store` of a path or URL."""
+def open_stream_store(where: Any, storage_options: Any, backend: str = "auto") -> Any:
+    """An open store as it is, or :func:`fastload.store.open_store` of a path or URL (with ``backend``)."""
     if hasattr(where, "chunk_bytes") and hasattr(where, "fields"):
         return where
     from .store import open_store
 
-    return open_store(where, storage_options=storage_options)
+    return open_store(where, storage_options=storage_options, backend=backend)
 
 
 def check_point_fields(st: Stream, box: tuple[int, int, int]) -> None:

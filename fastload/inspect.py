@@ -52,7 +52,7 @@ from ._amplification import (
     recommend_chunks,
     touch_probabilities,
 )
-from ._cli_options import add_storage_option, parse_storage_options
+from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from .errors import ConfigError, FastloadError
 
 __all__ = [
@@ -345,7 +345,7 @@ def _window_section(rec: Mapping[str, ChunkRecommendation], amp: Amplification |
 
 def inspect_streams(config: Any, store: str | None = None, *, storage_options: Mapping[str, Any] | None = None,
                     sizes: str = "auto", overhead_bytes: float = OVERHEAD_S * DECODE_BPS,
-                    samples_per_window: int = 1) -> list[dict[str, Any]]:
+                    samples_per_window: int = 1, backend: str = "auto") -> list[dict[str, Any]]:
     """Inspect the streams of a multi-stream sampling config (all of them, or the one whose store is ``store``).
 
     ``samples_per_window``: the Loader's setting (its windows are placed on the reference stream), for the
@@ -379,7 +379,7 @@ def inspect_streams(config: Any, store: str | None = None, *, storage_options: M
         if not chosen:
             raise ConfigError(f"{store!r} is none of the config's stream stores {paths}; give one of them, or no "
                               f"store to inspect every stream")
-    ms = MultiStream(config, storage_options=storage_options, warn_chunking=False)
+    ms = MultiStream(config, storage_options=storage_options, warn_chunking=False, backend=backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ChunkingWarning)
         messages = warn_chunking(ms)
@@ -494,6 +494,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --codecs: charge this read rate (GB/s) instead of the store's measured one, e.g. "
                    "that of the bucket or disk a rechunked copy will live on")
     add_storage_option(p)
+    add_backend_option(p)
     return p  # fmt: skip
 
 
@@ -523,12 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--codecs measures one store: give it without a multi-stream --config (or "
                                   "inspect each stream's store on its own)")  # fmt: skip
             reports = inspect_streams(config, args.store, storage_options=opts, sizes=args.sizes,
-                                      overhead_bytes=overhead, samples_per_window=k)
+                                      overhead_bytes=overhead, samples_per_window=k, backend=args.backend)
             print(json.dumps(_streams_json(config, reports), indent=2) if args.json else format_streams(reports))
             return 0
         if args.store is None:
             raise ConfigError("give the STORE to inspect (or --config with a multi-stream sampling config)")
-        store = open_store(args.store, storage_options=opts)
+        store = open_store(args.store, storage_options=opts, backend=args.backend)
         desc = describe(store, sizes=args.sizes)
         amp = rec = rec_amp = None
         if config is not None:

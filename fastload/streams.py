@@ -88,7 +88,9 @@ class MultiStream:
     stores : mapping, optional
         Stream name -> an open :class:`~fastload.store.Store` or a path, instead of the stream's ``path``.
     storage_options : mapping, optional
-        fsspec options for stream URLs.
+        fsspec (or obstore) options for stream URLs.
+    backend : {"auto", "fsspec", "obstore"}
+        How stream paths and URLs are read (:func:`fastload.store.open_store`); stores given open keep theirs.
     normalizers : mapping, optional
         Stream name -> :class:`~fastload.norm.Normalizer` or path (default: the stream's ``norm_path``, else the
         config's ``norm_path``).
@@ -105,7 +107,8 @@ class MultiStream:
     """
 
     def __init__(self, config: Any, *, stores: Mapping[str, Any] | None = None, storage_options: Any = None,
-                 normalizers: Mapping[str, Any] | None = None, jit: bool | None = None, warn_chunking: bool = True):
+                 normalizers: Mapping[str, Any] | None = None, jit: bool | None = None, warn_chunking: bool = True,
+                 backend: str = "auto"):
         cfg = SamplingConfig.from_file(config) if isinstance(config, (str, os.PathLike)) else config
         if not isinstance(cfg, SamplingConfig) or not cfg.streams:
             raise ConfigError("MultiStream needs a sampling config with streams ([streams.NAME] tables); for one "
@@ -121,7 +124,7 @@ class MultiStream:
             if not fields:
                 raise ConfigError(f"streams.{spec.name}: no field names this stream (set stream = {spec.name!r} on "
                                   f"its fields)")
-            store = open_stream_store(given.get(spec.name, spec.path), storage_options)
+            store = open_stream_store(given.get(spec.name, spec.path), storage_options, backend)
             sub = SamplingConfig(fields=fields, batch_size=cfg.batch_size, time_step=cfg.time_step,
                                  centers=cfg.centers, out_dtype=cfg.out_dtype,
                                  norm_path=spec.norm_path or cfg.norm_path)

@@ -38,7 +38,8 @@ connectivity. The grid is ``Grid(kind="mesh")`` (``ny = 1``, ``nx`` = nodes); fi
 - ``data_sfc.attrs["fields"]`` (or the group's ``sfc_fields``): surface field names (level type ``surface``);
 - optional ``units``: a list aligned with ``fields`` or a mapping field -> units.
 
-Raw access: :class:`BaseByteSource` (:class:`LocalSource`, :class:`FsspecSource`, :class:`LatencySource`); chunk
+Raw access: :class:`BaseByteSource` (:class:`LocalSource`, :class:`FsspecSource`, :class:`ObstoreSource` (optional
+obstore), :class:`LatencySource`); chunk
 keys follow the metadata (v2 ``dimension_separator``, v3 ``chunk_key_encoding``); sharded v3 arrays read one
 cached shard index per shard and then the inner chunk's byte range. Decoding calls numcodecs directly.
 """
@@ -48,7 +49,8 @@ from __future__ import annotations
 from ._codecs import SAFE_NUMCODECS
 from ._layout import FieldInfo
 from ._meta import ArrayInfo
-from ._open import Store, make_source, open_store
+from ._obstore import ObstoreSource
+from ._open import BACKENDS, Store, make_source, open_store
 from ._source import BaseByteSource, FsspecSource, LatencySource, LocalSource
 from .grid import Grid
 
@@ -62,6 +64,8 @@ __all__ = [
     "BaseByteSource",
     "LocalSource",
     "FsspecSource",
+    "ObstoreSource",
+    "BACKENDS",
     "LatencySource",
     "SAFE_NUMCODECS",
 ]

@@ -28,19 +28,41 @@ from .grid import Grid
 __all__ = ["Store", "open_store", "make_source"]
 
 
+BACKENDS = ("auto", "fsspec", "obstore")
+
+
 def make_source(
-    path_or_url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, latency_ms: float = 0.0
+    path_or_url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, latency_ms: float = 0.0,
+    backend: str = "auto",
 ) -> BaseByteSource:
-    """The byte source for a local path (:class:`LocalSource`) or a URL (:class:`FsspecSource`), optionally slowed.
+    """The byte source for a local path or a URL, optionally slowed.
+
+    ``backend``: ``"auto"`` reads a local path with :class:`LocalSource` and a URL with :class:`FsspecSource`;
+    ``"fsspec"`` the same (a local path too through fsspec's ``file://``); ``"obstore"`` any of them with
+    :class:`ObstoreSource` (a local path as ``file://``; ``storage_options`` are then
+    obstore's ``from_url`` options).
 
     Raises
     ------
     StoreNotFoundError
         Nothing exists at the path or URL.
+    ValueError
+        An unknown ``backend``.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     s = os.fspath(path_or_url)
     source: BaseByteSource
-    if "://" in s:
+    if "://" not in s and backend != "auto":
+        if not os.path.exists(s):
+            raise StoreNotFoundError(f"{os.path.abspath(s)}: no such file or folder")
+        s = "file://" + os.path.abspath(s)
+    if backend == "obstore":
+        from ._obstore import ObstoreSource
+
+        source = ObstoreSource(s, storage_options)  # no LIST here (public buckets may refuse it): an empty
+        # prefix fails in load_metadata, naming the metadata expected
+    elif "://" in s:
         source = FsspecSource(s, storage_options)
         if not source.fs.exists(source.root):
             raise StoreNotFoundError(f"{s}: no store at this URL")
@@ -79,16 +101,19 @@ class Store:
     source : BaseByteSource
         Raw key/value access.
     storage_options : dict or None
-        The fsspec options the store was opened with (a copy; None when none were given), so that another
-        process can reopen it (:func:`fastload._procs.storage_options_of`).
+        The fsspec (or obstore) options the store was opened with (a copy; None when none were given), so that
+        another process can reopen it (:func:`fastload._procs.storage_options_of`).
+    backend : str
+        The ``backend`` it was opened with (:func:`make_source`), for the same reason.
     """
 
     def __init__(
         self, path: str, source: BaseByteSource, *, allow_unsafe_codecs: bool = False,
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None, backend: str = "auto",
     ):  # fmt: skip
         self.path = path
         self.source = source
+        self.backend = backend
         self.storage_options: dict[str, Any] | None = dict(storage_options) if storage_options else None
         meta = load_metadata(source)
         self.zarr_format = meta.zarr_format
@@ -278,6 +303,7 @@ def open_store(
     storage_options: Mapping[str, Any] | None = None,
     allow_unsafe_codecs: bool = False,
     latency_ms: float = 0.0,
+    backend: str = "auto",
 ) -> Store:
     """Open and check a zarr store (v2 or v3; AtmoRep or per-variable layout).
 
@@ -291,6 +317,10 @@ def open_store(
         Let numcodecs decode object dtypes, pickle and other codecs fastload refuses by default.
     latency_ms : float
         Sleep this long per storage request (simulated slow storage, for benchmarks).
+    backend : {"auto", "fsspec", "obstore"}
+        How bytes are read (:func:`make_source`): ``"auto"``, plain file reads for a local path and fsspec for a
+        URL; ``"obstore"``, obstore's Rust client (``pip install "fastload[obstore]"``), whose batched requests
+        are all in flight at once.
 
     Returns
     -------
@@ -308,5 +338,5 @@ def open_store(
     """
     s = os.fspath(path_or_url)
     path = s if "://" in s else os.path.abspath(s)
-    return Store(path, make_source(s, storage_options, latency_ms), allow_unsafe_codecs=allow_unsafe_codecs,
-                 storage_options=storage_options)
+    return Store(path, make_source(s, storage_options, latency_ms, backend), allow_unsafe_codecs=allow_unsafe_codecs,
+                 storage_options=storage_options, backend=backend)

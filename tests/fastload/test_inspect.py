@@ -3,6 +3,7 @@ samples; the recommended chunking beats whole-globe chunks; the summary matches 
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 
@@ -319,6 +320,13 @@ def test_cli(tmp_path, capsys):
     assert j["recommendation"]["temperature"]["amplification"] == pytest.approx(j["recommended_amplification"])
     assert j["amplification"]["arrays"][0]["amplification"] == pytest.approx(j["amplification"]["amplification"])
     assert j["arrays"]["temperature"]["chunks"] == [4, 3, 16, 32]
+    if importlib.util.find_spec("obstore") is not None:  # the same report through obstore (listed and read)
+        assert main([str(tmp_path / "s.zarr"), "--config", str(tmp_path / "c.toml"), "--json", "--backend",
+                     "obstore", "--sizes", "always"]) == 0
+        jo = json.loads(capsys.readouterr().out)
+        assert jo["recommendation"] == j["recommendation"] and jo["arrays"] == j["arrays"]
+    assert main([str(tmp_path / "s.zarr"), "--backend", "boto"]) != 0
+    assert "--backend: invalid choice: 'boto'" in capsys.readouterr().err
     # bad input: message on stderr, non-zero status
     assert main([str(tmp_path / "missing.zarr")]) != 0
     assert "missing.zarr" in capsys.readouterr().err
