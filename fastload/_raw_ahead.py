@@ -17,7 +17,7 @@ resume), so entries read for batches that were never read do not block the budge
 wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
-then the chunk is a :class:`~fastload.errors.ChunkReadError` naming it and the wait, the request's estimated bytes
+then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
 leave the budget (once: a request that never answers must not switch read-ahead off), the reader's pool lets its
 thread go, and the late answer is dropped. A request nobody waits for gives its estimate back the same way: at the
 clear that drops its entries, or (run by a consumer whose step gave it up) at the next claim or clear once older
@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import ChunkReadError
+from .errors import ChunkReadError, ChunkTimeoutError
 
 __all__ = ["RawAhead"]
 
@@ -163,7 +163,7 @@ class RawAhead:
         in flight; running a still-queued request here). Chunks not returned must be fetched by the caller.
 
         ``timeout``: seconds a request in flight may have run (from its start) before its chunks are given up: they
-        come back as :class:`~fastload.errors.ChunkReadError` (None: wait for ever). ``timed(fn) -> fn()`` runs a
+        come back as :class:`~fastload.errors.ChunkTimeoutError` (None: wait for ever). ``timed(fn) -> fn()`` runs a
         request this call takes over (the caller's own request: it may time it)."""
         got: dict[int, bytes | None | ChunkReadError] = {}
         wait: list[tuple[int, _Group]] = []
@@ -193,7 +193,7 @@ class RawAhead:
             elif not g.event.wait(max(0.0, g.started + timeout - time.monotonic())):
                 waited = time.monotonic() - g.started  # the late answer finds its entry gone and is dropped
                 self._give_up(g)
-                got[j] = ChunkReadError(array, chunks[j], f"no answer from the store after {waited:.3g} s to a "
+                got[j] = ChunkTimeoutError(array, chunks[j], f"no answer from the store after {waited:.3g} s to a "
                                         f"read-ahead request (read timeout {timeout:g} s, loader.read_timeout_s); "
                                         f"the request is left running")
                 continue

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._io_pool import _Task
 from ._nvtx import range as nvtx_range
-from .errors import ChunkReadError, FastloadError
+from .errors import ChunkReadError, ChunkTimeoutError, FastloadError
 from .plan import EpochPlan, Step
 
 __all__: list[str] = []  # private: fastload.reader's ChunkReader mixes _Fetcher in
@@ -38,7 +38,7 @@ _AHEAD_STEPS = 2  # remote stores: steps (in plan order) whose stored bytes are 
 
 
 
-class _GivenUp(ChunkReadError):
+class _GivenUp(ChunkTimeoutError):
     """A request of a task its step has given up (read timeout): nobody waits for the answer, so it is no evidence
     about the store; :meth:`ChunkReader._fetch_store` re-raises it at once (no per-chunk fallback, no ``_failing``)."""
 
@@ -138,7 +138,7 @@ class _Fetcher:
             why = (f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}); the request "
                    f"is left running")
         rows = step.plan.chunks[array][group].tolist()
-        return _Done(errors={j: ChunkReadError(array, tuple(c), why) for j, c in enumerate(rows)})
+        return _Done(errors={j: ChunkTimeoutError(array, tuple(c), why) for j, c in enumerate(rows)})
 
     def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
                       stop: Callable[[], bool], task: _Task | None = None) -> _Done:

@@ -16,6 +16,7 @@ __all__ = [
     "SchemaError",
     "CodecError",
     "ChunkReadError",
+    "ChunkTimeoutError",
     "LoaderClosedError",
     "WorkerError",
     "CacheBusyError",
@@ -71,6 +72,15 @@ class ChunkReadError(FastloadError, OSError):
 
     def __reduce__(self):  # keep the fields when the error crosses a process boundary
         return (type(self), (self.array, self.chunk, self.cause, self.path))
+
+
+class ChunkTimeoutError(ChunkReadError):
+    """A chunk's store request went unanswered for ``loader.read_timeout_s`` and the step waiting for it gave it up.
+
+    The store was slow or stuck, not necessarily the chunk bad: a later step that needs the chunk fetches it again.
+    A :class:`ChunkReadError` (and so an ``OSError``), so code catching those catches this too; catch this class to
+    tell a timeout from a bad chunk (never the message text).
+    """
 
 
 class LoaderClosedError(FastloadError, RuntimeError):

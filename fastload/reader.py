@@ -26,7 +26,8 @@ retries x chunks x backoff (23 s before, measured). A permanent error, or corrup
 :class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
 the samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout``
 seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread while no thread started
-or finished a job) is given up by the step waiting for it: its chunks fail the same way, naming the wait (with
+or finished a job) is given up by the step waiting for it: its chunks fail with :class:`~fastload.errors.ChunkTimeoutError` (a
+``ChunkReadError``), naming the wait (with
 ``on_bad_chunk="skip"``, a warning), and the request is left running on its thread, which then writes into no slot
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
@@ -71,7 +72,7 @@ from ._nvtx import range as nvtx_range
 from ._raw_ahead import RawAhead
 from ._reader_fetch import _describe_job, _Done, _Fetcher, _GivenUp, _plain_local, _transient  # noqa: F401
 from .cache import ChunkCache, Reservation
-from .errors import ChunkReadError
+from .errors import ChunkReadError, ChunkTimeoutError
 from .plan import EpochPlan, Step
 
 __all__ = ["IOStats", "ChunkReader", "CacheLayout", "plan_cache", "sample_chunk_bound"]
@@ -158,7 +159,7 @@ class ChunkReader(_Fetcher):
         Thread name prefix.
     read_timeout : float or None
         Seconds a store request may go unanswered before the step waiting for it gives it up (its chunks fail with
-        :class:`~fastload.errors.ChunkReadError`); None: wait for ever. An attribute: the thread backends set it.
+        :class:`~fastload.errors.ChunkTimeoutError`); None: wait for ever. An attribute: the thread backends set it.
     """
 
     def __init__(self, store: Any, tokenizer: Any, cache: ChunkCache, *, fetch_concurrency: int = 16,
@@ -408,7 +409,7 @@ class ChunkReader(_Fetcher):
     def _warn_timeouts(self, step: Step, bad: Mapping[str, Mapping[int, BaseException]]) -> None:
         """Warn when on_bad_chunk='skip' drops chunks because their store requests timed out (not bad chunks: a
         store too slow or stuck for loader.read_timeout_s), naming the first."""
-        late = [e for errs in bad.values() for e in errs.values() if "read_timeout_s" in str(e)]
+        late = [e for errs in bad.values() for e in errs.values() if isinstance(e, ChunkTimeoutError)]
         if late:
             log.warning("fastload: on_bad_chunk='skip' drops the samples of %d chunk(s) of batch %s whose store "
                         "requests timed out (loader.read_timeout_s = %s), e.g. %s", len(late), step.batch,

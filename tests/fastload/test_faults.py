@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from fastload.errors import ChunkReadError
+from fastload.errors import ChunkReadError, ChunkTimeoutError
 from fastload.loader import Loader
 from fastload.store import BaseByteSource, open_store
 from tests.fastload.loader_ref import build, reference
@@ -172,6 +172,36 @@ def test_truncated_chunk_raises_by_default_and_skips_on_request(tmp_path):
             np.testing.assert_array_equal(batch[f].numpy(), ref[f])
 
 
+def test_a_timeout_is_told_from_a_bad_chunk_by_its_type_not_its_message(tmp_path, caplog):
+    """Chunks of a timed-out request fail with ChunkTimeoutError (a ChunkReadError), and the skip warning about
+    timeouts picks errors by that type: a truncated chunk of a store whose path says "read_timeout_s" is no timeout
+    (it was warned about as one: the errors were told apart by their message text), and a timeout whose message
+    does not say "read_timeout_s" still is one."""
+    from types import SimpleNamespace
+
+    from fastload.reader import ChunkReader
+
+    root = tmp_path / "read_timeout_s"
+    _, cfg = build("per_variable", root / "s.zarr", zarr_format=2)
+    store = open_store(root / "s.zarr")
+    kw = dict(samples_per_epoch=16, seed=7)
+    with Loader(store, cfg, **kw) as probe:
+        boxes = probe.epoch_boxes(0)
+    _truncate_a_needed_chunk(root, store, boxes)
+    with Loader(store, cfg, **kw) as loader:
+        with pytest.raises(ChunkReadError) as e:
+            list(loader)
+    assert "read_timeout_s" in str(e.value) and not isinstance(e.value, ChunkTimeoutError)
+    caplog.set_level(logging.WARNING, logger="fastload")
+    with Loader(store, cfg, on_bad_chunk="skip", **kw) as loader:
+        assert sum(b.stats.skipped for b in loader) >= 1
+    assert not [r for r in caplog.records if "timed out" in r.getMessage()]
+    late = ChunkTimeoutError("t", (0, 1), "no answer after 0.2 s")
+    ChunkReader._warn_timeouts(SimpleNamespace(read_timeout=0.2), SimpleNamespace(batch=3), {"t": {5: late}})
+    said = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert len(said) == 1 and "batch 3" in said[0] and "chunk (0, 1)" in said[0]
+
+
 def test_worker_exception_reaches_consumer(tmp_path):
     _, cfg = build("atmorep", tmp_path / "s.zarr")
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=24, workers=2)
@@ -246,6 +276,7 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
         assert isinstance(e, ChunkReadError), got
         assert e.array in store.arrays and len(e.chunk) == store.arrays[e.array].ndim
         assert "no answer" in str(e) and "0.3" in str(e) and "read_timeout_s" in str(e)
+        assert isinstance(e, ChunkTimeoutError)
         cache = loader._backend.cache  # noqa: SLF001 - nothing filled by the given-up requests
         assert cache.resident() == set()
         it.close()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastload._raw_ahead import RawAhead
-from fastload.errors import ChunkReadError, ConfigError
+from fastload.errors import ChunkReadError, ChunkTimeoutError, ConfigError
 from fastload.loader import Loader
 from fastload.reader import _PrioritySlots, sample_chunk_bound
 from fastload.sampling.chunks import FieldLayout, plan_batch
@@ -178,7 +178,7 @@ def test_raw_ahead_take_gives_up_on_a_request_that_never_answers():
         assert not taker.is_alive(), "take still waits for a request that never answers"
         assert list(got) == [0]  # (9, 9) was never requested ahead: the caller fetches it
         e = got[0]
-        assert isinstance(e, ChunkReadError) and e.array == "t" and e.chunk == (0, 2)
+        assert isinstance(e, ChunkTimeoutError) and e.array == "t" and e.chunk == (0, 2)
         assert "no answer" in str(e) and "0.2" in str(e)
         assert ahead.used == 0
     finally:
