@@ -15,6 +15,7 @@ metadata, shard indices, numcodecs) sees the same type as with the other sources
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -169,13 +170,19 @@ class ObstoreSource(BaseByteSource):
 
     @staticmethod
     def _all(coros: list[Any]) -> list[bytes | None]:
-        """Run the requests concurrently on an event loop of this thread's own; the first error is raised after
-        all have finished (none is left running)."""
+        """Run the requests concurrently on an event loop of this thread's own (of a helper thread where this one
+        already runs a loop); the first error is raised after all have finished (none is left running)."""
 
         async def gather() -> list[Any]:
             return await asyncio.gather(*coros, return_exceptions=True)
 
-        got = asyncio.run(gather())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread (the reader's I/O threads): run one here
+            got = asyncio.run(gather())
+        else:  # called from async code (a notebook's cell): asyncio.run refuses a nested loop, so use a thread
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                got = pool.submit(asyncio.run, gather()).result()
         for v in got:
             if isinstance(v, BaseException):
                 raise v

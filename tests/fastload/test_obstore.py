@@ -139,3 +139,16 @@ def test_loader_batches_through_obstore_equal_reference(tmp_path):
                 np.testing.assert_array_equal(batch[f].numpy(), ref[f])
             n += 1
         assert n == len(loader) > 0 and loader.stats.misses > 0
+
+
+def test_batches_from_async_code(tmp_path):
+    """A notebook cell runs in an event loop: batched requests still work there (asyncio.run would refuse)."""
+    import asyncio
+
+    _write(tmp_path / "s", {"a": b"1", "b": b"22"})
+    src = ObstoreSource(f"file://{tmp_path / 's'}")
+
+    async def cell():
+        return src.get_many(["a", "b", "c"]), src.get_ranges([("b", 1, 1), ("a", 0, 1)])
+
+    assert asyncio.run(cell()) == ([b"1", b"22", None], [b"2", b"1"])
