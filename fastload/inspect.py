@@ -81,34 +81,16 @@ _META_FILES = {".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"}
 
 
 def _stored_bytes(store: Any, name: str, remote: bool) -> tuple[int, int] | None:
-    """(bytes, objects) of an array's stored chunks or shards; None when unknown (remote and not asked)."""
+    """(bytes, objects) of an array's stored chunks or shards, from a listing with sizes (no object is read); None
+    when unknown (remote and not asked)."""
     src = store.source
-    root = src.describe(name)
-    if os.path.isdir(root):  # local: sizes from the file system, no reads
-        total = files = 0
-        for dirpath, _, names in os.walk(root):
-            for fn in names:
-                if fn not in _META_FILES:
-                    total += os.path.getsize(os.path.join(dirpath, fn))
-                    files += 1
-        return total, files
-    if not remote:
+    if not (remote or os.path.isdir(src.describe(name))):  # local: the file system's sizes, always
         return None
     total = files = 0
-    stack = [name]
-    while stack:  # remote: list and read every object (asked for with --sizes always)
-        prefix = stack.pop()
-        for child in src.list_dir(prefix):
-            key = f"{prefix}/{child}"
-            if child in _META_FILES:
-                continue
-            if src.list_dir(key):
-                stack.append(key)
-            else:
-                b = src.get(key)
-                if b is not None:
-                    total += len(b)
-                    files += 1
+    for key, size in src.walk(name):
+        if key.rsplit("/", 1)[-1] not in _META_FILES:
+            total += size
+            files += 1
     return total, files
 
 
@@ -137,8 +119,8 @@ def describe(store: Any, *, sizes: str = "auto") -> dict[str, Any]:
     store : Store
         An open store.
     sizes : {"auto", "always", "never"}
-        Stored bytes: from the file system for local stores ("auto"), also by reading every object of a remote
-        store ("always"), or not at all ("never").
+        Stored bytes: from the file system for local stores ("auto"), also from a listing of a remote store's
+        objects with their sizes ("always"; reads none of them), or not at all ("never").
     """
     if sizes not in ("auto", "always", "never"):
         raise ConfigError(f"sizes: expected 'auto', 'always' or 'never', got {sizes!r}")
@@ -473,7 +455,8 @@ def _parser() -> argparse.ArgumentParser:
         "--sizes",
         choices=("auto", "always", "never"),
         default="auto",
-        help="stored bytes: local file sizes (auto), also read remote objects (always), or skip (never)",
+        help="stored bytes: local file sizes (auto), also list remote objects with their sizes (always), or skip "
+        "(never)",
     )
     p.add_argument(
         "--chunk-overhead-ms",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import StoreNotFoundError
@@ -130,6 +130,15 @@ class ObstoreSource(BaseByteSource):
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]]
         names += [o["path"].rsplit("/", 1)[-1] for o in found["objects"]]
         return sorted(set(names))
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        folder = prefix.strip("/")
+        try:
+            for chunk in self._obs.list(self.store, folder or None):
+                for o in chunk:
+                    yield o["path"], int(o["size"])
+        except (FileNotFoundError, self._errors) as e:
+            self._failed(e, folder, None)
 
     def describe(self, key: str = "") -> str:
         return f"{self.url}/{key}" if key else self.url

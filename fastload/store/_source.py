@@ -21,7 +21,7 @@ import abc
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = ["BaseByteSource", "LocalSource", "FsspecSource", "LatencySource"]
@@ -68,6 +68,24 @@ class BaseByteSource(abc.ABC):
     def get_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
         """:meth:`get_range` for many ``(key, start, length)`` requests, in order."""
         return [self.get_range(k, s, n) for k, s, n in requests]
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every object below the folder ``prefix``, at any depth, as ``(key, size in bytes)``, in no set order.
+
+        The default lists folder by folder and reads each object for its size; sources override it with a
+        listing that carries sizes (a file system's ``stat``, an object store's LIST).
+        """
+        stack = [prefix.strip("/")]
+        while stack:
+            folder = stack.pop()
+            for child in self.list_dir(folder):
+                key = f"{folder}/{child}" if folder else child
+                if self.list_dir(key):
+                    stack.append(key)
+                else:
+                    b = self.get(key)
+                    if b is not None:
+                        yield key, len(b)
 
 
 class LocalSource(BaseByteSource):
@@ -189,6 +207,21 @@ class LocalSource(BaseByteSource):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        stack = [prefix.strip("/")]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(self._path(folder)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                key = f"{folder}/{e.name}" if folder else e.name
+                if e.is_dir():
+                    stack.append(key)
+                elif e.is_file():
+                    yield key, e.stat().st_size
+
     def describe(self, key: str = "") -> str:
         return self._path(key)
 
@@ -260,6 +293,17 @@ class FsspecSource(BaseByteSource):
         ends = [None if s < 0 else s + n for _, s, n in requests]
         got = self.fs.cat_ranges(paths, starts, ends, on_error="return")
         return [_missing_or_raise(v) for v in got]
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self.fs._strip_protocol(self.root).rstrip("/")
+        try:
+            found = self.fs.find(self._path(prefix.strip("/")), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for path, info in found.items():
+            path = self.fs._strip_protocol(path)
+            if info.get("type", "file") == "file" and path.startswith(base + "/"):
+                yield path[len(base) + 1:], int(info.get("size") or 0)
 
     def list_dir(self, prefix: str) -> list[str]:
         try:
@@ -338,6 +382,10 @@ class LatencySource(BaseByteSource):
     def list_dir(self, prefix: str) -> list[str]:
         self._sleep()
         return self.inner.list_dir(prefix)
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        self._sleep()
+        return self.inner.walk(prefix)
 
     def describe(self, key: str = "") -> str:
         return self.inner.describe(key)

@@ -74,6 +74,12 @@ class ChunkSourceTests:
     def test_describe_names_the_key(self, source):
         assert "a/c/0/0" in source.describe("a/c/0/0")
 
+    def test_walk_lists_every_object_below_a_folder_with_its_size(self, source):
+        assert sorted(source.walk("")) == sorted((k, len(v)) for k, v in FILES.items())
+        assert sorted(source.walk("a/c")) == sorted((k, len(v)) for k, v in FILES.items() if k.startswith("a/c/"))
+        assert sorted(source.walk("a/")) == sorted(source.walk("a"))
+        assert list(source.walk("nothing/here")) == []
+
     def test_many_threads_read_identical_bytes(self, source):
         keys = [k for k in FILES if k.startswith(("a/c", "b/"))] * 25
         expect = [FILES[k] for k in keys]

@@ -10,7 +10,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from fastload.store import FsspecSource, LatencySource, LocalSource, open_store
+from fastload.store import BaseByteSource, FsspecSource, LatencySource, LocalSource, open_store
 from tests.fastload.conformance import ChunkSourceTests
 from tests.fastload.stores import make_per_variable
 
@@ -48,6 +48,31 @@ class TestLatencySource(ChunkSourceTests):
     def make_source(self, tmp_path, files):
         _write(tmp_path / "s", files)
         return LatencySource(LocalSource(tmp_path / "s"), 0.5)
+
+
+class _Plain(BaseByteSource):
+    """Only the four required methods: the base class's defaults (batches, exists, walk) are what is tested."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get(self, key):
+        return self.inner.get(key)
+
+    def get_range(self, key, start, length):
+        return self.inner.get_range(key, start, length)
+
+    def list_dir(self, prefix):
+        return self.inner.list_dir(prefix)
+
+    def describe(self, key=""):
+        return self.inner.describe(key)
+
+
+class TestBaseDefaults(ChunkSourceTests):
+    def make_source(self, tmp_path, files):
+        _write(tmp_path / "s", files)
+        return _Plain(LocalSource(tmp_path / "s"))
 
 
 def test_latency_source_sleeps_per_request(tmp_path):
