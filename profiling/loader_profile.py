@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastload._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from fastload.config import LoaderConfig, SamplingConfig, apply_overrides
 from fastload.errors import ConfigError
 
@@ -41,7 +42,8 @@ def _print(msg: str) -> None:
 
 def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *, batches: int = 20,
                    warmup: int = 2, data: str = "cached", latency_ms: float = 0.0, masking: Any = None,
-                   log: Callable[[str], None] = _print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   log: Callable[[str], None] = _print, storage_options: Mapping[str, Any] | None = None,
+                   backend: str = "auto") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Iterate a :class:`fastload.Loader` for ``warmup + batches`` batches; summarise the last ``batches``.
 
     Parameters
@@ -56,6 +58,8 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
         Warm the page cache first, or drop the store's pages before every read (:mod:`profiling.slowstore`).
     latency_ms : float
         Simulated storage latency per request.
+    storage_options, backend
+        A remote store's client options, and how bytes are read (:func:`fastload.store.open_store`).
 
     Returns
     -------
@@ -74,7 +78,8 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
         raise ConfigError(f"profile-loader --data: expected 'cached' or 'cold', got {data!r}")
     if loader.device is None:
         loader = dataclasses.replace(loader, device="cpu")
-    s = open_run_store(store, mode=data, latency_ms=latency_ms, fields=sampling.field_names, log=log)
+    s = open_run_store(store, mode=data, latency_ms=latency_ms, fields=sampling.field_names, log=log,
+                       storage_options=storage_options, backend=backend)
     records: list[dict[str, Any]] = []
     with Loader(s, sampling, loader, masking=masking) as ld:
         it = iter(ld)
@@ -93,7 +98,8 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
         for _ in range(batches):
             records.append(loader_record(take().stats))
         wall = time.perf_counter() - t0
-    settings = {"store": store, "data": data, "latency_ms": latency_ms, "batches": batches, "warmup": warmup,
+    settings = {"store": store, "backend": backend, "data": data, "latency_ms": latency_ms, "batches": batches,
+                "warmup": warmup,
                 "loader": loader.to_dict(), "sampling": sampling.to_dict()}
     return summarize_loader(records, wall_s=wall, config=settings), records
 
@@ -183,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default="cached", choices=("cached", "cold"),
                    help="warm page cache (default) or pages dropped before every read")
     p.add_argument("--store-latency-ms", type=float, default=0.0, help="simulated latency per storage request")
+    add_storage_option(p, "data store")
+    add_backend_option(p)
     p.add_argument("--device", help="where batches go (default cpu; cuda adds the host-to-device copy)")
     p.add_argument("--out", help="report folder (default runs/profile-loader-<time>)")
     a = p.parse_args(argv)
@@ -205,8 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         store, sampling = a.store, SamplingConfig.from_file(a.config)
     loader = apply_overrides(loader, [o.removeprefix("loader.") for o in a.overrides], prefix="loader.")
+    opts = parse_storage_options(a.storage_option)
+    if a.store is None and (opts or a.backend != "auto"):
+        raise ConfigError("--storage-option and --backend are for a STORE given; the built-in dataset is local")
     runs = sweep(store, sampling, loader, workers=workers, prefetch=prefetch, batches=a.batches, warmup=a.warmup,
-                 data=a.data, latency_ms=a.store_latency_ms)
+                 data=a.data, latency_ms=a.store_latency_ms, storage_options=opts, backend=a.backend)
     from .report import format_loader_table, format_sweep_table, write_steps_csv, write_summary
 
     out = Path(a.out or f"runs/profile-loader-{time.strftime('%Y%m%d-%H%M%S')}")

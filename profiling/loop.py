@@ -302,11 +302,14 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     if sampling.streams:  # every stream's store, opened in the run's data mode (one Loader reads them all)
         store: Any = {st.name: open_run_store(st.path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
                                               fields=[f.name for f in sampling.fields if f.stream == st.name],
-                                              warm=mode == "profile", log=say) for st in sampling.streams}
+                                              warm=mode == "profile", log=say, backend=cfg.data.backend,
+                                              storage_options=cfg.data.storage_options)
+                      for st in sampling.streams}
         store_path = {name: s.path for name, s in store.items()}
     else:
         store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                               fields=sampling.field_names, warm=mode == "profile", log=say)
+                               fields=sampling.field_names, warm=mode == "profile", log=say,
+                               storage_options=cfg.data.storage_options, backend=cfg.data.backend)
     loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
     loader: Any
     stepper: torch.nn.Module

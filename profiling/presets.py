@@ -102,6 +102,9 @@ class _Section:
         return cls(**d)
 
 
+_SECRET_WORDS = ("secret", "key", "token", "password", "credential", "sas")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig(_Section):
     """Where the samples come from."""
@@ -114,6 +117,12 @@ class DataConfig(_Section):
     """Preset of the built-in dataset (:data:`fastload.synth.PRESETS`) when ``store`` is None."""
     cache_dir: str | None = None
     """Folder of the built-in dataset and its coefficients; None: ``$FASTLOAD_CACHE`` or ``~/.cache/fastload``."""
+    storage_options: dict[str, Any] | None = None
+    """Options of a URL store's client: fsspec's filesystem, or obstore's ``from_url`` with ``backend = "obstore"``
+    (credentials, region, endpoint, anonymous access). Multi-stream configs: for every stream's store."""
+    backend: str = "auto"
+    """How the store's bytes are read (:func:`fastload.store.open_store`): ``auto`` (plain file reads for a path,
+    fsspec for a URL), ``fsspec`` or ``obstore``."""
     latency_ms: float = 0.0
     """Simulated storage latency: every storage request sleeps this long (``--store-latency-ms``)."""
     mode: Literal["synthetic", "cached", "cold"] = "cached"
@@ -131,14 +140,29 @@ class DataConfig(_Section):
         if self.synth_preset not in SYNTH:
             raise ConfigError(f"data.synth_preset: expected one of {list(SYNTH)}, got {self.synth_preset!r}")
         _num("data.latency_ms", self.latency_ms, 0.0)
+        from fastload.store import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"data.backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
+        so = self.storage_options
+        if so is not None and not (isinstance(so, Mapping) and all(isinstance(k, str) for k in so)):
+            raise ConfigError(f"data.storage_options: expected a table of option names to values, got {so!r}")
+        if so and self.store is None and not self.sampling.streams:
+            raise ConfigError("data.storage_options: set for a remote data.store; the built-in dataset is local")
         if self.mode not in DATA_MODES:
             raise ConfigError(f"data.mode: expected one of {list(DATA_MODES)}, got {self.mode!r}")
         if self.mode == "cold" and self.store is not None and "://" in self.store:
             raise ConfigError(f"data.mode = 'cold' drops local page-cache pages; {self.store!r} is a URL")
 
     def to_dict(self) -> dict[str, Any]:
+        """As a table; values of ``storage_options`` whose name says secret, key, token, password, credential or
+        sas are written ``"<redacted>"`` (reports and checkpoints keep this table; give those options again, or
+        through the environment, where a run reopens the store)."""
         d = _Section.to_dict(self)
         d["sampling"] = self.sampling.to_dict()
+        if self.storage_options:
+            d["storage_options"] = {k: "<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) else v
+                                    for k, v in self.storage_options.items()}
         return d
 
     @classmethod

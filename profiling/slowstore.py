@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastload.errors import ConfigError
@@ -156,7 +156,8 @@ def _memory_bytes() -> int | None:
 
 
 def open_run_store(path: str | os.PathLike[str], *, mode: str = "cached", latency_ms: float = 0.0,
-                   fields: Iterable[str] | None = None, warm: bool = True, log: Any = None) -> Store:
+                   fields: Iterable[str] | None = None, warm: bool = True, log: Any = None,
+                   storage_options: Mapping[str, Any] | None = None, backend: str = "auto") -> Store:
     """Open ``path`` for a run in data mode ``mode`` with ``latency_ms`` of simulated latency per request.
 
     Parameters
@@ -171,10 +172,12 @@ def open_run_store(path: str | os.PathLike[str], *, mode: str = "cached", latenc
         Warm the page cache in ``cached`` mode (a training run on a large store skips it).
     log : callable, optional
         Progress messages (``print``).
+    storage_options, backend
+        As :func:`fastload.store.open_store` takes them (a remote store's client options; how bytes are read).
     """
     if mode not in ("cached", "cold", "synthetic"):
         raise ConfigError(f"data mode: expected 'synthetic', 'cached' or 'cold', got {mode!r}")
-    store = open_store(path, latency_ms=latency_ms)
+    store = open_store(path, latency_ms=latency_ms, storage_options=storage_options, backend=backend)
     local = "://" not in store.path
     arrays = None if fields is None else sorted({store.fields[f].array for f in fields if f in store.fields})
     if mode == "cold":

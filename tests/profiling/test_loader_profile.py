@@ -72,6 +72,22 @@ def test_cli_sweep_writes_table_csv_json_png(tmp_path_factory, tmp_path, capsys)
     assert (out / "loader.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_reads_through_the_backend_asked_for(tmp_path_factory, tmp_path, capsys):
+    pytest.importorskip("obstore")
+    store, norm = tiny_store(tmp_path_factory)
+    cfg = tmp_path / "sampling.toml"
+    cfg.write_text(sampling(norm).to_toml())
+    args = ["profile-loader", store, "--config", str(cfg), "--batches", "2", "--warmup", "1",
+            "--set", "loader.samples_per_epoch=8", "--backend", "obstore"]
+    assert cli([*args, "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "loader_summary.json").read_text())
+    assert doc["runs"][0]["summary"]["config"]["backend"] == "obstore"
+    assert doc["runs"][0]["summary"]["samples"] == 2 * BATCH
+    capsys.readouterr()
+    assert cli(["profile-loader", "--backend", "obstore", "--batches", "1"]) != 0
+    assert "--backend are for a STORE given" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not __import__("profiling.slowstore", fromlist=["x"]).can_drop_pages(),
                     reason="needs posix_fadvise")
 def test_cold_data_reads_every_chunk_from_storage(tmp_path_factory):
