@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cli_options import add_storage_option, parse_storage_options
+from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from .errors import ConfigError, FastloadError, SchemaError
@@ -404,6 +404,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_storage_option(p, "data store")
+    add_backend_option(p)
     return p  # fmt: skip
 
 
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import open_store
 
         opts = parse_storage_options(args.storage_option)
-        store = open_store(args.store, storage_options=opts)
+        store = open_store(args.store, storage_options=opts, backend=args.backend)
         t0 = datetime.datetime.now()
         path = compute_stats(store, args.out, cfg)
     except FastloadError as e:

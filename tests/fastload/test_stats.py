@@ -3,6 +3,7 @@ range, levels, both layouts and zarr formats, several passes); interruption leav
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 
@@ -493,6 +494,12 @@ def test_cli(tmp_path, capsys):
     assert_stats(out, "temperature", data["temperature"][keep][:, [1]], months_of(time[keep]))
     ds = xr.open_zarr(out, group="temperature", consolidated=False)  # the coefficient store opens in xarray
     assert ds["local_mean"].dims == ("month", "level", "latitude", "longitude")
+    if importlib.util.find_spec("obstore") is not None:  # the same coefficients read through obstore
+        out2 = tmp_path / "n2.zarr"
+        assert main([str(tmp_path / "d.zarr"), "--out", str(out2), "--fields", "temperature", "--levels", "105",
+                     "--time-range", "..", "2000-02-01", "--quiet", "--backend", "obstore"]) == 0
+        capsys.readouterr()
+        assert_stats(out2, "temperature", data["temperature"][keep][:, [1]], months_of(time[keep]))
     # errors: message on stderr, non-zero status, no traceback
     assert main([str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x.zarr")]) != 0
     assert "missing.zarr" in capsys.readouterr().err
