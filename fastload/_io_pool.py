@@ -201,12 +201,18 @@ class _Task:
     does not answer without the task writing into the step's slots afterwards.
 
     ``since``: when the task's current store request started (before the task runs: when it was queued); None
-    between requests, and while it reads or decodes into its slots. The waiting step gives the task up only while
-    ``since`` is older than the read timeout; the task looks at ``given_up`` under the lock before it touches a slot
-    (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so direct reads into slots and
-    decodes are not bounded by the read timeout)."""
+    between requests, and while it decodes into its slots. The waiting step gives the task up only while ``since``
+    is older than the read timeout; the task looks at ``given_up`` under the lock before it touches a slot
+    (:meth:`begin`, :meth:`touch_slots`), and from then on it is never given up (so decodes are not bounded by the
+    read timeout).
 
-    __slots__ = ("lock", "since", "started", "given_up", "waited", "full")
+    A direct read (an uncompressed local chunk read straight into its slot) is a store request that writes into a
+    slot, so it may be given up while it writes: ``busy`` is that slot while the read runs (set and cleared under
+    the lock). A step that gives the task up then must keep that slot out of use until the read returns: it puts
+    the slot's pin aside in ``hold`` (under the lock, only while ``busy`` is still set), and the task's thread
+    releases ``hold`` when the read returns (:meth:`end_direct`)."""
+
+    __slots__ = ("lock", "since", "started", "given_up", "waited", "full", "busy", "hold", "attempts", "last")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -215,6 +221,10 @@ class _Task:
         self.given_up = False
         self.waited = 0.0  # seconds the request (or the queue) had kept the step waiting when it gave up
         self.full = False  # given up while queued behind stuck threads the pool could not let go (its cap)
+        self.busy: int | None = None  # the slot a direct read is writing into now
+        self.hold: Any = None  # that slot's pin, set aside by the step that gave the task up (a Reservation)
+        self.attempts = 0  # attempts of the current store request (retries + 1 so far)
+        self.last = ""  # the last failed attempt's error, in words
 
     def begin(self) -> bool:
         """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing; it stays
@@ -224,6 +234,23 @@ class _Task:
                 return False
             self.since, self.started = None, True
             return True
+
+    def begin_direct(self, slot: int) -> bool:
+        """A direct read into ``slot`` starts (a store request: the step may give it up); False: the task is given
+        up (read nothing)."""
+        with self.lock:
+            if self.given_up:
+                return False
+            self.since, self.busy = time.monotonic(), slot
+            return True
+
+    def end_direct(self) -> tuple[bool, Any]:
+        """The direct read has returned: ``(given_up, hold)``; ``hold`` (not None only when the step gave the task up
+        during the read and set the slot aside) is for the caller to release now."""
+        with self.lock:
+            self.since = self.busy = None
+            hold, self.hold = self.hold, None
+            return self.given_up, hold
 
     def touch_slots(self) -> bool:
         """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""

@@ -6,7 +6,7 @@ direct read of uncompressed local chunks into their slots, the raw read-ahead re
 errors, and the read timeout (a step waiting for a task gives up a store request that does not answer, and the
 pool lets stuck threads go). :class:`_Fetcher` is a mixin of :class:`fastload.reader.ChunkReader`; it uses the
 reader's ``store``, ``cache``, ``retries``, ``read_timeout``, ``_pool``, ``_ahead``, ``_group``, ``_failing``,
-``_direct``, ``_direct_source`` and ``_decode_slots``. The design (faults, timeouts) is in the module docstring of
+``_direct``, ``_direct_source``, ``_direct_holds`` and ``_decode_slots``. The design (faults, timeouts) is in the module docstring of
 :mod:`fastload.reader`.
 
 Run its tests with ``python -m pytest tests/fastload/test_faults.py tests/fastload/test_reader.py -q``.
@@ -150,12 +150,20 @@ class _Fetcher:
         good: list[int] = []
         todo = range(len(chunks))
         info = self._direct.get(array)
-        if info is not None and info.chunk_nbytes == nbytes and self.store.source is self._direct_source:
-            t0 = time.perf_counter()  # (these reads write into the slots: untimed, never given up)
+        # direct reads, unless one given up is still stuck in its slot (the store hangs: the ordinary path, which
+        # reads into a buffer of its own, keeps further slots from being held by hung reads)
+        if (info is not None and info.chunk_nbytes == nbytes and self.store.source is self._direct_source
+                and not self._direct_holds):
+            t0 = time.perf_counter()
             with nvtx_range("fetch"):
-                todo = self._read_direct(info, chunks, slots, arena, d, good)
+                rest = self._read_direct(info, chunks, slots, arena, d, good)
             d.fetch_s += time.perf_counter() - t0
+            if rest is None:  # given up during a direct read: its step failed these slots (and holds the one read)
+                return _Done()
+            todo = rest
             if not todo:
+                if task is not None and not task.touch_slots():  # (never given up here: no request runs)
+                    return _Done()
                 self.cache.filled(array, good)
                 return d
         group_slots = slots  # d.errors and the cache's failed() use positions in the task's whole group
@@ -194,19 +202,35 @@ class _Fetcher:
         return d
 
     def _read_direct(self, info: Any, chunks: list[tuple[int, ...]], slots: list[int], arena: np.ndarray,
-                     d: _Done, good: list[int]) -> list[int]:
+                     d: _Done, good: list[int]) -> list[int] | None:
         """Read uncompressed chunks straight into their slots (appended to ``good``); return the positions that
         need the ordinary path: missing chunks (fill value), files of another size and read errors (which that
-        path retries and reports naming the chunk)."""
+        path retries and reports naming the chunk). None: the step gave the task up (read timeout) during a read.
+
+        Each read is a store request the waiting step may give up after ``read_timeout`` (a hung NFS mount) like any
+        other; since it writes into its slot, the step then keeps that slot pinned (:class:`_Task`'s ``hold``) and
+        this thread releases it when the read returns, so a late read never writes into a slot that another chunk
+        has since been given. Costs two lock round trips per chunk; no copy."""
         read_into = self._direct_source.read_into  # type: ignore[union-attr]
         nbytes = int(info.chunk_nbytes)
         key = info.key
+        task = d.task if self.read_timeout is not None else None
         rest: list[int] = []
         for j, (c, slot) in enumerate(zip(chunks, slots)):
+            if task is not None and not task.begin_direct(slot):
+                return None
             try:
                 n = read_into(key(c), arena[slot])
             except (OSError, ValueError, BufferError):  # the ordinary path retries and reports it
                 n = None
+            finally:
+                if task is not None:
+                    given_up, hold = task.end_direct()
+                    if hold is not None:  # the step set the slot aside: nothing writes into it any more
+                        self.cache.release(hold, step_done=False)
+                        self._direct_holds.discard(task)
+            if task is not None and given_up:
+                return None
             if n == nbytes:
                 good.append(slot)
             else:

@@ -32,7 +32,10 @@ or finished a job) is given up by the step waiting for it: its chunks fail with 
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
 ``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``
-that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its cache slots while an I/O thread may still write into them. The
+that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its
+cache slots while an I/O thread may still write into them: a direct read (an uncompressed local chunk read straight
+into its slot) is given up like any request, and the slot it reads into stays pinned until the read returns (its
+thread releases it; meanwhile chunks take the ordinary path, which reads into buffers of its own). The
 I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`): :meth:`ChunkReader.close` waits for them at
 most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
 it nor the interpreter's exit waits for it.
@@ -130,6 +133,7 @@ class _Started:
     step: Step
     res: Reservation
     futures: list[tuple[str, np.ndarray, Future, _Task]]
+    stuck: list[tuple[str, _Task]] = dataclasses.field(default_factory=list)  # given up during a direct read
 
 
 class ChunkReader(_Fetcher):
@@ -207,6 +211,9 @@ class ChunkReader(_Fetcher):
         self._direct_source = store.source if _plain_local(store) else None
         self._direct = {} if self._direct_source is None else {
             a: info for a, info in store.arrays.items() if stored_as_is(info)}  # fmt: skip
+        # tasks given up during a direct read that still runs, whose slot the step set aside (released by the task's
+        # thread when the read returns); while any is, chunks take the ordinary path
+        self._direct_holds: set[_Task] = set()
 
     # -- public -------------------------------------------------------------------------------------------------
     def read_batch(self, plan: EpochPlan, batch: int, outs: Mapping[str, np.ndarray],
@@ -362,7 +369,7 @@ class ChunkReader(_Fetcher):
         except BaseException:  # noqa: BLE001 - the step is given up; its errors are not the consumer's
             pass
         finally:
-            self.cache.release(started.res, step_done=False)
+            self._release(started, step_done=False)
 
     def _finish(self, started: _Started, boxes: np.ndarray, outs: Mapping[str, np.ndarray], row: int,
                 kept: list[np.ndarray], stats: IOStats, stop: Callable[[], bool]) -> int:
@@ -404,7 +411,20 @@ class ChunkReader(_Fetcher):
             done = True
             return row + n
         finally:
-            cache.release(res, step_done=done)
+            self._release(started, step_done=done)
+
+    def _release(self, started: _Started, step_done: bool) -> None:
+        """Release a step's reservation, except the slots of direct reads it gave up that still run: each is set
+        aside as a reservation of its own that the read's thread releases when the read returns (a late read must
+        not write into a slot another chunk has been given)."""
+        res = started.res
+        for a, task in started.stuck:
+            with task.lock:  # (the thread clears busy under this lock when its read returns)
+                if task.busy is None:
+                    continue
+                task.hold = _set_aside(res, a, task.busy)
+                self._direct_holds.add(task)
+        self.cache.release(res, step_done=step_done)
 
     def _warn_timeouts(self, step: Step, bad: Mapping[str, Mapping[int, BaseException]]) -> None:
         """Warn when on_bad_chunk='skip' drops chunks because their store requests timed out (not bad chunks: a
@@ -487,6 +507,7 @@ class ChunkReader(_Fetcher):
                 first = first or e
                 continue
             if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
+                started.stuck.append((a, task))  # (a direct read may still write into one slot: see _release)
                 # its I/O thread, left in the request, leaves the pool (a new one takes the queued tasks) unless
                 # too many are left so already: then the store has stopped answering, an error even with 'skip'
                 full = task.full or (task.started and not self._pool.abandon(task))
@@ -511,3 +532,22 @@ class ChunkReader(_Fetcher):
         if fatal is not None:
             raise fatal
         return bad
+
+
+def _set_aside(res: Reservation, array: str, slot: int) -> Reservation:
+    """Take ``slot`` of ``array`` out of ``res`` (changed in place) and return it as a reservation of its own, to be
+    released apart (its chunk was failed already: released, the slot is free again)."""
+    s = res.slots[array]
+    p = int(np.flatnonzero(s == slot)[0])
+    keep = np.arange(s.size) != p
+    part = Reservation(res.step, {array: res.ids[array][p:p + 1]}, {array: s[p:p + 1]}, {}, {}, 0)
+    for name in ("fill", "wait"):
+        pos = getattr(res, name)
+        if array in pos:
+            mask = np.zeros(s.size, bool)
+            mask[pos[array]] = True
+            if mask[p] and name == "fill":
+                part.fill[array] = np.zeros(1, np.int64)
+            pos[array] = np.flatnonzero(mask[keep])
+    res.ids[array], res.slots[array] = res.ids[array][keep], s[keep]
+    return part

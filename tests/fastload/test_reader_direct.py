@@ -5,6 +5,7 @@ files of the wrong size and read errors take the ordinary path (fill value, Chun
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -146,3 +147,90 @@ def test_a_wrapper_on_the_store_instance_sees_every_read(tmp_path):
     misses = sum(s.misses for s in stats)
     assert misses > 0
     assert sum(reads.values()) == misses
+
+
+def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_returns(tmp_path, caplog):
+    """A direct read that hangs (a stuck NFS mount) is given up after loader.read_timeout_s like any store request
+    (the step waited for ever: the read into the slot was never timed). Its slot stays pinned until the read
+    returns, so the late bytes land in no chunk's slot: the batches read meanwhile (the rest of the epoch, through
+    the ordinary path) and the next epoch equal the reference, and every chunk left in the cache equals its file."""
+    import logging
+    import threading
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    plain = store.source.read_into
+    release, entered, lock = threading.Event(), threading.Event(), threading.Lock()
+    hung: list = []  # the slot buffer of the one read that hangs
+
+    def hanging(key, out):
+        with lock:
+            first = not hung and key.startswith("t/")
+            if first:
+                hung.append(out)
+        if not first:
+            return plain(key, out)
+        entered.set()
+        release.wait(30)
+        view = np.asarray(out).view(np.uint8)
+        view[:] = 0x7F  # the late read lands in its slot, whole
+        return view.nbytes
+
+    store.source.read_into = hanging
+    caplog.set_level(logging.WARNING, logger="fastload")
+    loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, cache_bytes=40_000, seed=3,
+                    retries=0, read_timeout_s=0.3, on_bad_chunk="skip")
+
+    def epoch(e: int) -> list:
+        loader.set_epoch(e)
+        return [(b.boxes.numpy().copy(), {f: b[f].numpy().copy() for f in cfg.field_names}) for b in loader]
+
+    def check(got) -> None:
+        for boxes, fields in got:
+            want = reference(truth, cfg, boxes, periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(fields[f], want[f])
+
+    try:
+        got: dict = {}
+        def first() -> None:
+            try:
+                got["first"] = epoch(0)
+            except BaseException as e:  # noqa: BLE001 - looked at below
+                got["error"] = e
+
+        runner = threading.Thread(target=first, daemon=True)
+        runner.start()
+        runner.join(20)
+        assert entered.is_set()
+        assert not runner.is_alive(), "the epoch still waits for a direct read that never returns"
+        assert "first" in got, got
+        assert sum(len(b) for b, _ in got["first"]) < 24  # the hung chunk's samples were skipped ...
+        assert any("timed out" in r.getMessage() for r in caplog.records)  # ... as timed out
+        check(got["first"])
+        reader, cache = loader._backend.reader, loader._backend.cache  # noqa: SLF001
+        arena = cache.arena("t")
+        slot = (np.asarray(hung[0]).ctypes.data - arena.ctypes.data) // arena.strides[0]
+        assert cache._arenas["t"].pins[slot] == 1 and reader._direct_holds  # noqa: SLF001 - kept out of use
+        release.set()  # the late read writes into its slot, then lets it go
+        deadline = time.monotonic() + 10
+        while reader._direct_holds:  # noqa: SLF001
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert cache._arenas["t"].pins[slot] == 0  # noqa: SLF001
+        again = epoch(1)
+        assert sum(len(b) for b, _ in again) == 24 and not reader._direct_holds  # noqa: SLF001
+        check(again)
+        for a, cid in cache.resident():  # no slot holds the late bytes instead of its chunk
+            s = int(cache._arenas[a].lookup(np.array([cid]))[0])  # noqa: SLF001
+            chunk = tuple(int(i) for i in np.unravel_index(cid, store.arrays[a].grid_shape))
+            path = os.path.join(tmp_path / "s.zarr", *store.arrays[a].key(chunk).split("/"))
+            if os.path.exists(path):  # (q's missing chunk holds the fill value)
+                with open(path, "rb") as fh:
+                    assert cache.arena(a)[s].tobytes() == fh.read(), (a, chunk)
+    finally:
+        release.set()
+        loader.close()
+        for t in threading.enumerate():
+            if t.name.startswith("fastload"):
+                t.join(30)
