@@ -18,12 +18,21 @@ their pipe closes, so they never outlive it.
 
 Protocol (one duplex pipe per worker; one request at a time)::
 
+    worker -> loader, at its start: ("io", described key) before and ("io", None) after each storage request
+                       while it opens the store, then ("opened",), or ("fatal", exception)
     loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
                        ("read", gen, batch, segment name, forget, fd follows)
                                                                     -> ("done", gen, batch, IOStats, kept)
                                                                        or ("error", gen, batch, exception)
        (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap)
                        ("stop",)
+
+The loader sends a worker its first epoch only once it has opened the store ("opened"), and waits for that with
+``loader.read_timeout_s`` as the limit on each storage request the worker announced: a metadata read that hangs
+in a worker fails the iteration with a :class:`WorkerError` naming the worker, the store, the request and the
+setting (the worker is killed; the next iteration starts a new one), instead of hanging the loader. Later waits
+on a worker end with its answer, its death, or the consumer's stop; its batch reads are bounded by its reader
+(``read_timeout_s`` on every store request).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import contextlib
 import ctypes
 import mmap
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import pickle
 import secrets
@@ -48,6 +58,7 @@ import numpy as np
 
 from ._ring import FieldSpec, _layout
 from .errors import ConfigError, WorkerError
+from .store import BaseByteSource
 
 __all__ = ["ProcessBackend", "Segment", "WorkerError", "map_shared", "storage_options_of"]
 
@@ -159,6 +170,43 @@ def storage_options_of(store: Any) -> dict[str, Any] | None:
 
 
 # -- the worker process ----------------------------------------------------------------------------------------
+class _Announced(BaseByteSource):
+    """A worker's source while it opens the store: ``tell(described key)`` before each request and ``tell(None)``
+    after it, so that the loader can give up a request that does not return (``loader.read_timeout_s``)."""
+
+    def __init__(self, inner: BaseByteSource, tell: Callable[[str | None], None]):
+        self.inner, self.tell = inner, tell
+        self.root = getattr(inner, "root", "")
+
+    def _ask(self, key: str, call: Callable[..., Any], *args: Any) -> Any:
+        self.tell(self.inner.describe(key))
+        try:
+            return call(*args)
+        finally:
+            self.tell(None)
+
+    def get(self, key: str) -> bytes | None:
+        return self._ask(key, self.inner.get, key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        return self._ask(key, self.inner.get_range, key, start, length)
+
+    def list_dir(self, prefix: str) -> list[str]:
+        return self._ask(prefix, self.inner.list_dir, prefix)
+
+    def exists(self, key: str) -> bool:
+        return self._ask(key, self.inner.exists, key)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._ask(keys[0] if keys else "", self.inner.get_many, keys)
+
+    def get_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        return self._ask(requests[0][0] if requests else "", self.inner.get_ranges, requests)
+
+    def describe(self, key: str = "") -> str:
+        return self.inner.describe(key)
+
+
 def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from multiprocessing.reduction import recv_handle
@@ -167,19 +215,30 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     from .config import SamplingConfig
     from .plan import EpochPlan
     from .reader import ChunkReader
-    from .store import open_store
+    from .store import Store, make_source
+
+    lock = threading.Lock()  # (a source may be asked from several threads)
+
+    def tell(key: str | None) -> None:
+        with lock:
+            conn.send(("io", key))
 
     try:
-        store = open_store(spec["path"], storage_options=spec["storage_options"],
-                           allow_unsafe_codecs=spec["allow_unsafe"], latency_ms=spec["latency_ms"])
+        tell(spec["path"])  # (an fsspec URL is looked up here)
+        source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"])
+        tell(None)
+        store = Store(spec["path"], _Announced(source, tell), allow_unsafe_codecs=spec["allow_unsafe"],
+                      storage_options=spec["storage_options"])
         config = SamplingConfig.from_dict(spec["config"])
         tok = make_tokenizer(store, config)
         cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
+        store.source = source  # opened: the reader reads the plain source (its direct paths test its type)
         reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
                              retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
                              coefficients=spec["coefficients"], months=spec["months"],
                              useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
                              read_ahead_bytes=spec["read_ahead_bytes"], read_timeout=spec["read_timeout_s"])
+        conn.send(("opened",))
     except BaseException as e:  # noqa: BLE001 - the loader re-raises it (this worker then exits)
         with contextlib.suppress(OSError, ValueError):
             conn.send(("fatal", _picklable(e)))
@@ -253,6 +312,10 @@ class _Worker:
         self.forget: list[str] = []  # segments to unmap, sent with the next read (under ProcessBackend._lock)
         self.failed = False  # it died or failed to start: replaced at the next epoch
         self.spoke = False  # it has sent anything (else it died before running fastload's code)
+        self.opened = False  # it has opened the store ("opened"): it takes epochs
+        self.io_open = 0  # storage requests it announced at its start and has not finished
+        self.io_key: str | None = None  # the last one it began
+        self.io_since: float | None = None  # when it last began or finished one, while one is open
 
 
 def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
@@ -389,25 +452,85 @@ class ProcessBackend:
         return _Worker(c, p, parent)
 
     def _recv(self, w: _Worker, should_stop: Callable[[], bool] | None) -> Any:
+        """The worker's next answer (its start-up messages are taken on the way, :meth:`_take`)."""
+        while True:
+            try:
+                while not w.conn.poll(_POLL_S):
+                    if not w.process.is_alive() and not w.conn.poll(0):  # (its last words may have come meanwhile)
+                        raise EOFError
+                    if should_stop is not None and should_stop():
+                        raise InterruptedError("stopped while waiting for a loader worker process")
+                    self._check_stuck(w)
+            except (EOFError, OSError) as e:  # the pipe broke: the worker died
+                if isinstance(e, InterruptedError):
+                    raise
+                raise self._died(w) from None
+            msg = self._take(w)
+            if msg is not None:
+                return msg
+
+    def _take(self, w: _Worker) -> Any:
+        """Receive one message (one is waiting): an answer is returned; a start-up message is noted (None)."""
         try:
-            while not w.conn.poll(_POLL_S):
-                if not w.process.is_alive() and not w.conn.poll(0):  # (its last words may have come meanwhile)
-                    raise EOFError
-                if should_stop is not None and should_stop():
-                    raise InterruptedError("stopped while waiting for a loader worker process")
             msg = w.conn.recv()
-            w.spoke = True
-        except (EOFError, OSError) as e:  # the pipe broke: the worker died
-            if isinstance(e, InterruptedError):
-                raise
+        except (EOFError, OSError):  # the pipe broke: the worker died
             raise self._died(w) from None
+        w.spoke = True
         if msg[0] == "fatal":  # it failed to start (and exits): its own exception, with who it was
             w.failed = True
             err = msg[1]
             if hasattr(err, "add_note"):  # Python >= 3.11
                 err.add_note(f"(in loader worker process {w.index}, pid {w.process.pid}, at its start)")
             raise err
+        if msg[0] == "io":  # a storage request of its start began (a key) or ended (None)
+            w.io_open += 1 if msg[1] is not None else -1
+            w.io_key = msg[1] if msg[1] is not None else w.io_key
+            w.io_since = time.monotonic() if w.io_open > 0 else None  # any answer is progress
+            return None
+        if msg[0] == "opened":
+            w.opened = True
+            w.io_open, w.io_since = 0, None
+            return None
         return msg
+
+    def _check_stuck(self, w: _Worker) -> None:
+        """Raise (and kill the worker) when a storage request of its start has gone unanswered too long."""
+        limit = self._child_spec["read_timeout_s"]
+        if limit is None or w.io_since is None or time.monotonic() - w.io_since <= limit:
+            return
+        w.failed = True
+        w.process.kill()  # stuck in a request that may never return: no clean way out
+        w.process.join(2.0)
+        raise WorkerError(
+            f"loader worker process {w.index} (pid {w.process.pid}) could not open the store "
+            f"{self._child_spec['path']!r}: its request for {w.io_key!r} got no answer for {limit:g} s "
+            f"(loader.read_timeout_s = {limit:g}; None waits for ever); the worker was stopped, the next iteration "
+            f"starts a new one"
+        )
+
+    def _await_open(self) -> BaseException | None:
+        """Wait until every worker has opened the store, reading all their pipes at once (so that each request's
+        time counts from when it began); returns the first error (a worker that failed, died or is stuck in a
+        storage request for ``read_timeout_s``), after every worker answered or failed."""
+        error: BaseException | None = None
+        waiting = [w for w in self._workers if not w.opened]
+        while waiting:
+            ready = mp_connection.wait([w.conn for w in waiting], _POLL_S)
+            for w in list(waiting):
+                try:
+                    if w.conn in ready:
+                        self._take(w)
+                    elif not w.process.is_alive() and not w.conn.poll(0):
+                        raise self._died(w)
+                    else:
+                        self._check_stuck(w)
+                except Exception as e:  # noqa: BLE001 - raised by the caller once every worker is done
+                    error = error or e
+                    waiting.remove(w)
+                    continue
+                if w.opened:
+                    waiting.remove(w)
+        return error
 
     @staticmethod
     def _died(w: _Worker) -> WorkerError:
@@ -460,6 +583,9 @@ class ProcessBackend:
         coef, self._coef_update = self._coef_update, None
         error: BaseException | None = None
         try:
+            error = self._await_open()  # (an epoch's boxes may fill the pipe of a worker that never reads it)
+            if error is not None:
+                raise error
             for w in self._workers:
                 try:
                     w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n, coef))

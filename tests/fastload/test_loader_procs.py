@@ -294,22 +294,79 @@ def test_ctrl_c_in_the_training_loop_leaves_no_process_or_segment(tmp_path):
     # the fixture checks (after gc) for worker processes, threads and /dev/shm segments
 
 
+def _fifos_for_chunks(store_path, array):
+    """Replace every chunk file of ``array`` by a named pipe with no writer: opening one blocks (a store request
+    that never answers); returns them, for :func:`_release`."""
+    fifos = []
+    for root, _, files in os.walk(os.path.join(store_path, array)):
+        for f in files:
+            if f not in ("zarr.json", ".zarray", ".zattrs"):
+                path = os.path.join(root, f)
+                os.remove(path)
+                os.mkfifo(path)
+                fifos.append(path)
+    assert fifos
+    return fifos
+
+
+def _release(fifos):
+    """Answer every request blocked on one of the pipes (an empty file)."""
+    for path in fifos:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO where no one waits on it
+        except OSError:
+            pass
+
+
 def test_process_workers_give_up_a_store_request_after_the_read_timeout(tmp_path):
     """Process mode takes loader.read_timeout_s (it was refused: the workers did not pass it to their readers): a
-    store whose every request takes 150 ms, read with read_timeout_s = 0.02, fails the batch with a ChunkReadError
-    naming the chunk and the setting. (The worker reopens the store by path with the same latency_ms; the latency
-    is put on after the parent opened it, so only the worker pays it on the store's ~15 metadata requests.)"""
-    import time
-
-    from fastload.store import LatencySource, open_store
+    store whose chunk requests never answer (named pipes, put in after the loader opened the store), read with
+    read_timeout_s = 1, fails the batch with a ChunkReadError naming the chunk and the setting."""
+    from fastload.store import open_store
 
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
-    store.source = LatencySource(store.source, 150)  # (read as a remote store: grouped, timed requests)
-    t0 = time.monotonic()
-    with Loader(store, cfg, mode="process", workers=1, samples_per_epoch=4, retries=0, seed=1,
-                read_timeout_s=0.02) as loader:
-        with pytest.raises(ChunkReadError, match="no answer from the store") as info:
+    fifos = _fifos_for_chunks(tmp_path / "s.zarr", "t") + _fifos_for_chunks(tmp_path / "s.zarr", "q")
+    try:
+        with Loader(store, cfg, mode="process", workers=1, samples_per_epoch=4, retries=0, seed=1,
+                    read_timeout_s=1.0) as loader:
+            with pytest.raises(ChunkReadError, match="no answer from the store") as info:
+                next(iter(loader))
+    finally:
+        _release(fifos)
+    assert "read_timeout_s = 1" in str(info.value) and info.value.array in ("t", "q")
+
+
+def test_a_worker_whose_store_metadata_hangs_is_given_up_after_the_read_timeout(tmp_path):
+    """A worker whose metadata request never answers (the store's requests sleep 10**4 s in the workers, which
+    reopen it with the latency put on after the loader opened it) fails the iteration after read_timeout_s with a
+    WorkerError naming the worker, the store, the request and the setting; the loader hung for ever (it waited for
+    the worker's answer with no limit). The thread and the join only guard against that hang."""
+    import threading
+
+    from fastload.errors import WorkerError
+    from fastload.store import LatencySource, open_store
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    store = open_store(tmp_path / "s.zarr")
+    store.source = LatencySource(store.source, 10**7)
+    loader = Loader(store, cfg, mode="process", workers=2, samples_per_epoch=4, seed=1, read_timeout_s=1.0)
+    got = []
+
+    def first_batch():
+        try:
             next(iter(loader))
-    assert "read_timeout_s = 0.02" in str(info.value) and info.value.array in store.arrays
-    assert time.monotonic() - t0 < 60
+        except BaseException as e:  # noqa: BLE001 - checked below
+            got.append(e)
+
+    t = threading.Thread(target=first_batch, name="test-first-batch", daemon=True)
+    t.start()
+    t.join(120)
+    hung = t.is_alive()
+    loader.close()  # (frees a hung wait: the workers are stopped)
+    t.join(30)
+    assert not hung, "the loader still waits for its workers"
+    assert len(got) == 1 and isinstance(got[0], WorkerError), got
+    msg = str(got[0])
+    assert "loader worker process" in msg and repr(store.path) in msg and "read_timeout_s = 1" in msg
+    assert f"request for '{store.path}/" in msg  # the metadata request it hung in
