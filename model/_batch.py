@@ -19,7 +19,13 @@ from ._config import ModelConfigError
 if TYPE_CHECKING:
     from .multiformer import Encoder, MultiformerConfig
 
-__all__ = ["META_KEYS", "check_batch", "padding_masks", "encode_fields"]
+__all__ = [
+    "META_KEYS",
+    "check_batch",
+    "padding_masks",
+    "attention_keys",
+    "encode_fields",
+]
 
 META_KEYS = ("time_of_day", "day_of_year", "lat", "lon")
 
@@ -48,6 +54,12 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
                 raise ModelConfigError(
                     f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}"
                 )
+        target = item.get("target")
+        if target is not None and tuple(target.shape) != tuple(tokens.shape):
+            raise ModelConfigError(
+                f"batch[{spec.name!r}] 'target': expected the tokens' shape {tuple(tokens.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
         vv = item.get("valid_values")
         if vv is not None:
             try:
@@ -98,14 +110,55 @@ def padding_masks(tokens: torch.Tensor, slot_valid: torch.Tensor | None = None) 
     return {"valid_values": values, "valid": valid}
 
 
+def attention_keys(item: Mapping[str, Any]) -> torch.Tensor:
+    """Which tokens of one field take part in attention as keys: ``(B, S)`` bool, ``S = L * nt * nlat * nlon``.
+
+    A token is a key when ``valid`` allows it (default: every token) and it has data: a value of its ``target``
+    (the ``tokens`` when there is no target) that is finite and, where given, True in ``valid_values``. So a token
+    all of whose values are missing (an all-land token of an ocean field, a mesh token without a point) is not
+    attended to, and neither is a token with no finite target, whatever the loss weights it by: that is exactly a
+    token no loss can train (:mod:`model.losses`). The target decides because a masked token's input may have
+    been altered (the loader zeroes or noises masked tokens' values, land included): a masked all-land token is
+    out, a masked sea token stays in (it carries the mask and its place), as does a token whose input alone has a
+    gap that its target fills. A sample left with no key in this field keeps every token of the field as a key
+    (as :func:`padding_masks` does; a softmax needs at least one key): its values weigh nothing in any loss, and
+    no query row is ever left without a key. No host synchronisation.
+    """
+    ref = item.get("target")
+    ref = item["tokens"] if ref is None else ref
+    present = torch.isfinite(ref)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+    vv = item.get("valid_values")
+    if vv is not None:
+        present = present & vv
+    b = ref.shape[0]
+    keys = present.flatten(5).any(-1).reshape(b, -1)  # (B, S): the token has a value
+    v = item.get("valid")
+    if v is not None:
+        keys = keys & v.reshape(b, -1)
+    return keys | ~keys.any(-1, keepdim=True)
+
+
 def encode_fields(
     embed: nn.ModuleDict, encoder: Encoder, batch: Mapping[str, Any]
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor | None]]:
-    """Embed every field and run the encoder: (per-layer outputs ``{field: (B, S, d)}``, ``{field: valid (B, S)}``)."""
-    xs, valid = {}, {}
+    """Embed every field and run the encoder: (per-layer outputs ``{field: (B, S, d)}``, ``{field: keys (B, S)}``).
+
+    ``keys`` are :func:`attention_keys`, or None for a field that gives no ``valid`` and none of whose tokens is
+    left out: its attention then runs without a mask (the flash kernel on a GPU), exactly as it did before tokens
+    without data were left out, so a batch without missing tokens gives bit-identical results.
+    """
+    xs, keys = {}, {}
     for f, emb in embed.items():
         item = batch[f]
         xs[f] = emb(item["tokens"], item["meta"], item.get("mask"), item.get("valid_values"))
-        v = item.get("valid")
-        valid[f] = None if v is None else v.reshape(v.shape[0], -1)
-    return encoder(xs, valid), valid
+        keys[f] = attention_keys(item)
+    derived = [f for f in keys if batch[f].get("valid") is None]
+    if derived:
+        # sync point: one host read per call, for the fields without a given valid (a field that gives valid, as
+        # padding_masks makes it, never waits here): is any of their tokens left out? The GPU has the embeddings
+        # queued meanwhile and only runs dry for the launch of the first encoder kernels.
+        every = torch.stack([keys[f].all() for f in derived]).tolist()
+        for f, all_keys in zip(derived, every):
+            if all_keys:
+                keys[f] = None
+    return encoder(xs, keys), keys

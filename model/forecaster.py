@@ -20,7 +20,8 @@ readout_time_tokens``. Rollout of N steps is exactly N calls of :meth:`Forecaste
 Missing values (NaN where a store declares a value missing, e.g. an ocean field's land; ``valid_values`` False)
 are handled as by the Multiformer: the shared embedding reads them as 0 and marks them with its missing-value
 indicator, so every latent is finite and a step never hands a NaN on to the next. :meth:`Forecaster.rollout_loss`
-gives missing targets no weight. The read-out predicts every point; :meth:`Forecaster.missing_points` of the
+gives missing targets no weight. Tokens with no value are left out of the encoder's and the adapter's attention
+(:func:`model._batch.attention_keys`). The read-out predicts every point; :meth:`Forecaster.missing_points` of the
 input windows says which points are missing (missing at every input time: a land mask), and
 :meth:`~Forecaster.decode` / :meth:`~Forecaster.rollout` given it return NaN there (before stitching, so a
 stitched global field is NaN there too); :meth:`Forecaster.forward` does so by itself. Without ``missing`` a

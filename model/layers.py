@@ -8,7 +8,8 @@ knowledge of fields, batches or devices, and no host syncs, so the blocks run un
 Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`, which picks the flash or
 memory-efficient kernel on a GPU. A *key padding mask* (``key_valid``, ``(B, S_k)`` bool, True = a real token)
 keeps padded tokens out of every softmax; with no padding pass ``None`` and the flash kernel is used. Every query
-must see at least one valid key (a sample with no valid token at all is the caller's error: its row would be NaN).
+should see at least one valid key: the models make sure of it (``model._batch.attention_keys`` keeps every token
+of a sample that would have none); a row without one gets whatever the kernel makes of an empty softmax.
 """
 
 from __future__ import annotations
