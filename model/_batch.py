@@ -25,6 +25,9 @@ __all__ = [
     "padding_masks",
     "attention_keys",
     "encode_fields",
+    "static_mask",
+    "flatten_item",
+    "slice_item",
 ]
 
 META_KEYS = ("time_of_day", "day_of_year", "lat", "lon")
@@ -162,3 +165,43 @@ def encode_fields(
             if all_keys:
                 keys[f] = None
     return encoder(xs, keys), keys
+
+
+def static_mask(field: str, mask: Any, like: torch.Tensor) -> torch.Tensor:
+    """A caller's static missing-value mask of one field (:meth:`model.Forecaster.missing_points`), checked against
+    ``like`` (B, T, L, 1, nlat, nlon, 1, tlat, tlon) and moved to its device."""
+    shape = like.shape
+    ok = isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.dim() == len(shape)
+    if ok and (mask.shape[3] != 1 or mask.shape[6] != 1):
+        ok = False
+    if ok:
+        try:
+            torch.broadcast_shapes(tuple(mask.shape), tuple(shape))
+        except RuntimeError:
+            ok = False
+    if not ok:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ModelConfigError(
+            f"missing_points: static[{field!r}]: expected a bool tensor broadcastable to {tuple(shape)} "
+            f"(B, T, L, 1, nlat, nlon, 1, tlat, tlon: no time axes), got {got}"
+        )
+    return mask.to(like.device)
+
+
+def flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """One field of a tiled batch with leading axes (B, T) as a batch of ``n = B * T`` neighborhoods."""
+    out: dict[str, Any] = {}
+    for k, v in item.items():
+        if k == "meta":
+            out[k] = {m: x.reshape(n, *x.shape[2:]) for m, x in v.items()}
+        elif isinstance(v, torch.Tensor):
+            out[k] = v.reshape(n, *v.shape[2:])
+    return out
+
+
+def slice_item(item: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Samples ``start:stop`` of one field's entries (meta included)."""
+    return {
+        k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop])
+        for k, v in item.items()
+    }

@@ -22,7 +22,8 @@ are handled as by the Multiformer: the shared embedding reads them as 0 and mark
 indicator, so every latent is finite and a step never hands a NaN on to the next. :meth:`Forecaster.rollout_loss`
 gives missing targets no weight. Tokens with no value are left out of the encoder's and the adapter's attention
 (:func:`model._batch.attention_keys`). The read-out predicts every point; :meth:`Forecaster.missing_points` of the
-input windows says which points are missing (missing at every input time: a land mask), and
+input windows says which points are missing (missing at every input time, and marked by the caller's ``static``
+mask where given: with one input time, only ``static`` tells land from a transient gap), and
 :meth:`~Forecaster.decode` / :meth:`~Forecaster.rollout` given it return NaN there (before stitching, so a
 stitched global field is NaN there too); :meth:`Forecaster.forward` does so by itself. Without ``missing`` a
 rollout returns finite predictions at missing points, which no loss has trained.
@@ -40,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._batch import check_batch, encode_fields
+from ._batch import check_batch, encode_fields, flatten_item, slice_item, static_mask
 from ._config import ConfigBase, ModelConfigError, check_fraction, positive_int
 from .layers import (
     MLP,
@@ -372,11 +373,11 @@ class Forecaster(nn.Module):
         first = batch[self.multiformer_config.fields[0].name]["tokens"]
         b, t = first.shape[:2]
         n = b * t
-        flat = {f: _flatten_item(item, n) for f, item in batch.items() if f in self.embed}
+        flat = {f: flatten_item(item, n) for f, item in batch.items() if f in self.embed}
         chunk = n if tiles_per_chunk is None else tiles_per_chunk
         latents = []
         for start in range(0, n, chunk):
-            part = {f: _slice_item(item, start, start + chunk) for f, item in flat.items()}
+            part = {f: slice_item(item, start, start + chunk) for f, item in flat.items()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
                 hiddens, valid = encode_fields(self.embed, self.encoder, part)
             latents.append(self.adapter(hiddens[-1], valid))
@@ -403,24 +404,45 @@ class Forecaster(nn.Module):
         return torch.cat([state[:, 1:], new.unsqueeze(1)], dim=1)
 
     def missing_points(
-        self, windows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+        self,
+        windows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        static: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Where the decoded tiles have no value: points missing at every time of the input ``windows``.
+        """Where the decoded tiles have no value: points with no value at any time of the input ``windows`` (and,
+        where ``static`` names the field, marked permanently missing there).
+
+        Nothing in the inputs tells a permanent gap (land, a padding slot) from a transient one (a dropped
+        observation, a hole in one file): both are NaN or ``valid_values`` False. Without ``static`` a point counts
+        as missing when it has no value at every input time, so a gap is forecast only if some input time has a
+        value there. Where the windows hold a single time (``input_window`` 1 and ``nt * tt == 1``), every gap is
+        taken for land: its decoded values are NaN although the truth has values there. A caller that knows the
+        permanent mask (a land-sea mask, the store's missing values at a reference time, a mesh's padding) passes
+        it as ``static``; then a point is missing only where it has no value at any input time *and* ``static``
+        marks it, and a transient gap, even at the only input time, is forecast. A point ``static`` marks that does
+        have a value at some input time is forecast too: the data wins.
 
         Parameters
         ----------
         windows : mapping or sequence of mappings
             An input batch (leading axes (B, T), as for :meth:`encode`) or the ``input_window`` batches of a state.
             A value is missing where it is not finite or its ``valid_values`` is False.
+        static : mapping, optional
+            ``{field: bool tensor}``, True = permanently missing, broadcastable to the tiles' values without time,
+            ``(B, T, L, 1, nlat, nlon, 1, tlat, tlon)`` (9 axes, the time axes of size 1; ``B`` may be 1: one
+            mask for every sample). Fields it does not name use the rule above alone.
 
         Returns
         -------
         dict
             ``{field: (B, 1, T, L, 1, nlat, nlon, 1, tlat, tlon) bool}``, True = missing: it broadcasts over the
-            members and time axes of decoded tiles (pass it to :meth:`decode` or :meth:`rollout`). A point missing
-            at only some input times (a gap, not a land mask) is forecast.
+            members and time axes of decoded tiles (pass it to :meth:`decode` or :meth:`rollout`).
         """
         batches = [windows] if isinstance(windows, Mapping) else list(windows)
+        static = {} if static is None else static
+        names = self.multiformer_config.field_names
+        unknown = sorted(set(static) - set(names))
+        if unknown:
+            raise ModelConfigError(f"missing_points: static names unknown field(s) {unknown}; fields are {list(names)}")
         out: dict[str, torch.Tensor] = {}
         for spec in self.multiformer_config.fields:
             missing = None
@@ -433,6 +455,8 @@ class Forecaster(nn.Module):
                 missing = never if missing is None else missing & never
             if missing is None:
                 raise ModelConfigError("missing_points: no input window given")
+            if spec.name in static:
+                missing = missing & static_mask(spec.name, static[spec.name], missing)
             out[spec.name] = missing.unsqueeze(1)  # (B, 1, T, L, 1, nlat, nlon, 1, tlat, tlon)
         return out
 
@@ -449,12 +473,16 @@ class Forecaster(nn.Module):
         return out
 
     def forward(
-        self, batch: Mapping[str, Any], lead_time: float | torch.Tensor, geometry: TileGeometry
+        self,
+        batch: Mapping[str, Any],
+        lead_time: float | torch.Tensor,
+        geometry: TileGeometry,
+        static: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode one time (``input_window`` must be 1), advance one step, decode (NaN where ``batch`` has no value
-        at any time: :meth:`missing_points`)."""
+        at any time and ``static``, where it names the field, marks the point: :meth:`missing_points`)."""
         state = self.initial_state(self.encode(batch))
-        return self.decode(self.step(state, lead_time, geometry), geometry, self.missing_points(batch))
+        return self.decode(self.step(state, lead_time, geometry), geometry, self.missing_points(batch, static))
 
     def rollout(
         self,
@@ -570,20 +598,3 @@ def _lead(lead_time: float | torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     if isinstance(lead_time, torch.Tensor):
         return lead_time.to(state.device).float().expand(state.shape[0])
     return torch.full((state.shape[0],), float(lead_time), device=state.device)
-
-
-def _flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in item.items():
-        if k == "meta":
-            out[k] = {m: x.reshape(n, *x.shape[2:]) for m, x in v.items()}
-        elif isinstance(v, torch.Tensor):
-            out[k] = v.reshape(n, *v.shape[2:])
-    return out
-
-
-def _slice_item(item: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {
-        k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop])
-        for k, v in item.items()
-    }

@@ -2,7 +2,8 @@
 mask) is not attended to by any token of any field, in the Multiformer and in the Forecaster's encoder and adapter,
 exactly as if ``valid`` had marked it padding; no NaN appears anywhere in the edge cases (a sample with no data in
 a field, masks over land, the ensemble tail, compile); a batch without such tokens gives the outputs of the code
-from before (recorded digests).
+from before (recorded digests); and :meth:`Forecaster.missing_points` takes a caller's static mask, so a gap at the
+only input time is forecast while land stays missing.
 
 Regenerate the digests (only after a deliberate change of the numbers): ``python -m tests.model.test_missing_tokens``.
 """
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from model import (
+    ModelConfigError,
     Multiformer,
     MultiformerConfig,
     multiformer_loss,
@@ -24,7 +26,7 @@ from model.multiformer import padding_masks
 
 from .synthetic import cut_tiles, multiformer_batch
 from .test_forecaster import _batch, _fields, _setup
-from .test_missing_values import _batch_with_land, _forecaster_case
+from .test_missing_values import _batch_with_land, _forecaster_case, _global_land
 
 NAN = float("nan")
 
@@ -303,6 +305,43 @@ def test_forecaster_encoder_and_adapter_leave_tokens_without_data_out():
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_static_mask_tells_land_from_a_gap_at_the_only_input_time():
+    """One input time (``input_window`` 1, one time token of one step): a point missing there is land or a gap,
+    and without more it is taken for land (NaN in the forecast, the documented limit). Given the static land mask,
+    land stays NaN and the gap is forecast, as are land points that do have a value; the valid points' forecasts
+    are those of the plain forward."""
+    model, geo, index, batch, _, land = _forecaster_case(seed=2, steps=1)
+    tokens = batch["t"]["tokens"].clone()  # (B, T, L, 1, nlat, nlon, 1, tlat, tlon)
+    gap = torch.zeros_like(land)
+    gap[0, 0, 0, 0, 0, 0, 0, 1, 2] = True  # a sea point with no value at the only input time
+    assert not land[gap].any()
+    tokens[gap] = NAN
+    lake = land[1].nonzero()[0]  # a land point of sample 1 that has a value (the data win over the mask)
+    tokens[(1, *lake)] = 0.5
+    gapped = {"t": {**batch["t"], "tokens": tokens}}
+    static = {"t": cut_tiles(_global_land().expand(1, 1, *_global_land().shape[1:]), index)}  # (1, T, L, 1, ...)
+    assert static["t"].shape[0] == 1 and torch.equal(static["t"].expand_as(land), land)
+    plain = model.missing_points(gapped)["t"][:, 0]
+    told = model.missing_points(gapped, static=static)["t"][:, 0]
+    want_told = land.clone()
+    want_told[(1, *lake)] = False
+    assert torch.equal(plain, want_told | gap)  # without the mask, the gap is taken for land
+    assert torch.equal(told, want_told)
+    with torch.no_grad():
+        out = model(gapped, 6.0, geo, static=static)["t"]  # (B, E, T, L, 1, nlat, nlon, 1, tlat, tlon)
+        ref = model(gapped, 6.0, geo)["t"]
+    full = want_told[:, None].expand_as(out)
+    assert torch.isnan(out[full]).all() and torch.isfinite(out[~full]).all()
+    both = ~(land | gap)[:, None].expand_as(out)
+    assert torch.equal(out[both], ref[both])
+    with pytest.raises(ModelConfigError, match=r"static\['t'\]: expected a bool tensor broadcastable"):
+        model.missing_points(gapped, static={"t": static["t"].expand(1, -1, -1, 2, -1, -1, -1, -1, -1)})
+    with pytest.raises(ModelConfigError, match=r"static\['t'\]: expected a bool tensor.*got torch.float32"):
+        model.missing_points(gapped, static={"t": static["t"].float()})
+    with pytest.raises(ModelConfigError, match=r"static names unknown field\(s\) \['sst'\]"):
+        model.missing_points(gapped, static={"sst": static["t"]})
 
 
 if __name__ == "__main__":
