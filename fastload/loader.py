@@ -310,12 +310,17 @@ class Loader:
 
     def _log_missing_markers(self) -> None:
         """Log the fields whose store declares non-NaN missing values (a ``_FillValue``, ``missing_value`` or
-        non-zero zarr v2 fill value), as the tokenizer's layouts hold them: the gather writes those values as NaN,
-        as ``fastload stats`` leaves them out."""
-        found = {name: lay.missing.astype(self.store.arrays[lay.array].dtype).tolist()  # as stored: -999, not -999.0
-                 for name, lay in self.tokenizer.layouts.items() if len(lay.missing)}
-        if found:
-            log.info("fastload: declared missing values masked as NaN in %s: %s", self.store.path, found)
+        non-zero zarr v2 fill value), as the layouts hold them, one line per store (per stream of a multi-stream
+        config): the gather writes those values as NaN, as ``fastload stats`` leaves them out."""
+        if self.multi is None:
+            parts = [(self.store, self.tokenizer.layouts, "")]
+        else:
+            parts = [(st.store, st.layouts, f" (stream {st.name!r})") for st in self.multi.streams]
+        for store, layouts, stream in parts:
+            found = {name: lay.missing.astype(store.arrays[lay.array].dtype).tolist()  # as stored: -999, not -999.0
+                     for name, lay in layouts.items() if len(lay.missing)}
+            if found:
+                log.info("fastload: declared missing values masked as NaN in %s%s: %s", store.path, stream, found)
 
     def _open_streams(self, stores: Any, normalizer: Any, jit: bool | None) -> int:
         """A multi-stream config: open every stream (MultiStream); returns useful bytes per sample."""
@@ -333,6 +338,7 @@ class Loader:
                               "Normalizer or path (or set streams.NAME.norm_path)")
         self.multi = MultiStream(self.config, stores=stores, normalizers=normalizer, jit=jit)
         self.store = self.tokenizer = self.multi
+        self._log_missing_markers()
         self.extent = None
         self._norm = None
         if any(f.normalization != "none" for f in self.config.fields):

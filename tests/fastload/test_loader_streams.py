@@ -259,6 +259,23 @@ def test_normalised_streams_load_only_the_epochs_months(stores):
     assert np.allclose(batch.fields["t"].numpy(), (raw["t"] - t_mean) / 3.0, rtol=1e-5)
 
 
+def test_each_streams_declared_missing_values_are_logged(tmp_path, caplog):
+    """As for one store, a multi-stream loader logs the fields it masks, one line per stream that has any, naming
+    the stream, its store and the values as stored (it masked them but said nothing)."""
+    import zarr
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"]), make_ocean(paths["ocean"]), make_mesh(paths["fesom"])
+    zarr.open_group(paths["ocean"], mode="r+")["zos"].attrs["missing_value"] = -999.0
+    zarr.open_group(paths["fesom"], mode="r+")["ssh"].attrs["missing_value"] = [1000.0, -1.0]
+    with caplog.at_level("INFO", logger="fastload"):
+        Loader(None, config(paths), batch_size=3, samples_per_epoch=3, device="cpu", seed=7).close()
+    said = sorted(r.getMessage() for r in caplog.records if "declared missing values" in r.getMessage())
+    assert len(said) == 2, said
+    assert f"{paths['fesom']} (stream 'fesom'): {{'ssh': [1000.0, -1.0]}}" in said[0]
+    assert f"{paths['ocean']} (stream 'ocean'): {{'zos': [-999.0]}}" in said[1]
+
+
 def test_bad_multi_stream_loader_settings(stores, tmp_path):
     paths, _ = stores
     cfg = config(paths)
