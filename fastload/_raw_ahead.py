@@ -7,7 +7,8 @@ the raw bytes of chunks the next steps will need, fetched in the background in t
 within a byte budget. When a step then fetches its chunks it takes what the buffer has (waiting for a request in
 flight rather than requesting a chunk twice) and fetches only the rest.
 
-Rules: a chunk is requested at most once per claim (an entry in the buffer is never re-claimed); a failed
+Rules: a chunk is requested at most once per claim (an entry in the buffer is not claimed again unless its request
+was given up); a failed
 read-ahead request just drops its entries (the step's own fetch retries and reports the error); an entry is
 dropped when consumed; finished entries beyond the budget (only when chunks come out larger than estimated) are
 evicted needed-latest first (the largest ``due``, the step's plan position the reader passes to
@@ -19,7 +20,10 @@ its chunk's request still queued runs the request itself (no pool thread ever wa
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
 leave the budget (once: a request that never answers must not switch read-ahead off), the reader's pool lets its
-thread go, and the late answer is dropped. A request nobody waits for gives its estimate back the same way: at the
+thread go, and the late answer is dropped. Only that consumer's step fails so: a later one needing a chunk of a
+request given up (by a consumer, the sweep or a clear) or older than the timeout takes nothing from it and fetches
+the chunk itself, and the chunk may be claimed again (a hang once failed it at once for the rest of the plan). A
+request nobody waits for gives its estimate back the same way: at the
 clear that drops its entries, or (run by a consumer whose step gave it up) at the next claim or clear once older
 than the timeout; its thread goes only when the reader's pool needs it. A request that waited for a thread longer
 than the timeout (queued behind stuck ones) is not made: its steps fetch their chunks.
@@ -130,7 +134,8 @@ class RawAhead:
         with self._lock:
             each = max(1, int(self._mean.get(array, est)))
             room = (self.budget - self._held - self._flight) // each
-            todo = [c for c in chunks if (array, c) not in self._entries][:max(0, room)]
+            # (an entry of a request given up, e.g. hung, does not count: the chunk may be requested again)
+            todo = [c for c in chunks if not self._live(self._entries.get((array, c)))][:max(0, room)]
             if not todo:
                 return None
             self._seq += 1
@@ -168,12 +173,20 @@ class RawAhead:
         got: dict[int, bytes | None | ChunkReadError] = {}
         wait: list[tuple[int, _Group]] = []
         mine: list[_Group] = []
+        stale: set[_Group] = set()
         if timeout is not None:
             self.timeout = timeout
+        now = time.monotonic()
         with self._lock:
             for j, c in enumerate(chunks):
                 e = self._entries.pop((array, c), None)
                 if e is None:
+                    continue
+                if isinstance(e, _Group) and e.state == _RUNNING and (
+                        e.abandoned or (timeout is not None and now - e.started >= timeout)):
+                    # given up already (by another step, the sweep or clear) or older than the timeout: a hang
+                    # earlier must not fail this step at once; the caller fetches the chunk itself
+                    stale.add(e)
                     continue
                 if isinstance(e, _Raw):
                     self._held -= e.size
@@ -185,6 +198,8 @@ class RawAhead:
                     self._running.add(e)  # (its caller's step may give it up: then _sweep returns its budget)
                     mine.append(e)
                 wait.append((j, e))
+        for g in stale:  # (nobody waits for it: its thread goes only when the pool needs it)
+            self._give_up(g, let_go=False)
         for g in mine:
             self._request(g, timed)
         for j, g in wait:
@@ -228,6 +243,11 @@ class RawAhead:
             self._give_up(g, let_go=False)
 
     # -- internals ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _live(e: _Group | _Raw | None) -> bool:
+        """Whether an entry holds its chunk (bytes, or a request not given up)."""
+        return e is not None and not (isinstance(e, _Group) and e.abandoned)
+
     def _request(self, g: _Group, timed: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         raws: list[bytes | None] | None = None
         try:

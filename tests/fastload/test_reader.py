@@ -629,3 +629,42 @@ def test_close_after_a_warm_up_thread_that_could_not_start(monkeypatch, tmp_path
     monkeypatch.undo()
     assert rd._warm is None
     assert rd.close(2.0) == []
+
+
+def test_a_chunk_whose_read_ahead_request_was_given_up_is_fetched_again_by_later_steps():
+    """A read-ahead request hangs; the step waiting for one of its chunks gives it up after the timeout (that step's
+    chunk fails, as before). A later step needing the request's other chunk, or a chunk of a request the sweep gave
+    up (nobody waited for it), takes nothing from the buffer and fetches the chunk itself; the chunks can be read
+    ahead again. Before, each failed at once for the rest of the plan (until the next clear)."""
+    release, calls = threading.Event(), []
+
+    def fetch(array, chunks):
+        calls.append(list(chunks))
+        if len(calls) <= 2:  # the first two requests never answer (until the test's end)
+            release.wait(30)
+        return [bytes(8)] * len(chunks)
+
+    ahead = RawAhead(1000, fetch, timeout=0.1)
+    g = ahead.claim("a", [(0,), (1,)], est=10)
+    hung = [threading.Thread(target=ahead.run, args=(g,), daemon=True)]
+    hung[0].start()
+    try:
+        assert isinstance(ahead.take("a", [(0,)], timeout=0.1)[0], ChunkTimeoutError)  # this step fails
+        assert ahead.take("a", [(1,)], timeout=0.1) == {}  # a later step: its caller fetches the chunk
+        swept = ahead.claim("a", [(5,)], est=10)
+        hung.append(threading.Thread(target=ahead.run, args=(swept,), daemon=True))
+        hung[1].start()
+        while len(calls) < 2:
+            time.sleep(0.005)
+        time.sleep(0.15)
+        assert ahead.claim("a", [(7,)], est=10) is not None  # (its sweep gives the hung request for (5,) up)
+        assert swept.abandoned
+        assert ahead.take("a", [(5,)], timeout=0.1) == {}  # nobody waited for it: not a failure either
+        again = ahead.claim("a", [(0,), (1,)], est=10)  # read ahead again
+        assert again is not None and again.chunks == [(0,), (1,)]
+        ahead.run(again)
+        assert ahead.take("a", [(0,), (1,)], timeout=0.1) == {0: bytes(8), 1: bytes(8)}
+    finally:
+        release.set()
+        for t in hung:
+            t.join(10)
