@@ -60,7 +60,7 @@ def _reference(files, name):
             da = da.swap_dims(step="valid_time").drop_vars(["time", "step"]).rename(valid_time="time")
         else:
             da = da.expand_dims("time") if "time" not in da.dims else da
-            da = da.assign_coords(time=("time", np.atleast_1d(da.valid_time.values)))
+            da = da.assign_coords(time=("time", np.atleast_1d(da.valid_time.values))).drop_vars(["valid_time", "step"])
         parts.append(da)
     return xr.concat(parts, "time", coords="minimal", compat="override", join="exact")
 
@@ -141,8 +141,11 @@ def test_one_time_per_file_and_forecast_steps_take_valid_times(tmp_path):
                GLOBAL)  # fmt: skip
     files.append(tmp_path / "fc9.grib2")  # a file of one lead time: scalar time and step, valid 09 UTC
     write_grib(files[-1], [Message(167, None, "2020-01-01T06", _values(rng, GLOBAL, 280, 5), step=3)], GLOBAL)
+    files.append(tmp_path / "fc_runs.grib2")  # runs at 12 and 18 UTC, each at lead time 3: a 'time' axis, valid 15, 21
+    write_grib(files[-1], [Message(167, None, f"2020-01-01T{h}", _values(rng, GLOBAL, 280, 5), step=3) for h in (12, 18)],
+               GLOBAL)  # fmt: skip
     ds = xr.open_zarr(convert(files, tmp_path / "o.zarr", progress=False))
-    hours = np.array([0, 1, 2, 3, 6, 9])
+    hours = np.array([0, 1, 2, 3, 6, 9, 15, 21])
     np.testing.assert_array_equal(ds.time.values, np.datetime64("2020-01-01T00", "ns") + hours * np.timedelta64(1, "h"))
     ref = _reference(files, "t2m")
     np.testing.assert_array_equal(ref.time.values, ds.time.values)
