@@ -137,6 +137,10 @@ class _Fetcher:
         else:
             why = (f"no answer from the store after {waited:.3g} s (loader.read_timeout_s = {limit:g}); the request "
                    f"is left running")
+        if task.started and task.last and not full:  # the request failed before and was retried
+            why = (f"no answer from the store within loader.read_timeout_s = {limit:g} s, which bounds a request "
+                   f"with its retries (loader.retries = {self.retries}): {task.attempts} attempts in {waited:.3g} s, "
+                   f"the last failure: {task.last}; the request is left running")
         rows = step.plan.chunks[array][group].tolist()
         return _Done(errors={j: ChunkTimeoutError(array, tuple(c), why) for j, c in enumerate(rows)})
 
@@ -319,22 +323,48 @@ class _Fetcher:
 
     def _retry(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
                stop: Callable[[], bool], retries: int | None = None) -> Any:
+        """``fn()``, one store request, retrying transient errors ``retries`` times with exponential backoff.
+
+        With a read timeout, the timeout bounds the request *with* its retries and their backoff: the step waiting
+        for the task gives the whole up ``read_timeout`` after the first attempt started (the error says how many
+        attempts were made and the last failure), and a retry whose backoff would end past that is not made (the
+        store's error is raised, saying so). Per attempt, a request could keep its step waiting up to
+        (retries + 1) x read_timeout plus the backoff."""
         retries = self.retries if retries is None else retries
+        task = d.task if self.read_timeout is not None else None
+        if task is None:
+            return self._attempts(fn, array, chunk, d, stop, retries, None)
+        return self._timed(lambda: self._attempts(fn, array, chunk, d, stop, retries, task), d, array, chunk)
+
+    def _attempts(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
+                  stop: Callable[[], bool], retries: int, task: _Task | None) -> Any:
         delay = _BACKOFF_S
+        since = None if task is None else task.since  # (set by _timed: the first attempt's start)
+        deadline = None if since is None or self.read_timeout is None else since + self.read_timeout
         for attempt in range(retries + 1):
+            if task is not None:
+                if task.given_up:  # (during the backoff) -> _GivenUp, from _timed
+                    raise ChunkReadError(array, chunk, f"given up after {attempt} attempt(s)")
+                task.attempts = attempt + 1
             try:
-                return self._timed(fn, d, array, chunk)
+                return fn()
             except _GivenUp:
                 raise
             except Exception as e:
-                if not _transient(e) or attempt == retries or stop():
+                if task is not None:
+                    task.last = f"{type(e).__name__}: {e}"
+                late = deadline is not None and time.monotonic() + delay >= deadline
+                if not _transient(e) or attempt == retries or stop() or late:
+                    note = (f" (after {attempt} retries)" if attempt else "")
+                    if late and _transient(e) and attempt < retries and not stop():
+                        note += (f" (no more retries: the next would start {delay:g} s later, past "
+                                 f"loader.read_timeout_s = {self.read_timeout:g} from the first attempt, which "
+                                 f"bounds a request with its retries)")
                     if isinstance(e, ChunkReadError):
-                        if attempt:
-                            raise ChunkReadError(e.array, e.chunk, f"{e.cause} (after {attempt} retries)",
-                                                 e.path) from e.__cause__
+                        if note:
+                            raise ChunkReadError(e.array, e.chunk, f"{e.cause}{note}", e.path) from e.__cause__
                         raise
-                    raise ChunkReadError(array, chunk, f"{type(e).__name__}: {e}"
-                                         + (f" (after {attempt} retries)" if attempt else "")) from e
+                    raise ChunkReadError(array, chunk, f"{type(e).__name__}: {e}{note}") from e
                 d.retries += 1
                 log.info("fastload: retrying array %r chunk %s after %s: %s", array, chunk, type(e).__name__, e)
                 time.sleep(delay)
@@ -342,16 +372,16 @@ class _Fetcher:
         raise AssertionError("unreachable")
 
     def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...]) -> Any:
-        """Run one store request, marked on the task so that its step can give it up after ``read_timeout``; a
-        task already given up makes no more requests, and the late failure of a given-up request is
-        :class:`_GivenUp` (not the store's error: nobody waits for it)."""
+        """Run one store request (with its retries, from :meth:`_retry`), marked on the task so that its step can
+        give it up ``read_timeout`` after it started; a task already given up makes no more requests, and the late
+        failure of a given-up request is :class:`_GivenUp` (not the store's error: nobody waits for it)."""
         task = d.task
         if task is None or self.read_timeout is None:
             return fn()
         with task.lock:
             if task.given_up:
                 raise _GivenUp(array, chunk, "given up by its step (loader.read_timeout_s)")
-            task.since = time.monotonic()
+            task.since, task.attempts, task.last = time.monotonic(), 1, ""
         try:
             return fn()
         except Exception as e:

@@ -392,15 +392,21 @@ class LoaderConfig(_Config):
     on_bad_chunk: Literal["raise", "skip"] = "raise"
     """A corrupt chunk raises (default) or its samples are skipped and counted."""
     retries: int = 3
-    """Retries of a transient read error, with exponential backoff."""
+    """Retries of a transient read error (an ``OSError`` other than a missing file or a permission error), with
+    exponential backoff (0.05 s, doubling), all within ``read_timeout_s`` of the first attempt: a retry whose backoff
+    would end past it is not made. While the store is failing (a read failed after its retries and none has
+    succeeded since) reads get one try each."""
     read_timeout_s: float | None = 300.0
-    """Seconds a storage request may go unanswered (a remote store that hangs) before the step waiting for it gives
-    up: its chunks fail with a ``ChunkReadError`` naming them (raised, or skipped with ``on_bad_chunk="skip"``; not
-    retried) and the request is left running on its I/O thread. A request still waiting for an I/O thread counts
-    from when it was queued or a thread last started or finished a job, whichever is later (a busy but answering
-    store fails nothing). With ``on_bad_chunk="skip"`` a warning names chunks dropped for this. ``None``: wait for
-    ever. A remote request carries up to 32 chunks: raise it for large chunks over a slow link. Thread and process
-    mode (each worker process's reader)."""
+    """Seconds a storage request may take, counted from its first attempt and *including its retries and their
+    backoff* (so a step waits at most about this long for a request, whatever ``retries`` is; per attempt it could
+    have waited (retries + 1) x this), before the step waiting for it gives up: its chunks fail with a
+    ``ChunkTimeoutError`` (a ``ChunkReadError``) naming them, the wait and, when it was retried, the attempts made
+    and the last failure (raised, or skipped with ``on_bad_chunk="skip"``, with a warning); the request is left
+    running on its I/O thread, and a later step needing the chunks fetches them again. A request still waiting for
+    an I/O thread counts from when it was queued or a thread last started or finished a job, whichever is later (a
+    busy but answering store fails nothing). Reads of a local store count too (a hung network mount), also those
+    straight into a cache slot. ``None``: wait for ever. A remote request carries up to 32 chunks: raise it for
+    large chunks over a slow link. Thread and process mode (each worker process's reader)."""
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch."""
 

@@ -20,7 +20,7 @@ arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big 
 in one task).
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
-exponential backoff and counted; while the store is failing (a read failed after all its retries and none has
+exponential backoff and counted, within the read timeout (which bounds a request with its retries); while the store is failing (a read failed after all its retries and none has
 succeeded since) each further read gets one try, so a dead store reaches the consumer in about a second, not
 retries x chunks x backoff (23 s before, measured). A permanent error, or corrupt bytes, raises
 :class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
@@ -28,7 +28,8 @@ the samples that need the chunk and counts them. A store request that goes unans
 seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread while no thread started
 or finished a job) is given up by the step waiting for it: its chunks fail with :class:`~fastload.errors.ChunkTimeoutError` (a
 ``ChunkReadError``), naming the wait (with
-``on_bad_chunk="skip"``, a warning), and the request is left running on its thread, which then writes into no slot
+``on_bad_chunk="skip"``, a warning; a later step that needs them fetches them again, also those of a read-ahead
+request given up), and the request is left running on its thread, which then writes into no slot
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
 ``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``

@@ -390,6 +390,64 @@ class SlowSource(_WrappedSource):
         return [self.inner.get(k) for k in keys]
 
 
+class SlowFailingSource(_WrappedSource):
+    """Wraps a source; a read of a key in ``fail`` fails with ``ConnectionError`` (transient) after ``s`` seconds,
+    every time; ``count`` counts the reads per key."""
+
+    def __init__(self, inner: BaseByteSource, fail: set[str], s: float):
+        self.inner, self.fail, self.s = inner, fail, s
+        self.count: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _chunk_read(self, key: str) -> None:
+        if key in self.fail:
+            with self.lock:
+                self.count[key] = self.count.get(key, 0) + 1
+            time.sleep(self.s)
+            raise ConnectionError(f"injected slow failure of {key}")
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_the_read_timeout_bounds_a_request_with_its_retries(tmp_path, remote):
+    """A chunk whose every read fails after 0.25 s, retries=3, read_timeout_s=0.4: the request with its retries is
+    given up about 0.4 s after its first attempt (fewer than retries + 1 = 4 reads of the chunk), and the error
+    says read_timeout_s bounded it: a ChunkTimeoutError naming the attempts and the last failure, or (a retry that
+    would start past the bound is not made) the store's error saying so. Timed per attempt, it made all 4 reads
+    (remote: 8, the group's request then the chunk's own), 1.35 s or more."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    store = open_store(tmp_path / "s.zarr")
+    with Loader(store, cfg, samples_per_epoch=4, seed=4, workers=1) as probe:
+        first = probe.epoch_boxes(0)
+    chunk = (int(first[0, 0]) // 2, 0, int(first[0, 1]) // 4, int(first[0, 2]) // 6)  # a chunk sample 0 needs
+    key = store.arrays["t"].key(chunk)
+    slow = SlowFailingSource(store.source, fail={key}, s=0.25)
+    if remote:
+        store.source = slow
+    else:  # still a local store (a read per chunk), whose chunk reads fail slowly
+        read = store.chunk_bytes
+
+        def chunk_bytes(array, c):
+            slow._before(store.arrays[array].key(c))
+            return read(array, c)
+
+        store.chunk_bytes = chunk_bytes
+    with Loader(store, cfg, samples_per_epoch=4, seed=4, workers=1, fetch_concurrency=4, retries=3,
+                read_timeout_s=0.4, read_ahead_bytes=0) as loader:
+        with pytest.raises(ChunkReadError) as info:
+            next(iter(loader))
+        e = info.value
+        assert 1 <= slow.count[key] < 4, slow.count
+        assert "read_timeout_s" in str(e) and "injected slow failure" in str(e), str(e)
+        if isinstance(e, ChunkTimeoutError):
+            assert "attempts" in str(e) and "bounds a request with its retries" in str(e), str(e)
+        else:
+            assert e.chunk == chunk and "no more retries" in str(e), str(e)
+    for t in threading.enumerate():  # the given-up request ends: its next attempt is not made
+        if t.name.startswith("fastload"):
+            t.join(10)
+    assert slow.count[key] < 4, slow.count
+
+
 def test_the_read_timeout_does_not_count_a_task_s_wait_behind_answering_requests(tmp_path, monkeypatch):
     """Every request answers in 0.05 s, one I/O thread, read_timeout_s = 0.3 s: tasks queue longer than that behind
     answering requests, and every batch still reads (they failed 'not started' before, or were dropped with
@@ -443,6 +501,9 @@ def test_the_late_error_of_a_given_up_request_leaves_retries_on(tmp_path):
                 t.join(10)
         assert hanging.returned == hanging.hung > 0
         assert not reader._failing  # noqa: SLF001
+        # room for both retries and their backoff (read_timeout_s bounds a request with its retries; 0.2 s leaves
+        # little on a loaded machine)
+        loader._backend.spec.read_timeout_s = 5.0  # noqa: SLF001 - the next epoch's start sets it on the reader
         loader.set_epoch(0)  # the same batch again: its chunk glitches twice
         assert next(iter(loader)).stats.retries == 2
     finally:
