@@ -3,11 +3,11 @@
 Why this exists: :mod:`fastload.reader` orchestrates the steps of a batch (reserve, submit, collect, gather); this
 module holds what runs on and around its I/O threads: a fetch/decode task (:meth:`_Fetcher._fetch_decode`), the
 direct read of uncompressed local chunks into their slots, the raw read-ahead requests, the retries of transient
-errors, and the read timeout (a step waiting for a task gives up a store request that does not answer, and the
-pool lets stuck threads go). :class:`_Fetcher` is a mixin of :class:`fastload.reader.ChunkReader`; it uses the
-reader's ``store``, ``cache``, ``retries``, ``read_timeout``, ``_pool``, ``_ahead``, ``_group``, ``_failing``,
-``_direct``, ``_direct_source``, ``_direct_holds`` and ``_decode_slots``. The design (faults, timeouts) is in the module docstring of
-:mod:`fastload.reader`.
+errors, and the read timeout (a step waiting for a task gives up a store request that does not answer, and the pool
+lets stuck threads go). :class:`_Fetcher` is a mixin of :class:`fastload.reader.ChunkReader`; it uses the reader's
+``store``, ``cache``, ``retries``, ``read_timeout``, ``_pool``, ``_ahead``, ``_group``, ``_failing``, ``_direct``,
+``_direct_source``, ``_direct_holds`` and ``_decode_slots``. The design (faults, timeouts) is in the module
+docstring of :mod:`fastload.reader`.
 
 Run its tests with ``python -m pytest tests/fastload/test_faults.py tests/fastload/test_reader.py -q``.
 """

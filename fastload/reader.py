@@ -20,14 +20,14 @@ arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big 
 in one task).
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
-exponential backoff and counted, within the read timeout (which bounds a request with its retries); while the store is failing (a read failed after all its retries and none has
-succeeded since) each further read gets one try, so a dead store reaches the consumer in about a second, not
-retries x chunks x backoff (23 s before, measured). A permanent error, or corrupt bytes, raises
-:class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops
-the samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout``
-seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread while no thread started
-or finished a job) is given up by the step waiting for it: its chunks fail with :class:`~fastload.errors.ChunkTimeoutError` (a
-``ChunkReadError``), naming the wait (with
+exponential backoff and counted, within the read timeout (which bounds a request with its retries); while the store
+is failing (a read failed after all its retries and none has succeeded since) each further read gets one try, so a
+dead store reaches the consumer in about a second, not retries x chunks x backoff (23 s before, measured). A
+permanent error, or corrupt bytes, raises :class:`~fastload.errors.ChunkReadError` naming the array, chunk and
+cause, or with ``on_bad_chunk="skip"`` drops the samples that need the chunk and counts them. A store request that
+goes unanswered for ``read_timeout`` seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for
+an I/O thread while no thread started or finished a job) is given up by the step waiting for it: its chunks fail
+with :class:`~fastload.errors.ChunkTimeoutError` (a ``ChunkReadError``), naming the wait (with
 ``on_bad_chunk="skip"``, a warning; a later step that needs them fetches them again, also those of a read-ahead
 request given up), and the request is left running on its thread, which then writes into no slot
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
@@ -36,18 +36,19 @@ request given up), and the request is left running on its thread, which then wri
 that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its
 cache slots while an I/O thread may still write into them: a direct read (an uncompressed local chunk read straight
 into its slot) is given up like any request, and the slot it reads into stays pinned until the read returns (its
-thread releases it; meanwhile chunks take the ordinary path, which reads into buffers of its own). The
+thread releases it; meanwhile chunks take the ordinary path, which reads into buffers of its own; and the next
+plan's ``ChunkCache.reset`` raises ``CacheBusyError`` on that pin: the cache has no way yet to let it through). The
 I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`): :meth:`ChunkReader.close` waits for them at
-most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither
-it nor the interpreter's exit waits for it.
+most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither it nor the
+interpreter's exit waits for it.
 
 Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
 useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and
 decode summed over threads; plan, gather wall time of the batch's thread). The cache sizing (:func:`plan_cache`,
 :func:`sample_chunk_bound`, :class:`CacheLayout`) lives in :mod:`fastload._cache_sizing`; both are re-exported here.
 This module orchestrates the steps (reserve, submit, collect, gather); what runs on and around the I/O threads
-(fetch tasks, direct reads, read-ahead requests, retries, the read timeout) is :class:`~fastload._reader_fetch._Fetcher`,
-a mixin of :class:`ChunkReader` in :mod:`fastload._reader_fetch`.
+(fetch tasks, direct reads, read-ahead requests, retries, the read timeout) is
+:class:`~fastload._reader_fetch._Fetcher`, a mixin of :class:`ChunkReader` in :mod:`fastload._reader_fetch`.
 
 Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastload/test_faults.py -q``.
 """
