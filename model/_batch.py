@@ -189,12 +189,15 @@ def static_mask(field: str, mask: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
-    """One field of a tiled batch with leading axes (B, T) as a batch of ``n = B * T`` neighborhoods."""
+    """One field of a tiled batch with leading axes (B, T) as a batch of ``n = B * T`` neighborhoods
+    (``valid_values``, which may be given broadcastable to the tokens, is broadcast first)."""
     out: dict[str, Any] = {}
     for k, v in item.items():
         if k == "meta":
             out[k] = {m: x.reshape(n, *x.shape[2:]) for m, x in v.items()}
         elif isinstance(v, torch.Tensor):
+            if k == "valid_values":
+                v = torch.broadcast_to(v, item["tokens"].shape)
             out[k] = v.reshape(n, *v.shape[2:])
     return out
 

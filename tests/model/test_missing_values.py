@@ -327,3 +327,17 @@ def test_a_point_missing_at_only_some_input_times_is_forecast():
     want[0, 0, 1, 1, 0, 2, 3, 0, 0, 1] = True
     want[0, 0, 0, 1, 0, 0, 0, 0, 1, 0] = True
     assert torch.equal(m, want)
+
+
+def test_forecaster_encode_takes_valid_values_given_broadcastable():
+    """``valid_values`` may be given broadcastable to the tokens (one mask for every sample and tile): the latents
+    equal those with the mask expanded (before, flattening (B, T) failed on the broadcast shape)."""
+    model, _, _, batch, _, land = _forecaster_case()
+    full = ~land  # (B, T, L, nt, nlat, nlon, tt, tlat, tlon)
+    tokens = batch["t"]["tokens"].masked_fill(land, 0.0)
+    one = full[:1, :1].clone()  # the first tile's mask, for every sample and tile
+    same = one.expand_as(full).clone()
+    with torch.no_grad():
+        a = model.encode({"t": {**batch["t"], "tokens": tokens, "valid_values": one}})
+        b = model.encode({"t": {**batch["t"], "tokens": tokens, "valid_values": same}})
+    assert torch.equal(a, b)
