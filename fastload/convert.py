@@ -139,13 +139,22 @@ def _open(path: Path, stack: contextlib.ExitStack) -> list[_Source]:
     if path.is_dir():
         raise StoreError(f"input {str(path)!r} is a directory; convert reads NetCDF/GRIB files "
                          "(to re-chunk a zarr store use 'fastload rechunk')")  # fmt: skip
-    if path.suffix.lower() in GRIB_SUFFIXES:
+    if path.suffix.lower() in GRIB_SUFFIXES or _starts_with_grib(path):
         return [_source(path, ds) for ds in _grib_datasets(path, stack)]
     try:
         ds = stack.enter_context(xr.open_dataset(path, cache=False, chunks=None))
     except Exception as e:  # every engine has its own error types: name the file and the cause
         raise StoreError(f"{path}: cannot open as NetCDF: {e}") from e
     return [_source(path, ds)]
+
+
+def _starts_with_grib(path: Path) -> bool:
+    """A GRIB file by its first bytes (MARS and CDS downloads often end in .data, .bin or nothing)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GRIB"
+    except OSError:
+        return False  # the NetCDF open then names the file and the cause
 
 
 def _source(path: Path, ds: Any) -> _Source:

@@ -286,3 +286,12 @@ def test_grib_without_cfgrib_says_what_to_install(tmp_path, monkeypatch):
     write_grib(tmp_path / "a.grib2", [Message(167, None, "2020-01-01T00", np.zeros(GLOBAL.shape))], GLOBAL)
     with pytest.raises(ConfigError, match=r"a\.grib2: reading GRIB needs cfgrib.*pip install cfgrib eccodes"):
         convert([tmp_path / "a.grib2"], tmp_path / "x.zarr", progress=False)
+
+
+def test_a_grib_file_without_a_grib_suffix_is_read_as_grib(tmp_path):
+    """MARS and CDS downloads are often named .data, .bin or nothing; the first bytes say GRIB."""
+    rng = np.random.default_rng(11)
+    write_grib(tmp_path / "mars.data", [Message(167, None, "2020-01-01T00", _values(rng, GLOBAL, 280, 5))], GLOBAL)
+    ds = xr.open_zarr(convert([tmp_path / "mars.data"], tmp_path / "o.zarr", progress=False))
+    with xr.open_dataset(tmp_path / "mars.data", engine="cfgrib", backend_kwargs={"indexpath": ""}) as ref:
+        np.testing.assert_array_equal(ds.t2m.values[0], ref.t2m.values)
