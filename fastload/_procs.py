@@ -177,8 +177,11 @@ class _Announced(BaseByteSource):
     def __init__(self, inner: BaseByteSource, tell: Callable[[str | None], None]):
         self.inner, self.tell = inner, tell
         self.root = getattr(inner, "root", "")
+        self.quiet = False  # set once the store is open: a request of an object that kept this source says nothing
 
     def _ask(self, key: str, call: Callable[..., Any], *args: Any) -> Any:
+        if self.quiet:  # (the main loop's messages share the pipe, unlocked)
+            return call(*args)
         self.tell(self.inner.describe(key))
         try:
             return call(*args)
@@ -227,12 +230,14 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
         tell(spec["path"])  # (an fsspec URL is looked up here)
         source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"])
         tell(None)
-        store = Store(spec["path"], _Announced(source, tell), allow_unsafe_codecs=spec["allow_unsafe"],
+        announced = _Announced(source, tell)
+        store = Store(spec["path"], announced, allow_unsafe_codecs=spec["allow_unsafe"],
                       storage_options=spec["storage_options"])
         config = SamplingConfig.from_dict(spec["config"])
         tok = make_tokenizer(store, config)
         cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
-        store.source = source  # opened: the reader reads the plain source (its direct paths test its type)
+        store.source, announced.quiet = source, True  # opened: the reader reads the plain source (its direct
+        # paths test its type)
         reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
                              retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
                              coefficients=spec["coefficients"], months=spec["months"],
