@@ -8,11 +8,21 @@ written atomically through :class:`fastload.write.StoreWriter` as a store ``xr.o
 ensemble mean (``<field>``) and spread (``<field>_spread``) over ``(time, [level,] latitude, longitude)`` at the
 forecast's valid times, de-normalised to physical units unless ``--normalised``.
 
-    python -m profiling.rollout STORE --checkpoint runs/fc/last.pt --steps 8 --out forecast.zarr
-    python -m profiling.rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
+    fastload rollout STORE --checkpoint runs/fc/last.pt --steps 8 --out forecast.zarr
+    fastload rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
 
-The checkpoint is one ``fastload train`` wrote for a Forecaster: it holds the model, the run config (tiling overlap,
-neighbours, lead) and the sampling config as trained (fields, levels, tokens, normalisation coefficients).
+(``python -m profiling.rollout ...`` is the same command.) The checkpoint is one ``fastload train`` wrote for a
+Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead) and the sampling config as trained
+(fields, levels, tokens, normalisation coefficients). Before the first step, the normalisation store is checked for
+every month the written steps fall in, so a rollout that would run out of coefficients fails before any work.
+
+Points with no value. A point that has no value at any time of the input windows is written NaN (as the source
+store has it: an ocean field's land) only where the store also has no value at any time of ``--static-times K``
+windows spread evenly over its record (default 4): the static mask passed to
+:meth:`model.Forecaster.missing_points`. A gap at the input times only (a dropped observation) is then forecast,
+even with ``input_window`` 1. The mask costs K more global reads of one window each; a point missing at all K
+reference windows as well as at the input is taken for permanent. ``--static-times 0`` skips those reads: then
+every point without a value at the input times is written NaN, transient gaps included.
 """
 
 from __future__ import annotations
@@ -83,9 +93,10 @@ def _valid_times(store: Any, idx: np.ndarray) -> np.ndarray:
 
 def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int, t0: int | None = None,
              when: str | None = None, every: int = 1, normalised: bool = False, norm: str | None = None,
-             device: str = "cpu", overwrite: bool = False, log: Any = print) -> Path:
+             device: str = "cpu", overwrite: bool = False, static_times: int = 4, log: Any = print) -> Path:
     """Roll out ``steps`` steps from store time ``t0`` (index) or ``when`` (ISO) and write every ``every``-th step.
 
+    ``static_times``: store windows the static missing-value mask is read from (0: none; see the module notes).
     Returns the path of the written store. See the module notes for its layout.
     """
     import fastload
@@ -102,6 +113,8 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
         raise ConfigError(f"--steps: expected an integer >= 1, got {steps!r}")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"--every: expected an integer >= 1, got {every!r}")
+    if isinstance(static_times, bool) or not isinstance(static_times, int) or static_times < 0:
+        raise ConfigError(f"--static-times: expected an integer >= 0, got {static_times!r}")
     dev = torch.device(device)
     net, run, sampling = load_forecaster(checkpoint, dev)
     if norm is not None:
@@ -125,17 +138,7 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
                           f"{store.path} has {len(store.time)} (valid initial indices 0..{len(store.time) - span})")
     normalizer = Normalizer(sampling.norm_path) if any(f.normalization != "none" for f in sampling.fields) \
         and sampling.norm_path is not None else None
-    fields, meta, boxes = extract_windows(store, sampling, tiles, [start], input_window=w, lead=lead,
-                                          norm=normalizer, jit=None)
     t_last = start + (w - 1) * lead
-    lead_h = float((_valid_times(store, np.array([t_last + lead]))[0] - store.time[t_last]) / np.timedelta64(1, "h"))
-    batch = RolloutBatch(fields=fields, meta=meta, targets=[], boxes=torch.from_numpy(boxes),
-                         t0=torch.tensor([start]), lead_hours=torch.tensor([lead_h]), index=0, epoch=0,
-                         stats=IOStats(), levelled=tuple(f.name for f in sampling.fields if f.levels is not None))
-    windows, _ = batch.model_inputs(dev)
-    geo = geometry(tiles, dev)
-    blenders = {f: TileBlender(torch.from_numpy(t.index), torch.from_numpy(t.weights), t.num_points).to(dev)
-                for f, t in tiles.fields.items()}
     decode = sorted({*range(every, steps + 1, every), steps})
     ts = sampling.time_step
     tp = {f.name: fcfg.readout_time_tokens * f.token_size[0] for f in sampling.fields}
@@ -146,7 +149,24 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     if np.any(np.diff(idx) <= 0):
         raise ConfigError(f"decoded steps overlap in time: lead {lead} < {n_tp} time points x time_step {ts}; "
                           "decode every step at most once per lead (--every)")
-    valid = _valid_times(store, idx)
+    valid = _valid_times(store, idx)  # (steps written x n_tp,) the valid time of every written row
+    if not normalised:  # every month the written steps fall in, before any step runs
+        check_months(normalizer, sampling, valid)
+    fields, meta, boxes = extract_windows(store, sampling, tiles, [start], input_window=w, lead=lead,
+                                          norm=normalizer, jit=None)
+    lead_h = float((_valid_times(store, np.array([t_last + lead]))[0] - store.time[t_last]) / np.timedelta64(1, "h"))
+    batch = RolloutBatch(fields=fields, meta=meta, targets=[], boxes=torch.from_numpy(boxes),
+                         t0=torch.tensor([start]), lead_hours=torch.tensor([lead_h]), index=0, epoch=0,
+                         stats=IOStats(), levelled=tuple(f.name for f in sampling.fields if f.levels is not None))
+    windows, _ = batch.model_inputs(dev)
+    geo = geometry(tiles, dev)
+    blenders = {f: TileBlender(torch.from_numpy(t.index), torch.from_numpy(t.weights), t.num_points).to(dev)
+                for f, t in tiles.fields.items()}
+    static = None
+    if static_times:
+        refs = reference_times(len(store.time), sampling.time_span, static_times)
+        static = {k: v.to(dev) for k, v in static_missing(store, sampling, tiles, refs).items()}
+        log(f"rollout: static missing-value mask from the windows at store times {refs.tolist()}")
     levelled = [f for f in sampling.fields if f.levels is not None]
     levels = sorted({float(v) for f in levelled for v in f.levels})
     level_type = next((store.fields[f.name].level_type for f in levelled), None)
@@ -170,9 +190,10 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
                     "long_name": f"{f.name} forecast ensemble {'spread' if name.endswith('_spread') else 'mean'}"})
         with torch.no_grad():
             state = net.initial_state([net.encode(win, fc.tiles_per_chunk) for win in windows])
-            # points the input windows never hold a value for (a store's declared missing values, e.g. an ocean
-            # field's land) are written NaN, as the store has them, not as predictions no loss has trained
-            missing = net.missing_points(windows)
+            # points the input windows never hold a value for and the reference windows neither (a store's declared
+            # missing values, e.g. an ocean field's land) are written NaN, as the store has them, not as predictions
+            # no loss has trained; a gap at the input times only is forecast
+            missing = net.missing_points(windows, static=static)
             prev, row = 0, 0
             for k in decode:  # one rollout call per written step: only one step's global fields in memory
                 n = k - prev
@@ -193,11 +214,52 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     return Path(out)
 
 
+def check_months(normalizer: Any, sampling: Any, valid: np.ndarray) -> None:
+    """Raise the :class:`ConfigError` de-normalising would raise at the first step lacking coefficients: a field that
+    normalises without coefficients, or a month of ``valid`` (the written steps' valid times) the normalisation
+    store has no data for."""
+    from fastload.norm import months_of
+
+    need = sorted({int(m) for m in months_of(valid)})
+    for f in sampling.fields:
+        if f.normalization == "none":
+            continue
+        if normalizer is None:
+            raise _no_coefficients(f)
+        normalizer.coefficients(f.name, "global", f.levels, need)  # the month check of _denormalise's call
+
+
+def reference_times(n: int, span: int, k: int) -> np.ndarray:
+    """Up to ``k`` store indices spread evenly over a record of ``n`` times whose windows of ``span`` times fit."""
+    return np.unique(np.linspace(0, n - span, k).round().astype(np.int64))
+
+
+def static_missing(store: Any, sampling: Any, tiles: Any, times: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``{field: (1, T, L, 1, nlat, nlon, 1, tlat, tlon) bool}``, True where the field has no value (NaN or a
+    declared fill value) at any time of the windows starting at store indices ``times``: the static mask of
+    :meth:`model.Forecaster.missing_points`. Raw values are read (no coefficients needed), one window at a time."""
+    from fastload.rollout_data import extract_windows
+
+    raw = dataclasses.replace(sampling, norm_path=None, fields=tuple(
+        dataclasses.replace(f, normalization="none") for f in sampling.fields))
+    present: dict[str, torch.Tensor] = {}
+    for t in times:
+        fields, _, _ = extract_windows(store, raw, tiles, [int(t)], input_window=1, jit=None)
+        for name, x in fields.items():  # (1, 1, T, L, nt, nlat, nlon, tt, tlat, tlon)
+            p = torch.isfinite(x[:, 0]).any(6, keepdim=True).any(3, keepdim=True)  # (1, T, L, 1, ..., 1, ...)
+            present[name] = p if name not in present else present[name] | p
+    return {name: ~p for name, p in present.items()}
+
+
+def _no_coefficients(f: Any) -> ConfigError:
+    return ConfigError(f"fields.{f.name} normalises but the run's sampling config names no coefficients; pass "
+                       "--norm NORM or --normalised")
+
+
 def _denormalise(x: np.ndarray, normalizer: Any, f: Any, months: np.ndarray) -> np.ndarray:
     """``x * std + mean`` per level and time point (then the inverse transform), float32 as the gather works."""
     if normalizer is None:
-        raise ConfigError(f"fields.{f.name} normalises but the run's sampling config names no coefficients; pass "
-                          "--norm NORM or --normalised")
+        raise _no_coefficients(f)
     uniq = sorted({int(m) for m in months})
     mean, std = normalizer.coefficients(f.name, f.normalization, f.levels, uniq)  # (M, L, NYm, NXm)
     pos = np.searchsorted(uniq, months)
@@ -227,7 +289,7 @@ def _write(wr: Any, f: Any, members: np.ndarray, levels: Sequence[float], row: i
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m profiling.rollout STORE --checkpoint CKPT --steps N --out OUT.zarr``."""
-    p = argparse.ArgumentParser(prog="python -m profiling.rollout", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fastload rollout", description=__doc__.split("\n\n")[0])
     p.add_argument("store", help="the store to start from (the training store or one like it)")
     p.add_argument("--checkpoint", required=True, help="a Forecaster checkpoint of fastload train (last.pt)")
     p.add_argument("--steps", type=int, required=True, help="rollout steps")
@@ -239,19 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--norm", help="normalisation coefficients (default: the run's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--static-times", type=int, default=4, metavar="K",
+                   help="a point without a value at the input times is written NaN only if it has none in K store "
+                        "windows spread over the record either (K more global reads); 0: no such reads, every gap "
+                        "at the input times is written NaN, transient ones too (default 4)")
     a = p.parse_args(argv)
     if a.t0 is not None and a.time is not None:
         raise ConfigError("--t0 and --time: give one")
     forecast(a.store, a.checkpoint, a.out, steps=a.steps, t0=a.t0, when=a.time, every=a.every,
-             normalised=a.normalised, norm=a.norm, device=a.device, overwrite=a.overwrite)
+             normalised=a.normalised, norm=a.norm, device=a.device, overwrite=a.overwrite,
+             static_times=a.static_times)
     return 0
 
 
 if __name__ == "__main__":
-    from fastload.errors import FastloadError
+    from fastload.cli import main as _cli
 
-    try:
-        sys.exit(main())
-    except FastloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(_cli(["rollout", *sys.argv[1:]]))

@@ -151,3 +151,80 @@ def test_errors_name_the_problem(trained, tmp_path_factory, tmp_path):
     with pytest.raises(ConfigError, match="inside the source"):  # --overwrite never replaces the data store
         main([store_path, "--checkpoint", str(ck), "--steps", "1", "--out", store_path, "--overwrite"])
     assert os.path.isdir(store_path)
+
+
+def _copy_store(src, dst, *, shift_hours=0):
+    """A copy of a store, its times moved by ``shift_hours``."""
+    import shutil
+
+    import zarr
+
+    shutil.copytree(src, dst)
+    if shift_hours:
+        t = zarr.open_array(str(dst / "time"), mode="r+")  # "hours since 1979-01-01", int64
+        t[:] = t[:] + shift_hours
+    return dst
+
+
+def test_a_month_without_coefficients_fails_before_the_first_step(trained, tmp_path, monkeypatch, capsys):
+    """The store moved to Jan 31 (coefficients: January only): steps 1-3 end on Jan 31, step 4 on Feb 1. The
+    rollout refuses before any step runs (the model's rollout is never called), with de-normalising's error, and
+    leaves nothing behind; with --every 4 only step 4 is written, and it is refused the same way."""
+    from model import Forecaster
+
+    store_path, _, ck = trained
+    late = _copy_store(store_path, tmp_path / "late.zarr", shift_hours=30 * 24)
+    store = fastload.open_store(late)
+    assert str(store.time[0]).startswith("2021-01-31T00") and str(store.time[-1]).startswith("2021-01-31T23")
+    calls = []
+    real = Forecaster.rollout
+
+    def spy(self, *args, **kwargs):
+        calls.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Forecaster, "rollout", spy)
+    for extra in ([], ["--every", "4"]):
+        out = tmp_path / f"f{len(extra)}.zarr"
+        with pytest.raises(ConfigError, match=r"has no data for month\(s\) \['Feb'\]"):
+            main([str(late), "--checkpoint", str(ck), "--steps", "4", "--t0", "2", "--out", str(out),
+                  "--device", "cpu", *extra])
+        assert calls == [] and "written" not in capsys.readouterr().out
+        assert not list(tmp_path.glob("f*.zarr*"))
+    # the same rollout stopping on Jan 31 runs (the check asks only for the months written), and so does step 4
+    # with --normalised (nothing to de-normalise)
+    assert main([str(late), "--checkpoint", str(ck), "--steps", "3", "--t0", "2", "--out", str(tmp_path / "ok.zarr"),
+                 "--device", "cpu"]) == 0
+    assert main([str(late), "--checkpoint", str(ck), "--steps", "4", "--t0", "2", "--out", str(tmp_path / "n.zarr"),
+                 "--device", "cpu", "--normalised"]) == 0
+    assert len(calls) == 3 + 4  # one call per written step
+    assert xr.open_zarr(tmp_path / "n.zarr")["time"].values[-1] == np.datetime64("2021-02-01T04:00", "ns")
+
+
+def test_a_gap_at_the_input_times_only_is_forecast(trained, tmp_path):
+    """t2m NaN in one region at every time (land) and in another at the first 10 hours only (a transient gap over
+    the whole input window at t0 = 2, hours 2-7): the land stays NaN, the transient gap is forecast, since the
+    static mask (hours 0-5, 6-11, 12-17, 18-23) has values there. With --static-times 0 both are NaN."""
+    import zarr
+
+    store_path, _, ck = trained
+    holed = _copy_store(store_path, tmp_path / "holed.zarr")
+    arr = zarr.open_array(str(holed / "t2m"), mode="r+")
+    land = (slice(10, 16), slice(4, 13))
+    gap = (slice(20, 26), slice(30, 42))
+    arr[(slice(None), *land)] = np.nan
+    arr[(slice(0, 10), *gap)] = np.nan
+    ny, nx = arr.shape[1:]
+    is_land, is_gap = np.zeros((ny, nx), bool), np.zeros((ny, nx), bool)
+    is_land[land], is_gap[gap] = True, True
+    for k, gap_nan in ((4, False), (0, True)):
+        out = tmp_path / f"h{k}.zarr"
+        assert main([str(holed), "--checkpoint", str(ck), "--steps", "2", "--t0", "2", "--out", str(out),
+                     "--device", "cpu", "--static-times", str(k)]) == 0
+        v = xr.open_zarr(out)["t2m"].values  # (time, lat, lon)
+        assert np.isnan(v[:, is_land]).all(), k
+        assert np.isnan(v[:, is_gap]).all() if gap_nan else np.isfinite(v[:, is_gap]).all(), k
+        assert np.isfinite(v[:, ~(is_land | is_gap)]).all(), k
+    with pytest.raises(ConfigError, match="--static-times: expected an integer >= 0"):
+        main([str(holed), "--checkpoint", str(ck), "--steps", "1", "--out", str(tmp_path / "x.zarr"),
+              "--static-times", "-1"])
