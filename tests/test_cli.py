@@ -31,3 +31,16 @@ def test_public_api_names_are_the_functions():
 
     assert callable(fastload.extract) and fastload.extract.__name__ == "extract"
     assert callable(fastload.open_store) and isinstance(fastload.Loader, type)
+
+
+def test_every_subcommand_help_names_itself(capsys):
+    """``fastload <cmd> --help`` prints ``usage: fastload <cmd>`` for every command (rollout said
+    ``python -m profiling.rollout``)."""
+    for name in cli.COMMANDS:
+        try:
+            code = cli.main([name, "--help"])  # stats and inspect return; argparse's --help exits
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr().out
+        assert code == 0, name
+        assert out.startswith(f"usage: fastload {name} "), (name, out.splitlines()[:1])
