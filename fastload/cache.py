@@ -141,6 +141,7 @@ class Reservation:
     wait: dict[str, np.ndarray]
     hits: int
     _held: bool = field(default=True, repr=False)
+    _orphan: bool = field(default=False, repr=False)  # set aside from its step (:meth:`ChunkCache.set_aside`)
 
     @property
     def n_fill(self) -> int:
@@ -209,6 +210,7 @@ class ChunkCache:
         self._cond = threading.Condition()
         self._waiting: list[int] = []  # heap of steps waiting for a reservation
         self._holders: dict[int, int] = {}  # step -> its reservations not released yet (for reset's message)
+        self._orphans: list[Reservation] = []  # set aside from their steps, not released yet (:meth:`set_aside`)
         self._closed = False
         self.hits = 0
         self.misses = 0
@@ -390,9 +392,12 @@ class ChunkCache:
             return
         with self._cond:
             res._held = False
-            left = self._holders.pop(res.step, 1) - 1
-            if left:
-                self._holders[res.step] = left
+            if res._orphan:  # belongs to no step (of this plan or any later one)
+                self._orphans = [r for r in self._orphans if r is not res]
+            else:
+                left = self._holders.pop(res.step, 1) - 1
+                if left:
+                    self._holders[res.step] = left
             self._seq += 1
             for a, s in res.slots.items():
                 ar = self._arenas[a]
@@ -417,15 +422,43 @@ class ChunkCache:
                 self._uses.finish(res.step, res.ids)
             self._cond.notify_all()
 
+    def set_aside(self, res: Reservation, array: str, slot: int) -> Reservation:
+        """Take ``slot`` of ``array`` out of the step's ``res`` (changed in place) into a reservation of its own,
+        which belongs to no step: its pin outlives the step and the plan (:meth:`reset` lets it through), until
+        :meth:`release` of it. For a slot a given-up request may still write into (a direct read into its slot that
+        hangs): released when that request returns, the slot is free again (its chunk failed: by then, or at that
+        release if it was never reported)."""
+        with self._cond:
+            s = res.slots[array]
+            p = int(np.flatnonzero(s == slot)[0])
+            keep = np.arange(s.size) != p
+            part = Reservation(res.step, {array: res.ids[array][p:p + 1]}, {array: s[p:p + 1]}, {}, {}, 0,
+                               _orphan=True)
+            for name in ("fill", "wait"):
+                pos = getattr(res, name)
+                if array in pos:
+                    mask = np.zeros(s.size, bool)
+                    mask[pos[array]] = True
+                    if mask[p] and name == "fill":  # (failed at release if it was never reported)
+                        part.fill[array] = np.zeros(1, np.int64)
+                    pos[array] = np.flatnonzero(mask[keep])
+            res.ids[array], res.slots[array] = res.ids[array][keep], s[keep]
+            self._orphans.append(part)
+            return part
+
     def reset(self, uses: Uses | Mapping | None) -> None:
         """Start a new plan (a new epoch, or a resume): keep the decoded chunks, rank them by the new ``uses``.
 
-        Nothing may be pinned (every step of the previous plan finished or gave up and released its reservation);
-        else :class:`~fastload.errors.CacheBusyError` names the arrays and steps holding chunks, and the cache is
-        left as it was.
+        Nothing may be pinned by a step (every step of the previous plan finished or gave up and released its
+        reservation); else :class:`~fastload.errors.CacheBusyError` names the arrays and steps holding chunks, and
+        the cache is left as it was. Slots set aside (:meth:`set_aside`) stay pinned and out of use meanwhile.
         """
         with self._cond:
-            pinned = {a: int((ar.pins > 0).sum()) for a, ar in self._arenas.items() if ar.pins.any()}
+            pins = {a: ar.pins.copy() for a, ar in self._arenas.items()}
+            for r in self._orphans:
+                for a, s in r.slots.items():
+                    np.subtract.at(pins[a], s, 1)
+            pinned = {a: int((p > 0).sum()) for a, p in pins.items() if (p > 0).any()}
             if pinned:
                 raise CacheBusyError(
                     f"ChunkCache.reset: {sum(pinned.values())} chunk(s) of array(s) {sorted(pinned)} are still pinned "

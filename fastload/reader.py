@@ -424,7 +424,7 @@ class ChunkReader(_Fetcher):
             with task.lock:  # (the thread clears busy under this lock when its read returns)
                 if task.busy is None:
                     continue
-                task.hold = _set_aside(res, a, task.busy)
+                task.hold = self.cache.set_aside(res, a, task.busy)
                 self._direct_holds.add(task)
         self.cache.release(res, step_done=step_done)
 
@@ -534,22 +534,3 @@ class ChunkReader(_Fetcher):
         if fatal is not None:
             raise fatal
         return bad
-
-
-def _set_aside(res: Reservation, array: str, slot: int) -> Reservation:
-    """Take ``slot`` of ``array`` out of ``res`` (changed in place) and return it as a reservation of its own, to be
-    released apart (its chunk was failed already: released, the slot is free again)."""
-    s = res.slots[array]
-    p = int(np.flatnonzero(s == slot)[0])
-    keep = np.arange(s.size) != p
-    part = Reservation(res.step, {array: res.ids[array][p:p + 1]}, {array: s[p:p + 1]}, {}, {}, 0)
-    for name in ("fill", "wait"):
-        pos = getattr(res, name)
-        if array in pos:
-            mask = np.zeros(s.size, bool)
-            mask[pos[array]] = True
-            if mask[p] and name == "fill":
-                part.fill[array] = np.zeros(1, np.int64)
-            pos[array] = np.flatnonzero(mask[keep])
-    res.ids[array], res.slots[array] = res.ids[array][keep], s[keep]
-    return part

@@ -172,6 +172,42 @@ def test_reset_while_a_step_holds_chunks_is_a_fastload_error_that_says_what_to_d
     cache.reset(_uses([[("x", 5)]]))  # nothing pinned now
 
 
+def test_a_slot_set_aside_outlives_its_step_and_plan_until_released():
+    """A slot a given-up request may still write into (a hung direct read) is set aside from its step: the step
+    releases the rest, a new plan starts (reset lets that pin through, and still refuses a step's own pins), the
+    slot stays out of use while the new plan evicts around it, and its release frees it without touching the new
+    plan's step of the same number."""
+    from fastload.errors import CacheBusyError
+
+    steps = [[("x", 0), ("x", 1)]]
+    cache = ChunkCache({"x": (3, 1, np.float32)}, _uses(steps))
+    r0 = cache.reserve(0, _ids(steps[0]))
+    hung = int(r0.slots["x"][1])
+    cache.failed("x", hung, OSError("given up"))  # the step gave the read up
+    cache.arena("x")[r0.slots["x"][0]] = _value("x", 0)
+    cache.filled("x", r0.slots["x"][:1])
+    aside = cache.set_aside(r0, "x", hung)
+    assert r0.ids["x"].tolist() == [0] and hung not in r0.slots["x"].tolist()
+    assert aside.slots["x"].tolist() == [hung] and aside.ids["x"].tolist() == [1]
+    cache.release(r0)
+    new = [[("x", 5), ("x", 6)], [("x", 7), ("x", 8)]]
+    cache.reset(_uses(new))  # before set_aside existed: CacheBusyError while the read hung
+    for k, keys in enumerate(new):  # two new chunks per step with 2 usable slots: the hung one is never given out
+        r = cache.reserve(k, _ids(keys))
+        assert hung not in r.slots["x"].tolist()
+        _fill_all(cache, r)
+        assert _check(cache, r)
+        if k == 1:
+            with pytest.raises(CacheBusyError):  # a step's own pins still stop a new plan
+                cache.reset(_uses(new))
+            cache.release(aside)  # the read returned meanwhile: its slot is free, step 1's pins untouched
+            assert cache._holders == {1: 1}
+        cache.release(r)
+    cache.reset(_uses([[("x", 9), ("x", 10), ("x", 11)]]))
+    r = cache.reserve(0, _ids([("x", 9), ("x", 10), ("x", 11)]))  # all three slots usable again
+    assert sorted(r.slots["x"].tolist()) == [0, 1, 2]
+
+
 def test_shared_chunk_filled_once_while_pending():
     k = [("x", 0)]
     cache = ChunkCache({"x": (2, 3, np.float32)}, _uses([k, k]))

@@ -153,7 +153,8 @@ def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_r
     """A direct read that hangs (a stuck NFS mount) is given up after loader.read_timeout_s like any store request
     (the step waited for ever: the read into the slot was never timed). Its slot stays pinned until the read
     returns, so the late bytes land in no chunk's slot: the batches read meanwhile (the rest of the epoch, through
-    the ordinary path) and the next epoch equal the reference, and every chunk left in the cache equals its file."""
+    the ordinary path, and the next epoch, whose plan starts while the read still hangs) and the epoch after it
+    equal the reference, and every chunk left in the cache equals its file."""
     import logging
     import threading
 
@@ -212,13 +213,17 @@ def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_r
         arena = cache.arena("t")
         slot = (np.asarray(hung[0]).ctypes.data - arena.ctypes.data) // arena.strides[0]
         assert cache._arenas["t"].pins[slot] == 1 and reader._direct_holds  # noqa: SLF001 - kept out of use
+        during = epoch(1)  # a new plan while the read still hangs (its set-aside pin no longer stops the reset)
+        assert sum(len(b) for b, _ in during) == 24  # the chunk is fetched again, the ordinary way
+        check(during)
+        assert cache._arenas["t"].pins[slot] == 1 and reader._direct_holds  # noqa: SLF001 - still out of use
         release.set()  # the late read writes into its slot, then lets it go
         deadline = time.monotonic() + 10
         while reader._direct_holds:  # noqa: SLF001
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert cache._arenas["t"].pins[slot] == 0  # noqa: SLF001
-        again = epoch(1)
+        again = epoch(2)
         assert sum(len(b) for b, _ in again) == 24 and not reader._direct_holds  # noqa: SLF001
         check(again)
         for a, cid in cache.resident():  # no slot holds the late bytes instead of its chunk
