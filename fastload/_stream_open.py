@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ._stream_space import CurvilinearMapper, LatLonMapper, ReferenceRegions
+from ._stream_space import (
+    CurvilinearMapper,
+    LatLonMapper,
+    ReferenceRegions,
+    ReferenceRowSampler,
+    rows_reversed,
+)
 from .config import SamplingConfig
 from .errors import ConfigError
 from .sampling.mesh import MeshPointSampler, point_layouts
@@ -90,10 +96,14 @@ def check_point_fields(st: Stream, box: tuple[int, int, int]) -> None:
                               f"{st.name!r} has a {g.ny} x {g.nx} grid")
 
 
-def build_stream(st: Stream, jit: bool | None = None) -> Stream:
+def build_stream(st: Stream, jit: bool | None = None, reference: Any = None) -> Stream:
     """Check ``st`` against its share of the config and give it what samples it: the reference its structured
     tokenizer; a box stream its :class:`~fastload.sampling.points.BoxPointSampler` and the mapper from the reference's
-    regions to its index boxes (:mod:`fastload._stream_space`); a mesh stream its mesh sampler."""
+    regions to its index boxes (:mod:`fastload._stream_space`); a mesh stream its mesh sampler.
+
+    ``reference`` is the reference stream's grid (for every stream but the reference): a lat-lon stream whose rows
+    run the other way from it gets a :class:`~fastload._stream_space.ReferenceRowSampler`, so its token rows come out
+    in the reference's row order."""
     if st.kind == "reference":
         if st.rule != "inside":
             raise ConfigError(f"streams.{st.name}.time_rule = {st.rule!r}: the first stream sets each sample's "
@@ -108,10 +118,13 @@ def build_stream(st: Stream, jit: bool | None = None) -> Stream:
     _, H, W = st.config.box
     if st.kind == "mesh":
         st.sampler = MeshPointSampler(st.config, st.layouts, st.time, st.store.grid)
+    elif st.store.grid.kind == "latlon":
+        if reference is None:
+            raise TypeError(f"build_stream: lat-lon stream {st.name!r} needs reference= (the reference's grid)")
+        flip = rows_reversed(st.store.grid, reference)
+        st.sampler = (ReferenceRowSampler if flip else BoxPointSampler)(st.config, st.layouts, st.time, st.store.grid)
+        st.mapper = LatLonMapper(st.store.grid, H, W, reversed_rows=flip)
     else:
         st.sampler = BoxPointSampler(st.config, st.layouts, st.time, st.store.grid)
-        if st.store.grid.kind == "latlon":
-            st.mapper = LatLonMapper(st.store.grid, H, W)
-        else:
-            st.mapper = CurvilinearMapper(st.store.grid, H, W, jit=jit)
+        st.mapper = CurvilinearMapper(st.store.grid, H, W, jit=jit)
     return st

@@ -8,10 +8,15 @@ to [-90, 90]): ``[lat_first, lat_last] x [lon_first, lon_first + width]``, ``lat
 
 - **lat-lon** (:class:`LatLonMapper`): the fractional row and column of the region's centre (linear
   interpolation of the 1-D coordinates), and the ``H x W`` index box centred there (nearest grid indices; on
-  the same grid this is the reference box itself);
+  the same grid this is the reference box itself). Its token rows come out in the reference's row order
+  (:class:`ReferenceRowSampler`): a stream whose latitudes run the other way (an ocean store south-to-north beside
+  ERA5's north-to-south) has its box listed from its last row up, and its start is chosen in that order too, so
+  a store and its latitude-reversed copy give identical samples;
 - **curvilinear** (:class:`CurvilinearMapper`): the grid point nearest the region's centre (through a
   :class:`~fastload.sampling.mesh.MeshIndex` of the grid's points, so no scan over the grid), and the ``H x W``
-  index box centred on it, so the box's points are those around the centre that fall inside the region;
+  index box centred on it, so the box's points are those around the centre that fall inside the region; its
+  token rows stay in the grid's own row order (south to north on NEMO/ORCA grids, whose rows bend and fold near
+  the North Pole, so a grid has no one row order to compare with the reference's);
 - **mesh**: the region itself; the mesh tokenizer bins nodes into its cells (:mod:`fastload.sampling.mesh`).
 
 A stream *serves* a region when the centre lies within its grid (within one grid spacing of a grid point for a
@@ -27,8 +32,10 @@ import numpy as np
 
 from .errors import ConfigError
 from .sampling.mesh import MeshIndex
+from .sampling.points import BoxPointSampler
 
-__all__ = ["cell_edges", "ReferenceRegions", "LatLonMapper", "CurvilinearMapper", "grid_spacing"]
+__all__ = ["cell_edges", "ReferenceRegions", "LatLonMapper", "ReferenceRowSampler", "rows_reversed",
+           "CurvilinearMapper", "grid_spacing"]
 
 
 def cell_edges(v: np.ndarray, *, clip_lat: bool = False) -> np.ndarray:
@@ -80,12 +87,28 @@ def _start(f: np.ndarray, n: int, size: int, periodic: bool) -> np.ndarray:
     return s % n if periodic else np.clip(s, 0, n - size)
 
 
-class LatLonMapper:
-    """Index boxes of ``H x W`` points centred on regions' centres, on a regular lat-lon stream grid."""
+def rows_reversed(grid: Any, reference: Any) -> bool:
+    """Whether the rows of lat-lon ``grid`` run the other way from those of the ``reference`` lat-lon grid (one
+    south-to-north, the other north-to-south)."""
+    def ascending(g: Any) -> bool:
+        lat = np.asarray(g.lat, np.float64).reshape(-1)
+        return bool(lat[-1] > lat[0])
 
-    def __init__(self, grid: Any, H: int, W: int):
+    return ascending(grid) != ascending(reference)
+
+
+class LatLonMapper:
+    """Index boxes of ``H x W`` points centred on regions' centres, on a regular lat-lon stream grid.
+
+    ``reversed_rows`` (:func:`rows_reversed`): the grid's rows run the other way from the reference's; the box start
+    is then rounded in the reference's row order (mirrored indices), so that the box is the one the same grid
+    stored the reference's way round would give (ties of an even ``H`` go the same way in both).
+    """
+
+    def __init__(self, grid: Any, H: int, W: int, *, reversed_rows: bool = False):
         self.ny, self.nx, self.periodic = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
         self.H, self.W = int(H), int(W)
+        self.reversed_rows = bool(reversed_rows)
         lat = np.asarray(grid.lat, np.float64)
         self._lat, self._rows = (lat, np.arange(lat.size, dtype=np.float64)) if lat[-1] > lat[0] else \
             (lat[::-1], np.arange(lat.size, dtype=np.float64)[::-1])
@@ -115,7 +138,33 @@ class LatLonMapper:
             rel = (clon - (self._lon0 - self._half[0])) % 360.0 - self._half[0]
             ok &= rel <= self._xp[-1] + self._half[1]
             fx = np.interp(rel, self._xp, self._fp)
-        return np.stack([_start(fy, self.ny, self.H, False), _start(fx, self.nx, self.W, self.periodic)], 1), ok
+        if self.reversed_rows:  # round in the reference's row order, then back to the grid's own index
+            y0 = self.ny - self.H - _start(self.ny - 1 - fy, self.ny, self.H, False)
+        else:
+            y0 = _start(fy, self.ny, self.H, False)
+        return np.stack([y0, _start(fx, self.nx, self.W, self.periodic)], 1), ok
+
+
+class ReferenceRowSampler(BoxPointSampler):
+    """:class:`~fastload.sampling.points.BoxPointSampler` of a lat-lon stream whose rows run the other way from the
+    reference's: each index box ``(y0, x0)`` is listed from its last row up, so token row ``b`` slot
+    ``j * tlon + k`` is the point ``(y0 + H - 1 - (b * tlat + j), x0 + c * tlon + k)``: token row 0 lies on the
+    reference's row-0 side (north for a north-to-south reference), like the reference's and the mesh streams' tokens.
+
+    Only the point lists change (token centres and point counts are reordered with them): the gather kernels, the
+    plan, local coefficients and :class:`~fastload.sampling.points.PointTokenMeta` all follow the lists, so the
+    samples are written in this order directly, with no copy of the output. A grid that repeats places (a
+    duplicated seam column) keeps the copy the store-order listing keeps.
+    """
+
+    def points(self, where, field, *, jit=None):
+        pts, count, lat, lon = super().points(where, field, jit=jit)
+        S = pts.shape[0]
+        _, nlat, nlon = field.num_tokens
+        _, tlat, tlon = field.token_size
+        flipped = pts.reshape(S, nlat, nlon, tlat, tlon)[:, ::-1, :, ::-1, :]
+        return (np.ascontiguousarray(flipped).reshape(S, -1), np.ascontiguousarray(count[:, ::-1]),
+                np.ascontiguousarray(lat[:, ::-1]), np.ascontiguousarray(lon[:, ::-1]))
 
 
 def grid_spacing(lat: np.ndarray, lon: np.ndarray) -> float:

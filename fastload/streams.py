@@ -129,7 +129,8 @@ class MultiStream:
                                  centers=cfg.centers, out_dtype=cfg.out_dtype,
                                  norm_path=spec.norm_path or cfg.norm_path)
             kind = "reference" if i == 0 else ("mesh" if store.grid.kind == "mesh" else "box")
-            self.streams.append(build_stream(Stream(spec.name, spec, store, sub, kind), jit))
+            ref_grid = self.streams[0].store.grid if i else None  # other streams follow its row order
+            self.streams.append(build_stream(Stream(spec.name, spec, store, sub, kind), jit, ref_grid))
         self.reference = ref = self.streams[0]
         self.by_name = {s.name: s for s in self.streams}
         if ref.store.time is None or len(ref.store.time) < 2:

@@ -8,6 +8,10 @@
   stored in a spatially local order, with triangle connectivity ``face_nodes``, **6-hourly**, depth levels;
   ``temp`` (time, nz1, node) and ``ssh`` (time, node).
 
+- :func:`make_latlon_xr`: a 5-degree regular lat-lon ocean-like store **written by xarray**, its latitudes
+  ascending or descending and its longitudes from 0 or from -180: the same physical field either way round, for the
+  row-order tests.
+
 Each returns ``{name: array written}`` (times as datetime64[ns], coordinates as written), so the tests compare
 what fastload gives with plain NumPy on these arrays. ``bad=`` variants write the broken meshes the error tests
 need (a node outside valid coordinates, two nodes at one place).
@@ -25,7 +29,8 @@ import zarr
 
 from .stores import T0, _array, cf_hours
 
-__all__ = ["make_atmosphere", "make_ocean", "make_mesh", "mesh_nodes", "ATMO_T0", "OCEAN_T0", "MESH_T0"]
+__all__ = ["make_atmosphere", "make_ocean", "make_mesh", "mesh_nodes", "make_latlon_xr", "ATMO_T0", "OCEAN_T0",
+           "MESH_T0"]
 
 ATMO_T0 = T0  # 2000-01-01T00
 OCEAN_T0 = T0 - np.timedelta64(1, "D")  # the ocean record starts a day earlier
@@ -159,3 +164,37 @@ def make_mesh(path: str | os.PathLike[str], *, nt: int = 14, depths: Sequence[fl
                fill_value=-1, **kw)
         out["face_nodes"] = tri
     return out
+
+
+def make_latlon_xr(path: str | os.PathLike[str], *, ascending: bool, lon_start: float = 0.0, nt: int = 16,
+                   names: tuple[str, str] = ("sst", "uo"), zarr_format: int = 2, seed: int = 21) -> dict:
+    """6-hourly (from ``ATMO_T0``) 5-degree global grid (37 x 72) written with xarray: ``names[0]`` (time, lat, lon)
+    and ``names[1]`` (time, depth, lat, lon), depths 0 and 50 m.
+
+    The values are one physical field whatever the layout: drawn on latitudes 90 .. -90 and longitudes 0 .. 355,
+    then stored with latitudes ascending (``ascending``) or descending and longitudes rolled to start at
+    ``lon_start`` (0 or -180). Returns the arrays as written (in the store's order) and the coordinates.
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(90.0, -90.0, 37)
+    lon = np.arange(72) * 5.0
+    dep = np.array([0.0, 50.0])
+    time = ATMO_T0 + np.arange(nt) * np.timedelta64(6, "h")
+    a = _field(rng, (nt, 37, 72), 15.0)
+    b = _field(rng, (nt, dep.size, 37, 72), 0.0)
+    shift = int(round((lon_start % 360.0) / 5.0))
+    lon = np.roll(lon, -shift)
+    lon = np.where(lon >= lon_start + 360.0, lon - 360.0, lon)
+    lon = np.where(lon < lon_start, lon + 360.0, lon)
+    a, b = np.roll(a, -shift, axis=-1), np.roll(b, -shift, axis=-1)
+    if ascending:
+        lat, a, b = lat[::-1], a[..., ::-1, :], b[..., ::-1, :]
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    ds = xr.Dataset({names[0]: (("time", "latitude", "longitude"), a),
+                     names[1]: (("time", "depth", "latitude", "longitude"), b)},
+                    coords={"time": time, "latitude": lat, "longitude": lon, "depth": dep})
+    enc = {names[0]: {"chunks": (4, 10, 24)}, names[1]: {"chunks": (4, 1, 10, 24)}}
+    ds.to_zarr(os.fspath(path), mode="w", zarr_format=zarr_format, encoding=enc, consolidated=False)
+    return {names[0]: a, names[1]: b, "time": time, "latitude": lat, "longitude": lon, "depth": dep}

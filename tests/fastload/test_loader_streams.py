@@ -20,9 +20,20 @@ from fastload.sampling.geometry import box_to_tokens
 from fastload.store import open_store
 from fastload.streams import MultiStream, extract_streams
 
-from .stores_multi import make_atmosphere, make_mesh, make_ocean
+from .stores_multi import make_atmosphere, make_latlon_xr, make_mesh, make_ocean
 from .test_mesh import brute_bin
-from .test_streams import BOXES, H6, config, crop, nearest, ocean_box, previous, region_of
+from .test_streams import (
+    BOXES,
+    H6,
+    config,
+    crop,
+    nearest,
+    ocean_box,
+    previous,
+    region_of,
+    sea_config,
+    xarray_at,
+)
 
 STREAMS = ("era5", "ocean", "fesom")
 STREAM_OF = {"t": "era5", "sp": "era5", "thetao": "ocean", "zos": "ocean", "temp": "fesom", "ssh": "fesom"}
@@ -492,3 +503,63 @@ def test_batch_and_iostats_reprs_are_short(stores):
         x = s.streams[name]
         assert f"{name} {x.bytes_decoded / 1e6:.2f} MB decoded ({100 * x.hit_rate:.0f}% hits)" in repr(s)
     assert "skipped" not in repr(s) and "3 skipped, 2 retries" in repr(IOStats(skipped=3, retries=2))
+
+
+class PlaceNorm:
+    """Local coefficients that are a function of the place (latitude, longitude) only, whatever the store's order:
+    a field stored either way round normalises to the same numbers."""
+
+    def check(self, store, config):
+        self.lat, self.lon = np.asarray(store.grid.lat, np.float64), np.asarray(store.grid.lon, np.float64) % 360.0
+
+    def months_present(self, field):
+        return tuple(range(12))
+
+    @staticmethod
+    def at(lat, lon):
+        return 15.0 + 0.01 * lat + 0.001 * lon, 2.0 + np.cos(np.deg2rad(lat))
+
+    def coefficients(self, field, mode, levels, months):
+        assert mode == "local"
+        mean, std = self.at(self.lat[:, None], self.lon[None, :])
+        shape = (len(months), 1 if levels is None else len(levels), *mean.shape)
+        return (np.broadcast_to(mean, shape).astype(np.float32), np.broadcast_to(std, shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_lat_lon_stream_loads_in_the_reference_row_order(stores, tmp_path, jit):
+    """The Loader's multi-stream path: a sea stream stored south to north (or north to south) beside era5 (north to
+    south) comes out north to south, values and local coefficients alike, as xarray reads it at the points."""
+    paths, _ = stores
+    sea = {"asc": tmp_path / "asc.zarr", "desc": tmp_path / "desc.zarr"}
+    make_latlon_xr(sea["asc"], ascending=True, lon_start=-180.0)
+    make_latlon_xr(sea["desc"], ascending=False)
+    got = {}
+    for k, path in sea.items():
+        cfg = sea_config(paths, path)
+        cfg = dataclasses.replace(cfg, fields=tuple(dataclasses.replace(f, normalization="local") if f.name == "sst"
+                                                    else f for f in cfg.fields))
+        with Loader(None, cfg, boxes=BOXES, batch_size=2, workers=2, device="cpu", jit=jit,
+                    normalizer={"sea": PlaceNorm()}) as loader:
+            batches = list(loader)
+        got[k] = {n: np.concatenate([b.fields[n].numpy() for b in batches]) for n in cfg.field_names}
+        meta = {n: {key: np.concatenate([b.meta[n][key].numpy() for b in batches]) for key in ("lat", "point_lat")}
+                for n in ("sst", "uo")}
+        raw = extract_streams(MultiStream(sea_config(paths, path)), BOXES, jit=jit)
+        for name, lev in (("sst", None), ("uo", (0.0, 50.0))):
+            m = raw[name].meta
+            assert np.all(np.diff(meta[name]["lat"], axis=1) < 0), (k, name)  # north to south, as era5
+            assert np.array_equal(meta[name]["point_lat"], m.point_lat.astype(np.float32)), (k, name)
+            f = cfg.field(name)
+            nt, nlat, nlon = f.num_tokens
+            tt = f.token_size[0]
+            for s in range(len(BOXES)):
+                want = xarray_at(path, name, m, s, lev)  # (L, T, nlat, nlon, K)
+                if name == "sst":
+                    mean, std = PlaceNorm.at(m.point_lat[s], m.point_lon[s])
+                    want = (want - mean) / std
+                want = want.reshape(-1, nt, tt, nlat, nlon, want.shape[-1]).transpose(0, 1, 3, 4, 2, 5)
+                np.testing.assert_allclose(got[k][name][s].reshape(want.shape), want, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{k} {name} sample {s}")
+    for name in got["asc"]:  # the same field either way round: the same batches
+        assert np.array_equal(got["asc"][name], got["desc"][name]), name

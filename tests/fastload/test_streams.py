@@ -23,7 +23,7 @@ from fastload.store import open_store
 from fastload.streams import ChunkingWarning, MultiStream, extract_streams
 
 from .stores import make_per_variable
-from .stores_multi import make_atmosphere, make_mesh, make_ocean
+from .stores_multi import make_atmosphere, make_latlon_xr, make_mesh, make_ocean
 from .test_mesh import brute_bin
 
 H6 = np.timedelta64(6, "h")
@@ -401,9 +401,11 @@ def test_a_finer_lat_lon_stream_finds_the_same_place(tmp_path, world):
         mid_lon = fine["longitude"][(fx + 3) % 72] + 2.5
         assert abs(mid_lat - clat) <= 5.0 and abs((mid_lon - clon + 180) % 360 - 180) <= 5.0, s
         ti = [previous(fine["time"], tau) for tau in truth["era5"]["time"][t0 + 2 * np.arange(6)]]
-        want = box_to_tokens(crop(fine["q"], ti, [0], fy, fx, 6, 8), (3, 3, 4))
+        # the fine grid runs south to north: its box comes out from its last row up, north to south as era5's
+        want = box_to_tokens(crop(fine["q"], ti, [0], fy, fx, 6, 8)[:, :, ::-1], (3, 3, 4))
         assert np.array_equal(got["q"].data[s], want)
         m = got["q"].meta
+        assert np.all(np.diff(m.lat[s], axis=0) < 0)
         assert np.all((m.lat[s] > min(lf, ll)) & (m.lat[s] < max(lf, ll)))  # token centres inside the region
         assert np.all((m.lon[s] - lo0) % 360 < width)
 
@@ -446,3 +448,106 @@ def test_other_bad_configs(world):
     ms = MultiStream(config(paths))
     with pytest.raises(ConfigError, match=r"boxes\[0\]: t0 = 70 is outside"):
         ms.check_boxes([[70, 0, 0]])
+
+
+# -- row order: every stream's tokens in the reference's row order ----------------------------------------------------
+@pytest.fixture(scope="module")
+def sea(tmp_path_factory):
+    """One 5-degree sea field stored twice by xarray: south to north with longitudes -180 .. 175, and north to south
+    with 0 .. 355 (the second also under other variable names, to stand beside the first in one config)."""
+    d = tmp_path_factory.mktemp("rows")
+    paths = {"asc": d / "asc.zarr", "desc": d / "desc.zarr", "desc_n": d / "desc_n.zarr"}
+    make_latlon_xr(paths["asc"], ascending=True, lon_start=-180.0)
+    make_latlon_xr(paths["desc"], ascending=False)
+    make_latlon_xr(paths["desc_n"], ascending=False, names=("sst_n", "uo_n"), zarr_format=3)
+    return paths
+
+
+def sea_fields(stream: str, names=("sst", "uo")) -> tuple[FieldConfig, ...]:
+    return (FieldConfig(name=names[0], num_tokens=(2, 2, 2), token_size=(3, 3, 4), normalization="none",
+                        stream=stream),
+            FieldConfig(name=names[1], levels=(0.0, 50.0), num_tokens=(1, 3, 1), token_size=(6, 2, 8),
+                        normalization="none", stream=stream))
+
+
+def sea_config(paths, sea_path) -> SamplingConfig:
+    """era5 (north to south) + a sea stream + the mesh, time_step 2."""
+    flds = fields()
+    return SamplingConfig(streams=(StreamConfig(name="era5", path=str(paths["era5"])),
+                                   StreamConfig(name="sea", path=str(sea_path), time_rule="previous"),
+                                   StreamConfig(name="fesom", path=str(paths["fesom"]), time_rule="nearest")),
+                          fields=(flds[0], *sea_fields("sea"), flds[4]), time_step=2)
+
+
+def xarray_at(path, name, meta, s, levels=None):
+    """``(L, T, nlat, nlon, K)`` values of ``name`` read by xarray at sample ``s``'s point coordinates and time
+    steps (as in the audit's check: a selection by coordinate values, in the store's own longitude convention)."""
+    import xarray as xr
+
+    da = xr.open_zarr(str(path), consolidated=False)[name]
+    lon0 = float(da["longitude"].min())
+    plat, plon = meta.point_lat[s], (meta.point_lon[s] - lon0) % 360.0 + lon0
+    sel = dict(latitude=xr.DataArray(plat, dims=("b", "c", "k")), longitude=xr.DataArray(plon, dims=("b", "c", "k")),
+               time=xr.DataArray(da["time"].values[meta.t_steps[s]], dims="t"))
+    if levels is not None:
+        sel["depth"] = xr.DataArray(np.asarray(levels), dims="l")
+    v = da.sel(sel).transpose(*(("l",) if levels is not None else ()), "t", "b", "c", "k").values
+    return v if levels is not None else v[None]
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_lat_lon_stream_comes_out_in_the_reference_row_order(world, sea, jit):
+    paths, truth, ms = world
+    outs = {k: extract_streams(MultiStream(sea_config(paths, sea[k])), BOXES, jit=jit) for k in ("asc", "desc")}
+    for k, out in outs.items():
+        for name, lev in (("sst", None), ("uo", (0.0, 50.0))):
+            f, m = sea_fields("sea")[0 if name == "sst" else 1], out[name].meta
+            nt, nlat, nlon = f.num_tokens
+            tt, tlat, tlon = f.token_size
+            # token centres and the points' rows run north to south, as the reference's (and the mesh's) do
+            assert np.all(np.diff(m.lat, axis=1) < 0), (k, name)
+            rows = m.point_lat.reshape(len(BOXES), nlat, nlon, tlat, tlon).transpose(0, 1, 3, 2, 4)
+            rows = rows.reshape(len(BOXES), nlat * tlat, nlon * tlon)
+            assert np.all(np.diff(rows, axis=1) < 0) and np.all(rows == rows[:, :, :1]), (k, name)
+            for s in range(len(BOXES)):
+                want = xarray_at(sea[k], name, m, s, lev)  # (L, T, nlat, nlon, K)
+                want = want.reshape(-1, nt, tt, nlat, nlon, tlat * tlon).transpose(0, 1, 3, 4, 2, 5)
+                got = np.asarray(out[name].data[s]).reshape(want.shape)
+                assert np.array_equal(got, want), (k, name, s)
+    for name in ("sst", "uo"):  # the same field stored either way round: the same samples, the same metadata
+        a, d = outs["asc"][name], outs["desc"][name]
+        assert np.array_equal(a.data, d.data), name
+        for key in ("lat", "lon", "point_lat", "point_lon", "t_steps", "valid", "count"):
+            assert np.array_equal(getattr(a.meta, key), getattr(d.meta, key)), (name, key)
+    # the reference and the mesh stream are untouched by the sea stream beside them
+    alone = extract_streams(ms, BOXES, jit=jit)
+    for name in ("t", "temp"):
+        for out in outs.values():
+            assert np.array_equal(out[name].data, alone[name].data), name
+            assert np.array_equal(out[name].meta.lat, alone[name].meta.lat), name
+            assert np.array_equal(out[name].meta.lon, alone[name].meta.lon), name
+    assert np.all(np.diff(alone["t"].meta.lat, axis=1) < 0) and np.all(np.diff(alone["temp"].meta.lat, axis=1) < 0)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_south_to_north_reference_turns_a_north_to_south_stream_round(sea, jit):
+    """Reference: the sea store south to north; beside it, the same field stored north to south (zarr v3, other
+    names) on the same 'inside' time axis: its samples must be the reference's own, row for row."""
+    cfg = SamplingConfig(streams=(StreamConfig(name="south", path=str(sea["asc"])),
+                                  StreamConfig(name="north", path=str(sea["desc_n"]))),
+                         fields=(*sea_fields("south"), *sea_fields("north", ("sst_n", "uo_n"))), time_step=1)
+    ms = MultiStream(cfg)
+    boxes = np.array([[0, 0, 10], [3, 31, 70], [10, 12, 40], [5, 20, 0]])  # south pole, north pole + seam, ...
+    out = extract_streams(ms, boxes, jit=jit)
+    for a, b in (("sst", "sst_n"), ("uo", "uo_n")):
+        assert np.array_equal(out[b].data, out[a].data), a
+        assert np.allclose(out[b].meta.lat, out[a].meta.lat), a
+        assert np.all(np.diff(out[b].meta.lat, axis=1) > 0), a  # south to north, as the reference
+        m = out[b].meta
+        for s in range(len(boxes)):
+            f = cfg.field(b)
+            nt, nlat, nlon = f.num_tokens
+            tt, tlat, tlon = f.token_size
+            want = xarray_at(sea["desc_n"], b, m, s, f.levels)
+            want = want.reshape(-1, nt, tt, nlat, nlon, tlat * tlon).transpose(0, 1, 3, 4, 2, 5)
+            assert np.array_equal(np.asarray(out[b].data[s]).reshape(want.shape), want), (b, s)
