@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from fastload.errors import ConfigError
+from fastload.errors import ConfigError, StoreError
 
 from .distributed import gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
@@ -427,7 +427,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 say(f"checkpoint: {ckpt} (step {done})")
 
     # -- report -------------------------------------------------------------------------------------------------
-    records = timer.flush()
+    # the timer numbers this run's steps from 0; the console, steps.csv and steps.png say "step N" of cfg.steps from 1
+    # (after a resume, N goes on from the checkpoint's step)
+    records = [{**r, "step": start + int(r["step"]) + 1} for r in timer.flush()]
     if not records:
         say("no timed steps: no report written")
         return {}
@@ -507,12 +509,34 @@ def _config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--store {args.store}: the sampling config has streams "
                           f"{[st.name for st in cfg.data.sampling.streams]}, whose stores are their "
                           f"streams.NAME.path; leave data.store (--store) unset")
+    if cfg.data.store is not None:  # before the model is built or a page is warmed: the store, then its fields
+        _check_store(cfg, "--store" if args.store is not None else "data.store", from_file=args.config is not None)
     if args.store is not None and cfg.data.sampling.norm_path is None and \
             any(f.normalization != "none" for f in cfg.data.sampling.fields):
         raise ConfigError(f"--store {args.store}: its fields normalise, so the sampling config needs norm_path "
                           f"(fastload stats {args.store} --out NORM; --set data.sampling.norm_path=NORM), or "
                           f"use a config whose fields have normalization = 'none'")
     return cfg
+
+
+def _check_store(cfg: RunConfig, flag: str, *, from_file: bool) -> None:
+    """Open the run's store (an error names the path when nothing is there) and check the sampling config's fields,
+    levels and box against it; a preset's fields not in the store get a pointer to the run file that names yours."""
+    from fastload.store import open_store
+
+    path = cfg.data.store
+    try:
+        store = open_store(path, storage_options=cfg.data.storage_options, backend=cfg.data.backend)
+    except (StoreError, ConfigError) as e:  # their messages name the path
+        raise type(e)(f"{flag}: {e}") from None
+    try:
+        store.check(cfg.data.sampling)
+    except ConfigError as e:
+        hint = "" if from_file else (
+            f" (the preset {cfg.name!r} samples the built-in dataset's fields: to sample your own store, give a run "
+            f"file with [data] store and sampling, a sampling config of its fields: --config run.toml; see the "
+            f"README, 'Profiling a training run')")
+        raise ConfigError(f"{flag}: {e}{hint}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

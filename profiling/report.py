@@ -232,7 +232,11 @@ def write_steps_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLik
 
 def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *,
                phases: Sequence[str] = PHASES, timeline_steps: int = 4, title: str | None = None) -> Path:
-    """PNG: per-step stacked time by phase (top) and a timeline of the first ``timeline_steps`` steps (bottom)."""
+    """PNG: per-step stacked time by phase (top) and a timeline of the first ``timeline_steps`` steps (bottom).
+
+    Steps are labelled with the records' ``step`` (the loop writes the console's numbering, from 1). The PNG's
+    ``Title`` and ``Description`` text chunks hold the two panels' titles, with the steps shown.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -251,7 +255,9 @@ def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
         ax.set_ylim(0, 1.25 * bottom.max())  # room for the legend above the bars
     ax.set_xlabel("step")
     ax.set_ylabel("time (ms)")
-    ax.set_title(title or "time per step by phase")
+    span = f" (steps {steps[0]}-{steps[-1]})" if len(records) > 1 else (f" (step {steps[0]})" if len(records) else "")
+    top = title or f"time per step by phase{span}"
+    ax.set_title(top)
     ax.legend(loc="upper right", fontsize=8, ncols=min(len(names), 7))
     shown = records[:timeline_steps]
     lanes = [p for p in phases if any(r.get(f"{p}_at_ms") is not None for r in shown)]
@@ -263,8 +269,11 @@ def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     tl.set_yticks(range(len(lanes)), lanes)
     tl.invert_yaxis()  # loop order top to bottom
     tl.set_xlabel("time since first recorded step (ms); dotted lines: step starts")
-    tl.set_title(f"timeline of steps {shown[0]['step']}-{shown[-1]['step']}" if shown else "timeline")
-    return _atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
+    bottom_title = ("timeline" if not shown else f"timeline of step {shown[0]['step']}" if len(shown) == 1
+                    else f"timeline of steps {shown[0]['step']}-{shown[-1]['step']}")
+    tl.set_title(bottom_title)
+    meta = {"Title": top, "Description": bottom_title}
+    return _atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110, metadata=meta))
 
 
 def write_report(out_dir: str | os.PathLike[str], records: Sequence[Mapping[str, Any]],

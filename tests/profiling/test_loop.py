@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -30,18 +31,29 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_profile_writes_the_report(tmp_path_factory, tmp_path):
+def _png_text(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def test_profile_writes_the_report(tmp_path_factory, tmp_path, capsys):
     store, norm = tiny_store(tmp_path_factory)
     cfg_file = run_toml(tmp_path, store, norm)
     out = tmp_path / "report"
     assert main(["profile", "--config", str(cfg_file), "--steps", "5", "--warmup", "2", "--out", str(out),
                  "--device", "cpu"]) == 0
+    logged = re.findall(r"^step (\d+/\d+) ", capsys.readouterr().out, re.M)
+    assert logged == ["1/5", "5/5"]  # the console counts steps from 1
     s = json.loads((out / "summary.json").read_text())
     for name in (*PHASES, "other", "idle"):
         assert set(s["phases"][name]) >= {"mean_ms", "p50_ms", "p95_ms", "share"}
     assert math.isclose(sum(p["share"] for p in s["phases"].values()), 1.0, rel_tol=1e-9)
     rows = read_csv(out / "steps.csv")
-    assert [int(r["step"]) for r in rows] == [2, 3, 4]  # warm-up steps 0-1 left out
+    assert [int(r["step"]) for r in rows] == [3, 4, 5]  # as the console counts: warm-up steps 1-2 left out
+    text = _png_text(out / "steps.png")  # the plot's panel titles, with the steps it shows
+    assert text["Title"] == "time per step by phase (steps 3-5)" and text["Description"] == "timeline of steps 3-5"
     # independent arithmetic from the per-step rows
     step_ms = np.array([float(r["step_ms"]) for r in rows])
     wait_ms = np.array([float(r["data_wait_ms"]) for r in rows])
@@ -203,6 +215,9 @@ def test_train_cli_checkpoints_and_resumes(tmp_path_factory, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resumed from" in out and "step 4/4" in out
     assert torch.load(ck / "last.pt", weights_only=True)["step"] == 4
+    # the resumed run's report numbers its steps 3-4 as the console did, not 1-2 (the timer counts from 0)
+    assert [int(r["step"]) for r in read_csv(tmp_path / "b" / "steps.csv")] == [3, 4]
+    assert _png_text(tmp_path / "b" / "steps.png")["Description"] == "timeline of steps 3-4"
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["mode"] == "train"
 
 
@@ -311,7 +326,7 @@ def test_lr_schedule(tmp_path_factory):
     (["profile", "--data", "warm"], ["--data", "warm"]),
     (["profile", "--data", "cached,cached"], ["--data"]),
     (["profile", "--set", "loader.bogus=1"], ["loader.bogus"]),
-    (["profile", "--store", "/nonexistent.zarr"], ["norm_path"]),
+    (["profile", "--store", "/nonexistent.zarr"], ["--store", "/nonexistent.zarr", "no such file or folder"]),
     (["train", "--preset", "nope"], ["preset", "nope"]),
 ])
 def test_cli_errors_name_the_problem(args, words, capsys):
@@ -319,6 +334,27 @@ def test_cli_errors_name_the_problem(args, words, capsys):
     err = capsys.readouterr().err
     for w in words:
         assert w in err
+
+
+def test_a_missing_store_is_named_before_the_config(capsys):
+    """``--store nope.zarr`` blamed the config (norm_path) and sent the user to run stats on a store that does not
+    exist; the missing store is named first, with or without norm_path."""
+    for extra in ([], ["--set", "data.sampling.norm_path=/nonexistent-norm.zarr"]):
+        assert cli(["profile", "--store", "/nonexistent.zarr", *extra]) == 2
+        captured = capsys.readouterr()
+        assert "/nonexistent.zarr: no such file or folder" in captured.err and "norm_path" not in captured.err
+        assert "model:" not in captured.out  # nothing built first
+
+
+def test_a_store_without_the_presets_fields_is_refused_before_anything_runs(tmp_path_factory, capsys):
+    """The default preset on your own store: its fields are checked against the store before the model is built
+    or the page cache warmed, and the message points to the run file that names your own sampling config."""
+    store, norm = tiny_store(tmp_path_factory)  # temperature and t2m; cpu_tiny also samples velocity_u
+    assert cli(["train", "--store", store, "--set", f"data.sampling.norm_path={norm}"]) == 2
+    captured = capsys.readouterr()
+    assert f"fields.velocity_u: not in store {store}" in captured.err
+    assert "[data] store and sampling" in captured.err and "--config run.toml" in captured.err
+    assert captured.out == ""  # no model, no page-cache warming, no step
 
 
 def test_module_main_needs_a_subcommand(capsys):
