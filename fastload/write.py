@@ -154,6 +154,21 @@ def chunks_for(dims: Sequence[str], shape: Sequence[int], chunks: Sequence[int] 
     return tuple(max(1, min(per_dim.get(d, n), n)) for d, n in zip(dims, shape))
 
 
+def _clamped(name: str, dims: Sequence[str], shape: Sequence[int], spec: Sequence[int] | None,
+             what: str) -> tuple[int, ...]:  # fmt: skip
+    """A chunk (or shard) shape given per dimension or in (time, level, latitude, longitude) terms, clamped to
+    ``shape`` either way (a 64 x 128 chunk on a 61 x 120 grid is 61 x 120: no chunk padded past the array)."""
+    if spec is None:
+        return chunks_for(dims, shape)
+    spec = tuple(spec)
+    if len(spec) not in (len(dims), 4) or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in spec):
+        raise ConfigError(f"variable {name!r}: {what} {list(spec)}: expected {len(dims)} integers >= 1 (one per "
+                          f"dimension {list(dims)}) or 4 in (time, level, latitude, longitude) terms")  # fmt: skip
+    if len(spec) == len(dims):
+        return tuple(max(1, min(int(c), n)) for c, n in zip(spec, shape))
+    return chunks_for(dims, shape, spec)
+
+
 def encode_time(times: np.ndarray) -> tuple[np.ndarray, str]:
     """Encode datetimes as int64 CF offsets since 1979-01-01: hours when all are whole hours, else minutes/seconds.
 
@@ -509,12 +524,13 @@ class StoreWriter:
             Stored dtype (float32 by default).
         chunks : sequence of int, optional
             Chunk shape in (time, level, latitude, longitude) terms (:func:`chunks_for`) or, with as many entries
-            as ``dims``, per dimension. Default :data:`DEFAULT_CHUNKS`. With ``shards`` these are the inner chunks.
+            as ``dims``, per dimension; clamped to the array's shape either way. Default :data:`DEFAULT_CHUNKS`.
+            With ``shards`` these are the inner chunks.
         codec, level : str, int
             One of :data:`CODECS` and its level (:func:`compressors`).
         shards : sequence of int, optional
-            Zarr v3 shard shape (per dimension, or in (time, level, latitude, longitude) terms); each entry a
-            multiple of the chunk. Only for ``zarr_format=3``.
+            Zarr v3 shard shape (per dimension, or in (time, level, latitude, longitude) terms, clamped to the
+            array's shape); each entry a multiple of the chunk. Only for ``zarr_format=3``.
         units, long_name, attrs :
             Variable attributes.
         fill_value : optional
@@ -544,12 +560,12 @@ class StoreWriter:
                     raise ConfigError(f"variable {name!r}: pass shape= for the {d!r} axis")
                 full_shape.append(given)
         shp = tuple(full_shape)
-        chunk_shape = tuple(chunks) if chunks is not None and len(chunks) == len(dims) else chunks_for(dims, shp, chunks)
+        chunk_shape = _clamped(name, dims, shp, chunks, "chunks")
         if shards is not None and self.zarr_format != 3:
             raise ConfigError("shards: sharding needs zarr_format=3")
         shard_shape = None
         if shards is not None:
-            shard_shape = tuple(shards) if len(shards) == len(dims) else chunks_for(dims, shp, shards)
+            shard_shape = _clamped(name, dims, shp, shards, "shards")
             for d, c, s, n in zip(dims, chunk_shape, shard_shape, shp):
                 if s % c and s != n:  # a shard may be clamped to the array extent
                     raise ConfigError(f"shards: {d} shard {s} is not a multiple of the chunk {c} (variable {name!r})")

@@ -17,6 +17,7 @@ from fastload.inspect import recommend_chunks
 from fastload.rechunk import chunks_from_config, rechunk
 from fastload.store import open_store
 from fastload.synth import synthesize
+from fastload.write import DEFAULT_CHUNKS
 
 HOURS = 16
 
@@ -218,3 +219,19 @@ def test_cli(tmp_path, stores, capsys):
     with pytest.raises(SystemExit):  # a window size needs a config to recommend for
         cli(["rechunk", str(stores["atmorep"]), str(tmp_path / "z.zarr"), "--samples-per-window", "4"])
     assert "--samples-per-window" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_chunks_are_clamped_to_every_array(tmp_path, stores, with_config):
+    """The default (6, 1, 64, 128) on the tiny 61 x 120 grid: every array's chunks are min(default, its shape), the
+    level fields' too (they got 64 x 128, padding every chunk, while the surface fields were clamped), and with a
+    config for the fields it does not sample (the audit's velocity_u)."""
+    out = rechunk(stores["atmorep"], tmp_path / "r.zarr", config=CONFIG if with_config else None, progress=False)
+    g = zarr.open_group(out, mode="r")
+    names = ("velocity_u", "total_precip") if with_config else ("temperature", "velocity_u", "t2m", "total_precip")
+    for name in names:
+        a = g[name]
+        spec = DEFAULT_CHUNKS if a.ndim == 4 else (DEFAULT_CHUNKS[0], *DEFAULT_CHUNKS[2:])
+        assert a.chunks == tuple(min(c, n) for c, n in zip(spec, a.shape)), name
+        assert a.chunks[-2:] == (61, 120), name
+

@@ -105,6 +105,44 @@ def test_shards_need_v3_and_a_multiple_of_the_chunk(tmp_path):
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("spec", [(64, 8, 64, 128), (4, 8, 64, 5)])
+def test_chunks_and_shards_are_clamped_to_the_array_however_they_are_given(tmp_path, zarr_format, spec):
+    """A (time, level, latitude, longitude) chunk larger than an array is clamped to the array's shape for every
+    variable: the 4-D level field takes it per dimension (as many entries as its dims), the 3-D and 2-D fields in
+    (time, level, lat, lon) terms. Before, only the latter were clamped (64 x 128 chunks on a 61 x 120 grid padded
+    every chunk of the level fields). Expected chunks: min(spec, shape) per dimension, from the arrays' shapes."""
+    out = tmp_path / "s.zarr"
+    shards = None if zarr_format == 2 else tuple(2 * c for c in spec)
+    data = _write(out, zarr_format, chunks=spec, shards=shards)
+    g = zarr.open_group(out, mode="r")
+    picks = {"temperature": (0, 1, 2, 3), "t2m": (0, 2, 3), "orography": (2, 3)}  # spec entries of each dims
+    for name, ref in data.items():
+        want = tuple(min(spec[i], n) for i, n in zip(picks[name], ref.shape))
+        assert g[name].shape == ref.shape and g[name].chunks == want, name
+        if shards is not None and name != "orography":  # shards: clamped too, then whole chunks
+            want_shard = tuple(-(-min(2 * spec[i], n) // c) * c for i, n, c in zip(picks[name], ref.shape, want))
+            assert g[name].shards == want_shard, name
+        np.testing.assert_array_equal(g[name][...], ref)
+
+
+def test_a_chunk_spec_of_the_wrong_length_or_below_one_is_refused(tmp_path):
+    times, lat, lon = _coords()
+    with StoreWriter(tmp_path / "s.zarr") as w:
+        w.set_time(times)
+        w.set_grid(lat, lon)
+        w.set_levels([850, 700, 500], level_type="pressure")
+        dims = ("time", "level", "latitude", "longitude")
+        with pytest.raises(ConfigError, match=r"variable 'x': chunks \[4, 1, 7\]: expected 4 integers >= 1"):
+            w.add_variable("x", dims, chunks=(4, 1, 7))
+        with pytest.raises(ConfigError, match=r"variable 'x': chunks \[0, 1, 7, 12\]"):
+            w.add_variable("x", dims, chunks=(0, 1, 7, 12))
+        with pytest.raises(ConfigError, match=r"variable 'y': chunks \[4, 7, 12.5\]: expected 3 integers >= 1 .* or 4"):
+            w.add_variable("y", ("time", "latitude", "longitude"), chunks=(4, 7, 12.5))
+        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 7, 12))  # per dimension: fine
+        w.write("t2m", np.ones((NT, NY, NX)), 0)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
 @pytest.mark.parametrize("codec", CODECS)
 def test_every_codec_round_trips(tmp_path, codec, zarr_format):
     out = tmp_path / "c.zarr"
