@@ -17,6 +17,10 @@ Run::
     fastload rechunk atmorep.zarr era5.zarr --config sampling.toml
     fastload rechunk era5.zarr era5-6h.zarr --chunks 6,1,64,128 --zarr-format 3 --shard 24,1,256,256
     fastload rechunk atmorep.zarr era5.zarr --config sampling.toml --codec auto   # fastest codec, measured
+    fastload rechunk packed.zarr floats.zarr --unpack    # scale_factor/add_offset fields as float32, as xarray reads them
+
+``--unpack`` is how a packed zarr store (``scale_factor``/``add_offset``, which fastload refuses to sample) becomes
+one fastload reads: each packed field is decoded as xarray decodes it (:func:`unpack_values`) and stored as float32.
 """
 
 from __future__ import annotations
@@ -42,15 +46,18 @@ from .write import (
     DEFAULT_CODEC,
     LEVEL_TYPES,
     StoreWriter,
+    attr_fill_value,
     check_output,
     declared_fill_value,
     parse_ints,
 )
 
-__all__ = ["rechunk", "auto_codec", "chunks_from_config", "main"]
+__all__ = ["rechunk", "auto_codec", "chunks_from_config", "unpack_values", "main"]
 
 _LAYOUT_KEYS = ("fastload_layout", "fields", "sfc_fields", "levels", "level_type", "latitude_order")
 _DROP_ATTRS = ("_ARRAY_DIMENSIONS", "_FillValue", "fields", "levels", "level_type", "units", "long_names")
+_PACKING = ("scale_factor", "add_offset")
+_UNPACKED_DROP = (*_PACKING, "missing_value")  # in packed units, and decoded to NaN: meaningless on the copy
 
 
 def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT_CHUNKS, *,
@@ -114,6 +121,64 @@ def _field_view(block: np.ndarray, f: Any) -> np.ndarray:
     return block if f.field_index is None else np.take(block, f.field_index, axis=f.axes[1])
 
 
+def unpack_values(values: np.ndarray, *, scale_factor: float | None = None, add_offset: float | None = None,
+                  missing: Sequence[Any] = ()) -> np.ndarray:  # fmt: skip
+    """Decode CF-packed values as xarray decodes them: a value equal to one of ``missing`` (stored values, the
+    ``_FillValue`` xarray masks and every ``missing_value``) becomes NaN, every other one ``value * scale_factor +
+    add_offset``, in float64 (xarray's dtype for a scale and offset read from JSON, where every number is a
+    float64), multiplied first and then added, as xarray does. Returns a new float64 array."""
+    out = values.astype(np.float64)  # (a copy)
+    if missing:
+        hit = np.zeros(values.shape, dtype=bool)
+        for v in missing:
+            hit |= values == v
+        out[hit] = np.nan
+    if scale_factor is not None:
+        out *= scale_factor
+    if add_offset is not None:
+        out += add_offset
+    return out
+
+
+def _packing(store: Any, name: str) -> dict[str, Any] | None:
+    """The :func:`unpack_values` arguments of field ``name`` (its ``scale_factor``, ``add_offset`` and the stored
+    values xarray masks), or None when the field is not packed."""
+    attrs = store.fields[name].attrs
+    if not any(k in attrs for k in _PACKING):
+        return None
+    out: dict[str, Any] = {}
+    for k in _PACKING:
+        v = attrs.get(k)
+        if v is None:
+            out[k] = None
+            continue
+        try:
+            x = np.asarray(v, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            x = np.empty(0)
+        if x.size != 1 or not np.isfinite(x[0]):
+            raise SchemaError(f"{store.path}: field {name!r}: attribute {k} = {v!r}; expected one finite number "
+                              "(the CF packing fastload rechunk --unpack decodes)")  # fmt: skip
+        out[k] = float(x[0])
+    info = store.fields[name]
+    mv = attrs.get("missing_value")
+    markers = [declared_fill_value(store, info.array)] + (list(mv) if isinstance(mv, (list, tuple)) else [mv])
+    missing = []
+    for v in markers:
+        if v is None:
+            continue
+        try:
+            x = np.asarray(attr_fill_value(v, info.dtype))
+        except SchemaError as e:
+            raise SchemaError(f"{store.path}: field {name!r}: {e}") from None
+        if x.dtype.kind not in "biuf":
+            raise SchemaError(f"{store.path}: field {name!r}: fill value {v!r} is not a number")
+        if not (x.dtype.kind == "f" and np.isnan(x)):  # NaN stays NaN anyway (xarray skips it too)
+            missing.append(x[()])
+    out["missing"] = tuple(missing)
+    return out
+
+
 def auto_codec(
     store: Any, *, zarr_format: int, read_bps: float | None = None, field: str | None = None,
     block: Sequence[int] | None = None, dataset_bytes: int | None = None,
@@ -142,6 +207,7 @@ def rechunk(
     progress: bool | None = None,
     max_block_bytes: int = 512 * 2**20,
     workers: int | None = None,
+    unpack: bool = False,
 ) -> Path:
     """Copy ``store`` into the per-variable layout with a new chunking; returns the new store's path.
 
@@ -175,6 +241,12 @@ def rechunk(
         Largest source block read at once when aligning it to the source chunks (decode each chunk once).
     workers : int, optional
         Decoding threads (default: up to 8, the CPU count).
+    unpack : bool
+        Decode every packed field (``scale_factor``/``add_offset`` attributes, which fastload does not sample) to
+        float32 as xarray decodes it (:func:`unpack_values`: the fill values xarray masks become NaN), and drop the
+        packing attributes (``scale_factor``, ``add_offset``, ``_FillValue``, ``missing_value``); other fields are
+        copied as they are. A block of a packed field is held once more in float64 while it is decoded. With
+        ``codec="auto"`` the codecs are still measured on the stored (packed) values.
     """
     from .config import SamplingConfig
     from .store import open_store
@@ -196,6 +268,7 @@ def rechunk(
         per_field = chunks_from_config(src, cfg, default, samples_per_window=samples_per_window)
     else:
         per_field = {n: default for n in names}
+    packing = {n: _packing(src, n) for n in names} if unpack else {}
     lev = [(n, src.fields[n]) for n in names if src.fields[n].levels is not None]
     for n, f in lev[1:]:
         if not np.array_equal(f.levels, lev[0][1].levels):
@@ -237,9 +310,13 @@ def rechunk(
             if isinstance(long_names, Mapping) and n in long_names:
                 a.setdefault("long_name", long_names[n])
             fill = declared_fill_value(src, f.array)  # what xarray masks in the source, masked in the copy too
-            if fill is not None and fmt == 3 and not (np.dtype(f.dtype).kind == "f" and np.isnan(fill)):
+            dtype = f.dtype
+            if packing.get(n) is not None:  # decoded: missing values are NaN, NaN is the fill value
+                a = {k: v for k, v in a.items() if k not in _UNPACKED_DROP}
+                fill, dtype = None, np.dtype(np.float32)
+            elif fill is not None and fmt == 3 and not (np.dtype(f.dtype).kind == "f" and np.isnan(fill)):
                 a["_FillValue"] = _fill_attr(fill, f.dtype)  # xarray masks only this in v3, not the fill_value
-            w.add_variable(n, dims + ("latitude", "longitude"), dtype=f.dtype, chunks=per_field[n], codec=codec,
+            w.add_variable(n, dims + ("latitude", "longitude"), dtype=dtype, chunks=per_field[n], codec=codec,
                            shards=shards, units=f.units, attrs=a, fill_value=fill)  # fmt: skip
         with Progress(nbytes, "rechunk", "B", enabled=progress) as bar:
             for array, fs in arrays.items():
@@ -249,7 +326,7 @@ def rechunk(
                     block = _read_block(src, array, 0, 0, pool)
                     for n in fs:
                         part = _field_view(block, src.fields[n])
-                        w.write(n, part, (0,) * part.ndim)
+                        w.write(n, _decoded(part, packing.get(n)), (0,) * part.ndim)
                         bar.update(part.nbytes)
                     continue
                 step_bytes = math.prod(info.shape[1:]) * info.dtype.itemsize
@@ -261,10 +338,15 @@ def rechunk(
                     block = _read_block(src, array, t0, t1, pool)  # (T, [F], [L], Y, X): one source block
                     for n in fs:
                         part = _field_view(block, src.fields[n])
-                        w.write(n, part, t0)
+                        w.write(n, _decoded(part, packing.get(n)), t0)
                         bar.update(part.nbytes)
                     del block
     return w.out
+
+
+def _decoded(part: np.ndarray, packing: Mapping[str, Any] | None) -> np.ndarray:
+    """A field's block as the copy stores it: decoded when the field is packed and ``--unpack`` was asked."""
+    return part if packing is None else unpack_values(part, **packing)
 
 
 def _fill_attr(fill: Any, dtype: Any) -> Any:
@@ -317,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with --codec auto: read rate of where OUT will be read from (default: the source's)")
     p.add_argument("--shard", metavar="T,L,Y,X", help="zarr v3 shard shape, a multiple of the chunks")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), help="zarr format (default: the source's)")
+    p.add_argument("--unpack", action="store_true",
+                   help="decode packed fields (scale_factor/add_offset) to float32 as xarray reads them (fill values "
+                   "become NaN) and drop the packing attributes: a packed store fastload can then sample")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -329,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
         read_bps=None if a.read_gbps is None else a.read_gbps * 1e9,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
-        overwrite=a.overwrite, progress=False if a.quiet else None,
+        overwrite=a.overwrite, progress=False if a.quiet else None, unpack=a.unpack,
     )  # fmt: skip
     import zarr
 
@@ -338,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in sorted(g.array_keys()):
         if n not in ("time", "level", "latitude", "longitude"):
             comp = " ".join(type(c).__name__ for c in g[n].compressors) or "uncompressed"
-            print(f"  {n:<20} shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards
+            print(f"  {n:<20} {g[n].dtype}  shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards
                                                                             else "") + f"  {comp}")  # fmt: skip
     return 0
 

@@ -60,7 +60,8 @@ def refuse_packed(info: Any, where: str) -> None:
     packed = sorted(k for k in ("scale_factor", "add_offset") if k in info.attrs)
     if packed:
         raise ConfigError(f"{where}: stored packed (attributes {packed}); fastload reads stored values as they are "
-                          "and does not unpack them. Convert the store to floats first (fastload convert)")
+                          "and does not unpack them. Copy the store unpacked to float32 first: fastload rechunk "
+                          "STORE OUT --unpack (a zarr store; fastload convert unpacks NetCDF/GRIB files)")
 
 
 def check_config(store: Store, config: Any, *, stream: str | None = None) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 import zarr
@@ -235,3 +237,91 @@ def test_chunks_are_clamped_to_every_array(tmp_path, stores, with_config):
         assert a.chunks == tuple(min(c, n) for c, n in zip(spec, a.shape)), name
         assert a.chunks[-2:] == (61, 120), name
 
+
+def _packed(path, fmt):
+    """q packed by xarray as int16 (scale_factor 0.001, add_offset 2.5, _FillValue -32768 where q is NaN), then a
+    ``missing_value`` of -1 added (xarray masks both); t a plain float32 field with NaN. Returns the store's path."""
+    rng = np.random.default_rng(1)
+    q = rng.normal(2.0, 0.5, (8, 12, 16))
+    q[:, 3:5, 4:9] = np.nan  # -> the packed _FillValue
+    q[0, 0, :3] = 2.499  # -> packed -1, the missing_value
+    t = (rng.normal(280.0, 5.0, q.shape)).astype(np.float32)
+    t[1, 6:8, 10:12] = np.nan
+    ds = xr.Dataset({"q": (("time", "latitude", "longitude"), q, {"units": "kg kg-1", "long_name": "humidity"}),
+                     "t": (("time", "latitude", "longitude"), t, {"units": "K"})},
+                    coords={"time": pd.date_range("2000-01-01", periods=8, freq="6h"),
+                            "latitude": np.linspace(82.5, -82.5, 12), "longitude": np.arange(16) * 22.5})  # fmt: skip
+    enc = {"q": {"dtype": "int16", "scale_factor": 0.001, "add_offset": 2.5, "_FillValue": -32768}}
+    ds.to_zarr(path, zarr_format=fmt, consolidated=fmt == 2, encoding=enc)
+    a = zarr.open_array(path / "q", mode="r+")
+    assert (a[0, 0, :3] == -1).all() and a.dtype == np.int16
+    a.attrs["missing_value"] = -1
+    if fmt == 2:
+        zarr.consolidate_metadata(path)
+    return path
+
+
+def _xr_decoded(path, fmt):
+    with warnings.catch_warnings():  # "multiple fill values ... decoding all values to NaN": what we compare with
+        warnings.simplefilter("ignore", xr.SerializationWarning)
+        return xr.open_zarr(path, consolidated=fmt == 2).load()
+
+
+@pytest.mark.parametrize("out_fmt", [2, 3])
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_unpack_decodes_packed_fields_as_xarray_does(tmp_path, fmt, out_fmt):
+    """``rechunk(unpack=True)``: the copy of a packed field is float32 and equals xarray's decoding of the source
+    exactly (cast to float32), NaN wherever xarray masks (the _FillValue and the missing_value), without the packing
+    attributes; a plain field is copied as it is; fastload samples the copy (the source is refused as packed), and
+    what it extracts equals xarray's values."""
+    from fastload import extract
+
+    src = _packed(tmp_path / "p.zarr", fmt)
+    ref = _xr_decoded(src, fmt)
+    assert ref.q.dtype == np.float64 and np.isnan(ref.q.values).sum() == 8 * 2 * 5 + 3
+    out = rechunk(str(src), tmp_path / "u.zarr", unpack=True, chunks=(4, 1, 8, 8), zarr_format=out_fmt,
+                  progress=False)  # fmt: skip
+    got = xr.open_zarr(out)
+    assert got.q.dtype == np.float32 and got.t.dtype == np.float32
+    np.testing.assert_array_equal(got.q.values, ref.q.values.astype(np.float32))  # NaN at the same places
+    np.testing.assert_array_equal(got.t.values, ref.t.values)
+    assert got.q.attrs == {"units": "kg kg-1", "long_name": "humidity"}
+    raw = zarr.open_array(out / "q", mode="r")
+    assert raw.dtype == np.float32 and not {"scale_factor", "add_offset", "missing_value", "_FillValue"} & set(raw.attrs)
+
+    cfg = SamplingConfig(fields=(FieldConfig(name="q", num_tokens=(2, 2, 2), token_size=(2, 3, 4),
+                                             normalization="none"),))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"fields\.q: stored packed .* fastload rechunk STORE OUT --unpack"):
+        open_store(str(src)).check(cfg)
+    t0, y0, x0 = 0, 2, 3
+    data = extract(open_store(str(out)), cfg, np.array([[t0, y0, x0]]))["q"].data  # (B, 1, nt, ny, nx, tt, ty, tx)
+    box = ref.q.values[t0:t0 + 4, y0:y0 + 6, x0:x0 + 8].astype(np.float32)
+    want = box.reshape(2, 2, 2, 3, 2, 4).transpose(0, 2, 4, 1, 3, 5)
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(data[0, 0], want)
+
+
+def test_unpack_on_the_cli_and_without_it(tmp_path, capsys):
+    """``fastload rechunk --unpack`` writes the decoded copy; without it the packing is copied unchanged."""
+    src = _packed(tmp_path / "p.zarr", 2)
+    ref = _xr_decoded(src, 2)
+    assert cli(["rechunk", str(src), str(tmp_path / "u.zarr"), "--unpack", "-q"]) == 0
+    assert "q                    float32" in capsys.readouterr().out
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "u.zarr").q.values, ref.q.values.astype(np.float32))
+    assert cli(["rechunk", str(src), str(tmp_path / "k.zarr"), "-q"]) == 0
+    kept = zarr.open_array(tmp_path / "k.zarr" / "q", mode="r")
+    assert kept.dtype == np.int16 and kept.attrs["scale_factor"] == 0.001
+    with pytest.raises(SystemExit):
+        cli(["rechunk", "--help"])
+    assert "--unpack" in capsys.readouterr().out
+
+
+def test_unpack_values_follows_cf_order():
+    """Masked first (in stored values), then multiplied, then added, in float64."""
+    from fastload.rechunk import unpack_values
+
+    v = np.array([-1, 0, 7, -32768], dtype=np.int16)
+    got = unpack_values(v, scale_factor=0.1, add_offset=3.0, missing=(np.int16(-32768), -1))
+    want = np.array([np.nan, 3.0, 7 * 0.1 + 3.0, np.nan])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(unpack_values(v, scale_factor=2.0), [-2.0, 0.0, 14.0, -65536.0])
