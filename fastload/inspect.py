@@ -54,6 +54,7 @@ from ._amplification import (
 )
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from .errors import ConfigError, FastloadError
+from .store.grid import repeats_seam, seam_hint
 
 __all__ = [
     "Amplification",
@@ -121,16 +122,30 @@ def describe(store: Any, *, sizes: str = "auto") -> dict[str, Any]:
     sizes : {"auto", "always", "never"}
         Stored bytes: from the file system for local stores ("auto"), also from a listing of a remote store's
         objects with their sizes ("always"; reads none of them), or not at all ("never").
+
+    Notes
+    -----
+    ``grid``: a lat-lon grid's ``lat_range``/``lon_range`` are its first and last coordinates (store order, with
+    ``lat_order``); a mesh's or curvilinear grid's are min and max, and their ``lat_order`` is None (nodes and rows
+    run in no latitude order), as is a mesh's ``global``. ``repeated_seam``: the longitudes are a 360-degree circle
+    whose first column is repeated at the end (0 .. 360 inclusive), which is read as regional; ``note`` then says
+    how to make the grid periodic.
     """
     if sizes not in ("auto", "always", "never"):
         raise ConfigError(f"sizes: expected 'auto', 'always' or 'never', got {sizes!r}")
     g = store.grid
     lat, lon = np.asarray(g.lat, np.float64), np.asarray(g.lon, np.float64)
+    if g.kind == "latlon":  # 1-D axes: first .. last, in store order
+        lat_range, lon_range = [float(lat[0]), float(lat[-1])], [float(lon[0]), float(lon[-1])]
+    else:  # a mesh's nodes and a curvilinear grid's rows are in no lat/lon order: min .. max
+        lat_range, lon_range = [float(lat.min()), float(lat.max())], [float(lon.min()), float(lon.max())]
+    seam = g.kind == "latlon" and not g.periodic_x and repeats_seam(lon)
     grid: dict[str, Any] = {
-        "kind": g.kind, "shape": [int(g.ny), int(g.nx)], "global": bool(g.periodic_x),
-        "lat_order": "north-to-south" if g.lat_descending else "south-to-north",
-        "lat_range": [float(lat.ravel()[0]), float(lat.ravel()[-1])],
-        "lon_range": [float(lon.ravel()[0]), float(lon.ravel()[-1])], "resolution_deg": None,
+        "kind": g.kind, "shape": [int(g.ny), int(g.nx)],
+        "global": None if g.kind == "mesh" else bool(g.periodic_x),
+        "lat_order": None if g.kind != "latlon" else "north-to-south" if g.lat_descending else "south-to-north",
+        "lat_range": lat_range, "lon_range": lon_range, "resolution_deg": None,
+        "repeated_seam": seam, "note": seam_hint(lon, g.dims[1]) if seam else None,
     }  # fmt: skip
     if g.kind == "latlon" and lat.size > 1 and lon.size > 1:
         grid["resolution_deg"] = [
@@ -185,6 +200,20 @@ def _b(x: float | None) -> str:
     return str(x)  # pragma: no cover
 
 
+def _grid_line(g: Mapping[str, Any], res: str) -> str:
+    """The ``grid`` line of the summary: a lat-lon grid's coordinates first .. last with the latitude order, a
+    mesh's or curvilinear grid's min .. max (their node and row order says nothing about north and south)."""
+    lat, lon = g["lat_range"], g["lon_range"]
+    if g["kind"] == "mesh":
+        return (f"mesh {g['shape'][1]} nodes, latitude {lat[0]:g} .. {lat[1]:g}, longitude {lon[0]:g} .. {lon[1]:g} "
+                "(min .. max)")  # fmt: skip
+    wrap = "global (x wraps)" if g["global"] else "regional (no wrap)"
+    head = f"{g['kind']} {g['shape'][0]} x {g['shape'][1]}{res}, {wrap}"
+    if g["lat_order"] is None:
+        return f"{head}, latitude {lat[0]:g} .. {lat[1]:g}, longitude {lon[0]:g} .. {lon[1]:g} (min .. max)"
+    return f"{head}, latitude {g['lat_order']} ({lat[0]:g} .. {lat[1]:g}), longitude {lon[0]:g} .. {lon[1]:g}"
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows]
@@ -212,9 +241,9 @@ def format_summary(
     )
     lines = [
         f"store   {desc['path']}  ({desc['layout']} layout, zarr v{desc['zarr_format']})",
-        f"grid    {g['kind']} {g['shape'][0]} x {g['shape'][1]}{res}, "
-        f"{'global (x wraps)' if g['global'] else 'regional (no wrap)'}, latitude {g['lat_order']} "
-        f"({g['lat_range'][0]:g} .. {g['lat_range'][1]:g}), longitude {g['lon_range'][0]:g} .. {g['lon_range'][1]:g}",
+        f"grid    {_grid_line(g, res)}",
+        *([f"NOTE    a global grid with its seam column repeated, read as regional: no sample box crosses the seam, "
+           f"and a box that would is refused; {g['note']}"] if g.get("note") else []),
         "time    none (no array has a time axis)" if t is None
         else f"time    {t['start']} .. {t['end']}, step {t['step']}, {t['length']} steps",
         f"fields  ({len(desc['fields'])})",

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import SchemaError
 
-__all__ = ["Grid", "latlon_grid", "curvilinear_grid", "is_global_lon"]
+__all__ = ["Grid", "latlon_grid", "curvilinear_grid", "is_global_lon", "repeats_seam", "seam_hint"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -117,6 +117,23 @@ def is_global_lon(lon: np.ndarray) -> bool:
     return abs(abs(step) * lon.size - 360.0) <= 1e-3 * abs(step)
 
 
+def repeats_seam(lon: np.ndarray) -> bool:
+    """Whether a 1-D longitude axis is a regular 360-degree circle with its first longitude repeated (+ 360) at the
+    end (``0, 2.5, ..., 360``): global, but not periodic as stored (used only to explain that in messages)."""
+    lon = np.asarray(lon, dtype=np.float64)
+    if lon.ndim != 1 or lon.size < 3 or not is_global_lon(lon[:-1]):
+        return False
+    u = np.unwrap(lon, period=360.0)
+    return bool(abs(abs(u[-1] - u[0]) - 360.0) <= 1e-3 * abs(u[1] - u[0]))
+
+
+def seam_hint(lon: np.ndarray, dim: str = "longitude") -> str:
+    """The message for a longitude axis :func:`repeats_seam` (what is wrong, and how to make the grid periodic);
+    ``dim``: the longitude dimension's name in the store."""
+    return (f"the last longitude ({float(lon[-1]):g}) repeats the first ({float(lon[0]):g}) + 360: drop the last "
+            f"{dim} column to make the grid periodic (xarray: ds.isel({dim}=slice(0, -1)).to_zarr(...))")
+
+
 def latlon_grid(
     lat: np.ndarray, lon: np.ndarray, *, lat_name: str, lon_name: str, lon_attrs: Mapping[str, Any], where: str,
     dims: tuple[str, str],
@@ -139,7 +156,7 @@ def latlon_grid(
     if flag and lon.size >= 2 and not is_global_lon(lon):
         raise SchemaError(
             f"{where}: {lon_name!r} says periodic_x = true but its {lon.size} longitudes are not a regular "
-            "360-degree circle"
+            "360-degree circle" + (f"; {seam_hint(lon, dims[1])}" if repeats_seam(lon) else "")
         )
     return Grid(
         kind="latlon", lat=lat, lon=lon, periodic_x=bool(periodic),

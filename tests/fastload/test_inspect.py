@@ -101,9 +101,13 @@ def _monte_carlo(store, config, n_samples, seed=0):
 
 
 def _cfg(fields, box_tokens=(2, 2, 2), token=(2, 2, 3), **kw):
-    return SamplingConfig(
-        fields=tuple(FieldConfig(name=n, levels=lv, num_tokens=box_tokens, token_size=token) for n, lv in fields), **kw
-    )
+    """Fields as ``(name, levels)`` or ``(name, levels, normalization)`` (the normalisation changes nothing that is
+    read; a static field takes "global": local normalisation of a static field is refused)."""
+    out = []
+    for name, levels, *norm in fields:
+        extra = {"normalization": norm[0]} if norm else {}
+        out.append(FieldConfig(name=name, levels=levels, num_tokens=box_tokens, token_size=token, **extra))
+    return SamplingConfig(fields=tuple(out), **kw)
 
 
 CASES = {
@@ -112,7 +116,7 @@ CASES = {
     "regional": dict(store="regional", fields=[("temperature", (96, 105, 114))]),
     "atmorep": dict(store="atmorep", fields=[("t", (96, 114)), ("q", (105,))]),
     "atmorep_sfc": dict(store="atmorep_sfc", fields=[("temperature", (96, 137)), ("velocity_u", (114,)), ("msl", None)]),
-    "sharded": dict(store="sharded", fields=[("t", (850.0,)), ("sp", None), ("orog", None)]),
+    "sharded": dict(store="sharded", fields=[("t", (850.0,)), ("sp", None), ("orog", None, "global")]),  # static
 }
 
 
@@ -464,3 +468,81 @@ def test_cli_samples_per_window_multi_stream(tmp_path, capsys):
         sum(r["decoded_bytes"] for r in rec.values()) / j["amplification"]["useful_bytes"])
     assert main(args) == 0
     assert "recommended chunking for K = 8 samples per time window" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["mesh", "curvilinear"])
+def test_mesh_and_curvilinear_grids_show_min_max_and_no_latitude_order(tmp_path, kind, capsys):
+    """A mesh's nodes and a curvilinear grid's rows run in no latitude order: the summary gives the coordinates'
+    min .. max (computed here from the arrays written), not the first and last node labelled with an order."""
+    from .stores import make_curvilinear
+    from .stores_multi import make_mesh
+
+    path = tmp_path / "s.zarr"
+    truth = make_mesh(path) if kind == "mesh" else make_curvilinear(path)
+    lat, lon = truth["latitude"], truth["longitude"]
+    assert lat.ravel()[0] != lat.min() and lat.ravel()[-1] != lat.max()  # first/last would be wrong here
+    d = describe(open_store(str(path)))
+    assert d["grid"]["lat_range"] == [lat.min(), lat.max()] and d["grid"]["lon_range"] == [lon.min(), lon.max()]
+    assert d["grid"]["lat_order"] is None and not d["grid"]["repeated_seam"]
+    line = format_summary(d).splitlines()[1]
+    assert f"latitude {lat.min():g} .. {lat.max():g}, longitude {lon.min():g} .. {lon.max():g} (min .. max)" in line
+    assert "north" not in line and "south" not in line
+    if kind == "mesh":  # a mesh is a set of nodes: no rows x columns, and x-wrapping says nothing about coverage
+        assert line.startswith(f"grid    mesh {lat.size} nodes,") and "wrap" not in line and d["grid"]["global"] is None
+    else:
+        assert line.startswith("grid    curvilinear 7 x 10, global (x wraps),")
+    assert main([str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid"]["lat_range"] == [lat.min(), lat.max()]
+
+
+def _xr_grid(path, lon, attrs=None):
+    """A small (time, latitude, longitude) store written by xarray on the given longitudes."""
+    import xarray as xr
+
+    lat = np.linspace(60.0, -60.0, 5)
+    values = np.arange(3 * lat.size * lon.size, dtype=np.float32).reshape(3, lat.size, lon.size)
+    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), values)},
+                    coords={"time": pd.date_range("2000-01-01", periods=3, freq="6h"), "latitude": lat,
+                            "longitude": ("longitude", lon, attrs or {})})  # fmt: skip
+    ds.to_zarr(path, zarr_format=2, consolidated=True)
+    return ds
+
+
+@pytest.mark.parametrize("lon", [np.arange(0.0, 360.1, 30.0), np.arange(-180.0, 180.1, 30.0),
+                                 np.r_[np.arange(180.0, 360.0, 30.0), np.arange(0.0, 180.1, 30.0)]])  # fmt: skip
+def test_a_repeated_seam_column_is_named_with_the_way_to_make_the_grid_periodic(tmp_path, lon, capsys):
+    """Longitudes 0 .. 360 inclusive (the first column repeated + 360) read as a regional grid: inspect says why and
+    how to fix it; the fix it names (drop the last column with xarray) gives a grid fastload reads as global."""
+    ds = _xr_grid(tmp_path / "dup.zarr", lon)
+    d = describe(open_store(str(tmp_path / "dup.zarr")))
+    assert not d["grid"]["global"] and d["grid"]["repeated_seam"]
+    text = format_summary(d)
+    note = [ln for ln in text.splitlines() if ln.startswith("NOTE")]
+    assert len(note) == 1 and "read as regional" in note[0] and "a box that would is refused" in note[0]
+    assert f"the last longitude ({lon[-1]:g}) repeats the first ({lon[0]:g}) + 360" in note[0]
+    assert "ds.isel(longitude=slice(0, -1))" in note[0]
+    assert main([str(tmp_path / "dup.zarr"), "--json"]) == 0
+    assert "repeats the first" in json.loads(capsys.readouterr().out)["grid"]["note"]
+    ds.isel(longitude=slice(0, -1)).to_zarr(tmp_path / "fixed.zarr", zarr_format=2, consolidated=True)
+    d = describe(open_store(str(tmp_path / "fixed.zarr")))
+    assert d["grid"]["global"] and not d["grid"]["repeated_seam"] and d["grid"]["note"] is None
+    assert "NOTE" not in format_summary(d)
+
+
+@pytest.mark.parametrize("lon", [np.arange(0.0, 360.0, 30.0), np.arange(0.0, 180.1, 30.0),
+                                 np.arange(0.0, 300.1, 30.0), np.r_[np.arange(0.0, 330.1, 30.0), 355.0]])  # fmt: skip
+def test_no_seam_note_on_other_grids(tmp_path, lon):
+    """Global grids, regional ones (half the globe; one step short of the circle) and an irregular last step."""
+    _xr_grid(tmp_path / "s.zarr", lon)
+    d = describe(open_store(str(tmp_path / "s.zarr")))
+    assert not d["grid"]["repeated_seam"] and "NOTE" not in format_summary(d)
+
+
+def test_periodic_x_on_a_repeated_seam_names_the_column_to_drop(tmp_path):
+    """A ``periodic_x = true`` attribute on 0 .. 360 inclusive is refused (as before), saying which column to drop."""
+    from fastload.errors import SchemaError
+
+    _xr_grid(tmp_path / "s.zarr", np.arange(0.0, 360.1, 30.0), attrs={"periodic_x": True})
+    with pytest.raises(SchemaError, match=r"not a regular 360-degree circle; the last longitude \(360\) repeats the "
+                                          r"first \(0\) \+ 360: drop the last longitude column"):  # fmt: skip
+        open_store(str(tmp_path / "s.zarr"))
