@@ -14,7 +14,10 @@ the reference's median step. Every other stream maps each ``tau_k`` to one of it
 A point a stream cannot serve makes the whole window unservable for it: ``inside`` with no step in the interval;
 ``nearest`` with ``tau_k`` more than half a stream step outside the record; ``previous`` before the record's first
 step or a full stream step (or more) after the step it would take (past the record's end, or across a gap).
-Windows some stream cannot serve are never drawn (:func:`servable`), and asking for one explicitly is an error.
+Windows some stream cannot serve are never drawn (:func:`servable`), and asking for one explicitly is an error. Nor
+are windows whose reference points cross a gap of the reference's own axis (:func:`regular_windows`: each point
+``time_step`` x the median step after the one before), as a single store's placement avoids them
+(:mod:`fastload.sampling.geometry`).
 The chosen indices travel with the tokens (``PointTokenMeta.t_steps``, ``time_rule``).
 
 Check by hand::
@@ -30,7 +33,8 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["TIME_RULES", "median_step", "cadence", "sample_times", "align", "servable", "describe_period"]
+__all__ = ["TIME_RULES", "median_step", "cadence", "sample_times", "align", "servable", "describe_period",
+           "regular_windows", "first_irregular"]
 
 TIME_RULES = ("inside", "nearest", "previous")
 _BLOCK = 1 << 16  # candidate windows aligned at once (bounds memory on long records)
@@ -42,6 +46,38 @@ def median_step(time: np.ndarray | None) -> np.timedelta64 | None:
         return None
     d = np.diff(np.asarray(time).astype("datetime64[ns]").astype(np.int64))
     return np.timedelta64(int(np.median(d)), "ns")
+
+
+def regular_windows(time: np.ndarray, n_points: int, time_step: int) -> np.ndarray:
+    """``(NT - span + 1,)`` bool: the window starts ``t0`` whose time points ``time[t0 + k * time_step]`` are each
+    ``time_step`` x the axis' median step after the one before, i.e. windows that cross no gap (or irregular step)
+    of the axis. Every start qualifies when a window has one point; none when the median step is not positive
+    (``span = (n_points - 1) * time_step + 1``; an empty array when the axis is shorter than one window)."""
+    t = np.asarray(time).astype("datetime64[ns]").astype(np.int64)
+    n, ts = int(n_points), int(time_step)
+    span = (n - 1) * ts + 1
+    n_cand = max(0, t.size - span + 1)
+    if n <= 1 or n_cand == 0:
+        return np.ones(n_cand, bool)
+    step = median_step(time)
+    if step is None or int(step.astype(np.int64)) <= 0:
+        return np.zeros(n_cand, bool)
+    pair = (t[ts:] - t[:-ts]) == ts * int(step.astype(np.int64))  # (NT - ts,): point i -> i + ts on the cadence
+    ok = np.ones(n_cand, bool)
+    for k in range(n - 1):
+        ok &= pair[k * ts: k * ts + n_cand]
+    return ok
+
+
+def first_irregular(time: np.ndarray) -> int | None:
+    """Index ``i`` of the first step ``time[i] -> time[i + 1]`` that differs from the axis' median step (None: every
+    step is the median, or fewer than two steps)."""
+    step = median_step(time)
+    if step is None:
+        return None
+    d = np.diff(np.asarray(time).astype("datetime64[ns]").astype(np.int64))
+    bad = np.flatnonzero(d != int(step.astype(np.int64)))
+    return int(bad[0]) if bad.size else None
 
 
 def sample_times(ref_time: np.ndarray, t0: np.ndarray, n_points: int, time_step: int) -> np.ndarray:
@@ -116,7 +152,7 @@ def servable(ref_time: np.ndarray, n_points: int, time_step: int,
     Returns
     -------
     ok : (NT - span + 1,) bool
-        Per candidate ``t0``: served by every stream.
+        Per candidate ``t0``: served by every stream, and its reference points on the reference's regular step.
     per_stream : {name: (NT - span + 1,) bool}
         The same, per stream.
     max_spread : {name: int}
@@ -137,7 +173,7 @@ def servable(ref_time: np.ndarray, n_points: int, time_step: int,
             per[name][t0] = ok
             if ok.any():
                 spread[name] = max(spread[name], int((idx.max(axis=1) - idx.min(axis=1))[ok].max()) + 1)
-    ok_all = np.ones(n_cand, bool)
+    ok_all = regular_windows(ref_time, n_points, time_step)  # the reference's own points cross none of its gaps
     for v in per.values():
         ok_all &= v
     return ok_all, per, spread

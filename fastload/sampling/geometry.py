@@ -3,7 +3,10 @@
 A sample is placed by the store indices ``(t0, y0, x0)`` of the first time step, row and column of its box; the
 box spans ``time_span = (T - 1) * time_step + 1`` time indices, ``H`` rows and ``W`` columns (``T, H, W`` =
 ``num_tokens * token_size``). Boxes never cross either end of the time axis or the first/last row; columns wrap
-modulo ``NX`` only on periodic (global) grids. Everything here is index arithmetic on small integer arrays; no
+modulo ``NX`` only on periodic (global) grids. When the extent knows the store's time axis (``GridExtent.time``),
+a sample's time points must also lie on the axis' regular step (``time_step`` x the median step apart): random
+placement draws only such ``t0``, and an explicit box that crosses a gap (a missing step) is refused naming the
+times and the gap. Everything here is index arithmetic on small integer arrays; no
 data is read. Used by the loader's epoch plan (:func:`random_boxes`), by :func:`fastload.extract`
 (:func:`check_boxes`) and by the forecaster's global rollout (:func:`tile_grid`, :func:`stitch`).
 
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._stream_time import _td, first_irregular, median_step, regular_windows
 from ..errors import ConfigError
 
 __all__ = [
@@ -47,6 +51,10 @@ class GridExtent:
     """Columns (longitude or the curvilinear ``x``)."""
     periodic_x: bool = False
     """Columns wrap modulo ``nx`` (global grids)."""
+    time: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The time axis (``(nt,)`` datetime64), when known: then a sample's time points must lie on its regular step
+    (:meth:`regular_t0`); None: every ``t0`` in range is valid."""
+    _regular: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("ny", "nx"):
@@ -56,12 +64,49 @@ class GridExtent:
         if self.nt is not None and (isinstance(self.nt, bool) or not isinstance(self.nt, (int, np.integer))
                                     or self.nt < 1):
             raise ConfigError(f"grid extent nt: expected an integer >= 1 or None, got {self.nt!r}")
+        if self.time is not None:
+            t = np.asarray(self.time)
+            if t.dtype.kind != "M" or t.ndim != 1 or t.shape[0] != self.nt:
+                raise ConfigError(f"grid extent time: expected a datetime64 axis of nt={self.nt} steps, got dtype "
+                                  f"{t.dtype} shape {t.shape}")
+            object.__setattr__(self, "time", t.astype("datetime64[ns]"))
 
     @classmethod
     def from_store(cls, store: Any) -> GridExtent:
-        """Extent of a :class:`fastload.store.Store` (duck-typed: ``store.grid``, ``store.time``)."""
+        """Extent of a :class:`fastload.store.Store` (duck-typed: ``store.grid``, ``store.time``), with its time
+        axis."""
         nt = None if store.time is None else len(store.time)
-        return cls(nt=nt, ny=int(store.grid.ny), nx=int(store.grid.nx), periodic_x=bool(store.grid.periodic_x))
+        return cls(nt=nt, ny=int(store.grid.ny), nx=int(store.grid.nx), periodic_x=bool(store.grid.periodic_x),
+                   time=store.time)
+
+    def regular_t0(self, box: Sequence[int], time_step: int = 1) -> np.ndarray | None:
+        """``(tmax + 1,)`` bool: the ``t0`` whose ``box[0]`` time points lie on the axis' regular step (each
+        ``time_step`` x the median step after the one before: no gap inside); None when the extent has no time
+        axis, or every ``t0`` qualifies."""
+        if self.time is None:
+            return None
+        key = (int(box[0]), int(time_step))
+        if key not in self._regular:  # computed once per box length (a mesh checks every batch's boxes)
+            ok = regular_windows(self.time, *key)
+            self._regular[key] = None if ok.all() else ok
+        return self._regular[key]
+
+    def describe_gap(self, t0: int, n_points: int, time_step: int = 1) -> str:
+        """Why the window of ``n_points`` from ``t0`` is off the regular step: its times and the first gap."""
+        t = self.time
+        assert t is not None
+        idx = int(t0) + np.arange(int(n_points)) * int(time_step)
+        step = median_step(t)
+        want = step * int(time_step)
+        gaps = np.flatnonzero(np.diff(t[idx]) != want)
+        k = int(gaps[0]) if gaps.size else 0
+        a, b = int(idx[k]), int(idx[k + 1])
+        shown = [_iso(v) for v in t[idx]]
+        if len(shown) > 8:
+            shown = shown[:3] + ["..."] + shown[-3:]
+        return (f"its {len(idx)} time points (time indices {int(idx[0])}..{int(idx[-1])}, time_step {time_step}) are "
+                f"{', '.join(shown)}; the axis steps every {_td(step)} (its median step), so they should be "
+                f"{_td(want)} apart, but {_iso(t[a])} -> {_iso(t[b])} (indices {a} -> {b}) is {_td(t[b] - t[a])}")
 
     def max_start(self, box: Sequence[int], time_step: int = 1) -> tuple[int, int, int]:
         """Largest valid ``(t0, y0, x0)`` for a box of ``(T, H, W)`` points; ConfigError if it does not fit."""
@@ -116,6 +161,15 @@ def check_boxes(boxes: Any, extent: GridExtent, box: Sequence[int], time_step: i
                 f"boxes[{i}]: {name} = {int(arr[i, axis])} is outside [0, {hi[axis]}] for a box of "
                 f"{list(box)} points (time_step {time_step}) on a grid of nt={extent.nt}, ny={extent.ny}, "
                 f"nx={extent.nx}{' (periodic in x)' if extent.periodic_x else ''}; {bad.size} box(es) out of range")
+    ok = extent.regular_t0(box, time_step)
+    if ok is not None and arr.size:
+        bad = np.flatnonzero(~ok[arr[:, 0]])
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(
+                f"boxes[{i}] {arr[i].tolist()} crosses a gap in the store's time axis: "
+                f"{extent.describe_gap(int(arr[i, 0]), int(box[0]), time_step)}; {bad.size} box(es) cross a gap "
+                f"({int(ok.sum())} of {ok.size} t0 give windows on the regular step)")
     return arr
 
 
@@ -139,7 +193,9 @@ def random_boxes(
     The whole epoch is drawn from ``numpy.random.Generator(PCG64(SeedSequence([seed, epoch])))``, so it depends
     only on ``(seed, epoch)``; it is made of ``ceil(n / samples_per_window)`` time windows (the samples of one
     window share ``t0``), and rank ``r`` takes windows ``r, r + world_size, ...``. Ranks are therefore disjoint
-    and together cover the epoch; their counts differ by at most ``samples_per_window``.
+    and together cover the epoch; their counts differ by at most ``samples_per_window``. When ``extent.time`` has
+    gaps, ``t0`` is drawn uniformly among the starts whose window crosses none (:meth:`GridExtent.regular_t0`);
+    on a regular axis the draw is the same as without ``time``.
 
     Parameters
     ----------
@@ -177,9 +233,20 @@ def random_boxes(
             raise ConfigError(
                 f"random_boxes: t_range {list(t_range)} holds no window of {span} time steps "
                 f"(store has {extent.nt})")
+    regular = extent.regular_t0(box, time_step)
+    cand = None if regular is None or regular[t_lo:t_hi + 1].all() else t_lo + np.flatnonzero(regular[t_lo:t_hi + 1])
+    if cand is not None and cand.size == 0:
+        i = first_irregular(extent.time)
+        first = "" if i is None else f" (the first irregular step is time index {i} -> {i + 1})"
+        raise ConfigError(
+            f"random_boxes: no window of {int(box[0])} time points (time_step {time_step}) in time indices "
+            f"[{t_lo}, {t_hi + span - 1}] lies on the time axis' regular step{first}")
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
     n_win = -(-n // samples_per_window)
-    t0 = rng.integers(t_lo, t_hi + 1, size=n_win)
+    if cand is None:  # every t0 in range is valid: the draw of before
+        t0 = rng.integers(t_lo, t_hi + 1, size=n_win)
+    else:  # only windows that cross no gap of the time axis
+        t0 = cand[rng.integers(0, cand.size, size=n_win)]
     if centers == "uniform":
         y0 = rng.integers(0, ymax + 1, size=n)
         x0 = rng.integers(0, xmax + 1, size=n)
@@ -188,6 +255,10 @@ def random_boxes(
     win = np.arange(n) // samples_per_window
     out = np.stack([t0[win], y0, x0], axis=1).astype(np.int64)
     return np.ascontiguousarray(out[win % world_size == rank])
+
+
+def _iso(t: Any) -> str:
+    return str(np.datetime_as_string(np.datetime64(t, "s"), "m"))
 
 
 def _coslat_starts(rng: np.random.Generator, n: int, extent: GridExtent, box: Sequence[int], lat: Any,
