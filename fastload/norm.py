@@ -22,7 +22,9 @@ with no data has NaN coefficients; a grid point with no data in a month has NaN 
 Std guard. A standard deviation of zero or NaN where data exist (a constant cell: a dry desert month, a mask)
 would turn normalised values into inf. :class:`Normalizer` floors it: a global std at ``abs_floor``, a local std at
 ``max(abs_floor, rel_floor * global_std)`` of the same month and level. Where no data existed (mean NaN) the
-coefficients stay NaN, so such points normalise to NaN, like the data there.
+coefficients stay NaN, so such points normalise to NaN, like the data there. A static field (orography, a land-sea
+mask) has a local std of 0 at every point, so "local" normalisation would make it all zeros: it is refused
+(``Store.check`` and :meth:`Normalizer.check` name the field); use "global" or "none" for it.
 
 Quick look::
 
@@ -392,10 +394,19 @@ class Normalizer:
                 )
 
     def check(self, store: Any, config: Any) -> None:
-        """Check every normalised field of a :class:`~fastload.config.SamplingConfig` against ``store``."""
+        """Check every normalised field of a :class:`~fastload.config.SamplingConfig` against ``store``.
+
+        Also refuses "local" normalisation of a static field (no time axis in ``store``): each point's std over
+        time is 0, so the std guard would turn every value into ``(x - x) / floor = 0``.
+        """
         for f in config.fields:
             if f.normalization != "none":
                 self.check_field(store, f.name, f.levels, f.transform)
+            if f.normalization == "local" and (store.time is None or not store.fields[f.name].has_time):
+                raise ConfigError(
+                    f"fields.{f.name}: the field is static (no time axis in {store.path}): local normalisation "
+                    "makes it constant (every point is its own mean, so (x - mean) / std is 0 everywhere); set "
+                    "normalization = 'global' (one mean and std over the grid) or 'none'")
 
     def __repr__(self) -> str:
         return f"Normalizer({self._where()}, fields={list(self.fields)})"

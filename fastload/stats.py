@@ -29,6 +29,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import math
 import os
 import shutil
 import sys
@@ -261,7 +262,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     Raises
     ------
     ConfigError
-        Unknown field or level, an empty time range, ``out`` exists without ``overwrite``, or ``out`` is, holds
+        Unknown field or level, an empty time range, a store without a time axis (coefficients are monthly, and
+        the loader normalises only stores with one), ``out`` exists without ``overwrite``, or ``out`` is, holds
         or lies inside the data store, or is something other than a zarr store (which ``overwrite`` would delete).
     """
     cfg = StatsConfig() if config is None else config
@@ -278,6 +280,11 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
             f"stats: output {out!r} is (inside) the data store; coefficients go in their own store"
         )
     check_output(out, overwrite=cfg.overwrite, sources=[src])  # nor may it hold the data store, or other files
+    if store.time is None:  # before any work: the loader normalises only stores with a time axis
+        raise ConfigError(
+            f"stats: {store.path!r} has no time axis. Coefficients are per calendar month, and fastload normalises "
+            "only fields of a store with a time axis (a timeless store's fields load with normalization = 'none'); "
+            "for static fields such as orography, compute them from a store that also holds time-varying fields")
     selection = _select(store, cfg)
     tmask = _time_mask(store, cfg)
     tmonths = months_of(store.time) if store.time is not None else None
@@ -402,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
         "--zarr-format", type=int, default=3, choices=(2, 3), help="format of the output (default 3)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_storage_option(p, "data store")
     add_backend_option(p)
     return p  # fmt: skip
@@ -415,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return int(e.code or 0)
     try:
+        if not (math.isfinite(args.memory) and args.memory > 0):
+            raise ConfigError(f"--memory: expected a positive number of GiB (the accumulator budget), got {args.memory:g}")
         tr = args.time_range
         cfg = StatsConfig(
             fields=None if not args.fields else tuple(f.strip() for f in args.fields.split(",") if f.strip()),

@@ -194,6 +194,31 @@ def test_check_against_the_data_store(stores, tmp_path):
         n.check(open_store(str(tmp_path / "july.zarr")), _config())
 
 
+def test_local_normalisation_of_a_static_field_is_refused(stores):
+    """Orography has one value per point: its local std is 0, and the floored std would give (x - x) / floor = 0
+    everywhere. Normalizer.check (which multi-stream fields go through too) refuses it naming the field."""
+    d, _, _, norm = stores
+    store = open_store(str(d / "d.zarr"))
+    msg = (r"fields\.orography: the field is static .*local normalisation makes it constant.*'global'.*'none'")
+    with pytest.raises(ConfigError, match=msg):
+        Normalizer(norm).check(store, _config(name="orography", levels=None, normalization="local"))
+    Normalizer(norm).check(store, _config(name="orography", levels=None, normalization="global"))
+
+
+def test_global_normalisation_of_a_static_field_equals_numpy(stores):
+    from fastload import extract
+
+    d, data, _, norm = stores
+    cfg = SamplingConfig(fields=(FieldConfig(name="orography", num_tokens=(1, 2, 3), token_size=(1, 2, 2),
+                                             normalization="global"),), norm_path=str(norm))
+    got = extract(open_store(str(d / "d.zarr")), cfg, [[0, 1, 2]])["orography"].data
+    got = got[0, 0, 0, :, :, 0].transpose(0, 2, 1, 3).reshape(4, 6)  # (nlat, nlon, tlat, tlon) -> (H, W)
+    o = data["orography"].astype(np.float64)
+    want = (data["orography"][1:5, 2:8] - o.mean()) / o.std()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(got).max() > 0.1  # not the all-zero output of local normalisation
+
+
 def test_flipped_latitude_is_a_mismatch(stores, tmp_path):
     _, _, _, norm = stores
     import xarray as xr

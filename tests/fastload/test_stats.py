@@ -512,6 +512,32 @@ def test_cli(tmp_path, capsys):
         compute_stats(str(tmp_path / "missing.zarr"), tmp_path / "y.zarr")
 
 
+def test_cli_quiet_and_memory(tmp_path, capsys):
+    """-q is --quiet, as for synth/convert/rechunk; a --memory that is not a positive number of GiB is refused
+    naming the flag (0 and negatives were clamped to a 1-byte budget)."""
+    write_per_variable(tmp_path / "d.zarr", nt=8)
+    src = str(tmp_path / "d.zarr")
+    assert main([src, "--out", str(tmp_path / "q.zarr"), "-q", "--fields", "precip"]) == 0
+    assert (tmp_path / "q.zarr").is_dir()
+    for bad in ("0", "-1", "nan"):
+        capsys.readouterr()
+        assert main([src, "--out", str(tmp_path / f"m{bad}.zarr"), "--memory", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--memory: expected a positive number of GiB" in err, err
+        assert not (tmp_path / f"m{bad}.zarr").exists()
+
+
+def test_a_store_without_a_time_axis_is_refused_up_front(tmp_path):
+    """Coefficients are monthly and the loader normalises only stores with a time axis (it refuses normalisation
+    of a timeless store), so stats refuses one before any work instead of writing 12 identical monthly sets."""
+    xr.Dataset({"tas": (("latitude", "longitude"), np.ones((4, 6), "f4"))},
+               coords={"latitude": np.linspace(60, -60, 4), "longitude": np.arange(6) * 60.0}
+               ).to_zarr(tmp_path / "s.zarr", zarr_format=2, consolidated=False)
+    with pytest.raises(ConfigError, match=r"stats: .*s\.zarr' has no time axis.*normalization = 'none'"):
+        compute_stats(str(tmp_path / "s.zarr"), tmp_path / "n.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # nothing written
+
+
 def test_sharded_store_with_a_missing_chunk(tmp_path):
     from .stores import make_per_variable
 
