@@ -21,10 +21,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 
+from .config import SamplingConfig
 from .errors import ConfigError
 from .sampling.neighborhood import allocate_outputs
 from .sampling.tokenizer import TokenMeta
@@ -43,6 +45,24 @@ class Extracted:
     """Per-token time, centre latitude/longitude and level (a mesh store adds its point slots, their ``valid``
     padding mask and node counts: :class:`~fastload.sampling.points.PointTokenMeta`; a curvilinear grid with
     copies, unless ``mask_copies=False``, adds ``valid``: :class:`~fastload.sampling.tokenizer.SlotTokenMeta`)."""
+
+
+def _resolve_store(store: Any) -> Any:
+    """An open store as it is; a path or URL opened with :func:`fastload.open_store` (extract's and the Loader's)."""
+    if hasattr(store, "chunk_bytes") and hasattr(store, "arrays"):
+        return store
+    from .store import open_store
+
+    return open_store(store)
+
+
+def _resolve_config(config: Any) -> SamplingConfig:
+    """A SamplingConfig as it is; the path of a TOML/YAML file read with :meth:`SamplingConfig.from_file`."""
+    if isinstance(config, SamplingConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return SamplingConfig.from_file(config)
+    raise ConfigError(f"config: expected a SamplingConfig or the path of a TOML/YAML file, got {type(config)}")
 
 
 def _normalizer(norm: Any, config: Any) -> Any:
@@ -80,14 +100,15 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
 
     Parameters
     ----------
-    store : fastload.store.Store
-        From :func:`fastload.open_store`.
-    config : SamplingConfig
-        Fields (levels, token geometry, normalisation, transform), ``time_step``, ``out_dtype``. A config with
+    store : fastload.store.Store, str or path-like
+        From :func:`fastload.open_store`, or a store path or URL (opened here, as the Loader does).
+    config : SamplingConfig or path
+        A config, or the path of a TOML/YAML file (:meth:`SamplingConfig.from_file`). Fields (levels, token geometry, normalisation, transform), ``time_step``, ``out_dtype``. A config with
         ``streams`` must be narrowed to the fields of this store first.
     boxes : array_like of int, shape (B, 3)
         ``(t0, y0, x0)`` store indices of each sample's first time step, row and column (on a mesh store: rows and
-        columns of the tokenizer's placement grid, as the Loader's boxes).
+        columns of the tokenizer's placement grid, as the Loader's boxes). No boxes (``(0, 3)``) give empty
+        results: batch axis 0, metadata of the same shapes, after the same checks of the config.
     norm : Normalizer or path, optional
         Coefficients for fields that normalise; default ``config.norm_path``.
     jit : bool, optional
@@ -112,10 +133,12 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
     ChunkReadError
         A chunk that cannot be read or decoded.
     """
+    config = _resolve_config(config)
     if config.streams:
         raise ConfigError("extract reads one store: pass a config without streams (only this store's fields)")
     from ._backend import make_tokenizer
 
+    store = _resolve_store(store)
     store.check(config)
     tok = make_tokenizer(store, config)  # the Loader's own choice: a mesh store gets its point tokenizer
     if not mask_copies and hasattr(tok, "mask_copies"):
@@ -130,18 +153,18 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
                               f"config or pass norm= (a fastload.norm.Normalizer or its path)")
         normalizer.check(store, config)
 
-    plan = tok.plan(b)
-    slots, tables = read_plan(store, plan)
-
-    coefficients = None
-    month_of = None
-    if normalizer is not None:
-        months, month_of = tok.month_table(b)
-        coefficients = {
-            f.name: normalizer.coefficients(f.name, f.normalization, f.levels, months.tolist())
-            for f in config.fields if f.normalization != "none"
-        }
     outs = allocate_outputs(config, b.shape[0], torch=as_torch)
-    tok.gather(slots, tables, b, outs, coefficients=coefficients, month_of=month_of, jit=jit)
+    if b.shape[0]:  # no boxes: nothing to read, and no months to take coefficients for
+        plan = tok.plan(b)
+        slots, tables = read_plan(store, plan)
+        coefficients = None
+        month_of = None
+        if normalizer is not None:
+            months, month_of = tok.month_table(b)
+            coefficients = {
+                f.name: normalizer.coefficients(f.name, f.normalization, f.levels, months.tolist())
+                for f in config.fields if f.normalization != "none"
+            }
+        tok.gather(slots, tables, b, outs, coefficients=coefficients, month_of=month_of, jit=jit)
     meta = tok.meta(b)
     return {f.name: Extracted(outs[f.name], meta[f.name]) for f in config.fields}
