@@ -1,7 +1,7 @@
 """fastload: feed AtmoRep-style weather transformers from zarr stores as fast as the hardware allows.
 
 Public API (see README.md): :func:`open_store`, :class:`SamplingConfig`, :class:`LoaderConfig`,
-:func:`extract`, :class:`Loader`, and the error tree in :mod:`fastload.errors`.
+:func:`extract`, :class:`Loader` (and its :class:`MaskingConfig`), and the error tree in :mod:`fastload.errors`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _LAZY = {
     "Batch": "fastload.loader",
     "LoaderDataset": "fastload.loader",
     "Normalizer": "fastload.norm",
+    "MaskingConfig": "fastload.sampling.masking",
     "MultiStream": "fastload.streams",
     "extract_streams": "fastload.streams",
 }
@@ -57,6 +58,7 @@ __all__ = [
     "Batch",
     "LoaderDataset",
     "Normalizer",
+    "MaskingConfig",
     "MultiStream",
     "extract_streams",
     "FieldConfig",

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 import weakref
@@ -56,8 +55,9 @@ import torch.utils.data
 
 from ._nvtx import range as nvtx_range
 from ._ring import BatchRing, FieldSpec
-from .config import LoaderConfig, SamplingConfig
+from .config import LoaderConfig
 from .errors import ConfigError, LoaderClosedError
+from .extract import _resolve_config, _resolve_store
 from .pump import Pump
 from .reader import IOStats
 from .sampling.geometry import GridExtent, random_boxes
@@ -142,22 +142,6 @@ class _State:
         self.batch = batch
 
 
-def _resolve_store(store: Any) -> Any:
-    if hasattr(store, "chunk_bytes") and hasattr(store, "arrays"):
-        return store
-    from .store import open_store
-
-    return open_store(store)
-
-
-def _resolve_config(config: Any) -> SamplingConfig:
-    if isinstance(config, SamplingConfig):
-        return config
-    if isinstance(config, (str, os.PathLike)):
-        return SamplingConfig.from_file(config)
-    raise ConfigError(f"config: expected a SamplingConfig or the path of a TOML/YAML file, got {type(config)}")
-
-
 def _rank_world(cfg: LoaderConfig) -> tuple[int, int]:
     if cfg.rank is not None:
         return int(cfg.rank), int(cfg.world_size)  # type: ignore[arg-type]
@@ -196,8 +180,10 @@ class Loader:
         Coefficients of normalised fields (default: ``config.norm_path``); for a multi-stream config a mapping
         stream name -> Normalizer or path (default: each stream's ``norm_path``, else the config's). Only the
         calendar months an epoch's samples use are loaded, at the start of the epoch.
-    masking : fastload.sampling.masking.MaskingConfig, optional
-        Mask each batch on the device (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step).
+    masking : fastload.MaskingConfig, mapping or str, optional
+        Mask each batch on the device (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step): a
+        MaskingConfig, a mapping of its fields (``{"strategy": "forecast", "forecast_tokens": 2}``) or a strategy
+        name (``"BERT"``, ``"forecast"``, ``"temporal_interpolation"``, ``"identity"``: that strategy's defaults).
     boxes : array or callable, optional
         An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
         ``boxes(epoch) -> (N, 3)`` (the same N every epoch). This rank's samples; ``samples_per_epoch``,
@@ -232,7 +218,12 @@ class Loader:
         self.batch_size = int(cfg.batch_size or self.config.batch_size)
         self.rank, self.world_size = _rank_world(cfg)
         self.device = self._device(cfg.device)
-        self.masking = masking
+        from .sampling.masking import as_masking_config, make_masks, mask_generator
+
+        self.masking = as_masking_config(masking)  # checked here, not at the first batch
+        if self.masking is not None:  # masks fit every field's tokens (forecast_tokens <= nt, synced shapes)
+            make_masks(self.masking, {f.name: (1, f.num_levels, *f.num_tokens) for f in self.config.fields},
+                       mask_generator(0, 0, 0))
         self.multi: Any = None
         """The :class:`fastload.streams.MultiStream` of a multi-stream config (also ``store`` and ``tokenizer``)."""
         if self.config.streams:
@@ -285,11 +276,15 @@ class Loader:
     def _device(device: str | None) -> Any:
         if device is None:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        d = torch.device(device)
+        expected = f"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got {device!r}"
+        if not isinstance(device, (str, torch.device)) or str(device).split(":")[0] not in ("cuda", "cpu"):
+            raise ConfigError(expected)  # before torch.device, whose own error lists every device type torch knows
+        try:
+            d = torch.device(device)
+        except RuntimeError:  # 'cuda:x'
+            raise ConfigError(expected) from None
         if d.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"loader.device = {device!r} but CUDA is not available on this machine")
-        if d.type not in ("cuda", "cpu"):
-            raise ConfigError(f"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got {device!r}")
         return d
 
     def _open_store(self, store: Any, normalizer: Any) -> int:

@@ -33,7 +33,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["MaskingConfig", "MaskedField", "mask_generator", "make_masks", "mask_batch", "STRATEGIES"]
+__all__ = ["MaskingConfig", "MaskedField", "as_masking_config", "mask_generator", "make_masks", "mask_batch",
+           "STRATEGIES"]
 
 STRATEGIES = ("BERT", "forecast", "temporal_interpolation", "identity")
 
@@ -77,9 +78,34 @@ class MaskingConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"masking.{key}: expected an integer >= 1, got {v!r}")
+        if not isinstance(self.synced, bool):
+            raise ConfigError(f"masking.synced: expected true or false, got {self.synced!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def as_masking_config(masking: Any, what: str = "masking") -> MaskingConfig | None:
+    """``masking`` as a :class:`MaskingConfig` (None stays None): a MaskingConfig, a mapping of its fields
+    (``{"strategy": "forecast", "forecast_tokens": 2}``) or a strategy name (``"BERT"``, its defaults).
+
+    Raises :class:`ConfigError` naming ``what`` for anything else, an unknown key or a bad value.
+    """
+    if masking is None or isinstance(masking, MaskingConfig):
+        return masking
+    accepted = (f"a fastload.MaskingConfig, a mapping of its fields {[f.name for f in dataclasses.fields(MaskingConfig)]}"
+                f" or a strategy name {list(STRATEGIES)}")
+    if isinstance(masking, str):
+        if masking not in STRATEGIES:
+            raise ConfigError(f"{what}: unknown strategy {masking!r}; expected {accepted}")
+        return MaskingConfig(strategy=masking)
+    if isinstance(masking, Mapping):
+        known = {f.name for f in dataclasses.fields(MaskingConfig)}
+        unknown = sorted(map(repr, set(masking) - known))
+        if unknown:
+            raise ConfigError(f"{what}: unknown key(s) {', '.join(unknown)}; MaskingConfig fields are {sorted(known)}")
+        return MaskingConfig(**masking)
+    raise ConfigError(f"{what}: expected {accepted}, got {type(masking).__name__} {masking!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)

@@ -180,6 +180,56 @@ def test_masking_and_dataset_adapter(tmp_path):
     loader.close()
 
 
+@pytest.mark.parametrize("masking", ["BERT", "forecast", {"strategy": "forecast", "forecast_tokens": 2},
+                                     {"rate": 0.8, "synced": True}])
+def test_masking_given_as_a_strategy_name_or_a_mapping(tmp_path, masking):
+    """masking= as a strategy name or a mapping of MaskingConfig fields masks every batch as mask_batch does with the
+    equivalent MaskingConfig (the name: that strategy's defaults), seeded by (seed, rank, step)."""
+    import fastload
+    from fastload.sampling.masking import mask_batch
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    want = fastload.MaskingConfig(**({"strategy": masking} if isinstance(masking, str) else masking))
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, seed=3, workers=1, masking=masking) as loader:
+        assert loader.masking == want
+        for b in loader:
+            ref = mask_batch(want, b.fields, seed=3, rank=0, step=b.epoch * len(loader) + b.index)
+            for f in cfg.field_names:
+                assert torch.equal(b.masks[f], ref[f].mask), f
+                assert np.array_equal(b.sources[f].numpy(), ref[f].source.numpy(), equal_nan=True), f  # (q has gaps)
+                assert b.masks[f].any() or want.strategy == "BERT"
+
+
+@pytest.mark.parametrize("masking,named", [
+    ("bert", r"masking: unknown strategy 'bert'; expected a fastload.MaskingConfig, a mapping .* or a strategy name"),
+    (3, r"masking: expected a fastload.MaskingConfig, a mapping of its fields .* got int 3"),
+    (True, r"masking: expected a fastload.MaskingConfig, .* got bool True"),
+    (["BERT"], r"masking: expected a fastload.MaskingConfig, .* got list"),
+    ({"strategy": "forecast", "tokens": 2}, r"masking: unknown key\(s\) 'tokens'; MaskingConfig fields are"),
+    ({"rate": 2}, r"masking.rate: expected a number in \[0, 1\], got 2"),
+    ({"synced": "yes"}, r"masking.synced: expected true or false, got 'yes'"),
+    ({"strategy": "forecast", "forecast_tokens": 3}, r"masking.forecast_tokens = 3 > nt = 2 of field 't'"),
+    ("temporal_interpolation", r"masking.interp_tokens = 1 leaves no context in nt = 2 time tokens of field 't'"),
+], ids=["bad-name", "int", "bool", "list", "unknown-key", "bad-rate", "bad-synced", "forecast-too-long",
+        "interp-no-context"])
+def test_bad_masking_is_a_config_error_at_construction(tmp_path, masking, named):
+    """Anything masking= cannot be (or masks that do not fit the fields' tokens) fails when the Loader is built,
+    naming masking and what is accepted, not with an AttributeError at the first batch."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    assert cfg.fields[0].num_tokens[0] == 2
+    with pytest.raises(ConfigError, match=named):
+        Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, workers=1, masking=masking)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu", "mps", 0], ids=lambda d: f"device={d!r}")  # (an id
+# 'gpu' would be the gpu mark's keyword: skipped without CUDA)
+def test_a_device_other_than_cpu_or_cuda_is_a_config_error(tmp_path, device):
+    """device= names loader.device and what it accepts (torch's own RuntimeError listed every device type)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match=r"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got"):
+        Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, device=device)
+
+
 def test_close_is_idempotent_and_final(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=40, prefetch=2)

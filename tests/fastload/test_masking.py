@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastload.errors import ConfigError
-from fastload.sampling.masking import MaskingConfig, mask_batch, mask_generator
+from fastload.sampling.masking import STRATEGIES, MaskingConfig, as_masking_config, mask_batch, mask_generator
 
 SHAPE = (6, 2, 4, 3, 5, 2, 3, 3)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
 
@@ -146,6 +146,32 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="step"):
         mask_generator(0, 0, -1)
     assert MaskingConfig().to_dict()["strategy"] == "BERT"
+
+
+def test_as_masking_config_takes_a_config_a_mapping_or_a_strategy_name():
+    cfg = MaskingConfig(strategy="forecast", forecast_tokens=2)
+    assert as_masking_config(cfg) is cfg and as_masking_config(None) is None
+    assert as_masking_config({"strategy": "forecast", "forecast_tokens": 2}) == cfg
+    assert as_masking_config({}) == MaskingConfig()
+    for name in STRATEGIES:
+        assert as_masking_config(name) == MaskingConfig(strategy=name)
+    with pytest.raises(ConfigError, match=r"^masking: unknown key\(s\) 'tokens', 'x'; MaskingConfig fields are \["):
+        as_masking_config({"strategy": "forecast", "tokens": 2, "x": 1})
+    with pytest.raises(ConfigError, match=r"^run.masking: unknown strategy 'random'; expected a fastload.MaskingConfig, "
+                                          r"a mapping of its fields \['strategy', .*\] or a strategy name \['BERT', "):
+        as_masking_config("random", "run.masking")
+    for bad in (1, 0.5, True, ["BERT"], ("forecast",), MaskingConfig):
+        with pytest.raises(ConfigError, match=r"^masking: expected a fastload.MaskingConfig, a mapping"):
+            as_masking_config(bad)
+    with pytest.raises(ConfigError, match="masking.synced: expected true or false, got 1"):
+        as_masking_config({"synced": 1})
+
+
+def test_masking_config_is_exported_from_fastload():
+    import fastload
+
+    assert "MaskingConfig" in fastload.__all__ and "MaskingConfig" in dir(fastload)
+    assert fastload.MaskingConfig is MaskingConfig
 
 
 def test_inputs_are_not_modified():
