@@ -32,8 +32,9 @@ cache bounds and the chunking warning, :mod:`fastload._stream_backend` the loade
 
 Example::
 
+    import fastload, numpy as np
     cfg = fastload.SamplingConfig.from_file("multi.toml")     # [streams.era5], [streams.ocean], [streams.fesom]
-    out = fastload.streams.extract_streams(cfg, np.array([[10, 3, 30]]))
+    out = fastload.extract_streams(cfg, np.array([[10, 3, 30]]))
     out["thetao"].data.shape, out["thetao"].meta.t_steps, out["temp"].meta.valid
 """
 
