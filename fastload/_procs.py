@@ -18,14 +18,22 @@ of their pipe closes, so they never outlive it.
 
 Protocol (one duplex pipe per worker; one request at a time)::
 
-    worker -> loader, at its start: ("io", described key) before and ("io", None) after each storage request
-                       while it opens the store, then ("opened",), or ("fatal", exception)
+    worker -> loader, at its start: ("hello",), which the loader answers with the worker's spec (a dict: store,
+                       settings, coefficients); then ("io", described key) before and ("io", None) after
+                       each storage request while it opens the store, then ("opened",); or ("fatal", exception)
     loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
                        ("read", gen, batch, segment name, forget, fd follows)
                                                                     -> ("done", gen, batch, IOStats, kept)
                                                                        or ("error", gen, batch, exception)
        (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap)
                        ("stop",)
+
+The spec goes over the pipe, not in the spawn payload: that payload is written in one blocking call under
+``Process.start()``, and one larger than the pipe's buffer (64 KiB; coefficients of a local normalisation are
+more) blocked the loader for ever when the worker died before reading it, as a script without the
+``if __name__ == "__main__":`` guard makes every worker die. Now the payload is a few kilobytes, the loader sends
+the spec once the worker says "hello" (it is then running fastload's code and reading), and a worker that dies
+before, or while unpickling its spec, is noticed by the waits below.
 
 The loader sends a worker its first epoch only once it has opened the store ("opened"), and waits for that with
 ``loader.read_timeout_s`` as the limit on each storage request the worker announced: a metadata read that hangs
@@ -42,6 +50,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -115,7 +124,7 @@ class _Announced(BaseByteSource):
         return self.inner.describe(key)
 
 
-def _child_main(conn: Any, spec: dict[str, Any]) -> None:
+def _child_main(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from multiprocessing.reduction import recv_handle
 
@@ -132,6 +141,8 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
             conn.send(("io", key))
 
     try:
+        conn.send(("hello",))  # the loader answers with the spec (see the module notes)
+        spec = conn.recv()
         tell(spec["path"])  # (an fsspec URL is looked up here)
         source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"])
         tell(None)
@@ -201,6 +212,13 @@ def _child_main(conn: Any, spec: dict[str, Any]) -> None:
     finally:
         reader.close()
         conn.close()
+
+
+def _main_script() -> str:
+    """The main script a spawned worker imports, for messages (while a worker imports it, it runs as
+    ``__mp_main__``, in a module that has its ``__file__`` before ``__main__`` does)."""
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    return repr(getattr(main, "__file__", None) or getattr(getattr(main, "__spec__", None), "name", "__main__"))
 
 
 def _picklable(e: BaseException) -> BaseException:
@@ -354,9 +372,16 @@ class ProcessBackend:
             self._workers.append(self._spawn(c))
 
     def _spawn(self, c: int) -> _Worker:
+        if getattr(mp.current_process(), "_inheriting", False):  # (multiprocessing's own test, spawn.py)
+            raise ConfigError(
+                f"loader.mode = 'process': this process is a spawned worker that is still importing the main script "
+                f"({_main_script()}), and that script builds and iterates a Loader with mode='process' as it is "
+                f"imported: a spawned worker first imports the main script, so put the code that builds and "
+                f"iterates the Loader under `if __name__ == '__main__':`")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        p = ctx.Process(target=_child_main, args=(child, self._child_spec), name=f"fastload-proc-{c}", daemon=True)
+        # the spawn payload carries the pipe only: the spec follows over it (see the module notes)
+        p = ctx.Process(target=_child_main, args=(child,), name=f"fastload-proc-{c}", daemon=True)
         p.start()
         child.close()
         return _Worker(c, p, parent)
@@ -386,6 +411,12 @@ class ProcessBackend:
         except (EOFError, OSError):  # the pipe broke: the worker died
             raise self._died(w) from None
         w.spoke = True
+        if msg[0] == "hello":  # it runs fastload's code and reads its pipe: send its spec (the current one)
+            try:
+                w.conn.send(self._child_spec)
+            except OSError:  # it died before reading it all
+                raise self._died(w) from None
+            return None
         if msg[0] == "fatal":  # it failed to start (and exits): its own exception, with who it was
             w.failed = True
             err = msg[1]
@@ -450,9 +481,9 @@ class ProcessBackend:
         while w.process.exitcode is None and time.monotonic() < deadline:  # another thread may be reaping it
             time.sleep(0.01)  # (its waitpid wins, ours sees no child and returns early): its code lands shortly
         hint = "" if w.spoke or w.process.exitcode != 1 else (
-            " before it said anything: a spawned worker first imports the main script, so a script that builds a "
-            "Loader with mode='process' must do so under `if __name__ == '__main__':` (the worker's traceback is "
-            "on stderr)")
+            f" before it ran fastload's code, most likely because the main script ({_main_script()}) builds and "
+            f"iterates a Loader with mode='process' when it is imported: a spawned worker first imports the main "
+            f"script, so put that code under `if __name__ == '__main__':` (the worker's traceback is on stderr)")
         return WorkerError(f"loader worker process {w.index} (pid {w.process.pid}) exited unexpectedly with code "
                            f"{w.process.exitcode}{hint}; the next iteration starts a new one")
 
@@ -479,7 +510,7 @@ class ProcessBackend:
         coef = dict(coefficients) if coefficients else None
         if self._workers:
             self._coef_update = (coef, months)
-        # workers started from now on (the first ones, or one that replaces a dead worker) get them at spawn
+        # workers started from now on (the first ones, or one that replaces a dead worker) get them in their spec
         self._child_spec["coefficients"], self._child_spec["months"] = coef, months
 
     def start(self, boxes: np.ndarray, start_batch: int) -> None:

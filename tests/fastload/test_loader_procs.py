@@ -4,7 +4,9 @@ errors and worker death reach the consumer."""
 from __future__ import annotations
 
 import gc
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,9 +15,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from fastload.config import FieldConfig, SamplingConfig
 from fastload.errors import ChunkReadError, ConfigError, FastloadError, StoreNotFoundError
 from fastload.loader import Loader
-from tests.fastload.loader_ref import build, reference
+from fastload.norm import Normalizer
+from fastload.stats import compute_stats
+from tests.fastload.loader_ref import BOX_TOKENS, build, reference
+from tests.fastload.stores import make_per_variable
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -189,24 +195,113 @@ def test_replaced_pinned_buffers_are_unpinned_when_the_consumer_lets_go(tmp_path
     assert reg == {}
 
 
-def test_a_script_without_a_main_guard_is_told_why_its_workers_die(tmp_path):
-    """Spawned workers import the main script first; one that builds a process-mode Loader at import time makes
-    them die before they run fastload's code: the error says what to do."""
-    build("per_variable", tmp_path / "s.zarr", nt=20)
+PIPE_BUFFER = 1 << 16  # Linux's pipe buffer: a spawn payload larger than this blocked for ever on a dead worker
+
+
+@pytest.fixture(scope="module")
+def big_spec_store(tmp_path_factory):
+    """A store with local normalisation on a 64 x 128 grid: the coefficients make a worker's spec (~200 KB) larger
+    than a pipe's buffer. Returns (dir, truth, config)."""
+    d = tmp_path_factory.mktemp("bigspec")
+    truth = make_per_variable(d / "s.zarr", zarr_format=3, nt=6, levels=(500.0, 850.0, 1000.0), ny=64, nx=128,
+                              chunks=(2, 1, 32, 64), missing_chunk=False)
+    compute_stats(str(d / "s.zarr"), d / "n.zarr")
+    fields = (FieldConfig(name="t", levels=(1000.0, 500.0), normalization="local", **BOX_TOKENS),
+              FieldConfig(name="sp", normalization="local", **BOX_TOKENS),
+              FieldConfig(name="q", levels=(850.0,), normalization="none", **BOX_TOKENS))
+    return d, truth, SamplingConfig(fields=fields, batch_size=2, norm_path=str(d / "n.zarr"))
+
+
+def _spec_bytes(loader) -> int:
+    loader._ensure_backend()
+    loader._epoch_coefficients(loader.epoch_boxes(0))  # what the first iteration sends its workers
+    return len(pickle.dumps(loader._backend._child_spec))
+
+
+def test_a_script_without_a_main_guard_fails_at_once_naming_the_guard(tmp_path, big_spec_store):
+    """Spawned workers import the main script first; one that builds and iterates a process-mode Loader at import
+    time makes them die before they run fastload's code. The script fails within the time limit (it hung for ever
+    when the worker's spec, here larger than a pipe's buffer, went in the spawn payload: the parent blocked writing
+    it to a worker that had died) with a WorkerError naming the missing guard, and each worker's own traceback says
+    the same (a ConfigError raised where it tried to start workers of its own)."""
+    d, _, cfg = big_spec_store
+    with Loader(d / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=4) as loader:
+        assert _spec_bytes(loader) > 2 * PIPE_BUFFER  # (what made the old start block)
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
+        import json
+        from fastload.config import SamplingConfig
         from fastload.loader import Loader
-        from fastload.store import open_store
-        from profiling.bench_scenarios import fit_config
-        store = open_store({str(tmp_path / "s.zarr")!r})
-        loader = Loader(store, fit_config(store, batch_size=2), batch_size=2, workers=1, mode="process",
-                        samples_per_epoch=4)
+        cfg = SamplingConfig.from_dict(json.loads({json.dumps(cfg.to_dict())!r}))
+        loader = Loader({str(d / "s.zarr")!r}, cfg, workers=2, mode="process", samples_per_epoch=4)
         next(iter(loader))
     """))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    try:  # a hang is a failure, not a stuck test run
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the script without a main guard still ran after {e.timeout} s (it hangs)")
     assert proc.returncode != 0
-    assert "WorkerError" in proc.stderr and "if __name__ == '__main__':" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # the parent's error, the last thing it printed
+    assert last.startswith("fastload.errors.WorkerError: loader worker process"), proc.stderr[-3000:]
+    assert "if __name__ == '__main__':" in last and str(script) in last
+    assert "ConfigError: loader.mode = 'process': this process is a spawned worker" in proc.stderr
+
+
+def _fail_in_worker(how: str) -> None:
+    """Unpickled in a worker with its spec: fails there, as ``how`` says."""
+    if how == "raise":
+        raise ValueError("cannot rebuild this part of the spec")
+    os._exit(3)
+
+
+class _Poison:
+    def __init__(self, how: str):
+        self.how = how
+
+    def __reduce__(self):
+        return (_fail_in_worker, (self.how,))
+
+
+def test_a_big_spec_starts_the_workers(big_spec_store):
+    """Workers whose spec (normalisation coefficients of a 64 x 128 grid) is larger than a pipe's buffer start and
+    read batches equal to the NumPy reference with those coefficients."""
+    d, truth, cfg = big_spec_store
+    with Loader(d / "s.zarr", cfg, workers=2, prefetch=2, mode="process", samples_per_epoch=8, seed=2) as loader:
+        assert _spec_bytes(loader) > 2 * PIPE_BUFFER
+        batches = list(loader)
+        months = np.asarray(loader.coefficient_months).tolist()
+    assert len(batches) == 4
+    norm = Normalizer(cfg.norm_path)
+    coeffs = {f.name: norm.coefficients(f.name, f.normalization, f.levels, months)
+              for f in cfg.fields if f.normalization != "none"}
+    for b in batches:
+        ref = reference(truth, cfg, b.boxes.numpy(), periodic=True, coefficients=coeffs, months=months)
+        for f in cfg.field_names:
+            np.testing.assert_array_equal(b[f].numpy(), ref[f])
+
+
+def test_a_worker_that_fails_or_dies_unpickling_its_spec_is_reported(tmp_path):
+    """A spec the worker cannot unpickle: its own error reaches the consumer (with a note naming the worker); a
+    worker that dies while unpickling it is a WorkerError with its exit code that does not blame a main guard
+    (both used to look like a missing guard: the spec was unpickled before any fastload code ran). The next
+    iteration starts new workers, which read correct batches."""
+    from fastload.errors import WorkerError
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=8, seed=1) as loader:
+        loader._ensure_backend()
+        spec = loader._backend._child_spec
+        spec["poison"] = _Poison("raise")
+        with pytest.raises(ValueError, match="cannot rebuild this part of the spec") as e:
+            iter(loader)
+        assert "loader worker process" in "".join(getattr(e.value, "__notes__", []))
+        spec["poison"] = _Poison("exit")
+        with pytest.raises(WorkerError, match="exited unexpectedly with code 3") as e:
+            iter(loader)
+        assert "__main__" not in str(e.value)
+        del spec["poison"]
+        _check(truth, cfg, list(loader))
 
 
 def test_process_worker_errors_reach_the_consumer(tmp_path):
@@ -370,3 +465,4 @@ def test_a_worker_whose_store_metadata_hangs_is_given_up_after_the_read_timeout(
     msg = str(got[0])
     assert "loader worker process" in msg and repr(store.path) in msg and "read_timeout_s = 1" in msg
     assert f"request for '{store.path}/" in msg  # the metadata request it hung in
+
