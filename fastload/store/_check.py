@@ -6,17 +6,21 @@ when the loader is built, with a message naming the field and the numbers, not a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._stream_time import _td, first_irregular, median_step, regular_windows
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ._open import Store
 
 __all__ = ["check_config", "level_indices"]
+
+log = logging.getLogger("fastload")
 
 
 def _fmt(values: np.ndarray | Sequence[float]) -> list[float | int]:
@@ -77,12 +81,14 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
     bt, by, bx = config.box
     span = config.time_span
     g = store.grid
+    timed = False  # some field has a time axis in the store
     for f in fields:
         if f.name not in store.fields:
             raise ConfigError(f"fields.{f.name}: not in store {store.path}; it has {list(store.fields)}")
         level_indices(store, f.name, f.levels)
         info = store.fields[f.name]
         refuse_packed(info, f"fields.{f.name}")
+        _check_time(store, f, info, bt)
         if g.kind == "mesh":
             pass  # a mesh has no index box: the tokenizer bins nodes into the box's token cells
         elif by > g.ny:
@@ -102,3 +108,48 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
                     f"fields.{f.name}: one sample spans {span} time steps ({bt} points x time_step "
                     f"{config.time_step}) but the store has {nt}"
                 )
+            timed = True
+    if timed and bt > 1:
+        _check_cadence(store, bt, config.time_step)
+
+
+def _check_time(store: Store, f: Any, info: Any, bt: int) -> None:
+    """A timeless store samples one time point, and normalises nothing; a static field does not normalise locally."""
+    if store.time is None and bt > 1:
+        raise ConfigError(
+            f"fields.{f.name}: the store has no time axis ({store.path}): num_tokens[0] * token_size[0] must be 1, "
+            f"got {f.num_tokens[0]} * {f.token_size[0]} = {bt} time points per sample")
+    if store.time is None and f.normalization != "none":
+        raise ConfigError(
+            f"fields.{f.name}: normalization = {f.normalization!r} uses monthly coefficients, but the store has no "
+            f"time axis ({store.path}); set normalization = 'none' for it")
+    if f.normalization == "local" and not info.has_time:
+        raise ConfigError(
+            f"fields.{f.name}: the field is static (no time axis in {store.path}): local normalisation makes it "
+            "constant (every point is its own mean, so (x - mean) / std is 0 everywhere); set normalization = "
+            "'global' (one mean and std over the grid) or 'none'")
+
+
+def _check_cadence(store: Store, bt: int, time_step: int) -> None:
+    """Refuse a time axis on which no sample window is regular; log how many windows its gaps rule out."""
+    assert store.time is not None
+    ok = regular_windows(store.time, bt, time_step)
+    if ok.all():
+        return
+    t = np.asarray(store.time).astype("datetime64[ns]")
+    i = first_irregular(t)
+    step = median_step(t)
+    first = "" if i is None else (
+        f"; the first irregular step is time index {i} -> {i + 1}: {_iso(t[i])} -> {_iso(t[i + 1])} "
+        f"({_td(t[i + 1] - t[i])})")
+    if not ok.any():
+        raise ConfigError(
+            f"store {store.path}: its time axis has no regular stretch for a sample of {bt} time points x "
+            f"time_step {time_step}: no window has its points {_td(step * int(time_step))} apart (time_step x the "
+            f"median step {_td(step)}){first}")
+    log.info("fastload: the time axis of %s has gaps: %d of %d sample windows cross one and are never drawn "
+             "(explicit boxes that cross one are refused)%s", store.path, int((~ok).sum()), ok.size, first)
+
+
+def _iso(t: Any) -> str:
+    return str(np.datetime_as_string(np.datetime64(t, "s"), "m"))

@@ -1,15 +1,19 @@
 """Store.check(config) and Store.level_indices: a config that cannot be sampled from a store fails with a
-ConfigError naming the field and the numbers."""
+ConfigError naming the field and the numbers; so do a time axis with no regular stretch, a box spanning several
+time points of a store without time, normalisation of a timeless store and local normalisation of a static field."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from fastload import extract
 from fastload.config import FieldConfig, SamplingConfig, StreamConfig
 from fastload.errors import ConfigError
 from fastload.store import open_store
 from tests.fastload.stores import make_atmorep, make_per_variable
+from tests.fastload.test_time_axis import gap_times, write_xr, xr_cfg
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def _f(name, levels=None, num_tokens=(2, 2, 2), token_size=(3, 4, 4), **kw):
 
 
 def test_valid_config_passes(pv, ar):
-    pv.check(_cfg(_f("t", [850, 500]), _f("sp"), _f("orog")))
+    pv.check(_cfg(_f("t", [850, 500]), _f("sp"), _f("orog", normalization="global")))
     ar.check(_cfg(_f("temperature", [137, 96]), _f("t2m")))
 
 
@@ -75,7 +79,8 @@ def test_box_must_fit(pv, fields, time_step, match):
 
 
 def test_static_field_ignores_time_extent(pv):
-    pv.check(_cfg(_f("orog", num_tokens=(9, 1, 1), token_size=(1, 1, 1))))  # 9 steps > 6, but orog has no time
+    pv.check(_cfg(_f("orog", num_tokens=(9, 1, 1), token_size=(1, 1, 1), normalization="none")))  # 9 steps > 6,
+    # but orog has no time
 
 
 def test_streams(pv):
@@ -110,3 +115,70 @@ def test_packed_field_refused(tmp_path):
     s = open_store(tmp_path / "s.zarr")
     with pytest.raises(ConfigError, match=r"fields\.sp: stored packed \(attributes \['add_offset', 'scale_factor'\]\)"):
         s.check(_cfg(_f("sp")))
+
+
+# ------------------------------------------------------- the time axis and static fields (stores written by xarray)
+def test_an_axis_irregular_everywhere_is_refused(tmp_path):
+    hours = np.cumsum([0, 1, 3, 7, 2, 11, 5, 6, 13, 4, 9, 8])  # steps 1, 3, 7, 2, 11, 5, 6, ... h: median 6 h, never 3 in a row
+    time = pd.Timestamp("2000-01-01") + pd.to_timedelta(hours, "h")
+    write_xr(tmp_path / "irr.zarr", time)
+    store = open_store(tmp_path / "irr.zarr")
+    msg = (r"store .*irr\.zarr: its time axis has no regular stretch for a sample of 4 time points x time_step 1"
+           r": no window has its points 6 h apart \(time_step x the median step 6 h\); the first irregular step is "
+           r"time index 0 -> 1: 2000-01-01T00:00 -> 2000-01-01T01:00 \(1 h\)")
+    with pytest.raises(ConfigError, match=msg):
+        store.check(xr_cfg(nt=2, tt=2))
+    with pytest.raises(ConfigError, match=msg):
+        extract(store, xr_cfg(nt=2, tt=2), [[0, 0, 0]])
+    store.check(xr_cfg(nt=1, tt=1))  # one time point per sample: no spacing to get wrong
+
+
+def test_a_store_with_a_gap_passes_and_says_so(tmp_path, caplog):
+    import logging
+
+    write_xr(tmp_path / "gap.zarr", gap_times())
+    with caplog.at_level(logging.INFO, logger="fastload"):
+        open_store(tmp_path / "gap.zarr").check(xr_cfg(nt=2, tt=2))
+    assert "has gaps: 3 of 44 sample windows cross one and are never drawn" in caplog.text
+    assert "time index 9 -> 10: 2000-01-03T06:00 -> 2000-01-03T18:00 (12 h)" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def timeless(tmp_path_factory):
+    path = tmp_path_factory.mktemp("notime") / "notime.zarr"
+    truth = write_xr(path, None)
+    return open_store(path), truth
+
+
+def test_a_timeless_store_samples_one_time_point(timeless):
+    store, truth = timeless
+    msg = (r"fields\.tas: the store has no time axis .*: num_tokens\[0\] \* token_size\[0\] must be 1, "
+           r"got 2 \* 3 = 6 time points")
+    with pytest.raises(ConfigError, match=msg):
+        store.check(xr_cfg(nt=2, tt=3))
+    with pytest.raises(ConfigError, match=msg):  # extract returned 6 identical copies with made-up t_index
+        extract(store, xr_cfg(nt=2, tt=3), [[0, 0, 0]])
+    out = extract(store, xr_cfg(nt=1, tt=1), [[0, 2, 3]])["tas"]
+    np.testing.assert_array_equal(out.data[0, 0, 0, :, :, 0].transpose(0, 2, 1, 3).reshape(4, 6),
+                                  truth["tas"][2:6, 3:9])
+
+
+def test_a_timeless_store_normalises_nothing(timeless):
+    store, _ = timeless
+    with pytest.raises(ConfigError, match=r"fields\.tas: normalization = 'global' uses monthly coefficients, but "
+                                          r"the store has no time axis .*set normalization = 'none'"):
+        store.check(xr_cfg(nt=1, tt=1, norm="global"))
+
+
+def test_local_normalisation_of_a_static_field_is_refused(tmp_path):
+    """Local normalisation of orography gave all zeros: (x - x) / floored std."""
+    write_xr(tmp_path / "d.zarr", pd.date_range("2000-01-01", periods=12, freq="6h").values)
+    store = open_store(tmp_path / "d.zarr")
+    msg = (r"fields\.orog: the field is static \(no time axis in .*d\.zarr\): local normalisation makes it "
+           r"constant.*set normalization = 'global' \(one mean and std over the grid\) or 'none'")
+    cfg = xr_cfg(nt=1, tt=1, name="orog", norm="local", norm_path=str(tmp_path / "no-norm-needed.zarr"))
+    with pytest.raises(ConfigError, match=msg):
+        store.check(cfg)
+    with pytest.raises(ConfigError, match=msg):  # at check time: before any coefficient store is opened
+        extract(store, cfg, [[0, 0, 0]])
+    store.check(xr_cfg(nt=1, tt=1, name="orog", norm="global"))
