@@ -19,7 +19,7 @@ of their pipe closes, so they never outlive it.
 Protocol (one duplex pipe per worker; one request at a time)::
 
     worker -> loader, at its start: ("hello",), which the loader answers with the worker's spec (a dict: store,
-                       settings, coefficients); then ("io", described key) before and ("io", None) after
+                       backend, settings, coefficients); then ("io", described key) before and ("io", None) after
                        each storage request while it opens the store, then ("opened",); or ("fatal", exception)
     loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
                        ("read", gen, batch, segment name, forget, fd follows)
@@ -144,11 +144,11 @@ def _child_main(conn: Any) -> None:
         conn.send(("hello",))  # the loader answers with the spec (see the module notes)
         spec = conn.recv()
         tell(spec["path"])  # (an fsspec URL is looked up here)
-        source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"])
+        source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"], spec["backend"])
         tell(None)
         announced = _Announced(source, tell)
         store = Store(spec["path"], announced, allow_unsafe_codecs=spec["allow_unsafe"],
-                      storage_options=spec["storage_options"])
+                      storage_options=spec["storage_options"], backend=spec["backend"])
         config = SamplingConfig.from_dict(spec["config"])
         tok = make_tokenizer(store, config)
         cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
@@ -310,16 +310,18 @@ class ProcessBackend:
 
         src = store.source
         inner = src.inner if isinstance(src, LatencySource) else src
+        backend = getattr(store, "backend", "auto")  # workers reopen the store as it was opened (make_source)
         if "://" in store.path and not store.path.startswith("file://"):
             if store.path.startswith("memory://"):
                 raise ConfigError("loader.mode = 'process' cannot share an in-memory (memory://) store with worker "
                                   "processes; use mode = 'thread'")
-        elif not isinstance(inner, LocalSource) and "://" not in store.path:
-            raise ConfigError(f"loader.mode = 'process': cannot reopen {store.path!r} in a worker process")
+        elif not isinstance(inner, LocalSource) and "://" not in store.path and backend == "auto":
+            raise ConfigError(f"loader.mode = 'process': cannot reopen {store.path!r} in a worker process (its "
+                              f"source is a {type(inner).__name__}, not a LocalSource)")
         self.spec = spec
         offsets, nbytes = _layout(fields)
         self._child_spec = {
-            "path": store.path, "storage_options": storage_options_of(store),
+            "path": store.path, "storage_options": storage_options_of(store), "backend": backend,
             "allow_unsafe": bool(getattr(store, "_allow_unsafe", False)),
             "latency_ms": src.ms if isinstance(src, LatencySource) else 0.0, "config": config.to_dict(),
             "cache_bytes": max(1, spec.cache_bytes // spec.workers), "fetch_concurrency": spec.fetch_concurrency,

@@ -466,3 +466,36 @@ def test_a_worker_whose_store_metadata_hangs_is_given_up_after_the_read_timeout(
     assert "loader worker process" in msg and repr(store.path) in msg and "read_timeout_s = 1" in msg
     assert f"request for '{store.path}/" in msg  # the metadata request it hung in
 
+
+def _maps_obstore(pid: int) -> bool:
+    """Whether process ``pid`` has obstore's native module loaded (it does once it made an ObstoreSource: nothing
+    else in a worker imports obstore)."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return any("_obstore" in line and "/obstore/" in line for line in fh)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+def test_workers_reopen_the_store_with_its_backend(tmp_path):
+    """A store opened with backend="obstore" (a local path, or a file:// URL) is reopened with obstore in the
+    worker processes, which read the batches of thread mode and of the NumPy reference (before, the loader refused
+    such a local path, and its workers reopened such a URL with fsspec); a store opened with the default backend
+    is reopened without obstore (so the check tells the two apart)."""
+    pytest.importorskip("obstore")
+    from fastload.store import ObstoreSource, open_store
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    local = str(tmp_path / "s.zarr")
+    for where, backend in ((local, "obstore"), (f"file://{local}", "obstore"), (local, "auto")):
+        store = open_store(where, backend=backend)
+        assert isinstance(store.source, ObstoreSource) == (backend == "obstore")
+        with Loader(store, cfg, mode="process", workers=2, samples_per_epoch=16, seed=3) as loader:
+            got = list(loader)
+            assert [_maps_obstore(w.process.pid) for w in loader._backend._workers] == [backend == "obstore"] * 2
+        with Loader(store, cfg, mode="thread", workers=2, samples_per_epoch=16, seed=3) as loader:
+            want = list(loader)
+        assert len(got) == len(want) == 4
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.boxes.numpy(), w.boxes.numpy())
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(g[f].numpy(), w[f].numpy())
+        _check(truth, cfg, got)
