@@ -212,7 +212,8 @@ class _Task:
     the slot's pin aside in ``hold`` (under the lock, only while ``busy`` is still set), and the task's thread
     releases ``hold`` when the read returns (:meth:`end_direct`)."""
 
-    __slots__ = ("lock", "since", "started", "given_up", "waited", "full", "busy", "hold", "attempts", "last")
+    __slots__ = ("lock", "since", "started", "given_up", "waited", "full", "busy", "hold", "attempts", "last",
+                 "inflight", "hung", "began")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -225,6 +226,9 @@ class _Task:
         self.hold: Any = None  # that slot's pin, set aside by the step that gave the task up (a Reservation)
         self.attempts = 0  # attempts of the current store request (retries + 1 so far)
         self.last = ""  # the last failed attempt's error, in words
+        self.inflight: list[tuple[int, ...]] = []  # the chunks the current store request asks for
+        self.hung: list[tuple[int, ...]] = []  # ``inflight`` when the step gave the task up (the chunks that hung)
+        self.began: float | None = None  # time.monotonic() when the task started on its thread
 
     def begin(self) -> bool:
         """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing; it stays
@@ -232,16 +236,16 @@ class _Task:
         with self.lock:
             if self.given_up:
                 return False
-            self.since, self.started = None, True
+            self.since, self.started, self.began = None, True, time.monotonic()
             return True
 
-    def begin_direct(self, slot: int) -> bool:
-        """A direct read into ``slot`` starts (a store request: the step may give it up); False: the task is given
-        up (read nothing)."""
+    def begin_direct(self, slot: int, chunk: tuple[int, ...]) -> bool:
+        """A direct read of ``chunk`` into ``slot`` starts (a store request: the step may give it up); False: the
+        task is given up (read nothing)."""
         with self.lock:
             if self.given_up:
                 return False
-            self.since, self.busy = time.monotonic(), slot
+            self.since, self.busy, self.inflight = time.monotonic(), slot, [chunk]
             return True
 
     def end_direct(self) -> tuple[bool, Any]:
@@ -249,6 +253,7 @@ class _Task:
         during the read and set the slot aside) is for the caller to release now."""
         with self.lock:
             self.since = self.busy = None
+            self.inflight = []
             hold, self.hold = self.hold, None
             return self.given_up, hold
 

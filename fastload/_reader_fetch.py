@@ -86,6 +86,9 @@ class _Fetcher:
                 left = limit if since is None else since + limit - now
                 if left <= 0 and not queued:
                     task.given_up, task.waited = True, now - since  # type: ignore[operator]
+                    task.hung = list(task.inflight)
+                    if task.busy is not None:  # a direct read hangs in its slot: from now on chunks take the
+                        self._direct_holds.add(task)  # ordinary path (its thread discards it when the read returns)
                     return None
             if left <= 0:  # queued behind threads that made no progress for read_timeout: free the stuck ones
                 freed, full = self._reclaim(limit)
@@ -141,8 +144,36 @@ class _Fetcher:
             why = (f"no answer from the store within loader.read_timeout_s = {limit:g} s, which bounds a request "
                    f"with its retries (loader.retries = {self.retries}): {task.attempts} attempts in {waited:.3g} s, "
                    f"the last failure: {task.last}; the request is left running")
-        rows = step.plan.chunks[array][group].tolist()
-        return _Done(errors={j: ChunkTimeoutError(array, tuple(c), why) for j, c in enumerate(rows)})
+        rows = [tuple(c) for c in step.plan.chunks[array][group].tolist()]
+        hung = set(task.hung) if task.started else set()
+        if not hung:
+            return _Done(errors={j: ChunkTimeoutError(array, c, why) for j, c in enumerate(rows)})
+        # the chunk(s) whose request hung are named as such (and raised first); the others were not read
+        first = next(c for c in rows + sorted(hung) if c in hung)
+        errors: dict[int, ChunkReadError] = {}
+        for j, c in enumerate(rows):
+            if c in hung:
+                where = self._describe_chunk(array, c)
+                said = why.removeprefix("no answer from the store")
+                e = ChunkTimeoutError(array, c, f"no answer to the request for {where}"
+                                      + (said if said != why else f": {why}"))
+                e.hung = True  # type: ignore[attr-defined]  (what ChunkReader raises first)
+            else:
+                e = ChunkTimeoutError(array, c, f"not read: the task was given up while chunk {first} hung ({why})")
+            errors[j] = e
+        return _Done(errors=errors)
+
+    def _describe_chunk(self, array: str, chunk: tuple[int, ...]) -> str:
+        """The file or URL of a chunk, in words (its key where the store cannot say)."""
+        try:
+            key = self.store.arrays[array].key(chunk)
+        except Exception:  # noqa: BLE001 - a name only
+            return f"chunk {chunk}"
+        describe = getattr(getattr(self.store, "source", None), "describe", None)
+        try:
+            return describe(key) if describe is not None else key
+        except Exception:  # noqa: BLE001
+            return key
 
     def _fetch_decode(self, array: str, chunks: list[tuple[int, ...]], slots: list[int], step: int,
                       stop: Callable[[], bool], task: _Task | None = None) -> _Done:
@@ -221,7 +252,10 @@ class _Fetcher:
         task = d.task if self.read_timeout is not None else None
         rest: list[int] = []
         for j, (c, slot) in enumerate(zip(chunks, slots)):
-            if task is not None and not task.begin_direct(slot):
+            if j and self._direct_holds:  # a direct read hangs (given up since this task began): no more here
+                rest.extend(range(j, len(chunks)))
+                break
+            if task is not None and not task.begin_direct(slot, tuple(c)):
                 return None
             try:
                 n = read_into(key(c), arena[slot])
@@ -232,6 +266,7 @@ class _Fetcher:
                     given_up, hold = task.end_direct()
                     if hold is not None:  # the step set the slot aside: nothing writes into it any more
                         self.cache.release(hold, step_done=False)
+                    if given_up:  # (marked hung by the step that gave it up: see _wait_task)
                         self._direct_holds.discard(task)
             if task is not None and given_up:
                 return None
@@ -283,7 +318,7 @@ class _Fetcher:
         if self._ahead is None:
             return self._fetch_store(array, chunks, d, stop)
         got = self._ahead.take(array, chunks, timeout=self.read_timeout,
-                               timed=lambda fn: self._timed(fn, d, array, chunks[0]))
+                               timed=lambda fn: self._timed(fn, d, array, chunks[0], chunks))
         if not got:
             return self._fetch_store(array, chunks, d, stop)
         rest = [j for j in range(len(chunks)) if j not in got]
@@ -299,7 +334,8 @@ class _Fetcher:
         if len(chunks) > 1 and self._group:  # remote: one request for the group; local: a read per chunk
             try:
                 got = list(self._retry(lambda: self.store.chunk_bytes_many(array, chunks), array, chunks[0], d,
-                                       stop, retries=0 if self._failing else self.retries))  # fmt: skip
+                                       stop, retries=0 if self._failing else self.retries,
+                                       inflight=chunks))  # fmt: skip
                 self._failing = False
                 return got
             except _GivenUp:
@@ -322,7 +358,8 @@ class _Fetcher:
         return out
 
     def _retry(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
-               stop: Callable[[], bool], retries: int | None = None) -> Any:
+               stop: Callable[[], bool], retries: int | None = None,
+               inflight: list[tuple[int, ...]] | None = None) -> Any:
         """``fn()``, one store request, retrying transient errors ``retries`` times with exponential backoff.
 
         With a read timeout, the timeout bounds the request *with* its retries and their backoff: the step waiting
@@ -334,7 +371,8 @@ class _Fetcher:
         task = d.task if self.read_timeout is not None else None
         if task is None:
             return self._attempts(fn, array, chunk, d, stop, retries, None)
-        return self._timed(lambda: self._attempts(fn, array, chunk, d, stop, retries, task), d, array, chunk)
+        return self._timed(lambda: self._attempts(fn, array, chunk, d, stop, retries, task), d, array, chunk,
+                           inflight)
 
     def _attempts(self, fn: Callable[[], Any], array: str, chunk: tuple[int, ...], d: _Done,
                   stop: Callable[[], bool], retries: int, task: _Task | None) -> Any:
@@ -371,7 +409,8 @@ class _Fetcher:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...]) -> Any:
+    def _timed(self, fn: Callable[[], Any], d: _Done, array: str, chunk: tuple[int, ...],
+               inflight: list[tuple[int, ...]] | None = None) -> Any:
         """Run one store request (with its retries, from :meth:`_retry`), marked on the task so that its step can
         give it up ``read_timeout`` after it started; a task already given up makes no more requests, and the late
         failure of a given-up request is :class:`_GivenUp` (not the store's error: nobody waits for it)."""
@@ -382,6 +421,7 @@ class _Fetcher:
             if task.given_up:
                 raise _GivenUp(array, chunk, "given up by its step (loader.read_timeout_s)")
             task.since, task.attempts, task.last = time.monotonic(), 1, ""
+            task.inflight = [tuple(c) for c in (inflight or [chunk])]  # (named if the step gives the task up)
         try:
             return fn()
         except Exception as e:
@@ -392,6 +432,7 @@ class _Fetcher:
         finally:
             with task.lock:
                 task.since = None
+                task.inflight = []
 
 
 def _describe_job(job: tuple[Callable[..., Any], tuple] | None) -> str:

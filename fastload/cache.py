@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import CacheBusyError, FastloadError
+from .errors import CacheBusyError, ChunkTimeoutError, FastloadError
 
 __all__ = ["ChunkCache", "Reservation", "Uses", "CacheClosedError", "size_arenas", "NEVER"]
 
@@ -142,6 +143,7 @@ class Reservation:
     hits: int
     _held: bool = field(default=True, repr=False)
     _orphan: bool = field(default=False, repr=False)  # set aside from its step (:meth:`ChunkCache.set_aside`)
+    _aside: Any = field(default=None, repr=False)  # set aside: (chunk index, what holds it, time.monotonic() since)
 
     @property
     def n_fill(self) -> int:
@@ -235,12 +237,18 @@ class ChunkCache:
 
     # -- reservations -------------------------------------------------------------------------------------------
     def reserve(self, step: int, ids: Mapping[str, np.ndarray], *, should_stop: Callable[[], bool] | None = None,
-                poll: float = 0.05, block: bool = True) -> Reservation | None:
+                poll: float = 0.05, block: bool = True, held_timeout: float | None = None) -> Reservation | None:
         """Pin every chunk ``step`` needs (``ids[array]``: unique int64 chunk ids), giving slots to the missing
         ones (all or nothing, in step order).
 
         Blocks while the arenas are full of pinned chunks or an earlier step is waiting. ``should_stop`` is polled
         while waiting; when it returns true (or the cache is closed) :class:`CacheClosedError` is raised.
+
+        ``held_timeout``: the longest a step waits for slots set aside (:meth:`set_aside`, hung reads): while the
+        step would not fit even once every step's pins were gone, because set-aside slots leave its array too few,
+        it waits for them at most this long (None: for ever), then raises
+        :class:`~fastload.errors.ChunkTimeoutError` naming the hung read(s), how long they hang and the setting
+        (the reader passes ``loader.read_timeout_s``). A step that would fit once the steps' pins go waits as before.
 
         ``block=False`` is a look-ahead: it returns None unless no earlier step waits and the missing chunks fit
         in *free* slots (it never evicts, so reading ahead cannot push out a chunk the plan wants; a step that
@@ -262,6 +270,7 @@ class ChunkCache:
                 found = {a: self._arenas[a].lookup(v) for a, v in ids.items()}
                 return self._grant(step, ids, found) if self._fits(found, evict=False) else None
             heapq.heappush(self._waiting, step)
+            blocked: float | None = None  # since when set-aside slots alone keep this step out
             try:
                 while True:
                     found = {a: self._arenas[a].lookup(v) for a, v in ids.items()}
@@ -269,11 +278,47 @@ class ChunkCache:
                         return self._grant(step, ids, found)
                     if self._closed or (should_stop is not None and should_stop()):
                         raise CacheClosedError("the chunk cache was closed while a step waited for slots")
+                    short = self._short_of_aside(found) if held_timeout is not None and self._orphans else None
+                    if short is None:
+                        blocked = None
+                    else:
+                        now = time.monotonic()
+                        blocked = now if blocked is None else blocked
+                        if now - blocked >= held_timeout:  # type: ignore[operator]
+                            raise self._aside_error(step, ids, short, now - blocked, held_timeout, now)
                     self._cond.wait(poll)
             finally:
                 self._waiting.remove(step)
                 heapq.heapify(self._waiting)
                 self._cond.notify_all()
+
+    def _short_of_aside(self, found: Mapping[str, np.ndarray]) -> str | None:
+        """An array whose set-aside slots leave too few for the step even with no step's pins (None: none)."""
+        for a, s in found.items():
+            aside = np.zeros(self._arenas[a].data.shape[0], bool)
+            for r in self._orphans:
+                if a in r.slots:
+                    aside[r.slots[a]] = True
+            usable = int((~aside).sum()) + int(aside[s[s >= 0]].sum())  # (a hit in a set-aside slot is usable)
+            if s.size > usable:
+                return a
+        return None
+
+    def _aside_error(self, step: int, ids: Mapping[str, np.ndarray], array: str, waited: float,
+                     limit: float | None, now: float) -> ChunkTimeoutError:
+        hung = [r for r in self._orphans if array in r.slots]
+        n = self._arenas[array].data.shape[0]
+        what = []
+        for r in hung:
+            chunk, note, since = r._aside or ((), "", now)
+            what.append(f"{note or f'chunk {tuple(chunk)}'} (slot {int(r.slots[array][0])}, hanging for "
+                        f"{now - since:.3g} s)")
+        first = hung[0]._aside[0] if hung and hung[0]._aside else (int(hung[0].ids[array][0]),) if hung else ()
+        return ChunkTimeoutError(
+            array, tuple(first),
+            f"step {step} needs {int(ids[array].size)} of the {n} cache slots of array {array!r} at once, and "
+            f"{len(hung)} are set aside for given-up reads that still hang: {'; '.join(what)}; waited {waited:.3g} s "
+            f"for them (loader.read_timeout_s = {limit:g}): the store is not answering")
 
     def _fits(self, found: Mapping[str, np.ndarray], evict: bool = True) -> bool:
         for a, s in found.items():
@@ -422,18 +467,23 @@ class ChunkCache:
                 self._uses.finish(res.step, res.ids)
             self._cond.notify_all()
 
-    def set_aside(self, res: Reservation, array: str, slot: int) -> Reservation:
+    def set_aside(self, res: Reservation, array: str, slot: int, *, chunk: tuple[int, ...] | None = None,
+                  what: str = "", since: float | None = None) -> Reservation:
         """Take ``slot`` of ``array`` out of the step's ``res`` (changed in place) into a reservation of its own,
         which belongs to no step: its pin outlives the step and the plan (:meth:`reset` lets it through), until
         :meth:`release` of it. For a slot a given-up request may still write into (a direct read into its slot that
         hangs): released when that request returns, the slot is free again (its chunk failed: by then, or at that
-        release if it was never reported)."""
+        release if it was never reported). ``chunk`` (the chunk's index), ``what`` (the request, in words) and
+        ``since`` (``time.monotonic()`` when it started) name it in the error of a step that cannot be reserved
+        because of it (:meth:`reserve`'s ``held_timeout``)."""
         with self._cond:
             s = res.slots[array]
             p = int(np.flatnonzero(s == slot)[0])
             keep = np.arange(s.size) != p
             part = Reservation(res.step, {array: res.ids[array][p:p + 1]}, {array: s[p:p + 1]}, {}, {}, 0,
                                _orphan=True)
+            part._aside = (tuple(chunk) if chunk is not None else (int(res.ids[array][p]),), what,
+                           time.monotonic() if since is None else since)
             for name in ("fill", "wait"):
                 pos = getattr(res, name)
                 if array in pos:

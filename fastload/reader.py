@@ -138,6 +138,16 @@ class _Started:
     stuck: list[tuple[str, _Task]] = dataclasses.field(default_factory=list)  # given up during a direct read
 
 
+_SKIPPED: Any = object()  # _start: a step given up before it was reserved (its samples dropped)
+
+
+def _first(errors: Any) -> BaseException:
+    """The error to raise of a step's failed chunks: a chunk whose store request hung (not one of the chunks that
+    were not read because of it), else the first."""
+    errors = list(errors)
+    return next((e for e in errors if getattr(e, "hung", False)), errors[0])
+
+
 class ChunkReader(_Fetcher):
     """Fetch, decode and gather the steps of an :class:`~fastload.plan.EpochPlan` (thread-safe).
 
@@ -241,9 +251,14 @@ class ChunkReader(_Fetcher):
         row = 0
         # steps overlap by one: the next step's chunks are fetched and decoded while this one gathers, when its
         # slots can be had without waiting (a step never waits for slots while holding another: no deadlock)
-        cur: _Started | None = self._start(steps[0], stats, stop, block=True) if steps else None
+        cur: _Started | None = None
         try:
             for i in range(len(steps)):
+                if cur is None:
+                    cur = self._start(steps[i], stats, stop, block=True)
+                    if cur is _SKIPPED:  # (on_bad_chunk='skip': no slots for it; warned)
+                        cur = None
+                        continue
                 assert cur is not None
                 nxt = self._start(steps[i + 1], stats, stop, block=False) if i + 1 < len(steps) else None
                 if self._ahead is not None:  # best effort: an error there (planning a later batch) is that
@@ -253,8 +268,6 @@ class ChunkReader(_Fetcher):
                         log.debug("read-ahead of the steps after batch %s step %s failed", batch, i, exc_info=True)
                 started, cur = cur, nxt
                 row = self._finish(started, boxes, outs, row, kept, stats, stop)
-                if cur is None and i + 1 < len(steps):
-                    cur = self._start(steps[i + 1], stats, stop, block=True)
         finally:
             if cur is not None:  # a step failed: the one started after it gives its slots back unused
                 self._abandon(cur)
@@ -349,8 +362,19 @@ class ChunkReader(_Fetcher):
 
     def _start(self, step: Step, stats: IOStats, stop: Callable[[], bool], block: bool) -> _Started | None:
         """Reserve a step's chunks and submit the fetches and decodes of the missing ones (None: ``block`` is
-        False and the slots are not free right now)."""
-        res = self.cache.reserve(step.index, step.ids, should_stop=stop, block=block)
+        False and the slots are not free right now; :data:`_SKIPPED`: ``block`` and ``on_bad_chunk="skip"``, and
+        slots set aside for hung direct reads kept the step out for ``read_timeout``: its samples are dropped)."""
+        try:
+            res = self.cache.reserve(step.index, step.ids, should_stop=stop, block=block,
+                                     held_timeout=self.read_timeout)
+        except ChunkTimeoutError as e:  # slots set aside for hung direct reads leave the step too few, for longer
+            if self.on_bad_chunk != "skip":  # than read_timeout: the store does not answer
+                raise
+            log.warning("fastload: on_bad_chunk='skip' drops the %d sample(s) of batch %s, step %s: its chunks "
+                        "cannot be given cache slots (loader.read_timeout_s = %s): %s", step.stop - step.start,
+                        step.batch, step.index, self.read_timeout, e)
+            self.cache.uses.finish(step.index, step.ids)  # (no reservation to release: its uses are done)
+            return _SKIPPED
         if res is None:
             return None
         stats.chunks += step.n_chunks
@@ -384,7 +408,7 @@ class ChunkReader(_Fetcher):
             for a, errs in cache.wait(res, should_stop=stop).items():
                 bad.setdefault(a, {}).update(errs)
             if bad and self.on_bad_chunk != "skip":
-                raise next(iter(next(iter(bad.values())).values()))
+                raise _first(e for errs in bad.values() for e in errs.values())
             if bad:
                 self._warn_timeouts(step, bad)
             sel = self._good_samples(step, bad)
@@ -424,7 +448,9 @@ class ChunkReader(_Fetcher):
             with task.lock:  # (the thread clears busy under this lock when its read returns)
                 if task.busy is None:
                     continue
-                task.hold = self.cache.set_aside(res, a, task.busy)
+                chunk = task.hung[0] if task.hung else None
+                what = f"the direct read of {self._describe_chunk(a, chunk)}" if chunk is not None else ""
+                task.hold = self.cache.set_aside(res, a, task.busy, chunk=chunk, what=what, since=task.since)
                 self._direct_holds.add(task)
         self.cache.release(res, step_done=step_done)
 
@@ -435,7 +461,7 @@ class ChunkReader(_Fetcher):
         if late:
             log.warning("fastload: on_bad_chunk='skip' drops the samples of %d chunk(s) of batch %s whose store "
                         "requests timed out (loader.read_timeout_s = %s), e.g. %s", len(late), step.batch,
-                        self.read_timeout, late[0])
+                        self.read_timeout, _first(late))
 
     @staticmethod
     def _count_streams(res: Reservation, stats: IOStats) -> None:
@@ -517,7 +543,7 @@ class ChunkReader(_Fetcher):
                 for j, e in d.errors.items():
                     self.cache.failed(a, int(res.slots[a][group[j]]), e)
                 if full:
-                    fatal = fatal or next(iter(d.errors.values()))
+                    fatal = fatal or _first(d.errors.values())
             targets = [stats, stats.stream(a.partition("/")[0])] if self._multi else [stats]
             for st in targets:
                 st.fetch_s += d.fetch_s

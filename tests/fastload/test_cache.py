@@ -208,6 +208,54 @@ def test_a_slot_set_aside_outlives_its_step_and_plan_until_released():
     assert sorted(r.slots["x"].tolist()) == [0, 1, 2]
 
 
+def test_a_step_kept_out_only_by_set_aside_slots_waits_for_them_at_most_held_timeout():
+    """A step that needs every slot of an array cannot be reserved while one is set aside for a hung read: reserve
+    waited for ever. With held_timeout it raises ChunkTimeoutError naming the hung read (array, chunk, slot, how
+    long) and the setting; without, or while the set-aside slot is not what keeps the step out (it would fit once
+    the steps' own pins go), it waits as before and gets its slots."""
+    from fastload.errors import ChunkTimeoutError
+
+    steps = [[("x", 0), ("x", 1)], [("x", 2), ("x", 3), ("x", 4)], [("x", 5), ("x", 6)]]
+    cache = ChunkCache({"x": (3, 1, np.float32)}, _uses(steps))
+    r0 = cache.reserve(0, _ids(steps[0]))
+    hung = int(r0.slots["x"][1])
+    cache.failed("x", hung, OSError("given up"))
+    aside = cache.set_aside(r0, "x", hung, chunk=(0, 1), what="the direct read of x/0.1",
+                            since=time.monotonic() - 5)
+    _fill_all(cache, r0)
+    cache.release(r0)
+    with pytest.raises(ChunkTimeoutError) as e:  # 3 chunks, 3 slots, 1 set aside: never, while the read hangs
+        cache.reserve(1, _ids(steps[1]), held_timeout=0.2)
+    assert e.value.array == "x" and e.value.chunk == (0, 1)
+    msg = str(e.value)
+    assert "the direct read of x/0.1" in msg and f"slot {hung}" in msg and "set aside" in msg, msg
+    assert "loader.read_timeout_s = 0.2" in msg and "hanging for 5" in msg, msg
+    assert cache._waiting == []  # noqa: SLF001 - the step no longer waits (a later one is not held behind it)
+
+    # 2 chunks fit beside the set-aside slot once step 0's pins go: a step waits for those as long as it takes
+    r0 = cache.reserve(0, _ids(steps[0]))
+    _fill_all(cache, r0)
+    got: dict = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("r", cache.reserve(2, _ids(steps[2]),
+                                                                               held_timeout=0.01)))
+    waiter.start()
+    time.sleep(0.3)  # (no assertion on time: only that it neither raised nor was granted while step 0 held on)
+    assert "r" not in got
+    cache.release(r0)
+    waiter.join(10)
+    assert "r" in got and hung not in got["r"].slots["x"].tolist()
+    _fill_all(cache, got["r"])
+    cache.release(got["r"])
+
+    def later() -> None:  # the read returns: its slot is free, and the step that needs every slot gets it
+        time.sleep(0.2)
+        cache.release(aside)
+
+    threading.Thread(target=later).start()
+    r1 = cache.reserve(1, _ids(steps[1]), held_timeout=30)
+    assert sorted(r1.slots["x"].tolist()) == [0, 1, 2]
+
+
 def test_shared_chunk_filled_once_while_pending():
     k = [("x", 0)]
     cache = ChunkCache({"x": (2, 3, np.float32)}, _uses([k, k]))

@@ -239,3 +239,200 @@ def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_r
         for t in threading.enumerate():
             if t.name.startswith("fastload"):
                 t.join(30)
+
+
+def _hang_reads(store, hang):
+    """Make ``store``'s direct reads of keys ``hang(key, n)`` says (n: reads of the array so far, counting this one)
+    wait until the returned event is set (a hung NFS mount), then read the file. Returns (release, hung keys)."""
+    import threading
+
+    plain = store.source.read_into
+    release, lock, hung, counts = threading.Event(), threading.Lock(), [], {}
+
+    def read_into(key, out):
+        with lock:
+            a = key.split("/")[0]
+            counts[a] = counts.get(a, 0) + 1
+            stuck = hang(key, counts[a], hung)
+            if stuck:
+                hung.append(key)
+        if stuck:
+            release.wait(60)
+        return plain(key, out)
+
+    store.source.read_into = read_into
+    return release, hung
+
+
+def _in_thread(fn, seconds: float = 30.0) -> dict:
+    """Run ``fn()`` on a thread for at most ``seconds``: ``{"result": ...}``, ``{"error": ...}`` or ``{}`` (still
+    running: it waits for ever)."""
+    import threading
+
+    got: dict = {}
+
+    def run() -> None:
+        try:
+            got["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - looked at by the caller
+            got["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return got
+
+
+def _release_and_close(release, loader) -> None:
+    import threading
+
+    release.set()
+    loader.close()
+    for t in threading.enumerate():
+        if t.name.startswith("fastload"):
+            t.join(30)
+
+
+@pytest.mark.parametrize("on_bad_chunk", ["skip", "raise"])
+def test_a_step_that_needs_the_slot_of_a_hung_direct_read_fails_after_the_read_timeout(tmp_path, caplog,
+                                                                                         on_bad_chunk):
+    """A cache sized for one step (workers=1, cache_bytes=1: what process mode always has) cannot reserve a step
+    that needs every slot of an array while the slot of a given-up direct read stays set aside: the step waited
+    for ever in ChunkCache.reserve, read_timeout_s notwithstanding. Now it waits for the set-aside slot at most
+    read_timeout_s; then with on_bad_chunk='skip' its samples are dropped with a warning (the epoch ends, the
+    batches equal the reference), and with 'raise' a ChunkTimeoutError names the hung read and the setting
+    (here: the next epoch, started after the first raised the hung chunk's own timeout)."""
+    import logging
+
+    from fastload.errors import ChunkTimeoutError
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    release, hung = _hang_reads(store, lambda key, n, hung: key.startswith("t/") and not hung)
+    caplog.set_level(logging.WARNING, logger="fastload")
+    loader = Loader(store, cfg, samples_per_epoch=48, workers=1, prefetch=1, cache_bytes=1, seed=3, retries=0,
+                    read_timeout_s=1.0, on_bad_chunk=on_bad_chunk)
+
+    def epoch(e: int) -> list:
+        loader.set_epoch(e)
+        return [(b.boxes.numpy().copy(), {f: b[f].numpy().copy() for f in cfg.field_names}) for b in loader]
+
+    try:
+        if on_bad_chunk == "skip":
+            got = _in_thread(lambda: epoch(0))
+            assert got, "the epoch waits for ever for the slot of a hung read"
+            assert "result" in got, got
+            assert hung and loader._backend.reader._direct_holds  # noqa: SLF001 - it still hangs
+            backend = loader._backend  # noqa: SLF001
+            assert backend.cache.n_slots("t") == backend.capacity["t"]  # a step may need every slot
+            msgs = [r.getMessage() for r in caplog.records]
+            dropped = [m for m in msgs if "cannot be given cache slots" in m]
+            assert dropped and hung[0] in dropped[0] and "loader.read_timeout_s = 1" in dropped[0], msgs
+            assert sum(len(b) for b, _ in got["result"]) < 48
+            for boxes, fields in got["result"]:
+                want = reference(truth, cfg, boxes, periodic=True)
+                for f in cfg.field_names:
+                    np.testing.assert_array_equal(fields[f], want[f])
+        else:
+            first = _in_thread(lambda: epoch(0))
+            assert isinstance(first.get("error"), ChunkTimeoutError), first  # the hung chunk's own timeout
+            assert hung and store.arrays["t"].key(first["error"].chunk) == hung[0]
+            again = _in_thread(lambda: [epoch(e) for e in (1, 2)])
+            assert again, "a later epoch waits for ever for the slot of a hung read"
+            e = again.get("error")
+            assert isinstance(e, ChunkTimeoutError), again
+            assert "set aside" in str(e) and hung[0] in str(e) and "loader.read_timeout_s = 1" in str(e), str(e)
+            assert store.arrays["t"].key(e.chunk) == hung[0]
+    finally:
+        _release_and_close(release, loader)
+
+
+def test_once_a_direct_read_is_given_up_no_further_direct_read_starts(tmp_path):
+    """A mount that stops answering: after the 6th direct read of array t every read of it hangs. Once the first
+    hung read is given up, the reader takes the ordinary path (which reads into buffers of its own) at once, not
+    only after the step released its slots: with one I/O thread, one slot stays pinned by a hung read, not one
+    per replacement thread and later task (3 before)."""
+    import threading
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none")
+    store = open_store(tmp_path / "s.zarr")
+    dead = threading.Event()
+
+    def hang(key, n, hung):
+        if key.startswith("t/") and n >= 6:
+            dead.set()
+        return dead.is_set() and key.startswith("t/")
+
+    release, hung = _hang_reads(store, hang)
+    plain_get = store.source.get
+
+    def get(key):  # the ordinary path's reads of t hang too (they hold no slot)
+        if key.startswith("t/") and dead.is_set():
+            release.wait(60)
+        return plain_get(key)
+
+    store.source.get = get
+    loader = Loader(store, cfg, samples_per_epoch=48, workers=2, prefetch=2, cache_bytes=40_000, seed=3,
+                    fetch_concurrency=1, retries=0, read_timeout_s=0.5, on_bad_chunk="skip")
+    try:
+        got = _in_thread(lambda: sum(len(b) for b in loader))
+        assert got, "the epoch still waits"
+        reader, cache = loader._backend.reader, loader._backend.cache  # noqa: SLF001
+        assert len(hung) == 1, hung
+        assert int((cache._arenas["t"].pins > 0).sum()) == 1 and len(reader._direct_holds) == 1  # noqa: SLF001
+    finally:
+        _release_and_close(release, loader)
+
+
+@pytest.mark.parametrize("path", ["direct", "ordinary"])
+def test_the_timeout_error_names_the_chunk_whose_request_hung(tmp_path, monkeypatch, path):
+    """A task of several chunks whose third read hangs: the error raised names that chunk ('no answer to the
+    request for <its file>'), not the task's first chunk; the task's other chunks say they were not read because
+    of it."""
+    import threading
+
+    from fastload.errors import ChunkTimeoutError
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="none" if path == "direct" else "zstd")
+    store = open_store(tmp_path / "s.zarr")
+    if path == "direct":
+        release, hung = _hang_reads(store, lambda key, n, hung: key.startswith("t/") and n == 3)
+    else:
+        release, lock, hung, seen = threading.Event(), threading.Lock(), [], []
+        plain = store.chunk_bytes
+
+        def chunk_bytes(array, c):
+            with lock:
+                seen.append(array)
+                me = array == "t" and seen.count("t") == 3
+                if me:
+                    hung.append(store.arrays[array].key(c))
+            if me:
+                release.wait(60)
+            return plain(array, c)
+
+        store.chunk_bytes = chunk_bytes
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, prefetch=1, seed=3, retries=0, read_timeout_s=1.0)
+    given_up: list = []
+    plain_given_up = ChunkReader._given_up  # noqa: SLF001
+
+    def record(self, *args, **kwargs):
+        d = plain_given_up(self, *args, **kwargs)
+        given_up.append(d.errors)
+        return d
+
+    monkeypatch.setattr(ChunkReader, "_given_up", record)
+    try:
+        got = _in_thread(lambda: next(iter(loader)))
+        e = got.get("error")
+        assert isinstance(e, ChunkTimeoutError), got
+        assert hung and store.arrays["t"].key(e.chunk) == hung[0], (e, hung)
+        assert "no answer to the request for" in str(e) and hung[0] in str(e), str(e)
+        errs = [x for d in given_up for x in d.values()]
+        assert len(errs) > 1 and sum(x.chunk == e.chunk for x in errs) == 1
+        for x in errs:
+            if x.chunk != e.chunk:
+                assert f"not read: the task was given up while chunk {e.chunk} hung" in str(x), str(x)
+    finally:
+        _release_and_close(release, loader)
