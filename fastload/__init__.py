@@ -9,6 +9,7 @@ from __future__ import annotations
 from .config import FieldConfig, LoaderConfig, SamplingConfig, StreamConfig, apply_overrides
 from .errors import (
     ChunkReadError,
+    ChunkTimeoutError,
     CodecError,
     ConfigError,
     FastloadError,
@@ -67,6 +68,7 @@ __all__ = [
     "StreamConfig",
     "apply_overrides",
     "ChunkReadError",
+    "ChunkTimeoutError",
     "CodecError",
     "ConfigError",
     "FastloadError",

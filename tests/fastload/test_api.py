@@ -1,0 +1,13 @@
+"""The top-level names the README tells users to catch or construct are importable from ``fastload``."""
+
+from __future__ import annotations
+
+import fastload
+from fastload import errors
+
+
+def test_errors_users_catch_are_exported_and_keep_their_hierarchy():
+    for name in ("FastloadError", "ConfigError", "StoreError", "StoreNotFoundError", "SchemaError", "CodecError",
+                 "ChunkReadError", "ChunkTimeoutError", "LoaderClosedError"):
+        assert name in fastload.__all__ and getattr(fastload, name) is getattr(errors, name), name
+    assert issubclass(fastload.ChunkTimeoutError, fastload.ChunkReadError)  # `except ChunkReadError` still catches
