@@ -51,6 +51,8 @@ class GridExtent:
     """Columns (longitude or the curvilinear ``x``)."""
     periodic_x: bool = False
     """Columns wrap modulo ``nx`` (global grids)."""
+    note: str = dataclasses.field(default="", compare=False, repr=False)
+    """Added to the message of a box whose x0 is out of range (e.g. why a global grid does not wrap)."""
     time: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     """The time axis (``(nt,)`` datetime64), when known: then a sample's time points must lie on its regular step
     (:meth:`regular_t0`); None: every ``t0`` in range is valid."""
@@ -160,7 +162,8 @@ def check_boxes(boxes: Any, extent: GridExtent, box: Sequence[int], time_step: i
             raise ConfigError(
                 f"boxes[{i}]: {name} = {int(arr[i, axis])} is outside [0, {hi[axis]}] for a box of "
                 f"{list(box)} points (time_step {time_step}) on a grid of nt={extent.nt}, ny={extent.ny}, "
-                f"nx={extent.nx}{' (periodic in x)' if extent.periodic_x else ''}; {bad.size} box(es) out of range")
+                f"nx={extent.nx}{' (periodic in x)' if extent.periodic_x else ''}; {bad.size} box(es) out of range"
+                + (f" ({extent.note})" if name == "x0" and extent.note else ""))
     ok = extent.regular_t0(box, time_step)
     if ok is not None and arr.size:
         bad = np.flatnonzero(~ok[arr[:, 0]])

@@ -177,7 +177,7 @@ class MeshPointSampler(PointSampler):
         _, tlat, tlon = field.token_size
         nodes, count = self.index.bin(where, nlat, nlon, tlat * tlon, jit=jit)
         lat, lon = cell_centres(where, nlat, nlon)
-        return nodes.reshape(nodes.shape[0], -1), count, lat, lon
+        return nodes.reshape(nodes.shape[0], nlat * nlon * tlat * tlon), count, lat, lon  # (also for 0 samples)
 
 
 class MeshTokenizer(BaseTokenizer):
@@ -211,7 +211,7 @@ class MeshTokenizer(BaseTokenizer):
         ny = max(1, int(round(180.0 / res)))
         self.resolution = 180.0 / ny
         nt = None if self.time is None else int(self.time.shape[0])
-        self.extent = GridExtent(nt=nt, ny=ny, nx=2 * ny, periodic_x=True)
+        self.extent = GridExtent(nt=nt, ny=ny, nx=2 * ny, periodic_x=True, time=self.time)
         self.lat = 90.0 - (np.arange(ny) + 0.5) * self.resolution
         """Latitudes of the placement grid's rows (for cos-lat placement)."""
 

@@ -152,7 +152,8 @@ class StructuredTokenizer(BaseTokenizer):
     def __init__(self, grid: Any, time: np.ndarray | None, config: Any, layouts: Mapping[str, FieldLayout]):
         super().__init__(grid, time, config, layouts)
         self.extent = GridExtent(nt=None if self.time is None else int(self.time.shape[0]), ny=int(grid.ny),
-                                 nx=int(grid.nx), periodic_x=bool(grid.periodic_x))
+                                 nx=int(grid.nx), periodic_x=bool(grid.periodic_x), time=self.time,
+                                 note=getattr(grid, "seam_note", ""))
 
     def check_boxes(self, boxes: Any) -> np.ndarray:
         return check_boxes(boxes, self.extent, self.config.box, self.config.time_step)

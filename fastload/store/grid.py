@@ -61,6 +61,14 @@ class Grid:
     def shape(self) -> tuple[int, int]:
         return (self.ny, self.nx)
 
+    @property
+    def seam_note(self) -> str:
+        """Why a lat-lon grid that looks global does not wrap (its last longitude repeats the first + 360, and how
+        to fix the store), for messages about boxes at its edges; "" otherwise."""
+        if self.kind != "latlon" or self.periodic_x or not repeats_seam(self.lon):
+            return ""
+        return f"the grid is read as regional: {seam_hint(self.lon, self.dims[1])}"
+
     def __repr__(self) -> str:
         if self.kind == "mesh":
             return f"Grid(mesh, {self.nx} nodes, faces={0 if self.face_nodes is None else len(self.face_nodes)})"

@@ -529,6 +529,23 @@ def test_a_repeated_seam_column_is_named_with_the_way_to_make_the_grid_periodic(
     assert "NOTE" not in format_summary(d)
 
 
+def test_a_box_across_a_repeated_seam_column_is_refused_with_the_hint(tmp_path):
+    """extract of a box that would wrap on such a grid names the repeated column and the fix (it said only that x0
+    was out of range); a box inside the grid reads as before, and the global grid has no note."""
+    from fastload.config import FieldConfig, SamplingConfig
+    from fastload.extract import extract
+
+    _xr_grid(tmp_path / "dup.zarr", np.arange(0.0, 360.1, 30.0))
+    store = open_store(str(tmp_path / "dup.zarr"))
+    cfg = SamplingConfig(fields=[FieldConfig(name="t2m", num_tokens=(1, 1, 2), token_size=(1, 2, 2),
+                                             normalization="none")])
+    with pytest.raises(ConfigError, match=r"x0 = 11 is outside \[0, 9\].*read as regional: the last longitude "
+                       r"\(360\) repeats the first \(0\) \+ 360: drop the last longitude column"):
+        extract(store, cfg, [[0, 0, 11]])
+    assert extract(store, cfg, [[0, 1, 9]])["t2m"].data.shape[0] == 1
+    assert store.grid.seam_note and not open_store(str(tmp_path / "dup.zarr")).grid.periodic_x
+
+
 @pytest.mark.parametrize("lon", [np.arange(0.0, 360.0, 30.0), np.arange(0.0, 180.1, 30.0),
                                  np.arange(0.0, 300.1, 30.0), np.r_[np.arange(0.0, 330.1, 30.0), 355.0]])  # fmt: skip
 def test_no_seam_note_on_other_grids(tmp_path, lon):

@@ -143,20 +143,12 @@ def test_extract_of_windows_drawn_from_the_store_has_evenly_spaced_tokens(gap_st
         np.testing.assert_array_equal(out.data[i, 0, :, 0, 0, :, 0, 0].reshape(4), truth["tas"][t0:t0 + 4, y, x])
 
 
-_WIRING = pytest.mark.xfail(
-    strict=True, reason="the tokenizers' GridExtent does not carry the store's time axis yet: "
-    "fastload/sampling/tokenizer.py StructuredTokenizer and fastload/sampling/mesh.py MeshTokenizer need "
-    "GridExtent(..., time=self.time); remove this mark with that change")
-
-
-@_WIRING
 def test_extract_refuses_a_box_across_the_gap(gap_store):
     store, _, _ = gap_store
     with pytest.raises(ConfigError, match=r"boxes\[0\] \[8, 2, 3\] crosses a gap .* is 12 h"):
         extract(store, xr_cfg(nt=2, tt=2), [[8, 2, 3]])
 
 
-@_WIRING
 def test_the_loader_draws_no_window_across_the_gap(gap_store):
     from fastload import Loader
 
