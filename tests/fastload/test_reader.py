@@ -397,6 +397,7 @@ def test_a_given_up_read_ahead_request_gives_its_budget_back_once():
     runner = threading.Thread(target=ahead.run, args=(g,), daemon=True)
     runner.start()
     try:
+        _wait_until(lambda: calls)  # the request runs (else take would run it itself, on this thread)
         assert isinstance(ahead.take("a", [(0,)], timeout=0.1)[0], ChunkReadError)
         assert let_go == [g]
         ahead.clear()  # a new plan starts
@@ -441,10 +442,11 @@ def test_a_hung_request_its_consumer_runs_itself_gives_its_budget_back():
     """A consumer runs a still-queued read-ahead request itself (take's own-request path) and it never answers:
     once it is older than the read timeout, a new plan's clear() gives its estimate back (it held the budget for as
     long as it hung before: read-ahead mostly off)."""
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     def fetch(array, chunks):
         if chunks[0] == (0,):
+            entered.set()
             release.wait(30)
         return [bytes(100)] * len(chunks)
 
@@ -454,7 +456,8 @@ def test_a_hung_request_its_consumer_runs_itself_gives_its_budget_back():
                                 kwargs={"timeout": 0.05, "timed": lambda fn: fn()}, daemon=True)
     consumer.start()
     try:
-        time.sleep(0.15)  # (its step gives the task up after the read timeout)
+        assert entered.wait(30)  # the consumer's own request runs (the thread may start late on a loaded box)
+        time.sleep(0.15)  # (older than the read timeout now, however slow the machine)
         ahead.clear()
         g = ahead.claim("a", [(i,) for i in range(100, 108)], est=100)
         assert g is not None and len(g.chunks) == 8 and ahead._flight == 800
@@ -631,6 +634,14 @@ def test_close_after_a_warm_up_thread_that_could_not_start(monkeypatch, tmp_path
     assert rd.close(2.0) == []
 
 
+def _wait_until(ready, seconds: float = 30.0) -> None:
+    """Wait until ``ready()`` (a thread has got somewhere), failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < deadline, "the thread never got there"
+        time.sleep(0.005)
+
+
 def test_a_chunk_whose_read_ahead_request_was_given_up_is_fetched_again_by_later_steps():
     """A read-ahead request hangs; the step waiting for one of its chunks gives it up after the timeout (that step's
     chunk fails, as before). A later step needing the request's other chunk, or a chunk of a request the sweep gave
@@ -649,6 +660,7 @@ def test_a_chunk_whose_read_ahead_request_was_given_up_is_fetched_again_by_later
     hung = [threading.Thread(target=ahead.run, args=(g,), daemon=True)]
     hung[0].start()
     try:
+        _wait_until(lambda: calls)  # the request runs (else take would run it itself, on this thread: a loaded box)
         assert isinstance(ahead.take("a", [(0,)], timeout=0.1)[0], ChunkTimeoutError)  # this step fails
         assert ahead.take("a", [(1,)], timeout=0.1) == {}  # a later step: its caller fetches the chunk
         swept = ahead.claim("a", [(5,)], est=10)
@@ -668,3 +680,4 @@ def test_a_chunk_whose_read_ahead_request_was_given_up_is_fetched_again_by_later
         release.set()
         for t in hung:
             t.join(10)
+

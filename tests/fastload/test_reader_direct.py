@@ -180,7 +180,7 @@ def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_r
     store.source.read_into = hanging
     caplog.set_level(logging.WARNING, logger="fastload")
     loader = Loader(store, cfg, samples_per_epoch=24, workers=2, prefetch=2, cache_bytes=40_000, seed=3,
-                    retries=0, read_timeout_s=0.3, on_bad_chunk="skip")
+                    retries=0, read_timeout_s=1.5, on_bad_chunk="skip")  # (healthy reads: room on a loaded box)
 
     def epoch(e: int) -> list:
         loader.set_epoch(e)
@@ -311,7 +311,7 @@ def test_a_step_that_needs_the_slot_of_a_hung_direct_read_fails_after_the_read_t
     release, hung = _hang_reads(store, lambda key, n, hung: key.startswith("t/") and not hung)
     caplog.set_level(logging.WARNING, logger="fastload")
     loader = Loader(store, cfg, samples_per_epoch=48, workers=1, prefetch=1, cache_bytes=1, seed=3, retries=0,
-                    read_timeout_s=1.0, on_bad_chunk=on_bad_chunk)
+                    read_timeout_s=2.0, on_bad_chunk=on_bad_chunk)  # (healthy reads: room on a loaded box)
 
     def epoch(e: int) -> list:
         loader.set_epoch(e)
@@ -327,7 +327,7 @@ def test_a_step_that_needs_the_slot_of_a_hung_direct_read_fails_after_the_read_t
             assert backend.cache.n_slots("t") == backend.capacity["t"]  # a step may need every slot
             msgs = [r.getMessage() for r in caplog.records]
             dropped = [m for m in msgs if "cannot be given cache slots" in m]
-            assert dropped and hung[0] in dropped[0] and "loader.read_timeout_s = 1" in dropped[0], msgs
+            assert dropped and hung[0] in dropped[0] and "loader.read_timeout_s = 2" in dropped[0], msgs
             assert sum(len(b) for b, _ in got["result"]) < 48
             for boxes, fields in got["result"]:
                 want = reference(truth, cfg, boxes, periodic=True)
@@ -341,7 +341,7 @@ def test_a_step_that_needs_the_slot_of_a_hung_direct_read_fails_after_the_read_t
             assert again, "a later epoch waits for ever for the slot of a hung read"
             e = again.get("error")
             assert isinstance(e, ChunkTimeoutError), again
-            assert "set aside" in str(e) and hung[0] in str(e) and "loader.read_timeout_s = 1" in str(e), str(e)
+            assert "set aside" in str(e) and hung[0] in str(e) and "loader.read_timeout_s = 2" in str(e), str(e)
             assert store.arrays["t"].key(e.chunk) == hung[0]
     finally:
         _release_and_close(release, loader)
@@ -373,7 +373,7 @@ def test_once_a_direct_read_is_given_up_no_further_direct_read_starts(tmp_path):
 
     store.source.get = get
     loader = Loader(store, cfg, samples_per_epoch=48, workers=2, prefetch=2, cache_bytes=40_000, seed=3,
-                    fetch_concurrency=1, retries=0, read_timeout_s=0.5, on_bad_chunk="skip")
+                    fetch_concurrency=1, retries=0, read_timeout_s=1.5, on_bad_chunk="skip")
     try:
         got = _in_thread(lambda: sum(len(b) for b in loader))
         assert got, "the epoch still waits"
@@ -413,7 +413,7 @@ def test_the_timeout_error_names_the_chunk_whose_request_hung(tmp_path, monkeypa
             return plain(array, c)
 
         store.chunk_bytes = chunk_bytes
-    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, prefetch=1, seed=3, retries=0, read_timeout_s=1.0)
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, prefetch=1, seed=3, retries=0, read_timeout_s=2.0)
     given_up: list = []
     plain_given_up = ChunkReader._given_up  # noqa: SLF001
 
