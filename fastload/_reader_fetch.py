@@ -343,7 +343,16 @@ class _Fetcher:
             except ChunkReadError:
                 pass  # find out which chunk is at fault: one request each
         out: list[bytes | None | ChunkReadError] = []
+        limit, began = self.read_timeout, None if d.task is None else d.task.began
         for c in chunks:
+            ran = 0.0 if began is None or limit is None else time.monotonic() - began
+            if self._failing and limit is not None and ran > limit:  # read_timeout_s bounds one request; while the
+                # store is failing, a task also stops making requests once it has run that long (up to 32 requests
+                # one after another: each under the limit, a task took chunks x the request before)
+                out.append(ChunkReadError(array, c, f"not read: the store is failing (a read failed after its "
+                                                    f"retries and none has succeeded since) and this task has run "
+                                                    f"{ran:.3g} s, past loader.read_timeout_s = {limit:g}"))
+                continue
             try:
                 # while the store is failing (a chunk failed after all its retries, none read since), one try
                 # each: a dead store reaches the consumer in seconds, not retries x chunks x backoff

@@ -395,7 +395,8 @@ class LoaderConfig(_Config):
     """Retries of a transient read error (an ``OSError`` other than a missing file or a permission error), with
     exponential backoff (0.05 s, doubling), all within ``read_timeout_s`` of the first attempt: a retry whose backoff
     would end past it is not made. While the store is failing (a read failed after its retries and none has
-    succeeded since) reads get one try each."""
+    succeeded since) reads get one try each, and a fetch task (up to 32 chunks, requested one after another) stops
+    once it has run ``read_timeout_s``: its other chunks fail unread."""
     read_timeout_s: float | None = 300.0
     """Seconds a storage request may take, counted from its first attempt and *including its retries and their
     backoff* (so a step waits at most about this long for a request, whatever ``retries`` is; per attempt it could
@@ -406,7 +407,18 @@ class LoaderConfig(_Config):
     an I/O thread counts from when it was queued or a thread last started or finished a job, whichever is later (a
     busy but answering store fails nothing). Reads of a local store count too (a hung network mount), also those
     straight into a cache slot. ``None``: wait for ever. A remote request carries up to 32 chunks: raise it for
-    large chunks over a slow link. Thread and process mode (each worker process's reader)."""
+    large chunks over a slow link. Thread and process mode (each worker process's reader).
+
+    It bounds *one request*, not a batch: a fetch task makes up to 32 requests one after another (a local store:
+    one per chunk; a remote one: one per group, then one per chunk if the group fails), each bounded on its own;
+    while the store is failing (see ``retries``) a task stops once it has run this long. A direct read given up
+    keeps its cache slot out of use until it returns; a step that cannot get slots because of such slots waits for
+    them at most this long too, then fails with a ``ChunkTimeoutError`` naming the hung read (``skip``: the step's
+    samples are dropped). In process mode the start of each worker process counts as well: every storage request
+    it makes to open the store (metadata reads: ``.zarray``/``zarr.json``, coordinates) may take at most this long,
+    else the iteration fails with a ``WorkerError`` naming the worker, the request and this setting (the worker is
+    stopped; the next iteration starts a new one). A cold network mount or object store slower than this to open
+    needs a larger value."""
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch."""
 

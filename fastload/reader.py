@@ -20,14 +20,19 @@ arrays, and fetch/decode tasks carry up to 32 chunks each (8 or more unless big 
 in one task).
 
 Faults: a transient storage error (an ``OSError`` that is not a missing key) is retried ``retries`` times with
-exponential backoff and counted, within the read timeout (which bounds a request with its retries); while the store
-is failing (a read failed after all its retries and none has succeeded since) each further read gets one try, so a
-dead store reaches the consumer in about a second, not retries x chunks x backoff (23 s before, measured). A
-permanent error, or corrupt bytes, raises :class:`~fastload.errors.ChunkReadError` naming the array, chunk and
-cause, or with ``on_bad_chunk="skip"`` drops the samples that need the chunk and counts them. A store request that
-goes unanswered for ``read_timeout`` seconds (``LoaderConfig.read_timeout_s``; or a task that waited that long for
-an I/O thread while no thread started or finished a job) is given up by the step waiting for it: its chunks fail
-with :class:`~fastload.errors.ChunkTimeoutError` (a ``ChunkReadError``), naming the wait (with
+exponential backoff and counted, within the read timeout (which bounds one request with its retries); while the store
+is failing (a read failed after all its retries and none has succeeded since) each further read gets one try, and a
+task (up to 32 chunks, a request each on a local store, one per group then one per chunk on a remote one) makes no
+more requests once it has run ``read_timeout`` seconds: its other chunks fail unread. So a failing store reaches the
+consumer after about (read timeout + one request) per task, the tasks on one I/O thread one after another (reads that
+fail after 0.25 s, read timeout 0.4 s, retries 0, one I/O thread: the first batch raised after 1.6 s and 6 reads, was
+18 s and 72 reads; before the one-try rule, 23 s at the defaults). A permanent error, or corrupt bytes, raises
+:class:`~fastload.errors.ChunkReadError` naming the array, chunk and cause, or with ``on_bad_chunk="skip"`` drops the
+samples that need the chunk and counts them. A store request that goes unanswered for ``read_timeout`` seconds
+(``LoaderConfig.read_timeout_s``; or a task that waited that long for an I/O thread while no thread started or
+finished a job) is given up by the step waiting for it: its chunks fail with
+:class:`~fastload.errors.ChunkTimeoutError` (a ``ChunkReadError``): the chunk(s) of the request that hung with "no
+answer to the request for <file>" (the one raised), the task's others "not read" because of it (with
 ``on_bad_chunk="skip"``, a warning; a later step that needs them fetches them again, also those of a read-ahead
 request given up), and the request is left running on its thread, which then writes into no slot
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
@@ -35,12 +40,16 @@ request given up), and the request is left running on its thread, which then wri
 ``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``
 that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its
 cache slots while an I/O thread may still write into them: a direct read (an uncompressed local chunk read straight
-into its slot) is given up like any request, and the slot it reads into stays pinned until the read returns (its
-thread releases it; meanwhile chunks take the ordinary path, which reads into buffers of its own; and the next
-plan's ``ChunkCache.reset`` raises ``CacheBusyError`` on that pin: the cache has no way yet to let it through). The
-I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`): :meth:`ChunkReader.close` waits for them at
-most its ``timeout`` and leaves one stuck in a store request running, named in a warning, and neither it nor the
-interpreter's exit waits for it.
+into its slot) is given up like any request, and the slot it reads into is set aside (``ChunkCache.set_aside``: a pin
+of no step, which the next plan's ``ChunkCache.reset`` lets through) until the read returns (its thread releases it).
+From the moment one is given up, chunks take the ordinary path, which reads into buffers of its own (also the rest of
+a task already reading directly), so a dead mount pins one slot per I/O thread at most. A step that cannot be
+reserved because set-aside slots leave its array too few (a cache sized for one step, as in process mode) waits for
+them at most ``read_timeout``, then fails with a ``ChunkTimeoutError`` naming the hung read(s) (with
+``on_bad_chunk="skip"``: the step's samples are dropped, with a warning); a step that fits once the other steps' pins
+go waits as long as that takes. The I/O threads are daemon threads (:class:`~fastload._io_pool._IOPool`):
+:meth:`ChunkReader.close` waits for them at most its ``timeout`` and leaves one stuck in a store request running,
+named in a warning, and neither it nor the interpreter's exit waits for it.
 
 Counters (:class:`IOStats`, defined in :mod:`fastload._io_stats`) are per batch: bytes stored (read), decoded and
 useful (what the samples use), chunk hits and misses, retries, skipped samples, and seconds per stage (fetch and

@@ -582,3 +582,47 @@ def test_the_kernel_warm_up_does_not_hold_up_the_fetches(tmp_path, monkeypatch):
                 read_timeout_s=0.6, read_ahead_bytes=0) as loader:  # (5 ms reads: room on a loaded machine)
         assert sum(b.stats.samples for b in loader) == 8
 
+
+def test_while_the_store_is_failing_a_task_stops_requesting_once_it_has_run_the_read_timeout(tmp_path, monkeypatch):
+    """Every read of array t fails (transient) after 0.25 s, retries=0, read_timeout_s=0.4: no request is given up
+    (each answers within the bound), but a task made one request per chunk, one after another (72 reads, 18 s for
+    the first batch). Once the store is failing, a task stops when it has run past read_timeout_s: a read takes at
+    least 0.25 s, so at most 2 reads per task however slow the machine, and its other chunks fail saying why."""
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2)
+    store = open_store(tmp_path / "s.zarr")
+    read, reads, lock = store.chunk_bytes, [0], threading.Lock()
+
+    def chunk_bytes(array, c):
+        if array == "t":
+            with lock:
+                reads[0] += 1
+            time.sleep(0.25)
+            raise ConnectionError("injected slow transient failure")
+        return read(array, c)
+
+    store.chunk_bytes = chunk_bytes
+    tasks, chunks, errors = [0], [0], []
+    plain = ChunkReader._fetch_decode
+
+    def fetch_decode(self, array, cs, *args, **kwargs):
+        d = plain(self, array, cs, *args, **kwargs)
+        if array == "t":
+            with lock:
+                tasks[0] += 1
+                chunks[0] += len(cs)
+                errors.extend(d.errors.values())
+        return d
+
+    monkeypatch.setattr(ChunkReader, "_fetch_decode", fetch_decode)
+    with Loader(store, cfg, samples_per_epoch=8, seed=4, workers=1, fetch_concurrency=1, retries=0,
+                read_timeout_s=0.4, read_ahead_bytes=0) as loader:
+        with pytest.raises(ChunkReadError):
+            next(iter(loader))
+    for t in threading.enumerate():
+        if t.name.startswith("fastload"):
+            t.join(10)
+    assert tasks[0] and reads[0] <= 2 * tasks[0] < chunks[0], (reads, tasks, chunks)
+    said = [str(e) for e in errors if "not read: the store is failing" in str(e)]
+    assert said and "loader.read_timeout_s = 0.4" in said[0], [str(e) for e in errors[:3]]
