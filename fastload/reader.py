@@ -270,12 +270,15 @@ class ChunkReader(_Fetcher):
                         continue
                 assert cur is not None
                 nxt = self._start(steps[i + 1], stats, stop, block=False) if i + 1 < len(steps) else None
+                started, cur = cur, nxt  # (from here the finally below abandons nxt, and _finish releases started)
                 if self._ahead is not None:  # best effort: an error there (planning a later batch) is that
                     try:                      # batch's to raise in its own turn, not this one's (nxt holds pins)
                         self._read_ahead(plan, steps, i + (nxt is not None), stop)
                     except Exception:  # noqa: BLE001
                         log.debug("read-ahead of the steps after batch %s step %s failed", batch, i, exc_info=True)
-                started, cur = cur, nxt
+                    except BaseException:  # an interrupt: the step never gathers, its slots go back unused
+                        self._abandon(started)
+                        raise
                 row = self._finish(started, boxes, outs, row, kept, stats, stop)
         finally:
             if cur is not None:  # a step failed: the one started after it gives its slots back unused

@@ -681,3 +681,44 @@ def test_a_chunk_whose_read_ahead_request_was_given_up_is_fetched_again_by_later
         for t in hung:
             t.join(10)
 
+
+class _Interrupt(BaseException):
+    """Not an Exception: what a KeyboardInterrupt or SystemExit in the reader's thread looks like."""
+
+
+def test_an_interrupt_while_reading_ahead_leaves_no_step_s_slots_pinned(tmp_path, monkeypatch):
+    """An interrupt (a BaseException) raised while a step reads ahead, after the next step was started: that next
+    step gives its slots back too (they stayed pinned for good before, also after close)."""
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr", latency_ms=1.0)  # remote: read-ahead on
+    starts: list = []
+    plain = ChunkReader._start
+
+    def start(self, step, stats, stop, block):
+        got = plain(self, step, stats, stop, block)
+        starts.append((block, got is not None))
+        return got
+
+    def read_ahead(self, plan, steps, i, stop):
+        if starts[-1] == (False, True):  # the next step is started (it holds slots)
+            raise _Interrupt("interrupted while reading ahead")
+
+    monkeypatch.setattr(ChunkReader, "_start", start)
+    monkeypatch.setattr(ChunkReader, "_read_ahead", read_ahead)
+    # a cache of room for two steps: the next step is started while one gathers
+    loader = Loader(store, cfg, samples_per_epoch=48, workers=1, prefetch=1, seed=3, retries=0, jit=False,
+                    cache_bytes=30_000)
+    try:
+        with pytest.raises(BaseException) as info:
+            for _ in loader:
+                pass
+        assert "interrupted while reading ahead" in repr(info.value) + repr(info.value.__cause__), info.value
+        assert (False, True) in starts
+    finally:
+        loader.close()
+    cache = loader._backend.cache  # noqa: SLF001
+    pinned = {a: int((ar.pins > 0).sum()) for a, ar in cache._arenas.items()}  # noqa: SLF001
+    assert not any(pinned.values()), pinned
+
