@@ -213,9 +213,10 @@ def missing_markers(store: Any, name: str) -> tuple:
                 cast = raw.astype(arr.dtype)[()]  # compared as stored
         except (TypeError, ValueError, OverflowError):
             raise SchemaError(f"stats: field {name!r}: fill value {v!r} is not a number of dtype {arr.dtype}") from None
-        # a value the dtype cannot hold (1e20 or -1 on int16/uint8, 1e300 on float32) is in no stored value: casting
-        # it (to 0, 255, inf) would mark values no one declared missing, so it marks nothing (xarray ignores it too)
-        fits = cast == raw if np.dtype(arr.dtype).kind in "iub" else np.isinf(cast) <= np.isinf(raw)
+        # a value the dtype cannot hold exactly (1e20 or -1 on int16/uint8, 1e300 or the double 1e20 on float32) is
+        # in no stored value: xarray compares the stored values with it in float64 and masks none; casting it (to 0,
+        # 255, inf, float32(1e20)) would mark values no one declared missing, so it marks nothing
+        fits = bool(cast == raw)
         if fits and cast not in out:
             out.append(cast)
     return tuple(out)

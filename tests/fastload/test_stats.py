@@ -430,6 +430,37 @@ def test_missing_values_follow_xarrays_precedence(tmp_path, fmt, dtype, fill, at
         np.testing.assert_array_equal(got, ref.astype("f4"))
 
 
+@pytest.mark.parametrize("attr", [1e20, float(np.float32(1e20))])
+def test_a_float_fill_value_masks_only_values_it_equals_exactly_as_xarray_does(tmp_path, attr):
+    """A float32 field whose _FillValue attribute is the double 1e20 (which no float32 equals: the stored values
+    are float32(1e20)) masks nothing in xarray; the float32 value itself (CMIP's 1e20f) masks them. fastload gives
+    what xr.open_zarr gives (it rounded the attribute to float32 and masked both)."""
+    from fastload.config import FieldConfig, SamplingConfig
+    from fastload.extract import extract
+
+    path = tmp_path / "d.zarr"
+    g = zarr.open_group(path, mode="w", zarr_format=2)
+    data = np.arange(24, dtype="f4").reshape(2, 3, 4)
+    data[0, 1, 2] = data[1, 0, 0] = np.float32(1e20)
+    for name, dims, values in (("time", ("time",), np.array([0, 6])), ("latitude", ("latitude",), [50.0, 40, 30]),
+                               ("longitude", ("longitude",), [0.0, 10, 20, 30]), ("v", ("time", "latitude", "longitude"), data)):
+        a = g.create_array(name, shape=np.shape(values), dtype=np.asarray(values).dtype, fill_value=None,
+                           attributes={"_ARRAY_DIMENSIONS": list(dims)})
+        a[...] = values
+    g["time"].attrs["units"] = "hours since 2000-01-01"
+    g["v"].attrs["_FillValue"] = attr
+    zarr.consolidate_metadata(path)
+    ref = xr.open_zarr(path).v.values
+    assert np.isnan(ref).sum() == (0 if attr == 1e20 else 2)  # what xarray does
+    store = open_store(path)
+    assert len(missing_markers(store, "v")) == (0 if attr == 1e20 else 1)
+    cfg = SamplingConfig(fields=[FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=(2, 3, 4),
+                                             normalization="none")], batch_size=1)
+    for jit in (True, False):
+        got = extract(store, cfg, np.array([[0, 0, 0]]), jit=jit)["v"].data[0, 0, 0, 0, 0]
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("fill, masked", [(-999, True), (0, False)])
 def test_the_loader_masks_declared_missing_values_as_stats_leaves_them_out(tmp_path, caplog, fill, masked):
     """Stats leave a declared fill value out; the loader gives NaN there, as xarray decodes it, and says which
