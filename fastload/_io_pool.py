@@ -213,7 +213,7 @@ class _Task:
     releases ``hold`` when the read returns (:meth:`end_direct`)."""
 
     __slots__ = ("lock", "since", "started", "given_up", "waited", "full", "busy", "hold", "attempts", "last",
-                 "inflight", "hung", "began")
+                 "inflight", "hung", "began", "writing")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -229,6 +229,7 @@ class _Task:
         self.inflight: list[tuple[int, ...]] = []  # the chunks the current store request asks for
         self.hung: list[tuple[int, ...]] = []  # ``inflight`` when the step gave the task up (the chunks that hung)
         self.began: float | None = None  # time.monotonic() when the task started on its thread
+        self.writing = False  # past touch_slots: it decodes into its slots (never given up from then on)
 
     def begin(self) -> bool:
         """The task starts on an I/O thread; False: its step gave it up while it was queued (do nothing; it stays
@@ -261,4 +262,5 @@ class _Task:
         """The task is about to write into its slots; False: its step gave it up (write nothing, report nothing)."""
         with self.lock:
             self.since = None
-            return not self.given_up
+            self.writing = not self.given_up
+            return self.writing

@@ -451,6 +451,25 @@ class ChunkReader(_Fetcher):
         finally:
             self._release(started, step_done=done)
 
+    def _stop_task(self, started: _Started, array: str, fut: Future, task: _Task) -> None:
+        """A task whose wait was interrupted (a BaseException in ``_wait_task``) must not write into the step's
+        slots after their release: a queued one is cancelled, a running one given up (it touches no slot from then
+        on; a direct read in progress has its slot set aside at release, like a hung one), and one already decoding
+        into its slots is waited for (a decode ends)."""
+        if fut.cancel():
+            return
+        with task.lock:
+            writing = task.writing
+            if not writing:
+                task.given_up = True
+                task.hung = list(task.inflight)
+                if task.busy is not None:
+                    self._direct_holds.add(task)
+        if writing:
+            futures_wait([fut])
+        else:
+            started.stuck.append((array, task))
+
     def _release(self, started: _Started, step_done: bool) -> None:
         """Release a step's reservation, except the slots of direct reads it gave up that still run: each is set
         aside as a reservation of its own that the read's thread releases when the read returns (a late read must
@@ -542,6 +561,8 @@ class ChunkReader(_Fetcher):
             try:
                 d = self._wait_task(fut, task)
             except BaseException as e:  # cancelled (closing) or an unexpected bug: fail the group's chunks
+                if not fut.done():  # the wait was interrupted (not the task's own error): it may still write
+                    self._stop_task(started, a, fut, task)
                 for slot in res.slots[a][group].tolist():
                     self.cache.failed(a, slot, e)
                 first = first or e

@@ -722,3 +722,54 @@ def test_an_interrupt_while_reading_ahead_leaves_no_step_s_slots_pinned(tmp_path
     pinned = {a: int((ar.pins > 0).sum()) for a, ar in cache._arenas.items()}  # noqa: SLF001
     assert not any(pinned.values()), pinned
 
+
+def test_an_interrupted_wait_for_a_task_leaves_it_no_slot_to_write_into(tmp_path, monkeypatch):
+    """An interrupt (a BaseException) while the step waits for a task whose store request is still running: the step
+    released its slots and the task decoded into them afterwards (slots other chunks may have been given). Now the
+    task is given up first: every decode lands in a slot still pinned by its step."""
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", codec="zstd")
+    store = open_store(tmp_path / "s.zarr")  # (compressed: fetch, then decode into the slot)
+    entered, release, interrupted, hung = threading.Event(), threading.Event(), [], []
+    read, decode = store.chunk_bytes, store.decode
+    unpinned: list = []
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, prefetch=1, seed=3, retries=0, jit=False)
+
+    def chunk_bytes(array, c):
+        if array == "t" and not hung:
+            hung.append(tuple(c))
+            entered.set()
+            release.wait(30)  # the request answers only once the consumer has the interrupt
+        return read(array, c)
+
+    def decode_into(array, raw, c, out):
+        cache = loader._backend.cache  # noqa: SLF001
+        arena = cache.arena(array)
+        slot = (out.ctypes.data - arena.ctypes.data) // arena.strides[0]
+        if cache._arenas[array].pins[slot] == 0:  # noqa: SLF001 - its step has released it
+            unpinned.append((array, c))
+        return decode(array, raw, c, out=out)
+
+    plain_wait = ChunkReader._wait_task
+
+    def wait_task(self, fut, task):
+        if not interrupted and entered.wait(30):
+            with task.lock:
+                mine = hung[0] in task.inflight
+            if mine:  # the wait for the task whose request still runs
+                interrupted.append(task)
+                raise _Interrupt("interrupted while waiting for a task")
+        return plain_wait(self, fut, task)
+
+    store.chunk_bytes, store.decode = chunk_bytes, decode_into
+    monkeypatch.setattr(ChunkReader, "_wait_task", wait_task)
+    try:
+        with pytest.raises(BaseException) as info:
+            next(iter(loader))
+        assert "interrupted while waiting" in repr(info.value) + repr(info.value.__cause__), info.value
+        assert entered.is_set() and interrupted
+    finally:
+        release.set()
+        loader.close(10)
+    assert unpinned == []
