@@ -98,7 +98,9 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
         for _ in range(batches):
             records.append(loader_record(take().stats))
         wall = time.perf_counter() - t0
-    settings = {"store": store, "backend": backend, "data": data, "latency_ms": latency_ms, "batches": batches,
+    from .presets import redact
+
+    settings = {"store": redact(store), "backend": backend, "data": data, "latency_ms": latency_ms, "batches": batches,
                 "warmup": warmup,
                 "loader": loader.to_dict(), "sampling": sampling.to_dict()}
     return summarize_loader(records, wall_s=wall, config=settings), records

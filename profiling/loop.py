@@ -65,6 +65,12 @@ def _print(msg: str) -> None:
 # -- data ---------------------------------------------------------------------------------------------------------
 
 
+def _url_options(cfg: RunConfig, path: Any) -> dict[str, Any] | None:
+    """``data.storage_options`` for a store given as a URL; None for a local path (a multi-stream run may mix a
+    local store with remote ones: local paths take no client options)."""
+    return cfg.data.storage_options if "://" in str(path) else None
+
+
 def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[str | None, Any]:
     """The store path and sampling config of a run: the built-in dataset is synthesised (once, cached) and its
     normalisation coefficients computed (once) when ``data.store`` is None. A multi-stream sampling config (one
@@ -303,7 +309,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         store: Any = {st.name: open_run_store(st.path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
                                               fields=[f.name for f in sampling.fields if f.stream == st.name],
                                               warm=mode == "profile", log=say, backend=cfg.data.backend,
-                                              storage_options=cfg.data.storage_options)
+                                              storage_options=_url_options(cfg, st.path))
                       for st in sampling.streams}
         store_path = {name: s.path for name, s in store.items()}
     else:

@@ -102,7 +102,32 @@ class _Section:
         return cls(**d)
 
 
-_SECRET_WORDS = ("secret", "key", "token", "password", "credential", "sas")
+_SECRET_WORDS = ("secret", "key", "token", "passw", "credential", "sas", "auth", "sig", "private", "cookie",
+                 "connection_string")
+_REDACTED = "<redacted>"
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """``value`` as reports and checkpoints may keep it: options whose name (at any depth) says secret, key, token,
+    password, credential, sas, auth(orization), sig(nature), private, cookie or connection string are
+    ``"<redacted>"``, and so are the user info and the query of any URL (``s3://KEY:SECRET@bucket``, a SAS URL's
+    ``?sv=...&sig=...``)."""
+    if name and any(w in name.lower() for w in _SECRET_WORDS):
+        return _REDACTED
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        from urllib.parse import urlsplit, urlunsplit
+
+        try:
+            p = urlsplit(value)
+        except ValueError:
+            return value
+        netloc = p.netloc if "@" not in p.netloc else f"{_REDACTED}@{p.netloc.rsplit('@', 1)[1]}"
+        return urlunsplit((p.scheme, netloc, p.path, _REDACTED if p.query else "", p.fragment))
+    return value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,7 +144,8 @@ class DataConfig(_Section):
     """Folder of the built-in dataset and its coefficients; None: ``$FASTLOAD_CACHE`` or ``~/.cache/fastload``."""
     storage_options: dict[str, Any] | None = None
     """Options of a URL store's client: fsspec's filesystem, or obstore's ``from_url`` with ``backend = "obstore"``
-    (credentials, region, endpoint, anonymous access). Multi-stream configs: for every stream's store."""
+    (credentials, region, endpoint, anonymous access). Multi-stream configs: for every stream's store given as a
+    URL (local stream paths take none)."""
     backend: str = "auto"
     """How the store's bytes are read (:func:`fastload.store.open_store`): ``auto`` (plain file reads for a path,
     fsspec for a URL), ``fsspec`` or ``obstore``."""
@@ -155,14 +181,21 @@ class DataConfig(_Section):
             raise ConfigError(f"data.mode = 'cold' drops local page-cache pages; {self.store!r} is a URL")
 
     def to_dict(self) -> dict[str, Any]:
-        """As a table; values of ``storage_options`` whose name says secret, key, token, password, credential or
-        sas are written ``"<redacted>"`` (reports and checkpoints keep this table; give those options again, or
-        through the environment, where a run reopens the store)."""
+        """As a table, with secrets out (:func:`redact`: in ``storage_options`` at any depth, and the user info
+        and query of the store's URL and of every stream's): reports and checkpoints keep this table; give those
+        options again, or through the environment, where a run reopens the store."""
         d = _Section.to_dict(self)
         d["sampling"] = self.sampling.to_dict()
         if self.storage_options:
-            d["storage_options"] = {k: "<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) else v
-                                    for k, v in self.storage_options.items()}
+            d["storage_options"] = redact(self.storage_options)
+        d["store"] = redact(self.store)
+        streams = d["sampling"].get("streams")
+        if isinstance(streams, Mapping):
+            d["sampling"]["streams"] = {n: {**st, "path": redact(st.get("path"))} if isinstance(st, Mapping) else st
+                                        for n, st in streams.items()}
+        elif isinstance(streams, list):
+            d["sampling"]["streams"] = [{**st, "path": redact(st.get("path"))} if isinstance(st, Mapping) else st
+                                        for st in streams]
         return d
 
     @classmethod

@@ -99,6 +99,20 @@ def test_storage_options_and_backend():
     assert out["storage_options"] == {"region": "eu-central-1", "aws_secret_access_key": "<redacted>",
                                       "token": "<redacted>"}
     assert DataConfig.from_dict(out).storage_options["region"] == "eu-central-1"
+    # at any depth, and in URLs (user info, query): s3fs client_kwargs, Azure connection strings, headers, SAS URLs
+    nested = DataConfig(sampling=s, store="https://acct.blob.core.windows.net/c/era5.zarr?sv=2024&sig=abc",
+                        storage_options={"client_kwargs": {"aws_secret_access_key": "x", "region_name": "r"},
+                                         "connection_string": "AccountKey=y", "headers": {"Authorization": "Bearer z"},
+                                         "client_options": {"default_headers": {"Cookie": "c"}},
+                                         "endpoint_url": "https://user:pass@minio.local:9000/?X-Amz-Signature=q"})
+    out = nested.to_dict()
+    text = repr(out)
+    for secret in ("'x'", "AccountKey", "Bearer", "'c'", "user:pass", "sig=abc", "X-Amz-Signature", "sv=2024"):
+        assert secret not in text, secret
+    assert out["storage_options"]["client_kwargs"]["region_name"] == "r"
+    assert out["store"] == "https://acct.blob.core.windows.net/c/era5.zarr?<redacted>"
+    assert out["storage_options"]["endpoint_url"] == "https://<redacted>@minio.local:9000/?<redacted>"
+    assert DataConfig(sampling=s, store="/data/era5.zarr").to_dict()["store"] == "/data/era5.zarr"
     with pytest.raises(ConfigError, match="data.backend: expected one of \\['auto', 'fsspec', 'obstore'\\], got 'boto'"):
         DataConfig(sampling=s, store="s3://b/x.zarr", backend="boto")
     with pytest.raises(ConfigError, match="data.storage_options: expected a table"):
@@ -188,3 +202,15 @@ def test_section_types_checked():
         DataConfig(sampling={"fields": {}})  # type: ignore[arg-type]
     assert isinstance(OptimConfig().lr, float)
     assert isinstance(cpu_tiny().data.sampling, SamplingConfig)
+
+
+def test_client_options_go_to_url_stores_only():
+    """A multi-stream run may mix a local store with remote ones: data.storage_options go to URL stores only
+    (open_store refuses options for a local path)."""
+    from profiling.loop import _url_options
+
+    cfg = cpu_tiny().override(["data.backend=fsspec"])
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store="s3://b/era5.zarr",
+                                                            storage_options={"anon": True}))
+    assert _url_options(cfg, "s3://b/ocean.zarr") == {"anon": True}
+    assert _url_options(cfg, "/data/ocean.zarr") is None
