@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -53,8 +54,10 @@ from ._amplification import (
     touch_probabilities,
 )
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
-from .errors import ConfigError, FastloadError
+from .errors import ConfigError, FastloadError, StoreError
 from .store.grid import repeats_seam, seam_hint
+
+log = logging.getLogger("fastload")
 
 __all__ = [
     "Amplification",
@@ -88,10 +91,14 @@ def _stored_bytes(store: Any, name: str, remote: bool) -> tuple[int, int] | None
     if not (remote or os.path.isdir(src.describe(name))):  # local: the file system's sizes, always
         return None
     total = files = 0
-    for key, size in src.walk(name):
-        if key.rsplit("/", 1)[-1] not in _META_FILES:
-            total += size
-            files += 1
+    try:
+        for key, size in src.walk(name):
+            if key.rsplit("/", 1)[-1] not in _META_FILES:
+                total += size
+                files += 1
+    except (OSError, StoreError) as e:  # a store that cannot be listed (a public bucket without LIST): unknown
+        log.warning("inspect: stored bytes of %r unknown: %s", name, e)
+        return None
     return total, files
 
 

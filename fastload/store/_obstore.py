@@ -19,7 +19,7 @@ import concurrent.futures
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..errors import StoreNotFoundError
+from ..errors import StoreError, StoreNotFoundError
 from ._source import BaseByteSource
 
 __all__ = ["ObstoreSource"]
@@ -80,7 +80,7 @@ class ObstoreSource(BaseByteSource):
         :meth:`_os_error`."""
         if isinstance(e, FileNotFoundError) or "(os error 20)" in str(e) or "(os error 21)" in str(e):
             return missing
-        if start is not None and start > 0:
+        if start is not None and start >= 0:
             try:
                 size = self._obs.head(self.store, key)["size"]
             except Exception:  # noqa: BLE001 - the original error says more
@@ -126,7 +126,10 @@ class ObstoreSource(BaseByteSource):
         try:
             found = self._obs.list_with_delimiter(self.store, prefix.strip("/") or None)
         except (FileNotFoundError, self._errors) as e:
-            return self._failed(e, prefix, [])
+            try:
+                return self._failed(e, prefix, [])
+            except OSError as err:
+                raise self._unlisted(prefix, err) from e
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"]]
         names += [o["path"].rsplit("/", 1)[-1] for o in found["objects"]]
         return sorted(set(names))
@@ -138,7 +141,18 @@ class ObstoreSource(BaseByteSource):
                 for o in chunk:
                     yield o["path"], int(o["size"])
         except (FileNotFoundError, self._errors) as e:
-            self._failed(e, folder, None)
+            try:
+                self._failed(e, folder, None)
+            except OSError as err:
+                raise self._unlisted(folder, err) from e
+
+    def _unlisted(self, prefix: str, err: OSError) -> StoreError:
+        """A listing the store refuses or cannot answer (a public bucket without LIST permission, a plain HTTP
+        server): a :class:`~fastload.errors.StoreError` naming the URL (listings only explain what is missing or
+        measure sizes; reading chunks needs none)."""
+        return StoreError(f"{self.describe(prefix)}: the store cannot be listed ({err}); fastload reads its "
+                          f"metadata and chunks by name and needs a listing only to explain what is missing or to "
+                          f"measure sizes")
 
     def describe(self, key: str = "") -> str:
         return f"{self.url}/{key}" if key else self.url

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,8 @@ def make_source(
     if "://" not in s and backend != "auto":
         if not os.path.exists(s):
             raise StoreNotFoundError(f"{os.path.abspath(s)}: no such file or folder")
-        s = "file://" + os.path.abspath(s)
+        # obstore parses the URL (a '%', '#' or '?' in the path must be quoted); fsspec takes the path as it is
+        s = Path(os.path.abspath(s)).as_uri() if backend == "obstore" else "file://" + os.path.abspath(s)
     if backend == "obstore":
         from ._obstore import ObstoreSource
 

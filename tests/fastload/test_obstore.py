@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from fastload.errors import SchemaError, StoreNotFoundError
+from fastload.errors import SchemaError, StoreError, StoreNotFoundError
 from fastload.store import LatencySource, LocalSource, ObstoreSource, make_source, open_store
 from tests.fastload.conformance import ChunkSourceTests
 from tests.fastload.stores import make_per_variable
@@ -92,7 +92,7 @@ class _Failing:
     def _raise(self, *a, **k):
         raise self.error
 
-    get = get_range = head = list_with_delimiter = _raise
+    get = get_range = head = list_with_delimiter = list = _raise
 
     async def get_async(self, *a, **k):
         raise self.error
@@ -115,11 +115,44 @@ def test_obstore_errors_become_the_oserrors_the_reader_classifies(tmp_path, erro
     src._obs = _Failing(error)
     calls = [lambda: src.get("k"), lambda: src.get_range("k", 0, 1), lambda: src.exists("k"),
              lambda: src.list_dir(""), lambda: src.get_many(["k", "k"]), lambda: src.get_ranges([("k", 0, 1)] * 2)]
-    for call in calls:
-        with pytest.raises(kind, match=f"{tmp_path / 's'}(/k)?: {type(error).__name__}: ") as got:
+    for call in calls[:2] + calls[4:]:
+        with pytest.raises(kind, match=f"{tmp_path / 's'}/k: {type(error).__name__}: ") as got:
             call()
         assert type(got.value) is kind
         assert _transient(got.value) == (kind is OSError)
+    with pytest.raises(kind, match=f"{tmp_path / 's'}/k: {type(error).__name__}: "):
+        src.exists("k")
+    # a listing the store refuses (a public bucket without LIST, a plain HTTP server) is a StoreError naming the
+    # URL (the CLI reports it; it printed a traceback), also when walked (inspect's sizes: unknown, with a warning)
+    with pytest.raises(StoreError, match=f"{tmp_path / 's'}: the store cannot be listed .*{type(error).__name__}"):
+        src.list_dir("")
+    with pytest.raises(StoreError, match="cannot be listed"):
+        list(src.walk("a"))
+
+
+def test_inspect_sizes_of_a_store_that_cannot_be_listed_are_unknown(tmp_path, caplog):
+    from fastload.inspect import _stored_bytes
+
+    make_per_variable(tmp_path / "s.zarr", nt=2, ny=5, nx=8)
+    store = open_store(tmp_path / "s.zarr", backend="obstore")
+    assert _stored_bytes(store, "t", remote=True)[0] > 0
+    store.source._obs = _Failing(obstore.exceptions.PermissionDeniedError("403 ListBucket"))
+    with caplog.at_level("WARNING", logger="fastload"):
+        assert _stored_bytes(store, "t", remote=True) is None
+    assert "stored bytes of 't' unknown" in caplog.text and "cannot be listed" in caplog.text
+
+
+def test_local_paths_with_url_characters_and_empty_objects(tmp_path):
+    """A local path with '%', '#', '?' or a space opens through obstore (its file:// URL is quoted); a range of an
+    empty object is empty, as with plain reads (obstore refused a range from 0 of it)."""
+    for name in ("a%20b.zarr", "c#d.zarr", "e?f.zarr", "g h.zarr"):
+        truth = make_per_variable(tmp_path / name, nt=2, ny=5, nx=8)
+        store = open_store(tmp_path / name, backend="obstore")
+        np.testing.assert_array_equal(store.read("sp").reshape(truth["sp"].shape), truth["sp"])
+    _write(tmp_path / "s", {"e": b"", "k": b"12"})
+    src = ObstoreSource(f"file://{tmp_path / 's'}")
+    assert src.get_range("e", 0, 4) == b"" == LocalSource(tmp_path / "s").get_range("e", 0, 4)
+    assert src.get_ranges([("e", 0, 4), ("k", 0, 1)]) == [b"", b"1"]
 
 
 @pytest.mark.usefixtures("nothing_left")
