@@ -276,7 +276,9 @@ class Loader:
     def _device(device: str | None) -> Any:
         if device is None:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        expected = f"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got {device!r}"
+        expected = f"loader.device: expected 'cuda', 'cuda:N', a CUDA device index N or 'cpu', got {device!r}"
+        if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+            device = f"cuda:{device}"  # torch.device(N) is cuda:N (DDP code passes its local rank)
         if not isinstance(device, (str, torch.device)) or str(device).split(":")[0] not in ("cuda", "cpu"):
             raise ConfigError(expected)  # before torch.device, whose own error lists every device type torch knows
         try:

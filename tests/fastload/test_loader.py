@@ -221,13 +221,22 @@ def test_bad_masking_is_a_config_error_at_construction(tmp_path, masking, named)
         Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, workers=1, masking=masking)
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu", "mps", 0], ids=lambda d: f"device={d!r}")  # (an id
-# 'gpu' would be the gpu mark's keyword: skipped without CUDA)
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu", "mps", -1, True, 1.0],
+                         ids=lambda d: f"device={d!r}")  # (an id 'gpu' would be the gpu mark's keyword: skipped)
 def test_a_device_other_than_cpu_or_cuda_is_a_config_error(tmp_path, device):
     """device= names loader.device and what it accepts (torch's own RuntimeError listed every device type)."""
     _, cfg = build("per_variable", tmp_path / "s.zarr")
-    with pytest.raises(ConfigError, match=r"loader.device: expected 'cuda', 'cuda:N' or 'cpu', got"):
+    with pytest.raises(ConfigError, match=r"loader.device: expected 'cuda', 'cuda:N', a CUDA device index N or "
+                       r"'cpu', got"):
         Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, device=device)
+
+
+def test_a_device_index_means_that_cuda_device_as_in_torch(tmp_path, monkeypatch):
+    """device=N (DDP code passes its local rank) is cuda:N, as torch.device(N) is; without CUDA it says so."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match=r"loader.device = 'cuda:1' but CUDA is not available"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, device=1)
 
 
 def test_close_is_idempotent_and_final(tmp_path):
