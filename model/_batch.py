@@ -116,25 +116,29 @@ def padding_masks(tokens: torch.Tensor, slot_valid: torch.Tensor | None = None) 
 def attention_keys(item: Mapping[str, Any]) -> torch.Tensor:
     """Which tokens of one field take part in attention as keys: ``(B, S)`` bool, ``S = L * nt * nlat * nlon``.
 
-    A token is a key when ``valid`` allows it (default: every token) and it has data: a value of its ``target``
-    (the ``tokens`` when there is no target) that is finite and, where given, True in ``valid_values``. So a token
-    all of whose values are missing (an all-land token of an ocean field, a mesh token without a point) is not
-    attended to, and neither is a token with no finite target, whatever the loss weights it by: that is exactly a
-    token no loss can train (:mod:`model.losses`). The target decides because a masked token's input may have
-    been altered (the loader zeroes or noises masked tokens' values, land included): a masked all-land token is
-    out, a masked sea token stays in (it carries the mask and its place), as does a token whose input alone has a
-    gap that its target fills. A sample left with no key in this field keeps every token of the field as a key
-    (as :func:`padding_masks` does; a softmax needs at least one key): its values weigh nothing in any loss, and
-    no query row is ever left without a key. No host synchronisation.
+    Only what the model also has at inference decides: the ``tokens`` it is given, its ``mask`` and a caller's
+    ``valid``; never ``target``, so predictions do not depend on the targets (training with a target and inference
+    without one attend to the same keys). A token is a key when ``valid`` allows it (default: every token) and it
+    is masked or has data: a value of its ``tokens`` that is finite and, where given, True in ``valid_values``. So a
+    token all of whose values are missing (an all-land token of an ocean field, a mesh token without a point) is
+    not attended to. A masked token is a key whatever its input holds: the loader replaced that input (zeroed or
+    noised, land included, so at inference it is finite data) and ``mask_input="learned"`` replaces it again, so
+    its values say nothing; to leave a masked token out, ``valid`` marks it (as :func:`padding_masks` marks a mesh
+    token without a point). A sample left with no key in this field keeps every token of the field as a key (as
+    :func:`padding_masks` does; a softmax needs at least one key): no query row is ever left without a key. No host
+    synchronisation.
     """
-    ref = item.get("target")
-    ref = item["tokens"] if ref is None else ref
-    present = torch.isfinite(ref)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+    tokens = item["tokens"]
+    present = torch.isfinite(tokens)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
     vv = item.get("valid_values")
     if vv is not None:
         present = present & vv
-    b = ref.shape[0]
-    keys = present.flatten(5).any(-1).reshape(b, -1)  # (B, S): the token has a value
+    b = tokens.shape[0]
+    keys = present.flatten(5).any(-1)  # (B, L, nt, nlat, nlon): the token has a value
+    mask = item.get("mask")
+    if mask is not None:
+        keys = keys | mask.bool()
+    keys = keys.reshape(b, -1)  # (B, S)
     v = item.get("valid")
     if v is not None:
         keys = keys & v.reshape(b, -1)

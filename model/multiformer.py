@@ -26,11 +26,12 @@ sampled as points, an unstructured mesh or a stream of a multi-stream batch, has
 token, padded to ``K = tlat * tlon`` slots). The embedding reads a missing value as 0 *and* adds a learned
 missing-value indicator for its position in the token (``embed.<field>.missing``), so that it is not taken for a
 real 0, the normalised mean; this holds with or without masks, so a NaN never reaches the encoder. The losses give
-missing targets no weight (a NaN target too, without any mask; :mod:`model.losses`). A token with no data (none of
-its target's values, the tokens' without a target, is finite and real: an all-land token of an ocean field, a mesh
-token without a point) or that ``valid`` marks as padding is dropped from every attention as a key
+missing targets no weight (a NaN target too, without any mask; :mod:`model.losses`). An unmasked token with no
+data (none of its ``tokens`` values is finite and real: an all-land token of an ocean field, a mesh token without a
+point) or one that ``valid`` marks as padding is dropped from every attention as a key
 (:func:`model._batch.attention_keys`; it is still a query, so it gets a finite prediction that no loss trains); a
-sample left without a key in a field keeps all its tokens of that field as keys, so no softmax is empty.
+masked token stays a key (its input was replaced), and ``target`` never decides, so training and inference attend
+alike; a sample left without a key in a field keeps all its tokens of that field as keys, so no softmax is empty.
 :func:`padding_masks` turns the data path's slot mask ``(B, nlat, nlon, K)`` and the tokens' NaNs into
 ``valid_values`` and ``valid``. Where no token of a field is dropped and no ``valid`` is given, its attention runs
 without a mask (the flash kernel on a GPU; bit-identical to a model that never drops tokens); finding that out is
@@ -41,8 +42,8 @@ members' predictions of every token (missing values included: finite numbers tha
 the inputs' NaNs or ``valid_values``); :func:`model.losses.multiformer_loss` scores the masked, valid ones. Masked
 tokens' inputs are replaced by a learned mask embedding (``mask_input="learned"``) or used as given
 (``"as_given"``: the data path already zeroed or noised them). Padded tokens (``valid`` False) are dropped from
-every attention as keys and from every loss; tokens without data from every attention, and from every loss by
-their missing targets.
+every attention as keys and from every loss; unmasked tokens without data from every attention, and tokens with
+missing targets from every loss.
 
 Run a smoke test: ``python -c "import model; m = model.Multiformer(model.MultiformerConfig.tiny()); print(m)"``.
 """

@@ -51,15 +51,16 @@ def _with(batch: dict, name: str, **entries) -> dict:
 
 
 def test_all_missing_tokens_are_left_out_as_if_marked_padding():
-    """No ``valid`` given: the all-land tokens drop out of every attention, bit for bit as when ``valid`` marks them
-    (the mask path of mesh padding); the keys ``encode`` reports are the NumPy reference's."""
+    """No ``valid`` given: the unmasked all-land tokens drop out of every attention, bit for bit as when ``valid``
+    marks them (the mask path of mesh padding); masked ones stay (their input was replaced); the keys ``encode``
+    reports are the NumPy reference's."""
     torch.manual_seed(0)
     cfg = MultiformerConfig.tiny()
     model = _perturbed(Multiformer(cfg), 1).eval()
     batch, _ = _batch_with_land(cfg)
     name = cfg.fields[0].name
-    has = _has_data(batch[name]["tokens"])
-    assert not has.all() and has.any()  # some all-land tokens, some with data
+    has = _has_data(batch[name]["tokens"]) | batch[name]["mask"].numpy()  # data or masked
+    assert not has.all() and has.any()  # some unmasked all-land tokens, some with data
     marked = _with(batch, name, valid=torch.from_numpy(has))
     with torch.no_grad():
         got, want = model(batch), model(marked)
@@ -73,9 +74,12 @@ def test_all_missing_tokens_are_left_out_as_if_marked_padding():
 @pytest.mark.parametrize("mask_input", ["learned", "as_given"])
 def test_what_a_token_without_data_holds_reaches_no_other_token(mask_input):
     """The loader's masked training: ``tokens`` are the masked sources (masked tokens zeroed, land included),
-    ``target`` the truth with NaN over land, and the mask covers land and sea tokens. Whatever the land tokens'
-    inputs and metadata hold, every other token's prediction (all members, both fields) is the same bit for bit;
-    outputs, loss and gradients are finite and the land tokens' predictions get no gradient from the loss."""
+    ``target`` the truth with NaN over land, and the mask covers land and sea tokens. Whatever missing values the
+    unmasked land tokens' inputs hold (NaN, +-inf, or finite values that ``valid_values`` marks missing) and
+    whatever their metadata hold, every other token's prediction (all members, both fields) is the same bit for
+    bit (a masked land token is a key: at inference the loader's zeroed input is all the model has of it, so it
+    cannot be told from sea); outputs, loss and gradients are finite and the land tokens' predictions get no
+    gradient from the loss."""
     torch.manual_seed(0)
     cfg = MultiformerConfig.tiny(mask_input=mask_input)
     model = _perturbed(Multiformer(cfg), 2)
@@ -90,20 +94,27 @@ def test_what_a_token_without_data_holds_reaches_no_other_token(mask_input):
     mask[:, :, :, 2, 2] = True  # masked sea
     sources = target.masked_fill(mask[..., None, None, None], 0.0)  # as fastload's mask_batch does
     base = _with(batch, name, tokens=sources, target=target, mask=mask)
+    free = no_data & ~mask  # unmasked land: not a key
+    assert free.any() and (no_data & mask).any()
     g = torch.Generator().manual_seed(3)
+    holes = torch.tensor([NAN, float("inf"), -float("inf")])[torch.randint(0, 3, sources.shape, generator=g)]
     noise = torch.randn(sources.shape, generator=g)
     meta = dict(item["meta"])
-    meta["time_of_day"] = torch.where(no_data, torch.rand(no_data.shape, generator=g) * 24, meta["time_of_day"])
-    other = _with(base, name, tokens=torch.where(no_data[..., None, None, None], noise, sources), meta=meta)
+    meta["time_of_day"] = torch.where(free, torch.rand(free.shape, generator=g) * 24, meta["time_of_day"])
+    at_free = free[..., None, None, None].expand(sources.shape)
+    # the unmasked land tokens' inputs: other non-finite values, or finite noise that valid_values marks missing
+    other = _with(base, name, tokens=torch.where(at_free, holes, sources), meta=meta)
+    marked = _with(base, name, tokens=torch.where(at_free, noise, sources), meta=meta, valid_values=~at_free)
     out = model(base)
     with torch.no_grad():
-        alt = model(other)
+        alt, alt_marked = model(other), model(marked)
     keep = {f: torch.ones(2, *cfg.field(f).sample_shape[:4], dtype=torch.bool) for f in cfg.field_names}
-    keep[name] = ~no_data
+    keep[name] = ~free
     for f in cfg.field_names:
         assert torch.isfinite(out[f]).all(), f  # every member of every token, no-data tokens included
         sel = keep[f][:, None].expand(out[f].shape[:6])
         assert torch.equal(out[f][sel], alt[f][sel]), f
+        assert torch.equal(out[f][sel], alt_marked[f][sel]), f
         assert not torch.equal(out[f], alt[f]) or f != name  # the no-data tokens themselves do change
     loss, _ = multiformer_loss(out, base, kinds={"mse": 1.0, "crps": 1.0, "stats": 1.0, "lat_mse": 1.0})
     assert torch.isfinite(loss) and loss > 0
@@ -115,16 +126,22 @@ def test_what_a_token_without_data_holds_reaches_no_other_token(mask_input):
 def test_a_sample_without_data_in_a_field_keeps_all_its_tokens():
     """Every token of one sample's field is land: that sample keeps all its tokens as keys (no empty softmax), so
     its outputs are those of the sample alone, where no mask is used at all, and everything stays finite. A caller's ``valid`` that
-    leaves a sample no token is read the same way (it gave a zero attention row before)."""
+    leaves a sample no token is read the same way (it gave a zero attention row before). Nothing of the field is
+    masked here: a masked token is a key whatever its input holds (with the masks, sample 0's keys are its masked
+    tokens)."""
     torch.manual_seed(0)
     cfg = MultiformerConfig.tiny()
     model = _perturbed(Multiformer(cfg), 4)
     name = cfg.fields[0].name
     batch = multiformer_batch(cfg, 2, torch.Generator().manual_seed(5))
+    masks = batch[name]["mask"]
     tokens = batch[name]["tokens"].clone()
     tokens[0] = NAN  # sample 0: no data at all in this field
     tokens[1, :, :, 0, 0] = NAN  # sample 1: one all-land token per level and time
-    nan_batch = _with(batch, name, tokens=tokens)
+    with torch.no_grad():
+        _, keys = model.encode(_with(batch, name, tokens=tokens))
+    assert masks[0].any() and torch.equal(keys[name][0], masks[0].flatten())
+    nan_batch = _with(batch, name, tokens=tokens, mask=torch.zeros_like(masks))
     everything = torch.ones(2, *cfg.fields[0].sample_shape[:4], dtype=torch.bool)
     out = model(nan_batch)
     _, keys = model.encode(nan_batch)
@@ -151,7 +168,8 @@ def test_a_sample_without_data_in_a_field_keeps_all_its_tokens():
 
 def test_mesh_tokens_without_a_point_leave_attention_without_padding_masks():
     """A point-sampled field whose padding slots are NaN, given without ``valid``/``valid_values``: the same
-    outputs as with :func:`padding_masks` (the tokens that have no point are out either way)."""
+    outputs as with :func:`padding_masks` (the unmasked tokens that have no point are out either way; a masked one
+    is a key unless ``valid`` leaves it out, so none is masked here)."""
     torch.manual_seed(0)
     cfg = MultiformerConfig.tiny()
     model = _perturbed(Multiformer(cfg), 6).eval()
@@ -164,7 +182,8 @@ def test_mesh_tokens_without_a_point_leave_attention_without_padding_masks():
     pad = ~slot.reshape(2, 1, 1, 3, 4, 1, 3, 3).expand_as(it["tokens"])
     it["tokens"] = it["tokens"].masked_fill(pad, NAN)
     it.update(padding_masks(it["tokens"], slot))
-    assert (~it["valid"]).any()
+    it["mask"] = it["mask"] & it["valid"]
+    assert (~it["valid"]).any() and it["mask"].any()
     bare = _with(batch, other)
     del bare[other]["valid"], bare[other]["valid_values"]
     with torch.no_grad():
