@@ -41,18 +41,27 @@ _BLOCK = 1 << 16  # candidate windows aligned at once (bounds memory on long rec
 
 
 def median_step(time: np.ndarray | None) -> np.timedelta64 | None:
-    """Median spacing of a time axis (None for fewer than two steps)."""
+    """Median spacing of a time axis, the lower of the two middle steps for an even count, so always a step the
+    axis has (None for fewer than two steps)."""
     if time is None or len(time) < 2:
         return None
-    d = np.diff(np.asarray(time).astype("datetime64[ns]").astype(np.int64))
-    return np.timedelta64(int(np.median(d)), "ns")
+    d = np.sort(np.diff(np.asarray(time).astype("datetime64[ns]").astype(np.int64)))
+    return np.timedelta64(int(d[(d.size - 1) // 2]), "ns")
+
+
+def _on_cadence(d: np.ndarray, step: int, n_steps: int) -> np.ndarray:
+    """Whether spacings ``d`` (int64 ns) are ``n_steps`` x ``step``, to the nearest whole step: calendar months
+    (28 to 31 days), seconds of jitter and float-encoded times keep their windows; a missing step (a spacing of 2 or
+    more steps, rounded) is a gap."""
+    return (d > 0) & (np.rint(d / float(step)) == n_steps)
 
 
 def regular_windows(time: np.ndarray, n_points: int, time_step: int) -> np.ndarray:
     """``(NT - span + 1,)`` bool: the window starts ``t0`` whose time points ``time[t0 + k * time_step]`` are each
-    ``time_step`` x the axis' median step after the one before, i.e. windows that cross no gap (or irregular step)
-    of the axis. Every start qualifies when a window has one point; none when the median step is not positive
-    (``span = (n_points - 1) * time_step + 1``; an empty array when the axis is shorter than one window)."""
+    ``time_step`` x the axis' median step after the one before (to the nearest whole step: :func:`_on_cadence`),
+    i.e. windows that cross no gap of the axis. Every start qualifies when a window has one point; none when the
+    median step is not positive (``span = (n_points - 1) * time_step + 1``; an empty array when the axis is shorter
+    than one window)."""
     t = np.asarray(time).astype("datetime64[ns]").astype(np.int64)
     n, ts = int(n_points), int(time_step)
     span = (n - 1) * ts + 1
@@ -62,22 +71,22 @@ def regular_windows(time: np.ndarray, n_points: int, time_step: int) -> np.ndarr
     step = median_step(time)
     if step is None or int(step.astype(np.int64)) <= 0:
         return np.zeros(n_cand, bool)
-    pair = (t[ts:] - t[:-ts]) == ts * int(step.astype(np.int64))  # (NT - ts,): point i -> i + ts on the cadence
+    pair = _on_cadence(t[ts:] - t[:-ts], int(step.astype(np.int64)), ts)  # (NT - ts,): point i -> i + ts
     ok = np.ones(n_cand, bool)
     for k in range(n - 1):
         ok &= pair[k * ts: k * ts + n_cand]
     return ok
 
 
-def first_irregular(time: np.ndarray) -> int | None:
-    """Index ``i`` of the first step ``time[i] -> time[i + 1]`` that differs from the axis' median step (None: every
-    step is the median, or fewer than two steps)."""
+def first_irregular(time: np.ndarray, start: int = 0, stop: int | None = None) -> int | None:
+    """Index ``i`` (``start <= i < stop - 1``) of the first step ``time[i] -> time[i + 1]`` that is not one median step
+    (to the nearest whole step: :func:`_on_cadence`); None: none in that range, or fewer than two steps."""
     step = median_step(time)
     if step is None:
         return None
-    d = np.diff(np.asarray(time).astype("datetime64[ns]").astype(np.int64))
-    bad = np.flatnonzero(d != int(step.astype(np.int64)))
-    return int(bad[0]) if bad.size else None
+    t = np.asarray(time).astype("datetime64[ns]").astype(np.int64)[int(start):stop]
+    bad = np.flatnonzero(~_on_cadence(np.diff(t), int(step.astype(np.int64)), 1))
+    return int(start) + int(bad[0]) if bad.size else None
 
 
 def sample_times(ref_time: np.ndarray, t0: np.ndarray, n_points: int, time_step: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .._stream_time import _td, first_irregular, median_step, regular_windows
+from .._stream_time import _on_cadence, _td, first_irregular, median_step, regular_windows
 from ..errors import ConfigError
 
 __all__ = [
@@ -100,7 +100,8 @@ class GridExtent:
         idx = int(t0) + np.arange(int(n_points)) * int(time_step)
         step = median_step(t)
         want = step * int(time_step)
-        gaps = np.flatnonzero(np.diff(t[idx]) != want)
+        gaps = np.flatnonzero(~_on_cadence(np.diff(t[idx].astype(np.int64)), int(step.astype(np.int64)),
+                                           int(time_step)))
         k = int(gaps[0]) if gaps.size else 0
         a, b = int(idx[k]), int(idx[k + 1])
         shown = [_iso(v) for v in t[idx]]
@@ -239,7 +240,7 @@ def random_boxes(
     regular = extent.regular_t0(box, time_step)
     cand = None if regular is None or regular[t_lo:t_hi + 1].all() else t_lo + np.flatnonzero(regular[t_lo:t_hi + 1])
     if cand is not None and cand.size == 0:
-        i = first_irregular(extent.time)
+        i = first_irregular(extent.time, t_lo, t_hi + span)
         first = "" if i is None else f" (the first irregular step is time index {i} -> {i + 1})"
         raise ConfigError(
             f"random_boxes: no window of {int(box[0])} time points (time_step {time_step}) in time indices "

@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 from fastload import extract
+from fastload._stream_time import first_irregular, median_step, regular_windows
 from fastload.config import FieldConfig, SamplingConfig
 from fastload.errors import ConfigError
 from fastload.sampling.geometry import GridExtent, check_boxes, random_boxes
@@ -105,6 +106,48 @@ def test_a_regular_axis_draws_as_before():
     assert with_t == without  # the axis is not part of the extent's identity
 
 
+def _months_valid(times: pd.DatetimeIndex, n_points: int) -> set[int]:
+    """Window starts whose points are consecutive calendar months (pandas periods), the reference for monthly data."""
+    p = times.to_period("M")
+    return {t0 for t0 in range(len(p) - n_points + 1)
+            if all((p[t0 + k] - p[t0]).n == k for k in range(n_points))}
+
+
+@pytest.mark.parametrize("kind", ["month starts", "mid-month stamps", "hourly with seconds of jitter",
+                                  "float seconds since 1970 (float32 rounding)"])
+def test_calendars_and_jitter_keep_their_windows(kind):
+    """The cadence rule takes the nearest whole step (a review found exact equality refused monthly stores for 12
+    points, drew only July and December windows for 3, and refused hourly stores with seconds of jitter), while a
+    missing month or hour is still a gap."""
+    rng = np.random.default_rng(1)
+    if kind == "month starts":
+        times = pd.date_range("2000-01-01", periods=72, freq="MS")
+    elif kind == "mid-month stamps":
+        times = pd.date_range("2000-01-01", periods=72, freq="MS") + pd.to_timedelta(rng.integers(13, 16, 72), "D")
+    elif kind == "hourly with seconds of jitter":
+        times = pd.date_range("2000-01-01", periods=200, freq="h") + pd.to_timedelta(rng.integers(-3, 4, 200), "s")
+    else:
+        secs = (pd.date_range("2000-01-01", periods=200, freq="6h").astype("int64") // 10**9).to_numpy()
+        times = pd.to_datetime(secs.astype(np.float32).astype(np.float64), unit="s")
+    for n_points in (2, 3, 12):
+        assert regular_windows(times.values, n_points, 1).all(), (kind, n_points)
+    gapped = times.delete(30)
+    ok = regular_windows(gapped.values, 3, 1)
+    assert not ok.all() and set(np.flatnonzero(~ok).tolist()) == {28, 29}  # the windows across the missing one
+    if kind.startswith("month"):
+        assert set(np.flatnonzero(ok).tolist()) == _months_valid(gapped, 3)
+    assert first_irregular(gapped.values) == 29 and first_irregular(times.values) is None
+
+
+def test_an_even_count_of_steps_takes_a_step_the_axis_has():
+    """50 steps of 3 h and 50 of 1 h: the median step is one of them (the mean of the two middle ones, 2 h, refused
+    the whole store); windows of the part on that step are drawn."""
+    times = pd.DatetimeIndex(list(pd.date_range("2000-01-01", periods=51, freq="3h"))
+                             + list(pd.date_range("2000-01-07 07:00", periods=50, freq="h")))
+    assert median_step(times.values) in (np.timedelta64(1, "h"), np.timedelta64(3, "h"))
+    assert regular_windows(times.values, 2, 1).sum() >= 49
+
+
 def test_t_range_with_gaps_draws_only_regular_windows_inside(gap_store):
     store, _, xtime = gap_store
     ext = GridExtent.from_store(store)
@@ -113,6 +156,11 @@ def test_t_range_with_gaps_draws_only_regular_windows_inside(gap_store):
     assert set(got[:, 0].tolist()) == want
     with pytest.raises(ConfigError, match=r"no window of 4 time points .* regular step .* time index 9 -> 10"):
         random_boxes(10, ext, (4, 4, 6), seed=0, epoch=0, t_range=(7, 13))
+    # the step named lies in the range asked for (it named the axis' first irregular step, outside it)
+    late = GridExtent(nt=60, ny=31, nx=60, periodic_x=True,
+                      time=pd.date_range("2000-01-01", periods=62, freq=STEP).delete([9, 40]).values)
+    with pytest.raises(ConfigError, match=r"time index 38 -> 39"):
+        random_boxes(10, late, (4, 4, 6), seed=0, epoch=0, t_range=(36, 42))
 
 
 # ------------------------------------------------------------------------------------------ gaps: explicit boxes
