@@ -193,15 +193,21 @@ def static_mask(field: str, mask: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def flatten_item(item: Mapping[str, Any], n: int) -> dict[str, Any]:
-    """One field of a tiled batch with leading axes (B, T) as a batch of ``n = B * T`` neighborhoods
-    (``valid_values``, which may be given broadcastable to the tokens, is broadcast first)."""
+    """One field of a tiled batch with leading axes (B, T) as a batch of ``n = B * T`` neighborhoods.
+
+    An entry given in a form that broadcasts to its full shape is broadcast first (a view; reshape copies it where
+    it must): ``valid_values`` and ``target`` to the tokens' shape, ``mask``, ``valid`` and the metadata to the
+    tokens' grid ``(B, T, L, nt, nlat, nlon)``.
+    """
+    tokens = item["tokens"]
+    grid = tuple(tokens.shape[:6])
+    full = {"valid_values": tuple(tokens.shape), "target": tuple(tokens.shape), "mask": grid, "valid": grid}
     out: dict[str, Any] = {}
     for k, v in item.items():
         if k == "meta":
-            out[k] = {m: x.reshape(n, *x.shape[2:]) for m, x in v.items()}
+            out[k] = {m: torch.broadcast_to(x, grid).reshape(n, *grid[2:]) for m, x in v.items()}
         elif isinstance(v, torch.Tensor):
-            if k == "valid_values":
-                v = torch.broadcast_to(v, item["tokens"].shape)
+            v = torch.broadcast_to(v, full.get(k, tuple(v.shape)))
             out[k] = v.reshape(n, *v.shape[2:])
     return out
 

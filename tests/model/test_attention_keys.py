@@ -1,6 +1,7 @@
 """Which tokens attend is decided from what the model also has at inference, never from ``target``: the same inputs
 give the same predictions bit for bit whatever the targets hold and whether a target is given at all (training vs
-inference); a masked token is a key (its input was replaced), an unmasked token without data is not.
+inference); a masked token is a key (its input was replaced), an unmasked token without data is not. And
+:func:`model._batch.flatten_item` broadcasts every entry given in a broadcastable form before flattening (B, T).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import Multiformer, MultiformerConfig
+from model import ModelConfigError, Multiformer, MultiformerConfig
+from model._batch import flatten_item
 
 from .test_missing_tokens import _has_data, _perturbed, _with
 from .test_missing_values import _batch_with_land, _forecaster_case
@@ -105,3 +107,39 @@ def test_forecaster_latents_do_not_depend_on_the_target():
                "other": model.encode({"t": {**item, "target": other}})}  # fmt: skip
     for case, lat in got.items():
         assert torch.equal(lat, plain), case
+
+
+def test_flatten_item_broadcasts_every_entry_given_broadcastable():
+    """``mask`` and ``valid`` (one for every sample, or every tile), metadata and ``target``/``valid_values`` in a
+    broadcastable form flatten as their expanded copies do (before, ``mask`` and ``valid`` failed the reshape)."""
+    b, t, grid = 2, 3, (1, 2, 3, 4)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(b, t, *grid, 1, 2, 2, generator=g)
+    given = {
+        "tokens": tokens,
+        "mask": torch.rand(1, t, *grid, generator=g) < 0.5,  # the same for every sample
+        "valid": torch.rand(b, 1, *grid, generator=g) < 0.5,  # the same for every tile
+        "valid_values": torch.rand(1, 1, *grid, 1, 2, 2, generator=g) < 0.5,
+        "target": torch.randn(1, t, *grid, 1, 2, 2, generator=g),
+        "meta": {"lat": torch.randn(1, t, *grid, generator=g), "lon": torch.randn(b, t, *grid, generator=g)},
+    }
+    full = {k: (v.expand(tokens.shape if v.dim() == 9 else tokens.shape[:6]).clone() if k != "meta" else
+                {m: x.expand(tokens.shape[:6]).clone() for m, x in v.items()}) for k, v in given.items()}  # fmt: skip
+    got, want = flatten_item(given, b * t), flatten_item(full, b * t)
+    assert set(got) == set(want) == set(given)
+    for k in ("tokens", "mask", "valid", "valid_values", "target"):
+        assert got[k].shape == want[k].shape and torch.equal(got[k], want[k]), k
+    assert got["mask"].shape == (b * t, *grid)
+    for m in ("lat", "lon"):
+        assert torch.equal(got["meta"][m], want["meta"][m]), m
+
+
+def test_forecaster_refuses_a_mask_or_valid_not_of_the_grid_shape():
+    """``Forecaster.encode`` checks the batch first: ``mask`` and ``valid`` must have the tokens' grid shape
+    (``check_batch``), and the error names the field and the entry."""
+    model, _, _, batch, _, _ = _forecaster_case(seed=0, steps=1)
+    item = batch["t"]
+    grid = item["tokens"].shape[:6]
+    for key in ("mask", "valid"):
+        with pytest.raises(ModelConfigError, match=rf"batch\['t'\] '{key}': expected shape"):
+            model.encode({"t": {**item, key: torch.ones(1, *grid[1:], dtype=torch.bool)}})
