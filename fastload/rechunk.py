@@ -21,6 +21,9 @@ Run::
 
 ``--unpack`` is how a packed zarr store (``scale_factor``/``add_offset``, which fastload refuses to sample) becomes
 one fastload reads: each packed field is decoded as xarray decodes it (:func:`unpack_values`) and stored as float32.
+A CF ``_Unsigned`` integer field is read in the type xarray gives it (``"true"`` on int8/int16: uint8/uint16, fill
+value included; :func:`fastload.store._meta._cf_unsigned`), so it is unpacked from those values, or copied in that
+type, and the copy carries no ``_Unsigned``.
 """
 
 from __future__ import annotations

@@ -74,6 +74,9 @@ class ArrayInfo:
     fill_null: bool = False
     """The metadata's ``fill_value`` is null (zarr v2; :attr:`fill_value` then holds 0): xarray masks no fill value
     then, and a ``_FillValue`` attribute instead of it (:func:`fastload.write.declared_fill_value`)."""
+    stored_dtype: np.dtype | None = None
+    """The metadata's integer dtype where a CF ``_Unsigned`` attribute makes :attr:`dtype` its twin of the other
+    signedness, as xarray decodes it (:func:`_cf_unsigned`); None otherwise."""
 
     @property
     def ndim(self) -> int:
@@ -222,11 +225,11 @@ def _parse_v2_array(source: BaseByteSource, name: str, z: Any, zattrs: Any) -> A
     dims = _dims(dims, len(shape), source.describe(f"{name}/.zattrs"), "_ARRAY_DIMENSIONS")
     endian = "big" if dtype.byteorder == ">" else "little"
     native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
-    return ArrayInfo(
+    return _cf_unsigned(ArrayInfo(
         name=name, zarr_format=2, dims=dims, shape=shape, chunks=chunks, shard=None, dtype=native,
         fill_value=_fill(z.get("fill_value"), native, where), codecs=codecs, attrs=attrs, order=order,
         key_style="v2", separator=sep, endian=endian, fill_null=z.get("fill_value") is None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 # -- v3 ---------------------------------------------------------------------------------------------------------
@@ -290,11 +293,11 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     if sep not in (".", "/"):
         raise SchemaError(f"{where}: chunk key separator {sep!r}, expected '.' or '/'")
     dims = _dims(z.get("dimension_names"), len(shape), where, "dimension_names")
-    return ArrayInfo(
+    return _cf_unsigned(ArrayInfo(
         name=name, zarr_format=3, dims=dims, shape=shape, chunks=chunks, shard=shard, dtype=dtype,
         fill_value=_fill(z.get("fill_value"), dtype, where), codecs=codecs, attrs=dict(z.get("attributes") or {}),
         order="C", key_style=enc["name"], separator=sep, fill_null=z.get("fill_value") is None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _v3_dtype(dt: Any, where: str) -> np.dtype:
@@ -322,6 +325,35 @@ def _named(c: Any, where: str) -> dict:
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------
+def _cf_unsigned(info: ArrayInfo) -> ArrayInfo:
+    """``info`` as xarray decodes a CF ``_Unsigned`` attribute: ``"true"`` on a signed integer array (netCDF3's
+    way to store uint8/uint16) reads its values as the unsigned type of the same width, ``"false"`` on an unsigned
+    one as the signed type; the bytes are the same, only their meaning changes. Then :attr:`ArrayInfo.dtype` is the
+    decoded type (so chunks decode to it, the gather and the statistics see the values xarray sees), the fill value
+    and an integer ``_FillValue`` attribute are reinterpreted alike (xarray converts the ``_FillValue`` it masks,
+    not ``missing_value``, which it compares with the reinterpreted values as written), and ``_Unsigned`` is
+    dropped from the attributes (a copy written in the decoded type must not carry it).
+
+    Like xarray, only the strings ``"true"`` and ``"false"`` count; any other value, or ``_Unsigned`` on a
+    non-integer array, changes nothing. A ``_FillValue`` attribute outside the stored type's range (xarray fails
+    to open such an array) is kept as written: it is then compared with the decoded values as it is. (xarray also
+    fails on a ``"false"`` array whose ``_FillValue`` attribute is past the signed range, e.g. 255 on uint8; here
+    it is reinterpreted like any other, to -1.)"""
+    flag, kind = info.attrs.get("_Unsigned"), info.dtype.kind
+    if not ((flag == "true" and kind == "i") or (flag == "false" and kind == "u")):
+        return info
+    to = np.dtype(f"{'u' if kind == 'i' else 'i'}{info.dtype.itemsize}")
+    attrs = {k: v for k, v in info.attrs.items() if k != "_Unsigned"}
+    fv = attrs.get("_FillValue")
+    if isinstance(fv, (int, float)) and not isinstance(fv, bool) and float(fv).is_integer():
+        try:
+            attrs["_FillValue"] = np.array(int(fv), info.dtype).view(to).item()
+        except OverflowError:
+            pass  # not a value of the stored type: kept as written
+    fill = np.array(info.fill_value, info.dtype).view(to)[()]
+    return dataclasses.replace(info, dtype=to, fill_value=fill, attrs=attrs, stored_dtype=info.dtype)
+
+
 def _int_tuple(v: Any, where: str, key: str, positive: bool = False) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         raise SchemaError(f"{where}: {key} must be a list of integers, got {v!r}")
