@@ -11,8 +11,10 @@ columns and north fold) every tile value is the store's value (``mask_copies=Fal
 in index space and the Forecaster takes no slot mask, so the copies hold their genuine, duplicated values.
 
 The epoch plan depends only on ``(seed, epoch)``: a permutation of every valid initial time (those whose inputs
-and targets all lie inside the record, or inside ``t_range``), cut to ``samples_per_epoch``; rank ``r`` of ``w``
-takes positions ``r, r + w, ...`` (disjoint across ranks, the same count on every rank). :meth:`RolloutLoader.
+and targets all lie inside the record, or inside ``t_range``, and whose every time point lies on the axis' regular
+step, so no window crosses a gap and each lead is exact: :meth:`RolloutLoader._regular_t0`), cut to
+``samples_per_epoch``; rank ``r`` of ``w`` takes positions ``r, r + w, ...`` (disjoint across ranks, the same
+count on every rank). :meth:`RolloutLoader.
 state_dict` / :meth:`~RolloutLoader.load_state_dict` resume at exactly the next batch, as the
 :class:`~fastload.Loader` does, and each :class:`RolloutBatch` carries :class:`~fastload.reader.IOStats` so the
 profiling step timer and reports treat it like a loader batch.
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._stream_time import _td, first_irregular, median_step, regular_windows
 from .config import LoaderConfig, SamplingConfig, _Config
 from .errors import ConfigError, LoaderClosedError
 from .extract import _normalizer, extract
@@ -319,6 +322,8 @@ class RolloutLoader:
         self.lead = int(r.lead if r.lead is not None else self.config.time_span)
         self.times = np.asarray(self.store.time).astype("datetime64[ns]")
         self.t_bounds = self._t_bounds()
+        self.valid_t0 = self._regular_t0()
+        """``(N,)`` int64: every valid initial time in ``t_bounds``, ascending (those on the regular step)."""
         self.normalizer = None
         if any(f.normalization != "none" for f in self.config.fields):
             self.normalizer = _normalizer(normalizer, self.config)
@@ -331,7 +336,7 @@ class RolloutLoader:
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = bool(pin) and torch.cuda.is_available()
-        n_valid = self.t_bounds[1] - self.t_bounds[0] + 1
+        n_valid = int(self.valid_t0.size)
         self._samples = min(n_valid, cfg.samples_per_epoch) // self.world_size
         bs = r.batch_size
         self._n_batches = self._samples // bs if cfg.drop_last or self.world_size > 1 else -(-self._samples // bs)
@@ -353,7 +358,7 @@ class RolloutLoader:
         r, nt = self.rollout, int(self.times.shape[0])
         span_in = self.config.time_span
         span_out = max(c.time_span for c in self._target_configs)
-        last = max((r.input_window - 1) * self.lead + span_in, (r.input_window - 1 + r.steps) * self.lead + span_out)
+        last = self._sample_span()
         lo, hi = 0, nt
         if r.t_range is not None:
             lo, hi = max(0, r.t_range[0]), min(nt, r.t_range[1])
@@ -364,6 +369,58 @@ class RolloutLoader:
                 f"{' range ' + str(list(r.t_range)) if r.t_range else ''} has only {hi - lo}")
         return lo, hi - last
 
+    def _regular_t0(self) -> np.ndarray:
+        """The initial times in ``t_bounds`` whose whole sample lies on the time axis' regular step.
+
+        A sample's time points are its input windows at ``t0 + j * lead`` (``j < input_window``) and its targets
+        at ``t0 + (input_window - 1 + k) * lead`` (``k = 1 .. steps``), each window ``box[0]`` points
+        ``time_step`` apart. It is valid when every window passes the rule :func:`fastload.extract` applies
+        (:func:`~fastload._stream_time.regular_windows` with the window's points and ``time_step``) and the
+        window starts, ``lead`` apart, pass it too: then no window crosses a gap and each lead is exact.
+        """
+        r, ts, (lo, hi) = self.rollout, self.config.time_step, self.t_bounds
+        cand = np.arange(lo, hi + 1, dtype=np.int64)
+        checks = [(0, r.input_window + r.steps, self.lead)]  # window starts: inputs, then targets, lead apart
+        checks += [(j * self.lead, self.config.box[0], ts) for j in range(r.input_window)]
+        checks += [((r.input_window - 1 + k) * self.lead, c.box[0], ts)
+                   for c in self._target_configs for k in range(1, r.steps + 1)]
+        ok, cache = np.ones(cand.size, bool), {}
+        for offset, n_points, step in checks:
+            key = (int(n_points), int(step))
+            if key not in cache:
+                cache[key] = regular_windows(self.times, *key)  # (NT - span + 1,), per window start
+            ok &= cache[key][cand + offset]
+        if not ok.any():
+            raise ConfigError(f"store {self.store.path!r}: no initial time has its whole rollout sample on the "
+                              f"time axis' regular step: {self._describe_sample()}, from initial times {lo}..{hi}; "
+                              f"{self._first_gap(lo, hi)}")
+        return cand[ok]
+
+    def _describe_sample(self) -> str:
+        r = self.rollout
+        boxes = sorted({c.box[0] for c in self._target_configs})
+        return (f"{r.input_window} input window(s) of {self.config.box[0]} point(s) (time_step "
+                f"{self.config.time_step}) and {r.steps} target(s) of {'/'.join(map(str, boxes))} point(s), "
+                f"lead {self.lead} apart, {self._sample_span()} time indices in all")
+
+    def _sample_span(self) -> int:
+        """Store time indices one sample spans, first input point to last target point."""
+        r = self.rollout
+        span_out = max(c.time_span for c in self._target_configs)
+        return max((r.input_window - 1) * self.lead + self.config.time_span,
+                   (r.input_window - 1 + r.steps) * self.lead + span_out)
+
+    def _first_gap(self, lo: int, hi: int) -> str:
+        t = self.times
+        end = min(t.size, hi + self._sample_span())
+        i = first_irregular(t[lo:end])
+        step = median_step(t)
+        if i is None or step is None:  # not a plain gap (the rule tolerates some steps): say what it expects
+            return f"the axis' median step is {'unknown' if step is None else _td(step)}"
+        a = lo + i
+        return (f"the first gap is {np.datetime_as_string(t[a], 'm')} -> {np.datetime_as_string(t[a + 1], 'm')} "
+                f"(time indices {a} -> {a + 1}), {_td(t[a + 1] - t[a])} where the axis steps every {_td(step)}")
+
     def _useful_bytes(self, f: Any) -> int:
         info = self.store.arrays[self.store.fields[f.name].array]
         return f.num_levels * int(np.prod(f.box)) * info.dtype.itemsize
@@ -371,9 +428,9 @@ class RolloutLoader:
     def epoch_times(self, epoch: int) -> np.ndarray:
         """This rank's initial times of ``epoch`` (store indices), in batch order."""
         cfg = self.loader_config
-        lo, hi = self.t_bounds
+        valid = self.valid_t0  # on a regular axis every t0 in t_bounds: the draw is lo + the permutation
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(cfg.seed), int(epoch)])))
-        order = lo + rng.permutation(hi - lo + 1)[: min(hi - lo + 1, cfg.samples_per_epoch)]
+        order = valid[rng.permutation(valid.size)[: min(valid.size, cfg.samples_per_epoch)]]
         return np.ascontiguousarray(order[self.rank::self.world_size][: self._samples], dtype=np.int64)
 
     def __len__(self) -> int:

@@ -9,8 +9,10 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 import fastload
 from fastload.config import FieldConfig, LoaderConfig, SamplingConfig
@@ -227,3 +229,114 @@ def test_errors_name_the_setting(store, tmp_path):
     ranged = _loader(path, RolloutConfig(steps=1, t_range=(4, 10)))
     assert ranged.t_bounds == (4, 10 - 3)
     ranged.close()
+
+
+# -- a store with a gap in its time axis ------------------------------------------------------------------------------
+
+STEP = pd.Timedelta("6h")
+EPOCH0 = pd.Timestamp("2000-01-01")
+
+
+def _hours_store(path, times, ny=8, nx=12):
+    """``tas`` (time, lat, lon) whose every value is its time in hours since 2000-01-01 (exact in float32): the
+    values read back say which time was read."""
+    hours = ((times - EPOCH0) / pd.Timedelta("1h")).to_numpy().astype("f4")
+    tas = np.broadcast_to(hours[:, None, None], (len(times), ny, nx)).copy()
+    xr.Dataset({"tas": (("time", "latitude", "longitude"), tas)},
+               coords={"time": times, "latitude": np.linspace(60, -60, ny), "longitude": np.arange(nx) * 30.0}
+               ).to_zarr(str(path), mode="w", zarr_format=2, consolidated=False)
+    return str(path)
+
+
+def _tas(tt):
+    return SamplingConfig(fields=(FieldConfig(name="tas", num_tokens=(1, 2, 3), token_size=(tt, 2, 2),
+                                              normalization="none"),))
+
+
+def _sample_offsets(roll, tt):
+    """Store index offsets from t0 of a sample's input points (W, tt) and target points (S, tt)."""
+    w = np.arange(roll.input_window)[:, None] * roll.lead + np.arange(tt)
+    k = (roll.input_window - 1 + np.arange(1, roll.steps + 1))[:, None] * roll.lead + np.arange(tt)
+    return w, k
+
+
+def _on_cadence(times, t0, roll, tt):
+    """pandas: every input and target point of the sample from t0 is (its offset) x 6 h after times[t0]."""
+    w, k = _sample_offsets(roll, tt)
+    offs = np.concatenate([w.ravel(), k.ravel()])
+    return all(times[t0 + o] == times[t0] + int(o) * STEP for o in offs)
+
+
+@pytest.mark.parametrize("tt", [2, 1], ids=["windows-cross-the-gap", "gap-between-input-and-target"])
+def test_a_gap_in_the_time_axis_is_never_drawn_and_the_epoch_completes(tmp_path, tt):
+    # 48 six-hourly times less one: 2000-01-03T12:00 (index 10) is missing. With tt=2 the old plan drew windows
+    # across the gap and extract refused them part way through the epoch; with tt=1 every box passed on its own
+    # and the targets of samples straddling the gap were silently 6 h late (lead_hours 24 instead of 18).
+    times = pd.date_range("2000-01-01", periods=48, freq=STEP).delete(10)
+    path = _hours_store(tmp_path / "gap.zarr", times)
+    roll = RolloutConfig(steps=2, input_window=2, lead=3, batch_size=4)
+    span = roll.lead * (roll.input_window - 1 + roll.steps) + tt
+    want = {t0 for t0 in range(len(times) - span + 1) if _on_cadence(times, t0, roll, tt)}
+    assert len(want) < len(times) - span + 1  # the gap removes some initial times
+    w_off, k_off = _sample_offsets(roll, tt)
+    with RolloutLoader(path, _tas(tt), roll, LoaderConfig(workers=2, seed=3, samples_per_epoch=1000, drop_last=False,
+                                                          device="cpu")) as data:
+        seen = []
+        for batch in data:  # the whole epoch: no ConfigError from a worker
+            for b, t0 in enumerate(batch.t0.tolist()):
+                seen.append(t0)
+                x = batch.fields["tas"][b]  # (W, T, 1, 1, 2, 3, tt, 2, 2)
+                for w in range(roll.input_window):
+                    hours = x[w].amax(dim=(0, 1, 2, 3, 4, 6, 7)).numpy()  # (tt,): the time of each point
+                    want_h = [(times[t0] + int(o) * STEP - EPOCH0) / pd.Timedelta("1h") for o in w_off[w]]
+                    np.testing.assert_array_equal(hours, want_h)
+                    np.testing.assert_array_equal(x[w].amin(dim=(0, 1, 2, 3, 4, 6, 7)).numpy(), want_h)
+                for k in range(roll.steps):
+                    y = batch.targets[k]["tas"][b]  # (T, 1, 1, 2, 3, tt, 2, 2)
+                    hours = y.amax(dim=(0, 1, 2, 3, 4, 6, 7)).numpy()
+                    want_h = [(times[t0] + int(o) * STEP - EPOCH0) / pd.Timedelta("1h") for o in k_off[k]]
+                    np.testing.assert_array_equal(hours, want_h)
+                    np.testing.assert_array_equal(y.amin(dim=(0, 1, 2, 3, 4, 6, 7)).numpy(), want_h)
+            assert torch.equal(batch.lead_hours, torch.full((len(batch),), roll.lead * 6.0))
+        assert sorted(seen) == sorted(want)  # an epoch: every valid initial time once
+        assert set(data.valid_t0.tolist()) == want
+        ranks = [RolloutLoader(path, _tas(tt), roll, LoaderConfig(seed=3, rank=r, world_size=2, device="cpu"))
+                 for r in range(2)]
+        shares = [set(d.epoch_times(1).tolist()) for d in ranks]
+        assert not shares[0] & shares[1] and shares[0] | shares[1] <= want
+        for d in ranks:
+            d.close()
+
+
+def test_the_draw_on_a_regular_axis_is_unchanged(tmp_path):
+    # Stored from the commit before the gap fix (9f85ccf): the same seed draws the same initial times.
+    path = _hours_store(tmp_path / "reg.zarr", pd.date_range("2000-01-01", periods=40, freq=STEP))
+    cases = [
+        (RolloutConfig(steps=2, input_window=2, lead=3, batch_size=2), dict(seed=7), (0, 29),
+         [[12, 14, 4, 28, 22, 24, 17, 3, 27, 19, 18, 13, 0, 25, 23, 10, 8, 7, 1, 15, 6, 16, 20, 5, 29, 26, 2, 21, 9,
+           11],
+          [25, 27, 0, 6, 17, 15, 22, 2, 19, 10, 24, 23, 28, 11, 26, 1, 5, 9, 14, 8, 7, 16, 20, 3, 4, 18, 29, 12, 21,
+           13]]),
+        (RolloutConfig(steps=1, batch_size=1, t_range=(5, 33)), dict(seed=11, samples_per_epoch=9, rank=1,
+                                                                     world_size=2), (5, 29),
+         [[22, 26, 6, 20], [6, 27, 23, 14]]),
+    ]
+    for roll, cfg, bounds, epochs in cases:
+        with RolloutLoader(path, _tas(2), roll, LoaderConfig(device="cpu", workers=1, **cfg)) as data:
+            assert data.t_bounds == bounds
+            assert [data.epoch_times(e).tolist() for e in (0, 1)] == epochs
+
+
+def test_a_store_with_no_initial_time_on_the_regular_step_is_an_error(tmp_path):
+    # Runs of three six-hourly times 24 h apart: the median step is 6 h but no four consecutive times are regular.
+    times = pd.DatetimeIndex([EPOCH0 + pd.Timedelta(hours=24 * d + 6 * i) for d in range(4) for i in range(3)])
+    path = _hours_store(tmp_path / "runs.zarr", times)
+    roll = RolloutConfig(steps=1, lead=2, batch_size=1)  # points t0, t0 + 1 and t0 + 2, t0 + 3
+    with pytest.raises(ConfigError, match=r"runs\.zarr") as err:
+        RolloutLoader(path, _tas(2), roll, LoaderConfig(device="cpu"))
+    msg = str(err.value)
+    assert "1 input window(s) of 2 point(s)" in msg and "lead 2" in msg
+    assert "first gap is 2000-01-01T12:00 -> 2000-01-02T00:00 (time indices 2 -> 3), 12 h" in msg
+    with RolloutLoader(path, _tas(1), RolloutConfig(steps=1, lead=1, batch_size=1),
+                       LoaderConfig(device="cpu")) as ok:  # two points one step apart fit inside each run
+        assert ok.valid_t0.tolist() == [0, 1, 3, 4, 6, 7, 9, 10]
