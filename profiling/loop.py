@@ -132,8 +132,9 @@ def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> d
         if batch.masks is not None:
             item["tokens"] = dev(batch.sources[name])
             item["mask"] = dev(batch.masks[name])  # (B, L, nt, nlat, nlon) bool
-        if "valid" in m:  # point slots: (B, nlat, nlon, K) bool, False for padding
-            item.update(padding_masks(target, dev(m["valid"])))
+        if "valid" in m:  # point slots: (B, nlat, nlon, K) bool, False for padding; from the inputs, never the
+            # target (as at inference: a masked token whose target has no value stays a key)
+            item.update(padding_masks(item["tokens"], dev(m["valid"])))
         out[name] = item
     return out
 

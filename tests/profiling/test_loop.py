@@ -404,3 +404,33 @@ def test_profile_on_the_gpu(tmp_path_factory, tmp_path):
     assert s["phases"]["forward"]["mean_ms"] > 0 and 0 <= s["stall_fraction"] < 1
     assert s["flops_per_step"] is None or s["flops_per_step"] > 0
     assert (s["mfu"] is None) == (s["peak_flops"] is None)
+
+
+def test_model_inputs_point_masks_come_from_the_inputs_not_the_target():
+    """A point-sampled field's valid / valid_values are those of the tokens the model is given (padding slots and
+    values without data), never of the target: a masked token whose target has no value stays attended to, as at
+    inference (it was dropped in training only, a leak of the answer)."""
+    import types
+
+    from model.multiformer import padding_masks
+
+    B, L, nt, ny, nx, tt, K = 2, 1, 2, 2, 3, 1, 4
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(B, L, nt, ny, nx, tt, 1, K, generator=g)
+    slot = torch.rand(B, ny, nx, K, generator=g) < 0.7
+    slot[..., 0] = True
+    target = target.masked_fill(~slot[:, None, None, :, :, None, None, :], float("nan"))
+    mask = torch.zeros(B, L, nt, ny, nx, dtype=torch.bool)
+    mask[0, 0, 1, 1, 2] = True
+    sources = target.masked_fill(mask[..., None, None, None], 0.0)  # the loader's masked input
+    meta = {"hour": torch.zeros(B, nt), "day_of_year": torch.ones(B, nt), "lat": torch.zeros(B, ny, nx),
+            "lon": torch.zeros(B, ny, nx), "valid": slot}
+    got = []
+    for tgt in (target, target.clone().index_put_((torch.tensor(0), torch.tensor(0), torch.tensor(1),
+                                                   torch.tensor(1), torch.tensor(2)), torch.tensor(float("nan")))):
+        batch = types.SimpleNamespace(fields={"p": tgt}, sources={"p": sources}, masks={"p": mask}, meta={"p": meta})
+        got.append(model_inputs(batch, [], torch.device("cpu"))["p"])
+    want = padding_masks(sources, slot)
+    for x in got:
+        assert torch.equal(x["valid"], want["valid"]) and torch.equal(x["valid_values"], want["valid_values"])
+    assert bool(got[1]["valid"][0, 0, 1, 1, 2])  # the masked token without a target value is a key
