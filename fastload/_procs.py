@@ -33,7 +33,9 @@ The spec goes over the pipe, not in the spawn payload: that payload is written i
 more) blocked the loader for ever when the worker died before reading it, as a script without the
 ``if __name__ == "__main__":`` guard makes every worker die. Now the payload is a few kilobytes, the loader sends
 the spec once the worker says "hello" (it is then running fastload's code and reading), and a worker that dies
-before, or while unpickling its spec, is noticed by the waits below.
+before, or while unpickling its spec, is noticed by the waits below. A send that something else ends (Ctrl-C, a
+spec that does not pickle) kills its worker, and an interrupted start kills those not yet opened (each may wait for
+a message that never comes whole); the next iteration replaces them, and starts any worker a Ctrl-C kept from starting.
 
 The loader sends a worker its first epoch only once it has opened the store ("opened"), and waits for that with
 ``loader.read_timeout_s`` as the limit on each storage request the worker announced: a metadata read that hangs
@@ -368,9 +370,7 @@ class ProcessBackend:
 
     # -- workers --------------------------------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
-        if self._workers:
-            return
-        for c in range(self.spec.workers):
+        for c in range(len(self._workers), self.spec.workers):  # (an interrupted start may have left only some)
             self._workers.append(self._spawn(c))
 
     def _spawn(self, c: int) -> _Worker:
@@ -414,10 +414,7 @@ class ProcessBackend:
             raise self._died(w) from None
         w.spoke = True
         if msg[0] == "hello":  # it runs fastload's code and reads its pipe: send its spec (the current one)
-            try:
-                w.conn.send(self._child_spec)
-            except OSError:  # it died before reading it all
-                raise self._died(w) from None
+            self._send(w, self._child_spec, "its spec (store, storage_options, settings, coefficients)")
             return None
         if msg[0] == "fatal":  # it failed to start (and exits): its own exception, with who it was
             w.failed = True
@@ -435,6 +432,21 @@ class ProcessBackend:
             w.io_open, w.io_since = 0, None
             return None
         return msg
+
+    def _send(self, w: _Worker, msg: Any, what: str) -> None:
+        """Send ``msg`` to ``w``; a worker that died is a WorkerError. Anything else that ends the send (Ctrl-C, a
+        message that does not pickle) leaves the worker waiting for a message that may never come whole: it is
+        killed, and replaced at the next epoch."""
+        try:
+            w.conn.send(msg)
+        except OSError:  # it died before reading it all
+            raise self._died(w) from None
+        except BaseException as e:
+            w.failed = True
+            w.process.kill()
+            if isinstance(e, Exception) and hasattr(e, "add_note"):  # (Python >= 3.11)
+                e.add_note(f"(while sending loader worker process {w.index} {what}: mode = 'process' pickles it)")
+            raise
 
     def _check_stuck(self, w: _Worker) -> None:
         """Raise (and kill the worker) when a storage request of its start has gone unanswered too long."""
@@ -530,10 +542,7 @@ class ProcessBackend:
             if error is not None:
                 raise error
             for w in self._workers:
-                try:
-                    w.conn.send(("epoch", self._gen, boxes, self._start + w.index, n, coef))
-                except OSError:
-                    raise self._died(w) from None
+                self._send(w, ("epoch", self._gen, boxes, self._start + w.index, n, coef), "an epoch")
             for w in self._workers:  # every worker answers (ready, error, or its death) before anything is raised
                 try:
                     while True:  # replies of abandoned reads come first: skip them
@@ -550,6 +559,10 @@ class ProcessBackend:
         except BaseException:
             if coef is not None:  # workers that missed them get them with the next epoch
                 self._coef_update = self._coef_update or coef
+            for w in self._workers:  # (Ctrl-C) one that has not opened may wait for a spec it was never sent: the
+                if not w.opened and not w.failed:  # next epoch starts a new one
+                    w.failed = True
+                    w.process.kill()
             raise
         if error is not None:
             raise error

@@ -499,3 +499,122 @@ def test_workers_reopen_the_store_with_its_backend(tmp_path):
             for f in cfg.field_names:
                 np.testing.assert_array_equal(g[f].numpy(), w[f].numpy())
         _check(truth, cfg, got)
+
+
+class _FailsToPickleOnce:
+    """A part of the spec whose first pickling raises ``error`` (as a Ctrl-C there, or an unpicklable storage
+    option, ends the send); then it pickles (as 0)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __reduce__(self):
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return (int, ())
+
+
+def _epoch_within(loader, timeout: float = 120.0) -> list:
+    """The batches of one iteration over ``loader``, read on a thread: one that is still waiting after ``timeout``
+    seconds fails the test (the loader is closed, which frees the wait) instead of hanging the test run."""
+    import threading
+
+    got: list = []
+
+    def epoch() -> None:
+        try:
+            got.append(list(loader))
+        except BaseException as e:  # noqa: BLE001 - raised below, on the test's thread
+            got.append(e)
+
+    t = threading.Thread(target=epoch, name="test-epoch", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        loader.close()
+        t.join(30)
+        pytest.fail(f"the iteration still waits for its workers after {timeout:g} s")
+    if isinstance(got[0], BaseException):
+        raise got[0]
+    return got[0]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), TypeError("cannot pickle 'SSLContext' object")],
+                         ids=["ctrl-c", "unpicklable"])
+def test_an_interrupted_spec_send_does_not_hang_the_next_iteration(tmp_path, error):
+    """An exception that ends the send of a worker's spec (Ctrl-C, or a part that does not pickle) reaches the
+    consumer; the worker, which had said hello and waited for its spec, is stopped, and the next iteration starts a
+    new one and reads correct batches (it waited for the old worker's "opened" for ever, read_timeout_s or not)."""
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    with Loader(tmp_path / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=8, seed=1,
+                read_timeout_s=5.0) as loader:
+        loader._ensure_backend()
+        loader._backend._child_spec["x"] = _FailsToPickleOnce(error)
+        with pytest.raises(type(error)) as e:
+            iter(loader)
+        old = list(loader._backend._workers)
+        assert len(old) == 2
+        batches = _epoch_within(loader)
+        assert len(batches) == len(loader) == 2
+        _check(truth, cfg, batches)
+        assert all(w.opened for w in loader._backend._workers)
+        assert any(w is not o for w, o in zip(loader._backend._workers, old))  # the one interrupted was replaced
+    if isinstance(error, TypeError):  # the error names the worker and what was sent
+        assert "while sending loader worker process" in "".join(getattr(e.value, "__notes__", []))
+
+
+def test_ctrl_c_after_a_workers_hello_does_not_hang_the_next_iteration(tmp_path, monkeypatch):
+    """A Ctrl-C that lands after the loader took a worker's hello but before it sent the spec leaves that worker
+    waiting for a spec that never comes: the next iteration replaces every worker that had not opened the store
+    (it waited for ever) and reads correct batches."""
+    from fastload._procs import ProcessBackend
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    take = ProcessBackend._take
+    armed = [True]
+
+    def take_then_interrupt(self, w):
+        if not armed[0]:
+            return take(self, w)
+        armed[0] = False
+        assert w.conn.recv() == ("hello",)  # taken, and then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProcessBackend, "_take", take_then_interrupt)
+    with Loader(tmp_path / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=8, seed=1) as loader:
+        with pytest.raises(KeyboardInterrupt):
+            iter(loader)
+        assert not armed[0]
+        batches = _epoch_within(loader)
+        assert len(batches) == len(loader) == 2
+        _check(truth, cfg, batches)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), BlockingIOError(11, "Resource temporarily unavailable")],
+                         ids=["ctrl-c", "eagain"])
+def test_an_interrupted_worker_start_is_completed_by_the_next_iteration(tmp_path, monkeypatch, error):
+    """Ctrl-C, or EAGAIN at the process limit, while the loader starts its second worker reaches the consumer; the
+    next iteration starts the missing worker and reads every batch correctly (every later iteration failed with an
+    IndexError: the loader kept one worker of two)."""
+    from fastload._procs import ProcessBackend
+
+    truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
+    spawn = ProcessBackend._spawn
+    calls = []
+
+    def spawn_failing_once(self, c):
+        calls.append(c)
+        if len(calls) == 2:
+            raise error
+        return spawn(self, c)
+
+    monkeypatch.setattr(ProcessBackend, "_spawn", spawn_failing_once)
+    with Loader(tmp_path / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=8, seed=1) as loader:
+        with pytest.raises(type(error)):
+            iter(loader)
+        assert len(loader._backend._workers) == 1
+        batches = _epoch_within(loader)
+        assert [w.index for w in loader._backend._workers] == [0, 1]
+    assert [b.index for b in batches] == list(range(len(loader))) and len(batches) == 2
+    _check(truth, cfg, batches)
