@@ -24,6 +24,15 @@ FILES = {
 }
 
 
+def write_files(root, files: dict[str, bytes]) -> None:
+    """Put ``files`` (key -> bytes) under the folder ``root`` (for sources that read local files)."""
+    for key, value in files.items():
+        p = os.path.join(root, *key.split("/"))
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(value)
+
+
 class ChunkSourceTests:
     """Behaviour common to all byte sources: missing keys, ranges, batches, listing, threads."""
 

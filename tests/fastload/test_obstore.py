@@ -4,30 +4,20 @@ the reader as the OSError kinds it classifies."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from fastload.errors import SchemaError, StoreError, StoreNotFoundError
 from fastload.store import LatencySource, LocalSource, ObstoreSource, make_source, open_store
-from tests.fastload.conformance import ChunkSourceTests
+from tests.fastload.conformance import ChunkSourceTests, write_files
 from tests.fastload.stores import make_per_variable
 
 obstore = pytest.importorskip("obstore")
 
 
-def _write(root, files):
-    for key, value in files.items():
-        p = os.path.join(root, *key.split("/"))
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        with open(p, "wb") as f:
-            f.write(value)
-
-
 class TestObstoreFileSource(ChunkSourceTests):
     def make_source(self, tmp_path, files):
-        _write(tmp_path / "s", files)
+        write_files(tmp_path / "s", files)
         return ObstoreSource(f"file://{tmp_path / 's'}")
 
 
@@ -40,7 +30,7 @@ class TestObstoreMemorySource(ChunkSourceTests):
 
 
 def test_suffix_range_and_empty_length(tmp_path):
-    _write(tmp_path / "s", {"k": b"0123456789"})
+    write_files(tmp_path / "s", {"k": b"0123456789"})
     src = ObstoreSource(f"file://{tmp_path / 's'}")
     assert src.get_range("k", -3, 3) == b"789"
     assert src.get_ranges([("k", -4, 4), ("k", 0, 0), ("k", 2, 3), ("nope", 0, 1)]) == [b"6789", b"", b"234", None]
@@ -110,7 +100,7 @@ def test_obstore_errors_become_the_oserrors_the_reader_classifies(tmp_path, erro
     (retried ``loader.retries`` times), naming the key and obstore's error; in batches too."""
     from fastload.reader import _transient
 
-    _write(tmp_path / "s", {"k": b"x"})
+    write_files(tmp_path / "s", {"k": b"x"})
     src = ObstoreSource(f"file://{tmp_path / 's'}")
     src._obs = _Failing(error)
     calls = [lambda: src.get("k"), lambda: src.get_range("k", 0, 1), lambda: src.exists("k"),
@@ -149,7 +139,7 @@ def test_local_paths_with_url_characters_and_empty_objects(tmp_path):
         truth = make_per_variable(tmp_path / name, nt=2, ny=5, nx=8)
         store = open_store(tmp_path / name, backend="obstore")
         np.testing.assert_array_equal(store.read("sp").reshape(truth["sp"].shape), truth["sp"])
-    _write(tmp_path / "s", {"e": b"", "k": b"12"})
+    write_files(tmp_path / "s", {"e": b"", "k": b"12"})
     src = ObstoreSource(f"file://{tmp_path / 's'}")
     assert src.get_range("e", 0, 4) == b"" == LocalSource(tmp_path / "s").get_range("e", 0, 4)
     assert src.get_ranges([("e", 0, 4), ("k", 0, 1)]) == [b"", b"1"]
@@ -178,7 +168,7 @@ def test_batches_from_async_code(tmp_path):
     """A notebook cell runs in an event loop: batched requests still work there (asyncio.run would refuse)."""
     import asyncio
 
-    _write(tmp_path / "s", {"a": b"1", "b": b"22"})
+    write_files(tmp_path / "s", {"a": b"1", "b": b"22"})
     src = ObstoreSource(f"file://{tmp_path / 's'}")
 
     async def cell():

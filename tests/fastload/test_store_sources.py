@@ -11,27 +11,19 @@ import numpy as np
 import pytest
 
 from fastload.store import BaseByteSource, FsspecSource, LatencySource, LocalSource, open_store
-from tests.fastload.conformance import ChunkSourceTests
+from tests.fastload.conformance import ChunkSourceTests, write_files
 from tests.fastload.stores import make_per_variable
-
-
-def _write(root, files):
-    for key, value in files.items():
-        p = os.path.join(root, *key.split("/"))
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        with open(p, "wb") as f:
-            f.write(value)
 
 
 class TestLocalSource(ChunkSourceTests):
     def make_source(self, tmp_path, files):
-        _write(tmp_path / "s", files)
+        write_files(tmp_path / "s", files)
         return LocalSource(tmp_path / "s")
 
 
 class TestFsspecFileSource(ChunkSourceTests):
     def make_source(self, tmp_path, files):
-        _write(tmp_path / "s", files)
+        write_files(tmp_path / "s", files)
         return FsspecSource(f"file://{tmp_path / 's'}")
 
 
@@ -46,7 +38,7 @@ class TestFsspecMemorySource(ChunkSourceTests):
 
 class TestLatencySource(ChunkSourceTests):
     def make_source(self, tmp_path, files):
-        _write(tmp_path / "s", files)
+        write_files(tmp_path / "s", files)
         return LatencySource(LocalSource(tmp_path / "s"), 0.5)
 
 
@@ -71,12 +63,12 @@ class _Plain(BaseByteSource):
 
 class TestBaseDefaults(ChunkSourceTests):
     def make_source(self, tmp_path, files):
-        _write(tmp_path / "s", files)
+        write_files(tmp_path / "s", files)
         return _Plain(LocalSource(tmp_path / "s"))
 
 
 def test_latency_source_sleeps_per_request(tmp_path):
-    _write(tmp_path / "s", {"k": b"x"})
+    write_files(tmp_path / "s", {"k": b"x"})
     src = LatencySource(LocalSource(tmp_path / "s"), ms=30)
     t0 = time.perf_counter()
     for _ in range(3):
