@@ -379,7 +379,9 @@ def test_once_a_direct_read_is_given_up_no_further_direct_read_starts(tmp_path):
         assert got, "the epoch still waits"
         reader, cache = loader._backend.reader, loader._backend.cache  # noqa: SLF001
         assert len(hung) == 1, hung
-        assert int((cache._arenas["t"].pins > 0).sum()) == 1 and len(reader._direct_holds) == 1  # noqa: SLF001
+        # slots set aside for hung direct reads (steps' own pins may still be held while the stuck ordinary reads
+        # time out on a slow machine: those are released with their steps, not counted here)
+        assert len(cache._orphans) == 1 and len(reader._direct_holds) == 1  # noqa: SLF001
     finally:
         _release_and_close(release, loader)
 
