@@ -234,11 +234,7 @@ def test_a_hung_direct_read_is_given_up_and_its_slot_stays_out_of_use_until_it_r
                 with open(path, "rb") as fh:
                     assert cache.arena(a)[s].tobytes() == fh.read(), (a, chunk)
     finally:
-        release.set()
-        loader.close()
-        for t in threading.enumerate():
-            if t.name.startswith("fastload"):
-                t.join(30)
+        _release_and_close(release, loader)
 
 
 def _hang_reads(store, hang):
