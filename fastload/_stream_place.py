@@ -70,7 +70,6 @@ def time_setup(ms: Any) -> None:
             f"streams: the time axes have no common period: {who} of {T} points x time_step "
             f"{ms.config.time_step} of the first stream {ms.reference.name!r}. Periods: {periods}")
     ms._t_ok = ok
-    ms._t_per = per
     ms.valid_t0 = np.flatnonzero(ok).astype(np.int64)  # reference window starts every stream serves
 
 

@@ -237,10 +237,6 @@ class FieldModel:
             raise KeyError(name)
         return _Generator(self, name)
 
-    def climatology(self, name: str, t0: int, t1: int) -> np.ndarray:
-        """The deterministic part: ``(T, L, ny, nx)`` for level fields, ``(T, 1, ny, nx)`` for surface ones."""
-        return self._fields(name, t0, t1, anomaly=None)
-
     def _cycles(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
         t = self.times[t0:t1]
         hours = (t - t.astype("datetime64[D]")).astype(np.float64) / 3600.0  # UTC hour of day
@@ -250,13 +246,13 @@ class FieldModel:
         diurnal = np.cos(2.0 * np.pi * (local - 15.0) / 24.0)  # peak at 15 local solar time
         return season.astype(np.float32), diurnal.astype(np.float32)
 
-    def _fields(self, name: str, t0: int, t1: int, anomaly: np.ndarray | None) -> np.ndarray:
+    def _fields(self, name: str, t0: int, t1: int, anomaly: np.ndarray) -> np.ndarray:
         season, diurnal = self._cycles(t0, t1)
         latd = self._lat32[None, None, :, None]
         phi = np.deg2rad(latd)
         slat, clat = np.sin(phi), np.cos(phi)
         pr = (self.p / _P0)[None, :, None, None] if name in LEVEL_FIELDS else np.ones((1, 1, 1, 1), np.float32)
-        an = 0.0 if anomaly is None else anomaly
+        an = anomaly
         ts = 253.0 + 47.0 * clat**2 + 12.0 * slat * season  # surface air temperature climate
         if name == "temperature":
             out = ts * pr**0.19 + 4.0 * pr**8 * clat * diurnal + (1.5 + 3.0 * np.abs(slat)) * an
