@@ -440,3 +440,127 @@ def test_extract_takes_a_store_path_and_a_config_file_as_the_loader_does(tmp_pat
     assert np.array_equal(want["sp"].data, tokens(crop(truth["sp"], boxes, f.box), f))  # the raw field, as written
     with pytest.raises(ConfigError, match="config: expected a SamplingConfig or the path"):
         extract(store, {"fields": {}}, boxes)
+
+
+class _Requests:
+    """Wraps ``store.chunk_bytes``: counts the store requests, and blocks those for which ``hang(n)`` (n: 1, 2, ...)
+    is true until ``release`` is set (a store that does not answer), or sleeps ``delay`` seconds in each."""
+
+    def __init__(self, store, hang=lambda n: False, delay=0.0):
+        import threading
+
+        self.real, self.hang, self.delay = store.chunk_bytes, hang, delay
+        self.lock, self.release = threading.Lock(), threading.Event()
+        self.n = self.hung = 0
+        store.chunk_bytes = self
+
+    def __call__(self, array, chunk):
+        import time
+
+        with self.lock:
+            self.n += 1
+            hang = self.hang(self.n)
+            self.hung += hang
+        if hang:
+            self.release.wait(60)
+        elif self.delay:
+            time.sleep(self.delay)
+        return self.real(array, chunk)
+
+
+def _in_thread(fn, timeout=30.0):
+    """``fn()`` on a thread, joined at most ``timeout`` s: (result or exception, still running)."""
+    import threading
+
+    got = []
+
+    def run():
+        try:
+            got.append(fn())
+        except BaseException as e:  # noqa: BLE001 - looked at by the test
+            got.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return (got[0] if got else None), t.is_alive()
+
+
+def _t_config():
+    return SamplingConfig(fields=[FieldConfig(name="t", levels=(500.0, 850.0), num_tokens=(2, 2, 2),
+                                              token_size=(2, 3, 3), normalization="none")], time_step=1)
+
+
+@pytest.mark.parametrize("which", [1, 3])
+def test_a_store_request_that_never_answers_is_a_chunk_timeout_after_read_timeout_s(tmp_path, which):
+    """A chunk request that never answers (the first, or a later one) fails extract with a ChunkTimeoutError naming
+    the store, the field, the chunk (one the boxes need) and the setting, after read_timeout_s; extract waited for
+    ever (no read_timeout_s: a TypeError before). The thread and the join only guard against that hang."""
+    import threading
+
+    from fastload.errors import ChunkReadError, ChunkTimeoutError
+
+    make_per_variable(tmp_path / "s.zarr", nt=8)
+    store = open_store(tmp_path / "s.zarr")
+    cfg, boxes = _t_config(), np.array([[0, 0, 3], [4, 3, 10]])
+    plan_chunks = {tuple(c) for c in _plan_chunks(store, cfg, boxes)}
+    assert len(plan_chunks) > which
+    requests = _Requests(store, hang=lambda n: n == which)
+    try:
+        got, running = _in_thread(lambda: extract(store, cfg, boxes, read_timeout_s=0.3))
+        assert not running, "extract still waits for a store request that never answers"
+        assert isinstance(got, ChunkTimeoutError) and isinstance(got, ChunkReadError), got
+        assert got.array == "t" and got.chunk in plan_chunks
+        msg = str(got)
+        assert repr(store.path) in msg and "['t']" in msg and "read_timeout_s = 0.3" in msg and "no answer" in msg
+        assert got.path is not None and got.path.endswith(store.arrays["t"].key(got.chunk)), got.path
+        assert requests.hung == 1 and requests.n == which  # (nothing is requested after the one that hangs)
+    finally:
+        requests.release.set()  # the hung request returns, and its thread ends
+        for t in threading.enumerate():
+            if t.name.startswith("fastload-extract"):
+                t.join(10)
+
+
+def _plan_chunks(store, cfg, boxes):
+    from fastload._backend import make_tokenizer
+
+    tok = make_tokenizer(store, cfg)
+    return tok.plan(tok.check_boxes(boxes)).chunks["t"].tolist()
+
+
+def test_the_read_timeout_bounds_each_request_not_the_whole_extract(tmp_path):
+    """Every request answers after 0.12 s and read_timeout_s = 0.5: more requests than fit in 0.5 s all answer,
+    and the samples are those of an extract without a timeout (on the calling thread) and of the NumPy truth."""
+    truth = make_per_variable(tmp_path / "s.zarr", nt=8)
+    store = open_store(tmp_path / "s.zarr")
+    cfg, boxes = _t_config(), np.array([[0, 0, 3], [4, 3, 10], [2, 2, 14]])
+    plain = extract(store, cfg, boxes, read_timeout_s=None)
+    requests = _Requests(store, delay=0.12)
+    got = extract(store, cfg, boxes, read_timeout_s=0.5)
+    assert requests.n == len(_plan_chunks(store, cfg, boxes)) > 0.5 / 0.12  # (longer than the timeout in all)
+    f = cfg.fields[0]
+    assert np.array_equal(got["t"].data, plain["t"].data, equal_nan=True)
+    want = crop(truth["t"], boxes, f.box, levels=[0, 1])
+    assert np.array_equal(got["t"].data, tokens(want, f), equal_nan=True)
+
+
+def test_a_failing_request_is_still_its_chunk_read_error_and_read_timeout_s_is_checked(tmp_path):
+    """A request that fails (not a timeout) raises its own ChunkReadError through the I/O thread, naming the chunk;
+    a bad read_timeout_s is a ConfigError naming it."""
+    from fastload.errors import ChunkReadError, ChunkTimeoutError
+
+    make_per_variable(tmp_path / "s.zarr", nt=8)
+    store = open_store(tmp_path / "s.zarr")
+    cfg, boxes = _t_config(), np.array([[0, 0, 3]])
+
+    def broken(array, chunk):
+        raise ChunkReadError(array, chunk, "injected failure")
+
+    store.chunk_bytes = broken
+    with pytest.raises(ChunkReadError, match="injected failure") as info:
+        extract(store, cfg, boxes)
+    assert not isinstance(info.value, ChunkTimeoutError) and info.value.array == "t"
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ConfigError, match="read_timeout_s"):
+            extract(store, cfg, boxes, read_timeout_s=bad)
