@@ -13,6 +13,17 @@ run, as a ratio.
   (``backend="auto"``), fsspec and obstore (both as ``file://`` URLs, so through the remote path's batched
   requests), interleaved; ratios to plain reads. Shows each client's cost per request, not network latency.
 
+The steady rate of a pass is taken once every buffer of the Loader's ring (``prefetch + 2`` of them) has been
+filled once: from the arrival of batch ``prefetch + 1`` to the last (:func:`steady_window`). Each pass builds a new
+Loader, whose ring (215 MB a buffer here) is fresh memory, and the first write of fresh memory costs what the machine
+makes it cost: on this VM the guest hands freed 2 MB blocks back to the hypervisor (virtio-balloon free page
+reporting), and touching 608 MB of them again took 230-540 ms of system time instead of 50 ms (RESULTS 16.1). A
+window from the first batch held the first fill of three ring buffers, and so that cost: the "370 vs 720 samples/s"
+of RESULTS 14.5. A Loader that lives across epochs pays it once. Beside each rate the report puts what the machine
+gave the pass (:func:`profiling.roofs.cpu_share`): this process's CPU per sample in the window (user + system, and
+system alone) and the cores the rest of the machine kept busy meanwhile (``others_cores``): with the other sessions'
+work on one of the two cores, a rate is about halved whatever the loader does.
+
 Run::
 
     pytest benches/bench_reader.py --quick          # tiny store, seconds
@@ -22,6 +33,8 @@ Run::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -40,34 +53,82 @@ def tiles(synth_store, bench_config, bench_quick):
     path = synth_store(layout="per-variable")
     store = open_store(path)
     config = bench_config(path)
-    n = 3 if bench_quick else 12
+    n = 3 if bench_quick else 16  # 16: the steady window (after the ring's first round, 4 batches) keeps 12
     bs = config.batch_size
     aligned = draw_batches(store, config, batches=n, batch_size=bs, seed=0, epoch=1, plan="aligned")
     rand = draw_batches(store, config, batches=n, batch_size=bs, seed=0, epoch=2, plan="random")
     return path, config, np.concatenate(aligned), np.concatenate(rand)
 
 
-def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0, backend: str = "auto",
-                **settings):
-    """Construct a Loader on an explicit plan, pull every batch, close.
+class Pass(NamedTuple):
+    """One Loader pass: ``seconds`` end to end (construction included), the Loader's ``stats``, ``per_sample``
+    steady seconds per sample (:func:`steady_window`) and ``share``, what the machine gave the steady window
+    (:func:`profiling.roofs.cpu_share`, plus ``cpu_ms_per_sample`` and ``sys_ms_per_sample``)."""
 
-    Returns (seconds, IOStats, steady seconds per sample): the steady figure is the time between the first and
-    the last batch per sample after the first batch (construction and start-up excluded, as in the roof).
+    seconds: float
+    stats: Any
+    per_sample: float
+    share: dict[str, float | None]
+
+
+def steady_window(n_batches: int, ring: int) -> int:
+    """The batch whose arrival starts the steady window: ``ring - 1`` (every ring buffer has been filled once by
+    then, so no first write of fresh memory is left in the window), or the last but one when a pass has fewer
+    batches. Batch ``j`` is written into ring buffer ``j % ring``."""
+    return max(0, min(ring - 1, n_batches - 2))
+
+
+def loader_pass(path: str, config, boxes: np.ndarray, *, latency_ms: float = 0.0, backend: str = "auto",
+                clock: Callable[[], float] = time.perf_counter, **settings) -> Pass:
+    """Construct a Loader on an explicit plan, pull every batch, close (see :class:`Pass`).
+
+    The steady figure is the time from the arrival of batch :func:`steady_window` to the last, per sample after
+    it: construction, start-up and the first fill of each ring buffer are left out (as the roof leaves out its
+    set-up; a Loader that lives across epochs pays them once). ``clock`` times the arrivals (a test's fake clock).
     """
     from fastload.loader import Loader
     from fastload.store import open_store
+    from profiling.roofs import cpu_sample, cpu_share
 
     store = open_store(path, latency_ms=latency_ms, backend=backend)
-    t0 = time.perf_counter()
-    arrivals = []
+    t0 = clock()
+    arrivals: list[float] = []
+    rows: list[int] = []
     with Loader(store, config, boxes=boxes, batch_size=config.batch_size, workers=WORKERS, device="cpu",
                 **settings) as loader:
-        for _ in loader:
-            arrivals.append(time.perf_counter())
+        first = steady_window(len(loader), loader.loader_config.prefetch + 2)
+        start = None
+        for batch in loader:
+            arrivals.append(clock())
+            rows.append(int(batch.boxes.shape[0]))
+            if len(arrivals) == first + 1:
+                start = cpu_sample()
+            del batch  # (the ring reuses a buffer only once its batch is dropped)
+        end = cpu_sample()
         stats = loader.stats
-    after_first = len(boxes) - config.batch_size
-    steady = (arrivals[-1] - arrivals[0]) / after_first if after_first > 0 else (arrivals[0] - t0) / len(boxes)
-    return time.perf_counter() - t0, stats, steady
+    seconds = clock() - t0
+    after = sum(rows[first + 1:])
+    if after > 0:
+        per_sample = (arrivals[-1] - arrivals[first]) / after
+    else:  # one batch: the whole pass
+        per_sample = (arrivals[0] - t0) / max(1, len(boxes)) if arrivals else float("nan")
+    share: dict[str, float | None] = {}
+    if start is not None and after > 0:
+        share = cpu_share(start, end)
+        cpu_s = share["ours_cores"] * share["wall_s"]  # type: ignore[operator]
+        share["cpu_ms_per_sample"] = 1e3 * cpu_s / after
+        share["sys_ms_per_sample"] = 1e3 * share["sys_cores"] * share["wall_s"] / after  # type: ignore[operator]
+    return Pass(seconds, stats, per_sample, share)
+
+
+def machine(passes: list[Pass]) -> dict[str, float]:
+    """Medians over passes of what the machine gave their steady windows (report figures)."""
+    out = {}
+    for key in ("cpu_ms_per_sample", "sys_ms_per_sample", "others_cores", "steal_cores"):
+        vals = [p.share[key] for p in passes if p.share.get(key) is not None]
+        if vals:
+            out[key] = float(np.median(vals))
+    return out
 
 
 def roof(path: str, config, boxes: np.ndarray) -> dict[str, float]:
@@ -93,13 +154,14 @@ def test_aligned_vs_roof(benchmark, report, tiles, bench_quick):
         ours.append(loader_pass(path, config, aligned, cache_bytes=0))
         roofs.append(roof(path, config, aligned))
     benchmark.pedantic(lambda: loader_pass(path, config, aligned, cache_bytes=0), rounds=1, iterations=1)
-    per_sample = float(np.median([o[2] for o in ours]))
-    stats = ours[0][1]
+    per_sample = float(np.median([o.per_sample for o in ours]))
+    stats = ours[0].stats
     rsecs = float(np.median([r["seconds"] for r in roofs]))
     n = len(aligned)
     report(benchmark, samples_per_s=1.0 / per_sample, roof_samples_per_s=n / rsecs,
            pct_of_roof=100.0 * (rsecs / n) / per_sample, decoded_bytes=stats.bytes_decoded,
-           roof_decoded_bytes=roofs[0]["decoded_bytes"], e2e_samples_per_s=n / float(np.median([o[0] for o in ours])))
+           roof_decoded_bytes=roofs[0]["decoded_bytes"],
+           e2e_samples_per_s=n / float(np.median([o.seconds for o in ours])), **machine(ours))
     assert stats.samples == n
 
 
@@ -109,22 +171,23 @@ def test_latency(benchmark, report, tiles, bench_quick):
     rounds = 1 if bench_quick else 3
     zero, slow = [], []
     for _ in range(rounds):
-        zero.append(loader_pass(path, config, rand)[2])
-        slow.append(loader_pass(path, config, rand, latency_ms=20.0, fetch_concurrency=64)[2])
+        zero.append(loader_pass(path, config, rand))
+        slow.append(loader_pass(path, config, rand, latency_ms=20.0, fetch_concurrency=64))
     benchmark.pedantic(lambda: loader_pass(path, config, rand, latency_ms=20.0, fetch_concurrency=64), rounds=1,
                        iterations=1)
-    z, s = float(np.median(zero)), float(np.median(slow))
-    report(benchmark, samples_per_s_0ms=1.0 / z, samples_per_s_20ms=1.0 / s, pct_of_0ms=100.0 * z / s)
+    z, s = float(np.median([p.per_sample for p in zero])), float(np.median([p.per_sample for p in slow]))
+    report(benchmark, samples_per_s_0ms=1.0 / z, samples_per_s_20ms=1.0 / s, pct_of_0ms=100.0 * z / s,
+           **machine(zero + slow))
 
 
 @pytest.mark.parametrize("budget", ["one-step", "default"])
 def test_cache_budget(benchmark, report, tiles, budget):
     path, config, _, rand = tiles
     settings = {"cache_bytes": 0} if budget == "one-step" else {}
-    secs, stats, per_sample = benchmark.pedantic(lambda: loader_pass(path, config, rand, **settings), rounds=1,
-                                                 iterations=1)
-    report(benchmark, samples_per_s=1.0 / per_sample, amplification=stats.amplification, hit_rate=stats.hit_rate,
-           decoded_mb=stats.bytes_decoded / 1e6, useful_mb=stats.bytes_useful / 1e6)
+    p = benchmark.pedantic(lambda: loader_pass(path, config, rand, **settings), rounds=1, iterations=1)
+    stats = p.stats
+    report(benchmark, samples_per_s=1.0 / p.per_sample, amplification=stats.amplification, hit_rate=stats.hit_rate,
+           decoded_mb=stats.bytes_decoded / 1e6, useful_mb=stats.bytes_useful / 1e6, **machine([p]))
 
 
 def test_backends(benchmark, report, tiles, bench_quick):
@@ -139,11 +202,12 @@ def test_backends(benchmark, report, tiles, bench_quick):
     for b in backends:  # JIT caches, page cache, each client's start-up
         loader_pass(path, config, rand[: config.batch_size], backend=b)
     rounds = 1 if bench_quick else 3
-    per = {b: [] for b in backends}
+    per: dict[str, list[Pass]] = {b: [] for b in backends}
     for _ in range(rounds):
         for b in backends:
-            per[b].append(loader_pass(path, config, rand, backend=b)[2])
+            per[b].append(loader_pass(path, config, rand, backend=b))
     benchmark.pedantic(lambda: loader_pass(path, config, rand, backend=backends[-1]), rounds=1, iterations=1)
-    med = {b: float(np.median(v)) for b, v in per.items()}
+    med = {b: float(np.median([p.per_sample for p in v])) for b, v in per.items()}
     report(benchmark, **{f"samples_per_s_{b}": 1.0 / med[b] for b in backends},
-           **{f"ratio_{b}_to_plain": med["auto"] / med[b] for b in backends if b != "auto"})
+           **{f"ratio_{b}_to_plain": med["auto"] / med[b] for b in backends if b != "auto"},
+           **machine([p for v in per.values() for p in v]))

@@ -5,7 +5,9 @@ memory, read the chunk files, and read+decode exactly the chunks the samples nee
 the table. The roofs use no loader code: chunk bytes come from plain ``os.pread`` of the chunk files (or of a
 shard's byte range) and are decoded with numcodecs (:mod:`profiling.chunkmap`), on a pool of ``workers`` threads
 (numcodecs releases the GIL while it decodes). The page-cache state of the store's files is measured with
-``mincore`` and can be dropped with ``posix_fadvise(DONTNEED)`` for cold-cache scenarios.
+``mincore`` and can be dropped with ``posix_fadvise(DONTNEED)`` for cold-cache scenarios. What the machine gave a
+measurement (this process's CPU, the rest of the machine's, the hypervisor's steal) comes from :func:`cpu_sample`
+and :func:`cpu_share`: on a shared machine a rate means little without it.
 
 Run alone for a quick look at a store::
 
@@ -39,6 +41,8 @@ __all__ = [
     "resident_fraction",
     "drop_page_cache",
     "machine_info",
+    "cpu_sample",
+    "cpu_share",
 ]
 
 Task = tuple[str, tuple[int, ...]]
@@ -127,6 +131,49 @@ def read_decode_roof(
         "stored_gbps": stored / dt / 1e9 if dt else 0.0,
         "chunks": float(len(flat)),
     }
+
+
+def _machine_ticks() -> tuple[float, float] | None:
+    """Seconds of CPU the whole machine has spent busy (user, nice, system, irq, softirq) and stolen by the
+    hypervisor since boot, from ``/proc/stat``; None where there is no such file."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def cpu_sample() -> tuple[float, float, float, tuple[float, float] | None]:
+    """Now: ``(time.perf_counter(), this process's user s, its system s, machine (busy s, steal s) or None)``.
+
+    Two samples give :func:`cpu_share`. The process's times cover all its threads, also those that have ended.
+    """
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), ru.ru_utime, ru.ru_stime, _machine_ticks()
+
+
+def cpu_share(before: tuple, after: tuple, min_wall: float = 0.1) -> dict[str, float | None]:
+    """What the machine gave this process between two :func:`cpu_sample`\\ s, in cores (CPU seconds per second).
+
+    ``ours_cores`` (user + system), ``sys_cores``; ``others_cores``: busy time of everything else on the machine
+    (other processes, the kernel's own threads), and ``steal_cores``: time the hypervisor gave the virtual CPUs
+    to others (None without ``/proc/stat``, or over a window shorter than ``min_wall`` seconds). ``/proc/stat``
+    counts in ticks (10 ms at 100 Hz), so over a window of 0.25 s the machine's figures are good to about 0.1 core.
+    A rate measured while ``others_cores`` was near a whole core had about one core of two: that, not the loader,
+    halves it."""
+    wall = max(after[0] - before[0], 1e-9)
+    user, system = after[1] - before[1], after[2] - before[2]
+    out: dict[str, float | None] = {"wall_s": wall, "ours_cores": (user + system) / wall, "sys_cores": system / wall,
+                                    "others_cores": None, "steal_cores": None}
+    if before[3] is not None and after[3] is not None and wall >= min_wall:
+        out["others_cores"] = max(0.0, (after[3][0] - before[3][0]) - (user + system)) / wall
+        out["steal_cores"] = (after[3][1] - before[3][1]) / wall
+    return out
 
 
 def store_files(path: str) -> list[str]:
