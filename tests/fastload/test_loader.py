@@ -17,6 +17,7 @@ from fastload.loader import Batch, Loader, LoaderDataset
 from fastload.store import open_store
 from tests.fastload.leaks import fastload_threads
 from tests.fastload.loader_ref import build, reference
+from tests.fastload.test_reader_direct import _release_and_close
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -341,11 +342,7 @@ def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monke
         with pytest.raises(LoaderClosedError, match="stopped"):
             next(it)
     finally:
-        release.set()
-        loader.close()
-        for t in threading.enumerate():  # the hung read returns, its threads end
-            if t.name.startswith("fastload"):
-                t.join(30)
+        _release_and_close(release, loader)  # the hung read returns, its threads end
 
 
 def test_a_retired_backend_is_closed_at_once_even_if_its_read_never_returns(tmp_path, monkeypatch, caplog):
@@ -382,11 +379,7 @@ def test_a_retired_backend_is_closed_at_once_even_if_its_read_never_returns(tmp_
         said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         assert stuck and all(name in said for name in stuck) and "daemon" in said, said
     finally:
-        release.set()
-        loader.close()
-        for t in threading.enumerate():
-            if t.name.startswith("fastload"):
-                t.join(30)
+        _release_and_close(release, loader)
 
 
 @pytest.mark.parametrize("settings,named", [
