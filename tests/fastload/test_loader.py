@@ -317,13 +317,21 @@ def _first_request_hangs(store):
     return entered, release
 
 
+def _short_stop_grace(monkeypatch) -> None:
+    """Stop an iteration's reads after 0.2 s instead of the 5 s stop grace, wherever the grace is read (the loader
+    and its epoch iterator, fastload._loader_iter)."""
+    import fastload._loader_iter as fi
+    import fastload.loader as fl
+
+    for mod in (fl, fi):
+        monkeypatch.setattr(mod, "_STOP_GRACE_S", 0.2)
+
+
 def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monkeypatch):
     """Restarting while a store request hangs: no wait for it beyond the stop grace, no error, every batch right;
     the hung read's backend and ring (its cache pins, its slot) are never reused (they are closed at once: the test
     below)."""
-    import fastload.loader as fl
-
-    monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
+    _short_stop_grace(monkeypatch)
     truth, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
     entered, release = _first_request_hangs(store)
@@ -351,9 +359,7 @@ def test_a_retired_backend_is_closed_at_once_even_if_its_read_never_returns(tmp_
     are closed at once (bounded), and the read still running is named in a warning as a daemon thread left behind."""
     import logging
 
-    import fastload.loader as fl
-
-    monkeypatch.setattr(fl, "_STOP_GRACE_S", 0.2, raising=False)
+    _short_stop_grace(monkeypatch)
     truth, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
     entered, release = _first_request_hangs(store)
