@@ -42,14 +42,8 @@ Use::
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import math
 import os
 import shutil
-import signal
-import sys
-import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -58,6 +52,22 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ._write_atomic import check_output, move_into_place, sigint_deferred
+from ._write_encoding import (
+    CALENDAR,
+    CODECS,
+    DEFAULT_CHUNKS,
+    DEFAULT_CODEC,
+    TIME_UNITS,
+    _clamped,
+    _jsonable,
+    attr_fill_value,  # noqa: F401 - imported from here by fastload.stats and fastload.rechunk
+    chunks_for,
+    compressors,
+    declared_fill_value,
+    encode_time,
+    parse_ints,
+)
 from .errors import ConfigError, SchemaError, StoreError
 
 __all__ = [
@@ -78,13 +88,7 @@ __all__ = [
     "declared_fill_value",
 ]
 
-CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
-DEFAULT_CODEC = "blosc-lz4"
-DEFAULT_CHUNKS = (6, 1, 64, 128)  # (time, level, latitude, longitude); see the module docstring
 LEVEL_TYPES = ("model", "pressure", "depth", "height")
-TIME_UNITS = "hours since 1979-01-01"
-CALENDAR = "proleptic_gregorian"
-_EPOCH = np.datetime64("1979-01-01T00:00:00", "ns")
 _LEVEL_DEFAULTS = {  # level_type -> (units, positive, long_name)
     "model": ("1", None, "model level number"),
     "pressure": ("hPa", "down", "pressure level"),
@@ -95,261 +99,6 @@ _LEVEL_DEFAULTS = {  # level_type -> (units, positive, long_name)
 # "field"/"sfc_field" are the field axes of the AtmoRep layout (no coordinate array: names are in attributes).
 DIMS = ("time", "field", "sfc_field", "level", "latitude", "longitude")
 _COORDS = ("time", "level", "latitude", "longitude")
-
-
-def parse_ints(text: str | Sequence[int], n: int, what: str) -> tuple[int, ...]:
-    """Parse ``"6,1,64,128"`` (or a sequence) into ``n`` positive integers; :class:`ConfigError` names ``what``."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        values = tuple(int(str(p).strip()) for p in parts)
-    except ValueError:
-        raise ConfigError(f"{what}: expected {n} comma-separated integers, got {text!r}") from None
-    if len(values) != n or any(v < 1 for v in values):
-        raise ConfigError(f"{what}: expected {n} integers >= 1, got {text!r}")
-    return values
-
-
-def compressors(codec: str, zarr_format: int, level: int | None = None) -> list[Any] | None:
-    """The zarr ``compressors`` argument for a codec name of :data:`CODECS` and a zarr format.
-
-    ``level`` is the compression level (clevel for blosc); ``None`` takes a fast default. In zarr v3 plain
-    ``lz4`` has no codec in the specification; it is written as ``numcodecs.lz4``, which zarr-python reads with a
-    ``ZarrUserWarning`` (prefer ``blosc-lz4``, which is also faster).
-    """
-    if codec not in CODECS:
-        raise ConfigError(f"codec: expected one of {list(CODECS)}, got {codec!r}")
-    if codec == "none":
-        return None  # zarr: no compression
-    if zarr_format == 2:
-        import numcodecs
-
-        if codec.startswith("blosc-"):
-            lvl = 5 if level is None else level
-            return [numcodecs.Blosc(cname=codec[6:], clevel=lvl, shuffle=numcodecs.Blosc.SHUFFLE)]
-        if codec == "zstd":
-            return [numcodecs.Zstd(level=1 if level is None else level)]
-        if codec == "lz4":
-            return [numcodecs.LZ4(acceleration=1)]
-        return [numcodecs.GZip(level=1 if level is None else level)]
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-
-    if codec.startswith("blosc-"):
-        return [BloscCodec(cname=codec[6:], clevel=5 if level is None else level, shuffle="shuffle")]
-    if codec == "zstd":
-        return [ZstdCodec(level=1 if level is None else level)]
-    if codec == "lz4":
-        from zarr.codecs.numcodecs import LZ4
-
-        return [LZ4(acceleration=1)]
-    return [GzipCodec(level=1 if level is None else level)]
-
-
-def chunks_for(dims: Sequence[str], shape: Sequence[int], chunks: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Map a (time, level, latitude, longitude) chunking onto an array's dimensions, clamped to its shape.
-
-    Field axes of the AtmoRep layout take their whole extent (one chunk holds all fields, as in AtmoRep).
-    """
-    t, lev, y, x = DEFAULT_CHUNKS if chunks is None else chunks
-    per_dim = {"time": t, "level": lev, "latitude": y, "longitude": x}
-    return tuple(max(1, min(per_dim.get(d, n), n)) for d, n in zip(dims, shape))
-
-
-def _clamped(name: str, dims: Sequence[str], shape: Sequence[int], spec: Sequence[int] | None,
-             what: str) -> tuple[int, ...]:  # fmt: skip
-    """A chunk (or shard) shape given per dimension or in (time, level, latitude, longitude) terms, clamped to
-    ``shape`` either way (a 64 x 128 chunk on a 61 x 120 grid is 61 x 120: no chunk padded past the array)."""
-    if spec is None:
-        return chunks_for(dims, shape)
-    spec = tuple(spec)
-    if len(spec) not in (len(dims), 4) or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in spec):
-        raise ConfigError(f"variable {name!r}: {what} {list(spec)}: expected {len(dims)} integers >= 1 (one per "
-                          f"dimension {list(dims)}) or 4 in (time, level, latitude, longitude) terms")  # fmt: skip
-    if len(spec) == len(dims):
-        return tuple(max(1, min(int(c), n)) for c, n in zip(spec, shape))
-    return chunks_for(dims, shape, spec)
-
-
-def encode_time(times: np.ndarray) -> tuple[np.ndarray, str]:
-    """Encode datetimes as int64 CF offsets since 1979-01-01: hours when all are whole hours, else minutes/seconds.
-
-    Returns the values and their ``units`` attribute. Raises :class:`SchemaError` for times that are not
-    strictly increasing or not whole seconds.
-    """
-    t = np.asarray(times)
-    if not np.issubdtype(t.dtype, np.datetime64):
-        raise SchemaError(f"time: expected datetime64 values, got dtype {t.dtype}")
-    t = t.astype("datetime64[ns]")
-    if np.isnat(t).any():
-        raise SchemaError("time: contains NaT (missing time stamps)")
-    if t.size > 1 and not (np.diff(t) > np.timedelta64(0, "ns")).all():
-        raise SchemaError("time: expected strictly increasing time stamps")
-    delta = (t - _EPOCH).astype(np.int64)  # ns
-    for unit, ns in (("hours", 3_600_000_000_000), ("minutes", 60_000_000_000), ("seconds", 1_000_000_000)):
-        if (delta % ns == 0).all():
-            return delta // ns, TIME_UNITS.replace("hours", unit)
-    raise SchemaError("time: time stamps must be whole seconds")
-
-
-_STORE_MARKERS = (".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json")  # what makes a folder a zarr store
-
-
-def _replaceable(out: Path) -> None:
-    """Raise :class:`ConfigError` unless the existing ``out`` is a zarr store or an empty directory."""
-    if out.is_dir() and (any((out / m).is_file() for m in _STORE_MARKERS) or not any(out.iterdir())):
-        return
-    kind = "a directory" if out.is_dir() else "a file"
-    raise ConfigError(
-        f"{out} is {kind} but not a zarr store (no {'/'.join(_STORE_MARKERS)}); overwrite replaces only a "
-        "zarr store: remove it yourself or choose another output path"
-    )
-
-
-def check_output(
-    out: str | os.PathLike[str], *, overwrite: bool, sources: Sequence[str | os.PathLike[str]] = ()
-) -> Path:
-    """Check that a store may be written at ``out`` without losing data; returns ``out`` made absolute.
-
-    Raises :class:`ConfigError` for a URL, when a local path of ``sources`` (the stores or files the output is
-    made from) is ``out``, inside it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
-    zarr store (a plain file, or a folder without zarr metadata: replacing it would delete unrelated data); an
-    empty directory may be replaced. Raises :class:`StoreError` when ``out`` exists and ``overwrite`` is false.
-    """
-    if "://" in str(out):
-        raise ConfigError(f"out: writing is to local paths only, got {str(out)!r}")
-    path = Path(out).absolute()
-    real = path.resolve()
-    for src in sources:
-        if "://" in str(src):
-            continue
-        s = Path(src).resolve()
-        if s == real or real in s.parents or s in real.parents:
-            raise ConfigError(
-                f"out: {path} is, holds or lies inside the source {str(src)!r}; write the output elsewhere"
-            )
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise StoreError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-        _replaceable(path)
-    return path
-
-
-def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Rename the finished store ``tmp`` to ``out``; returns ``out``.
-
-    An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`)
-    is renamed aside first, deleted once the new store is in place, and renamed back if that fails, so a crash
-    or a failed rename never loses both. Raises :class:`StoreError` when the rename fails.
-    """
-    tmp, out = Path(tmp), Path(out)
-    old = None
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        _replaceable(out)  # it may have appeared since the output was checked
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError as e:
-        if old is not None:  # put the store we replace back where it was
-            os.rename(old, out)
-        raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    return out
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back while the block runs, then deliver it to the handler that was installed.
-
-    zarr-python runs every read and write on its own event-loop thread and the calling thread only waits; a
-    ``KeyboardInterrupt`` ends that wait but not the writes, which then land after the caller has cleaned up.
-    Wrapping each zarr call makes it finish first. A second Ctrl-C during the block is delivered at once (a write
-    that hangs can still be stopped; what it writes later may then outlive the cleanup). Only the main thread
-    receives signals and may set a handler; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    previous = signal.default_int_handler if previous is None else previous
-
-    def hold(signum: int, frame: Any) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            print("fastload: finishing the block being written (Ctrl-C again to stop at once)", file=sys.stderr,
-                  flush=True)
-            return
-        signal.signal(signal.SIGINT, previous)  # the second: the previous handler, now
-        signal.raise_signal(signal.SIGINT)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if len(received) == 1:
-            signal.raise_signal(signal.SIGINT)  # the previous handler runs now (default: KeyboardInterrupt)
-
-
-def attr_fill_value(v: Any, dtype: Any) -> Any:
-    """A ``_FillValue``/``missing_value`` attribute as a value of ``dtype``: numbers as they are, "NaN" and
-    "Infinity" as floats, other strings as the base64 of the value's little-endian bytes (how xarray stores a
-    floating-point ``_FillValue`` in zarr v3)."""
-    if not isinstance(v, str):
-        return v
-    try:
-        return float(v)  # "NaN", "Infinity", "-Infinity", or a number written as text
-    except ValueError:
-        pass
-    kind = np.dtype(dtype).kind
-    try:
-        raw = base64.b64decode(v, validate=True)
-        dt = np.dtype(f"<{kind}{len(raw)}")  # xarray writes a float32 array's NaN as 8 bytes: float64
-        return np.frombuffer(raw, dt)[0]
-    except (ValueError, TypeError):
-        raise SchemaError(f"fill value attribute {v!r}: expected a number, or base64 bytes of a number of kind "
-                          f"{kind!r} (dtype {np.dtype(dtype)})") from None  # fmt: skip
-
-
-def declared_fill_value(store: Any, array: str) -> Any:
-    """The value xarray decodes as missing (NaN) in ``array`` of an open :class:`fastload.store.Store`, or None.
-
-    As xarray's zarr backend reads it (checked against ``xr.open_zarr`` in ``tests/fastload/test_stats.py``):
-
-    - zarr v2: the array's ``fill_value`` unless the metadata says null, *even where a* ``_FillValue`` *attribute
-      says otherwise* (xarray sets ``attributes["_FillValue"] = zarr_array.fill_value``); with a null
-      ``fill_value``, the ``_FillValue`` attribute, else None;
-    - zarr v3: the ``_FillValue`` attribute, else None (xarray does not mask v3's required ``fill_value``).
-
-    ``missing_value`` is masked too but is not a fill value (:func:`fastload.stats.missing_markers`). Writers carry
-    this over so that xarray reads a copy as it reads the source; ``fastload stats`` leaves these values out.
-    """
-    info = store.arrays[array]
-    if info.zarr_format == 2 and not info.fill_null and info.fill_value is not None:
-        return info.fill_value
-    if "_FillValue" in info.attrs:
-        return attr_fill_value(info.attrs["_FillValue"], info.dtype)
-    return None
-
-
-def _jsonable(v: Any) -> Any:
-    """Attribute values as plain JSON types (numpy scalars and arrays become Python numbers and lists)."""
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; CF readers accept the string
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 class StoreWriter:
