@@ -40,9 +40,11 @@ a message that never comes whole); the next iteration replaces them, and starts 
 The loader sends a worker its first epoch only once it has opened the store ("opened"), and waits for that with
 ``loader.read_timeout_s`` as the limit on each storage request the worker announced: a metadata read that hangs
 in a worker fails the iteration with a :class:`WorkerError` naming the worker, the store, the request and the
-setting (the worker is killed; the next iteration starts a new one), instead of hanging the loader. Later waits
-on a worker end with its answer, its death, or the consumer's stop; its batch reads are bounded by its reader
-(``read_timeout_s`` on every store request).
+setting (the worker is killed; the next iteration starts a new one), instead of hanging the loader. Outside those
+requests, a worker that says nothing for ``loader.worker_start_timeout_s`` (no hello after its spawn: stuck
+importing; nothing after its spec or its last answered request) fails the iteration the same way, with a
+``WorkerError`` naming it, what it was doing and that setting. Later waits on a worker end with its answer, its
+death, or the consumer's stop; its batch reads are bounded by its reader (``read_timeout_s`` on every request).
 """
 
 from __future__ import annotations
@@ -63,13 +65,14 @@ from typing import Any
 import numpy as np
 
 from ._ring import FieldSpec, _layout
-from ._shm import SHM_DIR, Segment, map_shared
+from ._shm import SHM_DIR, Segment, _register, _unregister, _unregister_quietly, map_shared
 from .errors import ConfigError, WorkerError
 from .store import BaseByteSource
 
 __all__ = ["SHM_DIR", "ProcessBackend", "Segment", "WorkerError", "map_shared", "storage_options_of"]
 
 _POLL_S = 0.02
+_START_TIMEOUT_S = 300.0  # LoaderConfig.worker_start_timeout_s's default
 
 
 def storage_options_of(store: Any) -> dict[str, Any] | None:
@@ -246,6 +249,7 @@ class _Worker:
         self.io_open = 0  # storage requests it announced at its start and has not finished
         self.io_key: str | None = None  # the last one it began
         self.io_since: float | None = None  # when it last began or finished one, while one is open
+        self.quiet_since = time.monotonic()  # when it was started or last sent a start-up message (until opened)
 
 
 def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
@@ -270,36 +274,6 @@ def _cleanup(workers: list[_Worker], segments: dict[str, Segment]) -> None:
         if seg.registered:
             _unregister(seg)
     segments.clear()
-
-
-def _register(seg: Segment) -> None:
-    """Pin a segment for asynchronous host-to-device copies (CUDA host registration)."""
-    import torch
-
-    ptr = seg.array.ctypes.data
-    err = torch.cuda.cudart().cudaHostRegister(ptr, seg.nbytes, 0)
-    if int(err) != 0:
-        raise RuntimeError(f"cudaHostRegister of a shared-memory batch buffer failed ({err})")
-    seg.registered = True
-
-
-def _unregister(seg: Segment) -> None:
-    _unregister_ptr(seg.array.ctypes.data)
-    seg.registered = False
-
-
-def _unregister_quietly(ptr: int) -> None:
-    try:
-        _unregister_ptr(ptr)
-    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may already be shut down
-        pass
-
-
-def _unregister_ptr(ptr: int) -> None:
-    """Undo :func:`_register` of the buffer at ``ptr``."""
-    import torch
-
-    torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
 class ProcessBackend:
@@ -339,6 +313,7 @@ class ProcessBackend:
         self._segments: dict[str, Segment] = {}  # the ring's live buffers
         self._lock = threading.Lock()  # _segments, _Worker.forget (the ring allocates on pump threads)
         self._workers: list[_Worker] = []
+        self._start_timeout: float | None = getattr(spec, "worker_start_timeout_s", _START_TIMEOUT_S)
         self._gen = 0
         self._start = 0
         self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._segments)
@@ -413,6 +388,7 @@ class ProcessBackend:
         except (EOFError, OSError):  # the pipe broke: the worker died
             raise self._died(w) from None
         w.spoke = True
+        w.quiet_since = time.monotonic()  # (progress of its start: worker_start_timeout_s counts from here)
         if msg[0] == "hello":  # it runs fastload's code and reads its pipe: send its spec (the current one)
             self._send(w, self._child_spec, "its spec (store, storage_options, settings, coefficients)")
             return None
@@ -449,19 +425,49 @@ class ProcessBackend:
             raise
 
     def _check_stuck(self, w: _Worker) -> None:
-        """Raise (and kill the worker) when a storage request of its start has gone unanswered too long."""
-        limit = self._child_spec["read_timeout_s"]
-        if limit is None or w.io_since is None or time.monotonic() - w.io_since <= limit:
+        """Raise (and kill the worker) when its start has stalled: a storage request of its start unanswered for
+        ``read_timeout_s``, or, outside such requests, no start-up message for ``worker_start_timeout_s``."""
+        if w.opened:
             return
-        w.failed = True
-        w.process.kill()  # stuck in a request that may never return: no clean way out
-        w.process.join(2.0)
+        limit = self._child_spec["read_timeout_s"]
+        now = time.monotonic()
+        if limit is not None and w.io_since is not None and now - w.io_since > limit:
+            self._stop_stuck(w)
+            raise WorkerError(
+                f"loader worker process {w.index} (pid {w.process.pid}) could not open the store "
+                f"{self._child_spec['path']!r}: its request for {w.io_key!r} got no answer for {limit:g} s "
+                f"(loader.read_timeout_s = {limit:g}; None waits for ever); the worker was stopped, the next "
+                f"iteration starts a new one"
+            )
+        start = self._start_timeout
+        if start is None or w.io_open > 0 or now - w.quiet_since <= start:
+            return
+        quiet = now - w.quiet_since
+        if not w.spoke:
+            doing = (f"it has not said hello in the {quiet:.3g} s since it was started: it is still starting Python "
+                     f"and importing the main script ({_main_script()}) and fastload, or is stuck there")
+        elif w.io_key is None:
+            doing = (f"it was sent its spec {quiet:.3g} s ago and has not begun opening the store "
+                     f"{self._child_spec['path']!r} (it is unpickling the spec, or stuck before the store)")
+        else:
+            doing = (f"it was opening the store {self._child_spec['path']!r} and has said nothing for {quiet:.3g} s "
+                     f"since its request for {w.io_key!r} was answered (reading the layout, building its tokenizer "
+                     f"and cache)")
+        self._stop_stuck(w)
         raise WorkerError(
-            f"loader worker process {w.index} (pid {w.process.pid}) could not open the store "
-            f"{self._child_spec['path']!r}: its request for {w.io_key!r} got no answer for {limit:g} s "
-            f"(loader.read_timeout_s = {limit:g}; None waits for ever); the worker was stopped, the next iteration "
-            f"starts a new one"
+            f"loader worker process {w.index} (pid {w.process.pid}) did not start within loader."
+            f"worker_start_timeout_s = {start:g} s: {doing}; the worker was stopped, the next iteration starts a new "
+            f"one (raise loader.worker_start_timeout_s where starting a process is slow, e.g. Python and its "
+            f"packages on a cold network filesystem; None waits for ever)"
         )
+
+    @staticmethod
+    def _stop_stuck(w: _Worker) -> None:
+        """Kill a worker stuck in its start (no clean way out of a request or an import that may never return);
+        it has mapped no batch buffer yet (a descriptor goes with its first read, after it opened the store)."""
+        w.failed = True
+        w.process.kill()
+        w.process.join(2.0)
 
     def _await_open(self) -> BaseException | None:
         """Wait until every worker has opened the store, reading all their pipes at once (so that each request's

@@ -4,7 +4,8 @@ holding a file descriptor.
 Why this exists: the loader's ring buffers (:mod:`fastload._ring`) live in shared memory that the worker processes
 of :mod:`fastload._procs` write batches into. Each buffer is known only by the loader's open descriptor and the
 mappings, so no exit, crash or kill of any process leaves it behind, and a mapping holds no descriptor, so a
-consumer that keeps many batches does not run into ``ulimit -n``. Names are re-exported from
+consumer that keeps many batches does not run into ``ulimit -n``. The loader pins its mappings for asynchronous
+copies with CUDA host registration (``_register``; undone when the last view goes). Names are re-exported from
 :mod:`fastload._procs`.
 """
 
@@ -113,3 +114,34 @@ class Segment:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+# -- CUDA host registration of the buffers (pinned for asynchronous copies; the loader's side) --------------------
+def _register(seg: Segment) -> None:
+    """Pin a segment for asynchronous host-to-device copies (CUDA host registration)."""
+    import torch
+
+    ptr = seg.array.ctypes.data
+    err = torch.cuda.cudart().cudaHostRegister(ptr, seg.nbytes, 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaHostRegister of a shared-memory batch buffer failed ({err})")
+    seg.registered = True
+
+
+def _unregister(seg: Segment) -> None:
+    _unregister_ptr(seg.array.ctypes.data)
+    seg.registered = False
+
+
+def _unregister_quietly(ptr: int) -> None:
+    try:
+        _unregister_ptr(ptr)
+    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may already be shut down
+        pass
+
+
+def _unregister_ptr(ptr: int) -> None:
+    """Undo :func:`_register` of the buffer at ``ptr``."""
+    import torch
+
+    torch.cuda.cudart().cudaHostUnregister(ptr)

@@ -419,6 +419,14 @@ class LoaderConfig(_Config):
     else the iteration fails with a ``WorkerError`` naming the worker, the request and this setting (the worker is
     stopped; the next iteration starts a new one). A cold network mount or object store slower than this to open
     needs a larger value."""
+    worker_start_timeout_s: float | None = 300.0
+    """Process mode: seconds a starting worker process may go without a word outside its storage requests (those
+    are bounded by ``read_timeout_s``): from its spawn to its first message (starting Python, importing the main
+    script and fastload), then between the messages of its start (unpickling its settings, opening the store,
+    building its cache), until it has opened the store. Past it the iteration fails with a ``WorkerError`` naming
+    the worker, what it was doing and this setting; the stuck workers are killed and the next iteration starts new
+    ones. Raise it where starting a process is slow (Python and its packages on a cold network filesystem).
+    ``None``: wait for ever (Ctrl-C still ends the wait)."""
     drop_last: bool = True
     """Drop the last incomplete batch of an epoch."""
 
@@ -443,6 +451,10 @@ class LoaderConfig(_Config):
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
                               or t <= 0):
             raise ConfigError(f"loader.read_timeout_s: expected a number of seconds > 0 or None, got {t!r}")
+        t = self.worker_start_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                              or t <= 0):
+            raise ConfigError(f"loader.worker_start_timeout_s: expected a number of seconds > 0 or None, got {t!r}")
         positive("seed", 0)
         _choice("loader.mode", self.mode, ("thread", "process"))
         _choice("loader.on_bad_chunk", self.on_bad_chunk, ("raise", "skip"))
