@@ -199,17 +199,23 @@ class _CountingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def read_chunk(self, array: str, chunk: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def chunk_bytes(self, array: str, chunk: Sequence[int]) -> bytes | None:
+        """The store's request, timed (extract runs it on its I/O thread: only that thread writes these counters)."""
         t0 = time.perf_counter()
         raw = self._store.chunk_bytes(array, chunk)
-        t1 = time.perf_counter()
+        s = self.stats
+        s.fetch_s += time.perf_counter() - t0
+        s.bytes_stored += 0 if raw is None else len(raw)
+        return raw
+
+    def decode(self, array: str, raw: Any, chunk: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """The store's decode, timed and counted (on extract's calling thread)."""
+        t0 = time.perf_counter()
         dec = self._store.decode(array, raw, chunk, out)
         s = self.stats
-        s.fetch_s += t1 - t0
-        s.decode_s += time.perf_counter() - t1
+        s.decode_s += time.perf_counter() - t0
         s.chunks += 1
         s.misses += 1
-        s.bytes_stored += 0 if raw is None else len(raw)
         s.bytes_decoded += int(self._store.arrays[array].chunk_nbytes)
         return dec
 
