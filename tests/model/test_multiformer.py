@@ -289,3 +289,31 @@ def test_missing_time_and_level_metadata_as_nan():
     meta["level"] = torch.full_like(meta["level"], float("nan"))
     out = model(batch)["temperature"]
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("data_levels", [(1000.0, 925.0), (850.0, 925.0), (850.0, 500.5)])
+def test_level_values_not_in_the_table_are_refused(data_levels):
+    """A level value none of the FieldSpec's (within 1e-5 relative) would take its nearest entry's embedding, so two
+    different levels could share one (850/500 data on a 1000/925 table): refused, naming the values and the table."""
+    cfg = _mixed_config()
+    model = Multiformer(cfg)
+    batch = _batch(cfg)
+    lev = batch["a"]["meta"]["level"]
+    assert sorted(set(lev.unique().tolist())) == [500.0, 850.0]  # the synthetic batch uses the table's values
+    batch["a"]["meta"]["level"] = torch.where(lev == 850.0, data_levels[0], data_levels[1])
+    with pytest.raises(ModelConfigError, match=r"batch\['a'\]\['meta'\]\['level'\].*not all in.*\[850\.0, 500\.0\]"):
+        model(batch)
+
+
+def test_level_values_within_rounding_of_the_table_are_accepted():
+    """Levels read from a store as float32 (or given in Pa/100) match the table within rounding: same result."""
+    torch.manual_seed(0)
+    cfg = _mixed_config()
+    model = Multiformer(cfg).eval()
+    batch = _batch(cfg)
+    with torch.no_grad():
+        ref = model(batch)
+        lev = batch["a"]["meta"]["level"].double()
+        batch["a"]["meta"]["level"] = (lev * (1 + 3e-6)).float()
+        got = model(batch)
+    torch.testing.assert_close(got["a"], ref["a"], rtol=0, atol=0)
