@@ -92,9 +92,13 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[s
     log(f"data: built-in synthetic dataset {path} ({time.perf_counter() - t0:.1f} s; cached for later runs)")
     if sampling.norm_path is None and any(f.normalization != "none" for f in sampling.fields):
         norm = path.with_name(path.name.removesuffix(".zarr") + "-norm.zarr")
-        if not norm.exists():
+        if not norm.exists():  # compute_stats renames a finished store into place: one at this path is complete
             t0 = time.perf_counter()
-            compute_stats(str(path), str(norm), StatsConfig(progress=None))
+            try:
+                compute_stats(str(path), str(norm), StatsConfig(progress=None))
+            except (ConfigError, StoreError):  # "exists": a run started beside this one finished first
+                if not norm.exists():
+                    raise
             log(f"data: normalisation coefficients {norm} ({time.perf_counter() - t0:.1f} s; computed once)")
         sampling = dataclasses.replace(sampling, norm_path=str(norm))
     return str(path), sampling

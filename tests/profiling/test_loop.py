@@ -377,6 +377,54 @@ def test_profile_with_no_arguments_uses_the_builtin_dataset(tmp_path, monkeypatc
     assert list((tmp_path / "cache").glob("synth-tiny-*-norm.zarr"))  # coefficients computed once, cached
 
 
+def _arrays(path):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    return {f"{f}/{a}": np.asarray(v[...]) for f, sub in g.groups() for a, v in sub.arrays()}
+
+
+@pytest.mark.parametrize("window", ["before_its_check", "before_its_rename"])
+def test_runs_started_together_share_the_builtin_coefficients(tmp_path_factory, tmp_path, monkeypatch, window):
+    """Two runs on a fresh cache (review h7, item 1: the second failed with "...-norm.zarr already exists"). The
+    other run's coefficient store lands after this one saw none: before compute_stats checks its output, or
+    before this run renames its own into place. This run takes that complete store (no error, nothing left)."""
+    import shutil
+
+    import fastload.stats as stats
+    import fastload.synth as synth
+    from fastload.stats import StatsConfig
+    from profiling.loop import prepare_data
+
+    store, _ = tiny_store(tmp_path_factory)
+    cached = tmp_path / "cache" / "synth.zarr"  # the built-in dataset, already synthesised
+    shutil.copytree(store, cached)
+    ref = stats.compute_stats(str(cached), str(tmp_path / "ref.zarr"), StatsConfig(progress=False))
+    monkeypatch.setattr(synth, "default_dataset", lambda *a, **k: cached)
+    real_stats, real_move = stats.compute_stats, stats.move_into_place
+    if window == "before_its_check":
+        def other_first(src, out, config):
+            real_stats(src, out, config)  # the other run, finished
+            return real_stats(src, out, config)
+        monkeypatch.setattr(stats, "compute_stats", other_first)
+    else:
+        def other_first(tmp, out, *, overwrite):
+            shutil.copytree(tmp, out)  # the other run's rename lands first
+            return real_move(tmp, out, overwrite=overwrite)
+        monkeypatch.setattr(stats, "move_into_place", other_first)
+    cfg = run_config(tmp_path_factory)
+    sampling = dataclasses.replace(cfg.data.sampling, norm_path=None)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store=None, sampling=sampling))
+    path, sampling = prepare_data(cfg, log=lambda m: None)
+    norm = tmp_path / "cache" / "synth-norm.zarr"
+    assert path == str(cached) and sampling.norm_path == str(norm)
+    assert sorted(p.name for p in norm.parent.iterdir()) == ["synth-norm.zarr", "synth.zarr"]  # no partial store
+    got, want = _arrays(norm), _arrays(ref)
+    assert set(got) == set(want) and "temperature/local_mean" in got
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_nsys_mode_emits_nvtx_ranges(tmp_path_factory, tmp_path, nvtx_domain):
     """With NVTX on (as under nsys_profile.sh), the loop's phases, the model's submodules and the loader's stages
     show as ranges; without CUDA the capture window stays off and the run completes."""
