@@ -160,6 +160,32 @@ def test_toml_inline_sampling_replaces_the_preset_fields(tmp_path):
     assert cfg.data.store is None
 
 
+def test_toml_inline_sampling_paths_are_relative_to_the_run_file(tmp_path, monkeypatch):
+    """Review h7, item 2: an inline [data.sampling] table's norm_path, and its streams' path and norm_path, were
+    taken from the working directory (data.store and a sampling file were taken from the run file)."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run.toml").write_text(
+        '[data]\nstore = "era.zarr"\n[data.sampling]\nbatch_size = 2\nnorm_path = "norm.zarr"\n'
+        '[data.sampling.fields.t2m]\nnum_tokens = [1, 2, 2]\ntoken_size = [1, 3, 3]\n')
+    (tmp_path / "runs" / "streams.toml").write_text(
+        '[data.sampling]\nbatch_size = 2\n[data.sampling.fields.t2m]\nnum_tokens = [1, 2, 2]\n'
+        'token_size = [1, 3, 3]\nstream = "era"\n[data.sampling.fields.sst]\nnum_tokens = [1, 2, 2]\n'
+        'token_size = [1, 3, 3]\nstream = "obs"\n[data.sampling.streams.era]\npath = "../data/era.zarr"\n'
+        'norm_path = "era-norm.zarr"\n[data.sampling.streams.obs]\npath = "s3://bucket/obs.zarr"\n'
+        'norm_path = "/abs/obs-norm.zarr"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_run_config("../runs/run.toml")
+    assert cfg.data.store == str(tmp_path / "runs" / "era.zarr")
+    assert cfg.data.sampling.norm_path == str(tmp_path / "runs" / "norm.zarr")
+    era, obs = load_run_config(tmp_path / "runs" / "streams.toml").data.sampling.streams
+    assert (era.path, era.norm_path) == (str(tmp_path / "data" / "era.zarr"), str(tmp_path / "runs" / "era-norm.zarr"))
+    assert (obs.path, obs.norm_path) == ("s3://bucket/obs.zarr", "/abs/obs-norm.zarr")  # URLs, absolute paths: as given
+    over = load_run_config(tmp_path / "runs" / "run.toml", overrides=["data.sampling.norm_path=mine.zarr"])
+    assert over.data.sampling.norm_path == "mine.zarr"  # the command line's paths are the caller's
+
+
 def test_toml_without_preset_needs_data(tmp_path):
     (tmp_path / "run.toml").write_text("steps = 3\n")
     with pytest.raises(ConfigError, match=r"run.toml.*\[data\]"):
