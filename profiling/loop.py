@@ -256,6 +256,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     if mode not in ("profile", "train"):
         raise ConfigError(f"mode: expected 'profile' or 'train', got {mode!r}")
+    if mode == "profile" and cfg.warmup >= cfg.steps:  # (training without timed steps still trains)
+        raise ConfigError(f"steps = {cfg.steps} with warmup = {cfg.warmup} (--steps, --warmup): the first warmup "
+                          f"steps are left out of a profile, so none would be timed; give steps > warmup")
     rank, world, device = init_distributed(cfg)
     say = log if rank == 0 else (lambda msg: None)
     ddp = world > 1

@@ -336,6 +336,18 @@ def test_cli_errors_name_the_problem(args, words, capsys):
         assert w in err
 
 
+@pytest.mark.parametrize("args", [["--steps", "2"], ["--steps", "4", "--warmup", "4"]])
+def test_a_profile_without_timed_steps_is_refused_up_front(args, tmp_path, monkeypatch, capsys):
+    """Review h7, item 3: ``--steps 2`` (warm-up 3) ran every step and exited 0 with "no timed steps: no report
+    written"; it is refused (status 2) before anything runs, naming both settings."""
+    monkeypatch.setenv("FASTLOAD_CACHE", str(tmp_path / "cache"))
+    assert cli(["profile", *args, "--out", str(tmp_path / "report")]) == 2
+    captured = capsys.readouterr()
+    steps, warmup = (int(args[1]), int(args[3]) if len(args) > 2 else 3)
+    assert f"steps = {steps} with warmup = {warmup} (--steps, --warmup)" in captured.err
+    assert captured.out == "" and not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()
+
+
 def test_a_missing_store_is_named_before_the_config(capsys):
     """``--store nope.zarr`` blamed the config (norm_path) and sent the user to run stats on a store that does not
     exist; the missing store is named first, with or without norm_path."""
