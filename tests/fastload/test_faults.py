@@ -626,3 +626,85 @@ def test_while_the_store_is_failing_a_task_stops_requesting_once_it_has_run_the_
     assert tasks[0] and reads[0] <= 2 * tasks[0] < chunks[0], (reads, tasks, chunks)
     said = [str(e) for e in errors if "not read: the store is failing" in str(e)]
     assert said and "loader.read_timeout_s = 0.4" in said[0], [str(e) for e in errors[:3]]
+
+
+class _NamingHangingSource(HangingSource):
+    """A HangingSource that also keeps the keys of the requests that hung, in order."""
+
+    def __init__(self, inner: BaseByteSource, **kw):
+        super().__init__(inner, **kw)
+        self.keys: list[str] = []
+
+    def _chunk_read(self, key: str) -> None:
+        with self.lock:
+            hang = self.reads + 1 > self.after and (self.hang_first is None or self.hung < self.hang_first)
+            if hang:
+                self.keys.append(key)
+        super()._chunk_read(key)
+
+
+@pytest.mark.xfail(strict=True, reason="needs the change to ChunkReader._collect (fastload/reader.py, not this "
+                                       "file's owner's) given in session 8 h3's report: remove this mark with it")
+@pytest.mark.parametrize("remote", [False, True])
+def test_the_first_timeout_of_a_step_fails_its_other_requests_at_once(tmp_path, monkeypatch, remote):
+    """The store stops answering; one I/O thread, and a step with several fetch tasks (one or more per array, 4
+    arrays): the step's first request that times out fails the step, and its other tasks are given up with it,
+    unrequested (counted here: requests that hung, each of which kept the step waiting a whole read timeout; not
+    wall time). Before, each queued task was taken in turn by the thread that replaced the stuck one, hung and was
+    waited out: a read timeout per task. Which happened was a race (a queued task the step reached before the new
+    thread took it was given up "not started"); the schedule is fixed here: the new thread takes its job first.
+    The error names the request that hung first."""
+    from fastload._io_pool import _IOPool
+
+    abandon = _IOPool.abandon
+
+    def abandon_then_let_the_new_thread_start(self, arg):
+        """The pool's abandon, then wait until the thread that replaces the abandoned one has taken a queued job (or
+        none is left): the schedule under which each task used to get a timeout of its own."""
+        left = abandon(self, arg)
+        st, deadline = self._state, time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with st.cond:
+                if not st.queue or any(t in st.threads for t in st.running):
+                    break
+            time.sleep(0.002)
+        return left
+
+    monkeypatch.setattr(_IOPool, "abandon", abandon_then_let_the_new_thread_start)
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    hanging = _NamingHangingSource(store.source)
+    if remote:  # any source but a LocalSource is read as a remote store: a request per group of chunks
+        store.source = hanging
+    else:  # a local store (a request per chunk) whose chunk reads hang
+        read = store.chunk_bytes
+
+        def chunk_bytes(array, chunk):
+            hanging._before(store.arrays[array].key(chunk))
+            return read(array, chunk)
+
+        store.chunk_bytes = chunk_bytes
+    loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=1, retries=0, seed=1,
+                    read_timeout_s=0.3, read_ahead_bytes=0)  # one batch
+    got: dict = {}
+    try:
+        it = iter(loader)
+
+        def first_batch():
+            try:
+                got["batch"] = next(it)
+            except BaseException as e:  # noqa: BLE001 - looked at below
+                got["error"] = e
+
+        reader = threading.Thread(target=first_batch, daemon=True)
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive(), "the batch still waits for a store request that never answers"
+        e = got.get("error")
+        assert isinstance(e, ChunkTimeoutError), got
+        assert hanging.hung == 1, f"{hanging.hung} requests were waited out one after another: {hanging.keys}"
+        assert e.array in store.arrays and store.arrays[e.array].key(e.chunk) == hanging.keys[0]
+        assert "no answer to the request for" in str(e) and "read_timeout_s = 0.3" in str(e)
+        it.close()
+    finally:
+        _let_go(hanging, loader)
