@@ -80,8 +80,14 @@ class BenchOptions:
         for key in ("batches", "rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"bench --{key}: expected an integer >= 1, got {getattr(self, key)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"bench --batch-size: expected an integer >= 1, got {self.batch_size}")
         if any(w < 0 for w in self.workers):
             raise ConfigError(f"bench --workers: expected integers >= 0, got {list(self.workers)}")
+        ours = [n for n in (self.loaders or DEFAULT_ROWS) if n in FASTLOAD_ROWS]
+        if 0 in self.workers and ours:  # 0 is a peer's in-process DataLoader; our rows need a thread or process
+            raise ConfigError(f"bench --workers 0: the fastload rows {ours} need at least 1 worker (they would run "
+                              f"with 1 under the label w0); use --workers 1 or more, or --peers without them")
         if any(v < 0 for v in self.latency_ms):
             raise ConfigError(f"bench --latency-ms: expected numbers >= 0, got {list(self.latency_ms)}")
         if self.plan not in PLANS:
@@ -297,6 +303,10 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
             "loaders": {n: (FASTLOAD_ROWS[n] if n in FASTLOAD_ROWS else PEERS[n]).description for n in names}}
 
 
+def _given(value: int | None, default: int | None) -> int | None:
+    return default if value is None else value  # (a 0 given is checked, not taken as "not given")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fastload bench STORE ...``: print the comparison table (and write JSON / a plot)."""
     p = argparse.ArgumentParser(
@@ -331,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     opts = BenchOptions(
         store=a.store, config=a.config, loaders=tuple(a.peers) if a.peers else None, scenarios=tuple(a.scenario),
-        batches=a.batches or (2 if a.quick else 16), batch_size=a.batch_size or (4 if a.quick else None),
-        rounds=a.rounds or (1 if a.quick else 3), workers=tuple(a.workers), latency_ms=tuple(a.latency_ms),
+        batches=_given(a.batches, 2 if a.quick else 16), batch_size=_given(a.batch_size, 4 if a.quick else None),
+        rounds=_given(a.rounds, 1 if a.quick else 3), workers=tuple(a.workers), latency_ms=tuple(a.latency_ms),
         cold=a.cold, plan=a.plan, seed=a.seed, workdir=a.workdir, roofs=not a.no_roofs,
     )  # fmt: skip
     result = run_bench(opts, log=lambda s: print(s, file=sys.stderr, flush=True))

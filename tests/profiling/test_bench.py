@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from fastload.cli import main as cli
 from fastload.errors import ConfigError
 from fastload.store import open_store
 from profiling import bench
@@ -31,7 +32,7 @@ def tiny(tmp_path_factory):
 
 def test_cli_end_to_end_writes_json(tiny, tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    rc = bench.main([tiny, "--batches", "2", "--batch-size", "2", "--rounds", "1", "--workers", "0",
+    rc = bench.main([tiny, "--batches", "2", "--batch-size", "2", "--rounds", "1", "--workers", "1",
                      "--json", str(out), "--plot", str(png)])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
@@ -49,7 +50,7 @@ def test_cli_end_to_end_writes_json(tiny, tmp_path, capsys):
     for r in ok:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["samples_per_s"] > 0 and r["useful_gbps"] > 0 and r["ttfb_s"] > 0 and r["peak_mem_mb"] > 0
-        assert r["scenario"] == "as-is warm w0"
+        assert r["scenario"] == "as-is warm w1"
         assert r["loader"] in text
     base = next(r for r in ok if r["loader"] in ("fastload", "fastload.extract") and r["ratio_to_fastload"] == 1)
     assert base["fastload_speedup"] == 1.0
@@ -63,7 +64,7 @@ def test_missing_peer_is_reported_skipped(tiny, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorstore" else real(n, *a))
     opts = bench.BenchOptions(store=tiny, loaders=("fastload.extract", "tensorstore"), batches=1, batch_size=1,
-                              rounds=1, workers=(0,), roofs=False)  # fmt: skip
+                              rounds=1, workers=(1,), roofs=False)  # fmt: skip
     res = bench.run_bench(opts)
     rows = {r["loader"]: r for r in res["rows"]}
     assert rows["tensorstore"]["status"] == "skipped"
@@ -88,6 +89,23 @@ def test_bad_options_are_config_errors(tiny):
         bench.BenchOptions(store=tiny, batches=0)
     with pytest.raises(ConfigError, match="--plan"):
         bench.BenchOptions(store=tiny, plan="zigzag")
+
+
+@pytest.mark.parametrize("flag", ["--batches", "--batch-size", "--rounds"])
+def test_a_zero_count_is_refused_not_replaced_by_the_default(tiny, flag, capsys):
+    """Review h7, item 3: ``--batch-size 0`` / ``--batches 0`` ran with the defaults (16 batches, the config's
+    batch size) as if nothing had been given."""
+    assert cli(["bench", tiny, flag, "0", "--peers", "fastload.extract", "--no-roofs"]) == 2
+    assert f"bench {flag}: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_workers_0_is_refused_where_a_fastload_row_runs(tiny):
+    """Review h7, item 3: ``--workers 0`` labelled the rows w0 while fastload's rows ran with 1 worker. A peer's
+    0 (its DataLoader in the calling process) stays allowed when none of our rows runs."""
+    for loaders in (None, ("fastload.extract", "tensorstore"), ("fastload-proc",)):
+        with pytest.raises(ConfigError, match=r"--workers 0: the fastload rows \[.*\] need at least 1 worker"):
+            bench.BenchOptions(store=tiny, loaders=loaders, workers=(2, 0))
+    assert bench.BenchOptions(store=tiny, loaders=("zarr+DataLoader",), workers=(0,)).workers == (0,)
 
 
 def test_compare_outputs_counts_a_raw_peers_marker_as_fastloads_nan():
