@@ -25,6 +25,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -197,7 +198,8 @@ class SamplingConfig(_Config):
     centers: Literal["uniform", "coslat"] = "uniform"
     """Sample centres uniform in latitude (AtmoRep) or area-weighted (cos-lat)."""
     out_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the token tensors handed to the model."""
+    """Dtype of the token tensors handed to the model. float16 holds ``|x| <= 65504``: with a raw field
+    (``normalization = "none"``) the config warns that large values (a pressure in Pa) would become inf."""
     norm_path: str | None = None
     """Normalisation coefficient store (``fastload stats``); required when a field normalises."""
     streams: tuple[StreamConfig, ...] = ()
@@ -219,6 +221,12 @@ class SamplingConfig(_Config):
                 raise ConfigError(f"{key}: expected an integer >= 1, got {v!r}")
         _choice("centers", self.centers, CENTERS)
         _choice("out_dtype", self.out_dtype, OUT_DTYPES)
+        raw = [f.name for f in self.fields if f.normalization == "none"]
+        if self.out_dtype == "float16" and raw:
+            warnings.warn(f"out_dtype = 'float16' with normalization = 'none' for field(s) {raw}: float16 holds "
+                          f"|x| <= 65504 (larger raw values, e.g. a pressure in Pa, become inf) with about 3 "
+                          f"significant digits; normalise these fields or use out_dtype = 'bfloat16'",
+                          stacklevel=3)
         boxes = {f.name: f.box for f in self.fields}
         first = self.fields[0]
         for f in self.fields[1:]:

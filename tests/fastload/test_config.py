@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+import numpy as np
 import pytest
 
 from fastload import ConfigError, FieldConfig, LoaderConfig, SamplingConfig, apply_overrides
@@ -149,3 +151,18 @@ def test_overrides():
         apply_overrides(_Run(), ["loader.workers"])
     with pytest.raises(ConfigError, match="is a section"):
         apply_overrides(_Run(), ["loader=3"])
+
+
+def test_float16_output_of_raw_fields_warns_of_its_range():
+    """float16 holds |x| <= 65504: raw fields (a pressure in Pa) would come out inf, so a config asking for that
+    says so, naming the fields; normalised fields and bfloat16 (float32's range) do not warn."""
+    raw = FieldConfig(name="msl", num_tokens=(1, 2, 2), token_size=(1, 4, 4), normalization="none")
+    norm = FieldConfig(name="t", num_tokens=(1, 2, 2), token_size=(1, 4, 4))
+    with pytest.warns(UserWarning, match=r"float16.*\['msl'\].*65504"):
+        SamplingConfig(fields=[raw, norm], out_dtype="float16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SamplingConfig(fields=[norm], out_dtype="float16")
+        SamplingConfig(fields=[raw, norm], out_dtype="bfloat16")
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float32(101325.0).astype(np.float16))  # what the warning is about
