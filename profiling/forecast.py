@@ -13,6 +13,7 @@ rollout loss (DistributedDataParallel wraps it, so gradients are all-reduced as 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,12 +169,11 @@ def rollout_data_and_step(cfg: Any, net: torch.nn.Module, store: Any, sampling: 
     """A Forecaster run's data and step: ``(RolloutLoader, the module one step's forward runs, FLOPs per step)``.
 
     The :class:`~fastload.rollout_data.RolloutLoader` reads the globe's tiles at ``t`` and targets at ``t + k *
-    lead`` from ``store``; the step is a :class:`RolloutStep` on its tile geometry (``wrap_model`` applied to it);
+    lead`` from ``store`` (its state, which every checkpoint saves, also records the store's time step in hours,
+    ``time_step_hours``, which ``fastload rollout`` checks a store against); the step is a :class:`RolloutStep` on its tile geometry (``wrap_model`` applied to it);
     FLOPs of one step (forward + backward, on zeros of a batch's shapes) only with ``count_flops``, else None.
     """
-    from fastload.rollout_data import RolloutLoader
-
-    loader = RolloutLoader(store, sampling, rollout_config(cfg), loader_cfg)
+    loader = _loader_class()(store, sampling, rollout_config(cfg), loader_cfg)
     step: torch.nn.Module = RolloutStep(net, geometry(loader.tiles, device), kinds, cfg.forecast.tiles_per_chunk)
     if wrap_model is not None:
         step = wrap_model(step)
@@ -182,6 +182,22 @@ def rollout_data_and_step(cfg: Any, net: torch.nn.Module, store: Any, sampling: 
         flops = count_rollout_flops(step, dummy_rollout_inputs(sampling, loader.tiles, loader.rollout, device),
                                     cfg.bf16, device)
     return loader, step, flops
+
+
+@functools.cache
+def _loader_class() -> type:
+    """:class:`~fastload.rollout_data.RolloutLoader` whose :meth:`state_dict` (saved with every checkpoint, one per
+    rank) records the store's time step in hours as ``time_step_hours``: the lead and the time tokens are counted in
+    store steps, so a rollout checks that its store steps the same (:func:`profiling.rollout.check_time_step`)."""
+    from fastload.rollout_data import RolloutLoader
+
+    from .rollout import step_hours
+
+    class ForecastLoader(RolloutLoader):  # imported lazily, as elsewhere in this module
+        def state_dict(self) -> dict[str, Any]:
+            return {**super().state_dict(), "time_step_hours": step_hours(self.times)}
+
+    return ForecastLoader
 
 
 def rollout_inputs(batch: Any, device: torch.device) -> tuple:

@@ -16,6 +16,18 @@ Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead
 (fields, levels, tokens, normalisation coefficients). Before the first step, the normalisation store is checked for
 every month the written steps fall in, so a rollout that would run out of coefficients fails before any work.
 
+Time axis. Valid times come from the store's own step, not from its indices (:func:`valid_times`): step ``k`` is
+``k x lead`` steps after the last input window, on the regular step the store has from there (its own times while
+they keep that step; past a gap or the record's end, the median step on from the last regular time), and the lead
+the model is conditioned on is that distance in hours. A gap after the input windows, or anywhere else, so changes
+neither times nor lead, and a forecast may run past the end of any record. The input windows must cross no gap
+(refused naming the gap and the nearest initial times that cross none: :func:`check_input_windows`), and the
+``--static-times`` windows are chosen among those that cross none. The lead and the time tokens are counted in
+store steps, so the store must step as the training store did: training records the step in the checkpoint's
+loader state (``time_step_hours``, :mod:`profiling.forecast`) and :func:`check_time_step` refuses another one,
+naming both (a checkpoint written before that is recorded: a warning). The rollout reads no targets: nothing is
+compared with stored truth.
+
 Points with no value. A point that has no value at any time of the input windows is written NaN (as the source
 store has it: an ocean field's land) only where the store also has no value at any time of ``--static-times K``
 windows spread evenly over its record (default 4): the static mask passed to
@@ -30,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +57,11 @@ __all__ = ["load_forecaster", "forecast", "main"]
 
 def load_forecaster(path: str | Path, device: torch.device | str = "cpu") -> tuple[Any, Any, Any]:
     """``(forecaster, run config, sampling config)`` of a Forecaster checkpoint written by ``fastload train``."""
+    return _load(path, device)[:3]
+
+
+def _load(path: str | Path, device: torch.device | str) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """:func:`load_forecaster` and the checkpoint's extras."""
     from fastload.config import SamplingConfig
     from model import Forecaster, ForecasterConfig, Multiformer, MultiformerConfig, load_checkpoint
 
@@ -66,7 +84,7 @@ def load_forecaster(path: str | Path, device: torch.device | str = "cpu") -> tup
     except ValueError as e:
         raise ConfigError(f"--checkpoint {str(p)!r}: {e}") from None
     run = RunConfig.from_dict(extra["run"])
-    return net.to(device).eval(), run, SamplingConfig.from_dict(extra["sampling"])
+    return net.to(device).eval(), run, SamplingConfig.from_dict(extra["sampling"]), extra
 
 
 def _time_index(store: Any, t0: int | None, when: str | None) -> int:
@@ -78,17 +96,86 @@ def _time_index(store: Any, t0: int | None, when: str | None) -> int:
     return 0 if t0 is None else int(t0)
 
 
-def _valid_times(store: Any, idx: np.ndarray) -> np.ndarray:
-    """Times at store indices ``idx``, extrapolated past the record's end with its (uniform) step."""
-    times = store.time.astype("datetime64[ns]")
-    n = times.shape[0]
-    if (idx < n).all():
-        return times[idx]
-    steps = np.diff(times)
-    if n < 2 or not (steps == steps[0]).all():
-        raise ConfigError(f"the forecast runs past the end of {store.path}, whose time axis is not evenly spaced: "
-                          "its valid times cannot be extrapolated")
-    return np.where(idx < n, times[np.minimum(idx, n - 1)], times[-1] + (idx - n + 1) * steps[0])
+def valid_times(time: np.ndarray, t_last: int, offsets: np.ndarray) -> np.ndarray:
+    """Valid times ``offsets`` time steps after store index ``t_last``, on the axis' own regular step.
+
+    From ``t_last`` up to the axis' first irregular step after it (a gap, or the record's end) these are the store's
+    times; past it they go on from the last regular time with the median step (:func:`median_step`), whether or not
+    the store has those times: a gap elsewhere, or one after the initial window, changes neither the times nor the
+    lead. On an evenly spaced axis this is ``time[t_last] + offsets * step``.
+    """
+    from fastload._stream_time import first_irregular, median_step
+
+    t = np.asarray(time).astype("datetime64[ns]")
+    step = median_step(t)
+    if step is None:
+        raise ConfigError(f"the store has {t.size} time(s): a forecast's valid times need a time step (two times)")
+    gap = first_irregular(t, int(t_last))
+    last = t.size - 1 if gap is None else gap  # the last index on the regular step from t_last
+    idx = int(t_last) + np.asarray(offsets, np.int64)
+    return np.where(idx <= last, t[np.minimum(idx, last)], t[last] + (idx - last) * step)
+
+
+def step_hours(time: np.ndarray) -> float | None:
+    """A time axis' step (its median step, :func:`fastload._stream_time.median_step`) in hours; None: one time."""
+    from fastload._stream_time import median_step
+
+    step = median_step(time)
+    return None if step is None else float(step / np.timedelta64(1, "h"))
+
+
+def check_time_step(store: Any, extra: dict[str, Any], checkpoint: Any) -> None:
+    """Refuse a store whose time step differs from the training store's (recorded by :mod:`profiling.forecast` in
+    the checkpoint's loader state as ``time_step_hours``): the lead and the time tokens are counted in store steps,
+    so another step changes both. A checkpoint without it (written before it was recorded) warns and goes on."""
+    from fastload._stream_time import describe_period
+
+    states = extra.get("loader")
+    state = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+    trained, have = state.get("time_step_hours"), step_hours(store.time)
+    if trained is None:
+        warnings.warn(f"--checkpoint {str(checkpoint)!r} does not record its training store's time step (written "
+                      f"before it was recorded): cannot check that {store.path} ({describe_period(store.time)}) steps "
+                      "as the training store did; the lead and time tokens are counted in store steps",
+                      UserWarning, stacklevel=3)
+        return
+    if have is None or not np.isclose(float(trained), have, rtol=1e-6, atol=0.0):
+        raise ConfigError(f"{store.path} steps every {_hours(have)} ({describe_period(store.time)}) but "
+                          f"--checkpoint {str(checkpoint)!r} was trained on a store stepping every "
+                          f"{_hours(float(trained))}: its lead and time tokens are counted in store steps, so "
+                          "they would span other times; roll out on a store with the training store's step")
+
+
+def _hours(h: float | None) -> str:
+    return "? h (one time)" if h is None else f"{h:g} h"
+
+
+def check_input_windows(store: Any, start: int, input_window: int, lead: int, n_points: int, time_step: int) -> None:
+    """Refuse initial index ``start`` when its input windows (``input_window`` of them, ``lead`` apart, each
+    ``n_points`` points ``time_step`` apart) cross a gap of the store's time axis, naming the gap and the nearest
+    initial indices that cross none (the rule :func:`fastload.extract` and training apply:
+    :func:`~fastload._stream_time.regular_windows`)."""
+    from fastload._stream_time import _td, first_irregular, median_step, regular_windows
+
+    t = np.asarray(store.time).astype("datetime64[ns]")
+    span = (input_window - 1) * lead + (n_points - 1) * time_step + 1
+    cand = np.arange(t.size - span + 1, dtype=np.int64)
+    ok = regular_windows(t, input_window, lead)[cand]  # window starts, lead apart
+    for j in range(input_window):
+        ok &= regular_windows(t, n_points, time_step)[cand + j * lead]
+    if ok[start]:
+        return
+    i = first_irregular(t, start, start + span)
+    step = median_step(t)
+    where = "" if i is None else (f": {np.datetime_as_string(t[i], 'm')} -> {np.datetime_as_string(t[i + 1], 'm')} "
+                                  f"(time indices {i} -> {i + 1}) is {_td(t[i + 1] - t[i])}")
+    good = np.flatnonzero(ok)
+    near = "none does" if good.size == 0 else \
+        f"the nearest that do: {sorted(good[np.argsort(np.abs(good - start), kind='stable')[:4]].tolist())}"
+    raise ConfigError(f"--t0/--time: the {input_window} input window(s) from index {start} "
+                      f"({np.datetime_as_string(t[start], 'm')}, {span} time steps) cross a gap in {store.path}'s time "
+                      f"axis, which steps every {_td(step) if step is not None else '?'}{where}; give an initial time "
+                      f"whose input windows cross no gap ({near})")
 
 
 def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int, t0: int | None = None,
@@ -116,13 +203,14 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     if isinstance(static_times, bool) or not isinstance(static_times, int) or static_times < 0:
         raise ConfigError(f"--static-times: expected an integer >= 0, got {static_times!r}")
     dev = torch.device(device)
-    net, run, sampling = load_forecaster(checkpoint, dev)
+    net, run, sampling, extra = _load(checkpoint, dev)
     if norm is not None:
         sampling = dataclasses.replace(sampling, norm_path=norm)
     store = fastload.open_store(store) if isinstance(store, (str, Path)) else store
     if store.grid.kind != "latlon":
         raise ConfigError(f"{store.path}: a {store.grid.kind!r} grid; the rollout writer writes latlon grids "
                           "(1-D latitude/longitude coordinates) only")
+    check_time_step(store, extra, checkpoint)
     fcfg, fc = net.config, run.forecast
     tiles = global_tiles(store, sampling, overlap=fc.overlap, neighbors=fc.neighbors,
                          time_tokens=fcfg.readout_time_tokens)
@@ -136,6 +224,7 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     if not 0 <= start <= len(store.time) - span:
         raise ConfigError(f"--t0/--time: the {w} input window(s) from index {start} need {span} time steps; "
                           f"{store.path} has {len(store.time)} (valid initial indices 0..{len(store.time) - span})")
+    check_input_windows(store, start, w, lead, sampling.box[0], sampling.time_step)
     normalizer = Normalizer(sampling.norm_path) if any(f.normalization != "none" for f in sampling.fields) \
         and sampling.norm_path is not None else None
     t_last = start + (w - 1) * lead
@@ -145,16 +234,17 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     if len(set(tp.values())) != 1:
         raise ConfigError(f"fields decode different numbers of time points per step ({tp}); write them separately")
     n_tp = next(iter(tp.values()))
-    idx = np.array([t_last + k * lead + j * ts for k in decode for j in range(n_tp)], dtype=np.int64)
-    if np.any(np.diff(idx) <= 0):
+    offsets = np.array([k * lead + j * ts for k in decode for j in range(n_tp)], dtype=np.int64)  # after t_last
+    if np.any(np.diff(offsets) <= 0):
         raise ConfigError(f"decoded steps overlap in time: lead {lead} < {n_tp} time points x time_step {ts}; "
                           "decode every step at most once per lead (--every)")
-    valid = _valid_times(store, idx)  # (steps written x n_tp,) the valid time of every written row
+    valid = valid_times(store.time, t_last, offsets)  # (steps written x n_tp,) the valid time of every written row
     if not normalised:  # every month the written steps fall in, before any step runs
         check_months(normalizer, sampling, valid)
     fields, meta, boxes = extract_windows(store, sampling, tiles, [start], input_window=w, lead=lead,
                                           norm=normalizer, jit=None)
-    lead_h = float((_valid_times(store, np.array([t_last + lead]))[0] - store.time[t_last]) / np.timedelta64(1, "h"))
+    t_in = np.datetime64(store.time[t_last], "ns")  # the last input window's first time: lead_h is its distance
+    lead_h = float((valid_times(store.time, t_last, np.array([lead]))[0] - t_in) / np.timedelta64(1, "h"))
     batch = RolloutBatch(fields=fields, meta=meta, targets=[], boxes=torch.from_numpy(boxes),
                          t0=torch.tensor([start]), lead_hours=torch.tensor([lead_h]), index=0, epoch=0,
                          stats=IOStats(), levelled=tuple(f.name for f in sampling.fields if f.levels is not None))
@@ -164,7 +254,7 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
                 for f, t in tiles.fields.items()}
     static = None
     if static_times:
-        refs = reference_times(len(store.time), sampling.time_span, static_times)
+        refs = reference_times(store, sampling.box[0], sampling.time_step, static_times)
         static = {k: v.to(dev) for k, v in static_missing(store, sampling, tiles, refs).items()}
         log(f"rollout: static missing-value mask from the windows at store times {refs.tolist()}")
     levelled = [f for f in sampling.fields if f.levels is not None]
@@ -229,9 +319,20 @@ def check_months(normalizer: Any, sampling: Any, valid: np.ndarray) -> None:
         normalizer.coefficients(f.name, "global", f.levels, need)  # the month check of _denormalise's call
 
 
-def reference_times(n: int, span: int, k: int) -> np.ndarray:
-    """Up to ``k`` store indices spread evenly over a record of ``n`` times whose windows of ``span`` times fit."""
-    return np.unique(np.linspace(0, n - span, k).round().astype(np.int64))
+def reference_times(store: Any, n_points: int, time_step: int, k: int) -> np.ndarray:
+    """Up to ``k`` store indices spread evenly over the record, each the start of a window of ``n_points`` points
+    ``time_step`` apart that crosses no gap of the time axis (the even positions, each moved to the nearest such
+    start); ``--static-times`` windows are never ones :func:`fastload.extract` would refuse."""
+    from fastload._stream_time import regular_windows
+
+    ok = np.flatnonzero(regular_windows(store.time, n_points, time_step))
+    if ok.size == 0:
+        span = (n_points - 1) * time_step + 1
+        raise ConfigError(f"--static-times {k}: every window of {span} time steps of {store.path} crosses a gap in "
+                          "its time axis, so no window is left to read the static missing-value mask from; pass "
+                          "--static-times 0")
+    want = np.linspace(0, len(store.time) - ((n_points - 1) * time_step + 1), k).round()
+    return np.unique(ok[np.abs(ok[None, :] - want[:, None]).argmin(axis=1)]).astype(np.int64)
 
 
 def static_missing(store: Any, sampling: Any, tiles: Any, times: Sequence[int]) -> dict[str, torch.Tensor]:

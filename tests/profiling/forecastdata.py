@@ -23,3 +23,24 @@ def fc_config(tmp_path_factory, forecast: ForecastConfig = SMALL, **overrides) -
               loader=dataclasses.replace(base.loader, samples_per_epoch=4))
     kw.update(overrides)
     return run_config(tmp_path_factory, **kw)
+
+
+def time_subset(src, dst, keep):
+    """A copy of the zarr v2 store ``src`` at ``dst`` holding only the time indices ``keep`` (in that order) of
+    every array along ``time`` (a gap where ``keep`` skips indices, another step where it strides); metadata
+    re-consolidated."""
+    import shutil
+
+    import numpy as np
+    import zarr
+
+    shutil.copytree(src, dst)
+    keep = np.asarray(keep, np.int64)
+    group = zarr.open_group(str(dst), mode="r+", use_consolidated=False)
+    for _name, arr in group.arrays():
+        if tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))[:1] == ("time",):
+            data = arr[:][keep]
+            arr.resize(data.shape)
+            arr[...] = data
+    zarr.consolidate_metadata(str(dst))
+    return dst

@@ -18,7 +18,7 @@ from fastload.errors import ConfigError, StoreError
 from fastload.norm import Normalizer, months_of
 from profiling.loop import run
 from profiling.rollout import main
-from tests.profiling.forecastdata import fc_config
+from tests.profiling.forecastdata import fc_config, time_subset
 from tests.profiling.loopdata import run_config, tiny_store
 
 QUIET = {"log": lambda msg: None}
@@ -228,3 +228,109 @@ def test_a_gap_at_the_input_times_only_is_forecast(trained, tmp_path):
     with pytest.raises(ConfigError, match="--static-times: expected an integer >= 0"):
         main([str(holed), "--checkpoint", str(ck), "--steps", "1", "--out", str(tmp_path / "x.zarr"),
               "--static-times", "-1"])
+
+
+GAP_KEEP = np.r_[0:6, 10:24]  # the tiny store without hours 6-9: 20 times
+
+
+def _hours_after(t0: str, hours) -> np.ndarray:
+    """The independent reference: ``t0`` plus whole hours, by pandas."""
+    import pandas as pd
+
+    return (pd.Timestamp(t0) + pd.to_timedelta(np.asarray(hours), unit="h")).to_numpy().astype("datetime64[ns]")
+
+
+def test_a_gap_changes_neither_valid_times_nor_lead(trained, tmp_path, monkeypatch):
+    """The tiny store without hours 6-9, rolled out from t0 = 0 (inputs at hours 0-5, no gap): steps 1-2 are valid at
+    hours 6-8 and 12-14 (not at the store's indices 6-8 and 12-14, hours 10-12 and 16-18), the lead is 6 h (not 10),
+    and the model is conditioned on 6 h; 4 steps run past the record's end (a store with a gap is extrapolated on its
+    own step). The forecast equals the gapless store's bit for bit: the same inputs and lead."""
+    from model import Forecaster
+
+    store_path, _, ck = trained
+    gap = time_subset(store_path, tmp_path / "gap.zarr", GAP_KEEP)
+    leads = []
+    real = Forecaster.rollout
+
+    def spy(self, *args, **kwargs):
+        leads.append(kwargs["lead_time"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Forecaster, "rollout", spy)
+    for steps in (2, 4):
+        got = {}
+        for name, src in (("full", store_path), ("gap", gap)):
+            out = tmp_path / f"{name}{steps}.zarr"
+            torch.manual_seed(0)
+            assert main([str(src), "--checkpoint", str(ck), "--steps", str(steps), "--t0", "0", "--out", str(out),
+                         "--device", "cpu", "--normalised", "--static-times", "0"]) == 0
+            got[name] = xr.open_zarr(out).load()
+        want = _hours_after("2021-01-01T00", [k * LEAD + j for k in range(1, steps + 1) for j in range(TP)])
+        for name, ds in got.items():
+            np.testing.assert_array_equal(ds["time"].values, want, err_msg=name)
+            assert ds.attrs["lead_hours"] == LEAD, name
+        for v in ("temperature", "t2m"):
+            np.testing.assert_array_equal(got["gap"][v].values, got["full"][v].values, err_msg=v)
+    assert leads and all(lead == LEAD for lead in leads)
+
+
+def test_input_windows_across_a_gap_are_refused_naming_it(trained, tmp_path):
+    store_path, _, ck = trained
+    gap = time_subset(store_path, tmp_path / "gap.zarr", GAP_KEEP)
+    with pytest.raises(ConfigError, match=r"--t0/--time: the 1 input window\(s\) from index 3 \(2021-01-01T03:00, "
+                                          r"6 time steps\) cross a gap .* 2021-01-01T05:00 -> 2021-01-01T10:00 \(time "
+                                          r"indices 5 -> 6\) is 5 h; .*nearest that do: \[0, 6, 7, 8\]"):
+        main([str(gap), "--checkpoint", str(ck), "--steps", "1", "--t0", "3", "--out", str(tmp_path / "f.zarr"),
+              "--device", "cpu"])
+    assert not list(tmp_path.glob("f.zarr*"))
+
+
+def test_static_mask_windows_cross_no_gap(trained, tmp_path, capsys):
+    """Default --static-times 4 on the store without hours 6-9: the evenly spread windows would start at indices
+    0, 5, 9, 14, and 5 (hours 5, 10-14) crosses the gap; the nearest gapless start (6) is read instead."""
+    store_path, _, ck = trained
+    gap = time_subset(store_path, tmp_path / "gap.zarr", GAP_KEEP)
+    capsys.readouterr()
+    assert main([str(gap), "--checkpoint", str(ck), "--steps", "1", "--t0", "0", "--out", str(tmp_path / "f.zarr"),
+                 "--device", "cpu"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "static missing-value mask" in x)
+    refs = [int(v) for v in line.split("[")[1].rstrip("]").split(",")]
+    assert refs == [0, 6, 9, 14]
+    time = fastload.open_store(gap).time
+    for r in refs:  # each window's 6 hours are an hour apart (pandas as the reference)
+        import pandas as pd
+
+        assert (pd.DatetimeIndex(time[r:r + 6]).to_series().diff().dropna() == pd.Timedelta(hours=1)).all(), r
+
+
+def test_reference_times_none_left_names_the_setting():
+    import types
+
+    from profiling.rollout import reference_times
+
+    hours = np.cumsum(np.r_[0, np.tile([1, 2], 12)])  # every other step a missing hour: no 6-point window is regular
+    store = types.SimpleNamespace(time=_hours_after("2021-01-01", hours), path="x.zarr")
+    with pytest.raises(ConfigError, match=r"--static-times 4: every window of 6 time steps of x\.zarr crosses a gap"
+                                          r".*pass --static-times 0"):
+        reference_times(store, 6, 1, 4)
+    store.time = _hours_after("2021-01-01", np.arange(24))  # regular: evenly spread, as before gaps were handled
+    assert reference_times(store, 6, 1, 4).tolist() == [0, 6, 12, 18]
+
+
+def test_a_store_with_another_time_step_is_refused(trained, tmp_path):
+    """Training records the store's step (1 h) with the checkpoint; a 3-hourly copy is refused naming both (lead 6
+    steps would be 18 h, 3-hour tokens 9 h). A checkpoint without the record warns and runs."""
+    store_path, _, ck = trained
+    payload = torch.load(ck, map_location="cpu", weights_only=True)
+    assert [s["time_step_hours"] for s in payload["extra"]["loader"]] == [1.0]
+    three = time_subset(store_path, tmp_path / "three.zarr", np.arange(0, 24, 3))
+    with pytest.raises(ConfigError, match=r"three\.zarr steps every 3 h .* trained on a store stepping every 1 h"):
+        main([str(three), "--checkpoint", str(ck), "--steps", "1", "--out", str(tmp_path / "f.zarr"),
+              "--device", "cpu", "--static-times", "0"])
+    for s in payload["extra"]["loader"]:
+        del s["time_step_hours"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    with pytest.warns(UserWarning, match="does not record its training store's time step"):
+        assert main([store_path, "--checkpoint", str(old), "--steps", "1", "--out", str(tmp_path / "o.zarr"),
+                     "--device", "cpu", "--static-times", "0"]) == 0
