@@ -8,7 +8,15 @@ same checks, rename and Ctrl-C handling:
 - :func:`check_output` refuses a URL, an output at, inside or around a source, and (with ``overwrite``) an
   existing path that is not a zarr store or an empty directory;
 - :func:`move_into_place` renames the finished store to the output, putting a replaced store back if that fails;
-- :func:`sigint_deferred` holds Ctrl-C back while a zarr call runs (zarr-python writes on its own thread).
+- :func:`sigint_deferred` holds Ctrl-C back while a zarr call runs (zarr-python writes on its own thread);
+- :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` and
+  :func:`remove_stale_temporaries` removes the ones whose writer is provably gone. SIGKILL (the OOM killer, a
+  preempted job) runs no cleanup, so its temporary stays; the next writer of the same output removes it, but only
+  one written on its own host (``<host>``: a shared file system is seen by writers on other nodes, whose processes
+  it cannot check) by a process that no longer runs: ``/proc/<pid>`` is gone or holds a process started at another
+  time than ``<start>`` (the pid was reused), or is a zombie. A live writer's temporary is never touched;
+- :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
+  before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
 
 Import these names from :mod:`fastload.write`.
 """
@@ -16,9 +24,13 @@ Import these names from :mod:`fastload.write`.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +40,135 @@ from typing import Any
 from .errors import ConfigError, StoreError
 
 _STORE_MARKERS = (".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json")  # what makes a folder a zarr store
+UNFINISHED_ATTR = "fastload_unfinished"
+"""Root attribute of a store being written (see :func:`unfinished_message`); removed just before the rename."""
+log = logging.getLogger("fastload")
+
+
+def _host() -> str:
+    """This machine's name as it goes into a temporary's name (characters other than ``A-Za-z0-9._-`` as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def _proc_start(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of process ``pid`` from ``/proc/<pid>/stat``; None
+    when there is no such process. Raises OSError when ``/proc`` cannot tell (not Linux, no permission)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        if not os.path.isdir("/proc/self"):
+            raise OSError("no /proc") from None
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return int(rest[19]), rest[0]  # fields 22 (starttime) and 3 (state) of proc(5)
+
+
+def writer_id() -> tuple[str, int, int]:
+    """(host, pid, start time in clock ticks since boot, 0 where ``/proc`` does not tell) of this process."""
+    try:
+        start = _proc_start(os.getpid())
+    except (OSError, ValueError, IndexError):
+        start = None
+    return _host(), os.getpid(), start[0] if start else 0
+
+
+def temp_path(out: str | os.PathLike[str], kind: str = "tmp") -> Path:
+    """Where this process builds the store for ``out``: ``<out>.<kind>-<host>-<pid>-<start>``, a sibling of ``out``
+    (the rename stays on one file system) that names its writer (:func:`remove_stale_temporaries`)."""
+    out = Path(out)
+    host, pid, start = writer_id()
+    return out.with_name(f"{out.name}.{kind}-{host}-{pid}-{start}")
+
+
+def _parse(suffix: str) -> tuple[str, int, int] | None:
+    """(host, pid, start) from the ``<host>-<pid>-<start>`` of a temporary's name, or None (another name)."""
+    m = re.fullmatch(r"(.+)-([0-9]+)-([0-9]+)", suffix)
+    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3)))
+
+
+def writer_gone(pid: int, start: int) -> bool:
+    """True only when process ``pid`` of this host, started at ``start`` (clock ticks since boot; 0: unknown), is
+    provably not running: no such process, another process started at another time under a reused pid, or a
+    zombie (dead, not yet reaped). False when it runs or when that cannot be told."""
+    if pid <= 0:
+        return False
+    try:
+        now = _proc_start(pid)
+    except (OSError, ValueError, IndexError):  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # EPERM: it exists, under another user
+            return False
+        return False
+    if now is None:
+        return True
+    started, state = now
+    return state in ("Z", "X") or (start != 0 and started != start)
+
+
+def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove what writers of ``out`` on this host left when they were killed; returns the paths removed.
+
+    Removed: ``<out>.tmp-<host>-<pid>-<start>`` (an unfinished store) whose ``<host>`` is this host and whose
+    writer is gone (:func:`writer_gone`), and a ``<out>.old-<host>-<pid>-<start>`` of such a writer (the store it
+    replaced, being deleted) when ``out`` exists. Kept, with a log warning: an ``.old-`` one when ``out`` is
+    missing (the writer was killed between its two renames: that is the previous store, rename it back) and a
+    temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its host). Never touched: another
+    host's, a live writer's, anything else.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    host = _host()
+    removed = []
+    for p in sorted(out.parent.iterdir()):
+        kind = next((k for k in ("tmp", "old") if p.name.startswith(f"{out.name}.{k}-")), None)
+        if kind is None or p.is_symlink() or not p.is_dir():
+            continue
+        who = _parse(p.name[len(out.name) + len(kind) + 2:])
+        if who is None:
+            if kind == "tmp" and p.name[len(out.name) + 5:].isdigit():
+                log.warning("%s: an unfinished store left by an interrupted writer of an earlier fastload (its name "
+                            "does not say on which host); delete it once no writer of %s runs", p, out)  # fmt: skip
+            continue
+        h, pid, start = who
+        if h != host or not writer_gone(pid, start):
+            continue
+        if kind == "old" and not (out.exists() or out.is_symlink()):
+            log.warning("%s: the store that was at %s, moved aside by a writer that was killed before it put the new "
+                        "one in place; rename it back to %s", p, out, out.name)  # fmt: skip
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if p.exists():
+            log.warning("%s: could not remove all of this debris of writer %d (gone)", p, pid)
+            continue
+        log.warning("removed %s: left by writer %d on %s, which is no longer running", p, pid, h)
+        removed.append(p)
+    return removed
+
+
+def unfinished_message(path: str | os.PathLike[str], attrs: Any) -> str | None:
+    """Why the store at ``path`` (root attributes ``attrs``) must not be read, or None when it is a finished one.
+
+    A store whose root attributes hold :data:`UNFINISHED_ATTR` is a writer's temporary: still being written, or
+    left by a writer that was killed (SIGKILL, OOM, preemption); its missing chunks read as fill values (NaN).
+    """
+    if not hasattr(attrs, "get") or attrs.get(UNFINISHED_ATTR) is None:
+        return None
+    return (f"{path}: an unfinished store ({UNFINISHED_ATTR}: {attrs.get(UNFINISHED_ATTR)}): a writer's temporary, "
+            "still being written or left by a writer that was killed; its unwritten chunks would read as fill values. "
+            "Read the finished store it is renamed to; delete this one if its writer is gone (the next writer of "
+            "the same output does)")  # fmt: skip
+
+
+def unfinished_attr(out: Path) -> str:
+    """The value of :data:`UNFINISHED_ATTR` for a store this process builds for ``out``."""
+    host, pid, _ = writer_id()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"written by process {pid} on {host} since {when}; renamed to {out.name} when complete"
 
 
 def _replaceable(out: Path) -> None:
@@ -83,7 +224,7 @@ def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *,
         if not overwrite:
             raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
         _replaceable(out)  # it may have appeared since the output was checked
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        old = temp_path(out, "old")  # named after its writer, so a killed one's is found (remove_stale_temporaries)
         os.rename(out, old)
     try:
         os.rename(tmp, out)

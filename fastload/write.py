@@ -2,8 +2,12 @@
 
 Every tool that writes a store (``fastload synth``, ``convert``, ``rechunk``) goes through :class:`StoreWriter`,
 so they share one layout, one chunking policy, and one guarantee: the store is built under a temporary sibling
-path ``<out>.tmp-<pid>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or Ctrl-C
-removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written. Ctrl-C
+path ``<out>.tmp-<host>-<pid>-<start>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or
+Ctrl-C removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written. A
+writer killed outright (SIGKILL: the OOM killer, a preempted job) cannot clean up: its temporary carries the root
+attribute ``fastload_unfinished`` (deleted just before the rename; :func:`fastload._write_atomic.unfinished_message`)
+and the next writer of the same ``<out>`` on that host removes it once that process is provably gone
+(:func:`fastload._write_atomic.remove_stale_temporaries`). Ctrl-C
 is held back while a zarr call runs (:func:`sigint_deferred`): zarr-python writes chunks on its own event-loop
 thread, and an interrupt that stopped only the main thread's wait let those writes recreate files in the
 temporary directory after it was removed.
@@ -52,7 +56,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._write_atomic import check_output, move_into_place, sigint_deferred
+from ._write_atomic import (
+    UNFINISHED_ATTR,
+    check_output,
+    move_into_place,
+    remove_stale_temporaries,
+    sigint_deferred,
+    temp_path,
+    unfinished_attr,
+)
 from ._write_encoding import (
     CALENDAR,
     CODECS,
@@ -102,7 +114,7 @@ _COORDS = ("time", "level", "latitude", "longitude")
 
 
 class StoreWriter:
-    """Build a store under ``<out>.tmp-<pid>`` and rename it to ``out`` on :meth:`commit`.
+    """Build a store under ``<out>.tmp-<host>-<pid>-<start>`` and rename it to ``out`` on :meth:`commit`.
 
     Parameters
     ----------
@@ -121,7 +133,8 @@ class StoreWriter:
     Notes
     -----
     Used as a context manager it commits on a clean exit and aborts (removes the temporary directory) on any
-    exception, ``KeyboardInterrupt`` included. Writes must be aligned to the write unit of the array (its shard
+    exception, ``KeyboardInterrupt`` included. Creating a writer first removes the temporaries of ``out`` left by
+    writers on this host that were killed (:func:`fastload._write_atomic.remove_stale_temporaries`). Writes must be aligned to the write unit of the array (its shard
     when sharded, else its chunk), so no chunk is read back and rewritten; :meth:`commit` checks that every
     write unit of every variable was written.
     """
@@ -140,11 +153,13 @@ class StoreWriter:
         self.out = check_output(out, overwrite=overwrite, sources=sources)
         self.zarr_format = zarr_format
         self.overwrite = overwrite
-        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():  # left by an earlier crashed process that had our pid
+        remove_stale_temporaries(self.out)  # what killed writers of out on this host left (SIGKILL runs no cleanup)
+        self.tmp = temp_path(self.out)  # names this process and its start time: unique while it runs
+        if self.tmp.exists():  # cannot be a live writer's: it would be ours
             shutil.rmtree(self.tmp)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        root_attrs = {"fastload_layout": "per_variable", "Conventions": "CF-1.8", **(attrs or {})}
+        root_attrs = {"fastload_layout": "per_variable", "Conventions": "CF-1.8", **(attrs or {}),
+                      UNFINISHED_ATTR: unfinished_attr(self.out)}  # fmt: skip
         try:
             with sigint_deferred():
                 self.group = zarr.open_group(
@@ -411,6 +426,7 @@ class StoreWriter:
                         )
             with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
                 warnings.simplefilter("ignore", category=UserWarning)
+                del self.group.attrs[UNFINISHED_ATTR]  # complete: what is renamed into place is a finished store
                 zarr.consolidate_metadata(self.group.store)
             move_into_place(self.tmp, self.out, overwrite=self.overwrite)
         except BaseException:

@@ -1,0 +1,174 @@
+"""A writer killed outright (SIGKILL: the OOM killer, a preempted job) runs no cleanup. Its temporary store is
+marked unfinished, and the next writer of the same output removes it, but only when it was written on this host by
+a process that is provably gone: never a live writer's, another host's, or one whose pid now belongs to another
+process that started later."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from fastload._write_atomic import (
+    UNFINISHED_ATTR,
+    _host,
+    _proc_start,
+    remove_stale_temporaries,
+    unfinished_message,
+    writer_gone,
+)
+from fastload.write import StoreWriter
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+
+NT, NY, NX = 8, 6, 10
+
+# The writer: writes half the store, says where its temporary is, and finishes only when the file GO appears.
+WRITER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import numpy as np
+    from fastload.write import StoreWriter
+    out, ready, go, fill = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+    w = StoreWriter(out, overwrite=True)
+    w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(8) * np.timedelta64(6, "h"))
+    w.set_grid(np.linspace(50, 40, 6), np.linspace(0, 9, 10))
+    w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, 6, 10))
+    w.write("t2m", np.full((4, 6, 10), fill, np.float32), 0)
+    ready.with_suffix(".part").write_text(str(w.tmp))
+    os.replace(ready.with_suffix(".part"), ready)
+    while not go.exists():
+        time.sleep(0.02)
+    w.write("t2m", np.full((4, 6, 10), fill, np.float32), 4)
+    w.commit()
+""")
+
+
+def _start_writer(tmp_path, out, fill):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    ready, go = tmp_path / f"ready-{fill:g}", tmp_path / f"go-{fill:g}"
+    p = subprocess.Popen([sys.executable, str(script), str(out), str(ready), str(go), str(fill)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120  # a guard against a hang, not a timing check
+    while not ready.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError(f"the writer did not get ready: rc {p.poll()}\n{p.communicate()[1]}")
+        time.sleep(0.02)
+    return p, Path(ready.read_text()), go
+
+
+def _write(out, fill):
+    with StoreWriter(out, overwrite=True) as w:
+        w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(NT) * np.timedelta64(6, "h"))
+        w.set_grid(np.linspace(50, 40, NY), np.linspace(0, 9, NX))
+        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, NY, NX))
+        w.write("t2m", np.full((NT, NY, NX), fill, np.float32), 0)
+
+
+def test_a_killed_writers_temporary_is_marked_and_the_next_writer_removes_it(tmp_path):
+    out = tmp_path / "s.zarr"
+    p, tmp, _ = _start_writer(tmp_path, out, 1.0)
+    assert tmp.name.startswith(f"s.zarr.tmp-{_host()}-{p.pid}-")
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL and tmp.is_dir() and not out.exists()
+    # what the audit saw: xarray opens it (half NaN); now it says it is unfinished, and why
+    with pytest.warns(RuntimeWarning, match="consolidated"):  # no consolidated metadata: written only at commit
+        ds = xr.open_zarr(tmp)
+    assert np.isnan(ds.t2m.values[4:]).all() and (ds.t2m.values[:4] == 1).all()
+    assert f"process {p.pid} on {_host()}" in ds.attrs[UNFINISHED_ATTR]
+    msg = unfinished_message(tmp, ds.attrs)
+    assert str(tmp) in msg and "unfinished" in msg and "killed" in msg
+    # the next writer of the same output cleans up and succeeds
+    _write(out, 2.0)
+    assert not tmp.exists()
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["s.zarr", "writer.py", "ready-1"])
+    ds = xr.open_zarr(out)
+    assert (ds.t2m.values == 2).all() and UNFINISHED_ATTR not in ds.attrs
+    assert UNFINISHED_ATTR not in json.loads((out / ".zattrs").read_text())
+    assert unfinished_message(out, ds.attrs) is None
+
+
+def test_a_live_writers_temporary_is_not_touched(tmp_path):
+    out = tmp_path / "s.zarr"
+    p, tmp, go = _start_writer(tmp_path, out, 1.0)
+    try:
+        assert remove_stale_temporaries(out) == []
+        _write(out, 2.0)  # another writer of the same output, while the first one runs
+        assert tmp.is_dir() and (xr.open_zarr(out).t2m.values == 2).all()
+        go.write_text("")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err  # it finished its store in the temporary it had: nothing was removed under it
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert not tmp.exists() and (xr.open_zarr(out).t2m.values == 1).all()
+
+
+def _dead_process():
+    """(pid, start) of a process that ran on this host and is gone."""
+    p = subprocess.Popen(["sleep", "60"])
+    start = _proc_start(p.pid)[0]
+    p.kill()
+    p.wait()
+    return p.pid, start
+
+
+def test_only_this_hosts_temporaries_of_dead_writers_are_removed(tmp_path, caplog):
+    out = tmp_path / "s.zarr"
+    host = _host()
+    parent, parent_start = os.getppid(), _proc_start(os.getppid())[0]
+    dead, dead_start = _dead_process()
+    names = {
+        "dead": f"s.zarr.tmp-{host}-{dead}-{dead_start}",
+        "reused": f"s.zarr.tmp-{host}-{parent}-{parent_start + 1}",  # the pid now runs a process started later
+        "live": f"s.zarr.tmp-{host}-{parent}-{parent_start}",
+        "other_host": f"s.zarr.tmp-{host}x-{dead}-{dead_start}",  # another node of a shared file system
+        "legacy": "s.zarr.tmp-12345",  # an earlier fastload's name: the host is unknown
+        "old_dead": f"s.zarr.old-{host}-{dead}-{dead_start}",  # killed while deleting the store it replaced
+        "other_out": f"s.zarr2.tmp-{host}-{dead}-{dead_start}",
+    }
+    for n in names.values():
+        zarr.open_group(tmp_path / n, mode="w", attributes={UNFINISHED_ATTR: "x"})
+    assert writer_gone(dead, dead_start) and writer_gone(parent, parent_start + 1)
+    assert not writer_gone(parent, parent_start) and not writer_gone(os.getpid(), 0)
+    # OUT missing: the .old- store is the one the killed writer moved aside, kept for the user to rename back
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        removed = remove_stale_temporaries(out)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["reused"]])
+    assert "rename it back" in caplog.text and "earlier fastload" in caplog.text
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names[k] for k in ("live", "other_host", "legacy", "old_dead", "other_out")}
+    _write(out, 2.0)  # still no OUT when it started: the .old- store stays
+    assert names["old_dead"] in {p.name for p in tmp_path.iterdir()}
+    _write(out, 3.0)  # with OUT in place, the killed writer's .old- is debris: removed by the next writer
+    assert {p.name for p in tmp_path.iterdir()} == {"s.zarr"} | {names[k] for k in ("live", "other_host", "legacy",
+                                                                                    "other_out")}  # fmt: skip
+
+
+def test_a_zombie_writer_is_gone():
+    """Killed but not yet reaped by its parent: it writes nothing more."""
+    p = subprocess.Popen(["sleep", "60"])
+    start = _proc_start(p.pid)[0]
+    assert not writer_gone(p.pid, start)
+    os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while _proc_start(p.pid)[1] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer_gone(p.pid, start)
+    p.wait()
+    assert writer_gone(p.pid, start)
