@@ -27,7 +27,7 @@ class LoadSpec:
     def __init__(self, *, batch_size: int, drop_last: bool, prefetch: int, workers: int, cache_bytes: int,
                  fetch_concurrency: int, retries: int, on_bad_chunk: str, months: np.ndarray | None,
                  useful_bytes_per_sample: int, jit: bool | None, pin: bool, read_ahead_bytes: int | None = None,
-                 read_timeout_s: float | None = 300.0):
+                 read_timeout_s: float | None = 300.0, worker_start_timeout_s: float | None = 300.0):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.prefetch = prefetch
@@ -42,6 +42,7 @@ class LoadSpec:
         self.pin = pin
         self.read_ahead_bytes = read_ahead_bytes
         self.read_timeout_s = read_timeout_s
+        self.worker_start_timeout_s = worker_start_timeout_s
 
 
 def choose_horizon(plan: EpochPlan, first_batch: int, cache: ChunkCache, prefetch: int) -> int:

@@ -177,7 +177,8 @@ class Loader:
                               workers=cfg.workers, cache_bytes=cfg.cache_bytes, fetch_concurrency=cfg.fetch_concurrency,
                               retries=cfg.retries, on_bad_chunk=cfg.on_bad_chunk, months=None,
                               useful_bytes_per_sample=useful, jit=jit, pin=self._pin,
-                              read_ahead_bytes=cfg.read_ahead_bytes, read_timeout_s=cfg.read_timeout_s)
+                              read_ahead_bytes=cfg.read_ahead_bytes, read_timeout_s=cfg.read_timeout_s,
+                              worker_start_timeout_s=cfg.worker_start_timeout_s)
         self._explicit = boxes
         if boxes is not None:
             self._samples = int(self._explicit_boxes(int(epoch)).shape[0])

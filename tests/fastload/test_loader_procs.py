@@ -691,8 +691,6 @@ def test_worker_start_timeout_s_is_a_checked_loader_setting():
             LoaderConfig(worker_start_timeout_s=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="the loader does not pass loader.worker_start_timeout_s to its LoadSpec yet "
-                                       "(fastload/loader.py and fastload/_backend.py: see the report of session 8 h3)")
 def test_worker_start_timeout_s_reaches_the_worker_processes(tmp_path):
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     with Loader(tmp_path / "s.zarr", cfg, mode="process", workers=1, worker_start_timeout_s=7.5) as loader:
