@@ -191,11 +191,18 @@ def _loader_class() -> type:
     store steps, so a rollout checks that its store steps the same (:func:`profiling.rollout.check_time_step`)."""
     from fastload.rollout_data import RolloutLoader
 
-    from .rollout import step_hours
+    from .rollout import same_step, step_hours
 
     class ForecastLoader(RolloutLoader):  # imported lazily, as elsewhere in this module
         def state_dict(self) -> dict[str, Any]:
             return {**super().state_dict(), "time_step_hours": step_hours(self.times)}
+
+        def load_state_dict(self, state: Any) -> None:  # --resume on a store with another step: refused
+            saved, have = state.get("time_step_hours"), step_hours(self.times)
+            if saved is not None and not same_step(saved, have):
+                raise ConfigError(f"load_state_dict: the saved run's store stepped every {saved:g} h, "
+                                  f"{self.store.path} every {'?' if have is None else f'{have:g}'} h; resume needs a store with the same step")
+            super().load_state_dict(state)
 
     return ForecastLoader
 

@@ -124,6 +124,12 @@ def step_hours(time: np.ndarray) -> float | None:
     return None if step is None else float(step / np.timedelta64(1, "h"))
 
 
+def same_step(a: float | None, b: float | None) -> bool:
+    """Whether two time steps in hours agree to 1 % (seconds of jitter, as :func:`~fastload._stream_time._on_cadence`
+    tolerates, keep a store's step; another cadence does not)."""
+    return a is not None and b is not None and bool(np.isclose(float(a), float(b), rtol=0.01, atol=0.0))
+
+
 def check_time_step(store: Any, extra: dict[str, Any], checkpoint: Any) -> None:
     """Refuse a store whose time step differs from the training store's (recorded by :mod:`profiling.forecast` in
     the checkpoint's loader state as ``time_step_hours``): the lead and the time tokens are counted in store steps,
@@ -139,7 +145,7 @@ def check_time_step(store: Any, extra: dict[str, Any], checkpoint: Any) -> None:
                       "as the training store did; the lead and time tokens are counted in store steps",
                       UserWarning, stacklevel=3)
         return
-    if have is None or not np.isclose(float(trained), have, rtol=1e-6, atol=0.0):
+    if not same_step(trained, have):
         raise ConfigError(f"{store.path} steps every {_hours(have)} ({describe_period(store.time)}) but "
                           f"--checkpoint {str(checkpoint)!r} was trained on a store stepping every "
                           f"{_hours(float(trained))}: its lead and time tokens are counted in store steps, so "

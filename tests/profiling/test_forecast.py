@@ -190,3 +190,16 @@ def test_two_process_gloo_forecaster_run(tmp_path_factory, tmp_path):
     for rank in (0, 1):
         s = json.loads((out / f"rank{rank}" / "summary.json").read_text())
         assert s["world_size"] == 2 and s["steps"] == 2 and math.isfinite(s["final_loss"])
+
+
+def test_resume_refuses_a_store_with_another_time_step(tmp_path_factory, tmp_path):
+    """The loader state in a checkpoint records the training store's step in hours; a resume whose store steps
+    otherwise (the record edited to 3 h: the tiny store is too short for a 3-hourly training copy) is refused."""
+    cfg = fc_config(tmp_path_factory, steps=2, warmup=0, checkpoint_dir=str(tmp_path / "ck"))
+    run(cfg, mode="train", out=tmp_path / "r", stop_at=1, **QUIET)
+    payload = torch.load(tmp_path / "ck" / "last.pt", map_location="cpu", weights_only=True)
+    assert [s["time_step_hours"] for s in payload["extra"]["loader"]] == [1.0]
+    payload["extra"]["loader"][0]["time_step_hours"] = 3.0
+    torch.save(payload, tmp_path / "three.pt")
+    with pytest.raises(ConfigError, match=r"saved run's store stepped every 3 h, .*store\.zarr every 1 h; resume needs"):
+        run(cfg, mode="train", out=tmp_path / "r2", resume=tmp_path / "three.pt", **QUIET)
