@@ -69,13 +69,14 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
     from fastload.loader import Loader
 
     from .report import loader_record, summarize_loader
-    from .slowstore import open_run_store
+    from .slowstore import check_cold_workers, open_run_store
 
     for key, v, lo in (("batches", batches, 1), ("warmup", warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"profile-loader {key}: expected an integer >= {lo}, got {v!r}")
     if data not in ("cached", "cold"):
         raise ConfigError(f"profile-loader --data: expected 'cached' or 'cold', got {data!r}")
+    check_cold_workers(data, loader.mode, "profile-loader --data")
     if loader.device is None:
         loader = dataclasses.replace(loader, device="cpu")
     s = open_run_store(store, mode=data, latency_ms=latency_ms, fields=sampling.field_names, log=log,
@@ -218,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_storage_options(a.storage_option)
     if a.store is None and (opts or a.backend != "auto"):
         raise ConfigError("--storage-option and --backend are for a STORE given; the built-in dataset is local")
+    from .slowstore import check_cold_workers
+
+    check_cold_workers(a.data, loader.mode, "profile-loader --data")  # (before the sweep's first line)
     runs = sweep(store, sampling, loader, workers=workers, prefetch=prefetch, batches=a.batches, warmup=a.warmup,
                  data=a.data, latency_ms=a.store_latency_ms, storage_options=opts, backend=a.backend)
     from .report import format_loader_table, format_sweep_table, write_steps_csv, write_summary

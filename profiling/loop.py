@@ -576,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [m for m in modes if m not in DATA_MODES]
     if bad or not modes or len(set(modes)) != len(modes):
         raise ConfigError(f"--data: expected distinct modes from {list(DATA_MODES)}, got {args.data!r}")
+    for m in modes:  # every mode's config is checked (RunConfig) before the first run starts
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mode=m))
     if len(modes) == 1:
         run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mode=modes[0])), mode="profile",
             out=args.out, torch_profiler=args.torch_profiler, nsys=args.nsys)

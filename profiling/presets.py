@@ -427,6 +427,10 @@ class RunConfig:
         _bool("compile", self.compile)
         if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.model.kind == "multiformer":  # (the Forecaster's RolloutLoader reads on threads)
+            from .slowstore import check_cold_workers
+
+            check_cold_workers(self.data.mode, self.loader.mode, "data.mode (--data)")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}

@@ -30,7 +30,8 @@ from fastload.errors import ConfigError
 from fastload.store import Store, open_store
 from fastload.store._source import BaseByteSource
 
-__all__ = ["ColdSource", "can_drop_pages", "chunk_files", "drop_page_cache", "warm_page_cache", "open_run_store"]
+__all__ = ["ColdSource", "can_drop_pages", "check_cold_workers", "chunk_files", "drop_page_cache", "warm_page_cache",
+           "open_run_store"]
 
 
 def can_drop_pages() -> bool:
@@ -114,6 +115,16 @@ class ColdSource(BaseByteSource):
 
     def __repr__(self) -> str:
         return f"ColdSource({self.inner!r})"
+
+
+def check_cold_workers(data_mode: str, loader_mode: str, where: str) -> None:
+    """Refuse cold reads with worker processes: each worker reopens the store from its path with plain reads
+    (``fastload._procs``), so :class:`ColdSource`, a wrapper of this process's store, would drop no page there and
+    warm reads would be reported as cold (the Loader refuses such a store, but only after the pages were dropped)."""
+    if data_mode == "cold" and loader_mode == "process":
+        raise ConfigError(f"{where} = 'cold' with loader.mode = 'process': worker processes reopen the store with "
+                          f"plain file reads, which do not drop its pages first; cold reads need loader.mode = "
+                          f"'thread' (the default)")
 
 
 def chunk_files(store: Store, arrays: Iterable[str] | None = None) -> list[str]:

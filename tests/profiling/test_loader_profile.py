@@ -98,6 +98,25 @@ def test_cold_data_reads_every_chunk_from_storage(tmp_path_factory):
     assert summary["config"]["data"] == "cold"
 
 
+def test_cold_data_with_worker_processes_is_refused_up_front(tmp_path_factory, tmp_path, capsys):
+    """Review h7, item 4: ``--data cold --set loader.mode=process`` dropped the store's pages, then failed in the
+    Loader ("cannot reopen ... ColdSource"): worker processes reopen the store with plain reads, so their reads
+    would not be cold. It is refused, naming both settings, before a page is dropped."""
+    store, norm = tiny_store(tmp_path_factory)
+    logged = []
+    with pytest.raises(ConfigError, match=r"--data = 'cold' with loader.mode = 'process'.*loader.mode = 'thread'"):
+        profile_loader(store, sampling(norm), LoaderConfig(workers=1, mode="process"), batches=1, warmup=0,
+                       data="cold", log=logged.append)
+    assert logged == []  # nothing opened, no page dropped
+    cfg = tmp_path / "sampling.toml"
+    cfg.write_text(sampling(norm).to_toml())
+    assert cli(["profile-loader", store, "--config", str(cfg), "--data", "cold", "--set", "loader.mode=process",
+                "--out", str(tmp_path / "r")]) == 2
+    captured = capsys.readouterr()
+    assert "profile-loader --data = 'cold' with loader.mode = 'process'" in captured.err
+    assert captured.out == "" and not (tmp_path / "r").exists()
+
+
 def test_sweep_defaults_to_the_loader_settings(tmp_path_factory):
     store, norm = tiny_store(tmp_path_factory)
     runs = sweep(store, sampling(norm), LoaderConfig(workers=1, prefetch=2), batches=1, warmup=0,

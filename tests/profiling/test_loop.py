@@ -348,6 +348,19 @@ def test_a_profile_without_timed_steps_is_refused_up_front(args, tmp_path, monke
     assert captured.out == "" and not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize("data", ["cold", "cached,cold"])
+def test_cold_data_with_worker_processes_is_refused_before_any_run(data, tmp_path_factory, tmp_path, capsys):
+    """Review h7, item 4 (``fastload profile``): refused before the model is built, a page dropped, or the cached
+    run of a stall split has run."""
+    store, norm = tiny_store(tmp_path_factory)
+    cfg_file = run_toml(tmp_path, store, norm)
+    assert cli(["profile", "--config", str(cfg_file), "--data", data, "--set", "loader.mode=process", "--steps",
+                "2", "--warmup", "0", "--device", "cpu", "--out", str(tmp_path / "r")]) == 2
+    captured = capsys.readouterr()
+    assert "data.mode (--data) = 'cold' with loader.mode = 'process'" in captured.err
+    assert captured.out == "" and not (tmp_path / "r").exists()
+
+
 def test_a_missing_store_is_named_before_the_config(capsys):
     """``--store nope.zarr`` blamed the config (norm_path) and sent the user to run stats on a store that does not
     exist; the missing store is named first, with or without norm_path."""

@@ -89,6 +89,19 @@ def test_cold_mode_refuses_urls():
     assert DataConfig(sampling=s, store="s3://bucket/era5.zarr", mode="cached").store.startswith("s3://")
 
 
+def test_cold_mode_refuses_worker_processes():
+    """Review h7, item 4: process workers reopen the store with plain reads, which would not be cold."""
+    from fastload.config import LoaderConfig
+
+    base = cpu_tiny()
+    proc = dataclasses.replace(base, loader=LoaderConfig(workers=1, mode="process"))
+    with pytest.raises(ConfigError, match=r"data.mode \(--data\) = 'cold' with loader.mode = 'process'"):
+        dataclasses.replace(proc, data=dataclasses.replace(base.data, mode="cold"))
+    assert proc.data.mode == "cached"  # process workers read warm or cached data as it is
+    fc = dataclasses.replace(proc, model=dataclasses.replace(base.model, kind="forecaster"))
+    assert dataclasses.replace(fc, data=dataclasses.replace(base.data, mode="cold")).data.mode == "cold"  # threads
+
+
 def test_storage_options_and_backend():
     s = cpu_tiny().data.sampling
     d = DataConfig(sampling=s, store="s3://bucket/era5.zarr", backend="obstore",
