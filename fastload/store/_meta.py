@@ -313,7 +313,21 @@ def _v3_dtype(dt: Any, where: str) -> np.dtype:
             return np.dtype(f"{'M8' if name == 'numpy.datetime64' else 'm8'}[{conf.get('unit', 's')}]")
         if name in _V3_OBJECT_DTYPES:
             return np.dtype(object)
-    raise SchemaError(f"{where}: data_type {dt!r} is not supported; expected a numeric type such as 'float32'")
+        if name in ("fixed_length_utf32", "null_terminated_bytes"):
+            # zarr-python's fixed-size string types (NumPy U and S; not yet in the v3 spec): ``length_bytes`` is
+            # the item size, UTF-32 code points (byte order set by the ``bytes`` codec) or NUL-padded bytes
+            n = conf.get("length_bytes")
+            unit = 4 if name == "fixed_length_utf32" else 1
+            if not isinstance(n, int) or isinstance(n, bool) or n < unit or n % unit:
+                raise SchemaError(
+                    f"{where}: data_type {dt!r}: configuration length_bytes must be a positive integer"
+                    f"{' multiple of 4' if unit == 4 else ''}, got {n!r}"
+                )
+            return np.dtype(f"{'U' if unit == 4 else 'S'}{n // unit}")
+    raise SchemaError(
+        f"{where}: data_type {dt!r} is not supported; expected a numeric type such as 'float32', a datetime, or a "
+        "string type"
+    )
 
 
 def _named(c: Any, where: str) -> dict:
@@ -381,6 +395,10 @@ def _fill(v: Any, dtype: np.dtype, where: str) -> Any:
     if v is None:
         return np.zeros((), dtype)[()]
     try:
+        if dtype.kind == "U" and isinstance(v, str):  # fixed-size unicode: the string itself
+            return np.array(v, dtype)[()]
+        if dtype.kind == "S" and isinstance(v, str):  # fixed-size bytes: base64 (v2 and zarr-python's v3)
+            return np.array(base64.b64decode(v), dtype)[()]
         if isinstance(v, str):
             specials = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
             if v in specials:
