@@ -191,7 +191,8 @@ def describe(store: Any, *, sizes: str = "auto") -> dict[str, Any]:
     stored_total = None if any(s is None for s in stored) else sum(stored)
     return {
         "path": str(store.path), "layout": store.layout, "zarr_format": int(store.zarr_format), "grid": grid,
-        "time": time, "fields": fields, "arrays": arrays, "decoded_bytes": int(decoded_total),
+        "time": time, "fields": fields, "not_fields": dict(getattr(store, "not_fields", {})), "arrays": arrays,
+        "decoded_bytes": int(decoded_total),
         "stored_bytes": stored_total,
         "compression_ratio": None if not stored_total else decoded_total / stored_total,
     }  # fmt: skip
@@ -261,6 +262,7 @@ def format_summary(
         rows.append([name + ("" if f["has_time"] else " (static)"), lv, f["level_type"] or "-", f["units"] or "-",
                      f["dtype"], f["array"]])  # fmt: skip
     lines += _table(rows)
+    lines += [f"  {name}  not a field: {why}" for name, why in (desc.get("not_fields") or {}).items()]
     lines.append(f"arrays  ({len(desc['arrays'])})")
     rows = [["name", "shape", "chunks", "shard", "dtype", "codecs", "chunk", "stored", "decoded", "ratio"]]
     for name, a in desc["arrays"].items():

@@ -20,8 +20,12 @@ fields without ``time`` are allowed. Coordinates:
   attribute ``level_type`` (one of ``model``, ``pressure``, ``surface``, ``depth``, ``height``), else from CF
   ``units`` (Pa/hPa -> pressure; m with ``positive = "down"`` -> depth, else height).
 
-Arrays over neither grid dimension (e.g. ``time_bnds``) are ignored; an array over one grid dimension in another
-order is a :class:`~fastload.errors.SchemaError`.
+Arrays over neither grid dimension (e.g. ``time_bnds``) are ignored. An array over a grid dimension that cannot be
+a field (CESM's ``gw(lat)`` or ``lat_edges(lat, nv)``, other dims or their order, a level dimension without a
+coordinate array, a non-numeric dtype) is left out of the fields and listed in ``Store.not_fields`` with why
+(``fastload inspect`` shows it); asking for it as a field is a :class:`~fastload.errors.ConfigError` saying why.
+Coordinates may be of any type xarray writes, including zarr-python's v3 fixed-size strings
+(``fixed_length_utf32``, ``null_terminated_bytes``: NumPy ``U``/``S``), e.g. ERA5's ``expver``.
 
 **Mesh** (per-variable on an unstructured mesh; :mod:`fastload.store._mesh`). ``latitude`` and ``longitude`` are
 1-D over one shared node dimension; fields have dims ``(time, [level], node)``; optional ``face_nodes``

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ._open import Store
 
-__all__ = ["check_config", "level_indices"]
+__all__ = ["check_config", "level_indices", "unknown_field"]
 
 log = logging.getLogger("fastload")
 
@@ -27,10 +27,19 @@ def _fmt(values: np.ndarray | Sequence[float]) -> list[float | int]:
     return [int(v) if float(v).is_integer() else float(v) for v in values]
 
 
+def unknown_field(store: Store, field: str) -> str:
+    """Why ``field`` is not a field of ``store``: the reason an array of that name is not one
+    (:attr:`Store.not_fields`), else that the store has no such array; with the fields it has."""
+    why = getattr(store, "not_fields", {}).get(field)
+    if why is not None:
+        return f"array {field!r} in store {store.path} is not a field: {why}; the fields are {list(store.fields)}"
+    return f"not in store {store.path}; it has {list(store.fields)}"
+
+
 def level_indices(store: Store, field: str, values: Sequence[float] | None) -> np.ndarray:
     """Indices of ``values`` in the field's level coordinate (see :meth:`Store.level_indices`)."""
     if field not in store.fields:
-        raise ConfigError(f"fields.{field}: not in store {store.path}; it has {list(store.fields)}")
+        raise ConfigError(f"fields.{field}: {unknown_field(store, field)}")
     f = store.fields[field]
     if f.levels is None:
         if values is not None:
@@ -84,7 +93,7 @@ def check_config(store: Store, config: Any, *, stream: str | None = None) -> Non
     timed = False  # some field has a time axis in the store
     for f in fields:
         if f.name not in store.fields:
-            raise ConfigError(f"fields.{f.name}: not in store {store.path}; it has {list(store.fields)}")
+            raise ConfigError(f"fields.{f.name}: {unknown_field(store, f.name)}")
         level_indices(store, f.name, f.levels)
         info = store.fields[f.name]
         refuse_packed(info, f"fields.{f.name}")

@@ -67,6 +67,8 @@ class Layout:
     fields: dict[str, FieldInfo]
     data_arrays: tuple[str, ...]
     coord_arrays: tuple[str, ...]
+    not_fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Arrays on the grid left out of the fields, each with why it cannot be one (per-variable layout)."""
 
 
 def _first(names: tuple[str, ...], arrays: Mapping[str, ArrayInfo]) -> str | None:
@@ -239,6 +241,7 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     dim_coords = {n for n, a in meta.arrays.items() if a.ndim == 1 and (a.dims or (None,))[0] == n}
     bounds = {a.attrs.get("bounds") for a in meta.arrays.values()} - {None}
     fields: dict[str, FieldInfo] = {}
+    not_fields: dict[str, str] = {}  # arrays on the grid that cannot be fields (CESM's gw(lat), lat_edges(lat, nv))
     used_coords = {lat_name, lon_name} | ({tname} if tname else set())
     level_cache: dict[str, np.ndarray] = {}
     for name, info in meta.arrays.items():
@@ -255,25 +258,25 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
         if name in bounds or name.endswith(("_bnds", "_bounds")):
             continue
         expected = f"({tdim}, [level], {ydim}, {xdim})"
-        if dims[-2:] != (ydim, xdim) or len(dims) > 4:
-            raise SchemaError(f"{where}: array {name!r} has dims {dims}; expected {expected}")
         lead = list(dims[:-2])
         has_time = bool(lead) and lead[0] == tdim
         if has_time:
             lead.pop(0)
         level_dim = lead.pop(0) if lead else None
-        if lead or level_dim == tdim:
-            raise SchemaError(f"{where}: array {name!r} has dims {dims}; expected {expected}")
+        if dims[-2:] != (ydim, xdim) or len(dims) > 4 or lead or level_dim == tdim:
+            not_fields[name] = f"dims {dims}; a field has dims {expected}"
+            continue
+        if level_dim is not None and level_dim not in dim_coords:
+            not_fields[name] = f"dimension {level_dim!r} has no 1-D coordinate array {level_dim!r} giving level values"
+            continue
+        if info.dtype.kind not in "biuf":
+            not_fields[name] = f"dtype {info.dtype}; a field must be numeric"
+            continue
         if has_time and time is None:
             raise SchemaError(f"{where}: array {name!r} has a {tdim!r} axis but the store has no time coordinate")
         levels = None
         lt = None
         if level_dim is not None:
-            if level_dim not in dim_coords:
-                raise SchemaError(
-                    f"{where}: dimension {level_dim!r} of array {name!r} has no 1-D coordinate array {level_dim!r} "
-                    "giving the level values"
-                )
             if level_dim not in level_cache:
                 vals = read(level_dim)
                 if vals.dtype.kind not in "iuf":
@@ -282,7 +285,6 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
             used_coords.add(level_dim)
             levels = level_cache[level_dim].copy()
             lt = _check_level_type(level_type_of(level_dim, meta.arrays[level_dim].attrs), f"{where}/{level_dim}")
-        _numeric(info, where)
         expect_shape = ((time.size,) if has_time else ()) + ((levels.size,) if levels is not None else ()) + grid.shape
         if info.shape != expect_shape:
             raise SchemaError(
@@ -300,8 +302,9 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
             axes=(t_ax, None, l_ax, info.ndim - 2, info.ndim - 1), attrs=dict(info.attrs),
         )  # fmt: skip
     if not fields:
+        why = "".join(f"; {n!r} is not a field: {r}" for n, r in not_fields.items())
         raise SchemaError(
             f"{where}: no data arrays found: expected a 5-D 'data' array (AtmoRep layout) or arrays with dims "
-            f"(time, [level], {ydim}, {xdim}) (per-variable layout); arrays present: {sorted(meta.arrays)}"
+            f"(time, [level], {ydim}, {xdim}) (per-variable layout); arrays present: {sorted(meta.arrays)}{why}"
         )
-    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(used_coords)))
+    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(used_coords)), not_fields)

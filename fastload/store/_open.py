@@ -98,6 +98,8 @@ class Store:
         ``datetime64[ns]`` times, shape ``(NT,)``; None when no array has a time axis.
     fields : dict of str to FieldInfo
         The fields, in store order.
+    not_fields : dict of str to str
+        Arrays on the grid that are not fields (e.g. CESM's ``gw(lat)``), each with why it cannot be one.
     arrays : dict of str to ArrayInfo
         The data arrays the fields live in (not coordinates).
     source : BaseByteSource
@@ -134,6 +136,7 @@ class Store:
         self.fields: dict[str, FieldInfo] = layout.fields
         self.arrays: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.data_arrays}
         self.coords: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.coord_arrays}
+        self.not_fields: dict[str, str] = dict(layout.not_fields)
         for name in self.arrays:
             self._prepare(name)
 

@@ -64,7 +64,9 @@ def as_indices(sel: Any, n: int, what: str, *, wrap: bool = False) -> np.ndarray
 def read_box(store: Store, field: str, t: Any, level_idx: Any, y: Any, x: Any) -> np.ndarray:
     """``(t, l, y, x)`` box of ``field``; see :meth:`Store.read` (a mesh field: ``(t, l, 1, nodes)``)."""
     if field not in store.fields:
-        raise KeyError(f"{store.path}: no field {field!r}; fields: {list(store.fields)}")
+        from ._check import unknown_field
+
+        raise KeyError(f"{store.path}: no field {field!r}: {unknown_field(store, field)}")
     f = store.fields[field]
     info = store.arrays[f.array]
     t_ax, f_ax, l_ax, y_ax, x_ax = f.axes

@@ -6,6 +6,7 @@ types (``fixed_length_utf32``, ``null_terminated_bytes``), and arrays on the gri
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import numpy as np
@@ -17,7 +18,9 @@ from zarr.codecs import (
     BytesCodec,
 )
 
-from fastload.errors import SchemaError
+import fastload
+from fastload.errors import ConfigError, SchemaError
+from fastload.inspect import describe, format_summary
 from fastload.store import open_store
 from fastload.store._meta import _v3_dtype
 
@@ -121,3 +124,62 @@ def test_v3_string_types_parse():
     with pytest.raises(SchemaError, match=r"w: data_type .*fixed_length_utf32.*length_bytes must be a positive "
                                           r"integer multiple of 4, got 6"):  # fmt: skip
         _v3_dtype({"name": "fixed_length_utf32", "configuration": {"length_bytes": 6}}, "w")
+
+
+def test_string_array_on_the_grid_is_not_a_field(tmp_path):
+    data = np.random.default_rng(0).standard_normal((4, 9, 16)).astype("f4")
+    _v3_store(tmp_path / "s.zarr", data, chunks=(2, 9, 16))
+    with _quiet():
+        g = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
+        g.create_array("flag", shape=data.shape, dtype="U2", dimension_names=DIMS)[...] = "ok"
+    s = open_store(tmp_path / "s.zarr")
+    assert list(s.fields) == ["v"] and "dtype <U2" in s.not_fields["flag"]
+
+
+# -- 3. arrays on the grid that are not fields -------------------------------------------------------------------
+def _cesm_like(path, extra):
+    lat, lon = np.linspace(90, -90, 19), np.arange(0, 360, 10.0)
+    v = np.random.default_rng(0).normal(250, 5, (8, 19, 36)).astype("f4")
+    ds = xr.Dataset({"v": (DIMS, v)}, coords={"time": pd.date_range("2020-01-01", periods=8, freq="6h"),
+                                              "latitude": lat, "longitude": lon})  # fmt: skip
+    for name, (dims, vals) in extra.items():
+        ds[name] = (dims, vals)
+    with _quiet():
+        ds.to_zarr(path, zarr_format=2)
+    return ds
+
+
+def _cfg(field):
+    return fastload.SamplingConfig.from_dict(dict(batch_size=1, time_step=1, fields={
+        field: dict(num_tokens=[1, 2, 2], token_size=[2, 4, 4], normalization="none")}))  # fmt: skip
+
+
+def test_auxiliary_latitude_arrays_are_not_fields(tmp_path):
+    path = tmp_path / "cesm.zarr"
+    ds = _cesm_like(path, {"gw": (("latitude",), np.cos(np.deg2rad(np.linspace(90, -90, 19)))),
+                           "lat_edges": (("latitude", "nv"), np.zeros((19, 2)))})  # fmt: skip
+    s = open_store(path)
+    assert list(s.fields) == ["v"]
+    assert s.not_fields == {
+        "gw": "dims ('latitude',); a field has dims (time, [level], latitude, longitude)",
+        "lat_edges": "dims ('latitude', 'nv'); a field has dims (time, [level], latitude, longitude)",
+    }
+    text = format_summary(describe(s, sizes="never"))
+    assert "gw  not a field: dims ('latitude',)" in text and "lat_edges  not a field: dims ('latitude', 'nv')" in text
+    got = fastload.extract(path, _cfg("v"), np.array([[2, 3, 34]]))["v"].data[0]
+    ref = ds["v"].isel(time=slice(2, 4), latitude=slice(3, 11), longitude=(34 + np.arange(8)) % 36).values
+    np.testing.assert_array_equal(got, ref.reshape(1, 2, 2, 4, 2, 4).transpose(0, 2, 4, 1, 3, 5)[None])
+    for field in ("gw", "lat_edges"):
+        with pytest.raises(ConfigError, match=rf"fields.{field}: array '{field}' in store .* is not a field: dims"):
+            fastload.extract(path, _cfg(field), np.array([[0, 0, 0]]))
+
+
+def test_no_field_left_names_why_each_array_is_not_one(tmp_path):
+    path = tmp_path / "s.zarr"
+    _cesm_like(path, {"gw": (("latitude",), np.ones(19))})
+    with _quiet():
+        g = zarr.open_group(str(path), mode="a")
+        del g["v"]
+    with pytest.raises(SchemaError, match=r"no data arrays found.*'gw' is not a field: dims \('latitude',\)"):
+        open_store(path)
+    assert os.path.isdir(path)
