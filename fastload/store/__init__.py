@@ -45,7 +45,8 @@ connectivity. The grid is ``Grid(kind="mesh")`` (``ny = 1``, ``nx`` = nodes); fi
 Raw access: :class:`BaseByteSource` (:class:`LocalSource`, :class:`FsspecSource`, :class:`ObstoreSource` (optional
 obstore), :class:`LatencySource`); chunk
 keys follow the metadata (v2 ``dimension_separator``, v3 ``chunk_key_encoding``); sharded v3 arrays read one
-cached shard index per shard and then the inner chunk's byte range. Decoding calls numcodecs directly.
+cached shard index per shard and then the inner chunk's byte range, or the whole shard when a bytes-to-bytes codec
+follows ``sharding_indexed`` (:mod:`._shard`). Decoding calls numcodecs directly.
 """
 
 from __future__ import annotations

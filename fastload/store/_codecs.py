@@ -28,7 +28,10 @@ import numpy as np
 from ..errors import CodecError
 from ._meta import ArrayInfo
 
-__all__ = ["ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "stored_as_is", "SAFE_NUMCODECS"]
+__all__ = [
+    "ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "decode_bytes", "stored_as_is", "v3_bytes_steps",
+    "SAFE_NUMCODECS",
+]  # fmt: skip
 
 SAFE_NUMCODECS = frozenset({
     "blosc", "zstd", "lz4", "gzip", "zlib", "bz2", "lzma", "delta", "fixedscaleoffset", "astype", "quantize",
@@ -315,9 +318,23 @@ def _build_v3(
     stored = info.dtype
     if info.dtype.itemsize > 1 and info.dtype.kind != "O":
         stored = info.dtype.newbyteorder("<" if endian == "little" else ">")
+    return ChunkDecoder(info, chunks, v3_bytes_steps(info, where, allow_unsafe, codecs[pos + 1 :]), [], array_steps,
+                        stored, stored_shape)  # fmt: skip
+
+
+def v3_bytes_steps(
+    info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...]
+) -> list[tuple[str, Any]]:
+    """Decoders of the v3 bytes-to-bytes ``codecs`` (as listed, i.e. in encode order), in decode order.
+
+    Raises
+    ------
+    CodecError
+        A codec fastload does not know, or one it refuses without ``allow_unsafe``.
+    """
     bytes_steps: list[tuple[str, Any]] = []
-    for c in codecs[pos + 1 :]:
-        name, conf = c["name"], c["configuration"]
+    for c in codecs:
+        name, conf = c["name"], c.get("configuration") or {}
         if name == "blosc":
             bytes_steps.append(("blosc", _numcodec({"id": "blosc"}, info, where)))
         elif name == "zstd":
@@ -335,7 +352,20 @@ def _build_v3(
             _refuse(info, where, f"unknown codec {name!r}", allow_unsafe)
             raise CodecError(f"array {info.name!r} ({where}): codec {name!r} is unknown to fastload and numcodecs")
     bytes_steps.reverse()
-    return ChunkDecoder(info, chunks, bytes_steps, [], array_steps, stored, stored_shape)
+    return bytes_steps
+
+
+def decode_bytes(steps: list[tuple[str, Any]], raw: bytes | memoryview) -> bytes | memoryview:
+    """Run bytes-to-bytes decoders (:func:`v3_bytes_steps`) over ``raw``; DecodeError on bad input."""
+    buf: Any = raw
+    try:
+        for _, codec in steps:
+            buf = codec.decode(buf)
+    except DecodeError:
+        raise
+    except Exception as e:  # numcodecs raises RuntimeError/ValueError/EOFError/zlib.error on bad input
+        raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from e
+    return buf
 
 
 def stored_as_is(info: ArrayInfo) -> bool:

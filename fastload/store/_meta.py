@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import SchemaError
 from ._source import BaseByteSource
 
-__all__ = ["ArrayInfo", "StoreMetadata", "load_metadata"]
+__all__ = ["ArrayInfo", "StoreMetadata", "load_metadata", "shard_perm"]
 
 _V3_DTYPES = {
     "bool": "bool",
@@ -275,14 +275,19 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     dtype = _v3_dtype(z["data_type"], where)
     codecs = tuple(_named(c, where) for c in z["codecs"])
     chunks, shard = outer, None
-    for c in codecs:
+    for k, c in enumerate(codecs):
         if c["name"] == "sharding_indexed":
             inner = _int_tuple(c["configuration"].get("chunk_shape"), where, "sharding chunk_shape", positive=True)
-            if len(inner) != len(shape) or any(o % i for o, i in zip(outer, inner)):
+            # transposes before the sharding codec: the shard is cut into inner chunks *after* being transposed
+            perm = shard_perm(codecs[:k], len(shape)) or tuple(range(len(shape)))
+            seen = tuple(outer[p] for p in perm)  # the shard as the sharding codec sees it
+            if len(inner) != len(shape) or any(o % i for o, i in zip(seen, inner)):
                 raise SchemaError(
-                    f"{where}: sharding chunk_shape {list(inner)} must divide the shard shape {list(outer)}"
+                    f"{where}: sharding chunk_shape {list(inner)} must divide the shard shape {list(seen)}"
+                    + (f" (the shard {list(outer)} transposed by {list(perm)})" if seen != outer else "")
                 )
-            chunks, shard = inner, outer
+            # the inner chunk in array axes (each inner chunk is an array-axis box, stored transposed)
+            chunks, shard = tuple(inner[perm.index(d)] for d in range(len(shape))), outer
     if z.get("storage_transformers"):
         raise SchemaError(f"{where}: storage_transformers {z['storage_transformers']!r} are not supported")
     enc = z.get("chunk_key_encoding") or {"name": "default"}
@@ -298,6 +303,19 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
         fill_value=_fill(z.get("fill_value"), dtype, where), codecs=codecs, attrs=dict(z.get("attributes") or {}),
         order="C", key_style=enc["name"], separator=sep, fill_null=z.get("fill_value") is None,
     ))  # fmt: skip
+
+
+def shard_perm(before: tuple[dict, ...], ndim: int) -> tuple[int, ...] | None:
+    """The axis order the codecs ``before`` a v3 ``sharding_indexed`` codec put a shard in: axis ``i`` of what the
+    sharding codec sees is array axis ``perm[i]`` (transposes compose). None when one of them is not a
+    ``transpose`` with a valid order (the store then refuses the array, :class:`~._shard.ShardIndex`)."""
+    perm = tuple(range(ndim))
+    for c in before:
+        order = (c.get("configuration") or {}).get("order") if c.get("name") == "transpose" else None
+        if not isinstance(order, (list, tuple)) or sorted(order) != list(range(ndim)):
+            return None
+        perm = tuple(perm[int(o)] for o in order)
+    return perm
 
 
 def _v3_dtype(dt: Any, where: str) -> np.dtype:

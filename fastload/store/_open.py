@@ -201,21 +201,7 @@ class Store:
         try:
             if shard is None:
                 return self.source.get_many([info.key(c) for c in idx])
-            locs = [shard.local(c) for c in idx]
-            need = sorted({s for s, _ in locs if not shard.cached(s)[0]})
-            if need:
-                reqs = [shard.index_request(s) for s in need]
-                for s, raw in zip(need, self.source.get_ranges(reqs)):
-                    shard.store_index(s, raw)
-            ranges = [shard.byte_range(shard.cached(s)[1], p) for s, p in locs]
-            todo = [(i, info.key(c), r) for i, (c, r) in enumerate(zip(idx, ranges)) if r is not None]
-            got = self.source.get_ranges([(k, r[0], r[1]) for _, k, r in todo])
-            out: list[bytes | None] = [None] * len(idx)
-            for (i, _, r), raw in zip(todo, got):
-                if raw is None or len(raw) != r[1]:
-                    raise DecodeError(f"inner chunk {idx[i]} at bytes {r[0]}+{r[1]} of its shard: truncated shard")
-                out[i] = raw
-            return out
+            return shard.read_many(self.source, idx)
         except (DecodeError, OSError) as e:
             first = idx[0] if idx else ()
             raise ChunkReadError(array, first, f"batched read of {len(idx)} chunks: {e}",

@@ -5,9 +5,13 @@ types (``fixed_length_utf32``, ``null_terminated_bytes``), and arrays on the gri
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import json
 import os
+import random
 import warnings
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -16,10 +20,15 @@ import xarray as xr
 import zarr
 from zarr.codecs import (
     BytesCodec,
+    Crc32cCodec,
+    ShardingCodec,
+    ShardingCodecIndexLocation,
+    TransposeCodec,
+    ZstdCodec,
 )
 
 import fastload
-from fastload.errors import ConfigError, SchemaError
+from fastload.errors import ChunkReadError, CodecError, ConfigError, SchemaError
 from fastload.inspect import describe, format_summary
 from fastload.store import open_store
 from fastload.store._meta import _v3_dtype
@@ -79,6 +88,111 @@ def _data(shape=(14, 20, 36), seed=0):
     d = np.random.default_rng(seed).standard_normal(shape).astype("f4")
     d[0:3, 0:12, 0:12] = np.nan  # whole inner chunks of fill value: zarr-python leaves them out of their shard
     return d
+
+
+# -- 1. codecs outside sharding_indexed --------------------------------------------------------------------------
+@pytest.mark.parametrize("order,inner", [((0, 2, 1), (3, 4, 6)), ((2, 1, 0), (4, 6, 3)), ((1, 2, 0), (6, 4, 3))])
+def test_transpose_before_sharding(tmp_path, order, inner):
+    """The shard is transposed, then cut into inner chunks: fastload read zarr's [1, 0] as [0, 1] before.
+    (zarr-python checks the inner chunk shape against the untransposed shard, so both must divide: a cube.)"""
+    data = _data()
+    _v3_store(tmp_path / "s.zarr", data, chunks=(12, 12, 12), filters=[TransposeCodec(order=order)],
+              serializer=ShardingCodec(chunk_shape=inner, codecs=[BytesCodec(), ZstdCodec()]), compressors=None)
+    s = open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(s.read("v")[:, 0], _zarr_read(tmp_path / "s.zarr", "v"))
+    _check_every_chunk(s, tmp_path / "s.zarr")
+    assert s.arrays["v"].shard == (12, 12, 12)
+    assert s.arrays["v"].chunks == (3, 6, 4)  # the inner chunk in array axes
+
+
+@pytest.mark.parametrize("compressors,location", [
+    ("default", "end"), ([Crc32cCodec()], "end"), ([ZstdCodec(level=3), Crc32cCodec()], "start"),
+])  # fmt: skip
+def test_bytes_codecs_after_sharding(tmp_path, compressors, location):
+    """zarr-python 3.1 appends zstd after a ShardingCodec serializer; the shard is then decoded whole."""
+    data = _data()
+    kw = {} if compressors == "default" else {"compressors": compressors}
+    sharding = ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec(), ZstdCodec()],
+                             index_location=ShardingCodecIndexLocation(location))  # fmt: skip
+    _v3_store(tmp_path / "s.zarr", data, chunks=(6, 8, 18), serializer=sharding, **kw)
+    chain = [c["name"] for c in json.loads((tmp_path / "s.zarr" / "v" / "zarr.json").read_text())["codecs"]]
+    assert chain[0] == "sharding_indexed" and len(chain) > 1
+    s = open_store(tmp_path / "s.zarr")
+    _check_every_chunk(s, tmp_path / "s.zarr")
+
+
+def test_whole_shard_read_once_for_its_inner_chunks(tmp_path):
+    """Reading every inner chunk of a zstd-wrapped shard one by one reads (and decodes) the shard once."""
+    _v3_store(tmp_path / "s.zarr", _data(), chunks=(6, 8, 18),
+              serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]))  # fmt: skip
+    s = open_store(tmp_path / "s.zarr")
+    keys = []
+    get = s.source.get
+    s.source.get = lambda key: keys.append(key) or get(key)  # type: ignore[method-assign]
+    for chunk in np.ndindex(2, 2, 2):  # the 8 inner chunks of shard (0, 0, 0)
+        s.chunk_bytes("v", chunk)
+    assert keys == ["v/c/0/0/0"]
+
+
+def test_whole_shards_from_many_threads(tmp_path):
+    """Threads reading the inner chunks of zstd-wrapped shards at once (the reader's pool) get zarr's values, with
+    a shard cache too small to hold more than the shard just decoded."""
+    _v3_store(tmp_path / "s.zarr", _data(), chunks=(6, 8, 18),
+              serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]))  # fmt: skip
+    s = open_store(tmp_path / "s.zarr")
+    ref = _zarr_read(tmp_path / "s.zarr", "v")
+    info = s.arrays["v"]
+    idx = list(np.ndindex(*info.grid_shape)) * 4
+    random.Random(0).shuffle(idx)
+    with mock.patch("fastload.store._shard.SHARD_CACHE_BYTES", 1):
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda c: s.read_chunk("v", c), idx))
+    for chunk, one in zip(idx, got):
+        region = tuple(slice(c * n, min((c + 1) * n, m)) for c, n, m in zip(chunk, info.chunks, info.shape))
+        inside = tuple(slice(0, r.stop - r.start) for r in region)
+        np.testing.assert_array_equal(one[inside], ref[region], err_msg=f"chunk {chunk}")
+
+
+def test_extract_matches_xarray_on_sharded_then_zstd(tmp_path):
+    data = _data((12, 37, 72))
+    _v3_store(tmp_path / "s.zarr", data, chunks=(12, 32, 64),
+              serializer=ShardingCodec(chunk_shape=(3, 8, 16), codecs=[BytesCodec(), ZstdCodec()]))  # fmt: skip
+    cfg = fastload.SamplingConfig.from_dict(dict(batch_size=1, time_step=1, fields={
+        "v": dict(num_tokens=[2, 2, 2], token_size=[3, 4, 4], normalization="none")}))  # fmt: skip
+    boxes = np.array([[0, 0, 0], [6, 29, 70]])
+    got = fastload.extract(tmp_path / "s.zarr", cfg, boxes)["v"].data
+    with _quiet():
+        ref = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)["v"]
+        for b, (t0, y0, x0) in enumerate(boxes):
+            a = ref.isel(time=slice(t0, t0 + 6), latitude=slice(y0, y0 + 8), longitude=(x0 + np.arange(8)) % 72).values
+            want = a.reshape(2, 3, 2, 4, 2, 4).transpose(0, 2, 4, 1, 3, 5)[None]
+            np.testing.assert_array_equal(got[b], want)
+
+
+def test_corrupt_zstd_wrapped_shard_names_array_and_chunk(tmp_path):
+    _v3_store(tmp_path / "s.zarr", _data(), chunks=(6, 8, 18),
+              serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]))  # fmt: skip
+    ref = _zarr_read(tmp_path / "s.zarr", "v")
+    f = tmp_path / "s.zarr" / "v" / "c" / "1" / "0" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2 :] = b"\x00" * (len(raw) - len(raw) // 2)
+    f.write_bytes(bytes(raw))
+    s = open_store(tmp_path / "s.zarr")
+    with pytest.raises(ChunkReadError, match=r"array 'v', chunk \(2, 0, 0\).*shard \(codecs \['zstd'\]"):
+        s.read_chunk("v", (2, 0, 0))
+    np.testing.assert_array_equal(s.read_chunk("v", (0, 0, 1)), ref[0:3, 0:4, 9:18])  # other shards still read
+
+
+def test_unreadable_codec_before_sharding_refused_at_open(tmp_path):
+    _v3_store(tmp_path / "s.zarr", _data(), chunks=(12, 12, 12), filters=[TransposeCodec(order=(0, 2, 1))],
+              serializer=ShardingCodec(chunk_shape=(3, 4, 6), codecs=[BytesCodec()]), compressors=None)  # fmt: skip
+    meta = tmp_path / "s.zarr" / "v" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["codecs"][0]["configuration"]["order"] = [0, 1, 1]  # not a permutation
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(CodecError, match=r"array 'v' .*codec chain \['transpose', 'sharding_indexed'\].*before "
+                                         r"'sharding_indexed' fastload reads only 'transpose'"):  # fmt: skip
+        open_store(tmp_path / "s.zarr")
 
 
 # -- 2. fixed-size string types ----------------------------------------------------------------------------------
