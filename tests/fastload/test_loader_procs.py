@@ -547,6 +547,8 @@ def test_an_interrupted_spec_send_does_not_hang_the_next_iteration(tmp_path, err
     """An exception that ends the send of a worker's spec (Ctrl-C, or a part that does not pickle) reaches the
     consumer; the worker, which had said hello and waited for its spec, is stopped, and the next iteration starts a
     new one and reads correct batches (it waited for the old worker's "opened" for ever, read_timeout_s or not)."""
+    error = type(error)(*error.args)  # a fresh one: the parametrized instance would keep its traceback (and so
+    # this test's loader and its shared-memory buffers) alive for the rest of the session
     truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
     with Loader(tmp_path / "s.zarr", cfg, workers=2, mode="process", samples_per_epoch=8, seed=1,
                 read_timeout_s=5.0) as loader:
@@ -600,6 +602,8 @@ def test_an_interrupted_worker_start_is_completed_by_the_next_iteration(tmp_path
     IndexError: the loader kept one worker of two)."""
     from fastload._procs import ProcessBackend
 
+    error = type(error)(*error.args)  # a fresh one: the parametrized instance would keep its traceback (and so
+    # this test's loader and its shared-memory buffers) alive for the rest of the session
     truth, cfg = build("per_variable", tmp_path / "s.zarr", nt=20)
     spawn = ProcessBackend._spawn
     calls = []
