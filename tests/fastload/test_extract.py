@@ -566,3 +566,38 @@ def test_a_failing_request_is_still_its_chunk_read_error_and_read_timeout_s_is_c
     for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
         with pytest.raises(ConfigError, match="read_timeout_s"):
             extract(store, cfg, boxes, read_timeout_s=bad)
+
+
+def test_a_multi_stream_request_that_never_answers_names_its_stream_store_and_fields(tmp_path):
+    """read_plan on a MultiStream (extract_streams' reads) with the ocean stream's requests hanging: the
+    ChunkTimeoutError names the stream's array, its store, the chunk's file there and the fields that need it."""
+    import threading
+
+    from fastload.errors import ChunkTimeoutError
+    from fastload.extract import read_plan
+    from fastload.streams import MultiStream
+
+    from .stores_multi import make_atmosphere, make_mesh, make_ocean
+    from .test_streams import BOXES, config
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"]), make_ocean(paths["ocean"]), make_mesh(paths["fesom"])
+    ms = MultiStream(config(paths))
+    plan = ms.plan(BOXES)
+    ocean = ms.by_name["ocean"].store
+    requests = _Requests(ocean, hang=lambda n: True)
+    try:
+        got, running = _in_thread(lambda: read_plan(ms, plan, read_timeout_s=0.3))
+        assert not running
+        assert isinstance(got, ChunkTimeoutError), got
+        array = got.array.partition("/")[2]
+        assert got.array.startswith("ocean/") and array in ocean.arrays, got.array
+        assert repr(ocean.path) in str(got) and "read_timeout_s = 0.3" in str(got)
+        assert got.path is not None and got.path.endswith(ocean.arrays[array].key(got.chunk)), got.path
+        assert "thetao" in str(got) or "zos" in str(got), str(got)
+        assert requests.hung == 1
+    finally:
+        requests.release.set()
+        for t in threading.enumerate():
+            if t.name.startswith("fastload-extract"):
+                t.join(10)
