@@ -18,6 +18,18 @@ Run::
     fastload rechunk era5.zarr era5-6h.zarr --chunks 6,1,64,128 --zarr-format 3 --shard 24,1,256,256
     fastload rechunk atmorep.zarr era5.zarr --config sampling.toml --codec auto   # fastest codec, measured
     fastload rechunk packed.zarr floats.zarr --unpack    # scale_factor/add_offset fields as float32, as xarray reads them
+    fastload rechunk half.zarr floats.zarr --dtype float32   # float16 fields (which fastload does not sample) as float32
+
+A per-variable source keeps its names: the copy's dimensions and their coordinates are named as the source's
+(``valid_time``, ``pressure_level``, ``lat``...), and the source's other small arrays along the copied dimensions
+(CDS's ``expver(valid_time)`` and scalar ``number``; :func:`copy_plan`) are copied as they are, so code written for
+the source (``ds.sel(pressure_level=500)``) reads the copy. Not copied, and printed by the CLI: fields left out by
+``--fields``, arrays along a dimension the copy does not have (``time_bnds(time, nv)``), arrays over 64 MiB. An
+AtmoRep source becomes per-variable arrays over ``time``, ``level``, ``latitude``, ``longitude`` (it has no
+per-variable names to keep). Times are re-encoded as ``hours since 1979-01-01`` (same values, other units).
+
+``--dtype float32`` stores every floating-point field as float32, converted as xarray's ``astype`` converts: a float16
+store, which the sampler does not read, becomes one it reads.
 
 ``--unpack`` is how a packed zarr store (``scale_factor``/``add_offset``, which fastload refuses to sample) becomes
 one fastload reads: each packed field is decoded as xarray decodes it (:func:`unpack_values`) and stored as float32.
@@ -55,7 +67,7 @@ from .write import (
     parse_ints,
 )
 
-__all__ = ["rechunk", "auto_codec", "chunks_from_config", "unpack_values", "main"]
+__all__ = ["rechunk", "auto_codec", "chunks_from_config", "copy_plan", "unpack_values", "main"]
 
 _LAYOUT_KEYS = ("fastload_layout", "fields", "sfc_fields", "levels", "level_type", "latitude_order")
 _DROP_ATTRS = ("_ARRAY_DIMENSIONS", "_FillValue", "fields", "levels", "level_type", "units", "long_names")
@@ -92,6 +104,94 @@ def chunks_from_config(store: Any, config: Any, default: Sequence[int] = DEFAULT
             rec.chunks[x_ax],
         )
     return out
+
+
+_EXTRA_MAX_BYTES = 64 * 2**20  # larger non-field arrays are not "small coordinates": left out, and said so
+
+
+def _dim_names(src: Any, names: Sequence[str]) -> dict[str, str]:
+    """The source's names of the copy's dimensions (usual name -> source name): a per-variable source's are kept;
+    an AtmoRep source's data has no per-variable names, and its copy uses the usual ones."""
+    if src.layout != "per_variable":
+        return {}
+    out = {"latitude": src.grid.dims[0], "longitude": src.grid.dims[1]}
+    tname = next((c for c in src.coords if c in ("time", "valid_time")), None)
+    if tname is not None:
+        out["time"] = tname
+    for n in names:
+        f = src.fields[n]
+        dims = src.arrays[f.array].dims or ()
+        if f.has_time:
+            out["time"] = dims[f.axes[0]]
+        if f.levels is not None:
+            out["level"] = dims[f.axes[2]]
+    return out
+
+
+def copy_plan(src: Any, fields: Sequence[str] | None = None) -> tuple[dict[str, str], list[tuple[str, tuple[str, ...]]],
+                                                                    dict[str, str]]:  # fmt: skip
+    """What :func:`rechunk` copies of ``src`` besides the fields: ``(dim_names, extras, left_out)``.
+
+    ``dim_names`` maps the copy's usual dimension names (time, level, latitude, longitude) to the source's;
+    ``extras`` are the source's other arrays copied as they are (name and their dimensions in usual names: small
+    coordinates such as CDS's ``expver(valid_time)`` and scalar ``number``, or CESM's ``gw(lat)``); ``left_out``
+    says, for every other array that is neither a copied field nor a dimension coordinate, why it is not copied.
+    """
+    names = list(src.fields) if fields is None else list(fields)
+    unknown = [n for n in names if n not in src.fields]
+    if unknown:
+        raise ConfigError(f"fields: {unknown} not in {src.path}; fields there: {list(src.fields)}")
+    dim_names = _dim_names(src, names)
+    left_out = {n: "not among the fields asked for (--fields)" for n in src.fields if n not in names}
+    extras: list[tuple[str, tuple[str, ...]]] = []
+    if src.layout != "per_variable":
+        return dim_names, extras, left_out
+    have = {"latitude", "longitude"} | ({"time"} if src.time is not None else set())
+    have |= {"level"} if any(src.fields[n].levels is not None for n in names) else set()
+    usual = {v: k for k, v in dim_names.items() if k in have}  # source name -> usual name
+    for name, arr in _source_group(src).arrays():
+        if name in src.fields or name in usual:
+            continue
+        dims = _array_dims(arr)
+        if dims is None:
+            left_out[name] = "no dimension names (_ARRAY_DIMENSIONS / dimension_names)"
+        elif any(d not in usual for d in dims):
+            left_out[name] = f"dims {dims}: {[d for d in dims if d not in usual]} not among the copy's {list(usual)}"
+        elif arr.nbytes > _EXTRA_MAX_BYTES:
+            left_out[name] = f"{arr.nbytes / 2**20:.0f} MiB, over the {_EXTRA_MAX_BYTES >> 20} MiB copied as is"
+        else:
+            extras.append((name, tuple(usual[d] for d in dims)))
+    return dim_names, extras, left_out
+
+
+def _source_group(src: Any) -> Any:
+    """The source as a zarr-python group (read-only), for the small arrays copied as they are."""
+    import zarr
+
+    opts = {"storage_options": src.storage_options} if src.storage_options else {}
+    return zarr.open_group(src.path, mode="r", **opts)
+
+
+def _array_dims(arr: Any) -> tuple[str, ...] | None:
+    if arr.metadata.zarr_format == 2:
+        d = arr.attrs.get("_ARRAY_DIMENSIONS")
+        return None if d is None and arr.ndim else tuple(d or ())
+    d = arr.metadata.dimension_names
+    return None if d is None and arr.ndim else tuple(d or ())
+
+
+def _copy_extra(w: StoreWriter, arr: Any, name: str, dims: tuple[str, ...], fmt: int) -> None:
+    """Copy a small source array as it is: stored values, attributes, and the fill value xarray masks in it."""
+    attrs = {k: v for k, v in arr.attrs.items() if k not in ("_ARRAY_DIMENSIONS", "_FillValue")}
+    dt = np.dtype(arr.dtype) if not hasattr(arr.dtype, "to_native_dtype") else arr.dtype.to_native_dtype()
+    fill = None  # what xarray masks (as fastload.write.declared_fill_value says, for any array)
+    if arr.metadata.zarr_format == 2 and arr.metadata.fill_value is not None:
+        fill = arr.metadata.fill_value
+    elif "_FillValue" in arr.attrs and dt.kind in "biuf":
+        fill = attr_fill_value(arr.attrs["_FillValue"], dt)
+    if fill is not None and fmt == 3 and dt.kind in "biuf" and not (dt.kind == "f" and np.isnan(fill)):
+        attrs["_FillValue"] = _fill_attr(fill, dt)
+    w.add_coordinate(name, dims, arr[...], attrs=attrs, fill_value=fill if fmt == 2 else None)
 
 
 def _read_block(store: Any, array: str, t0: int, t1: int, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -211,6 +311,7 @@ def rechunk(
     max_block_bytes: int = 512 * 2**20,
     workers: int | None = None,
     unpack: bool = False,
+    dtype: Any = None,
 ) -> Path:
     """Copy ``store`` into the per-variable layout with a new chunking; returns the new store's path.
 
@@ -250,6 +351,10 @@ def rechunk(
         packing attributes (``scale_factor``, ``add_offset``, ``_FillValue``, ``missing_value``); other fields are
         copied as they are. A block of a packed field is held once more in float64 while it is decoded. With
         ``codec="auto"`` the codecs are still measured on the stored (packed) values.
+    dtype : floating dtype, optional
+        Store every floating-point field (unpacked ones included) in this dtype, converted as numpy's (and xarray's)
+        ``astype`` converts, fill value included: ``dtype="float32"`` makes a float16 store, which the sampler does
+        not read, into one it reads. Integer fields are copied as they are (``unpack`` decodes packed ones).
     """
     from .config import SamplingConfig
     from .store import open_store
@@ -272,12 +377,21 @@ def rechunk(
     else:
         per_field = {n: default for n in names}
     packing = {n: _packing(src, n) for n in names} if unpack else {}
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as e:
+            raise ConfigError(f"dtype: {dtype!r} is not a numpy dtype ({e})") from None
+        if dtype.kind != "f":
+            raise ConfigError(f"dtype: expected a floating-point dtype (float32, float64), got {dtype}")
     lev = [(n, src.fields[n]) for n in names if src.fields[n].levels is not None]
     for n, f in lev[1:]:
         if not np.array_equal(f.levels, lev[0][1].levels):
             raise SchemaError(f"{src.path}: field {n!r} has levels {f.levels.tolist()} but {lev[0][0]!r} has "
                               f"{lev[0][1].levels.tolist()}; the per-variable layout has one level axis "
                               "(copy them separately with --fields)")  # fmt: skip
+    dim_names, extras, _ = copy_plan(src, names)
+    kept = {dim_names.get(d, d) for d in ("time", "level", "latitude", "longitude")} | {n for n, _ in extras}
     attrs = {k: v for k, v in src.attrs.items() if k not in _LAYOUT_KEYS}
     attrs["rechunked_from"] = str(src.path)
     arrays: dict[str, list[str]] = {}
@@ -295,7 +409,8 @@ def rechunk(
                            dataset_bytes=nbytes)  # fmt: skip
     elif read_bps is not None:
         raise ConfigError(f"read_bps={read_bps} goes with codec='auto' (it is the read rate the choice charges)")
-    with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs, sources=[src.path]) as w, \
+    with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs, sources=[src.path],
+                     dim_names=dim_names) as w, \
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
             w.set_time(src.time)
@@ -305,21 +420,32 @@ def rechunk(
             lattrs = _level_attrs(src, f0)
             lt = f0.level_type if f0.level_type in LEVEL_TYPES else "model"
             w.set_levels(f0.levels, level_type=lt, units=lattrs.pop("units", None), attrs=lattrs)
+        if extras:
+            group = _source_group(src)
+            for name, dims in extras:
+                _copy_extra(w, group[name], name, dims, fmt)
         for n in names:
             f = src.fields[n]
             dims = (("time",) if f.has_time else ()) + (("level",) if f.levels is not None else ())
             a = {k: v for k, v in f.attrs.items() if k not in _DROP_ATTRS}
+            if isinstance(a.get("coordinates"), str):  # xarray's list of a variable's coordinates: those copied
+                a["coordinates"] = " ".join(c for c in a["coordinates"].split() if c in kept)
+                if not a["coordinates"]:
+                    del a["coordinates"]
             long_names = src.arrays[f.array].attrs.get("long_names")
             if isinstance(long_names, Mapping) and n in long_names:
                 a.setdefault("long_name", long_names[n])
             fill = declared_fill_value(src, f.array)  # what xarray masks in the source, masked in the copy too
-            dtype = f.dtype
+            out_dt = np.dtype(f.dtype)
             if packing.get(n) is not None:  # decoded: missing values are NaN, NaN is the fill value
                 a = {k: v for k, v in a.items() if k not in _UNPACKED_DROP}
-                fill, dtype = None, np.dtype(np.float32)
-            elif fill is not None and fmt == 3 and not (np.dtype(f.dtype).kind == "f" and np.isnan(fill)):
-                a["_FillValue"] = _fill_attr(fill, f.dtype)  # xarray masks only this in v3, not the fill_value
-            w.add_variable(n, dims + ("latitude", "longitude"), dtype=dtype, chunks=per_field[n], codec=codec,
+                fill, out_dt = None, dtype or np.dtype(np.float32)
+            elif dtype is not None and out_dt.kind == "f":  # as astype converts: the fill value with the values
+                out_dt = dtype
+                fill = None if fill is None else np.asarray(fill).astype(dtype)[()]
+            if packing.get(n) is None and fill is not None and fmt == 3 and not (out_dt.kind == "f" and np.isnan(fill)):
+                a["_FillValue"] = _fill_attr(fill, out_dt)  # xarray masks only this in v3, not the fill_value
+            w.add_variable(n, dims + ("latitude", "longitude"), dtype=out_dt, chunks=per_field[n], codec=codec,
                            shards=shards, units=f.units, attrs=a, fill_value=fill)  # fmt: skip
         with Progress(nbytes, "rechunk", "B", enabled=progress) as bar:
             for array, fs in arrays.items():
@@ -405,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--unpack", action="store_true",
                    help="decode packed fields (scale_factor/add_offset) to float32 as xarray reads them (fill values "
                    "become NaN) and drop the packing attributes: a packed store fastload can then sample")
+    p.add_argument("--dtype", choices=("float32", "float64"),
+                   help="store every floating-point field in this dtype (as xarray astype converts it): a float16 "
+                   "store, which fastload does not sample, becomes one it samples")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -412,22 +541,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--samples-per-window takes an integer >= 1 and goes with --config")
     if a.read_gbps is not None and (a.codec != "auto" or not a.read_gbps > 0):
         p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
+    from .store import open_store
+
+    src = open_store(a.store)
+    dim_names, extras, left_out = copy_plan(src, [f.strip() for f in a.fields.split(",") if f.strip()]
+                                            if a.fields else None)  # fmt: skip
     out = rechunk(
-        a.store, a.out, config=a.config, samples_per_window=a.samples_per_window, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
+        src, a.out, config=a.config, samples_per_window=a.samples_per_window, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
         fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
         read_bps=None if a.read_gbps is None else a.read_gbps * 1e9,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
-        overwrite=a.overwrite, progress=False if a.quiet else None, unpack=a.unpack,
+        overwrite=a.overwrite, progress=False if a.quiet else None, unpack=a.unpack, dtype=a.dtype,
     )  # fmt: skip
     import zarr
 
     g = zarr.open_group(out, mode="r")
     print(f"wrote {out}:")
+    dims = ", ".join(dim_names.get(d, d) for d in ("time", "level", "latitude", "longitude") if dim_names.get(d, d) in g)
+    print(f"  dimensions {dims}" + (" (the source's names)" if dim_names else
+                                   f" (the per-variable layout's names; the {src.layout} source's are not kept)"))
     for n in sorted(g.array_keys()):
-        if n not in ("time", "level", "latitude", "longitude"):
+        if n in {n for n, _ in extras}:
+            print(f"  {n:<20} {g[n].dtype}  shape {g[n].shape}  copied as it is")
+        elif n not in dim_names.values() and n not in ("time", "level", "latitude", "longitude"):
             comp = " ".join(type(c).__name__ for c in g[n].compressors) or "uncompressed"
             print(f"  {n:<20} {g[n].dtype}  shape {g[n].shape}  chunks {g[n].chunks}" + (f"  shards {g[n].shards}" if g[n].shards
                                                                             else "") + f"  {comp}")  # fmt: skip
+    for n, why in left_out.items():
+        print(f"  not copied: {n}: {why}")
     return 0
 
 

@@ -18,7 +18,9 @@ Layout (WeatherBench2 / ARCO-ERA5 style): one array per variable with dimensions
 longitude)``, ``(time, latitude, longitude)`` for surface fields or ``(latitude, longitude)`` for static ones,
 named in ``_ARRAY_DIMENSIONS`` (zarr v2) or ``dimension_names`` (v3); coordinate arrays ``time`` (int64, CF units
 ``hours since 1979-01-01``), ``latitude``, ``longitude`` and ``level`` (attribute ``level_type``); attributes
-``units`` and ``long_name`` on each variable; consolidated metadata. Floating-point variables have fill value NaN,
+``units`` and ``long_name`` on each variable; consolidated metadata. ``dim_names`` stores these four dimensions
+and their coordinates under other names (``fastload rechunk`` keeps a source's ``valid_time``, ``pressure_level``),
+and :meth:`StoreWriter.add_coordinate` adds other small arrays along them (CDS's ``expver(valid_time)``). Floating-point variables have fill value NaN,
 so a missing value (land in ocean data) and a missing chunk both read as NaN.
 
 Default chunking, :data:`DEFAULT_CHUNKS` = (time 6, level 1, latitude 64, longitude 128). An AtmoRep sample is a
@@ -55,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import UnstableSpecificationWarning
 
 from ._write_atomic import (
     UNFINISHED_ATTR,
@@ -129,6 +132,9 @@ class StoreWriter:
         Attributes of the root group (``fastload_layout`` defaults to ``"per_variable"``).
     sources : sequence of path, optional
         Stores or files the new store is made from; an ``out`` at, inside or around one of them is refused.
+    dim_names : mapping, optional
+        Stored names of the dimensions ``time``, ``level``, ``latitude``, ``longitude`` and of their coordinate
+        arrays, e.g. ``{"time": "valid_time", "level": "pressure_level"}``; the methods still take the usual names.
 
     Notes
     -----
@@ -147,9 +153,17 @@ class StoreWriter:
         overwrite: bool = False,
         attrs: Mapping[str, Any] | None = None,
         sources: Sequence[str | os.PathLike[str]] = (),
+        dim_names: Mapping[str, str] | None = None,
     ):
         if zarr_format not in (2, 3):
             raise ConfigError(f"zarr_format: expected 2 or 3, got {zarr_format!r}")
+        self.names = {d: d for d in _COORDS}  # usual name -> stored name
+        for d, n in (dim_names or {}).items():
+            if d not in _COORDS or not isinstance(n, str) or not n or "/" in n:
+                raise ConfigError(f"dim_names: expected {{one of {list(_COORDS)}: a name without '/'}}, got {d!r}: {n!r}")
+            self.names[d] = n
+        if len(set(self.names.values())) != len(self.names) or set(self.names.values()) & set(DIMS[1:3]):
+            raise ConfigError(f"dim_names: stored dimension names {self.names} must be distinct and not field axes")
         self.out = check_output(out, overwrite=overwrite, sources=sources)
         self.zarr_format = zarr_format
         self.overwrite = overwrite
@@ -174,6 +188,7 @@ class StoreWriter:
         self.dims: dict[str, tuple[str, ...]] = {}
         self._units: dict[str, tuple[int, ...]] = {}
         self._written: dict[str, np.ndarray] = {}
+        self._extra: set[str] = set()  # add_coordinate's arrays
         self._done = False
 
     # -- coordinates ------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ class StoreWriter:
         kw = self._dim_kwargs((name,), attrs)
         with sigint_deferred():
             arr = self.group.create_array(
-                name, shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill_value, **kw
+                self.names[name], shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill_value, **kw
             )
             arr[...] = values
         self.sizes[name] = values.size
@@ -253,8 +268,9 @@ class StoreWriter:
     # -- variables --------------------------------------------------------------------------------------------
     def _dim_kwargs(self, dims: Sequence[str], attrs: Mapping[str, Any]) -> dict[str, Any]:
         attrs = _jsonable(dict(attrs))
+        dims = [self.names.get(d, d) for d in dims]
         if self.zarr_format == 2:
-            return {"attributes": {**attrs, "_ARRAY_DIMENSIONS": list(dims)}}
+            return {"attributes": {**attrs, "_ARRAY_DIMENSIONS": dims}}
         return {"attributes": attrs, "dimension_names": tuple(dims)}
 
     def add_variable(
@@ -302,8 +318,7 @@ class StoreWriter:
             0 in v3 (which requires one).
         """
         dims = tuple(dims)
-        if name in self.arrays or name in _COORDS:
-            raise ConfigError(f"variable {name!r}: already defined or a coordinate name")
+        self._check_new(name)
         pos = [DIMS.index(d) if d in DIMS else -1 for d in dims]
         if -1 in pos or pos != sorted(pos) or len(set(dims)) != len(dims) or dims[-2:] != ("latitude", "longitude"):
             raise SchemaError(
@@ -359,6 +374,41 @@ class StoreWriter:
         self._units[name] = shard_shape or chunk_shape
         self._written[name] = np.zeros([-(-n // u) for n, u in zip(shp, self._units[name])], dtype=bool)
         return arr
+
+    def _check_new(self, name: str) -> None:
+        if name in self.arrays or name in self._extra or name in _COORDS or name in self.names.values():
+            raise ConfigError(f"variable {name!r}: already defined or a coordinate name")
+
+    def add_coordinate(
+        self, name: str, dims: Sequence[str], values: Any, *, attrs: Mapping[str, Any] | None = None,
+        fill_value: Any = None,
+    ) -> None:  # fmt: skip
+        """Write a small array along some of the dimensions (or none: a scalar) at once, e.g. CDS's
+        ``expver(valid_time)`` or ``number``; any dtype zarr stores (strings as fixed-length unicode).
+
+        ``dims`` are usual names (time, level, latitude, longitude, in any order); the shape must match their
+        coordinates. xarray reads it as a coordinate when a variable's ``coordinates`` attribute names it.
+        """
+        self._check_new(name)
+        dims = tuple(dims)
+        values = np.asarray(values)
+        if values.dtype.kind in "OT":  # variable-length strings: stored fixed-length, read back as the same str
+            values = values.astype(str)
+        bad = [d for d in dims if d not in _COORDS or d not in self.sizes]
+        if bad or len(set(dims)) != len(dims):
+            raise SchemaError(f"coordinate {name!r}: dimensions {dims}; expected distinct ones of those set "
+                              f"({[d for d in _COORDS if d in self.sizes]})")  # fmt: skip
+        want = tuple(self.sizes[d] for d in dims)
+        if values.shape != want:
+            raise SchemaError(f"coordinate {name!r}: shape {values.shape} but its dimensions {dims} give {want}")
+        with warnings.catch_warnings(), sigint_deferred():
+            warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # fixed-length strings in v3
+            arr = self.group.create_array(
+                name, shape=values.shape, chunks=values.shape if values.ndim else "auto", dtype=values.dtype,
+                fill_value=fill_value, **self._dim_kwargs(dims, attrs or {}),
+            )  # fmt: skip
+            arr[...] = values
+        self._extra.add(name)
 
     def write_unit(self, name: str) -> tuple[int, ...]:
         """Shape of the aligned unit of writes of a variable: its shard when sharded, else its chunk."""
@@ -426,6 +476,7 @@ class StoreWriter:
                         )
             with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
                 warnings.simplefilter("ignore", category=UserWarning)
+                warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # add_coordinate's strings
                 del self.group.attrs[UNFINISHED_ATTR]  # complete: what is renamed into place is a finished store
                 zarr.consolidate_metadata(self.group.store)
             move_into_place(self.tmp, self.out, overwrite=self.overwrite)

@@ -107,8 +107,10 @@ class FieldLayout:
         a = store.arrays[f.array]
         dt = np.dtype(a.dtype)
         if dt.kind not in "fiub" or dt.itemsize < 4 and dt.kind == "f":  # what the gather kernels read
+            how = (f"make a float32 copy: fastload rechunk {store.path} OUT --dtype float32" if dt.kind == "f"
+                   else "convert it, e.g. with xarray astype")
             raise ConfigError(f"field {name!r}: array {f.array!r} of {store.path!r} holds {dt}; the gather reads "
-                              f"float32/float64, integer and bool arrays (convert it, e.g. with xarray astype)")
+                              f"float32/float64, integer and bool arrays ({how})")
         if levels is None:
             if f.levels is not None and len(f.levels) > 1:
                 raise ConfigError(f"fields.{name}.levels: the field has levels {list(f.levels)}; choose some")
