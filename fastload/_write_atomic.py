@@ -12,8 +12,8 @@ same checks, rename and Ctrl-C handling:
 - :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` and
   :func:`remove_stale_temporaries` removes the ones whose writer is provably gone. SIGKILL (the OOM killer, a
   preempted job) runs no cleanup, so its temporary stays; the next writer of the same output removes it, but only
-  one written on its own host (``<host>``: a shared file system is seen by writers on other nodes, whose processes
-  it cannot check) by a process that no longer runs: ``/proc/<pid>`` is gone or holds a process started at another
+  one written on its own host (``<host>``, with the pid namespace: a shared file system is seen by writers on other
+  nodes and in other containers, whose processes it cannot check) by a process that no longer runs: ``/proc/<pid>`` is gone or holds a process started at another
   time than ``<start>`` (the pid was reused), or is a zombie. A live writer's temporary is never touched;
 - :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
   before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
@@ -46,8 +46,14 @@ log = logging.getLogger("fastload")
 
 
 def _host() -> str:
-    """This machine's name as it goes into a temporary's name (characters other than ``A-Za-z0-9._-`` as ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    """Where this process's pids mean something, as it goes into a temporary's name: the machine's name (characters
+    other than ``A-Za-z0-9._-`` as ``_``) and, where ``/proc`` tells, ``~`` and the inode of its pid namespace (two
+    containers may share a host name and a file system, but a pid of one is not the other's to check)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    try:
+        return f"{host}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
 
 
 def _proc_start(pid: int) -> tuple[int, str] | None:

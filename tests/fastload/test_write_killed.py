@@ -137,7 +137,8 @@ def test_only_this_hosts_temporaries_of_dead_writers_are_removed(tmp_path, caplo
         "dead": f"s.zarr.tmp-{host}-{dead}-{dead_start}",
         "reused": f"s.zarr.tmp-{host}-{parent}-{parent_start + 1}",  # the pid now runs a process started later
         "live": f"s.zarr.tmp-{host}-{parent}-{parent_start}",
-        "other_host": f"s.zarr.tmp-{host}x-{dead}-{dead_start}",  # another node of a shared file system
+        "other_host": f"s.zarr.tmp-x{host}-{dead}-{dead_start}",  # another node of a shared file system
+        "other_ns": f"s.zarr.tmp-{host.split('~')[0]}~1-{dead}-{dead_start}",  # another container, same host name
         "legacy": "s.zarr.tmp-12345",  # an earlier fastload's name: the host is unknown
         "old_dead": f"s.zarr.old-{host}-{dead}-{dead_start}",  # killed while deleting the store it replaced
         "other_out": f"s.zarr2.tmp-{host}-{dead}-{dead_start}",
@@ -152,12 +153,12 @@ def test_only_this_hosts_temporaries_of_dead_writers_are_removed(tmp_path, caplo
     assert sorted(p.name for p in removed) == sorted([names["dead"], names["reused"]])
     assert "rename it back" in caplog.text and "earlier fastload" in caplog.text
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {names[k] for k in ("live", "other_host", "legacy", "old_dead", "other_out")}
+    assert left == {names[k] for k in ("live", "other_host", "other_ns", "legacy", "old_dead", "other_out")}
     _write(out, 2.0)  # still no OUT when it started: the .old- store stays
     assert names["old_dead"] in {p.name for p in tmp_path.iterdir()}
     _write(out, 3.0)  # with OUT in place, the killed writer's .old- is debris: removed by the next writer
-    assert {p.name for p in tmp_path.iterdir()} == {"s.zarr"} | {names[k] for k in ("live", "other_host", "legacy",
-                                                                                    "other_out")}  # fmt: skip
+    assert {p.name for p in tmp_path.iterdir()} == {"s.zarr"} | {names[k] for k in ("live", "other_host", "other_ns",
+                                                                                    "legacy", "other_out")}  # fmt: skip
 
 
 def test_a_zombie_writer_is_gone():
