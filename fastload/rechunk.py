@@ -315,6 +315,10 @@ def rechunk(
 ) -> Path:
     """Copy ``store`` into the per-variable layout with a new chunking; returns the new store's path.
 
+    A per-variable source's dimension and coordinate names are kept and its small arrays along the copied
+    dimensions are copied as they are; :func:`copy_plan` says what is renamed (an AtmoRep source's axes) and what is
+    left out, and why.
+
     Parameters
     ----------
     store : str, path or Store
