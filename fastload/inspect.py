@@ -112,6 +112,22 @@ def _codec_str(c: Mapping[str, Any]) -> str:
     return f"{name}({args})" if args else str(name)
 
 
+def _gaps(t: np.ndarray, unit: str) -> dict[str, Any]:
+    """An irregular time axis: its median step and each step off it (to the nearest whole step, as the loader
+    judges windows: :func:`fastload._stream_time.first_irregular`), as ``{"index", "from", "to", "step"}``."""
+    from ._stream_time import _on_cadence, median_step
+
+    med = median_step(t)
+    if med is None or int(med.astype(np.int64)) <= 0:
+        return {"median_step": None, "gaps": []}
+    ti = t.astype(np.int64)
+    bad = np.flatnonzero(~_on_cadence(np.diff(ti), int(med.astype(np.int64)), 1))
+    return {"median_step": _timedelta_str(int(med.astype(np.int64))),
+            "gaps": [{"index": int(i), "from": str(t[i].astype(f"datetime64[{unit}]")),
+                      "to": str(t[i + 1].astype(f"datetime64[{unit}]")), "step": _timedelta_str(int(ti[i + 1] - ti[i]))}
+                     for i in bad.tolist()]}  # fmt: skip
+
+
 def _timedelta_str(ns: int) -> str:
     for unit, size in (("D", 86400e9), ("h", 3600e9), ("min", 60e9), ("s", 1e9)):
         if ns % size == 0:
@@ -166,7 +182,9 @@ def describe(store: Any, *, sizes: str = "auto") -> dict[str, Any]:
         step = None if d.size == 0 else (_timedelta_str(int(d[0])) if np.all(d == d[0]) else "irregular")
         unit = "s" if np.all(t.astype(np.int64) % 10**9 == 0) else "ns"
         time = {"start": str(t[0].astype(f"datetime64[{unit}]")), "end": str(t[-1].astype(f"datetime64[{unit}]")),
-                "step": step, "length": int(t.size)}  # fmt: skip
+                "step": step, "length": int(t.size), "median_step": step, "gaps": []}  # fmt: skip
+        if step == "irregular":
+            time.update(_gaps(t, unit))
     fields = {
         name: {
             "array": f.array, "levels": None if f.levels is None else np.asarray(f.levels).tolist(),
@@ -254,6 +272,10 @@ def format_summary(
            f"and a box that would is refused; {g['note']}"] if g.get("note") else []),
         "time    none (no array has a time axis)" if t is None
         else f"time    {t['start']} .. {t['end']}, step {t['step']}, {t['length']} steps",
+        *([f"        median step {t['median_step']}; {len(t['gaps'])} step(s) off it (sample windows that "
+           f"cross one are never drawn; the loader logs how many): "
+           + ", ".join(f"{g['from']} -> {g['to']} ({g['step']})" for g in t["gaps"][:5])
+           + (", ..." if len(t["gaps"]) > 5 else "")] if t is not None and t.get("gaps") else []),
         f"fields  ({len(desc['fields'])})",
     ]  # fmt: skip
     rows = [["name", "levels", "level type", "units", "dtype", "array"]]

@@ -288,7 +288,8 @@ def test_describe_matches_zarr(tmp_path):
     assert d["grid"]["shape"] == [9, 12] and not d["grid"]["global"] and d["grid"]["lat_order"] == "north-to-south"
     assert d["grid"]["resolution_deg"] == [20.0, 2.0]
     end = (pd.Timestamp("2000-01-25") + pd.Timedelta(hours=6 * 43)).isoformat()
-    assert d["time"] == {"start": "2000-01-25T00:00:00", "end": end, "step": "6h", "length": 44}
+    assert d["time"] == {"start": "2000-01-25T00:00:00", "end": end, "step": "6h", "length": 44, "median_step": "6h",
+                         "gaps": []}
     assert d["fields"]["temperature"]["levels"] == [96.0, 105.0, 114.0]
     assert not d["fields"]["orography"]["has_time"]
     assert describe(store, sizes="never")["arrays"]["temperature"]["stored_bytes"] is None
@@ -563,3 +564,26 @@ def test_periodic_x_on_a_repeated_seam_names_the_column_to_drop(tmp_path):
     with pytest.raises(SchemaError, match=r"not a regular 360-degree circle; the last longitude \(360\) repeats the "
                                           r"first \(0\) \+ 360: drop the last longitude column"):  # fmt: skip
         open_store(str(tmp_path / "s.zarr"))
+
+
+def test_a_time_axis_with_gaps_names_its_median_step_and_each_gap(tmp_path):
+    """"step irregular" alone told nothing: the summary gives the median step and every step off it (pandas'
+    diff of the written times is the reference), and regular axes carry no gaps."""
+    import xarray as xr
+
+    times = pd.date_range("2000-01-01", periods=30, freq="6h").delete([5, 6, 20])  # two gaps: 18 h and 12 h
+    lat, lon = np.linspace(60.0, -60.0, 5), np.arange(0.0, 360.0, 30.0)
+    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), np.zeros((times.size, 5, 12), np.float32))},
+                    coords={"time": times, "latitude": lat, "longitude": lon})  # fmt: skip
+    ds.to_zarr(tmp_path / "g.zarr", zarr_format=2, consolidated=True)
+    d = describe(open_store(str(tmp_path / "g.zarr")))
+    steps = pd.Series(times).diff().dropna()
+    off = [(int(i) - 1, times[int(i) - 1], times[int(i)], s) for i, s in steps.items() if s != pd.Timedelta("6h")]
+    assert d["time"]["step"] == "irregular" and d["time"]["median_step"] == "6h"
+    assert [(g["index"], pd.Timestamp(g["from"]), pd.Timestamp(g["to"]), pd.Timedelta(g["step"]))
+            for g in d["time"]["gaps"]] == off and len(off) == 2  # fmt: skip
+    text = format_summary(d)
+    assert "median step 6h; 2 step(s) off it" in text and "2000-01-02T00:00:00 -> 2000-01-02T18:00:00 (18h)" in text
+    json.dumps(d)
+    regular = describe(open_store(str(_xr_grid(tmp_path / "r.zarr", lon) and tmp_path / "r.zarr")))
+    assert regular["time"]["step"] == regular["time"]["median_step"] == "6h" and regular["time"]["gaps"] == []
