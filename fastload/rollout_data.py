@@ -296,9 +296,9 @@ class RolloutLoader:
     rollout : RolloutConfig, optional
         Steps, lead, windows, tiling overlap, neighbours, batch size.
     loader : LoaderConfig, optional
-        Used settings: ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``, ``samples_per_epoch``
-        (an upper bound: an epoch is at most every valid initial time once), ``drop_last``, ``pin_memory`` and
-        ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
+        Used settings (``mode`` must be ``"thread"``): ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``,
+        ``samples_per_epoch`` (an upper bound: an epoch is at most every valid initial time once), ``drop_last``,
+        ``pin_memory`` and ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
     normalizer : Normalizer or path, optional
         Coefficients of normalised fields (default ``config.norm_path``).
     jit : bool, optional
@@ -318,6 +318,9 @@ class RolloutLoader:
         self.loader_config = loader or LoaderConfig()
         if self.config.streams:
             raise ConfigError("the rollout loader reads one store: pass a sampling config without streams")
+        if self.loader_config.mode != "thread":
+            raise ConfigError(f"loader.mode = {self.loader_config.mode!r}: the rollout loader reads with threads only "
+                              "(its tiles are extracted in the calling process); leave loader.mode = 'thread'")
         self.store.check(self.config)
         r, cfg = self.rollout, self.loader_config
         if self.store.time is None:

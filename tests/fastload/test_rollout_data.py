@@ -340,3 +340,11 @@ def test_a_store_with_no_initial_time_on_the_regular_step_is_an_error(tmp_path):
     with RolloutLoader(path, _tas(1), RolloutConfig(steps=1, lead=1, batch_size=1),
                        LoaderConfig(device="cpu")) as ok:  # two points one step apart fit inside each run
         assert ok.valid_t0.tolist() == [0, 1, 3, 4, 6, 7, 9, 10]
+
+
+def test_process_mode_is_refused_not_silently_threads(store):
+    """The rollout loader extracts its tiles in the calling process: loader.mode = 'process' was ignored without a
+    word; it is refused, naming the setting."""
+    path, _ = store
+    with pytest.raises(ConfigError, match=r"loader.mode = 'process'.*threads only"):
+        _loader(path, mode="process")
