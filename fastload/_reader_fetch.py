@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,10 @@ from ._io_pool import _Task
 from ._nvtx import range as nvtx_range
 from .errors import ChunkReadError, ChunkTimeoutError, FastloadError
 from .plan import EpochPlan, Step
+
+if TYPE_CHECKING:
+    from ._io_stats import IOStats
+    from .reader import _Started
 
 __all__: list[str] = []  # private: fastload.reader's ChunkReader mixes _Fetcher in
 
@@ -66,6 +70,45 @@ class _Done:
 class _Fetcher:
     """The fetch side of :class:`fastload.reader.ChunkReader` (a mixin: see the module docstring for the attributes
     it uses)."""
+
+    def _stop_tasks(self, started: _Started, futures: list[tuple[str, np.ndarray, Future, _Task]]) -> None:
+        """Stop a step's unfinished tasks without waiting for their store requests (:meth:`_stop_task`: queued ones
+        never start, running ones are given up, decodes under way are waited for)."""
+        for a, _, fut, task in futures:
+            if not fut.done():
+                self._stop_task(started, a, fut, task)
+
+    def _give_up_tasks(self, started: _Started, futures: list[tuple[str, np.ndarray, Future, _Task]], why: str,
+                       stats: IOStats, bad: dict[str, dict[int, BaseException]]) -> None:
+        """After :meth:`_stop_tasks`: a task that ended (or was decoding, and was waited for) counts as usual; the
+        chunks of the others fail "not read" with ``why`` (into ``bad``)."""
+        res = started.res
+        for a, group, fut, task in futures:
+            d = None
+            if fut.done() and not fut.cancelled() and task.writing:  # it ended, or decoded (waited for)
+                try:
+                    d = fut.result()
+                except BaseException:  # noqa: BLE001 - an unexpected failure of a task given up: its chunks fail
+                    d = None
+            if d is None:
+                rows = started.step.plan.chunks[a][group].tolist()
+                d = _Done(errors={j: ChunkTimeoutError(a, tuple(c), f"not read: {why}") for j, c in enumerate(rows)})
+                for j, e in d.errors.items():
+                    self.cache.failed(a, int(res.slots[a][group[j]]), e)
+            self._count(stats, a, d)
+            if d.errors:
+                mine = bad.setdefault(a, {})
+                for j, e in d.errors.items():
+                    mine[int(group[j])] = e
+
+    def _count(self, stats: IOStats, array: str, d: _Done) -> None:
+        """Add a task's counters to the batch's (and its stream's)."""
+        for st in [stats, stats.stream(array.partition("/")[0])] if self._multi else [stats]:
+            st.fetch_s += d.fetch_s
+            st.decode_s += d.decode_s
+            st.bytes_stored += d.stored
+            st.bytes_decoded += d.decoded
+            st.retries += d.retries
 
 
     def _wait_task(self, fut: Future, task: _Task) -> _Done | None:

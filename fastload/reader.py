@@ -38,7 +38,11 @@ request given up), and the request is left running on its thread, which then wri
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
 ``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``
-that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step never releases its
+that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). The step's first request
+given up so fails the step at once: its other tasks are stopped before the stuck thread is replaced (queued ones
+never start, running requests are given up and left running, decodes under way are waited for) and their chunks
+fail "not read" (a ``ChunkTimeoutError``); each used to be taken in turn by the replacement thread and waited out, a
+read timeout per task (5 on a dead store with one I/O thread, tests/fastload/test_faults.py). A step never releases its
 cache slots while an I/O thread may still write into them: a direct read (an uncompressed local chunk read straight
 into its slot) is given up like any request, and the slot it reads into is set aside (``ChunkCache.set_aside``: a pin
 of no step, which the next plan's ``ChunkCache.reset`` lets through) until the read returns (its thread releases it).
@@ -557,8 +561,8 @@ class ChunkReader(_Fetcher):
         first: BaseException | None = None
         fatal: ChunkReadError | None = None
         futures, started.futures = started.futures, []
-        for a, group, fut, task in futures:  # wait for every task: none may write into a slot after we release it
-            try:
+        for n, (a, group, fut, task) in enumerate(futures):  # every task ends before we release: none may write
+            try:                                                # into a slot after that
                 d = self._wait_task(fut, task)
             except BaseException as e:  # cancelled (closing) or an unexpected bug: fail the group's chunks
                 if not fut.done():  # the wait was interrupted (not the task's own error): it may still write
@@ -569,6 +573,11 @@ class ChunkReader(_Fetcher):
                 continue
             if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
                 started.stuck.append((a, task))  # (a direct read may still write into one slot: see _release)
+                # the store did not answer: the step's other tasks are given up now, before this thread is replaced
+                # (its replacement would take the next queued one), not waited out one after another (each queued
+                # behind the stuck thread waited its own full read timeout: on a dead store a step with N tasks
+                # took N x read_timeout_s to fail)
+                self._stop_tasks(started, futures[n + 1:])
                 # its I/O thread, left in the request, leaves the pool (a new one takes the queued tasks) unless
                 # too many are left so already: then the store has stopped answering, an error even with 'skip'
                 full = task.full or (task.started and not self._pool.abandon(task))
@@ -577,13 +586,16 @@ class ChunkReader(_Fetcher):
                     self.cache.failed(a, int(res.slots[a][group[j]]), e)
                 if full:
                     fatal = fatal or _first(d.errors.values())
-            targets = [stats, stats.stream(a.partition("/")[0])] if self._multi else [stats]
-            for st in targets:
-                st.fetch_s += d.fetch_s
-                st.decode_s += d.decode_s
-                st.bytes_stored += d.stored
-                st.bytes_decoded += d.decoded
-                st.retries += d.retries
+                hung = _first(d.errors.values())
+                self._count(stats, a, d)
+                mine = bad.setdefault(a, {})
+                for j, e in d.errors.items():
+                    mine[int(group[j])] = e
+                self._give_up_tasks(started, futures[n + 1:], f"the step gave up its requests when one went "
+                                    f"unanswered for loader.read_timeout_s = {self.read_timeout:g} s (array "
+                                    f"{hung.array!r}, chunk {hung.chunk})", stats, bad)
+                break
+            self._count(stats, a, d)
             if d.errors:
                 mine = bad.setdefault(a, {})
                 for j, e in d.errors.items():

@@ -643,8 +643,6 @@ class _NamingHangingSource(HangingSource):
         super()._chunk_read(key)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the change to ChunkReader._collect (fastload/reader.py, not this "
-                                       "file's owner's) given in session 8 h3's report: remove this mark with it")
 @pytest.mark.parametrize("remote", [False, True])
 def test_the_first_timeout_of_a_step_fails_its_other_requests_at_once(tmp_path, monkeypatch, remote):
     """The store stops answering; one I/O thread, and a step with several fetch tasks (one or more per array, 4
