@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._write_atomic import UNFINISHED_ATTR, unfinished_attr
 from .norm import FORMAT_VERSION
 from .write import sigint_deferred
 
@@ -171,11 +173,11 @@ class CoefficientWriter:
     so none lands in the temporary folder after it has been removed.
     """
 
-    def __init__(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None):
+    def __init__(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None, out: str):
         with sigint_deferred():
-            self._create(path, store, selection, cfg, tmask)
+            self._create(path, store, selection, cfg, tmask, out)
 
-    def _create(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None) -> None:
+    def _create(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None, out: str) -> None:
         import zarr
 
         self.fmt = cfg.zarr_format
@@ -189,6 +191,7 @@ class CoefficientWriter:
             "fields": [name for name, _, _ in selection],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "time_range": None if times is None else [str(times[0]), str(times[-1])],
+            UNFINISHED_ATTR: unfinished_attr(Path(out)),  # removed by finish: a killed run's temporary says so
         })  # fmt: skip
         self.groups: dict[str, Any] = {}
         self.globals: dict[str, dict[str, np.ndarray]] = {}
@@ -282,3 +285,4 @@ class CoefficientWriter:
                 "missing_values": int(counts[name]["missing"]),
                 "excluded_nonfinite": int(counts[name]["excluded"]),
             })  # fmt: skip
+        del self.root.attrs[UNFINISHED_ATTR]  # complete: what is renamed into place is a finished store

@@ -168,6 +168,11 @@ class Normalizer:
         except (ValueError, TypeError, KeyError) as e:
             raise SchemaError(f"normalisation store {self.path!r} has unreadable metadata: {e}") from e
         attrs = dict(self._root.attrs)
+        from ._write_atomic import unfinished_message
+
+        msg = unfinished_message(self.path, attrs)
+        if msg:
+            raise SchemaError(msg)
         if attrs.get("fastload_norm") != FORMAT_VERSION:
             raise SchemaError(
                 f"{self.path!r} is not a fastload normalisation store (root attribute fastload_norm="

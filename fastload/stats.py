@@ -43,6 +43,7 @@ import numpy as np
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
+from ._write_atomic import remove_stale_temporaries, temp_path
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
 from .store._check import refuse_packed
@@ -301,11 +302,11 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     per_pass = max(1, cfg.memory_bytes // (_ACC_BYTES_PER_POINT * ny * nx))
     passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
 
-    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(out)  # what killed runs for out on this host left (SIGKILL runs no cleanup)
+    tmp = str(temp_path(out))  # names this process: unique while it runs, removable once it is gone
     counts = {name: {"missing": 0, "excluded": 0} for name, _, _ in selection}
     try:
-        writer = CoefficientWriter(tmp, store, selection, cfg, tmask)
+        writer = CoefficientWriter(tmp, store, selection, cfg, tmask, out)
         plans = []
         for group in passes:
             targets = [Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi, fill_values=fv)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ChunkReadError, StoreNotFoundError
+from .._write_atomic import unfinished_message
+from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety
 from ._layout import FieldInfo, detect_layout
 from ._meta import ArrayInfo, load_metadata
@@ -122,6 +123,9 @@ class Store:
         meta = load_metadata(source)
         self.zarr_format = meta.zarr_format
         self.attrs = dict(meta.attrs)
+        msg = unfinished_message(path, self.attrs)
+        if msg:
+            raise StoreError(msg)
         self.consolidated = meta.consolidated
         self._all: dict[str, ArrayInfo] = meta.arrays
         self._decoders: dict[str, ChunkDecoder] = {}

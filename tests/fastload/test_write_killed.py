@@ -28,6 +28,8 @@ from fastload._write_atomic import (
     unfinished_message,
     writer_gone,
 )
+from fastload.errors import SchemaError, StoreError
+from fastload.store import open_store
 from fastload.write import StoreWriter
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
@@ -92,6 +94,8 @@ def test_a_killed_writers_temporary_is_marked_and_the_next_writer_removes_it(tmp
     assert f"process {p.pid} on {_host()}" in ds.attrs[UNFINISHED_ATTR]
     msg = unfinished_message(tmp, ds.attrs)
     assert str(tmp) in msg and "unfinished" in msg and "killed" in msg
+    with pytest.raises(StoreError, match=r"an unfinished store .*killed"):  # fastload itself refuses to read it
+        open_store(str(tmp))
     # the next writer of the same output cleans up and succeeds
     _write(out, 2.0)
     assert not tmp.exists()
@@ -173,3 +177,25 @@ def test_a_zombie_writer_is_gone():
     assert writer_gone(p.pid, start)
     p.wait()
     assert writer_gone(p.pid, start)
+
+
+def test_a_killed_stats_runs_temporary_is_removed_and_never_read_as_coefficients(tmp_path):
+    """fastload stats writes its coefficient store the same way: a killed run's temporary (marked unfinished) is
+    removed by the next run for the same output, and the Normalizer refuses a store marked unfinished."""
+    from fastload.norm import Normalizer
+    from fastload.stats import StatsConfig, compute_stats
+
+    from .stores import make_per_variable
+
+    make_per_variable(tmp_path / "s.zarr", nt=4, ny=9, nx=16)
+    out = tmp_path / "norm.zarr"
+    dead, start = _dead_process()
+    stale = tmp_path / f"norm.zarr.tmp-{_host()}-{dead}-{start}"
+    zarr.open_group(stale, mode="w", attributes={UNFINISHED_ATTR: "written by a run that was killed"})
+    compute_stats(str(tmp_path / "s.zarr"), str(out), StatsConfig(progress=False))
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["norm.zarr", "s.zarr"]
+    assert UNFINISHED_ATTR not in zarr.open_group(out, mode="r").attrs
+    Normalizer(str(out))  # a finished store reads
+    zarr.open_group(out, mode="r+").attrs[UNFINISHED_ATTR] = "written by process 1 on x"
+    with pytest.raises(SchemaError, match=r"an unfinished store"):
+        Normalizer(str(out))
