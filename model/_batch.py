@@ -8,7 +8,7 @@ unless marked ``# sync point:``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -154,15 +154,20 @@ def encode_fields(
     left out: its attention then runs without a mask (the flash kernel on a GPU), exactly as it did before tokens
     without data were left out, so a batch without missing tokens gives bit-identical results.
     """
-    xs, keys, strays = {}, {}, {}
+    xs, keys, levels = {}, {}, {}
     for f, emb in embed.items():
         item = batch[f]
         xs[f] = emb(item["tokens"], item["meta"], item.get("mask"), item.get("valid_values"))
         keys[f] = attention_keys(item)
-        level = item["meta"].get("level")
-        if level is not None:
-            strays[f] = stray_levels(level, emb.level_values)
+        if item["meta"].get("level") is not None:
+            levels[f] = item["meta"]["level"]
     derived = [f for f in keys if batch[f].get("valid") is None]
+    # the level check rides on a host read that happens anyway (or costs none: levels on the CPU); a batch on an
+    # accelerator whose every field gives valid (meshes, padded points) makes no read, so its levels go unchecked
+    checked = {f: v for f, v in levels.items() if derived or v.device.type == "cpu"}
+    if torch.compiler.is_compiling():
+        checked = {}
+    strays = {f: stray_levels(v, embed[f].spec.levels) for f, v in checked.items()}
     if derived or strays:
         # sync point: one host read per call, for the fields without a given valid (is any of their tokens left
         # out?) and for the fields with levels (is every level value in the field's table?). The GPU has the
@@ -170,31 +175,32 @@ def encode_fields(
         flags = [keys[f].all() for f in derived] + list(strays.values())
         dev = flags[0].device
         read = torch.stack([x.to(dev) for x in flags]).tolist()
-        for (f, _), bad in zip(strays.items(), read[len(derived):]):
+        for f, bad in zip(strays, read[len(derived):]):
             if bad:
-                raise_stray_levels(f, batch[f]["meta"]["level"], embed[f].level_values)
+                raise_stray_levels(f, levels[f], embed[f].spec.levels)
         for f, all_keys in zip(derived, read):
             if all_keys:
                 keys[f] = None
     return encoder(xs, keys), keys
 
 
-def stray_levels(level: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def stray_levels(level: torch.Tensor, table: Sequence[float]) -> torch.Tensor:
     """``()`` bool: some value of a field's per-token ``level`` metadata (NaN aside: a field without levels) is
-    none of its table's (:attr:`FieldSpec.levels`, relative tolerance 1e-5). The level embedding is looked up by
-    the nearest table entry, so such a value would silently share another level's embedding."""
+    none of its table's (:attr:`FieldSpec.levels`, relative tolerance 1e-5; compared in float32 whatever dtype the
+    model was cast to). The level embedding is looked up by the nearest table entry, so such a value would silently
+    share another level's embedding."""
     lev = level.to(torch.float32).reshape(-1, 1)
-    tab = table.to(lev.device)
+    tab = torch.tensor(table, dtype=torch.float32).to(lev.device, non_blocking=True)
     near = (lev - tab).abs() <= 1e-5 * torch.maximum(lev.abs(), tab.abs()).clamp_min(1.0)
     return ~(near.any(-1) | torch.isnan(lev[:, 0])).all()
 
 
-def raise_stray_levels(field: str, level: torch.Tensor, table: torch.Tensor) -> None:
+def raise_stray_levels(field: str, level: torch.Tensor, table: Sequence[float]) -> None:
     """The error of :func:`stray_levels` (a second host read, only on this path): the values and the table."""
     values = sorted({float(v) for v in level.to(torch.float32).unique().tolist() if v == v})
     raise ModelConfigError(
         f"batch[{field!r}]['meta']['level']: level values {values} are not all in the field's table "
-        f"FieldSpec.levels = {[float(v) for v in table.tolist()]} (each level's embedding is looked up by its value: "
+        f"FieldSpec.levels = {[float(v) for v in table]} (each level's embedding is looked up by its value: "
         f"give the FieldSpec the levels the data has, e.g. the sampling config's)"
     )
 

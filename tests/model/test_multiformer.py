@@ -317,3 +317,39 @@ def test_level_values_within_rounding_of_the_table_are_accepted():
         batch["a"]["meta"]["level"] = (lev * (1 + 3e-6)).float()
         got = model(batch)
     torch.testing.assert_close(got["a"], ref["a"], rtol=0, atol=0)
+
+
+def test_a_model_cast_to_bfloat16_accepts_its_own_levels():
+    """model.to(bfloat16) rounds the level buffer (850 -> 848): the check compares with FieldSpec.levels in float32,
+    so the data's exact levels are still accepted (review r2 #3)."""
+    cfg = _mixed_config()
+    model = Multiformer(cfg).to(torch.bfloat16)
+    assert model.embed["a"].level_values.tolist() != [850.0, 500.0]  # rounded by the cast
+    batch = _batch(cfg)
+    for item in batch.values():
+        item["tokens"] = item["tokens"].to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(batch)
+    assert torch.isfinite(out["a"].float()).all()
+
+
+def test_with_every_field_giving_valid_levels_are_checked_only_where_it_is_free(monkeypatch):
+    """Every field giving valid (padded point fields): the forward makes no device read for attention keys, so the
+    level check reads only levels held on the CPU (one read, no device sync; on an accelerator it is skipped, which
+    this CPU-only suite cannot run): a stray level is still refused."""
+    from model.multiformer import padding_masks
+
+    cfg = _mixed_config()
+    model = Multiformer(cfg)
+    batch = _batch(cfg)
+    for item in batch.values():
+        item.update(padding_masks(item["tokens"]))
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.device.type) or real(self))
+    with torch.no_grad():
+        model(batch)
+    assert reads == ["cpu"]  # the CPU level check only (no device read)
+    batch["a"]["meta"]["level"] = torch.full_like(batch["a"]["meta"]["level"], 700.0)
+    with pytest.raises(ModelConfigError, match="not all in"):
+        model(batch)
