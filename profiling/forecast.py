@@ -14,6 +14,7 @@ rollout loss (DistributedDataParallel wraps it, so gradients are all-reduced as 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -199,7 +200,11 @@ def _loader_class() -> type:
 
         def load_state_dict(self, state: Any) -> None:  # --resume on a store with another step: refused
             saved, have = state.get("time_step_hours"), step_hours(self.times)
-            if saved is not None and not same_step(saved, have):
+            if saved is None:  # a run saved before the step was recorded: its next checkpoint records this store's
+                warnings.warn(f"load_state_dict: the saved run does not record its store's time step (saved before "
+                              f"it was recorded): cannot check that {self.store.path} steps as that store did",
+                              UserWarning, stacklevel=2)
+            elif not same_step(saved, have):
                 raise ConfigError(f"load_state_dict: the saved run's store stepped every {saved:g} h, "
                                   f"{self.store.path} every {'?' if have is None else f'{have:g}'} h; resume needs a store with the same step")
             super().load_state_dict(state)

@@ -113,7 +113,25 @@ def valid_times(time: np.ndarray, t_last: int, offsets: np.ndarray) -> np.ndarra
     gap = first_irregular(t, int(t_last))
     last = t.size - 1 if gap is None else gap  # the last index on the regular step from t_last
     idx = int(t_last) + np.asarray(offsets, np.int64)
+    if (idx > last).any():
+        _check_fixed_steps(t, step, t[last])
     return np.where(idx <= last, t[np.minimum(idx, last)], t[last] + (idx - last) * step)
+
+
+def _check_fixed_steps(t: np.ndarray, step: np.timedelta64, after: np.datetime64) -> None:
+    """Refuse to extrapolate times past ``after`` on an axis whose regular steps differ in length by more than 5 %
+    (calendar months: 28-31 days): a fixed step would drift off the calendar."""
+    from fastload._stream_time import _on_cadence, _td
+
+    d = np.diff(t.astype(np.int64))
+    regular = d[_on_cadence(d, int(step.astype(np.int64)), 1)]
+    if regular.size and int(regular.max() - regular.min()) > 0.05 * int(step.astype(np.int64)):
+        raise ConfigError(
+            f"valid times past {np.datetime_as_string(after, 'm')} (the record's end or a gap) cannot be computed: "
+            f"the time axis' steps vary from {_td(np.timedelta64(int(regular.min()), 'ns'))} to "
+            f"{_td(np.timedelta64(int(regular.max()), 'ns'))} (calendar months?), so no fixed step continues it; "
+            "forecast only as far as the store's record goes without a gap"
+        )
 
 
 def step_hours(time: np.ndarray) -> float | None:
@@ -125,9 +143,9 @@ def step_hours(time: np.ndarray) -> float | None:
 
 
 def same_step(a: float | None, b: float | None) -> bool:
-    """Whether two time steps in hours agree to 1 % (seconds of jitter, as :func:`~fastload._stream_time._on_cadence`
-    tolerates, keep a store's step; another cadence does not)."""
-    return a is not None and b is not None and bool(np.isclose(float(a), float(b), rtol=0.01, atol=0.0))
+    """Whether two time steps in hours agree to 5 % of the larger, either way round (a median step taken from an
+    axis with minutes of jitter keeps its store's step; another cadence, at least 1.5x apart, does not)."""
+    return a is not None and b is not None and abs(float(a) - float(b)) <= 0.05 * max(abs(float(a)), abs(float(b)))
 
 
 def check_time_step(store: Any, extra: dict[str, Any], checkpoint: Any) -> None:
@@ -347,8 +365,8 @@ def static_missing(store: Any, sampling: Any, tiles: Any, times: Sequence[int]) 
     :meth:`model.Forecaster.missing_points`. Raw values are read (no coefficients needed), one window at a time."""
     from fastload.rollout_data import extract_windows
 
-    raw = dataclasses.replace(sampling, norm_path=None, fields=tuple(
-        dataclasses.replace(f, normalization="none") for f in sampling.fields))
+    raw = dataclasses.replace(sampling, norm_path=None, out_dtype="float32", fields=tuple(  # raw values: float32
+        dataclasses.replace(f, normalization="none") for f in sampling.fields))  # (a pressure in Pa is inf in f16)
     present: dict[str, torch.Tensor] = {}
     for t in times:
         fields, _, _ = extract_windows(store, raw, tiles, [int(t)], input_window=1, jit=None)

@@ -203,3 +203,7 @@ def test_resume_refuses_a_store_with_another_time_step(tmp_path_factory, tmp_pat
     torch.save(payload, tmp_path / "three.pt")
     with pytest.raises(ConfigError, match=r"saved run's store stepped every 3 h, .*store\.zarr every 1 h; resume needs"):
         run(cfg, mode="train", out=tmp_path / "r2", resume=tmp_path / "three.pt", **QUIET)
+    del payload["extra"]["loader"][0]["time_step_hours"]  # a checkpoint saved before the step was recorded
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match=r"does not record its store's time step"):
+        run(cfg, mode="train", out=tmp_path / "r3", resume=tmp_path / "old.pt", **QUIET)

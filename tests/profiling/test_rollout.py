@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -334,3 +335,34 @@ def test_a_store_with_another_time_step_is_refused(trained, tmp_path):
     with pytest.warns(UserWarning, match="does not record its training store's time step"):
         assert main([store_path, "--checkpoint", str(old), "--steps", "1", "--out", str(tmp_path / "o.zarr"),
                      "--device", "cpu", "--static-times", "0"]) == 0
+
+
+def test_valid_times_past_the_record_follow_a_fixed_step_and_refuse_calendar_months():
+    """Past the record's end the step is extrapolated (pandas' date arithmetic is the reference); an axis whose
+    regular steps vary in length (calendar months) has no fixed step to extrapolate, so that is refused."""
+    from profiling.rollout import same_step, valid_times
+
+    hourly = pd.date_range("2021-01-01", periods=10, freq="1h").values
+    got = valid_times(hourly, 7, np.array([1, 2, 4]))
+    assert list(got) == list((pd.Timestamp("2021-01-01T07") + pd.to_timedelta([1, 2, 4], "h")).values)
+    monthly = pd.date_range("2001-01-01", periods=6, freq="MS").values  # 31, 28, 31, 30, 31 days
+    assert list(valid_times(monthly, 2, np.array([1, 3]))) == [monthly[3], monthly[5]]  # inside the record: its times
+    with pytest.raises(ConfigError, match=r"steps vary from 28 ?d.* to 31 ?d.*calendar months"):
+        valid_times(monthly, 2, np.array([4]))
+    assert same_step(1.0, 1.0111) and same_step(1.0111, 1.0)  # minutes of jitter, either way round
+    assert not same_step(1.0, 3.0) and not same_step(6.0, 3.0) and not same_step(None, 1.0)
+
+
+def test_a_float16_forecaster_rolls_out_without_its_raw_reads_in_float16(tmp_path_factory, tmp_path):
+    """The static mask reads raw values through a derived config: it must read them as float32 (a pressure in Pa
+    is inf in float16 and would count as missing), and so not warn of float16's range (review r2 #1)."""
+    store, _ = tiny_store(tmp_path_factory)
+    cfg = fc_config(tmp_path_factory, steps=2, warmup=0, checkpoint_dir=str(tmp_path / "ck"))
+    assert all(f.normalization != "none" for f in cfg.data.sampling.fields)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, sampling=dataclasses.replace(cfg.data.sampling, out_dtype="float16")))
+    n = torch.get_num_threads()
+    run(cfg, mode="train", out=tmp_path / "report", log=lambda m: None)
+    torch.set_num_threads(n)
+    assert main([store, "--checkpoint", str(tmp_path / "ck" / "last.pt"), "--steps", "1", "--out",
+                 str(tmp_path / "f.zarr"), "--device", "cpu"]) == 0
