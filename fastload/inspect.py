@@ -113,8 +113,9 @@ def _codec_str(c: Mapping[str, Any]) -> str:
 
 
 def _gaps(t: np.ndarray, unit: str) -> dict[str, Any]:
-    """An irregular time axis: its median step and each step off it (to the nearest whole step, as the loader
-    judges windows: :func:`fastload._stream_time.first_irregular`), as ``{"index", "from", "to", "step"}``."""
+    """An irregular time axis: its median step and each gap, a step off it by half a step or more (to the nearest
+    whole step, as the loader judges windows: :func:`fastload._stream_time.first_irregular`), as ``{"index", "from",
+    "to", "step"}``."""
     from ._stream_time import _on_cadence, median_step
 
     med = median_step(t)
@@ -272,10 +273,12 @@ def format_summary(
            f"and a box that would is refused; {g['note']}"] if g.get("note") else []),
         "time    none (no array has a time axis)" if t is None
         else f"time    {t['start']} .. {t['end']}, step {t['step']}, {t['length']} steps",
-        *([f"        median step {t['median_step']}; {len(t['gaps'])} step(s) off it (sample windows that "
-           f"cross one are never drawn; the loader logs how many): "
-           + ", ".join(f"{g['from']} -> {g['to']} ({g['step']})" for g in t["gaps"][:5])
-           + (", ..." if len(t["gaps"]) > 5 else "")] if t is not None and t.get("gaps") else []),
+        *([f"        median step {t['median_step']}; steps vary within half of it"
+           + (f"; {len(t['gaps'])} gap(s), steps off it by half a step or more (sample windows that cross one "
+              f"are never drawn; the loader logs how many): "
+              + ", ".join(f"{g['from']} -> {g['to']} ({g['step']})" for g in t["gaps"][:5])
+              + (", ..." if len(t["gaps"]) > 5 else "") if t["gaps"] else "")]
+          if t is not None and t.get("step") == "irregular" and t.get("median_step") else []),
         f"fields  ({len(desc['fields'])})",
     ]  # fmt: skip
     rows = [["name", "levels", "level type", "units", "dtype", "array"]]

@@ -583,7 +583,21 @@ def test_a_time_axis_with_gaps_names_its_median_step_and_each_gap(tmp_path):
     assert [(g["index"], pd.Timestamp(g["from"]), pd.Timestamp(g["to"]), pd.Timedelta(g["step"]))
             for g in d["time"]["gaps"]] == off and len(off) == 2  # fmt: skip
     text = format_summary(d)
-    assert "median step 6h; 2 step(s) off it" in text and "2000-01-02T00:00:00 -> 2000-01-02T18:00:00 (18h)" in text
+    assert "median step 6h; steps vary within half of it; 2 gap(s)" in text and "2000-01-02T00:00:00 -> 2000-01-02T18:00:00 (18h)" in text
     json.dumps(d)
     regular = describe(open_store(str(_xr_grid(tmp_path / "r.zarr", lon) and tmp_path / "r.zarr")))
     assert regular["time"]["step"] == regular["time"]["median_step"] == "6h" and regular["time"]["gaps"] == []
+
+
+def test_a_monthly_axis_names_its_median_step_without_gaps(tmp_path):
+    """Calendar months are irregular (28-31 days) but have no gap: the text still gives the median step."""
+    import xarray as xr
+
+    times = pd.date_range("2001-01-01", periods=6, freq="MS")
+    lat, lon = np.linspace(60.0, -60.0, 5), np.arange(0.0, 360.0, 30.0)
+    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), np.zeros((6, 5, 12), np.float32))},
+                    coords={"time": times, "latitude": lat, "longitude": lon})  # fmt: skip
+    ds.to_zarr(tmp_path / "m.zarr", zarr_format=2, consolidated=True)
+    d = describe(open_store(str(tmp_path / "m.zarr")))
+    assert d["time"]["step"] == "irregular" and d["time"]["gaps"] == [] and d["time"]["median_step"] == "31D"
+    assert "median step 31D; steps vary within half of it\n" in format_summary(d) + "\n"
