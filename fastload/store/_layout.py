@@ -9,6 +9,7 @@ dtypes. Each failure is a :class:`~fastload.errors.SchemaError` naming the store
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,9 @@ LAT_NAMES = ("latitude", "lat", "lats")
 LON_NAMES = ("longitude", "lon", "lons")
 TIME_NAMES = ("time", "valid_time")
 ReadFull = Callable[[str], np.ndarray]
+
+log = logging.getLogger("fastload")
+_warned: set[tuple[str, str, str]] = set()  # (store, array, why) already logged in this process
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -230,6 +234,19 @@ def _atmorep(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     return Layout("atmorep", grid, time, fields, tuple(a.name for a in arrays), tuple(coords))
 
 
+def _warn_grid_not_fields(meta: StoreMetadata, not_fields: Mapping[str, str], grid_dims: tuple[str, str],
+                          where: str) -> None:
+    """Log a WARNING for each array left out of the fields that spans both grid dimensions: most likely a real field
+    written wrong (dims out of order, a level dimension whose coordinate was dropped), not a coordinate such as
+    CESM's ``gw(lat)``. Once per store, array and reason in a process (the loader, its extract and
+    a Normalizer check each open the same store)."""
+    for name, why in not_fields.items():
+        if set(grid_dims) <= set(meta.arrays[name].dims or ()) and (where, name, why) not in _warned:
+            _warned.add((where, name, why))
+            log.warning("%s: array %r spans the grid %s but is not a field, so fastload leaves it out: %s",
+                        where, name, grid_dims, why)
+
+
 # -- per-variable -----------------------------------------------------------------------------------------------
 def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     grid, lat_name, lon_name = _grid(meta, read, where)
@@ -301,6 +318,7 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
             units=None if units is None else str(units), dtype=info.dtype,
             axes=(t_ax, None, l_ax, info.ndim - 2, info.ndim - 1), attrs=dict(info.attrs),
         )  # fmt: skip
+    _warn_grid_not_fields(meta, not_fields, (ydim, xdim), where)
     if not fields:
         why = "".join(f"; {n!r} is not a field: {r}" for n, r in not_fields.items())
         raise SchemaError(
