@@ -29,7 +29,7 @@ from .errors import ConfigError
 from .sampling.mesh import MeshPointSampler, point_layouts
 from .sampling.points import BoxPointSampler
 from .sampling.tokenizer import build_tokenizer
-from .store._check import refuse_packed
+from .store._check import refuse_packed, unknown_field
 
 __all__ = ["Counters", "Stream", "open_stream_store", "check_point_fields", "build_stream"]
 
@@ -57,7 +57,8 @@ class Stream:
     def __init__(self, name: str, spec: Any, store: Any, config: SamplingConfig, kind: str):
         self.name, self.spec, self.store, self.config, self.kind = name, spec, store, config, kind
         self.rule = spec.time_rule
-        self.has_time = any(store.fields[f.name].has_time for f in config.fields)
+        # (a field the store lacks is refused, saying why, by build_stream's checks)
+        self.has_time = any(store.fields[f.name].has_time for f in config.fields if f.name in store.fields)
         self.time = store.time if self.has_time else None
         self.tokenizer: Any = None
         self.sampler: Any = None
@@ -87,6 +88,8 @@ def check_point_fields(st: Stream, box: tuple[int, int, int]) -> None:
     g = st.store.grid
     for f in st.config.fields:
         info = st.store.fields.get(f.name)
+        if info is None and f.name in getattr(st.store, "not_fields", {}):
+            raise ConfigError(f"fields.{f.name} of stream {st.name!r}: {unknown_field(st.store, f.name)}")
         if info is None:
             raise ConfigError(f"fields.{f.name}: not in stream {st.name!r} ({st.store.path}); it has "
                               f"{list(st.store.fields)}")

@@ -237,7 +237,9 @@ def measure_codecs(
     if (field is None) != (block is None):
         raise ConfigError("field and block go together (the blocks to measure the codecs on)")
     if field is not None and field not in store.fields:
-        raise ConfigError(f"field: {field!r} not in {store.path}; fields: {list(store.fields)}")
+        from .store._check import unknown_field
+
+        raise ConfigError(f"field: {field!r}: {unknown_field(store, field)}")
     name = _pick_array(store, array if field is None else (array or store.fields[field].array))
     info = store.arrays[name]
     idx = _spread(info.grid_shape, n_chunks)

@@ -365,7 +365,9 @@ class Normalizer:
         """
         a = self.attrs(field)
         if field not in store.fields:
-            raise ConfigError(f"field {field!r}: not in the data store {store.path!r}; it has {list(store.fields)}")
+            from .store._check import unknown_field
+
+            raise ConfigError(f"field {field!r}: {unknown_field(store, field)}")
         grid = store.grid
         shape = [int(v) for v in a.get("grid_shape", ())]
         if shape != [int(grid.ny), int(grid.nx)]:

@@ -24,7 +24,9 @@ A per-variable source keeps its names: the copy's dimensions and their coordinat
 (``valid_time``, ``pressure_level``, ``lat``...), and the source's other small arrays along the copied dimensions
 (CDS's ``expver(valid_time)`` and scalar ``number``; :func:`copy_plan`) are copied as they are, so code written for
 the source (``ds.sel(pressure_level=500)``) reads the copy. Not copied, and printed by the CLI: fields left out by
-``--fields``, arrays along a dimension the copy does not have (``time_bnds(time, nv)``), arrays over 64 MiB. An
+``--fields``, an array over both grid dimensions that is not a field (``Store.not_fields``: a field written with its
+dimensions out of order or without its level coordinate; logged as a WARNING too), arrays along a dimension the copy
+does not have (``time_bnds(time, nv)``), arrays over 64 MiB. An
 AtmoRep source becomes per-variable arrays over ``time``, ``level``, ``latitude``, ``longitude`` (it has no
 per-variable names to keep). Times are re-encoded as ``hours since 1979-01-01`` (same values, other units).
 
@@ -55,6 +57,7 @@ import numpy as np
 
 from ._progress import Progress
 from .errors import ConfigError, SchemaError
+from .store._check import unknown_field, warn_not_fields
 from .write import (
     CODECS,
     DEFAULT_CHUNKS,
@@ -136,11 +139,10 @@ def copy_plan(src: Any, fields: Sequence[str] | None = None) -> tuple[dict[str, 
     ``extras`` are the source's other arrays copied as they are (name and their dimensions in usual names: small
     coordinates such as CDS's ``expver(valid_time)`` and scalar ``number``, or CESM's ``gw(lat)``); ``left_out``
     says, for every other array that is neither a copied field nor a dimension coordinate, why it is not copied.
+    An array over both grid dimensions that is not a field (``src.not_fields``) is left out with the reason it is
+    not one, not copied as it is: it is most likely a field written wrong, to be fixed, not carried along.
     """
-    names = list(src.fields) if fields is None else list(fields)
-    unknown = [n for n in names if n not in src.fields]
-    if unknown:
-        raise ConfigError(f"fields: {unknown} not in {src.path}; fields there: {list(src.fields)}")
+    names = _field_names(src, fields)
     dim_names = _dim_names(src, names)
     left_out = {n: "not among the fields asked for (--fields)" for n in src.fields if n not in names}
     extras: list[tuple[str, tuple[str, ...]]] = []
@@ -153,7 +155,10 @@ def copy_plan(src: Any, fields: Sequence[str] | None = None) -> tuple[dict[str, 
         if name in src.fields or name in usual:
             continue
         dims = _array_dims(arr)
-        if dims is None:
+        not_field = getattr(src, "not_fields", {}).get(name)
+        if not_field is not None and dims is not None and set(src.grid.dims) <= set(dims):
+            left_out[name] = f"not a field: {not_field}"  # a field written wrong (dims, level): not copied as it is
+        elif dims is None:
             left_out[name] = "no dimension names (_ARRAY_DIMENSIONS / dimension_names)"
         elif any(d not in usual for d in dims):
             left_out[name] = f"dims {dims}: {[d for d in dims if d not in usual]} not among the copy's {list(usual)}"
@@ -162,6 +167,15 @@ def copy_plan(src: Any, fields: Sequence[str] | None = None) -> tuple[dict[str, 
         else:
             extras.append((name, tuple(usual[d] for d in dims)))
     return dim_names, extras, left_out
+
+
+def _field_names(src: Any, fields: Sequence[str] | None) -> list[str]:
+    """The fields to copy (default: all), each one a field of ``src``, else a :class:`ConfigError` saying why."""
+    names = list(src.fields) if fields is None else list(fields)
+    unknown = [n for n in dict.fromkeys(names) if n not in src.fields]
+    if unknown:
+        raise ConfigError("fields: " + "; ".join(f"{n!r}: {unknown_field(src, n)}" for n in unknown))
+    return names
 
 
 def _source_group(src: Any) -> Any:
@@ -333,7 +347,8 @@ def rechunk(
         With ``config``: the Loader's ``samples_per_window`` the store will be read with (several samples per time
         window read each chunk once for all of them, which favours other chunkings; default 1, independent samples).
     fields : sequence of str, optional
-        Fields to copy (default: all).
+        Fields to copy (default: all, and each array left out of them, ``Store.not_fields``, is logged as a WARNING
+        with why).
     codec, shards : str, sequence of int
         As for :class:`fastload.write.StoreWriter`; ``codec="auto"`` takes the codec
         :func:`fastload.codec_choice.measure_codecs` finds fastest to read and decode, measured on blocks of the
@@ -367,10 +382,9 @@ def rechunk(
     check_output(out, overwrite=overwrite, sources=[src.path])  # before any work: OUT must not hold the source
     if src.grid.kind != "latlon":
         raise SchemaError(f"{src.path}: rechunk writes latitude-longitude grids; this store's grid is {src.grid.kind}")
-    names = list(src.fields) if fields is None else list(fields)
-    unknown = [n for n in names if n not in src.fields]
-    if unknown:
-        raise ConfigError(f"fields: {unknown} not in {src.path}; fields there: {list(src.fields)}")
+    names = _field_names(src, fields)
+    if fields is None:  # all fields: every array left out of them is said, with why
+        warn_not_fields(src, "rechunk")
     default = tuple(chunks) if chunks is not None else DEFAULT_CHUNKS
     if samples_per_window != 1 and config is None:
         raise ConfigError(f"rechunk: samples_per_window={samples_per_window} chooses the chunking recommended for a "

@@ -46,7 +46,7 @@ from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
 from ._write_atomic import remove_stale_temporaries, temp_path
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
-from .store._check import refuse_packed
+from .store._check import refuse_packed, unknown_field, warn_not_fields
 from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
@@ -59,7 +59,8 @@ class StatsConfig:
     """What ``fastload stats`` computes and how."""
 
     fields: tuple[str, ...] | None = None
-    """Fields to compute; None: every field of the store."""
+    """Fields to compute; None: every field of the store (each array left out of its fields, ``Store.not_fields``,
+    is logged as a WARNING with why)."""
     levels: Any = None
     """Level values: a sequence (kept for every field that has them) or a mapping field -> sequence; None: all."""
     time_range: tuple[str | None, str | None] | None = None
@@ -133,14 +134,15 @@ def _datetime(name: str, v: Any) -> np.datetime64:
 def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
     """(field, store level indices or None, level values or None) for every field to compute."""
     names = list(store.fields) if cfg.fields is None else list(cfg.fields)
+    if cfg.fields is None:  # all fields: every array left out of them is said, with why
+        warn_not_fields(store, "stats")
     unknown = [f for f in names if f not in store.fields]
     unknown += [f for f in cfg.transforms if f not in store.fields]
     if isinstance(cfg.levels, Mapping):
         unknown += [f for f in cfg.levels if f not in store.fields]
     if unknown:
-        raise ConfigError(
-            f"stats: no field(s) {sorted(set(unknown))} in {store.path!r}; it has {list(store.fields)}"
-        )
+        raise ConfigError("stats: " + "; ".join(f"field {f!r}: {unknown_field(store, f)}"
+                                                for f in dict.fromkeys(unknown)))
     out = []
     used: set[float] = set()
     for name in names:
@@ -449,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     secs = (datetime.datetime.now() - t0).total_seconds()
     print(f"wrote normalisation coefficients of {args.store} to {path} in {secs:.1f} s")
+    if cfg.fields is None:  # (logged as a WARNING too, by compute_stats)
+        for name, why in getattr(store, "not_fields", {}).items():
+            print(f"  no coefficients for {name}: not a field: {why}")
     return 0
 
 

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ._open import Store
 
-__all__ = ["check_config", "level_indices", "unknown_field"]
+__all__ = ["check_config", "level_indices", "unknown_field", "warn_not_fields"]
 
 log = logging.getLogger("fastload")
 
@@ -34,6 +34,19 @@ def unknown_field(store: Store, field: str) -> str:
     if why is not None:
         return f"array {field!r} in store {store.path} is not a field: {why}; the fields are {list(store.fields)}"
     return f"not in store {store.path}; it has {list(store.fields)}"
+
+
+def warn_not_fields(store: Store, what: str) -> dict[str, str]:
+    """Log a WARNING (``fastload`` logger) for every array of ``store`` left out of its fields
+    (:attr:`Store.not_fields`), naming it and why, and return them (name -> why) for the tool's own report.
+
+    For the tools that go over all the fields when none are named (``what``: ``"stats"``, ``"rechunk"``): a field
+    written with a typo (dims out of order, a level dimension without its coordinate) must not just go missing
+    from their output."""
+    left = dict(getattr(store, "not_fields", {}) or {})
+    for name, why in left.items():
+        log.warning("%s: array %r of %s is not a field and is left out: %s", what, name, store.path, why)
+    return left
 
 
 def level_indices(store: Store, field: str, values: Sequence[float] | None) -> np.ndarray:

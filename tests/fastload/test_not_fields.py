@@ -1,8 +1,10 @@
-"""Arrays on the grid that cannot be fields (``Store.not_fields``) are never dropped without a word: opening a store
-warns of an array that spans the grid but is not a field (a field written wrong)."""
+"""Arrays on the grid that cannot be fields (``Store.not_fields``) are never dropped without a word: the tools that go
+over all the fields (stats, rechunk) log and print each one with why, asking for one by name says why it is not a
+field, and opening a store warns of an array that spans the grid but is not a field (a field written wrong)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 
@@ -10,8 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 
+from fastload.codec_choice import measure_codecs
+from fastload.config import FieldConfig, SamplingConfig, StreamConfig
+from fastload.errors import ConfigError
+from fastload.norm import Normalizer
+from fastload.rechunk import copy_plan, rechunk
+from fastload.rechunk import main as rechunk_main
+from fastload.stats import StatsConfig, compute_stats
+from fastload.stats import main as stats_main
 from fastload.store import open_store
+from fastload.streams import MultiStream
 
 NT, NY, NX = 8, 19, 36
 U10_WHY = "dims ('time', 'longitude', 'latitude'); a field has dims (time, [level], latitude, longitude)"
@@ -60,3 +72,107 @@ def test_opening_warns_of_an_array_that_spans_the_grid_but_is_not_a_field(typo, 
     assert not any("'gw'" in m for m in got)  # gw(latitude) is an auxiliary array, not a field gone wrong
     assert len(got) == 2
 
+
+def test_stats_of_all_fields_says_which_arrays_it_leaves_out_and_why(typo, tmp_path, caplog, capsys):
+    path, ds = typo
+    s = open_store(path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        out = compute_stats(s, tmp_path / "n.zarr", StatsConfig(progress=False))
+    got = _warnings(caplog)
+    assert f"stats: array 'u10' of {path} is not a field and is left out: {U10_WHY}" in got
+    assert f"stats: array 'z' of {path} is not a field and is left out: {Z_WHY}" in got
+    assert any("array 'gw'" in m and "dims ('latitude',)" in m for m in got)
+    g = zarr.open_group(str(out), mode="r")
+    assert sorted(g.group_keys()) == ["t2m"]
+    month = list(g["t2m/month"][...]).index(1)  # every time step is in January
+    t2m = ds["t2m"].values.astype(np.float64)
+    np.testing.assert_allclose(np.ravel(g["t2m/global_mean"][...])[month], t2m.mean(), rtol=1e-10)
+
+    assert stats_main([str(path), "--out", str(tmp_path / "n2.zarr"), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert f"no coefficients for u10: not a field: {U10_WHY}" in printed
+    assert f"no coefficients for z: not a field: {Z_WHY}" in printed
+
+
+def test_stats_asked_for_an_array_that_is_not_a_field_says_why(typo, tmp_path, capsys):
+    path, _ = typo
+    s = open_store(path)
+    with pytest.raises(ConfigError, match=r"stats: field 'u10': array 'u10' in store .* is not a field: dims "
+                                          r"\('time', 'longitude', 'latitude'\)"):
+        compute_stats(s, tmp_path / "n.zarr", StatsConfig(fields=("u10",), progress=False))
+    with pytest.raises(ConfigError, match=r"field 'nope': not in store .*; it has \['t2m'\]"):
+        compute_stats(s, tmp_path / "n.zarr", StatsConfig(fields=("t2m",), transforms={"nope": "log1p"},
+                                                         progress=False))  # fmt: skip
+    assert stats_main([str(path), "--out", str(tmp_path / "n.zarr"), "--fields", "z", "-q"]) == 2
+    assert f"field 'z': array 'z' in store {path} is not a field: {Z_WHY}" in capsys.readouterr().err
+
+
+def test_rechunk_leaves_out_a_field_written_wrong_saying_why(typo, tmp_path, caplog, capsys):
+    path, ds = typo
+    s = open_store(path)
+    _, extras, left_out = copy_plan(s)
+    assert left_out == {"u10": f"not a field: {U10_WHY}", "z": f"not a field: {Z_WHY}"}
+    assert [n for n, _ in extras] == ["gw"]  # an auxiliary array is still copied as it is
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        out = rechunk(s, tmp_path / "r.zarr", chunks=(4, 1, 19, 36), progress=False)
+    got = _warnings(caplog)
+    assert f"rechunk: array 'u10' of {path} is not a field and is left out: {U10_WHY}" in got
+    assert f"rechunk: array 'z' of {path} is not a field and is left out: {Z_WHY}" in got
+    copy = xr.open_zarr(out)
+    assert sorted(copy.data_vars) == ["gw", "t2m"]
+    np.testing.assert_array_equal(copy["t2m"].values, ds["t2m"].values)
+
+    assert rechunk_main([str(path), str(tmp_path / "r2.zarr"), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert f"not copied: u10: not a field: {U10_WHY}" in printed and f"not copied: z: not a field: {Z_WHY}" in printed
+    assert "copied as it is" in printed and "u10                  float32" not in printed
+
+
+def test_rechunk_asked_for_an_array_that_is_not_a_field_says_why(typo, tmp_path):
+    path, _ = typo
+    s = open_store(path)
+    for call in (lambda: copy_plan(s, ["t2m", "u10"]),
+                 lambda: rechunk(s, tmp_path / "r.zarr", fields=["u10"], progress=False)):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"fields: 'u10': array 'u10' in store .* is not a field: dims "
+                                              r"\('time', 'longitude', 'latitude'\)"):
+            call()
+    with pytest.raises(ConfigError, match=r"fields: 'nope': not in store .*; it has \['t2m'\]"):
+        rechunk(s, tmp_path / "r.zarr", fields=["nope"], progress=False)
+
+
+def test_coefficients_checked_against_a_store_where_the_field_is_not_one_say_why(typo, tmp_path):
+    path, _ = typo
+    good = tmp_path / "good.zarr"
+    _write(good, typo=False)
+    norm = compute_stats(open_store(good), tmp_path / "n.zarr", StatsConfig(fields=("u10",), progress=False))
+    n = Normalizer(norm)
+    n.check_field(open_store(good), "u10", None, None)  # fits the store it was computed from
+    with pytest.raises(ConfigError, match=r"field 'u10': array 'u10' in store .* is not a "
+                                          r"field: dims \('time', 'longitude', 'latitude'\)"):
+        n.check_field(open_store(path), "u10", None, None)
+
+
+def test_measuring_codecs_on_an_array_that_is_not_a_field_says_why(typo):
+    path, _ = typo
+    with pytest.raises(ConfigError, match=r"field: 'u10': array 'u10' in store .* is not a field: dims"):
+        measure_codecs(open_store(path), field="u10", block=(2, 1, 19, 36))
+
+
+def _field(name, stream):
+    return FieldConfig(name=name, stream=stream, num_tokens=(1, 1, 1), token_size=(1, 4, 4), normalization="none")
+
+
+def test_a_stream_asked_for_an_array_that_is_not_a_field_says_why(typo, tmp_path):
+    path, _ = typo
+    ref = tmp_path / "ref.zarr"
+    _write(ref, typo=False)
+    cfg = SamplingConfig(streams=(StreamConfig(name="era5", path=str(ref)), StreamConfig(name="obs", path=str(path))),
+                         fields=(_field("t2m", "era5"), _field("u10", "obs")))  # obs's only field: not one
+    with pytest.raises(ConfigError, match=r"fields.u10 of stream 'obs': array 'u10' in store .* is not a field: "
+                                          r"dims \('time', 'longitude', 'latitude'\)"):
+        MultiStream(cfg)
+    missing = dataclasses.replace(cfg, fields=(_field("t2m", "era5"), _field("nope", "obs")))
+    with pytest.raises(ConfigError, match=r"fields.nope: not in stream 'obs' \(.*\); it has \['t2m'\]"):
+        MultiStream(missing)
