@@ -23,7 +23,7 @@ from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety
 from ._layout import FieldInfo, detect_layout
 from ._meta import ArrayInfo, load_metadata
 from ._region import read_box, read_region
-from ._shard import ShardIndex
+from ._shard import ShardIndex, ShardReadError
 from ._source import BaseByteSource, FsspecSource, LatencySource, LocalSource
 from .grid import Grid
 
@@ -206,6 +206,9 @@ class Store:
             if shard is None:
                 return self.source.get_many([info.key(c) for c in idx])
             return shard.read_many(self.source, idx)
+        except ShardReadError as e:  # a whole shard failed: name its first requested chunk and its file
+            raise ChunkReadError(array, e.chunk, f"batched read of {len(idx)} chunks: {e.error}",
+                                 self.source.describe(e.key)) from e.error  # fmt: skip
         except (DecodeError, OSError) as e:
             first = idx[0] if idx else ()
             raise ChunkReadError(array, first, f"batched read of {len(idx)} chunks: {e}",

@@ -13,8 +13,12 @@ The codecs around ``sharding_indexed`` in the array's chain are honoured:
 - bytes-to-bytes codecs after it (zarr-python 3.1 appends ``zstd`` when given ``serializer=ShardingCodec(...)``;
   ``crc32c``) encode the whole shard object, index included, so no inner chunk can be read by byte range: the
   whole shard is read and decoded (zarr-python reads these shards whole too), its index and inner chunks are then
-  ranges of the decoded shard. The last few decoded shards are kept (:data:`SHARD_CACHE_BYTES`), so reading the
-  inner chunks of one shard one by one decodes it once, and a batched read decodes each shard once.
+  ranges of the decoded shard. The most recently used decoded shards are kept in one cache per process, shared by
+  every array of every store (:data:`SHARD_CACHE_BYTES` = 256 MiB in all, always able to hold the shard in use;
+  a process worker has its own), so reading the inner chunks of one shard one by one decodes it once. A batched
+  read decodes each shard it touches once and cuts the wanted inner chunks out of it at once, so it holds one
+  decoded shard at a time plus the slices. No lock is held across a shard's read: a hung request holds up only
+  its own reader (two readers that miss the same shard at once both decode it).
 
 Any other codec before the sharding codec is refused at open (:class:`~fastload.errors.CodecError`).
 """
@@ -22,9 +26,11 @@ Any other codec before the sharding codec is refused at open (:class:`~fastload.
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import struct
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,12 +40,12 @@ from ._codecs import ChunkDecoder, DecodeError, build_decoder, decode_bytes, v3_
 from ._meta import ArrayInfo, shard_perm
 from ._source import BaseByteSource
 
-__all__ = ["ShardIndex", "SHARD_CACHE_BYTES"]
+__all__ = ["ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES"]
 
 _EMPTY = np.uint64(2**64 - 1)
 SHARD_CACHE_BYTES = 256 * 2**20
-"""Decoded whole shards kept per array (those with a bytes-to-bytes codec after the sharding codec); the most
-recent one is kept whatever its size."""
+"""Decoded whole shards kept per process, all arrays of all open stores together (those with a bytes-to-bytes
+codec after the sharding codec), least recently used out first; the shard decoded last is kept whatever its size."""
 
 
 def _named(c: object) -> dict:
@@ -99,9 +105,8 @@ class ShardIndex:
                                                    chunks=info.chunks)  # fmt: skip
         self._cache: dict[tuple[int, ...], np.ndarray | None] = {}
         self._lock = threading.Lock()
-        self._blobs: collections.OrderedDict[tuple[int, ...], bytes] = collections.OrderedDict()  # decoded shards
-        self._blob_bytes = 0
-        self._shard_locks: dict[tuple[int, ...], threading.Lock] = {}  # one reader decodes a shard, others wait
+        self._token = next(_TOKENS)  # this array's decoded shards in the process-wide cache, _SHARDS
+        weakref.finalize(self, _SHARDS.drop, self._token)
 
     def shard_key(self, shard: tuple[int, ...]) -> str:
         """Store key of a shard."""
@@ -159,7 +164,7 @@ class ShardIndex:
     def read(self, source: BaseByteSource, chunk: tuple[int, ...]) -> bytes | None:
         """Stored bytes of one inner chunk (None when missing); reads and caches the shard index if needed."""
         if self.whole:
-            return self.read_many(source, [chunk])[0]
+            return self._read_many_whole(source, [chunk], wrap=False)[0]  # one chunk: the caller names it
         shard, pos = self.local(chunk)
         known, index = self.cached(shard)
         if not known:
@@ -196,53 +201,117 @@ class ShardIndex:
         return out
 
     # -- whole shards (bytes-to-bytes codecs after the sharding codec) ------------------------------------------
-    def _read_many_whole(self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]]) -> list[bytes | None]:
-        locs = [self.local(c) for c in chunks]
-        blobs: dict[tuple[int, ...], bytes | None] = {}
-        for shard in dict.fromkeys(s for s, _ in locs):  # in order of first use, each once
-            blobs[shard] = self._blob(source, shard)
-        out: list[bytes | None] = []
-        for c, (shard, pos) in zip(chunks, locs):
-            blob = blobs[shard]
-            rng = None if blob is None else self.byte_range(self.cached(shard)[1], pos)
-            if rng is None:
-                out.append(None)
-                continue
-            if rng[0] + rng[1] > len(blob):
-                raise DecodeError(f"inner chunk {c} at bytes {rng[0]}+{rng[1]} of its decoded shard of "
-                                  f"{len(blob)} bytes: corrupt shard index")  # fmt: skip
-            out.append(blob[rng[0] : rng[0] + rng[1]])
+    def _read_many_whole(
+        self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]], wrap: bool = True
+    ) -> list[bytes | None]:
+        """Each shard the chunks touch is read and decoded once (or taken from the cache), its inner chunks are cut
+        out of it as copies at once, and it is let go: the peak is one decoded shard plus the slices (and what the
+        process-wide cache holds, :data:`SHARD_CACHE_BYTES`), not every shard of the batch. A shard that fails raises
+        :class:`ShardReadError` naming it and its first requested chunk (``wrap=False``: the error itself)."""
+        by_shard: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # shard -> [(position in chunks, in index)]
+        for i, c in enumerate(chunks):
+            shard, pos = self.local(c)
+            by_shard.setdefault(shard, []).append((i, pos))
+        out: list[bytes | None] = [None] * len(chunks)
+        for shard, wanted in by_shard.items():  # in order of first use
+            first = chunks[wanted[0][0]]
+            try:
+                blob = self._blob(source, shard)
+                if blob is None:
+                    continue
+                index = self.cached(shard)[1]
+                for i, pos in wanted:
+                    rng = self.byte_range(index, pos)
+                    if rng is None:
+                        continue
+                    if rng[0] + rng[1] > len(blob):
+                        raise DecodeError(f"inner chunk {chunks[i]} at bytes {rng[0]}+{rng[1]} of its decoded shard "
+                                          f"of {len(blob)} bytes: corrupt shard index")  # fmt: skip
+                    out[i] = blob[rng[0] : rng[0] + rng[1]]  # a copy: the shard itself is not kept by the result
+            except (DecodeError, OSError) as e:
+                if not wrap:
+                    raise
+                raise ShardReadError(first, self.shard_key(shard), e) from e
+            del blob
         return out
 
     def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> bytes | None:
-        """The decoded shard (None when it is missing), from the cache or read and decoded; its index parsed."""
+        """The decoded shard (None when it is missing), from the process-wide cache or read and decoded; its index
+        parsed. No lock is held across the read: a reader that misses the cache reads and decodes the shard
+        itself, so a hung request holds up only the reader that made it (two readers missing the same shard at
+        once both decode it; the cache keeps one)."""
         with self._lock:
             if self._cache.get(shard, 0) is None:  # known missing
                 return None
-            lock = self._shard_locks.setdefault(shard, threading.Lock())
-        with lock:  # another thread decoding this shard: wait for it rather than decode it twice
-            with self._lock:
-                if shard in self._blobs:
-                    self._blobs.move_to_end(shard)
-                    return self._blobs[shard]
-            raw = source.get(self.shard_key(shard))
-            if raw is None:
-                self.store_index(shard, None)
-                return None
-            try:
-                blob = bytes(decode_bytes(self.whole, raw))
-            except DecodeError as e:
-                codecs = [cid for cid, _ in reversed(self.whole)]
-                raise DecodeError(f"shard (codecs {codecs} after sharding_indexed): {e}") from e
-            if len(blob) < self.index_nbytes:
-                raise DecodeError(f"decoded shard of {len(blob)} bytes is shorter than its index ({self.index_nbytes})")
-            at = len(blob) - self.index_nbytes if self.location == "end" else 0
-            self.store_index(shard, blob[at : at + self.index_nbytes])
-            with self._lock:
-                self._blobs[shard] = blob
-                self._blob_bytes += len(blob)
-                while len(self._blobs) > 1 and self._blob_bytes > SHARD_CACHE_BYTES:
-                    _, old = self._blobs.popitem(last=False)
-                    self._blob_bytes -= len(old)
-                self._shard_locks.pop(shard, None)
+        blob = _SHARDS.get((self._token, shard))
+        if blob is not None:
             return blob
+        raw = source.get(self.shard_key(shard))
+        if raw is None:
+            self.store_index(shard, None)
+            return None
+        try:
+            blob = bytes(decode_bytes(self.whole, raw))
+        except DecodeError as e:
+            codecs = [cid for cid, _ in reversed(self.whole)]
+            raise DecodeError(f"shard (codecs {codecs} after sharding_indexed): {e}") from e
+        del raw
+        if len(blob) < self.index_nbytes:
+            raise DecodeError(f"decoded shard of {len(blob)} bytes is shorter than its index ({self.index_nbytes})")
+        at = len(blob) - self.index_nbytes if self.location == "end" else 0
+        self.store_index(shard, blob[at : at + self.index_nbytes])
+        _SHARDS.put((self._token, shard), blob)
+        return blob
+
+
+class ShardReadError(Exception):
+    """Reading or decoding one whole shard of a batched read failed (:meth:`ShardIndex.read_many`): ``chunk`` is
+    the first requested inner chunk in that shard, ``key`` the shard's store key, ``error`` what failed (also the
+    ``__cause__``); the store turns it into a ChunkReadError naming that chunk and file."""
+
+    def __init__(self, chunk: tuple[int, ...], key: str, error: BaseException):
+        super().__init__(f"shard {key!r}: {error}")
+        self.chunk, self.key, self.error = tuple(chunk), key, error
+
+
+class _ShardCache:
+    """Decoded whole shards of every array of every store in this process, least recently used first out, within
+    :data:`SHARD_CACHE_BYTES` together (read at each insert); the shard inserted last is kept whatever its size."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[tuple[int, tuple[int, ...]], bytes] = collections.OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: tuple[int, tuple[int, ...]]) -> bytes | None:
+        with self._lock:
+            blob = self._items.get(key)
+            if blob is not None:
+                self._items.move_to_end(key)
+            return blob
+
+    def put(self, key: tuple[int, tuple[int, ...]], blob: bytes) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:  # decoded twice by readers that missed at once: keep the newer
+                self.nbytes -= len(old)
+            self._items[key] = blob
+            self.nbytes += len(blob)
+            while len(self._items) > 1 and self.nbytes > SHARD_CACHE_BYTES:
+                _, gone = self._items.popitem(last=False)
+                self.nbytes -= len(gone)
+
+    def drop(self, token: int) -> None:
+        """Forget the shards of one array (its ShardIndex is gone)."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == token]:
+                self.nbytes -= len(self._items.pop(key))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+
+_SHARDS = _ShardCache()
+_TOKENS = itertools.count()
