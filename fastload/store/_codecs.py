@@ -7,8 +7,10 @@ decompresses). Built once per array at open (:func:`build_decoder`), so an unsup
 
 Supported: v2 compressors and filters from numcodecs (Blosc, Zstd, LZ4, GZip, Zlib, BZ2, LZMA, Delta,
 FixedScaleOffset, AsType, Quantize, BitRound, Shuffle, checksums) with C or F order and either byte order; v3
-codecs ``bytes`` (endian), ``transpose``, ``blosc``, ``zstd``, ``gzip``, ``crc32c`` and ``numcodecs.*``
-bytes-to-bytes codecs; ``sharding_indexed`` is handled by :mod:`._shard` around an inner decoder built here.
+codecs ``bytes`` (endian), ``transpose``, ``blosc``, ``zstd``, ``gzip``, ``crc32c``, ``numcodecs.*``
+bytes-to-bytes codecs and the element-wise ``numcodecs.*`` array-to-array codecs (bitround, quantize,
+fixedscaleoffset, astype: :data:`~._meta.ELEMENTWISE_A2A`); ``sharding_indexed`` is handled by :mod:`._shard`
+around an inner decoder built here.
 Object dtypes and object codecs (pickle, msgpack, JSON, vlen, categorize) and codecs we do not know raise
 :class:`~fastload.errors.CodecError` unless ``allow_unsafe_codecs=True``, which hands them to numcodecs.
 
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CodecError
-from ._meta import ArrayInfo
+from ._meta import ELEMENTWISE_A2A, ArrayInfo
 
 __all__ = [
     "ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "decode_bytes", "stored_as_is", "v3_bytes_steps",
@@ -301,7 +303,14 @@ def _build_v3(
         raise CodecError(f"array {info.name!r} ({where}): nested sharding is not supported")
     stored_shape = chunks
     array_steps: list[Callable[[np.ndarray], np.ndarray]] = []
+    dtype = info.dtype  # what the next array-to-array codec encodes (element-wise ones may change it)
     for c in codecs[:pos]:
+        if c["name"] in ELEMENTWISE_A2A:
+            cid, conf = c["name"].split(".", 1)[1], c.get("configuration") or {}
+            codec = _numcodec({"id": cid, **conf}, info, where)
+            array_steps.append(lambda a, codec=codec, dt=dtype: _decode_elementwise(codec, a, dt))
+            dtype = _encoded_dtype(cid, conf, dtype, info, where)
+            continue
         if c["name"] != "transpose":
             _refuse(info, where, f"array-to-array codec {c['name']!r}", allow_unsafe)
             raise CodecError(f"array {info.name!r} ({where}): array-to-array codec {c['name']!r} cannot be decoded")
@@ -315,11 +324,27 @@ def _build_v3(
     endian = codecs[pos]["configuration"].get("endian", "little")
     if endian not in ("little", "big"):
         raise CodecError(f"array {info.name!r} ({where}): bytes codec endian {endian!r}, expected little or big")
-    stored = info.dtype
-    if info.dtype.itemsize > 1 and info.dtype.kind != "O":
-        stored = info.dtype.newbyteorder("<" if endian == "little" else ">")
+    stored = dtype
+    if dtype.itemsize > 1 and dtype.kind != "O":
+        stored = dtype.newbyteorder("<" if endian == "little" else ">")
     return ChunkDecoder(info, chunks, v3_bytes_steps(info, where, allow_unsafe, codecs[pos + 1 :]), [], array_steps,
                         stored, stored_shape)  # fmt: skip
+
+
+def _encoded_dtype(cid: str, conf: dict, dtype: np.dtype, info: ArrayInfo, where: str) -> np.dtype:
+    """The dtype an element-wise numcodecs codec (:data:`ELEMENTWISE_A2A`) encodes ``dtype`` to."""
+    name = {"quantize": "astype", "fixedscaleoffset": "astype", "astype": "encode_dtype"}.get(cid)
+    to = conf.get(name) if name else None
+    try:
+        return dtype if to is None else np.dtype(to).newbyteorder("=")
+    except TypeError:
+        raise CodecError(f"array {info.name!r} ({where}): codec 'numcodecs.{cid}' {name} {to!r} is not a dtype") from None
+
+
+def _decode_elementwise(codec: Any, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Undo an element-wise numcodecs codec on a decoded array ``a`` (any byte order); the result is ``dtype``."""
+    flat = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")).reshape(-1)
+    return np.asarray(codec.decode(flat)).reshape(a.shape).astype(dtype, copy=False)
 
 
 def v3_bytes_steps(

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import SchemaError
 from ._source import BaseByteSource
 
-__all__ = ["ArrayInfo", "StoreMetadata", "load_metadata", "shard_perm"]
+__all__ = ["ArrayInfo", "ELEMENTWISE_A2A", "StoreMetadata", "load_metadata", "shard_perm"]
 
 _V3_DTYPES = {
     "bool": "bool",
@@ -305,12 +305,22 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     ))  # fmt: skip
 
 
+ELEMENTWISE_A2A = frozenset({
+    "numcodecs.bitround", "numcodecs.quantize", "numcodecs.fixedscaleoffset", "numcodecs.astype",
+})  # fmt: skip
+"""v3 array-to-array codecs fastload decodes that act on each element alone (their decode commutes with cutting an
+array into boxes), so they may sit before ``sharding_indexed``: each inner chunk is decoded through them."""
+
+
 def shard_perm(before: tuple[dict, ...], ndim: int) -> tuple[int, ...] | None:
     """The axis order the codecs ``before`` a v3 ``sharding_indexed`` codec put a shard in: axis ``i`` of what the
-    sharding codec sees is array axis ``perm[i]`` (transposes compose). None when one of them is not a
-    ``transpose`` with a valid order (the store then refuses the array, :class:`~._shard.ShardIndex`)."""
+    sharding codec sees is array axis ``perm[i]`` (transposes compose; element-wise codecs,
+    :data:`ELEMENTWISE_A2A`, leave it). None when one of them is neither an element-wise codec nor a ``transpose``
+    with a valid order (the store then refuses the array, :class:`~._shard.ShardIndex`)."""
     perm = tuple(range(ndim))
     for c in before:
+        if c.get("name") in ELEMENTWISE_A2A:
+            continue
         order = (c.get("configuration") or {}).get("order") if c.get("name") == "transpose" else None
         if not isinstance(order, (list, tuple)) or sorted(order) != list(range(ndim)):
             return None

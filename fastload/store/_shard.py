@@ -20,7 +20,12 @@ The codecs around ``sharding_indexed`` in the array's chain are honoured:
   decoded shard at a time plus the slices. No lock is held across a shard's read: a hung request holds up only
   its own reader (two readers that miss the same shard at once both decode it).
 
-Any other codec before the sharding codec is refused at open (:class:`~fastload.errors.CodecError`).
+- element-wise array-to-array codecs before it (``numcodecs.bitround``, ``quantize``, ``fixedscaleoffset``,
+  ``astype``: :data:`~._meta.ELEMENTWISE_A2A`, as zarr-python writes ``filters=`` with
+  ``serializer=ShardingCodec(...)``) act on each element alone, so they go in front of the inner chain too.
+
+Any other codec before the sharding codec (``numcodecs.delta``: not element-wise) is refused at open
+(:class:`~fastload.errors.CodecError`), naming the array, the chain and why.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 
 from ..errors import CodecError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, decode_bytes, v3_bytes_steps
-from ._meta import ArrayInfo, shard_perm
+from ._meta import ELEMENTWISE_A2A, ArrayInfo, shard_perm
 from ._source import BaseByteSource
 
 __all__ = ["ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES"]
@@ -70,13 +75,17 @@ class ShardIndex:
         names = [c["name"] for c in info.codecs]
         k = names.index("sharding_indexed")
         conf = info.codecs[k]["configuration"]
-        perm = shard_perm(info.codecs[:k], info.ndim)
+        before = tuple(_named(c) for c in info.codecs[:k])
+        perm = shard_perm(before, info.ndim)
         if perm is None:
+            bad = next(c["name"] for c in before if c["name"] not in ELEMENTWISE_A2A and shard_perm((c,), info.ndim) is None)
+            why = ("a transpose whose order is not a permutation of the axes" if bad == "transpose" else
+                   f"{bad!r} is not element-wise, so an inner chunk cannot be decoded without its whole shard")
             raise CodecError(
-                f"array {info.name!r} ({where}): codec chain {names}: before 'sharding_indexed' fastload reads only "
-                "'transpose' codecs (with a valid order); after it, bytes-to-bytes codecs (zstd, blosc, gzip, "
-                "crc32c, numcodecs.*)"
-            )
+                f"array {info.name!r} ({where}): codec chain {names}: {why}; before 'sharding_indexed' fastload "
+                f"reads only 'transpose' codecs (with a valid order) and element-wise codecs ({sorted(ELEMENTWISE_A2A)}); "
+                "after it, bytes-to-bytes codecs (zstd, blosc, gzip, crc32c, numcodecs.*)"
+            )  # fmt: skip
         self.info = info
         self.cps = info.chunks_per_shard  # inner chunks per shard, in array axes
         self.perm = perm  # axis i of the shard as the sharding codec sees it is array axis perm[i]
@@ -98,9 +107,8 @@ class ShardIndex:
         self._index_dtype = np.dtype("<u8" if endian == "little" else ">u8")
         self.crc = len(names) == 2
         self.index_nbytes = 16 * self.n + (4 if self.crc else 0)
-        inner = tuple(_named(c) for c in conf.get("codecs") or ())
-        if perm != tuple(range(info.ndim)):  # the shard's transpose, per inner chunk
-            inner = ({"name": "transpose", "configuration": {"order": list(perm)}},) + inner
+        # the codecs before sharding (transposes and element-wise codecs) act on each inner chunk as on the shard
+        inner = before + tuple(_named(c) for c in conf.get("codecs") or ())
         self.decoder: ChunkDecoder = build_decoder(info, where, allow_unsafe=allow_unsafe, codecs=inner,
                                                    chunks=info.chunks)  # fmt: skip
         self._cache: dict[tuple[int, ...], np.ndarray | None] = {}

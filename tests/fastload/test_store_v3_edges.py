@@ -19,8 +19,11 @@ import pytest
 import xarray as xr
 import zarr
 from zarr.codecs import (
+    AsType,
+    BitRound,
     BytesCodec,
     Crc32cCodec,
+    Quantize,
     ShardingCodec,
     ShardingCodecIndexLocation,
     TransposeCodec,
@@ -192,6 +195,47 @@ def test_unreadable_codec_before_sharding_refused_at_open(tmp_path):
     meta.write_text(json.dumps(doc))
     with pytest.raises(CodecError, match=r"array 'v' .*codec chain \['transpose', 'sharding_indexed'\].*before "
                                          r"'sharding_indexed' fastload reads only 'transpose'"):  # fmt: skip
+        open_store(tmp_path / "s.zarr")
+
+
+_INNER_ZSTD = dict(compressors=None, serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec(), ZstdCodec()]))
+_FILTERS = {  # built in the test: zarr-python warns when a numcodecs codec is made
+    "bitround": lambda: [BitRound(keepbits=9)],
+    "quantize": lambda: [Quantize(digits=3, dtype="<f4")],
+    "astype": lambda: [AsType(encode_dtype="<f8", decode_dtype="<f4")],  # the shard holds float64
+    "bitround+transpose": lambda: [BitRound(keepbits=9), TransposeCodec(order=(2, 0, 1))],
+}
+_INNER = {"bitround+transpose": (6, 2, 2)}  # divides the shard (6, 8, 18) as it is and as seen, (18, 6, 8)
+
+
+@pytest.mark.parametrize("filters,shards", [(f, False) for f in _FILTERS] + [("bitround", True)])
+def test_elementwise_filters_before_sharding(tmp_path, filters, shards):
+    """Review r1 F4: element-wise numcodecs filters before the sharding codec (zarr-python puts ``filters=`` there
+    when given ``serializer=ShardingCodec(...)``; with ``shards=``, inside the inner chain) decode per inner chunk
+    and give zarr-python's values (a store with bitround before sharding opened before 1936ce5, refused by it)."""
+    kw = dict(chunks=(3, 4, 9), shards=(6, 8, 18)) if shards else dict(chunks=(6, 8, 18), **_INNER_ZSTD)
+    if filters in _INNER:
+        kw["serializer"] = ShardingCodec(chunk_shape=_INNER[filters], codecs=[BytesCodec(), ZstdCodec()])
+    with _quiet():
+        made = _FILTERS[filters]()
+        _v3_store(tmp_path / "s.zarr", _data(), filters=made, **kw)
+    chain = [c["name"] for c in json.loads((tmp_path / "s.zarr" / "v" / "zarr.json").read_text())["codecs"]]
+    assert chain[-1] == "sharding_indexed" and len(chain) == (1 if shards else 1 + len(made))
+    s = open_store(tmp_path / "s.zarr")
+    _check_every_chunk(s, tmp_path / "s.zarr")
+
+
+def test_delta_before_sharding_refused_at_open(tmp_path):
+    """Review r1 F4: a codec before sharding that is not element-wise (delta: a running sum along the shard) is
+    refused at open, naming the array, the chain and why."""
+    with _quiet():
+        _v3_store(tmp_path / "s.zarr", _data(), filters=_FILTERS["bitround"](), chunks=(6, 8, 18), **_INNER_ZSTD)
+    meta = tmp_path / "s.zarr" / "v" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["codecs"][0] = {"name": "numcodecs.delta", "configuration": {"dtype": "<f4"}}
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(CodecError, match=r"array 'v' .*codec chain \['numcodecs.delta', 'sharding_indexed'\]: "
+                                         r"'numcodecs.delta' is not element-wise"):  # fmt: skip
         open_store(tmp_path / "s.zarr")
 
 
