@@ -225,6 +225,21 @@ def test_elementwise_filters_before_sharding(tmp_path, filters, shards):
     _check_every_chunk(s, tmp_path / "s.zarr")
 
 
+def test_fixedscaleoffset_before_sharding(tmp_path):
+    """Review r1 F4: numcodecs.fixedscaleoffset before sharding (zarr-python 3.1 cannot write it for a 3-D array,
+    so its metadata replaces astype's on a store whose shards hold float64: decoded, x / 4 + 0.5) reads as
+    zarr-python reads it."""
+    with _quiet():
+        _v3_store(tmp_path / "s.zarr", _data(), filters=_FILTERS["astype"](), chunks=(6, 8, 18), **_INNER_ZSTD)
+    meta = tmp_path / "s.zarr" / "v" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    conf = {"offset": 0.5, "scale": 4, "dtype": "<f4", "astype": "<f8"}
+    doc["codecs"][0] = {"name": "numcodecs.fixedscaleoffset", "configuration": conf}
+    meta.write_text(json.dumps(doc))
+    np.testing.assert_allclose(_zarr_read(tmp_path / "s.zarr", "v"), _data() / 4 + 0.5, rtol=1e-6)  # the reference
+    _check_every_chunk(open_store(tmp_path / "s.zarr"), tmp_path / "s.zarr")
+
+
 def test_delta_before_sharding_refused_at_open(tmp_path):
     """Review r1 F4: a codec before sharding that is not element-wise (delta: a running sum along the shard) is
     refused at open, naming the array, the chain and why."""
