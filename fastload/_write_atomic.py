@@ -12,9 +12,11 @@ same checks, rename and Ctrl-C handling:
 - :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` and
   :func:`remove_stale_temporaries` removes the ones whose writer is provably gone. SIGKILL (the OOM killer, a
   preempted job) runs no cleanup, so its temporary stays; the next writer of the same output removes it, but only
-  one written on its own host (``<host>``, with the pid namespace: a shared file system is seen by writers on other
-  nodes and in other containers, whose processes it cannot check) by a process that no longer runs: ``/proc/<pid>`` is gone or holds a process started at another
-  time than ``<start>`` (the pid was reused), or is a zombie. A live writer's temporary is never touched;
+  one written on its own host (``<host>``, with the pid namespace and boot id: a shared file system is seen by
+  writers on other nodes and in other containers, whose processes it cannot check; one of the same host name in
+  another namespace or boot is kept with a warning) by a process that no longer runs: no ``/proc/<pid>`` and
+  ``kill(pid, 0)`` finds none (``hidepid`` hides other users' live processes from ``/proc``), a process started at
+  another time than ``<start>`` (the pid was reused), or a zombie. A live writer's temporary is never touched;
 - :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
   before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
 
@@ -47,13 +49,24 @@ log = logging.getLogger("fastload")
 
 def _host() -> str:
     """Where this process's pids mean something, as it goes into a temporary's name: the machine's name (characters
-    other than ``A-Za-z0-9._-`` as ``_``) and, where ``/proc`` tells, ``~`` and the inode of its pid namespace (two
-    containers may share a host name and a file system, but a pid of one is not the other's to check)."""
+    other than ``A-Za-z0-9._-`` as ``_``) and, where ``/proc`` tells, ``~<pid namespace inode>~<boot id>``.
+
+    The pid namespace tells containers of one machine apart (they may share a host name and a file system, but a pid
+    of one is not the other's to check); it does not tell machines apart: every process outside a container is in
+    the initial pid namespace, whose inode is the same on every Linux machine. The boot id
+    (``/proc/sys/kernel/random/boot_id``, 32 hex digits, new at each boot, not namespaced) does: two machines of the
+    same name on NFS, or this machine before a reboot, get another id."""
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
     try:
-        return f"{host}~{os.stat('/proc/self/ns/pid').st_ino}"
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
-        return host
+        ns = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = re.sub(r"[^0-9a-f]", "", fh.read().lower())
+    except OSError:
+        boot = ""
+    return f"{host}~{ns}~{boot}" if ns or boot else host
 
 
 def _proc_start(pid: int) -> tuple[int, str] | None:
@@ -102,17 +115,23 @@ def writer_gone(pid: int, start: int) -> bool:
     try:
         now = _proc_start(pid)
     except (OSError, ValueError, IndexError):  # no /proc: ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # EPERM: it exists, under another user
-            return False
-        return False
-    if now is None:
-        return True
+        return _no_such_pid(pid)
+    if now is None:  # no /proc/<pid>, which hidepid=1/2 also says of another user's live process: ask the kernel
+        return _no_such_pid(pid)
     started, state = now
     return state in ("Z", "X") or (start != 0 and started != start)
+
+
+def _no_such_pid(pid: int) -> bool:
+    """True only when the kernel says there is no process ``pid`` (``kill(pid, 0)``: ESRCH); EPERM is a process of
+    another user, alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, under another user
+        return False
+    return False
 
 
 def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
@@ -122,7 +141,9 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     writer is gone (:func:`writer_gone`), and a ``<out>.old-<host>-<pid>-<start>`` of such a writer (the store it
     replaced, being deleted) when ``out`` exists. Kept, with a log warning: an ``.old-`` one when ``out`` is
     missing (the writer was killed between its two renames: that is the previous store, rename it back) and a
-    temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its host). Never touched: another
+    temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its host), and one of this host name
+    in another pid namespace or boot (:func:`_host`: a container restarted after the OOM killer, a reboot), whose
+    writer cannot be checked from here: safe to delete once no writer of ``out`` runs. Never touched: another
     host's, a live writer's, anything else.
     """
     out = Path(out)
@@ -141,7 +162,16 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
                             "does not say on which host); delete it once no writer of %s runs", p, out)  # fmt: skip
             continue
         h, pid, start = who
-        if h != host or not writer_gone(pid, start):
+        if h != host:
+            if h.split("~")[0] == host.split("~")[0]:  # same host name; another container, boot or machine
+                what = ("an unfinished store" if kind == "tmp" else
+                        f"the store that was at {out.name}, moved aside (if {out.name} is missing, rename it back)")
+                log.warning("%s: %s left by writer %d on %s: the same host name as this one (%s) but another pid "
+                            "namespace or boot (a restarted container, a rebooted machine, another machine of that "
+                            "name), whose processes cannot be checked from here, so it is kept; it is safe to delete "
+                            "once no writer of %s runs", p, what, pid, h, host, out)  # fmt: skip
+            continue
+        if not writer_gone(pid, start):
             continue
         if kind == "old" and not (out.exists() or out.is_symlink()):
             log.warning("%s: the store that was at %s, moved aside by a writer that was killed before it put the new "

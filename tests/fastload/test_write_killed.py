@@ -199,3 +199,78 @@ def test_a_killed_stats_runs_temporary_is_removed_and_never_read_as_coefficients
     zarr.open_group(out, mode="r+").attrs[UNFINISHED_ATTR] = "written by process 1 on x"
     with pytest.raises(SchemaError, match=r"an unfinished store"):
         Normalizer(str(out))
+
+
+def _id_parts():
+    """(host name, pid namespace inode, boot id without dashes) of this process, read here, not by fastload."""
+    import socket
+
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        boot = fh.read().strip().replace("-", "")
+    return socket.gethostname().replace("~", "_"), str(os.stat("/proc/self/ns/pid").st_ino), boot
+
+
+def test_the_host_id_tells_machines_and_boots_apart():
+    """Outside containers every process is in the initial pid namespace, whose inode is the same on every Linux
+    machine: two machines of one host name on NFS would read each other's temporaries as their own. The boot id
+    (per machine and boot) is in the name, and the name still parses."""
+    from fastload._write_atomic import _parse, temp_path
+
+    name, _, boot = _id_parts()
+    assert _host() == f"{name}~{os.stat('/proc/self/ns/pid').st_ino}~{boot}"
+    tmp = temp_path("/x/s.zarr")
+    assert _parse(tmp.name[len("s.zarr.tmp-"):]) == (_host(), os.getpid(), _proc_start(os.getpid())[0])
+
+
+def test_a_temporary_of_this_host_name_in_another_namespace_or_boot_is_kept_with_a_warning(tmp_path, caplog):
+    """A container restarted after the OOM killer (new pid namespace, same host name), this machine before a
+    reboot, another machine of the same name: their writers' pids cannot be checked here, so the temporary stays,
+    and the log names it and says when it may be deleted (it used to stay for ever without a word)."""
+    out = tmp_path / "s.zarr"
+    name, ns, boot = _id_parts()
+    dead, dead_start = _dead_process()  # gone here: were these ours, they would be removed
+    names = [f"s.zarr.tmp-{name}~{ns}~{'0' * 32}-{dead}-{dead_start}",  # another boot or machine, same name and ns
+             f"s.zarr.tmp-{name}~4026532999~{boot}-{dead}-{dead_start}",  # another container of this boot
+             f"s.zarr.tmp-{name}~{ns}-{dead}-{dead_start}",  # an earlier fastload's name (no boot id)
+             f"s.zarr.old-{name}~4026532999~{boot}-{dead}-{dead_start}"]  # fmt: skip
+    other_host = f"s.zarr.tmp-x{name}~{ns}~{boot}-{dead}-{dead_start}"
+    for n in [*names, other_host]:
+        zarr.open_group(tmp_path / n, mode="w", attributes={UNFINISHED_ATTR: "x"})
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == []
+    assert {p.name for p in tmp_path.iterdir()} == {*names, other_host}
+    for n in names:
+        msg = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(str(tmp_path / n) + ":"))
+        assert "another pid namespace or boot" in msg and f"safe to delete once no writer of {out} runs" in msg
+    assert "rename it back" in next(r.getMessage() for r in caplog.records if names[3] in r.getMessage())
+    assert not any(other_host in r.getMessage() for r in caplog.records)  # another host's: not ours to judge
+
+
+def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
+    """With /proc mounted hidepid=2, another user's live process has no /proc/<pid> (FileNotFoundError): the
+    kernel's kill(pid, 0) decides, and EPERM means alive."""
+    import builtins
+
+    import fastload._write_atomic as wa
+
+    live, live_start = os.getppid(), _proc_start(os.getppid())[0]
+    dead, dead_start = _dead_process()
+    hidden = {f"/proc/{live}/stat", f"/proc/{dead}/stat"}
+
+    def hidepid_open(path, *a, **k):
+        if str(path) in hidden:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(wa, "open", hidepid_open, raising=False)
+    assert not writer_gone(live, live_start) and not writer_gone(live, 0)  # ours: kill(pid, 0) succeeds
+    assert writer_gone(dead, dead_start)  # ESRCH: gone
+    real_kill = os.kill
+
+    def other_users(pid, sig):
+        if pid == dead:
+            raise PermissionError(1, "Operation not permitted")
+        return real_kill(pid, sig)
+
+    monkeypatch.setattr(wa.os, "kill", other_users)
+    assert not writer_gone(dead, dead_start)  # EPERM: another user's live process
