@@ -29,6 +29,8 @@ dimensions out of order or without its level coordinate; logged as a WARNING too
 does not have (``time_bnds(time, nv)``), arrays over 64 MiB. An
 AtmoRep source becomes per-variable arrays over ``time``, ``level``, ``latitude``, ``longitude`` (it has no
 per-variable names to keep). Times are re-encoded as ``hours since 1979-01-01`` (same values, other units).
+Attributes are the source's, none invented (85000 Pa without units is not labelled hPa), but for the layout's
+(root ``fastload_layout``, ``latitude_order``, ``rechunked_from``; ``level_type`` where the level's name does not tell).
 
 ``--dtype float32`` stores every floating-point field as float32, converted as xarray's ``astype`` converts: a float16
 store, which the sampler does not read, becomes one it reads.
@@ -428,15 +430,18 @@ def rechunk(
     elif read_bps is not None:
         raise ConfigError(f"read_bps={read_bps} goes with codec='auto' (it is the read rate the choice charges)")
     with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs, sources=[src.path],
-                     dim_names=dim_names) as w, \
+                     dim_names=dim_names, default_attrs=False) as w, \
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
-            w.set_time(src.time)
-        w.set_grid(src.grid.lat, src.grid.lon, lat_attrs=_coord_attrs(src, 0), lon_attrs=_coord_attrs(src, 1))
+            w.set_time(src.time, attrs=_copied_attrs(src.coords.get(dim_names.get("time", "time"))))
+        w.set_grid(src.grid.lat, src.grid.lon, lat_attrs=_copied_attrs(src.coords.get(src.grid.dims[0])),
+                   lon_attrs=_copied_attrs(src.coords.get(src.grid.dims[1])))
         if lev:
             f0 = lev[0][1]
             lattrs = _level_attrs(src, f0)
             lt = f0.level_type if f0.level_type in LEVEL_TYPES else "model"
+            if src.layout != "per_variable":  # an AtmoRep source's, on its data array: the copy's is on the level
+                lattrs["level_type"] = lt
             w.set_levels(f0.levels, level_type=lt, units=lattrs.pop("units", None), attrs=lattrs)
         if extras:
             group = _source_group(src)
@@ -504,11 +509,11 @@ def _fill_attr(fill: Any, dtype: Any) -> Any:
     return int(fill)
 
 
-def _coord_attrs(src: Any, axis: int) -> dict[str, Any]:
-    dim = src.grid.dims[axis]
-    info = src.coords.get(dim)
+def _copied_attrs(info: Any) -> dict[str, Any]:
+    """A source coordinate's own attributes as the copy's (``units`` included: the copy invents none, a level
+    coordinate in Pa without units must not become hPa), less the zarr/xarray encoding ones."""
     attrs = dict(info.attrs) if info is not None else {}
-    return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "units")}
+    return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "_FillValue")}
 
 
 def _level_attrs(src: Any, f: Any) -> dict[str, Any]:
@@ -517,8 +522,7 @@ def _level_attrs(src: Any, f: Any) -> dict[str, Any]:
         info = src.coords.get(dims[f.axes[2]]) if len(dims) > f.axes[2] else None
     else:
         info = src.coords.get("level")
-    attrs = dict(info.attrs) if info is not None else {}
-    return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "level_type")}
+    return _copied_attrs(info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,7 @@ from ._write_encoding import (
     parse_ints,
 )
 from .errors import ConfigError, SchemaError, StoreError
+from .store._cf import level_type_of
 
 __all__ = [
     "StoreWriter",
@@ -114,6 +115,8 @@ _LEVEL_DEFAULTS = {  # level_type -> (units, positive, long_name)
 # "field"/"sfc_field" are the field axes of the AtmoRep layout (no coordinate array: names are in attributes).
 DIMS = ("time", "field", "sfc_field", "level", "latitude", "longitude")
 _COORDS = ("time", "level", "latitude", "longitude")
+_TYPE_UNITS: Any = type("_TypeUnits", (), {"__repr__": lambda self: "<the level type's units>"})()
+"""``set_levels``'s default units: those of the level type (``hPa`` for pressure); ``None`` writes none."""
 
 
 class StoreWriter:
@@ -135,6 +138,13 @@ class StoreWriter:
     dim_names : mapping, optional
         Stored names of the dimensions ``time``, ``level``, ``latitude``, ``longitude`` and of their coordinate
         arrays, e.g. ``{"time": "valid_time", "level": "pressure_level"}``; the methods still take the usual names.
+    default_attrs : bool
+        Add the CF attributes a new store should have where they are not given: the root's ``Conventions``, the
+        coordinates' ``standard_name``, ``long_name``, ``units`` (degrees, the level type's) and ``positive``, and
+        the level coordinate's ``level_type``. ``False`` (a copy: ``fastload rechunk``) writes only the attributes
+        given, plus what fastload needs to read the store as it read the source: the layout's root attributes,
+        the time's CF ``units``/``calendar`` (an encoding) and ``level_type`` where the level coordinate's name
+        and attributes do not already say it (:func:`fastload.store._cf.level_type_of`).
 
     Notes
     -----
@@ -154,6 +164,7 @@ class StoreWriter:
         attrs: Mapping[str, Any] | None = None,
         sources: Sequence[str | os.PathLike[str]] = (),
         dim_names: Mapping[str, str] | None = None,
+        default_attrs: bool = True,
     ):
         if zarr_format not in (2, 3):
             raise ConfigError(f"zarr_format: expected 2 or 3, got {zarr_format!r}")
@@ -167,13 +178,14 @@ class StoreWriter:
         self.out = check_output(out, overwrite=overwrite, sources=sources)
         self.zarr_format = zarr_format
         self.overwrite = overwrite
+        self.default_attrs = default_attrs
         remove_stale_temporaries(self.out)  # what killed writers of out on this host left (SIGKILL runs no cleanup)
         self.tmp = temp_path(self.out)  # names this process and its start time: unique while it runs
         if self.tmp.exists():  # cannot be a live writer's: it would be ours
             shutil.rmtree(self.tmp)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        root_attrs = {"fastload_layout": "per_variable", "Conventions": "CF-1.8", **(attrs or {}),
-                      UNFINISHED_ATTR: unfinished_attr(self.out)}  # fmt: skip
+        root_attrs = {"fastload_layout": "per_variable", **({"Conventions": "CF-1.8"} if default_attrs else {}),
+                      **(attrs or {}), UNFINISHED_ATTR: unfinished_attr(self.out)}  # fmt: skip
         try:
             with sigint_deferred():
                 self.group = zarr.open_group(
@@ -206,10 +218,13 @@ class StoreWriter:
             arr[...] = values
         self.sizes[name] = values.size
 
-    def set_time(self, times: np.ndarray) -> None:
-        """Write the ``time`` coordinate from datetime64 values (int64, CF units, proleptic Gregorian)."""
+    def set_time(self, times: np.ndarray, *, attrs: Mapping[str, Any] | None = None) -> None:
+        """Write the ``time`` coordinate from datetime64 values (int64, CF units, proleptic Gregorian) with
+        ``attrs`` (their ``units`` and ``calendar`` are the encoding's, not taken)."""
         values, units = encode_time(times)
-        attrs = {"units": units, "calendar": CALENDAR, "standard_name": "time", "long_name": "time"}
+        given = {k: v for k, v in (attrs or {}).items() if k not in ("units", "calendar")}
+        attrs = {"standard_name": "time", "long_name": "time"} if self.default_attrs else {}
+        attrs = {"units": units, "calendar": CALENDAR, **attrs, **given}
         self._coord("time", values, attrs, fill_value=None if self.zarr_format == 2 else 0)
 
     def set_grid(
@@ -231,8 +246,10 @@ class StoreWriter:
             d = np.diff(np.unwrap(v, period=360.0) if name == "longitude" else v)  # 350, 355, 0, 5 is fine
             if v.size > 1 and not ((d > 0).all() or (d < 0).all()):
                 raise SchemaError(f"{name}: expected strictly monotonic values")
-        la = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", **(lat_attrs or {})}
-        lo_ = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", **(lon_attrs or {})}
+        la, lo_ = dict(lat_attrs or {}), dict(lon_attrs or {})
+        if self.default_attrs:
+            la = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", **la}
+            lo_ = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", **lo_}
         nofill = None if self.zarr_format == 2 else 0.0
         self._coord("latitude", lat, la, nofill)
         self._coord("longitude", lon, lo_, nofill)
@@ -246,10 +263,12 @@ class StoreWriter:
         values: Sequence[float],
         *,
         level_type: str,
-        units: str | None = None,
+        units: str | None = _TYPE_UNITS,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the ``level`` coordinate with its ``level_type`` (model, pressure, depth, height) and units."""
+        """Write the ``level`` coordinate with its ``level_type`` (model, pressure, depth, height) and ``units``:
+        by default the level type's (``hPa``, ``m``, ``1``), ``None`` for none (levels whose units are not known
+        must not be labelled: 85000 Pa is not 85000 hPa). See ``default_attrs`` for the other attributes."""
         if level_type not in LEVEL_TYPES:
             raise ConfigError(f"level_type: expected one of {list(LEVEL_TYPES)}, got {level_type!r}")
         v = np.asarray(values)
@@ -258,11 +277,20 @@ class StoreWriter:
         if v.ndim == 1 and len(np.unique(v)) != v.size:
             raise SchemaError(f"level: duplicate level values in {v.tolist()}")
         default_units, positive, long_name = _LEVEL_DEFAULTS[level_type]
-        a: dict[str, Any] = {"level_type": level_type, "units": units or default_units, "long_name": long_name}
-        if positive:
-            a["positive"] = positive
+        units = default_units if units is _TYPE_UNITS else units
+        a: dict[str, Any] = {"level_type": level_type}
+        if self.default_attrs:
+            a["long_name"] = long_name
+            if positive:
+                a["positive"] = positive
+        if units is not None:
+            a["units"] = units
         a.update(attrs or {})
         a["level_type"] = level_type
+        if not self.default_attrs and "level_type" not in (attrs or {}):  # only where fastload needs it
+            rest = {k: v for k, v in a.items() if k != "level_type"}
+            if (level_type_of(self.names["level"], rest) or "model") == level_type:
+                del a["level_type"]
         self._coord("level", v, a, fill_value=None if self.zarr_format == 2 else 0)
 
     # -- variables --------------------------------------------------------------------------------------------

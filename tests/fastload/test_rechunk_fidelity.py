@@ -103,3 +103,56 @@ def test_dtype_is_a_floating_type(tmp_path):
     rechunk(str(src), tmp_path / "d.zarr", dtype="float64", progress=False)
     b = xr.open_zarr(tmp_path / "d.zarr")
     assert b.t.dtype == np.float64 and b.number.dtype == np.int64  # coordinates are copied as they are
+
+
+_LAYOUT_ROOT = ("fastload_layout", "latitude_order", "rechunked_from")  # the copy's own layout attributes
+
+
+def _era5_with_attrs(path, fmt, attrs=True):
+    """CDS-like ERA5 with its CF metadata on every variable and coordinate (or with none at all)."""
+    rng = np.random.default_rng(1)
+    on = (lambda **a: a) if attrs else (lambda **a: {})
+    ds = xr.Dataset(
+        {"t": (("valid_time", "pressure_level", "latitude", "longitude"), rng.normal(250, 5, (8, 2, 9, 16)).astype(
+            "f4"), on(units="K", long_name="Temperature", standard_name="air_temperature", GRIB_paramId=130)),
+         "t2m": (("valid_time", "latitude", "longitude"), rng.normal(280, 5, (8, 9, 16)).astype("f4"), on(units="K"))},
+        coords={"valid_time": ("valid_time", pd.date_range("2024-01-01", periods=8, freq="6h"),
+                               on(long_name="time", standard_name="time")),
+                "pressure_level": ("pressure_level", [850.0, 500.0],
+                                   on(units="hPa", long_name="pressure", positive="down", stored_direction="decreasing")),
+                "latitude": ("latitude", np.linspace(40, 0, 9), on(units="degrees_north", standard_name="latitude")),
+                "longitude": ("longitude", np.arange(0, 80, 5.0), on(units="degrees_east", standard_name="longitude")),
+                "number": ((), 0, on(long_name="ensemble member numerical id"))},
+        attrs=on(Conventions="CF-1.7", institution="ECMWF"),
+    )  # fmt: skip
+    ds.to_zarr(path, zarr_format=fmt, consolidated=fmt == 2)
+    return path
+
+
+@pytest.mark.parametrize("attrs", [True, False], ids=["cf-attrs", "no-attrs"])
+@pytest.mark.parametrize("fmt, out_fmt", [(2, 2), (3, 3), (2, 3), (3, 2)])
+def test_the_copy_is_identical_to_the_source_as_xarray_reads_it(tmp_path, fmt, out_fmt, attrs):
+    """Review r3 W4: the copy added attributes the source did not have (long_name on latitude/longitude, level_type,
+    degrees and hPa units, time's standard_name, Conventions). Now xarray reads the copy as the source, attributes
+    included (time values compared decoded: their CF units differ), less the copy's layout attributes."""
+    src = _era5_with_attrs(tmp_path / "s.zarr", fmt, attrs)
+    out = rechunk(str(src), tmp_path / "r.zarr", chunks=(4, 1, 5, 8), zarr_format=out_fmt, progress=False)
+    a, b = xr.open_zarr(src, consolidated=fmt == 2).load(), xr.open_zarr(out).load()
+    assert all(k in b.attrs for k in _LAYOUT_ROOT)
+    xr.testing.assert_identical(b.drop_attrs(deep=False).assign_attrs({k: v for k, v in b.attrs.items()
+                                                                       if k not in _LAYOUT_ROOT}), a)  # fmt: skip
+    s, c = open_store(str(src)), open_store(str(out))  # and fastload reads the levels as it reads the source's
+    assert c.fields["t"].level_type == s.fields["t"].level_type == "pressure"
+
+
+def test_levels_in_pa_without_units_are_not_labelled_hpa(tmp_path):
+    """Review r3 W4, the worst case: 85000 and 50000 (Pa) without a units attribute came out as 'units: hPa'."""
+    ds = xr.Dataset({"t": (("time", "pressure_level", "latitude", "longitude"), np.zeros((4, 2, 9, 16), "f4"))},
+                    coords={"time": pd.date_range("2024-01-01", periods=4, freq="6h"), "pressure_level": [85000.0,
+                            50000.0], "latitude": np.linspace(40, 0, 9), "longitude": np.arange(0, 80, 5.0)})  # fmt: skip
+    ds.to_zarr(tmp_path / "s.zarr", zarr_format=2)
+    out = rechunk(str(tmp_path / "s.zarr"), tmp_path / "r.zarr", chunks=(4, 1, 5, 8), progress=False)
+    b = xr.open_zarr(out)
+    assert b.pressure_level.attrs == {} and b.pressure_level.values.tolist() == [85000.0, 50000.0]
+    assert b.latitude.attrs == {} and b.time.attrs == {}
+    assert open_store(str(out)).fields["t"].level_type == open_store(str(tmp_path / "s.zarr")).fields["t"].level_type

@@ -395,3 +395,33 @@ def test_a_failed_rename_puts_the_old_store_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, data["t2m"])  # the old store, intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_level_units_are_the_types_by_default_none_writes_none_and_a_copy_invents_nothing(tmp_path):
+    """Review r3 W4: ``units or default_units`` labelled levels of unknown units (85000 Pa) 'hPa'. The level type's
+    units are written only when units are not passed (synth); ``units=None`` writes none. ``default_attrs=False``
+    (rechunk's copy) writes only the attributes given, and level_type only where the name does not say it."""
+    times, lat, lon = _coords()
+
+    def levels(name, default_attrs=True, **kw):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.zarr"
+        dim_names = {"level": name} if name != "level" else None
+        with StoreWriter(out, default_attrs=default_attrs, dim_names=dim_names) as w:
+            w.set_time(times)
+            w.set_grid(lat, lon, lat_attrs={"units": "degrees_north"})
+            w.set_levels([85000, 50000], level_type="pressure", **kw)
+        ds = xr.open_zarr(out)
+        return ds[name].attrs, ds.latitude.attrs, ds.time.attrs, ds.attrs
+
+    lev, la, t, root = levels("level")
+    assert lev == {"level_type": "pressure", "units": "hPa", "long_name": "pressure level", "positive": "down"}
+    assert la["long_name"] == "latitude" and t["standard_name"] == "time" and root["Conventions"] == "CF-1.8"
+    assert levels("level", units=None)[0] == {"level_type": "pressure", "long_name": "pressure level",
+                                              "positive": "down"}  # fmt: skip
+    assert levels("level", units="Pa")[0]["units"] == "Pa"
+    lev, la, t, root = levels("level", default_attrs=False, units=None)
+    assert lev == {"level_type": "pressure"}  # a level named 'level' says nothing: fastload would read model levels
+    assert la == {"units": "degrees_north"} and t == {} and "Conventions" not in root
+    assert root["fastload_layout"] == "per_variable" and root["latitude_order"] == "descending"
+    assert levels("pressure_level", default_attrs=False, units=None)[0] == {}  # the name says pressure
+    assert levels("plev", default_attrs=False, units="Pa")[0] == {"units": "Pa"}  # so do its units
