@@ -135,7 +135,9 @@ class _IOPool:
         """Give up the thread running the job whose arguments include ``arg`` (by identity): its waiter will not
         wait for it any more. The thread leaves the pool (a new one takes the queued jobs) and ends when the job
         returns. False when :attr:`max_abandoned` threads are abandoned already (the thread stays in the pool);
-        True otherwise, also when no thread runs such a job (it has returned)."""
+        True otherwise, also when no thread runs such a job (it has returned). A thread given up counts as progress
+        (:attr:`last_progress`), as in :meth:`abandon_stuck`: a queued job is not given up for the wait the stuck
+        one caused before its replacement could start."""
         st = self._state
         with st.cond:
             for t, (_, args) in list(st.running.items()):
@@ -144,6 +146,7 @@ class _IOPool:
                         return False
                     st.threads.remove(t)
                     st.abandoned.add(t)
+                    st.progress = time.monotonic()  # its replacement takes the queued jobs: their waits count anew
                     with contextlib.suppress(RuntimeError):  # (no thread can start: the others take the jobs)
                         st.spawn()
                     break

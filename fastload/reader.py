@@ -38,11 +38,12 @@ request given up), and the request is left running on its thread, which then wri
 (:class:`~fastload._io_pool._Task`) and leaves the pool: a new thread takes the queued tasks, up to 4 x
 ``fetch_concurrency`` threads left so at once (beyond that the store has stopped answering: an error even with
 ``on_bad_chunk="skip"``); before a queued task is given up, threads in a store request older than ``read_timeout``
-that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). The step's first request
-given up so fails the step at once: its other tasks are stopped before the stuck thread is replaced (queued ones
-never start, running requests are given up and left running, decodes under way are waited for) and their chunks
-fail "not read" (a ``ChunkTimeoutError``); each used to be taken in turn by the replacement thread and waited out, a
-read timeout per task (5 on a dead store with one I/O thread, tests/fastload/test_faults.py). A step never releases its
+that nobody gives up, e.g. read-ahead for a plan given up, leave the pool the same way). A step's second request
+given up so fails the step at once (one slow request costs only its own chunks): its other tasks are stopped before
+the stuck thread is replaced (queued ones never start, running requests are given up and left running, decodes
+under way are waited for) and their chunks fail "not read" (a ``ChunkTimeoutError``); each used to be taken in turn
+by the replacement thread and waited out, a read timeout per task (5 on a dead store with one I/O thread, 2 now:
+tests/fastload/test_faults.py). A step never releases its
 cache slots while an I/O thread may still write into them: a direct read (an uncompressed local chunk read straight
 into its slot) is given up like any request, and the slot it reads into is set aside (``ChunkCache.set_aside``: a pin
 of no step, which the next plan's ``ChunkCache.reset`` lets through) until the read returns (its thread releases it).
@@ -561,6 +562,7 @@ class ChunkReader(_Fetcher):
         first: BaseException | None = None
         fatal: ChunkReadError | None = None
         futures, started.futures = started.futures, []
+        timeouts = 0
         for n, (a, group, fut, task) in enumerate(futures):  # every task ends before we release: none may write
             try:                                                # into a slot after that
                 d = self._wait_task(fut, task)
@@ -573,11 +575,15 @@ class ChunkReader(_Fetcher):
                 continue
             if d is None:  # given up (read timeout): the task writes nothing now; its chunks fail, named
                 started.stuck.append((a, task))  # (a direct read may still write into one slot: see _release)
-                # the store did not answer: the step's other tasks are given up now, before this thread is replaced
-                # (its replacement would take the next queued one), not waited out one after another (each queued
-                # behind the stuck thread waited its own full read timeout: on a dead store a step with N tasks
-                # took N x read_timeout_s to fail)
-                self._stop_tasks(started, futures[n + 1:])
+                timeouts += 1
+                # a second request of the step unanswered too: the store has stopped answering, and the step's
+                # other tasks are given up now, before this thread is replaced (its replacement would take the next
+                # queued one), not waited out one after another (on a dead store a step with N tasks took
+                # N x read_timeout_s to fail). After the first, the others go on: one slow request (with
+                # on_bad_chunk='skip') costs only its own chunks
+                dead = timeouts >= 2
+                if dead:
+                    self._stop_tasks(started, futures[n + 1:])
                 # its I/O thread, left in the request, leaves the pool (a new one takes the queued tasks) unless
                 # too many are left so already: then the store has stopped answering, an error even with 'skip'
                 full = task.full or (task.started and not self._pool.abandon(task))
@@ -586,15 +592,16 @@ class ChunkReader(_Fetcher):
                     self.cache.failed(a, int(res.slots[a][group[j]]), e)
                 if full:
                     fatal = fatal or _first(d.errors.values())
-                hung = _first(d.errors.values())
-                self._count(stats, a, d)
-                mine = bad.setdefault(a, {})
-                for j, e in d.errors.items():
-                    mine[int(group[j])] = e
-                self._give_up_tasks(started, futures[n + 1:], f"the step gave up its requests when one went "
-                                    f"unanswered for loader.read_timeout_s = {self.read_timeout:g} s (array "
-                                    f"{hung.array!r}, chunk {hung.chunk})", stats, bad)
-                break
+                if dead:
+                    hung = _first(d.errors.values())
+                    self._count(stats, a, d)
+                    mine = bad.setdefault(a, {})
+                    for j, e in d.errors.items():
+                        mine[int(group[j])] = e
+                    self._give_up_tasks(started, futures[n + 1:], f"the step gave up its requests when a second "
+                                        f"one went unanswered for loader.read_timeout_s = {self.read_timeout:g} s "
+                                        f"(array {hung.array!r}, chunk {hung.chunk})", stats, bad)
+                    break
             self._count(stats, a, d)
             if d.errors:
                 mine = bad.setdefault(a, {})
