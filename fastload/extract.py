@@ -120,10 +120,11 @@ class _Request:
     """The store request a group job of :func:`_read_bounded` is in: ``(began, key, chunk)`` (``time.monotonic()``
     when it started; None while the job is queued), replaced as a whole (one assignment: read whole by the waiter)."""
 
-    __slots__ = ("now",)
+    __slots__ = ("now", "cancelled")
 
     def __init__(self) -> None:
         self.now: tuple[float | None, str, tuple[int, ...]] = (None, "", ())
+        self.cancelled = False  # set by the waiter when it gives up: the group makes no further request
 
 
 def _request_group(req: _Request, source: Any, group: list[tuple[str, tuple[int, ...]]]) -> list[Any]:
@@ -131,6 +132,8 @@ def _request_group(req: _Request, source: Any, group: list[tuple[str, tuple[int,
     exception in its place (raised when the waiter decodes that far, after the chunks before it)."""
     out: list[Any] = []
     for key, chunk in group:
+        if req.cancelled:  # the waiter gave up (a request of this group went unanswered, or it failed): stop
+            break
         req.now = (time.monotonic(), key, chunk)
         try:
             out.append(source.chunk_bytes(key, chunk))
@@ -151,26 +154,27 @@ def _read_bounded(source: Any, plan: Any, jobs: list[tuple[str, tuple[int, ...],
     groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     pool = _IOPool(1, "fastload-extract")
     ahead: deque[tuple[Future, _Request]] = deque()
-    given_up = done = False
+    done = False
+    cur: _Request | None = None  # the request of the group being waited for
     try:
         for g, group in enumerate(groups):
             while len(ahead) < _AHEAD and g + len(ahead) < len(groups):
                 req = _Request()
                 todo = [(k, c) for k, c, _ in groups[g + len(ahead)]]
                 ahead.append((pool.submit(_request_group, req, source, todo), req))
-            fut, req = ahead.popleft()
+            fut, cur = ahead.popleft()
             queued = time.monotonic()  # (the group before it has returned: this one starts at once)
             while True:
-                now = req.now
+                now = cur.now
                 left = (queued if now[0] is None else now[0]) + limit - time.monotonic()
                 try:
                     raws = fut.result(timeout=max(0.0, left))
                     break
                 except FutureTimeout:  # (the builtin TimeoutError in 3.11)
-                    if fut.done() or req.now is not now:  # it answered, or went on to its next request
+                    if fut.done() or cur.now is not now:  # it answered, or went on to its next request
                         continue
-                    given_up = True  # its thread is left in the request (it ends when that returns); the
-                    began, key, chunk = now  # groups queued behind it never start (cancelled below)
+                    # its thread is left in the request (it ends when that returns); the groups queued behind it
+                    began, key, chunk = now  # never start, and it makes no further request (cancelled below)
                     if began is None:  # (never started: named by the group's first chunk)
                         key, chunk = group[0][0], group[0][1]
                     raise _timeout(source, plan, key, chunk, time.monotonic() - (began or queued), limit) from None
@@ -180,11 +184,15 @@ def _read_bounded(source: Any, plan: Any, jobs: list[tuple[str, tuple[int, ...],
                 source.decode(key, raw, chunk, out)
         done = True
     finally:
-        for fut, _ in ahead:
+        for fut, req in ahead:
+            req.cancelled = True
             fut.cancel()
-        # done: nothing is queued or runs, the thread ends at once; a request given up is left to its thread; after
-        # another error, requests still in flight get a few seconds (the reader's close), then are left running too
-        pool.close(None if done else 0.0 if given_up else min(limit, 5.0))
+        if cur is not None and not done:
+            cur.cancelled = True
+        # done: nothing is queued or runs, the thread ends at once; otherwise (a request given up, another error,
+        # Ctrl-C) nothing waits for the request in flight: its thread only returns raw bytes, never writes into
+        # the caller's arrays, and makes no further request (cancelled); it ends when that request returns
+        pool.close(None if done else 0.0)
 
 
 def _timeout(source: Any, plan: Any, key: str, chunk: tuple[int, ...], waited: float,

@@ -41,7 +41,7 @@ import torch
 from ._stream_time import _td, first_irregular, median_step, regular_windows
 from .config import LoaderConfig, SamplingConfig, _Config
 from .errors import ConfigError, LoaderClosedError
-from .extract import _normalizer, extract
+from .extract import _READ_TIMEOUT_S, _normalizer, extract
 from .pump import Pump
 from .reader import IOStats
 from .sampling.tiles import GlobalTiles, global_tiles
@@ -225,15 +225,16 @@ def _pinned(x: torch.Tensor, pin: bool) -> torch.Tensor:
 
 
 def extract_windows(store: Any, config: SamplingConfig, tiles: GlobalTiles, t0: Any, *, input_window: int = 1,
-                    lead: int = 1, norm: Any = None, jit: bool | None = None,
-                    pin: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]], np.ndarray]:
+                    lead: int = 1, norm: Any = None, jit: bool | None = None, pin: bool = False,
+                    read_timeout_s: float | None = _READ_TIMEOUT_S
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], np.ndarray]:
     """The input windows of rollouts from initial times ``t0`` through :func:`fastload.extract`.
 
     Values are the store's at every tile index, halo and north-fold copies included (``mask_copies=False``).
 
     Parameters
     ----------
-    store, config, norm, jit
+    store, config, norm, jit, read_timeout_s
         As for :func:`fastload.extract`.
     tiles : GlobalTiles
         The tiling (:func:`fastload.sampling.tiles.global_tiles`).
@@ -252,7 +253,8 @@ def extract_windows(store: Any, config: SamplingConfig, tiles: GlobalTiles, t0: 
     t0 = np.asarray(t0, dtype=np.int64).reshape(-1)
     b, w, n_tiles = int(t0.shape[0]), int(input_window), tiles.num_tiles
     boxes = tiles.boxes(t0[:, None] + np.arange(w) * int(lead))  # (B, W, T, 3)
-    ex = extract(store, config, boxes.reshape(-1, 3), norm=norm, jit=jit, as_torch=True, mask_copies=False)
+    ex = extract(store, config, boxes.reshape(-1, 3), norm=norm, jit=jit, as_torch=True, mask_copies=False,
+                 read_timeout_s=read_timeout_s)
 
     def tmeta(a: np.ndarray) -> torch.Tensor:
         return _pinned(torch.from_numpy(np.ascontiguousarray(a, np.float32)), pin)
@@ -297,7 +299,7 @@ class RolloutLoader:
         Steps, lead, windows, tiling overlap, neighbours, batch size.
     loader : LoaderConfig, optional
         Used settings (``mode`` must be ``"thread"``): ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``,
-        ``samples_per_epoch`` (an upper bound: an epoch is at most every valid initial time once), ``drop_last``,
+        ``read_timeout_s`` (each store request of an extract), ``samples_per_epoch`` (an upper bound: an epoch is at most every valid initial time once), ``drop_last``,
         ``pin_memory`` and ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
     normalizer : Normalizer or path, optional
         Coefficients of normalised fields (default ``config.norm_path``).
@@ -458,13 +460,14 @@ class RolloutLoader:
         start = time.perf_counter()
         counting = _CountingStore(self.store)
         fields, meta, in_boxes = extract_windows(counting, self.config, self.tiles, t0, input_window=r.input_window,
-                                                 lead=self.lead, norm=self.normalizer, jit=self.jit, pin=self._pin)
+                                                 lead=self.lead, norm=self.normalizer, jit=self.jit, pin=self._pin,
+                                                 read_timeout_s=self.loader_config.read_timeout_s)
         t_last = t0 + (r.input_window - 1) * self.lead
         out_boxes = self.tiles.boxes(t_last[:, None] + np.arange(1, r.steps + 1) * self.lead).reshape(-1, 3)
         targets: list[dict[str, Any]] = [{} for _ in range(r.steps)]
         for c in self._target_configs:
             for name, ex in extract(counting, c, out_boxes, norm=self.normalizer, jit=self.jit, as_torch=True,
-                                    mask_copies=False).items():
+                                    mask_copies=False, read_timeout_s=self.loader_config.read_timeout_s).items():
                 data = _pinned(ex.data.reshape(b, r.steps, n_tiles, *ex.data.shape[1:]), self._pin)
                 for k in range(r.steps):
                     targets[k][name] = data[:, k]  # (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)

@@ -55,7 +55,7 @@ from ._stream_place import Placement
 from ._stream_time import cadence
 from .config import SamplingConfig
 from .errors import ConfigError
-from .extract import read_plan
+from .extract import _READ_TIMEOUT_S, read_plan
 from .sampling.neighborhood import allocate_outputs
 from .sampling.points import PointTokenMeta
 from .sampling.tokenizer import TokenMeta
@@ -364,7 +364,8 @@ class MultiStream:
 
 def extract_streams(config: Any, boxes: Any, *, stores: Mapping[str, Any] | None = None,
                     normalizers: Mapping[str, Any] | None = None, jit: bool | None = None,
-                    as_torch: bool = False) -> dict[str, StreamExtracted]:
+                    as_torch: bool = False, read_timeout_s: float | None = _READ_TIMEOUT_S
+                    ) -> dict[str, StreamExtracted]:
     """Samples of every field of a multi-stream config at the given reference boxes, through the loader's path.
 
     Parameters
@@ -379,6 +380,8 @@ def extract_streams(config: Any, boxes: Any, *, stores: Mapping[str, Any] | None
         ``False`` runs the NumPy reference kernels.
     as_torch : bool
         Torch tensors instead of NumPy arrays.
+    read_timeout_s : float or None
+        Bound on each store request, as for :func:`fastload.extract` (None: wait for ever).
 
     Returns
     -------
@@ -389,7 +392,7 @@ def extract_streams(config: Any, boxes: Any, *, stores: Mapping[str, Any] | None
                                                                      jit=jit)
     plan = ms.plan(boxes)
     b = plan.boxes
-    slots, tables = read_plan(ms, plan)
+    slots, tables = read_plan(ms, plan, read_timeout_s=read_timeout_s)
     coefficients = ms.coefficients() if any(f.normalization != "none" for f in ms.config.fields) else None
     outs = allocate_outputs(ms.config, b.shape[0], torch=as_torch)
     ms.gather(slots, tables, b, outs, coefficients=coefficients, jit=jit)

@@ -601,3 +601,39 @@ def test_a_multi_stream_request_that_never_answers_names_its_stream_store_and_fi
         for t in threading.enumerate():
             if t.name.startswith("fastload-extract"):
                 t.join(10)
+
+
+def test_a_given_up_group_makes_no_further_request(tmp_path):
+    """Once extract has given up a request, its I/O thread, when that request answers, requests nothing more of
+    its group (review r3: 39 more requests for nobody), and the thread ends."""
+    import threading
+    import time
+
+    from fastload.errors import ChunkTimeoutError
+
+    make_per_variable(tmp_path / "s.zarr", nt=8)
+    store = open_store(tmp_path / "s.zarr")
+    cfg = SamplingConfig(fields=[FieldConfig(name="t", levels=(500.0, 850.0), num_tokens=(2, 2, 2),
+                                             token_size=(2, 3, 3), normalization="none")])  # fmt: skip
+    real, calls, after = store.chunk_bytes, [], []
+    gave_up, answered = threading.Event(), threading.Event()
+
+    def chunk_bytes(a, c):
+        calls.append((a, c))
+        if len(calls) == 1:
+            gave_up.wait(60)  # answers only after extract has given it up
+            answered.set()
+        elif gave_up.is_set():
+            after.append((a, c))
+        return real(a, c)
+
+    store.chunk_bytes = chunk_bytes
+    with pytest.raises(ChunkTimeoutError):
+        extract(store, cfg, np.array([[0, 0, 3], [4, 3, 10]]), read_timeout_s=0.3)
+    gave_up.set()
+    assert answered.wait(60)
+    deadline = time.monotonic() + 60  # a guard, not a timing check: the thread ends once its request returned
+    while any(t.name.startswith("fastload-extract") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload-extract")]
+    assert after == [], f"{len(after)} requests made for nobody after extract gave up"

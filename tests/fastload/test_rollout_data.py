@@ -348,3 +348,18 @@ def test_process_mode_is_refused_not_silently_threads(store):
     path, _ = store
     with pytest.raises(ConfigError, match=r"loader.mode = 'process'.*threads only"):
         _loader(path, mode="process")
+
+
+def test_loader_read_timeout_s_reaches_every_extract(store, monkeypatch):
+    """loader.read_timeout_s bounds the rollout loader's store requests too (review r3: it always used 300 s)."""
+    import importlib
+
+    fx = importlib.import_module("fastload.extract")  # (the package's attribute `extract` is the function)
+    path, _ = store
+    seen = []
+    real = fx.read_plan
+    monkeypatch.setattr(fx, "read_plan", lambda *a, **k: seen.append(k.get("read_timeout_s")) or real(*a, **k))
+    data = _loader(path, RolloutConfig(steps=1, batch_size=1), read_timeout_s=7.5)
+    next(iter(data))
+    data.close()
+    assert seen and set(seen) == {7.5}, seen
