@@ -47,6 +47,42 @@ class _WrappedSource(BaseByteSource):
         return self.inner.describe(key)
 
 
+def _hang(store, hanging, remote):
+    """Make ``store``'s chunk reads go through ``hanging`` (returned): as its byte source (any source but a
+    LocalSource is read as a remote store: a request per group of chunks), or, still a local store (a read per
+    chunk), around its chunk reads."""
+    if remote:
+        store.source = hanging
+        return hanging
+    read = store.chunk_bytes
+
+    def chunk_bytes(array, chunk):
+        hanging._before(store.arrays[array].key(chunk))
+        return read(array, chunk)
+
+    store.chunk_bytes = chunk_bytes
+    return hanging
+
+
+def _first_batch(loader, wait):
+    """The loader's first batch taken on a daemon thread: ``(iterator, {"batch": ...} or {"error": ...})``. A hang
+    fails here after ``wait`` seconds (it would wait for ever), not in the suite's timeout."""
+    got: dict = {}
+    it = iter(loader)
+
+    def first_batch():
+        try:
+            got["batch"] = next(it)
+        except BaseException as e:  # noqa: BLE001 - looked at by the caller
+            got["error"] = e
+
+    reader = threading.Thread(target=first_batch, daemon=True)
+    reader.start()
+    reader.join(wait)
+    assert not reader.is_alive(), "the batch still waits for a store request that never answers"
+    return it, got
+
+
 class FlakySource(_WrappedSource):
     """Wraps a source; a key in ``fail`` raises ``ConnectionError`` its first ``times`` reads (-1: always)."""
 
@@ -244,33 +280,11 @@ def test_a_store_request_that_never_answers_is_a_chunk_read_error_after_the_read
     read-ahead; local: a read per chunk). The hung requests' slots are failed, not filled later."""
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
-    hanging = HangingSource(store.source)
-    if remote:  # any source but a LocalSource is read as a remote store
-        store.source = hanging
-    else:  # still a local store (a read per chunk), whose chunk reads hang
-        read = store.chunk_bytes
-
-        def chunk_bytes(array, chunk):
-            hanging._before(store.arrays[array].key(chunk))
-            return read(array, chunk)
-
-        store.chunk_bytes = chunk_bytes
+    hanging = _hang(store, HangingSource(store.source), remote)
     loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=4, retries=0, seed=1,
                     read_timeout_s=0.3)  # one batch: nothing is read after it
-    got: dict = {}
     try:
-        it = iter(loader)
-
-        def first_batch():
-            try:
-                got["batch"] = next(it)
-            except BaseException as e:  # noqa: BLE001 - looked at below
-                got["error"] = e
-
-        reader = threading.Thread(target=first_batch, daemon=True)
-        reader.start()
-        reader.join(20)  # a hang fails here (it would wait for ever), not in the suite's timeout
-        assert not reader.is_alive(), "the batch still waits for a store request that never answers"
+        it, got = _first_batch(loader, 20)
         assert hanging.entered.is_set()
         e = got.get("error")
         assert isinstance(e, ChunkReadError), got
@@ -671,33 +685,11 @@ def test_the_second_timeout_of_a_step_fails_its_other_requests_at_once(tmp_path,
     monkeypatch.setattr(_IOPool, "abandon", abandon_then_let_the_new_thread_start)
     _, cfg = build("per_variable", tmp_path / "s.zarr")
     store = open_store(tmp_path / "s.zarr")
-    hanging = _NamingHangingSource(store.source)
-    if remote:  # any source but a LocalSource is read as a remote store: a request per group of chunks
-        store.source = hanging
-    else:  # a local store (a request per chunk) whose chunk reads hang
-        read = store.chunk_bytes
-
-        def chunk_bytes(array, chunk):
-            hanging._before(store.arrays[array].key(chunk))
-            return read(array, chunk)
-
-        store.chunk_bytes = chunk_bytes
+    hanging = _hang(store, _NamingHangingSource(store.source), remote)
     loader = Loader(store, cfg, samples_per_epoch=4, workers=1, fetch_concurrency=1, retries=0, seed=1,
                     read_timeout_s=0.3, read_ahead_bytes=0)  # one batch
-    got: dict = {}
     try:
-        it = iter(loader)
-
-        def first_batch():
-            try:
-                got["batch"] = next(it)
-            except BaseException as e:  # noqa: BLE001 - looked at below
-                got["error"] = e
-
-        reader = threading.Thread(target=first_batch, daemon=True)
-        reader.start()
-        reader.join(60)
-        assert not reader.is_alive(), "the batch still waits for a store request that never answers"
+        it, got = _first_batch(loader, 60)
         e = got.get("error")
         assert isinstance(e, ChunkTimeoutError), got
         assert hanging.hung == 2, f"{hanging.hung} requests were waited out one after another: {hanging.keys}"
@@ -708,35 +700,19 @@ def test_the_second_timeout_of_a_step_fails_its_other_requests_at_once(tmp_path,
         _let_go(hanging, loader)
 
 
-class _SlowOnce(BaseByteSource):
+class _SlowOnce(_WrappedSource):
     """Chunk requests answer at once, except the ``nth``, which answers ``delay`` seconds late (a transient stall)."""
 
     def __init__(self, inner, nth, delay):
         self.inner, self.nth, self.delay, self.n, self.lock, self.slow = inner, nth, delay, 0, threading.Lock(), []
 
-    def _before(self, key):
-        if key.rsplit("/", 1)[-1].startswith(".") or key.endswith("zarr.json"):  # metadata reads pass
-            return
+    def _chunk_read(self, key):
         with self.lock:
             self.n += 1
             hit = self.n == self.nth
         if hit:
             self.slow.append(key)
             time.sleep(self.delay)
-
-    def get(self, key):
-        self._before(key)
-        return self.inner.get(key)
-
-    def get_range(self, key, start, length):
-        self._before(key)
-        return self.inner.get_range(key, start, length)
-
-    def list_dir(self, prefix):
-        return self.inner.list_dir(prefix)
-
-    def describe(self, key=""):
-        return self.inner.describe(key)
 
 
 @pytest.mark.parametrize("nth", [1, 100])
