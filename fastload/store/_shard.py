@@ -290,9 +290,27 @@ class _ShardCache:
         self._lock = threading.Lock()
         self._items: collections.OrderedDict[tuple[int, tuple[int, ...]], bytes] = collections.OrderedDict()
         self.nbytes = 0
+        # arrays whose ShardIndex is gone, their shards dropped at the next get/put: the finalizer only appends
+        # here (it may run from a garbage collection inside this lock, on the thread holding it)
+        self._dead: collections.deque[int] = collections.deque()
+
+    def drop(self, token: int) -> None:
+        """Forget the shards of one array (its ShardIndex is gone): lock-free, done at the next get or put."""
+        self._dead.append(token)
+
+    def _purge(self) -> None:
+        """Drop the shards of the arrays :meth:`drop` named (the lock is held)."""
+        if not self._dead:
+            return
+        dead = set()
+        while self._dead:
+            dead.add(self._dead.popleft())
+        for key in [k for k in self._items if k[0] in dead]:
+            self.nbytes -= len(self._items.pop(key))
 
     def get(self, key: tuple[int, tuple[int, ...]]) -> bytes | None:
         with self._lock:
+            self._purge()
             blob = self._items.get(key)
             if blob is not None:
                 self._items.move_to_end(key)
@@ -300,6 +318,7 @@ class _ShardCache:
 
     def put(self, key: tuple[int, tuple[int, ...]], blob: bytes) -> None:
         with self._lock:
+            self._purge()
             old = self._items.pop(key, None)
             if old is not None:  # decoded twice by readers that missed at once: keep the newer
                 self.nbytes -= len(old)
@@ -308,12 +327,6 @@ class _ShardCache:
             while len(self._items) > 1 and self.nbytes > SHARD_CACHE_BYTES:
                 _, gone = self._items.popitem(last=False)
                 self.nbytes -= len(gone)
-
-    def drop(self, token: int) -> None:
-        """Forget the shards of one array (its ShardIndex is gone)."""
-        with self._lock:
-            for key in [k for k in self._items if k[0] == token]:
-                self.nbytes -= len(self._items.pop(key))
 
     def clear(self) -> None:
         with self._lock:

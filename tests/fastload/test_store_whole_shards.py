@@ -151,3 +151,24 @@ def test_batched_read_names_the_failed_shard(tmp_path):
     assert isinstance(err.value.__cause__, _shard.DecodeError)
     # the other shards still read, singly and batched
     assert s.chunk_bytes_many("v", [(0, 0, 0), (1, 1, 1)])[1] == s.chunk_bytes("v", (1, 1, 1))
+
+
+def test_a_shard_index_finalized_inside_the_cache_lock_does_not_deadlock():
+    """A ShardIndex's finalizer can run from a garbage collection started by an allocation inside the cache's own
+    lock, on the thread holding it (review r4: it took the lock again and hung the process for good): dropping an
+    array's shards takes no lock, and they go at the next get or put."""
+    from fastload.store import _shard
+
+    cache = _shard._ShardCache()
+    cache.put((7, (0,)), b"x" * 10)
+    cache.put((8, (0,)), b"y" * 5)
+
+    def finalizer_inside_the_lock():
+        with cache._lock:
+            cache.drop(7)
+
+    t = threading.Thread(target=finalizer_inside_the_lock, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "drop waited for the lock its own thread holds"
+    assert cache.get((7, (0,))) is None and cache.get((8, (0,))) == b"y" * 5 and cache.nbytes == 5
