@@ -138,6 +138,7 @@ def _child_main(conn: Any) -> None:
     from .plan import EpochPlan
     from .reader import ChunkReader
     from .store import Store, make_source
+    from .store._layout import quiet_not_fields
 
     lock = threading.Lock()  # (a source may be asked from several threads)
 
@@ -152,6 +153,7 @@ def _child_main(conn: Any) -> None:
         source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"], spec["backend"])
         tell(None)
         announced = _Announced(source, tell)
+        quiet_not_fields()  # the loader warned of the store's left-out arrays when it opened it
         store = Store(spec["path"], announced, allow_unsafe_codecs=spec["allow_unsafe"],
                       storage_options=spec["storage_options"], backend=spec["backend"])
         config = SamplingConfig.from_dict(spec["config"])

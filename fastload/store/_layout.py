@@ -29,6 +29,14 @@ ReadFull = Callable[[str], np.ndarray]
 
 log = logging.getLogger("fastload")
 _warned: set[tuple[str, str, str]] = set()  # (store, array, why) already logged in this process
+_quiet = False  # a loader's worker process: the loader warned when it opened the store (quiet_not_fields)
+
+
+def quiet_not_fields() -> None:
+    """Log no open-time warning about arrays left out of the fields in this process (a loader's worker, whose
+    loader opened the same store and warned already; its logging is unconfigured, so it would print again)."""
+    global _quiet
+    _quiet = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -241,6 +249,8 @@ def _warn_grid_not_fields(meta: StoreMetadata, not_fields: Mapping[str, str], gr
     CESM's ``gw(lat)``. Once per store, array and reason in a process (the loader, its extract and
     a Normalizer check each open the same store)."""
     for name, why in not_fields.items():
+        if _quiet:
+            return
         if set(grid_dims) <= set(meta.arrays[name].dims or ()) and (where, name, why) not in _warned:
             _warned.add((where, name, why))
             log.warning("%s: array %r spans the grid %s but is not a field, so fastload leaves it out: %s",

@@ -176,3 +176,17 @@ def test_a_stream_asked_for_an_array_that_is_not_a_field_says_why(typo, tmp_path
     missing = dataclasses.replace(cfg, fields=(_field("t2m", "era5"), _field("nope", "obs")))
     with pytest.raises(ConfigError, match=r"fields.nope: not in stream 'obs' \(.*\); it has \['t2m'\]"):
         MultiStream(missing)
+
+
+def test_process_workers_do_not_repeat_the_open_time_warning(tmp_path, capfd):
+    """The loader warns of left-out arrays when it opens the store; its worker processes, which reopen it with
+    unconfigured logging, print nothing more (review r4: once more per worker, on stderr)."""
+    from fastload import Loader
+    from fastload.config import FieldConfig, SamplingConfig
+
+    _write(tmp_path / "typo.zarr")
+    cfg = SamplingConfig(fields=(FieldConfig(name="t2m", num_tokens=(1, 1, 1), token_size=(1, 4, 4),
+                                             normalization="none"),), batch_size=2)  # fmt: skip
+    with Loader(tmp_path / "typo.zarr", cfg, workers=2, mode="process", samples_per_epoch=4) as loader:
+        assert sum(len(b.boxes) for b in loader) == 4
+    assert "spans the grid" not in capfd.readouterr().err
