@@ -224,3 +224,17 @@ def test_cli(tmp_path, ocean_files, capsys):
     assert cli(["convert", str(tmp_path / "missing.nc"), str(tmp_path / "y.zarr")]) == 2
     err = capsys.readouterr().err
     assert "missing.nc" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_a_level_coordinate_without_units_gets_none(tmp_path):
+    """convert invents no units: a depth coordinate without a units attribute has none in the store (it was
+    given the level type's default, e.g. hPa, before 55968c4), and the values are xarray's."""
+    thetao, sst, deptho = _ocean()
+    ds = _dataset(thetao, sst, deptho)
+    ds["depth"].attrs = {}
+    ds.to_netcdf(tmp_path / "a.nc")
+    out = convert([tmp_path / "a.nc"], tmp_path / "o.zarr", progress=False)
+    got = xr.open_zarr(out)
+    assert "units" not in got.level.attrs and got.level.attrs["level_type"] == "depth"
+    np.testing.assert_array_equal(got.level.values, DEPTH)
+    np.testing.assert_array_equal(got.thetao.values, thetao.astype(np.float32))
