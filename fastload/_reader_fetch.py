@@ -198,8 +198,9 @@ class _Fetcher:
             if c in hung:
                 where = self._describe_chunk(array, c)
                 said = why.removeprefix("no answer from the store")
-                e = ChunkTimeoutError(array, c, f"no answer to the request for {where}"
-                                      + (said if said != why else f": {why}"))
+                lead = (f"no answer to the request for {where}" if len(hung) == 1 else  # one request, many chunks:
+                        f"no answer to a batched request for {len(hung)} chunks, {where} among them")  # which hung?
+                e = ChunkTimeoutError(array, c, lead + (said if said != why else f": {why}"))
                 e.hung = True  # type: ignore[attr-defined]  (what ChunkReader raises first)
             else:
                 e = ChunkTimeoutError(array, c, f"not read: the task was given up while chunk {first} hung ({why})")
