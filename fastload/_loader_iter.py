@@ -8,8 +8,8 @@ backend and ring; this module is what happens between ``iter(loader)`` and the e
     main thread (_EpochIterator.__next__): next(pump) -> H2D copy on a side stream, event -> Batch (-> masks)
 
 Stopping an iteration (:func:`_shutdown`) sets its stop event and closes its pump, waiting at most the stop grace
-(``_STOP_GRACE_S``, defined here and imported by :mod:`fastload.loader`, which waits by it too: a test that shortens
-it sets it in both modules). ``Batch`` and ``Loader`` are imported from :mod:`fastload.loader`.
+(``_STOP_GRACE_S``; :mod:`fastload.loader` waits by it too and reads it from here at each call, so a test that
+shortens it sets it here only). ``Batch`` and ``Loader`` are imported from :mod:`fastload.loader`.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from ._loader_iter import _STOP_GRACE_S, Batch, _EpochIterator
+from . import _loader_iter
+from ._loader_iter import Batch, _EpochIterator
 from ._ring import BatchRing, FieldSpec
 from .config import LoaderConfig
 from .errors import ConfigError, LoaderClosedError
@@ -384,7 +385,7 @@ class Loader:
         """Start ``epoch`` from its first batch at the next iteration (stops work in flight)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"set_epoch: expected an integer >= 0, got {epoch!r}")
-        self._stop_iteration(_STOP_GRACE_S)
+        self._stop_iteration(_loader_iter._STOP_GRACE_S)
         self._state.epoch, self._state.batch = int(epoch), 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -407,14 +408,14 @@ class Loader:
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
-        self._stop_iteration(_STOP_GRACE_S)
+        self._stop_iteration(_loader_iter._STOP_GRACE_S)
         self._state.epoch, self._state.batch = int(state["epoch"]), batch
 
     # -- iteration ------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
         if self._closed:
             raise LoaderClosedError("this loader is closed")
-        self._stop_iteration(_STOP_GRACE_S)
+        self._stop_iteration(_loader_iter._STOP_GRACE_S)
         self._ensure_backend()
         if self._state.batch >= len(self):  # a finished epoch: go on with the next one
             self._state.epoch, self._state.batch = self._state.epoch + 1, 0
@@ -466,7 +467,7 @@ class Loader:
             return
         self._closed = True
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._stop_iteration(None if timeout is None else min(_STOP_GRACE_S, timeout / 2))
+        self._stop_iteration(None if timeout is None else min(_loader_iter._STOP_GRACE_S, timeout / 2))
         info = self._finalizer.detach()
         if info is not None:
             _, fn, args, _ = info
@@ -485,8 +486,11 @@ class Loader:
                 f"rank={self.rank}/{self.world_size})")
 
 
-def _close_all(things: list[Any], timeout: float | None = _STOP_GRACE_S) -> None:
-    """Close backends and rings; a thread backend waits for its I/O threads at most ``timeout`` seconds."""
+def _close_all(things: list[Any], timeout: Any = _loader_iter._GRACE) -> None:
+    """Close backends and rings; a thread backend waits for its I/O threads at most ``timeout`` seconds (None: no
+    limit; by default the stop grace, read at the call)."""
+    if timeout is _loader_iter._GRACE:
+        timeout = _loader_iter._STOP_GRACE_S
     from ._backend import ThreadBackend
 
     for t in things:
@@ -502,7 +506,7 @@ def _close_after(threads: list[threading.Thread], things: list[Any]) -> None:
     has given up); then wait a stop grace for the stuck reads and name those still running (daemon threads, left
     to end when their request returns or after loader.read_timeout_s). Waiting for the reads first kept the old
     cache and ring, and this thread, for ever when a request never answered."""
-    grace = _STOP_GRACE_S
+    grace = _loader_iter._STOP_GRACE_S
     _close_all(things, grace)  # wakes the reads waiting on the cache or a ring slot; cancels the queued fetches
     deadline = time.monotonic() + grace
     for t in threads:

@@ -318,13 +318,11 @@ def _first_request_hangs(store):
 
 
 def _short_stop_grace(monkeypatch) -> None:
-    """Stop an iteration's reads after 0.2 s instead of the 5 s stop grace, wherever the grace is read (the loader
-    and its epoch iterator, fastload._loader_iter)."""
+    """Stop an iteration's reads after 0.2 s instead of the 5 s stop grace (defined in fastload._loader_iter, read
+    there at each call by the loader and its epoch iterator)."""
     import fastload._loader_iter as fi
-    import fastload.loader as fl
 
-    for mod in (fl, fi):
-        monkeypatch.setattr(mod, "_STOP_GRACE_S", 0.2)
+    monkeypatch.setattr(fi, "_STOP_GRACE_S", 0.2)
 
 
 def test_a_new_iteration_while_a_read_hangs_gets_a_fresh_backend(tmp_path, monkeypatch):
