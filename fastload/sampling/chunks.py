@@ -34,6 +34,16 @@ NO_MISSING = np.zeros(0, np.float64)
 """The missing markers of a field that declares none (NaN is always missing, with or without markers)."""
 
 
+def check_field_name(store: Any, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is one of the store's fields; an array the store left out as not a
+    field (``store.not_fields``) is named with the reason."""
+    if name in store.fields:
+        return
+    why = (getattr(store, "not_fields", None) or {}).get(name)
+    reason = f"the store has an array {name!r} but it is not a field: {why}" if why else "no such field"
+    raise ConfigError(f"field {name!r} is not in the store {store.path!r} ({reason}); fields: {list(store.fields)}")
+
+
 def missing_of(store: Any, name: str) -> np.ndarray:
     """The stored values of field ``name`` that the gather writes as NaN, as float64 (the kernels compare each
     stored value converted to float64: exact for floats and for integers up to 2**53):
@@ -101,8 +111,7 @@ class FieldLayout:
     @classmethod
     def from_store(cls, store: Any, name: str, levels: Sequence[float] | None = None) -> FieldLayout:
         """Layout of field ``name`` with output ``levels`` (values), read from a store's ``fields``/``arrays``."""
-        if name not in store.fields:
-            raise ConfigError(f"field {name!r} is not in the store {store.path!r}; fields: {list(store.fields)}")
+        check_field_name(store, name)
         f = store.fields[name]
         a = store.arrays[f.array]
         dt = np.dtype(a.dtype)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._copies import grid_copies, kept_slots
-from .chunks import NO_MISSING, BatchPlan, missing_of
+from .chunks import NO_MISSING, BatchPlan, check_field_name, missing_of
 from .neighborhood import OUT_KINDS, as_out_array, use_jit
 from .tokenizer import TokenMeta
 
@@ -125,8 +125,7 @@ class PointLayout:
     @classmethod
     def from_store(cls, store: Any, name: str, levels: Sequence[float] | None = None) -> PointLayout:
         """Layout of field ``name`` with output ``levels`` (values) from a store's ``fields``/``arrays``."""
-        if name not in store.fields:
-            raise ConfigError(f"field {name!r} is not in the store {store.path!r}; fields: {list(store.fields)}")
+        check_field_name(store, name)
         f = store.fields[name]
         a = store.arrays[f.array]
         if levels is None and f.levels is not None and len(f.levels) > 1:

@@ -201,3 +201,21 @@ def test_use_lists_stay_bounded_over_a_long_epoch():
         sizes.append(len(plan.uses))
     assert max(sizes[50:]) <= 2 * max(sizes[:10])  # bounded by the horizon, not growing with the epoch
     assert sizes[-1] == 0 and not plan._steps
+
+
+@pytest.mark.parametrize("layout", ["grid", "points"])
+def test_a_field_layout_for_a_left_out_array_says_why(layout):
+    """Asking the sampling layer directly for an array the store left out as not a field names the reason the store
+    gave, not only 'not in the store'; an unknown name says there is no such field."""
+    from types import SimpleNamespace
+
+    from fastload.sampling.points import PointLayout
+
+    cls = FieldLayout if layout == "grid" else PointLayout
+    store = SimpleNamespace(path="/data/s.zarr", fields={"t": None}, arrays={},
+                            not_fields={"gw": "dims ('lat',); a field has dims (time, [level], lat, lon)"})
+    with pytest.raises(ConfigError, match=r"'gw' is not in the store '/data/s.zarr' \(the store has an array 'gw' "
+                                          r"but it is not a field: dims \('lat',\).*fields: \['t'\]"):
+        cls.from_store(store, "gw")
+    with pytest.raises(ConfigError, match=r"'q' is not in the store '/data/s.zarr' \(no such field\)"):
+        cls.from_store(store, "q")
