@@ -271,7 +271,8 @@ class _Fetcher:
                     except BaseException as e:
                         d.errors[j] = ChunkReadError(array, c, f"decoding failed: {type(e).__name__}: {e}")
                         continue
-                    d.stored += 0 if raw is None else len(raw)
+                    # an inner chunk of a whole shard counts the stored bytes read for it (InnerChunk.fetched)
+                    d.stored += 0 if raw is None else getattr(raw, "fetched", len(raw))
                     d.decoded += nbytes
                     good.append(slot)
             d.decode_s += time.perf_counter() - t0

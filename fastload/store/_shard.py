@@ -45,7 +45,7 @@ from ._codecs import ChunkDecoder, DecodeError, build_decoder, decode_bytes, v3_
 from ._meta import ELEMENTWISE_A2A, ArrayInfo, shard_perm
 from ._source import BaseByteSource
 
-__all__ = ["ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES"]
+__all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES"]
 
 _EMPTY = np.uint64(2**64 - 1)
 SHARD_CACHE_BYTES = 256 * 2**20
@@ -224,10 +224,11 @@ class ShardIndex:
         for shard, wanted in by_shard.items():  # in order of first use
             first = chunks[wanted[0][0]]
             try:
-                blob = self._blob(source, shard)
+                blob, fetched = self._blob(source, shard)
                 if blob is None:
                     continue
                 index = self.cached(shard)[1]
+                view = memoryview(blob)
                 for i, pos in wanted:
                     rng = self.byte_range(index, pos)
                     if rng is None:
@@ -235,7 +236,10 @@ class ShardIndex:
                     if rng[0] + rng[1] > len(blob):
                         raise DecodeError(f"inner chunk {chunks[i]} at bytes {rng[0]}+{rng[1]} of its decoded shard "
                                           f"of {len(blob)} bytes: corrupt shard index")  # fmt: skip
-                    out[i] = blob[rng[0] : rng[0] + rng[1]]  # a copy: the shard itself is not kept by the result
+                    inner = InnerChunk(view[rng[0] : rng[0] + rng[1]])  # a copy: the result keeps no shard alive
+                    inner.fetched, fetched = fetched, 0  # the shard's stored bytes go to its first chunk
+                    out[i] = inner
+                view.release()
             except (DecodeError, OSError) as e:
                 if not wrap:
                     raise
@@ -243,21 +247,22 @@ class ShardIndex:
             del blob
         return out
 
-    def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> bytes | None:
-        """The decoded shard (None when it is missing), from the process-wide cache or read and decoded; its index
-        parsed. No lock is held across the read: a reader that misses the cache reads and decodes the shard
+    def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[bytes | None, int]:
+        """The decoded shard (None when it is missing), from the process-wide cache or read and decoded, and the
+        stored bytes read for it (0 from the cache); its index parsed. No lock is held across the read: a reader that misses the cache reads and decodes the shard
         itself, so a hung request holds up only the reader that made it (two readers missing the same shard at
         once both decode it; the cache keeps one)."""
         with self._lock:
             if self._cache.get(shard, 0) is None:  # known missing
-                return None
+                return None, 0
         blob = _SHARDS.get((self._token, shard))
         if blob is not None:
-            return blob
+            return blob, 0
         raw = source.get(self.shard_key(shard))
         if raw is None:
             self.store_index(shard, None)
-            return None
+            return None, 0
+        fetched = len(raw)
         try:
             blob = bytes(decode_bytes(self.whole, raw))
         except DecodeError as e:
@@ -269,7 +274,16 @@ class ShardIndex:
         at = len(blob) - self.index_nbytes if self.location == "end" else 0
         self.store_index(shard, blob[at : at + self.index_nbytes])
         _SHARDS.put((self._token, shard), blob)
-        return blob
+        return blob, fetched
+
+
+class InnerChunk(bytes):
+    """The stored bytes of one inner chunk cut out of a decoded whole shard, with ``fetched``: the bytes actually read
+    from the store for it. A shard read for a request counts whole (encoded, as stored) on the first chunk cut from
+    it, the others and chunks of shards taken from the cache count 0; the reader's ``bytes_stored`` adds
+    ``fetched`` instead of the chunk's length (which is the inner chunk's size after the shard was decoded)."""
+
+    fetched: int = 0
 
 
 class ShardReadError(Exception):

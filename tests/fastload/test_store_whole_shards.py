@@ -172,3 +172,22 @@ def test_a_shard_index_finalized_inside_the_cache_lock_does_not_deadlock():
     t.join(30)
     assert not t.is_alive(), "drop waited for the lock its own thread holds"
     assert cache.get((7, (0,))) is None and cache.get((8, (0,))) == b"y" * 5 and cache.nbytes == 5
+
+
+def test_bytes_read_count_each_whole_shard_once_as_stored(tmp_path):
+    """The reader's bytes_stored for a whole-shard array is what was read from the store: each shard a batch touched,
+    once, at its size on disk (it counted the inner chunks' sizes after the shard was decoded: more than was read
+    when zstd compresses, and nothing for a shard index)."""
+    import fastload
+
+    path = tmp_path / "s.zarr"
+    _v3_store(path, _data((12, 37, 72)), chunks=(12, 32, 64),
+              serializer=ShardingCodec(chunk_shape=(3, 8, 16), codecs=[BytesCodec()]), compressors=[ZstdCodec()])  # fmt: skip
+    cfg = fastload.SamplingConfig.from_dict(dict(batch_size=2, time_step=1, fields={
+        "v": dict(num_tokens=[2, 2, 2], token_size=[3, 4, 4], normalization="none")}))  # fmt: skip
+    with fastload.Loader(open_store(path), cfg, samples_per_epoch=6, workers=1, fetch_concurrency=1, seed=5) as loader:
+        boxes = np.concatenate([b.boxes.numpy() for b in loader])
+        stats = loader.stats
+    touched = {(y // 32, x // 64) for _, y0, x0 in boxes for y in range(y0, y0 + 8) for x in (x0 + np.arange(8)) % 72}
+    on_disk = sum((path / "v" / "c" / "0" / str(j) / str(i)).stat().st_size for j, i in touched)
+    assert stats.bytes_stored == on_disk
