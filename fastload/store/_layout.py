@@ -3,7 +3,10 @@
 Why this exists: fastload reads two layouts (see :mod:`fastload.store`) and everything above the store wants one
 description of them: :class:`FieldInfo` per field. All schema checks happen here, once, at open: dimension names
 and order, coordinate lengths against array shapes, monotonic coordinates, an increasing time axis, numeric
-dtypes. Each failure is a :class:`~fastload.errors.SchemaError` naming the store, array and what was expected.
+dtypes. Each failure is a :class:`~fastload.errors.SchemaError` naming the store, array and what was expected;
+but an array over the grid that merely cannot be a field (other dims or their order, a level dimension without a
+coordinate, strings or dates) is left out and listed in :attr:`Layout.not_fields` with why
+(:class:`FieldSorter`, shared by the per-variable layout and meshes).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ._cf import LEVEL_TYPES, decode_time, level_type_of
 from ._meta import ArrayInfo, StoreMetadata
 from .grid import Grid, curvilinear_grid, latlon_grid
 
-__all__ = ["FieldInfo", "Layout", "detect_layout", "LAT_NAMES", "LON_NAMES", "TIME_NAMES"]
+__all__ = ["FieldInfo", "FieldSorter", "Layout", "detect_layout", "LAT_NAMES", "LON_NAMES", "TIME_NAMES"]
 
 LAT_NAMES = ("latitude", "lat", "lats")
 LON_NAMES = ("longitude", "lon", "lons")
@@ -80,7 +83,7 @@ class Layout:
     data_arrays: tuple[str, ...]
     coord_arrays: tuple[str, ...]
     not_fields: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Arrays on the grid left out of the fields, each with why it cannot be one (per-variable layout)."""
+    """Arrays on the grid left out of the fields, each with why it cannot be one (per-variable layout and mesh)."""
 
 
 def _first(names: tuple[str, ...], arrays: Mapping[str, ArrayInfo]) -> str | None:
@@ -153,7 +156,7 @@ def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     from ._mesh import is_mesh, mesh_layout
 
     if is_mesh(meta):
-        return Layout("per_variable", *mesh_layout(meta, read, where))
+        return mesh_layout(meta, read, where)
     data = meta.arrays.get("data")
     if data is not None and data.ndim == 5:
         return _atmorep(meta, read, where)
@@ -257,7 +260,134 @@ def _warn_grid_not_fields(meta: StoreMetadata, not_fields: Mapping[str, str], gr
                         where, name, grid_dims, why)
 
 
-# -- per-variable -----------------------------------------------------------------------------------------------
+# -- per-variable (and mesh) fields -------------------------------------------------------------------------------
+def _time_coded(info: ArrayInfo) -> str | None:
+    """The CF ``units`` of an array of numbers that codes dates (``"hours since 1979-01-01"``, as xarray writes any
+    datetime variable), else None."""
+    units = info.attrs.get("units")
+    return units if isinstance(units, str) and " since " in units else None
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class FieldSorter:
+    """Sorts the arrays over a grid into fields and arrays that cannot be fields, with why; one for the per-variable
+    layout (``grid_dims`` ``(y, x)``) and for a mesh (``grid_dims`` ``(node,)``, :mod:`._mesh`).
+
+    An array whose dims are not ``(time, [level], *grid_dims)``, whose level dimension has no coordinate array
+    (``level_coords``), or whose values are not numbers (strings, datetimes, CF-coded dates) is no field: it lands
+    in :attr:`not_fields` with why. What would make sampling wrong still raises :class:`SchemaError`: a shape that
+    disagrees with the coordinates, a time axis without a time coordinate, a level coordinate that is not numbers
+    or names an unknown level type."""
+
+    meta: StoreMetadata
+    read: ReadFull
+    where: str
+    tdim: str
+    time: np.ndarray | None
+    grid_dims: tuple[str, ...]
+    grid_shape: tuple[int, ...]
+    """Extent of the grid dims, as a field's trailing shape: ``(ny, nx)``, or ``(n_nodes,)`` on a mesh."""
+    level_coords: set[str]
+    """1-D arrays that may give a level dimension its values (named after it)."""
+    used: set[str]
+    """Coordinate arrays in use; level coordinates that fields use are added."""
+    fields: dict[str, FieldInfo] = dataclasses.field(default_factory=dict)
+    not_fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    _levels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def expected(self) -> str:
+        return f"({self.tdim}, [level], {', '.join(self.grid_dims)})"
+
+    def add(self, info: ArrayInfo) -> None:
+        """Sort one array with dimension names into :attr:`fields` or :attr:`not_fields`."""
+        why = self._why_not(info)
+        if why is None:
+            self.fields[info.name] = self._field(info)
+        else:
+            self.not_fields[info.name] = why
+
+    def _split(self, dims: tuple[str, ...]) -> tuple[bool, str | None, bool]:
+        """(has a time axis, the level dim or None, whether the dims are a field's)."""
+        n = len(self.grid_dims)
+        lead = list(dims[:-n])
+        has_time = bool(lead) and lead[0] == self.tdim
+        if has_time:
+            lead.pop(0)
+        level_dim = lead.pop(0) if lead else None
+        ok = tuple(dims[-n:]) == self.grid_dims and len(dims) <= n + 2 and not lead and level_dim != self.tdim
+        return has_time, level_dim, ok
+
+    def _why_not(self, info: ArrayInfo) -> str | None:
+        dims = info.dims
+        assert dims is not None
+        _, level_dim, ok = self._split(dims)
+        if not ok:
+            return f"dims {dims}; a field has dims {self.expected}"
+        if level_dim is not None and level_dim not in self.level_coords:
+            return f"dimension {level_dim!r} has no 1-D coordinate array {level_dim!r} giving level values"
+        if info.dtype.kind not in "biuf":
+            return f"dtype {info.dtype}; a field must be numeric"
+        units = _time_coded(info)
+        if units is not None:
+            return f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
+        return None
+
+    def _level_values(self, level_dim: str) -> np.ndarray:
+        if level_dim not in self._levels:
+            vals = np.asarray(self.read(level_dim))
+            if vals.dtype.kind not in "iuf":
+                raise SchemaError(
+                    f"{self.where}: level coordinate {level_dim!r} has dtype {vals.dtype}; expected numbers"
+                )
+            self._levels[level_dim] = vals.astype(np.float64).reshape(-1)
+        self.used.add(level_dim)
+        return self._levels[level_dim].copy()
+
+    def _field(self, info: ArrayInfo) -> FieldInfo:
+        name, dims = info.name, info.dims
+        assert dims is not None
+        has_time, level_dim, _ = self._split(dims)
+        if has_time and self.time is None:
+            raise SchemaError(
+                f"{self.where}: array {name!r} has a {self.tdim!r} axis but the store has no time coordinate"
+            )
+        levels = lt = None
+        if level_dim is not None:
+            levels = self._level_values(level_dim)
+            lt = _check_level_type(
+                level_type_of(level_dim, self.meta.arrays[level_dim].attrs), f"{self.where}/{level_dim}"
+            )
+        want = (
+            ((self.time.size,) if has_time and self.time is not None else ())
+            + ((levels.size,) if levels is not None else ())
+            + tuple(self.grid_shape)
+        )
+        if info.shape != want:
+            raise SchemaError(
+                f"{self.where}: array {name!r} has shape {info.shape} over dims {dims}, but the coordinates give "
+                f"{want}"
+            )
+        t_ax = 0 if has_time else None
+        l_ax = int(has_time) if levels is not None else None
+        y_ax = info.ndim - 2 if len(self.grid_dims) == 2 else None  # a mesh has no y axis
+        units = info.attrs.get("units")
+        return FieldInfo(
+            name=name, array=name, field_index=None, levels=levels, level_type=lt, has_time=has_time,
+            units=None if units is None else str(units), dtype=info.dtype,
+            axes=(t_ax, None, l_ax, y_ax, info.ndim - 1), attrs=dict(info.attrs),
+        )  # fmt: skip
+
+    def finish(self, none_found: str) -> dict[str, FieldInfo]:
+        """Warn of the arrays left out that span the grid (:func:`_warn_grid_not_fields`); raise
+        :class:`SchemaError` (``none_found``, then each left-out array's reason) when no field was found."""
+        _warn_grid_not_fields(self.meta, self.not_fields, self.grid_dims, self.where)
+        if not self.fields:
+            why = "".join(f"; {n!r} is not a field: {r}" for n, r in self.not_fields.items())
+            raise SchemaError(f"{self.where}: {none_found}; arrays present: {sorted(self.meta.arrays)}{why}")
+        return self.fields
+
+
 def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     grid, lat_name, lon_name = _grid(meta, read, where)
     tname, time = _time_axis(meta, read, where)
@@ -267,10 +397,8 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     # 1-D arrays named after their own dimension are coordinates (possible vertical axes)
     dim_coords = {n for n, a in meta.arrays.items() if a.ndim == 1 and (a.dims or (None,))[0] == n}
     bounds = {a.attrs.get("bounds") for a in meta.arrays.values()} - {None}
-    fields: dict[str, FieldInfo] = {}
-    not_fields: dict[str, str] = {}  # arrays on the grid that cannot be fields (CESM's gw(lat), lat_edges(lat, nv))
-    used_coords = {lat_name, lon_name} | ({tname} if tname else set())
-    level_cache: dict[str, np.ndarray] = {}
+    # arrays on the grid that cannot be fields (CESM's gw(lat), lat_edges(lat, nv)) go to sorter.not_fields
+    sorter = FieldSorter(meta, read, where, tdim, time, (ydim, xdim), grid.shape, dim_coords, set(coord_names))
     for name, info in meta.arrays.items():
         if name in coord_names or name in dim_coords or info.ndim == 0:
             continue
@@ -279,60 +407,13 @@ def _per_variable(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
                 f"{where}: array {name!r} has no dimension names (_ARRAY_DIMENSIONS in v2, dimension_names in v3); "
                 f"expected e.g. ('{tdim}', 'level', '{ydim}', '{xdim}')"
             )
-        dims = info.dims
-        if ydim not in dims and xdim not in dims:
+        if ydim not in info.dims and xdim not in info.dims:
             continue  # not a field on this grid (e.g. time bounds): ignored
         if name in bounds or name.endswith(("_bnds", "_bounds")):
             continue
-        expected = f"({tdim}, [level], {ydim}, {xdim})"
-        lead = list(dims[:-2])
-        has_time = bool(lead) and lead[0] == tdim
-        if has_time:
-            lead.pop(0)
-        level_dim = lead.pop(0) if lead else None
-        if dims[-2:] != (ydim, xdim) or len(dims) > 4 or lead or level_dim == tdim:
-            not_fields[name] = f"dims {dims}; a field has dims {expected}"
-            continue
-        if level_dim is not None and level_dim not in dim_coords:
-            not_fields[name] = f"dimension {level_dim!r} has no 1-D coordinate array {level_dim!r} giving level values"
-            continue
-        if info.dtype.kind not in "biuf":
-            not_fields[name] = f"dtype {info.dtype}; a field must be numeric"
-            continue
-        if has_time and time is None:
-            raise SchemaError(f"{where}: array {name!r} has a {tdim!r} axis but the store has no time coordinate")
-        levels = None
-        lt = None
-        if level_dim is not None:
-            if level_dim not in level_cache:
-                vals = read(level_dim)
-                if vals.dtype.kind not in "iuf":
-                    raise SchemaError(f"{where}: level coordinate {level_dim!r} has dtype {vals.dtype}; expected numbers")
-                level_cache[level_dim] = np.asarray(vals, dtype=np.float64)
-            used_coords.add(level_dim)
-            levels = level_cache[level_dim].copy()
-            lt = _check_level_type(level_type_of(level_dim, meta.arrays[level_dim].attrs), f"{where}/{level_dim}")
-        expect_shape = ((time.size,) if has_time else ()) + ((levels.size,) if levels is not None else ()) + grid.shape
-        if info.shape != expect_shape:
-            raise SchemaError(
-                f"{where}: array {name!r} has shape {info.shape} over dims {dims}, but the coordinates give "
-                f"{expect_shape}"
-            )
-        pos = 0
-        t_ax = 0 if has_time else None
-        pos += int(has_time)
-        l_ax = pos if levels is not None else None
-        units = info.attrs.get("units")
-        fields[name] = FieldInfo(
-            name=name, array=name, field_index=None, levels=levels, level_type=lt, has_time=has_time,
-            units=None if units is None else str(units), dtype=info.dtype,
-            axes=(t_ax, None, l_ax, info.ndim - 2, info.ndim - 1), attrs=dict(info.attrs),
-        )  # fmt: skip
-    _warn_grid_not_fields(meta, not_fields, (ydim, xdim), where)
-    if not fields:
-        why = "".join(f"; {n!r} is not a field: {r}" for n, r in not_fields.items())
-        raise SchemaError(
-            f"{where}: no data arrays found: expected a 5-D 'data' array (AtmoRep layout) or arrays with dims "
-            f"(time, [level], {ydim}, {xdim}) (per-variable layout); arrays present: {sorted(meta.arrays)}{why}"
-        )
-    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(used_coords)), not_fields)
+        sorter.add(info)
+    fields = sorter.finish(
+        "no data arrays found: expected a 5-D 'data' array (AtmoRep layout) or arrays with dims "
+        f"{sorter.expected} (per-variable layout)"
+    )
+    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(sorter.used)), sorter.not_fields)

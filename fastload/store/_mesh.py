@@ -15,6 +15,10 @@ A mesh store is per-variable (what xarray writes):
 - optionally ``face_nodes`` ``(face, vertex)`` integers (UGRID ``face_node_connectivity``; ``start_index`` 0 or 1;
   negative or ``_FillValue`` entries mean "no vertex"), read once and kept on the grid.
 
+Other arrays along the node dimension that cannot be fields (``node_vertices(node, nv)``, ``mask(node, time)``,
+a ``(time, level, member, node)`` ensemble, strings, dates, a level dimension without its coordinate array) are
+left out and listed in ``Layout.not_fields`` with why, as in the per-variable layout; opening warns of each.
+
 The grid is ``Grid(kind="mesh")`` with ``lat``/``lon`` per node (longitudes brought to [0, 360)), ``ny = 1`` and
 ``nx`` = the number of nodes. Field axes are ``(time, None, level, None, node)``: a mesh has no y axis, and the
 node axis stands where x stands (the last axis). Print a mesh store with ``python -m fastload.store PATH``.
@@ -23,13 +27,16 @@ node axis stands where x stands (the last axis). Print a mesh store with ``pytho
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SchemaError
-from ._cf import level_type_of
-from ._meta import ArrayInfo, StoreMetadata
+from ._meta import StoreMetadata
 from .grid import Grid
+
+if TYPE_CHECKING:
+    from ._layout import Layout
 
 __all__ = ["is_mesh", "mesh_grid", "mesh_layout", "FACE_NAMES"]
 
@@ -136,9 +143,14 @@ def _faces(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: str) -
     return name, np.where(raw >= start, raw - start, -1)
 
 
-def mesh_layout(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: str) -> tuple:
-    """Describe a mesh store: ``(grid, time, fields, data_arrays, coord_arrays)`` for a per-variable Layout."""
-    from ._layout import FieldInfo, _check_level_type, _numeric, _time_axis
+def mesh_layout(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: str) -> Layout:
+    """Describe a mesh store as a per-variable :class:`~fastload.store._layout.Layout`.
+
+    The arrays along the node dimension are sorted as the per-variable layout's are
+    (:class:`~fastload.store._layout.FieldSorter`, grid dims ``(node,)``): one that cannot be a field (other dims
+    or their order, a level dimension without a coordinate array, strings or dates) is left out and listed in
+    ``not_fields`` with why, with a warning at open."""
+    from ._layout import FieldSorter, Layout, _time_axis
 
     lat_name, lon_name = _names(meta)
     assert lat_name is not None and lon_name is not None
@@ -150,65 +162,15 @@ def mesh_layout(meta: StoreMetadata, read: Callable[[str], np.ndarray], where: s
     tdim = (meta.arrays[tname].dims or (tname,))[0] if tname else "time"
     skip = {lat_name, lon_name, tname, face_name} - {None}
     dim_coords = {n for n, a in meta.arrays.items() if a.ndim == 1 and (a.dims or (None,))[0] == n}
+    # a level coordinate may lack dimension names on a mesh (unnamed arrays are skipped here; they gave levels before)
+    level_coords = dim_coords | {n for n, a in meta.arrays.items() if a.ndim == 1 and a.dims is None}
     bounds = {a.attrs.get("bounds") for a in meta.arrays.values()} - {None}
-    used = set(skip)
-    levels_of: dict[str, np.ndarray] = {}
-    fields: dict[str, FieldInfo] = {}
+    sorter = FieldSorter(meta, read, where, tdim, time, (node_dim,), (grid.nx,), level_coords, set(skip))
     for name, info in meta.arrays.items():
         if name in skip or name in dim_coords or name in bounds or info.ndim == 0 or info.dims is None:
             continue
         if node_dim not in info.dims or name.endswith(("_bnds", "_bounds")):
-            continue  # not a field on the mesh
-        fields[name] = _field(FieldInfo, info, node_dim, tdim, time, grid.nx, meta, read, levels_of, used, where,
-                              _check_level_type, _numeric)
-    if not fields:
-        raise SchemaError(
-            f"{where}: mesh store (nodes along {node_dim!r}) has no data arrays with dims (time, [level], "
-            f"{node_dim}); arrays present: {sorted(meta.arrays)}"
-        )
-    return grid, time, fields, tuple(fields), tuple(sorted(used))
-
-
-def _field(FieldInfo: type, info: ArrayInfo, node_dim: str, tdim: str, time: np.ndarray | None, n: int,
-           meta: StoreMetadata, read: Callable[[str], np.ndarray], levels_of: dict[str, np.ndarray], used: set,
-           where: str, check_level_type: Callable, numeric: Callable) -> object:
-    dims = info.dims
-    assert dims is not None
-    expected = f"({tdim}, [level], {node_dim})"
-    if dims[-1] != node_dim or len(dims) > 3:
-        raise SchemaError(f"{where}: mesh array {info.name!r} has dims {dims}; expected {expected}")
-    lead = list(dims[:-1])
-    has_time = bool(lead) and lead[0] == tdim
-    if has_time:
-        lead.pop(0)
-        if time is None:
-            raise SchemaError(f"{where}: array {info.name!r} has a {tdim!r} axis but the store has no time coordinate")
-    level_dim = lead.pop(0) if lead else None
-    if lead or level_dim == tdim:
-        raise SchemaError(f"{where}: mesh array {info.name!r} has dims {dims}; expected {expected}")
-    levels = lt = None
-    if level_dim is not None:
-        coord = meta.arrays.get(level_dim)
-        if coord is None or coord.ndim != 1:
-            raise SchemaError(f"{where}: dimension {level_dim!r} of array {info.name!r} has no 1-D coordinate array "
-                              f"{level_dim!r} giving the level values")
-        if level_dim not in levels_of:
-            vals = np.asarray(read(level_dim))
-            if vals.dtype.kind not in "iuf":
-                raise SchemaError(f"{where}: level coordinate {level_dim!r} has dtype {vals.dtype}; expected numbers")
-            levels_of[level_dim] = vals.astype(np.float64)
-        used.add(level_dim)
-        levels = levels_of[level_dim].copy()
-        lt = check_level_type(level_type_of(level_dim, coord.attrs), f"{where}/{level_dim}")
-    numeric(info, where)
-    want = ((time.size,) if has_time else ()) + ((levels.size,) if levels is not None else ()) + (n,)
-    if info.shape != want:
-        raise SchemaError(f"{where}: mesh array {info.name!r} has shape {info.shape} over dims {dims}, but the "
-                          f"coordinates give {want}")
-    t_ax = 0 if has_time else None
-    l_ax = (1 if has_time else 0) if levels is not None else None
-    units = info.attrs.get("units")
-    return FieldInfo(name=info.name, array=info.name, field_index=None, levels=levels, level_type=lt,
-                     has_time=has_time, units=None if units is None else str(units), dtype=info.dtype,
-                     axes=(t_ax, None, l_ax, None, info.ndim - 1), attrs=dict(info.attrs))
-
+            continue  # not on the mesh (e.g. time bounds), or a bounds array: ignored
+        sorter.add(info)
+    fields = sorter.finish(f"mesh store (nodes along {node_dim!r}) has no data arrays with dims {sorter.expected}")
+    return Layout("per_variable", grid, time, fields, tuple(fields), tuple(sorted(sorter.used)), sorter.not_fields)

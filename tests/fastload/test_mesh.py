@@ -1,9 +1,11 @@
-"""Unstructured meshes: opening mesh stores (and refusing bad ones), the node index and binning rule against a
-brute-force count, the point gather against NumPy on the written arrays, kernels against their NumPy twins."""
+"""Unstructured meshes: opening mesh stores (and refusing bad ones; leaving out, with why, arrays along the nodes that
+cannot be fields), the node index and binning rule against a brute-force count, the point gather against NumPy on
+the written arrays, kernels against their NumPy twins."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from fastload.sampling.mesh import MeshIndex, MeshTokenizer, cell_centres
 from fastload.sampling.points import PointLayout, field_points, gather_field_points, plan_points
 from fastload.store import open_store
 
+from .stores import _array
 from .stores_multi import make_mesh, mesh_nodes
 
 
@@ -83,6 +86,145 @@ def test_connectivity_naming_missing_nodes_is_refused(tmp_path):
     faces[...] = f
     with pytest.raises(SchemaError, match=r"face_nodes\[5, 1\] = .* names a node outside"):
         open_store(tmp_path / "m.zarr")
+
+
+# -- arrays along the nodes that cannot be fields ------------------------------------------------------------------
+NODE_WHY = "a field has dims (time, [level], nod2)"
+LEFT_OUT = {  # array -> why it is not a field (as the per-variable layout says it)
+    "node_vertices": f"dims ('nod2', 'nv'); {NODE_WHY}",
+    "mask": f"dims ('nod2', 'time'); {NODE_WHY}",
+    "ens": f"dims ('time', 'nz1', 'member', 'nod2'); {NODE_WHY}",
+    "salt": "dimension 'lev2' has no 1-D coordinate array 'lev2' giving level values",
+    "label": "dtype <U3; a field must be numeric",
+    "seen": "dtype datetime64[s]; a field must be numeric",
+    "obs_time": "it holds dates coded as numbers (units 'seconds since 2000-01-01'); a field must hold values, "
+                "not dates",
+}
+
+
+def _add_extras(path, truth, zarr_format):
+    """To a :func:`make_mesh` store: ``area(nod2)`` and FESOM's ``nlevels_nod2D(nod2)`` (static fields), one array
+    along the nodes per way of not being a field (:data:`LEFT_OUT`), and ``node_bounds(nod2, nv)`` (a bounds array:
+    ignored, as on lat-lon grids)."""
+    import zarr
+
+    rng = np.random.default_rng(1)
+    nt, nz, n = truth["temp"].shape
+    root = zarr.open_group(str(path), mode="r+", zarr_format=zarr_format)
+    extras = {
+        "area": (rng.uniform(1, 2, n), ("nod2",), {"units": "km2"}),
+        "nlevels_nod2D": (rng.integers(1, 48, n).astype(np.int16), ("nod2",), {}),  # integers are values: a field
+        "node_vertices": (rng.uniform(0, 1, (n, 3)), ("nod2", "nv"), {}),
+        "node_bounds": (rng.uniform(0, 1, (n, 3)), ("nod2", "nv"), {}),
+        "mask": (rng.uniform(0, 1, (n, nt)), ("nod2", "time"), {}),
+        "ens": (rng.uniform(0, 1, (nt, nz, 2, n)), ("time", "nz1", "member", "nod2"), {}),
+        "salt": (rng.uniform(30, 35, (nt, 3, n)), ("time", "lev2", "nod2"), {}),
+        "label": (rng.choice(np.array(["sea", "ice", "lnd"]), n), ("nod2",), {}),
+        "seen": (np.datetime64("2020-01-01", "s") + rng.integers(0, 10**6, n).astype("m8[s]"), ("nod2",), {}),
+        "obs_time": (rng.integers(0, 10**8, (nt, n)), ("time", "nod2"), {"units": "seconds since 2000-01-01"}),
+    }
+    for name, (data, dims, attrs) in extras.items():
+        fill = "" if data.dtype.kind == "U" else np.datetime64("NaT") if data.dtype.kind == "M" else None
+        _array(root, name, data, dims, attrs=attrs, fill_value=fill, zarr_format=zarr_format,
+               chunks=(8,) * (data.ndim - 1) + (64,))
+    return {k: v[0] for k, v in extras.items()}
+
+
+def _fastload_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "fastload"]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_arrays_along_the_nodes_that_cannot_be_fields_are_left_out_with_why(tmp_path, caplog, capsys, zarr_format):
+    """node_vertices(node, nv), mask(node, time), a (time, level, member, node) ensemble, a level dim without its
+    coordinate, strings, datetimes and CF-coded dates along the nodes made the store unopenable (SchemaError) or a
+    field of dates; now each is listed with why, warned of at open, and named when asked for; the fields read
+    exactly the arrays written."""
+    from fastload.inspect import main as inspect_main
+
+    path = tmp_path / "m.zarr"
+    truth = make_mesh(path, nt=6, zarr_format=zarr_format)
+    extras = _add_extras(path, truth, zarr_format)
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        store = open_store(path)
+    assert sorted(store.fields) == ["area", "nlevels_nod2D", "ssh", "temp"]
+    assert store.not_fields == LEFT_OUT  # node_bounds: a bounds array, ignored as on lat-lon grids
+    warned = _fastload_warnings(caplog)
+    assert sorted(warned) == sorted(f"{path}: array {n!r} spans the grid ('nod2',) but is not a field, so fastload "
+                                    f"leaves it out: {why}" for n, why in LEFT_OUT.items())
+
+    area = store.fields["area"]
+    assert area.axes == (None, None, None, None, 0) and not area.has_time and area.units == "km2"
+    n = store.grid.nx
+    for name in ("area", "nlevels_nod2D"):
+        got = store.read(name, None, None, None, None)[0, 0, 0]
+        assert got.dtype == extras[name].dtype and np.array_equal(got, extras[name])
+    assert np.array_equal(store.read("temp", None, None, None, None)[:, :, 0], truth["temp"])
+    got = store.read("ssh", [0, 5], None, None, [n - 1, 0, 7])[:, 0, 0]
+    assert np.array_equal(got, truth["ssh"][[0, 5]][:, [n - 1, 0, 7]])
+    assert store.fields["temp"].level_type == "depth" and list(store.fields["temp"].levels) == [5.0, 100.0]
+
+    for name, why in LEFT_OUT.items():  # asked for by name: why it is not a field
+        cfg = SamplingConfig(fields=(FieldConfig(name=name, num_tokens=(1, 1, 1), token_size=(1, 2, 2),
+                                                 normalization="none"),))
+        with pytest.raises(ConfigError) as e:
+            store.check(cfg)
+        assert str(e.value) == (f"fields.{name}: array {name!r} in store {store.path} is not a field: {why}; the "
+                                f"fields are {list(store.fields)}")
+        with pytest.raises(KeyError, match=f"no field {name!r}: array {name!r} in store .* is not a field"):
+            store.read(name)
+
+    assert inspect_main([str(path), "--sizes", "never"]) == 0
+    printed = capsys.readouterr().out
+    for name, why in LEFT_OUT.items():
+        assert f"  {name}  not a field: {why}" in printed
+
+
+def test_mesh_arrays_that_would_sample_wrong_are_still_refused(tmp_path):
+    """A would-be field whose shape disagrees with the coordinates (one node short, one time step too many) still
+    fails at open, as do a non-numeric level coordinate and a time axis without a time coordinate."""
+    import zarr
+
+    cases = [  # name, shape (given the node count), dims, extra coordinate arrays, message
+        ("short", lambda n: (4, n - 1), ("time", "nod2"), {},
+         lambda n: rf"array 'short' has shape \(4, {n - 1}\) over dims \('time', 'nod2'\), but the coordinates give "
+                   rf"\(4, {n}\)"),
+        ("long", lambda n: (5, 2, n), ("time", "nz1", "nod2"), {},
+         lambda n: rf"array 'long' has shape \(5, 2, {n}\) over dims \('time', 'nz1', 'nod2'\), but the coordinates "
+                   rf"give \(4, 2, {n}\)"),
+        ("sal", lambda n: (4, 2, n), ("time", "lay", "nod2"), {"lay": np.array(["a", "b"])},
+         lambda n: r"level coordinate 'lay' has dtype <U1; expected numbers"),
+    ]
+    for name, shape, dims, extra, match in cases:
+        path = tmp_path / f"{name}.zarr"
+        n = make_mesh(path, nt=4, faces=False)["latitude"].size
+        root = zarr.open_group(str(path), mode="r+", zarr_format=2)
+        _array(root, name, np.ones(shape(n), "f4"), dims, zarr_format=2, chunks=(8,) * (len(dims) - 1) + (64,))
+        for k, v in extra.items():
+            _array(root, k, v, (k,), zarr_format=2, chunks=(8,), fill_value="")
+        with pytest.raises(SchemaError, match=match(n)):
+            open_store(path)
+    path = tmp_path / "timeless.zarr"
+    make_mesh(path, nt=4, faces=False)
+    root = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    del root["time"]
+    with pytest.raises(SchemaError, match=r"array '(temp|ssh)' has a 'time' axis but the store has no time coordinate"):
+        open_store(path)
+
+
+def test_a_mesh_store_with_no_field_names_each_array_and_why(tmp_path):
+    import zarr
+
+    path = tmp_path / "m.zarr"
+    truth = make_mesh(path, nt=4, faces=False)
+    root = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    for name in ("temp", "ssh"):
+        del root[name]
+    _array(root, "mask", np.ones((truth["latitude"].size, 4), "f4"), ("nod2", "time"), zarr_format=2, chunks=(64, 4))
+    with pytest.raises(SchemaError, match=r"mesh store \(nodes along 'nod2'\) has no data arrays with dims \(time, "
+                                          r"\[level\], nod2\); arrays present: .*; 'mask' is not a field: dims "
+                                          r"\('nod2', 'time'\); a field has dims \(time, \[level\], nod2\)"):
+        open_store(path)
 
 
 # -- index and binning ---------------------------------------------------------------------------------------------

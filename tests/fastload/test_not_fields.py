@@ -190,3 +190,31 @@ def test_process_workers_do_not_repeat_the_open_time_warning(tmp_path, capfd):
     with Loader(tmp_path / "typo.zarr", cfg, workers=2, mode="process", samples_per_epoch=4) as loader:
         assert sum(len(b.boxes) for b in loader) == 4
     assert "spans the grid" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_dates_over_the_grid_are_not_a_field(tmp_path, caplog, zarr_format):
+    """A datetime variable over the grid (xarray writes it as integers with CF units '... since ...') is left out
+    with why and warned of, not sampled as a field of numbers; t2m beside it reads as written."""
+    rng = np.random.default_rng(1)
+    t2m = rng.normal(280, 5, (NT, NY, NX)).astype("f4")
+    seen = np.datetime64("2020-01-01T00:00:00", "ns") + rng.integers(0, 10**6, (NT, NY, NX)).astype("m8[s]")
+    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m),
+                     "seen": (("time", "latitude", "longitude"), seen)},
+                    coords={"time": pd.date_range("2020-01-01", periods=NT, freq="6h"),
+                            "latitude": np.linspace(90, -90, NY), "longitude": np.arange(0, 360, 10.0)})
+    path = tmp_path / "dates.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # xarray/zarr's own notes
+        ds.to_zarr(path, zarr_format=zarr_format)
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        s = open_store(path)
+    assert list(s.fields) == ["t2m"]
+    stored = zarr.open_array(str(path / "seen"), mode="r")  # as xarray coded them
+    units = stored.attrs["units"]
+    assert " since " in units and stored.dtype.kind in "iu"
+    why = f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
+    assert s.not_fields == {"seen": why}
+    assert _warnings(caplog) == [f"{path}: array 'seen' spans the grid ('latitude', 'longitude') but is not a field, "
+                                 f"so fastload leaves it out: {why}"]
+    np.testing.assert_array_equal(s.read("t2m")[:, 0], t2m)
