@@ -7,7 +7,9 @@ same checks, rename and Ctrl-C handling:
 
 - :func:`check_output` refuses a URL, an output at, inside or around a source, and (with ``overwrite``) an
   existing path that is not a zarr store or an empty directory;
-- :func:`move_into_place` renames the finished store to the output, putting a replaced store back if that fails;
+- :func:`move_into_place` puts the finished store at the output: exchanged for a store there in one step where
+  Linux can (``renameat2``), so that the output is never missing; else renamed in after the old one is renamed
+  aside, which is put back if that fails;
 - :func:`sigint_deferred` holds Ctrl-C back while a zarr call runs (zarr-python writes on its own thread);
 - :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` and
   :func:`remove_stale_temporaries` removes the ones whose writer is provably gone. SIGKILL (the OOM killer, a
@@ -26,16 +28,21 @@ Import these names from :mod:`fastload.write`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
+import errno
+import functools
+import json
 import logging
 import os
+import platform
 import re
 import shutil
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +144,14 @@ def _no_such_pid(pid: int) -> bool:
 def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     """Remove what writers of ``out`` on this host left when they were killed; returns the paths removed.
 
-    Removed: ``<out>.tmp-<host>-<pid>-<start>`` (an unfinished store) whose ``<host>`` is this host and whose
-    writer is gone (:func:`writer_gone`), and a ``<out>.old-<host>-<pid>-<start>`` of such a writer (the store it
-    replaced, being deleted) when ``out`` exists. Kept, with a log warning: an ``.old-`` one when ``out`` is
-    missing (the writer was killed between its two renames: that is the previous store, rename it back) and a
+    Removed: ``<out>.tmp-<host>-<pid>-<start>`` whose ``<host>`` is this host and whose writer is gone
+    (:func:`writer_gone`): an unfinished store, or, when ``out`` exists, a complete one (:func:`_complete`: after
+    :func:`move_into_place` exchanged it for ``out``, the temporary's name holds the store that was at ``out``; a
+    writer killed before deleting it leaves that, the new store being at ``out``); and a
+    ``<out>.old-<host>-<pid>-<start>`` of such a writer (the store it replaced, being deleted) when ``out`` exists.
+    Kept, with a log warning: an ``.old-`` one when ``out`` is missing (the writer was killed between its two
+    renames: that is the previous store, rename it back), a complete ``.tmp-`` one when ``out`` is missing (a
+    finished store whose writer was killed before it moved it in: nothing else holds those data), and a
     temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its host), and one of this host name
     in another pid namespace or boot (:func:`_host`: a container restarted after the OOM killer, a reboot), whose
     writer cannot be checked from here: safe to delete once no writer of ``out`` runs. Never touched: another
@@ -173,17 +184,47 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
             continue
         if not writer_gone(pid, start):
             continue
-        if kind == "old" and not (out.exists() or out.is_symlink()):
+        out_there = out.exists() or out.is_symlink()
+        if kind == "old" and not out_there:
             log.warning("%s: the store that was at %s, moved aside by a writer that was killed before it put the new "
                         "one in place; rename it back to %s", p, out, out.name)  # fmt: skip
+            continue
+        complete = kind == "tmp" and _complete(p)
+        if complete and not out_there:
+            log.warning("%s: a complete store left by writer %d (gone), killed before it moved the store to %s; "
+                        "rename it to %s to use it, or delete it (a %s.old- of the same writer, if any, is the store "
+                        "it replaced)", p, pid, out.name, out.name, out.name)  # fmt: skip
             continue
         shutil.rmtree(p, ignore_errors=True)
         if p.exists():
             log.warning("%s: could not remove all of this debris of writer %d (gone)", p, pid)
             continue
-        log.warning("removed %s: left by writer %d on %s, which is no longer running", p, pid, h)
+        if complete:  # after an exchange (move_into_place) the temporary's name holds the store it replaced
+            log.warning("removed %s: a complete store left by writer %d on %s, which is no longer running: the store "
+                        "that was at %s, exchanged for the writer's new one, which was killed before deleting it (or "
+                        "its new store, killed just before the exchange); %s holds a complete store", p, pid, h,
+                        out.name, out.name)  # fmt: skip
+        else:
+            log.warning("removed %s: left by writer %d on %s, which is no longer running", p, pid, h)
         removed.append(p)
     return removed
+
+
+def _complete(store: Path) -> bool:
+    """True when the folder ``store`` holds a zarr store's root metadata (``zarr.json``, or ``.zgroup``/``.zarray``
+    and its ``.zattrs`` if any) whose attributes lack :data:`UNFINISHED_ATTR`: a finished store, not a writer's
+    unfinished one. False when there is none or it cannot be read (an empty folder, one a deletion had emptied of
+    its metadata: nothing there to keep)."""
+    try:
+        if (store / "zarr.json").is_file():
+            attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+        elif (store / ".zgroup").is_file() or (store / ".zarray").is_file():
+            attrs = json.loads((store / ".zattrs").read_text()) if (store / ".zattrs").is_file() else {}
+        else:
+            return False
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return False
+    return isinstance(attrs, dict) and UNFINISHED_ATTR not in attrs
 
 
 def unfinished_message(path: str | os.PathLike[str], attrs: Any) -> str | None:
@@ -247,29 +288,128 @@ def check_output(
     return path
 
 
+RENAME_EXCHANGE = 2
+"""``renameat2`` flag (``<linux/fs.h>``): swap two existing directory entries in one step."""
+_AT_FDCWD = -100
+_SYS_RENAMEAT2 = {("x86_64", 8): 316, ("aarch64", 8): 276}
+"""``renameat2``'s system call number by (machine, pointer size): only 64-bit processes of these two, whose numbers
+are fixed (``arch/x86/entry/syscalls/syscall_64.tbl``; ``include/uapi/asm-generic/unistd.h``). A 32-bit process on
+a 64-bit kernel (i386, x32, arm) numbers its calls otherwise: it gets no system call and the two renames."""
+_NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+"""What a kernel or file system without ``RENAME_EXCHANGE`` answers (before Linux 3.15, some network and FUSE
+file systems): take the two renames."""
+
+
+@functools.cache
+def _renameat2() -> tuple[Callable[[bytes, bytes, int], int], str] | None:
+    """(``renameat2(AT_FDCWD, old, AT_FDCWD, new, flags)``, what calls it) on Linux: glibc's wrapper (2.28 and
+    later), else ``syscall(2)`` where :data:`_SYS_RENAMEAT2` knows the number; None elsewhere. The call returns 0,
+    or -1 with the error in ``ctypes.get_errno()``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the symbols the interpreter is linked with: libc among them
+    except OSError:
+        return None
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        return (lambda old, new, flags: fn(_AT_FDCWD, old, _AT_FDCWD, new, flags)), "renameat2"
+    nr = _SYS_RENAMEAT2.get((platform.machine(), ctypes.sizeof(ctypes.c_void_p)))
+    syscall = getattr(libc, "syscall", None)
+    if nr is None or syscall is None:
+        return None
+    syscall.restype = ctypes.c_long  # variadic: every argument a full register (long or pointer)
+    syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long, ctypes.c_char_p, ctypes.c_long]
+    return (lambda old, new, flags: syscall(nr, _AT_FDCWD, old, _AT_FDCWD, new, flags)), f"syscall {nr}"
+
+
+def _exchange(tmp: Path, out: Path) -> bool:
+    """Swap the directory entries ``tmp`` and ``out`` in one step (``renameat2`` with :data:`RENAME_EXCHANGE`):
+    ``out`` names the new store and ``tmp`` the old one, and at no moment is ``out`` missing. Returns False, having
+    changed nothing, where the system or file system cannot (:data:`_NO_EXCHANGE`); raises OSError on any other
+    failure (nothing changed either)."""
+    call = _renameat2()
+    if call is None:
+        log.debug("%s: no renameat2 here (%s): the two renames", out, sys.platform)
+        return False
+    fn, how = call
+    if fn(os.fsencode(tmp), os.fsencode(out), RENAME_EXCHANGE) == 0:
+        log.debug("%s: the new store exchanged for the old one in one step (%s RENAME_EXCHANGE)", out, how)
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        log.debug("%s: %s RENAME_EXCHANGE: %s: the two renames", out, how, os.strerror(err))
+        return False
+    raise OSError(err, os.strerror(err), str(tmp), None, str(out))
+
+
+def _discard(replaced: Path, out: Path) -> None:
+    """Delete ``replaced``, the store (or the symbolic link to one) that was at ``out`` and was just replaced.
+
+    A directory is first renamed to ``<out>.old-<writer>`` so that, should this process be killed while deleting
+    it (a large store takes a while), the debris says what it is (:func:`remove_stale_temporaries`). A failure is
+    logged, not raised: the new store is in place, and the next writer of ``out`` removes what is left."""
+    try:
+        if replaced.is_symlink() or not replaced.is_dir():
+            replaced.unlink()  # a link to a store: the link goes, what it points to stays
+            return
+        old = temp_path(out, "old")
+        if replaced != old:
+            with contextlib.suppress(OSError):  # e.g. an .old- of this process whose deletion failed earlier
+                os.rename(replaced, old)
+                replaced = old
+        shutil.rmtree(replaced)
+    except OSError as e:
+        log.warning("%s: the new store is in place, but the one it replaced, now at %s, could not be deleted (%s); "
+                    "the first writer of %s after this process removes it", out, replaced, e, out.name)  # fmt: skip
+
+
 def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """Rename the finished store ``tmp`` to ``out``; returns ``out``.
 
-    An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`)
-    is renamed aside first, deleted once the new store is in place, and renamed back if that fails, so a crash
-    or a failed rename never loses both. Raises :class:`StoreError` when the rename fails.
+    An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`) is
+    exchanged for the new store in one step where Linux and the file system can (``renameat2`` with
+    ``RENAME_EXCHANGE``): a reader of ``out`` always finds the old store or the new one, never nothing, and a
+    process killed at any moment leaves one of them there. The old store, then at ``tmp``, is deleted (by way of
+    ``<out>.old-<writer>``: :func:`_discard`). Elsewhere (not Linux, a file system answering EINVAL, ENOSYS or
+    EOPNOTSUPP) the old store is renamed aside, the new one renamed in and the old one deleted; for the moment
+    between the two renames ``out`` is missing, and the old store is renamed back if the second rename fails or
+    is interrupted. A debug log says which way was taken. Raises :class:`StoreError` when the store cannot be
+    moved into place (then ``out`` is as it was and ``tmp`` still holds the new store).
     """
     tmp, out = Path(tmp), Path(out)
-    old = None
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        _replaceable(out)  # it may have appeared since the output was checked
-        old = temp_path(out, "old")  # named after its writer, so a killed one's is found (remove_stale_temporaries)
+    if not (out.exists() or out.is_symlink()):
+        try:
+            os.rename(tmp, out)
+        except OSError as e:
+            raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
+        return out
+    if not overwrite:
+        raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    _replaceable(out)  # it may have appeared since the output was checked
+    try:
+        exchanged = _exchange(tmp, out)
+    except OSError as e:
+        raise StoreError(f"{out}: cannot exchange the finished store {tmp.name} for the one there: {e}") from e
+    if exchanged:
+        _discard(tmp, out)  # the old store, now at tmp
+        return out
+    old = temp_path(out, "old")  # named after its writer, so a killed one's is found (remove_stale_temporaries)
+    try:
         os.rename(out, old)
+    except OSError as e:
+        raise StoreError(f"{out}: cannot move the store there aside to {old.name}: {e}") from e
     try:
         os.rename(tmp, out)
-    except OSError as e:
-        if old is not None:  # put the store we replace back where it was
+    except BaseException as e:  # Ctrl-C too: put the store we replace back where it was
+        if not (out.exists() or out.is_symlink()):
             os.rename(old, out)
-        raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        if isinstance(e, OSError):
+            raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
+        raise
+    _discard(old, out)
     return out
 
 

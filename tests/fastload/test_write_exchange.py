@@ -1,0 +1,399 @@
+"""``--overwrite`` replaces a store without a moment where the output path is missing: ``move_into_place``
+exchanges the new store for the old one in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``), falls back to
+the two renames where the system or file system cannot, and a writer killed between the exchange and the deletion
+of the old store leaves the new store at the output and debris that the next writer removes."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import fastload._write_atomic as wa
+from fastload._write_atomic import (
+    UNFINISHED_ATTR,
+    _host,
+    move_into_place,
+    remove_stale_temporaries,
+    temp_path,
+)
+from fastload.errors import StoreError
+from fastload.write import StoreWriter
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+NT, NY, NX = 8, 6, 10
+
+
+def _store(path: Path, version: int) -> Path:
+    """A minimal zarr v2 group (``.zgroup``: what makes it replaceable) whose ``payload`` says its version."""
+    path.mkdir()
+    (path / ".zgroup").write_text('{"zarr_format": 2}')
+    (path / "payload").write_text(_payload(version))
+    return path
+
+
+def _payload(version: int) -> str:
+    return f"{version}:" + "x" * 4096 + ":end"
+
+
+def _version(text: str) -> int:
+    """The version of a complete payload; fails on anything else (empty, cut short, mixed)."""
+    v, _, rest = text.partition(":")
+    assert rest == "x" * 4096 + ":end", f"not a complete payload: {text[:40]!r}..."
+    return int(v)
+
+
+def _read_out(out: Path) -> int:
+    """The version of the store at ``out`` as a reader finds it; raises FileNotFoundError when ``out`` is missing."""
+    return _version((out / "payload").read_text())
+
+
+def _exchange_works(tmp_path: Path, call=None) -> bool:
+    """Whether this system and the file system of ``tmp_path`` swap two directories with RENAME_EXCHANGE (2): by
+    glibc's renameat2, called here, or by ``call(old, new, flags)``."""
+    a, b = _store(tmp_path / "probe-a", 1), _store(tmp_path / "probe-b", 2)
+    if call is None:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            call = lambda old, new, flags: fn(-100, old, -100, new, flags)  # noqa: E731 (AT_FDCWD: -100)
+    ok = call is not None and call(os.fsencode(a), os.fsencode(b), 2) == 0
+    if ok:
+        assert _read_out(a) == 2 and _read_out(b) == 1  # the two entries swapped, contents whole
+    for p in (a, b):
+        wa.shutil.rmtree(p)
+    return ok
+
+
+@pytest.fixture
+def exchange(tmp_path):
+    if not _exchange_works(tmp_path):
+        pytest.skip("no renameat2 RENAME_EXCHANGE here (not Linux, old glibc and kernel, or the file system)")
+
+
+@linux_only
+def test_out_holds_a_complete_store_after_every_step_of_an_overwrite(tmp_path, exchange, monkeypatch, caplog):
+    """Each file system call move_into_place makes is atomic; between any two of them OUT holds a complete store:
+    the old one until the exchange, the new one from it on (the two renames left it missing between them)."""
+    out = _store(tmp_path / "s.zarr", 1)
+    tmp = _store(temp_path(out), 2)
+    steps = []
+
+    def check(name):
+        steps.append((name, _read_out(out)))  # FileNotFoundError: OUT missing at this step
+
+    def watched(name, fn):
+        def call(*a, **k):
+            check(f"before {name}")
+            r = fn(*a, **k)
+            check(f"after {name}")
+            return r
+        return call
+
+    monkeypatch.setattr(wa, "_exchange", watched("exchange", getattr(wa, "_exchange", None)), raising=False)
+    monkeypatch.setattr(os, "rename", watched("rename", os.rename))
+    monkeypatch.setattr(wa.shutil, "rmtree", watched("rmtree", wa.shutil.rmtree))
+    with caplog.at_level(logging.DEBUG, logger="fastload"):
+        assert move_into_place(tmp, out, overwrite=True) == out
+    assert steps[:2] == [("before exchange", 1), ("after exchange", 2)]
+    assert all(v == 2 for _, v in steps[1:]) and any(n == "after rmtree" for n, _ in steps)
+    assert "in one step" in caplog.text and "two renames" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store deleted, nothing left over
+
+
+@linux_only
+def test_a_reader_polling_out_during_many_overwrites_never_finds_it_missing(tmp_path, exchange):
+    """Another job reading OUT while it is overwritten 200 times: opening OUT never fails, and what it reads is a
+    complete store, never older than one it read before."""
+    out = _store(tmp_path / "s.zarr", 0)
+    n = 200
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[str] = []
+
+    def reader():
+        while True:
+            last = done.is_set()  # the writer finished: this read is the last, of its last store
+            try:
+                dfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # one lookup of OUT in its parent
+            except FileNotFoundError:
+                errors.append(f"{out} missing after version {seen[-1] if seen else None}")
+                return
+            try:
+                try:
+                    fd = os.open("payload", os.O_RDONLY, dir_fd=dfd)
+                except FileNotFoundError:  # only if the store we opened was replaced and is being deleted
+                    if os.fstat(dfd).st_ino == os.lstat(out).st_ino:
+                        errors.append(f"{out} holds a store without its payload")
+                        return
+                    continue
+                with os.fdopen(fd) as fh:
+                    v = _version(fh.read())
+            except AssertionError as e:
+                errors.append(str(e))
+                return
+            finally:
+                os.close(dfd)
+            if seen and v < seen[-1]:
+                errors.append(f"read version {v} after {seen[-1]}")
+                return
+            seen.append(v)
+            if last:
+                return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        for i in range(1, n + 1):
+            move_into_place(_store(temp_path(out), i), out, overwrite=True)
+            if errors:
+                break
+    finally:
+        done.set()
+        t.join(timeout=120)  # a guard against a hang, not a timing check
+    assert not t.is_alive() and errors == []
+    assert seen[-1] == n and _read_out(out) == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def _fake_renameat2(err, calls):
+    def fn(old, new, flags):
+        calls.append((os.fsdecode(old), os.fsdecode(new), flags))
+        ctypes.set_errno(err)
+        return -1
+    return fn, "fake renameat2"
+
+
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_the_two_renames_where_the_file_system_cannot_exchange(tmp_path, monkeypatch, caplog, err):
+    """A kernel or file system without RENAME_EXCHANGE (EINVAL, ENOSYS, EOPNOTSUPP: some network file systems): the
+    old store is renamed aside, the new one in, the old one deleted; the debug log says so."""
+    out = _store(tmp_path / "s.zarr", 1)
+    tmp = _store(temp_path(out), 2)
+    calls = []
+    monkeypatch.setattr(wa, "_renameat2", lambda: _fake_renameat2(err, calls))
+    with caplog.at_level(logging.DEBUG, logger="fastload"):
+        move_into_place(tmp, out, overwrite=True)
+    assert calls == [(str(tmp), str(out), wa.RENAME_EXCHANGE)]
+    assert _read_out(out) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert f"fake renameat2 RENAME_EXCHANGE: {os.strerror(err)}: the two renames" in caplog.text
+
+
+def test_the_two_renames_without_renameat2(tmp_path, monkeypatch, caplog):
+    """Not Linux, or a 32-bit process whose system call number is not known here: the two renames."""
+    monkeypatch.setattr(wa, "_renameat2", lambda: None)
+    out = _store(tmp_path / "s.zarr", 1)
+    with caplog.at_level(logging.DEBUG, logger="fastload"):
+        move_into_place(_store(temp_path(out), 2), out, overwrite=True)
+    assert _read_out(out) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert "no renameat2 here" in caplog.text
+
+
+def test_a_failed_second_rename_puts_the_old_store_back(tmp_path, monkeypatch):
+    """Fallback path: the new store cannot be renamed in; the old one is renamed back and the error says why."""
+    monkeypatch.setattr(wa, "_renameat2", lambda: None)
+    out = _store(tmp_path / "s.zarr", 1)
+    tmp = _store(temp_path(out), 2)
+    real = os.rename
+
+    def refuse_tmp(src, dst):
+        if Path(src) == tmp:
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse_tmp)
+    with pytest.raises(StoreError, match=r"s\.zarr: cannot move the finished store into place: .*Permission"):
+        move_into_place(tmp, out, overwrite=True)
+    assert _read_out(out) == 1 and _read_out(tmp) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr", tmp.name])
+
+
+def test_an_exchange_that_fails_otherwise_is_an_error_and_changes_nothing(tmp_path, monkeypatch):
+    """EACCES (say) is no reason to take the two renames: it is raised, naming both stores; nothing moved."""
+    out = _store(tmp_path / "s.zarr", 1)
+    tmp = _store(temp_path(out), 2)
+    monkeypatch.setattr(wa, "_renameat2", lambda: _fake_renameat2(errno.EACCES, []))
+    with pytest.raises(StoreError, match=rf"s\.zarr: cannot exchange the finished store {tmp.name} for the one there"):
+        move_into_place(tmp, out, overwrite=True)
+    assert _read_out(out) == 1 and _read_out(tmp) == 2
+
+
+@linux_only
+def test_the_system_call_where_libc_has_no_renameat2(tmp_path, monkeypatch):
+    """glibc before 2.28 (or another libc) has no renameat2 wrapper: on x86_64 and aarch64 (64-bit) the system call
+    is made by number and exchanges; a process of another ABI gets the two renames (a wrong number would be another
+    system call)."""
+    if (wa.platform.machine(), ctypes.sizeof(ctypes.c_void_p)) not in wa._SYS_RENAMEAT2:
+        pytest.skip("no known renameat2 system call number for this machine")
+    real = ctypes.CDLL
+
+    class NoWrapper:
+        def __init__(self, *a, **k):
+            self._lib = real(*a, **k)
+
+        def __getattr__(self, name):
+            if name == "renameat2":
+                raise AttributeError(name)
+            return getattr(self._lib, name)
+
+    monkeypatch.setattr(wa.ctypes, "CDLL", NoWrapper)
+    wa._renameat2.cache_clear()
+    try:
+        call = wa._renameat2()
+        assert call is not None and call[1] == f"syscall {wa._SYS_RENAMEAT2[(wa.platform.machine(), 8)]}"
+        if not _exchange_works(tmp_path, call[0]):  # through the system call
+            pytest.skip("the file system of tmp_path cannot exchange")
+        out = _store(tmp_path / "s.zarr", 1)
+        tmp = temp_path(out)
+        assert call[0](os.fsencode(_store(tmp, 2)), os.fsencode(out), wa.RENAME_EXCHANGE) == 0
+        assert _read_out(out) == 2 and _read_out(tmp) == 1
+        monkeypatch.setattr(wa.platform, "machine", lambda: "i686")  # a 32-bit x86 process: no number known
+        wa._renameat2.cache_clear()
+        assert wa._renameat2() is None
+    finally:
+        wa._renameat2.cache_clear()
+
+
+# The writer: overwrites OUT (fill 1) with a store of fill 2 and is killed at the moment the test names.
+KILLED = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import fastload._write_atomic as wa
+    from fastload.write import StoreWriter
+    out, when, fmt = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    def die(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if when == "after_exchange":
+        real = wa._exchange
+        def exchange_then_die(tmp, out):
+            assert real(tmp, out), "no exchange"
+            die()
+        wa._exchange = exchange_then_die
+    else:  # while deleting the old store
+        wa.shutil.rmtree = die
+    with StoreWriter(out, overwrite=True, zarr_format=fmt) as w:
+        w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(8) * np.timedelta64(6, "h"))
+        w.set_grid(np.linspace(50, 40, 6), np.linspace(0, 9, 10))
+        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, 6, 10))
+        w.write("t2m", np.full((8, 6, 10), 2.0, np.float32), 0)
+    print("not killed")
+""")
+
+
+def _write(out, fill, fmt=2):
+    with StoreWriter(out, overwrite=True, zarr_format=fmt) as w:
+        w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(NT) * np.timedelta64(6, "h"))
+        w.set_grid(np.linspace(50, 40, NY), np.linspace(0, 9, NX))
+        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, NY, NX))
+        w.write("t2m", np.full((NT, NY, NX), fill, np.float32), 0)
+
+
+def _fill(store):
+    """The one value of t2m in ``store``, read with xarray; checks the store is a finished one."""
+    ds = xr.open_zarr(store, consolidated=True)
+    assert UNFINISHED_ATTR not in ds.attrs
+    values = np.unique(ds.t2m.values)
+    assert values.size == 1, values
+    return float(values[0])
+
+
+@linux_only
+@pytest.mark.parametrize(("when", "fmt"), [("after_exchange", 2), ("after_exchange", 3), ("while_deleting", 2)])
+def test_a_writer_killed_between_the_exchange_and_the_deletion(tmp_path, exchange, caplog, when, fmt):
+    """SIGKILL right after the exchange (the old store at the temporary's name) or while the old store is deleted
+    (at ``.old-``): OUT holds the complete new store, the old one is still whole beside it (nothing lost), and the
+    next writer removes it without touching OUT."""
+    out = tmp_path / "s.zarr"
+    _write(out, 1.0, fmt)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    p = subprocess.Popen([sys.executable, str(script), str(out), when, str(fmt)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stdout, stderr = p.communicate(timeout=300)  # a guard against a hang, not a timing check
+    assert p.returncode == -signal.SIGKILL, stdout + stderr
+    kind = "tmp" if when == "after_exchange" else "old"
+    left = [x for x in tmp_path.iterdir() if x.name.startswith("s.zarr.")]
+    assert len(left) == 1 and left[0].name.startswith(f"s.zarr.{kind}-{_host()}-{p.pid}-"), left
+    leftover = left[0]
+    assert _fill(out) == 2.0 and _fill(leftover) == 1.0  # the new store at OUT, the old one whole beside it
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == [leftover]
+    if kind == "tmp":
+        assert f"the store that was at {out.name}, exchanged for the writer's new one" in caplog.text
+    assert _fill(out) == 2.0 and sorted(x.name for x in tmp_path.iterdir()) == ["killed.py", "s.zarr"]
+    _write(out, 3.0, fmt)  # the next writer: clean, and OUT holds its store
+    assert _fill(out) == 3.0 and sorted(x.name for x in tmp_path.iterdir()) == ["killed.py", "s.zarr"]
+
+
+def test_a_complete_temporary_is_kept_while_out_is_missing(tmp_path, caplog):
+    """A dead writer's temporary that holds a finished store (no unfinished mark) is either the store an exchange
+    took from OUT or a new store whose writer died before moving it in: with OUT there it is removed; with OUT
+    missing nothing else holds those data, so it is kept and named. An unfinished one goes either way."""
+    out = tmp_path / "s.zarr"
+    p = subprocess.Popen(["sleep", "60"])
+    start = wa._proc_start(p.pid)[0]
+    p.kill()
+    p.wait()
+    done = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start}"
+    zarr.open_group(done, mode="w", zarr_format=3, attributes={"title": "finished"})
+    unfinished = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start + 1}"
+    zarr.open_group(unfinished, mode="w", zarr_format=2, attributes={UNFINISHED_ATTR: "x"})
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == [unfinished]
+    assert done.is_dir() and f"{done}: a complete store left by writer {p.pid} (gone)" in caplog.text
+    assert "rename it to s.zarr to use it" in caplog.text
+    _store(out, 1)
+    assert remove_stale_temporaries(out) == [done]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_without_overwrite_an_existing_out_is_refused_and_nothing_moves(tmp_path):
+    out = _store(tmp_path / "s.zarr", 1)
+    tmp = _store(temp_path(out), 2)
+    with pytest.raises(StoreError, match="already exists; pass overwrite=True"):
+        move_into_place(tmp, out, overwrite=False)
+    assert _read_out(out) == 1 and _read_out(tmp) == 2
+
+
+@linux_only
+def test_a_link_at_out_is_replaced_and_the_store_it_points_to_kept(tmp_path, exchange):
+    """OUT a symbolic link to a store: the link is exchanged for the new store and deleted; the store it pointed
+    to is not the writer's to delete (as with the two renames)."""
+    target = _store(tmp_path / "elsewhere.zarr", 1)
+    out = tmp_path / "s.zarr"
+    out.symlink_to(target)
+    move_into_place(_store(temp_path(out), 2), out, overwrite=True)
+    assert not out.is_symlink() and _read_out(out) == 2 and _read_out(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.zarr", "s.zarr"]
+
+
+@linux_only
+def test_an_old_store_that_cannot_be_deleted_is_left_named_and_the_move_succeeds(tmp_path, exchange, monkeypatch,
+                                                                                 caplog):  # fmt: skip
+    """The new store is in place once exchanged: a failure to delete the old one (a file of another user, say) is
+    a warning naming where it is (``.old-``, which the next writer of OUT removes once this process is gone), not
+    an error that would make the caller throw away a store already at OUT."""
+    out = _store(tmp_path / "s.zarr", 1)
+
+    def refuse(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(wa.shutil, "rmtree", refuse)
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert move_into_place(_store(temp_path(out), 2), out, overwrite=True) == out
+    old = temp_path(out, "old")
+    assert _read_out(out) == 2 and _read_out(old) == 1
+    assert f"the one it replaced, now at {old}, could not be deleted" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr", old.name])
