@@ -11,7 +11,12 @@ codecs ``bytes`` (endian), ``transpose``, ``blosc``, ``zstd``, ``gzip``, ``crc32
 bytes-to-bytes codecs and the element-wise ``numcodecs.*`` array-to-array codecs (bitround, quantize,
 fixedscaleoffset, astype: :data:`~._meta.ELEMENTWISE_A2A`); ``sharding_indexed`` is handled by :mod:`._shard`
 around an inner decoder built here.
-Object dtypes and object codecs (pickle, msgpack, JSON, vlen, categorize) and codecs we do not know raise
+Variable-length strings and bytes (object dtype: v2 ``|O`` with the filter ``vlen-utf8``/``vlen-bytes``, v3
+``data_type`` ``string``/``bytes``/``variable_length_bytes`` with the array-to-bytes codec of that name, also inside
+``sharding_indexed``) decode through numcodecs' ``VLenUTF8``/``VLenBytes`` (a length-prefixed parser that checks
+its bounds and runs no code) to object arrays of ``str``/``bytes``, as zarr-python reads them; they are never
+fields (coordinates such as ERA5's ``expver``). Other object codecs (pickle, msgpack, JSON, vlen-array,
+categorize), object dtypes without an object codec, and codecs we do not know raise
 :class:`~fastload.errors.CodecError` unless ``allow_unsafe_codecs=True``, which hands them to numcodecs.
 
 The fast path (a single Blosc/Zstd/LZ4/GZip compressor, native byte order, C order) decompresses straight into
@@ -28,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CodecError
-from ._meta import ELEMENTWISE_A2A, ArrayInfo
+from ._meta import ELEMENTWISE_A2A, VLEN_CODECS, ArrayInfo
 
 __all__ = [
     "ChunkDecoder", "DecodeError", "build_decoder", "check_safety", "decode_bytes", "stored_as_is", "v3_bytes_steps",
-    "SAFE_NUMCODECS",
+    "vlen_codec", "SAFE_NUMCODECS",
 ]  # fmt: skip
 
 SAFE_NUMCODECS = frozenset({
@@ -198,6 +203,11 @@ class ChunkDecoder:
         """``out`` viewed as one chunk (checked: C-contiguous, ``nbytes`` long); a new buffer or None without."""
         if out is None:
             return np.empty(self.chunks, self.dtype) if self._fast else None
+        if self.dtype.kind == "O":
+            raise ValueError(
+                f"out: array {self.name!r} holds variable-length values (dtype object): its chunks are arrays of "
+                "Python objects and cannot be decoded into a byte buffer; decode it with out=None"
+            )
         if not out.flags.c_contiguous or out.nbytes != self.nbytes:
             raise ValueError(
                 f"out: expected a C-contiguous buffer of {self.nbytes} bytes for a chunk of {self.name!r}, "
@@ -262,8 +272,7 @@ def build_decoder(
         cannot decode.
     """
     chunks = tuple(info.chunks if chunks is None else chunks)
-    if info.dtype.kind == "O":
-        _refuse(info, where, f"object dtype ({'v2 |O' if info.zarr_format == 2 else 'string/bytes'})", allow_unsafe)
+    _check_object(info, where, allow_unsafe, codecs)
     if info.zarr_format == 2:
         return _build_v2(info, where, allow_unsafe, chunks)
     return _build_v3(info, where, allow_unsafe, info.codecs if codecs is None else codecs, chunks)
@@ -271,10 +280,14 @@ def build_decoder(
 
 def _build_v2(info: ArrayInfo, where: str, allow_unsafe: bool, chunks: tuple[int, ...]) -> ChunkDecoder:
     # info.codecs = filters + (compressor,): decoding runs them all in reverse, so the compressor goes first
-    for c in info.codecs:
+    for i, c in enumerate(info.codecs):
+        if c["id"] in VLEN_CODECS and i == 0:
+            continue  # the object codec of a string array (checked against the dtype: _check_object)
         if c["id"] not in SAFE_NUMCODECS:
             _refuse(info, where, f"codec {c['id']!r}", allow_unsafe)
     objs = [(c["id"], _numcodec(c, info, where)) for c in info.codecs]
+    if objs and objs[0][0] in VLEN_CODECS:
+        objs[0] = (objs[0][0], _VLenStream(objs[0][1], math.prod(chunks)))
     bytes_steps = [objs.pop()] if objs else []
     buffer_steps = [o for _, o in reversed(objs)]
     stored = info.dtype
@@ -292,15 +305,17 @@ def _build_v3(
     info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...], chunks: tuple[int, ...]
 ) -> ChunkDecoder:
     names = [c["name"] for c in codecs]
-    a2b = [i for i, n in enumerate(names) if n in ("bytes", "sharding_indexed")]
+    a2b = [i for i, n in enumerate(names) if n in ("bytes", "sharding_indexed", *VLEN_CODECS)]
     if len(a2b) != 1:
         raise CodecError(
             f"array {info.name!r} ({where}): codec chain {names} has no array-to-bytes codec fastload knows "
-            "(expected exactly one of 'bytes' or 'sharding_indexed')"
+            "(expected exactly one of 'bytes', 'sharding_indexed', 'vlen-utf8' or 'vlen-bytes')"
         )
     pos = a2b[0]
     if names[pos] == "sharding_indexed":
         raise CodecError(f"array {info.name!r} ({where}): nested sharding is not supported")
+    if names[pos] in VLEN_CODECS:
+        return _build_v3_vlen(info, where, allow_unsafe, codecs, pos, chunks)
     stored_shape = chunks
     array_steps: list[Callable[[np.ndarray], np.ndarray]] = []
     dtype = info.dtype  # what the next array-to-array codec encodes (element-wise ones may change it)
@@ -329,6 +344,73 @@ def _build_v3(
         stored = dtype.newbyteorder("<" if endian == "little" else ">")
     return ChunkDecoder(info, chunks, v3_bytes_steps(info, where, allow_unsafe, codecs[pos + 1 :]), [], array_steps,
                         stored, stored_shape)  # fmt: skip
+
+
+def _build_v3_vlen(
+    info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...], pos: int, chunks: tuple[int, ...]
+) -> ChunkDecoder:
+    """A v3 variable-length array: ``vlen-utf8``/``vlen-bytes`` turns the chunk (C order) into bytes, then
+    bytes-to-bytes codecs. Nothing may come before it: zarr-python 3.1 writes a ``transpose`` there in the wrong
+    element order (it flattens the transposed view in memory order) and reads it back scrambled, so no reading of
+    such a chunk is right."""
+    names = [c["name"] for c in codecs]
+    if pos:
+        raise CodecError(
+            f"array {info.name!r} ({where}): codec chain {names}: {names[:pos]} before {names[pos]!r} is not "
+            f"supported (zarr-python writes a transpose before it in the wrong element order); expected "
+            f"[{names[pos]!r}, bytes-to-bytes codecs...]"
+        )
+    codec = _VLenStream(_numcodec({"id": names[pos]}, info, where), math.prod(chunks))
+    return ChunkDecoder(info, chunks, v3_bytes_steps(info, where, allow_unsafe, codecs[pos + 1 :]), [codec], [],
+                        np.dtype(object), chunks)  # fmt: skip
+
+
+def vlen_codec(info: ArrayInfo, codecs: tuple[dict, ...] | None = None) -> str | None:
+    """The variable-length codec (``"vlen-utf8"``/``"vlen-bytes"``) that turns ``info``'s elements into bytes: the
+    first v2 filter, or a v3 array-to-bytes codec (in the chain or inside ``sharding_indexed``); None without one."""
+    if info.zarr_format == 2:
+        return info.codecs[0]["id"] if info.codecs and info.codecs[0]["id"] in VLEN_CODECS else None
+    chains = [info.codecs if codecs is None else codecs]
+    while chains:
+        for c in chains.pop():
+            name = c.get("name") if isinstance(c, dict) else c
+            if name in VLEN_CODECS:
+                return name
+            if name == "sharding_indexed":
+                chains.append(tuple((c.get("configuration") or {}).get("codecs") or ()))
+    return None
+
+
+def _check_object(info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...] | None = None) -> None:
+    """An object-dtype array decodes only as variable-length strings or bytes through their codec: refuse (unless
+    ``allow_unsafe``) a v2 object array whose object codec is another (pickle, msgpack, ...: :func:`_unsafe_object`);
+    raise CodecError for a variable-length type without its codec, or a variable-length codec on another dtype."""
+    codec = vlen_codec(info, codecs)
+    names = [c.get("id") or c.get("name") for c in (info.codecs if codecs is None else codecs)]
+    if info.dtype.kind != "O":
+        if codec is not None:
+            raise CodecError(f"array {info.name!r} ({where}): codec {codec!r} encodes variable-length values, but "
+                             f"the array's dtype is {info.dtype}; expected an object (string/bytes) dtype")
+        return
+    if _unsafe_object(info):
+        _refuse(info, where, _unsafe_object(info), allow_unsafe)
+        return
+    want = next(k for k, v in VLEN_CODECS.items() if v == info.vlen)
+    if codec != want:
+        kind = "strings" if info.vlen == "str" else "bytes"
+        raise CodecError(f"array {info.name!r} ({where}): variable-length {kind} need the codec {want!r} (the "
+                         f"{'first filter' if info.zarr_format == 2 else 'array-to-bytes codec'}); the codec chain "
+                         f"is {names}")
+
+
+def _unsafe_object(info: ArrayInfo) -> str:
+    """Why an object-dtype array is decoded only with ``allow_unsafe`` (a v2 object codec other than vlen-utf8 or
+    vlen-bytes, which numcodecs may run as code: pickle), or "" when it is variable-length strings or bytes."""
+    if info.dtype.kind != "O" or info.vlen is not None:
+        return ""
+    first = info.codecs[0]["id"] if info.codecs else None
+    has = first is not None and first not in SAFE_NUMCODECS
+    return f"object dtype (v2 dtype '|O') with {'object codec ' + repr(first) if has else 'no object codec'}"
 
 
 def _encoded_dtype(cid: str, conf: dict, dtype: np.dtype, info: ArrayInfo, where: str) -> np.dtype:
@@ -404,6 +486,24 @@ def stored_as_is(info: ArrayInfo) -> bool:
         return False
 
 
+class _VLenStream:
+    """numcodecs' ``VLenUTF8``/``VLenBytes`` decode, after checking the stream's item count (its first 4 bytes,
+    little-endian) is the chunk's: numcodecs allocates that many object slots before it reads any item, so a
+    corrupt 4-byte header would otherwise claim gigabytes."""
+
+    def __init__(self, codec: Any, count: int):
+        self.codec, self.count = codec, int(count)
+
+    def decode(self, buf: Any, out: Any = None) -> Any:
+        mv = memoryview(buf).cast("B")
+        if mv.nbytes < 4:
+            raise DecodeError(f"variable-length stream of {mv.nbytes} bytes, too short to hold its item count")
+        n = struct.unpack_from("<I", mv, 0)[0]
+        if n != self.count:
+            raise DecodeError(f"variable-length stream holds {n} items, expected {self.count} (the chunk's)")
+        return self.codec.decode(buf)
+
+
 class _Crc32c:
     """v3 ``crc32c``: the last 4 bytes are the little-endian CRC32C of the rest; checked, then stripped."""
 
@@ -420,19 +520,22 @@ class _Crc32c:
         return body
 
 
-_V3_KNOWN = frozenset({"bytes", "transpose", "sharding_indexed"}) | _V3_BYTES_BYTES
+_V3_KNOWN = frozenset({"bytes", "transpose", "sharding_indexed", *VLEN_CODECS}) | _V3_BYTES_BYTES
 
 
 def check_safety(info: ArrayInfo, where: str, *, allow_unsafe: bool = False) -> None:
     """Refuse object dtypes and object, pickle or unknown codecs anywhere in ``info``'s chain (CodecError).
 
     Runs on every array of a store at open, including arrays fastload never reads, so a store that would need
-    unsafe decoding is noticed before any data is touched.
+    unsafe decoding is noticed before any data is touched. Variable-length strings and bytes with their codec
+    (``vlen-utf8``/``vlen-bytes``) are safe; whether their chain can be decoded is checked when they are read.
     """
-    if info.dtype.kind == "O":
-        _refuse(info, where, f"object dtype ({'v2 |O' if info.zarr_format == 2 else 'string/bytes'})", allow_unsafe)
+    if _unsafe_object(info):
+        _refuse(info, where, _unsafe_object(info), allow_unsafe)
     if info.zarr_format == 2:
-        for c in info.codecs:
+        for i, c in enumerate(info.codecs):
+            if c["id"] in VLEN_CODECS and i == 0:
+                continue  # safe; whether it fits the dtype is checked when it is read (_check_object)
             if c["id"] not in SAFE_NUMCODECS:
                 _refuse(info, where, f"codec {c['id']!r}", allow_unsafe)
         return

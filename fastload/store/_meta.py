@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import SchemaError
 from ._source import BaseByteSource
 
-__all__ = ["ArrayInfo", "ELEMENTWISE_A2A", "StoreMetadata", "load_metadata", "shard_perm"]
+__all__ = ["ArrayInfo", "ELEMENTWISE_A2A", "StoreMetadata", "VLEN_CODECS", "load_metadata", "shard_perm"]
 
 _V3_DTYPES = {
     "bool": "bool",
@@ -32,6 +32,12 @@ _V3_DTYPES = {
     "complex64": "c8", "complex128": "c16",
 }  # fmt: skip
 _V3_OBJECT_DTYPES = ("string", "bytes", "variable_length_bytes", "variable_length_utf8")
+_V3_VLEN = {"string": "str", "variable_length_utf8": "str", "bytes": "bytes", "variable_length_bytes": "bytes"}
+"""v3 variable-length data types (zarr-python 3.1 writes ``string`` for ``dtype=str`` and ``variable_length_bytes``
+for its ``VariableLengthBytes``; 3.0 wrote ``bytes``) -> the Python type of their elements."""
+VLEN_CODECS = {"vlen-utf8": "str", "vlen-bytes": "bytes"}
+"""The variable-length codecs fastload decodes (numcodecs' ``VLenUTF8``/``VLenBytes``: v2 filters, v3 array-to-bytes
+codecs) -> the Python type of the elements they give."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +83,10 @@ class ArrayInfo:
     stored_dtype: np.dtype | None = None
     """The metadata's integer dtype where a CF ``_Unsigned`` attribute makes :attr:`dtype` its twin of the other
     signedness, as xarray decodes it (:func:`_cf_unsigned`); None otherwise."""
+    vlen: str | None = None
+    """``"str"`` or ``"bytes"`` for an array of variable-length strings or bytes (:attr:`dtype` ``object``): what
+    its metadata says its elements are (v3 ``data_type`` ``string`` / ``bytes``; in v2 the object codec,
+    ``vlen-utf8`` / ``vlen-bytes``); None for any other array. Chunks decode to object arrays of that type."""
 
     @property
     def ndim(self) -> int:
@@ -225,10 +235,12 @@ def _parse_v2_array(source: BaseByteSource, name: str, z: Any, zattrs: Any) -> A
     dims = _dims(dims, len(shape), source.describe(f"{name}/.zattrs"), "_ARRAY_DIMENSIONS")
     endian = "big" if dtype.byteorder == ">" else "little"
     native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+    # an object array's elements are what its object codec makes (the first filter, by zarr's rule)
+    vlen = VLEN_CODECS.get(codecs[0]["id"]) if native.kind == "O" and filters else None
     return _cf_unsigned(ArrayInfo(
         name=name, zarr_format=2, dims=dims, shape=shape, chunks=chunks, shard=None, dtype=native,
-        fill_value=_fill(z.get("fill_value"), native, where), codecs=codecs, attrs=attrs, order=order,
-        key_style="v2", separator=sep, endian=endian, fill_null=z.get("fill_value") is None,
+        fill_value=_fill(z.get("fill_value"), native, where, vlen), codecs=codecs, attrs=attrs, order=order,
+        key_style="v2", separator=sep, endian=endian, fill_null=z.get("fill_value") is None, vlen=vlen,
     ))  # fmt: skip
 
 
@@ -298,10 +310,14 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     if sep not in (".", "/"):
         raise SchemaError(f"{where}: chunk key separator {sep!r}, expected '.' or '/'")
     dims = _dims(z.get("dimension_names"), len(shape), where, "dimension_names")
+    dt = z["data_type"]
+    dt_name = dt.get("name") if isinstance(dt, dict) else dt
+    vlen = _V3_VLEN.get(dt_name) if isinstance(dt_name, str) else None
     return _cf_unsigned(ArrayInfo(
         name=name, zarr_format=3, dims=dims, shape=shape, chunks=chunks, shard=shard, dtype=dtype,
-        fill_value=_fill(z.get("fill_value"), dtype, where), codecs=codecs, attrs=dict(z.get("attributes") or {}),
-        order="C", key_style=enc["name"], separator=sep, fill_null=z.get("fill_value") is None,
+        fill_value=_fill(z.get("fill_value"), dtype, where, vlen), codecs=codecs,
+        attrs=dict(z.get("attributes") or {}), order="C", key_style=enc["name"], separator=sep,
+        fill_null=z.get("fill_value") is None, vlen=vlen,
     ))  # fmt: skip
 
 
@@ -396,6 +412,22 @@ def _cf_unsigned(info: ArrayInfo) -> ArrayInfo:
     return dataclasses.replace(info, dtype=to, fill_value=fill, attrs=attrs, stored_dtype=info.dtype)
 
 
+def _vlen_fill(v: Any, vlen: str, where: str) -> str | bytes:
+    if v is None:
+        return "" if vlen == "str" else b""
+    if vlen == "str" and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return str(v)
+    if vlen == "bytes" and isinstance(v, str):
+        try:
+            return base64.b64decode(v, validate=True)
+        except ValueError:
+            pass
+    raise SchemaError(
+        f"{where}: fill_value {v!r} is not a value of variable-length {'strings' if vlen == 'str' else 'bytes'}; "
+        f"expected {'a string (or a number)' if vlen == 'str' else 'a base64 string'} or null"
+    )
+
+
 def _int_tuple(v: Any, where: str, key: str, positive: bool = False) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         raise SchemaError(f"{where}: {key} must be a list of integers, got {v!r}")
@@ -416,10 +448,12 @@ def _dims(dims: Any, ndim: int, where: str, key: str) -> tuple[str, ...] | None:
     return tuple(dims)
 
 
-def _fill(v: Any, dtype: np.dtype, where: str) -> Any:
-    """The fill value as a NumPy scalar of ``dtype`` (0 / NaT-free zero where the metadata says null)."""
+def _fill(v: Any, dtype: np.dtype, where: str, vlen: str | None = None) -> Any:
+    """The fill value as a NumPy scalar of ``dtype`` (0 / NaT-free zero where the metadata says null); for
+    variable-length strings (bytes) a ``str`` (``bytes``), as zarr-python 3.1 reads it: null is empty, a string is
+    the value (base64 for bytes), a number is its text (strings only)."""
     if dtype.kind == "O":
-        return None
+        return None if vlen is None else _vlen_fill(v, vlen, where)
     if v is None:
         return np.zeros((), dtype)[()]
     try:

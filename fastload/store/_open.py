@@ -19,7 +19,7 @@ import numpy as np
 
 from .._write_atomic import unfinished_message
 from ..errors import ChunkReadError, StoreError, StoreNotFoundError
-from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety
+from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
 from ._layout import FieldInfo, detect_layout
 from ._meta import ArrayInfo, load_metadata
 from ._region import read_box, read_region
@@ -100,7 +100,9 @@ class Store:
     fields : dict of str to FieldInfo
         The fields, in store order.
     not_fields : dict of str to str
-        Arrays on the grid that are not fields (e.g. CESM's ``gw(lat)``), each with why it cannot be one.
+        Arrays on the grid that are not fields (e.g. CESM's ``gw(lat)``), and every array of variable-length
+        strings or bytes (e.g. ERA5's ``expver(time)``; read them with :meth:`read_array`), each with why it
+        cannot be one.
     arrays : dict of str to ArrayInfo
         The data arrays the fields live in (not coordinates).
     source : BaseByteSource
@@ -141,6 +143,9 @@ class Store:
         self.arrays: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.data_arrays}
         self.coords: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.coord_arrays}
         self.not_fields: dict[str, str] = dict(layout.not_fields)
+        for name, info in meta.arrays.items():  # string arrays: never fields, wherever they lie
+            if info.dtype.kind == "O" and name not in self.arrays and name not in self.coords:
+                self.not_fields[name] = _object_why(info)
         for name in self.arrays:
             self._prepare(name)
 
@@ -149,7 +154,8 @@ class Store:
         return self.source.describe(f"{name}/{'zarr.json' if self.zarr_format == 3 else '.zarray'}")
 
     def _prepare(self, name: str) -> None:
-        """Build (once, single-threaded at open) the decoder or shard reader of an array."""
+        """Build (once) the decoder or shard reader of an array: a field's at open, single-threaded; another
+        array's (a coordinate) when it is first read (two threads doing so at once both build one, the same)."""
         if name in self._decoders:
             return
         info = self._all[name]
@@ -164,6 +170,30 @@ class Store:
         self._prepare(name)
         info = self._all[name]
         return read_region(self, name, [np.arange(n) for n in info.shape])
+
+    def read_array(self, name: str) -> np.ndarray:
+        """All values of any array of the store, decoded: a coordinate (``latitude``, ERA5's ``expver``, ...) or
+        a field's whole array (simple, not fast: for coordinates and small arrays).
+
+        Returns
+        -------
+        numpy.ndarray
+            The array's shape; its dtype, except variable-length strings (bytes), an object array of ``str``
+            (``bytes``), as zarr-python reads them; missing chunks read as the fill value.
+
+        Raises
+        ------
+        KeyError
+            No array of that name.
+        CodecError
+            Its codec chain cannot be decoded (or is unsafe and the store was opened without
+            ``allow_unsafe_codecs``).
+        ChunkReadError
+            A chunk cannot be read or decoded.
+        """
+        if name not in self._all:
+            raise KeyError(f"{self.path}: no array {name!r}; arrays: {sorted(self._all)}")
+        return self._read_coord(name)
 
     def _info(self, array: str) -> ArrayInfo:
         try:
@@ -189,6 +219,7 @@ class Store:
         """
         info = self._info(array)
         chunk = self._check_chunk(info, chunk)
+        self._prepare(array)  # a coordinate is prepared when first read (a field's at open)
         try:
             shard = self._shards.get(array)
             if shard is not None:
@@ -201,6 +232,7 @@ class Store:
         """:meth:`chunk_bytes` for many chunks of one array, batched into few storage requests (remote stores)."""
         info = self._info(array)
         idx = [self._check_chunk(info, c) for c in chunks]
+        self._prepare(array)
         shard = self._shards.get(array)
         try:
             if shard is None:
@@ -238,7 +270,11 @@ class Store:
         ChunkReadError
             Corrupt or truncated bytes.
         """
-        dec = self._decoders[array]
+        dec = self._decoders.get(array)
+        if dec is None:  # a coordinate not read yet (a field's decoder is built at open)
+            self._info(array)
+            self._prepare(array)
+            dec = self._decoders[array]
         if raw is None:
             if out is None:
                 return np.full(dec.chunks, self._all[array].fill_value, dec.dtype)
@@ -293,6 +329,16 @@ class Store:
             f"Store({self.path!r}, layout={self.layout}, zarr v{self.zarr_format}, {len(self.fields)} fields, "
             f"{nt} times, {self.grid!r})"
         )
+
+
+def _object_why(info: ArrayInfo) -> str:
+    """Why an object-dtype array is not a field, naming what it holds and its codec."""
+    if info.vlen is None:
+        codec = info.codecs[0]["id"] if info.codecs else "none"
+        return f"dtype object (Python objects, codec {codec!r}); a field must be numeric"
+    kind = "strings" if info.vlen == "str" else "bytes"
+    return (f"variable-length {kind} (dtype object, codec {vlen_codec(info) or 'none'!r}); a field must be numeric "
+            "(Store.read_array reads its values)")
 
 
 def open_store(
