@@ -22,7 +22,7 @@ fields without ``time`` are allowed. Coordinates:
 
 Arrays over neither grid dimension (e.g. ``time_bnds``) are ignored. An array over a grid dimension that cannot be
 a field (CESM's ``gw(lat)`` or ``lat_edges(lat, nv)``, other dims or their order, a level dimension without a
-coordinate array, a non-numeric dtype) is left out of the fields and listed in ``Store.not_fields`` with why
+coordinate array, a non-numeric dtype, dates coded as numbers with CF units ``"... since ..."``) is left out of the fields and listed in ``Store.not_fields`` with why
 (``fastload inspect`` shows it); asking for it as a field is a :class:`~fastload.errors.ConfigError` saying why.
 Coordinates may be of any type xarray writes, including zarr-python's v3 fixed-size strings
 (``fixed_length_utf32``, ``null_terminated_bytes``: NumPy ``U``/``S``), e.g. ERA5's ``expver``.
@@ -30,7 +30,9 @@ Coordinates may be of any type xarray writes, including zarr-python's v3 fixed-s
 **Mesh** (per-variable on an unstructured mesh; :mod:`fastload.store._mesh`). ``latitude`` and ``longitude`` are
 1-D over one shared node dimension; fields have dims ``(time, [level], node)``; optional ``face_nodes``
 connectivity. The grid is ``Grid(kind="mesh")`` (``ny = 1``, ``nx`` = nodes); field axes are
-``(time, None, level, None, node)``. Nodes outside [-90, 90] x [-180, 360] or at the same place are refused.
+``(time, None, level, None, node)``. Nodes outside [-90, 90] x [-180, 360] or at the same place are refused. An
+array along the nodes that cannot be a field (``node_vertices(node, nv)``, dims out of order, extra dims) is left
+out and listed in ``Store.not_fields``, as on lat-lon grids.
 
 **AtmoRep**. Array ``data`` with axes ``(time, field, level, lat, lon)`` and optional ``data_sfc`` with axes
 ``(time, field, lat, lon)``, plus coordinate arrays ``time``, ``lat``/``latitude``/``lats``,
