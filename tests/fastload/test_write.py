@@ -379,10 +379,29 @@ def test_progress_bar_draws_only_when_asked():
     assert silenced.getvalue() == ""
 
 
-def test_a_failed_rename_puts_the_old_store_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("way", ["exchange", "two renames"])
+def test_a_failed_rename_puts_the_old_store_back(tmp_path, monkeypatch, way):
+    """The move of the finished store fails (disk full): the old store stays at OUT, whole, and nothing is left
+    beside it; both where the stores are exchanged in one step (renameat2) and where they are renamed in turn."""
+    import ctypes
+    import errno
+
+    from fastload import _write_atomic
+
     out = tmp_path / "s.zarr"
     data = _write(out)
     real = os.rename
+    if way == "exchange":
+        if _write_atomic._renameat2() is None:
+            pytest.skip("no renameat2 here")
+
+        def exchange(old, new, flags):
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+
+        monkeypatch.setattr(_write_atomic, "_renameat2", lambda: (exchange, "a failing renameat2"))
+    else:
+        monkeypatch.setattr(_write_atomic, "_renameat2", lambda: None)
 
     def rename(src, dst):
         if ".tmp-" in str(src):
@@ -390,7 +409,7 @@ def test_a_failed_rename_puts_the_old_store_back(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(StoreError, match="cannot move"):
+    with pytest.raises(StoreError, match="cannot (move|exchange)"):
         _write(out, overwrite=True)
     monkeypatch.undo()
     np.testing.assert_array_equal(xr.open_zarr(out).t2m.values, data["t2m"])  # the old store, intact
