@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SchemaError
 
-__all__ = ["decode_time", "level_type_of", "LEVEL_TYPES"]
+__all__ = ["decode_time", "is_date_units", "level_type_of", "LEVEL_TYPES"]
 
 LEVEL_TYPES = ("model", "pressure", "surface", "depth", "height")
 _UNIT_NS = {
@@ -51,6 +51,17 @@ def _reference(text: str, where: str) -> np.datetime64:
         return np.datetime64(iso, "ns")
     except ValueError as e:
         raise SchemaError(f"{where}: invalid reference date {text!r} ({e})") from None
+
+
+def is_date_units(units: Any) -> bool:
+    """Whether ``units`` codes dates the CF way, ``"<time unit> since <date>"`` (``"hours since 1979-01-01"``,
+    ``"months since 2000-1-1"``); not units that merely contain "since" (``"K since 273.15"``, ``"mm accumulated
+    since 00 UTC"``)."""
+    if not isinstance(units, str) or " since " not in units:
+        return False
+    unit, ref = units.split(" since ", 1)
+    unit = unit.strip().lower()
+    return (unit in _UNIT_NS or unit in ("weeks", "week", "months", "month", "years", "year")) and bool(_REF.match(ref))
 
 
 def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.ndarray:

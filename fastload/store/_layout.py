@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SchemaError
-from ._cf import LEVEL_TYPES, decode_time, level_type_of
+from ._cf import LEVEL_TYPES, decode_time, is_date_units, level_type_of
 from ._meta import ArrayInfo, StoreMetadata
 from .grid import Grid, curvilinear_grid, latlon_grid
 
@@ -265,7 +265,7 @@ def _time_coded(info: ArrayInfo) -> str | None:
     """The CF ``units`` of an array of numbers that codes dates (``"hours since 1979-01-01"``, as xarray writes any
     datetime variable), else None."""
     units = info.attrs.get("units")
-    return units if isinstance(units, str) and " since " in units else None
+    return units if is_date_units(units) else None
 
 
 @dataclasses.dataclass(slots=True, eq=False)

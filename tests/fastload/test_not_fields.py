@@ -218,3 +218,24 @@ def test_dates_over_the_grid_are_not_a_field(tmp_path, caplog, zarr_format):
     assert _warnings(caplog) == [f"{path}: array 'seen' spans the grid ('latitude', 'longitude') but is not a field, "
                                  f"so fastload leaves it out: {why}"]
     np.testing.assert_array_equal(s.read("t2m")[:, 0], t2m)
+
+
+@pytest.mark.parametrize("units", ["K since 273.15", "mm accumulated since 00 UTC", "days since last rain"])
+def test_units_that_only_contain_since_stay_a_field(tmp_path, caplog, units):
+    """Review r1 D1: only CF date units ('<time unit> since <date>') make an array dates; a field whose units merely
+    contain 'since' stays a field and reads as written."""
+    rng = np.random.default_rng(2)
+    vals = rng.normal(5, 1, (NT, NY, NX)).astype("f4")
+    ds = xr.Dataset({"v": (("time", "latitude", "longitude"), vals, {"units": units}),
+                     "d": (("time", "latitude", "longitude"), rng.integers(0, 9, (NT, NY, NX)).astype("i4"),
+                           {"units": "hours since 1979-01-01"})},
+                    coords={"time": pd.date_range("2020-01-01", periods=NT, freq="6h"),
+                            "latitude": np.linspace(90, -90, NY), "longitude": np.arange(0, 360, 10.0)})
+    path = tmp_path / "since.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, zarr_format=2)
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        s = open_store(path)
+    assert list(s.fields) == ["v"] and list(s.not_fields) == ["d"]
+    np.testing.assert_array_equal(s.read("v")[:, 0], vals)
