@@ -7,6 +7,9 @@ backend and ring; this module is what happens between ``iter(loader)`` and the e
     worker thread (_work): wait for the first batch -> ring slot k -> backend.read into it -> boxes, metadata
     main thread (_EpochIterator.__next__): next(pump) -> H2D copy on a side stream, event -> Batch (-> masks)
 
+Every batch of the epoch is handed out, also one whose samples were all skipped (``on_bad_chunk="skip"``): with 0
+samples (see :class:`Batch`), so that the ranks of a distributed run take the same number of steps.
+
 Stopping an iteration (:func:`_shutdown`) sets its stop event and closes its pump, waiting at most the stop grace
 (``_STOP_GRACE_S``; :mod:`fastload.loader` waits by it too and reads it from here at each call, so a test that
 shortens it sets it here only). ``Batch`` and ``Loader`` are imported from :mod:`fastload.loader`.
@@ -41,7 +44,21 @@ _GRACE = object()  # "the stop grace": the default wait of an iteration's stop
 @dataclasses.dataclass(slots=True, eq=False, repr=False)
 class Batch:
     """One batch: token tensors per field, their metadata, the sample boxes and the I/O counters (``repr``: shapes,
-    dtypes, devices and a one-line stats summary, no values)."""
+    dtypes, devices and a one-line stats summary, no values).
+
+    A batch can hold **0 samples** (``len(batch) == 0``): with ``on_bad_chunk="skip"``, when every sample of it
+    needed a bad chunk. It is handed out all the same, so that every rank takes exactly ``len(loader)`` batches per
+    epoch and the collectives of a distributed step stay in step. Its tensors have a leading 0: ``fields``
+    ``(0, L, nt, nlat, nlon, tt, tlat, tlon)``, ``boxes`` ``(0, 3)``, every ``meta`` tensor but ``level``
+    ``(0, ...)``, ``masks`` ``(0, L, nt, nlat, nlon)`` (all False) and ``sources`` (when the loader masks);
+    ``stats.skipped`` counts the samples dropped and ``index`` is its place in the epoch as for any batch.
+
+    What a training step should do with one: not compute a mean loss over it (NaN) and not update on it alone. In
+    one process, skip the step. Under DistributedDataParallel, still run the forward through the DDP module and
+    backward a zero loss connected to every trainable parameter (``sum(p.sum() * 0 for p in params)``, not the
+    model on 0 samples): the gradient all-reduce then runs on every rank, and every rank steps its optimizer with
+    the others' gradients, unless every rank's batch was empty (``profiling/loop.py`` and ``profiling/steps.py``
+    do this; they sum the ranks' sample counts on the host to tell)."""
 
     fields: dict[str, Any]
     """Field -> ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` tensor (the configured ``out_dtype``, on the device)."""
@@ -125,8 +142,27 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
     finally:
         if batch == first.batch:
             first.done.set()  # also when it failed: the error reaches the consumer in order, nothing hangs
-    b = boxes[batch * batch_size:(batch + 1) * batch_size][sel]
-    return batch, slot, stats, b, tokenizer.meta(b) if b.shape[0] else None
+    planned = boxes[batch * batch_size:(batch + 1) * batch_size]
+    b = planned[sel]
+    return batch, slot, stats, b, tokenizer.meta(b) if b.shape[0] else _empty_meta(tokenizer, planned)
+
+
+def _empty_meta(tokenizer: Any, planned: np.ndarray) -> dict[str, Any]:
+    """Per-field token metadata of 0 samples (a batch whose every sample was skipped): the arrays with a leading
+    sample axis cut to length 0, the others (``level``) as they are. Which arrays have a sample axis is found by
+    comparing the metadata of one and of two copies of the batch's first planned box (not every tokenizer takes 0
+    boxes: a point sampler's reshape cannot), so no field name is assumed."""
+    one = tokenizer.meta(planned[:1])
+    two = tokenizer.meta(np.repeat(planned[:1], 2, axis=0))
+    out = {}
+    for name, m in one.items():
+        cut = {}
+        for f in dataclasses.fields(m):
+            a, a2 = getattr(m, f.name), getattr(two[name], f.name)
+            if isinstance(a, np.ndarray) and a.ndim and a.shape[0] == 1 and a2.shape[0] == 2:
+                cut[f.name] = a[:0]
+        out[name] = dataclasses.replace(m, **cut)
+    return out
 
 
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:
@@ -173,23 +209,20 @@ class _EpochIterator(Iterator[Batch]):
             raise StopIteration
         if not self._finalizer.alive:
             raise LoaderClosedError("this iteration was stopped (close, set_epoch, load_state_dict or a new iter)")
-        while True:
-            t0 = time.perf_counter()
-            with nvtx_range("wait", category="data", payload=self._state.batch):
-                try:
-                    batch, slot, stats, boxes, meta = next(self._pump)
-                except StopIteration:
-                    self._finish()
-                    raise
-            stats.wait_s = time.perf_counter() - t0
-            self._state.batch = batch + 1
-            n = int(boxes.shape[0])
-            if n == 0:  # every sample of this batch was skipped (on_bad_chunk="skip")
-                self._totals.add(stats)
-                continue
-            out = self._hand_out(batch, slot, stats, boxes, meta, n)
-            self._totals.add(stats)
-            return out
+        t0 = time.perf_counter()
+        with nvtx_range("wait", category="data", payload=self._state.batch):
+            try:
+                batch, slot, stats, boxes, meta = next(self._pump)
+            except StopIteration:
+                self._finish()
+                raise
+        stats.wait_s = time.perf_counter() - t0
+        self._state.batch = batch + 1
+        # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank
+        # takes len(loader) batches per epoch, so the collectives of a distributed step stay in step (see Batch)
+        out = self._hand_out(batch, slot, stats, boxes, meta, int(boxes.shape[0]))
+        self._totals.add(stats)
+        return out
 
     def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, meta: Any, n: int) -> Batch:
         t0 = time.perf_counter()
@@ -214,7 +247,10 @@ class _EpochIterator(Iterator[Batch]):
         stats.copy_s = time.perf_counter() - t0
         out = Batch(fields=fields, meta=meta_t, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
                     epoch=self.epoch, stats=stats)
-        if self._masking is not None:
+        if self._masking is not None and n == 0:  # nothing to mask (and BERT masking cannot reshape 0 samples)
+            out.masks = {k: torch.zeros(v.shape[:5], dtype=torch.bool, device=v.device) for k, v in fields.items()}
+            out.sources = {k: torch.empty_like(v) for k, v in fields.items()}
+        elif self._masking is not None:
             from .sampling.masking import mask_batch
 
             masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
