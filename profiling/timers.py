@@ -9,9 +9,11 @@ after ``event.query()`` says they are complete, so timing adds no synchronisatio
 GPU falls more than the ring behind does the timer wait for the oldest step (the one ``# sync point:``).
 When the device is the CPU, phases are timed with ``time.perf_counter`` on the host, which is exact there.
 
-How to use it (the loop reads top to bottom)::
+How to use it (the loop reads top to bottom; ``loader`` is a :class:`fastload.Loader`, whose batches carry their
+I/O counters in ``batch.stats``; ``tests/profiling/test_timers.py`` runs this example)::
 
     timer = StepTimer(device="cuda", warmup=2)
+    it = iter(loader)
     for step in range(n):
         with timer.phase("data_wait"):
             batch = next(it)
@@ -21,7 +23,7 @@ How to use it (the loop reads top to bottom)::
             loss.backward()
         with timer.phase("optimizer"):
             opt.step(); opt.zero_grad()
-        timer.step_end(samples=batch_size, io=batch.io)
+        timer.step_end(samples=len(batch), io=batch.stats)
     print(timer.summary())          # waits for the last steps (sync point), then summarises
 
 Per step (see :meth:`StepTimer.records`): ``<phase>_ms`` (GPU time, or host time on CPU), ``<phase>_at_ms``

@@ -318,3 +318,48 @@ def _calibrate_sleep(torch) -> float:
     end.record()
     end.synchronize()
     return 10_000_000 / start.elapsed_time(end)
+
+
+def test_module_docstring_example_runs_on_a_real_loader(tmp_path_factory):
+    """The module docstring's loop, run as written (on the CPU without CUDA) over a fastload Loader: every step's
+    bytes come from ``batch.stats`` (the docstring said ``batch.io``, which a Batch does not have), and the records
+    carry them: each timed step's bytes read and decoded equal its batch's own counters (no cache: all > 0)."""
+    import inspect
+    import textwrap
+
+    import torch
+
+    import profiling.timers
+    from fastload import Loader, LoaderConfig
+
+    from .loopdata import sampling, tiny_store
+
+    doc = inspect.getdoc(profiling.timers)
+    block = doc.split("How to use it", 1)[1].split("::\n", 1)[1]
+    code = textwrap.dedent(block.split("\n\n", 1)[0])
+    assert "timer.step_end" in code
+    if not torch.cuda.is_available():
+        code = code.replace('device="cuda"', 'device="cpu"')
+    store, norm = tiny_store(tmp_path_factory)
+    w = torch.nn.Parameter(torch.ones(()))
+    seen = []
+
+    def model(batch):
+        seen.append(batch.stats)
+        return sum((w * x.float().nan_to_num()).mean() for x in batch.fields.values())
+
+    printed = []
+    env = {"StepTimer": StepTimer, "n": 5, "model": model, "opt": torch.optim.SGD([w], lr=0.0),
+           "print": printed.append}
+    with Loader(store, sampling(norm), LoaderConfig(workers=1, samples_per_epoch=16, device="cpu",
+                                                                cache_bytes=0)) as loader:
+        env["loader"] = loader
+        exec(compile(code, "profiling/timers.py docstring", "exec"), env)
+    timer = env["timer"]
+    recs = timer.records()
+    assert len(printed) == 1 and printed[0]["steps"] == 5 - timer.warmup
+    assert len(recs) == len(seen) - timer.warmup == 3
+    for r, st in zip(recs, seen[timer.warmup:]):
+        assert r["samples"] == 2
+        assert r["bytes_read"] == st.bytes_stored and r["bytes_decoded"] == st.bytes_decoded
+        assert r["bytes_read"] > 0  # (no chunk cache: every batch reads its chunks)
