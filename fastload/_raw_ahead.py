@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ChunkReadError, ChunkTimeoutError
+from .store import stored_nbytes
 
 __all__ = ["RawAhead"]
 
@@ -72,11 +73,12 @@ class _Group:
 class _Raw:
     """A finished entry: the stored bytes of one chunk (None: the chunk is missing from the store)."""
 
-    __slots__ = ("raw", "size", "order")
+    __slots__ = ("raw", "size", "stored", "order")
 
     def __init__(self, raw: bytes | None, order: tuple[float, int]):
         self.raw = raw
-        self.size = 0 if raw is None else len(raw)
+        self.size = 0 if raw is None else len(raw)  # memory held
+        self.stored = stored_nbytes(raw)  # bytes read from the store (a whole shard's, on the chunk carrying them)
         self.order = order
 
 
@@ -234,7 +236,7 @@ class RawAhead:
         with self._lock:
             for k, e in list(self._entries.items()):
                 if isinstance(e, _Raw):
-                    self._waste(e.size)
+                    self._waste(e.stored)
                 elif e.state == _RUNNING:
                     orphans.add(e)
                 del self._entries[k]
@@ -325,7 +327,7 @@ class RawAhead:
             e = self._entries.pop(k)
             assert isinstance(e, _Raw)
             self._held -= e.size
-            self._waste(e.size)
+            self._waste(e.stored)
             if self._held <= self.budget:
                 return
 

@@ -28,6 +28,7 @@ from ._io_pool import _Task
 from ._nvtx import range as nvtx_range
 from .errors import ChunkReadError, ChunkTimeoutError, FastloadError
 from .plan import EpochPlan, Step
+from .store import stored_nbytes
 
 if TYPE_CHECKING:
     from ._io_stats import IOStats
@@ -263,6 +264,7 @@ class _Fetcher:
                     if isinstance(raw, ChunkReadError):
                         d.errors[j] = raw
                         continue
+                    d.stored += stored_nbytes(raw)  # read, also when it fails to decode
                     try:
                         decode(array, raw, c, out=arena[slot])
                     except ChunkReadError as e:
@@ -271,8 +273,6 @@ class _Fetcher:
                     except BaseException as e:
                         d.errors[j] = ChunkReadError(array, c, f"decoding failed: {type(e).__name__}: {e}")
                         continue
-                    # an inner chunk of a whole shard counts the stored bytes read for it (InnerChunk.fetched)
-                    d.stored += 0 if raw is None else getattr(raw, "fetched", len(raw))
                     d.decoded += nbytes
                     good.append(slot)
             d.decode_s += time.perf_counter() - t0

@@ -59,6 +59,7 @@ from .extract import _READ_TIMEOUT_S, read_plan
 from .sampling.neighborhood import allocate_outputs
 from .sampling.points import PointTokenMeta
 from .sampling.tokenizer import TokenMeta
+from .store import stored_nbytes
 
 __all__ = ["MultiStream", "Placement", "StreamExtracted", "StreamCoefficients", "ChunkingWarning", "extract_streams",
            "PointTokenMeta"]
@@ -306,7 +307,7 @@ class MultiStream:
         st, array = self._split(key)
         t0 = _time.perf_counter()
         raw = st.store.chunk_bytes(array, chunk)
-        self.counters.add(st.name, fetches=1, bytes_stored=0 if raw is None else len(raw),
+        self.counters.add(st.name, fetches=1, bytes_stored=stored_nbytes(raw),
                           fetch_s=_time.perf_counter() - t0)
         return raw
 
@@ -314,7 +315,7 @@ class MultiStream:
         st, array = self._split(key)
         t0 = _time.perf_counter()
         raws = st.store.chunk_bytes_many(array, chunks)
-        self.counters.add(st.name, fetches=len(raws), bytes_stored=sum(0 if r is None else len(r) for r in raws),
+        self.counters.add(st.name, fetches=len(raws), bytes_stored=sum(stored_nbytes(r) for r in raws),
                           fetch_s=_time.perf_counter() - t0)
         return raws
 

@@ -58,6 +58,7 @@ from ._layout import FieldInfo
 from ._meta import ArrayInfo
 from ._obstore import ObstoreSource
 from ._open import BACKENDS, Store, make_source, open_store
+from ._shard import stored_nbytes
 from ._source import BaseByteSource, FsspecSource, LatencySource, LocalSource
 from .grid import Grid
 
@@ -75,4 +76,5 @@ __all__ = [
     "BACKENDS",
     "LatencySource",
     "SAFE_NUMCODECS",
+    "stored_nbytes",
 ]

@@ -45,7 +45,7 @@ from ._codecs import ChunkDecoder, DecodeError, build_decoder, decode_bytes, v3_
 from ._meta import ELEMENTWISE_A2A, ArrayInfo, shard_perm
 from ._source import BaseByteSource
 
-__all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES"]
+__all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES", "stored_nbytes"]
 
 _EMPTY = np.uint64(2**64 - 1)
 SHARD_CACHE_BYTES = 256 * 2**20
@@ -113,6 +113,7 @@ class ShardIndex:
                                                    chunks=info.chunks)  # fmt: skip
         self._cache: dict[tuple[int, ...], np.ndarray | None] = {}
         self._lock = threading.Lock()
+        self._orphan = 0  # stored bytes of whole shards read for chunks that were all empty, not yet counted
         self._token = next(_TOKENS)  # this array's decoded shards in the process-wide cache, _SHARDS
         weakref.finalize(self, _SHARDS.drop, self._token)
 
@@ -221,10 +222,13 @@ class ShardIndex:
             shard, pos = self.local(c)
             by_shard.setdefault(shard, []).append((i, pos))
         out: list[bytes | None] = [None] * len(chunks)
+        with self._lock:  # shard bytes read earlier for requested chunks that were all empty (no chunk to carry them)
+            fetched, self._orphan = self._orphan, 0
         for shard, wanted in by_shard.items():  # in order of first use
             first = chunks[wanted[0][0]]
             try:
-                blob, fetched = self._blob(source, shard)
+                blob, got = self._blob(source, shard)
+                fetched += got
                 if blob is None:
                     continue
                 index = self.cached(shard)[1]
@@ -237,7 +241,7 @@ class ShardIndex:
                         raise DecodeError(f"inner chunk {chunks[i]} at bytes {rng[0]}+{rng[1]} of its decoded shard "
                                           f"of {len(blob)} bytes: corrupt shard index")  # fmt: skip
                     inner = InnerChunk(view[rng[0] : rng[0] + rng[1]])  # a copy: the result keeps no shard alive
-                    inner.fetched, fetched = fetched, 0  # the shard's stored bytes go to its first chunk
+                    inner.fetched, fetched = fetched, 0  # the shard's stored bytes go to the next chunk handed out
                     out[i] = inner
                 view.release()
             except (DecodeError, OSError) as e:
@@ -245,6 +249,9 @@ class ShardIndex:
                     raise
                 raise ShardReadError(first, self.shard_key(shard), e) from e
             del blob
+        if fetched:  # every chunk asked for was empty: counted on a later request's first chunk
+            with self._lock:
+                self._orphan += fetched
         return out
 
     def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[bytes | None, int]:
@@ -275,6 +282,12 @@ class ShardIndex:
         self.store_index(shard, blob[at : at + self.index_nbytes])
         _SHARDS.put((self._token, shard), blob)
         return blob, fetched
+
+
+def stored_nbytes(raw: bytes | None) -> int:
+    """The bytes read from the store for ``raw``, one chunk's stored bytes as a store hands them out: its length, or
+    for an inner chunk of a whole shard (:class:`InnerChunk`) the stored bytes of the shards read for it."""
+    return 0 if raw is None else getattr(raw, "fetched", len(raw))
 
 
 class InnerChunk(bytes):

@@ -563,3 +563,39 @@ def test_a_lat_lon_stream_loads_in_the_reference_row_order(stores, tmp_path, jit
                                            err_msg=f"{k} {name} sample {s}")
     for name in got["asc"]:  # the same field either way round: the same batches
         assert np.array_equal(got["asc"][name], got["desc"][name]), name
+
+
+def test_stream_counters_agree_with_the_loader_on_whole_shard_arrays(tmp_path):
+    """Review r1 S4: a stream whose arrays are whole shards (zstd after sharding_indexed) counts the bytes read from
+    the store as the loader does (the shard's stored size once), not the inner chunks' decoded sizes."""
+    import warnings
+
+    import zarr
+    from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    truth = make_atmosphere(paths["era5"], zarr_format=3)
+    make_ocean(paths["ocean"])
+    make_mesh(paths["fesom"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr-python's notes on v3 codecs
+        root = zarr.open_group(str(paths["era5"]), mode="r+", zarr_format=3)
+        for name, dims, shard, inner in (("t", ("time", "level", "latitude", "longitude"), (24, 4, 16, 36),
+                                          (6, 1, 8, 12)),
+                                         ("sp", ("time", "latitude", "longitude"), (24, 16, 36), (6, 8, 12))):
+            attrs, data = dict(root[name].attrs), truth[name]
+            del root[name]
+            a = root.create_array(name, shape=data.shape, dtype=data.dtype, chunks=shard, fill_value=np.nan,
+                                  serializer=ShardingCodec(chunk_shape=inner, codecs=[BytesCodec()]),
+                                  compressors=[ZstdCodec()], dimension_names=dims, attributes=attrs)
+            a[...] = data
+    with Loader(None, config(paths), batch_size=4, samples_per_epoch=16, workers=1, fetch_concurrency=1,
+                cache_bytes=1 << 17, device="cpu", seed=3) as loader:
+        ms = loader.multi
+        assert ms.streams[0].store._shards["t"].whole
+        before = ms.stream_counters()
+        list(loader)
+        after = ms.stream_counters()
+        totals = loader.stats
+    for name in STREAMS:
+        assert totals.streams[name].bytes_stored == after[name]["bytes_stored"] - before[name]["bytes_stored"], name

@@ -191,3 +191,66 @@ def test_bytes_read_count_each_whole_shard_once_as_stored(tmp_path):
     touched = {(y // 32, x // 64) for _, y0, x0 in boxes for y in range(y0, y0 + 8) for x in (x0 + np.arange(8)) % 72}
     on_disk = sum((path / "v" / "c" / "0" / str(j) / str(i)).stat().st_size for j, i in touched)
     assert stats.bytes_stored == on_disk
+
+
+def _shard_store(path, data=None):
+    _v3_store(path, _data((12, 37, 72)) if data is None else data, chunks=(12, 32, 64),
+              serializer=ShardingCodec(chunk_shape=(3, 8, 16), codecs=[BytesCodec()]), compressors=[ZstdCodec()])  # fmt: skip
+    return lambda *shard: (path / "v" / "c" / "/".join(map(str, shard))).stat().st_size
+
+
+def test_a_shard_read_for_empty_chunks_only_is_counted_on_the_next_chunk_handed_out(tmp_path):
+    """Review r1 S2: a shard read whole for inner chunks that are all empty (fill value, so None) hands out no chunk to
+    carry its stored bytes; they are counted on the next chunk the array hands out, so none are lost."""
+    from fastload.store import stored_nbytes
+
+    data = _data((12, 37, 72))
+    data[0:6, 0:8, 0:16] = np.nan  # inner chunks (0, 0, 0) and (1, 0, 0) of shard (0, 0, 0): not stored
+    size = _shard_store(tmp_path / "s.zarr", data)
+    s = open_store(tmp_path / "s.zarr")
+    first = s.chunk_bytes_many("v", [(0, 0, 0), (1, 0, 0)])
+    assert first == [None, None]
+    later = s.chunk_bytes_many("v", [(0, 4, 0)])  # an inner chunk of shard (0, 1, 0)
+    assert sum(map(stored_nbytes, first + later)) == size(0, 0, 0) + size(0, 1, 0)
+
+
+def test_read_ahead_dropped_unused_counts_the_shard_read_once(tmp_path):
+    """Review r1 S1: read-ahead entries dropped unused add what was read from the store (the whole shard, once),
+    not the decoded inner chunks' sizes; also when the first entry was taken and the rest dropped."""
+    from fastload._raw_ahead import RawAhead
+    from fastload.store import stored_nbytes
+
+    size = _shard_store(tmp_path / "s.zarr")
+    chunks = [(t, y, x) for t in range(4) for y in range(4) for x in range(4)]  # every inner chunk of shard (0, 0, 0)
+    for take in (0, 1):
+        s = open_store(tmp_path / "s.zarr")  # nothing cached
+        ra = RawAhead(10**9, s.chunk_bytes_many)
+        g = ra.claim("v", chunks, est=2000)
+        ra.run(g)
+        counted = sum(stored_nbytes(r) for r in ra.take("v", chunks[:take]).values()) if take else 0
+        ra.clear()
+        assert counted + ra.drain_wasted() == size(0, 0, 0)
+
+
+def test_a_chunk_that_fails_to_decode_still_counts_the_bytes_read(tmp_path):
+    """Review r1 S3: the reader counts stored bytes as read, before decoding: a chunk that fails to decode (skipped
+    with on_bad_chunk='skip') still counts the shard it carries."""
+    import fastload
+
+    size = _shard_store(tmp_path / "s.zarr")
+    cfg = fastload.SamplingConfig.from_dict(dict(batch_size=1, time_step=1, fields={
+        "v": dict(num_tokens=[2, 2, 2], token_size=[3, 4, 4], normalization="none")}))  # fmt: skip
+    s = open_store(tmp_path / "s.zarr")
+    decode = s.decode
+
+    def failing(array, raw, chunk, out=None):
+        if tuple(chunk) == (0, 0, 0):
+            raise ValueError("corrupt")
+        return decode(array, raw, chunk, out)
+
+    s.decode = failing
+    with _quiet(), fastload.Loader(s, cfg, boxes=np.array([[0, 0, 0]]), workers=1, fetch_concurrency=1,
+                                   on_bad_chunk="skip", seed=1) as loader:  # fmt: skip
+        for _ in loader:
+            pass
+        assert loader.stats.bytes_stored == size(0, 0, 0)
