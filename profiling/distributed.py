@@ -8,25 +8,84 @@ sampling config as run; :func:`resume_run` restores them and returns the step to
 
     torchrun --standalone --nproc_per_node 2 -m profiling.loop train --preset cpu_tiny --device cpu \
         --checkpoint-dir runs/ddp --stop-at 4 && ... --resume
+
+A rank that stops taking part (frozen, killed, a node gone) must not hang the others for torch's default 30 min
+(gloo) or 10 min (nccl): the group is started with ``timeout = RunConfig.dist_timeout_s`` (default 10 min;
+``--set dist_timeout_s=S``), after which a waiting rank fails. gloo raises in the waiting call; with nccl the
+process group's watchdog tears the process down, which it does only while ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` is
+not 0 (torch's default is 3) or ``TORCH_NCCL_BLOCKING_WAIT=1`` makes the waiting call raise instead
+(:func:`nccl_timeout_problem`). A failed collective of this module raises :class:`CollectiveError`, naming the
+rank, the collective and the setting.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastload.errors import ConfigError
+from fastload.errors import ConfigError, FastloadError
 
 from .presets import RunConfig
 
-__all__ = ["init_distributed", "gather", "save_run", "resume_run"]
+__all__ = ["CollectiveError", "init_distributed", "collective", "nccl_timeout_problem", "gather", "save_run",
+           "resume_run"]
+
+_timeout_s: float | None = None
+"""The collective timeout :func:`init_distributed` started this process's group with (None: it started none)."""
+
+
+class CollectiveError(FastloadError, RuntimeError):
+    """A collective (all-reduce, barrier, gather) failed or timed out: another rank stopped taking part."""
+
+
+def nccl_timeout_problem(env: Mapping[str, str]) -> str | None:
+    """Why a stuck nccl collective would not end after the group's timeout under ``env``, or None when it would.
+
+    ProcessGroupNCCL's watchdog acts on a timed-out collective as ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` says (1: abort
+    the communicator and end the process, 2: abort the communicator, 3, torch's default: end the process); 0 does
+    nothing, and then only ``TORCH_NCCL_BLOCKING_WAIT=1`` (the waiting call blocks, and raises at the timeout)
+    bounds the wait. The names without ``TORCH_`` are the older spellings torch still reads.
+    """
+    def get(name: str) -> str | None:
+        v = env.get(f"TORCH_{name}", env.get(name))
+        return None if v is None else v.strip().lower()
+
+    if get("NCCL_BLOCKING_WAIT") in ("1", "true") or get("NCCL_ASYNC_ERROR_HANDLING") != "0":
+        return None
+    return ("TORCH_NCCL_ASYNC_ERROR_HANDLING=0 turns off nccl's watchdog handling of a timed-out collective, so "
+            "dist_timeout_s cannot end a run whose rank is stuck: a frozen rank hangs the others for ever. Unset it "
+            "(torch's default, 3, ends the process at the timeout) or set TORCH_NCCL_BLOCKING_WAIT=1")
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Run the collective(s) in the ``with`` block; one that fails (another rank died, or did not join within the
+    group's timeout) raises :class:`CollectiveError` naming this rank, ``what`` and the timeout setting."""
+    try:
+        yield
+    except RuntimeError as e:  # torch's DistError / DistBackendError, gloo's "Timed out waiting 600000ms ..."
+        import torch.distributed as dist
+
+        if isinstance(e, FastloadError) or not dist.is_initialized():
+            raise
+        limit = f"dist_timeout_s = {_timeout_s:g} s" if _timeout_s is not None else "the process group's timeout"
+        raise CollectiveError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: {what} did not complete ({e}). Another rank "
+            f"stopped taking part: it died, froze, or is far behind (rank 0 synthesising the built-in dataset); a "
+            f"rank waits {limit} for the others (run file: dist_timeout_s = S; command line: --set "
+            f"dist_timeout_s=S)") from e
 
 
 def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group under torchrun (WORLD_SIZE > 1)."""
+    """(rank, world size, device); starts the process group under torchrun (WORLD_SIZE > 1), whose collectives
+    fail after ``cfg.dist_timeout_s`` seconds instead of waiting for ever on a rank that stopped."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want = cfg.device or cfg.loader.device
     if world > 1:
@@ -34,8 +93,13 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
 
         local = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = torch.cuda.is_available() and (want is None or want.startswith("cuda"))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+        if not dist.is_initialized():  # (one started by the caller keeps its own timeout)
+            global _timeout_s
+            if cuda and (problem := nccl_timeout_problem(os.environ)):
+                warnings.warn(problem, RuntimeWarning, stacklevel=2)
+            dist.init_process_group("nccl" if cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
+            _timeout_s = cfg.dist_timeout_s
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
@@ -48,14 +112,16 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
-def gather(obj: Any, world: int) -> list[Any]:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without torch.distributed."""
+def gather(obj: Any, world: int, what: str = "an object") -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without torch.distributed. ``what`` names it in
+    the :class:`CollectiveError` of a rank that did not join."""
     if world == 1:
         return [obj]
     import torch.distributed as dist
 
     out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
+    with collective(f"gathering {what} from every rank"):
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -64,14 +130,15 @@ def save_run(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any,
     """Write the run's checkpoint at ``path`` (rank 0; every rank takes part in gathering the loader positions)."""
     from model import save_checkpoint
 
-    states = gather(loader.state_dict(), world)  # every rank's position: each resumes its own share
+    states = gather(loader.state_dict(), world, "the loader positions for the checkpoint")  # each resumes its own
     if rank == 0:  # "sampling": the config as run (with the coefficients prepare_data found), for inference
         save_checkpoint(path, net, opt, step=step, extra={"loader": states, "world_size": world,
                                                           "run": cfg.to_dict(), "sampling": loader.config.to_dict()})
     if world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        with collective(f"the barrier after writing the checkpoint {path}"):
+            dist.barrier()
 
 
 def resume_run(path: Path, net: torch.nn.Module, opt: Any, loader: Any, rank: int, world: int) -> int:

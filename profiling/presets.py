@@ -400,6 +400,10 @@ class RunConfig:
     threads: int | None = None
     """Torch intra-op threads when the model runs on the CPU; None: this process's share of the cores minus the
     loader's workers (at least 1). Oversubscribed OpenMP threads spin and can slow a step tenfold."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: seconds a rank waits in a collective (DDP's gradient all-reduce, a barrier, a gather) for the
+    others before it fails, so a frozen or dead rank ends the run (torch's defaults: 30 min gloo, 10 min nccl; see
+    :mod:`profiling.distributed`). Rank 0 synthesising the built-in dataset on a first run counts against it."""
     checkpoint_dir: str | None = None
     """Where ``last.pt`` is written (model, optimizer, loader positions, RNG states, step); None: no checkpoints."""
     checkpoint_every: int = 0
@@ -421,6 +425,7 @@ class RunConfig:
         _int("seed", self.seed, 0)
         _int("checkpoint_every", self.checkpoint_every, 0)
         _int("log_every", self.log_every, 1)
+        _num("dist_timeout_s", self.dist_timeout_s, 1.0, 7 * 86400.0)
         if self.threads is not None:
             _int("threads", self.threads, 1)
         _bool("bf16", self.bf16)
