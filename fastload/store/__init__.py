@@ -25,7 +25,9 @@ a field (CESM's ``gw(lat)`` or ``lat_edges(lat, nv)``, other dims or their order
 coordinate array, a non-numeric dtype, dates coded as numbers with CF units ``"... since ..."``) is left out of the fields and listed in ``Store.not_fields`` with why
 (``fastload inspect`` shows it); asking for it as a field is a :class:`~fastload.errors.ConfigError` saying why.
 Coordinates may be of any type xarray writes, including zarr-python's v3 fixed-size strings
-(``fixed_length_utf32``, ``null_terminated_bytes``: NumPy ``U``/``S``), e.g. ERA5's ``expver``.
+(``fixed_length_utf32``, ``null_terminated_bytes``: NumPy ``U``/``S``), e.g. ERA5's ``expver``, and
+variable-length strings or bytes (v2 ``|O`` with ``vlen-utf8``/``vlen-bytes``, v3 ``string``/``variable_length_bytes``):
+these are never fields, and :meth:`Store.read_array` reads their values as zarr-python does.
 
 **Mesh** (per-variable on an unstructured mesh; :mod:`fastload.store._mesh`). ``latitude`` and ``longitude`` are
 1-D over one shared node dimension; fields have dims ``(time, [level], node)``; optional ``face_nodes``

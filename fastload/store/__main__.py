@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in s.fields.values():
         lev = "" if f.levels is None else f" {f.level_type or 'levels'} {f.levels.tolist()}"
         print(f"  field {f.name!r} in {f.array!r}{lev}{'' if f.has_time else ' (static)'} {f.dtype} {f.units or ''}")
+    for name, why in s.not_fields.items():
+        print(f"  not a field {name!r}: {why}")
     for a in s.arrays.values():
         shard = f" shard {a.shard}" if a.shard else ""
         codecs = [c.get("id") or c.get("name") for c in a.codecs]

@@ -239,3 +239,14 @@ def test_units_that_only_contain_since_stay_a_field(tmp_path, caplog, units):
         s = open_store(path)
     assert list(s.fields) == ["v"] and list(s.not_fields) == ["d"]
     np.testing.assert_array_equal(s.read("v")[:, 0], vals)
+
+
+def test_python_m_fastload_store_lists_the_arrays_left_out(typo, capsys):
+    """``python -m fastload.store`` names every array that is not a field, with why (it listed the fields only)."""
+    from fastload.store.__main__ import main as store_main
+
+    path, _ = typo
+    assert store_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"  not a field 'u10': {U10_WHY}" in out.splitlines()
+    assert f"  not a field 'z': {Z_WHY}" in out.splitlines()
