@@ -40,8 +40,9 @@ def check_field_name(store: Any, name: str) -> None:
     if name in store.fields:
         return
     why = (getattr(store, "not_fields", None) or {}).get(name)
-    reason = f"the store has an array {name!r} but it is not a field: {why}" if why else "no such field"
-    raise ConfigError(f"field {name!r} is not in the store {store.path!r} ({reason}); fields: {list(store.fields)}")
+    what = f"array {name!r} of the store {store.path!r} is not a field: {why}" if why else \
+        f"field {name!r} is not in the store {store.path!r}"
+    raise ConfigError(f"{what}; fields: {list(store.fields)}")
 
 
 def missing_of(store: Any, name: str) -> np.ndarray:
