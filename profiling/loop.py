@@ -23,7 +23,10 @@ part of its side-stream host-to-device copy that the compute stream had to wait 
 GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gradient all-reduce), *optimizer*
 (clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is
 ``idle``. Warm-up steps (``--warmup``) run but are left out of the numbers. Reading the loss is a host sync, done
-only every ``log_every`` steps.
+only every ``log_every`` steps. With ``loader.on_bad_chunk = "skip"`` a batch may hold 0 samples (all skipped): alone,
+its step is left out; under DDP it runs with a zero loss so every rank joins the all-reduce (:mod:`profiling.steps`),
+and no rank updates when every rank's batch was empty. The report's ``skipped`` counts samples, empty batches and
+steps without an update.
 
 Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
@@ -54,6 +57,7 @@ from fastload.errors import ConfigError, StoreError
 
 from .distributed import gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
+from .steps import MultiformerStep, sample_counter
 
 __all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "lr_at"]
 
@@ -244,7 +248,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     from fastload._nvtx import enable as nvtx_enable
     from fastload._nvtx import is_enabled as nvtx_on
     from fastload.loader import Loader
-    from model import apply_compile, multiformer_loss
+    from model import apply_compile
 
     from . import forecast as fc
     from .nsys import CaptureWindow
@@ -333,7 +337,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     else:
         masking = None if cfg.masking.strategy == "identity" else cfg.masking
         loader = Loader(store, sampling, loader_cfg, masking=masking)
-        stepper = net
+        stepper = MultiformerStep(net, kinds)
     if nvtx_on() and not cfg.compile:
         from .nvtx import apply_nvtx
 
@@ -351,7 +355,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     def loss_of(inputs: Any) -> torch.Tensor:  # the forward phase: forward and loss
         if forecast:
             return model(*inputs)
-        return multiformer_loss(model(inputs), inputs, kinds=kinds)[0]
+        return model(inputs)
 
     stack = contextlib.ExitStack()
     stack.callback(torch.set_num_threads, threads_before)
@@ -369,7 +373,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
         data: Any = loader
         if cfg.data.mode == "synthetic":  # replay one batch already on the device
-            data = ReplayLoader(next(iter(loader)).to(device)) if forecast else ReplayLoader.from_loader(loader)
+            data = ReplayLoader(next(iter(loader)).to(device)) if forecast else \
+                ReplayLoader.from_loader(b for b in loader if len(b))  # not a batch whose samples were all skipped
             say("data: synthetic mode: replaying the first batch from the device (no loading)")
         if wrap_loader is not None:
             data = wrap_loader(data)
@@ -392,6 +397,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         loader_records: list[dict[str, Any]] = []
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+        skipped = {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # this rank's, over the run's steps
+        counts = sample_counter(cfg.dist_timeout_s) if ddp and cfg.loader.on_bad_chunk == "skip" else None
         t_start = time.perf_counter()
 
         # -- the loop -------------------------------------------------------------------------------------------
@@ -408,33 +415,48 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 except StopIteration:  # end of an epoch: the loader goes on with the next one
                     it = iter(data)
                     batch = next(it)
-            with timer.phase("h2d"):
-                inputs = prepare(batch)
-            with timer.phase("forward"):
-                with autocast:
-                    loss = loss_of(inputs)
-            with timer.phase("backward"):
-                loss.backward()
+            # n = 0: the loader skipped every sample of this batch for bad chunks (loader.on_bad_chunk = "skip").
+            # Alone, such a step is left out (no update on nothing). Under DDP it still runs, with a zero loss
+            # (MultiformerStep, RolloutStep), so this rank joins the gradient all-reduce as the others do; every rank
+            # then updates with the others' gradients, unless every rank's batch was empty (`samples`).
+            n = len(batch)
+            samples = counts(n) if counts is not None else None
+            skipped["samples"] += getattr(batch.stats, "skipped", 0)
+            skipped["empty_batches"] += n == 0
+            if n or ddp:
+                with timer.phase("h2d"):
+                    inputs = prepare(batch)
+                with timer.phase("forward"):
+                    with autocast:
+                        loss = loss_of(inputs)
+                with timer.phase("backward"):
+                    loss.backward()
             with timer.phase("optimizer"):
-                if o.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
-                opt.step()
+                # sync point (DDP with on_bad_chunk = "skip" only): the host all-reduce of the counts, done by now
+                if (n if samples is None else samples()) > 0:
+                    if o.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
+                    opt.step()
+                else:
+                    skipped["steps_without_update"] += 1
                 opt.zero_grad(set_to_none=True)
-            timer.step_end(samples=len(batch), io=batch.stats)
+            timer.step_end(samples=n, io=batch.stats)
             if step - start >= cfg.warmup:
                 loader_records.append(loader_record(batch.stats))
             if prof is not None:
                 prof.step()
-            loss_sum += loss.detach()
-            loss_n += 1
+            if n:  # (the zero loss of an empty batch is no loss of the model)
+                loss_sum += loss.detach()
+                loss_n += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == stop or done == start + 1:
-                last_loss = float(loss_sum) / loss_n  # sync point: reading the loss waits for the device
+                if loss_n:
+                    last_loss = float(loss_sum) / loss_n  # sync point: reading the loss waits for the device
                 loss_sum.zero_()
-                loss_n = 0
                 first = " (includes start-up: JIT, pipeline fill)" if done == start + 1 else ""
-                say(f"step {done}/{cfg.steps}  loss {last_loss:.4f}  lr {lr:.2e}  "
-                    f"{time.perf_counter() - t_start:.1f} s{first}")
+                said = f"loss {last_loss:.4f}" if loss_n else "loss - (every batch since the last line was empty)"
+                loss_n = 0
+                say(f"step {done}/{cfg.steps}  {said}  lr {lr:.2e}  {time.perf_counter() - t_start:.1f} s{first}")
             if ckpt is not None and mode == "train" and (
                     done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                 save_run(ckpt, net, opt, done, loader, cfg, rank, world)
@@ -450,15 +472,19 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     summary = timer.summary(flops_per_step=flops, peak_flops=peak, config=cfg.to_dict())
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
-                    "store_latency_ms": cfg.data.latency_ms})
+                    "store_latency_ms": cfg.data.latency_ms, "skipped": skipped})
     if cfg.data.mode != "synthetic" and wrap_loader is None:
         wall = sum(r["step_ms"] for r in records) / 1e3
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
     paths = write_report(out_dir, records, summary)
-    briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"],
+    briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"], "skipped": skipped,
                       "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world)
     say("")
     say(format_table(summary))
+    for b in (b for b in briefs if b["skipped"]["samples"]):  # loader.on_bad_chunk = "skip": what bad chunks cost
+        say(f"rank {b['rank']}: skipped for bad chunks: {b['skipped']['samples']} sample(s), "
+            f"{b['skipped']['empty_batches']} batch(es) left with none, "
+            f"{b['skipped']['steps_without_update']} step(s) without an update")
     if ddp:
         say("")
         say("per rank:")
