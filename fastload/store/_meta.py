@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import math
+import os
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -165,6 +166,10 @@ def load_metadata(source: BaseByteSource) -> StoreMetadata:
         return _load_v2(source, zg)
     if source.exists(".zarray"):
         raise SchemaError(f"{where}: is a single zarr v2 array, expected a group (open the folder that holds it)")
+    root = getattr(source, "root", None)
+    if isinstance(root, str) and os.path.isfile(root):  # a local file: a NetCDF/GRIB file given as a store?
+        raise SchemaError(f"{where}: is a file, not a zarr store (a folder); convert NetCDF or GRIB files to one with "
+                          "'fastload convert'")
     found = source.list_dir("")
     listing = f"; found {found[:8]}{' ...' if len(found) > 8 else ''}" if found else " (the folder is empty)"
     raise SchemaError(f"{where}: not a zarr store: expected zarr.json (v3) or .zgroup (v2) at its root{listing}")

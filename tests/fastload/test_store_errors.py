@@ -76,6 +76,10 @@ def test_not_a_zarr_store(tmp_path):
     (tmp_path / "junk" / "readme.txt").write_text("hello")
     with pytest.raises(SchemaError, match=r"not a zarr store.*readme\.txt"):
         open_store(tmp_path / "junk")
+    (tmp_path / "era5.nc").write_bytes(b"CDF\x01" + bytes(60))  # a file given as a store: says so, not "empty"
+    with pytest.raises(SchemaError, match=r"era5\.nc: is a file, not a zarr store \(a folder\); convert NetCDF or "
+                                          r"GRIB files to one with 'fastload convert'$"):
+        open_store(tmp_path / "era5.nc")
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
