@@ -135,3 +135,22 @@ def test_empty_metadata_of_point_streams_has_a_leading_zero(tmp_path):
             assert tuple(v.shape) == (tuple(want[k].shape) if k == "level" else (0, *want[k].shape[1:])), (name, k)
             assert v.dtype == want[k].dtype
     assert {"valid", "points", "t_steps"} <= kinds  # the point streams' slots were cut too
+
+
+@pytest.mark.gpu
+def test_empty_batches_on_the_gpu(bad_store):
+    """The device path (pinned metadata, side-stream copy, masking on the device) with 0-sample batches."""
+    path, _, truth, cfg = bad_store
+    with Loader(open_store(path), cfg, on_bad_chunk="skip", samples_per_epoch=16, seed=7, batch_size=1, workers=2,
+                device="cuda", retries=0, masking="BERT") as loader:
+        planned = loader.epoch_boxes(0)
+        got = list(loader)
+    assert [len(b) for b in got] == [0 if t0 <= 1 else 1 for t0 in planned[:, 0]]
+    for i, b in enumerate(got):
+        assert all(t.device.type == "cuda" for t in [*b.fields.values(), *b.masks.values()])
+        if len(b) == 0:
+            _check_empty(b, cfg)
+        else:
+            ref = reference(truth, cfg, planned[i:i + 1], periodic=True)
+            for f in cfg.field_names:
+                np.testing.assert_array_equal(b[f].cpu().numpy(), ref[f])
