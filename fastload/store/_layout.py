@@ -96,9 +96,12 @@ def _numeric(info: ArrayInfo, where: str) -> None:
 
 
 def _time_axis(meta: StoreMetadata, read: ReadFull, where: str) -> tuple[str | None, np.ndarray | None]:
-    name = _first(TIME_NAMES, meta.arrays)
-    if name is None:
+    """The time coordinate (the first of :data:`TIME_NAMES` that is 1-D; a forecast written by cfgrib has a scalar
+    ``time``, the initial time, and ``valid_time(step)``: its time axis is ``step``) and its values."""
+    names = [n for n in TIME_NAMES if n in meta.arrays]
+    if not names:
         return None, None
+    name = next((n for n in names if meta.arrays[n].ndim == 1), names[0])
     info = meta.arrays[name]
     if info.ndim != 1:
         raise SchemaError(f"{where}: coordinate {name!r} has shape {info.shape}; expected 1-D (time,)")

@@ -215,3 +215,32 @@ def test_multi_stream_windows_skip_a_gap_of_the_reference():
     for n_points, dt in ((4, 1), (2, 2)):
         ok, _, _ = servable(times.values, n_points, dt, [("daily", None, "nearest")])
         assert set(np.flatnonzero(ok).tolist()) == valid_t0(times, n_points, dt)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_cfgrib_forecast_steps_along_valid_time(tmp_path, zarr_format):
+    """A forecast written by xarray from cfgrib: scalar ``time`` (the initial time), dimension ``step`` and
+    ``valid_time(step)``. Its time axis is ``step`` with the valid times (it failed: "coordinate 'time' has shape
+    (); expected 1-D"), and a box reads as xarray indexes it."""
+    import warnings
+
+    from fastload.store import open_store
+
+    steps = pd.to_timedelta(np.arange(0, 48, 6), "h")
+    t2m = np.random.default_rng(0).normal(280, 5, (8, 19, 36)).astype("f4")
+    ds = xr.Dataset({"t2m": (("step", "latitude", "longitude"), t2m)},
+                    coords={"time": np.datetime64("2024-01-01T00", "ns"), "step": steps,
+                            "valid_time": ("step", np.datetime64("2024-01-01T00", "ns") + steps.values),
+                            "latitude": np.linspace(90, -90, 19), "longitude": np.arange(0, 360, 10.0)})
+    path = tmp_path / "fc.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, zarr_format=zarr_format)
+    s = open_store(path)
+    assert list(s.fields) == ["t2m"]
+    np.testing.assert_array_equal(s.time, ds.valid_time.values)
+    cfg = SamplingConfig.from_dict(dict(batch_size=1, time_step=1, fields={
+        "t2m": dict(num_tokens=[2, 2, 2], token_size=[2, 3, 3], normalization="none")}))  # fmt: skip
+    got = extract(path, cfg, np.array([[3, 5, 33]]))["t2m"].data[0, 0]
+    want = t2m[3:7, 5:11][:, :, (33 + np.arange(6)) % 36]
+    np.testing.assert_array_equal(got, want.reshape(2, 2, 2, 3, 2, 3).transpose(0, 2, 4, 1, 3, 5))
