@@ -12,8 +12,10 @@ Strategies (:class:`MaskingConfig`):
   data), a fraction ``frac_noise`` is blended toward zero with noise ``(1 - w) x + noise_scale * std * N(0, 1)``
   (``w ~ U(0, 1)`` per token, ``std`` the batch's per-level standard deviation), and a fraction ``frac_coarse`` is
   resampled at ``1 / coarse_factor`` spatial resolution and back (trilinear), in that order;
-- ``"forecast"``: the last ``forecast_tokens`` time tokens of every level are masked (zeroed);
-- ``"temporal_interpolation"``: ``interp_tokens`` time tokens in the middle are masked (zeroed);
+- ``"forecast"``: the last ``forecast_tokens`` time tokens of every level are masked (zeroed); at least one
+  time token stays as context (``forecast_tokens < nt``);
+- ``"temporal_interpolation"``: ``interp_tokens`` time tokens in the middle are masked (zeroed); a token before
+  and one after stay (``interp_tokens <= nt - 2``);
 - ``"identity"``: nothing is masked.
 
 With ``synced``, every field and level of a sample shares one token mask (fields must have equal ``num_tokens``).
@@ -58,9 +60,10 @@ class MaskingConfig:
     coarse_factor: int = 2
     """BERT: spatial coarsening factor of the resampled tokens."""
     forecast_tokens: int = 1
-    """forecast: how many of the last time tokens are masked."""
+    """forecast: how many of the last time tokens are masked; fewer than every field's ``nt`` (checked when the
+    Loader is made, where the token geometry is known)."""
     interp_tokens: int = 1
-    """temporal_interpolation: how many middle time tokens are masked."""
+    """temporal_interpolation: how many middle time tokens are masked; at most ``nt - 2``."""
     synced: bool = False
     """Share one mask across the fields (and levels) of a sample."""
 
@@ -162,13 +165,17 @@ def make_masks(cfg: MaskingConfig, shapes: Mapping[str, tuple[int, ...]], g: tor
         if cfg.strategy == "identity":
             m = torch.zeros(shape, dtype=torch.bool, device=device)
         elif cfg.strategy == "forecast":
-            if cfg.forecast_tokens > nt:
-                raise ConfigError(f"masking.forecast_tokens = {cfg.forecast_tokens} > nt = {nt} of field {name!r}")
+            k = cfg.forecast_tokens
+            if k >= nt:  # every time token masked: nothing left to forecast from
+                raise ConfigError(f"masking.forecast_tokens = {k} {'>' if k > nt else '=='} nt = {nt} of field "
+                                  f"{name!r} leaves no context (every time token masked); "
+                                  + (f"expected at most {nt - 1}" if nt > 1 else "a forecast needs nt >= 2"))
             m = _time_mask(shape, nt - cfg.forecast_tokens, cfg.forecast_tokens, device)
         elif cfg.strategy == "temporal_interpolation":
             if cfg.interp_tokens > nt - 2:
                 raise ConfigError(f"masking.interp_tokens = {cfg.interp_tokens} leaves no context in nt = {nt} "
-                                  f"time tokens of field {name!r}")
+                                  f"time tokens of field {name!r} (one unmasked token before and after); "
+                                  + (f"expected at most {nt - 2}" if nt > 2 else "interpolation needs nt >= 3"))
             m = _time_mask(shape, nt // 2 - cfg.interp_tokens // 2, cfg.interp_tokens, device)
         elif cfg.synced:
             if shared is None:

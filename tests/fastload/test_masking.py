@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from fastload.errors import ConfigError
-from fastload.sampling.masking import STRATEGIES, MaskingConfig, as_masking_config, mask_batch, mask_generator
+from fastload.sampling.masking import (
+    STRATEGIES,
+    MaskingConfig,
+    as_masking_config,
+    make_masks,
+    mask_batch,
+    mask_generator,
+)
 
 SHAPE = (6, 2, 4, 3, 5, 2, 3, 3)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
 
@@ -190,3 +197,41 @@ def test_masks_on_the_gpu_are_deterministic():
     b = mask_batch(cfg, x, seed=1, rank=0, step=2)
     assert a["t"].mask.device.type == "cuda"
     assert torch.equal(a["t"].source, b["t"].source) and torch.equal(a["u"].mask, b["u"].mask)
+
+
+@pytest.mark.parametrize("nt,k,fits", [(4, 3, True), (4, 4, False), (4, 5, False), (2, 1, True), (1, 1, False)])
+def test_forecast_must_leave_a_context_token(nt, k, fits):
+    """Forecasting the last k of nt time tokens needs k < nt: k = nt masks every token (no context to forecast
+    from) and is refused as temporal interpolation refuses the same, naming the setting, the field and the most
+    allowed; k < nt masks exactly the last k tokens and keeps the rest."""
+    shape = (2, 3, nt, 2, 2)
+    cfg = MaskingConfig(strategy="forecast", forecast_tokens=k)
+    if fits:
+        m = make_masks(cfg, {"t": shape}, mask_generator(0, 0, 0))["t"]
+        assert m[:, :, nt - k:].all() and not m[:, :, :nt - k].any()
+        return
+    most = f"expected at most {nt - 1}" if nt > 1 else "a forecast needs nt >= 2"
+    rel = ">" if k > nt else "=="
+    with pytest.raises(ConfigError, match=rf"masking.forecast_tokens = {k} {rel} nt = {nt} of field 't' leaves no "
+                                          rf"context \(every time token masked\); {most}"):
+        make_masks(cfg, {"t": shape}, mask_generator(0, 0, 0))
+
+
+def test_the_loader_refuses_a_forecast_of_every_time_token_when_it_is_made(tmp_path):
+    """The Loader knows the fields' nt when it is made: forecast_tokens = nt fails there (the audit's case: nt = 4,
+    forecast_tokens = 4 masked 100 % of the tokens and was accepted), before any batch; nt - 1 is accepted."""
+    from fastload import Loader
+    from fastload.config import FieldConfig, SamplingConfig
+
+    from .stores import make_per_variable
+
+    make_per_variable(tmp_path / "s.zarr", nt=8)
+    cfg = SamplingConfig(fields=(FieldConfig(name="t", levels=(500.0,), num_tokens=(4, 1, 1), token_size=(2, 4, 4),
+                                             normalization="none"),), batch_size=2)
+    with pytest.raises(ConfigError, match=r"forecast_tokens = 4 == nt = 4 of field 't' leaves no context"):
+        Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=2, workers=1, device="cpu",
+               masking={"strategy": "forecast", "forecast_tokens": 4})
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=2, workers=1, device="cpu",
+                masking={"strategy": "forecast", "forecast_tokens": 3}) as loader:
+        m = next(iter(loader)).masks["t"]  # (B, L, nt, nlat, nlon)
+        assert m[:, :, 1:].all() and not m[:, :, 0].any()
