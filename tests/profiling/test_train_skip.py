@@ -102,3 +102,19 @@ def test_zero_loss_of_0_samples_gives_every_trainable_parameter_a_zero_gradient(
     assert loss.item() == 0.0 and inner[0].weight.grad is None
     assert all(p.grad is not None and not p.grad.any() for p in inner[1].parameters())
     assert np.isfinite(loss.item())
+
+
+def test_synthetic_mode_replays_a_batch_with_samples_not_an_empty_first_one(tmp_path_factory, tmp_path, caplog):
+    """``--data synthetic`` replays the loader's first batch: with seed 11 the first two batches are empty, so
+    the replayed batch is the third (each timed step trains on its 1 sample, the loss is finite)."""
+    from profiling.loop import run
+
+    bad, norm = bad_copy(tmp_path_factory, tmp_path)
+    loader = LoaderConfig(workers=1, prefetch=2, samples_per_epoch=8, on_bad_chunk="skip", retries=0, seed=11)
+    assert empty_steps(bad, norm, loader, epochs=1)[:3] == [True, True, False]
+    cfg = run_config(tmp_path_factory, data=DataConfig(sampling=dataclasses.replace(sampling(norm), batch_size=1),
+                                                       store=bad, mode="synthetic"), loader=loader, steps=3, warmup=1)
+    caplog.set_level(logging.ERROR, logger="fastload")
+    s = run(cfg, mode="profile", out=tmp_path / "out", log=lambda msg: None)
+    assert s["samples"] == 2 and math.isfinite(s["final_loss"])
+    assert s["skipped"] == {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # nothing skipped in replay
