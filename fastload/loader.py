@@ -35,8 +35,19 @@ as it is kept. Iterating again, ``set_epoch``, ``load_state_dict`` and ``close``
 
 Epochs: ``iter(loader)`` continues where the last iteration stopped (after ``load_state_dict``: exactly the next
 batch); an epoch iterated to the end advances the epoch by one, so a plain ``for batch in loader`` per epoch
-draws new samples even without ``set_epoch``. With several ranks every rank gets the same number of batches
-(up to ``samples_per_window - 1`` samples of an epoch may be dropped to make it so).
+draws new samples even without ``set_epoch``.
+
+Ranks: ``rank``/``world_size`` when given, else torch.distributed's when initialised, else the environment's
+``RANK``/``WORLD_SIZE`` (torchrun sets them before ``init_process_group``), else 0 of 1. The epoch's
+``samples_per_epoch`` samples come in windows of ``samples_per_window``, dealt round-robin to the ranks, so
+rank counts differ by up to ``samples_per_window``; every rank makes the same number of batches (DDP steps
+together): as many as the rank with fewest samples makes, full ones only with ``drop_last`` (the default), else
+rounded up (each rank's last batch then partial, and of different sizes on different ranks). The samples beyond
+that are not read: with ``world_size > 1`` the loader logs one WARNING (rank 0) with their number and a
+``samples_per_epoch`` that reads them all (a multiple of ``world_size x lcm(samples_per_window, batch_size)``):
+e.g. 1024 samples on 48 ranks in batches of 8 read 768 (2 batches of each rank's 21 or 22) with ``drop_last``.
+An explicit plan (``boxes=``) is each rank's own; in an initialised process group its batch counts are compared
+across ranks once at construction (a ``ConfigError`` naming every rank's count, not a hang later).
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import torch.utils.data
 
 from . import _loader_iter
 from ._loader_iter import Batch, _EpochIterator
+from ._ranks import _check_explicit_counts, _equal_batches, _rank_counts, _rank_world, _warn_dropped
 from ._ring import BatchRing, FieldSpec
 from .config import LoaderConfig
 from .errors import ConfigError, LoaderClosedError
@@ -76,27 +88,6 @@ class _State:
     def __init__(self, epoch: int, batch: int):
         self.epoch = epoch
         self.batch = batch
-
-
-def _rank_world(cfg: LoaderConfig) -> tuple[int, int]:
-    if cfg.rank is not None:
-        return int(cfg.rank), int(cfg.world_size)  # type: ignore[arg-type]
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_rank()), int(dist.get_world_size())
-    return 0, 1
-
-
-def _rank_counts(n: int, spw: int, world: int) -> list[int]:
-    """Samples each rank gets from :func:`random_boxes` (windows of ``spw`` dealt round-robin)."""
-    n_win = -(-n // spw)
-    counts = []
-    for r in range(world):
-        wins = len(range(r, n_win, world))
-        last = (n_win - 1) % world == r
-        counts.append(wins * spw - ((n_win * spw - n) if last else 0))
-    return counts
 
 
 class Loader:
@@ -122,9 +113,13 @@ class Loader:
         name (``"BERT"``, ``"forecast"``, ``"temporal_interpolation"``, ``"identity"``: that strategy's defaults).
     boxes : array or callable, optional
         An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
-        ``boxes(epoch) -> (N, 3)`` (the same N every epoch). This rank's samples; ``samples_per_epoch``,
-        ``samples_per_window`` and the seed's placement are then unused. Multi-stream: boxes on the first
-        stream's grid, each served by every stream.
+        ``boxes(epoch) -> (N, 3)`` (the same N every epoch). These are *this rank's* samples, not a plan the loader
+        splits: with several ranks each rank passes its own (e.g. ``plan[rank::world_size]``), batched as on one
+        rank (``drop_last`` as set). Every rank must then make the same number of batches: in an initialised
+        process group this is checked at construction (one all_gather; a ``ConfigError`` naming each rank's
+        samples and batches); a loader built before ``init_process_group`` cannot check it. ``samples_per_epoch``,
+        ``samples_per_window`` and the seed's placement are unused. Multi-stream: boxes on the first stream's grid,
+        each served by every stream.
     jit : bool, optional
         ``False`` runs the NumPy reference kernels.
     epoch : int
@@ -181,21 +176,25 @@ class Loader:
                               read_ahead_bytes=cfg.read_ahead_bytes, read_timeout_s=cfg.read_timeout_s,
                               worker_start_timeout_s=cfg.worker_start_timeout_s)
         self._explicit = boxes
-        if boxes is not None:
-            self._samples = int(self._explicit_boxes(int(epoch)).shape[0])
+        bs = self.batch_size
+        if boxes is not None:  # this rank's own plan: its batches as on one rank, the same count on every rank
+            n = self._samples = int(self._explicit_boxes(int(epoch)).shape[0])
+            self._n_batches = n // bs if cfg.drop_last else -(-n // bs)
+            _check_explicit_counts(n, self._n_batches, self.world_size, bs, cfg.drop_last)  # before any other raise
         else:
             counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
-            self._samples = min(counts)  # every rank reads the same number of samples (DDP needs equal steps)
-        n = self._samples
-        self._n_batches = n // self.batch_size if cfg.drop_last or self.world_size > 1 else -(-n // self.batch_size)
+            self._n_batches, used = _equal_batches(counts, bs, cfg.drop_last)
+            # drop_last: every rank keeps the smallest count (its partial batch is dropped by the plan), as before
+            n = self._samples = min(counts) if cfg.drop_last else used[self.rank]
+            if self.world_size > 1 and self.rank == 0 and 0 < sum(used) < cfg.samples_per_epoch:
+                _warn_dropped(cfg, counts, used, bs, self._n_batches)
         if self._n_batches == 0:  # a loader that yields nothing would pass silently through every training loop
             got = (f"the explicit plan has {n} samples" if boxes is not None else
                    f"samples_per_epoch={cfg.samples_per_epoch} in windows of samples_per_window="
-                   f"{cfg.samples_per_window} dealt to world_size={self.world_size} rank(s) gives {n} samples per rank")
-            raise ConfigError(f"Loader: no batch per epoch: {got}, and batch_size={self.batch_size} with drop_last="
-                              f"{cfg.drop_last}" + (" (several ranks always drop a partial batch)"
-                                                    if self.world_size > 1 else "")
-                              + "; give more samples or a smaller batch_size")
+                   f"{cfg.samples_per_window} dealt to world_size={self.world_size} rank(s) gives {min(counts)} samples to "
+                   f"{'the rank with fewest' if self.world_size > 1 else 'the rank'}")
+            raise ConfigError(f"Loader: no batch per epoch: {got}, and batch_size={bs} with drop_last="
+                              f"{cfg.drop_last}; give more samples or a smaller batch_size")
         self._specs = self._field_specs()
         self._backend: Any = None
         self._ring: BatchRing | None = None
@@ -389,22 +388,43 @@ class Loader:
         self._state.epoch, self._state.batch = int(epoch), 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands: the next batch :func:`iter` will hand out, and what must match on resume."""
+        """Where the loader stands: the next batch :func:`iter` will hand out, and what must match on resume
+        (``norm_fingerprint``: the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`)."""
         cfg = self.loader_config
         return {"version": _STATE_VERSION, "epoch": self._state.epoch, "batch": self._state.batch,
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
-                "sampling": self.config.to_dict()}
+                "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint()}
+
+    def _norm_fingerprint(self) -> Any:
+        """Digest of the normalisation coefficients (per stream for a multi-stream config), computed once."""
+        if not hasattr(self, "_fingerprint"):
+            from ._resume import NO_NORMALISATION, norm_fingerprint
+
+            if self.multi is None:
+                self._fingerprint: Any = norm_fingerprint(self._norm, self.config)
+            elif self._norm is None:
+                self._fingerprint = NO_NORMALISATION
+            else:
+                from ._stream_norm import normalizers
+
+                self._fingerprint = {st.name: norm_fingerprint(norm, st.config)
+                                     for st, _, norm in normalizers(self.multi)}
+        return self._fingerprint
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at ``state``: the next batch is exactly the one after the last batch handed out then."""
+        """Resume at ``state``: the next batch is exactly the one after the last batch handed out then.
+
+        Refused (``ConfigError`` naming each differing setting, saved and current value) unless the seed, rank,
+        world size, batch size, samples per epoch and window and the sampling config match, and the normalisation
+        coefficients are the same: compared by content (``norm_fingerprint``), so a normalisation store that moved
+        (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before."""
+        from ._resume import check_resume
+
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
-        mine = self.state_dict()
-        for key in ("seed", "rank", "world_size", "batch_size", "samples_per_epoch", "samples_per_window", "sampling"):
-            if state.get(key) != mine[key]:
-                raise ConfigError(f"load_state_dict: the saved {key} {state.get(key)!r} differs from this "
-                                  f"loader's {mine[key]!r}; resume needs the same settings")
+        check_resume(state, self.state_dict(), ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
+                                                "samples_per_window", "sampling"))
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")

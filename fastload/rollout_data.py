@@ -299,7 +299,9 @@ class RolloutLoader:
         Steps, lead, windows, tiling overlap, neighbours, batch size.
     loader : LoaderConfig, optional
         Used settings (``mode`` must be ``"thread"``): ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``,
-        ``read_timeout_s`` (each store request of an extract), ``samples_per_epoch`` (an upper bound: an epoch is at most every valid initial time once), ``drop_last``,
+        ``read_timeout_s`` (each store request of an extract), ``samples_per_epoch`` (an upper bound: an epoch is at
+        most every valid initial time once; split equally between the ranks, the remainder unread, with a WARNING
+        on rank 0), ``drop_last`` (honoured with several ranks too: their counts are equal),
         ``pin_memory`` and ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
     normalizer : Normalizer or path, optional
         Coefficients of normalised fields (default ``config.norm_path``).
@@ -312,7 +314,8 @@ class RolloutLoader:
     def __init__(self, store: Any, config: Any, rollout: RolloutConfig | None = None,
                  loader: LoaderConfig | None = None, *, normalizer: Any = None, jit: bool | None = None,
                  epoch: int = 0):
-        from .loader import _rank_world, _resolve_config, _resolve_store
+        from ._ranks import _rank_world, _warn_rollout_unread
+        from .loader import _resolve_config, _resolve_store
 
         self.store = _resolve_store(store)
         self.config = _resolve_config(config)
@@ -343,14 +346,17 @@ class RolloutLoader:
                                   "normalise but no coefficients were given: set norm_path or pass normalizer=")
             self.normalizer.check(self.store, self.config)
         self.jit = jit
-        self.rank, self.world_size = _rank_world(cfg)
+        self.rank, self.world_size = _rank_world(cfg, "RolloutLoader")
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = bool(pin) and torch.cuda.is_available()
         n_valid = int(self.valid_t0.size)
         self._samples = min(n_valid, cfg.samples_per_epoch) // self.world_size
         bs = r.batch_size
-        self._n_batches = self._samples // bs if cfg.drop_last or self.world_size > 1 else -(-self._samples // bs)
+        # every rank has the same count, so a partial last batch (drop_last=False) keeps the ranks' steps equal
+        self._n_batches = self._samples // bs if cfg.drop_last else -(-self._samples // bs)
+        if self.world_size > 1 and self.rank == 0 and self._n_batches:
+            _warn_rollout_unread(min(n_valid, cfg.samples_per_epoch), self.world_size, self._samples, bs, cfg.drop_last)
         if self._n_batches == 0:
             raise ConfigError(f"rollout: an epoch gives each of {self.world_size} rank(s) {self._samples} initial "
                               f"time(s) ({n_valid} valid in the store), fewer than rollout.batch_size = {bs}")
@@ -506,23 +512,30 @@ class RolloutLoader:
         self._epoch, self._batch = int(epoch), 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The next batch :func:`iter` hands out, and the settings that must match on resume."""
+        """The next batch :func:`iter` hands out, and the settings that must match on resume (``norm_fingerprint``:
+        the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`)."""
         cfg = self.loader_config
+        if not hasattr(self, "_fingerprint"):
+            from ._resume import norm_fingerprint
+
+            self._fingerprint = norm_fingerprint(self.normalizer, self.config)
         return {"version": _STATE_VERSION, "kind": "rollout", "epoch": self._epoch, "batch": self._batch,
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(),
-                "sampling": self.config.to_dict()}
+                "sampling": self.config.to_dict(), "norm_fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at ``state``: the next batch is the one after the last batch handed out when it was taken."""
+        """Resume at ``state``: the next batch is the one after the last batch handed out when it was taken.
+
+        Refused (``ConfigError`` naming each differing setting) as :meth:`fastload.Loader.load_state_dict` is: the
+        normalisation store is compared by its coefficients' fingerprint, not its path (an older state: its path)."""
+        from ._resume import check_resume
+
         if state.get("version") != _STATE_VERSION or state.get("kind") != "rollout":
             raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
                               f"kind {state.get('kind')!r})")
-        mine = self.state_dict()
-        for key in ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"):
-            if state.get(key) != mine[key]:
-                raise ConfigError(f"load_state_dict: the saved {key} {state.get(key)!r} differs from this "
-                                  f"loader's {mine[key]!r}; resume needs the same settings")
+        check_resume(state, self.state_dict(), ("seed", "rank", "world_size", "samples_per_epoch", "rollout",
+                                                "sampling"))
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")

@@ -60,3 +60,66 @@ def test_two_ranks_are_disjoint_and_complete(tmp_path):
         ref = reference(truth, cfg, g["boxes"], periodic=True)
         for f in cfg.field_names:
             np.testing.assert_array_equal(g[f], ref[f])
+
+
+def _explicit_main(rank: int, world: int, root: str, drop_last: bool) -> None:
+    """Each rank builds a Loader on its own share ``plan[rank::2]`` of 11 boxes (6 and 5) in batches of 3."""
+    import json
+
+    import torch.distributed as dist
+
+    from fastload.config import SamplingConfig
+    from fastload.errors import ConfigError
+    from fastload.loader import Loader
+
+    dist.init_process_group("gloo", init_method=f"file://{root}/pg{int(drop_last)}", rank=rank, world_size=world)
+    try:
+        cfg = SamplingConfig.from_file(os.path.join(root, "cfg.toml"))
+        plan = np.load(os.path.join(root, "plan.npy"))
+        try:
+            with Loader(os.path.join(root, "s.zarr"), cfg, boxes=plan[rank::world], batch_size=3, workers=1,
+                        drop_last=drop_last) as loader:
+                out = {"len": len(loader), "boxes": np.concatenate([b.boxes.numpy() for b in loader]).tolist()}
+        except ConfigError as e:
+            out = {"error": str(e)}
+        with open(os.path.join(root, f"explicit{int(drop_last)}_{rank}.json"), "w") as f:
+            json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_explicit_per_rank_plans_of_unequal_batch_counts_are_refused_on_every_rank(tmp_path, drop_last):
+    """11 boxes split by the caller: 6 and 5. drop_last: 2 and 1 batches of 3, refused at construction on both ranks
+    with both counts named (it ran on, and rank 0's next collective failed with gloo, hung with NCCL); without
+    drop_last 2 and 2 batches: each rank reads exactly its own boxes."""
+    import json
+
+    from tests.fastload.loader_ref import build
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
+    rng = np.random.default_rng(1)
+    plan = np.stack([rng.integers(0, 7, 11), rng.integers(0, 9, 11), rng.integers(0, 13, 11)], axis=1)
+    np.save(tmp_path / "plan.npy", plan)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_explicit_main, args=(r, 2, str(tmp_path), drop_last)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        if p.is_alive():  # a hang: end it, then fail
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = [json.loads((tmp_path / f"explicit{int(drop_last)}_{r}.json").read_text()) for r in range(2)]
+    if drop_last:
+        for g in got:
+            msg = g.get("error", "")
+            assert "rank 0: 6 samples -> 2 batch(es), rank 1: 5 samples -> 1 batch(es)" in msg, g
+            assert "or pass drop_last=False (every rank then makes 2" in msg, g
+    else:
+        assert [g.get("len") for g in got] == [2, 2], got
+        for r, g in enumerate(got):
+            assert g["boxes"] == plan[r::2].tolist()

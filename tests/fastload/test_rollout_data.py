@@ -97,6 +97,72 @@ def test_normalised_batches_equal_extract(store, tmp_path):
         assert torch.isfinite(batch.targets[0]["t"]).all()
 
 
+def test_resume_across_a_moved_normalisation_store_and_refused_with_other_coefficients(store, tmp_path):
+    """The saved state compares the coefficients (a fingerprint), not the normalisation store's absolute path: a
+    copy elsewhere resumes to the same batch; another statistics pass is refused by name; a state saved without a
+    fingerprint still needs the same path (the error says why)."""
+    import shutil
+
+    from fastload.stats import StatsConfig, compute_stats
+
+    path, _ = store
+    compute_stats(path, str(tmp_path / "n.zarr"), StatsConfig(progress=False))
+    shutil.copytree(tmp_path / "n.zarr", tmp_path / "moved" / "n.zarr")
+    compute_stats(path, str(tmp_path / "other.zarr"),
+                  StatsConfig(progress=False, time_range=("2000-01-01T00", "2000-01-01T12")))
+
+    def data(name):
+        return RolloutLoader(path, _sampling("local", str(tmp_path / name)), RolloutConfig(steps=1, batch_size=1),
+                             LoaderConfig(workers=1, seed=2))
+
+    with data("n.zarr") as a:
+        it = iter(a)
+        next(it)
+        state = a.state_dict()
+        want = next(it)
+    with data("moved/n.zarr") as b:
+        b.load_state_dict(state)  # refused before: the saved sampling's norm_path differed
+        got = next(iter(b))
+    assert (got.epoch, got.index) == (want.epoch, want.index) and torch.equal(got.t0, want.t0)
+    for name in ("t", "sp"):
+        assert torch.equal(got.fields[name], want.fields[name]) and torch.equal(got.targets[0][name],
+                                                                                want.targets[0][name])
+    with data("other.zarr") as c, pytest.raises(ConfigError, match=r"the saved norm_fingerprint 'sha256:\w+', "
+                                                                     r"this loader's 'sha256:\w+' \(the normalisation"):
+        c.load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "norm_fingerprint"}  # saved by an older fastload
+    with data("n.zarr") as d:
+        d.load_state_dict(old)
+    with data("moved/n.zarr") as e, pytest.raises(ConfigError, match=r"the saved sampling\.norm_path .* \(the saved "
+                                                                        r"state records no fingerprint"):
+        e.load_state_dict(old)
+
+
+def test_several_ranks_honour_drop_last_false_and_count_the_unread_initial_times(store, caplog):
+    """drop_last=False was ignored with world_size > 1 (each rank's partial batch dropped, unannounced): every rank
+    has as many initial times, so it can keep its partial batch; what is still unread is one WARNING on rank 0."""
+    import logging
+
+    path, _ = store
+    roll = RolloutConfig(steps=1, batch_size=2)
+    with _loader(path, roll) as one:
+        n_valid = len(one.epoch_times(0))
+    per = n_valid // 3
+    assert per % 2 == 1  # a partial batch on every rank (9 valid times: 3 per rank)
+    caplog.set_level(logging.WARNING, logger="fastload")
+    for drop_last in (True, False):
+        caplog.clear()
+        with _loader(path, roll, rank=0, world_size=3, drop_last=drop_last) as d:
+            assert len(d) == (per // 2 if drop_last else per // 2 + 1)
+            got = [b.t0 for b in d]
+            assert torch.cat(got).tolist() == d.epoch_times(0)[: len(d) * 2].tolist()
+        read = 3 * (per - per % 2 if drop_last else per)
+        said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+        assert len(said) == (1 if read < n_valid else 0), said
+        if said:
+            assert said[0].startswith(f"fastload: {n_valid - read} of the {n_valid} initial times"), said
+
+
 def test_epoch_plan_is_seeded_and_ranks_are_disjoint(store):
     path, _ = store
     roll = RolloutConfig(steps=1, batch_size=1)
