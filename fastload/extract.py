@@ -257,7 +257,9 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
     Raises
     ------
     ConfigError
-        A field, level or box that does not fit the store, or normalisation without coefficients.
+        A field, level or box that does not fit the store, or normalisation without coefficients: for the field,
+        or for a month a box reads (only the boxes' months need them, not the whole record's; the first box that
+        needs a missing month is named).
     ChunkReadError
         A chunk that cannot be read or decoded.
     ChunkTimeoutError
@@ -284,7 +286,10 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
             names = [f.name for f in config.fields if f.normalization != "none"]
             raise ConfigError(f"fields {names} normalise but no coefficients were given: set norm_path in the "
                               f"config or pass norm= (a fastload.norm.Normalizer or its path)")
-        normalizer.check(store, config)
+        # the months the boxes read (every time step of each), not the whole record: coefficients for January
+        # serve boxes in January of a store that also holds February (the Loader checks the whole record)
+        steps = b[:, :1] + np.arange(config.box[0], dtype=np.int64) * config.time_step  # (B, nt * tt)
+        normalizer.check(store, config, time_steps=steps)
 
     outs = allocate_outputs(config, b.shape[0], torch=as_torch)
     if b.shape[0]:  # no boxes: nothing to read, and no months to take coefficients for

@@ -351,15 +351,20 @@ class Normalizer:
 
     # -- consistency with a data store ------------------------------------------------------------------------------
     def check_field(
-        self, store: Any, field: str, levels: Sequence[float] | None, transform: str | None
+        self, store: Any, field: str, levels: Sequence[float] | None, transform: str | None, *,
+        time_steps: Any = None,
     ) -> None:
         """Check that the coefficients of ``field`` fit ``store`` (a :class:`fastload.store.Store`).
+
+        ``time_steps``: the store time indices each box reads, one row per box (:func:`fastload.extract`'s boxes,
+        shape ``(B, n)``): only their months need coefficients, and a box needing a month without any is named.
+        None: every month of the store's time axis (the Loader's random placement can reach any).
 
         Raises
         ------
         ConfigError
-            The field, a level, or the transform does not match, or a month of the store's time axis has no
-            coefficients.
+            The field, a level, or the transform does not match, or a month of the store's time axis (of the
+            boxes, with ``time_steps``) has no coefficients.
         SchemaError
             The grid differs (shape, or first/last latitude or longitude, e.g. flipped latitude order).
         """
@@ -391,7 +396,9 @@ class Normalizer:
                 f"{self._where()} were computed after transform {have_t!r}; recompute with fastload stats "
                 f"--transform {field}={transform or 'none'} or change the config"
             )
-        if store.time is not None and store.fields[field].has_time:
+        if store.time is None or not store.fields[field].has_time:
+            return
+        if time_steps is None:
             need = sorted(set(np.unique(months_of(store.time)).tolist()))
             absent = sorted(set(need) - set(self.months_present(field)))
             if absent:
@@ -399,16 +406,36 @@ class Normalizer:
                     f"field {field!r}: the data store has times in {[MONTH_NAMES[m] for m in absent]} but the "
                     f"normalisation store {self._where()} has no coefficients for those months"
                 )
+            return
+        steps = np.asarray(time_steps, dtype=np.int64)  # (B, n)
+        if steps.ndim != 2:
+            raise ConfigError(f"check: time_steps: expected (boxes, steps) store time indices, got shape {steps.shape}")
+        times = np.asarray(store.time)
+        lacking = ~np.isin(months_of(times[steps]), list(self.months_present(field)))  # (B, n)
+        if lacking.any():  # (none with no boxes)
+            i = int(np.flatnonzero(lacking.any(axis=1))[0])
+            row = steps[i]
+            absent = [MONTH_NAMES[m] for m in sorted(set(months_of(times[row[lacking[i]]]).tolist()))]
+            span = f"{str(times[row[0]])[:16]} .. {str(times[row[-1]])[:16]}"
+            raise ConfigError(
+                f"field {field!r}: box {i} (store time steps {row[0]}..{row[-1]}, {span}) reads times in {absent}, "
+                f"but the normalisation store {self._where()} has coefficients only for "
+                f"{[MONTH_NAMES[m] for m in self.months_present(field)]}; recompute with fastload stats over a time "
+                f"range covering them"
+            )
 
-    def check(self, store: Any, config: Any) -> None:
+    def check(self, store: Any, config: Any, *, time_steps: Any = None) -> None:
         """Check every normalised field of a :class:`~fastload.config.SamplingConfig` against ``store``.
+
+        ``time_steps`` (``(B, n)`` store time indices of each box, one row per box): only the boxes' months need
+        coefficients (:func:`fastload.extract`); None: every month of the store's time axis (the Loader).
 
         Also refuses "local" normalisation of a static field (no time axis in ``store``): each point's std over
         time is 0, so the std guard would turn every value into ``(x - x) / floor = 0``.
         """
         for f in config.fields:
             if f.normalization != "none":
-                self.check_field(store, f.name, f.levels, f.transform)
+                self.check_field(store, f.name, f.levels, f.transform, time_steps=time_steps)
             if f.normalization == "local" and (store.time is None or not store.fields[f.name].has_time):
                 raise ConfigError(
                     f"fields.{f.name}: the field is static (no time axis in {store.path}): local normalisation "

@@ -637,3 +637,34 @@ def test_a_given_up_group_makes_no_further_request(tmp_path):
         time.sleep(0.01)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("fastload-extract")]
     assert after == [], f"{len(after)} requests made for nobody after extract gave up"
+
+
+def test_coefficients_for_the_boxes_months_are_enough(tmp_path):
+    """Coefficients of January only (``fastload stats --time-range``) for a store of January and February: boxes
+    whose every time step is in January extract, normalised with January's coefficients (NumPy's formula); the
+    first box that reads a February step is named. (extract checked the whole record and refused both.)"""
+    from .test_stats import write_per_variable
+
+    data, time = write_per_variable(tmp_path / "s.zarr", nt=12, start="2000-01-30", freq="12h")
+    assert str(time[3])[:10] == "2000-01-31" and str(time[4])[:10] == "2000-02-01"
+    npath = compute_stats(str(tmp_path / "s.zarr"), tmp_path / "jan.zarr",
+                          StatsConfig(time_range=(None, "2000-01"), progress=False))
+    norm = Normalizer(npath)
+    assert norm.months_present("temperature") == (0,)
+    store = open_store(tmp_path / "s.zarr")
+    f = FieldConfig(name="temperature", levels=(105.0, 96.0), num_tokens=(2, 1, 2), token_size=(1, 3, 3),
+                    normalization="local")
+    cfg = SamplingConfig(fields=[f], norm_path=str(npath))
+    boxes = np.array([[0, 0, 10], [2, 6, 0]])  # time steps 0-1 and 2-3: January
+    got = extract(store, cfg, boxes)["temperature"].data
+    mean, std = norm.coefficients("temperature", "local", f.levels, [0])  # (1, L, NY, NX)
+    x = [(x0 + np.arange(f.box[2])) % 12 for _, _, x0 in boxes]
+    mu = np.stack([mean[0][:, y0:y0 + f.box[1]][..., xi] for (_, y0, _), xi in zip(boxes, x)])[:, :, None]
+    sd = np.stack([std[0][:, y0:y0 + f.box[1]][..., xi] for (_, y0, _), xi in zip(boxes, x)])[:, :, None]
+    raw = crop(data["temperature"], boxes, f.box, levels=[1, 0]).astype(np.float32)  # (B, L, T, H, W)
+    assert np.array_equal(got, tokens((raw - mu) / sd, f), equal_nan=True)
+    with pytest.raises(ConfigError, match=r"field 'temperature': box 1 \(store time steps 3\.\.4, 2000-01-31T12:00 "
+                                          r"\.\. 2000-02-01T00:00\) reads times in \['Feb'\].*only for \['Jan'\]"):
+        extract(store, cfg, [[0, 0, 0], [3, 0, 0], [6, 0, 0]])
+    with pytest.raises(ConfigError, match=r"the data store has times in \['Feb'\]"):  # the Loader: whole record
+        norm.check(store, cfg)

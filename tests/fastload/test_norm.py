@@ -236,3 +236,30 @@ def test_bad_paths(tmp_path, stores):
         Normalizer(tmp_path / "missing.zarr")
     with pytest.raises(SchemaError, match="not a fastload normalisation store"):
         Normalizer(stores[0] / "d.zarr")  # the data store is not a coefficient store
+
+
+def test_check_with_time_steps_needs_only_the_months_the_boxes_read(stores, tmp_path):
+    """Coefficients for March only, a store of March and April: the whole-record check (the Loader's: random
+    placement reaches any month) refuses it; with the time steps of given boxes only their months count, and the
+    first box reading April is named with its steps and times."""
+    d, _, time, _ = stores
+    march = compute_stats(str(d / "d.zarr"), tmp_path / "march.zarr",
+                          StatsConfig(time_range=(None, "2000-03"), progress=False))
+    n = Normalizer(march)
+    assert n.months_present("temperature") == (2,)
+    store = open_store(str(d / "d.zarr"))
+    last_march = int(np.flatnonzero(months_of(time) == 2)[-1])  # 23: 2000-03-31T12:00
+    cfg = _config()
+    with pytest.raises(ConfigError, match=r"temperature.*times in \['Apr'\]"):
+        n.check(store, cfg)
+    inside = np.array([[0, 1], [last_march - 1, last_march]])  # (boxes, steps), all in March
+    n.check(store, cfg, time_steps=inside)
+    n.check(store, cfg, time_steps=np.zeros((0, 2), np.int64))  # no boxes: no months needed
+    across = np.array([[0, 1], [3, 4], [last_march, last_march + 1], [last_march + 1, last_march + 2]])
+    with pytest.raises(ConfigError, match=rf"field 'temperature': box 2 \(store time steps {last_march}\.\."
+                                          rf"{last_march + 1}, 2000-03-31T12:00 \.\. 2000-04-01T00:00\) reads times in "
+                                          rf"\['Apr'\], but .*march.zarr' has coefficients only for \['Mar'\]"):
+        n.check(store, cfg, time_steps=across)
+    with pytest.raises(ConfigError, match=r"time_steps: expected \(boxes, steps\)"):
+        n.check(store, cfg, time_steps=np.arange(3))
+    n.check(store, _config(name="orography", levels=None, normalization="global"), time_steps=across)  # static
