@@ -1,7 +1,8 @@
 """Model core: the Multiformer and the latent Forecaster (torch only; knows nothing of fastload).
 
 - :class:`Multiformer` / :class:`MultiformerConfig` (``tiny()``, ``atmorep()``): masked-token pre-training on the
-  sampler's token tensors (the batch layout is documented in :mod:`model.multiformer`).
+  sampler's token tensors (the batch layout is documented in :mod:`model.multiformer`); :func:`model_inputs` turns
+  a ``fastload.Batch`` into that layout (``net(model.model_inputs(batch))``).
 - :class:`Forecaster` / :class:`ForecasterConfig`: encoder -> adapter -> global latent tail -> read-out, with
   :meth:`Forecaster.rollout` and a multi-step :meth:`Forecaster.rollout_loss`.
 - :mod:`model.losses`: per-member MSE, ensemble statistics, fair CRPS, latitude-weighted MSE.
@@ -10,6 +11,7 @@
 - :mod:`model.stitch`: seam-free blending of overlapping tiles.
 """
 
+from ._batch import model_inputs
 from ._config import ModelConfigError
 from .checkpoint import assemble_multiformer, load_checkpoint, save_checkpoint
 from .compile import apply_activation_checkpointing, apply_compile
@@ -32,6 +34,7 @@ __all__ = [
     "FieldSpec",
     "Multiformer",
     "MultiformerConfig",
+    "model_inputs",
     "Forecaster",
     "ForecasterConfig",
     "TileGeometry",

@@ -8,7 +8,7 @@ unless marked ``# sync point:``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "META_KEYS",
+    "model_inputs",
     "check_batch",
     "padding_masks",
     "attention_keys",
@@ -33,16 +34,52 @@ __all__ = [
 META_KEYS = ("time_of_day", "day_of_year", "lat", "lon")
 
 
-def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int = 1) -> None:
-    """Raise ``ValueError`` naming the field and entry unless ``batch`` matches the config's shapes.
+MASK_DTYPES = (torch.bool, torch.uint8)  # mask / valid: bool, or uint8 read as bool (non-zero = True)
+_LAYOUT = "{field: {'tokens': tensor, 'meta': {...}, ...}} (the layout of model.multiformer)"
+_HINTS = {1: "; model.model_inputs(batch) makes it from a fastload Batch",
+          2: "; a fastload RolloutBatch gives it with batch.model_inputs()"}
 
-    ``lead`` is the number of leading batch axes (1 for the Multiformer, 2 for tiles ``(B, T)``).
+
+def _got(x: Any) -> str:
+    """What ``x`` is, for an error message: a tensor's dtype and shape, else its type."""
+    if isinstance(x, torch.Tensor):
+        return f"a {str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"
+
+
+def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int = 1) -> None:
+    """Raise :class:`ModelConfigError` naming the field and entry unless ``batch`` matches the config's layout,
+    shapes and dtypes (host metadata only: no tensor values are read).
+
+    ``lead`` is the number of leading batch axes (1 for the Multiformer, 2 for tiles ``(B, T)``). Dtypes: ``tokens``
+    and ``target`` floating point (float16/bfloat16/float32/float64: NaN marks a missing value, and the embedding
+    casts them to its own dtype; integer values cannot mark one and are not normalised data); ``mask`` and
+    ``valid`` bool, or uint8 read as bool (non-zero = True); ``valid_values`` bool. A fastload ``Batch``, or its
+    ``fields`` (tensors, not the per-field mappings), is named as such, with the function that converts it.
     """
+    hint = _HINTS.get(lead, "")
+    if not isinstance(batch, Mapping):
+        if hasattr(batch, "fields") and hasattr(batch, "meta"):
+            raise ModelConfigError(
+                f"batch: expected a mapping {_LAYOUT}, got a loader batch ({type(batch).__name__}){hint}"
+            )
+        raise ModelConfigError(f"batch: expected a mapping {_LAYOUT}, got {_got(batch)}{hint}")
     for spec in config.fields:
         if spec.name not in batch:
             raise ModelConfigError(f"batch: no field {spec.name!r}; has {sorted(batch)}")
         item = batch[spec.name]
+        if not isinstance(item, Mapping) or "tokens" not in item or not isinstance(item.get("meta"), Mapping):
+            what = _got(item) if not isinstance(item, Mapping) else f"a mapping with keys {sorted(item)}"
+            raise ModelConfigError(
+                f"batch[{spec.name!r}]: expected a mapping with 'tokens' (a tensor) and 'meta' (a mapping of "
+                f"per-token tensors), got {what}{hint}"
+            )
         tokens = item["tokens"]
+        if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
+            raise ModelConfigError(
+                f"batch[{spec.name!r}]['tokens']: expected a floating-point tensor (normalised values, NaN where "
+                f"missing), got {_got(tokens)}"
+            )
         if tuple(tokens.shape[lead:]) != spec.sample_shape or tokens.dim() != lead + 7:
             raise ModelConfigError(
                 f"batch[{spec.name!r}]['tokens']: expected shape (batch..., {', '.join(map(str, spec.sample_shape))})"
@@ -52,29 +89,43 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
         for key in META_KEYS:
             if key not in item["meta"]:
                 raise ModelConfigError(f"batch[{spec.name!r}]['meta']: missing {key!r}")
-        for name, t in [*item["meta"].items(), ("mask", item.get("mask")), ("valid", item.get("valid"))]:
-            if t is not None and tuple(t.shape) != grid:
+        entries = [(f"['meta'][{k!r}]", t) for k, t in item["meta"].items()]
+        entries += [(f"[{k!r}]", item[k]) for k in ("mask", "valid") if item.get(k) is not None]
+        for name, t in entries:
+            if not isinstance(t, torch.Tensor):
+                raise ModelConfigError(f"batch[{spec.name!r}]{name}: expected a tensor of shape {grid}, got {_got(t)}")
+            if tuple(t.shape) != grid:
                 raise ModelConfigError(
-                    f"batch[{spec.name!r}] {name!r}: expected shape {grid}, got {tuple(t.shape)}"
+                    f"batch[{spec.name!r}]{name}: expected shape {grid}, got {tuple(t.shape)}"
+                )
+        for key, means in (("mask", "True = masked, to predict"), ("valid", "True = a real token, not padding")):
+            t = item.get(key)
+            if t is not None and t.dtype not in MASK_DTYPES:
+                raise ModelConfigError(
+                    f"batch[{spec.name!r}][{key!r}]: expected a bool tensor ({means}; uint8 is read as bool), got "
+                    f"{str(t.dtype).removeprefix('torch.')} (convert it, e.g. {key}.bool() or {key} > 0.5)"
                 )
         target = item.get("target")
-        if target is not None and tuple(target.shape) != tuple(tokens.shape):
+        if target is not None and (not isinstance(target, torch.Tensor) or not target.is_floating_point()
+                                   or tuple(target.shape) != tuple(tokens.shape)):
             raise ModelConfigError(
-                f"batch[{spec.name!r}] 'target': expected the tokens' shape {tuple(tokens.shape)}, "
-                f"got {tuple(target.shape)}"
+                f"batch[{spec.name!r}]['target']: expected a floating-point tensor of the tokens' shape "
+                f"{tuple(tokens.shape)}, got {_got(target)}"
             )
         vv = item.get("valid_values")
         if vv is not None:
-            try:
-                torch.broadcast_shapes(tuple(vv.shape), tuple(tokens.shape))
-            except RuntimeError:
-                ok = False
-            else:
-                ok = vv.dim() == tokens.dim() and vv.dtype == torch.bool
+            ok = isinstance(vv, torch.Tensor)
+            if ok:
+                try:
+                    torch.broadcast_shapes(tuple(vv.shape), tuple(tokens.shape))
+                except RuntimeError:
+                    ok = False
+                else:
+                    ok = vv.dim() == tokens.dim() and vv.dtype == torch.bool
             if not ok:
                 raise ModelConfigError(
-                    f"batch[{spec.name!r}] 'valid_values': expected a bool tensor broadcastable to the tokens' "
-                    f"shape {tuple(tokens.shape)} with as many axes, got {vv.dtype} {tuple(vv.shape)}"
+                    f"batch[{spec.name!r}]['valid_values']: expected a bool tensor broadcastable to the tokens' "
+                    f"shape {tuple(tokens.shape)} with as many axes, got {_got(vv)}"
                 )
 
 
@@ -141,7 +192,7 @@ def attention_keys(item: Mapping[str, Any]) -> torch.Tensor:
     keys = keys.reshape(b, -1)  # (B, S)
     v = item.get("valid")
     if v is not None:
-        keys = keys & v.reshape(b, -1)
+        keys = keys & v.reshape(b, -1).bool()  # uint8 allowed (check_batch); a bool tensor is not copied
     return keys | ~keys.any(-1, keepdim=True)
 
 
@@ -252,3 +303,94 @@ def slice_item(item: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]
         k: ({m: x[start:stop] for m, x in v.items()} if k == "meta" else v[start:stop])
         for k, v in item.items()
     }
+
+
+def model_inputs(batch: Any, device: Any = None, *, levelled: Iterable[str] | None = None) -> dict[str, Any]:
+    """A fastload loader batch as the Multiformer's input: ``net(model_inputs(batch))``.
+
+    ``model`` does not import fastload, so ``batch`` is read by its attributes, those of a ``fastload.Batch``:
+    ``fields`` ``{field: (B, L, nt, nlat, nlon, tt, tlat, tlon)}`` (the targets), ``meta`` (per field ``hour``,
+    ``day_of_year`` ``(B, nt)``, ``lat``, ``lon`` ``(B, nlat, nlon)``, ``level`` ``(L,)`` and, for point-sampled
+    fields or a store that repeats places, ``valid`` ``(B, nlat, nlon, K)`` bool), and ``masks`` and ``sources``
+    (None unless the loader masks: ``Loader(..., masking=...)``).
+
+    Each field's ``tokens`` are the loader's masked ``sources`` and its ``mask`` the loader's ``masks`` when it
+    masks, else the ``fields`` themselves (nothing masked: a loss scores every token); ``target`` is always
+    ``fields``. The per-token metadata are broadcast to ``(B, L, nt, nlat, nlon)`` as views (no copies). A field
+    with a ``valid`` slot mask gets ``valid_values`` and ``valid`` from :func:`padding_masks` of its ``tokens``
+    (never of the target, so that training and inference attend alike). The result goes to
+    :class:`~model.Multiformer` and :func:`~model.losses.multiformer_loss` as is::
+
+        inputs = model.model_inputs(batch)
+        loss, per_field = model.multiformer_loss(net(inputs), inputs)
+
+    Parameters
+    ----------
+    batch : fastload.Batch
+        One batch of a ``fastload.Loader`` (not a ``RolloutBatch``: its ``batch.model_inputs()`` gives the
+        Forecaster's layout).
+    device : torch.device or str, optional
+        Where the inputs go: a tensor elsewhere is copied there (non-blocking to an accelerator; a copy to the CPU
+        blocks, so its values are there when it returns). None: where they are (a Loader's device).
+    levelled : iterable of str, optional
+        The fields that get ``meta["level"]`` (the level embedding is then looked up by value and must be in the
+        field's ``FieldSpec.levels``). None: every field whose ``meta`` has ``level``; a field without levels has
+        NaN there, which the model reads as "not given".
+
+    Returns
+    -------
+    dict
+        ``{field: {"tokens", "target", "meta", ["mask"], ["valid_values", "valid"]}}``, the layout documented in
+        :mod:`model.multiformer`.
+    """
+    fields, meta = getattr(batch, "fields", None), getattr(batch, "meta", None)
+    if not isinstance(fields, Mapping) or not isinstance(meta, Mapping):
+        raise ModelConfigError(
+            f"model_inputs: expected a fastload Batch (with .fields and .meta mappings), got {_got(batch)}"
+        )
+    masks, sources = getattr(batch, "masks", None), getattr(batch, "sources", None)
+    names = list(fields) if levelled is None else list(levelled)
+    unknown = sorted(set(names) - set(fields))
+    if unknown:
+        raise ModelConfigError(f"model_inputs: levelled names field(s) {unknown} the batch does not have; it has "
+                               f"{sorted(fields)}")
+    dev = None if device is None else torch.device(device)
+
+    def to(t: Any) -> Any:
+        if dev is None or not isinstance(t, torch.Tensor) or t.device == dev:
+            return t
+        return t.to(dev, non_blocking=dev.type != "cpu")  # to the CPU: blocking, else its values may not be there
+
+    out: dict[str, Any] = {}
+    for name, target in fields.items():
+        where = f"model_inputs: batch.fields[{name!r}]"
+        if not isinstance(target, torch.Tensor) or target.dim() != 8:
+            raise ModelConfigError(
+                f"{where}: expected a tensor (B, L, nt, nlat, nlon, tt, tlat, tlon), got {_got(target)} (a fastload "
+                f"RolloutBatch has its own batch.model_inputs(), in the Forecaster's layout)"
+            )
+        m = meta.get(name)
+        want = ("hour", "day_of_year", "lat", "lon") + (("level",) if name in names and levelled is not None else ())
+        lacking = [k for k in want if not isinstance(m, Mapping) or k not in m]
+        if lacking:
+            raise ModelConfigError(f"model_inputs: batch.meta[{name!r}]: missing {lacking}")
+        target = to(target)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
+        grid = tuple(target.shape[:5])
+        hour, doy = to(m["hour"]), to(m["day_of_year"])  # (B, nt)
+        lat, lon = to(m["lat"]), to(m["lon"])  # (B, nlat, nlon)
+        item_meta = {"time_of_day": hour[:, None, :, None, None].expand(grid),
+                     "day_of_year": doy[:, None, :, None, None].expand(grid),
+                     "lat": lat[:, None, None].expand(grid), "lon": lon[:, None, None].expand(grid)}
+        if name in names and "level" in m:
+            item_meta["level"] = to(m["level"])[None, :, None, None, None].expand(grid)  # (L,) -> grid
+        item: dict[str, Any] = {"tokens": target, "target": target, "meta": item_meta}
+        if masks is not None:
+            if sources is None or name not in masks or name not in sources:
+                raise ModelConfigError(f"model_inputs: batch.masks and batch.sources: expected both, with field "
+                                       f"{name!r}")
+            item["tokens"] = to(sources[name])
+            item["mask"] = to(masks[name])  # (B, L, nt, nlat, nlon) bool
+        if m.get("valid") is not None:  # point slots (B, nlat, nlon, K): False = padding; from the inputs
+            item.update(padding_masks(item["tokens"], to(m["valid"])))
+        out[name] = item
+    return out

@@ -5,13 +5,14 @@ the reusable pieces (attention, MLP, features) live in :mod:`model.layers`. Comp
 are applied from outside (:mod:`model.compile`); NVTX labels hang on the module names
 (``embed.<field>``, ``encoder.layers.<i>``, ``decoder.layers.<i>``, ``tail.<field>``).
 
-The batch (plain tensors; ``model`` knows nothing of fastload). For each field name of the config::
+The batch (plain tensors; ``model`` knows nothing of fastload: :func:`model.model_inputs` turns a
+``fastload.Batch`` into this). For each field name of the config::
 
     batch[field] = {
-        "tokens": (B, L, nt, nlat, nlon, tt, tlat, tlon) float32 | bfloat16   # normalised values, as the sampler lays out
+        "tokens": (B, L, nt, nlat, nlon, tt, tlat, tlon) floating point    # normalised values, as the sampler lays out
         "meta": {                                         # per-token float tensors, each (B, L, nt, nlat, nlon)
             "time_of_day": hours 0-24, "day_of_year": 0-366, "lat": degrees, "lon": degrees,
-            "level": level value (optional; nearest entry of the field's level table; default: position along L),
+            "level": level value (optional; one of the field's FieldSpec.levels; default: position along L),
             # a NaN time_of_day/day_of_year (no time axis) or level (no level axis) means "not given"
         },
         "mask":  (B, L, nt, nlat, nlon) bool, True = masked (to predict)     # optional: nothing masked
@@ -19,6 +20,14 @@ The batch (plain tensors; ``model`` knows nothing of fastload). For each field n
         "valid_values": bool broadcastable to tokens, True = a real value  # optional: all real
         "target": like tokens                                                # optional, for losses: default tokens
     }
+
+Tokens and targets may be any floating dtype (cast to the model's); ``mask`` and ``valid`` may be uint8 (non-zero =
+True). A ``level`` value is looked up in the field's table (relative tolerance 1e-5): a value that is none of its
+entries raises :class:`ModelConfigError` naming the values and the table, so it never silently shares another
+level's embedding. That check rides on the forward's one host read (below), so it is skipped where there is none
+(every field gives ``valid`` and the batch is on an accelerator) and under ``torch.compile``; there a stray value
+takes the nearest entry's embedding. Anything else out of layout (shapes, dtypes, missing keys) raises
+:class:`ModelConfigError` before any computation (:func:`model._batch.check_batch`).
 
 Missing values and padding. A value is *missing* where it is not finite (the loader gives NaN where a store
 declares a value missing: an ocean field's land, say) or where ``valid_values`` is False (a padding slot: a field
@@ -329,7 +338,7 @@ class FieldEmbedding(nn.Module):
         x = self.token(tokens.reshape(*grid, -1).to(dtype))  # (B, L, nt, nlat, nlon, d)
         x = x + self.missing((~present).reshape(*grid, -1).to(dtype))
         if self.mask_token is not None and mask is not None:
-            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+            x = torch.where(mask.bool()[..., None], self.mask_token.to(x.dtype), x)  # uint8 allowed; bool: no copy
         f32 = {k: meta[k].to(torch.float32) for k in META_KEYS}
         feats = torch.cat(
             [

@@ -141,5 +141,5 @@ def test_forecaster_refuses_a_mask_or_valid_not_of_the_grid_shape():
     item = batch["t"]
     grid = item["tokens"].shape[:6]
     for key in ("mask", "valid"):
-        with pytest.raises(ModelConfigError, match=rf"batch\['t'\] '{key}': expected shape"):
+        with pytest.raises(ModelConfigError, match=rf"batch\['t'\]\['{key}'\]: expected shape"):
             model.encode({"t": {**item, key: torch.ones(1, *grid[1:], dtype=torch.bool)}})

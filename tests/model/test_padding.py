@@ -105,5 +105,5 @@ def test_multiformer_ignores_padding_slots_nans_and_padded_tokens():
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-5)
     bad = dict(batch)
     bad[cfg.fields[0].name] = {**batch[cfg.fields[0].name], "valid_values": torch.ones(3, 3, dtype=torch.bool)}
-    with pytest.raises(ModelConfigError, match="'valid_values': expected a bool tensor broadcastable"):
+    with pytest.raises(ModelConfigError, match=r"\['valid_values'\]: expected a bool tensor broadcastable"):
         model(bad)
