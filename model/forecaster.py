@@ -43,6 +43,7 @@ from torch import nn
 
 from ._batch import check_batch, encode_fields, flatten_item, slice_item, static_mask
 from ._config import ConfigBase, ModelConfigError, check_fraction, positive_int
+from ._geometry import RolloutCheck, TileGeometry, lead_hours
 from .layers import (
     MLP,
     AdaLNModulation,
@@ -144,14 +145,6 @@ class ForecasterConfig(ConfigBase):
             ensemble_size=4,
         )
         return cls(**{**base, **overrides})
-
-
-class TileGeometry(NamedTuple):
-    """Where the tiles of the global tiling sit: centres ``lat``, ``lon`` (T,) degrees; ``neighbors`` (T, K)."""
-
-    lat: torch.Tensor
-    lon: torch.Tensor
-    neighbors: torch.Tensor
 
 
 class Rollout(NamedTuple):
@@ -363,6 +356,7 @@ class Forecaster(nn.Module):
         self.adapter = Adapter(mcfg, config)
         self.tail = LatentTail(config)
         self.readout = ReadOut(mcfg, config)
+        self._check = RolloutCheck()  # state, geometry and lead time, once per call (model._geometry)
 
     def encode(self, batch: Mapping[str, Any], tiles_per_chunk: int | None = None) -> torch.Tensor:
         """Latent of every tile: ``batch`` with leading axes (B, T) -> (B, T, Q, C).
@@ -399,8 +393,11 @@ class Forecaster(nn.Module):
         self, state: torch.Tensor, lead_time: float | torch.Tensor, geometry: TileGeometry
     ) -> torch.Tensor:
         """One step ahead: state (B, W, T, Q, C) -> the next state (window shifted by one)."""
-        lead = _lead(lead_time, state)
-        new = self.tail(state, lead, geometry)
+        self._check("step", self.config, state, geometry, lead_time)
+        return self._step(state, lead_time, geometry)
+
+    def _step(self, state: torch.Tensor, lead_time: float | torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
+        new = self.tail(state, lead_hours(lead_time, state), geometry)
         return torch.cat([state[:, 1:], new.unsqueeze(1)], dim=1)
 
     def missing_points(
@@ -465,6 +462,10 @@ class Forecaster(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Decode the newest latent of ``state``: ``{field: (B, E, T, L, nt_out, nlat, nlon, tt, tlat, tlon)}``,
         NaN where ``missing`` (:meth:`missing_points`) is True."""
+        self._check("decode", self.config, state, geometry)
+        return self._decode(state, geometry, missing)
+
+    def _decode(self, state: torch.Tensor, geometry: TileGeometry, missing: Any = None) -> dict[str, torch.Tensor]:
         out = self.readout(state[:, -1], geometry)
         if missing is not None:
             # in place unless autograd records the decode (the decoded tiles are the rollout's largest tensor)
@@ -519,11 +520,12 @@ class Forecaster(nn.Module):
         want = {steps} if decode_at is None else set(decode_at)
         if not want <= set(range(1, steps + 1)):
             raise ModelConfigError(f"decode_at: steps must lie in 1..{steps}, got {sorted(want)}")
+        self._check("rollout", self.config, state, geometry, lead_time)  # once, not per step
         outputs = {}
         for k in range(1, steps + 1):
-            state = self.step(state, lead_time, geometry)
+            state = self._step(state, lead_time, geometry)
             if k in want:
-                dec = self.decode(state, geometry, missing)
+                dec = self._decode(state, geometry, missing)
                 outputs[k] = dec if stitch is None else {f: stitch(f, x) for f, x in dec.items()}
         return Rollout(state, outputs)
 
@@ -548,11 +550,12 @@ class Forecaster(nn.Module):
         weights = [1.0] * len(targets) if step_weights is None else list(step_weights)
         if len(weights) != len(targets) or not targets:
             raise ModelConfigError(f"rollout_loss: {len(targets)} targets but {len(weights)} step weights")
+        self._check("rollout_loss", self.config, state, geometry, lead_time)  # once, not per step
         total, per_step = state.new_zeros((), dtype=torch.float32), []
         for target, w in zip(targets, weights):
-            state = self.step(state, lead_time, geometry)
+            state = self._step(state, lead_time, geometry)
             loss = state.new_zeros((), dtype=torch.float32)
-            for f, ens in self.decode(state, geometry).items():
+            for f, ens in self._decode(state, geometry).items():
                 b, e, t = ens.shape[:3]
                 flat = ens.transpose(1, 2).reshape(b * t, e, -1, math.prod(ens.shape[-3:]))  # (B*T, E, S, D)
                 item = target[f]
@@ -592,9 +595,3 @@ class Forecaster(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def _lead(lead_time: float | torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    if isinstance(lead_time, torch.Tensor):
-        return lead_time.to(state.device).float().expand(state.shape[0])
-    return torch.full((state.shape[0],), float(lead_time), device=state.device)

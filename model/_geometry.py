@@ -1,0 +1,137 @@
+"""The Forecaster's rollout inputs besides the batch: the tile geometry and the lead time, checked against a state.
+
+Why a module of its own: :meth:`~model.forecaster.Forecaster.step`, ``rollout``, ``rollout_loss`` and ``decode``
+all take a state ``(B, W, T, Q, C)``, a :class:`TileGeometry` and (but ``decode``) a lead time, and a geometry or
+lead time that does not fit the state used to fail deep in torch: a raw broadcast error for a wrong tile count, an
+``IndexError`` (on a GPU, a device-side assert that poisons the CUDA context) for a neighbour index ``>= T``, a raw
+``expand`` error for a lead time of another batch size. :class:`RolloutCheck` checks them once per call, before the
+first step, and names the argument, what it expected and what it got.
+
+Host syncs: shapes, dtypes and devices are host metadata. The neighbour *values* are not: on an accelerator, reading
+them is a host sync. :class:`RolloutCheck` reads them once per neighbours tensor (it remembers the last tensor it
+checked and its version counter, which any in-place change bumps), so a geometry used for every step of every
+rollout, as a training loop does, costs one read in all, not one per step; neighbours on the CPU cost no sync.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import torch
+
+from ._config import ModelConfigError
+
+__all__ = ["TileGeometry", "RolloutCheck", "lead_hours"]
+
+_NO_LEAD = object()  # RolloutCheck(...) without a lead time (decode)
+
+
+class TileGeometry(NamedTuple):
+    """Where the tiles of the global tiling sit: centres ``lat``, ``lon`` (T,) degrees; ``neighbors`` (T, K).
+
+    ``lat`` and ``lon`` are floating-point tensors on the model's device; ``neighbors`` an integer tensor of tile
+    indices in ``[0, T)`` (anywhere: it is moved to the model's device; keep it on the CPU to have it checked
+    without a host sync, or reuse one tensor, which is read once).
+    """
+
+    lat: torch.Tensor
+    lon: torch.Tensor
+    neighbors: torch.Tensor
+
+
+def _got(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)} on {x.device}"
+    return f"a {type(x).__name__}"
+
+
+def lead_hours(lead_time: float | torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float32 lead times in hours on the state's device, from a number or a ``()``, ``(1,)`` or ``(B,)``
+    tensor (checked by :meth:`RolloutCheck.lead`)."""
+    if isinstance(lead_time, torch.Tensor):
+        return lead_time.to(state.device).float().expand(state.shape[0])
+    return torch.full((state.shape[0],), float(lead_time), device=state.device)
+
+
+class RolloutCheck:
+    """Checks a rollout's state, geometry and lead time (host metadata; see the module notes for the one read)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: tuple[torch.Tensor, int, int] | None = None  # the last neighbours checked: tensor, version, T
+
+    def __call__(self, where: str, config: Any, state: Any, geometry: Any, lead_time: Any = _NO_LEAD) -> None:
+        """:class:`ModelConfigError` naming ``where`` and the argument unless ``state`` fits ``config`` and
+        ``geometry`` and ``lead_time`` (where given: ``decode`` takes none) fit ``state``."""
+        self.state(state, config, where)
+        if lead_time is not _NO_LEAD:
+            self.lead(lead_time, state.shape[0], where)
+        self.geometry(geometry, state, where)
+
+    def state(self, state: Any, config: Any, where: str) -> None:
+        """``state`` is ``(B, W, T, Q, C)`` with the config's ``input_window``, ``latent_queries``, ``latent_dim``."""
+        want = (config.input_window, config.latent_queries, config.latent_dim)
+        if not isinstance(state, torch.Tensor) or state.dim() != 5 or (state.shape[1], *state.shape[3:]) != want:
+            raise ModelConfigError(
+                f"{where}: state: expected a tensor (B, W, T, Q, C) with W, Q, C = {want} (input_window, "
+                f"latent_queries, latent_dim; Forecaster.initial_state makes one), got {_got(state)}"
+            )
+
+    def lead(self, lead_time: Any, batch: int, where: str) -> None:
+        """``lead_time`` is a finite number, or a real tensor of shape ``()``, ``(1,)`` or ``(batch,)``."""
+        if isinstance(lead_time, torch.Tensor):
+            ok = lead_time.dim() <= 1 and lead_time.numel() in (1, batch) and lead_time.dtype != torch.bool \
+                and not lead_time.is_complex()
+        else:
+            ok = isinstance(lead_time, numbers.Real) and not isinstance(lead_time, bool) \
+                and math.isfinite(float(lead_time))
+        if not ok:
+            got = repr(lead_time) if isinstance(lead_time, numbers.Real) else _got(lead_time)
+            raise ModelConfigError(
+                f"{where}: lead_time: expected hours per step, a finite number or a real tensor of shape (), (1,) or "
+                f"(B,) = ({batch},) (the state's batch size), got {got}"
+            )
+
+    def geometry(self, geometry: Any, state: torch.Tensor, where: str) -> None:
+        """``geometry`` is a :class:`TileGeometry` of the state's ``T`` tiles: ``lat``, ``lon`` ``(T,)`` on the
+        state's device, ``neighbors`` ``(T, K)`` integer indices in ``[0, T)``."""
+        t = state.shape[2]
+        if not isinstance(geometry, tuple) or len(geometry) != 3:
+            raise ModelConfigError(f"{where}: geometry: expected a TileGeometry(lat, lon, neighbors), got "
+                                   f"{_got(geometry)}")
+        lat, lon, nb = geometry
+        for name, x in (("lat", lat), ("lon", lon)):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != (t,) or not x.is_floating_point():
+                raise ModelConfigError(
+                    f"{where}: geometry.{name}: expected a floating-point tensor of shape (T,) = ({t},), one tile "
+                    f"centre per tile of the state (B, W, T, Q, C), got {_got(x)}"
+                )
+            if x.device != state.device:
+                raise ModelConfigError(
+                    f"{where}: geometry.{name}: on {x.device}, the state on {state.device}: move the geometry to the "
+                    f"model's device (TileGeometry(*(x.to(device) for x in geometry)))"
+                )
+        integer = isinstance(nb, torch.Tensor) and not nb.is_floating_point() and not nb.is_complex() \
+            and nb.dtype != torch.bool
+        if not integer or nb.dim() != 2 or nb.shape[0] != t:
+            raise ModelConfigError(
+                f"{where}: geometry.neighbors: expected an integer tensor of shape (T, K) with T = {t} (the state's "
+                f"tiles), got {_got(nb)}"
+            )
+        seen = self._seen
+        if seen is not None and seen[0] is nb and seen[1:] == (nb._version, t):
+            return  # this very tensor, unchanged, was checked against T tiles: no second read
+        if nb.numel() and not torch.compiler.is_compiling():
+            # sync point: for neighbours on an accelerator only, once per neighbours tensor (see the module notes)
+            lo, hi = torch.stack([nb.min(), nb.max()]).tolist()
+            if lo < 0 or hi >= t:
+                bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
+                raise ModelConfigError(
+                    f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "
+                    f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
+                    f"{int(nb[bad[0], bad[1]])})"
+                )
+        self._seen = (nb, nb._version, t)
