@@ -137,3 +137,25 @@ def test_model_inputs_point_slots_give_padding_masks_of_the_inputs():
     got = model.model_inputs(batch)["p"]
     want = padding_masks(sources, slot)
     assert torch.equal(got["valid"], want["valid"]) and torch.equal(got["valid_values"], want["valid_values"])
+
+
+def test_the_readme_example_runs_as_written(store, tmp_path, monkeypatch):
+    """The README's Python-API example of ``model.model_inputs``, run unchanged in a folder whose ``era.zarr`` is
+    the tiny store and whose ``sample.toml`` samples it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "model.model_inputs(batch)" in b]
+    assert len(blocks) == 1
+    (tmp_path / "era.zarr").symlink_to(store)
+    toml = ["batch_size = 2"]
+    for name, levels in (("t", LEVELS), ("sp", None)):
+        toml += [f"[fields.{name}]", f"num_tokens = {list(NUM_TOKENS)}", f"token_size = {list(TOKEN_SIZE)}",
+                 'normalization = "none"'] + ([f"levels = {list(levels)}"] if levels else [])
+    (tmp_path / "sample.toml").write_text("\n".join(toml) + "\n")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"]) and set(scope["per_field"]) == {"t", "sp"}
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in scope["net"].parameters())
