@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import types
 import typing
 import warnings
@@ -226,7 +227,7 @@ class SamplingConfig(_Config):
             warnings.warn(f"out_dtype = 'float16' with normalization = 'none' for field(s) {raw}: float16 holds "
                           f"|x| <= 65504 (larger raw values, e.g. a pressure in Pa, become inf) with about 3 "
                           f"significant digits; normalise these fields or use out_dtype = 'bfloat16'",
-                          stacklevel=3)
+                          stacklevel=_user_stacklevel())
         boxes = {f.name: f.box for f in self.fields}
         first = self.fields[0]
         for f in self.fields[1:]:
@@ -276,9 +277,13 @@ class SamplingConfig(_Config):
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SamplingConfig:
+    def from_dict(cls, d: Mapping[str, Any], *, base: str | os.PathLike[str] | None = None) -> SamplingConfig:
+        """From a table of settings (a parsed file); ``base``: the folder relative ``norm_path`` and stream paths are
+        taken from (:meth:`from_file`: the file's; None: as given). Built once, so its warnings come once."""
         cls._check_keys(d, "sampling config")
         kw = dict(d)
+        if base is not None:
+            kw = _resolve_paths(kw, Path(base))
         fields = kw.get("fields")
         if not isinstance(fields, Mapping) or not fields:
             raise ConfigError("fields: expected a table of fields, e.g. [fields.temperature]")
@@ -318,18 +323,10 @@ class SamplingConfig(_Config):
             raise ConfigError(f"{p}: not a valid config file: {e}") from e
         if not isinstance(d, Mapping):
             raise ConfigError(f"{p}: expected a table of settings at the top level")
-        try:
-            cfg = cls.from_dict(d)
+        try:  # relative stream / normalisation paths are relative to the config file
+            return cls.from_dict(d, base=p.parent)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
-        # relative stream / normalisation paths are relative to the config file
-        def rel(s: str | None) -> str | None:
-            if s is None or "://" in s or os.path.isabs(s):
-                return s
-            return str((p.parent / s).resolve())
-
-        streams = tuple(dataclasses.replace(s, path=rel(s.path), norm_path=rel(s.norm_path)) for s in cfg.streams)
-        return dataclasses.replace(cfg, norm_path=rel(cfg.norm_path), streams=streams)
 
     def to_toml(self) -> str:
         """The config as TOML text that :meth:`from_file` reads back to an equal config."""
@@ -346,6 +343,37 @@ class SamplingConfig(_Config):
             lines.append(f"\n[fields.{_toml_key(fname)}]")
             lines.extend(f"{k} = {_toml_value(v)}" for k, v in fd.items() if v is not None)
         return "\n".join(lines) + "\n"
+
+
+def _resolve_paths(d: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``d`` (a sampling table) with relative local paths (``norm_path``, streams' ``path``/``norm_path``) from
+    ``base``; URLs, absolute paths and what is not a string (for the validation) stay as they are."""
+    def rel(v: Any) -> Any:
+        if not isinstance(v, str) or not v or "://" in v or os.path.isabs(v):
+            return v
+        return str((base / v).resolve())
+
+    out = dict(d)
+    if "norm_path" in out:
+        out["norm_path"] = rel(out["norm_path"])
+    streams = out.get("streams")
+    if isinstance(streams, Mapping):
+        out["streams"] = {n: {**sd, **{k: rel(sd[k]) for k in ("path", "norm_path") if k in sd}}
+                          if isinstance(sd, Mapping) else sd for n, sd in streams.items()}
+    return out
+
+
+_LIBRARY_MODULES = ("fastload", "profiling", "dataclasses")
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel (for its caller) of the first frame outside fastload, profiling and dataclasses
+    (whose generated ``__init__`` has this module's globals): the user's line that made the config, by constructor,
+    ``from_dict``, ``from_file``, ``replace`` or :func:`apply_overrides` (3.12's ``skip_file_prefixes``)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _toml_key(k: str) -> str:
@@ -529,30 +557,71 @@ def _coerce(value: str, typ: Any, key: str) -> Any:
 def apply_overrides(config: Any, overrides: Sequence[str], *, prefix: str = "") -> Any:
     """Return a copy of a (nested) config dataclass with ``a.b=value`` overrides applied.
 
-    Unknown keys and values of the wrong type raise :class:`ConfigError`. ``prefix`` names the config in
-    messages (``loader.``).
+    A field's (stream's) settings go by its name: ``fields.temperature.normalization=global``. Each config is rebuilt
+    once with all its overrides, so settings that must agree (every field's box) change together. Unknown keys or
+    field names, wrong types and what the config's validation refuses raise :class:`ConfigError`. ``prefix`` names
+    the config in messages (``loader.``).
     """
+    tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loader.batch_size=8")
-        key, value = item.split("=", 1)
-        config = _override_one(config, key.strip().split("."), value.strip(), prefix + key.strip())
-    return config
+        key, value = (p.strip() for p in item.split("=", 1))
+        node, path = tree, key.split(".")
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{prefix}{key}: conflicts with the override of {node[1]} (a value)")
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(f"{prefix}{key}: conflicts with the override of {_full(node[path[-1]])}")
+        node[path[-1]] = (value, prefix + key)
+    return _override(config, tree) if tree else config
 
 
-def _override_one(config: Any, path: list[str], value: str, full: str) -> Any:
+def _full(node: Any) -> str:
+    """The full key of the first override in a tree node (for messages)."""
+    while isinstance(node, dict):
+        node = next(iter(node.values()))
+    return node[1]
+
+
+def _override(config: Any, tree: dict[str, Any]) -> Any:
     if not dataclasses.is_dataclass(config):
-        raise ConfigError(f"{full}: not a setting (its parent is not a config section)")
+        raise ConfigError(f"{_full(tree)}: not a setting (its parent is not a config section)")
     hints = typing.get_type_hints(type(config))
-    head = path[0]
-    if head not in hints:
-        known = sorted(f.name for f in dataclasses.fields(config))
-        raise ConfigError(f"{full}: unknown setting {head!r}; known here: {known}")
-    current = getattr(config, head)
-    if len(path) > 1:
-        new = _override_one(current, path[1:], value, full)
-    elif dataclasses.is_dataclass(current):
-        raise ConfigError(f"{full}: is a section, not a value; set one of its settings")
-    else:
-        new = _coerce(value, hints[head], full)
-    return dataclasses.replace(config, **{head: new})
+    changes = {}
+    for head, node in tree.items():
+        if head not in hints:
+            known = sorted(f.name for f in dataclasses.fields(config))
+            raise ConfigError(f"{_full(node)}: unknown setting {head!r}; known here: {known}")
+        current, item = getattr(config, head), typing.get_args(hints[head])[:1]
+        if typing.get_origin(hints[head]) is tuple and item and dataclasses.is_dataclass(item[0]) \
+                and "name" in {f.name for f in dataclasses.fields(item[0])}:
+            changes[head] = _override_named(current, node, head)  # fields / streams: a tuple named by name
+        elif isinstance(node, dict):
+            changes[head] = _override(current, node)
+        elif dataclasses.is_dataclass(current):
+            raise ConfigError(f"{node[1]}: is a section, not a value; set one of its settings")
+        else:
+            changes[head] = _coerce(node[0], hints[head], node[1])
+    return dataclasses.replace(config, **changes)
+
+
+def _override_named(items: tuple[Any, ...], tree: Any, head: str) -> tuple[Any, ...]:
+    """``fields.<name>.<setting>`` (or ``streams.``): the entries of a tuple of named configs, by name."""
+    kind = head.removesuffix("s")
+    names = [x.name for x in items]
+    example = f"{head}.{names[0] if names else 'NAME'}.<setting>=VALUE"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{tree[1]}: is a table of {head}, not a value; set one {kind}'s setting: {example}")
+    out = list(items)
+    for name, node in tree.items():
+        if name not in names:
+            raise ConfigError(f"{_full(node)}: no {kind} {name!r} in this config; {head}: {names}")
+        if not isinstance(node, dict):
+            raise ConfigError(f"{node[1]}: is a {kind}, not a value; set one of its settings: {head}.{name}.<setting>"
+                              f"=VALUE")
+        if "name" in node:
+            raise ConfigError(f"{_full(node['name'])}: a {kind}'s name is its table's key and is not overridden")
+        out[names.index(name)] = _override(items[names.index(name)], node)
+    return tuple(out)

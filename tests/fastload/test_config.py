@@ -166,3 +166,153 @@ def test_float16_output_of_raw_fields_warns_of_its_range():
         SamplingConfig(fields=[raw, norm], out_dtype="bfloat16")
     with np.errstate(over="ignore"):
         assert np.isinf(np.float32(101325.0).astype(np.float16))  # what the warning is about
+
+
+F16_RAW = """
+out_dtype = "float16"
+[fields.msl]
+num_tokens = [1, 2, 2]
+token_size = [1, 4, 4]
+normalization = "none"
+"""
+
+
+def _where_warned(got) -> list[tuple[str, int]]:
+    return [(w.filename, w.lineno) for w in got if "float16 holds" in str(w.message)]
+
+
+def test_float16_warning_is_given_once_at_the_callers_line(tmp_path):
+    """from_file, from_dict, the constructor, dataclasses.replace and apply_overrides each warn once about float16
+    raw fields, at the line that called them (from_file warned twice, from config.py and dataclasses.py: it
+    rebuilt the config with resolved paths)."""
+    import inspect
+
+    p = tmp_path / "f16.toml"
+    p.write_text(F16_RAW)
+    d = {"out_dtype": "float16", "fields": {"msl": {"num_tokens": [1, 2, 2], "token_size": [1, 4, 4],
+                                                    "normalization": "none"}}}
+    plain = SamplingConfig.from_dict({**d, "out_dtype": "float32"})
+    here = inspect.currentframe()
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        line = here.f_lineno + 1
+        SamplingConfig.from_file(p)
+        assert _where_warned(got) == [(__file__, line)]
+        line = here.f_lineno + 1
+        SamplingConfig.from_dict(d)
+        assert _where_warned(got[1:]) == [(__file__, line)]
+        line = here.f_lineno + 1
+        SamplingConfig(fields=plain.fields, out_dtype="float16")
+        assert _where_warned(got[2:]) == [(__file__, line)]
+        line = here.f_lineno + 1
+        dataclasses.replace(plain, out_dtype="float16")
+        assert _where_warned(got[3:]) == [(__file__, line)]
+        line = here.f_lineno + 1
+        apply_overrides(plain, ["out_dtype=float16", "batch_size=3", "fields.msl.transform=log1p"])
+        assert _where_warned(got[4:]) == [(__file__, line)]
+    assert len(got) == 5
+
+
+def _two_fields() -> SamplingConfig:
+    return SamplingConfig.from_dict({"norm_path": "n.zarr", "fields": {
+        "temperature": {"levels": [96, 137], "num_tokens": [2, 3, 4], "token_size": [3, 6, 6]},
+        "t2m": {"num_tokens": [2, 3, 4], "token_size": [3, 6, 6], "normalization": "global"}}})
+
+
+def _from_table(cfg: SamplingConfig, **fields) -> SamplingConfig:
+    """The reference: the config's own table with some field settings changed, read back by from_dict."""
+    d = cfg.to_dict()
+    for name, settings in fields.items():
+        d["fields"][name] = {**d["fields"][name], **settings}
+    return SamplingConfig.from_dict(d)
+
+
+def test_overrides_reach_a_fields_settings_by_its_name():
+    """fields.<name>.<setting> overrides that field's setting (the audit's case said 'not a setting (its parent is
+    not a config section)'), as the same setting in the file would; its siblings and other fields stay."""
+    cfg = _two_fields()
+    got = apply_overrides(cfg, ["fields.temperature.normalization=global"])
+    assert got == _from_table(cfg, temperature={"normalization": "global"})
+    assert got.field("temperature").normalization == "global" and got.field("t2m") == cfg.field("t2m")
+    got = apply_overrides(cfg, ["fields.t2m.transform=log1p", "fields.temperature.levels=96,114,137"])
+    assert got == _from_table(cfg, t2m={"transform": "log1p"}, temperature={"levels": [96, 114, 137]})
+    assert got.field("temperature").levels == (96.0, 114.0, 137.0)
+    assert apply_overrides(cfg, ["fields.temperature.levels=none"]).field("temperature").levels is None
+    # settings that must agree change together: every field's box (each config is rebuilt once)
+    both = ["fields.temperature.num_tokens=1,3,4", "fields.t2m.num_tokens=1,3,4", "fields.t2m.token_size=6,6,6",
+            "fields.temperature.token_size=6,6,6"]
+    got = apply_overrides(cfg, both)
+    assert got == _from_table(cfg, temperature={"num_tokens": [1, 3, 4], "token_size": [6, 6, 6]},
+                              t2m={"num_tokens": [1, 3, 4], "token_size": [6, 6, 6]})
+    assert got.box == (6, 18, 24)
+
+
+@pytest.mark.parametrize("override,in_file,message", [
+    ("fields.temp.normalization=global", None, r"fields.temp.normalization: no field 'temp' in this config; "
+                                               r"fields: \['temperature', 't2m'\]"),
+    ("fields.temperature.normalization=globl", {"temperature": {"normalization": "globl"}},
+     r"fields.temperature.normalization: expected one of \['local', 'global', 'none'\], got 'globl'"),
+    ("fields.temperature.num_tokens=2,3", {"temperature": {"num_tokens": [2, 3]}},
+     r"fields.temperature.num_tokens: expected three integers"),
+    ("fields.temperature.num_tokens=2,3,0", {"temperature": {"num_tokens": [2, 3, 0]}},
+     r"fields.temperature.num_tokens: every entry must be >= 1"),
+    ("fields.temperature.levels=96,96", {"temperature": {"levels": [96, 96]}},
+     r"fields.temperature.levels: duplicate level"),
+    ("fields.t2m.token_size=3,6,3", {"t2m": {"token_size": [3, 6, 3]}},
+     r"fields.t2m: num_tokens \[2, 3, 4\] x token_size \[3, 6, 3\] covers \[6, 18, 12\] grid points but "
+     r"fields.temperature covers \[6, 18, 24\]"),
+    ("fields.t2m.stream=era5", {"t2m": {"stream": "era5"}},
+     r"fields.t2m.stream = 'era5' but the config defines no streams"),
+    ("fields.t2m.colour=red", None, r"fields.t2m.colour: unknown setting 'colour'; known here: \["),
+    ("fields.t2m.name=t", None, r"fields.t2m.name: a field's name is its table's key and is not overridden"),
+    ("fields.t2m=global", None, r"fields.t2m: is a field, not a value; set one of its settings: "
+                                r"fields.t2m.<setting>=VALUE"),
+    ("fields=x", None, r"fields: is a table of fields, not a value; set one field's setting"),
+    ("streams.era5.path=x.zarr", None, r"streams.era5.path: no stream 'era5' in this config; streams: \[\]"),
+], ids=["unknown-field", "bad-choice", "two-numbers", "zero", "duplicate-level", "box", "no-streams",
+        "unknown-setting", "name", "field-as-value", "fields-as-value", "unknown-stream"])
+def test_field_overrides_are_validated_as_the_file_is(override, in_file, message):
+    """A field override goes through the validation the file's setting does (with the file's message, checked by
+    reading the same setting from a table), and an unknown field name is named with the fields there are."""
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(_two_fields(), [override])
+    if in_file is not None:
+        with pytest.raises(ConfigError, match=message):
+            _from_table(_two_fields(), **in_file)
+
+
+def test_stream_settings_are_overridden_by_name(tmp_path):
+    cfg = SamplingConfig.from_dict({"streams": {"atmo": {"path": "a.zarr"}, "ocean": {"path": "o.zarr"}}, "fields": {
+        "t": {"stream": "atmo", "num_tokens": [1, 1, 1], "token_size": [1, 2, 2]},
+        "sst": {"stream": "ocean", "num_tokens": [1, 1, 1], "token_size": [1, 2, 2]}}})
+    got = apply_overrides(cfg, ["streams.ocean.time_rule=nearest", "fields.sst.stream=atmo"])
+    assert [s.time_rule for s in got.streams] == ["inside", "nearest"] and got.field("sst").stream == "atmo"
+    with pytest.raises(ConfigError, match=r"streams.ice.path: no stream 'ice' in this config; streams: \['atmo', "
+                                          r"'ocean'\]"):
+        apply_overrides(cfg, ["streams.ice.path=i.zarr"])
+    with pytest.raises(ConfigError, match=r"fields.sst.stream: expected one of \['atmo', 'ocean'\], got 'ice'"):
+        apply_overrides(cfg, ["fields.sst.stream=ice"])
+
+
+def test_conflicting_overrides_are_named():
+    cfg = _two_fields()
+    with pytest.raises(ConfigError, match=r"batch_size.x: conflicts with the override of batch_size \(a value\)"):
+        apply_overrides(cfg, ["batch_size=3", "batch_size.x=2"])
+    with pytest.raises(ConfigError, match=r"fields.t2m: conflicts with the override of fields.t2m.transform"):
+        apply_overrides(cfg, ["fields.t2m.transform=log1p", "fields.t2m=x"])
+    assert apply_overrides(cfg, ["batch_size=3", "batch_size=5"]).batch_size == 5  # the last one wins
+
+
+def test_the_cli_set_reaches_field_settings(tmp_path):
+    """``fastload profile/train --set data.sampling.fields.<name>.<setting>=...`` goes through load_run_config
+    (RunConfig.override -> apply_overrides): the field's setting changes, an unknown field is named."""
+    from profiling.presets import load_run_config
+
+    cfg = load_run_config(None, preset="cpu_tiny", overrides=["data.sampling.fields.t2m.normalization=none",
+                                                                "steps=3"])
+    assert cfg.data.sampling.field("t2m").normalization == "none" and cfg.steps == 3
+    base = load_run_config(None, preset="cpu_tiny")
+    assert cfg.data.sampling == _from_table(base.data.sampling, t2m={"normalization": "none"})
+    with pytest.raises(ConfigError, match=r"data.sampling.fields.t3m.normalization: no field 't3m' in this config; "
+                                          r"fields: \['temperature', 'velocity_u', 't2m'\]"):
+        load_run_config(None, preset="cpu_tiny", overrides=["data.sampling.fields.t3m.normalization=none"])
