@@ -9,16 +9,19 @@ same checks, rename and Ctrl-C handling:
   existing path that is not a zarr store or an empty directory;
 - :func:`move_into_place` puts the finished store at the output: exchanged for a store there in one step where
   Linux can (``renameat2``), so that the output is never missing; else renamed in after the old one is renamed
-  aside, which is put back if that fails;
+  aside, which is put back if that fails. Ctrl-C waits for the switch; once the new store is in, the write is
+  done (Ctrl-C then only stops the deletion of the old store);
 - :func:`sigint_deferred` holds Ctrl-C back while a zarr call runs (zarr-python writes on its own thread);
-- :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` and
-  :func:`remove_stale_temporaries` removes the ones whose writer is provably gone. SIGKILL (the OOM killer, a
+- :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` (and, just before the switch,
+  :func:`ready_path` ``<tmp>.new-<inode>``; the replaced store is deleted as ``<out>.del-<...>``) and
+  :func:`remove_stale_temporaries` removes what a writer that is provably gone left. SIGKILL (the OOM killer, a
   preempted job) runs no cleanup, so its temporary stays; the next writer of the same output removes it, but only
   one written on its own host (``<host>``, with the pid namespace and boot id: a shared file system is seen by
   writers on other nodes and in other containers, whose processes it cannot check; one of the same host name in
   another namespace or boot is kept with a warning) by a process that no longer runs: no ``/proc/<pid>`` and
   ``kill(pid, 0)`` finds none (``hidepid`` hides other users' live processes from ``/proc``), a process started at
-  another time than ``<start>`` (the pid was reused), or a zombie. A live writer's temporary is never touched;
+  another time than ``<start>`` (the pid was reused), or a zombie. A live writer's temporary is never touched, nor
+  a finished store that never got to the output (it may be the only copy of the newest data);
 - :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
   before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
 
@@ -141,21 +144,50 @@ def _no_such_pid(pid: int) -> bool:
     return False
 
 
+def _leftover(out: Path, p: Path) -> tuple[str, str, int | None] | None:
+    """(kind, ``<host>-<pid>-<start>`` part, inode) of a writer's leftover ``p`` beside ``out``, None for another
+    name. Kinds: ``tmp`` (a store being written), ``new`` (:func:`ready_path`, with the inode it records), ``old``
+    (the store that was at ``out``, moved aside by the two renames) and ``del`` (the replaced store, being
+    deleted)."""
+    kind = next((k for k in ("tmp", "old", "del") if p.name.startswith(f"{out.name}.{k}-")), None)
+    if kind is None:
+        return None
+    rest = p.name[len(out.name) + len(kind) + 2:]
+    m = re.fullmatch(r"(.+)\.new-([0-9]+)", rest) if kind == "tmp" else None
+    return ("new", m.group(1), int(m.group(2))) if m else (kind, rest, None)
+
+
+def _what(kind: str, p: Path, ino: int | None, out: Path) -> str:
+    """What the leftover ``p`` of kind ``kind`` (:func:`_leftover`) holds, for a log message."""
+    if kind == "new" and _inode(p) == ino:
+        return f"a finished store its writer was putting at {out.name} (it did not get there if the writer is gone)"
+    if kind == "new":
+        return f"the store that was at {out.name}, exchanged for its writer's new one, to be deleted"
+    if kind == "old":
+        return f"the store that was at {out.name}, moved aside (if {out.name} is missing, rename it back)"
+    if kind == "del":
+        return f"what is left of the store that was at {out.name}, replaced and being deleted (not to be restored)"
+    return "a store being written (or finished, not yet moved in)"
+
+
 def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     """Remove what writers of ``out`` on this host left when they were killed; returns the paths removed.
 
-    Removed: ``<out>.tmp-<host>-<pid>-<start>`` whose ``<host>`` is this host and whose writer is gone
-    (:func:`writer_gone`): an unfinished store, or, when ``out`` exists, a complete one (:func:`_complete`: after
-    :func:`move_into_place` exchanged it for ``out``, the temporary's name holds the store that was at ``out``; a
-    writer killed before deleting it leaves that, the new store being at ``out``); and a
-    ``<out>.old-<host>-<pid>-<start>`` of such a writer (the store it replaced, being deleted) when ``out`` exists.
-    Kept, with a log warning: an ``.old-`` one when ``out`` is missing (the writer was killed between its two
-    renames: that is the previous store, rename it back), a complete ``.tmp-`` one when ``out`` is missing (a
-    finished store whose writer was killed before it moved it in: nothing else holds those data), and a
-    temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its host), and one of this host name
-    in another pid namespace or boot (:func:`_host`: a container restarted after the OOM killer, a reboot), whose
-    writer cannot be checked from here: safe to delete once no writer of ``out`` runs. Never touched: another
-    host's, a live writer's, anything else.
+    Only what a writer whose ``<host>`` is this host left, and only once that writer is gone (:func:`writer_gone`):
+
+    - ``<out>.tmp-<writer>`` not yet finished (:data:`UNFINISHED_ATTR`): removed. A finished one (the writer was
+      killed between finishing and moving it in) is kept with a warning: it may be the only copy of the newest data;
+    - ``<out>.tmp-<writer>.new-<inode>`` (:func:`ready_path`): kept with a warning when it is still the directory of
+      that inode (the new store; its writer was killed before the switch); removed when it holds another one (the
+      store an exchange took from ``out``; its writer was killed before deleting it);
+    - ``<out>.del-<writer>``, a replaced store being deleted: removed, whatever ``out`` holds;
+    - ``<out>.old-<writer>``, the store that was at ``out``, moved aside by the two renames: removed when ``out``
+      exists, kept with a warning (rename it back) when ``out`` is missing.
+
+    Kept and named in the log: a temporary of an earlier fastload (``<out>.tmp-<pid>``, which does not name its
+    host), one of this host name in another pid namespace or boot (:func:`_host`: a container restarted after the
+    OOM killer, a reboot), whose writer cannot be checked from here (warning), and another host's (info). Never
+    touched: a live writer's, anything else.
     """
     out = Path(out)
     if not out.parent.is_dir():
@@ -163,49 +195,58 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     host = _host()
     removed = []
     for p in sorted(out.parent.iterdir()):
-        kind = next((k for k in ("tmp", "old") if p.name.startswith(f"{out.name}.{k}-")), None)
-        if kind is None or p.is_symlink() or not p.is_dir():
+        left = _leftover(out, p)
+        if left is None or not (p.is_dir() or p.is_symlink()) or (left[0] == "tmp" and p.is_symlink()):
             continue
-        who = _parse(p.name[len(out.name) + len(kind) + 2:])
+        kind, rest, ino = left
+        who = _parse(rest)
         if who is None:
-            if kind == "tmp" and p.name[len(out.name) + 5:].isdigit():
+            if kind == "tmp" and rest.isdigit():
                 log.warning("%s: an unfinished store left by an interrupted writer of an earlier fastload (its name "
                             "does not say on which host); delete it once no writer of %s runs", p, out)  # fmt: skip
             continue
         h, pid, start = who
         if h != host:
             if h.split("~")[0] == host.split("~")[0]:  # same host name; another container, boot or machine
-                what = ("an unfinished store" if kind == "tmp" else
-                        f"the store that was at {out.name}, moved aside (if {out.name} is missing, rename it back)")
-                log.warning("%s: %s left by writer %d on %s: the same host name as this one (%s) but another pid "
+                log.warning("%s: %s, left by writer %d on %s: the same host name as this one (%s) but another pid "
                             "namespace or boot (a restarted container, a rebooted machine, another machine of that "
                             "name), whose processes cannot be checked from here, so it is kept; it is safe to delete "
-                            "once no writer of %s runs", p, what, pid, h, host, out)  # fmt: skip
+                            "once no writer of %s runs", p, _what(kind, p, ino, out), pid, h, host, out)  # fmt: skip
+            else:
+                log.info("%s: %s, left by writer %d on another host (%s), whose processes cannot be checked from "
+                         "here, so it is kept; it is safe to delete once no writer of %s runs", p,
+                         _what(kind, p, ino, out), pid, h, out)  # fmt: skip
             continue
         if not writer_gone(pid, start):
             continue
         out_there = out.exists() or out.is_symlink()
+        if (kind == "new" and _inode(p) == ino) or (kind == "tmp" and _complete(p)):
+            now = (f"{out.name} holds another store (older or newer: compare them). To use this one, move that one "
+                   f"away and rename this one to {out.name}" if out_there else
+                   f"{out.name} is missing. Rename it to {out.name} to use it")  # fmt: skip
+            log.warning("%s: a finished store left by writer %d (gone), killed before it put it at %s; %s; or delete "
+                        "it", p, pid, out.name, now)  # fmt: skip
+            continue
         if kind == "old" and not out_there:
-            log.warning("%s: the store that was at %s, moved aside by a writer that was killed before it put the new "
-                        "one in place; rename it back to %s", p, out, out.name)  # fmt: skip
+            log.warning("%s: the store that was at %s, moved aside by writer %d (gone), which was killed before it "
+                        "put its new store there; rename it back to %s", p, out, pid, out.name)  # fmt: skip
             continue
-        complete = kind == "tmp" and _complete(p)
-        if complete and not out_there:
-            log.warning("%s: a complete store left by writer %d (gone), killed before it moved the store to %s; "
-                        "rename it to %s to use it, or delete it (a %s.old- of the same writer, if any, is the store "
-                        "it replaced)", p, pid, out.name, out.name, out.name)  # fmt: skip
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        if p.exists():
+        if p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()  # the link that was at out: what it points to stays
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        if p.exists() or p.is_symlink():
             log.warning("%s: could not remove all of this debris of writer %d (gone)", p, pid)
             continue
-        if complete:  # after an exchange (move_into_place) the temporary's name holds the store it replaced
-            log.warning("removed %s: a complete store left by writer %d on %s, which is no longer running: the store "
-                        "that was at %s, exchanged for the writer's new one, which was killed before deleting it (or "
-                        "its new store, killed just before the exchange); %s holds a complete store", p, pid, h,
-                        out.name, out.name)  # fmt: skip
-        else:
-            log.warning("removed %s: left by writer %d on %s, which is no longer running", p, pid, h)
+        why = {"tmp": "an unfinished store",
+               "new": f"the store that was at {out.name}, exchanged for the writer's new one, which stopped "
+                      "(killed or interrupted) before deleting it",
+               "old": f"the store that was at {out.name}, moved aside for the writer's new one ({out.name} holds a "
+                      "store again)",
+               "del": f"what was left of the store that was at {out.name}, replaced by the writer's new one, which "
+                      "stopped (killed or interrupted) before it had deleted it"}[kind]  # fmt: skip
+        log.warning("removed %s: %s, left by writer %d on %s, which is no longer running", p, why, pid, h)
         removed.append(p)
     return removed
 
@@ -295,9 +336,10 @@ _SYS_RENAMEAT2 = {("x86_64", 8): 316, ("aarch64", 8): 276}
 """``renameat2``'s system call number by (machine, pointer size): only 64-bit processes of these two, whose numbers
 are fixed (``arch/x86/entry/syscalls/syscall_64.tbl``; ``include/uapi/asm-generic/unistd.h``). A 32-bit process on
 a 64-bit kernel (i386, x32, arm) numbers its calls otherwise: it gets no system call and the two renames."""
-_NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+_NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM})
 """What a kernel or file system without ``RENAME_EXCHANGE`` answers (before Linux 3.15, some network and FUSE
-file systems): take the two renames."""
+file systems), and a seccomp filter's usual answer to a system call it does not allow (EPERM; a real permission
+problem fails the renames as well, and is reported there): take the two renames."""
 
 
 @functools.cache
@@ -345,25 +387,93 @@ def _exchange(tmp: Path, out: Path) -> bool:
     raise OSError(err, os.strerror(err), str(tmp), None, str(out))
 
 
-def _discard(replaced: Path, out: Path) -> None:
-    """Delete ``replaced``, the store (or the symbolic link to one) that was at ``out`` and was just replaced.
-
-    A directory is first renamed to ``<out>.old-<writer>`` so that, should this process be killed while deleting
-    it (a large store takes a while), the debris says what it is (:func:`remove_stale_temporaries`). A failure is
-    logged, not raised: the new store is in place, and the next writer of ``out`` removes what is left."""
+def _inode(path: Path) -> int | None:
+    """The inode number of the entry ``path`` (a link's own), None when there is none: a store keeps it when it
+    is renamed, so it tells which store a name holds."""
     try:
-        if replaced.is_symlink() or not replaced.is_dir():
+        return os.lstat(path).st_ino
+    except OSError:
+        return None
+
+
+def ready_path(tmp: str | os.PathLike[str], inode: int) -> Path:
+    """``<tmp>.new-<inode>``: the name a finished store (directory inode ``inode``) has while it is switched with
+    the output. Before the switch that name holds the new store (same inode); after an exchange, the replaced one
+    (another inode): :func:`remove_stale_temporaries` tells the two apart."""
+    tmp = Path(tmp)
+    return tmp.with_name(f"{tmp.name}.new-{inode}")
+
+
+def _switch(tmp: Path, out: Path, ino: int) -> Path | None:
+    """Put the finished store ``tmp`` (inode ``ino``) at the existing ``out``, by way of :func:`ready_path`; returns
+    where the replaced store now is (``<out>.del-<writer>``, or where it stays if that rename fails), None if it
+    was a link, unlinked. On any failure or interrupt before the new store is at ``out``, ``out`` is put back as
+    it was and the new store back at ``tmp``; an OSError is raised as :class:`StoreError`."""
+    new, old = ready_path(tmp, ino), temp_path(out, "old")
+    step = "ready"
+    try:
+        os.rename(tmp, new)
+        step = "exchange"
+        if _exchange(new, out):
+            replaced = new  # the old store, at the name the new one had
+        else:
+            step = "aside"
+            os.rename(out, old)
+            step = "in"
+            os.rename(new, out)
+            replaced = old
+    except BaseException as e:  # Ctrl-C too (a second one; the first waits): put both stores back where they were
+        if _inode(out) == ino:
+            raise  # the new store got in (a second Ctrl-C just after): move_into_place says so
+        with contextlib.suppress(OSError):
+            if not (out.exists() or out.is_symlink()) and (old.exists() or old.is_symlink()):
+                os.rename(old, out)
+        with contextlib.suppress(OSError):
+            if _inode(new) == ino:
+                os.rename(new, tmp)
+        if not isinstance(e, OSError):
+            raise
+        where = f"; the new store is at {new}" if _inode(new) == ino else ""
+        if not (out.exists() or out.is_symlink()):
+            where += f"; the store that was at {out.name} is at {old}"
+        if step == "exchange":
+            raise StoreError(f"{out}: cannot exchange the finished store {tmp.name} for the one there: {e}") from e
+        if step == "aside":
+            raise StoreError(f"{out}: cannot move the store there aside to {old.name}: {e}{where}") from e
+        raise StoreError(f"{out}: cannot move the finished store into place: {e}{where}") from e
+    if replaced.is_symlink() or not replaced.is_dir():
+        with contextlib.suppress(OSError):
             replaced.unlink()  # a link to a store: the link goes, what it points to stays
-            return
-        old = temp_path(out, "old")
-        if replaced != old:
-            with contextlib.suppress(OSError):  # e.g. an .old- of this process whose deletion failed earlier
-                os.rename(replaced, old)
-                replaced = old
+            return None
+        return replaced
+    doomed = temp_path(out, "del")
+    try:
+        os.rename(replaced, doomed)  # named as being deleted: never to be renamed back (remove_stale_temporaries)
+    except OSError:
+        return replaced  # an .old- or .new- of ours: the next writer tells what it is
+    return doomed
+
+
+def _delete(replaced: Path, out: Path) -> None:
+    """Delete ``replaced``, the store that was at ``out`` (now at ``<out>.del-<writer>``, say). A failure is logged,
+    not raised: the new store is in place, and the next writer of ``out`` removes what is left. So is Ctrl-C, which
+    stops the deletion (a large store takes minutes) and leaves the rest to that writer."""
+    try:
         shutil.rmtree(replaced)
     except OSError as e:
         log.warning("%s: the new store is in place, but the one it replaced, now at %s, could not be deleted (%s); "
                     "the first writer of %s after this process removes it", out, replaced, e, out.name)  # fmt: skip
+    except KeyboardInterrupt:
+        _interrupted_after(out, replaced)
+
+
+def _interrupted_after(out: Path, replaced: Path | None) -> None:
+    """Say that Ctrl-C came once the new store was at ``out``: the write is done; what is left of the old store
+    stays at ``replaced`` (None: nothing), for the next writer of ``out`` to remove."""
+    left = "" if replaced is None else (f"; what is left of the store it replaced, at {replaced}, is removed by the "
+                                        f"first writer of {out.name} after this process (or delete it)")  # fmt: skip
+    log.warning("%s: interrupted once the new store was in place: %s holds the new, complete store%s", out,
+                out.name, left)  # fmt: skip
 
 
 def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -372,50 +482,55 @@ def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *,
     An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`) is
     exchanged for the new store in one step where Linux and the file system can (``renameat2`` with
     ``RENAME_EXCHANGE``): a reader of ``out`` always finds the old store or the new one, never nothing, and a
-    process killed at any moment leaves one of them there. The old store, then at ``tmp``, is deleted (by way of
-    ``<out>.old-<writer>``: :func:`_discard`). Elsewhere (not Linux, a file system answering EINVAL, ENOSYS or
-    EOPNOTSUPP) the old store is renamed aside, the new one renamed in and the old one deleted; for the moment
-    between the two renames ``out`` is missing, and the old store is renamed back if the second rename fails or
-    is interrupted. A debug log says which way was taken. Raises :class:`StoreError` when the store cannot be
-    moved into place (then ``out`` is as it was and ``tmp`` still holds the new store).
+    process killed at any moment leaves one of them there. Elsewhere (not Linux, a file system or seccomp filter
+    answering EINVAL, ENOSYS, EOPNOTSUPP or EPERM) the old store is renamed aside to ``<out>.old-<writer>`` and the
+    new one in; for the moment between the two renames ``out`` is missing, and the old store is renamed back if
+    the second rename fails. A debug log says which way was taken. Just before, the new store is renamed to
+    :func:`ready_path`, whose name records its inode: a writer killed before the switch leaves a finished store
+    there that :func:`remove_stale_temporaries` keeps, one killed after it the old store, which it removes.
+
+    The switch runs with Ctrl-C held back (:func:`sigint_deferred`). Once the new store is at ``out`` the write
+    is done: the old store, renamed to ``<out>.del-<writer>``, is deleted, and Ctrl-C (or a failure) only stops
+    that deletion, with a log warning; the next writer removes the rest. Raises :class:`StoreError` when the store
+    cannot be moved into place (then ``out`` is as it was and ``tmp`` holds the new store), and KeyboardInterrupt
+    for Ctrl-C before the switch (likewise).
     """
     tmp, out = Path(tmp), Path(out)
-    if not (out.exists() or out.is_symlink()):
-        try:
-            os.rename(tmp, out)
-        except OSError as e:
-            raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
-        return out
-    if not overwrite:
+    there = out.exists() or out.is_symlink()
+    if there and not overwrite:
         raise StoreError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    _replaceable(out)  # it may have appeared since the output was checked
+    if there:
+        _replaceable(out)  # it may have appeared since the output was checked
+    ino = _inode(tmp)
+    if ino is None:
+        raise StoreError(f"{out}: the finished store {tmp} is missing")
+    replaced = None
     try:
-        exchanged = _exchange(tmp, out)
-    except OSError as e:
-        raise StoreError(f"{out}: cannot exchange the finished store {tmp.name} for the one there: {e}") from e
-    if exchanged:
-        _discard(tmp, out)  # the old store, now at tmp
+        with sigint_deferred(f"putting the new store in place at {out}"):  # Ctrl-C acts once that is done
+            if not there:
+                try:
+                    os.rename(tmp, out)
+                except OSError as e:
+                    raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
+            else:
+                replaced = _switch(tmp, out, ino)
+    except KeyboardInterrupt:
+        if _inode(out) != ino:
+            raise  # before the switch: nothing changed
+        if replaced is None and there:  # a second Ctrl-C between the switch and the rename to .del-
+            replaced = next((p for p in (ready_path(tmp, ino), temp_path(out, "old"), temp_path(out, "del"))
+                             if p.exists() or p.is_symlink()), None)  # fmt: skip
+        _interrupted_after(out, replaced)
         return out
-    old = temp_path(out, "old")  # named after its writer, so a killed one's is found (remove_stale_temporaries)
-    try:
-        os.rename(out, old)
-    except OSError as e:
-        raise StoreError(f"{out}: cannot move the store there aside to {old.name}: {e}") from e
-    try:
-        os.rename(tmp, out)
-    except BaseException as e:  # Ctrl-C too: put the store we replace back where it was
-        if not (out.exists() or out.is_symlink()):
-            os.rename(old, out)
-        if isinstance(e, OSError):
-            raise StoreError(f"{out}: cannot move the finished store into place: {e}") from e
-        raise
-    _discard(old, out)
+    if replaced is not None:
+        _delete(replaced, out)
     return out
 
 
 @contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back while the block runs, then deliver it to the handler that was installed.
+def sigint_deferred(what: str = "the block being written") -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back while the block runs, then deliver it to the handler that was installed; ``what``
+    the block does goes into the line printed at the first Ctrl-C.
 
     zarr-python runs every read and write on its own event-loop thread and the calling thread only waits; a
     ``KeyboardInterrupt`` ends that wait but not the writes, which then land after the caller has cleaned up.
@@ -433,8 +548,7 @@ def sigint_deferred() -> Iterator[None]:
     def hold(signum: int, frame: Any) -> None:
         received.append(signum)
         if len(received) == 1:
-            print("fastload: finishing the block being written (Ctrl-C again to stop at once)", file=sys.stderr,
-                  flush=True)
+            print(f"fastload: finishing {what} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
             return
         signal.signal(signal.SIGINT, previous)  # the second: the previous handler, now
         signal.raise_signal(signal.SIGINT)

@@ -1,7 +1,9 @@
 """``--overwrite`` replaces a store without a moment where the output path is missing: ``move_into_place``
 exchanges the new store for the old one in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``), falls back to
-the two renames where the system or file system cannot, and a writer killed between the exchange and the deletion
-of the old store leaves the new store at the output and debris that the next writer removes."""
+the two renames where the system or file system cannot (or a seccomp filter refuses), and a writer killed at any
+point leaves a complete store at the output: the new one from the switch on, with debris that the next writer
+removes; the old one before it, with the finished new store beside it, which the next writer keeps and names. Ctrl-C
+waits for the switch, and after it only stops the deletion of the old store: the write has succeeded."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,8 +110,9 @@ def test_out_holds_a_complete_store_after_every_step_of_an_overwrite(tmp_path, e
     monkeypatch.setattr(wa.shutil, "rmtree", watched("rmtree", wa.shutil.rmtree))
     with caplog.at_level(logging.DEBUG, logger="fastload"):
         assert move_into_place(tmp, out, overwrite=True) == out
-    assert steps[:2] == [("before exchange", 1), ("after exchange", 2)]
-    assert all(v == 2 for _, v in steps[1:]) and any(n == "after rmtree" for n, _ in steps)
+    switch = steps.index(("after exchange", 2))
+    assert all(v == 1 for _, v in steps[:switch]) and all(v == 2 for _, v in steps[switch:])
+    assert any(n == "after rmtree" for n, _ in steps[switch:])
     assert "in one step" in caplog.text and "two renames" not in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store deleted, nothing left over
 
@@ -176,17 +180,19 @@ def _fake_renameat2(err, calls):
     return fn, "fake renameat2"
 
 
-@pytest.mark.parametrize("err", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM])
 def test_the_two_renames_where_the_file_system_cannot_exchange(tmp_path, monkeypatch, caplog, err):
-    """A kernel or file system without RENAME_EXCHANGE (EINVAL, ENOSYS, EOPNOTSUPP: some network file systems): the
-    old store is renamed aside, the new one in, the old one deleted; the debug log says so."""
+    """A kernel or file system without RENAME_EXCHANGE (EINVAL, ENOSYS, EOPNOTSUPP: some network file systems), or
+    a seccomp filter that refuses renameat2 (EPERM, its usual answer; review r2 #5: was an error): the old store is
+    renamed aside, the new one in, the old one deleted; the debug log says so."""
     out = _store(tmp_path / "s.zarr", 1)
     tmp = _store(temp_path(out), 2)
+    ino = tmp.stat().st_ino
     calls = []
     monkeypatch.setattr(wa, "_renameat2", lambda: _fake_renameat2(err, calls))
     with caplog.at_level(logging.DEBUG, logger="fastload"):
         move_into_place(tmp, out, overwrite=True)
-    assert calls == [(str(tmp), str(out), wa.RENAME_EXCHANGE)]
+    assert calls == [(f"{tmp}.new-{ino}", str(out), wa.RENAME_EXCHANGE)]  # the new store, renamed just before
     assert _read_out(out) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     assert f"fake renameat2 RENAME_EXCHANGE: {os.strerror(err)}: the two renames" in caplog.text
 
@@ -209,7 +215,7 @@ def test_a_failed_second_rename_puts_the_old_store_back(tmp_path, monkeypatch):
     real = os.rename
 
     def refuse_tmp(src, dst):
-        if Path(src) == tmp:
+        if Path(src).name.startswith(f"{tmp.name}.new-") and Path(dst) == out:  # the new store's rename to OUT
             raise PermissionError(errno.EACCES, "Permission denied", str(src))
         return real(src, dst)
 
@@ -266,29 +272,52 @@ def test_the_system_call_where_libc_has_no_renameat2(tmp_path, monkeypatch):
         wa._renameat2.cache_clear()
 
 
-# The writer: overwrites OUT (fill 1) with a store of fill 2 and is killed at the moment the test names.
-KILLED = textwrap.dedent("""
-    import os, signal, sys
+# The writer: overwrites OUT (fill 1) with a store of fill 2. At the moment the test names it is killed (SIGKILL, as
+# by the OOM killer) or gets a Ctrl-C (SIGINT to itself, as from a terminal); it prints how its commit ended.
+WRITER = textwrap.dedent("""
+    import os, shutil, signal, sys
     import numpy as np
     import fastload._write_atomic as wa
     from fastload.write import StoreWriter
-    out, when, fmt = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    def die(*a, **k):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if when == "after_exchange":
-        real = wa._exchange
-        def exchange_then_die(tmp, out):
-            assert real(tmp, out), "no exchange"
-            die()
-        wa._exchange = exchange_then_die
-    else:  # while deleting the old store
-        wa.shutil.rmtree = die
-    with StoreWriter(out, overwrite=True, zarr_format=fmt) as w:
-        w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(8) * np.timedelta64(6, "h"))
-        w.set_grid(np.linspace(50, 40, 6), np.linspace(0, 9, 10))
-        w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, 6, 10))
-        w.write("t2m", np.full((8, 6, 10), 2.0, np.float32), 0)
-    print("not killed")
+    out, how, when, way, fmt = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    def act():
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        signal.raise_signal(signal.SIGINT)
+    if way == "two renames":
+        wa._renameat2 = lambda: None
+    real_rename, real_rmtree, real_exchange = os.rename, shutil.rmtree, wa._exchange
+    def rename(src, dst):
+        if when == "ready" and ".new-" in os.fspath(dst):
+            act()  # the store is finished (no unfinished mark, metadata consolidated), still at its .tmp- name
+        r = real_rename(src, dst)
+        if when == "aside" and ".old-" in os.fspath(dst):
+            act()  # the two renames: OUT moved aside, the new store not yet in
+        return r
+    def exchange(new, out):
+        if when == "switch":
+            act()  # about to switch
+        r = real_exchange(new, out)
+        if when == "exchange":
+            act()  # just switched
+        return r
+    def rmtree(path, *a, **k):
+        if when in ("delete", "mid_delete") and (".del-" in os.fspath(path) or ".old-" in os.fspath(path)):
+            if when == "mid_delete":  # part way: the array's chunks gone, the root metadata still there
+                real_rmtree(os.path.join(path, "t2m"))
+            act()
+        return real_rmtree(path, *a, **k)
+    os.rename, wa._exchange, shutil.rmtree = rename, exchange, rmtree
+    try:
+        with StoreWriter(out, overwrite=True, zarr_format=fmt) as w:
+            w.set_time(np.datetime64("2020-01-01T00", "ns") + np.arange(8) * np.timedelta64(6, "h"))
+            w.set_grid(np.linspace(50, 40, 6), np.linspace(0, 9, 10))
+            w.add_variable("t2m", ("time", "latitude", "longitude"), chunks=(4, 1, 6, 10))
+            w.write("t2m", np.full((8, 6, 10), 2.0, np.float32), 0)
+    except KeyboardInterrupt:
+        print("interrupted")
+        sys.exit(130)
+    print("committed")
 """)
 
 
@@ -309,38 +338,129 @@ def _fill(store):
     return float(values[0])
 
 
-@linux_only
-@pytest.mark.parametrize(("when", "fmt"), [("after_exchange", 2), ("after_exchange", 3), ("while_deleting", 2)])
-def test_a_writer_killed_between_the_exchange_and_the_deletion(tmp_path, exchange, caplog, when, fmt):
-    """SIGKILL right after the exchange (the old store at the temporary's name) or while the old store is deleted
-    (at ``.old-``): OUT holds the complete new store, the old one is still whole beside it (nothing lost), and the
-    next writer removes it without touching OUT."""
+def _leftover_kind(out: Path, x: Path, pid: int) -> str | None:
+    """tmp, new (the name a finished store takes just before the switch), old or del when ``x`` is what writer
+    ``pid`` of this host left beside ``out`` (by the names the module's docstring gives), None otherwise."""
+    m = re.fullmatch(re.escape(f"{out.name}.") + r"(tmp|old|del)-" + re.escape(f"{_host()}-{pid}-") +
+                     r"[0-9]+(\.new-[0-9]+)?", x.name)  # fmt: skip
+    return None if m is None else "new" if m.group(2) else m.group(1)
+
+
+def _overwrite(tmp_path, how, when, way="exchange", fmt=2):
+    """OUT (fill 1) overwritten by a writer process (fill 2) that gets ``how`` (kill, int) at ``when``; returns
+    (OUT, the writer's pid, its exit status, what it printed, {kind: path} of what it left beside OUT)."""
     out = tmp_path / "s.zarr"
     _write(out, 1.0, fmt)
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED)
-    p = subprocess.Popen([sys.executable, str(script), str(out), when, str(fmt)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
-    stdout, stderr = p.communicate(timeout=300)  # a guard against a hang, not a timing check
-    assert p.returncode == -signal.SIGKILL, stdout + stderr
-    kind = "tmp" if when == "after_exchange" else "old"
-    left = [x for x in tmp_path.iterdir() if x.name.startswith("s.zarr.")]
-    assert len(left) == 1 and left[0].name.startswith(f"s.zarr.{kind}-{_host()}-{p.pid}-"), left
-    leftover = left[0]
-    assert _fill(out) == 2.0 and _fill(leftover) == 1.0  # the new store at OUT, the old one whole beside it
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    p = subprocess.Popen([sys.executable, str(script), str(out), how, when, way, str(fmt)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    printed, _ = p.communicate(timeout=300)  # a guard against a hang, not a timing check
+    left = {}
+    for x in tmp_path.iterdir():
+        kind = _leftover_kind(out, x, p.pid)
+        if kind is not None:
+            assert kind not in left, x
+            left[kind] = x
+        else:
+            assert x.name in ("s.zarr", "writer.py"), x
+    return out, p.pid, p.returncode, printed, left
+
+
+@linux_only
+@pytest.mark.parametrize(("when", "way"), [("ready", "exchange"), ("switch", "exchange"), ("switch", "two renames")])
+def test_a_finished_store_whose_writer_was_killed_before_the_switch_is_kept(tmp_path, exchange, caplog, when, way):
+    """Review r2 #1: SIGKILL once the new store is finished but before it is switched with OUT (a window of tens of
+    ms on a real store). It was removed by the next writer as if it were the old store an exchange had taken from
+    OUT, and OUT kept the older data. The name the new store takes just before the switch records its inode, so the
+    next writer tells it from a replaced store: it keeps it, says where it is and that OUT holds another store,
+    and still writes its own."""
+    out, pid, rc, printed, left = _overwrite(tmp_path, "kill", when, way)
+    assert rc == -signal.SIGKILL, printed
+    (store,) = left.values()
+    assert _fill(out) == 1.0 and _fill(store) == 2.0  # nothing switched yet
     with caplog.at_level(logging.WARNING, logger="fastload"):
-        assert remove_stale_temporaries(out) == [leftover]
-    if kind == "tmp":
-        assert f"the store that was at {out.name}, exchanged for the writer's new one" in caplog.text
-    assert _fill(out) == 2.0 and sorted(x.name for x in tmp_path.iterdir()) == ["killed.py", "s.zarr"]
+        _write(out, 3.0)  # the next writer
+    assert _fill(out) == 3.0 and _fill(store) == 2.0  # kept, whole
+    assert (f"{store}: a finished store left by writer {pid} (gone), killed before it put it at s.zarr; "
+            "s.zarr holds another store") in caplog.text  # fmt: skip
+    assert "removed" not in caplog.text and "exchanged" not in caplog.text
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["s.zarr", "writer.py", store.name])
+    assert list(left) == ["tmp" if when == "ready" else "new"]  # the name says it is the new store, and its inode
+    assert when == "ready" or store.stat().st_ino == int(store.name.rsplit(".new-", 1)[1])
+
+
+@linux_only
+@pytest.mark.parametrize(("when", "fmt"), [("exchange", 2), ("exchange", 3), ("delete", 2), ("mid_delete", 3)])
+def test_a_writer_killed_after_the_switch_leaves_the_new_store_and_debris_the_next_writer_removes(
+    tmp_path, exchange, caplog, when, fmt
+):
+    """SIGKILL right after the exchange (the old store at the name the new one had, with another inode), before
+    deleting the old store (renamed to ``.del-``) or part way through deleting it: OUT holds the complete new
+    store and the next writer removes what is left without touching OUT. Review r2 #4: the half-deleted store used
+    to be at the ``.old-`` name of a store moved aside, and with OUT missing was kept and called restorable ('rename
+    it back'); at ``.del-`` it is removed whatever OUT holds."""
+    out, pid, rc, printed, left = _overwrite(tmp_path, "kill", when, fmt=fmt)
+    assert rc == -signal.SIGKILL, printed
+    (store,) = left.values()
+    assert _fill(out) == 2.0  # the new store at OUT
+    if when == "mid_delete":
+        assert not (store / "t2m").exists()  # half deleted
+        out.rename(tmp_path / "moved.zarr")  # and OUT missing (moved away): still nothing to rename back
+    else:
+        assert _fill(store) == 1.0  # the old one whole beside it: nothing lost at any moment
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == [store]
+    assert f"removed {store}: " in caplog.text and "rename it back" not in caplog.text
+    rest = ["moved.zarr"] if when == "mid_delete" else ["s.zarr"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == [*rest, "writer.py"]
     _write(out, 3.0, fmt)  # the next writer: clean, and OUT holds its store
-    assert _fill(out) == 3.0 and sorted(x.name for x in tmp_path.iterdir()) == ["killed.py", "s.zarr"]
+    assert _fill(out) == 3.0 and sorted(x.name for x in tmp_path.iterdir()) == sorted({*rest, "s.zarr", "writer.py"})
+    assert list(left) == ["new" if when == "exchange" else "del"]
+    why = "exchanged for the writer's new one" if when == "exchange" else "replaced by the writer's new one"
+    assert why in caplog.text
 
 
-def test_a_complete_temporary_is_kept_while_out_is_missing(tmp_path, caplog):
-    """A dead writer's temporary that holds a finished store (no unfinished mark) is either the store an exchange
-    took from OUT or a new store whose writer died before moving it in: with OUT there it is removed; with OUT
-    missing nothing else holds those data, so it is kept and named. An unfinished one goes either way."""
+def test_a_writer_killed_between_the_two_renames_leaves_both_stores_named(tmp_path, caplog):
+    """The two renames (no exchange here), SIGKILL between them: OUT is missing, the old store at ``.old-``, the new
+    one at its ready name; the next writer keeps both, with true messages: rename the old one back, or the new one
+    in."""
+    out, pid, rc, printed, left = _overwrite(tmp_path, "kill", "aside", "two renames")
+    assert rc == -signal.SIGKILL, printed
+    assert sorted(left) == ["new", "old"] and not out.exists()
+    assert _fill(left["old"]) == 1.0 and _fill(left["new"]) == 2.0
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == []
+    assert f"{left['old']}: the store that was at {out}, moved aside by writer {pid} (gone)" in caplog.text
+    assert "rename it back to s.zarr" in caplog.text
+    assert f"{left['new']}: a finished store left by writer {pid} (gone), killed before it put it at s.zarr; " \
+           "s.zarr is missing" in caplog.text  # fmt: skip
+
+
+@linux_only
+@pytest.mark.parametrize(("when", "way"), [("switch", "exchange"), ("exchange", "exchange"),
+                                           ("aside", "two renames"), ("delete", "exchange")])  # fmt: skip
+def test_ctrl_c_at_the_switch_or_after_it_leaves_the_new_store_in_place_and_reports_success(tmp_path, exchange, when,
+                                                                                            way):  # fmt: skip
+    """Review r2 #2 and #3: Ctrl-C during the first of the two renames left OUT missing (the interrupt landed
+    outside the restoring ``try``, and abort deleted the new store); Ctrl-C during the exchange or the deletion of
+    the old store reported 'interrupted' although OUT held the new store (and abort deleted the old store by the
+    temporary's name). The switch now runs with Ctrl-C held back; once the new store is in, the write has
+    succeeded: the interrupt only stops the deletion of the old store, which is left at ``.del-`` with a message
+    that the new store is in place, and the next writer removes it."""
+    out, pid, rc, printed, left = _overwrite(tmp_path, "int", when, way)
+    assert (rc, printed.splitlines()[-1]) == (0, "committed"), printed
+    assert _fill(out) == 2.0 and list(left) == ["del"] and _fill(left["del"]) == 1.0
+    assert f"{out}: interrupted once the new store was in place: s.zarr holds the new, complete store" in printed
+    assert f"what is left of the store it replaced, at {left['del']}, is removed by the first writer" in printed
+    _write(out, 3.0)  # the next writer removes it
+    assert _fill(out) == 3.0 and sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr", "writer.py"]
+
+
+def test_a_dead_writers_finished_temporary_is_kept_with_or_without_out(tmp_path, caplog):
+    """A dead writer's ``.tmp-`` that holds a finished store (no unfinished mark) is a new store whose writer died
+    before moving it in (the replaced store is never at that name): kept and named whether OUT is missing or holds
+    another store (it used to be removed when OUT was there). An unfinished one goes either way."""
     out = tmp_path / "s.zarr"
     p = subprocess.Popen(["sleep", "60"])
     start = wa._proc_start(p.pid)[0]
@@ -348,15 +468,20 @@ def test_a_complete_temporary_is_kept_while_out_is_missing(tmp_path, caplog):
     p.wait()
     done = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start}"
     zarr.open_group(done, mode="w", zarr_format=3, attributes={"title": "finished"})
-    unfinished = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start + 1}"
-    zarr.open_group(unfinished, mode="w", zarr_format=2, attributes={UNFINISHED_ATTR: "x"})
-    with caplog.at_level(logging.WARNING, logger="fastload"):
-        assert remove_stale_temporaries(out) == [unfinished]
-    assert done.is_dir() and f"{done}: a complete store left by writer {p.pid} (gone)" in caplog.text
-    assert "rename it to s.zarr to use it" in caplog.text
-    _store(out, 1)
-    assert remove_stale_temporaries(out) == [done]
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
+    for n, there in enumerate(["is missing", "holds another store"]):
+        unfinished = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start + 1}"
+        zarr.open_group(unfinished, mode="w", zarr_format=2, attributes={UNFINISHED_ATTR: "x"})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fastload"):
+            assert remove_stale_temporaries(out) == [unfinished]
+        assert done.is_dir() and f"{done}: a finished store left by writer {p.pid} (gone)" in caplog.text
+        if there == "is missing":
+            assert "s.zarr is missing. Rename it to s.zarr to use it; or delete it" in caplog.text
+        else:
+            assert "s.zarr holds another store" in caplog.text and "rename this one to s.zarr" in caplog.text
+        if n == 0:
+            _store(out, 1)
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["s.zarr", done.name])
 
 
 def test_without_overwrite_an_existing_out_is_refused_and_nothing_moves(tmp_path):
@@ -383,7 +508,7 @@ def test_a_link_at_out_is_replaced_and_the_store_it_points_to_kept(tmp_path, exc
 def test_an_old_store_that_cannot_be_deleted_is_left_named_and_the_move_succeeds(tmp_path, exchange, monkeypatch,
                                                                                  caplog):  # fmt: skip
     """The new store is in place once exchanged: a failure to delete the old one (a file of another user, say) is
-    a warning naming where it is (``.old-``, which the next writer of OUT removes once this process is gone), not
+    a warning naming where it is (``.del-``, which the next writer of OUT removes once this process is gone), not
     an error that would make the caller throw away a store already at OUT."""
     out = _store(tmp_path / "s.zarr", 1)
 
@@ -393,7 +518,7 @@ def test_an_old_store_that_cannot_be_deleted_is_left_named_and_the_move_succeeds
     monkeypatch.setattr(wa.shutil, "rmtree", refuse)
     with caplog.at_level(logging.WARNING, logger="fastload"):
         assert move_into_place(_store(temp_path(out), 2), out, overwrite=True) == out
-    old = temp_path(out, "old")
+    old = temp_path(out, "del")
     assert _read_out(out) == 2 and _read_out(old) == 1
     assert f"the one it replaced, now at {old}, could not be deleted" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr", old.name])

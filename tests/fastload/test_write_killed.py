@@ -144,25 +144,30 @@ def test_only_this_hosts_temporaries_of_dead_writers_are_removed(tmp_path, caplo
         "other_host": f"s.zarr.tmp-x{host}-{dead}-{dead_start}",  # another node of a shared file system
         "other_ns": f"s.zarr.tmp-{host.split('~')[0]}~1-{dead}-{dead_start}",  # another container, same host name
         "legacy": "s.zarr.tmp-12345",  # an earlier fastload's name: the host is unknown
-        "old_dead": f"s.zarr.old-{host}-{dead}-{dead_start}",  # killed while deleting the store it replaced
+        "old_dead": f"s.zarr.old-{host}-{dead}-{dead_start}",  # killed between its two renames: OUT moved aside
+        "del_dead": f"s.zarr.del-{host}-{dead}-{dead_start}",  # killed while deleting the store it replaced
+        "del_live": f"s.zarr.del-{host}-{parent}-{parent_start}",  # being deleted
         "other_out": f"s.zarr2.tmp-{host}-{dead}-{dead_start}",
     }
     for n in names.values():
         zarr.open_group(tmp_path / n, mode="w", attributes={UNFINISHED_ATTR: "x"})
     assert writer_gone(dead, dead_start) and writer_gone(parent, parent_start + 1)
     assert not writer_gone(parent, parent_start) and not writer_gone(os.getpid(), 0)
-    # OUT missing: the .old- store is the one the killed writer moved aside, kept for the user to rename back
+    # OUT missing: the .old- store is the one the killed writer moved aside, kept for the user to rename back; the
+    # .del- one is a replaced store being deleted, removed whatever OUT holds (review r2 #4)
     with caplog.at_level(logging.WARNING, logger="fastload"):
         removed = remove_stale_temporaries(out)
-    assert sorted(p.name for p in removed) == sorted([names["dead"], names["reused"]])
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["reused"], names["del_dead"]])
     assert "rename it back" in caplog.text and "earlier fastload" in caplog.text
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {names[k] for k in ("live", "other_host", "other_ns", "legacy", "old_dead", "other_out")}
+    assert left == {names[k] for k in ("live", "other_host", "other_ns", "legacy", "old_dead", "del_live",
+                                       "other_out")}  # fmt: skip
     _write(out, 2.0)  # still no OUT when it started: the .old- store stays
     assert names["old_dead"] in {p.name for p in tmp_path.iterdir()}
     _write(out, 3.0)  # with OUT in place, the killed writer's .old- is debris: removed by the next writer
     assert {p.name for p in tmp_path.iterdir()} == {"s.zarr"} | {names[k] for k in ("live", "other_host", "other_ns",
-                                                                                    "legacy", "other_out")}  # fmt: skip
+                                                                                    "legacy", "del_live",
+                                                                                    "other_out")}  # fmt: skip
 
 
 def test_a_zombie_writer_is_gone():
@@ -225,25 +230,50 @@ def test_the_host_id_tells_machines_and_boots_apart():
 def test_a_temporary_of_this_host_name_in_another_namespace_or_boot_is_kept_with_a_warning(tmp_path, caplog):
     """A container restarted after the OOM killer (new pid namespace, same host name), this machine before a
     reboot, another machine of the same name: their writers' pids cannot be checked here, so the temporary stays,
-    and the log names it and says when it may be deleted (it used to stay for ever without a word)."""
+    and the log names it, says what it holds and when it may be deleted (it used to stay for ever without a word).
+    Another host's is kept too, said at INFO (review r2 #5: it was kept in silence)."""
     out = tmp_path / "s.zarr"
     name, ns, boot = _id_parts()
     dead, dead_start = _dead_process()  # gone here: were these ours, they would be removed
+    other = f"{name}~4026532999~{boot}-{dead}-{dead_start}"  # another container of this boot
     names = [f"s.zarr.tmp-{name}~{ns}~{'0' * 32}-{dead}-{dead_start}",  # another boot or machine, same name and ns
-             f"s.zarr.tmp-{name}~4026532999~{boot}-{dead}-{dead_start}",  # another container of this boot
+             f"s.zarr.tmp-{other}",
              f"s.zarr.tmp-{name}~{ns}-{dead}-{dead_start}",  # an earlier fastload's name (no boot id)
-             f"s.zarr.old-{name}~4026532999~{boot}-{dead}-{dead_start}"]  # fmt: skip
+             f"s.zarr.old-{other}",  # moved aside by the two renames
+             f"s.zarr.del-{other}",  # a replaced store being deleted
+             f"s.zarr.tmp-{other}.new-1"]  # a finished store about to be switched, or the one it replaced  # fmt: skip
     other_host = f"s.zarr.tmp-x{name}~{ns}~{boot}-{dead}-{dead_start}"
     for n in [*names, other_host]:
         zarr.open_group(tmp_path / n, mode="w", attributes={UNFINISHED_ATTR: "x"})
-    with caplog.at_level(logging.WARNING, logger="fastload"):
+    with caplog.at_level(logging.INFO, logger="fastload"):
         assert remove_stale_temporaries(out) == []
     assert {p.name for p in tmp_path.iterdir()} == {*names, other_host}
+    msgs = {n: [r for r in caplog.records if r.getMessage().startswith(f"{tmp_path / n}:")] for n in names}
     for n in names:
-        msg = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(str(tmp_path / n) + ":"))
-        assert "another pid namespace or boot" in msg and f"safe to delete once no writer of {out} runs" in msg
-    assert "rename it back" in next(r.getMessage() for r in caplog.records if names[3] in r.getMessage())
-    assert not any(other_host in r.getMessage() for r in caplog.records)  # another host's: not ours to judge
+        (rec,) = msgs[n]
+        assert rec.levelno == logging.WARNING and "another pid namespace or boot" in rec.getMessage()
+        assert f"safe to delete once no writer of {out} runs" in rec.getMessage()
+    assert "rename it back" in msgs[names[3]][0].getMessage()
+    assert "being deleted" in msgs[names[4]][0].getMessage() and "rename it back" not in msgs[names[4]][0].getMessage()
+    assert "exchanged for its writer's new one" in msgs[names[5]][0].getMessage()  # inode 1 is not that folder's
+    assert [r.levelno for r in caplog.records if other_host in r.getMessage()] == [logging.INFO]
+
+
+def test_another_hosts_leftover_is_kept_and_said_at_info(tmp_path, caplog):
+    """Review r2 #5: a temporary of another host next to OUT (a shared file system) is not this host's to judge; it
+    is kept, as before, but no longer in silence: an INFO record names it, its host and when it may be deleted."""
+    out = tmp_path / "s.zarr"
+    name, ns, boot = _id_parts()
+    dead, dead_start = _dead_process()
+    other_host = tmp_path / f"s.zarr.tmp-x{name}~{ns}~{boot}-{dead}-{dead_start}"
+    zarr.open_group(other_host, mode="w", attributes={UNFINISHED_ATTR: "x"})
+    with caplog.at_level(logging.INFO, logger="fastload"):
+        assert remove_stale_temporaries(out) == []
+    assert other_host.is_dir()
+    (rec,) = [r for r in caplog.records if str(other_host) in r.getMessage()]
+    assert rec.levelno == logging.INFO and f"on another host (x{name}~{ns}~{boot})" in rec.getMessage()
+    assert "cannot be checked from here, so it is kept" in rec.getMessage()
+    assert f"safe to delete once no writer of {out} runs" in rec.getMessage()
 
 
 def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
