@@ -385,8 +385,8 @@ def rechunk(
     if src.grid.kind != "latlon":
         raise SchemaError(f"{src.path}: rechunk writes latitude-longitude grids; this store's grid is {src.grid.kind}")
     names = _field_names(src, fields)
-    if fields is None:  # all fields: every array left out of them is said, with why
-        warn_not_fields(src, "rechunk")
+    if fields is None:  # all fields: every array left out of them (and not copied as it is) is said, with why
+        warn_not_fields(src, "rechunk", kept={n for n, _ in copy_plan(src, names)[1]})
     default = tuple(chunks) if chunks is not None else DEFAULT_CHUNKS
     if samples_per_window != 1 and config is None:
         raise ConfigError(f"rechunk: samples_per_window={samples_per_window} chooses the chunking recommended for a "

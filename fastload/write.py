@@ -420,8 +420,9 @@ class StoreWriter:
         self._check_new(name)
         dims = tuple(dims)
         values = np.asarray(values)
-        if values.dtype.kind in "OT":  # variable-length strings: stored fixed-length, read back as the same str
-            values = values.astype(str)
+        if values.dtype.kind in "OT":  # variable-length strings or bytes: stored fixed-length, read back the same
+            obj = values.astype(object)  # (NumPy's StringDType, kind T, as zarr-python 3.1 reads vlen-utf8, casts only so)
+            values = obj.astype(bytes) if obj.size and all(isinstance(v, bytes) for v in obj.flat) else obj.astype(str)
         bad = [d for d in dims if d not in _COORDS or d not in self.sizes]
         if bad or len(set(dims)) != len(dims):
             raise SchemaError(f"coordinate {name!r}: dimensions {dims}; expected distinct ones of those set "

@@ -7,7 +7,7 @@ when the loader is built, with a message naming the field and the numbers, not a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,14 +36,15 @@ def unknown_field(store: Store, field: str) -> str:
     return f"not in store {store.path}; it has {list(store.fields)}"
 
 
-def warn_not_fields(store: Store, what: str) -> dict[str, str]:
+def warn_not_fields(store: Store, what: str, kept: Collection[str] = ()) -> dict[str, str]:
     """Log a WARNING (``fastload`` logger) for every array of ``store`` left out of its fields
-    (:attr:`Store.not_fields`), naming it and why, and return them (name -> why) for the tool's own report.
+    (:attr:`Store.not_fields`) except those in ``kept`` (the tool copies them as they are), naming it and why, and
+    return them (name -> why) for the tool's own report.
 
     For the tools that go over all the fields when none are named (``what``: ``"stats"``, ``"rechunk"``): a field
     written with a typo (dims out of order, a level dimension without its coordinate) must not just go missing
     from their output."""
-    left = dict(getattr(store, "not_fields", {}) or {})
+    left = {n: why for n, why in (getattr(store, "not_fields", {}) or {}).items() if n not in kept}
     for name, why in left.items():
         log.warning("%s: array %r of %s is not a field and is left out: %s", what, name, store.path, why)
     return left

@@ -488,8 +488,9 @@ def stored_as_is(info: ArrayInfo) -> bool:
 
 class _VLenStream:
     """numcodecs' ``VLenUTF8``/``VLenBytes`` decode, after checking the stream's item count (its first 4 bytes,
-    little-endian) is the chunk's: numcodecs allocates that many object slots before it reads any item, so a
-    corrupt 4-byte header would otherwise claim gigabytes."""
+    little-endian) is the chunk's and that the stream can hold that many items (each carries a 4-byte length):
+    numcodecs allocates that many object slots before it reads any item, so a corrupt 4-byte header, or metadata
+    claiming a huge chunk over a short file, would otherwise claim gigabytes."""
 
     def __init__(self, codec: Any, count: int):
         self.codec, self.count = codec, int(count)
@@ -501,6 +502,9 @@ class _VLenStream:
         n = struct.unpack_from("<I", mv, 0)[0]
         if n != self.count:
             raise DecodeError(f"variable-length stream holds {n} items, expected {self.count} (the chunk's)")
+        if mv.nbytes < 4 + 4 * n:
+            raise DecodeError(f"variable-length stream of {mv.nbytes} bytes is too short for its {n} items (each "
+                              "needs at least 4 bytes)")
         return self.codec.decode(buf)
 
 

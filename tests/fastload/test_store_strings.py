@@ -270,7 +270,9 @@ def test_object_array_without_an_object_codec_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
-def test_truncated_string_chunk_names_array_and_chunk(tmp_path, zarr_format):
+def test_truncated_string_chunk_names_array_and_chunk(tmp_path, zarr_format, monkeypatch):
+    import numcodecs
+
     path = tmp_path / "s.zarr"
     make_per_variable(path, zarr_format=zarr_format)
     _add_vlen(path, zarr_format, "str", "", compressors=None)  # the chunk's bytes are the vlen stream itself
@@ -280,10 +282,18 @@ def test_truncated_string_chunk_names_array_and_chunk(tmp_path, zarr_format):
     with pytest.raises(ChunkReadError, match=r"array 's'.*chunk \(1, 0\)"):
         s.read_array("s")
     np.testing.assert_array_equal(s.read_chunk("s", (0, 0)), TEXT[:2, :3])
-    # a header claiming 2**31 items (numcodecs would allocate 16 GB of object slots before finding out)
+    # numcodecs allocates a slot per item its header claims before reading any: it must not be reached by these
+    for cls in (numcodecs.vlen.VLenUTF8, numcodecs.vlen.VLenBytes):
+        monkeypatch.setattr(cls, "decode", lambda self, buf, out=None: pytest.fail("numcodecs reached"))
+    # a header claiming 2**31 items (16 GB of object slots)
     f.write_bytes(b"\x00\x00\x00\x80")
     with pytest.raises(ChunkReadError, match=r"array 's'.*chunk \(1, 0\).*variable-length stream holds 2147483648 "
                                              r"items, expected 6"):  # fmt: skip
+        s.read_chunk("s", (1, 0))
+    # the header agrees with the chunk (metadata may claim a huge chunk) but the stream cannot hold that many items
+    f.write_bytes(b"\x06\x00\x00\x00" + bytes(16))
+    with pytest.raises(ChunkReadError, match=r"array 's'.*chunk \(1, 0\).*stream of 20 bytes is too short for its 6 "
+                                             r"items"):  # fmt: skip
         s.read_chunk("s", (1, 0))
 
 
@@ -324,3 +334,66 @@ def test_read_array_of_an_unknown_name(tmp_path):
     with pytest.raises(KeyError, match=r"no array 'expvers'; arrays: \['expver', 'latitude', 'longitude', 't2m', "
                                        r"'valid_time'\]"):  # fmt: skip
         open_store(path).read_array("expvers")
+
+
+def _era5_vlen_expver(path, fmt, shards, expver=None):
+    """An ERA5-like store with ``expver(valid_time)`` as xarray writes Python strings: variable-length."""
+    vt = pd.date_range("2024-01-01", periods=12, freq="6h")
+    if expver is None:
+        expver = np.array(["0001"] * 8 + ["0005"] * 4, dtype=object)
+    ds = xr.Dataset({"t2m": (("valid_time", "latitude", "longitude"),
+                             np.random.default_rng(0).normal(280, 5, (12, 9, 16)).astype("f4"))},
+                    coords={"valid_time": vt, "latitude": np.linspace(40, 0, 9), "longitude": np.arange(0, 80, 5.0),
+                            "expver": ("valid_time", expver)})  # fmt: skip
+    enc = {"expver": {"chunks": (4,), "shards": (8,)}, "t2m": {"chunks": (4, 9, 16), "shards": (8, 9, 16)}} \
+        if shards else {}
+    with _quiet():
+        ds.to_zarr(path, zarr_format=fmt, consolidated=fmt == 2, encoding=enc)
+    return ds
+
+
+@pytest.mark.parametrize(("fmt", "shards", "kind"), [(2, False, "str"), (3, False, "str"), (3, True, "str"),
+                                                     (2, False, "bytes"), (3, False, "bytes")])  # fmt: skip
+def test_rechunk_copies_a_variable_length_expver(tmp_path, fmt, shards, kind, caplog):
+    """Review r3 F1/F5: rechunk of an ERA5 store whose expver xarray wrote as variable-length strings copies it
+    as xarray reads it (it crashed: NumPy's StringDType, which zarr-python 3.1 reads, does not cast to str), and
+    does not warn that the expver it copies is left out."""
+    import logging
+
+    from fastload.rechunk import main as rechunk_main
+
+    src, out = tmp_path / "s.zarr", tmp_path / "o.zarr"
+    want = ["0001"] * 8 + ["0005"] * 4
+    _era5_vlen_expver(src, fmt, shards, np.array(want, dtype=object))
+    if kind == "bytes":  # variable-length bytes (it failed with a UnicodeDecodeError): copied as fixed-length bytes
+        want = [v.encode() for v in want]
+        with _quiet():
+            root = zarr.open_group(str(src), mode="a")
+            del root["expver"]
+            root.create_array("expver", shape=(12,), chunks=(4,), dtype=VariableLengthBytes(),
+                              **_dims(fmt, ("valid_time",)))[...] = np.array(want, dtype=object)
+            if fmt == 2:
+                zarr.consolidate_metadata(str(src))
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert rechunk_main([str(src), str(out), "--chunks", "4,1,9,8", "-q"]) in (0, None)
+    assert not [r for r in caplog.records if "expver" in r.getMessage()]
+    with _quiet():
+        a, b = xr.open_zarr(src), xr.open_zarr(out)
+        assert b["expver"].values.tolist() == a["expver"].values.tolist() == want
+        np.testing.assert_array_equal(b["t2m"].values, a["t2m"].values)
+
+
+@pytest.mark.parametrize("first", ["chunk_bytes", "chunk_bytes_many", "decode"])
+def test_a_coordinate_first_read_through_each_entry_point(tmp_path, first):
+    """Review r3 F4: a string coordinate's decoder is set up on first use whichever entry point comes first (a
+    sharded one read through chunk_bytes_many took the whole shard as the chunk; decode gave a bare KeyError)."""
+    expver = np.array([f"{i:04d}" for i in range(12)], dtype=object)
+    _era5_vlen_expver(tmp_path / "s.zarr", 3, True, expver)
+    s = open_store(tmp_path / "s.zarr")  # expver not read at open
+    if first == "chunk_bytes":
+        raw = s.chunk_bytes("expver", (1,))
+    elif first == "chunk_bytes_many":
+        raw = s.chunk_bytes_many("expver", [(1,)])[0]
+    else:  # bytes read through another Store: this one's first use is decode
+        raw = open_store(tmp_path / "s.zarr").chunk_bytes("expver", (1,))
+    assert s.decode("expver", raw, (1,)).tolist() == expver[4:8].tolist()
