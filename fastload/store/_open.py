@@ -178,8 +178,11 @@ class Store:
         Returns
         -------
         numpy.ndarray
-            The array's shape; its dtype, except variable-length strings (bytes), an object array of ``str``
-            (``bytes``), as zarr-python reads them; missing chunks read as the fill value.
+            The array's shape and dtype, values as stored: no CF decoding (``valid_time`` stays numbers with its
+            ``units``; :attr:`time` has the decoded times) and no masking of the fill value (xarray masks a
+            string array's non-null fill as NaN). Variable-length strings (bytes) come as an object array of
+            ``str`` (``bytes``), with the values zarr-python reads (it returns NumPy's ``StringDType``); missing
+            chunks read as the fill value.
 
         Raises
         ------
