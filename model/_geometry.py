@@ -11,6 +11,7 @@ Host syncs: shapes, dtypes and devices are host metadata. The neighbour *values*
 them is a host sync. :class:`RolloutCheck` reads them once per neighbours tensor (it remembers the last tensor it
 checked and its version counter, which any in-place change bumps), so a geometry used for every step of every
 rollout, as a training loop does, costs one read in all, not one per step; neighbours on the CPU cost no sync.
+(One tensor is remembered: a caller alternating between two geometries on an accelerator pays a read per call.)
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class TileGeometry(NamedTuple):
     """Where the tiles of the global tiling sit: centres ``lat``, ``lon`` (T,) degrees; ``neighbors`` (T, K).
 
     ``lat`` and ``lon`` are floating-point tensors on the model's device; ``neighbors`` an integer tensor of tile
-    indices in ``[0, T)`` (anywhere: it is moved to the model's device; keep it on the CPU to have it checked
-    without a host sync, or reuse one tensor, which is read once).
+    indices in ``[0, T)``, best on the model's device too (elsewhere, each decode copies it there). Its values are
+    checked with one host read the first time a tensor is used, none while the same tensor is used again.
     """
 
     lat: torch.Tensor
