@@ -178,8 +178,9 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     - ``<out>.tmp-<writer>`` not yet finished (:data:`UNFINISHED_ATTR`): removed. A finished one (the writer was
       killed between finishing and moving it in) is kept with a warning: it may be the only copy of the newest data;
     - ``<out>.tmp-<writer>.new-<inode>`` (:func:`ready_path`): kept with a warning when it is still the directory of
-      that inode (the new store; its writer was killed before the switch); removed when it holds another one (the
-      store an exchange took from ``out``; its writer was killed before deleting it);
+      that inode (the new store; its writer was killed before the switch); removed when it holds another one and
+      ``out`` holds that inode (the store an exchange took from ``out``; its writer was killed before deleting it);
+      kept with a warning when neither holds that inode (``out`` replaced since, or inodes that change on rename);
     - ``<out>.del-<writer>``, a replaced store being deleted: removed, whatever ``out`` holds;
     - ``<out>.old-<writer>``, the store that was at ``out``, moved aside by the two renames: removed when ``out``
       exists, kept with a warning (rename it back) when ``out`` is missing.
@@ -230,6 +231,12 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
         if kind == "old" and not out_there:
             log.warning("%s: the store that was at %s, moved aside by writer %d (gone), which was killed before it "
                         "put its new store there; rename it back to %s", p, out, pid, out.name)  # fmt: skip
+            continue
+        if kind == "new" and _inode(out) != ino:  # neither name holds the writer's new store
+            log.warning("%s: a store left by writer %d (gone) at the name its new store had just before the switch, "
+                        "but not that store (inode %d), while %s does not hold it either (replaced since, or a file "
+                        "system whose inodes change on rename): it cannot tell which store this is, so it is kept; "
+                        "compare it with %s, then delete it", p, pid, ino, out.name, out.name)  # fmt: skip
             continue
         if p.is_symlink():
             with contextlib.suppress(OSError):

@@ -484,6 +484,31 @@ def test_a_dead_writers_finished_temporary_is_kept_with_or_without_out(tmp_path,
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["s.zarr", done.name])
 
 
+def test_a_dead_writers_ready_name_is_judged_by_the_inodes_of_both_names(tmp_path, caplog):
+    """``<tmp>.new-<inode>`` of a dead writer: still that folder, the new store (kept); another folder while OUT is
+    that inode, the store an exchange replaced (removed); another folder while OUT is not that inode either (OUT
+    replaced since, or a file system whose inodes change on rename): which store it is cannot be told, so it is
+    kept with a warning, never deleted on a guess."""
+    out = _store(tmp_path / "s.zarr", 2)
+    p = subprocess.Popen(["sleep", "60"])
+    start = wa._proc_start(p.pid)[0]
+    p.kill()
+    p.wait()
+    tmp = f"s.zarr.tmp-{_host()}-{p.pid}-{start}"
+    new = _store(tmp_path / "new", 3)
+    new = new.rename(tmp_path / f"{tmp}.new-{new.stat().st_ino}")  # killed before the switch
+    replaced = _store(tmp_path / "replaced", 1).rename(tmp_path / f"{tmp}9.new-{out.stat().st_ino}")  # after it
+    unknown = _store(tmp_path / "unknown", 0)
+    unknown = unknown.rename(tmp_path / f"{tmp}8.new-{unknown.stat().st_ino + 1}")  # neither
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        assert remove_stale_temporaries(out) == [replaced]
+    assert _read_out(new) == 3 and _read_out(unknown) == 0 and _read_out(out) == 2
+    assert f"{new}: a finished store left by writer {p.pid} (gone)" in caplog.text
+    assert f"removed {replaced}: the store that was at s.zarr, exchanged for the writer's new one" in caplog.text
+    assert f"{unknown}: a store left by writer {p.pid} (gone)" in caplog.text
+    assert "cannot tell which store this is, so it is kept" in caplog.text
+
+
 def test_without_overwrite_an_existing_out_is_refused_and_nothing_moves(tmp_path):
     out = _store(tmp_path / "s.zarr", 1)
     tmp = _store(temp_path(out), 2)
