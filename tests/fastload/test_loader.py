@@ -181,7 +181,7 @@ def test_masking_and_dataset_adapter(tmp_path):
     loader.close()
 
 
-@pytest.mark.parametrize("masking", ["BERT", "forecast", {"strategy": "forecast", "forecast_tokens": 2},
+@pytest.mark.parametrize("masking", ["BERT", "forecast", {"strategy": "forecast", "forecast_tokens": 1, "synced": True},
                                      {"rate": 0.8, "synced": True}])
 def test_masking_given_as_a_strategy_name_or_a_mapping(tmp_path, masking):
     """masking= as a strategy name or a mapping of MaskingConfig fields masks every batch as mask_batch does with the
@@ -443,3 +443,21 @@ def test_cuda_batches_arrive_on_the_device(tmp_path):
                 assert torch.equal(batch[f].cpu().view(torch.int16), want.view(torch.int16))
             seen += 1
         assert seen == len(loader) and loader._ring.reallocations == 0
+
+
+def test_closing_waits_by_the_stop_grace_set_at_the_time(monkeypatch):
+    """The loader reads the stop grace from fastload._loader_iter when it closes (it imported the value once, so
+    a grace set later, as tests do, was not seen: close waited 5 s); None still means no limit."""
+    from unittest import mock
+
+    import fastload._loader_iter as fi
+    from fastload._backend import ThreadBackend
+    from fastload.loader import _close_all
+
+    monkeypatch.setattr(fi, "_STOP_GRACE_S", 0.2)
+    backend = mock.create_autospec(ThreadBackend, instance=True)
+    _close_all([backend])
+    backend.close.assert_called_once_with(0.2)
+    backend.close.reset_mock()
+    _close_all([backend], None)
+    backend.close.assert_called_once_with(None)
