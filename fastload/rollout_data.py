@@ -45,6 +45,7 @@ from .extract import _READ_TIMEOUT_S, _normalizer, extract
 from .pump import Pump
 from .reader import IOStats
 from .sampling.tiles import GlobalTiles, global_tiles
+from .store import stored_nbytes
 
 __all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader", "extract_windows"]
 
@@ -205,7 +206,7 @@ class _CountingStore:
         raw = self._store.chunk_bytes(array, chunk)
         s = self.stats
         s.fetch_s += time.perf_counter() - t0
-        s.bytes_stored += 0 if raw is None else len(raw)
+        s.bytes_stored += stored_nbytes(raw)
         return raw
 
     def decode(self, array: str, raw: Any, chunk: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:

@@ -254,3 +254,15 @@ def test_a_chunk_that_fails_to_decode_still_counts_the_bytes_read(tmp_path):
         for _ in loader:
             pass
         assert loader.stats.bytes_stored == size(0, 0, 0)
+
+
+def test_the_rollout_loaders_counter_counts_whole_shards_as_read(tmp_path):
+    """Review r1 S4: the counting store behind the rollout loader (extract's requests) adds the bytes read for a
+    chunk (a whole shard once), not the decoded inner chunk's size."""
+    from fastload.rollout_data import _CountingStore
+
+    size = _shard_store(tmp_path / "s.zarr")
+    s = _CountingStore(open_store(tmp_path / "s.zarr"))
+    for chunk in [(0, 0, 0), (0, 1, 1), (1, 2, 3)]:  # all in shard (0, 0, 0)
+        s.chunk_bytes("v", chunk)
+    assert s.stats.bytes_stored == size(0, 0, 0)
