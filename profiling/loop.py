@@ -109,42 +109,11 @@ def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[s
 
 
 def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> dict[str, Any]:
-    """A loader :class:`~fastload.Batch` as the Multiformer's input dict (see :mod:`model.multiformer`).
+    """A loader :class:`~fastload.Batch` as the Multiformer's input dict: :func:`model.model_inputs` (see there),
+    with level metadata for the fields that have levels (``levelled``) and every tensor on ``device``."""
+    from model import model_inputs as inputs_of
 
-    Tokens are the loader's masked sources (its targets when it does not mask); per-token metadata, ``(B, nt)``
-    times and ``(B, nlat, nlon)`` positions, are broadcast to ``(B, L, nt, nlat, nlon)`` as views. Point-sampled
-    fields (a mesh, every stream but the first of a multi-stream config) and the fields of a curvilinear store that
-    repeats places (NEMO/ORCA halo columns and north fold) carry a ``valid`` slot mask: they get
-    ``valid_values`` and ``valid`` (:func:`model.multiformer.padding_masks`: padding slots and NaN values weigh
-    nothing in the loss, tokens without a value are not attended to). Tensors not yet on ``device`` are moved
-    (non-blocking).
-    """
-    from model.multiformer import padding_masks
-
-    def dev(t: torch.Tensor) -> torch.Tensor:
-        return t if t.device == device else t.to(device, non_blocking=True)
-
-    out: dict[str, Any] = {}
-    for name, target in batch.fields.items():
-        target = dev(target)  # (B, L, nt, nlat, nlon, tt, tlat, tlon)
-        grid = tuple(target.shape[:5])
-        m = batch.meta[name]
-        hour, doy = dev(m["hour"]), dev(m["day_of_year"])  # (B, nt)
-        lat, lon = dev(m["lat"]), dev(m["lon"])  # (B, nlat, nlon)
-        meta = {"time_of_day": hour[:, None, :, None, None].expand(grid),
-                "day_of_year": doy[:, None, :, None, None].expand(grid),
-                "lat": lat[:, None, None].expand(grid), "lon": lon[:, None, None].expand(grid)}
-        if name in levelled:
-            meta["level"] = dev(m["level"])[None, :, None, None, None].expand(grid)  # (L,) -> grid
-        item: dict[str, Any] = {"tokens": target, "target": target, "meta": meta}
-        if batch.masks is not None:
-            item["tokens"] = dev(batch.sources[name])
-            item["mask"] = dev(batch.masks[name])  # (B, L, nt, nlat, nlon) bool
-        if "valid" in m:  # point slots: (B, nlat, nlon, K) bool, False for padding; from the inputs, never the
-            # target (as at inference: a masked token whose target has no value stays a key)
-            item.update(padding_masks(item["tokens"], dev(m["valid"])))
-        out[name] = item
-    return out
+    return inputs_of(batch, device, levelled=levelled)
 
 
 # -- model --------------------------------------------------------------------------------------------------------
