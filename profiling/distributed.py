@@ -65,15 +65,21 @@ def nccl_timeout_problem(env: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def collective(what: str) -> Iterator[None]:
+def collective(what: str, *, among_other_work: bool = False) -> Iterator[None]:
     """Run the collective(s) in the ``with`` block; one that fails (another rank died, or did not join within the
-    group's timeout) raises :class:`CollectiveError` naming this rank, ``what`` and the timeout setting."""
+    group's timeout) raises :class:`CollectiveError` naming this rank, ``what`` and the timeout setting.
+    ``among_other_work``: the block also does other work (DDP's backward), so only an error from the collective
+    layer (torch's DistError, or a message of gloo or nccl) is one; any other RuntimeError passes unchanged."""
     try:
         yield
     except RuntimeError as e:  # torch's DistError / DistBackendError, gloo's "Timed out waiting 600000ms ..."
         import torch.distributed as dist
 
         if isinstance(e, FastloadError) or not dist.is_initialized():
+            raise
+        if among_other_work and not (isinstance(e, dist.DistError) or any(
+                k in str(e) for k in ("gloo", "Gloo", "NCCL", "nccl", "Timed out waiting", "Connection closed by peer",
+                                      "Connection reset by peer"))):
             raise
         limit = f"dist_timeout_s = {_timeout_s:g} s" if _timeout_s is not None else "the process group's timeout"
         raise CollectiveError(

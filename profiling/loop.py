@@ -55,7 +55,7 @@ import torch
 
 from fastload.errors import ConfigError, StoreError
 
-from .distributed import gather, init_distributed, resume_run, save_run
+from .distributed import collective, gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, sample_counter
 
@@ -240,7 +240,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     out_dir = Path(out or cfg.report_dir or f"runs/{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     if ddp:
         box = [str(out_dir)]
-        dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
+        with collective("sharing the report folder"):
+            dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
         out_dir = Path(box[0]) / f"rank{rank}"
     if nsys:
         nvtx_enable()
@@ -253,7 +254,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     if rank == 0:
         store_path, sampling = prepare_data(cfg, say)
     if ddp:
-        dist.barrier()
+        with collective("waiting for rank 0 to prepare the data"):
+            dist.barrier()
     if rank != 0:
         store_path, sampling = prepare_data(cfg, say)
     levelled = [f.name for f in sampling.fields if f.levels is not None]
@@ -398,7 +400,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 with timer.phase("forward"):
                     with autocast:
                         loss = loss_of(inputs)
-                with timer.phase("backward"):
+                with timer.phase("backward"), (collective("the gradient all-reduce (backward)", among_other_work=True)
+                                                if ddp else contextlib.nullcontext()):
                     loss.backward()
             with timer.phase("optimizer"):
                 # sync point (DDP with on_bad_chunk = "skip" only): the host all-reduce of the counts, done by now
@@ -447,7 +450,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
     paths = write_report(out_dir, records, summary)
     briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"], "skipped": skipped,
-                      "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world)
+                      "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world,
+                    "the run summaries")
     say("")
     say(format_table(summary))
     for b in (b for b in briefs if b["skipped"]["samples"]):  # loader.on_bad_chunk = "skip": what bad chunks cost

@@ -146,5 +146,30 @@ def test_a_frozen_rank_ends_fastload_train_after_the_timeout_instead_of_hanging_
             p.wait(timeout=60)
     out = logs[0].read_text()
     assert rc != 0, out[-3000:]
-    # where rank 0 waits decides who reports it: gloo in DDP's all-reduce, or profiling.distributed's collectives
-    assert "Timed out waiting 5000ms" in out or "dist_timeout_s = 5 s" in out, out[-3000:]
+    # rank 0 waits in DDP's gradient all-reduce (or a later collective): either way it names the setting
+    assert "dist_timeout_s = 5 s" in out, out[-3000:]
+
+
+def test_a_guarded_backward_turns_only_collective_errors_into_collective_errors(tmp_path):
+    """``collective(..., among_other_work=True)`` (DDP's backward): an error of the collective layer becomes a
+    CollectiveError naming the setting; any other RuntimeError of the block (autograd, out of memory) passes as
+    it is, not blamed on another rank."""
+    import torch.distributed as dist
+
+    from profiling.distributed import CollectiveError, collective
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="^CUDA out of memory") as e:
+            with collective("the gradient all-reduce (backward)", among_other_work=True):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        assert not isinstance(e.value, CollectiveError)
+        with pytest.raises(CollectiveError, match=r"rank 0 of 1: the gradient all-reduce \(backward\) did not "
+                                                  r"complete .*Timed out waiting 5000ms"):
+            with collective("the gradient all-reduce (backward)", among_other_work=True):
+                raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv")
+        with pytest.raises(CollectiveError, match="did not complete"):
+            with collective("gathering the run summaries from every rank"):
+                raise RuntimeError("anything, inside a block that is only a collective")
+    finally:
+        dist.destroy_process_group()
