@@ -30,7 +30,7 @@ import torch
 from ._nvtx import range as nvtx_range
 from ._ring import BatchRing
 from .errors import LoaderClosedError
-from .pump import Pump
+from .pump import Pump, PumpClosedError
 from .reader import IOStats
 
 if TYPE_CHECKING:
@@ -84,6 +84,13 @@ class Batch:
 
     def __getitem__(self, field: str) -> Any:
         return self.fields[field]
+
+    def __contains__(self, field: object) -> bool:
+        return field in self.fields
+
+    def __iter__(self) -> Iterator[str]:
+        """The field names (as a dict's keys): ``for name in batch``, ``"t2m" in batch``."""
+        return iter(self.fields)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -216,6 +223,9 @@ class _EpochIterator(Iterator[Batch]):
             except StopIteration:
                 self._finish()
                 raise
+            except PumpClosedError:  # another thread stopped this iteration while this one waited for its batch
+                raise LoaderClosedError("this iteration was stopped while waiting for its batch (close, set_epoch, "
+                                        "load_state_dict or a new iter on another thread)") from None
         stats.wait_s = time.perf_counter() - t0
         self._state.batch = batch + 1
         # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank

@@ -152,7 +152,7 @@ class Loader:
         from .sampling.masking import as_masking_config, make_masks, mask_generator
 
         self.masking = as_masking_config(masking)  # checked here, not at the first batch
-        if self.masking is not None:  # masks fit every field's tokens (forecast_tokens <= nt, synced shapes)
+        if self.masking is not None:  # masks fit every field's tokens (forecast_tokens < nt, synced shapes)
             make_masks(self.masking, {f.name: (1, f.num_levels, *f.num_tokens) for f in self.config.fields},
                        mask_generator(0, 0, 0))
         self.multi: Any = None
@@ -502,8 +502,8 @@ class Loader:
     def __repr__(self) -> str:
         cfg = self.loader_config
         return (f"Loader({self.store.path!r}, fields={list(self.config.field_names)}, batch_size={self.batch_size}, "
-                f"batches={len(self)}, workers={cfg.workers} {cfg.mode}s, device={self.device}, "
-                f"rank={self.rank}/{self.world_size})")
+                f"batches={len(self)}, workers={cfg.workers} {'processes' if cfg.mode == 'process' else 'threads'}, "
+                f"device={self.device}, rank={self.rank}/{self.world_size})")
 
 
 def _close_all(things: list[Any], timeout: Any = _loader_iter._GRACE) -> None:

@@ -461,3 +461,51 @@ def test_closing_waits_by_the_stop_grace_set_at_the_time(monkeypatch):
     backend.close.reset_mock()
     _close_all([backend], None)
     backend.close.assert_called_once_with(None)
+
+
+def test_a_thread_waiting_for_a_batch_gets_loader_closed_when_another_closes_the_loader(tmp_path, monkeypatch):
+    """Audit F10: close() from another thread while one waits in next(it) gives the waiter LoaderClosedError (a
+    FastloadError), not the pump's internal PumpClosedError; the next call says the same."""
+    _short_stop_grace(monkeypatch)
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    entered, release = _first_request_hangs(store)
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, seed=7)
+    caught: list[BaseException] = []
+    it = iter(loader)
+
+    def consume():
+        try:
+            next(it)
+        except BaseException as e:  # noqa: BLE001 - the test looks at what it is
+            caught.append(e)
+
+    t = threading.Thread(target=consume, daemon=True)
+    try:
+        t.start()
+        assert entered.wait(30)
+        loader.close(timeout=1.0)
+        t.join(30)
+        assert not t.is_alive()
+        assert len(caught) == 1 and isinstance(caught[0], LoaderClosedError), repr(caught)
+        with pytest.raises(LoaderClosedError):
+            next(it)
+    finally:
+        _release_and_close(release, loader)
+
+
+def test_a_batch_is_a_mapping_of_its_fields(tmp_path):
+    """Audit: ``"t" in batch`` and ``for name in batch`` go over the field names (they called batch[0]: KeyError)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=4, workers=1, seed=1) as loader:
+        b = next(iter(loader))
+        assert list(b) == list(cfg.field_names) == list(b.fields)
+        assert all(name in b for name in cfg.field_names) and "no such field" not in b
+
+
+def test_repr_names_the_worker_kind(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=4, workers=2, seed=1) as loader:
+        assert "workers=2 threads," in repr(loader)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=4, workers=2, mode="process", seed=1) as loader:
+        assert "workers=2 processes," in repr(loader)  # it said "processs"
