@@ -420,13 +420,16 @@ class LoaderConfig(_Config):
     seed: int = 0
     """Seed of the sample placement and masks (with epoch and rank)."""
     rank: int | None = None
-    """This process's rank; ``None``: from torch.distributed when initialised, else 0."""
+    """This process's rank; ``None``: from torch.distributed when initialised, else from the environment's ``RANK``
+    and ``WORLD_SIZE`` when both are set (torchrun sets them), else 0."""
     world_size: int | None = None
-    """Number of ranks; ``None``: from torch.distributed when initialised, else 1."""
+    """Number of ranks; ``None``: from torch.distributed when initialised, else the environment's ``WORLD_SIZE``
+    (with ``RANK``), else 1."""
     samples_per_window: int = 1
     """Samples drawn per time window (AtmoRep's amortisation); 1 keeps samples independent."""
     on_bad_chunk: Literal["raise", "skip"] = "raise"
-    """A corrupt chunk raises (default) or its samples are skipped and counted."""
+    """A corrupt chunk raises (default) or its samples are skipped and counted. A batch that loses every sample is
+    still handed out, with 0 samples (see :class:`fastload.Batch`), so every rank takes ``len(loader)`` batches."""
     retries: int = 3
     """Retries of a transient read error (an ``OSError`` other than a missing file or a permission error), with
     exponential backoff (0.05 s, doubling), all within ``read_timeout_s`` of the first attempt: a retry whose backoff
@@ -464,7 +467,9 @@ class LoaderConfig(_Config):
     ones. Raise it where starting a process is slow (Python and its packages on a cold network filesystem).
     ``None``: wait for ever (Ctrl-C still ends the wait)."""
     drop_last: bool = True
-    """Drop the last incomplete batch of an epoch."""
+    """Drop the last incomplete batch of an epoch. With several ranks every rank still takes the same number of
+    batches: ``True`` drops what does not fill them on every rank (counted in a warning), ``False`` keeps it, so a
+    rank's last batch may be smaller than another's."""
 
     def __post_init__(self) -> None:
         def positive(key: str, minimum: int = 1) -> None:

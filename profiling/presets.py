@@ -130,16 +130,6 @@ def redact(value: Any, name: str = "") -> Any:
     return value
 
 
-def _from_base(s: SamplingConfig, base: Path | None) -> SamplingConfig:
-    """An inline sampling table's relative local paths (``norm_path``, each stream's ``path`` and ``norm_path``)
-    taken from ``base``, the run file's folder, as :meth:`SamplingConfig.from_file` takes a file's from its own."""
-    def rel(v: str | None) -> str | None:
-        return v if base is None or v is None or "://" in v or os.path.isabs(v) else str((base / v).resolve())
-
-    streams = tuple(dataclasses.replace(st, path=rel(st.path), norm_path=rel(st.norm_path)) for st in s.streams)
-    return dataclasses.replace(s, norm_path=rel(s.norm_path), streams=streams)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig(_Section):
     """Where the samples come from."""
@@ -218,7 +208,8 @@ class DataConfig(_Section):
             kw["sampling"] = SamplingConfig.from_file(p)
         elif isinstance(s, Mapping):
             try:
-                kw["sampling"] = _from_base(SamplingConfig.from_dict(s), base)
+                # relative local paths from the run file's folder; built once, so its warnings come once
+                kw["sampling"] = SamplingConfig.from_dict(s, base=base)
             except ConfigError as e:
                 raise ConfigError(f"{where}.sampling: {e}") from None
         elif not isinstance(s, SamplingConfig):

@@ -253,3 +253,18 @@ def test_client_options_go_to_url_stores_only():
                                                             storage_options={"anon": True}))
     assert _url_options(cfg, "s3://b/ocean.zarr") == {"anon": True}
     assert _url_options(cfg, "/data/ocean.zarr") is None
+
+
+def test_toml_inline_sampling_warns_once(tmp_path):
+    """Audit F5's follow-up: an inline [data.sampling] table built its config twice (the second time to take paths
+    from the run file's folder), so a float16 raw field's warning came twice; the config is built once now."""
+    import warnings
+
+    (tmp_path / "run.toml").write_text(
+        '[data]\nstore = "era.zarr"\n[data.sampling]\nbatch_size = 2\nout_dtype = "float16"\nnorm_path = "n.zarr"\n'
+        '[data.sampling.fields.t2m]\nnum_tokens = [1, 2, 2]\ntoken_size = [1, 3, 3]\nnormalization = "none"\n')
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cfg = load_run_config(tmp_path / "run.toml")
+    assert [str(w.message)[:40] for w in seen] == ["out_dtype = 'float16' with normalization"]
+    assert cfg.data.sampling.norm_path == str(tmp_path / "n.zarr")
