@@ -453,7 +453,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                       "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world,
                     "the run summaries")
     say("")
-    say(format_table(summary))
+    say((f"rank 0 of {world} (every rank's line below):\n" if ddp else "") + format_table(summary))
     for b in (b for b in briefs if b["skipped"]["samples"]):  # loader.on_bad_chunk = "skip": what bad chunks cost
         say(f"rank {b['rank']}: skipped for bad chunks: {b['skipped']['samples']} sample(s), "
             f"{b['skipped']['empty_batches']} batch(es) left with none, "
@@ -464,6 +464,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         for b in briefs:
             say(f"  rank {b['rank']}: {b['step_ms']:.2f} ms/step  {b['samples_per_s']:.1f} samples/s  "
                 f"stall {100 * b['stall_fraction']:.1f}%")
+        say(f"  all {world} ranks: {sum(b['samples_per_s'] for b in briefs):.1f} samples/s, slowest rank "
+            f"{max(b['step_ms'] for b in briefs):.2f} ms/step")
     say(f"\nreport: {', '.join(str(p) for p in paths.values())}"
         + (f" (every rank's in {out_dir.parent}/rank<r>/)" if ddp else ""))
     if torch_profiler is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,10 @@ def test_two_process_gloo_run_trains_and_reports_per_rank(tmp_path_factory, tmp_
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "per rank:" in p.stdout and "rank 0:" in p.stdout and "rank 1:" in p.stdout
+    assert "rank 0 of 2 (every rank's line below):" in p.stdout  # the table is rank 0's, not the run's (audit L2)
+    rates = [float(m) for m in re.findall(r"rank [01]: [\d.]+ ms/step  ([\d.]+) samples/s", p.stdout)]
+    total = float(re.search(r"all 2 ranks: ([\d.]+) samples/s", p.stdout).group(1))
+    assert len(rates) == 2 and total == pytest.approx(sum(rates), abs=0.11)  # (printed to 0.1)
     for rank in (0, 1):
         s = json.loads((out / f"rank{rank}" / "summary.json").read_text())
         assert s["rank"] == rank and s["world_size"] == 2 and s["mode"] == "train"
