@@ -114,7 +114,7 @@ def _check_explicit_counts(n: int, n_batches: int, world: int, batch_size: int, 
         device = torch.device("cuda", torch.cuda.current_device())
     mine = torch.tensor([n, n_batches], dtype=torch.int64, device=device)
     got = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(got, mine)  # sync point: once, at construction
+    dist.all_gather(got, mine)  # sync point: once, when the caller checks (Loader.check_ranks)
     counts = [(int(t[0]), int(t[1])) for t in got]
     if len({b for _, b in counts}) == 1:
         return
@@ -122,7 +122,7 @@ def _check_explicit_counts(n: int, n_batches: int, world: int, batch_size: int, 
     rounded_up = {-(-s // batch_size) for s, _ in counts}  # batches each rank would make with drop_last=False
     alt = (f", or pass drop_last=False (every rank then makes {rounded_up.pop()}, some a partial last one)"
            if drop_last and len(rounded_up) == 1 else "")
-    raise ConfigError(f"Loader(boxes=...): the ranks' explicit plans make different numbers of batches of "
+    raise ConfigError(f"Loader(boxes=...).check_ranks(): the ranks' explicit plans make different numbers of batches of "
                       f"batch_size={batch_size} (drop_last={drop_last}): {each}. boxes= is each rank's own plan and "
                       f"DDP needs the same number of steps on every rank (else a collective fails or hangs): give "
                       f"every rank equally many batches' worth of boxes (e.g. cut the whole plan to a multiple of "

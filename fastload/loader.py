@@ -46,8 +46,9 @@ rounded up (each rank's last batch then partial, and of different sizes on diffe
 that are not read: with ``world_size > 1`` the loader logs one WARNING (rank 0) with their number and a
 ``samples_per_epoch`` that reads them all (a multiple of ``world_size x lcm(samples_per_window, batch_size)``):
 e.g. 1024 samples on 48 ranks in batches of 8 read 768 (2 batches of each rank's 21 or 22) with ``drop_last``.
-An explicit plan (``boxes=``) is each rank's own; in an initialised process group its batch counts are compared
-across ranks once at construction (a ``ConfigError`` naming every rank's count, not a hang later).
+An explicit plan (``boxes=``) is each rank's own: :meth:`Loader.check_ranks`, called on every rank, compares the
+ranks' batch counts (a ``ConfigError`` naming every rank's count, not a hang at the epoch's end). It is not done at
+construction: a loader only some ranks build (rank 0's validation loader) must not wait for the others.
 """
 
 from __future__ import annotations
@@ -180,7 +181,6 @@ class Loader:
         if boxes is not None:  # this rank's own plan: its batches as on one rank, the same count on every rank
             n = self._samples = int(self._explicit_boxes(int(epoch)).shape[0])
             self._n_batches = n // bs if cfg.drop_last else -(-n // bs)
-            _check_explicit_counts(n, self._n_batches, self.world_size, bs, cfg.drop_last)  # before any other raise
         else:
             counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
             self._n_batches, used = _equal_batches(counts, bs, cfg.drop_last)
@@ -347,6 +347,16 @@ class Loader:
         self._finalizer = weakref.finalize(self, _close_all, [self._backend, self._ring])
 
     # -- epochs ---------------------------------------------------------------------------------------------------
+    def check_ranks(self) -> None:
+        """Check that every rank's explicit plan (``boxes=``) makes the same number of batches; call it on every rank
+        of the process group (it is one small all_gather), e.g. right after building the loaders. Raises
+        :class:`~fastload.errors.ConfigError` naming each rank's count when they differ: a DDP loop would otherwise
+        end the epoch on different steps (the next collective fails or hangs). Nothing to check for random placement
+        (equal by construction), one rank, or no initialised process group."""
+        if self._explicit is not None:
+            _check_explicit_counts(self._samples, self._n_batches, self.world_size, self.batch_size,
+                                   self.loader_config.drop_last)
+
     def _explicit_boxes(self, epoch: int) -> np.ndarray:
         b = self._explicit(epoch) if callable(self._explicit) else self._explicit
         b = self.tokenizer.check_boxes(b)

@@ -66,6 +66,7 @@ def _explicit_main(rank: int, world: int, root: str, drop_last: bool) -> None:
     """Each rank builds a Loader on its own share ``plan[rank::2]`` of 11 boxes (6 and 5) in batches of 3."""
     import json
 
+    import torch
     import torch.distributed as dist
 
     from fastload.config import SamplingConfig
@@ -79,9 +80,17 @@ def _explicit_main(rank: int, world: int, root: str, drop_last: bool) -> None:
         try:
             with Loader(os.path.join(root, "s.zarr"), cfg, boxes=plan[rank::world], batch_size=3, workers=1,
                         drop_last=drop_last) as loader:
+                loader.check_ranks()
                 out = {"len": len(loader), "boxes": np.concatenate([b.boxes.numpy() for b in loader]).tolist()}
         except ConfigError as e:
             out = {"error": str(e)}
+        # review r4 F1: a loader only rank 0 builds (a validation loader) makes no collective of its own
+        if rank == 0:
+            with Loader(os.path.join(root, "s.zarr"), cfg, boxes=plan[:4], batch_size=2, workers=1) as loader:
+                out["rank0_only"] = sum(len(b) for b in loader)
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        out["all_reduce"] = float(t[0])
         with open(os.path.join(root, f"explicit{int(drop_last)}_{rank}.json"), "w") as f:
             json.dump(out, f)
     finally:
@@ -90,7 +99,7 @@ def _explicit_main(rank: int, world: int, root: str, drop_last: bool) -> None:
 
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_explicit_per_rank_plans_of_unequal_batch_counts_are_refused_on_every_rank(tmp_path, drop_last):
-    """11 boxes split by the caller: 6 and 5. drop_last: 2 and 1 batches of 3, refused at construction on both ranks
+    """11 boxes split by the caller: 6 and 5. drop_last: 2 and 1 batches of 3, refused by check_ranks on both ranks
     with both counts named (it ran on, and rank 0's next collective failed with gloo, hung with NCCL); without
     drop_last 2 and 2 batches: each rank reads exactly its own boxes."""
     import json
@@ -114,6 +123,7 @@ def test_explicit_per_rank_plans_of_unequal_batch_counts_are_refused_on_every_ra
             p.join()
     assert [p.exitcode for p in procs] == [0, 0]
     got = [json.loads((tmp_path / f"explicit{int(drop_last)}_{r}.json").read_text()) for r in range(2)]
+    assert [g["all_reduce"] for g in got] == [2.0, 2.0] and got[0]["rank0_only"] == 4, got
     if drop_last:
         for g in got:
             msg = g.get("error", "")
