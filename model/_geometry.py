@@ -8,10 +8,13 @@ lead time that does not fit the state used to fail deep in torch: a raw broadcas
 first step, and names the argument, what it expected and what it got.
 
 Host syncs: shapes, dtypes and devices are host metadata. The neighbour *values* are not: on an accelerator, reading
-them is a host sync. :class:`RolloutCheck` reads them once per neighbours tensor (it remembers the last tensor it
-checked and its version counter, which any in-place change bumps), so a geometry used for every step of every
-rollout, as a training loop does, costs one read in all, not one per step; neighbours on the CPU cost no sync.
-(One tensor is remembered: a caller alternating between two geometries on an accelerator pays a read per call.)
+them is a host sync. On an accelerator :class:`RolloutCheck` reads them once per neighbours tensor (it remembers the
+last tensor it checked, its version counter, which in-place changes bump, and its data pointer), so a geometry used
+for every step of every rollout, as a training loop does, costs one read in all, not one per step; a write through
+``.data`` does not bump the version and is not seen there. Neighbours on the CPU are read at every call (no sync;
+their copy to the state's device, if any, is the caller's), and so are inference tensors, which have no version
+counter. (One tensor is remembered: a caller alternating between two geometries on an accelerator pays a read per
+call.)
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class RolloutCheck:
     __slots__ = ("_seen",)
 
     def __init__(self) -> None:
-        self._seen: tuple[torch.Tensor, int, int] | None = None  # the last neighbours checked: tensor, version, T
+        self._seen: tuple[torch.Tensor, tuple[int, int, int]] | None = None  # last checked: tensor, (version, ptr, T)
 
     def __call__(self, where: str, config: Any, state: Any, geometry: Any, lead_time: Any = _NO_LEAD) -> None:
         """:class:`ModelConfigError` naming ``where`` and the argument unless ``state`` fits ``config`` and
@@ -122,17 +125,21 @@ class RolloutCheck:
                 f"{where}: geometry.neighbors: expected an integer tensor of shape (T, K) with T = {t} (the state's "
                 f"tiles), got {_got(nb)}"
             )
+        # the cache is trusted only where a read costs a sync (an accelerator) and the version counter exists
+        # (not an inference tensor); data_ptr catches `nb.data = other`, nothing catches writes through .data
+        key = None if nb.device.type == "cpu" or nb.is_inference() else (nb._version, nb.data_ptr(), t)
         seen = self._seen
-        if seen is not None and seen[0] is nb and seen[1:] == (nb._version, t):
+        if key is not None and seen is not None and seen[0] is nb and seen[1] == key:
             return  # this very tensor, unchanged, was checked against T tiles: no second read
-        if nb.numel() and not torch.compiler.is_compiling():
-            # sync point: for neighbours on an accelerator only, once per neighbours tensor (see the module notes)
-            lo, hi = torch.stack([nb.min(), nb.max()]).tolist()
-            if lo < 0 or hi >= t:
-                bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
-                raise ModelConfigError(
-                    f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "
-                    f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
-                    f"{int(nb[bad[0], bad[1]])})"
-                )
-        self._seen = (nb, nb._version, t)
+        if not nb.numel() or torch.compiler.is_compiling():
+            return  # nothing read: nothing remembered
+        # sync point: for neighbours on an accelerator only, once per neighbours tensor (see the module notes)
+        lo, hi = torch.stack([nb.min(), nb.max()]).tolist()
+        if lo < 0 or hi >= t:
+            bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
+            raise ModelConfigError(
+                f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "
+                f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
+                f"{int(nb[bad[0], bad[1]])})"
+            )
+        self._seen = None if key is None else (nb, key)

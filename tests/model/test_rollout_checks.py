@@ -99,9 +99,10 @@ def test_a_state_that_does_not_fit_the_config_is_named(where):
             _call(model, where, bad, geo)
 
 
-def test_a_rollout_checks_once_and_reads_the_neighbours_once(monkeypatch):
-    """``rollout`` checks its inputs once, not per step; the neighbour values are read once per tensor (the read
-    that is a host sync on an accelerator), again only after an in-place change."""
+def test_a_rollout_checks_once_and_reads_the_neighbours_on_the_cpu_every_call(monkeypatch):
+    """``rollout`` checks its inputs once, not per step. On the CPU the neighbour values are read at every check (no
+    sync there, microseconds), so no edit escapes it: in place, through ``.data`` (no version bump), or a new
+    ``.data`` (review r6 M1); on an accelerator a checked tensor is read once (the GPU test)."""
     model, geo, _, _ = _setup()
     calls = []
     check = RolloutCheck.geometry
@@ -119,15 +120,32 @@ def test_a_rollout_checks_once_and_reads_the_neighbours_once(monkeypatch):
     own = TileGeometry(geo.lat, geo.lon, nb)
     for _ in range(3):
         checker.geometry(own, state, "step")
-    assert len(reads) == 1
-    checker.geometry(TileGeometry(geo.lat, geo.lon, nb.clone()), state, "step")  # another tensor: read
-    assert len(reads) == 2
-    nb[5, 1] = T  # in place: the version counter moves, so the same tensor is read again
+    assert len(reads) == 3
+    nb[5, 1] = T  # in place
     with pytest.raises(ModelConfigError, match=r"first: neighbors\[5, 1\] = 16"):
+        checker.geometry(own, state, "step")
+    nb[5, 1] = 0
+    checker.geometry(own, state, "step")
+    nb.data[2, 0] = T + 1  # through .data: no version bump
+    with pytest.raises(ModelConfigError, match=r"first: neighbors\[2, 0\] = 17"):
         checker.geometry(own, state, "step")
 
 
+def test_a_geometry_made_under_inference_mode_rolls_out(monkeypatch):
+    """Review r6 H1: inference tensors have no version counter; a geometry made under torch.inference_mode() made
+    step/decode/rollout fail with 'Inference tensors do not track version counter'."""
+    model, geo, _, _ = _setup()
+    with torch.inference_mode():
+        inf = TileGeometry(geo.lat.clone(), geo.lon.clone(), geo.neighbors.clone())
+        state = _state(model)
+        out = model.rollout(state, 2, lead_time=6.0, geometry=inf, decode_at=[1, 2])
+    with torch.no_grad():
+        ref = model.rollout(_state(model), 2, lead_time=6.0, geometry=geo, decode_at=[1, 2])
+    assert len(out) == len(ref)
+
+
 @pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode:UserWarning")  # torch calls it a prototype feature
 def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_geometry_costs_no_sync():
     dev = torch.device("cuda")
     model, geo, _, _ = _setup()
