@@ -299,11 +299,12 @@ class RolloutLoader:
     rollout : RolloutConfig, optional
         Steps, lead, windows, tiling overlap, neighbours, batch size.
     loader : LoaderConfig, optional
-        Used settings (``mode`` must be ``"thread"``): ``workers``, ``prefetch``, ``seed``, ``rank``, ``world_size``,
-        ``read_timeout_s`` (each store request of an extract), ``samples_per_epoch`` (an upper bound: an epoch is at
-        most every valid initial time once; split equally between the ranks, the remainder unread, with a WARNING
-        on rank 0), ``drop_last`` (honoured with several ranks too: their counts are equal),
-        ``pin_memory`` and ``device`` (pinned host tensors when it is a GPU). ``batch_size`` is ``rollout.batch_size``.
+        Used settings (``mode`` must be ``"thread"``, ``on_bad_chunk`` ``"raise"``): ``workers``, ``prefetch``,
+        ``seed``, ``rank``, ``world_size``, ``read_timeout_s`` (each store request of an extract),
+        ``samples_per_epoch`` (an upper bound: an epoch is at most every valid initial time once; split equally between
+        the ranks, the remainder unread, with a WARNING on rank 0), ``drop_last`` (honoured with several ranks too:
+        their counts are equal), ``pin_memory`` and ``device`` (pinned host tensors when it is a GPU). ``batch_size``
+        is ``rollout.batch_size``.
     normalizer : Normalizer or path, optional
         Coefficients of normalised fields (default ``config.norm_path``).
     jit : bool, optional
@@ -327,6 +328,9 @@ class RolloutLoader:
         if self.loader_config.mode != "thread":
             raise ConfigError(f"loader.mode = {self.loader_config.mode!r}: the rollout loader reads with threads only "
                               "(its tiles are extracted in the calling process); leave loader.mode = 'thread'")
+        if self.loader_config.on_bad_chunk != "raise":
+            raise ConfigError(f"loader.on_bad_chunk = {self.loader_config.on_bad_chunk!r}: the rollout loader raises "
+                              "on a bad chunk (it skips no sample); leave loader.on_bad_chunk = 'raise'")
         self.store.check(self.config)
         r, cfg = self.rollout, self.loader_config
         if self.store.time is None:

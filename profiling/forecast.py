@@ -137,8 +137,7 @@ def geometry(tiles: Any, device: torch.device) -> Any:
 class RolloutStep(torch.nn.Module):
     """``forward(windows, targets, lead_hours) -> loss``: encode, roll out, score every step (one training step's
     forward). Wraps the Forecaster so DistributedDataParallel sees one forward per step; holds the tile geometry.
-    A batch of 0 samples (``lead_hours`` of length 0) never reaches the Forecaster: its loss is
-    :func:`profiling.steps.zero_loss` (see :mod:`profiling.steps`).
+    Every batch has samples: the rollout loader refuses ``loader.on_bad_chunk = "skip"``.
 
     Parameters
     ----------
@@ -160,10 +159,6 @@ class RolloutStep(torch.nn.Module):
         self.tiles_per_chunk = tiles_per_chunk
 
     def forward(self, windows: Sequence[Any], targets: Sequence[Any], lead_hours: torch.Tensor) -> torch.Tensor:
-        if lead_hours.shape[0] == 0:  # 0 samples: no rollout; zero gradients, all-reduced under DDP as any step's
-            from .steps import zero_loss
-
-            return zero_loss(self)
         f = self.forecaster
         state = f.initial_state([f.encode(w, self.tiles_per_chunk) for w in windows])
         loss, _ = f.rollout_loss(state, targets, lead_time=lead_hours, geometry=self.geometry, kinds=self.kinds)

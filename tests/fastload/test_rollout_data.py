@@ -416,6 +416,14 @@ def test_process_mode_is_refused_not_silently_threads(store):
         _loader(path, mode="process")
 
 
+def test_on_bad_chunk_skip_is_refused_not_ignored(store):
+    """The rollout loader raises on a bad chunk whatever loader.on_bad_chunk said: 'skip' was ignored without a word
+    (and the training step's 0-sample branch for it was dead); it is refused, naming the setting (review r5 F2)."""
+    path, _ = store
+    with pytest.raises(ConfigError, match=r"loader.on_bad_chunk = 'skip'.*leave loader.on_bad_chunk = 'raise'"):
+        _loader(path, on_bad_chunk="skip")
+
+
 def test_loader_read_timeout_s_reaches_every_extract(store, monkeypatch):
     """loader.read_timeout_s bounds the rollout loader's store requests too (review r3: it always used 300 s)."""
     import importlib
