@@ -24,9 +24,9 @@ GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gr
 (clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is
 ``idle``. Warm-up steps (``--warmup``) run but are left out of the numbers. Reading the loss is a host sync, done
 only every ``log_every`` steps. With ``loader.on_bad_chunk = "skip"`` a batch may hold 0 samples (all skipped): alone,
-its step is left out; under DDP it runs with a zero loss so every rank joins the all-reduce (:mod:`profiling.steps`),
-and no rank updates when every rank's batch was empty. The report's ``skipped`` counts samples, empty batches and
-steps without an update.
+its step is left out; under DDP it runs with a zero loss so every rank joins the all-reduce, each rank's gradient
+weighs by its samples, and no rank updates when every rank's batch was empty (:mod:`profiling.steps`). The report's
+``skipped`` counts samples, empty batches and steps without an update; a run that trained on none is an error.
 
 Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
@@ -57,7 +57,7 @@ from fastload.errors import ConfigError, StoreError
 
 from .distributed import collective, gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
-from .steps import MultiformerStep, sample_counter
+from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
 
 __all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "lr_at"]
 
@@ -345,7 +345,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         data: Any = loader
         if cfg.data.mode == "synthetic":  # replay one batch already on the device
             data = ReplayLoader(next(iter(loader)).to(device)) if forecast else \
-                ReplayLoader.from_loader(b for b in loader if len(b))  # not a batch whose samples were all skipped
+                replay_with_samples(loader, store_path)  # not a batch whose samples were all skipped
             say("data: synthetic mode: replaying the first batch from the device (no loading)")
         if wrap_loader is not None:
             data = wrap_loader(data)
@@ -369,7 +369,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         loader_records: list[dict[str, Any]] = []
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
         skipped = {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # this rank's, over the run's steps
-        counts = sample_counter(cfg.dist_timeout_s) if ddp and cfg.loader.on_bad_chunk == "skip" else None
+        counts = sample_counter(cfg, world, forecast)  # over the ranks: DDP with loader.on_bad_chunk = "skip" only
         t_start = time.perf_counter()
 
         # -- the loop -------------------------------------------------------------------------------------------
@@ -387,12 +387,11 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     it = iter(data)
                     batch = next(it)
             # n = 0: the loader skipped every sample of this batch for bad chunks (loader.on_bad_chunk = "skip").
-            # Alone, such a step is left out (no update on nothing). Under DDP it still runs, with a zero loss
-            # (MultiformerStep, RolloutStep), so this rank joins the gradient all-reduce as the others do; every rank
-            # then updates with the others' gradients, unless every rank's batch was empty (`samples`).
+            # Alone, such a step is left out. Under DDP it runs with MultiformerStep's zero loss, so this rank joins
+            # the gradient all-reduce; `counts` weighs each rank's gradient by its n; no rank updates if all had 0.
             n = len(batch)
-            samples = counts(n) if counts is not None else None
-            skipped["samples"] += getattr(batch.stats, "skipped", 0)
+            counts.start(n)
+            skipped["samples"] += batch.stats.skipped
             skipped["empty_batches"] += n == 0
             if n or ddp:
                 with timer.phase("h2d"):
@@ -402,10 +401,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                         loss = loss_of(inputs)
                 with timer.phase("backward"), (collective("the gradient all-reduce (backward)", among_other_work=True)
                                                 if ddp else contextlib.nullcontext()):
-                    loss.backward()
+                    counts.weigh(loss).backward()  # under DDP with skip: loss * n
             with timer.phase("optimizer"):
-                # sync point (DDP with on_bad_chunk = "skip" only): the host all-reduce of the counts, done by now
-                if (n if samples is None else samples()) > 0:
+                # sync point (DDP with skip only): the counts' host all-reduce, done by now; grads scaled to the mean
+                if counts.total(net.parameters()) > 0:
                     if o.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
                     opt.step()
@@ -433,6 +432,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                 save_run(ckpt, net, opt, done, loader, cfg, rank, world)
                 say(f"checkpoint: {ckpt} (step {done})")
+        check_trained(skipped, stop - start, store_path)  # every batch empty (on_bad_chunk = "skip"): an error
 
     # -- report -------------------------------------------------------------------------------------------------
     # the timer numbers this run's steps from 0; the console, steps.csv and steps.png say "step N" of cfg.steps from 1

@@ -67,9 +67,13 @@ with Loader(store, dataclasses.replace(sampling(norm), batch_size=1), workers=1,
             on_bad_chunk="skip", retries=0, device="cpu") as loader:
     for _ in range(2):
         sizes = []
-        for b in loader:  # a user's loop: an empty batch still runs the step (zero input, all-reduce joined)
-            x = b["t2m"].nan_to_num().mean().reshape(1, 1) if len(b) else torch.zeros(1, 1)
-            net(x).sum().backward()
+        for b in loader:  # a user's loop: an empty batch still runs the DDP forward, then backwards a zero loss
+            if len(b):    # connected to every parameter (the Batch docs): the all-reduce is joined, no fake update
+                loss = net(b["t2m"].nan_to_num().mean().reshape(1, 1)).sum()
+            else:
+                net(torch.zeros(0, 1))
+                loss = sum(p.sum() * 0 for p in net.parameters())
+            loss.backward()
             opt.step()
             opt.zero_grad()
             sizes.append(len(b))
@@ -152,3 +156,79 @@ def test_two_process_train_with_empty_batches_stays_in_step(tmp_path_factory, tm
     assert payload["step"] == 16
     assert {int(v["step"]) for v in payload["optimizer"]["state"].values()} == {16 - both}
     assert [(s["epoch"], s["batch"]) for s in payload["extra"]["loader"]] == [(1, 8), (1, 8)]  # in step
+
+
+# -- the gradient of a step whose ranks hold different sample counts (review r5 F1) -----------------------------
+
+_WEIGHTED = '''
+import datetime, json, sys
+import torch, torch.distributed as dist
+from profiling.steps import SampleCounter, zero_loss
+
+out = sys.argv[1]
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+rank, world = dist.get_rank(), dist.get_world_size()
+xs = torch.load(f"{out}/samples.pt")  # case -> step -> rank -> (n, 3) samples
+
+class Step(torch.nn.Module):  # a mean loss over the rank's samples; an empty batch's is zero_loss, as MultiformerStep
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3, 2)
+    def forward(self, x):
+        return zero_loss(self) if x.shape[0] == 0 else ((self.lin(x) - 1.0) ** 2).sum(1).mean()
+
+got = {}
+for case, steps in xs.items():
+    m = Step()
+    d = torch.nn.parallel.DistributedDataParallel(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    counts = SampleCounter(world, 60.0)
+    for batches in steps:  # what profiling.loop does per step under DDP with on_bad_chunk = "skip"
+        x = batches[rank]
+        counts.start(x.shape[0])
+        counts.weigh(d(x)).backward()
+        if counts.total(m.parameters()) > 0:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 3.0)
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    got[case] = [p.detach().flatten().tolist() for p in m.parameters()]
+with open(f"{out}/rank{rank}.json", "w") as fh:
+    json.dump(got, fh)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_ddp_step_with_empty_or_smaller_ranks_is_the_step_on_the_union_of_their_samples(tmp_path):
+    """DDP averages the ranks' gradients over the world size: an empty rank (zero loss) halved the update, a rank
+    with fewer samples weighed its samples up. With the loop's SampleCounter (loss * n, gradients * world / N)
+    two gloo ranks make the same SGD steps (with gradient clipping) as one process on the union of their samples."""
+    g = torch.Generator().manual_seed(3)
+
+    def rand(n):
+        return torch.randn(n, 3, generator=g)
+
+    xs = {"one rank empty": [[rand(2), rand(0)], [rand(1), rand(0)], [rand(0), rand(0)], [rand(0), rand(3)]],
+          "different counts": [[rand(3), rand(1)], [rand(1), rand(2)], [rand(2), rand(2)]]}
+    torch.save(xs, tmp_path / "samples.pt")
+    script = tmp_path / "weighted.py"
+    script.write_text(_WEIGHTED)
+    _torchrun([str(script), str(tmp_path)], tmp_path, timeout=120)
+    for case, steps in xs.items():  # the reference: one process, each step on the ranks' samples together
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        for batches in steps:
+            x = torch.cat(batches)
+            if len(x):
+                ((lin(x) - 1.0) ** 2).sum(1).mean().backward()
+                torch.nn.utils.clip_grad_norm_(lin.parameters(), 3.0)  # binds in some steps (norms 1.6-3.7)
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        want = [p.detach().flatten().tolist() for p in lin.parameters()]
+        for rank in (0, 1):
+            got = json.loads((tmp_path / f"rank{rank}.json").read_text())[case]
+            for a, b in zip(got, want, strict=True):
+                assert a == pytest.approx(b, rel=1e-5, abs=1e-6), (case, rank)

@@ -12,9 +12,11 @@ import shutil
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from fastload.config import LoaderConfig
+from fastload.errors import StoreError
 from fastload.loader import Loader
 from profiling.presets import DataConfig
 from tests.fastload.test_skip_batches import corrupt_time_chunk
@@ -70,9 +72,8 @@ def test_empty_batches_make_no_update_and_are_reported(tmp_path_factory, tmp_pat
 
 
 def test_zero_loss_of_0_samples_gives_every_trainable_parameter_a_zero_gradient(tmp_path_factory):
-    from profiling.forecast import RolloutStep
     from profiling.loop import build_model, model_inputs
-    from profiling.steps import MultiformerStep
+    from profiling.steps import MultiformerStep, zero_loss
 
     cfg = run_config(tmp_path_factory)
     net = build_model(cfg, cfg.data.sampling)
@@ -93,11 +94,10 @@ def test_zero_loss_of_0_samples_gives_every_trainable_parameter_a_zero_gradient(
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and not g.any() for g in grads) and len(grads) > 10
 
-    # the Forecaster's step, with a frozen part: only what requires grad takes part
+    # a model with a frozen part (a Forecaster's encoder): only what requires grad takes part
     inner = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     inner[0].requires_grad_(False)
-    rs = RolloutStep(inner, geometry=None, kinds={"mse": 1.0})
-    loss = rs([], [], torch.zeros(0))
+    loss = zero_loss(inner)
     loss.backward()
     assert loss.item() == 0.0 and inner[0].weight.grad is None
     assert all(p.grad is not None and not p.grad.any() for p in inner[1].parameters())
@@ -118,3 +118,59 @@ def test_synthetic_mode_replays_a_batch_with_samples_not_an_empty_first_one(tmp_
     s = run(cfg, mode="profile", out=tmp_path / "out", log=lambda msg: None)
     assert s["samples"] == 2 and math.isfinite(s["final_loss"])
     assert s["skipped"] == {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # nothing skipped in replay
+
+
+def _all_bad(tmp_path_factory, tmp_path):
+    """A copy of the loop tests' store with every time chunk corrupt: every sample needs a bad chunk."""
+    store, norm = tiny_store(tmp_path_factory)
+    bad = tmp_path / "allbad.zarr"
+    shutil.copytree(store, bad)
+    for k in range(4):  # 24 hours in chunks of 6
+        assert corrupt_time_chunk(bad, k)
+    return str(bad), norm
+
+
+def test_a_run_that_trained_on_no_sample_is_an_error(tmp_path_factory, tmp_path, caplog):
+    """Every sample skipped (review r5 F3): the run ended as a success with 0 samples and a NaN loss; now an error
+    names loader.on_bad_chunk, the count skipped and the store. Synthetic mode said 'the loader produced no batch'
+    (it produced 8, all empty)."""
+    from profiling.loop import run
+
+    bad, norm = _all_bad(tmp_path_factory, tmp_path)
+    loader = LoaderConfig(workers=1, prefetch=2, samples_per_epoch=8, on_bad_chunk="skip", retries=0)
+    caplog.set_level(logging.ERROR, logger="fastload")
+    for mode, want in (("cached", r"trained on 0 samples.*loader.on_bad_chunk = 'skip'.*4 step\(s\) was empty "
+                                  r"\(4 sample\(s\) of this rank skipped"),
+                       ("synthetic", r"every batch of the loader's first epoch was empty.*loader.on_bad_chunk = "
+                                     r"'skip', all 8 sample\(s\)")):
+        cfg = run_config(tmp_path_factory, data=DataConfig(sampling=dataclasses.replace(sampling(norm), batch_size=1),
+                                                           store=bad, mode=mode), loader=loader, steps=4, warmup=1)
+        with pytest.raises(StoreError, match=want) as err:
+            run(cfg, mode="profile", out=tmp_path / mode, log=lambda msg: None)
+        assert "allbad.zarr" in str(err.value)
+        assert not (tmp_path / mode / "summary.json").exists()  # no report of a run that trained on nothing
+
+
+def test_only_ddp_with_skip_on_the_store_loader_sums_sample_counts(tmp_path_factory, monkeypatch):
+    """The count all-reduce (a collective per step) only where a rank's batch can be empty: DDP, skip, the
+    Multiformer's Loader reading the store; not for the rollout loader (it refuses skip) nor synthetic mode (review
+    r5 F2). Elsewhere the counter is this process's: no collective, the loss and gradients unchanged."""
+    import torch.distributed as dist
+
+    from profiling import steps
+
+    groups = []
+    monkeypatch.setattr(dist, "new_group", lambda **kw: groups.append(kw) or "group")
+    cfg = run_config(tmp_path_factory, loader=LoaderConfig(on_bad_chunk="skip"))
+    synthetic = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mode="synthetic"))
+    raising = dataclasses.replace(cfg, loader=LoaderConfig())
+    for c, world, forecast in ((cfg, 1, False), (cfg, 2, True), (synthetic, 2, False), (raising, 2, False)):
+        counter = steps.sample_counter(c, world, forecast)
+        assert counter.group is None
+        counter.start(3)
+        loss = torch.tensor(2.0)
+        p = torch.nn.Parameter(torch.ones(2))
+        p.grad = torch.full((2,), 5.0)
+        assert counter.weigh(loss) is loss and counter.total([p]) == 3 and p.grad.tolist() == [5.0, 5.0]
+    assert not groups
+    assert steps.sample_counter(cfg, 2, False).group == "group" and len(groups) == 1
