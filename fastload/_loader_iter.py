@@ -56,9 +56,11 @@ class Batch:
     What a training step should do with one: not compute a mean loss over it (NaN) and not update on it alone. In
     one process, skip the step. Under DistributedDataParallel, still run the forward through the DDP module and
     backward a zero loss connected to every trainable parameter (``sum(p.sum() * 0 for p in params)``, not the
-    model on 0 samples): the gradient all-reduce then runs on every rank, and every rank steps its optimizer with
-    the others' gradients, unless every rank's batch was empty (``profiling/loop.py`` and ``profiling/steps.py``
-    do this; they sum the ranks' sample counts on the host to tell)."""
+    model on 0 samples): the gradient all-reduce then runs on every rank. DDP averages the ranks' gradients, so an
+    empty (or partly skipped) rank would shrink the step: weight each rank's mean loss by its sample count ``n``
+    and scale the averaged gradients by ``world_size / N`` (``N``: all ranks' samples) before clipping and the
+    optimizer; skip the optimizer on every rank when ``N == 0``. ``profiling.steps.SampleCounter`` does this for
+    ``fastload train`` (one host all-reduce of the counts per step, only under DDP with ``on_bad_chunk="skip"``)."""
 
     fields: dict[str, Any]
     """Field -> ``(B, L, nt, nlat, nlon, tt, tlat, tlon)`` tensor (the configured ``out_dtype``, on the device)."""
