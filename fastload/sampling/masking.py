@@ -210,54 +210,18 @@ def _level_std(x: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_bert(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """BERT's corruption of the masked tokens: a fraction set to zero, a fraction blended toward zero with noise
-    scaled by the level's std, a fraction resampled coarser (drawn independently, applied in that order). On the
-    CPU the selected tokens are gathered (:func:`_apply_bert_sparse`); on an accelerator every token is computed and
-    the selection is a ``where`` (:func:`_apply_bert_dense`): no shape depends on the mask, so nothing waits for the
-    device (the gathering way made 8 host syncs per field, each waiting for the whole queued step)."""
-    if x.device.type == "cpu":
-        return _apply_bert_sparse(cfg, x, mask, g)
-    return _apply_bert_dense(cfg, x, mask, g)
-
-
-def _bert_draws(cfg: MaskingConfig, mask: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """(masked, zero, noise, coarse, w) per token ``(B, L, N)``: which tokens each corruption takes, and the blend
-    weights; the same draws, in the same order, for both ways."""
-    m = mask.reshape(mask.shape[0], mask.shape[1], -1)
-    u = torch.rand((3, *m.shape), generator=g, device=m.device)
-    zero = m & (u[0] < cfg.frac_zero)
-    noise = m & (u[1] < cfg.frac_noise)
-    coarse = m & (u[2] < cfg.frac_coarse)
-    w = torch.rand(m.shape, generator=g, device=m.device)
-    return m, zero, noise, coarse, w
-
-
-def _apply_bert_dense(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    B, L = x.shape[:2]
-    tok_shape = x.shape[5:]
-    flat = x.reshape(B, L, -1, *tok_shape)
-    m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
-    eps = torch.randn((*m.shape, *tok_shape), generator=g, device=x.device)  # every token's noise: no sync
-
-    def each(sel: torch.Tensor) -> torch.Tensor:
-        return sel[..., None, None, None]
-
-    flat = torch.where(each(zero), torch.zeros((), dtype=x.dtype, device=x.device), flat)
-    amp = (cfg.noise_scale * _level_std(x))[None, :, None]  # (1, L, 1)
-    blended = each(1.0 - w) * flat.float() + each(amp) * eps
-    flat = torch.where(each(noise), blended.to(x.dtype), flat)
-    coarsened = _coarsen(flat.reshape(-1, *tok_shape), cfg.coarse_factor).reshape(flat.shape)
-    return torch.where(each(coarse), coarsened, flat).reshape(x.shape)
-
-
-def _apply_bert_sparse(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     src = x.clone()
     dev = x.device
     B, L = x.shape[:2]
     tok_shape = x.shape[5:]
     flat = src.reshape(B, L, -1, *tok_shape)  # (B, L, N, tt, tlat, tlon), a view of src
-    m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
-    flat[zero] = 0  # (boolean-mask indexing: a sync point on an accelerator, as below; this way runs on the CPU)
+    m = mask.reshape(B, L, -1)
+    u = torch.rand((3, *m.shape), generator=g, device=dev)
+    zero = m & (u[0] < cfg.frac_zero)
+    noise = m & (u[1] < cfg.frac_noise)
+    coarse = m & (u[2] < cfg.frac_coarse)
+    flat[zero] = 0  # sync point (boolean-mask indexing), as below
+    w = torch.rand(m.shape, generator=g, device=dev)
     n_noise = int(noise.sum())  # sync point: the noise draw's size depends on the mask
     if n_noise:
         std = _level_std(x)  # (L,) float32, NaN-aware
