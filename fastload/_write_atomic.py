@@ -333,7 +333,25 @@ def check_output(
         if not overwrite:
             raise StoreError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
         _replaceable(path)
+    _check_name_length(path)
     return path
+
+
+def _check_name_length(path: Path) -> None:
+    """Refuse, before any work, an output name too long for the longest name the writer gives its store on the way
+    (``<out>.tmp-<writer>.new-<inode>``): that rename came only at the end and failed there (ENAMETOOLONG)."""
+    longest = ready_path(temp_path(path), 2**64 - 1).name
+    try:
+        limit = os.pathconf(path.parent if path.parent.exists() else Path.cwd(), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(longest)) > limit:
+        raise ConfigError(
+            f"out: the name {path.name!r} ({len(os.fsencode(path.name))} bytes) is too long: the writer builds the "
+            f"store beside it under names up to {len(os.fsencode(longest)) - len(os.fsencode(path.name))} bytes "
+            f"longer, and this file system allows {limit}; use a name of at most "
+            f"{limit - (len(os.fsencode(longest)) - len(os.fsencode(path.name)))} bytes"
+        )
 
 
 RENAME_EXCHANGE = 2

@@ -32,7 +32,7 @@ from fastload._write_atomic import (
     remove_stale_temporaries,
     temp_path,
 )
-from fastload.errors import StoreError
+from fastload.errors import ConfigError, StoreError
 from fastload.write import StoreWriter
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
@@ -547,3 +547,21 @@ def test_an_old_store_that_cannot_be_deleted_is_left_named_and_the_move_succeeds
     assert _read_out(out) == 2 and _read_out(old) == 1
     assert f"the one it replaced, now at {old}, could not be deleted" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr", old.name])
+
+
+def test_an_output_name_too_long_for_the_writers_names_is_refused_before_any_work(tmp_path):
+    """Review r7 M1: the finished store is renamed to ``<out>.tmp-<writer>.new-<inode>`` just before the switch; an
+    OUT name that fits but leaves no room for that failed there, at the end (ENAMETOOLONG), and the finished store
+    was thrown away. Now check_output refuses it first, naming the longest name that fits; a name that fits
+    passes."""
+    from fastload._write_atomic import check_output, ready_path
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    extra = len(ready_path(temp_path(tmp_path / "x"), 2**64 - 1).name) - 1  # what the writer adds to a name
+    fits = tmp_path / ("o" * (limit - extra - 5) + ".zarr")
+    assert check_output(fits, overwrite=False) == fits
+    long = tmp_path / ("o" * (limit - extra - 4) + ".zarr")
+    with pytest.raises(ConfigError, match=rf"the name '{long.name}' \({len(long.name)} bytes\) is too long: .* use a "
+                                          rf"name of at most {limit - extra} bytes"):
+        check_output(long, overwrite=False)
+    assert list(tmp_path.iterdir()) == []
