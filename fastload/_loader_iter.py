@@ -59,7 +59,7 @@ class Batch:
     model on 0 samples): the gradient all-reduce then runs on every rank. DDP averages the ranks' gradients, so an
     empty (or partly skipped) rank would shrink the step: weight each rank's mean loss by its sample count ``n``
     and scale the averaged gradients by ``world_size / N`` (``N``: all ranks' samples) before clipping and the
-    optimizer; skip the optimizer on every rank when ``N == 0``. ``profiling.steps.SampleCounter`` does this for
+    optimizer, so every sample weighs the same; skip the optimizer on every rank when ``N == 0``. ``profiling.steps.SampleCounter`` does this for
     ``fastload train`` (one host all-reduce of the counts per step, only under DDP with ``on_bad_chunk="skip"``)."""
 
     fields: dict[str, Any]

@@ -64,8 +64,11 @@ class SampleCounter:
     DDP averages the ranks' gradients over the world size, each rank's a mean over its own samples: a rank with 0
     samples (its zero loss) or fewer than the others would scale the step down or weigh its samples up. So each
     rank backwards its loss times its sample count :meth:`weigh` (a sum over its samples), and once the total ``N``
-    is known :meth:`total` scales the all-reduced gradients by ``world / N``: the gradient of the mean loss over the
-    ranks' ``N`` samples, as one process would take on their union (before clipping and the optimizer).
+    is known :meth:`total` scales the all-reduced gradients by ``world / N`` (before clipping and the optimizer):
+    every sample weighs the same whichever rank it is on. That is the step one process would take on the ranks'
+    union when the loss is a mean over samples; the Multiformer's loss is a mean over weighted tokens, and BERT
+    masks a different share of each sample, so there the union step weighs samples by their tokens and this one by
+    count: close, not equal (review r8). Without the weighting an empty rank halved the step.
 
     The count is all-reduced over a gloo group (host tensors: no device sync), started by :meth:`start` after the
     data wait and read by :meth:`total` before the optimizer. Used under DDP with ``loader.on_bad_chunk = "skip"``
