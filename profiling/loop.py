@@ -370,6 +370,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
         skipped = {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # this rank's, over the run's steps
         counts = sample_counter(cfg, world, forecast)  # over the ranks: DDP with loader.on_bad_chunk = "skip" only
+
+        def ddp_guard(what: str) -> Any:  # a rank that stopped answering: a CollectiveError naming dist_timeout_s
+            return collective(what, among_other_work=True) if ddp else contextlib.nullcontext()
         t_start = time.perf_counter()
 
         # -- the loop -------------------------------------------------------------------------------------------
@@ -396,11 +399,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             if n or ddp:
                 with timer.phase("h2d"):
                     inputs = prepare(batch)
-                with timer.phase("forward"):
+                with timer.phase("forward"), ddp_guard("DDP's forward (its buffer broadcast)"):
                     with autocast:
                         loss = loss_of(inputs)
-                with timer.phase("backward"), (collective("the gradient all-reduce (backward)", among_other_work=True)
-                                                if ddp else contextlib.nullcontext()):
+                with timer.phase("backward"), ddp_guard("the gradient all-reduce (backward)"):
                     counts.weigh(loss).backward()  # under DDP with skip: loss * n
             with timer.phase("optimizer"):
                 # sync point (DDP with skip only): the counts' host all-reduce, done by now; grads scaled to the mean
