@@ -552,7 +552,10 @@ class LoaderDataset(torch.utils.data.IterableDataset):
     """A ``torch.utils.data.IterableDataset`` over a :class:`Loader` (use ``DataLoader(ds, batch_size=None)``).
 
     The loader does its own batching, prefetching and workers: give the DataLoader ``batch_size=None`` and
-    ``num_workers=0``. Items are :class:`Batch` objects; ``len()`` is the loader's.
+    ``num_workers=0``. Items are :class:`Batch` objects; ``len()`` is the loader's. A DataLoader left at its default
+    ``batch_size=1`` (or given any batch size) would stack whole batches into a batch of batches: its first batch
+    raises a ``ConfigError`` that says to pass ``batch_size=None`` (set the batch size on the Loader), where torch's
+    default collate would raise its generic ``TypeError``; num_workers > 0 raises one when iteration starts.
     """
 
     def __init__(self, loader: Loader):
@@ -567,3 +570,20 @@ class LoaderDataset(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def _refuse_collate(batch: list[Batch], *, collate_fn_map=None) -> Batch:
+    """``default_collate`` of a list of :class:`Batch`: a DataLoader with a batch size over :class:`LoaderDataset`.
+
+    Registered in torch's ``default_collate_fn_map`` (torch's documented way to extend ``default_collate``; the key is
+    our own type, so nothing else collates differently). Stacking whole batches has no meaning a user would want (the
+    DataLoader's batch size would not be the batch size), so it is refused with the fix rather than done.
+    """
+    raise ConfigError(
+        f"LoaderDataset: the DataLoader tried to stack {len(batch)} fastload Batch object(s), each already a batch "
+        f"of {len(batch[0])} samples (the Loader's batch_size); pass DataLoader(LoaderDataset(loader), "
+        "batch_size=None) and set the batch size on the Loader (torch's DataLoader defaults to batch_size=1)"
+    )
+
+
+torch.utils.data._utils.collate.default_collate_fn_map[Batch] = _refuse_collate
