@@ -45,15 +45,15 @@ requests, a worker that says nothing for ``loader.worker_start_timeout_s`` (no h
 importing; nothing after its spec or its last answered request) fails the iteration the same way, with a
 ``WorkerError`` naming it, what it was doing and that setting. Later waits on a worker end with its answer, its
 death, or the consumer's stop; its batch reads are bounded by its reader (``read_timeout_s`` on every request).
+
+This module is the loader's side; the worker's (what a spawned process runs: :func:`_child_main`) is
+:mod:`fastload._proc_worker`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import pickle
-import signal
 import sys
 import threading
 import time
@@ -64,10 +64,10 @@ from typing import Any
 
 import numpy as np
 
+from ._proc_worker import _child_main
 from ._ring import FieldSpec, _layout
 from ._shm import SHM_DIR, Segment, _register, _unregister, _unregister_quietly, map_shared
 from .errors import ConfigError, WorkerError
-from .store import BaseByteSource
 
 __all__ = ["SHM_DIR", "ProcessBackend", "Segment", "WorkerError", "map_shared", "storage_options_of"]
 
@@ -88,152 +88,11 @@ def storage_options_of(store: Any) -> dict[str, Any] | None:
     return dict(opts) if opts else None
 
 
-# -- the worker process ----------------------------------------------------------------------------------------
-class _Announced(BaseByteSource):
-    """A worker's source while it opens the store: ``tell(described key)`` before each request and ``tell(None)``
-    after it, so that the loader can give up a request that does not return (``loader.read_timeout_s``)."""
-
-    def __init__(self, inner: BaseByteSource, tell: Callable[[str | None], None]):
-        self.inner, self.tell = inner, tell
-        self.root = getattr(inner, "root", "")
-        self.quiet = False  # set once the store is open: a request of an object that kept this source says nothing
-
-    def _ask(self, key: str, call: Callable[..., Any], *args: Any) -> Any:
-        if self.quiet:  # (the main loop's messages share the pipe, unlocked)
-            return call(*args)
-        self.tell(self.inner.describe(key))
-        try:
-            return call(*args)
-        finally:
-            self.tell(None)
-
-    def get(self, key: str) -> bytes | None:
-        return self._ask(key, self.inner.get, key)
-
-    def get_range(self, key: str, start: int, length: int) -> bytes | None:
-        return self._ask(key, self.inner.get_range, key, start, length)
-
-    def list_dir(self, prefix: str) -> list[str]:
-        return self._ask(prefix, self.inner.list_dir, prefix)
-
-    def exists(self, key: str) -> bool:
-        return self._ask(key, self.inner.exists, key)
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self._ask(keys[0] if keys else "", self.inner.get_many, keys)
-
-    def get_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
-        return self._ask(requests[0][0] if requests else "", self.inner.get_ranges, requests)
-
-    def describe(self, key: str = "") -> str:
-        return self.inner.describe(key)
-
-
-def _child_main(conn: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from multiprocessing.reduction import recv_handle
-
-    from ._backend import build_cache, choose_horizon, chunk_grids, make_tokenizer
-    from .config import SamplingConfig
-    from .plan import EpochPlan
-    from .reader import ChunkReader
-    from .store import Store, make_source
-    from .store._layout import quiet_not_fields
-
-    lock = threading.Lock()  # (a source may be asked from several threads)
-
-    def tell(key: str | None) -> None:
-        with lock:
-            conn.send(("io", key))
-
-    try:
-        conn.send(("hello",))  # the loader answers with the spec (see the module notes)
-        spec = conn.recv()
-        tell(spec["path"])  # (an fsspec URL is looked up here)
-        source = make_source(spec["path"], spec["storage_options"], spec["latency_ms"], spec["backend"])
-        tell(None)
-        announced = _Announced(source, tell)
-        quiet_not_fields()  # the loader warned of the store's left-out arrays when it opened it
-        store = Store(spec["path"], announced, allow_unsafe_codecs=spec["allow_unsafe"],
-                      storage_options=spec["storage_options"], backend=spec["backend"])
-        config = SamplingConfig.from_dict(spec["config"])
-        tok = make_tokenizer(store, config)
-        cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1)
-        store.source, announced.quiet = source, True  # opened: the reader reads the plain source (its direct
-        # paths test its type)
-        reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
-                             retries=spec["retries"], on_bad_chunk=spec["on_bad_chunk"],
-                             coefficients=spec["coefficients"], months=spec["months"],
-                             useful_bytes_per_sample=spec["useful"], jit=spec["jit"], name="fastload-proc-io",
-                             read_ahead_bytes=spec["read_ahead_bytes"], read_timeout=spec["read_timeout_s"])
-        conn.send(("opened",))
-    except BaseException as e:  # noqa: BLE001 - the loader re-raises it (this worker then exits)
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("fatal", _picklable(e)))
-        conn.close()
-        return
-    layout = spec["fields"]  # [(name, shape, dtype str, offset, nbytes)]
-    segments: dict[str, dict[str, np.ndarray]] = {}  # the views keep their Segment's mapping alive
-
-    def map_segment(name: str, fd: int) -> None:
-        seg = Segment.from_fd(name, fd, spec["nbytes"])
-        segments[name] = {f: seg.array[off:off + nb].view(np.dtype(dt)).reshape(shape)
-                          for f, shape, dt, off, nb in layout}
-
-    plan = None
-    try:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):  # the loader is gone
-                return
-            if msg[0] == "stop":
-                return
-            if msg[0] == "epoch":
-                _, gen, boxes, first, stride, coef = msg
-                try:
-                    if coef is not None:  # new normalisation coefficients (the months this epoch uses)
-                        reader.set_coefficients(*coef)
-                    plan = EpochPlan(boxes, tok.plan, batch_size=spec["batch_size"], drop_last=spec["drop_last"],
-                                     capacity=capacity, horizon=0, start_batch=first, batch_stride=stride,
-                                     grids=chunk_grids(store))
-                    cache.reset(plan.uses)
-                    if first < len(plan):
-                        plan.horizon = choose_horizon(plan, first, cache, spec["prefetch"])
-                except BaseException as e:  # noqa: BLE001 - the loader re-raises it; this worker stays usable
-                    plan = None
-                    conn.send(("error", gen, None, _picklable(e)))
-                    continue
-                conn.send(("ready", gen))
-                continue
-            _, gen, batch, name, forget, fd_follows = msg
-            if fd_follows:
-                map_segment(name, recv_handle(conn))
-            for old in forget:  # buffers the ring replaced: unmapped here once no view is left
-                segments.pop(old, None)
-            try:
-                stats, kept = reader.read_batch(plan, batch, segments[name])
-                conn.send(("done", gen, batch, stats, kept))
-            except BaseException as e:  # noqa: BLE001 - every failure goes back to the loader
-                conn.send(("error", gen, batch, _picklable(e)))
-    finally:
-        reader.close()
-        conn.close()
-
-
 def _main_script() -> str:
     """The main script a spawned worker imports, for messages (while a worker imports it, it runs as
     ``__mp_main__``, in a module that has its ``__file__`` before ``__main__`` does)."""
     main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
     return repr(getattr(main, "__file__", None) or getattr(getattr(main, "__spec__", None), "name", "__main__"))
-
-
-def _picklable(e: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"in a loader worker process: {type(e).__name__}: {e}")
 
 
 # -- the loader side -------------------------------------------------------------------------------------------
