@@ -423,8 +423,16 @@ class PointSampler(abc.ABC):
         self._memo = _Memo(_MEMO_BYTES)
 
     def _points(self, where: np.ndarray, field: Any, jit: bool | None) -> tuple:
-        """:meth:`points`, remembered for recent placements (plan, gather and meta of a batch share them)."""
+        """:meth:`points`, remembered for recent placements (plan, gather and meta of a batch share them).
+
+        0 placements give empty lists of the field's shapes here, whatever the subclass (a reshape with -1 cannot
+        infer a length from 0 elements, so not every :meth:`points` could take them)."""
         w = np.ascontiguousarray(where)
+        if w.size == 0:
+            _, nlat, nlon = field.num_tokens
+            _, tlat, tlon = field.token_size
+            cell = np.zeros((0, nlat, nlon), np.float64)
+            return np.zeros((0, nlat * nlon * tlat * tlon), np.int64), np.zeros((0, nlat, nlon), np.int64), cell, cell
         key = ("p", field.name, w.shape, w.dtype.str, w.tobytes())
         got = self._memo.get(key)
         if got is None:
@@ -474,7 +482,7 @@ class PointSampler(abc.ABC):
 
     def meta(self, where: np.ndarray, t_steps: np.ndarray, *, time_rule: str = "inside",
              jit: bool | None = None) -> dict[str, PointTokenMeta]:
-        """Per-field token metadata of a batch."""
+        """Per-field token metadata of a batch (0 samples: every array with a sample axis has a leading 0)."""
         out = {}
         t_steps = np.asarray(t_steps, np.int64)
         for f in self.config.fields:
@@ -536,12 +544,12 @@ class BoxPointSampler(PointSampler):
                               f"{self.ny} x {self.nx} grid")
         flat = y[:, :, None] * self.nx + x[:, None, :]  # (S, H, W)
         tok = flat.reshape(S, nlat, tlat, nlon, tlon).transpose(0, 1, 3, 2, 4)  # (S, nlat, nlon, tlat, tlon)
-        la = self.point_lat[tok].reshape(S, nlat, nlon, -1)
-        lo = self.point_lon[tok].reshape(S, nlat, nlon, -1)
-        pts = tok.reshape(S, -1)
+        la = self.point_lat[tok].reshape(S, nlat, nlon, tlat * tlon)  # (K spelt out: -1 cannot be inferred at S = 0)
+        lo = self.point_lon[tok].reshape(S, nlat, nlon, tlat * tlon)
+        pts = tok.reshape(S, H * W)
         count = np.full((S, nlat, nlon), tlat * tlon, np.int64)
         if self.same is not None:  # copies of a place already in the sample (fold rows, halo columns): padding
             keep = kept_slots(self.same, pts)
             pts = np.where(keep, pts, -1)
-            count = keep.reshape(S, nlat, nlon, -1).sum(axis=3)
+            count = keep.reshape(S, nlat, nlon, tlat * tlon).sum(axis=3)
         return np.ascontiguousarray(pts), count, la.mean(axis=3), circular_mean(lo, 3)
