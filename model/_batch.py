@@ -184,15 +184,14 @@ def attention_keys(item: Mapping[str, Any]) -> torch.Tensor:
     vv = item.get("valid_values")
     if vv is not None:
         present = present & vv
-    b = tokens.shape[0]
     keys = present.flatten(5).any(-1)  # (B, L, nt, nlat, nlon): the token has a value
     mask = item.get("mask")
     if mask is not None:
         keys = keys | mask.bool()
-    keys = keys.reshape(b, -1)  # (B, S)
+    keys = keys.flatten(1)  # (B, S) (flatten, not reshape(b, -1): that cannot infer S when B = 0)
     v = item.get("valid")
     if v is not None:
-        keys = keys & v.reshape(b, -1).bool()  # uint8 allowed (check_batch); a bool tensor is not copied
+        keys = keys & v.flatten(1).bool()  # uint8 allowed (check_batch); a bool tensor is not copied
     return keys | ~keys.any(-1, keepdim=True)
 
 

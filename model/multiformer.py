@@ -335,8 +335,9 @@ class FieldEmbedding(nn.Module):
             present = present & valid_values
         tokens = torch.where(present, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
         dtype = self.token.weight.dtype
-        x = self.token(tokens.reshape(*grid, -1).to(dtype))  # (B, L, nt, nlat, nlon, d)
-        x = x + self.missing((~present).reshape(*grid, -1).to(dtype))
+        # sizes spelt out, not -1: a batch of 0 samples has 0 elements, from which reshape cannot infer one
+        x = self.token(tokens.reshape(*grid, self.spec.token_dim).to(dtype))  # (B, L, nt, nlat, nlon, d)
+        x = x + self.missing((~present).reshape(*grid, self.spec.token_dim).to(dtype))
         if self.mask_token is not None and mask is not None:
             x = torch.where(mask.bool()[..., None], self.mask_token.to(x.dtype), x)  # uint8 allowed; bool: no copy
         f32 = {k: meta[k].to(torch.float32) for k in META_KEYS}
@@ -357,7 +358,7 @@ class FieldEmbedding(nn.Module):
             x = x + self.level.weight[None, :, None, None, None, :]
         pos = self.pos_t[:, None, None] + self.pos_lat[None, :, None] + self.pos_lon[None, None, :]
         x = x + pos  # (nt, nlat, nlon, d) broadcast over (B, L)
-        return x.reshape(b, -1, d)  # (B, S, d)
+        return x.reshape(b, self.spec.seq_len, d)  # (B, S, d)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # a checkpoint from before the missing-value indicator: its model read missing values as 0 and nothing

@@ -353,3 +353,34 @@ def test_with_every_field_giving_valid_levels_are_checked_only_where_it_is_free(
     batch["a"]["meta"]["level"] = torch.full_like(batch["a"]["meta"]["level"], 700.0)
     with pytest.raises(ModelConfigError, match="not all in"):
         model(batch)
+
+
+def _cut(batch: dict, n: int) -> dict:
+    """The first ``n`` samples of every tensor of a batch (meta included)."""
+    return {f: {k: ({m: x[:n] for m, x in v.items()} if k == "meta" else v[:n]) for k, v in item.items()}
+            for f, item in batch.items()}
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "valid-given"])
+def test_a_batch_of_0_samples_gives_empty_predictions_of_the_right_shape(padded):
+    """0 samples (a user's last empty shard): the forward returns ``(0, E, *sample_shape)`` per field, of the dtype a
+    non-empty batch gets, on the plain path and with ``valid``/``valid_values`` given, and a backward through it
+    runs (zero gradients). It raised "cannot reshape tensor of 0 elements" in the embedding."""
+    from model.multiformer import padding_masks
+
+    torch.manual_seed(0)
+    cfg = _mixed_config()
+    model = Multiformer(cfg)
+    batch = _batch(cfg)
+    if padded:
+        for item in batch.values():
+            item.update(padding_masks(item["tokens"]))
+    full = model(batch)
+    out = model(_cut(batch, 0))
+    assert out.keys() == full.keys()
+    for f, y in out.items():
+        assert y.shape == (0, *full[f].shape[1:]) and y.dtype == full[f].dtype, f
+        assert full[f].shape[1:] == (cfg.ensemble_size, *cfg.field(f).sample_shape)
+    sum(y.sum() for y in out.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
