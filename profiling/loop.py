@@ -432,8 +432,15 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 say(f"step {done}/{cfg.steps}  {said}  lr {lr:.2e}  {time.perf_counter() - t_start:.1f} s{first}")
             if ckpt is not None and mode == "train" and (
                     done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                save_run(ckpt, net, opt, done, loader, cfg, rank, world)
-                say(f"checkpoint: {ckpt} (step {done})")
+                # not before this run's first update (every batch so far empty: on_bad_chunk = "skip"): such a
+                # checkpoint would hold an untrained model (or the resumed one) under a later step, overwriting a
+                # good last.pt; a run that never updates ends in check_trained's error with none written. (The
+                # counts agree on every rank, as save_run's collectives need: the skip counter sums them.)
+                if skipped["steps_without_update"] < done - start:
+                    save_run(ckpt, net, opt, done, loader, cfg, rank, world)
+                    say(f"checkpoint: {ckpt} (step {done})")
+                else:
+                    say(f"checkpoint: none at step {done}: no step of this run has updated the model yet")
         check_trained(skipped, stop - start, store_path)  # every batch empty (on_bad_chunk = "skip"): an error
 
     # -- report -------------------------------------------------------------------------------------------------
