@@ -11,7 +11,10 @@ Strategies (:class:`MaskingConfig`):
   random are masked. Of those, independently, a fraction ``frac_zero`` is set to zero (the mean of normalised
   data), a fraction ``frac_noise`` is blended toward zero with noise ``(1 - w) x + noise_scale * std * N(0, 1)``
   (``w ~ U(0, 1)`` per token, ``std`` the batch's per-level standard deviation), and a fraction ``frac_coarse`` is
-  resampled at ``1 / coarse_factor`` spatial resolution and back (trilinear), in that order;
+  resampled at ``1 / coarse_factor`` spatial resolution and back (linear in latitude and longitude, cell centres
+  aligned, as ``interpolate(align_corners=False)``; a NaN point spreads only to the values that depend on it), in
+  that order. On an accelerator every token is corrupted and the masked ones are selected with ``where``, so no
+  tensor's shape depends on the mask and nothing waits for the device's queued work;
 - ``"forecast"``: the last ``forecast_tokens`` time tokens of every level are masked (zeroed); at least one
   time token stays as context (``forecast_tokens < nt``);
 - ``"temporal_interpolation"``: ``interp_tokens`` time tokens in the middle are masked (zeroed); a token before
@@ -26,6 +29,7 @@ nlon)`` bool.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -187,14 +191,54 @@ def make_masks(cfg: MaskingConfig, shapes: Mapping[str, tuple[int, ...]], g: tor
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _resample_taps(n: int, factor: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Taps of resampling ``n`` points to ``ceil(n / factor)`` and back, each way linearly with cell centres aligned
+    (``interpolate(mode="linear", align_corners=False)``): ``(taps, n)`` indices and float32 weights, so that output
+    ``i`` is ``sum_k weight[k, i] * x[index[k, i]]``. Only points of non-zero weight are taps (unused slots repeat a
+    tap with weight 0), so a NaN spreads only to the outputs that depend on it. Cached per device: copying the
+    tables to an accelerator on every call would wait for its queued work."""
+
+    def linear(n_in: int, n_out: int) -> np.ndarray:  # (n_out, n_in) float64 matrix
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w1 = src - i0
+        a = np.zeros((n_out, n_in))
+        np.add.at(a, (np.arange(n_out), i0), 1.0 - w1)
+        np.add.at(a, (np.arange(n_out), i1), w1)
+        return a
+
+    small = max(1, -(-n // factor))
+    a = linear(small, n) @ linear(n, small)  # (n, n)
+    nz = a != 0
+    taps = int(nz.sum(axis=1).max())
+    index = np.empty((taps, n), np.int64)
+    weight = np.zeros((taps, n), np.float32)
+    for i in range(n):
+        cols = np.flatnonzero(nz[i])
+        index[:, i] = cols[0]
+        index[:len(cols), i] = cols
+        weight[:len(cols), i] = a[i, cols]
+    return torch.from_numpy(index).to(device), torch.from_numpy(weight).to(device)
+
+
 def _coarsen(tokens: torch.Tensor, factor: int) -> torch.Tensor:
-    """Resample ``(K, tt, tlat, tlon)`` tokens at ``1/factor`` spatial resolution and back (trilinear)."""
-    k, tt, tlat, tlon = tokens.shape
-    small = (tt, max(1, -(-tlat // factor)), max(1, -(-tlon // factor)))
-    x = tokens.reshape(k, 1, tt, tlat, tlon).float()
-    x = torch.nn.functional.interpolate(x, size=small, mode="trilinear", align_corners=False)
-    x = torch.nn.functional.interpolate(x, size=(tt, tlat, tlon), mode="trilinear", align_corners=False)
-    return x.reshape(k, tt, tlat, tlon).to(tokens.dtype)
+    """Resample ``(K, tt, tlat, tlon)`` tokens at ``1/factor`` spatial resolution and back, linearly in latitude and
+    longitude (time unchanged), in float32; a few gathers and multiply-adds per axis, the same cost for every token,
+    so an accelerator can coarsen every token of a batch and select with ``where`` (no data-dependent shape)."""
+    x = tokens.float()
+    for dim in (-2, -1):
+        n = x.shape[dim]
+        if n == 1:
+            continue
+        index, weight = _resample_taps(n, factor, x.device)
+        view = (-1, 1) if dim == -2 else (-1,)
+        out = x.index_select(dim, index[0]) * weight[0].view(view)
+        for k in range(1, index.shape[0]):
+            out = out + x.index_select(dim, index[k]) * weight[k].view(view)
+        x = out
+    return x.to(tokens.dtype)
 
 
 def _level_std(x: torch.Tensor) -> torch.Tensor:
@@ -210,18 +254,54 @@ def _level_std(x: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_bert(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """BERT's corruption of the masked tokens: a fraction set to zero, a fraction blended toward zero with noise
+    scaled by the level's std, a fraction resampled coarser (drawn independently, applied in that order). On the
+    CPU the selected tokens are gathered (:func:`_apply_bert_sparse`); on an accelerator every token is computed and
+    the selection is a ``where`` (:func:`_apply_bert_dense`): no shape depends on the mask, so nothing waits for the
+    device (the gathering way made 8 host syncs per field, each waiting for the whole queued step)."""
+    if x.device.type == "cpu":
+        return _apply_bert_sparse(cfg, x, mask, g)
+    return _apply_bert_dense(cfg, x, mask, g)
+
+
+def _bert_draws(cfg: MaskingConfig, mask: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(masked, zero, noise, coarse, w) per token ``(B, L, N)``: which tokens each corruption takes, and the blend
+    weights; the same draws, in the same order, for both ways."""
+    m = mask.reshape(mask.shape[0], mask.shape[1], -1)
+    u = torch.rand((3, *m.shape), generator=g, device=m.device)
+    zero = m & (u[0] < cfg.frac_zero)
+    noise = m & (u[1] < cfg.frac_noise)
+    coarse = m & (u[2] < cfg.frac_coarse)
+    w = torch.rand(m.shape, generator=g, device=m.device)
+    return m, zero, noise, coarse, w
+
+
+def _apply_bert_dense(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    B, L = x.shape[:2]
+    tok_shape = x.shape[5:]
+    flat = x.reshape(B, L, -1, *tok_shape)
+    m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
+    eps = torch.randn((*m.shape, *tok_shape), generator=g, device=x.device)  # every token's noise: no sync
+
+    def each(sel: torch.Tensor) -> torch.Tensor:
+        return sel[..., None, None, None]
+
+    flat = torch.where(each(zero), torch.zeros((), dtype=x.dtype, device=x.device), flat)
+    amp = (cfg.noise_scale * _level_std(x))[None, :, None]  # (1, L, 1)
+    blended = each(1.0 - w) * flat.float() + each(amp) * eps
+    flat = torch.where(each(noise), blended.to(x.dtype), flat)
+    coarsened = _coarsen(flat.reshape(-1, *tok_shape), cfg.coarse_factor).reshape(flat.shape)
+    return torch.where(each(coarse), coarsened, flat).reshape(x.shape)
+
+
+def _apply_bert_sparse(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     src = x.clone()
     dev = x.device
     B, L = x.shape[:2]
     tok_shape = x.shape[5:]
     flat = src.reshape(B, L, -1, *tok_shape)  # (B, L, N, tt, tlat, tlon), a view of src
-    m = mask.reshape(B, L, -1)
-    u = torch.rand((3, *m.shape), generator=g, device=dev)
-    zero = m & (u[0] < cfg.frac_zero)
-    noise = m & (u[1] < cfg.frac_noise)
-    coarse = m & (u[2] < cfg.frac_coarse)
-    flat[zero] = 0  # sync point (boolean-mask indexing), as below
-    w = torch.rand(m.shape, generator=g, device=dev)
+    m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
+    flat[zero] = 0  # (boolean-mask indexing: a sync point on an accelerator, as below; this way runs on the CPU)
     n_noise = int(noise.sum())  # sync point: the noise draw's size depends on the mask
     if n_noise:
         std = _level_std(x)  # (L,) float32, NaN-aware
