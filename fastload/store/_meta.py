@@ -290,7 +290,7 @@ def _parse_v3_array(source: BaseByteSource, name: str, z: dict) -> ArrayInfo:
     if len(outer) != len(shape):
         raise SchemaError(f"{where}: chunk_shape {list(outer)} has {len(outer)} axes but shape has {len(shape)}")
     dtype = _v3_dtype(z["data_type"], where)
-    codecs = tuple(_named(c, where) for c in z["codecs"])
+    codecs = _named_chain(z["codecs"], where, "codecs")
     chunks, shard = outer, None
     for k, c in enumerate(codecs):
         if c["name"] == "sharding_indexed":
@@ -384,7 +384,28 @@ def _named(c: Any, where: str) -> dict:
         return {"name": c, "configuration": {}}
     if not isinstance(c, dict) or not isinstance(c.get("name"), str):
         raise SchemaError(f"{where}: expected {{'name': ..., 'configuration': ...}}, got {c!r}")
-    return {"name": c["name"], "configuration": dict(c.get("configuration") or {})}
+    conf = c.get("configuration") or {}
+    if not isinstance(conf, dict):
+        raise SchemaError(f"{where}: codec {c['name']!r}: configuration must be a JSON object, got {conf!r}")
+    return {"name": c["name"], "configuration": dict(conf)}
+
+
+def _named_chain(chain: Any, where: str, key: str) -> tuple[dict, ...]:
+    """A v3 codec list with every codec as ``{"name", "configuration"}``, the chains inside ``sharding_indexed``
+    too: the spec lets a codec leave out its configuration (zarr-python writes ``{"name": "bytes"}`` for a
+    one-byte type), and every reader of the chain may then look the configuration up."""
+    if not isinstance(chain, (list, tuple)):
+        raise SchemaError(f"{where}: {key} must be a list of codecs, got {chain!r}")
+    out = []
+    for c in chain:
+        c = _named(c, where)
+        if c["name"] == "sharding_indexed":
+            conf = c["configuration"]
+            for k in ("codecs", "index_codecs"):
+                if conf.get(k) is not None:
+                    conf[k] = list(_named_chain(conf[k], where, f"sharding_indexed {k}"))
+        out.append(c)
+    return tuple(out)
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------
