@@ -124,7 +124,7 @@ def _add_extras(path, truth, zarr_format):
         "obs_time": (rng.integers(0, 10**8, (nt, n)), ("time", "nod2"), {"units": "seconds since 2000-01-01"}),
     }
     for name, (data, dims, attrs) in extras.items():
-        fill = "" if data.dtype.kind == "U" else np.datetime64("NaT") if data.dtype.kind == "M" else None
+        fill = "" if data.dtype.kind == "U" else np.datetime64("NaT", "s") if data.dtype.kind == "M" else None
         _array(root, name, data, dims, attrs=attrs, fill_value=fill, zarr_format=zarr_format,
                chunks=(8,) * (data.ndim - 1) + (64,))
     return {k: v[0] for k, v in extras.items()}
