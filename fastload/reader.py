@@ -62,22 +62,20 @@ decode summed over threads; plan, gather wall time of the batch's thread). The c
 :func:`sample_chunk_bound`, :class:`CacheLayout`) lives in :mod:`fastload._cache_sizing`; both are re-exported here.
 This module orchestrates the steps (reserve, submit, collect, gather); what runs on and around the I/O threads
 (fetch tasks, direct reads, read-ahead requests, retries, the read timeout) is
-:class:`~fastload._reader_fetch._Fetcher`, a mixin of :class:`ChunkReader` in :mod:`fastload._reader_fetch`.
+:class:`~fastload._reader_fetch._Fetcher`, a mixin of :class:`ChunkReader` in :mod:`fastload._reader_fetch`. The decode
+slots (at most ``decode_workers`` at once, the earliest step first) are :mod:`fastload._priority_slots`.
 
 Run its tests with ``python -m pytest tests/fastload/test_loader.py tests/fastload/test_faults.py -q``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import heapq
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any
@@ -88,6 +86,7 @@ from ._cache_sizing import CacheLayout, plan_cache, sample_chunk_bound
 from ._io_pool import _IOPool, _Task
 from ._io_stats import IOStats
 from ._nvtx import range as nvtx_range
+from ._priority_slots import _PrioritySlots
 from ._raw_ahead import RawAhead
 from ._reader_fetch import _describe_job, _Done, _Fetcher, _GivenUp, _plain_local, _transient  # noqa: F401
 from .cache import ChunkCache, Reservation
@@ -107,39 +106,6 @@ _AHEAD_BYTES = 96 * 2**20  # remote stores: bytes read ahead (_reader_fetch._AHE
 # most half the cache's size
 _READ_TIMEOUT_S = 300.0  # LoaderConfig.read_timeout_s's default
 _CLOSE_TIMEOUT_S = 5.0  # how long ChunkReader.close waits for its I/O threads by default
-
-
-class _PrioritySlots:
-    """A counting semaphore whose waiters are served lowest step first: the batch the consumer waits for decodes
-    before read-ahead for later batches (the first batch is not slowed by the second's decodes). A release hands
-    the slot to exactly one waiter (its own lock), so no herd of waiting threads wakes per release."""
-
-    def __init__(self, n: int):
-        self._free = int(n)
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[int, int, threading.Lock]] = []  # heap of (step, ticket, the waiter's lock)
-        self._ticket = itertools.count()
-
-    @contextlib.contextmanager
-    def hold(self, step: int) -> Iterator[None]:
-        with self._lock:
-            if self._free and not self._waiting:  # (a waiter exists only while no slot is free)
-                self._free -= 1
-                gate = None
-            else:
-                gate = threading.Lock()
-                gate.acquire()
-                heapq.heappush(self._waiting, (int(step), next(self._ticket), gate))
-        if gate is not None:
-            gate.acquire()  # released by the holder that hands its slot over to this waiter
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._waiting:
-                    heapq.heappop(self._waiting)[2].release()  # the slot passes straight to the earliest step
-                else:
-                    self._free += 1
 
 
 @dataclasses.dataclass(slots=True)
