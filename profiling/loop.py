@@ -406,7 +406,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     counts.weigh(loss).backward()  # under DDP with skip: loss * n
             with timer.phase("optimizer"):
                 # sync point (DDP with skip only): the counts' host all-reduce, done by now; grads scaled to the mean
-                if counts.total(net.parameters()) > 0:
+                if counts.total() > 0:
+                    counts.scale_grads(net.parameters())
                     if o.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
                     opt.step()

@@ -11,7 +11,9 @@ otherwise count an empty rank as one with samples)::
 
     step = MultiformerStep(net, {"mse": 1.0})     # the Multiformer's loss; 0, connected to every
     loss = DistributedDataParallel(step)(inputs)  # trainable parameter, for 0 samples
-    counter.start(n); counter.weigh(loss).backward(); counter.total(net.parameters())  # then clip and step
+    counter.start(n); counter.weigh(loss).backward()
+    if counter.total() > 0:                       # every rank's samples (no rank updates when all had 0)
+        counter.scale_grads(net.parameters())     # to the mean over them; then clip and step
 
 A run none of whose steps trained is an error (:func:`check_trained`), as is synthetic mode on a loader whose first
 epoch has no sample (:func:`replay_with_samples`).
@@ -64,7 +66,8 @@ class SampleCounter:
     DDP averages the ranks' gradients over the world size, each rank's a mean over its own samples: a rank with 0
     samples (its zero loss) or fewer than the others would scale the step down or weigh its samples up. So each
     rank backwards its loss times its sample count :meth:`weigh` (a sum over its samples), and once the total ``N``
-    is known :meth:`total` scales the all-reduced gradients by ``world / N`` (before clipping and the optimizer):
+    is known (:meth:`total`) :meth:`scale_grads` scales the all-reduced gradients by ``world / N`` (before clipping
+    and the optimizer):
     every sample weighs the same whichever rank it is on. That is the step one process would take on the ranks'
     union when the loss is a mean over samples; the Multiformer's loss is a mean over weighted tokens, and BERT
     masks a different share of each sample, so there the union step weighs samples by their tokens and this one by
@@ -73,7 +76,7 @@ class SampleCounter:
     The count is all-reduced over a gloo group (host tensors: no device sync), started by :meth:`start` after the
     data wait and read by :meth:`total` before the optimizer. Used under DDP with ``loader.on_bad_chunk = "skip"``
     only (:func:`sample_counter`), the one case where ranks' batches can differ in size. Otherwise (``world`` None)
-    it counts this process's samples only: no collective, :meth:`weigh` and :meth:`total` change nothing."""
+    it counts this process's samples only: no collective, :meth:`weigh` and :meth:`scale_grads` change nothing."""
 
     def __init__(self, world: int | None, timeout_s: float = 0.0):
         self.world = world
@@ -82,10 +85,12 @@ class SampleCounter:
         self.n = 0
         self._count = torch.zeros(1, dtype=torch.int64)
         self._work: Any = None
+        self._total: int | None = None
 
     def start(self, n: int) -> None:
         """Start summing this step's sample count ``n`` over the ranks."""
         self.n = n
+        self._total = None
         if self.group is None:
             return
         self._count = torch.tensor([n], dtype=torch.int64)
@@ -95,18 +100,26 @@ class SampleCounter:
         """What this rank backwards: its mean ``loss`` times its samples (0 for an empty batch's zero loss)."""
         return loss if self.group is None else loss * self.n
 
-    def total(self, params: Iterable[torch.nn.Parameter]) -> int:
-        """The step's samples over every rank (waits for the sum: done by now); when not 0, the gradients of
-        ``params`` (all-reduced by DDP's backward) scaled by ``world / N``."""
+    def total(self) -> int:
+        """The step's samples ``N`` over every rank (this process's alone without a group); changes nothing. The
+        first call of a step waits for the sum :meth:`start` began (done by now)."""
         if self.group is None or self.world is None:
             return self.n
-        with collective("summing the step's samples over the ranks"):
-            self._work.wait()
-        total = int(self._count)
+        if self._total is None:
+            with collective("summing the step's samples over the ranks"):
+                self._work.wait()
+            self._total = int(self._count)
+        return self._total
+
+    def scale_grads(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Scale the gradients of ``params`` (all-reduced by DDP's backward of the :meth:`weigh` ed losses) by
+        ``world / N``: the mean over every rank's samples. Nothing without a group or when ``N`` is 0."""
+        if self.group is None or self.world is None:
+            return
+        total = self.total()
         grads = [p.grad for p in params if p.grad is not None]
         if total and grads:
             torch._foreach_mul_(grads, self.world / total)
-        return total
 
 
 def sample_counter(cfg: Any, world: int, forecast: bool) -> SampleCounter:

@@ -188,7 +188,8 @@ for case, steps in xs.items():
         x = batches[rank]
         counts.start(x.shape[0])
         counts.weigh(d(x)).backward()
-        if counts.total(m.parameters()) > 0:
+        if counts.total() > 0:
+            counts.scale_grads(m.parameters())
             torch.nn.utils.clip_grad_norm_(m.parameters(), 3.0)
             opt.step()
         opt.zero_grad(set_to_none=True)

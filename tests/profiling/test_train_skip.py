@@ -171,6 +171,7 @@ def test_only_ddp_with_skip_on_the_store_loader_sums_sample_counts(tmp_path_fact
         loss = torch.tensor(2.0)
         p = torch.nn.Parameter(torch.ones(2))
         p.grad = torch.full((2,), 5.0)
-        assert counter.weigh(loss) is loss and counter.total([p]) == 3 and p.grad.tolist() == [5.0, 5.0]
+        counter.scale_grads([p])
+        assert counter.weigh(loss) is loss and counter.total() == 3 and p.grad.tolist() == [5.0, 5.0]
     assert not groups
     assert steps.sample_counter(cfg, 2, False).group == "group" and len(groups) == 1
