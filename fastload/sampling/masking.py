@@ -241,16 +241,31 @@ def _coarsen(tokens: torch.Tensor, factor: int) -> torch.Tensor:
     return x.to(tokens.dtype)
 
 
-def _level_std(x: torch.Tensor) -> torch.Tensor:
-    """Population standard deviation per level (axis 1) over the finite values of the batch, float32."""
-    dims = (0,) + tuple(range(2, x.ndim))
-    xf = x if x.dtype == torch.float32 else x.float()
-    ok = torch.isfinite(xf)
-    n = ok.sum(dim=dims).clamp(min=1)
-    z = torch.where(ok, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
-    mean = z.sum(dim=dims) / n
-    d = torch.where(ok, xf - mean.reshape(1, -1, *([1] * (x.ndim - 2))), torch.zeros((), device=xf.device))
-    return torch.sqrt((d * d).sum(dim=dims) / n)
+def _level_std(x: torch.Tensor, *, may_branch: bool = False) -> torch.Tensor:
+    """Population standard deviation per level (axis 1) over the finite values of the batch, float32.
+
+    Reduced over each (sample, level)'s contiguous values first (a reduction over axes 0 and 2.. at once ran at
+    0.5 GB/s on the CPU), counted in int32. With ``may_branch`` (the CPU, where a branch on a value waits for nothing) a batch whose
+    values are all finite skips the finite-value masks and their batch-sized temporaries (fresh pages the CPU faults in
+    on every call; ``var_mean`` ran at 0.45 GB/s)."""
+    b, n_lev = x.shape[:2]
+    xf = x.reshape(b, n_lev, -1)
+    xf = xf if xf.dtype == torch.float32 else xf.float()
+    if may_branch:
+        mean = xf.sum(-1) / xf.shape[-1]  # (B, L)
+        if bool(torch.isfinite(mean).all()):  # every value finite (an overflow takes the masked way below)
+            # squared deviations a sample at a time: a sample-sized temporary, not a batch-sized one
+            var = torch.stack([torch.linalg.vector_norm(xf[i] - mean[i, :, None], dim=-1) for i in range(b)])
+            var = var * var / xf.shape[-1]
+            if bool(torch.isfinite(var).all()):
+                # rows of equal size: the total variance is the rows' mean variance plus the variance of their means
+                return torch.sqrt(var.mean(0) + torch.var(mean, dim=0, correction=0))
+    ok = (xf - xf) == 0  # finite (NaN and inf give NaN); 3x faster than isfinite on the CPU
+    n = ok.sum(-1, dtype=torch.int32).sum(0).clamp(min=1)  # an int64 count of bools ran 25x slower
+    zero = torch.zeros((), dtype=xf.dtype, device=xf.device)
+    mean = torch.where(ok, xf, zero).sum(-1).sum(0) / n
+    d = torch.where(ok, xf - mean[None, :, None], zero)
+    return torch.sqrt((d * d).sum(-1).sum(0) / n)
 
 
 def _apply_bert(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -295,16 +310,17 @@ def _apply_bert_dense(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g
 
 
 def _apply_bert_sparse(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    src = x.clone()
     dev = x.device
     B, L = x.shape[:2]
     tok_shape = x.shape[5:]
-    flat = src.reshape(B, L, -1, *tok_shape)  # (B, L, N, tt, tlat, tlon), a view of src
     m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
-    flat[zero] = 0  # (boolean-mask indexing: a sync point on an accelerator, as below; this way runs on the CPU)
+    # the copy and the zeroing in one pass (a sync-free where; the ways below gather, which syncs an accelerator)
+    flat = torch.where(zero[..., None, None, None], torch.zeros((), dtype=x.dtype, device=dev),
+                       x.reshape(B, L, -1, *tok_shape))  # (B, L, N, tt, tlat, tlon)
+    src = flat.reshape(x.shape)  # a view of flat
     n_noise = int(noise.sum())  # sync point: the noise draw's size depends on the mask
     if n_noise:
-        std = _level_std(x)  # (L,) float32, NaN-aware
+        std = _level_std(x, may_branch=True)  # (L,) float32, NaN-aware
         amp = (cfg.noise_scale * std)[None, :, None].expand(m.shape)[noise]
         eps = torch.randn((n_noise, *tok_shape), generator=g, device=dev)
         blended = (1.0 - w[noise])[:, None, None, None] * flat[noise].float() + amp[:, None, None, None] * eps

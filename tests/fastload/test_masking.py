@@ -323,3 +323,26 @@ def test_coarsening_keeps_bfloat16_tokens_in_bfloat16():
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), _interpolate_reference(x, 3).to(torch.bfloat16).float(), rtol=0.02,
                                atol=0.02)
+
+
+@pytest.mark.parametrize("may_branch", [False, True])
+@pytest.mark.parametrize("bad", ["none", "nan", "inf", "level_all_nan"])
+def test_level_std_is_numpys_std_over_the_finite_values_of_each_level(may_branch, bad):
+    import numpy as np
+
+    import fastload.sampling.masking as mk
+
+    x = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * 3 + 280).to(torch.float32)
+    if bad == "nan":
+        x[0, 0, 1] = float("nan")
+        x[2, 1, 0, 0, 0, 0] = float("nan")
+    elif bad == "inf":
+        x[1, 0, 0, 1] = float("inf")
+        x[3, 1, 2, 2, 2, 1, 1, 1] = -float("inf")
+    elif bad == "level_all_nan":
+        x[:, 1] = float("nan")
+    got = mk._level_std(x, may_branch=may_branch)
+    a = x.double().numpy().swapaxes(0, 1).reshape(SHAPE[1], -1)
+    want = [np.std(row[np.isfinite(row)]) if np.isfinite(row).any() else 0.0 for row in a]
+    assert got.dtype == torch.float32 and got.shape == (SHAPE[1],)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=0)
