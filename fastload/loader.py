@@ -400,11 +400,14 @@ class Loader:
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands: the next batch :func:`iter` will hand out, and what must match on resume
         (``norm_fingerprint``: the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`)."""
+        from ._resume import loader_identity
+
         cfg = self.loader_config
         return {"version": _STATE_VERSION, "epoch": self._state.epoch, "batch": self._state.batch,
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
-                "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint()}
+                "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint(),
+                **loader_identity(self, self._state.epoch)}  # drop_last, masking, store_fingerprint, plan...
 
     def _norm_fingerprint(self) -> Any:
         """Digest of the normalisation coefficients (per stream for a multi-stream config), computed once."""
@@ -428,13 +431,17 @@ class Loader:
         Refused (``ConfigError`` naming each differing setting, saved and current value) unless the seed, rank,
         world size, batch size, samples per epoch and window and the sampling config match, and the normalisation
         coefficients are the same: compared by content (``norm_fingerprint``), so a normalisation store that moved
-        (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before."""
-        from ._resume import check_resume
+        (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before. Also compared
+        (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``, the masking and
+        the device type its masks are drawn on, the data stores by what decides the samples (``store_fingerprint``:
+        time axis, grid, levels, ...; not their paths) and the saved epoch's sample placements (``plan``)."""
+        from ._resume import check_resume, loader_identity
 
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
-        check_resume(state, self.state_dict(), ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
-                                                "samples_per_window", "sampling"))
+        mine = {**self.state_dict(), **loader_identity(self, int(state.get("epoch", 0)))}  # the saved epoch's plan
+        check_resume(state, mine, ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
+                                   "samples_per_window", "sampling"))
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")

@@ -1,0 +1,321 @@
+"""What ``Loader.load_state_dict`` refuses besides the settings (:mod:`fastload._resume`): a normalisation store
+edited only in its local (per grid point) coefficients, a data store replaced at the same path (single store and
+each stream), a changed ``drop_last``, masking or explicit plan; and what it still accepts: stores that only moved
+(a stream's store included), an edit of coefficients the loader never reads, states saved before these checks.
+
+Each refusal was a silent resume before (the test says what the resumed run would have read instead); each
+acceptance is checked batch for batch against the uninterrupted run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from fastload._resume import _chunk_keys, check_resume, norm_fingerprint
+from fastload.errors import ConfigError
+from fastload.loader import Loader
+from fastload.norm import Normalizer
+from tests.fastload.loader_ref import build
+
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
+KW = dict(samples_per_epoch=16, workers=1, seed=4, device="cpu")
+
+
+def _tail(loader, skip=1):
+    """(state after ``skip`` batches, the rest of the epoch's fields as numpy)."""
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    state = loader.state_dict()
+    return state, [{f: b[f].numpy().copy() for f in loader.config.field_names} for b in it]
+
+
+def _same(got, want):
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        for f in w:
+            np.testing.assert_array_equal(g[f], w[f], err_msg=f)
+
+
+# -- local coefficients ----------------------------------------------------------------------------------------------
+@pytest.fixture(params=[3, 2], ids=["zarr3", "zarr2"])
+def local(tmp_path, request):
+    """A store, its coefficients (``n.zarr``), a byte copy elsewhere, and copies edited in one local value: at a
+    level the config uses (``edited``) and at one it does not (``unused``, t's 850 hPa)."""
+    from fastload.stats import StatsConfig, compute_stats
+
+    build("per_variable", tmp_path / "s.zarr", nt=12)
+    compute_stats(str(tmp_path / "s.zarr"), tmp_path / "n.zarr",
+                  StatsConfig(progress=False, zarr_format=request.param))
+    for name in ("moved/n.zarr", "edited.zarr", "unused.zarr"):
+        shutil.copytree(tmp_path / "n.zarr", tmp_path / name)
+    norm = Normalizer(tmp_path / "n.zarr")
+    for name, level in (("edited.zarr", 1000.0), ("unused.zarr", 850.0)):
+        li = int(norm.level_indices("t", [level])[0])
+        arr = zarr.open_group(str(tmp_path / name), mode="r+")["t"]["local_mean"]
+        arr[0, li, 5, 7] = arr[0, li, 5, 7] + 0.25  # one grid point of January; attrs and globals untouched
+
+    def cfg(name, normalization="local"):
+        return build("per_variable", tmp_path / "s.zarr", nt=12, normalization=normalization,
+                     norm_path=str(tmp_path / name))[1]
+    return tmp_path / "s.zarr", cfg, tmp_path
+
+
+def test_an_edit_of_one_local_coefficient_is_refused_naming_the_local_coefficients(local):
+    path, cfg, d = local
+    # what the resumed run would have normalised with: the edited value (the globals and attributes are the same)
+    a, b = Normalizer(d / "n.zarr"), Normalizer(d / "edited.zarr")
+    for kind in ("global",):
+        for x, y in zip(a.coefficients("t", kind, [1000.0], [0]), b.coefficients("t", kind, [1000.0], [0])):
+            np.testing.assert_array_equal(x, y)
+    assert a.attrs("t") == b.attrs("t")
+    ma, mb = a.coefficients("t", "local", [1000.0], [0])[0], b.coefficients("t", "local", [1000.0], [0])[0]
+    assert np.argwhere(ma != mb).tolist() == [[0, 0, 5, 7]]
+    with Loader(path, cfg("n.zarr"), **KW) as first:
+        state = first.state_dict()
+    fp = state["norm_fingerprint"]
+    assert fp.startswith("sha256:") and "_" in fp  # global part _ local part
+    with Loader(path, cfg("edited.zarr"), **KW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)  # resumed silently before: the fingerprint left the local arrays out
+    msg = str(e.value)
+    assert "in 1 setting(s): the saved norm_fingerprint 'sha256:" in msg, msg
+    assert "(the normalisation store's local, per grid point, coefficients differ from the saved run's" in msg, msg
+    assert fp.split("_")[0] in msg  # the same global part, on both sides
+
+
+def test_a_byte_copy_resumes_and_an_edit_the_loader_never_reads_resumes_too(local):
+    """Only what the loader reads is fingerprinted: the copy has the same chunks; 850 hPa of t is not sampled."""
+    path, cfg, d = local
+    with Loader(path, cfg("n.zarr"), **KW) as first:
+        state, want = _tail(first)
+    for name in ("moved/n.zarr", "unused.zarr"):
+        with Loader(path, cfg(name), **KW) as again:
+            again.load_state_dict(state)
+            _same(_tail(again, 0)[1], want)
+
+
+def test_global_normalisation_ignores_the_local_arrays(local):
+    path, cfg, _ = local
+    with Loader(path, cfg("n.zarr", "global"), **KW) as first:
+        state = first.state_dict()
+    assert "_" not in state["norm_fingerprint"]  # no local part: the same fingerprint as before this change
+    with Loader(path, cfg("edited.zarr", "global"), **KW) as other:
+        other.load_state_dict(state)
+
+
+def test_a_state_whose_fingerprint_predates_the_local_part_compares_the_global_part(local, caplog):
+    path, cfg, _ = local
+    with Loader(path, cfg("n.zarr"), **KW) as first:
+        state = first.state_dict()
+    old = {**state, "norm_fingerprint": state["norm_fingerprint"].split("_")[0]}
+    with Loader(path, cfg("moved/n.zarr"), **KW) as again, caplog.at_level(logging.WARNING, logger="fastload"):
+        again.load_state_dict(old)
+    assert any("predates the local" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="now holds other coefficients"):  # a global difference is still seen
+        check_resume({**old, "norm_fingerprint": "sha256:" + "0" * 32}, state, ("seed",))
+
+
+def test_the_fingerprint_reads_stored_chunks_of_the_used_months_and_levels_only(local):
+    """The chunk keys hashed are exactly the files on disk of the selected months and levels (zarr v2 and v3)."""
+    _, _, d = local
+    arr = zarr.open_group(str(d / "n.zarr"), mode="r")["t"]["local_mean"]
+    files = set()
+    for dirpath, _, names in os.walk(d / "n.zarr" / "t" / "local_mean"):
+        rel = os.path.relpath(dirpath, d / "n.zarr" / "t" / "local_mean")
+        files |= {os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/") for n in names
+                  if n not in (".zarray", ".zattrs", "zarr.json")}
+    months = [m - 1 for m in Normalizer(d / "n.zarr").attrs("t")["months_present"]]
+    assert months == [0]
+    sep = "/" if arr.metadata.zarr_format == 3 else "."
+    want = {k for k in files if k.replace("c/", "", 1).split(sep)[1] in ("0", "2")}  # levels 0 and 2 of 3
+    assert set(_chunk_keys(arr, months, [0, 2])) == want and len(want) == 2
+
+
+def test_chunk_keys_of_a_sharded_array_are_its_shards(tmp_path):
+    a = zarr.create_array(str(tmp_path / "a.zarr"), shape=(12, 4, 6, 8), chunks=(1, 1, 3, 4), shards=(2, 2, 6, 8),
+                          dtype="f4", fill_value=np.nan)
+    for m in (3, 10):
+        for lv in (1, 3):
+            a[m, lv] = 1.0  # shards (m // 2, lv // 2, 0, 0)
+    on_disk = {os.path.relpath(os.path.join(p, n), tmp_path / "a.zarr").replace(os.sep, "/")
+               for p, _, ns in os.walk(tmp_path / "a.zarr") for n in ns if n != "zarr.json"}
+    a[0, 0] = 2.0  # a shard of a month and level not asked for
+    assert set(_chunk_keys(a, [3, 10], [1, 3])) == on_disk == {"c/1/0/0/0", "c/1/1/0/0", "c/5/0/0/0", "c/5/1/0/0"}
+
+
+def test_a_normaliser_without_a_zarr_group_fingerprints_its_decoded_local_coefficients(local):
+    _, cfg, d = local
+
+    class Plain:  # the Normalizer's public methods only
+        def __init__(self, norm):
+            self.n = norm
+
+        def __getattr__(self, k):
+            if k == "_root":
+                raise AttributeError(k)
+            return getattr(self.n, k)
+
+    c = cfg("n.zarr")
+    assert norm_fingerprint(Plain(Normalizer(d / "n.zarr")), c) == norm_fingerprint(Plain(Normalizer(
+        d / "moved/n.zarr")), c) != norm_fingerprint(Plain(Normalizer(d / "edited.zarr")), c)
+
+
+# -- the data store, drop_last, masking, plan (single store) --------------------------------------------------------
+@pytest.fixture
+def plain(tmp_path):
+    _, cfg = build("per_variable", tmp_path / "s.zarr", nt=12)
+    return tmp_path / "s.zarr", cfg
+
+
+def test_another_store_at_the_same_path_is_refused_naming_the_store(plain):
+    path, cfg = plain
+    with Loader(path, cfg, **KW) as first:
+        state = first.state_dict()
+        before = first.epoch_boxes(0)
+    shutil.rmtree(path)
+    build("per_variable", path, nt=14)  # the record grew by two hours: other placements, other data
+    with Loader(path, cfg, **KW) as other:
+        assert not np.array_equal(other.epoch_boxes(0), before)  # what a silent resume would have read
+        with pytest.raises(ConfigError) as e:
+            other.load_state_dict(state)
+    msg = str(e.value)
+    assert "in 1 setting(s): the saved store_fingerprint 'sha256:" in msg and "another time axis" in msg, msg
+
+
+def test_a_moved_store_resumes(plain, tmp_path):
+    path, cfg = plain
+    with Loader(path, cfg, **KW) as first:
+        state, want = _tail(first)
+    shutil.copytree(path, tmp_path / "elsewhere" / "s.zarr")
+    with Loader(tmp_path / "elsewhere" / "s.zarr", cfg, **KW) as again:
+        again.load_state_dict(state)
+        _same(_tail(again, 0)[1], want)
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"drop_last": False}, "the saved drop_last True, this loader's False"),
+    ({"masking": {"strategy": "BERT", "rate": 0.3}}, "the saved masking.rate 0.5, this loader's 0.3"),
+])
+def test_a_changed_drop_last_or_masking_is_refused_by_name(plain, change, named):
+    path, cfg = plain
+    kw = {**KW, "samples_per_epoch": 18, "masking": "BERT"}
+    with Loader(path, cfg, **kw) as first:
+        state = first.state_dict()
+    with Loader(path, cfg, **{**kw, **change}) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)
+    assert f"in 1 setting(s): {named}; resume" in str(e.value), str(e.value)
+
+
+def test_masks_drawn_on_another_device_type_are_refused(plain):
+    """Masks come from a generator on the batch's device (a CUDA one draws other masks): a state saved on a GPU
+    (its mask_device 'cuda') does not resume masking on the CPU; without masking the device does not matter."""
+    path, cfg = plain
+    with Loader(path, cfg, masking="BERT", **KW) as first:
+        state = first.state_dict()
+    assert state["mask_device"] == "cpu"
+    with Loader(path, cfg, masking="BERT", **KW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict({**state, "mask_device": "cuda"})
+    assert "in 1 setting(s): the saved mask_device 'cuda', this loader's 'cpu' (masks are drawn on the batch's " \
+           "device" in str(e.value), str(e.value)
+    with Loader(path, cfg, **KW) as first:
+        state = first.state_dict()
+    assert state["mask_device"] is None
+
+
+def test_a_changed_explicit_plan_is_refused_naming_the_plan(plain):
+    path, cfg = plain
+    with Loader(path, cfg, **KW) as ref:
+        boxes = ref.epoch_boxes(0)
+    with Loader(path, cfg, boxes=boxes, **KW) as first:
+        it = iter(first)
+        next(it)
+        state = first.state_dict()
+        want = [b.boxes.numpy().copy() for b in it]
+    with Loader(path, cfg, boxes=boxes[::-1].copy(), **KW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)  # resumed silently before, reading other samples
+    assert "in 1 setting(s): the saved plan 'sha256:" in str(e.value) and "explicit plan (boxes=)" in str(e.value)
+    with Loader(path, cfg, boxes=lambda epoch: boxes, **KW) as same:  # the same plan given another way
+        same.load_state_dict(state)
+        got = [b.boxes.numpy() for b in same]
+    assert len(got) == len(want) == 3 and all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_state_saved_before_these_checks_resumes_as_it_did(plain):
+    path, cfg = plain
+    with Loader(path, cfg, **KW) as first:
+        state, want = _tail(first)
+    old = {k: v for k, v in state.items() if k not in ("drop_last", "masking", "store_fingerprint", "plan")}
+    with Loader(path, cfg, **KW) as again:
+        again.load_state_dict(old)
+        _same(_tail(again, 0)[1], want)
+
+
+# -- streams: compared by content, not path --------------------------------------------------------------------------
+@pytest.fixture
+def streams(tmp_path):
+    from tests.fastload.stores_multi import make_atmosphere, make_mesh, make_ocean
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"]), make_ocean(paths["ocean"]), make_mesh(paths["fesom"])
+    return paths, tmp_path
+
+
+def _stream_cfg(paths, **moved):
+    from tests.fastload.test_streams import config
+
+    c = config(paths)
+    return dataclasses.replace(c, streams=tuple(dataclasses.replace(s, path=str(moved.get(s.name, s.path)))
+                                                for s in c.streams))
+
+
+SKW = dict(batch_size=2, samples_per_epoch=8, workers=1, device="cpu", seed=5)
+
+
+def test_a_stream_store_moved_elsewhere_resumes_with_the_same_batches(streams):
+    paths, d = streams
+    with Loader(None, _stream_cfg(paths), **SKW) as first:
+        state, want = _tail(first)
+    assert set(state["store_fingerprint"]) == {"era5", "ocean", "fesom"}
+    shutil.copytree(paths["ocean"], d / "node-local" / "o.zarr")
+    with Loader(None, _stream_cfg(paths, ocean=d / "node-local" / "o.zarr"), **SKW) as again:
+        again.load_state_dict(state)  # refused before: the saved sampling.streams.ocean.path differed
+        _same(_tail(again, 0)[1], want)
+
+
+def test_another_stream_store_at_the_same_path_is_refused_naming_the_stream(streams):
+    from tests.fastload.stores_multi import OCEAN_T0, make_ocean
+
+    paths, _ = streams
+    with Loader(None, _stream_cfg(paths), **SKW) as first:
+        state, want = _tail(first)
+    shutil.rmtree(paths["ocean"])
+    make_ocean(paths["ocean"], nt=6, t0=OCEAN_T0 - np.timedelta64(1, "D"))  # a day earlier: other ocean steps
+    with Loader(None, _stream_cfg(paths), **SKW) as other:
+        with pytest.raises(ConfigError) as e:
+            other.load_state_dict(state)  # accepted before: the same path
+        other.set_epoch(0)
+        got = _tail(other)[1]
+    msg = str(e.value)
+    assert "in 1 setting(s): the saved store_fingerprint.ocean 'sha256:" in msg and "another time axis" in msg, msg
+    assert not np.array_equal(got[0]["thetao"], want[0]["thetao"], equal_nan=True)  # a silent resume's data
+    np.testing.assert_array_equal(got[0]["t"], want[0]["t"])  # the other streams read the same
+
+
+def test_a_stream_state_without_store_fingerprints_still_needs_the_paths(streams):
+    paths, d = streams
+    with Loader(None, _stream_cfg(paths), **SKW) as first:
+        state = first.state_dict()
+    old = {k: v for k, v in state.items() if k != "store_fingerprint"}
+    shutil.copytree(paths["ocean"], d / "node-local" / "o.zarr")
+    with Loader(None, _stream_cfg(paths, ocean=d / "node-local" / "o.zarr"), **SKW) as again:
+        with pytest.raises(ConfigError, match=r"the saved sampling\.streams\.ocean\.path '.*/o\.zarr', this loader's "
+                                              r"'.*/node-local/o\.zarr' \(the saved state records no fingerprint of "
+                                              r"the data stores"):
+            again.load_state_dict(old)
