@@ -26,9 +26,13 @@ A state saved before a fingerprint existed compares what it did then: the normal
 fingerprint), the global part only (a fingerprint without the local part, ``sha256:<hex>``), the streams' paths
 (no data-store fingerprint; a single store: nothing), no plan, ``drop_last``, masking or masks' device.
 
-Quick look::
+:class:`~fastload.rollout_data.RolloutLoader` uses :func:`norm_fingerprint` and :func:`check_resume` but records no
+``loader_identity`` (no data-store fingerprint or plan yet).
+
+Quick look, and the tests::
 
     python -c "from fastload._resume import differences; print(differences({'a': {'b': 1}}, {'a': {'b': 2}}))"
+    python -m pytest tests/fastload/test_resume_checks.py tests/fastload/test_loader_ranks.py -k "resume or fingerprint"
 """
 
 from __future__ import annotations
