@@ -152,10 +152,9 @@ def _values(spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
     dt = np.dtype(spec.kind.rstrip("p"))
     if dt.kind == "f":
         v = rng.standard_normal(shape) * 20 + 280
-        if spec.filters.startswith("fixedscaleoffset"):
-            v = np.round(v, 2)
         v = v.astype(dt)
-        v.flat[rng.integers(0, v.size)] = np.nan  # one NaN among the values
+        if not spec.filters.startswith("fixedscaleoffset"):  # (which casts NaN to an integer: undefined)
+            v.flat[rng.integers(0, v.size)] = np.nan  # one NaN among the values
         return v
     lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
     if spec.filters.startswith("delta"):  # keep differences inside the type (numcodecs' delta wraps, as zarr's)
@@ -526,3 +525,17 @@ def test_v3_numcodecs_delta_filter_reads_as_zarr(tmp_path, transpose):
         inner = ShardingCodec(chunk_shape=(1, 5, 7), codecs=[*filters, BytesCodec()])
     _tiny_store(tmp_path / "h.zarr", 3, data, chunks=(3, 5, 7), serializer=inner, compressors=None, fill_value=0)
     assert_same(open_store(tmp_path / "h.zarr").read_array("v"), zarr_read(tmp_path / "h.zarr", "v"), "sharded")
+
+
+def test_v2_fixedscaleoffset_edge_chunk_padded_with_nan_decodes_without_warning(tmp_path):
+    """zarr-python fills the part of an edge chunk past the array with the fill value (NaN), which
+    fixedscaleoffset casts to INT_MIN; decoding it to float16 overflows to -inf there (never read). NumPy warned
+    at each such chunk, and where warnings are errors (this test suite, ``python -W error``) the sound chunk was a
+    ChunkReadError 'cannot decode: RuntimeWarning: overflow encountered in cast'."""
+    data = (np.random.default_rng(0).standard_normal((2, 3, 4)) * 20 + 280).astype("f2")
+    fso = numcodecs.FixedScaleOffset(offset=280, scale=100, dtype="<f2", astype="<i4")
+    _tiny_store(tmp_path / "s.zarr", 2, data, chunks=(1, 3, 3), filters=[fso], compressors=None, fill_value=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = open_store(tmp_path / "s.zarr").read_array("v")
+    assert_same(got, zarr_read(tmp_path / "s.zarr", "v"), "read_array('v')")
