@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import numcodecs
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 import fastload
@@ -44,10 +45,10 @@ from .test_extract import crop, tokens
 
 _DEEP = int(os.environ.get("FASTLOAD_FUZZ_EXAMPLES", "0"))
 """A deeper, random (not derandomized) run: ``FASTLOAD_FUZZ_EXAMPLES=500 pytest tests/fastload/test_store_fuzz.py``."""
-FUZZ = settings(max_examples=_DEEP or 30, deadline=None, derandomize=not _DEEP, database=None, print_blob=True,
+FUZZ = settings(max_examples=_DEEP or 50, deadline=None, derandomize=not _DEEP, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
 
-KINDS = ("f4", "f8", "f2", "i2", "i4", "u1", "u2", "i2p", "i4p")  # "p": packed (scale_factor/add_offset)
+KINDS = ("f4", "f8", "f2", "i2", "i4", "u1", "u2", "i2p", "i4p", "i1", "u4", "i8")  # "p": packed (scale_factor/add_offset)
 COMPRESSORS = ("none", "blosc-noshuffle", "blosc-shuffle", "blosc-bitshuffle", "zstd", "gzip", "lz4")
 V2_FILTERS = ("none", "delta", "fixedscaleoffset", "shuffle", "delta+shuffle")
 V3_FILTERS = ("none", "none", "fixedscaleoffset", "delta", "quantize", "bitround")  # numcodecs.* array-to-array
@@ -69,7 +70,7 @@ class ArraySpec:
     big: bool
     chunks: tuple[int, ...]
     compressor: str
-    fill: str  # "nan", "num", "none"
+    fill: str  # "nan", "num", "none"; "attr": none + a _FillValue attribute; "missing": none + missing_value
     missing: float  # share of chunks never written
     seed: int
     order: str = "C"  # v2
@@ -97,6 +98,8 @@ class StoreSpec:
     ny: int
     nx: int
     consolidated: bool
+    global_grid: bool  # longitudes over 360 degrees (x wraps) or a regional grid; latitudes either way up
+    lat_up: bool
     a: ArraySpec
     b: ArraySpec
     coords: ArraySpec  # codec/chunking of the coordinate arrays (dtype ignored)
@@ -105,8 +108,10 @@ class StoreSpec:
 @st.composite
 def array_specs(draw, fmt: int, shape: tuple[int, ...], coord: bool = False) -> ArraySpec:
     kind = "f8" if coord else draw(st.sampled_from(KINDS))
-    chunks = tuple(draw(st.integers(1, n)) for n in shape)
-    fills = ("nan", "num", "none") if kind.startswith("f") else ("num", "none")
+    chunks = tuple(draw(st.integers(1, n + 2)) for n in shape)  # (zarr lets a chunk be larger than the array)
+    fills = ("num", "none", "attr", "missing")
+    if kind.startswith("f"):  # (xarray writes a v3 float _FillValue attribute as base64: not drawn here)
+        fills = ("nan", "num", "none", "missing") + (("attr",) if fmt == 2 else ())
     spec: dict = dict(
         kind=kind, big=draw(st.booleans()), chunks=chunks, compressor=draw(st.sampled_from(COMPRESSORS)),
         fill=draw(st.sampled_from(fills)), missing=0.0 if coord else draw(st.sampled_from((0.0, 0.3, 0.7, 1.0))),
@@ -132,6 +137,7 @@ def array_specs(draw, fmt: int, shape: tuple[int, ...], coord: bool = False) -> 
             mult=tuple(draw(st.integers(1, 3)) for _ in shape), location=draw(st.sampled_from(("start", "end"))),
             crc=draw(st.booleans()), inner=draw(st.sampled_from(("none", "zstd", "crc32c"))),
             after=draw(st.sampled_from(("none", "zstd", "crc32c", "gzip"))), transpose_inside=draw(st.booleans()),
+            index_big=draw(st.booleans()),
         )  # fmt: skip
     return ArraySpec(**spec)
 
@@ -140,7 +146,8 @@ def array_specs(draw, fmt: int, shape: tuple[int, ...], coord: bool = False) -> 
 def store_specs(draw, fmt: int) -> StoreSpec:
     nt, nl, ny, nx = draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(3, 8)), draw(st.integers(4, 10))
     return StoreSpec(
-        fmt=fmt, nt=nt, nl=nl, ny=ny, nx=nx, consolidated=draw(st.booleans()),
+        fmt=fmt, nt=nt, nl=nl, ny=ny, nx=nx, consolidated=draw(st.booleans()), global_grid=draw(st.booleans()),
+        lat_up=draw(st.booleans()),
         a=draw(array_specs(fmt, (nt, nl, ny, nx))), b=draw(array_specs(fmt, (nt, ny, nx))),
         coords=draw(array_specs(fmt, (max(nt, nl, ny, nx),), coord=True)),
     )  # fmt: skip
@@ -155,20 +162,39 @@ def _values(spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
         v = v.astype(dt)
         if not spec.filters.startswith("fixedscaleoffset"):  # (which casts NaN to an integer: undefined)
             v.flat[rng.integers(0, v.size)] = np.nan  # one NaN among the values
-        return v
-    lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
-    if spec.filters.startswith("delta"):  # keep differences inside the type (numcodecs' delta wraps, as zarr's)
-        lo, hi = max(lo, -(2**14)), min(hi, 2**14)
-    return rng.integers(lo, hi, shape, endpoint=True).astype(dt)
+    else:
+        lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+        if spec.filters.startswith("delta"):  # keep differences inside the type (numcodecs' delta wraps, as zarr's)
+            lo, hi = max(lo, -(2**14)), min(hi, 2**14)
+        if dt.itemsize == 8:  # exact in float64, so xarray's float64 -> float32 rounds once, as extract does
+            lo, hi = -(2**40), 2**40
+        v = rng.integers(lo, hi, shape, endpoint=True).astype(dt)
+    if spec.fill in ("num", "attr", "missing"):  # the missing marker among the written values too
+        v.flat[rng.integers(0, v.size, 3)] = _marker(dt)
+    return v
+
+
+def _marker(dt: np.dtype):
+    return (-99 if dt.itemsize == 1 else -999) if dt.kind == "i" else (7 if dt.kind == "u" else -9.5)
 
 
 def _fill(spec: ArraySpec):
-    dt = np.dtype(spec.kind.rstrip("p"))
+    """The array's fill_value."""
     if spec.fill == "nan":
         return np.nan
     if spec.fill == "num":
-        return -999 if dt.kind == "i" else (7 if dt.kind == "u" else -9.5)
+        return _marker(np.dtype(spec.kind.rstrip("p")))
     return None
+
+
+def _marker_attrs(spec: ArraySpec) -> dict:
+    """The CF attributes that declare missing values, as xarray writes them."""
+    m = _marker(np.dtype(spec.kind.rstrip("p")))
+    if spec.fill == "attr" or (spec.fill == "num" and spec.packed):
+        return {"_FillValue": m}
+    if spec.fill == "missing":
+        return {"missing_value": m}
+    return {}
 
 
 def _v2_codecs(spec: ArraySpec) -> dict:
@@ -271,7 +297,8 @@ def _v3_codecs(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[dict, tuple[int
         inner.append(ZstdCodec(level=1))
     elif sh["inner"] == "crc32c":
         inner.append(Crc32cCodec())
-    index_codecs = [BytesCodec(), Crc32cCodec()] if sh["crc"] else [BytesCodec()]
+    index_bytes = BytesCodec(endian="big" if sh.get("index_big") else "little")
+    index_codecs = [index_bytes, Crc32cCodec()] if sh["crc"] else [index_bytes]
     codec = ShardingCodec(chunk_shape=spec.chunks, codecs=inner, index_codecs=index_codecs,
                           index_location=ShardingCodecIndexLocation(sh["location"]))  # fmt: skip
     after = {"none": [], "zstd": [ZstdCodec(level=1)], "crc32c": [Crc32cCodec()], "gzip": _v3_compressors("gzip")}
@@ -315,18 +342,20 @@ def write_store(path, spec: StoreSpec) -> None:
         ("a", spec.a, ("time", "level", "latitude", "longitude"), (spec.nt, spec.nl, spec.ny, spec.nx)),
         ("b", spec.b, ("time", "latitude", "longitude"), (spec.nt, spec.ny, spec.nx)),
     ):
-        attrs = {"units": "K"}
+        attrs = {"units": "K", **_marker_attrs(aspec)}
         if aspec.packed:  # as xarray writes packed data (encoding scale_factor/add_offset/_FillValue)
             attrs.update(scale_factor=0.01, add_offset=273.15)
-            if aspec.fill == "num":
-                attrs["_FillValue"] = _fill(aspec)
         _create(root, name, _values(aspec, shape), dims, aspec, fmt, attrs, fill=_fill(aspec))
     hours, tattrs = cf_hours(T0 + np.arange(spec.nt) * np.timedelta64(6, "h"))
+    if spec.global_grid:
+        lat, lon = np.linspace(-90.0, 90.0, spec.ny), np.arange(spec.nx) * (360.0 / spec.nx)
+    else:
+        lat, lon = np.linspace(30.0, 30.0 + 0.5 * (spec.ny - 1), spec.ny), np.linspace(-10.0, -10.0 + 0.5 * (spec.nx - 1), spec.nx)
     coords = [
         ("time", hours, tattrs),
         ("level", np.array([1000.0, 850.0, 500.0])[: spec.nl], {"units": "hPa", "level_type": "pressure"}),
-        ("latitude", np.linspace(90.0, -90.0, spec.ny), {"units": "degrees_north"}),
-        ("longitude", np.arange(spec.nx) * (360.0 / spec.nx), {"units": "degrees_east"}),
+        ("latitude", lat if spec.lat_up else lat[::-1].copy(), {"units": "degrees_north"}),
+        ("longitude", lon, {"units": "degrees_east"}),
     ]
     for name, vals, attrs in coords:
         _create(root, name, vals, (name,), spec.coords, fmt, attrs, fill=0, coord=True)
@@ -378,20 +407,24 @@ def assert_clear_refusal(err: BaseException, names: tuple[str, ...]) -> None:
             fh.write(f"{type(err).__name__}: {err}\n")
 
 
-def _boxes(rng, nt: int, ny: int, nx: int, box: tuple[int, int, int]) -> np.ndarray:
+def _boxes(rng, nt: int, ny: int, nx: int, box: tuple[int, int, int], periodic: bool) -> np.ndarray:
     T, H, W = box
+    last = nx - 1 if periodic else nx - W
     out = [
-        (0, 0, 0), (nt - T, ny - H, nx - 1), (0, ny - H, nx - W), (nt - T, 0, nx - 1 - (W // 2)),
-        (int(rng.integers(0, nt - T + 1)), int(rng.integers(0, ny - H + 1)), int(rng.integers(0, nx))),
-    ]  # corners, the last row and column, across the seam
+        (0, 0, 0), (nt - T, ny - H, last), (0, ny - H, nx - W), (nt - T, 0, max(0, last - (W // 2))),
+        (int(rng.integers(0, nt - T + 1)), int(rng.integers(0, ny - H + 1)), int(rng.integers(0, last + 1))),
+    ]  # corners, the last row and column, across the seam (a periodic grid)
     return np.array(out, dtype=np.int64)
 
 
 def check_store(path, spec: StoreSpec) -> None:
+    backends = ("auto", "fsspec") + (("obstore",) if importlib.util.find_spec("obstore") else ())
+    backend = backends[spec.a.seed % len(backends)]  # the byte sources: plain files, fsspec, obstore (optional)
     try:
-        store = open_store(path)
+        store = open_store(path, backend=backend)
     except Exception as e:  # noqa: BLE001 - judged: a refusal must name the array or setting
         assert_clear_refusal(e, ("'a'", "'b'", "a/", "b/"))
+        event("open_store refused")
         return
     assert store.zarr_format == spec.fmt and store.consolidated == spec.consolidated
     # every array as zarr-python reads it
@@ -399,6 +432,7 @@ def check_store(path, spec: StoreSpec) -> None:
         assert_same(store.read_array(name), zarr_read(path, name), f"read_array({name!r})")
     want_time = T0 + np.arange(spec.nt) * np.timedelta64(6, "h")
     assert np.array_equal(store.time, want_time)
+    assert store.grid.periodic_x == spec.global_grid and (store.grid.ny, store.grid.nx) == (spec.ny, spec.nx)
     # extract, raw, at boxes on the edges and across the seam
     rng = np.random.default_rng(spec.a.seed)
     fields, packed = [], []
@@ -422,18 +456,21 @@ def check_store(path, spec: StoreSpec) -> None:
         assert "scale_factor" in str(ei.value)
     for f in fields:
         cfg = SamplingConfig(fields=[f])
-        boxes = _boxes(rng, spec.nt, spec.ny, spec.nx, f.box)
+        boxes = _boxes(rng, spec.nt, spec.ny, spec.nx, f.box, spec.global_grid)
         try:
             got = fastload.extract(store, cfg, boxes)[f.name].data
         except Exception as e:  # noqa: BLE001 - judged: a refusal must name the field
             assert_clear_refusal(e, (f"fields.{f.name}", f"field {f.name!r}"))
+            event("extract refused a field")
             continue
         truth = xarray_masked(path, spec, f.name)
         lev = None
         if f.levels is not None:
             lev = [[1000.0, 850.0, 500.0].index(v) for v in f.levels]
-        want = tokens(crop(truth, boxes, f.box, levels=lev), f)
+        want = tokens(crop(truth, boxes, f.box, levels=lev, periodic=spec.global_grid), f)
         assert_same(got, want, f"extract({f.name!r})")
+        assert_same(fastload.extract(store, cfg, boxes, jit=False)[f.name].data, want, f"extract({f.name!r}, jit=False)")
+        event("extract compared")
 
 
 def _run(tmp_path_factory, spec: StoreSpec) -> None:
