@@ -211,7 +211,9 @@ class Loader:
     @staticmethod
     def _device(device: str | None) -> Any:
         if device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            from ._device import default_device
+
+            return default_device()
         expected = f"loader.device: expected 'cuda', 'cuda:N', a CUDA device index N or 'cpu', got {device!r}"
         if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
             device = f"cuda:{device}"  # torch.device(N) is cuda:N (DDP code passes its local rank)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._device import default_device
 from ._rollout_extract import _CountingStore, _pinned, extract_windows
 from ._stream_time import _td, first_irregular, median_step, regular_windows
 from .config import LoaderConfig, SamplingConfig, _Config
@@ -268,7 +269,7 @@ class RolloutLoader:
             self.normalizer.check(self.store, self.config)
         self.jit = jit
         self.rank, self.world_size = _rank_world(cfg, "RolloutLoader")
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(cfg.device) if cfg.device else default_device()
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = bool(pin) and torch.cuda.is_available()
         n_valid = int(self.valid_t0.size)

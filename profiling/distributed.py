@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from fastload._device import default_device
 from fastload.errors import ConfigError, FastloadError
 
 from .presets import RunConfig
@@ -98,7 +99,7 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
         import torch.distributed as dist
 
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and (want is None or want.startswith("cuda"))
+        cuda = torch.cuda.is_available() and (want.startswith("cuda") if want else default_device().type == "cuda")
         if not dist.is_initialized():  # (one started by the caller keeps its own timeout)
             global _timeout_s
             if cuda and (problem := nccl_timeout_problem(os.environ)):
@@ -111,7 +112,7 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
             torch.cuda.set_device(device)
         return dist.get_rank(), dist.get_world_size(), device
     if want is None:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, default_device()
     device = torch.device(want)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device = {want!r} but CUDA is not available on this machine (use --device cpu)")

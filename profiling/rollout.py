@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastload._device import default_device
 from fastload.errors import ConfigError
 
 __all__ = ["load_forecaster", "forecast", "main"]
@@ -424,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=1, help="write every K-th step (and the last)")
     p.add_argument("--normalised", action="store_true", help="write the model's normalised values")
     p.add_argument("--norm", help="normalisation coefficients (default: the run's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device().type)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--static-times", type=int, default=4, metavar="K",
                    help="a point without a value at the input times is written NaN only if it has none in K store "

@@ -422,7 +422,9 @@ def _resolve_device(device: Any) -> str:
     import torch
 
     if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        from fastload._device import default_device
+
+        return default_device().type
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError) as e:

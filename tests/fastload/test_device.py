@@ -1,0 +1,46 @@
+"""The default device (``fastload._device.default_device``): the GPU when there is one, ``FASTLOAD_DEVICE`` first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastload._device import default_device
+from fastload.errors import ConfigError
+from fastload.loader import Loader
+
+
+def test_unset_means_the_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.delenv("FASTLOAD_DEVICE", raising=False)
+    assert default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert Loader._device(None) == default_device()
+
+
+def test_cpu_is_honoured_by_every_default(monkeypatch):
+    from profiling.distributed import init_distributed
+    from profiling.presets import cpu_tiny
+    from profiling.timers import _resolve_device
+
+    monkeypatch.setenv("FASTLOAD_DEVICE", " cpu ")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert default_device() == torch.device("cpu")
+    assert init_distributed(cpu_tiny()) == (0, 1, torch.device("cpu"))
+    assert Loader._device(None) == torch.device("cpu")
+    assert _resolve_device(None) == "cpu"
+    assert Loader._device("cpu") == torch.device("cpu")  # a device given is used as given
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "mps", "cpu:0:1", "CUDA"])
+def test_a_bad_value_is_refused_naming_the_variable(monkeypatch, bad):
+    monkeypatch.setenv("FASTLOAD_DEVICE", bad)
+    with pytest.raises(ConfigError, match=r"FASTLOAD_DEVICE='.*': expected 'cpu', 'cuda' or 'cuda:N'"):
+        default_device()
+    with pytest.raises(ConfigError, match="FASTLOAD_DEVICE"):
+        Loader._device(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    monkeypatch.setenv("FASTLOAD_DEVICE", "cuda:0")
+    with pytest.raises(ConfigError, match="FASTLOAD_DEVICE='cuda:0' but CUDA is not available"):
+        default_device()
