@@ -211,7 +211,7 @@ def _resample_taps(n: int, factor: int, device: torch.device) -> tuple[torch.Ten
 
     small = max(1, -(-n // factor))
     a = linear(small, n) @ linear(n, small)  # (n, n)
-    nz = a != 0
+    nz = np.abs(a) > 1e-9  # a weight of 1e-16 is rounding in the product, not a dependence
     taps = int(nz.sum(axis=1).max())
     index = np.empty((taps, n), np.int64)
     weight = np.zeros((taps, n), np.float32)
@@ -234,9 +234,9 @@ def _coarsen(tokens: torch.Tensor, factor: int) -> torch.Tensor:
             continue
         index, weight = _resample_taps(n, factor, x.device)
         view = (-1, 1) if dim == -2 else (-1,)
-        out = x.index_select(dim, index[0]) * weight[0].view(view)
+        out = x.index_select(dim, index[0]).mul_(weight[0].view(view))
         for k in range(1, index.shape[0]):
-            out = out + x.index_select(dim, index[k]) * weight[k].view(view)
+            out.add_(x.index_select(dim, index[k]).mul_(weight[k].view(view)))
         x = out
     return x.to(tokens.dtype)
 
@@ -249,11 +249,14 @@ def _level_std(x: torch.Tensor, *, may_branch: bool = False) -> torch.Tensor:
     values are all finite skips the finite-value masks and their batch-sized temporaries (fresh pages the CPU faults in
     on every call; ``var_mean`` ran at 0.45 GB/s)."""
     b, n_lev = x.shape[:2]
-    xf = x.reshape(b, n_lev, -1)
+    if b == 0:
+        return torch.zeros(n_lev, dtype=torch.float32, device=x.device)
+    xf = x.reshape(b, n_lev, math.prod(x.shape[2:]))
     xf = xf if xf.dtype == torch.float32 else xf.float()
     if may_branch:
         mean = xf.sum(-1) / xf.shape[-1]  # (B, L)
-        if bool(torch.isfinite(mean).all()):  # every value finite (an overflow takes the masked way below)
+        if bool(torch.isfinite(mean).all()):  # every value finite (else the masked way below; float32 sums: values
+            # beyond ~1e19 overflow the squares in either way)
             # squared deviations a sample at a time: a sample-sized temporary, not a batch-sized one
             var = torch.stack([torch.linalg.vector_norm(xf[i] - mean[i, :, None], dim=-1) for i in range(b)])
             var = var * var / xf.shape[-1]
@@ -281,8 +284,9 @@ def _apply_bert(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torc
 
 def _bert_draws(cfg: MaskingConfig, mask: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
     """(masked, zero, noise, coarse, w) per token ``(B, L, N)``: which tokens each corruption takes, and the blend
-    weights; the same draws, in the same order, for both ways."""
-    m = mask.reshape(mask.shape[0], mask.shape[1], -1)
+    weights; the same draws, in the same order, for both ways (the noise drawn after them is not: the gathering way
+    draws it for the chosen tokens only, so the next field's draws differ between the ways)."""
+    m = mask.reshape(mask.shape[0], mask.shape[1], math.prod(mask.shape[2:]))
     u = torch.rand((3, *m.shape), generator=g, device=m.device)
     zero = m & (u[0] < cfg.frac_zero)
     noise = m & (u[1] < cfg.frac_noise)
@@ -294,19 +298,25 @@ def _bert_draws(cfg: MaskingConfig, mask: torch.Tensor, g: torch.Generator) -> t
 def _apply_bert_dense(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     B, L = x.shape[:2]
     tok_shape = x.shape[5:]
-    flat = x.reshape(B, L, -1, *tok_shape)
     m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
-    eps = torch.randn((*m.shape, *tok_shape), generator=g, device=x.device)  # every token's noise: no sync
 
     def each(sel: torch.Tensor) -> torch.Tensor:
         return sel[..., None, None, None]
 
-    flat = torch.where(each(zero), torch.zeros((), dtype=x.dtype, device=x.device), flat)
-    amp = (cfg.noise_scale * _level_std(x))[None, :, None]  # (1, L, 1)
-    blended = each(1.0 - w) * flat.float() + each(amp) * eps
-    flat = torch.where(each(noise), blended.to(x.dtype), flat)
-    coarsened = _coarsen(flat.reshape(-1, *tok_shape), cfg.coarse_factor).reshape(flat.shape)
-    return torch.where(each(coarse), coarsened, flat).reshape(x.shape)
+    # about three batch-sized tensors alive at once: the result, the noise and one temporary of a stage; a stage
+    # the settings turn off is skipped (a host-side decision: no sync)
+    out = torch.where(each(zero), torch.zeros((), dtype=x.dtype, device=x.device),
+                      x.reshape(B, L, m.shape[-1], *tok_shape))
+    if cfg.frac_noise > 0:
+        eps = torch.randn((*m.shape, *tok_shape), generator=g, device=x.device)  # every token's noise: no sync
+        eps.mul_(each((cfg.noise_scale * _level_std(x))[None, :, None].expand(m.shape)))
+        eps.addcmul_(each(1.0 - w), out)  # (1 - w) x + amp * eps
+        out = torch.where(each(noise), eps.to(x.dtype), out)
+        del eps
+    if cfg.frac_coarse > 0:
+        coarsened = _coarsen(out.reshape(-1, *tok_shape), cfg.coarse_factor).reshape(out.shape)
+        out = torch.where(each(coarse), coarsened, out)
+    return out.reshape(x.shape)
 
 
 def _apply_bert_sparse(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -316,7 +326,7 @@ def _apply_bert_sparse(cfg: MaskingConfig, x: torch.Tensor, mask: torch.Tensor, 
     m, zero, noise, coarse, w = _bert_draws(cfg, mask, g)
     # the copy and the zeroing in one pass (a sync-free where; the ways below gather, which syncs an accelerator)
     flat = torch.where(zero[..., None, None, None], torch.zeros((), dtype=x.dtype, device=dev),
-                       x.reshape(B, L, -1, *tok_shape))  # (B, L, N, tt, tlat, tlon)
+                       x.reshape(B, L, m.shape[-1], *tok_shape))  # (B, L, N, tt, tlat, tlon)
     src = flat.reshape(x.shape)  # a view of flat
     n_noise = int(noise.sum())  # sync point: the noise draw's size depends on the mask
     if n_noise:

@@ -294,7 +294,8 @@ def test_coarsening_is_linear_resampling_down_and_back(tok, factor):
     torch.testing.assert_close(got, _interpolate_reference(x, factor), rtol=1e-5, atol=3e-5)
 
 
-@pytest.mark.parametrize("tok,factor", [((3, 9, 9), 3), ((2, 5, 7), 2), ((1, 6, 6), 4)])
+@pytest.mark.parametrize("tok,factor", [((3, 9, 9), 3), ((2, 5, 7), 2), ((1, 6, 6), 4), ((1, 25, 29), 4),
+                                        ((1, 29, 25), 2)])
 def test_coarsening_spreads_a_nan_only_to_the_values_that_depend_on_it(tok, factor):
     """A NaN point (e.g. land in a sea field) turns exactly the outputs whose value depends on it into NaN: those
     that change in the reference when that point changes; every other output keeps the reference value (interpolate
@@ -346,3 +347,36 @@ def test_level_std_is_numpys_std_over_the_finite_values_of_each_level(may_branch
     want = [np.std(row[np.isfinite(row)]) if np.isfinite(row).any() else 0.0 for row in a]
     assert got.dtype == torch.float32 and got.shape == (SHAPE[1],)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=0)
+
+
+def test_bert_noise_amplitude_is_noise_scale_times_each_levels_std():
+    """Every masked token noised, none zeroed or coarsened, w drawn per token: the noise's spread per level follows
+    that level's own std (levels of std 1, 10 and 100), in both ways."""
+    import fastload.sampling.masking as mk
+
+    shape = (8, 3, 2, 4, 4, 2, 6, 6)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * torch.tensor([1.0, 10.0, 100.0]).reshape(
+        1, 3, *([1] * 6))
+    cfg = MaskingConfig(rate=1.0, frac_zero=0.0, frac_noise=1.0, frac_coarse=0.0, noise_scale=0.5)
+    m = torch.ones(shape[:5], dtype=torch.bool)
+    for way in (mk._apply_bert_sparse, mk._apply_bert_dense):
+        src = way(cfg, x, m, mask_generator(0, 0, 1))
+        g = mask_generator(0, 0, 1)
+        w = mk._bert_draws(cfg, m, g)[4]  # the blend weights the way drew
+        noise = src - (1 - w.reshape(shape[:5]))[..., None, None, None] * x
+        for lev, std in enumerate((1.0, 10.0, 100.0)):
+            got = noise[:, lev].std().item()
+            assert abs(got - 0.5 * x[:, lev].std().item()) < 0.05 * 0.5 * std, (way.__name__, lev, got)
+
+
+@pytest.mark.parametrize("way", ["sparse", "dense"])
+def test_bert_masking_of_zero_samples_gives_empty_results(way):
+    import fastload.sampling.masking as mk
+
+    x = torch.randn((0, *SHAPE[1:]))
+    m = make_masks(MaskingConfig(), {"t": tuple(x.shape[:5])}, mask_generator(0, 0, 0))["t"]
+    fn = mk._apply_bert_sparse if way == "sparse" else mk._apply_bert_dense
+    src = fn(MaskingConfig(rate=1.0, frac_noise=1.0, frac_coarse=1.0), x, m, mask_generator(0, 0, 1))
+    assert src.shape == x.shape and m.shape == x.shape[:5]
+    r = mask_batch(MaskingConfig(), {"t": x}, seed=0, rank=0, step=0)["t"]
+    assert r.source.shape == x.shape and r.mask.shape == x.shape[:5]
