@@ -59,7 +59,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -581,7 +581,7 @@ class LoaderDataset(torch.utils.data.IterableDataset):
         return len(self.loader)
 
 
-def _refuse_collate(batch: list[Batch], *, collate_fn_map=None) -> Batch:
+def _refuse_collate(batch: list[Batch], *, collate_fn_map=None) -> NoReturn:
     """``default_collate`` of a list of :class:`Batch`: a DataLoader with a batch size over :class:`LoaderDataset`.
 
     Registered in torch's ``default_collate_fn_map`` (torch's documented way to extend ``default_collate``; the key is
@@ -590,7 +590,7 @@ def _refuse_collate(batch: list[Batch], *, collate_fn_map=None) -> Batch:
     """
     raise ConfigError(
         f"LoaderDataset: the DataLoader tried to stack {len(batch)} fastload Batch object(s), each already a batch "
-        f"of {len(batch[0])} samples (the Loader's batch_size); pass DataLoader(LoaderDataset(loader), "
+        f"(the first of {len(batch[0])} samples: the Loader batches); pass DataLoader(LoaderDataset(loader), "
         "batch_size=None) and set the batch size on the Loader (torch's DataLoader defaults to batch_size=1)"
     )
 

@@ -22,7 +22,7 @@ def test_a_dataloader_batch_size_is_refused_with_the_fix(tmp_path, kwargs):
         with pytest.raises(ConfigError, match=r"batch_size=None") as err:
             next(iter(dl))
         n = kwargs.get("batch_size", 1)
-        assert f"stack {n} fastload Batch" in str(err.value) and "batch of 4 samples" in str(err.value)
+        assert f"stack {n} fastload Batch" in str(err.value) and "first of 4 samples" in str(err.value)
         # the loader is left usable: batch_size=None hands out its batches as they are
         got = list(torch.utils.data.DataLoader(LoaderDataset(loader), batch_size=None))
         assert got and all(isinstance(b, Batch) and len(b) == 4 for b in got)
