@@ -26,8 +26,8 @@ A state saved before a fingerprint existed compares what it did then: the normal
 fingerprint), the global part only (a fingerprint without the local part, ``sha256:<hex>``), the streams' paths
 (no data-store fingerprint; a single store: nothing), no plan, ``drop_last``, masking or masks' device.
 
-:class:`~fastload.rollout_data.RolloutLoader` uses :func:`norm_fingerprint` and :func:`check_resume` but records no
-``loader_identity`` (no data-store fingerprint or plan yet).
+:class:`~fastload.rollout_data.RolloutLoader` records :func:`norm_fingerprint`, :func:`store_fingerprint` and the
+:func:`plan_digest` of its epoch's initial times, and compares them with :func:`check_resume`.
 
 Quick look, and the tests::
 

@@ -435,29 +435,36 @@ class RolloutLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The next batch :func:`iter` hands out, and the settings that must match on resume (``norm_fingerprint``:
-        the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`)."""
+        the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`; ``store_fingerprint``:
+        the data store's, :func:`fastload._resume.store_fingerprint`; ``plan``: the epoch's initial times)."""
+        return {**self._state(self._epoch), "batch": self._batch}
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        from ._resume import norm_fingerprint, plan_digest, store_fingerprint
+
         cfg = self.loader_config
         if not hasattr(self, "_fingerprint"):
-            from ._resume import norm_fingerprint
-
             self._fingerprint = norm_fingerprint(self.normalizer, self.config)
-        return {"version": _STATE_VERSION, "kind": "rollout", "epoch": self._epoch, "batch": self._batch,
+            self._store_fingerprint = store_fingerprint(self.store, self.config)
+        return {"version": _STATE_VERSION, "kind": "rollout", "epoch": epoch,
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(),
-                "sampling": self.config.to_dict(), "norm_fingerprint": self._fingerprint}
+                "sampling": self.config.to_dict(), "norm_fingerprint": self._fingerprint,
+                "store_fingerprint": self._store_fingerprint, "plan": plan_digest(self.epoch_times(epoch))}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at ``state``: the next batch is the one after the last batch handed out when it was taken.
 
         Refused (``ConfigError`` naming each differing setting) as :meth:`fastload.Loader.load_state_dict` is: the
-        normalisation store is compared by its coefficients' fingerprint, not its path (an older state: its path)."""
+        normalisation and data stores are compared by their fingerprints, not their paths (an older state: the
+        normalisation store's path, and no data store or plan)."""
         from ._resume import check_resume
 
         if state.get("version") != _STATE_VERSION or state.get("kind") != "rollout":
             raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
                               f"kind {state.get('kind')!r})")
-        check_resume(state, self.state_dict(), ("seed", "rank", "world_size", "samples_per_epoch", "rollout",
-                                                "sampling"))
+        check_resume(state, self._state(int(state.get("epoch", 0))),  # the saved epoch's plan
+                     ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"))
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")

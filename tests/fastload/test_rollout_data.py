@@ -437,3 +437,30 @@ def test_loader_read_timeout_s_reaches_every_extract(store, monkeypatch):
     next(iter(data))
     data.close()
     assert seen and set(seen) == {7.5}, seen
+
+
+def test_resume_compares_the_data_store_by_content_and_the_plan(tmp_path):
+    """Another store at the same path is refused naming store_fingerprint; a moved copy resumes; a state saved
+    before the store fingerprint and plan existed compares neither (as before)."""
+    import shutil
+
+    path = tmp_path / "a.zarr"
+    make_per_variable(path, nt=NT, ny=9, nx=16, missing_chunk=False, static=False)
+    roll = RolloutConfig(steps=1, batch_size=2)
+    with _loader(str(path), roll) as a:
+        next(iter(a))
+        state = a.state_dict()
+    assert state["store_fingerprint"].startswith("sha256:") and state["plan"].startswith("sha256:")
+    shutil.copytree(path, tmp_path / "moved.zarr")
+    with _loader(str(tmp_path / "moved.zarr"), roll) as moved:
+        moved.load_state_dict(state)  # same content elsewhere: the path is not compared
+    shutil.rmtree(path)
+    make_per_variable(path, nt=NT, ny=11, nx=16, missing_chunk=False, static=False)  # another grid, same path
+    with _loader(str(path), roll) as other:
+        with pytest.raises(ConfigError, match="store_fingerprint"):
+            other.load_state_dict(state)
+        old = {k: v for k, v in state.items() if k not in ("store_fingerprint", "plan")}
+        other.load_state_dict(old)  # an older state: no data-store fingerprint to compare
+    with _loader(str(tmp_path / "moved.zarr"), roll, seed=6) as reseeded:
+        with pytest.raises(ConfigError, match="seed"):
+            reseeded.load_state_dict(state)
