@@ -23,7 +23,7 @@ from ._cf import LEVEL_TYPES, decode_time, is_date_units, level_type_of
 from ._meta import ArrayInfo, StoreMetadata
 from .grid import Grid, curvilinear_grid, latlon_grid
 
-__all__ = ["FieldInfo", "FieldSorter", "Layout", "detect_layout", "LAT_NAMES", "LON_NAMES", "TIME_NAMES"]
+__all__ = ["ARRAY_WIDE_ATTRS", "FieldInfo", "FieldSorter", "Layout", "detect_layout", "LAT_NAMES", "LON_NAMES", "TIME_NAMES"]
 
 LAT_NAMES = ("latitude", "lat", "lats")
 LON_NAMES = ("longitude", "lon", "lons")
@@ -40,6 +40,10 @@ def quiet_not_fields() -> None:
     loader opened the same store and warned already; its logging is unconfigured, so it would print again)."""
     global _quiet
     _quiet = True
+
+
+ARRAY_WIDE_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value")
+"""Attributes of an AtmoRep array that hold for every field along its field axis (CF packing, missing values)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -66,7 +70,9 @@ class FieldInfo:
     """Positions of (time, field, level, y, x) in the array; None where absent. y, x are the last two axes; on a
     mesh y is None and x is the node axis (the last)."""
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """The array's attributes (per-variable layout) or the field's entry of them (AtmoRep)."""
+    """The array's attributes (per-variable layout); in AtmoRep, those of its array that hold for each of its
+    fields (:data:`ARRAY_WIDE_ATTRS`: CF packing and missing values), so a packed AtmoRep array is refused as a
+    packed per-variable one is (:func:`~._check.refuse_packed`) and ``fastload rechunk --unpack`` unpacks it."""
 
     @property
     def num_levels(self) -> int:
@@ -244,6 +250,7 @@ def _atmorep(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
                 name=name, array=arr.name, field_index=i, levels=None if is_sfc else levels.copy(),
                 level_type="surface" if is_sfc else lt, has_time=True, units=unit, dtype=arr.dtype,
                 axes=(0, 1, None, 2, 3) if is_sfc else (0, 1, 2, 3, 4),
+                attrs={k: arr.attrs[k] for k in ARRAY_WIDE_ATTRS if k in arr.attrs},
             )  # fmt: skip
     return Layout("atmorep", grid, time, fields, tuple(a.name for a in arrays), tuple(coords))
 
