@@ -153,25 +153,7 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
             first.done.set()  # also when it failed: the error reaches the consumer in order, nothing hangs
     planned = boxes[batch * batch_size:(batch + 1) * batch_size]
     b = planned[sel]
-    return batch, slot, stats, b, tokenizer.meta(b) if b.shape[0] else _empty_meta(tokenizer, planned)
-
-
-def _empty_meta(tokenizer: Any, planned: np.ndarray) -> dict[str, Any]:
-    """Per-field token metadata of 0 samples (a batch whose every sample was skipped): the arrays with a leading
-    sample axis cut to length 0, the others (``level``) as they are. Which arrays have a sample axis is found by
-    comparing the metadata of one and of two copies of the batch's first planned box (not every tokenizer takes 0
-    boxes: a point sampler's reshape cannot), so no field name is assumed."""
-    one = tokenizer.meta(planned[:1])
-    two = tokenizer.meta(np.repeat(planned[:1], 2, axis=0))
-    out = {}
-    for name, m in one.items():
-        cut = {}
-        for f in dataclasses.fields(m):
-            a, a2 = getattr(m, f.name), getattr(two[name], f.name)
-            if isinstance(a, np.ndarray) and a.ndim and a.shape[0] == 1 and a2.shape[0] == 2:
-                cut[f.name] = a[:0]
-        out[name] = dataclasses.replace(m, **cut)
-    return out
+    return batch, slot, stats, b, tokenizer.meta(b)  # every tokenizer takes 0 boxes (a batch all skipped)
 
 
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:

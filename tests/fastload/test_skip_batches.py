@@ -111,9 +111,9 @@ def test_a_good_store_gives_the_same_batches_with_skip(bad_store):
 
 
 def test_empty_metadata_of_point_streams_has_a_leading_zero(tmp_path):
-    """The metadata of 0 samples for a multi-stream config, whose point sampler cannot take 0 boxes: every array
-    with a sample axis in the metadata of the planned boxes comes with length 0, ``level`` as it is."""
-    from fastload._loader_iter import _empty_meta
+    """The metadata of 0 samples for a multi-stream config (point samplers included, which once could not take 0
+    boxes): every array with a sample axis in the metadata of the planned boxes comes with length 0, ``level`` as
+    it is."""
     from tests.fastload.stores_multi import make_atmosphere, make_mesh, make_ocean
     from tests.fastload.test_streams import config
 
@@ -124,7 +124,7 @@ def test_empty_metadata_of_point_streams_has_a_leading_zero(tmp_path):
     with Loader(None, config(paths), batch_size=3, samples_per_epoch=9, device="cpu", workers=1) as loader:
         planned = loader.epoch_boxes(0)[:3]
         full = loader.tokenizer.meta(planned)
-        empty = _empty_meta(loader.tokenizer, planned)
+        empty = loader.tokenizer.meta(planned[:0])
     assert set(empty) == set(full) and {type(m) for m in empty.values()} == {type(m) for m in full.values()}
     kinds = set()
     for name, m in empty.items():
@@ -154,3 +154,34 @@ def test_empty_batches_on_the_gpu(bad_store):
             ref = reference(truth, cfg, planned[i:i + 1], periodic=True)
             for f in cfg.field_names:
                 np.testing.assert_array_equal(b[f].cpu().numpy(), ref[f])
+
+
+@pytest.mark.parametrize("kind", ["latlon", "curvilinear", "mesh"])
+def test_every_single_store_tokenizer_gives_metadata_of_zero_samples(tmp_path, kind):
+    """The worker asks the tokenizer for the metadata of a batch whose every sample was skipped: 0 boxes give every
+    per-sample array with a leading 0 and the rest of its shape, ``level`` as it is."""
+    from fastload._backend import make_tokenizer
+    from fastload.config import FieldConfig, SamplingConfig
+    from tests.fastload.stores import make_curvilinear, make_per_variable
+    from tests.fastload.stores_multi import make_mesh
+
+    kw = dict(num_tokens=(2, 2, 2), normalization="none")
+    if kind == "latlon":
+        make_per_variable(tmp_path / "s.zarr", nt=8, ny=9, nx=16, missing_chunk=False, static=False)
+        fields = [FieldConfig(name="t", levels=(500.0, 850.0), token_size=(1, 2, 3), **kw)]
+    elif kind == "curvilinear":
+        make_curvilinear(tmp_path / "s.zarr", nt=4, ny=7, nx=10)
+        fields = [FieldConfig(name="thetao", levels=(50.0, 5.0), token_size=(1, 3, 3), **kw)]
+    else:
+        make_mesh(tmp_path / "s.zarr", nt=4)
+        fields = [FieldConfig(name="temp", levels=(5.0, 100.0), token_size=(1, 3, 2), **kw)]
+    store = open_store(tmp_path / "s.zarr")
+    tok = make_tokenizer(store, SamplingConfig(fields=fields))
+    full = tok.meta(np.zeros((2, 3), np.int64))
+    empty = tok.meta(np.zeros((0, 3), np.int64))
+    for name, m in empty.items():
+        got, want = m.to_torch(), full[name].to_torch()
+        assert set(got) == set(want)
+        for k, v in got.items():
+            assert tuple(v.shape) == (tuple(want[k].shape) if k == "level" else (0, *want[k].shape[1:])), (name, k)
+            assert v.dtype == want[k].dtype
