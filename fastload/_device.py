@@ -19,7 +19,8 @@ ENV = "FASTLOAD_DEVICE"
 
 def default_device() -> torch.device:
     """``$FASTLOAD_DEVICE`` when set (``cpu``, ``cuda`` or ``cuda:N``), else ``cuda`` when CUDA is available, else
-    ``cpu``."""
+    ``cpu``. Under DDP (``fastload train`` with several ranks) each rank takes its ``LOCAL_RANK``'s GPU; the variable
+    then only chooses between the CPU and the GPUs."""
     want = os.environ.get(ENV, "").strip()
     if not want:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,4 +33,6 @@ def default_device() -> torch.device:
         raise ConfigError(expected) from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{ENV}={want!r} but CUDA is not available on this machine")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ConfigError(f"{ENV}={want!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return d

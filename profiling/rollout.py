@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=1, help="write every K-th step (and the last)")
     p.add_argument("--normalised", action="store_true", help="write the model's normalised values")
     p.add_argument("--norm", help="normalisation coefficients (default: the run's)")
-    p.add_argument("--device", default=default_device().type)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: $FASTLOAD_DEVICE, else the GPU when there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--static-times", type=int, default=4, metavar="K",
                    help="a point without a value at the input times is written NaN only if it has none in K store "
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.t0 is not None and a.time is not None:
         raise ConfigError("--t0 and --time: give one")
     forecast(a.store, a.checkpoint, a.out, steps=a.steps, t0=a.t0, when=a.time, every=a.every,
-             normalised=a.normalised, norm=a.norm, device=a.device, overwrite=a.overwrite,
+             normalised=a.normalised, norm=a.norm, device=a.device or str(default_device()), overwrite=a.overwrite,
              static_times=a.static_times)
     return 0
 

@@ -424,7 +424,7 @@ def _resolve_device(device: Any) -> str:
     if device is None:
         from fastload._device import default_device
 
-        return default_device().type
+        return str(default_device())  # "cpu", "cuda" or FASTLOAD_DEVICE's "cuda:N"
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError) as e:

@@ -44,3 +44,28 @@ def test_cuda_without_a_gpu_is_refused(monkeypatch):
     monkeypatch.setenv("FASTLOAD_DEVICE", "cuda:0")
     with pytest.raises(ConfigError, match="FASTLOAD_DEVICE='cuda:0' but CUDA is not available"):
         default_device()
+
+
+def test_an_index_is_kept_and_one_beyond_the_devices_is_refused(monkeypatch):
+    """FASTLOAD_DEVICE=cuda:N reaches every default with its index (StepTimer's too), and an N the machine does not
+    have is refused naming the variable (a 1-GPU machine is simulated)."""
+    from profiling.timers import _resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("FASTLOAD_DEVICE", "cuda:1")
+    assert default_device() == torch.device("cuda:1") and _resolve_device(None) == "cuda:1"
+    monkeypatch.setenv("FASTLOAD_DEVICE", "cuda:2")
+    with pytest.raises(ConfigError, match=r"FASTLOAD_DEVICE='cuda:2' but this machine has 2 CUDA device\(s\)"):
+        default_device()
+
+
+def test_rollout_help_and_an_explicit_device_work_with_a_bad_variable(monkeypatch, capsys):
+    """The rollout CLI resolves its default device only when it runs without --device (it was computed when the
+    parser was built, so a bad FASTLOAD_DEVICE broke --help)."""
+    from profiling.rollout import main
+
+    monkeypatch.setenv("FASTLOAD_DEVICE", "gpu")
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "FASTLOAD_DEVICE" in capsys.readouterr().out
