@@ -68,8 +68,25 @@ def _hex(h: Any) -> str:
     return h.hexdigest()[:32]
 
 
+def _canon(v: Any) -> Any:
+    """``v`` as plain Python values for hashing: NumPy scalars and arrays by value (``.item()``, ``.tolist()``),
+    never by their ``repr``/``str`` (which differ between NumPy 1 and 2, and with ``np.set_printoptions(legacy=)``).
+    Floats stay floats: JSON writes them by Python's shortest round-trip repr, and every NaN as ``NaN``."""
+    if isinstance(v, Mapping):
+        return {str(k): _canon(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_canon(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _canon(v.tolist())
+    if isinstance(v, np.generic):
+        return _canon(v.item())
+    if isinstance(v, bytes):
+        return v.hex()
+    return v if v is None or isinstance(v, (str, int, float, bool)) else f"<{type(v).__name__}>{v}"
+
+
 def _json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, default=str).encode()
+    return json.dumps(_canon(obj), sort_keys=True).encode()
 
 
 def norm_fingerprint(norm: Any, config: Any) -> str | None:
@@ -99,7 +116,7 @@ def norm_fingerprint(norm: Any, config: Any) -> str | None:
                          "abs_floor": getattr(norm, "abs_floor", None)}, sort_keys=True).encode())
     for name in names:
         attrs = {k: v for k, v in norm.attrs(name).items() if k not in _PROVENANCE}
-        h.update(json.dumps([name, attrs], sort_keys=True, default=str).encode())
+        h.update(_json([name, attrs]))
         months = list(norm.months_present(name))
         if months:
             for a in norm.coefficients(name, "global", None, months):  # (M, L, 1, 1) float32 each
@@ -199,7 +216,7 @@ def store_fingerprint(store: Any, config: Any) -> Any:
             "levels": None if info.levels is None else np.asarray(info.levels, np.float64).tolist(),
             "level_type": info.level_type, "has_time": info.has_time, "units": info.units, "dtype": str(info.dtype),
             "axes": info.axes, "shape": None if arr is None else list(arr.shape),
-            "fill_value": None if arr is None else repr(arr.fill_value),
+            "fill_value": None if arr is None else arr.fill_value,
             "markers": {k: attrs.get(k) for k in ("_FillValue", "missing_value", "scale_factor", "add_offset")},
         }))
     return "sha256:" + _hex(h)

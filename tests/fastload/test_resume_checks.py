@@ -189,6 +189,28 @@ def test_another_store_at_the_same_path_is_refused_naming_the_store(plain):
     assert "in 1 setting(s): the saved store_fingerprint 'sha256:" in msg and "another time axis" in msg, msg
 
 
+def test_fingerprints_hash_values_not_numpy_reprs(plain, tmp_path):
+    """NumPy 1 printed a float32 NaN fill value as ``nan``, NumPy 2 as ``np.float32(nan)`` (``legacy="1.25"`` prints
+    as NumPy 1): the same store and coefficients, resumed under either, have the same fingerprints (r2 H1)."""
+    from fastload._resume import store_fingerprint
+    from fastload.stats import StatsConfig, compute_stats
+    from fastload.store import open_store
+
+    path, cfg = plain
+    store = open_store(path)
+    compute_stats(str(path), tmp_path / "n.zarr", StatsConfig(progress=False))
+    ncfg = build("per_variable", path, nt=12, normalization="local", norm_path=str(tmp_path / "n.zarr"))[1]
+    assert any(np.isnan(a.fill_value) for a in store.arrays.values() if a.fill_value is not None)
+    want = (store_fingerprint(store, cfg), norm_fingerprint(Normalizer(tmp_path / "n.zarr"), ncfg))
+    with np.printoptions(legacy="1.25"):
+        assert repr(np.float32("nan")) == "nan"  # what the fingerprint hashed on NumPy 1
+        assert (store_fingerprint(store, cfg), norm_fingerprint(Normalizer(tmp_path / "n.zarr"), ncfg)) == want
+        with Loader(path, cfg, **KW) as first:
+            state = first.state_dict()
+    with Loader(path, cfg, **KW) as again:
+        again.load_state_dict(state)
+
+
 def test_a_moved_store_resumes(plain, tmp_path):
     path, cfg = plain
     with Loader(path, cfg, **KW) as first:
