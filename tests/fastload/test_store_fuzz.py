@@ -84,7 +84,7 @@ class ArraySpec:
     big: bool
     chunks: tuple[int, ...]
     compressor: str
-    fill: str  # "nan", "num", "none"; "attr": none + a _FillValue attribute; "missing": none + missing_value
+    fill: str  # "nan", "num", "edge" (the type's extreme, inf), "none"; "attr": none + _FillValue; "missing": none + missing_value
     missing: float  # share of chunks never written
     seed: int
     order: str = "C"  # v2
@@ -124,9 +124,9 @@ class StoreSpec:
 def array_specs(draw, fmt: int, shape: tuple[int, ...], coord: bool = False) -> ArraySpec:
     kind = "f8" if coord else draw(st.sampled_from(KINDS))
     chunks = tuple(draw(st.integers(1, n + 2)) for n in shape)  # (zarr lets a chunk be larger than the array)
-    fills = ("num", "none", "attr", "missing")
+    fills = ("num", "edge", "none", "attr", "missing")
     if kind.startswith("f"):  # (xarray writes a v3 float _FillValue attribute as base64: not drawn here)
-        fills = ("nan", "num", "none", "missing") + (("attr",) if fmt == 2 else ())
+        fills = ("nan", "num", "edge", "none", "missing") + (("attr",) if fmt == 2 else ())
     spec: dict = dict(
         kind=kind, big=draw(st.booleans()), chunks=chunks, compressor=draw(st.sampled_from(COMPRESSORS)),
         fill=draw(st.sampled_from(fills)), missing=0.0 if coord else draw(st.sampled_from((0.0, 0.3, 0.7, 1.0))),
@@ -186,12 +186,16 @@ def _values(spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
         if dt.itemsize == 8:  # exact in float64, so xarray's float64 -> float32 rounds once, as extract does
             lo, hi = -(2**40), 2**40
         v = rng.integers(lo, hi, shape, endpoint=True).astype(dt)
-    if spec.fill in ("num", "attr", "missing"):  # the missing marker among the written values too
-        v.flat[rng.integers(0, v.size, 3)] = _marker(dt)
+    if spec.fill in ("num", "edge", "attr", "missing"):  # the missing marker among the written values too
+        v.flat[rng.integers(0, v.size, 3)] = _marker(spec)
     return v
 
 
-def _marker(dt: np.dtype):
+def _marker(spec: ArraySpec):
+    """The value that marks missing data: a plain number, or (fill "edge") the type's extreme (inf for floats)."""
+    dt = np.dtype(spec.kind.rstrip("p"))
+    if spec.fill == "edge":
+        return float("inf") if dt.kind == "f" else int(np.iinfo(dt).min if dt.kind == "i" else np.iinfo(dt).max)
     return (-99 if dt.itemsize == 1 else -999) if dt.kind == "i" else (7 if dt.kind == "u" else -9.5)
 
 
@@ -199,15 +203,15 @@ def _fill(spec: ArraySpec):
     """The array's fill_value."""
     if spec.fill == "nan":
         return np.nan
-    if spec.fill == "num":
-        return _marker(np.dtype(spec.kind.rstrip("p")))
+    if spec.fill in ("num", "edge"):
+        return _marker(spec)
     return None
 
 
 def _marker_attrs(spec: ArraySpec) -> dict:
     """The CF attributes that declare missing values, as xarray writes them."""
-    m = _marker(np.dtype(spec.kind.rstrip("p")))
-    if spec.fill == "attr" or (spec.fill == "num" and spec.packed):
+    m = _marker(spec)
+    if spec.fill == "attr" or (spec.fill in ("num", "edge") and spec.packed):
         return {"_FillValue": m}
     if spec.fill == "missing":
         return {"missing_value": m}
