@@ -10,11 +10,14 @@ comparison names each differing setting (dotted: ``sampling.fields.t2m.normaliza
 value, and stores are compared by what they hold, not by their paths:
 
 - the **normalisation store** by a fingerprint of the coefficients of the normalised fields
-  (:func:`norm_fingerprint`): their recorded attributes, global mean and std per month and level, the std floors,
-  and for fields normalised "local" the stored bytes of the chunks of their per-grid-point arrays (hashed, not
-  decoded: the bytes the loader's own first epoch reads, without decoding them; about 1 s for a 0.25-degree field
-  of 5 levels x 12 months x 2 arrays, 379 MB stored, from the page cache on a busy 2-core box, a fifth of the
-  loader's own read of them: see the commit that added it);
+  (:func:`norm_fingerprint`): their recorded attributes, global mean and std per month and level, and the std
+  floors (one small read per field, once per loader); and for fields normalised "local", by a digest of the
+  decoded values of each (field, month) the run read (:func:`local_digests`, state key ``norm_local``): the
+  :class:`~fastload.norm.Normalizer` digests each slab as it reads it (sha256 of a float32 grid: a few ms for a
+  0.25-degree level, next to its read and decode), so a state costs no read, a copy in another zarr format,
+  chunking or codec resumes, an edit in a month or level the run never read resumes, and the digests describe
+  what the run read, not the store as it was at the first checkpoint. On resume the loader reads exactly the
+  saved months (which the resumed run reads anyway) and names each (field, month) that differs;
 - the **data stores** (the single store, or every stream of a multi-stream config) by a fingerprint of what decides
   the samples (:func:`store_fingerprint`): time axis, grid, and per sampled field its levels, axes, dtype, fill and
   missing-value markers and array shape; not the chunking or codecs (a rechunked or recompressed copy gives the same
@@ -23,34 +26,36 @@ value, and stores are compared by what they hold, not by their paths:
   plan (``boxes=``) that changed, and placement that changed for any other reason.
 
 A state saved before a fingerprint existed compares what it did then: the normalisation store's path (no
-fingerprint), the global part only (a fingerprint without the local part, ``sha256:<hex>``), the streams' paths
-(no data-store fingerprint; a single store: nothing), no plan, ``drop_last``, masking or masks' device.
+fingerprint), the global part only (no ``norm_local``: a fingerprint ``sha256:<hex>``, or ``sha256:<hex>_<hex>``
+whose local part digested stored chunk bytes and cannot be compared with digests of values; logged), the
+streams' paths (no data-store fingerprint; a single store: nothing), no plan, ``drop_last``, masking or masks'
+device.
 
-:class:`~fastload.rollout_data.RolloutLoader` records :func:`norm_fingerprint`, :func:`store_fingerprint` and the
-:func:`plan_digest` of its epoch's initial times, and compares them with :func:`check_resume`.
+:class:`~fastload.rollout_data.RolloutLoader` records :func:`norm_fingerprint`, :func:`local_digests`,
+:func:`store_fingerprint` and the :func:`plan_digest` of its epoch's initial times, and compares them with
+:func:`check_resume`. A refusal says how to resume on purpose (which state key to replace or drop).
 
 Quick look, and the tests::
 
     python -c "from fastload._resume import differences; print(differences({'a': {'b': 1}}, {'a': {'b': 2}}))"
-    python -m pytest tests/fastload/test_resume_checks.py tests/fastload/test_loader_ranks.py -k "resume or fingerprint"
+    python -m pytest tests/fastload/test_resume_checks.py tests/fastload/test_rollout_data.py -k "resume or fingerprint or digest"
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import os
+import math
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+from .norm import values_digest
 
-__all__ = ["norm_fingerprint", "store_fingerprint", "plan_digest", "loader_identity", "check_resume", "differences"]
+__all__ = ["norm_fingerprint", "local_digests", "store_fingerprint", "plan_digest", "loader_identity", "check_resume", "differences"]
 
 log = logging.getLogger("fastload")
 
@@ -59,9 +64,8 @@ NO_NORMALISATION = "none"
 _PROVENANCE = ("source", "created")  # where and when the statistics were computed: not what they are
 _LOCAL = ("local_mean", "local_std")
 _MISSING = object()
-_OPTIONAL = ("drop_last", "masking", "mask_device", "store_fingerprint", "plan")
+_OPTIONAL = ("drop_last", "masking", "mask_device", "store_fingerprint", "norm_local", "plan")
 """Keys :func:`check_resume` compares only when the saved state has them (states saved before they were recorded)."""
-_HASH_THREADS = min(16, (os.cpu_count() or 1) + 4)  # reads of a remote store wait more than they compute
 
 
 def _hex(h: Any) -> str:
@@ -90,20 +94,18 @@ def _json(obj: Any) -> bytes:
 
 
 def norm_fingerprint(norm: Any, config: Any) -> str | None:
-    """A digest of the coefficients ``norm`` gives the normalised fields of ``config``.
+    """A digest of what ``norm`` gives every month and level of the normalised fields of ``config``, without the
+    per-grid-point arrays (those: :func:`local_digests`, per month read).
 
     It covers, per normalised field: the attributes ``fastload stats`` recorded (levels, grid, transform, months
     present, value counts per month, ...; not ``source``, a path), the global mean and guarded std of every month
-    present and level, and the normaliser's std floors; for a field normalised "local", also its per-grid-point
-    coefficients (:func:`_local_digest`): the array metadata and the stored bytes of every chunk of the months
-    present and the config's levels, hashed as stored (a copy of the store has the same bytes; an edit of a single
-    value changes them). Global-only fields cost one small read each; local ones read their chunks once.
+    present and level, and the normaliser's std floors: one small read per field (``global_mean``, ``global_std``:
+    12 x levels values each), once per loader.
 
     Returns
     -------
     str or None
-        ``"sha256:<hex>"`` (global part), followed by ``"_<hex>"`` (local part) when a field normalises "local";
-        :data:`NO_NORMALISATION` when no field normalises; None for a normaliser that is not a
+        ``"sha256:<hex>"``; :data:`NO_NORMALISATION` when no field normalises; None for a normaliser that is not a
         :class:`~fastload.norm.Normalizer` (no attributes to read: only its path can be compared).
     """
     names = sorted({f.name for f in config.fields if f.normalization != "none"})
@@ -121,56 +123,68 @@ def norm_fingerprint(norm: Any, config: Any) -> str | None:
         if months:
             for a in norm.coefficients(name, "global", None, months):  # (M, L, 1, 1) float32 each
                 h.update(np.ascontiguousarray(a).tobytes())
-    local = sorted((f for f in config.fields if f.normalization == "local"), key=lambda f: f.name)
-    out = "sha256:" + _hex(h)
-    return out + "_" + _local_digest(norm, local) if local else out
+    return "sha256:" + _hex(h)
 
 
-def _local_digest(norm: Any, fields: list[Any]) -> str:
-    """Digest of the local (per grid point) coefficients of ``fields``: for a :class:`~fastload.norm.Normalizer`
-    (a zarr group), each local array's metadata and the stored bytes of its chunks (shards) that hold the months
-    present and the field's levels, hashed on threads (hashlib releases the GIL), nothing decoded; for another
-    normaliser, its decoded local coefficients (:meth:`coefficients` of the same months and levels)."""
-    root = getattr(norm, "_root", None)
-    h = hashlib.sha256()
-    jobs: list[tuple[Any, str]] = []
-    for f in fields:
-        months = list(norm.months_present(f.name))
-        h.update(_json([f.name, f.levels, months]))
-        if root is None:
-            if months:
-                for a in norm.coefficients(f.name, "local", f.levels, months):  # (M, L, NY, NX) float32
-                    h.update(np.ascontiguousarray(a).tobytes())
-            continue
-        levels = [int(i) for i in norm.level_indices(f.name, f.levels)]
-        for stat in _LOCAL:
-            arr = root[f.name][stat]
-            h.update(_json([stat, arr.metadata.to_dict()]))
-            jobs += [(arr, key) for key in _chunk_keys(arr, months, levels)]
-    if jobs:
-        with ThreadPoolExecutor(min(_HASH_THREADS, len(jobs)), thread_name_prefix="fastload-fingerprint") as pool:
-            for (arr, key), digest in zip(jobs, pool.map(_stored_digest, jobs)):
-                h.update(f"{arr.path}/{key}={digest};".encode())
-    return _hex(h)
+def local_digests(norm: Any, config: Any, keys: Any = None) -> dict[str, str]:
+    """Digests of the local (per grid point) coefficients of ``config``'s fields normalised "local", per field and
+    calendar month: ``{"<field>/<month 1-12>": "sha256:<hex>"}``.
+
+    Each is a digest of the decoded float32 values (:func:`fastload.norm.values_digest`) of the month's mean and
+    std slabs of the config's levels, so a copy in another zarr format, chunking or codec, or with other attributes,
+    has the same digests, and an edit in a month or level the run does not read changes none of them.
+
+    ``keys`` None: the months ``norm`` has read so far (a :class:`~fastload.norm.Normalizer` digests each slab as
+    it reads it, :attr:`~fastload.norm.Normalizer.slab_digests`: nothing is read here, so a state taken every
+    step costs a dict lookup per month); for another normaliser, every month present, from its decoded
+    coefficients. ``keys`` given (the saved state's, on resume): exactly those, reading the slabs not read yet (the
+    resumed run reads them anyway); a key that cannot be had says why instead of a digest.
+    """
+    local = {f.name: f for f in config.fields if f.normalization == "local"}
+    digests = getattr(norm, "slab_digests", None)
+    if keys is not None:
+        want = [_parse_key(k) for k in keys]
+    elif norm is None or not local:
+        return {}
+    elif digests is None:
+        want = [(n, m) for n in sorted(local) for m in norm.months_present(n)]
+    else:
+        want = sorted({(k[0], k[2]) for k in list(digests) if k[0] in local})
+    out = {}
+    for name, month in want:
+        d = _month_digest(norm, local.get(name), month, read=keys is not None) if month is not None else None
+        if d is not None or keys is not None:
+            out[f"{name}/{month + 1}" if month is not None else name] = d or "not a <field>/<month 1-12> key"
+    return out
 
 
-def _chunk_keys(arr: Any, months: list[int], levels: list[int]) -> list[str]:
-    """Store keys of the chunks (shards, for a sharded array) of a ``(12, L, ...)`` array that hold ``months`` and
-    ``levels`` (every chunk of the other axes)."""
-    unit = tuple(getattr(arr, "shards", None) or arr.chunks)
-    axes: list[Any] = [sorted({m // unit[0] for m in months}), sorted({lv // unit[1] for lv in levels})]
-    axes += [range(-(-n // c)) for n, c in zip(arr.shape[2:], unit[2:])]
-    return [arr.metadata.encode_chunk_key(tuple(c)) for c in itertools.product(*axes)]
+def _parse_key(key: Any) -> tuple[str, int | None]:
+    name, _, month = str(key).rpartition("/")
+    return (name, int(month) - 1) if month.isdigit() and 1 <= int(month) <= 12 else (str(key), None)
 
 
-def _stored_digest(job: tuple[Any, str]) -> str:
-    """sha256 of one stored chunk's bytes as they are in the store ("absent": never written, the fill value)."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    arr, key = job
-    buf = sync((arr.store_path / key).get(prototype=default_buffer_prototype()))
-    return "absent" if buf is None else _hex(hashlib.sha256(memoryview(buf.as_numpy_array())))
+def _month_digest(norm: Any, f: Any, month: int, *, read: bool) -> str | None:
+    """Digest of field ``f``'s local mean and std slabs of ``month`` and its levels; None when not all were read
+    (and ``read`` is false)."""
+    if f is None:
+        return "the field is not normalised 'local' here"
+    if norm is None:
+        return "no normalisation store"
+    digests = getattr(norm, "slab_digests", None)
+    try:
+        if digests is None:  # another normaliser: its decoded coefficients
+            parts = [values_digest(a) for a in norm.coefficients(f.name, "local", f.levels, [month])]
+        else:
+            levels = [int(i) for i in norm.level_indices(f.name, f.levels)]
+            keys = [(f.name, stat, month, lv) for stat in _LOCAL for lv in levels]
+            if read and not all(k in digests for k in keys):
+                norm.coefficients(f.name, "local", f.levels, [month])  # reads (and digests) the slabs
+            if not all(k in digests for k in keys):
+                return None
+            parts = [digests[k] for k in keys]
+    except ConfigError as e:  # a month or level the store does not have
+        return f"not readable: {e}"
+    return "sha256:" + _hex(hashlib.sha256(_json([f.name, month, list(f.levels or []), parts])))
 
 
 def store_fingerprint(store: Any, config: Any) -> Any:
@@ -245,24 +259,26 @@ def loader_identity(loader: Any, epoch: int) -> dict[str, Any]:
             "store_fingerprint": cache["store"], "plan": cache["plan"][1]}
 
 
-def _flat(d: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(d, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out if out or not prefix else {prefix: {}}
-    return {prefix: d}
+def _same(a: Any, b: Any, key: str) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        # the data store's coordinates and levels: as the store checks compare them (a 1-ulp difference resumes)
+        return a == b or (key.startswith("store_fingerprint") and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, key) for x, y in zip(a, b))
+    return bool(a == b)
 
 
-def differences(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, saved value, this value)`` of every leaf that differs (a missing one is ``<missing>``)."""
-    a, b = _flat(saved, ""), _flat(mine, "")
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
-        if va != vb:
-            out.append((key, va, vb))
-    return out
+def differences(saved: Any, mine: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, this value)`` of every leaf that differs (a missing one is ``<missing>``; a
+    table on one side and a value or nothing on the other is one difference, named by the table's key)."""
+    if isinstance(saved, Mapping) and isinstance(mine, Mapping):
+        out = []
+        for k in sorted(set(saved) | set(mine), key=str):
+            out += differences(saved.get(k, _MISSING), mine.get(k, _MISSING), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if _same(saved, mine, prefix) else [(prefix, saved, mine)]
 
 
 def _show(v: Any) -> str:
@@ -287,23 +303,39 @@ def _known(fp: Any) -> bool:
     return fp is not None
 
 
-def _old_norm(saved: Any, mine: Any) -> tuple[Any, bool]:
-    """``mine`` without the local parts the saved fingerprint (taken before they were recorded) lacks, and whether
-    any was taken away."""
-    if isinstance(saved, Mapping) and isinstance(mine, Mapping):
-        pairs = {k: _old_norm(saved.get(k), v) for k, v in mine.items()}
+def _strip_local(fp: Any) -> tuple[Any, bool]:
+    """A normalisation fingerprint without the local part of the format before :func:`local_digests` (``sha256:
+    <global>_<stored bytes>``, not comparable with digests of values), and whether it had one."""
+    if isinstance(fp, Mapping):
+        pairs = {k: _strip_local(v) for k, v in fp.items()}
         return {k: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values())
-    if isinstance(saved, str) and isinstance(mine, str) and "_" in mine and "_" not in saved:
-        return mine.split("_", 1)[0], True
-    return mine, False
+    if isinstance(fp, str) and fp.startswith("sha256:") and "_" in fp:
+        return fp.split("_", 1)[0], True
+    return fp, False
+
+
+def _normalises_local(sampling: Any) -> bool:
+    """Whether a saved sampling dict (streams' included) has a field normalised "local"."""
+    if isinstance(sampling, Mapping):
+        return sampling.get("normalization") == "local" or any(_normalises_local(v) for v in sampling.values())
+    return isinstance(sampling, (list, tuple)) and any(_normalises_local(v) for v in sampling)
+
+
+_ADVICE = ("norm_fingerprint", "norm_local", "store_fingerprint", "plan", "mask_device")
+"""Keys whose saved value a user may replace to resume on purpose (the others are settings of the loader)."""
 
 
 def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, by_store: bool) -> str:
     if key.startswith("norm_fingerprint"):
-        if isinstance(va, str) and isinstance(vb, str) and "_" in va and va.split("_")[0] == vb.split("_")[0]:
-            return (" (the normalisation store's local, per grid point, coefficients differ from the saved run's: "
-                    "their stored chunks or array metadata)")
-        return " (the normalisation store now holds other coefficients than the saved run's)"
+        return (" (the normalisation store now holds other coefficients than the saved run's: attributes, global "
+                "mean or std, or std floors)")
+    if key.startswith("norm_local"):
+        name, month = _parse_key(key.split(".")[-1])
+        from .norm import MONTH_NAMES
+
+        when = MONTH_NAMES[month] if month is not None else "?"
+        return (f" (the local, per grid point, coefficients of field {name!r} for {when} differ from those the "
+                "saved run read)")
     if key.startswith("store_fingerprint"):
         return (" (the data store now has another time axis, grid, levels, dtype, fill or missing-value markers, or "
                 "array shape than the saved run's)")
@@ -326,12 +358,14 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
 def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     """Raise a :class:`ConfigError` naming every setting in ``keys`` (and below) where ``saved`` and ``mine`` differ.
 
-    Also compared: ``drop_last``, ``masking``, ``mask_device``, ``store_fingerprint`` and ``plan`` where both states have them (a
-    state saved before they existed does not); the plan (which follows from the rest) only when nothing else
-    differs, so that a changed seed is named as the seed. When both states carry a known ``norm_fingerprint`` the
-    normalisation store's paths in ``sampling`` are not compared (the fingerprints are); when both carry a known
-    ``store_fingerprint`` the streams' store paths are not (the fingerprints are). A saved normalisation fingerprint
-    without a local part (taken before it existed) is compared with this one's global part (logged).
+    Also compared where both states have them (a state saved before they existed does not): ``drop_last``,
+    ``masking``, ``mask_device``, ``store_fingerprint``, ``norm_local`` (``mine``'s computed for the saved keys)
+    and ``plan``; the plan (which follows from the rest) only when nothing else differs, so that a changed seed is
+    named as the seed. When both states carry a known ``norm_fingerprint`` the normalisation store's paths in
+    ``sampling`` are not compared (the fingerprints are); when both carry a known ``store_fingerprint`` the
+    streams' store paths are not (the fingerprints are). A saved normalisation fingerprint of the first format
+    (``sha256:<global>_<local>``: the local part digested stored bytes) is compared by its global part; a state
+    without ``norm_local`` compares no local coefficients (both logged when it resumes).
     """
     a = {k: saved.get(k, _MISSING) for k in keys}
     b = {k: mine[k] for k in keys}
@@ -346,18 +380,24 @@ def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[
                 a["sampling"] = _without(a["sampling"], key, top=key == "norm_path")
             if isinstance(b.get("sampling"), Mapping):
                 b["sampling"] = _without(b["sampling"], key, top=key == "norm_path")
+    old_local = False
     if by_norm:
-        a["norm_fingerprint"] = saved["norm_fingerprint"]
-        b["norm_fingerprint"], old = _old_norm(saved["norm_fingerprint"], mine["norm_fingerprint"])
-        if old:
-            log.warning("fastload: load_state_dict: the saved state's normalisation fingerprint predates the local "
-                        "(per grid point) coefficients: only the global coefficients and attributes are compared")
+        a["norm_fingerprint"], old_local = _strip_local(saved["norm_fingerprint"])
+        b["norm_fingerprint"] = _strip_local(mine["norm_fingerprint"])[0]
     diffs = differences(a, b)
     if not diffs and "plan" in saved and "plan" in mine:  # the plan follows from the rest: named only on its own
         diffs = differences({"plan": saved["plan"]}, {"plan": mine["plan"]})
-    if not diffs:
-        return
-    parts = [f"the saved {key} {_show(va)}, this loader's {_show(vb)}{_note(key, va, vb, saved, by_norm, by_store)}"
-             for key, va, vb in diffs]
-    raise ConfigError(f"load_state_dict: the saved state differs from this loader in {len(parts)} setting(s): "
-                      + "; ".join(parts) + "; resume needs the same settings")
+    if diffs:
+        parts = [f"the saved {key} {_show(va)}, this loader's {_show(vb)}{_note(key, va, vb, saved, by_norm, by_store)}"
+                 for key, va, vb in diffs]
+        tops = sorted({key.split(".")[0] for key, _, _ in diffs} & set(_ADVICE))
+        advice = "" if not tops else "; to resume on purpose all the same, change the saved state first: " + ", ".join(
+            f"del state[{k!r}]" if k in ("plan", "mask_device") else f"state[{k!r}] = loader.state_dict()[{k!r}]"
+            for k in tops)
+        raise ConfigError(f"load_state_dict: the saved state differs from this loader in {len(parts)} setting(s): "
+                          + "; ".join(parts) + "; resume needs the same settings" + advice)
+    if by_norm and "norm_local" not in saved and _normalises_local(saved.get("sampling")):
+        log.warning("fastload: load_state_dict: the saved state %s: only the global coefficients and attributes "
+                    "of the normalisation store are compared",
+                    "digested the local coefficients' stored bytes (an older format, not comparable with digests "
+                    "of their values)" if old_local else "predates the local (per grid point) coefficients' digests")

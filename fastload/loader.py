@@ -401,7 +401,9 @@ class Loader:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands: the next batch :func:`iter` will hand out, and what must match on resume
-        (``norm_fingerprint``: the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`)."""
+        (``norm_fingerprint``: the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`;
+        ``norm_local``: the digests of the local coefficients of each field and month read so far,
+        :func:`fastload._resume.local_digests`; ...)."""
         from ._resume import loader_identity
 
         cfg = self.loader_config
@@ -409,7 +411,24 @@ class Loader:
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
                 "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint(),
-                **loader_identity(self, self._state.epoch)}  # drop_last, masking, store_fingerprint, plan...
+                "norm_local": self._norm_local(), **loader_identity(self, self._state.epoch)}  # drop_last, masking, store_fingerprint, plan...
+
+    def _norm_local(self, keys: Any = None) -> dict[str, Any]:
+        """:func:`fastload._resume.local_digests` of the months read so far, or of the saved ``keys`` (read if not
+        yet); per stream for a multi-stream config."""
+        from ._resume import local_digests
+
+        if self.multi is None:
+            return local_digests(self._norm, self.config, keys)
+        if self._norm is None:
+            return {} if keys is None else {n: local_digests(None, self.config, k) for n, k in keys.items()}
+        from ._stream_norm import normalizers
+
+        norms = {st.name: (norm, st.config) for st, _, norm in normalizers(self.multi)}
+        if keys is None:
+            return {n: local_digests(norm, cfg) for n, (norm, cfg) in norms.items()}
+        return {n: local_digests(*norms.get(n, (None, self.config)), k if isinstance(k, Mapping) else {})
+                for n, k in keys.items()}
 
     def _norm_fingerprint(self) -> Any:
         """Digest of the normalisation coefficients (per stream for a multi-stream config), computed once."""
@@ -432,8 +451,9 @@ class Loader:
 
         Refused (``ConfigError`` naming each differing setting, saved and current value) unless the seed, rank,
         world size, batch size, samples per epoch and window and the sampling config match, and the normalisation
-        coefficients are the same: compared by content (``norm_fingerprint``), so a normalisation store that moved
-        (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before. Also compared
+        coefficients are the same: compared by content (``norm_fingerprint``; the local coefficients of each field
+        and month the saved run read, ``norm_local``, read here for the comparison), so a normalisation store that
+        moved (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before. Also compared
         (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``, the masking and
         the device type its masks are drawn on, the data stores by what decides the samples (``store_fingerprint``:
         time axis, grid, levels, ...; not their paths) and the saved epoch's sample placements (``plan``)."""
@@ -442,6 +462,8 @@ class Loader:
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
         mine = {**self.state_dict(), **loader_identity(self, int(state.get("epoch", 0)))}  # the saved epoch's plan
+        if isinstance(state.get("norm_local"), Mapping):  # the months the saved run read, read here
+            mine["norm_local"] = self._norm_local(state["norm_local"])
         check_resume(state, mine, ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
                                    "samples_per_window", "sampling"))
         batch = int(state["batch"])

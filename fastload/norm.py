@@ -33,6 +33,7 @@ Quick look::
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -106,6 +107,14 @@ def normalize(
 
 def _same(a: Any, b: Any) -> bool:
     return bool(np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-6))
+
+
+def values_digest(a: np.ndarray) -> str:
+    """``"sha256:<hex>"`` of ``a``'s float32 values, C order, with one NaN and one zero (a NaN's payload and the
+    sign of a zero do not change a normalised value): the same for a copy in any zarr format, chunking or codec."""
+    c = np.ascontiguousarray(a, np.float32) + np.float32(0)  # a copy; -0.0 + 0.0 is +0.0
+    c[np.isnan(c)] = np.nan
+    return "sha256:" + hashlib.sha256(c.view(np.uint8).reshape(-1)).hexdigest()[:32]
 
 
 class Normalizer:
@@ -183,6 +192,9 @@ class Normalizer:
         self._attrs: dict[str, dict[str, Any]] = {}
         self._global: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._local: dict[tuple[str, str, int, int], np.ndarray] = {}
+        self.slab_digests: dict[tuple[str, str, int, int], str] = {}
+        """(field, "local_mean"/"local_std", month, level index) -> :func:`values_digest` of each local slab read
+        (kept by :meth:`clear_cache`: what was read; :mod:`fastload._resume` compares them on resume)."""
         self._lock = threading.Lock()
 
     # -- metadata ------------------------------------------------------------------------------------------------
@@ -261,6 +273,7 @@ class Normalizer:
             if got is None:
                 got = np.asarray(self._root[field][stat][month, level], np.float32)  # (NY, NX): one chunk
                 self._local[key] = got
+                self.slab_digests[key] = values_digest(got)
             return got
 
     def coefficients(

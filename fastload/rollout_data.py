@@ -436,11 +436,13 @@ class RolloutLoader:
     def state_dict(self) -> dict[str, Any]:
         """The next batch :func:`iter` hands out, and the settings that must match on resume (``norm_fingerprint``:
         the normalisation coefficients' digest, :func:`fastload._resume.norm_fingerprint`; ``store_fingerprint``:
-        the data store's, :func:`fastload._resume.store_fingerprint`; ``plan``: the epoch's initial times)."""
+        the data store's, :func:`fastload._resume.store_fingerprint`; ``norm_local``: the digests of the local
+        coefficients of each field and month read so far, :func:`fastload._resume.local_digests`; ``plan``: the
+        epoch's initial times)."""
         return {**self._state(self._epoch), "batch": self._batch}
 
-    def _state(self, epoch: int) -> dict[str, Any]:
-        from ._resume import norm_fingerprint, plan_digest, store_fingerprint
+    def _state(self, epoch: int, local_keys: Any = None) -> dict[str, Any]:
+        from ._resume import local_digests, norm_fingerprint, plan_digest, store_fingerprint
 
         cfg = self.loader_config
         if not hasattr(self, "_fingerprint"):
@@ -450,7 +452,8 @@ class RolloutLoader:
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(),
                 "sampling": self.config.to_dict(), "norm_fingerprint": self._fingerprint,
-                "store_fingerprint": self._store_fingerprint, "plan": plan_digest(self.epoch_times(epoch))}
+                "store_fingerprint": self._store_fingerprint, "plan": plan_digest(self.epoch_times(epoch)),
+                "norm_local": local_digests(self.normalizer, self.config, local_keys)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at ``state``: the next batch is the one after the last batch handed out when it was taken.
@@ -463,7 +466,9 @@ class RolloutLoader:
         if state.get("version") != _STATE_VERSION or state.get("kind") != "rollout":
             raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
                               f"kind {state.get('kind')!r})")
-        check_resume(state, self._state(int(state.get("epoch", 0))),  # the saved epoch's plan
+        saved_local = state.get("norm_local")  # the months the saved run read, read here
+        check_resume(state, self._state(int(state.get("epoch", 0)), saved_local if isinstance(saved_local, Mapping)
+                                        else None),  # the saved epoch's plan
                      ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"))
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 
 import numpy as np
 import pytest
 import zarr
 
-from fastload._resume import _chunk_keys, check_resume, norm_fingerprint
+from fastload._resume import check_resume, local_digests, norm_fingerprint
 from fastload.errors import ConfigError
 from fastload.loader import Loader
 from fastload.norm import Normalizer
@@ -68,89 +67,134 @@ def local(tmp_path, request):
     return tmp_path / "s.zarr", cfg, tmp_path
 
 
-def test_an_edit_of_one_local_coefficient_is_refused_naming_the_local_coefficients(local):
+def test_an_edit_of_one_local_coefficient_is_refused_naming_the_field_and_month(local):
     path, cfg, d = local
     # what the resumed run would have normalised with: the edited value (the globals and attributes are the same)
     a, b = Normalizer(d / "n.zarr"), Normalizer(d / "edited.zarr")
-    for kind in ("global",):
-        for x, y in zip(a.coefficients("t", kind, [1000.0], [0]), b.coefficients("t", kind, [1000.0], [0])):
-            np.testing.assert_array_equal(x, y)
+    for x, y in zip(a.coefficients("t", "global", [1000.0], [0]), b.coefficients("t", "global", [1000.0], [0])):
+        np.testing.assert_array_equal(x, y)
     assert a.attrs("t") == b.attrs("t")
     ma, mb = a.coefficients("t", "local", [1000.0], [0])[0], b.coefficients("t", "local", [1000.0], [0])[0]
     assert np.argwhere(ma != mb).tolist() == [[0, 0, 5, 7]]
     with Loader(path, cfg("n.zarr"), **KW) as first:
-        state = first.state_dict()
-    fp = state["norm_fingerprint"]
-    assert fp.startswith("sha256:") and "_" in fp  # global part _ local part
+        assert first.state_dict()["norm_local"] == {}  # nothing read yet: nothing to differ from
+        state = _tail(first)[0]
+    assert sorted(state["norm_local"]) == ["sp/1", "t/1"]  # the fields and the month (January) the run read
     with Loader(path, cfg("edited.zarr"), **KW) as other, pytest.raises(ConfigError) as e:
-        other.load_state_dict(state)  # resumed silently before: the fingerprint left the local arrays out
+        other.load_state_dict(state)
     msg = str(e.value)
-    assert "in 1 setting(s): the saved norm_fingerprint 'sha256:" in msg, msg
-    assert "(the normalisation store's local, per grid point, coefficients differ from the saved run's" in msg, msg
-    assert fp.split("_")[0] in msg  # the same global part, on both sides
+    assert "in 1 setting(s): the saved norm_local.t/1 'sha256:" in msg, msg
+    assert "(the local, per grid point, coefficients of field 't' for Jan differ from those the saved run read)" in msg
+    assert "state['norm_local'] = loader.state_dict()['norm_local']" in msg, msg  # how to resume on purpose
 
 
-def test_a_byte_copy_resumes_and_an_edit_the_loader_never_reads_resumes_too(local):
-    """Only what the loader reads is fingerprinted: the copy has the same chunks; 850 hPa of t is not sampled."""
+def test_a_copy_an_edit_the_loader_never_reads_and_another_format_resume(local):
+    """Only what the loader read is compared, by value: a byte copy; 850 hPa of t (not sampled) edited; the same
+    statistics written again in the other zarr format (other chunk bytes, metadata, ``created``) with an attribute
+    added to a local array. Each resumes with the uninterrupted run's batches (the last two were refused before)."""
+    from fastload.stats import StatsConfig, compute_stats
+
     path, cfg, d = local
+    fmt = zarr.open_group(str(d / "n.zarr"), mode="r").metadata.zarr_format
+    compute_stats(str(path), d / "other_format.zarr", StatsConfig(progress=False, zarr_format=5 - fmt))
+    zarr.open_group(str(d / "other_format.zarr"), mode="r+")["t"]["local_mean"].attrs["comment"] = "checked"
     with Loader(path, cfg("n.zarr"), **KW) as first:
         state, want = _tail(first)
-    for name in ("moved/n.zarr", "unused.zarr"):
+    for name in ("moved/n.zarr", "unused.zarr", "other_format.zarr"):
         with Loader(path, cfg(name), **KW) as again:
             again.load_state_dict(state)
             _same(_tail(again, 0)[1], want)
 
 
-def test_global_normalisation_ignores_the_local_arrays(local):
+def _with_july(src, dst, edit=0.0):
+    """A copy of coefficient store ``src`` that also holds July (January's coefficients), July's t edited by
+    ``edit`` at one grid point."""
+    shutil.copytree(src, dst)
+    g = zarr.open_group(str(dst), mode="r+")
+    for f in ("t", "sp"):
+        for stat in ("local_mean", "local_std", "global_mean", "global_std"):
+            g[f][stat][6] = g[f][stat][0]
+        g[f].attrs["months_present"] = [1, 7]
+    g["t"]["local_mean"][6, 0, 5, 7] = g["t"]["local_mean"][6, 0, 5, 7] + edit
+
+
+def test_an_edit_in_a_month_the_run_never_read_resumes(local):
+    """The store holds January and July; the run (January data) reads January only: a July edit resumes, with the
+    same batches (refused before: every month present was digested), a January edit does not."""
+    path, cfg, d = local
+    _with_july(d / "n.zarr", d / "year.zarr")
+    _with_july(d / "n.zarr", d / "july_edit.zarr", 0.25)
+    _with_july(d / "edited.zarr", d / "jan_edit.zarr")
+    with Loader(path, cfg("year.zarr"), **KW) as first:
+        state, want = _tail(first)
+    assert sorted(state["norm_local"]) == ["sp/1", "t/1"]
+    with Loader(path, cfg("july_edit.zarr"), **KW) as again:
+        again.load_state_dict(state)
+        _same(_tail(again, 0)[1], want)
+    with Loader(path, cfg("jan_edit.zarr"), **KW) as other, pytest.raises(ConfigError, match=r"norm_local\.t/1 "):
+        other.load_state_dict(state)
+
+
+def test_the_digest_describes_what_the_run_read_not_the_store_at_checkpoint_time(local):
+    """The coefficients are digested as they are read: a store edited after the run read them is seen on resume
+    against the store the run read (r2 M2: the first state_dict digested the store as it was then)."""
+    path, cfg, d = local
+    shutil.copytree(d / "n.zarr", d / "live.zarr")
+    with Loader(path, cfg("live.zarr"), **KW) as first:
+        it = iter(first)
+        next(it)
+        shutil.rmtree(d / "live.zarr")
+        shutil.copytree(d / "edited.zarr", d / "live.zarr")  # replaced under the running job
+        state = first.state_dict()
+    with Loader(path, cfg("n.zarr"), **KW) as again:
+        again.load_state_dict(state)  # the coefficients the run read
+    with Loader(path, cfg("live.zarr"), **KW) as other, pytest.raises(ConfigError, match=r"norm_local\.t/1 "):
+        other.load_state_dict(state)
+
+
+def test_global_normalisation_digests_no_local_coefficients(local):
     path, cfg, _ = local
     with Loader(path, cfg("n.zarr", "global"), **KW) as first:
-        state = first.state_dict()
-    assert "_" not in state["norm_fingerprint"]  # no local part: the same fingerprint as before this change
+        state = _tail(first)[0]
+    assert state["norm_local"] == {} and "_" not in state["norm_fingerprint"]
     with Loader(path, cfg("edited.zarr", "global"), **KW) as other:
         other.load_state_dict(state)
 
 
-def test_a_state_whose_fingerprint_predates_the_local_part_compares_the_global_part(local, caplog):
-    path, cfg, _ = local
+def test_states_of_the_earlier_formats_compare_the_global_part(local, caplog):
+    """A state saved before ``norm_local`` existed: its normalisation fingerprint is ``sha256:<global>`` (before
+    b1d0075) or ``sha256:<global>_<digest of stored bytes>`` (b1d0075..): both resume by their global part (the
+    same computation then as now), logged; a global difference is still refused."""
+    path, cfg, d = local
     with Loader(path, cfg("n.zarr"), **KW) as first:
-        state = first.state_dict()
-    old = {**state, "norm_fingerprint": state["norm_fingerprint"].split("_")[0]}
-    with Loader(path, cfg("moved/n.zarr"), **KW) as again, caplog.at_level(logging.WARNING, logger="fastload"):
-        again.load_state_dict(old)
-    assert any("predates the local" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ConfigError, match="now holds other coefficients"):  # a global difference is still seen
-        check_resume({**old, "norm_fingerprint": "sha256:" + "0" * 32}, state, ("seed",))
+        state, want = _tail(first)
+    new = ("norm_local", "drop_last", "masking", "mask_device", "store_fingerprint", "plan")
+    for fp, said in ((state["norm_fingerprint"], "predates"), (state["norm_fingerprint"] + "_" + "ab" * 16,
+                                                               "stored bytes")):
+        old = {**{k: v for k, v in state.items() if k not in new}, "norm_fingerprint": fp}
+        caplog.clear()
+        with Loader(path, cfg("moved/n.zarr"), **KW) as again, caplog.at_level(logging.WARNING, logger="fastload"):
+            again.load_state_dict(old)
+            _same(_tail(again, 0)[1], want)
+        assert [r.getMessage() for r in caplog.records if said in r.getMessage()], caplog.text
+        with pytest.raises(ConfigError, match="now holds other coefficients"):
+            check_resume({**old, "norm_fingerprint": "sha256:" + "0" * 32}, state, ("seed",))
 
 
-def test_the_fingerprint_reads_stored_chunks_of_the_used_months_and_levels_only(local):
-    """The chunk keys hashed are exactly the files on disk of the selected months and levels (zarr v2 and v3)."""
-    _, _, d = local
-    arr = zarr.open_group(str(d / "n.zarr"), mode="r")["t"]["local_mean"]
-    files = set()
-    for dirpath, _, names in os.walk(d / "n.zarr" / "t" / "local_mean"):
-        rel = os.path.relpath(dirpath, d / "n.zarr" / "t" / "local_mean")
-        files |= {os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/") for n in names
-                  if n not in (".zarray", ".zattrs", "zarr.json")}
-    months = [m - 1 for m in Normalizer(d / "n.zarr").attrs("t")["months_present"]]
-    assert months == [0]
-    sep = "/" if arr.metadata.zarr_format == 3 else "."
-    want = {k for k in files if k.replace("c/", "", 1).split(sep)[1] in ("0", "2")}  # levels 0 and 2 of 3
-    assert set(_chunk_keys(arr, months, [0, 2])) == want and len(want) == 2
+def test_no_warning_about_old_formats_when_the_mode_changed(local, caplog):
+    """r2 L4: a global-mode state resumed with local normalisation is refused naming the mode, with no warning
+    that the saved fingerprint 'predates the local coefficients' (it has none to have)."""
+    path, cfg, _ = local
+    with Loader(path, cfg("n.zarr", "global"), **KW) as first:
+        state = _tail(first)[0]
+    old = {k: v for k, v in state.items() if k != "norm_local"}
+    with Loader(path, cfg("n.zarr"), **KW) as other, caplog.at_level(logging.WARNING, logger="fastload"):
+        with pytest.raises(ConfigError, match=r"sampling\.fields\.t\.normalization 'global', this loader's 'local'"):
+            other.load_state_dict(old)
+    assert not [r for r in caplog.records if "predates" in r.getMessage() or "stored bytes" in r.getMessage()]
 
 
-def test_chunk_keys_of_a_sharded_array_are_its_shards(tmp_path):
-    a = zarr.create_array(str(tmp_path / "a.zarr"), shape=(12, 4, 6, 8), chunks=(1, 1, 3, 4), shards=(2, 2, 6, 8),
-                          dtype="f4", fill_value=np.nan)
-    for m in (3, 10):
-        for lv in (1, 3):
-            a[m, lv] = 1.0  # shards (m // 2, lv // 2, 0, 0)
-    on_disk = {os.path.relpath(os.path.join(p, n), tmp_path / "a.zarr").replace(os.sep, "/")
-               for p, _, ns in os.walk(tmp_path / "a.zarr") for n in ns if n != "zarr.json"}
-    a[0, 0] = 2.0  # a shard of a month and level not asked for
-    assert set(_chunk_keys(a, [3, 10], [1, 3])) == on_disk == {"c/1/0/0/0", "c/1/1/0/0", "c/5/0/0/0", "c/5/1/0/0"}
-
-
-def test_a_normaliser_without_a_zarr_group_fingerprints_its_decoded_local_coefficients(local):
+def test_a_normaliser_without_slab_digests_digests_its_decoded_local_coefficients(local):
     _, cfg, d = local
 
     class Plain:  # the Normalizer's public methods only
@@ -158,13 +202,13 @@ def test_a_normaliser_without_a_zarr_group_fingerprints_its_decoded_local_coeffi
             self.n = norm
 
         def __getattr__(self, k):
-            if k == "_root":
+            if k == "slab_digests":
                 raise AttributeError(k)
             return getattr(self.n, k)
 
     c = cfg("n.zarr")
-    assert norm_fingerprint(Plain(Normalizer(d / "n.zarr")), c) == norm_fingerprint(Plain(Normalizer(
-        d / "moved/n.zarr")), c) != norm_fingerprint(Plain(Normalizer(d / "edited.zarr")), c)
+    a, b, e = (local_digests(Plain(Normalizer(d / n)), c) for n in ("n.zarr", "moved/n.zarr", "edited.zarr"))
+    assert sorted(a) == ["sp/1", "t/1"] and a == b and a["sp/1"] == e["sp/1"] and a["t/1"] != e["t/1"]
 
 
 # -- the data store, drop_last, masking, plan (single store) --------------------------------------------------------
@@ -341,3 +385,36 @@ def test_a_stream_state_without_store_fingerprints_still_needs_the_paths(streams
                                               r"'.*/node-local/o\.zarr' \(the saved state records no fingerprint of "
                                               r"the data stores"):
             again.load_state_dict(old)
+
+
+def test_streams_record_and_compare_the_local_coefficients_each_stream_read(streams):
+    """Every stream's local coefficients are digested per (field, month) it read: copies elsewhere resume with the
+    same batches; one edited value of the ocean's coefficients in a month it read is refused naming the stream."""
+    from fastload.stats import StatsConfig, compute_stats
+    from tests.fastload.test_streams import config, fields
+
+    paths, d = streams
+    for name, p in paths.items():
+        compute_stats(str(p), d / f"{name}-n.zarr", StatsConfig(progress=False))
+        shutil.copytree(d / f"{name}-n.zarr", d / "moved" / f"{name}-n.zarr")
+
+    def cfg(where, ocean="ocean-n.zarr"):
+        c = config(paths, flds=fields("local"))
+        norm = {n: where / (ocean if n == "ocean" else f"{n}-n.zarr") for n in paths}
+        return dataclasses.replace(c, streams=tuple(dataclasses.replace(s, norm_path=str(norm[s.name]))
+                                                    for s in c.streams))
+
+    with Loader(None, cfg(d), **SKW) as first:
+        state, want = _tail(first)
+    read = state["norm_local"]
+    assert sorted(read) == ["era5", "fesom", "ocean"] and all(read.values()), read
+    month = int(sorted(read["ocean"])[0].split("/")[1]) - 1
+    with Loader(None, cfg(d / "moved"), **SKW) as again:
+        again.load_state_dict(state)
+        _same(_tail(again, 0)[1], want)
+    shutil.copytree(d / "ocean-n.zarr", d / "edited-n.zarr")
+    arr = zarr.open_group(str(d / "edited-n.zarr"), mode="r+")["thetao"]["local_mean"]
+    arr[month, 0, 1, 1] = arr[month, 0, 1, 1] + 0.5
+    with Loader(None, cfg(d, "edited-n.zarr"), **SKW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)
+    assert f"in 1 setting(s): the saved norm_local.ocean.thetao/{month + 1} 'sha256:" in str(e.value), str(e.value)

@@ -127,6 +127,14 @@ def test_resume_across_a_moved_normalisation_store_and_refused_with_other_coeffi
     for name in ("t", "sp"):
         assert torch.equal(got.fields[name], want.fields[name]) and torch.equal(got.targets[0][name],
                                                                                 want.targets[0][name])
+    assert sorted(state["norm_local"]) == ["sp/1", "t/1"]  # the local coefficients read: January's
+    import zarr
+
+    shutil.copytree(tmp_path / "n.zarr", tmp_path / "edited.zarr")
+    arr = zarr.open_group(str(tmp_path / "edited.zarr"), mode="r+")["sp"]["local_mean"]
+    arr[0, 0, 1, 2] = arr[0, 0, 1, 2] + 1.0  # one January value of sp: globals and attributes as they were
+    with data("edited.zarr") as f, pytest.raises(ConfigError, match=r"in 1 setting\(s\): the saved norm_local\.sp/1 "):
+        f.load_state_dict(state)
     with data("other.zarr") as c, pytest.raises(ConfigError, match=r"the saved norm_fingerprint 'sha256:\w+', "
                                                                      r"this loader's 'sha256:\w+' \(the normalisation"):
         c.load_state_dict(state)
