@@ -187,53 +187,90 @@ def _month_digest(norm: Any, f: Any, month: int, *, read: bool) -> str | None:
     return "sha256:" + _hex(hashlib.sha256(_json([f.name, month, list(f.levels or []), parts])))
 
 
-def store_fingerprint(store: Any, config: Any) -> Any:
-    """What of a data store decides the samples of ``config``: its time axis, grid, and per sampled field the
-    levels, level type, axes, time dependence, units, dtype, fill value, missing-value markers and array shape.
+STORE_FORMAT = 2
+"""Version of :func:`store_fingerprint`'s parts (1: one ``"sha256:<hex>"`` string, not comparable: not compared)."""
+_W = (np.sqrt(5.0) - 1) / 2  # weights 1 + frac(i * golden ratio): never near 0, differ between neighbours
 
-    Not the chunking, codecs or path (a moved, rechunked or recompressed copy gives the same samples) and not the
-    data values (terabytes; an edit of values at the same times and places is not seen). A multi-stream
+
+def store_fingerprint(store: Any, config: Any) -> Any:
+    """What of a data store decides the samples of ``config``, in parts that a refusal names: ``time`` (first
+    time stamp and step; not the length), ``grid`` (kind, layout, coordinates summarised by :func:`_coord`) and
+    ``fields.<name>`` (levels, level type, axes, time dependence, units, dtype, zarr fill value, the values read as
+    missing, and the array shape without its time axis).
+
+    Not the chunking, codecs or path (a moved, rechunked or recompressed copy gives the same samples), not the data
+    values (terabytes; an edit of values at the same times and places is not seen), not attributes the reader does
+    not use (an xarray-added ``_FillValue`` equal to the fill value), and not the length of the time axis: a
+    store that grew along time gives the same samples at the same time steps, and a plan drawn on it differs in
+    ``plan`` (an explicit plan, unchanged, resumes). Coordinates and levels compare with a relative tolerance
+    of 1e-6 (:func:`differences`), so a copy whose latitudes differ in the last bit resumes. A multi-stream
     :class:`~fastload.streams.MultiStream` gives a dict stream -> its store's fingerprint.
 
     Returns
     -------
-    str, dict or None
-        ``"sha256:<hex>"``; a dict for streams; None for a store that is not a :class:`~fastload.store.Store` (no
-        grid, time axis or field table: not compared).
+    dict or None
+        The parts, with ``format`` (:data:`STORE_FORMAT`); a dict of them per stream; None for a store that is not
+        a :class:`~fastload.store.Store` (no grid, time axis or field table: not compared).
     """
     streams = getattr(store, "streams", None)
     if streams is not None and not hasattr(store, "fields"):
         return {st.name: store_fingerprint(st.store, st.config) for st in streams}
     if not all(hasattr(store, a) for a in ("grid", "time", "fields", "arrays")):
         return None
-    h = hashlib.sha256()
+    from .stats import missing_markers
+
     g = store.grid
-    h.update(_json({k: getattr(g, k, None) for k in ("kind", "periodic_x", "lat_descending", "dims")}))
+    grid = _canon({k: getattr(g, k, None) for k in ("kind", "periodic_x", "lat_descending", "dims")})
     for k in ("lat", "lon", "face_nodes"):
-        v = getattr(g, k, None)
-        h.update(b"-" if v is None else _json([k, np.shape(v), str(np.asarray(v).dtype)]))
-        if v is not None:
-            h.update(np.ascontiguousarray(v).tobytes())
-    t = store.time
-    h.update(b"no time" if t is None else np.ascontiguousarray(np.asarray(t, "datetime64[ns]")).tobytes())
-    for f in sorted(config.fields, key=lambda f: f.name):
+        grid[k] = _coord(getattr(g, k, None))
+    fields = {}
+    for f in config.fields:
         info = store.fields.get(f.name)
         if info is None:
-            h.update(_json([f.name, None]))
+            fields[f.name] = None
             continue
         arr = store.arrays.get(info.array)
-        attrs = dict(getattr(info, "attrs", {}) or {})
-        if arr is not None:
-            attrs.update(getattr(arr, "attrs", {}) or {})
-        h.update(_json({
-            "field": f.name, "array": info.array, "field_index": info.field_index,
-            "levels": None if info.levels is None else np.asarray(info.levels, np.float64).tolist(),
-            "level_type": info.level_type, "has_time": info.has_time, "units": info.units, "dtype": str(info.dtype),
-            "axes": info.axes, "shape": None if arr is None else list(arr.shape),
-            "fill_value": None if arr is None else arr.fill_value,
-            "markers": {k: attrs.get(k) for k in ("_FillValue", "missing_value", "scale_factor", "add_offset")},
-        }))
-    return "sha256:" + _hex(h)
+        shape = None if arr is None else [int(n) for i, n in enumerate(arr.shape) if i != info.axes[0]]
+        fields[f.name] = _canon({
+            "array": info.array, "field_index": info.field_index, "level_type": info.level_type,
+            "levels": None if info.levels is None else np.asarray(info.levels, np.float64),
+            "has_time": info.has_time, "units": info.units, "dtype": str(info.dtype), "axes": list(info.axes),
+            "shape": shape, "fill_value": None if arr is None else arr.fill_value,
+            "missing": sorted(float(v) for v in missing_markers(store, f.name))})
+    return {"format": STORE_FORMAT, "time": _time(store.time), "grid": grid, "fields": fields}
+
+
+def _time(t: Any) -> Any:
+    """First time stamp and step (ns) of a regular axis, else a digest of every time stamp; None without time."""
+    if t is None:
+        return None
+    ns = np.asarray(t, "datetime64[ns]").astype(np.int64)
+    step = np.diff(ns)
+    start = np.datetime_as_string(ns[:1].astype("datetime64[ns]"))[0] if ns.size else None
+    if ns.size > 1 and (step == step[0]).all():
+        return {"start": str(start), "step_ns": int(step[0])}
+    return {"start": start and str(start), "irregular": "sha256:" + _hex(hashlib.sha256(ns.tobytes()))}
+
+
+def _coord(v: Any) -> Any:
+    """A coordinate summarised by numbers that :func:`differences` compares with a tolerance: shape, first, last,
+    min, max, and a weighted mean of its offsets from the minimum (weights 1..2 that differ point to point: a shift,
+    a reversal or a change of a few points of a small grid moves it); integers (a mesh's face nodes): a digest."""
+    if v is None:
+        return None
+    a = np.asarray(v)
+    if a.dtype.kind in "iub":
+        return {"shape": list(a.shape), "sha256": _hex(hashlib.sha256(np.ascontiguousarray(a, np.int64).tobytes()))}
+    x = np.asarray(a, np.float64).reshape(-1)
+    if not x.size:
+        return {"shape": list(a.shape)}
+    with np.errstate(all="ignore"):
+        lo, hi = float(np.nanmin(x)) if np.isfinite(x).any() else math.nan, float(np.nanmax(x)) if np.isfinite(
+            x).any() else math.nan
+        w = 1 + (np.arange(x.size) * _W) % 1
+        wmean = float(np.nansum((x - lo) * w) / np.sum(w))
+    return {"shape": list(a.shape), "first": float(x[0]), "last": float(x[-1]), "min": lo, "max": hi,
+            "wmean": wmean, "nan": int(np.isnan(x).sum())}
 
 
 def plan_digest(boxes: Any) -> str:
@@ -265,6 +302,8 @@ def _same(a: Any, b: Any, key: str) -> bool:
             return math.isnan(a) and math.isnan(b)
         # the data store's coordinates and levels: as the store checks compare them (a 1-ulp difference resumes)
         return a == b or (key.startswith("store_fingerprint") and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return not differences(a, b, key)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y, key) for x, y in zip(a, b))
     return bool(a == b)
@@ -303,6 +342,13 @@ def _known(fp: Any) -> bool:
     return fp is not None
 
 
+def _store_known(fp: Any) -> bool:
+    """A data-store fingerprint of this format (per stream too) that stands for the store."""
+    if isinstance(fp, Mapping) and "format" not in fp and fp:
+        return all(_store_known(v) for v in fp.values())
+    return isinstance(fp, Mapping) and fp.get("format") == STORE_FORMAT
+
+
 def _strip_local(fp: Any) -> tuple[Any, bool]:
     """A normalisation fingerprint without the local part of the format before :func:`local_digests` (``sha256:
     <global>_<stored bytes>``, not comparable with digests of values), and whether it had one."""
@@ -337,8 +383,11 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
         return (f" (the local, per grid point, coefficients of field {name!r} for {when} differ from those the "
                 "saved run read)")
     if key.startswith("store_fingerprint"):
-        return (" (the data store now has another time axis, grid, levels, dtype, fill or missing-value markers, or "
-                "array shape than the saved run's)")
+        part = next((p for p in ("time", "grid", "fields") if f".{p}" in key), "")
+        what = {"time": "its time axis starts or steps elsewhere: other times at the same time steps",
+                "grid": "another grid or coordinates", "fields": "this field is stored otherwise (levels, axes, "
+                "dtype, fill or missing values, shape)"}.get(part, "another layout")
+        return f" (the data store differs from the saved run's: {what})"
     if key == "mask_device":
         return " (masks are drawn on the batch's device: a CUDA generator draws other masks than the CPU's)"
     if key == "plan":
@@ -349,8 +398,8 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
                 "the same path)" if "norm_fingerprint" not in saved else
                 " (this normaliser's coefficients cannot be fingerprinted, so its path must match)")
     if key.startswith("sampling.streams.") and key.endswith(".path") and not by_store:
-        return (" (the saved state records no fingerprint of the data stores, so each stream's store must be at the "
-                "same path)" if "store_fingerprint" not in saved else
+        return (" (the saved state records no fingerprint of the data stores, or one of an older format, so each "
+                "stream's store must be at the same path)" if not _store_known(saved.get("store_fingerprint")) else
                 " (this stream's store cannot be fingerprinted, so its path must match)")
     return ""
 
@@ -369,11 +418,15 @@ def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[
     """
     a = {k: saved.get(k, _MISSING) for k in keys}
     b = {k: mine[k] for k in keys}
-    for k in _OPTIONAL:
-        if k in saved and k in mine and k != "plan":
+    masked = saved.get("masking") is not None and mine.get("masking") is not None
+    for k in _OPTIONAL:  # (the masks' device matters where both mask: masking itself is compared)
+        if k in saved and k in mine and k != "plan" and (k != "mask_device" or masked):
             a[k], b[k] = saved[k], mine[k]
     by_norm = _known(saved.get("norm_fingerprint")) and _known(mine.get("norm_fingerprint"))
-    by_store = _known(saved.get("store_fingerprint")) and _known(mine.get("store_fingerprint"))
+    by_store = _store_known(saved.get("store_fingerprint")) and _store_known(mine.get("store_fingerprint"))
+    old_store = "store_fingerprint" in saved and not by_store and _known(saved["store_fingerprint"])
+    if old_store:  # a fingerprint of the first format (one digest) or not computable here: not compared
+        a.pop("store_fingerprint", None), b.pop("store_fingerprint", None)
     for by, key in ((by_norm, "norm_path"), (by_store, "path")):
         if by:
             if isinstance(a.get("sampling"), Mapping):
@@ -396,6 +449,9 @@ def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[
             for k in tops)
         raise ConfigError(f"load_state_dict: the saved state differs from this loader in {len(parts)} setting(s): "
                           + "; ".join(parts) + "; resume needs the same settings" + advice)
+    if old_store:
+        log.warning("fastload: load_state_dict: the saved state's data-store fingerprint is of an older format (or "
+                    "this store cannot be fingerprinted): the data stores are not compared")
     if by_norm and "norm_local" not in saved and _normalises_local(saved.get("sampling")):
         log.warning("fastload: load_state_dict: the saved state %s: only the global coefficients and attributes "
                     "of the normalisation store are compared",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
-from fastload._resume import check_resume, local_digests, norm_fingerprint
+from fastload._resume import check_resume, differences, local_digests, norm_fingerprint
 from fastload.errors import ConfigError
 from fastload.loader import Loader
 from fastload.norm import Normalizer
@@ -218,19 +218,80 @@ def plain(tmp_path):
     return tmp_path / "s.zarr", cfg
 
 
-def test_another_store_at_the_same_path_is_refused_naming_the_store(plain):
+def test_another_store_at_the_same_path_is_refused_naming_the_part_that_differs(plain, tmp_path):
+    """A record that grew (the same first time and step) draws other placements: refused naming the plan; a time
+    axis shifted by an hour (the same steps, other times) or a field of another dtype: named by their part."""
     path, cfg = plain
     with Loader(path, cfg, **KW) as first:
         state = first.state_dict()
         before = first.epoch_boxes(0)
+    shutil.copytree(path, tmp_path / "orig.zarr")
     shutil.rmtree(path)
-    build("per_variable", path, nt=14)  # the record grew by two hours: other placements, other data
+    build("per_variable", path, nt=14)  # the record grew by two steps: other placements, other data
     with Loader(path, cfg, **KW) as other:
         assert not np.array_equal(other.epoch_boxes(0), before)  # what a silent resume would have read
-        with pytest.raises(ConfigError) as e:
+        with pytest.raises(ConfigError, match=r"in 1 setting\(s\): the saved plan 'sha256:\w+', this loader's "):
             other.load_state_dict(state)
+    shutil.rmtree(path)
+    shutil.copytree(tmp_path / "orig.zarr", path)
+    tm = zarr.open_group(str(path), mode="r+")["time"]
+    tm[:] = tm[:] + 1  # an hour later (hours since the epoch): the same placements, other times
+    with Loader(path, cfg, **KW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)
     msg = str(e.value)
-    assert "in 1 setting(s): the saved store_fingerprint 'sha256:" in msg and "another time axis" in msg, msg
+    assert "in 1 setting(s): the saved store_fingerprint.time.start '2000-01-01T00:00:00.000000000', this " \
+           "loader's '2000-01-01T01:00:00.000000000' (the data store differs from the saved run's: its time axis " \
+           "starts or steps elsewhere" in msg, msg
+    assert "state['store_fingerprint'] = loader.state_dict()['store_fingerprint']" in msg, msg
+    resumed = {**state, "store_fingerprint": other.state_dict()["store_fingerprint"]}  # on purpose, as it says
+    with Loader(path, cfg, **KW) as other:
+        other.load_state_dict(resumed)
+
+
+def test_a_store_that_grew_resumes_an_unchanged_explicit_plan(plain, tmp_path):
+    """Steps appended along time: the same time stamps at the same steps, so an explicit plan reads the same samples
+    and resumes, batch for batch (refused before: the fingerprint hashed the time axis and the array shapes)."""
+    path, cfg = plain
+    with Loader(path, cfg, **KW) as ref:
+        boxes = ref.epoch_boxes(0)
+    shutil.copytree(path, tmp_path / "grown.zarr")
+    g = zarr.open_group(str(tmp_path / "grown.zarr"), mode="r+")
+    for k in ("t", "q", "sp"):
+        g[k].resize((16,) + g[k].shape[1:])
+        g[k][12:] = 1.0
+    g["time"].resize((16,))
+    g["time"][12:] = g["time"][11] + 6 * np.arange(1, 5)  # hours since the epoch, 6-hourly
+    with Loader(path, cfg, boxes=boxes, **KW) as first:
+        state, want = _tail(first)
+    with Loader(tmp_path / "grown.zarr", cfg, boxes=boxes, **KW) as again:
+        again.load_state_dict(state)
+        _same(_tail(again, 0)[1], want)
+
+
+def test_coordinates_one_ulp_apart_and_an_xarray_rewrite_resume(plain, tmp_path):
+    """Latitudes one float64 ulp apart (another tool's linspace), and the store rewritten by xarray in zarr v3 (it
+    adds a _FillValue attribute, NaN, base64, equal to the fill value): the same samples; both resume."""
+    import warnings
+
+    import xarray as xr
+
+    path, cfg = plain
+    shutil.copytree(path, tmp_path / "ulp.zarr")
+    lat = zarr.open_group(str(tmp_path / "ulp.zarr"), mode="r+")["latitude"]
+    lat[:] = np.nextafter(lat[:], 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(str(path), consolidated=False)
+        for v in ds.variables.values():
+            v.encoding = {}
+        ds.to_zarr(str(tmp_path / "xr.zarr"), zarr_format=3, consolidated=False)
+    assert "_FillValue" in zarr.open_group(str(tmp_path / "xr.zarr"), mode="r")["t"].attrs
+    with Loader(path, cfg, **KW) as first:
+        state, want = _tail(first)
+    for name in ("ulp.zarr", "xr.zarr"):
+        with Loader(tmp_path / name, cfg, **KW) as again:
+            again.load_state_dict(state)
+            _same(_tail(again, 0)[1], want)
 
 
 def test_fingerprints_hash_values_not_numpy_reprs(plain, tmp_path):
@@ -248,7 +309,8 @@ def test_fingerprints_hash_values_not_numpy_reprs(plain, tmp_path):
     want = (store_fingerprint(store, cfg), norm_fingerprint(Normalizer(tmp_path / "n.zarr"), ncfg))
     with np.printoptions(legacy="1.25"):
         assert repr(np.float32("nan")) == "nan"  # what the fingerprint hashed on NumPy 1
-        assert (store_fingerprint(store, cfg), norm_fingerprint(Normalizer(tmp_path / "n.zarr"), ncfg)) == want
+        got = (store_fingerprint(store, cfg), norm_fingerprint(Normalizer(tmp_path / "n.zarr"), ncfg))
+        assert differences(got, want) == []  # (NaN fill values: compared as values)
         with Loader(path, cfg, **KW) as first:
             state = first.state_dict()
     with Loader(path, cfg, **KW) as again:
@@ -313,14 +375,40 @@ def test_a_changed_explicit_plan_is_refused_naming_the_plan(plain):
     assert len(got) == len(want) == 3 and all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
-def test_a_state_saved_before_these_checks_resumes_as_it_did(plain):
+_KEYS_BEFORE_B1D0075 = ("version", "epoch", "batch", "seed", "rank", "world_size", "batch_size", "samples_per_epoch",
+                        "samples_per_window", "sampling", "norm_fingerprint")
+"""The keys of a Loader state saved before b1d0075 (r2 L7: the test kept mask_device, so it saved no old state)."""
+
+
+@pytest.mark.parametrize("masking", [None, "BERT"])
+def test_states_saved_by_earlier_versions_resume_as_they_did(plain, masking, caplog):
+    """A state with only the keys fastload wrote before b1d0075, and one as b1d0075 wrote it (a data-store
+    fingerprint of one digest, no norm_local): both resume with the same batches; the second says its store
+    fingerprint is not compared."""
     path, cfg = plain
-    with Loader(path, cfg, **KW) as first:
+    with Loader(path, cfg, masking=masking, **KW) as first:
         state, want = _tail(first)
-    old = {k: v for k, v in state.items() if k not in ("drop_last", "masking", "store_fingerprint", "plan")}
-    with Loader(path, cfg, **KW) as again:
-        again.load_state_dict(old)
-        _same(_tail(again, 0)[1], want)
+    before = {k: state[k] for k in _KEYS_BEFORE_B1D0075}
+    b1d = {**{k: v for k, v in state.items() if k != "norm_local"}, "store_fingerprint": "sha256:" + "5" * 32}
+    for old, said in ((before, None), (b1d, "data-store fingerprint is of an older format")):
+        caplog.clear()
+        with Loader(path, cfg, masking=masking, **KW) as again, caplog.at_level(logging.WARNING, logger="fastload"):
+            again.load_state_dict(old)
+            got = _tail(again, 0)[1]
+        _same(got, want)  # (masked: the same masks too)
+        assert said is None or said in caplog.text, caplog.text
+
+
+def test_masking_turned_off_is_one_difference(plain):
+    """r2 L5: the saved masking table against None was one difference per masking setting ("5 setting(s)")."""
+    path, cfg = plain
+    with Loader(path, cfg, masking="BERT", **KW) as first:
+        state = first.state_dict()
+    with Loader(path, cfg, **KW) as other, pytest.raises(ConfigError) as e:
+        other.load_state_dict(state)
+    msg = str(e.value)
+    assert "in 1 setting(s): the saved masking {'strategy': 'BERT', 'rate': 0.5," in msg, msg
+    assert "this loader's None; resume needs the same settings" in msg, msg
 
 
 # -- streams: compared by content, not path --------------------------------------------------------------------------
@@ -369,7 +457,9 @@ def test_another_stream_store_at_the_same_path_is_refused_naming_the_stream(stre
         other.set_epoch(0)
         got = _tail(other)[1]
     msg = str(e.value)
-    assert "in 1 setting(s): the saved store_fingerprint.ocean 'sha256:" in msg and "another time axis" in msg, msg
+    assert "in 1 setting(s): the saved store_fingerprint.ocean.time.start '1999-12-31T00:00:00.000000000', this " \
+           "loader's '1999-12-30T00:00:00.000000000' (the data store differs from the saved run's: its time axis" \
+           in msg, msg
     assert not np.array_equal(got[0]["thetao"], want[0]["thetao"], equal_nan=True)  # a silent resume's data
     np.testing.assert_array_equal(got[0]["t"], want[0]["t"])  # the other streams read the same
 
