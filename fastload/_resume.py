@@ -237,7 +237,16 @@ def store_fingerprint(store: Any, config: Any) -> Any:
             "has_time": info.has_time, "units": info.units, "dtype": str(info.dtype), "axes": list(info.axes),
             "shape": shape, "fill_value": None if arr is None else arr.fill_value,
             "missing": sorted(float(v) for v in missing_markers(store, f.name))})
-    return {"format": STORE_FORMAT, "time": _time(store.time), "grid": grid, "fields": fields}
+    return _no_nan({"format": STORE_FORMAT, "time": _time(store.time), "grid": grid, "fields": fields})
+
+
+def _no_nan(v: Any) -> Any:
+    """``v`` with non-finite floats as text ("nan", "inf"), so that states compare equal with ``==`` too."""
+    if isinstance(v, Mapping):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_no_nan(x) for x in v]
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _time(t: Any) -> Any:
