@@ -288,9 +288,26 @@ def plan_digest(boxes: Any) -> str:
     return "sha256:" + _hex(hashlib.sha256(_json(list(b.shape)) + b.tobytes()))
 
 
+def loader_local_digests(loader: Any, keys: Any = None) -> dict[str, Any]:
+    """:func:`local_digests` of a :class:`fastload.Loader`: of the months read so far, or of the saved ``keys``
+    (read if not yet); per stream for a multi-stream config."""
+    if loader.multi is None:
+        return local_digests(loader._norm, loader.config, keys)
+    if loader._norm is None:
+        return {} if keys is None else {n: local_digests(None, loader.config, k if isinstance(k, Mapping) else {})
+                                        for n, k in keys.items()}
+    from ._stream_norm import normalizers
+
+    norms = {st.name: (norm, st.config) for st, _, norm in normalizers(loader.multi)}
+    if keys is None:
+        return {n: local_digests(norm, cfg) for n, (norm, cfg) in norms.items()}
+    return {n: local_digests(*norms.get(n, (None, loader.config)), k if isinstance(k, Mapping) else {})
+            for n, k in keys.items()}
+
+
 def loader_identity(loader: Any, epoch: int) -> dict[str, Any]:
     """The state entries of a :class:`fastload.Loader` that :func:`check_resume` compares besides its settings:
-    ``drop_last``, ``masking``, ``mask_device`` (masks are drawn by a generator on the batch's device, and a CUDA
+    ``norm_local`` (:func:`loader_local_digests`: the local coefficients' months read so far), ``drop_last``, ``masking``, ``mask_device`` (masks are drawn by a generator on the batch's device, and a CUDA
     generator draws other masks than the CPU's), ``store_fingerprint`` (once per loader) and ``plan`` (the digest
     of ``epoch``'s placements; the last epoch's is kept, so a state taken every few steps does not redraw it)."""
     cache = loader.__dict__.setdefault("_resume_cache", {})
@@ -299,7 +316,7 @@ def loader_identity(loader: Any, epoch: int) -> dict[str, Any]:
     if cache.get("plan", (None,))[0] != epoch:
         cache["plan"] = (epoch, plan_digest(loader.epoch_boxes(epoch)))
     masking = getattr(loader, "masking", None)
-    return {"drop_last": bool(loader.loader_config.drop_last),
+    return {"norm_local": loader_local_digests(loader), "drop_last": bool(loader.loader_config.drop_last),
             "masking": None if masking is None else masking.to_dict(),
             "mask_device": None if masking is None else loader.device.type,
             "store_fingerprint": cache["store"], "plan": cache["plan"][1]}

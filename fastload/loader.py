@@ -411,24 +411,7 @@ class Loader:
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
                 "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint(),
-                "norm_local": self._norm_local(), **loader_identity(self, self._state.epoch)}  # drop_last, masking, store_fingerprint, plan...
-
-    def _norm_local(self, keys: Any = None) -> dict[str, Any]:
-        """:func:`fastload._resume.local_digests` of the months read so far, or of the saved ``keys`` (read if not
-        yet); per stream for a multi-stream config."""
-        from ._resume import local_digests
-
-        if self.multi is None:
-            return local_digests(self._norm, self.config, keys)
-        if self._norm is None:
-            return {} if keys is None else {n: local_digests(None, self.config, k) for n, k in keys.items()}
-        from ._stream_norm import normalizers
-
-        norms = {st.name: (norm, st.config) for st, _, norm in normalizers(self.multi)}
-        if keys is None:
-            return {n: local_digests(norm, cfg) for n, (norm, cfg) in norms.items()}
-        return {n: local_digests(*norms.get(n, (None, self.config)), k if isinstance(k, Mapping) else {})
-                for n, k in keys.items()}
+                **loader_identity(self, self._state.epoch)}  # norm_local, drop_last, masking, store_fingerprint, plan...
 
     def _norm_fingerprint(self) -> Any:
         """Digest of the normalisation coefficients (per stream for a multi-stream config), computed once."""
@@ -457,13 +440,13 @@ class Loader:
         (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``, the masking and
         the device type its masks are drawn on, the data stores by what decides the samples (``store_fingerprint``:
         time axis, grid, levels, ...; not their paths) and the saved epoch's sample placements (``plan``)."""
-        from ._resume import check_resume, loader_identity
+        from ._resume import check_resume, loader_identity, loader_local_digests
 
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
         mine = {**self.state_dict(), **loader_identity(self, int(state.get("epoch", 0)))}  # the saved epoch's plan
         if isinstance(state.get("norm_local"), Mapping):  # the months the saved run read, read here
-            mine["norm_local"] = self._norm_local(state["norm_local"])
+            mine["norm_local"] = loader_local_digests(self, state["norm_local"])
         check_resume(state, mine, ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
                                    "samples_per_window", "sampling"))
         batch = int(state["batch"])
