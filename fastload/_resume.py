@@ -19,9 +19,11 @@ value, and stores are compared by what they hold, not by their paths:
   what the run read, not the store as it was at the first checkpoint. On resume the loader reads exactly the
   saved months (which the resumed run reads anyway) and names each (field, month) that differs;
 - the **data stores** (the single store, or every stream of a multi-stream config) by a fingerprint of what decides
-  the samples (:func:`store_fingerprint`): time axis, grid, and per sampled field its levels, axes, dtype, fill and
-  missing-value markers and array shape; not the chunking or codecs (a rechunked or recompressed copy gives the same
-  samples) and not the data values (terabytes);
+  the samples (:func:`store_fingerprint`), in parts a refusal names: ``time`` (first stamp and step, not the
+  length: a store that grew along time resumes an explicit plan), ``grid`` (coordinates summarised and compared
+  with a relative tolerance of 1e-6: a copy one ulp off resumes) and ``fields.<name>`` (levels, axes, dtype, fill
+  value, values read as missing, shape without the time axis); not the chunking, codecs or unused attributes (a
+  rechunked, recompressed or xarray-rewritten copy gives the same samples) and not the data values (terabytes);
 - the **plan**: a digest of the saved epoch's sample placements (:func:`plan_digest`), which catches an explicit
   plan (``boxes=``) that changed, and placement that changed for any other reason.
 
