@@ -31,8 +31,10 @@ def default_device() -> torch.device:
         d = torch.device(want)
     except RuntimeError:
         raise ConfigError(expected) from None
-    if d.type == "cuda" and not torch.cuda.is_available():
+    if d.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" too: one CPU device, and callers compare with "cpu"
+    if not torch.cuda.is_available():
         raise ConfigError(f"{ENV}={want!r} but CUDA is not available on this machine")
-    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+    if d.index is not None and d.index >= torch.cuda.device_count():
         raise ConfigError(f"{ENV}={want!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return d

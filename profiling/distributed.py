@@ -99,7 +99,11 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
         import torch.distributed as dist
 
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and (want.startswith("cuda") if want else default_device().type == "cuda")
+        # asked for before what the machine has: a bad FASTLOAD_DEVICE or a cuda device on a machine without CUDA
+        # is an error, not a silent CPU run
+        cuda = want.startswith("cuda") if want else default_device().type == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise ConfigError(f"device = {want!r} but CUDA is not available on this machine (use --device cpu)")
         if not dist.is_initialized():  # (one started by the caller keeps its own timeout)
             global _timeout_s
             if cuda and (problem := nccl_timeout_problem(os.environ)):

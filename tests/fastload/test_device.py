@@ -69,3 +69,32 @@ def test_rollout_help_and_an_explicit_device_work_with_a_bad_variable(monkeypatc
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "FASTLOAD_DEVICE" in capsys.readouterr().out
+
+
+def test_cpu_with_an_index_is_the_cpu(monkeypatch):
+    """cpu:0 is the one CPU device: StepTimer compared its device with "cpu" and built a CUDA clock for "cpu:0"
+    (review r3 M1)."""
+    from profiling.timers import StepTimer
+
+    monkeypatch.setenv("FASTLOAD_DEVICE", "cpu:0")
+    assert default_device() == torch.device("cpu")
+    assert StepTimer().device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("env,device", [("gpu", None), ("cuda", None), (None, "cuda")])
+def test_ddp_on_a_machine_without_cuda_refuses_a_cuda_or_bad_device(monkeypatch, env, device):
+    """Under DDP the device was decided by torch.cuda.is_available() first, so FASTLOAD_DEVICE=gpu (a typo) or an
+    explicit cuda device ran on the CPU in silence (review r3 L2); refused before any process group starts."""
+    import dataclasses
+
+    from profiling.distributed import init_distributed
+    from profiling.presets import cpu_tiny
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if env is None:
+        monkeypatch.delenv("FASTLOAD_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("FASTLOAD_DEVICE", env)
+    with pytest.raises(ConfigError, match="FASTLOAD_DEVICE|CUDA is not available"):
+        init_distributed(dataclasses.replace(cpu_tiny(), device=device))
