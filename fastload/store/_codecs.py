@@ -194,7 +194,7 @@ class ChunkDecoder:
             # chunk past the array with the fill value, NaN, which fixedscaleoffset stores as INT_MIN: -inf in
             # float16) gives the values zarr-python gives; a warning there, per chunk and thread, is noise, and
             # where warnings are errors it made a sound chunk a ChunkReadError
-            with np.errstate(all="ignore"):
+            with np.errstate(over="ignore"):  # overflow only: an invalid cast of a stored value still warns
                 result = self._decode_general(raw)
         except DecodeError:
             raise

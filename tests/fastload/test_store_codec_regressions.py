@@ -123,3 +123,18 @@ def test_packed_atmorep_array_is_refused_like_a_packed_field(tmp_path, fmt):
                     normalization="none")  # fmt: skip
     got = fastload.extract(store, SamplingConfig(fields=[g]), [[1, 3, 7]])["temperature"].data  # unpacked: read
     assert_same(got, tokens(crop(truth["data"][:, 0], [[1, 3, 7]], g.box, levels=[0]), g), "temperature")
+
+
+def test_an_invalid_cast_of_a_stored_value_still_warns(tmp_path):
+    """The decode ignores only floating-point overflow (the edge-chunk case above): a stored NaN that a filter casts
+    to an integer (numcodecs.AsType float32 -> int16) is a real value lost, and NumPy's warning about it stays (an
+    error where warnings are errors), as zarr-python's does (review r3 M2)."""
+    data = np.arange(2 * 3 * 4, dtype="i2").reshape(2, 3, 4)
+    _tiny_store(tmp_path / "s.zarr", 2, data, chunks=(1, 3, 4), compressors=None, fill_value=0,
+                filters=[numcodecs.AsType(encode_dtype="<f4", decode_dtype="<i2")])
+    chunk = tmp_path / "s.zarr" / "v" / "0.0.0"
+    raw = np.frombuffer(chunk.read_bytes(), "<f4").copy()
+    raw[1] = np.nan
+    chunk.write_bytes(raw.tobytes())
+    with pytest.warns(RuntimeWarning, match="invalid value encountered in cast"):
+        open_store(tmp_path / "s.zarr").read_array("v")
