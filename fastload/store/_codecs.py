@@ -337,9 +337,10 @@ def _build_v3(
             if any(x["name"] == "transpose" and list(x["configuration"].get("order", ())) != identity
                    for x in codecs[:pos]):  # fmt: skip
                 raise CodecError(
-                    f"array {info.name!r} ({where}): codec chain {names}: {c['name']!r} with a 'transpose' is not "
-                    "supported (zarr-python runs it over the transposed chunk in memory order and reads some such "
-                    "chunks back scrambled, so no reading of them is right); expected no transpose with it"
+                    f"array {info.name!r} ({where}): codec chain {names}: {c['name']!r} with a 'transpose' (in this "
+                    "chain or outside a shard holding it) is not supported: zarr-python runs it over the transposed "
+                    "chunk in memory order and reads some such chunks back scrambled, so fastload does not guess "
+                    "which reading was meant; expected no transpose with it (rewrite the array without one)"
                 )  # fmt: skip
             cid, conf = c["name"].split(".", 1)[1], c.get("configuration") or {}
             codec = _numcodec({"id": cid, **conf}, info, where)

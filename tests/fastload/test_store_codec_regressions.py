@@ -74,7 +74,7 @@ def test_v3_numcodecs_delta_filter_reads_as_zarr(tmp_path, transpose):
     chain = [c["name"] for c in json.loads((tmp_path / "s.zarr" / "v" / "zarr.json").read_text())["codecs"]]
     assert chain[-2:] == ["numcodecs.delta", "bytes"]
     if transpose not in (None, (0, 1, 2)):
-        with pytest.raises(CodecError, match=r"array 'v' .*'numcodecs.delta' with a 'transpose' is not supported"):
+        with pytest.raises(CodecError, match=r"array 'v' .*'numcodecs.delta' with a 'transpose' .* is not supported"):
             open_store(tmp_path / "s.zarr")
         return
     store = open_store(tmp_path / "s.zarr")
