@@ -325,3 +325,27 @@ def test_unpack_values_follows_cf_order():
     want = np.array([np.nan, 3.0, 7 * 0.1 + 3.0, np.nan])
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(unpack_values(v, scale_factor=2.0), [-2.0, 0.0, 14.0, -65536.0])
+
+
+def test_an_atmorep_arrays_missing_value_reaches_each_field_of_the_copy(tmp_path, stores):
+    """An AtmoRep array's ``missing_value`` holds for every field along its field axis: the per-variable copy
+    carries it on each field, so xarray masks the same values in the copy as in the source (the copy lost it
+    before e103051 and xarray masked nothing there)."""
+    src = tmp_path / "a.zarr"
+    shutil.copytree(stores["atmorep"], src)
+    g = zarr.open_group(str(src), mode="r+")
+    marker = -999.0
+    sfc = g["data_sfc"]
+    block = sfc[0, 0]
+    block[0, :3] = marker
+    sfc[0, 0] = block
+    sfc.attrs["missing_value"] = marker
+    zarr.consolidate_metadata(str(src))
+    out = rechunk(src, tmp_path / "r.zarr", progress=False)
+    name = g["data_sfc"].attrs["fields"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # xarray's notes on the AtmoRep source's layout
+        masked_src = int(np.isnan(xr.open_zarr(src)["data_sfc"].values[:, 0]).sum())
+    copy = xr.open_zarr(out)[name]
+    assert copy.attrs.get("missing_value", copy.encoding.get("missing_value")) == marker
+    assert int(np.isnan(copy.values).sum()) == masked_src == 3
