@@ -432,6 +432,20 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
     return ""
 
 
+def state_position(state: Mapping[str, Any], n_batches: int | None = None) -> tuple[int, int]:
+    """A saved state's ``(epoch, batch)``, checked: integers >= 0, and ``batch <= n_batches`` when given (a
+    malformed state is a :class:`ConfigError` naming the key, not a TypeError from deep inside the plan; check the
+    range after the settings, so that a changed setting is named as such)."""
+    out = []
+    for key, hi in (("epoch", None), ("batch", n_batches)):
+        v = state.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (hi is not None and v > hi):
+            raise ConfigError(f"load_state_dict: state[{key!r}] = {v!r}; expected an integer in "
+                              f"[0, {'...' if hi is None else hi}]")
+        out.append(int(v))
+    return out[0], out[1]
+
+
 def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     """Raise a :class:`ConfigError` naming every setting in ``keys`` (and below) where ``saved`` and ``mine`` differ.
 

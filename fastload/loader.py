@@ -440,20 +440,19 @@ class Loader:
         (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``, the masking and
         the device type its masks are drawn on, the data stores by what decides the samples (``store_fingerprint``:
         time axis, grid, levels, ...; not their paths) and the saved epoch's sample placements (``plan``)."""
-        from ._resume import check_resume, loader_identity, loader_local_digests
+        from ._resume import check_resume, loader_identity, loader_local_digests, state_position
 
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(f"load_state_dict: unknown state version {state.get('version')!r}")
-        mine = {**self.state_dict(), **loader_identity(self, int(state.get("epoch", 0)))}  # the saved epoch's plan
+        epoch, batch = state_position(state)
+        mine = {**self.state_dict(), **loader_identity(self, epoch)}  # the saved epoch's plan
         if isinstance(state.get("norm_local"), Mapping):  # the months the saved run read, read here
             mine["norm_local"] = loader_local_digests(self, state["norm_local"])
         check_resume(state, mine, ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
                                    "samples_per_window", "sampling"))
-        batch = int(state["batch"])
-        if not 0 <= batch <= len(self):
-            raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
+        state_position(state, len(self))
         self._stop_iteration(_loader_iter._STOP_GRACE_S)
-        self._state.epoch, self._state.batch = int(state["epoch"]), batch
+        self._state.epoch, self._state.batch = epoch, batch
 
     # -- iteration ------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:

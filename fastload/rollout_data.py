@@ -461,20 +461,19 @@ class RolloutLoader:
         Refused (``ConfigError`` naming each differing setting) as :meth:`fastload.Loader.load_state_dict` is: the
         normalisation and data stores are compared by their fingerprints, not their paths (an older state: the
         normalisation store's path, and no data store or plan)."""
-        from ._resume import check_resume
+        from ._resume import check_resume, state_position
 
         if state.get("version") != _STATE_VERSION or state.get("kind") != "rollout":
             raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
                               f"kind {state.get('kind')!r})")
+        epoch, batch = state_position(state)
         saved_local = state.get("norm_local")  # the months the saved run read, read here
-        check_resume(state, self._state(int(state.get("epoch", 0)), saved_local if isinstance(saved_local, Mapping)
+        check_resume(state, self._state(epoch, saved_local if isinstance(saved_local, Mapping)
                                         else None),  # the saved epoch's plan
                      ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"))
-        batch = int(state["batch"])
-        if not 0 <= batch <= len(self):
-            raise ConfigError(f"load_state_dict: batch {batch} outside [0, {len(self)}]")
+        state_position(state, len(self))
         self._stop()
-        self._epoch, self._batch = int(state["epoch"]), batch
+        self._epoch, self._batch = epoch, batch
 
     def close(self) -> None:
         """Stop the work in flight and join the threads (idempotent)."""

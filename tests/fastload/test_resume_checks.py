@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import zarr
 
 from fastload._resume import check_resume, differences, local_digests, norm_fingerprint
+from fastload.config import FieldConfig, LoaderConfig, SamplingConfig
 from fastload.errors import ConfigError
 from fastload.loader import Loader
 from fastload.norm import Normalizer
@@ -508,3 +510,24 @@ def test_streams_record_and_compare_the_local_coefficients_each_stream_read(stre
     with Loader(None, cfg(d, "edited-n.zarr"), **SKW) as other, pytest.raises(ConfigError) as e:
         other.load_state_dict(state)
     assert f"in 1 setting(s): the saved norm_local.ocean.thetao/{month + 1} 'sha256:" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("key,value", [("epoch", "1"), ("epoch", -1), ("batch", None), ("batch", 2.5),
+                                       ("batch", 10**6), ("epoch", True)])
+def test_a_malformed_position_is_refused_naming_the_key(tmp_path, key, value):
+    """A state's epoch and batch are checked before anything uses them: a string epoch gave a TypeError from the
+    plan's seed (review r3 L6); a batch past the epoch's end is named after the settings are compared."""
+    from fastload.rollout_data import RolloutConfig, RolloutLoader
+    from tests.fastload.stores import make_per_variable
+
+    make_per_variable(tmp_path / "s.zarr", nt=12, ny=9, nx=16, missing_chunk=False, static=False)
+    f = FieldConfig(name="t", levels=(500.0, 850.0), num_tokens=(2, 2, 2), token_size=(1, 2, 3), normalization="none")
+    cfg = SamplingConfig(fields=(f,), batch_size=1)
+    with RolloutLoader(str(tmp_path / "s.zarr"), cfg, RolloutConfig(steps=1, batch_size=2), LoaderConfig(workers=1)) as r:
+        state = {**r.state_dict(), key: value}
+        with pytest.raises(ConfigError, match=rf"state\['{key}'\] = {re.escape(repr(value))}; expected an integer"):
+            r.load_state_dict(state)
+    with Loader(str(tmp_path / "s.zarr"), cfg, samples_per_epoch=4, device="cpu", workers=1) as ld:
+        state = {**ld.state_dict(), key: value}
+        with pytest.raises(ConfigError, match=rf"state\['{key}'\] = {re.escape(repr(value))}; expected an integer"):
+            ld.load_state_dict(state)
