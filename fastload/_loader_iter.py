@@ -241,10 +241,7 @@ class _EpochIterator(Iterator[Batch]):
         stats.copy_s = time.perf_counter() - t0
         out = Batch(fields=fields, meta=meta_t, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
                     epoch=self.epoch, stats=stats)
-        if self._masking is not None and n == 0:  # nothing to mask (and BERT masking cannot reshape 0 samples)
-            out.masks = {k: torch.zeros(v.shape[:5], dtype=torch.bool, device=v.device) for k, v in fields.items()}
-            out.sources = {k: torch.empty_like(v) for k, v in fields.items()}
-        elif self._masking is not None:
+        if self._masking is not None:  # (0 samples too: empty masks and sources)
             from .sampling.masking import mask_batch
 
             masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
