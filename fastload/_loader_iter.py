@@ -7,6 +7,11 @@ backend and ring; this module is what happens between ``iter(loader)`` and the e
     worker thread (_work): wait for the first batch -> ring slot k -> backend.read into it -> boxes, metadata
     main thread (_EpochIterator.__next__): next(pump) -> H2D copy on a side stream, event -> Batch (-> masks)
 
+Masks (when the loader masks) are drawn where the batch's tensors are: on an accelerator by the main thread after
+the copy (kernels queued on the compute stream, no host sync), on the CPU by the worker thread from its ring slot,
+so that the CPU's masking overlaps the training step instead of adding to the consumer's wait. Both draw from the
+same ``(seed, rank, step)`` generator, so which thread draws them changes no mask.
+
 Every batch of the epoch is handed out, also one whose samples were all skipped (``on_bad_chunk="skip"``): with 0
 samples (see :class:`Batch`), so that the ranks of a distributed run take the same number of steps.
 
@@ -18,6 +23,7 @@ shortens it sets it here only). ``Batch`` and ``Loader`` are imported from :mod:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import weakref
@@ -141,8 +147,18 @@ class _First:
                 pass
 
 
+def _mask(cfg: Any, ring: BatchRing, seed: int, rank: int, step0: int, batch: int, slot: Any,
+          n: int) -> dict[str, Any]:
+    """A CPU batch's masks and sources, drawn by its worker from the ring slot's first ``n`` samples (untracked
+    views: the sources are new tensors, the slot's memory is only read here, before it is handed out)."""
+    from .sampling.masking import mask_batch
+
+    with nvtx_range("mask", category="data", payload=batch):
+        return mask_batch(cfg, ring.host_tensors(slot, n), seed=seed, rank=rank, step=step0 + batch)
+
+
 def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
-          stop: threading.Event, first: _First, batch: int) -> tuple:
+          stop: threading.Event, first: _First, masker: Any, batch: int) -> tuple:
     """One batch on a worker thread (holds no reference to the loader or the iterator)."""
     first.wait(batch, stop)
     try:
@@ -153,7 +169,8 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
             first.done.set()  # also when it failed: the error reaches the consumer in order, nothing hangs
     planned = boxes[batch * batch_size:(batch + 1) * batch_size]
     b = planned[sel]
-    return batch, slot, stats, b, tokenizer.meta(b)  # every tokenizer takes 0 boxes (a batch all skipped)
+    masked = None if masker is None else masker(batch, slot, int(b.shape[0]))
+    return batch, slot, stats, b, tokenizer.meta(b), masked  # every tokenizer takes 0 boxes (a batch all skipped)
 
 
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:
@@ -183,7 +200,11 @@ class _EpochIterator(Iterator[Batch]):
         self._totals = loader.stats
         self._stop = threading.Event()
         self._exhausted = False
-        work = _bind(backend, ring, loader.tokenizer, self._boxes, loader.batch_size, self._stop, _First(start))
+        masker = None
+        if self._masking is not None and self._device.type == "cpu":  # masks drawn by the workers (module notes)
+            masker = functools.partial(_mask, self._masking, ring, self._seed, self._rank, self.epoch * self._n)
+        work = _bind(backend, ring, loader.tokenizer, self._boxes, loader.batch_size, self._stop, _First(start),
+                     masker)
         cfg = loader.loader_config
         workers = cfg.workers
         self._pump: Pump = Pump(range(start, len(loader)), work, depth=cfg.prefetch, workers=workers,
@@ -203,7 +224,7 @@ class _EpochIterator(Iterator[Batch]):
         t0 = time.perf_counter()
         with nvtx_range("wait", category="data", payload=self._state.batch):
             try:
-                batch, slot, stats, boxes, meta = next(self._pump)
+                batch, slot, stats, boxes, meta, masked = next(self._pump)
             except StopIteration:
                 self._finish()
                 raise
@@ -214,11 +235,12 @@ class _EpochIterator(Iterator[Batch]):
         self._state.batch = batch + 1
         # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank
         # takes len(loader) batches per epoch, so the collectives of a distributed step stay in step (see Batch)
-        out = self._hand_out(batch, slot, stats, boxes, meta, int(boxes.shape[0]))
+        out = self._hand_out(batch, slot, stats, boxes, meta, int(boxes.shape[0]), masked)
         self._totals.add(stats)
         return out
 
-    def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, meta: Any, n: int) -> Batch:
+    def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, meta: Any, n: int,
+                  masked: dict[str, Any] | None) -> Batch:
         t0 = time.perf_counter()
         meta_t = {f: m.to_torch() for f, m in meta.items()}
         if self._copy_stream is None:  # CPU: zero-copy views of the ring slot
@@ -242,10 +264,11 @@ class _EpochIterator(Iterator[Batch]):
         out = Batch(fields=fields, meta=meta_t, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
                     epoch=self.epoch, stats=stats)
         if self._masking is not None:  # (0 samples too: empty masks and sources)
-            from .sampling.masking import mask_batch
+            if masked is None:  # an accelerator's batch: drawn here, after the copy (the CPU's: by the worker)
+                from .sampling.masking import mask_batch
 
-            masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
-                                step=self.epoch * self._n + batch)
+                masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
+                                    step=self.epoch * self._n + batch)
             out.masks = {k: v.mask for k, v in masked.items()}
             out.sources = {k: v.source for k, v in masked.items()}
         return out
@@ -269,7 +292,5 @@ class _EpochIterator(Iterator[Batch]):
 
 
 def _bind(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
-          stop: threading.Event, first: _First) -> Any:
-    import functools
-
-    return functools.partial(_work, backend, ring, tokenizer, boxes, batch_size, stop, first)
+          stop: threading.Event, first: _First, masker: Any) -> Any:
+    return functools.partial(_work, backend, ring, tokenizer, boxes, batch_size, stop, first, masker)

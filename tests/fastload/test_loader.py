@@ -201,6 +201,38 @@ def test_masking_given_as_a_strategy_name_or_a_mapping(tmp_path, masking):
                 assert b.masks[f].any() or want.strategy == "BERT"
 
 
+def test_cpu_masks_are_drawn_by_the_workers_as_mask_batch_draws_them(tmp_path, monkeypatch):
+    """On the CPU the workers draw each batch's masks (overlapping the training step, not adding to the consumer's
+    wait): with 2 workers reading ahead over two epochs, every batch's masks and sources equal mask_batch's on the
+    handed-out fields with (seed, rank, epoch * len + index), and no mask is drawn on the consumer's thread."""
+    import threading
+
+    from fastload.sampling import masking as masking_mod
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr")
+    want = masking_mod.MaskingConfig(strategy="BERT", rate=0.9, frac_zero=0.3, frac_noise=0.3, frac_coarse=0.3)
+    threads = []
+    real = masking_mod.mask_batch
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masking_mod, "mask_batch", recording)
+    with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=12, batch_size=3, seed=5, workers=2, prefetch=3,
+                masking=want) as loader:
+        got = [(b.epoch, b.index, {f: t.clone() for f, t in b.fields.items()}, b.masks, b.sources)
+               for _ in range(2) for b in loader]
+    assert len(threads) == 8 and all(name.startswith("fastload-loader") for name in threads), threads
+    assert threading.current_thread().name not in threads
+    for epoch, index, fields, masks, sources in got:
+        ref = real(want, fields, seed=5, rank=0, step=epoch * 4 + index)
+        for f in cfg.field_names:
+            assert torch.equal(masks[f], ref[f].mask), (epoch, index, f)
+            assert np.array_equal(sources[f].numpy(), ref[f].source.numpy(), equal_nan=True), (epoch, index, f)
+    assert any(m.any() for *_, masks, _ in got for m in masks.values())
+
+
 @pytest.mark.parametrize("masking,named", [
     ("bert", r"masking: unknown strategy 'bert'; expected a fastload.MaskingConfig, a mapping .* or a strategy name"),
     (3, r"masking: expected a fastload.MaskingConfig, a mapping of its fields .* got int 3"),
