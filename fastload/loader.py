@@ -110,8 +110,9 @@ class Loader:
         calendar months an epoch's samples use are loaded, at the start of the epoch.
     masking : fastload.MaskingConfig, mapping or str, optional
         Mask each batch (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step): on an accelerator after
-        its copy (no host sync), on the CPU by the worker that read it (overlapping the step). A MaskingConfig, a mapping of its fields (``{"strategy": "forecast", "forecast_tokens": 2}``) or a strategy
-        name (``"BERT"``, ``"forecast"``, ``"temporal_interpolation"``, ``"identity"``: that strategy's defaults).
+        its copy (no host sync), on the CPU by the worker that read it (overlapping the step). A MaskingConfig, a
+        mapping of its fields (``{"strategy": "forecast", "forecast_tokens": 2}``) or a strategy name (``"BERT"``,
+        ``"forecast"``, ``"temporal_interpolation"``, ``"identity"``: that strategy's defaults).
     boxes : array or callable, optional
         An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
         ``boxes(epoch) -> (N, 3)`` (the same N every epoch). These are *this rank's* samples, not a plan the loader
