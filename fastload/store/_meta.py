@@ -474,10 +474,57 @@ def _dims(dims: Any, ndim: int, where: str, key: str) -> tuple[str, ...] | None:
     return tuple(dims)
 
 
+_SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_HEX_FLOATS = {4: ">f2", 8: ">f4", 16: ">f8"}
+"""A v3 hex float fill value's type by its number of hex digits, as zarr-python 3.1 reads it."""
+
+
+def _float_fill(v: Any, dtype: np.dtype) -> Any:
+    """A float fill value (a JSON number, "NaN"/"Infinity"/"-Infinity", a v3 hex bit pattern "0x..." or a number
+    written as text) as a scalar of the float ``dtype``, as zarr-python 3.1 reads it. A hex pattern as wide as
+    ``dtype`` is its bits (a NaN keeps its payload); one of another width (4, 8 or 16 digits) is the half, single
+    or double it spells, cast, as zarr-python reads it."""
+    if isinstance(v, str):
+        if v in _SPECIAL_FLOATS:
+            v = _SPECIAL_FLOATS[v]
+        elif v.startswith("0x"):
+            digits = v[2:]
+            if len(digits) not in _HEX_FLOATS:
+                raise ValueError("a hex float has 4, 8 or 16 hex digits after '0x'")
+            spelt = np.dtype(_HEX_FLOATS[len(digits)])
+            value = np.frombuffer(bytes.fromhex(digits), spelt)[0]
+            if spelt.itemsize == dtype.itemsize:
+                return value.astype(dtype)  # the bits as written
+            v = float(value)
+        else:
+            v = float(v)  # a number as text ("-999", "1e20", "nan"): zarr-python reads it so
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError("expected a number")
+    with np.errstate(over="ignore"):  # 1e300 as float32 is inf, as zarr-python casts it
+        return np.array(float(v)).astype(dtype)[()]
+
+
+def _int_fill(v: Any, dtype: np.dtype) -> Any:
+    """An integer fill value (a JSON integer, a float with no fraction, or an integer written as text) as a scalar
+    of the integer ``dtype``; one the type cannot hold is refused, as zarr-python refuses it."""
+    if isinstance(v, str):
+        v = int(v)  # "-999": zarr-python reads it so (a ValueError otherwise)
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError("expected an integer")
+    info = np.iinfo(dtype)
+    if not info.min <= v <= info.max:
+        raise OverflowError(f"outside [{info.min}, {info.max}]")
+    return np.array(v, dtype)[()]
+
+
 def _fill(v: Any, dtype: np.dtype, where: str, vlen: str | None = None) -> Any:
     """The fill value as a NumPy scalar of ``dtype`` (0 / NaT-free zero where the metadata says null); for
     variable-length strings (bytes) a ``str`` (``bytes``), as zarr-python 3.1 reads it: null is empty, a string is
-    the value (base64 for bytes), a number is its text (strings only)."""
+    the value (base64 for bytes), a number is its text (strings only). Numbers are read as zarr-python 3.1 reads
+    them (:func:`_float_fill`, :func:`_int_fill`); a string is never the base64 of a number's bytes (no zarr
+    format writes one: such a reading gave "1000" as a wrong number)."""
     if dtype.kind == "O":
         return None if vlen is None else _vlen_fill(v, vlen, where)
     if v is None:
@@ -487,17 +534,20 @@ def _fill(v: Any, dtype: np.dtype, where: str, vlen: str | None = None) -> Any:
             return np.array(v, dtype)[()]
         if dtype.kind == "S" and isinstance(v, str):  # fixed-size bytes: base64 (v2 and zarr-python's v3)
             return np.array(base64.b64decode(v), dtype)[()]
-        if isinstance(v, str):
-            specials = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-            if v in specials:
-                return np.array(specials[v]).astype(dtype)[()]
-            if v.startswith("0x"):  # v3: the value's bytes, big-endian, as hex
-                raw = int(v, 16).to_bytes(dtype.itemsize, "big")
-                return np.frombuffer(raw, dtype.newbyteorder(">"))[0].astype(dtype)
-            raw = base64.b64decode(v)  # v2: fixed-size bytes as base64
+        if dtype.kind == "f":
+            return _float_fill(v, dtype)
+        if dtype.kind in "iu":
+            return _int_fill(v, dtype)
+        if dtype.kind == "c":
+            if not isinstance(v, (list, tuple)) or len(v) != 2:
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return np.array(v).astype(dtype)[()]  # (zarr v2 metadata of older writers)
+                raise TypeError("expected [real, imaginary]")
+            part = np.dtype(f"f{dtype.itemsize // 2}")
+            return np.array(complex(_float_fill(v[0], part), _float_fill(v[1], part)), dtype)[()]
+        if isinstance(v, str) and dtype.kind not in "bmM":
+            raw = base64.b64decode(v)  # other fixed-size types: base64 of the bytes
             return np.frombuffer(raw.ljust(dtype.itemsize, b"\0")[: dtype.itemsize], dtype)[0]
-        if isinstance(v, list) and dtype.kind == "c" and len(v) == 2:
-            return np.array(complex(_fill(v[0], np.dtype("f8"), where), _fill(v[1], np.dtype("f8"), where)), dtype)[()]
         if dtype.kind in "mM":
             return np.array(int(v), "i8").view(dtype)[()]
         return np.array(v).astype(dtype)[()]

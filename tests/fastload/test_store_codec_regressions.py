@@ -4,6 +4,7 @@ bug it found is in its docstring."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numcodecs
@@ -13,7 +14,7 @@ import zarr
 
 import fastload
 from fastload.config import FieldConfig, SamplingConfig
-from fastload.errors import CodecError, ConfigError
+from fastload.errors import CodecError, ConfigError, SchemaError
 from fastload.store import open_store
 
 from .stores import make_atmorep
@@ -143,3 +144,86 @@ def test_v3_float_delta_over_an_inf_decodes_as_zarr_python_without_warning(tmp_p
         got = open_store(tmp_path / "s.zarr").read_array("v")
     assert_same(got, zarr_read(tmp_path / "s.zarr", "v"), "read_array('v')")
     assert np.isnan(got[0, 1, 2])  # what the writer's delta left of the value after the inf
+
+
+def _with_fill(path, fmt: int, dtype: str, fill_json, extra: str | None = None) -> None:
+    """A tiny store whose array ``v`` of ``dtype`` (its second time step never written: read as the fill value)
+    has the metadata ``fill_value`` rewritten to ``fill_json``, an encoding zarr-python reads but does not write;
+    ``extra``: ``v`` is then a float32 field and this array (e.g. complex, not a field) is ``c`` instead."""
+    name, dt = ("c", extra) if extra else ("v", dtype)
+    data = np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(dt)
+    _tiny_store(path, fmt, data if not extra else data.real.astype("f4"), chunks=(1, 3, 4), compressors=None)
+    with _quiet():
+        root = zarr.open_group(str(path), mode="a")
+        if extra:
+            dims = ("time", "latitude", "longitude")
+            named = {"dimension_names": dims} if fmt == 3 else {"attributes": {"_ARRAY_DIMENSIONS": list(dims)}}
+            root.create_array("c", shape=data.shape, dtype=dt, chunks=(1, 3, 4), compressors=None, **named)
+        root[name][0] = data[0]
+    (path / name / ("c/1/0/0" if fmt == 3 else "1.0.0")).unlink(missing_ok=True)  # never written (or dropped)
+    meta = path / name / ("zarr.json" if fmt == 3 else ".zarray")
+    doc = json.loads(meta.read_text())
+    doc["fill_value"] = fill_json
+    meta.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("fmt", "dtype", "fill", "value"), [
+    (3, "f4", "1000", 1000.0),  # valid base64: read as the bytes d7 4d 34, 4.8e-39
+    (2, "f4", "1e10", 1e10),
+    (2, "i2", "1000", 1000),  # 19927
+    (3, "i2", "-999", -999),  # refused: 'Incorrect padding'
+    (3, "u1", "12", 12),
+    (3, "f4", "3.5", 3.5),
+    (3, "f4", "-inf", -np.inf),
+    (3, "f8", "0x3f800000", 1.0),  # float32's 1.0 on float64: read as the double 0x000000003f800000, 5.3e-315
+    (3, "f8", "0x7fc00000", np.nan),  # a denormal, not NaN
+    (3, "f4", "0x3c00", 1.0),  # float16's 1.0
+    (3, "f2", "0x3ff0000000000000", 1.0),  # refused: 'int too big to convert'
+    (3, "f4", "0x7fc00000", np.nan),  # (as wide as the type: its bits, right before too)
+    (3, "f4", 1e300, np.inf),
+])  # fmt: skip
+def test_numeric_fill_value_written_as_text_or_hex_reads_as_zarr_python(tmp_path, fmt, dtype, fill, value):
+    """zarr-python 3.1 reads a number's fill value written as text ("1000", "-999", "3.5", "nan") and a v3 hex
+    float of any of the three widths (it reads "0x3f800000" as float32's 1.0 whatever the array's type). fastload
+    took every string it did not know as the base64 of the value's bytes: a silent wrong fill value (the value of
+    chunks never written, and the value xarray masks) where the text happened to be valid base64 ("1000" on int16
+    read as 19927), 'Incorrect padding' where not; and read a hex float narrower than the type as its low bytes."""
+    path = tmp_path / "s.zarr"
+    _with_fill(path, fmt, dtype, fill)
+    got = open_store(path).read_array("v")
+    assert_same(got, zarr_read(path, "v"), f"fill_value {fill!r}")
+    assert_same(got[1], np.full((3, 4), value, dtype), f"fill_value {fill!r}, as a number")
+
+
+@pytest.mark.parametrize(("fmt", "dtype", "fill", "value"), [
+    (3, "c8", ["0x7fc00000", "0x3f800000"], complex(np.nan, 1.0)),
+    (3, "c16", ["0x3f800000", "-Infinity"], complex(1.0, -np.inf)),  # the real part read as a tiny denormal
+    (2, "c16", ["NaN", 2.5], complex(np.nan, 2.5)),
+])  # fmt: skip
+def test_complex_array_reads_as_zarr_python_and_is_not_a_field(tmp_path, caplog, fmt, dtype, fill, value):
+    """A complex array on the grid opens (it is not a field, and asking for it as one says why, naming the dtype)
+    and ``read_array`` gives zarr-python's values, its fill value's parts read like float fill values."""
+    path = tmp_path / "s.zarr"
+    _with_fill(path, fmt, "f4", fill, extra=dtype)
+    store = open_store(path)
+    assert f"array 'c' spans the grid ('latitude', 'longitude') but is not a field, so fastload leaves it out: dtype " \
+        f"{np.dtype(dtype)}; a field must be numeric" in caplog.text
+    got = store.read_array("c")
+    assert_same(got, zarr_read(path, "c"), "read_array('c')")
+    assert_same(got[1], np.full((3, 4), value, dtype), "fill value")
+    f = FieldConfig(name="c", num_tokens=(1, 1, 1), token_size=(1, 3, 4), normalization="none")
+    with pytest.raises(ConfigError, match=f"fields.c: array 'c' .* is not a field: dtype {np.dtype(dtype)}; a field"):
+        fastload.extract(store, SamplingConfig(fields=[f]), [[0, 0, 0]])
+
+
+@pytest.mark.parametrize(("fmt", "dtype", "fill"), [
+    (3, "i2", 1.5), (2, "u1", 300), (2, "u1", -1), (3, "i2", "NaN"), (3, "f4", "0x3f8"), (3, "f4", "abc"),
+])  # fmt: skip
+def test_fill_value_that_is_not_a_value_of_the_type_is_refused(tmp_path, fmt, dtype, fill):
+    """A fill value the array's type cannot hold (zarr-python refuses each of these too) is a SchemaError naming
+    the metadata file and the fill value: 1.5 on int16 was truncated to 1, 300 on uint8 wrapped to 44."""
+    path = tmp_path / "s.zarr"
+    _with_fill(path, fmt, dtype, fill)
+    meta = "zarr.json" if fmt == 3 else ".zarray"
+    with pytest.raises(SchemaError, match=rf"v/{meta}: fill_value {re.escape(repr(fill))} does not fit dtype"):
+        open_store(path)

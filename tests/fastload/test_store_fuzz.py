@@ -433,6 +433,9 @@ def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
     w = want.astype(want.dtype.newbyteorder("="))
     if got.dtype.kind == "f":
         same = (got == w) | (np.isnan(got) & np.isnan(w))
+    elif got.dtype.kind == "c":  # each part alike, NaN == NaN
+        same = ((got.real == w.real) | (np.isnan(got.real) & np.isnan(w.real))) & (
+            (got.imag == w.imag) | (np.isnan(got.imag) & np.isnan(w.imag)))
     else:
         same = got == w
     if not same.all():
