@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .multiformer import MultiformerConfig
 
 __all__ = [
     "LOSS_KINDS",
@@ -191,6 +194,7 @@ def multiformer_loss(
     *,
     kinds: Mapping[str, float] | None = None,
     field_weights: Mapping[str, float] | None = None,
+    config: MultiformerConfig | None = None,
     spread_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of Multiformer outputs on the masked, valid tokens of ``batch`` (see :mod:`model.multiformer`).
@@ -206,7 +210,12 @@ def multiformer_loss(
     kinds : mapping, optional
         Loss name -> weight; default ``{"mse": 1.0}``.
     field_weights : mapping, optional
-        Field name -> weight in the sum (default 1 each).
+        Field name -> weight in the sum; a field it does not name weighs its ``FieldSpec.loss_weight`` in
+        ``config`` (1 without ``config``).
+    config : MultiformerConfig, optional
+        The model's config (``net.config``): each field's default weight is its ``loss_weight``, as
+        :meth:`model.Forecaster.rollout_loss` weighs it. Pass it: without it (and without ``field_weights``) every
+        field weighs 1 whatever its ``loss_weight``.
 
     Returns
     -------
@@ -232,6 +241,9 @@ def multiformer_loss(
         lat = item["meta"]["lat"].reshape(b, s) if "lat" in item.get("meta", {}) else None
         loss = token_loss(flat, target, weight, kinds, lat=lat, spread_weight=spread_weight)
         per_field[f] = loss.detach()
-        w = 1.0 if field_weights is None else float(field_weights.get(f, 1.0))
+        if field_weights is not None and f in field_weights:
+            w = float(field_weights[f])
+        else:
+            w = 1.0 if config is None else config.field(f).loss_weight
         total = w * loss if total is None else total + w * loss
     return (torch.zeros((), dtype=torch.float32) if total is None else total), per_field

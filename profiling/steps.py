@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from fastload.errors import StoreError
-from model import multiformer_loss
+from model import MultiformerConfig, multiformer_loss
 
 from .distributed import collective
 
@@ -47,17 +47,22 @@ def zero_loss(module: torch.nn.Module) -> torch.Tensor:
 class MultiformerStep(torch.nn.Module):
     """``forward(inputs) -> loss``: the Multiformer and its loss (``kinds``), the module DistributedDataParallel
     wraps, as :class:`profiling.forecast.RolloutStep` is for a Forecaster. A batch of 0 samples (every one skipped
-    for a bad chunk, ``loader.on_bad_chunk = "skip"``) never reaches the model: its loss is :func:`zero_loss`."""
+    for a bad chunk, ``loader.on_bad_chunk = "skip"``) never reaches the model: its loss is :func:`zero_loss`.
+    Each field weighs its ``FieldSpec.loss_weight`` (the config of the Multiformer ``net`` is, or wraps), as in the
+    Forecaster's rollout loss."""
 
     def __init__(self, net: torch.nn.Module, kinds: dict[str, float]):
         super().__init__()
         self.net = net
         self.kinds = dict(kinds)
+        # the Multiformer's config, found through wrappers (a profiling SlowModel, DDP, compile's _orig_mod)
+        self.config = next((m.config for m in net.modules() if isinstance(getattr(m, "config", None),
+                                                                          MultiformerConfig)), None)
 
     def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
         if next(iter(inputs.values()))["tokens"].shape[0] == 0:
             return zero_loss(self)
-        return multiformer_loss(self.net(inputs), inputs, kinds=self.kinds)[0]
+        return multiformer_loss(self.net(inputs), inputs, kinds=self.kinds, config=self.config)[0]
 
 
 class SampleCounter:
