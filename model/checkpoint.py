@@ -67,6 +67,27 @@ def split_components(model: Multiformer) -> dict[str, dict[str, dict[str, torch.
     return out
 
 
+def _differences(now: Any, saved: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ, with both values (``fields.t.levels: saved [...], model [...]``);
+    fields are named by their name where both list the same names in the same order."""
+    if isinstance(now, Mapping) and isinstance(saved, Mapping):
+        out = []
+        for k in sorted(set(now) | set(saved), key=str):
+            if now.get(k) != saved.get(k):
+                out += _differences(now.get(k), saved.get(k), f"{prefix}{k}.")
+        return out
+    named = (isinstance(now, list) and isinstance(saved, list) and len(now) == len(saved)
+             and all(isinstance(x, Mapping) and "name" in x for x in [*now, *saved])
+             and [x["name"] for x in now] == [x["name"] for x in saved])
+    if named:
+        out = []
+        for a, b in zip(now, saved):
+            if a != b:
+                out += _differences(a, b, f"{prefix}{a['name']}.")
+        return out
+    return [f"{prefix.rstrip('.')}: saved {saved!r}, model {now!r}"]
+
+
 def _rng_state() -> dict[str, Any]:
     cuda = [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
     return {"torch": torch.get_rng_state(), "cuda": cuda}
@@ -131,16 +152,17 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``), exactly.
 
-    The model's config must equal the saved one (a difference raises ``ValueError`` naming the settings). Returns
+    The model's config must equal the saved one, and a Forecaster's ``multiformer_config`` too (its encoder's
+    levels, loss weights and ``coupled`` order: coupling heads listed in another order would take each other's
+    optimizer state, which is loaded by position); a difference raises ``ValueError`` naming the settings. Returns
     ``{"step": int, "extra": dict}``.
     """
     payload = _read(path)
-    config = getattr(model, "config", None)
-    saved = payload["config"]
-    if hasattr(config, "to_dict") and saved is not None and config.to_dict() != saved:
-        now = config.to_dict()
-        diff = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
-        raise ValueError(f"checkpoint {str(path)!r}: config differs from the model's in {diff}")
+    for key in ("config", "multiformer_config"):  # a Forecaster's encoder config too (levels, coupled order, ...)
+        now, saved = getattr(model, key, None), payload.get(key)
+        if hasattr(now, "to_dict") and saved is not None and now.to_dict() != saved:
+            diff = _differences(now.to_dict(), saved)
+            raise ValueError(f"checkpoint {str(path)!r}: {key} differs from the model's in {diff}")
     if payload["kind"] == "multiformer":
         state = {_join_key(f, c, k): v for f, comps in payload["components"].items()
                  for c, sd in comps.items() for k, v in sd.items()}  # fmt: skip
