@@ -37,20 +37,40 @@ _REF = re.compile(
 )
 
 
-def _reference(text: str, where: str) -> np.datetime64:
+_NS_MIN, _NS_MAX = -(2**63) + 1, 2**63 - 1  # what datetime64[ns] holds (-2**63 is NaT)
+NS_RANGE = "1677-09-21T00:12:43.145224193 .. 2262-04-11T23:47:16.854775807"
+"""The dates ``datetime64[ns]`` can hold, for messages."""
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days from 1970-01-01 to the proleptic Gregorian date y-m-d (astronomical years: 0 is 1 BC); exact for any
+    year (H. Hinnant's days_from_civil, with Python's floor division)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _days_in_month(y: int, m: int) -> int:
+    if m == 2:
+        return 29 if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0 else 28
+    return 30 if m in (4, 6, 9, 11) else 31
+
+
+def _reference(text: str, where: str) -> int:
+    """The reference date of CF units as exact integer nanoseconds since 1970-01-01 (any year: the reference may
+    lie far outside what datetime64[ns] holds, e.g. NCEP's 'hours since 1-1-1', while the decoded dates do not)."""
     m = _REF.match(text)
     if m is None:
         raise SchemaError(f"{where}: cannot read the reference date {text!r} (expected e.g. '1979-01-01 00:00:00')")
     g = {k: v or "0" for k, v in m.groupdict().items()}
-    frac = (g["f"] + "000000000")[:9]
-    iso = (
-        f"{int(g['y']):04d}-{int(g['m']):02d}-{int(g['d']):02d}T{int(g['H']):02d}:{int(g['M']):02d}:"
-        f"{int(g['S']):02d}.{frac}"
-    )
-    try:
-        return np.datetime64(iso, "ns")
-    except ValueError as e:
-        raise SchemaError(f"{where}: invalid reference date {text!r} ({e})") from None
+    y, mo, d, hh, mi, ss = (int(g[k]) for k in ("y", "m", "d", "H", "M", "S"))
+    frac = int((g["f"] + "000000000")[:9])
+    if not (1 <= mo <= 12 and 1 <= d <= _days_in_month(y, mo) and hh < 24 and mi < 60 and ss < 60):
+        raise SchemaError(f"{where}: invalid reference date {text!r} (no such date or time of day)")
+    days = _days_from_civil(y, mo, d)
+    return (((days * 24 + hh) * 60 + mi) * 60 + ss) * 1_000_000_000 + frac
 
 
 def is_date_units(units: Any) -> bool:
@@ -83,7 +103,14 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     """
     values = np.asarray(values)
     if values.dtype.kind == "M":
-        return values.astype("datetime64[ns]")
+        out = values.astype("datetime64[ns]")
+        wrapped = (out.astype(values.dtype) != values) & ~np.isnat(values)  # NumPy wraps what ns cannot hold
+        if wrapped.any():
+            raise SchemaError(
+                f"{where}: time value {values[wrapped].ravel()[0]} is outside the range datetime64[ns] holds, "
+                f"{NS_RANGE}; fastload reads dates only in that range"
+            )
+        return out
     if values.dtype.kind not in "iuf":
         raise SchemaError(f"{where}: time coordinate has dtype {values.dtype}; expected datetime64 or CF numbers")
     units = attrs.get("units")
@@ -104,11 +131,34 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise SchemaError(f"{where}: time coordinate has non-finite values")
     step = _UNIT_NS[unit]
-    if values.dtype.kind in "iu":
-        offs = values.astype(np.int64) * np.int64(step)
+    ref_ns = _reference(ref, where)
+    if values.size == 0:
+        return np.empty(values.shape, "datetime64[ns]")
+    # Exact: a date is whole * step + frac + ref_ns, in integers; whole = floor(value), frac = the rounded
+    # nanoseconds of the float's fractional part. Checked against the datetime64[ns] range with Python integers
+    # (no wrap, no NaT), then computed in int64, whose wrapping arithmetic gives the exact result modulo 2**64,
+    # which is the result itself once it is known to lie in range.
+    if values.dtype.kind == "f":
+        v = values.astype(np.float64)
+        whole = np.floor(v)
+        frac = np.round((v - whole) * step)  # v - floor(v) is exact; 0 <= frac <= step
     else:
-        offs = np.round(values.astype(np.float64) * step).astype(np.int64)
-    return _reference(ref, where) + offs.astype("timedelta64[ns]")
+        whole, frac = values, None
+    lo = -((ref_ns - _NS_MIN) // step)  # the least whole with whole * step + ref_ns >= _NS_MIN
+    hi = (_NS_MAX - ref_ns) // step  # the largest whole with whole * step + ref_ns <= _NS_MAX
+    wmin, wmax = int(whole.min()), int(whole.max())
+    late = wmax > hi or (frac is not None and bool(((whole == hi) & (frac > _NS_MAX - (hi * step + ref_ns))).any()))
+    if wmin < lo or late:
+        bad = values.max() if late else values.min()
+        raise SchemaError(
+            f"{where}: time value {bad} in units {units!r} is a date {'after' if late else 'before'} the range "
+            f"datetime64[ns] holds, {NS_RANGE}; fastload reads dates only in that range"
+        )
+    ref_wrapped = np.int64((ref_ns + 2**63) % 2**64 - 2**63)
+    out = whole.astype(np.int64) * np.int64(step) + ref_wrapped
+    if frac is not None:
+        out += frac.astype(np.int64)
+    return out.view("datetime64[ns]")
 
 
 def level_type_of(name: str, attrs: Mapping[str, Any]) -> str | None:

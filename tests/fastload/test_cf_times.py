@@ -1,0 +1,128 @@
+"""CF time decoding (:func:`fastload.store._cf.decode_time`) against xarray's and cftime's decoding.
+
+Review s11 r1 findings: dates outside what ``datetime64[ns]`` holds (1677-09-21 .. 2262-04-11) wrapped silently
+(integers) or became NaT (floats), so NCEP-style float "days since 0001-01-01" was refused with a misleading
+message; "standard"/"gregorian" reference dates before 1582-10-15 were read as proleptic Gregorian, not Julian.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastload.errors import SchemaError
+from fastload.store import open_store
+from fastload.store._cf import decode_time
+
+xr = pytest.importorskip("xarray")
+times = pytest.importorskip("xarray.coding.times")
+
+
+def _xarray(values, units, calendar):
+    """xarray's decoding, as datetime64[ns] (it falls back to cftime objects for a reference outside the ns range
+    even where the dates are inside it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = times.decode_cf_datetime(np.asarray(values), units, calendar)
+    if out.dtype.kind == "M":
+        return out.astype("datetime64[ns]")
+    return np.array([np.datetime64(d.isoformat(), "ns") for d in out.ravel()]).reshape(out.shape)
+
+
+@pytest.mark.parametrize("values,units,calendar", [
+    (np.array([0, 6, 12, 18], "i8"), "hours since 2000-01-01", "standard"),
+    (np.array([0, 6, 12, 18], "i4"), "hours since 1979-1-1 00:00:00", "gregorian"),
+    (np.array([0, 2**32], "u8"), "seconds since 2000-01-01", "proleptic_gregorian"),
+    (np.array([10_000_000_000], "i8"), "seconds since 1700-01-01", "standard"),
+    (np.array([10_000_000_000.0]), "seconds since 1700-01-01", "standard"),
+    (np.array([3_000_000], "i8"), "hours since 1900-01-01", "standard"),
+    (np.array([0.0, 0.25, 0.5, 1e-9]), "days since 1979-01-01", "standard"),
+    (np.array([-1.5, -0.25, 0.0]), "days since 2000-03-01 06:00", "proleptic_gregorian"),
+    # NCEP-style: a reference in year 1, far outside datetime64[ns], dates inside it; integers and floats
+    (np.array([730134, 730286, 730469], "i8"), "days since 0001-01-01 00:00:00", "proleptic_gregorian"),
+    (np.array([730134.0, 730286.5, 730469.25]), "days since 0001-01-01 00:00:00", "proleptic_gregorian"),
+    (np.array([17522904.0, 17522910.0]), "hours since 0001-01-01", "proleptic_gregorian"),
+])  # fmt: skip
+def test_decodes_as_xarray(values, units, calendar):
+    got = decode_time(values, {"units": units, "calendar": calendar}, "t")
+    np.testing.assert_array_equal(got, _xarray(values, units, calendar))
+
+
+@pytest.mark.parametrize("values,units,side", [
+    (np.array([3_300_000], "i8"), "hours since 1900-01-01", "after"),  # ~2276: wrapped to 1691 before
+    (np.array([0, 24], "i8"), "hours since 1600-01-01", "before"),  # wrapped to 2184 before
+    (np.array([3_300_000.0]), "hours since 1900-01-01", "after"),  # NaT before
+    (np.array([2**63 + 5], "u8"), "hours since 2000-01-01", "after"),  # wrapped to 2000-01-01T05 before
+    (np.array([-(2**62)], "i8"), "days since 2000-01-01", "before"),
+    (np.array([1e300]), "days since 2000-01-01", "after"),
+    (np.array([0.0, 164000.0]), "days since 1850-01-01", "after"),  # CMIP6 extension runs to 2300
+])  # fmt: skip
+def test_dates_outside_the_ns_range_are_refused_naming_units_and_range(values, units, side):
+    cal = "proleptic_gregorian"
+    if abs(float(values.max())) < 1e15:  # cftime's dates as the reference: some do lie outside the range
+        import cftime
+
+        key = [(d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond)
+               for d in np.ravel(cftime.num2date(values.astype(np.float64), units, cal))]  # fmt: skip
+        assert min(key) < (1677, 9, 21, 0, 12, 43, 145225) or max(key) > (2262, 4, 11, 23, 47, 16, 854775)
+    with pytest.raises(SchemaError, match=rf"t: time value .* in units '{units}' is a date {side} the range "
+                       r"datetime64\[ns\] holds, 1677-09-21.*2262-04-11"):  # fmt: skip
+        decode_time(values, {"units": units, "calendar": cal}, "t")
+
+
+def test_the_edges_of_the_ns_range_exactly():
+    """The last and first nanoseconds datetime64[ns] holds decode (pandas' Timestamp.max/min); one past is refused,
+    also for a float's fractional part."""
+    ns = {"units": "nanoseconds since 1970-01-01", "calendar": "standard"}
+    got = decode_time(np.array([-(2**63) + 1, 2**63 - 1], "i8"), ns, "t")
+    np.testing.assert_array_equal(got, np.array([pd.Timestamp.min.to_datetime64(), pd.Timestamp.max.to_datetime64()]))
+    with pytest.raises(SchemaError, match="before the range"):
+        decode_time(np.array([-(2**63)], "i8"), ns, "t")  # would be NaT
+    last = pd.Timestamp.max - pd.Timestamp("2262-04-11")  # 23:47:16.854775807 into the day
+    ok = last / pd.Timedelta(days=1) - 1e-9
+    days = {"units": "days since 2262-04-11", "calendar": "proleptic_gregorian"}
+    np.testing.assert_array_equal(decode_time(np.array([ok]), days, "t"), _xarray(np.array([ok]), **days))
+    with pytest.raises(SchemaError, match="after the range"):
+        decode_time(np.array([last / pd.Timedelta(days=1) + 1e-9]), days, "t")
+    with pytest.raises(SchemaError, match="after the range"):
+        decode_time(np.array([1], "i8"), days, "t")
+
+
+def test_datetime64_values_outside_the_ns_range_are_refused():
+    t = np.array(["2000-01-01", "2300-01-01"], "datetime64[D]")
+    with pytest.raises(SchemaError, match=r"2300-01-01 is outside the range datetime64\[ns\] holds"):
+        decode_time(t, {}, "t")
+    ok = np.array(["1700-01-01", "2262-04-11", "NaT"], "datetime64[D]")
+    np.testing.assert_array_equal(decode_time(ok, {}, "t"), ok.astype("datetime64[ns]"))
+
+
+def _store_with_time(path, values, attrs):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    a = g.create_array("time", shape=values.shape, dtype=values.dtype, chunks=values.shape,
+                       attributes={"_ARRAY_DIMENSIONS": ["time"], **attrs})  # fmt: skip
+    a[:] = values
+    for n, v in (("latitude", np.array([10.0, 0.0])), ("longitude", np.array([0.0, 1.0, 2.0]))):
+        b = g.create_array(n, shape=v.shape, dtype="f8", chunks=v.shape, attributes={"_ARRAY_DIMENSIONS": [n]})
+        b[:] = v
+    c = g.create_array("t", shape=(len(values), 2, 3), dtype="f4", chunks=(len(values), 2, 3), fill_value=np.nan,
+                       attributes={"_ARRAY_DIMENSIONS": ["time", "latitude", "longitude"]})  # fmt: skip
+    c[:] = 1.0
+    return str(path)
+
+
+def test_ncep_float_days_since_year_1_open_like_xarray(tmp_path):
+    """Review rep4b: float 'days since 0001-01-01' was refused with 'not strictly increasing: NaT at index 0'."""
+    true = np.array(["2000-01-15", "2000-06-15", "2000-12-15"], "datetime64[D]")
+    days = (true - np.datetime64("0001-01-01", "D")).astype(np.int64).astype("f8")
+    p = _store_with_time(tmp_path / "s.zarr", days,
+                         {"units": "days since 0001-01-01 00:00:00", "calendar": "proleptic_gregorian"})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = xr.open_zarr(p, consolidated=False).time.values
+    np.testing.assert_array_equal(open_store(p).time, want)
+    np.testing.assert_array_equal(want, true.astype("datetime64[ns]"))
