@@ -295,6 +295,7 @@ class FieldEmbedding(nn.Module):
         self.token = nn.Linear(spec.token_dim, d)
         self.meta = nn.Linear(NUM_TIME_FEATURES + num_sphere_features(config.meta_frequencies), d)
         self.level = nn.Embedding(spec.num_levels, d)
+        # float32 whatever the model's dtype (_apply): the level lookup compares values in float32
         self.register_buffer("level_values", torch.tensor(spec.levels, dtype=torch.float32), persistent=False)
         nt, ny, nx = spec.num_tokens
         self.pos_t = nn.Parameter(torch.zeros(nt, d))
@@ -359,6 +360,14 @@ class FieldEmbedding(nn.Module):
         pos = self.pos_t[:, None, None] + self.pos_lat[None, :, None] + self.pos_lon[None, None, :]
         x = x + pos  # (nt, nlat, nlon, d) broadcast over (B, L)
         return x.reshape(b, self.spec.seq_len, d)  # (B, S, d)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FieldEmbedding:
+        # the level table stays float32 whatever the model is cast to: in float16 levels in Pa (50000, 85000,
+        # 100000) became [49984, inf, inf] and in bfloat16 (1000, 1001) merged, so every level looked up the same
+        # embedding. It is rebuilt from the config on the buffer's new device (the cast values are lossy).
+        super()._apply(fn, recurse)
+        self.level_values = torch.tensor(self.spec.levels, dtype=torch.float32).to(self.level_values.device)
+        return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # a checkpoint from before the missing-value indicator: its model read missing values as 0 and nothing
