@@ -52,24 +52,49 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
-def _days_in_month(y: int, m: int) -> int:
+def _days_from_julian(y: int, m: int, d: int) -> int:
+    """Days from 1970-01-01 (Gregorian) to the Julian calendar date y-m-d (astronomical years), via the Julian day
+    number."""
+    a = (14 - m) // 12
+    yy, mm = y + 4800 - a, m + 12 * a - 3
+    return d + (153 * mm + 2) // 5 + 365 * yy + yy // 4 - 32083 - 2440588
+
+
+def _days_in_month(y: int, m: int, julian: bool = False) -> int:
     if m == 2:
-        return 29 if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0 else 28
+        return 29 if y % 4 == 0 and (julian or y % 100 != 0 or y % 400 == 0) else 28
     return 30 if m in (4, 6, 9, 11) else 31
 
 
-def _reference(text: str, where: str) -> int:
+def _reference(text: str, calendar: str, where: str) -> int:
     """The reference date of CF units as exact integer nanoseconds since 1970-01-01 (any year: the reference may
-    lie far outside what datetime64[ns] holds, e.g. NCEP's 'hours since 1-1-1', while the decoded dates do not)."""
+    lie far outside what datetime64[ns] holds, e.g. NCEP's 'hours since 1-1-1', while the decoded dates do not).
+
+    In the "standard"/"gregorian" calendar (CF's mixed Julian/Gregorian one, as cftime and xarray read it) a date
+    before 1582-10-15 is a Julian date, and the years have no year zero (-1 is 1 BC); in "proleptic_gregorian"
+    every date is Gregorian with astronomical years. So a Julian reference is converted to its proleptic Gregorian
+    day; a decoded date (reference plus elapsed time) on or after 1582-10-15 is then the date cftime gives, and
+    datetime64[ns] holds no earlier one.
+    """
     m = _REF.match(text)
     if m is None:
         raise SchemaError(f"{where}: cannot read the reference date {text!r} (expected e.g. '1979-01-01 00:00:00')")
     g = {k: v or "0" for k, v in m.groupdict().items()}
     y, mo, d, hh, mi, ss = (int(g[k]) for k in ("y", "m", "d", "H", "M", "S"))
     frac = int((g["f"] + "000000000")[:9])
-    if not (1 <= mo <= 12 and 1 <= d <= _days_in_month(y, mo) and hh < 24 and mi < 60 and ss < 60):
+    julian = False
+    if calendar in ("standard", "gregorian"):
+        if y == 0:
+            raise SchemaError(f"{where}: reference date {text!r}: the {calendar!r} calendar has no year 0 (1 BC is "
+                              "year -1); use calendar 'proleptic_gregorian' for astronomical years")  # fmt: skip
+        julian = (y, mo, d) < (1582, 10, 15)
+        if julian and (y, mo, d) > (1582, 10, 4):
+            raise SchemaError(f"{where}: reference date {text!r} does not exist in the {calendar!r} calendar "
+                              "(1582-10-04 is followed by 1582-10-15)")  # fmt: skip
+        y += y < 0  # astronomical year
+    if not (1 <= mo <= 12 and 1 <= d <= _days_in_month(y, mo, julian) and hh < 24 and mi < 60 and ss < 60):
         raise SchemaError(f"{where}: invalid reference date {text!r} (no such date or time of day)")
-    days = _days_from_civil(y, mo, d)
+    days = _days_from_julian(y, mo, d) if julian else _days_from_civil(y, mo, d)
     return (((days * 24 + hh) * 60 + mi) * 60 + ss) * 1_000_000_000 + frac
 
 
@@ -99,7 +124,13 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     Raises
     ------
     SchemaError
-        Missing or unreadable ``units``, a calendar NumPy cannot represent, or non-finite values.
+        Missing or unreadable ``units``, a calendar NumPy cannot represent, non-finite values, or a date outside
+        what datetime64[ns] holds (:data:`NS_RANGE`).
+
+    Notes
+    -----
+    Exact: integer arithmetic, no float rounding of large offsets. In the "standard"/"gregorian" calendar a
+    reference date before 1582-10-15 is a Julian date, as in cftime and xarray (NCEP's "hours since 1-1-1").
     """
     values = np.asarray(values)
     if values.dtype.kind == "M":
@@ -131,7 +162,7 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise SchemaError(f"{where}: time coordinate has non-finite values")
     step = _UNIT_NS[unit]
-    ref_ns = _reference(ref, where)
+    ref_ns = _reference(ref, calendar, where)
     if values.size == 0:
         return np.empty(values.shape, "datetime64[ns]")
     # Exact: a date is whole * step + frac + ref_ns, in integers; whole = floor(value), frac = the rounded

@@ -126,3 +126,57 @@ def test_ncep_float_days_since_year_1_open_like_xarray(tmp_path):
         want = xr.open_zarr(p, consolidated=False).time.values
     np.testing.assert_array_equal(open_store(p).time, want)
     np.testing.assert_array_equal(want, true.astype("datetime64[ns]"))
+
+
+@pytest.mark.parametrize("units,calendar", [
+    ("hours since 1-1-1 00:00:0.0", "standard"),  # NCEP reanalysis: 2 days off when read as proleptic Gregorian
+    ("hours since 0001-01-01", "gregorian"),
+    ("days since 1500-02-29", "standard"),  # a Julian leap day (1500 is no Gregorian leap year)
+    ("days since 1582-10-04 12:00", "gregorian"),  # the last Julian day
+    ("days since 1582-10-15", "standard"),  # the first Gregorian day
+    ("minutes since -0044-03-15", "standard"),  # no year 0: -44 is 44 BC, astronomical -43
+    ("hours since 1-1-1 00:00:0.0", "proleptic_gregorian"),
+    ("days since 1582-10-10", "proleptic_gregorian"),
+])  # fmt: skip
+def test_mixed_calendar_reference_before_1582_is_julian_as_in_cftime_and_xarray(units, calendar):
+    """Review rep5: 'standard'/'gregorian' reference dates before 1582-10-15 are Julian dates (cftime, xarray)."""
+    import cftime
+
+    true = [cftime.datetime(*ymdh, calendar=calendar) for ymdh in ((2000, 1, 31, 12), (2000, 3, 1, 6), (2000, 12, 1))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cftime's CFWarning for negative years
+        num = np.asarray(cftime.date2num(true, units, calendar), np.float64)
+    for values in [num] + ([num.astype("i8")] if (num == np.round(num)).all() else []):
+        got = decode_time(values, {"units": units, "calendar": calendar}, "t")
+        np.testing.assert_array_equal(got, _xarray(values, units, calendar))
+        np.testing.assert_array_equal(got, np.array(["2000-01-31T12", "2000-03-01T06", "2000-12-01"], "M8[ns]"))
+
+
+@pytest.mark.parametrize("units,match", [
+    ("hours since 1582-10-10", r"reference date '1582-10-10' does not exist in the 'standard' calendar"),
+    ("hours since 0000-01-01", "calendar has no year 0"),
+    ("hours since 1700-02-29", "invalid reference date"),  # a leap day in Julian years only
+])  # fmt: skip
+def test_mixed_calendar_refuses_what_cftime_refuses(units, match):
+    import cftime
+
+    if "1700" not in units:
+        with pytest.raises(ValueError):
+            cftime.num2date([0], units, "standard")
+    with pytest.raises(SchemaError, match=match):
+        decode_time(np.array([0], "i8"), {"units": units, "calendar": "standard"}, "t")
+
+
+def test_ncep_standard_calendar_store_opens_like_xarray(tmp_path):
+    """Review rep5 end to end: a store with NCEP units and calendar 'standard' has xarray's times and months."""
+    import cftime
+
+    true = np.array(["2000-01-31T12", "2000-03-01T06", "2000-12-01"], "datetime64[ns]")
+    units = "hours since 1-1-1 00:00:0.0"
+    hours = cftime.date2num([pd.Timestamp(t).to_pydatetime() for t in true], units, "standard").astype("i8")
+    p = _store_with_time(tmp_path / "s.zarr", hours, {"units": units, "calendar": "standard"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = xr.open_zarr(p, consolidated=False).time.values
+    np.testing.assert_array_equal(want, true)
+    np.testing.assert_array_equal(open_store(p).time, want)
