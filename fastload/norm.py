@@ -376,8 +376,8 @@ class Normalizer:
         Raises
         ------
         ConfigError
-            The field, a level, or the transform does not match, or a month of the store's time axis (of the
-            boxes, with ``time_steps``) has no coefficients.
+            The field, a level, or the transform does not match (or the field has levels on one side only), or a
+            month of the store's time axis (of the boxes, with ``time_steps``) has no coefficients.
         SchemaError
             The grid differs (shape, or first/last latitude or longitude, e.g. flipped latitude order).
         """
@@ -401,6 +401,15 @@ class Normalizer:
                     f"field {field!r}: normalisation store {self._where()} has {name} running {want[0]}..{want[1]} "
                     f"but the data store {store.path!r} runs {c[0]}..{c[-1]} (different grid or order)"
                 )
+        have_lv, data_lv = self.levels(field), store.fields[field].levels
+        if (have_lv is None) != (data_lv is None):  # a field on levels and a same-named surface field
+            coef = "without levels" if have_lv is None else f"for levels {have_lv.tolist()}"
+            data = "no level axis" if data_lv is None else f"levels {np.asarray(data_lv, np.float64).tolist()}"
+            raise ConfigError(
+                f"field {field!r}: the normalisation store {self._where()} holds coefficients {coef} but in the data "
+                f"store {store.path!r} the field has {data}: not the same field; recompute the coefficients with "
+                f"fastload stats on a store like this one"
+            )
         self.level_indices(field, levels)
         have_t = self.transform(field)
         if have_t != transform:
