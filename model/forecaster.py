@@ -244,8 +244,9 @@ class LatentTail(nn.Module):
 
     def forward(self, window: torch.Tensor, lead_time: torch.Tensor, geometry: TileGeometry) -> torch.Tensor:
         b, w, t, q, c = window.shape
+        # features in float32, cast to the weights' dtype (a model cast to bfloat16/float16), as the embedding does
         pos = self.pos(
-            sphere_features(geometry.lat.float(), geometry.lon.float(), self.pos_frequencies)
+            sphere_features(geometry.lat.float(), geometry.lon.float(), self.pos_frequencies).to(self.pos.weight.dtype)
         )  # (T, C)
         enc = self.window[:, None, None] + pos[None, :, None] + self.slot[None, None]  # (W, T, Q, C)
         x = (window + enc).reshape(b, w * t * q, c)
@@ -301,10 +302,11 @@ class ReadOut(nn.Module):
         lat, lon = geometry.lat.float(), geometry.lon.float()
         rel = self.rel(
             offset_features(lat[nb] - lat[:, None], lon[nb] - lon[:, None], max(self.pos_frequencies, 1))
+            .to(self.rel.weight.dtype)
         )
         kv = latent[:, nb] + rel[None, :, :, None] + self.slot  # (B, T, K+1, Q, C)
-        kv = kv.reshape(b * t, -1, c)
-        tile = self.tile_pos(sphere_features(lat, lon, self.pos_frequencies))  # (T, C)
+        kv = kv.reshape(b * t, nb.shape[1] * q, c)  # sizes spelt out: a reshape cannot infer -1 for 0 samples
+        tile = self.tile_pos(sphere_features(lat, lon, self.pos_frequencies).to(self.tile_pos.weight.dtype))  # (T, C)
         queries, sizes = [], []
         for f in self.fields:
             n = f.name
@@ -313,7 +315,7 @@ class ReadOut(nn.Module):
             queries.append(qf.reshape(-1, c))
             sizes.append(queries[-1].shape[0])
         qs = torch.cat(queries)[None] + tile[:, None]  # (T, S_all, C)
-        x = qs.expand(b, -1, -1, -1).reshape(b * t, -1, c)
+        x = qs.expand(b, -1, -1, -1).reshape(b * t, qs.shape[1], c)
         for block in self.blocks:
             x = block(x, kv, None)
         out = {}
@@ -323,6 +325,39 @@ class ReadOut(nn.Module):
             shape = (f.num_levels, self.nt_out, *f.num_tokens[1:], *f.token_size)
             out[f.name] = ens.reshape(b, t, e, *shape).transpose(1, 2)  # (B, E, T, L, nt_out, ...)
         return out
+
+
+def _target_item(targets: Sequence[Mapping[str, Any]], k: int, field: str, ens: torch.Tensor) -> Mapping[str, Any]:
+    """``targets[k][field]``, checked against the decoded tiles ``ens`` (B, E, T, L, nt_out, nlat, nlon, tt, tlat,
+    tlon): :class:`ModelConfigError` naming the step, field and entry unless every shape is as documented (a target
+    of another layout with as many values, nlat and nlon swapped say, would otherwise be scored silently)."""
+    where = f"rollout_loss: targets[{k}][{field!r}]"
+    if not isinstance(targets[k], Mapping) or field not in targets[k]:
+        have = sorted(targets[k]) if isinstance(targets[k], Mapping) else type(targets[k]).__name__
+        raise ModelConfigError(f"rollout_loss: targets[{k}] (step {k + 1}) has no field {field!r}; it has {have} "
+                               "(every field of the model is decoded and scored at every step)")
+    item = targets[k][field]
+    want = (ens.shape[0], *ens.shape[2:])  # (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)
+    tokens = item.get("tokens") if isinstance(item, Mapping) else None
+    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != want:
+        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ModelConfigError(f"{where}['tokens']: expected shape (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon) = "
+                               f"{want} (step {k + 1}'s decoded tiles), got {got}")
+    for key in ("valid", "lat"):
+        v = item.get(key)
+        if v is not None and (not isinstance(v, torch.Tensor) or tuple(v.shape) != want[:6]):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ModelConfigError(f"{where}[{key!r}]: expected shape (B, T, L, nt_out, nlat, nlon) = {want[:6]}, "
+                                   f"got {got}")
+    vv = item.get("valid_values")
+    if vv is not None:
+        try:
+            torch.broadcast_shapes(tuple(vv.shape), want)
+        except (RuntimeError, AttributeError):
+            got = tuple(vv.shape) if isinstance(vv, torch.Tensor) else type(vv).__name__
+            raise ModelConfigError(f"{where}['valid_values']: expected a bool tensor broadcastable to the tokens' "
+                                   f"shape {want}, got {got}") from None
+    return item
 
 
 class Forecaster(nn.Module):
@@ -361,16 +396,19 @@ class Forecaster(nn.Module):
     def encode(self, batch: Mapping[str, Any], tiles_per_chunk: int | None = None) -> torch.Tensor:
         """Latent of every tile: ``batch`` with leading axes (B, T) -> (B, T, Q, C).
 
-        ``tiles_per_chunk`` bounds how many neighborhoods go through the encoder at once (memory).
+        ``tiles_per_chunk`` (an integer >= 1) bounds how many neighborhoods go through the encoder at once
+        (memory). A batch of 0 samples (or 0 tiles) gives a latent of 0 samples (or tiles).
         """
+        if tiles_per_chunk is not None:
+            positive_int("encode: tiles_per_chunk", tiles_per_chunk)
         check_batch(self.multiformer_config, batch, lead=2)
         first = batch[self.multiformer_config.fields[0].name]["tokens"]
         b, t = first.shape[:2]
         n = b * t
         flat = {f: flatten_item(item, n) for f, item in batch.items() if f in self.embed}
-        chunk = n if tiles_per_chunk is None else tiles_per_chunk
+        chunk = max(n, 1) if tiles_per_chunk is None else tiles_per_chunk
         latents = []
-        for start in range(0, n, chunk):
+        for start in range(0, max(n, 1), chunk):  # once for 0 neighborhoods: an empty latent of the right shape
             part = {f: slice_item(item, start, start + chunk) for f, item in flat.items()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
                 hiddens, valid = encode_fields(self.embed, self.encoder, part)
@@ -542,35 +580,45 @@ class Forecaster(nn.Module):
         """Multi-step training loss: roll out ``len(targets)`` steps and score every step's decoded tiles.
 
         ``targets[k][field]`` holds ``tokens`` (B, T, L, nt_out, nlat, nlon, tt, tlat, tlon) at step k + 1 and
-        optionally ``valid`` and ``lat`` (B, T, L, nt_out, nlat, nlon) and ``valid_values`` (bool, broadcastable to
-        ``tokens``). Missing targets (NaN, or ``valid_values`` False) weigh nothing, as in :mod:`model.losses`.
-        Returns the weighted mean over steps and the per-step losses.
+        optionally ``valid`` (bool, or uint8 read as bool: non-zero = True) and ``lat`` (B, T, L, nt_out, nlat,
+        nlon) and ``valid_values`` (bool, broadcastable to ``tokens``). Missing targets (NaN, or ``valid_values``
+        False) weigh nothing, as in :mod:`model.losses`; a field weighs its ``FieldSpec.loss_weight``. Every field
+        of the model needs a target at every step, of exactly these shapes (else :class:`ModelConfigError` naming
+        the step, field and entry). ``step_weights`` are finite, >= 0 and not all 0. A batch of 0 samples scores
+        0 (connected to the graph, as when nothing counts). Returns the weighted mean over steps and the per-step
+        losses.
         """
         kinds = {"mse": 1.0} if kinds is None else kinds
         weights = [1.0] * len(targets) if step_weights is None else list(step_weights)
         if len(weights) != len(targets) or not targets:
             raise ModelConfigError(f"rollout_loss: {len(targets)} targets but {len(weights)} step weights")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                   for w in weights) or sum(weights) <= 0:
+            raise ModelConfigError(f"rollout_loss: step_weights: expected finite numbers >= 0, not all 0 (the loss "
+                                   f"is their weighted mean), got {weights}")
         self._check("rollout_loss", self.config, state, geometry, lead_time)  # once, not per step
         total, per_step = state.new_zeros((), dtype=torch.float32), []
-        for target, w in zip(targets, weights):
+        for k, w in enumerate(weights):
             state = self._step(state, lead_time, geometry)
             loss = state.new_zeros((), dtype=torch.float32)
             for f, ens in self._decode(state, geometry).items():
                 b, e, t = ens.shape[:3]
-                flat = ens.transpose(1, 2).reshape(b * t, e, -1, math.prod(ens.shape[-3:]))  # (B*T, E, S, D)
-                item = target[f]
-                s = flat.shape[2]
-                tgt = item["tokens"].reshape(b * t, s, -1)
+                d = math.prod(ens.shape[-3:])
+                s = math.prod(ens.shape[3:-3])
+                # sizes spelt out, not -1: a batch of 0 samples has 0 elements, from which reshape cannot infer one
+                flat = ens.transpose(1, 2).reshape(b * t, e, s, d)  # (B*T, E, S, D)
+                item = _target_item(targets, k, f, ens)
+                tgt = item["tokens"].reshape(b * t, s, d)
                 valid = item.get("valid")
                 weight = (
                     torch.ones(b * t, s, device=flat.device)
                     if valid is None
-                    else valid.reshape(b * t, s).float()
+                    else valid.reshape(b * t, s).to(flat.device).bool().float()  # uint8: non-zero = True, not 255
                 )
                 vv = item.get("valid_values")
                 if vv is not None:  # per value (N, S, D); NaN targets weigh nothing without it too (token_loss)
-                    vv = vv.to(flat.device).expand(item["tokens"].shape).reshape(b * t, s, -1)
-                    weight = weight[..., None] * vv.float()
+                    vv = vv.to(flat.device).expand(item["tokens"].shape).reshape(b * t, s, d)
+                    weight = weight[..., None] * vv.bool().float()
                 lat = item["lat"].reshape(b * t, s) if "lat" in item else None
                 loss = loss + self.multiformer_config.field(f).loss_weight * token_loss(
                     flat, tgt, weight, kinds, lat=lat
