@@ -60,8 +60,14 @@ def ensemble_statistics(ens: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, 
     uncertainty, each ``(B, L, nt, nlat, nlon, tt, tlat, tlon)``.
     """
     e = ens.float()
-    spread = e.std(dim, correction=1) if e.shape[dim] > 1 else torch.zeros_like(e.select(dim, 0))
+    spread = _std(e, dim) if e.shape[dim] > 1 else torch.zeros_like(e.select(dim, 0))
     return e.mean(dim), spread
+
+
+def _std(e: torch.Tensor, dim: int) -> torch.Tensor:
+    """Unbiased std along ``dim``; of an empty tensor (0 samples) an empty one, without torch's degrees-of-freedom
+    warning (it divides the 0 elements by the 0 outputs)."""
+    return e.std(dim, correction=1) if e.numel() else e.sum(dim)
 
 
 def _reduce(per_value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ def ensemble_stats_loss(
     _check(ens, target, weight, 2)
     e, t, w = _clean(ens, target, weight)
     mu = e.mean(1)
-    sigma = e.std(1, correction=1) + eps  # (N, S, D)
+    sigma = _std(e, 1) + eps  # (N, S, D)
     kernel = 1.0 - torch.exp(-0.5 * ((t - mu) / sigma).square())
     return _reduce(kernel + spread_weight * sigma, w)
 
@@ -215,7 +221,11 @@ def multiformer_loss(
     config : MultiformerConfig, optional
         The model's config (``net.config``): each field's default weight is its ``loss_weight``, as
         :meth:`model.Forecaster.rollout_loss` weighs it. Pass it: without it (and without ``field_weights``) every
-        field weighs 1 whatever its ``loss_weight``.
+        field weighs 1 whatever its ``loss_weight``. With it, a field with a ``mask`` but no ``target`` under
+        ``mask_input="as_given"`` raises ``ValueError`` (its masked tokens' inputs are not the truth).
+
+    A batch of 0 samples scores 0, connected to ``outputs`` (its backward gives zero gradients), as any batch in
+    which nothing counts; a training step should not update on it alone (see ``fastload.Batch``).
 
     Returns
     -------
@@ -229,14 +239,22 @@ def multiformer_loss(
     per_field = {}
     for f, ens in outputs.items():
         item = batch[f]
+        if "target" not in item and item.get("mask") is not None and config is not None \
+                and config.mask_input == "as_given":
+            raise ValueError(
+                f"multiformer_loss: batch[{f!r}] has a 'mask' but no 'target', and the model's mask_input is "
+                "'as_given' (the data path zeroed or noised the masked tokens' inputs), so the masked tokens would be "
+                "scored against those inputs, not the truth: give the true values as 'target' (model_inputs does)")
         b, e = ens.shape[:2]
         s = math.prod(ens.shape[2:6])
-        flat = ens.reshape(b, e, s, -1)
-        target = item.get("target", item["tokens"]).reshape(b, s, -1)
+        d = math.prod(ens.shape[6:])
+        # sizes spelt out, not -1: a batch of 0 samples has 0 elements, from which reshape cannot infer one
+        flat = ens.reshape(b, e, s, d)
+        target = item.get("target", item["tokens"]).reshape(b, s, d)
         weight = token_weights(item.get("mask"), item.get("valid"), (b, s)).to(flat.device)
         vv = item.get("valid_values")
         if vv is not None:  # per value: (B, L, nt, nlat, nlon, tt, tlat, tlon) broadcast -> (N, S, D)
-            vv = vv.to(flat.device).expand(ens.shape[:1] + ens.shape[2:]).reshape(b, s, -1)
+            vv = vv.to(flat.device).expand(ens.shape[:1] + ens.shape[2:]).reshape(b, s, d)
             weight = weight[..., None] * vv.float()
         lat = item["meta"]["lat"].reshape(b, s) if "lat" in item.get("meta", {}) else None
         loss = token_loss(flat, target, weight, kinds, lat=lat, spread_weight=spread_weight)

@@ -72,3 +72,40 @@ def test_multiformer_step_weighs_fields_by_loss_weight_as_the_rollout_loss_does(
         out = net(batch)
         want = sum(f.loss_weight * _numpy_mse(out[f.name], batch[f.name]) for f in cfg.fields)
         assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_a_batch_of_0_samples_scores_a_connected_zero():
+    torch.manual_seed(0)
+    cfg = _weighted_config()
+    net = Multiformer(cfg)
+    batch = multiformer_batch(cfg, 2, torch.Generator().manual_seed(2))
+    empty = {f: {k: ({m: x[:0] for m, x in v.items()} if k == "meta" else v[:0]) for k, v in it.items()}
+             for f, it in batch.items()}
+    out = net(empty)
+    total, per_field = multiformer_loss(out, empty, kinds={"mse": 1.0, "crps": 1.0, "stats": 1.0, "lat_mse": 1.0},
+                                        config=cfg)
+    assert total.item() == 0.0 and all(v.item() == 0.0 for v in per_field.values())
+    total.backward()  # connected to the outputs: every parameter that made them gets a (zero) gradient
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(not g.any() for g in grads)
+
+
+def test_as_given_masking_without_a_target_is_refused():
+    cfg = MultiformerConfig.tiny(mask_input="as_given")
+    torch.manual_seed(0)
+    net = Multiformer(cfg)
+    batch = multiformer_batch(cfg, 2, torch.Generator().manual_seed(3))
+    out = net(batch)
+    name = cfg.field_names[0]
+    with pytest.raises(ValueError, match=rf"batch\['{name}'\] has a 'mask' but no 'target'.*'as_given'"):
+        multiformer_loss(out, batch, config=cfg)
+    # with the truth as target it scores against the target, not the (zeroed) inputs
+    given = {f: {**it, "target": it["tokens"], "tokens": torch.where(it["mask"][..., None, None, None], 0.0,
+                                                                      it["tokens"])} for f, it in batch.items()}
+    out = net(given)
+    total, per_field = multiformer_loss(out, given, config=cfg)
+    for f in cfg.fields:
+        assert per_field[f.name].item() == pytest.approx(_numpy_mse(out[f.name], given[f.name]), rel=1e-5)
+    # "learned" masking replaces the inputs itself: tokens are the truth, no target needed
+    learned = MultiformerConfig.tiny()
+    multiformer_loss(Multiformer(learned)(batch), batch, config=learned)
