@@ -5,7 +5,8 @@ Why: AtmoRep trains single-field models first and couples them later, so a check
 from several single-field checkpoints (the coupling heads, absent there, keep their zero-initialised output, so the
 assembled model starts out predicting exactly what the single-field models predict). For exact resume a
 checkpoint also holds the optimizer state, the step and the RNG states, written to a temporary file and renamed
-when complete (a crash never leaves a half-written checkpoint under the real name).
+when complete (a crash never leaves a half-written checkpoint under the real name); the file and then its directory
+are fsynced, and the file gets the mode the umask gives (0o644 under the usual 022), as any file ``open`` creates.
 
 File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
 
@@ -17,8 +18,9 @@ File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -120,7 +122,7 @@ def save_checkpoint(
     else:
         payload["kind"], payload["state"] = "module", model.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
@@ -130,7 +132,36 @@ def save_checkpoint(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)  # the rename itself survives a crash (else the old file may come back)
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` (a hidden name, created exclusively) with the mode ``open`` gives: 0o666 less the
+    umask. ``tempfile.mkstemp`` creates 0o600, so a checkpoint was unreadable by the group other jobs run as."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"checkpoint: no free temporary name beside {str(path)!r}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk; nothing where directories cannot be opened or
+    synced (Windows; some network file systems refuse with EINVAL)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read(path: str | os.PathLike[str]) -> dict[str, Any]:

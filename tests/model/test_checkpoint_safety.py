@@ -4,6 +4,8 @@ M2, L7, L10)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 
 import pytest
 import torch
@@ -56,3 +58,35 @@ def test_reversed_coupling_order_cannot_mix_up_adam_state(tmp_path):
     with pytest.raises(ValueError, match="coupled"):
         load_checkpoint(path, fc2, opt2)
     assert not opt2.state
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_checkpoint_file_mode_honours_the_umask(tmp_path, umask):
+    """As ``open`` creates files: 0o666 less the umask (mkstemp made every checkpoint 0o600)."""
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", Multiformer(MultiformerConfig.tiny(num_fields=1)))
+        ref = tmp_path / "ref"
+        ref.write_bytes(b"")  # the mode the umask gives a file made by open()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(ref).st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "ref"]  # no temporary left
+
+
+def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = save_checkpoint(tmp_path / "m.pt", Multiformer(MultiformerConfig.tiny(num_fields=1)))
+    assert events == [("fsync", False), ("replace", str(path)), ("fsync", True)]
