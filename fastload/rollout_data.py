@@ -140,12 +140,15 @@ class RolloutBatch:
         return int(self.boxes.shape[0])
 
     def to(self, device: Any, non_blocking: bool = True) -> RolloutBatch:
-        """A copy with every tensor on ``device`` (tensors already there are shared, not copied)."""
+        """A copy with every tensor on ``device`` (tensors already there are shared, not copied). ``non_blocking``
+        applies to copies to an accelerator only: a copy to the CPU always blocks, else its values may not have
+        arrived when the host reads them (as :func:`model.model_inputs` moves tensors)."""
         dev = torch.device(device)
+        asynchronous = non_blocking and dev.type != "cpu"
 
         def mv(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
-                return x if x.device == dev else x.to(dev, non_blocking=non_blocking)
+                return x if x.device == dev else x.to(dev, non_blocking=asynchronous)
             if isinstance(x, Mapping):
                 return {k: mv(v) for k, v in x.items()}
             if isinstance(x, list):

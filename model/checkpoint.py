@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,11 @@ def load_checkpoint(
 
     The model's config must equal the saved one, and a Forecaster's ``multiformer_config`` too (its encoder's
     levels, loss weights and ``coupled`` order: coupling heads listed in another order would take each other's
-    optimizer state, which is loaded by position); a difference raises ``ValueError`` naming the settings. Returns
+    optimizer state, which is loaded by position); a difference raises ``ValueError`` naming the settings. The
+    optimizer's own settings (betas, eps, weight decay, ...) are kept over the saved ones, with a warning naming
+    those that differ (a resumed run's ``--set optim.*`` wins); its learning rate is restored as saved (schedule
+    state). The CUDA RNG states are restored onto the GPUs there are now, as many as fit (a warning when the count
+    differs). Returns
     ``{"step": int, "extra": dict}``.
     """
     payload = _read(path)
@@ -212,12 +217,50 @@ def load_checkpoint(
                 "field). Its weights still load without the optimizer: load_checkpoint(path, model)")
     model.load_state_dict(state, strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
+        _load_optimizer(optimizer, payload["optimizer"], path)
     if restore_rng:
         torch.set_rng_state(payload["rng"]["torch"])
         if payload["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+            _restore_cuda_rng(payload["rng"]["cuda"], path)
     return {"step": payload["step"], "extra": payload["extra"]}
+
+
+_SCHEDULE_KEYS = ("params", "lr", "initial_lr")
+"""Param-group entries restored as saved: the parameters, and the learning rate a schedule drives (torch's chainable
+schedulers compute the next one from it; ``fastload train`` sets it from its config every step anyway)."""
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: Any) -> None:
+    """Load the saved optimizer state, keeping the optimizer's own settings (betas, eps, weight decay, ...): they are
+    what the resuming run asked for (``--set optim.weight_decay=...``), so they win over the saved ones, with a
+    warning naming each that changed. The learning rate (``_SCHEDULE_KEYS``) is restored as saved."""
+    mine = [{k: v for k, v in g.items() if k not in _SCHEDULE_KEYS} for g in optimizer.param_groups]
+    def plain(v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    changed = sorted({f"{k}: saved {sg[k]!r}, now {v!r}" for sg, m in zip(saved["param_groups"], mine)
+                      for k, v in m.items() if k in sg and plain(sg[k]) != plain(v)})
+    optimizer.load_state_dict(saved)
+    for g, m in zip(optimizer.param_groups, mine):
+        g.update(m)
+    if changed:
+        warnings.warn(f"checkpoint {str(path)!r}: the optimizer's settings differ from the saved run's; the current "
+                      f"ones are kept (the saved state is loaded): {'; '.join(changed)}", UserWarning, stacklevel=3)
+
+
+def _restore_cuda_rng(states: list[torch.Tensor], path: Any) -> None:
+    """Restore the saved per-GPU RNG states onto the GPUs there are now: as many as fit, with a warning when the
+    counts differ (resuming with fewer visible GPUs raised IndexError in ``set_rng_state_all``)."""
+    n = torch.cuda.device_count()
+    if len(states) != n:
+        warnings.warn(f"checkpoint {str(path)!r}: saved the RNG states of {len(states)} GPU(s), this process sees {n}: "
+                      f"restored those of GPUs 0..{min(n, len(states)) - 1}"
+                      + (f", the other {n - len(states)} keep theirs" if n > len(states) else
+                         f", the other {len(states) - n} are dropped")
+                      + " (CUDA random draws, e.g. dropout or masks drawn on the GPU, then differ from the saved run's)",
+                      UserWarning, stacklevel=3)
+    for i, state in enumerate(states[:n]):
+        torch.cuda.set_rng_state(state, i)
 
 
 def assemble_multiformer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import warnings
 
 import pytest
 import torch
@@ -90,3 +91,71 @@ def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     path = save_checkpoint(tmp_path / "m.pt", Multiformer(MultiformerConfig.tiny(num_fields=1)))
     assert events == [("fsync", False), ("replace", str(path)), ("fsync", True)]
+
+
+def _trained_adamw(**settings):
+    torch.manual_seed(0)
+    net = Multiformer(MultiformerConfig.tiny(num_fields=1))
+    opt = torch.optim.AdamW(net.parameters(), **settings)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    return net, opt
+
+
+def test_the_optimizer_settings_of_the_resuming_run_win_with_a_warning(tmp_path):
+    net, opt = _trained_adamw(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8)
+    opt.param_groups[0]["lr"] = 5e-4  # where a schedule had taken it
+    path = save_checkpoint(tmp_path / "m.pt", net, opt)
+    net2 = Multiformer(MultiformerConfig.tiny(num_fields=1))
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-8)
+    with pytest.warns(UserWarning, match=r"betas: saved \(0\.9, 0\.999\), now \(0\.8, 0\.99\); weight_decay: saved "
+                                         r"0\.01, now 0\.1"):
+        load_checkpoint(path, net2, opt2)
+    g = opt2.param_groups[0]
+    assert g["betas"] == (0.8, 0.99) and g["weight_decay"] == 0.1 and g["eps"] == 1e-8
+    assert g["lr"] == 5e-4  # schedule state: as saved
+    for p, p2 in zip(net.parameters(), net2.parameters()):  # the moments are the saved run's
+        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[p2]["exp_avg"])
+        assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[p2]["exp_avg_sq"])
+    # the same settings: no warning, and everything as saved
+    net3 = Multiformer(MultiformerConfig.tiny(num_fields=1))
+    opt3 = torch.optim.AdamW(net3.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(path, net3, opt3)
+    assert opt3.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("saved, visible", [(2, 1), (1, 2), (3, 3)])
+def test_cuda_rng_states_restore_onto_the_gpus_there_are(tmp_path, monkeypatch, saved, visible):
+    """Resuming with fewer visible GPUs than the run saved RNG states for raised IndexError in set_rng_state_all;
+    now as many as fit are restored, with a warning when the counts differ (CPU test: torch.cuda faked)."""
+    path = save_checkpoint(tmp_path / "m.pt", Multiformer(MultiformerConfig.tiny(num_fields=1)))
+    payload = torch.load(path, weights_only=True)
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(saved)]
+    payload["rng"]["cuda"] = states
+    torch.save(payload, path)
+    got = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": got.__setitem__(device, s))
+    net = Multiformer(MultiformerConfig.tiny(num_fields=1))
+    if saved == visible:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_checkpoint(path, net)
+    else:
+        with pytest.warns(UserWarning, match=rf"RNG states of {saved} GPU\(s\), this process sees {visible}"):
+            load_checkpoint(path, net)
+    assert sorted(got) == list(range(min(saved, visible)))
+    assert all(torch.equal(got[i], states[i]) for i in got)
+
+
+@pytest.mark.gpu
+def test_cuda_rng_state_round_trip(tmp_path):
+    torch.cuda.manual_seed_all(5)
+    path = save_checkpoint(tmp_path / "m.pt", Multiformer(MultiformerConfig.tiny(num_fields=1)))
+    want = torch.rand(4, device="cuda")
+    load_checkpoint(path, Multiformer(MultiformerConfig.tiny(num_fields=1)))
+    assert torch.equal(torch.rand(4, device="cuda"), want)
