@@ -175,6 +175,9 @@ def _source(path: Path, ds: Any) -> _Source:
             raise SchemaError(f"{path}: time dimension {tdim!r} has {kind}; expected CF-decodable dates "
                               "(standard/gregorian/proleptic_gregorian calendar)")  # fmt: skip
         time = t.astype("datetime64[ns]")
+        if time.size == 0:
+            raise SchemaError(f"{path}: time dimension {tdim!r} is empty (0 time steps): nothing to convert; leave "
+                              "the file out")  # fmt: skip
         if time.size > 1 and not (np.diff(time) > np.timedelta64(0, "ns")).all():
             raise SchemaError(f"{path}: time {tdim!r} is not strictly increasing")
     return _Source(path, ds, roles, time)

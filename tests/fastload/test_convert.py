@@ -238,3 +238,14 @@ def test_a_level_coordinate_without_units_gets_none(tmp_path):
     assert "units" not in got.level.attrs and got.level.attrs["level_type"] == "depth"
     np.testing.assert_array_equal(got.level.values, DEPTH)
     np.testing.assert_array_equal(got.thetao.values, thetao.astype(np.float32))
+
+
+def test_an_empty_time_axis_is_refused_naming_the_file(tmp_path):
+    """Review s11 r1 rep14: an input with 0 time steps raised a bare IndexError (no file named)."""
+    empty = xr.Dataset({"t": (("time", "lat", "lon"), np.zeros((0, NY, NX), "f4"))},
+                       {"time": np.array([], "datetime64[ns]"), "lat": LAT, "lon": LON})  # fmt: skip
+    empty.to_netcdf(tmp_path / "empty.nc")
+    assert xr.open_dataset(tmp_path / "empty.nc").sizes["time"] == 0
+    with pytest.raises(SchemaError, match=r"empty\.nc: time dimension 'time' is empty \(0 time steps\)"):
+        convert([tmp_path / "empty.nc"], tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
