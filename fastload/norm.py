@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,7 @@ import numpy as np
 
 from .errors import ConfigError, SchemaError, StoreNotFoundError
 
-__all__ = ["Normalizer", "months_of", "normalize", "FORMAT_VERSION", "MODES"]
+__all__ = ["Normalizer", "canonical_units", "months_of", "normalize", "FORMAT_VERSION", "MODES"]
 
 FORMAT_VERSION = 1
 """Value of the root attribute ``fastload_norm`` of a coefficient store this module reads."""
@@ -103,6 +104,40 @@ def normalize(
         raise ConfigError(f"transform: expected None or 'log1p', got {transform!r}")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+_UNIT_WORDS = {
+    "kelvin": "k", "kelvins": "k", "degk": "k", "deg_k": "k", "degree_k": "k", "degrees_k": "k", "degreek": "k",
+    "degreesk": "k", "degree_kelvin": "k", "degrees_kelvin": "k",
+    "celsius": "degc", "deg_c": "degc", "degree_c": "degc", "degrees_c": "degc", "°c": "degc", "degreec": "degc",
+    "degreesc": "degc", "degree_celsius": "degc", "degrees_celsius": "degc",
+    "pascal": "pa", "pascals": "pa", "mbar": "hpa", "millibar": "hpa", "millibars": "hpa", "mb": "hpa",
+    "metre": "m", "meter": "m", "metres": "m", "meters": "m", "second": "s", "seconds": "s", "sec": "s",
+    "kilogram": "kg", "kilograms": "kg", "percent": "%",
+}  # fmt: skip
+_DIMENSIONLESS = ("", "1", "-", "~", "dimensionless", "unitless", "none", "fraction", "(0 - 1)", "(0-1)", "0-1")
+_UNIT_TOKEN = re.compile(r"^([a-z_%°]+)(-?\d+)?$")
+
+
+def canonical_units(units: str) -> tuple[tuple[str, int], ...] | str:
+    """A comparable form of a units string: ``(symbol, exponent)`` pairs, so that spellings of the same unit
+    compare equal ("K" and "kelvin", "m s**-1", "m s-1" and "m/s", "degC" and "degrees_Celsius", "hPa" and "mbar",
+    "1" and "(0 - 1)"); a string it cannot parse is compared as written (lower case, single spaces)."""
+    u = " ".join(str(units).strip().lower().split())
+    u = re.sub(r"\bdeg(?:ree)?s?[ _]?(celsius|kelvin|c|k)\b", lambda m: "degc" if m[1][0] == "c" else "k", u)
+    if u in _DIMENSIONLESS:
+        return ()
+    out: dict[str, int] = {}
+    for i, part in enumerate(u.replace("**", "").replace("^", "").split("/")):
+        for tok in re.split(r"[\s.*]+", part.strip()):
+            m = _UNIT_TOKEN.match(tok)
+            if m is None:
+                if tok == "1":
+                    continue
+                return u
+            sym = _UNIT_WORDS.get(m[1], m[1])
+            out[sym] = out.get(sym, 0) + (-1 if i else 1) * int(m[2] or 1)
+    return tuple(sorted((k, v) for k, v in out.items() if v))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -376,8 +411,9 @@ class Normalizer:
         Raises
         ------
         ConfigError
-            The field, a level, or the transform does not match (or the field has levels on one side only), or a
-            month of the store's time axis (of the boxes, with ``time_steps``) has no coefficients.
+            The field, a level, the level type, the units (both recorded, compared by :func:`canonical_units`) or
+            the transform does not match (or the field has levels on one side only), or a month of the store's time
+            axis (of the boxes, with ``time_steps``) has no coefficients.
         SchemaError
             The grid differs (shape, or first/last latitude or longitude, e.g. flipped latitude order).
         """
@@ -409,6 +445,22 @@ class Normalizer:
                 f"field {field!r}: the normalisation store {self._where()} holds coefficients {coef} but in the data "
                 f"store {store.path!r} the field has {data}: not the same field; recompute the coefficients with "
                 f"fastload stats on a store like this one"
+            )
+        info = store.fields[field]
+        have_lt, data_lt = a.get("level_type"), info.level_type
+        if have_lt and data_lt and str(have_lt).lower() != str(data_lt).lower():
+            raise ConfigError(
+                f"field {field!r}: the normalisation store {self._where()} holds coefficients on {have_lt} levels "
+                f"but in the data store {store.path!r} the field is on {data_lt} levels: not the same field (the "
+                f"level numbers may coincide); recompute the coefficients with fastload stats on a store like this one"
+            )
+        have_u, data_u = a.get("units"), info.units
+        if have_u and data_u and canonical_units(have_u) != canonical_units(data_u):
+            raise ConfigError(
+                f"field {field!r}: the coefficients in {self._where()} were computed on data in units {have_u!r} "
+                f"but the data store {store.path!r} has the field in {data_u!r}; recompute the coefficients with "
+                f"fastload stats on a store in these units (or correct the 'units' attribute if it is only "
+                f"spelled differently)"
             )
         self.level_indices(field, levels)
         have_t = self.transform(field)
