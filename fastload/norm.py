@@ -84,8 +84,10 @@ def normalize(
 ) -> np.ndarray:
     """Reference normalisation ``(transform(values) - mean) / std`` in float32, with NumPy broadcasting.
 
-    This is the plain formula the gather kernels implement; tests and tools use it as the reference. ``mean`` and
-    ``std`` are used as given (take them from :meth:`Normalizer.coefficients`, which applies the std guard).
+    Bit for bit what the gather kernels compute (:mod:`fastload.sampling._kernels`): the value as float32,
+    ``log1p`` taken in float64 and rounded to float32, then ``(x - mean) / std`` in float32. Tests and tools use it
+    as the reference. ``mean`` and ``std`` are used as given (take them from :meth:`Normalizer.coefficients`, which
+    applies the std guard).
 
     Parameters
     ----------
@@ -99,7 +101,7 @@ def normalize(
     x = np.asarray(values, dtype=np.float32)
     if transform == "log1p":
         with np.errstate(invalid="ignore", divide="ignore"):
-            x = np.log1p(x)
+            x = np.log1p(x.astype(np.float64)).astype(np.float32)  # as the kernels: float64 log1p, then rounded
     elif transform is not None:
         raise ConfigError(f"transform: expected None or 'log1p', got {transform!r}")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
