@@ -6,7 +6,9 @@ in latent space, the overlapping tiles blended by :class:`model.TileBlender` wit
 :func:`fastload.sampling.geometry.stitch` (so a field the tiles agree on comes back exactly), and the result
 written atomically through :class:`fastload.write.StoreWriter` as a store ``xr.open_zarr`` opens: per field its
 ensemble mean (``<field>``) and spread (``<field>_spread``) over ``(time, [level,] latitude, longitude)`` at the
-forecast's valid times, de-normalised to physical units unless ``--normalised``.
+forecast's valid times, de-normalised to physical units unless ``--normalised``. The spread is the unbiased standard
+deviation over the members (ddof 1, 0 for one member), as :func:`model.losses.ensemble_statistics` and the "stats"
+loss define it.
 
     fastload rollout STORE --checkpoint runs/fc/last.pt --steps 8 --out forecast.zarr
     fastload rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
@@ -302,7 +304,8 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
             src = store.fields[f.name]
             for name in (f.name, f"{f.name}_spread"):
                 wr.add_variable(name, dims, chunks=chunks, units=src.units, attrs={
-                    "long_name": f"{f.name} forecast ensemble {'spread' if name.endswith('_spread') else 'mean'}"})
+                    "long_name": f"{f.name} forecast ensemble "
+                                 f"{'spread (unbiased std, ddof 1)' if name.endswith('_spread') else 'mean'}"})
         with torch.no_grad():
             state = net.initial_state([net.encode(win, fc.tiles_per_chunk) for win in windows])
             # points the input windows never hold a value for and the reference windows neither (a store's declared
@@ -398,11 +401,14 @@ def _denormalise(x: np.ndarray, normalizer: Any, f: Any, months: np.ndarray) -> 
 
 
 def _write(wr: Any, f: Any, members: np.ndarray, levels: Sequence[float], row: int) -> None:
-    """Write the ensemble mean and spread of one decoded step (``(E, L, Tp, NY, NX)``) at time row ``row``."""
+    """Write the ensemble mean and spread (unbiased std over the members, ddof 1) of one decoded step
+    (``(E, L, Tp, NY, NX)``) at time row ``row``."""
     first = members[0]
     dev = members - first  # about the first member: members that agree give exactly their value and zero spread
     mean = first + dev.mean(axis=0)
-    spread = dev.std(axis=0)
+    # the unbiased std (ddof 1), as model.losses.ensemble_statistics and the "stats" loss the model trained with;
+    # one member: 0
+    spread = dev.std(axis=0, ddof=1) if members.shape[0] > 1 else np.zeros_like(first)
     for name, v in ((f.name, mean), (f"{f.name}_spread", spread)):
         v = np.moveaxis(v, 1, 0)  # (Tp, L, NY, NX)
         if f.levels is None:
