@@ -1,5 +1,5 @@
 """Regressions found by the zarr differential fuzz (``test_store_fuzz.py``), each minimised to a plain test: the
-bug it found is in its docstring."""
+bug it found is in its docstring; and a few edges the fuzz does not draw (said so in their docstrings)."""
 
 from __future__ import annotations
 
@@ -227,3 +227,18 @@ def test_fill_value_that_is_not_a_value_of_the_type_is_refused(tmp_path, fmt, dt
     meta = "zarr.json" if fmt == 3 else ".zarray"
     with pytest.raises(SchemaError, match=rf"v/{meta}: fill_value {re.escape(repr(fill))} does not fit dtype"):
         open_store(path)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize(("shape", "axis"), [((0, 3, 4), "time steps"), ((2, 0, 4), "latitude"), ((2, 3, 0), "longitude")])
+def test_zero_length_axis_opens_and_a_sample_is_refused_by_name(tmp_path, fmt, shape, axis):
+    """(Not a bug; an edge the fuzz does not draw.) A store with an empty time or grid axis opens, reads as
+    zarr-python reads it, and a sample is a ConfigError naming the field and the axis, not an IndexError."""
+    path = tmp_path / "s.zarr"
+    _tiny_store(path, fmt, np.zeros(shape, "f4"), chunks=(1, 2, 2), fill_value=np.nan)
+    store = open_store(path)
+    assert_same(store.read_array("v"), zarr_read(path, "v"), "read_array('v')")
+    assert store.time.shape == (shape[0],)
+    f = FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=(1, 1, 1), normalization="none")
+    with pytest.raises(ConfigError, match=rf"fields\.v: .*{axis}"):
+        fastload.extract(store, SamplingConfig(fields=[f]), [[0, 0, 0]])

@@ -2,23 +2,29 @@
 
 Hypothesis draws small ERA5-like stores and zarr-python writes them. Layouts: per-variable (a field ``a`` over
 (time, level, latitude, longitude), ``b`` over (time, latitude, longitude)) or AtmoRep (``data``/``data_sfc`` with
-a field axis); global grids (x wraps) or regional ones, latitudes either way up. Formats and encodings: zarr v2
-and v3; float16/32/64, int8/16/32/64, uint8/16/32, int16/32 packed with ``scale_factor``/``add_offset`` as
-xarray writes them; either byte order; v2 C or F order and filters (delta, fixedscaleoffset, shuffle); v3
-transpose (before the serializer, before or inside ``sharding_indexed``) and numcodecs filters (fixedscaleoffset,
-delta, quantize, bitround); blosc with each shuffle, zstd, gzip, lz4, numcodecs.shuffle or no compressor; fill
-values NaN, a number or none, ``_FillValue``/``missing_value`` attributes, the marker among the values, chunks
-never written; chunks that do not divide the array or exceed it; v2 ``dimension_separator`` ``.``/``/``; v3
-``chunk_key_encoding`` default or v2 with either separator; v3 sharding with the index at the start or end, either
-byte order, with or without crc32c, with or without codecs inside and after the shard; consolidated or not; read
-through plain files, fsspec or obstore.
+a field axis); global grids (x wraps) or regional ones, latitudes either way up. Formats and encodings: zarr v2 and
+v3; float16/32/64, int8/16/32/64, uint8/16/32, int16/32 packed with ``scale_factor``/``add_offset`` as xarray
+writes them; either byte order; v2 C or F order and filters (delta, fixedscaleoffset, shuffle); v3 transpose
+(before the serializer, before or inside ``sharding_indexed``) and numcodecs filters (fixedscaleoffset, delta,
+quantize, bitround); blosc with each shuffle, zstd, gzip, lz4, numcodecs.shuffle or no compressor; fill values NaN,
+a number or none, spelt as zarr-python writes them or as other writers do (a number as text, a v3 hex float of the
+type's width or another), ``_FillValue``/``missing_value`` attributes, the marker among the values, chunks never
+written, chunks of nothing but the fill value with ``write_empty_chunks`` either way (in a shard: an inner chunk
+left out of the index); a time coordinate as CF numbers (int32/int64/uint32/float64 in hours, days, minutes or
+seconds) or datetime64; now and then one more array ``x`` of a type no field has (bool, a field read as 0/1;
+complex, fixed-size bytes or unicode, variable-length strings: not fields, refused by name and type); chunks that
+do not divide the array or exceed it; v2 ``dimension_separator`` ``.``/``/``; v3 ``chunk_key_encoding`` default or
+v2 with either separator; v3 sharding with the index at the start or end, either byte order, with or without
+crc32c, with or without codecs inside and after the shard; consolidated or not; read through plain files, fsspec or
+obstore.
 
 Checks, through the paths users take: ``open_store`` + ``Store.read_array`` of every array equals zarr-python's
 read bit for bit; ``extract`` with ``normalization = "none"`` (Numba and ``jit=False``) on boxes at the corners,
-the last row and column and across the seam equals xarray's masked values as float32; now and then the same
-boxes through a ``Loader``; a packed field is refused by name and ``fastload rechunk --unpack`` gives xarray's
-decoded values. A refusal is allowed only as a :class:`~fastload.errors.FastloadError` naming the array or
-field; anything else (a wrong value, IndexError, KeyError, a numba error) fails.
+the last row and column and across the seam equals xarray's masked values as float32; now and then the same boxes
+through a ``Loader``; a packed field is refused by name and ``fastload rechunk --unpack`` gives xarray's decoded
+values; ``x`` reads as zarr-python reads it, and extract gives xarray's values of a bool ``x`` or a ConfigError
+naming ``fields.x`` and its type. A refusal is allowed only as a :class:`~fastload.errors.FastloadError` naming the
+array or field; anything else (a wrong value, IndexError, KeyError, a numba error) fails.
 
 zarr-python 3.1 defects steered around (not fastload's): it cannot write numcodecs.fixedscaleoffset/delta before a
 transpose or a sharding codec (those examples are rejected); it misreads numcodecs fixedscaleoffset, delta,
@@ -32,11 +38,13 @@ Run: ``pytest tests/fastload/test_store_fuzz.py -p no:cacheprovider -q`` (determ
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import importlib.util
 import itertools
 import os
+import struct
 import warnings
 
 import numcodecs
@@ -66,6 +74,10 @@ NF = 2  # fields along an AtmoRep array's field axis
 V2_FILTERS = ("none", "delta", "fixedscaleoffset", "shuffle", "delta+shuffle")
 V3_FILTERS = ("none", "none", "fixedscaleoffset", "delta", "quantize", "bitround")  # numcodecs.* array-to-array
 V3_COMPRESSORS = (*COMPRESSORS, "shuffle+zstd")  # numcodecs.shuffle: a bytes-to-bytes codec in v3
+TIME_ENCS = ("i8 hours", "i4 hours", "f8 days", "i8 minutes", "u4 seconds", "M8[s]", "M8[ns]")
+EXTRAS = {  # dtype of the extra array ``x`` -> its fill value (when drawn): bool is a field, the others are not
+    "b1": True, "c8": complex(np.nan, 1.0), "c16": complex(-9.5, np.inf), "S4": b"ab", "U4": "zz", "str": "n/a",
+}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -92,6 +104,11 @@ class ArraySpec:
     key_encoding: str = "default"  # v3
     transpose: tuple[int, ...] | None = None  # v3
     sharding: dict | None = None  # v3: {"mult", "location", "crc", "inner", "after", "transpose_inside"}
+    fill_text: str = "zarr"  # how the metadata spells the fill value: as zarr-python writes it, or (_respell_fill)
+    # "text" (a number as a string: "-999", "nan"), "hex" (v3 float: its bits, "0x7fc00000"), "hex_other" (v3
+    # float: the bits of another width, "0x7ff8000000000000" on float32), "intfloat" (an integer as -999.0)
+    empty: float = 0.0  # share of chunks written with nothing but the fill value
+    write_empty: bool = False  # zarr-python's write_empty_chunks: store those chunks (else they are not stored)
 
     @property
     def dtype(self) -> np.dtype:
@@ -117,6 +134,10 @@ class StoreSpec:
     a: ArraySpec
     b: ArraySpec
     coords: ArraySpec  # codec/chunking of the coordinate arrays (dtype ignored)
+    time_enc: str = "i8 hours"  # the time coordinate: "<dtype> <CF unit>", or a datetime64 dtype ("M8[s]")
+    extra: str | None = None  # one more array ``x`` (time, lat, lon) of a type no other array has (EXTRAS)
+    extra_fill: bool = False  # ``x`` with a fill value (EXTRAS) rather than none
+    extra_chunks: tuple[int, ...] = (1, 1, 1)
 
 
 @st.composite
@@ -124,13 +145,17 @@ def array_specs(draw, fmt: int, shape: tuple[int, ...], coord: bool = False) -> 
     kind = "f8" if coord else draw(st.sampled_from(KINDS))
     chunks = tuple(draw(st.integers(1, n + 2)) for n in shape)  # (zarr lets a chunk be larger than the array)
     fills = ("num", "edge", "none", "attr", "missing")
-    if kind.startswith("f"):  # (xarray writes a v3 float _FillValue attribute as base64: not drawn here)
-        fills = ("nan", "num", "edge", "none", "missing") + (("attr",) if fmt == 2 else ())
+    if kind.startswith("f"):  # (a v3 float _FillValue attribute as xarray writes it: base64 of a float64)
+        fills = ("nan", "num", "edge", "none", "missing", "attr")
     spec: dict = dict(
         kind=kind, big=draw(st.booleans()), chunks=chunks, compressor=draw(st.sampled_from(COMPRESSORS)),
         fill=draw(st.sampled_from(fills)), missing=0.0 if coord else draw(st.sampled_from((0.0, 0.3, 0.7, 1.0))),
         seed=draw(st.integers(0, 2**16)),
     )  # fmt: skip
+    if not coord:
+        texts = ("zarr", "text", "hex", "hex_other") if kind.startswith("f") else ("zarr", "text", "intfloat")
+        spec.update(fill_text=draw(st.sampled_from(texts)), empty=draw(st.sampled_from((0.0, 0.0, 0.4))),
+                    write_empty=draw(st.booleans()))  # fmt: skip
     if fmt == 2:
         spec.update(order=draw(st.sampled_from("CF")), separator=draw(st.sampled_from("./")),
                     filters="none" if coord else draw(st.sampled_from(V2_FILTERS)))  # fmt: skip
@@ -166,6 +191,9 @@ def store_specs(draw, fmt: int) -> StoreSpec:
         global_grid=draw(st.booleans()), lat_up=draw(st.booleans()),
         a=draw(array_specs(fmt, (nt, *nf, nl, ny, nx))), b=draw(array_specs(fmt, (nt, *nf, ny, nx))),
         coords=draw(array_specs(fmt, (max(nt, nl, ny, nx),), coord=True)),
+        time_enc=draw(st.sampled_from(TIME_ENCS)), extra=draw(st.sampled_from((None, None, *EXTRAS))),
+        extra_fill=draw(st.booleans()),
+        extra_chunks=(draw(st.integers(1, nt)), draw(st.integers(1, ny + 1)), draw(st.integers(1, nx + 1))),
     )  # fmt: skip
 
 
@@ -207,10 +235,13 @@ def _fill(spec: ArraySpec):
     return None
 
 
-def _marker_attrs(spec: ArraySpec) -> dict:
-    """The CF attributes that declare missing values, as xarray writes them."""
+def _marker_attrs(spec: ArraySpec, fmt: int) -> dict:
+    """The CF attributes that declare missing values, as xarray writes them (in zarr v3 a float's ``_FillValue``
+    as the base64 of its little-endian float64 bytes)."""
     m = _marker(spec)
     if spec.fill == "attr" or (spec.fill in ("num", "edge") and spec.packed):
+        if fmt == 3 and not spec.packed and spec.kind.startswith("f"):
+            return {"_FillValue": base64.standard_b64encode(struct.pack("<d", m)).decode()}
         return {"_FillValue": m}
     if spec.fill == "missing":
         return {"missing_value": m}
@@ -343,15 +374,60 @@ def _create(root, name: str, data: np.ndarray, dims, spec: ArraySpec, fmt: int, 
         dtype = spec.dtype.newbyteorder("=")  # the byte order is the bytes codec's
     with _quiet():
         arr = root.create_array(name, shape=data.shape, dtype=dtype, chunks=grid, fill_value=fill, attributes=attrs,
-                                **kw)  # fmt: skip
+                                config={"write_empty_chunks": spec.write_empty}, **kw)  # fmt: skip
     rng = np.random.default_rng(spec.seed + 1)
     for idx in itertools.product(*(range(-(-s // c)) for s, c in zip(data.shape, spec.chunks))):
         if not coord and rng.random() < spec.missing:
             continue  # never written: reads as the fill value (a shard with none written is not stored)
         region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, spec.chunks, data.shape))
+        values = data[region]
+        if spec.empty and rng.random() < spec.empty:  # all fill: stored or not, as write_empty_chunks says (in a
+            # shard: an inner chunk left out of the index)
+            values = np.full(values.shape, 0 if arr.fill_value is None else arr.fill_value, values.dtype)
         with _quiet():
-            arr[region] = data[region]
+            arr[region] = values
     return arr
+
+
+def _spell(value, dtype: np.dtype, how: str, fmt: int):
+    """The JSON fill value ``value`` (as zarr-python wrote it) spelt another way zarr-python reads as the same
+    number, or None where ``how`` does not apply to ``dtype``/``fmt`` (v2 has no hex floats)."""
+    if value is None or dtype.kind not in "iuf":
+        return None
+    v = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(value, value)
+    if how == "text":
+        return str(int(v)) if dtype.kind in "iu" else {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}.get(
+            value, repr(float(v)))
+    if how == "intfloat" and dtype.kind in "iu" and abs(int(v)) < 2**53:
+        return float(v)
+    if how.startswith("hex") and dtype.kind == "f" and fmt == 3:
+        width = dtype.itemsize if how == "hex" else (8 if dtype.itemsize < 8 else 4)  # NaN, inf, -9.5: exact in each
+        return "0x" + np.array(v, f">f{width}").tobytes().hex()
+    return None
+
+
+def _respell_fill(path, spec: StoreSpec) -> None:
+    """Spell each data array's fill value as its ``fill_text`` says, in its metadata document and in the
+    consolidated metadata (zarr-python writes one spelling; other writers, and people, write others)."""
+    import json
+
+    fmt = spec.fmt
+    root_doc = path / (".zmetadata" if fmt == 2 else "zarr.json")
+    cons = json.loads(root_doc.read_text()) if spec.consolidated else None
+    for name, aspec, _, _ in _arrays(spec):
+        doc_path = path / name / (".zarray" if fmt == 2 else "zarr.json")
+        doc = json.loads(doc_path.read_text())
+        new = _spell(doc["fill_value"], np.dtype(aspec.kind.rstrip("p")), aspec.fill_text, fmt)
+        if new is None:
+            continue
+        _event(f"fill_value spelt {aspec.fill_text}")
+        doc["fill_value"] = new
+        doc_path.write_text(json.dumps(doc))
+        if cons is not None:
+            (cons["metadata"] if fmt == 2 else cons["consolidated_metadata"]["metadata"])[
+                f"{name}/.zarray" if fmt == 2 else name]["fill_value"] = new
+    if cons is not None:
+        root_doc.write_text(json.dumps(cons))
 
 
 LEVELS = [1000.0, 850.0, 500.0]
@@ -381,7 +457,7 @@ def write_store(path, spec: StoreSpec) -> None:
     with _quiet():
         root = zarr.open_group(str(path), mode="w", zarr_format=fmt)
     for name, aspec, dims, shape in _arrays(spec):
-        attrs = {"units": "K", **_marker_attrs(aspec)}
+        attrs = {"units": "K", **_marker_attrs(aspec, fmt)}
         if spec.atmorep:
             attrs["fields"] = [f"{'a' if name == 'data' else 'b'}{i}" for i in range(NF)]
             if "level" in dims:
@@ -389,23 +465,64 @@ def write_store(path, spec: StoreSpec) -> None:
         if aspec.packed:  # as xarray writes packed data (encoding scale_factor/add_offset/_FillValue)
             attrs.update(scale_factor=0.01, add_offset=273.15)
         _create(root, name, _values(aspec, shape), dims, aspec, fmt, attrs, fill=_fill(aspec))
-    hours, tattrs = cf_hours(T0 + np.arange(spec.nt) * np.timedelta64(6, "h"))
+    times = T0 + np.arange(spec.nt) * np.timedelta64(6, "h")
+    hours, tattrs = cf_hours(times)
+    if spec.time_enc.startswith("M8"):  # datetime64 values (no CF units)
+        tvals, tattrs = times.astype(spec.time_enc), {}
+    else:  # CF numbers: "<dtype> <unit>"
+        tdt, unit = spec.time_enc.split()
+        per_hour = {"hours": 1, "days": 1 / 24, "minutes": 60, "seconds": 3600}[unit]  # (6 h = 0.25 days: exact)
+        tvals = (hours * per_hour).astype(tdt)
+        tattrs = {**tattrs, "units": tattrs["units"].replace("hours", unit)}
     if spec.global_grid:
         lat, lon = np.linspace(-90.0, 90.0, spec.ny), np.arange(spec.nx) * (360.0 / spec.nx)
     else:
         lat, lon = np.linspace(30.0, 30.0 + 0.5 * (spec.ny - 1), spec.ny), np.linspace(-10.0, -10.0 + 0.5 * (spec.nx - 1), spec.nx)
     ylat, xlon = ("lat", "lon") if spec.atmorep else ("latitude", "longitude")
     coords = [
-        ("time", hours, tattrs),
+        ("time", tvals, tattrs),
         ("level", np.array(LEVELS[: spec.nl]), {"units": "hPa", "level_type": "pressure"}),
         (ylat, lat if spec.lat_up else lat[::-1].copy(), {"units": "degrees_north"}),
         (xlon, lon, {"units": "degrees_east"}),
     ]
     for name, vals, attrs in coords:
         _create(root, name, vals, (name,), spec.coords, fmt, attrs, fill=0, coord=True)
+    if spec.extra:
+        _write_extra(root, spec, ylat, xlon)
     if spec.consolidated:
         with _quiet():
             zarr.consolidate_metadata(str(path), zarr_format=fmt)
+    _respell_fill(path, spec)
+
+
+def _write_extra(root, spec: StoreSpec, ylat: str, xlon: str) -> None:
+    """Array ``x`` (time, lat, lon) of type ``spec.extra`` (bool, complex, fixed-size bytes or unicode, or
+    variable-length strings), a share of its chunks never written."""
+    shape, kind = (spec.nt, spec.ny, spec.nx), spec.extra
+    rng = np.random.default_rng(spec.b.seed + 7)
+    if kind == "b1":
+        vals = rng.random(shape) > 0.5
+    elif kind in ("c8", "c16"):
+        vals = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(kind)
+        vals.flat[0] = EXTRAS[kind]
+    else:
+        words = {"S4": np.array([b"ab", b"", b"wxyz", b"\x00q", b"abc"], "S4"),
+                 "U4": np.array(["a", "", "日本", "wxyz", "zz"], "U4"),
+                 "str": np.array(["a", "", "日本語テキスト", "n/a", "x" * 30], object)}[kind]  # fmt: skip
+        vals = words[rng.integers(0, len(words), shape)]
+    dims = ("time", ylat, xlon)
+    named = {"dimension_names": dims} if spec.fmt == 3 else {"attributes": {"_ARRAY_DIMENSIONS": list(dims)}}
+    comp = None if spec.coords.compressor == "none" else (numcodecs.Zstd(level=1) if spec.fmt == 2 else "auto")
+    with _quiet():
+        arr = root.create_array("x", shape=shape, dtype=str if kind == "str" else vals.dtype,
+                                chunks=spec.extra_chunks, fill_value=EXTRAS[kind] if spec.extra_fill else None,
+                                compressors=comp, **named)  # fmt: skip
+    for idx in itertools.product(*(range(-(-s // c)) for s, c in zip(shape, spec.extra_chunks))):
+        if rng.random() < 0.3:
+            continue  # never written: reads as the fill value
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, spec.extra_chunks, shape))
+        with _quiet():
+            arr[region] = vals[region]
 
 
 # -- checks -----------------------------------------------------------------------------------------------------
@@ -429,6 +546,8 @@ def xarray_masked(path, spec: StoreSpec, name: str) -> np.ndarray:
 def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
     """Bit for bit (NaN == NaN), values and dtype (fastload gives native byte order)."""
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind == "T":  # zarr-python reads variable-length strings as NumPy's StringDType, fastload as str
+        want = want.astype(object)
     assert got.dtype == want.dtype.newbyteorder("="), f"{what}: dtype {got.dtype} != {want.dtype}"
     w = want.astype(want.dtype.newbyteorder("="))
     if got.dtype.kind == "f":
@@ -485,7 +604,7 @@ def check_store(path, spec: StoreSpec) -> None:
     for name in (*names, "time", "level"):
         assert_same(store.read_array(name), zarr_read(path, name), f"read_array({name!r})")
     want_time = T0 + np.arange(spec.nt) * np.timedelta64(6, "h")
-    assert np.array_equal(store.time, want_time)
+    assert np.array_equal(store.time, want_time), f"time ({spec.time_enc}): {store.time} != {want_time}"
     assert store.grid.periodic_x == spec.global_grid and (store.grid.ny, store.grid.nx) == (spec.ny, spec.nx)
     # extract, raw, at boxes on the edges and across the seam
     rng = np.random.default_rng(spec.a.seed)
@@ -536,6 +655,35 @@ def check_store(path, spec: StoreSpec) -> None:
         if spec.b.seed % 4 == 0:  # the Loader too (its reader threads, chunk cache, direct reads), now and then
             check_loader(store, f, boxes, truth, lev, spec.global_grid)
             _event("Loader compared")
+    if spec.extra:
+        check_extra(path, spec, store, rng)
+
+
+def check_extra(path, spec: StoreSpec, store, rng) -> None:
+    """Array ``x`` of an unusual type reads as zarr-python reads it; a bool ``x`` is a field (0/1, its fill value
+    masked as xarray masks it) and extract gives xarray's values; any other (complex, strings, bytes) is not one,
+    and asking for it as a field is a ConfigError naming the field and its type."""
+    assert_same(store.read_array("x"), zarr_read(path, "x"), f"read_array('x') ({spec.extra})")
+    box = (int(rng.integers(1, spec.nt + 1)), int(rng.integers(1, spec.ny + 1)), int(rng.integers(1, spec.nx + 1)))
+    f = FieldConfig(name="x", num_tokens=(1, 1, 1), token_size=box, normalization="none")
+    cfg = SamplingConfig(fields=[f])
+    if spec.extra == "b1" and "x" in store.fields:
+        boxes = _boxes(rng, spec.nt, spec.ny, spec.nx, f.box, spec.global_grid)
+        want = tokens(crop(xarray_masked(path, spec, "x"), boxes, f.box, periodic=spec.global_grid), f)
+        assert_same(fastload.extract(store, cfg, boxes)[f.name].data, want, "extract('x') (bool)")
+        _event("bool field compared")
+        return
+    assert "x" not in store.fields
+    with pytest.raises(ConfigError) as ei:
+        fastload.extract(store, cfg, [[0, 0, 0]])
+    assert_clear_refusal(ei.value, ("fields.x",))
+    if spec.atmorep and spec.extra != "str":  # an AtmoRep store's fields are those of its data arrays' axis
+        assert "fields.x: not in store" in str(ei.value), str(ei.value)
+        return
+    assert "x" in store.not_fields, f"x ({spec.extra}): {store.not_fields}"
+    named = "variable-length strings" if spec.extra == "str" else f"dtype {np.dtype(spec.extra)}"
+    assert "is not a field" in str(ei.value) and named in str(ei.value), str(ei.value)
+    _event(f"{spec.extra} array refused as a field")
 
 
 def check_unpacked(path, spec: StoreSpec, store, packed: dict) -> None:
