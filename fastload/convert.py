@@ -48,6 +48,7 @@ import numpy as np
 
 from ._progress import Progress
 from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
+from .store._cf import NS_RANGE
 from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
 
 __all__ = ["convert", "main", "GRIB_SUFFIXES"]
@@ -171,9 +172,7 @@ def _source(path: Path, ds: Any) -> _Source:
     if tdim is not None:
         t = ds[tdim].values if tdim in ds.coords else None
         if t is None or not np.issubdtype(t.dtype, np.datetime64):
-            kind = "no coordinate values" if t is None else f"values of type {t.dtype} (a calendar numpy cannot hold?)"
-            raise SchemaError(f"{path}: time dimension {tdim!r} has {kind}; expected CF-decodable dates "
-                              "(standard/gregorian/proleptic_gregorian calendar)")  # fmt: skip
+            _refuse_time(path, tdim, ds[tdim] if t is not None else None)
         time = t.astype("datetime64[ns]")
         if time.size == 0:
             raise SchemaError(f"{path}: time dimension {tdim!r} is empty (0 time steps): nothing to convert; leave "
@@ -181,6 +180,27 @@ def _source(path: Path, ds: Any) -> _Source:
         if time.size > 1 and not (np.diff(time) > np.timedelta64(0, "ns")).all():
             raise SchemaError(f"{path}: time {tdim!r} is not strictly increasing")
     return _Source(path, ds, roles, time)
+
+
+def _refuse_time(path: Path, tdim: str, coord: Any) -> None:
+    """Why xarray did not decode the time coordinate to datetime64: no values, a calendar NumPy cannot hold
+    (360_day, noleap...), or dates of a NumPy calendar outside what datetime64[ns] holds (xarray hands out cftime
+    objects then: a CMIP6 extension running to 2300, a paleo run)."""
+    expect = "expected CF-decodable dates (standard/gregorian/proleptic_gregorian calendar)"
+    if coord is None:
+        raise SchemaError(f"{path}: time dimension {tdim!r} has no coordinate values; {expect}")
+    t = coord.values
+    calendar = coord.encoding.get("calendar") or getattr(t.flat[0] if t.size else None, "calendar", None)
+    if t.dtype == object and str(calendar).lower() in ("standard", "gregorian", "proleptic_gregorian"):
+        try:
+            span = f"{min(t.flat)} .. {max(t.flat)}"
+        except TypeError:
+            span = f"{t.flat[0]} .. {t.flat[-1]}"
+        raise SchemaError(f"{path}: time dimension {tdim!r} has dates {span} ({calendar} calendar), outside the "
+                          f"range datetime64[ns] holds, {NS_RANGE}; fastload keeps times as datetime64[ns]: convert "
+                          "only the times in that range (e.g. select them with xarray and write a new file)")  # fmt: skip
+    cal = f"calendar {calendar!r}" if calendar else f"values of type {t.dtype}"
+    raise SchemaError(f"{path}: time dimension {tdim!r} has {cal}, which numpy datetime64 cannot hold; {expect}")
 
 
 GRIB_GRIDS = ("regular_ll", "regular_gg")

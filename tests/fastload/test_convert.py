@@ -249,3 +249,28 @@ def test_an_empty_time_axis_is_refused_naming_the_file(tmp_path):
     with pytest.raises(SchemaError, match=r"empty\.nc: time dimension 'time' is empty \(0 time steps\)"):
         convert([tmp_path / "empty.nc"], tmp_path / "x.zarr", progress=False)
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Unable to decode time axis")  # xarray's, on falling back to cftime dates
+def test_dates_outside_datetime64_ns_are_refused_as_such_not_as_a_calendar(tmp_path):
+    """Review s11 r1 rep9: a proleptic_gregorian file running to 2299 (CMIP6 extensions) was refused with "expected
+    ... proleptic_gregorian calendar"; the message now says the dates lie outside what datetime64[ns] holds. A
+    calendar NumPy cannot hold is still named as such."""
+    coords = {"lat": ("lat", LAT[:2], {"units": "degrees_north"}), "lon": ("lon", LON[:3], {"units": "degrees_east"})}
+    days = np.array([164000.0, 164031.0, 164059.0])  # days since 1850-01-01: 2299
+    late = xr.Dataset({"tas": (("time", "lat", "lon"), np.ones((3, 2, 3), "f4"))},
+                      coords={"time": ("time", days, {"units": "days since 1850-01-01",
+                                                      "calendar": "proleptic_gregorian"}), **coords})  # fmt: skip
+    late.to_netcdf(tmp_path / "late.nc")
+    with xr.open_dataset(tmp_path / "late.nc") as ds:  # xarray: cftime dates, as datetime64[ns] cannot hold them
+        assert ds.time.dtype == object and [d.year for d in ds.time.values] == [2299, 2299, 2299]
+    with pytest.raises(SchemaError, match=r"late\.nc: time dimension 'time' has dates 2299-01-07 00:00:00 \.\. "
+                                          r"2299-03-07 00:00:00 \(proleptic_gregorian calendar\), outside the range "
+                                          r"datetime64\[ns\] holds, 1677-09-21.*2262-04-11"):  # fmt: skip
+        convert([tmp_path / "late.nc"], tmp_path / "x.zarr", progress=False)
+    d360 = late.assign_coords(time=("time", [0, 30, 60], {"units": "days since 2000-01-01", "calendar": "360_day"}))
+    d360.to_netcdf(tmp_path / "d360.nc")
+    with pytest.raises(SchemaError, match=r"d360\.nc: time dimension 'time' has calendar '360_day', which numpy "
+                                          r"datetime64 cannot hold"):  # fmt: skip
+        convert([tmp_path / "d360.nc"], tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
