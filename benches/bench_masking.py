@@ -1,8 +1,9 @@
 """BERT masking of a batch: the gathering way (CPU) against the dense way (every token, selected by ``where``).
 
-The loader masks each batch in the consumer's ``next()`` on the batch's device. On the CPU the gathering way
-corrupts only the chosen tokens; on an accelerator the dense way computes every token and selects, so no tensor's
-shape depends on the mask and the host never waits for the device (RESULTS 17.3: the gathering way made 32
+The loader masks each batch where its tensors are: on an accelerator in the consumer's ``next()`` after the copy,
+on the CPU in the worker that read it (RESULTS 19.1). On the CPU the gathering way corrupts only the chosen tokens;
+on an accelerator the dense way computes every token and selects, so no tensor's shape depends on the mask and the
+host never waits for the device (RESULTS 17.3: the gathering way made 32
 synchronizing operations per ``small_h100`` batch, each waiting for the queued training step).
 
 - ``test_mask_batch[<geometry>-<way>-<device>]``: :func:`fastload.sampling.masking.mask_batch` with AtmoRep's BERT
