@@ -135,6 +135,8 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     values = np.asarray(values)
     if values.dtype.kind == "M":
         out = values.astype("datetime64[ns]")
+        if np.datetime_data(values.dtype)[0] in ("ps", "fs", "as"):  # all within ns range; ns truncates them
+            return out
         wrapped = (out.astype(values.dtype) != values) & ~np.isnat(values)  # NumPy wraps what ns cannot hold
         if wrapped.any():
             raise SchemaError(

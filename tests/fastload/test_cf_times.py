@@ -97,6 +97,10 @@ def test_datetime64_values_outside_the_ns_range_are_refused():
         decode_time(t, {}, "t")
     ok = np.array(["1700-01-01", "2262-04-11", "NaT"], "datetime64[D]")
     np.testing.assert_array_equal(decode_time(ok, {}, "t"), ok.astype("datetime64[ns]"))
+    fine = np.array([1500, 2_000_000], "datetime64[ps]")  # finer than ns: truncated as NumPy does, not refused
+    np.testing.assert_array_equal(decode_time(fine, {}, "t"), fine.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(decode_time(np.array(["2262"], "datetime64[Y]"), {}, "t"),
+                                  np.array([pd.Timestamp("2262-01-01").to_datetime64()]))  # fmt: skip
 
 
 def _store_with_time(path, values, attrs):
