@@ -16,7 +16,9 @@ loss define it.
 (``python -m profiling.rollout ...`` is the same command.) The checkpoint is one ``fastload train`` wrote for a
 Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead) and the sampling config as trained
 (fields, levels, tokens, normalisation coefficients). Before the first step, the normalisation store is checked for
-every month the written steps fall in, so a rollout that would run out of coefficients fails before any work.
+every month the written steps fall in, so a rollout that would run out of coefficients fails before any work, and
+its coefficients are compared with the fingerprint the training loader recorded (:func:`check_norm`; other ones, say
+statistics recomputed since, are refused unless ``--allow-other-norm``).
 
 Time axis. Valid times come from the store's own step, not from its indices (:func:`valid_times`): step ``k`` is
 ``k x lead`` steps after the last input window, on the regular step the store has from there (its own times while
@@ -207,10 +209,13 @@ def check_input_windows(store: Any, start: int, input_window: int, lead: int, n_
 
 def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int, t0: int | None = None,
              when: str | None = None, every: int = 1, normalised: bool = False, norm: str | None = None,
-             device: str = "cpu", overwrite: bool = False, static_times: int = 4, log: Any = print) -> Path:
+             device: str = "cpu", overwrite: bool = False, static_times: int = 4, allow_other_norm: bool = False,
+             log: Any = print) -> Path:
     """Roll out ``steps`` steps from store time ``t0`` (index) or ``when`` (ISO) and write every ``every``-th step.
 
     ``static_times``: store windows the static missing-value mask is read from (0: none; see the module notes).
+    ``allow_other_norm``: roll out with normalisation coefficients other than those the checkpoint was trained
+    with (a warning instead of the refusal of :func:`check_norm`).
     Returns the path of the written store. See the module notes for its layout.
     """
     import fastload
@@ -266,6 +271,10 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
         raise ConfigError(f"decoded steps overlap in time: lead {lead} < {n_tp} time points x time_step {ts}; "
                           "decode every step at most once per lead (--every)")
     valid = valid_times(store.time, t_last, offsets)  # (steps written x n_tp,) the valid time of every written row
+    if normalizer is not None:  # inputs are normalised with them (and outputs de-normalised unless --normalised)
+        months = months_of(np.concatenate([np.asarray(store.time[start:start + span]).astype("datetime64[ns]"),
+                                           valid.astype("datetime64[ns]")]))
+        check_norm(normalizer, sampling, extra, checkpoint, months, allow=allow_other_norm)
     if not normalised:  # every month the written steps fall in, before any step runs
         check_months(normalizer, sampling, valid)
     fields, meta, boxes = extract_windows(store, sampling, tiles, [start], input_window=w, lead=lead,
@@ -330,6 +339,46 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     log(f"rollout: {out} ({len(decode)} step(s) x {n_tp} time point(s), {'normalised' if normalised else 'physical'}"
         " values; xr.open_zarr opens it)")
     return Path(out)
+
+
+def check_norm(normalizer: Any, sampling: Any, extra: dict[str, Any], checkpoint: Any, months: Any, *,
+               allow: bool = False) -> None:
+    """Refuse normalisation coefficients other than those the checkpoint's training run used: their fingerprint
+    (:func:`fastload._resume.norm_fingerprint`: attributes, global mean and std, std floors) against the one its
+    loader state recorded, and the local (per grid point) coefficients of the calendar ``months`` (0-11) the
+    rollout uses, where the training run read them (:func:`fastload._resume.local_digests`). Other coefficients
+    would normalise the inputs and de-normalise the forecast otherwise than training did, silently (recomputed
+    statistics, another store's). ``allow`` (``--allow-other-norm``): a warning instead. A checkpoint that records
+    no fingerprint (written before it was recorded, or without a Normalizer): a warning, nothing compared."""
+    from fastload._resume import _strip_local, local_digests, norm_fingerprint
+
+    states = extra.get("loader")
+    state = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+    saved = _strip_local(state.get("norm_fingerprint"))[0]
+    where = f"the normalisation coefficients {str(sampling.norm_path)!r}"
+    if not isinstance(saved, str) or not saved.startswith("sha256:"):
+        warnings.warn(f"--checkpoint {str(checkpoint)!r} records no fingerprint of the coefficients it was trained "
+                      f"with: cannot check that {where} are those", UserWarning, stacklevel=3)
+        return
+    differ = []
+    if norm_fingerprint(normalizer, sampling) != saved:
+        differ.append("their attributes, global mean or std, or std floors")
+    saved_local = state.get("norm_local")
+    if isinstance(saved_local, dict):
+        want = {int(m) + 1 for m in months}
+        keys = [k for k in saved_local if str(k).rpartition("/")[2].isdigit() and int(str(k).rpartition("/")[2]) in want]
+        if keys:
+            now = local_digests(normalizer, sampling, keys)
+            differ += [f"the local coefficients of {k}" for k in sorted(keys) if now.get(k) != saved_local[k]]
+    if not differ:
+        return
+    what = (f"{where} differ from those --checkpoint {str(checkpoint)!r} was trained with ({'; '.join(differ)}): "
+            "the inputs would be normalised, and the forecast de-normalised, otherwise than in training")
+    if allow:
+        warnings.warn(f"{what}; rolling out with them as --allow-other-norm asks", UserWarning, stacklevel=3)
+        return
+    raise ConfigError(f"{what}. Point --norm at the training run's coefficients, or pass --allow-other-norm to roll "
+                      "out with these on purpose")
 
 
 def check_months(normalizer: Any, sampling: Any, valid: np.ndarray) -> None:
@@ -430,7 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--time", help="ISO time of the first input window (instead of --t0)")
     p.add_argument("--every", type=int, default=1, help="write every K-th step (and the last)")
     p.add_argument("--normalised", action="store_true", help="write the model's normalised values")
-    p.add_argument("--norm", help="normalisation coefficients (default: the run's)")
+    p.add_argument("--norm", help="normalisation coefficients (default: the run's); they must be those the checkpoint "
+                                  "was trained with (compared by fingerprint, not path) unless --allow-other-norm")
+    p.add_argument("--allow-other-norm", action="store_true",
+                   help="roll out with coefficients that differ from the training run's (a warning, not an error)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: $FASTLOAD_DEVICE, else the GPU when there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--static-times", type=int, default=4, metavar="K",
@@ -442,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--t0 and --time: give one")
     forecast(a.store, a.checkpoint, a.out, steps=a.steps, t0=a.t0, when=a.time, every=a.every,
              normalised=a.normalised, norm=a.norm, device=a.device or str(default_device()), overwrite=a.overwrite,
-             static_times=a.static_times)
+             static_times=a.static_times, allow_other_norm=a.allow_other_norm)
     return 0
 
 
