@@ -61,7 +61,12 @@ class RolloutConfig(_Config):
     steps: int = 1
     """Rollout steps, i.e. targets per sample."""
     lead: int | None = None
-    """Store time steps per rollout step; None: the time span of one sample window (``SamplingConfig.time_span``)."""
+    """Store time steps per rollout step; None: the time span of one sample window (``SamplingConfig.time_span`` =
+    ``(box_t - 1) * time_step + 1``). With ``time_step`` 1 that is ``box_t``: the targets continue the inputs'
+    cadence. With ``time_step`` > 1 it is *not* on that cadence: ``time_step`` 6 on an hourly store with ``box_t`` 3
+    puts the inputs at hours 0, 6, 12 after ``t0``, the default lead is 13 and step 1's targets are at 13, 19, 25,
+    one hour off the 6-hourly points (``box_t * time_step`` = 18 would continue them). Set ``lead`` explicitly
+    (e.g. ``box_t * time_step``) for such configs; the default is kept as it is so that trained runs stay the same."""
     input_window: int = 1
     """Consecutive input windows (``lead`` apart) per sample: the Forecaster's ``input_window``."""
     readout_time_tokens: int = 1

@@ -14,7 +14,9 @@ loss define it.
     fastload rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
 
 (``python -m profiling.rollout ...`` is the same command.) The checkpoint is one ``fastload train`` wrote for a
-Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead) and the sampling config as trained
+Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead; an unset ``forecast.lead`` is the
+sample window's ``time_span`` = ``(box_t - 1) * time_step + 1`` store steps, which with ``time_step`` > 1 is off the
+inputs' cadence: :attr:`fastload.rollout_data.RolloutConfig.lead`) and the sampling config as trained
 (fields, levels, tokens, normalisation coefficients). Before the first step, the normalisation store is checked for
 every month the written steps fall in, so a rollout that would run out of coefficients fails before any work, and
 its coefficients are compared with the fingerprint the training loader recorded (:func:`check_norm`; other ones, say
@@ -470,7 +472,12 @@ def _write(wr: Any, f: Any, members: np.ndarray, levels: Sequence[float], row: i
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m profiling.rollout STORE --checkpoint CKPT --steps N --out OUT.zarr``."""
-    p = argparse.ArgumentParser(prog="fastload rollout", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="fastload rollout", description=__doc__.split("\n\n")[0],
+        epilog="The lead of a step is the training run's forecast.lead store steps (recorded in the checkpoint; the "
+               "store's 'lead_steps' attribute); unset, it is the sample window's time_span = (box_t - 1) * time_step "
+               "+ 1, which with time_step > 1 is off the inputs' cadence (time_step 6, box_t 3: inputs at hours 0, 6, "
+               "12, targets at 13, 19, 25).")
     p.add_argument("store", help="the store to start from (the training store or one like it)")
     p.add_argument("--checkpoint", required=True, help="a Forecaster checkpoint of fastload train (last.pt)")
     p.add_argument("--steps", type=int, required=True, help="rollout steps")
