@@ -113,7 +113,9 @@ class FieldSpec(ConfigBase):
     coupling_heads: int = 1
     """Cross-attention heads per coupled field (added to the self-attention heads)."""
     loss_weight: float = 1.0
-    """Weight of this field in the summed loss."""
+    """Weight of this field in the summed loss: :meth:`model.Forecaster.rollout_loss` weighs it, and
+    :func:`model.losses.multiformer_loss` given the model's ``config`` (``profiling.steps.MultiformerStep`` passes
+    it; explicit ``field_weights`` win for the fields they name)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
