@@ -74,7 +74,10 @@ NF = 2  # fields along an AtmoRep array's field axis
 V2_FILTERS = ("none", "delta", "fixedscaleoffset", "shuffle", "delta+shuffle")
 V3_FILTERS = ("none", "none", "fixedscaleoffset", "delta", "quantize", "bitround")  # numcodecs.* array-to-array
 V3_COMPRESSORS = (*COMPRESSORS, "shuffle+zstd")  # numcodecs.shuffle: a bytes-to-bytes codec in v3
-TIME_ENCS = ("i8 hours", "i4 hours", "f8 days", "i8 minutes", "u4 seconds", "M8[s]", "M8[ns]")
+TIME_ENCS = ("i8 hours", "i4 hours", "f8 days", "i8 minutes", "u4 seconds", "i4 seconds", "M8[s]", "M8[ns]")
+TIME_REFS = {"2000-01-01 00:00:00": "2000-01-01", "1900-01-01 00:00:00.0": "1900-01-01",  # (ERA5's)
+             "1970-01-01T00:00:00Z": "1970-01-01", "2000-01-01T03:00": "2000-01-01T03:00"}  # fmt: skip
+"""CF reference times as written -> as NumPy reads them."""
 EXTRAS = {  # dtype of the extra array ``x`` -> its fill value (when drawn): bool is a field, the others are not
     "b1": True, "c8": complex(np.nan, 1.0), "c16": complex(-9.5, np.inf), "S4": b"ab", "U4": "zz", "str": "n/a",
 }  # fmt: skip
@@ -135,6 +138,7 @@ class StoreSpec:
     b: ArraySpec
     coords: ArraySpec  # codec/chunking of the coordinate arrays (dtype ignored)
     time_enc: str = "i8 hours"  # the time coordinate: "<dtype> <CF unit>", or a datetime64 dtype ("M8[s]")
+    time_ref: str = "2000-01-01 00:00:00"  # the CF reference time (TIME_REFS)
     extra: str | None = None  # one more array ``x`` (time, lat, lon) of a type no other array has (EXTRAS)
     extra_fill: bool = False  # ``x`` with a fill value (EXTRAS) rather than none
     extra_chunks: tuple[int, ...] = (1, 1, 1)
@@ -191,8 +195,8 @@ def store_specs(draw, fmt: int) -> StoreSpec:
         global_grid=draw(st.booleans()), lat_up=draw(st.booleans()),
         a=draw(array_specs(fmt, (nt, *nf, nl, ny, nx))), b=draw(array_specs(fmt, (nt, *nf, ny, nx))),
         coords=draw(array_specs(fmt, (max(nt, nl, ny, nx),), coord=True)),
-        time_enc=draw(st.sampled_from(TIME_ENCS)), extra=draw(st.sampled_from((None, None, *EXTRAS))),
-        extra_fill=draw(st.booleans()),
+        time_enc=draw(st.sampled_from(TIME_ENCS)), time_ref=draw(st.sampled_from(sorted(TIME_REFS))),
+        extra=draw(st.sampled_from((None, None, *EXTRAS))), extra_fill=draw(st.booleans()),
         extra_chunks=(draw(st.integers(1, nt)), draw(st.integers(1, ny + 1)), draw(st.integers(1, nx + 1))),
     )  # fmt: skip
 
@@ -469,11 +473,15 @@ def write_store(path, spec: StoreSpec) -> None:
     hours, tattrs = cf_hours(times)
     if spec.time_enc.startswith("M8"):  # datetime64 values (no CF units)
         tvals, tattrs = times.astype(spec.time_enc), {}
-    else:  # CF numbers: "<dtype> <unit>"
+    else:  # CF numbers: "<dtype> <unit> since <reference>"
         tdt, unit = spec.time_enc.split()
+        since = (times - np.datetime64(TIME_REFS[spec.time_ref], "ns")) // np.timedelta64(1, "h")
         per_hour = {"hours": 1, "days": 1 / 24, "minutes": 60, "seconds": 3600}[unit]  # (6 h = 0.25 days: exact)
-        tvals = (hours * per_hour).astype(tdt)
-        tattrs = {**tattrs, "units": tattrs["units"].replace("hours", unit)}
+        tvals = since * per_hour
+        if tdt != "f8" and not np.iinfo(tdt).min <= tvals.min() <= tvals.max() <= np.iinfo(tdt).max:
+            tdt = "i8"  # (seconds since 1900 in int32)
+        tvals = tvals.astype(tdt)
+        tattrs = {**tattrs, "units": f"{unit} since {spec.time_ref}"}
     if spec.global_grid:
         lat, lon = np.linspace(-90.0, 90.0, spec.ny), np.arange(spec.nx) * (360.0 / spec.nx)
     else:
