@@ -219,6 +219,8 @@ def _values(spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
         v = rng.integers(lo, hi, shape, endpoint=True).astype(dt)
     if spec.fill in ("num", "edge", "attr", "missing"):  # the missing marker among the written values too
         v.flat[rng.integers(0, v.size, 3)] = _marker(spec)
+        if spec.fill == "missing" and spec.seed % 2:  # a second missing_value
+            v.flat[rng.integers(0, v.size, 2)] = _marker2(spec)
     return v
 
 
@@ -228,6 +230,11 @@ def _marker(spec: ArraySpec):
     if spec.fill == "edge":
         return float("inf") if dt.kind == "f" else int(np.iinfo(dt).min if dt.kind == "i" else np.iinfo(dt).max)
     return (-99 if dt.itemsize == 1 else -999) if dt.kind == "i" else (7 if dt.kind == "u" else -9.5)
+
+
+def _marker2(spec: ArraySpec):
+    """A second missing value (the attribute ``missing_value = [marker, marker2]`` of fill "missing", odd seeds)."""
+    return _marker(spec) + (1 if spec.kind[0] in "iu" else 0.5)  # (exact in float16 too)
 
 
 def _fill(spec: ArraySpec):
@@ -248,7 +255,7 @@ def _marker_attrs(spec: ArraySpec, fmt: int) -> dict:
             return {"_FillValue": base64.standard_b64encode(struct.pack("<d", m)).decode()}
         return {"_FillValue": m}
     if spec.fill == "missing":
-        return {"missing_value": m}
+        return {"missing_value": [m, _marker2(spec)] if spec.seed % 2 else m}
     return {}
 
 
