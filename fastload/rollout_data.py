@@ -54,6 +54,21 @@ __all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader", "extract_windows"]
 _STATE_VERSION = 1
 
 
+def default_lead(config: SamplingConfig) -> int:
+    """The lead of an unset :attr:`RolloutConfig.lead`: ``box_t * time_step`` store steps, the inputs' cadence."""
+    return config.box[0] * config.time_step
+
+
+def legacy_lead(rollout: Mapping[str, Any] | None, sampling: Mapping[str, Any] | SamplingConfig) -> int:
+    """The lead a state or checkpoint saved without a recorded ``lead`` ran with: its ``rollout.lead``, else the
+    default of that code, the window's ``time_span`` (see :attr:`RolloutConfig.lead`)."""
+    lead = (rollout or {}).get("lead")
+    if lead is not None:
+        return int(lead)
+    cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig.from_dict(sampling)
+    return cfg.time_span
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RolloutConfig(_Config):
     """What one rollout sample is: tiling, lead, steps, windows; and how many initial times go in a batch."""
@@ -61,12 +76,12 @@ class RolloutConfig(_Config):
     steps: int = 1
     """Rollout steps, i.e. targets per sample."""
     lead: int | None = None
-    """Store time steps per rollout step; None: the time span of one sample window (``SamplingConfig.time_span`` =
-    ``(box_t - 1) * time_step + 1``). With ``time_step`` 1 that is ``box_t``: the targets continue the inputs'
-    cadence. With ``time_step`` > 1 it is *not* on that cadence: ``time_step`` 6 on an hourly store with ``box_t`` 3
-    puts the inputs at hours 0, 6, 12 after ``t0``, the default lead is 13 and step 1's targets are at 13, 19, 25,
-    one hour off the 6-hourly points (``box_t * time_step`` = 18 would continue them). Set ``lead`` explicitly
-    (e.g. ``box_t * time_step``) for such configs; the default is kept as it is so that trained runs stay the same."""
+    """Store time steps per rollout step; None: ``box_t * time_step`` (:func:`default_lead`), so the targets
+    continue the inputs' cadence (``time_step`` 6, ``box_t`` 3: inputs at steps 0, 6, 12 after ``t0``, step 1's
+    targets at 18, 24, 30). Code before this default (a state or checkpoint without a recorded ``lead``) used the
+    window's ``time_span`` = ``(box_t - 1) * time_step + 1`` (13 there, off the cadence when ``time_step`` > 1): such
+    a state resumes only with that lead set explicitly, which its refusal names, and ``fastload rollout`` keeps it
+    for such a checkpoint."""
     input_window: int = 1
     """Consecutive input windows (``lead`` apart) per sample: the Forecaster's ``input_window``."""
     readout_time_tokens: int = 1
@@ -263,7 +278,7 @@ class RolloutLoader:
         self._target_configs = _target_configs(self.config, r.readout_time_tokens)
         self.tiles: GlobalTiles = global_tiles(self.store, self.config, overlap=r.overlap, neighbors=r.neighbors,
                                                time_tokens=r.readout_time_tokens)
-        self.lead = int(r.lead if r.lead is not None else self.config.time_span)
+        self.lead = int(r.lead if r.lead is not None else default_lead(self.config))
         self.times = np.asarray(self.store.time).astype("datetime64[ns]")
         self.t_bounds = self._t_bounds()
         self.valid_t0 = self._regular_t0()
@@ -458,7 +473,7 @@ class RolloutLoader:
             self._store_fingerprint = store_fingerprint(self.store, self.config)
         return {"version": _STATE_VERSION, "kind": "rollout", "epoch": epoch,
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size,
-                "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(),
+                "samples_per_epoch": cfg.samples_per_epoch, "rollout": self.rollout.to_dict(), "lead": self.lead,
                 "sampling": self.config.to_dict(), "norm_fingerprint": self._fingerprint,
                 "store_fingerprint": self._store_fingerprint, "plan": plan_digest(self.epoch_times(epoch)),
                 "norm_local": local_digests(self.normalizer, self.config, local_keys)}
@@ -475,10 +490,20 @@ class RolloutLoader:
             raise ConfigError(f"load_state_dict: not a rollout loader state (version {state.get('version')!r}, "
                               f"kind {state.get('kind')!r})")
         epoch, batch = state_position(state)
+        if "lead" not in state:  # saved before the lead was recorded: it ran with that code's default
+            saved_lead = legacy_lead(state.get("rollout"), state.get("sampling") or self.config)
+            if saved_lead != self.lead:
+                raise ConfigError(
+                    f"load_state_dict: this state was saved with lead {saved_lead} (the default before it became "
+                    f"box_t * time_step), this loader's is {self.lead}; to resume as trained set the lead: "
+                    f"RolloutConfig(lead={saved_lead}) (fastload train: --set forecast.lead={saved_lead})")
+            state = {**state, "lead": saved_lead}
         saved_local = state.get("norm_local")  # the months the saved run read, read here
-        check_resume(state, self._state(epoch, saved_local if isinstance(saved_local, Mapping)
-                                        else None),  # the saved epoch's plan
-                     ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling"))
+        mine = self._state(epoch, saved_local if isinstance(saved_local, Mapping) else None)  # the saved epoch's plan
+        # the lead is compared as run (an explicit lead equal to the default's is the same run), not as configured
+        saved, mine = ({**st, "rollout": {k: v for k, v in st["rollout"].items() if k != "lead"}}
+                       if isinstance(st.get("rollout"), Mapping) else st for st in (state, mine))
+        check_resume(saved, mine, ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling", "lead"))
         state_position(state, len(self))
         self._stop()
         self._epoch, self._batch = epoch, batch

@@ -14,9 +14,10 @@ loss define it.
     fastload rollout STORE --checkpoint CKPT --steps 40 --every 4 --time 2021-01-02T00 --out f.zarr
 
 (``python -m profiling.rollout ...`` is the same command.) The checkpoint is one ``fastload train`` wrote for a
-Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead; an unset ``forecast.lead`` is the
-sample window's ``time_span`` = ``(box_t - 1) * time_step + 1`` store steps, which with ``time_step`` > 1 is off the
-inputs' cadence: :attr:`fastload.rollout_data.RolloutConfig.lead`) and the sampling config as trained
+Forecaster: it holds the model, the run config (tiling overlap, neighbours, lead: the lead the training loader ran
+with, recorded in its state; an unset ``forecast.lead`` is ``box_t * time_step`` store steps, the inputs' cadence,
+and a checkpoint from before the lead was recorded keeps the default of its code, the window's ``time_span``:
+:attr:`fastload.rollout_data.RolloutConfig.lead`) and the sampling config as trained
 (fields, levels, tokens, normalisation coefficients). Before the first step, the normalisation store is checked for
 every month the written steps fall in, so a rollout that would run out of coefficients fails before any work, and
 its coefficients are compared with the fingerprint the training loader recorded (:func:`check_norm`; other ones, say
@@ -92,6 +93,18 @@ def _load(path: str | Path, device: torch.device | str) -> tuple[Any, Any, Any, 
         raise ConfigError(f"--checkpoint {str(p)!r}: {e}") from None
     run = RunConfig.from_dict(extra["run"])
     return net.to(device).eval(), run, SamplingConfig.from_dict(extra["sampling"]), extra
+
+
+def trained_lead(extra: dict[str, Any], lead: int | None, sampling: Any) -> int:
+    """The lead (store steps) a Forecaster checkpoint's training loader ran with: recorded in its loader state;
+    a checkpoint saved before the lead was recorded ran with ``forecast.lead``, else that code's default, the
+    window's ``time_span`` (:func:`fastload.rollout_data.legacy_lead`)."""
+    from fastload.rollout_data import legacy_lead
+
+    states = extra.get("loader")
+    if isinstance(states, list) and states and isinstance(states[0], dict) and states[0].get("lead") is not None:
+        return int(states[0]["lead"])
+    return legacy_lead({"lead": lead}, sampling)
 
 
 def _time_index(store: Any, t0: int | None, when: str | None) -> int:
@@ -251,7 +264,7 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
     if tuple(tiles.ramp) != tuple(fcfg.overlap):
         raise ConfigError(f"the tiling of {store.path} tapers over {list(tiles.ramp)} points; the forecaster was "
                           f"trained with overlap {list(fcfg.overlap)}")
-    lead = int(fc.lead if fc.lead is not None else sampling.time_span)
+    lead = trained_lead(extra, fc.lead, sampling)
     start = _time_index(store, t0, when)
     w = fcfg.input_window
     span = (w - 1) * lead + sampling.time_span
@@ -474,10 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m profiling.rollout STORE --checkpoint CKPT --steps N --out OUT.zarr``."""
     p = argparse.ArgumentParser(
         prog="fastload rollout", description=__doc__.split("\n\n")[0],
-        epilog="The lead of a step is the training run's forecast.lead store steps (recorded in the checkpoint; the "
-               "store's 'lead_steps' attribute); unset, it is the sample window's time_span = (box_t - 1) * time_step "
-               "+ 1, which with time_step > 1 is off the inputs' cadence (time_step 6, box_t 3: inputs at hours 0, 6, "
-               "12, targets at 13, 19, 25).")
+        epilog="The lead of a step is the one the training loader ran with, in store steps (recorded in the "
+               "checkpoint; the output store's 'lead_steps' attribute): forecast.lead, unset box_t * time_step, the "
+               "inputs' cadence (time_step 6, box_t 3: inputs at steps 0, 6, 12, targets at 18, 24, 30). A "
+               "checkpoint saved before the lead was recorded keeps its code's default, (box_t - 1) * time_step + 1.")
     p.add_argument("store", help="the store to start from (the training store or one like it)")
     p.add_argument("--checkpoint", required=True, help="a Forecaster checkpoint of fastload train (last.pt)")
     p.add_argument("--steps", type=int, required=True, help="rollout steps")

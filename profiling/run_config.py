@@ -287,7 +287,8 @@ class ForecastConfig(_Section):
     rollout_steps: int = 2
     """Steps of the multi-step rollout loss (targets per sample)."""
     lead: int | None = None
-    """Store time steps per rollout step; None: the time span of one sample window."""
+    """Store time steps per rollout step; None: ``box_t * time_step``, the inputs' cadence (recorded in the
+    checkpoint as run: :attr:`fastload.rollout_data.RolloutConfig.lead`)."""
     input_window: int = 1
     """Latent states (input windows, ``lead`` apart) the tail sees."""
     readout_time_tokens: int = 1
