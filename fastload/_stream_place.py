@@ -184,16 +184,18 @@ def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world
         raise ConfigError(f"random_boxes: n must be an integer >= 0 and samples_per_window >= 1, got {n}, {spw}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
-    if ms._space_full is None or ms._space_full.all():  # draw as one store does; keep it if all is served
-        ext = GridExtent(nt=int(ms.valid_t0.size), ny=int(ms.grid.ny), nx=int(ms.grid.nx),
-                         periodic_x=bool(ms.grid.periodic_x))
-        out = _random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, samples_per_window=spw, centers=centers,
-                            lat=ms.grid.lat if centers == "coslat" else None)
-        out[:, 0] = ms.valid_t0[out[:, 0]]
-        reg = ms.regions.regions(out)
-        if all(serves(st, reg).all() for st in ms.streams[1:]):
-            win = np.arange(out.shape[0]) // spw
-            return np.ascontiguousarray(out[win % int(world_size) == int(rank)])
+    # Always try the single-store draw first, whatever this object computed before (``space_ok`` is a lazily
+    # filled cache): the boxes are a function of the data and (seed, epoch) alone, so a resumed or fresh object
+    # draws the same epoch as one that drew other epochs first.
+    ext = GridExtent(nt=int(ms.valid_t0.size), ny=int(ms.grid.ny), nx=int(ms.grid.nx),
+                     periodic_x=bool(ms.grid.periodic_x))
+    out = _random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, samples_per_window=spw, centers=centers,
+                        lat=ms.grid.lat if centers == "coslat" else None)
+    out[:, 0] = ms.valid_t0[out[:, 0]]
+    reg = ms.regions.regions(out)
+    if all(serves(st, reg).all() for st in ms.streams[1:]):  # every stream serves the draw: keep it
+        win = np.arange(out.shape[0]) // spw
+        return np.ascontiguousarray(out[win % int(world_size) == int(rank)])
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
     allowed = space_ok(ms)
     pos = np.flatnonzero(allowed.ravel())
