@@ -11,6 +11,11 @@ the reference's median step. Every other stream maps each ``tau_k`` to one of it
 - ``nearest``: the stream's step nearest ``tau_k`` (a tie goes to the earlier step);
 - ``previous``: the stream's last step at or before ``tau_k`` (what was known at that time).
 
+``inside`` and ``previous`` compare with a tolerance (:func:`time_tolerance`, 1 % of the smaller of the stream's
+median step and the cadence): a step stored a few seconds off ``tau_k`` (float-encoded times) counts as at
+``tau_k``, so ``inside`` looks in ``[tau_k - tol, tau_k + cadence - tol)`` and ``previous`` takes the last step at or
+before ``tau_k + tol``, instead of the neighbouring step.
+
 A point a stream cannot serve makes the whole window unservable for it: ``inside`` with no step in the interval;
 ``nearest`` with ``tau_k`` more than half a stream step outside the record; ``previous`` before the record's first
 step or a full stream step (or more) after the step it would take (past the record's end, or across a gap).
@@ -34,10 +39,11 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = ["TIME_RULES", "median_step", "cadence", "sample_times", "align", "servable", "describe_period",
-           "regular_windows", "first_irregular"]
+           "regular_windows", "first_irregular", "time_tolerance"]
 
 TIME_RULES = ("inside", "nearest", "previous")
 _BLOCK = 1 << 16  # candidate windows aligned at once (bounds memory on long records)
+_TOL_DIV = 100  # time_tolerance: 1 % of the smaller of the stream's step and the cadence
 
 
 def median_step(time: np.ndarray | None) -> np.timedelta64 | None:
@@ -89,6 +95,14 @@ def first_irregular(time: np.ndarray, start: int = 0, stop: int | None = None) -
     return int(start) + int(bad[0]) if bad.size else None
 
 
+def time_tolerance(step: int, cadence: int) -> int:
+    """Nanoseconds within which a stream step counts as *at* a time point for ``inside`` and ``previous``: 1 % of
+    the smaller of the stream's median step and the sample's cadence (36 s for hourly data), so that float-encoded
+    times and seconds of jitter keep their step, as they keep their windows on the reference (:func:`_on_cadence`),
+    instead of silently moving to the neighbouring step."""
+    return max(0, min(int(step), int(cadence))) // _TOL_DIV
+
+
 def sample_times(ref_time: np.ndarray, t0: np.ndarray, n_points: int, time_step: int) -> np.ndarray:
     """``(S, T)`` datetime64[ns] time points of windows starting at reference indices ``t0``."""
     idx = np.asarray(t0, np.int64)[:, None] + np.arange(n_points, dtype=np.int64) * int(time_step)
@@ -128,10 +142,11 @@ def align(stream_time: np.ndarray | None, times: np.ndarray, rule: str, cadence:
     cad = int(np.asarray(cadence).astype("timedelta64[ns]").astype(np.int64))
     step = median_step(stream_time)
     delta = cad if step is None else int(step.astype(np.int64))
+    tol = time_tolerance(delta, cad)
     if rule == "inside":
-        i = np.searchsorted(st, tau, side="left")
+        i = np.searchsorted(st, tau - tol, side="left")
         ic = np.minimum(i, n - 1)
-        ok = (i < n) & (st[ic] < tau + cad)
+        ok = (i < n) & (st[ic] < tau + cad - tol)
         idx = ic
     elif rule == "nearest":
         i = np.searchsorted(st, tau, side="left")
@@ -139,7 +154,7 @@ def align(stream_time: np.ndarray | None, times: np.ndarray, rule: str, cadence:
         idx = np.where(np.abs(st[hi] - tau) < np.abs(tau - st[lo]), hi, lo)
         ok = (2 * (st[0] - tau) <= delta) & (2 * (tau - st[-1]) <= delta)
     else:  # previous
-        i = np.searchsorted(st, tau, side="right") - 1
+        i = np.searchsorted(st, tau + tol, side="right") - 1
         idx = np.maximum(i, 0)
         ok = (i >= 0) & (tau - st[idx] < delta)
     return idx.astype(np.int64), ok.all(axis=1)

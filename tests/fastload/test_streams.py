@@ -188,9 +188,9 @@ def test_time_rules_on_a_daily_axis():
     assert idx.tolist() == [[0, 0, 0, 1, 4]] and ok.all()  # a tie goes to the earlier step
     assert not align(daily, (t0 + 4 * DAY + 12 * h + m)[None, None], "nearest", DAY)[1].any()
     assert align(daily, taus[:, 5:], "nearest", DAY)[1].all()  # half a step before the record still served
-    idx, ok = align(daily, np.array([[t0, t0 + DAY - m, t0 + 4 * DAY + 23 * h]]), "previous", DAY)
+    idx, ok = align(daily, np.array([[t0, t0 + DAY - h, t0 + 4 * DAY + 23 * h]]), "previous", DAY)  # tolerance 14 min
     assert idx.tolist() == [[0, 0, 4]] and ok.all()
-    assert not align(daily, (t0 - m)[None, None], "previous", DAY)[1].any()
+    assert not align(daily, (t0 - h)[None, None], "previous", DAY)[1].any()
     assert not align(daily, (t0 + 5 * DAY)[None, None], "previous", DAY)[1].any()
     idx, ok = align(daily, np.array([[t0, t0 + h, t0 + DAY]]), "inside", DAY)
     assert idx.tolist() == [[0, 1, 1]] and ok.all()  # first step in [tau, tau + cadence)

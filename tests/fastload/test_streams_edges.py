@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastload.config import FieldConfig, SamplingConfig, StreamConfig
-from fastload.streams import MultiStream
+from fastload.streams import MultiStream, extract_streams
 
 pytestmark = pytest.mark.filterwarnings("ignore::fastload.streams.ChunkingWarning")  # tiny stores, one chunk
 
@@ -104,3 +104,66 @@ def test_a_loader_with_a_regional_stream_resumes_exactly(regional):
         assert torch.equal(x.boxes, y.boxes)
         for name in ("a", "b"):
             assert torch.equal(x.fields[name], y.fields[name]), name
+
+
+# -- M1: inside / previous tolerate float-encoded times (seconds of jitter) ----------------------------------------
+def xr_values(ds, name, want_time, meta):
+    """``(S, 1, nt, nlat, nlon, 1, K)`` (a field's tokens, slots flattened) values of ``ds[name]`` selected by coordinates with xarray: time
+    ``want_time[s, i]`` (exact), the slot's point latitude and longitude (exact), 0 for padding."""
+    import xarray as xr
+
+    S, nlat, nlon, K = meta.valid.shape
+    nt = want_time.shape[1]
+    tt = xr.DataArray(np.broadcast_to(want_time[:, :, None, None, None], (S, nt, nlat, nlon, K)))
+    la = xr.DataArray(np.broadcast_to(np.nan_to_num(meta.point_lat)[:, None], (S, nt, nlat, nlon, K)))
+    lo = xr.DataArray(np.broadcast_to(np.nan_to_num(meta.point_lon)[:, None], (S, nt, nlat, nlon, K)))
+    v = ds[name].sel(time=tt, latitude=la, longitude=lo).values
+    v = np.where(meta.valid[:, None], v, 0)
+    return v.reshape(S, 1, nt, nlat, nlon, 1, K)
+
+
+@pytest.fixture(scope="module")
+def jitter(tmp_path_factory):
+    d = tmp_path_factory.mktemp("jitter")
+    t = T0 + np.arange(40) * 6 * H1
+    make_ll(d / "ref.zarr", *GLOBAL10, t, "a")
+    early = make_ll(d / "early.zarr", *GLOBAL10, t - np.timedelta64(1, "s"), "b", seed=1)  # 1 s before each step
+    late = make_ll(d / "late.zarr", *GLOBAL10, t + np.timedelta64(1, "s"), "c", seed=2)  # 1 s after
+    return d, t, early, late
+
+
+@pytest.mark.parametrize("rule, store, name", [("inside", "early", "b"), ("previous", "late", "c"),
+                                               ("nearest", "early", "b"), ("nearest", "late", "c")])
+def test_a_stream_stored_a_second_off_the_reference_keeps_its_steps(jitter, rule, store, name):
+    d, t, early, late = jitter
+    ds = early if store == "early" else late
+    cfg = two(d, "ref", store, fld("a", "ref", (2, 1, 1)), fld(name, store, (2, 1, 1)), time_rule=rule)
+    ms = MultiStream(cfg)
+    assert ms.valid_t0.tolist() == list(range(39))  # every window of the reference is served
+    boxes = np.array([[0, 4, 4], [10, 0, 35], [38, 17, 0]])
+    out = extract_streams(ms, boxes)[name]
+    # the stream step 1 s from each reference time point, found by xarray
+    want = np.stack([ds.time.sel(time=t[[b, b + 1]], method="nearest").values for b in boxes[:, 0]])
+    assert np.array_equal(out.meta.time, want)
+    assert np.array_equal(out.meta.t_steps, boxes[:, :1] + [0, 1])
+    want_v = xr_values(ds, name, want, out.meta)
+    assert np.array_equal(out.data.reshape(want_v.shape), want_v)
+
+
+def test_the_time_tolerance_is_one_percent_of_the_step_and_no_more():
+    from fastload._stream_time import align
+
+    day = np.timedelta64(1, "D")
+    m = np.timedelta64(1, "m")
+    daily = T0 + np.arange(5) * day  # tolerance: 1 % of a day = 14.4 min
+    taus = np.array([[T0 + day - 14 * m, T0 + day - 15 * m, T0 + 3 * day + 23 * H1]])
+    # previous: a step up to 14.4 min after tau counts as at tau; 15 min is the next step (the one before is taken)
+    assert align(daily, taus, "previous", day)[0].tolist() == [[1, 0, 3]]
+    assert align(daily, (T0 - 14 * m)[None, None], "previous", day)[1].all()  # the first step, 14 min late
+    assert not align(daily, (T0 - 15 * m)[None, None], "previous", day)[1].any()
+    # inside: [tau - tol, tau + cadence - tol), so consecutive points never share a step
+    hourly = T0 + np.arange(10) * H1  # 36 s tolerance
+    s = np.timedelta64(1, "s")
+    idx, ok = align(hourly, np.array([[T0 + H1 + 36 * s, T0 + 2 * H1 + 37 * s]]), "inside", H1)
+    assert idx.tolist() == [[1, 3]] and ok.all()
+    assert not align(hourly[::3], np.array([[T0 + H1 + 37 * s]]), "inside", H1)[1].any()  # nothing in the hour
