@@ -17,7 +17,9 @@ median step and the cadence): a step stored a few seconds off ``tau_k`` (float-e
 before ``tau_k + tol``, instead of the neighbouring step.
 
 A point a stream cannot serve makes the whole window unservable for it: ``inside`` with no step in the interval;
-``nearest`` with ``tau_k`` more than half a stream step outside the record; ``previous`` before the record's first
+``nearest`` with ``tau_k`` more than half a stream step from the step it would take, outside the record or inside
+a gap of it (two steps more than one median step apart, to the nearest whole step as :func:`_on_cadence` counts;
+within a regular stretch, e.g. calendar months, every point is served); ``previous`` before the record's first
 step or a full stream step (or more) after the step it would take (past the record's end, or across a gap).
 Windows some stream cannot serve are never drawn (:func:`servable`), and asking for one explicitly is an error. Nor
 are windows whose reference points cross a gap of the reference's own axis (:func:`regular_windows`: each point
@@ -153,6 +155,10 @@ def align(stream_time: np.ndarray | None, times: np.ndarray, rule: str, cadence:
         lo, hi = np.clip(i - 1, 0, n - 1), np.clip(i, 0, n - 1)
         idx = np.where(np.abs(st[hi] - tau) < np.abs(tau - st[lo]), hi, lo)
         ok = (2 * (st[0] - tau) <= delta) & (2 * (tau - st[-1]) <= delta)
+        # inside a gap of the record (the steps around tau more than one step apart, to the nearest whole step, as
+        # _on_cadence counts them) only points within half a step of a step are served: a gap is not filled
+        near = 2 * np.abs(st[idx] - tau) <= delta
+        ok &= near | ~(np.rint((st[hi] - st[lo]) / float(delta)) > 1)
     else:  # previous
         i = np.searchsorted(st, tau + tol, side="right") - 1
         idx = np.maximum(i, 0)

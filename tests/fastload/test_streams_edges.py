@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastload.config import FieldConfig, SamplingConfig, StreamConfig
+from fastload.errors import ConfigError
 from fastload.streams import MultiStream, extract_streams
 
 pytestmark = pytest.mark.filterwarnings("ignore::fastload.streams.ChunkingWarning")  # tiny stores, one chunk
@@ -167,3 +168,47 @@ def test_the_time_tolerance_is_one_percent_of_the_step_and_no_more():
     idx, ok = align(hourly, np.array([[T0 + H1 + 36 * s, T0 + 2 * H1 + 37 * s]]), "inside", H1)
     assert idx.tolist() == [[1, 3]] and ok.all()
     assert not align(hourly[::3], np.array([[T0 + H1 + 37 * s]]), "inside", H1)[1].any()  # nothing in the hour
+
+
+# -- M2: nearest does not fill a gap of the stream's record ----------------------------------------------------------
+def test_nearest_refuses_points_inside_a_gap_of_the_record_as_previous_does(tmp_path):
+    day = np.timedelta64(1, "D")
+    tref = T0 + np.arange(80) * 6 * H1  # 6-hourly, 20 days
+    days = np.arange(20)
+    days = days[(days < 5) | (days > 14)]  # a daily stream missing days 5 .. 14
+    make_ll(tmp_path / "ref.zarr", *GLOBAL10, tref, "a")
+    ds = make_ll(tmp_path / "day.zarr", *GLOBAL10, T0 + days * day, "b", seed=1)
+    for rule in ("nearest", "previous"):
+        ms = MultiStream(two(tmp_path, "ref", "day", fld("a", "ref", (2, 1, 1)), fld("b", "day", (2, 1, 1)),
+                             time_rule=rule))
+        # brute force over the reference's windows (2 points 6 h apart): each point's step by the rule (xarray's
+        # selection), within half a day (nearest) or less than a day (previous) of the point
+        want = []
+        for t0 in range(79):
+            taus = tref[[t0, t0 + 1]]
+            if rule == "nearest":
+                st = ds.time.sel(time=taus, method="nearest").values
+                ok = np.all(np.abs(st - taus) <= 12 * H1)
+            else:
+                ok = np.all(taus >= ds.time.values[0]) and np.all(
+                    taus - ds.time.sel(time=taus, method="ffill").values < day)
+            want.append(ok)
+        assert ms.valid_t0.tolist() == np.flatnonzero(want).tolist(), rule
+        with pytest.raises(ConfigError, match=rf"stream 'day' cannot serve the window .* time_rule '{rule}'"):
+            extract_streams(ms, np.array([[40, 4, 4]]))  # day 10: inside the gap
+    ms = MultiStream(two(tmp_path, "ref", "day", fld("a", "ref", (2, 1, 1)), fld("b", "day", (2, 1, 1)),
+                         time_rule="nearest"))
+    out = extract_streams(ms, np.array([[17, 4, 4], [59, 4, 4]]))["b"]  # 4 d 6 h .. 4 d 12 h, 14 d 18 h .. 15 d
+    assert np.array_equal(out.meta.time, ds.time.sel(time=tref[[17, 18, 59, 60]], method="nearest").values
+                          .reshape(2, 2))
+
+
+def test_nearest_serves_every_point_of_a_monthly_record():
+    from fastload._stream_time import align
+
+    months = np.array([f"2000-{m:02d}-01" for m in range(1, 13)], "datetime64[ns]")  # 29 .. 31 days apart
+    taus = np.arange(months[0], months[-1], np.timedelta64(1, "h"))
+    idx, ok = align(months, taus[:, None], "nearest", np.timedelta64(1, "h"))
+    assert ok.all()
+    want = np.abs(months[None, :] - taus[:, None]).argmin(axis=1)  # ties: argmin takes the earlier step
+    assert np.array_equal(idx[:, 0], want)
