@@ -11,7 +11,7 @@ Bounds per array (fields sharing an array count their distinct (field chunk, lev
 
 - time: ``min(chunks along t, T, (spread - 1) // ct + 2)``, ``spread`` the widest range of stream time indices one
   served window maps to (the reference: ``(T - 1) * time_step + 1``);
-- a box: the same along y and x (one more along a periodic x whose length is not a multiple of the chunk);
+- a box: the same along y and x (one more along a periodic x whose period is not a multiple of the chunk);
 - a mesh: ``min(node chunks, nlat * nlon * K)`` (every slot in a different chunk at worst).
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from .cache import size_arenas
 from .reader import CacheLayout, sample_chunk_bound
+from .sampling.points import x_period
 
 __all__ = ["chunk_bounds", "warn_chunking", "cache_layout"]
 
@@ -59,7 +60,8 @@ def _per_field(ms: Any, st: Any, f: Any, expected: bool, probe: dict[str, float]
         _, tlat, tlon = f.token_size
         bound = min(g[xa], nlat * nlon * tlat * tlon)
         return nt_, (min(bound, probe.get(f.name, bound)) if expected else bound)
-    periodic = bool(st.store.grid.periodic_x) and lay.shape[xa] % lay.chunks[xa] != 0
+    period = x_period(st.store.grid)  # nx, or nx - 1 for a lat-lon grid repeating its seam column
+    periodic = period > 0 and period % lay.chunks[xa] != 0
     if expected:
         return nt_, _expect(g[ya], lay.chunks[ya], H) * _expect(g[xa], lay.chunks[xa], W)
     return nt_, _along(g[ya], lay.chunks[ya], H, H) * _along(g[xa], lay.chunks[xa], W, W, int(periodic))

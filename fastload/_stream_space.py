@@ -8,7 +8,9 @@ to [-90, 90]): ``[lat_first, lat_last] x [lon_first, lon_first + width]``, ``lat
 
 - **lat-lon** (:class:`LatLonMapper`): the fractional row and column of the region's centre (linear
   interpolation of the 1-D coordinates), and the ``H x W`` index box centred there (nearest grid indices; on
-  the same grid this is the reference box itself). Its token rows come out in the reference's row order
+  the same grid this is the reference box itself). A global grid stored with its seam column repeated (longitudes
+  ``0 .. 360`` inclusive) wraps over its first ``nx - 1`` columns (:func:`~fastload.sampling.points.x_period`), so
+  boxes at the seam stay centred; the repeated column is never read. Its token rows come out in the reference's row order
   (:class:`ReferenceRowSampler`): a stream whose latitudes run the other way (an ocean store south-to-north beside
   ERA5's north-to-south) has its box listed from its last row up, and its start is chosen in that order too, so
   a store and its latitude-reversed copy give identical samples;
@@ -32,7 +34,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .sampling.mesh import MeshIndex
-from .sampling.points import BoxPointSampler
+from .sampling.points import BoxPointSampler, x_period
 
 __all__ = ["cell_edges", "ReferenceRegions", "LatLonMapper", "ReferenceRowSampler", "rows_reversed",
            "CurvilinearMapper", "grid_spacing"]
@@ -106,15 +108,18 @@ class LatLonMapper:
     """
 
     def __init__(self, grid: Any, H: int, W: int, *, reversed_rows: bool = False):
-        self.ny, self.nx, self.periodic = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
+        self.ny, self.nx = int(grid.ny), int(grid.nx)
         self.H, self.W = int(H), int(W)
+        period = x_period(grid)  # a global grid repeating its seam column wraps over its first nx - 1 columns
+        self.periodic = period > 0
+        self._period = period if self.periodic else self.nx
         self.reversed_rows = bool(reversed_rows)
         lat = np.asarray(grid.lat, np.float64)
         self._lat, self._rows = (lat, np.arange(lat.size, dtype=np.float64)) if lat[-1] > lat[0] else \
             (lat[::-1], np.arange(lat.size, dtype=np.float64)[::-1])
         ye = cell_edges(self._lat, clip_lat=True)
         self.lat_range = (float(ye[0]), float(ye[-1]))
-        lon = np.unwrap(np.asarray(grid.lon, np.float64), period=360.0)
+        lon = np.unwrap(np.asarray(grid.lon, np.float64)[:self._period], period=360.0)
         if lon.size > 1 and np.any(np.diff(lon) <= 0):
             raise ConfigError("a lat-lon stream's longitudes must increase (after unwrapping across 0/360)")
         self._lon0 = float(lon[0])
@@ -133,7 +138,7 @@ class LatLonMapper:
         fy = np.interp(clat, self._lat, self._rows)
         ok = (clat >= self.lat_range[0]) & (clat <= self.lat_range[1])
         if self.periodic:
-            fx = np.interp((clon - self._lon0) % 360.0, self._xp, self._fp) % self.nx
+            fx = np.interp((clon - self._lon0) % 360.0, self._xp, self._fp) % self._period
         else:
             rel = (clon - (self._lon0 - self._half[0])) % 360.0 - self._half[0]
             ok &= rel <= self._xp[-1] + self._half[1]
@@ -142,7 +147,7 @@ class LatLonMapper:
             y0 = self.ny - self.H - _start(self.ny - 1 - fy, self.ny, self.H, False)
         else:
             y0 = _start(fy, self.ny, self.H, False)
-        return np.stack([y0, _start(fx, self.nx, self.W, self.periodic)], 1), ok
+        return np.stack([y0, _start(fx, self._period, self.W, self.periodic)], 1), ok
 
 
 class ReferenceRowSampler(BoxPointSampler):

@@ -19,11 +19,11 @@ H1 = np.timedelta64(1, "h")
 T0 = np.datetime64("2000-01-01T00", "ns")
 
 
-def make_ll(path, lat, lon, time, name, seed=0):
+def make_ll(path, lat, lon, time, name, seed=0, data=None):
     import xarray as xr
 
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((len(time), len(lat), len(lon))).astype(np.float32)
+    a = rng.standard_normal((len(time), len(lat), len(lon))).astype(np.float32) if data is None else data
     ds = xr.Dataset({name: (("time", "latitude", "longitude"), a)},
                     coords={"time": np.asarray(time, "datetime64[ns]"), "latitude": np.asarray(lat, float),
                             "longitude": np.asarray(lon, float)})
@@ -212,3 +212,33 @@ def test_nearest_serves_every_point_of_a_monthly_record():
     assert ok.all()
     want = np.abs(months[None, :] - taus[:, None]).argmin(axis=1)  # ties: argmin takes the earlier step
     assert np.array_equal(idx[:, 0], want)
+
+
+# -- M3: a global lat-lon stream whose last longitude repeats the first -----------------------------------------------
+def test_a_stream_repeating_its_seam_column_wraps_like_the_global_grid(tmp_path):
+    t = T0 + np.arange(4) * 6 * H1
+    lat = np.linspace(90, -90, 37)
+    make_ll(tmp_path / "ref.zarr", *GLOBAL10, t, "a")
+    glob = make_ll(tmp_path / "glob.zarr", lat, np.arange(72) * 5.0, t, "c", seed=3)  # 0 .. 355
+    v = glob["c"].values
+    seam = make_ll(tmp_path / "seam.zarr", lat, np.arange(73) * 5.0, t, "b",  # 0 .. 360: column 0 repeated
+                   data=np.concatenate([v, v[..., :1]], axis=-1))
+    cfg = SamplingConfig(streams=(StreamConfig(name="ref", path=os.fspath(tmp_path / "ref.zarr")),
+                                  StreamConfig(name="seam", path=os.fspath(tmp_path / "seam.zarr")),
+                                  StreamConfig(name="glob", path=os.fspath(tmp_path / "glob.zarr"))),
+                         fields=(fld("a", "ref", (1, 2, 4)), fld("b", "seam", (1, 2, 4)), fld("c", "glob", (1, 2, 4))))
+    ms = MultiStream(cfg)
+    boxes = np.array([[0, 6, x] for x in range(36)] + [[1, 0, 35], [2, 15, 34]])
+    out = extract_streams(ms, boxes)
+    b, c = out["b"].meta, out["c"].meta
+    plon = b.point_lon.reshape(len(boxes), -1)
+    # every box is centred on its region (within half a column), on both sides of the seam
+    clon = (ms.regions.regions(boxes)[:, 2] + ms.regions.regions(boxes)[:, 3] / 2) % 360
+    off = np.angle(np.exp(1j * np.deg2rad(plon)).mean(axis=1), deg=True) - clon
+    assert np.all(np.abs((off + 180) % 360 - 180) <= 2.5 + 1e-9)
+    assert np.all(plon < 360.0)  # the repeated column (360) is never read
+    # the same places and values as the stream stored without the repeated column, and as xarray selects them
+    assert np.array_equal(b.point_lon, c.point_lon) and np.array_equal(b.point_lat, c.point_lat)
+    assert np.array_equal(out["b"].data, out["c"].data)
+    want = xr_values(seam.rename({"b": "c"}), "c", b.time, b)
+    assert np.array_equal(out["b"].data.reshape(want.shape), want)
