@@ -11,12 +11,12 @@ a number or none, spelt as zarr-python writes them or as other writers do (a num
 type's width or another), ``_FillValue``/``missing_value`` attributes, the marker among the values, chunks never
 written, chunks of nothing but the fill value with ``write_empty_chunks`` either way (in a shard: an inner chunk
 left out of the index); a time coordinate as CF numbers (int32/int64/uint32/float64 in hours, days, minutes or
-seconds) or datetime64; now and then one more array ``x`` of a type no field has (bool, a field read as 0/1;
-complex, fixed-size bytes or unicode, variable-length strings: not fields, refused by name and type); chunks that
-do not divide the array or exceed it; v2 ``dimension_separator`` ``.``/``/``; v3 ``chunk_key_encoding`` default or
-v2 with either separator; v3 sharding with the index at the start or end, either byte order, with or without
-crc32c, with or without codecs inside and after the shard; consolidated or not; read through plain files, fsspec or
-obstore.
+seconds since 1900, 1970 or 2000, in a Gregorian calendar by any of its names or none) or datetime64; now and then
+one more array ``x`` of a type no field has (bool, a field read as 0/1; complex, fixed-size bytes or unicode,
+variable-length strings: not fields, refused by name and type); chunks that do not divide the array or exceed it;
+v2 ``dimension_separator`` ``.``/``/``; v3 ``chunk_key_encoding`` default or v2 with either separator; v3 sharding
+with the index at the start or end, either byte order, with or without crc32c, with or without codecs inside and
+after the shard; consolidated or not; read through plain files, fsspec or obstore.
 
 Checks, through the paths users take: ``open_store`` + ``Store.read_array`` of every array equals zarr-python's
 read bit for bit; ``extract`` with ``normalization = "none"`` (Numba and ``jit=False``) on boxes at the corners,
@@ -139,6 +139,7 @@ class StoreSpec:
     coords: ArraySpec  # codec/chunking of the coordinate arrays (dtype ignored)
     time_enc: str = "i8 hours"  # the time coordinate: "<dtype> <CF unit>", or a datetime64 dtype ("M8[s]")
     time_ref: str = "2000-01-01 00:00:00"  # the CF reference time (TIME_REFS)
+    time_cal: str | None = "proleptic_gregorian"  # the CF calendar (None: no attribute, CF's "standard")
     extra: str | None = None  # one more array ``x`` (time, lat, lon) of a type no other array has (EXTRAS)
     extra_fill: bool = False  # ``x`` with a fill value (EXTRAS) rather than none
     extra_chunks: tuple[int, ...] = (1, 1, 1)
@@ -196,6 +197,7 @@ def store_specs(draw, fmt: int) -> StoreSpec:
         a=draw(array_specs(fmt, (nt, *nf, nl, ny, nx))), b=draw(array_specs(fmt, (nt, *nf, ny, nx))),
         coords=draw(array_specs(fmt, (max(nt, nl, ny, nx),), coord=True)),
         time_enc=draw(st.sampled_from(TIME_ENCS)), time_ref=draw(st.sampled_from(sorted(TIME_REFS))),
+        time_cal=draw(st.sampled_from(("proleptic_gregorian", "standard", "gregorian", "Gregorian", None))),
         extra=draw(st.sampled_from((None, None, *EXTRAS))), extra_fill=draw(st.booleans()),
         extra_chunks=(draw(st.integers(1, nt)), draw(st.integers(1, ny + 1)), draw(st.integers(1, nx + 1))),
     )  # fmt: skip
@@ -488,7 +490,9 @@ def write_store(path, spec: StoreSpec) -> None:
         if tdt != "f8" and not np.iinfo(tdt).min <= tvals.min() <= tvals.max() <= np.iinfo(tdt).max:
             tdt = "i8"  # (seconds since 1900 in int32)
         tvals = tvals.astype(tdt)
-        tattrs = {**tattrs, "units": f"{unit} since {spec.time_ref}"}
+        tattrs = {**tattrs, "units": f"{unit} since {spec.time_ref}", "calendar": spec.time_cal}
+        if spec.time_cal is None:
+            del tattrs["calendar"]
     if spec.global_grid:
         lat, lon = np.linspace(-90.0, 90.0, spec.ny), np.arange(spec.nx) * (360.0 / spec.nx)
     else:
