@@ -8,15 +8,16 @@ writes them; either byte order; v2 C or F order and filters (delta, fixedscaleof
 (before the serializer, before or inside ``sharding_indexed``) and numcodecs filters (fixedscaleoffset, delta,
 quantize, bitround); blosc with each shuffle, zstd, gzip, lz4, numcodecs.shuffle or no compressor; fill values NaN,
 a number or none, spelt as zarr-python writes them or as other writers do (a number as text, a v3 hex float of the
-type's width or another), ``_FillValue``/``missing_value`` attributes, the marker among the values, chunks never
-written, chunks of nothing but the fill value with ``write_empty_chunks`` either way (in a shard: an inner chunk
-left out of the index); a time coordinate as CF numbers (int32/int64/uint32/float64 in hours, days, minutes or
-seconds since 1900, 1970 or 2000, in a Gregorian calendar by any of its names or none) or datetime64; now and then
-one more array ``x`` of a type no field has (bool, a field read as 0/1; complex, fixed-size bytes or unicode,
-variable-length strings: not fields, refused by name and type); chunks that do not divide the array or exceed it;
-v2 ``dimension_separator`` ``.``/``/``; v3 ``chunk_key_encoding`` default or v2 with either separator; v3 sharding
-with the index at the start or end, either byte order, with or without crc32c, with or without codecs inside and
-after the shard; consolidated or not; read through plain files, fsspec or obstore.
+type's width or another), ``_FillValue`` (a v3 float's as xarray's base64) / ``missing_value`` (one or two)
+attributes, the marker among the values, chunks never written, chunks of nothing but the fill value with
+``write_empty_chunks`` either way (in a shard: an inner chunk left out of the index); a time coordinate as CF
+numbers (int32/int64/uint32/float64 in hours, days, minutes or seconds since 1900, 1970 or 2000, in a Gregorian
+calendar by any of its names or none) or datetime64; now and then one more array ``x`` of a type no field has
+(bool, a field read as 0/1; complex, fixed-size bytes or unicode, variable-length strings: not fields, refused by
+name and type); chunks that do not divide the array or exceed it; v2 ``dimension_separator`` ``.``/``/``; v3
+``chunk_key_encoding`` default or v2 with either separator; v3 sharding with the index at the start or end, either
+byte order, with or without crc32c, with or without codecs inside and after the shard; consolidated or not; read
+through plain files, fsspec or obstore.
 
 Checks, through the paths users take: ``open_store`` + ``Store.read_array`` of every array equals zarr-python's
 read bit for bit; ``extract`` with ``normalization = "none"`` (Numba and ``jit=False``) on boxes at the corners,
