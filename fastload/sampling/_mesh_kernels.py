@@ -9,7 +9,8 @@ evaluated here (callers pass cosines in), so kernel and reference agree bit for 
 Binning rule (:func:`bin_nodes`): a sample's region is ``[lat_first, lat_last] x [lon_first, lon_first + width]``
 cut into ``nlat x nlon`` equal cells (row 0 at ``lat_first``, which may be the north edge). A node at (lat, lon)
 falls in cell ``(floor((lat - lat_first) / (lat_last - lat_first) * nlat), floor(((lon - lon_first) mod 360) /
-width * nlon))`` when both are in range (cells are half-open, so a node on a shared edge belongs to one cell).
+width * nlon))`` when both are in range (cells are half-open, so a node on a shared edge belongs to one cell;
+the last row is closed when ``lat_last`` is a pole, +-90, so a node at the pole there falls in it).
 A cell keeps its ``K`` nodes nearest its centre, by ``dlat**2 + (cos(lat_centre) * dlon)**2`` (``dlon`` wrapped
 to [-180, 180)), ties broken by the smaller node index; slot 0 holds the nearest. Empty slots are -1.
 
@@ -92,6 +93,7 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
     for s in range(n_samples):
         lf, ll, lo0, width = regions[s, 0], regions[s, 1], regions[s, 2] % 360.0, regions[s, 3]
         span = ll - lf
+        pole = ll == 90.0 or ll == -90.0
         m = 0
         for r in range(win[s, 0], win[s, 1] + 1):
             for cc in range(win[s, 3]):
@@ -100,6 +102,8 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
                     node = bnodes[q]
                     lat = node_lat[node]
                     fb = np.floor((lat - lf) / span * nlat)
+                    if fb == nlat and pole:  # the last row is closed at a pole: a node there is in it
+                        fb = nlat - 1.0
                     if not (fb >= 0.0 and fb < nlat):
                         continue
                     dl = (node_lon[node] - lo0) % 360.0

@@ -26,6 +26,8 @@ def bin_nodes(bstart, bnodes, bgeo, node_lat, node_lon, regions, coslat, out_nod
         span = ll - lf
         with np.errstate(divide="ignore", invalid="ignore"):
             fb = np.floor((node_lat - lf) / span * nlat)
+            if ll == 90.0 or ll == -90.0:  # the last row is closed at a pole: a node there is in it
+                fb = np.where(fb == nlat, nlat - 1.0, fb)
             dl = (node_lon - lo0) % 360.0
             fc = np.floor(dl / width * nlon)
         inside = (fb >= 0) & (fb < nlat) & (fc >= 0) & (fc < nlon)

@@ -42,7 +42,11 @@ def brute_bin(lat, lon, region, nlat, nlon, k):
         for c in range(nlon):
             w0, w1 = c * width / nlon, (c + 1) * width / nlon
             rel = (lon - lo0) % 360.0
-            inside = ((lat >= lo) & (lat < hi) if ll > lf else (lat > lo) & (lat <= hi)) & (rel >= w0) & (rel < w1)
+            if b == nlat - 1 and abs(ll) == 90.0:  # the last row is closed at a pole
+                in_row = (lat >= lo) & (lat <= hi)
+            else:
+                in_row = (lat >= lo) & (lat < hi) if ll > lf else (lat > lo) & (lat <= hi)
+            inside = in_row & (rel >= w0) & (rel < w1)
             clon = lo0 + (c + 0.5) * width / nlon
             dx = ((lon - clon + 180.0) % 360.0 - 180.0) * np.cos(np.deg2rad(clat))
             d = (lat - clat) ** 2 + dx**2
@@ -278,6 +282,27 @@ def test_binning_kernel_equals_reference_on_a_dense_mesh():
     d = [(idx.lat - la) ** 2 + (((idx.lon - lo + 180) % 360 - 180) * np.cos(np.deg2rad(la))) ** 2
          for la, lo in ((10.0, 20.0), (-45.0, 100.0))]
     assert near.tolist() == [int(np.argmin(x)) for x in d]
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_node_at_the_pole_falls_in_the_last_row_of_a_region_ending_there(jit):
+    lat, lon = mesh_nodes(900, seed=5)
+    lat, lon = np.concatenate([[90.0, -90.0], lat]), np.concatenate([[0.0, 0.0], lon])  # nodes 0, 1: the poles
+    idx = MeshIndex(lat, lon)
+    r = np.array([[70.0, 90.0, 350.0, 40.0], [-70.0, -90.0, 340.0, 40.0],  # the pole on the far side (last row)
+                  [90.0, 70.0, 350.0, 40.0], [-90.0, -70.0, 340.0, 40.0],  # on the near side (row 0)
+                  [80.0, 89.0, 350.0, 40.0]])  # ending short of the pole: half-open as before
+    nodes, count = idx.bin(r, 2, 2, 300, jit=jit)
+    for s in range(r.shape[0]):
+        want_nodes, want_count = brute_bin(idx.lat, idx.lon, tuple(r[s]), 2, 2, 300)
+        assert np.array_equal(count[s], want_count) and np.array_equal(nodes[s], want_nodes)
+    # every node of the mesh within a region's latitudes and longitudes is in exactly one of its cells
+    for s, pole in enumerate([0, 1, 0, 1]):
+        la0, la1 = sorted(r[s, :2])
+        rel = (lon - r[s, 2]) % 360.0
+        want = np.flatnonzero((lat >= la0) & (lat <= la1) & (rel < r[s, 3]))
+        got = nodes[s][nodes[s] >= 0]
+        assert pole in got and np.array_equal(np.sort(got), want)
 
 
 # -- point gather --------------------------------------------------------------------------------------------------
