@@ -12,7 +12,9 @@ smaller than the sample box, a reference whose time rule is not ``inside``) fail
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -99,6 +101,15 @@ def check_point_fields(st: Stream, box: tuple[int, int, int]) -> None:
                               f"{st.name!r} has a {g.ny} x {g.nx} grid")
 
 
+@contextlib.contextmanager
+def _naming(st: Stream) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` about a stream's grid naming the stream and its store."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(f"streams.{st.name} ({st.store.path}): {e}") from e
+
+
 def build_stream(st: Stream, jit: bool | None = None, reference: Any = None) -> Stream:
     """Check ``st`` against its share of the config and give it what samples it: the reference its structured
     tokenizer; a box stream its :class:`~fastload.sampling.points.BoxPointSampler` and the mapper from the reference's
@@ -111,7 +122,8 @@ def build_stream(st: Stream, jit: bool | None = None, reference: Any = None) -> 
         if st.rule != "inside":
             raise ConfigError(f"streams.{st.name}.time_rule = {st.rule!r}: the first stream sets each sample's "
                               "window on its own steps; leave its time_rule at 'inside'")
-        ReferenceRegions(st.store.grid, st.config.box)  # refuses a non-lat-lon reference
+        with _naming(st):
+            ReferenceRegions(st.store.grid, st.config.box)  # refuses a non-lat-lon reference
         st.store.check(st.config)
         st.tokenizer = build_tokenizer(st.store, st.config)
         st.layouts = dict(st.tokenizer.layouts)
@@ -126,7 +138,8 @@ def build_stream(st: Stream, jit: bool | None = None, reference: Any = None) -> 
             raise TypeError(f"build_stream: lat-lon stream {st.name!r} needs reference= (the reference's grid)")
         flip = rows_reversed(st.store.grid, reference)
         st.sampler = (ReferenceRowSampler if flip else BoxPointSampler)(st.config, st.layouts, st.time, st.store.grid)
-        st.mapper = LatLonMapper(st.store.grid, H, W, reversed_rows=flip)
+        with _naming(st):
+            st.mapper = LatLonMapper(st.store.grid, H, W, reversed_rows=flip)
     else:
         st.sampler = BoxPointSampler(st.config, st.layouts, st.time, st.store.grid)
         st.mapper = CurvilinearMapper(st.store.grid, H, W, jit=jit)

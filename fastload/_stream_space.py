@@ -40,11 +40,12 @@ __all__ = ["cell_edges", "ReferenceRegions", "LatLonMapper", "ReferenceRowSample
            "CurvilinearMapper", "grid_spacing"]
 
 
-def cell_edges(v: np.ndarray, *, clip_lat: bool = False) -> np.ndarray:
-    """``(n + 1,)`` cell edges of 1-D monotonic coordinates: midpoints, ends half a spacing beyond."""
+def cell_edges(v: np.ndarray, *, clip_lat: bool = False, what: str = "points along each axis") -> np.ndarray:
+    """``(n + 1,)`` cell edges of 1-D monotonic coordinates: midpoints, ends half a spacing beyond (``what``: the
+    coordinates, for the error)."""
     v = np.asarray(v, np.float64)
     if v.size < 2:
-        raise ConfigError("a stream grid needs at least two points along each axis to define cells")
+        raise ConfigError(f"the grid needs at least two {what} to define cells, it has {v.size}")
     e = np.concatenate([[v[0] - (v[1] - v[0]) / 2], (v[1:] + v[:-1]) / 2, [v[-1] + (v[-1] - v[-2]) / 2]])
     return np.clip(e, -90.0, 90.0) if clip_lat else e
 
@@ -58,11 +59,12 @@ class ReferenceRegions:
                               f"it is {grid.kind!r} (put a lat-lon stream first)")
         self.ny, self.nx, self.periodic = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
         self.H, self.W = int(box[1]), int(box[2])
-        self.yedge = cell_edges(grid.lat, clip_lat=True)
+        self.yedge = cell_edges(grid.lat, clip_lat=True, what="latitudes")
         lon = np.unwrap(np.asarray(grid.lon, np.float64), period=360.0)
         if lon.size > 1 and np.any(np.diff(lon) <= 0):
-            raise ConfigError("the first stream's longitudes must increase (after unwrapping across 0/360)")
-        xe = cell_edges(lon)
+            raise ConfigError(f"the first stream's longitudes must increase (after unwrapping across 0/360); they "
+                              f"run {_ends(grid.lon)}")
+        xe = cell_edges(lon, what="longitudes")
         if self.periodic:
             xe[-1] = xe[0] + 360.0
         self.xedge = xe
@@ -76,6 +78,12 @@ class ReferenceRegions:
         last = np.where(wrap, self.xedge[np.where(wrap, k - self.nx, 0)] + 360.0, self.xedge[np.minimum(k, self.nx)])
         first = self.xedge[x0]
         return np.stack([self.yedge[y0], self.yedge[y0 + self.H], first % 360.0, last - first], axis=1)
+
+
+def _ends(v: np.ndarray) -> str:
+    """``first, second .. last`` of 1-D coordinates, for messages."""
+    v = np.asarray(v, np.float64).reshape(-1)
+    return f"{v[0]:g}, {v[1]:g} .. {v[-1]:g}" if v.size > 2 else ", ".join(f"{x:g}" for x in v)
 
 
 def centres(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,11 +125,12 @@ class LatLonMapper:
         lat = np.asarray(grid.lat, np.float64)
         self._lat, self._rows = (lat, np.arange(lat.size, dtype=np.float64)) if lat[-1] > lat[0] else \
             (lat[::-1], np.arange(lat.size, dtype=np.float64)[::-1])
-        ye = cell_edges(self._lat, clip_lat=True)
+        ye = cell_edges(self._lat, clip_lat=True, what="latitudes")
         self.lat_range = (float(ye[0]), float(ye[-1]))
         lon = np.unwrap(np.asarray(grid.lon, np.float64)[:self._period], period=360.0)
         if lon.size > 1 and np.any(np.diff(lon) <= 0):
-            raise ConfigError("a lat-lon stream's longitudes must increase (after unwrapping across 0/360)")
+            raise ConfigError(f"a lat-lon stream's longitudes must increase (after unwrapping across 0/360); they "
+                              f"run {_ends(grid.lon)}")
         self._lon0 = float(lon[0])
         rel = lon - lon[0]
         if self.periodic:
@@ -129,7 +138,7 @@ class LatLonMapper:
             self._half = (0.0, 0.0)
         else:
             self._xp, self._fp = rel, np.arange(lon.size, dtype=np.float64)
-            xe = cell_edges(lon)
+            xe = cell_edges(lon, what="longitudes")
             self._half = (float(lon[0] - xe[0]), float(xe[-1] - lon[-1]))
 
     def starts(self, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -242,3 +242,27 @@ def test_a_stream_repeating_its_seam_column_wraps_like_the_global_grid(tmp_path)
     assert np.array_equal(out["b"].data, out["c"].data)
     want = xr_values(seam.rename({"b": "c"}), "c", b.time, b)
     assert np.array_equal(out["b"].data.reshape(want.shape), want)
+
+
+# -- L2: a stream's grid errors name the stream and its store ----------------------------------------------------------
+def test_grid_errors_name_the_stream_and_its_store(tmp_path):
+    t = T0 + np.arange(4) * 6 * H1
+    make_ll(tmp_path / "ref.zarr", *GLOBAL10, t, "a")
+    make_ll(tmp_path / "desc.zarr", GLOBAL10[0], np.arange(35, -1, -1) * 10.0, t, "b")  # 350 .. 0
+    make_ll(tmp_path / "one.zarr", np.array([0.0]), GLOBAL10[1], t, "c")  # one row
+    f = (1, 1, 2)
+    with pytest.raises(ConfigError, match=r"streams\.ocean \(.*desc\.zarr\): a lat-lon stream's longitudes must "
+                                          r"increase .* they run 350, 340 \.\. 0"):
+        MultiStream(SamplingConfig(streams=(StreamConfig(name="ref", path=os.fspath(tmp_path / "ref.zarr")),
+                                            StreamConfig(name="ocean", path=os.fspath(tmp_path / "desc.zarr"))),
+                                   fields=(fld("a", "ref", f, f), fld("b", "ocean", f, f))))
+    with pytest.raises(ConfigError, match=r"streams\.sfc \(.*one\.zarr\): the grid needs at least two latitudes "
+                                          r"to define cells, it has 1"):
+        MultiStream(SamplingConfig(streams=(StreamConfig(name="ref", path=os.fspath(tmp_path / "ref.zarr")),
+                                            StreamConfig(name="sfc", path=os.fspath(tmp_path / "one.zarr"))),
+                                   fields=(fld("a", "ref", f, f), fld("c", "sfc", f, f))))
+    with pytest.raises(ConfigError, match=r"streams\.first \(.*desc\.zarr\): the first stream's longitudes must "
+                                          r"increase"):
+        MultiStream(SamplingConfig(streams=(StreamConfig(name="first", path=os.fspath(tmp_path / "desc.zarr")),
+                                            StreamConfig(name="ref", path=os.fspath(tmp_path / "ref.zarr"))),
+                                   fields=(fld("b", "first", f, f), fld("a", "ref", f, f))))
