@@ -204,7 +204,7 @@ def missing_markers(store: Any, name: str) -> tuple:
     values = [declared] + (list(mv) if isinstance(mv, (list, tuple)) else [mv])
     out = []
     for v in values:
-        if v is None or isinstance(v, bool):
+        if v is None or (isinstance(v, bool) and arr.dtype.kind != "b"):  # (a JSON true marks a bool array's True)
             continue
         try:
             with np.errstate(all="ignore"):

@@ -242,3 +242,32 @@ def test_zero_length_axis_opens_and_a_sample_is_refused_by_name(tmp_path, fmt, s
     f = FieldConfig(name="v", num_tokens=(1, 1, 1), token_size=(1, 1, 1), normalization="none")
     with pytest.raises(ConfigError, match=rf"fields\.v: .*{axis}"):
         fastload.extract(store, SamplingConfig(fields=[f]), [[0, 0, 0]])
+
+
+@pytest.mark.parametrize("fmt,attrs,fill", [(3, {"_FillValue": True}, False), (3, {"missing_value": True}, False),
+                                            (2, {"missing_value": True}, None)])
+def test_a_json_true_marker_of_a_bool_field_is_masked_as_xarray_masks_it(tmp_path, fmt, attrs, fill):
+    """A bool field (a land-sea mask) whose ``_FillValue``/``missing_value`` is JSON ``true``: its True values are
+    missing, as xarray decodes them (the markers were skipped as bools: 1 instead of NaN, silently)."""
+    import xarray as xr
+
+    p = tmp_path / "b.zarr"
+    root = zarr.open_group(str(p), mode="w", zarr_format=fmt)
+    dims = ("time", "latitude", "longitude")
+    named = ({"dimension_names": dims, "attributes": attrs} if fmt == 3
+             else {"attributes": {"_ARRAY_DIMENSIONS": list(dims), **attrs}})
+    root.create_array("lsm", shape=(1, 2, 2), dtype=bool, fill_value=fill, **named)[...] = \
+        np.array([[[True, False], [False, True]]])
+    for name, v in [("time", np.arange(1)), ("latitude", np.array([10.0, -10.0])), ("longitude", np.array([0.0, 180.0]))]:
+        a = {"units": "hours since 2000-01-01"} if name == "time" else {}
+        if fmt == 2:
+            a["_ARRAY_DIMENSIONS"] = [name]
+        root.create_array(name, shape=v.shape, dtype=v.dtype, attributes=a,
+                          **({"dimension_names": (name,)} if fmt == 3 else {}))[...] = v
+    f = FieldConfig(name="lsm", num_tokens=(1, 1, 1), token_size=(1, 2, 2), normalization="none")
+    with _quiet():
+        want = xr.open_zarr(str(p), consolidated=False)["lsm"].values.astype("f4").ravel()
+    for jit in (True, False):
+        got = fastload.extract(open_store(p), SamplingConfig(fields=[f]), [[0, 0, 0]], jit=jit)["lsm"].data.ravel()
+        np.testing.assert_array_equal(got, want)
+    assert np.isnan(want).sum() == 2
