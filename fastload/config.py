@@ -167,7 +167,8 @@ class StreamConfig(_Config):
     path: str
     """Path or URL of the store."""
     time_rule: Literal["inside", "nearest", "previous"] = "inside"
-    """How the sample's window maps to this stream's time axis: the steps inside it, or the nearest/previous."""
+    """How the sample's window maps to this stream's time axis: the steps inside it, or the nearest/previous
+    (tolerances and gaps: :mod:`fastload._stream_time`)."""
     norm_path: str | None = None
     """Normalisation coefficient store of this stream (``fastload stats``)."""
 
