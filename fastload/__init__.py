@@ -17,6 +17,7 @@ from .errors import (
     SchemaError,
     StoreError,
     StoreNotFoundError,
+    WorkerError,
 )
 
 # `extract` is bound eagerly: a lazy name would be shadowed by the submodule `fastload.extract` as soon as anything
@@ -76,6 +77,7 @@ __all__ = [
     "SchemaError",
     "StoreError",
     "StoreNotFoundError",
+    "WorkerError",
 ]
 
 __version__ = "0.1.0"

@@ -568,6 +568,9 @@ def sigint_deferred(what: str = "the block being written") -> Iterator[None]:
         return
     received: list[int] = []
     previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # (nohup, a script's background job): Ctrl-C is ignored anyway, say nothing
+        yield
+        return
     previous = signal.default_int_handler if previous is None else previous
 
     def hold(signum: int, frame: Any) -> None:

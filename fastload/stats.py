@@ -386,7 +386,8 @@ def _parser() -> argparse.ArgumentParser:
         "--time-range 1979-01-01 2017-12-31",
     )
     p.add_argument("store", help="data store (path or URL)")
-    p.add_argument("--out", required=True, help="coefficient store to write (local path; must not exist)")
+    p.add_argument("--out", required=True,
+                   help="coefficient store to write (local path; refused if it exists, unless --overwrite)")
     p.add_argument("--fields", help="comma-separated fields (default: all)")
     p.add_argument(
         "--levels",

@@ -500,7 +500,7 @@ def _parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--store", help="data store (default: the built-in synthetic dataset)")
     p.add_argument("--steps", type=int, help="optimizer steps of the run")
     p.add_argument("--warmup", type=int, help="steps left out of the timing numbers")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: $FASTLOAD_DEVICE, else the GPU when there is one)")
     p.add_argument("--out", help="report folder (default: runs/<mode>-<time>)")
     p.add_argument("--store-latency-ms", type=float, help="simulated storage latency per request (ms)")
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")

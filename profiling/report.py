@@ -239,6 +239,7 @@ def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = [*phases, *EXTRA]
     fig = Figure(figsize=(10, 6.5), layout="constrained")
@@ -254,6 +255,7 @@ def plot_steps(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     if bottom.size and bottom.max() > 0:
         ax.set_ylim(0, 1.25 * bottom.max())  # room for the legend above the bars
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("time (ms)")
     span = f" (steps {steps[0]}-{steps[-1]})" if len(records) > 1 else (f" (step {steps[0]})" if len(records) else "")
     top = title or f"time per step by phase{span}"

@@ -233,6 +233,23 @@ def test_a_second_sigint_stops_at_once(capsys):
     assert "Ctrl-C again" in capsys.readouterr().err
 
 
+def test_an_ignored_sigint_stays_ignored_and_silent(capsys):
+    """A writer started with SIGINT ignored (nohup, a script's background job): no handler is installed, nothing is
+    printed, the block runs on (it printed "finishing ... Ctrl-C again to stop at once" and then dropped the signal)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        log = []
+        with sigint_deferred():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            log.append("block finished")
+        assert log == ["block finished"] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert capsys.readouterr().err == ""
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_sigint_deferred_outside_the_main_thread_does_nothing():
     done = []
 
