@@ -144,8 +144,10 @@ class Store:
         self.coords: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.coord_arrays}
         self.not_fields: dict[str, str] = dict(layout.not_fields)
         for name, info in meta.arrays.items():  # string arrays: never fields, wherever they lie
-            if info.dtype.kind == "O" and name not in self.arrays and name not in self.coords:
-                self.not_fields[name] = _object_why(info)
+            if name in self.arrays or name in self.coords:
+                continue
+            if info.dtype.kind == "O" or (info.dtype.kind in "SU" and name not in self.not_fields):
+                self.not_fields[name] = _object_why(info)  # (fixed-width ones on the grid: the layout's reason)
         for name in self.arrays:
             self._prepare(name)
 
@@ -335,7 +337,10 @@ class Store:
 
 
 def _object_why(info: ArrayInfo) -> str:
-    """Why an object-dtype array is not a field, naming what it holds and its codec."""
+    """Why a string or object array is not a field, naming what it holds (and an object array's codec)."""
+    if info.dtype.kind in "SU":
+        kind = "bytes" if info.dtype.kind == "S" else "strings"
+        return f"fixed-width {kind} (dtype {info.dtype.str}); a field must be numeric (Store.read_array reads its values)"
     if info.vlen is None:
         codec = info.codecs[0]["id"] if info.codecs else "none"
         return f"dtype object (Python objects, codec {codec!r}); a field must be numeric"

@@ -76,6 +76,30 @@ def _edit(path, name, zarr_format, fn):
 
 # -- ERA5 through xarray -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("dtype", ["<U4", "S4"])
+def test_a_fixed_width_string_coordinate_is_listed_and_named_when_asked_for(tmp_path, zarr_format, dtype):
+    """``expver(valid_time)`` as xarray writes a NumPy str (``<U4``) or bytes (``S4``) array: listed in
+    ``not_fields`` (and so by ``fastload inspect``) and asking for it as a field says why, as for variable-length
+    strings; it was left out silently and asked for it said only 'not in store'."""
+    path = tmp_path / "era5.zarr"
+    vt = pd.date_range("2024-01-01", periods=4, freq="6h")
+    ds = xr.Dataset({"t2m": (("valid_time", "latitude", "longitude"), np.zeros((4, 19, 36), "f4"))},
+                    coords={"valid_time": vt, "latitude": np.linspace(90, -90, 19), "longitude": np.arange(0, 360, 10.0),
+                            "expver": ("valid_time", np.array(["0001", "0001", "0005", "0005"], dtype=dtype))})  # fmt: skip
+    with _quiet():
+        ds.to_zarr(path, zarr_format=zarr_format, consolidated=False)
+        want = xr.open_zarr(path, consolidated=False)["expver"].values
+        s = open_store(path)
+    kind = "strings" if dtype == "<U4" else "bytes"
+    why = s.not_fields["expver"]
+    assert why.startswith(f"fixed-width {kind} (dtype ") and "a field must be numeric" in why
+    with pytest.raises(ConfigError, match=r"fields.expver: array 'expver' in store .* is not a field: fixed-width"):
+        s.check(_cfg("expver"))
+    assert s.read_array("expver").tolist() == want.tolist()
+    assert f"  expver  not a field: {why}" in format_summary(describe(s, sizes="never")).splitlines()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
 def test_era5_with_a_string_expver_opens(tmp_path, zarr_format, capsys):
     path = tmp_path / "era5.zarr"
     _era5(path, zarr_format)
