@@ -24,7 +24,6 @@ import numpy as np
 
 from .cache import size_arenas
 from .reader import CacheLayout, sample_chunk_bound
-from .sampling.points import x_period
 
 __all__ = ["chunk_bounds", "warn_chunking", "cache_layout"]
 
@@ -60,7 +59,7 @@ def _per_field(ms: Any, st: Any, f: Any, expected: bool, probe: dict[str, float]
         _, tlat, tlon = f.token_size
         bound = min(g[xa], nlat * nlon * tlat * tlon)
         return nt_, (min(bound, probe.get(f.name, bound)) if expected else bound)
-    period = x_period(st.store.grid)  # nx, or nx - 1 for a lat-lon grid repeating its seam column
+    period = st.store.grid.x_period  # nx, or nx - 1 for a lat-lon grid repeating its seam column
     periodic = period > 0 and period % lay.chunks[xa] != 0
     if expected:
         return nt_, _expect(g[ya], lay.chunks[ya], H) * _expect(g[xa], lay.chunks[xa], W)

@@ -9,7 +9,7 @@ to [-90, 90]): ``[lat_first, lat_last] x [lon_first, lon_first + width]``, ``lat
 - **lat-lon** (:class:`LatLonMapper`): the fractional row and column of the region's centre (linear
   interpolation of the 1-D coordinates), and the ``H x W`` index box centred there (nearest grid indices; on
   the same grid this is the reference box itself). A global grid stored with its seam column repeated (longitudes
-  ``0 .. 360`` inclusive) wraps over its first ``nx - 1`` columns (:func:`~fastload.sampling.points.x_period`), so
+  ``0 .. 360`` inclusive) wraps over its first ``nx - 1`` columns (:attr:`~fastload.store.grid.Grid.x_period`), so
   boxes at the seam stay centred; the repeated column is never read. Its token rows come out in the reference's row order
   (:class:`ReferenceRowSampler`): a stream whose latitudes run the other way (an ocean store south-to-north beside
   ERA5's north-to-south) has its box listed from its last row up, and its start is chosen in that order too, so
@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .sampling.mesh import MeshIndex
-from .sampling.points import BoxPointSampler, x_period
+from .sampling.points import BoxPointSampler
 
 __all__ = ["cell_edges", "ReferenceRegions", "LatLonMapper", "ReferenceRowSampler", "rows_reversed",
            "CurvilinearMapper", "grid_spacing"]
@@ -118,7 +118,7 @@ class LatLonMapper:
     def __init__(self, grid: Any, H: int, W: int, *, reversed_rows: bool = False):
         self.ny, self.nx = int(grid.ny), int(grid.nx)
         self.H, self.W = int(H), int(W)
-        period = x_period(grid)  # a global grid repeating its seam column wraps over its first nx - 1 columns
+        period = grid.x_period  # a global grid repeating its seam column wraps over its first nx - 1 columns
         self.periodic = period > 0
         self._period = period if self.periodic else self.nx
         self.reversed_rows = bool(reversed_rows)

@@ -39,7 +39,7 @@ from .neighborhood import OUT_KINDS, as_out_array, use_jit
 from .tokenizer import TokenMeta
 
 __all__ = ["point_kernels", "PointLayout", "FieldPoints", "field_points", "plan_points", "gather_field_points",
-           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta", "x_period"]
+           "PointTokenMeta", "PointSampler", "BoxPointSampler", "circular_mean", "time_meta"]
 
 _NORMS = {"none": 0, "global": 1, "local": 2}
 _MEMO_BYTES = 64 * 2**20  # point lists and index tables a sampler remembers (recent placements)
@@ -505,24 +505,10 @@ class PointSampler(abc.ABC):
         return out
 
 
-def x_period(grid: Any) -> int:
-    """Columns after which x wraps on a structured grid: ``nx`` on a periodic grid; ``nx - 1`` on a global lat-lon
-    grid stored with its seam column repeated (last longitude = first + 360, :func:`~fastload.store.grid.repeats_seam`:
-    the repeated column is never read, a box crossing the seam wraps to column 0); 0 on a regional grid."""
-    from ..store.grid import repeats_seam
-
-    if bool(grid.periodic_x):
-        return int(grid.nx)
-    lon = np.asarray(grid.lon, np.float64)
-    if getattr(grid, "kind", None) == "latlon" and lon.ndim == 1 and repeats_seam(lon):
-        return int(grid.nx) - 1
-    return 0
-
-
 class BoxPointSampler(PointSampler):
     """Index boxes of a structured grid (lat-lon or curvilinear) read as point lists: ``where`` is ``(S, 2)``
     ``(y0, x0)`` starts; token ``(b, c)`` slot ``j * tlon + k`` is the point ``(y0 + b*tlat + j, x0 + c*tlon + k)``
-    (x modulo NX on periodic grids, modulo NX - 1 on a lat-lon grid repeating its seam column: :func:`x_period`).
+    (x modulo NX on periodic grids, modulo NX - 1 on a lat-lon grid repeating its seam column: ``grid.x_period``).
     Used for the streams of a multi-stream config whose time points are not a
     regular stride of their own axis.
 
@@ -539,8 +525,8 @@ class BoxPointSampler(PointSampler):
             lat, lon = np.meshgrid(lat, lon, indexing="ij")
         super().__init__(config, layouts, time, lat, lon)
         self.ny, self.nx, self.periodic_x = int(grid.ny), int(grid.nx), bool(grid.periodic_x)
-        self.x_period = x_period(grid)
-        """x wraps modulo this many columns (0: never): :func:`x_period`."""
+        self.x_period = int(grid.x_period)
+        """x wraps modulo this many columns (0: never): :attr:`fastload.store.grid.Grid.x_period`."""
         self.same = grid_copies(grid)
         """Curvilinear grids that repeat points: :func:`~._copies.same_points` (None: every index is its own
         place)."""

@@ -62,6 +62,17 @@ class Grid:
         return (self.ny, self.nx)
 
     @property
+    def x_period(self) -> int:
+        """Columns after which x wraps: ``nx`` on a periodic grid; ``nx - 1`` on a global lat-lon grid stored with
+        its seam column repeated (:func:`repeats_seam`: the repeated column is never read, a box crossing the seam
+        wraps to column 0; the streams of a multi-stream config read it so); 0 on a regional grid or a mesh."""
+        if self.periodic_x:
+            return self.nx
+        if self.kind == "latlon" and np.ndim(self.lon) == 1 and repeats_seam(self.lon):
+            return self.nx - 1
+        return 0
+
+    @property
     def seam_note(self) -> str:
         """Why a lat-lon grid that looks global does not wrap (its last longitude repeats the first + 360, and how
         to fix the store), for messages about boxes at its edges; "" otherwise."""
@@ -127,7 +138,8 @@ def is_global_lon(lon: np.ndarray) -> bool:
 
 def repeats_seam(lon: np.ndarray) -> bool:
     """Whether a 1-D longitude axis is a regular 360-degree circle with its first longitude repeated (+ 360) at the
-    end (``0, 2.5, ..., 360``): global, but not periodic as stored (used only to explain that in messages)."""
+    end (``0, 2.5, ..., 360``): global, but not periodic as stored (explained in messages; a stream of a
+    multi-stream config wraps over its first ``nx - 1`` columns: :attr:`Grid.x_period`)."""
     lon = np.asarray(lon, dtype=np.float64)
     if lon.ndim != 1 or lon.size < 3 or not is_global_lon(lon[:-1]):
         return False
