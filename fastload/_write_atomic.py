@@ -307,13 +307,40 @@ def _replaceable(out: Path) -> None:
     )
 
 
+def _local_source(src: str | os.PathLike[str]) -> Path | None:
+    """The local path of a source given as a path or an fsspec URL of the local file system (``file://``,
+    ``local://``, ``file:``, the target of a chained URL such as ``simplecache::file://...``, or any protocol
+    whose fsspec file system is a ``LocalFileSystem``); None for a remote store."""
+    s = os.fspath(src)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    if "://" not in s and "::" not in s and not s.startswith(("file:", "local:")):
+        return Path(s)
+    target = s.split("::")[-1]  # a chained URL: the last one names the store the others wrap
+    try:
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:  # no fsspec: only its local protocols can be told
+        m = re.match(r"(?:file|local):(?://)?(.*)", target)
+        return Path(m.group(1)) if m else None
+    protocol, _ = fsspec.core.split_protocol(target)
+    if protocol in (None, "file", "local") or target.startswith(("file:", "local:")):
+        return Path(LocalFileSystem._strip_protocol(target))
+    try:
+        fs, path = fsspec.core.url_to_fs(target)
+    except Exception:  # an unknown protocol or a file system that cannot be made here: not a local one
+        return None
+    return Path(path) if isinstance(fs, LocalFileSystem) else None
+
+
 def check_output(
     out: str | os.PathLike[str], *, overwrite: bool, sources: Sequence[str | os.PathLike[str]] = ()
 ) -> Path:
     """Check that a store may be written at ``out`` without losing data; returns ``out`` made absolute.
 
     Raises :class:`ConfigError` for a URL, when a local path of ``sources`` (the stores or files the output is
-    made from) is ``out``, inside it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
+    made from; a ``file://`` or other fsspec URL of the local file system counts as its path) is ``out``, inside
+    it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
     zarr store (a plain file, or a folder without zarr metadata: replacing it would delete unrelated data); an
     empty directory may be replaced. Raises :class:`StoreError` when ``out`` exists and ``overwrite`` is false.
     """
@@ -322,9 +349,10 @@ def check_output(
     path = Path(out).absolute()
     real = path.resolve()
     for src in sources:
-        if "://" in str(src):
+        local = _local_source(src)
+        if local is None:  # a remote store (s3://, gs://, ...): not on this machine's file system, so not at out
             continue
-        s = Path(src).resolve()
+        s = local.resolve()
         if s == real or real in s.parents or s in real.parents:
             raise ConfigError(
                 f"out: {path} is, holds or lies inside the source {str(src)!r}; write the output elsewhere"
