@@ -24,9 +24,12 @@ GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gr
 (clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is
 ``idle``. Warm-up steps (``--warmup``) run but are left out of the numbers. Reading the loss is a host sync, done
 only every ``log_every`` steps. With ``loader.on_bad_chunk = "skip"`` a batch may hold 0 samples (all skipped): alone,
-its step is left out; under DDP it runs with a zero loss so every rank joins the all-reduce, each rank's gradient
+its step runs no model; under DDP it runs with a zero loss so every rank joins the all-reduce, each rank's gradient
 weighs by its samples, and no rank updates when every rank's batch was empty (:mod:`profiling.steps`). The report's
-``skipped`` counts samples, empty batches and steps without an update; a run that trained on none is an error.
+``skipped`` counts samples, empty batches and steps without an update; a run that trained on none is an error. A
+timed step with an empty batch is left out of the per-phase and per-step statistics, MFU and the what-if (they
+describe steps that trained; a partly skipped batch counts its share of a full batch's FLOPs) and is counted in
+``empty_steps``; samples/s, read rates and the stall fraction are over all timed steps.
 
 Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
@@ -274,8 +277,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             f"device {device}{threads}{extras}")
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops = None
+    # the batch FLOPs are counted on (a step's are scaled by its samples / batch_size: a partly skipped batch)
+    flops_batch = None if forecast else cfg.loader.batch_size or sampling.batch_size
     if peak is not None and not forecast:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
-        batch_size = cfg.loader.batch_size or sampling.batch_size
+        batch_size = flops_batch
         flops = count_flops(net, _dummy_inputs(sampling, batch_size, levelled, device), cfg.model.loss, cfg.bf16,
                             device)
     if wrap_model is not None and not forecast:
@@ -390,8 +395,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     it = iter(data)
                     batch = next(it)
             # n = 0: the loader skipped every sample of this batch for bad chunks (loader.on_bad_chunk = "skip").
-            # Alone, such a step is left out. Under DDP it runs with MultiformerStep's zero loss, so this rank joins
-            # the gradient all-reduce; `counts` weighs each rank's gradient by its n; no rank updates if all had 0.
+            # Alone, such a step runs no model (the report leaves it out of its statistics). Under DDP it runs with
+            # MultiformerStep's zero loss, so this rank joins the gradient all-reduce; `counts` weighs each rank's
+            # gradient by its n; no rank updates if all had 0.
             n = len(batch)
             counts.start(n)
             skipped["samples"] += batch.stats.skipped
@@ -451,7 +457,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     if not records:
         say("no timed steps: no report written")
         return {}
-    summary = timer.summary(flops_per_step=flops, peak_flops=peak, config=cfg.to_dict())
+    summary = timer.summary(flops_per_step=flops, peak_flops=peak, batch_size=flops_batch, samples_counted=True,
+                            config=cfg.to_dict())
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
                     "store_latency_ms": cfg.data.latency_ms, "skipped": skipped})

@@ -68,8 +68,10 @@ _COLORS = {"data_wait": "#d62728", "h2d": "#ff7f0e", "forward": "#1f77b4", "back
            "optimizer": "#9467bd", "other": "#bcbd22", "idle": "#7f7f7f"}
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
     a = np.asarray(values, dtype=np.float64)
+    if not a.size:  # (every timed step was empty: no statistics, rather than NumPy's NaN and warnings)
+        return {"mean_ms": None, "p50_ms": None, "p95_ms": None}
     return {"mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
 
 
@@ -92,9 +94,15 @@ def machine_info() -> dict[str, Any]:
 
 def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = PHASES,
               flops_per_step: float | None = None, peak_flops: float | None = None,
-              config: Mapping[str, Any] | None = None, machine: Mapping[str, Any] | None = None,
-              source: str = "step_timer") -> dict[str, Any]:
+              batch_size: int | None = None, samples_counted: bool | None = None, config: Mapping[str, Any] | None = None,
+              machine: Mapping[str, Any] | None = None, source: str = "step_timer") -> dict[str, Any]:
     """Summarise per-step records (from :meth:`StepTimer.records`) into the report's numbers.
+
+    A step whose batch held no sample (``samples`` 0 in a run whose other steps count samples: with
+    ``loader.on_bad_chunk = "skip"`` every sample of its batch was skipped) trained on nothing: it is left out of
+    the per-phase and per-step statistics, the what-if and MFU, which describe the steps that trained, and counted
+    in ``empty_steps``. Samples/s, bytes/s and the stall fraction are over all timed steps' time (the empty steps'
+    time, their data wait included, is time the run spent).
 
     Parameters
     ----------
@@ -104,7 +112,13 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     phases : sequence of str
         The timed phases, in loop order.
     flops_per_step, peak_flops : float, optional
-        Model FLOPs per step and the device's peak FLOP/s; MFU is reported when both are given.
+        Model FLOPs of a step on a full batch and the device's peak FLOP/s; MFU is reported when both are given.
+    batch_size : int, optional
+        The full batch ``flops_per_step`` was counted on: a step's FLOPs are scaled by its ``samples /
+        batch_size`` (a batch partly skipped computes less). None: every trained step counts ``flops_per_step``.
+    samples_counted : bool, optional
+        Whether the records' ``samples`` are counted (so that 0 means an empty batch). None: when some record has
+        samples (a timer whose steps were all ended without ``samples`` counts every step as trained).
     config, machine : mapping, optional
         Stored as given (``machine`` defaults to :func:`machine_info`).
     source : str
@@ -114,9 +128,11 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     -------
     dict
         ``phases`` {name: {mean_ms, p50_ms, p95_ms, share}} (the timed phases, then ``other`` and ``idle``;
-        shares are of total step time and add up to 1), ``step`` {mean_ms, p50_ms, p95_ms}, ``steps``,
-        ``samples``, ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
-        ``read_amplification``, ``mfu``, ``what_if``, ``config``, ``machine``, ``source``.
+        shares are of the trained steps' time and add up to 1), ``step`` {mean_ms, p50_ms, p95_ms}, ``steps``
+        (timed steps), ``trained_steps``, ``empty_steps`` {steps, total_ms, data_wait_ms}, ``samples``,
+        ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
+        ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``batch_size``, ``mfu``, ``what_if``,
+        ``config``, ``machine``, ``source``.
 
     Raises
     ------
@@ -129,18 +145,29 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     for key in ("step_ms", *(f"{p}_ms" for p in names)):
         if key not in records[0]:
             raise ConfigError(f"report: step records lack {key!r}; have {sorted(records[0])}")
-    step = np.array([r["step_ms"] for r in records], dtype=np.float64)
-    total_ms = float(step.sum())
-    out: dict[str, Any] = {"source": source, "steps": len(records), "step": _stats(step), "phases": {}}
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
+        raise ConfigError(f"report batch_size: expected an integer > 0, got {batch_size!r}")
+    counted = any(int(r.get("samples", 0)) for r in records) if samples_counted is None else bool(samples_counted)
+    trained = [r for r in records if int(r.get("samples", 0)) or not counted]
+    empty = [r for r in records if counted and not int(r.get("samples", 0))]
+    all_ms = float(sum(float(r["step_ms"]) for r in records))
+    step = np.array([r["step_ms"] for r in trained], dtype=np.float64)
+    total_ms = float(step.sum())  # the trained steps'
+    out: dict[str, Any] = {"source": source, "steps": len(records), "trained_steps": len(trained),
+                           "empty_steps": {"steps": len(empty),
+                                           "total_ms": float(sum(float(r["step_ms"]) for r in empty)),
+                                           "data_wait_ms": float(sum(float(r.get("data_wait_ms", 0.0))
+                                                                     for r in empty))},
+                           "step": _stats(step), "phases": {}}
     for p in names:
-        v = [float(r[f"{p}_ms"]) for r in records]
-        out["phases"][p] = {**_stats(v), "share": sum(v) / total_ms if total_ms > 0 else 0.0}
-    seconds = total_ms / 1e3
+        v = [float(r[f"{p}_ms"]) for r in trained]
+        out["phases"][p] = {**_stats(v), "share": sum(v) / total_ms if total_ms > 0 else None}
+    seconds = all_ms / 1e3  # rates: over every timed step
     samples = int(sum(int(r.get("samples", 0)) for r in records))
     out["samples"] = samples
     out["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
-    wait = sum(float(r.get("data_wait_ms", 0.0)) for r in records)
-    out["stall_fraction"] = wait / total_ms if total_ms > 0 else 0.0
+    out["stall_fraction"] = (sum(float(r.get("data_wait_ms", 0.0)) for r in records) / all_ms
+                             if all_ms > 0 else 0.0)
     read = sum(int(r.get("bytes_read", 0)) for r in records)
     decoded = sum(int(r.get("bytes_decoded", 0)) for r in records)
     useful = sum(int(r.get("bytes_useful", 0)) for r in records)
@@ -149,10 +176,15 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     out["read_amplification"] = decoded / useful if useful > 0 else None
     out["flops_per_step"] = flops_per_step
     out["peak_flops"] = peak_flops
-    mean_s = total_ms / len(records) / 1e3
-    out["mfu"] = mfu(flops_per_step, mean_s, peak_flops) if flops_per_step and peak_flops and mean_s > 0 else None
+    out["batch_size"] = batch_size
+    out["mfu"] = None
+    if flops_per_step and peak_flops and total_ms > 0:  # FLOPs done by the trained steps over their time
+        done = sum(flops_per_step * (int(r.get("samples", 0)) / batch_size if batch_size and counted else 1.0)
+                   for r in trained)
+        out["mfu"] = mfu(done / len(trained), total_ms / len(trained) / 1e3, peak_flops)
+    wait = sum(float(r.get("data_wait_ms", 0.0)) for r in trained)
     no_wait = total_ms - wait
-    out["what_if"] = {"no_data_wait_step_ms": no_wait / len(records),
+    out["what_if"] = {"no_data_wait_step_ms": no_wait / len(trained) if trained else None,
                       "no_data_wait_speedup": total_ms / no_wait if no_wait > 0 else None}
     out["config"] = dict(config) if config is not None else {}
     out["machine"] = dict(machine) if machine is not None else machine_info()
@@ -184,11 +216,16 @@ def format_table(summary: Mapping[str, Any]) -> str:
     lines.append(f"steps {summary.get('steps', '-')}   samples/s {_fmt(sps, '.1f')}   "
                  f"stall fraction {_fmt(None if stall is None else 100 * stall, '.1f')}%   "
                  f"read {_rate(summary.get('bytes_read_per_s'))}   decoded {_rate(summary.get('bytes_decoded_per_s'))}")
+    empty = summary.get("empty_steps") or {}
+    if empty.get("steps"):
+        lines.append(f"empty steps: {empty['steps']} of {summary.get('steps', '-')} timed steps had no sample (bad "
+                     f"chunks, on_bad_chunk = 'skip'; {empty['total_ms']:.1f} ms, {empty['data_wait_ms']:.1f} ms of it data "
+                     f"wait): left out of the table, MFU and what-if; samples/s, stall and read rates include them")
     if summary.get("mfu") is not None:
         lines.append(f"MFU {100 * summary['mfu']:.1f}%  ({summary['flops_per_step']:.3g} FLOP/step, "
                      f"peak {summary['peak_flops'] / 1e12:.0f} TFLOP/s)")
     wi = summary.get("what_if") or {}
-    if wi.get("no_data_wait_speedup") is not None and st:
+    if wi.get("no_data_wait_speedup") is not None and st and st.get("mean_ms") is not None:
         lines.append(f"what-if: with zero data wait a step would take {wi['no_data_wait_step_ms']:.2f} ms instead "
                      f"of {st['mean_ms']:.2f} ms ({wi['no_data_wait_speedup']:.2f}x faster)")
     return "\n".join(lines)

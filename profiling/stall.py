@@ -17,6 +17,7 @@ causes:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -81,8 +82,11 @@ class ReplayLoader:
 
 
 def _brief(summary: Mapping[str, Any]) -> dict[str, float]:
-    return {"step_ms": float(summary["step"]["mean_ms"]),
-            "data_wait_ms": float(summary["phases"]["data_wait"]["mean_ms"]),
+    def ms(v: Any) -> float:  # None: every timed step's batch was empty (nothing trained to average)
+        return math.nan if v is None else float(v)
+
+    return {"step_ms": ms(summary["step"]["mean_ms"]),
+            "data_wait_ms": ms(summary["phases"]["data_wait"]["mean_ms"]),
             "stall_fraction": float(summary["stall_fraction"]),
             "samples_per_s": float(summary["samples_per_s"])}
 

@@ -210,3 +210,45 @@ def test_per_stream_counters_in_loader_records_summary_and_table(tmp_path):
     assert "streams" not in summarize_loader(_loader_records(), wall_s=0.5, machine={})
     write_steps_csv(recs, tmp_path / "b.csv")  # flat columns: one CSV row per batch
     assert "stream.ocean.bytes_decoded" in (tmp_path / "b.csv").read_text().splitlines()[0]
+
+
+def test_empty_steps_are_left_out_of_the_statistics_and_counted():
+    """Steps whose batch held no sample (every sample skipped for bad chunks) trained on nothing: the phase and step
+    statistics, the what-if and MFU are over the steps that trained (a partly skipped batch counts its share of a
+    full batch's FLOPs); samples/s, the stall fraction and read rates stay over every timed step."""
+    recs = _records()
+    empty = {**recs[0], "step": 7, "samples": 0, "data_wait_ms": 6.0, "h2d_ms": 0.0, "forward_ms": 0.0,
+             "backward_ms": 0.0, "optimizer_ms": 0.1, "other_ms": 0.0, "idle_ms": 0.1, "bytes_read": 500_000}
+    empty["step_ms"] = sum(empty[f"{p}_ms"] for p in (*PHASES, *EXTRA))
+    recs[2] = {**recs[2], "samples": 4}  # a partly skipped batch: 4 of 16 samples
+    mixed = [recs[0], empty, recs[1], recs[2], {**empty, "step": 8}, recs[3]]
+    s = summarize(mixed, flops_per_step=2e12, peak_flops=1e15, batch_size=16, machine={})
+    trained = recs
+    step = np.array([r["step_ms"] for r in trained])
+    for p in (*PHASES, *EXTRA):
+        v = np.array([r[f"{p}_ms"] for r in trained])
+        assert s["phases"][p] == pytest.approx({"mean_ms": v.mean(), "p50_ms": np.median(v),
+                                                "p95_ms": np.percentile(v, 95), "share": v.sum() / step.sum()})
+    assert s["step"] == pytest.approx({"mean_ms": step.mean(), "p50_ms": np.median(step),
+                                       "p95_ms": np.percentile(step, 95)})
+    assert s["steps"] == 6 and s["trained_steps"] == 4
+    assert s["empty_steps"] == pytest.approx({"steps": 2, "total_ms": 2 * empty["step_ms"], "data_wait_ms": 12.0})
+    every = step.sum() + 2 * empty["step_ms"]
+    assert s["samples"] == 16 * 3 + 4 and s["samples_per_s"] == pytest.approx(52 / (every / 1e3))
+    assert s["stall_fraction"] == pytest.approx((16.0 + 12.0) / every)
+    assert s["bytes_read_per_s"] == pytest.approx(5e6 / (every / 1e3))
+    flops = 2e12 * (3 + 4 / 16)  # three full batches and a quarter of one
+    assert s["mfu"] == pytest.approx(flops / (step.sum() / 1e3) / 1e15)
+    assert s["what_if"]["no_data_wait_step_ms"] == pytest.approx((step.sum() - 16.0) / 4)
+    text = format_table(s)
+    assert "empty steps: 2 of 6 timed steps" in text and "left out of the table, MFU and what-if" in text
+    assert "empty steps" not in format_table(summarize(recs, machine={}))
+    # every timed step empty (the run trained in its warm-up steps only): no statistics, no error
+    none = summarize([empty, {**empty, "step": 8}], samples_counted=True, machine={})
+    assert none["trained_steps"] == 0 and none["empty_steps"]["steps"] == 2 and none["mfu"] is None
+    assert none["step"]["mean_ms"] is None and none["phases"]["forward"]["share"] is None
+    assert "empty steps: 2 of 2" in format_table(none)
+    only = summarize([empty, {**empty, "step": 8}], machine={})  # no record counts a sample: every step counts
+    assert only["trained_steps"] == 2 and only["empty_steps"]["steps"] == 0
+    with pytest.raises(ConfigError, match="batch_size"):
+        summarize(recs, batch_size=0, machine={})
