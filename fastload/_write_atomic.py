@@ -12,7 +12,8 @@ same checks, rename and Ctrl-C handling:
   aside, which is put back if that fails. Ctrl-C waits for the switch; once the new store is in, the write is
   done (Ctrl-C then only stops the deletion of the old store);
 - :func:`sigint_deferred` holds Ctrl-C back while a zarr call runs (zarr-python writes on its own thread);
-- :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>`` (and, just before the switch,
+- :func:`temp_path` names a writer's temporary ``<out>.tmp-<host>-<pid>-<start>[-w<n>]`` (:func:`make_temporary`
+  creates one per writer; :func:`check_temporary` checks at commit that it is still that writer's) (and, just before the switch,
   :func:`ready_path` ``<tmp>.new-<inode>``; the replaced store is deleted as ``<out>.del-<...>``) and
   :func:`remove_stale_temporaries` removes what a writer that is provably gone left. SIGKILL (the OOM killer, a
   preempted job) runs no cleanup, so its temporary stays; the next writer of the same output removes it, but only
@@ -35,6 +36,7 @@ import ctypes
 import datetime
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
@@ -102,17 +104,38 @@ def writer_id() -> tuple[str, int, int]:
     return _host(), os.getpid(), start[0] if start else 0
 
 
-def temp_path(out: str | os.PathLike[str], kind: str = "tmp") -> Path:
+def temp_path(out: str | os.PathLike[str], kind: str = "tmp", seq: int | None = None) -> Path:
     """Where this process builds the store for ``out``: ``<out>.<kind>-<host>-<pid>-<start>``, a sibling of ``out``
-    (the rename stays on one file system) that names its writer (:func:`remove_stale_temporaries`)."""
+    (the rename stays on one file system) that names its writer (:func:`remove_stale_temporaries`); with ``seq``,
+    ``...-<start>-w<seq>``: one of several writers of ``out`` in this process (:func:`make_temporary`)."""
     out = Path(out)
     host, pid, start = writer_id()
-    return out.with_name(f"{out.name}.{kind}-{host}-{pid}-{start}")
+    return out.with_name(f"{out.name}.{kind}-{host}-{pid}-{start}" + ("" if seq is None else f"-w{seq}"))
+
+
+_SEQ = itertools.count(1)  # numbers this process's writers (make_temporary)
+
+
+def make_temporary(out: str | os.PathLike[str]) -> Path:
+    """Create, empty, the temporary directory of a new writer of ``out`` and return it: :func:`temp_path` with a
+    number no other writer of this process used (two writers of one output in one process shared one temporary:
+    the second deleted the first's, and the first then published an empty store). A name that exists is never
+    deleted nor reused: the next number is tried."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = temp_path(out, seq=next(_SEQ))
+        try:
+            os.mkdir(tmp)
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def _parse(suffix: str) -> tuple[str, int, int] | None:
-    """(host, pid, start) from the ``<host>-<pid>-<start>`` of a temporary's name, or None (another name)."""
-    m = re.fullmatch(r"(.+)-([0-9]+)-([0-9]+)", suffix)
+    """(host, pid, start) from the ``<host>-<pid>-<start>`` (or ``...-w<seq>``, :func:`make_temporary`) of a
+    temporary's name, or None (another name)."""
+    m = re.fullmatch(r"(.+)-([0-9]+)-([0-9]+)(?:-w[0-9]+)?", suffix)
     return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3)))
 
 
@@ -258,21 +281,67 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _complete(store: Path) -> bool:
-    """True when the folder ``store`` holds a zarr store's root metadata (``zarr.json``, or ``.zgroup``/``.zarray``
-    and its ``.zattrs`` if any) whose attributes lack :data:`UNFINISHED_ATTR`: a finished store, not a writer's
-    unfinished one. False when there is none or it cannot be read (an empty folder, one a deletion had emptied of
-    its metadata: nothing there to keep)."""
+def root_attrs(store: Path) -> dict[str, Any] | None:
+    """The root attributes of the zarr store in the folder ``store``, as its metadata on disk holds them
+    (``zarr.json``, or ``.zgroup``/``.zarray`` and its ``.zattrs`` if any); None when there is no such metadata or
+    it cannot be read."""
     try:
         if (store / "zarr.json").is_file():
             attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
         elif (store / ".zgroup").is_file() or (store / ".zarray").is_file():
             attrs = json.loads((store / ".zattrs").read_text()) if (store / ".zattrs").is_file() else {}
         else:
-            return False
+            return None
     except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
-        return False
-    return isinstance(attrs, dict) and UNFINISHED_ATTR not in attrs
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _complete(store: Path) -> bool:
+    """True when the folder ``store`` holds a zarr store's root metadata whose attributes lack
+    :data:`UNFINISHED_ATTR`: a finished store, not a writer's unfinished one. False when there is none or it cannot
+    be read (an empty folder, one a deletion had emptied of its metadata: nothing there to keep)."""
+    attrs = root_attrs(store)
+    return attrs is not None and UNFINISHED_ATTR not in attrs
+
+
+def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
+    """Raise :class:`StoreError` unless ``tmp`` is still the temporary its writer created: the directory of
+    ``inode`` whose root attributes hold :data:`UNFINISHED_ATTR` ``token``. A temporary removed while it was
+    written (a clean-up, another writer) is silently recreated by zarr's next chunk write, without metadata, and
+    was published as a store missing what was written before."""
+    now = _inode(tmp)
+    found = ("it is gone" if now is None else
+             f"it is the directory of inode {now}, created as {inode}" if now != inode else None)  # fmt: skip
+    if found is None:
+        attrs = root_attrs(tmp)
+        if attrs is None or attrs.get(UNFINISHED_ATTR) != token:
+            found = ("it holds no zarr metadata" if attrs is None else
+                     f"its {UNFINISHED_ATTR} is {attrs.get(UNFINISHED_ATTR)!r}, not this writer's {token!r}")  # fmt: skip
+    if found is not None:
+        raise StoreError(f"{out}: the writer's temporary {tmp} was removed or replaced while it was being written "
+                         f"({found}); refusing to publish it at {out.name} (was it deleted, or written by another "
+                         "writer?): write the store again")  # fmt: skip
+
+
+def live_writer_of(out: Path) -> Path | None:
+    """A temporary of ``out`` that a live writer on this host is writing (:data:`UNFINISHED_ATTR` in its root
+    attributes, its process running: :func:`writer_gone`), this process's other writers included; None when
+    there is none."""
+    if not out.parent.is_dir():
+        return None
+    host = _host()
+    for p in sorted(out.parent.iterdir()):
+        left = _leftover(out, p)
+        if left is None or left[0] != "tmp" or p.is_symlink() or not p.is_dir():
+            continue
+        who = _parse(left[1])
+        if who is None or who[0] != host or writer_gone(who[1], who[2]):
+            continue
+        attrs = root_attrs(p)
+        if attrs is not None and UNFINISHED_ATTR in attrs:
+            return p
+    return None
 
 
 def unfinished_message(path: str | os.PathLike[str], attrs: Any) -> str | None:
@@ -368,7 +437,7 @@ def check_output(
 def _check_name_length(path: Path) -> None:
     """Refuse, before any work, an output name too long for the longest name the writer gives its store on the way
     (``<out>.tmp-<writer>.new-<inode>``): that rename came only at the end and failed there (ENAMETOOLONG)."""
-    longest = ready_path(temp_path(path), 2**64 - 1).name
+    longest = ready_path(temp_path(path, seq=10**9), 2**64 - 1).name
     try:
         limit = os.pathconf(path.parent if path.parent.exists() else Path.cwd(), "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -529,7 +598,9 @@ def _interrupted_after(out: Path, replaced: Path | None) -> None:
                 out.name, left)  # fmt: skip
 
 
-def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool) -> Path:
+def move_into_place(
+    tmp: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool, inode: int | None = None
+) -> Path:
     """Rename the finished store ``tmp`` to ``out``; returns ``out``.
 
     An existing ``out`` (replaced only with ``overwrite``, and only if it is a zarr store: :func:`check_output`) is
@@ -546,7 +617,8 @@ def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *,
     is done: the old store, renamed to ``<out>.del-<writer>``, is deleted, and Ctrl-C (or a failure) only stops
     that deletion, with a log warning; the next writer removes the rest. Raises :class:`StoreError` when the store
     cannot be moved into place (then ``out`` is as it was and ``tmp`` holds the new store), and KeyboardInterrupt
-    for Ctrl-C before the switch (likewise).
+    for Ctrl-C before the switch (likewise). With ``inode``, ``tmp`` must still be the directory of that inode (the
+    one its writer created: :func:`check_temporary`).
     """
     tmp, out = Path(tmp), Path(out)
     there = out.exists() or out.is_symlink()
@@ -557,6 +629,9 @@ def move_into_place(tmp: str | os.PathLike[str], out: str | os.PathLike[str], *,
     ino = _inode(tmp)
     if ino is None:
         raise StoreError(f"{out}: the finished store {tmp} is missing")
+    if inode is not None and ino != inode:
+        raise StoreError(f"{out}: the finished store {tmp} was replaced (directory inode {ino}, created as {inode}); "
+                         f"refusing to publish it")  # fmt: skip
     replaced = None
     try:
         with sigint_deferred(f"putting the new store in place at {out}"):  # Ctrl-C acts once that is done

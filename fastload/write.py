@@ -48,8 +48,10 @@ Use::
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,11 +63,14 @@ from zarr.errors import UnstableSpecificationWarning
 
 from ._write_atomic import (
     UNFINISHED_ATTR,
+    _inode,
     check_output,
+    check_temporary,
+    make_temporary,
     move_into_place,
     remove_stale_temporaries,
+    root_attrs,
     sigint_deferred,
-    temp_path,
     unfinished_attr,
 )
 from ._write_encoding import (
@@ -85,6 +90,8 @@ from ._write_encoding import (
 )
 from .errors import ConfigError, SchemaError, StoreError
 from .store._cf import level_type_of
+
+log = logging.getLogger("fastload")
 
 __all__ = [
     "StoreWriter",
@@ -120,7 +127,8 @@ _TYPE_UNITS: Any = type("_TypeUnits", (), {"__repr__": lambda self: "<the level 
 
 
 class StoreWriter:
-    """Build a store under ``<out>.tmp-<host>-<pid>-<start>`` and rename it to ``out`` on :meth:`commit`.
+    """Build a store under ``<out>.tmp-<host>-<pid>-<start>-w<n>`` (a temporary of its own) and rename it to ``out``
+    on :meth:`commit`, once it has checked that the temporary is still the one it created.
 
     Parameters
     ----------
@@ -180,17 +188,17 @@ class StoreWriter:
         self.overwrite = overwrite
         self.default_attrs = default_attrs
         remove_stale_temporaries(self.out)  # what killed writers of out on this host left (SIGKILL runs no cleanup)
-        self.tmp = temp_path(self.out)  # names this process and its start time: unique while it runs
-        if self.tmp.exists():  # cannot be a live writer's: it would be ours
-            shutil.rmtree(self.tmp)
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        root_attrs = {"fastload_layout": "per_variable", **({"Conventions": "CF-1.8"} if default_attrs else {}),
-                      **(attrs or {}), UNFINISHED_ATTR: unfinished_attr(self.out)}  # fmt: skip
+        # names this process, its start time and this writer: created here, so no other writer's (nor one of ours)
+        self.tmp = make_temporary(self.out)
+        self._inode = _inode(self.tmp)  # commit publishes only this directory (check_temporary)
+        self._token = f"{unfinished_attr(self.out)} (writer {uuid.uuid4().hex})"
+        root = {"fastload_layout": "per_variable", **({"Conventions": "CF-1.8"} if default_attrs else {}),
+                **(attrs or {}), UNFINISHED_ATTR: self._token}  # fmt: skip
         try:
             with sigint_deferred():
                 self.group = zarr.open_group(
                     zarr.storage.LocalStore(self.tmp), mode="w-", zarr_format=zarr_format,
-                    attributes=_jsonable(root_attrs),
+                    attributes=_jsonable(root),
                 )  # fmt: skip
         except BaseException:  # Ctrl-C included: there is no writer to abort yet
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -490,8 +498,10 @@ class StoreWriter:
     def commit(self, *, require_complete: bool = True) -> Path:
         """Consolidate metadata and rename the temporary store to ``out``; returns ``out``.
 
-        Raises :class:`StoreError` when a variable has unwritten blocks (``require_complete``) or when ``out``
-        appeared in the meantime and ``overwrite`` is false; the temporary store is removed in both cases.
+        Raises :class:`StoreError` when a variable has unwritten blocks (``require_complete``), when ``out``
+        appeared in the meantime and ``overwrite`` is false (the temporary store is removed in these cases), and when
+        the temporary is no longer the one this writer created (removed or replaced while it was written:
+        :func:`fastload._write_atomic.check_temporary`).
         """
         if self._done:
             raise StoreError(f"{self.out}: this writer was already committed or aborted")
@@ -503,12 +513,13 @@ class StoreWriter:
                             f"{self.out}: variable {name!r} has {int((~w).sum())} of {w.size} write units "
                             "never written; refusing to commit an incomplete store"
                         )
+            check_temporary(self.tmp, self._inode, self._token, self.out)  # before its metadata is rewritten
             with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
                 warnings.simplefilter("ignore", category=UserWarning)
                 warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # add_coordinate's strings
                 del self.group.attrs[UNFINISHED_ATTR]  # complete: what is renamed into place is a finished store
                 zarr.consolidate_metadata(self.group.store)
-            move_into_place(self.tmp, self.out, overwrite=self.overwrite)
+            move_into_place(self.tmp, self.out, overwrite=self.overwrite, inode=self._inode)
         except BaseException:
             self.abort()
             raise
@@ -516,8 +527,15 @@ class StoreWriter:
         return self.out
 
     def abort(self) -> None:
-        """Remove the temporary store; nothing is left at ``out``. Safe to call twice."""
+        """Remove the temporary store; nothing is left at ``out``. Safe to call twice. A directory at the
+        temporary's name that is not the one this writer created and holds another store's metadata is kept."""
         self._done = True
+        if _inode(self.tmp) not in (None, self._inode):
+            attrs = root_attrs(self.tmp)
+            if attrs is not None and attrs.get(UNFINISHED_ATTR) != self._token:
+                log.warning("%s: not the temporary this writer of %s created (replaced while it wrote); kept",
+                            self.tmp, self.out)  # fmt: skip
+                return
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:

@@ -342,7 +342,7 @@ def _leftover_kind(out: Path, x: Path, pid: int) -> str | None:
     """tmp, new (the name a finished store takes just before the switch), old or del when ``x`` is what writer
     ``pid`` of this host left beside ``out`` (by the names the module's docstring gives), None otherwise."""
     m = re.fullmatch(re.escape(f"{out.name}.") + r"(tmp|old|del)-" + re.escape(f"{_host()}-{pid}-") +
-                     r"[0-9]+(\.new-[0-9]+)?", x.name)  # fmt: skip
+                     r"[0-9]+(?:-w[0-9]+)?(\.new-[0-9]+)?", x.name)  # fmt: skip
     return None if m is None else "new" if m.group(2) else m.group(1)
 
 
@@ -557,7 +557,7 @@ def test_an_output_name_too_long_for_the_writers_names_is_refused_before_any_wor
     from fastload._write_atomic import check_output, ready_path
 
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
-    extra = len(ready_path(temp_path(tmp_path / "x"), 2**64 - 1).name) - 1  # what the writer adds to a name
+    extra = len(ready_path(temp_path(tmp_path / "x", seq=10**9), 2**64 - 1).name) - 1  # what the writer adds
     fits = tmp_path / ("o" * (limit - extra - 5) + ".zarr")
     assert check_output(fits, overwrite=False) == fits
     long = tmp_path / ("o" * (limit - extra - 4) + ".zarr")

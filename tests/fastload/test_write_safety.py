@@ -3,12 +3,16 @@ writer has a temporary of its own, and a writer whose temporary was removed or r
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 
-from fastload.errors import ConfigError
+from fastload.errors import ConfigError, StoreError
 from fastload.rechunk import rechunk
 from fastload.write import check_output
 
@@ -50,3 +54,56 @@ def test_a_remote_source_does_not_block_a_local_output(tmp_path):
     pytest.importorskip("fsspec")
     out = tmp_path / "o.zarr"
     assert check_output(out, overwrite=False, sources=["memory://bucket/o.zarr", "s3://bucket/x.zarr"]) == out
+
+
+def _writer(out, value, **kw):
+    from fastload.write import StoreWriter
+
+    w = StoreWriter(out, **kw)
+    w.set_time(pd.date_range("2020-01-01", periods=4, freq="h").values)
+    w.set_grid(np.linspace(-10, 10, 4), np.arange(8) * 45.0)
+    w.add_variable("v", ("time", "latitude", "longitude"), chunks=(2, 1, 4, 8))
+    return w
+
+
+def test_two_writers_of_one_output_in_one_process_each_publish_their_own_store(tmp_path):
+    """Review s11 r5 H2: both used <out>.tmp-<host>-<pid>-<start>; the second deleted the first's temporary, and
+    the first's commit then swapped in an empty store."""
+    out = tmp_path / "o.zarr"
+    w1 = _writer(out, 1.0, overwrite=True)
+    w1.write("v", np.full((2, 4, 8), 1.0, "f4"), 0)
+    w2 = _writer(out, 2.0, overwrite=True)
+    assert w2.tmp != w1.tmp and w1.tmp.is_dir()
+    w2.write("v", np.full((2, 4, 8), 2.0, "f4"), 0)
+    w2.write("v", np.full((2, 4, 8), 2.0, "f4"), 2)
+    w1.write("v", np.full((2, 4, 8), 1.0, "f4"), 2)
+    w2.commit()
+    np.testing.assert_array_equal(xr.open_zarr(out).v.values, np.full((4, 4, 8), 2.0, "f4"))
+    w1.commit()
+    np.testing.assert_array_equal(xr.open_zarr(out).v.values, np.full((4, 4, 8), 1.0, "f4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]
+
+
+def test_a_writer_whose_temporary_was_removed_or_replaced_refuses_to_commit(tmp_path):
+    """Review s11 r5 H2: zarr recreates a removed temporary on the next chunk write (no metadata), and commit
+    published that as the store."""
+    out = tmp_path / "o.zarr"
+    w = _writer(out, 1.0)
+    w.write("v", np.ones((2, 4, 8), "f4"), 0)
+    shutil.rmtree(w.tmp)
+    w.write("v", np.ones((2, 4, 8), "f4"), 2)
+    with pytest.raises(StoreError, match=rf"temporary {re.escape(str(w.tmp))} was removed or replaced"):
+        w.commit()
+    assert not out.exists()
+
+    out2 = tmp_path / "p.zarr"
+    w = _writer(out2, 1.0)
+    w.write("v", np.ones((2, 4, 8), "f4"), 0)
+    w.write("v", np.ones((2, 4, 8), "f4"), 2)
+    other = _writer(tmp_path / "q.zarr", 3.0)  # another store put at this writer's temporary
+    shutil.rmtree(w.tmp)
+    other.tmp.rename(w.tmp)
+    with pytest.raises(StoreError, match="removed or replaced"):
+        w.commit()
+    assert not out2.exists()
+    assert "fastload_unfinished" in zarr.open_group(w.tmp, mode="r").attrs  # the other writer's store was kept
