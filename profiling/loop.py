@@ -206,7 +206,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         Report folder (default ``cfg.report_dir`` or ``runs/<mode>-<time>``); per rank ``<out>/rank<r>`` under
         torchrun.
     torch_profiler : path, optional
-        Also trace a few steps after the warm-up with torch.profiler into this folder (TensorBoard).
+        Also trace the run's last few steps with torch.profiler into this folder (TensorBoard). The traced steps
+        and the one before them (whose idle holds the profiler's start) are left out of the summary (in
+        ``steps.csv`` with ``torch_profiler = 1``; ``summary["torch_profiler"]`` names the folder and the steps);
+        a profile needs ``steps >= warmup + 3``.
     nsys : bool
         Turn on NVTX and call cudaProfilerStart/Stop around the timed steps (for ``nsys_profile.sh``).
     resume : path, optional
@@ -224,7 +227,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     from . import forecast as fc
     from .nsys import CaptureWindow
-    from .report import format_table, loader_record, summarize_loader, write_report
+    from .report import format_table, loader_record, summarize, summarize_loader, write_report
     from .slowstore import open_run_store
     from .stall import ReplayLoader
     from .tb import TorchProfilerConfig, build_torch_profiler, record_fetch
@@ -364,11 +367,24 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         if window is not None:
             stack.callback(window.close)
         prof = None
+        traced_from = stop  # the first step (this run's numbering from 0) whose timing the profiler touches
         if torch_profiler is not None:
-            active = max(1, min(5, remaining - cfg.warmup - 1))
-            wait = max(0, min(cfg.warmup, remaining - active - 1))
+            # The trace covers the run's last steps, so that no timed step comes after it (its export, in the
+            # prof.step() after the last traced step, and the loader's queue refilled meanwhile, would land in the
+            # numbers). The profiler starts tracing in the prof.step() after the step before its warm-up: that
+            # step's idle holds the start, so it is left out too. Profiled steps stay in steps.csv (column
+            # torch_profiler = 1), out of the summary.
+            spare = remaining - cfg.warmup  # timed steps without a profiler
+            active = max(1, min(5, spare - 3))
+            pwarm = 1 if spare - active - 1 >= 2 else 0
+            wait = max(0, remaining - active - pwarm)
+            traced_from = start + max(0, wait - 1)
+            if mode == "profile" and traced_from - start <= cfg.warmup:
+                raise ConfigError(f"--torch-profiler with steps = {cfg.steps}, warmup = {cfg.warmup}: the traced "
+                                  f"steps and the one before them are left out of the timing, so none would be "
+                                  f"timed; give steps >= warmup + 3")
             pcfg = TorchProfilerConfig(dir=str(torch_profiler), wait=wait, active=active, worker_name=f"rank{rank}",
-                                       warmup=1 if remaining > wait + active else 0)
+                                       warmup=pwarm)
             prof = stack.enter_context(build_torch_profiler(pcfg))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         loader_records: list[dict[str, Any]] = []
@@ -421,7 +437,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     skipped["steps_without_update"] += 1
                 opt.zero_grad(set_to_none=True)
             timer.step_end(samples=n, io=batch.stats)
-            if step - start >= cfg.warmup:
+            if step - start >= cfg.warmup and step < traced_from:
                 loader_records.append(loader_record(batch.stats))
             if prof is not None:
                 prof.step()
@@ -454,16 +470,24 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     # the timer numbers this run's steps from 0; the console, steps.csv and steps.png say "step N" of cfg.steps from 1
     # (after a resume, N goes on from the checkpoint's step)
     records = [{**r, "step": start + int(r["step"]) + 1} for r in timer.flush()]
-    if not records:
-        say("no timed steps: no report written")
+    if prof is not None:  # the steps torch.profiler touched (see traced_from): in steps.csv, out of the summary
+        for r in records:
+            r["torch_profiler"] = int(r["step"] > traced_from)
+    timed = [r for r in records if not r.get("torch_profiler")]
+    if not timed:
+        say("no timed steps: no report written" + (" (the steps torch.profiler traced are left out)"
+                                                   if prof is not None else ""))
         return {}
-    summary = timer.summary(flops_per_step=flops, peak_flops=peak, batch_size=flops_batch, samples_counted=True,
-                            config=cfg.to_dict())
+    summary = summarize(timed, phases=timer.phases, flops_per_step=flops, peak_flops=peak, batch_size=flops_batch,
+                        samples_counted=True, config=cfg.to_dict())
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
-                    "store_latency_ms": cfg.data.latency_ms, "skipped": skipped})
+                    "store_latency_ms": cfg.data.latency_ms, "skipped": skipped,
+                    "torch_profiler": None if prof is None else {
+                        "dir": str(torch_profiler), "left_out_steps": [traced_from + 1, stop],
+                        "traced_steps": [stop - pcfg.active - pcfg.warmup + 1, stop]}})
     if cfg.data.mode != "synthetic" and wrap_loader is None:
-        wall = sum(r["step_ms"] for r in records) / 1e3
+        wall = sum(r["step_ms"] for r in timed) / 1e3
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
     paths = write_report(out_dir, records, summary)
     briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"], "skipped": skipped,
@@ -485,8 +509,12 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             f"{max(b['step_ms'] for b in briefs):.2f} ms/step")
     say(f"\nreport: {', '.join(str(p) for p in paths.values())}"
         + (f" (every rank's in {out_dir.parent}/rank<r>/)" if ddp else ""))
-    if torch_profiler is not None:
-        say(f"torch.profiler trace: {torch_profiler} (tensorboard --logdir {torch_profiler})")
+    if prof is not None:
+        tp = summary["torch_profiler"]
+        say(f"torch.profiler trace of steps {tp['traced_steps'][0]}-{tp['traced_steps'][1]}: {torch_profiler} "
+            f"(tensorboard --logdir {torch_profiler}); steps {tp['left_out_steps'][0]}-{tp['left_out_steps'][1]} "
+            f"(the profiler's start, trace and export) are left out of the numbers above (in steps.csv: "
+            f"torch_profiler = 1)")
     return summary
 
 
@@ -512,7 +540,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--store-latency-ms", type=float, help="simulated storage latency per request (ms)")
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile each layer")
-    p.add_argument("--torch-profiler", metavar="DIR", help="trace steps after the warm-up for TensorBoard")
+    p.add_argument("--torch-profiler", metavar="DIR",
+                   help="trace the last steps for TensorBoard (left out of the timing numbers)")
     p.add_argument("--nsys", action="store_true",
                    help="NVTX on, cudaProfilerStart/Stop around the timed steps (run under nsys_profile.sh)")
     if mode == "profile":
