@@ -25,11 +25,26 @@ __all__ = ["CacheLayout", "plan_cache", "sample_chunk_bound"]
 log = logging.getLogger("fastload")
 
 
-def _along(lay: Any, ax: int | None, span: int, n_points: int) -> int:
-    """Most chunks ``n_points`` points spread over ``span`` indices touch along array axis ``ax``."""
+def _along(lay: Any, ax: int | None, span: int, n_points: int, rest: int = 0) -> int:
+    """Most chunks ``n_points`` points spread over ``span`` indices touch along array axis ``ax``. ``rest``: the
+    size of a partial last chunk the indices wrap across (:func:`_wrap_rest`), which a box across the seam touches
+    besides the full chunks on both sides of it: ``3 + (span - 2 - rest) // chunk`` chunks."""
     if ax is None:
         return 1
-    return int(min(lay.grid_shape[ax], n_points, (span - 1) // lay.chunks[ax] + 2))
+    c = lay.chunks[ax]
+    most = (span - 1) // c + 2
+    if 0 < rest <= span - 2:
+        most = max(most, 3 + (span - 2 - rest) // c)
+    return int(min(lay.grid_shape[ax], n_points, most))
+
+
+def _wrap_rest(lay: Any, ax: int | None) -> int:
+    """The size of the partial last chunk along ``ax`` when the columns of ``lay`` wrap (``periodic_x``, modulo the
+    array's size along ``ax``, as the gather wraps them), else 0: ERA5 0.25 deg, 1440 columns in chunks of 128,
+    has a last chunk of 32, and a box of 108 columns across the seam touches 3 column chunks, not 2."""
+    if ax is None or not getattr(lay, "periodic_x", False):
+        return 0
+    return int(lay.shape[ax] % lay.chunks[ax])
 
 
 def sample_chunk_bound(layouts: Mapping[str, Any], box: Sequence[int], time_step: int) -> dict[str, int]:
@@ -40,7 +55,8 @@ def sample_chunk_bound(layouts: Mapping[str, Any], box: Sequence[int], time_step
     spans: dict[str, int] = {}
     for lay in layouts.values():
         ta, fa, la, ya, xa = lay.axes
-        n = (_along(lay, ta, (T - 1) * time_step + 1, T) * _along(lay, ya, H, H) * _along(lay, xa, W, W))
+        n = (_along(lay, ta, (T - 1) * time_step + 1, T) * _along(lay, ya, H, H)
+             * _along(lay, xa, W, W, _wrap_rest(lay, xa)))
         fchunk = 0 if fa is None else lay.field_index // lay.chunks[fa]
         lchunks = {0} if la is None else set((lay.lev_idx // lay.chunks[la]).tolist())
         pairs.setdefault(lay.array, set()).update((fchunk, lc) for lc in lchunks)
