@@ -33,7 +33,11 @@ describe steps that trained; a partly skipped batch counts its share of a full b
 
 Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
-``<out>/rank<r>/``; rank 0 prints a line per rank. A checkpoint (``<checkpoint_dir>/last.pt``) holds the model,
+``<out>/rank<r>/``; rank 0 prints its table and a line per rank. A rank whose data comes fast waits for a slow
+rank inside DDP's collectives, booked as its forward/backward, so a rank's own stall can hide the run's: at the
+end every rank's timed steps are gathered once, and the run's data stall (per step, the longest data wait of any
+rank over the longest step) and samples/s (every rank's samples over the slowest rank's time) are printed and
+written as ``run`` in every rank's ``summary.json``. A checkpoint (``<checkpoint_dir>/last.pt``) holds the model,
 optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit.
 
 Where the parts live: this module holds the loop, the Multiformer's inputs and model, and the command line;
@@ -227,7 +231,14 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
 
     from . import forecast as fc
     from .nsys import CaptureWindow
-    from .report import format_table, loader_record, summarize, summarize_loader, write_report
+    from .report import (
+        format_table,
+        loader_record,
+        summarize,
+        summarize_loader,
+        summarize_ranks,
+        write_report,
+    )
     from .slowstore import open_run_store
     from .stall import ReplayLoader
     from .tb import TorchProfilerConfig, build_torch_profiler, record_fetch
@@ -489,10 +500,14 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     if cfg.data.mode != "synthetic" and wrap_loader is None:
         wall = sum(r["step_ms"] for r in timed) / 1e3
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])
-    paths = write_report(out_dir, records, summary)
+    # one gather at the end: each rank's timed steps (step, time, data wait, samples) for the run's own numbers
     briefs = gather({"rank": rank, "samples_per_s": summary["samples_per_s"], "skipped": skipped,
-                      "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"]}, world,
-                    "the run summaries")
+                     "stall_fraction": summary["stall_fraction"], "step_ms": summary["step"]["mean_ms"],
+                     "steps": [{k: r[k] for k in ("step", "step_ms", "data_wait_ms", "samples")} for r in timed]},
+                    world, "the run summaries")
+    if ddp:
+        summary["run"] = summarize_ranks([b["steps"] for b in briefs])
+    paths = write_report(out_dir, records, summary)
     say("")
     say((f"rank 0 of {world} (every rank's line below):\n" if ddp else "") + format_table(summary))
     for b in (b for b in briefs if b["skipped"]["samples"]):  # loader.on_bad_chunk = "skip": what bad chunks cost
@@ -500,13 +515,19 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             f"{b['skipped']['empty_batches']} batch(es) left with none, "
             f"{b['skipped']['steps_without_update']} step(s) without an update")
     if ddp:
+        rw = summary["run"]
         say("")
         say("per rank:")
         for b in briefs:
-            say(f"  rank {b['rank']}: {b['step_ms']:.2f} ms/step  {b['samples_per_s']:.1f} samples/s  "
+            ms = "-" if b["step_ms"] is None else f"{b['step_ms']:.2f}"
+            say(f"  rank {b['rank']}: {ms} ms/step  {b['samples_per_s']:.1f} samples/s  "
                 f"stall {100 * b['stall_fraction']:.1f}%")
-        say(f"  all {world} ranks: {sum(b['samples_per_s'] for b in briefs):.1f} samples/s, slowest rank "
-            f"{max(b['step_ms'] for b in briefs):.2f} ms/step")
+        say(f"  all {world} ranks: {rw['samples_per_s']:.1f} samples/s ({rw['samples']} samples in the slowest "
+            f"rank's {rw['seconds']:.2f} s), data stall {100 * rw['stall_fraction']:.1f}% (per step, the longest "
+            f"data wait of any rank over the longest step)")
+        say("  (a rank's forward and backward include its wait for the other ranks in DDP's broadcast and gradient "
+            "all-reduce: a rank whose data came fast books its wait for a slow rank's data there, not as data "
+            "wait; the run's data stall is the line above)")
     say(f"\nreport: {', '.join(str(p) for p in paths.values())}"
         + (f" (every rank's in {out_dir.parent}/rank<r>/)" if ddp else ""))
     if prof is not None:

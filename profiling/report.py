@@ -43,6 +43,7 @@ __all__ = [
     "LOADER_STAGES",
     "STREAM_STAGES",
     "summarize",
+    "summarize_ranks",
     "format_table",
     "write_report",
     "write_summary",
@@ -189,6 +190,49 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     out["config"] = dict(config) if config is not None else {}
     out["machine"] = dict(machine) if machine is not None else machine_info()
     return out
+
+
+def summarize_ranks(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """The run's numbers from every rank's timed step records (rank order; ``step``, ``step_ms``, ``data_wait_ms``,
+    ``samples``), for data-parallel training.
+
+    A rank whose batch came fast waits for a slow rank inside DDP's collectives (the forward's buffer broadcast,
+    the backward's gradient all-reduce), so its own report books that wait as forward/backward and shows no stall.
+    The run's stall takes, per step, the longest data wait of any rank: ``stall_fraction`` = sum over steps of the
+    ranks' largest ``data_wait_ms`` over the sum of their largest ``step_ms`` (steps every rank timed).
+    ``samples_per_s`` is every rank's samples over the slowest rank's timed seconds (not a sum of per-rank rates).
+
+    Returns
+    -------
+    dict
+        ``world_size``, ``steps`` (steps every rank timed), ``samples``, ``seconds`` (the slowest rank's),
+        ``samples_per_s``, ``stall_fraction``, ``data_wait_ms_by_rank`` (each rank's total over those steps),
+        ``stalled_rank_steps`` (per rank, the steps whose data wait was the longest).
+
+    Raises
+    ------
+    ConfigError
+        For no ranks, or a rank without records.
+    """
+    if not per_rank or any(not recs for recs in per_rank):
+        raise ConfigError(f"run summary: every rank needs timed step records; got {[len(r) for r in per_rank]} "
+                          f"records by rank")
+    by_rank = [{int(r["step"]): r for r in recs} for recs in per_rank]
+    common = sorted(set.intersection(*(set(d) for d in by_rank)))
+    wait_max = step_max = 0.0
+    stalled = [0] * len(by_rank)
+    for st in common:
+        waits = [float(d[st].get("data_wait_ms", 0.0)) for d in by_rank]
+        wait_max += max(waits)
+        step_max += max(float(d[st]["step_ms"]) for d in by_rank)
+        stalled[int(np.argmax(waits))] += 1
+    seconds = max(sum(float(r["step_ms"]) for r in recs) for recs in per_rank) / 1e3
+    samples = int(sum(int(r.get("samples", 0)) for recs in per_rank for r in recs))
+    return {"world_size": len(per_rank), "steps": len(common), "samples": samples, "seconds": seconds,
+            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+            "stall_fraction": wait_max / step_max if step_max > 0 else 0.0,
+            "data_wait_ms_by_rank": [sum(float(d[st].get("data_wait_ms", 0.0)) for st in common) for d in by_rank],
+            "stalled_rank_steps": stalled}
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:

@@ -252,3 +252,30 @@ def test_empty_steps_are_left_out_of_the_statistics_and_counted():
     assert only["trained_steps"] == 2 and only["empty_steps"]["steps"] == 0
     with pytest.raises(ConfigError, match="batch_size"):
         summarize(recs, batch_size=0, machine={})
+
+
+def _rank_records(waits, steps_ms, samples=2, first=3):
+    return [{"step": first + i, "data_wait_ms": w, "step_ms": t, "samples": samples}
+            for i, (w, t) in enumerate(zip(waits, steps_ms))]
+
+
+def test_run_numbers_over_ranks_take_each_steps_longest_data_wait():
+    """Two DDP ranks: rank 1's data is slow; rank 0 waits for it inside the all-reduce (its forward/backward), so
+    rank 0's own report shows almost no stall. The run's stall takes each step's longest wait over any rank."""
+    from profiling.report import summarize_ranks
+
+    r0 = _rank_records([0.2, 0.1, 0.3, 0.2], [50.0, 52.0, 51.0, 49.0])
+    r1 = _rank_records([30.0, 28.0, 0.5, 31.0], [50.5, 51.0, 51.5, 50.0], samples=1)
+    r1.append({"step": 7, "data_wait_ms": 40.0, "step_ms": 60.0, "samples": 1})  # a step only rank 1 timed
+    s = summarize_ranks([r0, r1])
+    wait = np.maximum([0.2, 0.1, 0.3, 0.2], [30.0, 28.0, 0.5, 31.0]).sum()
+    step = np.maximum([50.0, 52.0, 51.0, 49.0], [50.5, 51.0, 51.5, 50.0]).sum()
+    assert s["steps"] == 4 and s["world_size"] == 2
+    assert s["stall_fraction"] == pytest.approx(wait / step)
+    assert s["seconds"] == pytest.approx((50.5 + 51.0 + 51.5 + 50.0 + 60.0) / 1e3)  # the slowest rank's
+    assert s["samples"] == 4 * 2 + 5 and s["samples_per_s"] == pytest.approx(13 / s["seconds"])
+    # not the sum of the ranks' rates (each over its own seconds)
+    assert s["samples_per_s"] < 8 / 0.202 + 5 / 0.263
+    assert s["data_wait_ms_by_rank"] == pytest.approx([0.8, 89.5]) and s["stalled_rank_steps"] == [0, 4]
+    with pytest.raises(ConfigError, match="every rank needs timed step records"):
+        summarize_ranks([r0, []])
