@@ -346,8 +346,14 @@ def recommend_chunks(
     min_chunk_bytes: int = MIN_CHUNK_BYTES,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
     samples_per_window: int = 1,
+    field_chunks: bool = False,
 ) -> dict[str, ChunkRecommendation]:
     """A chunking per array touched by ``config`` that minimises the expected cost of one sample.
+
+    The field axis of an AtmoRep array gets chunk 1: the chunking is the one ``fastload rechunk --config`` writes,
+    each field as its own array (no field axis), so the chunks and cost per sample reported are the copy's. With
+    ``field_chunks`` the field axis's chunk is searched too (a chunking for the store's own layout, which no
+    fastload tool writes).
 
     Cost per sample = expected chunks touched x (decoded chunk bytes + ``overhead_bytes``), over candidate chunk
     lengths per axis (powers of two and three times them, the box and its multiples/fractions, divisors of the
@@ -378,7 +384,7 @@ def recommend_chunks(
             cands[t_ax] = _candidates(arr.shape[t_ax], span_t)
         cands[y_ax] = _candidates(arr.shape[y_ax], by)
         cands[x_ax] = _candidates(arr.shape[x_ax], bx)
-        for ax in (f_ax, l_ax):
+        for ax in (f_ax, l_ax) if field_chunks else (l_ax,):
             if ax is not None:
                 n = arr.shape[ax]
                 cands[ax] = sorted({1, n, *(d for d in range(1, min(n, 8) + 1) if n % d == 0)})
