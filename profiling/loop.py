@@ -66,7 +66,7 @@ from .distributed import collective, gather, init_distributed, resume_run, save_
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
 
-__all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "lr_at"]
+__all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "without_recompute", "lr_at"]
 
 
 def _print(msg: str) -> None:
@@ -166,13 +166,36 @@ def _dummy_inputs(sampling: Any, batch_size: int, levelled: Sequence[str], devic
     return out
 
 
+@contextlib.contextmanager
+def without_recompute(net: torch.nn.Module) -> Any:
+    """``net`` with activation checkpointing off inside the block (restored after, whatever happens): FLOPs
+    counted inside are the model's (MFU), not the hardware's with the backward's recompute (HFU)."""
+    from model.layers import Checkpointable
+
+    blocks = [m for m in net.modules() if isinstance(m, Checkpointable)]
+    flags = [m.__dict__.get("checkpointing") for m in blocks]  # None: the class default
+    try:
+        for m in blocks:
+            m.checkpointing = False
+        yield net
+    finally:
+        for m, f in zip(blocks, flags):
+            if f is None:
+                m.__dict__.pop("checkpointing", None)
+            else:
+                m.checkpointing = f
+
+
 def count_flops(net: torch.nn.Module, inputs: dict, loss_kind: str, bf16: bool, device: torch.device) -> int:
-    """Matmul/attention FLOPs of one forward + loss + backward (``torch.utils.flop_counter``); grads cleared."""
+    """Matmul/attention FLOPs of one forward + loss + backward (``torch.utils.flop_counter``); grads cleared.
+
+    Counted with activation checkpointing off (:func:`without_recompute`): the model's FLOPs, so MFU counts no
+    recompute."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import multiformer_loss
 
-    with FlopCounterMode(display=False) as counter:
+    with without_recompute(net), FlopCounterMode(display=False) as counter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = multiformer_loss(net(inputs), inputs, kinds={loss_kind: 1.0})
         loss.backward()
@@ -322,8 +345,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     loader: Any
     stepper: torch.nn.Module
     if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
-        loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
-                                                          count_flops=peak is not None, wrap_model=wrap_model)
+        with without_recompute(net):  # its FLOPs counted without activation checkpointing's recompute (MFU)
+            loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
+                                                              count_flops=peak is not None, wrap_model=wrap_model)
     else:
         masking = None if cfg.masking.strategy == "identity" else cfg.masking
         loader = Loader(store, sampling, loader_cfg, masking=masking)
