@@ -40,6 +40,20 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _clock() -> float:
+    """The wall clock of the profiled window (a seam: tests check what happens before it is read)."""
+    return time.perf_counter()
+
+
+def _sync(device: Any) -> None:
+    """Wait for the device's queued work (a GPU loader's last host-to-device copies are asynchronous): the clock
+    is read only after it, so the window holds the copies of its batches, not those of the warm-up ones."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))  # sync point: once before the window, once at its end
+
+
 def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *, batches: int = 20,
                    warmup: int = 2, data: str = "cached", latency_ms: float = 0.0, masking: Any = None,
                    log: Callable[[str], None] = _print, storage_options: Mapping[str, Any] | None = None,
@@ -95,10 +109,12 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
 
         for _ in range(warmup):
             take()
-        t0 = time.perf_counter()
+        _sync(loader.device)
+        t0 = _clock()
         for _ in range(batches):
             records.append(loader_record(take().stats))
-        wall = time.perf_counter() - t0
+        _sync(loader.device)
+        wall = _clock() - t0
     from .presets import redact
 
     settings = {"store": redact(store), "backend": backend, "data": data, "latency_ms": latency_ms, "batches": batches,

@@ -146,3 +146,25 @@ def test_bad_settings(tmp_path_factory):
         profile_loader(store, sampling(norm), LoaderConfig(), data="synthetic")
     with pytest.raises(ConfigError, match="workers"):
         sweep(store, sampling(norm), LoaderConfig(), workers=[0], batches=1, log=lambda m: None)
+
+
+def test_the_window_is_timed_after_the_devices_copies(tmp_path_factory, monkeypatch):
+    """A GPU loader's host-to-device copies are asynchronous: the device is synchronised before the clock is read
+    at the window's start (the warm-up batches' copies out) and at its end (the last batch's copy in)."""
+    import torch
+
+    import profiling.loader_profile as lp
+
+    events: list[str] = []
+    real_clock, real_sync = lp._clock, lp._sync
+    monkeypatch.setattr(lp, "_clock", lambda: events.append("clock") or real_clock())
+    monkeypatch.setattr(lp, "_sync", lambda device: events.append(f"sync {device}") or real_sync(device))
+    store, norm = tiny_store(tmp_path_factory)
+    profile_loader(store, sampling(norm), LoaderConfig(workers=1, samples_per_epoch=8), batches=2, warmup=1,
+                   log=lambda m: None)
+    assert events == ["sync cpu", "clock", "sync cpu", "clock"]
+    synced: list[object] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synced.append)
+    real_sync("cpu")
+    real_sync("cuda:1")
+    assert synced == [torch.device("cuda:1")]  # what a GPU loader's device gets (no GPU needed to check it)
