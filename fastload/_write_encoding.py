@@ -10,7 +10,6 @@ names from :mod:`fastload.write`.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -170,8 +169,8 @@ def _jsonable(v: Any) -> Any:
         return _jsonable(v.tolist())
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; CF readers accept the string
+    # a non-finite float stays a float: zarr writes it as JSON NaN/Infinity/-Infinity, as it does the source's,
+    # and xarray reads it back as the float (as a string "inf" it came back as a string)
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     return str(v)
