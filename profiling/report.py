@@ -41,6 +41,7 @@ from .timers import PHASES, mfu
 __all__ = [
     "EXTRA",
     "LOADER_STAGES",
+    "MIN_STEPS_P95",
     "STREAM_STAGES",
     "summarize",
     "summarize_ranks",
@@ -64,6 +65,9 @@ LOADER_STAGES = ("plan", "fetch", "decode", "gather")
 
 STREAM_STAGES = ("fetch", "decode", "gather")
 """Worker stages counted per stream in multi-stream loading (planning is one pass over all streams)."""
+
+MIN_STEPS_P95 = 20
+"""Below this many steps a p95 is an interpolation between the largest few values: the report says so."""
 
 _COLORS = {"data_wait": "#d62728", "h2d": "#ff7f0e", "forward": "#1f77b4", "backward": "#2ca02c",
            "optimizer": "#9467bd", "other": "#bcbd22", "idle": "#7f7f7f"}
@@ -133,7 +137,9 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
         (timed steps), ``trained_steps``, ``empty_steps`` {steps, total_ms, data_wait_ms}, ``samples``,
         ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
         ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``batch_size``, ``mfu``, ``what_if``,
-        ``config``, ``machine``, ``source``.
+        ``notes`` (caveats the table prints: fewer than :data:`MIN_STEPS_P95` steps, an unmeasured last idle),
+        ``config``, ``machine``, ``source``. Idle's mean/p50/p95 leave out records with ``idle_measured``
+        False (the last step's gap is unknown); its share counts them (as 0).
 
     Raises
     ------
@@ -162,7 +168,17 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
                            "step": _stats(step), "phases": {}}
     for p in names:
         v = [float(r[f"{p}_ms"]) for r in trained]
-        out["phases"][p] = {**_stats(v), "share": sum(v) / total_ms if total_ms > 0 else None}
+        share = sum(v) / total_ms if total_ms > 0 else None
+        if p == "idle":  # a last step's gap is unknown (0): not a measured idle time, left out of its statistics
+            v = [float(r["idle_ms"]) for r in trained if r.get("idle_measured", True)]
+        out["phases"][p] = {**_stats(v), "share": share}
+    out["notes"] = []
+    if 0 < len(trained) < MIN_STEPS_P95:
+        out["notes"].append(f"only {len(trained)} step(s) in the statistics: p95 is interpolated between the "
+                            f"largest few values (give {MIN_STEPS_P95} or more timed steps for a p95 to trust)")
+    if any(not r.get("idle_measured", True) for r in trained):
+        out["notes"].append("the last step's idle (its gap to a next step) is unknown: left out of idle's "
+                            "mean/p50/p95 (that step's time ends at its step_end)")
     seconds = all_ms / 1e3  # rates: over every timed step
     samples = int(sum(int(r.get("samples", 0)) for r in records))
     out["samples"] = samples
@@ -268,6 +284,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if summary.get("mfu") is not None:
         lines.append(f"MFU {100 * summary['mfu']:.1f}%  ({summary['flops_per_step']:.3g} FLOP/step, "
                      f"peak {summary['peak_flops'] / 1e12:.0f} TFLOP/s)")
+    for note in summary.get("notes") or ():
+        lines.append(f"note: {note}")
     wi = summary.get("what_if") or {}
     if wi.get("no_data_wait_speedup") is not None and st and st.get("mean_ms") is not None:
         lines.append(f"what-if: with zero data wait a step would take {wi['no_data_wait_step_ms']:.2f} ms instead "

@@ -29,7 +29,8 @@ I/O counters in ``batch.stats``; ``tests/profiling/test_timers.py`` runs this ex
 Per step (see :meth:`StepTimer.records`): ``<phase>_ms`` (GPU time, or host time on CPU), ``<phase>_at_ms``
 (start offset within the step), ``host_<phase>_ms`` (host wall time), ``step_ms`` (this step's first event to
 the next step's first event), ``idle_ms`` (the part of it between ``step_end`` and the next step's first phase:
-the GPU idle gap between steps), ``other_ms`` (time inside the step not in any phase), samples, bytes read
+the GPU idle gap between steps; ``idle_measured`` False, and ``idle_ms`` 0, for the last step, whose gap is
+unknown: its ``step_ms`` ends at its ``step_end``), ``other_ms`` (time inside the step not in any phase), samples, bytes read
 from storage and decoded, and ``stall_fraction = data_wait_ms / step_ms``. Warm-up steps are left out.
 """
 
@@ -291,7 +292,8 @@ class StepTimer:
     def flush(self) -> list[dict[str, Any]]:
         """Wait for every recorded step's events and read them (sync point); return all records.
 
-        The last step's ``idle_ms`` is 0 when no later step has begun (its gap is unknown).
+        The last step's ``idle_ms`` is 0 when no later step has begun (its gap is unknown; ``idle_measured`` is
+        False, and the report leaves it out of the idle statistics).
         """
         self._read(block=True)
         return list(self._records)
@@ -391,7 +393,7 @@ class StepTimer:
         step_ms = span + gap
         rec: dict[str, Any] = {"step": slot.step, "samples": slot.samples, **slot.io,
                                "t0_ms": c.elapsed_ms(self._origin, slot.begin), "step_ms": step_ms,
-                               "idle_ms": gap}
+                               "idle_ms": gap, "idle_measured": nxt is not None}
         times = dict.fromkeys(self.phases, 0.0)
         host = dict.fromkeys(self.phases, 0.0)
         at: dict[str, float | None] = dict.fromkeys(self.phases)

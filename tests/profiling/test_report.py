@@ -279,3 +279,32 @@ def test_run_numbers_over_ranks_take_each_steps_longest_data_wait():
     assert s["data_wait_ms_by_rank"] == pytest.approx([0.8, 89.5]) and s["stalled_rank_steps"] == [0, 4]
     with pytest.raises(ConfigError, match="every rank needs timed step records"):
         summarize_ranks([r0, []])
+
+
+def test_few_steps_and_the_last_steps_unknown_idle_are_noted():
+    """Fewer than MIN_STEPS_P95 steps: the p95 is interpolation, and the table says so. The last step's idle is
+    unknown (no next step): left out of idle's statistics (its share counts it as the 0 it is in step_ms)."""
+    from profiling.report import MIN_STEPS_P95
+
+    recs = _records()
+    recs[-1] = {**recs[-1], "idle_ms": 0.0, "idle_measured": False}
+    recs[-1]["step_ms"] -= 0.5
+    s = summarize(recs, machine={})
+    idle = np.array([0.5, 0.5, 0.5])
+    assert s["phases"]["idle"] == pytest.approx({"mean_ms": idle.mean(), "p50_ms": 0.5, "p95_ms": 0.5,
+                                                 "share": 1.5 / sum(r["step_ms"] for r in recs)})
+    assert sum(v["share"] for v in s["phases"].values()) == pytest.approx(1.0)
+    text = format_table(s)
+    assert "note: only 4 step(s) in the statistics: p95 is interpolated" in text
+    assert "note: the last step's idle" in text
+    many = [{**_records()[i % 4], "step": i} for i in range(MIN_STEPS_P95)]
+    assert summarize(many, machine={})["notes"] == [] and "note:" not in format_table(summarize(many, machine={}))
+
+
+def test_the_timers_last_record_says_its_idle_is_unmeasured():
+    timer = StepTimer(device="cpu", warmup=0, nvtx=False)
+    for _ in range(3):
+        with timer.phase("forward"):
+            pass
+        timer.step_end(samples=1)
+    assert [r["idle_measured"] for r in timer.flush()] == [True, True, False]
