@@ -66,6 +66,7 @@ from ._write_atomic import (
     _inode,
     check_output,
     check_temporary,
+    live_writer_of,
     make_temporary,
     move_into_place,
     remove_stale_temporaries,
@@ -158,7 +159,9 @@ class StoreWriter:
     -----
     Used as a context manager it commits on a clean exit and aborts (removes the temporary directory) on any
     exception, ``KeyboardInterrupt`` included. Creating a writer first removes the temporaries of ``out`` left by
-    writers on this host that were killed (:func:`fastload._write_atomic.remove_stale_temporaries`). Writes must be aligned to the write unit of the array (its shard
+    writers on this host that were killed (:func:`fastload._write_atomic.remove_stale_temporaries`) and, without
+    ``overwrite``, refuses (:class:`StoreError`) while a live writer on this host, this process included, is
+    writing ``out`` (:func:`fastload._write_atomic.live_writer_of`). Writes must be aligned to the write unit of the array (its shard
     when sharded, else its chunk), so no chunk is read back and rewritten; :meth:`commit` checks that every
     write unit of every variable was written.
     """
@@ -188,6 +191,11 @@ class StoreWriter:
         self.overwrite = overwrite
         self.default_attrs = default_attrs
         remove_stale_temporaries(self.out)  # what killed writers of out on this host left (SIGKILL runs no cleanup)
+        other = None if overwrite else live_writer_of(self.out)
+        if other is not None:  # both would write to the end, and the later one fail only at commit
+            raise StoreError(f"{self.out}: another writer is writing it (its unfinished store is {other}); without "
+                             "overwrite only one can put its store there: wait for it, or stop it, or pass "
+                             "overwrite=True (--overwrite) to replace its store when this one is done")  # fmt: skip
         # names this process, its start time and this writer: created here, so no other writer's (nor one of ours)
         self.tmp = make_temporary(self.out)
         self._inode = _inode(self.tmp)  # commit publishes only this directory (check_temporary)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -107,3 +109,31 @@ def test_a_writer_whose_temporary_was_removed_or_replaced_refuses_to_commit(tmp_
         w.commit()
     assert not out2.exists()
     assert "fastload_unfinished" in zarr.open_group(w.tmp, mode="r").attrs  # the other writer's store was kept
+
+
+def test_a_second_writer_of_an_output_being_written_is_refused_at_start_without_overwrite(tmp_path):
+    """Review s11 r5 L3: two writers of one OUT without --overwrite both wrote to the end; the second failed only
+    at commit. A live writer's temporary, in this process or another, now refuses the second at once."""
+    out = tmp_path / "o.zarr"
+    first = _writer(out, 1.0)
+    with pytest.raises(StoreError, match=rf"another writer is writing it .*{re.escape(first.tmp.name)}"):
+        _writer(out, 2.0)
+    first.abort()
+    _writer(out, 2.0).abort()  # once it is gone, a writer may start
+
+    script = ("import sys; from fastload.write import StoreWriter; w = StoreWriter(sys.argv[1]); "
+              "print(w.tmp, flush=True); sys.stdin.read(); w.abort()")  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-c", script, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    try:
+        theirs = p.stdout.readline().strip()
+        with pytest.raises(StoreError, match=re.escape(theirs)):
+            _writer(out, 2.0)
+        w = _writer(out, 2.0, overwrite=True)  # with overwrite: its own temporary, the last commit wins
+        for t in (0, 2):
+            w.write("v", np.full((2, 4, 8), 2.0, "f4"), t)
+        w.commit()
+    finally:
+        p.communicate("", timeout=120)
+    np.testing.assert_array_equal(xr.open_zarr(out).v.values, np.full((4, 4, 8), 2.0, "f4"))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["o.zarr"]
