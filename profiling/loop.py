@@ -398,6 +398,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         if remaining <= cfg.warmup:
             say(f"note: {remaining} step(s) with warmup = {cfg.warmup}: no step is timed; lower --warmup")
         timer = StepTimer(device=device, warmup=cfg.warmup)
+        stack.callback(timer.close)  # a step that raised: its NVTX ranges end (nsys traces stay balanced)
         window = CaptureWindow(start + cfg.warmup, stop) if nsys and remaining > cfg.warmup else None
         if window is not None:
             stack.callback(window.close)

@@ -327,33 +327,57 @@ class StepTimer:
             self._nvtx_step = _nvtx.start("step", None, self.step)
         return slot
 
+    def close(self) -> None:
+        """End the NVTX ranges of a step left open (the loop raised inside it: no ``step_end``), so a trace's
+        ranges stay balanced; the open step is dropped. Call it when the loop ends, however it ends (safe to call
+        twice, and after a clean end)."""
+        if self._phase is not None:
+            self._pop_phase_range()
+            self._phase = None
+        if self._slot is not None:
+            if self.nvtx:
+                _nvtx.end(self._nvtx_step)
+                self._nvtx_step = 0
+            self._slot = None
+
+    def _pop_phase_range(self) -> None:
+        if self._nvtx_phase is not None:
+            r, self._nvtx_phase = self._nvtx_phase, None
+            r.__exit__(None, None, None)
+
     def _enter(self, name: str) -> None:
         if self._phase is not None:
             raise RuntimeError(f"StepTimer.phase({name!r}) inside phase {self._phase!r}; phases do not nest")
         slot = self._slot if self._slot is not None else self._begin()
         self._phase = name
-        if self.nvtx:
-            self._nvtx_phase = _nvtx.range(name, None, self.step)  # category: the phase's own (data_wait: data)
-            self._nvtx_phase.__enter__()
-        if slot.recorded:
-            if slot.used == len(slot.pairs):
-                slot.pairs.append((self._clock.new(), self._clock.new()))
-            self._clock.record(slot.pairs[slot.used][0])
+        try:
+            if self.nvtx:
+                r = _nvtx.range(name, None, self.step)  # category: the phase's own (data_wait: data)
+                r.__enter__()
+                self._nvtx_phase = r
+            if slot.recorded:
+                if slot.used == len(slot.pairs):
+                    slot.pairs.append((self._clock.new(), self._clock.new()))
+                self._clock.record(slot.pairs[slot.used][0])
+        except BaseException:  # no __exit__ follows a failed __enter__: pop the range pushed, leave no phase open
+            self._pop_phase_range()
+            self._phase = None
+            raise
         self._phase_t0 = time.perf_counter()
 
     def _exit(self, name: str) -> None:
         slot = self._slot
         assert slot is not None and self._phase == name
         t1 = time.perf_counter()
-        if slot.recorded:
-            self._clock.record(slot.pairs[slot.used][1])
-            slot.names.append(name)
-            slot.host.append(t1 - self._phase_t0)
-            slot.used += 1
-        if self.nvtx:
-            self._nvtx_phase.__exit__(None, None, None)
-            self._nvtx_phase = None
-        self._phase = None
+        try:
+            if slot.recorded:
+                self._clock.record(slot.pairs[slot.used][1])
+                slot.names.append(name)
+                slot.host.append(t1 - self._phase_t0)
+                slot.used += 1
+        finally:  # the range pushed in _enter is popped, whatever recording the end did
+            self._pop_phase_range()
+            self._phase = None
 
     def _ready(self, slot: _Slot, nxt: _Slot | None) -> bool:
         c = self._clock
