@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from .errors import ConfigError, SchemaError
 from .store._check import unknown_field, warn_not_fields
@@ -533,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the chunking best for a sampling config (--config) or a given one (--chunks), in bounded memory.",
         epilog="see what a config costs first: fastload inspect STORE --config CFG",
     )
-    p.add_argument("store", help="source store (path or fsspec URL)")
+    p.add_argument("store", help="source store (path or fsspec URL; --storage-option for a remote one's options)")
     p.add_argument("out", help="store to create")
     p.add_argument("--config", help="sampling config (TOML/YAML): use the chunking recommended for it")
     p.add_argument("--chunks", metavar="T,L,Y,X",
@@ -557,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="store every floating-point field in this dtype (as xarray astype converts it): a float16 "
                    "store, which fastload does not sample, becomes one it samples")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    add_storage_option(p, "source store")
+    add_backend_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.samples_per_window < 1 or (a.samples_per_window > 1 and not a.config):
@@ -565,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
     from .store import open_store
 
-    src = open_store(a.store)
+    src = open_store(a.store, storage_options=parse_storage_options(a.storage_option), backend=a.backend)
     dim_names, extras, left_out = copy_plan(src, [f.strip() for f in a.fields.split(",") if f.strip()]
                                             if a.fields else None)  # fmt: skip
     out = rechunk(
