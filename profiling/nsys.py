@@ -236,8 +236,11 @@ def summarize_nsys(stats: Mapping[str, Any], *, phases: Sequence[str] = PHASES,
 
     Per phase: ``mean_ms`` = total over the number of steps (instances of the ``step`` range; without one, the
     largest instance count of a phase), ``p50_ms`` = nsys's median per range instance, ``p95_ms`` = None,
-    ``max_ms``, ``share`` of host step time (without a step range: of the phases' sum), and ``basis``
-    (``gpu_projected`` or ``host``).
+    ``max_ms``, ``share`` of host step time (without a step range: of the phases' sum), ``basis``
+    (``gpu_projected`` or ``host``: the clock of ``mean_ms`` and ``share``) and ``host_share`` (the phase's host
+    time over host step time). With a step range, ``other`` is the host step time outside every phase's range,
+    so the host shares add up to 1; the ``share`` column mixes clocks when some phases are GPU-projected (it
+    may add up to more or less than 1), which ``notes`` says with the sum.
     """
     host, gpu = stats["host"], stats["gpu"]
     step = host.get("step")
@@ -255,10 +258,24 @@ def summarize_nsys(stats: Mapping[str, Any], *, phases: Sequence[str] = PHASES,
         steps = max(int(src["instances"]) for src, _ in sources.values()) or 1
         step_total = sum(float(src["total_ms"]) for src, _ in sources.values())
     out_phases: dict[str, Any] = {}
+    host_step = bool(step and step["instances"]) and step_total > 0  # the step range: host time
     for p, (src, basis) in sources.items():
         out_phases[p] = {"mean_ms": src["total_ms"] / steps, "p50_ms": src.get("med_ms"), "p95_ms": None,
                          "max_ms": src.get("max_ms"), "instances": int(src["instances"]),
-                         "share": src["total_ms"] / step_total if step_total else None, "basis": basis}
+                         "share": src["total_ms"] / step_total if step_total else None, "basis": basis,
+                         "host_share": host[p]["total_ms"] / step_total if host_step and p in host else None}
+    notes = []
+    if host_step and all(p in host for p in present):  # host step time outside the phases' ranges
+        other = max(0.0, step_total - sum(float(host[p]["total_ms"]) for p in present))
+        out_phases["other"] = {"mean_ms": other / steps, "p50_ms": None, "p95_ms": None, "max_ms": None,
+                               "instances": steps, "share": other / step_total, "basis": "host",
+                               "host_share": other / step_total}
+    if len({b for _, b in sources.values()}) > 1:
+        total = sum(v["share"] for v in out_phases.values() if v["share"] is not None)
+        notes.append(f"shares mix two clocks (basis column): GPU-projected phase times (gpu: from the first GPU "
+                     f"operation a range launched to the end of the last, which runs past the range's host end) "
+                     f"and host times (host), each over host step time; they add up to {100 * total:.1f}%, not "
+                     f"100% (host_share in the JSON is every phase on the host clock, with other: 100%)")
     kernel_ms = sum(k["total_ms"] for k in stats["kernels"])
     mem_ms = sum(m["total_ms"] for m in stats["memops"].values())
     h2d_ms = sum(m["total_ms"] for op, m in stats["memops"].items() if "Host-to-Device" in op or "HtoD" in op)
@@ -267,7 +284,8 @@ def summarize_nsys(stats: Mapping[str, Any], *, phases: Sequence[str] = PHASES,
     return {
         "source": "nsys", "steps": steps,
         "step": {"mean_ms": step_total / steps if steps else None,
-                 "p50_ms": step.get("med_ms") if step else None, "p95_ms": None},
+                 "p50_ms": step.get("med_ms") if step else None, "p95_ms": None,
+                 "basis": "host" if host_step else "phases"},  # without a step range: the phases' sum
         "phases": out_phases,
         "stall_fraction": wait / step_total if step_total else None,
         "what_if": {"no_data_wait_step_ms": (step_total - wait) / steps if steps else None,
@@ -276,6 +294,7 @@ def summarize_nsys(stats: Mapping[str, Any], *, phases: Sequence[str] = PHASES,
         "gpu_busy_fraction": (kernel_ms + mem_ms) / step_total if step_total and stats["kernels"] else None,
         "kernel_ms": kernel_ms, "memop_ms": mem_ms, "h2d_ms": h2d_ms,
         "top_kernels": stats["kernels"][:top_kernels], "memops": dict(stats["memops"]),
+        "notes": notes,
         "config": dict(config) if config is not None else {}, "files": dict(stats.get("files", {})),
     }
 

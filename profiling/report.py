@@ -261,15 +261,18 @@ def _rate(v: float | None) -> str:
 
 def format_table(summary: Mapping[str, Any]) -> str:
     """The console table: per phase mean/p50/p95 (ms) and share; samples/s, stall fraction, MFU, what-if."""
-    lines = [f"{'phase':<12}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}{'share':>9}"]
+    based = any("basis" in s for s in summary["phases"].values())  # nsys: each phase's clock (host, gpu)
+    lines = [f"{'phase':<12}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}{'share':>9}" + ("  basis" if based else "")]
     for name, s in summary["phases"].items():
         share = s.get("share")
+        basis = {"gpu_projected": "gpu"}.get(s.get("basis"), s.get("basis") or "")
         lines.append(f"{name:<12}{_fmt(s.get('mean_ms')):>10}{_fmt(s.get('p50_ms')):>10}"
-                     f"{_fmt(s.get('p95_ms')):>10}{_fmt(None if share is None else 100 * share, '.1f'):>8}%")
+                     f"{_fmt(s.get('p95_ms')):>10}{_fmt(None if share is None else 100 * share, '.1f'):>8}%"
+                     + (f"  {basis}" if based else ""))
     st = summary.get("step")
     if st:
         lines.append(f"{'step':<12}{_fmt(st.get('mean_ms')):>10}{_fmt(st.get('p50_ms')):>10}"
-                     f"{_fmt(st.get('p95_ms')):>10}{'100.0':>8}%")
+                     f"{_fmt(st.get('p95_ms')):>10}{'100.0':>8}%" + (f"  {st.get('basis', '')}" if based else ""))
     lines.append("")
     sps = summary.get("samples_per_s")
     stall = summary.get("stall_fraction")

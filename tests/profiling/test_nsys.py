@@ -72,7 +72,7 @@ def test_summary_in_report_format(prefix):
     s = summarize_nsys(load_stats(prefix), samples_per_step=8, config={"run": "x"})
     assert s["source"] == "nsys" and s["steps"] == 10
     ph = s["phases"]
-    assert list(ph) == ["data_wait", "h2d", "forward", "backward", "optimizer"]
+    assert list(ph) == ["data_wait", "h2d", "forward", "backward", "optimizer", "other"]
     expect = {"data_wait": (10.0, 10.0, 0.2, "host"), "h2d": (1.8, 1.8, 0.036, "gpu_projected"),
               "forward": (15.0, 14.9, 0.3, "gpu_projected"), "backward": (19.0, 18.8, 0.38, "gpu_projected"),
               "optimizer": (3.5, 3.5, 0.07, "gpu_projected")}
@@ -156,3 +156,25 @@ fi
     res = subprocess.run(["bash", str(ROOT / "profiling" / "nsys_profile.sh"), str(out), "--", "true"],
                          env={**env, "NSYS": str(tmp_path / "absent")}, capture_output=True, text=True)
     assert res.returncode == 127 and "not found" in res.stderr
+
+
+def test_shares_name_their_clock_and_host_shares_add_up_with_other(prefix):
+    """GPU-projected phase times and host times are different clocks: each phase says which its share is on; the
+    host times of the phases and ``other`` (host step time outside every phase range) add up to the host step."""
+    from profiling.report import format_table
+
+    s = summarize_nsys(load_stats(prefix))
+    ph = s["phases"]
+    host = {"data_wait": 100.0, "h2d": 20.0, "forward": 100.0, "backward": 200.0, "optimizer": 40.0}  # the CSV's ms
+    other = 500.0 - sum(host.values())
+    assert ph["other"]["mean_ms"] == pytest.approx(other / 10) and ph["other"]["basis"] == "host"
+    for name, ms in host.items():
+        assert ph[name]["host_share"] == pytest.approx(ms / 500.0)
+    assert sum(v["host_share"] for v in ph.values()) == pytest.approx(1.0)
+    mixed = sum(v["share"] for v in ph.values())
+    assert mixed == pytest.approx((100 + 18 + 150 + 190 + 35 + other) / 500.0) and mixed > 1.0  # two clocks
+    text = format_table(s)
+    rows = {ln.split()[0]: ln.split() for ln in text.splitlines() if ln.split()}
+    assert rows["phase"][-1] == "basis" and rows["forward"][-1] == "gpu" and rows["data_wait"][-1] == "host"
+    assert rows["other"][-1] == "host" and rows["step"][-1] == "host"
+    assert f"they add up to {100 * mixed:.1f}%, not 100%" in text
