@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 import math
 import os
 import sys
@@ -72,6 +73,8 @@ from .write import (
     declared_fill_value,
     parse_ints,
 )
+
+log = logging.getLogger("fastload")
 
 __all__ = ["rechunk", "auto_codec", "chunks_from_config", "copy_plan", "unpack_values", "main"]
 
@@ -448,6 +451,19 @@ def rechunk(
             group = _source_group(src)
             for name, dims in extras:
                 _copy_extra(w, group[name], name, dims, fmt)
+        out_dtypes: dict[str, np.dtype] = {}
+        overflow = dict.fromkeys(names, 0)  # finite values the narrowing to out_dtypes made infinite, per field
+
+        def cast(n: str, part: np.ndarray) -> np.ndarray:
+            """``part`` of field ``n`` in the copy's dtype, as astype converts; counts what overflowed."""
+            if part.dtype == out_dtypes[n] or part.dtype.kind != "f" or out_dtypes[n].kind != "f":
+                return part
+            with np.errstate(over="ignore", invalid="ignore"):  # counted and said once, below
+                got = part.astype(out_dtypes[n])
+            if out_dtypes[n].itemsize < part.dtype.itemsize:
+                overflow[n] += int(np.count_nonzero(np.isinf(got) & np.isfinite(part)))
+            return got
+
         for n in names:
             f = src.fields[n]
             dims = (("time",) if f.has_time else ()) + (("level",) if f.levels is not None else ())
@@ -471,6 +487,7 @@ def rechunk(
                 a["_FillValue"] = _fill_attr(fill, out_dt)  # xarray masks only this in v3, not the fill_value
             w.add_variable(n, dims + ("latitude", "longitude"), dtype=out_dt, chunks=per_field[n], codec=codec,
                            shards=shards, units=f.units, attrs=a, fill_value=fill)  # fmt: skip
+            out_dtypes[n] = out_dt
         with Progress(nbytes, "rechunk", "B", enabled=progress) as bar:
             for array, fs in arrays.items():
                 bar.set_description(f"rechunk {array}")
@@ -479,7 +496,7 @@ def rechunk(
                     block = _read_block(src, array, 0, 0, pool)
                     for n in fs:
                         part = _field_view(block, src.fields[n])
-                        w.write(n, _decoded(part, packing.get(n)), (0,) * part.ndim)
+                        w.write(n, cast(n, _decoded(part, packing.get(n))), (0,) * part.ndim)
                         bar.update(part.nbytes)
                     continue
                 step_bytes = math.prod(info.shape[1:]) * info.dtype.itemsize
@@ -491,9 +508,13 @@ def rechunk(
                     block = _read_block(src, array, t0, t1, pool)  # (T, [F], [L], Y, X): one source block
                     for n in fs:
                         part = _field_view(block, src.fields[n])
-                        w.write(n, _decoded(part, packing.get(n)), t0)
+                        w.write(n, cast(n, _decoded(part, packing.get(n))), t0)
                         bar.update(part.nbytes)
                     del block
+        for n, k in overflow.items():
+            if k:
+                log.warning("fastload rechunk: field %r: %d finite values beyond the range of %s (|x| > %g) became "
+                            "+-inf in the copy", n, k, out_dtypes[n], float(np.finfo(out_dtypes[n]).max))  # fmt: skip
     return w.out
 
 
