@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,7 @@ def measure_codecs(
     memory_bytes: int | None = None,
     repeats: int = 3,
     tie: float = 0.05,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> CodecChoice:
     """Measure the store's read rates and each codec's ratio and decode rate on its data; recommend the fastest.
 
@@ -216,6 +217,9 @@ def measure_codecs(
         Timed repeats; the best is kept.
     tie : float
         Codecs within this fraction of the fastest count as tied; the smallest on disk of them is recommended.
+    transform : callable, optional
+        With ``field`` and ``block``: turns each block into what the copy stores (``fastload rechunk``'s
+        ``--unpack``/``--dtype``), so the codecs are measured on the copy's values and dtype, not the source's.
 
     Raises
     ------
@@ -234,6 +238,8 @@ def measure_codecs(
                           f"{list(codecs)}")  # fmt: skip
     if read_bps is not None and not read_bps > 0:
         raise ConfigError(f"read_bps must be > 0, got {read_bps}")
+    if transform is not None and field is None:
+        raise ConfigError("transform goes with field and block (it turns the blocks into what a copy stores)")
     if (field is None) != (block is None):
         raise ConfigError("field and block go together (the blocks to measure the codecs on)")
     if field is not None and field not in store.fields:
@@ -262,6 +268,9 @@ def measure_codecs(
         what = f"{len(data)} stored chunks of array {name!r} ({'x'.join(map(str, info.chunks))})"
     else:
         data, what = _blocks(store, field, block, n_chunks)
+        if transform is not None:
+            data = [np.ascontiguousarray(transform(d)) for d in data]
+            what += f" as the copy stores them ({data[0].dtype})"
     nbytes = sum(d.nbytes for d in data)
     if dataset_bytes is None:
         dataset_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in store.arrays.values())

@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 from pathlib import Path
@@ -305,13 +305,17 @@ def _packing(store: Any, name: str) -> dict[str, Any] | None:
 def auto_codec(
     store: Any, *, zarr_format: int, read_bps: float | None = None, field: str | None = None,
     block: Sequence[int] | None = None, dataset_bytes: int | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> str:
     """The codec :func:`fastload.codec_choice.measure_codecs` recommends for a copy of ``store`` in
-    ``zarr_format`` (measured on blocks of ``block`` cut from ``field`` when given)."""
+    ``zarr_format`` (measured on blocks of ``block`` cut from ``field`` when given, turned by ``transform`` into
+    what the copy stores: unpacked, in the copy's dtype)."""
     from .codec_choice import measure_codecs
 
-    return measure_codecs(store, field=field, block=block, dataset_bytes=dataset_bytes, zarr_format=zarr_format,
-                          read_bps=read_bps).codec  # fmt: skip
+    choice = measure_codecs(store, field=field, block=block, dataset_bytes=dataset_bytes, zarr_format=zarr_format,
+                            read_bps=read_bps, transform=transform)  # fmt: skip
+    log.info("fastload rechunk: --codec auto chose %s, measured on %s", choice.codec, choice.measured_on)
+    return choice.codec
 
 
 def rechunk(
@@ -429,8 +433,17 @@ def rechunk(
     fmt = zarr_format or src.zarr_format
     if codec == "auto":  # measured on the copy's own chunk shape, of the largest field copied (the first of equals)
         big = max(names, key=field_bytes.__getitem__)
+        as_stored = _copy_dtype(src.fields[big].dtype, packing.get(big) is not None, dtype)
+
+        def stored(block: np.ndarray) -> np.ndarray:  # the block as the copy stores it (unpacked, its dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _decoded(block, packing.get(big)).astype(as_stored, copy=False)
+
+        out_bytes = sum(b // np.dtype(src.fields[n].dtype).itemsize
+                        * _copy_dtype(src.fields[n].dtype, packing.get(n) is not None, dtype).itemsize
+                        for n, b in field_bytes.items())  # fmt: skip
         codec = auto_codec(src, zarr_format=fmt, read_bps=read_bps, field=big, block=per_field[big],
-                           dataset_bytes=nbytes)  # fmt: skip
+                           dataset_bytes=out_bytes, transform=stored)  # fmt: skip
     elif read_bps is not None:
         raise ConfigError(f"read_bps={read_bps} goes with codec='auto' (it is the read rate the choice charges)")
     with StoreWriter(out, zarr_format=fmt, overwrite=overwrite, attrs=attrs, sources=[src.path],
@@ -476,13 +489,12 @@ def rechunk(
             if isinstance(long_names, Mapping) and n in long_names:
                 a.setdefault("long_name", long_names[n])
             fill = declared_fill_value(src, f.array)  # what xarray masks in the source, masked in the copy too
-            out_dt = np.dtype(f.dtype)
+            out_dt = _copy_dtype(f.dtype, packing.get(n) is not None, dtype)
             if packing.get(n) is not None:  # decoded: missing values are NaN, NaN is the fill value
                 a = {k: v for k, v in a.items() if k not in _UNPACKED_DROP}
-                fill, out_dt = None, dtype or np.dtype(np.float32)
-            elif dtype is not None and out_dt.kind == "f":  # as astype converts: the fill value with the values
-                out_dt = dtype
-                fill = None if fill is None else np.asarray(fill).astype(dtype)[()]
+                fill = None
+            elif out_dt != np.dtype(f.dtype) and fill is not None:  # as astype converts: the fill value too
+                fill = np.asarray(fill).astype(out_dt)[()]
             if packing.get(n) is None and fill is not None and fmt == 3 and not (out_dt.kind == "f" and np.isnan(fill)):
                 a["_FillValue"] = _fill_attr(fill, out_dt)  # xarray masks only this in v3, not the fill_value
             w.add_variable(n, dims + ("latitude", "longitude"), dtype=out_dt, chunks=per_field[n], codec=codec,
@@ -516,6 +528,15 @@ def rechunk(
                 log.warning("fastload rechunk: field %r: %d finite values beyond the range of %s (|x| > %g) became "
                             "+-inf in the copy", n, k, out_dtypes[n], float(np.finfo(out_dtypes[n]).max))  # fmt: skip
     return w.out
+
+
+def _copy_dtype(source: Any, unpacked: bool, dtype: np.dtype | None) -> np.dtype:
+    """The dtype a field of dtype ``source`` has in the copy: ``dtype`` or float32 when it is unpacked, ``dtype``
+    for a floating-point one when given, else its own."""
+    source = np.dtype(source)
+    if unpacked:
+        return dtype or np.dtype(np.float32)
+    return dtype if dtype is not None and source.kind == "f" else source
 
 
 def _decoded(part: np.ndarray, packing: Mapping[str, Any] | None) -> np.ndarray:
@@ -567,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fields", help="comma-separated fields to copy (default: all)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=(*CODECS, "auto"),
                    help=f"compression (default {DEFAULT_CODEC}); auto: the codec fastest to read and decode here, "
-                   "measured on the source's data (fastload inspect STORE --codecs shows the measurement)")
+                   "measured on blocks of the copy (its chunks, after --unpack/--dtype; fastload inspect STORE --codecs shows "
+                   "the measurement on the source)")
     p.add_argument("--read-gbps", type=float,
                    help="with --codec auto: read rate of where OUT will be read from (default: the source's)")
     p.add_argument("--shard", metavar="T,L,Y,X", help="zarr v3 shard shape, a multiple of the chunks")
