@@ -156,7 +156,7 @@ def synthesize(
     Parameters
     ----------
     out : path
-        Where the store goes (written to ``<out>.tmp-<host>-<pid>-<start>`` first, renamed when complete).
+        Where the store goes (written to ``<out>.tmp-<host>-<pid>-<start>-w<n>`` first, renamed when complete).
     preset : str or SynthConfig
         One of :data:`PRESETS` (``tiny``, ``small``, ``era5-1deg``, ``era5-025``) or a custom config.
     seed : int

@@ -2,7 +2,7 @@
 
 Every tool that writes a store (``fastload synth``, ``convert``, ``rechunk``) goes through :class:`StoreWriter`,
 so they share one layout, one chunking policy, and one guarantee: the store is built under a temporary sibling
-path ``<out>.tmp-<host>-<pid>-<start>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or
+path ``<out>.tmp-<host>-<pid>-<start>-w<n>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or
 Ctrl-C removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written. A
 writer killed outright (SIGKILL: the OOM killer, a preempted job) cannot clean up: its temporary carries the root
 attribute ``fastload_unfinished`` (deleted just before the rename; :func:`fastload._write_atomic.unfinished_message`)
