@@ -43,7 +43,7 @@ import numpy as np
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
-from ._write_atomic import remove_stale_temporaries, temp_path
+from ._write_atomic import make_temporary, remove_stale_temporaries
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
 from .store._check import refuse_packed, unknown_field, warn_not_fields
@@ -305,7 +305,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
 
     remove_stale_temporaries(out)  # what killed runs for out on this host left (SIGKILL runs no cleanup)
-    tmp = str(temp_path(out))  # names this process: unique while it runs, removable once it is gone
+    tmp = str(make_temporary(out))  # this run's own (two runs in one process: two), removable once it is gone
     counts = {name: {"missing": 0, "excluded": 0} for name, _, _ in selection}
     try:
         writer = CoefficientWriter(tmp, store, selection, cfg, tmask, out)

@@ -136,6 +136,31 @@ def test_global_and_local_equal_numpy_with_nans(tmp_path, fmt, memory):
     assert root.attrs["fastload_norm"] == 1 and root.attrs["source"] == os.path.abspath(tmp_path / "d.zarr")
 
 
+def test_two_runs_for_one_output_in_one_process_each_build_their_own_temporary(tmp_path):
+    """Two stats runs writing the same output at once in one process (threads, --overwrite): each builds its own
+    temporary and the output is a complete coefficient store (they shared one: both failed with FileNotFoundError
+    as each removed or renamed the other's; review s11 r5, left open by the writers' fix)."""
+    import threading
+
+    data, time = write_per_variable(tmp_path / "d.zarr")
+    errors = []
+
+    def run():
+        try:
+            compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False, overwrite=True))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert_stats(tmp_path / "n.zarr", "temperature", data["temperature"], months_of(time))
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
 def test_log1p_transform_and_invalid_values(tmp_path):
     data, time = write_per_variable(tmp_path / "d.zarr")
     out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr",
