@@ -29,6 +29,19 @@ _UNIT_NS = {
     "h": 3_600_000_000_000,
     "days": 86_400_000_000_000, "day": 86_400_000_000_000, "d": 86_400_000_000_000,
 }  # fmt: skip
+# How xarray decodes float times (xarray 2026.9 ``coding/times.py``; see decode_time's notes): the unit names its
+# pandas path knows, after lower-casing and appending "s" (``_netcdf_to_numpy_timeunit``), and the units cftime
+# knows with their factor to microseconds (cftime ``UNIT_CONVERSION_FACTORS``), for xarray's cftime fallback.
+_PANDAS_UNITS = ("nanoseconds", "microseconds", "milliseconds", "seconds", "minutes", "hours", "days")
+_CFTIME_US = {
+    "microseconds": 1, "microsecond": 1,
+    "milliseconds": 1_000, "millisecond": 1_000, "ms": 1_000,
+    "seconds": 1_000_000, "second": 1_000_000, "sec": 1_000_000, "secs": 1_000_000, "s": 1_000_000,
+    "minutes": 60_000_000, "minute": 60_000_000, "min": 60_000_000, "mins": 60_000_000,
+    "hours": 3_600_000_000, "hour": 3_600_000_000, "hr": 3_600_000_000, "hrs": 3_600_000_000, "h": 3_600_000_000,
+    "days": 86_400_000_000, "day": 86_400_000_000, "d": 86_400_000_000,
+}  # fmt: skip
+_CFTIME_FINE = ("microseconds", "microsecond", "milliseconds", "millisecond", "ms")  # no whole-second nudge
 _CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 _REF = re.compile(
     r"^\s*(?P<y>-?\d{1,4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})"
@@ -66,9 +79,11 @@ def _days_in_month(y: int, m: int, julian: bool = False) -> int:
     return 30 if m in (4, 6, 9, 11) else 31
 
 
-def _reference(text: str, calendar: str, where: str) -> int:
+def _reference(text: str, calendar: str, where: str, cftime: bool = False) -> int:
     """The reference date of CF units as exact integer nanoseconds since 1970-01-01 (any year: the reference may
     lie far outside what datetime64[ns] holds, e.g. NCEP's 'hours since 1-1-1', while the decoded dates do not).
+    Fractional seconds to the nanosecond as pandas reads them, or with ``cftime`` to the microsecond as cftime
+    reads them (``int(float("0.<digits>") * 1e6)``, cftime ``_parse_date``).
 
     In the "standard"/"gregorian" calendar (CF's mixed Julian/Gregorian one, as cftime and xarray read it) a date
     before 1582-10-15 is a Julian date, and the years have no year zero (-1 is 1 BC); in "proleptic_gregorian"
@@ -81,7 +96,7 @@ def _reference(text: str, calendar: str, where: str) -> int:
         raise SchemaError(f"{where}: cannot read the reference date {text!r} (expected e.g. '1979-01-01 00:00:00')")
     g = {k: v or "0" for k, v in m.groupdict().items()}
     y, mo, d, hh, mi, ss = (int(g[k]) for k in ("y", "m", "d", "H", "M", "S"))
-    frac = int((g["f"] + "000000000")[:9])
+    frac = int(float(f"0.{g['f']}") * 1e6) * 1000 if cftime else int((g["f"] + "000000000")[:9])
     julian = False
     if calendar in ("standard", "gregorian"):
         if y == 0:
@@ -129,7 +144,22 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
 
     Notes
     -----
-    Exact: integer arithmetic, no float rounding of large offsets. In the "standard"/"gregorian" calendar a
+    Integers decode exactly (integer arithmetic, no float rounding of large offsets). Floats decode to the
+    nanoseconds xarray's default decoding (``time_unit="ns"``) gives, rounding included, so that a time axis read
+    here and one read by xarray agree bit for bit (a float such as ``1/24`` days is not exactly one hour, and how
+    it is rounded decides whether the date is a whole second):
+
+    - xarray's pandas path, taken when the unit is one of its names (``hours``, ``hour``, ``days`` ..., not
+      ``h``/``hrs``/``d``/``secs``), the reference date lies in the datetime64[ns] range, and so do the reference
+      plus the smallest and the largest value cut to whole units: the value times the unit's nanoseconds in
+      float64, truncated toward zero, plus the reference (``_numbers_to_timedelta``). A product beyond int64,
+      which xarray turns into NaT, is refused.
+    - otherwise xarray falls back to cftime (``num2date``): the value times the unit's microseconds in long
+      double, rounded to the nearest microsecond, except that a result 1 us past or short of a whole second is
+      floored or ceiled onto it (cftime ``cast_to_int``), plus the reference cut to microseconds.
+
+    Floats xarray cannot decode at all (units ``ns``/``us``, which pandas does not name and cftime does not know;
+    ``nanoseconds`` off the pandas path) take the pandas formula. In the "standard"/"gregorian" calendar a
     reference date before 1582-10-15 is a Julian date, as in cftime and xarray (NCEP's "hours since 1-1-1").
     """
     values = np.asarray(values)
@@ -167,20 +197,17 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     ref_ns = _reference(ref, calendar, where)
     if values.size == 0:
         return np.empty(values.shape, "datetime64[ns]")
-    # Exact: a date is whole * step + frac + ref_ns, in integers; whole = floor(value), frac = the rounded
-    # nanoseconds of the float's fractional part. Checked against the datetime64[ns] range with Python integers
-    # (no wrap, no NaT), then computed in int64, whose wrapping arithmetic gives the exact result modulo 2**64,
-    # which is the result itself once it is known to lie in range.
-    if values.dtype.kind == "f":
-        v = values.astype(np.float64)
-        whole = np.floor(v)
-        frac = np.round((v - whole) * step)  # v - floor(v) is exact; 0 <= frac <= step
+    # A date is whole * step + ref_ns, in integers. Checked against the datetime64[ns] range with Python
+    # integers (no wrap, no NaT), then computed in int64, whose wrapping arithmetic gives the exact result modulo
+    # 2**64, which is the result itself once it is known to lie in range.
+    if values.dtype.kind != "f":
+        whole = values
     else:
-        whole, frac = values, None
+        whole, step, ref_ns = _float_offsets(values, unit, step, ref, calendar, ref_ns, f"{where}: time value", units)
     lo = -((ref_ns - _NS_MIN) // step)  # the least whole with whole * step + ref_ns >= _NS_MIN
     hi = (_NS_MAX - ref_ns) // step  # the largest whole with whole * step + ref_ns <= _NS_MAX
     wmin, wmax = int(whole.min()), int(whole.max())
-    late = wmax > hi or (frac is not None and bool(((whole == hi) & (frac > _NS_MAX - (hi * step + ref_ns))).any()))
+    late = wmax > hi
     if wmin < lo or late:
         bad = values.max() if late else values.min()
         raise SchemaError(
@@ -188,10 +215,47 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
             f"datetime64[ns] holds, {NS_RANGE}; fastload reads dates only in that range"
         )
     ref_wrapped = np.int64((ref_ns + 2**63) % 2**64 - 2**63)
+    if whole.dtype.kind == "f":  # integral floats, maybe beyond int64 (e.g. "ns since 1-1-1"): those mod 2**64
+        big = np.abs(whole) >= 2.0**63  # multiples of 2**11, so is the remainder: exact
+        wrapped = whole - np.floor(whole / 2.0**64) * 2.0**64
+        whole = np.where(big, np.where(wrapped >= 2.0**63, wrapped - 2.0**64, wrapped), whole)
     out = whole.astype(np.int64) * np.int64(step) + ref_wrapped
-    if frac is not None:
-        out += frac.astype(np.int64)
     return out.view("datetime64[ns]")
+
+
+def _float_offsets(
+    values: np.ndarray, unit: str, step: int, ref: str, calendar: str, ref_ns: int, what: str, units: str
+) -> tuple[np.ndarray, int, int]:
+    """Float times as xarray decodes them (see :func:`decode_time`'s notes): ``(whole, step, ref_ns)``, the date
+    being ``whole * step + ref_ns`` nanoseconds, ``whole`` integral (float or int64 array)."""
+    v = values.astype(np.float64)  # xarray/coding/times.py:525 (pandas path), 568 (cftime fallback)
+    if (unit if unit.endswith("s") else unit + "s") in _PANDAS_UNITS and _NS_MIN <= ref_ns <= _NS_MAX:
+        # Pandas path (reference aligned to ns, times.py:494-497), unless its check of the extreme values
+        # (times.py:507-514, 414-422) fails: the value cut to whole units (NumPy's float * timedelta64
+        # truncates) as a pandas Timedelta in ns, added to the reference; a failure falls back (times.py:566).
+        ends = [int(np.trunc(v.min())) * step, int(np.trunc(v.max())) * step]
+        if all(abs(e) <= _NS_MAX and _NS_MIN <= ref_ns + e <= _NS_MAX for e in ends):
+            whole = np.trunc(v * np.float64(step))  # times.py:637 (float64 product), 670 (int64 cast truncates)
+            if whole.max() >= 2.0**63 or whole.min() < -(2.0**63):
+                bad = values.max() if whole.max() >= 2.0**63 else values.min()
+                raise SchemaError(
+                    f"{what} {bad} in units {units!r} lies more than 2**63 ns from the reference date, which "
+                    "xarray decodes to NaT; store times closer to the reference or as integers"
+                )
+            return whole, 1, ref_ns
+    if unit not in _CFTIME_US:  # "us", "ns": neither pandas' names nor cftime's, xarray cannot decode it at all
+        return np.trunc(v * np.float64(step)), 1, ref_ns
+    # xarray's cftime fallback (times.py:566-569, 601, 824; cftime _cftime.pyx:631-636, 440-445): the value
+    # times the unit's microseconds in long double, rounded to the nearest microsecond, then nudged onto a whole
+    # second from 1 us either side for units of seconds and up; the reference cut to microseconds (pyx:798)
+    us = v.astype(np.longdouble) * _CFTIME_US[unit]
+    if us.max() >= 2.0**63 or us.min() < -(2.0**63):  # cftime refuses it (OverflowError); the caller refuses it
+        return np.trunc(us), 1_000, ref_ns
+    whole = np.rint(us).astype(np.int64)
+    if unit not in _CFTIME_FINE:
+        whole = np.where(whole % 1_000_000 == 1, np.floor(us).astype(np.int64), whole)
+        whole = np.where(whole % 1_000_000 == 999_999, np.ceil(us).astype(np.int64), whole)
+    return whole, 1_000, _reference(ref, calendar, "", cftime=True)
 
 
 def level_type_of(name: str, attrs: Mapping[str, Any]) -> str | None:

@@ -3,11 +3,15 @@
 Review s11 r1 findings: dates outside what ``datetime64[ns]`` holds (1677-09-21 .. 2262-04-11) wrapped silently
 (integers) or became NaT (floats), so NCEP-style float "days since 0001-01-01" was refused with a misleading
 message; "standard"/"gregorian" reference dates before 1582-10-15 were read as proleptic Gregorian, not Julian.
+Review s11 r5 M3: float times were decoded exactly to the float's value, so hourly "days since" floats (k/24 in
+float64) came out some ns off the hour where xarray gives whole hours, and rechunk refused them; floats are now
+decoded with xarray's own rounding, compared bit for bit below.
 """
 
 from __future__ import annotations
 
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -23,13 +27,15 @@ times = pytest.importorskip("xarray.coding.times")
 
 def _xarray(values, units, calendar):
     """xarray's decoding, as datetime64[ns] (it falls back to cftime objects for a reference outside the ns range
-    even where the dates are inside it)."""
+    even where the dates are inside it; those are converted as xarray's ``cftime_to_nptime`` does, raising for a
+    date outside the ns range rather than wrapping it as ``np.datetime64(iso, "ns")`` would)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = times.decode_cf_datetime(np.asarray(values), units, calendar)
     if out.dtype.kind == "M":
         return out.astype("datetime64[ns]")
-    return np.array([np.datetime64(d.isoformat(), "ns") for d in out.ravel()]).reshape(out.shape)
+    return np.array([pd.Timestamp(np.datetime64(d.isoformat())).as_unit("ns").to_datetime64()
+                     for d in out.ravel()]).reshape(out.shape)  # fmt: skip
 
 
 @pytest.mark.parametrize("values,units,calendar", [
@@ -184,3 +190,121 @@ def test_ncep_standard_calendar_store_opens_like_xarray(tmp_path):
         want = xr.open_zarr(p, consolidated=False).time.values
     np.testing.assert_array_equal(want, true)
     np.testing.assert_array_equal(open_store(p).time, want)
+
+
+# --- float times: the nanoseconds xarray gives, bit for bit (review s11 r5 M3) ---------------------------------
+
+_FLOAT_REFS = [  # (reference, calendar, days from the reference to 2000-01-01 in that calendar)
+    ("2000-01-01", "standard", 0),
+    ("1979-1-1 00:00:00", "gregorian", 7670),
+    ("1900-01-01 00:00:00", "proleptic_gregorian", 36524),
+    ("2020-06-15 12:30:00", "standard", -7471.520833333333),  # dates before the reference: negative values
+    ("1979-01-01 00:00:00.5", "standard", 7669.999994212963),  # a fractional reference
+    ("2262-04-11", "proleptic_gregorian", -95932),  # the last day datetime64[ns] holds: all values negative
+    ("1677-09-22", "standard", 117937),  # its first whole day
+    # references outside the ns range: xarray falls back to cftime (microseconds, long double)
+    ("0001-01-01", "proleptic_gregorian", 730119),
+    ("1-1-1 00:00:0.0", "standard", 730121),  # a Julian reference (NCEP)
+    ("1600-01-01 00:00:00.1234567", "proleptic_gregorian", 146097),
+]
+_FLOAT_UNITS = {  # unit -> units per day; the long names take xarray's pandas path, the short ones its cftime one
+    "days": 1, "day": 1, "hours": 24, "hour": 24, "minutes": 1440, "seconds": 86_400, "milliseconds": 86_400_000,
+    "microseconds": 86_400_000_000, "d": 1, "h": 24, "hrs": 24, "min": 1440, "secs": 86_400, "ms": 86_400_000,
+}  # fmt: skip
+
+
+def _float_encodings(base: float, per: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Float time values as writers produce them, ``base`` days from the reference to 2000-01-01, ``per`` units
+    a day; dates from 1682 to 2260."""
+    k = np.concatenate([np.arange(0, 48), rng.integers(-24 * 115_000, 24 * 95_000, 40)])  # hours from 2000
+    m = rng.integers(-1440 * 115_000, 1440 * 95_000, 40)  # minutes from 2000
+    days = rng.uniform(-115_000, 95_000, 40)
+    return {
+        "k/24 days, float64": (k / 24 + base) * per,
+        "k/1440 days, float64": (m / 1440 + base) * per,
+        "k * (per/24), float64": k * (per / 24) + base * per,
+        "k/24 days, float32": ((k / 24 + base) * per).astype(np.float32),
+        "k/24 in float32 arithmetic": (k.astype(np.float32) / np.float32(24) + np.float32(base)) * np.float32(per),
+        "k/1440 days, float32": ((m / 1440 + base) * per).astype(np.float32),
+        "sub-second, large offsets": (days + base) * per,
+        "sub-microsecond": (np.array([0.5e-6, 1.5e-6, -0.5e-6, 1 - 1e-6, 1 + 1e-6, 0.9999995, 1e-7, 3600.0000005])
+                            / 86_400 + base) * per,  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("ref,calendar,base", _FLOAT_REFS)
+def test_float_times_decode_bit_for_bit_as_xarray(ref, calendar, base):
+    """Many float encodings against xarray's decoding (pandas path and cftime fallback), datetime64[ns] equal."""
+    rng = np.random.default_rng(sum(ref.encode()))  # fixed per reference (hash() of a str is salted)
+    failures, compared = [], 0
+    for unit, per in _FLOAT_UNITS.items():
+        units = f"{unit} since {ref}"
+        for name, values in _float_encodings(base, per, rng).items():
+            try:
+                want = _xarray(values, units, calendar)
+            except (ValueError, OverflowError):  # neither xarray nor cftime decodes it (e.g. > 2**63 us)
+                with pytest.raises(SchemaError):
+                    decode_time(values, {"units": units, "calendar": calendar}, "t")
+                continue
+            got = decode_time(values, {"units": units, "calendar": calendar}, "t")
+            compared += 1
+            if not np.array_equal(got.view("i8"), want.view("i8")):
+                i = np.flatnonzero(got != want)[0]
+                failures.append(f"{units!r} {name}: {values[i]!r} -> {got[i]}, xarray {want[i]}")
+    assert not failures, "\n".join(failures[:20])
+    assert compared >= 0.9 * len(_FLOAT_UNITS) * 8
+
+
+def test_hourly_float_days_decode_to_whole_hours():
+    """Review s11 r5 M3: k/24 'days since 2000-01-01' in float64 (2000 to 2100) is k whole hours, as in xarray;
+    decoded exactly to the float's value it was up to some ns off (01:00:00.000000026)."""
+    k = np.arange(24 * 36_525)
+    got = decode_time(k / 24, {"units": "days since 2000-01-01"}, "t")
+    np.testing.assert_array_equal(got, np.datetime64("2000-01-01", "ns") + k.astype("timedelta64[h]"))
+
+
+def test_float_offset_beyond_int64_ns_is_refused_not_nat():
+    """A float more than 2**63 ns from the reference: xarray gives NaT (its int64 cast overflows); refused."""
+    v = np.array([0.0, 106_751.995])
+    units = "days since 1677-09-22"
+    assert np.isnat(_xarray(v, units, "standard")[1])
+    with pytest.raises(SchemaError, match=r"t: time value 106751.995 in units 'days since 1677-09-22' lies more "
+                       r"than 2\*\*63 ns from the reference date"):  # fmt: skip
+        decode_time(v, {"units": units}, "t")
+
+
+def test_float_nanoseconds_far_from_the_reference():
+    """'nanoseconds since 0001-01-01' floats (neither pandas nor cftime decodes them in xarray): the float's
+    value, truncated, even where it exceeds int64."""
+    ns_2000 = 730_119 * 86_400 * 10**9  # 2000-01-01 from 0001-01-01, proleptic; exact in float64 (6.3e19)
+    v = np.array([float(ns_2000), float(ns_2000 + 8192), float(ns_2000 - 2**20)])
+    got = decode_time(v, {"units": "nanoseconds since 0001-01-01", "calendar": "proleptic_gregorian"}, "t")
+    want = np.datetime64("2000-01-01", "ns") + np.array([0, 8192, -(2**20)], "timedelta64[ns]")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_float_days_store_opens_and_rechunks_like_xarray(tmp_path):
+    """Review s11 r5 M3 end to end: xarray writes hourly times as float64 'days since 2000-01-01'; fastload's
+    store has xarray's (whole-hour) times and rechunk accepts them (it refused: 'time stamps must be whole
+    seconds')."""
+    from fastload.rechunk import rechunk
+
+    t = pd.date_range("2020-01-01", periods=30, freq="h")
+    ds = xr.Dataset(
+        {"t": (("time", "latitude", "longitude"), np.ones((30, 2, 3), "f4"))},
+        coords={"time": t, "latitude": [10.0, 0.0], "longitude": [0.0, 1.0, 2.0]},
+    )
+    src, out = str(tmp_path / "src.zarr"), str(tmp_path / "out.zarr")
+    ds.to_zarr(src, zarr_format=2, encoding={"time": {"units": "days since 2000-01-01", "dtype": "float64"}})
+    import zarr
+
+    stored = zarr.open_array(src, path="time")[:]
+    assert stored.dtype == np.float64  # and the floats are not exactly whole hours: their exact value is off
+    assert any(Fraction(x) * 24 != round(Fraction(x) * 24) for x in stored.tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = xr.open_zarr(src, consolidated=False).time.values
+    np.testing.assert_array_equal(want, t.values.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(open_store(src).time, want)
+    rechunk(src, out, chunks=(8, 2, 3), progress=False)
+    np.testing.assert_array_equal(open_store(out).time, want)
