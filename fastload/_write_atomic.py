@@ -114,6 +114,23 @@ def temp_path(out: str | os.PathLike[str], kind: str = "tmp", seq: int | None = 
 
 
 _SEQ = itertools.count(1)  # numbers this process's writers (make_temporary)
+_HELD: set[str] = set()  # the temporaries this process's writers hold: made, not yet published or removed
+_HELD_LOCK = threading.Lock()
+
+
+def release_temporary(tmp: str | os.PathLike[str]) -> None:
+    """Say that this process no longer writes the temporary ``tmp`` (:func:`make_temporary`): published, removed,
+    or its writer dropped. A temporary of this process that no writer holds is no live writer's
+    (:func:`live_writer_of`)."""
+    with _HELD_LOCK:
+        _HELD.discard(os.fspath(tmp))
+
+
+def drop_temporary(tmp: str | os.PathLike[str]) -> None:
+    """Release and remove the temporary of a writer dropped unfinished (its finalizer: a notebook's writer whose
+    write raised and that was never aborted)."""
+    release_temporary(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_temporary(out: str | os.PathLike[str]) -> Path:
@@ -129,6 +146,8 @@ def make_temporary(out: str | os.PathLike[str]) -> Path:
             os.mkdir(tmp)
         except FileExistsError:
             continue
+        with _HELD_LOCK:
+            _HELD.add(os.fspath(tmp))
         return tmp
 
 
@@ -324,13 +343,29 @@ def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
                          "writer?): write the store again")  # fmt: skip
 
 
+def _provably_running(pid: int, start: int) -> bool:
+    """True only when ``/proc`` shows process ``pid`` running and started at ``start`` (known, non-zero): no pid
+    reuse can pass for it. Where that cannot be told (no ``/proc``: macOS, Windows; a hidden pid), False."""
+    if start == 0:
+        return False
+    try:
+        now = _proc_start(pid)
+    except (OSError, ValueError, IndexError):
+        return False
+    return now is not None and now[1] not in ("Z", "X") and now[0] == start
+
+
 def live_writer_of(out: Path) -> Path | None:
     """A temporary of ``out`` that a live writer on this host is writing (:data:`UNFINISHED_ATTR` in its root
-    attributes, its process running: :func:`writer_gone`), this process's other writers included; None when
-    there is none."""
+    attributes); None when there is none. A temporary of this process counts only while one of its writers holds
+    it (:func:`make_temporary`; one whose write raised and that was dropped does not); another process's only when
+    ``/proc`` shows that very process running (:func:`_provably_running`). Where that cannot be told (no
+    ``/proc``, pid reuse possible) it is logged, not counted: a crashed writer's temporary must not block its
+    output for good."""
     if not out.parent.is_dir():
         return None
     host = _host()
+    me, my_start = os.getpid(), writer_id()[2]
     for p in sorted(out.parent.iterdir()):
         left = _leftover(out, p)
         if left is None or left[0] != "tmp" or p.is_symlink() or not p.is_dir():
@@ -339,8 +374,18 @@ def live_writer_of(out: Path) -> Path | None:
         if who is None or who[0] != host or writer_gone(who[1], who[2]):
             continue
         attrs = root_attrs(p)
-        if attrs is not None and UNFINISHED_ATTR in attrs:
+        if attrs is None or UNFINISHED_ATTR not in attrs:
+            continue
+        if (who[1], who[2]) == (me, my_start):
+            with _HELD_LOCK:
+                held = os.fspath(p) in _HELD
+            if held:
+                return p
+        elif _provably_running(who[1], who[2]):
             return p
+        else:
+            log.warning("%s: may be a live writer's unfinished store (process %d cannot be checked here); writing "
+                        "%s all the same", p, who[1], out.name)  # fmt: skip
     return None
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
-from ._write_atomic import make_temporary, remove_stale_temporaries
+from ._write_atomic import make_temporary, release_temporary, remove_stale_temporaries
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
 from .store._check import refuse_packed, unknown_field, warn_not_fields
@@ -345,6 +345,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        release_temporary(tmp)
     return out
 
 

@@ -50,9 +50,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,11 @@ from ._write_atomic import (
     _inode,
     check_output,
     check_temporary,
+    drop_temporary,
     live_writer_of,
     make_temporary,
     move_into_place,
+    release_temporary,
     remove_stale_temporaries,
     root_attrs,
     sigint_deferred,
@@ -198,6 +200,8 @@ class StoreWriter:
                              "overwrite=True (--overwrite) to replace its store when this one is done")  # fmt: skip
         # names this process, its start time and this writer: created here, so no other writer's (nor one of ours)
         self.tmp = make_temporary(self.out)
+        # a writer dropped unfinished (never committed nor aborted) leaves neither its temporary nor a claim on out
+        self._finalizer = weakref.finalize(self, drop_temporary, self.tmp)
         self._inode = _inode(self.tmp)  # commit publishes only this directory (check_temporary)
         self._token = f"{unfinished_attr(self.out)} (writer {uuid.uuid4().hex})"
         root = {"fastload_layout": "per_variable", **({"Conventions": "CF-1.8"} if default_attrs else {}),
@@ -209,7 +213,7 @@ class StoreWriter:
                     attributes=_jsonable(root),
                 )  # fmt: skip
         except BaseException:  # Ctrl-C included: there is no writer to abort yet
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._finalizer()
             raise
         self.sizes: dict[str, int] = {}
         self.arrays: dict[str, zarr.Array] = {}
@@ -532,6 +536,8 @@ class StoreWriter:
             self.abort()
             raise
         self._done = True
+        self._finalizer.detach()
+        release_temporary(self.tmp)
         return self.out
 
     def abort(self) -> None:
@@ -543,8 +549,10 @@ class StoreWriter:
             if attrs is not None and attrs.get(UNFINISHED_ATTR) != self._token:
                 log.warning("%s: not the temporary this writer of %s created (replaced while it wrote); kept",
                             self.tmp, self.out)  # fmt: skip
+                self._finalizer.detach()
+                release_temporary(self.tmp)
                 return
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._finalizer()  # removes it and releases it
 
     def __enter__(self) -> StoreWriter:
         return self

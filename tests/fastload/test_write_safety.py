@@ -137,3 +137,46 @@ def test_a_second_writer_of_an_output_being_written_is_refused_at_start_without_
         p.communicate("", timeout=120)
     np.testing.assert_array_equal(xr.open_zarr(out).v.values, np.full((4, 4, 8), 2.0, "f4"))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["o.zarr"]
+
+
+def test_a_dropped_writer_whose_write_raised_neither_blocks_its_output_nor_leaves_its_temporary(tmp_path):
+    """Review s11 r6 M1: in a notebook a writer whose write raised and that was dropped (never aborted) kept its
+    temporary on disk, and its live pid (this process) refused every later writer of that output."""
+    import gc
+
+    out = tmp_path / "o.zarr"
+    w = _writer(out, 1.0)
+    tmp = w.tmp
+    with pytest.raises(Exception):  # noqa: B017 (any refusal of the misaligned block)
+        w.write("v", np.zeros((3, 4, 8), "f4"), 1)
+    del w
+    gc.collect()
+    assert not tmp.exists()
+    second = _writer(out, 2.0)  # not refused
+    for t in (0, 2):
+        second.write("v", np.full((2, 4, 8), 2.0, "f4"), t)
+    second.commit()
+    np.testing.assert_array_equal(xr.open_zarr(out).v.values, np.full((4, 4, 8), 2.0, "f4"))
+
+
+def test_another_processs_temporary_that_cannot_be_checked_warns_instead_of_refusing(tmp_path, monkeypatch, caplog):
+    """Review s11 r6 M2: without /proc (macOS, Windows) a writer's liveness rests on its pid alone, which another
+    process may have taken since: such a temporary is named in a warning, and the writer goes on."""
+    import os
+
+    from fastload import _write_atomic as wa
+
+    out = tmp_path / "o.zarr"
+    host, _, start = wa.writer_id()
+    theirs = out.with_name(f"{out.name}.tmp-{host}-{os.getppid()}-{start}-w1")  # a live pid: the test's parent
+    zarr.open_group(str(theirs), mode="w", zarr_format=2, attributes={wa.UNFINISHED_ATTR: "someone's"})
+
+    def no_proc(pid):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(wa, "_proc_start", no_proc)
+    with caplog.at_level("WARNING", logger="fastload"):
+        w = _writer(out, 1.0)
+    assert "may be a live writer's unfinished store" in caplog.text and theirs.name in caplog.text
+    w.abort()
+    assert theirs.exists()  # not removed either: it may be live
