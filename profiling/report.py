@@ -223,7 +223,7 @@ def summarize_ranks(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str
     dict
         ``world_size``, ``steps`` (steps every rank timed), ``samples``, ``seconds`` (the slowest rank's),
         ``samples_per_s``, ``stall_fraction``, ``data_wait_ms_by_rank`` (each rank's total over those steps),
-        ``stalled_rank_steps`` (per rank, the steps whose data wait was the longest).
+        ``stalled_rank_steps`` (per rank, the steps whose data wait was the longest, alone and above 0).
 
     Raises
     ------
@@ -241,7 +241,9 @@ def summarize_ranks(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str
         waits = [float(d[st].get("data_wait_ms", 0.0)) for d in by_rank]
         wait_max += max(waits)
         step_max += max(float(d[st]["step_ms"]) for d in by_rank)
-        stalled[int(np.argmax(waits))] += 1
+        top = max(waits)
+        if top > 0 and waits.count(top) == 1:  # a step the ranks waited alike (or not at all) blames none
+            stalled[waits.index(top)] += 1
     seconds = max(sum(float(r["step_ms"]) for r in recs) for recs in per_rank) / 1e3
     samples = int(sum(int(r.get("samples", 0)) for recs in per_rank for r in recs))
     return {"world_size": len(per_rank), "steps": len(common), "samples": samples, "seconds": seconds,

@@ -279,6 +279,9 @@ def test_run_numbers_over_ranks_take_each_steps_longest_data_wait():
     assert s["data_wait_ms_by_rank"] == pytest.approx([0.8, 89.5]) and s["stalled_rank_steps"] == [0, 4]
     with pytest.raises(ConfigError, match="every rank needs timed step records"):
         summarize_ranks([r0, []])
+    # steps the ranks waited alike, or not at all, blame no rank (argmax gave every tie to rank 0; review s11 r6 L5)
+    even = _rank_records([0.0, 5.0, 5.0, 0.0], [50.0, 50.0, 50.0, 50.0])
+    assert summarize_ranks([even, even])["stalled_rank_steps"] == [0, 0]
 
 
 def test_few_steps_and_the_last_steps_unknown_idle_are_noted():
