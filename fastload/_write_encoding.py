@@ -115,7 +115,9 @@ def encode_time(times: np.ndarray) -> tuple[np.ndarray, str]:
     for unit, ns in (("hours", 3_600_000_000_000), ("minutes", 60_000_000_000), ("seconds", 1_000_000_000)):
         if (delta % ns == 0).all():
             return delta // ns, TIME_UNITS.replace("hours", unit)
-    raise SchemaError("time: time stamps must be whole seconds")
+    bad = int(np.flatnonzero(delta % 1_000_000_000)[0])
+    raise SchemaError(f"time: time stamps must be whole seconds; time[{bad}] = {t[bad]} is not (times decoded from a "
+                      "float encoding carry its rounding: round them, e.g. times.astype('datetime64[s]'))")
 
 
 def attr_fill_value(v: Any, dtype: Any) -> Any:

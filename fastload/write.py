@@ -241,7 +241,10 @@ class StoreWriter:
     def set_time(self, times: np.ndarray, *, attrs: Mapping[str, Any] | None = None) -> None:
         """Write the ``time`` coordinate from datetime64 values (int64, CF units, proleptic Gregorian) with
         ``attrs`` (their ``units`` and ``calendar`` are the encoding's, not taken)."""
-        values, units = encode_time(times)
+        try:
+            values, units = encode_time(times)
+        except SchemaError as e:
+            raise SchemaError(f"{self.out}: {e}") from None
         given = {k: v for k, v in (attrs or {}).items() if k not in ("units", "calendar")}
         attrs = {"standard_name": "time", "long_name": "time"} if self.default_attrs else {}
         attrs = {"units": units, "calendar": CALENDAR, **attrs, **given}

@@ -359,6 +359,10 @@ def test_time_encoding():
         encode_time(t[::-1])
     with pytest.raises(SchemaError, match="datetime64"):
         encode_time(np.arange(3))
+    off = t.copy()
+    off[2] += np.timedelta64(26, "ns")  # a float time encoding's rounding
+    with pytest.raises(SchemaError, match=r"whole seconds; time\[2\] = 1979-01-01T12:00:00.000000026 is not"):
+        encode_time(off)
 
 
 def test_parse_ints_and_chunks_for():
