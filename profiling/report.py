@@ -137,7 +137,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
         (timed steps), ``trained_steps``, ``empty_steps`` {steps, total_ms, data_wait_ms}, ``samples``,
         ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
         ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``batch_size``, ``mfu``, ``what_if``,
-        ``notes`` (caveats the table prints: fewer than :data:`MIN_STEPS_P95` steps, an unmeasured last idle),
+        ``notes`` (caveats the table prints: fewer than :data:`MIN_STEPS_P95` steps), ``idle_note`` (when the last
+        step's idle is unmeasured, as in every run: not printed),
         ``config``, ``machine``, ``source``. Idle's mean/p50/p95 leave out records with ``idle_measured``
         False (the last step's gap is unknown); its share counts them (as 0).
 
@@ -176,8 +177,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     if 0 < len(trained) < MIN_STEPS_P95:
         out["notes"].append(f"only {len(trained)} step(s) in the statistics: p95 is interpolated between the "
                             f"largest few values (give {MIN_STEPS_P95} or more timed steps for a p95 to trust)")
-    if any(not r.get("idle_measured", True) for r in trained):
-        out["notes"].append("the last step's idle (its gap to a next step) is unknown: left out of idle's "
+    if any(not r.get("idle_measured", True) for r in trained):  # every run's last step: summary.json only
+        out["idle_note"] = ("the last step's idle (its gap to a next step) is unknown: left out of idle's "
                             "mean/p50/p95 (that step's time ends at its step_end)")
     seconds = all_ms / 1e3  # rates: over every timed step
     samples = int(sum(int(r.get("samples", 0)) for r in records))
