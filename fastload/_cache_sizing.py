@@ -20,22 +20,27 @@ import numpy as np
 
 from .cache import size_arenas
 
-__all__ = ["CacheLayout", "plan_cache", "sample_chunk_bound"]
+__all__ = ["CacheLayout", "chunks_along", "plan_cache", "sample_chunk_bound"]
 
 log = logging.getLogger("fastload")
 
 
+def chunks_along(n_chunks: int, chunk: int, span: int, n_points: int, rest: int = 0) -> int:
+    """Most chunks ``n_points`` points spread over ``span`` consecutive indices touch on an axis of ``n_chunks``
+    chunks of ``chunk``. ``rest``: the size of a partial last chunk the indices wrap across (periodic x whose period
+    is not a multiple of the chunk), which a box across the seam touches besides the full chunks on both sides of
+    it: ``3 + (span - 2 - rest) // chunk`` chunks. (The streams' chunk bounds use it too.)"""
+    most = (span - 1) // chunk + 2
+    if 0 < rest <= span - 2:
+        most = max(most, 3 + (span - 2 - rest) // chunk)
+    return int(min(n_chunks, n_points, most))
+
+
 def _along(lay: Any, ax: int | None, span: int, n_points: int, rest: int = 0) -> int:
-    """Most chunks ``n_points`` points spread over ``span`` indices touch along array axis ``ax``. ``rest``: the
-    size of a partial last chunk the indices wrap across (:func:`_wrap_rest`), which a box across the seam touches
-    besides the full chunks on both sides of it: ``3 + (span - 2 - rest) // chunk`` chunks."""
+    """:func:`chunks_along` on array axis ``ax`` of ``lay`` (1 where the array has no such axis)."""
     if ax is None:
         return 1
-    c = lay.chunks[ax]
-    most = (span - 1) // c + 2
-    if 0 < rest <= span - 2:
-        most = max(most, 3 + (span - 2 - rest) // c)
-    return int(min(lay.grid_shape[ax], n_points, most))
+    return chunks_along(lay.grid_shape[ax], lay.chunks[ax], span, n_points, rest)
 
 
 def _wrap_rest(lay: Any, ax: int | None) -> int:

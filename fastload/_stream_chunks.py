@@ -11,7 +11,8 @@ Bounds per array (fields sharing an array count their distinct (field chunk, lev
 
 - time: ``min(chunks along t, T, (spread - 1) // ct + 2)``, ``spread`` the widest range of stream time indices one
   served window maps to (the reference: ``(T - 1) * time_step + 1``);
-- a box: the same along y and x (one more along a periodic x whose period is not a multiple of the chunk);
+- a box: the same along y and x (:func:`fastload._cache_sizing.chunks_along`: along a periodic x whose period is
+  not a multiple of the chunk, a box across the seam may also touch the partial last chunk);
 - a mesh: ``min(node chunks, nlat * nlon * K)`` (every slot in a different chunk at worst).
 """
 
@@ -22,14 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ._cache_sizing import chunks_along
 from .cache import size_arenas
 from .reader import CacheLayout, sample_chunk_bound
 
 __all__ = ["chunk_bounds", "warn_chunking", "cache_layout"]
-
-
-def _along(n_chunks: int, chunk: int, span: int, n_points: int, extra: int = 0) -> int:
-    return int(min(n_chunks, n_points, (span - 1) // chunk + 2 + extra))
 
 
 def _expect(n_chunks: int, chunk: int, span: int) -> float:
@@ -53,17 +51,17 @@ def _per_field(ms: Any, st: Any, f: Any, expected: bool, probe: dict[str, float]
     if ta is None:
         nt_ = 1.0
     else:
-        nt_ = _expect(g[ta], lay.chunks[ta], spread) if expected else _along(g[ta], lay.chunks[ta], spread, T)
+        nt_ = _expect(g[ta], lay.chunks[ta], spread) if expected else chunks_along(g[ta], lay.chunks[ta], spread, T)
     if st.kind == "mesh":
         _, nlat, nlon = f.num_tokens
         _, tlat, tlon = f.token_size
         bound = min(g[xa], nlat * nlon * tlat * tlon)
         return nt_, (min(bound, probe.get(f.name, bound)) if expected else bound)
-    period = st.store.grid.x_period  # nx, or nx - 1 for a lat-lon grid repeating its seam column
-    periodic = period > 0 and period % lay.chunks[xa] != 0
     if expected:
         return nt_, _expect(g[ya], lay.chunks[ya], H) * _expect(g[xa], lay.chunks[xa], W)
-    return nt_, _along(g[ya], lay.chunks[ya], H, H) * _along(g[xa], lay.chunks[xa], W, W, int(periodic))
+    period = st.store.grid.x_period  # nx, or nx - 1 for a lat-lon grid repeating its seam column; 0: no wrap
+    rest = period % lay.chunks[xa] if period > 0 else 0  # the partial chunk a box across the seam may touch
+    return nt_, chunks_along(g[ya], lay.chunks[ya], H, H) * chunks_along(g[xa], lay.chunks[xa], W, W, rest)
 
 
 def _mesh_probe(ms: Any, st: Any, n: int = 16) -> dict[str, float]:
