@@ -5,12 +5,17 @@ Why this exists apart from ``loader.py``: the Loader owns set-up, epochs, resume
 backend and ring; this module is what happens between ``iter(loader)`` and the end of the pass::
 
     worker thread (_work): wait for the first batch -> ring slot k -> backend.read into it -> boxes, metadata
-    main thread (_EpochIterator.__next__): next(pump) -> H2D copy on a side stream, event -> Batch (-> masks)
+        -> on a GPU: H2D copy on the side stream, masks there, event (_to_device); on the CPU: masks
+    main thread (_EpochIterator.__next__): next(pump) -> the compute stream waits on the event -> Batch
 
-Masks (when the loader masks) are drawn where the batch's tensors are: on an accelerator by the main thread after
-the copy (kernels queued on the compute stream, no host sync), on the CPU by the worker thread from its ring slot,
-so that the CPU's masking overlaps the training step instead of adding to the consumer's wait. Both draw from the
-same ``(seed, rank, step)`` generator, so which thread draws them changes no mask.
+Everything after the read is done by the worker thread, not by the consumer: the device copy and the masks (when
+the loader masks) are drawn where the batch's tensors are, on the GPU's side stream (kernels queued there, no host
+sync) or on the CPU from the ring slot. The consumer's ``next()`` only takes the next batch in order and, on a GPU,
+makes its current stream wait on the batch's event. A training step whose host work paces the GPU (small models:
+kernel launches) would otherwise leave the GPU idle for the whole hand-out: 11.6 ms of ``small_h100``'s 206 ms
+step on an H100 when the consumer copied and masked (benches/RESULTS.md 20). Masks draw from the same
+``(seed, rank, step)`` generator whichever thread draws them, so moving them changes no mask. The batches a GPU
+loader holds on the device are those ready and not yet taken: at most ``prefetch``.
 
 Every batch of the epoch is handed out, also one whose samples were all skipped (``on_bad_chunk="skip"``): with 0
 samples (see :class:`Batch`), so that the ranks of a distributed run take the same number of steps.
@@ -148,18 +153,46 @@ class _First:
 
 
 def _mask(cfg: Any, ring: BatchRing, seed: int, rank: int, step0: int, batch: int, slot: Any,
-          n: int) -> dict[str, Any]:
+          n: int, meta: dict[str, Any]) -> tuple[None, dict[str, Any], dict[str, Any], None]:
     """A CPU batch's masks and sources, drawn by its worker from the ring slot's first ``n`` samples (untracked
     views: the sources are new tensors, the slot's memory is only read here, before it is handed out)."""
     from .sampling.masking import mask_batch
 
     with nvtx_range("mask", category="data", payload=batch):
-        return mask_batch(cfg, ring.host_tensors(slot, n), seed=seed, rank=rank, step=step0 + batch)
+        masked = mask_batch(cfg, ring.host_tensors(slot, n), seed=seed, rank=rank, step=step0 + batch)
+    return None, meta, masked, None
+
+
+def _to_device(device: Any, stream: Any, cfg: Any, ring: BatchRing, seed: int, rank: int, step0: int, batch: int,
+               slot: Any, n: int, meta: dict[str, Any]) -> tuple[dict, dict, dict | None, Any]:
+    """A GPU batch, by its worker: the slot's first ``n`` samples and the metadata copied to ``device`` on the
+    side ``stream``, then the masks drawn there when ``cfg`` (masking) is given. Returns (fields, meta, masked,
+    event recorded after all of it); the ring reuses the slot once the copy's own event has completed."""
+    with torch.cuda.device(device), nvtx_range("copy", category="h2d", payload=batch):
+        host = ring.host_tensors(slot, n)
+        meta_t = {f: m.to_torch() for f, m in meta.items()}
+        with torch.cuda.stream(stream):
+            fields = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+            meta_t = {f: {k: v.pin_memory().to(device, non_blocking=True) for k, v in m.items()}
+                      for f, m in meta_t.items()}
+            copied = torch.cuda.Event()
+            copied.record(stream)
+            slot.event = copied  # the ring reuses this slot only after the copy completed
+            masked = None
+            if cfg is not None:  # (0 samples too: empty masks and sources)
+                from .sampling.masking import mask_batch
+
+                with nvtx_range("mask", category="data", payload=batch):
+                    masked = mask_batch(cfg, fields, seed=seed, rank=rank, step=step0 + batch)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+    return fields, meta_t, masked, ready
 
 
 def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
-          stop: threading.Event, first: _First, masker: Any, batch: int) -> tuple:
-    """One batch on a worker thread (holds no reference to the loader or the iterator)."""
+          stop: threading.Event, first: _First, finish: Any, batch: int) -> tuple:
+    """One batch on a worker thread (holds no reference to the loader or the iterator): read it, then
+    ``finish`` it (:func:`_to_device` or :func:`_mask`, when given)."""
     first.wait(batch, stop)
     try:
         slot = ring.acquire(batch, stop.is_set)
@@ -169,8 +202,14 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
             first.done.set()  # also when it failed: the error reaches the consumer in order, nothing hangs
     planned = boxes[batch * batch_size:(batch + 1) * batch_size]
     b = planned[sel]
-    masked = None if masker is None else masker(batch, slot, int(b.shape[0]))
-    return batch, slot, stats, b, tokenizer.meta(b), masked  # every tokenizer takes 0 boxes (a batch all skipped)
+    meta = tokenizer.meta(b)  # every tokenizer takes 0 boxes (a batch all skipped)
+    if finish is None:
+        return batch, slot, stats, b, None, meta, None, None
+    t0 = time.perf_counter()
+    fields, meta, masked, event = finish(batch, slot, int(b.shape[0]), meta)
+    if event is not None:
+        stats.copy_s = time.perf_counter() - t0
+    return batch, slot, stats, b, fields, meta, masked, event
 
 
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:
@@ -200,21 +239,23 @@ class _EpochIterator(Iterator[Batch]):
         self._totals = loader.stats
         self._stop = threading.Event()
         self._exhausted = False
-        masker = None
-        if self._masking is not None and self._device.type == "cpu":  # masks drawn by the workers (module notes)
-            masker = functools.partial(_mask, self._masking, ring, self._seed, self._rank, self.epoch * self._n)
+        finish = None  # what the workers do after the read (module notes)
+        step0 = self.epoch * self._n
+        if self._device.type == "cuda":
+            if loader._copy_stream is None:
+                loader._copy_stream = torch.cuda.Stream(self._device)
+            stream = loader._copy_stream  # its device: "cuda" resolved in the consumer's thread, as the copy's
+            finish = functools.partial(_to_device, stream.device, stream, self._masking, ring,
+                                       self._seed, self._rank, step0)
+        elif self._masking is not None:
+            finish = functools.partial(_mask, self._masking, ring, self._seed, self._rank, step0)
         work = _bind(backend, ring, loader.tokenizer, self._boxes, loader.batch_size, self._stop, _First(start),
-                     masker)
+                     finish)
         cfg = loader.loader_config
         workers = cfg.workers
         self._pump: Pump = Pump(range(start, len(loader)), work, depth=cfg.prefetch, workers=workers,
                                 name="fastload-loader")
         self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._pump)
-        self._copy_stream = None
-        if self._device.type == "cuda":
-            if loader._copy_stream is None:
-                loader._copy_stream = torch.cuda.Stream(self._device)
-            self._copy_stream = loader._copy_stream
 
     def __next__(self) -> Batch:
         if self._exhausted:
@@ -224,7 +265,7 @@ class _EpochIterator(Iterator[Batch]):
         t0 = time.perf_counter()
         with nvtx_range("wait", category="data", payload=self._state.batch):
             try:
-                batch, slot, stats, boxes, meta, masked = next(self._pump)
+                batch, slot, stats, boxes, fields, meta, masked, event = next(self._pump)
             except StopIteration:
                 self._finish()
                 raise
@@ -235,40 +276,26 @@ class _EpochIterator(Iterator[Batch]):
         self._state.batch = batch + 1
         # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank
         # takes len(loader) batches per epoch, so the collectives of a distributed step stay in step (see Batch)
-        out = self._hand_out(batch, slot, stats, boxes, meta, int(boxes.shape[0]), masked)
+        out = self._hand_out(batch, slot, stats, boxes, fields, meta, masked, event)
         self._totals.add(stats)
         return out
 
-    def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, meta: Any, n: int,
-                  masked: dict[str, Any] | None) -> Batch:
-        t0 = time.perf_counter()
-        meta_t = {f: m.to_torch() for f, m in meta.items()}
-        if self._copy_stream is None:  # CPU: zero-copy views of the ring slot
-            fields = self._ring.hand_out(slot, n)
-        else:
-            with nvtx_range("copy", category="h2d", payload=batch):
-                host = self._ring.host_tensors(slot, n)
-                stream = self._copy_stream
-                with torch.cuda.stream(stream):
-                    fields = {k: v.to(self._device, non_blocking=True) for k, v in host.items()}
-                    meta_t = {f: {k: v.pin_memory().to(self._device, non_blocking=True) for k, v in m.items()}
-                              for f, m in meta_t.items()}
-                    event = torch.cuda.Event()
-                    event.record(stream)
-                compute = torch.cuda.current_stream(self._device)
-                compute.wait_event(event)  # the compute stream waits; the host does not
-                for t in [*fields.values(), *(v for m in meta_t.values() for v in m.values())]:
-                    t.record_stream(compute)
-                slot.event = event  # the ring reuses this slot only after the copy completed
-        stats.copy_s = time.perf_counter() - t0
-        out = Batch(fields=fields, meta=meta_t, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
+    def _hand_out(self, batch: int, slot: Any, stats: IOStats, boxes: np.ndarray, fields: dict | None,
+                  meta: Any, masked: dict[str, Any] | None, event: Any) -> Batch:
+        if event is None:  # CPU: zero-copy views of the ring slot (the masks, if any, drawn by the worker)
+            fields = self._ring.hand_out(slot, int(boxes.shape[0]))
+            meta = {f: m.to_torch() for f, m in meta.items()}
+        else:  # GPU: copied (and masked) by the worker on the side stream
+            compute = torch.cuda.current_stream(self._device)
+            compute.wait_event(event)  # the compute stream waits; the host does not
+            held = [*fields.values(), *(v for m in meta.values() for v in m.values())]
+            if masked is not None:
+                held += [t for mf in masked.values() for t in (mf.mask, mf.source)]
+            for t in held:  # made on the side stream, used on this one: not reused before this one is done
+                t.record_stream(compute)
+        out = Batch(fields=fields, meta=meta, boxes=torch.from_numpy(np.ascontiguousarray(boxes)), index=batch,
                     epoch=self.epoch, stats=stats)
-        if self._masking is not None:  # (0 samples too: empty masks and sources)
-            if masked is None:  # an accelerator's batch: drawn here, after the copy (the CPU's: by the worker)
-                from .sampling.masking import mask_batch
-
-                masked = mask_batch(self._masking, fields, seed=self._seed, rank=self._rank,
-                                    step=self.epoch * self._n + batch)
+        if masked is not None:
             out.masks = {k: v.mask for k, v in masked.items()}
             out.sources = {k: v.source for k, v in masked.items()}
         return out
@@ -292,5 +319,5 @@ class _EpochIterator(Iterator[Batch]):
 
 
 def _bind(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batch_size: int,
-          stop: threading.Event, first: _First, masker: Any) -> Any:
-    return functools.partial(_work, backend, ring, tokenizer, boxes, batch_size, stop, first, masker)
+          stop: threading.Event, first: _First, finish: Any) -> Any:
+    return functools.partial(_work, backend, ring, tokenizer, boxes, batch_size, stop, first, finish)

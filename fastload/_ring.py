@@ -7,9 +7,9 @@ Batch ``j`` lives in slot ``j % n_slots``.
 
 A slot is reused only when its last tenant is certainly done with it:
 
-- **GPU**: the consumer copies the slot to the device on a side stream and records a CUDA event; the compute
-  stream waits on that event (no host sync). A worker about to refill the slot polls the event from its own
-  thread (``event.query()``), so the training thread never blocks on it.
+- **GPU**: the worker that filled the slot copies it to the device on a side stream and records a CUDA event
+  (the consumer's stream waits on the batch's event, with no host sync). A worker about to refill the slot polls
+  the copy's event from its own thread (``event.query()``), so no thread blocks on the copy.
 - **CPU** (no device copy): the consumer gets zero-copy tensor views of the slot. The ring keeps weak references
   to their storages; a slot whose tensors are still referenced (the caller kept a batch) is not overwritten:
   the worker gives it a fresh buffer instead and the old one lives on with the caller's tensors. Batches are

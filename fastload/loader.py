@@ -4,8 +4,9 @@ Why this exists: it is the one object a training loop iterates. It ties the part
 
     epoch plan (seed, epoch, rank, world size)        fastload.plan
       -> worker threads/processes: fetch -> decode -> cache -> gather into ring slot k     fastload.reader
+      -> the worker thread: H2D copy and masks on a side stream, event (GPU); masks (CPU)  fastload._loader_iter
       -> bounded prefetch (pump), errors re-raised here                                   fastload.pump
-      -> main thread: wait for slot k -> H2D copy on a side stream, event -> Batch       fastload._loader_iter
+      -> main thread: next batch in order, the current stream waits on its event -> Batch fastload._loader_iter
 
 Use it directly::
 

@@ -18,7 +18,8 @@ instrument on and writes a report; ``train`` runs the same loop with checkpoints
     torchrun --standalone --nproc_per_node 2 -m profiling.loop train --preset cpu_tiny --device cpu
 
 What each phase holds. *data_wait*: the consumer's wait in ``next(loader)`` (with a GPU loader this includes any
-part of its side-stream host-to-device copy that the compute stream had to wait for, and the loader's masking);
+part of the side-stream host-to-device copy and masking, queued by the loader's workers, that the compute stream
+had to wait for);
 *h2d*: turning the batch into model inputs and moving whatever is not yet on the device (with a CPU loader and a
 GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gradient all-reduce), *optimizer*
 (clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is

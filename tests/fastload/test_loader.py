@@ -201,12 +201,13 @@ def test_masking_given_as_a_strategy_name_or_a_mapping(tmp_path, masking):
                 assert b.masks[f].any() or want.strategy == "BERT"
 
 
-def test_cpu_masks_are_drawn_by_the_workers_as_mask_batch_draws_them(tmp_path, monkeypatch):
-    """On the CPU the workers draw each batch's masks (overlapping the training step, not adding to the consumer's
-    wait): with 2 workers reading ahead over two epochs, every batch's masks and sources equal mask_batch's on the
-    handed-out fields with (seed, rank, epoch * len + index), and no mask is drawn on the consumer's thread."""
-    import threading
-
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_masks_are_drawn_by_the_workers_as_mask_batch_draws_them(tmp_path, monkeypatch, device):
+    """The workers draw each batch's masks, on the CPU and on a GPU (there after their own device copy, on the
+    side stream): the consumer's next() neither copies nor masks, so a step whose host work paces the GPU does not
+    leave it idle meanwhile. With 2 workers reading ahead over two epochs, every batch's masks and sources equal
+    mask_batch's on the handed-out fields with (seed, rank, epoch * len + index), and no mask is drawn on the
+    consumer's thread."""
     from fastload.sampling import masking as masking_mod
 
     _, cfg = build("per_variable", tmp_path / "s.zarr")
@@ -220,17 +221,21 @@ def test_cpu_masks_are_drawn_by_the_workers_as_mask_batch_draws_them(tmp_path, m
 
     monkeypatch.setattr(masking_mod, "mask_batch", recording)
     with Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=12, batch_size=3, seed=5, workers=2, prefetch=3,
-                masking=want) as loader:
-        got = [(b.epoch, b.index, {f: t.clone() for f, t in b.fields.items()}, b.masks, b.sources)
+                masking=want, device=device) as loader:
+        got = [(b.epoch, b.index, {f: t.clone() for f, t in b.fields.items()}, b.masks, b.sources, b.stats.copy_s)
                for _ in range(2) for b in loader]
     assert len(threads) == 8 and all(name.startswith("fastload-loader") for name in threads), threads
     assert threading.current_thread().name not in threads
-    for epoch, index, fields, masks, sources in got:
+    for epoch, index, fields, masks, sources, copy_s in got:
+        assert all(t.device.type == device for t in [*fields.values(), *masks.values(), *sources.values()])
+        assert (copy_s > 0) == (device == "cuda")  # the worker's time issuing the copy and masks (GPU only)
         ref = real(want, fields, seed=5, rank=0, step=epoch * 4 + index)
         for f in cfg.field_names:
             assert torch.equal(masks[f], ref[f].mask), (epoch, index, f)
-            assert np.array_equal(sources[f].numpy(), ref[f].source.numpy(), equal_nan=True), (epoch, index, f)
-    assert any(m.any() for *_, masks, _ in got for m in masks.values())
+            got_src, ref_src = sources[f], ref[f].source  # (q has gaps: NaN in both at the same places)
+            assert torch.equal(got_src.isnan(), ref_src.isnan()), (epoch, index, f)
+            assert torch.equal(got_src.nan_to_num(0.0), ref_src.nan_to_num(0.0)), (epoch, index, f)
+    assert any(m.any() for *_, masks, _, _ in got for m in masks.values())
 
 
 @pytest.mark.parametrize("masking,named", [
