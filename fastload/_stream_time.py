@@ -18,8 +18,9 @@ before ``tau_k + tol``, instead of the neighbouring step.
 
 A point a stream cannot serve makes the whole window unservable for it: ``inside`` with no step in the interval;
 ``nearest`` with ``tau_k`` more than half a stream step from the step it would take, outside the record or inside
-a gap of it (two steps more than one median step apart, to the nearest whole step as :func:`_on_cadence` counts;
-within a regular stretch, e.g. calendar months, every point is served); ``previous`` before the record's first
+a gap of it (two steps 1.5 median steps apart or more: not one step to the nearest whole step, as
+:func:`_on_cadence` counts, a spacing exactly half a step off included; within a regular stretch, e.g. calendar
+months, every point is served); ``previous`` before the record's first
 step or a full stream step (or more) after the step it would take (past the record's end, or across a gap).
 Windows some stream cannot serve are never drawn (:func:`servable`), and asking for one explicitly is an error. Nor
 are windows whose reference points cross a gap of the reference's own axis (:func:`regular_windows`: each point
@@ -58,10 +59,13 @@ def median_step(time: np.ndarray | None) -> np.timedelta64 | None:
 
 
 def _on_cadence(d: np.ndarray, step: int, n_steps: int) -> np.ndarray:
-    """Whether spacings ``d`` (int64 ns) are ``n_steps`` x ``step``, to the nearest whole step: calendar months
-    (28 to 31 days), seconds of jitter and float-encoded times keep their windows; a missing step (a spacing of 2 or
-    more steps, rounded) is a gap."""
-    return (d > 0) & (np.rint(d / float(step)) == n_steps)
+    """Whether spacings ``d`` (int64 ns) are ``n_steps`` x ``step``, to the nearest whole step: less than half a step
+    off it. Calendar months (28 to 31 days), seconds of jitter and float-encoded times keep their windows; a missing
+    step is a gap, as is a spacing exactly half a step off, for every ``n_steps`` alike (exact integer arithmetic:
+    ``np.rint`` rounds ties to even, which took 1.5 and 2.5 steps as 2 but 3.5 as neither 3 nor 4)."""
+    d = np.asarray(d, np.int64)
+    off = np.abs(d - int(n_steps) * int(step))  # |d - n x step| < step / 2, without doubling (no overflow)
+    return (d > 0) & (off < int(step) - off)
 
 
 def regular_windows(time: np.ndarray, n_points: int, time_step: int) -> np.ndarray:
@@ -155,10 +159,11 @@ def align(stream_time: np.ndarray | None, times: np.ndarray, rule: str, cadence:
         lo, hi = np.clip(i - 1, 0, n - 1), np.clip(i, 0, n - 1)
         idx = np.where(np.abs(st[hi] - tau) < np.abs(tau - st[lo]), hi, lo)
         ok = (2 * (st[0] - tau) <= delta) & (2 * (tau - st[-1]) <= delta)
-        # inside a gap of the record (the steps around tau more than one step apart, to the nearest whole step, as
-        # _on_cadence counts them) only points within half a step of a step are served: a gap is not filled
+        # inside a gap of the record (the steps around tau more than one step apart and not one step as _on_cadence
+        # counts: half a step more or longer) only points within half a step of a step are served: a gap is not filled
         near = 2 * np.abs(st[idx] - tau) <= delta
-        ok &= near | ~(np.rint((st[hi] - st[lo]) / float(delta)) > 1)
+        d = st[hi] - st[lo]
+        ok &= near | (d <= delta) | _on_cadence(d, delta, 1)
     else:  # previous
         i = np.searchsorted(st, tau + tol, side="right") - 1
         idx = np.maximum(i, 0)
