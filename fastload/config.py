@@ -406,7 +406,9 @@ class LoaderConfig(_Config):
     mode: Literal["thread", "process"] = "thread"
     """Worker kind: threads (decode and kernels release the GIL) or processes with shared-memory buffers."""
     prefetch: int = 2
-    """Batches prepared ahead of the consumer (the ring holds ``prefetch + 2`` batch buffers)."""
+    """Batches prepared ahead of the consumer (the ring holds ``prefetch + 2`` batch buffers). On a GPU the ready
+    batches are already on the device, copied and masked by the workers: up to ``prefetch`` batches (with their
+    masked sources when the loader masks) take device memory besides the one in use."""
     cache_bytes: int = 512 * 2**20
     """Byte budget of the decoded-chunk cache."""
     fetch_concurrency: int = 16
