@@ -324,19 +324,80 @@ def _complete(store: Path) -> bool:
     return attrs is not None and UNFINISHED_ATTR not in attrs
 
 
+_STABLE_INODE_FS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "bcachefs", "tmpfs", "ramfs",
+    "overlay", "nfs", "nfs4", "lustre", "gpfs", "ceph", "apfs", "hfs", "hfsplus", "ntfs3",
+})
+"""File systems (``/proc/self/mountinfo`` types) whose inode numbers stay with a file for its life: there a
+directory with another inode is another directory. Not in it: FUSE file systems (``fuse``, ``fuse.sshfs``,
+``fuse.gcsfuse``, ...), which without ``use_ino`` number a file afresh each time the kernel looks it up again, and
+any type not known here (9p, cifs, virtiofs): their inode numbers prove nothing."""
+
+
+def _read_mountinfo() -> str | None:
+    """The text of ``/proc/self/mountinfo``; None where there is none (not Linux) or it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _fs_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of the file system holding ``path`` (the mount with the longest mount point above it, the last
+    mounted of equal ones, as ``/proc/self/mountinfo`` lists them); None where that cannot be told."""
+    text = _read_mountinfo()
+    if text is None:
+        return None
+    p = os.path.realpath(os.path.abspath(os.fspath(path)))
+    best, found = -1, None
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 7 or "-" not in fields[6:]:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040: a space, ...
+        sep = fields.index("-", 6)
+        if sep + 1 >= len(fields):
+            continue
+        inside = p == point or p.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, found = len(point), fields[sep + 1]
+    return found
+
+
+def _stable_inodes(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``path`` is known to keep inode numbers (:data:`_STABLE_INODE_FS`)."""
+    return _fs_type(path) in _STABLE_INODE_FS
+
+
 def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
-    """Raise :class:`StoreError` unless ``tmp`` is still the temporary its writer created: the directory of
-    ``inode`` whose root attributes hold :data:`UNFINISHED_ATTR` ``token``. A temporary removed while it was
-    written (a clean-up, another writer) is silently recreated by zarr's next chunk write, without metadata, and
-    was published as a store missing what was written before."""
+    """Raise :class:`StoreError` unless ``tmp`` is still the temporary its writer created: a directory whose root
+    attributes hold :data:`UNFINISHED_ATTR` ``token`` and, on a file system known to keep inode numbers
+    (:func:`_stable_inodes`), the directory of ``inode``.
+
+    What each guard protects against. A temporary removed while it was written (a clean-up, another writer) is
+    silently recreated by zarr's next chunk write, without metadata, and was published as a store missing what
+    was written before: the token, unique to the writer, is missing then; another writer's store moved to the
+    name holds its own token. The token decides. The inode guards the one case the token cannot tell: the
+    temporary removed and then remade by this writer's own later metadata writes (``set_grid`` rewrites the root
+    attributes, token included), with what was written before gone. It is checked only where a new inode number
+    means a new directory: FUSE file systems renumber the same directory (the kernel forgets it and looks it up
+    again), which refused the commit of a writer whose token matched."""
     now = _inode(tmp)
-    found = ("it is gone" if now is None else
-             f"it is the directory of inode {now}, created as {inode}" if now != inode else None)  # fmt: skip
-    if found is None:
+    if now is None:
+        found = "it is gone"
+    else:
         attrs = root_attrs(tmp)
-        if attrs is None or attrs.get(UNFINISHED_ATTR) != token:
-            found = ("it holds no zarr metadata" if attrs is None else
-                     f"its {UNFINISHED_ATTR} is {attrs.get(UNFINISHED_ATTR)!r}, not this writer's {token!r}")  # fmt: skip
+        found = ("it holds no zarr metadata" if attrs is None else
+                 f"its {UNFINISHED_ATTR} is {attrs.get(UNFINISHED_ATTR)!r}, not this writer's {token!r}"
+                 if attrs.get(UNFINISHED_ATTR) != token else None)  # fmt: skip
+        if found is None and now != inode:
+            if _stable_inodes(tmp):
+                found = (f"it is the directory of inode {now}, created as {inode}, on a {_fs_type(tmp)} file "
+                         "system, whose inode numbers do not change")  # fmt: skip
+            else:
+                log.debug("%s: directory inode %d, created as %d, on a file system not known to keep inode numbers "
+                          "(%s): this writer's token decides", tmp, now, inode, _fs_type(tmp))  # fmt: skip
     if found is not None:
         raise StoreError(f"{out}: the writer's temporary {tmp} was removed or replaced while it was being written "
                          f"({found}); refusing to publish it at {out.name} (was it deleted, or written by another "
@@ -663,7 +724,7 @@ def move_into_place(
     that deletion, with a log warning; the next writer removes the rest. Raises :class:`StoreError` when the store
     cannot be moved into place (then ``out`` is as it was and ``tmp`` holds the new store), and KeyboardInterrupt
     for Ctrl-C before the switch (likewise). With ``inode``, ``tmp`` must still be the directory of that inode (the
-    one its writer created: :func:`check_temporary`).
+    one its writer created: :func:`check_temporary`) where the file system is known to keep inode numbers.
     """
     tmp, out = Path(tmp), Path(out)
     there = out.exists() or out.is_symlink()
@@ -674,7 +735,7 @@ def move_into_place(
     ino = _inode(tmp)
     if ino is None:
         raise StoreError(f"{out}: the finished store {tmp} is missing")
-    if inode is not None and ino != inode:
+    if inode is not None and ino != inode and _stable_inodes(tmp):  # elsewhere the number proves nothing
         raise StoreError(f"{out}: the finished store {tmp} was replaced (directory inode {ino}, created as {inode}); "
                          f"refusing to publish it")  # fmt: skip
     replaced = None

@@ -1,0 +1,113 @@
+"""A writer's commit on a file system whose inode numbers are not stable (review s12 item 2): FUSE file systems
+without ``use_ino`` (sshfs, gcsfuse, ...) number a directory afresh when the kernel forgets it, so the temporary's
+inode at commit differs from the one recorded at creation although it is the same directory. The writer's token
+(:data:`~fastload.write.UNFINISHED_ATTR`, unique per writer) decides; the inode is an extra guard only on a file
+system known to keep inode numbers (ext4, xfs, tmpfs, ...): there it still refuses a temporary removed and remade.
+
+The inode change is simulated by wrapping ``os.lstat`` (what :func:`fastload._write_atomic._inode` calls); the file
+system's type by a synthetic ``/proc/self/mountinfo``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+import fastload._write_atomic as wa
+from fastload.errors import StoreError
+
+
+def _writer(out):
+    from fastload.write import StoreWriter
+
+    w = StoreWriter(out)
+    w.set_time(pd.date_range("2020-01-01", periods=4, freq="h").values)
+    w.set_grid(np.linspace(-10, 10, 4), np.arange(8) * 45.0)
+    w.add_variable("v", ("time", "latitude", "longitude"), chunks=(2, 1, 4, 8))
+    data = np.arange(128, dtype="f4").reshape(4, 4, 8)
+    w.write("v", data[:2], 0)
+    w.write("v", data[2:], 2)
+    return w, data
+
+
+def _renumber(monkeypatch, path):
+    """``os.lstat`` of ``path`` reports another inode number from now on (as a FUSE file system may)."""
+    real = os.lstat
+
+    def lstat(p, *a, **kw):
+        st = real(p, *a, **kw)
+        if os.fspath(p) == os.fspath(path):
+            fields = list(st[:10])
+            fields[1] = st.st_ino + 1000
+            return os.stat_result(fields)
+        return st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+
+
+def _mountinfo(fstype, point="/"):
+    return (f"22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+            f"30 1 0:40 / {point} rw,relatime - {fstype} src rw\n")
+
+
+@pytest.fixture
+def fs_type(monkeypatch):
+    """Make the file system of every path read as the given type (a one-mount mountinfo)."""
+    def set_type(fstype):
+        monkeypatch.setattr(wa, "_read_mountinfo", lambda: _mountinfo(fstype), raising=False)
+    return set_type
+
+
+@pytest.mark.parametrize("fstype", ["fuse.sshfs", "fuse", "9p"])
+def test_a_commit_on_a_file_system_that_renumbers_inodes_is_taken_on_its_token(tmp_path, monkeypatch, fs_type,
+                                                                               fstype):
+    fs_type(fstype)
+    out = tmp_path / "o.zarr"
+    w, data = _writer(out)
+    _renumber(monkeypatch, w.tmp)
+    assert w.commit() == out
+    np.testing.assert_array_equal(xr.open_zarr(out).v.values, data)
+    assert "fastload_unfinished" not in zarr.open_group(out, mode="r").attrs
+
+
+@pytest.mark.parametrize("fstype", ["fuse.sshfs", "ext4"])
+def test_a_foreign_token_is_refused_whatever_the_inode(tmp_path, monkeypatch, fs_type, fstype):
+    fs_type(fstype)
+    out = tmp_path / "o.zarr"
+    w, _ = _writer(out)
+    zarr.open_group(w.tmp, mode="r+").attrs["fastload_unfinished"] = "written by another writer"
+    _renumber(monkeypatch, w.tmp)
+    with pytest.raises(StoreError, match=r"removed or replaced .*'written by another writer', not this writer's"):
+        w.commit()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "tmpfs", "btrfs"])
+def test_on_a_file_system_with_stable_inodes_a_renumbered_temporary_is_still_refused(tmp_path, monkeypatch,
+                                                                                     fs_type, fstype):
+    """There a new inode means a new directory: removed and remade (say, by this writer's own later metadata
+    writes, which put its token back): the inode guard stays."""
+    fs_type(fstype)
+    out = tmp_path / "o.zarr"
+    w, _ = _writer(out)
+    _renumber(monkeypatch, w.tmp)
+    with pytest.raises(StoreError, match=r"removed or replaced .*inode"):
+        w.commit()
+    assert not out.exists()
+
+
+def test_the_file_system_type_is_that_of_the_longest_mount_point_holding_the_path(monkeypatch):
+    text = ("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+            "2 1 0:50 / /mnt/remote\\040dir rw shared:1 - fuse.sshfs u@h: rw\n"
+            "3 1 0:51 / /mnt/remote rw - xfs /dev/sdb rw\n")
+    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
+    assert wa._fs_type("/mnt/remote dir/x.zarr.tmp-1") == "fuse.sshfs"
+    assert wa._fs_type("/mnt/remote/x") == "xfs"
+    assert wa._fs_type("/mnt/remotely/x") == "ext4"
+    assert wa._stable_inodes("/mnt/remote/x") and not wa._stable_inodes("/mnt/remote dir/x")
+    monkeypatch.setattr(wa, "_read_mountinfo", lambda: None)  # no /proc (macOS): not known to be stable
+    assert wa._fs_type("/x") is None and not wa._stable_inodes("/x")
