@@ -124,6 +124,30 @@ def is_date_units(units: Any) -> bool:
     return (unit in _UNIT_NS or unit in ("weeks", "week", "months", "month", "years", "year")) and bool(_REF.match(ref))
 
 
+def _outside_ns_range(values: np.ndarray) -> np.ndarray:
+    """Where ``datetime64`` values of a unit no finer than ns fall outside what datetime64[ns] holds.
+
+    In integers, without converting the values: NumPy < 2.5 wraps what ns cannot hold silently, NumPy >= 2.5
+    raises ``OverflowError`` for the whole array, and also for a value inside the range but within one unit of
+    its end (its floor division overflows). A unit of fixed length (weeks to ns, with a count) is checked against
+    the range's ends in that unit, rounded inward; months and years against the first month and year that start
+    inside the range and the last one.
+    """
+    unit, count = np.datetime_data(values.dtype)
+    if unit == "generic":  # only NaT has no unit
+        return np.zeros(values.shape, bool)
+    i = values.view(np.int64)
+    nat = np.iinfo(np.int64).min
+    if unit in ("Y", "M"):
+        first, last = ("1678", "2262") if unit == "Y" else ("1677-10", "2262-04")
+        lo = -(-int(np.datetime64(first, unit).astype(np.int64)) // count)  # ceil: the first whole step inside
+        hi = int(np.datetime64(last, unit).astype(np.int64)) // count
+    else:
+        step = int(np.timedelta64(1, unit).astype("timedelta64[ns]").astype(np.int64)) * count
+        lo, hi = -((-(nat + 1)) // step), (-(nat + 1)) // step
+    return np.asarray(((i < lo) | (i > hi)) & (i != nat))
+
+
 def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.ndarray:
     """Time coordinate values -> ``datetime64[ns]``.
 
@@ -164,16 +188,14 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     """
     values = np.asarray(values)
     if values.dtype.kind == "M":
-        out = values.astype("datetime64[ns]")
-        if np.datetime_data(values.dtype)[0] in ("ps", "fs", "as"):  # all within ns range; ns truncates them
-            return out
-        wrapped = (out.astype(values.dtype) != values) & ~np.isnat(values)  # NumPy wraps what ns cannot hold
-        if wrapped.any():
-            raise SchemaError(
-                f"{where}: time value {values[wrapped].ravel()[0]} is outside the range datetime64[ns] holds, "
-                f"{NS_RANGE}; fastload reads dates only in that range"
-            )
-        return out
+        if np.datetime_data(values.dtype)[0] not in ("ps", "fs", "as"):  # finer: all within range, ns truncates
+            outside = _outside_ns_range(values)
+            if outside.any():
+                raise SchemaError(
+                    f"{where}: time value {values[outside].ravel()[0]} is outside the range datetime64[ns] holds, "
+                    f"{NS_RANGE}; fastload reads dates only in that range"
+                )
+        return values.astype("datetime64[ns]")
     if values.dtype.kind not in "iuf":
         raise SchemaError(f"{where}: time coordinate has dtype {values.dtype}; expected datetime64 or CF numbers")
     units = attrs.get("units")

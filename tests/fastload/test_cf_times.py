@@ -109,6 +109,35 @@ def test_datetime64_values_outside_the_ns_range_are_refused():
                                   np.array([pd.Timestamp("2262-01-01").to_datetime64()]))  # fmt: skip
 
 
+# the ends of the ns range, the steps just inside and outside them, and dates around them in each resolution
+_EDGES = [
+    "1677-09-21T00:12:43.145224", "1677-09-21T00:12:43.145225", "2262-04-11T23:47:16.854775",
+    "2262-04-11T23:47:16.854776", "1677-09-21T00:12:43", "1677-09-21T00:12:44", "2262-04-11T23:47:16",
+    "2262-04-11T23:47:17", "1677-09-20", "1677-09-21", "1677-09-22", "2262-04-11", "2262-04-12", "1677-09",
+    "1677-10", "2262-04", "2262-05", "1677", "1678", "2262", "2263", "1500", "2300-06-01",
+]
+
+
+@pytest.mark.parametrize("unit", ["s", "m", "h", "D", "W", "M", "Y", "ms", "us", "3h", "10D", "2Y", "5M"])
+def test_datetime64_values_at_the_ns_range_ends_decode_or_are_refused_as_pandas_bounds_say(unit):
+    """In each datetime64 unit, the dates at and around the ends of the ns range (cast down to the unit, so also
+    a day, month or year that starts outside the range and ends inside it) decode exactly or are refused, as
+    pandas' Timestamp.min/max say of their exact nanoseconds (Python ints, from microseconds). NumPy >= 2.5
+    raises OverflowError converting them (also some inside the range); older NumPy wrapped them."""
+    dtype = np.dtype(f"datetime64[{unit}]")
+    for v in sorted({np.datetime64(e).astype(dtype) for e in _EDGES}):
+        ns = int(v.astype("datetime64[us]").astype(np.int64)) * 1000  # us holds +-290k years: exact here
+        if pd.Timestamp.min.value <= ns <= pd.Timestamp.max.value:
+            got = decode_time(np.array([v, np.datetime64("NaT", unit)], dtype), {}, "t")
+            assert int(got[0].astype(np.int64)) == ns and np.isnat(got[1]), (unit, v)
+            assert int(decode_time(np.array(v, dtype), {}, "t").astype(np.int64)) == ns  # 0-d
+        else:
+            with pytest.raises(SchemaError, match=f"t: time value {v} is outside the range"):
+                decode_time(np.array([np.datetime64("2000-01-01"), v], dtype), {}, "t")
+            with pytest.raises(SchemaError, match="outside the range"):
+                decode_time(np.array(v, dtype), {}, "t")
+
+
 def _store_with_time(path, values, attrs):
     import zarr
 
