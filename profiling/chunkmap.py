@@ -59,7 +59,8 @@ class _Chain:
             if kind == "TransposeCodec":
                 self.order = tuple(int(i) for i in c.order)
             elif kind == "BytesCodec":
-                self.endian = ">" if c.endian is not None and c.endian.value == "big" else "<"
+                # zarr < 3.2 holds an Endian enum, zarr >= 3.2 the string ("big"/"little"/None)
+                self.endian = ">" if str(getattr(c.endian, "value", c.endian)) == "big" else "<"
             elif kind == "ShardingCodec":
                 raise NotImplementedError("nested sharding is not decoded by the roof")
             else:
