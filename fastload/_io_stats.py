@@ -44,8 +44,9 @@ class IOStats:
     wait_s: float = 0.0
     """Seconds the consumer waited for this batch."""
     copy_s: float = 0.0
-    """Seconds the worker spent issuing the host-to-device copy and, when the loader masks, the masks' kernels (not
-    the copy or kernels themselves: they run on the side stream); 0 on the CPU."""
+    """Seconds a GPU loader's worker spent issuing the batch's host-to-device copy and, when the loader masks, the
+    masks' kernels (from pinned buffers the copy and kernels run on the side stream, not counted; without pinning
+    the copy itself is); 0 on the CPU."""
     streams: dict[str, IOStats] | None = None
     """Multi-stream loading: the same counters per stream (``chunks``, ``hits``, ``misses``, bytes, retries,
     ``fetch_s``, ``decode_s``, ``gather_s``, ``samples``, ``batches``); None for one store. Per-stream values sum to

@@ -12,10 +12,12 @@ Everything after the read is done by the worker thread, not by the consumer: the
 the loader masks) are drawn where the batch's tensors are, on the GPU's side stream (kernels queued there, no host
 sync) or on the CPU from the ring slot. The consumer's ``next()`` only takes the next batch in order and, on a GPU,
 makes its current stream wait on the batch's event. A training step whose host work paces the GPU (small models:
-kernel launches) would otherwise leave the GPU idle for the whole hand-out: 11.6 ms of ``small_h100``'s 206 ms
-step on an H100 when the consumer copied and masked (benches/RESULTS.md 20). Masks draw from the same
-``(seed, rank, step)`` generator whichever thread draws them, so moving them changes no mask. The batches a GPU
-loader holds on the device are those ready and not yet taken: at most ``prefetch``.
+kernel launches) would otherwise leave the GPU idle for the whole hand-out: 10.6-11.7 ms of ``small_h100``'s
+195-206 ms step on an H100 when the consumer copied and masked (benches/RESULTS.md 20). Masks draw from the same
+``(seed, rank, step)`` generator whichever thread draws them, so moving them changes no mask. Device memory: a GPU
+loader holds up to ``prefetch`` batches copied (or being copied) ahead of the one handed out, each with its masked
+sources and masks when the loader masks, besides the batch the caller holds and the one the GPU may still be
+finishing: up to ``prefetch + 2`` batches' tensors at once.
 
 Every batch of the epoch is handed out, also one whose samples were all skipped (``on_bad_chunk="skip"``): with 0
 samples (see :class:`Batch`), so that the ranks of a distributed run take the same number of steps.
@@ -203,6 +205,8 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
     planned = boxes[batch * batch_size:(batch + 1) * batch_size]
     b = planned[sel]
     meta = tokenizer.meta(b)  # every tokenizer takes 0 boxes (a batch all skipped)
+    if stop.is_set():  # the iteration was stopped: no copy or masks for a batch nobody will take
+        raise InterruptedError("stopped before the batch's device copy or masks")
     if finish is None:
         return batch, slot, stats, b, None, meta, None, None
     t0 = time.perf_counter()
@@ -244,7 +248,8 @@ class _EpochIterator(Iterator[Batch]):
         if self._device.type == "cuda":
             if loader._copy_stream is None:
                 loader._copy_stream = torch.cuda.Stream(self._device)
-            stream = loader._copy_stream  # its device: "cuda" resolved in the consumer's thread, as the copy's
+            stream = loader._copy_stream  # its device ("cuda" resolved when the loader first iterated) is the
+            self._stream_device = stream.device  # batches': the consumer's stream of that device waits on them
             finish = functools.partial(_to_device, stream.device, stream, self._masking, ring,
                                        self._seed, self._rank, step0)
         elif self._masking is not None:
@@ -286,7 +291,7 @@ class _EpochIterator(Iterator[Batch]):
             fields = self._ring.hand_out(slot, int(boxes.shape[0]))
             meta = {f: m.to_torch() for f, m in meta.items()}
         else:  # GPU: copied (and masked) by the worker on the side stream
-            compute = torch.cuda.current_stream(self._device)
+            compute = torch.cuda.current_stream(self._stream_device)
             compute.wait_event(event)  # the compute stream waits; the host does not
             held = [*fields.values(), *(v for m in meta.values() for v in m.values())]
             if masked is not None:

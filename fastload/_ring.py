@@ -171,6 +171,17 @@ class BatchRing:
             out[sp.name] = t if t.dtype == sp.torch_dtype else t.view(sp.torch_dtype)
         return out
 
+    def wait_copies(self) -> None:
+        """Wait for the device copies out of the slots still running (before their memory is freed or un-pinned).
+        A CUDA that has already shut down (interpreter exit) has no copy left to wait for."""
+        for s in self.slots:
+            ev = s.event
+            if ev is not None:
+                try:
+                    ev.synchronize()
+                except RuntimeError:  # CUDA torn down at interpreter exit
+                    pass
+
     def close(self) -> None:
         """Drop the ring's references to its buffers (memory is freed when no handed-out tensor remains)."""
         for s in self.slots:

@@ -406,9 +406,10 @@ class LoaderConfig(_Config):
     mode: Literal["thread", "process"] = "thread"
     """Worker kind: threads (decode and kernels release the GIL) or processes with shared-memory buffers."""
     prefetch: int = 2
-    """Batches prepared ahead of the consumer (the ring holds ``prefetch + 2`` batch buffers). On a GPU the ready
-    batches are already on the device, copied and masked by the workers: up to ``prefetch`` batches (with their
-    masked sources when the loader masks) take device memory besides the one in use."""
+    """Batches prepared ahead of the consumer (the ring holds ``prefetch + 2`` batch buffers). On a GPU the batches
+    ahead are already on the device, copied and masked by the workers: with the one the caller holds and the one
+    the GPU may still be finishing, up to ``prefetch + 2`` batches (each with its masked sources and masks when the
+    loader masks) take device memory at once; lower it where that memory is short."""
     cache_bytes: int = 512 * 2**20
     """Byte budget of the decoded-chunk cache."""
     fetch_concurrency: int = 16

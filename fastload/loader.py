@@ -110,8 +110,9 @@ class Loader:
         stream name -> Normalizer or path (default: each stream's ``norm_path``, else the config's). Only the
         calendar months an epoch's samples use are loaded, at the start of the epoch.
     masking : fastload.MaskingConfig, mapping or str, optional
-        Mask each batch (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step): on an accelerator after
-        its copy (no host sync), on the CPU by the worker that read it (overlapping the step). A MaskingConfig, a
+        Mask each batch (``Batch.masks``, ``Batch.sources``), seeded by (seed, rank, step), by the worker that read
+        it: on a GPU after its copy, on the copy's side stream (no host sync), on the CPU from its ring slot (either
+        way overlapping the step). A MaskingConfig, a
         mapping of its fields (``{"strategy": "forecast", "forecast_tokens": 2}``) or a strategy name (``"BERT"``,
         ``"forecast"``, ``"temporal_interpolation"``, ``"identity"``: that strategy's defaults).
     boxes : array or callable, optional
@@ -537,7 +538,11 @@ def _close_all(things: list[Any], timeout: Any = _loader_iter._GRACE) -> None:
     if timeout is _loader_iter._GRACE:
         timeout = _loader_iter._STOP_GRACE_S
     from ._backend import ThreadBackend
+    from ._ring import BatchRing
 
+    for t in things:  # first: device copies still reading a ring slot (process mode un-pins the slots' memory)
+        if isinstance(t, BatchRing):
+            t.wait_copies()
     for t in things:
         if isinstance(t, ThreadBackend):
             t.close(timeout)

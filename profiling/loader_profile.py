@@ -139,7 +139,7 @@ def sweep(store: str, sampling: SamplingConfig, loader: LoaderConfig, *, workers
     return out
 
 
-_STAGE_COLORS = {"plan": "#8c564b", "fetch": "#ff7f0e", "decode": "#1f77b4", "gather": "#2ca02c"}
+_STAGE_COLORS = {"plan": "#8c564b", "fetch": "#ff7f0e", "decode": "#1f77b4", "gather": "#2ca02c", "copy": "#9467bd"}
 
 
 def plot_loader(runs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], Sequence[Mapping[str, Any]]]],

@@ -60,8 +60,9 @@ __all__ = [
 EXTRA = ("other", "idle")
 """Step time outside the timed phases: ``other`` (inside a step, between phases), ``idle`` (between steps)."""
 
-LOADER_STAGES = ("plan", "fetch", "decode", "gather")
-"""Loader worker stages; ``queue_wait`` (the consumer's wait for a ready batch) is reported beside them."""
+LOADER_STAGES = ("plan", "fetch", "decode", "gather", "copy")
+"""Loader worker stages (``copy``: a GPU loader's worker issuing the device copy and masks; 0 on the CPU);
+``queue_wait`` (the consumer's wait for a ready batch) is reported beside them."""
 
 STREAM_STAGES = ("fetch", "decode", "gather")
 """Worker stages counted per stream in multi-stream loading (planning is one pass over all streams)."""

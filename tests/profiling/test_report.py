@@ -133,7 +133,8 @@ def test_report_files_from_a_timed_run(tmp_path):
 
 
 def _loader_records():
-    return [{"plan_ms": 0.5, "fetch_ms": 10.0 + i, "decode_ms": 20.0, "gather_ms": 4.0, "queue_wait_ms": 2.0 * i,
+    return [{"plan_ms": 0.5, "fetch_ms": 10.0 + i, "decode_ms": 20.0, "gather_ms": 4.0, "copy_ms": 1.5,
+             "queue_wait_ms": 2.0 * i,
              "samples": 8, "bytes_stored": 600, "bytes_decoded": 1000, "bytes_useful": 250, "cache_hits": i,
              "cache_misses": 3 - i} for i in range(4)]
 
@@ -141,12 +142,13 @@ def _loader_records():
 def test_loader_summary_and_table():
     recs = _loader_records()
     s = summarize_loader(recs, wall_s=0.5, config={"workers": 2}, machine={})
-    worker = sum(r[f"{k}_ms"] for r in recs for k in ("plan", "fetch", "decode", "gather"))
+    worker = sum(r[f"{k}_ms"] for r in recs for k in ("plan", "fetch", "decode", "gather", "copy"))
     fetch = np.array([r["fetch_ms"] for r in recs])
     assert s["stages"]["fetch"] == pytest.approx({"mean_ms": fetch.mean(), "p50_ms": np.median(fetch),
                                                   "p95_ms": np.percentile(fetch, 95), "total_s": fetch.sum() / 1e3,
                                                   "share": fetch.sum() / worker})
-    assert sum(s["stages"][k]["share"] for k in ("plan", "fetch", "decode", "gather")) == pytest.approx(1.0)
+    assert sum(s["stages"][k]["share"] for k in ("plan", "fetch", "decode", "gather", "copy")) == pytest.approx(1.0)
+    assert s["stages"]["copy"]["total_s"] == pytest.approx(4 * 1.5e-3)  # a GPU loader's worker-side copy
     assert s["stages"]["queue_wait"]["share"] == pytest.approx(12.0 / 500.0)
     assert s["samples_per_s"] == pytest.approx(64.0) and s["bytes_decoded_per_s"] == pytest.approx(8000.0)
     assert s["read_amplification"] == pytest.approx(4.0) and s["compression_ratio"] == pytest.approx(1000 / 600)
@@ -166,10 +168,10 @@ def test_loader_summary_and_table():
 def test_loader_record_from_io_stats():
     d = {"batches": 1, "samples": 8, "skipped": 0, "chunks": 5, "hits": 2, "misses": 3, "bytes_stored": 600,
          "bytes_decoded": 1000, "bytes_useful": 250, "retries": 0, "plan_s": 0.0005, "fetch_s": 0.01,
-         "decode_s": 0.02, "gather_s": 0.004, "wait_s": 0.002, "copy_s": 0.0}
+         "decode_s": 0.02, "gather_s": 0.004, "wait_s": 0.002, "copy_s": 0.0015}
     rec = loader_record(d)
     assert rec == pytest.approx({"plan_ms": 0.5, "fetch_ms": 10.0, "decode_ms": 20.0, "gather_ms": 4.0,
-                                 "queue_wait_ms": 2.0, "samples": 8, "bytes_stored": 600, "bytes_decoded": 1000,
+                                 "copy_ms": 1.5, "queue_wait_ms": 2.0, "samples": 8, "bytes_stored": 600, "bytes_decoded": 1000,
                                  "bytes_useful": 250, "cache_hits": 2, "cache_misses": 3})
 
     class Stats:  # attribute access, like the loader's IOStats dataclass
