@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._write_atomic import UNFINISHED_ATTR, unfinished_attr
+from ._zarr_location import zarr_location
 from .norm import FORMAT_VERSION
 from .write import sigint_deferred
 
@@ -185,7 +186,7 @@ class CoefficientWriter:
         grid = store.grid
         ny, nx = int(grid.ny), int(grid.nx)
         times = store.time[tmask] if tmask is not None else None
-        self.root = zarr.open_group(path, mode="w", zarr_format=self.fmt, attributes={
+        self.root = zarr.open_group(zarr_location(path), mode="w", zarr_format=self.fmt, attributes={
             "fastload_norm": FORMAT_VERSION,
             "source": str(store.path),
             "fields": [name for name, _, _ in selection],

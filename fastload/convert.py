@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ._progress import Progress
+from ._zarr_location import zarr_location
 from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
 from .store._cf import NS_RANGE
 from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
@@ -550,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     import zarr
 
-    g = zarr.open_group(out, mode="r")
+    g = zarr.open_group(zarr_location(out), mode="r")
     names = [n for n in g.array_keys() if n not in ("time", "level", "latitude", "longitude")]
     print(f"wrote {out}: variables {', '.join(sorted(names))}")
     return 0

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ._zarr_location import zarr_location
 from .errors import ConfigError, SchemaError, StoreNotFoundError
 
 __all__ = ["Normalizer", "canonical_units", "months_of", "normalize", "FORMAT_VERSION", "MODES"]
@@ -206,9 +207,9 @@ class Normalizer:
             raise StoreNotFoundError(
                 f"normalisation store {self.path!r} does not exist (make one: fastload stats)"
             )
+        location = zarr_location(self.path, storage_options)  # a local path with storage_options: ConfigError
         try:
-            kw = {"storage_options": dict(storage_options)} if storage_options else {}
-            self._root = zarr.open_group(self.path, mode="r", **kw)
+            self._root = zarr.open_group(location, mode="r")
         except FileNotFoundError as e:  # zarr's GroupNotFoundError included
             raise StoreNotFoundError(f"no normalisation store (zarr group) at {self.path!r}: {e}") from e
         except (ValueError, TypeError, KeyError) as e:

@@ -60,6 +60,7 @@ import numpy as np
 
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
+from ._zarr_location import zarr_location
 from .errors import ConfigError, SchemaError
 from .store._check import unknown_field, warn_not_fields
 from .write import (
@@ -188,8 +189,7 @@ def _source_group(src: Any) -> Any:
     """The source as a zarr-python group (read-only), for the small arrays copied as they are."""
     import zarr
 
-    opts = {"storage_options": src.storage_options} if src.storage_options else {}
-    return zarr.open_group(src.path, mode="r", **opts)
+    return zarr.open_group(zarr_location(src.path, src.storage_options), mode="r")
 
 
 def _array_dims(arr: Any) -> tuple[str, ...] | None:
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     import zarr
 
-    g = zarr.open_group(out, mode="r")
+    g = zarr.open_group(zarr_location(out), mode="r")
     print(f"wrote {out}:")
     dims = ", ".join(dim_names.get(d, d) for d in ("time", "level", "latitude", "longitude") if dim_names.get(d, d) in g)
     print(f"  dimensions {dims}" + (" (the source's names)" if dim_names else

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fastload._zarr_location import zarr_location
 from fastload.config import FieldConfig, SamplingConfig
 from fastload.errors import ConfigError
 
@@ -183,7 +184,7 @@ def _synth_source(store: Any) -> tuple[Any, int] | None:
 
     from fastload.synth import SynthConfig
 
-    attrs = dict(zarr.open_group(store.path, mode="r").attrs)
+    attrs = dict(zarr.open_group(zarr_location(store.path), mode="r").attrs)
     cfg = attrs.get("synth_config")
     if not isinstance(cfg, dict) or "synth_seed" not in attrs:
         return None

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fastload._zarr_location import zarr_location
+
 from .peers._base import FieldSpec, StoreSpec, x_ranges
 
 __all__ = ["ArrayChunks", "open_chunk_maps", "box_chunks", "window_chunks", "batch_decodes"]
@@ -90,7 +92,7 @@ class ArrayChunks:
 
         with warnings.catch_warnings():  # numcodecs codecs in v3 arrays: zarr warns on every open; we know
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-            arr = zarr.open_array(store=root, path=name, mode="r", zarr_format=zarr_format)
+            arr = zarr.open_array(store=zarr_location(root), path=name, mode="r", zarr_format=zarr_format)
         meta = arr.metadata
         self.root, self.name = root, name
         self.shape = tuple(int(s) for s in arr.shape)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,7 @@ def make_per_variable(
         out["q"][: chunks[0]] = np.nan
     if static:
         out["orog"] = _smooth(rng, (ny, nx), dtype)
-    root = zarr.open_group(os.fspath(path), mode="w", zarr_format=zarr_format)
+    root = zarr.open_group(Path(path), mode="w", zarr_format=zarr_format)  # a str: zarr >= 3.2 cuts it at # or ?
     kw = dict(zarr_format=zarr_format, codec=codec)
     ct, cl, cy, cx = chunks
     st, sl, sy, sx = shards
@@ -158,7 +159,7 @@ def make_per_variable(
     if consolidated:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(os.fspath(path), zarr_format=zarr_format)
+            zarr.consolidate_metadata(Path(path), zarr_format=zarr_format)
     out.update(time=time, level=lev, latitude=lat, longitude=lon)
     return out
 
@@ -184,7 +185,7 @@ def make_atmorep(
     time = T0 + np.arange(nt) * np.timedelta64(1, "h")
     lev = np.asarray(levels, dtype=np.float64)
     data = _smooth(rng, (nt, len(fields), lev.size, ny, nx), "float32")
-    root = zarr.open_group(os.fspath(path), mode="w", zarr_format=zarr_format)
+    root = zarr.open_group(Path(path), mode="w", zarr_format=zarr_format)  # a str: zarr >= 3.2 cuts it at # or ?
     kw = dict(zarr_format=zarr_format, codec=codec)
     dims = ("time", "field", "level", "lat", "lon")
     attrs = {"fields": list(fields), "levels": lev.tolist(), "level_type": "model"}
@@ -223,7 +224,7 @@ def make_curvilinear(
     thetao = _smooth(rng, (nt, dep.size, ny, nx), "float32") - np.float32(270.0)
     thetao[:, :, 2:4, 3:6] = np.nan  # land
     zos = _smooth(rng, (nt, ny, nx), "float32") - np.float32(280.0)
-    root = zarr.open_group(os.fspath(path), mode="w", zarr_format=zarr_format)
+    root = zarr.open_group(Path(path), mode="w", zarr_format=zarr_format)  # a str: zarr >= 3.2 cuts it at # or ?
     kw = dict(zarr_format=zarr_format, codec=codec)
     _array(root, "thetao", thetao, ("time", "depth", "y", "x"), chunks=chunks, attrs={"units": "degC"}, **kw)
     _array(root, "zos", zos, ("time", "y", "x"), chunks=(chunks[0], *chunks[2:]), attrs={"units": "m"}, **kw)
