@@ -20,7 +20,7 @@ import numpy as np
 from .._write_atomic import unfinished_message
 from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
-from ._layout import FieldInfo, detect_layout
+from ._layout import FieldInfo, Layout, _warn_grid_not_fields, detect_layout
 from ._meta import ArrayInfo, load_metadata
 from ._region import read_box, read_region
 from ._shard import ShardIndex, ShardReadError
@@ -143,11 +143,15 @@ class Store:
         self.arrays: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.data_arrays}
         self.coords: dict[str, ArrayInfo] = {n: meta.arrays[n] for n in layout.coord_arrays}
         self.not_fields: dict[str, str] = dict(layout.not_fields)
+        if layout.kind == "atmorep":  # arrays over the grid beside data / data_sfc, as the per-variable layout
+            self.not_fields.update(_atmorep_not_fields(meta.arrays, layout))
         for name, info in meta.arrays.items():  # string arrays: never fields, wherever they lie
             if name in self.arrays or name in self.coords:
                 continue
             if info.dtype.kind == "O" or (info.dtype.kind in "SU" and name not in self.not_fields):
                 self.not_fields[name] = _object_why(info)  # (fixed-width ones on the grid: the layout's reason)
+        if layout.kind == "atmorep":  # the per-variable layout warns of these when it sorts its arrays
+            _warn_grid_not_fields(meta, self.not_fields, self.grid.dims, source.describe())
         for name in self.arrays:
             self._prepare(name)
 
@@ -334,6 +338,32 @@ class Store:
             f"Store({self.path!r}, layout={self.layout}, zarr v{self.zarr_format}, {len(self.fields)} fields, "
             f"{nt} times, {self.grid!r})"
         )
+
+
+def _atmorep_not_fields(arrays: Mapping[str, ArrayInfo], layout: Layout) -> dict[str, str]:
+    """The arrays of an AtmoRep store over both grid dimensions other than its data arrays and coordinates (a
+    land-sea mask, a complex spectrum), each with why it is not a field, as :class:`~._layout.FieldSorter` says
+    it for the per-variable layout: a dtype no field has (complex, dates: the same words), else that this layout's
+    fields are the entries of ``data`` / ``data_sfc`` (a bool or number array, which the per-variable layout would
+    read as a field). Bounds arrays are skipped, as there; string arrays are left to the check of strings, which
+    lists them in any layout wherever they lie (:func:`_object_why`)."""
+    grid_dims = set(layout.grid.dims)
+    bounds = {a.attrs.get("bounds") for a in arrays.values()} - {None}
+    data = " and ".join(repr(n) for n in layout.data_arrays)
+    out: dict[str, str] = {}
+    for name, info in arrays.items():
+        if name in layout.data_arrays or name in layout.coord_arrays or name in bounds:
+            continue
+        if name.endswith(("_bnds", "_bounds")) or info.dims is None or not grid_dims <= set(info.dims):
+            continue
+        if info.dtype.kind in "OSU":
+            continue
+        if info.dtype.kind not in "biuf":
+            out[name] = f"dtype {info.dtype}; a field must be numeric"
+        else:
+            out[name] = (f"an AtmoRep store's fields are the entries of {data} along the field axis, named by the "
+                         f"'fields' attribute; {name!r} (dims {info.dims}, dtype {info.dtype}) is an array of its own")
+    return out
 
 
 def _object_why(info: ArrayInfo) -> str:
