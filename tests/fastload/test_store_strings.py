@@ -256,7 +256,8 @@ def test_transpose_before_vlen_is_refused_when_read(tmp_path):
     path = tmp_path / "s.zarr"
     make_per_variable(path, zarr_format=3)
     _add_vlen(path, 3, "str", "", filters=[TransposeCodec(order=(1, 0))])
-    assert _zarr_read(path, "s")[0, :3].tolist() != TEXT[0, :3].tolist()  # zarr-python's own round trip fails
+    if tuple(int(v) for v in zarr.__version__.split(".")[:2]) < (3, 2):  # zarr 3.4.2 reads its own write back,
+        assert _zarr_read(path, "s")[0, :3].tolist() != TEXT[0, :3].tolist()  # but not a store 3.1 wrote
     s = open_store(path)
     assert "s" in s.not_fields
     with pytest.raises(CodecError, match=r"array 's' \(.*s\.zarr/s/zarr\.json\): codec chain \['transpose', "
