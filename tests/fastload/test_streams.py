@@ -152,7 +152,8 @@ def test_coordinates_lie_inside_the_sample_box_and_window(world):
             m = out[name].meta
             assert np.all((m.lat[s] > lo) & (m.lat[s] < hi)), name
             assert np.all((m.lon[s] - lo0) % 360 < width), name
-            step = {"t": np.timedelta64(0), "sp": np.timedelta64(0), "thetao": DAY, "zos": DAY}.get(name, H6 / 2)
+            none = np.timedelta64(0, "ns")  # with its unit: a unitless timedelta64 is deprecated in NumPy 2.5
+            step = {"t": none, "sp": none, "thetao": DAY, "zos": DAY}.get(name, H6 / 2)
             assert np.all((m.time[s] >= start - step) & (m.time[s] < end)), name
         for name in ("temp", "ssh"):  # every mesh node of a token lies in the sample's region
             m = out[name].meta
