@@ -331,7 +331,6 @@ def _v3_codecs(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[dict, tuple[int
         BytesCodec,
         Crc32cCodec,
         ShardingCodec,
-        ShardingCodecIndexLocation,
         TransposeCodec,
         ZstdCodec,
     )
@@ -365,7 +364,7 @@ def _v3_codecs(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[dict, tuple[int
     index_bytes = BytesCodec(endian="big" if sh.get("index_big") else "little")
     index_codecs = [index_bytes, Crc32cCodec()] if sh["crc"] else [index_bytes]
     codec = ShardingCodec(chunk_shape=spec.chunks, codecs=inner, index_codecs=index_codecs,
-                          index_location=ShardingCodecIndexLocation(sh["location"]))  # fmt: skip
+                          index_location=sh["location"])  # fmt: skip  (a str: an enum in zarr 3.1, a Literal since)
     after = {"none": [], "zstd": [ZstdCodec(level=1)], "crc32c": [Crc32cCodec()], "gzip": _v3_compressors("gzip")}
     before = numeric + before if spec.filters.endswith("+first") else before + numeric
     kw.update(serializer=codec, compressors=after[sh["after"]], filters=before)
