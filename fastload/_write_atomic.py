@@ -23,6 +23,10 @@ same checks, rename and Ctrl-C handling:
   ``kill(pid, 0)`` finds none (``hidepid`` hides other users' live processes from ``/proc``), a process started at
   another time than ``<start>`` (the pid was reused), or a zombie. A live writer's temporary is never touched, nor
   a finished store that never got to the output (it may be the only copy of the newest data);
+- :func:`check_temporary` refuses at commit a temporary removed or replaced while it was written, by three guards
+  (what each catches is said there): the writer's token in :data:`UNFINISHED_ATTR`, the marker file
+  :data:`WRITER_MARKER` (removed before the store is published) and, on file systems known to keep inode numbers,
+  the directory's inode;
 - :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
   before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
 
@@ -370,34 +374,71 @@ def _stable_inodes(path: str | os.PathLike[str]) -> bool:
     return _fs_type(path) in _STABLE_INODE_FS
 
 
+WRITER_MARKER = ".fastload-writer"
+"""A file inside a :class:`~fastload.write.StoreWriter`'s temporary holding that writer's token
+(:func:`write_marker`): zarr never writes it, so a temporary removed and remade by zarr has none. Removed at commit
+before the store is published (:func:`remove_marker`): no published store holds it. A reader that lists an
+unfinished temporary's members (xarray without consolidated metadata) gets zarr's warning that the object
+``.fastload-writer`` is not part of the hierarchy; zarr takes it for no array or group."""
+
+
+def write_marker(tmp: Path, token: str) -> None:
+    """Write :data:`WRITER_MARKER` holding ``token`` inside the writer's new temporary ``tmp``."""
+    (Path(tmp) / WRITER_MARKER).write_text(token, encoding="utf-8")
+
+
+def remove_marker(tmp: Path) -> None:
+    """Remove :data:`WRITER_MARKER` from the temporary ``tmp`` (at commit, once :func:`check_temporary` passed):
+    the store published holds no file that is not zarr's."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(tmp) / WRITER_MARKER).unlink()
+
+
+def _marker(tmp: Path) -> str | None:
+    """The token in ``tmp``'s :data:`WRITER_MARKER`, None when there is none or it cannot be read."""
+    try:
+        return (Path(tmp) / WRITER_MARKER).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
     """Raise :class:`StoreError` unless ``tmp`` is still the temporary its writer created: a directory whose root
-    attributes hold :data:`UNFINISHED_ATTR` ``token`` and, on a file system known to keep inode numbers
-    (:func:`_stable_inodes`), the directory of ``inode``.
+    attributes hold :data:`UNFINISHED_ATTR` ``token``, that holds :data:`WRITER_MARKER` with ``token`` and, on a
+    file system known to keep inode numbers (:func:`_stable_inodes`), is the directory of ``inode``.
 
-    What each guard protects against. A temporary removed while it was written (a clean-up, another writer) is
-    silently recreated by zarr's next chunk write, without metadata, and was published as a store missing what
-    was written before: the token, unique to the writer, is missing then; another writer's store moved to the
-    name holds its own token. The token decides. The inode guards the one case the token cannot tell: the
-    temporary removed and then remade by this writer's own later metadata writes (``set_grid`` rewrites the root
-    attributes, token included), with what was written before gone. It is checked only where a new inode number
-    means a new directory: FUSE file systems renumber the same directory (the kernel forgets it and looks it up
-    again), which refused the commit of a writer whose token matched."""
+    What each guard protects against:
+
+    - the root attribute ``token`` (unique to the writer): the temporary removed while it was written (a
+      clean-up, another writer) and remade by zarr's next chunk write, without metadata; another writer's store
+      moved to the name (it holds its own token);
+    - the marker file: the temporary removed and then remade by this writer's own later metadata writes
+      (``set_grid``, ``add_variable`` rewrite the root attributes, token included), with what was written before
+      gone. zarr never writes the marker, so the remade directory has none, on any file system and wherever the
+      file system's type cannot be told (no ``/proc/self/mountinfo``: macOS, a chroot);
+    - the inode, an extra guard for the same case where a new inode number means a new directory (ext4, xfs,
+      tmpfs, ...: :data:`_STABLE_INODE_FS`): say, the marker copied in by hand. It is not checked elsewhere: FUSE
+      file systems renumber the same directory (the kernel forgets it and looks it up again), which refused the
+      commit of a writer whose token matched."""
     now = _inode(tmp)
     if now is None:
         found = "it is gone"
     else:
         attrs = root_attrs(tmp)
+        marker = _marker(tmp)
         found = ("it holds no zarr metadata" if attrs is None else
                  f"its {UNFINISHED_ATTR} is {attrs.get(UNFINISHED_ATTR)!r}, not this writer's {token!r}"
-                 if attrs.get(UNFINISHED_ATTR) != token else None)  # fmt: skip
+                 if attrs.get(UNFINISHED_ATTR) != token else
+                 f"it has no {WRITER_MARKER} (the directory was remade)" if marker is None else
+                 f"its {WRITER_MARKER} holds {marker!r}, not this writer's {token!r}"
+                 if marker != token else None)  # fmt: skip
         if found is None and now != inode:
             if _stable_inodes(tmp):
                 found = (f"it is the directory of inode {now}, created as {inode}, on a {_fs_type(tmp)} file "
                          "system, whose inode numbers do not change")  # fmt: skip
             else:
                 log.debug("%s: directory inode %d, created as %d, on a file system not known to keep inode numbers "
-                          "(%s): this writer's token decides", tmp, now, inode, _fs_type(tmp))  # fmt: skip
+                          "(%s): this writer's token and marker decide", tmp, now, inode, _fs_type(tmp))  # fmt: skip
     if found is not None:
         raise StoreError(f"{out}: the writer's temporary {tmp} was removed or replaced while it was being written "
                          f"({found}); refusing to publish it at {out.name} (was it deleted, or written by another "

@@ -71,10 +71,12 @@ from ._write_atomic import (
     make_temporary,
     move_into_place,
     release_temporary,
+    remove_marker,
     remove_stale_temporaries,
     root_attrs,
     sigint_deferred,
     unfinished_attr,
+    write_marker,
 )
 from ._write_encoding import (
     CALENDAR,
@@ -212,6 +214,7 @@ class StoreWriter:
                     zarr.storage.LocalStore(self.tmp), mode="w-", zarr_format=zarr_format,
                     attributes=_jsonable(root),
                 )  # fmt: skip
+            write_marker(self.tmp, self._token)  # zarr never remakes it: a remade temporary has none (commit)
         except BaseException:  # Ctrl-C included: there is no writer to abort yet
             self._finalizer()
             raise
@@ -529,6 +532,7 @@ class StoreWriter:
                             "never written; refusing to commit an incomplete store"
                         )
             check_temporary(self.tmp, self._inode, self._token, self.out)  # before its metadata is rewritten
+            remove_marker(self.tmp)  # not zarr's: the published store holds no such file
             with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
                 warnings.simplefilter("ignore", category=UserWarning)
                 warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # add_coordinate's strings

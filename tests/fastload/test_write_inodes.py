@@ -111,3 +111,67 @@ def test_the_file_system_type_is_that_of_the_longest_mount_point_holding_the_pat
     assert wa._stable_inodes("/mnt/remote/x") and not wa._stable_inodes("/mnt/remote dir/x")
     monkeypatch.setattr(wa, "_read_mountinfo", lambda: None)  # no /proc (macOS): not known to be stable
     assert wa._fs_type("/x") is None and not wa._stable_inodes("/x")
+
+
+def _no_mountinfo(monkeypatch):
+    monkeypatch.setattr(wa, "_read_mountinfo", lambda: None, raising=False)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "fuse.sshfs", None])  # None: no /proc/self/mountinfo (macOS, chroot)
+def test_a_temporary_removed_and_remade_by_the_writers_own_metadata_writes_is_refused(tmp_path, monkeypatch,
+                                                                                     fs_type, fstype):
+    """Review s12 r2 item 1: set_grid and add_variable rewrite the root attributes (the token included) into a
+    removed temporary; the time coordinate written before is gone. The marker file, which zarr never writes, is
+    missing, whatever the file system (the inode guard ran only on ones known to keep inode numbers)."""
+    import shutil
+
+    from fastload.write import StoreWriter
+
+    if fstype is None:
+        _no_mountinfo(monkeypatch)
+    else:
+        fs_type(fstype)
+    out = tmp_path / "o.zarr"
+    w = StoreWriter(out)
+    w.set_time(pd.date_range("2020-01-01", periods=4, freq="h").values)
+    shutil.rmtree(w.tmp)  # a clean-up removes it: the time coordinate goes
+    w.set_grid(np.linspace(-10, 10, 4), np.arange(8) * 45.0)
+    w.add_variable("v", ("time", "latitude", "longitude"), chunks=(2, 1, 4, 8))
+    w.write("v", np.ones((4, 4, 8), "f4"), 0)
+    assert (w.tmp / "zarr.json").is_file() or (w.tmp / ".zgroup").is_file()  # remade, token and all
+    with pytest.raises(StoreError, match=r"removed or replaced .*no \.fastload-writer"):
+        w.commit()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "fuse.sshfs"])
+def test_a_marker_with_another_writers_token_is_refused(tmp_path, monkeypatch, fs_type, fstype):
+    fs_type(fstype)
+    out = tmp_path / "o.zarr"
+    w, _ = _writer(out)
+    (w.tmp / wa.WRITER_MARKER).write_text("another writer's token")
+    with pytest.raises(StoreError, match=r"\.fastload-writer holds \"another writer's token\", not this writer"):
+        w.commit()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_writer_marks_its_temporary_and_publishes_no_marker(tmp_path, monkeypatch, zarr_format):
+    from fastload.write import StoreWriter
+
+    _no_mountinfo(monkeypatch)
+    out = tmp_path / "o.zarr"
+    w = StoreWriter(out, zarr_format=zarr_format)
+    assert (w.tmp / wa.WRITER_MARKER).read_text() == w._token
+    w.set_time(pd.date_range("2020-01-01", periods=4, freq="h").values)
+    w.set_grid(np.linspace(-10, 10, 4), np.arange(8) * 45.0)
+    w.add_variable("v", ("time", "latitude", "longitude"), chunks=(2, 1, 4, 8))
+    data = np.arange(128, dtype="f4").reshape(4, 4, 8)
+    w.write("v", data, 0)
+    assert w.commit() == out
+    published = sorted(p.name for p in out.iterdir())
+    assert wa.WRITER_MARKER not in published and not any(".fastload-writer" in str(p) for p in out.rglob("*"))
+    ds = xr.open_zarr(out)
+    assert sorted(ds.variables) == ["latitude", "longitude", "time", "v"]
+    np.testing.assert_array_equal(ds.v.values, data)
+    assert sorted(zarr.open_group(out, mode="r").array_keys()) == ["latitude", "longitude", "time", "v"]
