@@ -330,12 +330,14 @@ def _complete(store: Path) -> bool:
 
 _STABLE_INODE_FS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "bcachefs", "tmpfs", "ramfs",
-    "overlay", "nfs", "nfs4", "lustre", "gpfs", "ceph", "apfs", "hfs", "hfsplus", "ntfs3",
+    "nfs", "nfs4", "lustre", "gpfs", "ceph", "apfs", "hfs", "hfsplus", "ntfs3",
 })
 """File systems (``/proc/self/mountinfo`` types) whose inode numbers stay with a file for its life: there a
 directory with another inode is another directory. Not in it: FUSE file systems (``fuse``, ``fuse.sshfs``,
 ``fuse.gcsfuse``, ...), which without ``use_ino`` number a file afresh each time the kernel looks it up again, and
-any type not known here (9p, cifs, virtiofs): their inode numbers prove nothing."""
+any type not known here (9p, cifs, virtiofs), and ``overlay``, whose directory inode numbers are not persistent
+across layers on different file systems without ``xino`` (``Documentation/filesystems/overlayfs.rst``): their inode
+numbers prove nothing (the token and :data:`WRITER_MARKER` still guard there)."""
 
 
 def _read_mountinfo() -> str | None:
@@ -348,13 +350,23 @@ def _read_mountinfo() -> str | None:
 
 
 def _fs_type(path: str | os.PathLike[str]) -> str | None:
-    """The type of the file system holding ``path`` (the mount with the longest mount point above it, the last
-    mounted of equal ones, as ``/proc/self/mountinfo`` lists them); None where that cannot be told."""
+    """The type of the file system holding ``path``; None where that cannot be told (no ``/proc/self/mountinfo``).
+
+    Among the mounts whose mount point is ``path`` or above it, the one listed last: ``/proc/self/mountinfo`` lists
+    mounts in the order they were mounted, and a later mount at or above a deeper one hides it (the longest mount
+    point, taken before, could be such a hidden one). Where ``path`` exists, the mounts whose device
+    (``major:minor``, field 3) is its ``st_dev`` are preferred, when there are any (a btrfs subvolume below a mount
+    point has a device of its own, which no line lists)."""
     text = _read_mountinfo()
     if text is None:
         return None
     p = os.path.realpath(os.path.abspath(os.fspath(path)))
-    best, found = -1, None
+    try:
+        st = os.stat(p)
+        dev: str | None = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    except (OSError, AttributeError):  # no such path yet; no os.major (Windows)
+        dev = None
+    covering: list[tuple[str, str]] = []  # (major:minor, type) in mount order
     for line in text.splitlines():
         fields = line.split(" ")
         if len(fields) < 7 or "-" not in fields[6:]:
@@ -363,10 +375,10 @@ def _fs_type(path: str | os.PathLike[str]) -> str | None:
         sep = fields.index("-", 6)
         if sep + 1 >= len(fields):
             continue
-        inside = p == point or p.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= best:
-            best, found = len(point), fields[sep + 1]
-    return found
+        if p == point or p.startswith(point.rstrip("/") + "/"):
+            covering.append((fields[2], fields[sep + 1]))
+    same = [t for d, t in covering if d == dev]
+    return (same or [t for _, t in covering] or [None])[-1]
 
 
 def _stable_inodes(path: str | os.PathLike[str]) -> bool:

@@ -10,6 +10,10 @@ system's type by a synthetic ``/proc/self/mountinfo``."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,8 +127,6 @@ def test_a_temporary_removed_and_remade_by_the_writers_own_metadata_writes_is_re
     """Review s12 r2 item 1: set_grid and add_variable rewrite the root attributes (the token included) into a
     removed temporary; the time coordinate written before is gone. The marker file, which zarr never writes, is
     missing, whatever the file system (the inode guard ran only on ones known to keep inode numbers)."""
-    import shutil
-
     from fastload.write import StoreWriter
 
     if fstype is None:
@@ -175,3 +177,42 @@ def test_a_writer_marks_its_temporary_and_publishes_no_marker(tmp_path, monkeypa
     assert sorted(ds.variables) == ["latitude", "longitude", "time", "v"]
     np.testing.assert_array_equal(ds.v.values, data)
     assert sorted(zarr.open_group(out, mode="r").array_keys()) == ["latitude", "longitude", "time", "v"]
+
+
+def test_a_mount_laid_later_over_a_parent_hides_the_deeper_one(monkeypatch):
+    """Review s12 r2 item 2: /mnt mounted after /mnt/remote hides it; the longest mount point named the hidden
+    fuse.sshfs. mountinfo lists mounts in mount order: the last one covering the path holds it."""
+    text = ("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+            "2 1 0:50 / /mnt/remote rw - fuse.sshfs u@h: rw\n"
+            "3 1 8:17 / /mnt rw - xfs /dev/sdb1 rw\n")
+    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
+    assert wa._fs_type("/mnt/remote/x.zarr.tmp-1") == "xfs"
+    assert wa._fs_type("/mnt/other") == "xfs" and wa._fs_type("/srv") == "ext4"
+
+
+def test_the_mount_whose_device_is_the_paths_is_preferred(tmp_path, monkeypatch):
+    st = os.stat(tmp_path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    text = (f"1 0 {dev} / / rw - ext4 /dev/sda1 rw\n"
+            f"2 1 999:999 / {tmp_path.parent} rw - fuse.sshfs u@h: rw\n")  # listed later, another device
+    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
+    assert wa._fs_type(tmp_path) == "ext4"
+    assert wa._fs_type(tmp_path / "not-yet") == "fuse.sshfs"  # no such path: no device to match, the last one
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("findmnt") is None,
+                    reason="needs Linux's /proc/self/mountinfo and findmnt")
+def test_the_file_system_type_is_what_findmnt_says(tmp_path):
+    """The real /proc/self/mountinfo through the real parser, against util-linux's findmnt."""
+    for path in (tmp_path, Path.cwd(), Path("/proc/self")):
+        want = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert wa._fs_type(path) == want, path
+
+
+def test_overlay_is_not_counted_as_keeping_inode_numbers(monkeypatch, fs_type):
+    """Review s12 r2 item 3: overlayfs without xino does not keep directory inode numbers across layers."""
+    fs_type("overlay")
+    assert not wa._stable_inodes("/x")
+    fs_type("ext4")
+    assert wa._stable_inodes("/x")
