@@ -62,10 +62,17 @@ def _on_cadence(d: np.ndarray, step: int, n_steps: int) -> np.ndarray:
     """Whether spacings ``d`` (int64 ns) are ``n_steps`` x ``step``, to the nearest whole step: less than half a step
     off it. Calendar months (28 to 31 days), seconds of jitter and float-encoded times keep their windows; a missing
     step is a gap, as is a spacing exactly half a step off, for every ``n_steps`` alike (exact integer arithmetic:
-    ``np.rint`` rounds ties to even, which took 1.5 and 2.5 steps as 2 but 3.5 as neither 3 nor 4)."""
+    ``np.rint`` rounds ties to even, which took 1.5 and 2.5 steps as 2 and 3.5 as 4, so a tie was a gap for some
+    ``n_steps`` and not for others)."""
     d = np.asarray(d, np.int64)
-    off = np.abs(d - int(n_steps) * int(step))  # |d - n x step| < step / 2, without doubling (no overflow)
-    return (d > 0) & (off < int(step) - off)
+    step, n = int(step), int(n_steps)
+    big = int(np.iinfo(np.int64).max)
+    if n - 1 > big:  # n x step is beyond any int64 spacing (and n, n - 1 beyond an int64 quotient)
+        return np.zeros(d.shape, bool)
+    # d = q x step + r, 0 <= r < step: no product n x step, which overflows int64 for windows over ~292 years
+    q, r = np.divmod(d, step)
+    near_n = (q == n) & (r < step - r) if n <= big else np.zeros(d.shape, bool)  # n x step + r, r < step / 2
+    return (d > 0) & (near_n | (q == n - 1) & (step - r < r))  # (n - 1) x step + r, r > step / 2
 
 
 def regular_windows(time: np.ndarray, n_points: int, time_step: int) -> np.ndarray:

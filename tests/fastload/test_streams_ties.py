@@ -91,3 +91,36 @@ def test_nearest_serves_and_refuses_points_between_odd_steps_by_the_stated_rule(
         st = T0 + np.array([0, STEP, STEP + int(frac * STEP), 2 * STEP + int(frac * STEP)], "timedelta64[ns]")
         mid = st[1] + (st[2] - st[1]) // 2
         assert bool(align(st, np.array([[mid]]), "nearest", np.timedelta64(STEP, "ns"))[1][0]) is served_mid, frac
+
+
+def _rule(d: int, step: int, n: int) -> bool:
+    """The cadence rule on Python's unbounded integers: positive and less than half a step off n steps."""
+    return d > 0 and 2 * abs(d - n * step) < step
+
+
+def test_a_span_whose_step_product_overflows_int64_gets_the_rules_answer():
+    """Review s12 r2 item 4: n x step was formed in int64 (OverflowError once it passed ~292 years of ns)."""
+    from fastload._stream_time import _on_cadence
+
+    big = 2**63 - 1
+    cases = [(big, 2**40, 2**23), (big - 2**39, 2**40, 2**23), (big - 2**39 - 1, 2**40, 2**23),  # n x step = 2**63
+             (2**62, 86_400 * 10**9, 200_000), (big, 1, 2**63), (big, 1, 2**64), (big, 3, 2**62)]
+    for d, step, n in cases:
+        got = _on_cadence(np.array([d], np.int64), step, n)
+        assert got.tolist() == [_rule(d, step, n)], (d, step, n)
+    assert _on_cadence(np.array([big], np.int64), 2**40, 2**23).tolist() == [True]  # 1 ns short of 2**63
+
+
+def test_the_cadence_rule_against_exact_integers_on_random_spacings_and_ties():
+    from fastload._stream_time import _on_cadence
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        step = int(rng.integers(1, 10**12))
+        n = int(rng.integers(1, 50))
+        base = np.array([n * step, (n - 1) * step, (n + 1) * step], np.int64)
+        d = np.concatenate([rng.integers(-step, (n + 2) * step, 50),
+                            base + step // 2, base - step // 2, base + (step + 1) // 2, base - (step + 1) // 2,
+                            base + step // 2 + 1, base - step // 2 - 1]).astype(np.int64)  # fmt: skip
+        got = _on_cadence(d, step, n)
+        assert got.tolist() == [_rule(int(x), step, n) for x in d], (step, n)
