@@ -20,7 +20,7 @@ import numpy as np
 from .._write_atomic import unfinished_message
 from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
-from ._layout import FieldInfo, Layout, _warn_grid_not_fields, detect_layout
+from ._layout import FieldInfo, Layout, _time_coded, _warn_grid_not_fields, detect_layout
 from ._meta import ArrayInfo, load_metadata
 from ._region import read_box, read_region
 from ._shard import ShardIndex, ShardReadError
@@ -343,9 +343,9 @@ class Store:
 def _atmorep_not_fields(arrays: Mapping[str, ArrayInfo], layout: Layout) -> dict[str, str]:
     """The arrays of an AtmoRep store over both grid dimensions other than its data arrays and coordinates (a
     land-sea mask, a complex spectrum), each with why it is not a field, as :class:`~._layout.FieldSorter` says
-    it for the per-variable layout: a dtype no field has (complex, dates: the same words), else that this layout's
-    fields are the entries of ``data`` / ``data_sfc`` (a bool or number array, which the per-variable layout would
-    read as a field). Bounds arrays are skipped, as there; string arrays are left to the check of strings, which
+    it for the per-variable layout: a dtype no field has (complex, dates) or dates coded as numbers (CF units
+    ``... since ...``), in the same words; else that this layout's fields are the entries of ``data`` /
+    ``data_sfc`` (a bool or number array, which the per-variable layout would read as a field). Bounds arrays are skipped, as there; string arrays are left to the check of strings, which
     lists them in any layout wherever they lie (:func:`_object_why`)."""
     grid_dims = set(layout.grid.dims)
     bounds = {a.attrs.get("bounds") for a in arrays.values()} - {None}
@@ -360,6 +360,8 @@ def _atmorep_not_fields(arrays: Mapping[str, ArrayInfo], layout: Layout) -> dict
             continue
         if info.dtype.kind not in "biuf":
             out[name] = f"dtype {info.dtype}; a field must be numeric"
+        elif (units := _time_coded(info)) is not None:
+            out[name] = f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
         else:
             out[name] = (f"an AtmoRep store's fields are the entries of {data} along the field axis, named by the "
                          f"'fields' attribute; {name!r} (dims {info.dims}, dtype {info.dtype}) is an array of its own")

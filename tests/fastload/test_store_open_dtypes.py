@@ -95,3 +95,26 @@ def test_an_atmorep_store_without_extra_arrays_lists_nothing(tmp_path, caplog, z
     s, warns = _open(path, caplog)
     assert s.not_fields == {} and warns == []
     assert list(s.fields) == ["temperature", "velocity_u", "t2m", "msl"]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_array_of_dates_coded_as_numbers_gets_the_same_reason_in_both_layouts(tmp_path, caplog, zarr_format):
+    """Review s12 r2 item 5: an AtmoRep store's (time, lat, lon) array of dates coded as numbers (CF units
+    ``... since ...``, as xarray writes a datetime variable) was said to be an array of its own, not what it holds."""
+    units = "hours since 2000-01-01 00:00:00"
+    why = f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
+    stores = {}
+    for layout, make, grid in (("pv", make_per_variable, ("latitude", "longitude")),
+                               ("ar", make_atmorep, ("lat", "lon"))):
+        path = tmp_path / f"{layout}.zarr"
+        make(path, zarr_format=zarr_format)
+        root = zarr.open_group(str(path), mode="r+")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _array(root, "valid_time", np.arange(NT * NY * NX, dtype=np.int64).reshape(NT, NY, NX),
+                   ("time", *grid), zarr_format=zarr_format, chunks=(2, NY, NX), attrs={"units": units})
+        stores[layout], warns = _open(path, caplog)
+        assert stores[layout].not_fields == {"valid_time": why}, layout
+        assert any(w.endswith(f"array 'valid_time' spans the grid {grid} but is not a field, so fastload leaves it "
+                              f"out: {why}") for w in warns), warns
+        assert f"is not a field: {why}" in _refusal(stores[layout], "valid_time")
