@@ -414,6 +414,30 @@ def _marker(tmp: Path) -> str | None:
         return None
 
 
+def _marker_problem(tmp: Path, token: str) -> str | None:
+    """What is wrong with ``tmp``'s :data:`WRITER_MARKER` for the writer of ``token``; None when it holds it."""
+    marker = _marker(tmp)
+    if marker is None:
+        return f"it has no {WRITER_MARKER} (the directory was remade)"
+    return None if marker == token else f"its {WRITER_MARKER} holds {marker!r}, not this writer's {token!r}"
+
+
+def _refuse(tmp: Path, out: Path, found: str) -> StoreError:
+    return StoreError(f"{out}: the writer's temporary {tmp} was removed or replaced while it was being written "
+                      f"({found}); refusing to publish it at {out.name} (was it deleted, or written by another "
+                      "writer?): write the store again")  # fmt: skip
+
+
+def check_marker(tmp: str | os.PathLike[str], token: str, out: str | os.PathLike[str]) -> None:
+    """Raise :class:`StoreError` unless the temporary ``tmp`` still holds :data:`WRITER_MARKER` with ``token``
+    (:func:`write_marker`): for writers without :func:`check_temporary`'s root attribute check (``fastload
+    stats``). A temporary removed while it was written, remade by zarr's later writes, has none."""
+    tmp, out = Path(tmp), Path(out)
+    found = "it is gone" if _inode(tmp) is None else _marker_problem(tmp, token)
+    if found is not None:
+        raise _refuse(tmp, out, found)
+
+
 def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
     """Raise :class:`StoreError` unless ``tmp`` is still the temporary its writer created: a directory whose root
     attributes hold :data:`UNFINISHED_ATTR` ``token``, that holds :data:`WRITER_MARKER` with ``token`` and, on a
@@ -437,13 +461,9 @@ def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
         found = "it is gone"
     else:
         attrs = root_attrs(tmp)
-        marker = _marker(tmp)
         found = ("it holds no zarr metadata" if attrs is None else
                  f"its {UNFINISHED_ATTR} is {attrs.get(UNFINISHED_ATTR)!r}, not this writer's {token!r}"
-                 if attrs.get(UNFINISHED_ATTR) != token else
-                 f"it has no {WRITER_MARKER} (the directory was remade)" if marker is None else
-                 f"its {WRITER_MARKER} holds {marker!r}, not this writer's {token!r}"
-                 if marker != token else None)  # fmt: skip
+                 if attrs.get(UNFINISHED_ATTR) != token else _marker_problem(tmp, token))  # fmt: skip
         if found is None and now != inode:
             if _stable_inodes(tmp):
                 found = (f"it is the directory of inode {now}, created as {inode}, on a {_fs_type(tmp)} file "
@@ -452,9 +472,7 @@ def check_temporary(tmp: Path, inode: int, token: str, out: Path) -> None:
                 log.debug("%s: directory inode %d, created as %d, on a file system not known to keep inode numbers "
                           "(%s): this writer's token and marker decide", tmp, now, inode, _fs_type(tmp))  # fmt: skip
     if found is not None:
-        raise StoreError(f"{out}: the writer's temporary {tmp} was removed or replaced while it was being written "
-                         f"({found}); refusing to publish it at {out.name} (was it deleted, or written by another "
-                         "writer?): write the store again")  # fmt: skip
+        raise _refuse(tmp, out, found)
 
 
 def _provably_running(pid: int, start: int) -> bool:

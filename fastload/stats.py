@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
@@ -43,7 +44,14 @@ import numpy as np
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
-from ._write_atomic import make_temporary, release_temporary, remove_stale_temporaries
+from ._write_atomic import (
+    check_marker,
+    make_temporary,
+    release_temporary,
+    remove_marker,
+    remove_stale_temporaries,
+    write_marker,
+)
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
 from .store._check import refuse_packed, unknown_field, warn_not_fields
@@ -309,6 +317,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     counts = {name: {"missing": 0, "excluded": 0} for name, _, _ in selection}
     try:
         writer = CoefficientWriter(tmp, store, selection, cfg, tmask, out)
+        token = f"stats run {uuid.uuid4().hex}"
+        write_marker(tmp, token)  # zarr never remakes it: a temporary removed during the passes has none
         plans = []
         for group in passes:
             targets = [Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi, fill_values=fv)
@@ -340,6 +350,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
                 for tg in targets:
                     writer.write_target(tg)
                     tg.release()
+        check_marker(tmp, token, out)  # still this run's temporary, with the metadata written at the start
+        remove_marker(tmp)  # not zarr's: neither consolidated nor published
         writer.finish(counts)
         move_into_place(tmp, out, overwrite=cfg.overwrite)  # the old store goes only once the new one is there
     except BaseException:

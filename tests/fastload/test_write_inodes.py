@@ -216,3 +216,40 @@ def test_overlay_is_not_counted_as_keeping_inode_numbers(monkeypatch, fs_type):
     assert not wa._stable_inodes("/x")
     fs_type("ext4")
     assert wa._stable_inodes("/x")
+
+
+def test_a_stats_temporary_removed_during_the_passes_is_refused(tmp_path, monkeypatch):
+    """``fastload stats`` builds its store in a temporary of its own (no StoreWriter): one removed while the
+    passes ran was remade by zarr's chunk writes and by finish's metadata, and published without the coordinates
+    and attributes written at the start. Its marker file is missing then."""
+    import fastload._stats_pass as sp
+    from fastload.stats import StatsConfig, compute_stats
+    from tests.fastload.stores import make_per_variable
+
+    make_per_variable(tmp_path / "d.zarr", zarr_format=3)
+    real = sp.CoefficientWriter.write_target
+    removed, marked = [], []
+
+    def write_target(self, tg):  # one field, one target: the last write of the passes
+        real(self, tg)
+        tmps = [p for p in tmp_path.iterdir() if p.name.startswith("n.zarr.tmp-")]
+        assert len(tmps) == 1
+        marked.append((tmps[0] / wa.WRITER_MARKER).is_file())
+        shutil.rmtree(tmps[0])  # a clean-up removes it before the run finishes
+        removed.append(tmps[0])
+
+    monkeypatch.setattr(sp.CoefficientWriter, "write_target", write_target)
+    with pytest.raises(StoreError, match=r"removed or replaced .*it is gone"):
+        compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False, fields=("orog",)))
+    assert removed and not (tmp_path / "n.zarr").exists() and not removed[0].exists()
+    assert marked == [True]
+
+
+def test_a_stats_run_publishes_no_marker(tmp_path):
+    from fastload.stats import StatsConfig, compute_stats
+    from tests.fastload.stores import make_per_variable
+
+    make_per_variable(tmp_path / "d.zarr", zarr_format=3)
+    out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
+    assert not any(p.name == wa.WRITER_MARKER for p in Path(out).rglob("*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr", "n.zarr"]
