@@ -26,7 +26,8 @@ same checks, rename and Ctrl-C handling:
 - :func:`check_temporary` refuses at commit a temporary removed or replaced while it was written, by three guards
   (what each catches is said there): the writer's token in :data:`UNFINISHED_ATTR`, the marker file
   :data:`WRITER_MARKER` (removed before the store is published) and, on file systems known to keep inode numbers,
-  the directory's inode;
+  the directory's inode; :func:`check_marker` checks the marker alone, for ``fastload stats`` (which has no
+  :class:`~fastload.write.StoreWriter`);
 - :data:`UNFINISHED_ATTR`, a root attribute the writer sets when it creates the temporary store and deletes just
   before the rename, marks an unfinished store; :func:`unfinished_message` says so for a reader that opens one.
 
@@ -387,7 +388,7 @@ def _stable_inodes(path: str | os.PathLike[str]) -> bool:
 
 
 WRITER_MARKER = ".fastload-writer"
-"""A file inside a :class:`~fastload.write.StoreWriter`'s temporary holding that writer's token
+"""A file inside a :class:`~fastload.write.StoreWriter`'s (or ``fastload stats``') temporary holding its token
 (:func:`write_marker`): zarr never writes it, so a temporary removed and remade by zarr has none. Removed at commit
 before the store is published (:func:`remove_marker`): no published store holds it. A reader that lists an
 unfinished temporary's members (xarray without consolidated metadata) gets zarr's warning that the object
