@@ -19,7 +19,23 @@ def test_local_paths_become_paths_and_urls_stay_as_they_are(tmp_path):
     assert zarr_location(f"{tmp_path}/a#b?.zarr") == Path(f"{tmp_path}/a#b?.zarr")
     assert zarr_location(tmp_path / "c#d.zarr") == tmp_path / "c#d.zarr"
     assert zarr_location("s3://bucket/x#y.zarr") == "s3://bucket/x#y.zarr"
-    assert zarr_location("file:///tmp/x.zarr") == "file:///tmp/x.zarr"
+    assert zarr_location("simplecache::s3://bucket/x#y.zarr") == "simplecache::s3://bucket/x#y.zarr"
+
+
+def test_a_file_url_without_options_becomes_the_local_path_fsspec_gives_it(tmp_path, monkeypatch):
+    """zarr >= 3.2 cuts a file:// URL at '#' or '?' and takes ``file://rel`` as a host (zarr 3.1 opened both
+    through fsspec): without options the URL becomes the path fsspec's local filesystem reads."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    monkeypatch.chdir(tmp_path)
+    for url, path in [
+        (f"file://{tmp_path}/a#b?.zarr", tmp_path / "a#b?.zarr"),
+        (f"local://{tmp_path}/x.zarr", tmp_path / "x.zarr"),
+        ("file://rel#1.zarr", tmp_path / "rel#1.zarr"),
+    ]:
+        got = zarr_location(url)
+        assert isinstance(got, Path) and os.path.abspath(got) == str(path), url
+        assert str(got) == LocalFileSystem._strip_protocol(url)
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -46,6 +62,8 @@ def test_stats_of_a_store_with_url_characters_land_at_the_path_given(tmp_path, n
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     Normalizer(got)  # reads it back through the same path
+    by_url = Normalizer(f"file://{tmp_path / name}")  # zarr >= 3.2 cut the URL at '#'/'?'
+    assert by_url.fields == Normalizer(tmp_path / "plain_n.zarr").fields and by_url.fields
 
 
 def test_rechunk_from_and_to_paths_with_url_characters(tmp_path):
@@ -55,6 +73,11 @@ def test_rechunk_from_and_to_paths_with_url_characters(tmp_path):
     out = rechunk(open_store(tmp_path / "s#1.zarr"), tmp_path / "r?x#2.zarr", chunks=(2, 1, 5, 4), progress=False)
     assert sorted(os.listdir(tmp_path)) == ["r?x#2.zarr", "s#1.zarr"]
     back = open_store(out)
+    for v in ("t", "q", "sp"):
+        np.testing.assert_array_equal(back.read(v).reshape(truth[v].shape), truth[v], err_msg=v)
+    by_url = rechunk(open_store(f"file://{tmp_path / 's#1.zarr'}"), tmp_path / "u.zarr", chunks=(2, 1, 5, 4),
+                     progress=False)  # fmt: skip
+    back = open_store(by_url)
     for v in ("t", "q", "sp"):
         np.testing.assert_array_equal(back.read(v).reshape(truth[v].shape), truth[v], err_msg=v)
 
