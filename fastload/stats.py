@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
@@ -54,6 +55,7 @@ from ._write_atomic import (
 )
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
+from .store._cf import NS_RANGE, _outside_ns_range
 from .store._check import refuse_packed, unknown_field, warn_not_fields
 from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
@@ -131,12 +133,40 @@ def _floats(name: str, v: Any) -> tuple[float, ...]:
 
 
 def _datetime(name: str, v: Any) -> np.datetime64:
+    """``v`` at its own precision (a date is a day, ``2000-01`` a month), no finer than ns, checked to lie in the
+    range datetime64[ns] holds.
+
+    NumPy converts a date outside that range to ns without a word (< 2.5: ``1000-01-01`` became 2169-02-08) or
+    with a bare ``OverflowError`` (>= 2.5), and wraps a string with 10 or more digits of a second as it parses
+    it: such a value is read at ns (finer digits cut) and at us (which holds ±290,000 years), and is in range
+    when the two agree.
+    """
     try:
-        return np.datetime64(v, "ns")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # NumPy 2.5: NaT's generic unit is deprecated
+            d = np.datetime64(v)
+        unit = np.datetime_data(d.dtype)[0]
+        if unit == "generic":  # NaT: it selects nothing
+            raise ValueError(v)
+        if unit in ("ns", "ps", "fs", "as"):
+            d, coarse = np.datetime64(v, "ns"), np.datetime64(v, "us")
     except (TypeError, ValueError):
         raise ConfigError(
             f"{name}: expected an ISO date or time such as 2000-01-31T18:00, got {v!r}"
         ) from None
+    except OverflowError:
+        outside = True
+    else:
+        if unit in ("ns", "ps", "fs", "as"):
+            ns, us = int(d.astype(np.int64)), int(coarse.astype(np.int64))  # ints: NumPy 2.5's astype overflows
+            outside = bool(np.isnat(d) or ns // 1000 != us)  # near the range's ends
+        else:
+            outside = bool(_outside_ns_range(np.asarray(d)))
+    if outside:
+        raise ConfigError(
+            f"{name}: {v!r} is outside the range of dates fastload reads (datetime64[ns]), {NS_RANGE}"
+        )
+    return d
 
 
 def _select(store: Any, cfg: StatsConfig) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
@@ -240,12 +270,16 @@ def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
     if cfg.time_range is not None:
         start, end = cfg.time_range
         if start is not None:
-            mask &= store.time >= _datetime("stats.time_range", start)
+            mask &= store.time >= _datetime("stats.time_range", start).astype("datetime64[ns]")
         if end is not None:
-            _datetime("stats.time_range", end)  # a clear error for a bad value
-            e = np.datetime64(end)  # at its own precision: a date is a whole day
+            e = _datetime("stats.time_range", end)  # at its own precision: a date is a whole day
             unit = np.datetime_data(e.dtype)[0]
-            mask &= store.time < (e + np.timedelta64(1, unit)).astype("datetime64[ns]")
+            if unit == "ns":
+                mask &= store.time <= e
+            else:
+                after = e + np.timedelta64(1, unit)  # past the ns range (end 2262-04-11): every time is before it
+                if not _outside_ns_range(np.asarray(after)):
+                    mask &= store.time < after.astype("datetime64[ns]")
         if not mask.any():
             raise ConfigError(
                 f"stats.time_range: {cfg.time_range} selects no time step of {store.path!r} "

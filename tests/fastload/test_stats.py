@@ -215,6 +215,35 @@ def test_time_range_end_includes_its_whole_unit_as_xarray(tmp_path, start, end):
     assert attrs["time_steps"] == sel.sizes["time"] > 1
 
 
+@pytest.mark.parametrize("start, end", [("1000-01-01", None), (None, "2300-01-01"), ("2300-01-01T00:00", None),
+                                        ("1677-09-21T00:12:43.145224192", None),
+                                        (None, "2262-04-11T23:47:16.854775808"),
+                                        (None, "2300-01-01T00:00:00.000000000")])  # fmt: skip
+def test_time_range_outside_the_ns_range_is_refused_naming_the_setting_value_and_range(start, end):
+    """NumPy wrapped such a date when it converted it to ns (1000-01-01 became 2169-02-08), or raised a bare
+    OverflowError (>= 2.5); the ends of the range are pandas' Timestamp bounds, one ns past them is refused."""
+    bad = start or end
+    rng = f"{pd.Timestamp.min.isoformat()} .. {pd.Timestamp.max.isoformat()}"
+    with pytest.raises(ConfigError, match=f"stats.time_range: '{bad}' is outside .*{rng}"):
+        StatsConfig(time_range=(start, end))
+
+
+@pytest.mark.parametrize("start, end, t0, keep", [
+    ("2262-04-10T12", "2262-04-11", "2262-04-10", lambda t: t >= np.datetime64("2262-04-10T12")),
+    (pd.Timestamp.min.isoformat(), pd.Timestamp.max.isoformat(), "2262-04-10", lambda t: t == t),
+    (pd.Timestamp.min.isoformat(), "1677-09-22T12", "1677-09-22", lambda t: t <= np.datetime64("1677-09-22T12")),
+])  # fmt: skip
+def test_time_range_at_the_ns_range_ends_selects_the_steps_inside(tmp_path, start, end, t0, keep):
+    """An end whose day runs past the ns range (2262-04-11) selected nothing (< 2.5) or overflowed (>= 2.5);
+    pandas' Timestamp bounds select every step. (xarray's sel cannot slice at these ends: pandas overflows.)"""
+    data, time = write_per_variable(tmp_path / "d.zarr", nt=8, start=t0)
+    compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr",
+                  StatsConfig(fields=("precip",), time_range=(start, end), progress=False))  # fmt: skip
+    k = keep(time)
+    attrs = assert_stats(tmp_path / "n.zarr", "precip", data["precip"][k][:, None], months_of(time[k]))
+    assert attrs["time_steps"] == int(k.sum()) > 1
+
+
 def test_static_field_counts_for_every_month(tmp_path):
     data, _ = write_per_variable(tmp_path / "d.zarr")
     out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(fields=("orography",),
