@@ -271,6 +271,17 @@ def _warn_grid_not_fields(meta: StoreMetadata, not_fields: Mapping[str, str], gr
 
 
 # -- per-variable (and mesh) fields -------------------------------------------------------------------------------
+def values_why_not(info: ArrayInfo) -> str | None:
+    """Why an array's values cannot be a field's, whatever the layout: a dtype no field has (not bool, integer or
+    float: complex, datetime) or dates coded as numbers (CF units ``... since ...``); None when they can."""
+    if info.dtype.kind not in "biuf":
+        return f"dtype {info.dtype}; a field must be numeric"
+    units = _time_coded(info)
+    if units is not None:
+        return f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
+    return None
+
+
 def _time_coded(info: ArrayInfo) -> str | None:
     """The CF ``units`` of an array of numbers that codes dates (``"hours since 1979-01-01"``, as xarray writes any
     datetime variable), else None."""
@@ -336,12 +347,7 @@ class FieldSorter:
             return f"dims {dims}; a field has dims {self.expected}"
         if level_dim is not None and level_dim not in self.level_coords:
             return f"dimension {level_dim!r} has no 1-D coordinate array {level_dim!r} giving level values"
-        if info.dtype.kind not in "biuf":
-            return f"dtype {info.dtype}; a field must be numeric"
-        units = _time_coded(info)
-        if units is not None:
-            return f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
-        return None
+        return values_why_not(info)
 
     def _level_values(self, level_dim: str) -> np.ndarray:
         if level_dim not in self._levels:

@@ -20,7 +20,7 @@ import numpy as np
 from .._write_atomic import unfinished_message
 from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
-from ._layout import FieldInfo, Layout, _time_coded, _warn_grid_not_fields, detect_layout
+from ._layout import FieldInfo, Layout, _warn_grid_not_fields, detect_layout, values_why_not
 from ._meta import ArrayInfo, load_metadata
 from ._region import read_box, read_region
 from ._shard import ShardIndex, ShardReadError
@@ -358,10 +358,9 @@ def _atmorep_not_fields(arrays: Mapping[str, ArrayInfo], layout: Layout) -> dict
             continue
         if info.dtype.kind in "OSU":
             continue
-        if info.dtype.kind not in "biuf":
-            out[name] = f"dtype {info.dtype}; a field must be numeric"
-        elif (units := _time_coded(info)) is not None:
-            out[name] = f"it holds dates coded as numbers (units {units!r}); a field must hold values, not dates"
+        why = values_why_not(info)
+        if why is not None:
+            out[name] = why
         else:
             out[name] = (f"an AtmoRep store's fields are the entries of {data} along the field axis, named by the "
                          f"'fields' attribute; {name!r} (dims {info.dims}, dtype {info.dtype}) is an array of its own")
