@@ -124,28 +124,49 @@ def is_date_units(units: Any) -> bool:
     return (unit in _UNIT_NS or unit in ("weeks", "week", "months", "month", "years", "year")) and bool(_REF.match(ref))
 
 
+_PER_NS = {"ps": 10**3, "fs": 10**6, "as": 10**9}  # units finer than ns: how many make one ns
+
+
 def _outside_ns_range(values: np.ndarray) -> np.ndarray:
-    """Where ``datetime64`` values of a unit no finer than ns fall outside what datetime64[ns] holds.
+    """Where ``datetime64`` values fall outside what datetime64[ns] holds.
 
     In integers, without converting the values: NumPy < 2.5 wraps what ns cannot hold silently, NumPy >= 2.5
     raises ``OverflowError`` for the whole array, and also for a value inside the range but within one unit of
     its end (its floor division overflows). A unit of fixed length (weeks to ns, with a count) is checked against
     the range's ends in that unit, rounded inward; months and years against the first month and year that start
-    inside the range and the last one.
+    inside the range and the last one. A unit finer than ns holds only dates in range unless its count makes
+    its step long (``M8[1000000000ps]`` is ms): those are checked against the range's ends in ns, floored as
+    NumPy converts them. Big-endian values (``>M8``) are read as values, not bytes.
     """
     unit, count = np.datetime_data(values.dtype)
     if unit == "generic":  # only NaT has no unit
         return np.zeros(values.shape, bool)
-    i = values.view(np.int64)
+    i = values.astype(values.dtype.newbyteorder("="), copy=False).view(np.int64)
     nat = np.iinfo(np.int64).min
     if unit in ("Y", "M"):
         first, last = ("1678", "2262") if unit == "Y" else ("1677-10", "2262-04")
         lo = -(-int(np.datetime64(first, unit).astype(np.int64)) // count)  # ceil: the first whole step inside
         hi = int(np.datetime64(last, unit).astype(np.int64)) // count
+    elif unit in _PER_NS:  # the value in ns is floor(i * count / per_ns), in range when in [nat + 1, -(nat + 1)]
+        per_ns = _PER_NS[unit]
+        lo = -((-(nat + 1) * per_ns) // count)  # ceil((nat + 1) * per_ns / count)
+        hi = (-nat * per_ns - 1) // count  # the largest i with i * count < 2**63 * per_ns
+        if lo <= nat + 1 and hi >= -(nat + 1):  # every int64 is inside
+            return np.zeros(values.shape, bool)
     else:
         step = int(np.timedelta64(1, unit).astype("timedelta64[ns]").astype(np.int64)) * count
         lo, hi = -((-(nat + 1)) // step), (-(nat + 1)) // step
     return np.asarray(((i < lo) | (i > hi)) & (i != nat))
+
+
+def _shown(value: np.datetime64) -> Any:
+    """``value`` as a message shows it: a unit of ns or finer with a count (``M8[3ns]``) in whole seconds, which
+    NumPy cannot print outside the ns range (>= 2.5 raises OverflowError, older versions print it wrapped)."""
+    unit, count = np.datetime_data(value.dtype)
+    if unit not in ("ns", *_PER_NS) or count == 1:
+        return value
+    i = int(np.asarray(value).astype(value.dtype.newbyteorder("=")).view(np.int64))
+    return np.datetime64(i * count // (10**9 * _PER_NS.get(unit, 1)), "s")
 
 
 def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.ndarray:
@@ -188,13 +209,18 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     """
     values = np.asarray(values)
     if values.dtype.kind == "M":
-        if np.datetime_data(values.dtype)[0] not in ("ps", "fs", "as"):  # finer: all within range, ns truncates
-            outside = _outside_ns_range(values)
-            if outside.any():
-                raise SchemaError(
-                    f"{where}: time value {values[outside].ravel()[0]} is outside the range datetime64[ns] holds, "
-                    f"{NS_RANGE}; fastload reads dates only in that range"
-                )
+        outside = _outside_ns_range(values)
+        if outside.any():
+            raise SchemaError(
+                f"{where}: time value {_shown(values[outside].ravel()[0])} is outside the range datetime64[ns] "
+                f"holds, {NS_RANGE}; fastload reads dates only in that range"
+            )
+        unit, count = np.datetime_data(values.dtype)
+        if unit in _PER_NS and count > 1:  # NumPy multiplies by the count before it divides: int64 overflows
+            i = values.astype(values.dtype.newbyteorder("="), copy=False).view(np.int64)
+            nat = i == np.iinfo(np.int64).min
+            exact = np.asarray(np.where(nat, 0, i).astype(object) * count // _PER_NS[unit])  # floored, as NumPy
+            return np.where(nat, i, exact.astype(np.int64)).view("datetime64[ns]")
         return values.astype("datetime64[ns]")
     if values.dtype.kind not in "iuf":
         raise SchemaError(f"{where}: time coordinate has dtype {values.dtype}; expected datetime64 or CF numbers")

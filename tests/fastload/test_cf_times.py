@@ -138,6 +138,52 @@ def test_datetime64_values_at_the_ns_range_ends_decode_or_are_refused_as_pandas_
                 decode_time(np.array(v, dtype), {}, "t")
 
 
+@pytest.mark.parametrize("unit, per_ns", [("1000000000ps", 1000), ("3000ps", 1000), ("7000000fs", 10**6),
+                                           ("2000000000as", 10**9), ("3ps", 1000)])  # fmt: skip
+def test_units_finer_than_ns_with_a_long_step_decode_or_are_refused_as_pandas_bounds_say(unit, per_ns):
+    """A unit finer than ns with a count that makes its step long (``M8[1000000000ps]`` is a ms) was not range
+    checked: NumPy < 2.5 wrapped the values, >= 2.5 raised OverflowError. Around the ends of the range, in the
+    unit: decoded to floor(value * count / per_ns) ns, or refused where pandas' Timestamp.min/max say so."""
+    dtype = np.dtype(f"datetime64[{unit}]")
+    count = np.datetime_data(dtype)[1]
+    lo, hi = pd.Timestamp.min.value, pd.Timestamp.max.value
+    ints = {0, -1, 1, 2**62, -(2**62), 2**63 - 1, -(2**63) + 1}
+    for end in (lo, hi):
+        k = end * per_ns // count
+        ints |= {k + d for d in range(-3, 4)}
+    for i in sorted(x for x in ints if -(2**63) < x < 2**63):
+        v = np.array([i], np.int64).view(dtype)
+        ns = i * count // per_ns  # Python ints: exact
+        for arr in (v, v.astype(dtype.newbyteorder(">"))):
+            if lo <= ns <= hi:
+                got = decode_time(arr, {}, "t")
+                assert got.dtype == np.dtype("datetime64[ns]") and int(got.astype(np.int64)[0]) == ns, (unit, i)
+            else:
+                shown = np.datetime64(ns // 10**9, "s")
+                with pytest.raises(SchemaError, match=f"t: time value {shown} is outside the range"):
+                    decode_time(arr, {}, "t")
+
+
+def test_big_endian_and_3ns_values_are_checked_as_values_and_named(tmp_path):
+    """A big-endian ``>M8`` array was range checked on its raw bytes (2000-01-01 refused, 2300 let through to
+    wrap); an ``M8[3ns]`` value outside the range could not be printed in the message (NumPy 2.5 OverflowError)."""
+    be = np.array(["2000-01-01", "2262-04-11T23:47:16"], ">M8[s]")
+    np.testing.assert_array_equal(decode_time(be, {}, "t"), be.astype("M8[ns]"))
+    assert decode_time(be, {}, "t")[0] == np.datetime64("2000-01-01", "ns")
+    with pytest.raises(SchemaError, match="t: time value 2300-01-01T00:00:00 is outside the range"):
+        decode_time(np.array(["2000-01-01", "2300-01-01"], ">M8[s]"), {}, "t")
+    with pytest.raises(SchemaError, match="t: time value 1600-01-01 is outside the range"):
+        decode_time(np.array(["1600-01-01"], ">M8[D]"), {}, "t")
+    s = int(np.datetime64("2300-01-01T00:00:01", "s").astype(np.int64))  # the first 3 ns step in that second
+    with pytest.raises(SchemaError, match="t: time value 2300-01-01T00:00:01 is outside the range"):
+        decode_time(np.array([-(-s * 10**9 // 3)], np.int64).view("M8[3ns]"), {}, "t")
+    first = -((2**63 - 1) // 3)  # the first 3 ns step inside the range (its start is -(2**63 - 1) ns)
+    early = first - 1  # the one before it
+    assert int(decode_time(np.array([first], np.int64).view("M8[3ns]"), {}, "t").astype(np.int64)[0]) == 3 * first
+    with pytest.raises(SchemaError, match=f"time value {np.datetime64(early * 3 // 10**9, 's')} is outside"):
+        decode_time(np.array([early], np.int64).view("M8[3ns]"), {}, "t")
+
+
 def _store_with_time(path, values, attrs):
     import zarr
 
