@@ -207,9 +207,11 @@ class Normalizer:
             raise StoreNotFoundError(
                 f"normalisation store {self.path!r} does not exist (make one: fastload stats)"
             )
-        location = zarr_location(self.path, storage_options)  # a local path with storage_options: ConfigError
-        try:
+        try:  # zarr_location opens a URL with options: an unknown protocol is a ValueError there
+            location = zarr_location(self.path, storage_options)  # a local path with storage_options: ConfigError
             self._root = zarr.open_group(location, mode="r")
+        except ConfigError:
+            raise
         except FileNotFoundError as e:  # zarr's GroupNotFoundError included
             raise StoreNotFoundError(f"no normalisation store (zarr group) at {self.path!r}: {e}") from e
         except (ValueError, TypeError, KeyError) as e:

@@ -238,6 +238,16 @@ def test_bad_paths(tmp_path, stores):
         Normalizer(stores[0] / "d.zarr")  # the data store is not a coefficient store
 
 
+def test_a_url_of_an_unknown_protocol_with_options_is_a_schema_error_naming_it(tmp_path):
+    """Opening a URL with storage_options moved into zarr_location, outside the try that turned zarr's errors into
+    fastload's: an unknown protocol raised fsspec's bare ValueError. Options with a local path stay a ConfigError."""
+    with pytest.raises(SchemaError, match=r"normalisation store 'nosuchproto://b/n\.zarr' .*Protocol not known"):
+        Normalizer("nosuchproto://b/n.zarr", storage_options={"anon": True})
+    (tmp_path / "n.zarr").mkdir()
+    with pytest.raises(ConfigError, match=r"storage_options \{'anon': True\} given for the local path .*n\.zarr"):
+        Normalizer(tmp_path / "n.zarr", storage_options={"anon": True})
+
+
 def test_check_with_time_steps_needs_only_the_months_the_boxes_read(stores, tmp_path):
     """Coefficients for March only, a store of March and April: the whole-record check (the Loader's: random
     placement reaches any month) refuses it; with the time steps of given boxes only their months count, and the
