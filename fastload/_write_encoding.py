@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, SchemaError
+from .store._cf import decode_time
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "lz4", "gzip", "none")
 DEFAULT_CODEC = "blosc-lz4"
@@ -101,21 +102,22 @@ def encode_time(times: np.ndarray) -> tuple[np.ndarray, str]:
     """Encode datetimes as int64 CF offsets since 1979-01-01: hours when all are whole hours, else minutes/seconds.
 
     Returns the values and their ``units`` attribute. Raises :class:`SchemaError` for times that are not
-    strictly increasing or not whole seconds.
+    strictly increasing, not whole seconds, or outside the range datetime64[ns] holds.
     """
     t = np.asarray(times)
     if not np.issubdtype(t.dtype, np.datetime64):
         raise SchemaError(f"time: expected datetime64 values, got dtype {t.dtype}")
-    t = t.astype("datetime64[ns]")
+    t = decode_time(t, {}, "time")  # ns, range-checked: NumPy wraps (< 2.5) or overflows (>= 2.5) what ns cannot hold
     if np.isnat(t).any():
         raise SchemaError("time: contains NaT (missing time stamps)")
-    if t.size > 1 and not (np.diff(t) > np.timedelta64(0, "ns")).all():
+    if t.size > 1 and not (t[1:] > t[:-1]).all():  # np.diff overflows int64 ns over 292 years
         raise SchemaError("time: expected strictly increasing time stamps")
-    delta = (t - _EPOCH).astype(np.int64)  # ns
+    i = t.astype(np.int64)  # ns since 1970; t - _EPOCH overflows int64 ns before 1686-12 (302 years from 1979)
+    epoch = int(_EPOCH.astype(np.int64))
     for unit, ns in (("hours", 3_600_000_000_000), ("minutes", 60_000_000_000), ("seconds", 1_000_000_000)):
-        if (delta % ns == 0).all():
-            return delta // ns, TIME_UNITS.replace("hours", unit)
-    bad = int(np.flatnonzero(delta % 1_000_000_000)[0])
+        if (i % ns == 0).all():  # the epoch is a whole hour: i - epoch is a whole unit when i is
+            return i // ns - epoch // ns, TIME_UNITS.replace("hours", unit)
+    bad = int(np.flatnonzero(i % 1_000_000_000)[0])
     raise SchemaError(f"time: time stamps must be whole seconds; time[{bad}] = {t[bad]} is not (times decoded from a "
                       "float encoding carry its rounding: round them, e.g. times.astype('datetime64[s]'))")
 

@@ -49,7 +49,7 @@ import numpy as np
 from ._progress import Progress
 from ._zarr_location import zarr_location
 from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
-from .store._cf import NS_RANGE
+from .store._cf import NS_RANGE, decode_time
 from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
 
 __all__ = ["convert", "main", "GRIB_SUFFIXES"]
@@ -174,11 +174,11 @@ def _source(path: Path, ds: Any) -> _Source:
         t = ds[tdim].values if tdim in ds.coords else None
         if t is None or not np.issubdtype(t.dtype, np.datetime64):
             _refuse_time(path, tdim, ds[tdim] if t is not None else None)
-        time = t.astype("datetime64[ns]")
+        time = decode_time(t, {}, f"{path}: time {tdim!r}")  # ns, range-checked (xarray may give M8[s])
         if time.size == 0:
             raise SchemaError(f"{path}: time dimension {tdim!r} is empty (0 time steps): nothing to convert; leave "
                               "the file out")  # fmt: skip
-        if time.size > 1 and not (np.diff(time) > np.timedelta64(0, "ns")).all():
+        if time.size > 1 and not (time[1:] > time[:-1]).all():  # np.diff overflows int64 ns over 292 years
             raise SchemaError(f"{path}: time {tdim!r} is not strictly increasing")
     return _Source(path, ds, roles, time)
 
