@@ -112,8 +112,9 @@ def _time_axis(meta: StoreMetadata, read: ReadFull, where: str) -> tuple[str | N
     if info.ndim != 1:
         raise SchemaError(f"{where}: coordinate {name!r} has shape {info.shape}; expected 1-D (time,)")
     t = decode_time(read(name), info.attrs, f"{where}/{name}")
-    if t.size > 1 and not np.all(np.diff(t) > np.timedelta64(0, "ns")):
-        bad = int(np.argmax(np.diff(t) <= np.timedelta64(0, "ns")))
+    later = t[1:] > t[:-1]  # neighbours compared, not np.diff: a step over 292 years overflows timedelta64[ns]
+    if t.size > 1 and not later.all():
+        bad = int(np.argmax(~later))
         raise SchemaError(
             f"{where}: time coordinate {name!r} is not strictly increasing: {t[bad]} at index {bad} is followed "
             f"by {t[bad + 1]}"

@@ -188,6 +188,16 @@ def test_longitude_across_the_dateline_is_monotonic(tmp_path):
     assert not s.grid.periodic_x and s.grid.lon[0] == 170.0 and s.grid.lon[-1] < 0
 
 
+def test_time_steps_over_292_years_are_increasing(tmp_path):
+    """np.diff of datetime64[ns] overflows past 292 years (2.4: a negative step, 'not strictly increasing'; 2.5:
+    OverflowError); the times are compared as neighbours."""
+    make_per_variable(tmp_path / "s.zarr")
+    _write_coord(tmp_path / "s.zarr", "time", np.array([0, 1, 300 * 365, 300 * 365 + 1]), 2,
+                 {"units": "days since 1700-01-01"})
+    s = open_store(tmp_path / "s.zarr")
+    assert s.time[1] - s.time[0] == np.timedelta64(1, "D") and str(s.time[2])[:4] == "1999"
+
+
 def test_time_not_increasing(tmp_path):
     make_per_variable(tmp_path / "s.zarr")
     _write_coord(tmp_path / "s.zarr", "time", np.array([0, 6, 6, 12]), 2, {"units": "hours since 2000-01-01"})
