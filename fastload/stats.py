@@ -55,7 +55,7 @@ from ._write_atomic import (
 )
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
-from .store._cf import NS_RANGE, _outside_ns_range
+from .store._cf import NS_RANGE, outside_ns_range
 from .store._check import refuse_packed, unknown_field, warn_not_fields
 from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
@@ -161,7 +161,7 @@ def _datetime(name: str, v: Any) -> np.datetime64:
             ns, us = int(d.astype(np.int64)), int(coarse.astype(np.int64))  # ints: NumPy 2.5's astype overflows
             outside = bool(np.isnat(d) or ns // 1000 != us)  # near the range's ends
         else:
-            outside = bool(_outside_ns_range(np.asarray(d)))
+            outside = bool(outside_ns_range(np.asarray(d)))
     if outside:
         raise ConfigError(
             f"{name}: {v!r} is outside the range of dates fastload reads (datetime64[ns]), {NS_RANGE}"
@@ -278,7 +278,7 @@ def _time_mask(store: Any, cfg: StatsConfig) -> np.ndarray | None:
                 mask &= store.time <= e
             else:
                 after = e + np.timedelta64(1, unit)  # past the ns range (end 2262-04-11): every time is before it
-                if not _outside_ns_range(np.asarray(after)):
+                if not outside_ns_range(np.asarray(after)):
                     mask &= store.time < after.astype("datetime64[ns]")
         if not mask.any():
             raise ConfigError(

@@ -127,7 +127,7 @@ def is_date_units(units: Any) -> bool:
 _PER_NS = {"ps": 10**3, "fs": 10**6, "as": 10**9}  # units finer than ns: how many make one ns
 
 
-def _outside_ns_range(values: np.ndarray) -> np.ndarray:
+def outside_ns_range(values: np.ndarray) -> np.ndarray:
     """Where ``datetime64`` values fall outside what datetime64[ns] holds.
 
     In integers, without converting the values: NumPy < 2.5 wraps what ns cannot hold silently, NumPy >= 2.5
@@ -209,7 +209,7 @@ def decode_time(values: np.ndarray, attrs: Mapping[str, Any], where: str) -> np.
     """
     values = np.asarray(values)
     if values.dtype.kind == "M":
-        outside = _outside_ns_range(values)
+        outside = outside_ns_range(values)
         if outside.any():
             raise SchemaError(
                 f"{where}: time value {_shown(values[outside].ravel()[0])} is outside the range datetime64[ns] "
