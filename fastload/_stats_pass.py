@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._write_atomic import UNFINISHED_ATTR, unfinished_attr
+from ._write_temps import UNFINISHED_ATTR, unfinished_attr
 from ._zarr_location import zarr_location
 from .norm import FORMAT_VERSION
 from .write import sigint_deferred

@@ -217,7 +217,7 @@ class Normalizer:
         except (ValueError, TypeError, KeyError) as e:
             raise SchemaError(f"normalisation store {self.path!r} has unreadable metadata: {e}") from e
         attrs = dict(self._root.attrs)
-        from ._write_atomic import unfinished_message
+        from ._write_temps import unfinished_message
 
         msg = unfinished_message(self.path, attrs)
         if msg:

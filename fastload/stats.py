@@ -45,7 +45,7 @@ import numpy as np
 from ._cli_options import add_backend_option, add_storage_option, parse_storage_options
 from ._progress import Progress
 from ._stats_pass import ChunkPlan, CoefficientWriter, Target, feed
-from ._write_atomic import (
+from ._write_temps import (
     check_marker,
     make_temporary,
     release_temporary,

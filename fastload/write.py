@@ -5,9 +5,9 @@ so they share one layout, one chunking policy, and one guarantee: the store is b
 path ``<out>.tmp-<host>-<pid>-<start>-w<n>`` and renamed to ``<out>`` only by :meth:`StoreWriter.commit`. An exception or
 Ctrl-C removes the temporary directory, so nothing that opens as a store ever appears at ``<out>`` half written. A
 writer killed outright (SIGKILL: the OOM killer, a preempted job) cannot clean up: its temporary carries the root
-attribute ``fastload_unfinished`` (deleted just before the rename; :func:`fastload._write_atomic.unfinished_message`)
+attribute ``fastload_unfinished`` (deleted just before the rename; :func:`fastload._write_temps.unfinished_message`)
 and the next writer of the same ``<out>`` on that host removes it once that process is provably gone
-(:func:`fastload._write_atomic.remove_stale_temporaries`). Ctrl-C
+(:func:`fastload._write_temps.remove_stale_temporaries`). Ctrl-C
 is held back while a zarr call runs (:func:`sigint_deferred`): zarr-python writes chunks on its own event-loop
 thread, and an interrupt that stopped only the main thread's wait let those writes recreate files in the
 temporary directory after it was removed.
@@ -61,23 +61,7 @@ import numpy as np
 import zarr
 from zarr.errors import UnstableSpecificationWarning
 
-from ._write_atomic import (
-    UNFINISHED_ATTR,
-    _inode,
-    check_output,
-    check_temporary,
-    drop_temporary,
-    live_writer_of,
-    make_temporary,
-    move_into_place,
-    release_temporary,
-    remove_marker,
-    remove_stale_temporaries,
-    root_attrs,
-    sigint_deferred,
-    unfinished_attr,
-    write_marker,
-)
+from ._write_atomic import check_output, move_into_place, sigint_deferred
 from ._write_encoding import (
     CALENDAR,
     CODECS,
@@ -92,6 +76,20 @@ from ._write_encoding import (
     declared_fill_value,
     encode_time,
     parse_ints,
+)
+from ._write_temps import (
+    UNFINISHED_ATTR,
+    _inode,
+    check_temporary,
+    drop_temporary,
+    live_writer_of,
+    make_temporary,
+    release_temporary,
+    remove_marker,
+    remove_stale_temporaries,
+    root_attrs,
+    unfinished_attr,
+    write_marker,
 )
 from .errors import ConfigError, SchemaError, StoreError
 from .store._cf import level_type_of
@@ -163,9 +161,9 @@ class StoreWriter:
     -----
     Used as a context manager it commits on a clean exit and aborts (removes the temporary directory) on any
     exception, ``KeyboardInterrupt`` included. Creating a writer first removes the temporaries of ``out`` left by
-    writers on this host that were killed (:func:`fastload._write_atomic.remove_stale_temporaries`) and, without
+    writers on this host that were killed (:func:`fastload._write_temps.remove_stale_temporaries`) and, without
     ``overwrite``, refuses (:class:`StoreError`) while a live writer on this host, this process included, is
-    writing ``out`` (:func:`fastload._write_atomic.live_writer_of`). Writes must be aligned to the write unit of the array (its shard
+    writing ``out`` (:func:`fastload._write_temps.live_writer_of`). Writes must be aligned to the write unit of the array (its shard
     when sharded, else its chunk), so no chunk is read back and rewritten; :meth:`commit` checks that every
     write unit of every variable was written.
     """
@@ -519,7 +517,7 @@ class StoreWriter:
         Raises :class:`StoreError` when a variable has unwritten blocks (``require_complete``), when ``out``
         appeared in the meantime and ``overwrite`` is false (the temporary store is removed in these cases), and when
         the temporary is no longer the one this writer created (removed or replaced while it was written:
-        :func:`fastload._write_atomic.check_temporary`).
+        :func:`fastload._write_temps.check_temporary`).
         """
         if self._done:
             raise StoreError(f"{self.out}: this writer was already committed or aborted")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._write_atomic import unfinished_message
+from .._write_temps import unfinished_message
 from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
 from ._layout import FieldInfo, Layout, _warn_grid_not_fields, detect_layout, values_why_not

@@ -25,10 +25,11 @@ import xarray as xr
 import zarr
 
 import fastload._write_atomic as wa
-from fastload._write_atomic import (
+import fastload._write_temps as wt
+from fastload._write_atomic import move_into_place
+from fastload._write_temps import (
     UNFINISHED_ATTR,
     _host,
-    move_into_place,
     remove_stale_temporaries,
     temp_path,
 )
@@ -463,7 +464,7 @@ def test_a_dead_writers_finished_temporary_is_kept_with_or_without_out(tmp_path,
     another store (it used to be removed when OUT was there). An unfinished one goes either way."""
     out = tmp_path / "s.zarr"
     p = subprocess.Popen(["sleep", "60"])
-    start = wa._proc_start(p.pid)[0]
+    start = wt._proc_start(p.pid)[0]
     p.kill()
     p.wait()
     done = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start}"
@@ -491,7 +492,7 @@ def test_a_dead_writers_ready_name_is_judged_by_the_inodes_of_both_names(tmp_pat
     kept with a warning, never deleted on a guess."""
     out = _store(tmp_path / "s.zarr", 2)
     p = subprocess.Popen(["sleep", "60"])
-    start = wa._proc_start(p.pid)[0]
+    start = wt._proc_start(p.pid)[0]
     p.kill()
     p.wait()
     tmp = f"s.zarr.tmp-{_host()}-{p.pid}-{start}"

@@ -4,7 +4,7 @@ inode at commit differs from the one recorded at creation although it is the sam
 (:data:`~fastload.write.UNFINISHED_ATTR`, unique per writer) decides; the inode is an extra guard only on a file
 system known to keep inode numbers (ext4, xfs, tmpfs, ...): there it still refuses a temporary removed and remade.
 
-The inode change is simulated by wrapping ``os.lstat`` (what :func:`fastload._write_atomic._inode` calls); the file
+The inode change is simulated by wrapping ``os.lstat`` (what :func:`fastload._write_temps._inode` calls); the file
 system's type by a synthetic ``/proc/self/mountinfo``."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 import zarr
 
-import fastload._write_atomic as wa
+import fastload._write_temps as wt
 from fastload.errors import StoreError
 
 
@@ -62,7 +62,7 @@ def _mountinfo(fstype, point="/"):
 def fs_type(monkeypatch):
     """Make the file system of every path read as the given type (a one-mount mountinfo)."""
     def set_type(fstype):
-        monkeypatch.setattr(wa, "_read_mountinfo", lambda: _mountinfo(fstype), raising=False)
+        monkeypatch.setattr(wt, "_read_mountinfo", lambda: _mountinfo(fstype))
     return set_type
 
 
@@ -108,17 +108,17 @@ def test_the_file_system_type_is_that_of_the_longest_mount_point_holding_the_pat
     text = ("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
             "2 1 0:50 / /mnt/remote\\040dir rw shared:1 - fuse.sshfs u@h: rw\n"
             "3 1 0:51 / /mnt/remote rw - xfs /dev/sdb rw\n")
-    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
-    assert wa._fs_type("/mnt/remote dir/x.zarr.tmp-1") == "fuse.sshfs"
-    assert wa._fs_type("/mnt/remote/x") == "xfs"
-    assert wa._fs_type("/mnt/remotely/x") == "ext4"
-    assert wa._stable_inodes("/mnt/remote/x") and not wa._stable_inodes("/mnt/remote dir/x")
-    monkeypatch.setattr(wa, "_read_mountinfo", lambda: None)  # no /proc (macOS): not known to be stable
-    assert wa._fs_type("/x") is None and not wa._stable_inodes("/x")
+    monkeypatch.setattr(wt, "_read_mountinfo", lambda: text)
+    assert wt._fs_type("/mnt/remote dir/x.zarr.tmp-1") == "fuse.sshfs"
+    assert wt._fs_type("/mnt/remote/x") == "xfs"
+    assert wt._fs_type("/mnt/remotely/x") == "ext4"
+    assert wt._stable_inodes("/mnt/remote/x") and not wt._stable_inodes("/mnt/remote dir/x")
+    monkeypatch.setattr(wt, "_read_mountinfo", lambda: None)  # no /proc (macOS): not known to be stable
+    assert wt._fs_type("/x") is None and not wt._stable_inodes("/x")
 
 
 def _no_mountinfo(monkeypatch):
-    monkeypatch.setattr(wa, "_read_mountinfo", lambda: None, raising=False)
+    monkeypatch.setattr(wt, "_read_mountinfo", lambda: None)
 
 
 @pytest.mark.parametrize("fstype", ["ext4", "fuse.sshfs", None])  # None: no /proc/self/mountinfo (macOS, chroot)
@@ -151,7 +151,7 @@ def test_a_marker_with_another_writers_token_is_refused(tmp_path, monkeypatch, f
     fs_type(fstype)
     out = tmp_path / "o.zarr"
     w, _ = _writer(out)
-    (w.tmp / wa.WRITER_MARKER).write_text("another writer's token")
+    (w.tmp / wt.WRITER_MARKER).write_text("another writer's token")
     with pytest.raises(StoreError, match=r"\.fastload-writer holds \"another writer's token\", not this writer"):
         w.commit()
     assert not out.exists()
@@ -164,7 +164,7 @@ def test_a_writer_marks_its_temporary_and_publishes_no_marker(tmp_path, monkeypa
     _no_mountinfo(monkeypatch)
     out = tmp_path / "o.zarr"
     w = StoreWriter(out, zarr_format=zarr_format)
-    assert (w.tmp / wa.WRITER_MARKER).read_text() == w._token
+    assert (w.tmp / wt.WRITER_MARKER).read_text() == w._token
     w.set_time(pd.date_range("2020-01-01", periods=4, freq="h").values)
     w.set_grid(np.linspace(-10, 10, 4), np.arange(8) * 45.0)
     w.add_variable("v", ("time", "latitude", "longitude"), chunks=(2, 1, 4, 8))
@@ -172,7 +172,7 @@ def test_a_writer_marks_its_temporary_and_publishes_no_marker(tmp_path, monkeypa
     w.write("v", data, 0)
     assert w.commit() == out
     published = sorted(p.name for p in out.iterdir())
-    assert wa.WRITER_MARKER not in published and not any(".fastload-writer" in str(p) for p in out.rglob("*"))
+    assert wt.WRITER_MARKER not in published and not any(".fastload-writer" in str(p) for p in out.rglob("*"))
     ds = xr.open_zarr(out)
     assert sorted(ds.variables) == ["latitude", "longitude", "time", "v"]
     np.testing.assert_array_equal(ds.v.values, data)
@@ -185,9 +185,9 @@ def test_a_mount_laid_later_over_a_parent_hides_the_deeper_one(monkeypatch):
     text = ("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
             "2 1 0:50 / /mnt/remote rw - fuse.sshfs u@h: rw\n"
             "3 1 8:17 / /mnt rw - xfs /dev/sdb1 rw\n")
-    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
-    assert wa._fs_type("/mnt/remote/x.zarr.tmp-1") == "xfs"
-    assert wa._fs_type("/mnt/other") == "xfs" and wa._fs_type("/srv") == "ext4"
+    monkeypatch.setattr(wt, "_read_mountinfo", lambda: text)
+    assert wt._fs_type("/mnt/remote/x.zarr.tmp-1") == "xfs"
+    assert wt._fs_type("/mnt/other") == "xfs" and wt._fs_type("/srv") == "ext4"
 
 
 def test_the_mount_whose_device_is_the_paths_is_preferred(tmp_path, monkeypatch):
@@ -195,9 +195,9 @@ def test_the_mount_whose_device_is_the_paths_is_preferred(tmp_path, monkeypatch)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     text = (f"1 0 {dev} / / rw - ext4 /dev/sda1 rw\n"
             f"2 1 999:999 / {tmp_path.parent} rw - fuse.sshfs u@h: rw\n")  # listed later, another device
-    monkeypatch.setattr(wa, "_read_mountinfo", lambda: text, raising=False)
-    assert wa._fs_type(tmp_path) == "ext4"
-    assert wa._fs_type(tmp_path / "not-yet") == "fuse.sshfs"  # no such path: no device to match, the last one
+    monkeypatch.setattr(wt, "_read_mountinfo", lambda: text)
+    assert wt._fs_type(tmp_path) == "ext4"
+    assert wt._fs_type(tmp_path / "not-yet") == "fuse.sshfs"  # no such path: no device to match, the last one
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("findmnt") is None,
@@ -207,15 +207,15 @@ def test_the_file_system_type_is_what_findmnt_says(tmp_path):
     for path in (tmp_path, Path.cwd(), Path("/proc/self")):
         want = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", str(path)], capture_output=True, text=True,
                               check=True).stdout.strip()
-        assert wa._fs_type(path) == want, path
+        assert wt._fs_type(path) == want, path
 
 
 def test_overlay_is_not_counted_as_keeping_inode_numbers(monkeypatch, fs_type):
     """Review s12 r2 item 3: overlayfs without xino does not keep directory inode numbers across layers."""
     fs_type("overlay")
-    assert not wa._stable_inodes("/x")
+    assert not wt._stable_inodes("/x")
     fs_type("ext4")
-    assert wa._stable_inodes("/x")
+    assert wt._stable_inodes("/x")
 
 
 def test_a_stats_temporary_removed_during_the_passes_is_refused(tmp_path, monkeypatch):
@@ -234,7 +234,7 @@ def test_a_stats_temporary_removed_during_the_passes_is_refused(tmp_path, monkey
         real(self, tg)
         tmps = [p for p in tmp_path.iterdir() if p.name.startswith("n.zarr.tmp-")]
         assert len(tmps) == 1
-        marked.append((tmps[0] / wa.WRITER_MARKER).is_file())
+        marked.append((tmps[0] / wt.WRITER_MARKER).is_file())
         shutil.rmtree(tmps[0])  # a clean-up removes it before the run finishes
         removed.append(tmps[0])
 
@@ -251,5 +251,5 @@ def test_a_stats_run_publishes_no_marker(tmp_path):
 
     make_per_variable(tmp_path / "d.zarr", zarr_format=3)
     out = compute_stats(str(tmp_path / "d.zarr"), tmp_path / "n.zarr", StatsConfig(progress=False))
-    assert not any(p.name == wa.WRITER_MARKER for p in Path(out).rglob("*"))
+    assert not any(p.name == wt.WRITER_MARKER for p in Path(out).rglob("*"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr", "n.zarr"]

@@ -20,7 +20,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from fastload._write_atomic import (
+from fastload._write_temps import (
     UNFINISHED_ATTR,
     _host,
     _proc_start,
@@ -220,7 +220,7 @@ def test_the_host_id_tells_machines_and_boots_apart():
     """Outside containers every process is in the initial pid namespace, whose inode is the same on every Linux
     machine: two machines of one host name on NFS would read each other's temporaries as their own. The boot id
     (per machine and boot) is in the name, and the name still parses."""
-    from fastload._write_atomic import _parse, temp_path
+    from fastload._write_temps import _parse, temp_path
 
     name, _, boot = _id_parts()
     assert _host() == f"{name}~{os.stat('/proc/self/ns/pid').st_ino}~{boot}"
@@ -282,7 +282,7 @@ def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
     kernel's kill(pid, 0) decides, and EPERM means alive."""
     import builtins
 
-    import fastload._write_atomic as wa
+    import fastload._write_temps as wt
 
     live, live_start = os.getppid(), _proc_start(os.getppid())[0]
     dead, dead_start = _dead_process()
@@ -293,7 +293,7 @@ def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
             raise FileNotFoundError(2, "No such file or directory", str(path))
         return builtins.open(path, *a, **k)
 
-    monkeypatch.setattr(wa, "open", hidepid_open, raising=False)
+    monkeypatch.setattr(wt, "open", hidepid_open, raising=False)
     assert not writer_gone(live, live_start) and not writer_gone(live, 0)  # ours: kill(pid, 0) succeeds
     assert writer_gone(dead, dead_start)  # ESRCH: gone
     real_kill = os.kill
@@ -303,5 +303,5 @@ def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
             raise PermissionError(1, "Operation not permitted")
         return real_kill(pid, sig)
 
-    monkeypatch.setattr(wa.os, "kill", other_users)
+    monkeypatch.setattr(wt.os, "kill", other_users)
     assert not writer_gone(dead, dead_start)  # EPERM: another user's live process

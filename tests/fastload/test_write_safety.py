@@ -164,17 +164,17 @@ def test_another_processs_temporary_that_cannot_be_checked_warns_instead_of_refu
     process may have taken since: such a temporary is named in a warning, and the writer goes on."""
     import os
 
-    from fastload import _write_atomic as wa
+    from fastload import _write_temps as wt
 
     out = tmp_path / "o.zarr"
-    host, _, start = wa.writer_id()
+    host, _, start = wt.writer_id()
     theirs = out.with_name(f"{out.name}.tmp-{host}-{os.getppid()}-{start}-w1")  # a live pid: the test's parent
-    zarr.open_group(str(theirs), mode="w", zarr_format=2, attributes={wa.UNFINISHED_ATTR: "someone's"})
+    zarr.open_group(str(theirs), mode="w", zarr_format=2, attributes={wt.UNFINISHED_ATTR: "someone's"})
 
     def no_proc(pid):
         raise OSError("no /proc here")
 
-    monkeypatch.setattr(wa, "_proc_start", no_proc)
+    monkeypatch.setattr(wt, "_proc_start", no_proc)
     with caplog.at_level("WARNING", logger="fastload"):
         w = _writer(out, 1.0)
     assert "may be a live writer's unfinished store" in caplog.text and theirs.name in caplog.text
