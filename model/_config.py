@@ -8,6 +8,7 @@ setting and what was expected, exactly as ``ConfigError`` is. Callers that catch
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,10 +29,18 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = float("inf")) -> float:
-    """Return ``value`` as a float in ``[low, high]``, else raise :class:`ModelConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ModelConfigError(f"{name}: expected a number in [{low}, {high}], got {value!r}")
-    return float(value)
+    """Return ``value`` as a finite float in ``[low, high]``, else raise :class:`ModelConfigError`.
+
+    Infinity is refused even where ``high`` is unbounded (an infinite weight or MLP ratio only fails later, in
+    arithmetic that names no setting), as is an integer too large for a float."""
+    try:
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int beyond float's range
+        v = math.inf
+    if not (math.isfinite(v) and low <= v <= high):
+        want = f"a finite number >= {low}" if math.isinf(high) else f"a finite number in [{low}, {high}]"
+        raise ModelConfigError(f"{name}: expected {want}, got {value!r}")
+    return v
 
 
 class ConfigBase:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -384,3 +386,19 @@ def test_a_batch_of_0_samples_gives_empty_predictions_of_the_right_shape(padded)
     sum(y.sum() for y in out.values()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 10**400], ids=["inf", "-inf", "nan", "10**400"])
+def test_weights_and_ratios_must_be_finite(value):
+    """An infinite loss weight or MLP ratio is refused by the config, naming the setting (review s13 r1 item 5:
+    inf passed check_fraction and failed later as an OverflowError naming none)."""
+    from model import ForecasterConfig
+
+    ok = dict(name="t", num_tokens=(1, 2, 2), token_size=(1, 3, 3))
+    with pytest.raises(ModelConfigError, match=r"^fields\.t\.loss_weight: expected a finite number >= 0\.0"):
+        FieldSpec(**ok, loss_weight=value)
+    with pytest.raises(ModelConfigError, match=r"^mlp_ratio: expected a finite number >= 0\.001"):
+        MultiformerConfig.tiny(mlp_ratio=value)
+    with pytest.raises(ModelConfigError, match=r"^mlp_ratio: expected a finite number >= 0\.001"):
+        ForecasterConfig.tiny(mlp_ratio=value)
+    assert FieldSpec(**ok, loss_weight=2.5).loss_weight == 2.5 and MultiformerConfig.tiny(mlp_ratio=3).mlp_ratio == 3
