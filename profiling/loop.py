@@ -266,7 +266,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     from .slowstore import open_run_store
     from .stall import ReplayLoader
     from .tb import TorchProfilerConfig, build_torch_profiler, record_fetch
-    from .timers import StepTimer, peak_flops
+    from .timers import StepTimer, step_peak
 
     if mode not in ("profile", "train"):
         raise ConfigError(f"mode: expected 'profile' or 'train', got {mode!r}")
@@ -313,9 +313,11 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         net = build_model(cfg, sampling).to(device)
         say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
             f"device {device}{threads}{extras}")
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    # MFU's peak is the one of the precision the step's matmuls run in (bf16 autocast, else TF32 or FP32)
+    peak, precision = step_peak(device, cfg.bf16)
     flops = None
-    # the batch FLOPs are counted on (a step's are scaled by its samples / batch_size: a partly skipped batch)
+    # the batch FLOPs are counted on (a step's are scaled by its samples / batch_size: a partly skipped batch, or a
+    # Forecaster's short last batch of an epoch); a Forecaster's is its rollout batch, set below
     flops_batch = None if forecast else cfg.loader.batch_size or sampling.batch_size
     if peak is not None and not forecast:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
         batch_size = flops_batch
@@ -349,6 +351,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         with without_recompute(net):  # its FLOPs counted without activation checkpointing's recompute (MFU)
             loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
                                                               count_flops=peak is not None, wrap_model=wrap_model)
+        flops_batch = loader.rollout.batch_size  # the batch dummy_rollout_inputs counted the FLOPs on
     else:
         masking = None if cfg.masking.strategy == "identity" else cfg.masking
         loader = Loader(store, sampling, loader_cfg, masking=masking)
@@ -516,7 +519,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                                                    if prof is not None else ""))
         return {}
     summary = summarize(timed, phases=timer.phases, flops_per_step=flops, peak_flops=peak, batch_size=flops_batch,
-                        samples_counted=True, config=cfg.to_dict())
+                        peak_precision=precision, samples_counted=True, config=cfg.to_dict())
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
                     "store_latency_ms": cfg.data.latency_ms, "skipped": skipped,

@@ -100,7 +100,8 @@ def machine_info() -> dict[str, Any]:
 
 def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = PHASES,
               flops_per_step: float | None = None, peak_flops: float | None = None,
-              batch_size: int | None = None, samples_counted: bool | None = None, config: Mapping[str, Any] | None = None,
+              batch_size: int | None = None, peak_precision: str | None = None,
+              samples_counted: bool | None = None, config: Mapping[str, Any] | None = None,
               machine: Mapping[str, Any] | None = None, source: str = "step_timer") -> dict[str, Any]:
     """Summarise per-step records (from :meth:`StepTimer.records`) into the report's numbers.
 
@@ -122,6 +123,9 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     batch_size : int, optional
         The full batch ``flops_per_step`` was counted on: a step's FLOPs are scaled by its ``samples /
         batch_size`` (a batch partly skipped computes less). None: every trained step counts ``flops_per_step``.
+    peak_precision : str, optional
+        The precision ``peak_flops`` is for (``bf16``, ``tf32``, ``fp32``: :func:`profiling.timers.step_peak`),
+        stored and printed beside MFU.
     samples_counted : bool, optional
         Whether the records' ``samples`` are counted (so that 0 means an empty batch). None: when some record has
         samples (a timer whose steps were all ended without ``samples`` counts every step as trained).
@@ -137,7 +141,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
         shares are of the trained steps' time and add up to 1), ``step`` {mean_ms, p50_ms, p95_ms}, ``steps``
         (timed steps), ``trained_steps``, ``empty_steps`` {steps, total_ms, data_wait_ms}, ``samples``,
         ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
-        ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``batch_size``, ``mfu``, ``what_if``,
+        ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``peak_precision``, ``batch_size``, ``mfu``,
+        ``what_if``,
         ``notes`` (caveats the table prints: fewer than :data:`MIN_STEPS_P95` steps), ``idle_note`` (when the last
         step's idle is unmeasured, as in every run: not printed),
         ``config``, ``machine``, ``source``. Idle's mean/p50/p95 leave out records with ``idle_measured``
@@ -195,6 +200,7 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
     out["read_amplification"] = decoded / useful if useful > 0 else None
     out["flops_per_step"] = flops_per_step
     out["peak_flops"] = peak_flops
+    out["peak_precision"] = peak_precision
     out["batch_size"] = batch_size
     out["mfu"] = None
     if flops_per_step and peak_flops and total_ms > 0:  # FLOPs done by the trained steps over their time
@@ -289,8 +295,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
                      f"chunks, on_bad_chunk = 'skip'; {empty['total_ms']:.1f} ms, {empty['data_wait_ms']:.1f} ms of it data "
                      f"wait): left out of the table, MFU and what-if; samples/s, stall and read rates include them")
     if summary.get("mfu") is not None:
+        which = f"{summary['peak_precision']} peak" if summary.get("peak_precision") else "peak"
         lines.append(f"MFU {100 * summary['mfu']:.1f}%  ({summary['flops_per_step']:.3g} FLOP/step, "
-                     f"peak {summary['peak_flops'] / 1e12:.0f} TFLOP/s)")
+                     f"{which} {summary['peak_flops'] / 1e12:g} TFLOP/s)")
     for note in summary.get("notes") or ():
         lines.append(f"note: {note}")
     wi = summary.get("what_if") or {}

@@ -44,31 +44,66 @@ from typing import Any
 from fastload import _nvtx
 from fastload.errors import ConfigError
 
-__all__ = ["PHASES", "PEAK_BF16_DENSE", "StepTimer", "peak_flops", "mfu", "io_counters"]
+__all__ = ["PHASES", "PEAK_BF16_DENSE", "PEAK_TF32_DENSE", "PEAK_FP32", "PEAKS", "StepTimer", "peak_flops",
+           "step_peak", "mfu", "io_counters"]
 
 PHASES = ("data_wait", "h2d", "forward", "backward", "optimizer")
 """The phases of a training step, in loop order."""
 
+# Peaks from NVIDIA's data sheets (H100 Tensor Core GPU: the SXM and PCIe columns; H200: the SXM column; A100).
+# The sheets quote tensor-core figures with 2:4 sparsity: the dense figure is half (H100 SXM: BF16 1979, TF32 989
+# TFLOP/s sparse). FP32 is the CUDA cores' figure (a float32 matmul without TF32). NVL parts (H100 NVL, H200 NVL)
+# run at lower clocks than the SXM parts, and the H100 NVL's sheets quoted a pair of cards and later one: they are
+# not in the tables, so their MFU is None rather than a guess.
 PEAK_BF16_DENSE = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12}
 """Dense bf16 tensor-core peak FLOP/s by GPU (no sparsity)."""
 
+PEAK_TF32_DENSE = {"H100 SXM": 494.5e12, "H100 PCIe": 378e12, "H200": 494.5e12, "A100": 156e12}
+"""Dense TF32 tensor-core peak FLOP/s by GPU (no sparsity): float32 matmuls with TF32 allowed."""
 
-def peak_flops(device_name: str) -> float | None:
-    """Dense bf16 peak FLOP/s of a GPU from its name (``torch.cuda.get_device_name()``); None if unknown.
+PEAK_FP32 = {"H100 SXM": 67e12, "H100 PCIe": 51e12, "H200": 67e12, "A100": 19.5e12}
+"""FP32 (CUDA-core, non-tensor) peak FLOP/s by GPU: float32 matmuls without TF32."""
 
-    ``"NVIDIA H100 80GB HBM3"`` is the SXM part; ``"NVIDIA H100 PCIe"`` the PCIe one. H100 NVL is not in the
-    table and gives None rather than a guess.
+PEAKS = {"bf16": PEAK_BF16_DENSE, "tf32": PEAK_TF32_DENSE, "fp32": PEAK_FP32}
+"""The peak tables by the precision a step's matmuls run in (:func:`step_peak` picks it)."""
+
+
+def peak_flops(device_name: str, precision: str = "bf16") -> float | None:
+    """Peak FLOP/s of a GPU from its name (``torch.cuda.get_device_name()``) at ``precision`` (``bf16``, ``tf32``
+    or ``fp32``: see :data:`PEAKS`); None if the GPU is not in the table.
+
+    ``"NVIDIA H100 80GB HBM3"`` is the SXM part; ``"NVIDIA H100 PCIe"`` the PCIe one. NVL parts (``H100 NVL``,
+    ``H200 NVL``) are not in the table and give None rather than a guess (an H200 NVL is not an H200 SXM).
     """
+    if precision not in PEAKS:
+        raise ConfigError(f"peak_flops precision: expected one of {sorted(PEAKS)}, got {precision!r}")
+    table = PEAKS[precision]
     name = device_name.upper()
+    if "NVL" in name:
+        return None
     if "H200" in name:
-        return PEAK_BF16_DENSE["H200"]
+        return table["H200"]
     if "H100" in name:
-        if "PCIE" in name:
-            return PEAK_BF16_DENSE["H100 PCIe"]
-        return None if "NVL" in name else PEAK_BF16_DENSE["H100 SXM"]
+        return table["H100 PCIe"] if "PCIE" in name else table["H100 SXM"]
     if "A100" in name:
-        return PEAK_BF16_DENSE["A100"]
+        return table["A100"]
     return None
+
+
+def step_peak(device: Any, bf16: bool) -> tuple[float | None, str]:
+    """``(peak FLOP/s, precision)`` of a training step on ``device``: the peak of the precision its matmuls run in.
+
+    ``bf16`` under bfloat16 autocast; otherwise ``tf32`` when ``torch.backends.cuda.matmul.allow_tf32`` lets
+    float32 matmuls use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``), else ``fp32`` (PyTorch's
+    default: CUDA cores, a peak about 15x below bf16's on an H100). The peak is None on a CPU or an unknown GPU.
+    """
+    import torch
+
+    device = torch.device(device)
+    precision = "bf16" if bf16 else ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
+    if device.type != "cuda":
+        return None, precision
+    return peak_flops(torch.cuda.get_device_name(device), precision), precision
 
 
 def mfu(flops_per_step: float, step_time_s: float, peak: float) -> float:

@@ -135,6 +135,31 @@ def test_loss_falls_on_a_fixed_seed_run(tmp_path_factory, tmp_path):
     assert np.mean(losses[-8:]) < 0.95 * np.mean(losses[:4]), losses
 
 
+def test_mfu_counts_the_short_last_batch_of_an_epoch(tmp_path_factory, tmp_path, monkeypatch):
+    """Rollout batches of 3 over 4 initial times per epoch with drop_last false: steps of 3, 1, 3, 1 samples. The
+    FLOPs are counted on a batch of 3 (rollout.batch_size), so a step of 1 sample does a third of them: MFU, from
+    steps.csv here, follows the samples (review s13 r1 item 1: every step counted a full batch, MFU 1.5x)."""
+    import csv
+
+    import profiling.timers
+
+    peak = 1e12  # a CPU run has no peak: this one is given one, so that FLOPs are counted and MFU reported
+    monkeypatch.setattr(profiling.timers, "step_peak", lambda device, bf16: (peak, "fp32"))
+    cfg = fc_config(tmp_path_factory, forecast=dataclasses.replace(SMALL, batch_size=3), steps=4, warmup=0)
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, samples_per_epoch=4, drop_last=False))
+    s = run(cfg, mode="profile", out=tmp_path, **QUIET)
+    with open(tmp_path / "steps.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    samples = np.array([int(r["samples"]) for r in rows])
+    seconds = sum(float(r["step_ms"]) for r in rows) / 1e3
+    assert samples.tolist() == [3, 1, 3, 1] and s["samples"] == 8
+    assert s["batch_size"] == 3 and s["peak_flops"] == peak and s["peak_precision"] == "fp32"
+    flops = s["flops_per_step"]
+    assert flops > 0
+    assert s["mfu"] == pytest.approx(float((flops * samples / 3).sum()) / seconds / peak, rel=1e-9)
+    assert s["mfu"] < 0.7 * (flops * len(rows) / seconds / peak)  # (a full batch's FLOPs every step: 8/12 of it)
+
+
 def test_preset_and_flop_count():
     cfg = get_preset("cpu_tiny_forecaster")
     assert cfg.model.kind == "forecaster" and cfg.forecast.rollout_steps == 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 
+import pytest
 import torch
 
 from model.layers import Checkpointable
-from profiling.loop import _dummy_inputs, build_model, count_flops
+from profiling.loop import _dummy_inputs, build_model, count_flops, run
+from profiling.report import format_table
 from tests.profiling.loopdata import run_config
 
 
@@ -32,3 +35,31 @@ def test_flops_of_a_checkpointed_model_leave_out_the_recompute(tmp_path_factory)
         loss, _ = multiformer_loss(checkpointed(inputs), inputs, kinds={cfg.model.loss: 1.0})
         loss.backward()
     assert c.get_total_flops() > reference
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_mfu_is_against_the_peak_of_the_steps_precision(tmp_path_factory, tmp_path, monkeypatch, bf16):
+    """The loop asks for the peak of its precision (review s13 r1 item 3: a float32 run was measured against the
+    bf16 peak) and the summary and table say which peak MFU is of; MFU from steps.csv here."""
+    import profiling.timers
+
+    peaks = {"bf16": 8e12, "fp32": 0.5e12}  # a CPU run has no peak: this one is given one per precision
+    asked = []
+
+    def step_peak(device, bf16):
+        asked.append(bf16)
+        precision = "bf16" if bf16 else "fp32"
+        return peaks[precision], precision
+
+    monkeypatch.setattr(profiling.timers, "step_peak", step_peak)
+    cfg = run_config(tmp_path_factory, steps=3, warmup=1, bf16=bf16)
+    s = run(cfg, out=tmp_path, log=lambda msg: None)
+    precision = "bf16" if bf16 else "fp32"
+    assert asked == [bf16] and s["peak_precision"] == precision and s["peak_flops"] == peaks[precision]
+    with open(tmp_path / "steps.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    done = sum(s["flops_per_step"] * int(r["samples"]) / s["batch_size"] for r in rows)
+    seconds = sum(float(r["step_ms"]) for r in rows) / 1e3
+    assert s["mfu"] == pytest.approx(done / seconds / peaks[precision], rel=1e-9)
+    peak_text = "8 TFLOP/s" if bf16 else "0.5 TFLOP/s"
+    assert f"FLOP/step, {precision} peak {peak_text})" in format_table(s)

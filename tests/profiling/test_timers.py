@@ -11,7 +11,7 @@ import pytest
 
 from fastload import _nvtx
 from fastload.errors import ConfigError
-from profiling.timers import PEAK_BF16_DENSE, PHASES, StepTimer, io_counters, mfu, peak_flops
+from profiling.timers import PEAK_BF16_DENSE, PHASES, StepTimer, io_counters, mfu, peak_flops, step_peak
 
 
 def busy(ms: float) -> float:
@@ -284,6 +284,41 @@ def test_peak_flops_and_mfu():
     assert mfu(4e12, 0.01, 800e12) == pytest.approx(0.5)
     with pytest.raises(ConfigError):
         mfu(1.0, 0.0, 1.0)
+
+
+def test_nvl_parts_have_no_peak():
+    """NVL parts run at lower clocks than the SXM parts: an H200 NVL gave the H200 SXM's 989 TFLOP/s (review s13 r1
+    item 4) while an H100 NVL gave None. Both give None, at every precision."""
+    for name in ("NVIDIA H200 NVL", "NVIDIA H100 NVL"):
+        assert [peak_flops(name, p) for p in ("bf16", "tf32", "fp32")] == [None, None, None]
+    assert peak_flops("NVIDIA H200") == 989e12  # the SXM part keeps its figure
+
+
+def test_peak_of_the_steps_precision(monkeypatch):
+    """A float32 step is not measured against the bf16 peak (review s13 r1 item 3): the data sheets' dense TF32
+    tensor-core figure (half the sparse one) when TF32 is allowed, the CUDA cores' FP32 figure when not."""
+    import torch
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", "tf32") == 989e12 / 2
+    assert peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 67e12
+    assert peak_flops("NVIDIA H100 PCIe", "tf32") == 756e12 / 2 and peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert peak_flops("NVIDIA H200", "fp32") == 67e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "tf32") == 156e12 and peak_flops("NVIDIA A100 80GB PCIe", "fp32") == 19.5e12
+    with pytest.raises(ConfigError, match=r"peak_flops precision: expected one of \['bf16', 'fp32', 'tf32'\]"):
+        peak_flops("NVIDIA H100 80GB HBM3", "fp16")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    matmul = torch.backends.cuda.matmul  # (a module whose attributes monkeypatch cannot restore)
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False  # PyTorch's default
+        assert step_peak("cuda", bf16=True) == (989e12, "bf16")
+        assert step_peak("cuda", bf16=False) == (67e12, "fp32")
+        assert step_peak("cpu", bf16=False) == (None, "fp32")
+        matmul.allow_tf32 = True  # torch.set_float32_matmul_precision("high")
+        assert step_peak(torch.device("cuda", 0), bf16=False) == (494.5e12, "tf32")
+        assert step_peak("cuda", bf16=True) == (989e12, "bf16")
+    finally:
+        matmul.allow_tf32 = before
 
 
 @pytest.mark.gpu
