@@ -225,12 +225,15 @@ def summarize_ranks(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str
     The run's stall takes, per step, the longest data wait of any rank: ``stall_fraction`` = sum over steps of the
     ranks' largest ``data_wait_ms`` over the sum of their largest ``step_ms`` (steps every rank timed).
     ``samples_per_s`` is every rank's samples over the slowest rank's timed seconds (not a sum of per-rank rates).
+    ``mean_max_data_wait_ms`` and ``mean_max_step_ms`` are the same per-step maxima averaged over those steps: the
+    run's data wait and step time per step, which :func:`profiling.stall.stall_split` compares between data modes.
 
     Returns
     -------
     dict
         ``world_size``, ``steps`` (steps every rank timed), ``samples``, ``seconds`` (the slowest rank's),
-        ``samples_per_s``, ``stall_fraction``, ``data_wait_ms_by_rank`` (each rank's total over those steps),
+        ``samples_per_s``, ``stall_fraction``, ``mean_max_data_wait_ms``, ``mean_max_step_ms`` (None without a
+        step every rank timed), ``data_wait_ms_by_rank`` (each rank's total over those steps),
         ``stalled_rank_steps`` (per rank, the steps whose data wait was the longest, alone and above 0).
 
     Raises
@@ -257,6 +260,8 @@ def summarize_ranks(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str
     return {"world_size": len(per_rank), "steps": len(common), "samples": samples, "seconds": seconds,
             "samples_per_s": samples / seconds if seconds > 0 else 0.0,
             "stall_fraction": wait_max / step_max if step_max > 0 else 0.0,
+            "mean_max_data_wait_ms": wait_max / len(common) if common else None,
+            "mean_max_step_ms": step_max / len(common) if common else None,
             "data_wait_ms_by_rank": [sum(float(d[st].get("data_wait_ms", 0.0)) for st in common) for d in by_rank],
             "stalled_rank_steps": stalled}
 

@@ -81,14 +81,25 @@ class ReplayLoader:
         return None
 
 
-def _brief(summary: Mapping[str, Any]) -> dict[str, float]:
+def _brief(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A mode's figures: the run's over every rank where the summary has them (``run``, written under torchrun by
+    :func:`profiling.report.summarize_ranks`), else the process's own. Under DDP a rank whose data came fast waits
+    for a slow rank inside the gradient all-reduce, booked as its backward: rank 0's own data wait misses the
+    stall."""
     def ms(v: Any) -> float:  # None: every timed step's batch was empty (nothing trained to average)
         return math.nan if v is None else float(v)
 
+    run = summary.get("run")
+    if run is not None and run.get("mean_max_step_ms") is not None:
+        return {"step_ms": float(run["mean_max_step_ms"]), "data_wait_ms": float(run["mean_max_data_wait_ms"]),
+                "stall_fraction": float(run["stall_fraction"]), "samples_per_s": float(run["samples_per_s"]),
+                "ranks": f"all {run['world_size']} ranks"}
+    world = int(summary.get("world_size", 1))
     return {"step_ms": ms(summary["step"]["mean_ms"]),
             "data_wait_ms": ms(summary["phases"]["data_wait"]["mean_ms"]),
             "stall_fraction": float(summary["stall_fraction"]),
-            "samples_per_s": float(summary["samples_per_s"])}
+            "samples_per_s": float(summary["samples_per_s"]),
+            "ranks": f"rank {summary.get('rank', 0)} of {world} only" if world > 1 else "one process"}
 
 
 def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -99,6 +110,10 @@ def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     each run's data wait is measured directly. Step-time differences are kept beside it (``step_delta_ms``):
     they also hold the loader's interference with compute on the host (threads sharing cores).
 
+    Under torchrun each mode's figures are the run's, over every rank (the summary's ``run``): per step the
+    longest data wait and the longest step of any rank, averaged over the steps, and the run's stall fraction and
+    samples/s; a single process's are its own. ``ranks`` says which.
+
     Parameters
     ----------
     summaries : mapping
@@ -108,8 +123,10 @@ def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``modes`` {mode: {step_ms, data_wait_ms, stall_fraction, samples_per_s}}; ``prep_stall_ms`` (cached
-        minus synthetic data wait: decode, gather, normalise, mask, copy), ``fetch_stall_ms`` (cold minus cached:
+        ``modes`` {mode: {step_ms, data_wait_ms, stall_fraction, samples_per_s, ranks}}; ``ranks`` (``all N
+        ranks``, ``one process``, or ``rank R of N only`` for a DDP summary without the run's figures);
+        ``prep_stall_ms`` (cached minus synthetic data wait: decode, gather, normalise, mask, copy),
+        ``fetch_stall_ms`` (cold minus cached:
         storage reads), ``total_stall_ms`` (the slowest mode's wait minus the fastest's), each also as a
         ``*_fraction`` of the step time of the mode it ends in; a part is None when a mode it needs was not run.
         Differences are reported as measured (a small negative one is noise), not clipped.
@@ -118,8 +135,13 @@ def stall_split(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     if unknown or len(summaries) < 2:
         raise ConfigError(f"stall split: expected at least two of synthetic, cached, cold; got {sorted(summaries)}")
     modes = {m: _brief(summaries[m]) for m in ("synthetic", "cached", "cold") if m in summaries}
+    ranks = {v["ranks"] for v in modes.values()}
+    if len(ranks) > 1:
+        said = ", ".join(f"{m}: {v['ranks']}" for m, v in modes.items())
+        raise ConfigError(f"stall split: the modes' figures cover different ranks ({said}); give summaries of runs "
+                          f"with the same ranks")
     order = list(modes)
-    out: dict[str, Any] = {"modes": modes, "step_delta_ms": {}}
+    out: dict[str, Any] = {"modes": modes, "ranks": ranks.pop(), "step_delta_ms": {}}
     for key, lo, hi in (("prep_stall", "synthetic", "cached"), ("fetch_stall", "cached", "cold"),
                         ("total_stall", order[0], order[-1])):
         if lo in modes and hi in modes:
@@ -146,6 +168,12 @@ def format_stall_table(split: Mapping[str, Any]) -> str:
         if ms is not None:
             share = "" if frac is None else f"  ({100 * frac:.1f}% of the step)"
             lines.append(f"data stall, {what}: {ms:.2f} ms per step{share}")
+    ranks = split.get("ranks")
+    if ranks and ranks.startswith("all "):
+        lines.append(f"(figures of {ranks}: per step, the longest data wait and the longest step of any rank; "
+                     f"samples/s of all ranks)")
+    elif ranks and ranks != "one process":
+        lines.append(f"(figures of {ranks}: a stall on another rank shows here as forward/backward time)")
     deltas = split.get("step_delta_ms") or {}
     if deltas:
         lines.append("step time differences (also loader/compute interference): "

@@ -279,6 +279,7 @@ def test_run_numbers_over_ranks_take_each_steps_longest_data_wait():
     # not the sum of the ranks' rates (each over its own seconds)
     assert s["samples_per_s"] < 8 / 0.202 + 5 / 0.263
     assert s["data_wait_ms_by_rank"] == pytest.approx([0.8, 89.5]) and s["stalled_rank_steps"] == [0, 4]
+    assert s["mean_max_data_wait_ms"] == pytest.approx(wait / 4) and s["mean_max_step_ms"] == pytest.approx(step / 4)
     with pytest.raises(ConfigError, match="every rank needs timed step records"):
         summarize_ranks([r0, []])
     # steps the ranks waited alike, or not at all, blame no rank (argmax gave every tie to rank 0; review s11 r6 L5)
