@@ -266,3 +266,96 @@ def test_grid_errors_name_the_stream_and_its_store(tmp_path):
         MultiStream(SamplingConfig(streams=(StreamConfig(name="first", path=os.fspath(tmp_path / "desc.zarr")),
                                             StreamConfig(name="ref", path=os.fspath(tmp_path / "ref.zarr"))),
                                    fields=(fld("b", "first", f, f), fld("a", "ref", f, f))))
+
+
+# -- s13 r3: a refused draw's replacement is independent of it; regions that never meet are refused -----------------
+def _allowed_places(ref_lat, ref_lon, reg_lat, reg_lon, H, W):
+    """``(NY - H + 1, NX)`` bool, plain NumPy from the coordinates: the box starts of a periodic reference grid whose
+    region (the union of its points' cells, edges half-way between points, latitudes clipped to +-90) has its centre
+    inside a regional lat-lon grid's coordinates plus half a cell (the rule in ``fastload._stream_space``)."""
+    ref_lat, ref_lon = np.asarray(ref_lat, float), np.asarray(ref_lon, float)
+    dy, dx = ref_lat[1] - ref_lat[0], ref_lon[1] - ref_lon[0]
+    yedge = np.clip(np.concatenate([ref_lat - dy / 2, [ref_lat[-1] + dy / 2]]), -90, 90)
+    y0 = np.arange(ref_lat.size - H + 1)
+    clat = (yedge[y0] + yedge[y0 + H]) / 2
+    x0 = np.arange(ref_lon.size)
+    clon = (ref_lon[x0] - dx / 2 + W * dx / 2) % 360
+    rdy, rdx = reg_lat[1] - reg_lat[0], reg_lon[1] - reg_lon[0]
+    lat_ok = (clat >= reg_lat.min() - rdy / 2) & (clat <= reg_lat.max() + rdy / 2)
+    lon_ok = (clon - (reg_lon[0] - rdx / 2)) % 360 <= reg_lon[-1] - reg_lon[0] + rdx
+    return lat_ok[:, None] & lon_ok[None, :]
+
+
+def test_small_regional_epochs_draw_every_allowed_row_equally(regional):
+    """Epochs of 1 and 2 samples beside a regional stream: every drawn box is an allowed place (computed here from
+    the coordinates), and each allowed row is drawn as often as uniform over the allowed places says, within 15 %.
+    The redraw after a refused first draw reused the refused draw's generator: its places were nearly a remap of
+    the refused ones, and the first and last allowed rows (2 and 13) came 1.56-1.73x as often as uniform."""
+    ms = MultiStream(regional)
+    allowed = _allowed_places(*GLOBAL10, np.arange(-60, 61, 5.0), np.arange(0, 301, 5.0), 4, 4)
+    assert allowed.shape == ms.space_ok.shape and 0 < allowed.sum() < allowed.size
+    want = allowed.sum(1) / allowed.sum()  # row shares of a uniform draw over the allowed places
+    rows = np.flatnonzero(want)
+    assert rows.tolist() == list(range(2, 14))
+    for n, epochs in ((1, 4800), (2, 2400)):
+        b = np.concatenate([ms.random_boxes(n, seed=11, epoch=e) for e in range(epochs)])
+        assert b.shape == (n * epochs, 3) and allowed[b[:, 1], b[:, 2]].all()
+        got = np.bincount(b[:, 1], minlength=allowed.shape[0]) / b.shape[0]
+        ratio = got[rows] / want[rows]
+        assert 0.85 < ratio.min() and ratio.max() < 1.15, (n, dict(zip(rows.tolist(), ratio.round(2).tolist())))
+
+
+def test_a_refused_draw_is_replaced_independently_of_it(regional):
+    """The replacement's rows do not follow the refused draw's (correlation 0.995 when both came from one
+    generator), and the epoch stays a function of (seed, epoch): drawn twice, the same boxes."""
+    from fastload.sampling.geometry import GridExtent, random_boxes
+
+    ms = MultiStream(regional)
+    ext = GridExtent(nt=int(ms.valid_t0.size), ny=int(ms.grid.ny), nx=int(ms.grid.nx), periodic_x=True)
+    first, got = [], []
+    for e in range(100):
+        b = ms.random_boxes(64, seed=0, epoch=e)
+        first.append(random_boxes(64, ext, (1, 4, 4), seed=0, epoch=e)[:, 1])
+        got.append(b[:, 1])
+    again = MultiStream(regional)
+    for e in (0, 1, 99):
+        assert np.array_equal(again.random_boxes(64, seed=0, epoch=e), ms.random_boxes(64, seed=0, epoch=e))
+    assert abs(np.corrcoef(np.concatenate(first), np.concatenate(got))[0, 1]) < 0.1
+
+
+def _disjoint(d):
+    t = T0 + np.arange(20) * 6 * H1
+    make_ll(d / "ref.zarr", *GLOBAL10, t, "a")
+    make_ll(d / "north.zarr", np.arange(30, 71, 2.0), np.arange(0, 41, 2.0), t, "b", seed=1)
+    make_ll(d / "south.zarr", np.arange(-70, -29, 2.0), np.arange(180, 221, 2.0), t, "c", seed=2)
+    return SamplingConfig(streams=tuple(StreamConfig(name=n, path=os.fspath(d / f"{n}.zarr"))
+                                        for n in ("ref", "north", "south")),
+                          fields=(fld("a", "ref", (1, 2, 2), (1, 2, 2)), fld("b", "north", (1, 2, 2), (1, 2, 2)),
+                                  fld("c", "south", (1, 2, 2), (1, 2, 2))))
+
+
+def test_streams_whose_regions_never_meet_are_refused_at_construction(tmp_path):
+    """Each regional stream overlaps the global reference, but no place is served by both: a ConfigError naming the
+    streams and their latitudes and longitudes when the config is opened (it passed, and the Loader's first epoch
+    raised NumPy's bare 'a must be a positive integer')."""
+    from fastload.loader import Loader
+
+    cfg = _disjoint(tmp_path)
+    for make in (lambda: MultiStream(cfg), lambda: Loader(None, cfg, batch_size=2, samples_per_epoch=8,
+                                                           device="cpu", workers=1)):
+        with pytest.raises(ConfigError) as e:
+            make()
+        msg = str(e.value)
+        assert "no place of the first stream 'ref'" in msg and "served by every stream at once" in msg, msg
+        assert "'north' (" in msg and "latitudes 30.00 .. 70.00, longitudes 0.00 .. 40.00" in msg, msg
+        assert "'south' (" in msg and "latitudes -70.00 .. -30.00, longitudes 180.00 .. 220.00" in msg, msg
+        assert str(tmp_path / "north.zarr") in msg, msg
+
+
+def test_random_boxes_with_no_common_place_name_the_streams(regional):
+    """The guard behind the construction check: an epoch that must be redrawn with no place every stream serves is
+    a ConfigError naming the streams, not NumPy's ValueError from choosing among no places."""
+    ms = MultiStream(regional)
+    ms._space_full = np.zeros_like(ms.space_ok)  # as if no place were served by every stream
+    with pytest.raises(ConfigError, match=r"no place of the first stream 'ref' .* 'reg' \("):
+        ms.random_boxes(64, seed=0, epoch=0)
