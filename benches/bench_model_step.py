@@ -4,7 +4,7 @@ Why: the loader is only worth its speed if the model step is efficient too; MFU 
 bf16 peak the step uses. FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` over one eager
 forward + backward (the optimizer's few FLOPs are left out, as is usual), and divided by the measured step time
 (forward + backward + AdamW, CUDA events around ``steps`` steps after ``warmup`` steps) and the device's dense bf16
-peak from :data:`PEAK_BF16_DENSE_TFLOPS` (``FASTLOAD_PEAK_TFLOPS`` overrides it). The batch is synthetic and already
+peak from :data:`profiling.timers.PEAK_BF16_DENSE` (``FASTLOAD_PEAK_TFLOPS`` overrides it). The batch is synthetic and already
 on the device: no data loading is timed here.
 
 Run::
@@ -37,31 +37,19 @@ from model import (  # noqa: E402
     apply_compile,
     multiformer_loss,
 )
-
-# Dense (no 2:4 sparsity) bf16 tensor-core peaks in TFLOP/s from the vendor data sheets, matched in order as
-# substrings of torch.cuda.get_device_name() (so "H100 PCIe" is tried before the SXM "H100").
-PEAK_BF16_DENSE_TFLOPS: list[tuple[str, float]] = [
-    ("GH200", 989.4),
-    ("H200", 989.4),
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),  # SXM5, reported as "NVIDIA H100 80GB HBM3"
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
-]
+from profiling.timers import peak_flops  # noqa: E402
 
 
 def peak_tflops(device: torch.device) -> float | None:
-    """Dense bf16 peak of ``device`` in TFLOP/s, or None when unknown (CPU, or a GPU not in the table)."""
+    """Dense bf16 peak of ``device`` in TFLOP/s (``FASTLOAD_PEAK_TFLOPS`` overrides it), or None when unknown: a CPU,
+    or a GPU not in :data:`profiling.timers.PEAK_BF16_DENSE` (the table ``fastload profile``'s MFU uses)."""
     env = os.environ.get("FASTLOAD_PEAK_TFLOPS")
     if env:
         return float(env)
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_DENSE_TFLOPS if key in name), None)
+    peak = peak_flops(torch.cuda.get_device_name(device), "bf16")
+    return None if peak is None else peak / 1e12
 
 
 def synthetic_batch(cfg: MultiformerConfig, batch_size: int, device: torch.device, seed: int = 0) -> dict:
