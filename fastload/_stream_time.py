@@ -20,8 +20,10 @@ A point a stream cannot serve makes the whole window unservable for it: ``inside
 ``nearest`` with ``tau_k`` more than half a stream step from the step it would take, outside the record or inside
 a gap of it (two steps 1.5 median steps apart or more: not one step to the nearest whole step, as
 :func:`_on_cadence` counts, a spacing exactly half a step off included; within a regular stretch, e.g. calendar
-months, every point is served); ``previous`` before the record's first
-step or a full stream step (or more) after the step it would take (past the record's end, or across a gap).
+months, every point is served); ``previous`` before the record's first step, or a full median stream step (or
+more) after the step it would take where no step follows it on cadence: past the record's end, or across a gap.
+Inside the record, between two steps one step apart as :func:`_on_cadence` counts, every point is served: the
+31st of a 31-day month of a monthly record whose median step is 30 days takes the month's first day.
 Windows some stream cannot serve are never drawn (:func:`servable`), and asking for one explicitly is an error. Nor
 are windows whose reference points cross a gap of the reference's own axis (:func:`regular_windows`: each point
 ``time_step`` x the median step after the one before), as a single store's placement avoids them
@@ -174,7 +176,11 @@ def align(stream_time: np.ndarray | None, times: np.ndarray, rule: str, cadence:
     else:  # previous
         i = np.searchsorted(st, tau + tol, side="right") - 1
         idx = np.maximum(i, 0)
-        ok = (i >= 0) & (tau - st[idx] < delta)
+        # inside the record a point is served unless the step after it is a gap (_on_cadence: calendar months of
+        # 31 days beside a median of 30 are steps, not gaps); past the end, or across a gap, for one step only
+        nxt = np.minimum(idx + 1, n - 1)
+        step_on = (idx < n - 1) & _on_cadence(st[nxt] - st[idx], delta, 1) if delta > 0 else np.zeros(idx.shape, bool)
+        ok = (i >= 0) & ((tau - st[idx] < delta) | step_on)
     return idx.astype(np.int64), ok.all(axis=1)
 
 
