@@ -20,7 +20,9 @@ value, and stores are compared by what they hold, not by their paths:
   saved months (which the resumed run reads anyway) and names each (field, month) that differs;
 - the **data stores** (the single store, or every stream of a multi-stream config) by a fingerprint of what decides
   the samples (:func:`store_fingerprint`), in parts a refusal names: ``time`` (first stamp and step, not the
-  length: a store that grew along time resumes an explicit plan), ``grid`` (coordinates summarised and compared
+  length: a store that grew along time resumes an explicit plan; an irregular axis, e.g. calendar months: its
+  length and the digest of its stamps, and a resume digests as many leading stamps as the saved state had, so a
+  store that grew resumes, one with a stamp changed among them does not), ``grid`` (coordinates summarised and compared
   with a relative tolerance of 1e-6: a copy one ulp off resumes) and ``fields.<name>`` (levels, axes, dtype, fill
   value, values read as missing, shape without the time axis); not the chunking, codecs or unused attributes (a
   rechunked, recompressed or xarray-rewritten copy gives the same samples) and not the data values (terabytes);
@@ -49,6 +51,8 @@ import hashlib
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -196,7 +200,8 @@ _W = (np.sqrt(5.0) - 1) / 2  # weights 1 + frac(i * golden ratio): never near 0,
 
 def store_fingerprint(store: Any, config: Any) -> Any:
     """What of a data store decides the samples of ``config``, in parts that a refusal names: ``time`` (first
-    time stamp and step; not the length), ``grid`` (kind, layout, coordinates summarised by :func:`_coord`) and
+    time stamp and step; not the length; of an irregular axis, its length and a digest of its stamps, compared over
+    the saved length: :func:`_time_against`), ``grid`` (kind, layout, coordinates summarised by :func:`_coord`) and
     ``fields.<name>`` (levels, level type, axes, time dependence, units, dtype, zarr fill value, the values read as
     missing, and the array shape without its time axis).
 
@@ -252,15 +257,72 @@ def _no_nan(v: Any) -> Any:
 
 
 def _time(t: Any) -> Any:
-    """First time stamp and step (ns) of a regular axis, else a digest of every time stamp; None without time."""
+    """First time stamp and step (ns) of a regular axis; else the first stamp, the number of stamps and a digest of
+    them all (an irregular axis: calendar months, gaps), the axis kept (:data:`_AXES`) so that a resume on a store
+    that grew can digest as many leading stamps as the saved state did (:func:`_time_against`); None without
+    time."""
     if t is None:
         return None
-    ns = np.asarray(t, "datetime64[ns]").astype(np.int64)
+    ns = np.asarray(t, "datetime64[ns]").view(np.int64)
     step = np.diff(ns)
     start = np.datetime_as_string(ns[:1].astype("datetime64[ns]"))[0] if ns.size else None
     if ns.size > 1 and (step == step[0]).all():
         return {"start": str(start), "step_ns": int(step[0])}
-    return {"start": start and str(start), "irregular": "sha256:" + _hex(hashlib.sha256(ns.tobytes()))}
+    digest = _stamps_digest(ns)
+    _remember_axis(digest, ns)
+    return {"start": start and str(start), "length": int(ns.size), "irregular": digest}
+
+
+def _stamps_digest(ns: np.ndarray) -> str:
+    return "sha256:" + _hex(hashlib.sha256(np.ascontiguousarray(ns, np.int64).tobytes()))
+
+
+_AXES: OrderedDict[str, np.ndarray] = OrderedDict()
+"""Irregular time axes fingerprinted in this process, by digest (the newest last), so that :func:`check_resume`
+can digest the leading stamps of a grown axis; at most :data:`_AXES_BYTES` kept (the newest always)."""
+_AXES_BYTES = 256 << 20
+_AXES_LOCK = threading.Lock()
+
+
+def _remember_axis(digest: str, ns: np.ndarray) -> None:
+    with _AXES_LOCK:
+        _AXES[digest] = ns
+        _AXES.move_to_end(digest)
+        while len(_AXES) > 1 and sum(a.nbytes for a in _AXES.values()) > _AXES_BYTES:
+            _AXES.popitem(last=False)
+
+
+def _time_against(saved: Any, mine: Any) -> Any:
+    """``mine``'s time part as compared with ``saved``'s: of an irregular axis that grew (more stamps than the saved
+    state's ``length``), the digest of the saved number of leading stamps, so that an axis that only grew compares
+    equal and one changed within the saved stamps does not; without ``length`` in ``saved`` (a state saved before
+    it was recorded: the digest of every stamp), ``mine`` without it; fewer stamps than saved: ``mine`` with the
+    saved digest (one difference, the length, is named). Anything else: ``mine`` as it is."""
+    if not (isinstance(saved, Mapping) and isinstance(mine, Mapping) and "irregular" in saved
+            and "irregular" in mine):
+        return mine
+    if "length" not in saved:
+        return {k: v for k, v in mine.items() if k != "length"}
+    n_saved, n_mine = saved.get("length"), mine.get("length")
+    if isinstance(n_saved, int) and isinstance(n_mine, int) and n_mine < n_saved:  # refused as shorter, named so
+        return {**mine, "irregular": saved["irregular"]}
+    if not (isinstance(n_saved, int) and isinstance(n_mine, int) and 0 < n_saved < n_mine):
+        return mine
+    with _AXES_LOCK:
+        ns = _AXES.get(str(mine["irregular"]))
+    if ns is None or ns.size != n_mine:  # not held in this process any more: compared whole (named as grown)
+        return mine
+    return {**mine, "length": n_saved, "irregular": _stamps_digest(ns[:n_saved])}
+
+
+def _stores_against(saved: Any, mine: Any) -> Any:
+    """``mine``'s data-store fingerprint (one store's, or per stream) with each time part as :func:`_time_against`
+    compares it with ``saved``'s."""
+    if not (isinstance(saved, Mapping) and isinstance(mine, Mapping)):
+        return mine
+    if "format" in mine:
+        return {**mine, "time": _time_against(saved.get("time"), mine.get("time"))} if "time" in mine else mine
+    return {k: _stores_against(saved.get(k), v) for k, v in mine.items()}
 
 
 def _coord(v: Any) -> Any:
@@ -410,6 +472,19 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
         when = MONTH_NAMES[month] if month is not None else "?"
         return (f" (the local, per grid point, coefficients of field {name!r} for {when} differ from those the "
                 "saved run read)")
+    if key.startswith("store_fingerprint") and key.endswith(".time.length") and isinstance(va, int) \
+            and isinstance(vb, int):
+        return (" (the data store differs from the saved run's: its time axis has fewer time stamps)" if vb < va else
+                " (the data store's time axis grew, and this process no longer holds it to compare the saved run's "
+                "leading time stamps: fingerprint the store again, e.g. a new loader, and resume)")
+    if key.startswith("store_fingerprint") and key.endswith(".time.irregular") and isinstance(va, str) \
+            and isinstance(vb, str):
+        if "length" not in _time_part(saved.get("store_fingerprint"), key):
+            return (" (the data store differs from the saved run's: other time stamps, or more of them: the saved "
+                    "state records no length of its irregular time axis, so an axis that grew cannot be told from "
+                    "one that changed)")
+        return (" (the data store differs from the saved run's: other time stamps than the saved run's, among as "
+                "many leading stamps as it had)")
     if key.startswith("store_fingerprint"):
         part = next((p for p in ("time", "grid", "fields") if f".{p}" in key), "")
         what = {"time": "its time axis starts or steps elsewhere: other times at the same time steps",
@@ -430,6 +505,13 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
                 "stream's store must be at the same path)" if not _store_known(saved.get("store_fingerprint")) else
                 " (this stream's store cannot be fingerprinted, so its path must match)")
     return ""
+
+
+def _time_part(fp: Any, key: str) -> Mapping[str, Any]:
+    """The saved time part that a difference ``key`` (``store_fingerprint[.<stream>].time.irregular``) names."""
+    for k in key.split(".")[1:-1]:
+        fp = fp.get(k) if isinstance(fp, Mapping) else None
+    return fp if isinstance(fp, Mapping) else {}
 
 
 def state_position(state: Mapping[str, Any], n_batches: int | None = None) -> tuple[int, int]:
@@ -469,6 +551,8 @@ def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[
     old_store = "store_fingerprint" in saved and not by_store and _known(saved["store_fingerprint"])
     if old_store:  # a fingerprint of the first format (one digest) or not computable here: not compared
         a.pop("store_fingerprint", None), b.pop("store_fingerprint", None)
+    elif by_store:  # an irregular time axis that grew: its saved number of leading stamps compared
+        b["store_fingerprint"] = _stores_against(saved["store_fingerprint"], mine["store_fingerprint"])
     for by, key in ((by_norm, "norm_path"), (by_store, "path")):
         if by:
             if isinstance(a.get("sampling"), Mapping):
