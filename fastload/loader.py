@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -485,10 +486,10 @@ class Loader:
         """A read of the stopped iteration is still inside the backend (a hung store request): the next iteration
         must not reset its cache under it nor hand its ring slot to another batch, so it gets a fresh backend and
         ring; the old ones are closed at once on a daemon thread (:func:`_close_after`), which does not wait for a
-        read that never returns."""
-        log.warning("fastload: %d read(s) of the stopped iteration still running after %.1f s (a hung store "
-                    "request?), left running as daemon threads (%s); %s", len(stuck), grace or 0.0,
-                    ", ".join(t.name for t in stuck),
+        read that never returns. The warning names what each thread is doing (:func:`_doing`: a store request,
+        a decode, a Numba compile, ...), read from its stack."""
+        log.warning("fastload: %d read(s) of the stopped iteration still running after %.1f s, left running as "
+                    "daemon threads: %s; %s", len(stuck), grace or 0.0, "; ".join(_doing(t) for t in stuck),
                     "the loader's cache and ring are closed" if self._closed else
                     "the next iteration starts with a fresh cache and ring, and the old ones are closed")
         old = [self._backend, self._ring]
@@ -561,11 +562,43 @@ def _close_after(threads: list[threading.Thread], things: list[Any]) -> None:
     deadline = time.monotonic() + grace
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    left = [t.name for t in threads if t.is_alive()]
+    left = [_doing(t) for t in threads if t.is_alive()]
     if left:
-        log.warning("fastload: the stopped iteration's cache and ring are closed; %d of its read(s) still wait for a "
-                    "store request, left running as daemon threads that end when it returns (or after "
-                    "loader.read_timeout_s): %s", len(left), ", ".join(left))
+        log.warning("fastload: the stopped iteration's cache and ring are closed; %d of its read(s) still running, "
+                    "left as daemon threads that end when what they wait for returns (a store request: at most "
+                    "loader.read_timeout_s): %s", len(left), "; ".join(left))
+
+
+_DOING = {  # innermost fastload function (qualified name) of a stopped read's thread -> what it waits for
+    "_Fetcher._wait_task": "waiting for a fetch task of its step: a store request or a decode",
+    "ChunkCache.wait": "waiting for chunks another step is reading",
+    "ChunkCache.reserve": "waiting for cache slots",
+    "BatchRing.acquire": "waiting for a ring slot's device copy",
+    "ChunkReader._await_warm": "waiting for the gather kernels' compile",
+    "gather": "gathering its samples (a kernel)",
+    "gather_points": "gathering its samples (a kernel)",
+}
+
+
+def _doing(t: threading.Thread) -> str:
+    """``name (what it does)`` of a stopped iteration's thread, from its current stack: a Numba compile (a cold
+    JIT cache) where a ``numba`` frame is on it, else what its innermost ``fastload`` function waits for
+    (:data:`_DOING`), else that function's name and line."""
+    frame = sys._current_frames().get(t.ident) if t.ident is not None else None
+    inner = None
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if mod.startswith("numba."):
+            return f"{t.name} (compiling Numba kernels: a cold JIT cache)"
+        if inner is None and mod.startswith("fastload"):
+            inner = frame
+        frame = frame.f_back
+    if inner is None:
+        return f"{t.name} (not in fastload code)" if t.is_alive() else f"{t.name} (ended)"
+    code = inner.f_code
+    name = getattr(code, "co_qualname", code.co_name)  # (Python 3.11+)
+    what = _DOING.get(name) or f"in {name}"
+    return f"{t.name} ({what}, {inner.f_globals.get('__name__')}:{inner.f_lineno})"
 
 
 class LoaderDataset(torch.utils.data.IterableDataset):

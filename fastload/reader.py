@@ -275,25 +275,40 @@ class ChunkReader(_Fetcher):
 
         The first call of a Numba kernel in a process loads it from the JIT cache and initialises Numba (about
         0.6-1 s, mostly imports holding the GIL); run on zero samples here it overlaps the first batch's decodes
-        (which release the GIL) instead of following them. Only for one store with the Numba kernels in use;
+        (which release the GIL) instead of following them; on a cold JIT cache it compiles them (seconds), and
+        every gather waits for it (:meth:`_await_warm`), so no other thread compiles them. Run with zero boxes
+        through the tokenizer's own ``plan`` and ``gather``, it compiles what a batch's gather calls, for one store
+        and for a multi-stream config (every stream's kernels) alike. Only with the Numba kernels in use;
         idempotent. ``out_dtype``: the batch buffers' NumPy dtype.
         """
         from .sampling.neighborhood import use_jit
 
-        if self._warm is not None or self._multi or not use_jit(self.jit, getattr(self.tokenizer, "config", None)):
+        if self._warm is not None or not use_jit(self.jit, getattr(self.tokenizer, "config", None)):
             return
         if self._closed:
             return
-        # not a daemon, and close() waits for it: it does no I/O and always ends (seconds, a compile on a cold JIT
-        # cache), whereas a compile still running when the process exits aborts it ('terminate called without an
-        # active exception', seen in the clean-clone CI's two-process run), and one left running after close()
-        # holds the GIL against whatever the process does next
+        # not a daemon: it does no I/O and always ends (seconds, a compile on a cold JIT cache), and the interpreter
+        # waits for it at exit, whereas a compile still running on a daemon thread when the process exits aborts it
+        # ('terminate called without an active exception', seen in the clean-clone CI's two-process run). So the
+        # gathers wait for it (_await_warm) rather than compile on the loader's daemon threads, and close() waits
+        # for it only within its timeout
         self._warm = threading.Thread(target=self._warm_kernels, args=(np.dtype(out_dtype),), daemon=False,
                                       name=f"{self._name}_warm")
         try:
             self._warm.start()
         except RuntimeError:  # can't start new thread: the first gather loads the kernels (and close() joins none)
             self._warm = None
+
+    def _await_warm(self, stop: Callable[[], bool]) -> None:
+        """Wait for the kernel warm-up before a gather, so that the kernels are compiled (on a cold JIT cache) by
+        the warm-up's thread, which is no daemon, never by the thread calling (the loader's daemon worker threads: a
+        compile still running on one of them at the process's exit aborts the process). Honours ``stop``
+        (``InterruptedError``): a loader closed during a cold compile stops its reads at once."""
+        w = self._warm
+        while w is not None and w.is_alive():
+            if stop():
+                raise InterruptedError("stopped while the gather kernels were being compiled (the kernel warm-up)")
+            w.join(0.05)
 
     def _warm_kernels(self, out_dtype: np.dtype) -> None:
         try:
@@ -302,7 +317,7 @@ class ChunkReader(_Fetcher):
             tables = p.slot_tables({a: np.zeros(0, np.int32) for a in p.chunks})
             outs = {f.name: np.empty((0, *f.sample_shape), out_dtype) for f in self.tokenizer.config.fields}
             coefficients, months = self.coefficients, self.months
-            month_of = self.tokenizer.month_table(b, months)[1] if coefficients else None
+            month_of = self.tokenizer.month_table(b, months)[1] if coefficients and not self._multi else None
             self.tokenizer.gather({a: self.cache.arena(a) for a in p.chunks}, tables, b, outs,
                                   coefficients=coefficients, month_of=month_of, jit=self.jit)
         except Exception as e:  # noqa: BLE001 - only a head start: the first real gather raises any real problem
@@ -324,10 +339,15 @@ class ChunkReader(_Fetcher):
         if self._closed:
             return []
         self._closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._stop.set()
         stuck = self._pool.close(timeout)
-        if self._warm is not None:  # the kernel warm-up: no I/O, it ends (see warm)
-            self._warm.join()
+        if self._warm is not None:  # the kernel warm-up: no I/O, it ends (see warm); waited for within the timeout
+            self._warm.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._warm.is_alive():  # (a cold JIT cache: seconds) not a daemon: the interpreter waits at exit
+                log.info("fastload: closing the chunk reader: the gather kernels' warm-up (%s) is still compiling "
+                         "after %.3g s; it ends on its own (the process's exit waits for it)", self._warm.name,
+                         timeout)
         if self._ahead is not None:
             self._ahead.clear()
         left = [f"{t.name} ({_describe_job(job)})" for t, job in stuck]
@@ -402,6 +422,7 @@ class ChunkReader(_Fetcher):
                 if n != b.shape[0]:
                     b = np.ascontiguousarray(b[sel])
                     tables = {f: np.ascontiguousarray(t[sel]) for f, t in tables.items()}
+                self._await_warm(stop)  # (before the clock: a wait for the kernels, not gather time)
                 t0 = time.perf_counter()
                 seconds: dict[str, float] = {}
                 with nvtx_range("gather", payload=step.batch):
