@@ -120,9 +120,10 @@ class Loader:
         An explicit plan instead of random placement: ``(N, 3)`` ``(t0, y0, x0)`` rows (every epoch the same), or
         ``boxes(epoch) -> (N, 3)`` (the same N every epoch). These are *this rank's* samples, not a plan the loader
         splits: with several ranks each rank passes its own (e.g. ``plan[rank::world_size]``), batched as on one
-        rank (``drop_last`` as set). Every rank must then make the same number of batches: in an initialised
-        process group this is checked at construction (one all_gather; a ``ConfigError`` naming each rank's
-        samples and batches); a loader built before ``init_process_group`` cannot check it. ``samples_per_epoch``,
+        rank (``drop_last`` as set). Every rank must then make the same number of batches: call
+        :meth:`check_ranks` on every rank of the initialised process group (one all_gather; a ``ConfigError``
+        naming each rank's samples and batches). Construction does not check it (a loader only some ranks build,
+        such as rank 0's validation loader, would wait for ever for the others). ``samples_per_epoch``,
         ``samples_per_window`` and the seed's placement are unused. Multi-stream: boxes on the first stream's grid,
         each served by every stream.
     jit : bool, optional
@@ -184,6 +185,7 @@ class Loader:
         bs = self.batch_size
         if boxes is not None:  # this rank's own plan: its batches as on one rank, the same count on every rank
             n = self._samples = int(self._explicit_boxes(int(epoch)).shape[0])
+            self._samples_epoch = int(epoch)  # the epoch whose plan set the count (named when another differs)
             self._n_batches = n // bs if cfg.drop_last else -(-n // bs)
         else:
             counts = _rank_counts(cfg.samples_per_epoch, cfg.samples_per_window, self.world_size)
@@ -367,8 +369,9 @@ class Loader:
         b = self._explicit(epoch) if callable(self._explicit) else self._explicit
         b = self.tokenizer.check_boxes(b)
         if hasattr(self, "_samples") and b.shape[0] != self._samples:
-            raise ConfigError(f"boxes({epoch}) gave {b.shape[0]} samples but epoch {self._state.epoch} had "
-                              f"{self._samples}; every epoch of an explicit plan needs the same number")
+            raise ConfigError(f"boxes({epoch}) gave {b.shape[0]} samples but boxes({self._samples_epoch}) gave "
+                              f"{self._samples} (the plan of epoch {self._samples_epoch}, when the loader was built); "
+                              f"every epoch of an explicit plan needs the same number")
         return b
 
     def epoch_boxes(self, epoch: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from fastload.errors import LoaderClosedError
@@ -193,3 +194,36 @@ def test_close_waits_for_the_kernel_warm_up_only_within_its_timeout(tmp_path, mo
         guard.cancel()
     reader._warm.join(5)
     assert not reader._warm.is_alive()
+
+
+def test_a_multi_stream_loader_warms_its_kernels_up_on_the_warm_up_thread(tmp_path, caplog):
+    """A multi-stream config's gathers (lat-lon kernels and the mesh's point kernels) had no warm-up: the loader's
+    daemon worker threads compiled them. The warm-up runs the MultiStream's own plan and gather on zero boxes, and
+    the batches still equal those of ``extract_streams``."""
+    import logging
+
+    from fastload.streams import MultiStream, extract_streams
+    from tests.fastload.stores_multi import make_atmosphere, make_mesh, make_ocean
+    from tests.fastload.test_streams import config
+
+    paths = {"era5": tmp_path / "a.zarr", "ocean": tmp_path / "o.zarr", "fesom": tmp_path / "m.zarr"}
+    make_atmosphere(paths["era5"])
+    make_ocean(paths["ocean"])
+    make_mesh(paths["fesom"])
+    cfg = config(paths)
+    caplog.set_level(logging.DEBUG, logger="fastload")
+    from fastload.loader import Loader
+
+    with Loader(None, cfg, batch_size=3, samples_per_epoch=6, workers=2, device="cpu", seed=7) as loader:
+        it = iter(loader)
+        warm = loader._backend.reader._warm
+        assert warm is not None and not warm.daemon  # (was None: no warm-up for multi-stream configs)
+        batches = list(it)
+        warm.join(60)
+        assert not warm.is_alive()
+    assert not [r for r in caplog.records if "warm-up skipped" in r.getMessage()], caplog.text
+    boxes = np.concatenate([b.boxes.numpy() for b in batches])
+    want = extract_streams(MultiStream(cfg), boxes)
+    for name in cfg.field_names:
+        got = np.concatenate([b[name].numpy() for b in batches])
+        assert np.array_equal(got, np.asarray(want[name].data), equal_nan=True), name
