@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ._zarr_location import zarr_location
-from .errors import ConfigError, SchemaError, StoreNotFoundError
+from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
 
 __all__ = ["Normalizer", "canonical_units", "months_of", "normalize", "FORMAT_VERSION", "MODES"]
 
@@ -207,7 +207,16 @@ class Normalizer:
             raise StoreNotFoundError(
                 f"normalisation store {self.path!r} does not exist (make one: fastload stats)"
             )
-        try:  # zarr_location opens a URL with options: an unknown protocol is a ValueError there
+        if isinstance(self.path, str) and ("://" in self.path or "::" in self.path):
+            from .store._source import fsspec_filesystem
+
+            # the stores' one check of a URL: an unknown protocol, or one whose package is not installed, is a
+            # StoreError naming the URL and what to install (zarr would raise fsspec's bare ValueError/ImportError)
+            try:
+                fsspec_filesystem(self.path, storage_options)
+            except StoreError as e:
+                raise StoreError(f"normalisation store {e}") from e.__cause__
+        try:
             location = zarr_location(self.path, storage_options)  # a local path with storage_options: ConfigError
             self._root = zarr.open_group(location, mode="r")
         except ConfigError:

@@ -48,6 +48,11 @@ def make_source(
     ------
     StoreNotFoundError
         Nothing exists at the path or URL.
+    StoreError
+        fsspec cannot open the URL (an unknown protocol, its package not installed: the message says which), or
+        cannot reach it.
+    ConfigError
+        ``latency_ms`` is not a finite number >= 0.
     ValueError
         An unknown ``backend``.
     """
@@ -66,8 +71,12 @@ def make_source(
         source = ObstoreSource(s, storage_options)  # no LIST here (public buckets may refuse it): an empty
         # prefix fails in load_metadata, naming the metadata expected
     elif "://" in s:
-        source = FsspecSource(s, storage_options)
-        if not source.fs.exists(source.root):
+        source = FsspecSource(s, storage_options)  # a URL fsspec cannot open: StoreError naming what is missing
+        try:
+            found = source.fs.exists(source.root)
+        except OSError as e:  # unreachable host, refused credentials, ...: the URL and why, before any work
+            raise StoreError(f"{s}: cannot reach the store: {type(e).__name__}: {e}") from e
+        if not found:
             raise StoreNotFoundError(f"{s}: no store at this URL")
     else:
         if storage_options:
@@ -122,7 +131,12 @@ class Store:
         self.source = source
         self.backend = backend
         self.storage_options: dict[str, Any] | None = dict(storage_options) if storage_options else None
-        meta = load_metadata(source)
+        try:
+            meta = load_metadata(source)
+        except OSError as e:  # obstore opens a URL without a request: an unreachable bucket fails here, first
+            if isinstance(e, (ChunkReadError, FileNotFoundError)):
+                raise
+            raise StoreError(f"{source.describe()}: cannot read the store's metadata: {e}") from e
         self.zarr_format = meta.zarr_format
         self.attrs = dict(meta.attrs)
         msg = unfinished_message(path, self.attrs)

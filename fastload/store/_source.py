@@ -18,13 +18,17 @@ Every source is safe to use from many threads at once: no method keeps state bet
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 import os
 import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["BaseByteSource", "LocalSource", "FsspecSource", "LatencySource"]
+from ..errors import ConfigError, StoreError
+
+__all__ = ["BaseByteSource", "LocalSource", "FsspecSource", "LatencySource", "fsspec_filesystem"]
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: no newline translation where it exists (Windows)
 _PREADV = hasattr(os, "preadv")  # read_into's system call (POSIX); elsewhere a file object's readinto
@@ -240,13 +244,16 @@ class FsspecSource(BaseByteSource):
         Passed to the filesystem (credentials, endpoint, anonymous access, ...).
     fs : fsspec.AbstractFileSystem, optional
         An existing filesystem; then ``url`` is a path on it.
+
+    Raises
+    ------
+    StoreError
+        fsspec cannot open ``url`` (:func:`fsspec_filesystem`).
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *, fs: Any = None):
-        import fsspec.core
-
         if fs is None:
-            fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            fs, path = fsspec_filesystem(url, storage_options)
         else:
             path = url
         self.fs = fs
@@ -326,6 +333,44 @@ class FsspecSource(BaseByteSource):
         return f"FsspecSource({self.url!r})"
 
 
+def fsspec_filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """fsspec's filesystem for ``url`` and the path on it (``fsspec.core.url_to_fs``), or a :class:`StoreError`.
+
+    The one place a URL becomes an fsspec filesystem (:class:`FsspecSource`, and the check of a normalisation
+    store's URL in :class:`~fastload.norm.Normalizer`), so that a URL fsspec cannot open is the same clear error
+    everywhere, fsspec's own as its ``__cause__``.
+
+    Raises
+    ------
+    StoreError
+        The protocol needs a package that is not installed (``s3://`` without s3fs: the message says what to
+        install), fsspec knows no such protocol (``foo://``), or ``storage_options`` do not fit its filesystem.
+    """
+    import fsspec
+    import fsspec.core
+
+    opts = dict(storage_options or {})
+    protocol = fsspec.core.split_protocol(url.split("::")[0])[0] or "file"
+    try:
+        return fsspec.core.url_to_fs(url, **opts)
+    except ImportError as e:  # fsspec knows the protocol; its package is missing ("Install s3fs to access S3")
+        raise StoreError(
+            f"{url}: reading {protocol}:// URLs needs a package that is not installed: {e} "
+            f"(fsspec's implementation of {protocol!r}; then run the command again)"
+        ) from e
+    except ValueError as e:  # "Protocol not known: foo", or a value the filesystem refuses
+        if protocol not in fsspec.available_protocols():
+            raise StoreError(
+                f"{url}: fsspec knows no protocol {protocol!r}; expected a local path or a URL fsspec can open "
+                "(file://, memory://, s3://, gs://, az://, https://, ...; fsspec.available_protocols() lists them)"
+            ) from e
+        raise StoreError(f"{url}: fsspec cannot open this URL with storage_options {sorted(opts)}: {e}") from e
+    except TypeError as e:  # an option the filesystem's constructor does not take
+        raise StoreError(
+            f"{url}: storage_options {sorted(opts)} do not fit fsspec's {protocol!r} filesystem: {e}"
+        ) from e
+
+
 def _missing_or_raise(v: Any) -> bytes | None:
     if isinstance(v, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return None
@@ -346,11 +391,16 @@ class LatencySource(BaseByteSource):
         The source that holds the bytes.
     ms : float
         Added latency per request, in milliseconds (>= 0).
+
+    Raises
+    ------
+    ConfigError
+        ``ms`` is not a finite number >= 0.
     """
 
     def __init__(self, inner: BaseByteSource, ms: float):
-        if not ms >= 0:
-            raise ValueError(f"latency_ms: expected a number >= 0, got {ms!r}")
+        if isinstance(ms, bool) or not (isinstance(ms, numbers.Real) and math.isfinite(ms) and ms >= 0):
+            raise ConfigError(f"latency_ms: expected a finite number of milliseconds >= 0, got {ms!r}")
         self.inner = inner
         self.ms = float(ms)
         self.root = getattr(inner, "root", "")

@@ -12,7 +12,7 @@ import zarr
 import zarr.storage
 
 from fastload.config import FieldConfig, SamplingConfig
-from fastload.errors import ConfigError, SchemaError, StoreNotFoundError
+from fastload.errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
 from fastload.norm import Normalizer, months_of, normalize
 from fastload.stats import StatsConfig, compute_stats
 from fastload.store import open_store
@@ -238,10 +238,12 @@ def test_bad_paths(tmp_path, stores):
         Normalizer(stores[0] / "d.zarr")  # the data store is not a coefficient store
 
 
-def test_a_url_of_an_unknown_protocol_with_options_is_a_schema_error_naming_it(tmp_path):
+def test_a_url_of_an_unknown_protocol_with_options_is_a_store_error_naming_it(tmp_path):
     """Opening a URL with storage_options moved into zarr_location, outside the try that turned zarr's errors into
-    fastload's: an unknown protocol raised fsspec's bare ValueError. Options with a local path stay a ConfigError."""
-    with pytest.raises(SchemaError, match=r"normalisation store 'nosuchproto://b/n\.zarr' .*Protocol not known"):
+    fastload's: an unknown protocol raised fsspec's bare ValueError. It goes through the stores' one URL check
+    (fastload.store._source.fsspec_filesystem, tests/fastload/test_store_url_errors.py). Options with a local
+    path stay a ConfigError."""
+    with pytest.raises(StoreError, match=r"normalisation store nosuchproto://b/n\.zarr: fsspec knows no protocol"):
         Normalizer("nosuchproto://b/n.zarr", storage_options={"anon": True})
     (tmp_path / "n.zarr").mkdir()
     with pytest.raises(ConfigError, match=r"storage_options \{'anon': True\} given for the local path .*n\.zarr"):
