@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import os
 import sys
 import time
@@ -88,6 +90,7 @@ def profile_loader(store: str, sampling: SamplingConfig, loader: LoaderConfig, *
     for key, v, lo in (("batches", batches, 1), ("warmup", warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"profile-loader {key}: expected an integer >= {lo}, got {v!r}")
+    _check_latency(latency_ms, "profile-loader latency_ms")
     if data not in ("cached", "cold"):
         raise ConfigError(f"profile-loader --data: expected 'cached' or 'cold', got {data!r}")
     check_cold_workers(data, loader.mode, "profile-loader --data")
@@ -192,6 +195,13 @@ def _ints(text: str | None, flag: str) -> list[int]:
     return vals
 
 
+def _check_latency(ms: Any, flag: str) -> None:
+    """A simulated latency is a finite number of milliseconds >= 0 (-1 or nan would fail in the store's
+    ``LatencySource`` after the setup; inf would sleep forever)."""
+    if isinstance(ms, bool) or not (isinstance(ms, numbers.Real) and math.isfinite(ms) and ms >= 0):
+        raise ConfigError(f"{flag}: expected a finite number of milliseconds >= 0, got {ms!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fastload profile-loader [STORE --config CFG] [options]``."""
     p = argparse.ArgumentParser(prog="fastload profile-loader",
@@ -213,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="where batches go (default cpu; cuda adds the host-to-device copy)")
     p.add_argument("--out", help="report folder (default runs/profile-loader-<time>)")
     a = p.parse_args(argv)
+    _check_latency(a.store_latency_ms, "--store-latency-ms")
     if a.store is not None and a.config is None:
         raise ConfigError("profile-loader STORE needs --config SAMPLING.toml (what a sample is)")
     if a.store is None and a.config is not None:
