@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import size_arenas
 
-__all__ = ["CacheLayout", "chunks_along", "plan_cache", "sample_chunk_bound"]
+__all__ = ["CacheLayout", "chunks_along", "plan_cache", "sample_chunk_bound", "sample_need", "warn_process_share"]
 
 log = logging.getLogger("fastload")
 
@@ -80,22 +80,43 @@ class CacheLayout:
     nbytes: int
 
 
+def sample_need(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int,
+                bound: Mapping[str, int] | None = None) -> int:
+    """Decoded bytes of the chunks one sample can touch (worst alignment): the least a cache is given."""
+    bound = dict(bound) if bound is not None else sample_chunk_bound(layouts, box, time_step)
+    return sum(bound[a] * int(store.arrays[a].chunk_nbytes) for a in bound)
+
+
+def warn_process_share(setting: int, workers: int, need: int) -> bool:
+    """Process mode: each of ``workers`` processes gets ``setting // workers`` bytes of cache; warn once (the loader,
+    not each worker) when that share is below one sample's ``need``, naming the setting, the share and the need.
+    Returns whether it warned."""
+    share = max(1, setting // max(1, workers))
+    if share >= need:
+        return False
+    log.warning("fastload: loader.cache_bytes=%d is shared by %d worker processes, %d bytes each, below the %d bytes "
+                "of decoded chunks one sample needs: each worker's cache holds %d bytes (%d in all); give "
+                "cache_bytes >= %d", setting, workers, share, need, need, need * workers, need * workers)
+    return True
+
+
 def plan_cache(store: Any, layouts: Mapping[str, Any], box: Sequence[int], time_step: int, budget: int,
-               workers: int, bound: Mapping[str, int] | None = None) -> CacheLayout:
+               workers: int, bound: Mapping[str, int] | None = None, warn: bool = True) -> CacheLayout:
     """Size the cache arenas from ``budget`` bytes so that ``workers`` steps can run at once.
 
     Each array gets at least the chunks of one sample, at most all its chunks; the rest of the budget is shared in
     proportion to a sample's decoded bytes per array. A step may use ``1 / workers`` of an arena (batches larger
     than that are split into several steps by the plan), or all of it when the arena holds the whole array. A
-    budget below one sample's chunks is raised to it (logged). ``bound`` (array -> most chunks one sample
-    touches) replaces :func:`sample_chunk_bound` for tokenizers that know better (a mesh:
+    budget below one sample's chunks is raised to it (logged, unless ``warn`` is False: a process worker, whose
+    budget is its share of the setting; the loader warns once, :func:`warn_process_share`). ``bound`` (array ->
+    most chunks one sample touches) replaces :func:`sample_chunk_bound` for tokenizers that know better (a mesh:
     ``MeshTokenizer.sample_chunk_bound``).
     """
     bound = dict(bound) if bound is not None else sample_chunk_bound(layouts, box, time_step)
     nbytes = {a: int(store.arrays[a].chunk_nbytes) for a in bound}
     minimum = {a: bound[a] for a in bound}
     need = sum(minimum[a] * nbytes[a] for a in bound)
-    if budget < need:
+    if budget < need and warn:
         log.warning("fastload: cache_bytes=%d is below the %d bytes of decoded chunks one sample needs; using %d",
                     budget, need, need)
     slots = size_arenas(budget, nbytes, minimum)

@@ -142,7 +142,8 @@ class ProcessBackend:
     :class:`fastload._backend.ThreadBackend`."""
 
     def __init__(self, store: Any, config: Any, spec: Any, fields: Sequence[FieldSpec], *,
-                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None):
+                 coefficients: Mapping[str, tuple[np.ndarray, np.ndarray]] | None, tokenizer: Any = None):
+        from ._cache_sizing import sample_need, warn_process_share
         from .store import LatencySource, LocalSource
 
         src = store.source
@@ -156,6 +157,15 @@ class ProcessBackend:
             raise ConfigError(f"loader.mode = 'process': cannot reopen {store.path!r} in a worker process (its "
                               f"source is a {type(inner).__name__}, not a LocalSource)")
         self.spec = spec
+        if tokenizer is None:  # (the Loader passes its own)
+            from ._backend import make_tokenizer
+
+            tokenizer = make_tokenizer(store, config)
+        bound = tokenizer.sample_chunk_bound() if hasattr(tokenizer, "sample_chunk_bound") else None
+        # each worker's cache is its share of cache_bytes, raised to one sample's chunks: warned here, once, with the
+        # setting (the workers size theirs quietly)
+        warn_process_share(spec.cache_bytes, spec.workers,
+                           sample_need(store, tokenizer.layouts, config.box, config.time_step, bound))
         offsets, nbytes = _layout(fields)
         self._child_spec = {
             "path": store.path, "storage_options": storage_options_of(store), "backend": backend,

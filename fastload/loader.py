@@ -343,7 +343,8 @@ class Loader:
         elif cfg.mode == "process":
             from ._procs import ProcessBackend
 
-            self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs, coefficients=None)
+            self._backend = ProcessBackend(self.store, self.config, self._spec, self._specs, coefficients=None,
+                                           tokenizer=self.tokenizer)
         else:
             from ._backend import ThreadBackend
 
