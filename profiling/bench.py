@@ -28,15 +28,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
+import math
+import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from fastload.errors import ConfigError
+
 from .bench_fastload import DEFAULT_ROWS, FASTLOAD_ROWS, fastload_status
-from .bench_report import format_table, write_json, write_plot
+from .bench_report import check_output_path, format_footer, format_group, write_json, write_plot
 from .bench_run import Pass, compare_outputs, summarise, time_pass
 from .bench_scenarios import PLANS, Variant, draw_batches, fit_config, prepare_store, raw_config
 from .bench_targets import evaluate_targets
@@ -88,8 +93,8 @@ class BenchOptions:
         if 0 in self.workers and ours:  # 0 is a peer's in-process DataLoader; our rows need a thread or process
             raise ConfigError(f"bench --workers 0: the fastload rows {ours} need at least 1 worker (they would run "
                               f"with 1 under the label w0); use --workers 1 or more, or --peers without them")
-        if any(v < 0 for v in self.latency_ms):
-            raise ConfigError(f"bench --latency-ms: expected numbers >= 0, got {list(self.latency_ms)}")
+        if not all(math.isfinite(v) and v >= 0 for v in self.latency_ms):  # nan < 0 is False
+            raise ConfigError(f"bench --latency-ms: expected finite numbers >= 0, got {list(self.latency_ms)}")
         if self.plan not in PLANS:
             raise ConfigError(f"bench --plan: expected one of {list(PLANS)}, got {self.plan!r}")
 
@@ -153,12 +158,14 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
     for name in names:  # fastload rows come first: the first one that runs is the reference
         if status.get(name) is not None:
             rows[name] = {**base, "loader": name, "status": "skipped", "reason": status[name]}
+            log(f"[{label}] {name}: skipped ({status[name]})")
             continue
         log(f"[{label}] verify {name}")
         try:
             out = first_batch(loader_factory(name, path, spec, config, workers, latency_ms, metas[0]), plans[0])
         except Exception as e:  # a peer that crashes is reported, the bench goes on
             rows[name] = {**base, "loader": name, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+            log(f"[{label}] {name}: error ({rows[name]['reason']})")
             continue
         if reference is None:
             reference, ref_name = out, name
@@ -167,6 +174,7 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             problem = compare_outputs(out, reference, missing)
         if problem is not None:
             rows[name] = {**base, "loader": name, "status": "mismatch", "reason": f"vs {ref_name}: {problem}"}
+            log(f"[{label}] {name}: mismatch, not timed ({rows[name]['reason']})")
             continue
         rows[name] = {**base, "loader": name, "status": "ok", "verified_against": ref_name}
         runnable.append(name)
@@ -180,9 +188,14 @@ def _group(opts: BenchOptions, path: str, scenario: str, workers: int, latency_m
             log(f"[{label}] round {r + 1}/{opts.rounds}: {name}")
             try:
                 make = loader_factory(name, path, spec, config, workers, latency_ms, metas[r + 1])
-                passes[name].append(time_pass(make, plans[r + 1], before=before))
+                done = time_pass(make, plans[r + 1], before=before)
+                passes[name].append(done)
             except Exception as e:
                 rows[name].update(status="error", reason=f"{type(e).__name__}: {e}")
+                log(f"[{label}] round {r + 1}/{opts.rounds}: {name}: error ({rows[name]['reason']})")
+            else:  # this pass's figures now: a run stopped early still shows what it measured
+                log(f"[{label}] round {r + 1}/{opts.rounds}: {name}: {done.steady_samples_per_s:.1f} samples/s, "
+                    f"first batch {done.ttfb:.2f} s")
         if opts.roofs:
             roof_runs.append(_roof(maps, spec, plans[r + 1], max(1, workers), before))
     roofs: dict[str, Any] = {"scenario": label, "latency_ms": latency_ms, "workers": max(1, workers),
@@ -260,8 +273,13 @@ def _ratios(rows: list[dict]) -> None:
         r["fastload_row"] = ours["loader"]
 
 
-def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
+def run_bench(opts: BenchOptions, log=lambda s: None,
+              on_group: Callable[[list[dict], dict], None] | None = None) -> dict[str, Any]:
     """Run every scenario of ``opts``.
+
+    ``log`` gets a line when the run starts (how many loaders, groups and rounds), before and after every timed
+    pass (its samples/s) and for every loader skipped or refused; ``on_group(rows, roof)`` is called with each
+    scenario group's finished rows and roof as soon as the group is done (``fastload bench`` prints its table).
 
     Returns ``{"rows", "roofs", "machine", "config", "options", "targets", "loaders"}`` (``loaders``: what each
     row does, in words).
@@ -282,6 +300,11 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
 
         raise ConfigError(f"bench --peers: unknown loader(s) {unknown}; known: {known}")
     names = [n for n in known if n in names]  # fastload rows first
+    groups = len(opts.scenarios) * len(opts.workers) * len(opts.latency_ms)
+    log(f"bench: {len(names)} loader(s) ({', '.join(names)}) in {groups} scenario group(s) (store variants x "
+        f"workers x latencies); in each, one verification batch per loader, then {opts.rounds} interleaved "
+        f"round(s) of {opts.batches} batches x {opts.batch_size or config.batch_size} samples per loader; a loader "
+        f"that is not installed is skipped")
     rows: list[dict] = []
     roofs: dict[str, Any] = {"memcpy_gbps": memcpy_gbps() if opts.roofs else None, "scenarios": []}
     with contextlib.ExitStack() as stack:
@@ -298,6 +321,8 @@ def run_bench(opts: BenchOptions, log=lambda s: None) -> dict[str, Any]:
                     r, roof = _group(opts, path, variant.name, workers, lat, config, names, log)
                     rows.extend(r)
                     roofs["scenarios"].append(roof)
+                    if on_group is not None:
+                        on_group(r, roof)
     return {"rows": rows, "roofs": roofs, "machine": machine_info(opts.store), "config": config.to_dict(),
             "options": dataclasses.asdict(opts), "targets": evaluate_targets(rows),
             "loaders": {n: (FASTLOAD_ROWS[n] if n in FASTLOAD_ROWS else PEERS[n]).description for n in names}}
@@ -339,14 +364,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 batches of 4, 1 round")
     p.add_argument("--no-roofs", action="store_true", help="skip the roof measurements")
     a = p.parse_args(argv)
+    for flag, path in (("--json", a.json), ("--plot", a.plot)):  # written after the run: refused before it
+        if path is not None:
+            check_output_path(path, flag)
+    if a.json is not None and a.plot is not None and os.path.abspath(a.json) == os.path.abspath(a.plot):
+        raise ConfigError(f"bench --json and --plot: both name {a.json}; give each its own file")
+    if a.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("bench --plot needs matplotlib, which is not installed (pip install matplotlib)")
     opts = BenchOptions(
         store=a.store, config=a.config, loaders=tuple(a.peers) if a.peers else None, scenarios=tuple(a.scenario),
         batches=_given(a.batches, 2 if a.quick else 16), batch_size=_given(a.batch_size, 4 if a.quick else None),
         rounds=_given(a.rounds, 1 if a.quick else 3), workers=tuple(a.workers), latency_ms=tuple(a.latency_ms),
         cold=a.cold, plan=a.plan, seed=a.seed, workdir=a.workdir, roofs=not a.no_roofs,
     )  # fmt: skip
-    result = run_bench(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(format_table(result))
+    # each group's table as soon as it is done (stdout), progress and per-pass figures on stderr; together the
+    # tables and the footer are profiling.bench_report.format_table(result)
+    result = run_bench(opts, log=lambda s: print(s, file=sys.stderr, flush=True),
+                       on_group=lambda rows, roof: print(format_group(rows, roof), flush=True))
+    print(format_footer(result))
     if a.json:
         write_json(result, a.json)
     if a.plot:

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-__all__ = ["format_table", "write_json", "write_plot", "NOTES"]
+__all__ = ["format_table", "format_group", "format_footer", "check_output_path", "write_json", "write_plot", "NOTES"]
 
 NOTES = (
     "samples/s: steady rate over the second half of each pass (median over rounds); x ours: fastload's samples/s / this row's",
@@ -57,44 +57,49 @@ def _fmt(v: Any, spec: str) -> str:
     return spec.format(v)
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """One table per scenario, the roofs under it, then the notes."""
+def format_group(rows: list[dict[str, Any]], roof: dict[str, Any] | None) -> str:
+    """The table of one scenario group (store variant x cache x workers x latency), its roof under it.
+
+    ``fastload bench`` prints it as soon as the group's last pass is done; :func:`format_table` joins the groups
+    and :func:`format_footer`.
+    """
     lines: list[str] = []
-    roofs = {r["scenario"]: r for r in result["roofs"].get("scenarios", [])}
-    scenarios = list(dict.fromkeys(r["scenario"] for r in result["rows"]))
-    for sc in scenarios:
-        rows = [r for r in result["rows"] if r["scenario"] == sc]
-        first = rows[0]
-        lines.append(f"== {sc}  (plan {first['plan']}, {first['batches']} batches x {first['batch_size']} "
-                     f"samples, {first['rounds']} round(s))")  # fmt: skip
-        if first["batches"] < 8:
-            lines.append(f"  (only {first['batches']} batches per pass: prefetching loaders deliver them in a "
-                         f"start-up burst, so samples/s is a smoke figure; use --batches >= 16 for figures)")
-        table = [[c[0] for c in _COLS]]
-        notes = []
-        for r in rows:
-            if r.get("status") == "ok" and "samples_per_s" in r:
-                table.append([_fmt(r.get(key), spec) for _, key, spec in _COLS])
-            else:
-                notes.append(f"  {r['loader']}: {r.get('status')} ({r.get('reason', '')})")
-        widths = [max(len(row[i]) for row in table) for i in range(len(_COLS))]
-        for row in table:
-            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                                          enumerate(zip(row, widths))))  # fmt: skip
-        lines.extend(notes)
-        roof = roofs.get(sc)
-        if roof and roof.get("samples_per_s"):
-            res = roof.get("resident_fraction_end")
-            local = " (local reads: the added latency is not in the roof)" if roof.get("latency_ms") else ""
-            lines.append(f"  roof{local}: read+decode of the needed chunks {roof['samples_per_s']:.1f} samples/s "
-                         f"({roof['decoded_gbps']:.2f} GB/s decoded, {roof['stored_gbps']:.2f} GB/s stored); raw "
-                         f"chunk reads {roof['raw_read_gbps']:.2f} GB/s; page cache "
-                         f"{'?' if res is None else f'{100 * res:.0f}%'} resident after the runs")  # fmt: skip
-            if "resident_fraction_after_drop" in roof:
-                cold = roof["resident_fraction_after_drop"]
-                lines.append(f"  cold cache: {'?' if cold is None else f'{100 * cold:.0f}%'} of the store resident "
-                             f"right after posix_fadvise(DONTNEED)")  # fmt: skip
-        lines.append("")
+    first = rows[0]
+    lines.append(f"== {first['scenario']}  (plan {first['plan']}, {first['batches']} batches x {first['batch_size']} "
+                 f"samples, {first['rounds']} round(s))")  # fmt: skip
+    if first["batches"] < 8:
+        lines.append(f"  (only {first['batches']} batches per pass: prefetching loaders deliver them in a "
+                     f"start-up burst, so samples/s is a smoke figure; use --batches >= 16 for figures)")
+    table = [[c[0] for c in _COLS]]
+    notes = []
+    for r in rows:
+        if r.get("status") == "ok" and "samples_per_s" in r:
+            table.append([_fmt(r.get(key), spec) for _, key, spec in _COLS])
+        else:
+            notes.append(f"  {r['loader']}: {r.get('status')} ({r.get('reason', '')})")
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLS))]
+    for row in table:
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                                      enumerate(zip(row, widths))))  # fmt: skip
+    lines.extend(notes)
+    if roof and roof.get("samples_per_s"):
+        res = roof.get("resident_fraction_end")
+        local = " (local reads: the added latency is not in the roof)" if roof.get("latency_ms") else ""
+        lines.append(f"  roof{local}: read+decode of the needed chunks {roof['samples_per_s']:.1f} samples/s "
+                     f"({roof['decoded_gbps']:.2f} GB/s decoded, {roof['stored_gbps']:.2f} GB/s stored); raw "
+                     f"chunk reads {roof['raw_read_gbps']:.2f} GB/s; page cache "
+                     f"{'?' if res is None else f'{100 * res:.0f}%'} resident after the runs")  # fmt: skip
+        if "resident_fraction_after_drop" in roof:
+            cold = roof["resident_fraction_after_drop"]
+            lines.append(f"  cold cache: {'?' if cold is None else f'{100 * cold:.0f}%'} of the store resident "
+                         f"right after posix_fadvise(DONTNEED)")  # fmt: skip
+    lines.append("")
+    return "\n".join(lines)
+
+
+def format_footer(result: dict[str, Any]) -> str:
+    """What follows the group tables: the machine, the notes, what each loader is, the issue targets."""
+    lines: list[str] = []
     mem = result["roofs"].get("memcpy_gbps")
     m = result.get("machine", {})
     lines.append(f"machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable cores, "
@@ -108,6 +113,41 @@ def format_table(result: dict[str, Any]) -> str:
     if targets:
         lines += ["", *targets]
     return "\n".join(lines)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """One table per scenario, the roofs under it, then the notes (:func:`format_group` of each group, then
+    :func:`format_footer`)."""
+    roofs = {r["scenario"]: r for r in result["roofs"].get("scenarios", [])}
+    scenarios = list(dict.fromkeys(r["scenario"] for r in result["rows"]))
+    parts = [format_group([r for r in result["rows"] if r["scenario"] == sc], roofs.get(sc)) for sc in scenarios]
+    return "\n".join([*parts, format_footer(result)])
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Refuse an output file that cannot be written, before the run (the bench writes its files at the end).
+
+    Raises
+    ------
+    ConfigError
+        ``path`` is a folder, or the folder it would go in does not exist, is not a folder or is not writable.
+    """
+    from fastload.errors import ConfigError
+
+    full = os.path.abspath(path)
+    parent = os.path.dirname(full)
+    if os.path.isdir(full):
+        raise ConfigError(f"bench {flag} {path}: is a folder; expected the path of a file to write "
+                          f"(e.g. bench{_EXT.get(flag, '')})")
+    if not os.path.exists(parent):
+        raise ConfigError(f"bench {flag} {path}: the folder {parent} does not exist; create it first")
+    if not os.path.isdir(parent):
+        raise ConfigError(f"bench {flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"bench {flag} {path}: the folder {parent} is not writable")
+
+
+_EXT = {"--json": ".json", "--plot": ".png"}
 
 
 def _atomic_write(path: str, write) -> None:
