@@ -22,6 +22,7 @@ import errno
 import os
 import secrets
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from torch import nn
 
 from .multiformer import Multiformer, MultiformerConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "assemble_multiformer", "split_components", "COMPONENTS"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "check_checkpoint_file",
+           "assemble_multiformer", "split_components", "COMPONENTS"]
 
 FORMAT = 1
 COMPONENTS = ("embed", "encoder", "decoder", "tail")
@@ -165,14 +167,63 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+def check_checkpoint_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Path:
+    """Check cheaply that ``path`` can be a checkpoint :func:`save_checkpoint` wrote, without loading it: a file
+    that is a whole zip archive of ``torch.save``'s layout (its central directory, at the end, is all that is read:
+    a truncated copy has none). Run before any work starts, so that a wrong path fails at once; the payload's
+    layout is checked when it is read (:func:`read_checkpoint`).
+
+    ``what`` names the setting the path came from (``--checkpoint``, ``--resume``,
+    ``forecast.multiformer_checkpoint``) at the head of every message. No file there (or a folder) raises
+    ``FileNotFoundError``; a file of another kind ``ValueError``, naming the file and what was expected.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{what}: {str(path)!r} is a folder; expected a checkpoint file (e.g. "
+                                f"{str(path / 'last.pt')!r}, written by fastload train)")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no file {str(path)!r}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what}: no file {str(path)!r}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickled = any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except zipfile.BadZipFile:
+        pickled = None
+    if not pickled:
+        kind = "a zip archive without torch.save's data.pkl" if pickled is False else \
+            "not a whole zip archive, which torch.save writes (a truncated copy has lost its end)"
+        raise ValueError(f"{what} {str(path)!r}: not a checkpoint file ({path.stat().st_size} bytes, {kind}); "
+                         f"expected a .pt file written by fastload train (save_checkpoint), whole")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, Any]:
+    """The payload dict of a checkpoint :func:`save_checkpoint` wrote (tensors on the CPU), read with
+    ``weights_only=True``; every loader of a checkpoint reads it through here.
+
+    ``what`` names the setting the path came from (``--checkpoint``, ``--resume``,
+    ``forecast.multiformer_checkpoint``) at the head of every message. No file there (or a folder) raises
+    ``FileNotFoundError``; a file ``torch.load`` cannot read (a TOML file, a truncated ``.pt``, a pickle of other
+    objects) or a payload of another layout raises ``ValueError`` naming the file and what was expected (torch's
+    own errors were ``IndexError: pop from empty list``, ``RuntimeError: PytorchStreamReader failed ...``).
+    """
+    path = check_checkpoint_file(path, what)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # unreadable (permissions, I/O): the builtin's message names the file
+        raise
+    except Exception as e:  # torch.load of a foreign or damaged file raises almost anything (IndexError, ...)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{what} {str(path)!r}: not a checkpoint file (torch.load cannot read it: "
+                         f"{type(e).__name__}: {first}); expected a .pt file written by fastload train "
+                         f"(save_checkpoint), whole") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r}: not a model checkpoint of format {FORMAT}")
+        found = f"format {payload.get('format')!r}" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+        raise ValueError(f"{what} {str(path)!r}: not a model checkpoint of format {FORMAT} (a torch file holding "
+                         f"{found}); expected a .pt file written by fastload train (save_checkpoint)")
     return payload
+
+
+_read = read_checkpoint
 
 
 def load_checkpoint(
