@@ -272,7 +272,14 @@ def default_dataset(cache_dir: str | os.PathLike[str] | None = None, preset: str
     path = root / f"synth-{preset}-seed{seed}-zarr{zarr_format}-v{SYNTH_VERSION}.zarr"
     if path.exists():
         return path
-    root.mkdir(parents=True, exist_ok=True)
+    try:  # before anything is written: a file in the folder's place is named with the setting it came from
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError (a file there), NotADirectoryError (under a file), PermissionError
+        source = ("data.cache_dir" if cache_dir else "FASTLOAD_CACHE" if os.environ.get("FASTLOAD_CACHE")
+                  else "the default cache folder (set FASTLOAD_CACHE)")
+        why = "a file is in its place" if isinstance(e, FileExistsError) else e.strerror or str(e)
+        raise ConfigError(f"{source} = {str(root)!r}: cannot be the folder of the built-in dataset ({why}); "
+                          f"expected a folder (an existing one or one to create)") from None
     try:
         return synthesize(path, preset, seed, zarr_format=zarr_format, progress=progress)
     except StoreError:

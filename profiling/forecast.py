@@ -64,10 +64,12 @@ def multiformer_for(cfg: Any, sampling: Any, build: Callable[[Any, Any], torch.n
         log("forecaster: no forecast.multiformer_checkpoint given: the encoder is a freshly initialised "
             f"(untrained) Multiformer's{', frozen' if cfg.forecast.freeze_encoder else ''}")
         return net
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"forecast.multiformer_checkpoint: no file {path!r}") from None
+    from model.checkpoint import read_checkpoint
+
+    try:  # a missing file, a folder, a file that is no checkpoint (a TOML file, a truncated .pt): named
+        payload = read_checkpoint(path, "forecast.multiformer_checkpoint")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(payload, dict) or payload.get("kind") != "multiformer":
         raise ConfigError(f"forecast.multiformer_checkpoint {path!r}: not a Multiformer checkpoint "
                           f"(kind {payload.get('kind') if isinstance(payload, dict) else None!r})")

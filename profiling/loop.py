@@ -219,6 +219,54 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
+def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`ConfigError` naming ``what`` unless ``path`` is a folder or can be made one (its first existing
+    ancestor a writable folder). Nothing is created: run before the run starts, so that a file in its place fails at
+    once, not after the steps when the report or checkpoint is written (the trained model was lost)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what}: {str(p)!r} is a file; expected a folder (an existing one or one to create)")
+    top = p
+    while not top.exists() and top != top.parent:  # (a path under a file does not exist either)
+        top = top.parent
+    if top.exists() and not top.is_dir():
+        raise ConfigError(f"{what}: {str(p)!r} cannot be created: {str(top)!r} is a file; expected a folder "
+                          "(an existing one or one to create)")
+    if top.is_dir() and not os.access(top, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {str(p)!r} cannot be written: no write permission in {str(top)!r}")
+
+
+def check_input_checkpoint(path: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`ConfigError` naming ``what`` unless ``path`` can be a checkpoint (a whole ``torch.save`` file:
+    :func:`model.checkpoint.check_checkpoint_file`, which reads no tensors); before the run starts."""
+    from model.checkpoint import check_checkpoint_file
+
+    if not Path(path).exists():
+        raise ConfigError(f"{what}: no checkpoint {str(path)!r} (no file there)")
+    try:
+        check_checkpoint_file(path, what)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_paths(cfg: RunConfig, mode: str, out_dir: Path, out_flag: str, torch_profiler: Any,
+                 resume: Any) -> None:
+    """The run's inputs and outputs, before any data is prepared or a model built: the checkpoints it reads and the
+    folders it writes (report, checkpoints, torch.profiler traces)."""
+    if resume is not None:
+        check_input_checkpoint(resume, "--resume")
+    if cfg.model.kind == "forecaster" and cfg.forecast.multiformer_checkpoint is not None:
+        check_input_checkpoint(cfg.forecast.multiformer_checkpoint, "forecast.multiformer_checkpoint")
+    check_output_dir(out_dir, out_flag)
+    if mode == "train" and cfg.checkpoint_dir:
+        check_output_dir(cfg.checkpoint_dir, "checkpoint_dir (--checkpoint-dir)")
+        if (Path(cfg.checkpoint_dir) / "last.pt").is_dir():
+            raise ConfigError(f"checkpoint_dir (--checkpoint-dir) {cfg.checkpoint_dir!r}: its last.pt is a folder; "
+                              "the checkpoint is written as the file last.pt")
+    if torch_profiler is not None:
+        check_output_dir(torch_profiler, "--torch-profiler")
+
+
 def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | None = None,
         torch_profiler: str | None = None, nsys: bool = False, resume: str | os.PathLike[str] | None = None,
         stop_at: int | None = None, wrap_loader: Callable[[Any], Any] | None = None,
@@ -284,6 +332,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         with collective("sharing the report folder"):
             dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
         out_dir = Path(box[0]) / f"rank{rank}"
+    _check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else "the report folder",
+                 torch_profiler, resume)
     if nsys:
         nvtx_enable()
     threads_before = torch.get_num_threads()
@@ -661,6 +711,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(mode).parse_args(argv[1:])
     cfg = _config(args)
     if mode == "train":
+        if args.stop_at is not None and cfg.checkpoint_dir is None:
+            raise ConfigError(f"--stop-at {args.stop_at} without --checkpoint-dir (checkpoint_dir): the run would stop "
+                              f"at step {args.stop_at} with no checkpoint to resume from; give --checkpoint-dir DIR "
+                              f"(or --steps {args.stop_at} for a shorter run)")
         resume = None
         if args.resume is not None:
             if args.resume == "" and cfg.checkpoint_dir is None:

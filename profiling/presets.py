@@ -32,6 +32,7 @@ Run ``python -m profiling.presets`` to print every preset as such a TOML-like di
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -200,9 +201,26 @@ def load_run_config(path: str | os.PathLike[str] | None = None, *, preset: str |
     return cfg.override(overrides) if overrides else cfg
 
 
+def _summary(preset: Callable[[], RunConfig]) -> str:
+    """A preset's docstring's first sentence, without reST markup (``--help``)."""
+    text = " ".join((preset.__doc__ or "").split()).replace(":func:", "").replace("``", "").replace("`", "")
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print every preset's settings as JSON (``python -m profiling.presets [NAME]``)."""
-    names = list(argv if argv is not None else sys.argv[1:]) or list(PRESETS)
+    """Print every preset's settings as JSON (``python -m profiling.presets [NAME ...]``; ``--help`` lists them)."""
+    p = argparse.ArgumentParser(
+        prog="python -m profiling.presets",
+        description="Print run presets' settings as JSON: every preset, or those named. Any of these settings can "
+                    "go in a run file (fastload train/profile --config run.toml) or in --set KEY=VALUE.",
+        epilog="presets:\n" + "\n".join(f"  {n:<21}{_summary(f)}" for n, f in PRESETS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"a preset: {', '.join(PRESETS)} (default: all)")
+    a = p.parse_args(list(argv) if argv is not None else None)
+    unknown = [n for n in a.names if n not in PRESETS]
+    if unknown:
+        p.error(f"NAME: {', '.join(map(repr, unknown))}: expected presets from {list(PRESETS)}")
+    names = a.names or list(PRESETS)
     for n in names:
         print(f"# {n}: {PRESETS[n].__doc__.splitlines()[0] if n in PRESETS else ''}")
         print(json.dumps(get_preset(n).to_dict(), indent=2))

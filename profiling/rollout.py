@@ -72,13 +72,15 @@ def _load(path: str | Path, device: torch.device | str) -> tuple[Any, Any, Any, 
     """:func:`load_forecaster` and the checkpoint's extras."""
     from fastload.config import SamplingConfig
     from model import Forecaster, ForecasterConfig, Multiformer, MultiformerConfig, load_checkpoint
+    from model.checkpoint import read_checkpoint
 
     from .presets import RunConfig
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--checkpoint: no file {str(p)!r}")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
+    try:  # a missing file, a folder, a file that is no checkpoint (a TOML file, a truncated .pt): named
+        payload = read_checkpoint(p, "--checkpoint")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     extra = payload.get("extra", {}) if isinstance(payload, dict) else {}
     if not isinstance(payload, dict) or "multiformer_config" not in payload or "run" not in extra \
             or "sampling" not in extra:
@@ -107,9 +109,18 @@ def trained_lead(extra: dict[str, Any], lead: int | None, sampling: Any) -> int:
     return legacy_lead({"lead": lead}, sampling)
 
 
+def _parse_time(when: str) -> np.datetime64:
+    """``--time``'s value as a ``datetime64[ns]``; a value that is no ISO 8601 time is a ConfigError naming it."""
+    try:
+        return np.datetime64(when, "ns")
+    except (ValueError, TypeError):
+        raise ConfigError(f"--time {when!r}: not a time; expected an ISO 8601 date and time such as 2021-01-02T00, "
+                          "2021-01-02T06:00 or 2021-01-02") from None
+
+
 def _time_index(store: Any, t0: int | None, when: str | None) -> int:
     if when is not None:
-        hit = np.flatnonzero(store.time == np.datetime64(when, "ns"))
+        hit = np.flatnonzero(store.time == _parse_time(when))
         if hit.size == 0:
             raise ConfigError(f"--time {when}: not a time of {store.path} ({store.time[0]} .. {store.time[-1]})")
         return int(hit[0])
@@ -249,6 +260,8 @@ def forecast(store: Any, checkpoint: str | Path, out: str | Path, *, steps: int,
         raise ConfigError(f"--every: expected an integer >= 1, got {every!r}")
     if isinstance(static_times, bool) or not isinstance(static_times, int) or static_times < 0:
         raise ConfigError(f"--static-times: expected an integer >= 0, got {static_times!r}")
+    if when is not None:  # before the checkpoint is read
+        _parse_time(when)
     dev = torch.device(device)
     net, run, sampling, extra = _load(checkpoint, dev)
     if norm is not None:
