@@ -358,6 +358,53 @@ def _same(a: np.ndarray, b: np.ndarray, role: str) -> bool:
     return bool(np.abs(a.astype(np.float64) - b.astype(np.float64)).max(initial=0.0) <= GRID_ATOL)
 
 
+def _equal_values(a: Any, b: Any) -> bool:
+    """Exact equality of two values (arrays or scalars, attributes included); NaN equals NaN."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype.kind != b.dtype.kind and not {a.dtype.kind, b.dtype.kind} <= set("biuf"):
+        return False
+    nan = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    try:
+        return bool(np.array_equal(a, b, equal_nan=nan))
+    except TypeError:  # values numpy cannot compare elementwise
+        return False
+
+
+def _static_difference(name: str, a: _Var, b: _Var) -> str | None:
+    """How ``b``'s copy of the static variable ``name`` differs from ``a``'s, in words; None when it does not."""
+    da, db = a.source.ds[name], b.source.ds[name]
+    if da.dtype != db.dtype:
+        return f"dtype {da.dtype} vs {db.dtype}"
+    if a.roles != b.roles:
+        return f"dimensions {a.roles} vs {b.roles}"
+    keys = sorted(set(da.attrs) ^ set(db.attrs)) + sorted(
+        k for k in set(da.attrs) & set(db.attrs) if not _equal_values(da.attrs[k], db.attrs[k])
+    )
+    if keys:
+        return f"attributes {keys}"
+    va, vb = _read(a, name, None, None), _read(b, name, None, None)  # roles order, length-1 dims dropped
+    if va.shape != vb.shape:
+        return f"shape {va.shape} vs {vb.shape}"
+    if not _equal_values(va, vb):
+        same = (va == vb) | (np.isnan(va) & np.isnan(vb)) if va.dtype.kind in "fc" else va == vb
+        return f"values ({int(same.size - same.sum())} of {same.size} differ)"
+    return None
+
+
+def _check_static_copies(name: str, vs: list[_Var], others: list[str]) -> None:
+    """A variable without a time axis in several files is kept once when every copy equals the first exactly
+    (values NaN-aware, dtype, attributes); else a SchemaError naming the variable and the files that differ."""
+    for v in vs[1:]:
+        why = _static_difference(name, vs[0], v)
+        if why is not None:
+            pick = f"--variables {','.join(others)}" if others else "--variables"
+            raise SchemaError(
+                f"variable {name!r} has no time dimension and is in several inputs, but its copy in {v.source.path} "
+                f"differs from the one in {vs[0].source.path} ({why}); convert keeps one copy of a static variable "
+                f"only when all are identical: leave it out ({pick}) and convert it from the one file you want"
+            )
+
+
 def _plan(sources: list[_Source], selected: Sequence[str] | None):
     """Per variable its pieces (one per file, in time order); the shared time, grid and level coordinates."""
     pieces: dict[str, list[_Var]] = {}
@@ -373,9 +420,9 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
     time = None
     for name, vs in pieces.items():
         if "time" not in vs[0].dims:
-            if len(vs) > 1:
-                raise SchemaError(f"variable {name!r} is in {[str(v.source.path) for v in vs]} but has no time "
-                                  "dimension to join them along")  # fmt: skip
+            if len(vs) > 1:  # a static field (orography, land-sea mask) in every file: one copy, if all agree
+                _check_static_copies(name, vs, [n for n in pieces if n != name])
+                del vs[1:]
             continue
         vs.sort(key=lambda v: v.source.time[0])
         t = np.concatenate([v.source.time for v in vs])
