@@ -143,3 +143,19 @@ def test_a_latency_that_is_not_a_finite_number_of_ms_is_a_config_error(tmp_path,
         with pytest.raises(ConfigError, match="latency_ms"):
             make_source(tmp_path, latency_ms=ms)
     assert LatencySource(LocalSource(tmp_path), 0).ms == 0.0 and LatencySource(LocalSource(tmp_path), 2).ms == 2.0
+
+
+def test_profile_loader_and_profile_print_the_error_too(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    from tests.profiling.loopdata import sampling, tiny_store
+
+    _, norm = tiny_store(tmp_path_factory)
+    cfg = tmp_path / "sampling.toml"
+    cfg.write_text(sampling(norm).to_toml())
+    monkeypatch.chdir(tmp_path)
+    for argv in (["profile-loader", "nosuchproto://x/y.zarr", "--config", str(cfg), "--out", str(tmp_path / "r")],
+                 ["profile", "--store", "nosuchproto://x/y.zarr", "--steps", "1", "--out", str(tmp_path / "p")]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert f"fastload {argv[0]}: error: " in err and "nosuchproto://x/y.zarr: fsspec knows no protocol" in err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sampling.toml"]
