@@ -31,6 +31,11 @@ class IOStats:
     misses: int = 0
     """Chunks fetched and decoded for this batch."""
     bytes_stored: int = 0
+    """Stored bytes read from the store: the batch's own fetches (a shard read whole counted once), plus, for a
+    remote store, the read-ahead requests that returned since the previous batch's count, whether a later step
+    takes their bytes (not counted again there), drops them or never uses them. Summed over an iteration it is
+    what the store handed out; a read-ahead request that returns after the last batch was read counts in the
+    next batch read (the next epoch's), or nowhere once the loader is closed."""
     bytes_decoded: int = 0
     bytes_useful: int = 0
     """Bytes of source values the samples use (what a perfect reader would decode)."""

@@ -15,7 +15,10 @@ evicted needed-latest first (the largest ``due``, the step's plan position the r
 :meth:`~RawAhead.claim`, then the latest claimed: the nearest steps' chunks, needed soonest, stay; evicting the
 oldest dropped exactly those), and the reader clears the buffer when a new plan starts (an epoch, a new iteration, a
 resume), so entries read for batches that were never read do not block the budget; dropped bytes count as
-wasted. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+wasted. Stored bytes are counted when a request returns (:meth:`RawAhead.drain_stored`, per array: the reader adds
+them to the batch it reads then), whether a step takes them later, they are dropped, or they are still buffered at
+close; a chunk a step takes comes out marked as counted (an ``InnerChunk`` whose ``fetched`` is 0), so that the
+step's fetch, which counts ``stored_nbytes`` of what it decodes, does not count it again. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
@@ -42,6 +45,7 @@ from typing import Any
 
 from .errors import ChunkReadError, ChunkTimeoutError
 from .store import stored_nbytes
+from .store._shard import InnerChunk
 
 __all__ = ["RawAhead"]
 
@@ -119,7 +123,9 @@ class RawAhead:
         """Chunks taken by a step's fetch."""
         self.wasted_bytes = 0
         """Bytes fetched ahead and dropped unused (evicted over the budget, or cleared)."""
-        self._unreported = 0
+        self.fetched_bytes = 0
+        """Stored bytes of every request that returned (also those dropped, or still buffered)."""
+        self._unreported: dict[str, int] = {}  # array -> fetched bytes not yet drained (drain_stored)
 
     def __len__(self) -> int:
         with self._lock:
@@ -193,7 +199,7 @@ class RawAhead:
                 if isinstance(e, _Raw):
                     self._held -= e.size
                     self.used += 1
-                    got[j] = e.raw
+                    got[j] = _counted(e.raw)
                     continue
                 if e.state == _QUEUED:  # not started: do it here rather than wait for a pool thread
                     e.state, e.started = _RUNNING, time.monotonic()
@@ -216,16 +222,18 @@ class RawAhead:
                 continue
             if g.state == _DONE:
                 assert g.raws is not None
-                got[j] = g.raws[g.chunks.index(chunks[j])]
+                got[j] = _counted(g.raws[g.chunks.index(chunks[j])])
                 with self._lock:
                     self.used += 1
         return got
 
-    def drain_wasted(self) -> int:
-        """Wasted bytes not reported by an earlier call (for the per-batch counters)."""
+    def drain_stored(self) -> dict[str, int]:
+        """``array -> stored bytes`` fetched ahead since the last call (for the per-batch counters): every request
+        that returned, counted once, whatever becomes of its bytes (the chunks a step takes come out marked as
+        counted: see the module notes)."""
         with self._lock:
-            n, self._unreported = self._unreported, 0
-            return n
+            out, self._unreported = self._unreported, {}
+            return out
 
     def clear(self) -> None:
         """Drop every finished entry (counted as wasted); requests in flight finish into nothing, and those whose
@@ -299,6 +307,10 @@ class RawAhead:
                 self._flight -= g.est
             g.raws = raws
             g.state = _FAILED if raws is None else _DONE
+            if raws:  # read from the store: counted now, once (whether taken, dropped or still held at close)
+                n = sum(map(stored_nbytes, raws))
+                self.fetched_bytes += n
+                self._unreported[g.array] = self._unreported.get(g.array, 0) + n
             for c, raw in zip(g.chunks, raws or [None] * len(g.chunks)):
                 k = (g.array, c)
                 if self._entries.get(k) is not g:
@@ -332,5 +344,15 @@ class RawAhead:
                 return
 
     def _waste(self, n: int) -> None:
-        self.wasted_bytes += n
-        self._unreported += n
+        self.wasted_bytes += n  # (counted in drain_stored when fetched)
+
+
+def _counted(raw: bytes | None) -> bytes | None:
+    """A chunk's stored bytes taken from the buffer, marked as counted: ``stored_nbytes`` of it is 0 (the buffer
+    counted them when its request returned; a step's fetch counts ``stored_nbytes`` of what it decodes). A copy of
+    the stored (compressed) bytes, once per chunk taken."""
+    if raw is None:
+        return None
+    out = InnerChunk(raw)
+    out.fetched = 0
+    return out

@@ -255,8 +255,11 @@ class ChunkReader(_Fetcher):
             if cur is not None:  # a step failed: the one started after it gives its slots back unused
                 self._abandon(cur)
         plan.forget(batch)
-        if self._ahead is not None:  # stored bytes read ahead and dropped unused are still bytes read
-            stats.bytes_stored += self._ahead.drain_wasted()
+        if self._ahead is not None:  # stored bytes read ahead: counted as their requests return (not where taken)
+            for a, n in self._ahead.drain_stored().items():
+                stats.bytes_stored += n
+                if self._multi:
+                    stats.stream(a.partition("/")[0]).bytes_stored += n
         sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         stats.samples = int(sel.size)
         stats.skipped = int(boxes.shape[0] - sel.size)
