@@ -51,8 +51,6 @@ import hashlib
 import json
 import logging
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -258,9 +256,8 @@ def _no_nan(v: Any) -> Any:
 
 def _time(t: Any) -> Any:
     """First time stamp and step (ns) of a regular axis; else the first stamp, the number of stamps and a digest of
-    them all (an irregular axis: calendar months, gaps), the axis kept (:data:`_AXES`) so that a resume on a store
-    that grew can digest as many leading stamps as the saved state did (:func:`_time_against`); None without
-    time."""
+    them all (an irregular axis: calendar months, gaps: a resume on a store that grew digests as many leading stamps
+    as the saved state did, :func:`_time_against`); None without time."""
     if t is None:
         return None
     ns = np.asarray(t, "datetime64[ns]").view(np.int64)
@@ -268,36 +265,20 @@ def _time(t: Any) -> Any:
     start = np.datetime_as_string(ns[:1].astype("datetime64[ns]"))[0] if ns.size else None
     if ns.size > 1 and (step == step[0]).all():
         return {"start": str(start), "step_ns": int(step[0])}
-    digest = _stamps_digest(ns)
-    _remember_axis(digest, ns)
-    return {"start": start and str(start), "length": int(ns.size), "irregular": digest}
+    return {"start": start and str(start), "length": int(ns.size), "irregular": _stamps_digest(ns)}
 
 
 def _stamps_digest(ns: np.ndarray) -> str:
     return "sha256:" + _hex(hashlib.sha256(np.ascontiguousarray(ns, np.int64).tobytes()))
 
 
-_AXES: OrderedDict[str, np.ndarray] = OrderedDict()
-"""Irregular time axes fingerprinted in this process, by digest (the newest last), so that :func:`check_resume`
-can digest the leading stamps of a grown axis; at most :data:`_AXES_BYTES` kept (the newest always)."""
-_AXES_BYTES = 256 << 20
-_AXES_LOCK = threading.Lock()
-
-
-def _remember_axis(digest: str, ns: np.ndarray) -> None:
-    with _AXES_LOCK:
-        _AXES[digest] = ns
-        _AXES.move_to_end(digest)
-        while len(_AXES) > 1 and sum(a.nbytes for a in _AXES.values()) > _AXES_BYTES:
-            _AXES.popitem(last=False)
-
-
-def _time_against(saved: Any, mine: Any) -> Any:
+def _time_against(saved: Any, mine: Any, time: Any) -> Any:
     """``mine``'s time part as compared with ``saved``'s: of an irregular axis that grew (more stamps than the saved
-    state's ``length``), the digest of the saved number of leading stamps, so that an axis that only grew compares
-    equal and one changed within the saved stamps does not; without ``length`` in ``saved`` (a state saved before
-    it was recorded: the digest of every stamp), ``mine`` without it; fewer stamps than saved: ``mine`` with the
-    saved digest (one difference, the length, is named). Anything else: ``mine`` as it is."""
+    state's ``length``), the digest of the saved number of leading stamps of ``time`` (the current store's axis,
+    which ``mine`` was computed from), so that an axis that only grew compares equal and one changed within the
+    saved stamps does not; without ``length`` in ``saved`` (a state saved before it was recorded: the digest of
+    every stamp), ``mine`` without it; fewer stamps than saved: ``mine`` with the saved digest (one difference, the
+    length, is named). Anything else (and without ``time``): ``mine`` as it is."""
     if not (isinstance(saved, Mapping) and isinstance(mine, Mapping) and "irregular" in saved
             and "irregular" in mine):
         return mine
@@ -308,21 +289,24 @@ def _time_against(saved: Any, mine: Any) -> Any:
         return {**mine, "irregular": saved["irregular"]}
     if not (isinstance(n_saved, int) and isinstance(n_mine, int) and 0 < n_saved < n_mine):
         return mine
-    with _AXES_LOCK:
-        ns = _AXES.get(str(mine["irregular"]))
-    if ns is None or ns.size != n_mine:  # not held in this process any more: compared whole (named as grown)
+    ns = None if time is None else np.asarray(time, "datetime64[ns]").view(np.int64)
+    if ns is None or ns.size != n_mine or _stamps_digest(ns) != mine["irregular"]:  # not the axis mine was made of
         return mine
     return {**mine, "length": n_saved, "irregular": _stamps_digest(ns[:n_saved])}
 
 
-def _stores_against(saved: Any, mine: Any) -> Any:
+def _stores_against(saved: Any, mine: Any, store: Any) -> Any:
     """``mine``'s data-store fingerprint (one store's, or per stream) with each time part as :func:`_time_against`
-    compares it with ``saved``'s."""
+    compares it with ``saved``'s; ``store`` is what ``mine`` was computed from (a store, a
+    :class:`~fastload.streams.MultiStream`, or None)."""
     if not (isinstance(saved, Mapping) and isinstance(mine, Mapping)):
         return mine
     if "format" in mine:
-        return {**mine, "time": _time_against(saved.get("time"), mine.get("time"))} if "time" in mine else mine
-    return {k: _stores_against(saved.get(k), v) for k, v in mine.items()}
+        if "time" not in mine:
+            return mine
+        return {**mine, "time": _time_against(saved.get("time"), mine["time"], getattr(store, "time", None))}
+    by_name = {st.name: st.store for st in getattr(store, "streams", ())}
+    return {k: _stores_against(saved.get(k), v, by_name.get(k)) for k, v in mine.items()}
 
 
 def _coord(v: Any) -> Any:
@@ -475,8 +459,8 @@ def _note(key: str, va: Any, vb: Any, saved: Mapping[str, Any], by_norm: bool, b
     if key.startswith("store_fingerprint") and key.endswith(".time.length") and isinstance(va, int) \
             and isinstance(vb, int):
         return (" (the data store differs from the saved run's: its time axis has fewer time stamps)" if vb < va else
-                " (the data store's time axis grew, and this process no longer holds it to compare the saved run's "
-                "leading time stamps: fingerprint the store again, e.g. a new loader, and resume)")
+                " (the data store's time axis grew, and its leading time stamps were not compared with the saved "
+                "run's: check_resume was given no store)")
     if key.startswith("store_fingerprint") and key.endswith(".time.irregular") and isinstance(va, str) \
             and isinstance(vb, str):
         if "length" not in _time_part(saved.get("store_fingerprint"), key):
@@ -528,8 +512,12 @@ def state_position(state: Mapping[str, Any], n_batches: int | None = None) -> tu
     return out[0], out[1]
 
 
-def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[str, ...], store: Any = None) -> None:
     """Raise a :class:`ConfigError` naming every setting in ``keys`` (and below) where ``saved`` and ``mine`` differ.
+
+    ``store``: the data store (or :class:`~fastload.streams.MultiStream`) ``mine["store_fingerprint"]`` was
+    computed from; with it, an irregular time axis that grew is compared over the saved state's stamps
+    (:func:`_time_against`).
 
     Also compared where both states have them (a state saved before they existed does not): ``drop_last``,
     ``masking``, ``mask_device``, ``store_fingerprint``, ``norm_local`` (``mine``'s computed for the saved keys)
@@ -552,7 +540,7 @@ def check_resume(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: tuple[
     if old_store:  # a fingerprint of the first format (one digest) or not computable here: not compared
         a.pop("store_fingerprint", None), b.pop("store_fingerprint", None)
     elif by_store:  # an irregular time axis that grew: its saved number of leading stamps compared
-        b["store_fingerprint"] = _stores_against(saved["store_fingerprint"], mine["store_fingerprint"])
+        b["store_fingerprint"] = _stores_against(saved["store_fingerprint"], mine["store_fingerprint"], store)
     for by, key in ((by_norm, "norm_path"), (by_store, "path")):
         if by:
             if isinstance(a.get("sampling"), Mapping):

@@ -457,7 +457,8 @@ class Loader:
         if isinstance(state.get("norm_local"), Mapping):  # the months the saved run read, read here
             mine["norm_local"] = loader_local_digests(self, state["norm_local"])
         check_resume(state, mine, ("seed", "rank", "world_size", "batch_size", "samples_per_epoch",
-                                   "samples_per_window", "sampling"))
+                                   "samples_per_window", "sampling"),
+                     self.multi if self.multi is not None else self.store)
         state_position(state, len(self))
         self._stop_iteration(_loader_iter._STOP_GRACE_S)
         self._state.epoch, self._state.batch = epoch, batch

@@ -503,7 +503,8 @@ class RolloutLoader:
         # the lead is compared as run (an explicit lead equal to the default's is the same run), not as configured
         saved, mine = ({**st, "rollout": {k: v for k, v in st["rollout"].items() if k != "lead"}}
                        if isinstance(st.get("rollout"), Mapping) else st for st in (state, mine))
-        check_resume(saved, mine, ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling", "lead"))
+        check_resume(saved, mine, ("seed", "rank", "world_size", "samples_per_epoch", "rollout", "sampling", "lead"),
+                     self.store)
         state_position(state, len(self))
         self._stop()
         self._epoch, self._batch = epoch, batch

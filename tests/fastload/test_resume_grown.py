@@ -103,3 +103,21 @@ def test_a_state_saved_without_the_length_resumes_on_the_same_store_only(stores)
         np.testing.assert_array_equal(g, w)
     with pytest.raises(ConfigError, match="the saved state records no length of its irregular time axis"):
         _resumed(stores / "m13.zarr", old)
+
+
+def test_each_stream_of_a_multi_stream_fingerprint_is_compared_over_its_own_saved_stamps():
+    """Per stream, the grown axis of that stream's own store is digested (not another stream's, not none)."""
+    from types import SimpleNamespace
+
+    from fastload._resume import _stores_against, _time
+
+    t12, t13 = _months("2000-01", "2001-01"), _months("2000-01", "2001-02")
+    hourly = np.arange("2000-01-01", "2000-01-03", dtype="datetime64[h]").astype("datetime64[ns]")
+    saved = {"m": {"format": 1, "time": _time(t12)}, "h": {"format": 1, "time": _time(hourly)}}
+    mine = {"m": {"format": 1, "time": _time(t13)}, "h": {"format": 1, "time": _time(hourly)}}
+    ms = SimpleNamespace(streams=[SimpleNamespace(name="h", store=SimpleNamespace(time=hourly)),
+                                  SimpleNamespace(name="m", store=SimpleNamespace(time=t13))])
+    assert _stores_against(saved, mine, ms) == saved  # the grown monthly stream compares equal over 12 stamps
+    assert _stores_against(saved, mine, None)["m"] == mine["m"]  # without the stores: compared whole
+    swapped = SimpleNamespace(streams=[SimpleNamespace(name="m", store=SimpleNamespace(time=hourly))])
+    assert _stores_against(saved, mine, swapped)["m"] == mine["m"]  # an axis mine was not made of: not used
