@@ -70,12 +70,14 @@ def make_tokenizer(store: Any, config: Any) -> Any:
     return build_tokenizer(store, config)
 
 
-def build_cache(store: Any, tokenizer: Any, config: Any, budget: int, workers: int) -> tuple[ChunkCache,
-                                                                                              dict[str, int]]:
+def build_cache(store: Any, tokenizer: Any, config: Any, budget: int, workers: int, *,
+                warn: bool = True) -> tuple[ChunkCache, dict[str, int]]:
     """A cache sized from ``budget`` and the per-step capacity that lets ``workers`` steps run at once (the
-    tokenizer's own ``sample_chunk_bound()`` where it has one)."""
+    tokenizer's own ``sample_chunk_bound()`` where it has one); ``warn``: :func:`plan_cache`'s warning of a budget
+    below one sample (a process-mode worker's budget is its share of the loader's, which the loader warns of)."""
     bound = tokenizer.sample_chunk_bound() if hasattr(tokenizer, "sample_chunk_bound") else None
-    lay = plan_cache(store, tokenizer.layouts, config.box, config.time_step, budget, workers, bound=bound)
+    lay = plan_cache(store, tokenizer.layouts, config.box, config.time_step, budget, workers, bound=bound,
+                     warn=warn)
     arenas = {a: (n, int(np.prod(store.arrays[a].chunks)), store.arrays[a].dtype) for a, n in lay.slots.items()}
     return ChunkCache(arenas, {}), lay.capacity
 

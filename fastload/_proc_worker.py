@@ -71,9 +71,7 @@ def _child_main(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from multiprocessing.reduction import recv_handle
 
-    from ._backend import choose_horizon, chunk_grids, make_tokenizer
-    from ._cache_sizing import plan_cache
-    from .cache import ChunkCache
+    from ._backend import build_cache, choose_horizon, chunk_grids, make_tokenizer
     from .config import SamplingConfig
     from .plan import EpochPlan
     from .reader import ChunkReader
@@ -98,14 +96,9 @@ def _child_main(conn: Any) -> None:
                       storage_options=spec["storage_options"], backend=spec["backend"])
         config = SamplingConfig.from_dict(spec["config"])
         tok = make_tokenizer(store, config)
-        # _backend.build_cache, quiet: a budget below one sample is this worker's share of loader.cache_bytes, which
-        # the loader warns of once, naming the setting (each worker warned, calling its share the setting)
-        bound = tok.sample_chunk_bound() if hasattr(tok, "sample_chunk_bound") else None
-        lay = plan_cache(store, tok.layouts, config.box, config.time_step, spec["cache_bytes"], 1, bound=bound,
-                         warn=False)
-        cache = ChunkCache({a: (n, int(np.prod(store.arrays[a].chunks)), store.arrays[a].dtype)
-                            for a, n in lay.slots.items()}, {})
-        capacity = lay.capacity
+        # quiet: a budget below one sample is this worker's share of loader.cache_bytes, which the loader warns of
+        # once, naming the setting (each worker warned, calling its share the setting)
+        cache, capacity = build_cache(store, tok, config, spec["cache_bytes"], 1, warn=False)
         store.source, announced.quiet = source, True  # opened: the reader reads the plain source (its direct
         # paths test its type)
         reader = ChunkReader(store, tok, cache, fetch_concurrency=spec["fetch_concurrency"], decode_workers=1,
