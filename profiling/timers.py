@@ -90,19 +90,40 @@ def peak_flops(device_name: str, precision: str = "bf16") -> float | None:
     return None
 
 
+def _matmul_precision(torch: Any) -> str:
+    """``tf32`` or ``fp32``: what float32 CUDA matmuls run in, read from PyTorch's settings.
+
+    PyTorch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``, ``"tf32"``, or ``"none"``: not set,
+    inherit ``torch.backends.fp32_precision``; the property reads the inherited value and reflects the legacy
+    ``allow_tf32`` setter too). There, reading the legacy ``allow_tf32`` raises RuntimeError once TF32 was set through
+    the new API, so the new attribute is read first and ``allow_tf32`` only on older torch. A setting that still
+    cannot be read counts as ``fp32`` (PyTorch's default).
+    """
+    matmul = torch.backends.cuda.matmul
+    try:
+        new = getattr(matmul, "fp32_precision", None)
+        if new is not None:
+            return "tf32" if new == "tf32" else "fp32"
+        return "tf32" if matmul.allow_tf32 else "fp32"
+    except RuntimeError:  # a mix of the legacy and new APIs that torch refuses to resolve
+        return "fp32"
+
+
 def step_peak(device: Any, bf16: bool) -> tuple[float | None, str]:
     """``(peak FLOP/s, precision)`` of a training step on ``device``: the peak of the precision its matmuls run in.
 
-    ``bf16`` under bfloat16 autocast; otherwise ``tf32`` when ``torch.backends.cuda.matmul.allow_tf32`` lets
-    float32 matmuls use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``), else ``fp32`` (PyTorch's
-    default: CUDA cores, a peak about 15x below bf16's on an H100). The peak is None on a CPU or an unknown GPU.
+    ``bf16`` under bfloat16 autocast; otherwise, on a CUDA device, ``tf32`` when PyTorch lets float32 matmuls use TF32
+    tensor cores (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, ``torch.backends.fp32_precision = "tf32"``,
+    ``torch.set_float32_matmul_precision("high")`` or the legacy ``allow_tf32 = True``), else ``fp32`` (PyTorch's
+    default: CUDA cores, a peak about 15x below bf16's on an H100); ``fp32`` on a CPU (the CUDA settings are not
+    read there). The peak is None on a CPU or an unknown GPU.
     """
     import torch
 
     device = torch.device(device)
-    precision = "bf16" if bf16 else ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
     if device.type != "cuda":
-        return None, precision
+        return None, "bf16" if bf16 else "fp32"
+    precision = "bf16" if bf16 else _matmul_precision(torch)
     return peak_flops(torch.cuda.get_device_name(device), precision), precision
 
 

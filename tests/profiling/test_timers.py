@@ -321,6 +321,41 @@ def test_peak_of_the_steps_precision(monkeypatch):
         matmul.allow_tf32 = before
 
 
+def test_peak_precision_with_the_new_tf32_api(monkeypatch):
+    """TF32 set through PyTorch's newer API (``matmul.fp32_precision``, ``torch.backends.fp32_precision``) made
+    ``step_peak`` raise RuntimeError ("mix of the legacy and new APIs") on torch 2.13, even on a CPU, so every run
+    without ``--bf16`` failed after building its model (review s13 rv2 item 1). Both APIs give the TF32 peak on CUDA;
+    a CPU reads no CUDA setting; torch without ``fp32_precision`` falls back to ``allow_tf32``."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    backends, matmul = torch.backends, torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    before = (backends.fp32_precision, matmul.fp32_precision)
+    try:
+        matmul.fp32_precision = "tf32"
+        assert step_peak("cpu", bf16=False) == (None, "fp32")
+        assert step_peak("cuda", bf16=False) == (494.5e12, "tf32")
+        assert step_peak("cuda", bf16=True) == (989e12, "bf16")
+        matmul.fp32_precision = "ieee"
+        assert step_peak("cuda", bf16=False) == (67e12, "fp32")
+        matmul.fp32_precision = "none"  # inherits the global setting
+        backends.fp32_precision = "tf32"
+        assert step_peak("cuda", bf16=False) == (494.5e12, "tf32")
+        backends.fp32_precision = "ieee"
+        assert step_peak("cuda", bf16=False) == (67e12, "fp32")
+    finally:
+        backends.fp32_precision, matmul.fp32_precision = before
+    assert (backends.fp32_precision, matmul.fp32_precision) == before
+    for allowed, expected in ((True, (494.5e12, "tf32")), (False, (67e12, "fp32"))):  # torch before fp32_precision
+        legacy = types.SimpleNamespace(allow_tf32=allowed)
+        monkeypatch.setattr(torch.backends.cuda, "matmul", legacy)
+        assert step_peak("cuda", bf16=False) == expected
+
+
 @pytest.mark.gpu
 def test_cuda_events_attribute_gpu_time():
     """On a GPU: a host-side data delay with an idle GPU shows as data wait; kernels of known length as compute."""
