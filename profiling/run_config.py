@@ -10,6 +10,7 @@ redacted: :func:`redact`); ``from_dict`` reads TOML tables, ``override`` applies
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,7 +129,10 @@ class DataConfig(_Section):
 
         if self.synth_preset not in SYNTH:
             raise ConfigError(f"data.synth_preset: expected one of {list(SYNTH)}, got {self.synth_preset!r}")
-        _num("data.latency_ms", self.latency_ms, 0.0)
+        lat = self.latency_ms  # inf passed [0, inf] and slept forever in LatencySource, after the model was built
+        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not (math.isfinite(lat) and lat >= 0):
+            raise ConfigError(f"data.latency_ms (--store-latency-ms): expected a finite number of milliseconds "
+                              f">= 0, got {lat!r}")
         from fastload.store import BACKENDS
 
         if self.backend not in BACKENDS:

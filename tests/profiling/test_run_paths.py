@@ -117,6 +117,21 @@ def test_stop_at_needs_a_checkpoint_dir(tmp_path_factory, tmp_path, capsys):
     assert "step " not in capsys.readouterr().out and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("how", [["--store-latency-ms", "inf"], ["--set", "data.latency_ms=inf"],
+                                 ["--store-latency-ms", "nan"], ["--set", "data.latency_ms=-1"]])
+def test_run_config_store_latency_must_be_finite(tmp_path_factory, tmp_path, capsys, how):
+    """``--store-latency-ms inf`` passed the config check and failed in the store's LatencySource after the model
+    was built, naming ``latency_ms`` rather than the flag (review s13 rv2 item 2): refused before the run starts,
+    naming the setting and its flag."""
+    store, norm = tiny_store(tmp_path_factory)
+    toml = run_toml(tmp_path, store, norm, warmup=0)
+    with pytest.raises(ConfigError, match=r"^data\.latency_ms \(--store-latency-ms\): expected a finite number of "
+                                          r"milliseconds >= 0, got (inf|nan|-1\.0)$"):
+        main(["profile", "--config", str(toml), "--device", "cpu", "--steps", "2", *how, "--out", str(tmp_path / "r")])
+    assert "model:" not in capsys.readouterr().out and not (tmp_path / "r").exists()
+    assert presets.load_run_config(toml, overrides=["data.latency_ms=2.5"]).data.latency_ms == 2.5  # finite: fine
+
+
 def test_rollout_time_that_is_no_time(tmp_path):
     store = types.SimpleNamespace(time=np.array(["2021-01-01T00", "2021-01-01T06"], dtype="datetime64[ns]"),
                                   path="s.zarr")
