@@ -743,6 +743,10 @@ def _stall_runs(cfg: RunConfig, modes: Sequence[str], args: argparse.Namespace) 
 
     root = Path(args.out or cfg.report_dir or f"runs/profile-{time.strftime('%Y%m%d-%H%M%S')}")
     order = [m for m in DATA_MODES if m in modes]
+    # every mode's folder is checked before the first run, naming the setting given (run() only sees out=root/m)
+    flag = "--out" if args.out else "report_dir" if cfg.report_dir else "the report folder"
+    for m in order:
+        check_output_dir(root / m, flag)
     summaries = {}
     for m in order:
         print(f"\n== data mode {m} ==", flush=True)

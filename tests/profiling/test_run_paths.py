@@ -132,6 +132,22 @@ def test_run_config_store_latency_must_be_finite(tmp_path_factory, tmp_path, cap
     assert presets.load_run_config(toml, overrides=["data.latency_ms=2.5"]).data.latency_ms == 2.5  # finite: fine
 
 
+@pytest.mark.parametrize("given", ["report_dir", "--out"])
+def test_loop_stall_runs_name_the_report_folder_given(tmp_path_factory, tmp_path, capsys, given):
+    """With ``--data synthetic,cached`` a bad ``report_dir`` was blamed on ``--out`` (review s13 rv2 item 3): each
+    mode's run was given ``out=<folder>/<mode>``. The setting actually given is named, before the first run."""
+    store, norm = tiny_store(tmp_path_factory)
+    toml = run_toml(tmp_path, store, norm, warmup=0)
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    where = ["--set", f"report_dir={taken}"] if given == "report_dir" else ["--out", str(taken)]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(given)}: '{re.escape(str(taken / 'synthetic'))}' cannot be "
+                                          rf"created: '{re.escape(str(taken))}' is a file"):
+        main(["profile", "--config", str(toml), "--device", "cpu", "--steps", "2", "--warmup", "1",
+              "--data", "synthetic,cached", *where])
+    assert "model:" not in capsys.readouterr().out and taken.read_text() == "x"
+
+
 def test_rollout_time_that_is_no_time(tmp_path):
     store = types.SimpleNamespace(time=np.array(["2021-01-01T00", "2021-01-01T06"], dtype="datetime64[ns]"),
                                   path="s.zarr")
