@@ -321,6 +321,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     if mode == "profile" and cfg.warmup >= cfg.steps:  # (training without timed steps still trains)
         raise ConfigError(f"steps = {cfg.steps} with warmup = {cfg.warmup} (--steps, --warmup): the first warmup "
                           f"steps are left out of a profile, so none would be timed; give steps > warmup")
+    if mode == "train" and stop_at is not None and cfg.checkpoint_dir is None:  # the CLI's check and the API's
+        raise ConfigError(f"--stop-at {stop_at} (stop_at) without --checkpoint-dir (checkpoint_dir): the run would "
+                          f"stop at step {stop_at} with no checkpoint to resume from; give --checkpoint-dir DIR "
+                          f"(or --steps {stop_at} for a shorter run)")
     rank, world, device = init_distributed(cfg)
     say = log if rank == 0 else (lambda msg: None)
     ddp = world > 1
@@ -711,10 +715,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(mode).parse_args(argv[1:])
     cfg = _config(args)
     if mode == "train":
-        if args.stop_at is not None and cfg.checkpoint_dir is None:
-            raise ConfigError(f"--stop-at {args.stop_at} without --checkpoint-dir (checkpoint_dir): the run would stop "
-                              f"at step {args.stop_at} with no checkpoint to resume from; give --checkpoint-dir DIR "
-                              f"(or --steps {args.stop_at} for a shorter run)")
         resume = None
         if args.resume is not None:
             if args.resume == "" and cfg.checkpoint_dir is None:

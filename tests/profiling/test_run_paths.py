@@ -111,10 +111,22 @@ def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
 def test_stop_at_needs_a_checkpoint_dir(tmp_path_factory, tmp_path, capsys):
     store, norm = tiny_store(tmp_path_factory)
     toml = run_toml(tmp_path, store, norm, warmup=0)
-    with pytest.raises(ConfigError, match=r"^--stop-at 3 without --checkpoint-dir \(checkpoint_dir\)"):
+    with pytest.raises(ConfigError, match=r"^--stop-at 3 \(stop_at\) without --checkpoint-dir \(checkpoint_dir\)"):
         main(["train", "--config", str(toml), "--device", "cpu", "--steps", "5", "--stop-at", "3",
               "--out", str(tmp_path / "r")])
     assert "step " not in capsys.readouterr().out and not (tmp_path / "r").exists()
+
+
+def test_loop_run_stop_at_needs_a_checkpoint_dir(tmp_path_factory, tmp_path):
+    """``run(cfg, mode="train", stop_at=2)`` without ``checkpoint_dir`` stopped silently with no checkpoint, while
+    the CLI refused it (review s13 rv2 item 4): run() refuses it before any work (the CLI's message comes from it)."""
+    cfg = run_config(tmp_path_factory, steps=4, warmup=0)
+    assert cfg.checkpoint_dir is None
+    said = []
+    with pytest.raises(ConfigError, match=r"^--stop-at 2 \(stop_at\) without --checkpoint-dir \(checkpoint_dir\): "
+                                          r"the run would stop at step 2 with no checkpoint"):
+        run(cfg, mode="train", out=tmp_path / "r", stop_at=2, log=said.append)
+    assert said == [] and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("how", [["--store-latency-ms", "inf"], ["--set", "data.latency_ms=inf"],
