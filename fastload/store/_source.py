@@ -359,9 +359,10 @@ def fsspec_filesystem(url: str, storage_options: Mapping[str, Any] | None = None
             f"(fsspec's implementation of {protocol!r}; then run the command again)"
         ) from e
     except ValueError as e:  # "Protocol not known: foo", or a value the filesystem refuses
-        if protocol not in fsspec.available_protocols():
+        unknown = _unknown_protocol(url)  # (not available_protocols(): a class registered at runtime is known)
+        if unknown is not None:
             raise StoreError(
-                f"{url}: fsspec knows no protocol {protocol!r}; expected a local path or a URL fsspec can open "
+                f"{url}: fsspec knows no protocol {unknown!r}; expected a local path or a URL fsspec can open "
                 "(file://, memory://, s3://, gs://, az://, https://, ...; fsspec.available_protocols() lists them)"
             ) from e
         raise StoreError(f"{url}: fsspec cannot open this URL with storage_options {sorted(opts)}: {e}") from e
@@ -369,6 +370,25 @@ def fsspec_filesystem(url: str, storage_options: Mapping[str, Any] | None = None
         raise StoreError(
             f"{url}: storage_options {sorted(opts)} do not fit fsspec's {protocol!r} filesystem: {e}"
         ) from e
+
+
+def _unknown_protocol(url: str) -> str | None:
+    """The first protocol of ``url`` (each of a chain ``a::b://...``) that fsspec has no filesystem class for, or None.
+
+    Decided by ``fsspec.get_filesystem_class``'s own ValueError, which looks in the registry (classes registered at
+    runtime with ``fsspec.register_implementation``) and in the table of known implementations."""
+    import fsspec
+    import fsspec.core
+
+    for part in url.split("::"):
+        protocol = fsspec.core.split_protocol(part)[0] or "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            return protocol
+        except ImportError:  # known, its package missing: not what this asks
+            continue
+    return None
 
 
 def _missing_or_raise(v: Any) -> bytes | None:

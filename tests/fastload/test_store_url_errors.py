@@ -80,6 +80,36 @@ def test_options_the_filesystem_does_not_take_are_named(monkeypatch):
     assert isinstance(e.value.__cause__, TypeError)
 
 
+class _PickyFS(MemoryFileSystem):
+    """A filesystem registered at runtime (in fsspec's registry, not in ``available_protocols()``) whose
+    constructor refuses an option's value with ValueError."""
+
+    protocol = "fastloadtestpicky"
+
+    def __init__(self, access="ro", **kw):
+        if access != "ro":
+            raise ValueError(f"access must be 'ro', got {access!r}")
+        super().__init__(**kw)
+
+
+def test_source_of_a_runtime_registered_protocol_refusing_an_option_is_not_unknown(monkeypatch):
+    """A protocol registered at runtime as a class whose constructor rejects an option was reported as "fsspec
+    knows no protocol" (review s13 rv2 item 5): fsspec knows it; the options are what it refuses."""
+    import fsspec
+
+    monkeypatch.setitem(_registry, _PickyFS.protocol, _PickyFS)  # what fsspec.register_implementation does
+    assert _PickyFS.protocol not in fsspec.available_protocols()
+    url = f"{_PickyFS.protocol}://x.zarr"
+    with pytest.raises(StoreError, match=rf"^{url}: fsspec cannot open this URL with storage_options \['access'\]: "
+                                         r"access must be 'ro', got 'rw'$") as e:
+        make_source(url, {"access": "rw"})
+    assert isinstance(e.value.__cause__, ValueError)
+    # a chain naming an unknown protocol after a known one names the unknown one
+    with pytest.raises(StoreError, match=r"^simplecache::nosuchproto://b/x\.zarr: fsspec knows no protocol "
+                                         r"'nosuchproto'"):
+        make_source("simplecache::nosuchproto://b/x.zarr")
+
+
 def test_an_unreachable_store_is_a_store_error_naming_the_url(monkeypatch):
     monkeypatch.setitem(_registry, _UnreachableFS.protocol, _UnreachableFS)
     url = f"{_UnreachableFS.protocol}://bucket/x.zarr"
