@@ -419,10 +419,7 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
         raise SchemaError(f"no variable on a latitude-longitude grid in {[str(s.path) for s in sources]}")
     time = None
     for name, vs in pieces.items():
-        if "time" not in vs[0].dims:
-            if len(vs) > 1:  # a static field (orography, land-sea mask) in every file: one copy, if all agree
-                _check_static_copies(name, vs, [n for n in pieces if n != name])
-                del vs[1:]
+        if "time" not in vs[0].dims:  # a static field: its copies are compared once the grids are known to agree
             continue
         vs.sort(key=lambda v: v.source.time[0])
         t = np.concatenate([v.source.time for v in vs])
@@ -456,6 +453,12 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
         if coords[role][0].ndim != 1:
             raise SchemaError(f"{ref.source.path}: {role} is {coords[role][0].ndim}-D; convert handles 1-D "
                               "latitude-longitude grids (curvilinear grids are not supported yet)")  # fmt: skip
+    # a static field (orography, land-sea mask) in every file: one copy, if all agree; after the grid check, so
+    # that inputs on different grids are reported as such, not as the static variable's values differing
+    for name, vs in pieces.items():
+        if "time" not in vs[0].dims and len(vs) > 1:
+            _check_static_copies(name, vs, [n for n in pieces if n != name])
+            del vs[1:]
     return pieces, time, coords
 
 

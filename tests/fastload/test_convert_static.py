@@ -98,3 +98,27 @@ def test_static_only_files_that_agree_convert_to_one_copy(tmp_path):
     static.to_netcdf(tmp_path / "s2.nc")
     out = convert([tmp_path / "s1.nc", tmp_path / "s2.nc"], tmp_path / "x.zarr", progress=False)
     np.testing.assert_array_equal(xr.open_zarr(out)["oro"].values, _orography())
+
+
+@pytest.mark.parametrize("with_t2m", [True, False])
+def test_convert_inputs_on_other_grids_are_reported_as_such_not_as_the_static_variable(tmp_path, with_t2m):
+    """The static-variable check ran before the grid check: inputs whose longitudes run the other way round were
+    reported as the orography's values differing, with advice to leave it out, after which the real grid error
+    showed (review s13 rv2 item 6). The grid error comes first, naming the longitude and both files."""
+    oro = _orography()
+    a = xr.Dataset({"orography": (("lat", "lon"), oro, {"units": "m"})}, {"lat": LAT, "lon": LON})
+    b = xr.Dataset({"orography": (("lat", "lon"), oro[:, ::-1], {"units": "m"})}, {"lat": LAT, "lon": LON[::-1]})
+    if with_t2m:
+        t2m = np.arange(2 * NY * NX, dtype=np.float32).reshape(2, NY, NX)
+        a["t2m"] = (("time", "lat", "lon"), t2m, {"units": "K"})
+        b["t2m"] = (("time", "lat", "lon"), t2m[:, :, ::-1], {"units": "K"})
+        a = a.assign_coords(time=T0 + np.arange(2) * np.timedelta64(6, "h"))
+        b = b.assign_coords(time=T0 + np.arange(2, 4) * np.timedelta64(6, "h"))
+    a.to_netcdf(tmp_path / "a.nc")
+    b.to_netcdf(tmp_path / "b.nc")
+    with xr.open_dataset(tmp_path / "b.nc") as got:  # (the grids do differ)
+        assert np.array_equal(got["lon"].values, LON[::-1])
+    with pytest.raises(SchemaError, match=rf"^{re.escape(str(tmp_path / 'b.nc'))}: longitude of '(t2m|orography)' "
+                                          rf"\('lon', {NX} values\) differs from that of '(t2m|orography)' in "
+                                          rf"{re.escape(str(tmp_path / 'a.nc'))} by more than"):
+        convert([tmp_path / "a.nc", tmp_path / "b.nc"], tmp_path / "out.zarr", progress=False)
