@@ -295,14 +295,42 @@ def extract(store: Any, config: Any, boxes: Any, *, norm: Any = None, jit: bool 
     if b.shape[0]:  # no boxes: nothing to read, and no months to take coefficients for
         plan = tok.plan(b)
         slots, tables = read_plan(store, plan, read_timeout_s=read_timeout_s)
-        coefficients = None
-        month_of = None
-        if normalizer is not None:
-            months, month_of = tok.month_table(b)
-            coefficients = {
-                f.name: normalizer.coefficients(f.name, f.normalization, f.levels, months.tolist())
-                for f in config.fields if f.normalization != "none"
-            }
-        tok.gather(slots, tables, b, outs, coefficients=coefficients, month_of=month_of, jit=jit)
+        _gather(tok, config, b, slots, tables, outs, normalizer, jit)
     meta = tok.meta(b)
     return {f.name: Extracted(outs[f.name], meta[f.name]) for f in config.fields}
+
+
+def _gather(tok: Any, config: SamplingConfig, b: np.ndarray, slots: dict[str, np.ndarray], tables: Any,
+            outs: dict[str, Any], normalizer: Any, jit: bool | None) -> None:
+    coefficients = None
+    month_of = None
+    if normalizer is not None:
+        months, month_of = tok.month_table(b)
+        coefficients = {
+            f.name: normalizer.coefficients(f.name, f.normalization, f.levels, months.tolist())
+            for f in config.fields if f.normalization != "none"
+        }
+    tok.gather(slots, tables, b, outs, coefficients=coefficients, month_of=month_of, jit=jit)
+
+
+def warm_gather(store: Any, config: SamplingConfig, *, norm: Any = None, jit: bool | None = None,
+                as_torch: bool = False, mask_copies: bool = True) -> None:
+    """Compile (or load from the JIT cache) the gather kernels :func:`extract` calls with these arguments: its own
+    tokenizer, plan and gather on zero boxes (reading nothing). For a warm-up thread that is no daemon
+    (:func:`fastload.reader.start_kernel_warmup`), so that worker threads that wait for it never compile; the
+    rollout loader's. Nothing with the NumPy kernels. Errors propagate (the caller's warm-up is only a head start)."""
+    from ._backend import make_tokenizer
+    from .sampling.neighborhood import use_jit
+
+    if not use_jit(jit, config):
+        return
+    store = _resolve_store(store)
+    tok = make_tokenizer(store, config)
+    if not mask_copies and hasattr(tok, "mask_copies"):
+        tok.mask_copies = False
+    b = tok.check_boxes(np.zeros((0, 3), np.int64))
+    normalizer = _normalizer(norm, config) if any(f.normalization != "none" for f in config.fields) else None
+    plan = tok.plan(b)  # (no chunks: read_plan's arenas and tables, with nothing to read)
+    slots = {k: np.empty((0, int(np.prod(store.arrays[k].chunks))), store.arrays[k].dtype) for k in plan.chunks}
+    tables = plan.slot_tables({k: np.arange(c.shape[0]) for k, c in plan.chunks.items()})
+    _gather(tok, config, b, slots, tables, allocate_outputs(config, 0, torch=as_torch), normalizer, jit)

@@ -574,21 +574,25 @@ def _close_after(threads: list[threading.Thread], things: list[Any]) -> None:
                     "loader.read_timeout_s): %s", len(left), "; ".join(left))
 
 
-_DOING = {  # innermost fastload function (qualified name) of a stopped read's thread -> what it waits for
-    "_Fetcher._wait_task": "waiting for a fetch task of its step: a store request or a decode",
-    "ChunkCache.wait": "waiting for chunks another step is reading",
-    "ChunkCache.reserve": "waiting for cache slots",
-    "BatchRing.acquire": "waiting for a ring slot's device copy",
-    "ChunkReader._await_warm": "waiting for the gather kernels' compile",
-    "gather": "gathering its samples (a kernel)",
-    "gather_points": "gathering its samples (a kernel)",
+_DOING = {  # innermost fastload function (module, name) of a stopped read's thread -> what it waits for
+    ("fastload._reader_fetch", "_wait_task"): "waiting for a fetch task of its step: a store request or a decode",
+    ("fastload.cache", "wait"): "waiting for chunks another step is reading",
+    ("fastload.cache", "reserve"): "waiting for cache slots",
+    ("fastload._ring", "acquire"): "waiting for a ring slot's device copy",
+    ("fastload.reader", "await_kernel_warmup"): "waiting for the gather kernels' compile",
+    # a Numba kernel has no Python frame: the innermost is its Python caller's (or the NumPy twin's)
+    ("fastload.sampling.neighborhood", "gather_field"): "gathering its samples (a kernel)",
+    ("fastload.sampling.points", "gather_field_points"): "gathering its samples (a kernel)",
+    ("fastload.sampling._reference", "gather"): "gathering its samples (NumPy kernels)",
+    ("fastload.sampling._mesh_reference", "gather_points"): "gathering its samples (NumPy kernels)",
 }
 
 
 def _doing(t: threading.Thread) -> str:
     """``name (what it does)`` of a stopped iteration's thread, from its current stack: a Numba compile (a cold
     JIT cache) where a ``numba`` frame is on it, else what its innermost ``fastload`` function waits for
-    (:data:`_DOING`), else that function's name and line."""
+    (:data:`_DOING`, keyed on the module and the function's ``co_name``: ``co_qualname`` is Python 3.11+), else
+    that function's name and line."""
     frame = sys._current_frames().get(t.ident) if t.ident is not None else None
     inner = None
     while frame is not None:
@@ -600,10 +604,9 @@ def _doing(t: threading.Thread) -> str:
         frame = frame.f_back
     if inner is None:
         return f"{t.name} (not in fastload code)" if t.is_alive() else f"{t.name} (ended)"
-    code = inner.f_code
-    name = getattr(code, "co_qualname", code.co_name)  # (Python 3.11+)
-    what = _DOING.get(name) or f"in {name}"
-    return f"{t.name} ({what}, {inner.f_globals.get('__name__')}:{inner.f_lineno})"
+    mod, name = inner.f_globals.get("__name__"), inner.f_code.co_name
+    what = _DOING.get((mod, name)) or f"in {name}"
+    return f"{t.name} ({what}, {mod}:{inner.f_lineno})"
 
 
 class LoaderDataset(torch.utils.data.IterableDataset):

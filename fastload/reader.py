@@ -128,6 +128,36 @@ def _first(errors: Any) -> BaseException:
     return next((e for e in errors if getattr(e, "hung", False)), errors[0])
 
 
+def start_kernel_warmup(target: Callable[..., None], args: tuple, name: str) -> threading.Thread | None:
+    """Start ``target(*args)``, a warm-up that compiles (or loads) gather kernels, on a thread that is no daemon; its
+    gathers wait for it first (:func:`await_kernel_warmup`). The Loader's reader (:meth:`ChunkReader.warm`) and the
+    rollout loader (:class:`fastload.rollout_data.RolloutLoader`) use it. None when no thread can be started (the
+    first gather then loads the kernels itself).
+
+    Not a daemon: it does no I/O and always ends (seconds, a compile on a cold JIT cache), and the interpreter waits
+    for it at exit, whereas a compile still running on a daemon thread when the process exits aborts it ('terminate
+    called without an active exception', seen in the clean-clone CI's two-process run). So the gathers wait for it
+    rather than compile on the loaders' daemon threads, and a close waits for it only within its timeout."""
+    t = threading.Thread(target=target, args=args, daemon=False, name=name)
+    try:
+        t.start()
+    except RuntimeError:  # can't start new thread
+        return None
+    return t
+
+
+def await_kernel_warmup(warm: threading.Thread | None, stop: Callable[[], bool]) -> None:
+    """Wait for the kernel warm-up ``warm`` (:func:`start_kernel_warmup`) before a gather, so that the kernels are
+    compiled (on a cold JIT cache) by the warm-up's thread, which is no daemon, never by the thread calling (a
+    loader's daemon worker thread: a compile still running on one of them at the process's exit aborts the
+    process). Honours ``stop`` (``InterruptedError``): a loader closed during a cold compile stops its reads at
+    once. Returns at once when ``warm`` is None or has ended."""
+    while warm is not None and warm.is_alive():
+        if stop():
+            raise InterruptedError("stopped while the gather kernels were being compiled (the kernel warm-up)")
+        warm.join(0.05)
+
+
 class ChunkReader(_Fetcher):
     """Fetch, decode and gather the steps of an :class:`~fastload.plan.EpochPlan` (thread-safe).
 
@@ -290,28 +320,11 @@ class ChunkReader(_Fetcher):
             return
         if self._closed:
             return
-        # not a daemon: it does no I/O and always ends (seconds, a compile on a cold JIT cache), and the interpreter
-        # waits for it at exit, whereas a compile still running on a daemon thread when the process exits aborts it
-        # ('terminate called without an active exception', seen in the clean-clone CI's two-process run). So the
-        # gathers wait for it (_await_warm) rather than compile on the loader's daemon threads, and close() waits
-        # for it only within its timeout
-        self._warm = threading.Thread(target=self._warm_kernels, args=(np.dtype(out_dtype),), daemon=False,
-                                      name=f"{self._name}_warm")
-        try:
-            self._warm.start()
-        except RuntimeError:  # can't start new thread: the first gather loads the kernels (and close() joins none)
-            self._warm = None
+        self._warm = start_kernel_warmup(self._warm_kernels, (np.dtype(out_dtype),), f"{self._name}_warm")
 
     def _await_warm(self, stop: Callable[[], bool]) -> None:
-        """Wait for the kernel warm-up before a gather, so that the kernels are compiled (on a cold JIT cache) by
-        the warm-up's thread, which is no daemon, never by the thread calling (the loader's daemon worker threads: a
-        compile still running on one of them at the process's exit aborts the process). Honours ``stop``
-        (``InterruptedError``): a loader closed during a cold compile stops its reads at once."""
-        w = self._warm
-        while w is not None and w.is_alive():
-            if stop():
-                raise InterruptedError("stopped while the gather kernels were being compiled (the kernel warm-up)")
-            w.join(0.05)
+        """Wait for the kernel warm-up before a gather (:func:`await_kernel_warmup`)."""
+        await_kernel_warmup(self._warm, stop)
 
     def _warm_kernels(self, out_dtype: np.dtype) -> None:
         try:

@@ -31,6 +31,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,14 +46,16 @@ from ._rollout_extract import _CountingStore, _pinned, extract_windows
 from ._stream_time import _td, first_irregular, median_step, regular_windows
 from .config import LoaderConfig, SamplingConfig, _Config
 from .errors import ConfigError, LoaderClosedError
-from .extract import _normalizer, extract
+from .extract import _normalizer, extract, warm_gather
 from .pump import Pump
-from .reader import IOStats
+from .reader import IOStats, await_kernel_warmup, start_kernel_warmup
 from .sampling.tiles import GlobalTiles, global_tiles
 
 __all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader", "extract_windows"]
 
 _STATE_VERSION = 1
+
+log = logging.getLogger("fastload")
 
 
 def default_lead(config: SamplingConfig) -> int:
@@ -312,6 +316,7 @@ class RolloutLoader:
         self._it: _Iteration | None = None
         self._closed = False
         self._pumps: list[Pump] = []  # the current iteration's pump, closed by close() or on garbage collection
+        self._warm: threading.Thread | None = None  # the gather kernels' warm-up (_start_warm), no daemon
         self._finalizer = weakref.finalize(self, _close_pumps, self._pumps)
 
     # -- plan ---------------------------------------------------------------------------------------------------
@@ -432,6 +437,21 @@ class RolloutLoader:
                             t0=torch.from_numpy(t0.copy()), lead_hours=torch.from_numpy(hours.astype(np.float32)),
                             index=int(index), epoch=int(epoch), stats=stats, levelled=self._levelled)
 
+    def _start_warm(self) -> None:
+        """Compile the gather kernels a batch calls (every config's: inputs and targets) on a thread that is no
+        daemon, as the Loader's reader does (:func:`fastload.reader.start_kernel_warmup`); the pump's workers, daemon
+        threads, wait for it before a batch (:class:`_Work`), so they never compile (a compile still running on a
+        daemon thread at the process's exit aborts it). Once per loader."""
+        if self._warm is None:
+            self._warm = start_kernel_warmup(self._warm_kernels, (), "fastload-rollout_warm")
+
+    def _warm_kernels(self) -> None:
+        for c in (self.config, *self._target_configs):
+            try:  # extract's own calls (extract_windows' and the targets'): as_torch, copies unmasked
+                warm_gather(self.store, c, norm=self.normalizer, jit=self.jit, as_torch=True, mask_copies=False)
+            except Exception as e:  # noqa: BLE001 - only a head start: the first real batch raises any problem
+                log.debug("fastload: rollout kernel warm-up skipped: %s: %s", type(e).__name__, e)
+
     # -- iteration and resume -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[RolloutBatch]:
         if self._closed:
@@ -439,6 +459,7 @@ class RolloutLoader:
         self._stop()
         if self._batch >= len(self):
             self._epoch, self._batch = self._epoch + 1, 0
+        self._start_warm()
         self._it = _Iteration(self)
         self._pumps.append(self._it._pump)
         return self._it
@@ -533,15 +554,19 @@ def _close_pumps(pumps: list[Pump]) -> None:
 
 
 class _Work:
-    """``work(index)`` of the pump: holds the loader weakly, so an abandoned loader is collected (and closed)."""
+    """``work(index)`` of the pump: holds the loader weakly, so an abandoned loader is collected (and closed). It
+    waits for the loader's kernel warm-up first (the pump's threads are daemons: they must not compile), or raises
+    ``InterruptedError`` once ``stopped`` is set (the iteration closed)."""
 
     def __init__(self, owner: weakref.ref, epoch: int):
         self.owner, self.epoch = owner, epoch
+        self.stopped = threading.Event()
 
     def __call__(self, index: int) -> RolloutBatch:
         loader = self.owner()
         if loader is None:
             raise LoaderClosedError("the rollout loader was garbage-collected")
+        await_kernel_warmup(loader._warm, self.stopped.is_set)
         return loader.load_batch(self.epoch, index)
 
 
@@ -552,7 +577,8 @@ class _Iteration(Iterator[RolloutBatch]):
         self._owner = weakref.ref(loader)
         self.epoch, start, n = loader._epoch, loader._batch, len(loader)
         cfg = loader.loader_config
-        self._pump: Pump = Pump(range(start, n), _Work(self._owner, self.epoch), depth=cfg.prefetch,
+        self._work = _Work(self._owner, self.epoch)
+        self._pump: Pump = Pump(range(start, n), self._work, depth=cfg.prefetch,
                                 workers=cfg.workers, name="fastload-rollout")
         self._done = False
 
@@ -578,4 +604,5 @@ class _Iteration(Iterator[RolloutBatch]):
         return batch
 
     def close(self) -> None:
+        self._work.stopped.set()
         self._pump.close()
