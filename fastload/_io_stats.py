@@ -31,11 +31,13 @@ class IOStats:
     misses: int = 0
     """Chunks fetched and decoded for this batch."""
     bytes_stored: int = 0
-    """Stored bytes read from the store: the batch's own fetches (a shard read whole counted once), plus, for a
-    remote store, the read-ahead requests that returned since the previous batch's count, whether a later step
-    takes their bytes (not counted again there), drops them or never uses them. Summed over an iteration it is
-    what the store handed out; a read-ahead request that returns after the last batch was read counts in the
-    next batch read (the next epoch's), or nowhere once the loader is closed."""
+    """Stored chunk bytes read from the store: the batch's own fetches (a shard read whole counted once, its index
+    included), plus, for a remote store, the read-ahead requests that returned since the previous batch's count,
+    whether a later step takes their bytes (not counted again there), drops them or never uses them. Summed over
+    an iteration it is the chunk bytes the store handed out; not counted are the separate reads of a sharded
+    array's shard indexes (read by inner chunk: each shard's index is read once when first needed, and cached)
+    and metadata reads. A read-ahead request that returns after the last batch was read counts in the next
+    batch read (the next epoch's), or nowhere once the loader is closed."""
     bytes_decoded: int = 0
     bytes_useful: int = 0
     """Bytes of source values the samples use (what a perfect reader would decode)."""

@@ -112,6 +112,8 @@ class RawAhead:
         self._fetch_many = fetch_many
         self._abandon = abandon
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified when no claimed request is left to return
+        self._open = 0  # requests claimed that have not returned (or failed) yet, given up ones included
         self._entries: OrderedDict[Key, _Group | _Raw] = OrderedDict()
         self._held = 0  # bytes of finished entries
         self._flight = 0  # estimated bytes of requests in flight
@@ -151,6 +153,7 @@ class RawAhead:
             for c in todo:
                 self._entries[(array, c)] = g
             self._flight += g.est
+            self._open += 1
             self.requested += len(todo)
             return g
 
@@ -235,6 +238,18 @@ class RawAhead:
             out, self._unreported = self._unreported, {}
             return out
 
+    def pending_stored(self) -> int:
+        """Stored bytes fetched ahead and not drained yet (what the next :meth:`drain_stored` returns, summed)."""
+        with self._lock:
+            return sum(self._unreported.values())
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until every request claimed so far has returned or failed (given-up ones included: a request that
+        never answers, or one never run because the reader's pool closed, keeps this waiting); True then, False after ``timeout`` seconds. Once settled, the stored
+        bytes read ahead are all counted: drained already, or :meth:`pending_stored`."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._open == 0, timeout)
+
     def clear(self) -> None:
         """Drop every finished entry (counted as wasted); requests in flight finish into nothing, and those whose
         entries this drops (or running longer than :attr:`timeout`) give their estimate back now: nobody will wait
@@ -302,6 +317,9 @@ class RawAhead:
 
     def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:
         with self._lock:
+            self._open -= 1
+            if self._open == 0:
+                self._settled.notify_all()
             self._running.discard(g)
             if not g.abandoned:  # (a given-up group's estimate left the budget when it was given up)
                 self._flight -= g.est
