@@ -17,8 +17,8 @@ oldest dropped exactly those), and the reader clears the buffer when a new plan 
 resume), so entries read for batches that were never read do not block the budget; dropped bytes count as
 wasted. Stored bytes are counted when a request returns (:meth:`RawAhead.drain_stored`, per array: the reader adds
 them to the batch it reads then), whether a step takes them later, they are dropped, or they are still buffered at
-close; a chunk a step takes comes out marked as counted (an ``InnerChunk`` whose ``fetched`` is 0), so that the
-step's fetch, which counts ``stored_nbytes`` of what it decodes, does not count it again. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+close; so the step that takes a chunk from the buffer does not count it again (the reader's fetch leaves out the
+positions :meth:`RawAhead.take` returned). An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
@@ -45,7 +45,6 @@ from typing import Any
 
 from .errors import ChunkReadError, ChunkTimeoutError
 from .store import stored_nbytes
-from .store._shard import InnerChunk
 
 __all__ = ["RawAhead"]
 
@@ -202,7 +201,7 @@ class RawAhead:
                 if isinstance(e, _Raw):
                     self._held -= e.size
                     self.used += 1
-                    got[j] = _counted(e.raw)
+                    got[j] = e.raw
                     continue
                 if e.state == _QUEUED:  # not started: do it here rather than wait for a pool thread
                     e.state, e.started = _RUNNING, time.monotonic()
@@ -225,7 +224,7 @@ class RawAhead:
                 continue
             if g.state == _DONE:
                 assert g.raws is not None
-                got[j] = _counted(g.raws[g.chunks.index(chunks[j])])
+                got[j] = g.raws[g.chunks.index(chunks[j])]
                 with self._lock:
                     self.used += 1
         return got
@@ -364,13 +363,3 @@ class RawAhead:
     def _waste(self, n: int) -> None:
         self.wasted_bytes += n  # (counted in drain_stored when fetched)
 
-
-def _counted(raw: bytes | None) -> bytes | None:
-    """A chunk's stored bytes taken from the buffer, marked as counted: ``stored_nbytes`` of it is 0 (the buffer
-    counted them when its request returned; a step's fetch counts ``stored_nbytes`` of what it decodes). A copy of
-    the stored (compressed) bytes, once per chunk taken."""
-    if raw is None:
-        return None
-    out = InnerChunk(raw)
-    out.fetched = 0
-    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -251,7 +251,7 @@ class _Fetcher:
             chunks, slots = [chunks[j] for j in todo], [slots[j] for j in todo]
         t0 = time.perf_counter()
         with nvtx_range("fetch"):
-            raws = self._fetch(array, chunks, d, stop)
+            raws, counted = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
         if task is not None and not task.touch_slots():  # given up (read timeout): its step failed these slots
             return _Done()
@@ -260,11 +260,12 @@ class _Fetcher:
         with self._decode_slots.hold(step):
             t0 = time.perf_counter()
             with nvtx_range("decode"):
-                for j, c, slot, raw in zip(todo, chunks, slots, raws):
+                for k, (j, c, slot, raw) in enumerate(zip(todo, chunks, slots, raws)):
                     if isinstance(raw, ChunkReadError):
                         d.errors[j] = raw
                         continue
-                    d.stored += stored_nbytes(raw)  # read, also when it fails to decode
+                    if k not in counted:  # (the read-ahead buffer counted its chunks when their request returned)
+                        d.stored += stored_nbytes(raw)  # read, also when it fails to decode
                     try:
                         decode(array, raw, c, out=arena[slot])
                     except ChunkReadError as e:
@@ -358,20 +359,21 @@ class _Fetcher:
                         return
 
     def _fetch(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
-               stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
-        """Raw bytes of ``chunks`` (those read ahead from the read-ahead buffer, the rest from the store)."""
+               stop: Callable[[], bool]) -> tuple[list[bytes | None | ChunkReadError], Container[int]]:
+        """Raw bytes of ``chunks`` (those read ahead from the read-ahead buffer, the rest from the store), and the
+        positions taken from the buffer (their stored bytes are counted already: :meth:`RawAhead.drain_stored`)."""
         if self._ahead is None:
-            return self._fetch_store(array, chunks, d, stop)
+            return self._fetch_store(array, chunks, d, stop), ()
         got = self._ahead.take(array, chunks, timeout=self.read_timeout,
                                timed=lambda fn: self._timed(fn, d, array, chunks[0], chunks))
         if not got:
-            return self._fetch_store(array, chunks, d, stop)
+            return self._fetch_store(array, chunks, d, stop), ()
         rest = [j for j in range(len(chunks)) if j not in got]
         out: list[bytes | None | ChunkReadError] = [got.get(j) for j in range(len(chunks))]
         if rest:
             for j, raw in zip(rest, self._fetch_store(array, [chunks[j] for j in rest], d, stop)):
                 out[j] = raw
-        return out
+        return out, got
 
     def _fetch_store(self, array: str, chunks: list[tuple[int, ...]], d: _Done,
                      stop: Callable[[], bool]) -> list[bytes | None | ChunkReadError]:
