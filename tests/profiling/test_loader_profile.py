@@ -94,7 +94,9 @@ def test_cold_data_reads_every_chunk_from_storage(tmp_path_factory):
     store, norm = tiny_store(tmp_path_factory)
     summary, records = profile_loader(store, sampling(norm), LoaderConfig(workers=1, cache_bytes=0),
                                       batches=3, warmup=0, data="cold", log=lambda m: None)
-    assert all(r["bytes_stored"] > 0 for r in records)
+    # every batch decodes chunks it fetched (cache_bytes=0); their stored bytes count when their request returns,
+    # which for a chunk read ahead is during an earlier batch (IOStats.bytes_stored), so a batch may count none
+    assert all(r["cache_misses"] > 0 for r in records) and sum(r["bytes_stored"] for r in records) > 0
     assert summary["config"]["data"] == "cold"
 
 
