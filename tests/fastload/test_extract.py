@@ -532,15 +532,16 @@ def _plan_chunks(store, cfg, boxes):
 
 
 def test_the_read_timeout_bounds_each_request_not_the_whole_extract(tmp_path):
-    """Every request answers after 0.12 s and read_timeout_s = 0.5: more requests than fit in 0.5 s all answer,
+    """Every request answers after 0.05 s and read_timeout_s = 2: more requests than fit in 2 s all answer (each
+    with 1.95 s to spare, so a loaded machine does not time one out),
     and the samples are those of an extract without a timeout (on the calling thread) and of the NumPy truth."""
     truth = make_per_variable(tmp_path / "s.zarr", nt=8)
     store = open_store(tmp_path / "s.zarr")
     cfg, boxes = _t_config(), np.array([[0, 0, 3], [4, 3, 10], [2, 2, 14]])
     plain = extract(store, cfg, boxes, read_timeout_s=None)
-    requests = _Requests(store, delay=0.12)
-    got = extract(store, cfg, boxes, read_timeout_s=0.5)
-    assert requests.n == len(_plan_chunks(store, cfg, boxes)) > 0.5 / 0.12  # (longer than the timeout in all)
+    requests = _Requests(store, delay=0.05)
+    got = extract(store, cfg, boxes, read_timeout_s=2.0)
+    assert requests.n == len(_plan_chunks(store, cfg, boxes)) > 2.0 / 0.05  # (longer than the timeout in all)
     f = cfg.fields[0]
     assert np.array_equal(got["t"].data, plain["t"].data, equal_nan=True)
     want = crop(truth["t"], boxes, f.box, levels=[0, 1])
