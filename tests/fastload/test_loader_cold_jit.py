@@ -83,23 +83,29 @@ print(json.dumps({"compile_started": started, "warm_alive_after_close": alive, "
 """
 
 
-@pytest.mark.slow
-def test_close_during_a_cold_compile_returns_in_time_and_the_process_exits_cleanly(tmp_path):
-    script = tmp_path / "cold.py"
-    script.write_text(textwrap.dedent(_SCRIPT))
+def run_cold(tmp_path, script: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``script`` (argument: a store path under ``tmp_path``) in a fresh interpreter with an empty Numba cache;
+    it must exit 0 without an abort; returns the process and the JSON of its last output line."""
+    path = tmp_path / "cold.py"
+    path.write_text(textwrap.dedent(script))
     cache = tmp_path / "numba-cache"
     cache.mkdir()
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join([REPO, os.environ.get(
         "PYTHONPATH", "")]))
     env.pop("FASTLOAD_NO_JIT", None)
     try:
-        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "s.zarr")], capture_output=True,
+        proc = subprocess.run([sys.executable, str(path), str(tmp_path / "s.zarr")], capture_output=True,
                               text=True, timeout=240, env=env, cwd=REPO)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the script still ran after {e.timeout} s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr and "Aborted" not in proc.stderr, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_close_during_a_cold_compile_returns_in_time_and_the_process_exits_cleanly(tmp_path):
+    proc, out = run_cold(tmp_path, _SCRIPT)
     compiled = {tuple(c) for c in out["compiles"]}
     assert {f for _, _, f in compiled} >= {"_gather_rows"}, compiled  # the kernels did compile in this run
     daemons = sorted({(name, f) for name, daemon, f in compiled if daemon})

@@ -8,11 +8,6 @@ loader now compiles them on a thread of its own and its workers wait for it, hon
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import numpy as np
@@ -23,8 +18,7 @@ from fastload.extract import extract
 from fastload.loader import _doing
 from fastload.rollout_data import RolloutConfig, RolloutLoader
 from tests.fastload.stores import make_per_variable
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.fastload.test_loader_cold_jit import run_cold
 
 _SCRIPT = """
 import json, sys, threading, time
@@ -67,20 +61,7 @@ print(json.dumps({"batches": len(batches), "compiles": compiles}), flush=True)
 
 @pytest.mark.slow
 def test_rollout_gather_kernels_compile_on_the_warm_up_thread_only(tmp_path):
-    script = tmp_path / "cold.py"
-    script.write_text(textwrap.dedent(_SCRIPT))
-    cache = tmp_path / "numba-cache"
-    cache.mkdir()
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join([REPO, os.environ.get(
-        "PYTHONPATH", "")]))
-    env.pop("FASTLOAD_NO_JIT", None)
-    try:
-        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "s.zarr")], capture_output=True,
-                              text=True, timeout=240, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the script still ran after {e.timeout} s")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, out = run_cold(tmp_path, _SCRIPT)
     assert out["batches"] > 0
     compiled = {tuple(c) for c in out["compiles"]}
     assert {f for _, _, f in compiled} >= {"_gather_rows", "_index_sample"}, compiled  # they did compile
