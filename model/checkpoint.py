@@ -223,8 +223,6 @@ def read_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> d
     return payload
 
 
-_read = read_checkpoint
-
 
 def load_checkpoint(
     path: str | os.PathLike[str],
@@ -244,7 +242,7 @@ def load_checkpoint(
     differs). Returns
     ``{"step": int, "extra": dict}``.
     """
-    payload = _read(path)
+    payload = read_checkpoint(path)
     for key in ("config", "multiformer_config"):  # a Forecaster's encoder config too (levels, coupled order, ...)
         now, saved = getattr(model, key, None), payload.get(key)
         if hasattr(now, "to_dict") and saved is not None and now.to_dict() != saved:
@@ -339,7 +337,7 @@ def assemble_multiformer(
     state: dict[str, torch.Tensor] = {}
     for field, path in sources.items():
         spec = config.field(field)
-        payload = _read(path)
+        payload = read_checkpoint(path)
         if payload.get("kind") != "multiformer" or field not in payload["components"]:
             raise ValueError(f"checkpoint {str(path)!r}: holds no Multiformer field {field!r}")
         saved = next(f for f in payload["config"]["fields"] if f["name"] == field)
