@@ -36,6 +36,7 @@ from storage and decoded, and ``stall_fraction = data_wait_ms / step_ms``. Warm-
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -55,13 +56,28 @@ PHASES = ("data_wait", "h2d", "forward", "backward", "optimizer")
 # TFLOP/s sparse). FP32 is the CUDA cores' figure (a float32 matmul without TF32). NVL parts (H100 NVL, H200 NVL)
 # run at lower clocks than the SXM parts, and the H100 NVL's sheets quoted a pair of cards and later one: they are
 # not in the tables, so their MFU is None rather than a guess.
-PEAK_BF16_DENSE = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12}
+# B200: NVIDIA Blackwell datasheet 3384703, "Individual Blackwell GPU Specifications", HGX B200 column (per GPU, up
+#   to 1,000 W): FP16/BF16 4.5 PFLOPS, TF32 2.2 PFLOPS ("All Tensor Core numbers except FP64 with sparsity"), FP32
+#   75 TFLOPS. https://nvdam.widen.net/s/wwnsxrhm2w/blackwell-datasheet-3384703 (also
+#   https://www.nvidia.com/en-us/data-center/hgx/). The GB200 column (5 / 2.5 PFLOPS, 80 TFLOPS, up to 1,200 W) is
+#   another part: an "NVIDIA GB200" is not a B200 and has no row.
+# L40S: NVIDIA L40S datasheet, https://www.nvidia.com/en-us/data-center/l40s/ (datasheet
+#   https://resources.nvidia.com/en-us-l40s/l40s-datasheet-28413): FP32 91.6, TF32 Tensor Core "183 | 366*",
+#   BFLOAT16 Tensor Core "362.05 | 733*" TFLOPS (* with sparsity: the left figure is dense). The L40 (no S) has
+#   other figures (BF16 181.05 dense) and no row.
+# L4: NVIDIA L4 datasheet, https://www.nvidia.com/en-us/data-center/l4/: FP32 30.3, TF32 Tensor Core 120*,
+#   BFLOAT16 Tensor Core 242* TFLOPS (* with sparsity; "one-half lower without sparsity").
+# (B200, L40S and L4 figures were read from copies of these sheets' tables, not from nvidia.com itself.)
+PEAK_BF16_DENSE = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12,
+                   "L40S": 362.05e12, "L4": 121e12}
 """Dense bf16 tensor-core peak FLOP/s by GPU (no sparsity)."""
 
-PEAK_TF32_DENSE = {"H100 SXM": 494.5e12, "H100 PCIe": 378e12, "H200": 494.5e12, "A100": 156e12}
+PEAK_TF32_DENSE = {"H100 SXM": 494.5e12, "H100 PCIe": 378e12, "H200": 494.5e12, "A100": 156e12, "B200": 1100e12,
+                   "L40S": 183e12, "L4": 60e12}
 """Dense TF32 tensor-core peak FLOP/s by GPU (no sparsity): float32 matmuls with TF32 allowed."""
 
-PEAK_FP32 = {"H100 SXM": 67e12, "H100 PCIe": 51e12, "H200": 67e12, "A100": 19.5e12}
+PEAK_FP32 = {"H100 SXM": 67e12, "H100 PCIe": 51e12, "H200": 67e12, "A100": 19.5e12, "B200": 75e12, "L40S": 91.6e12,
+             "L4": 30.3e12}
 """FP32 (CUDA-core, non-tensor) peak FLOP/s by GPU: float32 matmuls without TF32."""
 
 PEAKS = {"bf16": PEAK_BF16_DENSE, "tf32": PEAK_TF32_DENSE, "fp32": PEAK_FP32}
@@ -74,6 +90,8 @@ def peak_flops(device_name: str, precision: str = "bf16") -> float | None:
 
     ``"NVIDIA H100 80GB HBM3"`` is the SXM part; ``"NVIDIA H100 PCIe"`` the PCIe one. NVL parts (``H100 NVL``,
     ``H200 NVL``) are not in the table and give None rather than a guess (an H200 NVL is not an H200 SXM).
+    ``B200``, ``L40S`` and ``L4`` match only as whole words of the name (``"NVIDIA L4"``, ``"NVIDIA L40S"``,
+    ``"NVIDIA B200"``): an ``L40`` or a ``GB200`` is another part and gives None.
     """
     if precision not in PEAKS:
         raise ConfigError(f"peak_flops precision: expected one of {sorted(PEAKS)}, got {precision!r}")
@@ -87,6 +105,10 @@ def peak_flops(device_name: str, precision: str = "bf16") -> float | None:
         return table["H100 PCIe"] if "PCIE" in name else table["H100 SXM"]
     if "A100" in name:
         return table["A100"]
+    words = set(re.findall(r"[A-Z0-9]+", name))  # whole words: "L4" is a prefix of "L40S", "B200" a suffix of "GB200"
+    for key in ("B200", "L40S", "L4"):
+        if key in words:
+            return table[key]
     return None
 
 

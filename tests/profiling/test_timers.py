@@ -306,6 +306,29 @@ def test_nvl_parts_have_no_peak():
     assert peak_flops("NVIDIA H200") == 989e12  # the SXM part keeps its figure
 
 
+def test_b200_l40s_l4_rows_and_their_names(monkeypatch):
+    """B200, L40S and L4 have rows (the model-step bench's old table had some, without TF32 or FP32): the data sheets'
+    dense figures, half of each starred (2:4 sparsity) tensor-core figure, FP32 as printed. The names match as whole
+    words only: an L40S is not an L4 (a prefix of it), and an L40, a GB200 (a Grace superchip's GPU, other clocks)
+    or an NVL part is none of them."""
+    import torch
+
+    sheets = {  # (BF16 sparse, TF32 sparse, FP32) in FLOP/s, as the data sheets print them
+        "NVIDIA B200": (4.5e15, 2.2e15, 75e12),  # HGX B200 column: per GPU
+        "NVIDIA L40S": (733e12, 366e12, 91.6e12),
+        "NVIDIA L4": (242e12, 120e12, 30.3e12),
+    }
+    for name, (bf16, tf32, fp32) in sheets.items():
+        got = [peak_flops(name, p) for p in ("bf16", "tf32", "fp32")]
+        assert got == pytest.approx([bf16 / 2, tf32 / 2, fp32], rel=2e-3), name  # L40S prints 362.05 for 733 / 2
+    assert peak_flops("NVIDIA L40S") == 362.05e12 and peak_flops("nvidia l4") == 121e12
+    for other in ("NVIDIA L40", "NVIDIA GB200", "NVIDIA L40G", "NVIDIA L20", "NVIDIA B200 NVL", "NVIDIA B300",
+                  "NVIDIA L4T"):
+        assert [peak_flops(other, p) for p in ("bf16", "tf32", "fp32")] == [None, None, None], other
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    assert step_peak("cuda", bf16=True) == (121e12, "bf16")
+
+
 def test_peak_of_the_steps_precision(monkeypatch):
     """A float32 step is not measured against the bf16 peak (review s13 r1 item 3): the data sheets' dense TF32
     tensor-core figure (half the sparse one) when TF32 is allowed, the CUDA cores' FP32 figure when not."""
