@@ -170,8 +170,10 @@ def _next_row(pa, pb, pi, pj, tt, tlat, nlat):
     return pa, pb, pi, pj
 
 
-PREFETCH_ROWS = 4
-"""How many box rows ahead the gather prefetches (source rows, and local coefficients)."""
+PREFETCH_ROWS = 8
+"""How many box rows ahead the gather prefetches (source rows, and local coefficients). A box row is 108 values in
+AtmoRep's geometries, so 8 rows keep about 3.5 kB in flight: on a Zen 5 core (about 20 GB/s of one-thread memcpy)
+8 rows ran 1.10-1.26x faster than 4, on Zen 3 (7-14 GB/s) 0.95-1.00x (``benches/RESULTS.md`` sections 13.4, 22)."""
 _NO_MISSING = np.zeros(0, np.float64)
 """No missing markers (``chunks.NO_MISSING``; not imported: this file and ``_intrinsics.py`` import nothing else of
 the package, so ``benches/ab_gather.py`` can load another revision's pair on its own)."""
