@@ -16,6 +16,12 @@ process group's watchdog tears the process down, which it does only while ``TORC
 not 0 (torch's default is 3) or ``TORCH_NCCL_BLOCKING_WAIT=1`` makes the waiting call raise instead
 (:func:`nccl_timeout_problem`). A failed collective of this module raises :class:`CollectiveError`, naming the
 rank, the collective and the setting.
+
+A rank that fails on its own before the run's work (a report folder or checkpoint that only its node cannot use, an
+exception in its set-up) must not leave the others waiting for it in their next collective either: nccl notices no
+process that has ended, so they would wait the whole timeout. The loop runs each such stretch inside
+:func:`all_or_none`, after which every rank says whether it passed (one small gather); all ranks then fail together,
+the failing rank with its own error, the others with a :class:`RankFailedError` naming it and its message.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from fastload.errors import ConfigError, FastloadError
 
 from .presets import RunConfig
 
-__all__ = ["CollectiveError", "init_distributed", "collective", "nccl_timeout_problem", "gather", "save_run",
-           "resume_run"]
+__all__ = ["CollectiveError", "RankFailedError", "init_distributed", "collective", "nccl_timeout_problem",
+           "gather", "all_or_none", "save_run", "resume_run"]
 
 _timeout_s: float | None = None
 """The collective timeout :func:`init_distributed` started this process's group with (None: it started none)."""
@@ -44,6 +50,10 @@ _timeout_s: float | None = None
 
 class CollectiveError(FastloadError, RuntimeError):
     """A collective (all-reduce, barrier, gather) failed or timed out: another rank stopped taking part."""
+
+
+class RankFailedError(FastloadError, RuntimeError):
+    """Another rank failed a stretch every rank runs (:func:`all_or_none`): this rank stops with it."""
 
 
 def nccl_timeout_problem(env: Mapping[str, str]) -> str | None:
@@ -134,6 +144,45 @@ def gather(obj: Any, world: int, what: str = "an object") -> list[Any]:
     with collective(f"gathering {what} from every rank"):
         dist.all_gather_object(out, obj)
     return out
+
+
+_SAID_CHARS = 2000
+"""The most characters of a failed rank's message the others repeat (its own error is whole)."""
+
+
+@contextlib.contextmanager
+def all_or_none(what: str, world: int) -> Iterator[None]:
+    """Run the ``with`` block on every rank, then agree: every rank reports whether its block raised (one
+    ``all_gather_object`` of None or its error), and if any did, every rank fails at once, not in its next collective
+    after ``dist_timeout_s``. The rank whose block raised re-raises its own error; the others raise
+    :class:`RankFailedError` naming each failed rank and its message. ``what`` names the stretch in that message.
+
+    The block must run no collective (a rank that failed before it would leave the others waiting there). Nothing
+    is gathered without torch.distributed (``world == 1``): the block's error passes as it is."""
+    if world == 1:
+        yield
+        return
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # any error of the block: the ranks must hear of it, then it is raised
+        failure = e
+    said = None if failure is None else f"{type(failure).__name__}: {failure}"[:_SAID_CHARS]
+    try:
+        reports = gather(said, world, f"whether every rank passed {what}")
+    except CollectiveError:
+        if failure is not None:  # this rank's own error says more than the others' silence
+            raise failure from None
+        raise
+    if failure is not None:
+        raise failure
+    failed = [(r, msg) for r, msg in enumerate(reports) if msg is not None]
+    if failed:
+        import torch.distributed as dist
+
+        ranks = ", ".join(str(r) for r, _ in failed)
+        raise RankFailedError(f"rank {dist.get_rank()} of {world}: stopping because rank(s) {ranks} failed {what}: "
+                              + "; ".join(f"rank {r}: {msg}" for r, msg in failed))
 
 
 def save_run(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cfg: RunConfig, rank: int,

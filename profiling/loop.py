@@ -39,7 +39,10 @@ rank inside DDP's collectives, booked as its forward/backward, so a rank's own s
 end every rank's timed steps are gathered once, and the run's data stall (per step, the longest data wait of any
 rank over the longest step) and samples/s (every rank's samples over the slowest rank's time) are printed and
 written as ``run`` in every rank's ``summary.json``. A checkpoint (``<checkpoint_dir>/last.pt``) holds the model,
-optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit.
+optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit. What can fail
+on one rank alone before the first step (its report folder or checkpoint, its data, model or loader set-up) fails
+every rank at once, the others naming that rank and its error (:func:`profiling.distributed.all_or_none`), instead
+of leaving them in their next collective for ``dist_timeout_s``.
 
 Where the parts live: this module holds the loop, the Multiformer's inputs and model, and the command line;
 :mod:`profiling.forecast` what differs for a Forecaster (its model, its ``RolloutLoader`` and the step module whose
@@ -63,7 +66,7 @@ import torch
 
 from fastload.errors import ConfigError, StoreError
 
-from .distributed import collective, gather, init_distributed, resume_run, save_run
+from .distributed import all_or_none, collective, gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
 
@@ -336,8 +339,9 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         with collective("sharing the report folder"):
             dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
         out_dir = Path(box[0]) / f"rank{rank}"
-    _check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else "the report folder",
-                 torch_profiler, resume)
+    with all_or_none("the run's checks (report folder, checkpoints)", world):  # on every rank, then agreed
+        _check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
+                     "the report folder", torch_profiler, resume)
     if nsys:
         nvtx_enable()
     threads_before = torch.get_num_threads()
@@ -346,76 +350,78 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         torch.set_num_threads(cfg.threads or max(1, share - cfg.loader.workers))
 
     # -- data: rank 0 synthesises / computes coefficients first, the others then find them -------------------------
-    if rank == 0:
-        store_path, sampling = prepare_data(cfg, say)
-    if ddp:
-        with collective("waiting for rank 0 to prepare the data"):
-            dist.barrier()
-    if rank != 0:
-        store_path, sampling = prepare_data(cfg, say)
-    levelled = [f.name for f in sampling.fields if f.levels is not None]
-    if mode == "train" and cfg.data.mode == "synthetic":
-        raise ConfigError("data.mode = 'synthetic' replays one batch: it is for profiling, not training")
+    with all_or_none("the data preparation (rank 0 first)", world):  # the others wait here for rank 0
+        if rank == 0:
+            store_path, sampling = prepare_data(cfg, say)
+    # every rank: what can fail on one alone (its store, its memory) fails all of them here, before DDP's first
+    # broadcast (all_or_none; the same for the checks above and the resume and instruments below)
+    with all_or_none("the model and loader set-up", world):
+        if rank != 0:
+            store_path, sampling = prepare_data(cfg, say)
+        levelled = [f.name for f in sampling.fields if f.levels is not None]
+        if mode == "train" and cfg.data.mode == "synthetic":
+            raise ConfigError("data.mode = 'synthetic' replays one batch: it is for profiling, not training")
 
-    # -- model and optimizer ----------------------------------------------------------------------------------------
-    forecast = cfg.model.kind == "forecaster"
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    extras = f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}"
-    if forecast:  # the Forecaster on a Multiformer's encoder; the loop trains what requires grad
-        net = fc.run_forecaster(cfg, sampling, build_model, device, say, where=f"{threads}{extras}")
-    else:
-        net = build_model(cfg, sampling).to(device)
-        say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields {list(sampling.field_names)}, "
-            f"device {device}{threads}{extras}")
-    # MFU's peak is the one of the precision the step's matmuls run in (bf16 autocast, else TF32 or FP32)
-    peak, precision = step_peak(device, cfg.bf16)
-    flops = None
-    # the batch FLOPs are counted on (a step's are scaled by its samples / batch_size: a partly skipped batch, or a
-    # Forecaster's short last batch of an epoch); a Forecaster's is its rollout batch, set below
-    flops_batch = None if forecast else cfg.loader.batch_size or sampling.batch_size
-    if peak is not None and not forecast:  # FLOPs are counted once, on zeros of the batch's shapes, before compiling
-        batch_size = flops_batch
-        flops = count_flops(net, _dummy_inputs(sampling, batch_size, levelled, device), cfg.model.loss, cfg.bf16,
-                            device)
-    if wrap_model is not None and not forecast:
-        net = wrap_model(net)
-    o = cfg.optim
-    # fused: one kernel for all parameters (CPU and CUDA); the per-tensor default cost as much as the forward pass
-    # on the tiny CPU model, and fused ran 6.8x faster than it on 120 small tensors here
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=o.lr, betas=(o.beta1, o.beta2),
-                            weight_decay=o.weight_decay, fused=True)
-    kinds = {cfg.model.loss: 1.0}
+        # -- model and optimizer -----------------------------------------------------------------------------------
+        forecast = cfg.model.kind == "forecaster"
+        threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+        extras = f"{', bf16 autocast' if cfg.bf16 else ''}{', compiled' if cfg.compile else ''}"
+        if forecast:  # the Forecaster on a Multiformer's encoder; the loop trains what requires grad
+            net = fc.run_forecaster(cfg, sampling, build_model, device, say, where=f"{threads}{extras}")
+        else:
+            net = build_model(cfg, sampling).to(device)
+            say(f"model: Multiformer, {net.num_parameters() / 1e6:.3f} M parameters, fields "
+                f"{list(sampling.field_names)}, device {device}{threads}{extras}")
+        # MFU's peak is the one of the precision the step's matmuls run in (bf16 autocast, else TF32 or FP32)
+        peak, precision = step_peak(device, cfg.bf16)
+        flops = None
+        # the batch FLOPs are counted on (a step's are scaled by its samples / batch_size: a partly skipped batch, or a
+        # Forecaster's short last batch of an epoch); a Forecaster's is its rollout batch, set below
+        flops_batch = None if forecast else cfg.loader.batch_size or sampling.batch_size
+        # FLOPs are counted once, on zeros of the batch's shapes, before compiling
+        if peak is not None and not forecast:
+            batch_size = flops_batch
+            flops = count_flops(net, _dummy_inputs(sampling, batch_size, levelled, device), cfg.model.loss, cfg.bf16,
+                                device)
+        if wrap_model is not None and not forecast:
+            net = wrap_model(net)
+        o = cfg.optim
+        # fused: one kernel for all parameters (CPU and CUDA); the per-tensor default cost as much as the forward pass
+        # on the tiny CPU model, and fused ran 6.8x faster than it on 120 small tensors here
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=o.lr, betas=(o.beta1, o.beta2),
+                                weight_decay=o.weight_decay, fused=True)
+        kinds = {cfg.model.loss: 1.0}
 
-    # -- data source (closed by the exit stack, whatever happens) and the module one step's forward runs ------------
-    if sampling.streams:  # every stream's store, opened in the run's data mode (one Loader reads them all)
-        store: Any = {st.name: open_run_store(st.path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                                              fields=[f.name for f in sampling.fields if f.stream == st.name],
-                                              warm=mode == "profile", log=say, backend=cfg.data.backend,
-                                              storage_options=_url_options(cfg, st.path))
-                      for st in sampling.streams}
-        store_path = {name: s.path for name, s in store.items()}
-    else:
-        store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
-                               fields=sampling.field_names, warm=mode == "profile", log=say,
-                               storage_options=cfg.data.storage_options, backend=cfg.data.backend)
-    loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
-    loader: Any
-    stepper: torch.nn.Module
-    if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
-        with without_recompute(net):  # its FLOPs counted without activation checkpointing's recompute (MFU)
-            loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
-                                                              count_flops=peak is not None, wrap_model=wrap_model)
-        flops_batch = loader.rollout.batch_size  # the batch dummy_rollout_inputs counted the FLOPs on
-    else:
-        masking = None if cfg.masking.strategy == "identity" else cfg.masking
-        loader = Loader(store, sampling, loader_cfg, masking=masking)
-        stepper = MultiformerStep(net, kinds)
-    if nvtx_on() and not cfg.compile:
-        from .nvtx import apply_nvtx
+        # -- data source (closed by the exit stack, whatever happens) and the module one step's forward runs -------
+        if sampling.streams:  # every stream's store, opened in the run's data mode (one Loader reads them all)
+            store: Any = {st.name: open_run_store(st.path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                                                  fields=[f.name for f in sampling.fields if f.stream == st.name],
+                                                  warm=mode == "profile", log=say, backend=cfg.data.backend,
+                                                  storage_options=_url_options(cfg, st.path))
+                          for st in sampling.streams}
+            store_path = {name: s.path for name, s in store.items()}
+        else:
+            store = open_run_store(store_path, mode=cfg.data.mode, latency_ms=cfg.data.latency_ms,
+                                   fields=sampling.field_names, warm=mode == "profile", log=say,
+                                   storage_options=cfg.data.storage_options, backend=cfg.data.backend)
+        loader_cfg = dataclasses.replace(cfg.loader, device=str(device))
+        loader: Any
+        stepper: torch.nn.Module
+        if forecast:  # the globe's tiles at t, targets at t + k * lead; forward = the multi-step rollout loss
+            with without_recompute(net):  # its FLOPs counted without activation checkpointing's recompute (MFU)
+                loader, stepper, flops = fc.rollout_data_and_step(cfg, net, store, sampling, loader_cfg, device, kinds,
+                                                                  count_flops=peak is not None, wrap_model=wrap_model)
+            flops_batch = loader.rollout.batch_size  # the batch dummy_rollout_inputs counted the FLOPs on
+        else:
+            masking = None if cfg.masking.strategy == "identity" else cfg.masking
+            loader = Loader(store, sampling, loader_cfg, masking=masking)
+            stepper = MultiformerStep(net, kinds)
+        if nvtx_on() and not cfg.compile:
+            from .nvtx import apply_nvtx
 
-        apply_nvtx(net, depth=3)
-    if cfg.compile:
-        apply_compile(net)
+            apply_nvtx(net, depth=3)
+        if cfg.compile:
+            apply_compile(net)
     model = torch.nn.parallel.DistributedDataParallel(stepper, device_ids=[device] if device.type == "cuda"
                                                       else None) if ddp else stepper
 
@@ -433,53 +439,54 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     stack.callback(torch.set_num_threads, threads_before)
     stack.callback(loader.close)
     with stack:
-        say(f"loader: {loader!r}" + (f"; store latency {cfg.data.latency_ms} ms per request"
-                                      if cfg.data.latency_ms else ""))
-        start = 0
-        ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
-        if resume is not None:
-            start = resume_run(Path(resume), net, opt, loader, rank, world)
-            say(f"resumed from {resume} at step {start}")
-        stop = cfg.steps if stop_at is None else stop_at
-        if not start < stop <= cfg.steps:
-            raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
-        data: Any = loader
-        if cfg.data.mode == "synthetic":  # replay one batch already on the device
-            data = ReplayLoader(next(iter(loader)).to(device)) if forecast else \
-                replay_with_samples(loader, store_path)  # not a batch whose samples were all skipped
-            say("data: synthetic mode: replaying the first batch from the device (no loading)")
-        if wrap_loader is not None:
-            data = wrap_loader(data)
+        with all_or_none("the resume and instruments set-up", world):  # before the first step's collectives
+            say(f"loader: {loader!r}" + (f"; store latency {cfg.data.latency_ms} ms per request"
+                                          if cfg.data.latency_ms else ""))
+            start = 0
+            ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+            if resume is not None:
+                start = resume_run(Path(resume), net, opt, loader, rank, world)
+                say(f"resumed from {resume} at step {start}")
+            stop = cfg.steps if stop_at is None else stop_at
+            if not start < stop <= cfg.steps:
+                raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
+            data: Any = loader
+            if cfg.data.mode == "synthetic":  # replay one batch already on the device
+                data = ReplayLoader(next(iter(loader)).to(device)) if forecast else \
+                    replay_with_samples(loader, store_path)  # not a batch whose samples were all skipped
+                say("data: synthetic mode: replaying the first batch from the device (no loading)")
+            if wrap_loader is not None:
+                data = wrap_loader(data)
 
-        # -- instruments ----------------------------------------------------------------------------------------
-        remaining = stop - start
-        if remaining <= cfg.warmup:
-            say(f"note: {remaining} step(s) with warmup = {cfg.warmup}: no step is timed; lower --warmup")
-        timer = StepTimer(device=device, warmup=cfg.warmup)
-        stack.callback(timer.close)  # a step that raised: its NVTX ranges end (nsys traces stay balanced)
-        window = CaptureWindow(start + cfg.warmup, stop) if nsys and remaining > cfg.warmup else None
-        if window is not None:
-            stack.callback(window.close)
-        prof = None
-        traced_from = stop  # the first step (this run's numbering from 0) whose timing the profiler touches
-        if torch_profiler is not None:
-            # The trace covers the run's last steps, so that no timed step comes after it (its export, in the
-            # prof.step() after the last traced step, and the loader's queue refilled meanwhile, would land in the
-            # numbers). The profiler starts tracing in the prof.step() after the step before its warm-up: that
-            # step's idle holds the start, so it is left out too. Profiled steps stay in steps.csv (column
-            # torch_profiler = 1), out of the summary.
-            spare = remaining - cfg.warmup  # timed steps without a profiler
-            active = max(1, min(5, spare - 3))
-            pwarm = 1 if spare - active - 1 >= 2 else 0
-            wait = max(0, remaining - active - pwarm)
-            traced_from = start + max(0, wait - 1)
-            if mode == "profile" and traced_from - start <= cfg.warmup:
-                raise ConfigError(f"--torch-profiler with steps = {cfg.steps}, warmup = {cfg.warmup}: the traced "
-                                  f"steps and the one before them are left out of the timing, so none would be "
-                                  f"timed; give steps >= warmup + 3")
-            pcfg = TorchProfilerConfig(dir=str(torch_profiler), wait=wait, active=active, worker_name=f"rank{rank}",
-                                       warmup=pwarm)
-            prof = stack.enter_context(build_torch_profiler(pcfg))
+            # -- instruments ----------------------------------------------------------------------------------------
+            remaining = stop - start
+            if remaining <= cfg.warmup:
+                say(f"note: {remaining} step(s) with warmup = {cfg.warmup}: no step is timed; lower --warmup")
+            timer = StepTimer(device=device, warmup=cfg.warmup)
+            stack.callback(timer.close)  # a step that raised: its NVTX ranges end (nsys traces stay balanced)
+            window = CaptureWindow(start + cfg.warmup, stop) if nsys and remaining > cfg.warmup else None
+            if window is not None:
+                stack.callback(window.close)
+            prof = None
+            traced_from = stop  # the first step (this run's numbering from 0) whose timing the profiler touches
+            if torch_profiler is not None:
+                # The trace covers the run's last steps, so that no timed step comes after it (its export, in the
+                # prof.step() after the last traced step, and the loader's queue refilled meanwhile, would land in the
+                # numbers). The profiler starts tracing in the prof.step() after the step before its warm-up: that
+                # step's idle holds the start, so it is left out too. Profiled steps stay in steps.csv (column
+                # torch_profiler = 1), out of the summary.
+                spare = remaining - cfg.warmup  # timed steps without a profiler
+                active = max(1, min(5, spare - 3))
+                pwarm = 1 if spare - active - 1 >= 2 else 0
+                wait = max(0, remaining - active - pwarm)
+                traced_from = start + max(0, wait - 1)
+                if mode == "profile" and traced_from - start <= cfg.warmup:
+                    raise ConfigError(f"--torch-profiler with steps = {cfg.steps}, warmup = {cfg.warmup}: the traced "
+                                      f"steps and the one before them are left out of the timing, so none would be "
+                                      f"timed; give steps >= warmup + 3")
+                pcfg = TorchProfilerConfig(dir=str(torch_profiler), wait=wait, active=active, worker_name=f"rank{rank}",
+                                           warmup=pwarm)
+                prof = stack.enter_context(build_torch_profiler(pcfg))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         loader_records: list[dict[str, Any]] = []
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
