@@ -63,7 +63,8 @@ PHASES = ("data_wait", "h2d", "forward", "backward", "optimizer")
 #   another part: an "NVIDIA GB200" is not a B200 and has no row.
 # L40S: NVIDIA L40S datasheet, https://www.nvidia.com/en-us/data-center/l40s/ (datasheet
 #   https://resources.nvidia.com/en-us-l40s/l40s-datasheet-28413): FP32 91.6, TF32 Tensor Core "183 | 366*",
-#   BFLOAT16 Tensor Core "362.05 | 733*" TFLOPS (* with sparsity: the left figure is dense). The L40 (no S) has
+#   BFLOAT16 Tensor Core "362.05 | 733*" TFLOPS (* with sparsity: the left figure is dense, and is the one used;
+#   733 is not exactly twice 362.05). The L40 (no S) has
 #   other figures (BF16 181.05 dense) and no row.
 # L4: NVIDIA L4 datasheet, https://www.nvidia.com/en-us/data-center/l4/: FP32 30.3, TF32 Tensor Core 120*,
 #   BFLOAT16 Tensor Core 242* TFLOPS (* with sparsity; "one-half lower without sparsity").
