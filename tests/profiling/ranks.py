@@ -1,6 +1,7 @@
-"""Helpers of the tests that run several ranks: the slow rank's data the torchrun scripts wrap their loader in, and
-ranks started one process each, as srun or each node's own torchrun starts them (no launcher on the machine that
-ends the other ranks when one fails, as a one-node torchrun does)."""
+"""Helpers of the tests that run several ranks: the slow rank's data the torchrun scripts wrap their loader in, a
+script run under torchrun on the loop tests' tiny store, and ranks started one process each, as srun or each node's
+own torchrun starts them (no launcher on the machine that ends the other ranks when one fails, as a one-node
+torchrun does)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ class Slow:
             if self.late:
                 time.sleep(self.late)
             yield b
+
+
+def torchrun_on_tiny_store(script: str, tmp_path_factory: Any, tmp_path: Path) -> tuple[str, Path]:
+    """Run the text ``script`` under torchrun with 2 ranks as ``SCRIPT RUN_FILE OUT``, the run file on the loop tests'
+    tiny store (warm-up 1 step); (what it printed, OUT). A run that fails or takes past 400 s fails the test."""
+    from tests.profiling.loopdata import run_toml, tiny_store
+    from tests.profiling.test_train_dist import _torchrun
+
+    store, norm = tiny_store(tmp_path_factory)
+    cfg = run_toml(tmp_path, store, norm, warmup=1)
+    path = tmp_path / "rank_script.py"
+    path.write_text(script)
+    out = tmp_path / "out"
+    return _torchrun([str(path), str(cfg), str(out)], tmp_path, timeout=400), out
 
 
 def free_port() -> int:

@@ -10,27 +10,13 @@ import re
 import numpy as np
 import pytest
 
-from tests.profiling.loopdata import run_toml, tiny_store
-from tests.profiling.test_train_dist import _torchrun
+from tests.profiling.ranks import torchrun_on_tiny_store
 
 _SLOW_RANK = '''
-import os, sys, time
+import sys
 from profiling.loop import run
 from profiling.presets import load_run_config
-
-rank = int(os.environ["RANK"])
-
-
-class Slow:  # rank 1's batches come 30 ms late
-    def __init__(self, data):
-        self.data = data
-
-    def __iter__(self):
-        for b in self.data:
-            if rank == 1:
-                time.sleep(0.03)
-            yield b
-
+from tests.profiling.ranks import Slow  # rank 1's batches come 30 ms late
 
 cfg = load_run_config(sys.argv[1], overrides=["steps=6", "warmup=1", "device=cpu"])
 run(cfg, mode="profile", out=sys.argv[2], wrap_loader=Slow)
@@ -40,12 +26,7 @@ run(cfg, mode="profile", out=sys.argv[2], wrap_loader=Slow)
 @pytest.mark.dist
 @pytest.mark.slow
 def test_ddp_profile_reports_the_runs_stall_and_rate_from_every_rank(tmp_path_factory, tmp_path):
-    store, norm = tiny_store(tmp_path_factory)
-    cfg = run_toml(tmp_path, store, norm, warmup=1)
-    script = tmp_path / "slow_rank.py"
-    script.write_text(_SLOW_RANK)
-    out = tmp_path / "out"
-    said = _torchrun([str(script), str(cfg), str(out)], tmp_path, timeout=400)
+    said, out = torchrun_on_tiny_store(_SLOW_RANK, tmp_path_factory, tmp_path)
     rows = []
     for r in (0, 1):
         with open(out / f"rank{r}" / "steps.csv", newline="") as f:

@@ -116,22 +116,9 @@ def test_split_under_ddp_is_of_every_ranks_wait():
 
 
 _SPLIT_SLOW_RANK = '''
-import os, sys, time
+import sys
 import profiling.loop as loop
-
-rank = int(os.environ["RANK"])
-
-
-class Slow:  # in the cached run, rank 1's batches come 30 ms late
-    def __init__(self, data):
-        self.data = data
-
-    def __iter__(self):
-        for b in self.data:
-            if rank == 1:
-                time.sleep(0.03)
-            yield b
-
+from tests.profiling.ranks import Slow  # rank 1's batches come 30 ms late (in the cached run)
 
 plain = loop.run
 
@@ -154,15 +141,9 @@ def test_ddp_stall_split_of_every_rank(tmp_path_factory, tmp_path):
     steps.csv here (review s13 r1 item 2: the split used rank 0's own wait, which the slow rank hides)."""
     import json
 
-    from tests.profiling.loopdata import run_toml
-    from tests.profiling.test_train_dist import _torchrun
+    from tests.profiling.ranks import Slow, torchrun_on_tiny_store
 
-    store, norm = tiny_store(tmp_path_factory)
-    cfg = run_toml(tmp_path, store, norm, warmup=1)
-    script = tmp_path / "split_slow_rank.py"
-    script.write_text(_SPLIT_SLOW_RANK)
-    out = tmp_path / "out"
-    said = _torchrun([str(script), str(cfg), str(out)], tmp_path, timeout=400)
+    said, out = torchrun_on_tiny_store(_SPLIT_SLOW_RANK, tmp_path_factory, tmp_path)
     split = json.loads((out / "stall.json").read_text())
     assert split["ranks"] == "all 2 ranks" and "figures of all 2 ranks" in said
     for mode in ("synthetic", "cached"):
@@ -176,6 +157,7 @@ def test_ddp_stall_split_of_every_rank(tmp_path_factory, tmp_path):
         got = split["modes"][mode]
         assert got["data_wait_ms"] == pytest.approx(np.max(cols["data_wait_ms"], axis=0).mean(), rel=1e-9)
         assert got["step_ms"] == pytest.approx(np.max(cols["step_ms"], axis=0).mean(), rel=1e-9)
-    assert split["modes"]["cached"]["data_wait_ms"] >= 30.0  # rank 1 slept 30 ms in every step's data wait
+    # rank 1 slept Slow.LATE_S (30 ms) in every step's data wait
+    assert split["modes"]["cached"]["data_wait_ms"] >= 1e3 * Slow.LATE_S
     assert split["prep_stall_ms"] == pytest.approx(split["modes"]["cached"]["data_wait_ms"]
                                                    - split["modes"]["synthetic"]["data_wait_ms"])
