@@ -36,8 +36,11 @@ class IOStats:
     whether a later step takes their bytes (not counted again there), drops them or never uses them. Summed over
     an iteration it is the chunk bytes the store handed out; not counted are the separate reads of a sharded
     array's shard indexes (read by inner chunk: each shard's index is read once when first needed, and cached)
-    and metadata reads. A read-ahead request that returns after the last batch was read counts in the next
-    batch read (the next epoch's), or nowhere once the loader is closed."""
+    and metadata reads. Summed over an epoch it is exact too: the epoch's last batch waits for the read-ahead
+    requests still running (each at most ``loader.read_timeout_s`` from its start; none still queued is made) and
+    counts them (thread mode; in process mode a worker's requests still running then count in its next batch,
+    the next epoch's). A request unanswered that long is given up and named in a warning; should it answer
+    later, its bytes count in a later batch."""
     bytes_decoded: int = 0
     bytes_useful: int = 0
     """Bytes of source values the samples use (what a perfect reader would decode)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import threading
 import time
 import weakref
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 _STOP_GRACE_S = 5.0  # how long stopping an iteration waits for its reads to notice; a read stuck longer (a hung
 # store request) keeps the backend, and the next iteration gets a fresh one (see Loader._stop_iteration)
 _GRACE = object()  # "the stop grace": the default wait of an iteration's stop
+log = logging.getLogger("fastload")
 
 
 @dataclasses.dataclass(slots=True, eq=False, repr=False)
@@ -216,6 +218,31 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
     return batch, slot, stats, b, fields, meta, masked, event
 
 
+def _settle_read_ahead(backend: Any, stats: IOStats, epoch: int) -> None:
+    """Count in ``stats`` (the epoch's last batch) the stored bytes of the read-ahead requests still in flight when
+    the epoch's reads ended (:meth:`fastload._raw_ahead.RawAhead.settle`: each waited for at most the read timeout
+    from its start; none still queued is made). Without this they counted in the next epoch's first batch, or
+    nowhere once the loader closed. A request unanswered by then is given up and named in a warning: no batch
+    needs its chunks (every step of the epoch has read its own), so it fails nothing. Thread backends only (a
+    process worker's reader lives in its own process)."""
+    reader = getattr(backend, "reader", None)
+    ahead = getattr(reader, "_ahead", None)
+    if ahead is None:
+        return
+    timeout = reader.read_timeout
+    got, late = ahead.settle(timeout)
+    multi = getattr(reader, "_multi", False)  # multi-stream: array keys are "stream/array", counted per stream
+    for a, n in got.items():
+        stats.bytes_stored += n
+        if multi:
+            stats.stream(a.partition("/")[0]).bytes_stored += n
+    if late:
+        log.warning("fastload: epoch %d: %d read-ahead request(s) still unanswered %g s after they started "
+                    "(loader.read_timeout_s), given up, left running: %s; no batch needs their chunks, and their "
+                    "bytes, should they arrive, count in a later batch's bytes_stored", epoch, len(late), timeout,
+                    "; ".join(f"{g.array} chunks {g.chunks}" for g in late))
+
+
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:
     stop.set()
     pump.close(timeout=_STOP_GRACE_S if timeout is _GRACE else timeout)
@@ -236,6 +263,7 @@ class _EpochIterator(Iterator[Batch]):
         backend, ring = loader._backend, loader._ring
         loader._epoch_coefficients(self._boxes)
         backend.start(self._boxes, start)
+        self._backend = backend
         self._ring = ring
         self._device = loader.device
         self._masking = loader.masking
@@ -277,6 +305,8 @@ class _EpochIterator(Iterator[Batch]):
             except PumpClosedError:  # another thread stopped this iteration while this one waited for its batch
                 raise LoaderClosedError("this iteration was stopped while waiting for its batch (close, set_epoch, "
                                         "load_state_dict or a new iter on another thread)") from None
+            if batch + 1 == self._n:  # the epoch's last batch (in order: every read of the epoch has returned)
+                _settle_read_ahead(self._backend, stats, self.epoch)
         stats.wait_s = time.perf_counter() - t0
         self._state.batch = batch + 1
         # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank

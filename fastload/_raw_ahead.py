@@ -18,7 +18,9 @@ resume), so entries read for batches that were never read do not block the budge
 wasted. Stored bytes are counted when a request returns (:meth:`RawAhead.drain_stored`, per array: the reader adds
 them to the batch it reads then), whether a step takes them later, they are dropped, or they are still buffered at
 close; so the step that takes a chunk from the buffer does not count it again (the reader's fetch leaves out the
-positions :meth:`RawAhead.take` returned). An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+positions :meth:`RawAhead.take` returned). At the end of a plan (the loader, when it hands out an epoch's last batch)
+:meth:`RawAhead.settle` makes no request still queued and waits for those running, each at most ``timeout`` from its
+start, so that their bytes count in the epoch they were read for, not the next one. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
@@ -111,8 +113,7 @@ class RawAhead:
         self._fetch_many = fetch_many
         self._abandon = abandon
         self._lock = threading.Lock()
-        self._settled = threading.Condition(self._lock)  # notified when no claimed request is left to return
-        self._open = 0  # requests claimed that have not returned (or failed) yet, given up ones included
+        self._open: set[_Group] = set()  # requests claimed that have not returned (or failed) yet, given up too
         self._entries: OrderedDict[Key, _Group | _Raw] = OrderedDict()
         self._held = 0  # bytes of finished entries
         self._flight = 0  # estimated bytes of requests in flight
@@ -152,7 +153,7 @@ class RawAhead:
             for c in todo:
                 self._entries[(array, c)] = g
             self._flight += g.est
-            self._open += 1
+            self._open.add(g)
             self.requested += len(todo)
             return g
 
@@ -237,17 +238,32 @@ class RawAhead:
             out, self._unreported = self._unreported, {}
             return out
 
-    def pending_stored(self) -> int:
-        """Stored bytes fetched ahead and not drained yet (what the next :meth:`drain_stored` returns, summed)."""
+    def settle(self, timeout: float | None = None) -> tuple[dict[str, int], list[_Group]]:
+        """The end of a plan (no step will take anything more from this buffer): the requests not started yet are
+        not made, each one running is waited for until ``timeout`` seconds after its start (None: for ever), and
+        the stored bytes of every request that returned are drained (:meth:`drain_stored`), so that they count in
+        the plan they were read for. Returns those bytes and the requests still unanswered, given up (a request
+        that never answers; should one answer later, its bytes count at a later drain)."""
         with self._lock:
-            return sum(self._unreported.values())
-
-    def wait_settled(self, timeout: float | None = None) -> bool:
-        """Wait until every request claimed so far has returned or failed (given-up ones included: a request that
-        never answers, or one never run because the reader's pool closed, keeps this waiting); True then, False after ``timeout`` seconds. Once settled, the stored
-        bytes read ahead are all counted: drained already, or :meth:`pending_stored`."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self._open == 0, timeout)
+            running = [g for g in self._open if g.state == _RUNNING]
+            queued = [g for g in self._open if g.state == _QUEUED]
+            for g in queued:  # (run() now skips it: nobody needs its chunks)
+                g.state = _RUNNING
+        for g in queued:
+            self._finish(g, None)
+        late = []
+        for g in running:
+            if timeout is not None:
+                left: float | None = max(0.0, g.started + timeout - time.monotonic())
+            elif g.abandoned:  # (given up by a clear; with no read timeout, not waited for)
+                continue
+            else:
+                left = None
+            if not g.event.wait(left) and not g.abandoned:
+                late.append(g)  # (one given up before, by a step or an earlier settle, is not named again)
+        for g in late:  # (nobody waits for it: its thread goes only when the pool needs it)
+            self._give_up(g, let_go=False)
+        return self.drain_stored(), late
 
     def clear(self) -> None:
         """Drop every finished entry (counted as wasted); requests in flight finish into nothing, and those whose
@@ -316,9 +332,7 @@ class RawAhead:
 
     def _finish(self, g: _Group, raws: list[bytes | None] | None) -> None:
         with self._lock:
-            self._open -= 1
-            if self._open == 0:
-                self._settled.notify_all()
+            self._open.discard(g)
             self._running.discard(g)
             if not g.abandoned:  # (a given-up group's estimate left the budget when it was given up)
                 self._flight -= g.est
