@@ -44,9 +44,12 @@ on one rank alone before the first step (its report folder or checkpoint, its da
 every rank at once, the others naming that rank and its error (:func:`profiling.distributed.all_or_none`), instead
 of leaving them in their next collective for ``dist_timeout_s``.
 
-Where the parts live: this module holds the loop, the Multiformer's inputs and model, and the command line;
-:mod:`profiling.forecast` what differs for a Forecaster (its model, its ``RolloutLoader`` and the step module whose
-forward is the rollout loss, its inputs); :mod:`profiling.distributed` the process group and the checkpoints.
+Where the parts live: this module holds the loop and the command line; ``_loop_checks`` what is checked before the
+work (the store, the folders and checkpoints), ``_loop_data`` the run's data (the built-in dataset) and a batch as
+the Multiformer's inputs, ``_loop_model`` the Multiformer, its FLOPs and the learning rate (their public names are
+re-exported here); :mod:`profiling.forecast` what differs for a Forecaster (its model, its ``RolloutLoader`` and the
+step module whose forward is the rollout loss, its inputs); :mod:`profiling.distributed` the process group, the
+ranks' agreement and the checkpoints.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -64,210 +66,19 @@ from typing import Any
 
 import torch
 
-from fastload.errors import ConfigError, StoreError
+from fastload.errors import ConfigError
 
+from ._loop_checks import check_output_dir, check_paths, check_store
+from ._loop_data import model_inputs, prepare_data
+from ._loop_data import print_line as _print
+from ._loop_data import url_options as _url_options
+from ._loop_model import build_model, count_flops, lr_at, without_recompute
+from ._loop_model import dummy_inputs as _dummy_inputs
 from .distributed import all_or_none, collective, gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
 
 __all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "without_recompute", "lr_at"]
-
-
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# -- data ---------------------------------------------------------------------------------------------------------
-
-
-def _url_options(cfg: RunConfig, path: Any) -> dict[str, Any] | None:
-    """``data.storage_options`` for a store given as a URL; None for a local path (a multi-stream run may mix a
-    local store with remote ones: local paths take no client options)."""
-    return cfg.data.storage_options if "://" in str(path) else None
-
-
-def prepare_data(cfg: RunConfig, log: Callable[[str], None] = _print) -> tuple[str | None, Any]:
-    """The store path and sampling config of a run: the built-in dataset is synthesised (once, cached) and its
-    normalisation coefficients computed (once) when ``data.store`` is None. A multi-stream sampling config (one
-    with ``[streams.NAME]`` tables) names its own stores and coefficients: the path returned is None."""
-    data, sampling = cfg.data, cfg.data.sampling
-    if sampling.streams:
-        if data.store is not None:
-            raise ConfigError(f"data.store = {data.store!r}: the sampling config has streams "
-                              f"{[st.name for st in sampling.streams]}, whose stores are their streams.NAME.path; "
-                              f"leave data.store (--store) unset")
-        return None, sampling
-    if data.store is not None:
-        return data.store, sampling
-    from fastload.stats import StatsConfig, compute_stats
-    from fastload.synth import default_dataset
-
-    t0 = time.perf_counter()
-    path = Path(default_dataset(data.cache_dir, preset=data.synth_preset, progress=None))
-    log(f"data: built-in synthetic dataset {path} ({time.perf_counter() - t0:.1f} s; cached for later runs)")
-    if sampling.norm_path is None and any(f.normalization != "none" for f in sampling.fields):
-        norm = path.with_name(path.name.removesuffix(".zarr") + "-norm.zarr")
-        if not norm.exists():  # compute_stats renames a finished store into place: one at this path is complete
-            t0 = time.perf_counter()
-            try:
-                compute_stats(str(path), str(norm), StatsConfig(progress=None))
-            except (ConfigError, StoreError):  # "exists": a run started beside this one finished first
-                if not norm.exists():
-                    raise
-            log(f"data: normalisation coefficients {norm} ({time.perf_counter() - t0:.1f} s; computed once)")
-        sampling = dataclasses.replace(sampling, norm_path=str(norm))
-    return str(path), sampling
-
-
-def model_inputs(batch: Any, levelled: Sequence[str], device: torch.device) -> dict[str, Any]:
-    """A loader :class:`~fastload.Batch` as the Multiformer's input dict: :func:`model.model_inputs` (see there),
-    with level metadata for the fields that have levels (``levelled``) and every tensor on ``device``."""
-    from model import model_inputs as inputs_of
-
-    return inputs_of(batch, device, levelled=levelled)
-
-
-# -- model --------------------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: RunConfig, sampling: Any) -> torch.nn.Module:
-    """The Multiformer whose fields, levels and token geometry are the sampling config's (seeded by ``cfg.seed``)."""
-    from model import FieldSpec, Multiformer, MultiformerConfig
-
-    m = cfg.model
-    names = [f.name for f in sampling.fields]
-    try:
-        specs = tuple(FieldSpec(name=f.name, levels=tuple(float(v) for v in f.levels) if f.levels else (0.0,),
-                                num_tokens=f.num_tokens, token_size=f.token_size, embed_dim=m.embed_dim,
-                                num_heads=m.num_heads,
-                                coupled=tuple(g for g in names if g != f.name) if m.coupled else ())
-                      for f in sampling.fields)
-        mcfg = MultiformerConfig(fields=specs, num_encoder_layers=m.encoder_layers,
-                                 num_decoder_layers=m.decoder_layers, mlp_ratio=m.mlp_ratio,
-                                 ensemble_size=m.ensemble_size, mask_input=m.mask_input)
-    except ValueError as e:  # model/ raises its own ValueError subclass (it cannot import fastload)
-        raise ConfigError(f"model: {e}") from None
-    torch.manual_seed(cfg.seed)
-    net = Multiformer(mcfg)
-    if m.activation_checkpointing:
-        from model import apply_activation_checkpointing
-
-        apply_activation_checkpointing(net)
-    return net
-
-
-def _dummy_inputs(sampling: Any, batch_size: int, levelled: Sequence[str], device: torch.device) -> dict:
-    out = {}
-    for f in sampling.fields:
-        grid = (batch_size, f.num_levels, *f.num_tokens)
-        meta = {k: torch.zeros(grid, device=device) for k in ("time_of_day", "day_of_year", "lat", "lon")}
-        if f.name in levelled:
-            meta["level"] = torch.tensor(f.levels, dtype=torch.float32, device=device)[None, :, None, None,
-                                                                                     None].expand(grid)
-        tokens = torch.zeros((*grid, *f.token_size), device=device)
-        out[f.name] = {"tokens": tokens, "target": tokens, "meta": meta,
-                       "mask": torch.ones(grid, dtype=torch.bool, device=device)}
-    return out
-
-
-@contextlib.contextmanager
-def without_recompute(net: torch.nn.Module) -> Any:
-    """``net`` with activation checkpointing off inside the block (restored after, whatever happens): FLOPs
-    counted inside are the model's (MFU), not the hardware's with the backward's recompute (HFU)."""
-    from model.layers import Checkpointable
-
-    blocks = [m for m in net.modules() if isinstance(m, Checkpointable)]
-    flags = [m.__dict__.get("checkpointing") for m in blocks]  # None: the class default
-    try:
-        for m in blocks:
-            m.checkpointing = False
-        yield net
-    finally:
-        for m, f in zip(blocks, flags):
-            if f is None:
-                m.__dict__.pop("checkpointing", None)
-            else:
-                m.checkpointing = f
-
-
-def count_flops(net: torch.nn.Module, inputs: dict, loss_kind: str, bf16: bool, device: torch.device) -> int:
-    """Matmul/attention FLOPs of one forward + loss + backward (``torch.utils.flop_counter``); grads cleared.
-
-    Counted with activation checkpointing off (:func:`without_recompute`): the model's FLOPs, so MFU counts no
-    recompute."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from model import multiformer_loss
-
-    with without_recompute(net), FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = multiformer_loss(net(inputs), inputs, kinds={loss_kind: 1.0})
-        loss.backward()
-    net.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
-
-
-def lr_at(step: int, cfg: RunConfig) -> float:
-    """Learning rate of ``step``: linear warm-up, then constant or cosine decay to ``min_lr`` at ``cfg.steps``."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return o.lr
-    span = max(1, cfg.steps - o.warmup_steps)
-    frac = min(1.0, (step - o.warmup_steps) / span)
-    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (o.lr - o.min_lr)
-
-
-# -- the run ------------------------------------------------------------------------------------------------------
-
-
-def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
-    """Raise :class:`ConfigError` naming ``what`` unless ``path`` is a folder or can be made one (its first existing
-    ancestor a writable folder). Nothing is created: run before the run starts, so that a file in its place fails at
-    once, not after the steps when the report or checkpoint is written (the trained model was lost)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{what}: {str(p)!r} is a file; expected a folder (an existing one or one to create)")
-    top = p
-    while not top.exists() and top != top.parent:  # (a path under a file does not exist either)
-        top = top.parent
-    if top.exists() and not top.is_dir():
-        raise ConfigError(f"{what}: {str(p)!r} cannot be created: {str(top)!r} is a file; expected a folder "
-                          "(an existing one or one to create)")
-    if top.is_dir() and not os.access(top, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: {str(p)!r} cannot be written: no write permission in {str(top)!r}")
-
-
-def check_input_checkpoint(path: str | os.PathLike[str], what: str) -> None:
-    """Raise :class:`ConfigError` naming ``what`` unless ``path`` can be a checkpoint (a whole ``torch.save`` file:
-    :func:`model.checkpoint.check_checkpoint_file`, which reads no tensors); before the run starts."""
-    from model.checkpoint import check_checkpoint_file
-
-    if not Path(path).exists():
-        raise ConfigError(f"{what}: no checkpoint {str(path)!r} (no file there)")
-    try:
-        check_checkpoint_file(path, what)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_paths(cfg: RunConfig, mode: str, out_dir: Path, out_flag: str, torch_profiler: Any,
-                 resume: Any) -> None:
-    """The run's inputs and outputs, before any data is prepared or a model built: the checkpoints it reads and the
-    folders it writes (report, checkpoints, torch.profiler traces)."""
-    if resume is not None:
-        check_input_checkpoint(resume, "--resume")
-    if cfg.model.kind == "forecaster" and cfg.forecast.multiformer_checkpoint is not None:
-        check_input_checkpoint(cfg.forecast.multiformer_checkpoint, "forecast.multiformer_checkpoint")
-    check_output_dir(out_dir, out_flag)
-    if mode == "train" and cfg.checkpoint_dir:
-        check_output_dir(cfg.checkpoint_dir, "checkpoint_dir (--checkpoint-dir)")
-        if (Path(cfg.checkpoint_dir) / "last.pt").is_dir():
-            raise ConfigError(f"checkpoint_dir (--checkpoint-dir) {cfg.checkpoint_dir!r}: its last.pt is a folder; "
-                              "the checkpoint is written as the file last.pt")
-    if torch_profiler is not None:
-        check_output_dir(torch_profiler, "--torch-profiler")
 
 
 def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | None = None,
@@ -340,7 +151,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
         out_dir = Path(box[0]) / f"rank{rank}"
     with all_or_none("the run's checks (report folder, checkpoints)", world):  # on every rank, then agreed
-        _check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
+        check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
                      "the report folder", torch_profiler, resume)
     if nsys:
         nvtx_enable()
@@ -682,33 +493,13 @@ def _config(args: argparse.Namespace) -> RunConfig:
                           f"{[st.name for st in cfg.data.sampling.streams]}, whose stores are their "
                           f"streams.NAME.path; leave data.store (--store) unset")
     if cfg.data.store is not None:  # before the model is built or a page is warmed: the store, then its fields
-        _check_store(cfg, "--store" if args.store is not None else "data.store", from_file=args.config is not None)
+        check_store(cfg, "--store" if args.store is not None else "data.store", from_file=args.config is not None)
     if args.store is not None and cfg.data.sampling.norm_path is None and \
             any(f.normalization != "none" for f in cfg.data.sampling.fields):
         raise ConfigError(f"--store {args.store}: its fields normalise, so the sampling config needs norm_path "
                           f"(fastload stats {args.store} --out NORM; --set data.sampling.norm_path=NORM), or "
                           f"use a config whose fields have normalization = 'none'")
     return cfg
-
-
-def _check_store(cfg: RunConfig, flag: str, *, from_file: bool) -> None:
-    """Open the run's store (an error names the path when nothing is there) and check the sampling config's fields,
-    levels and box against it; a preset's fields not in the store get a pointer to the run file that names yours."""
-    from fastload.store import open_store
-
-    path = cfg.data.store
-    try:
-        store = open_store(path, storage_options=cfg.data.storage_options, backend=cfg.data.backend)
-    except (StoreError, ConfigError) as e:  # their messages name the path
-        raise type(e)(f"{flag}: {e}") from None
-    try:
-        store.check(cfg.data.sampling)
-    except ConfigError as e:
-        hint = "" if from_file else (
-            f" (the preset {cfg.name!r} samples the built-in dataset's fields: to sample your own store, give a run "
-            f"file with [data] store and sampling, a sampling config of its fields: --config run.toml; see the "
-            f"README, 'Profiling a training run')")
-        raise ConfigError(f"{flag}: {e}{hint}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

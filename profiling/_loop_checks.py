@@ -1,0 +1,88 @@
+"""The checks :mod:`profiling.loop` makes before a run's work: what it reads and writes must be usable.
+
+Why this exists: a report folder that is a file, or a checkpoint that is not one, found after the steps would lose
+the trained model; so the store and its fields (:func:`check_store`, from the command line's settings) and the
+checkpoints the run reads and the folders it writes (:func:`check_paths`) are checked before any data is prepared or
+a model built. Under torchrun every rank checks its own, then the ranks agree
+(:func:`profiling.distributed.all_or_none`). Each error names the setting or flag at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastload.errors import ConfigError, StoreError
+
+from .presets import RunConfig
+
+__all__ = ["check_output_dir", "check_input_checkpoint", "check_paths", "check_store"]
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`ConfigError` naming ``what`` unless ``path`` is a folder or can be made one (its first existing
+    ancestor a writable folder). Nothing is created: run before the run starts, so that a file in its place fails at
+    once, not after the steps when the report or checkpoint is written (the trained model was lost)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what}: {str(p)!r} is a file; expected a folder (an existing one or one to create)")
+    top = p
+    while not top.exists() and top != top.parent:  # (a path under a file does not exist either)
+        top = top.parent
+    if top.exists() and not top.is_dir():
+        raise ConfigError(f"{what}: {str(p)!r} cannot be created: {str(top)!r} is a file; expected a folder "
+                          "(an existing one or one to create)")
+    if top.is_dir() and not os.access(top, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {str(p)!r} cannot be written: no write permission in {str(top)!r}")
+
+
+def check_input_checkpoint(path: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`ConfigError` naming ``what`` unless ``path`` can be a checkpoint (a whole ``torch.save`` file:
+    :func:`model.checkpoint.check_checkpoint_file`, which reads no tensors); before the run starts."""
+    from model.checkpoint import check_checkpoint_file
+
+    if not Path(path).exists():
+        raise ConfigError(f"{what}: no checkpoint {str(path)!r} (no file there)")
+    try:
+        check_checkpoint_file(path, what)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_paths(cfg: RunConfig, mode: str, out_dir: Path, out_flag: str, torch_profiler: Any,
+                 resume: Any) -> None:
+    """The run's inputs and outputs, before any data is prepared or a model built: the checkpoints it reads and the
+    folders it writes (report, checkpoints, torch.profiler traces)."""
+    if resume is not None:
+        check_input_checkpoint(resume, "--resume")
+    if cfg.model.kind == "forecaster" and cfg.forecast.multiformer_checkpoint is not None:
+        check_input_checkpoint(cfg.forecast.multiformer_checkpoint, "forecast.multiformer_checkpoint")
+    check_output_dir(out_dir, out_flag)
+    if mode == "train" and cfg.checkpoint_dir:
+        check_output_dir(cfg.checkpoint_dir, "checkpoint_dir (--checkpoint-dir)")
+        if (Path(cfg.checkpoint_dir) / "last.pt").is_dir():
+            raise ConfigError(f"checkpoint_dir (--checkpoint-dir) {cfg.checkpoint_dir!r}: its last.pt is a folder; "
+                              "the checkpoint is written as the file last.pt")
+    if torch_profiler is not None:
+        check_output_dir(torch_profiler, "--torch-profiler")
+
+
+def check_store(cfg: RunConfig, flag: str, *, from_file: bool) -> None:
+    """Open the run's store (an error names the path when nothing is there) and check the sampling config's fields,
+    levels and box against it; a preset's fields not in the store get a pointer to the run file that names yours."""
+    from fastload.store import open_store
+
+    path = cfg.data.store
+    try:
+        store = open_store(path, storage_options=cfg.data.storage_options, backend=cfg.data.backend)
+    except (StoreError, ConfigError) as e:  # their messages name the path
+        raise type(e)(f"{flag}: {e}") from None
+    try:
+        store.check(cfg.data.sampling)
+    except ConfigError as e:
+        hint = "" if from_file else (
+            f" (the preset {cfg.name!r} samples the built-in dataset's fields: to sample your own store, give a run "
+            f"file with [data] store and sampling, a sampling config of its fields: --config run.toml; see the "
+            f"README, 'Profiling a training run')")
+        raise ConfigError(f"{flag}: {e}{hint}") from None
