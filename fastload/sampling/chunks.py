@@ -224,30 +224,39 @@ def _axis_chunks(starts: np.ndarray, length: int, step: int, chunk: int, size: i
 
 
 def plan_batch(boxes: Any, layouts: Mapping[str, FieldLayout] | Sequence[FieldLayout], box: Sequence[int],
-               time_step: int = 1) -> BatchPlan:
+               time_step: int = 1, *, extent: GridExtent | None = None) -> BatchPlan:
     """Unique chunks per array and per-field index tables for a batch of boxes.
 
     Parameters
     ----------
     boxes : array_like, shape (S, 3)
-        ``(t0, y0, x0)`` store indices; validated against the first layout's extent.
+        ``(t0, y0, x0)`` store indices; validated against ``extent``, or without it against the layouts' own
+        extent (the time axis of the first field that has one; none when every field is static: then t0 must
+        be 0).
     layouts : mapping or sequence of FieldLayout
         The fields of the batch (several may share an array, as in AtmoRep stores).
     box : (T, H, W)
         Grid points per sample.
     time_step : int
         Stride between time points.
+    extent : GridExtent, optional
+        The store's index space, the one placement uses (a tokenizer's ``extent``): its time axis bounds ``t0``
+        even when every field of the batch is static (a field without time reads the same values at every
+        ``t0``). Every layout must match its rows and columns, and its number of time steps when it has a time
+        axis.
     """
     lays = list(layouts.values()) if isinstance(layouts, Mapping) else list(layouts)
     if not lays:
         raise ConfigError("plan_batch: no fields given")
     T, H, W = (int(v) for v in box)
-    ext = lays[0].extent
-    for lay in lays[1:]:
+    ext = lays[0].extent if extent is None else extent
+    first = lays[0].name if extent is None else "the store"
+    for lay in lays if extent is not None else lays[1:]:
         e = lay.extent
-        if (e.ny, e.nx) != (ext.ny, ext.nx) or (e.nt is not None and ext.nt is not None and e.nt != ext.nt):
-            raise ConfigError(f"plan_batch: field {lay.name!r} has grid {e} but {lays[0].name!r} has {ext}")
-        if ext.nt is None and e.nt is not None:
+        if (e.ny, e.nx) != (ext.ny, ext.nx) or (e.nt is not None and ext.nt is not None and e.nt != ext.nt) \
+                or (extent is not None and e.nt is not None and ext.nt is None):
+            raise ConfigError(f"plan_batch: field {lay.name!r} has grid {e} but {first} has {ext}")
+        if extent is None and ext.nt is None and e.nt is not None:
             ext = e
     b = check_boxes(boxes, ext, (T, H, W), time_step)
     S = b.shape[0]

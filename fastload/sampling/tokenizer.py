@@ -159,7 +159,7 @@ class StructuredTokenizer(BaseTokenizer):
         return check_boxes(boxes, self.extent, self.config.box, self.config.time_step)
 
     def plan(self, boxes: np.ndarray) -> BatchPlan:
-        return plan_batch(boxes, self.layouts, self.config.box, self.config.time_step)
+        return plan_batch(boxes, self.layouts, self.config.box, self.config.time_step, extent=self.extent)
 
     def gather(self, slots, tables, boxes, outs, *, coefficients=None, month_of=None, samples=None, jit=None):
         gather_batch(self.config, self.layouts, slots, tables, boxes, outs, coefficients=coefficients,
