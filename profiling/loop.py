@@ -480,6 +480,7 @@ def _parser(mode: str) -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    """The run config the arguments give (the same on every rank); :func:`_check_inputs` then checks its store."""
     sets = list(args.overrides)
     for flag, key in (("steps", "steps"), ("warmup", "warmup"), ("device", "device"), ("bf16", "bf16"),
                       ("compile", "compile"), ("store", "data.store"), ("store_latency_ms", "data.latency_ms"),
@@ -492,6 +493,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--store {args.store}: the sampling config has streams "
                           f"{[st.name for st in cfg.data.sampling.streams]}, whose stores are their "
                           f"streams.NAME.path; leave data.store (--store) unset")
+    return cfg
+
+
+def _check_inputs(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """The run's store (``--store`` / ``data.store``) and the coefficients a ``--store`` of normalised fields needs."""
     if cfg.data.store is not None:  # before the model is built or a page is warmed: the store, then its fields
         check_store(cfg, "--store" if args.store is not None else "data.store", from_file=args.config is not None)
     if args.store is not None and cfg.data.sampling.norm_path is None and \
@@ -499,7 +505,6 @@ def _config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--store {args.store}: its fields normalise, so the sampling config needs norm_path "
                           f"(fastload stats {args.store} --out NORM; --set data.sampling.norm_path=NORM), or "
                           f"use a config whose fields have normalization = 'none'")
-    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = argv[0]
     args = _parser(mode).parse_args(argv[1:])
     cfg = _config(args)
+    # under torchrun the process group starts here (run() keeps it), so that a store one rank alone cannot open
+    # fails every rank at once, not the others after dist_timeout_s waiting for that rank to join the group
+    world = init_distributed(cfg)[1] if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 1
+    with all_or_none("the store check (--store, data.store)", world):
+        _check_inputs(cfg, args)
     if mode == "train":
         resume = None
         if args.resume is not None:

@@ -31,8 +31,9 @@ def boom(x):
 
 
 try:
-    if case in ("checks", "data"):
-        loop.main(["train", "--config", config, "--device", "cpu", "--steps", "3", "--out", out])
+    if case in ("checks", "data", "store"):
+        store = ["--store", os.environ["RUN_STORE"]] if "RUN_STORE" in os.environ else []
+        loop.main(["train", "--config", config, "--device", "cpu", "--steps", "3", "--out", out, *store])
     else:
         cfg = load_run_config(config, overrides=["steps=3", "device=cpu"])
         loop.run(cfg, mode="train", out=out, **({f"wrap_{case}": boom} if rank == 1 else {}))
@@ -67,11 +68,11 @@ def _finish(procs, failing):
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("case, failing", [("checks", 1), ("data", 0), ("model", 1), ("loader", 1)])
+@pytest.mark.parametrize("case, failing", [("store", 1), ("checks", 1), ("data", 0), ("model", 1), ("loader", 1)])
 def test_one_ranks_failure_before_the_work_fails_every_rank_at_once(case, failing, tmp_path_factory, tmp_path):
-    """checks: rank 1's report folder is a file; data: rank 0 cannot synthesise the built-in dataset (its
-    FASTLOAD_CACHE is a file) while rank 1 waits for it; model, loader: rank 1's set-up raises (``wrap_model``,
-    ``wrap_loader``)."""
+    """store: rank 1's ``--store`` is not there (the command line's check, before run() starts); checks: rank 1's
+    report folder is a file; data: rank 0 cannot synthesise the built-in dataset (its FASTLOAD_CACHE is a file)
+    while rank 1 waits for it; model, loader: rank 1's set-up raises (``wrap_model``, ``wrap_loader``)."""
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
     out = tmp_path / "out"
@@ -86,7 +87,11 @@ def test_one_ranks_failure_before_the_work_fails_every_rank_at_once(case, failin
     else:
         store, norm = tiny_store(tmp_path_factory)
         config = run_toml(tmp_path, store, norm, warmup=1, dist_timeout_s=300)
-        if case == "checks":
+        if case == "store":
+            env_of = {0: {"RUN_STORE": store}, 1: {"RUN_STORE": str(tmp_path / "nowhere.zarr")}}
+            own = f"StoreNotFoundError: --store: {tmp_path / 'nowhere.zarr'}: no such file or folder"
+            stretch = "the store check (--store, data.store)"
+        elif case == "checks":
             out.mkdir()
             (out / "rank1").write_text("x")
             own = f"ConfigError: --out: '{out / 'rank1'}' is a file; expected a folder"
