@@ -240,17 +240,17 @@ def plan_batch(boxes: Any, layouts: Mapping[str, FieldLayout] | Sequence[FieldLa
     time_step : int
         Stride between time points.
     extent : GridExtent, optional
-        The store's index space, the one placement uses (a tokenizer's ``extent``): its time axis bounds ``t0``
-        even when every field of the batch is static (a field without time reads the same values at every
-        ``t0``). Every layout must match its rows and columns, and its number of time steps when it has a time
-        axis.
+        The store's index space, the one placement uses (a tokenizer's ``extent``): its time axis bounds
+        ``t0`` even when every field of the batch is static (a field without time reads the same values at
+        every ``t0``). Every layout must match its rows and columns, and its number of time steps when it has
+        a time axis.
     """
     lays = list(layouts.values()) if isinstance(layouts, Mapping) else list(layouts)
     if not lays:
         raise ConfigError("plan_batch: no fields given")
     T, H, W = (int(v) for v in box)
     ext = lays[0].extent if extent is None else extent
-    first = lays[0].name if extent is None else "the store"
+    first = repr(lays[0].name) if extent is None else "the store"
     for lay in lays if extent is not None else lays[1:]:
         e = lay.extent
         if (e.ny, e.nx) != (ext.ny, ext.nx) or (e.nt is not None and ext.nt is not None and e.nt != ext.nt) \

@@ -39,6 +39,30 @@ __all__ = [
 ]
 
 
+def _is_int(v: Any) -> bool:
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
+
+
+def _check_int(where: str, key: str, v: Any, lo: int) -> int:
+    """``v`` as an int, or a ConfigError naming ``where``, ``key``, the value and the bound."""
+    if not _is_int(v) or v < lo:
+        raise ConfigError(f"{where}: {key} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_ints(where: str, key: str, v: Any, n: int, lo: int, what: str) -> tuple[int, ...]:
+    """``v`` as a tuple of ``n`` ints >= ``lo``, or a ConfigError naming ``where``, ``key`` and the value."""
+    try:
+        vals = tuple(v)
+    except TypeError:
+        vals = None
+    if vals is None or len(vals) != n or not all(_is_int(x) for x in vals):
+        raise ConfigError(f"{where}: {key} must be {n} integers ({what}), got {v!r}")
+    if any(x < lo for x in vals):
+        raise ConfigError(f"{where}: {key} must be {n} integers >= {lo} ({what}), got {v!r}")
+    return tuple(int(x) for x in vals)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class GridExtent:
     """Sizes of a store's index space: time steps, rows, columns, and whether columns wrap."""
@@ -113,7 +137,8 @@ class GridExtent:
 
     def max_start(self, box: Sequence[int], time_step: int = 1) -> tuple[int, int, int]:
         """Largest valid ``(t0, y0, x0)`` for a box of ``(T, H, W)`` points; ConfigError if it does not fit."""
-        t, h, w = (int(v) for v in box)
+        t, h, w = _check_ints("sample box", "box", box, 3, 1, "time, rows, columns points")
+        _check_int("sample box", "time_step", time_step, 1)
         span = (t - 1) * int(time_step) + 1
         nt = 1 if self.nt is None else self.nt
         if self.nt is not None and span > nt:
@@ -154,9 +179,8 @@ def check_boxes(boxes: Any, extent: GridExtent, box: Sequence[int], time_step: i
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise ConfigError(f"boxes: expected integer store indices, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
     hi = extent.max_start(box, time_step)
-    for axis, name in enumerate(("t0", "y0", "x0")):
+    for axis, name in enumerate(("t0", "y0", "x0")):  # in the given dtype: a uint64 over 2**63 is not wrapped
         bad = np.flatnonzero((arr[:, axis] < 0) | (arr[:, axis] > hi[axis]))
         if bad.size:
             i = int(bad[0])
@@ -165,6 +189,7 @@ def check_boxes(boxes: Any, extent: GridExtent, box: Sequence[int], time_step: i
                 f"{list(box)} points (time_step {time_step}) on a grid of nt={extent.nt}, ny={extent.ny}, "
                 f"nx={extent.nx}{' (periodic in x)' if extent.periodic_x else ''}; {bad.size} box(es) out of range"
                 + (f" ({extent.note})" if name == "x0" and extent.note else ""))
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
     ok = extent.regular_t0(box, time_step)
     if ok is not None and arr.size:
         bad = np.flatnonzero(~ok[arr[:, 0]])
@@ -220,9 +245,9 @@ def random_boxes(
         Restrict the windows to store time indices ``[start, stop)`` (e.g. the training years).
     """
     for key, v, lo in (("n", n, 0), ("seed", seed, 0), ("epoch", epoch, 0), ("world_size", world_size, 1),
-                       ("samples_per_window", samples_per_window, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ConfigError(f"random_boxes: {key} must be an integer >= {lo}, got {v!r}")
+                       ("samples_per_window", samples_per_window, 1), ("rank", rank, 0),
+                       ("time_step", time_step, 1)):
+        _check_int("random_boxes", key, v, lo)
     if not 0 <= rank < world_size:
         raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
     if centers not in ("uniform", "coslat"):
@@ -272,6 +297,11 @@ def _coslat_starts(rng: np.random.Generator, n: int, extent: GridExtent, box: Se
         raise ConfigError("centers = 'coslat' needs the grid's latitudes (lat)")
     lat = np.asarray(lat, dtype=np.float64)
     h, w = int(box[1]), int(box[2])
+    bad = np.flatnonzero(~(np.abs(lat) <= 90.0))  # NaN and +-inf fail too
+    if bad.size:
+        i = np.unravel_index(int(bad[0]), lat.shape)
+        raise ConfigError(f"coslat: lat must be finite latitudes in degrees within [-90, 90]; got "
+                          f"{float(lat[i])} at index {list(map(int, i))} ({bad.size} value(s) outside)")
     if lat.ndim == 1:
         if lat.shape != (extent.ny,):
             raise ConfigError(f"coslat: lat has shape {lat.shape}, expected ({extent.ny},)")
@@ -330,9 +360,11 @@ def tile_grid(extent: GridExtent, num_tokens: Sequence[int], token_size: Sequenc
     tiles are spaced evenly between the edges, the last one flush with the far edge. The overlap between
     neighbours is therefore never less than requested.
     """
-    nt_, nlat, nlon = (int(v) for v in num_tokens)
-    tt, tlat, tlon = (int(v) for v in token_size)
-    oy, ox = (int(v) for v in overlap)
+    nt_, nlat, nlon = _check_ints("tile_grid", "num_tokens", num_tokens, 3, 1, "time, lat, lon")
+    tt, tlat, tlon = _check_ints("tile_grid", "token_size", token_size, 3, 1, "time, lat, lon")
+    oy, ox = _check_ints("tile_grid", "overlap", overlap, 2, 0, "rows, columns, in tokens")
+    t0 = _check_int("tile_grid", "t0", t0, 0)
+    _check_int("tile_grid", "time_step", time_step, 1)
     for name, o, n in (("rows", oy, nlat), ("columns", ox, nlon)):
         if o < 0 or o >= n:
             raise ConfigError(f"tile_grid: overlap along {name} is {o} tokens; expected 0 <= overlap < {n}")

@@ -179,6 +179,54 @@ def test_tile_grid_errors():
         tile_grid(GridExtent(nt=2, ny=5, nx=40), (1, 3, 4), (1, 3, 3))
 
 
+LAT = np.linspace(90, -90, GLOBAL.ny)
+_LAT2 = np.repeat(LAT[:, None], GLOBAL.nx, axis=1)
+_LAT2[4, 7] = 95.0
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: random_boxes(4, GLOBAL, BOX, seed=0, epoch=0, rank=0.5, world_size=2),
+     r"^random_boxes: rank must be an integer >= 0, got 0\.5$"),
+    (lambda: random_boxes(4, GLOBAL, BOX, seed=0, epoch=0, time_step=0),
+     r"^random_boxes: time_step must be an integer >= 1, got 0$"),
+    (lambda: random_boxes(4, GLOBAL, BOX, seed=0, epoch=0, centers="coslat",
+                          lat=np.where(np.arange(31) == 3, np.nan, LAT)),
+     r"^coslat: lat must be finite latitudes in degrees within \[-90, 90\]; got nan at index \[3\] \(1 val"),
+    (lambda: random_boxes(4, GLOBAL, BOX, seed=0, epoch=0, centers="coslat", lat=2 * LAT),
+     r"^coslat: lat must be .* degrees within \[-90, 90\]; got 180\.0 at index \[0\] \(16 value"),
+    (lambda: random_boxes(4, GLOBAL, BOX, seed=0, epoch=0, centers="coslat", lat=_LAT2),
+     r"^coslat: lat must be .* degrees within \[-90, 90\]; got 95\.0 at index \[4, 7\] \(1 value"),
+    (lambda: tile_grid(GLOBAL, (1, 3, 4), (1, 3, 3), time_step=0),
+     r"^tile_grid: time_step must be an integer >= 1, got 0$"),
+    (lambda: tile_grid(GLOBAL, (1, 3, 4), (1, 3, 3), overlap=(1,)),
+     r"^tile_grid: overlap must be 2 integers \(rows, columns, in tokens\), got \(1,\)$"),
+    (lambda: tile_grid(GLOBAL, (1, 3, 4), (1, -3, 3)),
+     r"^tile_grid: token_size must be 3 integers >= 1 \(time, lat, lon\), got \(1, -3, 3\)$"),
+    (lambda: tile_grid(GLOBAL, (1, 3.5, 4), (1, 3, 3)),
+     r"^tile_grid: num_tokens must be 3 integers \(time, lat, lon\), got \(1, 3\.5, 4\)$"),
+    (lambda: tile_grid(GLOBAL, (1, 3, 4), (1, 3, 3), t0="1"),
+     r"^tile_grid: t0 must be an integer >= 0, got '1'$"),
+    (lambda: check_boxes(np.array([[0, 0, 2**63 + 5]], np.uint64), GLOBAL, BOX),
+     r"^boxes\[0\]: x0 = 9223372036854775813 is outside \[0, 59\]"),
+    (lambda: check_boxes([[0, 0, 0]], GLOBAL, BOX, time_step=0),
+     r"^sample box: time_step must be an integer >= 1, got 0$"),
+    (lambda: GLOBAL.max_start((1, 0, 4)), r"^sample box: box must be 3 integers >= 1 .*, got \(1, 0, 4\)$"),
+], ids=["rank-float", "random-time_step-0", "coslat-nan", "coslat-over-90", "coslat-2d-over-90",
+        "tile-time_step-0", "tile-overlap-short", "tile-token-negative", "tile-tokens-float", "tile-t0-str",
+        "boxes-uint64-huge", "boxes-time_step-0", "box-zero-rows"])
+def test_bad_arguments_are_config_errors_naming_argument_value_and_expectation(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
+
+
+def test_integer_arguments_of_numpy_types_still_work():
+    a = random_boxes(9, GLOBAL, BOX, seed=0, epoch=0, rank=np.int64(1), world_size=2, time_step=np.int32(2))
+    assert np.array_equal(a, random_boxes(9, GLOBAL, BOX, seed=0, epoch=0, rank=1, world_size=2, time_step=2))
+    t = tile_grid(GLOBAL, np.array([1, 3, 4]), [1, 3, 3], overlap=np.array([1, 1]), t0=np.int64(2))
+    assert np.array_equal(t.boxes, tile_grid(GLOBAL, (1, 3, 4), (1, 3, 3), overlap=(1, 1), t0=2).boxes)
+    assert check_boxes(np.array([[1, 2, 59]], np.uint64), GLOBAL, BOX).tolist() == [[1, 2, 59]]
+
+
 @pytest.mark.parametrize("ext", [GLOBAL, REGIONAL])
 def test_stitch_round_trips_a_constant_field_exactly(ext):
     til = tile_grid(ext, (1, 3, 4), (1, 3, 3), overlap=(1, 2))

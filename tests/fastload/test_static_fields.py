@@ -1,6 +1,7 @@
-"""A config of static fields only (no time axis) on a store that has one: boxes are placed on the store's time axis,
-as for any config, so every t0 the store allows is valid, the values are the field's (the same at every t0) and the
-token time metadata is the store's time at t0, as a static field's metadata already is in a mixed config."""
+"""A config of static fields only (no time axis) on a store that has one: boxes are placed on the store's
+time axis, as for any config, so every t0 the store allows is valid, the values are the field's (the same at
+every t0) and the token time metadata is the store's time at t0, as a static field's metadata already is in a
+mixed config."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def test_plan_batch_checks_boxes_against_the_extent_it_is_given(store_path):
     plan = plan_batch([[5, 0, 0]], lays, OROG.box, extent=ext)
     assert plan.boxes.tolist() == [[5, 0, 0]]
     at0 = plan_batch([[0, 0, 0]], lays, OROG.box)
-    assert np.array_equal(plan.chunks["orog"], at0.chunks["orog"])  # a static field: the same chunks at every t0
+    assert np.array_equal(plan.chunks["orog"], at0.chunks["orog"])  # a static field: same chunks at every t0
     assert np.array_equal(plan.tables["orog"], at0.tables["orog"])
     with pytest.raises(ConfigError, match=r"t0 = 5 is outside \[0, 0\].*nt=None"):
         plan_batch([[5, 0, 0]], lays, OROG.box)  # without an extent: the layouts' own (no time axis)
