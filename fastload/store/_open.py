@@ -94,6 +94,14 @@ class Store:
 
     Build with :func:`open_store`. Every method is safe to call from many threads at once.
 
+    Files changing under an open store: metadata and coordinates are read once, at open. A sharded array's shard
+    indexes are cached; on local files each use first checks the shard file's ``(size, mtime_ns, inode)`` (one
+    ``stat``) and reads the index again when it changed, so a shard rewritten in place (xarray
+    ``to_zarr(region=...)``) reads its new values. A remote store (fsspec other than ``file://``, obstore) is read
+    as a snapshot: the indexes stay as first read, and a read past a shard's end raises a
+    :class:`~fastload.errors.ChunkReadError` saying the store changed since it was opened; reopen it after
+    rewriting it.
+
     Attributes
     ----------
     path : str
@@ -261,7 +269,8 @@ class Store:
             if shard is None:
                 return self.source.get_many([info.key(c) for c in idx])
             return shard.read_many(self.source, idx)
-        except ShardReadError as e:  # a whole shard failed: name its first requested chunk and its file
+        except ShardReadError as e:  # a shard failed: name its file and the chunk that failed (or, when the
+            # shard as a whole failed, its first requested chunk)
             raise ChunkReadError(array, e.chunk, f"batched read of {len(idx)} chunks: {e.error}",
                                  self.source.describe(e.key)) from e.error  # fmt: skip
         except (DecodeError, OSError) as e:

@@ -24,6 +24,14 @@ The codecs around ``sharding_indexed`` in the array's chain are honoured:
   ``astype``: :data:`~._meta.ELEMENTWISE_A2A`, as zarr-python writes ``filters=`` with
   ``serializer=ShardingCodec(...)``) act on each element alone, so they go in front of the inner chain too.
 
+A shard's index is cached for as long as the store is open (one request per shard, not one per inner chunk). On
+local files (a source with :attr:`~._source.BaseByteSource.versioned`) each use of a cached index, or of a cached
+"shard missing", first checks the file's ``(size, mtime_ns, inode)`` (one ``stat``) and reads the index again when
+it changed, so a shard rewritten under an open store (xarray ``to_zarr(region=...)``) reads its new values. Remote
+objects are read as a snapshot: the index read first is kept, and a chunk read that runs past the shard's end is a
+:class:`DecodeError` saying the store changed since it was opened (reopen it). Every index entry is checked when
+read: both "empty" markers, or ``offset + nbytes < 2**63`` and within the shard's length where it is known.
+
 Any other codec before the sharding codec (``numcodecs.delta``: not element-wise) is refused at open
 (:class:`~fastload.errors.CodecError`), naming the array, the chain and why.
 """
@@ -37,6 +45,7 @@ import struct
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +57,7 @@ from ._source import BaseByteSource
 __all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES", "stored_nbytes"]
 
 _EMPTY = np.uint64(2**64 - 1)
+_SNAPSHOT: tuple[int, ...] = ()  # the version of every object of a source without versions (remote): never changes
 SHARD_CACHE_BYTES = 256 * 2**20
 """Decoded whole shards kept per process, all arrays of all open stores together (those with a bytes-to-bytes
 codec after the sharding codec), least recently used out first; the shard decoded last is kept whatever its size."""
@@ -111,7 +121,8 @@ class ShardIndex:
         inner = before + tuple(_named(c) for c in conf.get("codecs") or ())
         self.decoder: ChunkDecoder = build_decoder(info, where, allow_unsafe=allow_unsafe, codecs=inner,
                                                    chunks=info.chunks)  # fmt: skip
-        self._cache: dict[tuple[int, ...], np.ndarray | None] = {}
+        # shard -> (its version when its index was read (_SNAPSHOT: remote), the index; None: the shard is missing)
+        self._cache: dict[tuple[int, ...], tuple[tuple[int, ...] | None, np.ndarray | None]] = {}
         self._lock = threading.Lock()
         self._orphan = 0  # stored bytes of whole shards read for chunks that were all empty, not yet counted
         self._token = next(_TOKENS)  # this array's decoded shards in the process-wide cache, _SHARDS
@@ -126,31 +137,111 @@ class ShardIndex:
         start = -self.index_nbytes if self.location == "end" else 0
         return self.shard_key(shard), start, self.index_nbytes
 
-    def cached(self, shard: tuple[int, ...]) -> tuple[bool, np.ndarray | None]:
-        """``(known, index)``: whether the shard's index was read already, and it (None: the shard is missing)."""
+    def version(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The shard object's version now: ``(size, mtime_ns, inode)`` on local files (one ``stat``; None: no
+        such file), :data:`_SNAPSHOT` where the source has no cheap version (remote: read as a snapshot)."""
+        if getattr(source, "versioned", False):
+            return source.version(self.shard_key(shard))
+        return _SNAPSHOT
+
+    def cached(self, shard: tuple[int, ...], version: tuple[int, ...] | None = _SNAPSHOT
+               ) -> tuple[bool, np.ndarray | None]:  # fmt: skip
+        """``(known, index)``: whether the shard's index was read already at this ``version`` (:meth:`version`),
+        and it (None: the shard is missing)."""
         with self._lock:
-            if shard in self._cache:
-                return True, self._cache[shard]
+            hit = self._cache.get(shard)
+        if hit is not None and hit[0] == version:
+            return True, hit[1]
         return False, None
 
-    def store_index(self, shard: tuple[int, ...], raw: bytes | None) -> np.ndarray | None:
-        """Parse the raw index bytes of ``shard`` (None: shard missing), cache and return ``(n, 2)`` uint64."""
+    def store_index(self, shard: tuple[int, ...], raw: bytes | None, version: tuple[int, ...] | None = _SNAPSHOT,
+                    size: int | None = None) -> np.ndarray | None:  # fmt: skip
+        """Parse and check the raw index bytes of ``shard`` (None: shard missing), cache them for ``version`` and
+        return ``(n, 2)`` uint64. ``size``: the shard's length in bytes where known (every entry must lie in it).
+
+        Raises
+        ------
+        DecodeError
+            Truncated index, crc32c mismatch, or an entry that is neither empty nor a range below 2**63 (and
+            within ``size``): names the shard's key, the entry and its inner chunk.
+        """
         if raw is None:
             index = None
         else:
+            key = self.shard_key(shard)
             if len(raw) != self.index_nbytes:
-                raise DecodeError(f"shard index: read {len(raw)} bytes, expected {self.index_nbytes} (truncated shard?)")
+                raise DecodeError(f"shard index of {key!r}: read {len(raw)} bytes, expected {self.index_nbytes} "
+                                  "(truncated shard?)")  # fmt: skip
             body = raw
             if self.crc:
                 import google_crc32c
 
                 body, stored = raw[:-4], struct.unpack("<I", raw[-4:])[0]
                 if google_crc32c.value(bytes(body)) != stored:
-                    raise DecodeError("shard index: crc32c checksum mismatch")
+                    raise DecodeError(f"shard index of {key!r}: crc32c checksum mismatch")
             index = np.frombuffer(body, self._index_dtype).astype(np.uint64).reshape(self.n, 2)
+            self._check_index(shard, index, size)
         with self._lock:
-            self._cache[shard] = index
+            self._cache[shard] = (version, index)
         return index
+
+    def _check_index(self, shard: tuple[int, ...], index: np.ndarray, size: int | None) -> None:
+        """Every entry empty (both markers) or ``offset + nbytes < 2**63`` and ``<= size`` (when known)."""
+        off, nb = index[:, 0], index[:, 1]
+        empty = (off == _EMPTY) & (nb == _EMPTY)
+        big = np.uint64(2**63)
+        bad = ~empty & ((off >= big) | (nb >= big) | (off + nb >= big))  # (each < 2**63: the sum cannot wrap)
+        past = ~empty & ~bad & (off + nb > np.uint64(size)) if size is not None else np.zeros_like(bad)
+        if not (bad.any() or past.any()):
+            return
+        pos = int(np.flatnonzero(bad | past)[0])
+        seen = np.unravel_index(pos, self._cps_seen)
+        within = [0] * len(self.cps)
+        for p, w in zip(self.perm, seen):
+            within[p] = int(w)
+        chunk = tuple(s * c + w for s, c, w in zip(shard, self.cps, within))
+        n_bad = int((bad | past).sum())
+        if bad[pos]:
+            why = ("corrupt index: expected both 2**64-1 (an empty chunk) or a byte range (offset + nbytes < 2**63)")
+        else:
+            why = f"past the end of the shard's {size} bytes: truncated shard, or a corrupt index"
+        raise IndexEntryError(chunk,
+            f"shard {self.shard_key(shard)!r}: index entry {pos} (inner chunk {chunk}) is offset {int(off[pos])} + "
+            f"nbytes {int(nb[pos])}: {why}{f' ({n_bad} such entries)' if n_bad > 1 else ''}"
+        )
+
+    def _load_index(self, source: BaseByteSource, shard: tuple[int, ...], key: str | None = None
+                    ) -> np.ndarray | None:  # fmt: skip
+        """The shard's index from the cache when the shard (store key ``key``) has not changed since it was read,
+        else read (and cached) now. A local shard rewritten between its ``stat`` and the read is read again once.
+        (Runs once per inner chunk read: one ``stat`` and a dict look-up on the way that hits.)"""
+        key = key or self.shard_key(shard)
+        versioned = getattr(source, "versioned", False)
+        for attempt in (0, 1):
+            version = source.version(key) if versioned else _SNAPSHOT
+            hit = self._cache.get(shard)  # (a dict read needs no lock; writes take it)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+            _, start, length = self.index_request(shard)
+            raw = None if version is None else source.get_range(key, start, length)
+            try:
+                return self.store_index(shard, raw, version, None if not version else version[0])
+            except DecodeError:
+                if attempt or version == _SNAPSHOT or self.version(source, shard) == version:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _short(self, source: BaseByteSource, chunk: tuple[int, ...], rng: tuple[int, int], raw: bytes | None
+               ) -> DecodeError:  # fmt: skip
+        """The error of an inner chunk read that came back short: past the shard's end."""
+        got = "nothing" if raw is None else f"{len(raw)} bytes"
+        shard = self.shard_key(self.local(chunk)[0])
+        if not getattr(source, "versioned", False):
+            why = ("the shard is shorter than the index this store read earlier says: the store changed since it "
+                   "was opened (a remote store is read as a snapshot; reopen it), or the shard is truncated")
+        else:
+            why = "the shard is truncated, or it changed while being read"
+        return DecodeError(f"shard {shard!r}: inner chunk {chunk} at bytes {rng[0]}+{rng[1]}: read {got}: {why}")
 
     def local(self, chunk: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
         """``(shard index, position of the inner chunk in the shard's flattened index)``."""
@@ -175,17 +266,14 @@ class ShardIndex:
         if self.whole:
             return self._read_many_whole(source, [chunk], wrap=False)[0]  # one chunk: the caller names it
         shard, pos = self.local(chunk)
-        known, index = self.cached(shard)
-        if not known:
-            key, start, length = self.index_request(shard)
-            index = self.store_index(shard, source.get_range(key, start, length))
+        key = self.info.key(chunk)  # (the shard's key)
+        index = self._load_index(source, shard, key)
         rng = self.byte_range(index, pos)
         if rng is None:
             return None
-        raw = source.get_range(self.info.key(chunk), rng[0], rng[1])
+        raw = source.get_range(key, rng[0], rng[1])
         if raw is None or len(raw) != rng[1]:
-            got = "nothing" if raw is None else f"{len(raw)} bytes"
-            raise DecodeError(f"inner chunk at bytes {rng[0]}+{rng[1]} of its shard: read {got} (truncated shard?)")
+            raise self._short(source, chunk, rng, raw)
         return raw
 
     def read_many(self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]]) -> list[bytes | None]:
@@ -195,17 +283,40 @@ class ShardIndex:
         if self.whole:
             return self._read_many_whole(source, chunks)
         locs = [self.local(c) for c in chunks]
-        need = sorted({s for s, _ in locs if not self.cached(s)[0]})
+        first: dict[tuple[int, ...], tuple[int, ...]] = {}  # shard -> its first requested chunk (named on failure)
+        wanted = set(chunks)
+        for c, (s, _) in zip(chunks, locs):
+            first.setdefault(s, c)
+        versions = {s: self.version(source, s) for s in first}  # one stat per shard on local files
+        indexes: dict[tuple[int, ...], np.ndarray | None] = {}
+        need = []
+        for s, v in versions.items():
+            known, index = self.cached(s, v)
+            if known or v is None:  # (None: no such local file)
+                indexes[s] = index if known else self.store_index(s, None, None)
+            else:
+                need.append(s)
         if need:
             for s, raw in zip(need, source.get_ranges([self.index_request(s) for s in need])):
-                self.store_index(s, raw)
-        ranges = [self.byte_range(self.cached(s)[1], p) for s, p in locs]
+                v = versions[s]
+                try:
+                    try:
+                        indexes[s] = self.store_index(s, raw, v, v[0] if v else None)
+                    except DecodeError:
+                        if v == _SNAPSHOT or self.version(source, s) == v:
+                            raise
+                        indexes[s] = self._load_index(source, s)  # rewritten since its stat: read again
+                except DecodeError as e:  # named: the requested chunk whose entry is bad, else the shard's first
+                    bad = getattr(e, "chunk", None)
+                    raise ShardReadError(bad if bad in wanted else first[s], self.shard_key(s), e) from e
+        ranges = [self.byte_range(indexes[s], p) for s, p in locs]
         todo = [(i, self.info.key(c), r) for i, (c, r) in enumerate(zip(chunks, ranges)) if r is not None]
         got = source.get_ranges([(k, r[0], r[1]) for _, k, r in todo])
         out: list[bytes | None] = [None] * len(chunks)
         for (i, _, r), raw in zip(todo, got):
             if raw is None or len(raw) != r[1]:
-                raise DecodeError(f"inner chunk {chunks[i]} at bytes {r[0]}+{r[1]} of its shard: truncated shard")
+                e = self._short(source, chunks[i], r, raw)
+                raise ShardReadError(chunks[i], self.shard_key(locs[i][0]), e) from e
             out[i] = raw
         return out
 
@@ -225,19 +336,19 @@ class ShardIndex:
         with self._lock:  # shard bytes read earlier for requested chunks that were all empty (no chunk to carry them)
             fetched, self._orphan = self._orphan, 0
         for shard, wanted in by_shard.items():  # in order of first use
-            first = chunks[wanted[0][0]]
+            failing = chunks[wanted[0][0]]  # the chunk an error names: the shard's first, or the one that failed
             try:
-                blob, got = self._blob(source, shard)
+                blob, index, got = self._blob(source, shard)
                 fetched += got
                 if blob is None:
                     continue
-                index = self.cached(shard)[1]
                 view = memoryview(blob)
                 for i, pos in wanted:
                     rng = self.byte_range(index, pos)
                     if rng is None:
                         continue
-                    if rng[0] + rng[1] > len(blob):
+                    if rng[0] + rng[1] > len(blob):  # (store_index checked it: cannot happen)
+                        failing = chunks[i]
                         raise DecodeError(f"inner chunk {chunks[i]} at bytes {rng[0]}+{rng[1]} of its decoded shard "
                                           f"of {len(blob)} bytes: corrupt shard index")  # fmt: skip
                     inner = InnerChunk(view[rng[0] : rng[0] + rng[1]])  # a copy: the result keeps no shard alive
@@ -247,28 +358,37 @@ class ShardIndex:
             except (DecodeError, OSError) as e:
                 if not wrap:
                     raise
-                raise ShardReadError(first, self.shard_key(shard), e) from e
+                bad = getattr(e, "chunk", None)  # a bad index entry of a requested chunk: that chunk
+                if bad is not None and any(chunks[i] == bad for i, _ in wanted):
+                    failing = bad
+                raise ShardReadError(failing, self.shard_key(shard), e) from e
             del blob
         if fetched:  # every chunk asked for was empty: counted on a later request's first chunk
             with self._lock:
                 self._orphan += fetched
         return out
 
-    def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[bytes | None, int]:
-        """The decoded shard (None when it is missing), from the process-wide cache or read and decoded, and the
-        stored bytes read for it (0 from the cache); its index parsed. No lock is held across the read: a reader that misses the cache reads and decodes the shard
-        itself, so a hung request holds up only the reader that made it (two readers missing the same shard at
-        once both decode it; the cache keeps one)."""
-        with self._lock:
-            if self._cache.get(shard, 0) is None:  # known missing
-                return None, 0
-        blob = _SHARDS.get((self._token, shard))
+    def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[bytes | None, np.ndarray | None, int]:
+        """The decoded shard (None when it is missing), from the process-wide cache or read and decoded, its index,
+        and the stored bytes read for it (0 from the cache). Both are cached under the shard's version (a local
+        shard rewritten since is read again; remote ones are a snapshot). No lock is held across the read: a
+        reader that misses the cache reads and decodes the shard itself, so a hung request holds up only the
+        reader that made it (two readers missing the same shard at once both decode it; the cache keeps one)."""
+        version = self.version(source, shard)
+        known, index = self.cached(shard, version)
+        if known and index is None or version is None:  # known missing, or no such local file
+            if not known:
+                self.store_index(shard, None, None)
+            return None, None, 0
+        blob = _SHARDS.get((self._token, shard, version))
         if blob is not None:
-            return blob, 0
+            if not known:  # (its index was replaced by another version's since: parse it again)
+                index = self._blob_index(shard, blob, version)
+            return blob, index, 0
         raw = source.get(self.shard_key(shard))
         if raw is None:
-            self.store_index(shard, None)
-            return None, 0
+            self.store_index(shard, None, version)
+            return None, None, 0
         fetched = len(raw)
         try:
             blob = bytes(decode_bytes(self.whole, raw))
@@ -276,12 +396,17 @@ class ShardIndex:
             codecs = [cid for cid, _ in reversed(self.whole)]
             raise DecodeError(f"shard (codecs {codecs} after sharding_indexed): {e}") from e
         del raw
+        index = self._blob_index(shard, blob, version)
+        _SHARDS.put((self._token, shard, version), blob)
+        return blob, index, fetched
+
+    def _blob_index(self, shard: tuple[int, ...], blob: bytes, version: tuple[int, ...] | None) -> np.ndarray | None:
+        """Parse, check and cache the index of a decoded whole shard."""
         if len(blob) < self.index_nbytes:
-            raise DecodeError(f"decoded shard of {len(blob)} bytes is shorter than its index ({self.index_nbytes})")
+            raise DecodeError(f"shard {self.shard_key(shard)!r}: decoded shard of {len(blob)} bytes is shorter "
+                              f"than its index ({self.index_nbytes})")  # fmt: skip
         at = len(blob) - self.index_nbytes if self.location == "end" else 0
-        self.store_index(shard, blob[at : at + self.index_nbytes])
-        _SHARDS.put((self._token, shard), blob)
-        return blob, fetched
+        return self.store_index(shard, blob[at : at + self.index_nbytes], version, len(blob))
 
 
 def stored_nbytes(raw: bytes | None) -> int:
@@ -297,6 +422,14 @@ class InnerChunk(bytes):
     ``fetched`` instead of the chunk's length (which is the inner chunk's size after the shard was decoded)."""
 
     fetched: int = 0
+
+
+class IndexEntryError(DecodeError):
+    """A shard index entry that is neither empty nor a byte range in the shard; ``chunk`` is its inner chunk."""
+
+    def __init__(self, chunk: tuple[int, ...], message: str):
+        super().__init__(message)
+        self.chunk = chunk
 
 
 class ShardReadError(Exception):
@@ -315,7 +448,9 @@ class _ShardCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: collections.OrderedDict[tuple[int, tuple[int, ...]], bytes] = collections.OrderedDict()
+        # (array token, shard, shard version) -> decoded shard: a shard rewritten since is another key (the old one
+        # ages out)
+        self._items: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
         self.nbytes = 0
         # arrays whose ShardIndex is gone, their shards dropped at the next get/put: the finalizer only appends
         # here (it may run from a garbage collection inside this lock, on the thread holding it)
@@ -335,7 +470,7 @@ class _ShardCache:
         for key in [k for k in self._items if k[0] in dead]:
             self.nbytes -= len(self._items.pop(key))
 
-    def get(self, key: tuple[int, tuple[int, ...]]) -> bytes | None:
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
         with self._lock:
             self._purge()
             blob = self._items.get(key)
@@ -343,7 +478,7 @@ class _ShardCache:
                 self._items.move_to_end(key)
             return blob
 
-    def put(self, key: tuple[int, tuple[int, ...]], blob: bytes) -> None:
+    def put(self, key: tuple[Any, ...], blob: bytes) -> None:
         with self._lock:
             self._purge()
             old = self._items.pop(key, None)

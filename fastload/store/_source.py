@@ -61,6 +61,17 @@ class BaseByteSource(abc.ABC):
     def describe(self, key: str = "") -> str:
         """The full path or URL of ``key``, for error messages."""
 
+    versioned = False
+    """Whether :meth:`version` is cheap (one local ``stat``) and may be asked at every read: local files. Readers
+    that cache what they read of an object (a shard's index) check it against :meth:`version` then; a source without
+    it (remote objects) is taken as a snapshot that does not change while a store is open."""
+
+    def version(self, key: str) -> tuple[int, ...] | None:
+        """The object's ``(size, mtime_ns, inode)``, changed by any rewrite; None when ``key`` does not exist.
+
+        Only sources with :attr:`versioned` implement it (one ``stat``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cheap version check (versioned is False)")
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds an object (reads it; override where a cheaper test exists)."""
         return self.get(key) is not None
@@ -202,6 +213,11 @@ class LocalSource(BaseByteSource):
         finally:
             os.close(fd)
 
+    versioned = True
+
+    def version(self, key: str) -> tuple[int, ...] | None:
+        return _stat_version(self._path(key))
+
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
 
@@ -259,6 +275,14 @@ class FsspecSource(BaseByteSource):
         self.fs = fs
         self.url = url
         self.root = path.rstrip("/")
+        protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        # local files through fsspec (file://): a stat is as cheap as LocalSource's
+        self.versioned = "file" in protocol or "local" in protocol
+
+    def version(self, key: str) -> tuple[int, ...] | None:
+        if not self.versioned:
+            return super().version(key)
+        return _stat_version(self.fs._strip_protocol(self._path(key)))
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -389,6 +413,18 @@ def _unknown_protocol(url: str) -> str | None:
         except ImportError:  # known, its package missing: not what this asks
             continue
     return None
+
+
+def _stat_version(path: str) -> tuple[int, ...] | None:
+    """``(size, mtime_ns, inode)`` of a local file (:meth:`BaseByteSource.version`); None when it does not exist
+    or is a folder."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _missing_or_raise(v: Any) -> bytes | None:
