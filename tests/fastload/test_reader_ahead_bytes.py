@@ -113,9 +113,11 @@ def _inject_after_last_read(monkeypatch, last: int, hold: threading.Event | None
             assert g is not None
             claimed.append(g)
             real_fetch = ahead._fetch_many
+            started = threading.Event()
 
             def slow(array, chunks, g=g):
                 if (array, chunks) == (g.array, g.chunks):
+                    started.set()
                     if hold is None:
                         time.sleep(0.2)  # (no timed assert: the request is still in flight at the hand-out)
                     else:
@@ -124,6 +126,7 @@ def _inject_after_last_read(monkeypatch, last: int, hold: threading.Event | None
 
             ahead._fetch_many = slow
             reader._pool.submit(ahead.run, g)
+            assert started.wait(30)  # running, not queued, when the batch is handed out (a queued one is not made)
         return out
 
     monkeypatch.setattr(ThreadBackend, "read", read)
