@@ -307,14 +307,11 @@ class FsspecSource(BaseByteSource):
         if not keys:
             return []
         paths = [self._path(k) for k in keys]
-        got = self.fs.cat(paths, on_error="return")
-        if not isinstance(got, dict):  # a single path comes back as bytes
-            got = {paths[0]: got}
-        out: list[bytes | None] = []
-        for p in paths:
-            v = got.get(p, got.get(self.fs._strip_protocol(p)))
-            out.append(_missing_or_raise(v))
-        return out
+        # cat_ranges, not cat: cat expands glob characters ("b[1].zarr" matched nothing and every chunk read as
+        # missing or fell back to one request each); whole objects are the ranges (None, None)
+        nones = [None] * len(paths)
+        got = self.fs.cat_ranges(paths, nones, nones, on_error="return")
+        return [_missing_or_raise(v) for v in got]
 
     def get_ranges(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
         if not requests:

@@ -54,12 +54,14 @@ def _xr_read(path):
 
 @pytest.mark.parametrize("compressors", [None, "zstd"])
 @pytest.mark.parametrize("how", ["one", "batched"])
-def test_shard_rewritten_under_an_open_store_reads_its_new_values(tmp_path, compressors, how):
+@pytest.mark.parametrize("url", [False, True])
+def test_shard_rewritten_under_an_open_store_reads_its_new_values(tmp_path, compressors, how, url):
     """High, finding 1: after xarray rewrote the shard (step 0 as NaN), the open store returned another step's
-    values for steps 0 and 1, and a 'truncated shard' error for steps 2 and 3."""
+    values for steps 0 and 1, and a 'truncated shard' error for steps 2 and 3. (``url``: the same files through
+    fsspec's ``file://``, also checked.)"""
     path = str(tmp_path / "s.zarr")
     ds = _xr_store(path, compressors=None if compressors is None else [ZstdCodec()])
-    s = open_store(path)
+    s = open_store(f"file://{path}" if url else path)
     np.testing.assert_array_equal(s.read("sp")[:, 0], ds["sp"].values)  # every shard index cached
     _rewrite_step0_nan(path, ds)
     ref = _xr_read(path)
