@@ -145,9 +145,10 @@ def test_a_request_in_flight_when_the_last_batch_is_read_counts_in_that_epoch(tm
         claimed = _inject_after_last_read(monkeypatch, len(loader) - 1)
         counted = [b.stats.bytes_stored for b in loader]
         assert len(claimed) == 1 and len(counted) == len(loader)
+        assert claimed[0].event.wait(30)  # (answered: the store has served it; before the fix it was still running)
+        assert claimed[0].raws is not None and sum(map(len, claimed[0].raws)) > 0
         served = src.bytes
         assert sum(counted) == served and loader.stats.bytes_stored == served, (sum(counted), served)
-        assert claimed[0].raws is not None and sum(map(len, claimed[0].raws)) > 0  # (it was read and counted)
 
 
 def test_a_hung_request_at_the_epochs_end_is_given_up_after_the_read_timeout(tmp_path, monkeypatch, caplog):
