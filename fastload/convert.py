@@ -11,6 +11,9 @@ chunking fastload samples well, and keeps what a loader must know:
   from its units and names;
 - regional grids (no wrap is invented) and latitudes in stored order (north-to-south stays so, recorded in the
   group attribute ``latitude_order``);
+- only latitude-longitude grids: a variable over a rotated-pole axis (``rlat``/``rlon``, standard_name
+  ``grid_latitude``/``grid_longitude``: CORDEX) or with a ``grid_mapping`` other than ``latitude_longitude`` is an
+  error naming it (its axes are not true degrees; ``ds.to_zarr`` keeps its 2-D lat/lon, a curvilinear store);
 - missing values (land in ocean data) as NaN, with fill value NaN, and their count in ``missing_count``;
 - units, long names and other variable attributes, the global attributes and the list of source files.
 
@@ -58,8 +61,8 @@ GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grb1", ".grib2", ".grb2")
 ROLES = ("time", "level", "latitude", "longitude")
 _NAMES = {
     "time": ("time", "valid_time", "t", "date", "datetime"),
-    "latitude": ("latitude", "lat", "lats", "nav_lat", "rlat"),
-    "longitude": ("longitude", "lon", "lons", "nav_lon", "rlon"),
+    "latitude": ("latitude", "lat", "lats", "nav_lat"),
+    "longitude": ("longitude", "lon", "lons", "nav_lon"),
     "level": ("level", "levels", "lev", "plev", "pressure_level", "pressure", "isobaricinhpa", "isobaricinpa",
               "hybrid", "model_level", "model_level_number", "level_number", "depth", "deptht", "depthu", "depthv",
               "z", "height", "altitude", "heightaboveground", "sigma"),
@@ -70,6 +73,24 @@ _STD_LEVEL = {"air_pressure": "pressure", "depth": "depth", "height": "height", 
 _PRESSURE_UNITS = ("pa", "hpa", "mbar", "millibar", "millibars", "mb", "kpa", "bar")
 _LENGTH_UNITS = ("m", "km", "meter", "meters", "metre", "metres", "cm")
 DTYPES = ("float32", "float64", "keep")
+_ROTATED_STD = ("grid_latitude", "grid_longitude")  # CF: a rotated-pole grid's axes, in rotated degrees
+_ROTATED_NAMES = ("rlat", "rlon")  # CORDEX's names of those axes
+_SUPPORTED_GRID = ("convert writes regular latitude-longitude grids: 1-D latitude and longitude coordinates in "
+                   "true degrees, and no grid_mapping or one whose grid_mapping_name is 'latitude_longitude'; "
+                   "regrid the file to latitudes and longitudes first (e.g. cdo remapbil), or write it to zarr as "
+                   "it is with xarray (ds.to_zarr), which fastload opens as a curvilinear grid from its 2-D "
+                   "latitude and longitude")  # fmt: skip
+
+
+def _rotated(name: str, coord: Any) -> str | None:
+    """Why the dimension ``name`` is an axis of a rotated-pole grid (its values are not true latitudes or
+    longitudes), or None when it is not one."""
+    std = str(dict(getattr(coord, "attrs", {}) or {}).get("standard_name", "")).lower()
+    if std in _ROTATED_STD:
+        return f"its coordinate's standard_name is {std!r} (a rotated-pole axis, not true degrees)"
+    if name.lower() in _ROTATED_NAMES:
+        return f"{name!r} is the usual name of a rotated-pole axis (rotated, not true degrees)"
+    return None
 
 
 def _role(name: str, coord: Any) -> str | None:
@@ -130,6 +151,7 @@ class _Source:
     ds: Any  # xarray.Dataset, opened lazily
     roles: dict[str, str]  # dim name -> role
     time: np.ndarray | None  # datetime64[ns] or None
+    rotated: dict[str, str] = dataclasses.field(default_factory=dict)  # dim name -> why it is a rotated-pole axis
 
 
 def _open(path: Path, stack: contextlib.ExitStack) -> list[_Source]:
@@ -160,8 +182,12 @@ def _starts_with_grib(path: Path) -> bool:
 
 
 def _source(path: Path, ds: Any) -> _Source:
-    roles = {}
+    roles, rotated = {}, {}
     for d in ds.dims:
+        why = _rotated(str(d), ds[d] if d in ds.coords else None)
+        if why is not None:  # refused in _variables, for a variable over it (see _check_grid)
+            rotated[str(d)] = why
+            continue
         role = _role(str(d), ds[d] if d in ds.coords else None)
         if role is not None:
             if role in roles.values():
@@ -180,7 +206,7 @@ def _source(path: Path, ds: Any) -> _Source:
                               "the file out")  # fmt: skip
         if time.size > 1 and not (time[1:] > time[:-1]).all():  # np.diff overflows int64 ns over 292 years
             raise SchemaError(f"{path}: time {tdim!r} is not strictly increasing")
-    return _Source(path, ds, roles, time)
+    return _Source(path, ds, roles, time, rotated)
 
 
 def _refuse_time(path: Path, tdim: str, coord: Any) -> None:
@@ -319,6 +345,7 @@ def _variables(src: _Source, selected: Sequence[str] | None) -> dict[str, _Var]:
         da = ds[name]
         if selected is None and (name in bounds or name.endswith(("_bnds", "_bounds")) or da.ndim == 0):
             continue
+        _check_grid(src, name)
         dims: dict[str, str] = {}
         squeeze = []
         for d, n in zip(da.dims, da.shape):
@@ -341,6 +368,37 @@ def _variables(src: _Source, selected: Sequence[str] | None) -> dict[str, _Var]:
             raise SchemaError(f"{src.path}: variable {name!r} has dtype {da.dtype}; expected numbers")
         out[name] = _Var(src, dims, tuple(squeeze))
     return out
+
+
+def _grid_mappings(da: Any) -> list[str]:
+    """The names of the grid-mapping variables a variable's CF ``grid_mapping`` attribute names: ``"crs"``, or the
+    extended form ``"crs_a: x y crs_b: lat lon"`` (each name before a colon)."""
+    gm = da.attrs.get("grid_mapping", da.encoding.get("grid_mapping"))
+    if not isinstance(gm, str) or not gm.strip():
+        return []
+    words = gm.split()
+    named = [w[:-1] for w in words if w.endswith(":")]
+    return named if named else words
+
+
+def _check_grid(src: _Source, name: str) -> None:
+    """Refuse a variable on a grid that is not latitude-longitude: over a rotated-pole axis (``rlat``/``rlon``,
+    standard_name ``grid_latitude``/``grid_longitude``: CORDEX), or with a ``grid_mapping`` whose
+    ``grid_mapping_name`` is not ``latitude_longitude``. Taking such axes as latitude and longitude would write
+    rotated degrees as true ones (a grid 20..60 N becomes -20..20)."""
+    da = src.ds[name]
+    over = [d for d in da.dims if str(d) in src.rotated]
+    if over:
+        d = str(over[0])
+        raise SchemaError(f"{src.path}: variable {name!r} is over dimension {d!r}, and {src.rotated[d]}; "
+                          f"{_SUPPORTED_GRID}")  # fmt: skip
+    for gm in _grid_mappings(da):
+        if gm not in src.ds.variables:
+            continue  # names nothing in the file: nothing says the grid is not latitude-longitude
+        kind = src.ds[gm].attrs.get("grid_mapping_name")
+        if kind != "latitude_longitude":
+            raise SchemaError(f"{src.path}: variable {name!r} has grid_mapping {gm!r} whose grid_mapping_name is "
+                              f"{kind!r}, not 'latitude_longitude'; {_SUPPORTED_GRID}")  # fmt: skip
 
 
 GRID_ATOL = 1e-4
