@@ -232,8 +232,15 @@ class ChunkDecoder:
             return
         cid, codec = self._bytes_steps[0]
         declared = _expected_size(cid, raw)
-        if declared is None:
-            buf = codec.decode(raw)
+        if declared is None or (cid == "gzip" and declared != self.nbytes):
+            # gzip's trailer holds only the last member's size (mod 2**32): several members or zero padding after
+            # the member (zarr-python reads both) or a truncated stream make it another number, so the codec's own
+            # decode decides, and then the decoded size is checked
+            try:
+                buf = codec.decode(raw)
+            except Exception as e:  # EOFError, zlib.error, BadGzipFile, ...
+                raise DecodeError(f"{cid} stream truncated or corrupt ({len(raw)} stored bytes): "
+                                  f"{type(e).__name__}: {e}") from e  # fmt: skip
             if memoryview(buf).nbytes != self.nbytes:
                 raise DecodeError(f"decoded {memoryview(buf).nbytes} bytes, expected {self.nbytes}")
             dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(buf, np.uint8)

@@ -271,3 +271,43 @@ def test_a_json_true_marker_of_a_bool_field_is_masked_as_xarray_masks_it(tmp_pat
         got = fastload.extract(open_store(p), SamplingConfig(fields=[f]), [[0, 0, 0]], jit=jit)["lsm"].data.ravel()
         np.testing.assert_array_equal(got, want)
     assert np.isnan(want).sum() == 2
+
+
+def _gzip_store(path, fmt: int) -> tuple[np.ndarray, object]:
+    """One gzip chunk (5, 7, 9) float32 in a v2 or v3 store; returns the data and the chunk file's path."""
+    data = np.arange(5 * 7 * 9, dtype="f4").reshape(5, 7, 9) * np.float32(0.5)
+    comp = numcodecs.GZip() if fmt == 2 else zarr.codecs.GzipCodec()
+    _tiny_store(path, fmt, data, chunks=(5, 7, 9), compressors=[comp])
+    return data, path / "v" / ("0.0.0" if fmt == 2 else "c/0/0/0")
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("how", ["two members", "zero padding"])
+def test_gzip_chunk_of_two_members_or_padded_reads_as_zarr_reads_it(tmp_path, fmt, how):
+    """Review r2 finding 3: gzip's trailer (the last member's size) was taken as the chunk's decoded size, so a
+    chunk of two gzip members or with zero bytes after its member (zarr-python reads both) was refused."""
+    import gzip
+
+    data, f = _gzip_store(tmp_path / "s.zarr", fmt)
+    raw = data.tobytes()
+    blob = gzip.compress(raw[:630]) + gzip.compress(raw[630:]) if how == "two members" else gzip.compress(raw) + bytes(16)
+    f.write_bytes(blob)
+    ref = zarr_read(tmp_path / "s.zarr", "v")
+    np.testing.assert_array_equal(ref, data)  # zarr-python reads it
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").read_array("v"), ref)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_truncated_gzip_chunk_says_truncated_and_names_the_chunk(tmp_path, fmt):
+    """Finding 3: a truncated gzip chunk reported the size its last four bytes happened to spell ('gzip stream
+    declares 1863787636 decoded bytes'); now it says truncated or corrupt, naming the chunk's file."""
+    from fastload.errors import ChunkReadError
+
+    data, f = _gzip_store(tmp_path / "s.zarr", fmt)
+    whole = f.read_bytes()
+    for cut in (12, len(whole) // 2, len(whole) - 5, len(whole) - 1):
+        f.write_bytes(whole[:cut])
+        with pytest.raises(ChunkReadError, match="truncated or corrupt") as e:
+            open_store(tmp_path / "s.zarr").read_array("v")
+        assert e.value.chunk == (0, 0, 0) and str(f) in str(e.value), str(e.value)
+        assert "declares" not in str(e.value)
