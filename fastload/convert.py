@@ -52,6 +52,7 @@ import numpy as np
 from ._progress import Progress
 from ._zarr_location import zarr_location
 from .errors import ConfigError, SchemaError, StoreError, StoreNotFoundError
+from .rechunk import cast_counting_overflow, warn_overflow
 from .store._cf import NS_RANGE, decode_time
 from .write import CODECS, DEFAULT_CODEC, LEVEL_TYPES, StoreWriter, check_output, parse_ints
 
@@ -440,7 +441,7 @@ def _static_difference(name: str, a: _Var, b: _Var) -> str | None:
     )
     if keys:
         return f"attributes {keys}"
-    va, vb = _read(a, name, None, None), _read(b, name, None, None)  # roles order, length-1 dims dropped
+    va, vb = _read(a, name, None), _read(b, name, None)  # roles order, length-1 dims dropped
     if va.shape != vb.shape:
         return f"shape {va.shape} vs {vb.shape}"
     if not _equal_values(va, vb):
@@ -520,14 +521,15 @@ def _plan(sources: list[_Source], selected: Sequence[str] | None):
     return pieces, time, coords
 
 
-def _read(v: _Var, name: str, t: slice | None, dtype: np.dtype | None) -> np.ndarray:
+def _read(v: _Var, name: str, t: slice | None) -> np.ndarray:
+    """Variable ``name`` of ``v``'s file (times ``t``, all when None) as stored, in roles order, length-1 dims
+    dropped."""
     da = v.source.ds[name]
     if v.squeeze:
         da = da.isel({d: 0 for d in v.squeeze})
     if t is not None:
         da = da.isel({v.dims["time"]: t})
-    block = np.asarray(da.transpose(*(v.dims[r] for r in v.roles)).values)
-    return block if dtype is None else block.astype(dtype, copy=False)
+    return np.asarray(da.transpose(*(v.dims[r] for r in v.roles)).values)
 
 
 def convert(
@@ -609,9 +611,9 @@ def _convert_variable(w: StoreWriter, name: str, vs: list[_Var], chunks: Sequenc
     dt = np.dtype(da.dtype if dtype == "keep" else dtype)
     attrs = {k: v for k, v in da.attrs.items() if not str(k).startswith("_") and k not in ("coordinates",)}
     w.add_variable(name, vs[0].roles, dtype=dt, chunks=chunks, codec=codec, shards=shards, attrs=attrs)
-    missing = 0
+    missing = overflow = 0  # overflow: finite values the cast to dt made +-inf (float64 beyond float32's range)
     if "time" not in vs[0].dims:
-        block = _read(vs[0], name, None, dt)
+        block, overflow = cast_counting_overflow(_read(vs[0], name, None), dt)
         w.write(name, block, (0,) * block.ndim)
         missing = int(np.isnan(block).sum()) if dt.kind == "f" else 0
         bar.update(block.nbytes)
@@ -622,13 +624,16 @@ def _convert_variable(w: StoreWriter, name: str, vs: list[_Var], chunks: Sequenc
             for v, a, b in zip(vs, offsets[:-1], offsets[1:]):
                 lo, hi = max(sl.start, a), min(sl.stop, b)
                 if lo < hi:
-                    parts.append(_read(v, name, slice(lo - a, hi - a), dt))
+                    part, k = cast_counting_overflow(_read(v, name, slice(lo - a, hi - a)), dt)
+                    parts.append(part)
+                    overflow += k
             block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
             if dt.kind == "f":
                 missing += int(np.isnan(block).sum())
             w.write(name, block, sl.start)
             bar.update(block.nbytes)
     w.update_attrs(name, {"missing_count": missing})
+    warn_overflow("convert", "variable", name, overflow, dt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

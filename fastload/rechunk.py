@@ -471,10 +471,8 @@ def rechunk(
             """``part`` of field ``n`` in the copy's dtype, as astype converts; counts what overflowed."""
             if part.dtype == out_dtypes[n] or part.dtype.kind != "f" or out_dtypes[n].kind != "f":
                 return part
-            with np.errstate(over="ignore", invalid="ignore"):  # counted and said once, below
-                got = part.astype(out_dtypes[n])
-            if out_dtypes[n].itemsize < part.dtype.itemsize:
-                overflow[n] += int(np.count_nonzero(np.isinf(got) & np.isfinite(part)))
+            got, k = cast_counting_overflow(part, out_dtypes[n])  # counted and said once, below
+            overflow[n] += k
             return got
 
         for n in names:
@@ -524,10 +522,31 @@ def rechunk(
                         bar.update(part.nbytes)
                     del block
         for n, k in overflow.items():
-            if k:
-                log.warning("fastload rechunk: field %r: %d finite values beyond the range of %s (|x| > %g) became "
-                            "+-inf in the copy", n, k, out_dtypes[n], float(np.finfo(out_dtypes[n]).max))  # fmt: skip
+            warn_overflow("rechunk", "field", n, k, out_dtypes[n])
     return w.out
+
+
+def cast_counting_overflow(values: np.ndarray, dtype: Any) -> tuple[np.ndarray, int]:
+    """``values`` in ``dtype`` as numpy's (and xarray's) ``astype`` converts them, and how many finite values
+    became +-inf on the way (floats narrowed beyond the range of ``dtype``, e.g. float64 1e39 to float32), without
+    numpy's overflow warning, which names no field: the caller says the count once per field
+    (:func:`warn_overflow`). ``values`` itself when it already has ``dtype``."""
+    dtype = np.dtype(dtype)
+    if values.dtype == dtype:
+        return values, 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = values.astype(dtype)
+    if values.dtype.kind == "f" and dtype.kind == "f" and dtype.itemsize < values.dtype.itemsize:
+        return got, int(np.count_nonzero(np.isinf(got) & np.isfinite(values)))
+    return got, 0
+
+
+def warn_overflow(tool: str, kind: str, name: str, count: int, dtype: Any) -> None:
+    """Log, as a WARNING of the ``fastload`` logger, that ``count`` finite values of ``kind`` (field, variable)
+    ``name`` became +-inf in ``tool``'s copy in ``dtype`` (:func:`cast_counting_overflow`); nothing when 0."""
+    if count:
+        log.warning("fastload %s: %s %r: %d finite values beyond the range of %s (|x| > %g) became +-inf in the "
+                    "copy", tool, kind, name, count, np.dtype(dtype), float(np.finfo(dtype).max))  # fmt: skip
 
 
 def _copy_dtype(source: Any, unpacked: bool, dtype: np.dtype | None) -> np.dtype:
