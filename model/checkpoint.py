@@ -8,6 +8,12 @@ checkpoint also holds the optimizer state, the step and the RNG states, written 
 when complete (a crash never leaves a half-written checkpoint under the real name); the file and then its directory
 are fsynced, and the file gets the mode the umask gives (0o644 under the usual 022), as any file ``open`` creates.
 
+The temporary, ``.<name>.tmp-<host>-<pid>-<start>-w<n>`` beside the checkpoint, names its writer: a save killed by
+SIGKILL (the OOM killer, a preempted job) runs no cleanup and leaves it, full size, so the next save of the same
+checkpoint removes it, once its writer is provably gone on this host (:func:`_remove_stale_temporaries`). The
+writer's name and liveness rules are those of ``fastload/_write_temps.py`` for stores (``model`` may not import
+``fastload``, so the few functions they need are repeated here).
+
 File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
 
     {"format": 1, "kind": "multiformer" | "module", "config": {...}, "multiformer_config": {...} (Forecaster),
@@ -19,8 +25,13 @@ File layout (``torch.save`` of a dict, loadable with ``weights_only=True``)::
 from __future__ import annotations
 
 import errno
+import hashlib
+import itertools
+import logging
 import os
-import secrets
+import re
+import socket
+import stat
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -125,6 +136,7 @@ def save_checkpoint(
     else:
         payload["kind"], payload["state"] = "module", model.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)  # before writing: a killed save's temporary may be what fills the disk
     fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -140,15 +152,197 @@ def save_checkpoint(
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
-    """A new file beside ``path`` (a hidden name, created exclusively) with the mode ``open`` gives: 0o666 less the
-    umask. ``tempfile.mkstemp`` creates 0o600, so a checkpoint was unreadable by the group other jobs run as."""
+    """A new file beside ``path`` (a hidden name that names this process: :func:`_temp_prefix`, created
+    exclusively) with the mode ``open`` gives: 0o666 less the umask. ``tempfile.mkstemp`` creates 0o600, so a
+    checkpoint was unreadable by the group other jobs run as."""
+    host, pid, start = _writer_id()
+    prefix = _temp_prefix(path)
     for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = str(path.parent / f"{prefix}{host}-{pid}-{start}-w{next(_SEQ)}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"checkpoint: no free temporary name beside {str(path)!r}")
+
+
+# A writer's temporary and whether its writer is gone: the rules of fastload/_write_temps.py (_host, _proc_start,
+# writer_gone, _no_such_pid), repeated because model must not import fastload (tests/test_layering.py).
+
+log = logging.getLogger("model")
+_SEQ = itertools.count(1)  # numbers this process's temporaries (two saves of one checkpoint in two threads)
+_WARNED: set[str] = set()  # kept temporaries already named in a warning: each is named once per process
+_NAME_MAX = 255  # bytes in a file name (ext4, xfs, tmpfs, NFS, ...)
+_WRITER_ROOM = (64 + 1 + 20 + 1 + 32) + (1 + 20) + (1 + 20) + (2 + 20)  # <host>~<ns>~<boot>-<pid>-<start>-w<n>
+_OLD_TEMP = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")  # before 2026-11-23: .<name>.<12 hex digits>.tmp, no writer
+
+
+def _host() -> str:
+    """Where this process's pids mean something, as it goes into a temporary's name: the machine's name (characters
+    other than ``A-Za-z0-9._-`` as ``_``) and, where ``/proc`` tells, ``~<pid namespace inode>~<boot id>``: the
+    namespace tells containers of one machine apart, the boot id (new at each boot) machines of one name and this
+    machine before a reboot (``fastload/_write_temps.py``'s ``_host``)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = re.sub(r"[^0-9a-f]", "", fh.read().lower())
+    except OSError:
+        boot = ""
+    return f"{host}~{ns}~{boot}" if ns or boot else host
+
+
+def _proc_start(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of process ``pid`` from ``/proc/<pid>/stat``; None
+    when there is no such process. Raises OSError when ``/proc`` cannot tell (not Linux, no permission)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        if not os.path.isdir("/proc/self"):
+            raise OSError("no /proc") from None
+        return None
+    rest = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return int(rest[19]), rest[0]  # fields 22 (starttime) and 3 (state) of proc(5)
+
+
+def _writer_id() -> tuple[str, int, int]:
+    """(host, pid, start time in clock ticks since boot, 0 where ``/proc`` does not tell) of this process."""
+    try:
+        start = _proc_start(os.getpid())
+    except (OSError, ValueError, IndexError):
+        start = None
+    return _host(), os.getpid(), start[0] if start else 0
+
+
+def _writer_gone(pid: int, start: int) -> bool:
+    """True only when process ``pid`` of this host, started at ``start`` (clock ticks since boot; 0: unknown), is
+    provably not running: no such process, another process under a reused pid (another start time), or a zombie.
+    False when it runs or when that cannot be told."""
+    if pid <= 0:
+        return False
+    try:
+        now = _proc_start(pid)
+    except (OSError, ValueError, IndexError):  # no /proc: ask the kernel whether the pid exists
+        now = None
+    if now is None:  # also what hidepid=1/2 says of another user's live process: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # EPERM: it exists, under another user
+            return False
+        return False
+    started, state = now
+    return state in ("Z", "X") or (start != 0 and started != start)
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.tmp-``: what the names of ``path``'s temporaries start with, before the writer's
+    ``<host>-<pid>-<start>-w<n>`` (at most :data:`_WRITER_ROOM` bytes). A name too long to leave room for that
+    within a file name's 255 bytes is cut short and followed by ``~`` and 12 hex digits of its SHA-1, so that the
+    prefix stays that checkpoint's (it depends on the name alone: every writer of the checkpoint finds it)."""
+    prefix = f".{path.name}.tmp-"
+    if len(prefix.encode()) + _WRITER_ROOM <= _NAME_MAX:
+        return prefix
+    digest = hashlib.sha1(path.name.encode()).hexdigest()[:12]
+    keep = _NAME_MAX - _WRITER_ROOM - len(f".~{digest}.tmp-")
+    return f".{path.name.encode()[:keep].decode(errors='ignore')}~{digest}.tmp-"
+
+
+def _whole_checkpoint(p: Path) -> bool:
+    """Whether the file ``p`` is a whole ``torch.save`` archive (a zip whose central directory, at its end, lists a
+    ``data.pkl``): a save killed before it had written everything left no central directory."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except Exception:  # noqa: BLE001 - a truncated file's tail can hold anything: then it is no whole archive
+        return False
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of checkpoint ``path`` that saves on this host left when they were killed; returns
+    the paths removed. Called by :func:`save_checkpoint` before it writes.
+
+    Removed: a temporary (a regular file) whose writer ran on this host (``<host>``, with pid namespace and boot
+    id) and is provably gone (:func:`_writer_gone`: no such process, a reused pid, a zombie), unless it is a whole
+    checkpoint (its writer was killed between the last byte and the rename: it may be the newest state).
+
+    Kept, each named once per process in one ``UserWarning`` with its size: another live process's temporary (a
+    save in progress: do two runs write this checkpoint?), another host's or another pid namespace's or boot's
+    (its writer cannot be checked from here: a shared file system), a dead writer's whole checkpoint, one of the
+    name an earlier version gave (``.<name>.<12 hex digits>.tmp``, which does not name its writer), and one that
+    could not be removed. Never touched: this process's own temporaries, and anything else."""
+    prefix = _temp_prefix(path)
+    try:
+        entries = sorted(path.parent.iterdir())
+    except OSError:  # a folder that cannot be listed: nothing to clean, and the save itself still works
+        return []
+    host, me = _host(), _writer_id()
+    removed: list[Path] = []
+    kept: list[tuple[Path, int, str]] = []  # (temporary, bytes, why it is kept)
+    for p in entries:
+        old = _OLD_TEMP.fullmatch(p.name)
+        who = re.fullmatch(r"(.+)-([0-9]+)-([0-9]+)-w[0-9]+", p.name[len(prefix):]) \
+            if p.name.startswith(prefix) else None  # fmt: skip
+        if who is None and (old is None or old.group(1) != path.name):
+            continue
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:  # removed meanwhile (its writer renamed it, another save removed it)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if who is None:
+            kept.append((p, st.st_size, "named by an earlier version, which does not say by which process; safe "
+                                        "to delete once no save of this checkpoint runs"))
+            continue
+        h, pid, start = who.group(1), int(who.group(2)), int(who.group(3))
+        if h != host:
+            if h.split("~")[0] == host.split("~")[0]:
+                where = (f"on {h}: this host's name ({host}) but another pid namespace or boot (a restarted "
+                         "container, a rebooted machine, another machine of that name)")
+            else:
+                where = f"on another host ({h})"
+            kept.append((p, st.st_size, f"written by process {pid} {where}, whose processes cannot be checked "
+                                        "from here; safe to delete once no save of this checkpoint runs there"))
+            continue
+        if (h, pid, start) == me or not _writer_gone(pid, start):
+            if (h, pid, start) != me:
+                kept.append((p, st.st_size, f"being written by process {pid}, running on this host (does another "
+                                            "run save to the same checkpoint?)"))
+            continue
+        if _whole_checkpoint(p):
+            kept.append((p, st.st_size, f"a whole checkpoint written by process {pid} (gone), killed before it "
+                                        f"renamed it to {path.name}: it may be newer than {path.name}; rename it "
+                                        "to use it, or delete it"))
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:  # another user's file in a shared folder, a read-only mount
+            kept.append((p, st.st_size, f"left by process {pid} (gone) but not removable here ({e.strerror})"))
+            continue
+        log.info("checkpoint %s: removed %s (%s), the temporary of a save by process %d, which was killed",
+                 path, p.name, _mb(st.st_size), pid)
+        removed.append(p)
+    new = [k for k in kept if str(k[0]) not in _WARNED]
+    if new:
+        _WARNED.update(str(p) for p, _, _ in new)
+        total = sum(size for _, size, _ in new)
+        warnings.warn(f"checkpoint {str(path)!r}: kept {len(new)} temporary file(s) beside it ({_mb(total)}) "
+                      "that this save cannot remove as a killed save's: "
+                      + "; ".join(f"{p.name} ({_mb(size)}): {why}" for p, size, why in new),
+                      UserWarning, stacklevel=3)
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:
