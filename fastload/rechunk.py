@@ -28,7 +28,8 @@ the source (``ds.sel(pressure_level=500)``) reads the copy. Not copied, and prin
 dimensions out of order or without its level coordinate; logged as a WARNING too), arrays along a dimension the copy
 does not have (``time_bnds(time, nv)``), arrays over 64 MiB. An
 AtmoRep source becomes per-variable arrays over ``time``, ``level``, ``latitude``, ``longitude`` (it has no
-per-variable names to keep). Times are re-encoded as ``hours since 1979-01-01`` (same values, other units).
+per-variable names to keep). Times are re-encoded as ``hours since 1979-01-01`` (same values, other units); the
+level coordinate is the source's stored values in its dtype (an int64 ``pressure_level`` stays int64).
 Attributes are the source's, none invented (85000 Pa without units is not labelled hPa), but for the layout's
 (root ``fastload_layout``, ``latitude_order``, ``rechunked_from``; ``level_type`` where the level's name does not tell).
 
@@ -459,7 +460,7 @@ def rechunk(
             lt = f0.level_type if f0.level_type in LEVEL_TYPES else "model"
             if src.layout != "per_variable":  # an AtmoRep source's, on its data array: the copy's is on the level
                 lattrs["level_type"] = lt
-            w.set_levels(f0.levels, level_type=lt, units=lattrs.pop("units", None), attrs=lattrs)
+            w.set_levels(_level_values(src, f0), level_type=lt, units=lattrs.pop("units", None), attrs=lattrs)
         if extras:
             group = _source_group(src)
             for name, dims in extras:
@@ -578,13 +579,33 @@ def _copied_attrs(info: Any) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in ("_ARRAY_DIMENSIONS", "_FillValue")}
 
 
-def _level_attrs(src: Any, f: Any) -> dict[str, Any]:
+def _level_coord(src: Any, f: Any) -> str | None:
+    """The name of the source's level coordinate array of field ``f`` (None: an AtmoRep ``levels`` attribute)."""
     if f.field_index is None:  # per-variable: the level coordinate is the dimension at the level axis
         dims = src.arrays[f.array].dims or ()
-        info = src.coords.get(dims[f.axes[2]]) if len(dims) > f.axes[2] else None
+        return dims[f.axes[2]] if len(dims) > f.axes[2] else None
+    return "level" if "level" in src.coords else None
+
+
+def _level_attrs(src: Any, f: Any) -> dict[str, Any]:
+    name = _level_coord(src, f)
+    return _copied_attrs(src.coords.get(name) if name is not None else None)
+
+
+def _level_values(src: Any, f: Any) -> np.ndarray:
+    """Field ``f``'s level values as the source stores them, in its dtype (an int64 ``pressure_level`` stays
+    int64; ``f.levels``, which the store hands out, are float64): its level coordinate array, or an AtmoRep
+    store's ``levels`` attribute as JSON gives it. ``f.levels`` when those are not the same values."""
+    name = _level_coord(src, f)
+    if name is not None and name in src.coords:
+        values = np.asarray(src.read_array(name)).reshape(-1)
     else:
-        info = src.coords.get("level")
-    return _copied_attrs(info)
+        values = np.asarray(src.arrays[f.array].attrs.get("levels", src.attrs.get("levels"))).reshape(-1)
+    if values.dtype.kind not in "iuf" or values.shape != f.levels.shape:
+        return f.levels
+    with np.errstate(over="ignore", invalid="ignore"):
+        same = np.array_equal(values.astype(np.float64), f.levels)
+    return values if same else f.levels
 
 
 def main(argv: Sequence[str] | None = None) -> int:
