@@ -13,7 +13,8 @@ chunking fastload samples well, and keeps what a loader must know:
   group attribute ``latitude_order``);
 - only latitude-longitude grids: a variable over a rotated-pole axis (``rlat``/``rlon``, standard_name
   ``grid_latitude``/``grid_longitude``: CORDEX) or with a ``grid_mapping`` other than ``latitude_longitude`` is an
-  error naming it (its axes are not true degrees; ``ds.to_zarr`` keeps its 2-D lat/lon, a curvilinear store);
+  error naming it (its axes are not true degrees; ``ds.to_zarr`` keeps its 2-D lat/lon, a curvilinear store); a
+  scalar ``latitude_longitude`` grid-mapping variable the fields name is copied;
 - missing values (land in ocean data) as NaN, with fill value NaN, and their count in ``missing_count``;
 - units, long names and other variable attributes, the global attributes and the list of source files.
 
@@ -598,11 +599,26 @@ def convert(
                 lt = _level_type(lname, lattrs)
                 w.set_levels(values, level_type=lt, units=lattrs.get("units"),
                              attrs={**lattrs, "source_name": lname})  # fmt: skip
+            for gm, mapping in _mapping_variables(pieces).items():  # what the fields' grid_mapping names
+                w.add_coordinate(gm, (), mapping.values, attrs=dict(mapping.attrs))
             with Progress(nbytes, "convert", "B", enabled=progress) as bar:
                 for name, vs in pieces.items():
                     bar.set_description(f"convert {name}")
                     _convert_variable(w, name, vs, chunks, codec, shards, dtype, bar)
     return Path(out).absolute()
+
+
+def _mapping_variables(pieces: dict[str, list[_Var]]) -> dict[str, Any]:
+    """The scalar grid-mapping variables (``latitude_longitude``, :func:`_check_grid`) the converted variables'
+    ``grid_mapping`` attributes name, each from the first file that has it: copied, so that the attribute names a
+    variable of the store (the datum, earth radius...)."""
+    out: dict[str, Any] = {}
+    for name, vs in pieces.items():
+        ds = vs[0].source.ds
+        for gm in _grid_mappings(ds[name]):
+            if gm not in out and gm not in pieces and gm in ds.variables and ds[gm].ndim == 0:
+                out[gm] = ds[gm]
+    return out
 
 
 def _convert_variable(w: StoreWriter, name: str, vs: list[_Var], chunks: Sequence[int] | None, codec: str,

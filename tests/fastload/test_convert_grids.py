@@ -11,6 +11,7 @@ import xarray as xr
 
 from fastload.convert import convert
 from fastload.errors import SchemaError
+from fastload.store import open_store
 
 RLAT = np.linspace(-20.0, 20.0, 9)
 RLON = np.linspace(-25.0, 15.0, 9)
@@ -75,3 +76,8 @@ def test_a_latitude_longitude_grid_mapping_is_converted(tmp_path):
     np.testing.assert_array_equal(got.latitude.values, lat)
     np.testing.assert_array_equal(got.longitude.values, lon)
     np.testing.assert_array_equal(got.tas.values, ds.tas.values)
+    assert got.tas.attrs["grid_mapping"] == "crs"  # and the variable it names is in the store, as in the file
+    assert got.crs.attrs == ds.crs.attrs and got.crs.values == ds.crs.values and got.crs.dtype == ds.crs.dtype
+    st = open_store(str(tmp_path / "ll.zarr"))  # the scalar crs is no field, and no warning
+    assert list(st.fields) == ["tas"] and st.grid.kind == "latlon"
+    np.testing.assert_array_equal(st.grid.lat, lat)
