@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._write_temps import UNFINISHED_ATTR, unfinished_attr
+from ._write_temps import UNFINISHED_ATTR, unfinished_attr, writing
 from ._zarr_location import zarr_location
 from .norm import FORMAT_VERSION
 from .write import sigint_deferred
@@ -171,11 +171,14 @@ class CoefficientWriter:
     """Creates the coefficient store (at the temporary path) and fills it target by target.
 
     Every zarr call runs under :func:`fastload.write.sigint_deferred`: Ctrl-C acts once zarr's writes are done,
-    so none lands in the temporary folder after it has been removed.
+    so none lands in the temporary folder after it has been removed; an OSError of its writes (a full disk) is a
+    :class:`~fastload.errors.StoreError` naming the temporary, what was written and the error
+    (:func:`fastload._write_temps.writing`).
     """
 
     def __init__(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None, out: str):
-        with sigint_deferred():
+        self.path, self.out = path, out
+        with writing(path, out, "the coefficient store's metadata"), sigint_deferred():
             self._create(path, store, selection, cfg, tmask, out)
 
     def _create(self, path: str, store: Any, selection: list, cfg: Any, tmask: np.ndarray | None, out: str) -> None:
@@ -256,7 +259,7 @@ class CoefficientWriter:
         local_mean = np.where(has, mean, np.nan).astype(np.float32)
         local_std = np.sqrt(np.divide(m2, n, out=np.full(m2.shape, np.nan), where=has)).astype(np.float32)
         g = self.groups[tg.field]
-        with sigint_deferred():
+        with writing(self.path, self.out, f"the local coefficients of field {tg.field!r}"), sigint_deferred():
             g["local_mean"][:, tg.level_pos] = local_mean
             g["local_std"][:, tg.level_pos] = local_std
         # global = exact Chan merge of the per-point statistics over the grid
@@ -272,7 +275,7 @@ class CoefficientWriter:
         )
 
     def finish(self, counts: dict[str, dict[str, int]]) -> None:
-        with sigint_deferred():
+        with writing(self.path, self.out, "the global coefficients"), sigint_deferred():
             self._finish(counts)
 
     def _finish(self, counts: dict[str, dict[str, int]]) -> None:

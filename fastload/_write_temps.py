@@ -36,8 +36,10 @@ Import these names from :mod:`fastload.write`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import errno
 import itertools
 import json
 import logging
@@ -45,11 +47,13 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import FastloadError, StoreError
 
 UNFINISHED_ATTR = "fastload_unfinished"
 """Root attribute of a store being written (see :func:`unfinished_message`); removed just before the rename."""
@@ -137,13 +141,14 @@ def make_temporary(out: str | os.PathLike[str]) -> Path:
     the second deleted the first's, and the first then published an empty store). A name that exists is never
     deleted nor reused: the next number is tried."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = temp_path(out, seq=next(_SEQ))
-        try:
-            os.mkdir(tmp)
-        except FileExistsError:
-            continue
+        with writing(tmp, out, "the temporary store's folder"):  # a full disk: named, not a traceback
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(tmp)
+            except FileExistsError:
+                continue
         with _HELD_LOCK:
             _HELD.add(os.fspath(tmp))
         return tmp
@@ -215,8 +220,9 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
 
     Only what a writer whose ``<host>`` is this host left, and only once that writer is gone (:func:`writer_gone`):
 
-    - ``<out>.tmp-<writer>`` not yet finished (:data:`UNFINISHED_ATTR`): removed. A finished one (the writer was
-      killed between finishing and moving it in) is kept with a warning: it may be the only copy of the newest data;
+    - ``<out>.tmp-<writer>`` not yet finished (:data:`UNFINISHED_ATTR`, or no :data:`FINISHED_EVIDENCE`: a group
+      whose attributes were never written): removed. A finished one (:func:`_complete`; the writer was killed
+      between finishing and moving it in) is kept with a warning: it may be the only copy of the newest data;
     - ``<out>.tmp-<writer>.new-<inode>`` (:func:`~fastload._write_atomic.ready_path`): kept with a warning when it
       is still the directory of that inode (the new store; its writer was killed before the switch); removed when
       it holds another one and
@@ -315,12 +321,60 @@ def root_attrs(store: Path) -> dict[str, Any] | None:
     return attrs if isinstance(attrs, dict) else None
 
 
+FINISHED_EVIDENCE = ("fastload_layout", "fastload_norm")
+"""Root attributes a fastload writer sets in the same write as :data:`UNFINISHED_ATTR` (the store writer's layout,
+``fastload stats``' format version) and keeps when it deletes that mark: root attributes with one of them and
+without the mark are a store its writer finished."""
+
+
 def _complete(store: Path) -> bool:
-    """True when the folder ``store`` holds a zarr store's root metadata whose attributes lack
-    :data:`UNFINISHED_ATTR`: a finished store, not a writer's unfinished one. False when there is none or it cannot
-    be read (an empty folder, one a deletion had emptied of its metadata: nothing there to keep)."""
+    """True when the folder ``store`` holds a zarr store's root metadata whose attributes hold one of
+    :data:`FINISHED_EVIDENCE` and lack :data:`UNFINISHED_ATTR`: a finished store, not a writer's unfinished one.
+    False when there is none or it cannot be read (an empty folder, one a deletion had emptied of its metadata:
+    nothing there to keep), and when the attributes hold neither: a writer killed between zarr's ``.zgroup`` and
+    its ``.zattrs`` left a group with no attributes, which is no finished store (nothing was written in it)."""
     attrs = root_attrs(store)
-    return attrs is not None and UNFINISHED_ATTR not in attrs
+    return attrs is not None and UNFINISHED_ATTR not in attrs and any(k in attrs for k in FINISHED_EVIDENCE)
+
+
+def _settle_zarr(timeout: float = 60.0) -> None:
+    """Wait (at most ``timeout`` seconds) for the writes zarr-python still has in flight on its event loop. When one
+    chunk write of a block fails (a full disk), zarr raises at once while the block's other writes go on in their
+    threads; a clean-up that removed the temporary before they ended saw them recreate files in it (a full tmpfs
+    left the temporary behind). Does nothing where zarr has no loop yet, or on that loop's own thread."""
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if sync is None or loop is None or threading.current_thread() is getattr(sync, "iothread", [None])[0]:
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    try:
+        sync.sync(drain(), loop=loop)
+    except Exception as e:  # a closed loop: nothing is in flight there
+        log.debug("zarr's writes in flight could not be waited for: %s", e)
+
+
+@contextlib.contextmanager
+def writing(tmp: str | os.PathLike[str], out: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Raise an OSError of the block (a full disk: ENOSPC; a quota: EDQUOT; an I/O error) as a
+    :class:`StoreError` naming the output, ``what`` was being written (a variable, a coordinate, the metadata), the
+    temporary store ``tmp`` and the error: the tools print a :class:`~fastload.errors.FastloadError` as one line and
+    exit 2. Whoever owns ``tmp`` still removes it (an abort, the writer's clean-up)."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FastloadError):  # a ChunkReadError is an OSError already named
+            raise
+        _settle_zarr()  # before the temporary is removed: the block's other writes must not recreate files there
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        why = f"{e.strerror or e}" + (f" [{code}]" if code else "") + (f" ({e.filename})" if e.filename else "")
+        raise StoreError(f"{out}: cannot write {what} into the temporary store {tmp}: {why}; nothing was put at "
+                         f"{Path(out).name}: write it again once that is fixed") from e  # fmt: skip
 
 
 _STABLE_INODE_FS = frozenset({

@@ -52,6 +52,7 @@ from ._write_temps import (
     remove_marker,
     remove_stale_temporaries,
     write_marker,
+    writing,
 )
 from .errors import ConfigError, FastloadError, SchemaError
 from .norm import months_of
@@ -352,7 +353,8 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
     try:
         writer = CoefficientWriter(tmp, store, selection, cfg, tmask, out)
         token = f"stats run {uuid.uuid4().hex}"
-        write_marker(tmp, token)  # zarr never remakes it: a temporary removed during the passes has none
+        with writing(tmp, out, "the writer's marker"):
+            write_marker(tmp, token)  # zarr never remakes it: a temporary removed during the passes has none
         plans = []
         for group in passes:
             targets = [Target(field=f, array=a, level_pos=p, store_level=li, field_index=fi, fill_values=fv)

@@ -48,6 +48,7 @@ Use::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -90,6 +91,7 @@ from ._write_temps import (
     root_attrs,
     unfinished_attr,
     write_marker,
+    writing,
 )
 from .errors import ConfigError, SchemaError, StoreError
 from .store._cf import level_type_of
@@ -207,12 +209,12 @@ class StoreWriter:
         root = {"fastload_layout": "per_variable", **({"Conventions": "CF-1.8"} if default_attrs else {}),
                 **(attrs or {}), UNFINISHED_ATTR: self._token}  # fmt: skip
         try:
-            with sigint_deferred():
+            with self._writing("the root group"):
                 self.group = zarr.open_group(
                     zarr.storage.LocalStore(self.tmp), mode="w-", zarr_format=zarr_format,
                     attributes=_jsonable(root),
                 )  # fmt: skip
-            write_marker(self.tmp, self._token)  # zarr never remakes it: a remade temporary has none (commit)
+                write_marker(self.tmp, self._token)  # zarr never remakes it: a remade temporary has none (commit)
         except BaseException:  # Ctrl-C included: there is no writer to abort yet
             self._finalizer()
             raise
@@ -224,6 +226,14 @@ class StoreWriter:
         self._extra: set[str] = set()  # add_coordinate's arrays
         self._done = False
 
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A zarr call writing ``what`` into the temporary: Ctrl-C held back until it is done
+        (:func:`sigint_deferred`), an OSError (a full disk) raised as a :class:`StoreError` naming the temporary,
+        ``what`` and the error (:func:`fastload._write_temps.writing`)."""
+        with writing(self.tmp, self.out, what), sigint_deferred():
+            yield
+
     # -- coordinates ------------------------------------------------------------------------------------------
     def _coord(self, name: str, values: np.ndarray, attrs: Mapping[str, Any], fill_value: Any = None) -> None:
         if name in self.sizes:
@@ -232,7 +242,7 @@ class StoreWriter:
         if values.ndim != 1 or values.size == 0:
             raise SchemaError(f"{name}: expected a non-empty 1-D coordinate, got shape {values.shape}")
         kw = self._dim_kwargs((name,), attrs)
-        with sigint_deferred():
+        with self._writing(f"coordinate {self.names[name]!r}"):
             arr = self.group.create_array(
                 self.names[name], shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill_value, **kw
             )
@@ -259,9 +269,11 @@ class StoreWriter:
         lat_attrs: Mapping[str, Any] | None = None,
         lon_attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the ``latitude`` and ``longitude`` coordinates (degrees, in the order given: never flipped)."""
-        lat = np.asarray(latitude, dtype=np.float64)
-        lon = np.asarray(longitude, dtype=np.float64)
+        """Write the ``latitude`` and ``longitude`` coordinates (degrees, in the order given: never flipped), in
+        their dtype when it is float32 or float64 (as xarray writes them); other values (integers, float16, which
+        pandas indexes as float64) as float64."""
+        lat, lon = (np.asarray(v) for v in (latitude, longitude))
+        lat, lon = (v if v.dtype in (np.float32, np.float64) else v.astype(np.float64) for v in (lat, lon))
         for name, v, lo, hi in (("latitude", lat, -90.0, 90.0), ("longitude", lon, -360.0, 360.0)):
             if v.ndim != 1 or not np.isfinite(v).all():
                 raise SchemaError(f"{name}: expected finite 1-D values in degrees, got shape {v.shape}")
@@ -277,7 +289,7 @@ class StoreWriter:
         nofill = None if self.zarr_format == 2 else 0.0
         self._coord("latitude", lat, la, nofill)
         self._coord("longitude", lon, lo_, nofill)
-        with sigint_deferred():
+        with self._writing("the root attributes"):
             self.group.attrs.update(
                 {"latitude_order": "descending" if lat.size > 1 and lat[0] > lat[-1] else "ascending"}
             )
@@ -408,7 +420,7 @@ class StoreWriter:
             fill_value = 0  # v3 needs one; xarray masks only with a _FillValue attribute there
         a = {k: v for k, v in (("units", units), ("long_name", long_name)) if v is not None}
         a.update(attrs or {})
-        with warnings.catch_warnings(), sigint_deferred():
+        with warnings.catch_warnings(), self._writing(f"variable {name!r}"):
             # numcodecs.lz4 in v3 is not in the spec; we document it instead of warning at every write
             warnings.simplefilter("ignore", category=UserWarning)
             arr = self.group.create_array(
@@ -454,7 +466,7 @@ class StoreWriter:
         want = tuple(self.sizes[d] for d in dims)
         if values.shape != want:
             raise SchemaError(f"coordinate {name!r}: shape {values.shape} but its dimensions {dims} give {want}")
-        with warnings.catch_warnings(), sigint_deferred():
+        with warnings.catch_warnings(), self._writing(f"coordinate {name!r}"):
             warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # fixed-length strings in v3
             arr = self.group.create_array(
                 name, shape=values.shape, chunks=values.shape if values.ndim else "auto", dtype=values.dtype,
@@ -501,13 +513,14 @@ class StoreWriter:
                     "(write whole chunks, or whole shards when sharded)"
                 )
             region.append(slice(s, s + b))
-        with sigint_deferred():  # the chunk writes run on zarr's thread: let them finish before Ctrl-C acts
-            arr[tuple(region)] = block.astype(arr.dtype, copy=False)
+        at = ", ".join(f"{d} {r.start}:{r.stop}" for d, r in zip(self.dims[name], region))
+        with self._writing(f"variable {name!r} ({at})"):
+            arr[tuple(region)] = block.astype(arr.dtype, copy=False)  # on zarr's thread: done before Ctrl-C acts
         self._written[name][tuple(slice(r.start // u, -(-r.stop // u)) for r, u in zip(region, unit))] = True
 
     def update_attrs(self, name: str, attrs: Mapping[str, Any]) -> None:
         """Add attributes to a variable (e.g. a count of missing values known only after streaming)."""
-        with sigint_deferred():
+        with self._writing(f"the attributes of variable {name!r}"):
             self.arrays[self._known(name)].attrs.update(_jsonable(dict(attrs)))
 
     # -- finishing --------------------------------------------------------------------------------------------
@@ -530,8 +543,9 @@ class StoreWriter:
                             "never written; refusing to commit an incomplete store"
                         )
             check_temporary(self.tmp, self._inode, self._token, self.out)  # before its metadata is rewritten
-            remove_marker(self.tmp)  # not zarr's: the published store holds no such file
-            with warnings.catch_warnings(), sigint_deferred():  # v3 consolidated metadata: a zarr-python extension
+            # v3 consolidated metadata: a zarr-python extension
+            with warnings.catch_warnings(), self._writing("the consolidated metadata"):
+                remove_marker(self.tmp)  # not zarr's: the published store holds no such file
                 warnings.simplefilter("ignore", category=UserWarning)
                 warnings.simplefilter("ignore", category=UnstableSpecificationWarning)  # add_coordinate's strings
                 del self.group.attrs[UNFINISHED_ATTR]  # complete: what is renamed into place is a finished store

@@ -468,7 +468,7 @@ def test_a_dead_writers_finished_temporary_is_kept_with_or_without_out(tmp_path,
     p.kill()
     p.wait()
     done = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start}"
-    zarr.open_group(done, mode="w", zarr_format=3, attributes={"title": "finished"})
+    zarr.open_group(done, mode="w", zarr_format=3, attributes={"fastload_layout": "per_variable", "title": "finished"})
     for n, there in enumerate(["is missing", "holds another store"]):
         unfinished = tmp_path / f"s.zarr.tmp-{_host()}-{p.pid}-{start + 1}"
         zarr.open_group(unfinished, mode="w", zarr_format=2, attributes={UNFINISHED_ATTR: "x"})
