@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -30,8 +31,11 @@ import numpy as np
 
 from ._progress import Progress
 from ._synth_fields import LEVEL_FIELDS, STATIC_FIELDS, SURFACE_FIELDS, FieldModel, field_attrs
+from ._write_temps import live_writer_of
 from .errors import ConfigError, StoreError
 from .write import CODECS, DEFAULT_CHUNKS, DEFAULT_CODEC, StoreWriter, parse_ints
+
+log = logging.getLogger("fastload")
 
 __all__ = ["SynthConfig", "PRESETS", "LAYOUTS", "SYNTH_VERSION", "synthesize", "default_dataset", "main"]
 
@@ -260,14 +264,29 @@ def _write_atmorep(w: StoreWriter, cfg: SynthConfig, model: FieldModel, chunks: 
             bar.update(block.nbytes)
 
 
+_POLL_S = 0.2
+"""How often :func:`default_dataset` looks whether another process's writer has put the dataset in place."""
+
+
+def _pause() -> None:
+    """One wait of :func:`default_dataset` for another writer (tests replace it)."""
+    time.sleep(_POLL_S)
+
+
 def default_dataset(cache_dir: str | os.PathLike[str] | None = None, preset: str = "tiny", seed: int = 0,
-                    *, zarr_format: int = 2, progress: bool | None = False) -> Path:  # fmt: skip
+                    *, zarr_format: int = 2, progress: bool | None = False, wait_s: float = 3600.0) -> Path:  # fmt: skip
     """Path of the built-in synthetic dataset, written once into a cache directory and reused.
 
     The directory is ``cache_dir``, else ``$FASTLOAD_CACHE``, else ``~/.cache/fastload``; the store's name keys
     preset, seed, zarr format and :data:`SYNTH_VERSION`, so a change of generator never reuses stale data. Two
-    processes creating it at once both succeed (each writes its own temporary store; one rename wins).
+    processes creating it at once both succeed: the store writer refuses a second writer of an output a live
+    writer on this host is writing (:class:`~fastload.write.StoreWriter`), so the second waits, up to ``wait_s``
+    seconds, for the first one's store to appear and returns it; if that writer stops without putting it there
+    (killed, failed), the second writes it itself. A :class:`~fastload.errors.StoreError` naming the dataset and
+    the other writer's temporary store when ``wait_s`` passes first.
     """
+    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not wait_s >= 0:
+        raise ConfigError(f"default_dataset: wait_s must be a number of seconds >= 0, got {wait_s!r}")
     root = Path(cache_dir or os.environ.get("FASTLOAD_CACHE") or Path.home() / ".cache" / "fastload").expanduser()
     path = root / f"synth-{preset}-seed{seed}-zarr{zarr_format}-v{SYNTH_VERSION}.zarr"
     if path.exists():
@@ -280,12 +299,27 @@ def default_dataset(cache_dir: str | os.PathLike[str] | None = None, preset: str
         why = "a file is in its place" if isinstance(e, FileExistsError) else e.strerror or str(e)
         raise ConfigError(f"{source} = {str(root)!r}: cannot be the folder of the built-in dataset ({why}); "
                           f"expected a folder (an existing one or one to create)") from None
-    try:
-        return synthesize(path, preset, seed, zarr_format=zarr_format, progress=progress)
-    except StoreError:
-        if path.exists():  # another process finished first
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return synthesize(path, preset, seed, zarr_format=zarr_format, progress=progress)
+        except StoreError:
+            if path.exists():  # another process finished first
+                return path
+            other = live_writer_of(path)
+            if other is None:  # no other writer to wait for: the error is this one's
+                raise
+        log.info("%s: another process is writing it (%s); waiting for it", path, other)
+        while not path.exists() and other is not None:  # until it is there, or its writer is gone (then write it)
+            if time.monotonic() > deadline:
+                raise StoreError(f"{path}: waited {wait_s:g} s for another writer of the built-in dataset (its "
+                                 f"unfinished store is {other}) to finish; it is still writing. Wait for it or stop "
+                                 "it (its temporary is then removed), or use another cache folder "
+                                 "(FASTLOAD_CACHE, data.cache_dir)")  # fmt: skip
+            _pause()
+            other = live_writer_of(path)
+        if path.exists():
             return path
-        raise
 
 
 def _dir_size(path: Path) -> int:
