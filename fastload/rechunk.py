@@ -452,8 +452,9 @@ def rechunk(
             ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # fmt: skip
         if src.time is not None:
             w.set_time(src.time, attrs=_copied_attrs(src.coords.get(dim_names.get("time", "time"))))
-        w.set_grid(src.grid.lat, src.grid.lon, lat_attrs=_copied_attrs(src.coords.get(src.grid.dims[0])),
-                   lon_attrs=_copied_attrs(src.coords.get(src.grid.dims[1])))
+        w.set_grid(*(_as_stored(src, d, v) for d, v in zip(src.grid.dims, (src.grid.lat, src.grid.lon))),
+                   lat_attrs=_copied_attrs(src.coords.get(src.grid.dims[0])),
+                   lon_attrs=_copied_attrs(src.coords.get(src.grid.dims[1])))  # fmt: skip
         if lev:
             f0 = lev[0][1]
             lattrs = _level_attrs(src, f0)
@@ -598,14 +599,23 @@ def _level_values(src: Any, f: Any) -> np.ndarray:
     store's ``levels`` attribute as JSON gives it. ``f.levels`` when those are not the same values."""
     name = _level_coord(src, f)
     if name is not None and name in src.coords:
-        values = np.asarray(src.read_array(name)).reshape(-1)
-    else:
-        values = np.asarray(src.arrays[f.array].attrs.get("levels", src.attrs.get("levels"))).reshape(-1)
-    if values.dtype.kind not in "iuf" or values.shape != f.levels.shape:
-        return f.levels
+        return _as_stored(src, name, f.levels)
+    return _same_or(np.asarray(src.arrays[f.array].attrs.get("levels", src.attrs.get("levels"))), f.levels)
+
+
+def _as_stored(src: Any, name: str, values: np.ndarray) -> np.ndarray:
+    """The source's coordinate array ``name`` as stored (its dtype: a float32 latitude, an int64 level) when it
+    holds ``values`` (what the store hands out, as float64); else ``values``."""
+    return _same_or(np.asarray(src.read_array(name)), values) if name in src.coords else values
+
+
+def _same_or(stored: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``stored`` (1-D) when it is numbers equal to ``values`` in float64, else ``values``."""
+    stored = stored.reshape(-1)
+    if stored.dtype.kind not in "iuf" or stored.shape != values.shape:
+        return values
     with np.errstate(over="ignore", invalid="ignore"):
-        same = np.array_equal(values.astype(np.float64), f.levels)
-    return values if same else f.levels
+        return stored if np.array_equal(stored.astype(np.float64), values) else values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
