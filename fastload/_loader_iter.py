@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import threading
 import time
 import weakref
@@ -45,7 +44,7 @@ from ._nvtx import range as nvtx_range
 from ._ring import BatchRing
 from .errors import LoaderClosedError
 from .pump import Pump, PumpClosedError
-from .reader import IOStats
+from .reader import IOStats, warn_given_up
 
 if TYPE_CHECKING:
     from .loader import Loader
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 _STOP_GRACE_S = 5.0  # how long stopping an iteration waits for its reads to notice; a read stuck longer (a hung
 # store request) keeps the backend, and the next iteration gets a fresh one (see Loader._stop_iteration)
 _GRACE = object()  # "the stop grace": the default wait of an iteration's stop
-log = logging.getLogger("fastload")
 
 
 @dataclasses.dataclass(slots=True, eq=False, repr=False)
@@ -220,27 +218,17 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
 
 def _settle_read_ahead(backend: Any, stats: IOStats, epoch: int) -> None:
     """Count in ``stats`` (the epoch's last batch) the stored bytes of the read-ahead requests still in flight when
-    the epoch's reads ended (:meth:`fastload._raw_ahead.RawAhead.settle`: each waited for at most the read timeout
-    from its start; none still queued is made). Without this they counted in the next epoch's first batch, or
-    nowhere once the loader closed. A request unanswered by then is given up and named in a warning: no batch
-    needs its chunks (every step of the epoch has read its own), so it fails nothing. Thread backends only (a
-    process worker's reader lives in its own process)."""
+    the epoch's reads ended (:meth:`fastload.reader.ChunkReader.settle_ahead`: each waited for at most the read
+    timeout from its start; none still queued is made). Without this they counted in the next epoch's first batch,
+    or nowhere once the loader closed. A request unanswered by then is given up and named in a warning: no batch
+    needs its chunks (every step of the epoch has read its own), so it fails nothing. Thread backends (a process
+    backend has no ``reader`` here: each worker process settles its own reader with its last batch of the epoch,
+    :mod:`fastload._proc_worker`)."""
     reader = getattr(backend, "reader", None)
-    ahead = getattr(reader, "_ahead", None)
-    if ahead is None:
+    if reader is None:
         return
-    timeout = reader.read_timeout
-    got, late = ahead.settle(timeout)
-    multi = getattr(reader, "_multi", False)  # multi-stream: array keys are "stream/array", counted per stream
-    for a, n in got.items():
-        stats.bytes_stored += n
-        if multi:
-            stats.stream(a.partition("/")[0]).bytes_stored += n
-    if late:
-        log.warning("fastload: epoch %d: %d read-ahead request(s) still unanswered %g s after they started "
-                    "(loader.read_timeout_s), given up, left running: %s; no batch needs their chunks, and their "
-                    "bytes, should they arrive, count in a later batch's bytes_stored", epoch, len(late), timeout,
-                    "; ".join(f"{g.array} chunks {g.chunks}" for g in late))
+    _, late = reader.settle_ahead(stats)
+    warn_given_up(late, reader.read_timeout, f"epoch {epoch}")
 
 
 def _shutdown(stop: threading.Event, pump: Pump, timeout: Any = _GRACE) -> None:

@@ -128,6 +128,25 @@ def _first(errors: Any) -> BaseException:
     return next((e for e in errors if getattr(e, "hung", False)), errors[0])
 
 
+def _count_stored(got: Mapping[str, int], stats: IOStats, multi: bool) -> None:
+    """Add read-ahead bytes (array -> stored bytes) to ``stats``; ``multi``: array keys are "stream/array", counted
+    per stream too."""
+    for a, n in got.items():
+        stats.bytes_stored += n
+        if multi:
+            stats.stream(a.partition("/")[0]).bytes_stored += n
+
+
+def warn_given_up(late: list[str], timeout: float | None, where: str) -> None:
+    """Warn of read-ahead requests :meth:`ChunkReader.settle_ahead` gave up at the end of ``where`` (an epoch, or a
+    process worker's share of it)."""
+    if late:
+        log.warning("fastload: %s: %d read-ahead request(s) still unanswered %s s after they started "
+                    "(loader.read_timeout_s), given up, left running: %s; no batch needs their chunks, and their "
+                    "bytes, should they arrive, count in a later batch's bytes_stored", where, len(late), timeout,
+                    "; ".join(late))
+
+
 def start_kernel_warmup(target: Callable[..., None], args: tuple, name: str) -> threading.Thread | None:
     """Start ``target(*args)``, a warm-up that compiles (or loads) gather kernels, on a thread that is no daemon; its
     gathers wait for it first (:func:`await_kernel_warmup`). The Loader's reader (:meth:`ChunkReader.warm`) and the
@@ -286,10 +305,7 @@ class ChunkReader(_Fetcher):
                 self._abandon(cur)
         plan.forget(batch)
         if self._ahead is not None:  # stored bytes read ahead: counted as their requests return (not where taken)
-            for a, n in self._ahead.drain_stored().items():
-                stats.bytes_stored += n
-                if self._multi:
-                    stats.stream(a.partition("/")[0]).bytes_stored += n
+            _count_stored(self._ahead.drain_stored(), stats, self._multi)
         sel = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         stats.samples = int(sel.size)
         stats.skipped = int(boxes.shape[0] - sel.size)
@@ -300,6 +316,20 @@ class ChunkReader(_Fetcher):
                 st.batches, st.samples, st.skipped = 1, stats.samples, stats.skipped
                 st.bytes_useful = self._useful_by_stream[name] * int(sel.size)
         return stats, sel
+
+    def settle_ahead(self, stats: IOStats) -> tuple[int, list[str]]:
+        """The end of a plan (its last batch is read: no step will take anything more read ahead): settle the
+        read-ahead buffer (:meth:`fastload._raw_ahead.RawAhead.settle`: no request still queued is made, each one
+        running is waited for at most ``read_timeout`` from its start) and count the stored bytes of the requests
+        that returned in ``stats`` (that batch's counters; per stream too), so that an epoch's ``bytes_stored`` is
+        the bytes its reads took, not some of them in the next epoch's first batch. Returns the bytes counted and
+        the requests still unanswered, given up (``"<array> chunks <chunks>"``; :func:`warn_given_up` names them):
+        no batch needs their chunks, and should they answer later, their bytes count in a later batch."""
+        if self._ahead is None:
+            return 0, []
+        got, late = self._ahead.settle(self.read_timeout)
+        _count_stored(got, stats, self._multi)
+        return sum(got.values()), [f"{g.array} chunks {g.chunks}" for g in late]
 
     def warm(self, out_dtype: np.dtype) -> None:
         """Load the gather kernels on a thread of their own now, while the first batch's chunks are fetched and

@@ -247,13 +247,15 @@ def test_settle_makes_no_queued_request_waits_for_running_ones_and_gives_up_hung
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_the_last_batch_counts_what_settles_per_stream_too(multi):
-    """What the epoch's last batch counts (:func:`fastload._loader_iter._settle_read_ahead`): every request that
+    """What the epoch's last batch counts (:func:`fastload._loader_iter._settle_read_ahead`, through
+    :meth:`fastload.reader.ChunkReader.settle_ahead`, which a process worker calls itself): every request that
     returned, into ``bytes_stored`` and, for a multi-stream reader (array keys ``"stream/array"``), into each
     stream's counters, which add up to the total."""
+    import functools
     from types import SimpleNamespace
 
     from fastload._loader_iter import _settle_read_ahead
-    from fastload.reader import IOStats
+    from fastload.reader import ChunkReader, IOStats
 
     era, ocean = ("era/t", "ocean/thetao") if multi else ("t", "thetao")
     ahead = RawAhead(1000, lambda array, chunks: [bytes(30 if array == era else 12) for _ in chunks])
@@ -261,9 +263,11 @@ def test_the_last_batch_counts_what_settles_per_stream_too(multi):
         ahead.run(ahead.claim(name, [(0,), (1,)], est=10))
     queued = ahead.claim(era, [(2,)], est=10)  # still queued at the end: not made, not counted
     stats = IOStats(batches=1)
-    backend = SimpleNamespace(reader=SimpleNamespace(_ahead=ahead, read_timeout=5.0, _multi=multi))
-    _settle_read_ahead(backend, stats, 0)
+    reader = SimpleNamespace(_ahead=ahead, read_timeout=5.0, _multi=multi)
+    reader.settle_ahead = functools.partial(ChunkReader.settle_ahead, reader)
+    _settle_read_ahead(SimpleNamespace(reader=reader), stats, 0)
     assert stats.bytes_stored == 2 * 30 + 2 * 12
+    assert reader.settle_ahead(IOStats()) == (0, [])  # (settled: nothing more)
     if multi:
         assert {k: s.bytes_stored for k, s in stats.streams.items()} == {"era": 60, "ocean": 24}
     else:
