@@ -38,9 +38,9 @@ class IOStats:
     array's shard indexes (read by inner chunk: each shard's index is read once when first needed, and cached)
     and metadata reads. Summed over an epoch it is exact too: the epoch's last batch waits for the read-ahead
     requests still running (each at most ``loader.read_timeout_s`` from its start; none still queued is made) and
-    counts them (thread mode; in process mode a worker's requests still running then count in its next batch,
-    the next epoch's). A request unanswered that long is given up and named in a warning; should it answer
-    later, its bytes count in a later batch."""
+    counts them (in process mode each worker does so with its own last batch of the epoch, for its own reader).
+    A request unanswered that long is given up and named in a warning; should it answer later, its bytes count in
+    a later batch."""
     bytes_decoded: int = 0
     bytes_useful: int = 0
     """Bytes of source values the samples use (what a perfect reader would decode)."""

@@ -5,7 +5,9 @@ the start-up time limits, the ring's shared-memory segments); this is the other 
 worker runs. :func:`_child_main` says hello, takes its spec (store, settings, coefficients), opens the store through
 :class:`_Announced` (which tells the loader about each storage request of its start, so a hung metadata read can be
 given up), builds its own tokenizer, cache and :class:`~fastload.reader.ChunkReader`, and then answers ``epoch`` and
-``read`` messages until ``stop`` or until its pipe closes. Every failure goes back to the loader, made picklable
+``read`` messages until ``stop`` or until its pipe closes. Its last batch of an epoch settles its reader's read-ahead
+(:meth:`~fastload.reader.ChunkReader.settle_ahead`), so that batch counts the stored bytes of the requests still in
+flight, and each epoch's ``bytes_stored`` is exact as in thread mode. Every failure goes back to the loader, made picklable
 (:func:`_picklable`). The protocol is described in :mod:`fastload._procs`, which re-exports :func:`_child_main`
 (its spawn target is looked up there, so a test can swap it).
 """
@@ -153,7 +155,10 @@ def _child_main(conn: Any) -> None:
                 segments.pop(old, None)
             try:
                 stats, kept = reader.read_batch(plan, batch, segments[name])
-                conn.send(("done", gen, batch, stats, kept))
+                # its last batch of the epoch counts the read-ahead still in flight (each request waited for at
+                # most read_timeout_s from its start; the requests given up go to the loader, which warns)
+                late = reader.settle_ahead(stats)[1] if batch + plan.batch_stride >= len(plan) else []
+                conn.send(("done", gen, batch, stats, kept, late))
             except BaseException as e:  # noqa: BLE001 - every failure goes back to the loader
                 conn.send(("error", gen, batch, _picklable(e)))
     finally:

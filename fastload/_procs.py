@@ -23,9 +23,11 @@ Protocol (one duplex pipe per worker; one request at a time)::
                        each storage request while it opens the store, then ("opened",); or ("fatal", exception)
     loader -> worker:  ("epoch", gen, boxes, first_batch, stride, coefficients or None) -> ("ready", gen)
                        ("read", gen, batch, segment name, forget, fd follows)
-                                                                    -> ("done", gen, batch, IOStats, kept)
+                                                                    -> ("done", gen, batch, IOStats, kept, late)
                                                                        or ("error", gen, batch, exception)
-       (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap)
+       (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap;
+        late: the read-ahead requests given up when the worker's last batch of the epoch settled its reader,
+        ChunkReader.settle_ahead, which the loader names in a warning; that batch's IOStats counts the others)
                        ("stop",)
 
 The spec goes over the pipe, not in the spawn payload: that payload is written in one blocking call under
@@ -68,6 +70,7 @@ from ._proc_worker import _child_main
 from ._ring import FieldSpec, _layout
 from ._shm import SHM_DIR, Segment, _register, _unregister, _unregister_quietly, map_shared
 from .errors import ConfigError, WorkerError
+from .reader import warn_given_up
 
 __all__ = ["SHM_DIR", "ProcessBackend", "Segment", "WorkerError", "map_shared", "storage_options_of"]
 
@@ -473,7 +476,9 @@ class ProcessBackend:
                 w.cond.notify_all()
         if msg[0] == "error":
             raise msg[3]
-        _, _, _, stats, kept = msg
+        _, _, _, stats, kept, late = msg
+        warn_given_up(late, self._child_spec["read_timeout_s"],
+                      f"batch {batch}, the last of loader worker process {w.index} (pid {w.process.pid}) this epoch")
         return stats, kept
 
     def close(self) -> None:
