@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ import xarray as xr
 
 import fastload.synth as synth
 from fastload.errors import ConfigError, StoreError
+
+from .subprocs import start_when_ready
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
 
@@ -44,14 +44,7 @@ FIRST = textwrap.dedent("""
 def _first(tmp_path):
     script, ready, go = tmp_path / "first.py", tmp_path / "ready", tmp_path / "go"
     script.write_text(FIRST)
-    p = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(ready), str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 300  # a guard against a hang, not a timing check
-    while not ready.exists():
-        if p.poll() is not None or time.monotonic() > deadline:
-            p.kill()
-            raise AssertionError(f"the first process did not get ready: rc {p.poll()}\n{p.communicate()[1]}")
-        time.sleep(0.02)
+    p = start_when_ready(script, [str(tmp_path / "cache"), str(ready), str(go)], ready, "the first process", 300)
     return p, Path(ready.read_text()), go
 
 

@@ -24,7 +24,6 @@ import zarr.storage._local as zarr_local
 from fastload._write_temps import (
     UNFINISHED_ATTR,
     _host,
-    _proc_start,
     drop_temporary,
     remove_stale_temporaries,
 )
@@ -34,6 +33,7 @@ from fastload.stats import StatsConfig, compute_stats
 from fastload.write import StoreWriter
 
 from .stores import make_per_variable
+from .subprocs import dead_process
 
 NT, NY, NX = 8, 6, 10
 TIMES = np.datetime64("2020-01-01T00", "ns") + np.arange(NT) * np.timedelta64(6, "h")
@@ -178,18 +178,10 @@ def test_a_real_full_tmpfs_fails_synth_rechunk_and_stats_with_one_line_and_no_le
 
 
 # -- a killed writer's temporary: finished only with positive evidence -----------------------------------------
-def _dead_process():
-    p = subprocess.Popen(["sleep", "60"])
-    start = _proc_start(p.pid)[0]
-    p.kill()
-    p.wait()
-    return p.pid, start
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
 def test_a_dead_writers_temporary_with_only_a_zgroup_is_removed_not_called_finished(tmp_path, caplog):
     out = tmp_path / "s.zarr"
-    dead, start = _dead_process()
+    dead, start = dead_process()
     names = {k: f"s.zarr.tmp-{_host()}-{dead}-{start}-w{i}" for i, k in enumerate(
         ("zgroup_only", "empty_attrs", "finished", "finished_norm", "finished_v3", "unfinished"))}  # fmt: skip
     (tmp_path / names["zgroup_only"]).mkdir()  # killed between zarr's .zgroup and .zattrs

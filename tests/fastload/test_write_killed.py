@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from fastload._write_temps import (
 from fastload.errors import SchemaError, StoreError
 from fastload.store import open_store
 from fastload.write import StoreWriter
+
+from .subprocs import dead_process, start_when_ready
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
 
@@ -61,14 +62,7 @@ def _start_writer(tmp_path, out, fill):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     ready, go = tmp_path / f"ready-{fill:g}", tmp_path / f"go-{fill:g}"
-    p = subprocess.Popen([sys.executable, str(script), str(out), str(ready), str(go), str(fill)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120  # a guard against a hang, not a timing check
-    while not ready.exists():
-        if p.poll() is not None or time.monotonic() > deadline:
-            p.kill()
-            raise AssertionError(f"the writer did not get ready: rc {p.poll()}\n{p.communicate()[1]}")
-        time.sleep(0.02)
+    p = start_when_ready(script, [str(out), str(ready), str(go), str(fill)], ready, "the writer", 120)
     return p, Path(ready.read_text()), go
 
 
@@ -124,20 +118,11 @@ def test_a_live_writers_temporary_is_not_touched(tmp_path):
     assert not tmp.exists() and (xr.open_zarr(out).t2m.values == 1).all()
 
 
-def _dead_process():
-    """(pid, start) of a process that ran on this host and is gone."""
-    p = subprocess.Popen(["sleep", "60"])
-    start = _proc_start(p.pid)[0]
-    p.kill()
-    p.wait()
-    return p.pid, start
-
-
 def test_only_this_hosts_temporaries_of_dead_writers_are_removed(tmp_path, caplog):
     out = tmp_path / "s.zarr"
     host = _host()
     parent, parent_start = os.getppid(), _proc_start(os.getppid())[0]
-    dead, dead_start = _dead_process()
+    dead, dead_start = dead_process()
     names = {
         "dead": f"s.zarr.tmp-{host}-{dead}-{dead_start}",
         "reused": f"s.zarr.tmp-{host}-{parent}-{parent_start + 1}",  # the pid now runs a process started later
@@ -195,7 +180,7 @@ def test_a_killed_stats_runs_temporary_is_removed_and_never_read_as_coefficients
 
     make_per_variable(tmp_path / "s.zarr", nt=4, ny=9, nx=16)
     out = tmp_path / "norm.zarr"
-    dead, start = _dead_process()
+    dead, start = dead_process()
     stale = tmp_path / f"norm.zarr.tmp-{_host()}-{dead}-{start}"
     zarr.open_group(stale, mode="w", attributes={UNFINISHED_ATTR: "written by a run that was killed"})
     compute_stats(str(tmp_path / "s.zarr"), str(out), StatsConfig(progress=False))
@@ -235,7 +220,7 @@ def test_a_temporary_of_this_host_name_in_another_namespace_or_boot_is_kept_with
     Another host's is kept too, said at INFO (review r2 #5: it was kept in silence)."""
     out = tmp_path / "s.zarr"
     name, ns, boot = _id_parts()
-    dead, dead_start = _dead_process()  # gone here: were these ours, they would be removed
+    dead, dead_start = dead_process()  # gone here: were these ours, they would be removed
     other = f"{name}~4026532999~{boot}-{dead}-{dead_start}"  # another container of this boot
     names = [f"s.zarr.tmp-{name}~{ns}~{'0' * 32}-{dead}-{dead_start}",  # another boot or machine, same name and ns
              f"s.zarr.tmp-{other}",
@@ -265,7 +250,7 @@ def test_another_hosts_leftover_is_kept_and_said_at_info(tmp_path, caplog):
     is kept, as before, but no longer in silence: an INFO record names it, its host and when it may be deleted."""
     out = tmp_path / "s.zarr"
     name, ns, boot = _id_parts()
-    dead, dead_start = _dead_process()
+    dead, dead_start = dead_process()
     other_host = tmp_path / f"s.zarr.tmp-x{name}~{ns}~{boot}-{dead}-{dead_start}"
     zarr.open_group(other_host, mode="w", attributes={UNFINISHED_ATTR: "x"})
     with caplog.at_level(logging.INFO, logger="fastload"):
@@ -285,7 +270,7 @@ def test_a_live_writer_hidden_from_proc_is_not_gone(monkeypatch):
     import fastload._write_temps as wt
 
     live, live_start = os.getppid(), _proc_start(os.getppid())[0]
-    dead, dead_start = _dead_process()
+    dead, dead_start = dead_process()
     hidden = {f"/proc/{live}/stat", f"/proc/{dead}/stat"}
 
     def hidepid_open(path, *a, **k):
