@@ -51,7 +51,8 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
     """Raise :class:`ModelConfigError` naming the field and entry unless ``batch`` matches the config's layout,
     shapes and dtypes (host metadata only: no tensor values are read).
 
-    ``lead`` is the number of leading batch axes (1 for the Multiformer, 2 for tiles ``(B, T)``). Dtypes: ``tokens``
+    ``lead`` is the number of leading batch axes (1 for the Multiformer, 2 for tiles ``(B, T)``); every field's
+    are the same (the encoders couple the fields sample by sample, tile by tile). Dtypes: ``tokens``
     and ``target`` floating point (float16/bfloat16/float32/float64: NaN marks a missing value, and the embedding
     casts them to its own dtype; integer values cannot mark one and are not normalised data); ``mask`` and
     ``valid`` bool, or uint8 read as bool (non-zero = True); ``valid_values`` bool. A fastload ``Batch``, or its
@@ -64,6 +65,7 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
                 f"batch: expected a mapping {_LAYOUT}, got a loader batch ({type(batch).__name__}){hint}"
             )
         raise ModelConfigError(f"batch: expected a mapping {_LAYOUT}, got {_got(batch)}{hint}")
+    first: tuple[str, tuple[int, ...]] | None = None  # the first field's name and tokens' shape
     for spec in config.fields:
         if spec.name not in batch:
             raise ModelConfigError(f"batch: no field {spec.name!r}; has {sorted(batch)}")
@@ -84,6 +86,15 @@ def check_batch(config: MultiformerConfig, batch: Mapping[str, Any], lead: int =
             raise ModelConfigError(
                 f"batch[{spec.name!r}]['tokens']: expected shape (batch..., {', '.join(map(str, spec.sample_shape))})"
                 f" with {lead} batch axes, got {tuple(tokens.shape)}"
+            )
+        if first is None:
+            first = (spec.name, tuple(tokens.shape))
+        elif tuple(tokens.shape[:lead]) != first[1][:lead]:
+            axes = "(B,)" if lead == 1 else "(B, T)"
+            raise ModelConfigError(
+                f"batch[{spec.name!r}]['tokens']: leading batch axes {axes} = {tuple(tokens.shape[:lead])} (shape "
+                f"{tuple(tokens.shape)}) differ from batch[{first[0]!r}]['tokens']'s {first[1][:lead]} (shape "
+                f"{first[1]}): every field must hold the same samples{' and tiles' if lead == 2 else ''}"
             )
         grid = tuple(tokens.shape[: lead + 4])
         for key in META_KEYS:
@@ -203,6 +214,16 @@ def encode_fields(
     ``keys`` are :func:`attention_keys`, or None for a field that gives no ``valid`` and none of whose tokens is
     left out: its attention then runs without a mask (the flash kernel on a GPU), exactly as it did before tokens
     without data were left out, so a batch without missing tokens gives bit-identical results.
+
+    A real token (``valid`` True, or any token of a field without ``valid``) whose ``lat`` or ``lon`` is not finite
+    raises :class:`ModelConfigError` naming the field, how many and the first (:func:`raise_unplaced_tokens`): a
+    real token without a place would be embedded at "no position" (:func:`model.layers.sphere_features`), a place
+    no trained token has, and every token attending to it would read it there; such a coordinate is a caller's bug
+    (fastload's stores refuse non-finite coordinates), and padding, the one reason for a token to have no place, is
+    what ``valid`` False says. The check rides on the host read below, as the level check does: it is skipped where
+    there is none (every field gives ``valid`` and the batch is on an accelerator) and under ``torch.compile``;
+    there such a token is embedded at "no position", finite. A padding token's non-finite coordinates never reach
+    another token's output or a gradient (they are replaced before the embedding's sin/cos).
     """
     xs, keys, levels = {}, {}, {}
     for f, emb in embed.items():
@@ -218,13 +239,21 @@ def encode_fields(
     if torch.compiler.is_compiling():
         checked = {}
     strays = {f: stray_levels(v, embed[f].spec.levels) for f, v in checked.items()}
-    if derived or strays:
+    # the same for coordinates: a real token (valid True, or no valid given) whose lat or lon is not finite
+    placed = {} if torch.compiler.is_compiling() else {
+        f: unplaced_tokens(batch[f]).any() for f in keys if derived or batch[f]["meta"]["lat"].device.type == "cpu"
+    }
+    if derived or strays or placed:
         # sync point: one host read per call, for the fields without a given valid (is any of their tokens left
-        # out?) and for the fields with levels (is every level value in the field's table?). The GPU has the
-        # embeddings queued meanwhile and only runs dry for the launch of the first encoder kernels.
-        flags = [keys[f].all() for f in derived] + list(strays.values())
+        # out?), for the fields with levels (is every level value in the field's table?) and for every field's
+        # coordinates (does a real token lack a place?). The GPU has the embeddings queued meanwhile and only runs
+        # dry for the launch of the first encoder kernels.
+        flags = [keys[f].all() for f in derived] + list(strays.values()) + list(placed.values())
         dev = flags[0].device
         read = torch.stack([x.to(dev) for x in flags]).tolist()
+        for f, bad in zip(placed, read[len(derived) + len(strays):]):
+            if bad:
+                raise_unplaced_tokens(f, batch[f])
         for f, bad in zip(strays, read[len(derived):]):
             if bad:
                 raise_stray_levels(f, levels[f], embed[f].spec.levels)
@@ -232,6 +261,28 @@ def encode_fields(
             if all_keys:
                 keys[f] = None
     return encoder(xs, keys), keys
+
+
+def unplaced_tokens(item: Mapping[str, Any]) -> torch.Tensor:
+    """``(B, L, nt, nlat, nlon)`` bool: the real tokens of one field (``valid`` True, or every token without one)
+    whose ``lat`` or ``lon`` is not finite. No host synchronisation."""
+    meta = item["meta"]
+    bad = ~(torch.isfinite(meta["lat"]) & torch.isfinite(meta["lon"]))
+    valid = item.get("valid")
+    return bad if valid is None else bad & valid.bool()
+
+
+def raise_unplaced_tokens(field: str, item: Mapping[str, Any]) -> None:
+    """The error of :func:`unplaced_tokens` (a second host read, only on this path): how many, the first one."""
+    bad = unplaced_tokens(item)
+    first = tuple(bad.nonzero()[0].tolist())
+    lat, lon = (float(item["meta"][k][first]) for k in ("lat", "lon"))
+    raise ModelConfigError(
+        f"batch[{field!r}]['meta']['lat'/'lon']: {int(bad.sum())} real token(s) without a finite place (first: "
+        f"token {first} (sample, level, time, lat, lon; a Forecaster's samples are its tiles, b * T + t), lat "
+        f"{lat}, lon {lon}); expected finite degrees for every token that 'valid' marks real (every token without "
+        f"'valid'). A padding token may have NaN coordinates: mark it valid False"
+    )
 
 
 def stray_levels(level: torch.Tensor, table: Sequence[float]) -> torch.Tensor:

@@ -13,7 +13,8 @@ The batch (plain tensors; ``model`` knows nothing of fastload: :func:`model.mode
         "meta": {                                         # per-token float tensors, each (B, L, nt, nlat, nlon)
             "time_of_day": hours 0-24, "day_of_year": 0-366, "lat": degrees, "lon": degrees,
             "level": level value (optional; one of the field's FieldSpec.levels; default: position along L),
-            # a NaN time_of_day/day_of_year (no time axis) or level (no level axis) means "not given"
+            # a NaN time_of_day/day_of_year (no time axis) or level (no level axis) means "not given"; lat and lon
+            # must be finite on every real token (else ModelConfigError); a padding token (valid False) may have NaN
         },
         "mask":  (B, L, nt, nlat, nlon) bool, True = masked (to predict)     # optional: nothing masked
         "valid": (B, L, nt, nlat, nlon) bool, True = a real token           # optional: all real (no padding)
