@@ -217,7 +217,7 @@ def encode_fields(
 
     A real token (``valid`` True, or any token of a field without ``valid``) whose ``lat`` or ``lon`` is not finite
     raises :class:`ModelConfigError` naming the field, how many and the first (:func:`raise_unplaced_tokens`): a
-    real token without a place would be embedded at "no position" (:func:`model.layers.sphere_features`), a place
+    real token without a place would be embedded at "no position" (``sphere_features(non_finite="zero")``), a place
     no trained token has, and every token attending to it would read it there; such a coordinate is a caller's bug
     (fastload's stores refuse non-finite coordinates), and padding, the one reason for a token to have no place, is
     what ``valid`` False says. The check rides on the host read below, as the level check does: it is skipped where

@@ -234,32 +234,44 @@ def num_sphere_features(num_frequencies: int) -> int:
     return 3 + 4 * num_frequencies
 
 
-def sphere_features(lat: torch.Tensor, lon: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+def sphere_features(
+    lat: torch.Tensor, lon: torch.Tensor, num_frequencies: int, *, non_finite: str = "propagate"
+) -> torch.Tensor:
     """Position on the sphere without seams: ``(...,)`` degrees -> ``(..., 3 + 4 * num_frequencies)``.
 
     The unit vector ``(cos φ cos λ, cos φ sin λ, sin φ)`` is continuous across the 360° -> 0° seam and the poles;
     sin/cos of ``2**k φ`` and ``2**k λ`` (k = 1..num_frequencies) resolve the few-degree spacing of tokens inside one
     neighborhood. Every term is periodic in longitude, so 359.75° and -0.25° give the same features.
 
-    A place whose ``lat`` or ``lon`` is not finite (NaN, +-inf) gets all-zero features ("no position", as
-    :func:`time_features` reads a NaN time), and a zero gradient for both coordinates: a padding token's NaN
-    coordinates must not reach the embedding as NaN, or attention (a zero weight times a NaN value is NaN) carries
-    them into every other token of the sample. Finite places give bit-identical features to an unguarded
-    computation. Whether a real token may lack a position is the caller's rule (the Multiformer refuses it:
+    A place whose ``lat`` or ``lon`` is not finite (NaN, +-inf): ``non_finite="propagate"`` (the default) gives NaN
+    features, so a bad place is seen downstream (the Forecaster's tile geometry); ``"zero"`` all-zero features ("no
+    position", as :func:`time_features` reads a NaN time) and a zero gradient for both coordinates, for a token
+    embedding, where a padding token's NaN coordinates must not reach attention (a zero weight times a NaN value is
+    NaN: every other token of the sample would be NaN). Finite places give bit-identical features either way.
+    Whether a real token may lack a place is the caller's rule (the Multiformer refuses it:
     :func:`model._batch.encode_fields`).
     """
+    if non_finite not in ("propagate", "zero"):
+        raise ValueError(f"sphere_features: non_finite: expected 'propagate' or 'zero', got {non_finite!r}")
+    if non_finite == "propagate":
+        return _sphere_features(lat, lon, num_frequencies)
     ok = torch.isfinite(lat) & torch.isfinite(lon)
     zero = torch.zeros((), dtype=lat.dtype, device=lat.device)
     # the coordinates are replaced before sin/cos, not the features after: a NaN that reaches sin/cos gives a NaN
     # gradient even where a later torch.where drops its value
-    phi = torch.deg2rad(torch.where(ok, lat, zero))
-    lam = torch.deg2rad(torch.where(ok, lon, zero.to(lon.dtype)))
+    out = _sphere_features(torch.where(ok, lat, zero), torch.where(ok, lon, zero.to(lon.dtype)), num_frequencies)
+    return torch.where(ok[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def _sphere_features(lat: torch.Tensor, lon: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+    """:func:`sphere_features` without a guard: NaN in, NaN out."""
+    phi = torch.deg2rad(lat)
+    lam = torch.deg2rad(lon)
     feats = [torch.cos(phi) * torch.cos(lam), torch.cos(phi) * torch.sin(lam), torch.sin(phi)]
     for k in range(1, num_frequencies + 1):
         f = float(2**k)
         feats += [torch.sin(f * phi), torch.cos(f * phi), torch.sin(f * lam), torch.cos(f * lam)]
-    out = torch.stack(feats, dim=-1)
-    return torch.where(ok[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return torch.stack(feats, dim=-1)
 
 
 def offset_features(dlat: torch.Tensor, dlon: torch.Tensor, num_frequencies: int) -> torch.Tensor:

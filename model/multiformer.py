@@ -348,7 +348,8 @@ class FieldEmbedding(nn.Module):
         feats = torch.cat(
             [
                 time_features(f32["time_of_day"], f32["day_of_year"]),
-                sphere_features(f32["lat"], f32["lon"], self.meta_frequencies),
+                # a padding token's NaN place: zero features, never NaN (a real one's is refused: encode_fields)
+                sphere_features(f32["lat"], f32["lon"], self.meta_frequencies, non_finite="zero"),
             ],
             dim=-1,
         )

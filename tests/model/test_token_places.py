@@ -28,11 +28,14 @@ def _sphere_numpy(lat: np.ndarray, lon: np.ndarray, n: int) -> np.ndarray:
     return np.stack(feats, -1)
 
 
-def test_sphere_features_of_a_non_finite_place_are_zero_with_a_zero_gradient():
+def test_sphere_features_of_a_non_finite_place_can_be_zero_with_a_zero_gradient():
     lat = torch.tensor([10.0, NAN, 45.5, 3.0, -math.inf, -80.25], dtype=torch.float64, requires_grad=True)
     lon = torch.tensor([359.75, 20.0, NAN, math.inf, 7.0, 181.0], dtype=torch.float64, requires_grad=True)
-    f = sphere_features(lat, lon, 3)
+    f = sphere_features(lat, lon, 3, non_finite="zero")
     finite = np.array([True, False, False, False, False, True])
+    plain = sphere_features(lat.detach(), lon.detach(), 3)  # the default: a bad place shows as NaN (tile geometry)
+    assert torch.isnan(plain[torch.from_numpy(~finite)]).any(dim=-1).all()
+    assert torch.equal(plain[torch.from_numpy(finite)], f.detach()[torch.from_numpy(finite)])
     want = np.zeros((6, 15))
     want[finite] = _sphere_numpy(lat.detach().numpy()[finite], lon.detach().numpy()[finite], 3)
     np.testing.assert_allclose(f.detach().numpy(), want, rtol=0, atol=1e-12)
@@ -52,6 +55,8 @@ def test_sphere_features_of_a_non_finite_place_are_zero_with_a_zero_gradient():
     torch.testing.assert_close(lat.grad[keep], la.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lon.grad[keep], lo.grad, rtol=1e-12, atol=1e-12)
     assert (la.grad != 0).all()
+    with pytest.raises(ValueError, match="non_finite: expected 'propagate' or 'zero', got 'drop'"):
+        sphere_features(lat, lon, 3, non_finite="drop")
 
 
 def _padded_batch(cfg: MultiformerConfig) -> dict:
