@@ -7,14 +7,14 @@ lead time that does not fit the state used to fail deep in torch: a raw broadcas
 ``expand`` error for a lead time of another batch size. :class:`RolloutCheck` checks them once per call, before the
 first step, and names the argument, what it expected and what it got.
 
-Host syncs: shapes, dtypes and devices are host metadata. The neighbour *values* are not: on an accelerator, reading
-them is a host sync. On an accelerator :class:`RolloutCheck` reads them once per neighbours tensor (it remembers the
-last tensor it checked, its version counter, which in-place changes bump, and its data pointer), so a geometry used
-for every step of every rollout, as a training loop does, costs one read in all, not one per step; a write through
-``.data`` does not bump the version and is not seen there. Neighbours on the CPU are read at every call (no sync;
-their copy to the state's device, if any, is the caller's), and so are inference tensors, which have no version
-counter. (One tensor is remembered: a caller alternating between two geometries on an accelerator pays a read per
-call.)
+Host syncs: shapes, dtypes and devices are host metadata. The neighbour *values* and whether the tile centres are
+finite are not: on an accelerator, reading them is a host sync. On an accelerator :class:`RolloutCheck` reads them
+once per geometry (it remembers the last three tensors it checked, their version counters, which in-place changes
+bump, and their data pointers), so a geometry used for every step of every rollout, as a training loop does, costs
+one read in all, not one per step; a write through ``.data`` does not bump the version and is not seen there. A
+geometry on the CPU is read at every call (no sync; its copy to the state's device, if any, is the caller's), and
+so are inference tensors, which have no version counter. (One geometry is remembered: a caller alternating between
+two on an accelerator pays a read per call.)
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class RolloutCheck:
             )
 
     def geometry(self, geometry: Any, state: torch.Tensor, where: str) -> None:
-        """``geometry`` is a :class:`TileGeometry` of the state's ``T`` tiles: ``lat``, ``lon`` ``(T,)`` on the
-        state's device, ``neighbors`` ``(T, K)`` integer indices in ``[0, T)``."""
+        """``geometry`` is a :class:`TileGeometry` of the state's ``T`` tiles: ``lat``, ``lon`` ``(T,)`` finite, on
+        the state's device, ``neighbors`` ``(T, K)`` integer indices in ``[0, T)``."""
         t = state.shape[2]
         if not isinstance(geometry, tuple) or len(geometry) != 3:
             raise ModelConfigError(f"{where}: geometry: expected a TileGeometry(lat, lon, neighbors), got "
@@ -125,16 +125,28 @@ class RolloutCheck:
                 f"{where}: geometry.neighbors: expected an integer tensor of shape (T, K) with T = {t} (the state's "
                 f"tiles), got {_got(nb)}"
             )
-        # the cache is trusted only where a read costs a sync (an accelerator) and the version counter exists
-        # (not an inference tensor); data_ptr catches `nb.data = other`, nothing catches writes through .data
-        key = None if nb.device.type == "cpu" or nb.is_inference() else (nb._version, nb.data_ptr(), t)
+        # the cache is trusted only where a read costs a sync (an accelerator) and the version counters exist
+        # (no inference tensor); data_ptr catches `x.data = other`, nothing catches writes through .data
+        trio = (nb, lat, lon)
+        key = None if nb.device.type == "cpu" or any(x.is_inference() for x in trio) else (
+            tuple((x._version, x.data_ptr()) for x in trio), t)
         seen = self._seen
-        if key is not None and seen is not None and seen[0] is nb and seen[1] == key:
-            return  # this very tensor, unchanged, was checked against T tiles: no second read
-        if not nb.numel() or torch.compiler.is_compiling():
+        if key is not None and seen is not None and all(a is b for a, b in zip(seen[0], trio)) and seen[1] == key:
+            return  # these very tensors, unchanged, were checked against T tiles: no second read
+        if torch.compiler.is_compiling():
             return  # nothing read: nothing remembered
-        # sync point: for neighbours on an accelerator only, once per neighbours tensor (see the module notes)
-        lo, hi = torch.stack([nb.min(), nb.max()]).tolist()
+        # sync point: for a geometry on an accelerator only, once per geometry (see the module notes). Tile centres
+        # must be finite: a NaN one turned every tile of every sample NaN a few layers on, naming nothing
+        ends = [nb.min().long(), nb.max().long()] if nb.numel() else [torch.zeros((), dtype=torch.long,
+                                                                                  device=nb.device)] * 2
+        lo, hi, n_lat, n_lon = torch.stack(ends + [(~torch.isfinite(x)).sum() for x in (lat, lon)]).tolist()
+        for name, x, n in (("lat", lat, n_lat), ("lon", lon, n_lon)):
+            if n:
+                i = int((~torch.isfinite(x)).nonzero()[0, 0])
+                raise ModelConfigError(
+                    f"{where}: geometry.{name}: expected finite tile centres in degrees, got {n} not finite (first: "
+                    f"{name}[{i}] = {float(x[i])})"
+                )
         if lo < 0 or hi >= t:
             bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
             raise ModelConfigError(
@@ -142,4 +154,4 @@ class RolloutCheck:
                 f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
                 f"{int(nb[bad[0], bad[1]])})"
             )
-        self._seen = None if key is None else (nb, key)
+        self._seen = None if key is None else (trio, key)

@@ -39,7 +39,16 @@ def _bad_geometries(geo):
     nb = geo.neighbors
     negative = nb.clone()
     negative[3, 2] = -1
+    nan_lat, inf_lon = geo.lat.clone(), geo.lon.clone()
+    nan_lat[4] = float("nan")
+    inf_lon[[2, 9]] = float("inf")
     return {
+        "NaN latitude": (TileGeometry(nan_lat, geo.lon, nb),
+                         r"geometry\.lat: expected finite tile centres in degrees, got 1 not finite \(first: "
+                         r"lat\[4\] = nan\)"),
+        "infinite longitudes": (TileGeometry(geo.lat, inf_lon, nb),
+                                r"geometry\.lon: expected finite tile centres in degrees, got 2 not finite \(first: "
+                                r"lon\[2\] = inf\)"),
         "one tile short": (TileGeometry(geo.lat[:15], geo.lon[:15], nb[:15] % 15),
                            r"geometry\.lat: expected a floating-point tensor of shape \(T,\) = \(16,\).*shape \(15,\)"),
         "neighbours of 15 tiles": (TileGeometry(geo.lat, geo.lon, nb[:15]),
@@ -58,7 +67,8 @@ def _bad_geometries(geo):
 
 @pytest.mark.parametrize("where", ["step", "decode", "rollout", "rollout_loss"])
 @pytest.mark.parametrize("case", ["one tile short", "neighbours of 15 tiles", "index >= T", "negative index",
-                                  "float neighbours", "integer latitudes", "not a geometry"])
+                                  "float neighbours", "integer latitudes", "not a geometry", "NaN latitude",
+                                  "infinite longitudes"])
 def test_a_geometry_that_does_not_fit_the_state_is_named(where, case):
     model, geo, _, _ = _setup()
     bad, match = _bad_geometries(geo)[case]
@@ -128,6 +138,13 @@ def test_a_rollout_checks_once_and_reads_the_neighbours_on_the_cpu_every_call(mo
     checker.geometry(own, state, "step")
     nb.data[2, 0] = T + 1  # through .data: no version bump
     with pytest.raises(ModelConfigError, match=r"first: neighbors\[2, 0\] = 17"):
+        checker.geometry(own, state, "step")
+    nb.data[2, 0] = 0
+    lat = geo.lat.clone()
+    own = TileGeometry(lat, geo.lon, nb)
+    checker.geometry(own, state, "step")
+    lat[7] = float("nan")  # the tile centres are read at every call too
+    with pytest.raises(ModelConfigError, match=r"first: lat\[7\] = nan"):
         checker.geometry(own, state, "step")
 
 
