@@ -18,7 +18,8 @@ count on every rank). :meth:`RolloutLoader.
 state_dict` / :meth:`~RolloutLoader.load_state_dict` resume at exactly the next batch, as the
 :class:`~fastload.Loader` does, and each :class:`RolloutBatch` carries :class:`~fastload.reader.IOStats` so the
 profiling step timer and reports treat it like a loader batch. The reads themselves (:func:`extract_windows`,
-the counting store, pinning) are :mod:`fastload._rollout_extract`; :func:`extract_windows` is re-exported here.
+the counting store, pinning) are :mod:`fastload._rollout_extract`; :func:`extract_windows` is re-exported here, as
+is :class:`RolloutBatch` (the batch and its layouts: :mod:`fastload._rollout_batch`).
 
 Example::
 
@@ -42,13 +43,14 @@ import numpy as np
 import torch
 
 from ._device import default_device
+from ._rollout_batch import RolloutBatch
 from ._rollout_extract import _CountingStore, _pinned, extract_windows
 from ._stream_time import _td, first_irregular, median_step, regular_windows
 from .config import LoaderConfig, SamplingConfig, _Config
 from .errors import ConfigError, LoaderClosedError
 from .extract import _normalizer, extract, warm_gather
 from .pump import Pump
-from .reader import IOStats, await_kernel_warmup, start_kernel_warmup
+from .reader import await_kernel_warmup, start_kernel_warmup
 from .sampling.tiles import GlobalTiles, global_tiles
 
 __all__ = ["RolloutConfig", "RolloutBatch", "RolloutLoader", "extract_windows"]
@@ -125,98 +127,6 @@ class RolloutConfig(_Config):
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutConfig:
         cls._check_keys(d, "rollout")
         return cls(**d)
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class RolloutBatch:
-    """One batch of rollout samples (CPU tensors, pinned when the loader feeds a GPU; see :meth:`to`).
-
-    Shapes: ``B`` initial times, ``W`` input windows, ``T`` tiles, ``S`` steps; per field ``L`` levels and the
-    token geometry of the sampling config (``nt``) or of the targets (``nt_out = readout_time_tokens``).
-    """
-
-    fields: dict[str, Any]
-    """Field -> inputs ``(B, W, T, L, nt, nlat, nlon, tt, tlat, tlon)``."""
-    meta: dict[str, dict[str, Any]]
-    """Field -> ``hour``, ``day_of_year`` ``(B, W, T, nt)``; ``lat``, ``lon`` ``(B, T, nlat, nlon)`` token centres;
-    ``level`` ``(L,)`` (NaN for a field without levels)."""
-    targets: list[dict[str, Any]]
-    """Per step k = 1..S: field -> ``(B, T, L, nt_out, nlat, nlon, tt, tlat, tlon)``."""
-    boxes: Any
-    """``(B, W, T, 3)`` int64: the input tiles' ``(t0, y0, x0)``."""
-    t0: Any
-    """``(B,)`` int64: store index of each sample's first input time."""
-    lead_hours: Any
-    """``(B,)`` float32: hours per rollout step (from the store's time axis, at the first step)."""
-    index: int
-    """Batch index in the epoch (this rank's)."""
-    epoch: int
-    stats: IOStats
-    """I/O counters of this batch (inputs and targets)."""
-    levelled: tuple[str, ...] = ()
-    """Fields that have a level axis (their ``level`` metadata is meaningful)."""
-    masks: dict[str, Any] | None = None
-    """Always None (rollout batches are not masked); kept so code written for :class:`fastload.Batch` works."""
-    sources: dict[str, Any] | None = None
-    """Always None, as ``masks``."""
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def to(self, device: Any, non_blocking: bool = True) -> RolloutBatch:
-        """A copy with every tensor on ``device`` (tensors already there are shared, not copied). ``non_blocking``
-        applies to copies to an accelerator only: a copy to the CPU always blocks, else its values may not have
-        arrived when the host reads them (as :func:`model.model_inputs` moves tensors)."""
-        dev = torch.device(device)
-        asynchronous = non_blocking and dev.type != "cpu"
-
-        def mv(x: Any) -> Any:
-            if isinstance(x, torch.Tensor):
-                return x if x.device == dev else x.to(dev, non_blocking=asynchronous)
-            if isinstance(x, Mapping):
-                return {k: mv(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [mv(v) for v in x]
-            return x
-
-        return dataclasses.replace(self, fields=mv(self.fields), meta=mv(self.meta), targets=mv(self.targets),
-                                   lead_hours=mv(self.lead_hours))
-
-    def model_inputs(self, device: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The Forecaster's batch layout (see :mod:`model.forecaster`), moved to ``device`` (non-blocking).
-
-        Returns
-        -------
-        windows : list of W dicts
-            ``{field: {"tokens": (B, T, L, nt, ...), "meta": {time_of_day, day_of_year, lat, lon[, level]}}}``,
-            metadata ``(B, T, L, nt, nlat, nlon)`` (broadcast views), oldest window first.
-        targets : list of S dicts
-            ``{field: {"tokens": (B, T, L, nt_out, ...), "lat": (B, T, L, nt_out, nlat, nlon)}}``.
-        """
-        b = self if device is None else self.to(device)
-        windows = []
-        for w in range(next(iter(b.fields.values())).shape[1]):
-            win = {}
-            for name, x in b.fields.items():
-                tokens = x[:, w]  # (B, T, L, nt, nlat, nlon, tt, tlat, tlon)
-                grid = tuple(tokens.shape[:6])
-                m = b.meta[name]
-                meta = {"time_of_day": m["hour"][:, w, :, None, :, None, None].expand(grid),
-                        "day_of_year": m["day_of_year"][:, w, :, None, :, None, None].expand(grid),
-                        "lat": m["lat"][:, :, None, None].expand(grid),
-                        "lon": m["lon"][:, :, None, None].expand(grid)}
-                if name in b.levelled:
-                    meta["level"] = m["level"][None, None, :, None, None, None].expand(grid)
-                win[name] = {"tokens": tokens, "meta": meta}
-            windows.append(win)
-        targets = []
-        for step in b.targets:
-            tgt = {}
-            for name, x in step.items():
-                grid = tuple(x.shape[:6])
-                tgt[name] = {"tokens": x, "lat": b.meta[name]["lat"][:, :, None, None].expand(grid)}
-            targets.append(tgt)
-        return windows, targets
 
 
 def _target_configs(config: SamplingConfig, nt_out: int) -> list[SamplingConfig]:
