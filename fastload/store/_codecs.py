@@ -18,7 +18,8 @@ Variable-length strings and bytes (object dtype: v2 ``|O`` with the filter ``vle
 its bounds and runs no code) to object arrays of ``str``/``bytes``, as zarr-python reads them; they are never
 fields (coordinates such as ERA5's ``expver``). Other object codecs (pickle, msgpack, JSON, vlen-array,
 categorize), object dtypes without an object codec, and codecs we do not know raise
-:class:`~fastload.errors.CodecError` unless ``allow_unsafe_codecs=True``, which hands them to numcodecs.
+:class:`~fastload.errors.CodecError` unless ``allow_unsafe_codecs=True``, which hands them to numcodecs (these rules,
+and :func:`check_safety` that applies them at open, are :mod:`._codecs_safety`, re-exported here).
 
 The fast path (a single Blosc/Zstd/LZ4/GZip compressor, native byte order, C order) decompresses straight into
 the caller's ``out`` buffer (a cache slot) after checking the size the stream declares.
@@ -34,6 +35,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import CodecError
+from ._codecs_safety import (  # noqa: F401
+    _V3_BYTES_BYTES,
+    _V3_KNOWN,
+    SAFE_NUMCODECS,
+    _check_object,
+    _refuse,
+    _unsafe_object,
+    check_safety,
+    vlen_codec,
+)
 from ._meta import ELEMENTWISE_A2A, VLEN_CODECS, ArrayInfo
 
 __all__ = [
@@ -41,25 +52,11 @@ __all__ = [
     "vlen_codec", "SAFE_NUMCODECS",
 ]  # fmt: skip
 
-SAFE_NUMCODECS = frozenset({
-    "blosc", "zstd", "lz4", "gzip", "zlib", "bz2", "lzma", "delta", "fixedscaleoffset", "astype", "quantize",
-    "bitround", "shuffle", "crc32", "crc32c", "adler32", "fletcher32", "packbits",
-})  # fmt: skip
-"""numcodecs codec ids decoded without ``allow_unsafe_codecs`` (numeric in, numeric out, no code execution)."""
 _OUT_CAPABLE = frozenset({"blosc", "zstd", "lz4", "gzip"})
-_V3_BYTES_BYTES = frozenset({"blosc", "zstd", "gzip", "crc32c"})
 
 
 class DecodeError(Exception):
     """A chunk's bytes could not be decoded; the store wraps it in a ChunkReadError naming array and chunk."""
-
-
-def _refuse(info: ArrayInfo, where: str, what: str, allow_unsafe: bool) -> None:
-    if not allow_unsafe:
-        raise CodecError(
-            f"array {info.name!r} ({where}): {what}; fastload refuses it by default because it can run "
-            "arbitrary code or is not a numeric codec. Pass allow_unsafe_codecs=True to let numcodecs decode it."
-        )
 
 
 def _numcodec(config: dict, info: ArrayInfo, where: str) -> Any:
@@ -397,54 +394,6 @@ def _build_v3_vlen(
                         np.dtype(object), chunks)  # fmt: skip
 
 
-def vlen_codec(info: ArrayInfo, codecs: tuple[dict, ...] | None = None) -> str | None:
-    """The variable-length codec (``"vlen-utf8"``/``"vlen-bytes"``) that turns ``info``'s elements into bytes: the
-    first v2 filter, or a v3 array-to-bytes codec (in the chain or inside ``sharding_indexed``); None without one."""
-    if info.zarr_format == 2:
-        return info.codecs[0]["id"] if info.codecs and info.codecs[0]["id"] in VLEN_CODECS else None
-    chains = [info.codecs if codecs is None else codecs]
-    while chains:
-        for c in chains.pop():
-            name = c.get("name") if isinstance(c, dict) else c
-            if name in VLEN_CODECS:
-                return name
-            if name == "sharding_indexed":
-                chains.append(tuple((c.get("configuration") or {}).get("codecs") or ()))
-    return None
-
-
-def _check_object(info: ArrayInfo, where: str, allow_unsafe: bool, codecs: tuple[dict, ...] | None = None) -> None:
-    """An object-dtype array decodes only as variable-length strings or bytes through their codec: refuse (unless
-    ``allow_unsafe``) a v2 object array whose object codec is another (pickle, msgpack, ...: :func:`_unsafe_object`);
-    raise CodecError for a variable-length type without its codec, or a variable-length codec on another dtype."""
-    codec = vlen_codec(info, codecs)
-    names = [c.get("id") or c.get("name") for c in (info.codecs if codecs is None else codecs)]
-    if info.dtype.kind != "O":
-        if codec is not None:
-            raise CodecError(f"array {info.name!r} ({where}): codec {codec!r} encodes variable-length values, but "
-                             f"the array's dtype is {info.dtype}; expected an object (string/bytes) dtype")
-        return
-    if _unsafe_object(info):
-        _refuse(info, where, _unsafe_object(info), allow_unsafe)
-        return
-    want = next(k for k, v in VLEN_CODECS.items() if v == info.vlen)
-    if codec != want:
-        kind = "strings" if info.vlen == "str" else "bytes"
-        raise CodecError(f"array {info.name!r} ({where}): variable-length {kind} need the codec {want!r} (the "
-                         f"{'first filter' if info.zarr_format == 2 else 'array-to-bytes codec'}); the codec chain "
-                         f"is {names}")
-
-
-def _unsafe_object(info: ArrayInfo) -> str:
-    """Why an object-dtype array is decoded only with ``allow_unsafe`` (a v2 object codec other than vlen-utf8 or
-    vlen-bytes, which numcodecs may run as code: pickle), or "" when it is variable-length strings or bytes."""
-    if info.dtype.kind != "O" or info.vlen is not None:
-        return ""
-    first = info.codecs[0]["id"] if info.codecs else None
-    has = first is not None and first not in SAFE_NUMCODECS
-    return f"object dtype (v2 dtype '|O') with {'object codec ' + repr(first) if has else 'no object codec'}"
-
-
 WHOLE_CHUNK_A2A = frozenset({"numcodecs.delta"})
 """v3 array-to-array codecs fastload decodes that act on the chunk as a whole (delta: a running sum over its
 elements in memory order), so not before ``sharding_indexed`` (:class:`~._shard.ShardIndex` refuses them there)."""
@@ -570,37 +519,3 @@ class _Crc32c:
         if computed != stored:
             raise DecodeError(f"crc32c checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
         return body
-
-
-_V3_KNOWN = frozenset({"bytes", "transpose", "sharding_indexed", *VLEN_CODECS}) | _V3_BYTES_BYTES
-
-
-def check_safety(info: ArrayInfo, where: str, *, allow_unsafe: bool = False) -> None:
-    """Refuse object dtypes and object, pickle or unknown codecs anywhere in ``info``'s chain (CodecError).
-
-    Runs on every array of a store at open, including arrays fastload never reads, so a store that would need
-    unsafe decoding is noticed before any data is touched. Variable-length strings and bytes with their codec
-    (``vlen-utf8``/``vlen-bytes``) are safe; whether their chain can be decoded is checked when they are read.
-    """
-    if _unsafe_object(info):
-        _refuse(info, where, _unsafe_object(info), allow_unsafe)
-    if info.zarr_format == 2:
-        for i, c in enumerate(info.codecs):
-            if c["id"] in VLEN_CODECS and i == 0:
-                continue  # safe; whether it fits the dtype is checked when it is read (_check_object)
-            if c["id"] not in SAFE_NUMCODECS:
-                _refuse(info, where, f"codec {c['id']!r}", allow_unsafe)
-        return
-    chains = [info.codecs]
-    while chains:
-        for c in chains.pop():
-            name = c["name"]
-            if name == "sharding_indexed":
-                conf = c["configuration"]
-                chains.append(tuple(x if isinstance(x, dict) else {"name": x} for x in conf.get("codecs") or ()))
-                chains.append(tuple(x if isinstance(x, dict) else {"name": x} for x in conf.get("index_codecs") or ()))
-            elif name.startswith("numcodecs."):
-                if name.split(".", 1)[1] not in SAFE_NUMCODECS:
-                    _refuse(info, where, f"codec {name!r}", allow_unsafe)
-            elif name not in _V3_KNOWN:
-                _refuse(info, where, f"unknown codec {name!r}", allow_unsafe)
