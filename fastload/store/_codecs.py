@@ -244,7 +244,19 @@ class ChunkDecoder:
             return
         if declared != self.nbytes:
             raise DecodeError(f"{cid} stream declares {declared} decoded bytes, expected {self.nbytes}")
-        self._decompress(raw, dest)  # type: ignore[misc]
+        if cid != "gzip":
+            self._decompress(raw, dest)  # type: ignore[misc]
+            return
+        # gzip's trailer says the chunk's size, but only the last member's: members before it decode too, and
+        # numcodecs then stops at the end of ``dest`` ("Unable to fit data into `out`", its only ValueError here)
+        try:
+            self._decompress(raw, dest)  # type: ignore[misc]
+        except ValueError as e:
+            raise DecodeError(f"gzip stream decodes to more than {self.nbytes} bytes, the chunk's size "
+                              f"({len(raw)} stored bytes): corrupt, or not this array's chunk") from e  # fmt: skip
+        except Exception as e:  # EOFError, zlib.error, BadGzipFile, ...
+            raise DecodeError(f"gzip stream truncated or corrupt ({len(raw)} stored bytes): "
+                              f"{type(e).__name__}: {e}") from e  # fmt: skip
 
     def _decode_general(self, raw: bytes | memoryview) -> np.ndarray:
         from numcodecs.compat import ensure_ndarray_like

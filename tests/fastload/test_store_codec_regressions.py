@@ -311,3 +311,38 @@ def test_truncated_gzip_chunk_says_truncated_and_names_the_chunk(tmp_path, fmt):
             open_store(tmp_path / "s.zarr").read_array("v")
         assert e.value.chunk == (0, 0, 0) and str(f) in str(e.value), str(e.value)
         assert "declares" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_gzip_chunk_whose_last_member_alone_has_the_chunks_size_says_it_decodes_to_more(tmp_path, fmt):
+    """Review rv1 (F8): two gzip members whose last alone has the chunk's size (its trailer says the chunk's size)
+    took the fast path and reported numcodecs' "cannot decode: ValueError: Unable to fit data into `out`"; now it
+    says the stream decodes to more than the chunk's bytes, naming the chunk. zarr-python refuses it too. A
+    corrupt member whose trailer still says the chunk's size is "truncated or corrupt" as elsewhere (was
+    "cannot decode: BadGzipFile: CRC check failed")."""
+    import gzip
+
+    from fastload.errors import ChunkReadError
+
+    data, f = _gzip_store(tmp_path / "s.zarr", fmt)
+    raw = data.tobytes()
+    whole = gzip.compress(raw)
+    blob = gzip.compress(raw[:4]) + whole
+    assert len(gzip.decompress(blob)) == len(raw) + 4  # the reference: 4 bytes more than the chunk holds
+    f.write_bytes(blob)
+    with pytest.raises(Exception):  # noqa: B017 - zarr-python's error differs by version; it must not read it
+        zarr_read(tmp_path / "s.zarr", "v")
+    with pytest.raises(ChunkReadError, match=f"gzip stream decodes to more than {len(raw)} bytes") as e:
+        open_store(tmp_path / "s.zarr").read_array("v")
+    assert e.value.chunk == (0, 0, 0) and str(f) in str(e.value), str(e.value)
+    assert "not this array's chunk" in str(e.value) and "Unable to fit" not in str(e.value)
+
+    bad = bytearray(whole)
+    bad[-8] ^= 0xFF  # the trailer's CRC, not its size: it still says the chunk's size
+    assert int.from_bytes(bad[-4:], "little") == len(raw)
+    with pytest.raises(gzip.BadGzipFile, match="CRC"):  # gzip itself refuses it
+        gzip.decompress(bytes(bad))
+    f.write_bytes(bytes(bad))
+    with pytest.raises(ChunkReadError, match="gzip stream truncated or corrupt") as e:
+        open_store(tmp_path / "s.zarr").read_array("v")
+    assert e.value.chunk == (0, 0, 0) and str(f) in str(e.value), str(e.value)
