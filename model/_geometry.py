@@ -65,7 +65,8 @@ class RolloutCheck:
     __slots__ = ("_seen",)
 
     def __init__(self) -> None:
-        self._seen: tuple[torch.Tensor, tuple[int, int, int]] | None = None  # last checked: tensor, (version, ptr, T)
+        # last checked, per part (neighbours; the centres lat, lon): (tensors, key), or None
+        self._seen: tuple[tuple | None, tuple | None] = (None, None)
 
     def __call__(self, where: str, config: Any, state: Any, geometry: Any, lead_time: Any = _NO_LEAD) -> None:
         """:class:`ModelConfigError` naming ``where`` and the argument unless ``state`` fits ``config`` and
@@ -126,32 +127,51 @@ class RolloutCheck:
                 f"tiles), got {_got(nb)}"
             )
         # the cache is trusted only where a read costs a sync (an accelerator) and the version counters exist
-        # (no inference tensor); data_ptr catches `x.data = other`, nothing catches writes through .data
-        trio = (nb, lat, lon)
-        key = None if nb.device.type == "cpu" or any(x.is_inference() for x in trio) else (
-            tuple((x._version, x.data_ptr()) for x in trio), t)
-        seen = self._seen
-        if key is not None and seen is not None and all(a is b for a, b in zip(seen[0], trio)) and seen[1] == key:
-            return  # these very tensors, unchanged, were checked against T tiles: no second read
-        if torch.compiler.is_compiling():
-            return  # nothing read: nothing remembered
-        # sync point: for a geometry on an accelerator only, once per geometry (see the module notes). Tile centres
-        # must be finite: a NaN one turned every tile of every sample NaN a few layers on, naming nothing
-        ends = [nb.min().long(), nb.max().long()] if nb.numel() else [torch.zeros((), dtype=torch.long,
-                                                                                  device=nb.device)] * 2
-        lo, hi, n_lat, n_lon = torch.stack(ends + [(~torch.isfinite(x)).sum() for x in (lat, lon)]).tolist()
-        for name, x, n in (("lat", lat, n_lat), ("lon", lon, n_lon)):
-            if n:
-                i = int((~torch.isfinite(x)).nonzero()[0, 0])
+        # (no inference tensor); data_ptr catches `x.data = other`, nothing catches writes through .data. The
+        # neighbours and the tile centres are remembered apart: neighbours may live on the CPU (read at every call,
+        # no sync) while the centres sit on the state's device (read once per tensor pair there)
+        keys = (self._key((nb,), t), self._key((lat, lon), t))
+        fresh = [k is None or s is None or s[1] != k or any(a is not b for a, b in zip(s[0], x))
+                 for k, s, x in zip(keys, self._seen, ((nb,), (lat, lon)))]
+        if not any(fresh) or torch.compiler.is_compiling():
+            return  # these very tensors, unchanged, were checked against T tiles (or nothing can be read now)
+        # sync point: on an accelerator only, once per neighbours tensor and once per pair of centres (see the
+        # module notes); one read where both need one on the same device. Tile centres must be finite: a NaN one
+        # turned every tile of every sample NaN a few layers on, naming nothing
+        parts = []  # 1-D int64 tensors: the neighbours' range, the centres' non-finite counts
+        if fresh[0]:
+            parts.append(torch.stack([nb.min(), nb.max()]).long() if nb.numel()
+                         else torch.zeros(2, dtype=torch.long, device=nb.device))
+        if fresh[1]:
+            parts.append(torch.stack([(~torch.isfinite(x)).sum() for x in (lat, lon)]).long())
+        if len({x.device for x in parts}) == 1:
+            got = torch.cat(parts).tolist()
+        else:
+            got = [v for x in parts for v in x.tolist()]
+        if fresh[0]:
+            lo, hi, got = got[0], got[1], got[2:]
+            if lo < 0 or hi >= t:
+                bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
                 raise ModelConfigError(
-                    f"{where}: geometry.{name}: expected finite tile centres in degrees, got {n} not finite (first: "
-                    f"{name}[{i}] = {float(x[i])})"
+                    f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "
+                    f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
+                    f"{int(nb[bad[0], bad[1]])})"
                 )
-        if lo < 0 or hi >= t:
-            bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
-            raise ModelConfigError(
-                f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "
-                f"tiles), got values in [{lo}, {hi}] (first: neighbors[{bad[0]}, {bad[1]}] = "
-                f"{int(nb[bad[0], bad[1]])})"
-            )
-        self._seen = None if key is None else (trio, key)
+        if fresh[1]:
+            for name, x, n in (("lat", lat, got[0]), ("lon", lon, got[1])):
+                if n:
+                    i = int((~torch.isfinite(x)).nonzero()[0, 0])
+                    raise ModelConfigError(
+                        f"{where}: geometry.{name}: expected finite tile centres in degrees, got {n} not finite "
+                        f"(first: {name}[{i}] = {float(x[i])})"
+                    )
+        self._seen = tuple(s if not f else (None if k is None else (x, k))
+                           for s, f, k, x in zip(self._seen, fresh, keys, ((nb,), (lat, lon))))
+
+    @staticmethod
+    def _key(tensors: tuple[torch.Tensor, ...], t: int) -> tuple | None:
+        """What identifies ``tensors`` unchanged, or None where they are read at every call (on the CPU: no sync; an
+        inference tensor: no version counter)."""
+        if tensors[0].device.type == "cpu" or any(x.is_inference() for x in tensors):
+            return None
+        return tuple((x._version, x.data_ptr()) for x in tensors), t

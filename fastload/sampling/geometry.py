@@ -297,7 +297,7 @@ def _coslat_starts(rng: np.random.Generator, n: int, extent: GridExtent, box: Se
         raise ConfigError("centers = 'coslat' needs the grid's latitudes (lat)")
     lat = np.asarray(lat, dtype=np.float64)
     h, w = int(box[1]), int(box[2])
-    bad = np.flatnonzero(~(np.abs(lat) <= 90.0))  # NaN and +-inf fail too
+    bad = np.flatnonzero(~(np.abs(lat) <= 90.0 + 1e-9))  # NaN and +-inf fail too (the tolerance: open_store's)
     if bad.size:
         i = np.unravel_index(int(bad[0]), lat.shape)
         raise ConfigError(f"coslat: lat must be finite latitudes in degrees within [-90, 90]; got "

@@ -227,6 +227,15 @@ def test_integer_arguments_of_numpy_types_still_work():
     assert check_boxes(np.array([[1, 2, 59]], np.uint64), GLOBAL, BOX).tolist() == [[1, 2, 59]]
 
 
+def test_coslat_takes_the_latitudes_open_store_takes():
+    """open_store accepts latitudes up to 1e-9 beyond the poles (rounding in a stored coordinate); so does coslat
+    placement (review rv2: it refused 90.0000000005), with the same boxes as the rounded grid."""
+    lat = LAT.copy()
+    lat[0], lat[-1] = 90 + 5e-10, -90 - 5e-10
+    kw = dict(seed=0, epoch=0, centers="coslat")
+    assert np.array_equal(random_boxes(50, GLOBAL, BOX, lat=lat, **kw), random_boxes(50, GLOBAL, BOX, lat=LAT, **kw))
+
+
 @pytest.mark.parametrize("ext", [GLOBAL, REGIONAL])
 def test_stitch_round_trips_a_constant_field_exactly(ext):
     til = tile_grid(ext, (1, 3, 4), (1, 3, 3), overlap=(1, 2))

@@ -181,3 +181,18 @@ def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_
             model._check("rollout", model.config, state, geo, torch.full((B,), 6.0, device=dev))
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        # neighbours on the CPU beside centres on the GPU (review rv2 finding 4): the first check reads both (two
+        # devices, two reads), later ones only the CPU neighbours (no sync)
+        mixed = TileGeometry(geo.lat, geo.lon, geo.neighbors.cpu())
+        model.rollout(state, 2, lead_time=6.0, geometry=mixed)
+        nan_lat = geo.lat.clone()
+        nan_lat[3] = float("nan")
+        with pytest.raises(ModelConfigError, match=r"^rollout: geometry\.lat: expected finite tile centres"):
+            model.rollout(state, 2, lead_time=6.0, geometry=TileGeometry(nan_lat, geo.lon, mixed.neighbors))
+        model.rollout(state, 2, lead_time=6.0, geometry=mixed)  # the centres checked again (another tensor last)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model._check("rollout", model.config, state, mixed, torch.full((B,), 6.0, device=dev))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
