@@ -13,8 +13,9 @@ chunking fastload samples well, and keeps what a loader must know:
   group attribute ``latitude_order``);
 - only latitude-longitude grids: a variable over a rotated-pole axis (``rlat``/``rlon``, standard_name
   ``grid_latitude``/``grid_longitude``: CORDEX) or with a ``grid_mapping`` other than ``latitude_longitude`` is an
-  error naming it (its axes are not true degrees; ``ds.to_zarr`` keeps its 2-D lat/lon, a curvilinear store); a
-  scalar ``latitude_longitude`` grid-mapping variable the fields name is copied;
+  error naming it (its axes are not true degrees; ``ds.to_zarr`` keeps its 2-D lat/lon, a curvilinear store), as
+  is one without ``grid_mapping_name`` whose ``crs_wkt``/``spatial_ref`` (GDAL) is a projected or rotated CRS; a
+  scalar grid-mapping variable the fields name is copied;
 - missing values (land in ocean data) as NaN, with fill value NaN, and their count in ``missing_count``;
 - units, long names and other variable attributes, the global attributes and the list of source files.
 
@@ -40,6 +41,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,8 +77,11 @@ _LENGTH_UNITS = ("m", "km", "meter", "meters", "metre", "metres", "cm")
 DTYPES = ("float32", "float64", "keep")
 _ROTATED_STD = ("grid_latitude", "grid_longitude")  # CF: a rotated-pole grid's axes, in rotated degrees
 _ROTATED_NAMES = ("rlat", "rlon")  # CORDEX's names of those axes
+_WKT_NODE = re.compile(r"([A-Za-z_]\w*)\s*[\[(]")  # a WKT node's keyword, before its bracket (WKT allows "(")
+_WKT_DERIVED = ("DERIVINGCONVERSION", "BASEGEOGCRS", "BASEGEODCRS")  # WKT2: a derived CRS (rotated pole: PROJ)
 _SUPPORTED_GRID = ("convert writes regular latitude-longitude grids: 1-D latitude and longitude coordinates in "
-                   "true degrees, and no grid_mapping or one whose grid_mapping_name is 'latitude_longitude'; "
+                   "true degrees, and no grid_mapping or one whose grid_mapping_name is 'latitude_longitude' "
+                   "(without grid_mapping_name: whose crs_wkt/spatial_ref, if any, is a geographic CRS); "
                    "regrid the file to latitudes and longitudes first (e.g. cdo remapbil), or write it to zarr as "
                    "it is with xarray (ds.to_zarr), which fastload opens as a curvilinear grid from its 2-D "
                    "latitude and longitude")  # fmt: skip
@@ -269,8 +274,9 @@ def _grid_mappings(da: Any) -> list[str]:
 def _check_grid(src: _Source, name: str) -> None:
     """Refuse a variable on a grid that is not latitude-longitude: over a rotated-pole axis (``rlat``/``rlon``,
     standard_name ``grid_latitude``/``grid_longitude``: CORDEX), or with a ``grid_mapping`` whose
-    ``grid_mapping_name`` is not ``latitude_longitude``. Taking such axes as latitude and longitude would write
-    rotated degrees as true ones (a grid 20..60 N becomes -20..20)."""
+    ``grid_mapping_name`` is not ``latitude_longitude``, or without one whose WKT is projected or derived
+    (:func:`_wkt_not_latlon`; a geographic WKT, or none, is latitude-longitude). Taking such axes as latitude and
+    longitude would write rotated degrees as true ones (a grid 20..60 N becomes -20..20)."""
     da = src.ds[name]
     over = [d for d in da.dims if str(d) in src.rotated]
     if over:
@@ -280,10 +286,31 @@ def _check_grid(src: _Source, name: str) -> None:
     for gm in _grid_mappings(da):
         if gm not in src.ds.variables:
             continue  # names nothing in the file: nothing says the grid is not latitude-longitude
-        kind = src.ds[gm].attrs.get("grid_mapping_name")
-        if kind != "latitude_longitude":
+        attrs = src.ds[gm].attrs
+        kind = attrs.get("grid_mapping_name")
+        if kind is None:  # GDAL/rioxarray: only a WKT, which says what the CRS is (or nothing: a 1-D lat/lon grid)
+            for key in ("crs_wkt", "spatial_ref"):  # CF 1.7's WKT attribute; GDAL's and rioxarray's
+                why = _wkt_not_latlon(attrs.get(key))
+                if why is not None:
+                    raise SchemaError(f"{src.path}: variable {name!r} has grid_mapping {gm!r} without "
+                                      f"grid_mapping_name whose {key} is {why}, not latitude-longitude; "
+                                      f"{_SUPPORTED_GRID}")  # fmt: skip
+        elif kind != "latitude_longitude":
             raise SchemaError(f"{src.path}: variable {name!r} has grid_mapping {gm!r} whose grid_mapping_name is "
                               f"{kind!r}, not 'latitude_longitude'; {_SUPPORTED_GRID}")  # fmt: skip
+
+
+def _wkt_not_latlon(wkt: Any) -> str | None:
+    """Why a grid mapping's WKT is not a latitude-longitude CRS: a projected one (a ``PROJ*`` node: ``PROJCS``,
+    ``PROJCRS``, WKT1's ``PROJECTION``: GDAL's rotated pole too) or a derived one (WKT2: PROJ's rotated pole); None
+    for a geographic WKT (``GEOGCS``, ``GEOGCRS``, ``EPSG:4326``), another or none (the 1-D lat/lon axes decide)."""
+    if not isinstance(wkt, str) or not wkt.strip():
+        return None
+    for k in _WKT_NODE.findall(re.sub(r'"[^"]*"', '""', wkt)):  # nodes in order; quoted names are not nodes
+        if "PROJ" in k.upper() or k.upper() in _WKT_DERIVED:
+            what = "a projected CRS" if "PROJ" in k.upper() else "a derived CRS such as a rotated pole"
+            return f"{what} ({k.upper()} node: {wkt.strip()[:60]!r}{'...' if len(wkt.strip()) > 60 else ''})"
+    return None
 
 
 GRID_ATOL = 1e-4

@@ -81,3 +81,89 @@ def test_a_latitude_longitude_grid_mapping_is_converted(tmp_path):
     st = open_store(str(tmp_path / "ll.zarr"))  # the scalar crs is no field, and no warning
     assert list(st.fields) == ["tas"] and st.grid.kind == "latlon"
     np.testing.assert_array_equal(st.grid.lat, lat)
+
+
+# A grid mapping as GDAL and rioxarray write it: no grid_mapping_name, only a WKT (review rv1 F8: 4c77450 refused
+# these, "grid_mapping_name is None, not 'latitude_longitude'", where they converted before)
+GEOGCS = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'
+          'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]')  # fmt: skip
+GEOGCRS = ('GEOGCRS["WGS 84",DATUM["World Geodetic System 1984",ELLIPSOID["WGS 84",6378137,298.257223563,'
+           'LENGTHUNIT["metre",1]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",0.0174532925199433]],CS[ellipsoidal,2],'
+           'AXIS["geodetic latitude (Lat)",north,ORDER[1],ANGLEUNIT["degree",0.0174532925199433]],'
+           'AXIS["geodetic longitude (Lon)",east,ORDER[2],ANGLEUNIT["degree",0.0174532925199433]],ID["EPSG",4326]]')  # fmt: skip
+_BASE = ('BASEGEOGCRS["WGS 84",DATUM["World Geodetic System 1984",ELLIPSOID["WGS 84",6378137,298.257223563,'
+         'LENGTHUNIT["metre",1]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",0.0174532925199433]],ID["EPSG",4326]]')  # fmt: skip
+PROJCRS = ('PROJCRS["WGS 84 / UTM zone 32N",' + _BASE + ',CONVERSION["UTM zone 32N",METHOD["Transverse Mercator",'
+           'ID["EPSG",9807]],PARAMETER["Longitude of natural origin",9,ANGLEUNIT["degree",0.0174532925199433]],'
+           'PARAMETER["Scale factor at natural origin",0.9996,SCALEUNIT["unity",1]]],CS[Cartesian,2],'
+           'AXIS["easting",east,ORDER[1],LENGTHUNIT["metre",1]],AXIS["northing",north,ORDER[2],'
+           'LENGTHUNIT["metre",1]],ID["EPSG",32632]]')  # fmt: skip
+PROJCS = ('PROJCS["WGS 84 / UTM zone 32N",' + GEOGCS + ',PROJECTION["Transverse_Mercator"],'
+          'PARAMETER["central_meridian",9],PARAMETER["scale_factor",0.9996],UNIT["metre",1],'
+          'AUTHORITY["EPSG","32632"]]')  # fmt: skip
+ROTATED_WKT2 = ('GEOGCRS["Rotated_pole",' + _BASE + ',DERIVINGCONVERSION["Pole rotation (netCDF CF convention)",'
+                'METHOD["Pole rotation (netCDF CF convention)"],PARAMETER["Grid north pole latitude (netCDF CF '
+                'convention)",39.25,ANGLEUNIT["degree",0.0174532925199433]]],CS[ellipsoidal,2],'
+                'AXIS["longitude",east,ORDER[1],ANGLEUNIT["degree",0.0174532925199433]],'
+                'AXIS["latitude",north,ORDER[2],ANGLEUNIT["degree",0.0174532925199433]]]')  # fmt: skip
+
+
+def _wkt_file(path, crs_attrs: dict) -> xr.Dataset:
+    """tas over plain 1-D (time, lat, lon) in true degrees, grid_mapping 'crs': a scalar with ``crs_attrs``."""
+    lat, lon = np.linspace(60.0, 20.0, 9), np.linspace(-15.0, 25.0, 9)
+    tas = np.random.default_rng(1).random((4, 9, 9)).astype("f4")
+    ds = xr.Dataset({"tas": (("time", "lat", "lon"), tas, {"units": "K", "grid_mapping": "crs"}),
+                     "crs": ((), np.int64(0), crs_attrs)},
+                    coords={"time": TIMES, "lat": ("lat", lat, {"units": "degrees_north"}),
+                            "lon": ("lon", lon, {"units": "degrees_east"})})  # fmt: skip
+    ds.to_netcdf(path)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"spatial_ref": GEOGCS, "crs_wkt": GEOGCS},  # GDAL's, as rioxarray writes it (the review's probe)
+        {"crs_wkt": GEOGCRS},  # WKT2
+        {"spatial_ref": "EPSG:4326"},
+        {"spatial_ref": GEOGCS.replace('"WGS 84"', '"PROJCS(x) WGS 84"', 1)},  # a quoted name is no node
+        {"long_name": "coordinate reference system"},  # no WKT either: the 1-D lat/lon axes decide
+    ],
+    ids=["geogcs", "geogcrs", "epsg4326", "quoted-name", "no-wkt"],
+)
+def test_a_grid_mapping_without_grid_mapping_name_but_geographic_or_no_wkt_is_converted(tmp_path, attrs):
+    src = tmp_path / "g.nc"
+    _wkt_file(src, attrs)
+    got = xr.open_zarr(convert([src], tmp_path / "g.zarr", progress=False))
+    with xr.open_dataset(src) as ref:  # the independent reference: xarray's reading of the file
+        np.testing.assert_array_equal(got.latitude.values, ref.lat.values)
+        np.testing.assert_array_equal(got.longitude.values, ref.lon.values)
+        np.testing.assert_array_equal(got.time.values, ref.time.values)
+        np.testing.assert_array_equal(got.tas.values, ref.tas.values)
+        assert got.tas.attrs["grid_mapping"] == "crs"
+        assert got.crs.attrs == ref.crs.attrs and got.crs.values == ref.crs.values
+        assert got.crs.dtype == ref.crs.dtype
+
+
+@pytest.mark.parametrize(
+    "attrs, why",
+    [
+        ({"crs_wkt": PROJCRS}, "crs_wkt is a projected CRS (PROJCRS node"),
+        ({"spatial_ref": PROJCS, "crs_wkt": PROJCS}, "crs_wkt is a projected CRS (PROJCS node"),
+        ({"spatial_ref": PROJCS}, "spatial_ref is a projected CRS (PROJCS node"),
+        ({"crs_wkt": ROTATED_WKT2}, "crs_wkt is a derived CRS such as a rotated pole (BASEGEOGCRS node"),
+        ({"spatial_ref": PROJCS.replace("Transverse_Mercator", "Rotated_pole")}, "a projected CRS (PROJCS node"),
+    ],
+    ids=["projcrs", "projcs-both", "projcs-spatial-ref", "rotated-wkt2", "rotated-gdal"],
+)
+@pytest.mark.parametrize("pick", [None, ["tas"]])
+def test_a_grid_mapping_without_grid_mapping_name_and_a_projected_wkt_is_refused(tmp_path, attrs, why, pick):
+    src = tmp_path / "p.nc"
+    _wkt_file(src, attrs)
+    with pytest.raises(SchemaError) as e:
+        convert([src], tmp_path / "p.zarr", variables=pick, progress=False)
+    msg = str(e.value)
+    assert str(src) in msg and "variable 'tas'" in msg and "grid_mapping 'crs' without grid_mapping_name" in msg, msg
+    assert why in msg and "not latitude-longitude" in msg, msg
+    assert "convert writes regular latitude-longitude grids" in msg, msg
+    assert not (tmp_path / "p.zarr").exists()
