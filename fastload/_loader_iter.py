@@ -216,18 +216,22 @@ def _work(backend: Any, ring: BatchRing, tokenizer: Any, boxes: np.ndarray, batc
     return batch, slot, stats, b, fields, meta, masked, event
 
 
-def _settle_read_ahead(backend: Any, stats: IOStats, epoch: int) -> None:
+def _settle_read_ahead(backend: Any, stats: IOStats, epoch: int, stop: threading.Event) -> None:
     """Count in ``stats`` (the epoch's last batch) the stored bytes of the read-ahead requests still in flight when
     the epoch's reads ended (:meth:`fastload.reader.ChunkReader.settle_ahead`: each waited for at most the read
     timeout from its start; none still queued is made). Without this they counted in the next epoch's first batch,
     or nowhere once the loader closed. A request unanswered by then is given up and named in a warning: no batch
     needs its chunks (every step of the epoch has read its own), so it fails nothing. Thread backends (a process
     backend has no ``reader`` here: each worker process settles its own reader with its last batch of the epoch,
-    :mod:`fastload._proc_worker`)."""
+    :mod:`fastload._proc_worker`). It waits on the consumer's thread but stops waiting as soon as the iteration is
+    stopped (``stop``: close, set_epoch, load_state_dict or a new iter on another thread), counting nothing then
+    (the caller raises :class:`LoaderClosedError`; those bytes count in the next batch the reader reads)."""
     reader = getattr(backend, "reader", None)
     if reader is None:
         return
-    _, late = reader.settle_ahead(stats)
+    _, late = reader.settle_ahead(stats, stop.is_set)
+    if stop.is_set():
+        return
     warn_given_up(late, reader.read_timeout, f"epoch {epoch}")
 
 
@@ -294,7 +298,11 @@ class _EpochIterator(Iterator[Batch]):
                 raise LoaderClosedError("this iteration was stopped while waiting for its batch (close, set_epoch, "
                                         "load_state_dict or a new iter on another thread)") from None
             if batch + 1 == self._n:  # the epoch's last batch (in order: every read of the epoch has returned)
-                _settle_read_ahead(self._backend, stats, self.epoch)
+                _settle_read_ahead(self._backend, stats, self.epoch, self._stop)
+                if self._stop.is_set():  # stopped meanwhile: its state and ring are no longer this iteration's
+                    raise LoaderClosedError("this iteration was stopped while its last batch waited for the "
+                                            "read-ahead to settle (close, set_epoch, load_state_dict or a new iter "
+                                            "on another thread)")
         stats.wait_s = time.perf_counter() - t0
         self._state.batch = batch + 1
         # a batch whose every sample was skipped (on_bad_chunk="skip") is handed out too, with 0 samples: every rank

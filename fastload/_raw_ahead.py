@@ -20,7 +20,8 @@ them to the batch it reads then), whether a step takes them later, they are drop
 close; so the step that takes a chunk from the buffer does not count it again (the reader's fetch leaves out the
 positions :meth:`RawAhead.take` returned). At the end of a plan (the loader, when it hands out an epoch's last batch)
 :meth:`RawAhead.settle` makes no request still queued and waits for those running, each at most ``timeout`` from its
-start, so that their bytes count in the epoch they were read for, not the next one. An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
+start (30 s with none), so that their bytes count in the epoch they were read for, not the next one; it stops waiting
+as soon as its caller is stopped (bytes not settled then count at the next drain). An entry claimed just as another worker fetched the chunk itself stays until that clear (rare; bounded). No threads of its own: the reader runs :meth:`RawAhead.run` on its I/O pool, and a consumer that finds
 its chunk's request still queued runs the request itself (no pool thread ever waits for a queued task). A consumer
 waits for a request in flight at most ``timeout`` seconds from the request's start (the reader's read timeout):
 then the chunk is a :class:`~fastload.errors.ChunkTimeoutError` naming it and the wait, the request's estimated bytes
@@ -53,6 +54,8 @@ __all__ = ["RawAhead"]
 Key = tuple[str, tuple[int, ...]]
 
 _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
+SETTLE_UNTIMED_S = 30.0  # with no read timeout, how long settle() waits for a request, at most, from its start
+_SETTLE_SLICE_S = 0.02  # settle() with a stop: how often it looks at the stop while it waits
 
 
 class _Group:
@@ -238,12 +241,19 @@ class RawAhead:
             out, self._unreported = self._unreported, {}
             return out
 
-    def settle(self, timeout: float | None = None) -> tuple[dict[str, int], list[_Group]]:
+    def settle(self, timeout: float | None = None, stop: Callable[[], bool] | None = None
+               ) -> tuple[dict[str, int], list[_Group]]:
         """The end of a plan (no step will take anything more from this buffer): the requests not started yet are
-        not made, each one running is waited for until ``timeout`` seconds after its start (None: for ever), and
+        not made, each one running is waited for until ``timeout`` seconds after its start (None: until
+        :data:`SETTLE_UNTIMED_S` after it; no step needs its chunks, so the last batch is not held for ever), and
         the stored bytes of every request that returned are drained (:meth:`drain_stored`), so that they count in
         the plan they were read for. Returns those bytes and the requests still unanswered, given up (a request
-        that never answers; should one answer later, its bytes count at a later drain)."""
+        that never answers; should one answer later, its bytes count at a later drain).
+
+        ``stop`` (e.g. an iteration's ``stop.is_set``, or a process worker's ``conn.poll``) is looked at every
+        few milliseconds while it waits: once true, settle returns at once ``({}, [])``, draining nothing and
+        giving nothing up (the bytes of the requests that returned, and of those that return later, count at the
+        next drain: the next batch this reader reads)."""
         with self._lock:
             running = [g for g in self._open if g.state == _RUNNING]
             queued = [g for g in self._open if g.state == _QUEUED]
@@ -251,15 +261,20 @@ class RawAhead:
                 g.state = _RUNNING
         for g in queued:
             self._finish(g, None)
+        limit = SETTLE_UNTIMED_S if timeout is None else timeout
         late = []
         for g in running:
-            if timeout is not None:
-                left: float | None = max(0.0, g.started + timeout - time.monotonic())
-            elif g.abandoned:  # (given up by a clear; with no read timeout, not waited for)
+            if timeout is None and g.abandoned:  # (given up by a clear; with no read timeout, not waited for)
                 continue
-            else:
-                left = None
-            if not g.event.wait(left) and not g.abandoned:
+            end = g.started + limit
+            while not g.event.is_set():
+                if stop is not None and stop():
+                    return {}, []  # (stopped: counted at the next drain; nothing given up here)
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                g.event.wait(left if stop is None else min(left, _SETTLE_SLICE_S))
+            if not g.event.is_set() and not g.abandoned:
                 late.append(g)  # (one given up before, by a step or an earlier settle, is not named again)
         for g in late:  # (nobody waits for it: its thread goes only when the pool needs it)
             self._give_up(g, let_go=False)

@@ -117,12 +117,17 @@ def _count_stored(got: Mapping[str, int], stats: IOStats, multi: bool) -> None:
 
 def warn_given_up(late: list[str], timeout: float | None, where: str) -> None:
     """Warn of read-ahead requests :meth:`ChunkReader.settle_ahead` gave up at the end of ``where`` (an epoch, or a
-    process worker's share of it)."""
+    process worker's share of it); ``timeout``: the reader's read timeout (None: the settle's own limit,
+    :data:`fastload._raw_ahead.SETTLE_UNTIMED_S`)."""
     if late:
-        log.warning("fastload: %s: %d read-ahead request(s) still unanswered %s s after they started "
-                    "(loader.read_timeout_s), given up, left running: %s; no batch needs their chunks, and their "
-                    "bytes, should they arrive, count in a later batch's bytes_stored", where, len(late), timeout,
-                    "; ".join(late))
+        from . import _raw_ahead
+
+        said = (f"{timeout:g} s after they started (loader.read_timeout_s)" if timeout is not None else
+                f"{_raw_ahead.SETTLE_UNTIMED_S:g} s after they started (loader.read_timeout_s is None: the epoch's "
+                "end waits that long at most)")
+        log.warning("fastload: %s: %d read-ahead request(s) still unanswered %s, given up, left running: %s; no "
+                    "batch needs their chunks, and their bytes, should they arrive, count in a later batch's "
+                    "bytes_stored", where, len(late), said, "; ".join(late))
 
 
 def start_kernel_warmup(target: Callable[..., None], args: tuple, name: str) -> threading.Thread | None:
@@ -295,17 +300,20 @@ class ChunkReader(_StepTasks, _Fetcher):
                 st.bytes_useful = self._useful_by_stream[name] * int(sel.size)
         return stats, sel
 
-    def settle_ahead(self, stats: IOStats) -> tuple[int, list[str]]:
+    def settle_ahead(self, stats: IOStats, stop: Callable[[], bool] | None = None) -> tuple[int, list[str]]:
         """The end of a plan (its last batch is read: no step will take anything more read ahead): settle the
         read-ahead buffer (:meth:`fastload._raw_ahead.RawAhead.settle`: no request still queued is made, each one
         running is waited for at most ``read_timeout`` from its start) and count the stored bytes of the requests
         that returned in ``stats`` (that batch's counters; per stream too), so that an epoch's ``bytes_stored`` is
         the bytes its reads took, not some of them in the next epoch's first batch. Returns the bytes counted and
         the requests still unanswered, given up (``"<array> chunks <chunks>"``; :func:`warn_given_up` names them):
-        no batch needs their chunks, and should they answer later, their bytes count in a later batch."""
+        no batch needs their chunks, and should they answer later, their bytes count in a later batch. With no
+        read timeout each is waited for at most :data:`fastload._raw_ahead.SETTLE_UNTIMED_S` from its start.
+        ``stop``: looked at while it waits; once true, it returns at once, counting nothing (those bytes count in
+        the next batch this reader reads) and giving nothing up."""
         if self._ahead is None:
             return 0, []
-        got, late = self._ahead.settle(self.read_timeout)
+        got, late = self._ahead.settle(self.read_timeout, stop)
         _count_stored(got, stats, self._multi)
         return sum(got.values()), [f"{g.array} chunks {g.chunks}" for g in late]
 

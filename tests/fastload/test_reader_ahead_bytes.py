@@ -265,7 +265,7 @@ def test_the_last_batch_counts_what_settles_per_stream_too(multi):
     stats = IOStats(batches=1)
     reader = SimpleNamespace(_ahead=ahead, read_timeout=5.0, _multi=multi)
     reader.settle_ahead = functools.partial(ChunkReader.settle_ahead, reader)
-    _settle_read_ahead(SimpleNamespace(reader=reader), stats, 0)
+    _settle_read_ahead(SimpleNamespace(reader=reader), stats, 0, threading.Event())
     assert stats.bytes_stored == 2 * 30 + 2 * 12
     assert reader.settle_ahead(IOStats()) == (0, [])  # (settled: nothing more)
     if multi:
@@ -274,3 +274,140 @@ def test_the_last_batch_counts_what_settles_per_stream_too(multi):
         assert not stats.streams
     ahead.run(queued)
     assert ahead.drain_stored() == {} and queued.raws is None
+
+
+def _consume(loader, got: list, raised: list) -> threading.Thread:
+    """Iterate ``loader`` on a thread of its own, noting (epoch, index) of each batch and what it raised."""
+    def run():
+        try:
+            for b in loader:
+                got.append((b.epoch, b.index))
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            raised.append(e)
+
+    t = threading.Thread(target=run, name="test-consumer", daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("how", ["close", "set_epoch", "load_state_dict"])
+def test_a_stop_from_another_thread_ends_the_last_batchs_settle(tmp_path, monkeypatch, how):
+    """Review s14 rv2 item 1: the epoch's last batch waits for a hung read-ahead request (read timeout 300 s, the
+    default) on the consumer's thread; close, set_epoch or load_state_dict from another thread ends that wait at
+    once: the consumer gets LoaderClosedError, not the stopped epoch's last batch, and the loader's position is the
+    one asked for (before: the consumer waited until the request answered, then got epoch 0's last batch, wrote
+    batch 2 over set_epoch(3)'s position, so the next iteration began at epoch 4; after close, KeyError in the ring).
+    The hang guard is a join with a limit, not a duration."""
+    from fastload.errors import LoaderClosedError
+    from fastload.reader import ChunkReader
+
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
+    store = open_store(tmp_path / "s.zarr")
+    store.source = _Counting(store.source)
+    hold, settling = threading.Event(), threading.Event()
+    real = ChunkReader.settle_ahead
+
+    def settle_ahead(self, *args, **kwargs):
+        settling.set()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChunkReader, "settle_ahead", settle_ahead)
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, device="cpu")
+    try:
+        saved = loader.state_dict()  # (epoch 0, batch 0)
+        claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
+        got: list = []
+        raised: list = []
+        consumer = _consume(loader, got, raised)
+        assert settling.wait(60)  # the consumer is in the last batch's settle, the request hung
+        stop = {"close": loader.close, "set_epoch": lambda: loader.set_epoch(3),
+                "load_state_dict": lambda: loader.load_state_dict(saved)}[how]
+        stopper = threading.Thread(target=stop, name="test-stopper", daemon=True)
+        stopper.start()
+        consumer.join(30)
+        still = consumer.is_alive()
+        hold.set()  # (the hung request answers now: after the check)
+        consumer.join(60)
+        stopper.join(60)
+        assert not still, "the consumer still waited for the read-ahead after the iteration was stopped"
+        assert not stopper.is_alive()
+        assert len(claimed) == 1 and got == [(0, b) for b in range(len(loader) - 1)], got
+        assert len(raised) == 1 and isinstance(raised[0], LoaderClosedError), raised
+        assert "settle" in str(raised[0]) or "stopped" in str(raised[0])
+        if how != "close":
+            want = (3, 0) if how == "set_epoch" else (0, 0)
+            assert (loader.state_dict()["epoch"], loader.state_dict()["batch"]) == want
+            monkeypatch.undo()
+            assert [(b.epoch, b.index) for b in loader] == [(want[0], b) for b in range(len(loader))]
+    finally:
+        hold.set()
+        loader.close()
+
+
+def test_with_no_read_timeout_a_hung_request_at_the_epochs_end_is_given_up_after_the_settles_limit(
+        tmp_path, monkeypatch, caplog):
+    """Review s14 rv2 item 3: with read_timeout_s=None a read-ahead request that never answers, which no step needs,
+    held the epoch's last batch for ever; now the settle waits at most ``SETTLE_UNTIMED_S`` from its start (made
+    short here), gives it up and names it (no batch fails). The hang guard is a join with a limit."""
+    from fastload import _raw_ahead
+
+    monkeypatch.setattr(_raw_ahead, "SETTLE_UNTIMED_S", 0.5, raising=False)  # (before the fix: none)
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
+    store = open_store(tmp_path / "s.zarr")
+    src = store.source = _Counting(store.source)
+    hold = threading.Event()
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, read_timeout_s=None,
+                    device="cpu")
+    try:
+        claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
+        got: list = []
+        raised: list = []
+        with caplog.at_level(logging.WARNING, logger="fastload"):
+            consumer = _consume(loader, got, raised)
+            consumer.join(30)
+            still = consumer.is_alive()
+            hold.set()
+            consumer.join(60)
+        assert not still, "the last batch still waited for a read-ahead request no step needs"
+        assert raised == [] and got == [(0, b) for b in range(len(loader))]
+        assert loader.stats.bytes_stored <= src.bytes
+        (g,) = claimed
+        said = [r.getMessage() for r in caplog.records if "read-ahead request" in r.getMessage()]
+        assert len(said) == 1 and f"{g.array} chunks {g.chunks}" in said[0], said
+        assert "0.5 s after they started (loader.read_timeout_s is None" in said[0], said
+    finally:
+        hold.set()
+        loader.close()
+
+
+def test_settle_returns_at_once_when_stopped_and_counts_nothing_given_up_nothing():
+    """A stopped settle (its ``stop`` true while it waits for a running request) returns ``({}, [])`` without
+    waiting out the timeout: it drains nothing (the request that returned before, and the running one once it
+    answers, count at the next drain) and gives nothing up (before: no ``stop``; it waited the whole timeout)."""
+    release, entered = threading.Event(), threading.Event()
+
+    def fetch(array, chunks):
+        if array == "hung":
+            entered.set()
+            release.wait(30)
+        return [bytes(10) for _ in chunks]
+
+    ahead = RawAhead(1000, fetch)
+    ahead.run(ahead.claim("done", [(0,)], est=10))
+    hung = ahead.claim("hung", [(0,), (1,)], est=10)
+    t = threading.Thread(target=ahead.run, args=(hung,))
+    t.start()
+    assert entered.wait(30)
+    stopped = threading.Event()
+    threading.Timer(0.1, stopped.set).start()
+    result: list = []
+    settler = threading.Thread(target=lambda: result.append(ahead.settle(300, stop=stopped.is_set)))
+    settler.start()
+    settler.join(30)
+    still = settler.is_alive()
+    release.set()
+    settler.join(60)
+    t.join(30)
+    assert not still, "settle waited for the request after it was stopped"
+    assert result == [({}, [])] and not hung.abandoned
+    assert ahead.drain_stored() == {"done": 10, "hung": 20}
