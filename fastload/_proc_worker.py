@@ -7,8 +7,9 @@ worker runs. :func:`_child_main` says hello, takes its spec (store, settings, co
 given up), builds its own tokenizer, cache and :class:`~fastload.reader.ChunkReader`, and then answers ``epoch`` and
 ``read`` messages until ``stop`` or until its pipe closes. Its last batch of an epoch settles its reader's read-ahead
 (:meth:`~fastload.reader.ChunkReader.settle_ahead`), so that batch counts the stored bytes of the requests still in
-flight, and each epoch's ``bytes_stored`` is exact as in thread mode. Every failure goes back to the loader, made picklable
-(:func:`_picklable`). The protocol is described in :mod:`fastload._procs`, which re-exports :func:`_child_main`
+flight, and each epoch's ``bytes_stored`` is exact as in thread mode; the settle stops waiting as soon as a message
+comes (the loader stopped: ``stop``, or a new ``epoch``), which the worker then answers. Every failure goes back to
+the loader, made picklable (:func:`_picklable`). The protocol is described in :mod:`fastload._procs`, which re-exports :func:`_child_main`
 (its spawn target is looked up there, so a test can swap it).
 """
 
@@ -156,8 +157,11 @@ def _child_main(conn: Any) -> None:
             try:
                 stats, kept = reader.read_batch(plan, batch, segments[name])
                 # its last batch of the epoch counts the read-ahead still in flight (each request waited for at
-                # most read_timeout_s from its start; the requests given up go to the loader, which warns)
-                late = reader.settle_ahead(stats)[1] if batch + plan.batch_stride >= len(plan) else []
+                # most read_timeout_s from its start; the requests given up go to the loader, which warns); a
+                # message from the loader meanwhile (stop, a new epoch: it no longer waits for this batch) ends the
+                # wait at once, so the worker answers it promptly (the bytes not settled count in its next batch)
+                late = (reader.settle_ahead(stats, conn.poll)[1] if batch + plan.batch_stride >= len(plan)
+                        else [])
                 conn.send(("done", gen, batch, stats, kept, late))
             except BaseException as e:  # noqa: BLE001 - every failure goes back to the loader
                 conn.send(("error", gen, batch, _picklable(e)))

@@ -27,7 +27,8 @@ Protocol (one duplex pipe per worker; one request at a time)::
                                                                        or ("error", gen, batch, exception)
        (fd follows: the segment's descriptor comes next, by send_handle; forget: names of segments to unmap;
         late: the read-ahead requests given up when the worker's last batch of the epoch settled its reader,
-        ChunkReader.settle_ahead, which the loader names in a warning; that batch's IOStats counts the others)
+        ChunkReader.settle_ahead, which the loader names in a warning; that batch's IOStats counts the others;
+        a message that comes while it settles, "stop" or "epoch", ends the settle at once and is answered next)
                        ("stop",)
 
 The spec goes over the pipe, not in the spawn payload: that payload is written in one blocking call under

@@ -257,3 +257,39 @@ def test_a_worker_that_dies_while_settling_is_a_worker_error(tmp_path, counting,
             killer.join(30)
     finally:
         (counting / "release").touch()
+
+
+def test_a_worker_settling_a_hung_request_answers_the_next_epoch_at_once(tmp_path, counting, monkeypatch):
+    """Review s14 rv2 item 2: the worker's last batch waits for a hung read-ahead request (read timeout 300 s, the
+    default); the loader stops that iteration (set_epoch) and starts the next: the worker stops settling when the
+    new epoch's message comes and answers it, so the next iteration's first batch (epoch 1, batch 0: its planned
+    samples) does not wait for the hung request (before: start() waited for the whole settle, until the request
+    answered). The hang guard is a join with a limit, not a duration."""
+    from fastload.errors import LoaderClosedError
+
+    monkeypatch.setenv("FASTLOAD_TEST_INJECT", "hung")
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
+    loader = Loader(tmp_path / "s.zarr", cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3,
+                    mode="process", device="cpu")
+    try:
+        it = iter(loader)
+        assert next(it).index == 0
+        _wait_for(counting, "claimed-", 1)  # the worker has read batch 1, its last, and settles the hung request
+        loader.set_epoch(1)
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(next(iter(loader))), name="test-next-iteration",
+                             daemon=True)
+        t.start()
+        t.join(30)
+        still = t.is_alive()
+        (counting / "release").touch()  # (the hung request answers now: after the check)
+        t.join(60)
+        assert not still, "the next iteration waited for the worker's settle of a read-ahead request no step needs"
+        with pytest.raises(LoaderClosedError):
+            next(it)
+        (b,) = got
+        assert (b.epoch, b.index) == (1, 0)
+        assert np.array_equal(b.boxes.numpy(), loader.epoch_boxes(1)[:loader.batch_size])
+    finally:
+        (counting / "release").touch()
+        loader.close()
