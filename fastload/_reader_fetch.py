@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Container
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ from ._nvtx import range as nvtx_range
 from .errors import ChunkReadError, ChunkTimeoutError, FastloadError
 from .plan import EpochPlan, Step
 from .store import stored_nbytes
+from .store._shard import checked_under
 
 if TYPE_CHECKING:
     from ._io_stats import IOStats
@@ -40,6 +42,7 @@ log = logging.getLogger("fastload")
 
 _BACKOFF_S = 0.05  # first retry delay; doubles per retry
 _AHEAD_STEPS = 2  # remote stores: steps (in plan order) whose stored bytes are fetched ahead of them
+_PLAN_TOKENS = threading.Lock()  # makes a reader's shard check token of a new plan (_Fetcher._check_token)
 
 
 
@@ -250,7 +253,7 @@ class _Fetcher:
         if len(todo) != len(chunks):
             chunks, slots = [chunks[j] for j in todo], [slots[j] for j in todo]
         t0 = time.perf_counter()
-        with nvtx_range("fetch"):
+        with nvtx_range("fetch"), checked_under(self._check_token(step)):  # a shard: one stat per step, not per chunk
             raws, counted = self._fetch(array, chunks, d, stop)
         d.fetch_s += time.perf_counter() - t0
         if task is not None and not task.touch_slots():  # given up (read timeout): its step failed these slots
@@ -281,6 +284,20 @@ class _Fetcher:
         for j, e in d.errors.items():
             self.cache.failed(array, group_slots[j], e)
         return d
+
+    def _check_token(self, step: int) -> tuple[object, int]:
+        """The token under which a step's shard reads check each local shard once (:func:`checked_under`): the
+        step's index in its plan, and an object made once per plan (the cache's ``uses``: one per plan, set by
+        ``cache.reset`` for each epoch or resume), so a shard rewritten between two steps, or two epochs, is
+        read fresh; within a step a store must not change (the Loader's contract)."""
+        uses = self.cache.uses
+        mine = getattr(self, "_checks_plan", None)
+        if mine is None or mine[0] is not uses:
+            with _PLAN_TOKENS:  # (two tasks starting a plan at once must not make two tokens)
+                mine = getattr(self, "_checks_plan", None)
+                if mine is None or mine[0] is not uses:
+                    mine = self._checks_plan = (uses, object())
+        return mine[1], step
 
     def _read_direct(self, info: Any, chunks: list[tuple[int, ...]], slots: list[int], arena: np.ndarray,
                      d: _Done, good: list[int]) -> list[int] | None:

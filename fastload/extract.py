@@ -37,6 +37,7 @@ from .config import LoaderConfig, SamplingConfig
 from .errors import ChunkTimeoutError, ConfigError
 from .sampling.neighborhood import allocate_outputs
 from .sampling.tokenizer import TokenMeta
+from .store._shard import checked_under
 
 __all__ = ["extract", "Extracted"]
 
@@ -108,11 +109,13 @@ def read_plan(source: Any, plan: Any, *, read_timeout_s: float | None = _READ_TI
         slots[key] = np.empty((chunks.shape[0], int(np.prod(info.chunks))), dtype=info.dtype)
     jobs = [(key, tuple(c), slots[key][u]) for key, chunks in plan.chunks.items()
             for u, c in enumerate(chunks.tolist())]
+    token = object()  # each local shard's cached index is checked (a stat) once per call, not once per chunk
     if read_timeout_s is None or not jobs:  # no bound: every read on this thread, as it was
-        for key, chunk, out in jobs:
-            source.decode(key, source.chunk_bytes(key, chunk), chunk, out)
+        with checked_under(token):
+            for key, chunk, out in jobs:
+                source.decode(key, source.chunk_bytes(key, chunk), chunk, out)
     else:
-        _read_bounded(source, plan, jobs, read_timeout_s)
+        _read_bounded(source, plan, jobs, read_timeout_s, token)
     return slots, plan.slot_tables({k: np.arange(c.shape[0]) for k, c in plan.chunks.items()})
 
 
@@ -127,10 +130,18 @@ class _Request:
         self.cancelled = False  # set by the waiter when it gives up: the group makes no further request
 
 
-def _request_group(req: _Request, source: Any, group: list[tuple[str, tuple[int, ...]]]) -> list[Any]:
+def _request_group(req: _Request, source: Any, group: list[tuple[str, tuple[int, ...]]],
+                   token: Any = None) -> list[Any]:
     """The raw bytes of a group's chunks, requested one after another; a failed request ends the group with its
-    exception in its place (raised when the waiter decodes that far, after the chunks before it)."""
+    exception in its place (raised when the waiter decodes that far, after the chunks before it). ``token``: the
+    call's shard check token (:func:`fastload.store._shard.checked_under`)."""
     out: list[Any] = []
+    with checked_under(token):
+        _request_each(req, source, group, out)
+    return out
+
+
+def _request_each(req: _Request, source: Any, group: list[tuple[str, tuple[int, ...]]], out: list[Any]) -> None:
     for key, chunk in group:
         if req.cancelled:  # the waiter gave up (a request of this group went unanswered, or it failed): stop
             break
@@ -140,11 +151,10 @@ def _request_group(req: _Request, source: Any, group: list[tuple[str, tuple[int,
         except Exception as e:  # noqa: BLE001 - raised on the waiting thread, in its turn
             out.append(e)
             break
-    return out
 
 
 def _read_bounded(source: Any, plan: Any, jobs: list[tuple[str, tuple[int, ...], np.ndarray]],
-                  limit: float) -> None:
+                  limit: float, token: Any = None) -> None:
     """:func:`read_plan`'s reads with a read timeout: the requests on one I/O thread, in groups of up to ``_GROUP``
     chunks or ``_GROUP_BYTES`` decoded bytes (a hand-over per group: a Future per chunk made extract 2.3x slower on
     4x4-point chunks), ``_AHEAD`` groups in flight; the decodes here, in order."""
@@ -161,7 +171,7 @@ def _read_bounded(source: Any, plan: Any, jobs: list[tuple[str, tuple[int, ...],
             while len(ahead) < _AHEAD and g + len(ahead) < len(groups):
                 req = _Request()
                 todo = [(k, c) for k, c, _ in groups[g + len(ahead)]]
-                ahead.append((pool.submit(_request_group, req, source, todo), req))
+                ahead.append((pool.submit(_request_group, req, source, todo, token), req))
             fut, cur = ahead.popleft()
             queued = time.monotonic()  # (the group before it has returned: this one starts at once)
             while True:

@@ -97,10 +97,12 @@ class Store:
     Files changing under an open store: metadata and coordinates are read once, at open. A sharded array's shard
     indexes are cached; on local files each use first checks the shard file's ``(size, mtime_ns, inode)`` (one
     ``stat``) and reads the index again when it changed, so a shard rewritten in place (xarray
-    ``to_zarr(region=...)``) reads its new values. A remote store (fsspec other than ``file://``, obstore) is read
-    as a snapshot: the indexes stay as first read, and a read past a shard's end raises a
-    :class:`~fastload.errors.ChunkReadError` saying the store changed since it was opened; reopen it after
-    rewriting it.
+    ``to_zarr(region=...)``) reads its new values. The Loader checks each shard once per step and ``extract`` once
+    per call (:func:`fastload.store._shard.checked_under`): a shard rewritten between two steps, epochs or calls
+    is read fresh; during a step or call the store must not change. A remote store (fsspec other than
+    ``file://``, obstore) is read as a snapshot: the indexes stay as first read, and a read past a shard's end
+    raises a :class:`~fastload.errors.ChunkReadError` saying the store changed since it was opened; reopen it
+    after rewriting it.
 
     Attributes
     ----------

@@ -32,6 +32,11 @@ objects are read as a snapshot: the index read first is kept, and a chunk read t
 :class:`DecodeError` saying the store changed since it was opened (reopen it). Every index entry is checked when
 read: both "empty" markers, or ``offset + nbytes < 2**63`` and within the shard's length where it is known.
 
+That check is one ``stat`` per use, so a reader that reads a shard's inner chunks one by one pays one per chunk. A
+caller that knows the store does not change for a while (a loader's step, an ``extract`` call) passes a token
+(``checked=``, or for every read of this thread :func:`checked_under`): each shard is then checked once per token,
+and a new token checks it again, so a shard rewritten between two steps (epochs, calls) is read fresh.
+
 Any other codec before the sharding codec (``numcodecs.delta``: not element-wise) is refused at open
 (:class:`~fastload.errors.CodecError`), naming the array, the chain and why.
 """
@@ -39,12 +44,13 @@ Any other codec before the sharding codec (``numcodecs.delta``: not element-wise
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import math
 import struct
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,10 +60,32 @@ from ._codecs import ChunkDecoder, DecodeError, build_decoder, decode_bytes, v3_
 from ._meta import ELEMENTWISE_A2A, ArrayInfo, shard_perm
 from ._source import BaseByteSource
 
-__all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES", "stored_nbytes"]
+__all__ = ["InnerChunk", "ShardIndex", "ShardReadError", "SHARD_CACHE_BYTES", "checked_under", "stored_nbytes"]
 
 _EMPTY = np.uint64(2**64 - 1)
 _SNAPSHOT: tuple[int, ...] = ()  # the version of every object of a source without versions (remote): never changes
+_TOKENS_KEPT = 8  # tokens remembered per shard (steps overlap: a loader runs two at once, and extract calls)
+_SCOPE = threading.local()  # .token: the check token of this thread's shard reads (checked_under)
+
+
+@contextlib.contextmanager
+def checked_under(token: Any) -> Iterator[None]:
+    """Within the block, this thread's shard reads that pass no ``checked=`` use ``token``: each local shard's
+    cached index is checked against the file (one ``stat``) once per token, not once per inner chunk.
+
+    ``token`` is any object compared with ``==`` (None: check at every use, the default); a new one per span in
+    which the caller knows the store does not change (a loader's step, one ``extract`` call). Blocks nest.
+    """
+    prev = getattr(_SCOPE, "token", None)
+    _SCOPE.token = token
+    try:
+        yield
+    finally:
+        _SCOPE.token = prev
+
+
+def _scope_token(checked: Any) -> Any:
+    return checked if checked is not None else getattr(_SCOPE, "token", None)
 SHARD_CACHE_BYTES = 256 * 2**20
 """Decoded whole shards kept per process, all arrays of all open stores together (those with a bytes-to-bytes
 codec after the sharding codec), least recently used out first; the shard decoded last is kept whatever its size."""
@@ -121,9 +149,11 @@ class ShardIndex:
         inner = before + tuple(_named(c) for c in conf.get("codecs") or ())
         self.decoder: ChunkDecoder = build_decoder(info, where, allow_unsafe=allow_unsafe, codecs=inner,
                                                    chunks=info.chunks)  # fmt: skip
-        # shard -> (its version when its index was read (_SNAPSHOT: remote), the index; None: the shard is missing)
-        self._cache: dict[tuple[int, ...], tuple[tuple[int, ...] | None, np.ndarray | None]] = {}
+        # shard -> (its version when its index was read (_SNAPSHOT: remote), the index (None: the shard is missing),
+        # the check tokens under which that version was confirmed (checked_under; the last _TOKENS_KEPT))
+        self._cache: dict[tuple[int, ...], tuple[tuple[int, ...] | None, np.ndarray | None, tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
+        self._check_lock = threading.Lock()  # checks under a token (local files: a stat, and an index read)
         self._orphan = 0  # stored bytes of whole shards read for chunks that were all empty, not yet counted
         self._token = next(_TOKENS)  # this array's decoded shards in the process-wide cache, _SHARDS
         weakref.finalize(self, _SHARDS.drop, self._token)
@@ -182,8 +212,26 @@ class ShardIndex:
             index = np.frombuffer(body, self._index_dtype).astype(np.uint64).reshape(self.n, 2)
             self._check_index(shard, index, size)
         with self._lock:
-            self._cache[shard] = (version, index)
+            self._cache[shard] = (version, index, ())
         return index
+
+    def _confirm(self, shard: tuple[int, ...], version: tuple[int, ...] | None, token: Any) -> None:
+        """Remember that the cached entry of ``shard`` (if still of ``version``) was checked under ``token``."""
+        if token is None:
+            return
+        with self._lock:
+            hit = self._cache.get(shard)
+            if hit is not None and hit[0] == version and token not in hit[2]:
+                self._cache[shard] = (hit[0], hit[1], (hit[2] + (token,))[-_TOKENS_KEPT:])
+
+    def _confirmed(self, shard: tuple[int, ...], token: Any) -> tuple | None:
+        """The cache entry of ``shard`` when it was checked under ``token`` already (no ``stat`` needed), else None."""
+        if token is None:
+            return None
+        hit = self._cache.get(shard)  # (a dict read needs no lock; writes take it)
+        if hit is not None and token in hit[2]:
+            return hit
+        return None
 
     def _check_index(self, shard: tuple[int, ...], index: np.ndarray, size: int | None) -> None:
         """Every entry empty (both markers) or ``offset + nbytes < 2**63`` and ``<= size`` (when known)."""
@@ -210,22 +258,40 @@ class ShardIndex:
             f"nbytes {int(nb[pos])}: {why}{f' ({n_bad} such entries)' if n_bad > 1 else ''}"
         )
 
-    def _load_index(self, source: BaseByteSource, shard: tuple[int, ...], key: str | None = None
-                    ) -> np.ndarray | None:  # fmt: skip
+    def _load_index(self, source: BaseByteSource, shard: tuple[int, ...], key: str | None = None,
+                    token: Any = None) -> np.ndarray | None:  # fmt: skip
         """The shard's index from the cache when the shard (store key ``key``) has not changed since it was read,
         else read (and cached) now. A local shard rewritten between its ``stat`` and the read is read again once.
-        (Runs once per inner chunk read: one ``stat`` and a dict look-up on the way that hits.)"""
+        (Runs once per inner chunk read: one ``stat`` and a dict look-up on the way that hits; none when the
+        shard was checked under ``token`` already.)"""
+        hit = self._confirmed(shard, token)
+        if hit is not None:
+            return hit[1]
+        if token is None or not getattr(source, "versioned", False):  # (remote: no stat to save)
+            return self._fresh_index(source, shard, key)[0]
+        with self._check_lock:  # the tasks of one step reading a shard at once: one stat, not one each
+            hit = self._confirmed(shard, token)
+            if hit is not None:
+                return hit[1]
+            index, version = self._fresh_index(source, shard, key)
+            self._confirm(shard, version, token)
+            return index
+
+    def _fresh_index(self, source: BaseByteSource, shard: tuple[int, ...], key: str | None = None
+                     ) -> tuple[np.ndarray | None, tuple[int, ...] | None]:  # fmt: skip
+        """``(index, version)``: :meth:`_load_index`'s check (a ``stat`` on local files) and, where the shard
+        changed, its read."""
         key = key or self.shard_key(shard)
         versioned = getattr(source, "versioned", False)
         for attempt in (0, 1):
             version = source.version(key) if versioned else _SNAPSHOT
             hit = self._cache.get(shard)  # (a dict read needs no lock; writes take it)
             if hit is not None and hit[0] == version:
-                return hit[1]
+                return hit[1], version
             _, start, length = self.index_request(shard)
             raw = None if version is None else source.get_range(key, start, length)
             try:
-                return self.store_index(shard, raw, version, None if not version else version[0])
+                return self.store_index(shard, raw, version, None if not version else version[0]), version
             except DecodeError:
                 if attempt or version == _SNAPSHOT or self.version(source, shard) == version:
                     raise
@@ -261,13 +327,17 @@ class ShardIndex:
             return None
         return int(off), int(nb)
 
-    def read(self, source: BaseByteSource, chunk: tuple[int, ...]) -> bytes | None:
-        """Stored bytes of one inner chunk (None when missing); reads and caches the shard index if needed."""
+    def read(self, source: BaseByteSource, chunk: tuple[int, ...], checked: Any = None) -> bytes | None:
+        """Stored bytes of one inner chunk (None when missing); reads and caches the shard index if needed.
+
+        ``checked``: a token (default: this thread's :func:`checked_under`, else None): a local shard's cached
+        index is checked against its file once per token (None: at every call)."""
+        token = _scope_token(checked)
         if self.whole:
-            return self._read_many_whole(source, [chunk], wrap=False)[0]  # one chunk: the caller names it
+            return self._read_many_whole(source, [chunk], wrap=False, token=token)[0]  # one chunk: the caller names it
         shard, pos = self.local(chunk)
         key = self.info.key(chunk)  # (the shard's key)
-        index = self._load_index(source, shard, key)
+        index = self._load_index(source, shard, key, token)
         rng = self.byte_range(index, pos)
         if rng is None:
             return None
@@ -276,24 +346,34 @@ class ShardIndex:
             raise self._short(source, chunk, rng, raw)
         return raw
 
-    def read_many(self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]]) -> list[bytes | None]:
+    def read_many(self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]], checked: Any = None
+                  ) -> list[bytes | None]:  # fmt: skip
         """Stored bytes of many inner chunks (None where missing), in few storage requests: the indexes not yet
         cached in one batch of ranged reads, then the chunks in another; with codecs after the sharding codec,
-        each shard not cached is read whole once and decoded."""
+        each shard not cached is read whole once and decoded. ``checked``: as in :meth:`read` (a local shard is
+        checked once per call without a token, once per token with one)."""
+        token = _scope_token(checked)
         if self.whole:
-            return self._read_many_whole(source, chunks)
+            return self._read_many_whole(source, chunks, token=token)
         locs = [self.local(c) for c in chunks]
         first: dict[tuple[int, ...], tuple[int, ...]] = {}  # shard -> its first requested chunk (named on failure)
         wanted = set(chunks)
         for c, (s, _) in zip(chunks, locs):
             first.setdefault(s, c)
-        versions = {s: self.version(source, s) for s in first}  # one stat per shard on local files
         indexes: dict[tuple[int, ...], np.ndarray | None] = {}
+        versions: dict[tuple[int, ...], tuple[int, ...] | None] = {}
+        for s in first:
+            hit = self._confirmed(s, token)
+            if hit is not None:
+                indexes[s] = hit[1]
+            else:
+                versions[s] = self.version(source, s)  # one stat per shard on local files
         need = []
         for s, v in versions.items():
             known, index = self.cached(s, v)
             if known or v is None:  # (None: no such local file)
                 indexes[s] = index if known else self.store_index(s, None, None)
+                self._confirm(s, v, token)
             else:
                 need.append(s)
         if need:
@@ -302,10 +382,11 @@ class ShardIndex:
                 try:
                     try:
                         indexes[s] = self.store_index(s, raw, v, v[0] if v else None)
+                        self._confirm(s, v, token)
                     except DecodeError:
                         if v == _SNAPSHOT or self.version(source, s) == v:
                             raise
-                        indexes[s] = self._load_index(source, s)  # rewritten since its stat: read again
+                        indexes[s] = self._load_index(source, s, token=token)  # rewritten since its stat: again
                 except DecodeError as e:  # named: the requested chunk whose entry is bad, else the shard's first
                     bad = getattr(e, "chunk", None)
                     raise ShardReadError(bad if bad in wanted else first[s], self.shard_key(s), e) from e
@@ -322,7 +403,7 @@ class ShardIndex:
 
     # -- whole shards (bytes-to-bytes codecs after the sharding codec) ------------------------------------------
     def _read_many_whole(
-        self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]], wrap: bool = True
+        self, source: BaseByteSource, chunks: Sequence[tuple[int, ...]], wrap: bool = True, token: Any = None
     ) -> list[bytes | None]:
         """Each shard the chunks touch is read and decoded once (or taken from the cache), its inner chunks are cut
         out of it as copies at once, and it is let go: the peak is one decoded shard plus the slices (and what the
@@ -338,7 +419,7 @@ class ShardIndex:
         for shard, wanted in by_shard.items():  # in order of first use
             failing = chunks[wanted[0][0]]  # the chunk an error names: the shard's first, or the one that failed
             try:
-                blob, index, got = self._blob(source, shard)
+                blob, index, got = self._blob(source, shard, token)
                 fetched += got
                 if blob is None:
                     continue
@@ -368,26 +449,35 @@ class ShardIndex:
                 self._orphan += fetched
         return out
 
-    def _blob(self, source: BaseByteSource, shard: tuple[int, ...]) -> tuple[bytes | None, np.ndarray | None, int]:
+    def _blob(self, source: BaseByteSource, shard: tuple[int, ...], token: Any = None
+              ) -> tuple[bytes | None, np.ndarray | None, int]:  # fmt: skip
         """The decoded shard (None when it is missing), from the process-wide cache or read and decoded, its index,
         and the stored bytes read for it (0 from the cache). Both are cached under the shard's version (a local
         shard rewritten since is read again; remote ones are a snapshot). No lock is held across the read: a
         reader that misses the cache reads and decodes the shard itself, so a hung request holds up only the
-        reader that made it (two readers missing the same shard at once both decode it; the cache keeps one)."""
-        version = self.version(source, shard)
-        known, index = self.cached(shard, version)
+        reader that made it (two readers missing the same shard at once both decode it; the cache keeps one).
+        ``token``: as in :meth:`read` (a shard checked under it already takes no ``stat``)."""
+        hit = self._confirmed(shard, token)
+        if hit is not None:
+            version, known, index = hit[0], True, hit[1]
+        else:
+            version = self.version(source, shard)
+            known, index = self.cached(shard, version)
         if known and index is None or version is None:  # known missing, or no such local file
             if not known:
                 self.store_index(shard, None, None)
+            self._confirm(shard, version, token)
             return None, None, 0
         blob = _SHARDS.get((self._token, shard, version))
         if blob is not None:
             if not known:  # (its index was replaced by another version's since: parse it again)
                 index = self._blob_index(shard, blob, version)
+            self._confirm(shard, version, token)
             return blob, index, 0
         raw = source.get(self.shard_key(shard))
         if raw is None:
             self.store_index(shard, None, version)
+            self._confirm(shard, version, token)
             return None, None, 0
         fetched = len(raw)
         try:
@@ -398,6 +488,7 @@ class ShardIndex:
         del raw
         index = self._blob_index(shard, blob, version)
         _SHARDS.put((self._token, shard, version), blob)
+        self._confirm(shard, version, token)
         return blob, index, fetched
 
     def _blob_index(self, shard: tuple[int, ...], blob: bytes, version: tuple[int, ...] | None) -> np.ndarray | None:
