@@ -264,8 +264,8 @@ class RawAhead:
         limit = SETTLE_UNTIMED_S if timeout is None else timeout
         late = []
         for g in running:
-            if timeout is None and g.abandoned:  # (given up by a clear; with no read timeout, not waited for)
-                continue
+            if g.abandoned:  # (given up already, by a clear at a new plan, a step or the sweep: nobody waits for it,
+                continue  # and a stopped iteration's hung request must not hold the next one's end)
             end = g.started + limit
             while not g.event.is_set():
                 if stop is not None and stop():

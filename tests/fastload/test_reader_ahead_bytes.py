@@ -411,3 +411,34 @@ def test_settle_returns_at_once_when_stopped_and_counts_nothing_given_up_nothing
     assert not still, "settle waited for the request after it was stopped"
     assert result == [({}, [])] and not hung.abandoned
     assert ahead.drain_stored() == {"done": 10, "hung": 20}
+
+
+def test_settle_does_not_wait_for_a_request_a_new_plan_gave_up():
+    """A request still running when a new plan starts (an iteration stopped while its last batch settled, then the
+    next one: :meth:`RawAhead.clear`) is given up; the new plan's settle does not wait for it (before: up to the read
+    timeout from its start, 300 s by default, at the next epoch's last batch); its bytes count at a later drain."""
+    release, entered = threading.Event(), threading.Event()
+
+    def fetch(array, chunks):
+        entered.set()
+        release.wait(60)
+        return [bytes(10) for _ in chunks]
+
+    ahead = RawAhead(1000, fetch)
+    hung = ahead.claim("hung", [(0,)], est=10)
+    t = threading.Thread(target=ahead.run, args=(hung,))
+    t.start()
+    assert entered.wait(30)
+    ahead.clear()  # (a new plan)
+    assert hung.abandoned
+    result: list = []
+    settler = threading.Thread(target=lambda: result.append(ahead.settle(300)))
+    settler.start()
+    settler.join(30)
+    still = settler.is_alive()
+    release.set()
+    settler.join(60)
+    t.join(30)
+    assert not still, "settle waited for a request a new plan had given up"
+    assert result == [({}, [])]
+    assert ahead.drain_stored() == {"hung": 10}
