@@ -92,3 +92,15 @@ def reference(truth: dict, config: SamplingConfig, boxes: np.ndarray, *, periodi
             res[s] = v
         out[f.name] = res
     return out
+
+
+def checked_epoch(loader, truth: dict, config: SamplingConfig) -> int:
+    """Iterate one epoch of ``loader`` (a periodic store), each batch's fields equal to :func:`reference` (NaN where
+    it is NaN); the bytes its batches count as stored (``IOStats.bytes_stored``), summed."""
+    counted = 0
+    for b in loader:
+        counted += b.stats.bytes_stored
+        ref = reference(truth, config, b.boxes.numpy(), periodic=True)
+        for f in config.field_names:
+            assert np.array_equal(b[f].numpy(), ref[f], equal_nan=True)
+    return counted

@@ -21,7 +21,7 @@ import pytest
 
 from fastload.loader import Loader
 from fastload.store import BaseByteSource
-from tests.fastload.loader_ref import build, reference
+from tests.fastload.loader_ref import build, checked_epoch
 
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
@@ -178,12 +178,7 @@ def test_each_epochs_bytes_stored_equals_the_bytes_the_workers_stores_handed_out
         total = 0
         for epoch in range(2):
             served = _served(counting)
-            counted = 0
-            for b in loader:
-                counted += b.stats.bytes_stored
-                ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
-                for f in cfg.field_names:
-                    assert np.array_equal(b[f].numpy(), ref[f], equal_nan=True)
+            counted = checked_epoch(loader, truth, cfg)
             total += counted
             assert counted == _served(counting) - served, (epoch, counted, _served(counting) - served)
             assert loader.stats.bytes_stored == total

@@ -24,7 +24,7 @@ import pytest
 from fastload._raw_ahead import RawAhead
 from fastload.loader import Loader
 from fastload.store import BaseByteSource, open_store
-from tests.fastload.loader_ref import build, reference
+from tests.fastload.loader_ref import build, checked_epoch
 
 pytestmark = pytest.mark.usefixtures("nothing_left")
 
@@ -78,12 +78,7 @@ def test_bytes_stored_equals_the_bytes_the_store_handed_out(tmp_path, cache_byte
                 read_ahead_bytes=read_ahead, device="cpu") as loader:
         for epoch in range(2):
             served = src.bytes
-            counted = 0
-            for b in loader:
-                counted += b.stats.bytes_stored
-                ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
-                for f in cfg.field_names:
-                    assert np.array_equal(b[f].numpy(), ref[f], equal_nan=True)
+            counted = checked_epoch(loader, truth, cfg)
             assert loader._backend.reader._ahead.requested > 0  # (the reader did read ahead)
             # each epoch's batches count exactly the bytes the store served during it, no later request included
             assert counted == src.bytes - served, (epoch, counted, src.bytes - served)
@@ -197,10 +192,7 @@ def test_bytes_stored_of_a_sharded_store_counts_chunk_bytes_not_shard_index_read
     store = open_store(tmp_path / "s.zarr")
     src = store.source = _Counting(store.source)
     with Loader(store, cfg, samples_per_epoch=24, workers=2, cache_bytes=1, seed=3, device="cpu") as loader:
-        for b in loader:
-            ref = reference(truth, cfg, b.boxes.numpy(), periodic=True)
-            for f in cfg.field_names:
-                assert np.array_equal(b[f].numpy(), ref[f], equal_nan=True)
+        checked_epoch(loader, truth, cfg)
         shards = store._shards
         assert shards  # (the store is sharded)
         index = {si.index_request((0,) * len(si.info.shape))[1:] for si in shards.values()}  # (start, length)
@@ -400,17 +392,24 @@ def test_settle_returns_at_once_when_stopped_and_counts_nothing_given_up_nothing
     assert entered.wait(30)
     stopped = threading.Event()
     threading.Timer(0.1, stopped.set).start()
+    still, result = _settle_in_a_thread(ahead, release, t, stop=stopped.is_set)
+    assert not still, "settle waited for the request after it was stopped"
+    assert result == [({}, [])] and not hung.abandoned
+    assert ahead.drain_stored() == {"done": 10, "hung": 20}
+
+
+def _settle_in_a_thread(ahead, release, runner, **kw):
+    """``ahead.settle(300, **kw)`` on a thread given 30 s (a hang guard, not a timing check), then ``release`` the
+    request and join ``runner``: (whether settle was still waiting, [what it returned])."""
     result: list = []
-    settler = threading.Thread(target=lambda: result.append(ahead.settle(300, stop=stopped.is_set)))
+    settler = threading.Thread(target=lambda: result.append(ahead.settle(300, **kw)))
     settler.start()
     settler.join(30)
     still = settler.is_alive()
     release.set()
     settler.join(60)
-    t.join(30)
-    assert not still, "settle waited for the request after it was stopped"
-    assert result == [({}, [])] and not hung.abandoned
-    assert ahead.drain_stored() == {"done": 10, "hung": 20}
+    runner.join(30)
+    return still, result
 
 
 def test_settle_does_not_wait_for_a_request_a_new_plan_gave_up():
@@ -431,14 +430,7 @@ def test_settle_does_not_wait_for_a_request_a_new_plan_gave_up():
     assert entered.wait(30)
     ahead.clear()  # (a new plan)
     assert hung.abandoned
-    result: list = []
-    settler = threading.Thread(target=lambda: result.append(ahead.settle(300)))
-    settler.start()
-    settler.join(30)
-    still = settler.is_alive()
-    release.set()
-    settler.join(60)
-    t.join(30)
+    still, result = _settle_in_a_thread(ahead, release, t)
     assert not still, "settle waited for a request a new plan had given up"
     assert result == [({}, [])]
     assert ahead.drain_stored() == {"hung": 10}

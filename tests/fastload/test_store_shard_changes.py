@@ -74,15 +74,21 @@ def test_shard_rewritten_under_an_open_store_reads_its_new_values(tmp_path, comp
         np.testing.assert_array_equal(s.decode("sp", raw, c), ref[region])
 
 
+def whole_shard_store(path, data):
+    """``data`` as a v3 array "v" in shards of (6, 8, 18) decoded whole (zstd after sharding_indexed), opened."""
+    _v3_store(path, data, chunks=(6, 8, 18), serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]),
+              compressors=[ZstdCodec()])  # fmt: skip
+    s = open_store(path)
+    assert s._shards["v"].whole
+    return s
+
+
 def test_whole_shard_rewritten_under_an_open_store_reads_its_new_values(tmp_path):
     """Finding 1 for shards decoded whole (zstd after sharding_indexed): the decoded shard cached per process is
     keyed by the file's version, so the rewritten shard is read again."""
     path = tmp_path / "s.zarr"
     data = _data()
-    _v3_store(path, data, chunks=(6, 8, 18), serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]),
-              compressors=[ZstdCodec()])  # fmt: skip
-    s = open_store(path)
-    assert s._shards["v"].whole
+    s = whole_shard_store(path, data)
     s.read("v")
     with _quiet():
         z = zarr.open_array(str(path / "v"), mode="r+")

@@ -19,8 +19,8 @@ from fastload.store import open_store
 from fastload.store._shard import checked_under
 from fastload.store._source import LocalSource
 from tests.fastload.stores import make_per_variable
-from tests.fastload.test_store_shard_changes import _rewrite_step0_nan, _xr_read, _xr_store
-from tests.fastload.test_store_v3_edges import _data, _quiet, _v3_store, _zarr_read
+from tests.fastload.test_store_shard_changes import _rewrite_step0_nan, _xr_read, _xr_store, whole_shard_store
+from tests.fastload.test_store_v3_edges import _data, _quiet, _zarr_read
 
 # t: (time 8, level 3, lat 32, lon 64), inner chunks (1, 1, 4, 4), shards (4, 3, 16, 32): 8 shards of 384 chunks
 _SHARDS = (4, 3, 16, 32)
@@ -101,14 +101,9 @@ def test_a_token_checks_each_shard_once(tmp_path, stats, compressors, how):
 def test_a_token_checks_a_whole_shard_once(tmp_path, stats):
     """Shards decoded whole (zstd after sharding_indexed): one stat per shard and token, not per chunk; a rewrite
     between tokens is read fresh (values equal zarr-python's)."""
-    from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
-
     path = tmp_path / "w.zarr"
     data = _data()
-    _v3_store(path, data, chunks=(6, 8, 18), serializer=ShardingCodec(chunk_shape=(3, 4, 9), codecs=[BytesCodec()]),
-              compressors=[ZstdCodec()])  # fmt: skip
-    s = open_store(path)
-    assert s._shards["v"].whole
+    s = whole_shard_store(path, data)
     info = s.arrays["v"]
     chunks = [tuple(c) for c in np.ndindex(*info.grid_shape)]
     n_shards = len({s._shards["v"].local(c)[0] for c in chunks})

@@ -161,6 +161,16 @@ def test_a_geometry_made_under_inference_mode_rolls_out(monkeypatch):
     assert len(out) == len(ref)
 
 
+def _check_without_a_sync(model, state, geometry):
+    """The rollout's check of an already checked ``geometry``, with CUDA's sync debug mode raising on any sync."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model._check("rollout", model.config, state, geometry, torch.full((B,), 6.0, device=state.device))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore:Synchronization debug mode:UserWarning")  # torch calls it a prototype feature
 def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_geometry_costs_no_sync():
@@ -175,12 +185,7 @@ def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_
         model.rollout(state, 2, lead_time=6.0, geometry=TileGeometry(geo.lat.cpu(), geo.lon, geo.neighbors))
     with torch.no_grad():
         model.rollout(state, 2, lead_time=6.0, geometry=geo)  # the first check of this geometry reads it
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            model._check("rollout", model.config, state, geo, torch.full((B,), 6.0, device=dev))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        _check_without_a_sync(model, state, geo)
         # neighbours on the CPU beside centres on the GPU (review rv2 finding 4): the first check reads both (two
         # devices, two reads), later ones only the CPU neighbours (no sync)
         mixed = TileGeometry(geo.lat, geo.lon, geo.neighbors.cpu())
@@ -190,9 +195,4 @@ def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_
         with pytest.raises(ModelConfigError, match=r"^rollout: geometry\.lat: expected finite tile centres"):
             model.rollout(state, 2, lead_time=6.0, geometry=TileGeometry(nan_lat, geo.lon, mixed.neighbors))
         model.rollout(state, 2, lead_time=6.0, geometry=mixed)  # the centres checked again (another tensor last)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            model._check("rollout", model.config, state, mixed, torch.full((B,), 6.0, device=dev))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        _check_without_a_sync(model, state, mixed)
