@@ -86,6 +86,8 @@ def checked_under(token: Any) -> Iterator[None]:
 
 def _scope_token(checked: Any) -> Any:
     return checked if checked is not None else getattr(_SCOPE, "token", None)
+_CHECK_STRIPES = 64  # locks for the checks under a token (ShardIndex._check_locks)
+
 SHARD_CACHE_BYTES = 256 * 2**20
 """Decoded whole shards kept per process, all arrays of all open stores together (those with a bytes-to-bytes
 codec after the sharding codec), least recently used out first; the shard decoded last is kept whatever its size."""
@@ -153,7 +155,10 @@ class ShardIndex:
         # the check tokens under which that version was confirmed (checked_under; the last _TOKENS_KEPT))
         self._cache: dict[tuple[int, ...], tuple[tuple[int, ...] | None, np.ndarray | None, tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
-        self._check_lock = threading.Lock()  # checks under a token (local files: a stat, and an index read)
+        # checks under a token (local files: a stat, and an index read): the tasks of one step reading a shard at
+        # once make one stat, not one each; locks striped by shard, so a hung index read holds up only the few
+        # shards of its stripe, not every shard of the array
+        self._check_locks = tuple(threading.Lock() for _ in range(_CHECK_STRIPES))
         self._orphan = 0  # stored bytes of whole shards read for chunks that were all empty, not yet counted
         self._token = next(_TOKENS)  # this array's decoded shards in the process-wide cache, _SHARDS
         weakref.finalize(self, _SHARDS.drop, self._token)
@@ -269,7 +274,7 @@ class ShardIndex:
             return hit[1]
         if token is None or not getattr(source, "versioned", False):  # (remote: no stat to save)
             return self._fresh_index(source, shard, key)[0]
-        with self._check_lock:  # the tasks of one step reading a shard at once: one stat, not one each
+        with self._check_locks[hash(shard) % _CHECK_STRIPES]:  # one stat per shard for the step's tasks
             hit = self._confirmed(shard, token)
             if hit is not None:
                 return hit[1]
