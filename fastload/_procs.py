@@ -478,8 +478,9 @@ class ProcessBackend:
         if msg[0] == "error":
             raise msg[3]
         _, _, _, stats, kept, late = msg
-        warn_given_up(late, self._child_spec["read_timeout_s"],
-                      f"batch {batch}, the last of loader worker process {w.index} (pid {w.process.pid}) this epoch")
+        if late:
+            warn_given_up(late, self._child_spec["read_timeout_s"],
+                          f"batch {batch}, the last of loader worker process {w.index} (pid {w.process.pid}) this epoch")
         return stats, kept
 
     def close(self) -> None:

@@ -150,7 +150,7 @@ class RolloutCheck:
             got = [v for x in parts for v in x.tolist()]
         if fresh[0]:
             lo, hi, got = got[0], got[1], got[2:]
-            if lo < 0 or hi >= t:
+            if nb.numel() and (lo < 0 or hi >= t):  # (no neighbours: nothing to be out of range)
                 bad = ((nb < 0) | (nb >= t)).nonzero()[0].tolist()
                 raise ModelConfigError(
                     f"{where}: geometry.neighbors: expected tile indices in [0, {t - 1}] (the state has T = {t} "

@@ -196,3 +196,11 @@ def test_on_a_gpu_a_bad_neighbour_is_an_error_not_a_device_assert_and_a_checked_
             model.rollout(state, 2, lead_time=6.0, geometry=TileGeometry(nan_lat, geo.lon, mixed.neighbors))
         model.rollout(state, 2, lead_time=6.0, geometry=mixed)  # the centres checked again (another tensor last)
         _check_without_a_sync(model, state, mixed)
+
+
+def test_a_geometry_of_no_tiles_checks_clean():
+    """Review rv3: with T = 0 and no neighbours the range check read a range of nothing as [0, 0] and failed with an
+    IndexError (dac6e4f; before it: no error)."""
+    state = torch.zeros(B, 1, 0, 4, 32)
+    RolloutCheck().geometry(TileGeometry(torch.zeros(0), torch.zeros(0), torch.zeros(0, 4, dtype=torch.long)),
+                            state, "step")
