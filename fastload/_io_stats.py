@@ -36,10 +36,12 @@ class IOStats:
     whether a later step takes their bytes (not counted again there), drops them or never uses them. Summed over
     an iteration it is the chunk bytes the store handed out; not counted are the separate reads of a sharded
     array's shard indexes (read by inner chunk: each shard's index is read once when first needed, and cached)
-    and metadata reads. Summed over an epoch it is exact too: the epoch's last batch waits for the read-ahead
-    requests still running (each at most ``loader.read_timeout_s`` from its start, or 30 s when that is None;
-    none still queued is made) and counts them (in process mode each worker does so with its own last batch of
-    the epoch, for its own reader). A request unanswered that long is given up and named in a warning; should it
+    and metadata reads. Summed over an epoch it is exact too, but for read-ahead requests slower than 2 s: the
+    epoch's last batch waits for the read-ahead requests still running (each at most ``loader.read_timeout_s``
+    from its start, or 30 s when that is None, and all of them at most 2 s, ``_raw_ahead.SETTLE_WAIT_S``: a request
+    slower than that is left running and counts in the next batch read; none still queued is made) and counts them
+    (in process mode each worker does so with its own last batch of the epoch, for its own reader). A request
+    past its read timeout then is given up and named in a warning; should it
     answer later, its bytes count in a later batch. The wait ends at once when the iteration is stopped (close,
     set_epoch, load_state_dict, a new iter): that batch is not handed out, and the bytes of the requests not
     settled then count in the next batch the reader (or that worker) reads, the next iteration's."""

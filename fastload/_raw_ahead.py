@@ -55,6 +55,11 @@ Key = tuple[str, tuple[int, ...]]
 
 _QUEUED, _RUNNING, _DONE, _FAILED = range(4)
 SETTLE_UNTIMED_S = 30.0  # with no read timeout, how long settle() waits for a request, at most, from its start
+SETTLE_WAIT_S = 2.0
+"""The most :meth:`RawAhead.settle` waits in all, from its call: an epoch's last batch is held no longer for requests
+no step needs (it exists for exact per-epoch byte counts, and the training loop waits on it). A request still
+running then, not yet past its read timeout, is left running: its bytes count at a later drain (the next batch the
+reader reads), and it is not named."""
 _SETTLE_SLICE_S = 0.02  # settle() with a stop: how often it looks at the stop while it waits
 
 
@@ -246,6 +251,8 @@ class RawAhead:
         """The end of a plan (no step will take anything more from this buffer): the requests not started yet are
         not made, each one running is waited for until ``timeout`` seconds after its start (None: until
         :data:`SETTLE_UNTIMED_S` after it; no step needs its chunks, so the last batch is not held for ever), and
+        all of them for at most :data:`SETTLE_WAIT_S` from this call (one still running then, not past its
+        timeout, is left running and not returned: its bytes count at a later drain), and
         the stored bytes of every request that returned are drained (:meth:`drain_stored`), so that they count in
         the plan they were read for. Returns those bytes and the requests still unanswered, given up (a request
         that never answers; should one answer later, its bytes count at a later drain).
@@ -263,10 +270,11 @@ class RawAhead:
             self._finish(g, None)
         limit = SETTLE_UNTIMED_S if timeout is None else timeout
         late = []
+        t_end = time.monotonic() + SETTLE_WAIT_S
         for g in running:
             if g.abandoned:  # (given up already, by a clear at a new plan, a step or the sweep: nobody waits for it,
                 continue  # and a stopped iteration's hung request must not hold the next one's end)
-            end = g.started + limit
+            end = min(g.started + limit, t_end)
             while not g.event.is_set():
                 if stop is not None and stop():
                     return {}, []  # (stopped: counted at the next drain; nothing given up here)
@@ -274,8 +282,9 @@ class RawAhead:
                 if left <= 0:
                     break
                 g.event.wait(left if stop is None else min(left, _SETTLE_SLICE_S))
-            if not g.event.is_set() and not g.abandoned:
-                late.append(g)  # (one given up before, by a step or an earlier settle, is not named again)
+            if not g.event.is_set() and not g.abandoned and time.monotonic() >= g.started + limit:
+                late.append(g)  # (one given up before, by a step or an earlier settle, is not named again; one
+                # only slower than SETTLE_WAIT_S is left running, its bytes counted at a later drain)
         for g in late:  # (nobody waits for it: its thread goes only when the pool needs it)
             self._give_up(g, let_go=False)
         return self.drain_stored(), late

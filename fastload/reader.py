@@ -308,7 +308,9 @@ class ChunkReader(_StepTasks, _Fetcher):
         the bytes its reads took, not some of them in the next epoch's first batch. Returns the bytes counted and
         the requests still unanswered, given up (``"<array> chunks <chunks>"``; :func:`warn_given_up` names them):
         no batch needs their chunks, and should they answer later, their bytes count in a later batch. With no
-        read timeout each is waited for at most :data:`fastload._raw_ahead.SETTLE_UNTIMED_S` from its start.
+        read timeout each is waited for at most :data:`fastload._raw_ahead.SETTLE_UNTIMED_S` from its start; all
+        of them at most :data:`fastload._raw_ahead.SETTLE_WAIT_S` in all (one slower, not past its timeout, is left
+        running and counts in a later batch).
         ``stop``: looked at while it waits; once true, it returns at once, counting nothing (those bytes count in
         the next batch this reader reads) and giving nothing up."""
         if self._ahead is None:

@@ -304,6 +304,9 @@ def test_a_stop_from_another_thread_ends_the_last_batchs_settle(tmp_path, monkey
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ChunkReader, "settle_ahead", settle_ahead)
+    from fastload import _raw_ahead
+
+    monkeypatch.setattr(_raw_ahead, "SETTLE_WAIT_S", 300.0)  # (the settle waits until stopped, however slow the stop)
     loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, device="cpu")
     try:
         saved = loader.state_dict()  # (epoch 0, batch 0)
@@ -434,3 +437,43 @@ def test_settle_does_not_wait_for_a_request_a_new_plan_gave_up():
     assert not still, "settle waited for a request a new plan had given up"
     assert result == [({}, [])]
     assert ahead.drain_stored() == {"hung": 10}
+
+
+def test_a_slow_request_holds_the_last_batch_at_most_settle_wait_s_and_counts_later(tmp_path, monkeypatch, caplog):
+    """Review s14 rv3 item 2: the epoch's last batch waited for a read-ahead request no step needs up to the read
+    timeout (300 s by default) on the training loop's thread, for the sake of an exact byte count. Now at most
+    ``SETTLE_WAIT_S`` in all (made short here): a request still running then, not past its read timeout, is left
+    running, not given up and not named; its bytes count in a later batch (the next epoch's). The hang guard is a
+    join with a limit, not a duration."""
+    from fastload import _raw_ahead
+
+    monkeypatch.setattr(_raw_ahead, "SETTLE_WAIT_S", 0.3, raising=False)  # (before the fix: no such limit)
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
+    store = open_store(tmp_path / "s.zarr")
+    src = store.source = _Counting(store.source)
+    hold = threading.Event()
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, device="cpu")
+    try:
+        claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
+        got: list = []
+        raised: list = []
+        with caplog.at_level(logging.WARNING, logger="fastload"):
+            consumer = _consume(loader, got, raised)
+            consumer.join(30)
+            still = consumer.is_alive()
+            (g,) = claimed
+            left_running = not g.abandoned and not g.event.is_set()
+            hold.set()
+            consumer.join(60)
+        assert not still, "the last batch waited for a read-ahead request longer than SETTLE_WAIT_S"
+        assert raised == [] and got == [(0, b) for b in range(len(loader))]
+        assert left_running, "the slow request was given up before its read timeout"
+        assert not [r for r in caplog.records if "read-ahead request" in r.getMessage()]
+        assert g.event.wait(30)
+        monkeypatch.undo()  # (the next epoch reads plainly)
+        for _ in loader:
+            pass
+        assert loader.stats.bytes_stored == src.bytes  # its bytes counted in the next epoch
+    finally:
+        hold.set()
+        loader.close()
