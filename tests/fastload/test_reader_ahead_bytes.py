@@ -282,6 +282,29 @@ def _consume(loader, got: list, raised: list) -> threading.Thread:
     return t
 
 
+def _an_epoch_whose_last_read_ahead_hangs(tmp_path, monkeypatch, caplog, hold: threading.Event, **kw):
+    """A Loader (``kw``) on a counting store whose first epoch is read on a thread of its own while a read-ahead
+    request injected after its last read hangs until ``hold`` is set: given 30 s (a hang guard), then ``hold`` is
+    set. Returns (loader, source, the request, whether the consumer was still waiting at the guard, the batches it
+    got, what it raised, whether the request was still running and not given up at the guard)."""
+    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
+    store = open_store(tmp_path / "s.zarr")
+    src = store.source = _Counting(store.source)
+    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, device="cpu", **kw)
+    claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
+    got: list = []
+    raised: list = []
+    with caplog.at_level(logging.WARNING, logger="fastload"):
+        consumer = _consume(loader, got, raised)
+        consumer.join(30)
+        still = consumer.is_alive()
+        (g,) = claimed
+        running = not g.abandoned and not g.event.is_set()
+        hold.set()
+        consumer.join(60)
+    return loader, src, g, still, got, raised, running
+
+
 @pytest.mark.parametrize("how", ["close", "set_epoch", "load_state_dict"])
 def test_a_stop_from_another_thread_ends_the_last_batchs_settle(tmp_path, monkeypatch, how):
     """Review s14 rv2 item 1: the epoch's last batch waits for a hung read-ahead request (read timeout 300 s, the
@@ -347,26 +370,13 @@ def test_with_no_read_timeout_a_hung_request_at_the_epochs_end_is_given_up_after
     from fastload import _raw_ahead
 
     monkeypatch.setattr(_raw_ahead, "SETTLE_UNTIMED_S", 0.5, raising=False)  # (before the fix: none)
-    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
-    store = open_store(tmp_path / "s.zarr")
-    src = store.source = _Counting(store.source)
     hold = threading.Event()
-    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, read_timeout_s=None,
-                    device="cpu")
+    loader, src, g, still, got, raised, _ = _an_epoch_whose_last_read_ahead_hangs(tmp_path, monkeypatch, caplog, hold,
+                                                                                  read_timeout_s=None)
     try:
-        claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
-        got: list = []
-        raised: list = []
-        with caplog.at_level(logging.WARNING, logger="fastload"):
-            consumer = _consume(loader, got, raised)
-            consumer.join(30)
-            still = consumer.is_alive()
-            hold.set()
-            consumer.join(60)
         assert not still, "the last batch still waited for a read-ahead request no step needs"
         assert raised == [] and got == [(0, b) for b in range(len(loader))]
         assert loader.stats.bytes_stored <= src.bytes
-        (g,) = claimed
         said = [r.getMessage() for r in caplog.records if "read-ahead request" in r.getMessage()]
         assert len(said) == 1 and f"{g.array} chunks {g.chunks}" in said[0], said
         assert "0.5 s after they started (loader.read_timeout_s is None" in said[0], said
@@ -448,23 +458,10 @@ def test_a_slow_request_holds_the_last_batch_at_most_settle_wait_s_and_counts_la
     from fastload import _raw_ahead
 
     monkeypatch.setattr(_raw_ahead, "SETTLE_WAIT_S", 0.3, raising=False)  # (before the fix: no such limit)
-    _, cfg = build("per_variable", tmp_path / "s.zarr", zarr_format=2, codec="zstd")
-    store = open_store(tmp_path / "s.zarr")
-    src = store.source = _Counting(store.source)
     hold = threading.Event()
-    loader = Loader(store, cfg, samples_per_epoch=8, workers=1, cache_bytes=60000, seed=3, device="cpu")
+    loader, src, g, still, got, raised, left_running = _an_epoch_whose_last_read_ahead_hangs(
+        tmp_path, monkeypatch, caplog, hold)
     try:
-        claimed = _inject_after_last_read(monkeypatch, len(loader) - 1, hold)
-        got: list = []
-        raised: list = []
-        with caplog.at_level(logging.WARNING, logger="fastload"):
-            consumer = _consume(loader, got, raised)
-            consumer.join(30)
-            still = consumer.is_alive()
-            (g,) = claimed
-            left_running = not g.abandoned and not g.event.is_set()
-            hold.set()
-            consumer.join(60)
         assert not still, "the last batch waited for a read-ahead request longer than SETTLE_WAIT_S"
         assert raised == [] and got == [(0, b) for b in range(len(loader))]
         assert left_running, "the slow request was given up before its read timeout"
