@@ -26,6 +26,7 @@ the failing rank with its own error, the others with a :class:`RankFailedError` 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -121,6 +122,7 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
             dist.init_process_group("nccl" if cuda else "gloo",
                                     timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
             _timeout_s = cfg.dist_timeout_s
+            atexit.register(_destroy_at_exit)
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
@@ -131,6 +133,20 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device = {want!r} but CUDA is not available on this machine (use --device cpu)")
     return 0, 1, device
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the process group :func:`init_distributed` started, at interpreter exit while Python is still whole
+    (a no-op if someone destroyed it before). A process that exits with a gloo group alive can abort in its C++
+    teardown ("terminate called without an active exception", exit status -6 instead of its own: pytorch issue
+    190489), seen here as a rank that failed its checks and exited 2 reporting -6 one run in a few."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway; the run's own error (if any) is already out
+            pass
 
 
 def gather(obj: Any, world: int, what: str = "an object") -> list[Any]:

@@ -173,3 +173,32 @@ def test_a_guarded_backward_turns_only_collective_errors_into_collective_errors(
                 raise RuntimeError("anything, inside a block that is only a collective")
     finally:
         dist.destroy_process_group()
+
+
+def test_a_group_init_distributed_starts_is_destroyed_at_exit(monkeypatch):
+    """A process that exits with its gloo group alive can abort in C++ teardown ("terminate called without an active
+    exception", status -6: a rank failing its checks reported -6 instead of 2 in one CI run of session 14). The
+    group init_distributed starts is destroyed by an atexit handler, a no-op once destroyed."""
+    import atexit
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from profiling import distributed
+
+    state = {"up": False, "destroyed": 0}
+    handlers: list = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: state.update(up=True))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: state.update(up=False,
+                                                                                  destroyed=state["destroyed"] + 1))
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(atexit, "register", lambda f, *a, **k: handlers.append(f))
+    distributed.init_distributed(dataclasses.replace(get_preset("cpu_tiny"), device="cpu"))
+    assert state["up"] and len(handlers) == 1
+    handlers[0]()
+    assert state == {"up": False, "destroyed": 1}
+    handlers[0]()  # destroyed already: nothing more
+    assert state["destroyed"] == 1
