@@ -149,3 +149,30 @@ def test_long_names_keep_a_temporary_name_within_255_bytes(tmp_path):
     _quiet_save(path, _net())
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     _saves_the_checkpoint(path, _net())
+
+
+def test_the_writer_identity_agrees_with_the_store_writers_copy():
+    """model/checkpoint.py repeats fastload/_write_temps.py's writer identity (``model`` may not import ``fastload``):
+    the two must name a writer and judge it gone alike, or a checkpoint's temporary and a store's would be kept or
+    removed by different rules (duplicates pair D1 of session 14)."""
+    import subprocess
+
+    from fastload import _write_temps as stores
+    from model import checkpoint as ckpt
+
+    assert ckpt._host() == stores._host()
+    assert ckpt._writer_id() == stores.writer_id()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        gone = subprocess.Popen(["sleep", "60"])
+        gone_start = stores._proc_start(gone.pid)[0]
+        gone.kill()
+        gone.wait()
+        live_start = stores._proc_start(live.pid)[0]
+        assert ckpt._proc_start(live.pid) == stores._proc_start(live.pid)
+        for pid, start in ((live.pid, live_start), (live.pid, live_start + 1), (gone.pid, gone_start),
+                           (2**22 + 12345, 1)):
+            assert ckpt._writer_gone(pid, start) == stores.writer_gone(pid, start), (pid, start)
+    finally:
+        live.kill()
+        live.wait()
