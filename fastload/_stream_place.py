@@ -29,7 +29,7 @@ import numpy as np
 from ._stream_space import ReferenceRegions
 from ._stream_time import align, describe_period, sample_times, servable
 from .errors import ConfigError
-from .sampling.geometry import GridExtent
+from .sampling.geometry import GridExtent, _check_int
 from .sampling.geometry import random_boxes as _random_boxes
 
 __all__ = ["Placement", "time_setup", "space_setup", "raise_no_common_place", "n_x", "space_mask", "space_ok",
@@ -212,9 +212,12 @@ def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world
     """
     centers = centers or ms.config.centers
     _, H, W = ms.box
+    # each checked as the single-store draw checks it (an int() here turned samples_per_window=2.7 into 2 and a
+    # rank of 0.5 drew an empty share, silently)
+    for key, v, lo in (("n", n, 0), ("seed", seed, 0), ("epoch", epoch, 0), ("world_size", world_size, 1),
+                       ("samples_per_window", samples_per_window, 1), ("rank", rank, 0)):
+        _check_int("random_boxes", key, v, lo)
     spw = int(samples_per_window)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or spw < 1:
-        raise ConfigError(f"random_boxes: n must be an integer >= 0 and samples_per_window >= 1, got {n}, {spw}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"random_boxes: rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
     # Always try the single-store draw first, whatever this object computed before (``space_ok`` is a lazily

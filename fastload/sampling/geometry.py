@@ -242,7 +242,9 @@ def random_boxes(
         Box centres uniform in the row index (= latitude on regular grids), or area-weighted by the cosine of
         the latitude at the box centre (needs ``lat``: 1-D ``(NY,)`` or 2-D ``(NY, NX)``).
     t_range : (start, stop), optional
-        Restrict the windows to store time indices ``[start, stop)`` (e.g. the training years).
+        Restrict the windows to store time indices ``[start, stop)`` (e.g. the training years): two integers,
+        ``0 <= start``, ``start + span <= stop <= nt`` (``span = (T - 1) * time_step + 1``); a range outside the
+        axis, reversed or too short for one box is a ConfigError (a ValueError) naming it and the valid range.
     """
     for key, v, lo in (("n", n, 0), ("seed", seed, 0), ("epoch", epoch, 0), ("world_size", world_size, 1),
                        ("samples_per_window", samples_per_window, 1), ("rank", rank, 0),
@@ -256,12 +258,7 @@ def random_boxes(
     span = (int(box[0]) - 1) * int(time_step) + 1
     t_lo, t_hi = 0, tmax
     if t_range is not None:
-        start, stop = (int(v) for v in t_range)
-        t_lo, t_hi = max(start, 0), min(stop - span, tmax)
-        if t_hi < t_lo:
-            raise ConfigError(
-                f"random_boxes: t_range {list(t_range)} holds no window of {span} time steps "
-                f"(store has {extent.nt})")
+        t_lo, t_hi = _check_t_range(t_range, extent, box, time_step)
     regular = extent.regular_t0(box, time_step)
     cand = None if regular is None or regular[t_lo:t_hi + 1].all() else t_lo + np.flatnonzero(regular[t_lo:t_hi + 1])
     if cand is not None and cand.size == 0:
@@ -284,6 +281,40 @@ def random_boxes(
     win = np.arange(n) // samples_per_window
     out = np.stack([t0[win], y0, x0], axis=1).astype(np.int64)
     return np.ascontiguousarray(out[win % world_size == rank])
+
+
+def _check_t_range(t_range: Any, extent: GridExtent, box: Sequence[int], time_step: int) -> tuple[int, int]:
+    """The first and last window start ``t0`` that ``t_range = (start, stop)`` allows, or a ConfigError (a
+    ValueError) naming ``t_range``, the value given and the valid range: two integer store time indices with
+    ``0 <= start``, ``start + span <= stop <= nt`` (``span``: the time indices one box spans). A range outside the
+    axis is refused, not clamped (it was clamped silently: a typo in the training years trained on others)."""
+    if extent.nt is None:
+        raise ConfigError(f"random_boxes: t_range = {t_range!r} restricts the time axis, but the grid has none "
+                          "(GridExtent.nt is None); expected t_range=None")
+    nt = int(extent.nt)
+    span = (int(box[0]) - 1) * int(time_step) + 1
+    valid = (f"expected two integer store time indices (start, stop), 0 <= start < stop <= {nt} (the store's "
+             f"{nt} time steps), at least {span} apart (one box spans {span} time indices: {int(box[0])} points x "
+             f"time_step {time_step})")
+    if isinstance(t_range, (str, bytes)):
+        vals = None
+    else:
+        try:
+            vals = tuple(t_range)
+        except TypeError:
+            vals = None
+    if vals is None or len(vals) != 2 or not all(_is_int(v) for v in vals):
+        raise ConfigError(f"random_boxes: t_range = {t_range!r}: {valid}")
+    start, stop = (int(v) for v in vals)
+    if start >= stop:
+        why = "is empty" if start == stop else "is reversed (start > stop)"
+    elif start < 0 or stop > nt:
+        why = "lies outside the time axis"
+    elif stop - start < span:
+        why = f"holds {stop - start} time steps, fewer than a box spans"
+    else:
+        return start, stop - span
+    raise ConfigError(f"random_boxes: t_range = {[start, stop]} {why}: {valid}")
 
 
 def _iso(t: Any) -> str:
