@@ -424,17 +424,63 @@ def _taper(length: int, ramp: int, lo: bool, hi: bool) -> np.ndarray:
     return w
 
 
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "shape")
+
+
+def _stacked(where: str, key: str, x: Any) -> Any:
+    """``x`` as an array: an array (anything with ``shape`` and ``ndim``: NumPy, torch, xarray) as given, a list
+    or tuple of equal-shape arrays stacked along a new first axis (``torch.stack`` when every item is a tensor,
+    else ``np.stack``), anything else a TypeError naming ``where`` and ``key``."""
+    if not isinstance(x, (list, tuple)) and hasattr(x, "shape") and hasattr(x, "ndim"):
+        return x
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(f"{where}: {key} must be a NumPy array, a torch tensor or a list of equal-shape arrays, "
+                        f"got {type(x).__name__}")
+    if not x:
+        raise ConfigError(f"{where}: {key} is an empty {type(x).__name__}; expected equal-shape arrays")
+    tensors = [_is_tensor(v) for v in x]
+    if any(tensors) and not all(tensors):
+        raise TypeError(f"{where}: {key} mixes torch tensors and other values; expected all tensors or all arrays")
+    items = list(x) if all(tensors) else [np.asarray(v) for v in x]
+    shapes = [tuple(v.shape) for v in items]
+    if len(set(shapes)) > 1:
+        i = next(k for k, sh in enumerate(shapes) if sh != shapes[0])
+        raise ConfigError(f"{where}: {key} holds arrays of different shapes ({key}[0] {shapes[0]}, {key}[{i}] "
+                          f"{shapes[i]}); expected equal shapes, stacked along a new first axis")
+    if not all(tensors):
+        return np.stack(items)
+    import torch
+
+    try:
+        return torch.stack(items)
+    except RuntimeError as e:  # tensors on different devices
+        raise ConfigError(f"{where}: {key}: cannot stack its tensors ({e})") from None
+
+
 def stitch(tiles: Any, tiling: Tiling) -> Any:
     """Blend per-tile predictions back onto the grid: ``(n, ..., H, W)`` -> ``(..., NY, NX)``.
 
-    Works on NumPy arrays and torch tensors (on any device). Each tile is weighted by a smooth taper that ramps
-    from near 0 to 1 over the overlap at every edge shared with a neighbour (edges on the border of a regional
-    grid or at a pole keep weight 1). The blend is a running weighted mean, ``acc += w / (W + w) * (tile - acc)``,
-    so equal inputs come back bit-for-bit (a constant field stays exactly constant).
+    Works on NumPy arrays and torch tensors (on any device), and on a list (or tuple) of ``n`` equal-shape tiles,
+    stacked first. Each tile is weighted by a smooth taper that ramps from near 0 to 1 over the overlap at every
+    edge shared with a neighbour (edges on the border of a regional grid or at a pole keep weight 1). The blend
+    is a running weighted mean, ``acc += w / (W + w) * (tile - acc)``, so equal inputs come back bit-for-bit (a
+    constant field stays exactly constant). Real numbers only: integer and bool tiles blend as float64 (float32
+    on torch); complex, string or object values are a TypeError.
     """
+    if not isinstance(tiling, Tiling):
+        raise TypeError(f"stitch: tiling must be the Tiling that tile_grid returned, got {type(tiling).__name__}")
+    tiles = _stacked("stitch", "tiles", tiles)
     n_tiles = tiling.boxes.shape[0]
     h, w = tiling.box[1], tiling.box[2]
-    if tiles.shape[0] != n_tiles or tuple(tiles.shape[-2:]) != (h, w):
+    if _is_tensor(tiles):
+        bad = tiles.is_complex()
+    else:
+        tiles = np.asarray(tiles)
+        bad = tiles.dtype.kind not in "biuf"
+    if bad:
+        raise TypeError(f"stitch: tiles must hold real numbers (bool, integer or floating), got dtype {tiles.dtype}")
+    if tiles.ndim < 3 or tiles.shape[0] != n_tiles or tuple(tiles.shape[-2:]) != (h, w):
         raise ConfigError(f"stitch: expected tiles of shape ({n_tiles}, ..., {h}, {w}), got {tuple(tiles.shape)}")
     ext = tiling.extent
     lead = tuple(tiles.shape[1:-2])
@@ -454,7 +500,6 @@ def stitch(tiles: Any, tiling: Tiling) -> Any:
         def cast(a: Any) -> Any:
             return a.to(tiles.dtype)
     else:
-        tiles = np.asarray(tiles)
         if tiles.dtype.kind != "f":
             tiles = tiles.astype(np.float64)
         acc = np.zeros(lead + (ext.ny, ext.nx), dtype=tiles.dtype)
@@ -481,7 +526,9 @@ def stitch(tiles: Any, tiling: Tiling) -> Any:
 
 
 def tokens_to_box(x: Any) -> Any:
-    """Token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` -> box layout ``(..., T, H, W)`` (numpy or torch)."""
+    """Token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` -> box layout ``(..., T, H, W)`` (numpy or torch;
+    a list of equal-shape arrays is stacked first)."""
+    x = _stacked("tokens_to_box", "x", x)
     nd = x.ndim
     if nd < 6:
         raise ConfigError(f"tokens_to_box: expected at least 6 axes (nt, nlat, nlon, tt, tlat, tlon), got {nd}")
@@ -493,8 +540,12 @@ def tokens_to_box(x: Any) -> Any:
 
 
 def box_to_tokens(x: Any, token_size: Sequence[int]) -> Any:
-    """Box layout ``(..., T, H, W)`` -> token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` (numpy or torch)."""
-    tt, tlat, tlon = (int(v) for v in token_size)
+    """Box layout ``(..., T, H, W)`` -> token layout ``(..., nt, nlat, nlon, tt, tlat, tlon)`` (numpy or torch;
+    a list of equal-shape arrays is stacked first)."""
+    tt, tlat, tlon = _check_ints("box_to_tokens", "token_size", token_size, 3, 1, "time, lat, lon")
+    x = _stacked("box_to_tokens", "x", x)
+    if x.ndim < 3:
+        raise ConfigError(f"box_to_tokens: expected at least 3 axes (T, H, W), got shape {tuple(x.shape)}")
     *lead, t, h, w = x.shape
     if t % tt or h % tlat or w % tlon:
         raise ConfigError(f"box_to_tokens: box {(t, h, w)} is not a multiple of token_size {(tt, tlat, tlon)}")
