@@ -232,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in a.overrides:
         if not item.startswith("loader."):
             raise ConfigError(f"--set {item}: profile-loader takes loader.* settings only")
+    from ._loop_checks import check_output_dir
+
+    out = Path(a.out or f"runs/profile-loader-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_dir(out, "--out" if a.out else "the report folder")  # a file there fails now, not after the sweep
     loader = LoaderConfig(device=a.device)
     if a.store is None:
         from .loop import prepare_data
@@ -253,7 +257,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                  data=a.data, latency_ms=a.store_latency_ms, storage_options=opts, backend=a.backend)
     from .report import format_loader_table, format_sweep_table, write_steps_csv, write_summary
 
-    out = Path(a.out or f"runs/profile-loader-{time.strftime('%Y%m%d-%H%M%S')}")
     print()
     for settings, summary, _ in runs:
         print(f"-- {', '.join(f'{k}={v}' for k, v in settings.items())}")
