@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -173,15 +174,21 @@ class StreamConfig(_Config):
     """Normalisation coefficient store of this stream (``fastload stats``)."""
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError("streams: every stream needs a non-empty name")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"streams: every stream needs a non-empty name, got {self.name!r}")
         if not isinstance(self.path, str) or not self.path:
             raise ConfigError(f"streams.{self.name}.path: expected a path or URL, got {self.path!r}")
         _choice(f"streams.{self.name}.time_rule", self.time_rule, TIME_RULES)
+        if self.norm_path is not None and (not isinstance(self.norm_path, str) or not self.norm_path):
+            raise ConfigError(f"streams.{self.name}.norm_path: expected a path or URL, got {self.norm_path!r}")
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> StreamConfig:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"streams.{name}: expected a table of settings (path = ...), got {d!r}")
         cls._check_keys({**d, "name": name}, f"streams.{name}")
+        if "path" not in d:
+            raise ConfigError(f"streams.{name}: missing required setting 'path' (the store's path or URL)")
         kw = dict(d)
         kw.pop("name", None)
         return cls(name=name, **kw)
@@ -248,6 +255,8 @@ class SamplingConfig(_Config):
                 )
             if not self.streams and f.stream is not None:
                 raise ConfigError(f"fields.{f.name}.stream = {f.stream!r} but the config defines no streams")
+        if self.norm_path is not None and (not isinstance(self.norm_path, str) or not self.norm_path):
+            raise ConfigError(f"norm_path: expected a path or URL, got {self.norm_path!r}")
 
     # -- geometry ---------------------------------------------------------------------------------------------
     @property
@@ -281,6 +290,8 @@ class SamplingConfig(_Config):
     def from_dict(cls, d: Mapping[str, Any], *, base: str | os.PathLike[str] | None = None) -> SamplingConfig:
         """From a table of settings (a parsed file); ``base``: the folder relative ``norm_path`` and stream paths are
         taken from (:meth:`from_file`: the file's; None: as given). Built once, so its warnings come once."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"sampling config: expected a table of settings, got {d!r}")
         cls._check_keys(d, "sampling config")
         kw = dict(d)
         if base is not None:
@@ -503,13 +514,24 @@ class LoaderConfig(_Config):
         positive("seed", 0)
         _choice("loader.mode", self.mode, ("thread", "process"))
         _choice("loader.on_bad_chunk", self.on_bad_chunk, ("raise", "skip"))
+        for key in ("pin_memory", "drop_last"):
+            v = getattr(self, key)
+            if not (isinstance(v, bool) or v is None and key == "pin_memory"):
+                allowed = "true or false" + (" (or None: when the device is a GPU)" if key == "pin_memory" else "")
+                raise ConfigError(f"loader.{key}: expected {allowed}, got {v!r}")
         if self.rank is not None or self.world_size is not None:
             if self.rank is None or self.world_size is None:
                 raise ConfigError("loader.rank and loader.world_size go together; give both or neither")
+            for key, minimum in (("rank", 0), ("world_size", 1)):
+                v = getattr(self, key)
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+                    raise ConfigError(f"loader.{key}: expected an integer >= {minimum}, got {v!r}")
             if not (0 <= self.rank < self.world_size):
                 raise ConfigError(f"loader.rank: expected 0 <= rank < world_size={self.world_size}, got {self.rank}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoaderConfig:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"loader: expected a table of settings, got {d!r}")
         cls._check_keys(d, "loader")
         return cls(**d)

@@ -316,3 +316,66 @@ def test_the_cli_set_reaches_field_settings(tmp_path):
     with pytest.raises(ConfigError, match=r"data.sampling.fields.t3m.normalization: no field 't3m' in this config; "
                                           r"fields: \['temperature', 'velocity_u', 't2m'\]"):
         load_run_config(None, preset="cpu_tiny", overrides=["data.sampling.fields.t3m.normalization=none"])
+
+
+_ONE_FIELD = {"t": {"num_tokens": [1, 1, 1], "token_size": [1, 1, 1], "stream": "a"}}
+
+
+@pytest.mark.parametrize("streams, message", [
+    ({"a": {}}, r"streams\.a: missing required setting 'path'"),
+    ({"a": {"time_rule": "nearest"}}, r"streams\.a: missing required setting 'path'"),
+    ({"a": 5}, r"streams\.a: expected a table of settings \(path = \.\.\.\), got 5"),
+    ({"a": {"path": "x", "norm_path": 5}}, r"streams\.a\.norm_path: expected a path or URL, got 5"),
+    ({"a": {"path": "x", "norm_path": ""}}, r"streams\.a\.norm_path: expected a path or URL, got ''"),
+])
+def test_a_stream_without_path_or_with_wrong_types_names_the_setting(streams, message):
+    """A [streams.a] table without path was a TypeError (StreamConfig.__init__() missing ... 'path'), a stream that
+    is not a table a TypeError ('int' object is not a mapping), a norm_path of 5 was accepted."""
+    with pytest.raises(ConfigError, match=message):
+        SamplingConfig.from_dict({"fields": _ONE_FIELD, "streams": streams})
+
+
+def test_a_stream_without_path_in_a_file_names_the_file_and_the_stream(tmp_path):
+    p = tmp_path / "multi.toml"
+    p.write_text('[streams.a]\ntime_rule = "nearest"\n[fields.t]\nstream = "a"\nnum_tokens = [1, 1, 1]\n'
+                 'token_size = [1, 1, 1]\n')
+    with pytest.raises(ConfigError) as e:
+        SamplingConfig.from_file(p)
+    assert str(e.value) == f"{p}: streams.a: missing required setting 'path' (the store's path or URL)"
+
+
+@pytest.mark.parametrize("d, message", [
+    ({"norm_path": 5}, r"^norm_path: expected a path or URL, got 5"),
+    ({"norm_path": ["a"]}, r"^norm_path: expected a path or URL, got \['a'\]"),
+])
+def test_sampling_norm_path_of_the_wrong_type_is_named(d, message):
+    with pytest.raises(ConfigError, match=message):
+        SamplingConfig.from_dict({"fields": {"t": {"num_tokens": [1, 1, 1], "token_size": [1, 1, 1]}}, **d})
+
+
+def test_a_config_that_is_not_a_table_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"sampling config: expected a table of settings, got \[1\]"):
+        SamplingConfig.from_dict([1])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"loader: expected a table of settings, got None"):
+        LoaderConfig.from_dict(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("d, message", [
+    ({"pin_memory": "no"}, r"loader\.pin_memory: expected true or false \(or None"),  # bool('no') is True
+    ({"pin_memory": 0}, r"loader\.pin_memory: expected true or false"),
+    ({"drop_last": "no"}, r"loader\.drop_last: expected true or false, got 'no'"),
+    ({"drop_last": None}, r"loader\.drop_last: expected true or false, got None"),
+    ({"rank": "0", "world_size": 2}, r"loader\.rank: expected an integer >= 0, got '0'"),  # was a TypeError
+    ({"rank": 0.5, "world_size": 2}, r"loader\.rank: expected an integer >= 0, got 0\.5"),  # was accepted
+    ({"rank": 0, "world_size": 2.0}, r"loader\.world_size: expected an integer >= 1, got 2\.0"),
+    ({"rank": True, "world_size": 2}, r"loader\.rank: expected an integer >= 0, got True"),
+])
+def test_loader_settings_of_the_wrong_type_are_named(d, message):
+    with pytest.raises(ConfigError, match=message):
+        LoaderConfig.from_dict(d)
+
+
+def test_loader_settings_of_the_right_type_are_kept():
+    cfg = LoaderConfig.from_dict({"pin_memory": False, "drop_last": False, "rank": np.int64(1), "world_size": 3})
+    assert (cfg.pin_memory, cfg.drop_last, cfg.rank, cfg.world_size) == (False, False, 1, 3)
+    assert LoaderConfig(pin_memory=None).pin_memory is None
