@@ -5,8 +5,8 @@ Why this exists apart from ``write.py``: :class:`fastload.write.StoreWriter` bui
 path and renames it into place; tools that write without the writer (``fastload stats``, ``_stats_pass``) need the
 same checks, rename and Ctrl-C handling:
 
-- :func:`check_output` refuses a URL, an output at, inside or around a source, and (with ``overwrite``) an
-  existing path that is not a zarr store or an empty directory;
+- :func:`check_output` refuses a URL, an output inside another zarr store, an output at, inside or around a
+  source, and (with ``overwrite``) an existing path that is not a zarr store or an empty directory;
 - :func:`move_into_place` puts the finished store at the output: exchanged for a store there in one step where
   Linux can (``renameat2``), so that the output is never missing; else renamed in after the old one is renamed
   aside, which is put back if that fails. Ctrl-C waits for the switch; once the new store is in, the write is
@@ -89,9 +89,9 @@ def check_output(
 ) -> Path:
     """Check that a store may be written at ``out`` without losing data; returns ``out`` made absolute.
 
-    Raises :class:`ConfigError` for a URL, when a local path of ``sources`` (the stores or files the output is
-    made from; a ``file://`` or other fsspec URL of the local file system counts as its path) is ``out``, inside
-    it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
+    Raises :class:`ConfigError` for a URL, for an ``out`` inside another zarr store, when a local path of
+    ``sources`` (the stores or files the output is made from; a ``file://`` or other fsspec URL of the local file
+    system counts as its path) is ``out``, inside it or contains it, and, with ``overwrite``, when an existing ``out`` is not a
     zarr store (a plain file, or a folder without zarr metadata: replacing it would delete unrelated data); an
     empty directory may be replaced. Raises :class:`StoreError` when ``out`` exists and ``overwrite`` is false.
     """
@@ -108,12 +108,26 @@ def check_output(
             raise ConfigError(
                 f"out: {path} is, holds or lies inside the source {str(src)!r}; write the output elsewhere"
             )
+    _check_not_inside_store(path, real)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise StoreError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
         _replaceable(path)
     _check_name_length(path)
     return path
+
+
+def _check_not_inside_store(path: Path, real: Path) -> None:
+    """Refuse an output inside another zarr store (a folder above it holds zarr metadata): the new store would
+    become a member of that one, and with ``overwrite`` it replaced one of its arrays (``convert a.nc
+    era.zarr/t2m --overwrite`` left ``era.zarr``'s t2m all fill value, read as NaN by fastload and xarray alike)."""
+    for parent in dict.fromkeys([*path.parents, *real.parents]):  # as given and with links resolved
+        marker = next((m for m in _STORE_MARKERS if (parent / m).is_file()), None)
+        if marker is not None:
+            raise ConfigError(
+                f"out: {path} lies inside the zarr store {parent} (it has {marker}); writing there would add to or "
+                "replace part of that store: write the output outside it"
+            )
 
 
 def _check_name_length(path: Path) -> None:
