@@ -450,8 +450,10 @@ def _parser(mode: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"fastload {mode}", description=what,
                                 epilog="presets: " + ", ".join(PRESETS) + " (python -m profiling.presets prints "
                                 "them). Example: fastload profile --set loader.workers=4 --steps 40")
-    p.add_argument("--preset", help="run preset (default: cpu_tiny)")
-    p.add_argument("--config", help="run file (TOML); 'preset = NAME' in it picks the base preset")
+    p.add_argument("--preset", help="run preset (default: cpu_tiny, without --config; with it, the base preset "
+                                    "when the file names none)")
+    p.add_argument("--config", help="run file (TOML); 'preset = NAME' in it (or --preset) picks the base preset; "
+                                    "with none, the file needs a [data] section with sampling")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. loader.batch_size=8, model.embed_dim=64 (repeatable)")
     p.add_argument("--store", help="data store (default: the built-in synthetic dataset)")

@@ -408,8 +408,14 @@ class RunConfig:
         """Build from nested mappings (TOML tables); unknown keys raise naming the section."""
         _check_keys(cls, d, "run config")
         kw = dict(d)
-        if "data" not in kw:
-            raise ConfigError("run config: missing the [data] section (with data.sampling)")
+        if "data" not in kw:  # (a run file's preset, or --preset, is merged in before: its data would be here)
+            from .presets import PRESETS
+
+            raise ConfigError("run config: missing the [data] section (with data.sampling); a run file that names "
+                              "no preset starts from none (the default preset cpu_tiny is for runs without "
+                              "--config): give a [data] section with sampling (and store), or a base preset, "
+                              f"preset = \"cpu_tiny\" at the top of the file or --preset cpu_tiny (one of "
+                              f"{list(PRESETS)})")
         kw["data"] = DataConfig.from_dict(kw["data"], base=base)
         if "loader" in kw:
             kw["loader"] = LoaderConfig.from_dict(kw["loader"])
