@@ -315,6 +315,8 @@ class SamplingConfig(_Config):
     def from_file(cls, path: str | os.PathLike[str]) -> SamplingConfig:
         """Load a config from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file."""
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"sampling config file {str(p)!r} is a directory; expected a .toml or .yaml file")
         if not p.is_file():
             raise ConfigError(f"sampling config file {str(p)!r} does not exist")
         text = p.read_text()

@@ -379,3 +379,14 @@ def test_loader_settings_of_the_right_type_are_kept():
     cfg = LoaderConfig.from_dict({"pin_memory": False, "drop_last": False, "rank": np.int64(1), "world_size": 3})
     assert (cfg.pin_memory, cfg.drop_last, cfg.rank, cfg.world_size) == (False, False, 1, 3)
     assert LoaderConfig(pin_memory=None).pin_memory is None
+
+
+def test_a_config_path_that_is_a_directory_is_named_as_one(tmp_path):
+    """A directory was reported as 'does not exist'."""
+    (tmp_path / "cfg.toml").mkdir()
+    with pytest.raises(ConfigError) as e:
+        SamplingConfig.from_file(tmp_path / "cfg.toml")
+    assert str(e.value) == (f"sampling config file {str(tmp_path / 'cfg.toml')!r} is a directory; expected a .toml "
+                            f"or .yaml file")
+    with pytest.raises(ConfigError, match="does not exist"):
+        SamplingConfig.from_file(tmp_path / "missing.toml")
