@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import importlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -119,6 +120,10 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
             global _timeout_s
             if cuda and (problem := nccl_timeout_problem(os.environ)):
                 warnings.warn(problem, RuntimeWarning, stacklevel=2)
+            # imported before the group exists: its functions take ``group=group.WORLD`` as a default argument,
+            # evaluated at import, and DistributedDataParallel imports it; imported after, they would hold the
+            # default group for the process's life, so that no destroy_process_group ends it (_destroy_at_exit)
+            importlib.import_module("torch.distributed.nn.functional")
             dist.init_process_group("nccl" if cuda else "gloo",
                                     timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
             _timeout_s = cfg.dist_timeout_s
@@ -137,12 +142,28 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, torch.device]:
 
 def _destroy_at_exit() -> None:
     """Destroy the process group :func:`init_distributed` started, at interpreter exit while Python is still whole
-    (a no-op if someone destroyed it before). A process that exits with a gloo group alive can abort in its C++
-    teardown ("terminate called without an active exception", exit status -6 instead of its own: pytorch issue
-    190489), seen here as a rank that failed its checks and exited 2 reporting -6 one run in a few."""
+    (a no-op if someone destroyed it before), so that its worker threads are joined before the interpreter
+    finalizes.
+
+    Why: a gloo worker thread releases a collective's work (and its tensors) only after the collective has returned
+    to Python. Releasing a tensor Python also saw takes the GIL, and a thread that asks for the GIL while the
+    interpreter finalizes is ended by ``pthread_exit``, whose unwinding through the work's destructor (noexcept)
+    calls ``std::terminate``: "terminate called without an active exception", exit status -6 instead of the
+    process's own (pytorch issue 190489; core dump: ``~AsyncAllgatherWork`` -> ``decref_pyobject`` ->
+    ``take_gil`` -> ``PyThread_exit_thread`` on a ``pt_gloo_runloop`` thread). A rank that exits right after a
+    collective is at risk: one that failed the run's checks (:func:`all_or_none`) exited -6 instead of 2 in 1 run
+    of 21 on a loaded machine (5ce1627, Python 3.12).
+
+    The group ends only with its last reference: garbage still holding it (DistributedDataParallel's reducer, in
+    a reference cycle) is collected first, and :func:`init_distributed` imports ``torch.distributed.nn.functional``
+    before the group exists (its default arguments would hold it). A model the caller still holds at exit keeps
+    the group, and its threads, alive."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_initialized():
+        gc.collect()  # a DistributedDataParallel no longer used, in a cycle, holds the group through its reducer
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - exiting anyway; the run's own error (if any) is already out
