@@ -54,9 +54,14 @@ def test_two_process_gloo_run_trains_and_reports_per_rank(tmp_path_factory, tmp_
 
 # -- on_bad_chunk = "skip": a batch whose every sample was skipped is handed out empty, so ranks stay in step ------
 
+# The scripts below end their process group before the interpreter finalizes (test_dist_exit.py says why: a gloo
+# worker thread left at exit can abort the rank, exit status -6): torch.distributed.nn.functional is imported before
+# init_process_group (DDP imports it, and imported later its default arguments hold the group for good), and the
+# DDP model is dropped before destroy_process_group (its reducer holds the group).
 _EPOCH_LOOP = '''
-import dataclasses, datetime, json, logging, sys
+import dataclasses, datetime, gc, json, logging, sys
 import torch, torch.distributed as dist
+import torch.distributed.nn.functional
 from fastload.loader import Loader
 from tests.profiling.loopdata import sampling
 
@@ -85,6 +90,8 @@ with Loader(store, dataclasses.replace(sampling(norm), batch_size=1), workers=1,
         epochs.append({"len": len(loader), "sizes": sizes, "states": [[s["epoch"], s["batch"]] for s in states]})
 with open(f"{out}/rank{dist.get_rank()}.json", "w") as fh:
     json.dump(epochs, fh)
+del net, opt
+gc.collect()
 dist.destroy_process_group()
 '''
 
@@ -164,8 +171,9 @@ def test_two_process_train_with_empty_batches_stays_in_step(tmp_path_factory, tm
 # -- the gradient of a step whose ranks hold different sample counts (review r5 F1) -----------------------------
 
 _WEIGHTED = '''
-import datetime, json, sys
+import datetime, gc, json, sys
 import torch, torch.distributed as dist
+import torch.distributed.nn.functional
 from profiling.steps import SampleCounter, zero_loss
 
 out = sys.argv[1]
@@ -199,6 +207,8 @@ for case, steps in xs.items():
     got[case] = [p.detach().flatten().tolist() for p in m.parameters()]
 with open(f"{out}/rank{rank}.json", "w") as fh:
     json.dump(got, fh)
+del d, m, opt, counts  # (counts holds a gloo group of its own)
+gc.collect()
 dist.destroy_process_group()
 '''
 
