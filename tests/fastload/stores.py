@@ -27,6 +27,7 @@ __all__ = ["CODECS", "make_per_variable", "make_atmorep", "make_curvilinear", "c
 
 CODECS = ("blosc-lz4", "zstd", "lz4", "gzip", "none")
 T0 = np.datetime64("2000-01-01T00:00", "ns")
+_DEFAULT = object()  # _array's fill_value when none is given
 
 
 def _compressors(codec: str, zarr_format: int) -> Any:
@@ -60,8 +61,10 @@ def _compressors(codec: str, zarr_format: int) -> Any:
 
 def _array(
     group: zarr.Group, name: str, data: np.ndarray, dims: Sequence[str], *, zarr_format: int, chunks: Sequence[int],
-    shards: Sequence[int] | None = None, codec: str = "blosc-lz4", attrs: dict | None = None, fill_value: Any = None,
+    shards: Sequence[int] | None = None, codec: str = "blosc-lz4", attrs: dict | None = None,
+    fill_value: Any = _DEFAULT,
 ) -> None:
+    """``fill_value``: NaN for floats, else 0, unless given (``None``: no fill value, null in the metadata)."""
     attrs = dict(attrs or {})
     kw: dict[str, Any] = {}
     if zarr_format == 2:
@@ -70,7 +73,7 @@ def _array(
         kw["dimension_names"] = list(dims)
         if shards is not None:
             kw["shards"] = tuple(shards)
-    if fill_value is None:
+    if fill_value is _DEFAULT:
         fill_value = np.nan if data.dtype.kind == "f" else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr warns about numcodecs codecs in v3 on use as well
@@ -86,6 +89,15 @@ def cf_hours(time: np.ndarray) -> tuple[np.ndarray, dict]:
     """datetime64 -> (int64 hours since T0, CF attributes), as xarray encodes hourly times."""
     hours = ((time - T0) // np.timedelta64(1, "h")).astype(np.int64)
     return hours, {"units": "hours since 2000-01-01 00:00:00", "calendar": "proleptic_gregorian"}
+
+
+def _time_coord(group: zarr.Group, time: np.ndarray, *, zarr_format: int, codec: str) -> None:
+    """The ``time`` coordinate in CF hours, with the fill value ``fastload synth`` gives it
+    (``fastload.write.StoreWriter.set_time``): none (null) in zarr v2, 0 in v3, where xarray masks only with a
+    ``_FillValue`` attribute. A v2 fill value of 0 made xarray read hour 0, the first time T0, as NaT."""
+    hours, tattrs = cf_hours(time)
+    _array(group, "time", hours, ("time",), zarr_format=zarr_format, codec=codec, chunks=(hours.size,), attrs=tattrs,
+           fill_value=None if zarr_format == 2 else 0)  # fmt: skip
 
 
 def _latlon(ny: int, nx: int, regional: bool, lat_descending: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +160,7 @@ def make_per_variable(
     if static:
         _array(root, "orog", out["orog"], (lat_name, lon_name), chunks=(cy, cx), shards=(sy, sx) if sharded else None,
                attrs={"units": "m"}, **kw)  # fmt: skip
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)
     lattrs = {"units": "hPa" if level_type == "pressure" else "1"}
     if level_type is not None:
         lattrs["level_type"] = level_type
@@ -197,8 +208,7 @@ def make_atmorep(
         _array(root, "data_sfc", sfc, ("time", "field", "lat", "lon"), chunks=c5[:2] + c5[3:],
                shards=s5[:2] + s5[3:] if sharded else None, attrs={"fields": list(sfc_fields)}, **kw)  # fmt: skip
         out.update(data_sfc=sfc, sfc_fields=list(sfc_fields))
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)
     _array(root, "lat", lat, ("lat",), chunks=(ny,), **kw)
     _array(root, "lon", lon, ("lon",), chunks=(nx,), **kw)
     if level_coord:
@@ -228,8 +238,7 @@ def make_curvilinear(
     kw = dict(zarr_format=zarr_format, codec=codec)
     _array(root, "thetao", thetao, ("time", "depth", "y", "x"), chunks=chunks, attrs={"units": "degC"}, **kw)
     _array(root, "zos", zos, ("time", "y", "x"), chunks=(chunks[0], *chunks[2:]), attrs={"units": "m"}, **kw)
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)
     _array(root, "depth", dep, ("depth",), chunks=(dep.size,), attrs={"units": "m", "positive": "down"}, **kw)
     _array(root, "latitude", lat, ("y", "x"), chunks=(ny, nx), **kw)
     _array(root, "longitude", lon, ("y", "x"), chunks=(ny, nx), attrs={"periodic_x": periodic_x}, **kw)
