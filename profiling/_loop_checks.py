@@ -17,7 +17,8 @@ from fastload.errors import ConfigError, StoreError
 
 from .presets import RunConfig
 
-__all__ = ["check_output_dir", "check_input_checkpoint", "check_paths", "check_store"]
+__all__ = ["check_output_dir", "check_input_checkpoint", "check_paths", "check_store", "checkpoint_step",
+           "check_steps_left"]
 
 
 def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
@@ -48,6 +49,33 @@ def check_input_checkpoint(path: str | os.PathLike[str], what: str) -> None:
         check_checkpoint_file(path, what)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The ``step`` a checkpoint holds, read without loading its tensors (``torch.load`` with ``mmap``: the pickle
+    is read, the tensors' storage only mapped); None when it cannot be read so (the full read in the resume then
+    names what is wrong)."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a foreign or damaged file: read_checkpoint's message, at the resume, says what it is
+        return None
+    step = payload.get("step") if isinstance(payload, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def check_steps_left(start: int, steps: int, stop_at: int | None, resume: Any) -> None:
+    """Raise :class:`ConfigError` unless a run at step ``start`` (0, or the ``resume`` checkpoint's) has steps left
+    to train: ``start < steps``, and ``start < stop_at <= steps`` when ``stop_at`` is given. Each message names the
+    setting to change (``--steps``, ``--stop-at``) and the checkpoint."""
+    at = f"its checkpoint --resume {str(resume)!r} is at step {start}" if resume is not None else "it starts at step 0"
+    if start >= steps:
+        raise ConfigError(f"steps = {steps} (--steps): the run is already at its steps ({at}): nothing left to "
+                          f"train; raise --steps above {start} to train on")
+    if stop_at is not None and not start < stop_at <= steps:
+        raise ConfigError(f"--stop-at {stop_at} (stop_at): the run cannot stop at step {stop_at}: expected a step "
+                          f"in [{start + 1}, {steps}] ({at}; steps = {steps})")
 
 
 def check_paths(cfg: RunConfig, mode: str, out_dir: Path, out_flag: str, torch_profiler: Any,

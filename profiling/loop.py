@@ -68,7 +68,7 @@ import torch
 
 from fastload.errors import ConfigError
 
-from ._loop_checks import check_output_dir, check_paths, check_store
+from ._loop_checks import check_output_dir, check_paths, check_steps_left, check_store, checkpoint_step
 from ._loop_data import model_inputs, prepare_data
 from ._loop_data import print_line as _print
 from ._loop_data import url_options as _url_options
@@ -153,6 +153,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     with all_or_none("the run's checks (report folder, checkpoints)", world):  # on every rank, then agreed
         check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
                      "the report folder", torch_profiler, resume)
+        # steps left to train, before the data, model and loader set-up (the checkpoint's step read alone)
+        first = 0 if resume is None else checkpoint_step(resume)
+        if first is not None:
+            check_steps_left(first, cfg.steps, stop_at, resume)
     if nsys:
         nvtx_enable()
     threads_before = torch.get_num_threads()
@@ -259,8 +263,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 start = resume_run(Path(resume), net, opt, loader, rank, world)
                 say(f"resumed from {resume} at step {start}")
             stop = cfg.steps if stop_at is None else stop_at
-            if not start < stop <= cfg.steps:
-                raise ConfigError(f"the run is at step {start}; it cannot stop at step {stop} of steps = {cfg.steps}")
+            check_steps_left(start, cfg.steps, stop_at, resume)  # (again: the step the resume restored)
             data: Any = loader
             if cfg.data.mode == "synthetic":  # replay one batch already on the device
                 data = ReplayLoader(next(iter(loader)).to(device)) if forecast else \
