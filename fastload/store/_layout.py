@@ -12,7 +12,9 @@ coordinate, strings or dates) is left out and listed in :attr:`Layout.not_fields
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -154,6 +156,21 @@ def _grid(meta: StoreMetadata, read: ReadFull, where: str) -> tuple[Grid, str, s
     return g, lat_name, lon_name
 
 
+def _distinct_levels(levels: np.ndarray, what: str, where: str) -> np.ndarray:
+    """``levels`` (1-D float64), or a :class:`SchemaError` naming the first value that appears more than once and
+    its indices: a level value must pick one level (:meth:`Store.level_indices` took the first silently)."""
+    order = np.argsort(levels, kind="stable")
+    same = levels[order][1:] == levels[order][:-1]
+    if same.any():
+        v = levels[order][int(np.argmax(same))]
+        at = np.flatnonzero(levels == v).tolist()
+        raise SchemaError(
+            f"{where}: {what} has the value {v:g} {len(at)} times (at indices {at}) in "
+            f"{levels.tolist()}; expected distinct level values"
+        )
+    return levels
+
+
 def _check_level_type(lt: Any, where: str) -> str | None:
     if lt is not None and lt not in LEVEL_TYPES:
         raise SchemaError(f"{where}: level_type {lt!r}; expected one of {list(LEVEL_TYPES)}")
@@ -165,12 +182,45 @@ def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     when latitude and longitude share one node dimension, see :mod:`._mesh`) and describe its fields."""
     from ._mesh import is_mesh, mesh_layout
 
+    read = _whole(read, meta, where)
     if is_mesh(meta):
         return mesh_layout(meta, read, where)
     data = meta.arrays.get("data")
     if data is not None and data.ndim == 5:
         return _atmorep(meta, read, where)
     return _per_variable(meta, read, where)
+
+
+def _whole(read: ReadFull, meta: StoreMetadata, where: str) -> ReadFull:
+    """``read`` that refuses a coordinate with a missing chunk: it would read as the fill value (levels
+    ``[0, 0, 0]``, a time or latitude axis that is then "not strictly increasing" or "non-finite"), so the store's
+    axes would be wrong or the error would name the wrong cause. A missing chunk of one element is let through:
+    zarr does not write a chunk equal to the fill value (``write_empty_chunks=False``), and one value may be.
+
+    The chunks are asked of the store ``read`` is a method of (its ``chunk_bytes_many``, which is what
+    :meth:`Store.read_chunk` reads; small coordinates: one request each); a plain function is used as it is."""
+    store = getattr(read, "__self__", None)
+    many = getattr(store, "chunk_bytes_many", None)
+    if many is None:
+        return read
+
+    def checked(name: str) -> np.ndarray:
+        values = read(name)  # first: prepares the array's decoder / shard reader
+        info = meta.arrays[name]
+        grid = [range(-(-n // c)) for n, c in zip(info.shape, info.chunks)]
+        chunks = list(itertools.product(*grid))
+        for chunk, raw in zip(chunks, many(name, chunks)):
+            size = math.prod(min(c, n - i * c) for i, c, n in zip(chunk, info.chunks, info.shape))
+            if raw is None and size > 1:
+                fill = info.fill_value.item() if isinstance(info.fill_value, np.generic) else info.fill_value
+                raise SchemaError(
+                    f"{where}: coordinate {name!r} has no chunk {list(chunk)} (key {info.key(chunk)!r}, "
+                    f"{size} of its {math.prod(info.shape)} values): a missing chunk reads as the fill value "
+                    f"{fill!r}; write the coordinate whole"
+                )
+        return values
+
+    return checked
 
 
 # -- AtmoRep ----------------------------------------------------------------------------------------------------
@@ -226,6 +276,8 @@ def _atmorep(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
         raise SchemaError(f"{where}: AtmoRep 'data' needs level values: an attribute 'levels' or a 'level' array")
     if levels.size != nlev:
         raise SchemaError(f"{where}: {levels.size} level values but 'data' has {nlev} levels (axis 2 of {data.shape})")
+    _distinct_levels(levels, "level coordinate 'level'" if "level" in meta.arrays else "attribute 'levels' of 'data'",
+                     where)
     lt = _check_level_type(lt if lt is not None else "model", where)
     arrays = [data]
     sfc = meta.arrays.get("data_sfc")
@@ -357,7 +409,8 @@ class FieldSorter:
                 raise SchemaError(
                     f"{self.where}: level coordinate {level_dim!r} has dtype {vals.dtype}; expected numbers"
                 )
-            self._levels[level_dim] = vals.astype(np.float64).reshape(-1)
+            self._levels[level_dim] = _distinct_levels(vals.astype(np.float64).reshape(-1),
+                                                             f"level coordinate {level_dim!r}", self.where)
         self.used.add(level_dim)
         return self._levels[level_dim].copy()
 
