@@ -46,8 +46,10 @@ class IOStats:
     set_epoch, load_state_dict, a new iter): that batch is not handed out, and the bytes of the requests not
     settled then count in the next batch the reader (or that worker) reads, the next iteration's."""
     bytes_decoded: int = 0
+    """Bytes of the chunks decoded for this batch (its ``misses``, decoded size): a chunk found in the decoded-chunk
+    cache (a hit) is not decoded again and adds nothing."""
     bytes_useful: int = 0
-    """Bytes of source values the samples use (what a perfect reader would decode)."""
+    """Bytes of source values the samples use (what a perfect reader without a cache would decode)."""
     retries: int = 0
     plan_s: float = 0.0
     fetch_s: float = 0.0
@@ -98,11 +100,15 @@ class IOStats:
 
     @property
     def amplification(self) -> float:
-        """Bytes decoded per useful byte (1.0 is perfect)."""
+        """Read amplification after the cache: :attr:`bytes_decoded` / :attr:`bytes_useful` (0.0 without useful
+        bytes). Only the chunks decoded for the batch count (cache misses), every sample's bytes do, so it is not the
+        bytes decoded per useful byte of a reader without a cache (``fastload inspect``'s read amplification, one
+        sample read alone: >= 1): once the cache serves most chunks it falls below 1, to 0 when all were hits."""
         return self.bytes_decoded / self.bytes_useful if self.bytes_useful else 0.0
 
     def summary(self) -> str:
-        """One line: samples, chunks (hit rate), bytes stored/decoded/useful (amplification), stage times."""
+        """One line: samples, chunks (hit rate), bytes stored/decoded/useful (:attr:`amplification`, after the
+        cache), stage times."""
         extra = "".join(f", {getattr(self, k)} {k}" for k in ("skipped", "retries") if getattr(self, k))
         return (f"{self.batches} batch{'es' if self.batches != 1 else ''}, {self.samples} samples{extra}, "
                 f"{self.chunks} chunks ({100 * self.hit_rate:.0f}% hits), {_mb(self.bytes_stored)} stored / "

@@ -3,8 +3,9 @@
 Why this module exists: before blaming (or buying) a GPU, see what the data pipeline can deliver by itself on
 this machine and this store. Each batch's :class:`fastload.reader.IOStats` says how long its worker threads spent
 planning, fetching raw chunk bytes, decoding and gathering (thread-seconds, summed over threads), how long the
-consumer waited for it (``queue_wait``), and how many bytes were stored, decoded and actually used (read
-amplification), and how many chunks came from the decoded-chunk cache. The consumer here does nothing but take
+consumer waited for it (``queue_wait``), and how many bytes were stored, decoded and actually used (decoded / used:
+the read amplification after the cache, whose hits are not decoded again, so below 1 once it serves most chunks), and
+how many chunks came from the decoded-chunk cache. The consumer here does nothing but take
 batches, so samples/s is the pipeline's ceiling. ``--sweep-workers 1,2,4 --sweep-prefetch 1,2,4`` runs every
 combination and prints one line each.
 

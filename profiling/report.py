@@ -141,7 +141,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, phases: Sequence[str] = P
         shares are of the trained steps' time and add up to 1), ``step`` {mean_ms, p50_ms, p95_ms}, ``steps``
         (timed steps), ``trained_steps``, ``empty_steps`` {steps, total_ms, data_wait_ms}, ``samples``,
         ``samples_per_s``, ``stall_fraction``, ``bytes_read_per_s``, ``bytes_decoded_per_s``,
-        ``read_amplification``, ``flops_per_step``, ``peak_flops``, ``peak_precision``, ``batch_size``, ``mfu``,
+        ``read_amplification`` (bytes decoded / bytes used, after the decoded-chunk cache: its hits are not decoded
+        again), ``flops_per_step``, ``peak_flops``, ``peak_precision``, ``batch_size``, ``mfu``,
         ``what_if``,
         ``notes`` (caveats the table prints: fewer than :data:`MIN_STEPS_P95` steps), ``idle_note`` (when the last
         step's idle is unmeasured, as in every run: not printed),
@@ -482,7 +483,8 @@ def summarize_loader(records: Sequence[Mapping[str, Any]], *, wall_s: float,
     dict
         ``stages`` {name: {mean_ms, p50_ms, p95_ms, total_s, share}} (share of summed worker-stage time; for
         ``queue_wait`` the share of wall time), ``batches``, ``samples``, ``samples_per_s``,
-        ``bytes_{stored,decoded,useful}_per_s``, ``read_amplification`` (decoded / useful),
+        ``bytes_{stored,decoded,useful}_per_s``, ``read_amplification`` (decoded / useful after the decoded-chunk
+        cache: only the chunks decoded, its misses, count, so it is below 1 once the cache serves most chunks),
         ``compression_ratio`` (decoded / stored), ``cache_hit_rate``, ``wall_s``, ``config``, ``machine``; with
         per-stream columns (multi-stream loading), ``streams`` {name: {stages {fetch, decode, gather: {total_s,
         share}}, bytes_{stored,decoded,useful}_per_s, read_amplification, cache_hit_rate, chunks_decoded,
@@ -532,7 +534,10 @@ def format_loader_table(summary: Mapping[str, Any]) -> str:
                  f"{'-' if hit is None else f'{100 * hit:.1f}%'}")
     lines.append(f"stored {_rate(summary['bytes_stored_per_s'])}   decoded {_rate(summary['bytes_decoded_per_s'])}"
                  f"   useful {_rate(summary['bytes_useful_per_s'])}   read amplification "
-                 f"{_fmt(ra)}x   compression {_fmt(cr)}x")
+                 f"{_fmt(ra)}x after the cache   compression {_fmt(cr)}x")
+    lines.append(f"(read amplification{' and ampl.' if summary.get('streams') else ''}: decoded / useful bytes; "
+                 "chunks the cache served are not decoded again, so it falls below 1 as the cache fills; "
+                 "fastload inspect's is one sample read alone, no cache)")
     if summary.get("streams"):
         lines.append("")
         lines.append(f"{'stream':<12}{'fetch s':>9}{'decode s':>10}{'gather s':>10}{'decoded':>14}{'useful':>14}"
