@@ -237,8 +237,11 @@ class RolloutLoader:
         span_out = max(c.time_span for c in self._target_configs)
         last = self._sample_span()
         lo, hi = 0, nt
-        if r.t_range is not None:
-            lo, hi = max(0, r.t_range[0]), min(nt, r.t_range[1])
+        if r.t_range is not None:  # refused past the axis, not clamped (a typo in the years would roll out others)
+            lo, hi = r.t_range
+            if hi > nt:
+                raise ConfigError(f"rollout.t_range: {list(r.t_range)} ends past the store's time axis: expected "
+                                  f"0 <= start < stop <= {nt} (the store's {nt} time steps)")
         if hi - lo < last:
             raise ConfigError(
                 f"rollout: a sample spans {last} time steps ({r.input_window} input window(s) of {span_in}, "

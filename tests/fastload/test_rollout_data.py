@@ -303,6 +303,12 @@ def test_errors_name_the_setting(store, tmp_path):
     ranged = _loader(path, RolloutConfig(steps=1, t_range=(4, 10)))
     assert ranged.t_bounds == (4, 10 - 3)
     ranged.close()
+    for bad in ((4, NT + 1), (NT + 2, NT + 8)):  # past the axis: refused naming it (was clamped, or "has only -5")
+        with pytest.raises(ConfigError, match=rf"rollout.t_range: \[{bad[0]}, {bad[1]}\] ends past .* <= {NT} "):
+            _loader(path, RolloutConfig(steps=1, t_range=bad))
+    whole = _loader(path, RolloutConfig(steps=1, t_range=(0, NT)))  # the whole axis is a valid range
+    assert whole.t_bounds == (0, NT - 3)
+    whole.close()
 
 
 # -- a store with a gap in its time axis ------------------------------------------------------------------------------
