@@ -291,6 +291,8 @@ def rechunk(
     from .config import SamplingConfig
     from .store import open_store
 
+    if fields is not None and (isinstance(fields, (str, bytes)) or len(fields) == 0):
+        raise ConfigError(f"fields: expected a non-empty list of field names (None: all fields), got {fields!r}")
     src = store if hasattr(store, "read_chunk") else open_store(store)
     check_output(out, overwrite=overwrite, sources=[src.path])  # before any work: OUT must not hold the source
     if src.grid.kind != "latlon":
@@ -553,14 +555,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--samples-per-window takes an integer >= 1 and goes with --config")
     if a.read_gbps is not None and (a.codec != "auto" or not a.read_gbps > 0):
         p.error("--read-gbps takes a rate > 0 and goes with --codec auto")
+    fields = None if a.fields is None else [f.strip() for f in a.fields.split(",") if f.strip()]
+    if fields == []:  # '--fields ,' copied no field at all, '--fields ""' every one
+        p.error(f"--fields: expected comma-separated field names, got {a.fields!r} (leave --fields out to copy all "
+                "fields)")
     from .store import open_store
 
     src = open_store(a.store, storage_options=parse_storage_options(a.storage_option), backend=a.backend)
-    dim_names, extras, left_out = copy_plan(src, [f.strip() for f in a.fields.split(",") if f.strip()]
-                                            if a.fields else None)  # fmt: skip
+    dim_names, extras, left_out = copy_plan(src, fields)
     out = rechunk(
         src, a.out, config=a.config, samples_per_window=a.samples_per_window, chunks=parse_ints(a.chunks, 4, "--chunks") if a.chunks else None,
-        fields=[f.strip() for f in a.fields.split(",") if f.strip()] if a.fields else None, codec=a.codec,
+        fields=fields, codec=a.codec,
         read_bps=None if a.read_gbps is None else a.read_gbps * 1e9,
         shards=parse_ints(a.shard, 4, "--shard") if a.shard else None, zarr_format=a.zarr_format,
         overwrite=a.overwrite, progress=False if a.quiet else None, unpack=a.unpack, dtype=a.dtype,

@@ -93,8 +93,10 @@ class StatsConfig:
 
     def __post_init__(self) -> None:
         if self.fields is not None:
-            if isinstance(self.fields, str) or not all(isinstance(f, str) and f for f in self.fields):
-                raise ConfigError(f"stats.fields: expected a list of field names, got {self.fields!r}")
+            if (isinstance(self.fields, str) or not isinstance(self.fields, Sequence)
+                    or not all(isinstance(f, str) and f for f in self.fields) or len(self.fields) == 0):
+                raise ConfigError(f"stats.fields: expected a non-empty list of field names (None: all fields), got "
+                                  f"{self.fields!r}")
             object.__setattr__(self, "fields", tuple(self.fields))
         if self.levels is not None:
             if isinstance(self.levels, Mapping):
@@ -472,8 +474,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fastload stats``: parse arguments, compute, print a one-line summary. Returns the exit status."""
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        fields = None if args.fields is None else tuple(f.strip() for f in args.fields.split(",") if f.strip())
+        if fields == ():  # '--fields ,' wrote no field's coefficients, '--fields ""' every field's
+            parser.error(f"--fields: expected comma-separated field names, got {args.fields!r} (leave --fields out "
+                         "for all fields)")
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return int(e.code or 0)
     try:
@@ -481,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--memory: expected a positive number of GiB (the accumulator budget), got {args.memory:g}")
         tr = args.time_range
         cfg = StatsConfig(
-            fields=None if not args.fields else tuple(f.strip() for f in args.fields.split(",") if f.strip()),
+            fields=fields,
             levels=_parse_levels(args.levels or []),
             time_range=None if tr is None else tuple(None if v == ".." else v for v in tr),
             transforms=_parse_kv(args.transform, "transform"),
