@@ -155,12 +155,16 @@ def feed(
         if tg.fill_values:  # missing as xarray decodes it: counted and left out like NaN
             x[np.isin(block, tg.fill_values)] = np.nan
         raw_nan = int(np.isnan(x).sum())
+        c = counts[tg.field]
         if cfg.transforms.get(tg.field) == "log1p":
+            finite = np.isfinite(x)
             with np.errstate(invalid="ignore", divide="ignore"):
                 x = np.log1p(x)
+            c["transform_dropped"] += int((finite & ~np.isfinite(x)).sum())  # log1p: x <= -1
         nonfinite = int((~np.isfinite(x)).sum())
-        counts[tg.field]["missing"] += raw_nan
-        counts[tg.field]["excluded"] += nonfinite - raw_nan
+        c["values"] += x.size - raw_nan  # not missing: what the coefficients could use
+        c["missing"] += raw_nan
+        c["excluded"] += nonfinite - raw_nan
         ys = slice(0, 1) if y_ax is None else slice(start[y_ax], stop[y_ax])
         xs = slice(start[x_ax], stop[x_ax])
         for m in np.unique(months):

@@ -29,6 +29,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import logging
 import math
 import os
 import shutil
@@ -61,6 +62,8 @@ from .store._check import refuse_packed, unknown_field, warn_not_fields
 from .write import attr_fill_value, check_output, declared_fill_value, move_into_place
 
 __all__ = ["StatsConfig", "compute_stats", "main"]
+
+log = logging.getLogger("fastload")
 
 _ACC_BYTES_PER_POINT = 12 * 24  # months x (int64 count + float64 mean + float64 M2)
 
@@ -351,7 +354,7 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
 
     remove_stale_temporaries(out)  # what killed runs for out on this host left (SIGKILL runs no cleanup)
     tmp = str(make_temporary(out))  # this run's own (two runs in one process: two), removable once it is gone
-    counts = {name: {"missing": 0, "excluded": 0} for name, _, _ in selection}
+    counts = {name: {"missing": 0, "excluded": 0, "transform_dropped": 0, "values": 0} for name, _, _ in selection}
     try:
         writer = CoefficientWriter(tmp, store, selection, cfg, tmask, out)
         token = f"stats run {uuid.uuid4().hex}"
@@ -397,7 +400,19 @@ def compute_stats(store: Any, out: str | os.PathLike[str], config: StatsConfig |
         raise
     finally:
         release_temporary(tmp)
+    _warn_transform_dropped(counts, cfg)
     return out
+
+
+def _warn_transform_dropped(counts: Mapping[str, Mapping[str, int]], cfg: StatsConfig) -> None:
+    """Log a WARNING (``fastload`` logger; one line on the CLI's stderr) for every field whose transform left out
+    values: log1p of a value <= -1 is not finite, so it is only counted (attribute ``excluded_nonfinite``)."""
+    for name, c in counts.items():
+        dropped, total = c["transform_dropped"], c["values"]
+        if dropped:
+            log.warning("stats: transform %s of field %r dropped %d of its %d values (%.1f%%): %s is not finite for "
+                        "values <= -1, so the coefficients leave them out", cfg.transforms[name], name, dropped,
+                        total, 100.0 * dropped / max(total, 1), cfg.transforms[name])
 
 
 def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
