@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 
-from .stores import T0, _array, cf_hours
+from .stores import T0, _array, _time_coord
 
 __all__ = ["make_atmosphere", "make_ocean", "make_mesh", "mesh_nodes", "make_latlon_xr", "ATMO_T0", "OCEAN_T0",
            "MESH_T0"]
@@ -61,8 +61,7 @@ def make_atmosphere(path: str | os.PathLike[str], *, nt: int = 72, levels: Seque
     _array(root, "t", t, ("time", "level", "latitude", "longitude"), chunks=(ct, cl, cy, cx), attrs={"units": "K"},
            **kw)
     _array(root, "sp", sp, ("time", "latitude", "longitude"), chunks=(ct, cy, cx), attrs={"units": "Pa"}, **kw)
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)  # as fastload synth writes it (a v2 fill value 0 read as NaT)
     _array(root, "level", lev, ("level",), chunks=(lev.size,), attrs={"level_type": "model"}, **kw)
     _array(root, "latitude", lat, ("latitude",), chunks=(19,), **kw)
     _array(root, "longitude", lon, ("longitude",), chunks=(36,), **kw)
@@ -97,8 +96,7 @@ def make_ocean(path: str | os.PathLike[str], *, nt: int = 5, depths: Sequence[fl
     ct, cl, cy, cx = chunks
     _array(root, "thetao", thetao, ("time", "depth", "y", "x"), chunks=(ct, cl, cy, cx), attrs={"units": "degC"}, **kw)
     _array(root, "zos", zos, ("time", "y", "x"), chunks=(ct, cy, cx), attrs={"units": "m"}, **kw)
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)  # as fastload synth writes it (a v2 fill value 0 read as NaT)
     _array(root, "depth", dep, ("depth",), chunks=(dep.size,), attrs={"units": "m", "positive": "down"}, **kw)
     _array(root, "latitude", lat, ("y", "x"), chunks=(ny, nx), **kw)
     _array(root, "longitude", lon, ("y", "x"), chunks=(ny, nx), attrs={"periodic_x": not regional}, **kw)
@@ -152,8 +150,7 @@ def make_mesh(path: str | os.PathLike[str], *, nt: int = 14, depths: Sequence[fl
     _array(root, "temp", temp, ("time", "nz1", "nod2"), chunks=(time_chunk, 1, node_chunk), attrs={"units": "degC"},
            **kw)
     _array(root, "ssh", ssh, ("time", "nod2"), chunks=(time_chunk, node_chunk), attrs={"units": "m"}, **kw)
-    hours, tattrs = cf_hours(time)
-    _array(root, "time", hours, ("time",), chunks=(nt,), attrs=tattrs, fill_value=0, **kw)
+    _time_coord(root, time, **kw)  # as fastload synth writes it (a v2 fill value 0 read as NaT)
     _array(root, "nz1", dep, ("nz1",), chunks=(dep.size,), attrs={"units": "m", "positive": "down"}, **kw)
     _array(root, "latitude", lat, ("nod2",), chunks=(n_nodes,), **kw)
     _array(root, "longitude", stored_lon, ("nod2",), chunks=(n_nodes,), **kw)

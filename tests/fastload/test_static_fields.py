@@ -27,7 +27,7 @@ SP = FieldConfig(name="sp", num_tokens=(1, 1, 2), token_size=(1, 6, 4), normaliz
 def store_path(tmp_path):
     path = tmp_path / "s.zarr"
     truth = make_per_variable(path, nt=NT, ny=NY, nx=NX, chunks=(2, 1, 4, 6), levels=(500.0, 850.0))
-    return path, truth["time"]  # the time axis as written (xarray decodes the first step, value 0, as NaT)
+    return path, truth["time"]  # the time axis as written
 
 
 def xr_box(path, name, boxes, box, dt=1):
