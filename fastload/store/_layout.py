@@ -197,21 +197,25 @@ def _whole(read: ReadFull, meta: StoreMetadata, where: str) -> ReadFull:
     axes would be wrong or the error would name the wrong cause. A missing chunk of one element is let through:
     zarr does not write a chunk equal to the fill value (``write_empty_chunks=False``), and one value may be.
 
-    The chunks are asked of the store ``read`` is a method of (its ``chunk_bytes_many``, which is what
-    :meth:`Store.read_chunk` reads; small coordinates: one request each); a plain function is used as it is."""
+    Whether a chunk is stored is asked of the store ``read`` is a method of: its source's ``exists`` (a ``stat``
+    of a local file; no data read twice), or, for a sharded coordinate, ``chunk_bytes_many`` (the shard's index
+    says). A plain function is used as it is."""
     store = getattr(read, "__self__", None)
-    many = getattr(store, "chunk_bytes_many", None)
-    if many is None:
+    source, many = getattr(store, "source", None), getattr(store, "chunk_bytes_many", None)
+    if source is None or many is None:
         return read
 
     def checked(name: str) -> np.ndarray:
         values = read(name)  # first: prepares the array's decoder / shard reader
         info = meta.arrays[name]
-        grid = [range(-(-n // c)) for n, c in zip(info.shape, info.chunks)]
-        chunks = list(itertools.product(*grid))
-        for chunk, raw in zip(chunks, many(name, chunks)):
+        chunks = list(itertools.product(*[range(-(-n // c)) for n, c in zip(info.shape, info.chunks)]))
+        if info.shard is None:
+            stored = [source.exists(info.key(c)) for c in chunks]
+        else:
+            stored = [raw is not None for raw in many(name, chunks)]
+        for chunk, present in zip(chunks, stored):
             size = math.prod(min(c, n - i * c) for i, c, n in zip(chunk, info.chunks, info.shape))
-            if raw is None and size > 1:
+            if not present and size > 1:
                 fill = info.fill_value.item() if isinstance(info.fill_value, np.generic) else info.fill_value
                 raise SchemaError(
                     f"{where}: coordinate {name!r} has no chunk {list(chunk)} (key {info.key(chunk)!r}, "

@@ -103,3 +103,20 @@ def _group(path: Path):
 
     shutil.rmtree(path / "level")
     return zarr.open_group(path, mode="r+", zarr_format=2)
+
+
+def test_a_missing_inner_chunk_of_a_sharded_coordinate_is_named(tmp_path):
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    make_per_variable(path, zarr_format=3, levels=(96, 105, 114, 123))
+    shutil.rmtree(path / "level")
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    arr = root.create_array("level", shape=(4,), chunks=(2,), shards=(4,), dtype="f8", fill_value=0.0,
+                            dimension_names=["level"], attributes={"units": "1", "level_type": "model"})
+    arr[2:4] = [114.0, 123.0]  # inner chunk [0] never written: absent from the shard's index
+    with pytest.raises(SchemaError, match=re.escape(f"{path}: coordinate 'level' has no chunk [0] (key 'level/c/0', 2 "
+                                                    f"of its 4 values): a missing chunk reads as the fill value 0.0")):
+        fastload.open_store(path)
+    arr[0:2] = [96.0, 105.0]
+    np.testing.assert_array_equal(fastload.open_store(path).fields["t"].levels, [96.0, 105.0, 114.0, 123.0])
