@@ -274,20 +274,37 @@ def _step_coefficients(norm, month_of, s, tk, mean, std, lv):
 def _row_to_tokens(tb, d, rowb, r, nlon, tlon, tok, cm, cs):
     """Copy the normalised box row ``rowb[r]`` to its ``nlon`` token rows in the band buffer, the first at ``d``,
     in 8-wide moves (the last of a token row overlapping the one before; ``cm``/``cs`` only fill the intrinsic's
-    unused coefficient arguments)."""
+    unused coefficient arguments). Unrolled per width class (8-16, 17-24, 25-32: :func:`_gather_moves`'s widths),
+    as the token moves there are: a loop over the moves of each token row cost 1.2-1.4 instructions per value and
+    local normalisation 1.05-1.12x (``benches/RESULTS.md`` section 23)."""
     t8 = np.uint64(tlon - 8)
     tlu = np.uint64(tlon)
     u8 = np.uint64(8)
+    u16 = np.uint64(16)
     zero = np.float32(0.0)
     r0 = np.uint64(0)
-    for _ in range(nlon):
-        q8 = np.uint64(0)
-        while q8 < t8:
-            move8n(tb, d + q8, rowb, r, r0 + q8, 0, zero, zero, cm, cs, np.uint64(0), r0, ())
-            q8 += u8
-        move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, np.uint64(0), r0, ())
-        d += tok
-        r0 += tlu
+    y0 = np.uint64(0)
+    if tlon <= 16:
+        for _ in range(nlon):
+            move8n(tb, d, rowb, r, r0, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, y0, r0, ())
+            d += tok
+            r0 += tlu
+    elif tlon <= 24:
+        for _ in range(nlon):
+            move8n(tb, d, rowb, r, r0, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + u8, rowb, r, r0 + u8, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, y0, r0, ())
+            d += tok
+            r0 += tlu
+    else:
+        for _ in range(nlon):
+            move8n(tb, d, rowb, r, r0, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + u8, rowb, r, r0 + u8, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + u16, rowb, r, r0 + u16, 0, zero, zero, cm, cs, y0, r0, ())
+            move8n(tb, d + t8, rowb, r, r0 + t8, 0, zero, zero, cm, cs, y0, r0, ())
+            d += tok
+            r0 += tlu
 
 
 @njit(nogil=True, cache=True)
