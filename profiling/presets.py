@@ -175,7 +175,8 @@ def load_run_config(path: str | os.PathLike[str] | None = None, *, preset: str |
         it (store, sampling file, an inline sampling table's norm_path and stream paths, checkpoint and report
         folders) are relative to the file.
     preset : str, optional
-        Base preset when the file names none (default ``cpu_tiny`` when neither names one).
+        Base preset when the file names none. Without a file the default is ``cpu_tiny``; a file naming no
+        preset (here or in it) is the whole run config and needs its own ``[data]`` section.
     overrides : sequence of str
         ``key=value`` items (:meth:`RunConfig.override`).
     """
