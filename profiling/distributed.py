@@ -18,8 +18,9 @@ not 0 (torch's default is 3) or ``TORCH_NCCL_BLOCKING_WAIT=1`` makes the waiting
 rank, the collective and the setting.
 
 A rank that fails on its own before the run's work (a report folder or checkpoint that only its node cannot use, an
-exception in its set-up) must not leave the others waiting for it in their next collective either: nccl notices no
-process that has ended, so they would wait the whole timeout. The loop runs each such stretch inside
+exception in its set-up, rank 0's checkpoint write during the work) must not leave the others waiting for it in
+their next collective either: nccl notices no process that has ended, so they would wait the whole timeout. The
+loop runs each such stretch inside
 :func:`all_or_none`, after which every rank says whether it passed (one small gather); all ranks then fail together,
 the failing rank with its own error, the others with a :class:`RankFailedError` naming it and its message.
 """
@@ -224,18 +225,19 @@ def all_or_none(what: str, world: int) -> Iterator[None]:
 
 def save_run(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cfg: RunConfig, rank: int,
              world: int) -> None:
-    """Write the run's checkpoint at ``path`` (rank 0; every rank takes part in gathering the loader positions)."""
+    """Write the run's checkpoint at ``path`` (rank 0; every rank takes part in gathering the loader positions).
+
+    The write is agreed on (:func:`all_or_none`, which also stands for the barrier after it): when rank 0 cannot
+    write (a full disk, a folder gone), every rank stops at once naming rank 0's error, instead of the others going
+    on to their next collective and waiting there ``dist_timeout_s``."""
     from model import save_checkpoint
 
     states = gather(loader.state_dict(), world, "the loader positions for the checkpoint")  # each resumes its own
-    if rank == 0:  # "sampling": the config as run (with the coefficients prepare_data found), for inference
-        save_checkpoint(path, net, opt, step=step, extra={"loader": states, "world_size": world,
-                                                          "run": cfg.to_dict(), "sampling": loader.config.to_dict()})
-    if world > 1:
-        import torch.distributed as dist
-
-        with collective(f"the barrier after writing the checkpoint {path}"):
-            dist.barrier()
+    with all_or_none(f"writing the checkpoint {path}", world):
+        if rank == 0:  # "sampling": the config as run (with the coefficients prepare_data found), for inference
+            save_checkpoint(path, net, opt, step=step,
+                            extra={"loader": states, "world_size": world, "run": cfg.to_dict(),
+                                   "sampling": loader.config.to_dict()})
 
 
 def resume_run(path: Path, net: torch.nn.Module, opt: Any, loader: Any, rank: int, world: int) -> int:

@@ -26,14 +26,20 @@ rank = int(os.environ["RANK"])
 case, config, out = sys.argv[1:4]
 
 
-def boom(x):
-    raise RuntimeError(f"rank {rank}'s set-up failed (test)")
+def boom(*args, **kwargs):
+    raise RuntimeError(f"rank {rank}'s {'checkpoint write' if case == 'save' else 'set-up'} failed (test)")
 
 
 try:
     if case in ("checks", "data", "store"):
         store = ["--store", os.environ["RUN_STORE"]] if "RUN_STORE" in os.environ else []
         loop.main(["train", "--config", config, "--device", "cpu", "--steps", "3", "--out", out, *store])
+    elif case == "save":  # rank 0 cannot write the checkpoint at the last step (say, its disk is full)
+        import model
+        if rank == 0:
+            model.save_checkpoint = boom
+        cfg = load_run_config(config, overrides=["steps=3", "device=cpu", f"checkpoint_dir={out}/ckpt"])
+        loop.run(cfg, mode="train", out=out)
     else:
         cfg = load_run_config(config, overrides=["steps=3", "device=cpu"])
         loop.run(cfg, mode="train", out=out, **({f"wrap_{case}": boom} if rank == 1 else {}))
@@ -68,11 +74,14 @@ def _finish(procs, failing):
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("case, failing", [("store", 1), ("checks", 1), ("data", 0), ("model", 1), ("loader", 1)])
+@pytest.mark.parametrize("case, failing", [("store", 1), ("checks", 1), ("data", 0), ("model", 1), ("loader", 1),
+                                           ("save", 0)])
 def test_one_ranks_failure_before_the_work_fails_every_rank_at_once(case, failing, tmp_path_factory, tmp_path):
     """store: rank 1's ``--store`` is not there (the command line's check, before run() starts); checks: rank 1's
     report folder is a file; data: rank 0 cannot synthesise the built-in dataset (its FASTLOAD_CACHE is a file)
-    while rank 1 waits for it; model, loader: rank 1's set-up raises (``wrap_model``, ``wrap_loader``)."""
+    while rank 1 waits for it; model, loader: rank 1's set-up raises (``wrap_model``, ``wrap_loader``); save: the
+    one failure during the work, rank 0's checkpoint write at the last step raises (before: rank 1 went on to the
+    barrier after the write and waited there ``dist_timeout_s``)."""
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
     out = tmp_path / "out"
@@ -96,6 +105,9 @@ def test_one_ranks_failure_before_the_work_fails_every_rank_at_once(case, failin
             (out / "rank1").write_text("x")
             own = f"ConfigError: --out: '{out / 'rank1'}' is a file; expected a folder"
             stretch = "the run's checks (report folder, checkpoints)"
+        elif case == "save":
+            own = "RuntimeError: rank 0's checkpoint write failed (test)"
+            stretch = f"writing the checkpoint {out / 'ckpt' / 'last.pt'}"
         else:
             own = "RuntimeError: rank 1's set-up failed (test)"
             stretch = "the model and loader set-up" if case == "model" else "the resume and instruments set-up"
