@@ -30,6 +30,11 @@ ownership of the output; the output is written once and read later by another th
 copied once per sample and level into a compact box-sized buffer and read from there by the other time steps
 (strided reads of the (M, L, NY, NX) arrays with their prefetches cost about a fifth of the normalised gather).
 ``error_model="numpy"``: a zero std gives inf/NaN as in NumPy, not an exception.
+
+Why one file of 800-odd lines: Numba's on-disk cache checks only the source file of the function it compiled,
+not the files of the functions it inlined. Both kernels and every helper they inline live here, so any edit to
+them recompiles both; split across files, an edit to a helper's file would leave a kernel's stale machine code in
+the cache (as an edit to ``_intrinsics.py`` already does: its docstring says to clear the cache).
 """
 
 from __future__ import annotations
