@@ -192,7 +192,8 @@ def raise_unserved(st: Any, b: np.ndarray, times: np.ndarray, regions: np.ndarra
 
 
 def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 samples_per_window: int = 1, centers: str | None = None) -> np.ndarray:
+                 samples_per_window: int = 1, centers: str | None = None,
+                 t_range: tuple[int, int] | None = None) -> np.ndarray:
     """This rank's share of an epoch of ``n`` reference boxes that every stream serves.
 
     Same contract as :func:`fastload.sampling.geometry.random_boxes` (deterministic from ``(seed, epoch)``,
@@ -209,6 +210,9 @@ def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world
     The second draw once reused the first's generator: its places were nearly a remap of the refused ones (row
     correlation 0.995), and since the refusals are the draws that reached outside the region, small epochs (1-4
     samples) drew the first and last allowed rows 1.6-1.7 times as often as the others.
+
+    ``t_range = (start, stop)``: only the windows of ``ms.valid_t0`` whose every reference time index lies in
+    ``[start, stop)`` (:func:`fastload._time_range.time_range_indices` checked it against the axis).
     """
     centers = centers or ms.config.centers
     _, H, W = ms.box
@@ -223,11 +227,19 @@ def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world
     # Always try the single-store draw first, whatever this object computed before (``space_ok`` is a lazily
     # filled cache): the boxes are a function of the data and (seed, epoch) alone, so a resumed or fresh object
     # draws the same epoch as one that drew other epochs first.
-    ext = GridExtent(nt=int(ms.valid_t0.size), ny=int(ms.grid.ny), nx=int(ms.grid.nx),
+    valid_t0 = ms.valid_t0
+    if t_range is not None:
+        span = ms.time_spread[ms.reference.name]
+        valid_t0 = valid_t0[(valid_t0 >= int(t_range[0])) & (valid_t0 + span <= int(t_range[1]))]
+        if valid_t0.size == 0:
+            raise ConfigError(f"random_boxes: no window that every stream serves lies in the first stream's time "
+                              f"indices {list(t_range)} (of its {ms.valid_t0.size} served windows, from "
+                              f"{int(ms.valid_t0[0])} to {int(ms.valid_t0[-1])}); expected a range that holds one")
+    ext = GridExtent(nt=int(valid_t0.size), ny=int(ms.grid.ny), nx=int(ms.grid.nx),
                      periodic_x=bool(ms.grid.periodic_x))
     out = _random_boxes(n, ext, (1, H, W), seed=seed, epoch=epoch, samples_per_window=spw, centers=centers,
                         lat=ms.grid.lat if centers == "coslat" else None)
-    out[:, 0] = ms.valid_t0[out[:, 0]]
+    out[:, 0] = valid_t0[out[:, 0]]
     reg = ms.regions.regions(out)
     if all(serves(st, reg).all() for st in ms.streams[1:]):  # every stream serves the draw: keep it
         win = np.arange(out.shape[0]) // spw
@@ -245,7 +257,7 @@ def random_boxes(ms: Any, n: int, *, seed: int, epoch: int, rank: int = 0, world
         csum = np.concatenate([[0.0], np.cumsum(lat)])
         p = np.clip(np.cos(np.deg2rad((csum[y0 + H] - csum[y0]) / H)), 0.0, None)
         p = p / p.sum() if p.sum() > 0 else None
-    t0 = ms.valid_t0[rng.integers(0, ms.valid_t0.size, size=-(-n // spw))]
+    t0 = valid_t0[rng.integers(0, valid_t0.size, size=-(-n // spw))]
     pick = rng.choice(pos.size, size=n, p=p)
     win = np.arange(n) // spw
     out = np.stack([t0[win], y0[pick], x0[pick]], axis=1).astype(np.int64)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._overrides import apply_overrides
+from ._time_range import check_time_range_form
 from .errors import ConfigError
 
 __all__ = [
@@ -444,6 +445,12 @@ class LoaderConfig(_Config):
     (with ``RANK``), else 1."""
     samples_per_window: int = 1
     """Samples drawn per time window (AtmoRep's amortisation); 1 keeps samples independent."""
+    time_range: tuple[str, str] | tuple[int, int] | None = None
+    """The part of the time axis random windows are drawn from, e.g. the training years: two dates/times (ISO
+    strings, UTC: ``["1979-01-01", "2016-01-01"]``, start included, stop excluded) or two store time indices
+    ``[start, stop)``; every time point of a sample lies in it. ``None``: the whole axis. Refused when it reaches
+    more than one time step beyond the axis or is shorter than one sample's window (:mod:`fastload._time_range`).
+    Not with an explicit plan (``boxes``)."""
     on_bad_chunk: Literal["raise", "skip"] = "raise"
     """A corrupt chunk raises (default) or its samples are skipped and counted. A batch that loses every sample is
     still handed out, with 0 samples (see :class:`fastload.Batch`), so every rank takes ``len(loader)`` batches."""
@@ -505,6 +512,7 @@ class LoaderConfig(_Config):
             positive("read_ahead_bytes", 0)
         positive("samples_per_window")
         positive("retries", 0)
+        object.__setattr__(self, "time_range", check_time_range_form(self.time_range))
         t = self.read_timeout_s
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
                               or t <= 0):

@@ -71,6 +71,7 @@ from ._loader_close import _close_after, _close_all, _doing
 from ._loader_iter import Batch, _EpochIterator
 from ._ranks import _check_explicit_counts, _equal_batches, _rank_counts, _rank_world, _warn_dropped
 from ._ring import BatchRing, FieldSpec
+from ._time_range import loader_time_range
 from .config import LoaderConfig
 from .errors import ConfigError, LoaderClosedError
 from .extract import _resolve_config, _resolve_store
@@ -167,6 +168,7 @@ class Loader:
             useful = self._open_streams(store, normalizer, jit)
         else:
             useful = self._open_store(store, normalizer)
+        self._t_range = loader_time_range(self, boxes)  # store time indices [start, stop) or None
         self._coef_key: Any = None
         self.coefficient_months: Any = None
         """Calendar months (0-11) of the normalisation coefficients loaded for the current epoch (multi-stream: per
@@ -382,7 +384,8 @@ class Loader:
         cfg = self.loader_config
         if self.multi is not None:
             boxes = self.multi.random_boxes(cfg.samples_per_epoch, seed=cfg.seed, epoch=int(epoch), rank=self.rank,
-                                            world_size=self.world_size, samples_per_window=cfg.samples_per_window)
+                                            world_size=self.world_size, samples_per_window=cfg.samples_per_window,
+                                            t_range=self._t_range)
             return boxes[: self._samples]
         lat = None
         if self.config.centers == "coslat":  # a mesh places on its tokenizer's rows, not on its nodes
@@ -390,7 +393,8 @@ class Loader:
             lat = self.store.grid.lat if lat is None else lat
         boxes = random_boxes(cfg.samples_per_epoch, self.extent, self.config.box, seed=cfg.seed, epoch=int(epoch),
                              time_step=self.config.time_step, rank=self.rank, world_size=self.world_size,
-                             samples_per_window=cfg.samples_per_window, centers=self.config.centers, lat=lat)
+                             samples_per_window=cfg.samples_per_window, centers=self.config.centers, lat=lat,
+                             t_range=self._t_range)
         return boxes[: self._samples]
 
     def __len__(self) -> int:
@@ -535,7 +539,8 @@ class Loader:
         cfg = self.loader_config
         return (f"Loader({self.store.path!r}, fields={list(self.config.field_names)}, batch_size={self.batch_size}, "
                 f"batches={len(self)}, workers={cfg.workers} {'processes' if cfg.mode == 'process' else 'threads'}, "
-                f"device={self.device}, rank={self.rank}/{self.world_size})")
+                f"device={self.device}, rank={self.rank}/{self.world_size}"
+                + ("" if self._t_range is None else f", time indices [{self._t_range[0]}, {self._t_range[1]})") + ")")
 
 
 class LoaderDataset(torch.utils.data.IterableDataset):

@@ -172,17 +172,19 @@ class MultiStream:
         return _place.place(self, boxes, check=check)
 
     def random_boxes(self, n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                     samples_per_window: int = 1, centers: str | None = None) -> np.ndarray:
+                     samples_per_window: int = 1, centers: str | None = None,
+                     t_range: tuple[int, int] | None = None) -> np.ndarray:
         """This rank's share of an epoch of ``n`` reference boxes that every stream serves.
 
         Same contract as :func:`fastload.sampling.geometry.random_boxes` (deterministic from ``(seed, epoch)``,
         ranks disjoint and together the epoch, ``samples_per_window`` consecutive samples share a window), with
         window starts drawn from :attr:`valid_t0`. Places are drawn exactly as there when every stream serves every
         drawn box; otherwise (a regional stream) the epoch is drawn uniformly, or by cos(latitude of the box centre),
-        among the places :attr:`space_ok` allows.
+        among the places :attr:`space_ok` allows. ``t_range``: only windows inside the first stream's time indices
+        ``[start, stop)``.
         """
         return _place.random_boxes(self, n, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                                   samples_per_window=samples_per_window, centers=centers)
+                                   samples_per_window=samples_per_window, centers=centers, t_range=t_range)
 
     # -- the tokenizer interface the reader drives --------------------------------------------------------------
     @property
