@@ -46,6 +46,7 @@ from ._device import default_device
 from ._rollout_batch import RolloutBatch
 from ._rollout_extract import _CountingStore, _pinned, extract_windows
 from ._stream_time import _td, first_irregular, median_step, regular_windows
+from ._time_range import time_range_indices
 from .config import LoaderConfig, SamplingConfig, _Config
 from .errors import ConfigError, LoaderClosedError
 from .extract import _normalizer, extract, warm_gather
@@ -99,7 +100,8 @@ class RolloutConfig(_Config):
     batch_size: int = 1
     """Initial times per batch (each is a whole globe of tiles)."""
     t_range: tuple[int, int] | None = None
-    """Use only store time indices in ``[start, stop)`` (inputs and targets), e.g. the training years."""
+    """Use only store time indices in ``[start, stop)`` (inputs and targets), e.g. the training years. The loader
+    setting ``loader.time_range`` (dates or indices, as :class:`fastload.Loader` takes it) sets the same range."""
 
     def __post_init__(self) -> None:
         def integer(key: str, v: Any, lo: int) -> None:
@@ -237,16 +239,23 @@ class RolloutLoader:
         span_out = max(c.time_span for c in self._target_configs)
         last = self._sample_span()
         lo, hi = 0, nt
-        if r.t_range is not None:  # refused past the axis, not clamped (a typo in the years would roll out others)
-            lo, hi = r.t_range
+        t_range = r.t_range
+        if self.loader_config.time_range is not None:  # the loader's setting (dates or indices), as Loader takes it
+            given = self.loader_config.time_range
+            t_range = time_range_indices(given, self.times, nt, 1, str(self.store.path))
+            if r.t_range is not None and tuple(r.t_range) != t_range:
+                raise ConfigError(f"loader.time_range = {list(given)!r} (time indices {list(t_range)}) and "
+                                  f"rollout.t_range = {list(r.t_range)} differ; give one of them")
+        if t_range is not None:  # refused past the axis, not clamped (a typo in the years would roll out others)
+            lo, hi = t_range
             if hi > nt:
-                raise ConfigError(f"rollout.t_range: {list(r.t_range)} ends past the store's time axis: expected "
+                raise ConfigError(f"rollout.t_range: {list(t_range)} ends past the store's time axis: expected "
                                   f"0 <= start < stop <= {nt} (the store's {nt} time steps)")
         if hi - lo < last:
             raise ConfigError(
                 f"rollout: a sample spans {last} time steps ({r.input_window} input window(s) of {span_in}, "
                 f"{r.steps} step(s) of lead {self.lead}, targets of {span_out}) but the store"
-                f"{' range ' + str(list(r.t_range)) if r.t_range else ''} has only {hi - lo}")
+                f"{' range ' + str(list(t_range)) if t_range else ''} has only {hi - lo}")
         return lo, hi - last
 
     def _regular_t0(self) -> np.ndarray:

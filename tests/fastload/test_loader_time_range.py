@@ -144,3 +144,24 @@ def test_several_streams_draw_inside_the_first_streams_range(tmp_path_factory):
     assert whole.min() < 10 or whole.max() + span > 40  # the range did the restricting
     with pytest.raises(ConfigError, match="loader.time_range"):
         Loader(None, cfg, time_range=(str(time[10]), str(time[10 + span - 1])), **kw)
+
+
+def test_the_rollout_loader_takes_it_as_its_t_range(store):
+    """A Forecaster run's RolloutLoader honours ``loader.time_range`` too (it was ignored there: a Forecaster
+    trained on the whole record); it is the index range ``rollout.t_range`` takes, and the two may not differ."""
+    from fastload.rollout_data import RolloutConfig, RolloutLoader
+
+    from .test_rollout_data import _sampling
+
+    path, time = store
+    i0, i1 = (int(np.flatnonzero(time == np.datetime64(d))[0]) for d in ("2000-01-02", "2000-01-04T12"))
+    dates = LoaderConfig(workers=1, time_range=("2000-01-02", "2000-01-04T12"))
+    with RolloutLoader(path, _sampling(), RolloutConfig(steps=1), dates) as a, \
+            RolloutLoader(path, _sampling(), RolloutConfig(steps=1, t_range=(i0, i1)), LoaderConfig(workers=1)) as b, \
+            RolloutLoader(path, _sampling(), RolloutConfig(steps=1, t_range=(i0, i1)), dates) as c:
+        assert a.t_bounds == b.t_bounds == c.t_bounds and a.t_bounds[0] == i0
+        np.testing.assert_array_equal(a.valid_t0, b.valid_t0)
+    with pytest.raises(ConfigError, match=r"loader.time_range = .* and rollout.t_range = \[0, 14\] differ"):
+        RolloutLoader(path, _sampling(), RolloutConfig(steps=1, t_range=(0, 14)), dates)
+    with pytest.raises(ConfigError, match="loader.time_range .* reaches beyond the time axis"):
+        RolloutLoader(path, _sampling(), RolloutConfig(steps=1), LoaderConfig(time_range=("1999-01-01", "2000-01-03")))
