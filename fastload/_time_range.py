@@ -25,70 +25,70 @@ _FORM = ("expected two store time indices [start, stop) (integers) or two dates/
          "'1979-01-01' or '2016-01-01T06', UTC; start included, stop excluded)")
 
 
-def _date(v: str) -> np.datetime64:
-    """``v`` as a datetime64, or a ConfigError naming the setting."""
+def _date(v: str, key: str) -> np.datetime64:
+    """``v`` as a datetime64, or a ConfigError naming the setting ``key``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy only warns on a time zone ("...Z", "+01:00")
             d = np.datetime64(v)
     except (ValueError, UserWarning, DeprecationWarning) as e:
-        raise ConfigError(f"{_KEY}: cannot read {v!r} as a date/time ({e}); {_FORM}") from None
+        raise ConfigError(f"{key}: cannot read {v!r} as a date/time ({e}); {_FORM}") from None
     if np.isnat(d):
-        raise ConfigError(f"{_KEY}: {v!r} is not a date/time; {_FORM}")
+        raise ConfigError(f"{key}: {v!r} is not a date/time; {_FORM}")
     return d
 
 
-def check_time_range_form(value: Any) -> tuple[int, int] | tuple[str, str] | None:
+def check_time_range_form(value: Any, key: str = _KEY) -> tuple[int, int] | tuple[str, str] | None:
     """``value`` as the config holds it (a tuple of two ints or two strings, or None); a ConfigError naming the
-    setting when it is anything else, or when its start is not before its stop."""
+    setting ``key`` when it is anything else, or when its start is not before its stop."""
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ConfigError(f"{_KEY}: {value!r}: {_FORM}")
+        raise ConfigError(f"{key}: {value!r}: {_FORM}")
     a, b = value
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (a, b)):
         if a < 0 or a >= b:
-            raise ConfigError(f"{_KEY}: {[int(a), int(b)]}: expected 0 <= start < stop (store time indices)")
+            raise ConfigError(f"{key}: {[int(a), int(b)]}: expected 0 <= start < stop (store time indices)")
         return int(a), int(b)
     if all(isinstance(v, str) for v in (a, b)):
-        if _date(a) >= _date(b):
-            raise ConfigError(f"{_KEY}: {[a, b]}: the start is not before the stop (start included, stop "
+        if _date(a, key) >= _date(b, key):
+            raise ConfigError(f"{key}: {[a, b]}: the start is not before the stop (start included, stop "
                               "excluded)")
         return a, b
-    raise ConfigError(f"{_KEY}: {list(value)!r} mixes or holds other types; {_FORM}")
+    raise ConfigError(f"{key}: {list(value)!r} mixes or holds other types; {_FORM}")
 
 
 def time_range_indices(value: Any, time: np.ndarray | None, nt: int | None, span: int,
-                       where: str) -> tuple[int, int] | None:
+                       where: str, key: str = _KEY) -> tuple[int, int] | None:
     """The store time indices ``[start, stop)`` of ``value`` (see the module notes) on an axis of ``nt`` steps
     (``time``: its datetime64 values, None when the store has none), checked: inside the axis and at least ``span``
     steps (one sample's window) long. ``where`` names the store in errors."""
-    value = check_time_range_form(value)
+    value = check_time_range_form(value, key)
     if value is None:
         return None
     if nt is None:
-        raise ConfigError(f"{_KEY} = {list(value)!r}, but {where} has no time axis")
+        raise ConfigError(f"{key} = {list(value)!r}, but {where} has no time axis")
     if isinstance(value[0], int):
         start, stop = value
         if stop > nt:
-            raise ConfigError(f"{_KEY} = {[start, stop]}: past the end of the time axis of {where} ({nt} steps, "
+            raise ConfigError(f"{key} = {[start, stop]}: past the end of the time axis of {where} ({nt} steps, "
                               f"indices 0 .. {nt - 1}); expected stop <= {nt}")
-        said = f"{_KEY} = {[start, stop]}"
+        said = f"{key} = {[start, stop]}"
     else:
         if time is None:
-            raise ConfigError(f"{_KEY} = {list(value)!r} gives dates, but the time axis of {where} has no dates "
+            raise ConfigError(f"{key} = {list(value)!r} gives dates, but the time axis of {where} has no dates "
                               f"(no CF units); give store time indices [start, stop) instead")
         t = np.asarray(time)
-        lo, hi = (_date(v).astype(t.dtype) for v in value)
+        lo, hi = (_date(v, key).astype(t.dtype) for v in value)
         first_step = t[1] - t[0] if t.size > 1 else np.timedelta64(0, "ns")
         last_step = t[-1] - t[-2] if t.size > 1 else first_step
         if lo < t[0] - first_step or hi > t[-1] + last_step or hi <= t[0] or lo > t[-1]:
             a, b = (str(v.astype("datetime64[s]")) for v in (t[0], t[-1]))
-            raise ConfigError(f"{_KEY} = {list(value)!r} reaches beyond the time axis of {where} ({a} .. {b}, "
+            raise ConfigError(f"{key} = {list(value)!r} reaches beyond the time axis of {where} ({a} .. {b}, "
                               f"{nt} steps); expected a range within it (a typo in the years would "
                               "otherwise draw others)")
         start, stop = int(np.searchsorted(t, lo, "left")), int(np.searchsorted(t, hi, "left"))
-        said = f"{_KEY} = {list(value)!r} (time indices [{start}, {stop}))"
+        said = f"{key} = {list(value)!r} (time indices [{start}, {stop}))"
     if stop - start < span:
         raise ConfigError(f"{said} holds {stop - start} time steps of {where}, fewer than one sample's window "
                           f"spans ({span}); expected a longer range")

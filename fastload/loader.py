@@ -401,6 +401,11 @@ class Loader:
         return self._n_batches
 
     @property
+    def time_indices(self) -> tuple[int, int] | None:
+        """``loader.time_range`` as store time indices ``[start, stop)`` (the first stream's); None without one."""
+        return self._t_range
+
+    @property
     def epoch(self) -> int:
         return self._state.epoch
 

@@ -42,7 +42,8 @@ written as ``run`` in every rank's ``summary.json``. A checkpoint (``<checkpoint
 optimizer, every rank's loader position, the RNG states and the step; resuming continues bit for bit. What can fail
 on one rank alone before the first step (its report folder or checkpoint, its data, model or loader set-up) fails
 every rank at once, the others naming that rank and its error (:func:`profiling.distributed.all_or_none`), instead
-of leaving them in their next collective for ``dist_timeout_s``.
+of leaving them in their next collective for ``dist_timeout_s``. A ``[validation]`` section adds the loss on a
+held-out period every ``validation.every`` steps and at the end (:mod:`profiling.validation`).
 
 Where the parts live: this module holds the loop and the command line; ``_loop_checks`` what is checked before the
 work (the store, the folders and checkpoints), ``_loop_data`` the run's data (the built-in dataset) and a batch as
@@ -77,6 +78,8 @@ from ._loop_model import dummy_inputs as _dummy_inputs
 from .distributed import all_or_none, collective, gather, init_distributed, resume_run, save_run
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
+from .validation import check_mode as check_validation_mode
+from .validation import make_validator
 
 __all__ = ["main", "run", "prepare_data", "build_model", "model_inputs", "count_flops", "without_recompute", "lr_at"]
 
@@ -153,6 +156,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     with all_or_none("the run's checks (report folder, checkpoints)", world):  # on every rank, then agreed
         check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
                      "the report folder", torch_profiler, resume)
+        check_validation_mode(cfg, mode)
         # steps left to train, before the data, model and loader set-up (the checkpoint's step read alone)
         first = 0 if resume is None else checkpoint_step(resume)
         if first is not None:
@@ -262,6 +266,13 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             if resume is not None:
                 start = resume_run(Path(resume), net, opt, loader, rank, world)
                 say(f"resumed from {resume} at step {start}")
+            validator = make_validator(cfg, mode, store, sampling, loader_cfg,
+                                       None if cfg.masking.strategy == "identity" else cfg.masking,
+                                       getattr(loader, "time_indices", None), stepper, prepare,
+                                       torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16), device,
+                                       world, say)
+            if validator is not None:
+                stack.callback(validator.close)
             stop = cfg.steps if stop_at is None else stop_at
             check_steps_left(start, cfg.steps, stop_at, resume)  # (again: the step the resume restored)
             data: Any = loader
@@ -379,6 +390,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     say(f"checkpoint: {ckpt} (step {done})")
                 else:
                     say(f"checkpoint: none at step {done}: no step of this run has updated the model yet")
+            if validator is not None and validator.due(done, stop, cfg.validation.every):
+                validator.run(done)  # every rank (one all-reduce): the step counts agree
         check_trained(skipped, stop - start, store_path)  # every batch empty (on_bad_chunk = "skip"): an error
 
     # -- report -------------------------------------------------------------------------------------------------
@@ -398,6 +411,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
                     "store_latency_ms": cfg.data.latency_ms, "skipped": skipped,
+                    "validation": None if validator is None else validator.records,
                     "torch_profiler": None if prof is None else {
                         "dir": str(torch_profiler), "left_out_steps": [traced_from + 1, stop],
                         "traced_steps": [stop - pcfg.active - pcfg.warmup + 1, stop]}})

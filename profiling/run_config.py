@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from fastload._time_range import check_time_range_form
 from fastload.config import LoaderConfig, SamplingConfig, apply_overrides
 from fastload.errors import ConfigError
 from fastload.sampling.masking import MaskingConfig
 
-__all__ = ["DATA_MODES", "MODEL_KINDS", "DataConfig", "ModelConfig", "OptimConfig", "ForecastConfig", "RunConfig",
-           "redact"]
+__all__ = ["DATA_MODES", "MODEL_KINDS", "DataConfig", "ModelConfig", "OptimConfig", "ForecastConfig",
+           "ValidationConfig", "RunConfig", "redact"]
 
 DATA_MODES = ("synthetic", "cached", "cold")
 """``synthetic``: one batch replayed from the device; ``cached``: warm page cache; ``cold``: pages dropped."""
@@ -331,6 +332,30 @@ class ForecastConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ValidationConfig(_Section):
+    """A validation loss on a held-out part of the time axis during ``fastload train`` (:mod:`profiling.validation`):
+    the same samples every time, the model in eval mode without gradients, averaged over every rank's samples."""
+
+    time_range: tuple[str, str] | tuple[int, int] | None = None
+    """The held-out period, as ``loader.time_range`` takes it (dates ``["2016-01-01", "2018-01-01"]``, start
+    included, stop excluded, or store time indices); None: no validation."""
+    every: int = 0
+    """Validate every this many steps and at the end of the run; 0: only at the end."""
+    samples: int = 64
+    """Samples of one validation, over all ranks, dealt as the training loader deals them: every rank reads the
+    same number of batches, so a multiple of ``world_size x batch_size`` reads them all (else the surplus is left
+    out, with the loader's warning; the record's ``samples`` is the count read)."""
+    seed: int = 1
+    """Seed of the validation samples' placement and masks (epoch 0 of their own loader, every time)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time_range", check_time_range_form(self.time_range, "validation.time_range"))
+        _int("validation.every", self.every, 0)
+        _int("validation.samples", self.samples, 1)
+        _int("validation.seed", self.seed, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
     """Everything one training or profiling run needs; reports and checkpoints store its ``to_dict()``."""
 
@@ -344,6 +369,8 @@ class RunConfig:
     """Token masking done by the loader on the device (``strategy = "identity"``: none)."""
     forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
     """The Forecaster and its rollout data (``model.kind = "forecaster"``)."""
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    """A validation loss on a held-out period (``fastload train``, Multiformer runs)."""
     steps: int = 20
     """Optimizer steps of the whole run (a resumed run continues up to this step)."""
     warmup: int = 3
@@ -376,7 +403,8 @@ class RunConfig:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name: expected a non-empty string, got {self.name!r}")
         for key, cls in (("data", DataConfig), ("loader", LoaderConfig), ("model", ModelConfig),
-                         ("optim", OptimConfig), ("masking", MaskingConfig), ("forecast", ForecastConfig)):
+                         ("optim", OptimConfig), ("masking", MaskingConfig), ("forecast", ForecastConfig),
+                         ("validation", ValidationConfig)):
             if not isinstance(getattr(self, key), cls):
                 raise ConfigError(f"{key}: expected a {cls.__name__}, got {type(getattr(self, key)).__name__}")
         _int("steps", self.steps, 1)
@@ -391,6 +419,10 @@ class RunConfig:
         _bool("compile", self.compile)
         if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.validation.time_range is not None and self.model.kind != "multiformer":
+            raise ConfigError(f"validation.time_range = {list(self.validation.time_range)!r}: validation runs for "
+                              f"Multiformer runs only, not model.kind = {self.model.kind!r} (a Forecaster's rollout "
+                              "batches would need a plan of their own); leave validation.time_range unset")
         if self.model.kind == "multiformer":  # (the Forecaster's RolloutLoader reads on threads)
             from .slowstore import check_cold_workers
 
@@ -419,7 +451,8 @@ class RunConfig:
         kw["data"] = DataConfig.from_dict(kw["data"], base=base)
         if "loader" in kw:
             kw["loader"] = LoaderConfig.from_dict(kw["loader"])
-        for key, sec in (("model", ModelConfig), ("optim", OptimConfig), ("forecast", ForecastConfig)):
+        for key, sec in (("model", ModelConfig), ("optim", OptimConfig), ("forecast", ForecastConfig),
+                         ("validation", ValidationConfig)):
             if key in kw:
                 kw[key] = sec.from_dict(kw[key], key)
         if "masking" in kw:
