@@ -246,6 +246,7 @@ class RolloutLoader:
             if r.t_range is not None and tuple(r.t_range) != t_range:
                 raise ConfigError(f"loader.time_range = {list(given)!r} (time indices {list(t_range)}) and "
                                   f"rollout.t_range = {list(r.t_range)} differ; give one of them")
+        self._t_range = None if t_range is None else (int(t_range[0]), int(t_range[1]))
         if t_range is not None:  # refused past the axis, not clamped (a typo in the years would roll out others)
             lo, hi = t_range
             if hi > nt:
@@ -324,6 +325,11 @@ class RolloutLoader:
 
     def __len__(self) -> int:
         return self._n_batches
+
+    @property
+    def time_indices(self) -> tuple[int, int] | None:
+        """``loader.time_range`` as store time indices ``[start, stop)`` (or ``rollout.t_range``); None without."""
+        return self._t_range
 
     @property
     def epoch(self) -> int:

@@ -266,9 +266,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
             if resume is not None:
                 start = resume_run(Path(resume), net, opt, loader, rank, world)
                 say(f"resumed from {resume} at step {start}")
-            validator = make_validator(cfg, mode, store, sampling, loader_cfg,
-                                       None if cfg.masking.strategy == "identity" else cfg.masking,
-                                       getattr(loader, "time_indices", None), stepper, prepare,
+            validator = make_validator(cfg, mode, store, sampling, loader_cfg, loader.time_indices, stepper,
+                                       prepare, lambda x: stepper(*x) if forecast else stepper(x),
                                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16), device,
                                        world, say)
             if validator is not None:

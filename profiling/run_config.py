@@ -342,9 +342,9 @@ class ValidationConfig(_Section):
     every: int = 0
     """Validate every this many steps and at the end of the run; 0: only at the end."""
     samples: int = 64
-    """Samples of one validation, over all ranks, dealt as the training loader deals them: every rank reads the
-    same number of batches, so a multiple of ``world_size x batch_size`` reads them all (else the surplus is left
-    out, with the loader's warning; the record's ``samples`` is the count read)."""
+    """Samples of one validation (a Forecaster's: initial times), over all ranks, dealt as the training loader deals
+    them: every rank reads the same number of batches, so a multiple of ``world_size x batch_size`` reads them all
+    (else the surplus is left out, with the loader's warning; the record's ``samples`` is the count read)."""
     seed: int = 1
     """Seed of the validation samples' placement and masks (epoch 0 of their own loader, every time)."""
 
@@ -370,7 +370,7 @@ class RunConfig:
     forecast: ForecastConfig = dataclasses.field(default_factory=ForecastConfig)
     """The Forecaster and its rollout data (``model.kind = "forecaster"``)."""
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
-    """A validation loss on a held-out period (``fastload train``, Multiformer runs)."""
+    """A validation loss on a held-out period (``fastload train``)."""
     steps: int = 20
     """Optimizer steps of the whole run (a resumed run continues up to this step)."""
     warmup: int = 3
@@ -419,10 +419,6 @@ class RunConfig:
         _bool("compile", self.compile)
         if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.validation.time_range is not None and self.model.kind != "multiformer":
-            raise ConfigError(f"validation.time_range = {list(self.validation.time_range)!r}: validation runs for "
-                              f"Multiformer runs only, not model.kind = {self.model.kind!r} (a Forecaster's rollout "
-                              "batches would need a plan of their own); leave validation.time_range unset")
         if self.model.kind == "multiformer":  # (the Forecaster's RolloutLoader reads on threads)
             from .slowstore import check_cold_workers
 

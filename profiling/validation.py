@@ -13,9 +13,9 @@ checkpoint's.
     fastload train --config run.toml --set loader.time_range=1979-01-01,2016-01-01 \\
         --set validation.time_range=2016-01-01,2018-01-01 --set validation.every=500
 
-Multiformer runs only: a Forecaster's rollout batches (every tile of the globe per initial time) would need their
-own plan; ``model.kind = "forecaster"`` with a validation range is a ConfigError, as is ``fastload profile`` with
-one (it would sit inside the profiled run).
+A Forecaster run validates on initial times from the held-out period (``samples`` of them, each the whole globe,
+through its rollout loader: the multi-step rollout loss). ``fastload profile`` with a validation range is a
+ConfigError (it would sit inside the profiled steps).
 """
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ __all__ = ["Validator", "check_mode", "make_validator"]
 
 class Validator:
     """The loss of ``step_module`` over epoch 0 of ``loader`` (the same samples every call), every rank's samples
-    weighted alike; :attr:`records` holds one dict per call (``step``, ``loss``, ``samples``, ``seconds``)."""
+    weighted alike; :attr:`records` holds one dict per call (``step``, ``loss``, ``samples``, ``seconds``).
+    ``forward(inputs)`` runs ``step_module`` on ``prepare(batch)`` and returns the batch's mean loss."""
 
     def __init__(self, loader: Any, step_module: torch.nn.Module, prepare: Callable[[Any], Any],
-                 autocast: Any, device: torch.device, world: int, say: Callable[[str], None]):
+                 forward: Callable[[Any], torch.Tensor], autocast: Any, device: torch.device, world: int,
+                 say: Callable[[str], None]):
         self.loader = loader
         self.step_module = step_module
         self.prepare = prepare
+        self.forward = forward
         self.autocast = autocast
         self.device = device
         self.world = world
@@ -61,7 +64,7 @@ class Validator:
                     if n == 0:  # every sample skipped for a bad chunk (loader.on_bad_chunk = "skip")
                         continue
                     with self.autocast:
-                        loss = self.step_module(self.prepare(batch))
+                        loss = self.forward(self.prepare(batch))
                     total[0] += loss.detach().double() * n
                     total[1] += n
         finally:
@@ -98,23 +101,30 @@ def check_mode(cfg: Any, mode: str) -> None:
                           f"{mode} (it would sit inside the profiled steps); leave validation.time_range unset")
 
 
-def make_validator(cfg: Any, mode: str, store: Any, sampling: Any, loader_cfg: Any, masking: Any,
+def make_validator(cfg: Any, mode: str, store: Any, sampling: Any, loader_cfg: Any,
                    train_indices: tuple[int, int] | None, step_module: torch.nn.Module,
-                   prepare: Callable[[Any], Any], autocast: Any, device: torch.device, world: int,
-                   say: Callable[[str], None]) -> Validator | None:
-    """The run's :class:`Validator` (a Loader of its own on ``store`` over ``validation.time_range``), or None when
-    the run has no validation range. A ConfigError for a profile run or a Forecaster with one. ``train_indices``:
-    the training loader's time indices (``Loader.time_indices``), for a note when the periods overlap."""
+                   prepare: Callable[[Any], Any], forward: Callable[[Any], torch.Tensor], autocast: Any,
+                   device: torch.device, world: int, say: Callable[[str], None]) -> Validator | None:
+    """The run's :class:`Validator` (a loader of its own on ``store`` over ``validation.time_range``: a
+    :class:`fastload.Loader` masked as training's, or a Forecaster run's rollout loader), or None when the run has
+    no validation range. A ConfigError for a profile run with one. ``train_indices``: the training loader's time
+    indices (``time_indices``), for a note when the periods overlap."""
     v = cfg.validation
     if v.time_range is None:
         return None
     check_mode(cfg, mode)
-    from fastload import Loader
-
     vcfg = dataclasses.replace(loader_cfg, time_range=v.time_range, samples_per_epoch=v.samples, seed=v.seed,
                                samples_per_window=1, drop_last=False)
     try:
-        loader = Loader(store, sampling, vcfg, masking=masking)
+        if cfg.model.kind == "forecaster":  # initial times from the held-out period, each the whole globe
+            from .forecast import _loader_class, rollout_config
+
+            loader = _loader_class()(store, sampling, rollout_config(cfg), vcfg)
+        else:
+            from fastload import Loader
+
+            loader = Loader(store, sampling, vcfg,
+                            masking=None if cfg.masking.strategy == "identity" else cfg.masking)
     except ConfigError as e:  # its settings are the validation's: name them so
         msg = str(e).replace("loader.time_range", "validation.time_range")
         msg = msg.replace(f"samples_per_epoch={v.samples}", f"validation.samples={v.samples}")
@@ -128,4 +138,4 @@ def make_validator(cfg: Any, mode: str, store: Any, sampling: Any, loader_cfg: A
     elif max(lo, train_indices[0]) < min(hi, train_indices[1]):
         say(f"note: the validation period [{lo}, {hi}) overlaps the training period [{train_indices[0]}, "
             f"{train_indices[1]}) (loader.time_range): the two share samples")
-    return Validator(loader, step_module, prepare, autocast, device, world, say)
+    return Validator(loader, step_module, prepare, forward, autocast, device, world, say)

@@ -16,7 +16,7 @@ from fastload.config import LoaderConfig
 from fastload.errors import ConfigError
 from profiling._loop_data import model_inputs
 from profiling._loop_model import build_model
-from profiling.run_config import ModelConfig, ValidationConfig
+from profiling.run_config import ValidationConfig
 from profiling.steps import MultiformerStep
 from tests.profiling.loopdata import run_config, run_toml, tiny_store
 from tests.profiling.ranks import start_ranks
@@ -81,7 +81,6 @@ def test_notes_when_the_periods_overlap(tmp_path_factory, tmp_path):
 
 @pytest.mark.parametrize("change, said", [
     (dict(mode="profile"), "validation runs in fastload train, not profile"),
-    (dict(kind="forecaster"), "validation runs for Multiformer runs only, not model.kind = 'forecaster'"),
     (dict(time_range=(12, 25)), "validation.time_range = [12, 25]: past the end of the time axis"),
     (dict(time_range=("2000-01-01", "2000-01-02")), "validation.time_range = ['2000-01-01', '2000-01-02'] reaches "
                                                     "beyond the time axis"),
@@ -94,8 +93,6 @@ def test_errors_name_the_validation_setting(tmp_path_factory, tmp_path, change, 
     if "time_range" in change:
         cfg = dataclasses.replace(cfg, validation=ValidationConfig(time_range=change["time_range"], samples=2))
     with pytest.raises(ConfigError) as e:
-        if "kind" in change:  # refused by the config itself
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind="forecaster"))
         run(cfg, mode=change.get("mode", "train"), out=tmp_path / "out", log=lambda s: None)
     assert said in str(e.value)
     assert not (tmp_path / "out").exists() or change.get("mode") != "profile"  # before any work
@@ -113,7 +110,6 @@ def test_the_section_checks_its_settings(value, said):
     assert said in str(e.value)
     assert ValidationConfig.from_dict({"time_range": ["2016-01-01", "2018-01-01"], "every": 5}).time_range == \
         ("2016-01-01", "2018-01-01")
-    assert ModelConfig().kind == "multiformer"
 
 
 @pytest.mark.dist
@@ -149,3 +145,39 @@ def test_the_run_file_section(tmp_path_factory, tmp_path):
     cfg = load_run_config(path, overrides=["validation.samples=7"])
     assert cfg.validation == ValidationConfig(time_range=(12, 24), every=5, samples=7)
     assert cfg.to_dict()["validation"] == {"time_range": [12, 24], "every": 5, "samples": 7, "seed": 1}
+
+
+def test_a_forecaster_validates_on_held_out_initial_times(tmp_path_factory, tmp_path):
+    """The rollout loss over ``samples`` initial times of the held-out period, from the checkpoint of the same step,
+    recomputed through the Forecaster's own rollout loader and step."""
+    from model import load_checkpoint
+    from profiling import forecast as fc
+    from profiling._loop_model import build_model
+    from profiling.loop import run
+    from tests.profiling.forecastdata import fc_config
+
+    cfg = fc_config(tmp_path_factory, steps=3, warmup=0, checkpoint_dir=str(tmp_path / "ck"),
+                    loader=LoaderConfig(workers=1, prefetch=2, samples_per_epoch=4, time_range=(0, 17)),
+                    validation=ValidationConfig(time_range=(7, 24), samples=2, seed=3))  # spans 15 steps: 2 of 3
+    lines: list[str] = []
+    summary = run(cfg, mode="train", out=tmp_path / "out", log=lines.append)
+    (rec,) = summary["validation"]
+    assert rec["step"] == 3 and rec["samples"] == 2
+    assert any(x.startswith("note: the validation period [7, 24) overlaps the training period [0, 17)")
+               for x in lines)
+    sampling = cfg.data.sampling
+    net = fc.run_forecaster(cfg, sampling, build_model, torch.device("cpu"), lambda s: None)
+    load_checkpoint(tmp_path / "ck" / "last.pt", net)
+    held_out = LoaderConfig(workers=1, prefetch=2, samples_per_epoch=2, seed=3, time_range=(7, 24),
+                            drop_last=False, device="cpu")
+    total, n = 0.0, 0
+    with fc._loader_class()(cfg.data.store, sampling, fc.rollout_config(cfg), held_out) as loader, torch.no_grad():
+        step = fc.RolloutStep(net, fc.geometry(loader.tiles, torch.device("cpu")), {cfg.model.loss: 1.0},
+                              cfg.forecast.tiles_per_chunk).eval()
+        assert sorted(loader.epoch_times(0).tolist()) == sorted(set(loader.epoch_times(0).tolist()))
+        assert sorted(loader.epoch_times(0).tolist()) == [8, 9]  # seed 3 draws these 2 of 7, 8, 9 (seed 0: 7, 9)
+        for batch in loader:
+            total += float(step(*fc.rollout_inputs(batch, torch.device("cpu")))) * len(batch)
+            n += len(batch)
+    assert n == 2
+    assert rec["loss"] == pytest.approx(total / n, rel=1e-6)
