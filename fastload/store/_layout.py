@@ -31,6 +31,8 @@ LAT_NAMES = ("latitude", "lat", "lats")
 LON_NAMES = ("longitude", "lon", "lons")
 TIME_NAMES = ("time", "valid_time")
 ReadFull = Callable[[str], np.ndarray]
+StoredChunks = Callable[[str, list[tuple[int, ...]]], list[bool]]
+"""``stored(name, chunks)``: whether each of these chunks of coordinate ``name`` is stored (:func:`detect_layout`)."""
 
 log = logging.getLogger("fastload")
 _warned: set[tuple[str, str, str]] = set()  # (store, array, why) already logged in this process
@@ -177,12 +179,15 @@ def _check_level_type(lt: Any, where: str) -> str | None:
     return lt
 
 
-def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
+def detect_layout(meta: StoreMetadata, read: ReadFull, where: str, stored: StoredChunks) -> Layout:
     """Decide the layout (AtmoRep when a 5-D ``data`` array exists, else per-variable; per-variable on a mesh
-    when latitude and longitude share one node dimension, see :mod:`._mesh`) and describe its fields."""
+    when latitude and longitude share one node dimension, see :mod:`._mesh`) and describe its fields.
+
+    ``read(name)`` gives a coordinate's values; ``stored(name, chunks)`` says which of those chunks of it are stored
+    (:func:`_whole`: a coordinate with a missing chunk is refused)."""
     from ._mesh import is_mesh, mesh_layout
 
-    read = _whole(read, meta, where)
+    read = _whole(read, stored, meta, where)
     if is_mesh(meta):
         return mesh_layout(meta, read, where)
     data = meta.arrays.get("data")
@@ -191,31 +196,25 @@ def detect_layout(meta: StoreMetadata, read: ReadFull, where: str) -> Layout:
     return _per_variable(meta, read, where)
 
 
-def _whole(read: ReadFull, meta: StoreMetadata, where: str) -> ReadFull:
+def _whole(read: ReadFull, stored: StoredChunks, meta: StoreMetadata, where: str) -> ReadFull:
     """``read`` that refuses a coordinate with a missing chunk: it would read as the fill value (levels
     ``[0, 0, 0]``, a time or latitude axis that is then "not strictly increasing" or "non-finite"), so the store's
     axes would be wrong or the error would name the wrong cause. A missing chunk of one element is let through:
     zarr does not write a chunk equal to the fill value (``write_empty_chunks=False``), and one value may be.
 
-    Whether a chunk is stored is asked of the store ``read`` is a method of: its source's ``exists`` (a ``stat``
-    of a local file; no data read twice), or, for a sharded coordinate, ``chunk_bytes_many`` (the shard's index
-    says). A plain function is used as it is."""
-    store = getattr(read, "__self__", None)
-    source, many = getattr(store, "source", None), getattr(store, "chunk_bytes_many", None)
-    if source is None or many is None:
-        return read
+    Which chunks are stored is asked of ``stored``, once per coordinate with all its chunks (the store asks its
+    source, concurrently where a request is a round trip, or a sharded coordinate's shard index)."""
 
     def checked(name: str) -> np.ndarray:
         values = read(name)  # first: prepares the array's decoder / shard reader
         info = meta.arrays[name]
         chunks = list(itertools.product(*[range(-(-n // c)) for n, c in zip(info.shape, info.chunks)]))
-        if info.shard is None:
-            stored = [source.exists(info.key(c)) for c in chunks]
-        else:
-            stored = [raw is not None for raw in many(name, chunks)]
-        for chunk, present in zip(chunks, stored):
+        present = list(stored(name, chunks))
+        if len(present) != len(chunks):
+            raise ValueError(f"{where}: stored({name!r}, ...) answered {len(present)} flags for {len(chunks)} chunks")
+        for chunk, is_stored in zip(chunks, present):
             size = math.prod(min(c, n - i * c) for i, c, n in zip(chunk, info.chunks, info.shape))
-            if not present and size > 1:
+            if not is_stored and size > 1:
                 fill = info.fill_value.item() if isinstance(info.fill_value, np.generic) else info.fill_value
                 raise SchemaError(
                     f"{where}: coordinate {name!r} has no chunk {list(chunk)} (key {info.key(chunk)!r}, "

@@ -10,8 +10,10 @@ Run ``python -m fastload.store PATH`` to print what a store holds.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from ..errors import ChunkReadError, StoreError, StoreNotFoundError
 from ._codecs import ChunkDecoder, DecodeError, build_decoder, check_safety, vlen_codec
 from ._layout import FieldInfo, Layout, _warn_grid_not_fields, detect_layout, values_why_not
 from ._meta import ArrayInfo, load_metadata
-from ._region import read_box, read_region
+from ._region import read_box
 from ._shard import ShardIndex, ShardReadError
 from ._source import BaseByteSource, FsspecSource, LatencySource, LocalSource
 from .grid import Grid
@@ -31,6 +33,9 @@ __all__ = ["Store", "open_store", "make_source"]
 
 
 BACKENDS = ("auto", "fsspec", "obstore")
+_BATCH_CHUNKS = 256  # chunks of an array read in one batch (Store._read_coord)
+_BATCH_BYTES = 64 << 20  # and at most this many decoded bytes of them
+_EXISTS_THREADS = 32  # requests in flight at once when asking a remote source which chunks exist (Store._stored)
 
 
 def make_source(
@@ -159,7 +164,7 @@ class Store:
         for name, info in meta.arrays.items():
             check_safety(info, self._where(name), allow_unsafe=allow_unsafe_codecs)
         self._allow_unsafe = allow_unsafe_codecs
-        layout = detect_layout(meta, self._read_coord, source.describe())
+        layout = detect_layout(meta, self._read_coord, source.describe(), self._stored)
         self.layout: str = layout.kind
         self.grid: Grid = layout.grid
         self.time: np.ndarray | None = layout.time
@@ -197,9 +202,39 @@ class Store:
             self._decoders[name] = build_decoder(info, self._where(name), allow_unsafe=self._allow_unsafe)
 
     def _read_coord(self, name: str) -> np.ndarray:
+        """All of array ``name``, its chunks fetched in batches (:meth:`chunk_bytes_many`: one concurrent batch of
+        requests on a remote store, not one round trip per chunk in turn; at most ``_BATCH_BYTES`` of chunks)."""
         self._prepare(name)
         info = self._all[name]
-        return read_region(self, name, [np.arange(n) for n in info.shape])
+        out = np.empty(info.shape, info.dtype)
+        if out.size == 0:
+            return out
+        chunks = list(itertools.product(*[range(g) for g in info.grid_shape]))
+        step = max(1, min(_BATCH_CHUNKS, _BATCH_BYTES // max(info.chunk_nbytes, 1)))
+        for i in range(0, len(chunks), step):
+            part = chunks[i:i + step]
+            if len(part) == 1:  # one request anyway: the plain path (read_chunk)
+                decoded = [self.read_chunk(name, part[0])]
+            else:
+                decoded = (self.decode(name, raw, c) for c, raw in zip(part, self.chunk_bytes_many(name, part)))
+            for chunk, data in zip(part, decoded):
+                box = tuple(slice(c * k, min((c + 1) * k, n)) for c, k, n in zip(chunk, info.chunks, info.shape))
+                out[box] = data[tuple(slice(0, b.stop - b.start) for b in box)]
+        return out
+
+    def _stored(self, name: str, chunks: list[tuple[int, ...]]) -> list[bool]:
+        """Whether each of ``chunks`` of array ``name`` is stored, without reading its bytes where the storage can
+        say: a sharded array's shard index (read with :meth:`chunk_bytes_many`), else the source's ``exists``; one
+        at a time where that is a local ``stat`` (``versioned`` sources), else all in flight at once (a remote or
+        slowed source: one round trip per chunk in turn would make open time grow with the chunks)."""
+        info = self._all[name]
+        if info.shard is not None:
+            return [raw is not None for raw in self.chunk_bytes_many(name, chunks)]
+        keys = [info.key(tuple(c)) for c in chunks]
+        if self.source.versioned or len(keys) <= 1:
+            return [self.source.exists(k) for k in keys]
+        with ThreadPoolExecutor(min(_EXISTS_THREADS, len(keys)), thread_name_prefix="fastload-exists") as pool:
+            return list(pool.map(self.source.exists, keys))
 
     def read_array(self, name: str) -> np.ndarray:
         """All values of any array of the store, decoded: a coordinate (``latitude``, ERA5's ``expver``, ...) or

@@ -120,3 +120,131 @@ def test_a_missing_inner_chunk_of_a_sharded_coordinate_is_named(tmp_path):
         fastload.open_store(path)
     arr[0:2] = [96.0, 105.0]
     np.testing.assert_array_equal(fastload.open_store(path).fields["t"].levels, [96.0, 105.0, 114.0, 123.0])
+
+
+# -- the check at the right depth (s16 A): detect_layout takes which chunks are stored; remote stores ask at once ---
+def _chunked_time(path: Path, nt: int = 8, chunk: int = 2) -> np.ndarray:
+    """A per-variable store whose ``time`` coordinate has ``nt // chunk`` chunks (v2 keys ``time/0``...); its values
+    (hours since 2000-01-01) as written."""
+    import zarr
+
+    make_per_variable(path, nt=nt, chunks=(chunk, 1, 9, 16), missing_chunk=False, static=False)
+    shutil.rmtree(path / "time")
+    hours = np.arange(nt, dtype="f8") * 6
+    _array(zarr.open_group(path, mode="r+", zarr_format=2), "time", hours, ("time",), zarr_format=2, chunks=(chunk,),
+           attrs={"units": "hours since 2000-01-01", "calendar": "proleptic_gregorian"}, fill_value=0.0)
+    return hours
+
+
+def _zarr_read(path: Path):
+    """A coordinate reader that is a plain function, not a store's method: zarr-python's values."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    return lambda name: np.asarray(group[name][...])
+
+
+def test_detect_layout_refuses_a_chunk_its_stored_function_reports_missing(tmp_path):
+    """Before s16 the check ran only when ``read`` was a bound method of a Store (found via ``read.__self__``);
+    with any other reader a missing coordinate chunk passed silently."""
+    from fastload.store._layout import detect_layout
+    from fastload.store._meta import load_metadata
+    from fastload.store._source import LocalSource
+
+    path = tmp_path / "s.zarr"
+    _chunked_time(path)
+    meta = load_metadata(LocalSource(path))
+    asked: dict[str, list] = {}
+
+    def stored(name, chunks):
+        asked[name] = list(chunks)
+        return [not (name == "time" and c == (2,)) for c in chunks]
+
+    with pytest.raises(SchemaError) as e:
+        detect_layout(meta, _zarr_read(path), "WHERE", stored)
+    assert str(e.value) == ("WHERE: coordinate 'time' has no chunk [2] (key 'time/2', 2 of its 8 values): a missing "
+                            "chunk reads as the fill value 0.0; write the coordinate whole")
+    assert asked["time"] == [(0,), (1,), (2,), (3,)]  # every chunk, in one call
+
+
+def test_detect_layout_with_every_chunk_stored_gives_zarrs_values(tmp_path):
+    from fastload.store._layout import detect_layout
+    from fastload.store._meta import load_metadata
+    from fastload.store._source import LocalSource
+
+    path = tmp_path / "s.zarr"
+    hours = _chunked_time(path)
+    meta = load_metadata(LocalSource(path))
+    asked = []
+    layout = detect_layout(meta, _zarr_read(path), "W", lambda n, cs: asked.append(n) or [True] * len(cs))
+    want = np.datetime64("2000-01-01T00", "ns") + hours.astype("int64") * np.timedelta64(1, "h")
+    np.testing.assert_array_equal(layout.time, want)
+    assert sorted(asked) == ["latitude", "level", "longitude", "time"]
+    with pytest.raises(ValueError, match=re.escape("W: stored('")):  # a stored function answering too few
+        detect_layout(meta, _zarr_read(path), "W", lambda n, cs: [True] * (len(cs) - 1))
+
+
+class _InFlight:
+    """A local store seen as remote (``versioned`` False): counts the ``exists`` requests of ``time`` chunks in flight
+    at once and records every request. Each such ``exists`` waits (up to 2 s, then no more waiting in this source) for a second one
+    to be in flight, so asking one at a time shows as a maximum of 1, not as a time."""
+
+    versioned = False
+
+    def __init__(self, root: Path):
+        import threading
+
+        from fastload.store._source import LocalSource
+
+        self.inner = LocalSource(root)
+        self.cond = threading.Condition()
+        self.now = self.most = 0
+        self.gave_up = False
+        self.exists_keys: list[str] = []
+        self.get_keys: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def exists(self, key):
+        self.exists_keys.append(key)
+        if not key.startswith("time/"):  # the one coordinate of several chunks
+            return self.inner.exists(key)
+        with self.cond:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.cond.notify_all()
+            if not self.gave_up and not self.cond.wait_for(lambda: self.most >= 2, timeout=2.0):
+                self.gave_up = True
+            self.now -= 1
+        return self.inner.exists(key)
+
+    def get(self, key):
+        self.get_keys.append(key)
+        return self.inner.get(key)
+
+    def get_many(self, keys):
+        self.batches.append(list(keys))
+        return [self.inner.get(k) for k in keys]
+
+    def __getattr__(self, name):  # get_range, list_dir, describe, ...: the files'
+        return getattr(self.inner, name)
+
+
+def test_a_remote_source_is_asked_for_a_coordinates_chunks_at_once(tmp_path):
+    """A remote (or slowed, ``--store-latency-ms``) source: the coordinate's chunks are read in one batch and
+    asked whether they exist concurrently, not one round trip per chunk in turn (open time grew with the chunks)."""
+    from fastload.store._open import Store
+    from fastload.store._source import BaseByteSource
+
+    path = tmp_path / "s.zarr"
+    hours = _chunked_time(path)
+    src = _InFlight(path)
+    BaseByteSource.register(type(src))
+    store = Store(str(path), src)  # type: ignore[arg-type]
+    time_keys = ["time/0", "time/1", "time/2", "time/3"]
+    assert sorted(k for k in src.exists_keys if k.startswith("time/")) == time_keys
+    assert src.most >= 2 and not src.gave_up
+    assert time_keys in src.batches and not set(time_keys) & set(src.get_keys)  # one batch, no single reads
+    np.testing.assert_array_equal(store.read_array("time"), hours)
+    os.remove(path / "time" / "3")
+    with pytest.raises(SchemaError, match=re.escape("coordinate 'time' has no chunk [3] (key 'time/3', 2 of its 8")):
+        Store(str(path), _InFlight(path))  # type: ignore[arg-type]
