@@ -35,9 +35,13 @@ def _int(where: str, v: Any, lo: int) -> None:
         raise ConfigError(f"{where}: expected an integer >= {lo}, got {v!r}")
 
 
-def _num(where: str, v: Any, lo: float, hi: float = float("inf")) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ConfigError(f"{where}: expected a number in [{lo}, {hi}], got {v!r}")
+def _num(where: str, v: Any, lo: float, hi: float = float("inf"), *, below_hi: bool = False) -> None:
+    """A finite number in ``[lo, hi]`` (``[lo, hi)`` with ``below_hi``), else a ConfigError naming ``where``."""
+    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and lo <= v
+          and (v < hi if below_hi else v <= hi))
+    if not ok:
+        span = f"[{lo}, {hi})" if below_hi else f"[{lo}, {hi}]" if math.isfinite(hi) else f">= {lo} (finite)"
+        raise ConfigError(f"{where}: expected a number {'in ' if span[0] == '[' else ''}{span}, got {v!r}")
 
 
 def _bool(where: str, v: Any) -> None:
@@ -260,8 +264,8 @@ class OptimConfig(_Section):
             raise ConfigError(f"optim.schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         _int("optim.warmup_steps", self.warmup_steps, 0)
         _num("optim.weight_decay", self.weight_decay, 0.0)
-        _num("optim.beta1", self.beta1, 0.0, 1.0)
-        _num("optim.beta2", self.beta2, 0.0, 1.0)
+        _num("optim.beta1", self.beta1, 0.0, 1.0, below_hi=True)  # AdamW refuses 1.0 (its own traceback)
+        _num("optim.beta2", self.beta2, 0.0, 1.0, below_hi=True)
         _num("optim.grad_clip", self.grad_clip, 0.0)
 
 
@@ -353,6 +357,12 @@ class ValidationConfig(_Section):
         _int("validation.every", self.every, 0)
         _int("validation.samples", self.samples, 1)
         _int("validation.seed", self.seed, 0)
+        if self.time_range is None:  # settings that would do nothing: said, not ignored
+            given = [f"{k} = {getattr(self, k)!r}" for k, d in (("every", 0), ("samples", 64), ("seed", 1))
+                     if getattr(self, k) != d]
+            if given:
+                raise ConfigError(f"validation: {', '.join(given)} given without validation.time_range, so no "
+                                  "validation would run; give the held-out period validation.time_range")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -444,6 +454,10 @@ class RunConfig:
                               "--config): give a [data] section with sampling (and store), or a base preset, "
                               f"preset = \"cpu_tiny\" at the top of the file or --preset cpu_tiny (one of "
                               f"{list(PRESETS)})")
+        for key in ("data", "loader", "model", "optim", "masking", "forecast", "validation"):
+            if key in kw and not isinstance(kw[key], Mapping):  # `model = 3`: a TypeError deeper down before
+                raise ConfigError(f"run config: [{key}] must be a table of settings ([{key}] followed by "
+                                  f"key = value lines), got {key} = {kw[key]!r}")
         kw["data"] = DataConfig.from_dict(kw["data"], base=base)
         if "loader" in kw:
             kw["loader"] = LoaderConfig.from_dict(kw["loader"])
