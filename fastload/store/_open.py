@@ -230,11 +230,20 @@ class Store:
         info = self._all[name]
         if info.shard is not None:
             return [raw is not None for raw in self.chunk_bytes_many(name, chunks)]
-        keys = [info.key(tuple(c)) for c in chunks]
-        if self.source.versioned or len(keys) <= 1:
-            return [self.source.exists(k) for k in keys]
-        with ThreadPoolExecutor(min(_EXISTS_THREADS, len(keys)), thread_name_prefix="fastload-exists") as pool:
-            return list(pool.map(self.source.exists, keys))
+        def exists(chunk: tuple[int, ...]) -> bool:
+            key = info.key(tuple(chunk))
+            try:
+                return self.source.exists(key)
+            except OSError as e:  # a failed request (not a missing object): name the chunk and its key
+                if isinstance(e, ChunkReadError):
+                    raise
+                raise ChunkReadError(name, chunk, f"asking whether it is stored: {type(e).__name__}: {e}",
+                                     self.source.describe(key)) from e
+
+        if self.source.versioned or len(chunks) <= 1:
+            return [exists(c) for c in chunks]
+        with ThreadPoolExecutor(min(_EXISTS_THREADS, len(chunks)), thread_name_prefix="fastload-exists") as pool:
+            return list(pool.map(exists, chunks))
 
     def read_array(self, name: str) -> np.ndarray:
         """All values of any array of the store, decoded: a coordinate (``latitude``, ERA5's ``expver``, ...) or

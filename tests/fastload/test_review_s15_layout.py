@@ -248,3 +248,32 @@ def test_a_remote_source_is_asked_for_a_coordinates_chunks_at_once(tmp_path):
     os.remove(path / "time" / "3")
     with pytest.raises(SchemaError, match=re.escape("coordinate 'time' has no chunk [3] (key 'time/3', 2 of its 8")):
         Store(str(path), _InFlight(path))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_failed_exists_request_names_the_coordinate_chunk_and_key(tmp_path, remote):
+    """A request that fails (not a missing object) is a ChunkReadError naming the array, chunk and key, with the
+    source's error as its cause; before, the source's bare OSError came out of open."""
+    from fastload.errors import ChunkReadError
+    from fastload.store._open import Store
+    from fastload.store._source import BaseByteSource
+
+    path = tmp_path / "s.zarr"
+    _chunked_time(path)
+    src = _InFlight(path)
+    src.versioned = not remote
+    src.gave_up = True  # no waiting for a second request
+    fail = OSError("connection reset")
+    real = src.exists
+
+    def exists(key):
+        if key == "time/1":
+            raise fail
+        return real(key)
+
+    src.exists = exists
+    BaseByteSource.register(type(src))
+    with pytest.raises(ChunkReadError) as e:
+        Store(str(path), src)  # type: ignore[arg-type]
+    assert (e.value.array, e.value.chunk, e.value.path) == ("time", (1,), str(path / "time" / "1"))
+    assert str(e.value).endswith("asking whether it is stored: OSError: connection reset") and e.value.__cause__ is fail
