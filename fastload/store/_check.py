@@ -67,10 +67,14 @@ def level_indices(store: Store, field: str, values: Sequence[float] | None) -> n
         )
     out = []
     missing = []
+    have = np.asarray(f.levels, np.float64)
     for v in values:
-        hit = np.nonzero(np.isclose(f.levels, float(v), rtol=1e-9, atol=1e-6))[0]
-        if hit.size:
-            out.append(int(hit[0]))
+        # within 1e-6 relative (as the coefficient store matches, fastload.norm): a float32 coordinate holds 850.3
+        # as 850.29998779 (1.2e-5 off, 1.4e-8 relative), which 1e-6 absolute refused; the nearest of several
+        tol = 1e-6 * max(1.0, abs(float(v)))
+        dist = np.abs(have - float(v))
+        if dist.size and dist.min() <= tol:
+            out.append(int(np.argmin(dist)))
         else:
             missing.append(v)
     if missing:

@@ -182,3 +182,28 @@ def test_local_normalisation_of_a_static_field_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=msg):  # at check time: before any coefficient store is opened
         extract(store, cfg, [[0, 0, 0]])
     store.check(xr_cfg(nt=1, tt=1, name="orog", norm="global"))
+
+
+def test_float32_levels_are_found_by_the_values_written(tmp_path):
+    """A float32 level coordinate holds 850.3 as 850.2999877929688: ``levels = [850.3]`` was refused (0.1 passed
+    only by the absolute tolerance), though xarray's ``sel(level=850.3)`` finds it; now matched within 1e-6
+    relative, the nearest level, as the coefficient store matches (reviewer R3, session 16)."""
+    import xarray as xr
+
+    lev = np.array([0.1, 7.5, 850.3, 850.31], dtype="float32")
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((6, 4, 12, 24)).astype("float32")
+    ds = xr.Dataset({"x": (("time", "level", "latitude", "longitude"), v)},
+                    coords={"time": pd.date_range("2000-01-01", periods=6, freq="h"),
+                            "level": ("level", lev, {"units": "hPa"}), "latitude": np.linspace(90, -90, 12),
+                            "longitude": np.arange(0, 360, 15.0)})
+    path = tmp_path / "lev32.zarr"
+    ds.to_zarr(path, mode="w", zarr_format=2)
+    store = open_store(path)
+    assert store.level_indices("x", [850.3, 0.1, 850.31, 7.5]).tolist() == [2, 0, 3, 1]
+    want = ds.x.sel(level=[850.3, 7.5]).isel(time=slice(0, 2), latitude=slice(0, 6), longitude=slice(0, 8)).values
+    cfg = _cfg(_f("x", levels=(850.3, 7.5), num_tokens=(1, 2, 2), token_size=(2, 3, 4), normalization="none"))
+    got = extract(store, cfg, np.array([[0, 0, 0]]))["x"].data[0]  # (L, nt, nlat, nlon, tt, tlat, tlon)
+    np.testing.assert_array_equal(got.transpose(0, 1, 4, 2, 5, 3, 6).reshape(2, 2, 6, 8), want.transpose(1, 0, 2, 3))
+    with pytest.raises(ConfigError, match=r"fields\.x\.levels: \[850\.35\] not in the store's pressure levels"):
+        store.level_indices("x", [850.35])
