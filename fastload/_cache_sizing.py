@@ -91,7 +91,7 @@ def warn_process_share(setting: int, workers: int, need: int) -> bool:
     """Process mode: each of ``workers`` processes gets ``setting // workers`` bytes of cache; warn once (the loader,
     not each worker) when that share is below one sample's ``need``, naming the setting, the share and the need.
     Returns whether it warned."""
-    share = max(1, setting // max(1, workers))
+    share = setting // max(1, workers)  # as said: 0 with cache_bytes = 0 (it read "1 bytes each")
     if share >= need:
         return False
     log.warning("fastload: loader.cache_bytes=%d is shared by %d worker processes, %d bytes each, below the %d bytes "

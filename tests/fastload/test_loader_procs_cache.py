@@ -53,3 +53,15 @@ def test_thread_mode_still_warns_of_a_setting_below_one_sample(tmp_path, caplog)
         next(iter(loader))
     assert _warnings(caplog) == [f"fastload: cache_bytes=15000 is below the {NEED} bytes of decoded chunks one "
                                  f"sample needs; using {NEED}"]
+
+
+def test_the_share_said_is_the_share_given(caplog):
+    """cache_bytes = 0 in process mode: each worker's share is 0 bytes; the warning said 1 (reviewer R3, s16)."""
+    from fastload._cache_sizing import warn_process_share
+
+    caplog.set_level(logging.WARNING, logger="fastload")
+    assert warn_process_share(0, 3, 100) is True
+    assert warn_process_share(7, 3, 2) is False  # 2 bytes each: one sample's need
+    (said,) = _warnings(caplog)
+    assert said.startswith("fastload: loader.cache_bytes=0 is shared by 3 worker processes, 0 bytes each, below "
+                           "the 100 bytes"), said
