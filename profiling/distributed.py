@@ -23,6 +23,12 @@ their next collective either: nccl notices no process that has ended, so they wo
 loop runs each such stretch inside
 :func:`all_or_none`, after which every rank says whether it passed (one small gather); all ranks then fail together,
 the failing rank with its own error, the others with a :class:`RankFailedError` naming it and its message.
+
+The ranks' settings are compared once, in the run's first checks (:func:`run_settings`,
+:func:`check_same_settings`): a rank with another model shape would fail in DDP's constructor with its raw
+traceback, one with other steps, ``stop_at``, ``checkpoint_every``, ``log_every`` or validation would wait in a
+collective the others never join, one with another learning rate would train a diverging replica without a word.
+Paths, device, threads and the loader's per-machine tuning may differ (:data:`_PER_RANK` says why).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from fastload.errors import ConfigError, FastloadError
 from .presets import RunConfig
 
 __all__ = ["CollectiveError", "RankFailedError", "init_distributed", "collective", "nccl_timeout_problem",
-           "gather", "all_or_none", "save_run", "resume_run"]
+           "gather", "all_or_none", "run_settings", "check_same_settings", "save_run", "resume_run"]
 
 _timeout_s: float | None = None
 """The collective timeout :func:`init_distributed` started this process's group with (None: it started none)."""
@@ -221,6 +227,60 @@ def all_or_none(what: str, world: int) -> Iterator[None]:
         ranks = ", ".join(str(r) for r, _ in failed)
         raise RankFailedError(f"rank {dist.get_rank()} of {world}: stopping because rank(s) {ranks} failed {what}: "
                               + "; ".join(f"rank {r}: {msg}" for r, msg in failed))
+
+
+_PER_RANK = ("name", "device", "threads", "dist_timeout_s", "checkpoint_dir", "report_dir",
+             "data.store", "data.cache_dir", "data.storage_options", "data.backend", "data.latency_ms",
+             "data.sampling.norm_path", "forecast.multiformer_checkpoint",
+             "loader.workers", "loader.mode", "loader.prefetch", "loader.cache_bytes", "loader.fetch_concurrency",
+             "loader.read_ahead_bytes", "loader.device", "loader.pin_memory", "loader.rank", "loader.world_size",
+             "loader.retries", "loader.read_timeout_s", "loader.worker_start_timeout_s")
+"""Settings that may differ between ranks, left out of :func:`check_same_settings` (any key under one of them too,
+and a stream's ``path``): where this rank's node finds or writes things (paths, the cache folder, storage options,
+the store backend), which device and how many threads it uses, the label ``name`` of the preset, and the loader's
+per-machine tuning (workers, thread/process mode, prefetch, cache, fetch concurrency, read-ahead, pin_memory,
+retries and timeouts, the simulated latency). None of them changes the model, the data a step trains on, the
+number or order of collectives, or the update, so ranks on machines of another kind may tune them apart.
+``dist_timeout_s`` is the process group's, started before the settings can be compared."""
+
+
+def run_settings(cfg: RunConfig, mode: str, stop_at: int | None, resuming: bool) -> dict[str, Any]:
+    """The settings every rank of a run must share, flat (``model.embed_dim``: 32): the run config's
+    :meth:`RunConfig.to_dict` without :data:`_PER_RANK`, and the run's arguments that decide its collectives
+    (``mode``, ``stop_at``, ``resume`` whether it resumes)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if prefix in _PER_RANK or (prefix.startswith("data.sampling.streams.") and prefix.endswith(".path")):
+            return
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", cfg.to_dict())
+    flat.update({"mode": mode, "stop_at (--stop-at)": stop_at, "resume (--resume)": resuming})
+    return flat
+
+
+def check_same_settings(settings: list[dict[str, Any]]) -> None:
+    """Raise :class:`ConfigError` naming each setting whose value differs between the ranks (``settings``: each
+    rank's :func:`run_settings`, in rank order) and each rank's value; every rank raises the same error, so the
+    run stops on all of them at once, before a model of another shape reaches DDP's broadcast, a rank with other
+    steps waits for ever in a collective, or replicas with another learning rate silently diverge."""
+    keys = sorted({k for s in settings for k in s})
+    missing = object()
+    bad = []
+    for k in keys:
+        values = [s.get(k, missing) for s in settings]
+        if any(v != values[0] for v in values[1:]):
+            bad.append(f"{k}: " + ", ".join(f"rank {r} = {'(unset)' if v is missing else repr(v)}"
+                                            for r, v in enumerate(values)))
+    if bad:
+        raise ConfigError(f"the ranks' settings differ ({len(bad)}): " + "; ".join(bad) + " (every rank of a run "
+                          "needs the same run file, --set and flags, except paths, device, threads and the "
+                          "loader's tuning)")
 
 
 def save_run(path: Path, net: torch.nn.Module, opt: Any, step: int, loader: Any, cfg: RunConfig, rank: int,

@@ -75,7 +75,16 @@ from ._loop_data import print_line as _print
 from ._loop_data import url_options as _url_options
 from ._loop_model import build_model, count_flops, lr_at, without_recompute
 from ._loop_model import dummy_inputs as _dummy_inputs
-from .distributed import all_or_none, collective, gather, init_distributed, resume_run, save_run
+from .distributed import (
+    all_or_none,
+    check_same_settings,
+    collective,
+    gather,
+    init_distributed,
+    resume_run,
+    run_settings,
+    save_run,
+)
 from .presets import DATA_MODES, PRESETS, RunConfig, load_run_config
 from .steps import MultiformerStep, check_trained, replay_with_samples, sample_counter
 from .validation import check_mode as check_validation_mode
@@ -153,7 +162,10 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         with collective("sharing the report folder"):
             dist.broadcast_object_list(box, src=0)  # one folder for all ranks, whatever their clocks say
         out_dir = Path(box[0]) / f"rank{rank}"
+    # every rank's settings, gathered once (every rank reaches here: nothing before can fail on one alone)
+    settings = gather(run_settings(cfg, mode, stop_at, resume is not None), world, "the run settings")
     with all_or_none("the run's checks (report folder, checkpoints)", world):  # on every rank, then agreed
+        check_same_settings(settings)  # before DDP's constructor meets a model of another shape
         check_paths(cfg, mode, out_dir, "--out" if out else "report_dir" if cfg.report_dir else
                      "the report folder", torch_profiler, resume)
         check_validation_mode(cfg, mode)
