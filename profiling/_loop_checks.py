@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastload.errors import ConfigError, StoreError
+from fastload.errors import ConfigError, FastloadError, StoreError
 
 from .presets import RunConfig
 
-__all__ = ["check_output_dir", "check_input_checkpoint", "check_paths", "check_store", "checkpoint_step",
+__all__ = ["LossNotFiniteError", "check_loss_finite", "check_output_dir", "check_input_checkpoint", "check_paths", "check_store", "checkpoint_step",
            "check_steps_left"]
 
 
@@ -114,3 +114,29 @@ def check_store(cfg: RunConfig, flag: str, *, from_file: bool) -> None:
             f"file with [data] store and sampling, a sampling config of its fields: --config run.toml; see the "
             f"README, 'Profiling a training run')")
         raise ConfigError(f"{flag}: {e}{hint}") from None
+
+
+class LossNotFiniteError(FastloadError, RuntimeError):
+    """The training loss is nan or infinite: the run diverged, and stops before its next log line or checkpoint."""
+
+
+def check_loss_finite(mean: float | None, first: int, last: int, cfg: RunConfig, ckpt: Any,
+                      finite_to: int | None = None) -> None:
+    """Raise :class:`LossNotFiniteError` when ``mean``, the loss read over steps ``first``-``last`` (the mean since
+    the previous log line; None: every batch was empty), is not finite, naming the steps, the value and the
+    settings that usually cause it; ``finite_to``: the last step a check of this mean passed (a checkpoint's
+    between log lines), so the loss turned in the steps after it. Called before the step's log line and
+    checkpoint, so a checkpoint ``ckpt`` written before is left as it was (a diverged model does not overwrite it)."""
+    import math
+
+    if mean is None or math.isfinite(mean):
+        return
+    steps = f"step {last}" if first == last else f"steps {first}-{last}"
+    if finite_to is not None and first <= finite_to < last:
+        steps += f"; finite through step {finite_to}"
+    kept = (f"; no checkpoint is written from step {last} on ({str(ckpt)!r} keeps the one written before, if "
+            f"any)") if ckpt is not None else ""
+    raise LossNotFiniteError(
+        f"the training loss is {mean} (the mean over {steps}): the run diverged and stops{kept}. Likely causes: "
+        f"optim.lr = {cfg.optim.lr:g} too high (--set optim.lr=...), optim.grad_clip = {cfg.optim.grad_clip:g} "
+        f"(0: no clipping; --set optim.grad_clip=1.0), bf16 = {cfg.bf16} (bfloat16 autocast; try without --bf16)")

@@ -69,7 +69,14 @@ import torch
 
 from fastload.errors import ConfigError
 
-from ._loop_checks import check_output_dir, check_paths, check_steps_left, check_store, checkpoint_step
+from ._loop_checks import (
+    check_loss_finite,
+    check_output_dir,
+    check_paths,
+    check_steps_left,
+    check_store,
+    checkpoint_step,
+)
 from ._loop_data import model_inputs, prepare_data
 from ._loop_data import print_line as _print
 from ._loop_data import url_options as _url_options
@@ -326,6 +333,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         loader_records: list[dict[str, Any]] = []
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
+        # the steps the loss read at a log line is the mean of: those since the previous line
+        mean_from, finite_to = start + 1, start  # finite_to: the last step whose loss check passed
         skipped = {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # this rank's, over the run's steps
         counts = sample_counter(cfg, world, forecast)  # over the ranks: DDP with loader.on_bad_chunk = "skip" only
 
@@ -382,16 +391,24 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 loss_sum += loss.detach()
                 loss_n += 1
             done = step + 1
-            if done % cfg.log_every == 0 or done == stop or done == start + 1:
+            log_now = done % cfg.log_every == 0 or done == stop or done == start + 1
+            ckpt_now = ckpt is not None and mode == "train" and (
+                done == stop or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
+            if log_now or ckpt_now:  # a loss not finite (diverged) stops the run before its line and checkpoint
+                mean = float(loss_sum) / loss_n if loss_n else None  # sync point: reading the loss waits for the device
+                with all_or_none(f"the loss check at step {done}", world):  # a rank's own loss may be finite
+                    check_loss_finite(mean, mean_from, done, cfg, ckpt if mode == "train" else None, finite_to)
+                finite_to = done
+            if log_now:
                 if loss_n:
-                    last_loss = float(loss_sum) / loss_n  # sync point: reading the loss waits for the device
+                    last_loss = mean
                 loss_sum.zero_()
+                mean_from = done + 1
                 first = " (includes start-up: JIT, pipeline fill)" if done == start + 1 else ""
                 said = f"loss {last_loss:.4f}" if loss_n else "loss - (every batch since the last line was empty)"
                 loss_n = 0
                 say(f"step {done}/{cfg.steps}  {said}  lr {lr:.2e}  {time.perf_counter() - t_start:.1f} s{first}")
-            if ckpt is not None and mode == "train" and (
-                    done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+            if ckpt_now:
                 # not before this run's first update (every batch so far empty: on_bad_chunk = "skip"): such a
                 # checkpoint would hold an untrained model (or the resumed one) under a later step, overwriting a
                 # good last.pt; a run that never updates ends in check_trained's error with none written. (The
