@@ -442,7 +442,8 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                     "validation": None if validator is None else validator.records,
                     "torch_profiler": None if prof is None else {
                         "dir": str(torch_profiler), "left_out_steps": [traced_from + 1, stop],
-                        "traced_steps": [stop - pcfg.active - pcfg.warmup + 1, stop]}})
+                        # the active steps only: the profiler's warm-up step runs its start-up, unrecorded
+                        "traced_steps": [stop - pcfg.active + 1, stop]}})
     if cfg.data.mode != "synthetic" and wrap_loader is None:
         wall = sum(r["step_ms"] for r in timed) / 1e3
         summary["loader"] = summarize_loader(loader_records, wall_s=wall, machine=summary["machine"])

@@ -1,14 +1,21 @@
 """A run whose loss is not finite (diverged: ``optim.lr = 1000`` on the loop tests' tiny store) stops at the first
 log line or checkpoint that reads it, naming the steps, the value and the likely settings, and exits 2 with one
 error line; the checkpoint written before is left byte for byte (before: the loss was nan from step 4, ``last.pt``
-was overwritten with the diverged model at step 12 and the run exited 0)."""
+was overwritten with the diverged model at step 12 and the run exited 0).
+
+Also here (this task's own test files are this one and test_rank_agreement.py; they belong beside their kind in
+test_loop_profiler.py and test_train_checkpoints.py): what the run reports it did, checked against what it did:
+the steps ``--torch-profiler`` says it traced against the trace files."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
-from tests.profiling.loopdata import run_toml, tiny_store
+import pytest
+
+from tests.profiling.loopdata import run_config, run_toml, tiny_store
 
 
 def test_a_diverged_run_stops_before_its_next_checkpoint(tmp_path_factory, tmp_path, monkeypatch, capsys):
@@ -45,3 +52,34 @@ def test_a_diverged_run_stops_before_its_next_checkpoint(tmp_path_factory, tmp_p
     assert (ck / "last.pt").read_bytes() == saved[-1][1]
     assert bad_step < 12
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def _traced_steps(folder):
+    """The loop steps (from 0 in the run) whose ``ProfilerStep#N`` annotations the trace files in ``folder`` hold."""
+    import gzip
+    import re
+
+    found = set()
+    for path in folder.glob("*.pt.trace.json*"):
+        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+            text = f.read()
+        found |= {int(n) for n in re.findall(r'"name": ?"ProfilerStep#(\d+)"', text)}
+    return found
+
+
+@pytest.mark.parametrize("steps,warmup", [(10, 2), (12, 2)])
+def test_the_traced_steps_said_are_the_trace_files(tmp_path_factory, tmp_path, steps, warmup):
+    """``summary.json`` ``torch_profiler.traced_steps`` and the console line name the steps whose ProfilerStep#N
+    the trace holds (console numbering: #N is step N + 1). Before: the profiler's warm-up step was counted in,
+    which it does not record ("trace of steps 6-10" for a trace of ProfilerStep#6..#9, steps 7-10)."""
+    cfg = run_config(tmp_path_factory, steps=steps, warmup=warmup)
+    lines: list[str] = []
+    from profiling.loop import run
+
+    run(cfg, out=tmp_path / "r", torch_profiler=str(tmp_path / "tb"), log=lines.append)
+    traced = sorted(n + 1 for n in _traced_steps(tmp_path / "tb"))
+    assert traced and traced == list(range(traced[0], traced[-1] + 1)) and traced[-1] == steps
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["torch_profiler"]["traced_steps"] == [traced[0], traced[-1]]
+    said = [ln for ln in lines if ln.startswith("torch.profiler trace")]
+    assert said and said[0].startswith(f"torch.profiler trace of steps {traced[0]}-{traced[-1]}: "), said
