@@ -18,7 +18,7 @@ from fastload.errors import ConfigError, FastloadError, StoreError
 from .presets import RunConfig
 
 __all__ = ["LossNotFiniteError", "check_loss_finite", "check_output_dir", "check_input_checkpoint", "check_paths", "check_store", "checkpoint_step",
-           "check_steps_left"]
+           "check_steps_left", "check_stop_without_checkpoint"]
 
 
 def check_output_dir(path: str | os.PathLike[str], what: str) -> None:
@@ -76,6 +76,23 @@ def check_steps_left(start: int, steps: int, stop_at: int | None, resume: Any) -
     if stop_at is not None and not start < stop_at <= steps:
         raise ConfigError(f"--stop-at {stop_at} (stop_at): the run cannot stop at step {stop_at}: expected a step "
                           f"in [{start + 1}, {steps}] ({at}; steps = {steps})")
+
+
+def check_stop_without_checkpoint(stop_at: int, steps: int) -> None:
+    """Raise :class:`ConfigError` for ``--stop-at`` given without ``--checkpoint-dir`` (a stop with nothing to
+    resume from), with the advice that fits ``stop_at``: a step outside ``[1, steps]`` is named as such; a stop
+    before the last step can be a shorter run (``--steps``, whose schedule then ends there); a stop at the last
+    step is the run's own end (leave ``--stop-at`` out)."""
+    what = f"--stop-at {stop_at} (stop_at) without --checkpoint-dir (checkpoint_dir)"
+    if not 1 <= stop_at <= steps:
+        raise ConfigError(f"{what}: expected a step in [1, {steps}] (steps = {steps}; after a resume, above its "
+                          f"checkpoint's step), and --checkpoint-dir DIR for the checkpoint to resume from")
+    if stop_at == steps:
+        raise ConfigError(f"{what}: the run ends at step {steps} (steps = {steps}) anyway; leave out --stop-at, or "
+                          f"give --checkpoint-dir DIR for a checkpoint to resume from")
+    raise ConfigError(f"{what}: the run would stop at step {stop_at} with no checkpoint to resume from; give "
+                      f"--checkpoint-dir DIR, or --steps {stop_at} for a shorter run (its learning-rate schedule "
+                      f"then ends at step {stop_at})")
 
 
 def check_paths(cfg: RunConfig, mode: str, out_dir: Path, out_flag: str, torch_profiler: Any,

@@ -74,6 +74,7 @@ from ._loop_checks import (
     check_output_dir,
     check_paths,
     check_steps_left,
+    check_stop_without_checkpoint,
     check_store,
     checkpoint_step,
 )
@@ -155,9 +156,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         raise ConfigError(f"steps = {cfg.steps} with warmup = {cfg.warmup} (--steps, --warmup): the first warmup "
                           f"steps are left out of a profile, so none would be timed; give steps > warmup")
     if mode == "train" and stop_at is not None and cfg.checkpoint_dir is None:  # the CLI's check and the API's
-        raise ConfigError(f"--stop-at {stop_at} (stop_at) without --checkpoint-dir (checkpoint_dir): the run would "
-                          f"stop at step {stop_at} with no checkpoint to resume from; give --checkpoint-dir DIR "
-                          f"(or --steps {stop_at} for a shorter run)")
+        check_stop_without_checkpoint(stop_at, cfg.steps)
     rank, world, device = init_distributed(cfg)
     say = log if rank == 0 else (lambda msg: None)
     ddp = world > 1
