@@ -24,13 +24,18 @@ had to wait for);
 GPU model, the whole copy); *forward* (with the loss), *backward* (with DDP's gradient all-reduce), *optimizer*
 (clipping, AdamW). Time outside the phases inside a step is ``other``; between steps (logging, checkpoints) it is
 ``idle``. Warm-up steps (``--warmup``) run but are left out of the numbers. Reading the loss is a host sync, done
-only every ``log_every`` steps. With ``loader.on_bad_chunk = "skip"`` a batch may hold 0 samples (all skipped): alone,
-its step runs no model; under DDP it runs with a zero loss so every rank joins the all-reduce, each rank's gradient
-weighs by its samples, and no rank updates when every rank's batch was empty (:mod:`profiling.steps`). The report's
-``skipped`` counts samples, empty batches and steps without an update; a run that trained on none is an error. A
-timed step with an empty batch is left out of the per-phase and per-step statistics, MFU and the what-if (they
-describe steps that trained; a partly skipped batch counts its share of a full batch's FLOPs) and is counted in
-``empty_steps``; samples/s, read rates and the stall fraction are over all timed steps.
+only every ``log_every`` steps (and at a checkpoint): a log line's ``loss`` is the mean over the steps since the
+previous line (steps A-B; the first line's, the run's first step alone), and ``summary.json``'s ``final_loss``
+the last line's, over ``final_loss_steps = [A, B]`` (so a resumed run's line can differ from an uninterrupted
+run's at the same step, their checkpoints identical). A loss that is not finite stops the run there (the run
+diverged: the error names the steps, the value and optim.lr, grad_clip, bf16), before its checkpoint. With
+``loader.on_bad_chunk = "skip"`` a batch may hold 0 samples (all skipped): alone, its step runs no model; under
+DDP it runs with a zero loss so every rank joins the all-reduce, each rank's gradient weighs by its samples, and
+no rank updates when every rank's batch was empty (:mod:`profiling.steps`). The report's ``skipped`` counts
+samples, empty batches and steps without an update; a run that trained on none is an error. A timed step with an
+empty batch is left out of the per-phase and per-step statistics, MFU and the what-if (they describe steps that
+trained; a partly skipped batch counts its share of a full batch's FLOPs) and is counted in ``empty_steps``;
+samples/s, read rates and the stall fraction are over all timed steps.
 
 Under ``torchrun`` each rank trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs), reads its own share
 of every epoch (the loader takes rank and world size from torch.distributed) and writes its own report in
@@ -334,6 +339,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
         loss_sum, loss_n, last_loss = torch.zeros((), device=device), 0, float("nan")
         # the steps the loss read at a log line is the mean of: those since the previous line
         mean_from, finite_to = start + 1, start  # finite_to: the last step whose loss check passed
+        last_loss_steps: list[int] | None = None  # summary.json final_loss_steps: [first, last]
         skipped = {"samples": 0, "empty_batches": 0, "steps_without_update": 0}  # this rank's, over the run's steps
         counts = sample_counter(cfg, world, forecast)  # over the ranks: DDP with loader.on_bad_chunk = "skip" only
 
@@ -400,7 +406,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                 finite_to = done
             if log_now:
                 if loss_n:
-                    last_loss = mean
+                    last_loss, last_loss_steps = mean, [mean_from, done]
                 loss_sum.zero_()
                 mean_from = done + 1
                 first = " (includes start-up: JIT, pipeline fill)" if done == start + 1 else ""
@@ -437,6 +443,7 @@ def run(cfg: RunConfig, *, mode: str = "profile", out: str | os.PathLike[str] | 
                         peak_precision=precision, samples_counted=True, config=cfg.to_dict())
     summary.update({"mode": mode, "data_mode": cfg.data.mode, "rank": rank, "world_size": world,
                     "device": str(device), "store": store_path, "final_loss": last_loss,
+                    "final_loss_steps": last_loss_steps,
                     "store_latency_ms": cfg.data.latency_ms, "skipped": skipped,
                     "validation": None if validator is None else validator.records,
                     "torch_profiler": None if prof is None else {
