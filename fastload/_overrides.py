@@ -31,6 +31,8 @@ def _coerce(value: str, typ: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null") and type(None) in args:
             return None
+        if value.strip().startswith("["):  # a bracketed list: integers before strings (time_range=[0,8760])
+            args = tuple(sorted(args, key=lambda a: typing.get_args(a)[:1] == (str,)))
         for a in args:
             if a is type(None):
                 continue

@@ -68,7 +68,7 @@ NO_NORMALISATION = "none"
 _PROVENANCE = ("source", "created")  # where and when the statistics were computed: not what they are
 _LOCAL = ("local_mean", "local_std")
 _MISSING = object()
-_OPTIONAL = ("drop_last", "masking", "mask_device", "store_fingerprint", "norm_local", "plan")
+_OPTIONAL = ("drop_last", "masking", "mask_device", "store_fingerprint", "norm_local", "time_indices", "plan")
 """Keys :func:`check_resume` compares only when the saved state has them (states saved before they were recorded)."""
 
 

@@ -4,7 +4,7 @@ from validation years).
 Given as two store time indices ``[start, stop)`` (integers, in a run file or from Python) or two dates/times
 (ISO strings such as ``"1979-01-01"`` or ``"2016-01-01T06"``, UTC, start included, stop excluded). Every time
 point of a drawn sample lies in the range. Dates are mapped onto the store's time axis (the first stream's, for a
-multi-stream config) when the loader is built; a range that reaches more than one time step beyond either end of
+multi-stream config) when the loader is built; a range that reaches more than 1.5 time steps beyond either end of
 the axis is refused, not clamped (a typo in the years would otherwise train on other years), as is one too short
 for one sample's window.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._stream_time import median_step
 from .errors import ConfigError
 
 __all__ = ["check_time_range_form", "loader_time_range", "time_range_indices"]
@@ -51,6 +52,11 @@ def check_time_range_form(value: Any, key: str = _KEY) -> tuple[int, int] | tupl
             raise ConfigError(f"{key}: {[int(a), int(b)]}: expected 0 <= start < stop (store time indices)")
         return int(a), int(b)
     if all(isinstance(v, str) for v in (a, b)):
+        bare = [v for v in (a, b) if v.strip().lstrip("+-").isdigit()]
+        if bare:  # "1979" is a year to numpy, "0" the year 0: either reading could be the wrong one
+            raise ConfigError(f"{key}: {[a, b]}: {bare[0]!r} reads as a year or as a store time index; write a "
+                              "date as 1979-01-01, or give store time indices as integers (on the command line "
+                              f"in brackets: --set {key}=[0,8760])")
         if _date(a, key) >= _date(b, key):
             raise ConfigError(f"{key}: {[a, b]}: the start is not before the stop (start included, stop "
                               "excluded)")
@@ -80,9 +86,11 @@ def time_range_indices(value: Any, time: np.ndarray | None, nt: int | None, span
                               f"(no CF units); give store time indices [start, stop) instead")
         t = np.asarray(time)
         lo, hi = (_date(v, key).astype(t.dtype) for v in value)
-        first_step = t[1] - t[0] if t.size > 1 else np.timedelta64(0, "ns")
-        last_step = t[-1] - t[-2] if t.size > 1 else first_step
-        if lo < t[0] - first_step or hi > t[-1] + last_step or hi <= t[0] or lo > t[-1]:
+        # slack of 1.5 steps at either end: a range written in whole days (or months: a monthly axis' steps are
+        # 28-31 days) covers an axis stamped at 12:00 or mid-month; a typo in the years is far beyond it
+        step = median_step(t)
+        slack = np.timedelta64(0, "ns") if step is None else step + step // 2
+        if lo < t[0] - slack or hi > t[-1] + slack or hi <= t[0] or lo > t[-1]:
             a, b = (str(v.astype("datetime64[s]")) for v in (t[0], t[-1]))
             raise ConfigError(f"{key} = {list(value)!r} reaches beyond the time axis of {where} ({a} .. {b}, "
                               f"{nt} steps); expected a range within it (a typo in the years would "

@@ -428,6 +428,7 @@ class Loader:
                 "seed": cfg.seed, "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "samples_per_window": cfg.samples_per_window,
                 "sampling": self.config.to_dict(), "norm_fingerprint": self._norm_fingerprint(),
+                "time_indices": None if self._t_range is None else list(self._t_range),  # loader.time_range
                 **loader_identity(self, self._state.epoch)}  # norm_local, drop_last, masking, store_fingerprint, plan...
 
     def _norm_fingerprint(self) -> Any:
@@ -454,7 +455,8 @@ class Loader:
         coefficients are the same: compared by content (``norm_fingerprint``; the local coefficients of each field
         and month the saved run read, ``norm_local``, read here for the comparison), so a normalisation store that
         moved (``norm_path``) resumes; a state saved without a fingerprint needs the same path, as before. Also compared
-        (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``, the masking and
+        (:func:`fastload._resume.check_resume`; a state saved without them: not): ``drop_last``,
+        ``loader.time_range`` (as the store time indices it gave, ``time_indices``), the masking and
         the device type its masks are drawn on, the data stores by what decides the samples (``store_fingerprint``:
         time axis, grid, levels, ...; not their paths) and the saved epoch's sample placements (``plan``)."""
         from ._resume import check_resume, loader_identity, loader_local_digests, state_position

@@ -165,3 +165,46 @@ def test_the_rollout_loader_takes_it_as_its_t_range(store):
         RolloutLoader(path, _sampling(), RolloutConfig(steps=1, t_range=(0, 14)), dates)
     with pytest.raises(ConfigError, match="loader.time_range .* reaches beyond the time axis"):
         RolloutLoader(path, _sampling(), RolloutConfig(steps=1), LoaderConfig(time_range=("1999-01-01", "2000-01-03")))
+
+
+def test_indices_on_the_command_line_in_brackets_and_bare_numbers_refused():
+    """``--set loader.time_range=0,20`` read 0 and 20 as the years 0 and 20 (reviewer R4): bare numbers are now
+    refused as ambiguous (is 1979 a year or an index?), and indices go in brackets."""
+    assert apply_overrides(LoaderConfig(), ["time_range=[8,26]"]).time_range == (8, 26)
+    assert apply_overrides(LoaderConfig(), ["time_range=[8, 26]"]).time_range == (8, 26)
+    assert apply_overrides(LoaderConfig(), ["time_range=2000-01-03,2000-01-07"]).time_range == \
+        ("2000-01-03", "2000-01-07")
+    for bare in ("0,20", "1979,2016", "[1979-01-01, 2016]"):
+        with pytest.raises(ConfigError, match=r"reads as a year or as a store time index; write a date as "
+                                              r"1979-01-01, or give store time indices as integers"):
+            apply_overrides(LoaderConfig(), [f"time_range={bare}"])
+
+
+def test_the_slack_at_the_ends_of_a_monthly_axis():
+    """A monthly axis (steps of 28-31 days): a range of whole years covers it; the slack was the previous step
+    (Nov -> Dec, 30 days), one day short of the next (Dec -> Jan) (reviewer R4)."""
+    from fastload._time_range import time_range_indices
+
+    months = np.arange("2000-01", "2001-01", dtype="datetime64[M]").astype("datetime64[ns]")
+    assert time_range_indices(("2000-01-01", "2001-01-01"), months, 12, 1, "m.zarr") == (0, 12)
+    mid = months + np.timedelta64(14, "D")  # stamped mid-month
+    assert time_range_indices(("2000-01-01", "2001-01-01"), mid, 12, 1, "m.zarr") == (0, 12)
+    assert time_range_indices(("2000-03-01", "2000-06-01"), mid, 12, 1, "m.zarr") == (2, 5)
+    with pytest.raises(ConfigError, match="reaches beyond the time axis of m.zarr"):  # a typo in the year
+        time_range_indices(("2000-01-01", "2010-01-01"), months, 12, 1, "m.zarr")
+
+
+def test_resume_with_another_range_names_it(store):
+    """A run resumed with another loader.time_range was refused naming only the plan's digest (reviewer R4)."""
+    path, _ = store
+    kw = dict(samples_per_epoch=16, workers=1, device="cpu", seed=2)
+    with Loader(path, CFG, time_range=(8, 26), **kw) as a:
+        it = iter(a)
+        next(it)
+        state = a.state_dict()
+    assert state["time_indices"] == [8, 26]
+    with Loader(path, CFG, time_range=(8, 30), **kw) as b, pytest.raises(ConfigError) as e:
+        b.load_state_dict(state)
+    assert "time_indices" in str(e.value) and "[8, 26]" in str(e.value) and "[8, 30]" in str(e.value), str(e.value)
+    with Loader(path, CFG, time_range=("2000-01-03", "2000-01-07T12"), **kw) as c:  # the same indices, as dates
+        c.load_state_dict(state)
