@@ -350,14 +350,21 @@ class ValidationConfig(_Section):
     them: every rank reads the same number of batches, so a multiple of ``world_size x batch_size`` reads them all
     (else the surplus is left out, with the loader's warning; the record's ``samples`` is the count read)."""
     seed: int = 1
-    """Seed of the validation samples' placement and masks (epoch 0 of their own loader, every time)."""
+    """Seed of the validation samples' placement and masks (epoch 0 of their own loader, every time). That loader
+    reads on threads (``loader.mode`` is for training's) and keeps a decoded-chunk cache of its own, of up to
+    ``loader.cache_bytes``, for the whole run."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time_range", check_time_range_form(self.time_range, "validation.time_range"))
         _int("validation.every", self.every, 0)
         _int("validation.samples", self.samples, 1)
         _int("validation.seed", self.seed, 0)
-        if self.time_range is None:  # settings that would do nothing: said, not ignored
+
+    def check_used(self) -> None:
+        """A ConfigError when settings are given without ``time_range`` (they would do nothing, silently). Checked
+        by the run (:func:`profiling.validation.check_mode`), not here: a run file's ``[validation] every = 5``
+        may get its ``time_range`` from ``--set``, applied after the file's sections are built."""
+        if self.time_range is None:
             given = [f"{k} = {getattr(self, k)!r}" for k, d in (("every", 0), ("samples", 64), ("seed", 1))
                      if getattr(self, k) != d]
             if given:

@@ -93,9 +93,10 @@ class Validator:
 
 
 def check_mode(cfg: Any, mode: str) -> None:
-    """A ConfigError when the run has a validation range but is not a ``train`` run (checked with the run's
-    folders, before any set-up; the model kind is checked by the RunConfig itself)."""
+    """A ConfigError when the run has a validation range but is not a ``train`` run, or validation settings without
+    a range (:meth:`ValidationConfig.check_used`); checked with the run's folders, before any set-up."""
     v = cfg.validation
+    v.check_used()
     if v.time_range is not None and mode != "train":
         raise ConfigError(f"validation.time_range = {list(v.time_range)!r}: validation runs in fastload train, not "
                           f"{mode} (it would sit inside the profiled steps); leave validation.time_range unset")
@@ -113,8 +114,9 @@ def make_validator(cfg: Any, mode: str, store: Any, sampling: Any, loader_cfg: A
     if v.time_range is None:
         return None
     check_mode(cfg, mode)
+    # threads: process workers would stay alive, idle, between validations for the whole run
     vcfg = dataclasses.replace(loader_cfg, time_range=v.time_range, samples_per_epoch=v.samples, seed=v.seed,
-                               samples_per_window=1, drop_last=False)
+                               samples_per_window=1, drop_last=False, mode="thread")
     try:
         if cfg.model.kind == "forecaster":  # initial times from the held-out period, each the whole globe
             from .forecast import _loader_class, rollout_config

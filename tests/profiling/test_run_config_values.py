@@ -40,11 +40,23 @@ def test_a_section_that_is_not_a_table(section, value):
 @pytest.mark.parametrize("kw, said", [
     (dict(every=1), "every = 1"), (dict(samples=8), "samples = 8"), (dict(seed=3, every=2), "every = 2, seed = 3"),
 ])
-def test_validation_settings_without_a_period_are_refused(kw, said):
+def test_validation_settings_without_a_period_are_refused(kw, said, tmp_path):
+    """Refused by the run (``check_used``, called with the run's checks), not when the section is built: a run
+    file's ``[validation] every = 1`` may get its period from ``--set`` (reviewer R4: it was refused there)."""
+    from profiling.validation import check_mode
+
     with pytest.raises(ConfigError) as e:
-        ValidationConfig(**kw)
+        check_mode(load_run_config(None, overrides=[f"validation.{k}={v}" for k, v in kw.items()]), "train")
     assert str(e.value).startswith(f"validation: {said} given without validation.time_range")
-    assert ValidationConfig(time_range=(0, 5), **kw).time_range == (0, 5)  # with a period they are taken
+    ValidationConfig(time_range=(0, 5), **kw).check_used()  # with a period they are taken
     # --set applies a section's overrides together: the order on the command line does not matter
     cfg = load_run_config(None, overrides=["validation.every=5", "validation.time_range=2021-01-01T12,2021-01-02"])
     assert cfg.validation.every == 5
+    # a run file's section completed by --set
+    from tests.profiling.loopdata import run_toml
+
+    path = run_toml(tmp_path, "store.zarr", "norm.zarr")
+    path.write_text(path.read_text() + "[validation]\n" + "".join(f"{k} = {v}\n" for k, v in kw.items()))
+    cfg = load_run_config(path, overrides=["validation.time_range=[12,24]"])
+    assert cfg.validation.time_range == (12, 24)
+    check_mode(cfg, "train")

@@ -181,3 +181,23 @@ def test_a_forecaster_validates_on_held_out_initial_times(tmp_path_factory, tmp_
             n += len(batch)
     assert n == 2
     assert rec["loss"] == pytest.approx(total / n, rel=1e-6)
+
+
+def test_the_validation_loader_reads_on_threads(tmp_path_factory, tmp_path):
+    """With training's loader in process mode, the validation loader's worker processes stayed alive, idle, for the
+    whole run (reviewer R4): it reads on threads."""
+    import contextlib
+
+    from profiling.validation import make_validator
+
+    cfg = _cfg(tmp_path_factory, tmp_path, samples=2)
+    loader_cfg = dataclasses.replace(cfg.loader, mode="process", device="cpu")
+    lines: list[str] = []
+    v = make_validator(cfg, "train", cfg.data.store, cfg.data.sampling, loader_cfg, TRAIN, torch.nn.Identity(),
+                       lambda b: b, lambda x: torch.zeros(()), contextlib.nullcontext(), torch.device("cpu"), 1,
+                       lines.append)
+    try:
+        assert v.loader.loader_config.mode == "thread"
+        assert v.run(0) == 0.0 and v.records[0]["samples"] == 2
+    finally:
+        v.close()
