@@ -1,8 +1,10 @@
 """``loader.time_range``: the part of the time axis a loader draws its random windows from (training years apart
 from validation years).
 
-Given as two store time indices ``[start, stop)`` (integers, in a run file or from Python) or two dates/times
-(ISO strings such as ``"1979-01-01"`` or ``"2016-01-01T06"``, UTC, start included, stop excluded). Every time
+Given as two store time indices ``[start, stop)`` (integers: in a run file, from Python, or in brackets on the
+command line, ``--set loader.time_range=[0,8760]``) or two dates/times (ISO strings such as ``"1979-01-01"`` or
+``"2016-01-01T06"``, UTC, start included, stop excluded); a bare number as a string (``"1979"``) is refused: a year
+to numpy, an index to the user, or the other way round. Every time
 point of a drawn sample lies in the range. Dates are mapped onto the store's time axis (the first stream's, for a
 multi-stream config) when the loader is built; a range that reaches more than 1.5 time steps beyond either end of
 the axis is refused, not clamped (a typo in the years would otherwise train on other years), as is one too short
