@@ -147,3 +147,52 @@ def test_the_command_line_exits_2_on_every_rank(tmp_path_factory, tmp_path):
     assert f"fastload train: error: {own}" in outs[1], outs[1][-3000:]
     assert (f"fastload train: error: rank 0 of 2: stopping because rank(s) 1 failed the run's checks (report "
             f"folder, checkpoints): rank 1: ConfigError: {own}") in outs[0], outs[0][-3000:]
+
+
+_NAN_RANK = '''
+import os, sys
+from profiling import loop
+from profiling.presets import load_run_config
+
+rank = int(os.environ["RANK"])
+config, out = sys.argv[1:3]
+real = loop.check_loss_finite
+
+
+def nan_on_rank_1(mean, first, last, *args):  # rank 1's loss read at step 2 is nan, rank 0's finite
+    return real(float("nan") if rank == 1 and last >= 2 else mean, first, last, *args)
+
+
+loop.check_loss_finite = nan_on_rank_1
+try:
+    cfg = load_run_config(config, overrides=["steps=4", "device=cpu", "log_every=2", f"checkpoint_dir={out}/ck"])
+    loop.run(cfg, mode="train", out=out)
+    print(f"rank {rank} finished", flush=True)
+    os._exit(0)
+except Exception as e:
+    print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+    if type(e).__name__ != "RankFailedError":  # this rank failed on its own: it stays until the test lets it go
+        sys.stdin.read()
+    os._exit(3)
+'''
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_loss_not_finite_on_one_rank_stops_every_rank(tmp_path_factory, tmp_path):
+    """Rank 1's loss read at step 2 is not finite, rank 0's is: rank 1 stops with the loss error, rank 0 with
+    RankFailedError naming it, at once (the check is agreed, all_or_none), not after dist_timeout_s in the next
+    collective; the run stops before its checkpoint (at the last step, 4)."""
+    script = tmp_path / "rank.py"
+    script.write_text(_NAN_RANK)
+    store, norm = tiny_store(tmp_path_factory)
+    config = run_toml(tmp_path, store, norm, warmup=1, dist_timeout_s=300)
+    out = tmp_path / "out"
+    procs = start_ranks([str(script), str(config), str(out)], tmp_path)
+    outs, codes = _finish(procs, 1)
+    assert codes == [3, 3], outs
+    own = "LossNotFiniteError: the training loss is nan (the mean over step 2)"
+    assert f"rank 1 raised {own}" in outs[1], outs[1][-3000:]
+    assert (f"rank 0 raised RankFailedError: rank 0 of 2: stopping because rank(s) 1 failed the loss check at step "
+            f"2: rank 1: {own}") in outs[0], outs[0][-3000:]
+    assert not (out / "ck" / "last.pt").exists()
