@@ -236,7 +236,7 @@ _PER_RANK = ("name", "device", "threads", "dist_timeout_s", "checkpoint_dir", "r
              "loader.read_ahead_bytes", "loader.device", "loader.pin_memory", "loader.rank", "loader.world_size",
              "loader.retries", "loader.read_timeout_s", "loader.worker_start_timeout_s")
 """Settings that may differ between ranks, left out of :func:`check_same_settings` (any key under one of them too,
-and a stream's ``path``): where this rank's node finds or writes things (paths, the cache folder, storage options,
+and a stream's ``path`` and ``norm_path``): where this rank's node finds or writes things (paths, the cache folder, storage options,
 the store backend), which device and how many threads it uses, the label ``name`` of the preset, and the loader's
 per-machine tuning (workers, thread/process mode, prefetch, cache, fetch concurrency, read-ahead, pin_memory,
 retries and timeouts, the simulated latency). None of them changes the model, the data a step trains on, the
@@ -251,7 +251,8 @@ def run_settings(cfg: RunConfig, mode: str, stop_at: int | None, resuming: bool)
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
-        if prefix in _PER_RANK or (prefix.startswith("data.sampling.streams.") and prefix.endswith(".path")):
+        if prefix in _PER_RANK or (prefix.startswith("data.sampling.streams.")
+                                   and prefix.endswith((".path", ".norm_path"))):
             return
         if isinstance(value, Mapping) and value:
             for k, v in value.items():

@@ -35,6 +35,14 @@ def test_settings_that_may_differ_per_rank_are_not_compared(tmp_path):
     assert s["model.embed_dim"] == a.model.embed_dim and s["optim.lr"] == a.optim.lr and s["steps"] == a.steps
     assert s["stop_at (--stop-at)"] == 4 and s["resume (--resume)"] is True and s["mode"] == "train"
     assert not any(k.startswith("loader.workers") or k == "device" or k == "data.store" for k in s)
+    # a stream's store and coefficients are paths too; its time rule is compared
+    sa = {"streams": {"era": {"path": "/a/era.zarr", "norm_path": "/a/norm.zarr", "time_rule": "nearest"}}}
+    sb = {"streams": {"era": {"path": "/b/era.zarr", "norm_path": "/b/norm.zarr", "time_rule": "previous"}}}
+    fake = [type("C", (), {"to_dict": lambda self, d=d: {"data": {"sampling": d}}})() for d in (sa, sb)]
+    with pytest.raises(ConfigError) as e:
+        check_same_settings([run_settings(c, "train", None, False) for c in fake])
+    assert str(e.value).startswith("the ranks' settings differ (1): data.sampling.streams.era.time_rule: rank 0 = "
+                                   "'nearest', rank 1 = 'previous' (")
 
 
 def test_differing_settings_are_named_with_each_ranks_value():
