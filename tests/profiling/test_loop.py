@@ -507,3 +507,23 @@ def test_model_inputs_point_masks_come_from_the_inputs_not_the_target():
     for x in got:
         assert torch.equal(x["valid"], want["valid"]) and torch.equal(x["valid_values"], want["valid_values"])
     assert bool(got[1]["valid"][0, 0, 1, 1, 2])  # the masked token without a target value is a key
+
+
+def test_final_loss_names_the_steps_it_is_the_mean_of(tmp_path_factory, tmp_path):
+    """``summary.json`` ``final_loss`` is the mean over the steps since the previous log line, and
+    ``final_loss_steps`` names them: a run of 7 steps logged every 5 steps ends with the mean of steps 6-7, which the
+    same run logged every step says step by step (its lines: each step's own loss, to 4 decimals)."""
+    from profiling.loop import run
+
+    five = run(run_config(tmp_path_factory, steps=7, log_every=5), mode="train", out=tmp_path / "a",
+               log=lambda msg: None)
+    lines: list[str] = []
+    every = run(run_config(tmp_path_factory, steps=7, log_every=1), mode="train", out=tmp_path / "b",
+                log=lines.append)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["final_loss_steps"] == [6, 7]
+    assert five["final_loss_steps"] == [6, 7] and every["final_loss_steps"] == [7, 7]
+    said = {int(m.group(1)): float(m.group(2)) for m in (re.match(r"step (\d+)/7  loss (\S+)  ", x) for x in lines)
+            if m}
+    assert sorted(said) == list(range(1, 8))
+    assert every["final_loss"] == pytest.approx(said[7], abs=1e-4)
+    assert five["final_loss"] == pytest.approx((said[6] + said[7]) / 2, abs=1e-4)

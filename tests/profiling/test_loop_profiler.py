@@ -72,3 +72,34 @@ def test_a_profile_too_short_to_leave_timed_steps_beside_the_trace_is_refused(tm
     with pytest.raises(ConfigError, match="torch-profiler.*steps >= warmup \\+ 3"):
         run(cfg, out=tmp_path / "r", torch_profiler=str(tmp_path / "tb"), **QUIET)
     assert run(cfg, out=tmp_path / "r2", **QUIET)["steps"] == 2  # without the profiler, the same run is timed
+
+
+def _traced_steps(folder):
+    """The loop steps (from 0 in the run) whose ``ProfilerStep#N`` annotations the trace files in ``folder`` hold."""
+    import gzip
+    import re
+
+    found = set()
+    for path in folder.glob("*.pt.trace.json*"):
+        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+            text = f.read()
+        found |= {int(n) for n in re.findall(r'"name": ?"ProfilerStep#(\d+)"', text)}
+    return found
+
+
+@pytest.mark.parametrize("steps,warmup", [(10, 2), (12, 2)])
+def test_the_traced_steps_said_are_the_trace_files(tmp_path_factory, tmp_path, steps, warmup):
+    """``summary.json`` ``torch_profiler.traced_steps`` and the console line name the steps whose ProfilerStep#N
+    the trace holds (console numbering: #N is step N + 1). Before: the profiler's warm-up step was counted in,
+    which it does not record ("trace of steps 6-10" for a trace of ProfilerStep#6..#9, steps 7-10)."""
+    cfg = run_config(tmp_path_factory, steps=steps, warmup=warmup)
+    lines: list[str] = []
+    from profiling.loop import run
+
+    run(cfg, out=tmp_path / "r", torch_profiler=str(tmp_path / "tb"), log=lines.append)
+    traced = sorted(n + 1 for n in _traced_steps(tmp_path / "tb"))
+    assert traced and traced == list(range(traced[0], traced[-1] + 1)) and traced[-1] == steps
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["torch_profiler"]["traced_steps"] == [traced[0], traced[-1]]
+    said = [ln for ln in lines if ln.startswith("torch.profiler trace")]
+    assert said and said[0].startswith(f"torch.profiler trace of steps {traced[0]}-{traced[-1]}: "), said

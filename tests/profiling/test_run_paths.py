@@ -183,3 +183,26 @@ def test_presets_help_lists_the_presets(capsys):
     assert e.value.code == 2 and "'nope': expected presets from" in capsys.readouterr().err
     assert presets.main(["cpu_tiny"]) == 0
     assert '"name": "cpu_tiny"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stop_at, steps, advice", [
+    (0, 8, "expected a step in [1, 8] (steps = 8; after a resume, above its checkpoint's step), and "
+           "--checkpoint-dir DIR"),
+    (9, 8, "expected a step in [1, 8] (steps = 8;"),
+    (8, 8, "the run ends at step 8 (steps = 8) anyway; leave out --stop-at, or give --checkpoint-dir DIR"),
+    (3, 8, "give --checkpoint-dir DIR, or --steps 3 for a shorter run"),
+])
+def test_stop_at_without_a_checkpoint_dir_gives_advice_that_fits(tmp_path_factory, tmp_path, stop_at, steps, advice):
+    """``--stop-at`` without ``--checkpoint-dir``: the advice fits the step (before: ``--stop-at 0`` suggested
+    ``--steps 0``, which is refused; ``--stop-at 9`` of 8 steps suggested "--steps 9 for a shorter run")."""
+    from fastload.errors import ConfigError
+    from profiling.loop import run
+
+    cfg = run_config(tmp_path_factory, steps=steps, warmup=1)
+    with pytest.raises(ConfigError) as e:
+        run(cfg, mode="train", out=tmp_path / "out", stop_at=stop_at, log=lambda msg: None)
+    msg = str(e.value)
+    assert msg.startswith(f"--stop-at {stop_at} (stop_at) without --checkpoint-dir (checkpoint_dir): "), msg
+    assert advice in msg, msg
+    bad = [f"--steps {stop_at} for a shorter run"] if stop_at >= steps or stop_at < 1 else []
+    assert not any(b in msg for b in bad), msg
